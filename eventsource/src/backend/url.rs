@@ -1,0 +1,102 @@
+//! Choosing the stores from a URL at run time.
+
+use std::sync::Arc;
+
+use crate::backend::memory::{InMemoryEventStore, InMemorySnapshotStore};
+use crate::error::{Error, Result};
+use crate::event_store::EventStore;
+use crate::snapshot::SnapshotStore;
+
+/// An event store and a snapshot store on one backend, sharing one connection pool.
+#[derive(Clone)]
+pub struct Stores {
+    /// The event store.
+    pub events: Arc<dyn EventStore>,
+    /// The snapshot store.
+    pub snapshots: Arc<dyn SnapshotStore>,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Memory,
+    #[cfg(feature = "sqlite")]
+    Sqlite,
+    #[cfg(feature = "postgres")]
+    Postgres(crate::backend::postgres::PostgresEventStore),
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores").field("backend", &self.backend_name()).finish_non_exhaustive()
+    }
+}
+
+impl Stores {
+    /// The backend's name: `memory`, `sqlite` or `postgres`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Memory => "memory",
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite => "sqlite",
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Creates the backend's tables if they are missing. SQLite and in-memory stores need no
+    /// call (they create what they need on open); PostgreSQL does, once at start-up.
+    pub async fn migrate(&self) -> Result<()> {
+        match &self.backend {
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(events) => events.migrate().await,
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Opens the stores a URL names:
+///
+/// - `memory:`: new in-memory stores;
+/// - `sqlite::memory:`: a private in-memory SQLite database;
+/// - `sqlite:PATH` or `sqlite://PATH`: a SQLite file, created if missing (feature `sqlite`);
+/// - `postgres://...` or `postgresql://...`: a PostgreSQL database (feature `postgres`);
+///   call [`Stores::migrate`] once before use.
+///
+/// A malformed URL, or one for a backend not compiled in, is
+/// [`Error::InvalidConfiguration`].
+pub async fn open(url: &str) -> Result<Stores> {
+    let scheme = url.split_once(':').map(|(scheme, _)| scheme).unwrap_or_default();
+    match scheme {
+        "memory" if url == "memory:" => Ok(Stores {
+            events: Arc::new(InMemoryEventStore::new()),
+            snapshots: Arc::new(InMemorySnapshotStore::new()),
+            backend: Backend::Memory,
+        }),
+        #[cfg(feature = "sqlite")]
+        "sqlite" => {
+            let (events, snapshots) = crate::backend::sqlite::open_url(url).await?;
+            Ok(Stores {
+                events: Arc::new(events),
+                snapshots: Arc::new(snapshots),
+                backend: Backend::Sqlite,
+            })
+        }
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => {
+            let (events, snapshots) = crate::backend::postgres::connect_url(url).await?;
+            Ok(Stores {
+                events: Arc::new(events.clone()),
+                snapshots: Arc::new(snapshots),
+                backend: Backend::Postgres(events),
+            })
+        }
+        "sqlite" | "postgres" | "postgresql" => Err(Error::InvalidConfiguration(format!(
+            "`{scheme}` stores are not compiled in; enable the `{}` feature of eventsource",
+            if scheme == "sqlite" { "sqlite" } else { "postgres" }
+        ))),
+        _ => Err(Error::InvalidConfiguration(format!(
+            "unsupported store URL scheme `{scheme}`: expected memory:, sqlite::memory:, sqlite:PATH or postgres://..."
+        ))),
+    }
+}

@@ -1,0 +1,144 @@
+//! The one error type of the library.
+
+use uuid::Uuid;
+
+/// A `Result` whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in this library, named by what it means to the caller.
+///
+/// Backends map their own failures into these variants, so a program handles a conflict the
+/// same way on every store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The stream of the aggregate has no events.
+    #[error("aggregate {aggregate_type} {aggregate_id} not found")]
+    NotFound {
+        /// The aggregate type that was asked for.
+        aggregate_type: String,
+        /// The aggregate id that was asked for.
+        aggregate_id: Uuid,
+    },
+
+    /// Another writer appended to the stream first; nothing was written.
+    #[error(
+        "concurrency conflict on {aggregate_type} {aggregate_id}: expected version {expected}, found {actual}"
+    )]
+    Conflict {
+        /// The aggregate type of the stream.
+        aggregate_type: String,
+        /// The aggregate id of the stream.
+        aggregate_id: Uuid,
+        /// The version the writer expected the stream to be at.
+        expected: u64,
+        /// The version the stream is actually at.
+        actual: u64,
+    },
+
+    /// A stored event names a type that the aggregate does not know.
+    #[error("unknown event type `{event_type}` for aggregate {aggregate_type}")]
+    UnknownEventType {
+        /// The event type read from the store.
+        event_type: String,
+        /// The aggregate type whose events were being decoded.
+        aggregate_type: String,
+    },
+
+    /// Two event types share one name in this program.
+    #[error("{kind} name `{name}` is registered twice: by {first} and by {second}")]
+    DuplicateName {
+        /// What kind of name is shared: `"event type"`.
+        kind: &'static str,
+        /// The shared name.
+        name: String,
+        /// The Rust type that registered it first.
+        first: &'static str,
+        /// The Rust type that registered it again.
+        second: &'static str,
+    },
+
+    /// A value could not be turned into JSON, or JSON back into a value.
+    #[error("cannot {action} {what}: {reason}")]
+    Serialization {
+        /// `"serialize"` or `"deserialize"`.
+        action: &'static str,
+        /// What was being converted, such as `event MoneyDeposited`.
+        what: String,
+        /// Why it failed.
+        reason: String,
+    },
+
+    /// A stored row is not what this library writes: a bad column, a gap, a wrong type.
+    #[error("corrupt data in {what}: {reason}")]
+    Corrupt {
+        /// Where the corruption was found.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The store itself failed: I/O, a lost connection, a timeout.
+    #[error("{backend} store error: {message}")]
+    Store {
+        /// The backend that failed, such as `"sqlite"`.
+        backend: &'static str,
+        /// What failed.
+        message: String,
+        /// The backend's own error, when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+
+    /// The library was configured with values it cannot work with.
+    #[error("invalid configuration: {0}")]
+    InvalidConfiguration(String),
+
+    /// A call was given an argument it cannot accept; nothing was changed.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+
+    /// A snapshot was asked of an aggregate whose recorded events are not saved yet.
+    #[error("aggregate {aggregate_type} {aggregate_id} has {count} unsaved event(s); save it before taking a snapshot")]
+    UnsavedEvents {
+        /// The aggregate type.
+        aggregate_type: String,
+        /// The aggregate id.
+        aggregate_id: Uuid,
+        /// How many recorded events are not saved.
+        count: usize,
+    },
+}
+
+impl Error {
+    /// A [`Error::Store`] error from a backend's own error.
+    pub fn store(
+        backend: &'static str,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Store {
+            backend,
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// A [`Error::Corrupt`] error.
+    pub fn corrupt(what: impl Into<String>, reason: impl ToString) -> Self {
+        Error::Corrupt {
+            what: what.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Whether this error is a [`Error::Conflict`].
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Conflict { .. })
+    }
+
+    /// Whether this error is a [`Error::NotFound`].
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::NotFound { .. })
+    }
+}

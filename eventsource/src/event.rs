@@ -1,0 +1,84 @@
+//! Domain events and the envelopes they are stored in.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use uuid::Uuid;
+
+/// A domain event: a fact about one aggregate type, stored as JSON.
+///
+/// Implemented by `#[event(aggregate = "...")]`, which also registers the event type so a
+/// program can list every event type it knows (see [`crate::registry`]).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an event",
+    label = "not an `#[event]` type",
+    note = "annotate the struct with `#[event(aggregate = \"...\")]`"
+)]
+pub trait Event: Serialize + DeserializeOwned + Clone + Debug + Send + Sync + 'static {
+    /// The event type name, unique in the program: the struct's name unless renamed.
+    const EVENT_TYPE: &'static str;
+    /// The name of the aggregate type this event belongs to.
+    const AGGREGATE_TYPE: &'static str;
+    /// The version of this event's schema, 1 unless set.
+    const EVENT_VERSION: u32;
+}
+
+/// Correlation, causation and free-form metadata carried by recorded events.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EventContext {
+    /// Groups the events of one business transaction across aggregates.
+    pub correlation_id: Option<Uuid>,
+    /// The event or command that caused this one.
+    pub causation_id: Option<Uuid>,
+    /// Anything else worth storing beside the event, as a JSON object.
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// An event ready to be appended: its envelope and its JSON payload.
+///
+/// The text fields are reference-counted so that reading a long stream copies no strings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventEnvelope {
+    /// Unique id of this event.
+    pub event_id: Uuid,
+    /// The event type name, as in [`Event::EVENT_TYPE`].
+    pub event_type: Arc<str>,
+    /// The version of the event's schema, as in [`Event::EVENT_VERSION`].
+    pub event_version: u32,
+    /// The aggregate this event belongs to.
+    pub aggregate_id: Uuid,
+    /// The aggregate type name.
+    pub aggregate_type: Arc<str>,
+    /// The version of the aggregate this event brings it to; the first event is 1.
+    pub aggregate_version: u64,
+    /// When the event was recorded.
+    pub occurred_at: DateTime<Utc>,
+    /// See [`EventContext::correlation_id`].
+    pub correlation_id: Option<Uuid>,
+    /// See [`EventContext::causation_id`].
+    pub causation_id: Option<Uuid>,
+    /// See [`EventContext::metadata`].
+    pub metadata: Option<serde_json::Value>,
+    /// The event itself, as JSON text.
+    pub payload: Arc<str>,
+}
+
+/// An event as read back from a store: its envelope and its global position.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredEvent {
+    /// Position in the store's global order, starting at 1 and increasing with every append.
+    pub position: u64,
+    /// The event.
+    pub envelope: EventEnvelope,
+}
+
+impl std::ops::Deref for StoredEvent {
+    type Target = EventEnvelope;
+
+    fn deref(&self) -> &EventEnvelope {
+        &self.envelope
+    }
+}

@@ -1,0 +1,136 @@
+//! The event store contract.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures_core::stream::BoxStream;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::event::{EventEnvelope, StoredEvent};
+
+/// A stream of stored events, read lazily from the store.
+pub type EventStream<'a> = BoxStream<'a, Result<StoredEvent>>;
+
+/// Durable, ordered storage of events, one stream per aggregate.
+///
+/// A stream is identified by `(aggregate_id, aggregate_type)`. Its version is the number of
+/// events in it; the first event has aggregate version 1.
+///
+/// # Contract
+///
+/// Every backend guarantees, and the conformance suite in `eventsource::testing` checks:
+///
+/// - **Atomic, checked appends.** [`append`](Self::append) writes the whole batch or nothing.
+///   It succeeds only if the stream is at `expected_version` when the batch is written; a
+///   writer that lost a race gets [`Error::Conflict`] with the expected and actual versions,
+///   and nothing of its batch is stored. Two writers can never both store a given version.
+/// - **Well-formed batches.** Every event of a batch names the stream appended to, and their
+///   aggregate versions run `expected_version + 1, +2, ...` without a gap; an event id is
+///   never stored twice. A batch that breaks this is [`Error::InvalidInput`] (a reused event
+///   id may also surface as [`Error::Conflict`] where the database reports it so) and
+///   nothing is written.
+/// - **Ordered reads.** [`read_stream`](Self::read_stream) yields a stream's events with
+///   aggregate version greater than `after_version`, in version order, exactly as appended.
+///   Backends that can stream do so instead of collecting the whole stream in memory.
+/// - **Global order.** Every stored event has a position, unique in the store and increasing
+///   with each append; [`read_all`](Self::read_all) yields every event after a position, in
+///   position order.
+/// - **Typed failures.** Backend failures are [`Error::Store`]; a row that the backend cannot
+///   decode is [`Error::Corrupt`]. No backend panics on bad data.
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Appends `events` to the stream if it is at `expected_version`; returns the new version.
+    async fn append(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        expected_version: u64,
+        events: &[EventEnvelope],
+    ) -> Result<u64>;
+
+    /// The stream's events with aggregate version greater than `after_version`, in order.
+    fn read_stream<'a>(
+        &'a self,
+        aggregate_id: Uuid,
+        aggregate_type: &'a str,
+        after_version: u64,
+    ) -> EventStream<'a>;
+
+    /// The stream's current version: the number of events in it, 0 if there are none.
+    async fn stream_version(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<u64>;
+
+    /// Every event with a position greater than `after_position`, in position order.
+    fn read_all(&self, after_position: u64) -> EventStream<'_>;
+}
+
+#[async_trait]
+impl<S: EventStore + ?Sized> EventStore for Arc<S> {
+    async fn append(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        expected_version: u64,
+        events: &[EventEnvelope],
+    ) -> Result<u64> {
+        (**self)
+            .append(aggregate_id, aggregate_type, expected_version, events)
+            .await
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        aggregate_id: Uuid,
+        aggregate_type: &'a str,
+        after_version: u64,
+    ) -> EventStream<'a> {
+        (**self).read_stream(aggregate_id, aggregate_type, after_version)
+    }
+
+    async fn stream_version(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<u64> {
+        (**self).stream_version(aggregate_id, aggregate_type).await
+    }
+
+    fn read_all(&self, after_position: u64) -> EventStream<'_> {
+        (**self).read_all(after_position)
+    }
+}
+
+/// Checks a batch against the contract's rules before a backend writes it.
+///
+/// Backends call this first, so every one rejects the same batches with the same error.
+pub fn validate_batch(
+    aggregate_id: Uuid,
+    aggregate_type: &str,
+    expected_version: u64,
+    events: &[EventEnvelope],
+) -> Result<()> {
+    if events.is_empty() {
+        return Err(Error::InvalidInput("an append needs at least one event".into()));
+    }
+    if aggregate_type.is_empty() {
+        return Err(Error::InvalidInput("the aggregate type name is empty".into()));
+    }
+    for (i, event) in events.iter().enumerate() {
+        let want = expected_version + 1 + i as u64;
+        if event.aggregate_id != aggregate_id || *event.aggregate_type != *aggregate_type {
+            return Err(Error::InvalidInput(format!(
+                "event {} belongs to {} {}, not to the stream {aggregate_type} {aggregate_id}",
+                event.event_id, event.aggregate_type, event.aggregate_id
+            )));
+        }
+        if event.aggregate_version != want {
+            return Err(Error::InvalidInput(format!(
+                "event {} has aggregate version {}, expected {want}",
+                event.event_id, event.aggregate_version
+            )));
+        }
+        if event.event_type.is_empty() {
+            return Err(Error::InvalidInput(format!("event {} has an empty type name", event.event_id)));
+        }
+        if events[..i].iter().any(|e| e.event_id == event.event_id) {
+            return Err(Error::InvalidInput(format!("event id {} appears twice in the batch", event.event_id)));
+        }
+    }
+    Ok(())
+}

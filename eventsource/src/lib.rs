@@ -1,0 +1,45 @@
+#![doc = include_str!("../../README.md")]
+#![warn(missing_docs)]
+
+pub mod aggregate;
+pub mod backend;
+mod codec;
+pub mod error;
+pub mod event;
+pub mod event_store;
+pub mod registry;
+pub mod repository;
+pub mod root;
+pub mod snapshot;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
+pub use aggregate::{Aggregate, AggregateEvent, Apply};
+pub use backend::memory::{InMemoryEventStore, InMemorySnapshotStore};
+pub use error::{Error, Result};
+pub use event::{Event, EventContext, EventEnvelope, StoredEvent};
+pub use event_store::{EventStore, EventStream};
+pub use eventsource_derive::{event, Aggregate};
+pub use repository::Repository;
+pub use root::AggregateRoot;
+pub use snapshot::{MissReason, Snapshot, SnapshotMetrics, SnapshotMode, SnapshotPolicy, SnapshotStore};
+
+/// Everything a program that uses the library usually needs, and serde's derives.
+pub mod prelude {
+    pub use crate::{
+        event, Aggregate, AggregateRoot, Apply, Error, Event, EventContext, EventStore,
+        InMemoryEventStore, InMemorySnapshotStore, Repository, SnapshotMode, SnapshotPolicy,
+        SnapshotStore,
+    };
+    pub use serde::{Deserialize, Serialize};
+    pub use uuid::Uuid;
+}
+
+pub use uuid::Uuid;
+
+/// The attribute that store implementations use for their async trait methods.
+pub use async_trait::async_trait;

@@ -1,0 +1,146 @@
+//! The aggregate root: an aggregate's identity, version, state and unsaved events.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::aggregate::{Aggregate, AggregateEvent};
+use crate::error::Result;
+use crate::event::{EventContext, EventEnvelope};
+
+/// An event recorded on a root and not yet saved.
+#[derive(Clone, Debug)]
+pub struct PendingEvent<E> {
+    /// The event.
+    pub event: E,
+    /// The id it will be stored under.
+    pub event_id: Uuid,
+    /// The aggregate version it brings the aggregate to.
+    pub aggregate_version: u64,
+    /// When it was recorded.
+    pub occurred_at: DateTime<Utc>,
+    /// Its correlation, causation and metadata.
+    pub context: EventContext,
+}
+
+/// One aggregate: its id, its version, its state, and the events recorded since it was
+/// loaded or saved.
+///
+/// Commands are written as functions that check the state and [`record`](Self::record) events;
+/// recording applies the event at once, so the state is always current.
+#[derive(Clone, Debug)]
+pub struct AggregateRoot<A: Aggregate> {
+    id: Uuid,
+    version: u64,
+    state: A,
+    pending: Vec<PendingEvent<A::Event>>,
+    context: EventContext,
+}
+
+impl<A: Aggregate> AggregateRoot<A> {
+    /// A new aggregate with no events, in its default state.
+    pub fn new(id: Uuid) -> Self {
+        Self::from_state(id, 0, A::default())
+    }
+
+    /// An aggregate at `version` in `state`, with no unsaved events.
+    pub fn from_state(id: Uuid, version: u64, state: A) -> Self {
+        AggregateRoot {
+            id,
+            version,
+            state,
+            pending: Vec::new(),
+            context: EventContext::default(),
+        }
+    }
+
+    /// The aggregate id.
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// The version, counting unsaved events: the number of events applied to the state.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The version of the last saved event (the version the store is expected to be at).
+    pub fn saved_version(&self) -> u64 {
+        self.version - self.pending.len() as u64
+    }
+
+    /// The current state.
+    pub fn state(&self) -> &A {
+        &self.state
+    }
+
+    /// The recorded events not yet saved.
+    pub fn pending_events(&self) -> &[PendingEvent<A::Event>] {
+        &self.pending
+    }
+
+    /// Whether events are recorded and not yet saved.
+    pub fn has_pending_events(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Sets the correlation, causation and metadata of the events recorded from now on.
+    pub fn set_context(&mut self, context: EventContext) {
+        self.context = context;
+    }
+
+    /// Records an event: applies it to the state and keeps it to be saved.
+    pub fn record(&mut self, event: impl Into<A::Event>) {
+        let context = self.context.clone();
+        self.record_with(event, context);
+    }
+
+    /// Records an event with its own correlation, causation and metadata.
+    pub fn record_with(&mut self, event: impl Into<A::Event>, context: EventContext) {
+        let event = event.into();
+        self.state.apply(&event);
+        self.version += 1;
+        self.pending.push(PendingEvent {
+            event,
+            event_id: Uuid::new_v4(),
+            aggregate_version: self.version,
+            occurred_at: Utc::now(),
+            context,
+        });
+    }
+
+    /// Applies a stored event; used when loading.
+    pub(crate) fn apply_stored(&mut self, event: &A::Event) {
+        self.state.apply(event);
+        self.version += 1;
+    }
+
+    /// The unsaved events as envelopes ready to append, or the first that cannot be encoded.
+    pub(crate) fn pending_envelopes(&self) -> Result<Vec<EventEnvelope>> {
+        let aggregate_type: Arc<str> = Arc::from(A::TYPE_NAME);
+        self.pending
+            .iter()
+            .map(|p| {
+                Ok(EventEnvelope {
+                    event_id: p.event_id,
+                    event_type: Arc::from(p.event.event_type()),
+                    event_version: p.event.event_version(),
+                    aggregate_id: self.id,
+                    aggregate_type: aggregate_type.clone(),
+                    aggregate_version: p.aggregate_version,
+                    occurred_at: p.occurred_at,
+                    correlation_id: p.context.correlation_id,
+                    causation_id: p.context.causation_id,
+                    metadata: p.context.metadata.clone(),
+                    payload: Arc::from(p.event.to_json()?),
+                })
+            })
+            .collect()
+    }
+
+    /// Forgets the unsaved events once the store has them.
+    pub(crate) fn mark_saved(&mut self) {
+        self.pending.clear();
+    }
+}

@@ -1,0 +1,120 @@
+//! Counters of snapshot use, readable by the program.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Mutex;
+
+/// Why a load did not use a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MissReason {
+    /// No snapshot is stored.
+    Missing,
+    /// The snapshot's schema version is not the aggregate's.
+    SchemaMismatch,
+    /// The snapshot's state does not deserialize into the aggregate.
+    DeserializationError,
+    /// The snapshot store failed.
+    StoreError,
+    /// The snapshot claims a version the stream has not reached.
+    BeyondStreamHead,
+}
+
+impl MissReason {
+    /// The reason as logged: `missing`, `schema_mismatch`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MissReason::Missing => "missing",
+            MissReason::SchemaMismatch => "schema_mismatch",
+            MissReason::DeserializationError => "deserialization_error",
+            MissReason::StoreError => "store_error",
+            MissReason::BeyondStreamHead => "beyond_stream_head",
+        }
+    }
+}
+
+impl fmt::Display for MissReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Counts of snapshot hits, misses and writes, per aggregate type.
+///
+/// Each [`Repository`](crate::Repository) has one, readable through
+/// [`Repository::metrics`](crate::Repository::metrics); repositories can share one through
+/// [`Repository::with_metrics`](crate::Repository::with_metrics).
+#[derive(Debug, Default)]
+pub struct SnapshotMetrics {
+    counts: Mutex<BTreeMap<(&'static str, Counter), u64>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Counter {
+    Hit,
+    Miss(MissReason),
+    Written,
+    WriteFailed,
+}
+
+impl SnapshotMetrics {
+    /// New counters, all zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub(crate) fn add(&self, aggregate_type: &'static str, counter: Counter) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        *counts.entry((aggregate_type, counter)).or_default() += 1;
+    }
+
+    fn get(&self, aggregate_type: &str, counter: Counter) -> u64 {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts
+            .iter()
+            .filter(|((t, c), _)| *t == aggregate_type && *c == counter)
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    /// Loads of the type that used a snapshot.
+    pub fn hits(&self, aggregate_type: &str) -> u64 {
+        self.get(aggregate_type, Counter::Hit)
+    }
+
+    /// Loads of the type that did not use a snapshot, for this reason.
+    pub fn misses(&self, aggregate_type: &str, reason: MissReason) -> u64 {
+        self.get(aggregate_type, Counter::Miss(reason))
+    }
+
+    /// Loads of the type that did not use a snapshot, for any reason.
+    pub fn total_misses(&self, aggregate_type: &str) -> u64 {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts
+            .iter()
+            .filter(|((t, c), _)| *t == aggregate_type && matches!(c, Counter::Miss(_)))
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    /// Snapshots of the type written, automatically or on request.
+    pub fn written(&self, aggregate_type: &str) -> u64 {
+        self.get(aggregate_type, Counter::Written)
+    }
+
+    /// Snapshot writes of the type that failed (each also logged).
+    pub fn write_failures(&self, aggregate_type: &str) -> u64 {
+        self.get(aggregate_type, Counter::WriteFailed)
+    }
+
+    /// Every miss count, as `(aggregate type, reason, count)`.
+    pub fn miss_counts(&self) -> Vec<(&'static str, MissReason, u64)> {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts
+            .iter()
+            .filter_map(|(&(t, c), &n)| match c {
+                Counter::Miss(reason) => Some((t, reason, n)),
+                _ => None,
+            })
+            .collect()
+    }
+}

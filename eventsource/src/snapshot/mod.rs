@@ -1,0 +1,113 @@
+//! Snapshots: the stored state of an aggregate at a version, and the store contract.
+
+pub(crate) mod metrics;
+mod policy;
+
+pub use metrics::{MissReason, SnapshotMetrics};
+pub use policy::{SnapshotMode, SnapshotPolicy};
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::error::Result;
+
+/// The state of one aggregate at one version.
+///
+/// A snapshot at version `v` stands for the events `1..=v`: loading applies the events with
+/// a version greater than `v` on top of it. Snapshots are an optimisation only; the events
+/// stay the truth, and a snapshot can be deleted at any time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    /// The aggregate it belongs to.
+    pub aggregate_id: Uuid,
+    /// The aggregate type name.
+    pub aggregate_type: String,
+    /// The aggregate version the state is at.
+    pub version: u64,
+    /// The aggregate's state, as JSON text (its serde form).
+    pub state: String,
+    /// The state's schema version, as in [`Aggregate::SCHEMA_VERSION`](crate::Aggregate::SCHEMA_VERSION).
+    pub schema_version: u32,
+    /// When the snapshot was taken.
+    pub created_at: DateTime<Utc>,
+}
+
+impl Snapshot {
+    /// The state parsed as a JSON value, to inspect a snapshot without its Rust type.
+    pub fn state_value(&self) -> Result<serde_json::Value> {
+        crate::codec::from_json(&self.state, || format!("snapshot state of {} {}", self.aggregate_type, self.aggregate_id))
+    }
+}
+
+/// Storage of at most one snapshot per aggregate.
+///
+/// # Contract
+///
+/// Every backend guarantees, and the conformance suite in `eventsource::testing` checks:
+///
+/// - **One per aggregate.** A store keeps at most one snapshot per
+///   `(aggregate_id, aggregate_type)`; the same id under two types is two aggregates.
+/// - **Never older.** [`save_snapshot`](Self::save_snapshot) is an upsert that replaces the
+///   stored snapshot only with one of the same or a higher version, also when two writers
+///   race; it returns whether the given snapshot was stored.
+/// - **Exact reads.** [`get_snapshot`](Self::get_snapshot) returns what was stored, field for
+///   field.
+/// - **Counted invalidation.** [`delete_snapshots_by_type`](Self::delete_snapshots_by_type)
+///   deletes the snapshots of one aggregate type whose schema version is strictly below the
+///   bound (every one of that type when the bound is `None`) and returns how many it deleted.
+/// - **Typed failures.** Backend failures are [`Error::Store`](crate::Error::Store); a row it
+///   cannot decode is [`Error::Corrupt`](crate::Error::Corrupt). The repository treats both as
+///   a snapshot miss, never as a failed load.
+#[async_trait]
+pub trait SnapshotStore: Send + Sync {
+    /// The snapshot of the aggregate, if one is stored.
+    async fn get_snapshot(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<Option<Snapshot>>;
+
+    /// Stores the snapshot unless a newer one is stored; returns whether it was stored.
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<bool>;
+
+    /// Deletes the aggregate's snapshot; returns whether there was one.
+    async fn delete_snapshot(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<bool>;
+
+    /// Whether a snapshot of the aggregate is stored.
+    async fn snapshot_exists(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<bool>;
+
+    /// Deletes the snapshots of a type with a schema version below the bound (all if `None`).
+    async fn delete_snapshots_by_type(
+        &self,
+        aggregate_type: &str,
+        schema_version_below: Option<u32>,
+    ) -> Result<u64>;
+}
+
+#[async_trait]
+impl<S: SnapshotStore + ?Sized> SnapshotStore for Arc<S> {
+    async fn get_snapshot(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<Option<Snapshot>> {
+        (**self).get_snapshot(aggregate_id, aggregate_type).await
+    }
+
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<bool> {
+        (**self).save_snapshot(snapshot).await
+    }
+
+    async fn delete_snapshot(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<bool> {
+        (**self).delete_snapshot(aggregate_id, aggregate_type).await
+    }
+
+    async fn snapshot_exists(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<bool> {
+        (**self).snapshot_exists(aggregate_id, aggregate_type).await
+    }
+
+    async fn delete_snapshots_by_type(
+        &self,
+        aggregate_type: &str,
+        schema_version_below: Option<u32>,
+    ) -> Result<u64> {
+        (**self)
+            .delete_snapshots_by_type(aggregate_type, schema_version_below)
+            .await
+    }
+}

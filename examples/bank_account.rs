@@ -1,0 +1,50 @@
+//! The bank account of the tutorial: open, deposit, withdraw (refusing an overdraft), save,
+//! load, print the balance.
+//!
+//! ```text
+//! cargo run --example bank_account                      # in memory
+//! cargo run --example bank_account -- sqlite:bank.db    # in a SQLite file
+//! ```
+
+#[path = "domain/account.rs"]
+mod account;
+
+use account::AccountCommands;
+use account::Account;
+use eventsource::prelude::*;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let url = std::env::args().nth(1).unwrap_or_else(|| "memory:".into());
+    let stores = eventsource::backend::open(&url).await?;
+    stores.migrate().await?;
+    let repo = Repository::<Account>::new(stores.events.clone())
+        .with_snapshots(stores.snapshots.clone(), SnapshotPolicy::every(100)?);
+
+    let id = Uuid::new_v4();
+    let mut account = repo.create_new(id);
+    account.open("Ada Lovelace", 100.0).expect("a new account opens");
+    account.deposit(50.0).expect("a positive deposit");
+    account.withdraw(30.0).expect("funds are there");
+    repo.save(&mut account).await?;
+    println!("Opened account {id} on the {} store", stores.backend_name());
+
+    let mut account = repo.load(id).await?;
+    println!(
+        "Loaded {} at version {}: balance {:.2} after {} transactions",
+        account.state().owner_name,
+        account.version(),
+        account.state().balance,
+        account.state().transaction_count
+    );
+
+    match account.withdraw(1_000.0) {
+        Err(refused) => println!("Withdrawing 1000.00 is refused: {refused:?}"),
+        Ok(()) => unreachable!("the balance is 120.00"),
+    }
+    assert!(!account.has_pending_events(), "a refused command records nothing");
+    account.deposit(5.0).expect("a positive deposit");
+    repo.save(&mut account).await?;
+    println!("Final balance: {:.2}", repo.load(id).await?.state().balance);
+    Ok(())
+}

@@ -1,0 +1,272 @@
+//! Tutorial 14, optimizing with aggregate snapshotting, section by section.
+//!
+//! ```text
+//! cargo run --release --example tutorial_14_snapshotting                      # in memory
+//! cargo run --release --example tutorial_14_snapshotting -- sqlite:tutorial.db
+//! cargo run --release --example tutorial_14_snapshotting -- postgres://postgres@127.0.0.1/test
+//! ```
+//!
+//! With a store that keeps its data (a SQLite file, PostgreSQL), a second run finds the
+//! first run's performance-test account and says so.
+
+#[path = "domain/account.rs"]
+mod account;
+
+use std::time::Instant;
+
+use account::{Account, AccountCommands, AccountOpened, MoneyDeposited};
+use eventsource::backend::Stores;
+use eventsource::prelude::*;
+use eventsource::MissReason;
+
+type Fallible<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+/// The performance-test account keeps this id so a later run on the same store finds it.
+const PERFORMANCE_ACCOUNT: Uuid = Uuid::from_u128(0x14_0000_0000_0000_0000_0000_0000_0001);
+
+async fn performance_comparison(stores: &Stores) -> Fallible {
+    println!("=== Performance Comparison ===\n");
+    let repo_no_snap = Repository::<Account>::new(stores.events.clone());
+    let repo_with_snap = Repository::<Account>::new(stores.events.clone())
+        .with_snapshots(stores.snapshots.clone(), SnapshotPolicy::every(50)?);
+
+    let account_id = PERFORMANCE_ACCOUNT;
+    let mut account = if repo_no_snap.exists(account_id).await? {
+        let account = repo_no_snap.load(account_id).await?;
+        println!("Found the account of a previous run with {} events; reusing it", account.version());
+        account
+    } else {
+        let mut account = repo_no_snap.create_new(account_id);
+        account.open("Performance Test", 1000.0)?;
+        repo_no_snap.save(&mut account).await?;
+        let num_transactions = 200;
+        println!("Creating {num_transactions} transactions...");
+        for i in 0..num_transactions {
+            account = repo_no_snap.load(account_id).await?;
+            if i % 2 == 0 {
+                account.deposit(10.0)?;
+            } else {
+                account.withdraw(5.0)?;
+            }
+            repo_no_snap.save(&mut account).await?;
+        }
+        account
+    };
+    println!("Account now has {} events", account.version());
+    println!("Final balance: ${:.2}", account.state().balance);
+    println!("Transaction count: {}", account.state().transaction_count);
+    println!();
+
+    let iterations = 10;
+    let start = Instant::now();
+    for _ in 0..iterations {
+        account = repo_no_snap.load(account_id).await?;
+    }
+    let no_snap_time = start.elapsed().as_secs_f64() / iterations as f64;
+    println!("Load time WITHOUT snapshot: {:.3}ms", no_snap_time * 1000.0);
+
+    let loaded = repo_with_snap.load(account_id).await?;
+    repo_with_snap.create_snapshot(&loaded).await?;
+    println!("Snapshot created!");
+
+    let start = Instant::now();
+    for _ in 0..iterations {
+        account = repo_with_snap.load(account_id).await?;
+    }
+    let with_snap_time = start.elapsed().as_secs_f64() / iterations as f64;
+    println!("Load time WITH snapshot: {:.3}ms", with_snap_time * 1000.0);
+    if with_snap_time > 0.0 {
+        println!("Improvement: {:.1}x faster", no_snap_time / with_snap_time);
+    }
+    assert_eq!(account.state().balance, loaded.state().balance);
+    Ok(())
+}
+
+async fn automatic_snapshot_demo(stores: &Stores) -> Fallible {
+    println!("\n=== Automatic Snapshot Creation ===\n");
+    let repo = Repository::<Account>::new(stores.events.clone())
+        .with_snapshots(stores.snapshots.clone(), SnapshotPolicy::every(10)?.with_mode(SnapshotMode::Sync));
+
+    let account_id = Uuid::new_v4();
+    let mut account = repo.create_new(account_id);
+    account.open("Auto Snapshot Demo", 100.0)?;
+    repo.save(&mut account).await?;
+    println!("Starting with account at version {}", account.version());
+
+    for _ in 0..25 {
+        account = repo.load(account_id).await?;
+        account.deposit(1.0)?;
+        repo.save(&mut account).await?;
+        let snapshot = stores.snapshots.get_snapshot(account_id, "Account").await?;
+        if snapshot.is_some_and(|s| s.version == account.version()) {
+            println!("  Version {}: Snapshot created!", account.version());
+        } else if account.version() % 5 == 0 {
+            println!("  Version {}: No snapshot yet", account.version());
+        }
+    }
+
+    if let Some(snapshot) = stores.snapshots.get_snapshot(account_id, "Account").await? {
+        println!("\nFinal snapshot at version {}", snapshot.version);
+        println!("Account current version: {}", account.version());
+    }
+    Ok(())
+}
+
+async fn snapshot_modes_demo(stores: &Stores) -> Fallible {
+    println!("\n=== Snapshot Modes ===\n");
+
+    println!("Mode: sync");
+    let repo_sync = Repository::<Account>::new(stores.events.clone())
+        .with_snapshots(stores.snapshots.clone(), SnapshotPolicy::every(10)?.with_mode(SnapshotMode::Sync));
+    let account_id = Uuid::new_v4();
+    let mut account = repo_sync.create_new(account_id);
+    account.open("Sync Mode Test", 100.0)?;
+    for _ in 0..15 {
+        account.deposit(1.0)?;
+    }
+    repo_sync.save(&mut account).await?;
+    if let Some(snapshot) = stores.snapshots.get_snapshot(account_id, "Account").await? {
+        println!("  Snapshot created at version {}", snapshot.version);
+    }
+    println!();
+
+    println!("Mode: background");
+    let repo_background = Repository::<Account>::new(stores.events.clone())
+        .with_snapshots(stores.snapshots.clone(), SnapshotPolicy::every(10)?.with_mode(SnapshotMode::Background));
+    let account_id2 = Uuid::new_v4();
+    let mut account2 = repo_background.create_new(account_id2);
+    account2.open("Background Mode Test", 100.0)?;
+    for _ in 0..15 {
+        account2.deposit(1.0)?;
+    }
+    repo_background.save(&mut account2).await?;
+    let count = repo_background.await_pending_snapshots().await;
+    println!("  Awaited {count} background snapshot(s)");
+    if let Some(snapshot) = stores.snapshots.get_snapshot(account_id2, "Account").await? {
+        println!("  Snapshot created at version {}", snapshot.version);
+    }
+    println!();
+
+    println!("Mode: manual");
+    let repo_manual = Repository::<Account>::new(stores.events.clone())
+        .with_snapshots(stores.snapshots.clone(), SnapshotPolicy::manual());
+    let account_id3 = Uuid::new_v4();
+    let mut account3 = repo_manual.create_new(account_id3);
+    account3.open("Manual Mode Test", 100.0)?;
+    for _ in 0..20 {
+        account3.deposit(1.0)?;
+    }
+    repo_manual.save(&mut account3).await?;
+    let exists = stores.snapshots.snapshot_exists(account_id3, "Account").await?;
+    println!("  Auto snapshot exists: {exists}");
+    let account3 = repo_manual.load(account_id3).await?;
+    repo_manual.create_snapshot(&account3).await?;
+    let snapshot3 = stores.snapshots.get_snapshot(account_id3, "Account").await?;
+    println!("  After manual create: {}", snapshot3.is_some());
+    if let Some(snapshot) = snapshot3 {
+        println!("  Snapshot at version {}", snapshot.version);
+    }
+    Ok(())
+}
+
+/// The account as first shipped: no transaction count.
+#[derive(Aggregate, Clone, Debug, Default, Serialize, Deserialize)]
+#[aggregate(name = "Account", schema_version = 1, events(AccountOpened, MoneyDeposited))]
+struct AccountV1 {
+    owner_name: String,
+    balance: f64,
+}
+
+impl Apply<AccountOpened> for AccountV1 {
+    fn apply(&mut self, e: &AccountOpened) {
+        self.owner_name = e.owner_name.clone();
+        self.balance = e.initial_balance;
+    }
+}
+
+impl Apply<MoneyDeposited> for AccountV1 {
+    fn apply(&mut self, e: &MoneyDeposited) {
+        self.balance += e.amount;
+    }
+}
+
+/// The account after a release that added a required field: a new schema version.
+#[derive(Aggregate, Clone, Debug, Default, Serialize, Deserialize)]
+#[aggregate(name = "Account", schema_version = 2, events(AccountOpened, MoneyDeposited))]
+struct AccountV2 {
+    owner_name: String,
+    balance: f64,
+    transaction_count: u64,
+}
+
+impl Apply<AccountOpened> for AccountV2 {
+    fn apply(&mut self, e: &AccountOpened) {
+        self.owner_name = e.owner_name.clone();
+        self.balance = e.initial_balance;
+    }
+}
+
+impl Apply<MoneyDeposited> for AccountV2 {
+    fn apply(&mut self, e: &MoneyDeposited) {
+        self.balance += e.amount;
+        self.transaction_count += 1;
+    }
+}
+
+async fn schema_versioning_demo(stores: &Stores) -> Fallible {
+    println!("\n=== Schema Versioning ===\n");
+    let repo_v1 = Repository::<AccountV1>::new(stores.events.clone())
+        .with_snapshots(stores.snapshots.clone(), SnapshotPolicy::every(5)?);
+    let account_id = Uuid::new_v4();
+    let mut account = repo_v1.create_new(account_id);
+    account.record(AccountOpened { owner_name: "Schema Test".into(), initial_balance: 100.0 });
+    for _ in 0..10 {
+        account.record(MoneyDeposited { amount: 10.0 });
+    }
+    repo_v1.save(&mut account).await?;
+
+    let snapshot_v1 = stores
+        .snapshots
+        .get_snapshot(account_id, "Account")
+        .await?
+        .ok_or("the V1 repository snapshots every 5 events")?;
+    println!("V1 Snapshot created at version {}", snapshot_v1.version);
+    println!("  schema_version: {}", snapshot_v1.schema_version);
+    let keys: Vec<String> = match snapshot_v1.state_value()? {
+        serde_json::Value::Object(fields) => fields.keys().cloned().collect(),
+        _ => vec![],
+    };
+    println!("  state keys: {keys:?}");
+    println!();
+
+    let repo_v2 = Repository::<AccountV2>::new(stores.events.clone())
+        .with_snapshots(stores.snapshots.clone(), SnapshotPolicy::every(5)?);
+    println!("Loading account with V2 aggregate (V1 snapshot should be ignored)...");
+    let loaded = repo_v2.load(account_id).await?;
+    println!("  Loaded successfully!");
+    println!("  Version: {}", loaded.version());
+    println!("  Balance: ${:.2}", loaded.state().balance);
+    println!("  Transaction count: {}", loaded.state().transaction_count);
+    let mismatches = repo_v2.metrics().misses("Account", MissReason::SchemaMismatch);
+    println!("  (Schema mismatch caused full event replay: {mismatches} miss counted)");
+
+    let count = stores.snapshots.delete_snapshots_by_type("Account", Some(2)).await?;
+    println!("\nInvalidated {count} old snapshot(s) with schema_version < 2");
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Fallible {
+    let url = std::env::args().nth(1).unwrap_or_else(|| "memory:".into());
+    let stores = eventsource::backend::open(&url).await?;
+    stores.migrate().await?;
+    println!("Using the {} store\n", stores.backend_name());
+
+    performance_comparison(&stores).await?;
+    automatic_snapshot_demo(&stores).await?;
+    snapshot_modes_demo(&stores).await?;
+    schema_versioning_demo(&stores).await?;
+
+    println!("\n=== All Examples Complete ===");
+    Ok(())
+}

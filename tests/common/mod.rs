@@ -1,0 +1,150 @@
+//! The seed's bank account and store doubles shared by the behaviour tests.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use eventsource::prelude::*;
+use eventsource::{async_trait, Snapshot};
+use tokio::sync::Notify;
+
+#[event(aggregate = "Account")]
+pub struct AccountOpened {
+    pub owner_name: String,
+    pub initial_balance: f64,
+}
+
+#[event(aggregate = "Account")]
+pub struct MoneyDeposited {
+    pub amount: f64,
+}
+
+#[event(aggregate = "Account")]
+pub struct MoneyWithdrawn {
+    pub amount: f64,
+}
+
+#[derive(Aggregate, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[aggregate(name = "Account", schema_version = 1, events(AccountOpened, MoneyDeposited, MoneyWithdrawn))]
+pub struct Account {
+    pub owner_name: String,
+    pub balance: f64,
+    pub transaction_count: u64,
+}
+
+impl Apply<AccountOpened> for Account {
+    fn apply(&mut self, e: &AccountOpened) {
+        self.owner_name = e.owner_name.clone();
+        self.balance = e.initial_balance;
+    }
+}
+
+impl Apply<MoneyDeposited> for Account {
+    fn apply(&mut self, e: &MoneyDeposited) {
+        self.balance += e.amount;
+        self.transaction_count += 1;
+    }
+}
+
+impl Apply<MoneyWithdrawn> for Account {
+    fn apply(&mut self, e: &MoneyWithdrawn) {
+        self.balance -= e.amount;
+        self.transaction_count += 1;
+    }
+}
+
+/// An opened account with `deposits` deposits of 1.0 recorded and not saved.
+pub fn opened(id: Uuid, deposits: usize) -> AggregateRoot<Account> {
+    let mut root = AggregateRoot::new(id);
+    root.record(AccountOpened { owner_name: "Ada".into(), initial_balance: 100.0 });
+    for _ in 0..deposits {
+        root.record(MoneyDeposited { amount: 1.0 });
+    }
+    root
+}
+
+/// The state that replaying every stored event gives, without any snapshot.
+pub async fn replayed(events: &InMemoryEventStore, id: Uuid) -> AggregateRoot<Account> {
+    Repository::<Account>::new(events.clone()).load(id).await.unwrap()
+}
+
+/// A snapshot store that fails every call.
+#[derive(Clone, Debug, Default)]
+pub struct FailingSnapshotStore;
+
+fn broken() -> Error {
+    Error::Store { backend: "test", message: "snapshot store is down".into(), source: None }
+}
+
+#[async_trait]
+impl SnapshotStore for FailingSnapshotStore {
+    async fn get_snapshot(&self, _: Uuid, _: &str) -> eventsource::Result<Option<Snapshot>> {
+        Err(broken())
+    }
+    async fn save_snapshot(&self, _: &Snapshot) -> eventsource::Result<bool> {
+        Err(broken())
+    }
+    async fn delete_snapshot(&self, _: Uuid, _: &str) -> eventsource::Result<bool> {
+        Err(broken())
+    }
+    async fn snapshot_exists(&self, _: Uuid, _: &str) -> eventsource::Result<bool> {
+        Err(broken())
+    }
+    async fn delete_snapshots_by_type(&self, _: &str, _: Option<u32>) -> eventsource::Result<u64> {
+        Err(broken())
+    }
+}
+
+/// An in-memory snapshot store that records every saved version and can hold saves at a gate.
+#[derive(Clone, Default)]
+pub struct ObservedSnapshotStore {
+    pub inner: InMemorySnapshotStore,
+    pub saved: Arc<Mutex<Vec<u64>>>,
+    closed: Arc<AtomicBool>,
+    opened: Arc<Notify>,
+}
+
+impl ObservedSnapshotStore {
+    pub fn saved_versions(&self) -> Vec<u64> {
+        self.saved.lock().unwrap().clone()
+    }
+
+    /// Saves wait from now until `open_gate`.
+    pub fn close_gate(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    pub fn open_gate(&self) {
+        self.closed.store(false, Ordering::SeqCst);
+        self.opened.notify_waiters();
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for ObservedSnapshotStore {
+    async fn get_snapshot(&self, id: Uuid, t: &str) -> eventsource::Result<Option<Snapshot>> {
+        self.inner.get_snapshot(id, t).await
+    }
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> eventsource::Result<bool> {
+        loop {
+            let opened = self.opened.notified();
+            tokio::pin!(opened);
+            opened.as_mut().enable();
+            if !self.closed.load(Ordering::SeqCst) {
+                break;
+            }
+            opened.await;
+        }
+        self.saved.lock().unwrap().push(snapshot.version);
+        self.inner.save_snapshot(snapshot).await
+    }
+    async fn delete_snapshot(&self, id: Uuid, t: &str) -> eventsource::Result<bool> {
+        self.inner.delete_snapshot(id, t).await
+    }
+    async fn snapshot_exists(&self, id: Uuid, t: &str) -> eventsource::Result<bool> {
+        self.inner.snapshot_exists(id, t).await
+    }
+    async fn delete_snapshots_by_type(&self, t: &str, below: Option<u32>) -> eventsource::Result<u64> {
+        self.inner.delete_snapshots_by_type(t, below).await
+    }
+}

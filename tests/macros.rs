@@ -1,0 +1,1 @@
+//! Integration tests of `#[event]` and `#[derive(Aggregate)]`.

@@ -1,0 +1,231 @@
+//! Loading and saving aggregates: versions, envelopes, conflicts and bad input.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use eventsource::prelude::*;
+use eventsource::{EventEnvelope, StoredEvent};
+use futures_util::TryStreamExt;
+
+fn repo(events: &InMemoryEventStore) -> Repository<Account> {
+    Repository::new(events.clone())
+}
+
+async fn stored(events: &InMemoryEventStore, id: Uuid) -> Vec<StoredEvent> {
+    events.read_stream(id, "Account", 0).try_collect().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_saved_aggregate_loads_back_with_its_state_and_version() {
+    let events = InMemoryEventStore::new();
+    let repo = repo(&events);
+    let id = Uuid::new_v4();
+    let mut account = opened(id, 2);
+    account.record(MoneyWithdrawn { amount: 0.5 });
+    assert_eq!((account.version(), account.saved_version()), (4, 0));
+
+    assert_eq!(repo.save(&mut account).await.unwrap(), 4);
+    assert!(!account.has_pending_events());
+    assert_eq!(account.saved_version(), 4);
+
+    let loaded = repo.load(id).await.unwrap();
+    assert_eq!(loaded.version(), 4);
+    assert_eq!(loaded.state(), account.state());
+    assert_eq!(loaded.state().balance, 101.5);
+    assert_eq!(loaded.state().transaction_count, 3);
+    assert!(repo.exists(id).await.unwrap());
+}
+
+#[tokio::test]
+async fn recording_stamps_the_next_version_and_the_envelope() {
+    let events = InMemoryEventStore::new();
+    let repo = repo(&events);
+    let id = Uuid::new_v4();
+    let correlation = Uuid::new_v4();
+    let mut account = repo.create_new(id);
+    account.set_context(EventContext {
+        correlation_id: Some(correlation),
+        causation_id: None,
+        metadata: Some(serde_json::json!({"user": "ada"})),
+    });
+    account.record(AccountOpened { owner_name: "Ada".into(), initial_balance: 1.0 });
+    account.record_with(MoneyDeposited { amount: 2.0 }, EventContext::default());
+    let pending: Vec<u64> = account.pending_events().iter().map(|p| p.aggregate_version).collect();
+    assert_eq!(pending, vec![1, 2]);
+    let first_id = account.pending_events()[0].event_id;
+    repo.save(&mut account).await.unwrap();
+
+    let stored = stored(&events, id).await;
+    let EventEnvelope { event_id, event_type, event_version, aggregate_id, aggregate_type, aggregate_version, correlation_id, metadata, payload, .. } =
+        stored[0].envelope.clone();
+    assert_eq!(event_id, first_id);
+    assert_eq!((&*event_type, event_version), ("AccountOpened", 1));
+    assert_eq!((aggregate_id, &*aggregate_type, aggregate_version), (id, "Account", 1));
+    assert_eq!(correlation_id, Some(correlation));
+    assert_eq!(metadata, Some(serde_json::json!({"user": "ada"})));
+    let payload: serde_json::Value = serde_json::from_str(&payload).unwrap();
+    assert_eq!(payload, serde_json::json!({"owner_name": "Ada", "initial_balance": 1.0}));
+    assert_eq!(stored[1].correlation_id, None);
+    assert!(stored[0].position < stored[1].position);
+}
+
+#[tokio::test]
+async fn loading_an_empty_stream_is_not_found() {
+    let repo = repo(&InMemoryEventStore::new());
+    let id = Uuid::new_v4();
+    let err = repo.load(id).await.unwrap_err();
+    assert!(matches!(&err, Error::NotFound { aggregate_id, aggregate_type } if *aggregate_id == id && aggregate_type == "Account"), "{err}");
+    assert!(!repo.exists(id).await.unwrap());
+    let fresh = repo.load_or_create(id).await.unwrap();
+    assert_eq!((fresh.version(), fresh.state()), (0, &Account::default()));
+}
+
+#[tokio::test]
+async fn load_or_create_returns_the_stored_aggregate_when_there_is_one() {
+    let events = InMemoryEventStore::new();
+    let repo = repo(&events);
+    let id = Uuid::new_v4();
+    repo.save(&mut opened(id, 1)).await.unwrap();
+    assert_eq!(repo.load_or_create(id).await.unwrap().version(), 2);
+}
+
+#[tokio::test]
+async fn the_second_of_two_writers_gets_a_conflict_and_keeps_its_events() {
+    let events = InMemoryEventStore::new();
+    let repo = repo(&events);
+    let id = Uuid::new_v4();
+    repo.save(&mut opened(id, 0)).await.unwrap();
+
+    let mut first = repo.load(id).await.unwrap();
+    let mut second = repo.load(id).await.unwrap();
+    first.record(MoneyDeposited { amount: 10.0 });
+    second.record(MoneyWithdrawn { amount: 5.0 });
+    second.record(MoneyWithdrawn { amount: 5.0 });
+
+    repo.save(&mut first).await.unwrap();
+    let err = repo.save(&mut second).await.unwrap_err();
+    match err {
+        Error::Conflict { expected, actual, aggregate_id, .. } => {
+            assert_eq!((expected, actual, aggregate_id), (1, 2, id));
+        }
+        other => panic!("expected a conflict, got {other}"),
+    }
+    assert_eq!(second.pending_events().len(), 2, "the loser's events stay pending");
+    assert_eq!(stored(&events, id).await.len(), 2, "nothing of the loser was written");
+    assert_eq!(repo.load(id).await.unwrap().state().balance, 110.0);
+}
+
+#[tokio::test]
+async fn concurrent_writers_store_exactly_the_successful_saves() {
+    let events = InMemoryEventStore::new();
+    let repo = repo(&events);
+    let id = Uuid::new_v4();
+    repo.save(&mut opened(id, 0)).await.unwrap();
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let repo = repo.clone();
+            tokio::spawn(async move {
+                let mut wins = 0;
+                for _ in 0..20 {
+                    let mut account = repo.load(id).await.unwrap();
+                    account.record(MoneyDeposited { amount: 1.0 });
+                    match repo.save(&mut account).await {
+                        Ok(_) => wins += 1,
+                        Err(e) if e.is_conflict() => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                    tokio::task::yield_now().await;
+                }
+                wins
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for task in tasks {
+        wins += task.await.unwrap();
+    }
+    let loaded = repo.load(id).await.unwrap();
+    assert_eq!(loaded.version(), 1 + wins);
+    assert_eq!(loaded.state().transaction_count, wins);
+    let versions: Vec<u64> = stored(&events, id).await.iter().map(|e| e.aggregate_version).collect();
+    assert_eq!(versions, (1..=1 + wins).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn saving_nothing_is_a_no_op() {
+    let events = InMemoryEventStore::new();
+    let repo = repo(&events);
+    let mut account = repo.create_new(Uuid::new_v4());
+    assert_eq!(repo.save(&mut account).await.unwrap(), 0);
+    assert!(events.is_empty());
+}
+
+#[tokio::test]
+async fn a_non_finite_float_fails_the_save_and_loses_nothing() {
+    let events = InMemoryEventStore::new();
+    let repo = repo(&events);
+    let id = Uuid::new_v4();
+    let mut account = opened(id, 0);
+    account.record(MoneyDeposited { amount: f64::NAN });
+    let err = repo.save(&mut account).await.unwrap_err();
+    assert!(matches!(err, Error::Serialization { .. }), "{err}");
+    assert!(err.to_string().contains("MoneyDeposited"), "{err}");
+    assert_eq!(account.pending_events().len(), 2, "events stay pending");
+    assert!(events.is_empty(), "nothing is written");
+}
+
+fn envelope(id: Uuid, version: u64, event_type: &str, payload: &str) -> EventEnvelope {
+    EventEnvelope {
+        event_id: Uuid::new_v4(),
+        event_type: event_type.into(),
+        event_version: 1,
+        aggregate_id: id,
+        aggregate_type: "Account".into(),
+        aggregate_version: version,
+        occurred_at: chrono::Utc::now(),
+        correlation_id: None,
+        causation_id: None,
+        metadata: None,
+        payload: Arc::from(payload),
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_stored_event_type_is_an_error_naming_it() {
+    let events = InMemoryEventStore::new();
+    let id = Uuid::new_v4();
+    events
+        .append(id, "Account", 0, &[envelope(id, 1, "AccountRenamed", r#"{"name":"x"}"#)])
+        .await
+        .unwrap();
+    let err = repo(&events).load(id).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::UnknownEventType { event_type, aggregate_type } if event_type == "AccountRenamed" && aggregate_type == "Account"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_stored_payload_of_the_wrong_shape_is_a_serialization_error() {
+    let events = InMemoryEventStore::new();
+    let id = Uuid::new_v4();
+    events
+        .append(id, "Account", 0, &[envelope(id, 1, "MoneyDeposited", r#"{"amount":"lots"}"#)])
+        .await
+        .unwrap();
+    let err = repo(&events).load(id).await.unwrap_err();
+    assert!(matches!(err, Error::Serialization { action: "deserialize", .. }), "{err}");
+}
+
+#[tokio::test]
+async fn same_id_under_another_aggregate_type_is_another_stream() {
+    let events = InMemoryEventStore::new();
+    let id = Uuid::new_v4();
+    events
+        .append(id, "Ledger", 0, &[EventEnvelope { aggregate_type: "Ledger".into(), ..envelope(id, 1, "LedgerOpened", "{}") }])
+        .await
+        .unwrap();
+    assert!(repo(&events).load(id).await.unwrap_err().is_not_found());
+}

@@ -324,6 +324,8 @@ async fn a_snapshot_store_that_always_fails_never_fails_a_load_or_a_save() {
         let id = Uuid::new_v4();
         let mut account = opened(id, 5);
         repo.save(&mut account).await.unwrap();
+        // Without this wait a background request could coalesce with the next one.
+        assert_eq!(repo.await_pending_snapshots().await, 0);
         account.record(MoneyDeposited { amount: 1.0 });
         account.record(MoneyDeposited { amount: 1.0 });
         repo.save(&mut account).await.unwrap();
@@ -339,6 +341,24 @@ async fn a_snapshot_store_that_always_fails_never_fails_a_load_or_a_save() {
     repo.save(&mut saved).await.unwrap();
     let err = repo.create_snapshot(&saved).await.unwrap_err();
     assert!(matches!(err, Error::Store { .. }), "an explicit snapshot reports the failure: {err}");
+}
+
+#[tokio::test]
+async fn a_snapshot_store_that_hangs_costs_at_most_its_timeout() {
+    let events = InMemoryEventStore::new();
+    let policy = SnapshotPolicy::every(1).unwrap().with_store_timeout(Duration::from_millis(50)).unwrap();
+    let repo = repo_with(&events, HangingSnapshotStore, policy);
+    let id = Uuid::new_v4();
+    let mut account = opened(id, 3);
+    repo.save(&mut account).await.unwrap();
+    let loaded = repo.load(id).await.unwrap();
+    assert_eq!(loaded.state(), account.state());
+    assert_eq!(repo.metrics().misses("Account", MissReason::StoreError), 1);
+    assert_eq!(repo.metrics().write_failures("Account"), 1);
+    assert!(matches!(
+        SnapshotPolicy::manual().with_store_timeout(Duration::ZERO),
+        Err(Error::InvalidConfiguration(_))
+    ));
 }
 
 mod v2 {

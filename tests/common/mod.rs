@@ -148,3 +148,26 @@ impl SnapshotStore for ObservedSnapshotStore {
         self.inner.delete_snapshots_by_type(t, below).await
     }
 }
+
+/// A snapshot store whose every call hangs forever.
+#[derive(Clone, Debug, Default)]
+pub struct HangingSnapshotStore;
+
+#[async_trait]
+impl SnapshotStore for HangingSnapshotStore {
+    async fn get_snapshot(&self, _: Uuid, _: &str) -> eventsource::Result<Option<Snapshot>> {
+        std::future::pending().await
+    }
+    async fn save_snapshot(&self, _: &Snapshot) -> eventsource::Result<bool> {
+        std::future::pending().await
+    }
+    async fn delete_snapshot(&self, _: Uuid, _: &str) -> eventsource::Result<bool> {
+        std::future::pending().await
+    }
+    async fn snapshot_exists(&self, _: Uuid, _: &str) -> eventsource::Result<bool> {
+        std::future::pending().await
+    }
+    async fn delete_snapshots_by_type(&self, _: &str, _: Option<u32>) -> eventsource::Result<u64> {
+        std::future::pending().await
+    }
+}

@@ -7,7 +7,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::write_snapshot;
-use crate::snapshot::{Snapshot, SnapshotMetrics, SnapshotStore};
+use crate::snapshot::{Snapshot, SnapshotMetrics, SnapshotPolicy, SnapshotStore};
 
 /// Snapshots waiting to be written, at most one per aggregate.
 ///
@@ -20,7 +20,7 @@ pub(crate) struct BackgroundQueue {
     store: Arc<dyn SnapshotStore>,
     metrics: Arc<SnapshotMetrics>,
     aggregate_type: &'static str,
-    capacity: usize,
+    policy: SnapshotPolicy,
 }
 
 #[derive(Default)]
@@ -36,7 +36,7 @@ impl BackgroundQueue {
         store: Arc<dyn SnapshotStore>,
         metrics: Arc<SnapshotMetrics>,
         aggregate_type: &'static str,
-        capacity: usize,
+        policy: SnapshotPolicy,
     ) -> Self {
         BackgroundQueue {
             state: Mutex::default(),
@@ -44,7 +44,7 @@ impl BackgroundQueue {
             store,
             metrics,
             aggregate_type,
-            capacity,
+            policy,
         }
     }
 
@@ -64,7 +64,7 @@ impl BackgroundQueue {
             }
             return None;
         }
-        if state.pending.len() >= self.capacity {
+        if state.pending.len() >= self.policy.queue_capacity() {
             return Some(snapshot);
         }
         state.order.push_back(snapshot.aggregate_id);
@@ -90,7 +90,7 @@ impl BackgroundQueue {
                 self.idle.notify_waiters();
                 return;
             };
-            if write_snapshot(&*self.store, &self.metrics, self.aggregate_type, &snapshot)
+            if write_snapshot(&*self.store, &self.metrics, self.aggregate_type, self.policy.store_timeout(), &snapshot)
                 .await
                 .is_ok()
             {

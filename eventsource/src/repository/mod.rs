@@ -3,8 +3,10 @@
 
 mod background;
 
+use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use futures_util::StreamExt;
@@ -92,12 +94,7 @@ impl<A: Aggregate> Repository<A> {
     pub fn with_snapshots(mut self, store: impl SnapshotStore + 'static, policy: SnapshotPolicy) -> Self {
         let store: Arc<dyn SnapshotStore> = Arc::new(store);
         let queue = (policy.mode() == SnapshotMode::Background).then(|| {
-            Arc::new(BackgroundQueue::new(
-                store.clone(),
-                self.metrics.clone(),
-                A::TYPE_NAME,
-                policy.queue_capacity(),
-            ))
+            Arc::new(BackgroundQueue::new(store.clone(), self.metrics.clone(), A::TYPE_NAME, policy))
         });
         self.snapshots = Some(Snapshots { store, policy, queue });
         self
@@ -202,7 +199,8 @@ impl<A: Aggregate> Repository<A> {
     async fn usable_snapshot(&self, id: Uuid) -> Option<(u64, A)> {
         let snapshots = self.snapshots.as_ref()?;
         let span = tracing::debug_span!("eventsource.snapshot.get", aggregate.id = %id, aggregate.type = A::TYPE_NAME);
-        let snapshot = match snapshots.store.get_snapshot(id, A::TYPE_NAME).instrument(span).await {
+        let read = snapshots.store.get_snapshot(id, A::TYPE_NAME).instrument(span);
+        let snapshot = match within(snapshots.policy.store_timeout(), read).await {
             Ok(Some(snapshot)) => snapshot,
             Ok(None) => return self.miss(id, MissReason::Missing, String::new()),
             Err(e) => return self.miss(id, MissReason::StoreError, e.to_string()),
@@ -294,7 +292,7 @@ impl<A: Aggregate> Repository<A> {
             None => snapshot,
         };
         // Failures are logged and counted inside; the save has succeeded regardless.
-        let _ = write_snapshot(&*snapshots.store, &self.metrics, A::TYPE_NAME, &snapshot).await;
+        let _ = write_snapshot(&*snapshots.store, &self.metrics, A::TYPE_NAME, snapshots.policy.store_timeout(), &snapshot).await;
     }
 
     /// Writes a snapshot of the aggregate now, whatever the mode, and returns it.
@@ -331,7 +329,7 @@ impl<A: Aggregate> Repository<A> {
                 });
             }
             let snapshot = take_snapshot(root)?;
-            write_snapshot(&*snapshots.store, &self.metrics, A::TYPE_NAME, &snapshot).await?;
+            write_snapshot(&*snapshots.store, &self.metrics, A::TYPE_NAME, snapshots.policy.store_timeout(), &snapshot).await?;
             Ok(snapshot)
         }
         .instrument(span)
@@ -391,11 +389,23 @@ fn take_snapshot<A: Aggregate>(root: &AggregateRoot<A>) -> Result<Snapshot> {
     })
 }
 
-/// Writes one snapshot, counting and logging the outcome.
+/// The store call's outcome, or a store error if it takes longer than `timeout`.
+async fn within<T>(timeout: Duration, call: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(timeout, call).await.unwrap_or_else(|_| {
+        Err(Error::Store {
+            backend: "snapshot",
+            message: format!("snapshot store did not answer within {timeout:?}"),
+            source: None,
+        })
+    })
+}
+
+/// Writes one snapshot within the policy's timeout, counting and logging the outcome.
 async fn write_snapshot(
     store: &dyn SnapshotStore,
     metrics: &SnapshotMetrics,
     aggregate_type: &'static str,
+    timeout: Duration,
     snapshot: &Snapshot,
 ) -> Result<bool> {
     let span = tracing::debug_span!(
@@ -404,7 +414,7 @@ async fn write_snapshot(
         aggregate.type = aggregate_type,
         snapshot.version = snapshot.version,
     );
-    match store.save_snapshot(snapshot).instrument(span).await {
+    match within(timeout, store.save_snapshot(snapshot).instrument(span)).await {
         Ok(stored) => {
             metrics.add(aggregate_type, Counter::Written);
             Ok(stored)

@@ -1,6 +1,7 @@
 //! When the repository takes snapshots.
 
 use std::num::{NonZeroU64, NonZeroUsize};
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 
@@ -32,7 +33,11 @@ pub struct SnapshotPolicy {
     threshold: Option<NonZeroU64>,
     mode: SnapshotMode,
     queue_capacity: NonZeroUsize,
+    store_timeout: Duration,
 }
+
+/// How long a snapshot read or write may take before it counts as a store failure.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The default bound of the background queue, in aggregates waiting for a snapshot.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
@@ -51,6 +56,7 @@ impl SnapshotPolicy {
             threshold: Some(threshold),
             mode: SnapshotMode::Sync,
             queue_capacity: NonZeroUsize::new(DEFAULT_QUEUE_CAPACITY).expect("non-zero"),
+            store_timeout: DEFAULT_STORE_TIMEOUT,
         })
     }
 
@@ -60,6 +66,7 @@ impl SnapshotPolicy {
             threshold: None,
             mode: SnapshotMode::Manual,
             queue_capacity: NonZeroUsize::new(DEFAULT_QUEUE_CAPACITY).expect("non-zero"),
+            store_timeout: DEFAULT_STORE_TIMEOUT,
         }
     }
 
@@ -79,6 +86,25 @@ impl SnapshotPolicy {
             Error::InvalidConfiguration("background snapshot queue capacity must be at least 1".into())
         })?;
         Ok(self)
+    }
+
+    /// Bounds every snapshot read and write to `timeout` (default [`DEFAULT_STORE_TIMEOUT`]).
+    ///
+    /// A snapshot store that hangs then costs a load at most this long before it replays the
+    /// events instead, and a save at most this long before its snapshot write is given up
+    /// (logged and counted as a store error). A zero timeout is
+    /// [`Error::InvalidConfiguration`].
+    pub fn with_store_timeout(mut self, timeout: Duration) -> Result<Self> {
+        if timeout.is_zero() {
+            return Err(Error::InvalidConfiguration("snapshot store timeout must be above zero".into()));
+        }
+        self.store_timeout = timeout;
+        Ok(self)
+    }
+
+    /// The bound on each snapshot read and write.
+    pub fn store_timeout(&self) -> Duration {
+        self.store_timeout
     }
 
     /// The threshold in events, if automatic snapshots are configured.

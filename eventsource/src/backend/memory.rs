@@ -4,7 +4,7 @@
 //! are kept serialized, as a database would keep them, so an event that cannot be encoded
 //! fails at save time here too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
@@ -41,6 +41,8 @@ struct EventLog {
     events: Vec<StoredEvent>,
     /// For each aggregate id, its streams by type: the log index of each version.
     streams: HashMap<Uuid, Vec<(Arc<str>, Vec<usize>)>>,
+    /// Every stored event id, which the contract keeps unique.
+    event_ids: HashSet<Uuid>,
 }
 
 impl EventLog {
@@ -104,6 +106,10 @@ impl EventStore for InMemoryEventStore {
                 actual,
             });
         }
+        if let Some(reused) = events.iter().find(|e| log.event_ids.contains(&e.event_id)) {
+            return Err(Error::InvalidInput(format!("event id {} is already stored", reused.event_id)));
+        }
+        log.event_ids.extend(events.iter().map(|e| e.event_id));
         let first = log.events.len();
         for (i, event) in events.iter().enumerate() {
             log.events.push(StoredEvent {

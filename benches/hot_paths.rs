@@ -12,29 +12,45 @@ mod account;
 use account::{Account, AccountEvent, AccountOpened, MoneyDeposited};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use eventsource::prelude::*;
-use eventsource::{Aggregate as _, AggregateEvent};
+use eventsource::AggregateEvent;
 
 fn events(c: &mut Criterion) {
     let mut group = c.benchmark_group("event");
     group.throughput(Throughput::Elements(1));
-    let payload = AccountEvent::from(MoneyDeposited { amount: 12.5 }).to_json().unwrap();
+    let payload = AccountEvent::from(MoneyDeposited { amount: 12.5 })
+        .to_json()
+        .unwrap();
     group.bench_function("decode MoneyDeposited", |b| {
-        b.iter(|| AccountEvent::from_json(std::hint::black_box("MoneyDeposited"), std::hint::black_box(&payload)).unwrap())
+        b.iter(|| {
+            AccountEvent::from_json(
+                std::hint::black_box("MoneyDeposited"),
+                std::hint::black_box(&payload),
+            )
+            .unwrap()
+        })
     });
     let event = AccountEvent::from(MoneyDeposited { amount: 12.5 });
     group.bench_function("apply dispatch", |b| {
         let mut state = Account::default();
-        b.iter(|| state.apply(std::hint::black_box(&event)))
+        b.iter(|| state.apply_event(std::hint::black_box(&event)))
     });
-    group.bench_function("encode MoneyDeposited", |b| b.iter(|| std::hint::black_box(&event).to_json().unwrap()));
+    group.bench_function("encode MoneyDeposited", |b| {
+        b.iter(|| std::hint::black_box(&event).to_json().unwrap())
+    });
     group.finish();
 }
 
 fn snapshots(c: &mut Criterion) {
-    let state = Account { owner_name: "Ada Lovelace".into(), balance: 1_234_567.89, transaction_count: 99_999 };
+    let state = Account {
+        owner_name: "Ada Lovelace".into(),
+        balance: 1_234_567.89,
+        transaction_count: 99_999,
+    };
     let json = serde_json::to_string(&state).unwrap();
     let mut group = c.benchmark_group("snapshot state");
-    group.bench_function("serialize", |b| b.iter(|| serde_json::to_string(std::hint::black_box(&state)).unwrap()));
+    group.bench_function("serialize", |b| {
+        b.iter(|| serde_json::to_string(std::hint::black_box(&state)).unwrap())
+    });
     group.bench_function("restore", |b| {
         b.iter(|| serde_json::from_str::<Account>(std::hint::black_box(&json)).unwrap())
     });
@@ -50,7 +66,10 @@ fn repository(c: &mut Criterion) {
     let id = Uuid::new_v4();
     runtime.block_on(async {
         let mut root = repo.create_new(id);
-        root.record(AccountOpened { owner_name: "Ada".into(), initial_balance: 0.0 });
+        root.record(AccountOpened {
+            owner_name: "Ada".into(),
+            initial_balance: 0.0,
+        });
         for _ in 0..9_999 {
             root.record(MoneyDeposited { amount: 1.0 });
         }
@@ -59,9 +78,13 @@ fn repository(c: &mut Criterion) {
     });
     let plain = Repository::<Account>::new(events.clone());
     let mut group = c.benchmark_group("in-memory load, 10,000 events");
-    group.bench_function("snapshot at head", |b| b.iter(|| runtime.block_on(repo.load(id)).unwrap()));
+    group.bench_function("snapshot at head", |b| {
+        b.iter(|| runtime.block_on(repo.load(id)).unwrap())
+    });
     group.throughput(Throughput::Elements(10_000));
-    group.bench_function("full replay", |b| b.iter(|| runtime.block_on(plain.load(id)).unwrap()));
+    group.bench_function("full replay", |b| {
+        b.iter(|| runtime.block_on(plain.load(id)).unwrap())
+    });
     group.finish();
 
     let mut group = c.benchmark_group("in-memory save");
@@ -69,7 +92,10 @@ fn repository(c: &mut Criterion) {
         b.iter_batched(
             || {
                 let mut root = AggregateRoot::<Account>::new(Uuid::new_v4());
-                root.record(AccountOpened { owner_name: "Ada".into(), initial_balance: 0.0 });
+                root.record(AccountOpened {
+                    owner_name: "Ada".into(),
+                    initial_balance: 0.0,
+                });
                 root
             },
             |mut root| runtime.block_on(plain.save(&mut root)).unwrap(),

@@ -9,8 +9,8 @@
 #[path = "domain/account.rs"]
 mod account;
 
-use account::AccountCommands;
 use account::Account;
+use account::AccountCommands;
 use eventsource::prelude::*;
 
 #[tokio::main(flavor = "current_thread")]

@@ -49,7 +49,11 @@ async fn main() -> Result<(), Error> {
         counter.record(CounterIncremented {});
     }
     repo_no_snap.save(&mut counter).await?;
-    println!("Counter at version {} with value {}", counter.version(), counter.state().value);
+    println!(
+        "Counter at version {} with value {}",
+        counter.version(),
+        counter.state().value
+    );
 
     // Step 3: the average of 20 loads without a snapshot.
     let without = average_load_ms(&repo_no_snap, counter_id, 20).await?;

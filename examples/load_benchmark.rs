@@ -54,11 +54,18 @@ fn options() -> Fallible<Options> {
         match flag.as_str() {
             "--stores" => options.stores = value.split(',').map(str::to_owned).collect(),
             "--sizes" => {
-                options.sizes = value.split(',').map(|s| s.replace('_', "").parse()).collect::<Result<_, _>>()?
+                options.sizes = value
+                    .split(',')
+                    .map(|s| s.replace('_', "").parse())
+                    .collect::<Result<_, _>>()?
             }
             "--runs" => options.runs = value.parse()?,
             "--postgres" => options.postgres = value,
-            _ => return Err(format!("unknown flag {flag}; see the header of examples/load_benchmark.rs").into()),
+            _ => {
+                return Err(
+                    format!("unknown flag {flag}; see the header of examples/load_benchmark.rs").into(),
+                )
+            }
         }
     }
     if options.sizes.iter().any(|&n| n <= 50) {
@@ -69,12 +76,20 @@ fn options() -> Fallible<Options> {
 
 /// The state after `version` events of the benchmark's history.
 fn state_at(version: u64) -> Account {
-    Account { owner_name: "Bench".into(), balance: 1000.0 + (version - 1) as f64, transaction_count: version - 1 }
+    Account {
+        owner_name: "Bench".into(),
+        balance: 1000.0 + (version - 1) as f64,
+        transaction_count: version - 1,
+    }
 }
 
 fn envelope(id: Uuid, version: u64) -> EventEnvelope {
     let event: AccountEvent = if version == 1 {
-        AccountOpened { owner_name: "Bench".into(), initial_balance: 1000.0 }.into()
+        AccountOpened {
+            owner_name: "Bench".into(),
+            initial_balance: 1000.0,
+        }
+        .into()
     } else {
         MoneyDeposited { amount: 1.0 }.into()
     };
@@ -113,7 +128,13 @@ impl std::fmt::Display for Cell {
         let mut samples = self.0.clone();
         samples.sort_by(f64::total_cmp);
         let median = samples[samples.len() / 2];
-        write!(f, "{} ({}–{})", ms(median), ms(samples[0]), ms(samples[samples.len() - 1]))
+        write!(
+            f,
+            "{} ({}–{})",
+            ms(median),
+            ms(samples[0]),
+            ms(samples[samples.len() - 1])
+        )
     }
 }
 
@@ -140,7 +161,11 @@ where
 }
 
 /// Times `runs` saves of one new event each.
-async fn time_saves(repo: &Repository<Account>, root: &mut AggregateRoot<Account>, runs: usize) -> Fallible<Cell> {
+async fn time_saves(
+    repo: &Repository<Account>,
+    root: &mut AggregateRoot<Account>,
+    runs: usize,
+) -> Fallible<Cell> {
     let mut samples = Vec::with_capacity(runs);
     for _ in 0..runs {
         root.record(MoneyDeposited { amount: 1.0 });
@@ -166,18 +191,32 @@ fn memory_kib() -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-async fn bench(label: &str, events: Arc<dyn EventStore>, snapshots: Arc<dyn SnapshotStore>, n: u64, runs: usize) -> Fallible<String> {
+async fn bench(
+    label: &str,
+    events: Arc<dyn EventStore>,
+    snapshots: Arc<dyn SnapshotStore>,
+    n: u64,
+    runs: usize,
+) -> Fallible<String> {
     let id = Uuid::new_v4();
     let build = Instant::now();
     append_history(&*events, id, 1, n - 50).await?;
-    let manual = Repository::<Account>::new(events.clone()).with_snapshots(snapshots.clone(), SnapshotPolicy::manual());
-    manual.create_snapshot(&AggregateRoot::from_state(id, n - 50, state_at(n - 50))).await?;
+    let manual = Repository::<Account>::new(events.clone())
+        .with_snapshots(snapshots.clone(), SnapshotPolicy::manual());
+    manual
+        .create_snapshot(&AggregateRoot::from_state(id, n - 50, state_at(n - 50)))
+        .await?;
     append_history(&*events, id, n - 49, n).await?;
-    eprintln!("  {label} N={n}: history built in {:.1}s", build.elapsed().as_secs_f64());
+    eprintln!(
+        "  {label} N={n}: history built in {:.1}s",
+        build.elapsed().as_secs_f64()
+    );
 
     let plain = Repository::<Account>::new(events.clone());
     let replay_runs = if n >= 1_000_000 { runs.min(3) } else { runs };
-    let check = |root: &AggregateRoot<Account>| assert_eq!(root.state(), &state_at(n), "loaded state is the replayed state");
+    let check = |root: &AggregateRoot<Account>| {
+        assert_eq!(root.state(), &state_at(n), "loaded state is the replayed state")
+    };
     let at_n_minus_50 = time(runs, || manual.load(id)).await?;
     check(&manual.load(id).await?);
     let (rss_before, _) = memory_kib().unwrap_or_default();
@@ -185,16 +224,21 @@ async fn bench(label: &str, events: Arc<dyn EventStore>, snapshots: Arc<dyn Snap
     let full = time(replay_runs, || plain.load(id)).await?;
     let peak = memory_kib().map(|(_, peak)| peak.saturating_sub(rss_before));
     check(&plain.load(id).await?);
-    manual.create_snapshot(&AggregateRoot::from_state(id, n, state_at(n))).await?;
+    manual
+        .create_snapshot(&AggregateRoot::from_state(id, n, state_at(n)))
+        .await?;
     let at_n = time(runs, || manual.load(id)).await?;
     check(&manual.load(id).await?);
 
     let mut root = plain.load(id).await?;
     let save = time_saves(&plain, &mut root, runs).await?;
-    let sync = Repository::<Account>::new(events.clone()).with_snapshots(snapshots.clone(), SnapshotPolicy::every(1)?);
+    let sync = Repository::<Account>::new(events.clone())
+        .with_snapshots(snapshots.clone(), SnapshotPolicy::every(1)?);
     let save_sync = time_saves(&sync, &mut root, runs).await?;
-    let background = Repository::<Account>::new(events.clone())
-        .with_snapshots(snapshots.clone(), SnapshotPolicy::every(1)?.with_mode(SnapshotMode::Background));
+    let background = Repository::<Account>::new(events.clone()).with_snapshots(
+        snapshots.clone(),
+        SnapshotPolicy::every(1)?.with_mode(SnapshotMode::Background),
+    );
     let save_background = time_saves(&background, &mut root, runs).await?;
     background.await_pending_snapshots().await;
 
@@ -204,10 +248,17 @@ async fn bench(label: &str, events: Arc<dyn EventStore>, snapshots: Arc<dyn Snap
     ))
 }
 
-async fn stores_for(name: &str, options: &Options, dir: &std::path::Path) -> Fallible<eventsource::backend::Stores> {
+async fn stores_for(
+    name: &str,
+    options: &Options,
+    dir: &std::path::Path,
+) -> Fallible<eventsource::backend::Stores> {
     let url = match name {
         "memory" => "memory:".to_owned(),
-        "sqlite" => format!("sqlite:{}", dir.join(format!("bench-{}.db", Uuid::new_v4())).display()),
+        "sqlite" => format!(
+            "sqlite:{}",
+            dir.join(format!("bench-{}.db", Uuid::new_v4())).display()
+        ),
         "postgres" => options.postgres.clone(),
         other => return Err(format!("unknown store {other}: expected memory, sqlite or postgres").into()),
     };
@@ -221,13 +272,23 @@ async fn main() -> Fallible {
     let options = options()?;
     let dir = std::env::temp_dir().join(format!("eventsource-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    println!("Median ms per operation (fastest–slowest of {} runs; 1,000,000-event replays: at most 3 runs)\n", options.runs);
+    println!(
+        "Median ms per operation (fastest–slowest of {} runs; 1,000,000-event replays: at most 3 runs)\n",
+        options.runs
+    );
     println!("| store | N | load, no snapshot | load, snapshot at N | load, snapshot at N-50 | save 1, no snapshot | save 1 + sync snapshot | save 1 + background snapshot | replay peak memory rise |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for store in &options.stores {
         for &n in &options.sizes {
             let stores = stores_for(store, &options, &dir).await?;
-            let row = bench(stores.backend_name(), stores.events.clone(), stores.snapshots.clone(), n, options.runs).await?;
+            let row = bench(
+                stores.backend_name(),
+                stores.events.clone(),
+                stores.snapshots.clone(),
+                n,
+                options.runs,
+            )
+            .await?;
             println!("{row}");
         }
     }

@@ -33,7 +33,10 @@ async fn performance_comparison(stores: &Stores) -> Fallible {
     let account_id = PERFORMANCE_ACCOUNT;
     let mut account = if repo_no_snap.exists(account_id).await? {
         let account = repo_no_snap.load(account_id).await?;
-        println!("Found the account of a previous run with {} events; reusing it", account.version());
+        println!(
+            "Found the account of a previous run with {} events; reusing it",
+            account.version()
+        );
         account
     } else {
         let mut account = repo_no_snap.create_new(account_id);
@@ -84,8 +87,10 @@ async fn performance_comparison(stores: &Stores) -> Fallible {
 
 async fn automatic_snapshot_demo(stores: &Stores) -> Fallible {
     println!("\n=== Automatic Snapshot Creation ===\n");
-    let repo = Repository::<Account>::new(stores.events.clone())
-        .with_snapshots(stores.snapshots.clone(), SnapshotPolicy::every(10)?.with_mode(SnapshotMode::Sync));
+    let repo = Repository::<Account>::new(stores.events.clone()).with_snapshots(
+        stores.snapshots.clone(),
+        SnapshotPolicy::every(10)?.with_mode(SnapshotMode::Sync),
+    );
 
     let account_id = Uuid::new_v4();
     let mut account = repo.create_new(account_id);
@@ -116,8 +121,10 @@ async fn snapshot_modes_demo(stores: &Stores) -> Fallible {
     println!("\n=== Snapshot Modes ===\n");
 
     println!("Mode: sync");
-    let repo_sync = Repository::<Account>::new(stores.events.clone())
-        .with_snapshots(stores.snapshots.clone(), SnapshotPolicy::every(10)?.with_mode(SnapshotMode::Sync));
+    let repo_sync = Repository::<Account>::new(stores.events.clone()).with_snapshots(
+        stores.snapshots.clone(),
+        SnapshotPolicy::every(10)?.with_mode(SnapshotMode::Sync),
+    );
     let account_id = Uuid::new_v4();
     let mut account = repo_sync.create_new(account_id);
     account.open("Sync Mode Test", 100.0)?;
@@ -131,8 +138,10 @@ async fn snapshot_modes_demo(stores: &Stores) -> Fallible {
     println!();
 
     println!("Mode: background");
-    let repo_background = Repository::<Account>::new(stores.events.clone())
-        .with_snapshots(stores.snapshots.clone(), SnapshotPolicy::every(10)?.with_mode(SnapshotMode::Background));
+    let repo_background = Repository::<Account>::new(stores.events.clone()).with_snapshots(
+        stores.snapshots.clone(),
+        SnapshotPolicy::every(10)?.with_mode(SnapshotMode::Background),
+    );
     let account_id2 = Uuid::new_v4();
     let mut account2 = repo_background.create_new(account_id2);
     account2.open("Background Mode Test", 100.0)?;
@@ -219,7 +228,10 @@ async fn schema_versioning_demo(stores: &Stores) -> Fallible {
         .with_snapshots(stores.snapshots.clone(), SnapshotPolicy::every(5)?);
     let account_id = Uuid::new_v4();
     let mut account = repo_v1.create_new(account_id);
-    account.record(AccountOpened { owner_name: "Schema Test".into(), initial_balance: 100.0 });
+    account.record(AccountOpened {
+        owner_name: "Schema Test".into(),
+        initial_balance: 100.0,
+    });
     for _ in 0..10 {
         account.record(MoneyDeposited { amount: 10.0 });
     }
@@ -250,7 +262,10 @@ async fn schema_versioning_demo(stores: &Stores) -> Fallible {
     let mismatches = repo_v2.metrics().misses("Account", MissReason::SchemaMismatch);
     println!("  (Schema mismatch caused full event replay: {mismatches} miss counted)");
 
-    let count = stores.snapshots.delete_snapshots_by_type("Account", Some(2)).await?;
+    let count = stores
+        .snapshots
+        .delete_snapshots_by_type("Account", Some(2))
+        .await?;
     println!("\nInvalidated {count} old snapshot(s) with schema_version < 2");
     Ok(())
 }

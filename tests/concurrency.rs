@@ -20,7 +20,9 @@ const AGGREGATES: usize = 3;
 const CHILD: &str = "EVENTSOURCE_TEST_CONCURRENCY_CHILD";
 
 fn repo(stores: &Stores) -> Repository<Account> {
-    let policy = SnapshotPolicy::every(3).unwrap().with_mode(SnapshotMode::Background);
+    let policy = SnapshotPolicy::every(3)
+        .unwrap()
+        .with_mode(SnapshotMode::Background);
     Repository::new(stores.events.clone()).with_snapshots(stores.snapshots.clone(), policy)
 }
 
@@ -63,11 +65,16 @@ async fn hammer(stores: &Stores, ids: &[Uuid]) -> (HashMap<Uuid, u64>, u64) {
 
 /// The state after the first `version` stored events, decoded and applied one by one.
 async fn state_at(stores: &Stores, id: Uuid, version: u64) -> Account {
-    let events: Vec<_> = stores.events.read_stream(id, "Account", 0).try_collect().await.unwrap();
+    let events: Vec<_> = stores
+        .events
+        .read_stream(id, "Account", 0)
+        .try_collect()
+        .await
+        .unwrap();
     let mut state = Account::default();
     for stored in events.iter().take(version as usize) {
         let event = AccountEvent::from_json(&stored.event_type, &stored.payload).unwrap();
-        eventsource::Aggregate::apply(&mut state, &event);
+        eventsource::Aggregate::apply_event(&mut state, &event);
     }
     state
 }
@@ -75,8 +82,15 @@ async fn state_at(stores: &Stores, id: Uuid, version: u64) -> Account {
 async fn verify(stores: &Stores, ids: &[Uuid], wins: &HashMap<Uuid, u64>) {
     for &id in ids {
         let won = wins.get(&id).copied().unwrap_or(0);
-        let account = Repository::<Account>::new(stores.events.clone()).load(id).await.unwrap();
-        assert_eq!(account.version(), 1 + won, "stored events are exactly the successful saves");
+        let account = Repository::<Account>::new(stores.events.clone())
+            .load(id)
+            .await
+            .unwrap();
+        assert_eq!(
+            account.version(),
+            1 + won,
+            "stored events are exactly the successful saves"
+        );
         assert_eq!(account.state().transaction_count, won);
         let versions: Vec<u64> = stores
             .events
@@ -85,10 +99,18 @@ async fn verify(stores: &Stores, ids: &[Uuid], wins: &HashMap<Uuid, u64>) {
             .try_collect()
             .await
             .unwrap();
-        assert_eq!(versions, (1..=1 + won).collect::<Vec<_>>(), "no gap, no duplicate");
+        assert_eq!(
+            versions,
+            (1..=1 + won).collect::<Vec<_>>(),
+            "no gap, no duplicate"
+        );
         if let Some(snapshot) = stores.snapshots.get_snapshot(id, "Account").await.unwrap() {
             let state: Account = serde_json::from_str(&snapshot.state).unwrap();
-            assert_eq!(state, state_at(stores, id, snapshot.version).await, "snapshot equals its replay");
+            assert_eq!(
+                state,
+                state_at(stores, id, snapshot.version).await,
+                "snapshot equals its replay"
+            );
         }
         assert_eq!(repo(stores).load(id).await.unwrap().state(), account.state());
     }
@@ -128,7 +150,10 @@ async fn processes_on(url: &str, test_name: &str) {
     let stores = open(url).await.unwrap();
     stores.migrate().await.unwrap();
     let ids = create(&stores).await;
-    let spec = format!("{url}|{}", ids.iter().map(Uuid::to_string).collect::<Vec<_>>().join(","));
+    let spec = format!(
+        "{url}|{}",
+        ids.iter().map(Uuid::to_string).collect::<Vec<_>>().join(",")
+    );
     let children: Vec<_> = (0..2)
         .map(|_| {
             tokio::process::Command::new(std::env::current_exe().unwrap())
@@ -144,7 +169,10 @@ async fn processes_on(url: &str, test_name: &str) {
         let output = child.wait_with_output().await.unwrap();
         assert!(output.status.success(), "a writer process failed");
         let stdout = String::from_utf8(output.stdout).unwrap();
-        let line = stdout.lines().find_map(|l| l.strip_prefix("CHILD-RESULT ")).expect("the child reports");
+        let line = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("CHILD-RESULT "))
+            .expect("the child reports");
         let (child_conflicts, child_wins) = line.split_once(' ').unwrap_or((line, ""));
         conflicts += child_conflicts.parse::<u64>().unwrap();
         for pair in child_wins.split(',').filter(|p| !p.is_empty()) {
@@ -152,8 +180,14 @@ async fn processes_on(url: &str, test_name: &str) {
             *wins.entry(id.parse().unwrap()).or_default() += n.parse::<u64>().unwrap();
         }
     }
-    assert_eq!(wins.values().sum::<u64>() + conflicts, (3 * TASKS * ROUNDS) as u64);
-    assert!(conflicts > 0, "writers in three processes on three aggregates must collide");
+    assert_eq!(
+        wins.values().sum::<u64>() + conflicts,
+        (3 * TASKS * ROUNDS) as u64
+    );
+    assert!(
+        conflicts > 0,
+        "writers in three processes on three aggregates must collide"
+    );
     verify(&stores, &ids, &wins).await;
 }
 

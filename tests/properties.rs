@@ -38,7 +38,11 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 fn policy() -> impl Strategy<Value = SnapshotPolicy> {
-    let mode = prop_oneof![Just(SnapshotMode::Sync), Just(SnapshotMode::Background), Just(SnapshotMode::Manual)];
+    let mode = prop_oneof![
+        Just(SnapshotMode::Sync),
+        Just(SnapshotMode::Background),
+        Just(SnapshotMode::Manual)
+    ];
     (1..8u64, mode).prop_map(|(n, mode)| SnapshotPolicy::every(n).unwrap().with_mode(mode))
 }
 
@@ -51,24 +55,38 @@ async fn check(stores: &Stores, repo: &Repository<Account>, id: Uuid) {
         .try_collect()
         .await
         .unwrap();
-    assert_eq!(versions, (1..=versions.len() as u64).collect::<Vec<_>>(), "versions have no gap");
+    assert_eq!(
+        versions,
+        (1..=versions.len() as u64).collect::<Vec<_>>(),
+        "versions have no gap"
+    );
     let snapshot = stores.snapshots.get_snapshot(id, "Account").await.unwrap();
     if let Some(snapshot) = &snapshot {
-        assert!(snapshot.version <= versions.len() as u64, "snapshot beyond the head");
+        assert!(
+            snapshot.version <= versions.len() as u64,
+            "snapshot beyond the head"
+        );
     }
     if versions.is_empty() {
         assert!(repo.load(id).await.unwrap_err().is_not_found());
         return;
     }
-    let truth = Repository::<Account>::new(stores.events.clone()).load(id).await.unwrap();
+    let truth = Repository::<Account>::new(stores.events.clone())
+        .load(id)
+        .await
+        .unwrap();
     let loaded = repo.load(id).await.unwrap();
-    assert_eq!((loaded.version(), loaded.state()), (truth.version(), truth.state()));
+    assert_eq!(
+        (loaded.version(), loaded.state()),
+        (truth.version(), truth.state())
+    );
 }
 
 async fn run(url: &str, policy: SnapshotPolicy, steps: Vec<Step>) {
     let stores = open(url).await.unwrap();
     stores.migrate().await.unwrap();
-    let repo = Repository::<Account>::new(stores.events.clone()).with_snapshots(stores.snapshots.clone(), policy);
+    let repo =
+        Repository::<Account>::new(stores.events.clone()).with_snapshots(stores.snapshots.clone(), policy);
     let mut roots: Vec<AggregateRoot<Account>> = (0..AGGREGATES).map(|_| opened(Uuid::new_v4(), 0)).collect();
     for step in steps {
         match step {
@@ -87,7 +105,11 @@ async fn run(url: &str, policy: SnapshotPolicy, steps: Vec<Step>) {
                 Err(e) => panic!("{e}"),
             },
             Step::Invalidate(below) => {
-                stores.snapshots.delete_snapshots_by_type("Account", below).await.unwrap();
+                stores
+                    .snapshots
+                    .delete_snapshots_by_type("Account", below)
+                    .await
+                    .unwrap();
             }
             Step::Reload(a) => {
                 let id = roots[a].id();
@@ -125,8 +147,16 @@ fn backends() -> Vec<(String, u32)> {
 #[test]
 fn loads_equal_full_replays_after_every_step_on_every_backend() {
     for (url, cases) in backends() {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let config = ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let config = ProptestConfig {
+            cases,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        };
         proptest!(config, |(policy in policy(), steps in proptest::collection::vec(step(), 1..40))| {
             runtime.block_on(run(&url, policy, steps));
         });

@@ -50,23 +50,46 @@ async fn recording_stamps_the_next_version_and_the_envelope() {
         causation_id: None,
         metadata: Some(serde_json::json!({"user": "ada"})),
     });
-    account.record(AccountOpened { owner_name: "Ada".into(), initial_balance: 1.0 });
+    account.record(AccountOpened {
+        owner_name: "Ada".into(),
+        initial_balance: 1.0,
+    });
     account.record_with(MoneyDeposited { amount: 2.0 }, EventContext::default());
-    let pending: Vec<u64> = account.pending_events().iter().map(|p| p.aggregate_version).collect();
+    let pending: Vec<u64> = account
+        .pending_events()
+        .iter()
+        .map(|p| p.aggregate_version)
+        .collect();
     assert_eq!(pending, vec![1, 2]);
     let first_id = account.pending_events()[0].event_id;
     repo.save(&mut account).await.unwrap();
 
     let stored = stored(&events, id).await;
-    let EventEnvelope { event_id, event_type, event_version, aggregate_id, aggregate_type, aggregate_version, correlation_id, metadata, payload, .. } =
-        stored[0].envelope.clone();
+    let EventEnvelope {
+        event_id,
+        event_type,
+        event_version,
+        aggregate_id,
+        aggregate_type,
+        aggregate_version,
+        correlation_id,
+        metadata,
+        payload,
+        ..
+    } = stored[0].envelope.clone();
     assert_eq!(event_id, first_id);
     assert_eq!((&*event_type, event_version), ("AccountOpened", 1));
-    assert_eq!((aggregate_id, &*aggregate_type, aggregate_version), (id, "Account", 1));
+    assert_eq!(
+        (aggregate_id, &*aggregate_type, aggregate_version),
+        (id, "Account", 1)
+    );
     assert_eq!(correlation_id, Some(correlation));
     assert_eq!(metadata, Some(serde_json::json!({"user": "ada"})));
     let payload: serde_json::Value = serde_json::from_str(&payload).unwrap();
-    assert_eq!(payload, serde_json::json!({"owner_name": "Ada", "initial_balance": 1.0}));
+    assert_eq!(
+        payload,
+        serde_json::json!({"owner_name": "Ada", "initial_balance": 1.0})
+    );
     assert_eq!(stored[1].correlation_id, None);
     assert!(stored[0].position < stored[1].position);
 }
@@ -76,7 +99,10 @@ async fn loading_an_empty_stream_is_not_found() {
     let repo = repo(&InMemoryEventStore::new());
     let id = Uuid::new_v4();
     let err = repo.load(id).await.unwrap_err();
-    assert!(matches!(&err, Error::NotFound { aggregate_id, aggregate_type } if *aggregate_id == id && aggregate_type == "Account"), "{err}");
+    assert!(
+        matches!(&err, Error::NotFound { aggregate_id, aggregate_type } if *aggregate_id == id && aggregate_type == "Account"),
+        "{err}"
+    );
     assert!(!repo.exists(id).await.unwrap());
     let fresh = repo.load_or_create(id).await.unwrap();
     assert_eq!((fresh.version(), fresh.state()), (0, &Account::default()));
@@ -107,13 +133,26 @@ async fn the_second_of_two_writers_gets_a_conflict_and_keeps_its_events() {
     repo.save(&mut first).await.unwrap();
     let err = repo.save(&mut second).await.unwrap_err();
     match err {
-        Error::Conflict { expected, actual, aggregate_id, .. } => {
+        Error::Conflict {
+            expected,
+            actual,
+            aggregate_id,
+            ..
+        } => {
             assert_eq!((expected, actual, aggregate_id), (1, 2, id));
         }
         other => panic!("expected a conflict, got {other}"),
     }
-    assert_eq!(second.pending_events().len(), 2, "the loser's events stay pending");
-    assert_eq!(stored(&events, id).await.len(), 2, "nothing of the loser was written");
+    assert_eq!(
+        second.pending_events().len(),
+        2,
+        "the loser's events stay pending"
+    );
+    assert_eq!(
+        stored(&events, id).await.len(),
+        2,
+        "nothing of the loser was written"
+    );
     assert_eq!(repo.load(id).await.unwrap().state().balance, 110.0);
 }
 
@@ -149,7 +188,11 @@ async fn concurrent_writers_store_exactly_the_successful_saves() {
     let loaded = repo.load(id).await.unwrap();
     assert_eq!(loaded.version(), 1 + wins);
     assert_eq!(loaded.state().transaction_count, wins);
-    let versions: Vec<u64> = stored(&events, id).await.iter().map(|e| e.aggregate_version).collect();
+    let versions: Vec<u64> = stored(&events, id)
+        .await
+        .iter()
+        .map(|e| e.aggregate_version)
+        .collect();
     assert_eq!(versions, (1..=1 + wins).collect::<Vec<_>>());
 }
 
@@ -197,7 +240,12 @@ async fn an_unknown_stored_event_type_is_an_error_naming_it() {
     let events = InMemoryEventStore::new();
     let id = Uuid::new_v4();
     events
-        .append(id, "Account", 0, &[envelope(id, 1, "AccountRenamed", r#"{"name":"x"}"#)])
+        .append(
+            id,
+            "Account",
+            0,
+            &[envelope(id, 1, "AccountRenamed", r#"{"name":"x"}"#)],
+        )
         .await
         .unwrap();
     let err = repo(&events).load(id).await.unwrap_err();
@@ -212,11 +260,25 @@ async fn a_stored_payload_of_the_wrong_shape_is_a_serialization_error() {
     let events = InMemoryEventStore::new();
     let id = Uuid::new_v4();
     events
-        .append(id, "Account", 0, &[envelope(id, 1, "MoneyDeposited", r#"{"amount":"lots"}"#)])
+        .append(
+            id,
+            "Account",
+            0,
+            &[envelope(id, 1, "MoneyDeposited", r#"{"amount":"lots"}"#)],
+        )
         .await
         .unwrap();
     let err = repo(&events).load(id).await.unwrap_err();
-    assert!(matches!(err, Error::Serialization { action: "deserialize", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Serialization {
+                action: "deserialize",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -224,7 +286,15 @@ async fn same_id_under_another_aggregate_type_is_another_stream() {
     let events = InMemoryEventStore::new();
     let id = Uuid::new_v4();
     events
-        .append(id, "Ledger", 0, &[EventEnvelope { aggregate_type: "Ledger".into(), ..envelope(id, 1, "LedgerOpened", "{}") }])
+        .append(
+            id,
+            "Ledger",
+            0,
+            &[EventEnvelope {
+                aggregate_type: "Ledger".into(),
+                ..envelope(id, 1, "LedgerOpened", "{}")
+            }],
+        )
         .await
         .unwrap();
     assert!(repo(&events).load(id).await.unwrap_err().is_not_found());

@@ -21,12 +21,19 @@ fn repo_with(
 /// returns the versions at which snapshots were written.
 async fn snapshot_versions(n: u64, batches: &[usize]) -> Vec<u64> {
     let store = ObservedSnapshotStore::default();
-    let repo = repo_with(&InMemoryEventStore::new(), store.clone(), SnapshotPolicy::every(n).unwrap());
+    let repo = repo_with(
+        &InMemoryEventStore::new(),
+        store.clone(),
+        SnapshotPolicy::every(n).unwrap(),
+    );
     let id = Uuid::new_v4();
     let mut account = repo.create_new(id);
     for (i, &size) in batches.iter().enumerate() {
         let deposits = if i == 0 {
-            account.record(AccountOpened { owner_name: "Ada".into(), initial_balance: 0.0 });
+            account.record(AccountOpened {
+                owner_name: "Ada".into(),
+                initial_balance: 0.0,
+            });
             size - 1
         } else {
             size
@@ -87,7 +94,11 @@ async fn a_load_uses_the_snapshot_and_replays_only_later_events() {
 #[tokio::test]
 async fn a_repository_without_a_policy_takes_no_snapshots() {
     let snapshots = InMemorySnapshotStore::new();
-    let repo = repo_with(&InMemoryEventStore::new(), snapshots.clone(), SnapshotPolicy::manual());
+    let repo = repo_with(
+        &InMemoryEventStore::new(),
+        snapshots.clone(),
+        SnapshotPolicy::manual(),
+    );
     let id = Uuid::new_v4();
     repo.save(&mut opened(id, 200)).await.unwrap();
     assert_eq!(snapshots.count(), 0);
@@ -115,7 +126,10 @@ async fn manual_mode_snapshots_only_on_request_and_refuses_unsaved_events() {
     repo.save(&mut account).await.unwrap();
     let snapshot = repo.create_snapshot(&account).await.unwrap();
     assert_eq!(snapshot.version, 22);
-    assert_eq!(snapshots.get_snapshot(id, "Account").await.unwrap(), Some(snapshot));
+    assert_eq!(
+        snapshots.get_snapshot(id, "Account").await.unwrap(),
+        Some(snapshot)
+    );
 }
 
 #[tokio::test]
@@ -128,7 +142,10 @@ async fn create_snapshot_needs_a_store_and_saved_events() {
     assert!(matches!(err, Error::InvalidConfiguration(_)), "{err}");
 
     let repo = repo.with_snapshots(InMemorySnapshotStore::new(), SnapshotPolicy::manual());
-    let err = repo.create_snapshot(&repo.create_new(Uuid::new_v4())).await.unwrap_err();
+    let err = repo
+        .create_snapshot(&repo.create_new(Uuid::new_v4()))
+        .await
+        .unwrap_err();
     assert!(err.is_not_found(), "{err}");
 }
 
@@ -136,7 +153,9 @@ async fn create_snapshot_needs_a_store_and_saved_events() {
 async fn background_mode_writes_after_save_and_await_counts_the_writes() {
     let events = InMemoryEventStore::new();
     let snapshots = InMemorySnapshotStore::new();
-    let policy = SnapshotPolicy::every(10).unwrap().with_mode(SnapshotMode::Background);
+    let policy = SnapshotPolicy::every(10)
+        .unwrap()
+        .with_mode(SnapshotMode::Background);
     let repo = repo_with(&events, snapshots.clone(), policy);
     let ids: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
     for &id in &ids {
@@ -145,7 +164,15 @@ async fn background_mode_writes_after_save_and_await_counts_the_writes() {
     assert_eq!(repo.await_pending_snapshots().await, 3);
     assert_eq!(repo.await_pending_snapshots().await, 0);
     for &id in &ids {
-        assert_eq!(snapshots.get_snapshot(id, "Account").await.unwrap().unwrap().version, 15);
+        assert_eq!(
+            snapshots
+                .get_snapshot(id, "Account")
+                .await
+                .unwrap()
+                .unwrap()
+                .version,
+            15
+        );
     }
 }
 
@@ -153,7 +180,9 @@ async fn background_mode_writes_after_save_and_await_counts_the_writes() {
 async fn a_later_unsaved_change_never_leaks_into_a_background_snapshot() {
     let events = InMemoryEventStore::new();
     let store = ObservedSnapshotStore::default();
-    let policy = SnapshotPolicy::every(5).unwrap().with_mode(SnapshotMode::Background);
+    let policy = SnapshotPolicy::every(5)
+        .unwrap()
+        .with_mode(SnapshotMode::Background);
     let repo = repo_with(&events, store.clone(), policy);
     let id = Uuid::new_v4();
     store.close_gate();
@@ -176,7 +205,9 @@ async fn a_later_unsaved_change_never_leaks_into_a_background_snapshot() {
 async fn background_requests_for_one_aggregate_coalesce_to_the_newest() {
     let events = InMemoryEventStore::new();
     let store = ObservedSnapshotStore::default();
-    let policy = SnapshotPolicy::every(1).unwrap().with_mode(SnapshotMode::Background);
+    let policy = SnapshotPolicy::every(1)
+        .unwrap()
+        .with_mode(SnapshotMode::Background);
     let repo = repo_with(&events, store.clone(), policy);
     let (busy, id) = (Uuid::new_v4(), Uuid::new_v4());
     store.close_gate();
@@ -225,7 +256,10 @@ async fn a_full_background_queue_makes_the_save_write_its_own_snapshot() {
     }
     repo.await_pending_snapshots().await;
     for id in ids {
-        assert!(store.snapshot_exists(id, "Account").await.unwrap(), "no snapshot is dropped");
+        assert!(
+            store.snapshot_exists(id, "Account").await.unwrap(),
+            "no snapshot is dropped"
+        );
     }
 }
 
@@ -233,7 +267,9 @@ async fn a_full_background_queue_makes_the_save_write_its_own_snapshot() {
 async fn dropping_the_repository_does_not_drop_scheduled_snapshots() {
     let events = InMemoryEventStore::new();
     let snapshots = InMemorySnapshotStore::new();
-    let policy = SnapshotPolicy::every(1).unwrap().with_mode(SnapshotMode::Background);
+    let policy = SnapshotPolicy::every(1)
+        .unwrap()
+        .with_mode(SnapshotMode::Background);
     let id = Uuid::new_v4();
     {
         let repo = repo_with(&events, snapshots.clone(), policy);
@@ -271,7 +307,10 @@ async fn load_ignores(snapshot: impl FnOnce(Uuid) -> Snapshot, reason: MissReaso
 
     let loaded = repo.load(id).await.unwrap();
     let truth = replayed(&events, id).await;
-    assert_eq!((loaded.version(), loaded.state()), (truth.version(), truth.state()));
+    assert_eq!(
+        (loaded.version(), loaded.state()),
+        (truth.version(), truth.state())
+    );
     assert_eq!(repo.metrics().misses("Account", reason), 1, "{reason}");
     assert_eq!(repo.metrics().total_misses("Account"), 1);
     assert_eq!(repo.metrics().hits("Account"), 0);
@@ -281,18 +320,34 @@ const WRONG_STATE: &str = r#"{"owner_name":"Mallory","balance":1e9,"transaction_
 
 #[tokio::test]
 async fn a_snapshot_beyond_the_stream_head_is_ignored() {
-    load_ignores(|id| snapshot_of(id, 100, 1, WRONG_STATE), MissReason::BeyondStreamHead).await;
+    load_ignores(
+        |id| snapshot_of(id, 100, 1, WRONG_STATE),
+        MissReason::BeyondStreamHead,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_snapshot_of_another_schema_version_is_ignored() {
-    load_ignores(|id| snapshot_of(id, 6, 0, WRONG_STATE), MissReason::SchemaMismatch).await;
+    load_ignores(
+        |id| snapshot_of(id, 6, 0, WRONG_STATE),
+        MissReason::SchemaMismatch,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_snapshot_that_does_not_deserialize_is_ignored() {
-    load_ignores(|id| snapshot_of(id, 6, 1, r#"{"balance":"#), MissReason::DeserializationError).await;
-    load_ignores(|id| snapshot_of(id, 6, 1, r#"{"balance":"high"}"#), MissReason::DeserializationError).await;
+    load_ignores(
+        |id| snapshot_of(id, 6, 1, r#"{"balance":"#),
+        MissReason::DeserializationError,
+    )
+    .await;
+    load_ignores(
+        |id| snapshot_of(id, 6, 1, r#"{"balance":"high"}"#),
+        MissReason::DeserializationError,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -303,16 +358,33 @@ async fn a_missing_snapshot_is_counted() {
     repo.save(&mut opened(id, 1)).await.unwrap();
     repo.load(id).await.unwrap();
     assert_eq!(repo.metrics().misses("Account", MissReason::Missing), 1);
-    assert_eq!(repo.metrics().miss_counts(), vec![("Account", MissReason::Missing, 1)]);
+    assert_eq!(
+        repo.metrics().miss_counts(),
+        vec![("Account", MissReason::Missing, 1)]
+    );
 }
 
 #[tokio::test]
 async fn an_older_snapshot_never_replaces_a_newer_one() {
     let snapshots = InMemorySnapshotStore::new();
     let id = Uuid::new_v4();
-    assert!(snapshots.save_snapshot(&snapshot_of(id, 20, 1, "{}")).await.unwrap());
-    assert!(!snapshots.save_snapshot(&snapshot_of(id, 10, 1, "{}")).await.unwrap());
-    assert_eq!(snapshots.get_snapshot(id, "Account").await.unwrap().unwrap().version, 20);
+    assert!(snapshots
+        .save_snapshot(&snapshot_of(id, 20, 1, "{}"))
+        .await
+        .unwrap());
+    assert!(!snapshots
+        .save_snapshot(&snapshot_of(id, 10, 1, "{}"))
+        .await
+        .unwrap());
+    assert_eq!(
+        snapshots
+            .get_snapshot(id, "Account")
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        20
+    );
 }
 
 #[tokio::test]
@@ -340,13 +412,19 @@ async fn a_snapshot_store_that_always_fails_never_fails_a_load_or_a_save() {
     let mut saved = account.clone();
     repo.save(&mut saved).await.unwrap();
     let err = repo.create_snapshot(&saved).await.unwrap_err();
-    assert!(matches!(err, Error::Store { .. }), "an explicit snapshot reports the failure: {err}");
+    assert!(
+        matches!(err, Error::Store { .. }),
+        "an explicit snapshot reports the failure: {err}"
+    );
 }
 
 #[tokio::test]
 async fn a_snapshot_store_that_hangs_costs_at_most_its_timeout() {
     let events = InMemoryEventStore::new();
-    let policy = SnapshotPolicy::every(1).unwrap().with_store_timeout(Duration::from_millis(50)).unwrap();
+    let policy = SnapshotPolicy::every(1)
+        .unwrap()
+        .with_store_timeout(Duration::from_millis(50))
+        .unwrap();
     let repo = repo_with(&events, HangingSnapshotStore, policy);
     let id = Uuid::new_v4();
     let mut account = opened(id, 3);
@@ -366,7 +444,11 @@ mod v2 {
 
     /// The account after a schema change: it now counts the kinds of transactions.
     #[derive(Aggregate, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-    #[aggregate(name = "Account", schema_version = 2, events(AccountOpened, MoneyDeposited, MoneyWithdrawn))]
+    #[aggregate(
+        name = "Account",
+        schema_version = 2,
+        events(AccountOpened, MoneyDeposited, MoneyWithdrawn)
+    )]
     pub struct AccountV2 {
         pub balance: f64,
         pub deposits: u64,
@@ -401,19 +483,38 @@ async fn a_v1_snapshot_is_ignored_by_the_v2_aggregate_and_can_be_invalidated() {
     let mut account = opened(id, 9);
     account.record(MoneyWithdrawn { amount: 3.0 });
     v1.save(&mut account).await.unwrap();
-    assert_eq!(snapshots.get_snapshot(id, "Account").await.unwrap().unwrap().schema_version, 1);
+    assert_eq!(
+        snapshots
+            .get_snapshot(id, "Account")
+            .await
+            .unwrap()
+            .unwrap()
+            .schema_version,
+        1
+    );
 
-    let v2 = Repository::<v2::AccountV2>::new(events.clone()).with_snapshots(snapshots.clone(), SnapshotPolicy::every(5).unwrap());
+    let v2 = Repository::<v2::AccountV2>::new(events.clone())
+        .with_snapshots(snapshots.clone(), SnapshotPolicy::every(5).unwrap());
     let loaded = v2.load(id).await.unwrap();
     assert_eq!(v2.metrics().misses("Account", MissReason::SchemaMismatch), 1);
     assert_eq!(loaded.version(), 11);
     assert_eq!(
         loaded.state(),
-        &v2::AccountV2 { balance: 106.0, deposits: 9, withdrawals: 1 },
+        &v2::AccountV2 {
+            balance: 106.0,
+            deposits: 9,
+            withdrawals: 1
+        },
         "the state equals the full replay under the new schema"
     );
     let other = Uuid::new_v4();
     v1.save(&mut opened(other, 5)).await.unwrap();
-    assert_eq!(snapshots.delete_snapshots_by_type("Account", Some(2)).await.unwrap(), 2);
+    assert_eq!(
+        snapshots
+            .delete_snapshots_by_type("Account", Some(2))
+            .await
+            .unwrap(),
+        2
+    );
     assert_eq!(snapshots.count(), 0);
 }

@@ -1,1 +1,98 @@
-//! placeholder
+//! The procedural macros of `eventsource`: `#[event]` and `#[derive(Aggregate)]`.
+//!
+//! Use them through the `eventsource` crate, which re-exports them; the code they generate
+//! reaches the runtime through `eventsource::__private`. The examples below are not run
+//! here, where `eventsource` is not a dependency; `tests/macros.rs` of the workspace
+//! checks what they show.
+
+mod ast;
+mod attr;
+mod ctxt;
+mod expand;
+mod valid;
+
+use proc_macro::TokenStream;
+use syn::{parse_macro_input, DeriveInput};
+
+/// Makes a struct a domain event of one aggregate type.
+///
+/// ```ignore
+/// use eventsource::prelude::*;
+///
+/// #[event(aggregate = "Account")]
+/// pub struct MoneyDeposited {
+///     pub amount: f64,
+/// }
+///
+/// #[event(aggregate = "Account", name = "AccountClosed", version = 2)]
+/// pub struct Closed {}
+///
+/// assert_eq!(MoneyDeposited::EVENT_TYPE, "MoneyDeposited");
+/// assert_eq!(Closed::EVENT_TYPE, "AccountClosed");
+/// assert_eq!(Closed::EVENT_VERSION, 2);
+/// ```
+///
+/// The struct has named fields (or none) and no generic parameters. Keys:
+///
+/// - `aggregate = "..."` (required): the aggregate type the event belongs to.
+/// - `name = "..."`: the event type name stored with every event; the struct's name
+///   unless set. Unique in the program.
+/// - `version = N`: the version of the event's schema, a positive integer; 1 unless set.
+///
+/// The struct gets `Clone`, `Debug`, `Serialize` and `Deserialize` unless it derives them
+/// already, an implementation of `Event`, and a registration that
+/// `eventsource::registry` lists. Write `#[event]` above any `#[derive(...)]` of the
+/// struct: the compiler hands an attribute macro the item without the derives written
+/// above it, so those would be derived a second time.
+#[proc_macro_attribute]
+pub fn event(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand::event(args.into(), item.into()).into()
+}
+
+/// Makes a state struct an aggregate: generates its event enum and its apply dispatch.
+///
+/// ```ignore
+/// use eventsource::prelude::*;
+///
+/// #[event(aggregate = "Counter")]
+/// pub struct Incremented {
+///     pub by: u64,
+/// }
+///
+/// #[derive(Aggregate, Clone, Debug, Default, Serialize, Deserialize)]
+/// #[aggregate(name = "Counter", schema_version = 1, events(Incremented))]
+/// pub struct Counter {
+///     pub value: u64,
+/// }
+///
+/// impl Apply<Incremented> for Counter {
+///     fn apply(&mut self, e: &Incremented) {
+///         self.value += e.by;
+///     }
+/// }
+///
+/// let mut counter = Counter::default();
+/// Aggregate::apply_event(&mut counter, &CounterEvent::from(Incremented { by: 2 }));
+/// assert_eq!(counter.value, 2);
+/// assert_eq!(Counter::SCHEMA_VERSION, 1);
+/// ```
+///
+/// Keys of `#[aggregate(...)]`:
+///
+/// - `name = "..."` (required): the aggregate type name stored with its events and
+///   snapshots.
+/// - `schema_version = N`: the version of the state's shape, a positive integer; 1 unless
+///   set. Snapshots of another version are not used.
+/// - `events(A, path::to::B, ...)` (required): the `#[event]` types of this aggregate.
+///   Each needs an `impl Apply<E>` for the struct.
+///
+/// The derive generates `enum <Struct>Event` with one variant per listed event (named
+/// after its last path segment) and `From` each event, serialized as
+/// `{"event_type": "...", "data": {...}}`; it implements `Aggregate` and registers the
+/// aggregate type. A listed type that is not an event, an event of another aggregate, and
+/// a missing `Apply` impl are compile errors at the event's name in the list.
+#[proc_macro_derive(Aggregate, attributes(aggregate))]
+pub fn derive_aggregate(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    expand::derive_aggregate(&input).into()
+}

@@ -4,8 +4,8 @@
 //! as something else) long after the value was accepted. Encoding here refuses non-finite
 //! floats up front, so a bad value is an error at save time and never reaches a store.
 
-use serde::ser::{self, Serialize};
 use serde::de::DeserializeOwned;
+use serde::ser::{self, Serialize};
 
 use crate::error::{Error, Result};
 
@@ -75,7 +75,7 @@ macro_rules! accept {
     };
 }
 
-impl<'a> ser::Serializer for &'a mut FiniteCheck {
+impl ser::Serializer for &mut FiniteCheck {
     type Ok = ();
     type Error = NotFinite;
     type SerializeSeq = Self;
@@ -87,10 +87,21 @@ impl<'a> ser::Serializer for &'a mut FiniteCheck {
     type SerializeStructVariant = Self;
 
     accept!(
-        serialize_bool(bool), serialize_i8(i8), serialize_i16(i16), serialize_i32(i32),
-        serialize_i64(i64), serialize_i128(i128), serialize_u8(u8), serialize_u16(u16),
-        serialize_u32(u32), serialize_u64(u64), serialize_u128(u128), serialize_char(char),
-        serialize_str(&str), serialize_bytes(&[u8]), serialize_unit_struct(&'static str),
+        serialize_bool(bool),
+        serialize_i8(i8),
+        serialize_i16(i16),
+        serialize_i32(i32),
+        serialize_i64(i64),
+        serialize_i128(i128),
+        serialize_u8(u8),
+        serialize_u16(u16),
+        serialize_u32(u32),
+        serialize_u64(u64),
+        serialize_u128(u128),
+        serialize_char(char),
+        serialize_str(&str),
+        serialize_bytes(&[u8]),
+        serialize_unit_struct(&'static str),
     );
 
     fn serialize_f32(self, v: f32) -> Check {
@@ -180,7 +191,7 @@ compound!(
     SerializeTupleVariant::serialize_field,
 );
 
-impl<'a> ser::SerializeMap for &'a mut FiniteCheck {
+impl ser::SerializeMap for &mut FiniteCheck {
     type Ok = ();
     type Error = NotFinite;
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Check {
@@ -227,16 +238,34 @@ mod tests {
 
     #[test]
     fn finite_values_encode_like_serde_json() {
-        let r = Reading { label: "a".into(), values: vec![1.5, -2.0], nested: None };
-        assert_eq!(to_json(&r, || "r".into()).unwrap(), serde_json::to_string(&r).unwrap());
+        let r = Reading {
+            label: "a".into(),
+            values: vec![1.5, -2.0],
+            nested: None,
+        };
+        assert_eq!(
+            to_json(&r, || "r".into()).unwrap(),
+            serde_json::to_string(&r).unwrap()
+        );
     }
 
     #[test]
     fn non_finite_floats_are_refused_with_the_field_name() {
-        let inner = Reading { label: "in".into(), values: vec![f64::NAN], nested: None };
-        let r = Reading { label: "a".into(), values: vec![], nested: Some(Box::new(inner)) };
+        let inner = Reading {
+            label: "in".into(),
+            values: vec![f64::NAN],
+            nested: None,
+        };
+        let r = Reading {
+            label: "a".into(),
+            values: vec![],
+            nested: Some(Box::new(inner)),
+        };
         let err = to_json(&r, || "event Reading".into()).unwrap_err().to_string();
-        assert!(err.contains("event Reading") && err.contains("`values`") && err.contains("NaN"), "{err}");
+        assert!(
+            err.contains("event Reading") && err.contains("`values`") && err.contains("NaN"),
+            "{err}"
+        );
         let err = to_json(&f32::INFINITY, || "x".into()).unwrap_err().to_string();
         assert!(err.contains("inf"), "{err}");
     }

@@ -126,10 +126,16 @@ pub fn validate_batch(
             )));
         }
         if event.event_type.is_empty() {
-            return Err(Error::InvalidInput(format!("event {} has an empty type name", event.event_id)));
+            return Err(Error::InvalidInput(format!(
+                "event {} has an empty type name",
+                event.event_id
+            )));
         }
         if events[..i].iter().any(|e| e.event_id == event.event_id) {
-            return Err(Error::InvalidInput(format!("event id {} appears twice in the batch", event.event_id)));
+            return Err(Error::InvalidInput(format!(
+                "event id {} appears twice in the batch",
+                event.event_id
+            )));
         }
     }
     Ok(())

@@ -31,9 +31,8 @@ pub use snapshot::{MissReason, Snapshot, SnapshotMetrics, SnapshotMode, Snapshot
 /// Everything a program that uses the library usually needs, and serde's derives.
 pub mod prelude {
     pub use crate::{
-        event, Aggregate, AggregateRoot, Apply, Error, Event, EventContext, EventStore,
-        InMemoryEventStore, InMemorySnapshotStore, Repository, SnapshotMode, SnapshotPolicy,
-        SnapshotStore,
+        event, Aggregate, AggregateRoot, Apply, Error, Event, EventContext, EventStore, InMemoryEventStore,
+        InMemorySnapshotStore, Repository, SnapshotMode, SnapshotPolicy, SnapshotStore,
     };
     pub use serde::{Deserialize, Serialize};
     pub use uuid::Uuid;

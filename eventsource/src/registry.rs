@@ -58,11 +58,9 @@ pub fn event(event_type: &str) -> Option<&'static EventRegistration> {
 ///
 /// The answer is computed once and then cached.
 pub fn check() -> Result<()> {
-    static CHECKED: OnceLock<std::result::Result<(), Duplicate>> =
-        OnceLock::new();
-    let outcome = CHECKED.get_or_init(|| {
-        first_duplicate("event type", events().map(|e| (e.event_type, e.rust_type)))
-    });
+    static CHECKED: OnceLock<std::result::Result<(), Duplicate>> = OnceLock::new();
+    let outcome =
+        CHECKED.get_or_init(|| first_duplicate("event type", events().map(|e| (e.event_type, e.rust_type))));
     (*outcome).map_err(|(kind, name, first, second)| Error::DuplicateName {
         kind,
         name: name.to_owned(),
@@ -95,7 +93,11 @@ mod tests {
 
     #[test]
     fn a_shared_name_names_both_types() {
-        let names = [("Opened", "a::Opened"), ("Closed", "a::Closed"), ("Opened", "b::Opened")];
+        let names = [
+            ("Opened", "a::Opened"),
+            ("Closed", "a::Closed"),
+            ("Opened", "b::Opened"),
+        ];
         let dup = first_duplicate("event type", names.into_iter()).unwrap_err();
         assert_eq!(dup, ("event type", "Opened", "a::Opened", "b::Opened"));
         assert!(first_duplicate("event type", names[..2].iter().copied()).is_ok());

@@ -99,7 +99,7 @@ impl<A: Aggregate> AggregateRoot<A> {
     /// Records an event with its own correlation, causation and metadata.
     pub fn record_with(&mut self, event: impl Into<A::Event>, context: EventContext) {
         let event = event.into();
-        self.state.apply(&event);
+        self.state.apply_event(&event);
         self.version += 1;
         self.pending.push(PendingEvent {
             event,
@@ -112,7 +112,7 @@ impl<A: Aggregate> AggregateRoot<A> {
 
     /// Applies a stored event; used when loading.
     pub(crate) fn apply_stored(&mut self, event: &A::Event) {
-        self.state.apply(event);
+        self.state.apply_event(event);
         self.version += 1;
     }
 

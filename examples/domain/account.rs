@@ -18,8 +18,12 @@ pub struct MoneyWithdrawn {
     pub amount: f64,
 }
 
-#[derive(Aggregate, Clone, Debug, Default, Serialize, Deserialize)]
-#[aggregate(name = "Account", schema_version = 1, events(AccountOpened, MoneyDeposited, MoneyWithdrawn))]
+#[derive(Aggregate, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[aggregate(
+    name = "Account",
+    schema_version = 1,
+    events(AccountOpened, MoneyDeposited, MoneyWithdrawn)
+)]
 pub struct Account {
     pub owner_name: String,
     pub balance: f64,
@@ -80,7 +84,10 @@ impl AccountCommands for AggregateRoot<Account> {
         if !initial_balance.is_finite() || initial_balance < 0.0 {
             return Err(Refused::NotPositive(initial_balance));
         }
-        self.record(AccountOpened { owner_name: owner_name.into(), initial_balance });
+        self.record(AccountOpened {
+            owner_name: owner_name.into(),
+            initial_balance,
+        });
         Ok(())
     }
 
@@ -88,7 +95,9 @@ impl AccountCommands for AggregateRoot<Account> {
         if self.version() == 0 {
             return Err(Refused::NotOpen);
         }
-        self.record(MoneyDeposited { amount: positive(amount)? });
+        self.record(MoneyDeposited {
+            amount: positive(amount)?,
+        });
         Ok(())
     }
 
@@ -99,7 +108,10 @@ impl AccountCommands for AggregateRoot<Account> {
         let amount = positive(amount)?;
         let balance = self.state().balance;
         if amount > balance {
-            return Err(Refused::InsufficientFunds { balance, requested: amount });
+            return Err(Refused::InsufficientFunds {
+                balance,
+                requested: amount,
+            });
         }
         self.record(MoneyWithdrawn { amount });
         Ok(())
@@ -113,7 +125,10 @@ impl std::fmt::Display for Refused {
             Refused::NotOpen => f.write_str("the account is not open"),
             Refused::NotPositive(amount) => write!(f, "{amount} is not a positive amount"),
             Refused::InsufficientFunds { balance, requested } => {
-                write!(f, "insufficient funds: balance {balance:.2}, requested {requested:.2}")
+                write!(
+                    f,
+                    "insufficient funds: balance {balance:.2}, requested {requested:.2}"
+                )
             }
         }
     }

@@ -25,7 +25,11 @@ pub struct MoneyWithdrawn {
 }
 
 #[derive(Aggregate, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[aggregate(name = "Account", schema_version = 1, events(AccountOpened, MoneyDeposited, MoneyWithdrawn))]
+#[aggregate(
+    name = "Account",
+    schema_version = 1,
+    events(AccountOpened, MoneyDeposited, MoneyWithdrawn)
+)]
 pub struct Account {
     pub owner_name: String,
     pub balance: f64,
@@ -56,7 +60,10 @@ impl Apply<MoneyWithdrawn> for Account {
 /// An opened account with `deposits` deposits of 1.0 recorded and not saved.
 pub fn opened(id: Uuid, deposits: usize) -> AggregateRoot<Account> {
     let mut root = AggregateRoot::new(id);
-    root.record(AccountOpened { owner_name: "Ada".into(), initial_balance: 100.0 });
+    root.record(AccountOpened {
+        owner_name: "Ada".into(),
+        initial_balance: 100.0,
+    });
     for _ in 0..deposits {
         root.record(MoneyDeposited { amount: 1.0 });
     }
@@ -73,7 +80,11 @@ pub async fn replayed(events: &InMemoryEventStore, id: Uuid) -> AggregateRoot<Ac
 pub struct FailingSnapshotStore;
 
 fn broken() -> Error {
-    Error::Store { backend: "test", message: "snapshot store is down".into(), source: None }
+    Error::Store {
+        backend: "test",
+        message: "snapshot store is down".into(),
+        source: None,
+    }
 }
 
 #[async_trait]

@@ -39,11 +39,14 @@ pub struct InMemoryEventStore {
 struct EventLog {
     /// Every event in position order; position = index + 1.
     events: Vec<StoredEvent>,
-    /// For each aggregate id, its streams by type: the log index of each version.
-    streams: HashMap<Uuid, Vec<(Arc<str>, Vec<usize>)>>,
+    /// For each aggregate id, its streams by type.
+    streams: HashMap<Uuid, Vec<StreamIndex>>,
     /// Every stored event id, which the contract keeps unique.
     event_ids: HashSet<Uuid>,
 }
+
+/// One stream: its aggregate type and the log index of each of its versions.
+type StreamIndex = (Arc<str>, Vec<usize>);
 
 impl EventLog {
     fn stream(&self, aggregate_id: Uuid, aggregate_type: &str) -> &[usize] {
@@ -75,7 +78,10 @@ impl InMemoryEventStore {
         *write(&self.inner) = EventLog::default();
     }
 
-    fn chunked(&self, select: impl Fn(&EventLog, usize) -> Vec<StoredEvent> + Send + 'static) -> EventStream<'static> {
+    fn chunked(
+        &self,
+        select: impl Fn(&EventLog, usize) -> Vec<StoredEvent> + Send + 'static,
+    ) -> EventStream<'static> {
         let inner = self.inner.clone();
         let chunks = stream::unfold(0usize, move |offset| {
             let chunk = select(&read(&inner), offset);
@@ -107,7 +113,10 @@ impl EventStore for InMemoryEventStore {
             });
         }
         if let Some(reused) = events.iter().find(|e| log.event_ids.contains(&e.event_id)) {
-            return Err(Error::InvalidInput(format!("event id {} is already stored", reused.event_id)));
+            return Err(Error::InvalidInput(format!(
+                "event id {} is already stored",
+                reused.event_id
+            )));
         }
         log.event_ids.extend(events.iter().map(|e| e.event_id));
         let first = log.events.len();
@@ -210,7 +219,9 @@ impl SnapshotStore for InMemorySnapshotStore {
     }
 
     async fn delete_snapshot(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<bool> {
-        Ok(write(&self.inner).remove(&key(aggregate_id, aggregate_type)).is_some())
+        Ok(write(&self.inner)
+            .remove(&key(aggregate_id, aggregate_type))
+            .is_some())
     }
 
     async fn snapshot_exists(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<bool> {

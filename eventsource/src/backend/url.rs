@@ -28,7 +28,9 @@ enum Backend {
 
 impl std::fmt::Debug for Stores {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stores").field("backend", &self.backend_name()).finish_non_exhaustive()
+        f.debug_struct("Stores")
+            .field("backend", &self.backend_name())
+            .finish_non_exhaustive()
     }
 }
 

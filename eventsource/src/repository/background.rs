@@ -90,9 +90,15 @@ impl BackgroundQueue {
                 self.idle.notify_waiters();
                 return;
             };
-            if write_snapshot(&*self.store, &self.metrics, self.aggregate_type, self.policy.store_timeout(), &snapshot)
-                .await
-                .is_ok()
+            if write_snapshot(
+                &*self.store,
+                &self.metrics,
+                self.aggregate_type,
+                self.policy.store_timeout(),
+                &snapshot,
+            )
+            .await
+            .is_ok()
             {
                 self.lock().written += 1;
             }

@@ -94,7 +94,12 @@ impl<A: Aggregate> Repository<A> {
     pub fn with_snapshots(mut self, store: impl SnapshotStore + 'static, policy: SnapshotPolicy) -> Self {
         let store: Arc<dyn SnapshotStore> = Arc::new(store);
         let queue = (policy.mode() == SnapshotMode::Background).then(|| {
-            Arc::new(BackgroundQueue::new(store.clone(), self.metrics.clone(), A::TYPE_NAME, policy))
+            Arc::new(BackgroundQueue::new(
+                store.clone(),
+                self.metrics.clone(),
+                A::TYPE_NAME,
+                policy,
+            ))
         });
         self.snapshots = Some(Snapshots { store, policy, queue });
         self
@@ -206,17 +211,26 @@ impl<A: Aggregate> Repository<A> {
             Err(e) => return self.miss(id, MissReason::StoreError, e.to_string()),
         };
         if snapshot.aggregate_id != id || snapshot.aggregate_type != A::TYPE_NAME {
-            let detail = format!("store returned the snapshot of {} {}", snapshot.aggregate_type, snapshot.aggregate_id);
+            let detail = format!(
+                "store returned the snapshot of {} {}",
+                snapshot.aggregate_type, snapshot.aggregate_id
+            );
             return self.miss(id, MissReason::StoreError, detail);
         }
         if snapshot.schema_version != A::SCHEMA_VERSION {
-            let detail = format!("snapshot schema {}, aggregate schema {}", snapshot.schema_version, A::SCHEMA_VERSION);
+            let detail = format!(
+                "snapshot schema {}, aggregate schema {}",
+                snapshot.schema_version,
+                A::SCHEMA_VERSION
+            );
             return self.miss(id, MissReason::SchemaMismatch, detail);
         }
         if snapshot.version == 0 {
             return self.miss(id, MissReason::BeyondStreamHead, "snapshot at version 0".into());
         }
-        match codec::from_json::<A>(&snapshot.state, || format!("snapshot state of {} {id}", A::TYPE_NAME)) {
+        match codec::from_json::<A>(&snapshot.state, || {
+            format!("snapshot state of {} {id}", A::TYPE_NAME)
+        }) {
             Ok(state) => Some((snapshot.version, state)),
             Err(e) => self.miss(id, MissReason::DeserializationError, e.to_string()),
         }
@@ -292,7 +306,14 @@ impl<A: Aggregate> Repository<A> {
             None => snapshot,
         };
         // Failures are logged and counted inside; the save has succeeded regardless.
-        let _ = write_snapshot(&*snapshots.store, &self.metrics, A::TYPE_NAME, snapshots.policy.store_timeout(), &snapshot).await;
+        let _ = write_snapshot(
+            &*snapshots.store,
+            &self.metrics,
+            A::TYPE_NAME,
+            snapshots.policy.store_timeout(),
+            &snapshot,
+        )
+        .await;
     }
 
     /// Writes a snapshot of the aggregate now, whatever the mode, and returns it.
@@ -329,7 +350,14 @@ impl<A: Aggregate> Repository<A> {
                 });
             }
             let snapshot = take_snapshot(root)?;
-            write_snapshot(&*snapshots.store, &self.metrics, A::TYPE_NAME, snapshots.policy.store_timeout(), &snapshot).await?;
+            write_snapshot(
+                &*snapshots.store,
+                &self.metrics,
+                A::TYPE_NAME,
+                snapshots.policy.store_timeout(),
+                &snapshot,
+            )
+            .await?;
             Ok(snapshot)
         }
         .instrument(span)
@@ -362,7 +390,11 @@ async fn replay<A: Aggregate>(root: &mut AggregateRoot<A>, mut events: EventStre
         if stored.aggregate_version != root.version() + 1 {
             return Err(Error::corrupt(
                 format!("stream {} {}", A::TYPE_NAME, root.id()),
-                format!("expected version {}, read version {}", root.version() + 1, stored.aggregate_version),
+                format!(
+                    "expected version {}, read version {}",
+                    root.version() + 1,
+                    stored.aggregate_version
+                ),
             ));
         }
         let event = A::Event::from_json(&stored.event_type, &stored.payload)?;
@@ -383,7 +415,9 @@ fn take_snapshot<A: Aggregate>(root: &AggregateRoot<A>) -> Result<Snapshot> {
         aggregate_id: root.id(),
         aggregate_type: A::TYPE_NAME.to_owned(),
         version: root.version(),
-        state: codec::to_json(root.state(), || format!("snapshot state of {} {}", A::TYPE_NAME, root.id()))?,
+        state: codec::to_json(root.state(), || {
+            format!("snapshot state of {} {}", A::TYPE_NAME, root.id())
+        })?,
         schema_version: A::SCHEMA_VERSION,
         created_at: Utc::now(),
     })

@@ -38,7 +38,9 @@ pub struct Snapshot {
 impl Snapshot {
     /// The state parsed as a JSON value, to inspect a snapshot without its Rust type.
     pub fn state_value(&self) -> Result<serde_json::Value> {
-        crate::codec::from_json(&self.state, || format!("snapshot state of {} {}", self.aggregate_type, self.aggregate_id))
+        crate::codec::from_json(&self.state, || {
+            format!("snapshot state of {} {}", self.aggregate_type, self.aggregate_id)
+        })
     }
 }
 

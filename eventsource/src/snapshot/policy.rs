@@ -96,7 +96,9 @@ impl SnapshotPolicy {
     /// [`Error::InvalidConfiguration`].
     pub fn with_store_timeout(mut self, timeout: Duration) -> Result<Self> {
         if timeout.is_zero() {
-            return Err(Error::InvalidConfiguration("snapshot store timeout must be above zero".into()));
+            return Err(Error::InvalidConfiguration(
+                "snapshot store timeout must be above zero".into(),
+            ));
         }
         self.store_timeout = timeout;
         Ok(self)
@@ -172,7 +174,10 @@ mod tests {
 
     #[test]
     fn invalid_configuration_is_a_typed_error() {
-        assert!(matches!(SnapshotPolicy::every(0), Err(Error::InvalidConfiguration(_))));
+        assert!(matches!(
+            SnapshotPolicy::every(0),
+            Err(Error::InvalidConfiguration(_))
+        ));
         assert!(matches!(
             SnapshotPolicy::manual().with_queue_capacity(0),
             Err(Error::InvalidConfiguration(_))

@@ -1,0 +1,387 @@
+//! Code generation.
+//!
+//! A mistake does not stop generation: the errors are emitted beside code generated from
+//! whatever was valid (an invalid name falls back to the struct's, a repeated event is
+//! kept once), so the mistake is reported once and not again by every use of the types.
+//! Only what cannot be generated sensibly is left out.
+
+use proc_macro2::{Group, Span, TokenStream, TokenTree};
+use quote::{format_ident, quote, ToTokens};
+use syn::ext::IdentExt;
+use syn::{DeriveInput, Ident, Path, WherePredicate};
+
+use crate::ast::{Aggregate, Event, ListedEvent, Shape};
+use crate::attr;
+use crate::ctxt::Ctxt;
+use crate::valid;
+
+fn private() -> TokenStream {
+    quote!(::eventsource::__private)
+}
+
+pub fn event(args: TokenStream, item: TokenStream) -> TokenStream {
+    let original: DeriveInput = match syn::parse2(item.clone()) {
+        Ok(original) => original,
+        Err(_) => {
+            let error = syn::Error::new(
+                Span::call_site(),
+                "#[event] applies to a struct with named fields",
+            )
+            .into_compile_error();
+            return quote!(#error #item);
+        }
+    };
+    let cx = Ctxt::new();
+    let event = Event::from_ast(&cx, args, &original);
+    valid::check_event(&cx, &event);
+    let errors = cx.check().err();
+    expand_event(&event, errors)
+}
+
+pub fn derive_aggregate(original: &DeriveInput) -> TokenStream {
+    let cx = Ctxt::new();
+    let aggregate = Aggregate::from_ast(&cx, original);
+    valid::check_aggregate(&cx, &aggregate);
+    let errors = cx.check().err();
+    expand_aggregate(&aggregate, errors)
+}
+
+fn expand_event(event: &Event, errors: Option<syn::Error>) -> TokenStream {
+    let p = private();
+    let original = event.original;
+    let ident = &original.ident;
+    let compile_errors = errors.as_ref().map(syn::Error::to_compile_error);
+
+    // A union cannot derive the traits an event needs, nor can a generic struct be one
+    // registered type: leave the item as written.
+    let implementable = !matches!(event.shape, Shape::Union(_)) && original.generics.params.is_empty();
+    if !implementable {
+        return quote!(#compile_errors #original);
+    }
+
+    let attrs = &original.attrs;
+    let mut derives = Vec::new();
+    let mut derives_serde = false;
+    for (name, path, serde) in [
+        ("Clone", quote!(::core::clone::Clone), false),
+        ("Debug", quote!(::core::fmt::Debug), false),
+        ("Serialize", quote!(#p::serde::Serialize), true),
+        ("Deserialize", quote!(#p::serde::Deserialize), true),
+    ] {
+        if !attr::derives(attrs, name) {
+            derives.push(path);
+            derives_serde |= serde;
+        }
+    }
+    let derive = (!derives.is_empty()).then(|| quote!(#[derive(#(#derives),*)]));
+    let serde_crate = (derives_serde && !attr::has_serde_crate(attrs))
+        .then(|| quote!(#[serde(crate = "::eventsource::__private::serde")]));
+
+    let ident_name = ident.unraw().to_string();
+    let event_type = match &event.attrs.name.value {
+        Some(name) => name.to_token_stream(),
+        None => ident_name.to_token_stream(),
+    };
+    let aggregate_type = match &event.attrs.aggregate.value {
+        Some(aggregate) => aggregate.to_token_stream(),
+        None => quote!(#p::ANY_AGGREGATE),
+    };
+    let version = event.attrs.version.value.unwrap_or(1);
+    // An event that did not compile is not registered: its name may be a stand-in.
+    let registration = errors.is_none().then(|| {
+        quote! {
+            #p::inventory::submit! {
+                #p::EventRegistration {
+                    event_type: #event_type,
+                    aggregate_type: #aggregate_type,
+                    event_version: #version,
+                    rust_type: ::core::concat!(::core::module_path!(), "::", #ident_name),
+                }
+            }
+        }
+    });
+
+    quote! {
+        #compile_errors
+        #derive
+        #serde_crate
+        #original
+        const _: () = {
+            #[automatically_derived]
+            impl #p::Event for #ident {
+                const EVENT_TYPE: &'static str = #event_type;
+                const AGGREGATE_TYPE: &'static str = #aggregate_type;
+                const EVENT_VERSION: u32 = #version;
+            }
+            #registration
+        };
+    }
+}
+
+fn expand_aggregate(aggregate: &Aggregate, errors: Option<syn::Error>) -> TokenStream {
+    let p = private();
+    let original = aggregate.original;
+    let ident = &original.ident;
+    let vis = &original.vis;
+    let compile_errors = errors.as_ref().map(syn::Error::to_compile_error);
+    let ident_name = ident.unraw().to_string();
+    let enum_ident = format_ident!("{}Event", ident.unraw(), span = ident.span());
+    let enum_name = enum_ident.to_string();
+    let type_name = match &aggregate.attrs.name.value {
+        Some(name) => name.value(),
+        None => ident_name.clone(),
+    };
+    let schema_version = aggregate.attrs.schema_version.value.unwrap_or(1);
+
+    let events = aggregate.distinct_events();
+    let paths: Vec<_> = events.iter().map(|e| &e.path).collect();
+    let variants: Vec<_> = events.iter().map(|e| &e.variant).collect();
+    // Every impl that needs the listed types to be events says so in a where clause that
+    // the compiler checks only where the impl is used. A listed type that is not an event
+    // is then reported once, by the membership check below, and not by every impl.
+    let bounds: Vec<WherePredicate> = events
+        .iter()
+        .map(|e| {
+            let path = &e.path;
+            let bound = around(path, quote!(for<'__eventsource>), quote!(: #p::Event));
+            syn::parse_quote!(#bound)
+        })
+        .collect();
+    let where_events = quote!(where #(#bounds,)*);
+    let event_types: Vec<_> = events.iter().map(|e| event_const(e, "EVENT_TYPE")).collect();
+    let event_versions: Vec<_> = events.iter().map(|e| event_const(e, "EVENT_VERSION")).collect();
+
+    let enum_doc =
+        format!("The events of [`{ident_name}`], one variant per event of its `#[aggregate(events(...))]`.");
+    let variant_docs = variants.iter().map(|v| format!("The `{v}` event."));
+    let enum_def = quote! {
+        #[doc = #enum_doc]
+        #[allow(clippy::large_enum_variant)]
+        #vis enum #enum_ident {
+            #(#[doc = #variant_docs] #variants(#paths),)*
+        }
+    };
+
+    let enum_impls = quote! {
+        #(
+            #[automatically_derived]
+            impl ::core::convert::From<#paths> for #enum_ident {
+                fn from(event: #paths) -> Self {
+                    #enum_ident::#variants(event)
+                }
+            }
+        )*
+
+        #[automatically_derived]
+        impl ::core::clone::Clone for #enum_ident #where_events {
+            fn clone(&self) -> Self {
+                match *self {
+                    #(#enum_ident::#variants(ref __event) => #enum_ident::#variants(::core::clone::Clone::clone(__event)),)*
+                }
+            }
+        }
+
+        #[automatically_derived]
+        impl ::core::fmt::Debug for #enum_ident #where_events {
+            fn fmt(&self, __f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                match *self {
+                    #(#enum_ident::#variants(ref __event) => __f.debug_tuple(::core::stringify!(#variants)).field(__event).finish(),)*
+                }
+            }
+        }
+
+        #[automatically_derived]
+        impl #p::serde::Serialize for #enum_ident #where_events {
+            fn serialize<__S>(&self, __serializer: __S) -> ::core::result::Result<__S::Ok, __S::Error>
+            where
+                __S: #p::serde::Serializer,
+            {
+                match *self {
+                    #(#enum_ident::#variants(ref __event) => #p::serialize_event(__serializer, #enum_name, __event),)*
+                }
+            }
+        }
+
+        #[automatically_derived]
+        impl<'de> #p::serde::Deserialize<'de> for #enum_ident #where_events {
+            fn deserialize<__D>(__deserializer: __D) -> ::core::result::Result<Self, __D::Error>
+            where
+                __D: #p::serde::Deserializer<'de>,
+            {
+                #p::deserialize_event(__deserializer)
+            }
+        }
+
+        #[automatically_derived]
+        impl #p::EventEnum for #enum_ident #where_events {
+            const NAME: &'static str = #enum_name;
+            const EVENT_TYPES: &'static [&'static str] = &[#(#event_types),*];
+
+            fn deserialize_data<'de, __D>(__event_type: &str, __data: __D) -> ::core::result::Result<Self, __D::Error>
+            where
+                __D: #p::serde::Deserializer<'de>,
+            {
+                #(
+                    if __event_type == #event_types {
+                        return <#paths as #p::serde::Deserialize>::deserialize(__data).map(#enum_ident::#variants);
+                    }
+                )*
+                ::core::result::Result::Err(<__D::Error as #p::serde::de::Error>::unknown_variant(
+                    __event_type,
+                    <Self as #p::EventEnum>::EVENT_TYPES,
+                ))
+            }
+        }
+
+        #[automatically_derived]
+        impl #p::AggregateEvent for #enum_ident #where_events {
+            fn event_type(&self) -> &'static str {
+                match *self {
+                    #(#enum_ident::#variants(_) => #event_types,)*
+                }
+            }
+
+            fn event_version(&self) -> u32 {
+                match *self {
+                    #(#enum_ident::#variants(_) => #event_versions,)*
+                }
+            }
+
+            fn to_json(&self) -> #p::Result<::std::string::String> {
+                match *self {
+                    #(#enum_ident::#variants(ref __event) => #p::encode_event(__event),)*
+                }
+            }
+
+            fn from_json(__event_type: &str, __payload: &str) -> #p::Result<Self> {
+                #(
+                    if __event_type == #event_types {
+                        return #p::decode_event::<#paths>(__payload).map(#enum_ident::#variants);
+                    }
+                )*
+                ::core::result::Result::Err(#p::unknown_event_type(__event_type, #type_name))
+            }
+        }
+    };
+
+    // Without a struct there is no state to apply events to: the shape error says so.
+    let aggregate_impl = aggregate.shape.is_struct().then(|| {
+        let (impl_generics, ty_generics, where_clause) = original.generics.split_for_impl();
+        let mut where_clause = where_clause.cloned().unwrap_or_else(|| syn::parse_quote!(where));
+        where_clause.predicates.extend(bounds.iter().cloned());
+        let apply = events.iter().map(|e| {
+            let path = &e.path;
+            // A missing impl is reported at the `Self` of this path: put it at the event's name.
+            let (_, name) = ends(path);
+            let prefix = respan(quote!(<Self as #p::Apply<), name);
+            let suffix = respan(quote!(>>::apply), name);
+            quote!(#prefix #path #suffix)
+        });
+        quote! {
+            #[automatically_derived]
+            impl #impl_generics #p::Aggregate for #ident #ty_generics #where_clause {
+                const TYPE_NAME: &'static str = #type_name;
+                const SCHEMA_VERSION: u32 = #schema_version;
+                type Event = #enum_ident;
+
+                fn apply_event(&mut self, __event: &Self::Event) {
+                    match *__event {
+                        #(#enum_ident::#variants(ref __event) => #apply(self, __event),)*
+                    }
+                }
+            }
+        }
+    });
+
+    let registration = (errors.is_none() && aggregate_impl.is_some()).then(|| {
+        quote! {
+            #p::inventory::submit! {
+                #p::AggregateRegistration {
+                    name: #type_name,
+                    schema_version: #schema_version,
+                    event_types: &[#(#event_types),*],
+                    rust_type: ::core::concat!(::core::module_path!(), "::", #ident_name),
+                }
+            }
+        }
+    });
+
+    let valid_name = aggregate.attrs.name.value.as_ref().map(|_| type_name.as_str());
+    let membership = events.iter().map(|e| membership_check(e, valid_name));
+
+    quote! {
+        #compile_errors
+        #enum_def
+        const _: () = {
+            #enum_impls
+            #aggregate_impl
+            #registration
+            #(#membership)*
+        };
+    }
+}
+
+/// `<Path as Event>::NAME`, spanned over the listed path.
+fn event_const(event: &ListedEvent, name: &str) -> TokenStream {
+    let p = private();
+    let path = &event.path;
+    let name = Ident::new(name, Span::call_site());
+    around(path, quote!(<), quote!(as #p::Event>::#name))
+}
+
+/// A compile-time check that a listed event belongs to this aggregate, reported at its
+/// name in the list. It is also where a listed type that is not an event is reported;
+/// without a valid aggregate name, that is all it checks.
+fn membership_check(event: &ListedEvent, type_name: Option<&str>) -> TokenStream {
+    let p = private();
+    let path = &event.path;
+    let aggregate_type = event_const(event, "AGGREGATE_TYPE");
+    let Some(type_name) = type_name else {
+        return quote!(const _: &str = #aggregate_type;);
+    };
+    let message = format!(
+        "event `{}` belongs to another aggregate, not to `{type_name}`",
+        valid::show(path)
+    );
+    // Through "{}", so that braces in the name are not read as a format string.
+    let (first, last) = ends(path);
+    let panic = respan(quote!(::core::panic!), first);
+    let args = respan(quote!(("{}", #message)), last);
+    quote! {
+        const _: () = if !#p::belongs_to(#aggregate_type, #type_name) {
+            #panic #args
+        };
+    }
+}
+
+/// `path` between `prefix`, spanned at its first token, and `suffix`, spanned at its last,
+/// so that the compiler underlines the whole path when it reports an error about them.
+fn around(path: &Path, prefix: TokenStream, suffix: TokenStream) -> TokenStream {
+    let (first, last) = ends(path);
+    let prefix = respan(prefix, first);
+    let suffix = respan(suffix, last);
+    quote!(#prefix #path #suffix)
+}
+
+/// The spans of the first and the last token of a path.
+fn ends(path: &Path) -> (Span, Span) {
+    let first = match &path.leading_colon {
+        Some(colon) => colon.spans[0],
+        None => path.segments[0].ident.span(),
+    };
+    (first, path.segments.last().unwrap().ident.span())
+}
+
+/// `tokens`, every one spanned at `span`.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut token| {
+            if let TokenTree::Group(group) = &token {
+                token = Group::new(group.delimiter(), respan(group.stream(), span)).into();
+            }
+            token.set_span(span);
+            token
+        })
+        .collect()
+}

@@ -1,0 +1,18 @@
+use eventsource::prelude::*;
+
+#[event(aggregate = "Account")]
+pub struct Deposited {
+    pub amount: f64,
+}
+
+#[derive(Aggregate, Clone, Debug, Default, Serialize, Deserialize)]
+#[aggregate(name = "Account", events(Deposited))]
+pub struct Account(f64);
+
+impl Apply<Deposited> for Account {
+    fn apply(&mut self, e: &Deposited) {
+        self.0 += e.amount;
+    }
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use eventsource::prelude::*;
+
+#[event(aggregate = "Account", name = "")]
+pub struct Deposited {
+    pub amount: f64,
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use eventsource::prelude::*;
+
+#[event]
+pub struct Deposited {
+    pub amount: f64,
+}
+
+fn main() {}

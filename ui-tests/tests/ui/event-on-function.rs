@@ -1,0 +1,6 @@
+use eventsource::prelude::*;
+
+#[event(aggregate = "Account")]
+fn deposited() {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use eventsource::prelude::*;
+
+#[event(aggregate = "Account")]
+pub struct Deposited(pub f64);
+
+fn main() {}

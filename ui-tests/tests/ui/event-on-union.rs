@@ -1,0 +1,9 @@
+use eventsource::prelude::*;
+
+#[event(aggregate = "Account")]
+pub union Deposited {
+    pub amount: f64,
+    pub cents: u64,
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use eventsource::prelude::*;
+
+#[event(aggregate = "Account", version = 0)]
+pub struct Deposited {
+    pub amount: f64,
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use eventsource::prelude::*;
+
+#[event(aggregate = "Account")]
+pub struct Deposited<T> {
+    pub amount: T,
+}
+
+fn main() {}

@@ -263,6 +263,56 @@ async fn a_full_background_queue_makes_the_save_write_its_own_snapshot() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_background_queue_stays_bounded_under_sustained_load() {
+    const AGGREGATES: usize = 2_000;
+    const CAPACITY: usize = 64;
+    let events = InMemoryEventStore::new();
+    let store = SlowSnapshotStore::default();
+    let policy = SnapshotPolicy::every(2)
+        .unwrap()
+        .with_mode(SnapshotMode::Background)
+        .with_queue_capacity(CAPACITY)
+        .unwrap();
+    let repo = repo_with(&events, store.clone(), policy);
+    let watcher = {
+        let repo = repo.clone();
+        tokio::spawn(async move {
+            let mut most = 0;
+            for _ in 0..2_000 {
+                most = most.max(repo.pending_snapshots());
+                tokio::task::yield_now().await;
+            }
+            most
+        })
+    };
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let repo = repo.clone();
+            tokio::spawn(async move {
+                for _ in (w..AGGREGATES).step_by(8) {
+                    let mut account = opened(Uuid::new_v4(), 1);
+                    repo.save(&mut account).await.unwrap();
+                    account.record(MoneyDeposited { amount: 1.0 });
+                    account.record(MoneyDeposited { amount: 1.0 });
+                    repo.save(&mut account).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let most = watcher.await.unwrap();
+    assert!(most <= CAPACITY, "pending snapshots stay within the bound: {most}");
+    assert!(most > 0, "the load went through the queue");
+    repo.await_pending_snapshots().await;
+    assert_eq!(repo.pending_snapshots(), 0, "shutdown waits for every pending snapshot");
+    assert_eq!(store.0.count(), AGGREGATES, "every aggregate has its snapshot");
+    assert!(repo.metrics().written("Account") >= AGGREGATES as u64);
+    assert_eq!(repo.metrics().write_failures("Account"), 0);
+}
+
 #[tokio::test]
 async fn dropping_the_repository_does_not_drop_scheduled_snapshots() {
     let events = InMemoryEventStore::new();

@@ -1,1 +1,751 @@
-//! placeholder
+//! The SQLite stores: the whole conformance suite on `:memory:` and on a file, then what is
+//! SQLite's own: the schema, URLs, corrupt rows, paged reads on one connection, and
+//! concurrent writers on one file, as tasks and as two processes.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use eventsource::backend::sqlite::{self, SqliteEventStore, SqliteSnapshotStore};
+use eventsource::prelude::*;
+use eventsource::{EventEnvelope, MissReason, Snapshot, StoredEvent};
+use futures_util::{StreamExt, TryStreamExt};
+
+/// Every test opens its own private database.
+mod in_memory {
+    use super::*;
+
+    eventsource::event_store_conformance!(async { SqliteEventStore::open(":memory:").await.unwrap() });
+    eventsource::snapshot_store_conformance!(async { SqliteSnapshotStore::open(":memory:").await.unwrap() });
+}
+
+/// Every test opens its own pool on one file, which the tests share as processes would.
+mod on_one_file {
+    use super::*;
+
+    eventsource::event_store_conformance!(async { SqliteEventStore::open(shared_file()).await.unwrap() });
+    eventsource::snapshot_store_conformance!(async {
+        SqliteSnapshotStore::open(shared_file()).await.unwrap()
+    });
+}
+
+/// A database file for this run of the tests, under the target directory.
+fn shared_file() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sqlite_store_conformance.db");
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        path
+    })
+    .clone()
+}
+
+fn event(id: Uuid, ty: &str, version: u64, payload: &str) -> EventEnvelope {
+    EventEnvelope {
+        event_id: Uuid::new_v4(),
+        event_type: Arc::from("Happened"),
+        event_version: 1,
+        aggregate_id: id,
+        aggregate_type: Arc::from(ty),
+        aggregate_version: version,
+        occurred_at: chrono::Utc::now(),
+        correlation_id: None,
+        causation_id: None,
+        metadata: None,
+        payload: Arc::from(payload),
+    }
+}
+
+fn new_events(id: Uuid, ty: &str, after: u64, count: u64) -> Vec<EventEnvelope> {
+    (after + 1..=after + count)
+        .map(|v| event(id, ty, v, &format!(r#"{{"n":{v}}}"#)))
+        .collect()
+}
+
+async fn read(store: &SqliteEventStore, id: Uuid, ty: &str) -> eventsource::Result<Vec<StoredEvent>> {
+    store.read_stream(id, ty, 0).try_collect().await
+}
+
+async fn scalar_text(pool: &sqlite::SqlitePool, sql: &str) -> String {
+    sqlx::query_scalar::<_, String>(sql)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_file_is_created_in_wal_mode_with_its_tables_and_a_busy_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new.db");
+    let (events, _snapshots) = sqlite::open(&path).await.unwrap();
+    assert!(path.exists(), "the file is created");
+    let pool = events.pool();
+    assert_eq!(scalar_text(pool, "PRAGMA journal_mode").await, "wal");
+    let timeout: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(timeout, sqlite::BUSY_TIMEOUT.as_millis() as i64);
+    let mut objects: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type IN ('table', 'index') AND name NOT LIKE 'sqlite_%'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    objects.sort();
+    assert_eq!(
+        objects,
+        [
+            "events",
+            "events_event_id",
+            "events_stream",
+            "snapshots",
+            "snapshots_aggregate",
+            "snapshots_type_schema"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn opening_again_keeps_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reopen.db");
+    let id = Uuid::new_v4();
+    let snapshot = Snapshot {
+        aggregate_id: id,
+        aggregate_type: "Thing".into(),
+        version: 2,
+        state: "{}".into(),
+        schema_version: 1,
+        created_at: chrono::Utc::now(),
+    };
+    {
+        let (events, snapshots) = sqlite::open(&path).await.unwrap();
+        events.append(id, "Thing", 0, &events_for(id, 2)).await.unwrap();
+        snapshots.save_snapshot(&snapshot).await.unwrap();
+        events.pool().close().await;
+    }
+    let events = SqliteEventStore::open(&path).await.unwrap();
+    let snapshots = SqliteSnapshotStore::open(&path).await.unwrap();
+    assert_eq!(events.stream_version(id, "Thing").await.unwrap(), 2);
+    assert_eq!(snapshots.get_snapshot(id, "Thing").await.unwrap(), Some(snapshot));
+}
+
+fn events_for(id: Uuid, count: u64) -> Vec<EventEnvelope> {
+    new_events(id, "Thing", 0, count)
+}
+
+#[tokio::test]
+async fn stores_opened_together_share_one_in_memory_database_and_others_do_not() {
+    let (events, snapshots) = sqlite::open(":memory:").await.unwrap();
+    let id = Uuid::new_v4();
+    events.append(id, "Thing", 0, &events_for(id, 3)).await.unwrap();
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(snapshots.pool())
+        .await
+        .unwrap();
+    assert_eq!(seen, 3, "the snapshot store's pool sees the events");
+
+    let (elsewhere, _) = sqlite::open(":memory:").await.unwrap();
+    assert_eq!(
+        elsewhere.stream_version(id, "Thing").await.unwrap(),
+        0,
+        "another :memory: is another database"
+    );
+}
+
+#[tokio::test]
+async fn urls_name_memory_and_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let memory = eventsource::backend::open("sqlite::memory:").await.unwrap();
+    assert_eq!(memory.backend_name(), "sqlite");
+    let id = Uuid::new_v4();
+    memory
+        .events
+        .append(id, "Thing", 0, &events_for(id, 1))
+        .await
+        .unwrap();
+    assert_eq!(memory.events.stream_version(id, "Thing").await.unwrap(), 1);
+
+    let relative = dir.path().join("short.db");
+    let stores = eventsource::backend::open(&format!("sqlite:{}", relative.display()))
+        .await
+        .unwrap();
+    stores
+        .events
+        .append(id, "Thing", 0, &events_for(id, 1))
+        .await
+        .unwrap();
+    assert!(relative.exists(), "sqlite:PATH creates the file");
+
+    let absolute = dir.path().join("long.db");
+    let url = format!("sqlite://{}", absolute.display());
+    let stores = eventsource::backend::open(&url).await.unwrap();
+    stores
+        .snapshots
+        .delete_snapshots_by_type("Thing", None)
+        .await
+        .unwrap();
+    assert!(absolute.exists(), "sqlite://PATH creates the file");
+
+    for bad in ["sqlite:", "sqlite://"] {
+        match eventsource::backend::open(bad).await {
+            Err(Error::InvalidConfiguration(_)) => {}
+            other => panic!(
+                "{bad}: expected InvalidConfiguration, got {:?}",
+                other.map(|s| s.backend_name())
+            ),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_foreign_table_of_the_same_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("foreign.db");
+    let pool = sqlite::connect(&path).await.unwrap();
+    sqlx::query("CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    match SqliteEventStore::from_pool(pool.clone()).await {
+        Err(Error::InvalidConfiguration(message)) => assert!(message.contains("`events`"), "{message}"),
+        other => panic!("expected InvalidConfiguration, got {other:?}"),
+    }
+    // The snapshot table is free, so the snapshot store opens.
+    SqliteSnapshotStore::from_pool(pool).await.unwrap();
+}
+
+#[tokio::test]
+async fn payload_and_state_text_is_stored_untouched() {
+    let (events, snapshots) = sqlite::open(":memory:").await.unwrap();
+    let id = Uuid::new_v4();
+    let payload = "{ \"b\" : 1,\n  \"a\": [ 1.50, 2e3 ] }";
+    events
+        .append(id, "Thing", 0, &[event(id, "Thing", 1, payload)])
+        .await
+        .unwrap();
+    assert_eq!(&*read(&events, id, "Thing").await.unwrap()[0].payload, payload);
+
+    let snapshot = Snapshot {
+        aggregate_id: id,
+        aggregate_type: "Thing".into(),
+        version: 1,
+        state: payload.into(),
+        schema_version: 1,
+        created_at: chrono::Utc::now(),
+    };
+    snapshots.save_snapshot(&snapshot).await.unwrap();
+    let stored = snapshots.get_snapshot(id, "Thing").await.unwrap().unwrap();
+    assert_eq!(
+        stored, snapshot,
+        "every field, and the timestamp to the nanosecond"
+    );
+}
+
+#[tokio::test]
+async fn values_sqlite_cannot_hold_are_refused_and_nothing_is_written() {
+    let (events, snapshots) = sqlite::open(":memory:").await.unwrap();
+    let id = Uuid::new_v4();
+    let mut far = events_for(id, 1);
+    far[0].occurred_at = chrono::DateTime::from_timestamp(300_000_000_000, 0).unwrap();
+    match events.append(id, "Thing", 0, &far).await {
+        Err(Error::InvalidInput(message)) => assert!(message.contains("timestamp"), "{message}"),
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+    assert_eq!(events.stream_version(id, "Thing").await.unwrap(), 0);
+
+    let snapshot = Snapshot {
+        aggregate_id: id,
+        aggregate_type: "Thing".into(),
+        version: u64::MAX,
+        state: "{}".into(),
+        schema_version: 1,
+        created_at: chrono::Utc::now(),
+    };
+    match snapshots.save_snapshot(&snapshot).await {
+        Err(Error::InvalidInput(message)) => assert!(message.contains("version"), "{message}"),
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+    assert!(!snapshots.snapshot_exists(id, "Thing").await.unwrap());
+}
+
+fn assert_corrupt<T: std::fmt::Debug>(result: eventsource::Result<T>, column: &str, case: &str) {
+    match result {
+        Err(Error::Corrupt { what, reason }) => {
+            assert!(
+                reason.contains(column),
+                "{case}: the reason {reason:?} names the column `{column}`"
+            );
+            assert!(what.contains("SQLite"), "{case}: {what:?} says where");
+        }
+        other => panic!("{case}: expected Error::Corrupt, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn corrupt_event_rows_are_typed_errors() {
+    let events = SqliteEventStore::open(":memory:").await.unwrap();
+    let cases = [
+        ("metadata", "'{not json'"),
+        ("event_id", "'not-a-uuid'"),
+        ("correlation_id", "'zzz'"),
+        ("causation_id", "x'00'"),
+        ("occurred_at", "'yesterday'"),
+        ("event_version", "-1"),
+        ("event_version", "5000000000"),
+        ("event_version", "'seven'"),
+        ("aggregate_version", "'two'"),
+        ("payload", "x'00ff'"),
+    ];
+    for (column, value) in cases {
+        let case = format!("{column} = {value}");
+        let id = Uuid::new_v4();
+        let batch = events_for(id, 2);
+        events.append(id, "Thing", 0, &batch).await.unwrap();
+        sqlx::query(&format!(
+            "UPDATE events SET {column} = {value} WHERE event_id = ?"
+        ))
+        .bind(batch[1].event_id.to_string())
+        .execute(events.pool())
+        .await
+        .unwrap();
+        let mut stream = events.read_stream(id, "Thing", 0);
+        let first = stream
+            .next()
+            .await
+            .expect("the first event")
+            .expect("the first event is intact");
+        assert_eq!(first.event_id, batch[0].event_id);
+        assert_corrupt(
+            stream.next().await.expect("an item for the corrupt row"),
+            column,
+            &case,
+        );
+        assert!(
+            stream.next().await.is_none(),
+            "{case}: the stream ends at the corrupt row"
+        );
+        let mut log = events.read_all(first.position);
+        assert_corrupt(
+            log.next().await.expect("an item for the corrupt row"),
+            column,
+            &case,
+        );
+    }
+
+    let id = Uuid::new_v4();
+    let batch = events_for(id, 1);
+    events.append(id, "Thing", 0, &batch).await.unwrap();
+    sqlx::query("UPDATE events SET aggregate_version = -3 WHERE event_id = ?")
+        .bind(batch[0].event_id.to_string())
+        .execute(events.pool())
+        .await
+        .unwrap();
+    assert_corrupt(
+        events.stream_version(id, "Thing").await,
+        "aggregate_version",
+        "stream_version at -3",
+    );
+    assert_corrupt(
+        events
+            .append(id, "Thing", 1, &new_events(id, "Thing", 1, 1))
+            .await,
+        "aggregate_version",
+        "appending to a stream at -3",
+    );
+    let all: Vec<_> = events.read_all(0).collect().await;
+    assert!(
+        all.iter().any(|item| matches!(item, Err(Error::Corrupt { .. }))),
+        "read_all reaches the -3"
+    );
+}
+
+#[tokio::test]
+async fn corrupt_snapshot_rows_are_typed_errors_and_a_good_save_replaces_them() {
+    let snapshots = SqliteSnapshotStore::open(":memory:").await.unwrap();
+    let cases = [
+        ("created_at", "'last week'"),
+        ("version", "-1"),
+        ("version", "'ten'"),
+        ("schema_version", "5000000000"),
+        ("state", "x'00'"),
+    ];
+    for (column, value) in cases {
+        let case = format!("{column} = {value}");
+        let id = Uuid::new_v4();
+        let snapshot = Snapshot {
+            aggregate_id: id,
+            aggregate_type: "Thing".into(),
+            version: 10,
+            state: r#"{"ok":true}"#.into(),
+            schema_version: 1,
+            created_at: chrono::Utc::now(),
+        };
+        snapshots.save_snapshot(&snapshot).await.unwrap();
+        sqlx::query(&format!(
+            "UPDATE snapshots SET {column} = {value} WHERE aggregate_id = ?"
+        ))
+        .bind(id.to_string())
+        .execute(snapshots.pool())
+        .await
+        .unwrap();
+        assert_corrupt(snapshots.get_snapshot(id, "Thing").await, column, &case);
+        assert!(
+            snapshots.snapshot_exists(id, "Thing").await.unwrap(),
+            "{case}: exists"
+        );
+        let newer = Snapshot {
+            version: 11,
+            ..snapshot.clone()
+        };
+        assert!(
+            snapshots.save_snapshot(&newer).await.unwrap(),
+            "{case}: a newer good snapshot is stored"
+        );
+        assert_eq!(
+            snapshots.get_snapshot(id, "Thing").await.unwrap(),
+            Some(newer),
+            "{case}: after the good save"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_load_replays_every_event_past_a_corrupt_snapshot() {
+    use common::{opened, Account};
+
+    let (events, snapshots) = sqlite::open(":memory:").await.unwrap();
+    let repo = Repository::<Account>::new(events.clone())
+        .with_snapshots(snapshots.clone(), SnapshotPolicy::every(5).unwrap());
+    let id = Uuid::new_v4();
+    let mut root = opened(id, 5);
+    repo.save(&mut root).await.unwrap();
+    assert!(
+        snapshots.snapshot_exists(id, "Account").await.unwrap(),
+        "the policy took a snapshot"
+    );
+    sqlx::query("UPDATE snapshots SET created_at = 'never' WHERE aggregate_id = ?")
+        .bind(id.to_string())
+        .execute(snapshots.pool())
+        .await
+        .unwrap();
+
+    let loaded = repo.load(id).await.unwrap();
+    assert_eq!(loaded.version(), 6);
+    assert_eq!(loaded.state(), root.state());
+    assert_eq!(repo.metrics().misses("Account", MissReason::StoreError), 1);
+}
+
+/// `:memory:` has one connection: a read that held it between pages would block every other
+/// call until the read is dropped.
+#[tokio::test]
+async fn a_read_part_way_through_a_long_stream_holds_no_connection() {
+    let (events, snapshots) = sqlite::open(":memory:").await.unwrap();
+    let id = Uuid::new_v4();
+    let all = events_for(id, 2_500);
+    events.append(id, "Thing", 0, &all).await.unwrap();
+
+    let mut reading = events.read_stream(id, "Thing", 0);
+    let mut read = vec![reading.next().await.unwrap().unwrap()];
+    let other = Uuid::new_v4();
+    let meanwhile = async {
+        events
+            .append(other, "Thing", 0, &events_for(other, 1))
+            .await
+            .unwrap();
+        events
+            .append(id, "Thing", 2_500, &new_events(id, "Thing", 2_500, 1))
+            .await
+            .unwrap();
+        snapshots.delete_snapshots_by_type("Thing", None).await.unwrap();
+        let log: Vec<_> = events.read_all(0).take(10).collect().await;
+        assert_eq!(log.len(), 10);
+    };
+    tokio::time::timeout(Duration::from_secs(10), meanwhile)
+        .await
+        .expect("other calls wait for the read");
+    while let Some(event) = reading.next().await {
+        read.push(event.unwrap());
+    }
+    let versions: Vec<u64> = read.iter().map(|e| e.aggregate_version).collect();
+    assert_eq!(
+        versions,
+        (1..=2_501).collect::<Vec<_>>(),
+        "the read sees the event appended part way"
+    );
+}
+
+const RACE_TYPE: &str = "Race";
+
+/// Appends one event at a time until the stream reaches `versions`, each at the version it
+/// just read; returns the versions this writer won. Any failure but a conflict panics.
+async fn race(store: &SqliteEventStore, id: Uuid, writer: &str, versions: u64) -> Vec<u64> {
+    let mut won = Vec::new();
+    loop {
+        let at = store.stream_version(id, RACE_TYPE).await.unwrap();
+        if at >= versions {
+            return won;
+        }
+        let batch = [event(
+            id,
+            RACE_TYPE,
+            at + 1,
+            &format!(r#"{{"writer":"{writer}"}}"#),
+        )];
+        match store.append(id, RACE_TYPE, at, &batch).await {
+            Ok(_) => won.push(at + 1),
+            Err(Error::Conflict { expected, actual, .. }) => {
+                assert_eq!(expected, at, "{writer}: the conflict's expected version");
+                assert!(actual > at, "{writer}: lost at {at} to a stream at {actual}");
+            }
+            Err(e) => panic!("{writer}: appending at {at} failed with {e}"),
+        }
+    }
+}
+
+/// The stream holds `versions` events, each written by the writer that won its version.
+async fn assert_winners(store: &SqliteEventStore, id: Uuid, versions: u64, winners: &[(&str, Vec<u64>)]) {
+    let stored = read(store, id, RACE_TYPE).await.unwrap();
+    assert_eq!(stored.len() as u64, versions);
+    for e in &stored {
+        let writer = serde_json::from_str::<serde_json::Value>(&e.payload).unwrap()["writer"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let claimed: Vec<&str> = winners
+            .iter()
+            .filter(|(_, won)| won.contains(&e.aggregate_version))
+            .map(|(w, _)| *w)
+            .collect();
+        assert_eq!(
+            claimed,
+            [writer.as_str()],
+            "version {}: written by {writer}, won by {claimed:?}",
+            e.aggregate_version
+        );
+    }
+    let total: usize = winners.iter().map(|(_, won)| won.len()).sum();
+    assert_eq!(total as u64, versions, "one winner per version");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_racing_on_one_file_have_one_winner_per_version() {
+    const VERSIONS: u64 = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("race.db");
+    let shared = SqliteEventStore::open(&path).await.unwrap();
+    let own = SqliteEventStore::open(&path).await.unwrap();
+    let id = Uuid::new_v4();
+    let writers = [
+        ("a", shared.clone()),
+        ("b", shared.clone()),
+        ("c", own),
+        ("d", SqliteEventStore::open(&path).await.unwrap()),
+    ];
+    let tasks: Vec<_> = writers
+        .into_iter()
+        .map(|(name, store)| tokio::spawn(async move { (name, race(&store, id, name, VERSIONS).await) }))
+        .collect();
+    let mut winners = Vec::new();
+    for task in tasks {
+        winners.push(task.await.unwrap());
+    }
+    assert_winners(&shared, id, VERSIONS, &winners).await;
+}
+
+/// Set in the second process of the test below: `PATH|AGGREGATE_ID`.
+const SECOND_WRITER: &str = "EVENTSOURCE_SQLITE_SECOND_WRITER";
+const PROCESS_VERSIONS: u64 = 150;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_racing_on_one_file_have_one_winner_per_version() {
+    use std::io::BufRead;
+
+    if let Ok(spec) = std::env::var(SECOND_WRITER) {
+        // The second process: race, then report what it won.
+        let (path, id) = spec.rsplit_once('|').unwrap();
+        let store = SqliteEventStore::open(path).await.unwrap();
+        println!("second-writer-ready");
+        let won = race(&store, id.parse().unwrap(), "second", PROCESS_VERSIONS).await;
+        println!("second-writer-won={}", serde_json::to_string(&won).unwrap());
+        return;
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("two-processes.db");
+    let store = SqliteEventStore::open(&path).await.unwrap();
+    let id = Uuid::new_v4();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "processes_racing_on_one_file_have_one_winner_per_version",
+            "--nocapture",
+        ])
+        .env(SECOND_WRITER, format!("{}|{id}", path.display()))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let next_line = |prefix: &str| loop {
+        match lines.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) if line.starts_with(prefix) => return line[prefix.len()..].to_owned(),
+            Ok(_) => {}
+            Err(e) => panic!("the second process gave no line {prefix:?}: {e}"),
+        }
+    };
+    next_line("second-writer-ready");
+
+    let first = race(&store, id, "first", PROCESS_VERSIONS).await;
+    let second: Vec<u64> = serde_json::from_str(&next_line("second-writer-won=")).unwrap();
+    assert!(child.wait().unwrap().success(), "the second process failed");
+    println!("first process won {}, second {}", first.len(), second.len());
+    assert_winners(
+        &store,
+        id,
+        PROCESS_VERSIONS,
+        &[("first", first), ("second", second)],
+    )
+    .await;
+}
+
+/// Calls dropped part way, as a timeout drops them, leave the one connection of `:memory:`,
+/// and so the database, usable and whole: no transaction is left open on it.
+#[tokio::test]
+async fn calls_dropped_part_way_leave_the_in_memory_database_intact() {
+    calls_dropped_part_way_leave_the_database_intact(":memory:").await;
+}
+
+/// On a file, a transaction left open would hold the write lock and stall every writer.
+#[tokio::test]
+async fn calls_dropped_part_way_leave_a_file_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    calls_dropped_part_way_leave_the_database_intact(dir.path().join("dropped.db")).await;
+}
+
+async fn calls_dropped_part_way_leave_the_database_intact(path: impl AsRef<Path>) {
+    let (events, snapshots) = sqlite::open(path).await.unwrap();
+    let id = Uuid::new_v4();
+    events
+        .append(id, "Thing", 0, &events_for(id, 1_200))
+        .await
+        .unwrap();
+    let snapshot = Snapshot {
+        aggregate_id: id,
+        aggregate_type: "Thing".into(),
+        version: 1,
+        state: "{}".into(),
+        schema_version: 1,
+        created_at: chrono::Utc::now(),
+    };
+    let mut appended = 1_200;
+    for i in 0..200u64 {
+        // Deadlines from nothing to 2 ms, to drop the calls at every stage.
+        let deadline = Duration::from_micros(i * 37 % 2_000);
+        let batch = new_events(id, "Thing", appended, 1);
+        // A dropped append may or may not have committed, and on a file may commit after the
+        // next read of the version: a conflict then is right.
+        match tokio::time::timeout(deadline, events.append(id, "Thing", appended, &batch)).await {
+            Ok(Ok(_) | Err(Error::Conflict { .. })) | Err(_) => {}
+            Ok(Err(e)) => panic!("appending at {appended}: {e}"),
+        }
+        appended = events.stream_version(id, "Thing").await.unwrap();
+        let read = async { events.read_stream(id, "Thing", 0).take(1_001).count().await };
+        let _ = tokio::time::timeout(deadline, read).await;
+        let newer = Snapshot {
+            version: i,
+            ..snapshot.clone()
+        };
+        let _ = tokio::time::timeout(deadline, snapshots.save_snapshot(&newer)).await;
+    }
+    let version = events.stream_version(id, "Thing").await.unwrap();
+    assert!(version > 1_200, "no append of 200 got through");
+    let stored = read(&events, id, "Thing").await.unwrap();
+    let versions: Vec<u64> = stored.iter().map(|e| e.aggregate_version).collect();
+    assert_eq!(versions, (1..=version).collect::<Vec<_>>());
+    events
+        .append(id, "Thing", version, &new_events(id, "Thing", version, 1))
+        .await
+        .unwrap();
+    assert!(snapshots.snapshot_exists(id, "Thing").await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn zz_perf() {
+    use std::time::Instant;
+    let dir = tempfile::tempdir().unwrap();
+    let (events, snapshots) = sqlite::open(dir.path().join("perf.db")).await.unwrap();
+    let id = Uuid::new_v4();
+    let n = 100_000u64;
+    let t = Instant::now();
+    for b in 0..n / 1000 {
+        events
+            .append(id, "Thing", b * 1000, &new_events(id, "Thing", b * 1000, 1000))
+            .await
+            .unwrap();
+    }
+    println!("append {n} in batches of 1000: {:?}", t.elapsed());
+    for _ in 0..3 {
+        let t = Instant::now();
+        let mut s = events.read_stream(id, "Thing", 0);
+        let mut c = 0;
+        while let Some(e) = s.next().await {
+            e.unwrap();
+            c += 1;
+        }
+        println!("read {c}: {:?}", t.elapsed());
+    }
+    let t = Instant::now();
+    for _ in 0..100 {
+        let v: Vec<_> = events
+            .read_stream(id, "Thing", n - 50)
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(v.len(), 50);
+    }
+    println!("read tail 50 x100: {:?}", t.elapsed() / 100);
+    let t = Instant::now();
+    for i in 0..200 {
+        events
+            .append(id, "Thing", n + i, &new_events(id, "Thing", n + i, 1))
+            .await
+            .unwrap();
+    }
+    println!("append 1 x200: {:?}", t.elapsed() / 200);
+    let snap = Snapshot {
+        aggregate_id: id,
+        aggregate_type: "Thing".into(),
+        version: 5,
+        state: "{}".into(),
+        schema_version: 1,
+        created_at: chrono::Utc::now(),
+    };
+    let t = Instant::now();
+    for i in 0..200 {
+        snapshots
+            .save_snapshot(&Snapshot {
+                version: i,
+                ..snap.clone()
+            })
+            .await
+            .unwrap();
+    }
+    println!("save snapshot x200: {:?}", t.elapsed() / 200);
+    let t = Instant::now();
+    for _ in 0..200 {
+        snapshots.get_snapshot(id, "Thing").await.unwrap();
+    }
+    println!("get snapshot x200: {:?}", t.elapsed() / 200);
+}

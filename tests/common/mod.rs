@@ -182,3 +182,27 @@ impl SnapshotStore for HangingSnapshotStore {
         std::future::pending().await
     }
 }
+
+/// An in-memory snapshot store whose saves take a little while, like a remote database.
+#[derive(Clone, Debug, Default)]
+pub struct SlowSnapshotStore(pub InMemorySnapshotStore);
+
+#[async_trait]
+impl SnapshotStore for SlowSnapshotStore {
+    async fn get_snapshot(&self, id: Uuid, t: &str) -> eventsource::Result<Option<Snapshot>> {
+        self.0.get_snapshot(id, t).await
+    }
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> eventsource::Result<bool> {
+        tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+        self.0.save_snapshot(snapshot).await
+    }
+    async fn delete_snapshot(&self, id: Uuid, t: &str) -> eventsource::Result<bool> {
+        self.0.delete_snapshot(id, t).await
+    }
+    async fn snapshot_exists(&self, id: Uuid, t: &str) -> eventsource::Result<bool> {
+        self.0.snapshot_exists(id, t).await
+    }
+    async fn delete_snapshots_by_type(&self, t: &str, below: Option<u32>) -> eventsource::Result<u64> {
+        self.0.delete_snapshots_by_type(t, below).await
+    }
+}

@@ -93,12 +93,41 @@ pub async fn open(url: &str) -> Result<Stores> {
                 backend: Backend::Postgres(events),
             })
         }
-        "sqlite" | "postgres" | "postgresql" => Err(Error::InvalidConfiguration(format!(
-            "`{scheme}` stores are not compiled in; enable the `{}` feature of eventsource",
-            if scheme == "sqlite" { "sqlite" } else { "postgres" }
-        ))),
+        #[cfg(not(feature = "sqlite"))]
+        "sqlite" => Err(not_compiled_in("sqlite")),
+        #[cfg(not(feature = "postgres"))]
+        "postgres" | "postgresql" => Err(not_compiled_in("postgres")),
         _ => Err(Error::InvalidConfiguration(format!(
             "unsupported store URL scheme `{scheme}`: expected memory:, sqlite::memory:, sqlite:PATH or postgres://..."
         ))),
+    }
+}
+
+#[cfg(not(all(feature = "sqlite", feature = "postgres")))]
+fn not_compiled_in(feature: &str) -> Error {
+    Error::InvalidConfiguration(format!(
+        "{feature} stores are not compiled in; enable the `{feature}` feature of eventsource"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn malformed_and_unsupported_urls_are_configuration_errors() {
+        for url in ["", "memory", "memory:extra", "mysql://root@localhost/db", "postgres", "file.db"] {
+            let err = open(url).await.unwrap_err();
+            assert!(matches!(err, Error::InvalidConfiguration(_)), "{url}: {err}");
+        }
+        let err = open("redis://user:secret@host").await.unwrap_err().to_string();
+        assert!(!err.contains("secret"), "a URL's password is never echoed: {err}");
+    }
+
+    #[tokio::test]
+    async fn memory_urls_open_fresh_stores() {
+        let stores = open("memory:").await.unwrap();
+        assert_eq!(stores.backend_name(), "memory");
+        stores.migrate().await.unwrap();
     }
 }

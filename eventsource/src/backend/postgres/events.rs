@@ -1,0 +1,399 @@
+//! The event store: appends checked by the database, reads in keyset-paginated pages.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures_util::{stream, StreamExt};
+use sqlx::error::ErrorKind;
+use sqlx::postgres::{PgDatabaseError, PgRow};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::{join_timestamp, query_error, split_timestamp, to_bigint, Layout, PostgresEventStore};
+use crate::error::{Error, Result};
+use crate::event::{EventEnvelope, StoredEvent};
+use crate::event_store::{validate_batch, EventStore, EventStream};
+
+/// The name of the unique constraint on event ids, as created by the migration.
+const EVENT_ID_KEY: &str = "eventsource_events_event_id_key";
+
+/// The statements of the event store, built once for its table.
+#[derive(Debug)]
+pub(super) struct Sql {
+    table: String,
+    append: String,
+    stream_version: String,
+    read_stream: String,
+    read_all: String,
+}
+
+impl Sql {
+    pub(super) fn new(layout: &Layout) -> Self {
+        let events = &layout.events;
+        let columns = "position, event_id, event_type, event_version, aggregate_version, \
+                       occurred_at, occurred_at_ns, correlation_id, causation_id, \
+                       metadata::text AS metadata, payload::text AS payload";
+        Self {
+            table: events.clone(),
+            // One statement, so one transaction: the batch goes in only if the stream is at the
+            // expected version ($3) when the statement starts, and the unique constraint on
+            // (aggregate_id, aggregate_type, aggregate_version) fails it if a concurrent
+            // writer commits the same version first. Arrays carry the batch, so any number
+            // of events is one statement with thirteen parameters.
+            append: format!(
+                "WITH head AS (
+                    SELECT coalesce(max(aggregate_version), 0) AS version FROM {events}
+                    WHERE aggregate_id = $1 AND aggregate_type = $2
+                ), inserted AS (
+                    INSERT INTO {events} (event_id, event_type, event_version, aggregate_id,
+                        aggregate_type, aggregate_version, occurred_at, occurred_at_ns,
+                        correlation_id, causation_id, metadata, payload)
+                    SELECT e.event_id, e.event_type, e.event_version, $1, $2, e.aggregate_version,
+                        e.occurred_at, e.occurred_at_ns, e.correlation_id, e.causation_id,
+                        e.metadata::jsonb, e.payload::jsonb
+                    FROM unnest($4::uuid[], $5::text[], $6::bigint[], $7::bigint[],
+                                $8::timestamptz[], $9::integer[], $10::uuid[], $11::uuid[],
+                                $12::text[], $13::text[])
+                        WITH ORDINALITY AS e(event_id, event_type, event_version,
+                            aggregate_version, occurred_at, occurred_at_ns, correlation_id,
+                            causation_id, metadata, payload, n)
+                    WHERE (SELECT version FROM head) = $3
+                    ORDER BY e.n
+                    RETURNING 1
+                )
+                SELECT (SELECT version FROM head), (SELECT count(*) FROM inserted)"
+            ),
+            stream_version: format!(
+                "SELECT coalesce(max(aggregate_version), 0) FROM {events}
+                 WHERE aggregate_id = $1 AND aggregate_type = $2"
+            ),
+            read_stream: format!(
+                "SELECT {columns} FROM {events}
+                 WHERE aggregate_id = $1 AND aggregate_type = $2 AND aggregate_version > $3
+                 ORDER BY aggregate_version LIMIT $4"
+            ),
+            read_all: format!(
+                "SELECT {columns}, aggregate_id, aggregate_type FROM {events}
+                 WHERE position > $1 ORDER BY position LIMIT $2"
+            ),
+        }
+    }
+}
+
+/// A batch as the columns of the append statement.
+#[derive(Default)]
+struct Columns<'a> {
+    event_id: Vec<Uuid>,
+    event_type: Vec<&'a str>,
+    event_version: Vec<i64>,
+    aggregate_version: Vec<i64>,
+    occurred_at: Vec<DateTime<Utc>>,
+    occurred_at_ns: Vec<i32>,
+    correlation_id: Vec<Option<Uuid>>,
+    causation_id: Vec<Option<Uuid>>,
+    metadata: Vec<Option<String>>,
+    payload: Vec<&'a str>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(events: &'a [EventEnvelope]) -> Result<Self> {
+        let mut columns = Columns::default();
+        for event in events {
+            let (micros, nanos) = split_timestamp(event.occurred_at);
+            let metadata = match &event.metadata {
+                Some(value) => Some(serde_json::to_string(value).map_err(|e| Error::Serialization {
+                    action: "serialize",
+                    what: format!("metadata of event {}", event.event_id),
+                    reason: e.to_string(),
+                })?),
+                None => None,
+            };
+            columns.event_id.push(event.event_id);
+            columns.event_type.push(&event.event_type);
+            columns.event_version.push(event.event_version.into());
+            columns
+                .aggregate_version
+                .push(to_bigint(event.aggregate_version, "aggregate version")?);
+            columns.occurred_at.push(micros);
+            columns.occurred_at_ns.push(nanos);
+            columns.correlation_id.push(event.correlation_id);
+            columns.causation_id.push(event.causation_id);
+            columns.metadata.push(metadata);
+            columns.payload.push(&event.payload);
+        }
+        Ok(columns)
+    }
+}
+
+#[async_trait]
+impl EventStore for PostgresEventStore {
+    async fn append(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        expected_version: u64,
+        events: &[EventEnvelope],
+    ) -> Result<u64> {
+        validate_batch(aggregate_id, aggregate_type, expected_version, events)?;
+        let expected = to_bigint(expected_version, "expected version")?;
+        let c = Columns::of(events)?;
+        let what = || format!("cannot append to {aggregate_type} {aggregate_id}");
+        let result = sqlx::query_as::<_, (i64, i64)>(&self.sql.append)
+            .bind(aggregate_id)
+            .bind(aggregate_type)
+            .bind(expected)
+            .bind(&c.event_id)
+            .bind(&c.event_type)
+            .bind(&c.event_version)
+            .bind(&c.aggregate_version)
+            .bind(&c.occurred_at)
+            .bind(&c.occurred_at_ns)
+            .bind(&c.correlation_id)
+            .bind(&c.causation_id)
+            .bind(&c.metadata)
+            .bind(&c.payload)
+            .fetch_one(&self.pool)
+            .await;
+        let conflict = |actual: u64| Error::Conflict {
+            aggregate_type: aggregate_type.to_owned(),
+            aggregate_id,
+            expected: expected_version,
+            actual,
+        };
+        match result {
+            Ok((_, inserted)) if inserted == events.len() as i64 => {
+                Ok(expected_version + events.len() as u64)
+            }
+            Ok((head, 0)) if head != expected => Err(conflict(version_of(head, &self.sql.table)?)),
+            Ok((head, inserted)) => Err(Error::corrupt(
+                self.sql.table.clone(),
+                format!(
+                    "an append of {} events at version {head} inserted {inserted}",
+                    events.len()
+                ),
+            )),
+            Err(sqlx::Error::Database(db)) if db.kind() == ErrorKind::UniqueViolation => {
+                if db.constraint() == Some(EVENT_ID_KEY) {
+                    let detail = db
+                        .try_downcast_ref::<PgDatabaseError>()
+                        .and_then(|pg| pg.detail());
+                    return Err(Error::InvalidInput(format!(
+                        "{}: an event id of the batch is already stored ({})",
+                        what(),
+                        detail.unwrap_or("duplicate event_id")
+                    )));
+                }
+                // A concurrent writer committed one of these versions first.
+                Err(conflict(self.stream_version(aggregate_id, aggregate_type).await?))
+            }
+            Err(e) => Err(query_error(&what(), e)),
+        }
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        aggregate_id: Uuid,
+        aggregate_type: &'a str,
+        after_version: u64,
+    ) -> EventStream<'a> {
+        let Ok(after) = i64::try_from(after_version) else {
+            return Box::pin(stream::empty());
+        };
+        let reader = Reader {
+            store: self.clone(),
+            stream: Some((aggregate_id, Arc::from(aggregate_type))),
+            after,
+            names: Names::default(),
+            done: false,
+        };
+        reader.into_stream()
+    }
+
+    async fn stream_version(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<u64> {
+        let version: i64 = sqlx::query_scalar(&self.sql.stream_version)
+            .bind(aggregate_id)
+            .bind(aggregate_type)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| {
+                query_error(
+                    &format!("cannot read the version of {aggregate_type} {aggregate_id}"),
+                    e,
+                )
+            })?;
+        version_of(version, &self.sql.table)
+    }
+
+    fn read_all(&self, after_position: u64) -> EventStream<'_> {
+        let Ok(after) = i64::try_from(after_position) else {
+            return Box::pin(stream::empty());
+        };
+        let reader = Reader {
+            store: self.clone(),
+            stream: None,
+            after,
+            names: Names::default(),
+            done: false,
+        };
+        reader.into_stream()
+    }
+}
+
+fn version_of(version: i64, table: &str) -> Result<u64> {
+    u64::try_from(version).map_err(|_| Error::corrupt(table, format!("negative stream version {version}")))
+}
+
+/// Reads one stream by version, or every stream by position, a page per statement.
+///
+/// Each page is a keyset query (`> last seen ORDER BY ... LIMIT`) on its own pooled
+/// connection, so no connection is held while the caller works through the events, and a
+/// page costs the same however deep into the history it is.
+struct Reader {
+    store: PostgresEventStore,
+    /// The stream read by version; `None` reads every stream by position.
+    stream: Option<(Uuid, Arc<str>)>,
+    /// The last version (or position) read.
+    after: i64,
+    names: Names,
+    done: bool,
+}
+
+impl Reader {
+    fn into_stream(self) -> EventStream<'static> {
+        let pages = stream::unfold(self, |mut reader| async move {
+            if reader.done {
+                return None;
+            }
+            let page = reader.next_page().await;
+            Some((stream::iter(page), reader))
+        });
+        Box::pin(pages.flatten())
+    }
+
+    async fn next_page(&mut self) -> Vec<Result<StoredEvent>> {
+        let page_size = self.store.page_size;
+        let sql = &self.store.sql;
+        let rows = match &self.stream {
+            Some((id, aggregate_type)) => sqlx::query(&sql.read_stream)
+                .bind(id)
+                .bind(&**aggregate_type)
+                .bind(self.after)
+                .bind(page_size)
+                .fetch_all(&self.store.pool)
+                .await
+                .map_err(|e| query_error(&format!("cannot read stream {aggregate_type} {id}"), e)),
+            None => sqlx::query(&sql.read_all)
+                .bind(self.after)
+                .bind(page_size)
+                .fetch_all(&self.store.pool)
+                .await
+                .map_err(|e| query_error("cannot read all events", e)),
+        };
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.done = true;
+                return vec![Err(e)];
+            }
+        };
+        self.done = (rows.len() as i64) < page_size;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match self.decode(row) {
+                Ok(event) => events.push(Ok(event)),
+                Err(e) => {
+                    self.done = true;
+                    events.push(Err(e));
+                    break;
+                }
+            }
+        }
+        events
+    }
+
+    fn decode(&mut self, row: &PgRow) -> Result<StoredEvent> {
+        let table = &self.store.sql.table;
+        let position: i64 = column(row, "position").map_err(|e| Error::corrupt(table.clone(), e))?;
+        let fail =
+            |reason: String| Error::corrupt(format!("event at position {position} in {table}"), reason);
+        let aggregate_version: i64 = column(row, "aggregate_version").map_err(fail)?;
+        let (aggregate_id, aggregate_type) = match &self.stream {
+            Some((id, aggregate_type)) => {
+                if aggregate_version != self.after + 1 {
+                    let reason = format!(
+                        "the stream {aggregate_type} {id} jumps from version {} to {aggregate_version}",
+                        self.after
+                    );
+                    return Err(fail(reason));
+                }
+                self.after = aggregate_version;
+                (*id, aggregate_type.clone())
+            }
+            None => {
+                self.after = position;
+                let aggregate_type: &str = column(row, "aggregate_type").map_err(fail)?;
+                (
+                    column(row, "aggregate_id").map_err(fail)?,
+                    self.names.get(aggregate_type),
+                )
+            }
+        };
+        let event_version: i64 = column(row, "event_version").map_err(fail)?;
+        let occurred_at: DateTime<Utc> = column(row, "occurred_at").map_err(fail)?;
+        let occurred_at_ns: i32 = column(row, "occurred_at_ns").map_err(fail)?;
+        let metadata: Option<&str> = column(row, "metadata").map_err(fail)?;
+        let metadata = match metadata {
+            Some(text) => Some(serde_json::from_str(text).map_err(|e| fail(format!("metadata: {e}")))?),
+            None => None,
+        };
+        let envelope = EventEnvelope {
+            event_id: column(row, "event_id").map_err(fail)?,
+            event_type: self.names.get(column(row, "event_type").map_err(fail)?),
+            event_version: u32::try_from(event_version)
+                .map_err(|_| fail(format!("event version {event_version} is out of range")))?,
+            aggregate_id,
+            aggregate_type,
+            aggregate_version: u64::try_from(aggregate_version)
+                .map_err(|_| fail(format!("aggregate version {aggregate_version} is out of range")))?,
+            occurred_at: join_timestamp(occurred_at, occurred_at_ns)
+                .ok_or_else(|| fail(format!("occurred_at_ns {occurred_at_ns} is out of range")))?,
+            correlation_id: column(row, "correlation_id").map_err(fail)?,
+            causation_id: column(row, "causation_id").map_err(fail)?,
+            metadata,
+            payload: Arc::from(column::<&str>(row, "payload").map_err(fail)?),
+        };
+        Ok(StoredEvent {
+            position: u64::try_from(position).map_err(|_| fail("negative position".into()))?,
+            envelope,
+        })
+    }
+}
+
+/// A column's value, or why it cannot be read.
+fn column<'r, T>(row: &'r PgRow, name: &str) -> std::result::Result<T, String>
+where
+    T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+{
+    row.try_get(name).map_err(|e| e.to_string())
+}
+
+/// The type names met in a read, shared so that a long read allocates each name once.
+#[derive(Default)]
+struct Names(Vec<Arc<str>>);
+
+impl Names {
+    /// More distinct names than this in one read are allocated per event instead.
+    const MAX: usize = 64;
+
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(known) = self.0.iter().find(|known| ***known == *name) {
+            return known.clone();
+        }
+        let name: Arc<str> = Arc::from(name);
+        if self.0.len() < Self::MAX {
+            self.0.push(name.clone());
+        }
+        name
+    }
+}

@@ -1,0 +1,427 @@
+//! PostgreSQL event and snapshot stores (feature `postgres`): the production backend, for
+//! many application instances sharing one database.
+//!
+//! ```no_run
+//! # async fn run(pool: eventsource::backend::postgres::PgPool) -> eventsource::Result<()> {
+//! use eventsource::backend::postgres::{connect_url, PostgresEventStore, PostgresSnapshotStore};
+//!
+//! // Both stores on one new pool...
+//! let (events, snapshots) = connect_url("postgres://app@db.internal/app").await?;
+//! // ...or on a pool the program already has.
+//! let (events, snapshots) = (PostgresEventStore::new(pool.clone()), PostgresSnapshotStore::new(pool));
+//!
+//! events.migrate().await?; // once at start-up, before the first append
+//! // Repository::<Account>::new(events).with_snapshots(snapshots, SnapshotPolicy::every(100)?)
+//! # Ok(()) }
+//! ```
+//!
+//! # Deployment
+//!
+//! **Migrate once at start-up.** [`PostgresEventStore::migrate`] (or
+//! [`PostgresSnapshotStore::migrate`], or [`Stores::migrate`](crate::backend::Stores::migrate))
+//! creates both tables and their indexes if they are missing. It is idempotent and safe when
+//! several instances start at once: it runs in one transaction that first takes a
+//! transaction-scoped advisory lock, so concurrent runs queue up and all but the first find
+//! nothing to do. It needs the right to create tables (and the schema, with
+//! [`PostgresEventStore::with_schema`]); a deployment that forbids DDL at run time can run it
+//! once from a release job instead.
+//!
+//! **Tables.** `eventsource_events` and `eventsource_snapshots`, in the connection's
+//! `search_path` (normally `public`) or in the schema given to `with_schema`:
+//!
+//! - `eventsource_events`: `position BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY`, a
+//!   unique `event_id UUID`, a unique `(aggregate_id, aggregate_type, aggregate_version)`,
+//!   `payload JSONB`, `metadata JSONB`, `occurred_at TIMESTAMPTZ`, and the envelope's other
+//!   fields. Because `timestamptz` keeps microseconds, the nanoseconds within the microsecond
+//!   are kept beside it in `occurred_at_ns`, so an event reads back exactly as appended.
+//! - `eventsource_snapshots`: primary key `(aggregate_id, aggregate_type)`, `state JSONB`,
+//!   `version`, `schema_version`, `created_at TIMESTAMPTZ` (and `created_at_ns`), with an
+//!   index on `(aggregate_type, schema_version)` for invalidation by type.
+//!
+//! Payloads and states are JSONB, so they can be indexed and queried in SQL; JSONB normalizes
+//! whitespace and key order, so the JSON text read back may be formatted differently from the
+//! text written, while it is the same JSON value.
+//!
+//! **Pools.** Every call takes one connection from the pool for one statement and gives it
+//! back: an append is one statement, a snapshot read is one, and a stream is read in pages of
+//! [`DEFAULT_PAGE_SIZE`] events, one statement each, so no connection is held while the
+//! caller consumes events, and loading an aggregate from a snapshot is two statements (the
+//! snapshot, then the first page of the events after it). A pool of a few connections per
+//! core of the application serves many concurrent loads and saves; the sum of every
+//! instance's `max_connections` must stay below the server's `max_connections`.
+//!
+//! [`connect_url`] builds its pool from [`pool_options`]: sqlx's defaults (at most 10
+//! connections, 30 s to acquire one), except that a connection is checked with a ping only if
+//! it sat idle for more than half a second, instead of before every use. That keeps each call
+//! to one round trip under load, and still finds the connections that died while idle (after
+//! a server restart, a failover, an idle timeout of a firewall). A connection that dies
+//! within that half second fails one call with [`Error::Store`] and is dropped by the pool.
+//! To size or tune the pool, start from [`pool_options`] and pass the pool to
+//! [`PostgresEventStore::new`] and [`PostgresSnapshotStore::new`]; set a
+//! `statement_timeout` there (`PgConnectOptions::options`) if statements must not wait long
+//! on locks. Statements are prepared and cached per connection: a PgBouncer in transaction
+//! mode needs its prepared-statement support enabled.
+//!
+//! # What is atomic, and why the rest is safe
+//!
+//! **An append is atomic.** It is one `INSERT` statement, so one transaction: the whole batch
+//! is stored or none of it. The stream's version is checked in the same statement, and the
+//! unique constraint on `(aggregate_id, aggregate_type, aggregate_version)` decides between
+//! writers that race for the same version: the database makes the loser wait for the
+//! winner's commit, then fails it, and the loser gets [`Error::Conflict`] with the version the
+//! stream really is at. No lock is held between calls and nothing is coordinated in memory,
+//! so any number of processes can append to one database.
+//!
+//! **A snapshot write is not part of the append.** The repository writes the snapshot after
+//! the events are committed, in a separate statement, and it may fail or never happen (a
+//! crash in between, a snapshot store that is down). That is safe because the events are the
+//! truth and a snapshot is only a cache of them: a missing snapshot costs a longer replay; a
+//! snapshot write never replaces a newer snapshot with an older one (`ON CONFLICT ... DO
+//! UPDATE ... WHERE version <= EXCLUDED.version`); and a load uses a snapshot only after
+//! checking that the stream has reached its version. A snapshot can be deleted at any time.
+//!
+//! **After a store error, an append may or may not have committed** (the connection may have
+//! dropped after the commit). Retrying the same batch at the same expected version is safe:
+//! if the first try was stored, the retry is a [`Error::Conflict`] (and event ids are unique,
+//! so an event can never be stored twice).
+//!
+//! # Order of `read_all`
+//!
+//! [`EventStore::read_all`](crate::EventStore::read_all) yields events in position order, and
+//! positions come from the identity column. Identity values are taken when a transaction
+//! inserts, not when it commits, so two concurrent appends can commit in the opposite order
+//! of their positions: a consumer that tails `read_all` while writers are active may see an
+//! event with a lower position appear after it has read past that position. A consumer that
+//! must not miss such an event should re-read a window behind its checkpoint and skip the
+//! event ids it has seen; an append is one statement, so a window of a few seconds (or the
+//! `statement_timeout`) covers every append in flight. Positions also have gaps (a refused
+//! append uses up its values): they are unique and increasing, not dense.
+//!
+//! # Errors
+//!
+//! A lost connection, a terminated backend, a statement timeout or a pool that cannot give a
+//! connection in time is [`Error::Store`]; the pool replaces broken connections, so the next
+//! call works once the database is reachable again. A row this backend cannot decode is
+//! [`Error::Corrupt`]. A value PostgreSQL refuses (text that is not JSON, a NUL character, a
+//! date out of its range) is [`Error::InvalidInput`], and nothing is written.
+
+mod events;
+mod schema;
+mod snapshots;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::Connection;
+pub use sqlx::PgPool;
+
+use crate::error::{Error, Result};
+
+/// The backend name in [`Error::Store`].
+const BACKEND: &str = "postgres";
+
+/// How many events one statement of a read fetches, unless set with
+/// [`PostgresEventStore::with_page_size`].
+pub const DEFAULT_PAGE_SIZE: usize = 1000;
+
+/// An event store in a PostgreSQL database. Cheap to clone: clones share the pool.
+///
+/// See the [module docs](self) for the schema, deployment and guarantees.
+#[derive(Clone)]
+pub struct PostgresEventStore {
+    pool: PgPool,
+    layout: Arc<Layout>,
+    sql: Arc<events::Sql>,
+    page_size: i64,
+}
+
+/// A snapshot store in a PostgreSQL database. Cheap to clone: clones share the pool.
+///
+/// See the [module docs](self) for the schema, deployment and guarantees.
+#[derive(Clone)]
+pub struct PostgresSnapshotStore {
+    pool: PgPool,
+    layout: Arc<Layout>,
+    sql: Arc<snapshots::Sql>,
+}
+
+/// A connection that sat idle longer than this is pinged before use (HikariCP's default).
+const IDLE_CHECK: Duration = Duration::from_millis(500);
+
+/// The pool settings this backend recommends, to build a pool of your own from.
+///
+/// sqlx's defaults, except that a connection is checked with a ping before use only if it
+/// sat idle for more than half a second, rather than every time: one round trip per call
+/// under load, and connections that died while idle are still found and replaced (see the
+/// [module docs](self#deployment)).
+///
+/// ```no_run
+/// # async fn run() -> eventsource::Result<()> {
+/// use eventsource::backend::postgres::{pool_options, PostgresEventStore};
+///
+/// let pool = pool_options().max_connections(32).connect_lazy("postgres://app@db.internal/app").unwrap();
+/// let events = PostgresEventStore::new(pool);
+/// # Ok(()) }
+/// ```
+pub fn pool_options() -> PgPoolOptions {
+    PgPoolOptions::new()
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > IDLE_CHECK {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
+/// Connects to the database a `postgres://` URL names and returns both stores on one pool.
+///
+/// The URL takes every parameter sqlx's [`PgConnectOptions`] accepts; the pool is built from
+/// [`pool_options`]. Call [`PostgresEventStore::migrate`] once before the first append.
+///
+/// A malformed URL is [`Error::InvalidConfiguration`]. A database that cannot be reached is
+/// [`Error::Store`], after sqlx has retried for the pool's acquire timeout (30 s), as for a
+/// database that is still starting.
+pub async fn connect_url(url: &str) -> Result<(PostgresEventStore, PostgresSnapshotStore)> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|e| Error::InvalidConfiguration(format!("invalid PostgreSQL URL: {e}")))?;
+    let pool = pool_options()
+        .connect_with(options)
+        .await
+        .map_err(|e| Error::store(BACKEND, format!("cannot connect: {e}"), e))?;
+    Ok((
+        PostgresEventStore::new(pool.clone()),
+        PostgresSnapshotStore::new(pool),
+    ))
+}
+
+impl PostgresEventStore {
+    /// An event store on the pool, with its table in the connection's `search_path`.
+    pub fn new(pool: PgPool) -> Self {
+        Self::on(pool, Arc::new(Layout::default()))
+    }
+
+    /// An event store on the pool, with its table in the given schema.
+    ///
+    /// The name must be a plain SQL identifier (ASCII letters, digits and `_`, not starting
+    /// with a digit, at most 63 bytes); anything else is [`Error::InvalidConfiguration`].
+    /// [`migrate`](Self::migrate) creates the schema if it is missing.
+    pub fn with_schema(pool: PgPool, schema: &str) -> Result<Self> {
+        Ok(Self::on(pool, Arc::new(Layout::in_schema(schema)?)))
+    }
+
+    fn on(pool: PgPool, layout: Arc<Layout>) -> Self {
+        Self {
+            pool,
+            sql: Arc::new(events::Sql::new(&layout)),
+            layout,
+            page_size: DEFAULT_PAGE_SIZE as i64,
+        }
+    }
+
+    /// Reads streams in pages of `events` events, one statement each (default
+    /// [`DEFAULT_PAGE_SIZE`]). Zero is [`Error::InvalidConfiguration`].
+    pub fn with_page_size(mut self, events: usize) -> Result<Self> {
+        match i64::try_from(events) {
+            Ok(n) if n > 0 => {
+                self.page_size = n;
+                Ok(self)
+            }
+            _ => Err(Error::InvalidConfiguration(format!(
+                "the page size of a PostgreSQL read must be between 1 and {}, not {events}",
+                i64::MAX
+            ))),
+        }
+    }
+
+    /// Creates the event and snapshot tables and their indexes if they are missing.
+    ///
+    /// Idempotent, and safe to run from several instances at once (see the
+    /// [module docs](self#deployment)).
+    pub async fn migrate(&self) -> Result<()> {
+        schema::migrate(&self.pool, &self.layout).await
+    }
+
+    /// A snapshot store on the same pool and schema.
+    pub fn snapshot_store(&self) -> PostgresSnapshotStore {
+        PostgresSnapshotStore::on(self.pool.clone(), self.layout.clone())
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The schema given to [`with_schema`](Self::with_schema), if any.
+    pub fn schema(&self) -> Option<&str> {
+        self.layout.schema.as_deref()
+    }
+}
+
+impl PostgresSnapshotStore {
+    /// A snapshot store on the pool, with its table in the connection's `search_path`.
+    pub fn new(pool: PgPool) -> Self {
+        Self::on(pool, Arc::new(Layout::default()))
+    }
+
+    /// A snapshot store on the pool, with its table in the given schema; see
+    /// [`PostgresEventStore::with_schema`].
+    pub fn with_schema(pool: PgPool, schema: &str) -> Result<Self> {
+        Ok(Self::on(pool, Arc::new(Layout::in_schema(schema)?)))
+    }
+
+    fn on(pool: PgPool, layout: Arc<Layout>) -> Self {
+        Self {
+            pool,
+            sql: Arc::new(snapshots::Sql::new(&layout)),
+            layout,
+        }
+    }
+
+    /// Creates the event and snapshot tables and their indexes if they are missing; the same
+    /// as [`PostgresEventStore::migrate`].
+    pub async fn migrate(&self) -> Result<()> {
+        schema::migrate(&self.pool, &self.layout).await
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The schema given to [`with_schema`](Self::with_schema), if any.
+    pub fn schema(&self) -> Option<&str> {
+        self.layout.schema.as_deref()
+    }
+}
+
+impl fmt::Debug for PostgresEventStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresEventStore")
+            .field("table", &self.layout.events)
+            .field("page_size", &self.page_size)
+            .field("pool_size", &self.pool.size())
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for PostgresSnapshotStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresSnapshotStore")
+            .field("table", &self.layout.snapshots)
+            .field("pool_size", &self.pool.size())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the tables are: their qualified, quoted names.
+#[derive(Debug)]
+struct Layout {
+    schema: Option<String>,
+    events: String,
+    snapshots: String,
+}
+
+const EVENTS_TABLE: &str = "eventsource_events";
+const SNAPSHOTS_TABLE: &str = "eventsource_snapshots";
+
+impl Default for Layout {
+    fn default() -> Self {
+        Self {
+            schema: None,
+            events: EVENTS_TABLE.to_owned(),
+            snapshots: SNAPSHOTS_TABLE.to_owned(),
+        }
+    }
+}
+
+impl Layout {
+    fn in_schema(schema: &str) -> Result<Self> {
+        let plain = !schema.is_empty()
+            && schema.len() <= 63
+            && !schema.starts_with(|c: char| c.is_ascii_digit())
+            && schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !plain {
+            return Err(Error::InvalidConfiguration(format!(
+                "PostgreSQL schema name {schema:?} is not a plain identifier \
+                 (ASCII letters, digits and `_`, not starting with a digit, at most 63 bytes)"
+            )));
+        }
+        Ok(Self {
+            schema: Some(schema.to_owned()),
+            events: format!("\"{schema}\".{EVENTS_TABLE}"),
+            snapshots: format!("\"{schema}\".{SNAPSHOTS_TABLE}"),
+        })
+    }
+}
+
+/// Maps a failed statement to the library's error: a value PostgreSQL refuses is
+/// [`Error::InvalidInput`] (nothing was written), anything else [`Error::Store`].
+fn query_error(what: &str, e: sqlx::Error) -> Error {
+    if let sqlx::Error::Database(db) = &e {
+        // Class 22, data exception: a bound value is invalid (text that is not JSON, a NUL
+        // character, a timestamp out of range); the call can never succeed as it is.
+        if db.code().is_some_and(|code| code.starts_with("22")) {
+            return Error::InvalidInput(format!("{what}: PostgreSQL refused a value: {}", db.message()));
+        }
+    }
+    Error::store(BACKEND, format!("{what}: {e}"), e)
+}
+
+/// A `u64` as PostgreSQL's `BIGINT`, refusing values it cannot hold.
+fn to_bigint(value: u64, what: &str) -> Result<i64> {
+    i64::try_from(value)
+        .map_err(|_| Error::InvalidInput(format!("{what} {value} is beyond PostgreSQL's BIGINT range")))
+}
+
+/// Splits a timestamp into the microseconds `timestamptz` keeps and the nanoseconds it drops.
+fn split_timestamp(at: DateTime<Utc>) -> (DateTime<Utc>, i32) {
+    let micros = at.trunc_subsecs(6);
+    let nanos = (at.timestamp_subsec_nanos() % 1000) as i32;
+    (micros, nanos)
+}
+
+/// Joins what [`split_timestamp`] split; `None` if the nanoseconds are out of range.
+fn join_timestamp(micros: DateTime<Utc>, nanos: i32) -> Option<DateTime<Utc>> {
+    (0..1000)
+        .contains(&nanos)
+        .then(|| micros + TimeDelta::nanoseconds(nanos.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_split_and_join_exactly() {
+        for at in [
+            Utc::now(),
+            DateTime::from_timestamp(-1_234_567, 999_999_999).unwrap(),
+            DateTime::from_timestamp(946_684_800, 1).unwrap(),
+            DateTime::from_timestamp(0, 0).unwrap(),
+        ] {
+            let (micros, nanos) = split_timestamp(at);
+            assert_eq!(micros.timestamp_subsec_nanos() % 1000, 0);
+            assert_eq!(join_timestamp(micros, nanos), Some(at));
+        }
+        assert_eq!(join_timestamp(Utc::now(), 1000), None);
+    }
+
+    #[test]
+    fn schema_names_must_be_plain_identifiers() {
+        assert_eq!(
+            Layout::in_schema("tenant_1").unwrap().events,
+            "\"tenant_1\".eventsource_events"
+        );
+        for bad in ["", "1abc", "a-b", "a\"b", "a.b", "é", &"x".repeat(64)] {
+            let err = Layout::in_schema(bad).unwrap_err();
+            assert!(matches!(err, Error::InvalidConfiguration(_)), "{bad:?}: {err}");
+        }
+    }
+}

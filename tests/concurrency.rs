@@ -171,8 +171,9 @@ async fn processes_on(url: &str, test_name: &str) {
         let stdout = String::from_utf8(output.stdout).unwrap();
         let line = stdout
             .lines()
-            .find_map(|l| l.strip_prefix("CHILD-RESULT "))
-            .expect("the child reports");
+            // libtest may print the test's name on the same line before the report.
+            .find_map(|l| l.split_once("CHILD-RESULT ").map(|(_, report)| report))
+            .unwrap_or_else(|| panic!("the child did not report: {stdout}"));
         let (child_conflicts, child_wins) = line.split_once(' ').unwrap_or((line, ""));
         conflicts += child_conflicts.parse::<u64>().unwrap();
         for pair in child_wins.split(',').filter(|p| !p.is_empty()) {

@@ -111,6 +111,12 @@ pub fn validate_batch(
     if aggregate_type.is_empty() {
         return Err(Error::InvalidInput("the aggregate type name is empty".into()));
     }
+    if expected_version.checked_add(events.len() as u64).is_none() {
+        return Err(Error::InvalidInput(format!(
+            "a batch of {} event(s) after version {expected_version} overflows the version counter",
+            events.len()
+        )));
+    }
     for (i, event) in events.iter().enumerate() {
         let want = expected_version + 1 + i as u64;
         if event.aggregate_id != aggregate_id || *event.aggregate_type != *aggregate_type {

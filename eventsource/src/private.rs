@@ -97,6 +97,7 @@ mod tagged {
     use std::marker::PhantomData;
 
     use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess};
+    use serde::Deserialize;
 
     use super::{EventEnum, CONTENT, TAG};
 
@@ -166,7 +167,8 @@ mod tagged {
 
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
             let mut tag: Option<String> = None;
-            // `data` before `event_type` has to wait, as JSON, until the tag is known.
+            // `data` before `event_type` (as from a `serde_json::Value`, whose keys are sorted)
+            // has to wait, as JSON, until the tag is known.
             let mut early: Option<serde_json::Value> = None;
             let mut event: Option<T> = None;
             while let Some(field) = map.next_key::<Field>()? {
@@ -178,7 +180,7 @@ mod tagged {
                     }
                     Field::Content => match &tag {
                         Some(tag) => event = Some(map.next_value_seed(Data(tag, PhantomData))?),
-                        None => early = Some(map.next_value()?),
+                        None => early = Some(map.next_value::<StrictJson>()?.0),
                     },
                     Field::Other => {
                         map.next_value::<IgnoredAny>()?;
@@ -191,6 +193,70 @@ mod tagged {
                 (None, Some(data)) => T::deserialize_data(&tag, data).map_err(de::Error::custom),
                 (None, None) => Err(de::Error::missing_field(CONTENT)),
             }
+        }
+    }
+    /// A JSON value that refuses a key repeated within one object, which `serde_json::Value`
+    /// would silently resolve to the last occurrence.
+    struct StrictJson(serde_json::Value);
+
+    impl<'de> Deserialize<'de> for StrictJson {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer.deserialize_any(StrictJsonVisitor)
+        }
+    }
+
+    struct StrictJsonVisitor;
+
+    impl<'de> de::Visitor<'de> for StrictJsonVisitor {
+        type Value = StrictJson;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+
+        fn visit_bool<E>(self, v: bool) -> Result<StrictJson, E> {
+            Ok(StrictJson(v.into()))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<StrictJson, E> {
+            Ok(StrictJson(v.into()))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<StrictJson, E> {
+            Ok(StrictJson(v.into()))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<StrictJson, E> {
+            Ok(StrictJson(v.into()))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<StrictJson, E> {
+            Ok(StrictJson(v.into()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<StrictJson, E> {
+            Ok(StrictJson(v.into()))
+        }
+        fn visit_unit<E>(self) -> Result<StrictJson, E> {
+            Ok(StrictJson(serde_json::Value::Null))
+        }
+        fn visit_none<E>(self) -> Result<StrictJson, E> {
+            Ok(StrictJson(serde_json::Value::Null))
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<StrictJson, D::Error> {
+            StrictJson::deserialize(d)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StrictJson, A::Error> {
+            let mut items = Vec::new();
+            while let Some(StrictJson(item)) = seq.next_element()? {
+                items.push(item);
+            }
+            Ok(StrictJson(items.into()))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StrictJson, A::Error> {
+            let mut object = serde_json::Map::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let StrictJson(value) = map.next_value()?;
+                if object.insert(key.clone(), value).is_some() {
+                    return Err(de::Error::custom(format_args!("duplicate field `{key}`")));
+                }
+            }
+            Ok(StrictJson(object.into()))
         }
     }
 }

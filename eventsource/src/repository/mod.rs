@@ -382,17 +382,28 @@ impl<A: Aggregate> Repository<A> {
     }
 }
 
-/// Applies a stream's events to the root, checking that versions follow on without a gap.
+/// Applies a stream's events to the root, checking that each belongs to the stream and that
+/// versions follow on without a gap.
 async fn replay<A: Aggregate>(root: &mut AggregateRoot<A>, mut events: EventStream<'_>) -> Result<u64> {
     let start = root.version();
     while let Some(stored) = events.next().await {
         let stored = stored?;
-        if stored.aggregate_version != root.version() + 1 {
+        let expected = root.version().checked_add(1);
+        if stored.aggregate_id != root.id() || *stored.aggregate_type != *A::TYPE_NAME {
             return Err(Error::corrupt(
                 format!("stream {} {}", A::TYPE_NAME, root.id()),
                 format!(
-                    "expected version {}, read version {}",
-                    root.version() + 1,
+                    "read an event of {} {}",
+                    stored.aggregate_type, stored.aggregate_id
+                ),
+            ));
+        }
+        if expected != Some(stored.aggregate_version) {
+            return Err(Error::corrupt(
+                format!("stream {} {}", A::TYPE_NAME, root.id()),
+                format!(
+                    "after version {}, read version {}",
+                    root.version(),
                     stored.aggregate_version
                 ),
             ));

@@ -142,7 +142,8 @@ fn ms(value: f64) -> String {
     match value {
         v if v >= 100.0 => format!("{v:.0}"),
         v if v >= 1.0 => format!("{v:.2}"),
-        v => format!("{v:.3}"),
+        v if v >= 0.01 => format!("{v:.3}"),
+        v => format!("{v:.4}"),
     }
 }
 

@@ -116,7 +116,14 @@ mod tests {
 
     #[tokio::test]
     async fn malformed_and_unsupported_urls_are_configuration_errors() {
-        for url in ["", "memory", "memory:extra", "mysql://root@localhost/db", "postgres", "file.db"] {
+        for url in [
+            "",
+            "memory",
+            "memory:extra",
+            "mysql://root@localhost/db",
+            "postgres",
+            "file.db",
+        ] {
             let err = open(url).await.unwrap_err();
             assert!(matches!(err, Error::InvalidConfiguration(_)), "{url}: {err}");
         }

@@ -304,10 +304,17 @@ async fn the_background_queue_stays_bounded_under_sustained_load() {
         writer.await.unwrap();
     }
     let most = watcher.await.unwrap();
-    assert!(most <= CAPACITY, "pending snapshots stay within the bound: {most}");
+    assert!(
+        most <= CAPACITY,
+        "pending snapshots stay within the bound: {most}"
+    );
     assert!(most > 0, "the load went through the queue");
     repo.await_pending_snapshots().await;
-    assert_eq!(repo.pending_snapshots(), 0, "shutdown waits for every pending snapshot");
+    assert_eq!(
+        repo.pending_snapshots(),
+        0,
+        "shutdown waits for every pending snapshot"
+    );
     assert_eq!(store.0.count(), AGGREGATES, "every aggregate has its snapshot");
     assert!(repo.metrics().written("Account") >= AGGREGATES as u64);
     assert_eq!(repo.metrics().write_failures("Account"), 0);

@@ -1,0 +1,684 @@
+//! The checks of the [`EventStore`] contract, one `async fn` per point.
+//!
+//! Each check writes under fresh ids and a type name of its own, so checks can run in
+//! parallel on one database; see the [module docs](super) for how to run them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::Duration;
+use futures_util::future::join_all;
+use futures_util::{StreamExt, TryStreamExt};
+use uuid::Uuid;
+
+use super::{json, now, unique_type};
+use crate::error::{Error, Result};
+use crate::event::{EventEnvelope, StoredEvent};
+use crate::event_store::EventStore;
+
+/// The checks of this suite: the one list that both the test macro and [`run_all`] use.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __event_store_checks {
+    ($callback:ident($($args:tt)*)) => {
+        $crate::$callback! { ($($args)*)
+            append_returns_the_new_version
+            read_stream_returns_every_field_as_appended
+            stale_expected_version_is_a_conflict
+            conflicting_append_writes_nothing
+            invalid_batches_are_refused_and_write_nothing
+            reused_event_id_is_refused
+            read_stream_after_a_version_returns_the_rest
+            empty_stream_reads_nothing
+            same_id_under_two_types_is_two_streams
+            positions_increase_with_every_append
+            read_all_resumes_after_a_position
+            long_stream_reads_back_in_order
+            racing_appends_have_one_winner_per_version
+        }
+    };
+}
+
+crate::__event_store_checks!(__conformance_runner(dyn EventStore));
+
+/// The length of the stream of [`long_stream_reads_back_in_order`].
+pub const LONG_STREAM: u64 = 5_000;
+
+/// An event of the stream `(id, ty)` at `version`, with a payload that says its version.
+fn event(id: Uuid, ty: &str, version: u64) -> EventEnvelope {
+    EventEnvelope {
+        event_id: Uuid::new_v4(),
+        event_type: Arc::from("ThingHappened"),
+        event_version: 1,
+        aggregate_id: id,
+        aggregate_type: Arc::from(ty),
+        aggregate_version: version,
+        occurred_at: now(),
+        correlation_id: None,
+        causation_id: None,
+        metadata: None,
+        payload: Arc::from(format!(r#"{{"n":{version}}}"#)),
+    }
+}
+
+/// `count` events of the stream `(id, ty)` that follow `after`.
+fn events(id: Uuid, ty: &str, after: u64, count: u64) -> Vec<EventEnvelope> {
+    (after + 1..=after + count)
+        .map(|version| event(id, ty, version))
+        .collect()
+}
+
+async fn append(store: &dyn EventStore, id: Uuid, ty: &str, expected: u64, batch: &[EventEnvelope]) -> u64 {
+    store.append(id, ty, expected, batch).await.unwrap_or_else(|e| {
+        panic!(
+            "appending {} event(s) to {ty} {id} at version {expected} failed: {e}",
+            batch.len()
+        )
+    })
+}
+
+async fn read(store: &dyn EventStore, id: Uuid, ty: &str, after: u64) -> Vec<StoredEvent> {
+    store
+        .read_stream(id, ty, after)
+        .try_collect()
+        .await
+        .unwrap_or_else(|e| panic!("reading {ty} {id} after version {after} failed: {e}"))
+}
+
+async fn version(store: &dyn EventStore, id: Uuid, ty: &str) -> u64 {
+    store
+        .stream_version(id, ty)
+        .await
+        .unwrap_or_else(|e| panic!("stream_version of {ty} {id} failed: {e}"))
+}
+
+/// The events of the aggregate types `types` after `after` in the global order, in the order
+/// read; stops once `until` of them are read, else reads to the end of the log.
+async fn read_all_own(
+    store: &dyn EventStore,
+    after: u64,
+    types: &[&str],
+    until: Option<usize>,
+) -> Vec<StoredEvent> {
+    let mut log = store.read_all(after);
+    let mut own = Vec::new();
+    while until.is_none_or(|until| own.len() < until) {
+        match log.next().await {
+            Some(Ok(event)) if types.contains(&&*event.aggregate_type) => own.push(event),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("read_all after position {after} failed: {e}"),
+            None => break,
+        }
+    }
+    own
+}
+
+fn assert_same(stored: &StoredEvent, appended: &EventEnvelope, context: &str) {
+    let s = &stored.envelope;
+    let a = appended;
+    assert_eq!(s.event_id, a.event_id, "{context}: event_id");
+    assert_eq!(s.event_type, a.event_type, "{context}: event_type");
+    assert_eq!(s.event_version, a.event_version, "{context}: event_version");
+    assert_eq!(s.aggregate_id, a.aggregate_id, "{context}: aggregate_id");
+    assert_eq!(s.aggregate_type, a.aggregate_type, "{context}: aggregate_type");
+    assert_eq!(
+        s.aggregate_version, a.aggregate_version,
+        "{context}: aggregate_version"
+    );
+    assert_eq!(s.occurred_at, a.occurred_at, "{context}: occurred_at");
+    assert_eq!(s.correlation_id, a.correlation_id, "{context}: correlation_id");
+    assert_eq!(s.causation_id, a.causation_id, "{context}: causation_id");
+    assert_eq!(s.metadata, a.metadata, "{context}: metadata");
+    assert_eq!(json(&s.payload), json(&a.payload), "{context}: payload");
+    assert!(
+        stored.position > 0,
+        "{context}: positions start at 1, got {}",
+        stored.position
+    );
+}
+
+/// `stored` is `appended`, event for event, with increasing positions.
+fn assert_stream(stored: &[StoredEvent], appended: &[EventEnvelope], context: &str) {
+    let versions = |events: &[StoredEvent]| events.iter().map(|e| e.aggregate_version).collect::<Vec<_>>();
+    assert_eq!(
+        stored.len(),
+        appended.len(),
+        "{context}: read {} event(s) (versions {:?}), expected {}",
+        stored.len(),
+        versions(stored),
+        appended.len()
+    );
+    for (s, a) in stored.iter().zip(appended) {
+        assert_same(
+            s,
+            a,
+            &format!("{context}: event at version {}", a.aggregate_version),
+        );
+    }
+    for pair in stored.windows(2) {
+        assert!(
+            pair[0].position < pair[1].position,
+            "{context}: version {} has position {}, not below version {}'s {}",
+            pair[0].aggregate_version,
+            pair[0].position,
+            pair[1].aggregate_version,
+            pair[1].position
+        );
+    }
+}
+
+fn assert_conflict(result: Result<u64>, id: Uuid, ty: &str, expected: u64, actual: u64, context: &str) {
+    match result {
+        Err(Error::Conflict {
+            aggregate_type,
+            aggregate_id,
+            expected: e,
+            actual: a,
+        }) => {
+            assert_eq!(
+                (aggregate_id, aggregate_type.as_str()),
+                (id, ty),
+                "{context}: the conflict's stream"
+            );
+            assert_eq!(
+                (e, a),
+                (expected, actual),
+                "{context}: the conflict's (expected, actual) versions"
+            );
+        }
+        other => panic!(
+            "{context}: expected Error::Conflict {{ expected: {expected}, actual: {actual} }}, got {other:?}"
+        ),
+    }
+}
+
+/// `append` returns the stream's new version, and `stream_version` follows it.
+pub async fn append_returns_the_new_version(store: &dyn EventStore) {
+    let (id, ty) = (Uuid::new_v4(), unique_type("AppendVersion"));
+    assert_eq!(version(store, id, &ty).await, 0, "a new stream is at version 0");
+    let first = events(id, &ty, 0, 3);
+    assert_eq!(
+        append(store, id, &ty, 0, &first).await,
+        3,
+        "appending 3 events to a new stream"
+    );
+    assert_eq!(version(store, id, &ty).await, 3, "stream_version after 3 events");
+    let second = events(id, &ty, 3, 1);
+    assert_eq!(
+        append(store, id, &ty, 3, &second).await,
+        4,
+        "appending 1 event at version 3"
+    );
+    let third = events(id, &ty, 4, 2);
+    assert_eq!(
+        append(store, id, &ty, 4, &third).await,
+        6,
+        "appending 2 events at version 4"
+    );
+    assert_eq!(version(store, id, &ty).await, 6, "stream_version after 6 events");
+    let all: Vec<_> = [first, second, third].concat();
+    assert_stream(
+        &read(store, id, &ty, 0).await,
+        &all,
+        "the stream after three appends",
+    );
+}
+
+/// Every field of an event comes back as it was appended: ids, names, versions, the
+/// timestamp, correlation, causation, metadata and payload, set or not.
+pub async fn read_stream_returns_every_field_as_appended(store: &dyn EventStore) {
+    let (id, ty) = (Uuid::new_v4(), unique_type("RoundTrip"));
+    let mut full = event(id, &ty, 1);
+    full.event_type = Arc::from("Opened");
+    full.occurred_at = now() - Duration::days(3);
+    full.correlation_id = Some(Uuid::new_v4());
+    full.causation_id = Some(Uuid::new_v4());
+    full.metadata = Some(serde_json::json!({
+        "user": "ada", "tags": ["a", "b"], "nested": { "ratio": 1.5, "none": null }
+    }));
+    full.payload = Arc::from(r#"{"amount":12.5,"list":[1,2,3],"name":"Ünïcödé ✓ \"quoted\" \\ / \n"}"#);
+    let mut bare = event(id, &ty, 2);
+    bare.event_type = Arc::from("Événement");
+    bare.event_version = u32::MAX;
+    bare.payload = Arc::from("{}");
+    let mut partial = event(id, &ty, 3);
+    partial.event_version = 7;
+    partial.correlation_id = Some(Uuid::new_v4());
+    partial.metadata = Some(serde_json::json!({}));
+    partial.payload = Arc::from(r#"[null,true,-1,"x"]"#);
+    let batch = vec![full, bare, partial];
+    append(store, id, &ty, 0, &batch).await;
+    assert_stream(&read(store, id, &ty, 0).await, &batch, "events read back");
+}
+
+/// An append at a version the stream is not at is [`Error::Conflict`] with the expected and
+/// the actual version, whether the writer is behind, ahead, or on a stream with no events.
+pub async fn stale_expected_version_is_a_conflict(store: &dyn EventStore) {
+    let (id, ty) = (Uuid::new_v4(), unique_type("StaleVersion"));
+    let result = store.append(id, &ty, 2, &events(id, &ty, 2, 1)).await;
+    assert_conflict(
+        result,
+        id,
+        &ty,
+        2,
+        0,
+        "appending at version 2 to a stream with no events",
+    );
+    append(store, id, &ty, 0, &events(id, &ty, 0, 3)).await;
+    for expected in [0, 2, 4, 100] {
+        let result = store
+            .append(id, &ty, expected, &events(id, &ty, expected, 2))
+            .await;
+        assert_conflict(
+            result,
+            id,
+            &ty,
+            expected,
+            3,
+            &format!("appending at version {expected} to a stream at 3"),
+        );
+    }
+    assert_eq!(
+        version(store, id, &ty).await,
+        3,
+        "stream_version after refused appends"
+    );
+}
+
+/// A refused append stores nothing of its batch, not even its event ids: the same events,
+/// renumbered, can be appended afterwards.
+pub async fn conflicting_append_writes_nothing(store: &dyn EventStore) {
+    let (id, ty) = (Uuid::new_v4(), unique_type("ConflictWritesNothing"));
+    let kept = events(id, &ty, 0, 2);
+    append(store, id, &ty, 0, &kept).await;
+    let refused = events(id, &ty, 1, 3);
+    let result = store.append(id, &ty, 1, &refused).await;
+    assert_conflict(
+        result,
+        id,
+        &ty,
+        1,
+        2,
+        "appending 3 events at version 1 to a stream at 2",
+    );
+
+    let stored = read(store, id, &ty, 0).await;
+    assert_stream(&stored, &kept, "the stream after a refused append");
+    assert_eq!(
+        version(store, id, &ty).await,
+        2,
+        "stream_version after a refused append"
+    );
+    let after = stored[1].position;
+    let leaked = read_all_own(store, after, &[&ty], None).await;
+    assert!(
+        leaked.is_empty(),
+        "read_all shows events of a refused append: {leaked:?}"
+    );
+
+    let retried: Vec<_> = refused
+        .iter()
+        .enumerate()
+        .map(|(i, e)| EventEnvelope {
+            aggregate_version: 3 + i as u64,
+            ..e.clone()
+        })
+        .collect();
+    assert_eq!(
+        append(store, id, &ty, 2, &retried).await,
+        5,
+        "appending the refused events again, renumbered"
+    );
+    assert_stream(
+        &read(store, id, &ty, 0).await,
+        &[kept, retried].concat(),
+        "the stream after the retry",
+    );
+}
+
+/// A batch that breaks the rules of the contract is [`Error::InvalidInput`] and stores
+/// nothing: an empty batch, an event of another stream, versions that do not follow the
+/// expected version one by one, an event id twice in the batch, an empty type name.
+pub async fn invalid_batches_are_refused_and_write_nothing(store: &dyn EventStore) {
+    let (id, ty) = (Uuid::new_v4(), unique_type("InvalidBatch"));
+    let kept = events(id, &ty, 0, 2);
+    append(store, id, &ty, 0, &kept).await;
+    let other_id = Uuid::new_v4();
+
+    let mut cases: Vec<(&str, Vec<EventEnvelope>)> = vec![("an empty batch", vec![])];
+    cases.push(("an event of another aggregate id", events(other_id, &ty, 2, 1)));
+    cases.push((
+        "an event of another aggregate type",
+        events(id, &format!("{ty}-other"), 2, 1),
+    ));
+    cases.push(("a batch that starts at the wrong version", events(id, &ty, 3, 2)));
+    let mut gap = events(id, &ty, 2, 3);
+    gap.remove(1);
+    cases.push(("versions with a gap", gap));
+    let mut repeated = events(id, &ty, 2, 2);
+    repeated[1].aggregate_version = 3;
+    cases.push(("a version twice", repeated));
+    let mut twice = events(id, &ty, 2, 2);
+    twice[1].event_id = twice[0].event_id;
+    cases.push(("an event id twice", twice));
+    let mut unnamed = events(id, &ty, 2, 1);
+    unnamed[0].event_type = Arc::from("");
+    cases.push(("an empty event type", unnamed));
+    let mut good_then_bad = events(id, &ty, 2, 3);
+    good_then_bad[2].aggregate_id = other_id;
+    cases.push(("valid events followed by one of another stream", good_then_bad));
+
+    for (case, batch) in &cases {
+        match store.append(id, &ty, 2, batch).await {
+            Err(Error::InvalidInput(_)) => {}
+            other => panic!("appending {case}: expected Error::InvalidInput, got {other:?}"),
+        }
+        assert_stream(
+            &read(store, id, &ty, 0).await,
+            &kept,
+            &format!("the stream after appending {case}"),
+        );
+    }
+    assert_eq!(
+        version(store, other_id, &ty).await,
+        0,
+        "the other aggregate's stream after invalid appends"
+    );
+
+    let nameless: Vec<_> = events(id, "", 0, 1);
+    match store.append(id, "", 0, &nameless).await {
+        Err(Error::InvalidInput(_)) => {}
+        other => panic!("appending to an empty aggregate type: expected Error::InvalidInput, got {other:?}"),
+    }
+}
+
+/// An event id that is already stored, in any stream, is refused
+/// ([`Error::InvalidInput`], or [`Error::Conflict`] where the database reports it so), and
+/// nothing of its batch is stored.
+pub async fn reused_event_id_is_refused(store: &dyn EventStore) {
+    let ty = unique_type("ReusedEventId");
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    let stored = events(first, &ty, 0, 1);
+    append(store, first, &ty, 0, &stored).await;
+
+    let mut single = events(second, &ty, 0, 1);
+    single[0].event_id = stored[0].event_id;
+    let mut last_of_three = events(second, &ty, 0, 3);
+    last_of_three[2].event_id = stored[0].event_id;
+    let mut same_stream = events(first, &ty, 1, 1);
+    same_stream[0].event_id = stored[0].event_id;
+    let cases = [
+        ("an event whose id is stored in another stream", second, single),
+        ("a batch whose last event id is stored", second, last_of_three),
+        (
+            "an event whose id is stored in the same stream",
+            first,
+            same_stream,
+        ),
+    ];
+    for (case, target, batch) in &cases {
+        let expected = if *target == first { 1 } else { 0 };
+        match store.append(*target, &ty, expected, batch).await {
+            Err(Error::InvalidInput(_) | Error::Conflict { .. }) => {}
+            other => {
+                panic!("appending {case}: expected Error::InvalidInput or Error::Conflict, got {other:?}")
+            }
+        }
+        assert_eq!(
+            version(store, second, &ty).await,
+            0,
+            "the second stream after appending {case}"
+        );
+        assert_stream(
+            &read(store, first, &ty, 0).await,
+            &stored,
+            &format!("the first stream after appending {case}"),
+        );
+    }
+    let fresh = events(second, &ty, 0, 3);
+    assert_eq!(
+        append(store, second, &ty, 0, &fresh).await,
+        3,
+        "appending fresh ids afterwards"
+    );
+}
+
+/// `read_stream` after version `v` yields the events `v+1..`, in order; after the last
+/// version, or any version beyond it, it yields nothing.
+pub async fn read_stream_after_a_version_returns_the_rest(store: &dyn EventStore) {
+    let (id, ty) = (Uuid::new_v4(), unique_type("ReadAfter"));
+    let all = events(id, &ty, 0, 10);
+    append(store, id, &ty, 0, &all[..4]).await;
+    append(store, id, &ty, 4, &all[4..]).await;
+    for after in [0, 1, 4, 7, 9, 10, 11, 1_000, u64::MAX] {
+        let rest = &all[(after.min(10) as usize)..];
+        assert_stream(
+            &read(store, id, &ty, after).await,
+            rest,
+            &format!("reading after version {after}"),
+        );
+    }
+}
+
+/// A stream with no events reads as empty, from any version, and is at version 0; so is a
+/// stream whose type has events under other ids.
+pub async fn empty_stream_reads_nothing(store: &dyn EventStore) {
+    let (id, ty) = (Uuid::new_v4(), unique_type("EmptyStream"));
+    for after in [0, 5, u64::MAX] {
+        assert_stream(
+            &read(store, id, &ty, after).await,
+            &[],
+            &format!("reading a new stream after {after}"),
+        );
+    }
+    assert_eq!(version(store, id, &ty).await, 0, "stream_version of a new stream");
+    let neighbour = Uuid::new_v4();
+    append(store, neighbour, &ty, 0, &events(neighbour, &ty, 0, 2)).await;
+    assert_stream(
+        &read(store, id, &ty, 0).await,
+        &[],
+        "reading a stream whose type has events under another id",
+    );
+    assert_eq!(
+        version(store, id, &ty).await,
+        0,
+        "stream_version of a stream whose type has other streams"
+    );
+}
+
+/// The same aggregate id under two aggregate types is two streams, each with its own events,
+/// version and conflicts.
+pub async fn same_id_under_two_types_is_two_streams(store: &dyn EventStore) {
+    let id = Uuid::new_v4();
+    let (one, two) = (unique_type("TypeOne"), unique_type("TypeTwo"));
+    let first = events(id, &one, 0, 2);
+    let second = events(id, &two, 0, 3);
+    append(store, id, &one, 0, &first).await;
+    append(store, id, &two, 0, &second).await;
+    assert_eq!(
+        version(store, id, &one).await,
+        2,
+        "the version of the first type's stream"
+    );
+    assert_eq!(
+        version(store, id, &two).await,
+        3,
+        "the version of the second type's stream"
+    );
+    assert_stream(&read(store, id, &one, 0).await, &first, "the first type's stream");
+    assert_stream(
+        &read(store, id, &two, 0).await,
+        &second,
+        "the second type's stream",
+    );
+
+    let result = store.append(id, &one, 3, &events(id, &one, 3, 1)).await;
+    assert_conflict(result, id, &one, 3, 2, "appending at the other type's version");
+    let more = events(id, &one, 2, 1);
+    assert_eq!(
+        append(store, id, &one, 2, &more).await,
+        3,
+        "appending to the first type at its own version"
+    );
+    assert_stream(
+        &read(store, id, &two, 0).await,
+        &second,
+        "the second type's stream after the first grew",
+    );
+}
+
+/// Appends to two streams, alternating; returns the events in the order they were appended.
+async fn interleaved(store: &dyn EventStore, ty: &str) -> Vec<EventEnvelope> {
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let batches = [
+        events(a, ty, 0, 2),
+        events(b, ty, 0, 1),
+        events(a, ty, 2, 1),
+        events(b, ty, 1, 2),
+    ];
+    let mut order = Vec::new();
+    for batch in batches {
+        let first = &batch[0];
+        append(store, first.aggregate_id, ty, first.aggregate_version - 1, &batch).await;
+        order.extend(batch);
+    }
+    order
+}
+
+/// Every stored event has a position, unique and increasing with every append, across
+/// streams.
+pub async fn positions_increase_with_every_append(store: &dyn EventStore) {
+    let ty = unique_type("Positions");
+    let order = interleaved(store, &ty).await;
+    let mut positions = HashMap::new();
+    for id in [order[0].aggregate_id, order[2].aggregate_id] {
+        for e in read(store, id, &ty, 0).await {
+            positions.insert(e.event_id, e.position);
+        }
+    }
+    let in_order: Vec<u64> = order
+        .iter()
+        .map(|e| {
+            *positions
+                .get(&e.event_id)
+                .expect("every appended event is read back")
+        })
+        .collect();
+    assert!(
+        in_order.windows(2).all(|pair| pair[0] < pair[1]),
+        "positions in the order the events were appended: {in_order:?}, expected strictly increasing"
+    );
+}
+
+/// `read_all` after a position yields every event after it, in position order, each as
+/// `read_stream` yields it; after the last position it yields none of them.
+pub async fn read_all_resumes_after_a_position(store: &dyn EventStore) {
+    let ty = unique_type("ReadAll");
+    let order = interleaved(store, &ty).await;
+    let first_stream = read(store, order[0].aggregate_id, &ty, 0).await;
+    let start = first_stream[0].position - 1;
+
+    let everything = read_all_own(store, start, &[&ty], Some(order.len())).await;
+    assert_stream(&everything, &order, "read_all from before the first event");
+    for pair in everything.windows(2) {
+        assert!(
+            pair[0].position < pair[1].position,
+            "read_all out of position order"
+        );
+    }
+    let resumed = read_all_own(store, everything[2].position, &[&ty], Some(order.len() - 3)).await;
+    assert_stream(&resumed, &order[3..], "read_all after the third event's position");
+    let last = everything.last().expect("events were appended").position;
+    let none = read_all_own(store, last, &[&ty], None).await;
+    assert!(
+        none.is_empty(),
+        "read_all after the last event's position yields {none:?}"
+    );
+    let beyond: Vec<StoredEvent> = store
+        .read_all(u64::MAX)
+        .try_collect()
+        .await
+        .unwrap_or_else(|e| panic!("read_all after u64::MAX failed: {e}"));
+    assert!(
+        beyond.is_empty(),
+        "read_all after position u64::MAX yields {} event(s)",
+        beyond.len()
+    );
+}
+
+/// A stream of [`LONG_STREAM`] events reads back whole and in order; a read dropped after a
+/// few events leaves the store usable.
+pub async fn long_stream_reads_back_in_order(store: &dyn EventStore) {
+    let (id, ty) = (Uuid::new_v4(), unique_type("LongStream"));
+    let all = events(id, &ty, 0, LONG_STREAM);
+    for (i, batch) in all.chunks(1_000).enumerate() {
+        append(store, id, &ty, i as u64 * 1_000, batch).await;
+    }
+    assert_eq!(
+        version(store, id, &ty).await,
+        LONG_STREAM,
+        "stream_version of the long stream"
+    );
+    assert_stream(&read(store, id, &ty, 0).await, &all, "the long stream read back");
+    let tail = LONG_STREAM - 10;
+    assert_stream(
+        &read(store, id, &ty, tail).await,
+        &all[tail as usize..],
+        "the long stream's last 10",
+    );
+
+    let head: Vec<_> = store.read_stream(id, &ty, 0).take(3).collect().await;
+    assert_eq!(head.len(), 3, "the first 3 events of a read");
+    let more = events(id, &ty, LONG_STREAM, 1);
+    assert_eq!(
+        append(store, id, &ty, LONG_STREAM, &more).await,
+        LONG_STREAM + 1,
+        "appending after a read was dropped part way"
+    );
+}
+
+/// Writers racing to append at one version: exactly one wins, each other one gets a
+/// conflict with the winner's version, and the stream holds the winner's events only.
+pub async fn racing_appends_have_one_winner_per_version(store: &dyn EventStore) {
+    const WRITERS: usize = 8;
+    const ROUNDS: u64 = 5;
+    let (id, ty) = (Uuid::new_v4(), unique_type("RacingAppends"));
+    let mut winners = Vec::new();
+    for round in 0..ROUNDS {
+        let expected = round * 2;
+        let batches: Vec<_> = (0..WRITERS).map(|_| events(id, &ty, expected, 2)).collect();
+        let results = join_all(batches.iter().map(|batch| store.append(id, &ty, expected, batch))).await;
+        let mut won = Vec::new();
+        for (writer, result) in results.into_iter().enumerate() {
+            match result {
+                Ok(new_version) => {
+                    assert_eq!(
+                        new_version,
+                        expected + 2,
+                        "round {round}: the winner's new version"
+                    );
+                    won.push(writer);
+                }
+                other => assert_conflict(
+                    other,
+                    id,
+                    &ty,
+                    expected,
+                    expected + 2,
+                    &format!("round {round}: writer {writer}, which lost"),
+                ),
+            }
+        }
+        assert_eq!(
+            won.len(),
+            1,
+            "round {round}: {WRITERS} writers appending at version {expected}, winners {won:?}"
+        );
+        winners.extend(batches[won[0]].iter().cloned());
+    }
+    assert_stream(
+        &read(store, id, &ty, 0).await,
+        &winners,
+        "the stream after the races",
+    );
+}

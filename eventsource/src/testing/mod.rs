@@ -1,0 +1,171 @@
+//! The conformance suite: checks that a store backend keeps the [`EventStore`] and
+//! [`SnapshotStore`] contracts (feature `testing`).
+//!
+//! Every backend of this crate passes the whole suite, and a backend of your own should too.
+//! Each check is a plain `async fn` that takes the store as `&dyn EventStore` or
+//! `&dyn SnapshotStore` and panics, naming what broke, if the store does not keep the
+//! contract: [`event_store`] holds the checks of the event store contract, [`snapshot_store`]
+//! those of the snapshot store contract.
+//!
+//! # Checking a backend
+//!
+//! Add the feature to your dev-dependencies (`eventsource = { version = "...", features =
+//! ["testing"] }`, and tokio with its `macros` and `rt` features), then in a test file, with
+//! your stores in place of the in-memory ones:
+//!
+//! ```
+//! // tests/my_stores.rs: one #[tokio::test] per check, named after it. The expression is a
+//! // future that gives a store, evaluated again in every test.
+//! eventsource::event_store_conformance!(async { eventsource::InMemoryEventStore::new() });
+//! eventsource::snapshot_store_conformance!(async { eventsource::InMemorySnapshotStore::new() });
+//! # fn main() {}
+//! ```
+//!
+//! A test file that checks several stores puts each call in a module of its own:
+//!
+//! ```ignore
+//! mod in_memory_database {
+//!     eventsource::event_store_conformance!(my_backend::open_in_memory());
+//! }
+//! mod on_a_file {
+//!     eventsource::event_store_conformance!(my_backend::open_file("target/check.db"));
+//! }
+//! ```
+//!
+//! A backend whose database may be absent, as in a test run without a database server, gives
+//! an `Option` after `optional:`; a test whose future gives `None` passes without checking
+//! anything:
+//!
+//! ```ignore
+//! eventsource::event_store_conformance!(optional: async {
+//!     let url = std::env::var("MY_DATABASE_URL").ok()?;
+//!     Some(MyEventStore::connect(&url).await.unwrap())
+//! });
+//! ```
+//!
+//! Or run a whole suite in one test of your own, one check after the other:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let events = eventsource::InMemoryEventStore::new();
+//! eventsource::testing::event_store::run_all(&events).await;
+//! let snapshots = eventsource::InMemorySnapshotStore::new();
+//! eventsource::testing::snapshot_store::run_all(&snapshots).await;
+//! # }
+//! ```
+//!
+//! # What the checks assume
+//!
+//! - **A shared database is fine.** Every check writes under fresh random aggregate ids and an
+//!   aggregate type name of its own (with a uuid in it), so checks can run in parallel against
+//!   one database that other programs write to as well. The `read_all` checks look only at
+//!   their own events, and at their order, never at absolute positions.
+//! - **Cleanup.** Snapshot checks delete the snapshots they wrote. The event store contract has
+//!   no delete, so event checks leave their events behind, under their own type names.
+//! - **Precision.** Timestamps in the checks have whole microseconds and must come back
+//!   exactly. Payloads, metadata and snapshot state are compared as JSON values, so a backend
+//!   may store them in a normal form (such as PostgreSQL's `jsonb`).
+//! - **Range.** Snapshot versions up to `i64::MAX` and every `u32` schema and event version
+//!   must round-trip.
+//! - **Size.** One check appends and reads back a stream of 5,000 events.
+//!
+//! [`EventStore`]: crate::EventStore
+//! [`SnapshotStore`]: crate::SnapshotStore
+
+pub mod event_store;
+pub mod snapshot_store;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// A type name no other check, or other run, uses: `{label}-{uuid}`.
+fn unique_type(label: &str) -> String {
+    format!("{label}-{}", Uuid::new_v4().simple())
+}
+
+/// Now, to the microsecond: the precision every backend keeps.
+fn now() -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).expect("now is in range")
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text)
+        .unwrap_or_else(|e| panic!("the store returned {text:?}, which is not JSON: {e}"))
+}
+
+/// Generates one `#[tokio::test]` per check of the event store suite, named after it.
+///
+/// The argument is an expression that gives a future of the store, evaluated in every test;
+/// the store can be any type that implements [`EventStore`](crate::EventStore), such as
+/// `Arc<dyn EventStore>`. After `optional:`, the future gives an `Option` of the store
+/// instead, and a test that gets `None` passes without checking anything: for a backend
+/// whose database may not be there (say so from the expression, such as with a
+/// `println!`). See the [`testing`](crate::testing) module for examples.
+#[macro_export]
+macro_rules! event_store_conformance {
+    (optional: $make_store:expr $(,)?) => {
+        $crate::__event_store_checks!(__conformance_tests(event_store, optional, $make_store));
+    };
+    ($make_store:expr $(,)?) => {
+        $crate::__event_store_checks!(__conformance_tests(event_store, required, $make_store));
+    };
+}
+
+/// Generates one `#[tokio::test]` per check of the snapshot store suite, named after it.
+///
+/// The argument is an expression that gives a future of the store, evaluated in every test;
+/// the store can be any type that implements [`SnapshotStore`](crate::SnapshotStore). After
+/// `optional:`, the future gives an `Option` of the store, as in
+/// [`event_store_conformance!`](crate::event_store_conformance).
+#[macro_export]
+macro_rules! snapshot_store_conformance {
+    (optional: $make_store:expr $(,)?) => {
+        $crate::__snapshot_store_checks!(__conformance_tests(snapshot_store, optional, $make_store));
+    };
+    ($make_store:expr $(,)?) => {
+        $crate::__snapshot_store_checks!(__conformance_tests(snapshot_store, required, $make_store));
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_tests {
+    (($suite:ident, required, $make_store:expr) $($check:ident)*) => {
+        $(
+            #[::tokio::test]
+            async fn $check() {
+                let store = $make_store.await;
+                $crate::testing::$suite::$check(&store).await;
+            }
+        )*
+    };
+    (($suite:ident, optional, $make_store:expr) $($check:ident)*) => {
+        $(
+            #[::tokio::test]
+            async fn $check() {
+                if let ::std::option::Option::Some(store) = $make_store.await {
+                    $crate::testing::$suite::$check(&store).await;
+                }
+            }
+        )*
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_runner {
+    (($store:ty) $($check:ident)*) => {
+        /// The names of every check of this suite, in the order [`run_all`] runs them.
+        pub const NAMES: &[&str] = &[$(stringify!($check)),*];
+
+        /// Runs every check of this suite on one store, one after the other; panics at the
+        /// first that fails, after printing its name to stderr.
+        pub async fn run_all(store: &$store) {
+            $(
+                eprintln!("eventsource conformance: {}", stringify!($check));
+                $check(store).await;
+            )*
+        }
+    };
+}

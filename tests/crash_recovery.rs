@@ -22,7 +22,9 @@ const STREAMS: usize = 4;
 fn batch(id: Uuid, after: u64) -> Vec<EventEnvelope> {
     (after + 1..=after + BATCH)
         .map(|version| {
-            let event = AccountEvent::from(MoneyDeposited { amount: version as f64 });
+            let event = AccountEvent::from(MoneyDeposited {
+                amount: version as f64,
+            });
             EventEnvelope {
                 event_id: Uuid::new_v4(),
                 event_type: event.event_type().into(),
@@ -44,11 +46,15 @@ fn batch(id: Uuid, after: u64) -> Vec<EventEnvelope> {
 async fn write_until_killed(url: &str) {
     let stores = open(url).await.unwrap();
     let ids: Vec<Uuid> = (0..STREAMS).map(|_| Uuid::new_v4()).collect();
-    let mut versions = vec![0u64; STREAMS];
+    let mut versions = [0u64; STREAMS];
     let mut out = std::io::stdout().lock();
     for round in 0.. {
         let i = round % STREAMS;
-        stores.events.append(ids[i], "Account", versions[i], &batch(ids[i], versions[i])).await.unwrap();
+        stores
+            .events
+            .append(ids[i], "Account", versions[i], &batch(ids[i], versions[i]))
+            .await
+            .unwrap();
         versions[i] += BATCH;
         writeln!(out, "COMMITTED {} {}", ids[i], versions[i]).unwrap();
         out.flush().unwrap();
@@ -64,7 +70,11 @@ async fn a_killed_writer_leaves_every_committed_batch_and_no_partial_one() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}", dir.path().join("events.db").display());
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "a_killed_writer_leaves_every_committed_batch_and_no_partial_one", "--nocapture"])
+        .args([
+            "--exact",
+            "a_killed_writer_leaves_every_committed_batch_and_no_partial_one",
+            "--nocapture",
+        ])
         .env(CHILD, &url)
         .stdout(Stdio::piped())
         .spawn()
@@ -89,7 +99,10 @@ async fn a_killed_writer_leaves_every_committed_batch_and_no_partial_one() {
             committed.insert(id.parse().unwrap(), version.parse().unwrap());
         }
     }
-    assert!(!committed.is_empty(), "the writer committed nothing before it was killed");
+    assert!(
+        !committed.is_empty(),
+        "the writer committed nothing before it was killed"
+    );
 
     let stores = open(&url).await.unwrap();
     for (&id, &reported) in &committed {
@@ -103,9 +116,22 @@ async fn a_killed_writer_leaves_every_committed_batch_and_no_partial_one() {
         let head = versions.len() as u64;
         assert_eq!(versions, (1..=head).collect::<Vec<_>>(), "no gap");
         assert_eq!(head % BATCH, 0, "no partial batch");
-        assert!(head >= reported, "every reported commit survived: {head} < {reported}");
-        assert!(head <= reported + BATCH, "at most the batch in flight was committed unreported");
-        let account = Repository::<Account>::new(stores.events.clone()).load(id).await.unwrap();
-        assert_eq!(account.state().transaction_count, head, "every stored event decodes");
+        assert!(
+            head >= reported,
+            "every reported commit survived: {head} < {reported}"
+        );
+        assert!(
+            head <= reported + BATCH,
+            "at most the batch in flight was committed unreported"
+        );
+        let account = Repository::<Account>::new(stores.events.clone())
+            .load(id)
+            .await
+            .unwrap();
+        assert_eq!(
+            account.state().transaction_count,
+            head,
+            "every stored event decodes"
+        );
     }
 }

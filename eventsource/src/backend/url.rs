@@ -7,7 +7,10 @@ use crate::error::{Error, Result};
 use crate::event_store::EventStore;
 use crate::snapshot::SnapshotStore;
 
-/// An event store and a snapshot store on one backend, sharing one connection pool.
+/// An event store and a snapshot store on one backend.
+///
+/// On PostgreSQL and on `sqlite::memory:` the two share one connection pool; on a SQLite file
+/// each has its own, so a snapshot write never waits behind an append.
 #[derive(Clone)]
 pub struct Stores {
     /// The event store.

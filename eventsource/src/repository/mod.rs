@@ -171,30 +171,22 @@ impl<A: Aggregate> Repository<A> {
     }
 
     async fn load_in(&self, id: Uuid, span: &tracing::Span) -> Result<AggregateRoot<A>> {
-        if self.snapshots.is_some() {
-            // The snapshot and the stream's head are read at once: a load from a snapshot at
-            // the head waits for one round trip, and the head says whether the snapshot is
-            // beyond it.
-            let stream_head = self.events.stream_version(id, A::TYPE_NAME);
-            let (snapshot, head) = tokio::join!(self.usable_snapshot(id), stream_head);
-            let head = head?;
-            match snapshot {
-                Some((version, state)) if version <= head => {
+        if let Some((version, state)) = self.usable_snapshot(id).await {
+            // Reading from the snapshot's own version proves the stream has reached it.
+            let mut events = self.events.read_stream(id, A::TYPE_NAME, version - 1);
+            match events.next().await.transpose()? {
+                Some(event) if event.aggregate_version == version => {
                     let mut root = AggregateRoot::from_state(id, version, state);
-                    let replayed = match version < head {
-                        true => replay(&mut root, self.events.read_stream(id, A::TYPE_NAME, version)).await?,
-                        false => 0,
-                    };
+                    let replayed = replay(&mut root, events).await?;
                     self.metrics.add(A::TYPE_NAME, Counter::Hit);
                     span.record("snapshot.used", true);
                     span.record("snapshot.version", version);
                     return Ok(finish(root, replayed, span));
                 }
-                Some((version, _)) => {
-                    let detail = format!("snapshot at version {version}, stream at version {head}");
+                _ => {
+                    let detail = format!("stream has not reached version {version}");
                     self.miss::<()>(id, MissReason::BeyondStreamHead, detail);
                 }
-                None => {}
             }
         }
         let mut root = AggregateRoot::new(id);

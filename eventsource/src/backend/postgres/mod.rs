@@ -45,9 +45,8 @@
 //! **Pools.** Every call takes one connection from the pool for one statement and gives it
 //! back: an append is one statement, a snapshot read is one, and a stream is read in pages of
 //! [`DEFAULT_PAGE_SIZE`] events, one statement each, so no connection is held while the
-//! caller consumes events. Loading an aggregate from a snapshot reads the snapshot and the
-//! stream's head at once, then, only if the stream moved past the snapshot, the first page
-//! of the events after it: one round trip of latency for a snapshot at the head, two otherwise. A pool of a few connections per
+//! caller consumes events, and loading an aggregate from a snapshot is two statements (the
+//! snapshot, then the first page of the events after it). A pool of a few connections per
 //! core of the application serves many concurrent loads and saves; the sum of every
 //! instance's `max_connections` must stay below the server's `max_connections`.
 //!

@@ -496,6 +496,23 @@ async fn a_snapshot_store_that_hangs_costs_at_most_its_timeout() {
     ));
 }
 
+#[test]
+fn snapshots_work_on_a_runtime_without_timers() {
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    runtime.block_on(async {
+        for mode in [SnapshotMode::Sync, SnapshotMode::Background] {
+            let snapshots = InMemorySnapshotStore::new();
+            let policy = SnapshotPolicy::every(2).unwrap().with_mode(mode);
+            let repo = repo_with(&InMemoryEventStore::new(), snapshots.clone(), policy);
+            let id = Uuid::new_v4();
+            repo.save(&mut opened(id, 3)).await.unwrap();
+            repo.await_pending_snapshots().await;
+            assert_eq!(repo.load(id).await.unwrap().version(), 4);
+            assert_eq!(repo.metrics().hits("Account"), 1, "{mode:?}");
+        }
+    });
+}
+
 mod v2 {
     use super::*;
 

@@ -435,7 +435,10 @@ fn take_snapshot<A: Aggregate>(root: &AggregateRoot<A>) -> Result<Snapshot> {
 }
 
 /// The store call's outcome, or a store error if it takes longer than `timeout`.
-async fn within<T>(timeout: Duration, call: impl Future<Output = Result<T>>) -> Result<T> {
+async fn within<T>(timeout: Option<Duration>, call: impl Future<Output = Result<T>>) -> Result<T> {
+    let Some(timeout) = timeout else {
+        return call.await;
+    };
     tokio::time::timeout(timeout, call).await.unwrap_or_else(|_| {
         Err(Error::Store {
             backend: "snapshot",
@@ -450,7 +453,7 @@ async fn write_snapshot(
     store: &dyn SnapshotStore,
     metrics: &SnapshotMetrics,
     aggregate_type: &'static str,
-    timeout: Duration,
+    timeout: Option<Duration>,
     snapshot: &Snapshot,
 ) -> Result<bool> {
     let span = tracing::debug_span!(

@@ -33,11 +33,8 @@ pub struct SnapshotPolicy {
     threshold: Option<NonZeroU64>,
     mode: SnapshotMode,
     queue_capacity: NonZeroUsize,
-    store_timeout: Duration,
+    store_timeout: Option<Duration>,
 }
-
-/// How long a snapshot read or write may take before it counts as a store failure.
-pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The default bound of the background queue, in aggregates waiting for a snapshot.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
@@ -56,7 +53,7 @@ impl SnapshotPolicy {
             threshold: Some(threshold),
             mode: SnapshotMode::Sync,
             queue_capacity: NonZeroUsize::new(DEFAULT_QUEUE_CAPACITY).expect("non-zero"),
-            store_timeout: DEFAULT_STORE_TIMEOUT,
+            store_timeout: None,
         })
     }
 
@@ -66,7 +63,7 @@ impl SnapshotPolicy {
             threshold: None,
             mode: SnapshotMode::Manual,
             queue_capacity: NonZeroUsize::new(DEFAULT_QUEUE_CAPACITY).expect("non-zero"),
-            store_timeout: DEFAULT_STORE_TIMEOUT,
+            store_timeout: None,
         }
     }
 
@@ -88,24 +85,25 @@ impl SnapshotPolicy {
         Ok(self)
     }
 
-    /// Bounds every snapshot read and write to `timeout` (default [`DEFAULT_STORE_TIMEOUT`]).
+    /// Bounds every snapshot read and write to `timeout` (unbounded unless set).
     ///
     /// A snapshot store that hangs then costs a load at most this long before it replays the
     /// events instead, and a save at most this long before its snapshot write is given up
-    /// (logged and counted as a store error). A zero timeout is
-    /// [`Error::InvalidConfiguration`].
+    /// (logged and counted as a store error). The timer needs the tokio runtime's time
+    /// driver, which `#[tokio::main]` enables (`Builder::enable_time` on a runtime built by
+    /// hand). A zero timeout is [`Error::InvalidConfiguration`].
     pub fn with_store_timeout(mut self, timeout: Duration) -> Result<Self> {
         if timeout.is_zero() {
             return Err(Error::InvalidConfiguration(
                 "snapshot store timeout must be above zero".into(),
             ));
         }
-        self.store_timeout = timeout;
+        self.store_timeout = Some(timeout);
         Ok(self)
     }
 
-    /// The bound on each snapshot read and write.
-    pub fn store_timeout(&self) -> Duration {
+    /// The bound on each snapshot read and write, if one is set.
+    pub fn store_timeout(&self) -> Option<Duration> {
         self.store_timeout
     }
 

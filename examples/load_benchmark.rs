@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use account::{Account, AccountEvent, AccountOpened, MoneyDeposited};
 use eventsource::prelude::*;
-use eventsource::{AggregateEvent, EventEnvelope};
+use eventsource::EventEnvelope;
 
 type Fallible<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
@@ -93,19 +93,7 @@ fn envelope(id: Uuid, version: u64) -> EventEnvelope {
     } else {
         MoneyDeposited { amount: 1.0 }.into()
     };
-    EventEnvelope {
-        event_id: Uuid::new_v4(),
-        event_type: event.event_type().into(),
-        event_version: event.event_version(),
-        aggregate_id: id,
-        aggregate_type: "Account".into(),
-        aggregate_version: version,
-        occurred_at: chrono::Utc::now(),
-        correlation_id: None,
-        causation_id: None,
-        metadata: None,
-        payload: event.to_json().expect("benchmark events encode").into(),
-    }
+    EventEnvelope::new(id, "Account", version, &event).expect("benchmark events encode")
 }
 
 /// Appends the events `from..=to` of the history in batches.

@@ -92,13 +92,7 @@ async fn verify(stores: &Stores, ids: &[Uuid], wins: &HashMap<Uuid, u64>) {
             "stored events are exactly the successful saves"
         );
         assert_eq!(account.state().transaction_count, won);
-        let versions: Vec<u64> = stores
-            .events
-            .read_stream(id, "Account", 0)
-            .map_ok(|e| e.aggregate_version)
-            .try_collect()
-            .await
-            .unwrap();
+        let versions: Vec<u64> = stream_versions(&*stores.events, id).await;
         assert_eq!(
             versions,
             (1..=1 + won).collect::<Vec<_>>(),

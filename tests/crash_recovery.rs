@@ -5,14 +5,12 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use eventsource::backend::open;
 use eventsource::prelude::*;
-use eventsource::{AggregateEvent, EventEnvelope};
-use futures_util::TryStreamExt;
+use eventsource::EventEnvelope;
 
 /// Set in the child process: the SQLite URL to write to.
 const CHILD: &str = "EVENTSOURCE_TEST_CRASH_CHILD";
@@ -25,19 +23,7 @@ fn batch(id: Uuid, after: u64) -> Vec<EventEnvelope> {
             let event = AccountEvent::from(MoneyDeposited {
                 amount: version as f64,
             });
-            EventEnvelope {
-                event_id: Uuid::new_v4(),
-                event_type: event.event_type().into(),
-                event_version: 1,
-                aggregate_id: id,
-                aggregate_type: "Account".into(),
-                aggregate_version: version,
-                occurred_at: chrono::Utc::now(),
-                correlation_id: None,
-                causation_id: None,
-                metadata: None,
-                payload: Arc::from(event.to_json().unwrap()),
-            }
+            EventEnvelope::new(id, "Account", version, &event).unwrap()
         })
         .collect()
 }
@@ -106,13 +92,7 @@ async fn a_killed_writer_leaves_every_committed_batch_and_no_partial_one() {
 
     let stores = open(&url).await.unwrap();
     for (&id, &reported) in &committed {
-        let versions: Vec<u64> = stores
-            .events
-            .read_stream(id, "Account", 0)
-            .map_ok(|e| e.aggregate_version)
-            .try_collect()
-            .await
-            .unwrap();
+        let versions: Vec<u64> = stream_versions(&*stores.events, id).await;
         let head = versions.len() as u64;
         assert_eq!(versions, (1..=head).collect::<Vec<_>>(), "no gap");
         assert_eq!(head % BATCH, 0, "no partial batch");

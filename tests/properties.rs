@@ -8,7 +8,6 @@ mod common;
 use common::*;
 use eventsource::backend::{open, Stores};
 use eventsource::prelude::*;
-use futures_util::TryStreamExt;
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -48,13 +47,7 @@ fn policy() -> impl Strategy<Value = SnapshotPolicy> {
 
 /// Checks every invariant of one aggregate against the stores.
 async fn check(stores: &Stores, repo: &Repository<Account>, id: Uuid) {
-    let versions: Vec<u64> = stores
-        .events
-        .read_stream(id, "Account", 0)
-        .map_ok(|e| e.aggregate_version)
-        .try_collect()
-        .await
-        .unwrap();
+    let versions: Vec<u64> = stream_versions(&*stores.events, id).await;
     assert_eq!(
         versions,
         (1..=versions.len() as u64).collect::<Vec<_>>(),

@@ -8,6 +8,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::aggregate::AggregateEvent;
+use crate::error::Result;
+
 /// A domain event: a fact about one aggregate type, stored as JSON.
 ///
 /// Implemented by `#[event(aggregate = "...")]`, which also registers the event type so a
@@ -64,6 +67,36 @@ pub struct EventEnvelope {
     pub metadata: Option<serde_json::Value>,
     /// The event itself, as JSON text.
     pub payload: Arc<str>,
+}
+
+impl EventEnvelope {
+    /// The envelope of one event of aggregate type `aggregate_type`, at `aggregate_version`,
+    /// with a new event id, recorded now, without correlation, causation or metadata.
+    ///
+    /// For programs that append to an [`EventStore`](crate::EventStore) directly (imports,
+    /// migrations, benchmarks); a [`Repository`](crate::Repository) builds envelopes itself.
+    /// An event that cannot be encoded (a non-finite float) is
+    /// [`Error::Serialization`](crate::Error::Serialization).
+    pub fn new(
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        aggregate_version: u64,
+        event: &impl AggregateEvent,
+    ) -> Result<Self> {
+        Ok(EventEnvelope {
+            event_id: Uuid::new_v4(),
+            event_type: Arc::from(event.event_type()),
+            event_version: event.event_version(),
+            aggregate_id,
+            aggregate_type: Arc::from(aggregate_type),
+            aggregate_version,
+            occurred_at: Utc::now(),
+            correlation_id: None,
+            causation_id: None,
+            metadata: None,
+            payload: Arc::from(event.to_json()?),
+        })
+    }
 }
 
 /// An event as read back from a store: its envelope and its global position.

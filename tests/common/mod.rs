@@ -8,54 +8,9 @@ use eventsource::prelude::*;
 use eventsource::{async_trait, Snapshot};
 use tokio::sync::Notify;
 
-#[event(aggregate = "Account")]
-pub struct AccountOpened {
-    pub owner_name: String,
-    pub initial_balance: f64,
-}
-
-#[event(aggregate = "Account")]
-pub struct MoneyDeposited {
-    pub amount: f64,
-}
-
-#[event(aggregate = "Account")]
-pub struct MoneyWithdrawn {
-    pub amount: f64,
-}
-
-#[derive(Aggregate, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[aggregate(
-    name = "Account",
-    schema_version = 1,
-    events(AccountOpened, MoneyDeposited, MoneyWithdrawn)
-)]
-pub struct Account {
-    pub owner_name: String,
-    pub balance: f64,
-    pub transaction_count: u64,
-}
-
-impl Apply<AccountOpened> for Account {
-    fn apply(&mut self, e: &AccountOpened) {
-        self.owner_name = e.owner_name.clone();
-        self.balance = e.initial_balance;
-    }
-}
-
-impl Apply<MoneyDeposited> for Account {
-    fn apply(&mut self, e: &MoneyDeposited) {
-        self.balance += e.amount;
-        self.transaction_count += 1;
-    }
-}
-
-impl Apply<MoneyWithdrawn> for Account {
-    fn apply(&mut self, e: &MoneyWithdrawn) {
-        self.balance -= e.amount;
-        self.transaction_count += 1;
-    }
-}
+#[path = "../../examples/domain/account.rs"]
+mod account;
+pub use account::*;
 
 /// An opened account with `deposits` deposits of 1.0 recorded and not saved.
 pub fn opened(id: Uuid, deposits: usize) -> AggregateRoot<Account> {
@@ -205,4 +160,15 @@ impl SnapshotStore for SlowSnapshotStore {
     async fn delete_snapshots_by_type(&self, t: &str, below: Option<u32>) -> eventsource::Result<u64> {
         self.0.delete_snapshots_by_type(t, below).await
     }
+}
+
+/// The aggregate versions of the stored events of an account, in stream order.
+pub async fn stream_versions(events: &dyn EventStore, id: Uuid) -> Vec<u64> {
+    use futures_util::TryStreamExt;
+    events
+        .read_stream(id, "Account", 0)
+        .map_ok(|e| e.aggregate_version)
+        .try_collect()
+        .await
+        .unwrap()
 }

@@ -218,6 +218,8 @@ impl SnapshotStore for InMemorySnapshotStore {
         Ok(true)
     }
 
+    #[tracing::instrument(name = "eventsource.snapshot.delete", level = "debug", skip_all,
+        fields(aggregate.id = %aggregate_id, aggregate.type = aggregate_type))]
     async fn delete_snapshot(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<bool> {
         Ok(write(&self.inner)
             .remove(&key(aggregate_id, aggregate_type))
@@ -228,6 +230,8 @@ impl SnapshotStore for InMemorySnapshotStore {
         Ok(read(&self.inner).contains_key(&key(aggregate_id, aggregate_type)))
     }
 
+    #[tracing::instrument(name = "eventsource.snapshot.delete_by_type", level = "debug", skip_all,
+        fields(aggregate.type = aggregate_type, schema_version_below = ?schema_version_below))]
     async fn delete_snapshots_by_type(
         &self,
         aggregate_type: &str,

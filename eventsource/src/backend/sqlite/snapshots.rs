@@ -115,6 +115,8 @@ impl SnapshotStore for SqliteSnapshotStore {
         Ok(written.rows_affected() > 0)
     }
 
+    #[tracing::instrument(name = "eventsource.snapshot.delete", level = "debug", skip_all,
+        fields(aggregate.id = %aggregate_id, aggregate.type = aggregate_type))]
     async fn delete_snapshot(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<bool> {
         let deleted = sqlx::query("DELETE FROM snapshots WHERE aggregate_id = ?1 AND aggregate_type = ?2")
             .bind(aggregate_id.hyphenated().to_string())
@@ -148,6 +150,8 @@ impl SnapshotStore for SqliteSnapshotStore {
         Ok(found.is_some())
     }
 
+    #[tracing::instrument(name = "eventsource.snapshot.delete_by_type", level = "debug", skip_all,
+        fields(aggregate.type = aggregate_type, schema_version_below = ?schema_version_below))]
     async fn delete_snapshots_by_type(
         &self,
         aggregate_type: &str,

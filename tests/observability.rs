@@ -14,7 +14,13 @@ use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 /// Every span opened, in order: its name and the fields recorded on it, and where the span
 /// that holds each id (ids are reused once a span closes) sits in that list.
 #[derive(Clone, Default)]
-struct Spans(Arc<Mutex<(Vec<(String, HashMap<String, String>)>, HashMap<u64, usize>)>>);
+struct Spans(Arc<Mutex<Recorded>>);
+
+#[derive(Default)]
+struct Recorded {
+    opened: Vec<(String, HashMap<String, String>)>,
+    live: HashMap<u64, usize>,
+}
 
 struct Fields<'a>(&'a mut HashMap<String, String>);
 
@@ -29,15 +35,15 @@ impl<S: tracing::Subscriber> Layer<S> for Spans {
         let mut fields = HashMap::new();
         attrs.record(&mut Fields(&mut fields));
         let mut spans = self.0.lock().unwrap();
-        let (opened, live) = &mut *spans;
-        live.insert(id.into_u64(), opened.len());
-        opened.push((attrs.metadata().name().to_owned(), fields));
+        let at = spans.opened.len();
+        spans.live.insert(id.into_u64(), at);
+        spans.opened.push((attrs.metadata().name().to_owned(), fields));
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, _: Context<'_, S>) {
         let mut spans = self.0.lock().unwrap();
-        let (opened, live) = &mut *spans;
-        values.record(&mut Fields(&mut opened[live[&id.into_u64()]].1));
+        let at = spans.live[&id.into_u64()];
+        values.record(&mut Fields(&mut spans.opened[at].1));
     }
 }
 

@@ -51,7 +51,7 @@ impl Spans {
     fn named(&self, name: &str) -> Vec<HashMap<String, String>> {
         let spans = self.0.lock().unwrap();
         spans
-            .0
+            .opened
             .iter()
             .filter(|(n, _)| n == name)
             .map(|(_, f)| f.clone())

@@ -14,7 +14,6 @@
 mod common;
 
 use std::fmt;
-use std::sync::Arc;
 
 use common::*;
 use eventsource::prelude::*;
@@ -552,22 +551,6 @@ fn config(cases: u32) -> ProptestConfig {
         cases,
         failure_persistence: None,
         ..ProptestConfig::default()
-    }
-}
-
-fn envelope(id: Uuid, version: u64, event_type: &str, payload: &str) -> EventEnvelope {
-    EventEnvelope {
-        event_id: Uuid::new_v4(),
-        event_type: event_type.into(),
-        event_version: 1,
-        aggregate_id: id,
-        aggregate_type: "Account".into(),
-        aggregate_version: version,
-        occurred_at: chrono::Utc::now(),
-        correlation_id: None,
-        causation_id: None,
-        metadata: None,
-        payload: Arc::from(payload),
     }
 }
 

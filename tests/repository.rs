@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::*;
 use eventsource::prelude::*;
 use eventsource::{EventEnvelope, StoredEvent};
@@ -217,22 +215,6 @@ async fn a_non_finite_float_fails_the_save_and_loses_nothing() {
     assert!(err.to_string().contains("MoneyDeposited"), "{err}");
     assert_eq!(account.pending_events().len(), 2, "events stay pending");
     assert!(events.is_empty(), "nothing is written");
-}
-
-fn envelope(id: Uuid, version: u64, event_type: &str, payload: &str) -> EventEnvelope {
-    EventEnvelope {
-        event_id: Uuid::new_v4(),
-        event_type: event_type.into(),
-        event_version: 1,
-        aggregate_id: id,
-        aggregate_type: "Account".into(),
-        aggregate_version: version,
-        occurred_at: chrono::Utc::now(),
-        correlation_id: None,
-        causation_id: None,
-        metadata: None,
-        payload: Arc::from(payload),
-    }
 }
 
 #[tokio::test]

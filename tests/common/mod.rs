@@ -172,3 +172,20 @@ pub async fn stream_versions(events: &dyn EventStore, id: Uuid) -> Vec<u64> {
         .await
         .unwrap()
 }
+
+/// An account event envelope with any type name and payload, as a hostile store could hold.
+pub fn envelope(id: Uuid, version: u64, event_type: &str, payload: &str) -> eventsource::EventEnvelope {
+    eventsource::EventEnvelope {
+        event_id: Uuid::new_v4(),
+        event_type: event_type.into(),
+        event_version: 1,
+        aggregate_id: id,
+        aggregate_type: "Account".into(),
+        aggregate_version: version,
+        occurred_at: chrono::Utc::now(),
+        correlation_id: None,
+        causation_id: None,
+        metadata: None,
+        payload: Arc::from(payload),
+    }
+}

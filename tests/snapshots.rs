@@ -496,6 +496,24 @@ async fn a_snapshot_store_that_hangs_costs_at_most_its_timeout() {
     ));
 }
 
+#[tokio::test]
+async fn repositories_can_share_metrics_whatever_the_order_of_configuration() {
+    let events = InMemoryEventStore::new();
+    let metrics = std::sync::Arc::new(eventsource::SnapshotMetrics::new());
+    let policy = SnapshotPolicy::every(1)
+        .unwrap()
+        .with_mode(SnapshotMode::Background);
+    let first = repo_with(&events, InMemorySnapshotStore::new(), policy).with_metrics(metrics.clone());
+    let second = Repository::<Account>::new(events.clone())
+        .with_metrics(metrics.clone())
+        .with_snapshots(InMemorySnapshotStore::new(), policy);
+    for repo in [&first, &second] {
+        repo.save(&mut opened(Uuid::new_v4(), 0)).await.unwrap();
+        repo.await_pending_snapshots().await;
+    }
+    assert_eq!(metrics.written("Account"), 2);
+}
+
 #[test]
 fn snapshots_work_on_a_runtime_without_timers() {
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();

@@ -91,8 +91,11 @@ impl<A: Aggregate> Repository<A> {
     }
 
     /// The same repository, snapshotting into `store` as `policy` says.
-    pub fn with_snapshots(mut self, store: impl SnapshotStore + 'static, policy: SnapshotPolicy) -> Self {
-        let store: Arc<dyn SnapshotStore> = Arc::new(store);
+    pub fn with_snapshots(self, store: impl SnapshotStore + 'static, policy: SnapshotPolicy) -> Self {
+        self.snapshotting(Arc::new(store), policy)
+    }
+
+    fn snapshotting(mut self, store: Arc<dyn SnapshotStore>, policy: SnapshotPolicy) -> Self {
         let queue = (policy.mode() == SnapshotMode::Background).then(|| {
             Arc::new(BackgroundQueue::new(
                 store.clone(),
@@ -105,10 +108,14 @@ impl<A: Aggregate> Repository<A> {
         self
     }
 
-    /// The same repository, counting into shared metrics (set it before `with_snapshots`).
+    /// The same repository, counting into `metrics`, which several repositories can share.
     pub fn with_metrics(mut self, metrics: Arc<SnapshotMetrics>) -> Self {
         self.metrics = metrics;
-        self
+        match self.snapshots.take() {
+            // The background queue counts its writes too: give it the new counters.
+            Some(Snapshots { store, policy, .. }) => self.snapshotting(store, policy),
+            None => self,
+        }
     }
 
     /// The snapshot hit, miss and write counters of this repository.

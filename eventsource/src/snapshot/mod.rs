@@ -4,7 +4,7 @@ pub(crate) mod metrics;
 mod policy;
 
 pub use metrics::{MissReason, SnapshotMetrics};
-pub use policy::{SnapshotMode, SnapshotPolicy};
+pub use policy::{SnapshotMode, SnapshotPolicy, DEFAULT_QUEUE_CAPACITY};
 
 use std::sync::Arc;
 

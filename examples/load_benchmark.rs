@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release --example load_benchmark -- [--stores memory,sqlite,postgres]
 //!     [--sizes 100,1000,10000,100000,1000000] [--runs 7] [--postgres URL]
+//!     [--runtime multi-thread|current-thread]
 //! ```
 //!
 //! For each store and history length N it builds one account of N events (1 AccountOpened,
@@ -38,6 +39,7 @@ struct Options {
     sizes: Vec<u64>,
     runs: usize,
     postgres: String,
+    runtime: String,
 }
 
 fn options() -> Fallible<Options> {
@@ -47,6 +49,7 @@ fn options() -> Fallible<Options> {
         runs: 7,
         postgres: std::env::var("EVENTSOURCE_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+        runtime: "multi-thread".into(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -61,6 +64,7 @@ fn options() -> Fallible<Options> {
             }
             "--runs" => options.runs = value.parse()?,
             "--postgres" => options.postgres = value,
+            "--runtime" => options.runtime = value,
             _ => {
                 return Err(
                     format!("unknown flag {flag}; see the header of examples/load_benchmark.rs").into(),
@@ -256,14 +260,25 @@ async fn stores_for(
     Ok(stores)
 }
 
-#[tokio::main]
-async fn main() -> Fallible {
+fn main() -> Fallible {
     let options = options()?;
+    let mut runtime = match options.runtime.as_str() {
+        "multi-thread" => tokio::runtime::Builder::new_multi_thread(),
+        "current-thread" => tokio::runtime::Builder::new_current_thread(),
+        other => {
+            return Err(format!("unknown runtime {other}: expected multi-thread or current-thread").into())
+        }
+    };
+    runtime.enable_all().build()?.block_on(run(options))
+}
+
+async fn run(options: Options) -> Fallible {
     let dir = std::env::temp_dir().join(format!("eventsource-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     println!(
-        "Median ms per operation (fastest–slowest of {} runs; 1,000,000-event replays: at most 3 runs)\n",
-        options.runs
+        "Median ms per operation (fastest–slowest of {} runs; 1,000,000-event replays: at most 3 runs), \
+         {} tokio runtime\n",
+        options.runs, options.runtime
     );
     println!("| store | N | load, no snapshot | load, snapshot at N | load, snapshot at N-50 | save 1, no snapshot | save 1 + sync snapshot | save 1 + background snapshot | replay peak memory rise |");
     println!("|---|---|---|---|---|---|---|---|---|");

@@ -976,7 +976,7 @@ proptest! {
             let outcome = if schema_version != 1 {
                 Err(MissReason::SchemaMismatch)
             } else if version == 0 {
-                Err(MissReason::BeyondStreamHead)
+                Err(MissReason::StoreError)
             } else if decoded.is_none() {
                 Err(MissReason::DeserializationError)
             } else if version > head {

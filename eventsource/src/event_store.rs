@@ -117,6 +117,7 @@ pub fn validate_batch(
             events.len()
         )));
     }
+    let mut ids = std::collections::HashSet::with_capacity(events.len());
     for (i, event) in events.iter().enumerate() {
         let want = expected_version + 1 + i as u64;
         if event.aggregate_id != aggregate_id || *event.aggregate_type != *aggregate_type {
@@ -137,7 +138,7 @@ pub fn validate_batch(
                 event.event_id
             )));
         }
-        if events[..i].iter().any(|e| e.event_id == event.event_id) {
+        if !ids.insert(event.event_id) {
             return Err(Error::InvalidInput(format!(
                 "event id {} appears twice in the batch",
                 event.event_id

@@ -1,9 +1,11 @@
 //! The aggregate root: an aggregate's identity, version, state and unsaved events.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::aggregate::Aggregate;
+use crate::aggregate::{Aggregate, AggregateEvent};
 use crate::error::Result;
 use crate::event::{EventContext, EventEnvelope};
 
@@ -98,7 +100,8 @@ impl<A: Aggregate> AggregateRoot<A> {
     pub fn record_with(&mut self, event: impl Into<A::Event>, context: EventContext) {
         let event = event.into();
         self.state.apply_event(&event);
-        self.version += 1;
+        // At u64::MAX the save refuses the batch (InvalidInput) instead of a panic here.
+        self.version = self.version.saturating_add(1);
         self.pending.push(PendingEvent {
             event,
             event_id: Uuid::new_v4(),
@@ -116,17 +119,22 @@ impl<A: Aggregate> AggregateRoot<A> {
 
     /// The unsaved events as envelopes ready to append, or the first that cannot be encoded.
     pub(crate) fn pending_envelopes(&self) -> Result<Vec<EventEnvelope>> {
+        let aggregate_type: Arc<str> = Arc::from(A::TYPE_NAME);
         self.pending
             .iter()
             .map(|p| {
-                let envelope = EventEnvelope::new(self.id, A::TYPE_NAME, p.aggregate_version, &p.event)?;
                 Ok(EventEnvelope {
                     event_id: p.event_id,
+                    event_type: Arc::from(p.event.event_type()),
+                    event_version: p.event.event_version(),
+                    aggregate_id: self.id,
+                    aggregate_type: aggregate_type.clone(),
+                    aggregate_version: p.aggregate_version,
                     occurred_at: p.occurred_at,
                     correlation_id: p.context.correlation_id,
                     causation_id: p.context.causation_id,
                     metadata: p.context.metadata.clone(),
-                    ..envelope
+                    payload: Arc::from(p.event.to_json()?),
                 })
             })
             .collect()

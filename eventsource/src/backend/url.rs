@@ -10,7 +10,8 @@ use crate::snapshot::SnapshotStore;
 /// An event store and a snapshot store on one backend.
 ///
 /// On PostgreSQL and on `sqlite::memory:` the two share one connection pool; on a SQLite file
-/// each has its own, so a snapshot write never waits behind an append.
+/// each has its own, so snapshot writes skip the per-commit sync that appends wait for (they
+/// still take the file's one write lock in turn with appends).
 #[derive(Clone)]
 pub struct Stores {
     /// The event store.

@@ -233,7 +233,11 @@ impl<A: Aggregate> Repository<A> {
             return self.miss(id, MissReason::SchemaMismatch, detail);
         }
         if snapshot.version == 0 {
-            return self.miss(id, MissReason::BeyondStreamHead, "snapshot at version 0".into());
+            return self.miss(
+                id,
+                MissReason::StoreError,
+                "store returned a snapshot at version 0".into(),
+            );
         }
         match codec::from_json::<A>(&snapshot.state, || {
             format!("snapshot state of {} {id}", A::TYPE_NAME)
@@ -263,9 +267,11 @@ impl<A: Aggregate> Repository<A> {
     ///
     /// On success the events are no longer pending and the new version is returned; a
     /// snapshot is then taken if the policy says so. A snapshot that fails to be written is
-    /// logged and counted and never fails the save. On any error, including
-    /// [`Error::Conflict`] when another writer saved first, nothing is written and the
-    /// events stay pending on `root`.
+    /// logged and counted and never fails the save. On any error the events stay pending on
+    /// `root`. After [`Error::Conflict`] (another writer saved first), [`Error::InvalidInput`]
+    /// or [`Error::Serialization`] nothing was written; after [`Error::Store`] (a connection
+    /// lost around the commit, say) the append may have committed, and saving again is safe:
+    /// it then gets [`Error::Conflict`].
     pub async fn save(&self, root: &mut AggregateRoot<A>) -> Result<u64> {
         registry::check()?;
         if !root.has_pending_events() {

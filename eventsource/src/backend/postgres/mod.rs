@@ -43,7 +43,7 @@
 //! text written, while it is the same JSON value.
 //!
 //! **Pools.** Every call takes one connection from the pool for one statement and gives it
-//! back: an append is one statement, a snapshot read is one, and a stream is read in pages of
+//! back: an append is one statement (and one more to read the version after a lost race), a snapshot read is one, and a stream is read in pages of
 //! [`DEFAULT_PAGE_SIZE`] events, one statement each, so no connection is held while the
 //! caller consumes events, and loading an aggregate from a snapshot is two statements (the
 //! snapshot, then the first page of the events after it). A pool of a few connections per

@@ -155,7 +155,8 @@ impl EventStore for SqliteEventStore {
         let mut tx = WriteTransaction::begin(&self.pool).await.map_err(fail)?;
         let actual = current_version(tx.connection(), &id, aggregate_type).await?;
         if actual != expected_version {
-            tx.rollback().await.map_err(fail)?;
+            // The conflict is the answer even if the rollback fails (the guard retries it).
+            let _ = tx.rollback().await;
             return Err(Error::Conflict {
                 aggregate_type: aggregate_type.to_owned(),
                 aggregate_id,
@@ -186,7 +187,8 @@ impl EventStore for SqliteEventStore {
                 Ok(_) => rest = tail,
                 Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
                     let reused_id = db.message().contains("event_id");
-                    tx.rollback().await.map_err(fail)?;
+                    // The conflict is the answer even if the rollback fails (the guard retries it).
+                    let _ = tx.rollback().await;
                     return Err(if reused_id {
                         self.reused_event_id(&encoded).await
                     } else {

@@ -23,54 +23,11 @@ use eventsource::prelude::*;
 use eventsource::{AggregateEvent, EventEnvelope, MissReason, Snapshot};
 use libfuzzer_sys::fuzz_target;
 
-#[event(aggregate = "Account")]
-pub struct AccountOpened {
-    pub owner_name: String,
-    pub initial_balance: f64,
-}
+#[path = "../../examples/domain/account.rs"]
+#[allow(dead_code)] // the commands are the examples'
+mod account;
 
-#[event(aggregate = "Account")]
-pub struct MoneyDeposited {
-    pub amount: f64,
-}
-
-#[event(aggregate = "Account")]
-pub struct MoneyWithdrawn {
-    pub amount: f64,
-}
-
-#[derive(Aggregate, Clone, Debug, Default, Serialize, Deserialize)]
-#[aggregate(
-    name = "Account",
-    schema_version = 1,
-    events(AccountOpened, MoneyDeposited, MoneyWithdrawn)
-)]
-pub struct Account {
-    pub owner_name: String,
-    pub balance: f64,
-    pub transaction_count: u64,
-}
-
-impl Apply<AccountOpened> for Account {
-    fn apply(&mut self, e: &AccountOpened) {
-        self.owner_name = e.owner_name.clone();
-        self.balance = e.initial_balance;
-    }
-}
-
-impl Apply<MoneyDeposited> for Account {
-    fn apply(&mut self, e: &MoneyDeposited) {
-        self.balance += e.amount;
-        self.transaction_count += 1;
-    }
-}
-
-impl Apply<MoneyWithdrawn> for Account {
-    fn apply(&mut self, e: &MoneyWithdrawn) {
-        self.balance -= e.amount;
-        self.transaction_count += 1;
-    }
-}
+use account::{Account, AccountEvent};
 
 const EVENT_TYPES: [&str; 3] = ["AccountOpened", "MoneyDeposited", "MoneyWithdrawn"];
 

@@ -1,5 +1,6 @@
 //! The event store contract.
 
+use std::any::Any;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -8,6 +9,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::event::{EventEnvelope, StoredEvent};
+use crate::snapshot::JointSnapshotRead;
 
 /// A stream of stored events, read lazily from the store.
 pub type EventStream<'a> = BoxStream<'a, Result<StoredEvent>>;
@@ -62,6 +64,18 @@ pub trait EventStore: Send + Sync {
 
     /// Every event with a position greater than `after_position`, in position order.
     fn read_all(&self, after_position: u64) -> EventStream<'_>;
+
+    /// A reader of `snapshots`' snapshots together with this store's events, if this store
+    /// can read that snapshot store's data itself (the two share a database), so that a load
+    /// with a snapshot is one round trip instead of two.
+    ///
+    /// `snapshots` is a snapshot store's [`as_any`](crate::SnapshotStore::as_any). A
+    /// repository asks once, when it is given its snapshot store. `None`, the default, makes
+    /// it read the snapshot and the events one after the other.
+    fn joint_snapshot_reader(&self, snapshots: &dyn Any) -> Option<Arc<dyn JointSnapshotRead>> {
+        let _ = snapshots;
+        None
+    }
 }
 
 #[async_trait]
@@ -93,6 +107,10 @@ impl<S: EventStore + ?Sized> EventStore for Arc<S> {
 
     fn read_all(&self, after_position: u64) -> EventStream<'_> {
         (**self).read_all(after_position)
+    }
+
+    fn joint_snapshot_reader(&self, snapshots: &dyn Any) -> Option<Arc<dyn JointSnapshotRead>> {
+        (**self).joint_snapshot_reader(snapshots)
     }
 }
 

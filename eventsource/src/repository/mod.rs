@@ -22,7 +22,7 @@ use crate::event_store::{EventStore, EventStream};
 use crate::registry;
 use crate::root::AggregateRoot;
 use crate::snapshot::metrics::Counter;
-use crate::snapshot::{MissReason, Snapshot, SnapshotMetrics, SnapshotMode, SnapshotPolicy, SnapshotStore};
+use crate::snapshot::{JointSnapshotRead, MissReason, Snapshot, SnapshotMetrics, SnapshotMode, SnapshotPolicy, SnapshotStore};
 
 /// Loads and saves aggregates of type `A`.
 ///
@@ -57,6 +57,8 @@ struct Snapshots {
     store: Arc<dyn SnapshotStore>,
     policy: SnapshotPolicy,
     queue: Option<Arc<BackgroundQueue>>,
+    /// Set when the event store reads snapshots and events in one round trip.
+    joint: Option<Arc<dyn JointSnapshotRead>>,
 }
 
 impl<A: Aggregate> Clone for Repository<A> {
@@ -104,7 +106,13 @@ impl<A: Aggregate> Repository<A> {
                 policy,
             ))
         });
-        self.snapshots = Some(Snapshots { store, policy, queue });
+        let joint = store.as_any().and_then(|s| self.events.joint_snapshot_reader(s));
+        self.snapshots = Some(Snapshots {
+            store,
+            policy,
+            queue,
+            joint,
+        });
         self
     }
 
@@ -178,9 +186,8 @@ impl<A: Aggregate> Repository<A> {
     }
 
     async fn load_in(&self, id: Uuid, span: &tracing::Span) -> Result<AggregateRoot<A>> {
-        if let Some((version, state)) = self.usable_snapshot(id).await {
-            // Reading from the snapshot's own version proves the stream has reached it.
-            let mut events = self.events.read_stream(id, A::TYPE_NAME, version - 1);
+        if let Some((version, state, mut events)) = self.snapshot_and_events(id).await {
+            // The event at the snapshot's own version proves the stream has reached it.
             match events.next().await.transpose()? {
                 Some(event) if event.aggregate_version == version => {
                     let mut root = AggregateRoot::from_state(id, version, state);
@@ -207,16 +214,34 @@ impl<A: Aggregate> Repository<A> {
         Ok(finish(root, replayed, span))
     }
 
-    /// The snapshot's version and state, if the snapshot passes every check but the stream's.
-    async fn usable_snapshot(&self, id: Uuid) -> Option<(u64, A)> {
+    /// A snapshot that passes every check but the stream's, as its version and state, and the
+    /// stream's events from that version on: read together in one round trip where the event
+    /// store can, one after the other otherwise.
+    async fn snapshot_and_events(&self, id: Uuid) -> Option<(u64, A, EventStream<'_>)> {
         let snapshots = self.snapshots.as_ref()?;
+        let timeout = snapshots.policy.store_timeout();
         let span = tracing::debug_span!("eventsource.snapshot.get", aggregate.id = %id, aggregate.type = A::TYPE_NAME);
+        if let Some(joint) = &snapshots.joint {
+            let found = match within(timeout, joint.read(id, A::TYPE_NAME)).instrument(span).await {
+                Ok(Some(found)) => found,
+                Ok(None) => return self.miss(id, MissReason::Missing, String::new()),
+                Err(e) => return self.miss(id, MissReason::StoreError, e.to_string()),
+            };
+            let (version, state) = self.usable(id, found.snapshot)?;
+            return Some((version, state, found.events));
+        }
         let read = snapshots.store.get_snapshot(id, A::TYPE_NAME).instrument(span);
-        let snapshot = match within(snapshots.policy.store_timeout(), read).await {
+        let snapshot = match within(timeout, read).await {
             Ok(Some(snapshot)) => snapshot,
             Ok(None) => return self.miss(id, MissReason::Missing, String::new()),
             Err(e) => return self.miss(id, MissReason::StoreError, e.to_string()),
         };
+        let (version, state) = self.usable(id, snapshot)?;
+        Some((version, state, self.events.read_stream(id, A::TYPE_NAME, version - 1)))
+    }
+
+    /// The snapshot's version and state, if it passes every check but the stream's.
+    fn usable(&self, id: Uuid, snapshot: Snapshot) -> Option<(u64, A)> {
         if snapshot.aggregate_id != id || snapshot.aggregate_type != A::TYPE_NAME {
             let detail = format!(
                 "store returned the snapshot of {} {}",

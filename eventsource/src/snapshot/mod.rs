@@ -1,11 +1,14 @@
 //! Snapshots: the stored state of an aggregate at a version, and the store contract.
 
+mod joint;
 pub(crate) mod metrics;
 mod policy;
 
+pub use joint::{JointSnapshotRead, SnapshotAndEvents};
 pub use metrics::{MissReason, SnapshotMetrics};
 pub use policy::{SnapshotMode, SnapshotPolicy, DEFAULT_QUEUE_CAPACITY};
 
+use std::any::Any;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -83,6 +86,14 @@ pub trait SnapshotStore: Send + Sync {
         aggregate_type: &str,
         schema_version_below: Option<u32>,
     ) -> Result<u64>;
+
+    /// The store as [`Any`], so that an event store on the same database can recognise it
+    /// and read snapshots together with events (see
+    /// [`EventStore::joint_snapshot_reader`](crate::EventStore::joint_snapshot_reader)).
+    /// `None`, the default, for stores no event store reads.
+    fn as_any(&self) -> Option<&dyn Any> {
+        None
+    }
 }
 
 #[async_trait]
@@ -111,5 +122,9 @@ impl<S: SnapshotStore + ?Sized> SnapshotStore for Arc<S> {
         (**self)
             .delete_snapshots_by_type(aggregate_type, schema_version_below)
             .await
+    }
+
+    fn as_any(&self) -> Option<&dyn Any> {
+        (**self).as_any()
     }
 }

@@ -1,0 +1,46 @@
+//! Reading a snapshot and the events after it in one round trip, where an event store can
+//! read its snapshot store's data itself (both in one database).
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use super::Snapshot;
+use crate::error::Result;
+use crate::event_store::EventStream;
+
+/// A stored snapshot and the stream's events from the snapshot's version on.
+pub struct SnapshotAndEvents<'a> {
+    /// The snapshot, as stored: the repository checks it as it checks any snapshot.
+    pub snapshot: Snapshot,
+    /// The stream's events with an aggregate version of at least the snapshot's version, in
+    /// order: the first one, at the snapshot's version, proves the stream has reached it.
+    pub events: EventStream<'a>,
+}
+
+impl std::fmt::Debug for SnapshotAndEvents<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotAndEvents")
+            .field("snapshot", &self.snapshot)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads an aggregate's snapshot together with the events after it, in one statement.
+///
+/// A repository loads with a snapshot by reading the snapshot, then the events from its
+/// version on: two round trips to the database. When the event store can read the snapshot
+/// store's table itself, [`EventStore::joint_snapshot_reader`](crate::EventStore::joint_snapshot_reader)
+/// returns one of these, and the repository makes a single round trip instead. The outcome is
+/// the same as the two reads: the repository checks the snapshot (schema version, state,
+/// stream head) exactly as it does otherwise, and on a miss replays every event.
+#[async_trait]
+pub trait JointSnapshotRead: Send + Sync {
+    /// The aggregate's snapshot and the events from its version on, or `None` if no snapshot
+    /// is stored. An error counts as a snapshot store error: the repository then replays
+    /// every event through [`EventStore::read_stream`](crate::EventStore::read_stream).
+    async fn read<'a>(
+        &'a self,
+        aggregate_id: Uuid,
+        aggregate_type: &'a str,
+    ) -> Result<Option<SnapshotAndEvents<'a>>>;
+}

@@ -21,7 +21,7 @@ mod in_memory {
     eventsource::snapshot_store_conformance!(async { SqliteSnapshotStore::open(":memory:").await.unwrap() });
 }
 
-/// Every test opens its own pool on one file, which the tests share as processes would.
+/// Every test opens its own connections on one file, which the tests share as processes would.
 mod on_one_file {
     use super::*;
 
@@ -70,11 +70,25 @@ async fn read(store: &SqliteEventStore, id: Uuid, ty: &str) -> eventsource::Resu
     store.read_stream(id, ty, 0).try_collect().await
 }
 
-async fn scalar_text(pool: &sqlite::SqlitePool, sql: &str) -> String {
-    sqlx::query_scalar::<_, String>(sql)
-        .fetch_one(pool)
+/// The first column of the first row of `sql`, run on the database.
+async fn scalar<T: sqlite::rusqlite::types::FromSql + Send + 'static>(
+    database: &sqlite::Database,
+    sql: &str,
+) -> T {
+    let sql = sql.to_owned();
+    database
+        .call(move |connection| connection.query_row(&sql, [], |row| row.get(0)))
         .await
         .unwrap()
+}
+
+/// Runs `sql` with one text parameter on the database.
+async fn execute(database: &sqlite::Database, sql: &str, parameter: String) {
+    let sql = sql.to_owned();
+    database
+        .call(move |connection| connection.execute(&sql, [parameter]))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -83,31 +97,31 @@ async fn a_file_is_created_in_wal_mode_with_its_tables_and_a_busy_timeout() {
     let path = dir.path().join("new.db");
     let (events, snapshots) = sqlite::open(&path).await.unwrap();
     assert!(path.exists(), "the file is created");
-    let pool = events.pool();
-    assert_eq!(scalar_text(pool, "PRAGMA journal_mode").await, "wal");
-    let synchronous = |pool| async move {
-        sqlx::query_scalar::<_, i64>("PRAGMA synchronous")
-            .fetch_one(pool)
-            .await
-            .unwrap()
-    };
-    assert_eq!(synchronous(pool).await, 2, "appends are synced to disk (FULL)");
+    let database = events.database();
+    assert_eq!(scalar::<String>(database, "PRAGMA journal_mode").await, "wal");
     assert_eq!(
-        synchronous(snapshots.pool()).await,
+        scalar::<i64>(database, "PRAGMA synchronous").await,
+        2,
+        "appends are synced to disk (FULL)"
+    );
+    assert_eq!(
+        scalar::<i64>(snapshots.database(), "PRAGMA synchronous").await,
         1,
         "snapshot writes are not (NORMAL)"
     );
-    let timeout: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
-        .fetch_one(pool)
+    let timeout: i64 = scalar(database, "PRAGMA busy_timeout").await;
+    assert_eq!(timeout, sqlite::BUSY_TIMEOUT.as_millis() as i64);
+    let mut objects: Vec<String> = database
+        .call(|connection| {
+            connection
+                .prepare(
+                    "SELECT name FROM sqlite_master WHERE type IN ('table', 'index') AND name NOT LIKE 'sqlite_%'",
+                )?
+                .query_map([], |row| row.get(0))?
+                .collect()
+        })
         .await
         .unwrap();
-    assert_eq!(timeout, sqlite::BUSY_TIMEOUT.as_millis() as i64);
-    let mut objects: Vec<String> = sqlx::query_scalar(
-        "SELECT name FROM sqlite_master WHERE type IN ('table', 'index') AND name NOT LIKE 'sqlite_%'",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap();
     objects.sort();
     assert_eq!(
         objects,
@@ -139,7 +153,7 @@ async fn opening_again_keeps_the_data() {
         let (events, snapshots) = sqlite::open(&path).await.unwrap();
         events.append(id, "Thing", 0, &events_for(id, 2)).await.unwrap();
         snapshots.save_snapshot(&snapshot).await.unwrap();
-        events.pool().close().await;
+        drop((events, snapshots));
     }
     let events = SqliteEventStore::open(&path).await.unwrap();
     let snapshots = SqliteSnapshotStore::open(&path).await.unwrap();
@@ -156,11 +170,8 @@ async fn stores_opened_together_share_one_in_memory_database_and_others_do_not()
     let (events, snapshots) = sqlite::open(":memory:").await.unwrap();
     let id = Uuid::new_v4();
     events.append(id, "Thing", 0, &events_for(id, 3)).await.unwrap();
-    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(snapshots.pool())
-        .await
-        .unwrap();
-    assert_eq!(seen, 3, "the snapshot store's pool sees the events");
+    let seen: i64 = scalar(snapshots.database(), "SELECT count(*) FROM events").await;
+    assert_eq!(seen, 3, "the snapshot store's connection sees the events");
 
     let (elsewhere, _) = sqlite::open(":memory:").await.unwrap();
     assert_eq!(
@@ -219,17 +230,19 @@ async fn urls_name_memory_and_files() {
 async fn a_foreign_table_of_the_same_name_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("foreign.db");
-    let pool = sqlite::connect(&path).await.unwrap();
-    sqlx::query("CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT)")
-        .execute(&pool)
+    let database = sqlite::Database::open(&path).await.unwrap();
+    database
+        .call(|connection| {
+            connection.execute_batch("CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT)")
+        })
         .await
         .unwrap();
-    match SqliteEventStore::from_pool(pool.clone()).await {
+    match SqliteEventStore::on(database.clone()).await {
         Err(Error::InvalidConfiguration(message)) => assert!(message.contains("`events`"), "{message}"),
         other => panic!("expected InvalidConfiguration, got {other:?}"),
     }
     // The snapshot table is free, so the snapshot store opens.
-    SqliteSnapshotStore::from_pool(pool).await.unwrap();
+    SqliteSnapshotStore::on(database).await.unwrap();
 }
 
 #[tokio::test]
@@ -322,13 +335,12 @@ async fn corrupt_event_rows_are_typed_errors() {
         let id = Uuid::new_v4();
         let batch = events_for(id, 2);
         events.append(id, "Thing", 0, &batch).await.unwrap();
-        sqlx::query(&format!(
-            "UPDATE events SET {column} = {value} WHERE event_id = ?"
-        ))
-        .bind(batch[1].event_id.to_string())
-        .execute(events.pool())
-        .await
-        .unwrap();
+        execute(
+            events.database(),
+            &format!("UPDATE events SET {column} = {value} WHERE event_id = ?"),
+            batch[1].event_id.to_string(),
+        )
+        .await;
         let mut stream = events.read_stream(id, "Thing", 0);
         let first = stream
             .next()
@@ -356,11 +368,12 @@ async fn corrupt_event_rows_are_typed_errors() {
     let id = Uuid::new_v4();
     let batch = events_for(id, 1);
     events.append(id, "Thing", 0, &batch).await.unwrap();
-    sqlx::query("UPDATE events SET aggregate_version = -3 WHERE event_id = ?")
-        .bind(batch[0].event_id.to_string())
-        .execute(events.pool())
-        .await
-        .unwrap();
+    execute(
+        events.database(),
+        "UPDATE events SET aggregate_version = -3 WHERE event_id = ?",
+        batch[0].event_id.to_string(),
+    )
+    .await;
     assert_corrupt(
         events.stream_version(id, "Thing").await,
         "aggregate_version",
@@ -402,13 +415,12 @@ async fn corrupt_snapshot_rows_are_typed_errors_and_a_good_save_replaces_them() 
             created_at: chrono::Utc::now(),
         };
         snapshots.save_snapshot(&snapshot).await.unwrap();
-        sqlx::query(&format!(
-            "UPDATE snapshots SET {column} = {value} WHERE aggregate_id = ?"
-        ))
-        .bind(id.to_string())
-        .execute(snapshots.pool())
-        .await
-        .unwrap();
+        execute(
+            snapshots.database(),
+            &format!("UPDATE snapshots SET {column} = {value} WHERE aggregate_id = ?"),
+            id.to_string(),
+        )
+        .await;
         assert_corrupt(snapshots.get_snapshot(id, "Thing").await, column, &case);
         assert!(
             snapshots.snapshot_exists(id, "Thing").await.unwrap(),
@@ -444,11 +456,12 @@ async fn a_load_replays_every_event_past_a_corrupt_snapshot() {
         snapshots.snapshot_exists(id, "Account").await.unwrap(),
         "the policy took a snapshot"
     );
-    sqlx::query("UPDATE snapshots SET created_at = 'never' WHERE aggregate_id = ?")
-        .bind(id.to_string())
-        .execute(snapshots.pool())
-        .await
-        .unwrap();
+    execute(
+        snapshots.database(),
+        "UPDATE snapshots SET created_at = 'never' WHERE aggregate_id = ?",
+        id.to_string(),
+    )
+    .await;
 
     let loaded = repo.load(id).await.unwrap();
     assert_eq!(loaded.version(), 6);

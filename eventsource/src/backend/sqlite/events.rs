@@ -1,71 +1,70 @@
 //! The SQLite event store.
 
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use sqlx::{SqliteConnection, SqlitePool};
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use uuid::Uuid;
 
-use super::{read, schema, signed, timestamp_text, unsigned, WriteTransaction, BACKEND};
+use super::{read, schema, signed, timestamp_text, unsigned, Database, BACKEND};
 use crate::error::{Error, Result};
 use crate::event::EventEnvelope;
 use crate::event_store::{validate_batch, EventStore, EventStream};
 
-/// Rows per `INSERT` statement at most; a batch is written in chunks of powers of two up to
-/// this, so only a few statement shapes are ever prepared and cached.
-const MAX_ROWS_PER_INSERT: usize = 64;
-
-/// Columns of an `INSERT`: all but the position, which SQLite assigns.
-const COLUMNS: usize = 11;
+const INSERT: &str = "INSERT INTO events (event_id, event_type, event_version, aggregate_id, \
+    aggregate_type, aggregate_version, occurred_at, correlation_id, causation_id, metadata, payload) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 
 const STREAM_VERSION: &str = "SELECT aggregate_version FROM events \
     WHERE aggregate_id = ?1 AND aggregate_type = ?2 ORDER BY aggregate_version DESC LIMIT 1";
 
 /// An event store in a SQLite database.
 ///
-/// Cheap to clone: clones share the pool. See the [module docs](super) for the storage and
-/// the behaviour under concurrent writers.
+/// Cheap to clone: clones share the connections. See the [module docs](super) for the
+/// storage and the behaviour under concurrent writers.
 #[derive(Clone, Debug)]
 pub struct SqliteEventStore {
-    pool: SqlitePool,
+    database: Database,
 }
 
 impl SqliteEventStore {
     /// Opens the store on a file, created if missing, or on `:memory:` (see
-    /// [`connect`](super::connect)), creating its table if missing.
+    /// [`Database::open`]), creating its table if missing.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
-        Self::from_pool(super::connect(path).await?).await
+        Self::on(Database::open(path).await?).await
     }
 
-    /// The store on a pool of the program's own, creating its table if missing.
+    /// The store on a database of the program's own, creating its table if missing.
     ///
-    /// On an in-memory database the pool must keep a single connection (or use a named
-    /// shared-cache database) so that all its connections see one database.
-    pub async fn from_pool(pool: SqlitePool) -> Result<Self> {
-        schema::EVENTS.create(&pool).await?;
-        Ok(Self { pool })
+    /// A table named `events` that is not this store's is [`Error::InvalidConfiguration`].
+    pub async fn on(database: Database) -> Result<Self> {
+        schema::EVENTS.create(&database).await?;
+        Ok(Self { database })
     }
 
-    /// The pool the store runs on.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+    /// The database the store runs on.
+    pub fn database(&self) -> &Database {
+        &self.database
     }
 }
 
 /// An event's columns as bound to the `INSERT`.
-struct Encoded<'a> {
+struct Encoded {
     event_id: String,
-    event: &'a EventEnvelope,
+    event_type: Arc<str>,
+    event_version: i64,
     aggregate_version: i64,
     occurred_at: String,
     correlation_id: Option<String>,
     causation_id: Option<String>,
     metadata: Option<String>,
+    payload: Arc<str>,
 }
 
-impl<'a> Encoded<'a> {
-    fn new(event: &'a EventEnvelope) -> Result<Self> {
+impl Encoded {
+    fn new(event: &EventEnvelope) -> Result<Self> {
         let metadata = match &event.metadata {
             Some(value) => Some(serde_json::to_string(value).map_err(|e| Error::Serialization {
                 action: "serialize",
@@ -76,57 +75,138 @@ impl<'a> Encoded<'a> {
         };
         Ok(Self {
             event_id: event.event_id.hyphenated().to_string(),
-            event,
+            event_type: event.event_type.clone(),
+            event_version: i64::from(event.event_version),
             aggregate_version: signed(event.aggregate_version, "aggregate version")?,
             occurred_at: timestamp_text(&event.occurred_at, || format!("event {}", event.event_id))?,
             correlation_id: event.correlation_id.map(|id| id.hyphenated().to_string()),
             causation_id: event.causation_id.map(|id| id.hyphenated().to_string()),
             metadata,
+            payload: event.payload.clone(),
         })
     }
 }
 
-/// The `INSERT` of `rows` events, built once per size.
-fn insert_sql(rows: usize) -> &'static str {
-    static SQL: OnceLock<Vec<String>> = OnceLock::new();
-    let all = SQL.get_or_init(|| {
-        let row = format!("({})", ["?"; COLUMNS].join(", "));
-        (0..=MAX_ROWS_PER_INSERT.trailing_zeros())
-            .map(|power| {
-                format!(
-                    "INSERT INTO events (event_id, event_type, event_version, aggregate_id, aggregate_type, \
-                     aggregate_version, occurred_at, correlation_id, causation_id, metadata, payload) VALUES {}",
-                    vec![row.as_str(); 1 << power].join(", ")
-                )
-            })
-            .collect()
-    });
-    &all[rows.trailing_zeros() as usize]
+/// The stream an append or a read is about.
+struct Stream {
+    id: Uuid,
+    key: String,
+    aggregate_type: String,
 }
 
-/// The stream's version as the connection sees it.
-async fn current_version(
-    connection: &mut SqliteConnection,
-    aggregate_id: &str,
-    aggregate_type: &str,
-) -> Result<u64> {
-    let version: Option<i64> = sqlx::query_scalar(STREAM_VERSION)
-        .bind(aggregate_id)
-        .bind(aggregate_type)
-        .fetch_optional(&mut *connection)
-        .await
-        .map_err(|e| {
-            Error::store(
-                BACKEND,
-                format!("cannot read the version of {aggregate_type} {aggregate_id}"),
-                e,
-            )
-        })?;
-    match version {
-        Some(version) => unsigned(version, "aggregate_version", || {
-            format!("the SQLite stream of {aggregate_type} {aggregate_id}")
-        }),
-        None => Ok(0),
+impl Stream {
+    fn new(id: Uuid, aggregate_type: &str) -> Self {
+        Self {
+            id,
+            key: id.hyphenated().to_string(),
+            aggregate_type: aggregate_type.to_owned(),
+        }
+    }
+
+    fn failed(&self, action: &str, e: rusqlite::Error) -> Error {
+        Error::store(
+            BACKEND,
+            format!("cannot {action} {} {}", self.aggregate_type, self.id),
+            e,
+        )
+    }
+
+    /// The stream's version as the connection sees it.
+    fn version(&self, connection: &Connection) -> Result<u64> {
+        let stored = self
+            .stored_version(connection)
+            .map_err(|e| self.failed("read the version of", e))?;
+        self.version_of(stored)
+    }
+
+    /// The highest stored version, as the column holds it.
+    fn stored_version(&self, connection: &Connection) -> rusqlite::Result<Option<StoredVersion>> {
+        let mut statement = connection.prepare_cached(STREAM_VERSION)?;
+        statement
+            .query_row((&self.key, &self.aggregate_type), |row| {
+                Ok(stored_version(row.get_ref(0)?))
+            })
+            .optional()
+    }
+
+    fn version_of(&self, stored: Option<StoredVersion>) -> Result<u64> {
+        let what = || format!("the SQLite stream of {} {}", self.aggregate_type, self.id);
+        match stored {
+            None => Ok(0),
+            Some(Ok(version)) => unsigned(version, "aggregate_version", what),
+            Some(Err(holds)) => Err(Error::corrupt(
+                what(),
+                format!("column `aggregate_version` holds {holds}, not an integer"),
+            )),
+        }
+    }
+
+    /// Appends the batch in one `BEGIN IMMEDIATE` transaction if the stream is at `expected`.
+    fn append(&self, connection: &mut Connection, expected: u64, batch: &[Encoded]) -> Result<u64> {
+        let fail = |e| self.failed("append to", e);
+        // IMMEDIATE takes the write lock up front (waiting out the busy timeout), so writers
+        // queue here rather than fail when a read transaction turns into a write. Returning
+        // early drops the transaction, which rolls it back.
+        let tx = connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(fail)?;
+        let conflict = |actual| Error::Conflict {
+            aggregate_type: self.aggregate_type.clone(),
+            aggregate_id: self.id,
+            expected,
+            actual,
+        };
+        let actual = self.version(&tx)?;
+        if actual != expected {
+            return Err(conflict(actual));
+        }
+        {
+            let mut insert = tx.prepare_cached(INSERT).map_err(fail)?;
+            for e in batch {
+                let row = (
+                    &e.event_id,
+                    &*e.event_type,
+                    e.event_version,
+                    &self.key,
+                    &self.aggregate_type,
+                    e.aggregate_version,
+                    &e.occurred_at,
+                    &e.correlation_id,
+                    &e.causation_id,
+                    &e.metadata,
+                    &*e.payload,
+                );
+                match insert.execute(row) {
+                    Ok(_) => {}
+                    Err(err) if err.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+                        if err.to_string().contains("event_id") {
+                            return Err(Error::InvalidInput(format!(
+                                "event id {} is already stored",
+                                e.event_id
+                            )));
+                        }
+                        // Only a writer that bypassed the write lock could get here first.
+                        return Err(conflict(self.version(&tx)?));
+                    }
+                    Err(err) => return Err(fail(err)),
+                }
+            }
+        }
+        tx.commit().map_err(fail)?;
+        Ok(expected + batch.len() as u64)
+    }
+}
+
+/// A stored version, or what the column holds instead of an integer.
+type StoredVersion = std::result::Result<i64, &'static str>;
+
+fn stored_version(value: ValueRef<'_>) -> StoredVersion {
+    match value {
+        ValueRef::Integer(version) => Ok(version),
+        ValueRef::Null => Err("NULL"),
+        ValueRef::Real(_) => Err("a real"),
+        ValueRef::Text(_) => Err("text"),
+        ValueRef::Blob(_) => Err("a blob"),
     }
 }
 
@@ -140,73 +220,11 @@ impl EventStore for SqliteEventStore {
         events: &[EventEnvelope],
     ) -> Result<u64> {
         validate_batch(aggregate_id, aggregate_type, expected_version, events)?;
-        let encoded = events.iter().map(Encoded::new).collect::<Result<Vec<_>>>()?;
-        let id = aggregate_id.hyphenated().to_string();
-        let fail = |e| {
-            Error::store(
-                BACKEND,
-                format!("cannot append to {aggregate_type} {aggregate_id}"),
-                e,
-            )
-        };
-
-        // IMMEDIATE takes the write lock up front (waiting out the busy timeout), so writers
-        // queue here rather than fail when a read transaction turns into a write.
-        let mut tx = WriteTransaction::begin(&self.pool).await.map_err(fail)?;
-        let actual = current_version(tx.connection(), &id, aggregate_type).await?;
-        if actual != expected_version {
-            // The conflict is the answer even if the rollback fails (the guard retries it).
-            let _ = tx.rollback().await;
-            return Err(Error::Conflict {
-                aggregate_type: aggregate_type.to_owned(),
-                aggregate_id,
-                expected: expected_version,
-                actual,
-            });
-        }
-        let mut rest = encoded.as_slice();
-        while !rest.is_empty() {
-            let rows = MAX_ROWS_PER_INSERT.min(1 << rest.len().ilog2());
-            let (chunk, tail) = rest.split_at(rows);
-            let mut insert = sqlx::query(insert_sql(rows));
-            for e in chunk {
-                insert = insert
-                    .bind(e.event_id.as_str())
-                    .bind(&*e.event.event_type)
-                    .bind(i64::from(e.event.event_version))
-                    .bind(id.as_str())
-                    .bind(aggregate_type)
-                    .bind(e.aggregate_version)
-                    .bind(e.occurred_at.as_str())
-                    .bind(e.correlation_id.as_deref())
-                    .bind(e.causation_id.as_deref())
-                    .bind(e.metadata.as_deref())
-                    .bind(&*e.event.payload);
-            }
-            match insert.execute(tx.connection()).await {
-                Ok(_) => rest = tail,
-                Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                    let reused_id = db.message().contains("event_id");
-                    // The conflict is the answer even if the rollback fails (the guard retries it).
-                    let _ = tx.rollback().await;
-                    return Err(if reused_id {
-                        self.reused_event_id(&encoded).await
-                    } else {
-                        // Only a writer that bypassed the write lock could get here first.
-                        let mut connection = self.pool.acquire().await.map_err(fail)?;
-                        Error::Conflict {
-                            aggregate_type: aggregate_type.to_owned(),
-                            aggregate_id,
-                            expected: expected_version,
-                            actual: current_version(&mut connection, &id, aggregate_type).await?,
-                        }
-                    });
-                }
-                Err(e) => return Err(fail(e)),
-            }
-        }
-        tx.commit().await.map_err(fail)?;
-        Ok(expected_version + events.len() as u64)
+        let batch = events.iter().map(Encoded::new).collect::<Result<Vec<_>>>()?;
+        let stream = Stream::new(aggregate_id, aggregate_type);
+        self.database
+            .write(move |connection| stream.append(connection, expected_version, &batch))
+            .await
     }
 
     fn read_stream<'a>(
@@ -215,46 +233,21 @@ impl EventStore for SqliteEventStore {
         aggregate_type: &'a str,
         after_version: u64,
     ) -> EventStream<'a> {
-        read::stream(&self.pool, aggregate_id, aggregate_type, after_version)
+        read::stream(&self.database, aggregate_id, aggregate_type, after_version)
     }
 
     async fn stream_version(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<u64> {
-        let mut connection = self.pool.acquire().await.map_err(|e| {
-            Error::store(
-                BACKEND,
-                format!("cannot read the version of {aggregate_type} {aggregate_id}"),
-                e,
-            )
-        })?;
-        current_version(
-            &mut connection,
-            &aggregate_id.hyphenated().to_string(),
-            aggregate_type,
-        )
-        .await
+        let stream = Arc::new(Stream::new(aggregate_id, aggregate_type));
+        let reading = stream.clone();
+        let stored = self
+            .database
+            .read(move |connection| reading.stored_version(connection))
+            .await
+            .map_err(|e| stream.failed("read the version of", e))?;
+        stream.version_of(stored)
     }
 
     fn read_all(&self, after_position: u64) -> EventStream<'_> {
-        read::log(&self.pool, after_position)
-    }
-}
-
-impl SqliteEventStore {
-    /// The error for a batch that holds an event id already stored.
-    async fn reused_event_id(&self, batch: &[Encoded<'_>]) -> Error {
-        for e in batch {
-            let found = sqlx::query_scalar::<_, i64>("SELECT 1 FROM events WHERE event_id = ?")
-                .bind(e.event_id.as_str())
-                .fetch_optional(&self.pool)
-                .await;
-            match found {
-                Ok(Some(_)) => {
-                    return Error::InvalidInput(format!("event id {} is already stored", e.event_id));
-                }
-                Ok(None) => {}
-                Err(err) => return Error::store(BACKEND, "cannot look up a reused event id", err),
-            }
-        }
-        Error::InvalidInput("an event id of the batch is already stored".into())
+        read::log(&self.database, after_position)
     }
 }

@@ -1,28 +1,24 @@
 //! Reading events: a stream or the whole log, a page at a time.
 //!
-//! Each page is one short query, so a reader holds no connection, lock or read transaction
-//! between pages and can be dropped at any point. SQLite builds the page as one JSON array
-//! (`json_group_array`), which crosses from sqlx's worker thread as a single value: several
-//! times faster than one row at a time, where sqlx copies every column of every row. When
-//! that JSON does not decode (a value of the wrong type in some row), the page is read again
-//! row by row, which names the row and the column at fault.
+//! Each page is one short query, run where [`Database::read`] runs reads (on the calling
+//! thread), so a reader holds no connection, lock or read transaction between pages and can
+//! be dropped at any point. Between pages it gives the runtime a turn, so a long replay does
+//! not hold a thread for its whole length.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use futures_util::{stream, StreamExt};
-use serde::Deserialize;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqlitePool};
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, Row};
 use uuid::Uuid;
 
-use super::{parse_timestamp, unsigned, BACKEND};
+use super::{parse_timestamp, unsigned, Database, BACKEND};
 use crate::error::{Error, Result};
 use crate::event::{EventEnvelope, StoredEvent};
 use crate::event_store::EventStream;
 
-/// Rows per page.
-const PAGE: usize = 1_000;
+/// Rows per page: about a tenth of a millisecond of reading and decoding.
+const PAGE: usize = 256;
 
 macro_rules! columns {
     () => {
@@ -31,57 +27,22 @@ macro_rules! columns {
     };
 }
 
-macro_rules! stream_page {
-    () => {
-        concat!(
-            "SELECT ",
-            columns!(),
-            " FROM events WHERE aggregate_id = ?1 AND aggregate_type = ?2 AND aggregate_version > ?3 \
-             ORDER BY aggregate_version LIMIT ?4"
-        )
-    };
-}
+const STREAM_PAGE: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM events WHERE aggregate_id = ?1 AND aggregate_type = ?2 AND aggregate_version > ?3 \
+     ORDER BY aggregate_version LIMIT ?4"
+);
 
-macro_rules! log_page {
-    () => {
-        concat!(
-            "SELECT ",
-            columns!(),
-            " FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
-        )
-    };
-}
-
-// The page as one JSON array of rows. JSON would take a value of the wrong type as something
-// it is not (SQLite reads a BLOB as its binary JSON), so: a version or a name that is not of
-// its column's type becomes null, which fails to decode and sends the page to the row by row
-// read; the ids, timestamps and metadata are cast to text, which only changes a BLOB, whose
-// bytes then fail to parse as what the column holds, as every other bad value does. The rows
-// come in the order of the inner query; the decoder checks that they do.
-macro_rules! as_json {
-    ($page:expr) => {
-        concat!(
-            "SELECT json_group_array(json_array(position, CAST(event_id AS TEXT), \
-             iif(typeof(event_type) = 'text', event_type, NULL), \
-             iif(typeof(event_version) = 'integer', event_version, NULL), \
-             CAST(aggregate_id AS TEXT), iif(typeof(aggregate_type) = 'text', aggregate_type, NULL), \
-             iif(typeof(aggregate_version) = 'integer', aggregate_version, NULL), \
-             CAST(occurred_at AS TEXT), CAST(correlation_id AS TEXT), CAST(causation_id AS TEXT), \
-             CAST(metadata AS TEXT), iif(typeof(payload) = 'text', payload, NULL))) FROM (",
-            $page,
-            ")"
-        )
-    };
-}
-
-const STREAM_PAGE: &str = stream_page!();
-const STREAM_PAGE_JSON: &str = as_json!(stream_page!());
-const LOG_PAGE: &str = log_page!();
-const LOG_PAGE_JSON: &str = as_json!(log_page!());
+const LOG_PAGE: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
+);
 
 /// The events of one stream after a version, in version order.
 pub(super) fn stream(
-    pool: &SqlitePool,
+    database: &Database,
     aggregate_id: Uuid,
     aggregate_type: &str,
     after: u64,
@@ -99,16 +60,16 @@ pub(super) fn stream(
         stream: Some((aggregate_id, Arc::from(aggregate_type))),
         names: Vec::new(),
     };
-    pages(pool.clone(), cursor, decoder)
+    pages(database.clone(), cursor, decoder)
 }
 
 /// Every event after a position, in position order.
-pub(super) fn log(pool: &SqlitePool, after: u64) -> EventStream<'static> {
+pub(super) fn log(database: &Database, after: u64) -> EventStream<'static> {
     let Ok(after_position) = i64::try_from(after) else {
         return Box::pin(stream::empty());
     };
     pages(
-        pool.clone(),
+        database.clone(),
         Cursor::Log { after_position },
         Decoder {
             stream: None,
@@ -117,10 +78,14 @@ pub(super) fn log(pool: &SqlitePool, after: u64) -> EventStream<'static> {
     )
 }
 
-fn pages(pool: SqlitePool, cursor: Cursor, decoder: Decoder) -> EventStream<'static> {
-    let pages = stream::unfold(Some((pool, cursor, decoder)), |state| async move {
-        let (pool, mut cursor, mut decoder) = state?;
-        let page = cursor.read(&pool, &mut decoder).await;
+fn pages(database: Database, cursor: Cursor, decoder: Decoder) -> EventStream<'static> {
+    let start = Some((database, cursor, decoder, true));
+    let pages = stream::unfold(start, |state| async move {
+        let (database, mut cursor, decoder, first) = state?;
+        if !first {
+            tokio::task::yield_now().await;
+        }
+        let (page, decoder) = cursor.read(&database, decoder).await;
         // A short page is the end of what there was when it was read; an error ends the read.
         let more = match page.last() {
             Some(Ok(last)) => {
@@ -130,12 +95,13 @@ fn pages(pool: SqlitePool, cursor: Cursor, decoder: Decoder) -> EventStream<'sta
             Some(Err(_)) => false,
             None => return None,
         };
-        Some((page, more.then_some((pool, cursor, decoder))))
+        Some((page, more.then_some((database, cursor, decoder, false))))
     });
     Box::pin(pages.flat_map(stream::iter))
 }
 
 /// Where the next page starts.
+#[derive(Clone)]
 enum Cursor {
     Stream {
         aggregate_id: String,
@@ -148,26 +114,7 @@ enum Cursor {
 }
 
 impl Cursor {
-    fn query(
-        &self,
-        sql_stream: &'static str,
-        sql_log: &'static str,
-    ) -> sqlx::query::Query<'_, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'_>> {
-        match self {
-            Cursor::Stream {
-                aggregate_id,
-                aggregate_type,
-                after_version,
-            } => sqlx::query(sql_stream)
-                .bind(aggregate_id.as_str())
-                .bind(aggregate_type.as_str())
-                .bind(*after_version)
-                .bind(PAGE as i64),
-            Cursor::Log { after_position } => sqlx::query(sql_log).bind(*after_position).bind(PAGE as i64),
-        }
-    }
-
-    fn failed(&self, e: sqlx::Error) -> Error {
+    fn failed(&self, e: rusqlite::Error) -> Error {
         match self {
             Cursor::Stream {
                 aggregate_id,
@@ -183,36 +130,50 @@ impl Cursor {
     }
 
     /// The next page: its events, then the error that ended it if one did.
-    async fn read(&self, pool: &SqlitePool, decoder: &mut Decoder) -> Vec<Result<StoredEvent>> {
-        match self.query(STREAM_PAGE_JSON, LOG_PAGE_JSON).fetch_one(pool).await {
-            Ok(row) => {
-                let json: Option<&str> = row.try_get(0).ok();
-                if let Some(Ok(rows)) = json.map(serde_json::from_str::<Vec<JsonRow<'_>>>) {
-                    if self.in_order(&rows) {
-                        return decoder.page(rows.iter().map(|row| Ok(row.columns())));
-                    }
-                }
-            }
-            // SQLite could not build the JSON (it reads a BLOB as its binary JSON, and fails on
-            // one that is not): the row by row read says where.
-            Err(sqlx::Error::Database(_)) => {}
-            Err(e) => return vec![Err(self.failed(e))],
-        }
-        match self.query(STREAM_PAGE, LOG_PAGE).fetch_all(pool).await {
-            Ok(rows) => decoder.page(rows.iter().map(Columns::from_row)),
-            Err(e) => vec![Err(self.failed(e))],
-        }
+    async fn read(&self, database: &Database, decoder: Decoder) -> (Vec<Result<StoredEvent>>, Decoder) {
+        let cursor = self.clone();
+        let fallback = decoder.clone();
+        let read = database
+            .read(move |connection| {
+                let mut decoder = decoder.clone();
+                let page = cursor.page(connection, &mut decoder)?;
+                Ok((page, decoder))
+            })
+            .await;
+        read.unwrap_or_else(|e| (vec![Err(self.failed(e))], fallback))
     }
 
-    /// Whether a page's rows follow the cursor in increasing order: the versions of a
-    /// stream, the positions of the log.
-    fn in_order(&self, rows: &[JsonRow<'_>]) -> bool {
-        let (mut last, key): (i64, fn(&JsonRow<'_>) -> i64) = match self {
-            Cursor::Stream { after_version, .. } => (*after_version, |row| row.6),
-            Cursor::Log { after_position } => (*after_position, |row| row.0),
+    /// Reads and decodes a page, up to the first row that fails to decode.
+    fn page(
+        &self,
+        connection: &Connection,
+        decoder: &mut Decoder,
+    ) -> rusqlite::Result<Vec<Result<StoredEvent>>> {
+        let mut statement;
+        let mut rows = match self {
+            Cursor::Stream {
+                aggregate_id,
+                aggregate_type,
+                after_version,
+            } => {
+                statement = connection.prepare_cached(STREAM_PAGE)?;
+                statement.query((aggregate_id, aggregate_type, after_version, PAGE as i64))?
+            }
+            Cursor::Log { after_position } => {
+                statement = connection.prepare_cached(LOG_PAGE)?;
+                statement.query((after_position, PAGE as i64))?
+            }
         };
-        rows.iter()
-            .all(|row| std::mem::replace(&mut last, key(row)) < key(row))
+        let mut events = Vec::with_capacity(PAGE);
+        while let Some(row) = rows.next()? {
+            let event = Columns::of(row).and_then(|columns| decoder.decode(columns));
+            let failed = event.is_err();
+            events.push(event);
+            if failed {
+                break;
+            }
+        }
+        Ok(events)
     }
 
     fn advance(&mut self, event: &StoredEvent) {
@@ -220,42 +181,6 @@ impl Cursor {
         match self {
             Cursor::Stream { after_version, .. } => *after_version = event.aggregate_version as i64,
             Cursor::Log { after_position } => *after_position = event.position as i64,
-        }
-    }
-}
-
-/// One row of a JSON page: the columns in `columns!()` order.
-#[derive(Deserialize)]
-struct JsonRow<'a>(
-    i64,
-    #[serde(borrow)] Cow<'a, str>,
-    #[serde(borrow)] Cow<'a, str>,
-    i64,
-    #[serde(borrow)] Cow<'a, str>,
-    #[serde(borrow)] Cow<'a, str>,
-    i64,
-    #[serde(borrow)] Cow<'a, str>,
-    #[serde(borrow)] Option<Cow<'a, str>>,
-    #[serde(borrow)] Option<Cow<'a, str>>,
-    #[serde(borrow)] Option<Cow<'a, str>>,
-    #[serde(borrow)] Cow<'a, str>,
-);
-
-impl JsonRow<'_> {
-    fn columns(&self) -> Columns<'_> {
-        Columns {
-            position: self.0,
-            event_id: &self.1,
-            event_type: &self.2,
-            event_version: self.3,
-            aggregate_id: &self.4,
-            aggregate_type: &self.5,
-            aggregate_version: self.6,
-            occurred_at: &self.7,
-            correlation_id: self.8.as_deref(),
-            causation_id: self.9.as_deref(),
-            metadata: self.10.as_deref(),
-            payload: &self.11,
         }
     }
 }
@@ -277,34 +202,67 @@ struct Columns<'a> {
 }
 
 impl<'a> Columns<'a> {
-    fn from_row(row: &'a SqliteRow) -> Result<Self> {
-        let position: i64 = row.try_get(0).map_err(|e| {
-            Error::corrupt(
-                "a row of the SQLite events table",
-                format!("column `position`: {e}"),
-            )
-        })?;
+    /// The row's columns, each of the type the schema gives it; anything else is corrupt.
+    fn of(row: &'a Row<'a>) -> Result<Self> {
+        let position = match row.get_ref(0) {
+            Ok(ValueRef::Integer(position)) => position,
+            other => {
+                return Err(Error::corrupt(
+                    "a row of the SQLite events table",
+                    format!("column `position` holds {}", describe(other)),
+                ))
+            }
+        };
         let what = || at_position(position);
-        macro_rules! get {
-            ($index:literal, $column:literal) => {
-                row.try_get($index)
-                    .map_err(|e| Error::corrupt(what(), format!("column `{}`: {e}", $column)))?
-            };
-        }
+        let integer = |index: usize, column: &str| match row.get_ref(index) {
+            Ok(ValueRef::Integer(value)) => Ok(value),
+            other => Err(Error::corrupt(
+                what(),
+                format!("column `{column}` holds {}, not an integer", describe(other)),
+            )),
+        };
+        let text = |index: usize, column: &str| match row.get_ref(index) {
+            Ok(ValueRef::Text(bytes)) => std::str::from_utf8(bytes).map(Some).map_err(|e| {
+                Error::corrupt(
+                    what(),
+                    format!("column `{column}` holds text that is not UTF-8: {e}"),
+                )
+            }),
+            Ok(ValueRef::Null) => Ok(None),
+            other => Err(Error::corrupt(
+                what(),
+                format!("column `{column}` holds {}, not text", describe(other)),
+            )),
+        };
+        let required = |index: usize, column: &str| {
+            text(index, column)?.ok_or_else(|| Error::corrupt(what(), format!("column `{column}` is NULL")))
+        };
         Ok(Columns {
             position,
-            event_id: get!(1, "event_id"),
-            event_type: get!(2, "event_type"),
-            event_version: get!(3, "event_version"),
-            aggregate_id: get!(4, "aggregate_id"),
-            aggregate_type: get!(5, "aggregate_type"),
-            aggregate_version: get!(6, "aggregate_version"),
-            occurred_at: get!(7, "occurred_at"),
-            correlation_id: get!(8, "correlation_id"),
-            causation_id: get!(9, "causation_id"),
-            metadata: get!(10, "metadata"),
-            payload: get!(11, "payload"),
+            event_id: required(1, "event_id")?,
+            event_type: required(2, "event_type")?,
+            event_version: integer(3, "event_version")?,
+            aggregate_id: required(4, "aggregate_id")?,
+            aggregate_type: required(5, "aggregate_type")?,
+            aggregate_version: integer(6, "aggregate_version")?,
+            occurred_at: required(7, "occurred_at")?,
+            correlation_id: text(8, "correlation_id")?,
+            causation_id: text(9, "causation_id")?,
+            metadata: text(10, "metadata")?,
+            payload: required(11, "payload")?,
         })
+    }
+}
+
+/// What a column holds, for an error message.
+fn describe(value: rusqlite::Result<ValueRef<'_>>) -> String {
+    match value {
+        Ok(ValueRef::Null) => "NULL".into(),
+        Ok(ValueRef::Integer(n)) => format!("the integer {n}"),
+        Ok(ValueRef::Real(x)) => format!("the real {x}"),
+        Ok(ValueRef::Text(_)) => "text".into(),
+        Ok(ValueRef::Blob(bytes)) => format!("a blob of {} bytes", bytes.len()),
+        Err(e) => format!("nothing readable ({e})"),
     }
 }
 
@@ -313,6 +271,7 @@ fn at_position(position: i64) -> String {
 }
 
 /// Turns rows into events, sharing one allocation per distinct type name.
+#[derive(Clone)]
 struct Decoder {
     /// The stream being read, whose id and type need no decoding.
     stream: Option<(Uuid, Arc<str>)>,
@@ -320,20 +279,6 @@ struct Decoder {
 }
 
 impl Decoder {
-    /// Decodes rows up to the first that fails, which ends the page.
-    fn page<'a>(&mut self, rows: impl Iterator<Item = Result<Columns<'a>>>) -> Vec<Result<StoredEvent>> {
-        let mut events = Vec::with_capacity(PAGE);
-        for row in rows {
-            let event = row.and_then(|columns| self.decode(columns));
-            let failed = event.is_err();
-            events.push(event);
-            if failed {
-                break;
-            }
-        }
-        events
-    }
-
     fn intern(&mut self, name: &str) -> Arc<str> {
         if let Some(known) = self.names.iter().find(|known| ***known == *name) {
             return known.clone();
@@ -390,71 +335,5 @@ impl Decoder {
             position: unsigned(c.position, "position", what)?,
             envelope,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::event_store::EventStore;
-
-    /// The JSON page is the path every ordinary read takes: it must decode ordinary rows,
-    /// escapes and all, to what the row by row read gives.
-    #[tokio::test]
-    async fn json_pages_decode_to_what_rows_give() {
-        let (events, _) = crate::backend::sqlite::open(":memory:").await.unwrap();
-        let id = Uuid::new_v4();
-        let payloads = [r#"{"a":"\"q\" \\ \n é ✓ \u0000"}"#, "[1, 2.50, null]", "{}"];
-        let batch: Vec<EventEnvelope> = payloads
-            .iter()
-            .enumerate()
-            .map(|(i, payload)| EventEnvelope {
-                event_id: Uuid::new_v4(),
-                event_type: Arc::from("Ünïcode \"type\""),
-                event_version: 3,
-                aggregate_id: id,
-                aggregate_type: Arc::from("Thing"),
-                aggregate_version: i as u64 + 1,
-                occurred_at: chrono::Utc::now(),
-                correlation_id: (i == 0).then(Uuid::new_v4),
-                causation_id: (i == 1).then(Uuid::new_v4),
-                metadata: (i == 2).then(|| serde_json::json!({"k": ["v", 1]})),
-                payload: Arc::from(*payload),
-            })
-            .collect();
-        events.append(id, "Thing", 0, &batch).await.unwrap();
-
-        let cursor = Cursor::Log { after_position: 0 };
-        let row = cursor
-            .query(STREAM_PAGE_JSON, LOG_PAGE_JSON)
-            .fetch_one(events.pool())
-            .await
-            .unwrap();
-        let json: &str = row.try_get(0).unwrap();
-        let rows: Vec<JsonRow<'_>> = serde_json::from_str(json).unwrap();
-        assert!(cursor.in_order(&rows), "rows in position order");
-        let mut decoder = Decoder {
-            stream: None,
-            names: Vec::new(),
-        };
-        let fast: Vec<StoredEvent> = decoder
-            .page(rows.iter().map(|row| Ok(row.columns())))
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
-
-        let rows = cursor
-            .query(STREAM_PAGE, LOG_PAGE)
-            .fetch_all(events.pool())
-            .await
-            .unwrap();
-        let slow: Vec<StoredEvent> = decoder
-            .page(rows.iter().map(Columns::from_row))
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
-        assert_eq!(fast, slow);
-        let envelopes: Vec<EventEnvelope> = fast.into_iter().map(|e| e.envelope).collect();
-        assert_eq!(envelopes, batch);
     }
 }

@@ -1,8 +1,8 @@
 //! The tables and indexes, created by each store when it opens.
 
-use sqlx::SqlitePool;
+use rusqlite::{Connection, TransactionBehavior};
 
-use super::{WriteTransaction, BACKEND};
+use super::{Database, BACKEND};
 use crate::error::{Error, Result};
 
 /// One table with its indexes.
@@ -75,7 +75,11 @@ pub(super) const SNAPSHOTS: Table = Table {
 impl Table {
     /// Creates the table and its indexes if any is missing, and checks that a table of that
     /// name that was already there is one of ours.
-    pub(super) async fn create(&self, pool: &SqlitePool) -> Result<()> {
+    pub(super) async fn create(&'static self, database: &Database) -> Result<()> {
+        database.write(move |connection| self.create_on(connection)).await
+    }
+
+    fn create_on(&self, connection: &mut Connection) -> Result<()> {
         let fail = |e| Error::store(BACKEND, format!("cannot create the `{}` table", self.name), e);
         // The usual case, everything there, needs no write lock: count the objects first.
         let mut wanted = vec![self.name];
@@ -85,35 +89,39 @@ impl Table {
             .map(|name| format!("'{name}'"))
             .collect::<Vec<_>>()
             .join(", ");
-        let present: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM sqlite_master WHERE name IN ({names})"
-        ))
-        .fetch_one(pool)
-        .await
-        .map_err(fail)?;
-        if present == wanted.len() as i64 {
-            return self.probe(pool).await;
-        }
-        let mut tx = WriteTransaction::begin(pool).await.map_err(fail)?;
-        sqlx::query(self.create)
-            .execute(tx.connection())
-            .await
+        let present: i64 = connection
+            .query_row(
+                &format!("SELECT count(*) FROM sqlite_master WHERE name IN ({names})"),
+                [],
+                |row| row.get(0),
+            )
             .map_err(fail)?;
-        self.probe(tx.connection()).await?;
-        for (_, index) in self.indexes {
-            sqlx::query(index).execute(tx.connection()).await.map_err(fail)?;
+        if present == wanted.len() as i64 {
+            return self.probe(connection);
         }
-        tx.commit().await.map_err(fail)
+        let tx = connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(fail)?;
+        tx.execute_batch(self.create).map_err(fail)?;
+        self.probe(&tx)?;
+        for (_, index) in self.indexes {
+            tx.execute_batch(index).map_err(fail)?;
+        }
+        tx.commit().map_err(fail)
     }
 
-    async fn probe<'c>(&self, executor: impl sqlx::SqliteExecutor<'c>) -> Result<()> {
-        match sqlx::query(self.probe).execute(executor).await {
+    fn probe(&self, connection: &Connection) -> Result<()> {
+        match connection.prepare(self.probe) {
             Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(e)) => Err(Error::InvalidConfiguration(format!(
-                "the SQLite table `{}` is not an eventsource table ({}); use another database file",
-                self.name,
-                e.message()
-            ))),
+            // SQLITE_ERROR: a column this library needs is missing.
+            Err(e @ rusqlite::Error::SqlInputError { error, .. })
+                if error.code == rusqlite::ErrorCode::Unknown =>
+            {
+                Err(Error::InvalidConfiguration(format!(
+                    "the SQLite table `{}` is not an eventsource table ({e}); use another database file",
+                    self.name,
+                )))
+            }
             Err(e) => Err(Error::store(
                 BACKEND,
                 format!("cannot read the `{}` table", self.name),

@@ -3,10 +3,11 @@
 use std::path::Path;
 
 use async_trait::async_trait;
-use sqlx::{Row, SqlitePool};
+use rusqlite::types::ValueRef;
+use rusqlite::OptionalExtension;
 use uuid::Uuid;
 
-use super::{parse_timestamp, schema, signed, timestamp_text, unsigned, BACKEND};
+use super::{parse_timestamp, schema, signed, timestamp_text, unsigned, Database, BACKEND};
 use crate::error::{Error, Result};
 use crate::snapshot::{Snapshot, SnapshotStore};
 
@@ -24,13 +25,16 @@ const UPSERT: &str = "INSERT INTO snapshots
         OR typeof(snapshots.version) <> 'integer'
         OR snapshots.version < 0";
 
+const GET: &str = "SELECT version, state, schema_version, created_at FROM snapshots
+    WHERE aggregate_id = ?1 AND aggregate_type = ?2";
+
 /// A snapshot store in a SQLite database.
 ///
-/// Cheap to clone: clones share the pool. It can share one pool, and one file, with a
+/// Cheap to clone: clones share the connections. It can share one database with a
 /// [`SqliteEventStore`](super::SqliteEventStore): see [`open`](super::open).
 #[derive(Clone, Debug)]
 pub struct SqliteSnapshotStore {
-    pool: SqlitePool,
+    database: Database,
 }
 
 impl SqliteSnapshotStore {
@@ -38,60 +42,107 @@ impl SqliteSnapshotStore {
     /// missing. On a file its commits are not synced to disk one by one (see
     /// [`open`](super::open)).
     pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
-        Self::from_pool(super::snapshot_pool(path.as_ref()).await?).await
+        Self::on(super::snapshot_database(path.as_ref()).await?).await
     }
 
-    /// The store on a pool of the program's own, creating its table if missing.
+    /// The store on a database of the program's own, creating its table if missing.
     ///
-    /// On an in-memory database the pool must keep a single connection (or use a named
-    /// shared-cache database) so that all its connections see one database.
-    pub async fn from_pool(pool: SqlitePool) -> Result<Self> {
-        schema::SNAPSHOTS.create(&pool).await?;
-        Ok(Self { pool })
+    /// A table named `snapshots` that is not this store's is [`Error::InvalidConfiguration`].
+    pub async fn on(database: Database) -> Result<Self> {
+        schema::SNAPSHOTS.create(&database).await?;
+        Ok(Self { database })
     }
 
-    /// The pool the store runs on.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+    /// The database the store runs on.
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// Runs one write statement, returning how many rows it changed.
+    async fn change(
+        &self,
+        sql: &'static str,
+        params: Vec<rusqlite::types::Value>,
+        failure: String,
+    ) -> Result<usize> {
+        self.database
+            .write(move |connection| {
+                let mut statement = connection
+                    .prepare_cached(sql)
+                    .map_err(|e| Error::store(BACKEND, failure.clone(), e))?;
+                statement
+                    .execute(rusqlite::params_from_iter(params))
+                    .map_err(|e| Error::store(BACKEND, failure, e))
+            })
+            .await
     }
 }
+
+/// A snapshot row's columns, as stored.
+struct Row {
+    version: Value,
+    state: Value,
+    schema_version: Value,
+    created_at: Value,
+}
+
+/// One stored value, owned.
+type Value = rusqlite::types::Value;
 
 #[async_trait]
 impl SnapshotStore for SqliteSnapshotStore {
     async fn get_snapshot(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<Option<Snapshot>> {
-        let id = aggregate_id.hyphenated().to_string();
-        let row = sqlx::query(
-            "SELECT version, state, schema_version, created_at FROM snapshots
-            WHERE aggregate_id = ?1 AND aggregate_type = ?2",
-        )
-        .bind(id.as_str())
-        .bind(aggregate_type)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| {
-            Error::store(
-                BACKEND,
-                format!("cannot read the snapshot of {aggregate_type} {aggregate_id}"),
-                e,
-            )
-        })?;
+        let key = (aggregate_id.hyphenated().to_string(), aggregate_type.to_owned());
+        let row = self
+            .database
+            .read(move |connection| {
+                let mut statement = connection.prepare_cached(GET)?;
+                statement
+                    .query_row((&key.0, &key.1), |row| {
+                        Ok(Row {
+                            version: row.get(0)?,
+                            state: row.get(1)?,
+                            schema_version: row.get(2)?,
+                            created_at: row.get(3)?,
+                        })
+                    })
+                    .optional()
+            })
+            .await
+            .map_err(|e| {
+                Error::store(
+                    BACKEND,
+                    format!("cannot read the snapshot of {aggregate_type} {aggregate_id}"),
+                    e,
+                )
+            })?;
         let Some(row) = row else { return Ok(None) };
 
         let what = || format!("the SQLite snapshot of {aggregate_type} {aggregate_id}");
-        let column = |name: &'static str| {
-            move |e: sqlx::Error| Error::corrupt(what(), format!("column `{name}`: {e}"))
+        let integer = |value: &Value, column: &str| match ValueRef::from(value) {
+            ValueRef::Integer(n) => Ok(n),
+            other => Err(Error::corrupt(
+                what(),
+                format!("column `{column}` holds {:?}, not an integer", other.data_type()),
+            )),
         };
-        let version: i64 = row.try_get(0).map_err(column("version"))?;
-        let state: String = row.try_get(1).map_err(column("state"))?;
-        let schema_version: i64 = row.try_get(2).map_err(column("schema_version"))?;
-        let created_at: &str = row.try_get(3).map_err(column("created_at"))?;
+        let text = |value: Value, column: &str| match value {
+            Value::Text(text) => Ok(text),
+            other => Err(Error::corrupt(
+                what(),
+                format!("column `{column}` holds {:?}, not text", other.data_type()),
+            )),
+        };
+        let version = integer(&row.version, "version")?;
+        let schema_version = integer(&row.schema_version, "schema_version")?;
+        let created_at = text(row.created_at, "created_at")?;
         Ok(Some(Snapshot {
             aggregate_id,
             aggregate_type: aggregate_type.to_owned(),
             version: unsigned(version, "version", what)?,
-            state,
+            state: text(row.state, "state")?,
             schema_version: unsigned(schema_version, "schema_version", what)?,
-            created_at: parse_timestamp(created_at, "created_at", what)?,
+            created_at: parse_timestamp(&created_at, "created_at", what)?,
         }))
     }
 
@@ -102,52 +153,53 @@ impl SnapshotStore for SqliteSnapshotStore {
                 snapshot.aggregate_type, snapshot.aggregate_id
             )
         };
-        let written = sqlx::query(UPSERT)
-            .bind(snapshot.aggregate_id.hyphenated().to_string())
-            .bind(snapshot.aggregate_type.as_str())
-            .bind(signed(snapshot.version, "snapshot version")?)
-            .bind(snapshot.state.as_str())
-            .bind(i64::from(snapshot.schema_version))
-            .bind(timestamp_text(&snapshot.created_at, what)?)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| Error::store(BACKEND, format!("cannot save the {}", what()), e))?;
-        Ok(written.rows_affected() > 0)
+        let params = vec![
+            Value::Text(snapshot.aggregate_id.hyphenated().to_string()),
+            Value::Text(snapshot.aggregate_type.clone()),
+            Value::Integer(signed(snapshot.version, "snapshot version")?),
+            Value::Text(snapshot.state.clone()),
+            Value::Integer(i64::from(snapshot.schema_version)),
+            Value::Text(timestamp_text(&snapshot.created_at, what)?),
+        ];
+        let written = self
+            .change(UPSERT, params, format!("cannot save the {}", what()))
+            .await?;
+        Ok(written > 0)
     }
 
     #[tracing::instrument(name = "eventsource.snapshot.delete", level = "debug", skip_all,
         fields(aggregate.id = %aggregate_id, aggregate.type = aggregate_type))]
     async fn delete_snapshot(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<bool> {
-        let deleted = sqlx::query("DELETE FROM snapshots WHERE aggregate_id = ?1 AND aggregate_type = ?2")
-            .bind(aggregate_id.hyphenated().to_string())
-            .bind(aggregate_type)
-            .execute(&self.pool)
+        let deleted = self
+            .change(
+                "DELETE FROM snapshots WHERE aggregate_id = ?1 AND aggregate_type = ?2",
+                vec![
+                    Value::Text(aggregate_id.hyphenated().to_string()),
+                    Value::Text(aggregate_type.to_owned()),
+                ],
+                format!("cannot delete the snapshot of {aggregate_type} {aggregate_id}"),
+            )
+            .await?;
+        Ok(deleted > 0)
+    }
+
+    async fn snapshot_exists(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<bool> {
+        let key = (aggregate_id.hyphenated().to_string(), aggregate_type.to_owned());
+        self.database
+            .read(move |connection| {
+                let mut statement = connection.prepare_cached(
+                    "SELECT 1 FROM snapshots WHERE aggregate_id = ?1 AND aggregate_type = ?2",
+                )?;
+                statement.exists((&key.0, &key.1))
+            })
             .await
             .map_err(|e| {
                 Error::store(
                     BACKEND,
-                    format!("cannot delete the snapshot of {aggregate_type} {aggregate_id}"),
+                    format!("cannot look up the snapshot of {aggregate_type} {aggregate_id}"),
                     e,
                 )
-            })?;
-        Ok(deleted.rows_affected() > 0)
-    }
-
-    async fn snapshot_exists(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<bool> {
-        let found: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM snapshots WHERE aggregate_id = ?1 AND aggregate_type = ?2")
-                .bind(aggregate_id.hyphenated().to_string())
-                .bind(aggregate_type)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| {
-                    Error::store(
-                        BACKEND,
-                        format!("cannot look up the snapshot of {aggregate_type} {aggregate_id}"),
-                        e,
-                    )
-                })?;
-        Ok(found.is_some())
+            })
     }
 
     #[tracing::instrument(name = "eventsource.snapshot.delete_by_type", level = "debug", skip_all,
@@ -157,21 +209,26 @@ impl SnapshotStore for SqliteSnapshotStore {
         aggregate_type: &str,
         schema_version_below: Option<u32>,
     ) -> Result<u64> {
-        let query = match schema_version_below {
+        let failure = format!("cannot delete the snapshots of {aggregate_type}");
+        let ty = Value::Text(aggregate_type.to_owned());
+        let deleted = match schema_version_below {
             Some(below) => {
-                sqlx::query("DELETE FROM snapshots WHERE aggregate_type = ?1 AND schema_version < ?2")
-                    .bind(aggregate_type)
-                    .bind(i64::from(below))
+                self.change(
+                    "DELETE FROM snapshots WHERE aggregate_type = ?1 AND schema_version < ?2",
+                    vec![ty, Value::Integer(i64::from(below))],
+                    failure,
+                )
+                .await?
             }
-            None => sqlx::query("DELETE FROM snapshots WHERE aggregate_type = ?1").bind(aggregate_type),
+            None => {
+                self.change(
+                    "DELETE FROM snapshots WHERE aggregate_type = ?1",
+                    vec![ty],
+                    failure,
+                )
+                .await?
+            }
         };
-        let deleted = query.execute(&self.pool).await.map_err(|e| {
-            Error::store(
-                BACKEND,
-                format!("cannot delete the snapshots of {aggregate_type}"),
-                e,
-            )
-        })?;
-        Ok(deleted.rows_affected())
+        Ok(deleted as u64)
     }
 }

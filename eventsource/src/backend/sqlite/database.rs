@@ -1,0 +1,378 @@
+//! The database the stores run on, and where each statement runs.
+//!
+//! A SQLite statement costs microseconds, so handing it to another thread and back costs
+//! more than running it. Reads therefore run on the calling task's thread, each on a
+//! connection of a small idle set that waits for no lock: in WAL mode a reader never waits for
+//! a writer, and in the rare moment it would (another connection recovering the WAL, or a
+//! file not in WAL mode), the read runs again on a blocking thread that waits up to
+//! [`BUSY_TIMEOUT`]. Writes wait for the disk (and for other writers), so each runs whole
+//! on a blocking thread: one hand-off per append, and a write started is finished (committed
+//! or rolled back) even if its caller stops waiting.
+//!
+//! An in-memory database is one connection, which every call uses in turn on its own thread.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+use super::BACKEND;
+use crate::error::{Error, Result};
+
+/// How long a statement waits for a lock held by another connection before it fails.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Idle connections kept per kind (readers, writers); more are opened when calls overlap.
+const MAX_IDLE: usize = 4;
+
+/// A SQLite database: a file, or a private database in memory. Cheap to clone: clones share
+/// the connections.
+///
+/// [`open`](super::open) gives each store its own [`Database`] on one file (the snapshot
+/// store's commits skip the per-commit sync); [`Database::open`] and
+/// [`SqliteEventStore::on`](super::SqliteEventStore::on) put stores on one of the
+/// program's choosing.
+#[derive(Clone)]
+pub struct Database {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    place: Place,
+}
+
+enum Place {
+    /// The one connection that is the database.
+    Memory(Mutex<Connection>),
+    File {
+        path: PathBuf,
+        /// The URI with the query parameters given, if any (opened with `SQLITE_OPEN_URI`).
+        uri: Option<String>,
+        writable: bool,
+        synchronous: Synchronous,
+        readers: Mutex<Vec<Connection>>,
+        writers: Mutex<Vec<Connection>>,
+    },
+}
+
+/// When a commit reaches the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Synchronous {
+    /// Synced before the commit returns.
+    Full,
+    /// Left to the next sync: a power cut can lose the last commits, never corrupt the file.
+    Normal,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("name", &self.inner.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Database {
+    /// Opens a file, created if missing, in WAL mode with every commit synced to disk, or a
+    /// private in-memory database when `path` is `:memory:`. The tables are created by the
+    /// stores put on it.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Target::path(path.as_ref()).open(Synchronous::Full).await
+    }
+
+    /// Runs `call` on one of the database's connections, on a blocking thread (on the calling
+    /// thread for an in-memory database): for a program's own statements, such as a
+    /// `PRAGMA` or a read of the tables for a report. The connection waits up to
+    /// [`BUSY_TIMEOUT`] for locks; a transaction `call` leaves open is rolled back.
+    pub async fn call<T, F>(&self, call: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let name = self.inner.name.clone();
+        self.write(move |connection| {
+            let result = call(connection);
+            if !connection.is_autocommit() {
+                let _ = connection.execute_batch("ROLLBACK");
+            }
+            result.map_err(|e| Error::store(BACKEND, format!("a statement on {name} failed"), e))
+        })
+        .await
+    }
+
+    /// The file name, or `:memory:`.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Runs a read on the calling thread, or, if it finds the database locked, again on a
+    /// blocking thread that waits for the lock. `read` may run twice; it must not write.
+    pub(super) async fn read<T, F>(&self, mut read: F) -> rusqlite::Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let Place::File { readers, .. } = &self.inner.place else {
+            return read(&self.memory());
+        };
+        let connection = match take(readers) {
+            Some(connection) => connection,
+            None => self.connect(Role::Reader)?,
+        };
+        match read(&connection) {
+            Err(e) if is_locked(&e) => {
+                // Back in the idle set first: this connection waits for nothing.
+                give_back(readers, connection);
+            }
+            outcome => {
+                give_back(readers, connection);
+                return outcome;
+            }
+        }
+        let this = self.clone();
+        let waited = blocking(move || {
+            let connection = this.connect(Role::Writer)?;
+            read(&connection)
+        })
+        .await;
+        // The blocking task panicked: the read of a row did, as it would have in place.
+        waited.unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))
+    }
+
+    /// Runs a write whole on a blocking thread (on the calling thread for an in-memory
+    /// database), on a connection that waits up to [`BUSY_TIMEOUT`] for the write lock.
+    pub(super) async fn write<T, F>(&self, write: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        if let Place::Memory(_) = &self.inner.place {
+            return write(&mut self.memory());
+        }
+        let this = self.clone();
+        let name = self.inner.name.clone();
+        blocking(move || {
+            let Place::File { writers, .. } = &this.inner.place else {
+                unreachable!("checked above")
+            };
+            let mut connection = match take(writers) {
+                Some(connection) => connection,
+                None => this
+                    .connect(Role::Writer)
+                    .map_err(|e| Error::store(BACKEND, format!("cannot open {name}"), e))?,
+            };
+            let outcome = write(&mut connection);
+            // A connection left inside a transaction (a failed ROLLBACK) is not reused.
+            if connection.is_autocommit() {
+                give_back(writers, connection);
+            }
+            outcome
+        })
+        .await
+        .unwrap_or_else(|e| Err(Error::store(BACKEND, "a SQLite write was lost", e)))
+    }
+
+    fn memory(&self) -> MutexGuard<'_, Connection> {
+        match &self.inner.place {
+            Place::Memory(connection) => connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
+            Place::File { .. } => unreachable!("only called on an in-memory database"),
+        }
+    }
+
+    fn connect(&self, role: Role) -> rusqlite::Result<Connection> {
+        let Place::File {
+            path,
+            uri,
+            writable,
+            synchronous,
+            ..
+        } = &self.inner.place
+        else {
+            unreachable!("an in-memory database has its one connection")
+        };
+        let connection = open_file(path, uri.as_deref(), *writable)?;
+        let busy = match role {
+            Role::Reader => Duration::ZERO,
+            Role::Writer => BUSY_TIMEOUT,
+        };
+        connection.busy_timeout(busy)?;
+        connection.set_prepared_statement_cache_capacity(32);
+        if *writable {
+            let pragma = match synchronous {
+                Synchronous::Full => "PRAGMA synchronous = FULL",
+                Synchronous::Normal => "PRAGMA synchronous = NORMAL",
+            };
+            connection.execute_batch(pragma)?;
+        }
+        Ok(connection)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Role {
+    /// Waits for no lock: runs on the calling thread.
+    Reader,
+    /// Waits up to the busy timeout: runs on a blocking thread.
+    Writer,
+}
+
+fn take(idle: &Mutex<Vec<Connection>>) -> Option<Connection> {
+    idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop()
+}
+
+fn give_back(idle: &Mutex<Vec<Connection>>, connection: Connection) {
+    let mut idle = idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if idle.len() < MAX_IDLE {
+        idle.push(connection);
+    }
+}
+
+/// Runs `work` on tokio's blocking threads and waits for it; it runs to its end even if the
+/// caller stops waiting.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> std::result::Result<T, tokio::task::JoinError> {
+    tokio::task::spawn_blocking(work).await
+}
+
+fn open_file(path: &Path, uri: Option<&str>, writable: bool) -> rusqlite::Result<Connection> {
+    let mut flags = OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    flags |= if writable {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    };
+    match uri {
+        Some(uri) => Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI),
+        None => Connection::open_with_flags(path, flags),
+    }
+}
+
+/// Whether SQLite reported a lock held by another connection.
+pub(super) fn is_locked(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+/// A database to open: a file or an in-memory database, as a path or a `sqlite:` URL names it.
+pub(super) struct Target {
+    name: String,
+    path: Option<PathBuf>,
+    uri: Option<String>,
+    writable: bool,
+}
+
+impl Target {
+    pub(super) fn path(path: &Path) -> Self {
+        let in_memory = path == Path::new(":memory:");
+        Target {
+            name: path.display().to_string(),
+            path: (!in_memory).then(|| path.to_owned()),
+            uri: None,
+            writable: true,
+        }
+    }
+
+    pub(super) fn url(url: &str) -> Result<Self> {
+        let bad = |reason: &str| Error::InvalidConfiguration(format!("bad SQLite URL `{url}`: {reason}"));
+        let rest = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .ok_or_else(|| bad("expected sqlite::memory:, sqlite:PATH or sqlite://PATH"))?;
+        let (database, params) = rest.split_once('?').unwrap_or((rest, ""));
+        if database.is_empty() {
+            return Err(bad("no file name"));
+        }
+        let param = |key: &str, value: &str| {
+            params
+                .split('&')
+                .any(|pair| pair.split_once('=') == Some((key, value)))
+        };
+        let in_memory = database == ":memory:" || param("mode", "memory");
+        let writable = !(param("mode", "ro") || param("immutable", "true") || param("immutable", "1"));
+        Ok(Target {
+            name: database.to_owned(),
+            path: (!in_memory).then(|| PathBuf::from(database)),
+            uri: (!in_memory && !params.is_empty()).then(|| format!("file:{database}?{params}")),
+            writable,
+        })
+    }
+
+    pub(super) fn in_memory(&self) -> bool {
+        self.path.is_none()
+    }
+
+    /// Opens the database: creates the file if missing and puts it in WAL mode.
+    pub(super) async fn open(&self, synchronous: Synchronous) -> Result<Database> {
+        let name = self.name.clone();
+        let fail = move |e: rusqlite::Error| {
+            Error::store(BACKEND, format!("cannot open the SQLite database {name}"), e)
+        };
+        let Some(path) = self.path.clone() else {
+            let connection = Connection::open_in_memory().map_err(&fail)?;
+            return Ok(Database {
+                inner: Arc::new(Inner {
+                    name: self.name.clone(),
+                    place: Place::Memory(Mutex::new(connection)),
+                }),
+            });
+        };
+        let (uri, writable) = (self.uri.clone(), self.writable);
+        let created = path.clone();
+        blocking(move || {
+            if writable {
+                let connection = Connection::open_with_flags(
+                    &created,
+                    OpenFlags::SQLITE_OPEN_READ_WRITE
+                        | OpenFlags::SQLITE_OPEN_CREATE
+                        | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                enable_wal(&connection)?;
+            }
+            open_file(&created, uri.as_deref(), writable).map(drop)
+        })
+        .await
+        .map_err(|e| {
+            Error::store(
+                BACKEND,
+                format!("cannot open the SQLite database {}", self.name),
+                e,
+            )
+        })?
+        .map_err(fail)?;
+        Ok(Database {
+            inner: Arc::new(Inner {
+                name: self.name.clone(),
+                place: Place::File {
+                    path,
+                    uri: self.uri.clone(),
+                    writable: self.writable,
+                    synchronous,
+                    readers: Mutex::new(Vec::new()),
+                    writers: Mutex::new(Vec::new()),
+                },
+            }),
+        })
+    }
+}
+
+/// Puts the file in WAL mode, a property of the file kept once set. Switching takes an
+/// exclusive lock that SQLite does not wait for, so it is retried while another connection
+/// holds a lock, up to the busy timeout.
+fn enable_wal(connection: &Connection) -> rusqlite::Result<()> {
+    const RETRY: Duration = Duration::from_millis(20);
+    let mut waited = Duration::ZERO;
+    loop {
+        match connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get::<_, String>(0)) {
+            Err(e) if is_locked(&e) && waited < BUSY_TIMEOUT => {
+                std::thread::sleep(RETRY);
+                waited += RETRY;
+            }
+            outcome => return outcome.map(drop),
+        }
+    }
+}

@@ -26,7 +26,10 @@ pub use event_store::{EventStore, EventStream};
 pub use eventsource_derive::{event, Aggregate};
 pub use repository::Repository;
 pub use root::AggregateRoot;
-pub use snapshot::{JointSnapshotRead, MissReason, Snapshot, SnapshotAndEvents, SnapshotMetrics, SnapshotMode, SnapshotPolicy, SnapshotStore};
+pub use snapshot::{
+    JointSnapshotRead, MissReason, Snapshot, SnapshotAndEvents, SnapshotMetrics, SnapshotMode,
+    SnapshotPolicy, SnapshotStore,
+};
 
 /// Everything a program that uses the library usually needs, and serde's derives.
 pub mod prelude {

@@ -22,7 +22,9 @@ use crate::event_store::{EventStore, EventStream};
 use crate::registry;
 use crate::root::AggregateRoot;
 use crate::snapshot::metrics::Counter;
-use crate::snapshot::{JointSnapshotRead, MissReason, Snapshot, SnapshotMetrics, SnapshotMode, SnapshotPolicy, SnapshotStore};
+use crate::snapshot::{
+    JointSnapshotRead, MissReason, Snapshot, SnapshotMetrics, SnapshotMode, SnapshotPolicy, SnapshotStore,
+};
 
 /// Loads and saves aggregates of type `A`.
 ///
@@ -222,7 +224,10 @@ impl<A: Aggregate> Repository<A> {
         let timeout = snapshots.policy.store_timeout();
         let span = tracing::debug_span!("eventsource.snapshot.get", aggregate.id = %id, aggregate.type = A::TYPE_NAME);
         if let Some(joint) = &snapshots.joint {
-            let found = match within(timeout, joint.read(id, A::TYPE_NAME)).instrument(span).await {
+            let found = match within(timeout, joint.read(id, A::TYPE_NAME))
+                .instrument(span)
+                .await
+            {
                 Ok(Some(found)) => found,
                 Ok(None) => return self.miss(id, MissReason::Missing, String::new()),
                 Err(e) => return self.miss(id, MissReason::StoreError, e.to_string()),
@@ -237,7 +242,11 @@ impl<A: Aggregate> Repository<A> {
             Err(e) => return self.miss(id, MissReason::StoreError, e.to_string()),
         };
         let (version, state) = self.usable(id, snapshot)?;
-        Some((version, state, self.events.read_stream(id, A::TYPE_NAME, version - 1)))
+        Some((
+            version,
+            state,
+            self.events.read_stream(id, A::TYPE_NAME, version - 1),
+        ))
     }
 
     /// The snapshot's version and state, if it passes every check but the stream's.

@@ -137,8 +137,7 @@ impl Database {
             read(&connection)
         })
         .await;
-        // The blocking task panicked: the read of a row did, as it would have in place.
-        waited.unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))
+        waited.unwrap_or_else(|e| Err(lost(e)))
     }
 
     /// Runs a write whole on a blocking thread (on the calling thread for an in-memory
@@ -171,7 +170,7 @@ impl Database {
             outcome
         })
         .await
-        .unwrap_or_else(|e| Err(Error::store(BACKEND, "a SQLite write was lost", e)))
+        .unwrap_or_else(|e| Err(Error::store(BACKEND, "a SQLite write was lost", lost(e))))
     }
 
     fn memory(&self) -> MutexGuard<'_, Connection> {
@@ -227,6 +226,16 @@ fn give_back(idle: &Mutex<Vec<Connection>>, connection: Connection) {
     if idle.len() < MAX_IDLE {
         idle.push(connection);
     }
+}
+
+/// A blocking task that did not finish: its panic goes on in the caller; a runtime shutting
+/// down is a failure of the call.
+fn lost(e: tokio::task::JoinError) -> rusqlite::Error {
+    if e.is_panic() {
+        std::panic::resume_unwind(e.into_panic());
+    }
+    let aborted = rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT);
+    rusqlite::Error::SqliteFailure(aborted, Some(format!("the blocking task did not finish: {e}")))
 }
 
 /// Runs `work` on tokio's blocking threads and waits for it; it runs to its end even if the

@@ -21,7 +21,8 @@ use eventsource::backend::postgres::{
     connect_url, pool_options, PgPool, PostgresEventStore, PostgresSnapshotStore,
 };
 use eventsource::{
-    Error, EventEnvelope, EventStore, Repository, Snapshot, SnapshotPolicy, SnapshotStore, StoredEvent, Uuid,
+    Error, EventEnvelope, EventStore, MissReason, Repository, Snapshot, SnapshotPolicy, SnapshotStore,
+    StoredEvent, Uuid,
 };
 use futures_util::{StreamExt, TryStreamExt};
 use serde_json::{json, Value};
@@ -1058,4 +1059,171 @@ async fn repositories_of_two_instances_share_the_stores_of_a_url() {
     );
     let reloaded = other.load(id).await.unwrap();
     assert_eq!((reloaded.version(), reloaded.state()), (26, mine.state()));
+}
+
+// ---------------------------------------------------------------------------------------
+// A load with a snapshot in one statement
+
+/// The versions of the events a joint read returned, and its snapshot's version.
+async fn joint_read(
+    events: &PostgresEventStore,
+    snapshots: &PostgresSnapshotStore,
+    id: Uuid,
+) -> Option<(u64, Vec<u64>)> {
+    let reader = events
+        .joint_snapshot_reader(snapshots.as_any().unwrap())
+        .expect("stores on one pool read jointly");
+    let found = reader.read(id, "Account").await.unwrap()?;
+    let versions: Vec<StoredEvent> = found.events.try_collect().await.unwrap();
+    Some((
+        found.snapshot.version,
+        versions.iter().map(|e| e.aggregate_version).collect(),
+    ))
+}
+
+#[tokio::test]
+async fn a_snapshot_and_its_events_are_read_in_one_statement_and_checked_as_ever() {
+    let Some(db) = db("a_snapshot_and_its_events_are_read_in_one_statement_and_checked_as_ever").await else {
+        return;
+    };
+    // Pages of three events: the tail after the first page is read page by page.
+    let events = db.events.clone().with_page_size(3).unwrap();
+    let repo = Repository::<Account>::new(events.clone())
+        .with_snapshots(db.snapshots.clone(), SnapshotPolicy::every(1000).unwrap());
+    let id = Uuid::new_v4();
+    let mut account = opened(id, 9);
+    repo.save(&mut account).await.unwrap();
+    let at_head = repo.create_snapshot(&account).await.unwrap();
+    assert_eq!(at_head.version, 10);
+
+    // At the head: the snapshot and the event at its version, which proves the stream has it.
+    assert_eq!(joint_read(&events, &db.snapshots, id).await, Some((10, vec![10])));
+    let loaded = repo.load(id).await.unwrap();
+    assert_eq!((loaded.version(), loaded.state()), (10, account.state()));
+    assert_eq!(repo.metrics().hits("Account"), 1);
+
+    // Behind the head, by more than a page.
+    let mut later = repo.load(id).await.unwrap();
+    for amount in 1..=7 {
+        later.record(MoneyDeposited {
+            amount: f64::from(amount),
+        });
+    }
+    repo.save(&mut later).await.unwrap();
+    assert_eq!(
+        joint_read(&events, &db.snapshots, id).await,
+        Some((10, (10..=17).collect()))
+    );
+    let loaded = repo.load(id).await.unwrap();
+    assert_eq!((loaded.version(), loaded.state()), (17, later.state()));
+    assert_eq!(repo.metrics().hits("Account"), 3);
+
+    // No snapshot.
+    assert_eq!(joint_read(&events, &db.snapshots, Uuid::new_v4()).await, None);
+
+    // Beyond the head: the snapshot comes alone, and the repository replays every event.
+    let beyond = Snapshot {
+        version: 30,
+        ..at_head.clone()
+    };
+    db.snapshots.save_snapshot(&beyond).await.unwrap();
+    assert_eq!(joint_read(&events, &db.snapshots, id).await, Some((30, vec![])));
+    let loaded = repo.load(id).await.unwrap();
+    assert_eq!((loaded.version(), loaded.state()), (17, later.state()));
+    assert_eq!(repo.metrics().misses("Account", MissReason::BeyondStreamHead), 1);
+
+    // Another schema version: replayed too.
+    db.snapshots.delete_snapshot(id, "Account").await.unwrap();
+    let other_schema = Snapshot {
+        schema_version: 99,
+        ..at_head
+    };
+    db.snapshots.save_snapshot(&other_schema).await.unwrap();
+    let loaded = repo.load(id).await.unwrap();
+    assert_eq!((loaded.version(), loaded.state()), (17, later.state()));
+    assert_eq!(repo.metrics().misses("Account", MissReason::SchemaMismatch), 1);
+}
+
+#[tokio::test]
+async fn corrupt_rows_fail_a_joint_read_and_the_load_replays() {
+    let Some(db) = db("corrupt_rows_fail_a_joint_read_and_the_load_replays").await else {
+        return;
+    };
+    let scratch = db.scratch().await;
+    let repo = Repository::<Account>::new(scratch.events.clone())
+        .with_snapshots(scratch.snapshots.clone(), SnapshotPolicy::every(1000).unwrap());
+    let reader = scratch
+        .events
+        .joint_snapshot_reader(scratch.snapshots.as_any().unwrap())
+        .unwrap();
+    let snapshots = scratch.table("eventsource_snapshots");
+
+    // A snapshot row out of range.
+    let id = Uuid::new_v4();
+    let mut account = opened(id, 4);
+    repo.save(&mut account).await.unwrap();
+    repo.create_snapshot(&account).await.unwrap();
+    sqlx::query(&format!(
+        "UPDATE {snapshots} SET schema_version = -4 WHERE aggregate_id = $1"
+    ))
+    .bind(id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let err = reader.read(id, "Account").await.unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    let loaded = repo.load(id).await.unwrap();
+    assert_eq!((loaded.version(), loaded.state()), (5, account.state()));
+    assert_eq!(repo.metrics().misses("Account", MissReason::StoreError), 1);
+
+    // A stream with events after the snapshot's version but none at it.
+    let (id, ty) = (Uuid::new_v4(), "Gap");
+    let events = scratch.table(EVENTS);
+    insert_row(&db.pool, &events, id, ty, 1, 1).await;
+    insert_row(&db.pool, &events, id, ty, 3, 1).await;
+    scratch
+        .snapshots
+        .save_snapshot(&snapshot(id, ty, 2, 1))
+        .await
+        .unwrap();
+    let err = reader.read(id, ty).await.unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("not the event at that version"), "{err}");
+
+    // A bad event row in the first page ends the events with an error.
+    let id = Uuid::new_v4();
+    insert_row(&db.pool, &events, id, ty, 1, 1).await;
+    insert_row(&db.pool, &events, id, ty, 2, -1).await;
+    scratch
+        .snapshots
+        .save_snapshot(&snapshot(id, ty, 1, 1))
+        .await
+        .unwrap();
+    let read: Vec<_> = reader.read(id, ty).await.unwrap().unwrap().events.collect().await;
+    assert_eq!(read.len(), 2, "{read:?}");
+    assert!(matches!(&read[1], Err(Error::Corrupt { .. })), "{:?}", read[1]);
+
+    scratch.drop(&db.pool).await;
+}
+
+#[tokio::test]
+async fn only_stores_on_one_pool_read_jointly() {
+    let Some(db) = db("only_stores_on_one_pool_read_jointly").await else {
+        return;
+    };
+    let snapshots = db.snapshots.as_any().unwrap();
+    // Clones and stores made from a clone of the pool share it, whatever their schemas.
+    assert!(db.events.joint_snapshot_reader(snapshots).is_some());
+    let in_schema = PostgresEventStore::with_schema(db.pool.clone(), "es_joint_unused").unwrap();
+    assert!(in_schema.joint_snapshot_reader(snapshots).is_some());
+    // A pool of its own may be another database.
+    let other = PostgresEventStore::new(db.admin().await);
+    assert!(other.joint_snapshot_reader(snapshots).is_none());
+    // Another kind of snapshot store.
+    let memory = eventsource::InMemorySnapshotStore::new();
+    assert!(db.events.joint_snapshot_reader(&memory).is_none());
+    // The stores of a URL, behind `Arc<dyn ...>`.
+    let stores = eventsource::backend::open(&db.url).await.unwrap();
+    let snapshots = stores.snapshots.as_any().unwrap();
+    assert!(stores.events.joint_snapshot_reader(snapshots).is_some());
 }

@@ -1,5 +1,6 @@
 //! The event store: appends checked by the database, reads in keyset-paginated pages.
 
+use std::any::Any;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -10,13 +11,22 @@ use sqlx::postgres::{PgDatabaseError, PgRow};
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{join_timestamp, query_error, split_timestamp, to_bigint, Layout, PostgresEventStore};
+use super::{
+    join_timestamp, joint, query_error, split_timestamp, to_bigint, Layout, PostgresEventStore,
+    PostgresSnapshotStore,
+};
 use crate::error::{Error, Result};
 use crate::event::{EventEnvelope, StoredEvent};
 use crate::event_store::{validate_batch, EventStore, EventStream};
+use crate::snapshot::JointSnapshotRead;
 
 /// The name of the unique constraint on event ids, as created by the migration.
 const EVENT_ID_KEY: &str = "eventsource_events_event_id_key";
+
+/// The columns a read selects, as [`Reader`] decodes them.
+pub(super) const COLUMNS: &str = "position, event_id, event_type, event_version, \
+    aggregate_version, occurred_at, occurred_at_ns, correlation_id, causation_id, \
+    metadata::text AS metadata, payload::text AS payload";
 
 /// The statements of the event store, built once for its table.
 #[derive(Debug)]
@@ -31,9 +41,7 @@ pub(super) struct Sql {
 impl Sql {
     pub(super) fn new(layout: &Layout) -> Self {
         let events = &layout.events;
-        let columns = "position, event_id, event_type, event_version, aggregate_version, \
-                       occurred_at, occurred_at_ns, correlation_id, causation_id, \
-                       metadata::text AS metadata, payload::text AS payload";
+        let columns = COLUMNS;
         Self {
             table: events.clone(),
             // One statement, so one transaction: the batch goes in only if the stream is at the
@@ -200,14 +208,7 @@ impl EventStore for PostgresEventStore {
         let Ok(after) = i64::try_from(after_version) else {
             return Box::pin(stream::empty());
         };
-        let reader = Reader {
-            store: self.clone(),
-            stream: Some((aggregate_id, Arc::from(aggregate_type))),
-            after,
-            names: Names::default(),
-            done: false,
-        };
-        reader.into_stream()
+        Reader::of_stream(self, aggregate_id, aggregate_type, after).into_stream()
     }
 
     async fn stream_version(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<u64> {
@@ -238,6 +239,11 @@ impl EventStore for PostgresEventStore {
         };
         reader.into_stream()
     }
+
+    fn joint_snapshot_reader(&self, snapshots: &dyn Any) -> Option<Arc<dyn JointSnapshotRead>> {
+        let snapshots = snapshots.downcast_ref::<PostgresSnapshotStore>()?;
+        joint::Reader::new(self, snapshots).map(|reader| Arc::new(reader) as _)
+    }
 }
 
 fn version_of(version: i64, table: &str) -> Result<u64> {
@@ -249,7 +255,7 @@ fn version_of(version: i64, table: &str) -> Result<u64> {
 /// Each page is a keyset query (`> last seen ORDER BY ... LIMIT`) on its own pooled
 /// connection, so no connection is held while the caller works through the events, and a
 /// page costs the same however deep into the history it is.
-struct Reader {
+pub(super) struct Reader {
     store: PostgresEventStore,
     /// The stream read by version; `None` reads every stream by position.
     stream: Option<(Uuid, Arc<str>)>,
@@ -260,7 +266,24 @@ struct Reader {
 }
 
 impl Reader {
-    fn into_stream(self) -> EventStream<'static> {
+    /// A reader of one stream's events after version `after`.
+    pub(super) fn of_stream(store: &PostgresEventStore, id: Uuid, aggregate_type: &str, after: i64) -> Self {
+        Self {
+            store: store.clone(),
+            stream: Some((id, Arc::from(aggregate_type))),
+            after,
+            names: Names::default(),
+            done: false,
+        }
+    }
+
+    /// Ends the read: the stream has no events left to read.
+    pub(super) fn end(&mut self) {
+        self.done = true;
+    }
+
+    /// The events still to read, page by page; none if the last page read was the end.
+    pub(super) fn into_stream(self) -> EventStream<'static> {
         let pages = stream::unfold(self, |mut reader| async move {
             if reader.done {
                 return None;
@@ -290,16 +313,21 @@ impl Reader {
                 .await
                 .map_err(|e| query_error("cannot read all events", e)),
         };
-        let rows = match rows {
-            Ok(rows) => rows,
+        match rows {
+            Ok(rows) => self.decode_page(&rows),
             Err(e) => {
                 self.done = true;
-                return vec![Err(e)];
+                vec![Err(e)]
             }
-        };
-        self.done = (rows.len() as i64) < page_size;
+        }
+    }
+
+    /// Decodes a page of rows selected with [`COLUMNS`], in order; a page shorter than the
+    /// page size, or a row that cannot be decoded, ends the read.
+    pub(super) fn decode_page(&mut self, rows: &[PgRow]) -> Vec<Result<StoredEvent>> {
+        self.done = (rows.len() as i64) < self.store.page_size;
         let mut events = Vec::with_capacity(rows.len());
-        for row in &rows {
+        for row in rows {
             match self.decode(row) {
                 Ok(event) => events.push(Ok(event)),
                 Err(e) => {

@@ -43,10 +43,18 @@
 //! text written, while it is the same JSON value.
 //!
 //! **Pools.** Every call takes one connection from the pool for one statement and gives it
-//! back: an append is one statement (and one more to read the version after a lost race), a snapshot read is one, and a stream is read in pages of
-//! [`DEFAULT_PAGE_SIZE`] events, one statement each, so no connection is held while the
-//! caller consumes events, and loading an aggregate from a snapshot is two statements (the
-//! snapshot, then the first page of the events after it). A pool of a few connections per
+//! back: an append is one statement (and one more to read the version after a lost race), a
+//! snapshot read is one, and a stream is read in pages of [`DEFAULT_PAGE_SIZE`] events, one
+//! statement each, so no connection is held while the caller consumes events.
+//!
+//! **A load with a snapshot is one statement** when the event store and the snapshot store
+//! share a pool (as those of [`connect_url`], [`PostgresEventStore::snapshot_store`] or
+//! [`backend::open`](crate::backend::open) do, or two stores built on clones of one pool,
+//! whatever their schemas): the snapshot row joined with the first page of the events from its
+//! version on (see [`EventStore::joint_snapshot_reader`](crate::EventStore::joint_snapshot_reader)).
+//! The repository checks the snapshot as it does any other, and reads the rest of a long tail
+//! page by page. Stores on different pools, which may be different databases, take two
+//! statements: the snapshot, then the events. A pool of a few connections per
 //! core of the application serves many concurrent loads and saves; the sum of every
 //! instance's `max_connections` must stay below the server's `max_connections`.
 //!
@@ -106,6 +114,7 @@
 //! date out of its range) is [`Error::InvalidInput`], and nothing is written.
 
 mod events;
+mod joint;
 mod schema;
 mod snapshots;
 

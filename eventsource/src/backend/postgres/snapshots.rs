@@ -1,5 +1,7 @@
 //! The snapshot store: one row per aggregate, an upsert that never goes back in version.
 
+use std::any::Any;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
@@ -154,10 +156,15 @@ impl SnapshotStore for PostgresSnapshotStore {
             })?;
         Ok(deleted.rows_affected())
     }
+
+    fn as_any(&self) -> Option<&dyn Any> {
+        Some(self)
+    }
 }
 
 impl PostgresSnapshotStore {
-    fn decode(&self, row: &PgRow, aggregate_id: Uuid, aggregate_type: &str) -> Result<Snapshot> {
+    /// The snapshot in a row with the columns of the `get` statement.
+    pub(super) fn decode(&self, row: &PgRow, aggregate_id: Uuid, aggregate_type: &str) -> Result<Snapshot> {
         let fail = |reason: String| {
             Error::corrupt(
                 format!(

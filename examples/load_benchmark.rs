@@ -11,7 +11,8 @@
 //! times: a load with no snapshot store (full replay), a load with a snapshot at N, a load
 //! with a snapshot at N-50, and saves of one event with no snapshots, with a sync snapshot on
 //! every save, and with a background snapshot on every save. Each cell is the median of the
-//! runs in milliseconds, with the fastest and slowest run. The last column is how much the
+//! runs in milliseconds, with the fastest and slowest run, after one untimed warm-up call
+//! (which prepares the statements on a pooled connection). The last column is how much the
 //! process's peak resident memory rose during the full replays (Linux), which shows whether
 //! replay memory grows with N.
 //!
@@ -144,6 +145,8 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, Error>>,
 {
+    // One untimed call first: it prepares the statements on the connection it uses.
+    op().await?;
     let mut samples = Vec::with_capacity(runs);
     for _ in 0..runs {
         let start = Instant::now();
@@ -159,6 +162,8 @@ async fn time_saves(
     root: &mut AggregateRoot<Account>,
     runs: usize,
 ) -> Fallible<Cell> {
+    root.record(MoneyDeposited { amount: 1.0 });
+    repo.save(root).await?;
     let mut samples = Vec::with_capacity(runs);
     for _ in 0..runs {
         root.record(MoneyDeposited { amount: 1.0 });

@@ -1,6 +1,7 @@
 //! The event store: appends checked by the database, reads in keyset-paginated pages.
 
 use std::any::Any;
+use std::future::Future;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -9,11 +10,12 @@ use futures_util::{stream, StreamExt};
 use sqlx::error::ErrorKind;
 use sqlx::postgres::{PgDatabaseError, PgRow};
 use sqlx::Row;
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::{
     join_timestamp, joint, query_error, split_timestamp, to_bigint, Layout, PostgresEventStore,
-    PostgresSnapshotStore,
+    PostgresSnapshotStore, BACKEND,
 };
 use crate::error::{Error, Result};
 use crate::event::{EventEnvelope, StoredEvent};
@@ -230,14 +232,7 @@ impl EventStore for PostgresEventStore {
         let Ok(after) = i64::try_from(after_position) else {
             return Box::pin(stream::empty());
         };
-        let reader = Reader {
-            store: self.clone(),
-            stream: None,
-            after,
-            names: Names::default(),
-            done: false,
-        };
-        reader.into_stream()
+        Reader::new(self, None, after).into_stream()
     }
 
     fn joint_snapshot_reader(&self, snapshots: &dyn Any) -> Option<Arc<dyn JointSnapshotRead>> {
@@ -254,7 +249,9 @@ fn version_of(version: i64, table: &str) -> Result<u64> {
 ///
 /// Each page is a keyset query (`> last seen ORDER BY ... LIMIT`) on its own pooled
 /// connection, so no connection is held while the caller works through the events, and a
-/// page costs the same however deep into the history it is.
+/// page costs the same however deep into the history it is. While the caller works through
+/// a full page, the next one is already being fetched, so the database and the caller work
+/// at the same time; a read dropped part way lets that fetch finish and drops its rows.
 pub(super) struct Reader {
     store: PostgresEventStore,
     /// The stream read by version; `None` reads every stream by position.
@@ -263,17 +260,24 @@ pub(super) struct Reader {
     after: i64,
     names: Names,
     done: bool,
+    /// The fetch of the next page, started when the last page was decoded.
+    next: Option<JoinHandle<Result<Vec<PgRow>>>>,
 }
 
 impl Reader {
     /// A reader of one stream's events after version `after`.
     pub(super) fn of_stream(store: &PostgresEventStore, id: Uuid, aggregate_type: &str, after: i64) -> Self {
+        Self::new(store, Some((id, Arc::from(aggregate_type))), after)
+    }
+
+    fn new(store: &PostgresEventStore, stream: Option<(Uuid, Arc<str>)>, after: i64) -> Self {
         Self {
             store: store.clone(),
-            stream: Some((id, Arc::from(aggregate_type))),
+            stream,
             after,
             names: Names::default(),
             done: false,
+            next: None,
         }
     }
 
@@ -295,23 +299,14 @@ impl Reader {
     }
 
     async fn next_page(&mut self) -> Vec<Result<StoredEvent>> {
-        let page_size = self.store.page_size;
-        let sql = &self.store.sql;
-        let rows = match &self.stream {
-            Some((id, aggregate_type)) => sqlx::query(&sql.read_stream)
-                .bind(id)
-                .bind(&**aggregate_type)
-                .bind(self.after)
-                .bind(page_size)
-                .fetch_all(&self.store.pool)
-                .await
-                .map_err(|e| query_error(&format!("cannot read stream {aggregate_type} {id}"), e)),
-            None => sqlx::query(&sql.read_all)
-                .bind(self.after)
-                .bind(page_size)
-                .fetch_all(&self.store.pool)
-                .await
-                .map_err(|e| query_error("cannot read all events", e)),
+        let rows = match self.next.take() {
+            Some(fetch) => fetch.await.unwrap_or_else(|e| {
+                if e.is_panic() {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+                Err(Error::store(BACKEND, "the fetch of a page was lost", e))
+            }),
+            None => self.fetch().await,
         };
         match rows {
             Ok(rows) => self.decode_page(&rows),
@@ -322,8 +317,33 @@ impl Reader {
         }
     }
 
-    /// Decodes a page of rows selected with [`COLUMNS`], in order; a page shorter than the
-    /// page size, or a row that cannot be decoded, ends the read.
+    /// Fetches the page after the last version (or position) read.
+    fn fetch(&self) -> impl Future<Output = Result<Vec<PgRow>>> + Send + 'static {
+        let (store, stream, after) = (self.store.clone(), self.stream.clone(), self.after);
+        async move {
+            let sql = &store.sql;
+            match &stream {
+                Some((id, aggregate_type)) => sqlx::query(&sql.read_stream)
+                    .bind(id)
+                    .bind(&**aggregate_type)
+                    .bind(after)
+                    .bind(store.page_size)
+                    .fetch_all(&store.pool)
+                    .await
+                    .map_err(|e| query_error(&format!("cannot read stream {aggregate_type} {id}"), e)),
+                None => sqlx::query(&sql.read_all)
+                    .bind(after)
+                    .bind(store.page_size)
+                    .fetch_all(&store.pool)
+                    .await
+                    .map_err(|e| query_error("cannot read all events", e)),
+            }
+        }
+    }
+
+    /// Decodes a page of rows that start with [`COLUMNS`], in order; a page shorter than the
+    /// page size, or a row that cannot be decoded, ends the read. Otherwise the fetch of the
+    /// next page starts.
     pub(super) fn decode_page(&mut self, rows: &[PgRow]) -> Vec<Result<StoredEvent>> {
         self.done = (rows.len() as i64) < self.store.page_size;
         let mut events = Vec::with_capacity(rows.len());
@@ -337,15 +357,18 @@ impl Reader {
                 }
             }
         }
+        if !self.done {
+            self.next = Some(tokio::spawn(self.fetch()));
+        }
         events
     }
 
     fn decode(&mut self, row: &PgRow) -> Result<StoredEvent> {
         let table = &self.store.sql.table;
-        let position: i64 = column(row, "position").map_err(|e| Error::corrupt(table.clone(), e))?;
+        let position: i64 = column(row, at::POSITION).map_err(|e| Error::corrupt(table.clone(), e))?;
         let fail =
             |reason: String| Error::corrupt(format!("event at position {position} in {table}"), reason);
-        let aggregate_version: i64 = column(row, "aggregate_version").map_err(fail)?;
+        let aggregate_version: i64 = column(row, at::AGGREGATE_VERSION).map_err(fail)?;
         let (aggregate_id, aggregate_type) = match &self.stream {
             Some((id, aggregate_type)) => {
                 if aggregate_version != self.after + 1 {
@@ -360,24 +383,24 @@ impl Reader {
             }
             None => {
                 self.after = position;
-                let aggregate_type: &str = column(row, "aggregate_type").map_err(fail)?;
+                let aggregate_type: &str = column(row, at::AGGREGATE_TYPE).map_err(fail)?;
                 (
-                    column(row, "aggregate_id").map_err(fail)?,
+                    column(row, at::AGGREGATE_ID).map_err(fail)?,
                     self.names.get(aggregate_type),
                 )
             }
         };
-        let event_version: i64 = column(row, "event_version").map_err(fail)?;
-        let occurred_at: DateTime<Utc> = column(row, "occurred_at").map_err(fail)?;
-        let occurred_at_ns: i32 = column(row, "occurred_at_ns").map_err(fail)?;
-        let metadata: Option<&str> = column(row, "metadata").map_err(fail)?;
+        let event_version: i64 = column(row, at::EVENT_VERSION).map_err(fail)?;
+        let occurred_at: DateTime<Utc> = column(row, at::OCCURRED_AT).map_err(fail)?;
+        let occurred_at_ns: i32 = column(row, at::OCCURRED_AT_NS).map_err(fail)?;
+        let metadata: Option<&str> = column(row, at::METADATA).map_err(fail)?;
         let metadata = match metadata {
             Some(text) => Some(serde_json::from_str(text).map_err(|e| fail(format!("metadata: {e}")))?),
             None => None,
         };
         let envelope = EventEnvelope {
-            event_id: column(row, "event_id").map_err(fail)?,
-            event_type: self.names.get(column(row, "event_type").map_err(fail)?),
+            event_id: column(row, at::EVENT_ID).map_err(fail)?,
+            event_type: self.names.get(column(row, at::EVENT_TYPE).map_err(fail)?),
             event_version: u32::try_from(event_version)
                 .map_err(|_| fail(format!("event version {event_version} is out of range")))?,
             aggregate_id,
@@ -386,10 +409,10 @@ impl Reader {
                 .map_err(|_| fail(format!("aggregate version {aggregate_version} is out of range")))?,
             occurred_at: join_timestamp(occurred_at, occurred_at_ns)
                 .ok_or_else(|| fail(format!("occurred_at_ns {occurred_at_ns} is out of range")))?,
-            correlation_id: column(row, "correlation_id").map_err(fail)?,
-            causation_id: column(row, "causation_id").map_err(fail)?,
+            correlation_id: column(row, at::CORRELATION_ID).map_err(fail)?,
+            causation_id: column(row, at::CAUSATION_ID).map_err(fail)?,
             metadata,
-            payload: Arc::from(column::<&str>(row, "payload").map_err(fail)?),
+            payload: Arc::from(column::<&str>(row, at::PAYLOAD).map_err(fail)?),
         };
         Ok(StoredEvent {
             position: u64::try_from(position).map_err(|_| fail("negative position".into()))?,
@@ -398,12 +421,30 @@ impl Reader {
     }
 }
 
+/// Where each of [`COLUMNS`] is in a row (by index: a lookup by name costs a hash per
+/// column and row), then the two columns `read_all` adds.
+mod at {
+    pub(super) const POSITION: usize = 0;
+    pub(super) const EVENT_ID: usize = 1;
+    pub(super) const EVENT_TYPE: usize = 2;
+    pub(super) const EVENT_VERSION: usize = 3;
+    pub(super) const AGGREGATE_VERSION: usize = 4;
+    pub(super) const OCCURRED_AT: usize = 5;
+    pub(super) const OCCURRED_AT_NS: usize = 6;
+    pub(super) const CORRELATION_ID: usize = 7;
+    pub(super) const CAUSATION_ID: usize = 8;
+    pub(super) const METADATA: usize = 9;
+    pub(super) const PAYLOAD: usize = 10;
+    pub(super) const AGGREGATE_ID: usize = 11;
+    pub(super) const AGGREGATE_TYPE: usize = 12;
+}
+
 /// A column's value, or why it cannot be read.
-fn column<'r, T>(row: &'r PgRow, name: &str) -> std::result::Result<T, String>
+fn column<'r, T>(row: &'r PgRow, index: usize) -> std::result::Result<T, String>
 where
     T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
 {
-    row.try_get(name).map_err(|e| e.to_string())
+    row.try_get(index).map_err(|e| e.to_string())
 }
 
 /// The type names met in a read, shared so that a long read allocates each name once.

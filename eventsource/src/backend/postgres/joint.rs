@@ -29,14 +29,14 @@ impl Reader {
             return None;
         }
         let (snapshot_table, event_table) = (&snapshots.layout.snapshots, &events.layout.events);
-        // One row per event of the first page, each with the snapshot's columns; the state
+        // One row per event of the first page (its columns first, where the event reader
+        // expects them), each with the snapshot's columns; the state
         // only on the row of the event at the snapshot's version (or on the one row with no
         // event, when the stream has not reached that version), so it crosses the wire once.
         let sql = format!(
-            "SELECT s.version, s.schema_version, s.created_at, s.created_at_ns,
+            "SELECT e.*, s.version, s.schema_version, s.created_at, s.created_at_ns,
                 CASE WHEN e.aggregate_version IS NULL OR e.aggregate_version = s.version
-                    THEN s.state::text END AS state,
-                e.*
+                    THEN s.state::text END AS state
              FROM {snapshot_table} s
              LEFT JOIN LATERAL (
                 SELECT {COLUMNS} FROM {event_table}

@@ -43,7 +43,6 @@ pub(super) struct Sql {
 impl Sql {
     pub(super) fn new(layout: &Layout) -> Self {
         let events = &layout.events;
-        let columns = COLUMNS;
         Self {
             table: events.clone(),
             // One statement, so one transaction: the batch goes in only if the stream is at the
@@ -79,12 +78,12 @@ impl Sql {
                  WHERE aggregate_id = $1 AND aggregate_type = $2"
             ),
             read_stream: format!(
-                "SELECT {columns} FROM {events}
+                "SELECT {COLUMNS} FROM {events}
                  WHERE aggregate_id = $1 AND aggregate_type = $2 AND aggregate_version > $3
                  ORDER BY aggregate_version LIMIT $4"
             ),
             read_all: format!(
-                "SELECT {columns}, aggregate_id, aggregate_type FROM {events}
+                "SELECT {COLUMNS}, aggregate_id, aggregate_type FROM {events}
                  WHERE position > $1 ORDER BY position LIMIT $2"
             ),
         }

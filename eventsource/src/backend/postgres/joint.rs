@@ -30,9 +30,9 @@ impl Reader {
         }
         let (snapshot_table, event_table) = (&snapshots.layout.snapshots, &events.layout.events);
         // One row per event of the first page (its columns first, where the event reader
-        // expects them), each with the snapshot's columns; the state
-        // only on the row of the event at the snapshot's version (or on the one row with no
-        // event, when the stream has not reached that version), so it crosses the wire once.
+        // expects them), each with the snapshot's columns; the state only on the row of the
+        // event at the snapshot's version (or on the one row with no event, when the stream
+        // has not reached that version), so it crosses the wire once.
         let sql = format!(
             "SELECT e.*, s.version, s.schema_version, s.created_at, s.created_at_ns,
                 CASE WHEN e.aggregate_version IS NULL OR e.aggregate_version = s.version

@@ -1121,6 +1121,13 @@ async fn a_snapshot_and_its_events_are_read_in_one_statement_and_checked_as_ever
     // No snapshot.
     assert_eq!(joint_read(&events, &db.snapshots, Uuid::new_v4()).await, None);
 
+    // Pages of one event: at the head, then the rest of the stream page by page.
+    let single = db.events.clone().with_page_size(1).unwrap();
+    assert_eq!(
+        joint_read(&single, &db.snapshots, id).await,
+        Some((10, (10..=17).collect()))
+    );
+
     // Beyond the head: the snapshot comes alone, and the repository replays every event.
     let beyond = Snapshot {
         version: 30,
@@ -1128,6 +1135,7 @@ async fn a_snapshot_and_its_events_are_read_in_one_statement_and_checked_as_ever
     };
     db.snapshots.save_snapshot(&beyond).await.unwrap();
     assert_eq!(joint_read(&events, &db.snapshots, id).await, Some((30, vec![])));
+    assert_eq!(joint_read(&single, &db.snapshots, id).await, Some((30, vec![])));
     let loaded = repo.load(id).await.unwrap();
     assert_eq!((loaded.version(), loaded.state()), (17, later.state()));
     assert_eq!(repo.metrics().misses("Account", MissReason::BeyondStreamHead), 1);
@@ -1136,12 +1144,23 @@ async fn a_snapshot_and_its_events_are_read_in_one_statement_and_checked_as_ever
     db.snapshots.delete_snapshot(id, "Account").await.unwrap();
     let other_schema = Snapshot {
         schema_version: 99,
-        ..at_head
+        ..at_head.clone()
     };
     db.snapshots.save_snapshot(&other_schema).await.unwrap();
     let loaded = repo.load(id).await.unwrap();
     assert_eq!((loaded.version(), loaded.state()), (17, later.state()));
     assert_eq!(repo.metrics().misses("Account", MissReason::SchemaMismatch), 1);
+
+    // A snapshot at version 0 is refused before its events are looked at, as ever.
+    db.snapshots.delete_snapshot(id, "Account").await.unwrap();
+    let at_zero = Snapshot {
+        version: 0,
+        ..at_head
+    };
+    db.snapshots.save_snapshot(&at_zero).await.unwrap();
+    let loaded = repo.load(id).await.unwrap();
+    assert_eq!((loaded.version(), loaded.state()), (17, later.state()));
+    assert_eq!(repo.metrics().misses("Account", MissReason::StoreError), 1);
 }
 
 #[tokio::test]
@@ -1186,9 +1205,11 @@ async fn corrupt_rows_fail_a_joint_read_and_the_load_replays() {
         .save_snapshot(&snapshot(id, ty, 2, 1))
         .await
         .unwrap();
-    let err = reader.read(id, ty).await.unwrap_err();
-    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
-    assert!(err.to_string().contains("not the event at that version"), "{err}");
+    // The events say so, as a read of the stream from the snapshot's version would.
+    let read: Vec<_> = reader.read(id, ty).await.unwrap().unwrap().events.collect().await;
+    assert!(matches!(&read[..], [Err(Error::Corrupt { .. })]), "{read:?}");
+    let err = read[0].as_ref().unwrap_err().to_string();
+    assert!(err.contains("jumps from version 1 to 3"), "{err}");
 
     // A bad event row in the first page ends the events with an error.
     let id = Uuid::new_v4();

@@ -38,6 +38,8 @@ pub trait JointSnapshotRead: Send + Sync {
     /// The aggregate's snapshot and the events from its version on, or `None` if no snapshot
     /// is stored. An error counts as a snapshot store error: the repository then replays
     /// every event through [`EventStore::read_stream`](crate::EventStore::read_stream).
+    /// The snapshot policy's store timeout covers this call, so it covers whatever part of
+    /// the events the reader fetches with the snapshot.
     async fn read<'a>(
         &'a self,
         aggregate_id: Uuid,

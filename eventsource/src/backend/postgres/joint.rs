@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::events::{self, COLUMNS};
 use super::{query_error, PostgresEventStore, PostgresSnapshotStore};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::snapshot::{JointSnapshotRead, SnapshotAndEvents};
 
 /// Reads a snapshot and the events from its version on, in one round trip.
@@ -30,12 +30,12 @@ impl Reader {
         }
         let (snapshot_table, event_table) = (&snapshots.layout.snapshots, &events.layout.events);
         // One row per event of the first page (its columns first, where the event reader
-        // expects them), each with the snapshot's columns; the state only on the row of the
-        // event at the snapshot's version (or on the one row with no event, when the stream
-        // has not reached that version), so it crosses the wire once.
+        // expects them), or one row with no event when the stream has not reached the
+        // snapshot's version; each with the snapshot's columns, the state only on the first
+        // row, so it crosses the wire once.
         let sql = format!(
             "SELECT e.*, s.version, s.schema_version, s.created_at, s.created_at_ns,
-                CASE WHEN e.aggregate_version IS NULL OR e.aggregate_version = s.version
+                CASE WHEN row_number() OVER (ORDER BY e.aggregate_version) = 1
                     THEN s.state::text END AS state
              FROM {snapshot_table} s
              LEFT JOIN LATERAL (
@@ -76,18 +76,9 @@ impl JointSnapshotRead for Reader {
         let Some(first) = rows.first() else {
             return Ok(None);
         };
-        if has_no_state(first) {
-            // Versions are dense: events after the snapshot's version but none at it.
-            return Err(Error::corrupt(
-                self.events.layout.events.clone(),
-                format!(
-                    "the stream {aggregate_type} {aggregate_id} has events after the version of \
-                     its snapshot but not the event at that version"
-                ),
-            ));
-        }
         let snapshot = self.snapshots.decode(first, aggregate_id, aggregate_type)?;
-        // In range: the version came from a BIGINT.
+        // In range: the version came from a BIGINT. The reader checks that the first event is
+        // at the snapshot's version, as a read of the stream from there would.
         let after = snapshot.version as i64 - 1;
         let mut reader = events::Reader::of_stream(&self.events, aggregate_id, aggregate_type, after);
         let page = if has_event(first) {
@@ -106,9 +97,4 @@ impl JointSnapshotRead for Reader {
 /// Whether the row carries an event (the join found one).
 fn has_event(row: &PgRow) -> bool {
     matches!(row.try_get::<Option<i64>, _>("position"), Ok(Some(_)))
-}
-
-/// Whether the row lacks the snapshot's state (it is not the row of the snapshot's version).
-fn has_no_state(row: &PgRow) -> bool {
-    matches!(row.try_get::<Option<&str>, _>("state"), Ok(None))
 }

@@ -45,9 +45,11 @@
 //! **Pools.** Every call takes one connection from the pool for one statement and gives it
 //! back: an append is one statement (and one more to read the version after a lost race), a
 //! snapshot read is one, and a stream is read in pages of [`DEFAULT_PAGE_SIZE`] events, one
-//! statement each, so no connection is held while the caller consumes events. While the
-//! caller works through a full page, the next page is fetched (a long replay keeps at most
-//! one statement in flight), so the database and the caller work at the same time.
+//! statement each, so no connection is held between statements. While the caller works
+//! through a full page, the next page is fetched, so the database and the caller work at the
+//! same time: a read has at most one statement in flight, and a caller that runs statements
+//! of its own meanwhile uses a second connection. A read sees events appended while it runs
+//! up to the moment it fetches its last page.
 //!
 //! **A load with a snapshot is one statement** when the event store and the snapshot store
 //! share a pool (as those of [`connect_url`], [`PostgresEventStore::snapshot_store`] or

@@ -593,6 +593,38 @@ async fn rows_that_cannot_be_decoded_are_corrupt_errors() {
 }
 
 #[tokio::test]
+async fn a_column_of_another_type_is_a_corrupt_error() {
+    let Some(db) = db("a_column_of_another_type_is_a_corrupt_error").await else {
+        return;
+    };
+    // A table altered by hand: the reader checks each page's column types once and decodes
+    // the values unchecked, so the check must catch it.
+    let scratch = db.scratch().await;
+    sqlx::query(&format!(
+        "ALTER TABLE {} ALTER COLUMN occurred_at_ns TYPE bigint",
+        scratch.table(EVENTS)
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let (id, ty) = (Uuid::new_v4(), "Altered");
+    scratch
+        .events
+        .append(id, ty, 0, &batch(id, ty, 0, 3))
+        .await
+        .unwrap();
+
+    let read: Vec<_> = scratch.events.read_stream(id, ty, 0).collect().await;
+    assert!(matches!(&read[..], [Err(Error::Corrupt { .. })]), "{read:?}");
+    let err = read[0].as_ref().unwrap_err().to_string();
+    assert!(err.contains("occurred_at_ns is of type INT8"), "{err}");
+    let all: Vec<_> = scratch.events.read_all(0).collect().await;
+    assert!(matches!(&all[..], [Err(Error::Corrupt { .. })]), "{all:?}");
+
+    scratch.drop(&db.pool).await;
+}
+
+#[tokio::test]
 async fn a_long_stream_is_read_page_by_page() {
     // One connection: a read that held it between pages would starve the other calls.
     let pool = PgPoolOptions::new()

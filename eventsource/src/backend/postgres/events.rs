@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use futures_util::{stream, StreamExt};
 use sqlx::error::ErrorKind;
 use sqlx::postgres::{PgDatabaseError, PgRow};
-use sqlx::Row;
+use sqlx::{Column, Row};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -345,6 +345,10 @@ impl Reader {
     /// next page starts.
     pub(super) fn decode_page(&mut self, rows: &[PgRow]) -> Vec<Result<StoredEvent>> {
         self.done = (rows.len() as i64) < self.store.page_size;
+        if let Some(Err(reason)) = rows.first().map(|row| self.check_types(row)) {
+            self.done = true;
+            return vec![Err(Error::corrupt(self.store.sql.table.clone(), reason))];
+        }
         let mut events = Vec::with_capacity(rows.len());
         for row in rows {
             match self.decode(row) {
@@ -362,6 +366,28 @@ impl Reader {
         events
     }
 
+    /// Checks that each column the reader decodes has a type it can decode, once a page: the
+    /// rows of a statement share their types, so each value is then decoded unchecked.
+    fn check_types(&self, row: &PgRow) -> std::result::Result<(), String> {
+        has_type::<i64>(row, at::POSITION)?;
+        has_type::<Uuid>(row, at::EVENT_ID)?;
+        has_type::<&str>(row, at::EVENT_TYPE)?;
+        has_type::<i64>(row, at::EVENT_VERSION)?;
+        has_type::<i64>(row, at::AGGREGATE_VERSION)?;
+        has_type::<DateTime<Utc>>(row, at::OCCURRED_AT)?;
+        has_type::<i32>(row, at::OCCURRED_AT_NS)?;
+        has_type::<Uuid>(row, at::CORRELATION_ID)?;
+        has_type::<Uuid>(row, at::CAUSATION_ID)?;
+        has_type::<&str>(row, at::METADATA)?;
+        has_type::<&str>(row, at::PAYLOAD)?;
+        if self.stream.is_none() {
+            has_type::<Uuid>(row, at::AGGREGATE_ID)?;
+            has_type::<&str>(row, at::AGGREGATE_TYPE)?;
+        }
+        Ok(())
+    }
+
+    /// Decodes one row of a page whose types [`check_types`](Self::check_types) accepted.
     fn decode(&mut self, row: &PgRow) -> Result<StoredEvent> {
         let table = &self.store.sql.table;
         let position: i64 = column(row, at::POSITION).map_err(|e| Error::corrupt(table.clone(), e))?;
@@ -438,12 +464,27 @@ mod at {
     pub(super) const AGGREGATE_TYPE: usize = 12;
 }
 
-/// A column's value, or why it cannot be read.
+/// Whether the column holds values of a type that decodes as `T`, or why not.
+fn has_type<T: sqlx::Type<sqlx::Postgres>>(row: &PgRow, index: usize) -> std::result::Result<(), String> {
+    let column = row.try_column(index).map_err(|e| e.to_string())?;
+    let found = column.type_info();
+    if T::compatible(found) {
+        return Ok(());
+    }
+    Err(format!(
+        "column {} is of type {found}, not {}",
+        column.name(),
+        T::type_info()
+    ))
+}
+
+/// A column's value, or why it cannot be read. Its type is checked once a page, by
+/// [`has_type`]; decoding still fails on a NULL, a value of the wrong size or bad UTF-8.
 fn column<'r, T>(row: &'r PgRow, index: usize) -> std::result::Result<T, String>
 where
-    T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+    T: sqlx::Decode<'r, sqlx::Postgres>,
 {
-    row.try_get(index).map_err(|e| e.to_string())
+    row.try_get_unchecked(index).map_err(|e| e.to_string())
 }
 
 /// The type names met in a read, shared so that a long read allocates each name once.

@@ -11,8 +11,8 @@
 //! times: a load with no snapshot store (full replay), a load with a snapshot at N, a load
 //! with a snapshot at N-50, and saves of one event with no snapshots, with a sync snapshot on
 //! every save, and with a background snapshot on every save. Each cell is the median of the
-//! runs in milliseconds, with the fastest and slowest run, after one untimed warm-up call
-//! (which prepares the statements on a pooled connection). The last column is how much the
+//! runs in milliseconds, with the fastest and slowest run, after untimed warm-up calls (ten,
+//! or as many as fit in half a second; see [`WARM_UP_CALLS`]). The last column is how much the
 //! process's peak resident memory rose during the full replays (Linux), which shows whether
 //! replay memory grows with N.
 //!
@@ -34,6 +34,14 @@ use eventsource::EventEnvelope;
 type Fallible<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
 const BATCH: u64 = 1_000;
+
+/// Untimed calls before a cell's runs: up to this many, or as many as fit in
+/// [`WARM_UP_TIME`] (at least one). A pool hands out its connections in turn, and each one
+/// prepares a statement the first time it runs it and PostgreSQL plans it afresh its first
+/// five runs, so a cell timed after a single call would time that warming-up rather than the
+/// steady state an application runs in.
+const WARM_UP_CALLS: usize = 10;
+const WARM_UP_TIME: std::time::Duration = std::time::Duration::from_millis(500);
 
 struct Options {
     stores: Vec<String>,
@@ -145,8 +153,13 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, Error>>,
 {
-    // One untimed call first: it prepares the statements on the connection it uses.
-    op().await?;
+    let warm_up = Instant::now();
+    for _ in 0..WARM_UP_CALLS {
+        op().await?;
+        if warm_up.elapsed() >= WARM_UP_TIME {
+            break;
+        }
+    }
     let mut samples = Vec::with_capacity(runs);
     for _ in 0..runs {
         let start = Instant::now();
@@ -162,8 +175,14 @@ async fn time_saves(
     root: &mut AggregateRoot<Account>,
     runs: usize,
 ) -> Fallible<Cell> {
-    root.record(MoneyDeposited { amount: 1.0 });
-    repo.save(root).await?;
+    let warm_up = Instant::now();
+    for _ in 0..WARM_UP_CALLS {
+        root.record(MoneyDeposited { amount: 1.0 });
+        repo.save(root).await?;
+        if warm_up.elapsed() >= WARM_UP_TIME {
+            break;
+        }
+    }
     let mut samples = Vec::with_capacity(runs);
     for _ in 0..runs {
         root.record(MoneyDeposited { amount: 1.0 });

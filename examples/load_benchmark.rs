@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example load_benchmark -- [--stores memory,sqlite,postgres]
-//!     [--sizes 100,1000,10000,100000,1000000] [--runs 7] [--postgres URL]
+//!     [--sizes 100,1000,10000,100000,1000000] [--runs 15] [--postgres URL]
 //!     [--runtime multi-thread|current-thread]
 //! ```
 //!
@@ -55,7 +55,7 @@ fn options() -> Fallible<Options> {
     let mut options = Options {
         stores: vec!["memory".into(), "sqlite".into(), "postgres".into()],
         sizes: vec![100, 1_000, 10_000, 100_000, 1_000_000],
-        runs: 7,
+        runs: 15,
         postgres: std::env::var("EVENTSOURCE_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
         runtime: "multi-thread".into(),

@@ -601,7 +601,7 @@ async fn a_column_of_another_type_is_a_corrupt_error() {
     // the values unchecked, so the check must catch it.
     let scratch = db.scratch().await;
     sqlx::query(&format!(
-        "ALTER TABLE {} ALTER COLUMN occurred_at_ns TYPE bigint",
+        "ALTER TABLE {} ALTER COLUMN occurred_at_ns TYPE bigint, ALTER COLUMN position TYPE integer",
         scratch.table(EVENTS)
     ))
     .execute(&db.pool)
@@ -617,9 +617,24 @@ async fn a_column_of_another_type_is_a_corrupt_error() {
     let read: Vec<_> = scratch.events.read_stream(id, ty, 0).collect().await;
     assert!(matches!(&read[..], [Err(Error::Corrupt { .. })]), "{read:?}");
     let err = read[0].as_ref().unwrap_err().to_string();
-    assert!(err.contains("occurred_at_ns is of type INT8"), "{err}");
+    assert!(err.contains("column position is of type INT4"), "{err}");
     let all: Vec<_> = scratch.events.read_all(0).collect().await;
     assert!(matches!(&all[..], [Err(Error::Corrupt { .. })]), "{all:?}");
+
+    // A joint read decodes its events as a page too.
+    scratch
+        .snapshots
+        .save_snapshot(&snapshot(id, ty, 2, 1))
+        .await
+        .unwrap();
+    let reader = scratch
+        .events
+        .joint_snapshot_reader(scratch.snapshots.as_any().unwrap())
+        .unwrap();
+    let found = reader.read(id, ty).await.unwrap().unwrap();
+    assert_eq!(found.snapshot.version, 2);
+    let read: Vec<_> = found.events.collect().await;
+    assert!(matches!(&read[..], [Err(Error::Corrupt { .. })]), "{read:?}");
 
     scratch.drop(&db.pool).await;
 }
@@ -1190,6 +1205,11 @@ async fn a_snapshot_and_its_events_are_read_in_one_statement_and_checked_as_ever
         ..at_head
     };
     db.snapshots.save_snapshot(&at_zero).await.unwrap();
+    // No event is at version 0, so the reader falls back to two statements.
+    assert_eq!(
+        joint_read(&events, &db.snapshots, id).await,
+        Some((0, (1..=17).collect()))
+    );
     let loaded = repo.load(id).await.unwrap();
     assert_eq!((loaded.version(), loaded.state()), (17, later.state()));
     assert_eq!(repo.metrics().misses("Account", MissReason::StoreError), 1);
@@ -1238,7 +1258,9 @@ async fn corrupt_rows_fail_a_joint_read_and_the_load_replays() {
         .await
         .unwrap();
     // The events say so, as a read of the stream from the snapshot's version would.
-    let read: Vec<_> = reader.read(id, ty).await.unwrap().unwrap().events.collect().await;
+    let found = reader.read(id, ty).await.unwrap().unwrap();
+    assert_eq!(found.snapshot.version, 2);
+    let read: Vec<_> = found.events.collect().await;
     assert!(matches!(&read[..], [Err(Error::Corrupt { .. })]), "{read:?}");
     let err = read[0].as_ref().unwrap_err().to_string();
     assert!(err.contains("jumps from version 1 to 3"), "{err}");

@@ -448,20 +448,20 @@ impl Reader {
 
 /// Where each of [`COLUMNS`] is in a row (by index: a lookup by name costs a hash per
 /// column and row), then the two columns `read_all` adds.
-mod at {
-    pub(super) const POSITION: usize = 0;
-    pub(super) const EVENT_ID: usize = 1;
-    pub(super) const EVENT_TYPE: usize = 2;
-    pub(super) const EVENT_VERSION: usize = 3;
-    pub(super) const AGGREGATE_VERSION: usize = 4;
-    pub(super) const OCCURRED_AT: usize = 5;
-    pub(super) const OCCURRED_AT_NS: usize = 6;
-    pub(super) const CORRELATION_ID: usize = 7;
-    pub(super) const CAUSATION_ID: usize = 8;
-    pub(super) const METADATA: usize = 9;
-    pub(super) const PAYLOAD: usize = 10;
-    pub(super) const AGGREGATE_ID: usize = 11;
-    pub(super) const AGGREGATE_TYPE: usize = 12;
+pub(super) mod at {
+    pub(in crate::backend::postgres) const POSITION: usize = 0;
+    pub(in crate::backend::postgres) const EVENT_ID: usize = 1;
+    pub(in crate::backend::postgres) const EVENT_TYPE: usize = 2;
+    pub(in crate::backend::postgres) const EVENT_VERSION: usize = 3;
+    pub(in crate::backend::postgres) const AGGREGATE_VERSION: usize = 4;
+    pub(in crate::backend::postgres) const OCCURRED_AT: usize = 5;
+    pub(in crate::backend::postgres) const OCCURRED_AT_NS: usize = 6;
+    pub(in crate::backend::postgres) const CORRELATION_ID: usize = 7;
+    pub(in crate::backend::postgres) const CAUSATION_ID: usize = 8;
+    pub(in crate::backend::postgres) const METADATA: usize = 9;
+    pub(in crate::backend::postgres) const PAYLOAD: usize = 10;
+    pub(in crate::backend::postgres) const AGGREGATE_ID: usize = 11;
+    pub(in crate::backend::postgres) const AGGREGATE_TYPE: usize = 12;
 }
 
 /// Whether the column holds values of a type that decodes as `T`, or why not.

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures_util::{stream, StreamExt};
 use sqlx::postgres::PgRow;
-use sqlx::Row;
+use sqlx::{Column, Row, ValueRef};
 use uuid::Uuid;
 
-use super::events::{self, COLUMNS};
+use super::events::{self, at, COLUMNS};
 use super::{query_error, PostgresEventStore, PostgresSnapshotStore};
 use crate::error::Result;
 use crate::event_store::EventStore;
@@ -113,17 +113,24 @@ impl JointSnapshotRead for Reader {
     }
 }
 
-/// The version of the row's event, if it has one that decodes.
+/// The version of the row's event, if it has one that decodes (for ordering only: the
+/// reader checks the column's type when it decodes the page).
 fn version(row: &PgRow) -> Option<i64> {
-    row.try_get("aggregate_version").ok().flatten()
+    row.try_get_unchecked(at::AGGREGATE_VERSION).ok().flatten()
 }
 
-/// Whether the row carries an event (the join found one).
+/// Whether the row carries an event (the join found one), whatever the column's type.
 fn has_event(row: &PgRow) -> bool {
-    matches!(row.try_get::<Option<i64>, _>("position"), Ok(Some(_)))
+    is_set(row, at::POSITION)
 }
 
 /// Whether the row carries the snapshot's state (it is the row of the snapshot's version).
 fn has_state(row: &PgRow) -> bool {
-    matches!(row.try_get::<Option<&str>, _>("state"), Ok(Some(_)))
+    row.try_column("state")
+        .is_ok_and(|column| is_set(row, column.ordinal()))
+}
+
+/// Whether the column is there and not NULL.
+fn is_set(row: &PgRow, index: usize) -> bool {
+    row.try_get_raw(index).is_ok_and(|value| !value.is_null())
 }

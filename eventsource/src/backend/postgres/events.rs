@@ -449,19 +449,19 @@ impl Reader {
 /// Where each of [`COLUMNS`] is in a row (by index: a lookup by name costs a hash per
 /// column and row), then the two columns `read_all` adds.
 pub(super) mod at {
-    pub(in crate::backend::postgres) const POSITION: usize = 0;
-    pub(in crate::backend::postgres) const EVENT_ID: usize = 1;
-    pub(in crate::backend::postgres) const EVENT_TYPE: usize = 2;
-    pub(in crate::backend::postgres) const EVENT_VERSION: usize = 3;
-    pub(in crate::backend::postgres) const AGGREGATE_VERSION: usize = 4;
-    pub(in crate::backend::postgres) const OCCURRED_AT: usize = 5;
-    pub(in crate::backend::postgres) const OCCURRED_AT_NS: usize = 6;
-    pub(in crate::backend::postgres) const CORRELATION_ID: usize = 7;
-    pub(in crate::backend::postgres) const CAUSATION_ID: usize = 8;
-    pub(in crate::backend::postgres) const METADATA: usize = 9;
-    pub(in crate::backend::postgres) const PAYLOAD: usize = 10;
-    pub(in crate::backend::postgres) const AGGREGATE_ID: usize = 11;
-    pub(in crate::backend::postgres) const AGGREGATE_TYPE: usize = 12;
+    pub(crate) const POSITION: usize = 0;
+    pub(crate) const EVENT_ID: usize = 1;
+    pub(crate) const EVENT_TYPE: usize = 2;
+    pub(crate) const EVENT_VERSION: usize = 3;
+    pub(crate) const AGGREGATE_VERSION: usize = 4;
+    pub(crate) const OCCURRED_AT: usize = 5;
+    pub(crate) const OCCURRED_AT_NS: usize = 6;
+    pub(crate) const CORRELATION_ID: usize = 7;
+    pub(crate) const CAUSATION_ID: usize = 8;
+    pub(crate) const METADATA: usize = 9;
+    pub(crate) const PAYLOAD: usize = 10;
+    pub(crate) const AGGREGATE_ID: usize = 11;
+    pub(crate) const AGGREGATE_TYPE: usize = 12;
 }
 
 /// Whether the column holds values of a type that decodes as `T`, or why not.

@@ -59,9 +59,9 @@
 //! The repository checks the snapshot as it does any other, and reads the rest of a long tail
 //! page by page. A stream that has events after the snapshot's version but not the event at
 //! it (a gap, or a snapshot at version 0) is read again in two statements, so that it is
-//! reported as without a shared pool. Stores on different pools, which may be different databases, take two
-//! statements: the snapshot, then the events. A pool of a few connections per
-//! core of the application serves many concurrent loads and saves; the sum of every
+//! reported as without a shared pool. Stores on different pools, which may be different
+//! databases, take two statements: the snapshot, then the events. A pool of a few connections
+//! per core of the application serves many concurrent loads and saves; the sum of every
 //! instance's `max_connections` must stay below the server's `max_connections`.
 //!
 //! [`connect_url`] builds its pool from [`pool_options`]: sqlx's defaults (at most 10

@@ -148,17 +148,22 @@ fn ms(value: f64) -> String {
     }
 }
 
+/// The warm-up calls of a cell: the first always, each next one while the warm-up has
+/// lasted less than [`WARM_UP_TIME`], [`WARM_UP_CALLS`] at most.
+fn warm_up() -> impl Iterator<Item = ()> {
+    let start = Instant::now();
+    (0..WARM_UP_CALLS)
+        .map(|_| ())
+        .take_while(move |()| start.elapsed() < WARM_UP_TIME)
+}
+
 async fn time<F, Fut, T>(runs: usize, mut op: F) -> Fallible<Cell>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, Error>>,
 {
-    let warm_up = Instant::now();
-    for _ in 0..WARM_UP_CALLS {
+    for () in warm_up() {
         op().await?;
-        if warm_up.elapsed() >= WARM_UP_TIME {
-            break;
-        }
     }
     let mut samples = Vec::with_capacity(runs);
     for _ in 0..runs {
@@ -175,13 +180,9 @@ async fn time_saves(
     root: &mut AggregateRoot<Account>,
     runs: usize,
 ) -> Fallible<Cell> {
-    let warm_up = Instant::now();
-    for _ in 0..WARM_UP_CALLS {
+    for () in warm_up() {
         root.record(MoneyDeposited { amount: 1.0 });
         repo.save(root).await?;
-        if warm_up.elapsed() >= WARM_UP_TIME {
-            break;
-        }
     }
     let mut samples = Vec::with_capacity(runs);
     for _ in 0..runs {

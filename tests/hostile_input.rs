@@ -556,6 +556,7 @@ fn config(cases: u32) -> ProptestConfig {
 
 fn snapshot(id: Uuid, version: u64, state: &str, schema_version: u32) -> Snapshot {
     Snapshot {
+        event_id: None,
         aggregate_id: id,
         aggregate_type: "Account".into(),
         version,
@@ -931,7 +932,7 @@ proptest! {
             match store.append(id, "Account", 0, &batch).await {
                 Ok(n) => assert_eq!(n, events.len() as u64),
                 Err(Error::InvalidInput(_)) => {
-                    assert!(events.iter().any(|(t, _)| t.is_empty()));
+                    assert!(events.iter().any(|(t, _)| t.is_empty() || t.contains('\0')));
                     assert!(store.is_empty());
                     return;
                 }
@@ -1266,8 +1267,21 @@ async fn odd_names_are_stored_exactly_and_kept_apart() {
     let store = InMemoryEventStore::new();
     let id = Uuid::new_v4();
     let long = "A".repeat(1 << 20);
+    // A NUL character is refused in any name, as not every store can keep it.
+    for (aggregate_type, event_type) in [("Account\0", "Opened"), ("Account", "Opened\0")] {
+        let event = EventEnvelope {
+            aggregate_type: aggregate_type.into(),
+            event_type: event_type.into(),
+            ..valid(id, 1)
+        };
+        let err = store
+            .append(id, aggregate_type, 0, std::slice::from_ref(&event))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+    }
+    assert!(store.is_empty());
     for aggregate_type in [
-        "Account\0",
         "account",
         "Account ",
         "Ac\u{301}count",
@@ -1276,7 +1290,7 @@ async fn odd_names_are_stored_exactly_and_kept_apart() {
     ] {
         let event = EventEnvelope {
             aggregate_type: aggregate_type.into(),
-            event_type: format!("{aggregate_type}\0\n").into(),
+            event_type: format!("{aggregate_type}\u{1}\n").into(),
             ..valid(id, 1)
         };
         store
@@ -1340,6 +1354,7 @@ fn copy(row: &eventsource::Result<StoredEvent>) -> eventsource::Result<StoredEve
         Err(e) => Err(Error::Store {
             backend: "scripted",
             message: e.to_string(),
+            transient: true,
             source: None,
         }),
     }

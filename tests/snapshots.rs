@@ -343,6 +343,7 @@ async fn dropping_the_repository_does_not_drop_scheduled_snapshots() {
 
 fn snapshot_of(id: Uuid, version: u64, schema_version: u32, state: &str) -> Snapshot {
     Snapshot {
+        event_id: None,
         aggregate_id: id,
         aggregate_type: "Account".into(),
         version,

@@ -31,11 +31,13 @@ mod on_one_file {
     });
 }
 
-/// A database file for this run of the tests, under the target directory.
+/// A database file for this test process, under the target directory (a runner that starts
+/// a process per test gives each its own).
 fn shared_file() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
-        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sqlite_store_conformance.db");
+        let name = format!("sqlite_store_conformance-{}.db", std::process::id());
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
         }
@@ -129,6 +131,7 @@ async fn a_file_is_created_in_wal_mode_with_its_tables_and_a_busy_timeout() {
             "events",
             "events_event_id",
             "events_stream",
+            "eventsource_migrations",
             "snapshots",
             "snapshots_aggregate",
             "snapshots_type_schema"
@@ -142,6 +145,7 @@ async fn opening_again_keeps_the_data() {
     let path = dir.path().join("reopen.db");
     let id = Uuid::new_v4();
     let snapshot = Snapshot {
+        event_id: None,
         aggregate_id: id,
         aggregate_type: "Thing".into(),
         version: 2,
@@ -241,8 +245,11 @@ async fn a_foreign_table_of_the_same_name_is_refused() {
         Err(Error::InvalidConfiguration(message)) => assert!(message.contains("`events`"), "{message}"),
         other => panic!("expected InvalidConfiguration, got {other:?}"),
     }
-    // The snapshot table is free, so the snapshot store opens.
-    SqliteSnapshotStore::on(database).await.unwrap();
+    // The tables are one layout: the snapshot store refuses the file too.
+    match SqliteSnapshotStore::on(database).await {
+        Err(Error::InvalidConfiguration(message)) => assert!(message.contains("`events`"), "{message}"),
+        other => panic!("expected InvalidConfiguration, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -257,6 +264,7 @@ async fn payload_and_state_text_is_stored_untouched() {
     assert_eq!(&*read(&events, id, "Thing").await.unwrap()[0].payload, payload);
 
     let snapshot = Snapshot {
+        event_id: None,
         aggregate_id: id,
         aggregate_type: "Thing".into(),
         version: 1,
@@ -285,6 +293,7 @@ async fn values_sqlite_cannot_hold_are_refused_and_nothing_is_written() {
     assert_eq!(events.stream_version(id, "Thing").await.unwrap(), 0);
 
     let snapshot = Snapshot {
+        event_id: None,
         aggregate_id: id,
         aggregate_type: "Thing".into(),
         version: u64::MAX,
@@ -407,6 +416,7 @@ async fn corrupt_snapshot_rows_are_typed_errors_and_a_good_save_replaces_them() 
         let case = format!("{column} = {value}");
         let id = Uuid::new_v4();
         let snapshot = Snapshot {
+            event_id: None,
             aggregate_id: id,
             aggregate_type: "Thing".into(),
             version: 10,
@@ -674,6 +684,7 @@ async fn calls_dropped_part_way_leave_the_database_intact(path: impl AsRef<Path>
         .await
         .unwrap();
     let snapshot = Snapshot {
+        event_id: None,
         aggregate_id: id,
         aggregate_type: "Thing".into(),
         version: 1,

@@ -3,11 +3,111 @@
 //! `serde_json` writes a NaN or an infinity as `null`, which then fails to decode (or decodes
 //! as something else) long after the value was accepted. Encoding here refuses non-finite
 //! floats up front, so a bad value is an error at save time and never reaches a store.
+//!
+//! The same holds for anything else the decoder would refuse: a value nested deeper than the
+//! decoder's recursion limit, or a type whose `Deserialize` does not read what its
+//! `Serialize` writes. What the repository saves is decoded once more before it is written
+//! ([`loadable_event`], [`loadable_state`], [`loadable_value`]), so whatever a save accepts,
+//! a load accepts.
 
 use serde::de::DeserializeOwned;
 use serde::ser::{self, Serialize};
 
+use crate::aggregate::AggregateEvent;
 use crate::error::{Error, Result};
+
+/// The deepest nesting of arrays and objects that decoding accepts: `serde_json` refuses
+/// the 128th level to keep its recursion off the end of the stack.
+pub(crate) const MAX_DEPTH: usize = 127;
+
+/// Checks that an event's payload decodes as the event it was encoded from.
+pub(crate) fn loadable_event<E: AggregateEvent>(event_type: &str, payload: &str) -> Result<()> {
+    let refused = |reason: String| Error::Serialization {
+        action: "serialize",
+        what: format!("event {event_type}"),
+        reason: format!("its JSON would not load back: {reason}"),
+    };
+    within_depth(payload).map_err(refused)?;
+    match E::from_json(event_type, payload) {
+        Ok(_) => Ok(()),
+        Err(Error::Serialization { reason, .. }) => Err(refused(reason)),
+        Err(e) => Err(refused(e.to_string())),
+    }
+}
+
+/// Checks that a snapshot state decodes as the type it was encoded from.
+pub(crate) fn loadable_state<T: DeserializeOwned>(json: &str, what: impl Fn() -> String) -> Result<()> {
+    let refused = |reason: String| Error::Serialization {
+        action: "serialize",
+        what: what(),
+        reason: format!("its JSON would not load back: {reason}"),
+    };
+    within_depth(json).map_err(refused)?;
+    from_json::<T>(json, &what).map(drop).map_err(|e| match e {
+        Error::Serialization { reason, .. } => refused(reason),
+        e => refused(e.to_string()),
+    })
+}
+
+/// Checks that a JSON value (event metadata) is nested no deeper than decoding accepts.
+pub(crate) fn loadable_value(value: &serde_json::Value, what: impl FnOnce() -> String) -> Result<()> {
+    use serde_json::Value;
+    // An explicit stack: the value may be deeper than the call stack allows.
+    let mut stack = vec![(value, 0usize)];
+    while let Some((value, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(fields) => Box::new(fields.values()),
+            _ => continue,
+        };
+        if depth + 1 > MAX_DEPTH {
+            return Err(Error::Serialization {
+                action: "serialize",
+                what: what(),
+                reason: format!("it is nested deeper than the {MAX_DEPTH} levels decoding accepts"),
+            });
+        }
+        stack.extend(children.map(|child| (child, depth + 1)));
+    }
+    Ok(())
+}
+
+/// The deepest nesting of arrays and objects in JSON text, counted without recursion.
+pub(crate) fn nesting_depth(json: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &byte in json.as_bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+fn within_depth(json: &str) -> std::result::Result<(), String> {
+    let depth = nesting_depth(json);
+    if depth > MAX_DEPTH {
+        return Err(format!(
+            "it is nested {depth} levels deep, deeper than the {MAX_DEPTH} levels decoding accepts"
+        ));
+    }
+    Ok(())
+}
 
 /// Serializes `value` to JSON text, refusing non-finite floats anywhere inside it.
 pub fn to_json<T: Serialize + ?Sized>(value: &T, what: impl FnOnce() -> String) -> Result<String> {
@@ -228,6 +328,30 @@ fields!(SerializeStruct, SerializeStructVariant);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nesting_depth_counts_levels_outside_strings() {
+        assert_eq!(nesting_depth("1"), 0);
+        assert_eq!(nesting_depth(r#"{"a":[1,{"b":[]}]}"#), 4);
+        assert_eq!(nesting_depth(r#"{"a":"[[[{{\"]]"}"#), 1);
+        assert_eq!(nesting_depth(r#"["\\",[]]"#), 2);
+    }
+
+    #[test]
+    fn the_depth_limit_is_the_decoders() {
+        let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        assert!(serde_json::from_str::<serde_json::Value>(&nested(MAX_DEPTH)).is_ok());
+        assert!(serde_json::from_str::<serde_json::Value>(&nested(MAX_DEPTH + 1)).is_err());
+        assert!(within_depth(&nested(MAX_DEPTH)).is_ok());
+        assert!(within_depth(&nested(MAX_DEPTH + 1)).is_err());
+        let mut value = serde_json::Value::Null;
+        for _ in 0..MAX_DEPTH {
+            value = serde_json::Value::Array(vec![value]);
+        }
+        assert!(loadable_value(&value, String::new).is_ok());
+        value = serde_json::Value::Array(vec![value]);
+        assert!(loadable_value(&value, String::new).is_err());
+    }
 
     #[derive(serde::Serialize)]
     struct Reading {

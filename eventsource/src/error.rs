@@ -78,13 +78,21 @@ pub enum Error {
         reason: String,
     },
 
-    /// The store itself failed: I/O, a lost connection, a timeout.
+    /// The store itself failed: I/O, a lost connection, a timeout, a missing table.
+    ///
+    /// After a failed append the batch may or may not be stored (the connection may have
+    /// dropped after the commit); saving again is safe, see
+    /// [`Repository::save`](crate::Repository::save).
     #[error("{backend} store error: {message}")]
     Store {
         /// The backend that failed, such as `"sqlite"`.
         backend: &'static str,
         /// What failed.
         message: String,
+        /// Whether the same call may succeed when made again: true for a lost connection, a
+        /// timeout, a busy or restarting database; false for a failure that needs a person
+        /// (a missing table, a permission, a full disk, a database that is not one).
+        transient: bool,
         /// The backend's own error, when there is one.
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
@@ -111,7 +119,8 @@ pub enum Error {
 }
 
 impl Error {
-    /// A [`Error::Store`] error from a backend's own error.
+    /// A transient [`Error::Store`] error from a backend's own error: one that making the
+    /// same call again may cure (a lost connection, a timeout).
     pub fn store(
         backend: &'static str,
         message: impl Into<String>,
@@ -120,8 +129,36 @@ impl Error {
         Error::Store {
             backend,
             message: message.into(),
+            transient: true,
             source: Some(Box::new(source)),
         }
+    }
+
+    /// A permanent [`Error::Store`] error from a backend's own error: one that making the
+    /// same call again will not cure (a missing table, a permission, a full disk).
+    pub fn store_permanent(
+        backend: &'static str,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Store {
+            backend,
+            message: message.into(),
+            transient: false,
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// Whether making the same call again, unchanged, may succeed: a transient
+    /// [`Error::Store`] (a lost connection, a timeout, a busy database).
+    ///
+    /// Every other error is permanent for that call: [`Error::InvalidInput`],
+    /// [`Error::Serialization`] and [`Error::InvalidConfiguration`] will fail the same way
+    /// again, [`Error::Corrupt`] needs a person, and a [`Error::Conflict`] needs the
+    /// aggregate loaded again and the command decided again, not the same append repeated
+    /// ([`is_conflict`](Self::is_conflict)).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Store { transient: true, .. })
     }
 
     /// A [`Error::Corrupt`] error.

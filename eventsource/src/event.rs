@@ -75,14 +75,16 @@ impl EventEnvelope {
     ///
     /// For programs that append to an [`EventStore`](crate::EventStore) directly (imports,
     /// migrations, benchmarks); a [`Repository`](crate::Repository) builds envelopes itself.
-    /// An event that cannot be encoded (a non-finite float) is
-    /// [`Error::Serialization`](crate::Error::Serialization).
-    pub fn new(
+    /// An event that cannot be encoded (a non-finite float), or whose JSON would not decode
+    /// again (nested too deep), is [`Error::Serialization`](crate::Error::Serialization).
+    pub fn new<E: AggregateEvent>(
         aggregate_id: Uuid,
         aggregate_type: &str,
         aggregate_version: u64,
-        event: &impl AggregateEvent,
+        event: &E,
     ) -> Result<Self> {
+        let payload = event.to_json()?;
+        crate::codec::loadable_event::<E>(event.event_type(), &payload)?;
         Ok(EventEnvelope {
             event_id: Uuid::new_v4(),
             event_type: Arc::from(event.event_type()),
@@ -94,7 +96,7 @@ impl EventEnvelope {
             correlation_id: None,
             causation_id: None,
             metadata: None,
-            payload: Arc::from(event.to_json()?),
+            payload: Arc::from(payload),
         })
     }
 }

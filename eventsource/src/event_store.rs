@@ -28,10 +28,15 @@ pub type EventStream<'a> = BoxStream<'a, Result<StoredEvent>>;
 ///   writer that lost a race gets [`Error::Conflict`] with the expected and actual versions,
 ///   and nothing of its batch is stored. Two writers can never both store a given version.
 /// - **Well-formed batches.** Every event of a batch names the stream appended to, and their
-///   aggregate versions run `expected_version + 1, +2, ...` without a gap; an event id is
-///   never stored twice. A batch that breaks this is [`Error::InvalidInput`] (a reused event
-///   id may also surface as [`Error::Conflict`] where the database reports it so) and
-///   nothing is written.
+///   aggregate versions run `expected_version + 1, +2, ...` without a gap; type names are
+///   not empty and hold no NUL character; an event id is never stored twice. A batch that
+///   breaks this is [`Error::InvalidInput`] (a reused event id may also surface as
+///   [`Error::Conflict`] where the database reports it so) and nothing is written.
+/// - **Idempotent appends.** An append whose whole batch is already stored in the stream, each
+///   event under its id at its version (the same append made again, after an answer that
+///   was lost to a cancellation, a timeout or a dropped connection), succeeds with the
+///   version after the batch and writes nothing. Backends check this whenever the append is
+///   refused for a conflict or a reused event id, with [`acknowledge_stored_batch`].
 /// - **Ordered reads.** [`read_stream`](Self::read_stream) yields a stream's events with
 ///   aggregate version greater than `after_version`, in version order, exactly as appended.
 ///   Backends that can stream do so instead of collecting the whole stream in memory.
@@ -126,9 +131,7 @@ pub fn validate_batch(
     if events.is_empty() {
         return Err(Error::InvalidInput("an append needs at least one event".into()));
     }
-    if aggregate_type.is_empty() {
-        return Err(Error::InvalidInput("the aggregate type name is empty".into()));
-    }
+    validate_aggregate_type(aggregate_type)?;
     if expected_version.checked_add(events.len() as u64).is_none() {
         return Err(Error::InvalidInput(format!(
             "a batch of {} event(s) after version {expected_version} overflows the version counter",
@@ -156,6 +159,12 @@ pub fn validate_batch(
                 event.event_id
             )));
         }
+        if event.event_type.contains('\0') {
+            return Err(Error::InvalidInput(format!(
+                "the type name of event {} holds a NUL character, which not every store can keep",
+                event.event_id
+            )));
+        }
         if !ids.insert(event.event_id) {
             return Err(Error::InvalidInput(format!(
                 "event id {} appears twice in the batch",
@@ -164,4 +173,55 @@ pub fn validate_batch(
         }
     }
     Ok(())
+}
+
+/// Checks an aggregate type name as every store can keep it: not empty, no NUL character.
+pub fn validate_aggregate_type(aggregate_type: &str) -> Result<()> {
+    if aggregate_type.is_empty() {
+        return Err(Error::InvalidInput("the aggregate type name is empty".into()));
+    }
+    if aggregate_type.contains('\0') {
+        return Err(Error::InvalidInput(format!(
+            "the aggregate type name {aggregate_type:?} holds a NUL character, which not every store can keep"
+        )));
+    }
+    Ok(())
+}
+
+/// What an append refused with `refusal` (a conflict or a reused event id) turns into when
+/// its batch is the one already stored: `Ok` with the version after the batch if the stream
+/// holds every event of the batch under its id at its version, `refusal` otherwise.
+///
+/// This is how an append made again after a lost answer is recognised (see the contract of
+/// [`EventStore`]): the first try committed, so the second finds the stream past its
+/// expected version, or a unique event id taken, by its own events. Backends call it on
+/// those refusals only, so an append that succeeds pays nothing for it.
+pub async fn acknowledge_stored_batch(
+    store: &(impl EventStore + ?Sized),
+    aggregate_id: Uuid,
+    aggregate_type: &str,
+    expected_version: u64,
+    events: &[EventEnvelope],
+    refusal: Error,
+) -> Result<u64> {
+    use futures_util::StreamExt;
+
+    let mut stored = store
+        .read_stream(aggregate_id, aggregate_type, expected_version)
+        .take(events.len());
+    for event in events {
+        match stored.next().await {
+            Some(Ok(found))
+                if found.event_id == event.event_id
+                    && found.aggregate_version == event.aggregate_version =>
+            {
+                continue
+            }
+            // Whether the batch is stored is unknown: a refusal now could make the caller
+            // decide its command again on top of its own events.
+            Some(Err(e)) => return Err(e),
+            _ => return Err(refusal),
+        }
+    }
+    Ok(expected_version + events.len() as u64)
 }

@@ -4,6 +4,7 @@
 pub mod aggregate;
 pub mod backend;
 mod codec;
+mod deadline;
 pub mod error;
 pub mod event;
 pub mod event_store;

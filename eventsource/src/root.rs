@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::aggregate::{Aggregate, AggregateEvent};
+use crate::codec;
 use crate::error::Result;
 use crate::event::{EventContext, EventEnvelope};
 
@@ -36,6 +37,8 @@ pub struct AggregateRoot<A: Aggregate> {
     state: A,
     pending: Vec<PendingEvent<A::Event>>,
     context: EventContext,
+    /// The id of the event at `version`, when known: what a snapshot of this state follows.
+    last_event_id: Option<Uuid>,
 }
 
 impl<A: Aggregate> AggregateRoot<A> {
@@ -52,7 +55,15 @@ impl<A: Aggregate> AggregateRoot<A> {
             state,
             pending: Vec::new(),
             context: EventContext::default(),
+            last_event_id: None,
         }
+    }
+
+    /// An aggregate at `version` in `state` whose event at `version` has id `event_id`.
+    pub(crate) fn following(id: Uuid, version: u64, state: A, event_id: Uuid) -> Self {
+        let mut root = Self::from_state(id, version, state);
+        root.last_event_id = Some(event_id);
+        root
     }
 
     /// The aggregate id.
@@ -85,6 +96,13 @@ impl<A: Aggregate> AggregateRoot<A> {
         !self.pending.is_empty()
     }
 
+    /// The id of the event at [`version`](Self::version), saved or not: the event a snapshot
+    /// of this state follows. `None` for a new aggregate, and for one built with
+    /// [`from_state`](Self::from_state) until it records an event.
+    pub fn last_event_id(&self) -> Option<Uuid> {
+        self.last_event_id
+    }
+
     /// Sets the correlation, causation and metadata of the events recorded from now on.
     pub fn set_context(&mut self, context: EventContext) {
         self.context = context;
@@ -102,9 +120,12 @@ impl<A: Aggregate> AggregateRoot<A> {
         self.state.apply_event(&event);
         // At u64::MAX the save refuses the batch (InvalidInput) instead of a panic here.
         self.version = self.version.saturating_add(1);
+        // Fixed now, so that a save retried after a lost answer recognises its own batch.
+        let event_id = Uuid::new_v4();
+        self.last_event_id = Some(event_id);
         self.pending.push(PendingEvent {
             event,
-            event_id: Uuid::new_v4(),
+            event_id,
             aggregate_version: self.version,
             occurred_at: Utc::now(),
             context,
@@ -112,17 +133,24 @@ impl<A: Aggregate> AggregateRoot<A> {
     }
 
     /// Applies a stored event; used when loading.
-    pub(crate) fn apply_stored(&mut self, event: &A::Event) {
+    pub(crate) fn apply_stored(&mut self, event: &A::Event, event_id: Uuid) {
         self.state.apply_event(event);
         self.version += 1;
+        self.last_event_id = Some(event_id);
     }
 
-    /// The unsaved events as envelopes ready to append, or the first that cannot be encoded.
+    /// The unsaved events as envelopes ready to append, or the first that cannot be encoded
+    /// or would not load back (see [`codec::loadable_event`]).
     pub(crate) fn pending_envelopes(&self) -> Result<Vec<EventEnvelope>> {
         let aggregate_type: Arc<str> = Arc::from(A::TYPE_NAME);
         self.pending
             .iter()
             .map(|p| {
+                let payload = p.event.to_json()?;
+                codec::loadable_event::<A::Event>(p.event.event_type(), &payload)?;
+                if let Some(metadata) = &p.context.metadata {
+                    codec::loadable_value(metadata, || format!("metadata of event {}", p.event_id))?;
+                }
                 Ok(EventEnvelope {
                     event_id: p.event_id,
                     event_type: Arc::from(p.event.event_type()),
@@ -134,7 +162,7 @@ impl<A: Aggregate> AggregateRoot<A> {
                     correlation_id: p.context.correlation_id,
                     causation_id: p.context.causation_id,
                     metadata: p.context.metadata.clone(),
-                    payload: Arc::from(p.event.to_json()?),
+                    payload: Arc::from(payload),
                 })
             })
             .collect()

@@ -103,6 +103,7 @@ fn decode_tagged(payload: &str) {
 /// 3. Snapshot state: a stable round trip, and `state_value` never panics.
 fn decode_state(payload: &str) -> Option<Account> {
     let snapshot = Snapshot {
+        event_id: None,
         aggregate_id: Uuid::nil(),
         aggregate_type: "Account".into(),
         version: 1,
@@ -167,6 +168,7 @@ async fn load(event_type: &str, payload: &str, event: Option<&AccountEvent>, sta
     }
     let snapshots = InMemorySnapshotStore::new();
     let planted = Snapshot {
+        event_id: None,
         aggregate_id: id,
         aggregate_type: "Account".into(),
         version: 1,

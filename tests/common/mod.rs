@@ -38,6 +38,7 @@ fn broken() -> Error {
     Error::Store {
         backend: "test",
         message: "snapshot store is down".into(),
+        transient: true,
         source: None,
     }
 }

@@ -13,8 +13,8 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::event::{EventEnvelope, StoredEvent};
-use crate::event_store::{validate_batch, EventStore, EventStream};
-use crate::snapshot::{Snapshot, SnapshotStore};
+use crate::event_store::{acknowledge_stored_batch, validate_batch, EventStore, EventStream};
+use crate::snapshot::{validate_snapshot, Snapshot, SnapshotStore};
 
 /// How many events a read copies per lock, so a long read never holds the lock for long.
 const READ_CHUNK: usize = 512;
@@ -54,6 +54,59 @@ impl EventLog {
             .get(&aggregate_id)
             .and_then(|types| types.iter().find(|(t, _)| **t == *aggregate_type))
             .map_or(&[], |(_, indexes)| indexes.as_slice())
+    }
+
+    /// Why the batch cannot be appended as it is (a conflict or a reused event id), if so.
+    fn refusal(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        expected_version: u64,
+        events: &[EventEnvelope],
+    ) -> Option<Error> {
+        let actual = self.stream(aggregate_id, aggregate_type).len() as u64;
+        if actual != expected_version {
+            return Some(Error::Conflict {
+                aggregate_type: aggregate_type.to_owned(),
+                aggregate_id,
+                expected: expected_version,
+                actual,
+            });
+        }
+        let reused = events.iter().find(|e| self.event_ids.contains(&e.event_id))?;
+        Some(Error::InvalidInput(format!(
+            "event id {} is already stored",
+            reused.event_id
+        )))
+    }
+
+    /// Appends a batch that [`refusal`](Self::refusal) accepted; returns the new version.
+    fn push(
+        &mut self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        expected_version: u64,
+        events: &[EventEnvelope],
+    ) -> u64 {
+        let log = self;
+        log.event_ids.extend(events.iter().map(|e| e.event_id));
+        let first = log.events.len();
+        for (i, event) in events.iter().enumerate() {
+            log.events.push(StoredEvent {
+                position: (first + i + 1) as u64,
+                envelope: event.clone(),
+            });
+        }
+        let types = log.streams.entry(aggregate_id).or_default();
+        let indexes = match types.iter().position(|(t, _)| **t == *aggregate_type) {
+            Some(at) => &mut types[at].1,
+            None => {
+                types.push((Arc::from(aggregate_type), Vec::new()));
+                &mut types.last_mut().expect("just pushed").1
+            }
+        };
+        indexes.extend(first..first + events.len());
+        expected_version + events.len() as u64
     }
 }
 
@@ -102,40 +155,14 @@ impl EventStore for InMemoryEventStore {
         events: &[EventEnvelope],
     ) -> Result<u64> {
         validate_batch(aggregate_id, aggregate_type, expected_version, events)?;
-        let mut log = write(&self.inner);
-        let actual = log.stream(aggregate_id, aggregate_type).len() as u64;
-        if actual != expected_version {
-            return Err(Error::Conflict {
-                aggregate_type: aggregate_type.to_owned(),
-                aggregate_id,
-                expected: expected_version,
-                actual,
-            });
-        }
-        if let Some(reused) = events.iter().find(|e| log.event_ids.contains(&e.event_id)) {
-            return Err(Error::InvalidInput(format!(
-                "event id {} is already stored",
-                reused.event_id
-            )));
-        }
-        log.event_ids.extend(events.iter().map(|e| e.event_id));
-        let first = log.events.len();
-        for (i, event) in events.iter().enumerate() {
-            log.events.push(StoredEvent {
-                position: (first + i + 1) as u64,
-                envelope: event.clone(),
-            });
-        }
-        let types = log.streams.entry(aggregate_id).or_default();
-        let indexes = match types.iter().position(|(t, _)| **t == *aggregate_type) {
-            Some(at) => &mut types[at].1,
-            None => {
-                types.push((Arc::from(aggregate_type), Vec::new()));
-                &mut types.last_mut().expect("just pushed").1
+        let refusal = {
+            let mut log = write(&self.inner);
+            match log.refusal(aggregate_id, aggregate_type, expected_version, events) {
+                None => return Ok(log.push(aggregate_id, aggregate_type, expected_version, events)),
+                Some(refusal) => refusal,
             }
         };
-        indexes.extend(first..first + events.len());
-        Ok(expected_version + events.len() as u64)
+        acknowledge_stored_batch(self, aggregate_id, aggregate_type, expected_version, events, refusal).await
     }
 
     fn read_stream<'a>(
@@ -202,6 +229,7 @@ impl SnapshotStore for InMemorySnapshotStore {
     }
 
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<bool> {
+        validate_snapshot(snapshot)?;
         let mut snapshots = write(&self.inner);
         let slot = snapshots.entry(key(snapshot.aggregate_id, &snapshot.aggregate_type));
         match slot {

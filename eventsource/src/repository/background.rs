@@ -1,4 +1,13 @@
-//! The background snapshot queue: bounded, coalesced per aggregate, drained by one task.
+//! The background snapshot queue: bounded, coalesced per aggregate, drained by one worker at a
+//! time, and never wedged.
+//!
+//! A worker task runs only while there is work: the first schedule after the queue went idle
+//! spawns it, and it holds the queue alive until the queue is empty, so dropping the
+//! repository does not drop scheduled snapshots. A store that panics fails one snapshot (the
+//! store call is guarded, see `snapshotting::bounded`); a worker whose runtime shuts down
+//! under it gives its place up as it is dropped, so the next schedule, or the next caller of
+//! [`wait_for_scheduled`](BackgroundQueue::wait_for_scheduled), starts another on a runtime
+//! that is alive.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -6,17 +15,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::write_snapshot;
+use super::snapshotting::write_snapshot;
+use crate::snapshot::metrics::Counter;
 use crate::snapshot::{Snapshot, SnapshotMetrics, SnapshotPolicy, SnapshotStore};
 
 /// Snapshots waiting to be written, at most one per aggregate.
-///
-/// A worker task runs only while there is work: it is spawned by the first schedule after
-/// the queue went idle, and it holds the queue alive until the queue is empty, so dropping
-/// the repository does not drop scheduled snapshots.
 pub(crate) struct BackgroundQueue {
     state: Mutex<QueueState>,
-    idle: Notify,
+    /// Signalled when a snapshot is finished and when a worker stops.
+    changed: Notify,
     store: Arc<dyn SnapshotStore>,
     metrics: Arc<SnapshotMetrics>,
     aggregate_type: &'static str,
@@ -25,10 +32,46 @@ pub(crate) struct BackgroundQueue {
 
 #[derive(Default)]
 struct QueueState {
-    pending: HashMap<Uuid, Snapshot>,
+    pending: HashMap<Uuid, Entry>,
+    /// Aggregates in the order their entries were queued, which is the order of `seq`.
     order: VecDeque<Uuid>,
+    /// Whether a worker is running.
     writing: bool,
+    /// The sequence number of the last entry queued; entries are written in this order.
+    last_seq: u64,
+    /// The sequence number of the last entry finished, written or failed.
+    done_seq: u64,
+    /// Callers of `wait_for_scheduled` still waiting, by id.
+    waiters: HashMap<u64, Waiter>,
+    next_waiter: u64,
+}
+
+struct Entry {
+    seq: u64,
+    snapshot: Snapshot,
+}
+
+/// One caller waiting for the entries queued up to `target`.
+struct Waiter {
+    target: u64,
+    /// How many of those were written so far.
     written: usize,
+    done: bool,
+}
+
+impl QueueState {
+    /// Records that the entry `seq` is finished; wakes nobody (the caller notifies).
+    fn finish(&mut self, seq: u64, written: bool) {
+        self.done_seq = self.done_seq.max(seq);
+        for waiter in self.waiters.values_mut() {
+            if waiter.target >= seq && written {
+                waiter.written += 1;
+            }
+            if waiter.target <= self.done_seq {
+                waiter.done = true;
+            }
+        }
+    }
 }
 
 impl BackgroundQueue {
@@ -40,7 +83,7 @@ impl BackgroundQueue {
     ) -> Self {
         BackgroundQueue {
             state: Mutex::default(),
-            idle: Notify::new(),
+            changed: Notify::new(),
             store,
             metrics,
             aggregate_type,
@@ -54,55 +97,58 @@ impl BackgroundQueue {
 
     /// Queues the snapshot, replacing an older one of the same aggregate not yet written.
     ///
-    /// Returns the snapshot back when the queue is full: the caller writes it itself, so the
-    /// queue stays within its bound and nothing is dropped.
+    /// Returns the snapshot back when the queue is full, or when there is no tokio runtime to
+    /// run a worker on: the caller writes it itself, so the queue stays within its bound and
+    /// nothing is dropped.
     pub(crate) fn schedule(self: &Arc<Self>, snapshot: Snapshot) -> Option<Snapshot> {
-        let mut state = self.lock();
-        if let Some(queued) = state.pending.get_mut(&snapshot.aggregate_id) {
-            if snapshot.version >= queued.version {
-                *queued = snapshot;
-            }
-            return None;
-        }
-        if state.pending.len() >= self.policy.queue_capacity() {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return Some(snapshot);
-        }
-        state.order.push_back(snapshot.aggregate_id);
-        state.pending.insert(snapshot.aggregate_id, snapshot);
-        if !state.writing {
-            state.writing = true;
-            tokio::spawn(self.clone().drain());
+        };
+        let worker = {
+            let mut state = self.lock();
+            if let Some(queued) = state.pending.get_mut(&snapshot.aggregate_id) {
+                if snapshot.version >= queued.snapshot.version {
+                    queued.snapshot = snapshot;
+                }
+                return None;
+            }
+            if state.pending.len() >= self.policy.queue_capacity() {
+                return Some(snapshot);
+            }
+            state.last_seq += 1;
+            let seq = state.last_seq;
+            state.order.push_back(snapshot.aggregate_id);
+            state.pending.insert(snapshot.aggregate_id, Entry { seq, snapshot });
+            self.claim(&mut state)
+        };
+        if let Some(worker) = worker {
+            // A runtime shutting down drops the task unpolled: the worker gives its place up.
+            drop(runtime.spawn(worker.drain(None)));
         }
         None
     }
 
-    async fn drain(self: Arc<Self>) {
-        loop {
-            let next = {
-                let mut state = self.lock();
-                let next = state.order.pop_front().and_then(|id| state.pending.remove(&id));
-                if next.is_none() {
-                    state.writing = false;
-                }
-                next
-            };
-            let Some(snapshot) = next else {
-                self.idle.notify_waiters();
-                return;
-            };
-            if write_snapshot(
-                &*self.store,
-                &self.metrics,
-                self.aggregate_type,
-                self.policy.store_timeout(),
-                &snapshot,
-            )
-            .await
-            .is_ok()
-            {
-                self.lock().written += 1;
-            }
+    /// Starts a worker on the current runtime if none runs and there is work.
+    fn spawn_worker(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if let Some(worker) = self.claim(&mut self.lock()) {
+            drop(runtime.spawn(worker.drain(None)));
         }
+    }
+
+    /// The worker's place, if no worker runs and there is work.
+    fn claim(self: &Arc<Self>, state: &mut QueueState) -> Option<Worker> {
+        if state.writing || state.pending.is_empty() {
+            return None;
+        }
+        state.writing = true;
+        Some(Worker {
+            queue: self.clone(),
+            current: None,
+            finished: false,
+        })
     }
 
     /// How many snapshots are queued and not yet being written.
@@ -110,21 +156,137 @@ impl BackgroundQueue {
         self.lock().pending.len()
     }
 
-    /// Waits until the queue is empty and its last write finished; returns how many
-    /// snapshots were written since the previous call.
-    pub(crate) async fn wait_idle(&self) -> usize {
-        loop {
-            let notified = self.idle.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let mut state = self.lock();
-                if !state.writing && state.pending.is_empty() {
-                    return std::mem::take(&mut state.written);
-                }
+    /// Waits until every snapshot queued before the call is finished, and returns how many of
+    /// those were written. Snapshots queued meanwhile are not waited for.
+    ///
+    /// If no worker is running (its runtime shut down), the caller drains the queue itself.
+    pub(crate) async fn wait_for_scheduled(self: &Arc<Self>) -> usize {
+        let id = {
+            let mut state = self.lock();
+            if state.done_seq >= state.last_seq {
+                return 0;
             }
-            notified.await;
+            state.next_waiter += 1;
+            let id = state.next_waiter;
+            let target = state.last_seq;
+            state.waiters.insert(
+                id,
+                Waiter {
+                    target,
+                    written: 0,
+                    done: false,
+                },
+            );
+            id
+        };
+        let _registered = Registered { queue: self, id };
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let worker = {
+                let mut state = self.lock();
+                if let Some(waiter) = state.waiters.get(&id).filter(|w| w.done) {
+                    let written = waiter.written;
+                    state.waiters.remove(&id);
+                    return written;
+                }
+                self.claim(&mut state)
+            };
+            match worker {
+                Some(worker) => worker.drain(Some(id)).await,
+                None => changed.await,
+            }
         }
+    }
+}
+
+/// A caller's registration as a waiter, removed when the caller stops waiting.
+struct Registered<'a> {
+    queue: &'a BackgroundQueue,
+    id: u64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.queue.lock().waiters.remove(&self.id);
+    }
+}
+
+/// The one worker's place: it writes queued snapshots until none is left.
+struct Worker {
+    queue: Arc<BackgroundQueue>,
+    /// The entry being written.
+    current: Option<u64>,
+    /// Set when the worker stopped because the queue was empty.
+    finished: bool,
+}
+
+impl Worker {
+    /// Writes queued snapshots until none is left, or, for a caller of `wait_for_scheduled`
+    /// that drains the queue itself, until that caller's wait is over (a worker on the
+    /// current runtime then takes over the rest).
+    async fn drain(mut self, waiter: Option<u64>) {
+        let queue = self.queue.clone();
+        loop {
+            let next = {
+                let mut state = queue.lock();
+                if waiter.is_some_and(|id| state.waiters.get(&id).is_none_or(|w| w.done)) {
+                    state.writing = false;
+                    self.finished = true;
+                    drop(state);
+                    queue.spawn_worker();
+                    return;
+                }
+                let next = state.order.pop_front().and_then(|id| state.pending.remove(&id));
+                match &next {
+                    Some(entry) => self.current = Some(entry.seq),
+                    None => {
+                        state.writing = false;
+                        self.finished = true;
+                    }
+                }
+                next
+            };
+            let Some(Entry { seq, snapshot }) = next else {
+                queue.changed.notify_waiters();
+                return;
+            };
+            let written = write_snapshot(
+                &*queue.store,
+                &queue.metrics,
+                queue.aggregate_type,
+                queue.policy.store_timeout(),
+                &snapshot,
+            )
+            .await
+            .is_ok();
+            queue.lock().finish(seq, written);
+            self.current = None;
+            queue.changed.notify_waiters();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        // Dropped before the queue was empty: its runtime shut down (or its caller stopped
+        // waiting). Give the place up, so that another worker can start.
+        let mut state = self.queue.lock();
+        state.writing = false;
+        if let Some(seq) = self.current.take() {
+            state.finish(seq, false);
+            self.queue.metrics.add(self.queue.aggregate_type, Counter::WriteFailed);
+            tracing::warn!(
+                aggregate.type = self.queue.aggregate_type,
+                "a background snapshot write was abandoned (its runtime shut down); the next worker writes the rest"
+            );
+        }
+        drop(state);
+        self.queue.changed.notify_waiters();
     }
 }
 

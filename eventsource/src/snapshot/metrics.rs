@@ -17,6 +17,10 @@ pub enum MissReason {
     StoreError,
     /// The snapshot claims a version the stream has not reached.
     BeyondStreamHead,
+    /// The stream's event at the snapshot's version is not the event the snapshot follows:
+    /// the snapshot was taken from another history (another event store, or events since
+    /// rolled back).
+    HistoryMismatch,
 }
 
 impl MissReason {
@@ -28,6 +32,7 @@ impl MissReason {
             MissReason::DeserializationError => "deserialization_error",
             MissReason::StoreError => "store_error",
             MissReason::BeyondStreamHead => "beyond_stream_head",
+            MissReason::HistoryMismatch => "history_mismatch",
         }
     }
 }

@@ -6,7 +6,7 @@ mod policy;
 
 pub use joint::{JointSnapshotRead, SnapshotAndEvents};
 pub use metrics::{MissReason, SnapshotMetrics};
-pub use policy::{SnapshotMode, SnapshotPolicy, DEFAULT_QUEUE_CAPACITY};
+pub use policy::{SnapshotMode, SnapshotPolicy, DEFAULT_QUEUE_CAPACITY, DEFAULT_STORE_TIMEOUT};
 
 use std::any::Any;
 use std::sync::Arc;
@@ -17,11 +17,13 @@ use uuid::Uuid;
 
 use crate::error::Result;
 
-/// The state of one aggregate at one version.
+/// The state of one aggregate at one version, bound to the history it was taken from.
 ///
-/// A snapshot at version `v` stands for the events `1..=v`: loading applies the events with
-/// a version greater than `v` on top of it. Snapshots are an optimisation only; the events
-/// stay the truth, and a snapshot can be deleted at any time.
+/// A snapshot at version `v` stands for the events `1..=v` of one history: the one whose
+/// event at version `v` has the id [`event_id`](Self::event_id). Loading uses it only if the
+/// stream's event at `v` is that event, then applies the events with a version greater than
+/// `v` on top of it. Snapshots are an optimisation only; the events stay the truth, and a
+/// snapshot can be deleted at any time.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Snapshot {
     /// The aggregate it belongs to.
@@ -30,12 +32,25 @@ pub struct Snapshot {
     pub aggregate_type: String,
     /// The aggregate version the state is at.
     pub version: u64,
+    /// The id of the event at `version` that the state follows.
+    ///
+    /// `None` only for snapshots stored before snapshots were bound to their history: a load
+    /// checks those by their version alone, as it did then (see
+    /// [`Repository::load`](crate::Repository::load)).
+    pub event_id: Option<Uuid>,
     /// The aggregate's state, as JSON text (its serde form).
     pub state: String,
     /// The state's schema version, as in [`Aggregate::SCHEMA_VERSION`](crate::Aggregate::SCHEMA_VERSION).
     pub schema_version: u32,
     /// When the snapshot was taken.
     pub created_at: DateTime<Utc>,
+}
+
+/// Checks a snapshot as every store can keep it; stores call this before they write one.
+///
+/// An empty aggregate type name, or one with a NUL character, is [`Error::InvalidInput`](crate::Error::InvalidInput).
+pub fn validate_snapshot(snapshot: &Snapshot) -> Result<()> {
+    crate::event_store::validate_aggregate_type(&snapshot.aggregate_type)
 }
 
 impl Snapshot {
@@ -59,7 +74,9 @@ impl Snapshot {
 ///   stored snapshot only with one of the same or a higher version, also when two writers
 ///   race; it returns whether the given snapshot was stored.
 /// - **Exact reads.** [`get_snapshot`](Self::get_snapshot) returns what was stored, field for
-///   field.
+///   field, the state's JSON text byte for byte.
+/// - **Checked names.** A snapshot whose aggregate type name is empty or holds a NUL
+///   character is [`Error::InvalidInput`](crate::Error::InvalidInput) ([`validate_snapshot`]).
 /// - **Counted invalidation.** [`delete_snapshots_by_type`](Self::delete_snapshots_by_type)
 ///   deletes the snapshots of one aggregate type whose schema version is strictly below the
 ///   bound (every one of that type when the bound is `None`) and returns how many it deleted.

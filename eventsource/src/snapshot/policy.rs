@@ -39,6 +39,9 @@ pub struct SnapshotPolicy {
 /// The default bound of the background queue, in aggregates waiting for a snapshot.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 
+/// The default bound on each snapshot store call; see [`SnapshotPolicy::with_store_timeout`].
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl SnapshotPolicy {
     /// A snapshot each time a save crosses a multiple of `n` events, written in sync mode.
     ///
@@ -53,7 +56,7 @@ impl SnapshotPolicy {
             threshold: Some(threshold),
             mode: SnapshotMode::Sync,
             queue_capacity: NonZeroUsize::new(DEFAULT_QUEUE_CAPACITY).expect("non-zero"),
-            store_timeout: None,
+            store_timeout: Some(DEFAULT_STORE_TIMEOUT),
         })
     }
 
@@ -63,7 +66,7 @@ impl SnapshotPolicy {
             threshold: None,
             mode: SnapshotMode::Manual,
             queue_capacity: NonZeroUsize::new(DEFAULT_QUEUE_CAPACITY).expect("non-zero"),
-            store_timeout: None,
+            store_timeout: Some(DEFAULT_STORE_TIMEOUT),
         }
     }
 
@@ -85,13 +88,14 @@ impl SnapshotPolicy {
         Ok(self)
     }
 
-    /// Bounds every snapshot read and write to `timeout` (unbounded unless set).
+    /// Bounds every snapshot read and write to `timeout` (default
+    /// [`DEFAULT_STORE_TIMEOUT`], five seconds).
     ///
     /// A snapshot store that hangs then costs a load at most this long before it replays the
     /// events instead, and a save at most this long before its snapshot write is given up
-    /// (logged and counted as a store error). The timer needs the tokio runtime's time
-    /// driver, which `#[tokio::main]` enables (`Builder::enable_time` on a runtime built by
-    /// hand). A zero timeout is [`Error::InvalidConfiguration`].
+    /// (logged and counted as a store error): the save has succeeded all the same. The
+    /// bound works on any runtime, with or without tokio's timers. A zero timeout is
+    /// [`Error::InvalidConfiguration`].
     pub fn with_store_timeout(mut self, timeout: Duration) -> Result<Self> {
         if timeout.is_zero() {
             return Err(Error::InvalidConfiguration(
@@ -102,7 +106,14 @@ impl SnapshotPolicy {
         Ok(self)
     }
 
-    /// The bound on each snapshot read and write, if one is set.
+    /// Lets snapshot store calls take as long as they take: a hanging snapshot store then
+    /// hangs the loads and saves that call it. For stores that bound their own calls.
+    pub fn without_store_timeout(mut self) -> Self {
+        self.store_timeout = None;
+        self
+    }
+
+    /// The bound on each snapshot read and write, if there is one.
     pub fn store_timeout(&self) -> Option<Duration> {
         self.store_timeout
     }

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::event::{EventEnvelope, StoredEvent};
-use crate::event_store::{validate_batch, EventStore, EventStream};
+use crate::event_store::{acknowledge_stored_batch, validate_batch, EventStore, EventStream};
 use crate::snapshot::JointSnapshotRead;
 
 /// The name of the unique constraint on event ids, as created by the migration.
@@ -60,7 +60,7 @@ impl Sql {
                         correlation_id, causation_id, metadata, payload)
                     SELECT e.event_id, e.event_type, e.event_version, $1, $2, e.aggregate_version,
                         e.occurred_at, e.occurred_at_ns, e.correlation_id, e.causation_id,
-                        e.metadata::jsonb, e.payload::jsonb
+                        e.metadata::json, e.payload::json
                     FROM unnest($4::uuid[], $5::text[], $6::bigint[], $7::bigint[],
                                 $8::timestamptz[], $9::integer[], $10::uuid[], $11::uuid[],
                                 $12::text[], $13::text[])
@@ -174,7 +174,11 @@ impl EventStore for PostgresEventStore {
             Ok((_, inserted)) if inserted == events.len() as i64 => {
                 Ok(expected_version + events.len() as u64)
             }
-            Ok((head, 0)) if head != expected => Err(conflict(version_of(head, &self.sql.table)?)),
+            Ok((head, 0)) if head != expected => {
+                let refusal = conflict(version_of(head, &self.sql.table)?);
+                acknowledge_stored_batch(self, aggregate_id, aggregate_type, expected_version, events, refusal)
+                    .await
+            }
             Ok((head, inserted)) => Err(Error::corrupt(
                 self.sql.table.clone(),
                 format!(
@@ -183,18 +187,23 @@ impl EventStore for PostgresEventStore {
                 ),
             )),
             Err(sqlx::Error::Database(db)) if db.kind() == ErrorKind::UniqueViolation => {
-                if db.constraint() == Some(EVENT_ID_KEY) {
+                // A unique key taken by a transaction that committed while this statement
+                // ran: an event id (possibly by this very batch, sent before and cancelled
+                // or not answered), or one of these versions (a concurrent writer).
+                let refusal = if db.constraint() == Some(EVENT_ID_KEY) {
                     let detail = db
                         .try_downcast_ref::<PgDatabaseError>()
                         .and_then(|pg| pg.detail());
-                    return Err(Error::InvalidInput(format!(
+                    Error::InvalidInput(format!(
                         "{}: an event id of the batch is already stored ({})",
                         what(),
                         detail.unwrap_or("duplicate event_id")
-                    )));
-                }
-                // A concurrent writer committed one of these versions first.
-                Err(conflict(self.stream_version(aggregate_id, aggregate_type).await?))
+                    ))
+                } else {
+                    conflict(self.stream_version(aggregate_id, aggregate_type).await?)
+                };
+                acknowledge_stored_batch(self, aggregate_id, aggregate_type, expected_version, events, refusal)
+                    .await
             }
             Err(e) => Err(query_error(&what(), e)),
         }

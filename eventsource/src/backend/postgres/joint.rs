@@ -39,6 +39,7 @@ impl Reader {
         // `read` puts them in order should a plan ever not.
         let sql = format!(
             "SELECT e.*, s.version, s.schema_version, s.created_at, s.created_at_ns,
+                s.event_id AS snapshot_event_id,
                 CASE WHEN e.aggregate_version IS NULL OR e.aggregate_version = s.version
                     THEN s.state::text END AS state
              FROM {snapshot_table} s

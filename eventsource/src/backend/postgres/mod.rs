@@ -341,10 +341,13 @@ struct Layout {
     schema: Option<String>,
     events: String,
     snapshots: String,
+    /// The record of the migrations applied.
+    migrations: String,
 }
 
 const EVENTS_TABLE: &str = "eventsource_events";
 const SNAPSHOTS_TABLE: &str = "eventsource_snapshots";
+const MIGRATIONS_TABLE: &str = "eventsource_migrations";
 
 impl Default for Layout {
     fn default() -> Self {
@@ -352,6 +355,7 @@ impl Default for Layout {
             schema: None,
             events: EVENTS_TABLE.to_owned(),
             snapshots: SNAPSHOTS_TABLE.to_owned(),
+            migrations: MIGRATIONS_TABLE.to_owned(),
         }
     }
 }
@@ -372,21 +376,42 @@ impl Layout {
             schema: Some(schema.to_owned()),
             events: format!("\"{schema}\".{EVENTS_TABLE}"),
             snapshots: format!("\"{schema}\".{SNAPSHOTS_TABLE}"),
+            migrations: format!("\"{schema}\".{MIGRATIONS_TABLE}"),
         })
     }
 }
 
 /// Maps a failed statement to the library's error: a value PostgreSQL refuses is
-/// [`Error::InvalidInput`] (nothing was written), anything else [`Error::Store`].
+/// [`Error::InvalidInput`] (nothing was written), anything else [`Error::Store`], transient
+/// unless the server says the statement cannot succeed as the database is.
 fn query_error(what: &str, e: sqlx::Error) -> Error {
     if let sqlx::Error::Database(db) = &e {
+        let code = db.code().unwrap_or_default();
         // Class 22, data exception: a bound value is invalid (text that is not JSON, a NUL
         // character, a timestamp out of range); the call can never succeed as it is.
-        if db.code().is_some_and(|code| code.starts_with("22")) {
+        if code.starts_with("22") {
             return Error::InvalidInput(format!("{what}: PostgreSQL refused a value: {}", db.message()));
+        }
+        if is_permanent(&code) {
+            return Error::store_permanent(BACKEND, format!("{what}: {e}"), e);
         }
     }
     Error::store(BACKEND, format!("{what}: {e}"), e)
+}
+
+/// Whether an SQLSTATE says the statement will fail again however often it is retried: a
+/// missing table or column, a permission, a feature or object the server lacks, a full disk,
+/// an internal error. Connection failures (class 08), rolled-back transactions (40), lack of
+/// resources (53, but for a full disk), an operator's intervention (57: shutdown, cancel,
+/// timeout) and the rest are transient.
+fn is_permanent(code: &str) -> bool {
+    code.starts_with("42") // syntax error or access rule violation: undefined table, permission
+        || code.starts_with("0A") // feature not supported
+        || code.starts_with("XX") // internal error
+        || code.starts_with("F0") // configuration file error
+        || code == "53100" // disk full
+        || code == "28000" // invalid authorization
+        || code == "28P01" // invalid password
 }
 
 /// A `u64` as PostgreSQL's `BIGINT`, refusing values it cannot hold.

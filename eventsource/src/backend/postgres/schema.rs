@@ -1,19 +1,45 @@
-//! The tables and indexes, and the migration that creates them.
+//! The tables and indexes, and the numbered migrations that create and upgrade them.
+//!
+//! The layout's version is recorded in the table `eventsource_migrations` (in the stores'
+//! schema), one row per step applied. [`migrate`] applies the missing steps in one
+//! transaction that first takes an advisory lock: concurrent runs (several instances starting
+//! at once) queue up, every step runs once, and a failed step leaves the database as it was.
 
 use sqlx::PgPool;
 
 use super::{query_error, Layout};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The key of the advisory lock that serializes migrations across processes: "eventsrc".
 const MIGRATION_LOCK: i64 = 0x6576_656e_7473_7263;
 
-/// Creates the schema, the tables and the indexes that are missing, in one transaction.
-///
-/// `CREATE ... IF NOT EXISTS` alone is not safe against a concurrent run (two sessions can
-/// both find a table missing, and the second fails on the catalog's unique index), so the
-/// transaction first takes an advisory lock: concurrent migrations run one after another,
-/// and every one after the first finds nothing to do.
+/// One upgrade of the layout, applied once, in order.
+struct Step {
+    version: i64,
+    description: &'static str,
+    statements: fn(&Layout) -> Vec<String>,
+}
+
+/// Every step of the layout. A database made before versions were recorded (the 0.1 layout)
+/// has the tables of step 1: its `CREATE ... IF NOT EXISTS` finds them, and the later steps
+/// upgrade them.
+const STEPS: &[Step] = &[
+    Step {
+        version: 1,
+        description: "events and snapshots",
+        statements: tables,
+    },
+    Step {
+        version: 2,
+        description: "snapshots name the event they follow; JSON kept as written",
+        statements: bound_snapshots_and_exact_json,
+    },
+];
+
+/// The layout version this library reads and writes.
+pub(super) const LATEST: i64 = STEPS[STEPS.len() - 1].version;
+
+/// Brings the tables to the [`LATEST`] layout, creating the schema and tables if missing.
 pub(super) async fn migrate(pool: &PgPool, layout: &Layout) -> Result<()> {
     let fail = |e| query_error("cannot migrate the PostgreSQL schema", e);
     let mut tx = pool.begin().await.map_err(fail)?;
@@ -22,27 +48,86 @@ pub(super) async fn migrate(pool: &PgPool, layout: &Layout) -> Result<()> {
         .execute(&mut *tx)
         .await
         .map_err(fail)?;
-    for statement in statements(layout) {
-        sqlx::query(&statement)
-            .persistent(false)
-            .execute(&mut *tx)
-            .await
-            .map_err(fail)?;
+    // "already exists, skipping" notices would be logged at every start-up.
+    let mut setup = vec!["SET LOCAL client_min_messages TO warning".to_owned()];
+    if let Some(schema) = &layout.schema {
+        setup.push(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""));
+    }
+    setup.push(format!(
+        "CREATE TABLE IF NOT EXISTS {} (
+            version     BIGINT      PRIMARY KEY,
+            description TEXT        NOT NULL,
+            applied_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+        )",
+        layout.migrations
+    ));
+    for statement in setup {
+        execute(&mut tx, &statement).await.map_err(fail)?;
+    }
+    let current: i64 = sqlx::query_scalar(&format!(
+        "SELECT coalesce(max(version), 0) FROM {}",
+        layout.migrations
+    ))
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(fail)?;
+    if current > LATEST {
+        return Err(Error::InvalidConfiguration(format!(
+            "the PostgreSQL tables have the eventsource layout {current}, newer than the layout \
+             {LATEST} of this version of the library; upgrade the program"
+        )));
+    }
+    for step in STEPS.iter().filter(|step| step.version > current) {
+        let fail = |e| {
+            query_error(
+                &format!("cannot apply the PostgreSQL migration {} ({})", step.version, step.description),
+                e,
+            )
+        };
+        for statement in (step.statements)(layout) {
+            execute(&mut tx, &statement).await.map_err(fail)?;
+        }
+        sqlx::query(&format!(
+            "INSERT INTO {} (version, description) VALUES ($1, $2)",
+            layout.migrations
+        ))
+        .bind(step.version)
+        .bind(step.description)
+        .execute(&mut *tx)
+        .await
+        .map_err(fail)?;
     }
     tx.commit().await.map_err(fail)
 }
 
-fn statements(layout: &Layout) -> Vec<String> {
+async fn execute(tx: &mut sqlx::PgConnection, statement: &str) -> sqlx::Result<()> {
+    sqlx::query(statement).persistent(false).execute(tx).await.map(drop)
+}
+
+/// Step 2: each snapshot names the event at its version, and payloads, metadata and states
+/// are `json`, which keeps the text as written (`jsonb` turns `-0.0` into `0.0` and refuses
+/// `\u0000`) and costs no conversion on each read. The type change rewrites both tables.
+fn bound_snapshots_and_exact_json(layout: &Layout) -> Vec<String> {
     let Layout {
-        schema,
-        events,
-        snapshots,
+        events, snapshots, ..
     } = layout;
-    // "already exists, skipping" notices would be logged at every start-up.
-    let mut statements = vec!["SET LOCAL client_min_messages TO warning".to_owned()];
-    if let Some(schema) = schema {
-        statements.push(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""));
-    }
+    vec![
+        format!("ALTER TABLE {snapshots} ADD COLUMN IF NOT EXISTS event_id UUID"),
+        format!("ALTER TABLE {snapshots} ALTER COLUMN state TYPE json USING state::json"),
+        format!(
+            "ALTER TABLE {events}
+                ALTER COLUMN payload TYPE json USING payload::json,
+                ALTER COLUMN metadata TYPE json USING metadata::json"
+        ),
+    ]
+}
+
+/// Step 1: the tables and indexes of the 0.1 layout.
+fn tables(layout: &Layout) -> Vec<String> {
+    let Layout {
+        events, snapshots, ..
+    } = layout;
+    let mut statements = vec![];
     statements.push(format!(
         "CREATE TABLE IF NOT EXISTS {events} (
             position          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{join_timestamp, query_error, split_timestamp, to_bigint, Layout, PostgresSnapshotStore};
 use crate::error::{Error, Result};
-use crate::snapshot::{Snapshot, SnapshotStore};
+use crate::snapshot::{validate_snapshot, Snapshot, SnapshotStore};
 
 /// The statements of the snapshot store, built once for its table.
 #[derive(Debug)]
@@ -29,17 +29,19 @@ impl Sql {
         Self {
             table: snapshots.clone(),
             get: format!(
-                "SELECT version, state::text AS state, schema_version, created_at, created_at_ns
+                "SELECT version, state::text AS state, schema_version, created_at, created_at_ns,
+                    event_id AS snapshot_event_id
                  FROM {snapshots} WHERE aggregate_id = $1 AND aggregate_type = $2"
             ),
             // The row lock taken by ON CONFLICT makes racing writers compare against each
             // other's committed version, so the highest version wins whatever the order.
             save: format!(
                 "INSERT INTO {snapshots} AS s (aggregate_id, aggregate_type, version, state,
-                     schema_version, created_at, created_at_ns)
-                 VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)
+                     schema_version, created_at, created_at_ns, event_id)
+                 VALUES ($1, $2, $3, $4::json, $5, $6, $7, $8)
                  ON CONFLICT (aggregate_id, aggregate_type) DO UPDATE
                  SET version = EXCLUDED.version, state = EXCLUDED.state,
+                     event_id = EXCLUDED.event_id,
                      schema_version = EXCLUDED.schema_version, created_at = EXCLUDED.created_at,
                      created_at_ns = EXCLUDED.created_at_ns
                  WHERE s.version <= EXCLUDED.version"
@@ -80,11 +82,7 @@ impl SnapshotStore for PostgresSnapshotStore {
             aggregate_type,
             ..
         } = snapshot;
-        if aggregate_type.is_empty() {
-            return Err(Error::InvalidInput(
-                "the aggregate type name of a snapshot is empty".into(),
-            ));
-        }
+        validate_snapshot(snapshot)?;
         let (created_at, created_at_ns) = split_timestamp(snapshot.created_at);
         let written = sqlx::query(&self.sql.save)
             .bind(aggregate_id)
@@ -94,6 +92,7 @@ impl SnapshotStore for PostgresSnapshotStore {
             .bind(i64::from(snapshot.schema_version))
             .bind(created_at)
             .bind(created_at_ns)
+            .bind(snapshot.event_id)
             .execute(&self.pool)
             .await
             .map_err(|e| {
@@ -184,6 +183,7 @@ impl PostgresSnapshotStore {
             aggregate_type: aggregate_type.to_owned(),
             version: u64::try_from(version)
                 .map_err(|_| fail(format!("version {version} is out of range")))?,
+            event_id: row.try_get("snapshot_event_id").map_err(get_err)?,
             state: row.try_get("state").map_err(get_err)?,
             schema_version: u32::try_from(schema_version)
                 .map_err(|_| fail(format!("schema version {schema_version} is out of range")))?,

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
-use super::BACKEND;
+use super::store_error;
 use crate::error::{Error, Result};
 
 /// How long a statement waits for a lock held by another connection before it fails.
@@ -97,7 +97,7 @@ impl Database {
             if !connection.is_autocommit() {
                 let _ = connection.execute_batch("ROLLBACK");
             }
-            result.map_err(|e| Error::store(BACKEND, format!("a statement on {name} failed"), e))
+            result.map_err(|e| store_error(format!("a statement on {name} failed"), e))
         })
         .await
     }
@@ -160,7 +160,7 @@ impl Database {
                 Some(connection) => connection,
                 None => this
                     .connect(Role::Writer)
-                    .map_err(|e| Error::store(BACKEND, format!("cannot open {name}"), e))?,
+                    .map_err(|e| store_error(format!("cannot open {name}"), e))?,
             };
             let outcome = write(&mut connection);
             // A connection left inside a transaction (a failed ROLLBACK) is not reused.
@@ -170,7 +170,7 @@ impl Database {
             outcome
         })
         .await
-        .unwrap_or_else(|e| Err(Error::store(BACKEND, "a SQLite write was lost", lost(e))))
+        .unwrap_or_else(|e| Err(store_error("a SQLite write was lost", lost(e))))
     }
 
     fn memory(&self) -> MutexGuard<'_, Connection> {
@@ -319,7 +319,7 @@ impl Target {
     pub(super) async fn open(&self, synchronous: Synchronous) -> Result<Database> {
         let name = self.name.clone();
         let fail = move |e: rusqlite::Error| {
-            Error::store(BACKEND, format!("cannot open the SQLite database {name}"), e)
+            store_error(format!("cannot open the SQLite database {name}"), e)
         };
         let Some(path) = self.path.clone() else {
             let connection = Connection::open_in_memory().map_err(&fail)?;
@@ -346,9 +346,7 @@ impl Target {
         })
         .await
         .map_err(|e| {
-            Error::store(
-                BACKEND,
-                format!("cannot open the SQLite database {}", self.name),
+            store_error(format!("cannot open the SQLite database {}", self.name),
                 e,
             )
         })?

@@ -8,10 +8,10 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use uuid::Uuid;
 
-use super::{read, schema, signed, timestamp_text, unsigned, Database, BACKEND};
+use super::{read, schema, signed, store_error, timestamp_text, unsigned, Database};
 use crate::error::{Error, Result};
 use crate::event::EventEnvelope;
-use crate::event_store::{validate_batch, EventStore, EventStream};
+use crate::event_store::{acknowledge_stored_batch, validate_batch, EventStore, EventStream};
 
 const INSERT: &str = "INSERT INTO events (event_id, event_type, event_version, aggregate_id, \
     aggregate_type, aggregate_version, occurred_at, correlation_id, causation_id, metadata, payload) \
@@ -38,9 +38,10 @@ impl SqliteEventStore {
 
     /// The store on a database of the program's own, creating its table if missing.
     ///
-    /// A table named `events` that is not this store's is [`Error::InvalidConfiguration`].
+    /// Creates or upgrades the tables (see the [module docs](super#storage)); a table named
+    /// `events` or `snapshots` that is not this library's is [`Error::InvalidConfiguration`].
     pub async fn on(database: Database) -> Result<Self> {
-        schema::EVENTS.create(&database).await?;
+        schema::migrate(&database).await?;
         Ok(Self { database })
     }
 
@@ -104,9 +105,7 @@ impl Stream {
     }
 
     fn failed(&self, action: &str, e: rusqlite::Error) -> Error {
-        Error::store(
-            BACKEND,
-            format!("cannot {action} {} {}", self.aggregate_type, self.id),
+        store_error(format!("cannot {action} {} {}", self.aggregate_type, self.id),
             e,
         )
     }
@@ -222,9 +221,17 @@ impl EventStore for SqliteEventStore {
         validate_batch(aggregate_id, aggregate_type, expected_version, events)?;
         let batch = events.iter().map(Encoded::new).collect::<Result<Vec<_>>>()?;
         let stream = Stream::new(aggregate_id, aggregate_type);
-        self.database
+        let appended = self
+            .database
             .write(move |connection| stream.append(connection, expected_version, &batch))
-            .await
+            .await;
+        match appended {
+            Err(refusal @ (Error::Conflict { .. } | Error::InvalidInput(_))) => {
+                acknowledge_stored_batch(self, aggregate_id, aggregate_type, expected_version, events, refusal)
+                    .await
+            }
+            outcome => outcome,
+        }
     }
 
     fn read_stream<'a>(

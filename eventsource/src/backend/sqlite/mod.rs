@@ -122,6 +122,31 @@ async fn snapshot_database(path: &Path) -> Result<Database> {
     Target::path(path).open(Synchronous::Normal).await
 }
 
+/// A failure of the database as [`Error::Store`], transient when another try may succeed (a
+/// busy or locked database, an I/O error) and permanent otherwise (a missing table, a full
+/// disk, a read-only file, a file that is not a database).
+fn store_error<E>(message: impl Into<String>, e: E) -> Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    use rusqlite::ErrorCode::*;
+    let permanent = (&e as &dyn std::any::Any)
+        .downcast_ref::<rusqlite::Error>()
+        .and_then(rusqlite::Error::sqlite_error_code)
+        .is_some_and(|code| {
+            matches!(
+                code,
+                DiskFull | ReadOnly | CannotOpen | NotADatabase | DatabaseCorrupt | PermissionDenied
+                    | ApiMisuse | TooBig | Unknown
+            )
+        });
+    if permanent {
+        Error::store_permanent(BACKEND, message, e)
+    } else {
+        Error::store(BACKEND, message, e)
+    }
+}
+
 /// Converts a stored integer to the unsigned type of the model; out of range is corrupt.
 fn unsigned<T: TryFrom<i64>>(value: i64, column: &str, what: impl FnOnce() -> String) -> Result<T> {
     T::try_from(value)

@@ -12,7 +12,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, Row};
 use uuid::Uuid;
 
-use super::{parse_timestamp, unsigned, Database, BACKEND};
+use super::{parse_timestamp, store_error, unsigned, Database};
 use crate::error::{Error, Result};
 use crate::event::{EventEnvelope, StoredEvent};
 use crate::event_store::EventStream;
@@ -120,12 +120,10 @@ impl Cursor {
                 aggregate_id,
                 aggregate_type,
                 ..
-            } => Error::store(
-                BACKEND,
-                format!("cannot read the stream of {aggregate_type} {aggregate_id}"),
+            } => store_error(format!("cannot read the stream of {aggregate_type} {aggregate_id}"),
                 e,
             ),
-            Cursor::Log { .. } => Error::store(BACKEND, "cannot read the event log", e),
+            Cursor::Log { .. } => store_error("cannot read the event log", e),
         }
     }
 

@@ -1,132 +1,171 @@
-//! The tables and indexes, created by each store when it opens.
+//! The tables, and the numbered migrations that create and upgrade them.
+//!
+//! The layout's version is recorded in the table `eventsource_migrations`, one row per step
+//! applied. Each store runs [`migrate`] when it opens: the usual case, every step applied,
+//! is one read and needs no lock; otherwise the missing steps run in one `BEGIN IMMEDIATE`
+//! transaction, so two processes opening one file at once apply each step once, and a
+//! failed step leaves the file as it was.
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
-use super::{Database, BACKEND};
+use super::{store_error, Database};
 use crate::error::{Error, Result};
 
-/// One table with its indexes.
-pub(super) struct Table {
-    name: &'static str,
-    create: &'static str,
-    /// Selects every column this library reads and writes: fails on a foreign table.
-    probe: &'static str,
-    indexes: &'static [(&'static str, &'static str)],
+/// One upgrade of the layout, applied once, in order.
+struct Step {
+    version: i64,
+    description: &'static str,
+    sql: &'static str,
 }
 
-pub(super) const EVENTS: Table = Table {
-    name: "events",
-    create: "CREATE TABLE IF NOT EXISTS events (
-        position INTEGER PRIMARY KEY AUTOINCREMENT,
-        event_id TEXT NOT NULL,
-        event_type TEXT NOT NULL,
-        event_version INTEGER NOT NULL,
-        aggregate_id TEXT NOT NULL,
-        aggregate_type TEXT NOT NULL,
-        aggregate_version INTEGER NOT NULL,
-        occurred_at TEXT NOT NULL,
-        correlation_id TEXT,
-        causation_id TEXT,
-        metadata TEXT,
-        payload TEXT NOT NULL
-    )",
-    probe: "SELECT position, event_id, event_type, event_version, aggregate_id, aggregate_type,
-        aggregate_version, occurred_at, correlation_id, causation_id, metadata, payload
-        FROM events LIMIT 0",
-    indexes: &[
-        (
-            "events_stream",
-            "CREATE UNIQUE INDEX IF NOT EXISTS events_stream
-                ON events (aggregate_id, aggregate_type, aggregate_version)",
-        ),
-        (
-            "events_event_id",
-            "CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON events (event_id)",
-        ),
-    ],
-};
+/// Every step of the layout. A database made before versions were recorded (the 0.1 layout)
+/// has the tables of step 1: its `CREATE ... IF NOT EXISTS` finds them, and the later steps
+/// upgrade them.
+const STEPS: &[Step] = &[
+    Step {
+        version: 1,
+        description: "events and snapshots",
+        sql: "CREATE TABLE IF NOT EXISTS events (
+                position INTEGER PRIMARY KEY AUTOINCREMENT,
+                event_id TEXT NOT NULL,
+                event_type TEXT NOT NULL,
+                event_version INTEGER NOT NULL,
+                aggregate_id TEXT NOT NULL,
+                aggregate_type TEXT NOT NULL,
+                aggregate_version INTEGER NOT NULL,
+                occurred_at TEXT NOT NULL,
+                correlation_id TEXT,
+                causation_id TEXT,
+                metadata TEXT,
+                payload TEXT NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS snapshots (
+                aggregate_id TEXT NOT NULL,
+                aggregate_type TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                state TEXT NOT NULL,
+                schema_version INTEGER NOT NULL,
+                created_at TEXT NOT NULL
+            );
+            CREATE UNIQUE INDEX IF NOT EXISTS events_stream
+                ON events (aggregate_id, aggregate_type, aggregate_version);
+            CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON events (event_id);
+            CREATE UNIQUE INDEX IF NOT EXISTS snapshots_aggregate
+                ON snapshots (aggregate_id, aggregate_type);
+            CREATE INDEX IF NOT EXISTS snapshots_type_schema
+                ON snapshots (aggregate_type, schema_version);",
+    },
+    Step {
+        version: 2,
+        description: "snapshots name the event they follow",
+        sql: "ALTER TABLE snapshots ADD COLUMN event_id TEXT",
+    },
+];
 
-pub(super) const SNAPSHOTS: Table = Table {
-    name: "snapshots",
-    create: "CREATE TABLE IF NOT EXISTS snapshots (
-        aggregate_id TEXT NOT NULL,
-        aggregate_type TEXT NOT NULL,
-        version INTEGER NOT NULL,
-        state TEXT NOT NULL,
-        schema_version INTEGER NOT NULL,
-        created_at TEXT NOT NULL
-    )",
-    probe: "SELECT aggregate_id, aggregate_type, version, state, schema_version, created_at
-        FROM snapshots LIMIT 0",
-    indexes: &[
-        (
-            "snapshots_aggregate",
-            "CREATE UNIQUE INDEX IF NOT EXISTS snapshots_aggregate
-                ON snapshots (aggregate_id, aggregate_type)",
-        ),
-        (
-            "snapshots_type_schema",
-            "CREATE INDEX IF NOT EXISTS snapshots_type_schema
-                ON snapshots (aggregate_type, schema_version)",
-        ),
-    ],
-};
+/// The layout version this library reads and writes.
+pub(super) const LATEST: i64 = STEPS[STEPS.len() - 1].version;
 
-impl Table {
-    /// Creates the table and its indexes if any is missing, and checks that a table of that
-    /// name that was already there is one of ours.
-    pub(super) async fn create(&'static self, database: &Database) -> Result<()> {
-        database.write(move |connection| self.create_on(connection)).await
+/// Selects every column this library reads and writes: fails on a foreign table.
+const PROBE: &str = "SELECT position, event_id, event_type, event_version, aggregate_id,
+        aggregate_type, aggregate_version, occurred_at, correlation_id, causation_id, metadata,
+        payload FROM events LIMIT 0;
+    SELECT aggregate_id, aggregate_type, version, state, schema_version, created_at, event_id
+        FROM snapshots LIMIT 0;";
+
+/// Brings the database's tables to the [`LATEST`] layout.
+pub(super) async fn migrate(database: &Database) -> Result<()> {
+    database.write(migrate_on).await
+}
+
+fn migrate_on(connection: &mut Connection) -> Result<()> {
+    let fail = |e| store_error("cannot migrate the SQLite tables", e);
+    if let Some(version) = recorded_version(connection).map_err(fail)? {
+        check_not_newer(version)?;
+        if version == LATEST {
+            return probe(connection);
+        }
     }
-
-    fn create_on(&self, connection: &mut Connection) -> Result<()> {
-        let fail = |e| Error::store(BACKEND, format!("cannot create the `{}` table", self.name), e);
-        // The usual case, everything there, needs no write lock: count the objects first.
-        let mut wanted = vec![self.name];
-        wanted.extend(self.indexes.iter().map(|(name, _)| *name));
-        let names = wanted
-            .iter()
-            .map(|name| format!("'{name}'"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let present: i64 = connection
-            .query_row(
-                &format!("SELECT count(*) FROM sqlite_master WHERE name IN ({names})"),
-                [],
-                |row| row.get(0),
-            )
-            .map_err(fail)?;
-        if present == wanted.len() as i64 {
-            return self.probe(connection);
-        }
-        let tx = connection
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(fail)?;
-        tx.execute_batch(self.create).map_err(fail)?;
-        self.probe(&tx)?;
-        for (_, index) in self.indexes {
-            tx.execute_batch(index).map_err(fail)?;
-        }
-        tx.commit().map_err(fail)
+    let tx = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(fail)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS eventsource_migrations (
+            version INTEGER PRIMARY KEY,
+            description TEXT NOT NULL,
+            applied_at TEXT NOT NULL
+        )",
+    )
+    .map_err(fail)?;
+    // Read again under the write lock: another process may have migrated meanwhile.
+    let current = recorded_version(&tx).map_err(fail)?.unwrap_or(0);
+    check_not_newer(current)?;
+    for step in STEPS.iter().filter(|step| step.version > current) {
+        tx.execute_batch(step.sql).map_err(|e| foreign_or(e, step))?;
+        tx.execute(
+            "INSERT INTO eventsource_migrations (version, description, applied_at)
+             VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+            (step.version, step.description),
+        )
+        .map_err(fail)?;
     }
+    probe(&tx)?;
+    tx.commit().map_err(fail)
+}
 
-    fn probe(&self, connection: &Connection) -> Result<()> {
-        match connection.prepare(self.probe) {
-            Ok(_) => Ok(()),
-            // SQLITE_ERROR: a column this library needs is missing.
-            Err(e @ rusqlite::Error::SqlInputError { error, .. })
-                if error.code == rusqlite::ErrorCode::Unknown =>
-            {
-                Err(Error::InvalidConfiguration(format!(
-                    "the SQLite table `{}` is not an eventsource table ({e}); use another database file",
-                    self.name,
-                )))
-            }
-            Err(e) => Err(Error::store(
-                BACKEND,
-                format!("cannot read the `{}` table", self.name),
-                e,
-            )),
+/// The highest step recorded, `None` if the migrations table is missing.
+fn recorded_version(connection: &Connection) -> rusqlite::Result<Option<i64>> {
+    let exists = connection
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'eventsource_migrations'",
+            [],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    if !exists {
+        return Ok(None);
+    }
+    connection.query_row(
+        "SELECT coalesce(max(version), 0) FROM eventsource_migrations",
+        [],
+        |row| row.get(0),
+    )
+    .map(Some)
+}
+
+fn check_not_newer(version: i64) -> Result<()> {
+    if version > LATEST {
+        return Err(Error::InvalidConfiguration(format!(
+            "the SQLite database has the eventsource table layout {version}, newer than the \
+             layout {LATEST} of this version of the library; upgrade the program"
+        )));
+    }
+    Ok(())
+}
+
+fn probe(connection: &Connection) -> Result<()> {
+    for statement in PROBE.split_terminator(';').map(str::trim).filter(|s| !s.is_empty()) {
+        if let Err(e) = connection.prepare(statement) {
+            return Err(foreign_or(e, &STEPS[0]));
         }
+    }
+    Ok(())
+}
+
+/// A statement that fails on a missing column means a table of that name that is not ours.
+fn foreign_or(e: rusqlite::Error, step: &Step) -> Error {
+    match &e {
+        rusqlite::Error::SqlInputError { error, .. } | rusqlite::Error::SqliteFailure(error, _)
+            if error.code == rusqlite::ErrorCode::Unknown =>
+        {
+            Error::InvalidConfiguration(format!(
+                "the SQLite tables `events` and `snapshots` are not eventsource tables ({e}); \
+                 use another database file"
+            ))
+        }
+        _ => store_error(
+            format!("cannot apply the SQLite migration {} ({})", step.version, step.description),
+            e,
+        ),
     }
 }

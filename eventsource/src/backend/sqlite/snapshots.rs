@@ -7,17 +7,18 @@ use rusqlite::types::ValueRef;
 use rusqlite::OptionalExtension;
 use uuid::Uuid;
 
-use super::{parse_timestamp, schema, signed, timestamp_text, unsigned, Database, BACKEND};
+use super::{parse_timestamp, schema, signed, store_error, timestamp_text, unsigned, Database};
 use crate::error::{Error, Result};
-use crate::snapshot::{Snapshot, SnapshotStore};
+use crate::snapshot::{validate_snapshot, Snapshot, SnapshotStore};
 
 // The version guard is in the statement, so two racing writers cannot leave the older one
 // stored. A stored version that is not a non-negative integer is corrupt and gives way.
 const UPSERT: &str = "INSERT INTO snapshots
-        (aggregate_id, aggregate_type, version, state, schema_version, created_at)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        (aggregate_id, aggregate_type, version, state, schema_version, created_at, event_id)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
     ON CONFLICT (aggregate_id, aggregate_type) DO UPDATE SET
         version = excluded.version,
+        event_id = excluded.event_id,
         state = excluded.state,
         schema_version = excluded.schema_version,
         created_at = excluded.created_at
@@ -25,7 +26,7 @@ const UPSERT: &str = "INSERT INTO snapshots
         OR typeof(snapshots.version) <> 'integer'
         OR snapshots.version < 0";
 
-const GET: &str = "SELECT version, state, schema_version, created_at FROM snapshots
+const GET: &str = "SELECT version, state, schema_version, created_at, event_id FROM snapshots
     WHERE aggregate_id = ?1 AND aggregate_type = ?2";
 
 /// A snapshot store in a SQLite database.
@@ -47,9 +48,10 @@ impl SqliteSnapshotStore {
 
     /// The store on a database of the program's own, creating its table if missing.
     ///
-    /// A table named `snapshots` that is not this store's is [`Error::InvalidConfiguration`].
+    /// Creates or upgrades the tables (see the [module docs](super#storage)); a table named
+    /// `events` or `snapshots` that is not this library's is [`Error::InvalidConfiguration`].
     pub async fn on(database: Database) -> Result<Self> {
-        schema::SNAPSHOTS.create(&database).await?;
+        schema::migrate(&database).await?;
         Ok(Self { database })
     }
 
@@ -69,10 +71,10 @@ impl SqliteSnapshotStore {
             .write(move |connection| {
                 let mut statement = connection
                     .prepare_cached(sql)
-                    .map_err(|e| Error::store(BACKEND, failure.clone(), e))?;
+                    .map_err(|e| store_error(failure.clone(), e))?;
                 statement
                     .execute(rusqlite::params_from_iter(params))
-                    .map_err(|e| Error::store(BACKEND, failure, e))
+                    .map_err(|e| store_error(failure, e))
             })
             .await
     }
@@ -84,6 +86,7 @@ struct Row {
     state: Value,
     schema_version: Value,
     created_at: Value,
+    event_id: Value,
 }
 
 /// One stored value, owned.
@@ -104,15 +107,14 @@ impl SnapshotStore for SqliteSnapshotStore {
                             state: row.get(1)?,
                             schema_version: row.get(2)?,
                             created_at: row.get(3)?,
+                            event_id: row.get(4)?,
                         })
                     })
                     .optional()
             })
             .await
             .map_err(|e| {
-                Error::store(
-                    BACKEND,
-                    format!("cannot read the snapshot of {aggregate_type} {aggregate_id}"),
+                store_error(format!("cannot read the snapshot of {aggregate_type} {aggregate_id}"),
                     e,
                 )
             })?;
@@ -136,10 +138,20 @@ impl SnapshotStore for SqliteSnapshotStore {
         let version = integer(&row.version, "version")?;
         let schema_version = integer(&row.schema_version, "schema_version")?;
         let created_at = text(row.created_at, "created_at")?;
+        let event_id = match row.event_id {
+            Value::Null => None,
+            other => {
+                let text = text(other, "event_id")?;
+                Some(Uuid::parse_str(&text).map_err(|e| {
+                    Error::corrupt(what(), format!("column `event_id` holds {text:?}, not a uuid: {e}"))
+                })?)
+            }
+        };
         Ok(Some(Snapshot {
             aggregate_id,
             aggregate_type: aggregate_type.to_owned(),
             version: unsigned(version, "version", what)?,
+            event_id,
             state: text(row.state, "state")?,
             schema_version: unsigned(schema_version, "schema_version", what)?,
             created_at: parse_timestamp(&created_at, "created_at", what)?,
@@ -147,6 +159,7 @@ impl SnapshotStore for SqliteSnapshotStore {
     }
 
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<bool> {
+        validate_snapshot(snapshot)?;
         let what = || {
             format!(
                 "snapshot of {} {}",
@@ -160,6 +173,9 @@ impl SnapshotStore for SqliteSnapshotStore {
             Value::Text(snapshot.state.clone()),
             Value::Integer(i64::from(snapshot.schema_version)),
             Value::Text(timestamp_text(&snapshot.created_at, what)?),
+            snapshot
+                .event_id
+                .map_or(Value::Null, |id| Value::Text(id.hyphenated().to_string())),
         ];
         let written = self
             .change(UPSERT, params, format!("cannot save the {}", what()))
@@ -194,9 +210,7 @@ impl SnapshotStore for SqliteSnapshotStore {
             })
             .await
             .map_err(|e| {
-                Error::store(
-                    BACKEND,
-                    format!("cannot look up the snapshot of {aggregate_type} {aggregate_id}"),
+                store_error(format!("cannot look up the snapshot of {aggregate_type} {aggregate_id}"),
                     e,
                 )
             })

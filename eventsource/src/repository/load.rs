@@ -1,0 +1,231 @@
+//! Loading: a snapshot bound to the stream's history, when there is one, and the events after it.
+
+use futures_util::StreamExt;
+use tracing::field::Empty;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::snapshotting::{bounded, discard};
+use super::Repository;
+use crate::aggregate::{Aggregate, AggregateEvent};
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::event_store::EventStream;
+use crate::registry;
+use crate::root::AggregateRoot;
+use crate::snapshot::metrics::Counter;
+use crate::snapshot::{MissReason, Snapshot};
+
+/// A snapshot that passed every check but the stream's: its version, the event it follows,
+/// and its state.
+struct Candidate<A> {
+    version: u64,
+    event_id: Option<Uuid>,
+    state: A,
+}
+
+impl<A: Aggregate> Repository<A> {
+    /// Loads the aggregate from its snapshot, when one is usable, and the events after it.
+    ///
+    /// A snapshot is used only if its schema version is `A::SCHEMA_VERSION`, its state
+    /// deserializes, and the stream's event at the snapshot's version is the event the
+    /// snapshot follows ([`Snapshot::event_id`]): a snapshot of another history (another
+    /// event store sharing the snapshot store, or events since restored from an older
+    /// backup) is never used. Snapshots stored before snapshots named their event are
+    /// checked by version alone: the stream must have reached it. Otherwise every event is
+    /// replayed; a snapshot of another history, or beyond the stream's head, is deleted so
+    /// that the next snapshot written replaces it.
+    ///
+    /// A snapshot store that fails never fails the load: the miss is logged and counted in
+    /// [`metrics`](Self::metrics). A stream with no events is [`Error::NotFound`].
+    pub async fn load(&self, id: Uuid) -> Result<AggregateRoot<A>> {
+        registry::check()?;
+        let span = tracing::info_span!(
+            "eventsource.repository.load",
+            aggregate.id = %id,
+            aggregate.type = A::TYPE_NAME,
+            version = Empty,
+            snapshot.used = false,
+            snapshot.version = Empty,
+            events.replayed = Empty,
+        );
+        self.load_in(id, &span).instrument(span.clone()).await
+    }
+
+    async fn load_in(&self, id: Uuid, span: &tracing::Span) -> Result<AggregateRoot<A>> {
+        if let Some((candidate, mut events)) = self.snapshot_and_events(id).await {
+            let Candidate {
+                version,
+                event_id,
+                state,
+            } = candidate;
+            // The event at the snapshot's own version proves the stream has reached it, and
+            // its id that the snapshot was taken from this history.
+            match events.next().await.transpose()? {
+                Some(event)
+                    if event.aggregate_version == version
+                        && event_id.is_none_or(|id| id == event.event_id) =>
+                {
+                    let mut root = AggregateRoot::following(id, version, state, event.event_id);
+                    let replayed = replay(&mut root, events).await?;
+                    self.metrics.add(A::TYPE_NAME, Counter::Hit);
+                    span.record("snapshot.used", true);
+                    span.record("snapshot.version", version);
+                    return Ok(finish(root, replayed, span));
+                }
+                Some(event) if event.aggregate_version == version => {
+                    let detail = format!(
+                        "snapshot follows event {}, the stream's event at version {version} is {}",
+                        event_id.unwrap_or_default(),
+                        event.event_id
+                    );
+                    self.miss::<()>(id, MissReason::HistoryMismatch, detail);
+                    self.discard_snapshot(id).await;
+                }
+                _ => {
+                    let detail = format!("stream has not reached version {version}");
+                    self.miss::<()>(id, MissReason::BeyondStreamHead, detail);
+                    self.discard_snapshot(id).await;
+                }
+            }
+        }
+        let mut root = AggregateRoot::new(id);
+        let replayed = replay(&mut root, self.events.read_stream(id, A::TYPE_NAME, 0)).await?;
+        if root.version() == 0 {
+            return Err(Error::NotFound {
+                aggregate_type: A::TYPE_NAME.to_owned(),
+                aggregate_id: id,
+            });
+        }
+        Ok(finish(root, replayed, span))
+    }
+
+    /// A snapshot that passes every check but the stream's, and the stream's events from its
+    /// version on: read together in one round trip where the event store can, one after the
+    /// other otherwise.
+    async fn snapshot_and_events(&self, id: Uuid) -> Option<(Candidate<A>, EventStream<'_>)> {
+        let snapshots = self.snapshots.as_ref()?;
+        let timeout = snapshots.policy.store_timeout();
+        let span = tracing::debug_span!("eventsource.snapshot.get", aggregate.id = %id, aggregate.type = A::TYPE_NAME);
+        if let Some(joint) = &snapshots.joint {
+            let found = match bounded(timeout, joint.read(id, A::TYPE_NAME))
+                .instrument(span)
+                .await
+            {
+                Ok(Some(found)) => found,
+                Ok(None) => return self.miss(id, MissReason::Missing, String::new()),
+                Err(e) => return self.miss(id, MissReason::StoreError, e.to_string()),
+            };
+            let candidate = self.usable(id, found.snapshot)?;
+            return Some((candidate, found.events));
+        }
+        let read = snapshots.store.get_snapshot(id, A::TYPE_NAME).instrument(span);
+        let snapshot = match bounded(timeout, read).await {
+            Ok(Some(snapshot)) => snapshot,
+            Ok(None) => return self.miss(id, MissReason::Missing, String::new()),
+            Err(e) => return self.miss(id, MissReason::StoreError, e.to_string()),
+        };
+        let candidate = self.usable(id, snapshot)?;
+        let events = self.events.read_stream(id, A::TYPE_NAME, candidate.version - 1);
+        Some((candidate, events))
+    }
+
+    /// The snapshot as a candidate, if it passes every check but the stream's.
+    fn usable(&self, id: Uuid, snapshot: Snapshot) -> Option<Candidate<A>> {
+        if snapshot.aggregate_id != id || snapshot.aggregate_type != A::TYPE_NAME {
+            let detail = format!(
+                "store returned the snapshot of {} {}",
+                snapshot.aggregate_type, snapshot.aggregate_id
+            );
+            return self.miss(id, MissReason::StoreError, detail);
+        }
+        if snapshot.schema_version != A::SCHEMA_VERSION {
+            let detail = format!(
+                "snapshot schema {}, aggregate schema {}",
+                snapshot.schema_version,
+                A::SCHEMA_VERSION
+            );
+            return self.miss(id, MissReason::SchemaMismatch, detail);
+        }
+        if snapshot.version == 0 {
+            return self.miss(
+                id,
+                MissReason::StoreError,
+                "store returned a snapshot at version 0".into(),
+            );
+        }
+        match codec::from_json::<A>(&snapshot.state, || {
+            format!("snapshot state of {} {id}", A::TYPE_NAME)
+        }) {
+            Ok(state) => Some(Candidate {
+                version: snapshot.version,
+                event_id: snapshot.event_id,
+                state,
+            }),
+            Err(e) => self.miss(id, MissReason::DeserializationError, e.to_string()),
+        }
+    }
+
+    fn miss<T>(&self, id: Uuid, reason: MissReason, detail: String) -> Option<T> {
+        self.metrics.add(A::TYPE_NAME, Counter::Miss(reason));
+        match reason {
+            MissReason::Missing => {
+                tracing::debug!(aggregate.id = %id, aggregate.type = A::TYPE_NAME, reason = reason.as_str(), "no snapshot, replaying every event")
+            }
+            MissReason::SchemaMismatch => {
+                tracing::info!(aggregate.id = %id, aggregate.type = A::TYPE_NAME, reason = reason.as_str(), detail, "snapshot not used, replaying every event")
+            }
+            _ => {
+                tracing::warn!(aggregate.id = %id, aggregate.type = A::TYPE_NAME, reason = reason.as_str(), detail, "snapshot not used, replaying every event")
+            }
+        }
+        None
+    }
+
+    /// Deletes a snapshot that does not belong to the stream's history, so that it cannot
+    /// keep a correct one out (the store keeps the highest version). A failure is logged:
+    /// the load replays either way.
+    async fn discard_snapshot(&self, id: Uuid) {
+        if let Some(snapshots) = &self.snapshots {
+            discard(&*snapshots.store, A::TYPE_NAME, snapshots.policy.store_timeout(), id).await;
+        }
+    }
+}
+
+/// Applies a stream's events to the root, checking that each belongs to the stream and that
+/// versions follow on without a gap.
+async fn replay<A: Aggregate>(root: &mut AggregateRoot<A>, mut events: EventStream<'_>) -> Result<u64> {
+    let start = root.version();
+    while let Some(stored) = events.next().await {
+        let stored = stored?;
+        let expected = root.version().checked_add(1);
+        if stored.aggregate_id != root.id() || *stored.aggregate_type != *A::TYPE_NAME {
+            return Err(Error::corrupt(
+                format!("stream {} {}", A::TYPE_NAME, root.id()),
+                format!(
+                    "read an event of {} {}",
+                    stored.aggregate_type, stored.aggregate_id
+                ),
+            ));
+        }
+        if expected != Some(stored.aggregate_version) {
+            return Err(Error::corrupt(
+                format!("stream {} {}", A::TYPE_NAME, root.id()),
+                format!(
+                    "after version {}, read version {}",
+                    root.version(),
+                    stored.aggregate_version
+                ),
+            ));
+        }
+        let event = A::Event::from_json(&stored.event_type, &stored.payload)?;
+        root.apply_stored(&event, stored.event_id);
+    }
+    Ok(root.version() - start)
+}
+
+fn finish<A: Aggregate>(root: AggregateRoot<A>, replayed: u64, span: &tracing::Span) -> AggregateRoot<A> {
+    span.record("version", root.version());
+    span.record("events.replayed", replayed);
+    root
+}

@@ -1,0 +1,65 @@
+//! Saving: the recorded events appended as one batch, then a snapshot if the policy says so.
+
+use tracing::Instrument;
+
+use super::Repository;
+use crate::aggregate::Aggregate;
+use crate::error::Result;
+use crate::registry;
+use crate::root::AggregateRoot;
+
+impl<A: Aggregate> Repository<A> {
+    /// Appends the aggregate's unsaved events, expecting the stream at its saved version.
+    ///
+    /// On success the events are no longer pending and the new version is returned; a
+    /// snapshot is then taken if the policy says so. A snapshot that fails to be written is
+    /// logged and counted and never fails the save, and a save whose future is dropped while
+    /// its snapshot is written has saved its events all the same.
+    ///
+    /// Before anything is written, each event and its metadata are encoded and decoded
+    /// again: an event that cannot be stored as JSON, or whose JSON would not load back (a
+    /// non-finite float, nesting deeper than the decoder's limit, a `Deserialize` that does
+    /// not read what `Serialize` wrote), is [`Error::Serialization`](crate::Error::Serialization) and nothing is written.
+    ///
+    /// On any error the events stay pending on `root`, under the ids they were given when
+    /// they were recorded. After [`Error::Conflict`](crate::Error::Conflict) (another writer saved first),
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput) or [`Error::Serialization`](crate::Error::Serialization) nothing was written. After
+    /// [`Error::Store`](crate::Error::Store), or when the future was dropped before it finished (a cancelled
+    /// request, a timeout), the append may have committed, and saving the same root again is
+    /// the way to find out: if its events were stored, the store recognises them by their
+    /// ids and the save returns `Ok` with their version, without writing them twice; if they
+    /// were not, they are appended now (or meet a [`Error::Conflict`](crate::Error::Conflict) if another writer came
+    /// first). So a retry loop never applies a command twice and never reports a stored one
+    /// as failed. [`Error::is_transient`](crate::Error::is_transient) tells which store
+    /// errors are worth retrying.
+    pub async fn save(&self, root: &mut AggregateRoot<A>) -> Result<u64> {
+        registry::check()?;
+        if !root.has_pending_events() {
+            return Ok(root.version());
+        }
+        let saved = root.pending_events().len() as u64;
+        let span = tracing::info_span!(
+            "eventsource.repository.save",
+            aggregate.id = %root.id(),
+            aggregate.type = A::TYPE_NAME,
+            version = root.version(),
+            events.saved = saved,
+        );
+        async {
+            let envelopes = root.pending_envelopes()?;
+            self.events
+                .append(root.id(), A::TYPE_NAME, root.saved_version(), &envelopes)
+                .await?;
+            // Before the snapshot: from here on the save has happened, whatever becomes of it.
+            root.mark_saved();
+            if let Some(snapshots) = &self.snapshots {
+                if snapshots.policy.is_due(root.version(), saved) {
+                    self.snapshot_after_save(snapshots, root).await;
+                }
+            }
+            Ok(root.version())
+        }
+        .instrument(span)
+        .await
+    }
+}

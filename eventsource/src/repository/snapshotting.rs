@@ -1,0 +1,245 @@
+//! Snapshotting: snapshots taken after saves and on request, every snapshot store call bounded
+//! in time and guarded against a store that panics.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::{FutureExt, StreamExt};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::{Repository, Snapshots};
+use crate::aggregate::Aggregate;
+use crate::codec;
+use crate::deadline;
+use crate::error::{Error, Result};
+use crate::root::AggregateRoot;
+use crate::snapshot::metrics::Counter;
+use crate::snapshot::{Snapshot, SnapshotMetrics, SnapshotStore};
+
+impl<A: Aggregate> Repository<A> {
+    pub(super) async fn snapshot_after_save(&self, snapshots: &Snapshots, root: &AggregateRoot<A>) {
+        let snapshot = match take_snapshot(root) {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                self.metrics.add(A::TYPE_NAME, Counter::WriteFailed);
+                tracing::warn!(aggregate.id = %root.id(), aggregate.type = A::TYPE_NAME, error = %e, "cannot serialize snapshot state");
+                return;
+            }
+        };
+        let snapshot = match &snapshots.queue {
+            Some(queue) => match queue.schedule(snapshot) {
+                None => return,
+                Some(overflow) => overflow,
+            },
+            None => snapshot,
+        };
+        // Failures are logged and counted inside; the save has succeeded regardless.
+        let _ = write_snapshot(
+            &*snapshots.store,
+            &self.metrics,
+            A::TYPE_NAME,
+            snapshots.policy.store_timeout(),
+            &snapshot,
+        )
+        .await;
+    }
+
+    /// Writes a snapshot of the aggregate now, whatever the mode, and returns it.
+    ///
+    /// Refused with [`Error::UnsavedEvents`] if the aggregate has events not yet saved (a
+    /// snapshot must stand for stored events only), with [`Error::NotFound`] if it has no
+    /// events at all, and with [`Error::InvalidConfiguration`] if the repository has no
+    /// snapshot store. A state whose JSON would not load back is [`Error::Serialization`].
+    /// A store failure is returned, since the snapshot was asked for.
+    ///
+    /// The snapshot follows the event at the root's version. A root built with
+    /// [`AggregateRoot::from_state`] does not know that event, so it is read from the event
+    /// store; a stream that has not reached the root's version is [`Error::InvalidInput`].
+    pub async fn create_snapshot(&self, root: &AggregateRoot<A>) -> Result<Snapshot> {
+        let span = tracing::info_span!(
+            "eventsource.repository.create_snapshot",
+            aggregate.id = %root.id(),
+            aggregate.type = A::TYPE_NAME,
+            version = root.version(),
+        );
+        async {
+            let snapshots = self.snapshots.as_ref().ok_or_else(|| {
+                Error::InvalidConfiguration(format!(
+                    "the {} repository has no snapshot store; configure one with with_snapshots",
+                    A::TYPE_NAME
+                ))
+            })?;
+            if root.has_pending_events() {
+                return Err(Error::UnsavedEvents {
+                    aggregate_type: A::TYPE_NAME.to_owned(),
+                    aggregate_id: root.id(),
+                    count: root.pending_events().len(),
+                });
+            }
+            if root.version() == 0 {
+                return Err(Error::NotFound {
+                    aggregate_type: A::TYPE_NAME.to_owned(),
+                    aggregate_id: root.id(),
+                });
+            }
+            let snapshot = match root.last_event_id() {
+                Some(_) => take_snapshot(root)?,
+                None => {
+                    let event_id = self.event_id_at(root.id(), root.version()).await?;
+                    snapshot_of(root, event_id)?
+                }
+            };
+            write_snapshot(
+                &*snapshots.store,
+                &self.metrics,
+                A::TYPE_NAME,
+                snapshots.policy.store_timeout(),
+                &snapshot,
+            )
+            .await?;
+            Ok(snapshot)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The id of the stream's event at `version`.
+    async fn event_id_at(&self, id: Uuid, version: u64) -> Result<Uuid> {
+        let mut events = self.events.read_stream(id, A::TYPE_NAME, version - 1);
+        match events.next().await.transpose()? {
+            Some(event) if event.aggregate_version == version => Ok(event.event_id),
+            _ => Err(Error::InvalidInput(format!(
+                "cannot snapshot {} {id} at version {version}: the stream has not reached it",
+                A::TYPE_NAME
+            ))),
+        }
+    }
+
+    /// Waits for the background snapshots scheduled before this call, and returns how many of
+    /// them were written (the others failed, and were logged and counted). Snapshots
+    /// scheduled while it waits are not waited for, so it returns under steady traffic too;
+    /// each caller counts its own. Returns 0 at once in the other modes.
+    pub async fn await_pending_snapshots(&self) -> usize {
+        match self.snapshots.as_ref().and_then(|s| s.queue.as_ref()) {
+            Some(queue) => queue.wait_for_scheduled().await,
+            None => 0,
+        }
+    }
+
+    /// How many background snapshots are waiting to be written.
+    pub fn pending_snapshots(&self) -> usize {
+        self.snapshots
+            .as_ref()
+            .and_then(|s| s.queue.as_ref())
+            .map_or(0, |q| q.pending())
+    }
+}
+
+/// The snapshot of a root's state now, following the root's last event, serialized at once.
+fn take_snapshot<A: Aggregate>(root: &AggregateRoot<A>) -> Result<Snapshot> {
+    let event_id = root.last_event_id().ok_or_else(|| {
+        Error::InvalidInput(format!(
+            "{} {} does not know the event at its version {}",
+            A::TYPE_NAME,
+            root.id(),
+            root.version()
+        ))
+    })?;
+    snapshot_of(root, event_id)
+}
+
+fn snapshot_of<A: Aggregate>(root: &AggregateRoot<A>, event_id: Uuid) -> Result<Snapshot> {
+    let what = || format!("snapshot state of {} {}", A::TYPE_NAME, root.id());
+    let state = codec::to_json(root.state(), what)?;
+    codec::loadable_state::<A>(&state, what)?;
+    Ok(Snapshot {
+        aggregate_id: root.id(),
+        aggregate_type: A::TYPE_NAME.to_owned(),
+        version: root.version(),
+        event_id: Some(event_id),
+        state,
+        schema_version: A::SCHEMA_VERSION,
+        created_at: Utc::now(),
+    })
+}
+
+/// The outcome of a snapshot store call, or a store error if it takes longer than `timeout`
+/// or panics: a snapshot store can fail a snapshot, never the load or save around it.
+pub(super) async fn bounded<T>(timeout: Option<Duration>, call: impl Future<Output = Result<T>>) -> Result<T> {
+    let call = AssertUnwindSafe(call).catch_unwind();
+    let outcome = match timeout {
+        None => call.await,
+        Some(timeout) => match deadline::within(timeout, call).await {
+            Some(outcome) => outcome,
+            None => {
+                return Err(Error::Store {
+                    backend: "snapshot",
+                    message: format!("snapshot store did not answer within {timeout:?}"),
+                    transient: true,
+                    source: None,
+                })
+            }
+        },
+    };
+    outcome.unwrap_or_else(|panic| {
+        let reason = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        Err(Error::Store {
+            backend: "snapshot",
+            message: format!("snapshot store panicked: {reason}"),
+            transient: false,
+            source: None,
+        })
+    })
+}
+
+/// Writes one snapshot within the policy's timeout, counting and logging the outcome.
+pub(super) async fn write_snapshot(
+    store: &dyn SnapshotStore,
+    metrics: &SnapshotMetrics,
+    aggregate_type: &'static str,
+    timeout: Option<Duration>,
+    snapshot: &Snapshot,
+) -> Result<bool> {
+    let span = tracing::debug_span!(
+        "eventsource.snapshot.save",
+        aggregate.id = %snapshot.aggregate_id,
+        aggregate.type = aggregate_type,
+        snapshot.version = snapshot.version,
+    );
+    match bounded(timeout, store.save_snapshot(snapshot).instrument(span)).await {
+        Ok(stored) => {
+            metrics.add(aggregate_type, Counter::Written);
+            Ok(stored)
+        }
+        Err(e) => {
+            metrics.add(aggregate_type, Counter::WriteFailed);
+            tracing::warn!(
+                aggregate.id = %snapshot.aggregate_id,
+                aggregate.type = aggregate_type,
+                snapshot.version = snapshot.version,
+                error = %e,
+                "snapshot write failed; loads replay the events instead"
+            );
+            Err(e)
+        }
+    }
+}
+
+/// Deletes the aggregate's snapshot, logging a failure.
+pub(super) async fn discard(store: &dyn SnapshotStore, aggregate_type: &'static str, timeout: Option<Duration>, id: Uuid) {
+    if let Err(e) = bounded(timeout, store.delete_snapshot(id, aggregate_type)).await {
+        tracing::warn!(
+            aggregate.id = %id,
+            aggregate.type = aggregate_type,
+            error = %e,
+            "cannot delete a snapshot of another history; loads replay every event until it is replaced"
+        );
+    }
+}

@@ -64,7 +64,10 @@ impl Future for Deadline {
                 }
                 state.next_id += 1;
                 let key = (self.at, state.next_id);
-                let earliest = state.waiting.first_key_value().is_none_or(|(first, _)| key < *first);
+                let earliest = state
+                    .waiting
+                    .first_key_value()
+                    .is_none_or(|(first, _)| key < *first);
                 state.waiting.insert(key, cx.waker().clone());
                 self.key = Some(key);
                 drop(state);
@@ -159,7 +162,10 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let outcome = runtime.block_on(within(Duration::from_secs(5), async { 7 }));
         assert_eq!(outcome, Some(7));
-        assert!(Timer::get().lock().waiting.is_empty(), "its deadline is unregistered");
+        assert!(
+            Timer::get().lock().waiting.is_empty(),
+            "its deadline is unregistered"
+        );
     }
 
     #[test]

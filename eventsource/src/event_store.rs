@@ -212,8 +212,7 @@ pub async fn acknowledge_stored_batch(
     for event in events {
         match stored.next().await {
             Some(Ok(found))
-                if found.event_id == event.event_id
-                    && found.aggregate_version == event.aggregate_version =>
+                if found.event_id == event.event_id && found.aggregate_version == event.aggregate_version =>
             {
                 continue
             }

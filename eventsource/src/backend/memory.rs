@@ -162,7 +162,15 @@ impl EventStore for InMemoryEventStore {
                 Some(refusal) => refusal,
             }
         };
-        acknowledge_stored_batch(self, aggregate_id, aggregate_type, expected_version, events, refusal).await
+        acknowledge_stored_batch(
+            self,
+            aggregate_id,
+            aggregate_type,
+            expected_version,
+            events,
+            refusal,
+        )
+        .await
     }
 
     fn read_stream<'a>(

@@ -118,7 +118,9 @@ impl BackgroundQueue {
             state.last_seq += 1;
             let seq = state.last_seq;
             state.order.push_back(snapshot.aggregate_id);
-            state.pending.insert(snapshot.aggregate_id, Entry { seq, snapshot });
+            state
+                .pending
+                .insert(snapshot.aggregate_id, Entry { seq, snapshot });
             self.claim(&mut state)
         };
         if let Some(worker) = worker {
@@ -279,7 +281,9 @@ impl Drop for Worker {
         state.writing = false;
         if let Some(seq) = self.current.take() {
             state.finish(seq, false);
-            self.queue.metrics.add(self.queue.aggregate_type, Counter::WriteFailed);
+            self.queue
+                .metrics
+                .add(self.queue.aggregate_type, Counter::WriteFailed);
             tracing::warn!(
                 aggregate.type = self.queue.aggregate_type,
                 "a background snapshot write was abandoned (its runtime shut down); the next worker writes the rest"

@@ -187,7 +187,13 @@ impl<A: Aggregate> Repository<A> {
     /// the load replays either way.
     async fn discard_snapshot(&self, id: Uuid) {
         if let Some(snapshots) = &self.snapshots {
-            discard(&*snapshots.store, A::TYPE_NAME, snapshots.policy.store_timeout(), id).await;
+            discard(
+                &*snapshots.store,
+                A::TYPE_NAME,
+                snapshots.policy.store_timeout(),
+                id,
+            )
+            .await;
         }
     }
 }

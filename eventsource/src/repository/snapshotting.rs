@@ -168,7 +168,10 @@ fn snapshot_of<A: Aggregate>(root: &AggregateRoot<A>, event_id: Uuid) -> Result<
 
 /// The outcome of a snapshot store call, or a store error if it takes longer than `timeout`
 /// or panics: a snapshot store can fail a snapshot, never the load or save around it.
-pub(super) async fn bounded<T>(timeout: Option<Duration>, call: impl Future<Output = Result<T>>) -> Result<T> {
+pub(super) async fn bounded<T>(
+    timeout: Option<Duration>,
+    call: impl Future<Output = Result<T>>,
+) -> Result<T> {
     let call = AssertUnwindSafe(call).catch_unwind();
     let outcome = match timeout {
         None => call.await,
@@ -233,7 +236,12 @@ pub(super) async fn write_snapshot(
 }
 
 /// Deletes the aggregate's snapshot, logging a failure.
-pub(super) async fn discard(store: &dyn SnapshotStore, aggregate_type: &'static str, timeout: Option<Duration>, id: Uuid) {
+pub(super) async fn discard(
+    store: &dyn SnapshotStore,
+    aggregate_type: &'static str,
+    timeout: Option<Duration>,
+    id: Uuid,
+) {
     if let Err(e) = bounded(timeout, store.delete_snapshot(id, aggregate_type)).await {
         tracing::warn!(
             aggregate.id = %id,

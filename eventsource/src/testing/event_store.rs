@@ -398,7 +398,9 @@ pub async fn invalid_batches_are_refused_and_write_nothing(store: &dyn EventStor
         let batch: Vec<_> = events(id, &name, 0, 1);
         match store.append(id, &name, 0, &batch).await {
             Err(Error::InvalidInput(_)) => {}
-            other => panic!("appending to the aggregate type {name:?}: expected Error::InvalidInput, got {other:?}"),
+            other => panic!(
+                "appending to the aggregate type {name:?}: expected Error::InvalidInput, got {other:?}"
+            ),
         }
     }
 }
@@ -451,7 +453,11 @@ pub async fn an_append_made_again_is_acknowledged(store: &dyn EventStore) {
         Err(Error::Conflict { .. } | Error::InvalidInput(_)) => {}
         other => panic!("appending stored events at other versions: expected a refusal, got {other:?}"),
     }
-    assert_eq!(version(store, id, &ty).await, 5, "stream_version after the refusals");
+    assert_eq!(
+        version(store, id, &ty).await,
+        5,
+        "stream_version after the refusals"
+    );
 }
 
 /// An event id that is already stored, in any stream, is refused

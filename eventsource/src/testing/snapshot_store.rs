@@ -453,7 +453,9 @@ pub async fn names_a_store_cannot_keep_are_refused(store: &dyn SnapshotStore) {
         let snap = snapshot(Uuid::new_v4(), &name, 1, 1);
         match store.save_snapshot(&snap).await {
             Err(Error::InvalidInput(_)) => {}
-            other => panic!("saving a snapshot of type {name:?}: expected Error::InvalidInput, got {other:?}"),
+            other => {
+                panic!("saving a snapshot of type {name:?}: expected Error::InvalidInput, got {other:?}")
+            }
         }
     }
     assert!(

@@ -176,8 +176,15 @@ impl EventStore for PostgresEventStore {
             }
             Ok((head, 0)) if head != expected => {
                 let refusal = conflict(version_of(head, &self.sql.table)?);
-                acknowledge_stored_batch(self, aggregate_id, aggregate_type, expected_version, events, refusal)
-                    .await
+                acknowledge_stored_batch(
+                    self,
+                    aggregate_id,
+                    aggregate_type,
+                    expected_version,
+                    events,
+                    refusal,
+                )
+                .await
             }
             Ok((head, inserted)) => Err(Error::corrupt(
                 self.sql.table.clone(),
@@ -202,8 +209,15 @@ impl EventStore for PostgresEventStore {
                 } else {
                     conflict(self.stream_version(aggregate_id, aggregate_type).await?)
                 };
-                acknowledge_stored_batch(self, aggregate_id, aggregate_type, expected_version, events, refusal)
-                    .await
+                acknowledge_stored_batch(
+                    self,
+                    aggregate_id,
+                    aggregate_type,
+                    expected_version,
+                    events,
+                    refusal,
+                )
+                .await
             }
             Err(e) => Err(query_error(&what(), e)),
         }

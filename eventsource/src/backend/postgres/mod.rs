@@ -19,28 +19,44 @@
 //!
 //! **Migrate once at start-up.** [`PostgresEventStore::migrate`] (or
 //! [`PostgresSnapshotStore::migrate`], or [`Stores::migrate`](crate::backend::Stores::migrate))
-//! creates both tables and their indexes if they are missing. It is idempotent and safe when
-//! several instances start at once: it runs in one transaction that first takes a
-//! transaction-scoped advisory lock, so concurrent runs queue up and all but the first find
-//! nothing to do. It needs the right to create tables (and the schema, with
-//! [`PostgresEventStore::with_schema`]); a deployment that forbids DDL at run time can run it
-//! once from a release job instead.
+//! brings the tables to the layout of this version of the library through numbered steps,
+//! each recorded in the table `eventsource_migrations` when it is applied: on an empty
+//! database it creates everything, on an older layout it applies the missing steps, on the
+//! current one it does nothing. It is safe when several instances start at once: it runs in
+//! one transaction that first takes a transaction-scoped advisory lock, so concurrent runs
+//! queue up, each step runs once, and a step that fails leaves the database as it was. A
+//! database whose recorded layout is newer than the library's (an older instance started
+//! after a newer one upgraded it) is [`Error::InvalidConfiguration`]. It needs the right to
+//! create and alter tables (and the schema, with [`PostgresEventStore::with_schema`]); a
+//! deployment that forbids DDL at run time can run it once from a release job instead.
+//!
+//! The steps: 1 creates the tables of the first layout (a database made by version 0.1 of the
+//! library, which recorded no layout, has them already); 2 adds `event_id` to the snapshots
+//! and turns the JSON columns from `jsonb` into `json`. Step 2 rewrites both tables under an
+//! exclusive lock, so on a large database it takes a while and blocks the stores meanwhile:
+//! run it from a release job before the new version serves traffic.
 //!
 //! **Tables.** `eventsource_events` and `eventsource_snapshots`, in the connection's
 //! `search_path` (normally `public`) or in the schema given to `with_schema`:
 //!
 //! - `eventsource_events`: `position BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY`, a
 //!   unique `event_id UUID`, a unique `(aggregate_id, aggregate_type, aggregate_version)`,
-//!   `payload JSONB`, `metadata JSONB`, `occurred_at TIMESTAMPTZ`, and the envelope's other
+//!   `payload JSON`, `metadata JSON`, `occurred_at TIMESTAMPTZ`, and the envelope's other
 //!   fields. Because `timestamptz` keeps microseconds, the nanoseconds within the microsecond
 //!   are kept beside it in `occurred_at_ns`, so an event reads back exactly as appended.
-//! - `eventsource_snapshots`: primary key `(aggregate_id, aggregate_type)`, `state JSONB`,
-//!   `version`, `schema_version`, `created_at TIMESTAMPTZ` (and `created_at_ns`), with an
-//!   index on `(aggregate_type, schema_version)` for invalidation by type.
+//! - `eventsource_snapshots`: primary key `(aggregate_id, aggregate_type)`, `state JSON`,
+//!   `version`, `event_id UUID` (the event the snapshot follows), `schema_version`,
+//!   `created_at TIMESTAMPTZ` (and `created_at_ns`), with an index on
+//!   `(aggregate_type, schema_version)` for invalidation by type.
+//! - `eventsource_migrations`: the layout steps applied, with when.
 //!
-//! Payloads and states are JSONB, so they can be indexed and queried in SQL; JSONB normalizes
-//! whitespace and key order, so the JSON text read back may be formatted differently from the
-//! text written, while it is the same JSON value.
+//! Payloads, metadata and states are `json`, which checks that the text is JSON and keeps it
+//! as written, so it reads back byte for byte (`-0.0` stays `-0.0`, a `\u0000` escape is
+//! kept, key order and spacing are untouched) and costs no conversion on each read (a
+//! `jsonb` column would normalize the text and refuse `\u0000`, and turning it back into
+//! text took about half of the server's time for a long replay). SQL can still query them
+//! (`payload->>'amount'`); to index a field, add an expression index on
+//! `((payload::jsonb)->>'field')` for payloads without NUL escapes.
 //!
 //! **Pools.** Every call takes one connection from the pool for one statement and gives it
 //! back: an append is one statement (and one more to read the version after a lost race), a
@@ -95,9 +111,11 @@
 //! checking that the stream has reached its version. A snapshot can be deleted at any time.
 //!
 //! **After a store error, an append may or may not have committed** (the connection may have
-//! dropped after the commit). Retrying the same batch at the same expected version is safe:
-//! if the first try was stored, the retry is a [`Error::Conflict`] (and event ids are unique,
-//! so an event can never be stored twice).
+//! dropped after the commit, or the caller stopped waiting while the server went on).
+//! Appending the same batch again at the same expected version is safe: if the first try was
+//! stored, the store recognises the batch by its event ids and returns `Ok` with its version
+//! (see the [`EventStore`](crate::EventStore) contract); if it was not, it is stored now.
+//! Event ids are unique, so an event can never be stored twice.
 //!
 //! # Order of `read_all`
 //!
@@ -114,10 +132,12 @@
 //! # Errors
 //!
 //! A lost connection, a terminated backend, a statement timeout or a pool that cannot give a
-//! connection in time is [`Error::Store`]; the pool replaces broken connections, so the next
-//! call works once the database is reachable again. A row this backend cannot decode is
-//! [`Error::Corrupt`]. A value PostgreSQL refuses (text that is not JSON, a NUL character, a
-//! date out of its range) is [`Error::InvalidInput`], and nothing is written.
+//! connection in time is a transient [`Error::Store`] ([`Error::is_transient`]); the pool
+//! replaces broken connections, so the next call works once the database is reachable again.
+//! A failure that another try cannot cure (a missing table, a permission, a full disk, a
+//! refused password) is a permanent [`Error::Store`]. A row this backend cannot decode is
+//! [`Error::Corrupt`]. A value PostgreSQL refuses (text that is not JSON, a date out of its
+//! range) is [`Error::InvalidInput`], and nothing is written.
 
 mod events;
 mod joint;

@@ -80,7 +80,10 @@ pub(super) async fn migrate(pool: &PgPool, layout: &Layout) -> Result<()> {
     for step in STEPS.iter().filter(|step| step.version > current) {
         let fail = |e| {
             query_error(
-                &format!("cannot apply the PostgreSQL migration {} ({})", step.version, step.description),
+                &format!(
+                    "cannot apply the PostgreSQL migration {} ({})",
+                    step.version, step.description
+                ),
                 e,
             )
         };
@@ -101,7 +104,11 @@ pub(super) async fn migrate(pool: &PgPool, layout: &Layout) -> Result<()> {
 }
 
 async fn execute(tx: &mut sqlx::PgConnection, statement: &str) -> sqlx::Result<()> {
-    sqlx::query(statement).persistent(false).execute(tx).await.map(drop)
+    sqlx::query(statement)
+        .persistent(false)
+        .execute(tx)
+        .await
+        .map(drop)
 }
 
 /// Step 2: each snapshot names the event at its version, and payloads, metadata and states

@@ -318,9 +318,8 @@ impl Target {
     /// Opens the database: creates the file if missing and puts it in WAL mode.
     pub(super) async fn open(&self, synchronous: Synchronous) -> Result<Database> {
         let name = self.name.clone();
-        let fail = move |e: rusqlite::Error| {
-            store_error(format!("cannot open the SQLite database {name}"), e)
-        };
+        let fail =
+            move |e: rusqlite::Error| store_error(format!("cannot open the SQLite database {name}"), e);
         let Some(path) = self.path.clone() else {
             let connection = Connection::open_in_memory().map_err(&fail)?;
             return Ok(Database {
@@ -345,11 +344,7 @@ impl Target {
             open_file(&created, uri.as_deref(), writable).map(drop)
         })
         .await
-        .map_err(|e| {
-            store_error(format!("cannot open the SQLite database {}", self.name),
-                e,
-            )
-        })?
+        .map_err(|e| store_error(format!("cannot open the SQLite database {}", self.name), e))?
         .map_err(fail)?;
         Ok(Database {
             inner: Arc::new(Inner {

@@ -105,9 +105,7 @@ impl Stream {
     }
 
     fn failed(&self, action: &str, e: rusqlite::Error) -> Error {
-        store_error(format!("cannot {action} {} {}", self.aggregate_type, self.id),
-            e,
-        )
+        store_error(format!("cannot {action} {} {}", self.aggregate_type, self.id), e)
     }
 
     /// The stream's version as the connection sees it.
@@ -227,8 +225,15 @@ impl EventStore for SqliteEventStore {
             .await;
         match appended {
             Err(refusal @ (Error::Conflict { .. } | Error::InvalidInput(_))) => {
-                acknowledge_stored_batch(self, aggregate_id, aggregate_type, expected_version, events, refusal)
-                    .await
+                acknowledge_stored_batch(
+                    self,
+                    aggregate_id,
+                    aggregate_type,
+                    expected_version,
+                    events,
+                    refusal,
+                )
+                .await
             }
             outcome => outcome,
         }

@@ -36,8 +36,13 @@
 //!
 //! Table `events`: `position INTEGER PRIMARY KEY AUTOINCREMENT`, a unique
 //! `(aggregate_id, aggregate_type, aggregate_version)` and a unique `event_id`. Table
-//! `snapshots`: unique per `(aggregate_id, aggregate_type)`, indexed by
-//! `(aggregate_type, schema_version)` for invalidation. Uuids are stored as hyphenated TEXT,
+//! `snapshots`: unique per `(aggregate_id, aggregate_type)`, with the `event_id` each snapshot
+//! follows, indexed by `(aggregate_type, schema_version)` for invalidation. Table
+//! `eventsource_migrations`: the numbered layout steps applied. Every store brings the file to
+//! the layout of this version of the library when it opens: the usual case is one read; a
+//! file of an older layout (one made by version 0.1, which recorded none, included) gets the
+//! missing steps in one `BEGIN IMMEDIATE` transaction, so processes opening one file at once
+//! apply each step once; a file of a newer layout is [`Error::InvalidConfiguration`]. Uuids are stored as hyphenated TEXT,
 //! timestamps as RFC 3339 TEXT in UTC with nanoseconds (so they round-trip exactly), versions as
 //! INTEGER, payloads, metadata and snapshot state as JSON TEXT, untouched. A row that does not
 //! decode (a negative version, a malformed uuid or timestamp, metadata that is not JSON) is
@@ -136,8 +141,15 @@ where
         .is_some_and(|code| {
             matches!(
                 code,
-                DiskFull | ReadOnly | CannotOpen | NotADatabase | DatabaseCorrupt | PermissionDenied
-                    | ApiMisuse | TooBig | Unknown
+                DiskFull
+                    | ReadOnly
+                    | CannotOpen
+                    | NotADatabase
+                    | DatabaseCorrupt
+                    | PermissionDenied
+                    | ApiMisuse
+                    | TooBig
+                    | Unknown
             )
         });
     if permanent {

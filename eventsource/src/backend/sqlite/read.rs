@@ -120,7 +120,8 @@ impl Cursor {
                 aggregate_id,
                 aggregate_type,
                 ..
-            } => store_error(format!("cannot read the stream of {aggregate_type} {aggregate_id}"),
+            } => store_error(
+                format!("cannot read the stream of {aggregate_type} {aggregate_id}"),
                 e,
             ),
             Cursor::Log { .. } => store_error("cannot read the event log", e),

@@ -125,12 +125,13 @@ fn recorded_version(connection: &Connection) -> rusqlite::Result<Option<i64>> {
     if !exists {
         return Ok(None);
     }
-    connection.query_row(
-        "SELECT coalesce(max(version), 0) FROM eventsource_migrations",
-        [],
-        |row| row.get(0),
-    )
-    .map(Some)
+    connection
+        .query_row(
+            "SELECT coalesce(max(version), 0) FROM eventsource_migrations",
+            [],
+            |row| row.get(0),
+        )
+        .map(Some)
 }
 
 fn check_not_newer(version: i64) -> Result<()> {
@@ -144,7 +145,11 @@ fn check_not_newer(version: i64) -> Result<()> {
 }
 
 fn probe(connection: &Connection) -> Result<()> {
-    for statement in PROBE.split_terminator(';').map(str::trim).filter(|s| !s.is_empty()) {
+    for statement in PROBE
+        .split_terminator(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         if let Err(e) = connection.prepare(statement) {
             return Err(foreign_or(e, &STEPS[0]));
         }
@@ -164,7 +169,10 @@ fn foreign_or(e: rusqlite::Error, step: &Step) -> Error {
             ))
         }
         _ => store_error(
-            format!("cannot apply the SQLite migration {} ({})", step.version, step.description),
+            format!(
+                "cannot apply the SQLite migration {} ({})",
+                step.version, step.description
+            ),
             e,
         ),
     }

@@ -114,7 +114,8 @@ impl SnapshotStore for SqliteSnapshotStore {
             })
             .await
             .map_err(|e| {
-                store_error(format!("cannot read the snapshot of {aggregate_type} {aggregate_id}"),
+                store_error(
+                    format!("cannot read the snapshot of {aggregate_type} {aggregate_id}"),
                     e,
                 )
             })?;
@@ -143,7 +144,10 @@ impl SnapshotStore for SqliteSnapshotStore {
             other => {
                 let text = text(other, "event_id")?;
                 Some(Uuid::parse_str(&text).map_err(|e| {
-                    Error::corrupt(what(), format!("column `event_id` holds {text:?}, not a uuid: {e}"))
+                    Error::corrupt(
+                        what(),
+                        format!("column `event_id` holds {text:?}, not a uuid: {e}"),
+                    )
                 })?)
             }
         };
@@ -210,7 +214,8 @@ impl SnapshotStore for SqliteSnapshotStore {
             })
             .await
             .map_err(|e| {
-                store_error(format!("cannot look up the snapshot of {aggregate_type} {aggregate_id}"),
+                store_error(
+                    format!("cannot look up the snapshot of {aggregate_type} {aggregate_id}"),
                     e,
                 )
             })

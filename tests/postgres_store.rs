@@ -602,7 +602,7 @@ async fn a_column_of_another_type_is_a_corrupt_error() {
     // the values unchecked, so the check must catch it.
     let scratch = db.scratch().await;
     sqlx::query(&format!(
-        "ALTER TABLE {} ALTER COLUMN occurred_at_ns TYPE bigint, ALTER COLUMN position TYPE integer",
+        "ALTER TABLE {} ALTER COLUMN occurred_at_ns TYPE bigint, ALTER COLUMN event_version TYPE integer",
         scratch.table(EVENTS)
     ))
     .execute(&db.pool)
@@ -618,7 +618,7 @@ async fn a_column_of_another_type_is_a_corrupt_error() {
     let read: Vec<_> = scratch.events.read_stream(id, ty, 0).collect().await;
     assert!(matches!(&read[..], [Err(Error::Corrupt { .. })]), "{read:?}");
     let err = read[0].as_ref().unwrap_err().to_string();
-    assert!(err.contains("column position is of type INT4"), "{err}");
+    assert!(err.contains("column event_version is of type INT4"), "{err}");
     let all: Vec<_> = scratch.events.read_all(0).collect().await;
     assert!(matches!(&all[..], [Err(Error::Corrupt { .. })]), "{all:?}");
 

@@ -40,9 +40,14 @@ pub type EventStream<'a> = BoxStream<'a, Result<StoredEvent>>;
 /// - **Ordered reads.** [`read_stream`](Self::read_stream) yields a stream's events with
 ///   aggregate version greater than `after_version`, in version order, exactly as appended.
 ///   Backends that can stream do so instead of collecting the whole stream in memory.
-/// - **Global order.** Every stored event has a position, unique in the store and increasing
-///   with each append; [`read_all`](Self::read_all) yields every event after a position, in
-///   position order.
+/// - **A global feed that never skips.** Every stored event has a position, unique in the
+///   store, increasing within a batch and from one append to the next;
+///   [`read_all`](Self::read_all) yields the events after a position in position order. A
+///   reader that asks again and again for the events after the last position it saw sees every
+///   committed event exactly once: no event ever appears later below a position already
+///   returned, whatever appends are running meanwhile. A backend whose positions are taken
+///   before commit (PostgreSQL) returns an event only once every event that could still
+///   commit below it has; positions may have gaps.
 /// - **Typed failures.** Backend failures are [`Error::Store`]; a row that the backend cannot
 ///   decode is [`Error::Corrupt`]. No backend panics on bad data.
 #[async_trait]
@@ -67,7 +72,8 @@ pub trait EventStore: Send + Sync {
     /// The stream's current version: the number of events in it, 0 if there are none.
     async fn stream_version(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<u64>;
 
-    /// Every event with a position greater than `after_position`, in position order.
+    /// Every event with a position greater than `after_position`, in position order; see the
+    /// contract for why a reader that resumes after the last position it saw misses nothing.
     fn read_all(&self, after_position: u64) -> EventStream<'_>;
 
     /// A reader of `snapshots`' snapshots together with this store's events, if this store

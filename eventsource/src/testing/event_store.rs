@@ -36,6 +36,7 @@ macro_rules! __event_store_checks {
             read_all_resumes_after_a_position
             long_stream_reads_back_in_order
             racing_appends_have_one_winner_per_version
+            a_tailing_reader_misses_nothing_under_concurrent_appends
         }
     };
 }
@@ -749,4 +750,75 @@ pub async fn racing_appends_have_one_winner_per_version(store: &dyn EventStore) 
         &winners,
         "the stream after the races",
     );
+}
+
+/// Writers append batches of 1 to 4 events concurrently while a reader tails the feed, each
+/// time asking for the events after the last position it saw, as a read model keeping its
+/// checkpoint would: it sees every event exactly once, in increasing positions.
+pub async fn a_tailing_reader_misses_nothing_under_concurrent_appends(store: &dyn EventStore) {
+    const WRITERS: usize = 8;
+    const BATCHES: usize = 25;
+    let ty = unique_type("Tailed");
+    let start = store
+        .read_all(0)
+        .fold(0, |last, e| async move { e.map_or(last, |e| e.position) })
+        .await;
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let writers = (0..WRITERS).map(|w| {
+        let (ty, done) = (&ty, &done);
+        async move {
+            let id = Uuid::new_v4();
+            let mut version = 0;
+            let mut appended = Vec::new();
+            for b in 0..BATCHES {
+                let batch = events(id, ty, version, 1 + ((w + b) % 4) as u64);
+                version = append(store, id, ty, version, &batch).await;
+                appended.extend(batch.iter().map(|e| e.event_id));
+            }
+            done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            appended
+        }
+    });
+    let tailer = async {
+        let (mut last, mut seen) = (start, Vec::<StoredEvent>::new());
+        loop {
+            let finished = done.load(std::sync::atomic::Ordering::SeqCst) == WRITERS;
+            let mut feed = store.read_all(last);
+            while let Some(event) = feed.next().await {
+                let event = event.unwrap_or_else(|e| panic!("read_all after position {last} failed: {e}"));
+                assert!(
+                    event.position > last,
+                    "read_all after {last} returned position {}",
+                    event.position
+                );
+                last = event.position;
+                if *event.aggregate_type == *ty {
+                    seen.push(event);
+                }
+            }
+            drop(feed);
+            if finished {
+                return seen;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    let (appended, seen) = futures_util::future::join(join_all(writers), tailer).await;
+    let appended: std::collections::HashSet<Uuid> = appended.into_iter().flatten().collect();
+    let mut ids = std::collections::HashSet::new();
+    for event in &seen {
+        assert!(
+            ids.insert(event.event_id),
+            "event {} was read twice",
+            event.event_id
+        );
+    }
+    let missed = appended.difference(&ids).count();
+    assert_eq!(
+        missed,
+        0,
+        "the tailing reader missed {missed} of {} events",
+        appended.len()
+    );
+    assert_eq!(ids.len(), appended.len(), "the reader saw events nobody appended");
 }

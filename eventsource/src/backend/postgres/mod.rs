@@ -117,17 +117,21 @@
 //! (see the [`EventStore`](crate::EventStore) contract); if it was not, it is stored now.
 //! Event ids are unique, so an event can never be stored twice.
 //!
-//! # Order of `read_all`
+//! # The global feed never skips
 //!
 //! [`EventStore::read_all`](crate::EventStore::read_all) yields events in position order, and
-//! positions come from the identity column. Identity values are taken when a transaction
-//! inserts, not when it commits, so two concurrent appends can commit in the opposite order
-//! of their positions: a consumer that tails `read_all` while writers are active may see an
-//! event with a lower position appear after it has read past that position. A consumer that
-//! must not miss such an event should re-read a window behind its checkpoint and skip the
-//! event ids it has seen; an append is one statement, so a window of a few seconds (or the
-//! `statement_timeout`) covers every append in flight. Positions also have gaps (a refused
-//! append uses up its values): they are unique and increasing, not dense.
+//! a reader that asks again and again for the events after the last position it saw sees
+//! every committed event once: no event can appear later below a position already returned.
+//! A position is the appending transaction's id shifted left by 20 bits plus the event's
+//! place in its batch (so a batch holds at most 1,048,575 events), and `read_all` returns only
+//! positions below the oldest transaction still running on the server
+//! (`pg_snapshot_xmin(pg_current_snapshot())`). Every transaction below that bound has ended,
+//! so the events it shows are final, and a transaction that commits later has a higher id and
+//! so higher positions. An append that runs long holds the feed back while it runs, and so
+//! does any transaction on the server that has written and not yet ended (a session idle in
+//! a transaction, a long batch job): the feed then lags, it never skips. Positions are unique
+//! and increasing, not dense: they have large gaps. Events stored before the layout step 3
+//! keep the positions they had, all below the new ones.
 //!
 //! # Errors
 //!

@@ -34,6 +34,11 @@ const STEPS: &[Step] = &[
         description: "snapshots name the event they follow; JSON kept as written",
         statements: bound_snapshots_and_exact_json,
     },
+    Step {
+        version: 3,
+        description: "positions in commit order",
+        statements: positions_in_commit_order,
+    },
 ];
 
 /// The layout version this library reads and writes.
@@ -101,6 +106,29 @@ pub(super) async fn migrate(pool: &PgPool, layout: &Layout) -> Result<()> {
         .map_err(fail)?;
     }
     tx.commit().await.map_err(fail)
+}
+
+/// Step 3: a position is taken from the appending transaction's id (see
+/// `events::POSITION_SHIFT`), no longer from an identity column, so that the feed can tell
+/// which positions are final. Rows already stored keep theirs, all below the new ones.
+fn positions_in_commit_order(layout: &Layout) -> Vec<String> {
+    let events = &layout.events;
+    let shift = super::events::POSITION_SHIFT;
+    vec![
+        format!("ALTER TABLE {events} ALTER COLUMN position DROP IDENTITY IF EXISTS"),
+        format!(
+            "ALTER TABLE {events} ALTER COLUMN position
+                SET DEFAULT (pg_current_xact_id()::text::bigint << {shift})"
+        ),
+        format!(
+            "DO $$ BEGIN
+                IF (SELECT coalesce(max(position), 0) FROM {events})
+                    >= (pg_current_xact_id()::text::bigint << {shift}) THEN
+                    RAISE EXCEPTION 'stored positions are beyond the transaction ids of this server';
+                END IF;
+            END $$"
+        ),
+    ]
 }
 
 async fn execute(tx: &mut sqlx::PgConnection, statement: &str) -> sqlx::Result<()> {

@@ -49,21 +49,8 @@ async fn sqlite_files(dir: &tempfile::TempDir) -> Wiring {
     }
 }
 
-fn postgres_url(test: &str) -> Option<String> {
-    match std::env::var("EVENTSOURCE_TEST_POSTGRES_URL") {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ if std::env::var("EVENTSOURCE_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") => {
-            panic!("EVENTSOURCE_REQUIRE_POSTGRES=1 but EVENTSOURCE_TEST_POSTGRES_URL is not set: {test} cannot run")
-        }
-        _ => {
-            println!("skipped {test}: set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests");
-            None
-        }
-    }
-}
-
 async fn postgres_pool(test: &str) -> Option<postgres::PgPool> {
-    let url = postgres_url(test)?;
+    let url = common::postgres_url(test)?;
     Some(
         postgres::pool_options()
             .max_connections(8)

@@ -367,27 +367,8 @@ async fn sqlite_refusals_are_not_transient_and_a_file_that_is_not_a_database_is_
 // ---------------------------------------------------------------------------------------
 // PostgreSQL
 
-const URL_VAR: &str = "EVENTSOURCE_TEST_POSTGRES_URL";
-const REQUIRE_VAR: &str = "EVENTSOURCE_REQUIRE_POSTGRES";
-
-/// The database URL, or `None` after saying that `test` is skipped. Fails the test instead
-/// when `EVENTSOURCE_REQUIRE_POSTGRES=1`.
-fn database_url(test: &str) -> Option<String> {
-    match std::env::var(URL_VAR) {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ if std::env::var(REQUIRE_VAR).is_ok_and(|v| v == "1") => panic!(
-            "{REQUIRE_VAR}=1 but {URL_VAR} is not set: the PostgreSQL test `{test}` cannot run \
-             (set it to a database URL such as postgres://postgres@127.0.0.1:5432/test)"
-        ),
-        _ => {
-            println!("skipped {test}: set {URL_VAR} to run the PostgreSQL tests");
-            None
-        }
-    }
-}
-
 async fn postgres_pool(test: &str) -> Option<PgPool> {
-    let url = database_url(test)?;
+    let url = common::postgres_url(test)?;
     let pool = pool_options()
         .max_connections(8)
         .connect(&url)

@@ -28,26 +28,8 @@ use futures_util::{StreamExt, TryStreamExt};
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-const URL_VAR: &str = "EVENTSOURCE_TEST_POSTGRES_URL";
-const REQUIRE_VAR: &str = "EVENTSOURCE_REQUIRE_POSTGRES";
 /// Set in the child processes of the multi-process test: the stream they append to.
 const CHILD_VAR: &str = "EVENTSOURCE_TEST_POSTGRES_CHILD";
-
-/// The database URL, or `None` after saying that `test` is skipped. Fails the test instead
-/// when `EVENTSOURCE_REQUIRE_POSTGRES=1`.
-fn database_url(test: &str) -> Option<String> {
-    match std::env::var(URL_VAR) {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ if std::env::var(REQUIRE_VAR).is_ok_and(|v| v == "1") => panic!(
-            "{REQUIRE_VAR}=1 but {URL_VAR} is not set: the PostgreSQL test `{test}` cannot run \
-             (set it to a database URL such as postgres://postgres@127.0.0.1:5432/test)"
-        ),
-        _ => {
-            println!("skipped {test}: set {URL_VAR} to run the PostgreSQL tests");
-            None
-        }
-    }
-}
 
 /// A test's connection to the database: a pool whose connections carry a name unique to the
 /// test, so that they can be found in `pg_stat_activity`, and migrated stores on it.
@@ -65,7 +47,7 @@ async fn db(test: &str) -> Option<Db> {
 }
 
 async fn db_with(test: &str, pool: PgPoolOptions) -> Option<Db> {
-    let url = database_url(test)?;
+    let url = common::postgres_url(test)?;
     // Unique, and within PostgreSQL's 63 bytes.
     let app = format!("es-test-{}", Uuid::new_v4().simple());
     let options = PgConnectOptions::from_str(&url).unwrap().application_name(&app);
@@ -856,7 +838,7 @@ async fn child_process(spec: String) {
     let id: Uuid = parts.next().unwrap().parse().unwrap();
     let ty = parts.next().unwrap().to_owned();
     let start_at: u64 = parts.next().unwrap().parse().unwrap();
-    let url = database_url("child").expect("the parent has a database");
+    let url = common::postgres_url("child").expect("the parent has a database");
     let pool = PgPoolOptions::new()
         .max_connections(3)
         .connect(&url)
@@ -1064,7 +1046,7 @@ async fn snapshots_are_invalidated_by_type_and_schema_version() {
 
 #[tokio::test]
 async fn repositories_of_two_instances_share_the_stores_of_a_url() {
-    let Some(url) = database_url("repositories_of_two_instances_share_the_stores_of_a_url") else {
+    let Some(url) = common::postgres_url("repositories_of_two_instances_share_the_stores_of_a_url") else {
         return;
     };
     let stores = eventsource::backend::open(&url).await.unwrap();

@@ -126,12 +126,7 @@ impl Error {
         message: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
-        Error::Store {
-            backend,
-            message: message.into(),
-            transient: true,
-            source: Some(Box::new(source)),
-        }
+        Self::store_failure(backend, message.into(), true, Box::new(source))
     }
 
     /// A permanent [`Error::Store`] error from a backend's own error: one that making the
@@ -141,11 +136,20 @@ impl Error {
         message: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
+        Self::store_failure(backend, message.into(), false, Box::new(source))
+    }
+
+    fn store_failure(
+        backend: &'static str,
+        message: String,
+        transient: bool,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    ) -> Self {
         Error::Store {
             backend,
-            message: message.into(),
-            transient: false,
-            source: Some(Box::new(source)),
+            message,
+            transient,
+            source: Some(source),
         }
     }
 

@@ -1,12 +1,13 @@
 //! The in-memory stores, the reference implementations, pass the whole conformance suite.
 
-use eventsource::{InMemoryEventStore, InMemorySnapshotStore};
+use eventsource::{InMemoryEventStore, InMemorySnapshotStore, InMemorySubscriptionStore};
 
 mod one_store_per_test {
     use super::*;
 
     eventsource::event_store_conformance!(async { InMemoryEventStore::new() });
     eventsource::snapshot_store_conformance!(async { InMemorySnapshotStore::new() });
+    eventsource::subscription_store_conformance!(async { InMemorySubscriptionStore::new() });
 }
 
 /// Every check against one shared store, as a database shared by many writers would be.
@@ -27,6 +28,7 @@ mod one_shared_store {
 
     eventsource::event_store_conformance!(async { events() });
     eventsource::snapshot_store_conformance!(async { snapshots() });
+    eventsource::subscription_store_conformance!(async { InMemorySubscriptionStore::new() });
 }
 
 /// The `optional:` form, as a backend whose database may be absent uses it.
@@ -43,4 +45,6 @@ async fn run_all_runs_every_check_on_one_store() {
     assert_eq!(eventsource::testing::snapshot_store::NAMES.len(), 9);
     eventsource::testing::event_store::run_all(&InMemoryEventStore::new()).await;
     eventsource::testing::snapshot_store::run_all(&InMemorySnapshotStore::new()).await;
+    assert_eq!(eventsource::testing::subscription_store::NAMES.len(), 6);
+    eventsource::testing::subscription_store::run_all(&InMemorySubscriptionStore::new()).await;
 }

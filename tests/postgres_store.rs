@@ -269,6 +269,15 @@ mod snapshot_store_conformance {
     });
 }
 
+mod subscription_store_conformance {
+    eventsource::subscription_store_conformance!({
+        let Some(db) = super::db(concat!("conformance check in ", module_path!())).await else {
+            return;
+        };
+        std::future::ready(db.events.subscription_store())
+    });
+}
+
 // ---------------------------------------------------------------------------------------
 // Configuration and schema
 

@@ -19,6 +19,9 @@ mod in_memory {
 
     eventsource::event_store_conformance!(async { SqliteEventStore::open(":memory:").await.unwrap() });
     eventsource::snapshot_store_conformance!(async { SqliteSnapshotStore::open(":memory:").await.unwrap() });
+    eventsource::subscription_store_conformance!(async {
+        sqlite::SqliteSubscriptionStore::open(":memory:").await.unwrap()
+    });
 }
 
 /// Every test opens its own connections on one file, which the tests share as processes would.
@@ -28,6 +31,9 @@ mod on_one_file {
     eventsource::event_store_conformance!(async { SqliteEventStore::open(shared_file()).await.unwrap() });
     eventsource::snapshot_store_conformance!(async {
         SqliteSnapshotStore::open(shared_file()).await.unwrap()
+    });
+    eventsource::subscription_store_conformance!(async {
+        sqlite::SqliteSubscriptionStore::open(shared_file()).await.unwrap()
     });
 }
 

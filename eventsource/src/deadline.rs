@@ -24,6 +24,11 @@ pub(crate) async fn within<T>(limit: Duration, call: impl Future<Output = T>) ->
     }
 }
 
+/// Waits for `duration`, on any runtime.
+pub(crate) async fn sleep(duration: Duration) {
+    Deadline::after(duration).await
+}
+
 /// A future that is ready once its instant has passed.
 struct Deadline {
     at: Instant,

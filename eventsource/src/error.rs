@@ -106,6 +106,18 @@ pub enum Error {
     #[error("invalid input: {0}")]
     InvalidInput(String),
 
+    /// A subscription's handler failed on a batch after every attempt, and the subscription's
+    /// policy is to stop; its checkpoint is still before the batch.
+    #[error("subscription {subscription} stopped at position {position}: {reason}")]
+    SubscriptionStopped {
+        /// The subscription's name.
+        subscription: String,
+        /// The position of the first event of the batch.
+        position: u64,
+        /// The handler's last error.
+        reason: String,
+    },
+
     /// A snapshot was asked of an aggregate whose recorded events are not saved yet.
     #[error("aggregate {aggregate_type} {aggregate_id} has {count} unsaved event(s); save it before taking a snapshot")]
     UnsavedEvents {

@@ -87,6 +87,84 @@ pub trait EventStore: Send + Sync {
         let _ = snapshots;
         None
     }
+
+    /// The feed's head as [`read_all`](Self::read_all) would show it now: the last position
+    /// and how many events follow `after_position`. The default reads the whole feed after
+    /// `after_position`; database backends count in the database.
+    async fn head(&self, after_position: u64) -> Result<FeedHead> {
+        use futures_util::StreamExt;
+
+        let mut head = FeedHead {
+            position: after_position,
+            events_after: 0,
+        };
+        let mut feed = self.read_all(after_position);
+        while let Some(event) = feed.next().await {
+            head.position = event?.position;
+            head.events_after += 1;
+        }
+        Ok(head)
+    }
+
+    /// A signal raised after each append this store makes (and, on PostgreSQL, after appends
+    /// of other processes), so that a consumer of the feed waits for it instead of polling.
+    /// `None`, the default, makes consumers poll. A wrapper store must forward it.
+    fn append_signal(&self) -> Option<AppendSignal> {
+        None
+    }
+}
+
+/// The feed's head: see [`EventStore::head`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FeedHead {
+    /// The position of the last event the feed shows, or the position asked about if none
+    /// follows it.
+    pub position: u64,
+    /// How many events the feed shows after the position asked about.
+    pub events_after: u64,
+}
+
+/// Tells the consumers of a feed that events were appended. Cheap to clone; clones share it.
+#[derive(Clone, Debug)]
+pub struct AppendSignal(Arc<tokio::sync::watch::Sender<u64>>);
+
+impl Default for AppendSignal {
+    fn default() -> Self {
+        AppendSignal(Arc::new(tokio::sync::watch::Sender::new(0)))
+    }
+}
+
+impl AppendSignal {
+    /// A new signal, not raised yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Raises the signal: every waiter wakes.
+    pub fn raise(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A waiter that wakes at each raise from now on.
+    pub fn waiter(&self) -> AppendWaiter {
+        let mut receiver = self.0.subscribe();
+        receiver.mark_unchanged();
+        AppendWaiter(receiver)
+    }
+}
+
+/// Waits for an [`AppendSignal`].
+#[derive(Debug)]
+pub struct AppendWaiter(tokio::sync::watch::Receiver<u64>);
+
+impl AppendWaiter {
+    /// Returns once the signal was raised since the last call (at once if it was meanwhile).
+    pub async fn raised(&mut self) {
+        if self.0.changed().await.is_err() {
+            // The store is gone: nothing will ever be appended through it again.
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 #[async_trait]
@@ -122,6 +200,14 @@ impl<S: EventStore + ?Sized> EventStore for Arc<S> {
 
     fn joint_snapshot_reader(&self, snapshots: &dyn Any) -> Option<Arc<dyn JointSnapshotRead>> {
         (**self).joint_snapshot_reader(snapshots)
+    }
+
+    async fn head(&self, after_position: u64) -> Result<FeedHead> {
+        (**self).head(after_position).await
+    }
+
+    fn append_signal(&self) -> Option<AppendSignal> {
+        (**self).append_signal()
     }
 }
 

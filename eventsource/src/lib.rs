@@ -12,6 +12,7 @@ pub mod registry;
 pub mod repository;
 pub mod root;
 pub mod snapshot;
+pub mod subscription;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -20,10 +21,10 @@ pub mod testing;
 pub mod __private;
 
 pub use aggregate::{Aggregate, AggregateEvent, Apply};
-pub use backend::memory::{InMemoryEventStore, InMemorySnapshotStore};
+pub use backend::memory::{InMemoryEventStore, InMemorySnapshotStore, InMemorySubscriptionStore};
 pub use error::{Error, Result};
 pub use event::{Event, EventContext, EventEnvelope, StoredEvent};
-pub use event_store::{EventStore, EventStream};
+pub use event_store::{AppendSignal, AppendWaiter, EventStore, EventStream, FeedHead};
 pub use eventsource_derive::{event, Aggregate};
 pub use repository::Repository;
 pub use root::AggregateRoot;
@@ -34,9 +35,11 @@ pub use snapshot::{
 
 /// Everything a program that uses the library usually needs, and serde's derives.
 pub mod prelude {
+    pub use crate::subscription::{Handler, HandlerError, OnFailure, Subscription, SubscriptionStore, Typed};
     pub use crate::{
         event, Aggregate, AggregateRoot, Apply, Error, Event, EventContext, EventStore, InMemoryEventStore,
-        InMemorySnapshotStore, Repository, SnapshotMode, SnapshotPolicy, SnapshotStore,
+        InMemorySnapshotStore, InMemorySubscriptionStore, Repository, SnapshotMode, SnapshotPolicy,
+        SnapshotStore, StoredEvent,
     };
     pub use serde::{Deserialize, Serialize};
     pub use uuid::Uuid;

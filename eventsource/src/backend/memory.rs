@@ -1,11 +1,13 @@
-//! In-memory event and snapshot stores: the reference implementations of the contracts.
+//! In-memory event, snapshot and subscription stores: the reference implementations of the
+//! contracts.
 //!
 //! Both are cheap to clone (clones share one store) and safe to use from many tasks. Events
 //! are kept serialized, as a database would keep them, so an event that cannot be encoded
 //! fails at save time here too.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_util::stream;
@@ -13,8 +15,11 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::event::{EventEnvelope, StoredEvent};
-use crate::event_store::{acknowledge_stored_batch, validate_batch, EventStore, EventStream};
+use crate::event_store::{
+    acknowledge_stored_batch, validate_batch, AppendSignal, EventStore, EventStream, FeedHead,
+};
 use crate::snapshot::{validate_snapshot, Snapshot, SnapshotStore};
+use crate::subscription::{validate_name, DeadLetter, SubscriptionStore};
 
 /// How many events a read copies per lock, so a long read never holds the lock for long.
 const READ_CHUNK: usize = 512;
@@ -33,6 +38,7 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 #[derive(Clone, Debug, Default)]
 pub struct InMemoryEventStore {
     inner: Arc<RwLock<EventLog>>,
+    appended: AppendSignal,
 }
 
 #[derive(Debug, Default)]
@@ -158,7 +164,12 @@ impl EventStore for InMemoryEventStore {
         let refusal = {
             let mut log = write(&self.inner);
             match log.refusal(aggregate_id, aggregate_type, expected_version, events) {
-                None => return Ok(log.push(aggregate_id, aggregate_type, expected_version, events)),
+                None => {
+                    let version = log.push(aggregate_id, aggregate_type, expected_version, events);
+                    drop(log);
+                    self.appended.raise();
+                    return Ok(version);
+                }
                 Some(refusal) => refusal,
             }
         };
@@ -200,6 +211,18 @@ impl EventStore for InMemoryEventStore {
             let to = (from + READ_CHUNK).min(log.events.len());
             log.events[from..to].to_vec()
         })
+    }
+
+    async fn head(&self, after_position: u64) -> Result<FeedHead> {
+        let last = read(&self.inner).events.len() as u64;
+        Ok(FeedHead {
+            position: last.max(after_position),
+            events_after: last.saturating_sub(after_position),
+        })
+    }
+
+    fn append_signal(&self) -> Option<AppendSignal> {
+        Some(self.appended.clone())
     }
 }
 
@@ -280,5 +303,90 @@ impl SnapshotStore for InMemorySnapshotStore {
                 || schema_version_below.is_some_and(|below| s.schema_version >= below)
         });
         Ok((before - snapshots.len()) as u64)
+    }
+}
+
+/// A subscription store in process memory: checkpoints, leases and dead letters for the
+/// subscriptions of one process (tests, small programs).
+#[derive(Clone, Debug, Default)]
+pub struct InMemorySubscriptionStore {
+    inner: Arc<Mutex<HashMap<String, SubscriptionState>>>,
+}
+
+#[derive(Debug, Default)]
+struct SubscriptionState {
+    checkpoint: Option<u64>,
+    lease: Option<(Uuid, Instant)>,
+    dead_letters: Vec<DeadLetter>,
+}
+
+impl InMemorySubscriptionStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<T>(&self, name: &str, f: impl FnOnce(&mut SubscriptionState) -> T) -> Result<T> {
+        validate_name(name)?;
+        let mut all = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(f(all.entry(name.to_owned()).or_default()))
+    }
+}
+
+#[async_trait]
+impl SubscriptionStore for InMemorySubscriptionStore {
+    async fn acquire(&self, name: &str, owner: Uuid, ttl: Duration) -> Result<bool> {
+        let now = Instant::now();
+        self.with(name, |s| match s.lease {
+            Some((holder, until)) if holder != owner && until > now => false,
+            _ => {
+                s.lease = Some((owner, now + ttl));
+                true
+            }
+        })
+    }
+
+    async fn release(&self, name: &str, owner: Uuid) -> Result<()> {
+        self.with(name, |s| {
+            if s.lease.is_some_and(|(holder, _)| holder == owner) {
+                s.lease = None;
+            }
+        })
+    }
+
+    async fn checkpoint(&self, name: &str) -> Result<Option<u64>> {
+        self.with(name, |s| s.checkpoint)
+    }
+
+    async fn save_checkpoint(&self, name: &str, owner: Uuid, position: u64) -> Result<bool> {
+        let now = Instant::now();
+        self.with(name, |s| match s.lease {
+            Some((holder, until)) if holder == owner && until > now => {
+                s.checkpoint = Some(position);
+                true
+            }
+            _ => false,
+        })
+    }
+
+    async fn reset(&self, name: &str) -> Result<()> {
+        self.with(name, |s| s.checkpoint = None)
+    }
+
+    async fn dead_letter(&self, name: &str, event: &StoredEvent, error: &str) -> Result<()> {
+        self.with(name, |s| {
+            s.dead_letters.push(DeadLetter {
+                subscription: name.to_owned(),
+                position: event.position,
+                event_id: event.event_id,
+                event_type: event.event_type.to_string(),
+                error: error.to_owned(),
+                failed_at: chrono::Utc::now(),
+            })
+        })
+    }
+
+    async fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>> {
+        self.with(name, |s| s.dead_letters.clone())
     }
 }

@@ -2,12 +2,13 @@
 
 use std::sync::Arc;
 
-use crate::backend::memory::{InMemoryEventStore, InMemorySnapshotStore};
+use crate::backend::memory::{InMemoryEventStore, InMemorySnapshotStore, InMemorySubscriptionStore};
 use crate::error::{Error, Result};
 use crate::event_store::EventStore;
 use crate::snapshot::SnapshotStore;
+use crate::subscription::SubscriptionStore;
 
-/// An event store and a snapshot store on one backend.
+/// An event store, a snapshot store and a subscription store on one backend.
 ///
 /// On PostgreSQL and on `sqlite::memory:` the two share one connection pool; on a SQLite file
 /// each has its own, so snapshot writes skip the per-commit sync that appends wait for (they
@@ -18,6 +19,8 @@ pub struct Stores {
     pub events: Arc<dyn EventStore>,
     /// The snapshot store.
     pub snapshots: Arc<dyn SnapshotStore>,
+    /// The subscription store (checkpoints, leases, dead letters), beside the events.
+    pub subscriptions: Arc<dyn SubscriptionStore>,
     backend: Backend,
 }
 
@@ -77,14 +80,17 @@ pub async fn open(url: &str) -> Result<Stores> {
         "memory" if url == "memory:" => Ok(Stores {
             events: Arc::new(InMemoryEventStore::new()),
             snapshots: Arc::new(InMemorySnapshotStore::new()),
+            subscriptions: Arc::new(InMemorySubscriptionStore::new()),
             backend: Backend::Memory,
         }),
         #[cfg(feature = "sqlite")]
         "sqlite" => {
             let (events, snapshots) = crate::backend::sqlite::open_url(url).await?;
+            let subscriptions = crate::backend::sqlite::SqliteSubscriptionStore::on(events.database().clone()).await?;
             Ok(Stores {
                 events: Arc::new(events),
                 snapshots: Arc::new(snapshots),
+                subscriptions: Arc::new(subscriptions),
                 backend: Backend::Sqlite,
             })
         }
@@ -94,6 +100,7 @@ pub async fn open(url: &str) -> Result<Stores> {
             Ok(Stores {
                 events: Arc::new(events.clone()),
                 snapshots: Arc::new(snapshots),
+                subscriptions: Arc::new(events.subscription_store()),
                 backend: Backend::Postgres(events),
             })
         }

@@ -5,7 +5,8 @@
 //! Each check is a plain `async fn` that takes the store as `&dyn EventStore` or
 //! `&dyn SnapshotStore` and panics, naming what broke, if the store does not keep the
 //! contract: [`event_store`] holds the checks of the event store contract, [`snapshot_store`]
-//! those of the snapshot store contract.
+//! those of the snapshot store contract, [`subscription_store`] those of the subscription
+//! store contract.
 //!
 //! # Checking a backend
 //!
@@ -76,6 +77,7 @@
 
 pub mod event_store;
 pub mod snapshot_store;
+pub mod subscription_store;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -121,6 +123,18 @@ macro_rules! snapshot_store_conformance {
     };
     ($make_store:expr $(,)?) => {
         $crate::__snapshot_store_checks!(__conformance_tests(snapshot_store, required, $make_store));
+    };
+}
+
+/// Generates one `#[tokio::test]` per check of the subscription store suite, named after it;
+/// the argument is as for [`event_store_conformance!`](crate::event_store_conformance).
+#[macro_export]
+macro_rules! subscription_store_conformance {
+    (optional: $make_store:expr $(,)?) => {
+        $crate::__subscription_store_checks!(__conformance_tests(subscription_store, optional, $make_store));
+    };
+    ($make_store:expr $(,)?) => {
+        $crate::__subscription_store_checks!(__conformance_tests(subscription_store, required, $make_store));
     };
 }
 

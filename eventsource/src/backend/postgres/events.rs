@@ -19,7 +19,9 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::event::{EventEnvelope, StoredEvent};
-use crate::event_store::{acknowledge_stored_batch, validate_batch, EventStore, EventStream};
+use crate::event_store::{
+    acknowledge_stored_batch, validate_batch, AppendSignal, EventStore, EventStream, FeedHead,
+};
 use crate::snapshot::JointSnapshotRead;
 
 /// The name of the unique constraint on event ids, as created by the migration.
@@ -48,6 +50,7 @@ pub(super) struct Sql {
     stream_version: String,
     read_stream: String,
     read_all: String,
+    head: String,
 }
 
 impl Sql {
@@ -100,6 +103,11 @@ impl Sql {
                  WHERE position > $1
                    AND position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << {POSITION_SHIFT})
                  ORDER BY position LIMIT $2"
+            ),
+            head: format!(
+                "SELECT max(position), count(*) FROM {events}
+                 WHERE position > $1
+                   AND position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << {POSITION_SHIFT})"
             ),
         }
     }
@@ -193,6 +201,7 @@ impl EventStore for PostgresEventStore {
         };
         match result {
             Ok((_, inserted)) if inserted == events.len() as i64 => {
+                self.notifier.appended(&self.pool);
                 Ok(expected_version + events.len() as u64)
             }
             Ok((head, 0)) if head != expected => {
@@ -276,6 +285,26 @@ impl EventStore for PostgresEventStore {
             return Box::pin(stream::empty());
         };
         Reader::new(self, None, after).into_stream()
+    }
+
+    async fn head(&self, after_position: u64) -> Result<FeedHead> {
+        let after = i64::try_from(after_position).unwrap_or(i64::MAX);
+        let (last, count): (Option<i64>, i64) = sqlx::query_as(&self.sql.head)
+            .bind(after)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| query_error("cannot read the head of the event log", e))?;
+        Ok(FeedHead {
+            position: match last {
+                Some(last) => version_of(last, &self.sql.table)?,
+                None => after_position,
+            },
+            events_after: version_of(count, &self.sql.table)?,
+        })
+    }
+
+    fn append_signal(&self) -> Option<AppendSignal> {
+        Some(self.notifier.signal(&self.pool))
     }
 
     fn joint_snapshot_reader(&self, snapshots: &dyn Any) -> Option<Arc<dyn JointSnapshotRead>> {

@@ -145,8 +145,10 @@
 
 mod events;
 mod joint;
+mod notify;
 mod schema;
 mod snapshots;
+mod subscriptions;
 
 use std::fmt;
 use std::str::FromStr;
@@ -176,6 +178,7 @@ pub struct PostgresEventStore {
     layout: Arc<Layout>,
     sql: Arc<events::Sql>,
     page_size: i64,
+    notifier: Arc<notify::Notifier>,
 }
 
 /// A snapshot store in a PostgreSQL database. Cheap to clone: clones share the pool.
@@ -186,6 +189,15 @@ pub struct PostgresSnapshotStore {
     pool: PgPool,
     layout: Arc<Layout>,
     sql: Arc<snapshots::Sql>,
+}
+
+/// A subscription store in a PostgreSQL database, from
+/// [`PostgresEventStore::subscription_store`]. Cheap to clone: clones share the pool. Lease
+/// times are the database server's clock, so consumers on many machines agree on them.
+#[derive(Clone, Debug)]
+pub struct PostgresSubscriptionStore {
+    pool: PgPool,
+    layout: Arc<Layout>,
 }
 
 /// A connection that sat idle longer than this is pinged before use (HikariCP's default).
@@ -259,6 +271,7 @@ impl PostgresEventStore {
         Self {
             pool,
             sql: Arc::new(events::Sql::new(&layout)),
+            notifier: Arc::new(notify::Notifier::new(layout.schema.as_deref())),
             layout,
             page_size: DEFAULT_PAGE_SIZE as i64,
         }
@@ -290,6 +303,14 @@ impl PostgresEventStore {
     /// A snapshot store on the same pool and schema.
     pub fn snapshot_store(&self) -> PostgresSnapshotStore {
         PostgresSnapshotStore::on(self.pool.clone(), self.layout.clone())
+    }
+
+    /// A subscription store on the same pool and schema: checkpoints beside the events.
+    pub fn subscription_store(&self) -> PostgresSubscriptionStore {
+        PostgresSubscriptionStore {
+            pool: self.pool.clone(),
+            layout: self.layout.clone(),
+        }
     }
 
     /// The connection pool.
@@ -367,11 +388,15 @@ struct Layout {
     snapshots: String,
     /// The record of the migrations applied.
     migrations: String,
+    subscriptions: String,
+    dead_letters: String,
 }
 
 const EVENTS_TABLE: &str = "eventsource_events";
 const SNAPSHOTS_TABLE: &str = "eventsource_snapshots";
 const MIGRATIONS_TABLE: &str = "eventsource_migrations";
+const SUBSCRIPTIONS_TABLE: &str = "eventsource_subscriptions";
+const DEAD_LETTERS_TABLE: &str = "eventsource_dead_letters";
 
 impl Default for Layout {
     fn default() -> Self {
@@ -380,6 +405,8 @@ impl Default for Layout {
             events: EVENTS_TABLE.to_owned(),
             snapshots: SNAPSHOTS_TABLE.to_owned(),
             migrations: MIGRATIONS_TABLE.to_owned(),
+            subscriptions: SUBSCRIPTIONS_TABLE.to_owned(),
+            dead_letters: DEAD_LETTERS_TABLE.to_owned(),
         }
     }
 }
@@ -401,6 +428,8 @@ impl Layout {
             events: format!("\"{schema}\".{EVENTS_TABLE}"),
             snapshots: format!("\"{schema}\".{SNAPSHOTS_TABLE}"),
             migrations: format!("\"{schema}\".{MIGRATIONS_TABLE}"),
+            subscriptions: format!("\"{schema}\".{SUBSCRIPTIONS_TABLE}"),
+            dead_letters: format!("\"{schema}\".{DEAD_LETTERS_TABLE}"),
         })
     }
 }

@@ -39,6 +39,11 @@ const STEPS: &[Step] = &[
         description: "positions in commit order",
         statements: positions_in_commit_order,
     },
+    Step {
+        version: 4,
+        description: "subscriptions: checkpoints, leases and dead letters",
+        statements: subscriptions,
+    },
 ];
 
 /// The layout version this library reads and writes.
@@ -127,6 +132,40 @@ fn positions_in_commit_order(layout: &Layout) -> Vec<String> {
                     RAISE EXCEPTION 'stored positions are beyond the transaction ids of this server';
                 END IF;
             END $$"
+        ),
+    ]
+}
+
+/// Step 4: a row per subscription (checkpoint and lease), and the events given up on.
+fn subscriptions(layout: &Layout) -> Vec<String> {
+    let Layout {
+        subscriptions,
+        dead_letters,
+        ..
+    } = layout;
+    vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {subscriptions} (
+                name        TEXT        PRIMARY KEY,
+                position    BIGINT,
+                owner       UUID,
+                lease_until TIMESTAMPTZ
+            )"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {dead_letters} (
+                id           BIGINT      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                subscription TEXT        NOT NULL,
+                position     BIGINT      NOT NULL,
+                event_id     UUID        NOT NULL,
+                event_type   TEXT        NOT NULL,
+                error        TEXT        NOT NULL,
+                failed_at    TIMESTAMPTZ NOT NULL DEFAULT now()
+            )"
+        ),
+        format!(
+            "CREATE INDEX IF NOT EXISTS eventsource_dead_letters_subscription_idx
+                ON {dead_letters} (subscription, id)"
         ),
     ]
 }

@@ -41,6 +41,8 @@ pub struct Database {
 struct Inner {
     name: String,
     place: Place,
+    /// Raised after each append through this database.
+    appended: crate::event_store::AppendSignal,
 }
 
 enum Place {
@@ -105,6 +107,12 @@ impl Database {
     /// The file name, or `:memory:`.
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// The signal raised after each append through this database (appends of other
+    /// connections to the file are seen by polling).
+    pub(super) fn appended(&self) -> &crate::event_store::AppendSignal {
+        &self.inner.appended
     }
 
     /// Runs a read on the calling thread, or, if it finds the database locked, again on a
@@ -326,6 +334,7 @@ impl Target {
                 inner: Arc::new(Inner {
                     name: self.name.clone(),
                     place: Place::Memory(Mutex::new(connection)),
+                    appended: Default::default(),
                 }),
             });
         };
@@ -349,6 +358,7 @@ impl Target {
         Ok(Database {
             inner: Arc::new(Inner {
                 name: self.name.clone(),
+                appended: Default::default(),
                 place: Place::File {
                     path,
                     uri: self.uri.clone(),

@@ -11,7 +11,9 @@ use uuid::Uuid;
 use super::{read, schema, signed, store_error, timestamp_text, unsigned, Database};
 use crate::error::{Error, Result};
 use crate::event::EventEnvelope;
-use crate::event_store::{acknowledge_stored_batch, validate_batch, EventStore, EventStream};
+use crate::event_store::{
+    acknowledge_stored_batch, validate_batch, AppendSignal, EventStore, EventStream, FeedHead,
+};
 
 const INSERT: &str = "INSERT INTO events (event_id, event_type, event_version, aggregate_id, \
     aggregate_type, aggregate_version, occurred_at, correlation_id, causation_id, metadata, payload) \
@@ -224,6 +226,10 @@ impl EventStore for SqliteEventStore {
             .write(move |connection| stream.append(connection, expected_version, &batch))
             .await;
         match appended {
+            Ok(version) => {
+                self.database.appended().raise();
+                Ok(version)
+            }
             Err(refusal @ (Error::Conflict { .. } | Error::InvalidInput(_))) => {
                 acknowledge_stored_batch(
                     self,
@@ -261,5 +267,30 @@ impl EventStore for SqliteEventStore {
 
     fn read_all(&self, after_position: u64) -> EventStream<'_> {
         read::log(&self.database, after_position)
+    }
+
+    async fn head(&self, after_position: u64) -> Result<FeedHead> {
+        let after = i64::try_from(after_position).unwrap_or(i64::MAX);
+        let (last, count): (Option<i64>, i64) = self
+            .database
+            .read(move |connection| {
+                connection
+                    .prepare_cached("SELECT max(position), count(*) FROM events WHERE position > ?1")?
+                    .query_row([after], |row| Ok((row.get(0)?, row.get(1)?)))
+            })
+            .await
+            .map_err(|e| store_error("cannot read the head of the event log", e))?;
+        let what = || "the SQLite event log".to_owned();
+        Ok(FeedHead {
+            position: match last {
+                Some(last) => unsigned(last, "position", what)?,
+                None => after_position,
+            },
+            events_after: unsigned(count, "count", what)?,
+        })
+    }
+
+    fn append_signal(&self) -> Option<AppendSignal> {
+        Some(self.database.appended().clone())
     }
 }

@@ -76,6 +76,7 @@ mod events;
 mod read;
 mod schema;
 mod snapshots;
+mod subscriptions;
 
 use std::path::Path;
 
@@ -84,6 +85,7 @@ pub use events::SqliteEventStore;
 /// The SQLite driver the stores run on, re-exported for [`Database::call`].
 pub use rusqlite;
 pub use snapshots::SqliteSnapshotStore;
+pub use subscriptions::SqliteSubscriptionStore;
 
 use crate::error::{Error, Result};
 use database::{Synchronous, Target};

@@ -60,6 +60,27 @@ const STEPS: &[Step] = &[
         description: "snapshots name the event they follow",
         sql: "ALTER TABLE snapshots ADD COLUMN event_id TEXT",
     },
+    Step {
+        version: 3,
+        description: "subscriptions: checkpoints, leases and dead letters",
+        sql: "CREATE TABLE IF NOT EXISTS eventsource_subscriptions (
+                name TEXT PRIMARY KEY,
+                position INTEGER,
+                owner TEXT,
+                lease_until INTEGER
+            );
+            CREATE TABLE IF NOT EXISTS eventsource_dead_letters (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                subscription TEXT NOT NULL,
+                position INTEGER NOT NULL,
+                event_id TEXT NOT NULL,
+                event_type TEXT NOT NULL,
+                error TEXT NOT NULL,
+                failed_at TEXT NOT NULL
+            );
+            CREATE INDEX IF NOT EXISTS eventsource_dead_letters_subscription
+                ON eventsource_dead_letters (subscription, id);",
+    },
 ];
 
 /// The layout version this library reads and writes.
@@ -70,7 +91,8 @@ const PROBE: &str = "SELECT position, event_id, event_type, event_version, aggre
         aggregate_type, aggregate_version, occurred_at, correlation_id, causation_id, metadata,
         payload FROM events LIMIT 0;
     SELECT aggregate_id, aggregate_type, version, state, schema_version, created_at, event_id
-        FROM snapshots LIMIT 0;";
+        FROM snapshots LIMIT 0;
+    SELECT name, position, owner, lease_until FROM eventsource_subscriptions LIMIT 0;";
 
 /// Brings the database's tables to the [`LATEST`] layout.
 pub(super) async fn migrate(database: &Database) -> Result<()> {

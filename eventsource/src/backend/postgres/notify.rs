@@ -1,0 +1,103 @@
+//! Wake-ups for consumers of the feed: `NOTIFY` after appends, `LISTEN` for them.
+//!
+//! A store raises its local signal after each append it makes, and sends one `NOTIFY` for
+//! every run of appends (never more than one in flight, so a burst of appends costs a burst of
+//! one), so that the consumers in other processes wake too. A consumer's store listens on a
+//! connection of its own, started when the first consumer asks for the signal, and raises the
+//! signal at each notification. Wake-ups are a hint only: consumers also poll, so a lost
+//! notification or a listener that cannot connect delays an event, never loses it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+
+use crate::event_store::AppendSignal;
+
+pub(super) struct Notifier {
+    channel: String,
+    signal: AppendSignal,
+    listening: OnceLock<()>,
+    /// An append happened that no `NOTIFY` has told of yet.
+    dirty: AtomicBool,
+    /// A `NOTIFY` is being sent.
+    sending: AtomicBool,
+}
+
+impl Notifier {
+    /// The notifier of the events table in `schema` (`None`: the search path's).
+    pub(super) fn new(schema: Option<&str>) -> Self {
+        let mut channel = format!("eventsource_appended_{}", schema.unwrap_or("default"));
+        // Channel names are identifiers of at most 63 bytes; a clash only wakes consumers
+        // of another schema for nothing.
+        channel.truncate(63);
+        Notifier {
+            channel,
+            signal: AppendSignal::new(),
+            listening: OnceLock::new(),
+            dirty: AtomicBool::new(false),
+            sending: AtomicBool::new(false),
+        }
+    }
+
+    /// Tells the consumers that events were appended.
+    pub(super) fn appended(self: &Arc<Self>, pool: &PgPool) {
+        self.signal.raise();
+        self.dirty.store(true, Ordering::SeqCst);
+        if self.sending.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.sending.store(false, Ordering::SeqCst);
+            return;
+        };
+        let (notifier, pool) = (self.clone(), pool.clone());
+        drop(runtime.spawn(async move {
+            while notifier.dirty.swap(false, Ordering::SeqCst) {
+                let sent = sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(&notifier.channel)
+                    .execute(&pool)
+                    .await;
+                if let Err(e) = sent {
+                    tracing::debug!(error = %e, "cannot notify consumers of an append; they poll instead");
+                }
+            }
+            notifier.sending.store(false, Ordering::SeqCst);
+            // An append between the last swap and the store above is told of by the next.
+        }));
+    }
+
+    /// The signal, listening for other processes' appends from the first call on.
+    pub(super) fn signal(self: &Arc<Self>, pool: &PgPool) -> AppendSignal {
+        self.listening.get_or_init(|| {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                drop(runtime.spawn(listen(self.channel.clone(), self.signal.clone(), pool.clone())));
+            }
+        });
+        self.signal.clone()
+    }
+}
+
+/// Raises `signal` at each notification on `channel`, reconnecting after a failure, until
+/// the pool is closed.
+async fn listen(channel: String, signal: AppendSignal, pool: PgPool) {
+    while !pool.is_closed() {
+        let listened = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(&channel).await?;
+            // Appends made while the listener was away are found by the consumers' polls.
+            signal.raise();
+            loop {
+                listener.recv().await?;
+                signal.raise();
+            }
+        };
+        let outcome: sqlx::Result<()> = listened.await;
+        if let Err(e) = outcome {
+            tracing::debug!(error = %e, "the listener for appends failed; consumers poll until it is back");
+        }
+        crate::deadline::sleep(Duration::from_secs(1)).await;
+    }
+}

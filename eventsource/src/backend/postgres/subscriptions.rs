@@ -1,0 +1,141 @@
+//! The PostgreSQL subscription store: a row per subscription, leases on the server's clock.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{query_error, to_bigint, PostgresSubscriptionStore};
+use crate::error::{Error, Result};
+use crate::event::StoredEvent;
+use crate::subscription::{validate_name, DeadLetter, SubscriptionStore};
+
+#[async_trait]
+impl SubscriptionStore for PostgresSubscriptionStore {
+    async fn acquire(&self, name: &str, owner: Uuid, ttl: Duration) -> Result<bool> {
+        validate_name(name)?;
+        let table = &self.layout.subscriptions;
+        // The row lock of ON CONFLICT orders racing owners: the second sees the first's lease.
+        let taken = sqlx::query(&format!(
+            "INSERT INTO {table} AS s (name, owner, lease_until)
+             VALUES ($1, $2, now() + $3 * interval '1 millisecond')
+             ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until
+             WHERE s.owner IS NULL OR s.owner = EXCLUDED.owner OR s.lease_until < now()"
+        ))
+        .bind(name)
+        .bind(owner)
+        .bind(ttl.as_millis().min(i64::MAX as u128) as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| query_error(&format!("cannot take the lease of subscription {name}"), e))?;
+        Ok(taken.rows_affected() > 0)
+    }
+
+    async fn release(&self, name: &str, owner: Uuid) -> Result<()> {
+        validate_name(name)?;
+        sqlx::query(&format!(
+            "UPDATE {} SET owner = NULL, lease_until = NULL WHERE name = $1 AND owner = $2",
+            self.layout.subscriptions
+        ))
+        .bind(name)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| query_error(&format!("cannot give up the lease of subscription {name}"), e))
+        .map(drop)
+    }
+
+    async fn checkpoint(&self, name: &str) -> Result<Option<u64>> {
+        validate_name(name)?;
+        let stored: Option<Option<i64>> = sqlx::query_scalar(&format!(
+            "SELECT position FROM {} WHERE name = $1",
+            self.layout.subscriptions
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| query_error(&format!("cannot read the checkpoint of subscription {name}"), e))?;
+        stored
+            .flatten()
+            .map(|p| {
+                u64::try_from(p).map_err(|_| {
+                    Error::corrupt(format!("the checkpoint of subscription {name}"), format!("{p} is negative"))
+                })
+            })
+            .transpose()
+    }
+
+    async fn save_checkpoint(&self, name: &str, owner: Uuid, position: u64) -> Result<bool> {
+        validate_name(name)?;
+        let saved = sqlx::query(&format!(
+            "UPDATE {} SET position = $3 WHERE name = $1 AND owner = $2 AND lease_until > now()",
+            self.layout.subscriptions
+        ))
+        .bind(name)
+        .bind(owner)
+        .bind(to_bigint(position, "checkpoint")?)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| query_error(&format!("cannot store the checkpoint of subscription {name}"), e))?;
+        Ok(saved.rows_affected() > 0)
+    }
+
+    async fn reset(&self, name: &str) -> Result<()> {
+        validate_name(name)?;
+        sqlx::query(&format!(
+            "UPDATE {} SET position = NULL WHERE name = $1",
+            self.layout.subscriptions
+        ))
+        .bind(name)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| query_error(&format!("cannot reset subscription {name}"), e))
+        .map(drop)
+    }
+
+    async fn dead_letter(&self, name: &str, event: &StoredEvent, error: &str) -> Result<()> {
+        validate_name(name)?;
+        sqlx::query(&format!(
+            "INSERT INTO {} (subscription, position, event_id, event_type, error)
+             VALUES ($1, $2, $3, $4, $5)",
+            self.layout.dead_letters
+        ))
+        .bind(name)
+        .bind(to_bigint(event.position, "position")?)
+        .bind(event.event_id)
+        .bind(&*event.event_type)
+        .bind(error.replace('\0', "\u{fffd}"))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| query_error(&format!("cannot record a dead letter of subscription {name}"), e))
+        .map(drop)
+    }
+
+    async fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>> {
+        validate_name(name)?;
+        let rows: Vec<(i64, Uuid, String, String, DateTime<Utc>)> = sqlx::query_as(&format!(
+            "SELECT position, event_id, event_type, error, failed_at FROM {}
+             WHERE subscription = $1 ORDER BY id",
+            self.layout.dead_letters
+        ))
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| query_error(&format!("cannot read the dead letters of subscription {name}"), e))?;
+        rows.into_iter()
+            .map(|(position, event_id, event_type, error, failed_at)| {
+                Ok(DeadLetter {
+                    subscription: name.to_owned(),
+                    position: u64::try_from(position).map_err(|_| {
+                        Error::corrupt(format!("a dead letter of subscription {name}"), "negative position")
+                    })?,
+                    event_id,
+                    event_type,
+                    error,
+                    failed_at,
+                })
+            })
+            .collect()
+    }
+}

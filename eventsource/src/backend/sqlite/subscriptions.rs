@@ -1,0 +1,197 @@
+//! The SQLite subscription store: checkpoints, leases and dead letters beside the events.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use rusqlite::OptionalExtension;
+use uuid::Uuid;
+
+use super::{parse_timestamp, schema, store_error, timestamp_text, unsigned, Database};
+use crate::error::{Error, Result};
+use crate::event::StoredEvent;
+use crate::subscription::{validate_name, DeadLetter, SubscriptionStore};
+
+/// The lease goes to `owner` if nobody holds it, `owner` does, or the holder's ran out.
+const ACQUIRE: &str = "INSERT INTO eventsource_subscriptions (name, owner, lease_until)
+    VALUES (?1, ?2, ?3)
+    ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until
+    WHERE eventsource_subscriptions.owner IS NULL
+        OR eventsource_subscriptions.owner = excluded.owner
+        OR eventsource_subscriptions.lease_until < ?4";
+
+const SAVE: &str = "UPDATE eventsource_subscriptions SET position = ?3
+    WHERE name = ?1 AND owner = ?2 AND lease_until > ?4";
+
+/// A subscription store in a SQLite database, usually the events' own.
+///
+/// Lease times are the wall clock of the machine in milliseconds: every process sharing a file
+/// runs on one machine, so they agree on it.
+#[derive(Clone, Debug)]
+pub struct SqliteSubscriptionStore {
+    database: Database,
+}
+
+impl SqliteSubscriptionStore {
+    /// Opens the store on a file, created if missing, or on `:memory:`.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::on(Database::open(path).await?).await
+    }
+
+    /// The store on a database of the program's own, such as the event store's
+    /// ([`SqliteEventStore::database`](super::SqliteEventStore::database)), creating or
+    /// upgrading the tables.
+    pub async fn on(database: Database) -> Result<Self> {
+        schema::migrate(&database).await?;
+        Ok(Self { database })
+    }
+
+    async fn change(&self, sql: &'static str, params: Vec<Value>, what: String) -> Result<usize> {
+        self.database
+            .write(move |connection| {
+                connection
+                    .prepare_cached(sql)
+                    .and_then(|mut statement| statement.execute(rusqlite::params_from_iter(params)))
+                    .map_err(|e| store_error(what, e))
+            })
+            .await
+    }
+}
+
+type Value = rusqlite::types::Value;
+
+fn millis(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn text(value: impl ToString) -> Value {
+    Value::Text(value.to_string())
+}
+
+#[async_trait]
+impl SubscriptionStore for SqliteSubscriptionStore {
+    async fn acquire(&self, name: &str, owner: Uuid, ttl: Duration) -> Result<bool> {
+        validate_name(name)?;
+        let now = SystemTime::now();
+        let params = vec![
+            text(name),
+            text(owner),
+            Value::Integer(millis(now + ttl)),
+            Value::Integer(millis(now)),
+        ];
+        let changed = self
+            .change(ACQUIRE, params, format!("cannot take the lease of subscription {name}"))
+            .await?;
+        Ok(changed > 0)
+    }
+
+    async fn release(&self, name: &str, owner: Uuid) -> Result<()> {
+        validate_name(name)?;
+        self.change(
+            "UPDATE eventsource_subscriptions SET owner = NULL, lease_until = NULL
+             WHERE name = ?1 AND owner = ?2",
+            vec![text(name), text(owner)],
+            format!("cannot give up the lease of subscription {name}"),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn checkpoint(&self, name: &str) -> Result<Option<u64>> {
+        validate_name(name)?;
+        let key = name.to_owned();
+        let stored: Option<Option<i64>> = self
+            .database
+            .read(move |connection| {
+                connection
+                    .prepare_cached("SELECT position FROM eventsource_subscriptions WHERE name = ?1")?
+                    .query_row([&key], |row| row.get(0))
+                    .optional()
+            })
+            .await
+            .map_err(|e| store_error(format!("cannot read the checkpoint of subscription {name}"), e))?;
+        let what = || format!("the checkpoint of subscription {name}");
+        stored.flatten().map(|p| unsigned(p, "position", what)).transpose()
+    }
+
+    async fn save_checkpoint(&self, name: &str, owner: Uuid, position: u64) -> Result<bool> {
+        validate_name(name)?;
+        let position = i64::try_from(position)
+            .map_err(|_| Error::InvalidInput(format!("checkpoint {position} is beyond what SQLite can store")))?;
+        let params = vec![
+            text(name),
+            text(owner),
+            Value::Integer(position),
+            Value::Integer(millis(SystemTime::now())),
+        ];
+        let changed = self
+            .change(SAVE, params, format!("cannot store the checkpoint of subscription {name}"))
+            .await?;
+        Ok(changed > 0)
+    }
+
+    async fn reset(&self, name: &str) -> Result<()> {
+        validate_name(name)?;
+        self.change(
+            "UPDATE eventsource_subscriptions SET position = NULL WHERE name = ?1",
+            vec![text(name)],
+            format!("cannot reset subscription {name}"),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn dead_letter(&self, name: &str, event: &StoredEvent, error: &str) -> Result<()> {
+        validate_name(name)?;
+        let failed_at = timestamp_text(&chrono::Utc::now(), || format!("a dead letter of {name}"))?;
+        let params = vec![
+            text(name),
+            Value::Integer(i64::try_from(event.position).unwrap_or(i64::MAX)),
+            text(event.event_id.hyphenated()),
+            text(&event.event_type),
+            text(error),
+            Value::Text(failed_at),
+        ];
+        self.change(
+            "INSERT INTO eventsource_dead_letters
+                (subscription, position, event_id, event_type, error, failed_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params,
+            format!("cannot record a dead letter of subscription {name}"),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>> {
+        validate_name(name)?;
+        let key = name.to_owned();
+        let rows: Vec<(i64, String, String, String, String)> = self
+            .database
+            .read(move |connection| {
+                connection
+                    .prepare_cached(
+                        "SELECT position, event_id, event_type, error, failed_at
+                         FROM eventsource_dead_letters WHERE subscription = ?1 ORDER BY id",
+                    )?
+                    .query_map([&key], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)))?
+                    .collect()
+            })
+            .await
+            .map_err(|e| store_error(format!("cannot read the dead letters of subscription {name}"), e))?;
+        let what = || format!("a dead letter of subscription {name}");
+        rows.into_iter()
+            .map(|(position, event_id, event_type, error, failed_at)| {
+                Ok(DeadLetter {
+                    subscription: name.to_owned(),
+                    position: unsigned(position, "position", what)?,
+                    event_id: Uuid::parse_str(&event_id)
+                        .map_err(|e| Error::corrupt(what(), format!("event_id {event_id:?}: {e}")))?,
+                    event_type,
+                    error,
+                    failed_at: parse_timestamp(&failed_at, "failed_at", what)?,
+                })
+            })
+            .collect()
+    }
+}

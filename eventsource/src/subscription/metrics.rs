@@ -1,0 +1,51 @@
+//! Counters of a subscription, readable by the program.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// What a subscription did: events handled, retries, batches that failed every attempt, and
+/// events recorded as dead letters. Shared by clones of its `Arc`.
+#[derive(Debug, Default)]
+pub struct SubscriptionMetrics {
+    handled: AtomicU64,
+    retries: AtomicU64,
+    failed_batches: AtomicU64,
+    dead_letters: AtomicU64,
+}
+
+impl SubscriptionMetrics {
+    /// Events the handler returned `Ok` for (counted again when handed over again).
+    pub fn handled(&self) -> u64 {
+        self.handled.load(Ordering::Relaxed)
+    }
+
+    /// Handler failures that were tried again.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// Batches that failed every attempt.
+    pub fn failed_batches(&self) -> u64 {
+        self.failed_batches.load(Ordering::Relaxed)
+    }
+
+    /// Events recorded as dead letters.
+    pub fn dead_letters(&self) -> u64 {
+        self.dead_letters.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn add_handled(&self, n: u64) {
+        self.handled.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(super) fn add_retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn add_failed_batch(&self) {
+        self.failed_batches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn add_dead_letter(&self) {
+        self.dead_letters.fetch_add(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,496 @@
+//! Subscriptions: named, durable consumers of the global feed.
+//!
+//! A [`Subscription`] reads the feed of an [`EventStore`] (whose contract says a reader that
+//! resumes after the last position it saw never misses an event), hands the events it is
+//! interested in to a [`Handler`] in batches, and stores its checkpoint in a
+//! [`SubscriptionStore`] after each batch. It catches up from its checkpoint, then follows the
+//! feed live, woken by the event store's [`AppendSignal`](crate::AppendSignal) where there is
+//! one and polling at a bounded interval besides (so appends of other processes are seen too).
+//!
+//! What it guarantees:
+//!
+//! - **At least once.** The checkpoint is stored only after the handler returned `Ok` for the
+//!   batch, so a consumer that crashes part way sees the batch again after restart, never
+//!   loses an event; the checkpoint is never ahead of what was handled.
+//! - **One active consumer per name**, across processes: a consumer works only while it holds
+//!   the name's lease in the subscription store, renewed as it goes; a second instance waits as
+//!   a standby and takes over within about one lease (plus a third) when the first dies. A
+//!   consumer that lost its lease cannot move the checkpoint.
+//! - **Bounded retries.** A handler error is retried with jittered exponential backoff; after
+//!   the last attempt the subscription either stops with [`Error::SubscriptionStopped`] or, with
+//!   [`OnFailure::DeadLetter`], hands the batch over one event at a time and records each event
+//!   that still fails as a [`DeadLetter`], and goes on. Both are logged and counted in
+//!   [`SubscriptionMetrics`].
+//! - **Graceful shutdown.** When the `shutdown` future given to [`Subscription::run`]
+//!   completes, the batch in hand is finished, its checkpoint stored, the lease released.
+//!
+//! ```
+//! # use eventsource::prelude::*;
+//! # use eventsource::subscription::Subscription;
+//! # use eventsource::{InMemorySubscriptionStore, StoredEvent};
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Error> {
+//! let events = InMemoryEventStore::new();
+//! let checkpoints = InMemorySubscriptionStore::new();
+//! let subscription = Subscription::new("audit-log", events.clone(), checkpoints)?
+//!     .aggregate_type("Account");
+//! let mut seen = 0;
+//! let handler = |batch: &[StoredEvent]| {
+//!     seen += batch.len();
+//!     Ok(())
+//! };
+//! // Runs until the shutdown future completes; here, at once after catching up.
+//! subscription.run(handler, async {}).await?;
+//! # Ok(()) }
+//! ```
+
+mod handler;
+mod metrics;
+mod store;
+
+pub use handler::{Handler, HandlerError, Typed};
+pub use metrics::SubscriptionMetrics;
+pub use store::{validate_name, DeadLetter, SubscriptionStore};
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::{self, Either, FusedFuture, FutureExt};
+use futures_util::StreamExt;
+use uuid::Uuid;
+
+use crate::aggregate::Aggregate;
+use crate::deadline::sleep;
+use crate::error::{Error, Result};
+use crate::event::StoredEvent;
+use crate::event_store::EventStore;
+
+/// What a subscription does with events its handler still fails on after the last attempt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Stop with [`Error::SubscriptionStopped`]; the checkpoint stays before the batch, so a
+    /// restart tries it again. The default.
+    #[default]
+    Stop,
+    /// Hand the batch over one event at a time, record each event that still fails as a
+    /// [`DeadLetter`], and go on.
+    DeadLetter,
+}
+
+/// A named, durable consumer of an event store's feed; see the [module docs](self).
+pub struct Subscription {
+    name: String,
+    events: Arc<dyn EventStore>,
+    store: Arc<dyn SubscriptionStore>,
+    aggregate_types: Vec<String>,
+    event_types: Vec<String>,
+    batch_size: usize,
+    poll_interval: Duration,
+    attempts: u32,
+    backoff: Duration,
+    max_backoff: Duration,
+    on_failure: OnFailure,
+    lease: Duration,
+    start_at_end: bool,
+    metrics: Arc<SubscriptionMetrics>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("name", &self.name)
+            .field("aggregate_types", &self.aggregate_types)
+            .field("event_types", &self.event_types)
+            .field("batch_size", &self.batch_size)
+            .field("on_failure", &self.on_failure)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The defaults of a new subscription.
+const DEFAULT_BATCH: usize = 100;
+const DEFAULT_POLL: Duration = Duration::from_millis(500);
+const DEFAULT_ATTEMPTS: u32 = 5;
+const DEFAULT_BACKOFF: Duration = Duration::from_millis(100);
+const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
+const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+
+impl Subscription {
+    /// A subscription named `name` to the feed of `events`, keeping its state in `store`.
+    ///
+    /// It starts from its stored checkpoint, or from the beginning of the feed if it has none
+    /// (see [`starting_at_end`](Self::starting_at_end)); it takes every event until filtered,
+    /// in batches of 100, polls every 500 ms besides its wake-ups, makes 5 attempts per batch
+    /// with a backoff from 100 ms to 5 s, stops on a batch that still fails, and holds a lease
+    /// of 10 s. An empty name, or one with a NUL character, is [`Error::InvalidInput`].
+    pub fn new(
+        name: &str,
+        events: impl EventStore + 'static,
+        store: impl SubscriptionStore + 'static,
+    ) -> Result<Self> {
+        validate_name(name)?;
+        Ok(Subscription {
+            name: name.to_owned(),
+            events: Arc::new(events),
+            store: Arc::new(store),
+            aggregate_types: Vec::new(),
+            event_types: Vec::new(),
+            batch_size: DEFAULT_BATCH,
+            poll_interval: DEFAULT_POLL,
+            attempts: DEFAULT_ATTEMPTS,
+            backoff: DEFAULT_BACKOFF,
+            max_backoff: DEFAULT_MAX_BACKOFF,
+            on_failure: OnFailure::Stop,
+            lease: DEFAULT_LEASE,
+            start_at_end: false,
+            metrics: Arc::default(),
+        })
+    }
+
+    /// Takes the events of this aggregate type too (by default, every event is taken).
+    pub fn aggregate_type(mut self, aggregate_type: &str) -> Self {
+        self.aggregate_types.push(aggregate_type.to_owned());
+        self
+    }
+
+    /// Takes the events of `A`, to decode with [`Typed`].
+    pub fn for_aggregate<A: Aggregate>(self) -> Self {
+        self.aggregate_type(A::TYPE_NAME)
+    }
+
+    /// Takes events of this event type too (by default, events of every type are taken).
+    pub fn event_type(mut self, event_type: &str) -> Self {
+        self.event_types.push(event_type.to_owned());
+        self
+    }
+
+    /// Hands the handler at most `events` events at a time. Zero is
+    /// [`Error::InvalidConfiguration`].
+    pub fn batch_size(mut self, events: usize) -> Result<Self> {
+        if events == 0 {
+            return Err(Error::InvalidConfiguration(
+                "a subscription's batch size must be at least 1".into(),
+            ));
+        }
+        self.batch_size = events;
+        Ok(self)
+    }
+
+    /// Looks at the feed at least this often, whether woken or not. Zero is
+    /// [`Error::InvalidConfiguration`].
+    pub fn poll_interval(mut self, interval: Duration) -> Result<Self> {
+        if interval.is_zero() {
+            return Err(Error::InvalidConfiguration(
+                "a subscription's poll interval must be above zero".into(),
+            ));
+        }
+        self.poll_interval = interval;
+        Ok(self)
+    }
+
+    /// Tries a failing batch `attempts` times, waiting `backoff`, then twice that and so on up
+    /// to `max_backoff` (each wait jittered by up to half), before [`on_failure`](Self::on_failure).
+    /// Zero attempts is [`Error::InvalidConfiguration`].
+    pub fn retry(mut self, attempts: u32, backoff: Duration, max_backoff: Duration) -> Result<Self> {
+        if attempts == 0 {
+            return Err(Error::InvalidConfiguration(
+                "a subscription makes at least one attempt per batch".into(),
+            ));
+        }
+        self.attempts = attempts;
+        self.backoff = backoff;
+        self.max_backoff = max_backoff.max(backoff);
+        Ok(self)
+    }
+
+    /// What to do with a batch that still fails after the last attempt.
+    pub fn on_failure(mut self, policy: OnFailure) -> Self {
+        self.on_failure = policy;
+        self
+    }
+
+    /// Holds the name's lease for `lease` at a time, renewed every third of it: a standby
+    /// takes over within about `lease` plus a third after the active consumer died. Below
+    /// 30 ms is [`Error::InvalidConfiguration`].
+    pub fn lease(mut self, lease: Duration) -> Result<Self> {
+        if lease < Duration::from_millis(30) {
+            return Err(Error::InvalidConfiguration(format!(
+                "a subscription's lease must be at least 30 ms, not {lease:?}"
+            )));
+        }
+        self.lease = lease;
+        Ok(self)
+    }
+
+    /// With no checkpoint stored yet, starts after the events there are now instead of from
+    /// the beginning of the feed.
+    pub fn starting_at_end(mut self) -> Self {
+        self.start_at_end = true;
+        self
+    }
+
+    /// The subscription's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its counters: events handled, retries, dead letters, failures.
+    pub fn metrics(&self) -> &Arc<SubscriptionMetrics> {
+        &self.metrics
+    }
+
+    /// The stored checkpoint, `None` if none is stored yet.
+    pub async fn checkpoint(&self) -> Result<Option<u64>> {
+        self.store.checkpoint(&self.name).await
+    }
+
+    /// How many events of the feed follow the stored checkpoint (all events of the feed, before
+    /// filtering): how far the subscription is behind.
+    pub async fn lag(&self) -> Result<u64> {
+        let checkpoint = self.checkpoint().await?.unwrap_or(0);
+        Ok(self.events.head(checkpoint).await?.events_after)
+    }
+
+    /// Runs the subscription until `shutdown` completes: as a standby while another consumer
+    /// holds the name's lease, then catching up and following the feed.
+    ///
+    /// Returns `Ok` after a graceful shutdown, [`Error::SubscriptionStopped`] when a batch
+    /// still fails after the last attempt under [`OnFailure::Stop`], and a store error that
+    /// another try cannot cure; transient store errors are retried after the poll interval.
+    pub async fn run<H: Handler>(&self, mut handler: H, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let mut shutdown = Box::pin(shutdown.fuse());
+        let mut waiter = self.events.append_signal().map(|signal| signal.waiter());
+        let owner = Uuid::new_v4();
+        loop {
+            match self.store.acquire(&self.name, owner, self.lease).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    if stopped(&mut shutdown, sleep(self.lease / 3)).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    self.transient(e)?;
+                    if stopped(&mut shutdown, sleep(self.poll_interval)).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            }
+            tracing::info!(subscription = %self.name, "active: this consumer holds the lease");
+            let outcome = self.follow(&mut handler, &mut shutdown, &mut waiter, owner).await;
+            match outcome {
+                Ok(Active::Stopped) => {
+                    let _ = self.store.release(&self.name, owner).await;
+                    return Ok(());
+                }
+                Ok(Active::LostLease) => {
+                    tracing::warn!(subscription = %self.name, "lost the lease; waiting as a standby");
+                }
+                Err(e) => {
+                    let _ = self.store.release(&self.name, owner).await;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Catches up and follows the feed while this consumer holds the lease.
+    async fn follow<H: Handler, S: Future<Output = ()>>(
+        &self,
+        handler: &mut H,
+        shutdown: &mut std::pin::Pin<Box<future::Fuse<S>>>,
+        waiter: &mut Option<crate::event_store::AppendWaiter>,
+        owner: Uuid,
+    ) -> Result<Active> {
+        let mut position = match self.store.checkpoint(&self.name).await? {
+            Some(position) => position,
+            None if self.start_at_end => {
+                let head = self.events.head(0).await?.position;
+                if !self.store.save_checkpoint(&self.name, owner, head).await? {
+                    return Ok(Active::LostLease);
+                }
+                head
+            }
+            None => 0,
+        };
+        let mut renewed = Instant::now();
+        loop {
+            if shutdown.is_terminated() || shutdown.as_mut().now_or_never().is_some() {
+                return Ok(Active::Stopped);
+            }
+            if renewed.elapsed() >= self.lease / 3 {
+                if !self.store.acquire(&self.name, owner, self.lease).await? {
+                    return Ok(Active::LostLease);
+                }
+                renewed = Instant::now();
+            }
+            let batch = match self.read_batch(position).await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    self.transient(e)?;
+                    if stopped(shutdown, sleep(self.poll_interval)).await {
+                        return Ok(Active::Stopped);
+                    }
+                    continue;
+                }
+            };
+            let Some(last) = batch.last().map(|event| event.position) else {
+                // Caught up: wait for an append, the poll interval, or the lease's renewal.
+                let wait = self.poll_interval.min(self.lease / 3);
+                let woken = async {
+                    match waiter {
+                        Some(waiter) => {
+                            future::select(Box::pin(waiter.raised()), Box::pin(sleep(wait))).await;
+                        }
+                        None => sleep(wait).await,
+                    }
+                };
+                if stopped(shutdown, woken).await {
+                    return Ok(Active::Stopped);
+                }
+                continue;
+            };
+            let taken: Vec<StoredEvent> = batch.into_iter().filter(|e| self.takes(e)).collect();
+            if !taken.is_empty() {
+                let renewing = self.renew_while(owner);
+                let delivered = self.deliver(handler, &taken);
+                let delivered = match future::select(Box::pin(delivered), Box::pin(renewing)).await {
+                    Either::Left((delivered, _)) => delivered,
+                    Either::Right((lost, delivering)) => {
+                        // The lease is gone: finish the batch (it may be handled twice, as
+                        // at-least-once allows), but do not store its checkpoint.
+                        let _ = delivering.await;
+                        lost?;
+                        return Ok(Active::LostLease);
+                    }
+                };
+                delivered?;
+                renewed = Instant::now();
+            }
+            if !self.store.save_checkpoint(&self.name, owner, last).await? {
+                return Ok(Active::LostLease);
+            }
+            position = last;
+        }
+    }
+
+    /// Renews the lease every third of it; completes only when it is lost or cannot be renewed.
+    async fn renew_while(&self, owner: Uuid) -> Result<()> {
+        loop {
+            sleep(self.lease / 3).await;
+            match self.store.acquire(&self.name, owner, self.lease).await {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(e) if e.is_transient() => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The next events of the feed after `position`, at most a batch of them.
+    async fn read_batch(&self, position: u64) -> Result<Vec<StoredEvent>> {
+        let mut feed = self.events.read_all(position).take(self.batch_size);
+        let mut batch = Vec::new();
+        while let Some(event) = feed.next().await {
+            batch.push(event?);
+        }
+        Ok(batch)
+    }
+
+    fn takes(&self, event: &StoredEvent) -> bool {
+        let by_aggregate = self.aggregate_types.is_empty()
+            || self.aggregate_types.iter().any(|t| **t == *event.aggregate_type);
+        let by_event = self.event_types.is_empty() || self.event_types.iter().any(|t| **t == *event.event_type);
+        by_aggregate && by_event
+    }
+
+    /// Hands `events` to the handler, with retries and the failure policy.
+    async fn deliver<H: Handler>(&self, handler: &mut H, events: &[StoredEvent]) -> Result<()> {
+        let Err(error) = self.attempt(handler, events).await else {
+            return Ok(());
+        };
+        self.metrics.add_failed_batch();
+        match self.on_failure {
+            OnFailure::Stop => {
+                tracing::error!(subscription = %self.name, position = events[0].position, error = %error, "handler failed after every attempt; stopping");
+                Err(Error::SubscriptionStopped {
+                    subscription: self.name.clone(),
+                    position: events[0].position,
+                    reason: error.to_string(),
+                })
+            }
+            OnFailure::DeadLetter => {
+                for event in events {
+                    let one = std::slice::from_ref(event);
+                    let single = if events.len() == 1 {
+                        Err(error.to_string())
+                    } else {
+                        self.attempt(handler, one).await.map_err(|e| e.to_string())
+                    };
+                    if let Err(error) = single {
+                        tracing::error!(subscription = %self.name, position = event.position, event.id = %event.event_id, error, "handler failed on the event after every attempt; recorded as a dead letter");
+                        self.store.dead_letter(&self.name, event, &error).await?;
+                        self.metrics.add_dead_letter();
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Up to `attempts` tries of the handler on `events`, with backoff between them.
+    async fn attempt<H: Handler>(&self, handler: &mut H, events: &[StoredEvent]) -> std::result::Result<(), HandlerError> {
+        let mut wait = self.backoff;
+        for attempt in 1..=self.attempts {
+            match handler.handle(events).await {
+                Ok(()) => {
+                    self.metrics.add_handled(events.len() as u64);
+                    return Ok(());
+                }
+                Err(e) if attempt == self.attempts => return Err(e),
+                Err(e) => {
+                    self.metrics.add_retry();
+                    tracing::warn!(subscription = %self.name, position = events[0].position, attempt, error = %e, "handler failed; trying again");
+                    sleep(jittered(wait)).await;
+                    wait = (wait * 2).min(self.max_backoff);
+                }
+            }
+        }
+        unreachable!("at least one attempt is made")
+    }
+
+    /// Gives a transient store error a pass (logged), returns any other.
+    fn transient(&self, e: Error) -> Result<()> {
+        if !e.is_transient() {
+            return Err(e);
+        }
+        tracing::warn!(subscription = %self.name, error = %e, "store failed; trying again");
+        Ok(())
+    }
+}
+
+/// How a consumer's time as the active one ended.
+enum Active {
+    Stopped,
+    LostLease,
+}
+
+/// Waits for `wait`; whether `shutdown` completed first (or had already).
+async fn stopped<S: Future<Output = ()>>(shutdown: &mut std::pin::Pin<Box<future::Fuse<S>>>, wait: impl Future<Output = ()>) -> bool {
+    if shutdown.is_terminated() {
+        return true;
+    }
+    match future::select(shutdown.as_mut(), Box::pin(wait)).await {
+        Either::Left(_) => true,
+        Either::Right(_) => false,
+    }
+}
+
+/// `wait` less a random part of up to half of it, so that consumers retrying together spread.
+fn jittered(wait: Duration) -> Duration {
+    let random = Uuid::new_v4().as_u128() as u64;
+    let half = wait.as_nanos() as u64 / 2;
+    wait - Duration::from_nanos(if half == 0 { 0 } else { random % half })
+}

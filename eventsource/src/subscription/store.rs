@@ -1,0 +1,106 @@
+//! The subscription store contract: checkpoints, leases and dead letters, by subscription name.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::event::StoredEvent;
+
+/// An event a subscription gave up on, with why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeadLetter {
+    /// The subscription that gave up.
+    pub subscription: String,
+    /// The event's position in the feed.
+    pub position: u64,
+    /// The event's id.
+    pub event_id: Uuid,
+    /// The event's type.
+    pub event_type: String,
+    /// The handler's last error.
+    pub error: String,
+    /// When it was given up.
+    pub failed_at: DateTime<Utc>,
+}
+
+/// Where subscriptions keep their state: a checkpoint (the position of the last event
+/// handled), the lease that makes one consumer the active one, and the events given up on.
+///
+/// # Contract
+///
+/// Every backend guarantees, and the conformance suite in `eventsource::testing` checks:
+///
+/// - **One owner at a time.** [`acquire`](Self::acquire) gives the lease on a name to an owner
+///   if nobody holds it, if that owner holds it already (a renewal), or if the holder's lease
+///   has run out; it returns whether the owner holds the lease now, until `ttl` from now.
+///   Two owners never both hold a lease that has not run out.
+/// - **Fenced checkpoints.** [`save_checkpoint`](Self::save_checkpoint) stores the position
+///   only while the owner holds a lease that has not run out, and returns whether it did: a
+///   consumer that lost its lease (it paused longer than the lease, and another took over)
+///   can never move the checkpoint of the one that replaced it.
+/// - **Durable.** A stored checkpoint or dead letter survives the process; on the SQL
+///   backends it is in the same database as the events.
+/// - **Checked names.** An empty name, or one with a NUL character, is
+///   [`Error::InvalidInput`].
+#[async_trait]
+pub trait SubscriptionStore: Send + Sync {
+    /// Takes or renews the lease on `name` for `owner`; whether `owner` holds it now.
+    async fn acquire(&self, name: &str, owner: Uuid, ttl: Duration) -> Result<bool>;
+
+    /// Gives the lease up, if `owner` holds it, so that a standby can take over at once.
+    async fn release(&self, name: &str, owner: Uuid) -> Result<()>;
+
+    /// The checkpoint stored for `name`, `None` if it never stored one.
+    async fn checkpoint(&self, name: &str) -> Result<Option<u64>>;
+
+    /// Stores `position` as the checkpoint of `name`, if `owner` holds its lease; whether it did.
+    async fn save_checkpoint(&self, name: &str, owner: Uuid, position: u64) -> Result<bool>;
+
+    /// Forgets the checkpoint of `name` (a rebuild starts it again from the beginning).
+    async fn reset(&self, name: &str) -> Result<()>;
+
+    /// Records that `name` gave up on `event` with `error`.
+    async fn dead_letter(&self, name: &str, event: &StoredEvent, error: &str) -> Result<()>;
+
+    /// The events `name` gave up on, in the order it gave up.
+    async fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>>;
+}
+
+#[async_trait]
+impl<S: SubscriptionStore + ?Sized> SubscriptionStore for Arc<S> {
+    async fn acquire(&self, name: &str, owner: Uuid, ttl: Duration) -> Result<bool> {
+        (**self).acquire(name, owner, ttl).await
+    }
+    async fn release(&self, name: &str, owner: Uuid) -> Result<()> {
+        (**self).release(name, owner).await
+    }
+    async fn checkpoint(&self, name: &str) -> Result<Option<u64>> {
+        (**self).checkpoint(name).await
+    }
+    async fn save_checkpoint(&self, name: &str, owner: Uuid, position: u64) -> Result<bool> {
+        (**self).save_checkpoint(name, owner, position).await
+    }
+    async fn reset(&self, name: &str) -> Result<()> {
+        (**self).reset(name).await
+    }
+    async fn dead_letter(&self, name: &str, event: &StoredEvent, error: &str) -> Result<()> {
+        (**self).dead_letter(name, event, error).await
+    }
+    async fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>> {
+        (**self).dead_letters(name).await
+    }
+}
+
+/// Checks a subscription name as every store can keep it: not empty, no NUL character.
+pub fn validate_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains('\0') {
+        return Err(Error::InvalidInput(format!(
+            "subscription name {name:?} is empty or holds a NUL character"
+        )));
+    }
+    Ok(())
+}

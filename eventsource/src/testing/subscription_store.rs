@@ -1,0 +1,142 @@
+//! The checks of the [`SubscriptionStore`] contract, one `async fn` per point.
+//!
+//! Each check uses subscription names of its own, so checks can run in parallel on one
+//! database; see the [module docs](super) for how to run them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use uuid::Uuid;
+
+use super::{now, unique_type};
+use crate::error::Error;
+use crate::event::{EventEnvelope, StoredEvent};
+use crate::subscription::SubscriptionStore;
+
+/// The checks of this suite: the one list that both the test macro and [`run_all`] use.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __subscription_store_checks {
+    ($callback:ident($($args:tt)*)) => {
+        $crate::$callback! { ($($args)*)
+            a_lease_has_one_owner_at_a_time
+            a_lease_that_ran_out_passes_to_another_owner
+            racing_owners_get_one_lease
+            checkpoints_are_fenced_by_the_lease
+            dead_letters_read_back_in_order
+            subscription_names_are_checked
+        }
+    };
+}
+
+crate::__subscription_store_checks!(__conformance_runner(dyn SubscriptionStore));
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// While one owner holds a lease, no other gets it; the holder renews it; once released,
+/// another owner takes it.
+pub async fn a_lease_has_one_owner_at_a_time(store: &dyn SubscriptionStore) {
+    let name = unique_type("Lease");
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    assert!(store.acquire(&name, a, LONG).await.unwrap(), "a free lease is taken");
+    assert!(!store.acquire(&name, b, LONG).await.unwrap(), "a held lease is refused to another");
+    assert!(store.acquire(&name, a, LONG).await.unwrap(), "the holder renews its lease");
+    store.release(&name, b).await.unwrap();
+    assert!(!store.acquire(&name, b, LONG).await.unwrap(), "a release by a non-holder does nothing");
+    store.release(&name, a).await.unwrap();
+    assert!(store.acquire(&name, b, LONG).await.unwrap(), "a released lease is taken");
+}
+
+/// A lease that ran out goes to the next owner that asks, and the old owner can no longer
+/// store a checkpoint.
+pub async fn a_lease_that_ran_out_passes_to_another_owner(store: &dyn SubscriptionStore) {
+    let name = unique_type("Expiry");
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    assert!(store.acquire(&name, a, Duration::from_millis(50)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(!store.save_checkpoint(&name, a, 1).await.unwrap(), "a checkpoint after the lease ran out");
+    assert!(store.acquire(&name, b, LONG).await.unwrap(), "the lease that ran out is taken");
+    assert!(!store.acquire(&name, a, LONG).await.unwrap(), "the old owner cannot take it back");
+    assert!(store.save_checkpoint(&name, b, 2).await.unwrap());
+    assert_eq!(store.checkpoint(&name).await.unwrap(), Some(2));
+}
+
+/// Owners racing for a free lease: exactly one gets it.
+pub async fn racing_owners_get_one_lease(store: &dyn SubscriptionStore) {
+    let name = unique_type("Race");
+    let owners: Vec<Uuid> = (0..8).map(|_| Uuid::new_v4()).collect();
+    let taken = join_all(owners.iter().map(|owner| store.acquire(&name, *owner, LONG))).await;
+    let winners = taken.into_iter().map(|t| t.unwrap()).filter(|t| *t).count();
+    assert_eq!(winners, 1, "owners racing for one lease: {winners} got it");
+}
+
+/// A checkpoint is stored only by the lease's holder, reads back, and is forgotten by a reset.
+pub async fn checkpoints_are_fenced_by_the_lease(store: &dyn SubscriptionStore) {
+    let name = unique_type("Checkpoint");
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    assert_eq!(store.checkpoint(&name).await.unwrap(), None, "a new subscription has no checkpoint");
+    assert!(!store.save_checkpoint(&name, a, 5).await.unwrap(), "a checkpoint without the lease");
+    assert_eq!(store.checkpoint(&name).await.unwrap(), None);
+    assert!(store.acquire(&name, a, LONG).await.unwrap());
+    assert!(store.save_checkpoint(&name, a, 0).await.unwrap());
+    assert_eq!(store.checkpoint(&name).await.unwrap(), Some(0), "checkpoint 0 is a checkpoint");
+    assert!(store.save_checkpoint(&name, a, i64::MAX as u64).await.unwrap());
+    assert_eq!(store.checkpoint(&name).await.unwrap(), Some(i64::MAX as u64));
+    assert!(!store.save_checkpoint(&name, b, 7).await.unwrap(), "a checkpoint by another owner");
+    assert_eq!(store.checkpoint(&name).await.unwrap(), Some(i64::MAX as u64));
+    store.reset(&name).await.unwrap();
+    assert_eq!(store.checkpoint(&name).await.unwrap(), None, "a reset forgets the checkpoint");
+    let other = unique_type("Checkpoint");
+    assert_eq!(store.checkpoint(&other).await.unwrap(), None, "names are kept apart");
+}
+
+/// Dead letters read back field for field, in the order they were recorded, by name.
+pub async fn dead_letters_read_back_in_order(store: &dyn SubscriptionStore) {
+    let name = unique_type("DeadLetters");
+    assert!(store.dead_letters(&name).await.unwrap().is_empty());
+    let event = |position: u64| StoredEvent {
+        position,
+        envelope: EventEnvelope {
+            event_id: Uuid::new_v4(),
+            event_type: Arc::from("Poisoned"),
+            event_version: 1,
+            aggregate_id: Uuid::new_v4(),
+            aggregate_type: Arc::from("Thing"),
+            aggregate_version: 1,
+            occurred_at: now(),
+            correlation_id: None,
+            causation_id: None,
+            metadata: None,
+            payload: Arc::from("{}"),
+        },
+    };
+    let events = [event(9), event(3)];
+    for (event, error) in events.iter().zip(["first failure", "second: ünïcödé"]) {
+        store.dead_letter(&name, event, error).await.unwrap();
+    }
+    let letters = store.dead_letters(&name).await.unwrap();
+    assert_eq!(letters.len(), 2);
+    for ((letter, event), error) in letters.iter().zip(&events).zip(["first failure", "second: ünïcödé"]) {
+        assert_eq!(letter.subscription, name);
+        assert_eq!(letter.position, event.position);
+        assert_eq!(letter.event_id, event.event_id);
+        assert_eq!(letter.event_type, "Poisoned");
+        assert_eq!(letter.error, error);
+    }
+    assert!(store.dead_letters(&unique_type("DeadLetters")).await.unwrap().is_empty());
+}
+
+/// An empty subscription name, or one with a NUL character, is [`Error::InvalidInput`].
+pub async fn subscription_names_are_checked(store: &dyn SubscriptionStore) {
+    for name in ["", "a\0b"] {
+        match store.acquire(name, Uuid::new_v4(), LONG).await {
+            Err(Error::InvalidInput(_)) => {}
+            other => panic!("taking the lease of {name:?}: expected Error::InvalidInput, got {other:?}"),
+        }
+        match store.checkpoint(name).await {
+            Err(Error::InvalidInput(_)) => {}
+            other => panic!("reading the checkpoint of {name:?}: expected Error::InvalidInput, got {other:?}"),
+        }
+    }
+}

@@ -33,7 +33,9 @@ mod on_one_file {
         SqliteSnapshotStore::open(shared_file()).await.unwrap()
     });
     eventsource::subscription_store_conformance!(async {
-        sqlite::SqliteSubscriptionStore::open(shared_file()).await.unwrap()
+        sqlite::SqliteSubscriptionStore::open(shared_file())
+            .await
+            .unwrap()
     });
 }
 

@@ -91,7 +91,7 @@ pub struct Subscription {
     max_backoff: Duration,
     on_failure: OnFailure,
     lease: Duration,
-    start_at_end: bool,
+    start: Start,
     metrics: Arc<SubscriptionMetrics>,
 }
 
@@ -142,7 +142,7 @@ impl Subscription {
             max_backoff: DEFAULT_MAX_BACKOFF,
             on_failure: OnFailure::Stop,
             lease: DEFAULT_LEASE,
-            start_at_end: false,
+            start: Start::Beginning,
             metrics: Arc::default(),
         })
     }
@@ -225,7 +225,14 @@ impl Subscription {
     /// With no checkpoint stored yet, starts after the events there are now instead of from
     /// the beginning of the feed.
     pub fn starting_at_end(mut self) -> Self {
-        self.start_at_end = true;
+        self.start = Start::End;
+        self
+    }
+
+    /// With no checkpoint stored yet, starts after `position` instead of from the beginning
+    /// of the feed.
+    pub fn starting_after(mut self, position: u64) -> Self {
+        self.start = Start::After(position);
         self
     }
 
@@ -257,7 +264,11 @@ impl Subscription {
     /// Returns `Ok` after a graceful shutdown, [`Error::SubscriptionStopped`] when a batch
     /// still fails after the last attempt under [`OnFailure::Stop`], and a store error that
     /// another try cannot cure; transient store errors are retried after the poll interval.
-    pub async fn run<H: Handler>(&self, mut handler: H, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+    pub async fn run<H: Handler>(
+        &self,
+        mut handler: H,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<()> {
         let mut shutdown = Box::pin(shutdown.fuse());
         let mut waiter = self.events.append_signal().map(|signal| signal.waiter());
         let owner = Uuid::new_v4();
@@ -304,16 +315,19 @@ impl Subscription {
         waiter: &mut Option<crate::event_store::AppendWaiter>,
         owner: Uuid,
     ) -> Result<Active> {
-        let mut position = match self.store.checkpoint(&self.name).await? {
-            Some(position) => position,
-            None if self.start_at_end => {
-                let head = self.events.head(0).await?.position;
-                if !self.store.save_checkpoint(&self.name, owner, head).await? {
+        let mut position = match (self.store.checkpoint(&self.name).await?, self.start) {
+            (Some(position), _) => position,
+            (None, Start::Beginning) => 0,
+            (None, start) => {
+                let first = match start {
+                    Start::After(position) => position,
+                    _ => self.events.head(0).await?.position,
+                };
+                if !self.store.save_checkpoint(&self.name, owner, first).await? {
                     return Ok(Active::LostLease);
                 }
-                head
+                first
             }
-            None => 0,
         };
         let mut renewed = Instant::now();
         loop {
@@ -402,7 +416,8 @@ impl Subscription {
     fn takes(&self, event: &StoredEvent) -> bool {
         let by_aggregate = self.aggregate_types.is_empty()
             || self.aggregate_types.iter().any(|t| **t == *event.aggregate_type);
-        let by_event = self.event_types.is_empty() || self.event_types.iter().any(|t| **t == *event.event_type);
+        let by_event =
+            self.event_types.is_empty() || self.event_types.iter().any(|t| **t == *event.event_type);
         by_aggregate && by_event
     }
 
@@ -441,7 +456,11 @@ impl Subscription {
     }
 
     /// Up to `attempts` tries of the handler on `events`, with backoff between them.
-    async fn attempt<H: Handler>(&self, handler: &mut H, events: &[StoredEvent]) -> std::result::Result<(), HandlerError> {
+    async fn attempt<H: Handler>(
+        &self,
+        handler: &mut H,
+        events: &[StoredEvent],
+    ) -> std::result::Result<(), HandlerError> {
         let mut wait = self.backoff;
         for attempt in 1..=self.attempts {
             match handler.handle(events).await {
@@ -471,6 +490,14 @@ impl Subscription {
     }
 }
 
+/// Where a subscription with no checkpoint starts.
+#[derive(Clone, Copy, Debug)]
+enum Start {
+    Beginning,
+    End,
+    After(u64),
+}
+
 /// How a consumer's time as the active one ended.
 enum Active {
     Stopped,
@@ -478,7 +505,10 @@ enum Active {
 }
 
 /// Waits for `wait`; whether `shutdown` completed first (or had already).
-async fn stopped<S: Future<Output = ()>>(shutdown: &mut std::pin::Pin<Box<future::Fuse<S>>>, wait: impl Future<Output = ()>) -> bool {
+async fn stopped<S: Future<Output = ()>>(
+    shutdown: &mut std::pin::Pin<Box<future::Fuse<S>>>,
+    wait: impl Future<Output = ()>,
+) -> bool {
     if shutdown.is_terminated() {
         return true;
     }

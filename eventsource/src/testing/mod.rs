@@ -131,10 +131,18 @@ macro_rules! snapshot_store_conformance {
 #[macro_export]
 macro_rules! subscription_store_conformance {
     (optional: $make_store:expr $(,)?) => {
-        $crate::__subscription_store_checks!(__conformance_tests(subscription_store, optional, $make_store));
+        $crate::__subscription_store_checks!(__conformance_tests(
+            subscription_store,
+            optional,
+            $make_store
+        ));
     };
     ($make_store:expr $(,)?) => {
-        $crate::__subscription_store_checks!(__conformance_tests(subscription_store, required, $make_store));
+        $crate::__subscription_store_checks!(__conformance_tests(
+            subscription_store,
+            required,
+            $make_store
+        ));
     };
 }
 

@@ -39,13 +39,28 @@ const LONG: Duration = Duration::from_secs(60);
 pub async fn a_lease_has_one_owner_at_a_time(store: &dyn SubscriptionStore) {
     let name = unique_type("Lease");
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-    assert!(store.acquire(&name, a, LONG).await.unwrap(), "a free lease is taken");
-    assert!(!store.acquire(&name, b, LONG).await.unwrap(), "a held lease is refused to another");
-    assert!(store.acquire(&name, a, LONG).await.unwrap(), "the holder renews its lease");
+    assert!(
+        store.acquire(&name, a, LONG).await.unwrap(),
+        "a free lease is taken"
+    );
+    assert!(
+        !store.acquire(&name, b, LONG).await.unwrap(),
+        "a held lease is refused to another"
+    );
+    assert!(
+        store.acquire(&name, a, LONG).await.unwrap(),
+        "the holder renews its lease"
+    );
     store.release(&name, b).await.unwrap();
-    assert!(!store.acquire(&name, b, LONG).await.unwrap(), "a release by a non-holder does nothing");
+    assert!(
+        !store.acquire(&name, b, LONG).await.unwrap(),
+        "a release by a non-holder does nothing"
+    );
     store.release(&name, a).await.unwrap();
-    assert!(store.acquire(&name, b, LONG).await.unwrap(), "a released lease is taken");
+    assert!(
+        store.acquire(&name, b, LONG).await.unwrap(),
+        "a released lease is taken"
+    );
 }
 
 /// A lease that ran out goes to the next owner that asks, and the old owner can no longer
@@ -55,9 +70,18 @@ pub async fn a_lease_that_ran_out_passes_to_another_owner(store: &dyn Subscripti
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     assert!(store.acquire(&name, a, Duration::from_millis(50)).await.unwrap());
     tokio::time::sleep(Duration::from_millis(150)).await;
-    assert!(!store.save_checkpoint(&name, a, 1).await.unwrap(), "a checkpoint after the lease ran out");
-    assert!(store.acquire(&name, b, LONG).await.unwrap(), "the lease that ran out is taken");
-    assert!(!store.acquire(&name, a, LONG).await.unwrap(), "the old owner cannot take it back");
+    assert!(
+        !store.save_checkpoint(&name, a, 1).await.unwrap(),
+        "a checkpoint after the lease ran out"
+    );
+    assert!(
+        store.acquire(&name, b, LONG).await.unwrap(),
+        "the lease that ran out is taken"
+    );
+    assert!(
+        !store.acquire(&name, a, LONG).await.unwrap(),
+        "the old owner cannot take it back"
+    );
     assert!(store.save_checkpoint(&name, b, 2).await.unwrap());
     assert_eq!(store.checkpoint(&name).await.unwrap(), Some(2));
 }
@@ -75,20 +99,42 @@ pub async fn racing_owners_get_one_lease(store: &dyn SubscriptionStore) {
 pub async fn checkpoints_are_fenced_by_the_lease(store: &dyn SubscriptionStore) {
     let name = unique_type("Checkpoint");
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-    assert_eq!(store.checkpoint(&name).await.unwrap(), None, "a new subscription has no checkpoint");
-    assert!(!store.save_checkpoint(&name, a, 5).await.unwrap(), "a checkpoint without the lease");
+    assert_eq!(
+        store.checkpoint(&name).await.unwrap(),
+        None,
+        "a new subscription has no checkpoint"
+    );
+    assert!(
+        !store.save_checkpoint(&name, a, 5).await.unwrap(),
+        "a checkpoint without the lease"
+    );
     assert_eq!(store.checkpoint(&name).await.unwrap(), None);
     assert!(store.acquire(&name, a, LONG).await.unwrap());
     assert!(store.save_checkpoint(&name, a, 0).await.unwrap());
-    assert_eq!(store.checkpoint(&name).await.unwrap(), Some(0), "checkpoint 0 is a checkpoint");
+    assert_eq!(
+        store.checkpoint(&name).await.unwrap(),
+        Some(0),
+        "checkpoint 0 is a checkpoint"
+    );
     assert!(store.save_checkpoint(&name, a, i64::MAX as u64).await.unwrap());
     assert_eq!(store.checkpoint(&name).await.unwrap(), Some(i64::MAX as u64));
-    assert!(!store.save_checkpoint(&name, b, 7).await.unwrap(), "a checkpoint by another owner");
+    assert!(
+        !store.save_checkpoint(&name, b, 7).await.unwrap(),
+        "a checkpoint by another owner"
+    );
     assert_eq!(store.checkpoint(&name).await.unwrap(), Some(i64::MAX as u64));
     store.reset(&name).await.unwrap();
-    assert_eq!(store.checkpoint(&name).await.unwrap(), None, "a reset forgets the checkpoint");
+    assert_eq!(
+        store.checkpoint(&name).await.unwrap(),
+        None,
+        "a reset forgets the checkpoint"
+    );
     let other = unique_type("Checkpoint");
-    assert_eq!(store.checkpoint(&other).await.unwrap(), None, "names are kept apart");
+    assert_eq!(
+        store.checkpoint(&other).await.unwrap(),
+        None,
+        "names are kept apart"
+    );
 }
 
 /// Dead letters read back field for field, in the order they were recorded, by name.
@@ -117,14 +163,22 @@ pub async fn dead_letters_read_back_in_order(store: &dyn SubscriptionStore) {
     }
     let letters = store.dead_letters(&name).await.unwrap();
     assert_eq!(letters.len(), 2);
-    for ((letter, event), error) in letters.iter().zip(&events).zip(["first failure", "second: ünïcödé"]) {
+    for ((letter, event), error) in letters
+        .iter()
+        .zip(&events)
+        .zip(["first failure", "second: ünïcödé"])
+    {
         assert_eq!(letter.subscription, name);
         assert_eq!(letter.position, event.position);
         assert_eq!(letter.event_id, event.event_id);
         assert_eq!(letter.event_type, "Poisoned");
         assert_eq!(letter.error, error);
     }
-    assert!(store.dead_letters(&unique_type("DeadLetters")).await.unwrap().is_empty());
+    assert!(store
+        .dead_letters(&unique_type("DeadLetters"))
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// An empty subscription name, or one with a NUL character, is [`Error::InvalidInput`].
@@ -136,7 +190,9 @@ pub async fn subscription_names_are_checked(store: &dyn SubscriptionStore) {
         }
         match store.checkpoint(name).await {
             Err(Error::InvalidInput(_)) => {}
-            other => panic!("reading the checkpoint of {name:?}: expected Error::InvalidInput, got {other:?}"),
+            other => {
+                panic!("reading the checkpoint of {name:?}: expected Error::InvalidInput, got {other:?}")
+            }
         }
     }
 }

@@ -60,7 +60,10 @@ impl SubscriptionStore for PostgresSubscriptionStore {
             .flatten()
             .map(|p| {
                 u64::try_from(p).map_err(|_| {
-                    Error::corrupt(format!("the checkpoint of subscription {name}"), format!("{p} is negative"))
+                    Error::corrupt(
+                        format!("the checkpoint of subscription {name}"),
+                        format!("{p} is negative"),
+                    )
                 })
             })
             .transpose()
@@ -128,7 +131,10 @@ impl SubscriptionStore for PostgresSubscriptionStore {
                 Ok(DeadLetter {
                     subscription: name.to_owned(),
                     position: u64::try_from(position).map_err(|_| {
-                        Error::corrupt(format!("a dead letter of subscription {name}"), "negative position")
+                        Error::corrupt(
+                            format!("a dead letter of subscription {name}"),
+                            "negative position",
+                        )
                     })?,
                     event_id,
                     event_type,

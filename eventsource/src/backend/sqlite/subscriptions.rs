@@ -80,7 +80,11 @@ impl SubscriptionStore for SqliteSubscriptionStore {
             Value::Integer(millis(now)),
         ];
         let changed = self
-            .change(ACQUIRE, params, format!("cannot take the lease of subscription {name}"))
+            .change(
+                ACQUIRE,
+                params,
+                format!("cannot take the lease of subscription {name}"),
+            )
             .await?;
         Ok(changed > 0)
     }
@@ -111,13 +115,17 @@ impl SubscriptionStore for SqliteSubscriptionStore {
             .await
             .map_err(|e| store_error(format!("cannot read the checkpoint of subscription {name}"), e))?;
         let what = || format!("the checkpoint of subscription {name}");
-        stored.flatten().map(|p| unsigned(p, "position", what)).transpose()
+        stored
+            .flatten()
+            .map(|p| unsigned(p, "position", what))
+            .transpose()
     }
 
     async fn save_checkpoint(&self, name: &str, owner: Uuid, position: u64) -> Result<bool> {
         validate_name(name)?;
-        let position = i64::try_from(position)
-            .map_err(|_| Error::InvalidInput(format!("checkpoint {position} is beyond what SQLite can store")))?;
+        let position = i64::try_from(position).map_err(|_| {
+            Error::InvalidInput(format!("checkpoint {position} is beyond what SQLite can store"))
+        })?;
         let params = vec![
             text(name),
             text(owner),
@@ -125,7 +133,11 @@ impl SubscriptionStore for SqliteSubscriptionStore {
             Value::Integer(millis(SystemTime::now())),
         ];
         let changed = self
-            .change(SAVE, params, format!("cannot store the checkpoint of subscription {name}"))
+            .change(
+                SAVE,
+                params,
+                format!("cannot store the checkpoint of subscription {name}"),
+            )
             .await?;
         Ok(changed > 0)
     }
@@ -174,7 +186,9 @@ impl SubscriptionStore for SqliteSubscriptionStore {
                         "SELECT position, event_id, event_type, error, failed_at
                          FROM eventsource_dead_letters WHERE subscription = ?1 ORDER BY id",
                     )?
-                    .query_map([&key], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)))?
+                    .query_map([&key], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
+                    })?
                     .collect()
             })
             .await

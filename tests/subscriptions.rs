@@ -1,0 +1,678 @@
+//! Subscriptions on every backend: many writers and a subscription counting their events (none
+//! missed, none out of order), handlers that fail, dead letters, graceful shutdown and restart,
+//! lag, typed decoding; and consumer processes killed with SIGKILL: every event handled at
+//! least once, the checkpoint never ahead of what was handled, one active consumer at a time,
+//! and a standby that takes over.
+//!
+//! The PostgreSQL cases need `EVENTSOURCE_TEST_POSTGRES_URL` (see `tests/postgres_store.rs`).
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use eventsource::backend::{postgres, sqlite};
+use eventsource::prelude::*;
+use eventsource::subscription::{SubscriptionStore, Typed};
+use eventsource::{EventEnvelope, EventStore};
+
+/// Set in the consumer processes: `backend location name type after out-file`.
+const CHILD_VAR: &str = "EVENTSOURCE_TEST_SUBSCRIBER";
+
+fn unique(label: &str) -> String {
+    format!("{label}-{}", Uuid::new_v4().simple())
+}
+
+fn event(id: Uuid, ty: &str, version: u64, payload: &str) -> EventEnvelope {
+    EventEnvelope {
+        event_id: Uuid::new_v4(),
+        event_type: Arc::from("Ticked"),
+        event_version: 1,
+        aggregate_id: id,
+        aggregate_type: Arc::from(ty),
+        aggregate_version: version,
+        occurred_at: chrono::Utc::now(),
+        correlation_id: None,
+        causation_id: None,
+        metadata: None,
+        payload: Arc::from(payload),
+    }
+}
+
+/// Appends `count` events of type `ty` in one stream, one at a time; their ids.
+async fn append(events: &dyn EventStore, ty: &str, count: u64) -> Vec<Uuid> {
+    let id = Uuid::new_v4();
+    let mut ids = Vec::new();
+    for version in 1..=count {
+        let e = event(id, ty, version, &format!(r#"{{"n":{version}}}"#));
+        ids.push(e.event_id);
+        events.append(id, ty, version - 1, &[e]).await.unwrap();
+    }
+    ids
+}
+
+/// What a collecting handler has seen, shared with the test.
+type Seen = Arc<Mutex<Vec<StoredEvent>>>;
+
+fn collector(seen: &Seen) -> impl FnMut(&[StoredEvent]) -> Result<(), HandlerError> + Send {
+    let seen = seen.clone();
+    move |batch: &[StoredEvent]| {
+        seen.lock().unwrap().extend_from_slice(batch);
+        Ok(())
+    }
+}
+
+/// Completes once `seen` holds `count` events.
+async fn until_seen(seen: &Seen, count: usize) {
+    for _ in 0..3000 {
+        if seen.lock().unwrap().len() >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "the subscription saw {} of {count} events",
+        seen.lock().unwrap().len()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Many writers, one subscription
+
+async fn many_writers_one_subscription(events: Arc<dyn EventStore>, store: Arc<dyn SubscriptionStore>) {
+    let ty = unique("Counted");
+    let start = events.head(0).await.unwrap().position;
+    let subscription = Subscription::new(&unique("counter"), events.clone(), store)
+        .unwrap()
+        .aggregate_type(&ty)
+        .starting_after(start)
+        .batch_size(50)
+        .unwrap();
+    let seen = Seen::default();
+    let writers = (0..8).map(|w| {
+        let (events, ty) = (events.clone(), ty.clone());
+        tokio::spawn(async move {
+            let id = Uuid::new_v4();
+            let (mut version, mut ids) = (0, Vec::new());
+            for b in 0..20u64 {
+                let batch: Vec<_> = (1..=1 + (w + b) % 4)
+                    .map(|i| event(id, &ty, version + i, "{}"))
+                    .collect();
+                ids.extend(batch.iter().map(|e| e.event_id));
+                version = events.append(id, &ty, version, &batch).await.unwrap();
+            }
+            ids
+        })
+    });
+    let writers: Vec<_> = writers.collect();
+    let mut appended = HashSet::new();
+    let expected: usize = (0..8u64)
+        .map(|w| (0..20u64).map(|b| 1 + (w + b) % 4).sum::<u64>() as usize)
+        .sum();
+    let run = subscription.run(collector(&seen), until_seen(&seen, expected));
+    let ((), written) = tokio::join!(
+        async { run.await.unwrap() },
+        futures_util::future::join_all(writers)
+    );
+    for ids in written {
+        appended.extend(ids.unwrap());
+    }
+    let seen = seen.lock().unwrap().clone();
+    let ids: HashSet<Uuid> = seen.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids.len(), seen.len(), "no event is handed over twice");
+    assert_eq!(ids, appended, "every event is handed over");
+    assert!(
+        seen.windows(2).all(|w| w[0].position < w[1].position),
+        "in feed order"
+    );
+    assert_eq!(
+        subscription.checkpoint().await.unwrap(),
+        Some(seen.last().unwrap().position)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_writers_and_a_subscription_in_memory() {
+    many_writers_one_subscription(
+        Arc::new(InMemoryEventStore::new()),
+        Arc::new(InMemorySubscriptionStore::new()),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_writers_and_a_subscription_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = sqlite::SqliteEventStore::open(dir.path().join("feed.db"))
+        .await
+        .unwrap();
+    let store = sqlite::SqliteSubscriptionStore::on(events.database().clone())
+        .await
+        .unwrap();
+    many_writers_one_subscription(Arc::new(events), Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_writers_and_a_subscription_on_postgres() {
+    let Some(url) = common::postgres_url("many_writers_and_a_subscription_on_postgres") else {
+        return;
+    };
+    let pool = postgres::pool_options()
+        .max_connections(12)
+        .connect(&url)
+        .await
+        .unwrap();
+    let events = postgres::PostgresEventStore::new(pool);
+    events.migrate().await.unwrap();
+    let store = events.subscription_store();
+    many_writers_one_subscription(Arc::new(events), Arc::new(store)).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Failing handlers, shutdown, lag, typed events
+
+fn quick(subscription: Subscription) -> Subscription {
+    subscription
+        .retry(3, Duration::from_millis(1), Duration::from_millis(5))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_handler_that_fails_a_few_times_is_retried_and_sees_each_event_once_it_succeeds() {
+    let events = InMemoryEventStore::new();
+    let ids = append(&events, "Flaky", 5).await;
+    let subscription = quick(Subscription::new("flaky", events, InMemorySubscriptionStore::new()).unwrap());
+    let (mut failures, seen) = (2, Seen::default());
+    let mut collect = collector(&seen);
+    let handler = move |batch: &[StoredEvent]| {
+        if failures > 0 {
+            failures -= 1;
+            return Err("not yet".into());
+        }
+        collect(batch)
+    };
+    subscription.run(handler, until_seen(&seen, 5)).await.unwrap();
+    let got: Vec<Uuid> = seen.lock().unwrap().iter().map(|e| e.event_id).collect();
+    assert_eq!(got, ids);
+    assert_eq!(subscription.metrics().retries(), 2);
+    assert_eq!(subscription.metrics().handled(), 5);
+}
+
+#[tokio::test]
+async fn a_poison_event_is_a_dead_letter_and_the_rest_are_handled() {
+    let events = InMemoryEventStore::new();
+    let id = Uuid::new_v4();
+    let batch: Vec<_> = (1..=5)
+        .map(|v| {
+            event(
+                id,
+                "Poisoned",
+                v,
+                if v == 3 { r#"{"poison":true}"# } else { "{}" },
+            )
+        })
+        .collect();
+    events.append(id, "Poisoned", 0, &batch).await.unwrap();
+    let store = InMemorySubscriptionStore::new();
+    let subscription = quick(Subscription::new("poisoned", events, store.clone()).unwrap())
+        .on_failure(OnFailure::DeadLetter);
+    let seen = Seen::default();
+    let mut collect = collector(&seen);
+    let handler = move |batch: &[StoredEvent]| {
+        if batch.iter().any(|e| e.payload.contains("poison")) {
+            return Err("cannot handle poison".into());
+        }
+        collect(batch)
+    };
+    subscription.run(handler, until_seen(&seen, 4)).await.unwrap();
+    let handled: Vec<u64> = seen.lock().unwrap().iter().map(|e| e.aggregate_version).collect();
+    assert_eq!(handled, [1, 2, 4, 5]);
+    let letters = store.dead_letters("poisoned").await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].event_id, batch[2].event_id);
+    assert_eq!(letters[0].error, "cannot handle poison");
+    assert_eq!(subscription.metrics().dead_letters(), 1);
+    assert_eq!(
+        subscription.lag().await.unwrap(),
+        0,
+        "the checkpoint is past the dead letter"
+    );
+}
+
+#[tokio::test]
+async fn a_handler_that_keeps_failing_stops_the_subscription_before_its_batch() {
+    let events = InMemoryEventStore::new();
+    append(&events, "Broken", 3).await;
+    let subscription = quick(Subscription::new("broken", events, InMemorySubscriptionStore::new()).unwrap());
+    let handler = |_: &[StoredEvent]| -> Result<(), HandlerError> { Err("down".into()) };
+    let err = subscription
+        .run(handler, std::future::pending())
+        .await
+        .unwrap_err();
+    match err {
+        Error::SubscriptionStopped {
+            subscription,
+            position,
+            reason,
+        } => {
+            assert_eq!(
+                (subscription.as_str(), position, reason.as_str()),
+                ("broken", 1, "down")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        subscription.checkpoint().await.unwrap(),
+        None,
+        "nothing was handled"
+    );
+    assert_eq!(subscription.lag().await.unwrap(), 3);
+    assert_eq!(subscription.metrics().failed_batches(), 1);
+}
+
+#[tokio::test]
+async fn a_stopped_subscription_resumes_from_its_checkpoint() {
+    let events = InMemoryEventStore::new();
+    let store = InMemorySubscriptionStore::new();
+    append(&events, "Resumed", 4).await;
+    let subscription = Subscription::new("resumed", events.clone(), store.clone()).unwrap();
+    let first = Seen::default();
+    subscription
+        .run(collector(&first), until_seen(&first, 4))
+        .await
+        .unwrap();
+    assert_eq!(subscription.lag().await.unwrap(), 0);
+
+    append(&events, "Resumed", 3).await;
+    assert_eq!(subscription.lag().await.unwrap(), 3);
+    let again = Subscription::new("resumed", events, store).unwrap();
+    let second = Seen::default();
+    again
+        .run(collector(&second), until_seen(&second, 3))
+        .await
+        .unwrap();
+    assert_eq!(
+        second.lock().unwrap().len(),
+        3,
+        "only the events after the checkpoint"
+    );
+    assert!(second.lock().unwrap()[0].position > first.lock().unwrap()[3].position);
+}
+
+#[tokio::test]
+async fn starting_at_the_end_skips_the_events_already_there() {
+    let events = InMemoryEventStore::new();
+    append(&events, "Old", 3).await;
+    let subscription = Subscription::new("latest", events.clone(), InMemorySubscriptionStore::new())
+        .unwrap()
+        .starting_at_end();
+    let seen = Seen::default();
+    let writer = {
+        let events = events.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            append(&events, "New", 2).await;
+        }
+    };
+    let ((), ()) = tokio::join!(
+        async {
+            subscription
+                .run(collector(&seen), until_seen(&seen, 2))
+                .await
+                .unwrap()
+        },
+        writer
+    );
+    let types: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e.aggregate_type.to_string())
+        .collect();
+    assert_eq!(types, ["New", "New"]);
+}
+
+#[tokio::test]
+async fn typed_handlers_get_the_aggregates_events_decoded() {
+    let events = InMemoryEventStore::new();
+    let repo = Repository::<common::Account>::new(events.clone());
+    let mut root = common::opened(Uuid::new_v4(), 3);
+    repo.save(&mut root).await.unwrap();
+    append(&events, "Other", 2).await;
+    let subscription = Subscription::new("balances", events, InMemorySubscriptionStore::new())
+        .unwrap()
+        .for_aggregate::<common::Account>();
+    let total = Arc::new(Mutex::new(0.0));
+    let handler = Typed::<common::Account, _>::new({
+        let total = total.clone();
+        move |_: &StoredEvent, event: common::AccountEvent| {
+            *total.lock().unwrap() += match event {
+                common::AccountEvent::AccountOpened(e) => e.initial_balance,
+                common::AccountEvent::MoneyDeposited(e) => e.amount,
+                common::AccountEvent::MoneyWithdrawn(e) => -e.amount,
+            };
+            Ok(())
+        }
+    });
+    subscription
+        .run(handler, tokio::time::sleep(Duration::from_millis(100)))
+        .await
+        .unwrap();
+    assert_eq!(*total.lock().unwrap(), 103.0);
+    assert_eq!(
+        subscription.metrics().handled(),
+        4,
+        "only the account's events are read"
+    );
+}
+
+#[tokio::test]
+async fn invalid_configuration_is_refused() {
+    let new = || Subscription::new("x", InMemoryEventStore::new(), InMemorySubscriptionStore::new()).unwrap();
+    assert!(matches!(new().batch_size(0), Err(Error::InvalidConfiguration(_))));
+    assert!(matches!(
+        new().poll_interval(Duration::ZERO),
+        Err(Error::InvalidConfiguration(_))
+    ));
+    assert!(matches!(
+        new().retry(0, Duration::ZERO, Duration::ZERO),
+        Err(Error::InvalidConfiguration(_))
+    ));
+    assert!(matches!(
+        new().lease(Duration::from_millis(1)),
+        Err(Error::InvalidConfiguration(_))
+    ));
+    let err = Subscription::new("", InMemoryEventStore::new(), InMemorySubscriptionStore::new()).unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)));
+}
+
+// ---------------------------------------------------------------------------------------
+// Consumer processes killed with SIGKILL
+
+/// The consumer process: runs the subscription until killed, writing the position of every
+/// event it handled to its file before the handler returns.
+async fn consumer_process(spec: String) {
+    let words: Vec<&str> = spec.split(' ').collect();
+    let [backend, location, name, ty, after, out] = words[..] else {
+        panic!("bad {CHILD_VAR}: {spec}")
+    };
+    let (events, store): (Arc<dyn EventStore>, Arc<dyn SubscriptionStore>) = match backend {
+        "sqlite" => {
+            let events = sqlite::SqliteEventStore::open(location).await.unwrap();
+            let store = sqlite::SqliteSubscriptionStore::on(events.database().clone())
+                .await
+                .unwrap();
+            (Arc::new(events), Arc::new(store))
+        }
+        _ => {
+            let pool = postgres::pool_options()
+                .max_connections(4)
+                .connect(location)
+                .await
+                .unwrap();
+            let events = postgres::PostgresEventStore::new(pool);
+            let store = events.subscription_store();
+            (Arc::new(events), Arc::new(store))
+        }
+    };
+    let subscription = Subscription::new(name, events, store)
+        .unwrap()
+        .aggregate_type(ty)
+        .starting_after(after.parse().unwrap())
+        .batch_size(10)
+        .unwrap()
+        .lease(Duration::from_millis(600))
+        .unwrap()
+        .poll_interval(Duration::from_millis(50))
+        .unwrap();
+    let out = out.to_owned();
+    let handler = move |batch: &[StoredEvent]| -> Result<(), HandlerError> {
+        use std::io::Write;
+        // Slow enough that a kill lands in the middle of the work.
+        std::thread::sleep(Duration::from_millis(50));
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&out)?;
+        for event in batch {
+            writeln!(file, "{}", event.position)?;
+        }
+        Ok(())
+    };
+    subscription.run(handler, std::future::pending()).await.unwrap();
+}
+
+fn handled(out: &std::path::Path) -> Vec<u64> {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect()
+}
+
+async fn until_handled(outs: &[&std::path::Path], count: usize) {
+    for _ in 0..3000 {
+        let union: HashSet<u64> = outs.iter().flat_map(|o| handled(o)).collect();
+        if union.len() >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the consumers never handled {count} events");
+}
+
+/// Consumer A, then standby B; A killed part way (B takes over); B killed part way, C started
+/// (a restart): every event handled at least once, one consumer active at a time, and the
+/// checkpoint never ahead of what was handled.
+async fn killed_consumers(
+    test: &str,
+    backend: &str,
+    location: &str,
+    events: Arc<dyn EventStore>,
+    store: Arc<dyn SubscriptionStore>,
+) {
+    let (name, ty) = (unique("killed"), unique("Killed"));
+    let after = events.head(0).await.unwrap().position;
+    let mut positions = HashSet::new();
+    let id = Uuid::new_v4();
+    for version in 1..=200u64 {
+        events
+            .append(id, &ty, version - 1, &[event(id, &ty, version, "{}")])
+            .await
+            .unwrap();
+    }
+    let mut feed = events.read_all(after);
+    use futures_util::StreamExt;
+    while let Some(e) = feed.next().await {
+        let e = e.unwrap();
+        if *e.aggregate_type == *ty {
+            positions.insert(e.position);
+        }
+    }
+    drop(feed);
+    assert_eq!(positions.len(), 200);
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = |label: &str| dir.path().join(format!("{label}.txt"));
+    let spawn = |label: &str| {
+        tokio::process::Command::new(std::env::current_exe().unwrap())
+            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .env(
+                CHILD_VAR,
+                format!(
+                    "{backend} {location} {name} {ty} {after} {}",
+                    out(label).display()
+                ),
+            )
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let (a, b, c) = (out("a"), out("b"), out("c"));
+    let mut first = spawn("a");
+    until_handled(&[&a], 20).await;
+    let mut standby = spawn("b");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        handled(&b).is_empty(),
+        "the standby handled events while the first was active"
+    );
+    first.start_kill().unwrap();
+    first.wait().await.unwrap();
+    let handled_by_a = handled(&a).len();
+    assert!(handled_by_a < 200, "the first consumer was killed part way");
+    until_handled(&[&b], 10).await;
+    standby.start_kill().unwrap();
+    standby.wait().await.unwrap();
+    let mut restarted = spawn("c");
+    until_handled(&[&a, &b, &c], 200).await;
+    // Let the last checkpoint be stored, then stop the last consumer too.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    restarted.start_kill().unwrap();
+    restarted.wait().await.unwrap();
+
+    let all: Vec<u64> = [&a, &b, &c].iter().flat_map(|o| handled(o)).collect();
+    let union: HashSet<u64> = all.iter().copied().collect();
+    assert_eq!(union, positions, "every event handled at least once");
+    let checkpoint = store
+        .checkpoint(&name)
+        .await
+        .unwrap()
+        .expect("a checkpoint is stored");
+    assert!(
+        union.contains(&checkpoint),
+        "the checkpoint {checkpoint} is a handled event's position"
+    );
+    assert_eq!(
+        checkpoint,
+        *positions.iter().max().unwrap(),
+        "the last consumer stored the end"
+    );
+    println!(
+        "{} handlings of 200 events: {} by the first consumer, {} by the standby that took over, {} after the restart",
+        all.len(),
+        handled(&a).len(),
+        handled(&b).len(),
+        handled(&c).len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_killed_with_sigkill_on_sqlite() {
+    const NAME: &str = "consumers_killed_with_sigkill_on_sqlite";
+    if let Ok(spec) = std::env::var(CHILD_VAR) {
+        return consumer_process(spec).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("killed.db");
+    let events = sqlite::SqliteEventStore::open(&path).await.unwrap();
+    let store = sqlite::SqliteSubscriptionStore::on(events.database().clone())
+        .await
+        .unwrap();
+    killed_consumers(
+        NAME,
+        "sqlite",
+        path.to_str().unwrap(),
+        Arc::new(events),
+        Arc::new(store),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_killed_with_sigkill_on_postgres() {
+    const NAME: &str = "consumers_killed_with_sigkill_on_postgres";
+    if let Ok(spec) = std::env::var(CHILD_VAR) {
+        return consumer_process(spec).await;
+    }
+    let Some(url) = common::postgres_url(NAME) else {
+        return;
+    };
+    let pool = postgres::pool_options()
+        .max_connections(4)
+        .connect(&url)
+        .await
+        .unwrap();
+    let events = postgres::PostgresEventStore::new(pool);
+    events.migrate().await.unwrap();
+    let store = events.subscription_store();
+    killed_consumers(NAME, "postgres", &url, Arc::new(events), Arc::new(store)).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Wake-ups
+
+/// With a poll interval of a minute, an append is still handed over at once: the append
+/// signal wakes the subscription (in process for memory and SQLite, by LISTEN/NOTIFY from
+/// another pool on PostgreSQL).
+async fn an_append_wakes_the_subscription(
+    writer: Arc<dyn EventStore>,
+    reader: Arc<dyn EventStore>,
+    store: Arc<dyn SubscriptionStore>,
+) {
+    let ty = unique("Woken");
+    let start = reader.head(0).await.unwrap().position;
+    let subscription = Subscription::new(&unique("woken"), reader, store)
+        .unwrap()
+        .aggregate_type(&ty)
+        .starting_after(start)
+        .poll_interval(Duration::from_secs(60))
+        .unwrap()
+        .lease(Duration::from_secs(600))
+        .unwrap();
+    let seen = Seen::default();
+    let shutdown = {
+        let seen = seen.clone();
+        async move {
+            // Both appends come after the subscription has caught up and gone to sleep.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            append(&*writer, &ty, 1).await;
+            until_seen(&seen, 1).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            append(&*writer, &ty, 1).await;
+        }
+    };
+    let handled = tokio::time::timeout(
+        Duration::from_secs(20),
+        subscription.run(collector(&seen), async {
+            shutdown.await;
+            until_seen(&seen, 2).await;
+        }),
+    )
+    .await;
+    handled.expect("woken well before the poll interval").unwrap();
+    assert_eq!(seen.lock().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_wakes_the_subscription_in_memory_and_on_sqlite() {
+    let events = InMemoryEventStore::new();
+    an_append_wakes_the_subscription(
+        Arc::new(events.clone()),
+        Arc::new(events),
+        Arc::new(InMemorySubscriptionStore::new()),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let events = sqlite::SqliteEventStore::open(dir.path().join("woken.db"))
+        .await
+        .unwrap();
+    let store = sqlite::SqliteSubscriptionStore::on(events.database().clone())
+        .await
+        .unwrap();
+    an_append_wakes_the_subscription(Arc::new(events.clone()), Arc::new(events), Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_on_another_pool_wakes_the_subscription_on_postgres() {
+    let Some(url) = common::postgres_url("an_append_on_another_pool_wakes_the_subscription_on_postgres")
+    else {
+        return;
+    };
+    let pool = || postgres::pool_options().max_connections(4).connect(&url);
+    let writer = postgres::PostgresEventStore::new(pool().await.unwrap());
+    writer.migrate().await.unwrap();
+    let reader = postgres::PostgresEventStore::new(pool().await.unwrap());
+    let store = reader.subscription_store();
+    an_append_wakes_the_subscription(Arc::new(writer), Arc::new(reader), Arc::new(store)).await;
+}

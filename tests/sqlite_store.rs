@@ -139,7 +139,10 @@ async fn a_file_is_created_in_wal_mode_with_its_tables_and_a_busy_timeout() {
             "events",
             "events_event_id",
             "events_stream",
+            "eventsource_dead_letters",
+            "eventsource_dead_letters_subscription",
             "eventsource_migrations",
+            "eventsource_subscriptions",
             "snapshots",
             "snapshots_aggregate",
             "snapshots_type_schema"

@@ -337,10 +337,14 @@ impl InMemorySubscriptionStore {
 impl SubscriptionStore for InMemorySubscriptionStore {
     async fn acquire(&self, name: &str, owner: Uuid, ttl: Duration) -> Result<bool> {
         let now = Instant::now();
+        // A lease too long to represent lasts a year, longer than any consumer.
+        let until = now
+            .checked_add(ttl)
+            .unwrap_or(now + Duration::from_secs(365 * 24 * 3600));
         self.with(name, |s| match s.lease {
-            Some((holder, until)) if holder != owner && until > now => false,
+            Some((holder, held_until)) if holder != owner && held_until > now => false,
             _ => {
-                s.lease = Some((owner, now + ttl));
+                s.lease = Some((owner, until));
                 true
             }
         })

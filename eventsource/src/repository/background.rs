@@ -7,7 +7,8 @@
 //! store call is guarded, see `snapshotting::bounded`); a worker whose runtime shuts down
 //! under it gives its place up as it is dropped, so the next schedule, or the next caller of
 //! [`wait_for_scheduled`](BackgroundQueue::wait_for_scheduled), starts another on a runtime
-//! that is alive.
+//! that is alive. A worker runs on the runtime of the save that started it: on a
+//! current-thread runtime it writes only while that runtime runs (inside its `block_on`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -110,17 +111,17 @@ impl BackgroundQueue {
                 if snapshot.version >= queued.snapshot.version {
                     queued.snapshot = snapshot;
                 }
-                return None;
-            }
-            if state.pending.len() >= self.policy.queue_capacity() {
+            } else if state.pending.len() >= self.policy.queue_capacity() {
                 return Some(snapshot);
+            } else {
+                state.last_seq += 1;
+                let seq = state.last_seq;
+                state.order.push_back(snapshot.aggregate_id);
+                state
+                    .pending
+                    .insert(snapshot.aggregate_id, Entry { seq, snapshot });
             }
-            state.last_seq += 1;
-            let seq = state.last_seq;
-            state.order.push_back(snapshot.aggregate_id);
-            state
-                .pending
-                .insert(snapshot.aggregate_id, Entry { seq, snapshot });
+            // Also for a coalesced snapshot: the worker may be gone (see `Worker::drop`).
             self.claim(&mut state)
         };
         if let Some(worker) = worker {
@@ -205,13 +206,16 @@ impl BackgroundQueue {
 
 /// A caller's registration as a waiter, removed when the caller stops waiting.
 struct Registered<'a> {
-    queue: &'a BackgroundQueue,
+    queue: &'a Arc<BackgroundQueue>,
     id: u64,
 }
 
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
         self.queue.lock().waiters.remove(&self.id);
+        // A caller that drained the queue itself and stopped waiting part way leaves the rest
+        // to a worker of its runtime.
+        self.queue.spawn_worker();
     }
 }
 

@@ -44,6 +44,7 @@
 //! ```
 
 mod handler;
+mod lease;
 mod metrics;
 mod store;
 
@@ -53,7 +54,7 @@ pub use store::{validate_name, DeadLetter, SubscriptionStore};
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::future::{self, Either, FusedFuture, FutureExt};
 use futures_util::StreamExt;
@@ -63,7 +64,8 @@ use crate::aggregate::Aggregate;
 use crate::deadline::sleep;
 use crate::error::{Error, Result};
 use crate::event::StoredEvent;
-use crate::event_store::EventStore;
+use crate::event_store::{EventStore, EventStream};
+use lease::Held;
 
 /// What a subscription does with events its handler still fails on after the last attempt.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -114,6 +116,7 @@ const DEFAULT_ATTEMPTS: u32 = 5;
 const DEFAULT_BACKOFF: Duration = Duration::from_millis(100);
 const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
 const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+const MAX_LEASE: Duration = Duration::from_secs(24 * 60 * 60);
 
 impl Subscription {
     /// A subscription named `name` to the feed of `events`, keeping its state in `store`.
@@ -210,12 +213,14 @@ impl Subscription {
     }
 
     /// Holds the name's lease for `lease` at a time, renewed every third of it: a standby
-    /// takes over within about `lease` plus a third after the active consumer died. Below
-    /// 30 ms is [`Error::InvalidConfiguration`].
+    /// takes over within about `lease` plus a third after the active consumer died. A consumer
+    /// whose renewal is late by more than the lease (a pause, a lost connection) gives the
+    /// lease up as lost and starts again from the stored checkpoint. Below 30 ms or above a day
+    /// is [`Error::InvalidConfiguration`].
     pub fn lease(mut self, lease: Duration) -> Result<Self> {
-        if lease < Duration::from_millis(30) {
+        if lease < Duration::from_millis(30) || lease > MAX_LEASE {
             return Err(Error::InvalidConfiguration(format!(
-                "a subscription's lease must be at least 30 ms, not {lease:?}"
+                "a subscription's lease must be between 30 ms and a day, not {lease:?}"
             )));
         }
         self.lease = lease;
@@ -272,8 +277,9 @@ impl Subscription {
         let mut shutdown = Box::pin(shutdown.fuse());
         let mut waiter = self.events.append_signal().map(|signal| signal.waiter());
         let owner = Uuid::new_v4();
+        let held = Held::new(&*self.store, &self.name, owner, self.lease);
         loop {
-            match self.store.acquire(&self.name, owner, self.lease).await {
+            match held.renew().await {
                 Ok(true) => {}
                 Ok(false) => {
                     if stopped(&mut shutdown, sleep(self.lease / 3)).await {
@@ -290,7 +296,7 @@ impl Subscription {
                 }
             }
             tracing::info!(subscription = %self.name, "active: this consumer holds the lease");
-            let outcome = self.follow(&mut handler, &mut shutdown, &mut waiter, owner).await;
+            let outcome = self.follow(&mut handler, &mut shutdown, &mut waiter, &held).await;
             match outcome {
                 Ok(Active::Stopped) => {
                     let _ = self.store.release(&self.name, owner).await;
@@ -298,6 +304,13 @@ impl Subscription {
                 }
                 Ok(Active::LostLease) => {
                     tracing::warn!(subscription = %self.name, "lost the lease; waiting as a standby");
+                }
+                // Taken again from the stored checkpoint, as after a lost lease.
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(subscription = %self.name, error = %e, "store failed; starting again from the checkpoint");
+                    if stopped(&mut shutdown, sleep(self.poll_interval)).await {
+                        return Ok(());
+                    }
                 }
                 Err(e) => {
                     let _ = self.store.release(&self.name, owner).await;
@@ -313,8 +326,9 @@ impl Subscription {
         handler: &mut H,
         shutdown: &mut std::pin::Pin<Box<future::Fuse<S>>>,
         waiter: &mut Option<crate::event_store::AppendWaiter>,
-        owner: Uuid,
+        held: &Held<'_>,
     ) -> Result<Active> {
+        let owner = held.owner();
         let mut position = match (self.store.checkpoint(&self.name).await?, self.start) {
             (Some(position), _) => position,
             (None, Start::Beginning) => 0,
@@ -329,18 +343,16 @@ impl Subscription {
                 first
             }
         };
-        let mut renewed = Instant::now();
+        // One read of the feed serves batch after batch until it reaches the end.
+        let mut feed: Option<EventStream<'_>> = None;
         loop {
             if shutdown.is_terminated() || shutdown.as_mut().now_or_never().is_some() {
                 return Ok(Active::Stopped);
             }
-            if renewed.elapsed() >= self.lease / 3 {
-                if !self.store.acquire(&self.name, owner, self.lease).await? {
-                    return Ok(Active::LostLease);
-                }
-                renewed = Instant::now();
+            if !held.keep().await? {
+                return Ok(Active::LostLease);
             }
-            let batch = match self.read_batch(position).await {
+            let batch = match self.read_batch(&mut feed, position).await {
                 Ok(batch) => batch,
                 Err(e) => {
                     self.transient(e)?;
@@ -368,7 +380,7 @@ impl Subscription {
             };
             let taken: Vec<StoredEvent> = batch.into_iter().filter(|e| self.takes(e)).collect();
             if !taken.is_empty() {
-                let renewing = self.renew_while(owner);
+                let renewing = held.hold();
                 let delivered = self.deliver(handler, &taken);
                 let delivered = match future::select(Box::pin(delivered), Box::pin(renewing)).await {
                     Either::Left((delivered, _)) => delivered,
@@ -381,7 +393,6 @@ impl Subscription {
                     }
                 };
                 delivered?;
-                renewed = Instant::now();
             }
             if !self.store.save_checkpoint(&self.name, owner, last).await? {
                 return Ok(Active::LostLease);
@@ -390,25 +401,27 @@ impl Subscription {
         }
     }
 
-    /// Renews the lease every third of it; completes only when it is lost or cannot be renewed.
-    async fn renew_while(&self, owner: Uuid) -> Result<()> {
-        loop {
-            sleep(self.lease / 3).await;
-            match self.store.acquire(&self.name, owner, self.lease).await {
-                Ok(true) => {}
-                Ok(false) => return Ok(()),
-                Err(e) if e.is_transient() => {}
-                Err(e) => return Err(e),
+    /// The next events of the feed after `position`, at most a batch of them, from the read
+    /// in `feed` (a new one if there is none); the read is dropped at its end or on an error.
+    async fn read_batch<'s>(
+        &'s self,
+        feed: &mut Option<EventStream<'s>>,
+        position: u64,
+    ) -> Result<Vec<StoredEvent>> {
+        let reading = feed.get_or_insert_with(|| self.events.read_all(position));
+        let mut batch = Vec::with_capacity(self.batch_size.min(1024));
+        while batch.len() < self.batch_size {
+            match reading.next().await {
+                Some(Ok(event)) => batch.push(event),
+                Some(Err(e)) => {
+                    *feed = None;
+                    return Err(e);
+                }
+                None => {
+                    *feed = None;
+                    break;
+                }
             }
-        }
-    }
-
-    /// The next events of the feed after `position`, at most a batch of them.
-    async fn read_batch(&self, position: u64) -> Result<Vec<StoredEvent>> {
-        let mut feed = self.events.read_all(position).take(self.batch_size);
-        let mut batch = Vec::new();
-        while let Some(event) = feed.next().await {
-            batch.push(event?);
         }
         Ok(batch)
     }
@@ -473,7 +486,7 @@ impl Subscription {
                     self.metrics.add_retry();
                     tracing::warn!(subscription = %self.name, position = events[0].position, attempt, error = %e, "handler failed; trying again");
                     sleep(jittered(wait)).await;
-                    wait = (wait * 2).min(self.max_backoff);
+                    wait = wait.saturating_mul(2).min(self.max_backoff);
                 }
             }
         }

@@ -60,7 +60,9 @@ pub trait SubscriptionStore: Send + Sync {
     /// Stores `position` as the checkpoint of `name`, if `owner` holds its lease; whether it did.
     async fn save_checkpoint(&self, name: &str, owner: Uuid, position: u64) -> Result<bool>;
 
-    /// Forgets the checkpoint of `name` (a rebuild starts it again from the beginning).
+    /// Forgets the checkpoint of `name`: the subscription then starts as one that never ran
+    /// (from the beginning of the feed, unless told otherwise). Stop its consumers first: one
+    /// that runs keeps its place and stores it again with its next batch.
     async fn reset(&self, name: &str) -> Result<()>;
 
     /// Records that `name` gave up on `event` with `error`.

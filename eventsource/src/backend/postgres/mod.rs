@@ -32,14 +32,17 @@
 //!
 //! The steps: 1 creates the tables of the first layout (a database made by version 0.1 of the
 //! library, which recorded no layout, has them already); 2 adds `event_id` to the snapshots
-//! and turns the JSON columns from `jsonb` into `json`. Step 2 rewrites both tables under an
-//! exclusive lock, so on a large database it takes a while and blocks the stores meanwhile:
-//! run it from a release job before the new version serves traffic.
+//! and turns the JSON columns from `jsonb` into `json`; 3 takes positions from the appending
+//! transaction's id instead of an identity column (see [below](#the-global-feed-never-skips));
+//! 4 adds the subscriptions' tables. Step 2 rewrites both tables under an exclusive lock, so on
+//! a large database it takes a while and blocks the stores meanwhile: run it from a release
+//! job before the new version serves traffic, with the instances of the earlier version
+//! stopped (they would append with positions and JSON types of the old layout).
 //!
-//! **Tables.** `eventsource_events` and `eventsource_snapshots`, in the connection's
-//! `search_path` (normally `public`) or in the schema given to `with_schema`:
+//! **Tables.** In the connection's `search_path` (normally `public`) or in the schema given to
+//! `with_schema`:
 //!
-//! - `eventsource_events`: `position BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY`, a
+//! - `eventsource_events`: `position BIGINT PRIMARY KEY` (see the feed, below), a
 //!   unique `event_id UUID`, a unique `(aggregate_id, aggregate_type, aggregate_version)`,
 //!   `payload JSON`, `metadata JSON`, `occurred_at TIMESTAMPTZ`, and the envelope's other
 //!   fields. Because `timestamptz` keeps microseconds, the nanoseconds within the microsecond
@@ -48,6 +51,9 @@
 //!   `version`, `event_id UUID` (the event the snapshot follows), `schema_version`,
 //!   `created_at TIMESTAMPTZ` (and `created_at_ns`), with an index on
 //!   `(aggregate_type, schema_version)` for invalidation by type.
+//! - `eventsource_subscriptions`: a row per subscription, its checkpoint and its lease
+//!   (owner, until when, on the server's clock); `eventsource_dead_letters`: the events a
+//!   subscription gave up on.
 //! - `eventsource_migrations`: the layout steps applied, with when.
 //!
 //! Payloads, metadata and states are `json`, which checks that the text is JSON and keeps it

@@ -8,10 +8,10 @@
 //! notification or a listener that cannot connect delays an event, never loses it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
 
 use crate::event_store::AppendSignal;
@@ -19,7 +19,8 @@ use crate::event_store::AppendSignal;
 pub(super) struct Notifier {
     channel: String,
     signal: AppendSignal,
-    listening: OnceLock<()>,
+    /// A listener task runs.
+    listening: Arc<AtomicBool>,
     /// An append happened that no `NOTIFY` has told of yet.
     dirty: AtomicBool,
     /// A `NOTIFY` is being sent.
@@ -36,7 +37,7 @@ impl Notifier {
         Notifier {
             channel,
             signal: AppendSignal::new(),
-            listening: OnceLock::new(),
+            listening: Arc::new(AtomicBool::new(false)),
             dirty: AtomicBool::new(false),
             sending: AtomicBool::new(false),
         }
@@ -55,37 +56,62 @@ impl Notifier {
         };
         let (notifier, pool) = (self.clone(), pool.clone());
         drop(runtime.spawn(async move {
-            while notifier.dirty.swap(false, Ordering::SeqCst) {
-                let sent = sqlx::query("SELECT pg_notify($1, '')")
-                    .bind(&notifier.channel)
-                    .execute(&pool)
-                    .await;
-                if let Err(e) = sent {
-                    tracing::debug!(error = %e, "cannot notify consumers of an append; they poll instead");
+            loop {
+                while notifier.dirty.swap(false, Ordering::SeqCst) {
+                    let sent = sqlx::query("SELECT pg_notify($1, '')")
+                        .bind(&notifier.channel)
+                        .execute(&pool)
+                        .await;
+                    if let Err(e) = sent {
+                        tracing::debug!(error = %e, "cannot notify consumers of an append; they poll instead");
+                    }
+                }
+                notifier.sending.store(false, Ordering::SeqCst);
+                // An append between the last swap and the store above found `sending` set and
+                // left its notification to this task: send it, unless another task took over.
+                if !notifier.dirty.load(Ordering::SeqCst) || notifier.sending.swap(true, Ordering::SeqCst) {
+                    return;
                 }
             }
-            notifier.sending.store(false, Ordering::SeqCst);
-            // An append between the last swap and the store above is told of by the next.
         }));
     }
 
-    /// The signal, listening for other processes' appends from the first call on.
+    /// The signal, listening for other processes' appends from now on (again, if the task
+    /// that listened has stopped with its runtime).
     pub(super) fn signal(self: &Arc<Self>, pool: &PgPool) -> AppendSignal {
-        self.listening.get_or_init(|| {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                drop(runtime.spawn(listen(self.channel.clone(), self.signal.clone(), pool.clone())));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            if !self.listening.swap(true, Ordering::SeqCst) {
+                let listening = Listening(self.listening.clone());
+                let (channel, signal, pool) = (self.channel.clone(), self.signal.clone(), pool.clone());
+                drop(runtime.spawn(async move {
+                    let _listening = listening;
+                    listen(channel, signal, pool).await;
+                }));
             }
-        });
+        }
         self.signal.clone()
     }
 }
 
+/// Marks the listener task as running; cleared when the task ends or is dropped.
+struct Listening(Arc<AtomicBool>);
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
 /// Raises `signal` at each notification on `channel`, reconnecting after a failure, until
-/// the pool is closed.
+/// the pool is closed. The listener has a connection of its own, outside the stores' pool, so
+/// it never takes one of the pool's connections from appends and reads.
 async fn listen(channel: String, signal: AppendSignal, pool: PgPool) {
     while !pool.is_closed() {
+        let own = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with((*pool.connect_options()).clone());
         let listened = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
+            let mut listener = PgListener::connect_with(&own).await?;
             listener.listen(&channel).await?;
             // Appends made while the listener was away are found by the consumers' polls.
             signal.raise();

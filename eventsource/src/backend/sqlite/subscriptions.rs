@@ -76,7 +76,7 @@ impl SubscriptionStore for SqliteSubscriptionStore {
         let params = vec![
             text(name),
             text(owner),
-            Value::Integer(millis(now + ttl)),
+            Value::Integer(millis(now).saturating_add(ttl.as_millis().min(i64::MAX as u128) as i64)),
             Value::Integer(millis(now)),
         ];
         let changed = self

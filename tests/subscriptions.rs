@@ -52,6 +52,20 @@ async fn append(events: &dyn EventStore, ty: &str, count: u64) -> Vec<Uuid> {
     ids
 }
 
+/// The tests' URL and a migrated event store on a pool of `connections`, or `None` if the
+/// PostgreSQL tests are skipped.
+async fn postgres_events(test: &str, connections: u32) -> Option<(String, postgres::PostgresEventStore)> {
+    let url = common::postgres_url(test)?;
+    let pool = postgres::pool_options()
+        .max_connections(connections)
+        .connect(&url)
+        .await
+        .unwrap();
+    let events = postgres::PostgresEventStore::new(pool);
+    events.migrate().await.unwrap();
+    Some((url, events))
+}
+
 /// What a collecting handler has seen, shared with the test.
 type Seen = Arc<Mutex<Vec<StoredEvent>>>;
 
@@ -155,16 +169,9 @@ async fn many_writers_and_a_subscription_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_writers_and_a_subscription_on_postgres() {
-    let Some(url) = common::postgres_url("many_writers_and_a_subscription_on_postgres") else {
+    let Some((_, events)) = postgres_events("many_writers_and_a_subscription_on_postgres", 12).await else {
         return;
     };
-    let pool = postgres::pool_options()
-        .max_connections(12)
-        .connect(&url)
-        .await
-        .unwrap();
-    let events = postgres::PostgresEventStore::new(pool);
-    events.migrate().await.unwrap();
     let store = events.subscription_store();
     many_writers_one_subscription(Arc::new(events), Arc::new(store)).await;
 }
@@ -589,16 +596,9 @@ async fn consumers_killed_with_sigkill_on_postgres() {
     if let Ok(spec) = std::env::var(CHILD_VAR) {
         return consumer_process(spec).await;
     }
-    let Some(url) = common::postgres_url(NAME) else {
+    let Some((url, events)) = postgres_events(NAME, 4).await else {
         return;
     };
-    let pool = postgres::pool_options()
-        .max_connections(4)
-        .connect(&url)
-        .await
-        .unwrap();
-    let events = postgres::PostgresEventStore::new(pool);
-    events.migrate().await.unwrap();
     let store = events.subscription_store();
     killed_consumers(NAME, "postgres", &url, Arc::new(events), Arc::new(store)).await;
 }

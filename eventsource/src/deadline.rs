@@ -29,6 +29,15 @@ pub(crate) async fn sleep(duration: Duration) {
     Deadline::after(duration).await
 }
 
+/// `wait` less a random part of up to half of it, so that callers retrying together spread.
+pub(crate) fn jittered(wait: Duration) -> Duration {
+    let half = wait.as_nanos() as u64 / 2;
+    if half == 0 {
+        return wait;
+    }
+    wait - Duration::from_nanos(uuid::Uuid::new_v4().as_u128() as u64 % half)
+}
+
 /// A future that is ready once its instant has passed.
 struct Deadline {
     at: Instant,

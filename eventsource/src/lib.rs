@@ -35,12 +35,14 @@ pub use snapshot::{
 
 /// Everything a program that uses the library usually needs, and serde's derives.
 pub mod prelude {
+    pub use crate::repository::{CommandError, Executed};
     pub use crate::subscription::{Handler, HandlerError, OnFailure, Subscription, SubscriptionStore, Typed};
     pub use crate::{
         event, Aggregate, AggregateRoot, Apply, Error, Event, EventContext, EventStore, InMemoryEventStore,
         InMemorySnapshotStore, InMemorySubscriptionStore, Repository, SnapshotMode, SnapshotPolicy,
         SnapshotStore, StoredEvent,
     };
+    pub use futures_util::{StreamExt as _, TryStreamExt as _};
     pub use serde::{Deserialize, Serialize};
     pub use uuid::Uuid;
 }

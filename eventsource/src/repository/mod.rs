@@ -4,9 +4,13 @@
 //! saves and on request, every store call bounded and guarded), and the background queue.
 
 mod background;
+mod execute;
 mod load;
+mod queue;
 mod save;
 mod snapshotting;
+
+pub use execute::{Command, CommandError, Executed};
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -45,6 +49,8 @@ pub struct Repository<A: Aggregate> {
     events: Arc<dyn EventStore>,
     snapshots: Option<Snapshots>,
     metrics: Arc<SnapshotMetrics>,
+    /// Set when commands on one aggregate run one after another in this process.
+    commands: Option<Arc<queue::CommandQueue>>,
     aggregate: PhantomData<fn() -> A>,
 }
 
@@ -63,6 +69,7 @@ impl<A: Aggregate> Clone for Repository<A> {
             events: self.events.clone(),
             snapshots: self.snapshots.clone(),
             metrics: self.metrics.clone(),
+            commands: self.commands.clone(),
             aggregate: PhantomData,
         }
     }
@@ -84,6 +91,7 @@ impl<A: Aggregate> Repository<A> {
             events: Arc::new(event_store),
             snapshots: None,
             metrics: Arc::default(),
+            commands: None,
             aggregate: PhantomData,
         }
     }
@@ -120,6 +128,16 @@ impl<A: Aggregate> Repository<A> {
             Some(Snapshots { store, policy, .. }) => self.snapshotting(store, policy),
             None => self,
         }
+    }
+
+    /// The same repository, running the [commands](Self::command) on one aggregate one after
+    /// another, in the order they came, instead of letting them race: commands on a hot
+    /// aggregate then wait for their turn instead of losing conflicts and deciding again.
+    /// Clones share the queue. It orders the commands of this process only; writers in other
+    /// processes still meet conflicts, which commands retry as usual.
+    pub fn with_command_queue(mut self) -> Self {
+        self.commands = Some(Arc::default());
+        self
     }
 
     /// The snapshot hit, miss and write counters of this repository.

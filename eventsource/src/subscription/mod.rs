@@ -61,7 +61,7 @@ use futures_util::StreamExt;
 use uuid::Uuid;
 
 use crate::aggregate::Aggregate;
-use crate::deadline::sleep;
+use crate::deadline::{jittered, sleep};
 use crate::error::{Error, Result};
 use crate::event::StoredEvent;
 use crate::event_store::{EventStore, EventStream};
@@ -529,11 +529,4 @@ async fn stopped<S: Future<Output = ()>>(
         Either::Left(_) => true,
         Either::Right(_) => false,
     }
-}
-
-/// `wait` less a random part of up to half of it, so that consumers retrying together spread.
-fn jittered(wait: Duration) -> Duration {
-    let random = Uuid::new_v4().as_u128() as u64;
-    let half = wait.as_nanos() as u64 / 2;
-    wait - Duration::from_nanos(if half == 0 { 0 } else { random % half })
 }

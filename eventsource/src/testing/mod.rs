@@ -1,5 +1,6 @@
 //! The conformance suite: checks that a store backend keeps the [`EventStore`] and
-//! [`SnapshotStore`] contracts (feature `testing`).
+//! [`SnapshotStore`] contracts (feature `testing`); and [`given`], a given/when/then kit for
+//! domain logic.
 //!
 //! Every backend of this crate passes the whole suite, and a backend of your own should too.
 //! Each check is a plain `async fn` that takes the store as `&dyn EventStore` or
@@ -76,8 +77,11 @@
 //! [`SnapshotStore`]: crate::SnapshotStore
 
 pub mod event_store;
+mod given;
 pub mod snapshot_store;
 pub mod subscription_store;
+
+pub use given::{given, Given, When};
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;

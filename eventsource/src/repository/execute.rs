@@ -1,0 +1,242 @@
+//! Commands: load, decide, save; on a conflict, load and decide again, a bounded number of
+//! times with jittered backoff.
+//!
+//! The decision is the program's own closure: it sees the aggregate, records events or
+//! refuses with its own error type. [`CommandError`] keeps three outcomes apart so that an
+//! HTTP layer maps them with one `match`: the aggregate refused (the program's error,
+//! unchanged), other writers kept winning, or the store failed.
+//!
+//! A save whose answer was lost (a transient store error) is saved again as it is, never
+//! decided again: the store recognises a batch it already holds, so a command is never
+//! applied twice (see [`Repository::save`]).
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::Repository;
+use crate::aggregate::Aggregate;
+use crate::deadline::{jittered, sleep};
+use crate::error::Error;
+use crate::event::EventContext;
+use crate::root::AggregateRoot;
+
+/// How a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError<E> {
+    /// The aggregate refused the command: the decision's own error.
+    #[error("{0}")]
+    Rejected(E),
+    /// A create-only command found the aggregate already there.
+    #[error("{aggregate_type} {aggregate_id} already exists")]
+    AlreadyExists {
+        /// The aggregate type.
+        aggregate_type: &'static str,
+        /// The aggregate id.
+        aggregate_id: Uuid,
+    },
+    /// Other writers saved first on every attempt.
+    #[error("{aggregate_type} {aggregate_id}: other writers saved first {attempts} time(s)")]
+    Contended {
+        /// The aggregate type.
+        aggregate_type: &'static str,
+        /// The aggregate id.
+        aggregate_id: Uuid,
+        /// How many attempts were made.
+        attempts: u32,
+    },
+    /// The aggregate could not be loaded or saved: a store failure, an event that cannot be
+    /// stored, an aggregate that must exist and does not ([`Error::NotFound`]).
+    #[error(transparent)]
+    Failed(Error),
+}
+
+/// What a command that succeeded did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Executed {
+    /// The aggregate's version after the command.
+    pub version: u64,
+    /// How many events the command recorded (0: it decided there was nothing to do).
+    pub events: usize,
+    /// How many times it was decided (1 unless other writers came first).
+    pub attempts: u32,
+}
+
+/// Whether a command loads the aggregate, creates it, or either.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Start {
+    LoadOrCreate,
+    MustExist,
+    CreateOnly,
+}
+
+/// A command on one aggregate, set up by [`Repository::command`] and run by
+/// [`run`](Self::run).
+#[must_use = "a command does nothing until it is run"]
+pub struct Command<'r, A: Aggregate> {
+    repository: &'r Repository<A>,
+    id: Uuid,
+    start: Start,
+    attempts: u32,
+    backoff: Duration,
+    max_backoff: Duration,
+    context: Option<EventContext>,
+}
+
+impl<A: Aggregate> Repository<A> {
+    /// A command on the aggregate `id`: by default it loads the aggregate (or starts a new
+    /// one if it has no events), makes up to 5 attempts, and waits from 5 ms to 200 ms
+    /// (jittered) between them.
+    ///
+    /// ```
+    /// # use eventsource::prelude::*;
+    /// # use eventsource::repository::CommandError;
+    /// # #[event(aggregate = "Counter")] pub struct Incremented { pub by: u64 }
+    /// # #[derive(Aggregate, Clone, Debug, Default, Serialize, Deserialize)]
+    /// # #[aggregate(name = "Counter", events(Incremented))]
+    /// # pub struct Counter { pub value: u64 }
+    /// # impl Apply<Incremented> for Counter { fn apply(&mut self, e: &Incremented) { self.value += e.by } }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Error> {
+    /// let repo = Repository::<Counter>::new(InMemoryEventStore::new());
+    /// let id = Uuid::new_v4();
+    /// let done = repo
+    ///     .command(id)
+    ///     .run(|counter| {
+    ///         if counter.state().value >= 10 {
+    ///             return Err("the counter is full");
+    ///         }
+    ///         counter.record(Incremented { by: 1 });
+    ///         Ok(())
+    ///     })
+    ///     .await;
+    /// match done {
+    ///     Ok(executed) => assert_eq!(executed.version, 1),
+    ///     Err(CommandError::Rejected(why)) => println!("409: {why}"),
+    ///     Err(CommandError::Contended { .. }) => println!("503: try again later"),
+    ///     Err(e) => println!("500: {e}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn command(&self, id: Uuid) -> Command<'_, A> {
+        Command {
+            repository: self,
+            id,
+            start: Start::LoadOrCreate,
+            attempts: 5,
+            backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(200),
+            context: None,
+        }
+    }
+
+    /// Runs `decide` on the aggregate `id` as [`command`](Self::command) sets up, with its
+    /// defaults.
+    pub async fn execute<E, F>(&self, id: Uuid, decide: F) -> Result<Executed, CommandError<E>>
+    where
+        F: FnMut(&mut AggregateRoot<A>) -> Result<(), E>,
+    {
+        self.command(id).run(decide).await
+    }
+}
+
+impl<A: Aggregate> Command<'_, A> {
+    /// Refuses the command with [`CommandError::AlreadyExists`] if the aggregate has events:
+    /// `decide` sees a new aggregate, and the save expects none to be stored.
+    pub fn create_only(mut self) -> Self {
+        self.start = Start::CreateOnly;
+        self
+    }
+
+    /// Refuses the command with [`CommandError::Failed`] of [`Error::NotFound`] if the
+    /// aggregate has no events, instead of starting a new one.
+    pub fn must_exist(mut self) -> Self {
+        self.start = Start::MustExist;
+        self
+    }
+
+    /// Gives every event the command records this correlation, causation and metadata.
+    pub fn context(mut self, context: EventContext) -> Self {
+        self.context = Some(context);
+        self
+    }
+
+    /// Makes at most `attempts` attempts (at least 1), waiting `backoff`, then twice that, up
+    /// to `max_backoff` between them, each wait less a random part of up to half of it.
+    pub fn retry(mut self, attempts: u32, backoff: Duration, max_backoff: Duration) -> Self {
+        self.attempts = attempts.max(1);
+        self.backoff = backoff;
+        self.max_backoff = max_backoff.max(backoff);
+        self
+    }
+
+    /// Loads (or creates) the aggregate, runs `decide`, saves what it recorded; on a conflict,
+    /// does it all again, up to the number of attempts.
+    pub async fn run<E, F>(self, mut decide: F) -> Result<Executed, CommandError<E>>
+    where
+        F: FnMut(&mut AggregateRoot<A>) -> Result<(), E>,
+    {
+        let repo = self.repository;
+        let _turn = match &repo.commands {
+            Some(queue) => Some(queue.enter(self.id).await),
+            None => None,
+        };
+        let mut wait = self.backoff;
+        for attempt in 1..=self.attempts {
+            let mut root = match self.start {
+                Start::CreateOnly => repo.create_new(self.id),
+                Start::MustExist => repo.load(self.id).await.map_err(CommandError::Failed)?,
+                Start::LoadOrCreate => repo.load_or_create(self.id).await.map_err(CommandError::Failed)?,
+            };
+            if let Some(context) = &self.context {
+                root.set_context(context.clone());
+            }
+            decide(&mut root).map_err(CommandError::Rejected)?;
+            let events = root.pending_events().len();
+            match self.save(&mut root, wait).await {
+                Ok(version) => {
+                    return Ok(Executed {
+                        version,
+                        events,
+                        attempts: attempt,
+                    })
+                }
+                Err(e) if e.is_conflict() && self.start == Start::CreateOnly => {
+                    return Err(CommandError::AlreadyExists {
+                        aggregate_type: A::TYPE_NAME,
+                        aggregate_id: self.id,
+                    })
+                }
+                Err(e) if e.is_conflict() => {
+                    if attempt < self.attempts {
+                        sleep(jittered(wait)).await;
+                        wait = wait.saturating_mul(2).min(self.max_backoff);
+                    }
+                }
+                Err(e) => return Err(CommandError::Failed(e)),
+            }
+        }
+        Err(CommandError::Contended {
+            aggregate_type: A::TYPE_NAME,
+            aggregate_id: self.id,
+            attempts: self.attempts,
+        })
+    }
+
+    /// Saves the root, saving it again (never deciding again) after a transient store
+    /// error, so that a batch whose answer was lost is recognised rather than written twice.
+    async fn save(&self, root: &mut AggregateRoot<A>, wait: Duration) -> Result<u64, Error> {
+        let mut wait = wait;
+        let mut tries = 1;
+        loop {
+            match self.repository.save(root).await {
+                Err(e) if e.is_transient() && tries < self.attempts => {
+                    tracing::warn!(aggregate.id = %self.id, aggregate.type = A::TYPE_NAME, error = %e, "save failed; saving the same events again");
+                    sleep(jittered(wait)).await;
+                    wait = wait.saturating_mul(2).min(self.max_backoff);
+                    tries += 1;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! Commands through `Repository::command`: decisions that record or refuse, create-only and
+//! must-exist commands, conflicts retried and outlasting the attempts, a lost answer saved
+//! again without deciding again, the per-aggregate queue; and the given/when/then kit on the
+//! seed's account.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{Account, AccountCommands, AccountOpened, MoneyDeposited, MoneyWithdrawn, Refused};
+use eventsource::prelude::*;
+use eventsource::repository::CommandError;
+use eventsource::testing::given;
+use eventsource::{async_trait, EventEnvelope, EventStream};
+
+async fn opened_account(repo: &Repository<Account>, balance: f64) -> Uuid {
+    let id = Uuid::new_v4();
+    repo.command(id)
+        .create_only()
+        .run(|account| account.open("Ada", balance))
+        .await
+        .unwrap();
+    id
+}
+
+#[tokio::test]
+async fn a_command_records_or_refuses_with_the_programs_own_error() {
+    let repo = Repository::<Account>::new(InMemoryEventStore::new());
+    let id = opened_account(&repo, 100.0).await;
+    let done = repo.execute(id, |account| account.deposit(25.0)).await.unwrap();
+    assert_eq!((done.version, done.events, done.attempts), (2, 1, 1));
+
+    match repo.execute(id, |account| account.withdraw(500.0)).await {
+        Err(CommandError::Rejected(Refused::InsufficientFunds { balance, requested })) => {
+            assert_eq!((balance, requested), (125.0, 500.0));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        repo.load(id).await.unwrap().version(),
+        2,
+        "a refusal writes nothing"
+    );
+
+    let nothing = repo.execute(id, |_| Ok::<(), Refused>(())).await.unwrap();
+    assert_eq!((nothing.version, nothing.events), (2, 0));
+}
+
+#[tokio::test]
+async fn the_commands_context_reaches_every_event_it_records() {
+    let events = InMemoryEventStore::new();
+    let repo = Repository::<Account>::new(events.clone());
+    let id = opened_account(&repo, 10.0).await;
+    let context = EventContext {
+        correlation_id: Some(Uuid::new_v4()),
+        causation_id: Some(Uuid::new_v4()),
+        metadata: Some(serde_json::json!({ "user": "ada" })),
+    };
+    repo.command(id)
+        .context(context.clone())
+        .run(|account| {
+            account.deposit(1.0)?;
+            account.deposit(2.0)
+        })
+        .await
+        .unwrap();
+    let stored: Vec<_> = events.read_stream(id, "Account", 1).try_collect().await.unwrap();
+    assert_eq!(stored.len(), 2);
+    for event in stored {
+        assert_eq!(event.correlation_id, context.correlation_id);
+        assert_eq!(event.causation_id, context.causation_id);
+        assert_eq!(event.metadata, context.metadata);
+    }
+}
+
+#[tokio::test]
+async fn create_only_and_must_exist_commands_refuse_the_wrong_aggregate() {
+    let repo = Repository::<Account>::new(InMemoryEventStore::new());
+    let id = opened_account(&repo, 10.0).await;
+    match repo.command(id).create_only().run(|a| a.open("Bob", 1.0)).await {
+        // The decision sees a new aggregate, so it records; the save finds the stream taken.
+        Err(CommandError::AlreadyExists { aggregate_id, .. }) => assert_eq!(aggregate_id, id),
+        other => panic!("{other:?}"),
+    }
+    match repo
+        .command(Uuid::new_v4())
+        .must_exist()
+        .run(|a| a.deposit(1.0))
+        .await
+    {
+        Err(CommandError::Failed(e)) => assert!(e.is_not_found(), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(repo.load(id).await.unwrap().state().owner_name, "Ada");
+}
+
+#[tokio::test]
+async fn a_conflict_is_decided_again_on_the_new_state_until_the_attempts_run_out() {
+    let events = InMemoryEventStore::new();
+    let repo = Repository::<Account>::new(events.clone());
+    let id = opened_account(&repo, 100.0).await;
+    // Another writer saves while each decision is made, the first time only.
+    let sneaky = Repository::<Account>::new(events.clone());
+    let decisions = AtomicUsize::new(0);
+    let done = repo
+        .execute(id, |account| {
+            if decisions.fetch_add(1, Ordering::SeqCst) == 0 {
+                let (sneaky, id) = (sneaky.clone(), account.id());
+                std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                    runtime
+                        .block_on(sneaky.execute(id, |a| a.withdraw(60.0)))
+                        .unwrap();
+                })
+                .join()
+                .unwrap();
+            }
+            account.withdraw(50.0)
+        })
+        .await;
+    // Decided again on a balance of 40: refused, and nothing of the first decision stored.
+    match done {
+        Err(CommandError::Rejected(Refused::InsufficientFunds { balance, .. })) => assert_eq!(balance, 40.0),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(decisions.load(Ordering::SeqCst), 2);
+
+    // A writer that wins every time outlasts the attempts.
+    let done = repo
+        .command(id)
+        .retry(3, Duration::from_millis(1), Duration::from_millis(2))
+        .run(|account| {
+            let (sneaky, id) = (sneaky.clone(), account.id());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                runtime.block_on(sneaky.execute(id, |a| a.deposit(1.0))).unwrap();
+            })
+            .join()
+            .unwrap();
+            account.deposit(1.0)
+        })
+        .await;
+    match done {
+        Err(CommandError::Contended { attempts, .. }) => assert_eq!(attempts, 3),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// An event store whose first append is stored but answered with a lost connection.
+struct LostAnswer {
+    inner: InMemoryEventStore,
+    lost: AtomicUsize,
+}
+
+#[async_trait]
+impl EventStore for LostAnswer {
+    async fn append(
+        &self,
+        id: Uuid,
+        ty: &str,
+        expected: u64,
+        events: &[EventEnvelope],
+    ) -> eventsource::Result<u64> {
+        let stored = self.inner.append(id, ty, expected, events).await?;
+        if self.lost.fetch_add(1, Ordering::SeqCst) == 1 {
+            return Err(Error::Store {
+                backend: "test",
+                message: "connection reset after the commit".into(),
+                transient: true,
+                source: None,
+            });
+        }
+        Ok(stored)
+    }
+    fn read_stream<'a>(&'a self, id: Uuid, ty: &'a str, after: u64) -> EventStream<'a> {
+        self.inner.read_stream(id, ty, after)
+    }
+    async fn stream_version(&self, id: Uuid, ty: &str) -> eventsource::Result<u64> {
+        self.inner.stream_version(id, ty).await
+    }
+    fn read_all(&self, after: u64) -> EventStream<'_> {
+        self.inner.read_all(after)
+    }
+}
+
+#[tokio::test]
+async fn a_save_whose_answer_was_lost_is_saved_again_not_decided_again() {
+    let inner = InMemoryEventStore::new();
+    let repo = Repository::<Account>::new(LostAnswer {
+        inner: inner.clone(),
+        lost: AtomicUsize::new(0),
+    });
+    let id = opened_account(&repo, 10.0).await;
+    let decisions = AtomicUsize::new(0);
+    let done = repo
+        .execute(id, |account| {
+            decisions.fetch_add(1, Ordering::SeqCst);
+            account.deposit(5.0)
+        })
+        .await
+        .unwrap();
+    assert_eq!((done.version, done.attempts), (2, 1));
+    assert_eq!(decisions.load(Ordering::SeqCst), 1, "decided once");
+    assert_eq!(inner.len(), 2, "the deposit is stored once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commands_on_one_aggregate_all_land_with_or_without_the_queue() {
+    for queued in [false, true] {
+        let mut repo = Repository::<Account>::new(InMemoryEventStore::new());
+        if queued {
+            repo = repo.with_command_queue();
+        }
+        let id = opened_account(&repo, 0.0).await;
+        let commands: Vec<_> = (0..32)
+            .map(|_| {
+                let repo = repo.clone();
+                tokio::spawn(async move {
+                    repo.command(id)
+                        .retry(100, Duration::from_micros(50), Duration::from_millis(2))
+                        .run(|account| account.deposit(1.0))
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut attempts = 0;
+        for command in commands {
+            attempts += command.await.unwrap().attempts;
+        }
+        let account = repo.load(id).await.unwrap();
+        assert_eq!(account.state().balance, 32.0, "queued: {queued}");
+        assert_eq!(account.version(), 33);
+        if queued {
+            assert_eq!(attempts, 32, "commands that wait their turn never conflict");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The given/when/then kit
+
+fn opened(balance: f64) -> common::AccountEvent {
+    AccountOpened {
+        owner_name: "Ada".into(),
+        initial_balance: balance,
+    }
+    .into()
+}
+
+#[test]
+fn an_overdraft_is_refused_and_a_withdrawal_within_the_balance_is_recorded() {
+    given::<Account>([opened(100.0), MoneyDeposited { amount: 20.0 }.into()])
+        .when(|account| account.withdraw(150.0))
+        .then_refused_with(Refused::InsufficientFunds {
+            balance: 120.0,
+            requested: 150.0,
+        });
+    given::<Account>([opened(100.0)])
+        .when(|account| account.withdraw(30.0))
+        .then([MoneyWithdrawn { amount: 30.0 }.into()])
+        .then_state(|account| assert_eq!(account.balance, 70.0));
+    given::<Account>([])
+        .when(|account| account.deposit(1.0))
+        .then_refused_with(Refused::NotOpen);
+    given::<Account>([])
+        .when(|account| account.open("Ada", 5.0))
+        .then([opened(5.0)]);
+}
+
+#[test]
+fn a_failed_expectation_says_what_was_expected_and_what_happened() {
+    let panic = std::panic::catch_unwind(|| {
+        given::<Account>([opened(100.0)])
+            .when(|account| account.withdraw(30.0))
+            .then([MoneyWithdrawn { amount: 40.0 }.into()]);
+    })
+    .unwrap_err();
+    let message = panic.downcast_ref::<String>().unwrap();
+    assert!(
+        message.contains("expected:\n  1. MoneyWithdrawn {\"amount\":40.0}"),
+        "{message}"
+    );
+    assert!(
+        message.contains("recorded:\n  1. MoneyWithdrawn {\"amount\":30.0}"),
+        "{message}"
+    );
+
+    let panic = std::panic::catch_unwind(|| {
+        given::<Account>([opened(10.0)])
+            .when(|account| account.withdraw(30.0))
+            .then_nothing();
+    })
+    .unwrap_err();
+    let message = panic.downcast_ref::<String>().unwrap();
+    assert!(
+        message.contains("refused with:\n  InsufficientFunds"),
+        "{message}"
+    );
+}

@@ -361,15 +361,16 @@ fn a_generic_aggregate_applies_its_events() {
 
 #[test]
 fn the_registry_lists_every_event_and_aggregate() {
-    let opened = registry::event("AccountOpened").expect("AccountOpened is registered");
+    let opened = registry::event("Account", "AccountOpened").expect("AccountOpened is registered");
     assert_eq!(opened.aggregate_type, "Account");
     assert_eq!(opened.event_version, 1);
     assert_eq!(opened.rust_type, "macros::AccountOpened");
 
-    let posted = registry::event("LedgerEntryPosted").expect("renamed events register by event type");
+    let posted =
+        registry::event("Ledger", "LedgerEntryPosted").expect("renamed events register by event type");
     assert_eq!(posted.event_version, 3);
     assert_eq!(posted.rust_type, "macros::ledger::Posted");
-    assert!(registry::event("Posted").is_none());
+    assert!(registry::event("Ledger", "Posted").is_none());
 
     let mut names: Vec<_> = registry::events().map(|e| e.event_type).collect();
     names.sort_unstable();

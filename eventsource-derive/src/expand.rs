@@ -308,6 +308,11 @@ fn expand_aggregate(aggregate: &Aggregate, errors: Option<syn::Error>) -> TokenS
 
     let valid_name = aggregate.attrs.name.value.as_ref().map(|_| type_name.as_str());
     let membership = events.iter().map(|e| membership_check(e, valid_name));
+    let clashes = events.iter().enumerate().flat_map(|(i, later)| {
+        events[..i]
+            .iter()
+            .map(move |earlier| name_clash_check(earlier, later))
+    });
 
     quote! {
         #compile_errors
@@ -317,6 +322,28 @@ fn expand_aggregate(aggregate: &Aggregate, errors: Option<syn::Error>) -> TokenS
             #aggregate_impl
             #registration
             #(#membership)*
+            #(#clashes)*
+        };
+    }
+}
+
+/// A compile-time check that two listed events do not share an event type name (the stored
+/// key of an event is its aggregate type and its event type), reported at the later one.
+fn name_clash_check(earlier: &ListedEvent, later: &ListedEvent) -> TokenStream {
+    let p = private();
+    let first = event_const(earlier, "EVENT_TYPE");
+    let second = event_const(later, "EVENT_TYPE");
+    let message = format!(
+        "events `{}` and `{}` share an event type name; rename one with #[event(name = \"...\")]",
+        valid::show(&earlier.path),
+        valid::show(&later.path)
+    );
+    let (start, end) = ends(&later.path);
+    let panic = respan(quote!(::core::panic!), start);
+    let args = respan(quote!(("{}", #message)), end);
+    quote! {
+        const _: () = if #p::str_eq(#first, #second) {
+            #panic #args
         };
     }
 }

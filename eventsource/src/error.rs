@@ -45,10 +45,12 @@ pub enum Error {
         aggregate_type: String,
     },
 
-    /// Two event types share one name in this program.
+    /// Two aggregate types share one name in this program, or two event types share one
+    /// name within one aggregate type.
     #[error("{kind} name `{name}` is registered twice: by {first} and by {second}")]
     DuplicateName {
-        /// What kind of name is shared: `"event type"`.
+        /// What kind of name is shared: `"aggregate type"` or `"event type"` (then named
+        /// `Aggregate.Event`).
         kind: &'static str,
         /// The shared name.
         name: String,

@@ -21,7 +21,8 @@ use crate::error::Result;
     note = "annotate the struct with `#[event(aggregate = \"...\")]`"
 )]
 pub trait Event: Serialize + DeserializeOwned + Clone + Debug + Send + Sync + 'static {
-    /// The event type name, unique in the program: the struct's name unless renamed.
+    /// The event type name, unique within its aggregate type (two aggregates may each have
+    /// a `Created`): the struct's name unless renamed.
     const EVENT_TYPE: &'static str;
     /// The name of the aggregate type this event belongs to.
     const AGGREGATE_TYPE: &'static str;

@@ -49,38 +49,50 @@ pub fn aggregates() -> impl Iterator<Item = &'static AggregateRegistration> {
     inventory::iter::<AggregateRegistration>.into_iter()
 }
 
-/// The registered event type with this name.
-pub fn event(event_type: &str) -> Option<&'static EventRegistration> {
-    events().find(|e| e.event_type == event_type)
+/// The registered event type of this aggregate type with this name.
+pub fn event(aggregate_type: &str, event_type: &str) -> Option<&'static EventRegistration> {
+    events().find(|e| e.aggregate_type == aggregate_type && e.event_type == event_type)
 }
 
-/// Checks that no two event types share a name.
+/// Checks that names are unique as storage needs them: aggregate type names across the
+/// program, event type names within their aggregate type (two aggregates may each have a
+/// `Created`). A clash names both Rust types.
 ///
 /// The answer is computed once and then cached.
 pub fn check() -> Result<()> {
     static CHECKED: OnceLock<std::result::Result<(), Duplicate>> = OnceLock::new();
-    let outcome =
-        CHECKED.get_or_init(|| first_duplicate("event type", events().map(|e| (e.event_type, e.rust_type))));
-    (*outcome).map_err(|(kind, name, first, second)| Error::DuplicateName {
-        kind,
-        name: name.to_owned(),
-        first,
-        second,
-    })
+    let outcome = CHECKED.get_or_init(|| {
+        first_duplicate(
+            "aggregate type",
+            aggregates().map(|a| (a.name.to_owned(), a.rust_type)),
+        )?;
+        first_duplicate(
+            "event type",
+            events().map(|e| (format!("{}.{}", e.aggregate_type, e.event_type), e.rust_type)),
+        )
+    });
+    outcome
+        .clone()
+        .map_err(|(kind, name, first, second)| Error::DuplicateName {
+            kind,
+            name,
+            first,
+            second,
+        })
 }
 
-type Duplicate = (&'static str, &'static str, &'static str, &'static str);
+type Duplicate = (&'static str, String, &'static str, &'static str);
 
 fn first_duplicate(
     kind: &'static str,
-    names: impl Iterator<Item = (&'static str, &'static str)>,
+    names: impl Iterator<Item = (String, &'static str)>,
 ) -> std::result::Result<(), Duplicate> {
-    let mut seen: HashMap<&'static str, &'static str> = HashMap::new();
+    let mut seen: HashMap<String, &'static str> = HashMap::new();
     let mut all: Vec<_> = names.collect();
     // Registration order depends on the linker; sorting makes the report stable.
     all.sort_unstable();
     for (name, rust_type) in all {
-        if let Some(first) = seen.insert(name, rust_type) {
+        if let Some(first) = seen.insert(name.clone(), rust_type) {
             return Err((kind, name, first, rust_type));
         }
     }
@@ -94,12 +106,22 @@ mod tests {
     #[test]
     fn a_shared_name_names_both_types() {
         let names = [
-            ("Opened", "a::Opened"),
-            ("Closed", "a::Closed"),
-            ("Opened", "b::Opened"),
+            ("Account.Opened", "a::Opened"),
+            ("Account.Closed", "a::Closed"),
+            ("Account.Opened", "b::Opened"),
+            ("Order.Opened", "c::Opened"),
         ];
-        let dup = first_duplicate("event type", names.into_iter()).unwrap_err();
-        assert_eq!(dup, ("event type", "Opened", "a::Opened", "b::Opened"));
-        assert!(first_duplicate("event type", names[..2].iter().copied()).is_ok());
+        let owned = || names.iter().map(|(n, t)| (n.to_string(), *t));
+        let dup = first_duplicate("event type", owned()).unwrap_err();
+        assert_eq!(
+            dup,
+            (
+                "event type",
+                "Account.Opened".to_owned(),
+                "a::Opened",
+                "b::Opened"
+            )
+        );
+        assert!(first_duplicate("event type", owned().filter(|(_, t)| *t != "b::Opened")).is_ok());
     }
 }

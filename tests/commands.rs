@@ -6,6 +6,7 @@
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Account, AccountCommands, AccountOpened, MoneyDeposited, MoneyWithdrawn, Refused};
@@ -55,6 +56,7 @@ async fn the_commands_context_reaches_every_event_it_records() {
     let context = EventContext {
         correlation_id: Some(Uuid::new_v4()),
         causation_id: Some(Uuid::new_v4()),
+        request_id: None,
         metadata: Some(serde_json::json!({ "user": "ada" })),
     };
     repo.command(id)
@@ -298,4 +300,82 @@ fn a_failed_expectation_says_what_was_expected_and_what_happened() {
         message.contains("refused with:\n  InsufficientFunds"),
         "{message}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Request ids
+
+/// The same request made twice, through two repositories on their own stores (as two
+/// instances of a service would be): the second returns the first's outcome, and writes
+/// nothing.
+async fn a_repeated_request_returns_its_first_outcome(
+    first: Arc<dyn EventStore>,
+    second: Arc<dyn EventStore>,
+) {
+    let (one, two) = (
+        Repository::<Account>::new(first),
+        Repository::<Account>::new(second),
+    );
+    let id = opened_account(&one, 10.0).await;
+    let request = Uuid::new_v4();
+    let done = one
+        .command(id)
+        .request_id(request)
+        .run(|a| a.deposit(5.0))
+        .await
+        .unwrap();
+    assert_eq!((done.version, done.repeated), (2, false));
+    let again = two
+        .command(id)
+        .request_id(request)
+        .run(|a| a.deposit(5.0))
+        .await
+        .unwrap();
+    assert_eq!((again.version, again.events, again.repeated), (2, 0, true));
+    let other = two
+        .command(id)
+        .request_id(Uuid::new_v4())
+        .run(|a| a.deposit(5.0))
+        .await
+        .unwrap();
+    assert_eq!((other.version, other.repeated), (3, false));
+    assert_eq!(
+        one.load(id).await.unwrap().state().balance,
+        20.0,
+        "two deposits, not three"
+    );
+    let stored = one.event_store().read_stream(id, "Account", 1);
+    let requests: Vec<Option<Uuid>> = stored.map_ok(|e| e.request_id).try_collect().await.unwrap();
+    assert_eq!(requests[0], Some(request), "the event carries its request id");
+}
+
+#[tokio::test]
+async fn a_repeated_request_returns_its_first_outcome_in_memory() {
+    let events = InMemoryEventStore::new();
+    a_repeated_request_returns_its_first_outcome(Arc::new(events.clone()), Arc::new(events)).await;
+}
+
+#[tokio::test]
+async fn a_repeated_request_returns_its_first_outcome_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("requests.db");
+    let first = eventsource::backend::sqlite::SqliteEventStore::open(&path)
+        .await
+        .unwrap();
+    let second = eventsource::backend::sqlite::SqliteEventStore::open(&path)
+        .await
+        .unwrap();
+    a_repeated_request_returns_its_first_outcome(Arc::new(first), Arc::new(second)).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_repeated_request_returns_its_first_outcome_on_postgres() {
+    let Some(url) = common::postgres_url("a_repeated_request_returns_its_first_outcome_on_postgres") else {
+        return;
+    };
+    let (first, _) = eventsource::backend::postgres::connect_url(&url).await.unwrap();
+    first.migrate().await.unwrap();
+    let (second, _) = eventsource::backend::postgres::connect_url(&url).await.unwrap();
+    a_repeated_request_returns_its_first_outcome(Arc::new(first), Arc::new(second)).await;
 }

@@ -1,6 +1,7 @@
 //! Names as storage needs them: two aggregates may each have an event type `Created`, but
-//! two aggregate types of one name are reported at the first load or save, naming both Rust
-//! types. (A test binary of its own: the clash fails every repository in it.)
+//! two aggregate types of one name and schema version are reported at the first load or
+//! save, naming both Rust types. (A test binary of its own: the clash fails every repository
+//! in it.)
 
 use eventsource::prelude::*;
 
@@ -62,7 +63,10 @@ fn event_types_are_scoped_by_aggregate_and_aggregate_names_are_unique() {
             first,
             second,
         }) => {
-            assert_eq!((kind, name.as_str()), ("aggregate type", "Order"));
+            assert_eq!(
+                (kind, name.as_str()),
+                ("aggregate type", "Order (schema version 1)")
+            );
             let mut both = [first, second];
             both.sort_unstable();
             assert_eq!(

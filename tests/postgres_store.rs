@@ -124,6 +124,7 @@ fn event(id: Uuid, aggregate_type: &str, version: u64, payload: Value) -> EventE
         occurred_at: Utc::now(),
         correlation_id: None,
         causation_id: None,
+        request_id: None,
         metadata: None,
         payload: Arc::from(payload.to_string()),
     }

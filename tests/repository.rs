@@ -46,6 +46,7 @@ async fn recording_stamps_the_next_version_and_the_envelope() {
     account.set_context(EventContext {
         correlation_id: Some(correlation),
         causation_id: None,
+        request_id: None,
         metadata: Some(serde_json::json!({"user": "ada"})),
     });
     account.record(AccountOpened {

@@ -65,6 +65,7 @@ fn event(id: Uuid, ty: &str, version: u64, payload: &str) -> EventEnvelope {
         occurred_at: chrono::Utc::now(),
         correlation_id: None,
         causation_id: None,
+        request_id: None,
         metadata: None,
         payload: Arc::from(payload),
     }
@@ -138,6 +139,7 @@ async fn a_file_is_created_in_wal_mode_with_its_tables_and_a_busy_timeout() {
         [
             "events",
             "events_event_id",
+            "events_request",
             "events_stream",
             "eventsource_dead_letters",
             "eventsource_dead_letters_subscription",

@@ -35,6 +35,7 @@ fn event(id: Uuid, ty: &str, version: u64, payload: &str) -> EventEnvelope {
         occurred_at: chrono::Utc::now(),
         correlation_id: None,
         causation_id: None,
+        request_id: None,
         metadata: None,
         payload: Arc::from(payload),
     }

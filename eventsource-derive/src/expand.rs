@@ -156,7 +156,8 @@ fn expand_aggregate(aggregate: &Aggregate, errors: Option<syn::Error>) -> TokenS
     let variant_docs = variants.iter().map(|v| format!("The `{v}` event."));
     let enum_def = quote! {
         #[doc = #enum_doc]
-        #[allow(clippy::large_enum_variant)]
+        // Variants are named after the events, which often share the aggregate's name.
+        #[allow(clippy::large_enum_variant, clippy::enum_variant_names)]
         #vis enum #enum_ident {
             #(#[doc = #variant_docs] #variants(#paths),)*
         }

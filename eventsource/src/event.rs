@@ -39,6 +39,10 @@ pub struct EventContext {
     pub causation_id: Option<Uuid>,
     /// Anything else worth storing beside the event, as a JSON object.
     pub metadata: Option<serde_json::Value>,
+    /// The idempotency key of the command that recorded the event: a command made again
+    /// with a key its stream already stored returns the first outcome instead of deciding
+    /// again (see [`Command::request_id`](crate::repository::Command::request_id)).
+    pub request_id: Option<Uuid>,
 }
 
 /// An event ready to be appended: its envelope and its JSON payload.
@@ -64,6 +68,8 @@ pub struct EventEnvelope {
     pub correlation_id: Option<Uuid>,
     /// See [`EventContext::causation_id`].
     pub causation_id: Option<Uuid>,
+    /// See [`EventContext::request_id`].
+    pub request_id: Option<Uuid>,
     /// See [`EventContext::metadata`].
     pub metadata: Option<serde_json::Value>,
     /// The event itself, as JSON text.
@@ -96,6 +102,7 @@ impl EventEnvelope {
             occurred_at: Utc::now(),
             correlation_id: None,
             causation_id: None,
+            request_id: None,
             metadata: None,
             payload: Arc::from(payload),
         })

@@ -40,6 +40,8 @@ pub type EventStream<'a> = BoxStream<'a, Result<StoredEvent>>;
 /// - **Ordered reads.** [`read_stream`](Self::read_stream) yields a stream's events with
 ///   aggregate version greater than `after_version`, in version order, exactly as appended.
 ///   Backends that can stream do so instead of collecting the whole stream in memory.
+/// - **Request ids.** Every event reads back with the request id it was appended with, and
+///   [`request_version`](Self::request_version) finds the last version stored under one.
 /// - **A global feed that never skips.** Every stored event has a position, unique in the
 ///   store, increasing within a batch and from one append to the next;
 ///   [`read_all`](Self::read_all) yields the events after a position in position order. A
@@ -104,6 +106,28 @@ pub trait EventStore: Send + Sync {
             head.events_after += 1;
         }
         Ok(head)
+    }
+
+    /// The version of the last event of the stream stored with this request id (the
+    /// idempotency key of the command that recorded it), `None` if the stream holds none.
+    /// The default reads the whole stream; database backends look it up in an index.
+    async fn request_version(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        request_id: Uuid,
+    ) -> Result<Option<u64>> {
+        use futures_util::StreamExt;
+
+        let mut found = None;
+        let mut stream = self.read_stream(aggregate_id, aggregate_type, 0);
+        while let Some(event) = stream.next().await {
+            let event = event?;
+            if event.request_id == Some(request_id) {
+                found = Some(event.aggregate_version);
+            }
+        }
+        Ok(found)
     }
 
     /// A signal raised after each append this store makes (and, on PostgreSQL, after appends
@@ -204,6 +228,17 @@ impl<S: EventStore + ?Sized> EventStore for Arc<S> {
 
     async fn head(&self, after_position: u64) -> Result<FeedHead> {
         (**self).head(after_position).await
+    }
+
+    async fn request_version(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        request_id: Uuid,
+    ) -> Result<Option<u64>> {
+        (**self)
+            .request_version(aggregate_id, aggregate_type, request_id)
+            .await
     }
 
     fn append_signal(&self) -> Option<AppendSignal> {

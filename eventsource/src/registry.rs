@@ -54,9 +54,11 @@ pub fn event(aggregate_type: &str, event_type: &str) -> Option<&'static EventReg
     events().find(|e| e.aggregate_type == aggregate_type && e.event_type == event_type)
 }
 
-/// Checks that names are unique as storage needs them: aggregate type names across the
-/// program, event type names within their aggregate type (two aggregates may each have a
-/// `Created`). A clash names both Rust types.
+/// Checks that names are unique as storage needs them: an aggregate type name belongs to one
+/// Rust type per schema version (two schema versions of one aggregate may live side by side,
+/// as while a program migrates or tests a migration), and event type names are unique within
+/// their aggregate type (two aggregates may each have a `Created`). A clash names both Rust
+/// types.
 ///
 /// The answer is computed once and then cached.
 pub fn check() -> Result<()> {
@@ -64,7 +66,12 @@ pub fn check() -> Result<()> {
     let outcome = CHECKED.get_or_init(|| {
         first_duplicate(
             "aggregate type",
-            aggregates().map(|a| (a.name.to_owned(), a.rust_type)),
+            aggregates().map(|a| {
+                (
+                    format!("{} (schema version {})", a.name, a.schema_version),
+                    a.rust_type,
+                )
+            }),
         )?;
         first_duplicate(
             "event type",

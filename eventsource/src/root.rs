@@ -161,6 +161,7 @@ impl<A: Aggregate> AggregateRoot<A> {
                     occurred_at: p.occurred_at,
                     correlation_id: p.context.correlation_id,
                     causation_id: p.context.causation_id,
+                    request_id: p.context.request_id,
                     metadata: p.context.metadata.clone(),
                     payload: Arc::from(payload),
                 })

@@ -144,6 +144,7 @@ fn envelope(id: Uuid, version: u64, event_type: &str, payload: &str) -> EventEnv
         occurred_at: EPOCH,
         correlation_id: None,
         causation_id: None,
+        request_id: None,
         metadata: None,
         payload: Arc::from(payload),
     }

@@ -186,6 +186,7 @@ pub fn envelope(id: Uuid, version: u64, event_type: &str, payload: &str) -> even
         occurred_at: chrono::Utc::now(),
         correlation_id: None,
         causation_id: None,
+        request_id: None,
         metadata: None,
         payload: Arc::from(payload),
     }

@@ -60,6 +60,9 @@ pub struct Executed {
     pub events: usize,
     /// How many times it was decided (1 unless other writers came first).
     pub attempts: u32,
+    /// Whether the command's request id was found stored: the command ran before, and this
+    /// is its first outcome, with nothing decided or written now.
+    pub repeated: bool,
 }
 
 /// Whether a command loads the aggregate, creates it, or either.
@@ -81,6 +84,7 @@ pub struct Command<'r, A: Aggregate> {
     backoff: Duration,
     max_backoff: Duration,
     context: Option<EventContext>,
+    request_id: Option<Uuid>,
 }
 
 impl<A: Aggregate> Repository<A> {
@@ -126,6 +130,7 @@ impl<A: Aggregate> Repository<A> {
             backoff: Duration::from_millis(5),
             max_backoff: Duration::from_millis(200),
             context: None,
+            request_id: None,
         }
     }
 
@@ -160,6 +165,17 @@ impl<A: Aggregate> Command<'_, A> {
         self
     }
 
+    /// Makes the command idempotent under `request_id` (an HTTP request's idempotency key):
+    /// its events are stored with the key, in the append that stores them, and a command
+    /// with a key its aggregate's stream already holds returns that first outcome (its
+    /// version, [`Executed::repeated`]) without deciding or writing, in any process. Two
+    /// commands with one key racing each other: one writes, the other meets the conflict,
+    /// loads again, finds the key, and returns the first one's outcome.
+    pub fn request_id(mut self, request_id: Uuid) -> Self {
+        self.request_id = Some(request_id);
+        self
+    }
+
     /// Makes at most `attempts` attempts (at least 1), waiting `backoff`, then twice that, up
     /// to `max_backoff` between them, each wait less a random part of up to half of it.
     pub fn retry(mut self, attempts: u32, backoff: Duration, max_backoff: Duration) -> Self {
@@ -187,8 +203,25 @@ impl<A: Aggregate> Command<'_, A> {
                 Start::MustExist => repo.load(self.id).await.map_err(CommandError::Failed)?,
                 Start::LoadOrCreate => repo.load_or_create(self.id).await.map_err(CommandError::Failed)?,
             };
-            if let Some(context) = &self.context {
-                root.set_context(context.clone());
+            if let Some(request_id) = self.request_id {
+                let stored = repo
+                    .events
+                    .request_version(self.id, A::TYPE_NAME, request_id)
+                    .await
+                    .map_err(CommandError::Failed)?;
+                if let Some(version) = stored {
+                    return Ok(Executed {
+                        version,
+                        events: 0,
+                        attempts: attempt,
+                        repeated: true,
+                    });
+                }
+            }
+            if self.context.is_some() || self.request_id.is_some() {
+                let mut context = self.context.clone().unwrap_or_default();
+                context.request_id = self.request_id.or(context.request_id);
+                root.set_context(context);
             }
             decide(&mut root).map_err(CommandError::Rejected)?;
             let events = root.pending_events().len();
@@ -198,6 +231,7 @@ impl<A: Aggregate> Command<'_, A> {
                         version,
                         events,
                         attempts: attempt,
+                        repeated: false,
                     })
                 }
                 Err(e) if e.is_conflict() && self.start == Start::CreateOnly => {

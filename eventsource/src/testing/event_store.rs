@@ -29,6 +29,7 @@ macro_rules! __event_store_checks {
             invalid_batches_are_refused_and_write_nothing
             reused_event_id_is_refused
             an_append_made_again_is_acknowledged
+            request_ids_are_found_by_stream
             read_stream_after_a_version_returns_the_rest
             empty_stream_reads_nothing
             same_id_under_two_types_is_two_streams
@@ -58,6 +59,7 @@ fn event(id: Uuid, ty: &str, version: u64) -> EventEnvelope {
         occurred_at: now(),
         correlation_id: None,
         causation_id: None,
+        request_id: None,
         metadata: None,
         payload: Arc::from(format!(r#"{{"n":{version}}}"#)),
     }
@@ -130,6 +132,7 @@ fn assert_same(stored: &StoredEvent, appended: &EventEnvelope, context: &str) {
     assert_eq!(s.occurred_at, a.occurred_at, "{context}: occurred_at");
     assert_eq!(s.correlation_id, a.correlation_id, "{context}: correlation_id");
     assert_eq!(s.causation_id, a.causation_id, "{context}: causation_id");
+    assert_eq!(s.request_id, a.request_id, "{context}: request_id");
     assert_eq!(s.metadata, a.metadata, "{context}: metadata");
     assert_eq!(s.payload, a.payload, "{context}: payload, byte for byte");
     assert!(
@@ -235,6 +238,7 @@ pub async fn read_stream_returns_every_field_as_appended(store: &dyn EventStore)
     full.occurred_at = now() - Duration::days(3);
     full.correlation_id = Some(Uuid::new_v4());
     full.causation_id = Some(Uuid::new_v4());
+    full.request_id = Some(Uuid::new_v4());
     full.metadata = Some(serde_json::json!({
         "user": "ada", "tags": ["a", "b"], "nested": { "ratio": 1.5, "none": null }
     }));
@@ -834,4 +838,35 @@ pub async fn a_tailing_reader_misses_nothing_under_concurrent_appends(store: &dy
         appended.len()
     );
     assert_eq!(ids.len(), appended.len(), "the reader saw events nobody appended");
+}
+
+/// A request id stored with a batch is found, by its stream, at the batch's last version; an
+/// id never stored, or stored in another stream, is not.
+pub async fn request_ids_are_found_by_stream(store: &dyn EventStore) {
+    let (id, ty) = (Uuid::new_v4(), unique_type("Requests"));
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut batch = events(id, &ty, 0, 3);
+    batch.iter_mut().for_each(|e| e.request_id = Some(first));
+    append(store, id, &ty, 0, &batch).await;
+    let mut next = events(id, &ty, 3, 2);
+    next.iter_mut().for_each(|e| e.request_id = Some(second));
+    append(store, id, &ty, 3, &next).await;
+    let found = |request| store.request_version(id, &ty, request);
+    assert_eq!(found(first).await.unwrap(), Some(3), "the first batch's request");
+    assert_eq!(
+        found(second).await.unwrap(),
+        Some(5),
+        "the second batch's request"
+    );
+    assert_eq!(
+        found(Uuid::new_v4()).await.unwrap(),
+        None,
+        "a request never stored"
+    );
+    let other = Uuid::new_v4();
+    assert_eq!(
+        store.request_version(other, &ty, first).await.unwrap(),
+        None,
+        "another stream"
+    );
 }

@@ -153,6 +153,7 @@ pub async fn dead_letters_read_back_in_order(store: &dyn SubscriptionStore) {
             occurred_at: now(),
             correlation_id: None,
             causation_id: None,
+            request_id: None,
             metadata: None,
             payload: Arc::from("{}"),
         },

@@ -40,7 +40,7 @@ const MAX_BATCH: usize = (1 << POSITION_SHIFT) - 1;
 /// The columns a read selects, as [`Reader`] decodes them.
 pub(super) const COLUMNS: &str = "position, event_id, event_type, event_version, \
     aggregate_version, occurred_at, occurred_at_ns, correlation_id, causation_id, \
-    metadata::text AS metadata, payload::text AS payload";
+    metadata::text AS metadata, payload::text AS payload, request_id";
 
 /// The statements of the event store, built once for its table.
 #[derive(Debug)]
@@ -51,6 +51,7 @@ pub(super) struct Sql {
     read_stream: String,
     read_all: String,
     head: String,
+    request: String,
 }
 
 impl Sql {
@@ -62,7 +63,7 @@ impl Sql {
             // expected version ($3) when the statement starts, and the unique constraint on
             // (aggregate_id, aggregate_type, aggregate_version) fails it if a concurrent
             // writer commits the same version first. Arrays carry the batch, so any number
-            // of events is one statement with thirteen parameters.
+            // of events is one statement with fourteen parameters.
             append: format!(
                 "WITH head AS (
                     SELECT coalesce(max(aggregate_version), 0) AS version FROM {events}
@@ -70,17 +71,17 @@ impl Sql {
                 ), inserted AS (
                     INSERT INTO {events} (position, event_id, event_type, event_version,
                         aggregate_id, aggregate_type, aggregate_version, occurred_at,
-                        occurred_at_ns, correlation_id, causation_id, metadata, payload)
+                        occurred_at_ns, correlation_id, causation_id, metadata, payload, request_id)
                     SELECT (pg_current_xact_id()::text::bigint << {POSITION_SHIFT}) + e.n,
                         e.event_id, e.event_type, e.event_version, $1, $2, e.aggregate_version,
                         e.occurred_at, e.occurred_at_ns, e.correlation_id, e.causation_id,
-                        e.metadata::json, e.payload::json
+                        e.metadata::json, e.payload::json, e.request_id
                     FROM unnest($4::uuid[], $5::text[], $6::bigint[], $7::bigint[],
                                 $8::timestamptz[], $9::integer[], $10::uuid[], $11::uuid[],
-                                $12::text[], $13::text[])
+                                $12::text[], $13::text[], $14::uuid[])
                         WITH ORDINALITY AS e(event_id, event_type, event_version,
                             aggregate_version, occurred_at, occurred_at_ns, correlation_id,
-                            causation_id, metadata, payload, n)
+                            causation_id, metadata, payload, request_id, n)
                     WHERE (SELECT version FROM head) = $3
                     ORDER BY e.n
                     RETURNING 1
@@ -104,6 +105,10 @@ impl Sql {
                    AND position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << {POSITION_SHIFT})
                  ORDER BY position LIMIT $2"
             ),
+            request: format!(
+                "SELECT max(aggregate_version) FROM {events}
+                 WHERE aggregate_id = $1 AND aggregate_type = $2 AND request_id = $3"
+            ),
             head: format!(
                 "SELECT max(position), count(*) FROM {events}
                  WHERE position > $1
@@ -126,6 +131,7 @@ struct Columns<'a> {
     causation_id: Vec<Option<Uuid>>,
     metadata: Vec<Option<String>>,
     payload: Vec<&'a str>,
+    request_id: Vec<Option<Uuid>>,
 }
 
 impl<'a> Columns<'a> {
@@ -153,6 +159,7 @@ impl<'a> Columns<'a> {
             columns.causation_id.push(event.causation_id);
             columns.metadata.push(metadata);
             columns.payload.push(&event.payload);
+            columns.request_id.push(event.request_id);
         }
         Ok(columns)
     }
@@ -191,6 +198,7 @@ impl EventStore for PostgresEventStore {
             .bind(&c.causation_id)
             .bind(&c.metadata)
             .bind(&c.payload)
+            .bind(&c.request_id)
             .fetch_one(&self.pool)
             .await;
         let conflict = |actual: u64| Error::Conflict {
@@ -301,6 +309,27 @@ impl EventStore for PostgresEventStore {
             },
             events_after: version_of(count, &self.sql.table)?,
         })
+    }
+
+    async fn request_version(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        request_id: Uuid,
+    ) -> Result<Option<u64>> {
+        let found: Option<i64> = sqlx::query_scalar(&self.sql.request)
+            .bind(aggregate_id)
+            .bind(aggregate_type)
+            .bind(request_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| {
+                query_error(
+                    &format!("cannot look up a request of {aggregate_type} {aggregate_id}"),
+                    e,
+                )
+            })?;
+        found.map(|v| version_of(v, &self.sql.table)).transpose()
     }
 
     fn append_signal(&self) -> Option<AppendSignal> {
@@ -453,6 +482,7 @@ impl Reader {
         has_type::<Uuid>(row, at::CAUSATION_ID)?;
         has_type::<&str>(row, at::METADATA)?;
         has_type::<&str>(row, at::PAYLOAD)?;
+        has_type::<Uuid>(row, at::REQUEST_ID)?;
         if self.stream.is_none() {
             has_type::<Uuid>(row, at::AGGREGATE_ID)?;
             has_type::<&str>(row, at::AGGREGATE_TYPE)?;
@@ -509,6 +539,7 @@ impl Reader {
                 .ok_or_else(|| fail(format!("occurred_at_ns {occurred_at_ns} is out of range")))?,
             correlation_id: column(row, at::CORRELATION_ID).map_err(fail)?,
             causation_id: column(row, at::CAUSATION_ID).map_err(fail)?,
+            request_id: column(row, at::REQUEST_ID).map_err(fail)?,
             metadata,
             payload: Arc::from(column::<&str>(row, at::PAYLOAD).map_err(fail)?),
         };
@@ -533,8 +564,9 @@ pub(super) mod at {
     pub(crate) const CAUSATION_ID: usize = 8;
     pub(crate) const METADATA: usize = 9;
     pub(crate) const PAYLOAD: usize = 10;
-    pub(crate) const AGGREGATE_ID: usize = 11;
-    pub(crate) const AGGREGATE_TYPE: usize = 12;
+    pub(crate) const REQUEST_ID: usize = 11;
+    pub(crate) const AGGREGATE_ID: usize = 12;
+    pub(crate) const AGGREGATE_TYPE: usize = 13;
 }
 
 /// Whether the column holds values of a type that decodes as `T`, or why not.

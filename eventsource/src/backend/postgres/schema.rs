@@ -44,6 +44,11 @@ const STEPS: &[Step] = &[
         description: "subscriptions: checkpoints, leases and dead letters",
         statements: subscriptions,
     },
+    Step {
+        version: 5,
+        description: "events carry the request id of their command",
+        statements: request_ids,
+    },
 ];
 
 /// The layout version this library reads and writes.
@@ -166,6 +171,18 @@ fn subscriptions(layout: &Layout) -> Vec<String> {
         format!(
             "CREATE INDEX IF NOT EXISTS eventsource_dead_letters_subscription_idx
                 ON {dead_letters} (subscription, id)"
+        ),
+    ]
+}
+
+/// Step 5: the idempotency key of the command that recorded each event, found by stream.
+fn request_ids(layout: &Layout) -> Vec<String> {
+    let events = &layout.events;
+    vec![
+        format!("ALTER TABLE {events} ADD COLUMN IF NOT EXISTS request_id UUID"),
+        format!(
+            "CREATE INDEX IF NOT EXISTS eventsource_events_request_idx
+                ON {events} (aggregate_id, aggregate_type, request_id) WHERE request_id IS NOT NULL"
         ),
     ]
 }

@@ -16,8 +16,8 @@ use crate::event_store::{
 };
 
 const INSERT: &str = "INSERT INTO events (event_id, event_type, event_version, aggregate_id, \
-    aggregate_type, aggregate_version, occurred_at, correlation_id, causation_id, metadata, payload) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+    aggregate_type, aggregate_version, occurred_at, correlation_id, causation_id, metadata, payload, \
+    request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
 
 const STREAM_VERSION: &str = "SELECT aggregate_version FROM events \
     WHERE aggregate_id = ?1 AND aggregate_type = ?2 ORDER BY aggregate_version DESC LIMIT 1";
@@ -64,6 +64,7 @@ struct Encoded {
     causation_id: Option<String>,
     metadata: Option<String>,
     payload: Arc<str>,
+    request_id: Option<String>,
 }
 
 impl Encoded {
@@ -86,6 +87,7 @@ impl Encoded {
             causation_id: event.causation_id.map(|id| id.hyphenated().to_string()),
             metadata,
             payload: event.payload.clone(),
+            request_id: event.request_id.map(|id| id.hyphenated().to_string()),
         })
     }
 }
@@ -174,6 +176,7 @@ impl Stream {
                     &e.causation_id,
                     &e.metadata,
                     &*e.payload,
+                    &e.request_id,
                 );
                 match insert.execute(row) {
                     Ok(_) => {}
@@ -288,6 +291,32 @@ impl EventStore for SqliteEventStore {
             },
             events_after: unsigned(count, "count", what)?,
         })
+    }
+
+    async fn request_version(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        request_id: Uuid,
+    ) -> Result<Option<u64>> {
+        let stream = Arc::new(Stream::new(aggregate_id, aggregate_type));
+        let (reading, request) = (stream.clone(), request_id.hyphenated().to_string());
+        let found: Option<i64> = self
+            .database
+            .read(move |connection| {
+                connection
+                    .prepare_cached(
+                        "SELECT max(aggregate_version) FROM events
+                         WHERE aggregate_id = ?1 AND aggregate_type = ?2 AND request_id = ?3",
+                    )?
+                    .query_row((&reading.key, &reading.aggregate_type, &request), |row| {
+                        row.get(0)
+                    })
+            })
+            .await
+            .map_err(|e| stream.failed("look up a request of", e))?;
+        let what = || format!("the SQLite stream of {aggregate_type} {aggregate_id}");
+        found.map(|v| unsigned(v, "aggregate_version", what)).transpose()
     }
 
     fn append_signal(&self) -> Option<AppendSignal> {

@@ -23,7 +23,7 @@ const PAGE: usize = 256;
 macro_rules! columns {
     () => {
         "position, event_id, event_type, event_version, aggregate_id, aggregate_type, \
-         aggregate_version, occurred_at, correlation_id, causation_id, metadata, payload"
+         aggregate_version, occurred_at, correlation_id, causation_id, metadata, payload, request_id"
     };
 }
 
@@ -198,6 +198,7 @@ struct Columns<'a> {
     causation_id: Option<&'a str>,
     metadata: Option<&'a str>,
     payload: &'a str,
+    request_id: Option<&'a str>,
 }
 
 impl<'a> Columns<'a> {
@@ -249,6 +250,7 @@ impl<'a> Columns<'a> {
             causation_id: text(9, "causation_id")?,
             metadata: text(10, "metadata")?,
             payload: required(11, "payload")?,
+            request_id: text(12, "request_id")?,
         })
     }
 }
@@ -327,6 +329,7 @@ impl Decoder {
                 .map(|id| uuid(id, "correlation_id"))
                 .transpose()?,
             causation_id: c.causation_id.map(|id| uuid(id, "causation_id")).transpose()?,
+            request_id: c.request_id.map(|id| uuid(id, "request_id")).transpose()?,
             metadata,
             payload: Arc::from(c.payload),
         };

@@ -81,6 +81,13 @@ const STEPS: &[Step] = &[
             CREATE INDEX IF NOT EXISTS eventsource_dead_letters_subscription
                 ON eventsource_dead_letters (subscription, id);",
     },
+    Step {
+        version: 4,
+        description: "events carry the request id of their command",
+        sql: "ALTER TABLE events ADD COLUMN request_id TEXT;
+            CREATE INDEX IF NOT EXISTS events_request
+                ON events (aggregate_id, aggregate_type, request_id) WHERE request_id IS NOT NULL;",
+    },
 ];
 
 /// The layout version this library reads and writes.
@@ -89,7 +96,7 @@ pub(super) const LATEST: i64 = STEPS[STEPS.len() - 1].version;
 /// Selects every column this library reads and writes: fails on a foreign table.
 const PROBE: &str = "SELECT position, event_id, event_type, event_version, aggregate_id,
         aggregate_type, aggregate_version, occurred_at, correlation_id, causation_id, metadata,
-        payload FROM events LIMIT 0;
+        payload, request_id FROM events LIMIT 0;
     SELECT aggregate_id, aggregate_type, version, state, schema_version, created_at, event_id
         FROM snapshots LIMIT 0;
     SELECT name, position, owner, lease_until FROM eventsource_subscriptions LIMIT 0;";

@@ -1,0 +1,312 @@
+//! The bank account and an order as an HTTP service with JSON bodies, on axum: every request
+//! is one command (or a load) on the repository, and every refusal and failure is an HTTP
+//! status chosen in one place (`command_error`).
+//!
+//! ```text
+//! cargo run -p eventsource --example bank_service --features example-service    # sqlite:bank.db
+//! cargo run -p eventsource --example bank_service --features example-service -- sqlite:other.db
+//! cargo run -p eventsource --example bank_service --features example-service,postgres -- \
+//!     postgres://postgres@127.0.0.1:5432/test
+//! ```
+//!
+//! The store URL is the first argument, else `BANK_STORE_URL`, else `sqlite:bank.db`; the
+//! address is `BANK_ADDR`, else `127.0.0.1:3000` (port 0 picks a free one). Then:
+//!
+//! ```text
+//! J='content-type: application/json'
+//! curl -si localhost:3000/accounts -H "$J" -d '{"owner": "Ada", "initial_balance": 100}'
+//! curl -si localhost:3000/accounts/ID/deposits -H "$J" -d '{"amount": 5}'
+//! curl -si localhost:3000/accounts/ID/withdrawals -H "$J" -d '{"amount": 1000}'     # 409
+//! curl -si localhost:3000/accounts/ID
+//! curl -si localhost:3000/orders -H "$J" -d '{"account_id": "ID", "amount": 20}'
+//! curl -si -X POST localhost:3000/orders/ORDER/pay
+//! curl -si localhost:3000/orders/ORDER
+//! ```
+
+#[path = "domain/account.rs"]
+mod account;
+#[path = "domain/order.rs"]
+mod order;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use account::{Account, AccountCommands};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use eventsource::prelude::*;
+use order::{Order, OrderCommands};
+use serde_json::{json, Value};
+
+#[tokio::main]
+#[allow(dead_code)] // the integration test includes this file as a module and calls `serve` alone
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let url = std::env::args()
+        .nth(1)
+        .or_else(|| std::env::var("BANK_STORE_URL").ok())
+        .unwrap_or_else(|| "sqlite:bank.db".into());
+    let addr = std::env::var("BANK_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
+    serve(&url, &addr, |bound| println!("listening on http://{bound}")).await
+}
+
+/// Opens the stores `url` names, binds `addr`, tells `ready` the address it is bound to (the
+/// port chosen when `addr` asks for port 0), then serves until the process ends.
+pub async fn serve(
+    url: &str,
+    addr: &str,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let stores = eventsource::backend::open(url).await?;
+    stores.migrate().await?;
+    let policy = SnapshotPolicy::every(100)?;
+    // The command queues make concurrent requests on one aggregate wait their turn instead of
+    // losing conflicts and deciding again.
+    let app = Arc::new(AppState {
+        accounts: Repository::<Account>::new(stores.events.clone())
+            .with_snapshots(stores.snapshots.clone(), policy)
+            .with_command_queue(),
+        orders: Repository::<Order>::new(stores.events.clone())
+            .with_snapshots(stores.snapshots.clone(), policy)
+            .with_command_queue(),
+    });
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    ready(listener.local_addr()?);
+    axum::serve(listener, router(app)).await?;
+    Ok(())
+}
+
+struct AppState {
+    accounts: Repository<Account>,
+    orders: Repository<Order>,
+}
+
+fn router(app: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/accounts", post(open_account))
+        .route("/accounts/{id}", get(get_account))
+        .route("/accounts/{id}/deposits", post(deposit))
+        .route("/accounts/{id}/withdrawals", post(withdraw))
+        .route("/orders", post(place_order))
+        .route("/orders/{id}", get(get_order))
+        .route("/orders/{id}/pay", post(pay_order))
+        .route("/orders/{id}/cancel", post(cancel_order))
+        .with_state(app)
+}
+
+/// An HTTP status and the message of a `{"error": ...}` body.
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+type ApiResult = Result<(StatusCode, Json<Value>), ApiError>;
+
+/// The one place where an outcome of the library becomes an HTTP status.
+fn command_error<E: std::fmt::Display>(error: CommandError<E>) -> ApiError {
+    let status = match &error {
+        CommandError::Rejected(_) | CommandError::AlreadyExists { .. } => StatusCode::CONFLICT,
+        CommandError::Contended { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        CommandError::Failed(e) if e.is_not_found() => StatusCode::NOT_FOUND,
+        CommandError::Failed(Error::InvalidInput(_) | Error::Serialization { .. }) => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        CommandError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    if status == StatusCode::INTERNAL_SERVER_ERROR {
+        // A store's message can name hosts, tables and files: it is for the operator's log,
+        // not for the client.
+        eprintln!("internal error: {error}");
+        return ApiError {
+            status,
+            message: "internal error".into(),
+        };
+    }
+    ApiError {
+        status,
+        message: error.to_string(),
+    }
+}
+
+/// A load's error, through the same mapping as a command's.
+fn load_error(error: Error) -> ApiError {
+    command_error(CommandError::<Infallible>::Failed(error))
+}
+
+#[derive(Deserialize)]
+struct OpenAccount {
+    owner: String,
+    initial_balance: f64,
+}
+
+#[derive(Deserialize)]
+struct Amount {
+    amount: f64,
+}
+
+#[derive(Deserialize)]
+struct PlaceOrder {
+    account_id: Uuid,
+    amount: f64,
+}
+
+async fn open_account(State(app): State<Arc<AppState>>, Json(body): Json<OpenAccount>) -> ApiResult {
+    let id = Uuid::new_v4();
+    let done = app
+        .accounts
+        .command(id)
+        .create_only()
+        .run(|account| account.open(&body.owner, body.initial_balance))
+        .await
+        .map_err(command_error)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": id, "version": done.version })),
+    ))
+}
+
+async fn deposit(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<Uuid>,
+    Json(body): Json<Amount>,
+) -> ApiResult {
+    let done = app
+        .accounts
+        .command(id)
+        .must_exist()
+        .run(|account| account.deposit(body.amount))
+        .await
+        .map_err(command_error)?;
+    Ok((StatusCode::OK, Json(json!({ "version": done.version }))))
+}
+
+async fn withdraw(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<Uuid>,
+    Json(body): Json<Amount>,
+) -> ApiResult {
+    let done = app
+        .accounts
+        .command(id)
+        .must_exist()
+        .run(|account| account.withdraw(body.amount))
+        .await
+        .map_err(command_error)?;
+    Ok((StatusCode::OK, Json(json!({ "version": done.version }))))
+}
+
+async fn get_account(State(app): State<Arc<AppState>>, Path(id): Path<Uuid>) -> ApiResult {
+    let account = app.accounts.load(id).await.map_err(load_error)?;
+    let state = account.state();
+    Ok((
+        StatusCode::OK,
+        Json(json!({
+            "id": id,
+            "owner": state.owner_name,
+            "balance": state.balance,
+            "version": account.version()
+        })),
+    ))
+}
+
+async fn place_order(State(app): State<Arc<AppState>>, Json(body): Json<PlaceOrder>) -> ApiResult {
+    // An order on an account that does not exist could never be paid: refuse it now.
+    if !app.accounts.exists(body.account_id).await.map_err(load_error)? {
+        let missing = format!("account {} does not exist", body.account_id);
+        return Err(load_error(Error::InvalidInput(missing)));
+    }
+    let id = Uuid::new_v4();
+    let done = app
+        .orders
+        .command(id)
+        .create_only()
+        .run(|order| order.place(body.account_id, body.amount))
+        .await
+        .map_err(command_error)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": id, "version": done.version })),
+    ))
+}
+
+/// Two commands, the account's first: the money moves only if the account has it, and the
+/// order is marked paid only once it has moved.
+async fn pay_order(State(app): State<Arc<AppState>>, Path(id): Path<Uuid>) -> ApiResult {
+    let mut order = app.orders.load(id).await.map_err(load_error)?;
+    let (account_id, amount) = (order.state().account_id, order.state().amount);
+    // Decided on the loaded order, which is never saved, so that an order already paid or
+    // cancelled is refused before any money moves.
+    order
+        .pay()
+        .map_err(|why| command_error(CommandError::Rejected(why)))?;
+    let withdrawn = app
+        .accounts
+        .command(account_id)
+        .must_exist()
+        .run(|account| account.withdraw(amount))
+        .await
+        .map_err(command_error)?;
+    match app.orders.command(id).must_exist().run(|order| order.pay()).await {
+        Ok(paid) => Ok((
+            StatusCode::OK,
+            Json(json!({ "version": paid.version, "account_version": withdrawn.version })),
+        )),
+        // A store failure may have come after the order's events were written: whether it
+        // is paid is not known, so the money stays where it is for someone to look at.
+        Err(error @ CommandError::Failed(_)) => {
+            eprintln!(
+                "order {id}: {amount} taken from account {account_id}, marking it paid failed: {error}"
+            );
+            Err(command_error(error))
+        }
+        // Another request paid or cancelled the order since the check above (nothing of ours
+        // was written): the money goes back, or the account would pay for nothing.
+        Err(error) => {
+            let refund = app
+                .accounts
+                .command(account_id)
+                .must_exist()
+                .run(|account| account.deposit(amount))
+                .await;
+            if let Err(refund) = refund {
+                eprintln!("order {id}: refunding {amount} to account {account_id} failed: {refund}");
+            }
+            Err(command_error(error))
+        }
+    }
+}
+
+async fn cancel_order(State(app): State<Arc<AppState>>, Path(id): Path<Uuid>) -> ApiResult {
+    let done = app
+        .orders
+        .command(id)
+        .must_exist()
+        .run(|order| order.cancel())
+        .await
+        .map_err(command_error)?;
+    Ok((StatusCode::OK, Json(json!({ "version": done.version }))))
+}
+
+async fn get_order(State(app): State<Arc<AppState>>, Path(id): Path<Uuid>) -> ApiResult {
+    let order = app.orders.load(id).await.map_err(load_error)?;
+    let state = order.state();
+    Ok((
+        StatusCode::OK,
+        Json(json!({
+            "id": id,
+            "account_id": state.account_id,
+            "amount": state.amount,
+            "status": state.status,
+            "version": order.version()
+        })),
+    ))
+}

@@ -174,19 +174,34 @@ async fn open_account(State(app): State<Arc<AppState>>, Json(body): Json<OpenAcc
     ))
 }
 
+/// A deposit; with an `Idempotency-Key` header (a UUID), a request sent again (a client that
+/// timed out and retried) returns the first deposit's version instead of depositing twice.
 async fn deposit(
     State(app): State<Arc<AppState>>,
     Path(id): Path<Uuid>,
+    headers: axum::http::HeaderMap,
     Json(body): Json<Amount>,
 ) -> ApiResult {
-    let done = app
-        .accounts
-        .command(id)
-        .must_exist()
+    let mut command = app.accounts.command(id).must_exist();
+    if let Some(key) = headers.get("idempotency-key") {
+        let key = key
+            .to_str()
+            .ok()
+            .and_then(|key| key.parse::<Uuid>().ok())
+            .ok_or_else(|| ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                message: "the Idempotency-Key header must be a UUID".into(),
+            })?;
+        command = command.request_id(key);
+    }
+    let done = command
         .run(|account| account.deposit(body.amount))
         .await
         .map_err(command_error)?;
-    Ok((StatusCode::OK, Json(json!({ "version": done.version }))))
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "version": done.version, "repeated": done.repeated })),
+    ))
 }
 
 async fn withdraw(

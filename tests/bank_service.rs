@@ -187,6 +187,18 @@ async fn checks(addr: SocketAddr) {
     let (status, body) = request(addr, "POST", &format!("/accounts/{account}/deposits"), "[]").await;
     assert!((400..500).contains(&status), "answered {status}: {body}");
     assert_eq!(balance(addr, &account).await, 80.0);
+    // A retried request with its idempotency key deposits once.
+    let key = format!("Idempotency-Key: {}\r\n", Uuid::new_v4());
+    let (_, opened) = post(addr, "/accounts", json!({"owner": "Bo", "initial_balance": 1.0})).await;
+    let path = format!("/accounts/{}/deposits", opened["id"].as_str().unwrap());
+    let deposit = json!({"amount": 1.0}).to_string();
+    let (status, first) = request_with(addr, "POST", &path, &deposit, &key).await;
+    assert_eq!((status, &first["repeated"]), (200, &json!(false)), "{first}");
+    let (status, again) = request_with(addr, "POST", &path, &deposit, &key).await;
+    assert_eq!((status, &again["repeated"]), (200, &json!(true)), "{again}");
+    assert_eq!(again["version"], first["version"], "the first deposit's version");
+    let (status, _) = request_with(addr, "POST", &path, &deposit, "Idempotency-Key: nope\r\n").await;
+    assert_eq!(status, 422);
 }
 
 async fn balance(addr: SocketAddr, account: &str) -> Value {
@@ -210,7 +222,12 @@ async fn post_empty(addr: SocketAddr, path: &str) -> (u16, Value) {
 /// One HTTP/1.1 exchange on a connection of its own: the status, and the body as JSON (or as
 /// a JSON string when it is not JSON, as axum's own refusals are not).
 async fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let answer = exchange(addr, method, path, body);
+    request_with(addr, method, path, body, "").await
+}
+
+/// As [`request`], with more header lines (each ending in `\r\n`).
+async fn request_with(addr: SocketAddr, method: &str, path: &str, body: &str, headers: &str) -> (u16, Value) {
+    let answer = exchange(addr, method, path, body, headers);
     let response = tokio::time::timeout(Duration::from_secs(30), answer)
         .await
         .unwrap_or_else(|_| panic!("{method} {path}: no answer in 30 s"));
@@ -226,13 +243,13 @@ async fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16
 }
 
 /// Writes the request and reads until the server closes, which `Connection: close` asks for.
-async fn exchange(addr: SocketAddr, method: &str, path: &str, body: &str) -> Vec<u8> {
+async fn exchange(addr: SocketAddr, method: &str, path: &str, body: &str, headers: &str) -> Vec<u8> {
     let stream = TcpStream::connect(addr)
         .await
         .expect("the service accepts connections");
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+         Content-Length: {}\r\nConnection: close\r\n{headers}\r\n{body}",
         body.len()
     );
     let mut unsent = request.as_bytes();

@@ -247,6 +247,25 @@ impl Scratch {
     }
 }
 
+/// The feed after `after` once it shows at least `count` events (or an error), waiting up to
+/// 30 s: the feed holds events back while transactions that could commit below them run, and
+/// the other tests' run meanwhile.
+async fn read_all_until(
+    events: &PostgresEventStore,
+    after: u64,
+    count: usize,
+) -> Vec<eventsource::Result<StoredEvent>> {
+    let started = std::time::Instant::now();
+    loop {
+        let all: Vec<_> = events.read_all(after).collect().await;
+        if all.len() >= count || all.iter().any(Result::is_err) || started.elapsed() > Duration::from_secs(30)
+        {
+            return all;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The conformance suite: one test per check, each on a pool of its own.
 
@@ -393,7 +412,11 @@ async fn migrate_is_idempotent_and_safe_when_instances_run_it_at_once() {
     );
     assert_eq!(read_stream(events, id, "Migrated", 0).await.len(), 2);
     assert_eq!(db.events.stream_version(id, "Migrated").await.unwrap(), 0);
-    let all: Vec<StoredEvent> = events.read_all(0).try_collect().await.unwrap();
+    let all: Vec<StoredEvent> = read_all_until(events, 0, 2)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(
         all.iter().map(|e| e.aggregate_version).collect::<Vec<_>>(),
         [1, 2]
@@ -565,7 +588,7 @@ async fn rows_that_cannot_be_decoded_are_corrupt_errors() {
     insert_row(&db.pool, &events, id, ty, 1, -1).await;
     let read: Vec<_> = scratch.events.read_stream(id, ty, 0).collect().await;
     assert!(matches!(&read[..], [Err(Error::Corrupt { .. })]), "{read:?}");
-    let all: Vec<_> = scratch.events.read_all(0).collect().await;
+    let all = read_all_until(&scratch.events, 0, 3).await;
     assert_eq!(all.len(), 3, "read_all stops at the first error");
     assert!(matches!(&all[2], Err(Error::Corrupt { .. })), "{:?}", all[2]);
 
@@ -611,7 +634,7 @@ async fn a_column_of_another_type_is_a_corrupt_error() {
     assert!(matches!(&read[..], [Err(Error::Corrupt { .. })]), "{read:?}");
     let err = read[0].as_ref().unwrap_err().to_string();
     assert!(err.contains("column event_version is of type INT4"), "{err}");
-    let all: Vec<_> = scratch.events.read_all(0).collect().await;
+    let all = read_all_until(&scratch.events, 0, 1).await;
     assert!(matches!(&all[..], [Err(Error::Corrupt { .. })]), "{all:?}");
 
     // A joint read decodes its events as a page too.
@@ -678,13 +701,20 @@ async fn a_long_stream_is_read_page_by_page() {
     // read_all pages by position: this stream's events come in order among everyone's.
     let mut ours = Vec::new();
     let mut all = small.read_all(first.position - 1);
-    let mut last = 0;
+    let mut last = first.position - 1;
+    let waiting_since = std::time::Instant::now();
     while ours.len() < 2501 {
-        let event = all
-            .next()
-            .await
-            .expect("read_all ended before this stream's events")
-            .unwrap();
+        let Some(event) = all.next().await else {
+            // The feed may hold events back while other tests' transactions run.
+            assert!(
+                waiting_since.elapsed() < Duration::from_secs(30),
+                "read_all ended before this stream's events"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            all = small.read_all(last);
+            continue;
+        };
+        let event = event.unwrap();
         assert!(event.position > last);
         last = event.position;
         if event.aggregate_id == id && *event.aggregate_type == *ty {

@@ -98,23 +98,38 @@ async fn version(store: &dyn EventStore, id: Uuid, ty: &str) -> u64 {
 
 /// The events of the aggregate types `types` after `after` in the global order, in the order
 /// read; stops once `until` of them are read, else reads to the end of the log.
+///
+/// With `until`, a read that ends short is made again, after the last position it saw, for up
+/// to 30 s: the feed may show an event only once transactions that could commit below it have
+/// ended, and other programs on a shared database may hold it back a while.
 async fn read_all_own(
     store: &dyn EventStore,
     after: u64,
     types: &[&str],
     until: Option<usize>,
 ) -> Vec<StoredEvent> {
-    let mut log = store.read_all(after);
-    let mut own = Vec::new();
-    while until.is_none_or(|until| own.len() < until) {
-        match log.next().await {
-            Some(Ok(event)) if types.contains(&&*event.aggregate_type) => own.push(event),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => panic!("read_all after position {after} failed: {e}"),
-            None => break,
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (mut last, mut own) = (after, Vec::new());
+    loop {
+        let mut log = store.read_all(last);
+        while until.is_none_or(|until| own.len() < until) {
+            match log.next().await {
+                Some(Ok(event)) => {
+                    last = event.position;
+                    if types.contains(&&*event.aggregate_type) {
+                        own.push(event);
+                    }
+                }
+                Some(Err(e)) => panic!("read_all after position {after} failed: {e}"),
+                None => break,
+            }
         }
+        let short = until.is_some_and(|until| own.len() < until);
+        if !short || std::time::Instant::now() > deadline {
+            return own;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    own
 }
 
 fn assert_same(stored: &StoredEvent, appended: &EventEnvelope, context: &str) {

@@ -1,7 +1,9 @@
-//! The repository: loads aggregates from their events and a snapshot, saves new events, and
-//! takes snapshots as its policy says. Each job is a module of its own: loading (a snapshot
-//! bound to its history, then the tail), saving (one idempotent append), snapshotting (after
-//! saves and on request, every store call bounded and guarded), and the background queue.
+//! The repository: loads aggregates from their events and a snapshot, saves new events, takes
+//! snapshots as its policy says, and runs commands. Each job is a module of its own: loading
+//! (a snapshot bound to its history, then the tail), saving (one idempotent append),
+//! snapshotting (after saves and on request, every store call bounded and guarded), the
+//! background queue, commands (load, decide, save, retried on conflicts) and the
+//! per-aggregate command queue.
 
 mod background;
 mod execute;

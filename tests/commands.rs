@@ -379,3 +379,44 @@ async fn a_repeated_request_returns_its_first_outcome_on_postgres() {
     let (second, _) = eventsource::backend::postgres::connect_url(&url).await.unwrap();
     a_repeated_request_returns_its_first_outcome(Arc::new(first), Arc::new(second)).await;
 }
+
+#[tokio::test]
+async fn a_request_id_given_in_the_context_or_kept_through_record_with_counts_too() {
+    let repo = Repository::<Account>::new(InMemoryEventStore::new());
+    let id = opened_account(&repo, 10.0).await;
+    let request = Uuid::new_v4();
+    let context = EventContext {
+        request_id: Some(request),
+        ..EventContext::default()
+    };
+    let first = repo
+        .command(id)
+        .context(context.clone())
+        .run(|account| {
+            account.record_with(MoneyDeposited { amount: 1.0 }, EventContext::default());
+            Ok::<(), Refused>(())
+        })
+        .await
+        .unwrap();
+    let again = repo
+        .command(id)
+        .context(context)
+        .run(|a| a.deposit(1.0))
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.repeated, again.repeated, again.version),
+        (false, true, first.version)
+    );
+
+    // A create-only command that records nothing still refuses an existing aggregate.
+    let nothing = repo
+        .command(id)
+        .create_only()
+        .run(|_| Ok::<(), Refused>(()))
+        .await;
+    assert!(
+        matches!(nothing, Err(CommandError::AlreadyExists { .. })),
+        "{nothing:?}"
+    );
+}

@@ -45,8 +45,8 @@ pub enum Error {
         aggregate_type: String,
     },
 
-    /// Two aggregate types share one name in this program, or two event types share one
-    /// name within one aggregate type.
+    /// Two aggregate types share one name and schema version in this program, or two event
+    /// types share one name within one aggregate type.
     #[error("{kind} name `{name}` is registered twice: by {first} and by {second}")]
     DuplicateName {
         /// What kind of name is shared: `"aggregate type"` or `"event type"` (then named

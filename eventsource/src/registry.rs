@@ -75,7 +75,8 @@ pub fn check() -> Result<()> {
         )?;
         first_duplicate(
             "event type",
-            events().map(|e| (format!("{}.{}", e.aggregate_type, e.event_type), e.rust_type)),
+            // NUL cannot be in a name, so it keeps the two names apart; shown as a dot.
+            events().map(|e| (format!("{}\0{}", e.aggregate_type, e.event_type), e.rust_type)),
         )
     });
     outcome
@@ -100,7 +101,7 @@ fn first_duplicate(
     all.sort_unstable();
     for (name, rust_type) in all {
         if let Some(first) = seen.insert(name.clone(), rust_type) {
-            return Err((kind, name, first, rust_type));
+            return Err((kind, name.replace('\0', "."), first, rust_type));
         }
     }
     Ok(())

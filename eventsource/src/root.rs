@@ -114,8 +114,10 @@ impl<A: Aggregate> AggregateRoot<A> {
         self.record_with(event, context);
     }
 
-    /// Records an event with its own correlation, causation and metadata.
-    pub fn record_with(&mut self, event: impl Into<A::Event>, context: EventContext) {
+    /// Records an event with its own correlation, causation and metadata. The request id of
+    /// the root's context (the command's idempotency key) is kept unless `context` has one.
+    pub fn record_with(&mut self, event: impl Into<A::Event>, mut context: EventContext) {
+        context.request_id = context.request_id.or(self.context.request_id);
         let event = event.into();
         self.state.apply_event(&event);
         // At u64::MAX the save refuses the batch (InvalidInput) instead of a panic here.

@@ -196,6 +196,9 @@ impl<A: Aggregate> Command<'_, A> {
             Some(queue) => Some(queue.enter(self.id).await),
             None => None,
         };
+        let key = self
+            .request_id
+            .or(self.context.as_ref().and_then(|c| c.request_id));
         let mut wait = self.backoff;
         for attempt in 1..=self.attempts {
             let mut root = match self.start {
@@ -203,28 +206,25 @@ impl<A: Aggregate> Command<'_, A> {
                 Start::MustExist => repo.load(self.id).await.map_err(CommandError::Failed)?,
                 Start::LoadOrCreate => repo.load_or_create(self.id).await.map_err(CommandError::Failed)?,
             };
-            if let Some(request_id) = self.request_id {
-                let stored = repo
-                    .events
-                    .request_version(self.id, A::TYPE_NAME, request_id)
-                    .await
-                    .map_err(CommandError::Failed)?;
-                if let Some(version) = stored {
-                    return Ok(Executed {
-                        version,
-                        events: 0,
-                        attempts: attempt,
-                        repeated: true,
-                    });
-                }
+            if let Some(done) = self.repeated(key, attempt).await? {
+                return Ok(done);
             }
-            if self.context.is_some() || self.request_id.is_some() {
+            if self.context.is_some() || key.is_some() {
                 let mut context = self.context.clone().unwrap_or_default();
-                context.request_id = self.request_id.or(context.request_id);
+                context.request_id = key;
                 root.set_context(context);
             }
             decide(&mut root).map_err(CommandError::Rejected)?;
             let events = root.pending_events().len();
+            if events == 0
+                && self.start == Start::CreateOnly
+                && repo.exists(self.id).await.map_err(CommandError::Failed)?
+            {
+                return Err(CommandError::AlreadyExists {
+                    aggregate_type: A::TYPE_NAME,
+                    aggregate_id: self.id,
+                });
+            }
             match self.save(&mut root, wait).await {
                 Ok(version) => {
                     return Ok(Executed {
@@ -234,13 +234,17 @@ impl<A: Aggregate> Command<'_, A> {
                         repeated: false,
                     })
                 }
-                Err(e) if e.is_conflict() && self.start == Start::CreateOnly => {
-                    return Err(CommandError::AlreadyExists {
-                        aggregate_type: A::TYPE_NAME,
-                        aggregate_id: self.id,
-                    })
-                }
                 Err(e) if e.is_conflict() => {
+                    // The writer that came first may be this very request, sent twice.
+                    if let Some(done) = self.repeated(key, attempt).await? {
+                        return Ok(done);
+                    }
+                    if self.start == Start::CreateOnly {
+                        return Err(CommandError::AlreadyExists {
+                            aggregate_type: A::TYPE_NAME,
+                            aggregate_id: self.id,
+                        });
+                    }
                     if attempt < self.attempts {
                         sleep(jittered(wait)).await;
                         wait = wait.saturating_mul(2).min(self.max_backoff);
@@ -256,6 +260,27 @@ impl<A: Aggregate> Command<'_, A> {
         })
     }
 
+    /// The first outcome of this request, if its key is stored in the aggregate's stream.
+    async fn repeated<E>(
+        &self,
+        key: Option<Uuid>,
+        attempt: u32,
+    ) -> Result<Option<Executed>, CommandError<E>> {
+        let Some(key) = key else { return Ok(None) };
+        let stored = self
+            .repository
+            .events
+            .request_version(self.id, A::TYPE_NAME, key)
+            .await
+            .map_err(CommandError::Failed)?;
+        Ok(stored.map(|version| Executed {
+            version,
+            events: 0,
+            attempts: attempt,
+            repeated: true,
+        }))
+    }
+
     /// Saves the root, saving it again (never deciding again) after a transient store
     /// error, so that a batch whose answer was lost is recognised rather than written twice.
     async fn save(&self, root: &mut AggregateRoot<A>, wait: Duration) -> Result<u64, Error> {
@@ -263,7 +288,9 @@ impl<A: Aggregate> Command<'_, A> {
         let mut tries = 1;
         loop {
             match self.repository.save(root).await {
-                Err(e) if e.is_transient() && tries < self.attempts => {
+                // At least three tries whatever the attempts: a save whose answer was lost
+                // must be made again to learn whether it was stored.
+                Err(e) if e.is_transient() && tries < self.attempts.max(3) => {
                     tracing::warn!(aggregate.id = %self.id, aggregate.type = A::TYPE_NAME, error = %e, "save failed; saving the same events again");
                     sleep(jittered(wait)).await;
                     wait = wait.saturating_mul(2).min(self.max_backoff);

@@ -58,6 +58,9 @@ impl Drop for Turn {
         if Arc::strong_count(&lock) == 2 {
             turns.remove(&self.id);
         }
+        // Let go of ours while the map is locked: a waiter that leaves next counts truly.
+        drop(lock);
+        drop(turns);
     }
 }
 

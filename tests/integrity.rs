@@ -49,17 +49,6 @@ async fn sqlite_files(dir: &tempfile::TempDir) -> Wiring {
     }
 }
 
-async fn postgres_pool(test: &str) -> Option<postgres::PgPool> {
-    let url = common::postgres_url(test)?;
-    Some(
-        postgres::pool_options()
-            .max_connections(8)
-            .connect(&url)
-            .await
-            .unwrap(),
-    )
-}
-
 /// Two event stores in schemas of their own on one pool (so loads take the one-statement
 /// path that reads snapshot and events together), one snapshot store in the default schema,
 /// and the names of the two schemas.
@@ -244,7 +233,8 @@ async fn snapshots_are_bound_to_their_history_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_are_bound_to_their_history_on_postgres() {
-    let Some(pool) = postgres_pool("snapshots_are_bound_to_their_history_on_postgres").await else {
+    let Some(pool) = common::postgres_pool("snapshots_are_bound_to_their_history_on_postgres", 8).await
+    else {
         return;
     };
     let (wiring, schemas) = postgres_schemas(&pool).await;
@@ -330,8 +320,11 @@ async fn saves_cancelled_at_random_points_are_made_again_exactly_once_on_sqlite(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saves_cancelled_at_random_points_are_made_again_exactly_once_on_postgres() {
-    let Some(pool) =
-        postgres_pool("saves_cancelled_at_random_points_are_made_again_exactly_once_on_postgres").await
+    let Some(pool) = common::postgres_pool(
+        "saves_cancelled_at_random_points_are_made_again_exactly_once_on_postgres",
+        8,
+    )
+    .await
     else {
         return;
     };

@@ -367,16 +367,6 @@ async fn sqlite_refusals_are_not_transient_and_a_file_that_is_not_a_database_is_
 // ---------------------------------------------------------------------------------------
 // PostgreSQL
 
-async fn postgres_pool(test: &str) -> Option<PgPool> {
-    let url = common::postgres_url(test)?;
-    let pool = pool_options()
-        .max_connections(8)
-        .connect(&url)
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
-    Some(pool)
-}
-
 /// Runs `body` with the name of a schema of its own (not created: the body decides whether
 /// it exists), then drops the schema, also when the body panics, so a failed run leaves
 /// nothing behind in a shared database.
@@ -470,7 +460,7 @@ async fn postgres_versions(pool: &PgPool, schema: &str) -> Vec<i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_0_1_tables_are_upgraded_in_place_and_keep_their_data() {
     let test = "postgres_0_1_tables_are_upgraded_in_place_and_keep_their_data";
-    let Some(pool) = postgres_pool(test).await else {
+    let Some(pool) = common::postgres_pool(test, 8).await else {
         return;
     };
     in_scratch_schema(&pool, |pool: PgPool, schema: String| async move {
@@ -561,7 +551,7 @@ async fn postgres_0_1_tables_are_upgraded_in_place_and_keep_their_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_concurrent_migrations_of_a_new_schema_apply_each_step_once() {
     let test = "postgres_concurrent_migrations_of_a_new_schema_apply_each_step_once";
-    let Some(pool) = postgres_pool(test).await else {
+    let Some(pool) = common::postgres_pool(test, 8).await else {
         return;
     };
     in_scratch_schema(&pool, |pool: PgPool, schema: String| async move {
@@ -601,7 +591,7 @@ async fn postgres_concurrent_migrations_of_a_new_schema_apply_each_step_once() {
 
 #[tokio::test]
 async fn postgres_schema_of_a_newer_layout_is_refused() {
-    let Some(pool) = postgres_pool("postgres_schema_of_a_newer_layout_is_refused").await else {
+    let Some(pool) = common::postgres_pool("postgres_schema_of_a_newer_layout_is_refused", 8).await else {
         return;
     };
     in_scratch_schema(&pool, |pool: PgPool, schema: String| async move {
@@ -634,7 +624,8 @@ async fn postgres_schema_of_a_newer_layout_is_refused() {
 
 #[tokio::test]
 async fn postgres_missing_tables_are_a_permanent_store_error() {
-    let Some(pool) = postgres_pool("postgres_missing_tables_are_a_permanent_store_error").await else {
+    let Some(pool) = common::postgres_pool("postgres_missing_tables_are_a_permanent_store_error", 8).await
+    else {
         return;
     };
     in_scratch_schema(&pool, |pool: PgPool, schema: String| async move {

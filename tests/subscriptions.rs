@@ -57,11 +57,7 @@ async fn append(events: &dyn EventStore, ty: &str, count: u64) -> Vec<Uuid> {
 /// PostgreSQL tests are skipped.
 async fn postgres_events(test: &str, connections: u32) -> Option<(String, postgres::PostgresEventStore)> {
     let url = common::postgres_url(test)?;
-    let pool = postgres::pool_options()
-        .max_connections(connections)
-        .connect(&url)
-        .await
-        .unwrap();
+    let pool = common::postgres_pool(test, connections).await?;
     let events = postgres::PostgresEventStore::new(pool);
     events.migrate().await.unwrap();
     Some((url, events))

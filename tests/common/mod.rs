@@ -209,3 +209,16 @@ pub fn postgres_url(test: &str) -> Option<String> {
         }
     }
 }
+
+/// A pool of `connections` on the tests' PostgreSQL database, or `None` if the PostgreSQL
+/// tests are skipped (see [`postgres_url`]).
+#[cfg(feature = "postgres")]
+pub async fn postgres_pool(test: &str, connections: u32) -> Option<eventsource::backend::postgres::PgPool> {
+    let url = postgres_url(test)?;
+    let pool = eventsource::backend::postgres::pool_options()
+        .max_connections(connections)
+        .connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+    Some(pool)
+}

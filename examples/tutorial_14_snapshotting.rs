@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use account::{Account, AccountCommands, AccountOpened, MoneyDeposited};
 use eventsource::backend::Stores;
+use eventsource::evolution::SchemaLock;
 use eventsource::prelude::*;
 use eventsource::MissReason;
 
@@ -102,7 +103,10 @@ async fn automatic_snapshot_demo(stores: &Stores) -> Fallible {
         account = repo.load(account_id).await?;
         account.deposit(1.0)?;
         repo.save(&mut account).await?;
-        let snapshot = stores.snapshots.get_snapshot(account_id, "Account").await?;
+        let snapshot = stores
+            .snapshots
+            .get_snapshot(account_id, "Account", Account::SCHEMA_VERSION)
+            .await?;
         if snapshot.is_some_and(|s| s.version == account.version()) {
             println!("  Version {}: Snapshot created!", account.version());
         } else if account.version() % 5 == 0 {
@@ -110,7 +114,11 @@ async fn automatic_snapshot_demo(stores: &Stores) -> Fallible {
         }
     }
 
-    if let Some(snapshot) = stores.snapshots.get_snapshot(account_id, "Account").await? {
+    if let Some(snapshot) = stores
+        .snapshots
+        .get_snapshot(account_id, "Account", Account::SCHEMA_VERSION)
+        .await?
+    {
         println!("\nFinal snapshot at version {}", snapshot.version);
         println!("Account current version: {}", account.version());
     }
@@ -132,7 +140,11 @@ async fn snapshot_modes_demo(stores: &Stores) -> Fallible {
         account.deposit(1.0)?;
     }
     repo_sync.save(&mut account).await?;
-    if let Some(snapshot) = stores.snapshots.get_snapshot(account_id, "Account").await? {
+    if let Some(snapshot) = stores
+        .snapshots
+        .get_snapshot(account_id, "Account", Account::SCHEMA_VERSION)
+        .await?
+    {
         println!("  Snapshot created at version {}", snapshot.version);
     }
     println!();
@@ -151,7 +163,11 @@ async fn snapshot_modes_demo(stores: &Stores) -> Fallible {
     repo_background.save(&mut account2).await?;
     let count = repo_background.await_pending_snapshots().await;
     println!("  Awaited {count} background snapshot(s)");
-    if let Some(snapshot) = stores.snapshots.get_snapshot(account_id2, "Account").await? {
+    if let Some(snapshot) = stores
+        .snapshots
+        .get_snapshot(account_id2, "Account", Account::SCHEMA_VERSION)
+        .await?
+    {
         println!("  Snapshot created at version {}", snapshot.version);
     }
     println!();
@@ -170,7 +186,10 @@ async fn snapshot_modes_demo(stores: &Stores) -> Fallible {
     println!("  Auto snapshot exists: {exists}");
     let account3 = repo_manual.load(account_id3).await?;
     repo_manual.create_snapshot(&account3).await?;
-    let snapshot3 = stores.snapshots.get_snapshot(account_id3, "Account").await?;
+    let snapshot3 = stores
+        .snapshots
+        .get_snapshot(account_id3, "Account", Account::SCHEMA_VERSION)
+        .await?;
     println!("  After manual create: {}", snapshot3.is_some());
     if let Some(snapshot) = snapshot3 {
         println!("  Snapshot at version {}", snapshot.version);
@@ -178,8 +197,10 @@ async fn snapshot_modes_demo(stores: &Stores) -> Fallible {
     Ok(())
 }
 
-/// The account as first shipped: no transaction count.
+/// The account as first shipped: no transaction count. (Both versions keep the serde name
+/// `Account`, as one struct edited between two releases would.)
 #[derive(Aggregate, Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename = "Account")]
 #[aggregate(name = "Account", schema_version = 1, events(AccountOpened, MoneyDeposited))]
 struct AccountV1 {
     owner_name: String,
@@ -199,8 +220,11 @@ impl Apply<MoneyDeposited> for AccountV1 {
     }
 }
 
-/// The account after a release that added a required field: a new schema version.
+/// The account after a release that added a field whose value depends on history: a new
+/// schema version, and no migration (a V1 snapshot cannot know how many transactions it
+/// saw), so V1 snapshots are replayed past.
 #[derive(Aggregate, Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename = "Account")]
 #[aggregate(name = "Account", schema_version = 2, events(AccountOpened, MoneyDeposited))]
 struct AccountV2 {
     owner_name: String,
@@ -239,7 +263,7 @@ async fn schema_versioning_demo(stores: &Stores) -> Fallible {
 
     let snapshot_v1 = stores
         .snapshots
-        .get_snapshot(account_id, "Account")
+        .get_snapshot(account_id, "Account", 1)
         .await?
         .ok_or("the V1 repository snapshots every 5 events")?;
     println!("V1 Snapshot created at version {}", snapshot_v1.version);
@@ -251,16 +275,51 @@ async fn schema_versioning_demo(stores: &Stores) -> Fallible {
     println!("  state keys: {keys:?}");
     println!();
 
+    // The mistake the seed warns about: V2's state shipped with `schema_version` still 1.
+    // The schema lock, checked in with V1 and compared by a test, catches it before deploy.
+    println!("Had V2 kept schema_version = 1, the schema lock test would fail with:");
+    let locked = SchemaLock::new().with_aggregate::<AccountV1>();
+    let forgotten_bump = SchemaLock::new().with_state::<AccountV2>("Account", 1);
+    for difference in forgotten_bump.differences(&locked) {
+        println!("  {difference}");
+    }
+    let bumped = SchemaLock::new().with_aggregate::<AccountV2>();
+    let bumped_differences = bumped.differences(&locked);
+    assert!(bumped_differences.iter().all(|d| !d.is_forgotten_bump()));
+    println!("With schema_version = 2 it asks only for the lock to be rewritten:");
+    for difference in bumped_differences {
+        println!("  {difference}");
+    }
+    println!();
+
     let repo_v2 = Repository::<AccountV2>::new(stores.events.clone())
         .with_snapshots(stores.snapshots.clone(), SnapshotPolicy::every(5)?);
     println!("Loading account with V2 aggregate (V1 snapshot should be ignored)...");
-    let loaded = repo_v2.load(account_id).await?;
+    let mut loaded = repo_v2.load(account_id).await?;
     println!("  Loaded successfully!");
     println!("  Version: {}", loaded.version());
     println!("  Balance: ${:.2}", loaded.state().balance);
     println!("  Transaction count: {}", loaded.state().transaction_count);
     let mismatches = repo_v2.metrics().misses("Account", MissReason::SchemaMismatch);
     println!("  (Schema mismatch caused full event replay: {mismatches} miss counted)");
+
+    // During a rolling deploy both versions run: each keeps its own snapshot.
+    for _ in 0..5 {
+        loaded.record(MoneyDeposited { amount: 1.0 });
+    }
+    repo_v2.save(&mut loaded).await?;
+    for schema in [1, 2] {
+        if let Some(snapshot) = stores
+            .snapshots
+            .get_snapshot(account_id, "Account", schema)
+            .await?
+        {
+            println!(
+                "  Snapshot for schema_version {schema}: version {}, schema_version {}",
+                snapshot.version, snapshot.schema_version
+            );
+        }
+    }
 
     let count = stores
         .snapshots

@@ -98,7 +98,12 @@ async fn verify(stores: &Stores, ids: &[Uuid], wins: &HashMap<Uuid, u64>) {
             (1..=1 + won).collect::<Vec<_>>(),
             "no gap, no duplicate"
         );
-        if let Some(snapshot) = stores.snapshots.get_snapshot(id, "Account").await.unwrap() {
+        if let Some(snapshot) = stores
+            .snapshots
+            .get_snapshot(id, "Account", u32::MAX)
+            .await
+            .unwrap()
+        {
             let state: Account = serde_json::from_str(&snapshot.state).unwrap();
             assert_eq!(
                 state,

@@ -98,7 +98,7 @@ async fn a_shared_snapshot_store_never_mixes_histories(w: &Wiring) {
     account(&in_a, id, 4, 1_000_000.0).await; // 5 events: snapshot at version 5
     assert_eq!(
         w.snapshots
-            .get_snapshot(id, "Account")
+            .get_snapshot(id, "Account", u32::MAX)
             .await
             .unwrap()
             .unwrap()
@@ -113,7 +113,11 @@ async fn a_shared_snapshot_store_never_mixes_histories(w: &Wiring) {
     assert_eq!(in_b.metrics().misses("Account", MissReason::HistoryMismatch), 1);
     assert_eq!(in_b.metrics().hits("Account"), 0);
     assert!(
-        w.snapshots.get_snapshot(id, "Account").await.unwrap().is_none(),
+        w.snapshots
+            .get_snapshot(id, "Account", u32::MAX)
+            .await
+            .unwrap()
+            .is_none(),
         "the foreign snapshot is removed"
     );
 
@@ -161,7 +165,12 @@ async fn a_planted_snapshot_is_never_used_once_reached(w: &Wiring) {
             root.record(MoneyDeposited { amount: 1.0 });
             repo.save(&mut root).await.unwrap();
         }
-        let stored = w.snapshots.get_snapshot(id, "Account").await.unwrap().unwrap();
+        let stored = w
+            .snapshots
+            .get_snapshot(id, "Account", u32::MAX)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(stored.version, 8);
         assert_eq!(
             stored.event_id,
@@ -416,8 +425,8 @@ fn take_one(counter: &AtomicUsize) -> bool {
 
 #[async_trait]
 impl SnapshotStore for PanickingSnapshotStore {
-    async fn get_snapshot(&self, id: Uuid, t: &str) -> eventsource::Result<Option<Snapshot>> {
-        self.inner.get_snapshot(id, t).await
+    async fn get_snapshot(&self, id: Uuid, t: &str, schema: u32) -> eventsource::Result<Option<Snapshot>> {
+        self.inner.get_snapshot(id, t, schema).await
     }
     async fn save_snapshot(&self, snapshot: &Snapshot) -> eventsource::Result<bool> {
         if take_one(&self.slow) {

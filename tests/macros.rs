@@ -54,9 +54,36 @@ impl Apply<MoneyWithdrawn> for Account {
 mod ledger {
     use eventsource::prelude::*;
 
-    #[event(aggregate = "Ledger", name = "LedgerEntryPosted", version = 3)]
+    /// Version 3: version 1 stored the amount as `cents`, version 2 as a string.
+    #[event(
+        aggregate = "Ledger",
+        name = "LedgerEntryPosted",
+        version = 3,
+        upcast(1 => json(cents_to_text), 2 => PostedV2)
+    )]
     pub struct Posted {
         pub amount: i64,
+    }
+
+    /// Version 2 of `Posted`, kept as its own type.
+    #[derive(Deserialize)]
+    pub struct PostedV2 {
+        pub amount: String,
+    }
+
+    impl TryFrom<PostedV2> for Posted {
+        type Error = std::num::ParseIntError;
+
+        fn try_from(v2: PostedV2) -> Result<Self, Self::Error> {
+            Ok(Posted {
+                amount: v2.amount.parse()?,
+            })
+        }
+    }
+
+    fn cents_to_text(v1: serde_json::Value) -> Result<serde_json::Value, String> {
+        let cents = v1["cents"].as_i64().ok_or("`cents` is not an integer")?;
+        Ok(serde_json::json!({ "amount": cents.to_string() }))
     }
 
     #[event(aggregate = "Ledger")]

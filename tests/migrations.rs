@@ -226,7 +226,7 @@ async fn sqlite_0_1_file_is_upgraded_in_place_and_its_snapshot_still_used() {
     assert_eq!(event_id_columns, 1, "step 2 adds `event_id` to the snapshots");
 
     let legacy = snapshots
-        .get_snapshot(id, "Account")
+        .get_snapshot(id, "Account", u32::MAX)
         .await
         .unwrap()
         .expect("the 0.1 snapshot survives the upgrade");
@@ -250,7 +250,7 @@ async fn sqlite_0_1_file_is_upgraded_in_place_and_its_snapshot_still_used() {
     root.record(MoneyDeposited { amount: 1.0 });
     assert_eq!(every_save.save(&mut root).await.unwrap(), 3);
     let fresh = snapshots
-        .get_snapshot(id, "Account")
+        .get_snapshot(id, "Account", u32::MAX)
         .await
         .unwrap()
         .expect("the save at version 3 writes a snapshot");
@@ -513,7 +513,7 @@ async fn postgres_0_1_tables_are_upgraded_in_place_and_keep_their_data() {
 
         let snapshots = PostgresSnapshotStore::with_schema(pool.clone(), &schema).unwrap();
         let legacy = snapshots
-            .get_snapshot(id, "Account")
+            .get_snapshot(id, "Account", u32::MAX)
             .await
             .unwrap()
             .expect("the 0.1 snapshot survives the upgrade");

@@ -345,7 +345,7 @@ async fn bad_urls_and_unreachable_servers_are_typed_errors() {
         .await;
     assert!(matches!(&read[..], [Err(e)] if is_store_error(e)), "{read:?}");
     let err = snapshots
-        .get_snapshot(Uuid::new_v4(), "Unreachable")
+        .get_snapshot(Uuid::new_v4(), "Unreachable", 1)
         .await
         .unwrap_err();
     assert!(is_store_error(&err), "{err}");
@@ -602,7 +602,11 @@ async fn rows_that_cannot_be_decoded_are_corrupt_errors() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let err = scratch.snapshots.get_snapshot(id, ty).await.unwrap_err();
+    let err = scratch
+        .snapshots
+        .get_snapshot(id, ty, u32::MAX)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Corrupt { .. }), "{err}");
 
     scratch.drop(&db.pool).await;
@@ -647,7 +651,7 @@ async fn a_column_of_another_type_is_a_corrupt_error() {
         .events
         .joint_snapshot_reader(scratch.snapshots.as_any().unwrap())
         .unwrap();
-    let found = reader.read(id, ty).await.unwrap().unwrap();
+    let found = reader.read(id, ty, u32::MAX).await.unwrap().unwrap();
     assert_eq!(found.snapshot.version, 2);
     let read: Vec<_> = found.events.collect().await;
     assert!(matches!(&read[..], [Err(Error::Corrupt { .. })]), "{read:?}");
@@ -924,10 +928,10 @@ async fn a_terminated_connection_is_a_store_error_and_the_next_call_works() {
 
     // Killed just after use: at most one call fails, as a store error, and the next works.
     assert_eq!(db.terminate_connections(&admin).await, 1);
-    if let Err(err) = db.snapshots.get_snapshot(id, &ty).await {
+    if let Err(err) = db.snapshots.get_snapshot(id, &ty, u32::MAX).await {
         assert!(is_store_error(&err), "{err:?}");
     }
-    assert_eq!(db.snapshots.get_snapshot(id, &ty).await.unwrap(), None);
+    assert_eq!(db.snapshots.get_snapshot(id, &ty, u32::MAX).await.unwrap(), None);
 
     // Killed in the middle of an append (waiting on another writer's row): nothing is written.
     let mut blocker = admin.begin().await.unwrap();
@@ -1002,7 +1006,7 @@ async fn snapshot_upserts_never_go_back_even_when_writers_race() {
     };
     let store = &db.snapshots;
     let (id, ty) = (Uuid::new_v4(), unique_type("Snap"));
-    assert_eq!(store.get_snapshot(id, &ty).await.unwrap(), None);
+    assert_eq!(store.get_snapshot(id, &ty, u32::MAX).await.unwrap(), None);
 
     let mut five = snapshot(id, &ty, 5, 2);
     five.state = r#"{ "b" : 1,  "a" : [true, null] }"#.into();
@@ -1012,7 +1016,7 @@ async fn snapshot_upserts_never_go_back_even_when_writers_race() {
         !store.save_snapshot(&snapshot(id, &ty, 4, 2)).await.unwrap(),
         "an older one is refused"
     );
-    let read = store.get_snapshot(id, &ty).await.unwrap().unwrap();
+    let read = store.get_snapshot(id, &ty, u32::MAX).await.unwrap().unwrap();
     assert_eq!(read.state_value().unwrap(), five.state_value().unwrap());
     assert_eq!(
         Snapshot {
@@ -1021,13 +1025,20 @@ async fn snapshot_upserts_never_go_back_even_when_writers_race() {
         },
         five
     );
+    let mut same = snapshot(id, &ty, 5, 2);
+    same.state = r#"{"replaced":true}"#.into();
     assert!(
-        store.save_snapshot(&snapshot(id, &ty, 5, 3)).await.unwrap(),
+        store.save_snapshot(&same).await.unwrap(),
         "the same version replaces"
     );
     assert_eq!(
-        store.get_snapshot(id, &ty).await.unwrap().unwrap().schema_version,
-        3
+        store
+            .get_snapshot(id, &ty, u32::MAX)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        same.state
     );
 
     let writers: Vec<_> = (0..16u64)
@@ -1036,7 +1047,7 @@ async fn snapshot_upserts_never_go_back_even_when_writers_race() {
             tokio::spawn(async move {
                 for round in 0..20 {
                     store
-                        .save_snapshot(&snapshot(id, &ty, (w * 37 + round * 11) % 300 + 6, 1))
+                        .save_snapshot(&snapshot(id, &ty, (w * 37 + round * 11) % 300 + 6, 2))
                         .await
                         .unwrap();
                 }
@@ -1051,7 +1062,12 @@ async fn snapshot_upserts_never_go_back_even_when_writers_race() {
         .max()
         .unwrap();
     assert_eq!(
-        store.get_snapshot(id, &ty).await.unwrap().unwrap().version,
+        store
+            .get_snapshot(id, &ty, u32::MAX)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
         highest
     );
 
@@ -1099,7 +1115,7 @@ async fn repositories_of_two_instances_share_the_stores_of_a_url() {
     assert_eq!(repo.save(&mut account).await.unwrap(), 25);
     let snapshot = stores
         .snapshots
-        .get_snapshot(id, "Account")
+        .get_snapshot(id, "Account", u32::MAX)
         .await
         .unwrap()
         .expect("a snapshot at 25");
@@ -1144,7 +1160,7 @@ async fn joint_read(
     let reader = events
         .joint_snapshot_reader(snapshots.as_any().unwrap())
         .expect("stores on one pool read jointly");
-    let found = reader.read(id, "Account").await.unwrap()?;
+    let found = reader.read(id, "Account", u32::MAX).await.unwrap()?;
     let versions: Vec<StoredEvent> = found.events.try_collect().await.unwrap();
     Some((
         found.snapshot.version,
@@ -1211,10 +1227,10 @@ async fn a_snapshot_and_its_events_are_read_in_one_statement_and_checked_as_ever
     assert_eq!((loaded.version(), loaded.state()), (17, later.state()));
     assert_eq!(repo.metrics().misses("Account", MissReason::BeyondStreamHead), 1);
 
-    // Another schema version: replayed too.
+    // Another schema version: replayed too. (One newer than the reader's is never read.)
     db.snapshots.delete_snapshot(id, "Account").await.unwrap();
     let other_schema = Snapshot {
-        schema_version: 99,
+        schema_version: 0,
         ..at_head.clone()
     };
     db.snapshots.save_snapshot(&other_schema).await.unwrap();
@@ -1265,7 +1281,7 @@ async fn corrupt_rows_fail_a_joint_read_and_the_load_replays() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let err = reader.read(id, "Account").await.unwrap_err();
+    let err = reader.read(id, "Account", u32::MAX).await.unwrap_err();
     assert!(matches!(err, Error::Corrupt { .. }), "{err}");
     let loaded = repo.load(id).await.unwrap();
     assert_eq!((loaded.version(), loaded.state()), (5, account.state()));
@@ -1282,7 +1298,7 @@ async fn corrupt_rows_fail_a_joint_read_and_the_load_replays() {
         .await
         .unwrap();
     // The events say so, as a read of the stream from the snapshot's version would.
-    let found = reader.read(id, ty).await.unwrap().unwrap();
+    let found = reader.read(id, ty, u32::MAX).await.unwrap().unwrap();
     assert_eq!(found.snapshot.version, 2);
     let read: Vec<_> = found.events.collect().await;
     assert!(matches!(&read[..], [Err(Error::Corrupt { .. })]), "{read:?}");
@@ -1298,7 +1314,14 @@ async fn corrupt_rows_fail_a_joint_read_and_the_load_replays() {
         .save_snapshot(&snapshot(id, ty, 1, 1))
         .await
         .unwrap();
-    let read: Vec<_> = reader.read(id, ty).await.unwrap().unwrap().events.collect().await;
+    let read: Vec<_> = reader
+        .read(id, ty, u32::MAX)
+        .await
+        .unwrap()
+        .unwrap()
+        .events
+        .collect()
+        .await;
     assert_eq!(read.len(), 2, "{read:?}");
     assert!(matches!(&read[1], Err(Error::Corrupt { .. })), "{:?}", read[1]);
 

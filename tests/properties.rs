@@ -53,7 +53,11 @@ async fn check(stores: &Stores, repo: &Repository<Account>, id: Uuid) {
         (1..=versions.len() as u64).collect::<Vec<_>>(),
         "versions have no gap"
     );
-    let snapshot = stores.snapshots.get_snapshot(id, "Account").await.unwrap();
+    let snapshot = stores
+        .snapshots
+        .get_snapshot(id, "Account", u32::MAX)
+        .await
+        .unwrap();
     if let Some(snapshot) = &snapshot {
         assert!(
             snapshot.version <= versions.len() as u64,

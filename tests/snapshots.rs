@@ -64,7 +64,11 @@ async fn sync_mode_writes_the_snapshot_before_save_returns() {
     let id = Uuid::new_v4();
     let mut account = opened(id, 14);
     repo.save(&mut account).await.unwrap();
-    let snapshot = snapshots.get_snapshot(id, "Account").await.unwrap().unwrap();
+    let snapshot = snapshots
+        .get_snapshot(id, "Account", u32::MAX)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((snapshot.version, snapshot.schema_version), (15, 1));
     let state: Account = serde_json::from_str(&snapshot.state).unwrap();
     assert_eq!(&state, account.state());
@@ -127,7 +131,7 @@ async fn manual_mode_snapshots_only_on_request_and_refuses_unsaved_events() {
     let snapshot = repo.create_snapshot(&account).await.unwrap();
     assert_eq!(snapshot.version, 22);
     assert_eq!(
-        snapshots.get_snapshot(id, "Account").await.unwrap(),
+        snapshots.get_snapshot(id, "Account", u32::MAX).await.unwrap(),
         Some(snapshot)
     );
 }
@@ -166,7 +170,7 @@ async fn background_mode_writes_after_save_and_await_counts_the_writes() {
     for &id in &ids {
         assert_eq!(
             snapshots
-                .get_snapshot(id, "Account")
+                .get_snapshot(id, "Account", u32::MAX)
                 .await
                 .unwrap()
                 .unwrap()
@@ -194,7 +198,11 @@ async fn a_later_unsaved_change_never_leaks_into_a_background_snapshot() {
     store.open_gate();
     assert_eq!(repo.await_pending_snapshots().await, 1);
 
-    let snapshot = store.get_snapshot(id, "Account").await.unwrap().unwrap();
+    let snapshot = store
+        .get_snapshot(id, "Account", u32::MAX)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(snapshot.version, 5);
     let state: Account = serde_json::from_str(&snapshot.state).unwrap();
     assert_eq!(state, saved_state);
@@ -436,7 +444,7 @@ async fn an_older_snapshot_never_replaces_a_newer_one() {
         .unwrap());
     assert_eq!(
         snapshots
-            .get_snapshot(id, "Account")
+            .get_snapshot(id, "Account", u32::MAX)
             .await
             .unwrap()
             .unwrap()
@@ -578,7 +586,7 @@ async fn a_v1_snapshot_is_ignored_by_the_v2_aggregate_and_can_be_invalidated() {
     v1.save(&mut account).await.unwrap();
     assert_eq!(
         snapshots
-            .get_snapshot(id, "Account")
+            .get_snapshot(id, "Account", u32::MAX)
             .await
             .unwrap()
             .unwrap()

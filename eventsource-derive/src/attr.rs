@@ -4,7 +4,7 @@
 //! others. A value that is wrong is reported here and left out of the model; the key still
 //! counts as given, so no "missing" error follows it.
 
-use proc_macro2::{TokenStream, TokenTree};
+use proc_macro2::{Span, TokenStream, TokenTree};
 use syn::parse::Parser;
 use syn::{Attribute, Expr, Ident, Lit, LitStr, Meta, Path};
 
@@ -24,6 +24,12 @@ pub const VERSION: &str = "version";
 pub const SCHEMA_VERSION: &str = "schema_version";
 /// `#[aggregate(events(Path, ...))]`.
 pub const EVENTS: &str = "events";
+/// `#[event(upcast(1 => json(function), 2 => OldStruct))]`.
+pub const UPCAST: &str = "upcast";
+/// `#[event(aliases("OldName", ...))]`.
+pub const ALIASES: &str = "aliases";
+/// `#[aggregate(migrate(1 => function, ...))]`.
+pub const MIGRATE: &str = "migrate";
 
 /// One key of an attribute: whether it was written, and its value if that was valid.
 pub struct Setting<T> {
@@ -60,6 +66,28 @@ pub struct EventAttrs {
     pub aggregate: Setting<LitStr>,
     pub name: Setting<LitStr>,
     pub version: Setting<u32>,
+    /// Where the version was written, for errors about the upcast chain it needs.
+    pub version_span: Option<Span>,
+    pub upcast: Setting<Vec<Step>>,
+    /// Where `upcast(...)` was written.
+    pub upcast_span: Option<Span>,
+    pub aliases: Setting<Vec<LitStr>>,
+}
+
+/// One step of an upcast chain or a snapshot migration: how a stored value of version
+/// `from` becomes one of version `from + 1`.
+pub struct Step {
+    pub from: u32,
+    /// The version as written, where errors about this step point.
+    pub from_lit: syn::LitInt,
+    pub how: StepKind,
+}
+
+pub enum StepKind {
+    /// `json(path::to::function)`: a function of the JSON value.
+    Json(Path),
+    /// `OldStruct`: the old version as its own type, converted with `TryFrom`.
+    Typed(Path),
 }
 
 impl EventAttrs {
@@ -68,8 +96,12 @@ impl EventAttrs {
             aggregate: Setting::none(),
             name: Setting::none(),
             version: Setting::none(),
+            version_span: None,
+            upcast: Setting::none(),
+            upcast_span: None,
+            aliases: Setting::none(),
         };
-        let keys = &[AGGREGATE, NAME, VERSION];
+        let keys = &[AGGREGATE, NAME, VERSION, UPCAST, ALIASES];
         for_each_key(cx, EVENT_ATTR, keys, args, |key, meta| {
             let syntax = &syntax(EVENT_ATTR, key);
             let expected = &example(EVENT_ATTR, key);
@@ -83,9 +115,20 @@ impl EventAttrs {
                     type_name(cx, name_value(cx, meta, expected)?, syntax)
                 }),
                 // version = 2
-                _ => attrs.version.set(cx, syntax, meta, |meta| {
-                    positive_u32(cx, name_value(cx, meta, expected)?, syntax)
+                VERSION => attrs.version.set(cx, syntax, meta, |meta| {
+                    let value = name_value(cx, meta, expected)?;
+                    attrs.version_span = Some(spanned(value));
+                    positive_u32(cx, value, syntax)
                 }),
+                // upcast(1 => json(v1_to_v2), 2 => DepositedV2)
+                UPCAST => attrs.upcast.set(cx, syntax, meta, |meta| {
+                    attrs.upcast_span = Some(spanned(meta));
+                    steps(cx, meta, expected, true)
+                }),
+                // aliases("MoneyDeposited")
+                _ => attrs
+                    .aliases
+                    .set(cx, syntax, meta, |meta| alias_list(cx, meta, expected)),
             }
         });
         attrs
@@ -99,6 +142,7 @@ pub struct AggregateAttrs<'a> {
     pub name: Setting<LitStr>,
     pub schema_version: Setting<u32>,
     pub events: Setting<Vec<Path>>,
+    pub migrate: Setting<Vec<Step>>,
 }
 
 impl<'a> AggregateAttrs<'a> {
@@ -108,6 +152,7 @@ impl<'a> AggregateAttrs<'a> {
             name: Setting::none(),
             schema_version: Setting::none(),
             events: Setting::none(),
+            migrate: Setting::none(),
         };
         for attr in all.iter().filter(|attr| attr.path().is_ident(AGGREGATE_ATTR)) {
             attrs.attr.get_or_insert(attr);
@@ -118,7 +163,7 @@ impl<'a> AggregateAttrs<'a> {
                 attrs.events.given = true;
                 continue;
             };
-            let keys = &[NAME, SCHEMA_VERSION, EVENTS];
+            let keys = &[NAME, SCHEMA_VERSION, EVENTS, MIGRATE];
             for_each_key(cx, AGGREGATE_ATTR, keys, list.tokens.clone(), |key, meta| {
                 let syntax = &syntax(AGGREGATE_ATTR, key);
                 let expected = &example(AGGREGATE_ATTR, key);
@@ -131,6 +176,10 @@ impl<'a> AggregateAttrs<'a> {
                     SCHEMA_VERSION => attrs.schema_version.set(cx, syntax, meta, |meta| {
                         positive_u32(cx, name_value(cx, meta, expected)?, syntax)
                     }),
+                    // migrate(1 => account_v1_to_v2)
+                    MIGRATE => attrs
+                        .migrate
+                        .set(cx, syntax, meta, |meta| steps(cx, meta, expected, false)),
                     // events(AccountOpened, path::to::MoneyDeposited)
                     _ => attrs
                         .events
@@ -145,7 +194,7 @@ impl<'a> AggregateAttrs<'a> {
 /// How a key is referred to in messages: `#[event(version = ...)]`.
 fn syntax(attr: &str, key: &str) -> String {
     match key {
-        EVENTS => format!("#[{attr}({key}(...))]"),
+        EVENTS | UPCAST | ALIASES | MIGRATE => format!("#[{attr}({key}(...))]"),
         _ => format!("#[{attr}({key} = ...)]"),
     }
 }
@@ -155,6 +204,9 @@ fn example(attr: &str, key: &str) -> String {
     match key {
         VERSION | SCHEMA_VERSION => format!("#[{attr}({key} = N)]"),
         EVENTS => format!("#[{attr}({key}(Event, ...))]"),
+        UPCAST => format!("#[{attr}({key}(1 => json(function), 2 => OldStruct, ...))]"),
+        ALIASES => format!("#[{attr}({key}(\"OldName\", ...))]"),
+        MIGRATE => format!("#[{attr}({key}(1 => function, ...))]"),
         _ => format!("#[{attr}({key} = \"...\")]"),
     }
 }
@@ -296,6 +348,87 @@ fn event_list(cx: &Ctxt, meta: &Meta, expected: &str) -> Option<Vec<Path>> {
         cx.error_spanned_by(meta, "#[aggregate(events(...))] lists no events");
     }
     Some(paths)
+}
+
+/// The steps of `upcast(...)` (`typed` allowed) or `migrate(...)`, each parsed on its own.
+fn steps(cx: &Ctxt, meta: &Meta, expected: &str, typed: bool) -> Option<Vec<Step>> {
+    let Meta::List(list) = meta else {
+        cx.error_spanned_by(meta, format!("expected {expected}"));
+        return None;
+    };
+    let mut steps = Vec::new();
+    for item in split_commas(list.tokens.clone()) {
+        match step.parse2(item.clone()) {
+            // A migration is always a function of the JSON: `json(...)` may be left out.
+            Ok(Step {
+                from,
+                from_lit,
+                how: StepKind::Typed(path) | StepKind::Json(path),
+            }) if !typed => steps.push(Step {
+                from,
+                from_lit,
+                how: StepKind::Json(path),
+            }),
+            Ok(step) => steps.push(step),
+            Err(_) if typed => cx.error_spanned_by(
+                item,
+                "expected `N => json(function)` or `N => OldStruct`: how a stored event of version N becomes version N + 1",
+            ),
+            Err(_) => cx.error_spanned_by(
+                item,
+                "expected `N => function`: how a snapshot state of schema version N becomes schema version N + 1",
+            ),
+        }
+    }
+    if steps.is_empty() && list.tokens.is_empty() {
+        cx.error_spanned_by(meta, format!("{expected} lists no steps"));
+    }
+    Some(steps)
+}
+
+/// `N => json(path)` or `N => Path`.
+fn step(input: syn::parse::ParseStream) -> syn::Result<Step> {
+    let from_lit: syn::LitInt = input.parse()?;
+    let from = from_lit.base10_parse::<u32>()?;
+    input.parse::<syn::Token![=>]>()?;
+    let path = Path::parse_mod_style(input)?;
+    let how = if path.is_ident("json") && input.peek(syn::token::Paren) {
+        let inner;
+        syn::parenthesized!(inner in input);
+        let function = Path::parse_mod_style(&inner)?;
+        if !inner.is_empty() {
+            return Err(inner.error("expected the path of a function"));
+        }
+        StepKind::Json(function)
+    } else {
+        StepKind::Typed(path)
+    };
+    if !input.is_empty() {
+        return Err(input.error("expected `,`"));
+    }
+    Ok(Step { from, from_lit, how })
+}
+
+/// The names of `aliases(...)`, each checked as a type name.
+fn alias_list(cx: &Ctxt, meta: &Meta, expected: &str) -> Option<Vec<LitStr>> {
+    let Meta::List(list) = meta else {
+        cx.error_spanned_by(meta, format!("expected {expected}"));
+        return None;
+    };
+    let syntax = syntax(EVENT_ATTR, ALIASES);
+    let mut names = Vec::new();
+    for item in split_commas(list.tokens.clone()) {
+        match syn::parse2::<Expr>(item.clone()) {
+            Ok(expr) => names.extend(type_name(cx, ungroup(&expr), &syntax)),
+            Err(_) => cx.error_spanned_by(item, format!("expected {expected}")),
+        }
+    }
+    Some(names)
+}
+
+/// The span of some tokens, for errors reported later.
+fn spanned(tokens: &impl quote::ToTokens) -> Span {
+    syn::spanned::Spanned::span(&tokens.to_token_stream())
 }
 
 /// Top-level comma-separated items of a token stream.

@@ -87,19 +87,33 @@ fn expand_event(event: &Event, errors: Option<syn::Error>) -> TokenStream {
         None => quote!(#p::ANY_AGGREGATE),
     };
     let version = event.attrs.version.value.unwrap_or(1);
+    let aliases = event.attrs.aliases.value.as_deref().unwrap_or_default();
     // An event that did not compile is not registered: its name may be a stand-in.
     let registration = errors.is_none().then(|| {
         quote! {
             #p::inventory::submit! {
                 #p::EventRegistration {
                     event_type: #event_type,
+                    aliases: &[#(#aliases),*],
                     aggregate_type: #aggregate_type,
                     event_version: #version,
                     rust_type: ::core::concat!(::core::module_path!(), "::", #ident_name),
+                    shape: #p::shape_of::<#ident>,
                 }
             }
         }
     });
+    // With a mistake in the chain, events decode at their own version only.
+    let decode_version = errors
+        .is_none()
+        .then(|| {
+            upcast_chain(
+                ident,
+                version,
+                event.attrs.upcast.value.as_deref().unwrap_or_default(),
+            )
+        })
+        .flatten();
 
     quote! {
         #compile_errors
@@ -112,10 +126,99 @@ fn expand_event(event: &Event, errors: Option<syn::Error>) -> TokenStream {
                 const EVENT_TYPE: &'static str = #event_type;
                 const AGGREGATE_TYPE: &'static str = #aggregate_type;
                 const EVENT_VERSION: u32 = #version;
+                const ALIASES: &'static [&'static str] = &[#(#aliases),*];
+                #decode_version
             }
             #registration
         };
     }
+}
+
+/// `Event::decode_version` of an event with upcasts: one function per stored version, each
+/// bringing its value one version up and handing it to the next, the current version last.
+///
+/// A version upcast on JSON is held as a `serde_json::Value`, one upcast as a type as that
+/// type, the current version as the event itself.
+fn upcast_chain(ident: &Ident, version: u32, steps: &[attr::Step]) -> Option<TokenStream> {
+    if steps.is_empty() {
+        return None;
+    }
+    let p = private();
+    let step = |k: u32| steps.iter().find(|step| step.from == k);
+    let held = |k: u32| match step(k).map(|step| &step.how) {
+        Some(attr::StepKind::Typed(old)) => quote!(#old),
+        _ if k == version => quote!(#ident),
+        _ => quote!(#p::serde_json::Value),
+    };
+    let from = |k: u32| format_ident!("__from_v{}", k);
+    let functions = (1..=version).map(|k| {
+        let name = from(k);
+        let this = held(k);
+        let body = match step(k).map(|step| &step.how) {
+            None => quote!(::core::result::Result::Ok(__value)),
+            Some(how) => {
+                let next = from(k + 1);
+                let next_held = held(k + 1);
+                let upcast = match how {
+                    attr::StepKind::Json(function) => {
+                        quote!(#p::upcast_json::<#ident, _, _, #next_held>(#k, #function, __value))
+                    }
+                    attr::StepKind::Typed(old) => {
+                        quote!(#p::upcast_typed::<#ident, #old, #next_held>(#k, __value))
+                    }
+                };
+                quote!(#next(#upcast?))
+            }
+        };
+        quote! {
+            fn #name(__value: #this) -> #p::Result<#ident> {
+                #body
+            }
+        }
+    });
+    let arms = (1..=version).map(|k| {
+        let name = from(k);
+        let this = held(k);
+        quote!(#k => #name(#p::decode_stored::<#ident, #this>(#k, __payload)?),)
+    });
+    Some(quote! {
+        fn decode_version(__version: u32, __payload: &str) -> #p::Result<Self> {
+            #(#functions)*
+            match __version {
+                #(#arms)*
+                _ => ::core::result::Result::Err(#p::unknown_event_version::<Self>(__version)),
+            }
+        }
+    })
+}
+
+/// `Aggregate::migrate_snapshot` of an aggregate with migrations: each step from the
+/// snapshot's schema version on, in order.
+fn migration_chain(steps: &[attr::Step], type_name: &str) -> Option<TokenStream> {
+    let p = private();
+    let mut steps: Vec<_> = steps.iter().collect();
+    steps.sort_by_key(|step| step.from);
+    let oldest = steps.first()?.from;
+    let applied = steps.iter().map(|step| {
+        let k = step.from;
+        let (attr::StepKind::Json(function) | attr::StepKind::Typed(function)) = &step.how;
+        quote! {
+            if __schema_version <= #k {
+                __state = #p::migrate_state(#type_name, #k, #function, __state)?;
+            }
+        }
+    });
+    Some(quote! {
+        const MIGRATES_FROM: u32 = #oldest;
+
+        fn migrate_snapshot(__schema_version: u32, mut __state: #p::serde_json::Value) -> #p::Result<#p::serde_json::Value> {
+            if __schema_version < #oldest || __schema_version > <Self as #p::Aggregate>::SCHEMA_VERSION {
+                return ::core::result::Result::Err(#p::no_migration::<Self>(__schema_version));
+            }
+            #(#applied)*
+            ::core::result::Result::Ok(__state)
+        }
+    })
 }
 
 fn expand_aggregate(aggregate: &Aggregate, errors: Option<syn::Error>) -> TokenStream {
@@ -223,7 +326,7 @@ fn expand_aggregate(aggregate: &Aggregate, errors: Option<syn::Error>) -> TokenS
                 __D: #p::serde::Deserializer<'de>,
             {
                 #(
-                    if __event_type == #event_types {
+                    if #p::is_named::<#paths>(__event_type) {
                         return <#paths as #p::serde::Deserialize>::deserialize(__data).map(#enum_ident::#variants);
                     }
                 )*
@@ -254,9 +357,18 @@ fn expand_aggregate(aggregate: &Aggregate, errors: Option<syn::Error>) -> TokenS
                 }
             }
 
+            fn decode(__event_type: &str, __event_version: u32, __payload: &str) -> #p::Result<Self> {
+                #(
+                    if #p::is_named::<#paths>(__event_type) {
+                        return <#paths as #p::Event>::decode_version(__event_version, __payload).map(#enum_ident::#variants);
+                    }
+                )*
+                ::core::result::Result::Err(#p::unknown_event_type(__event_type, #type_name))
+            }
+
             fn from_json(__event_type: &str, __payload: &str) -> #p::Result<Self> {
                 #(
-                    if __event_type == #event_types {
+                    if #p::is_named::<#paths>(__event_type) {
                         return #p::decode_event::<#paths>(__payload).map(#enum_ident::#variants);
                     }
                 )*
@@ -265,6 +377,15 @@ fn expand_aggregate(aggregate: &Aggregate, errors: Option<syn::Error>) -> TokenS
         }
     };
 
+    let migrations = errors
+        .is_none()
+        .then(|| {
+            migration_chain(
+                aggregate.attrs.migrate.value.as_deref().unwrap_or_default(),
+                &type_name,
+            )
+        })
+        .flatten();
     // Without a struct there is no state to apply events to: the shape error says so.
     let aggregate_impl = aggregate.shape.is_struct().then(|| {
         let (impl_generics, ty_generics, where_clause) = original.generics.split_for_impl();
@@ -284,6 +405,7 @@ fn expand_aggregate(aggregate: &Aggregate, errors: Option<syn::Error>) -> TokenS
                 const TYPE_NAME: &'static str = #type_name;
                 const SCHEMA_VERSION: u32 = #schema_version;
                 type Event = #enum_ident;
+                #migrations
 
                 fn apply_event(&mut self, __event: &Self::Event) {
                     match *__event {
@@ -294,14 +416,31 @@ fn expand_aggregate(aggregate: &Aggregate, errors: Option<syn::Error>) -> TokenS
         }
     });
 
+    let migrates_from = aggregate
+        .attrs
+        .migrate
+        .value
+        .iter()
+        .flatten()
+        .map(|step| step.from)
+        .min()
+        .unwrap_or(schema_version);
+    // A generic state has one shape per instance: none to lock.
+    let shape = if original.generics.params.is_empty() {
+        quote!(#p::shape_of::<#ident>)
+    } else {
+        quote!(#p::generic_shape)
+    };
     let registration = (errors.is_none() && aggregate_impl.is_some()).then(|| {
         quote! {
             #p::inventory::submit! {
                 #p::AggregateRegistration {
                     name: #type_name,
                     schema_version: #schema_version,
+                    migrates_from: #migrates_from,
                     event_types: &[#(#event_types),*],
                     rust_type: ::core::concat!(::core::module_path!(), "::", #ident_name),
+                    shape: #shape,
                 }
             }
         }
@@ -328,14 +467,16 @@ fn expand_aggregate(aggregate: &Aggregate, errors: Option<syn::Error>) -> TokenS
     }
 }
 
-/// A compile-time check that two listed events do not share an event type name (the stored
-/// key of an event is its aggregate type and its event type), reported at the later one.
+/// A compile-time check that two listed events do not share an event type name or alias (the
+/// stored key of an event is its aggregate type and its event type), reported at the later one.
 fn name_clash_check(earlier: &ListedEvent, later: &ListedEvent) -> TokenStream {
     let p = private();
     let first = event_const(earlier, "EVENT_TYPE");
+    let first_aliases = event_const(earlier, "ALIASES");
     let second = event_const(later, "EVENT_TYPE");
+    let second_aliases = event_const(later, "ALIASES");
     let message = format!(
-        "events `{}` and `{}` share an event type name; rename one with #[event(name = \"...\")]",
+        "events `{}` and `{}` share an event type name or alias; rename one with #[event(name = \"...\")]",
         valid::show(&earlier.path),
         valid::show(&later.path)
     );
@@ -343,7 +484,7 @@ fn name_clash_check(earlier: &ListedEvent, later: &ListedEvent) -> TokenStream {
     let panic = respan(quote!(::core::panic!), start);
     let args = respan(quote!(("{}", #message)), end);
     quote! {
-        const _: () = if #p::str_eq(#first, #second) {
+        const _: () = if #p::share_a_name(#first, #first_aliases, #second, #second_aliases) {
             #panic #args
         };
     }

@@ -45,6 +45,37 @@ pub enum Error {
         aggregate_type: String,
     },
 
+    /// A stored event's version is not one this program reads: newer than the program knows
+    /// (written by a newer instance, as during a rolling deploy), or 0. Nothing is decoded:
+    /// the program must be upgraded before it reads this event.
+    #[error(
+        "event {aggregate_type}.{event_type} is stored at version {stored}, but this program reads versions 1 to {current} of it; \
+         an instance of a newer program wrote it, so upgrade this one"
+    )]
+    UnknownEventVersion {
+        /// The aggregate type of the event.
+        aggregate_type: String,
+        /// The event type name.
+        event_type: String,
+        /// The version read from the store.
+        stored: u32,
+        /// The event's version in this program.
+        current: u32,
+    },
+
+    /// A stored event or snapshot state of an older version could not be brought to the
+    /// current version: its upcaster or migration failed, or the JSON it produced does not
+    /// decode as the next version.
+    #[error("cannot upcast {what} from version {from_version}: {reason}")]
+    Upcast {
+        /// What was upcast, such as `event Account.MoneyDeposited` or `snapshot of Account`.
+        what: String,
+        /// The version of the step that failed.
+        from_version: u32,
+        /// Why it failed.
+        reason: String,
+    },
+
     /// Two aggregate types share one name and schema version in this program, or two event
     /// types share one name within one aggregate type.
     #[error("{kind} name `{name}` is registered twice: by {first} and by {second}")]

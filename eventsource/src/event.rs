@@ -28,6 +28,21 @@ pub trait Event: Serialize + DeserializeOwned + Clone + Debug + Send + Sync + 's
     const AGGREGATE_TYPE: &'static str;
     /// The version of this event's schema, 1 unless set.
     const EVENT_VERSION: u32;
+    /// Older names of this event type, still read from stored events
+    /// (`#[event(aliases("..."))]`); events are always written under [`EVENT_TYPE`](Self::EVENT_TYPE).
+    const ALIASES: &'static [&'static str] = &[];
+
+    /// Decodes a payload stored at `version`, upcasting it step by step to
+    /// [`EVENT_VERSION`](Self::EVENT_VERSION) through the steps of `#[event(upcast(...))]`.
+    ///
+    /// A version newer than the event's (or 0) is [`Error::UnknownEventVersion`](crate::Error::UnknownEventVersion);
+    /// a step that fails is [`Error::Upcast`](crate::Error::Upcast).
+    fn decode_version(version: u32, payload: &str) -> Result<Self> {
+        if version != Self::EVENT_VERSION {
+            return Err(crate::evolution::unknown_event_version::<Self>(version));
+        }
+        crate::__private::decode_event(payload)
+    }
 }
 
 /// Correlation, causation and free-form metadata carried by recorded events.

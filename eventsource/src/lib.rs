@@ -8,6 +8,7 @@ mod deadline;
 pub mod error;
 pub mod event;
 pub mod event_store;
+pub mod evolution;
 pub mod registry;
 pub mod repository;
 pub mod root;

@@ -2,6 +2,11 @@
 
 pub use inventory;
 pub use serde;
+pub use serde_json;
+
+pub use crate::evolution::{
+    decode_stored, migrate_state, no_migration, unknown_event_version, upcast_json, upcast_typed,
+};
 
 pub use crate::aggregate::{Aggregate, AggregateEvent, Apply};
 pub use crate::error::{Error, Result};
@@ -24,6 +29,48 @@ pub fn unknown_event_type(event_type: &str, aggregate_type: &str) -> Error {
         event_type: event_type.to_owned(),
         aggregate_type: aggregate_type.to_owned(),
     }
+}
+
+/// Whether a stored event type name is the event's name or one of its aliases.
+pub fn is_named<E: Event>(event_type: &str) -> bool {
+    event_type == E::EVENT_TYPE || E::ALIASES.contains(&event_type)
+}
+
+/// The shape of a state or event type, for the schema lock.
+pub fn shape_of<T: serde::de::DeserializeOwned>(
+) -> std::result::Result<crate::evolution::shape::Traced, String> {
+    crate::evolution::shape::trace::<T>()
+}
+
+/// The shape of a generic state, which has one per instance.
+pub fn generic_shape() -> std::result::Result<crate::evolution::shape::Traced, String> {
+    Err("a generic state has one shape per type argument; it is not locked".into())
+}
+
+/// Whether two events share a name: one's name or alias is the other's name or alias.
+pub const fn share_a_name(a: &str, a_aliases: &[&str], b: &str, b_aliases: &[&str]) -> bool {
+    if str_eq(a, b) || in_list(a, b_aliases) || in_list(b, a_aliases) {
+        return true;
+    }
+    let mut i = 0;
+    while i < a_aliases.len() {
+        if in_list(a_aliases[i], b_aliases) {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+const fn in_list(name: &str, list: &[&str]) -> bool {
+    let mut i = 0;
+    while i < list.len() {
+        if str_eq(name, list[i]) {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 /// String equality usable in constants, for compile-time checks of the derive.

@@ -15,13 +15,20 @@ use crate::error::{Error, Result};
 pub struct EventRegistration {
     /// The event type name.
     pub event_type: &'static str,
+    /// Older names of the event type, still read from stored events.
+    pub aliases: &'static [&'static str],
     /// The aggregate type it belongs to.
     pub aggregate_type: &'static str,
     /// Its event version.
     pub event_version: u32,
     /// The Rust path of the struct.
     pub rust_type: &'static str,
+    /// Traces the event's serialized shape, for the schema lock.
+    pub shape: ShapeFn,
 }
+
+/// Traces a registered type's serialized shape (see [`crate::evolution::shape`]).
+pub type ShapeFn = fn() -> std::result::Result<crate::evolution::shape::Traced, String>;
 
 /// One aggregate type, registered by `#[derive(Aggregate)]`.
 #[derive(Debug)]
@@ -30,10 +37,14 @@ pub struct AggregateRegistration {
     pub name: &'static str,
     /// The schema version of its state.
     pub schema_version: u32,
+    /// The oldest schema version whose snapshots migrate to this one.
+    pub migrates_from: u32,
     /// The event type names it lists.
     pub event_types: &'static [&'static str],
     /// The Rust path of the state struct.
     pub rust_type: &'static str,
+    /// Traces the state's serialized shape, for the schema lock.
+    pub shape: ShapeFn,
 }
 
 inventory::collect!(EventRegistration);
@@ -49,9 +60,11 @@ pub fn aggregates() -> impl Iterator<Item = &'static AggregateRegistration> {
     inventory::iter::<AggregateRegistration>.into_iter()
 }
 
-/// The registered event type of this aggregate type with this name.
+/// The registered event type of this aggregate type with this name or alias.
 pub fn event(aggregate_type: &str, event_type: &str) -> Option<&'static EventRegistration> {
-    events().find(|e| e.aggregate_type == aggregate_type && e.event_type == event_type)
+    events().find(|e| {
+        e.aggregate_type == aggregate_type && (e.event_type == event_type || e.aliases.contains(&event_type))
+    })
 }
 
 /// Checks that names are unique as storage needs them: an aggregate type name belongs to one
@@ -76,7 +89,11 @@ pub fn check() -> Result<()> {
         first_duplicate(
             "event type",
             // NUL cannot be in a name, so it keeps the two names apart; shown as a dot.
-            events().map(|e| (format!("{}\0{}", e.aggregate_type, e.event_type), e.rust_type)),
+            events().flat_map(|e| {
+                std::iter::once(e.event_type)
+                    .chain(e.aliases.iter().copied())
+                    .map(|name| (format!("{}\0{name}", e.aggregate_type), e.rust_type))
+            }),
         )
     });
     outcome

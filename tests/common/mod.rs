@@ -45,7 +45,7 @@ fn broken() -> Error {
 
 #[async_trait]
 impl SnapshotStore for FailingSnapshotStore {
-    async fn get_snapshot(&self, _: Uuid, _: &str) -> eventsource::Result<Option<Snapshot>> {
+    async fn get_snapshot(&self, _: Uuid, _: &str, _: u32) -> eventsource::Result<Option<Snapshot>> {
         Err(broken())
     }
     async fn save_snapshot(&self, _: &Snapshot) -> eventsource::Result<bool> {
@@ -89,8 +89,8 @@ impl ObservedSnapshotStore {
 
 #[async_trait]
 impl SnapshotStore for ObservedSnapshotStore {
-    async fn get_snapshot(&self, id: Uuid, t: &str) -> eventsource::Result<Option<Snapshot>> {
-        self.inner.get_snapshot(id, t).await
+    async fn get_snapshot(&self, id: Uuid, t: &str, schema: u32) -> eventsource::Result<Option<Snapshot>> {
+        self.inner.get_snapshot(id, t, schema).await
     }
     async fn save_snapshot(&self, snapshot: &Snapshot) -> eventsource::Result<bool> {
         loop {
@@ -122,7 +122,7 @@ pub struct HangingSnapshotStore;
 
 #[async_trait]
 impl SnapshotStore for HangingSnapshotStore {
-    async fn get_snapshot(&self, _: Uuid, _: &str) -> eventsource::Result<Option<Snapshot>> {
+    async fn get_snapshot(&self, _: Uuid, _: &str, _: u32) -> eventsource::Result<Option<Snapshot>> {
         std::future::pending().await
     }
     async fn save_snapshot(&self, _: &Snapshot) -> eventsource::Result<bool> {
@@ -145,8 +145,8 @@ pub struct SlowSnapshotStore(pub InMemorySnapshotStore);
 
 #[async_trait]
 impl SnapshotStore for SlowSnapshotStore {
-    async fn get_snapshot(&self, id: Uuid, t: &str) -> eventsource::Result<Option<Snapshot>> {
-        self.0.get_snapshot(id, t).await
+    async fn get_snapshot(&self, id: Uuid, t: &str, schema: u32) -> eventsource::Result<Option<Snapshot>> {
+        self.0.get_snapshot(id, t, schema).await
     }
     async fn save_snapshot(&self, snapshot: &Snapshot) -> eventsource::Result<bool> {
         tokio::time::sleep(std::time::Duration::from_micros(200)).await;

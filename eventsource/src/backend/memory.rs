@@ -5,7 +5,7 @@
 //! are kept serialized, as a database would keep them, so an event that cannot be encoded
 //! fails at save time here too.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -229,7 +229,7 @@ impl EventStore for InMemoryEventStore {
 /// A snapshot store in process memory.
 #[derive(Clone, Debug, Default)]
 pub struct InMemorySnapshotStore {
-    inner: Arc<RwLock<HashMap<(Uuid, String), Snapshot>>>,
+    inner: Arc<RwLock<BTreeMap<(Uuid, String, u32), Snapshot>>>,
 }
 
 impl InMemorySnapshotStore {
@@ -249,28 +249,46 @@ impl InMemorySnapshotStore {
     }
 }
 
-fn key(aggregate_id: Uuid, aggregate_type: &str) -> (Uuid, String) {
-    (aggregate_id, aggregate_type.to_owned())
+fn key(aggregate_id: Uuid, aggregate_type: &str, schema_version: u32) -> (Uuid, String, u32) {
+    (aggregate_id, aggregate_type.to_owned(), schema_version)
+}
+
+/// The keys of every schema version of one aggregate's snapshots.
+fn every_schema(aggregate_id: Uuid, aggregate_type: &str) -> std::ops::RangeInclusive<(Uuid, String, u32)> {
+    key(aggregate_id, aggregate_type, 0)..=key(aggregate_id, aggregate_type, u32::MAX)
 }
 
 #[async_trait]
 impl SnapshotStore for InMemorySnapshotStore {
-    async fn get_snapshot(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<Option<Snapshot>> {
-        Ok(read(&self.inner).get(&key(aggregate_id, aggregate_type)).cloned())
+    async fn get_snapshot(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        schema_version: u32,
+    ) -> Result<Option<Snapshot>> {
+        let usable = key(aggregate_id, aggregate_type, 0)..=key(aggregate_id, aggregate_type, schema_version);
+        Ok(read(&self.inner)
+            .range(usable)
+            .next_back()
+            .map(|(_, s)| s.clone()))
     }
 
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<bool> {
         validate_snapshot(snapshot)?;
         let mut snapshots = write(&self.inner);
-        let slot = snapshots.entry(key(snapshot.aggregate_id, &snapshot.aggregate_type));
+        let slot = snapshots.entry(key(
+            snapshot.aggregate_id,
+            &snapshot.aggregate_type,
+            snapshot.schema_version,
+        ));
         match slot {
-            std::collections::hash_map::Entry::Occupied(mut stored) => {
+            std::collections::btree_map::Entry::Occupied(mut stored) => {
                 if stored.get().version > snapshot.version {
                     return Ok(false);
                 }
                 stored.insert(snapshot.clone());
             }
-            std::collections::hash_map::Entry::Vacant(free) => {
+            std::collections::btree_map::Entry::Vacant(free) => {
                 free.insert(snapshot.clone());
             }
         }
@@ -280,13 +298,22 @@ impl SnapshotStore for InMemorySnapshotStore {
     #[tracing::instrument(name = "eventsource.snapshot.delete", level = "debug", skip_all,
         fields(aggregate.id = %aggregate_id, aggregate.type = aggregate_type))]
     async fn delete_snapshot(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<bool> {
-        Ok(write(&self.inner)
-            .remove(&key(aggregate_id, aggregate_type))
-            .is_some())
+        let mut snapshots = write(&self.inner);
+        let keys: Vec<_> = snapshots
+            .range(every_schema(aggregate_id, aggregate_type))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &keys {
+            snapshots.remove(key);
+        }
+        Ok(!keys.is_empty())
     }
 
     async fn snapshot_exists(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<bool> {
-        Ok(read(&self.inner).contains_key(&key(aggregate_id, aggregate_type)))
+        Ok(read(&self.inner)
+            .range(every_schema(aggregate_id, aggregate_type))
+            .next()
+            .is_some())
     }
 
     #[tracing::instrument(name = "eventsource.snapshot.delete_by_type", level = "debug", skip_all,

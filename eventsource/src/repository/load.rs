@@ -22,6 +22,8 @@ struct Candidate<A> {
     version: u64,
     event_id: Option<Uuid>,
     state: A,
+    /// Whether the state was migrated from an older schema version.
+    migrated: bool,
 }
 
 impl<A: Aggregate> Repository<A> {
@@ -58,6 +60,7 @@ impl<A: Aggregate> Repository<A> {
                 version,
                 event_id,
                 state,
+                migrated,
             } = candidate;
             // The event at the snapshot's own version proves the stream has reached it, and
             // its id that the snapshot was taken from this history.
@@ -68,7 +71,8 @@ impl<A: Aggregate> Repository<A> {
                 {
                     let mut root = AggregateRoot::following(id, version, state, event.event_id);
                     let replayed = replay(&mut root, events).await?;
-                    self.metrics.add(A::TYPE_NAME, Counter::Hit);
+                    let used = if migrated { Counter::Migrated } else { Counter::Hit };
+                    self.metrics.add(A::TYPE_NAME, used);
                     span.record("snapshot.used", true);
                     span.record("snapshot.version", version);
                     return Ok(finish(root, replayed, span));
@@ -108,7 +112,7 @@ impl<A: Aggregate> Repository<A> {
         let timeout = snapshots.policy.store_timeout();
         let span = tracing::debug_span!("eventsource.snapshot.get", aggregate.id = %id, aggregate.type = A::TYPE_NAME);
         if let Some(joint) = &snapshots.joint {
-            let found = match bounded(timeout, joint.read(id, A::TYPE_NAME))
+            let found = match bounded(timeout, joint.read(id, A::TYPE_NAME, A::SCHEMA_VERSION))
                 .instrument(span)
                 .await
             {
@@ -119,7 +123,10 @@ impl<A: Aggregate> Repository<A> {
             let candidate = self.usable(id, found.snapshot)?;
             return Some((candidate, found.events));
         }
-        let read = snapshots.store.get_snapshot(id, A::TYPE_NAME).instrument(span);
+        let read = snapshots
+            .store
+            .get_snapshot(id, A::TYPE_NAME, A::SCHEMA_VERSION)
+            .instrument(span);
         let snapshot = match bounded(timeout, read).await {
             Ok(Some(snapshot)) => snapshot,
             Ok(None) => return self.miss(id, MissReason::Missing, String::new()),
@@ -132,14 +139,19 @@ impl<A: Aggregate> Repository<A> {
 
     /// The snapshot as a candidate, if it passes every check but the stream's.
     fn usable(&self, id: Uuid, snapshot: Snapshot) -> Option<Candidate<A>> {
-        if snapshot.aggregate_id != id || snapshot.aggregate_type != A::TYPE_NAME {
+        if snapshot.aggregate_id != id
+            || snapshot.aggregate_type != A::TYPE_NAME
+            || snapshot.schema_version > A::SCHEMA_VERSION
+        {
             let detail = format!(
-                "store returned the snapshot of {} {}",
-                snapshot.aggregate_type, snapshot.aggregate_id
+                "asked for a snapshot of {} {id} up to schema version {}, the store returned one of {} {} at schema version {}",
+                A::TYPE_NAME, A::SCHEMA_VERSION, snapshot.aggregate_type, snapshot.aggregate_id, snapshot.schema_version
             );
             return self.miss(id, MissReason::StoreError, detail);
         }
-        if snapshot.schema_version != A::SCHEMA_VERSION {
+        let current = snapshot.schema_version == A::SCHEMA_VERSION;
+        let migratable = (A::MIGRATES_FROM..A::SCHEMA_VERSION).contains(&snapshot.schema_version);
+        if !current && !migratable {
             let detail = format!(
                 "snapshot schema {}, aggregate schema {}",
                 snapshot.schema_version,
@@ -154,15 +166,20 @@ impl<A: Aggregate> Repository<A> {
                 "store returned a snapshot at version 0".into(),
             );
         }
-        match codec::from_json::<A>(&snapshot.state, || {
-            format!("snapshot state of {} {id}", A::TYPE_NAME)
-        }) {
+        let what = || format!("snapshot state of {} {id}", A::TYPE_NAME);
+        let state = if current {
+            codec::from_json::<A>(&snapshot.state, what).map_err(|e| (MissReason::DeserializationError, e))
+        } else {
+            migrate::<A>(&snapshot, what).map_err(|e| (MissReason::MigrationFailed, e))
+        };
+        match state {
             Ok(state) => Some(Candidate {
                 version: snapshot.version,
                 event_id: snapshot.event_id,
                 state,
+                migrated: !current,
             }),
-            Err(e) => self.miss(id, MissReason::DeserializationError, e.to_string()),
+            Err((reason, e)) => self.miss(id, reason, e.to_string()),
         }
     }
 
@@ -198,6 +215,20 @@ impl<A: Aggregate> Repository<A> {
     }
 }
 
+/// The state of a snapshot of an older schema version, migrated to the current one.
+fn migrate<A: Aggregate>(snapshot: &Snapshot, what: impl Fn() -> String) -> Result<A> {
+    let old: serde_json::Value = codec::from_json(&snapshot.state, &what)?;
+    let migrated = A::migrate_snapshot(snapshot.schema_version, old)?;
+    serde_json::from_value(migrated).map_err(|e| Error::Upcast {
+        what: what(),
+        from_version: snapshot.schema_version,
+        reason: format!(
+            "the migrated state does not deserialize as schema version {}: {e}",
+            A::SCHEMA_VERSION
+        ),
+    })
+}
+
 /// Applies a stream's events to the root, checking that each belongs to the stream and that
 /// versions follow on without a gap.
 async fn replay<A: Aggregate>(root: &mut AggregateRoot<A>, mut events: EventStream<'_>) -> Result<u64> {
@@ -224,7 +255,7 @@ async fn replay<A: Aggregate>(root: &mut AggregateRoot<A>, mut events: EventStre
                 ),
             ));
         }
-        let event = A::Event::from_json(&stored.event_type, &stored.payload)?;
+        let event = A::Event::decode(&stored.event_type, stored.event_version, &stored.payload)?;
         root.apply_stored(&event, stored.event_id);
     }
     Ok(root.version() - start)

@@ -35,8 +35,9 @@ impl std::fmt::Debug for SnapshotAndEvents<'_> {
 /// stream head) exactly as it does otherwise, and on a miss replays every event.
 #[async_trait]
 pub trait JointSnapshotRead: Send + Sync {
-    /// The aggregate's snapshot and the events from its version on, or `None` if no snapshot
-    /// is stored. An error counts as a snapshot store error: the repository then replays
+    /// The aggregate's snapshot with the highest schema version not above `schema_version`
+    /// (as [`SnapshotStore::get_snapshot`](super::SnapshotStore::get_snapshot) chooses it)
+    /// and the events from its version on, or `None` if no such snapshot is stored. An error counts as a snapshot store error: the repository then replays
     /// every event through [`EventStore::read_stream`](crate::EventStore::read_stream).
     /// The snapshot policy's store timeout covers this call, so it covers whatever part of
     /// the events the reader fetches with the snapshot.
@@ -44,5 +45,6 @@ pub trait JointSnapshotRead: Send + Sync {
         &'a self,
         aggregate_id: Uuid,
         aggregate_type: &'a str,
+        schema_version: u32,
     ) -> Result<Option<SnapshotAndEvents<'a>>>;
 }

@@ -21,6 +21,9 @@ pub enum MissReason {
     /// the snapshot was taken from another history (another event store, or events since
     /// rolled back).
     HistoryMismatch,
+    /// The snapshot is of an older schema version with a migration to the current one, and
+    /// the migration failed (or its result does not deserialize).
+    MigrationFailed,
 }
 
 impl MissReason {
@@ -33,6 +36,7 @@ impl MissReason {
             MissReason::StoreError => "store_error",
             MissReason::BeyondStreamHead => "beyond_stream_head",
             MissReason::HistoryMismatch => "history_mismatch",
+            MissReason::MigrationFailed => "migration_failed",
         }
     }
 }
@@ -56,6 +60,7 @@ pub struct SnapshotMetrics {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Counter {
     Hit,
+    Migrated,
     Miss(MissReason),
     Written,
     WriteFailed,
@@ -84,6 +89,12 @@ impl SnapshotMetrics {
     /// Loads of the type that used a snapshot.
     pub fn hits(&self, aggregate_type: &str) -> u64 {
         self.get(aggregate_type, Counter::Hit)
+    }
+
+    /// Loads of the type that used a snapshot of an older schema version, migrated to the
+    /// current one by `#[aggregate(migrate(...))]`. Counted apart from [`hits`](Self::hits).
+    pub fn migrated(&self, aggregate_type: &str) -> u64 {
+        self.get(aggregate_type, Counter::Migrated)
     }
 
     /// Loads of the type that did not use a snapshot, for this reason.

@@ -62,17 +62,24 @@ impl Snapshot {
     }
 }
 
-/// Storage of at most one snapshot per aggregate.
+/// Storage of at most one snapshot per aggregate and schema version.
 ///
 /// # Contract
 ///
 /// Every backend guarantees, and the conformance suite in `eventsource::testing` checks:
 ///
-/// - **One per aggregate.** A store keeps at most one snapshot per
-///   `(aggregate_id, aggregate_type)`; the same id under two types is two aggregates.
+/// - **One per aggregate and schema version.** A store keeps at most one snapshot per
+///   `(aggregate_id, aggregate_type, schema_version)`; the same id under two types is two
+///   aggregates. During a rolling deploy, instances of two schema versions each keep their
+///   own snapshot of an aggregate and never replace the other's; the bulk invalidation
+///   ([`delete_snapshots_by_type`](Self::delete_snapshots_by_type)) cleans up the old ones
+///   once every instance runs the new version.
 /// - **Never older.** [`save_snapshot`](Self::save_snapshot) is an upsert that replaces the
-///   stored snapshot only with one of the same or a higher version, also when two writers
-///   race; it returns whether the given snapshot was stored.
+///   stored snapshot of its schema version only with one of the same or a higher version,
+///   also when two writers race; it returns whether the given snapshot was stored.
+/// - **The newest usable schema.** [`get_snapshot`](Self::get_snapshot) returns the snapshot
+///   with the highest schema version not above the one asked for: the reader's own, or an
+///   older one it may migrate; never one of a newer schema that it cannot read.
 /// - **Exact reads.** [`get_snapshot`](Self::get_snapshot) returns what was stored, field for
 ///   field, the state's JSON text byte for byte.
 /// - **Checked names.** A snapshot whose aggregate type name is empty or holds a NUL
@@ -85,16 +92,23 @@ impl Snapshot {
 ///   a snapshot miss, never as a failed load.
 #[async_trait]
 pub trait SnapshotStore: Send + Sync {
-    /// The snapshot of the aggregate, if one is stored.
-    async fn get_snapshot(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<Option<Snapshot>>;
+    /// The aggregate's snapshot with the highest schema version not above `schema_version`,
+    /// if one is stored.
+    async fn get_snapshot(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        schema_version: u32,
+    ) -> Result<Option<Snapshot>>;
 
-    /// Stores the snapshot unless a newer one is stored; returns whether it was stored.
+    /// Stores the snapshot unless a newer one of its schema version is stored; returns
+    /// whether it was stored.
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<bool>;
 
-    /// Deletes the aggregate's snapshot; returns whether there was one.
+    /// Deletes the aggregate's snapshots, of every schema version; returns whether there was one.
     async fn delete_snapshot(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<bool>;
 
-    /// Whether a snapshot of the aggregate is stored.
+    /// Whether a snapshot of the aggregate is stored, of any schema version.
     async fn snapshot_exists(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<bool>;
 
     /// Deletes the snapshots of a type with a schema version below the bound (all if `None`).
@@ -115,8 +129,15 @@ pub trait SnapshotStore: Send + Sync {
 
 #[async_trait]
 impl<S: SnapshotStore + ?Sized> SnapshotStore for Arc<S> {
-    async fn get_snapshot(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<Option<Snapshot>> {
-        (**self).get_snapshot(aggregate_id, aggregate_type).await
+    async fn get_snapshot(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        schema_version: u32,
+    ) -> Result<Option<Snapshot>> {
+        (**self)
+            .get_snapshot(aggregate_id, aggregate_type, schema_version)
+            .await
     }
 
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<bool> {

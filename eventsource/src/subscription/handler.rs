@@ -60,7 +60,7 @@ where
 {
     async fn handle(&mut self, events: &[StoredEvent]) -> Result<(), HandlerError> {
         for event in events.iter().filter(|e| *e.aggregate_type == *A::TYPE_NAME) {
-            let decoded = A::Event::from_json(&event.event_type, &event.payload)?;
+            let decoded = A::Event::decode(&event.event_type, event.event_version, &event.payload)?;
             (self.f)(event, decoded)?;
         }
         Ok(())

@@ -25,6 +25,7 @@ macro_rules! __snapshot_store_checks {
             snapshot_exists_follows_saves_and_deletes
             delete_by_type_deletes_strictly_below_the_bound
             same_id_under_two_types_is_two_snapshots
+            each_schema_version_keeps_its_own_snapshot
             names_a_store_cannot_keep_are_refused
         }
     };
@@ -55,7 +56,7 @@ async fn save(store: &dyn SnapshotStore, snapshot: &Snapshot) -> bool {
 
 async fn get(store: &dyn SnapshotStore, id: Uuid, ty: &str) -> Option<Snapshot> {
     store
-        .get_snapshot(id, ty)
+        .get_snapshot(id, ty, u32::MAX)
         .await
         .unwrap_or_else(|e| panic!("reading the snapshot of {ty} {id} failed: {e}"))
 }
@@ -189,7 +190,7 @@ pub async fn same_or_newer_version_replaces_older_never_does(store: &dyn Snapsho
         "saving version 7 over 5 reported it not stored"
     );
     assert_same(get(store, id, &ty).await, &newer, "after saving version 7 over 5");
-    let mut equal = snapshot(id, &ty, 7, 2);
+    let mut equal = snapshot(id, &ty, 7, 1);
     equal.created_at = now() + Duration::seconds(1);
     assert!(
         save(store, &equal).await,
@@ -198,7 +199,7 @@ pub async fn same_or_newer_version_replaces_older_never_does(store: &dyn Snapsho
     assert_same(get(store, id, &ty).await, &equal, "after saving version 7 over 7");
     for older in [6, 0] {
         assert!(
-            !save(store, &snapshot(id, &ty, older, 3)).await,
+            !save(store, &snapshot(id, &ty, older, 1)).await,
             "saving version {older} over 7 reports it stored"
         );
         assert_same(
@@ -401,6 +402,59 @@ pub async fn delete_by_type_deletes_strictly_below_the_bound(store: &dyn Snapsho
         1,
         "deleting the other type's below u32::MAX"
     );
+}
+
+/// Each schema version of an aggregate keeps its own snapshot with its own version guard (two
+/// program versions running side by side never replace each other's); a read gets the
+/// highest schema version not above the one asked for; a delete removes every one.
+pub async fn each_schema_version_keeps_its_own_snapshot(store: &dyn SnapshotStore) {
+    let (id, ty) = (Uuid::new_v4(), unique_type("RollingDeploy"));
+    let old = snapshot(id, &ty, 10, 1);
+    let new = snapshot(id, &ty, 5, 2);
+    assert!(save(store, &old).await, "saving schema 1 reported it not stored");
+    assert!(
+        save(store, &new).await,
+        "saving schema 2 at a lower version than schema 1's reported it not stored"
+    );
+    let ty_ref = ty.as_str();
+    let read = |schema: u32| async move {
+        store.get_snapshot(id, ty_ref, schema).await.unwrap_or_else(|e| {
+            panic!("reading the snapshot of {ty_ref} {id} up to schema {schema} failed: {e}")
+        })
+    };
+    assert_same(read(1).await, &old, "reading up to schema 1");
+    assert_same(read(2).await, &new, "reading up to schema 2");
+    assert_same(read(9).await, &new, "reading up to schema 9");
+    assert_eq!(read(0).await, None, "reading up to schema 0");
+    assert!(
+        !save(store, &snapshot(id, &ty, 8, 1)).await,
+        "an older version of schema 1 is stored"
+    );
+    let newer_old = snapshot(id, &ty, 12, 1);
+    assert!(
+        save(store, &newer_old).await,
+        "a newer version of schema 1 reported not stored"
+    );
+    assert_same(read(1).await, &newer_old, "schema 1 after it grew");
+    assert_same(read(2).await, &new, "schema 2 after schema 1 grew");
+    assert_eq!(
+        delete_by_type(store, &ty, Some(2)).await,
+        1,
+        "deleting below schema 2"
+    );
+    assert_eq!(read(1).await, None, "schema 1 after deleting below 2");
+    assert!(save(store, &newer_old).await, "saving schema 1 again");
+    assert!(delete(store, id, &ty).await, "deleting the aggregate's snapshots");
+    assert_eq!(
+        read(9).await,
+        None,
+        "any schema after deleting the aggregate's snapshots"
+    );
+    assert!(
+        !exists(store, id, &ty).await,
+        "exists after deleting the aggregate's snapshots"
+    );
+    clean_up(store, &[&ty]).await;
 }
 
 /// The same id under two aggregate types is two snapshots, each with its own version guard.

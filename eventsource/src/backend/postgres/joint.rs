@@ -42,13 +42,16 @@ impl Reader {
                 s.event_id AS snapshot_event_id,
                 CASE WHEN e.aggregate_version IS NULL OR e.aggregate_version = s.version
                     THEN s.state::text END AS state
-             FROM {snapshot_table} s
+             FROM (
+                SELECT * FROM {snapshot_table}
+                WHERE aggregate_id = $1 AND aggregate_type = $2 AND schema_version <= $4
+                ORDER BY schema_version DESC LIMIT 1
+             ) s
              LEFT JOIN LATERAL (
                 SELECT {COLUMNS} FROM {event_table}
                 WHERE aggregate_id = $1 AND aggregate_type = $2 AND aggregate_version >= s.version
                 ORDER BY aggregate_version LIMIT $3
-             ) e ON true
-             WHERE s.aggregate_id = $1 AND s.aggregate_type = $2"
+             ) e ON true"
         );
         Some(Self {
             events: events.clone(),
@@ -64,11 +67,13 @@ impl JointSnapshotRead for Reader {
         &'a self,
         aggregate_id: Uuid,
         aggregate_type: &'a str,
+        schema_version: u32,
     ) -> Result<Option<SnapshotAndEvents<'a>>> {
         let mut rows = sqlx::query(&self.sql)
             .bind(aggregate_id)
             .bind(aggregate_type)
             .bind(self.events.page_size)
+            .bind(i64::from(schema_version))
             .fetch_all(&self.events.pool)
             .await
             .map_err(|e| {
@@ -87,7 +92,11 @@ impl JointSnapshotRead for Reader {
             // The stream has events after the snapshot's version but not the event at it (a
             // gap, or a snapshot at version 0): read as two statements, as without a joint
             // reader, so that the repository sees and reports the same thing.
-            let Some(snapshot) = self.snapshots.get_snapshot(aggregate_id, aggregate_type).await? else {
+            let Some(snapshot) = self
+                .snapshots
+                .get_snapshot(aggregate_id, aggregate_type, schema_version)
+                .await?
+            else {
                 return Ok(None);
             };
             let after = snapshot.version.saturating_sub(1);

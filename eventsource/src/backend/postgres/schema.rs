@@ -49,6 +49,11 @@ const STEPS: &[Step] = &[
         description: "events carry the request id of their command",
         statements: request_ids,
     },
+    Step {
+        version: 6,
+        description: "one snapshot per aggregate and schema version",
+        statements: snapshots_per_schema_version,
+    },
 ];
 
 /// The layout version this library reads and writes.
@@ -183,6 +188,17 @@ fn request_ids(layout: &Layout) -> Vec<String> {
         format!(
             "CREATE INDEX IF NOT EXISTS eventsource_events_request_idx
                 ON {events} (aggregate_id, aggregate_type, request_id) WHERE request_id IS NOT NULL"
+        ),
+    ]
+}
+
+fn snapshots_per_schema_version(layout: &Layout) -> Vec<String> {
+    let snapshots = &layout.snapshots;
+    vec![
+        format!("ALTER TABLE {snapshots} DROP CONSTRAINT eventsource_snapshots_pkey"),
+        format!(
+            "ALTER TABLE {snapshots} ADD CONSTRAINT eventsource_snapshots_pkey
+                PRIMARY KEY (aggregate_id, aggregate_type, schema_version)"
         ),
     ]
 }

@@ -1,4 +1,5 @@
-//! The snapshot store: one row per aggregate, an upsert that never goes back in version.
+//! The snapshot store: one row per aggregate and schema version, an upsert that never goes
+//! back in version.
 
 use std::any::Any;
 
@@ -31,7 +32,8 @@ impl Sql {
             get: format!(
                 "SELECT version, state::text AS state, schema_version, created_at, created_at_ns,
                     event_id AS snapshot_event_id
-                 FROM {snapshots} WHERE aggregate_id = $1 AND aggregate_type = $2"
+                 FROM {snapshots} WHERE aggregate_id = $1 AND aggregate_type = $2 AND schema_version <= $3
+                 ORDER BY schema_version DESC LIMIT 1"
             ),
             // The row lock taken by ON CONFLICT makes racing writers compare against each
             // other's committed version, so the highest version wins whatever the order.
@@ -39,10 +41,9 @@ impl Sql {
                 "INSERT INTO {snapshots} AS s (aggregate_id, aggregate_type, version, state,
                      schema_version, created_at, created_at_ns, event_id)
                  VALUES ($1, $2, $3, $4::json, $5, $6, $7, $8)
-                 ON CONFLICT (aggregate_id, aggregate_type) DO UPDATE
+                 ON CONFLICT (aggregate_id, aggregate_type, schema_version) DO UPDATE
                  SET version = EXCLUDED.version, state = EXCLUDED.state,
-                     event_id = EXCLUDED.event_id,
-                     schema_version = EXCLUDED.schema_version, created_at = EXCLUDED.created_at,
+                     event_id = EXCLUDED.event_id, created_at = EXCLUDED.created_at,
                      created_at_ns = EXCLUDED.created_at_ns
                  WHERE s.version <= EXCLUDED.version"
             ),
@@ -60,10 +61,16 @@ impl Sql {
 
 #[async_trait]
 impl SnapshotStore for PostgresSnapshotStore {
-    async fn get_snapshot(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<Option<Snapshot>> {
+    async fn get_snapshot(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        schema_version: u32,
+    ) -> Result<Option<Snapshot>> {
         let row = sqlx::query(&self.sql.get)
             .bind(aggregate_id)
             .bind(aggregate_type)
+            .bind(i64::from(schema_version))
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| {

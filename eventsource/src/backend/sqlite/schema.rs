@@ -88,6 +88,13 @@ const STEPS: &[Step] = &[
             CREATE INDEX IF NOT EXISTS events_request
                 ON events (aggregate_id, aggregate_type, request_id) WHERE request_id IS NOT NULL;",
     },
+    Step {
+        version: 5,
+        description: "one snapshot per aggregate and schema version",
+        sql: "CREATE UNIQUE INDEX IF NOT EXISTS snapshots_aggregate_schema
+                ON snapshots (aggregate_id, aggregate_type, schema_version);
+            DROP INDEX IF EXISTS snapshots_aggregate;",
+    },
 ];
 
 /// The layout version this library reads and writes.

@@ -16,18 +16,20 @@ use crate::snapshot::{validate_snapshot, Snapshot, SnapshotStore};
 const UPSERT: &str = "INSERT INTO snapshots
         (aggregate_id, aggregate_type, version, state, schema_version, created_at, event_id)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-    ON CONFLICT (aggregate_id, aggregate_type) DO UPDATE SET
+    ON CONFLICT (aggregate_id, aggregate_type, schema_version) DO UPDATE SET
         version = excluded.version,
         event_id = excluded.event_id,
         state = excluded.state,
-        schema_version = excluded.schema_version,
         created_at = excluded.created_at
     WHERE excluded.version >= snapshots.version
         OR typeof(snapshots.version) <> 'integer'
         OR snapshots.version < 0";
 
+// A schema version stored as anything but an integer compares above every integer in
+// SQLite, so it is never returned: it is not a snapshot any reader can use.
 const GET: &str = "SELECT version, state, schema_version, created_at, event_id FROM snapshots
-    WHERE aggregate_id = ?1 AND aggregate_type = ?2";
+    WHERE aggregate_id = ?1 AND aggregate_type = ?2 AND schema_version <= ?3
+    ORDER BY schema_version DESC LIMIT 1";
 
 /// A snapshot store in a SQLite database.
 ///
@@ -94,14 +96,23 @@ type Value = rusqlite::types::Value;
 
 #[async_trait]
 impl SnapshotStore for SqliteSnapshotStore {
-    async fn get_snapshot(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<Option<Snapshot>> {
-        let key = (aggregate_id.hyphenated().to_string(), aggregate_type.to_owned());
+    async fn get_snapshot(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        schema_version: u32,
+    ) -> Result<Option<Snapshot>> {
+        let key = (
+            aggregate_id.hyphenated().to_string(),
+            aggregate_type.to_owned(),
+            i64::from(schema_version),
+        );
         let row = self
             .database
             .read(move |connection| {
                 let mut statement = connection.prepare_cached(GET)?;
                 statement
-                    .query_row((&key.0, &key.1), |row| {
+                    .query_row((&key.0, &key.1, key.2), |row| {
                         Ok(Row {
                             version: row.get(0)?,
                             state: row.get(1)?,

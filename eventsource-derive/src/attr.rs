@@ -357,7 +357,9 @@ fn steps(cx: &Ctxt, meta: &Meta, expected: &str, typed: bool) -> Option<Vec<Step
         return None;
     };
     let mut steps = Vec::new();
+    let mut malformed = false;
     for item in split_commas(list.tokens.clone()) {
+        malformed |= step.parse2(item.clone()).is_err();
         match step.parse2(item.clone()) {
             // A migration is always a function of the JSON: `json(...)` may be left out.
             Ok(Step {
@@ -383,7 +385,8 @@ fn steps(cx: &Ctxt, meta: &Meta, expected: &str, typed: bool) -> Option<Vec<Step
     if steps.is_empty() && list.tokens.is_empty() {
         cx.error_spanned_by(meta, format!("{expected} lists no steps"));
     }
-    Some(steps)
+    // A step that did not parse is reported: the chain is not checked without it.
+    (!malformed).then_some(steps)
 }
 
 /// `N => json(path)` or `N => Path`.

@@ -159,12 +159,20 @@ fn upcast_chain(ident: &Ident, version: u32, steps: &[attr::Step]) -> Option<Tok
             Some(how) => {
                 let next = from(k + 1);
                 let next_held = held(k + 1);
+                // Spanned at the user's function or type, where a mismatch is reported.
                 let upcast = match how {
                     attr::StepKind::Json(function) => {
-                        quote!(#p::upcast_json::<#ident, _, _, #next_held>(#k, #function, __value))
+                        let (_, at) = ends(function);
+                        let call = respan(quote!(#p::upcast_json::<#ident, _, _, #next_held>), at);
+                        let args = respan(quote!((#k, #function, __value)), at);
+                        quote!(#call #args)
                     }
                     attr::StepKind::Typed(old) => {
-                        quote!(#p::upcast_typed::<#ident, #old, #next_held>(#k, __value))
+                        let (_, at) = ends(old);
+                        respan(
+                            quote!(#p::upcast_typed::<#ident, #old, #next_held>(#k, __value)),
+                            at,
+                        )
                     }
                 };
                 quote!(#next(#upcast?))
@@ -202,9 +210,12 @@ fn migration_chain(steps: &[attr::Step], type_name: &str) -> Option<TokenStream>
     let applied = steps.iter().map(|step| {
         let k = step.from;
         let (attr::StepKind::Json(function) | attr::StepKind::Typed(function)) = &step.how;
+        let (_, at) = ends(function);
+        let call = respan(quote!(#p::migrate_state), at);
+        let args = respan(quote!((#type_name, #k, #function, __state)), at);
         quote! {
             if __schema_version <= #k {
-                __state = #p::migrate_state(#type_name, #k, #function, __state)?;
+                __state = #call #args?;
             }
         }
     });

@@ -164,8 +164,14 @@ pub fn check_aggregate(cx: &Ctxt, aggregate: &Aggregate) {
 /// schema version up to the current one has a step.
 fn check_migrations(cx: &Ctxt, aggregate: &Aggregate) {
     let attrs = &aggregate.attrs;
-    let (Some(steps), Some(current)) = (&attrs.migrate.value, attrs.schema_version.value.or(Some(1))) else {
+    let Some(steps) = &attrs.migrate.value else {
         return;
+    };
+    let current = match attrs.schema_version.value {
+        Some(current) => current,
+        // An invalid schema version is reported already.
+        None if attrs.schema_version.given => return,
+        None => 1,
     };
     let valid = check_steps(
         cx,

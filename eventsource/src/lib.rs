@@ -39,9 +39,9 @@ pub mod prelude {
     pub use crate::repository::{CommandError, Executed};
     pub use crate::subscription::{Handler, HandlerError, OnFailure, Subscription, SubscriptionStore, Typed};
     pub use crate::{
-        event, Aggregate, AggregateRoot, Apply, Error, Event, EventContext, EventStore, InMemoryEventStore,
-        InMemorySnapshotStore, InMemorySubscriptionStore, Repository, SnapshotMode, SnapshotPolicy,
-        SnapshotStore, StoredEvent,
+        event, Aggregate, AggregateEvent, AggregateRoot, Apply, Error, Event, EventContext, EventStore,
+        InMemoryEventStore, InMemorySnapshotStore, InMemorySubscriptionStore, Repository, SnapshotMode,
+        SnapshotPolicy, SnapshotStore, StoredEvent,
     };
     pub use futures_util::{StreamExt as _, TryStreamExt as _};
     pub use serde::{Deserialize, Serialize};

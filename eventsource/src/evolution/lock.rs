@@ -417,6 +417,9 @@ fn container_changes(name: &str, is_root: bool, was: &str, now: &str) -> Vec<Str
 
 /// The fields of `struct { a: T, b: U }`, split at top-level commas.
 fn struct_fields(shape: &str) -> Option<Vec<(String, String)>> {
+    if shape == "struct {}" {
+        return Some(Vec::new());
+    }
     let inner = shape.strip_prefix("struct { ")?.strip_suffix(" }")?;
     let (mut fields, mut depth, mut start) = (Vec::new(), 0i32, 0);
     let bytes = inner.as_bytes();

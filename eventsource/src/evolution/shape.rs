@@ -711,6 +711,7 @@ impl fmt::Display for Format {
 impl fmt::Display for Container {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Container::Struct(fields) if fields.is_empty() => f.write_str("struct {}"),
             Container::Struct(fields) => write!(f, "struct {{ {} }}", named(fields)),
             Container::NewType(inner) => write!(f, "newtype({inner})"),
             Container::Tuple(items) => write!(f, "tuple({})", list(items)),
@@ -723,6 +724,7 @@ impl fmt::Display for Container {
                         Variant::Unit => name.clone(),
                         Variant::NewType(inner) => format!("{name}({inner})"),
                         Variant::Tuple(items) => format!("{name}({})", list(items)),
+                        Variant::Struct(fields) if fields.is_empty() => format!("{name} {{}}"),
                         Variant::Struct(fields) => format!("{name} {{ {} }}", named(fields)),
                     })
                     .collect();

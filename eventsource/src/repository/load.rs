@@ -51,10 +51,16 @@ impl<A: Aggregate> Repository<A> {
             snapshot.version = Empty,
             events.replayed = Empty,
         );
-        self.load_in(id, &span).instrument(span.clone()).await
+        let (root, _) = self.load_in(id, &span).instrument(span.clone()).await?;
+        Ok(root)
     }
 
-    async fn load_in(&self, id: Uuid, span: &tracing::Span) -> Result<AggregateRoot<A>> {
+    /// The loaded root, and the version of the snapshot it started from, if it used one.
+    pub(super) async fn load_in(
+        &self,
+        id: Uuid,
+        span: &tracing::Span,
+    ) -> Result<(AggregateRoot<A>, Option<u64>)> {
         if let Some((candidate, mut events)) = self.snapshot_and_events(id).await {
             let Candidate {
                 version,
@@ -75,7 +81,7 @@ impl<A: Aggregate> Repository<A> {
                     self.metrics.add(A::TYPE_NAME, used);
                     span.record("snapshot.used", true);
                     span.record("snapshot.version", version);
-                    return Ok(finish(root, replayed, span));
+                    return Ok((finish(root, replayed, span), Some(version)));
                 }
                 Some(event) if event.aggregate_version == version => {
                     let detail = format!(
@@ -93,15 +99,22 @@ impl<A: Aggregate> Repository<A> {
                 }
             }
         }
+        let root = self.replay_all(id).await?;
+        let replayed = root.version();
+        Ok((finish(root, replayed, span), None))
+    }
+
+    /// The aggregate from every one of its events, without a snapshot.
+    pub(super) async fn replay_all(&self, id: Uuid) -> Result<AggregateRoot<A>> {
         let mut root = AggregateRoot::new(id);
-        let replayed = replay(&mut root, self.events.read_stream(id, A::TYPE_NAME, 0)).await?;
+        replay(&mut root, self.events.read_stream(id, A::TYPE_NAME, 0)).await?;
         if root.version() == 0 {
             return Err(Error::NotFound {
                 aggregate_type: A::TYPE_NAME.to_owned(),
                 aggregate_id: id,
             });
         }
-        Ok(finish(root, replayed, span))
+        Ok(root)
     }
 
     /// A snapshot that passes every check but the stream's, and the stream's events from its

@@ -2,8 +2,8 @@
 //! snapshots as its policy says, and runs commands. Each job is a module of its own: loading
 //! (a snapshot bound to its history, then the tail), saving (one idempotent append),
 //! snapshotting (after saves and on request, every store call bounded and guarded), the
-//! background queue, commands (load, decide, save, retried on conflicts) and the
-//! per-aggregate command queue.
+//! background queue, commands (load, decide, save, retried on conflicts), the
+//! per-aggregate command queue, and verification (snapshot and tail against a full replay).
 
 mod background;
 mod execute;
@@ -11,8 +11,10 @@ mod load;
 mod queue;
 mod save;
 mod snapshotting;
+mod verify;
 
 pub use execute::{Command, CommandError, Executed};
+pub use verify::{Drift, Verification, VerifyReport};
 
 use std::marker::PhantomData;
 use std::sync::Arc;

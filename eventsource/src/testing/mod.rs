@@ -1,6 +1,7 @@
 //! The conformance suite: checks that a store backend keeps the [`EventStore`] and
-//! [`SnapshotStore`] contracts (feature `testing`); and [`given`], a given/when/then kit for
-//! domain logic.
+//! [`SnapshotStore`] contracts (feature `testing`); [`given`], a given/when/then kit for
+//! domain logic; and [`check_schema_lock`], the test that catches a state or event shape
+//! changed without its version.
 //!
 //! Every backend of this crate passes the whole suite, and a backend of your own should too.
 //! Each check is a plain `async fn` that takes the store as `&dyn EventStore` or
@@ -78,8 +79,11 @@
 
 pub mod event_store;
 mod given;
+mod schema_lock;
 pub mod snapshot_store;
 pub mod subscription_store;
+
+pub use schema_lock::{check_schema_lock, SCHEMA_LOCK_ENV};
 
 pub use given::{given, Given, When};
 

@@ -1,0 +1,31 @@
+use eventsource::prelude::*;
+
+#[event(aggregate = "Account", aliases("Deposited"))]
+pub struct FundsDeposited {
+    pub amount: f64,
+}
+
+#[event(aggregate = "Account")]
+pub struct Deposited {
+    pub amount: f64,
+}
+
+#[derive(Aggregate, Clone, Debug, Default, Serialize, Deserialize)]
+#[aggregate(name = "Account", events(FundsDeposited, Deposited))]
+pub struct Account {
+    pub balance: f64,
+}
+
+impl Apply<FundsDeposited> for Account {
+    fn apply(&mut self, e: &FundsDeposited) {
+        self.balance += e.amount;
+    }
+}
+
+impl Apply<Deposited> for Account {
+    fn apply(&mut self, e: &Deposited) {
+        self.balance += e.amount;
+    }
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use eventsource::prelude::*;
+
+#[event(aggregate = "Account", version = 2, upcast(one -> Old))]
+pub struct Deposited {
+    pub amount: f64,
+}
+
+fn main() {}

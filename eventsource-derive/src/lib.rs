@@ -24,8 +24,12 @@ use syn::{parse_macro_input, DeriveInput};
 ///     pub amount: f64,
 /// }
 ///
-/// #[event(aggregate = "Account", name = "AccountClosed", version = 2)]
+/// #[event(aggregate = "Account", name = "AccountClosed", version = 2, upcast(1 => json(closed_v1)))]
 /// pub struct Closed {}
+///
+/// fn closed_v1(v1: serde_json::Value) -> serde_json::Value {
+///     serde_json::json!({})
+/// }
 ///
 /// assert_eq!(MoneyDeposited::EVENT_TYPE, "MoneyDeposited");
 /// assert_eq!(Closed::EVENT_TYPE, "AccountClosed");
@@ -38,6 +42,15 @@ use syn::{parse_macro_input, DeriveInput};
 /// - `name = "..."`: the event type name stored with every event; the struct's name
 ///   unless set. Unique in the program.
 /// - `version = N`: the version of the event's schema, a positive integer; 1 unless set.
+/// - `upcast(1 => json(function), 2 => OldStruct, ...)`: for each older version k, how a
+///   stored event of version k becomes version k + 1: a function of its JSON
+///   (`fn(serde_json::Value) -> serde_json::Value`, or `-> Result<serde_json::Value, E>` with
+///   `E: Display`), or the old shape as its own `Deserialize` struct, converted with
+///   `From`/`TryFrom` into version k + 1's type (the next step's struct, or the event). With
+///   `version = N` above 1, every version from 1 to N - 1 needs a step; a gap, a step from the
+///   current version, a repeated step, and a struct's step followed by a JSON one are compile
+///   errors.
+/// - `aliases("OldName", ...)`: older names of the event type, still read from stored events.
 ///
 /// The struct gets `Clone`, `Debug`, `Serialize` and `Deserialize` unless it derives them
 /// already, an implementation of `Event`, and a registration that
@@ -82,7 +95,11 @@ pub fn event(args: TokenStream, item: TokenStream) -> TokenStream {
 /// - `name = "..."` (required): the aggregate type name stored with its events and
 ///   snapshots.
 /// - `schema_version = N`: the version of the state's shape, a positive integer; 1 unless
-///   set. Snapshots of another version are not used.
+///   set. Snapshots of another version are not used as they are.
+/// - `migrate(1 => function, ...)`: for each schema version k from the oldest given, how a
+///   snapshot state of schema k becomes schema k + 1, as a function of its JSON (the same
+///   signatures as an event's JSON upcast). Snapshots from the oldest given on are migrated
+///   and used; older ones are ignored. The steps must reach the current schema version.
 /// - `events(A, path::to::B, ...)` (required): the `#[event]` types of this aggregate.
 ///   Each needs an `impl Apply<E>` for the struct.
 ///

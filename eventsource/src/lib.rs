@@ -17,6 +17,11 @@ pub mod subscription;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+/// The schema evolution guide, compiled and run as doc tests so its examples cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guides/schema-evolution.md")]
+pub struct SchemaEvolutionGuide;
+
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;

@@ -47,7 +47,9 @@
 //!   `payload JSON`, `metadata JSON`, `occurred_at TIMESTAMPTZ`, and the envelope's other
 //!   fields. Because `timestamptz` keeps microseconds, the nanoseconds within the microsecond
 //!   are kept beside it in `occurred_at_ns`, so an event reads back exactly as appended.
-//! - `eventsource_snapshots`: primary key `(aggregate_id, aggregate_type)`, `state JSON`,
+//! - `eventsource_snapshots`: primary key `(aggregate_id, aggregate_type, schema_version)`
+//!   (one snapshot per schema version, so that two releases running side by side keep their
+//!   own), `state JSON`,
 //!   `version`, `event_id UUID` (the event the snapshot follows), `schema_version`,
 //!   `created_at TIMESTAMPTZ` (and `created_at_ns`), with an index on
 //!   `(aggregate_type, schema_version)` for invalidation by type.

@@ -36,7 +36,7 @@
 //!
 //! Table `events`: `position INTEGER PRIMARY KEY AUTOINCREMENT`, a unique
 //! `(aggregate_id, aggregate_type, aggregate_version)` and a unique `event_id`. Table
-//! `snapshots`: unique per `(aggregate_id, aggregate_type)`, with the `event_id` each snapshot
+//! `snapshots`: unique per `(aggregate_id, aggregate_type, schema_version)`, with the `event_id` each snapshot
 //! follows, indexed by `(aggregate_type, schema_version)` for invalidation. Table
 //! `eventsource_migrations`: the numbered layout steps applied. Every store brings the file to
 //! the layout of this version of the library when it opens: the usual case is one read; a

@@ -13,7 +13,6 @@ use eventsource::{EventEnvelope, MissReason, Snapshot};
 use serde_json::{json, Value};
 
 #[path = "common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 /// Opened under its old name `Opened` until it was renamed.

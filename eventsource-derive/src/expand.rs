@@ -223,7 +223,7 @@ fn migration_chain(steps: &[attr::Step], type_name: &str) -> Option<TokenStream>
         const MIGRATES_FROM: u32 = #oldest;
 
         fn migrate_snapshot(__schema_version: u32, mut __state: #p::serde_json::Value) -> #p::Result<#p::serde_json::Value> {
-            if __schema_version < #oldest || __schema_version > <Self as #p::Aggregate>::SCHEMA_VERSION {
+            if !(#oldest..=<Self as #p::Aggregate>::SCHEMA_VERSION).contains(&__schema_version) {
                 return ::core::result::Result::Err(#p::no_migration::<Self>(__schema_version));
             }
             #(#applied)*

@@ -229,8 +229,11 @@ impl EventStore for InMemoryEventStore {
 /// A snapshot store in process memory.
 #[derive(Clone, Debug, Default)]
 pub struct InMemorySnapshotStore {
-    inner: Arc<RwLock<BTreeMap<(Uuid, String, u32), Snapshot>>>,
+    inner: Arc<RwLock<BTreeMap<SnapshotKey, Snapshot>>>,
 }
+
+/// Aggregate id, aggregate type, schema version: one snapshot each.
+type SnapshotKey = (Uuid, String, u32);
 
 impl InMemorySnapshotStore {
     /// An empty store.
@@ -249,12 +252,12 @@ impl InMemorySnapshotStore {
     }
 }
 
-fn key(aggregate_id: Uuid, aggregate_type: &str, schema_version: u32) -> (Uuid, String, u32) {
+fn key(aggregate_id: Uuid, aggregate_type: &str, schema_version: u32) -> SnapshotKey {
     (aggregate_id, aggregate_type.to_owned(), schema_version)
 }
 
 /// The keys of every schema version of one aggregate's snapshots.
-fn every_schema(aggregate_id: Uuid, aggregate_type: &str) -> std::ops::RangeInclusive<(Uuid, String, u32)> {
+fn every_schema(aggregate_id: Uuid, aggregate_type: &str) -> std::ops::RangeInclusive<SnapshotKey> {
     key(aggregate_id, aggregate_type, 0)..=key(aggregate_id, aggregate_type, u32::MAX)
 }
 

@@ -14,7 +14,7 @@ mod account;
 
 use std::time::Instant;
 
-use account::{Account, AccountCommands, AccountOpened, MoneyDeposited};
+use account::{Account, AccountCommands};
 use eventsource::backend::Stores;
 use eventsource::evolution::SchemaLock;
 use eventsource::prelude::*;
@@ -197,25 +197,44 @@ async fn snapshot_modes_demo(stores: &Stores) -> Fallible {
     Ok(())
 }
 
+// The schema-versioning story runs on an account type of its own, "SavingsAccount", because
+// this program already has the domain's `Account` at schema version 1: one aggregate name
+// and schema version belong to one Rust type.
+
+#[event(aggregate = "SavingsAccount", name = "AccountOpened")]
+pub struct SavingsOpened {
+    pub owner_name: String,
+    pub initial_balance: f64,
+}
+
+#[event(aggregate = "SavingsAccount", name = "MoneyDeposited")]
+pub struct SavingsDeposited {
+    pub amount: f64,
+}
+
 /// The account as first shipped: no transaction count. (Both versions keep the serde name
 /// `Account`, as one struct edited between two releases would.)
 #[derive(Aggregate, Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename = "Account")]
-#[aggregate(name = "Account", schema_version = 1, events(AccountOpened, MoneyDeposited))]
+#[aggregate(
+    name = "SavingsAccount",
+    schema_version = 1,
+    events(SavingsOpened, SavingsDeposited)
+)]
 struct AccountV1 {
     owner_name: String,
     balance: f64,
 }
 
-impl Apply<AccountOpened> for AccountV1 {
-    fn apply(&mut self, e: &AccountOpened) {
+impl Apply<SavingsOpened> for AccountV1 {
+    fn apply(&mut self, e: &SavingsOpened) {
         self.owner_name = e.owner_name.clone();
         self.balance = e.initial_balance;
     }
 }
 
-impl Apply<MoneyDeposited> for AccountV1 {
-    fn apply(&mut self, e: &MoneyDeposited) {
+impl Apply<SavingsDeposited> for AccountV1 {
+    fn apply(&mut self, e: &SavingsDeposited) {
         self.balance += e.amount;
     }
 }
@@ -225,22 +244,26 @@ impl Apply<MoneyDeposited> for AccountV1 {
 /// saw), so V1 snapshots are replayed past.
 #[derive(Aggregate, Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename = "Account")]
-#[aggregate(name = "Account", schema_version = 2, events(AccountOpened, MoneyDeposited))]
+#[aggregate(
+    name = "SavingsAccount",
+    schema_version = 2,
+    events(SavingsOpened, SavingsDeposited)
+)]
 struct AccountV2 {
     owner_name: String,
     balance: f64,
     transaction_count: u64,
 }
 
-impl Apply<AccountOpened> for AccountV2 {
-    fn apply(&mut self, e: &AccountOpened) {
+impl Apply<SavingsOpened> for AccountV2 {
+    fn apply(&mut self, e: &SavingsOpened) {
         self.owner_name = e.owner_name.clone();
         self.balance = e.initial_balance;
     }
 }
 
-impl Apply<MoneyDeposited> for AccountV2 {
-    fn apply(&mut self, e: &MoneyDeposited) {
+impl Apply<SavingsDeposited> for AccountV2 {
+    fn apply(&mut self, e: &SavingsDeposited) {
         self.balance += e.amount;
         self.transaction_count += 1;
     }
@@ -252,18 +275,18 @@ async fn schema_versioning_demo(stores: &Stores) -> Fallible {
         .with_snapshots(stores.snapshots.clone(), SnapshotPolicy::every(5)?);
     let account_id = Uuid::new_v4();
     let mut account = repo_v1.create_new(account_id);
-    account.record(AccountOpened {
+    account.record(SavingsOpened {
         owner_name: "Schema Test".into(),
         initial_balance: 100.0,
     });
     for _ in 0..10 {
-        account.record(MoneyDeposited { amount: 10.0 });
+        account.record(SavingsDeposited { amount: 10.0 });
     }
     repo_v1.save(&mut account).await?;
 
     let snapshot_v1 = stores
         .snapshots
-        .get_snapshot(account_id, "Account", 1)
+        .get_snapshot(account_id, "SavingsAccount", 1)
         .await?
         .ok_or("the V1 repository snapshots every 5 events")?;
     println!("V1 Snapshot created at version {}", snapshot_v1.version);
@@ -279,7 +302,7 @@ async fn schema_versioning_demo(stores: &Stores) -> Fallible {
     // The schema lock, checked in with V1 and compared by a test, catches it before deploy.
     println!("Had V2 kept schema_version = 1, the schema lock test would fail with:");
     let locked = SchemaLock::new().with_aggregate::<AccountV1>();
-    let forgotten_bump = SchemaLock::new().with_state::<AccountV2>("Account", 1);
+    let forgotten_bump = SchemaLock::new().with_state::<AccountV2>("SavingsAccount", 1);
     for difference in forgotten_bump.differences(&locked) {
         println!("  {difference}");
     }
@@ -300,18 +323,20 @@ async fn schema_versioning_demo(stores: &Stores) -> Fallible {
     println!("  Version: {}", loaded.version());
     println!("  Balance: ${:.2}", loaded.state().balance);
     println!("  Transaction count: {}", loaded.state().transaction_count);
-    let mismatches = repo_v2.metrics().misses("Account", MissReason::SchemaMismatch);
+    let mismatches = repo_v2
+        .metrics()
+        .misses("SavingsAccount", MissReason::SchemaMismatch);
     println!("  (Schema mismatch caused full event replay: {mismatches} miss counted)");
 
     // During a rolling deploy both versions run: each keeps its own snapshot.
     for _ in 0..5 {
-        loaded.record(MoneyDeposited { amount: 1.0 });
+        loaded.record(SavingsDeposited { amount: 1.0 });
     }
     repo_v2.save(&mut loaded).await?;
     for schema in [1, 2] {
         if let Some(snapshot) = stores
             .snapshots
-            .get_snapshot(account_id, "Account", schema)
+            .get_snapshot(account_id, "SavingsAccount", schema)
             .await?
         {
             println!(
@@ -323,7 +348,7 @@ async fn schema_versioning_demo(stores: &Stores) -> Fallible {
 
     let count = stores
         .snapshots
-        .delete_snapshots_by_type("Account", Some(2))
+        .delete_snapshots_by_type("SavingsAccount", Some(2))
         .await?;
     println!("\nInvalidated {count} old snapshot(s) with schema_version < 2");
     Ok(())
@@ -332,7 +357,12 @@ async fn schema_versioning_demo(stores: &Stores) -> Fallible {
 #[tokio::main]
 async fn main() -> Fallible {
     let url = std::env::args().nth(1).unwrap_or_else(|| "memory:".into());
-    let stores = eventsource::backend::open(&url).await?;
+    run(&url).await
+}
+
+/// Every section of the tutorial, on the stores at `url` (`tests/examples.rs` runs it too).
+pub async fn run(url: &str) -> Fallible {
+    let stores = eventsource::backend::open(url).await?;
     stores.migrate().await?;
     println!("Using the {} store\n", stores.backend_name());
 

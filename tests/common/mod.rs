@@ -193,4 +193,5 @@ pub fn envelope(id: Uuid, version: u64, event_type: &str, payload: &str) -> even
 }
 
 mod database;
+#[allow(unused_imports)]
 pub use database::*;

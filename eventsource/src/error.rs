@@ -151,6 +151,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// A projection's read model failed to be set up, reset or switched to.
+    #[error("cannot {action} the read model of projection {projection}: {reason}")]
+    ReadModel {
+        /// The projection's name.
+        projection: String,
+        /// What was being done: `set up`, `reset`, `switch to`, ...
+        action: &'static str,
+        /// The read model's error.
+        reason: String,
+    },
+
     /// A snapshot was asked of an aggregate whose recorded events are not saved yet.
     #[error("aggregate {aggregate_type} {aggregate_id} has {count} unsaved event(s); save it before taking a snapshot")]
     UnsavedEvents {

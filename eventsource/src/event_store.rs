@@ -63,6 +63,47 @@ pub trait EventStore: Send + Sync {
         events: &[EventEnvelope],
     ) -> Result<u64>;
 
+    /// Appends as [`append`](Self::append) does, and tells where the batch's last event is in
+    /// the feed, when the store knows it without another read (`None` otherwise; then
+    /// [`position_of`](Self::position_of) finds it). The default calls `append`; the stores of
+    /// this crate know the position from the append itself.
+    async fn append_with_position(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        expected_version: u64,
+        events: &[EventEnvelope],
+    ) -> Result<Appended> {
+        let version = self
+            .append(aggregate_id, aggregate_type, expected_version, events)
+            .await?;
+        Ok(Appended {
+            version,
+            position: None,
+        })
+    }
+
+    /// The feed position of the stream's event at `version`, `None` if the stream has no
+    /// event at that version. The default reads the stream from there; database backends
+    /// look it up in an index.
+    async fn position_of(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        version: u64,
+    ) -> Result<Option<u64>> {
+        use futures_util::StreamExt;
+
+        if version == 0 {
+            return Ok(None);
+        }
+        let mut stream = self.read_stream(aggregate_id, aggregate_type, version - 1);
+        match stream.next().await.transpose()? {
+            Some(event) if event.aggregate_version == version => Ok(Some(event.position)),
+            _ => Ok(None),
+        }
+    }
+
     /// The stream's events with aggregate version greater than `after_version`, in order.
     fn read_stream<'a>(
         &'a self,
@@ -138,6 +179,15 @@ pub trait EventStore: Send + Sync {
     }
 }
 
+/// What an append stored: see [`EventStore::append_with_position`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// The stream's version after the append.
+    pub version: u64,
+    /// The feed position of the batch's last event, if the store told it.
+    pub position: Option<u64>,
+}
+
 /// The feed's head: see [`EventStore::head`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FeedHead {
@@ -203,6 +253,27 @@ impl<S: EventStore + ?Sized> EventStore for Arc<S> {
         (**self)
             .append(aggregate_id, aggregate_type, expected_version, events)
             .await
+    }
+
+    async fn append_with_position(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        expected_version: u64,
+        events: &[EventEnvelope],
+    ) -> Result<Appended> {
+        (**self)
+            .append_with_position(aggregate_id, aggregate_type, expected_version, events)
+            .await
+    }
+
+    async fn position_of(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        version: u64,
+    ) -> Result<Option<u64>> {
+        (**self).position_of(aggregate_id, aggregate_type, version).await
     }
 
     fn read_stream<'a>(

@@ -39,6 +39,8 @@ pub struct AggregateRoot<A: Aggregate> {
     context: EventContext,
     /// The id of the event at `version`, when known: what a snapshot of this state follows.
     last_event_id: Option<Uuid>,
+    /// The feed position of the last event saved through this root, when the store told it.
+    position: Option<u64>,
 }
 
 impl<A: Aggregate> AggregateRoot<A> {
@@ -56,6 +58,7 @@ impl<A: Aggregate> AggregateRoot<A> {
             pending: Vec::new(),
             context: EventContext::default(),
             last_event_id: None,
+            position: None,
         }
     }
 
@@ -101,6 +104,14 @@ impl<A: Aggregate> AggregateRoot<A> {
     /// [`from_state`](Self::from_state) until it records an event.
     pub fn last_event_id(&self) -> Option<Uuid> {
         self.last_event_id
+    }
+
+    /// The feed position of the last event saved through this root: what a reader of the
+    /// feed, such as a [projection](crate::projection), must have reached to show this save
+    /// (read-your-writes). `None` before a save, and when the store did not tell it (then
+    /// [`Repository::position`](crate::Repository::position) finds it).
+    pub fn position(&self) -> Option<u64> {
+        self.position
     }
 
     /// Sets the correlation, causation and metadata of the events recorded from now on.
@@ -171,8 +182,9 @@ impl<A: Aggregate> AggregateRoot<A> {
             .collect()
     }
 
-    /// Forgets the unsaved events once the store has them.
-    pub(crate) fn mark_saved(&mut self) {
+    /// Forgets the unsaved events once the store has them, at `position` in the feed.
+    pub(crate) fn mark_saved(&mut self, position: Option<u64>) {
         self.pending.clear();
+        self.position = position;
     }
 }

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::event::{EventEnvelope, StoredEvent};
 use crate::event_store::{
-    acknowledge_stored_batch, validate_batch, AppendSignal, EventStore, EventStream, FeedHead,
+    acknowledge_stored_batch, validate_batch, AppendSignal, Appended, EventStore, EventStream, FeedHead,
 };
 use crate::snapshot::{validate_snapshot, Snapshot, SnapshotStore};
 use crate::subscription::{validate_name, DeadLetter, SubscriptionStore};
@@ -160,20 +160,36 @@ impl EventStore for InMemoryEventStore {
         expected_version: u64,
         events: &[EventEnvelope],
     ) -> Result<u64> {
+        self.append_with_position(aggregate_id, aggregate_type, expected_version, events)
+            .await
+            .map(|appended| appended.version)
+    }
+
+    async fn append_with_position(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        expected_version: u64,
+        events: &[EventEnvelope],
+    ) -> Result<Appended> {
         validate_batch(aggregate_id, aggregate_type, expected_version, events)?;
         let refusal = {
             let mut log = write(&self.inner);
             match log.refusal(aggregate_id, aggregate_type, expected_version, events) {
                 None => {
                     let version = log.push(aggregate_id, aggregate_type, expected_version, events);
+                    let position = log.events.len() as u64;
                     drop(log);
                     self.appended.raise();
-                    return Ok(version);
+                    return Ok(Appended {
+                        version,
+                        position: Some(position),
+                    });
                 }
                 Some(refusal) => refusal,
             }
         };
-        acknowledge_stored_batch(
+        let version = acknowledge_stored_batch(
             self,
             aggregate_id,
             aggregate_type,
@@ -181,7 +197,11 @@ impl EventStore for InMemoryEventStore {
             events,
             refusal,
         )
-        .await
+        .await?;
+        Ok(Appended {
+            version,
+            position: None,
+        })
     }
 
     fn read_stream<'a>(

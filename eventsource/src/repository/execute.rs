@@ -63,6 +63,10 @@ pub struct Executed {
     /// Whether the command's request id was found stored: the command ran before, and this
     /// is its first outcome, with nothing decided or written now.
     pub repeated: bool,
+    /// The feed position of the aggregate's event at `version` (0 when the aggregate has no
+    /// events): wait for a [projection](crate::projection) to reach it, and its read model
+    /// shows this command's outcome.
+    pub position: u64,
 }
 
 /// Whether a command loads the aggregate, creates it, or either.
@@ -227,12 +231,17 @@ impl<A: Aggregate> Command<'_, A> {
             }
             match self.save(&mut root, wait).await {
                 Ok(version) => {
+                    let position = match root.position() {
+                        Some(position) if events > 0 => position,
+                        _ => self.position(version).await?,
+                    };
                     return Ok(Executed {
                         version,
                         events,
                         attempts: attempt,
                         repeated: false,
-                    })
+                        position,
+                    });
                 }
                 Err(e) if e.is_conflict() => {
                     // The writer that came first may be this very request, sent twice.
@@ -273,12 +282,27 @@ impl<A: Aggregate> Command<'_, A> {
             .request_version(self.id, A::TYPE_NAME, key)
             .await
             .map_err(CommandError::Failed)?;
-        Ok(stored.map(|version| Executed {
+        let Some(version) = stored else {
+            return Ok(None);
+        };
+        Ok(Some(Executed {
             version,
             events: 0,
             attempts: attempt,
             repeated: true,
+            position: self.position(version).await?,
         }))
+    }
+
+    /// The feed position of the aggregate's event at `version`, 0 at version 0.
+    async fn position<E>(&self, version: u64) -> Result<u64, CommandError<E>> {
+        if version == 0 {
+            return Ok(0);
+        }
+        self.repository
+            .position(self.id, version)
+            .await
+            .map_err(CommandError::Failed)
     }
 
     /// Saves the root, saving it again (never deciding again) after a transient store

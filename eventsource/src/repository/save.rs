@@ -11,8 +11,10 @@ use crate::root::AggregateRoot;
 impl<A: Aggregate> Repository<A> {
     /// Appends the aggregate's unsaved events, expecting the stream at its saved version.
     ///
-    /// On success the events are no longer pending and the new version is returned; a
-    /// snapshot is then taken if the policy says so. A snapshot that fails to be written is
+    /// On success the events are no longer pending and the new version is returned; the
+    /// root's [`position`](AggregateRoot::position) tells where its last event is in the feed
+    /// (for read-your-writes, see [`crate::projection`]); a snapshot is then taken if the
+    /// policy says so. A snapshot that fails to be written is
     /// logged and counted and never fails the save, and a save whose future is dropped while
     /// its snapshot is written has saved its events all the same.
     ///
@@ -47,11 +49,12 @@ impl<A: Aggregate> Repository<A> {
         );
         async {
             let envelopes = root.pending_envelopes()?;
-            self.events
-                .append(root.id(), A::TYPE_NAME, root.saved_version(), &envelopes)
+            let appended = self
+                .events
+                .append_with_position(root.id(), A::TYPE_NAME, root.saved_version(), &envelopes)
                 .await?;
             // Before the snapshot: from here on the save has happened, whatever becomes of it.
-            root.mark_saved();
+            root.mark_saved(appended.position);
             if let Some(snapshots) = &self.snapshots {
                 if snapshots.policy.is_due(root.version(), saved) {
                     self.snapshot_after_save(snapshots, root).await;
@@ -61,5 +64,18 @@ impl<A: Aggregate> Repository<A> {
         }
         .instrument(span)
         .await
+    }
+
+    /// The feed position of the aggregate's event at `version`: what a reader of the feed (a
+    /// [projection](crate::projection)) must have reached to show the aggregate at that
+    /// version. [`Error::NotFound`](crate::Error::NotFound) if the stream has no such event.
+    pub async fn position(&self, id: uuid::Uuid, version: u64) -> Result<u64> {
+        self.events
+            .position_of(id, A::TYPE_NAME, version)
+            .await?
+            .ok_or_else(|| crate::Error::NotFound {
+                aggregate_type: A::TYPE_NAME.to_owned(),
+                aggregate_id: id,
+            })
     }
 }

@@ -246,6 +246,11 @@ impl Subscription {
         &self.name
     }
 
+    /// The event store it reads.
+    pub(crate) fn events(&self) -> &Arc<dyn EventStore> {
+        &self.events
+    }
+
     /// Its counters: events handled, retries, dead letters, failures.
     pub fn metrics(&self) -> &Arc<SubscriptionMetrics> {
         &self.metrics
@@ -274,6 +279,15 @@ impl Subscription {
         mut handler: H,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<()> {
+        self.run_into(&mut Handled(&mut handler), shutdown).await
+    }
+
+    /// Runs the subscription as [`run`](Self::run) does, each batch committed by `sink`.
+    pub(crate) async fn run_into<K: Sink>(
+        &self,
+        sink: &mut K,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<()> {
         let mut shutdown = Box::pin(shutdown.fuse());
         let mut waiter = self.events.append_signal().map(|signal| signal.waiter());
         let owner = Uuid::new_v4();
@@ -296,7 +310,7 @@ impl Subscription {
                 }
             }
             tracing::info!(subscription = %self.name, "active: this consumer holds the lease");
-            let outcome = self.follow(&mut handler, &mut shutdown, &mut waiter, &held).await;
+            let outcome = self.follow(sink, &mut shutdown, &mut waiter, &held).await;
             match outcome {
                 Ok(Active::Stopped) => {
                     let _ = self.store.release(&self.name, owner).await;
@@ -321,15 +335,15 @@ impl Subscription {
     }
 
     /// Catches up and follows the feed while this consumer holds the lease.
-    async fn follow<H: Handler, S: Future<Output = ()>>(
+    async fn follow<K: Sink, S: Future<Output = ()>>(
         &self,
-        handler: &mut H,
+        sink: &mut K,
         shutdown: &mut std::pin::Pin<Box<future::Fuse<S>>>,
         waiter: &mut Option<crate::event_store::AppendWaiter>,
         held: &Held<'_>,
     ) -> Result<Active> {
         let owner = held.owner();
-        let mut position = match (self.store.checkpoint(&self.name).await?, self.start) {
+        let mut position = match (sink.checkpoint(self).await?, self.start) {
             (Some(position), _) => position,
             (None, Start::Beginning) => 0,
             (None, start) => {
@@ -378,23 +392,21 @@ impl Subscription {
                 }
                 continue;
             };
+            let read = batch.len();
             let taken: Vec<StoredEvent> = batch.into_iter().filter(|e| self.takes(e)).collect();
-            if !taken.is_empty() {
-                let renewing = held.hold();
-                let delivered = self.deliver(handler, &taken);
-                let delivered = match future::select(Box::pin(delivered), Box::pin(renewing)).await {
-                    Either::Left((delivered, _)) => delivered,
-                    Either::Right((lost, delivering)) => {
-                        // The lease is gone: finish the batch (it may be handled twice, as
-                        // at-least-once allows), but do not store its checkpoint.
-                        let _ = delivering.await;
-                        lost?;
-                        return Ok(Active::LostLease);
-                    }
-                };
-                delivered?;
-            }
-            if !self.store.save_checkpoint(&self.name, owner, last).await? {
+            let renewing = held.hold();
+            let committing = sink.commit(self, &taken, read, last, owner);
+            let stored = match future::select(Box::pin(committing), Box::pin(renewing)).await {
+                Either::Left((stored, _)) => stored?,
+                Either::Right((lost, committing)) => {
+                    // The lease is gone: finish the batch (it may be handled twice, as
+                    // at-least-once allows); its checkpoint is fenced and not stored.
+                    let _ = committing.await;
+                    lost?;
+                    return Ok(Active::LostLease);
+                }
+            };
+            if !stored {
                 return Ok(Active::LostLease);
             }
             position = last;
@@ -435,7 +447,7 @@ impl Subscription {
     }
 
     /// Hands `events` to the handler, with retries and the failure policy.
-    async fn deliver<H: Handler>(&self, handler: &mut H, events: &[StoredEvent]) -> Result<()> {
+    pub(crate) async fn deliver<H: Handler>(&self, handler: &mut H, events: &[StoredEvent]) -> Result<()> {
         let Err(error) = self.attempt(handler, events).await else {
             return Ok(());
         };
@@ -500,6 +512,53 @@ impl Subscription {
         }
         tracing::warn!(subscription = %self.name, error = %e, "store failed; trying again");
         Ok(())
+    }
+}
+
+/// What a subscription does with each batch it reads: hands the events it takes to their
+/// consumer and stores the checkpoint.
+#[async_trait::async_trait]
+pub(crate) trait Sink: Send {
+    /// The stored checkpoint, where a consumer that takes over starts.
+    async fn checkpoint(&mut self, subscription: &Subscription) -> Result<Option<u64>>;
+
+    /// Hands over `taken`, the events the subscription takes from a batch of `read` events
+    /// of the feed (possibly none), and stores `last`, the batch's last position, as the
+    /// checkpoint if `owner` still holds the lease; whether it stored it.
+    async fn commit(
+        &mut self,
+        subscription: &Subscription,
+        taken: &[StoredEvent],
+        read: usize,
+        last: u64,
+        owner: Uuid,
+    ) -> Result<bool>;
+}
+
+/// A plain subscription's sink: the handler, then the checkpoint in the subscription store.
+struct Handled<'h, H>(&'h mut H);
+
+#[async_trait::async_trait]
+impl<H: Handler> Sink for Handled<'_, H> {
+    async fn checkpoint(&mut self, subscription: &Subscription) -> Result<Option<u64>> {
+        subscription.store.checkpoint(&subscription.name).await
+    }
+
+    async fn commit(
+        &mut self,
+        subscription: &Subscription,
+        taken: &[StoredEvent],
+        _read: usize,
+        last: u64,
+        owner: Uuid,
+    ) -> Result<bool> {
+        if !taken.is_empty() {
+            subscription.deliver(self.0, taken).await?;
+        }
+        subscription
+            .store
+            .save_checkpoint(&subscription.name, owner, last)
+            .await
     }
 }
 

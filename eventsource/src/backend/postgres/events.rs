@@ -20,7 +20,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::event::{EventEnvelope, StoredEvent};
 use crate::event_store::{
-    acknowledge_stored_batch, validate_batch, AppendSignal, EventStore, EventStream, FeedHead,
+    acknowledge_stored_batch, validate_batch, AppendSignal, Appended, EventStore, EventStream, FeedHead,
 };
 use crate::snapshot::JointSnapshotRead;
 
@@ -48,6 +48,7 @@ pub(super) struct Sql {
     table: String,
     append: String,
     stream_version: String,
+    position_of: String,
     read_stream: String,
     read_all: String,
     head: String,
@@ -84,13 +85,18 @@ impl Sql {
                             causation_id, metadata, payload, request_id, n)
                     WHERE (SELECT version FROM head) = $3
                     ORDER BY e.n
-                    RETURNING 1
+                    RETURNING position
                 )
-                SELECT (SELECT version FROM head), (SELECT count(*) FROM inserted)"
+                SELECT (SELECT version FROM head), (SELECT count(*) FROM inserted),
+                    (SELECT max(position) FROM inserted)"
             ),
             stream_version: format!(
                 "SELECT coalesce(max(aggregate_version), 0) FROM {events}
                  WHERE aggregate_id = $1 AND aggregate_type = $2"
+            ),
+            position_of: format!(
+                "SELECT position FROM {events}
+                 WHERE aggregate_id = $1 AND aggregate_type = $2 AND aggregate_version = $3"
             ),
             read_stream: format!(
                 "SELECT {COLUMNS} FROM {events}
@@ -174,6 +180,18 @@ impl EventStore for PostgresEventStore {
         expected_version: u64,
         events: &[EventEnvelope],
     ) -> Result<u64> {
+        self.append_with_position(aggregate_id, aggregate_type, expected_version, events)
+            .await
+            .map(|appended| appended.version)
+    }
+
+    async fn append_with_position(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        expected_version: u64,
+        events: &[EventEnvelope],
+    ) -> Result<Appended> {
         validate_batch(aggregate_id, aggregate_type, expected_version, events)?;
         if events.len() > MAX_BATCH {
             return Err(Error::InvalidInput(format!(
@@ -184,7 +202,7 @@ impl EventStore for PostgresEventStore {
         let expected = to_bigint(expected_version, "expected version")?;
         let c = Columns::of(events)?;
         let what = || format!("cannot append to {aggregate_type} {aggregate_id}");
-        let result = sqlx::query_as::<_, (i64, i64)>(&self.sql.append)
+        let result = sqlx::query_as::<_, (i64, i64, Option<i64>)>(&self.sql.append)
             .bind(aggregate_id)
             .bind(aggregate_type)
             .bind(expected)
@@ -207,12 +225,19 @@ impl EventStore for PostgresEventStore {
             expected: expected_version,
             actual,
         };
+        let acknowledged = |version: u64| Appended {
+            version,
+            position: None,
+        };
         match result {
-            Ok((_, inserted)) if inserted == events.len() as i64 => {
+            Ok((_, inserted, last)) if inserted == events.len() as i64 => {
                 self.notifier.appended(&self.pool);
-                Ok(expected_version + events.len() as u64)
+                Ok(Appended {
+                    version: expected_version + events.len() as u64,
+                    position: last.and_then(|p| u64::try_from(p).ok()),
+                })
             }
-            Ok((head, 0)) if head != expected => {
+            Ok((head, 0, _)) if head != expected => {
                 let refusal = conflict(version_of(head, &self.sql.table)?);
                 acknowledge_stored_batch(
                     self,
@@ -223,8 +248,9 @@ impl EventStore for PostgresEventStore {
                     refusal,
                 )
                 .await
+                .map(acknowledged)
             }
-            Ok((head, inserted)) => Err(Error::corrupt(
+            Ok((head, inserted, _)) => Err(Error::corrupt(
                 self.sql.table.clone(),
                 format!(
                     "an append of {} events at version {head} inserted {inserted}",
@@ -256,6 +282,7 @@ impl EventStore for PostgresEventStore {
                     refusal,
                 )
                 .await
+                .map(acknowledged)
             }
             Err(e) => Err(query_error(&what(), e)),
         }
@@ -271,6 +298,37 @@ impl EventStore for PostgresEventStore {
             return Box::pin(stream::empty());
         };
         Reader::of_stream(self, aggregate_id, aggregate_type, after).into_stream()
+    }
+
+    async fn position_of(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        version: u64,
+    ) -> Result<Option<u64>> {
+        let Ok(version) = i64::try_from(version) else {
+            return Ok(None);
+        };
+        let position: Option<i64> = sqlx::query_scalar(&self.sql.position_of)
+            .bind(aggregate_id)
+            .bind(aggregate_type)
+            .bind(version)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| {
+                query_error(
+                    &format!(
+                        "cannot read the position of {aggregate_type} {aggregate_id} at version {version}"
+                    ),
+                    e,
+                )
+            })?;
+        position
+            .map(|p| {
+                u64::try_from(p)
+                    .map_err(|_| Error::corrupt(self.sql.table.clone(), format!("position {p} is negative")))
+            })
+            .transpose()
     }
 
     async fn stream_version(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<u64> {

@@ -154,6 +154,7 @@
 mod events;
 mod joint;
 mod notify;
+mod projection;
 mod schema;
 mod snapshots;
 mod subscriptions;
@@ -164,6 +165,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
+pub use projection::{PgTransaction, PostgresProjection, PostgresReadModel};
+pub use sqlx;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::Connection;
 pub use sqlx::PgPool;

@@ -11,6 +11,45 @@ use crate::error::{Error, Result};
 use crate::event::StoredEvent;
 use crate::subscription::{validate_name, DeadLetter, SubscriptionStore};
 
+impl PostgresSubscriptionStore {
+    /// Stores the checkpoint through `executor` (a transaction of a read model), if `owner`
+    /// holds the lease; whether it did.
+    pub(super) async fn save_checkpoint_on<'e>(
+        &self,
+        executor: impl sqlx::PgExecutor<'e>,
+        name: &str,
+        owner: Uuid,
+        position: u64,
+    ) -> Result<bool> {
+        validate_name(name)?;
+        let saved = sqlx::query(&format!(
+            "UPDATE {} SET position = $3 WHERE name = $1 AND owner = $2 AND lease_until > now()",
+            self.layout.subscriptions
+        ))
+        .bind(name)
+        .bind(owner)
+        .bind(to_bigint(position, "checkpoint")?)
+        .execute(executor)
+        .await
+        .map_err(|e| query_error(&format!("cannot store the checkpoint of subscription {name}"), e))?;
+        Ok(saved.rows_affected() > 0)
+    }
+
+    /// Forgets the checkpoint through `executor`.
+    pub(super) async fn reset_on<'e>(&self, executor: impl sqlx::PgExecutor<'e>, name: &str) -> Result<()> {
+        validate_name(name)?;
+        sqlx::query(&format!(
+            "UPDATE {} SET position = NULL WHERE name = $1",
+            self.layout.subscriptions
+        ))
+        .bind(name)
+        .execute(executor)
+        .await
+        .map_err(|e| query_error(&format!("cannot reset subscription {name}"), e))
+        .map(drop)
+    }
+}
+
 #[async_trait]
 impl SubscriptionStore for PostgresSubscriptionStore {
     async fn acquire(&self, name: &str, owner: Uuid, ttl: Duration) -> Result<bool> {
@@ -70,31 +109,11 @@ impl SubscriptionStore for PostgresSubscriptionStore {
     }
 
     async fn save_checkpoint(&self, name: &str, owner: Uuid, position: u64) -> Result<bool> {
-        validate_name(name)?;
-        let saved = sqlx::query(&format!(
-            "UPDATE {} SET position = $3 WHERE name = $1 AND owner = $2 AND lease_until > now()",
-            self.layout.subscriptions
-        ))
-        .bind(name)
-        .bind(owner)
-        .bind(to_bigint(position, "checkpoint")?)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| query_error(&format!("cannot store the checkpoint of subscription {name}"), e))?;
-        Ok(saved.rows_affected() > 0)
+        self.save_checkpoint_on(&self.pool, name, owner, position).await
     }
 
     async fn reset(&self, name: &str) -> Result<()> {
-        validate_name(name)?;
-        sqlx::query(&format!(
-            "UPDATE {} SET position = NULL WHERE name = $1",
-            self.layout.subscriptions
-        ))
-        .bind(name)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| query_error(&format!("cannot reset subscription {name}"), e))
-        .map(drop)
+        self.reset_on(&self.pool, name).await
     }
 
     async fn dead_letter(&self, name: &str, event: &StoredEvent, error: &str) -> Result<()> {

@@ -12,7 +12,7 @@ use super::{read, schema, signed, store_error, timestamp_text, unsigned, Databas
 use crate::error::{Error, Result};
 use crate::event::EventEnvelope;
 use crate::event_store::{
-    acknowledge_stored_batch, validate_batch, AppendSignal, EventStore, EventStream, FeedHead,
+    acknowledge_stored_batch, validate_batch, AppendSignal, Appended, EventStore, EventStream, FeedHead,
 };
 
 const INSERT: &str = "INSERT INTO events (event_id, event_type, event_version, aggregate_id, \
@@ -142,8 +142,9 @@ impl Stream {
         }
     }
 
-    /// Appends the batch in one `BEGIN IMMEDIATE` transaction if the stream is at `expected`.
-    fn append(&self, connection: &mut Connection, expected: u64, batch: &[Encoded]) -> Result<u64> {
+    /// Appends the batch in one `BEGIN IMMEDIATE` transaction if the stream is at `expected`;
+    /// the new version and the position of the batch's last event.
+    fn append(&self, connection: &mut Connection, expected: u64, batch: &[Encoded]) -> Result<(u64, u64)> {
         let fail = |e| self.failed("append to", e);
         // IMMEDIATE takes the write lock up front (waiting out the busy timeout), so writers
         // queue here rather than fail when a read transaction turns into a write. Returning
@@ -194,8 +195,10 @@ impl Stream {
                 }
             }
         }
+        // The rowid is the `position` column (INTEGER PRIMARY KEY): the batch's last event's.
+        let position = u64::try_from(tx.last_insert_rowid()).unwrap_or_default();
         tx.commit().map_err(fail)?;
-        Ok(expected + batch.len() as u64)
+        Ok((expected + batch.len() as u64, position))
     }
 }
 
@@ -221,6 +224,18 @@ impl EventStore for SqliteEventStore {
         expected_version: u64,
         events: &[EventEnvelope],
     ) -> Result<u64> {
+        self.append_with_position(aggregate_id, aggregate_type, expected_version, events)
+            .await
+            .map(|appended| appended.version)
+    }
+
+    async fn append_with_position(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        expected_version: u64,
+        events: &[EventEnvelope],
+    ) -> Result<Appended> {
         validate_batch(aggregate_id, aggregate_type, expected_version, events)?;
         let batch = events.iter().map(Encoded::new).collect::<Result<Vec<_>>>()?;
         let stream = Stream::new(aggregate_id, aggregate_type);
@@ -229,12 +244,15 @@ impl EventStore for SqliteEventStore {
             .write(move |connection| stream.append(connection, expected_version, &batch))
             .await;
         match appended {
-            Ok(version) => {
+            Ok((version, position)) => {
                 self.database.appended().raise();
-                Ok(version)
+                Ok(Appended {
+                    version,
+                    position: Some(position),
+                })
             }
             Err(refusal @ (Error::Conflict { .. } | Error::InvalidInput(_))) => {
-                acknowledge_stored_batch(
+                let version = acknowledge_stored_batch(
                     self,
                     aggregate_id,
                     aggregate_type,
@@ -242,9 +260,13 @@ impl EventStore for SqliteEventStore {
                     events,
                     refusal,
                 )
-                .await
+                .await?;
+                Ok(Appended {
+                    version,
+                    position: None,
+                })
             }
-            outcome => outcome,
+            Err(e) => Err(e),
         }
     }
 

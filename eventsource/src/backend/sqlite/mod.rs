@@ -73,6 +73,7 @@
 
 mod database;
 mod events;
+mod projection;
 mod read;
 mod schema;
 mod snapshots;
@@ -83,6 +84,7 @@ use std::path::Path;
 pub use database::{Database, BUSY_TIMEOUT};
 pub use events::SqliteEventStore;
 /// The SQLite driver the stores run on, re-exported for [`Database::call`].
+pub use projection::{SqliteProjection, SqliteReadModel};
 pub use rusqlite;
 pub use snapshots::SqliteSnapshotStore;
 pub use subscriptions::SqliteSubscriptionStore;

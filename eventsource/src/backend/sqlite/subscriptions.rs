@@ -20,8 +20,10 @@ const ACQUIRE: &str = "INSERT INTO eventsource_subscriptions (name, owner, lease
         OR eventsource_subscriptions.owner = excluded.owner
         OR eventsource_subscriptions.lease_until < ?4";
 
-const SAVE: &str = "UPDATE eventsource_subscriptions SET position = ?3
+pub(super) const SAVE: &str = "UPDATE eventsource_subscriptions SET position = ?3
     WHERE name = ?1 AND owner = ?2 AND lease_until > ?4";
+
+pub(super) const RESET: &str = "UPDATE eventsource_subscriptions SET position = NULL WHERE name = ?1";
 
 /// A subscription store in a SQLite database, usually the events' own.
 ///
@@ -36,6 +38,11 @@ impl SqliteSubscriptionStore {
     /// Opens the store on a file, created if missing, or on `:memory:`.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
         Self::on(Database::open(path).await?).await
+    }
+
+    /// The database the store runs on: a read model's tables go there, beside the checkpoints.
+    pub fn database(&self) -> &Database {
+        &self.database
     }
 
     /// The store on a database of the program's own, such as the event store's
@@ -60,7 +67,7 @@ impl SqliteSubscriptionStore {
 
 type Value = rusqlite::types::Value;
 
-fn millis(at: SystemTime) -> i64 {
+pub(super) fn millis(at: SystemTime) -> i64 {
     at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
@@ -145,7 +152,7 @@ impl SubscriptionStore for SqliteSubscriptionStore {
     async fn reset(&self, name: &str) -> Result<()> {
         validate_name(name)?;
         self.change(
-            "UPDATE eventsource_subscriptions SET position = NULL WHERE name = ?1",
+            RESET,
             vec![text(name)],
             format!("cannot reset subscription {name}"),
         )

@@ -1,0 +1,181 @@
+//! A read model in PostgreSQL, each batch committed in one transaction with its checkpoint.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use super::{query_error, PostgresSubscriptionStore};
+use crate::event::StoredEvent;
+use crate::projection::ReadModelStore;
+use crate::subscription::{HandlerError, SubscriptionStore};
+
+/// The transaction a [`PostgresProjection`] writes its read model in.
+pub type PgTransaction = sqlx::Transaction<'static, sqlx::Postgres>;
+
+/// A projection whose read model is tables of its own in PostgreSQL.
+///
+/// Each method gets the transaction in which the projection's checkpoint is then stored:
+/// what it writes there commits with the checkpoint or not at all. Write through it, as
+/// `sqlx::query(...).execute(&mut **tx)`, and nothing else: a write outside it would not be
+/// undone with the batch. A method that fails rolls the transaction back.
+#[async_trait]
+pub trait PostgresProjection: Send + 'static {
+    /// Creates the read model's tables if missing (`CREATE TABLE IF NOT EXISTS`); run before
+    /// the projection starts, by every instance.
+    async fn setup(&mut self, tx: &mut PgTransaction) -> Result<(), HandlerError> {
+        let _ = tx;
+        Ok(())
+    }
+
+    /// Applies a batch of events, in feed order.
+    async fn apply(&mut self, tx: &mut PgTransaction, events: &[StoredEvent]) -> Result<(), HandlerError>;
+
+    /// Empties the read model, for a rebuild.
+    async fn reset(&mut self, tx: &mut PgTransaction) -> Result<(), HandlerError>;
+
+    /// Makes this read model the one queries read (for instance `CREATE OR REPLACE VIEW`
+    /// over its tables), for a blue/green rebuild. Nothing by default.
+    async fn go_live(&mut self, tx: &mut PgTransaction) -> Result<(), HandlerError> {
+        let _ = tx;
+        Ok(())
+    }
+}
+
+/// A [`PostgresProjection`]'s read model, in the database of a subscription store whose
+/// table keeps its checkpoint and lease.
+///
+/// Each transaction runs in a task of its own, so that a caller that stops waiting for it
+/// (a cancelled catch-up, a shutdown) never leaves it open on a pooled connection, holding
+/// row locks: it commits or rolls back all the same.
+pub struct PostgresReadModel<P> {
+    subscriptions: PostgresSubscriptionStore,
+    projection: Arc<tokio::sync::Mutex<P>>,
+}
+
+impl<P: PostgresProjection> PostgresReadModel<P> {
+    /// The read model of `projection`, its checkpoint in `subscriptions`' table (of the same
+    /// database: [`PostgresEventStore::subscription_store`](super::PostgresEventStore::subscription_store)).
+    pub fn new(subscriptions: PostgresSubscriptionStore, projection: P) -> Self {
+        PostgresReadModel {
+            subscriptions,
+            projection: Arc::new(tokio::sync::Mutex::new(projection)),
+        }
+    }
+
+    /// Runs `step` in one transaction, in a task of its own; committed if it gives `Ok(true)`,
+    /// rolled back otherwise.
+    async fn transaction(&self, step: Step) -> Result<bool, HandlerError> {
+        let (subscriptions, projection) = (self.subscriptions.clone(), self.projection.clone());
+        tokio::spawn(async move {
+            let mut projection = projection.lock().await;
+            let mut tx = subscriptions
+                .pool
+                .begin()
+                .await
+                .map_err(|e| query_error("cannot begin a read model's transaction", e))?;
+            let outcome = step.run(&mut *projection, &subscriptions, &mut tx).await;
+            match outcome {
+                Ok(true) => tx
+                    .commit()
+                    .await
+                    .map_err(|e| query_error("cannot commit a read model's transaction", e))?,
+                // At once, not when the connection is next used: its locks go now.
+                _ => {
+                    let _ = tx.rollback().await;
+                }
+            }
+            outcome
+        })
+        .await
+        .map_err(|e| HandlerError::from(format!("a read model's transaction panicked: {e}")))?
+    }
+}
+
+/// What one transaction of a read model does.
+enum Step {
+    Setup,
+    Commit {
+        name: String,
+        owner: Uuid,
+        events: Vec<StoredEvent>,
+        last: u64,
+    },
+    Reset {
+        name: String,
+    },
+    GoLive,
+}
+
+impl Step {
+    async fn run<P: PostgresProjection>(
+        self,
+        projection: &mut P,
+        subscriptions: &PostgresSubscriptionStore,
+        tx: &mut PgTransaction,
+    ) -> Result<bool, HandlerError> {
+        match self {
+            Step::Setup => projection.setup(tx).await?,
+            Step::Commit {
+                name,
+                owner,
+                events,
+                last,
+            } => {
+                if !events.is_empty() {
+                    projection.apply(tx, &events).await?;
+                }
+                // The lease check is in the same transaction: a consumer that lost its lease
+                // rolls its batch back with the checkpoint it may not store.
+                return Ok(subscriptions
+                    .save_checkpoint_on(&mut **tx, &name, owner, last)
+                    .await?);
+            }
+            Step::Reset { name } => {
+                projection.reset(tx).await?;
+                subscriptions.reset_on(&mut **tx, &name).await?;
+            }
+            Step::GoLive => projection.go_live(tx).await?,
+        }
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl<P: PostgresProjection> ReadModelStore for PostgresReadModel<P> {
+    fn subscriptions(&self) -> Arc<dyn SubscriptionStore> {
+        Arc::new(self.subscriptions.clone())
+    }
+
+    async fn setup(&self) -> Result<(), HandlerError> {
+        self.transaction(Step::Setup).await.map(drop)
+    }
+
+    async fn commit(
+        &self,
+        name: &str,
+        owner: Uuid,
+        events: &[StoredEvent],
+        last: u64,
+    ) -> Result<bool, HandlerError> {
+        self.transaction(Step::Commit {
+            name: name.to_owned(),
+            owner,
+            events: events.to_vec(),
+            last,
+        })
+        .await
+    }
+
+    async fn reset(&self, name: &str) -> Result<(), HandlerError> {
+        self.transaction(Step::Reset {
+            name: name.to_owned(),
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn go_live(&self) -> Result<(), HandlerError> {
+        self.transaction(Step::GoLive).await.map(drop)
+    }
+}

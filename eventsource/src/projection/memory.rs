@@ -1,0 +1,104 @@
+//! A read model held in the process, with its checkpoint beside it.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use super::ReadModelStore;
+use crate::backend::memory::InMemorySubscriptionStore;
+use crate::error::Result;
+use crate::event::StoredEvent;
+use crate::subscription::{HandlerError, SubscriptionStore};
+
+/// A projection whose read model is a value in the process: for tests and small programs.
+///
+/// `apply` works on a copy of the state, which replaces it only if the whole batch applied,
+/// so a failing batch changes nothing and is tried again from the same state.
+pub trait MemoryProjection: Clone + Send + Sync + 'static {
+    /// Applies a batch of events to the state.
+    fn apply(&mut self, events: &[StoredEvent]) -> Result<(), HandlerError>;
+}
+
+/// The state of a [`MemoryProjection`] and its checkpoint, under one lock. Cheap to clone;
+/// clones share it, so the program keeps one to read while the projection writes another.
+#[derive(Clone)]
+pub struct InMemoryReadModel<P> {
+    inner: Arc<Mutex<Kept<P>>>,
+    initial: P,
+    leases: InMemorySubscriptionStore,
+}
+
+struct Kept<P> {
+    state: P,
+    checkpoint: Option<u64>,
+}
+
+impl<P: MemoryProjection> InMemoryReadModel<P> {
+    /// A read model starting from `initial`, which a reset also goes back to.
+    pub fn new(initial: P) -> Self {
+        InMemoryReadModel {
+            inner: Arc::new(Mutex::new(Kept {
+                state: initial.clone(),
+                checkpoint: None,
+            })),
+            initial,
+            leases: InMemorySubscriptionStore::new(),
+        }
+    }
+
+    /// Reads the state.
+    pub fn read<T>(&self, f: impl FnOnce(&P) -> T) -> T {
+        f(&self.lock().state)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Kept<P>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl<P: MemoryProjection> ReadModelStore for InMemoryReadModel<P> {
+    fn subscriptions(&self) -> Arc<dyn SubscriptionStore> {
+        Arc::new(self.leases.clone())
+    }
+
+    async fn setup(&self) -> Result<(), HandlerError> {
+        Ok(())
+    }
+
+    async fn checkpoint(&self, _name: &str) -> crate::error::Result<Option<u64>> {
+        Ok(self.lock().checkpoint)
+    }
+
+    async fn commit(
+        &self,
+        name: &str,
+        owner: Uuid,
+        events: &[StoredEvent],
+        last: u64,
+    ) -> Result<bool, HandlerError> {
+        // The lease fences the commit as a database's row would.
+        if !self.leases.save_checkpoint(name, owner, last).await? {
+            return Ok(false);
+        }
+        let mut kept = self.lock();
+        let mut next = kept.state.clone();
+        next.apply(events)?;
+        kept.state = next;
+        kept.checkpoint = Some(last);
+        Ok(true)
+    }
+
+    async fn reset(&self, name: &str) -> Result<(), HandlerError> {
+        self.leases.reset(name).await?;
+        let mut kept = self.lock();
+        kept.state = self.initial.clone();
+        kept.checkpoint = None;
+        Ok(())
+    }
+
+    async fn go_live(&self) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}

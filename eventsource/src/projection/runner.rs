@@ -1,0 +1,359 @@
+//! The runner of one projection: a subscription whose batches commit with their checkpoint.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures_util::future::{self, Either};
+use tokio::sync::{watch, Notify};
+use uuid::Uuid;
+
+use super::ReadModelStore;
+use crate::aggregate::Aggregate;
+use crate::deadline::sleep;
+use crate::error::{Error, Result};
+use crate::event::StoredEvent;
+use crate::event_store::EventStore;
+use crate::subscription::{Handler, HandlerError, Sink, Subscription, SubscriptionMetrics};
+
+/// How often [`Projection::wait_for`] looks at the stored checkpoint, besides being woken by
+/// this process's own commits.
+const WAIT_POLL: Duration = Duration::from_millis(20);
+
+/// A named projection of an event store's feed into a read model; see the
+/// [module docs](super).
+pub struct Projection {
+    subscription: Subscription,
+    model: Arc<dyn ReadModelStore>,
+    /// The last position this process committed.
+    committed: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Projection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Projection")
+            .field("subscription", &self.subscription)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How far a [`Projection::catch_up`] or [`Projection::rebuild`] has come.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Progress {
+    /// Events of the feed handled so far (those the projection does not take included).
+    pub done: u64,
+    /// Events left before the feed's head as it was when the catch-up started.
+    pub remaining: u64,
+    /// Time since the catch-up started.
+    pub elapsed: Duration,
+}
+
+impl Progress {
+    /// Events per second so far.
+    pub fn rate(&self) -> f64 {
+        let seconds = self.elapsed.as_secs_f64();
+        if seconds > 0.0 {
+            self.done as f64 / seconds
+        } else {
+            0.0
+        }
+    }
+
+    /// The time left at the rate so far, if there is a rate yet.
+    pub fn eta(&self) -> Option<Duration> {
+        let rate = self.rate();
+        (rate > 0.0).then(|| Duration::from_secs_f64(self.remaining as f64 / rate))
+    }
+}
+
+impl Projection {
+    /// A projection named `name` of the feed of `events` into `model`.
+    ///
+    /// The name is its checkpoint's and lease's, unique among the subscriptions and
+    /// projections of the database; give a new version of a read model a new name (see
+    /// [`go_live`](Self::go_live)). The defaults are a subscription's (every event, batches of
+    /// 100, a lease of 10 s); a batch whose commit still fails after the last attempt stops
+    /// the projection with [`Error::SubscriptionStopped`], as skipping an event would leave
+    /// the read model wrong. An empty name, or one with a NUL character, is
+    /// [`Error::InvalidInput`].
+    pub fn new(
+        name: &str,
+        events: impl EventStore + 'static,
+        model: impl ReadModelStore + 'static,
+    ) -> Result<Self> {
+        let model: Arc<dyn ReadModelStore> = Arc::new(model);
+        let subscription = Subscription::new(name, events, model.subscriptions())?;
+        Ok(Projection {
+            subscription,
+            model,
+            committed: watch::Sender::new(0),
+        })
+    }
+
+    fn map(self, f: impl FnOnce(Subscription) -> Subscription) -> Self {
+        Projection {
+            subscription: f(self.subscription),
+            ..self
+        }
+    }
+
+    fn try_map(self, f: impl FnOnce(Subscription) -> Result<Subscription>) -> Result<Self> {
+        Ok(Projection {
+            subscription: f(self.subscription)?,
+            ..self
+        })
+    }
+
+    /// Takes the events of this aggregate type too (by default, every event is taken).
+    pub fn aggregate_type(self, aggregate_type: &str) -> Self {
+        self.map(|s| s.aggregate_type(aggregate_type))
+    }
+
+    /// Takes the events of `A`.
+    pub fn for_aggregate<A: Aggregate>(self) -> Self {
+        self.aggregate_type(A::TYPE_NAME)
+    }
+
+    /// Takes events of this event type too (by default, events of every type are taken).
+    pub fn event_type(self, event_type: &str) -> Self {
+        self.map(|s| s.event_type(event_type))
+    }
+
+    /// Commits at most `events` events per transaction; see [`Subscription::batch_size`].
+    pub fn batch_size(self, events: usize) -> Result<Self> {
+        self.try_map(|s| s.batch_size(events))
+    }
+
+    /// See [`Subscription::poll_interval`].
+    pub fn poll_interval(self, interval: Duration) -> Result<Self> {
+        self.try_map(|s| s.poll_interval(interval))
+    }
+
+    /// How often a failing commit is tried again; see [`Subscription::retry`].
+    pub fn retry(self, attempts: u32, backoff: Duration, max_backoff: Duration) -> Result<Self> {
+        self.try_map(|s| s.retry(attempts, backoff, max_backoff))
+    }
+
+    /// See [`Subscription::lease`].
+    pub fn lease(self, lease: Duration) -> Result<Self> {
+        self.try_map(|s| s.lease(lease))
+    }
+
+    /// The projection's name.
+    pub fn name(&self) -> &str {
+        self.subscription.name()
+    }
+
+    /// Its counters: events handled, retries, failures.
+    pub fn metrics(&self) -> &Arc<SubscriptionMetrics> {
+        self.subscription.metrics()
+    }
+
+    /// The position of the last event committed into the read model, `None` before the first.
+    pub async fn checkpoint(&self) -> Result<Option<u64>> {
+        self.model.checkpoint(self.name()).await
+    }
+
+    /// How many events of the feed follow the checkpoint: how far the read model is behind.
+    pub async fn lag(&self) -> Result<u64> {
+        let checkpoint = self.checkpoint().await?.unwrap_or(0);
+        Ok(self.subscription.events().head(checkpoint).await?.events_after)
+    }
+
+    /// Runs the projection until `shutdown` completes: creates the read model's tables if
+    /// missing, waits as a standby while another instance holds the name's lease, then
+    /// catches up and follows the feed, each batch committed with its checkpoint.
+    pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        self.setup().await?;
+        let mut sink = Committing::new(self, None);
+        self.subscription.run_into(&mut sink, shutdown).await
+    }
+
+    /// Brings the read model up to the feed's head as it is now, calling `progress` after each
+    /// batch, and returns. Another instance holding the lease makes it wait as a standby.
+    /// Interrupted (the future dropped, the process killed), a later call goes on from the
+    /// last committed batch.
+    pub async fn catch_up(&self, mut progress: impl FnMut(Progress) + Send) -> Result<Progress> {
+        self.setup().await?;
+        let start = self.checkpoint().await?.unwrap_or(0);
+        let head = self.subscription.events().head(start).await?;
+        let mut sink = Committing::new(self, Some((head.position, head.events_after)));
+        sink.progress = Some(&mut progress);
+        if head.events_after > 0 {
+            let finished = sink.finished.clone();
+            self.subscription
+                .run_into(&mut sink, async move { finished.notified().await })
+                .await?;
+        }
+        Ok(sink.report())
+    }
+
+    /// Empties the read model and replays the whole feed into it ([`reset`](Self::reset),
+    /// then [`catch_up`](Self::catch_up)). Stop the projection's other consumers first: one
+    /// that runs keeps its place. Interrupted, continue with `catch_up`, not `rebuild`,
+    /// which would start from the beginning again.
+    pub async fn rebuild(&self, progress: impl FnMut(Progress) + Send) -> Result<Progress> {
+        self.reset().await?;
+        self.catch_up(progress).await
+    }
+
+    /// Empties the read model and forgets the checkpoint, in one transaction.
+    pub async fn reset(&self) -> Result<()> {
+        self.setup().await?;
+        self.model
+            .reset(self.name())
+            .await
+            .map_err(|e| self.failed("reset", e))?;
+        self.committed.send_replace(0);
+        Ok(())
+    }
+
+    /// Makes this read model the one queries read (its projection's `go_live`, in one
+    /// transaction): for a blue/green rebuild, once this version has caught up, while the
+    /// previous version kept serving.
+    pub async fn go_live(&self) -> Result<()> {
+        self.model
+            .go_live()
+            .await
+            .map_err(|e| self.failed("switch to", e))
+    }
+
+    /// Waits until the read model has committed `position` (a save's
+    /// [`AggregateRoot::position`](crate::AggregateRoot::position), a command's
+    /// [`Executed::position`](crate::repository::Executed::position)), at most `timeout`;
+    /// whether it has. Commits of this process wake it at once, those of other processes
+    /// within 20 ms.
+    pub async fn wait_for(&self, position: u64, timeout: Duration) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        let mut committed = self.committed.subscribe();
+        loop {
+            if *committed.borrow_and_update() >= position
+                || self.checkpoint().await?.is_some_and(|c| c >= position)
+            {
+                return Ok(true);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            let woken = Box::pin(committed.changed());
+            match future::select(woken, Box::pin(sleep(left.min(WAIT_POLL)))).await {
+                Either::Left((Ok(()), _)) | Either::Right(_) => {}
+                // The sender lives in `self`: it cannot be dropped while this runs.
+                Either::Left((Err(_), _)) => return Ok(false),
+            }
+        }
+    }
+
+    async fn setup(&self) -> Result<()> {
+        self.model.setup().await.map_err(|e| self.failed("set up", e))
+    }
+
+    fn failed(&self, action: &'static str, e: HandlerError) -> Error {
+        Error::ReadModel {
+            projection: self.name().to_owned(),
+            action,
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// A projection's sink: each batch applied and its checkpoint stored in one transaction.
+struct Committing<'p> {
+    projection: &'p Projection,
+    /// The position to stop at, and how many events lead there.
+    until: Option<(u64, u64)>,
+    finished: Arc<Notify>,
+    progress: Option<&'p mut (dyn FnMut(Progress) + Send)>,
+    done: u64,
+    started: Instant,
+}
+
+impl<'p> Committing<'p> {
+    fn new(projection: &'p Projection, until: Option<(u64, u64)>) -> Self {
+        Committing {
+            projection,
+            until,
+            finished: Arc::new(Notify::new()),
+            progress: None,
+            done: 0,
+            started: Instant::now(),
+        }
+    }
+
+    fn report(&self) -> Progress {
+        let total = self.until.map_or(0, |(_, total)| total);
+        Progress {
+            done: self.done,
+            remaining: total.saturating_sub(self.done),
+            elapsed: self.started.elapsed(),
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for Committing<'_> {
+    async fn checkpoint(&mut self, _subscription: &Subscription) -> Result<Option<u64>> {
+        self.projection.checkpoint().await
+    }
+
+    async fn commit(
+        &mut self,
+        subscription: &Subscription,
+        taken: &[StoredEvent],
+        read: usize,
+        last: u64,
+        owner: Uuid,
+    ) -> Result<bool> {
+        let model = &*self.projection.model;
+        let mut transaction = Transaction {
+            model,
+            name: subscription.name(),
+            owner,
+            last,
+            committed: false,
+        };
+        if taken.is_empty() {
+            transaction
+                .handle(&[])
+                .await
+                .map_err(|e| self.projection.failed("commit the checkpoint of", e))?;
+        } else {
+            subscription.deliver(&mut transaction, taken).await?;
+        }
+        if !transaction.committed {
+            return Ok(false);
+        }
+        self.projection.committed.send_replace(last);
+        self.done += read as u64;
+        let report = self.report();
+        if let Some(progress) = self.progress.as_mut() {
+            progress(report);
+        }
+        if self.until.is_some_and(|(position, _)| last >= position) {
+            self.finished.notify_one();
+        }
+        Ok(true)
+    }
+}
+
+/// One attempt at a batch: the read model's transaction.
+struct Transaction<'m> {
+    model: &'m dyn ReadModelStore,
+    name: &'m str,
+    owner: Uuid,
+    last: u64,
+    committed: bool,
+}
+
+#[async_trait]
+impl Handler for Transaction<'_> {
+    async fn handle(&mut self, events: &[StoredEvent]) -> std::result::Result<(), HandlerError> {
+        self.committed = self
+            .model
+            .commit(self.name, self.owner, events, self.last)
+            .await?;
+        Ok(())
+    }
+}

@@ -436,12 +436,14 @@ async fn a_failing_batch_rolls_back(backend: &Backend) {
         pay(&repo, till, 3).await;
     }
     fail.store(true, Ordering::SeqCst);
+    settled(&*backend.events(), 5).await;
     projection.catch_up(|_| {}).await.unwrap();
     assert!(!fail.load(Ordering::SeqCst), "the failure was not reached");
     assert_eq!(projection.metrics().retries(), 1);
     assert_eq!(backend.read("takings_v1").await[&till], (15, 5));
     // Nothing left locked: the next batch commits.
     let done = pay(&repo, till, 3).await;
+    settled(&*backend.events(), 6).await;
     projection.catch_up(|_| {}).await.unwrap();
     assert!(projection
         .wait_for(done.position, Duration::from_secs(5))

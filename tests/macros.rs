@@ -59,7 +59,7 @@ mod ledger {
         aggregate = "Ledger",
         name = "LedgerEntryPosted",
         version = 3,
-        upcast(1 => json(cents_to_text), 2 => PostedV2)
+        upcast(1 => json(Self::cents_to_text), 2 => PostedV2)
     )]
     pub struct Posted {
         pub amount: i64,
@@ -81,9 +81,12 @@ mod ledger {
         }
     }
 
-    fn cents_to_text(v1: serde_json::Value) -> Result<serde_json::Value, String> {
-        let cents = v1["cents"].as_i64().ok_or("`cents` is not an integer")?;
-        Ok(serde_json::json!({ "amount": cents.to_string() }))
+    impl Posted {
+        /// Version 1 to 2, written as an associated function and named through `Self`.
+        fn cents_to_text(v1: serde_json::Value) -> Result<serde_json::Value, String> {
+            let cents = v1["cents"].as_i64().ok_or("`cents` is not an integer")?;
+            Ok(serde_json::json!({ "amount": cents.to_string() }))
+        }
     }
 
     #[event(aggregate = "Ledger")]
@@ -259,6 +262,11 @@ fn aggregate_events_round_trip_through_json() {
     assert!(matches!(back, LedgerEvent::Posted(ledger::Posted { amount: 9 })));
     // The Rust name of a renamed event is not its event type.
     assert!(LedgerEvent::from_json("Posted", r#"{"amount":9}"#).is_err());
+    // Versions 1 and 2 upcast through both kinds of step.
+    let v1 = LedgerEvent::decode("LedgerEntryPosted", 1, r#"{"cents": 12}"#).unwrap();
+    assert!(matches!(v1, LedgerEvent::Posted(ledger::Posted { amount: 12 })));
+    let v2 = LedgerEvent::decode("LedgerEntryPosted", 2, r#"{"amount": "-3"}"#).unwrap();
+    assert!(matches!(v2, LedgerEvent::Posted(ledger::Posted { amount: -3 })));
 }
 
 #[test]

@@ -162,17 +162,17 @@ fn upcast_chain(ident: &Ident, version: u32, steps: &[attr::Step]) -> Option<Tok
                 // Spanned at the user's function or type, where a mismatch is reported.
                 let upcast = match how {
                     attr::StepKind::Json(function) => {
-                        let (_, at) = ends(function);
+                        let function = without_self(function, ident);
+                        let (_, at) = ends(&function);
                         let call = respan(quote!(#p::upcast_json::<#ident, _, _, #next_held>), at);
-                        let args = respan(quote!((#k, #function, __value)), at);
+                        let args = parens_at(quote!(#k, #function, __value), at);
                         quote!(#call #args)
                     }
                     attr::StepKind::Typed(old) => {
                         let (_, at) = ends(old);
-                        respan(
-                            quote!(#p::upcast_typed::<#ident, #old, #next_held>(#k, __value)),
-                            at,
-                        )
+                        let call = respan(quote!(#p::upcast_typed::<#ident, #old, #next_held>), at);
+                        let args = parens_at(quote!(#k, __value), at);
+                        quote!(#call #args)
                     }
                 };
                 quote!(#next(#upcast?))
@@ -200,6 +200,18 @@ fn upcast_chain(ident: &Ident, version: u32, steps: &[attr::Step]) -> Option<Tok
     })
 }
 
+/// `path` with a leading `Self` replaced by the event's name: the steps are nested
+/// functions, where `Self` does not reach.
+fn without_self(path: &Path, ident: &Ident) -> Path {
+    let mut path = path.clone();
+    if let Some(first) = path.segments.first_mut() {
+        if first.ident == "Self" {
+            first.ident = ident.clone();
+        }
+    }
+    path
+}
+
 /// `Aggregate::migrate_snapshot` of an aggregate with migrations: each step from the
 /// snapshot's schema version on, in order.
 fn migration_chain(steps: &[attr::Step], type_name: &str) -> Option<TokenStream> {
@@ -212,7 +224,7 @@ fn migration_chain(steps: &[attr::Step], type_name: &str) -> Option<TokenStream>
         let (attr::StepKind::Json(function) | attr::StepKind::Typed(function)) = &step.how;
         let (_, at) = ends(function);
         let call = respan(quote!(#p::migrate_state), at);
-        let args = respan(quote!((#type_name, #k, #function, __state)), at);
+        let args = parens_at(quote!(#type_name, #k, #function, __state), at);
         quote! {
             if __schema_version <= #k {
                 __state = #call #args?;
@@ -550,6 +562,14 @@ fn ends(path: &Path) -> (Span, Span) {
         None => path.segments[0].ident.span(),
     };
     (first, path.segments.last().unwrap().ident.span())
+}
+
+/// `(tokens)`, the parentheses spanned at `span` (where a call's errors point) and the tokens
+/// as they are, so that the macro's own locals keep its hygiene.
+fn parens_at(tokens: TokenStream, span: Span) -> TokenStream {
+    let mut group = Group::new(proc_macro2::Delimiter::Parenthesis, tokens);
+    group.set_span(span);
+    TokenTree::Group(group).into()
 }
 
 /// `tokens`, every one spanned at `span`.

@@ -37,8 +37,11 @@ pub fn check_event(cx: &Ctxt, event: &Event) {
 /// 1 to N - 1, and a version upcast as a type is followed by a version that is a type too.
 fn check_upcast_chain(cx: &Ctxt, event: &Event) {
     let attrs = &event.attrs;
-    let Some(version) = attrs.version.value else {
-        return;
+    let version = match attrs.version.value {
+        Some(version) => version,
+        // An invalid version is reported already.
+        None if attrs.version.given => return,
+        None => 1,
     };
     let steps = attrs.upcast.value.as_deref().unwrap_or_default();
     let valid = check_steps(cx, steps, version, "event", "version", "upcast", "an upcast");

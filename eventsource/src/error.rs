@@ -49,8 +49,8 @@ pub enum Error {
     /// (written by a newer instance, as during a rolling deploy), or 0. Nothing is decoded:
     /// the program must be upgraded before it reads this event.
     #[error(
-        "event {aggregate_type}.{event_type} is stored at version {stored}, but this program reads versions 1 to {current} of it; \
-         an instance of a newer program wrote it, so upgrade this one"
+        "event {aggregate_type}.{event_type} is stored at version {stored}, but this program reads versions 1 to {current} of it; {}",
+        if *stored > *current { "an instance of a newer program wrote it, so upgrade this one" } else { "no program writes that version: the row is corrupt" }
     )]
     UnknownEventVersion {
         /// The aggregate type of the event.

@@ -114,6 +114,20 @@ impl SchemaLock {
         self.entries.insert((kind, name, version), lines);
     }
 
+    /// The entries whose shape could not be traced, with why: the lock does not check them.
+    pub fn untraceable(&self) -> Vec<(String, String)> {
+        self.entries
+            .iter()
+            .filter_map(|((kind, name, version), lines)| {
+                let reason = lines.first()?.strip_prefix("untraceable: ")?;
+                Some((
+                    format!("{} {name} {} {version}", kind.word(), kind.version_key()),
+                    reason.to_owned(),
+                ))
+            })
+            .collect()
+    }
+
     /// Reads a lock from its text; a line it does not understand is [`Error::InvalidInput`].
     pub fn parse(text: &str) -> Result<Self> {
         let mut lock = Self::new();
@@ -240,7 +254,7 @@ pub enum LockDifference {
         name: String,
         /// The version both have.
         version: u32,
-        /// What changed, one line each (`gained field `count: u64``).
+        /// What changed, one line each (``gained field `count: u64` ``).
         changes: Vec<String>,
     },
     /// The version changed (a deliberate bump) and the lock has not been rewritten yet.
@@ -306,7 +320,8 @@ impl fmt::Display for LockDifference {
                         version + 1
                     ),
                     Kind::Event => format!(
-                        "bump #[event(version = {})] and add an upcast from version {version}",
+                        "bump #[event(version = {})] and add an upcast from version {version} (or, if every stored \
+                         event still decodes to the right value, as with a new optional field, rewrite the lock)",
                         version + 1
                     ),
                 };

@@ -121,9 +121,24 @@ pub fn trace<T: DeserializeOwned>() -> Result<Traced, String> {
         if let Some(conflict) = state.conflict.take() {
             return Err(conflict);
         }
+        if outcome.is_err() {
+            state.undo_run();
+        }
         match outcome {
             Ok(_) => {
                 root.get_or_insert(slot);
+            }
+            // A recursive enum whose variant inside itself did not end the recursion: the
+            // next run tries its next variant there.
+            Err(TraceError(reason)) if state.too_deep.is_some() => {
+                let name = state.too_deep.take().unwrap_or_default();
+                let count = state.enums.get(name).map_or(0, |p| p.count);
+                let ending = state.ending.entry(name).or_default();
+                *ending += 1;
+                if *ending >= count {
+                    return Err(reason);
+                }
+                continue;
             }
             Err(TraceError(reason)) => match state.refused_string.take() {
                 Some(key) => {
@@ -139,7 +154,7 @@ pub fn trace<T: DeserializeOwned>() -> Result<Traced, String> {
                 None => return Err(reason),
             },
         }
-        if !state.next_variant() {
+        if !state.more_to_trace() {
             return Ok(Traced {
                 root: root.unwrap_or(Format::Unknown),
                 containers: state.containers,
@@ -162,17 +177,28 @@ struct State {
     strings: HashMap<String, usize>,
     /// The path of the string the last run's type refused.
     refused_string: Option<String>,
-    /// Per enum: the variant each run chooses, how many it has, which were traced.
+    /// Per enum: how many variants it has, which were traced, and what each reaches.
     enums: BTreeMap<&'static str, EnumProgress>,
+    /// The enum variants being deserialized, outermost first.
+    choices: Vec<(&'static str, u32)>,
+    /// Whether the last run traced a variant no run had.
+    progressed: bool,
+    /// Per recursive enum: the variant it takes inside itself, when none is known to be a unit.
+    ending: HashMap<&'static str, u32>,
+    /// The container whose recursion the last run gave up on.
+    too_deep: Option<&'static str>,
+    /// The variants this run took for the first time: not traced after all if it fails.
+    fresh: Vec<(&'static str, u32)>,
     /// Two different types under one name.
     conflict: Option<String>,
 }
 
 #[derive(Default)]
 struct EnumProgress {
-    chosen: u32,
     count: u32,
     traced: BTreeSet<u32>,
+    /// Per variant: the enums met inside it.
+    reaches: BTreeMap<u32, BTreeSet<&'static str>>,
 }
 
 impl State {
@@ -180,17 +206,67 @@ impl State {
         self.stack.clear();
         self.recursion = 0;
         self.path.clear();
+        self.choices.clear();
+        self.progressed = false;
+        self.fresh.clear();
     }
 
-    /// Chooses the next untraced variant of some enum; false when every variant is traced.
-    fn next_variant(&mut self) -> bool {
-        for progress in self.enums.values_mut() {
-            if let Some(next) = (0..progress.count).find(|v| !progress.traced.contains(v)) {
-                progress.chosen = next;
-                return true;
+    /// Forgets the variants a failed run took for the first time.
+    fn undo_run(&mut self) {
+        for (name, variant) in self.fresh.drain(..) {
+            if let Some(progress) = self.enums.get_mut(name) {
+                progress.traced.remove(&variant);
             }
         }
-        false
+    }
+
+    fn untraced(&self, name: &str) -> bool {
+        self.enums
+            .get(name)
+            .is_some_and(|p| (p.traced.len() as u32) < p.count)
+    }
+
+    /// Whether another run is worth making: some variant is still untraced, and the last run
+    /// got further (a variant no run can reach stays untraced, shown as `?`).
+    fn more_to_trace(&self) -> bool {
+        self.progressed && self.enums.keys().any(|name| self.untraced(name))
+    }
+
+    /// The variant of enum `name` to take in this run: one not traced yet, else one inside
+    /// which an enum with untraced variants was met, else the first.
+    fn choose(&mut self, name: &'static str, count: u32) -> u32 {
+        for &(outer, variant) in &self.choices {
+            if let Some(outer) = self.enums.get_mut(outer) {
+                outer.reaches.entry(variant).or_default().insert(name);
+            }
+        }
+        let progress = self.enums.entry(name).or_default();
+        progress.count = count;
+        if let Some(fresh) = (0..count).find(|v| !progress.traced.contains(v)) {
+            progress.traced.insert(fresh);
+            self.fresh.push((name, fresh));
+            self.progressed = true;
+            return fresh;
+        }
+        let progress = &self.enums[name];
+        progress
+            .reaches
+            .iter()
+            .find(|(_, inner)| inner.iter().any(|e| self.untraced(e)))
+            .map_or(0, |(&variant, _)| variant)
+    }
+
+    /// Inside itself, an enum takes a variant known to be a unit, likeliest to end the
+    /// recursion, or its first.
+    fn choose_to_end(&self, name: &str) -> u32 {
+        let unit = match self.containers.get(name) {
+            Some(Container::Enum(variants)) => variants
+                .iter()
+                .find(|(_, (_, v))| *v == Variant::Unit)
+                .map(|(&index, _)| index),
+            _ => None,
+        };
+        unit.unwrap_or_else(|| self.ending.get(name).copied().unwrap_or(0))
     }
 
     fn sample_string(&self) -> (&'static str, String) {
@@ -488,25 +564,26 @@ impl<'de> de::Deserializer<'de> for Tracer<'_> {
         visitor: V,
     ) -> Traces<V::Value> {
         *self.out = Format::Named(name.to_owned());
-        let recursive = self.state.recursion > 0;
-        let progress = self.state.enums.entry(name).or_default();
-        progress.count = variants.len() as u32;
-        // Inside itself, an enum takes its first variant, the likeliest to end the recursion.
-        let chosen = if recursive { 0 } else { progress.chosen };
-        if !recursive {
-            progress.traced.insert(chosen);
-        }
+        let count = variants.len() as u32;
+        let chosen = if self.state.recursion > 0 || self.state.stack.contains(&name) {
+            self.state.choose_to_end(name)
+        } else {
+            self.state.choose(name, count)
+        };
         let variant_name = variants
             .get(chosen as usize)
             .ok_or_else(|| TraceError(format!("enum `{name}` has no variants")))?;
         let mut traced = Variant::Unknown;
+        self.state.choices.push((name, chosen));
         let value = within(self.state, name, |state| {
             visitor.visit_enum(OneVariant {
                 state,
                 index: chosen,
                 out: &mut traced,
             })
-        })?;
+        });
+        self.state.choices.pop();
+        let value = value?;
         let all = BTreeMap::from([(chosen, (variant_name.to_string(), traced))]);
         self.state.record(name, Container::Enum(all));
         Ok(value)
@@ -523,6 +600,7 @@ fn within<T>(state: &mut State, name: &'static str, f: impl FnOnce(&mut State) -
     let recursive = state.stack.contains(&name);
     if recursive {
         if state.recursion >= MAX_RECURSION {
+            state.too_deep = Some(name);
             return Err(TraceError(format!(
                 "`{name}` contains itself too deeply to be traced"
             )));
@@ -712,7 +790,7 @@ impl fmt::Display for Container {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Container::Struct(fields) if fields.is_empty() => f.write_str("struct {}"),
-            Container::Struct(fields) => write!(f, "struct {{ {} }}", named(fields)),
+            Container::Struct(fields) => write!(f, "struct {{ {} }}", named(&sorted(fields))),
             Container::NewType(inner) => write!(f, "newtype({inner})"),
             Container::Tuple(items) => write!(f, "tuple({})", list(items)),
             Container::Unit => f.write_str("unit"),
@@ -725,13 +803,20 @@ impl fmt::Display for Container {
                         Variant::NewType(inner) => format!("{name}({inner})"),
                         Variant::Tuple(items) => format!("{name}({})", list(items)),
                         Variant::Struct(fields) if fields.is_empty() => format!("{name} {{}}"),
-                        Variant::Struct(fields) => format!("{name} {{ {} }}", named(fields)),
+                        Variant::Struct(fields) => format!("{name} {{ {} }}", named(&sorted(fields))),
                     })
                     .collect();
                 write!(f, "enum {{ {} }}", shown.join(", "))
             }
         }
     }
+}
+
+/// Fields by name: JSON objects have no order, so a reordering is no change of shape.
+fn sorted(fields: &[(String, Format)]) -> Vec<(String, Format)> {
+    let mut fields = fields.to_vec();
+    fields.sort_by(|a, b| a.0.cmp(&b.0));
+    fields
 }
 
 fn list(items: &[Format]) -> String {
@@ -807,9 +892,49 @@ mod tests {
         assert_eq!(
             traced.lines(),
             [
-                "Account = struct { id: str, opened_at: str, owner: str, bal: f64, tags: seq<str>, \
-                 limits: map<str, u64>, status: Status, parent: option<Account>, pair: (u8, bool) }",
+                "Account = struct { bal: f64, id: str, limits: map<str, u64>, opened_at: str, owner: str, \
+                 pair: (u8, bool), parent: option<Account>, status: Status, tags: seq<str> }",
                 "Status = enum { Open, Frozen { reason: str, until: option<i64> }, Closed(u32) }",
+            ]
+        );
+    }
+
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    enum Payment {
+        Card(Scheme),
+        Cash,
+    }
+
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    enum Scheme {
+        Visa,
+        Amex { premium: bool },
+    }
+
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    enum Tree {
+        Node(Box<Tree>, Box<Tree>),
+        Leaf(Scheme),
+        Empty,
+    }
+
+    #[test]
+    fn every_variant_of_enums_inside_enums_and_of_recursive_enums_is_traced() {
+        assert_eq!(
+            trace::<Payment>().unwrap().lines(),
+            [
+                "Payment = enum { Card(Scheme), Cash }",
+                "Scheme = enum { Visa, Amex { premium: bool } }",
+            ]
+        );
+        assert_eq!(
+            trace::<Tree>().unwrap().lines(),
+            [
+                "Tree = enum { Node(Tree, Tree), Leaf(Scheme), Empty }",
+                "Scheme = enum { Visa, Amex { premium: bool } }",
             ]
         );
     }

@@ -1,6 +1,6 @@
 //! Loading: a snapshot bound to the stream's history, when there is one, and the events after it.
 
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use tracing::field::Empty;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -29,8 +29,8 @@ struct Candidate<A> {
 impl<A: Aggregate> Repository<A> {
     /// Loads the aggregate from its snapshot, when one is usable, and the events after it.
     ///
-    /// A snapshot is used only if its schema version is `A::SCHEMA_VERSION`, its state
-    /// deserializes, and the stream's event at the snapshot's version is the event the
+    /// A snapshot is used only if its schema version is `A::SCHEMA_VERSION` (or it migrates
+    /// to it through `#[aggregate(migrate(...))]`), its state deserializes, and the stream's event at the snapshot's version is the event the
     /// snapshot follows ([`Snapshot::event_id`]): a snapshot of another history (another
     /// event store sharing the snapshot store, or events since restored from an older
     /// backup) is never used. Snapshots stored before snapshots named their event are
@@ -106,8 +106,17 @@ impl<A: Aggregate> Repository<A> {
 
     /// The aggregate from every one of its events, without a snapshot.
     pub(super) async fn replay_all(&self, id: Uuid) -> Result<AggregateRoot<A>> {
+        self.replay_until(id, u64::MAX).await
+    }
+
+    /// The aggregate from its events up to `version`, without a snapshot.
+    pub(super) async fn replay_until(&self, id: Uuid, version: u64) -> Result<AggregateRoot<A>> {
         let mut root = AggregateRoot::new(id);
-        replay(&mut root, self.events.read_stream(id, A::TYPE_NAME, 0)).await?;
+        let events = self
+            .events
+            .read_stream(id, A::TYPE_NAME, 0)
+            .try_take_while(move |e| std::future::ready(Ok(e.aggregate_version <= version)));
+        replay(&mut root, Box::pin(events)).await?;
         if root.version() == 0 {
             return Err(Error::NotFound {
                 aggregate_type: A::TYPE_NAME.to_owned(),

@@ -19,6 +19,9 @@ pub const SCHEMA_LOCK_ENV: &str = "EVENTSOURCE_SCHEMA_LOCK";
 /// }
 /// ```
 ///
+/// A type whose shape cannot be traced (see [`crate::evolution::shape`]) is recorded with the
+/// reason and named in a warning on standard error: the lock does not check it.
+///
 /// A shape changed while its version stayed the same (the forgotten `schema_version` or
 /// event `version` bump) fails with what changed and how to fix it in the code. Any other
 /// difference (a deliberate bump, a type added or removed) fails too, until the lock is
@@ -56,6 +59,9 @@ pub fn check_schema_lock(path: impl AsRef<Path>) {
         ),
         Err(e) => panic!("cannot read the schema lock {}: {e}", path.display()),
     };
+    for (name, reason) in program.untraceable() {
+        eprintln!("warning: the schema lock cannot check {name}: {reason}");
+    }
     let locked = SchemaLock::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let differences = program.differences(&locked);
     if differences.is_empty() {

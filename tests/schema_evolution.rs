@@ -548,7 +548,7 @@ fn the_schema_lock_names_a_forgotten_bump() {
     let text = program.to_string();
     assert!(
         text.contains(
-            "aggregate Wallet schema_version 2\n    Wallet = struct { owner: str, balance_cents: i64 }"
+            "aggregate Wallet schema_version 2\n    Wallet = struct { balance_cents: i64, owner: str }"
         ),
         "{text}"
     );
@@ -558,7 +558,7 @@ fn the_schema_lock_names_a_forgotten_bump() {
     );
     // The lock as it was before `balance_cents` was added, at the same schema version.
     let before = text.replace(
-        "Wallet = struct { owner: str, balance_cents: i64 }",
+        "Wallet = struct { balance_cents: i64, owner: str }",
         "Wallet = struct { owner: str }",
     );
     let dir = tempfile::tempdir().unwrap();

@@ -21,16 +21,26 @@
 //! curl -si localhost:3000/orders -H "$J" -d '{"account_id": "ID", "amount": 20}'
 //! curl -si -X POST localhost:3000/orders/ORDER/pay
 //! curl -si localhost:3000/orders/ORDER
+//! curl -si localhost:3000/summary                      # from the read model
+//! curl -si localhost:3000/orders/by-status/paid        # from the read model
 //! ```
+//!
+//! The queries `/summary` and `/orders/by-status/...` read a projection in the stores' own
+//! database (`service/read_model.rs`), committed with its checkpoint. Every command waits up
+//! to two seconds for the projection to show its events before it answers (read-your-writes),
+//! and says whether it did in `read_model_current`.
 
 #[path = "domain/account.rs"]
 mod account;
 #[path = "domain/order.rs"]
 mod order;
+#[path = "service/read_model.rs"]
+mod read_model;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use account::{Account, AccountCommands};
 use axum::extract::{Path, State};
@@ -39,7 +49,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use eventsource::prelude::*;
-use order::{Order, OrderCommands};
+use eventsource::projection::Projection;
+use order::{Order, OrderCommands, OrderStatus};
 use serde_json::{json, Value};
 
 #[tokio::main]
@@ -62,6 +73,15 @@ pub async fn serve(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let stores = eventsource::backend::open(url).await?;
     stores.migrate().await?;
+    // The read model follows the feed in the background for as long as the service runs.
+    let (read_model, queries) = read_model::open(&stores)?;
+    read_model.setup().await?;
+    let projecting = read_model.clone();
+    tokio::spawn(async move {
+        if let Err(e) = projecting.run(std::future::pending()).await {
+            eprintln!("the read model stopped: {e}");
+        }
+    });
     let policy = SnapshotPolicy::every(100)?;
     // The command queues make concurrent requests on one aggregate wait their turn instead of
     // losing conflicts and deciding again.
@@ -72,6 +92,8 @@ pub async fn serve(
         orders: Repository::<Order>::new(stores.events.clone())
             .with_snapshots(stores.snapshots.clone(), policy)
             .with_command_queue(),
+        read_model,
+        queries,
     });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     ready(listener.local_addr()?);
@@ -82,6 +104,25 @@ pub async fn serve(
 struct AppState {
     accounts: Repository<Account>,
     orders: Repository<Order>,
+    read_model: Arc<Projection>,
+    queries: read_model::Queries,
+}
+
+/// How long a command waits for the read model to show its events.
+const READ_YOUR_WRITES: Duration = Duration::from_secs(2);
+
+impl AppState {
+    /// A command's answer, once the read model shows the command's events (or the wait gave
+    /// up): `read_model_current` says which.
+    async fn answer(&self, status: StatusCode, mut body: Value, position: u64) -> ApiResult {
+        let current = self
+            .read_model
+            .wait_for(position, READ_YOUR_WRITES)
+            .await
+            .unwrap_or(false);
+        body["read_model_current"] = json!(current);
+        Ok((status, Json(body)))
+    }
 }
 
 fn router(app: Arc<AppState>) -> Router {
@@ -94,6 +135,8 @@ fn router(app: Arc<AppState>) -> Router {
         .route("/orders/{id}", get(get_order))
         .route("/orders/{id}/pay", post(pay_order))
         .route("/orders/{id}/cancel", post(cancel_order))
+        .route("/orders/by-status/{status}", get(orders_by_status))
+        .route("/summary", get(summary))
         .with_state(app)
 }
 
@@ -168,10 +211,8 @@ async fn open_account(State(app): State<Arc<AppState>>, Json(body): Json<OpenAcc
         .run(|account| account.open(&body.owner, body.initial_balance))
         .await
         .map_err(command_error)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "id": id, "version": done.version })),
-    ))
+    let body = json!({ "id": id, "version": done.version });
+    app.answer(StatusCode::CREATED, body, done.position).await
 }
 
 /// A deposit; with an `Idempotency-Key` header (a UUID), a request sent again (a client that
@@ -198,10 +239,8 @@ async fn deposit(
         .run(|account| account.deposit(body.amount))
         .await
         .map_err(command_error)?;
-    Ok((
-        StatusCode::OK,
-        Json(json!({ "version": done.version, "repeated": done.repeated })),
-    ))
+    let body = json!({ "version": done.version, "repeated": done.repeated });
+    app.answer(StatusCode::OK, body, done.position).await
 }
 
 async fn withdraw(
@@ -216,7 +255,8 @@ async fn withdraw(
         .run(|account| account.withdraw(body.amount))
         .await
         .map_err(command_error)?;
-    Ok((StatusCode::OK, Json(json!({ "version": done.version }))))
+    let body = json!({ "version": done.version });
+    app.answer(StatusCode::OK, body, done.position).await
 }
 
 async fn get_account(State(app): State<Arc<AppState>>, Path(id): Path<Uuid>) -> ApiResult {
@@ -247,10 +287,8 @@ async fn place_order(State(app): State<Arc<AppState>>, Json(body): Json<PlaceOrd
         .run(|order| order.place(body.account_id, body.amount))
         .await
         .map_err(command_error)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "id": id, "version": done.version })),
-    ))
+    let body = json!({ "id": id, "version": done.version });
+    app.answer(StatusCode::CREATED, body, done.position).await
 }
 
 /// Two commands, the account's first: the money moves only if the account has it, and the
@@ -271,10 +309,11 @@ async fn pay_order(State(app): State<Arc<AppState>>, Path(id): Path<Uuid>) -> Ap
         .await
         .map_err(command_error)?;
     match app.orders.command(id).must_exist().run(|order| order.pay()).await {
-        Ok(paid) => Ok((
-            StatusCode::OK,
-            Json(json!({ "version": paid.version, "account_version": withdrawn.version })),
-        )),
+        Ok(paid) => {
+            let body = json!({ "version": paid.version, "account_version": withdrawn.version });
+            app.answer(StatusCode::OK, body, paid.position.max(withdrawn.position))
+                .await
+        }
         // A store failure may have come after the order's events were written: whether it
         // is paid is not known, so the money stays where it is for someone to look at.
         Err(error @ CommandError::Failed(_)) => {
@@ -308,7 +347,8 @@ async fn cancel_order(State(app): State<Arc<AppState>>, Path(id): Path<Uuid>) ->
         .run(|order| order.cancel())
         .await
         .map_err(command_error)?;
-    Ok((StatusCode::OK, Json(json!({ "version": done.version }))))
+    let body = json!({ "version": done.version });
+    app.answer(StatusCode::OK, body, done.position).await
 }
 
 async fn get_order(State(app): State<Arc<AppState>>, Path(id): Path<Uuid>) -> ApiResult {
@@ -324,4 +364,27 @@ async fn get_order(State(app): State<Arc<AppState>>, Path(id): Path<Uuid>) -> Ap
             "version": order.version()
         })),
     ))
+}
+
+/// The number of accounts and their total balance, from the read model.
+async fn summary(State(app): State<Arc<AppState>>) -> ApiResult {
+    let summary = app.queries.summary().await.map_err(load_error)?;
+    Ok((StatusCode::OK, Json(summary)))
+}
+
+/// The orders of one status (`placed`, `paid`, `cancelled`), from the read model.
+async fn orders_by_status(State(app): State<Arc<AppState>>, Path(status): Path<String>) -> ApiResult {
+    let status = match status.as_str() {
+        "placed" => OrderStatus::Placed,
+        "paid" => OrderStatus::Paid,
+        "cancelled" => OrderStatus::Cancelled,
+        other => {
+            return Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                message: format!("no order status `{other}`: placed, paid or cancelled"),
+            })
+        }
+    };
+    let orders = app.queries.orders(status).await.map_err(load_error)?;
+    Ok((StatusCode::OK, Json(orders)))
 }

@@ -29,8 +29,20 @@ async fn the_service_answers_over_http_on_postgres() {
     const URL_VAR: &str = "EVENTSOURCE_TEST_POSTGRES_URL";
     const REQUIRE_VAR: &str = "EVENTSOURCE_REQUIRE_POSTGRES";
     match std::env::var(URL_VAR) {
-        // A shared database is fine: every account and order has a fresh id.
-        Ok(url) if !url.trim().is_empty() => exercise(&url).await,
+        // In a schema of its own (the URL's `schema` parameter), dropped afterwards.
+        Ok(url) if !url.trim().is_empty() => {
+            let schema = format!("bank_service_{}", Uuid::new_v4().simple());
+            let separator = if url.contains('?') { '&' } else { '?' };
+            exercise(&format!("{url}{separator}schema={schema}")).await;
+            let pool = eventsource::backend::postgres::pool_options()
+                .connect(&url)
+                .await
+                .unwrap();
+            eventsource::backend::postgres::sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
         _ if std::env::var(REQUIRE_VAR).is_ok_and(|v| v == "1") => {
             panic!("{REQUIRE_VAR}=1 but {URL_VAR} is not set: the PostgreSQL service test cannot run")
         }
@@ -56,6 +68,11 @@ async fn exercise(url: &str) {
 }
 
 async fn checks(addr: SocketAddr) {
+    let (status, before) = get(addr, "/summary").await;
+    assert_eq!(status, 200, "{before}");
+    // A fresh database shows exact totals.
+    let fresh = before["accounts"] == 0;
+    assert!(fresh, "{before}");
     let (status, opened) = post(
         addr,
         "/accounts",
@@ -63,6 +80,7 @@ async fn checks(addr: SocketAddr) {
     )
     .await;
     assert_eq!(status, 201, "{opened}");
+    assert_eq!(opened["read_model_current"], true, "{opened}");
     assert_eq!(opened["version"], 1, "{opened}");
     let account = opened["id"].as_str().expect("the new account's id").to_owned();
     assert!(account.parse::<Uuid>().is_ok(), "the id is a UUID: {account}");
@@ -134,6 +152,28 @@ async fn checks(addr: SocketAddr) {
     );
     assert_eq!(balance(addr, &account).await, 80.0);
     assert_eq!(get(addr, &format!("/orders/{order}")).await.1["status"], "Paid");
+    // The read model already shows the payment: the command waited for it.
+    assert_eq!(body["read_model_current"], true, "{body}");
+    let (status, paid) = get(addr, "/orders/by-status/paid").await;
+    assert_eq!(status, 200, "{paid}");
+    assert!(
+        paid["orders"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"id": order, "account_id": account, "amount": 20.0})),
+        "{paid}"
+    );
+    let (_, summary) = get(addr, "/summary").await;
+    if fresh {
+        assert_eq!(summary, json!({"accounts": 1, "total_balance": 80.0}));
+    } else {
+        assert!(
+            summary["accounts"].as_i64() > before["accounts"].as_i64(),
+            "{summary}"
+        );
+    }
+    let (status, _) = get(addr, "/orders/by-status/lost").await;
+    assert_eq!(status, 404);
 
     let (status, body) = post_empty(addr, &format!("/orders/{order}/pay")).await;
     assert_eq!(status, 409, "an order is paid once: {body}");
@@ -162,6 +202,24 @@ async fn checks(addr: SocketAddr) {
     assert_eq!(
         get(addr, &format!("/orders/{big}")).await.1["status"],
         "Cancelled"
+    );
+    let (_, cancelled) = get(addr, "/orders/by-status/cancelled").await;
+    assert!(
+        cancelled["orders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["id"] == big.as_str()),
+        "{cancelled}"
+    );
+    let (_, placed) = get(addr, "/orders/by-status/placed").await;
+    assert!(
+        !placed["orders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["id"] == big.as_str()),
+        "{placed}"
     );
     let (status, body) = post_empty(addr, &format!("/orders/{big}/pay")).await;
     assert_eq!(status, 409, "a cancelled order cannot be paid: {body}");

@@ -23,6 +23,11 @@ pub mod testing;
 #[doc = include_str!("../../docs/guides/schema-evolution.md")]
 pub struct SchemaEvolutionGuide;
 
+/// The projections guide, compiled as doc tests so its examples cannot drift.
+#[cfg(all(doctest, feature = "postgres", feature = "sqlite"))]
+#[doc = include_str!("../../docs/guides/projections.md")]
+pub struct ProjectionsGuide;
+
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;

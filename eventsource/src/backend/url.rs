@@ -28,7 +28,7 @@ pub struct Stores {
 enum Backend {
     Memory,
     #[cfg(feature = "sqlite")]
-    Sqlite,
+    Sqlite(crate::backend::sqlite::SqliteSubscriptionStore),
     #[cfg(feature = "postgres")]
     Postgres(crate::backend::postgres::PostgresEventStore),
 }
@@ -47,9 +47,31 @@ impl Stores {
         match self.backend {
             Backend::Memory => "memory",
             #[cfg(feature = "sqlite")]
-            Backend::Sqlite => "sqlite",
+            Backend::Sqlite(_) => "sqlite",
             #[cfg(feature = "postgres")]
             Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The SQLite subscription store, on the events' database, when the stores are SQLite:
+    /// the home of a [`SqliteReadModel`](crate::backend::sqlite::SqliteReadModel).
+    #[cfg(feature = "sqlite")]
+    pub fn sqlite(&self) -> Option<&crate::backend::sqlite::SqliteSubscriptionStore> {
+        match &self.backend {
+            Backend::Sqlite(subscriptions) => Some(subscriptions),
+            _ => None,
+        }
+    }
+
+    /// The PostgreSQL event store, when the stores are PostgreSQL: its
+    /// [`subscription_store`](crate::backend::postgres::PostgresEventStore::subscription_store)
+    /// is the home of a [`PostgresReadModel`](crate::backend::postgres::PostgresReadModel),
+    /// its [`pool`](crate::backend::postgres::PostgresEventStore::pool) reads it.
+    #[cfg(feature = "postgres")]
+    pub fn postgres(&self) -> Option<&crate::backend::postgres::PostgresEventStore> {
+        match &self.backend {
+            Backend::Postgres(events) => Some(events),
+            _ => None,
         }
     }
 
@@ -90,8 +112,8 @@ pub async fn open(url: &str) -> Result<Stores> {
             Ok(Stores {
                 events: Arc::new(events),
                 snapshots: Arc::new(snapshots),
-                subscriptions: Arc::new(subscriptions),
-                backend: Backend::Sqlite,
+                subscriptions: Arc::new(subscriptions.clone()),
+                backend: Backend::Sqlite(subscriptions),
             })
         }
         #[cfg(feature = "postgres")]

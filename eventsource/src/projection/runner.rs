@@ -246,7 +246,10 @@ impl Projection {
         }
     }
 
-    async fn setup(&self) -> Result<()> {
+    /// Creates the read model's tables if missing (the projection's `setup`), so that queries
+    /// can read them before the first batch; [`run`](Self::run), [`catch_up`](Self::catch_up)
+    /// and [`reset`](Self::reset) call it too.
+    pub async fn setup(&self) -> Result<()> {
         self.model.setup().await.map_err(|e| self.failed("set up", e))
     }
 

@@ -242,21 +242,58 @@ pub fn pool_options() -> PgPoolOptions {
         })
 }
 
+/// The URL without its `schema` parameter, and the schema it named.
+fn take_schema(url: &str) -> Result<(String, Option<String>)> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), None));
+    };
+    let mut schema = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("schema", value)) if schema.is_none() && !value.is_empty() => {
+                schema = Some(value.to_owned())
+            }
+            Some(("schema", _)) | None if pair == "schema" || pair.starts_with("schema=") => {
+                return Err(Error::InvalidConfiguration(
+                    "the PostgreSQL URL's `schema` parameter must name one schema".into(),
+                ))
+            }
+            _ => kept.push(pair),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, schema))
+}
+
 /// Connects to the database a `postgres://` URL names and returns both stores on one pool.
 ///
-/// The URL takes every parameter sqlx's [`PgConnectOptions`] accepts; the pool is built from
+/// The URL takes every parameter sqlx's [`PgConnectOptions`] accepts, and `schema=NAME`: the
+/// PostgreSQL schema of the stores' tables (see [`PostgresEventStore::with_schema`]), so that
+/// several independent stores can share one database. The pool is built from
 /// [`pool_options`]. Call [`PostgresEventStore::migrate`] once before the first append.
 ///
 /// A malformed URL is [`Error::InvalidConfiguration`]. A database that cannot be reached is
 /// [`Error::Store`], after sqlx has retried for the pool's acquire timeout (30 s), as for a
 /// database that is still starting.
 pub async fn connect_url(url: &str) -> Result<(PostgresEventStore, PostgresSnapshotStore)> {
-    let options = PgConnectOptions::from_str(url)
+    let (url, schema) = take_schema(url)?;
+    let options = PgConnectOptions::from_str(&url)
         .map_err(|e| Error::InvalidConfiguration(format!("invalid PostgreSQL URL: {e}")))?;
     let pool = pool_options()
         .connect_with(options)
         .await
         .map_err(|e| Error::store(BACKEND, format!("cannot connect: {e}"), e))?;
+    if let Some(schema) = schema {
+        return Ok((
+            PostgresEventStore::with_schema(pool.clone(), &schema)?,
+            PostgresSnapshotStore::with_schema(pool, &schema)?,
+        ));
+    }
     Ok((
         PostgresEventStore::new(pool.clone()),
         PostgresSnapshotStore::new(pool),
@@ -500,6 +537,31 @@ fn join_timestamp(micros: DateTime<Utc>, nanos: i32) -> Option<DateTime<Utc>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_schema_parameter_is_taken_off_the_url() {
+        use super::take_schema;
+        let plain = "postgres://u@h/db";
+        assert_eq!(take_schema(plain).unwrap(), (plain.to_owned(), None));
+        assert_eq!(
+            take_schema("postgres://u@h/db?sslmode=disable&schema=app&application_name=x").unwrap(),
+            (
+                "postgres://u@h/db?sslmode=disable&application_name=x".to_owned(),
+                Some("app".to_owned())
+            )
+        );
+        assert_eq!(
+            take_schema("postgres://u@h/db?schema=app").unwrap().0,
+            "postgres://u@h/db"
+        );
+        for bad in [
+            "postgres://h/db?schema=",
+            "postgres://h/db?schema",
+            "postgres://h/db?schema=a&schema=b",
+        ] {
+            assert!(take_schema(bad).is_err(), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -75,7 +75,10 @@ impl Table {
 
 impl SqliteProjection for Table {
     fn setup(&mut self, tx: &rusqlite::Transaction<'_>) -> Result<(), HandlerError> {
-        tx.execute_batch(&format!("CREATE TABLE IF NOT EXISTS {} (till TEXT PRIMARY KEY, total INTEGER NOT NULL)", self.0))?;
+        tx.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {} (till TEXT PRIMARY KEY, total INTEGER NOT NULL)",
+            self.0
+        ))?;
         Ok(())
     }
     fn apply(&mut self, tx: &rusqlite::Transaction<'_>, events: &[StoredEvent]) -> Result<(), HandlerError> {
@@ -94,7 +97,10 @@ impl SqliteProjection for Table {
 #[async_trait]
 impl PostgresProjection for Table {
     async fn setup(&mut self, tx: &mut PgTransaction) -> Result<(), HandlerError> {
-        let create = format!("CREATE TABLE IF NOT EXISTS {} (till UUID PRIMARY KEY, total BIGINT NOT NULL)", self.0);
+        let create = format!(
+            "CREATE TABLE IF NOT EXISTS {} (till UUID PRIMARY KEY, total BIGINT NOT NULL)",
+            self.0
+        );
         sqlx::query(&create).execute(&mut **tx).await?;
         Ok(())
     }
@@ -110,11 +116,17 @@ impl PostgresProjection for Table {
              ON CONFLICT (till) DO UPDATE SET total = {t}.total + excluded.total",
             t = self.0
         );
-        sqlx::query(&upsert).bind(tills).bind(totals).execute(&mut **tx).await?;
+        sqlx::query(&upsert)
+            .bind(tills)
+            .bind(totals)
+            .execute(&mut **tx)
+            .await?;
         Ok(())
     }
     async fn reset(&mut self, tx: &mut PgTransaction) -> Result<(), HandlerError> {
-        sqlx::query(&format!("DELETE FROM {}", self.0)).execute(&mut **tx).await?;
+        sqlx::query(&format!("DELETE FROM {}", self.0))
+            .execute(&mut **tx)
+            .await?;
         Ok(())
     }
 }
@@ -169,7 +181,11 @@ async fn bench(store: &str, options: &Options, dir: &std::path::Path) -> Fallibl
                 name: "memory",
                 events: Arc::new(events),
                 projection: Box::new(move |name| {
-                    Ok(Projection::new(name, feed.clone(), InMemoryReadModel::new(Totals::default()))?)
+                    Ok(Projection::new(
+                        name,
+                        feed.clone(),
+                        InMemoryReadModel::new(Totals::default()),
+                    )?)
                 }),
                 subscriptions: Arc::new(InMemorySubscriptionStore::new()),
                 cleanup: None,
@@ -184,7 +200,11 @@ async fn bench(store: &str, options: &Options, dir: &std::path::Path) -> Fallibl
                 events: Arc::new(events),
                 projection: Box::new(move |name| {
                     let table = Table(format!("totals_{}", name.replace('-', "_")));
-                    Ok(Projection::new(name, feed.clone(), SqliteReadModel::new(store.clone(), table))?)
+                    Ok(Projection::new(
+                        name,
+                        feed.clone(),
+                        SqliteReadModel::new(store.clone(), table),
+                    )?)
                 }),
                 subscriptions: Arc::new(subscriptions),
                 cleanup: None,
@@ -192,7 +212,10 @@ async fn bench(store: &str, options: &Options, dir: &std::path::Path) -> Fallibl
         }
         _ => {
             let schema = format!("projection_bench_{}", Uuid::new_v4().simple());
-            let pool = postgres::pool_options().max_connections(8).connect(&options.postgres).await?;
+            let pool = postgres::pool_options()
+                .max_connections(8)
+                .connect(&options.postgres)
+                .await?;
             let events = postgres::PostgresEventStore::with_schema(pool.clone(), &schema)?;
             events.migrate().await?;
             let (feed, prefix) = (events.clone(), schema.clone());
@@ -220,7 +243,14 @@ async fn fill(events: &dyn EventStore, n: usize) -> Fallible {
         let mut version = 0u64;
         while version < per_till as u64 {
             let batch: Vec<EventEnvelope> = (0..100.min(per_till as u64 - version))
-                .map(|i| EventEnvelope::new(*till, "Till", version + i + 1, &TillEvent::from(Paid { amount: 1 })))
+                .map(|i| {
+                    EventEnvelope::new(
+                        *till,
+                        "Till",
+                        version + i + 1,
+                        &TillEvent::from(Paid { amount: 1 }),
+                    )
+                })
                 .collect::<eventsource::Result<_>>()?;
             events.append(*till, "Till", version, &batch).await?;
             version += batch.len() as u64;
@@ -242,7 +272,8 @@ async fn catch_up_rates(bench: &Bench, n: usize) -> Fallible<(f64, f64)> {
 
     let total = Arc::new(AtomicU64::new(0));
     let counted = total.clone();
-    let subscription = Subscription::new("plain", bench.events.clone(), bench.subscriptions.clone())?.batch_size(500)?;
+    let subscription =
+        Subscription::new("plain", bench.events.clone(), bench.subscriptions.clone())?.batch_size(500)?;
     let handler = move |batch: &[StoredEvent]| -> Result<(), HandlerError> {
         for event in batch {
             counted.fetch_add(paid(event)? as u64, Ordering::Relaxed);
@@ -255,7 +286,14 @@ async fn catch_up_rates(bench: &Bench, n: usize) -> Fallible<(f64, f64)> {
     let caught_up = {
         let subscriptions = bench.subscriptions.clone();
         async move {
-            while subscriptions.checkpoint("plain").await.ok().flatten().unwrap_or(0) < head {
+            while subscriptions
+                .checkpoint("plain")
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+                < head
+            {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
@@ -269,7 +307,11 @@ async fn catch_up_rates(bench: &Bench, n: usize) -> Fallible<(f64, f64)> {
 /// Writers append at `rate` events per second for `seconds`; the time from each append to the
 /// projection having committed it.
 async fn live(bench: &Bench, rate: u64, seconds: u64) -> Fallible<(Duration, Duration, usize)> {
-    let projection = Arc::new((bench.projection)("live")?.batch_size(100)?.poll_interval(Duration::from_millis(100))?);
+    let projection = Arc::new(
+        (bench.projection)("live")?
+            .batch_size(100)?
+            .poll_interval(Duration::from_millis(100))?,
+    );
     projection.catch_up(|_| {}).await?;
     let stop = Arc::new(tokio::sync::Notify::new());
     let (running, stopping) = (projection.clone(), stop.clone());
@@ -295,7 +337,10 @@ async fn live(bench: &Bench, rate: u64, seconds: u64) -> Fallible<(Duration, Dur
         let appended = Instant::now();
         let watcher = projection.clone();
         waits.push(tokio::spawn(async move {
-            watcher.wait_for(position, Duration::from_secs(30)).await.map(|ok| (ok, appended.elapsed()))
+            watcher
+                .wait_for(position, Duration::from_secs(30))
+                .await
+                .map(|ok| (ok, appended.elapsed()))
         }));
         n += 1;
         next += interval;
@@ -337,7 +382,9 @@ async fn main() -> Fallible {
             p99.as_secs_f64() * 1000.0
         );
         if let Some((pool, schema)) = bench.cleanup {
-            sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE")).execute(&pool).await?;
+            sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+                .execute(&pool)
+                .await?;
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -61,14 +61,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .or_else(|| std::env::var("BANK_STORE_URL").ok())
         .unwrap_or_else(|| "sqlite:bank.db".into());
     let addr = std::env::var("BANK_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
-    serve(&url, &addr, |bound| println!("listening on http://{bound}")).await
+    serve(&url, &addr, READ_YOUR_WRITES, |bound| {
+        println!("listening on http://{bound}")
+    })
+    .await
 }
 
 /// Opens the stores `url` names, binds `addr`, tells `ready` the address it is bound to (the
-/// port chosen when `addr` asks for port 0), then serves until the process ends.
+/// port chosen when `addr` asks for port 0), then serves until the process ends. A command
+/// waits up to `read_your_writes` for the read model to show it.
 pub async fn serve(
     url: &str,
     addr: &str,
+    read_your_writes: Duration,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let stores = eventsource::backend::open(url).await?;
@@ -78,8 +83,11 @@ pub async fn serve(
     read_model.setup().await?;
     let projecting = read_model.clone();
     tokio::spawn(async move {
-        if let Err(e) = projecting.run(std::future::pending()).await {
-            eprintln!("the read model stopped: {e}");
+        // A batch that still fails after its retries (the database away for longer than
+        // they last) stops the projection: start it again, from its checkpoint.
+        while let Err(e) = projecting.run(std::future::pending()).await {
+            eprintln!("the read model stopped: {e}; starting it again in a second");
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
     let policy = SnapshotPolicy::every(100)?;
@@ -94,6 +102,7 @@ pub async fn serve(
             .with_command_queue(),
         read_model,
         queries,
+        read_your_writes,
     });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     ready(listener.local_addr()?);
@@ -106,9 +115,10 @@ struct AppState {
     orders: Repository<Order>,
     read_model: Arc<Projection>,
     queries: read_model::Queries,
+    read_your_writes: Duration,
 }
 
-/// How long a command waits for the read model to show its events.
+/// How long a command waits for the read model to show its events, by default.
 const READ_YOUR_WRITES: Duration = Duration::from_secs(2);
 
 impl AppState {
@@ -117,7 +127,7 @@ impl AppState {
     async fn answer(&self, status: StatusCode, mut body: Value, position: u64) -> ApiResult {
         let current = self
             .read_model
-            .wait_for(position, READ_YOUR_WRITES)
+            .wait_for(position, self.read_your_writes)
             .await
             .unwrap_or(false);
         body["read_model_current"] = json!(current);

@@ -163,11 +163,14 @@ fn options() -> Fallible<Options> {
     Ok(options)
 }
 
+/// Makes a projection of the given name on one backend.
+type MakeProjection = Box<dyn Fn(&str) -> Fallible<Projection>>;
+
 /// The stores of one backend: the feed, and how to make a projection and a subscription.
 struct Bench {
     name: &'static str,
     events: Arc<dyn EventStore>,
-    projection: Box<dyn Fn(&str) -> Fallible<Projection>>,
+    projection: MakeProjection,
     subscriptions: Arc<dyn SubscriptionStore>,
     cleanup: Option<(postgres::PgPool, String)>,
 }

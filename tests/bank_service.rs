@@ -53,7 +53,9 @@ async fn the_service_answers_over_http_on_postgres() {
 /// Serves the store `url` on a free port and runs every check against it.
 async fn exercise(url: &str) {
     let (bound, address) = oneshot::channel();
-    let service = bank_service::serve(url, "127.0.0.1:0", move |addr| {
+    // Long enough for a PostgreSQL feed held back by other tests' transactions on the server.
+    let read_your_writes = Duration::from_secs(30);
+    let service = bank_service::serve(url, "127.0.0.1:0", read_your_writes, move |addr| {
         let _ = bound.send(addr);
     });
     let client = async {

@@ -12,7 +12,7 @@ use eventsource::async_trait;
 use eventsource::backend::postgres::{self, PgTransaction, PostgresProjection, PostgresReadModel};
 use eventsource::backend::sqlite::{self, rusqlite, SqliteProjection, SqliteReadModel};
 use eventsource::prelude::*;
-use eventsource::projection::{InMemoryReadModel, MemoryProjection, Progress, Projection};
+use eventsource::projection::{InMemoryReadModel, MemoryProjection, Progress, Projection, ReadModelStore};
 use eventsource::subscription::HandlerError;
 
 #[allow(dead_code)]
@@ -466,6 +466,72 @@ async fn a_failing_batch_rolls_back_on_postgres() {
     }
 }
 
+/// A commit made again after its first try committed (its answer lost), by a consumer that
+/// lost its lease, or from a checkpoint a reset forgot, changes nothing.
+async fn a_stale_commit_changes_nothing(backend: &Backend) {
+    let takings = backend.takings("takings_v1");
+    let model: Box<dyn ReadModelStore> = match backend {
+        Backend::Sqlite { subscriptions, .. } => {
+            Box::new(SqliteReadModel::new(subscriptions.clone(), takings))
+        }
+        Backend::Postgres { events, .. } => {
+            Box::new(PostgresReadModel::new(events.subscription_store(), takings))
+        }
+    };
+    model.setup().await.unwrap();
+    let (owner, other) = (Uuid::new_v4(), Uuid::new_v4());
+    assert!(model
+        .subscriptions()
+        .acquire("takings", owner, Duration::from_secs(10))
+        .await
+        .unwrap());
+    let repo = Repository::<Till>::new(backend.events());
+    let till = Uuid::new_v4();
+    for _ in 0..3 {
+        pay(&repo, till, 4).await;
+    }
+    settled(&*backend.events(), 3).await;
+    let events: Vec<StoredEvent> = backend.events().read_all(0).try_collect().await.unwrap();
+    let last = events.last().unwrap().position;
+    assert!(model.commit("takings", owner, None, &events, last).await.unwrap());
+    assert!(
+        !model.commit("takings", owner, None, &events, last).await.unwrap(),
+        "the same batch again"
+    );
+    assert!(
+        !model
+            .commit("takings", other, Some(last), &events, last + 1)
+            .await
+            .unwrap(),
+        "another owner"
+    );
+    assert_eq!(backend.read("takings_v1").await[&till], (12, 3), "counted once");
+    model.reset("takings").await.unwrap();
+    assert!(
+        !model
+            .commit("takings", owner, Some(last), &events[..1], last + 1)
+            .await
+            .unwrap(),
+        "after a reset"
+    );
+    assert!(backend.read("takings_v1").await.is_empty());
+    assert_eq!(model.checkpoint("takings").await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_commit_changes_nothing_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    a_stale_commit_changes_nothing(&Backend::sqlite(&dir).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_commit_changes_nothing_on_postgres() {
+    if let Some(backend) = Backend::postgres("a_stale_commit_changes_nothing_on_postgres").await {
+        a_stale_commit_changes_nothing(&backend).await;
+        backend.done().await;
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Side by side, rebuilds
 
@@ -576,8 +642,10 @@ async fn rebuild_reports_progress_and_resumes_on_postgres() {
 async fn one_instance_active(backend: &Backend) {
     let (first_model, second_model) = (backend.takings("takings_v1"), backend.takings("takings_v1"));
     let (first_batches, second_batches) = (first_model.batches.clone(), second_model.batches.clone());
-    let first = Arc::new(backend.projection("takings", first_model));
-    let second = Arc::new(backend.projection("takings", second_model));
+    // A lease long enough that a slow renewal on a loaded machine does not hand it over.
+    let lease = Duration::from_secs(2);
+    let first = Arc::new(backend.projection("takings", first_model).lease(lease).unwrap());
+    let second = Arc::new(backend.projection("takings", second_model).lease(lease).unwrap());
     let (_stop_first, first_task) = running(first.clone());
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (stop_second, second_task) = running(second.clone());

@@ -84,8 +84,8 @@ pub trait EventStore: Send + Sync {
     }
 
     /// The feed position of the stream's event at `version`, `None` if the stream has no
-    /// event at that version. The default reads the stream from there; database backends
-    /// look it up in an index.
+    /// event at that version. The default reads the stream from there (one indexed page on
+    /// SQLite); PostgreSQL looks the one row up.
     async fn position_of(
         &self,
         aggregate_id: Uuid,

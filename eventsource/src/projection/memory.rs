@@ -75,14 +75,18 @@ impl<P: MemoryProjection> ReadModelStore for InMemoryReadModel<P> {
         &self,
         name: &str,
         owner: Uuid,
+        after: Option<u64>,
         events: &[StoredEvent],
         last: u64,
     ) -> Result<bool, HandlerError> {
-        // The lease fences the commit as a database's row would.
-        if !self.leases.save_checkpoint(name, owner, last).await? {
+        // The lease and the checkpoint fence the commit as a database's row would.
+        if self.lock().checkpoint != after || !self.leases.save_checkpoint(name, owner, last).await? {
             return Ok(false);
         }
         let mut kept = self.lock();
+        if kept.checkpoint != after {
+            return Ok(false);
+        }
         let mut next = kept.state.clone();
         next.apply(events)?;
         kept.state = next;

@@ -101,9 +101,11 @@ use crate::subscription::{HandlerError, SubscriptionStore};
 /// - **One transaction.** [`commit`](Self::commit) applies the events and stores the
 ///   checkpoint together, or neither: after any failure or crash, the read model is the one
 ///   of the stored checkpoint.
-/// - **Fenced.** It stores the checkpoint, and keeps the change, only while `owner` holds the
-///   name's lease in [`subscriptions`](Self::subscriptions): a consumer that lost its lease
-///   changes nothing.
+/// - **Fenced.** It stores the checkpoint, and keeps the change, only if `owner` holds the
+///   name's lease in [`subscriptions`](Self::subscriptions) and the stored checkpoint is still
+///   `after`, the one the batch was read after: a consumer that lost its lease, a commit made
+///   again after its first try did commit (a lost answer), and a batch that a reset or another
+///   consumer overtook all change nothing.
 #[async_trait]
 pub trait ReadModelStore: Send + Sync {
     /// The store of leases (and, on the SQL backends, of the checkpoints), in the read
@@ -119,11 +121,13 @@ pub trait ReadModelStore: Send + Sync {
     }
 
     /// Applies `events` (possibly none) and stores `last` as the checkpoint of `name`, in
-    /// one transaction, if `owner` holds the lease; whether it committed.
+    /// one transaction, if `owner` holds the lease and the stored checkpoint is `after`;
+    /// whether it committed.
     async fn commit(
         &self,
         name: &str,
         owner: Uuid,
+        after: Option<u64>,
         events: &[StoredEvent],
         last: u64,
     ) -> std::result::Result<bool, HandlerError>;

@@ -21,6 +21,9 @@ use crate::subscription::{Handler, HandlerError, Sink, Subscription, Subscriptio
 /// this process's own commits.
 const WAIT_POLL: Duration = Duration::from_millis(20);
 
+/// How often a catch-up looks whether the head it aims at was committed by another instance.
+const CATCH_UP_POLL: Duration = Duration::from_millis(100);
+
 /// A named projection of an event store's feed into a read model; see the
 /// [module docs](super).
 pub struct Projection {
@@ -181,10 +184,27 @@ impl Projection {
         let mut sink = Committing::new(self, Some((head.position, head.events_after)));
         sink.progress = Some(&mut progress);
         if head.events_after > 0 {
-            let finished = sink.finished.clone();
-            self.subscription
-                .run_into(&mut sink, async move { finished.notified().await })
-                .await?;
+            // Done when this process commits the head, or finds it committed (by another
+            // instance while this one waited as a standby, or before a takeover).
+            let (finished, model, name) = (sink.finished.clone(), self.model.clone(), self.name().to_owned());
+            let reached = async move {
+                loop {
+                    sleep(CATCH_UP_POLL).await;
+                    if model
+                        .checkpoint(&name)
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_some_and(|c| c >= head.position)
+                    {
+                        return;
+                    }
+                }
+            };
+            let done = async move {
+                future::select(Box::pin(finished.notified()), Box::pin(reached)).await;
+            };
+            self.subscription.run_into(&mut sink, done).await?;
         }
         Ok(sink.report())
     }
@@ -306,6 +326,7 @@ impl Sink for Committing<'_> {
         subscription: &Subscription,
         taken: &[StoredEvent],
         read: usize,
+        after: Option<u64>,
         last: u64,
         owner: Uuid,
     ) -> Result<bool> {
@@ -314,12 +335,14 @@ impl Sink for Committing<'_> {
             model,
             name: subscription.name(),
             owner,
+            after,
             last,
             committed: false,
         };
         if taken.is_empty() {
-            transaction
-                .handle(&[])
+            // Only the checkpoint moves, with the retries of any batch.
+            subscription
+                .attempt(&mut transaction, &[])
                 .await
                 .map_err(|e| self.projection.failed("commit the checkpoint of", e))?;
         } else {
@@ -346,6 +369,7 @@ struct Transaction<'m> {
     model: &'m dyn ReadModelStore,
     name: &'m str,
     owner: Uuid,
+    after: Option<u64>,
     last: u64,
     committed: bool,
 }
@@ -355,7 +379,7 @@ impl Handler for Transaction<'_> {
     async fn handle(&mut self, events: &[StoredEvent]) -> std::result::Result<(), HandlerError> {
         self.committed = self
             .model
-            .commit(self.name, self.owner, events, self.last)
+            .commit(self.name, self.owner, self.after, events, self.last)
             .await?;
         Ok(())
     }

@@ -343,7 +343,8 @@ impl Subscription {
         held: &Held<'_>,
     ) -> Result<Active> {
         let owner = held.owner();
-        let mut position = match (sink.checkpoint(self).await?, self.start) {
+        let stored = sink.checkpoint(self).await?;
+        let mut position = match (stored, self.start) {
             (Some(position), _) => position,
             (None, Start::Beginning) => 0,
             (None, start) => {
@@ -357,6 +358,8 @@ impl Subscription {
                 first
             }
         };
+        // The checkpoint as stored: what the next commit moves it from.
+        let mut after = stored.or((self.start != Start::Beginning).then_some(position));
         // One read of the feed serves batch after batch until it reaches the end.
         let mut feed: Option<EventStream<'_>> = None;
         loop {
@@ -395,7 +398,7 @@ impl Subscription {
             let read = batch.len();
             let taken: Vec<StoredEvent> = batch.into_iter().filter(|e| self.takes(e)).collect();
             let renewing = held.hold();
-            let committing = sink.commit(self, &taken, read, last, owner);
+            let committing = sink.commit(self, &taken, read, after, last, owner);
             let stored = match future::select(Box::pin(committing), Box::pin(renewing)).await {
                 Either::Left((stored, _)) => stored?,
                 Either::Right((lost, committing)) => {
@@ -410,6 +413,7 @@ impl Subscription {
                 return Ok(Active::LostLease);
             }
             position = last;
+            after = Some(last);
         }
     }
 
@@ -481,7 +485,7 @@ impl Subscription {
     }
 
     /// Up to `attempts` tries of the handler on `events`, with backoff between them.
-    async fn attempt<H: Handler>(
+    pub(crate) async fn attempt<H: Handler>(
         &self,
         handler: &mut H,
         events: &[StoredEvent],
@@ -496,7 +500,7 @@ impl Subscription {
                 Err(e) if attempt == self.attempts => return Err(e),
                 Err(e) => {
                     self.metrics.add_retry();
-                    tracing::warn!(subscription = %self.name, position = events[0].position, attempt, error = %e, "handler failed; trying again");
+                    tracing::warn!(subscription = %self.name, position = events.first().map(|e| e.position), attempt, error = %e, "handler failed; trying again");
                     sleep(jittered(wait)).await;
                     wait = wait.saturating_mul(2).min(self.max_backoff);
                 }
@@ -524,12 +528,14 @@ pub(crate) trait Sink: Send {
 
     /// Hands over `taken`, the events the subscription takes from a batch of `read` events
     /// of the feed (possibly none), and stores `last`, the batch's last position, as the
-    /// checkpoint if `owner` still holds the lease; whether it stored it.
+    /// checkpoint if `owner` still holds the lease; whether it stored it. `after` is the
+    /// checkpoint as this consumer stored it last (`None`: none is stored).
     async fn commit(
         &mut self,
         subscription: &Subscription,
         taken: &[StoredEvent],
         read: usize,
+        after: Option<u64>,
         last: u64,
         owner: Uuid,
     ) -> Result<bool>;
@@ -549,6 +555,7 @@ impl<H: Handler> Sink for Handled<'_, H> {
         subscription: &Subscription,
         taken: &[StoredEvent],
         _read: usize,
+        _after: Option<u64>,
         last: u64,
         owner: Uuid,
     ) -> Result<bool> {
@@ -563,7 +570,7 @@ impl<H: Handler> Sink for Handled<'_, H> {
 }
 
 /// Where a subscription with no checkpoint starts.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Start {
     Beginning,
     End,

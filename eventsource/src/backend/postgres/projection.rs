@@ -92,12 +92,16 @@ impl<P: PostgresProjection> PostgresReadModel<P> {
     }
 }
 
+/// The advisory lock that serializes read models' set-ups, resets and switches: "readmodl".
+const READ_MODEL_LOCK: i64 = 0x7265_6164_6d6f_646c;
+
 /// What one transaction of a read model does.
 enum Step {
     Setup,
     Commit {
         name: String,
         owner: Uuid,
+        after: Option<u64>,
         events: Vec<StoredEvent>,
         last: u64,
     },
@@ -114,21 +118,30 @@ impl Step {
         subscriptions: &PostgresSubscriptionStore,
         tx: &mut PgTransaction,
     ) -> Result<bool, HandlerError> {
+        if !matches!(self, Step::Commit { .. }) {
+            // Instances starting together would race their `CREATE TABLE IF NOT EXISTS`.
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(READ_MODEL_LOCK)
+                .execute(&mut **tx)
+                .await?;
+        }
         match self {
             Step::Setup => projection.setup(tx).await?,
             Step::Commit {
                 name,
                 owner,
+                after,
                 events,
                 last,
             } => {
                 if !events.is_empty() {
                     projection.apply(tx, &events).await?;
                 }
-                // The lease check is in the same transaction: a consumer that lost its lease
-                // rolls its batch back with the checkpoint it may not store.
+                // The checkpoint moves only from `after`, in the same transaction: a commit
+                // made again after its first try committed (a lost answer), or a consumer
+                // whose batch was overtaken, rolls its batch back.
                 return Ok(subscriptions
-                    .save_checkpoint_on(&mut **tx, &name, owner, last)
+                    .advance_checkpoint_on(&mut **tx, &name, owner, after, last)
                     .await?);
             }
             Step::Reset { name } => {
@@ -155,12 +168,14 @@ impl<P: PostgresProjection> ReadModelStore for PostgresReadModel<P> {
         &self,
         name: &str,
         owner: Uuid,
+        after: Option<u64>,
         events: &[StoredEvent],
         last: u64,
     ) -> Result<bool, HandlerError> {
         self.transaction(Step::Commit {
             name: name.to_owned(),
             owner,
+            after,
             events: events.to_vec(),
             last,
         })

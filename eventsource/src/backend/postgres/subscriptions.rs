@@ -35,6 +35,34 @@ impl PostgresSubscriptionStore {
         Ok(saved.rows_affected() > 0)
     }
 
+    /// Moves the checkpoint from `after` to `position` through `executor` (a read model's
+    /// transaction), if `owner` holds the name; whether it did. The row lock taken here holds
+    /// off a takeover until the transaction ends.
+    pub(super) async fn advance_checkpoint_on<'e>(
+        &self,
+        executor: impl sqlx::PgExecutor<'e>,
+        name: &str,
+        owner: Uuid,
+        after: Option<u64>,
+        position: u64,
+    ) -> Result<bool> {
+        validate_name(name)?;
+        let after = after.map(|p| to_bigint(p, "checkpoint")).transpose()?;
+        let moved = sqlx::query(&format!(
+            "UPDATE {} SET position = $3
+             WHERE name = $1 AND owner = $2 AND position IS NOT DISTINCT FROM $4",
+            self.layout.subscriptions
+        ))
+        .bind(name)
+        .bind(owner)
+        .bind(to_bigint(position, "checkpoint")?)
+        .bind(after)
+        .execute(executor)
+        .await
+        .map_err(|e| query_error(&format!("cannot store the checkpoint of subscription {name}"), e))?;
+        Ok(moved.rows_affected() > 0)
+    }
+
     /// Forgets the checkpoint through `executor`.
     pub(super) async fn reset_on<'e>(&self, executor: impl sqlx::PgExecutor<'e>, name: &str) -> Result<()> {
         validate_name(name)?;

@@ -1,13 +1,12 @@
 //! A read model in SQLite, each batch committed in one transaction with its checkpoint.
 
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use async_trait::async_trait;
 use rusqlite::{Transaction, TransactionBehavior};
 use uuid::Uuid;
 
-use super::subscriptions::{millis, RESET, SAVE};
+use super::subscriptions::{ADVANCE, RESET};
 use super::{store_error, SqliteSubscriptionStore};
 use crate::event::StoredEvent;
 use crate::projection::ReadModelStore;
@@ -99,25 +98,25 @@ impl<P: SqliteProjection> ReadModelStore for SqliteReadModel<P> {
         &self,
         name: &str,
         owner: Uuid,
+        after: Option<u64>,
         events: &[StoredEvent],
         last: u64,
     ) -> Result<bool, HandlerError> {
         let (name, events) = (name.to_owned(), events.to_vec());
-        let last =
-            i64::try_from(last).map_err(|_| format!("checkpoint {last} is beyond what SQLite can store"))?;
+        let beyond = |p: u64| format!("checkpoint {p} is beyond what SQLite can store");
+        let last = i64::try_from(last).map_err(|_| beyond(last))?;
+        let after = after
+            .map(|p| i64::try_from(p).map_err(|_| beyond(p)))
+            .transpose()?;
         self.transaction(move |projection, tx| {
             if !events.is_empty() {
                 projection.apply(tx, &events)?;
             }
-            // The lease check is in the same transaction: a consumer that lost its lease rolls
-            // its batch back with the checkpoint it may not store.
-            let params = (
-                name,
-                owner.hyphenated().to_string(),
-                last,
-                millis(SystemTime::now()),
-            );
-            Ok(tx.execute(SAVE, params)? > 0)
+            // The checkpoint moves only from `after`, in the same transaction: a consumer that
+            // lost its lease, or whose batch was overtaken, rolls its batch back. Inside the
+            // transaction's write lock nobody can take the lease meanwhile.
+            let params = (name, owner.hyphenated().to_string(), last, after);
+            Ok(tx.execute(ADVANCE, params)? > 0)
         })
         .await
     }

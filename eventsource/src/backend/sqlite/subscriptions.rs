@@ -20,8 +20,12 @@ const ACQUIRE: &str = "INSERT INTO eventsource_subscriptions (name, owner, lease
         OR eventsource_subscriptions.owner = excluded.owner
         OR eventsource_subscriptions.lease_until < ?4";
 
-pub(super) const SAVE: &str = "UPDATE eventsource_subscriptions SET position = ?3
+const SAVE: &str = "UPDATE eventsource_subscriptions SET position = ?3
     WHERE name = ?1 AND owner = ?2 AND lease_until > ?4";
+
+/// A read model's commit: the checkpoint moves from `?4` only, for the lease's owner.
+pub(super) const ADVANCE: &str = "UPDATE eventsource_subscriptions SET position = ?3
+    WHERE name = ?1 AND owner = ?2 AND position IS ?4";
 
 pub(super) const RESET: &str = "UPDATE eventsource_subscriptions SET position = NULL WHERE name = ?1";
 
@@ -67,7 +71,7 @@ impl SqliteSubscriptionStore {
 
 type Value = rusqlite::types::Value;
 
-pub(super) fn millis(at: SystemTime) -> i64 {
+fn millis(at: SystemTime) -> i64 {
     at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 

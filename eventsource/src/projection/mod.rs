@@ -4,8 +4,9 @@
 //! hands over again the batch whose checkpoint it had not stored. A read model that counts
 //! money must not count a deposit twice. A [`Projection`] makes the read model's change and
 //! the checkpoint one transaction of the read model's own database: the batch is applied and
-//! the checkpoint stored together or not at all, so after a crash at any point the read model
-//! is what a full rebuild would give, never an event twice or one missing.
+//! the checkpoint stored together or not at all, and the checkpoint moves only from the one
+//! the batch was read after, so after a crash, a lost answer or a takeover at any point the
+//! read model is what a full rebuild would give, never an event twice or one missing.
 //!
 //! The read model is written by a projection of the backend's kind, handed the transaction
 //! the checkpoint is then stored in:

@@ -158,6 +158,7 @@ mod projection;
 mod schema;
 mod snapshots;
 mod subscriptions;
+mod url;
 
 use std::fmt;
 use std::str::FromStr;
@@ -242,53 +243,47 @@ pub fn pool_options() -> PgPoolOptions {
         })
 }
 
-/// The URL without its `schema` parameter, and the schema it named.
-fn take_schema(url: &str) -> Result<(String, Option<String>)> {
-    let Some((base, query)) = url.split_once('?') else {
-        return Ok((url.to_owned(), None));
-    };
-    let mut schema = None;
-    let mut kept = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("schema", value)) if schema.is_none() && !value.is_empty() => {
-                schema = Some(value.to_owned())
-            }
-            Some(("schema", _)) | None if pair == "schema" || pair.starts_with("schema=") => {
-                return Err(Error::InvalidConfiguration(
-                    "the PostgreSQL URL's `schema` parameter must name one schema".into(),
-                ))
-            }
-            _ => kept.push(pair),
-        }
-    }
-    let url = if kept.is_empty() {
-        base.to_owned()
-    } else {
-        format!("{base}?{}", kept.join("&"))
-    };
-    Ok((url, schema))
-}
-
 /// Connects to the database a `postgres://` URL names and returns both stores on one pool.
 ///
-/// The URL takes every parameter sqlx's [`PgConnectOptions`] accepts, and `schema=NAME`: the
-/// PostgreSQL schema of the stores' tables (see [`PostgresEventStore::with_schema`]), so that
-/// several independent stores can share one database. The pool is built from
-/// [`pool_options`]. Call [`PostgresEventStore::migrate`] once before the first append.
+/// The URL takes every parameter sqlx's [`PgConnectOptions`] accepts (`sslmode`,
+/// `sslrootcert`, `application_name`, ...), and these of the library's own:
+///
+/// - `schema=NAME`: the PostgreSQL schema of the stores' tables (see
+///   [`PostgresEventStore::with_schema`]), so that several independent stores can share one
+///   database;
+/// - `max_connections=N`, `min_connections=N`: the pool's size (10 and 0 otherwise);
+/// - `acquire_timeout=5s`: how long a call waits for a pooled connection (30 s otherwise);
+/// - `statement_timeout=5s`: the server's bound on each statement (`5s`, `500ms`, `2min`, or
+///   seconds).
+///
+/// The pool is built from [`pool_options`], so one code path serves a URL and a pool built by
+/// hand. Call [`PostgresEventStore::migrate`] once before the first append.
 ///
 /// A malformed URL is [`Error::InvalidConfiguration`]. A database that cannot be reached is
 /// [`Error::Store`], after sqlx has retried for the pool's acquire timeout (30 s), as for a
 /// database that is still starting.
 pub async fn connect_url(url: &str) -> Result<(PostgresEventStore, PostgresSnapshotStore)> {
-    let (url, schema) = take_schema(url)?;
-    let options = PgConnectOptions::from_str(&url)
+    let (url, settings) = url::split(url)?;
+    let mut options = PgConnectOptions::from_str(&url)
         .map_err(|e| Error::InvalidConfiguration(format!("invalid PostgreSQL URL: {e}")))?;
-    let pool = pool_options()
+    if let Some(timeout) = &settings.statement_timeout {
+        options = options.options([("statement_timeout", timeout.as_str())]);
+    }
+    let mut pool = pool_options();
+    if let Some(max) = settings.max_connections {
+        pool = pool.max_connections(max);
+    }
+    if let Some(min) = settings.min_connections {
+        pool = pool.min_connections(min);
+    }
+    if let Some(timeout) = settings.acquire_timeout {
+        pool = pool.acquire_timeout(timeout);
+    }
+    let pool = pool
         .connect_with(options)
         .await
         .map_err(|e| Error::store(BACKEND, format!("cannot connect: {e}"), e))?;
-    if let Some(schema) = schema {
+    if let Some(schema) = settings.schema {
         return Ok((
             PostgresEventStore::with_schema(pool.clone(), &schema)?,
             PostgresSnapshotStore::with_schema(pool, &schema)?,
@@ -537,30 +532,6 @@ fn join_timestamp(micros: DateTime<Utc>, nanos: i32) -> Option<DateTime<Utc>> {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn the_schema_parameter_is_taken_off_the_url() {
-        use super::take_schema;
-        let plain = "postgres://u@h/db";
-        assert_eq!(take_schema(plain).unwrap(), (plain.to_owned(), None));
-        assert_eq!(
-            take_schema("postgres://u@h/db?sslmode=disable&schema=app&application_name=x").unwrap(),
-            (
-                "postgres://u@h/db?sslmode=disable&application_name=x".to_owned(),
-                Some("app".to_owned())
-            )
-        );
-        assert_eq!(
-            take_schema("postgres://u@h/db?schema=app").unwrap().0,
-            "postgres://u@h/db"
-        );
-        for bad in [
-            "postgres://h/db?schema=",
-            "postgres://h/db?schema",
-            "postgres://h/db?schema=a&schema=b",
-        ] {
-            assert!(take_schema(bad).is_err(), "{bad}");
-        }
-    }
 
     use super::*;
 

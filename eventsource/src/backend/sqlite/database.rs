@@ -9,10 +9,17 @@
 //! on a blocking thread: one hand-off per append, and a write started is finished (committed
 //! or rolled back) even if its caller stops waiting.
 //!
+//! SQLite lets one connection write at a time. Writers of one process take turns first come,
+//! first served, one turn per file shared by every [`Database`] of the process open on it,
+//! before they take the write lock; so they never wait in SQLite's busy handler for each
+//! other, in no fixed order, nor fail at its timeout. Other processes on the file still wait
+//! there, up to [`BUSY_TIMEOUT`].
+//!
 //! An in-memory database is one connection, which every call uses in turn on its own thread.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
@@ -56,7 +63,26 @@ enum Place {
         synchronous: Synchronous,
         readers: Mutex<Vec<Connection>>,
         writers: Mutex<Vec<Connection>>,
+        /// The file's writers' turn, shared by the process's databases on the file.
+        turn: Arc<tokio::sync::Mutex<()>>,
     },
+}
+
+/// The writers' turn of each file the process has open, by canonical path.
+fn turn_of(path: &Path) -> Arc<tokio::sync::Mutex<()>> {
+    static TURNS: OnceLock<Mutex<HashMap<PathBuf, Weak<tokio::sync::Mutex<()>>>>> = OnceLock::new();
+    let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let mut turns = TURNS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    turns.retain(|_, turn| turn.strong_count() > 0);
+    if let Some(turn) = turns.get(&key).and_then(Weak::upgrade) {
+        return turn;
+    }
+    let turn = Arc::new(tokio::sync::Mutex::new(()));
+    turns.insert(key, Arc::downgrade(&turn));
+    turn
 }
 
 /// When a commit reaches the disk.
@@ -155,12 +181,16 @@ impl Database {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
-        if let Place::Memory(_) = &self.inner.place {
-            return write(&mut self.memory());
-        }
+        let turn = match &self.inner.place {
+            Place::Memory(_) => return write(&mut self.memory()),
+            Place::File { turn, .. } => turn.clone(),
+        };
+        // Held until the write has finished on its thread, even if this caller stops waiting.
+        let turn = turn.lock_owned().await;
         let this = self.clone();
         let name = self.inner.name.clone();
         blocking(move || {
+            let _turn = turn;
             let Place::File { writers, .. } = &this.inner.place else {
                 unreachable!("checked above")
             };
@@ -360,6 +390,7 @@ impl Target {
                 name: self.name.clone(),
                 appended: Default::default(),
                 place: Place::File {
+                    turn: turn_of(&path),
                     path,
                     uri: self.uri.clone(),
                     writable: self.writable,
@@ -386,5 +417,32 @@ fn enable_wal(connection: &Connection) -> rusqlite::Result<()> {
             }
             outcome => return outcome.map(drop),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_databases_of_one_file_share_one_writers_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let turn = |db: &Database| match &db.inner.place {
+            Place::File { turn, .. } => turn.clone(),
+            Place::Memory(_) => unreachable!(),
+        };
+        let a = Database::open(dir.path().join("one.db")).await.unwrap();
+        // The same file by another spelling of its path.
+        let b = Database::open(dir.path().join(".").join("one.db")).await.unwrap();
+        let other = Database::open(dir.path().join("two.db")).await.unwrap();
+        assert!(Arc::ptr_eq(&turn(&a), &turn(&b)));
+        assert!(!Arc::ptr_eq(&turn(&a), &turn(&other)));
+        // While one writer has the turn, a second waits for it rather than for SQLite's lock.
+        let held = turn(&a).lock_owned().await;
+        let waiting = tokio::spawn(async move { b.call(|c| c.execute_batch("CREATE TABLE t (x)")).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "the second writer did not wait its turn");
+        drop(held);
+        waiting.await.unwrap().unwrap();
     }
 }

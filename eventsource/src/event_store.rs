@@ -402,17 +402,40 @@ pub async fn acknowledge_stored_batch(
     events: &[EventEnvelope],
     refusal: Error,
 ) -> Result<u64> {
+    acknowledge_stored_append(
+        store,
+        aggregate_id,
+        aggregate_type,
+        expected_version,
+        events,
+        refusal,
+    )
+    .await
+    .map(|appended| appended.version)
+}
+
+/// [`acknowledge_stored_batch`], telling also the feed position of the batch's last event as
+/// stored, for [`EventStore::append_with_position`].
+pub async fn acknowledge_stored_append(
+    store: &(impl EventStore + ?Sized),
+    aggregate_id: Uuid,
+    aggregate_type: &str,
+    expected_version: u64,
+    events: &[EventEnvelope],
+    refusal: Error,
+) -> Result<Appended> {
     use futures_util::StreamExt;
 
     let mut stored = store
         .read_stream(aggregate_id, aggregate_type, expected_version)
         .take(events.len());
+    let mut position = None;
     for event in events {
         match stored.next().await {
             Some(Ok(found))
                 if found.event_id == event.event_id && found.aggregate_version == event.aggregate_version =>
             {
-                continue
+                position = Some(found.position);
             }
             // Whether the batch is stored is unknown: a refusal now could make the caller
             // decide its command again on top of its own events.
@@ -420,5 +443,8 @@ pub async fn acknowledge_stored_batch(
             _ => return Err(refusal),
         }
     }
-    Ok(expected_version + events.len() as u64)
+    Ok(Appended {
+        version: expected_version + events.len() as u64,
+        position,
+    })
 }

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::event::{EventEnvelope, StoredEvent};
 use crate::event_store::{
-    acknowledge_stored_batch, validate_batch, AppendSignal, Appended, EventStore, EventStream, FeedHead,
+    acknowledge_stored_append, validate_batch, AppendSignal, Appended, EventStore, EventStream, FeedHead,
 };
 use crate::snapshot::{validate_snapshot, Snapshot, SnapshotStore};
 use crate::subscription::{validate_name, DeadLetter, SubscriptionStore};
@@ -189,7 +189,7 @@ impl EventStore for InMemoryEventStore {
                 Some(refusal) => refusal,
             }
         };
-        let version = acknowledge_stored_batch(
+        acknowledge_stored_append(
             self,
             aggregate_id,
             aggregate_type,
@@ -197,11 +197,7 @@ impl EventStore for InMemoryEventStore {
             events,
             refusal,
         )
-        .await?;
-        Ok(Appended {
-            version,
-            position: None,
-        })
+        .await
     }
 
     fn read_stream<'a>(

@@ -455,6 +455,19 @@ pub async fn an_append_made_again_is_acknowledged(store: &dyn EventStore) {
         &[first.clone(), second.clone()].concat(),
         "the stream after appends made again",
     );
+    // Made again, an append tells the same position as the first time, if it tells one.
+    let again = store
+        .append_with_position(id, &ty, 0, &first)
+        .await
+        .unwrap_or_else(|e| panic!("append_with_position of the stored batch again: {e}"));
+    let at_three = store.position_of(id, &ty, 3).await.unwrap();
+    assert_eq!(again.version, 3, "append_with_position of the stored batch again");
+    assert!(at_three.is_some(), "position_of the stored batch's last event");
+    assert!(
+        again.position.is_none() || again.position == at_three,
+        "append_with_position made again told {:?}, the event is at {at_three:?}",
+        again.position
+    );
 
     let mut partly = first.clone();
     partly[2] = event(id, &ty, 3);

@@ -20,7 +20,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::event::{EventEnvelope, StoredEvent};
 use crate::event_store::{
-    acknowledge_stored_batch, validate_batch, AppendSignal, Appended, EventStore, EventStream, FeedHead,
+    acknowledge_stored_append, validate_batch, AppendSignal, Appended, EventStore, EventStream, FeedHead,
 };
 use crate::snapshot::JointSnapshotRead;
 
@@ -225,10 +225,6 @@ impl EventStore for PostgresEventStore {
             expected: expected_version,
             actual,
         };
-        let acknowledged = |version: u64| Appended {
-            version,
-            position: None,
-        };
         match result {
             Ok((_, inserted, last)) if inserted == events.len() as i64 => {
                 self.notifier.appended(&self.pool);
@@ -239,7 +235,7 @@ impl EventStore for PostgresEventStore {
             }
             Ok((head, 0, _)) if head != expected => {
                 let refusal = conflict(version_of(head, &self.sql.table)?);
-                acknowledge_stored_batch(
+                acknowledge_stored_append(
                     self,
                     aggregate_id,
                     aggregate_type,
@@ -248,7 +244,6 @@ impl EventStore for PostgresEventStore {
                     refusal,
                 )
                 .await
-                .map(acknowledged)
             }
             Ok((head, inserted, _)) => Err(Error::corrupt(
                 self.sql.table.clone(),
@@ -273,7 +268,7 @@ impl EventStore for PostgresEventStore {
                 } else {
                     conflict(self.stream_version(aggregate_id, aggregate_type).await?)
                 };
-                acknowledge_stored_batch(
+                acknowledge_stored_append(
                     self,
                     aggregate_id,
                     aggregate_type,
@@ -282,7 +277,6 @@ impl EventStore for PostgresEventStore {
                     refusal,
                 )
                 .await
-                .map(acknowledged)
             }
             Err(e) => Err(query_error(&what(), e)),
         }

@@ -12,7 +12,7 @@ use super::{read, schema, signed, store_error, timestamp_text, unsigned, Databas
 use crate::error::{Error, Result};
 use crate::event::EventEnvelope;
 use crate::event_store::{
-    acknowledge_stored_batch, validate_batch, AppendSignal, Appended, EventStore, EventStream, FeedHead,
+    acknowledge_stored_append, validate_batch, AppendSignal, Appended, EventStore, EventStream, FeedHead,
 };
 
 const INSERT: &str = "INSERT INTO events (event_id, event_type, event_version, aggregate_id, \
@@ -252,7 +252,7 @@ impl EventStore for SqliteEventStore {
                 })
             }
             Err(refusal @ (Error::Conflict { .. } | Error::InvalidInput(_))) => {
-                let version = acknowledge_stored_batch(
+                acknowledge_stored_append(
                     self,
                     aggregate_id,
                     aggregate_type,
@@ -260,11 +260,7 @@ impl EventStore for SqliteEventStore {
                     events,
                     refusal,
                 )
-                .await?;
-                Ok(Appended {
-                    version,
-                    position: None,
-                })
+                .await
             }
             Err(e) => Err(e),
         }

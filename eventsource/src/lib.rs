@@ -1,4 +1,4 @@
-#![doc = include_str!("../../README.md")]
+#![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
 pub mod aggregate;
@@ -17,6 +17,11 @@ pub mod snapshot;
 pub mod subscription;
 #[cfg(feature = "testing")]
 pub mod testing;
+
+/// The repository's README, compiled and run as doc tests so its examples cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct Readme;
 
 /// The schema evolution guide, compiled and run as doc tests so its examples cannot drift.
 #[cfg(doctest)]

@@ -35,7 +35,9 @@ pub trait PostgresProjection: Send + 'static {
     async fn reset(&mut self, tx: &mut PgTransaction) -> Result<(), HandlerError>;
 
     /// Makes this read model the one queries read (for instance `CREATE OR REPLACE VIEW`
-    /// over its tables), for a blue/green rebuild. Nothing by default.
+    /// over its tables), for a blue/green rebuild. Nothing by default. It runs with a
+    /// `lock_timeout` of 2 s, so that it fails (to be tried again) rather than stall every
+    /// query of the view behind a long reader.
     async fn go_live(&mut self, tx: &mut PgTransaction) -> Result<(), HandlerError> {
         let _ = tx;
         Ok(())
@@ -148,7 +150,15 @@ impl Step {
                 projection.reset(tx).await?;
                 subscriptions.reset_on(&mut **tx, &name).await?;
             }
-            Step::GoLive => projection.go_live(tx).await?,
+            Step::GoLive => {
+                // Repointing a view waits for every query reading it, and every new query
+                // then waits behind it: give up after a moment rather than stall the readers
+                // behind a long one (the caller may try again).
+                sqlx::query("SET LOCAL lock_timeout = '2s'")
+                    .execute(&mut **tx)
+                    .await?;
+                projection.go_live(tx).await?
+            }
         }
         Ok(true)
     }

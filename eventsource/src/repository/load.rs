@@ -106,17 +106,24 @@ impl<A: Aggregate> Repository<A> {
 
     /// The aggregate from every one of its events, without a snapshot.
     pub(super) async fn replay_all(&self, id: Uuid) -> Result<AggregateRoot<A>> {
-        self.replay_until(id, u64::MAX).await
+        self.replay_from(id, self.events.read_stream(id, A::TYPE_NAME, 0))
+            .await
     }
 
     /// The aggregate from its events up to `version`, without a snapshot.
     pub(super) async fn replay_until(&self, id: Uuid, version: u64) -> Result<AggregateRoot<A>> {
-        let mut root = AggregateRoot::new(id);
         let events = self
             .events
             .read_stream(id, A::TYPE_NAME, 0)
             .try_take_while(move |e| std::future::ready(Ok(e.aggregate_version <= version)));
-        replay(&mut root, Box::pin(events)).await?;
+        self.replay_from(id, Box::pin(events)).await
+    }
+
+    /// The aggregate from `events`, its stream from the start; a stream with none is
+    /// [`Error::NotFound`].
+    async fn replay_from(&self, id: Uuid, events: EventStream<'_>) -> Result<AggregateRoot<A>> {
+        let mut root = AggregateRoot::new(id);
+        replay(&mut root, events).await?;
         if root.version() == 0 {
             return Err(Error::NotFound {
                 aggregate_type: A::TYPE_NAME.to_owned(),

@@ -12,29 +12,6 @@ use crate::event::StoredEvent;
 use crate::subscription::{validate_name, DeadLetter, SubscriptionStore};
 
 impl PostgresSubscriptionStore {
-    /// Stores the checkpoint through `executor` (a transaction of a read model), if `owner`
-    /// holds the lease; whether it did.
-    pub(super) async fn save_checkpoint_on<'e>(
-        &self,
-        executor: impl sqlx::PgExecutor<'e>,
-        name: &str,
-        owner: Uuid,
-        position: u64,
-    ) -> Result<bool> {
-        validate_name(name)?;
-        let saved = sqlx::query(&format!(
-            "UPDATE {} SET position = $3 WHERE name = $1 AND owner = $2 AND lease_until > now()",
-            self.layout.subscriptions
-        ))
-        .bind(name)
-        .bind(owner)
-        .bind(to_bigint(position, "checkpoint")?)
-        .execute(executor)
-        .await
-        .map_err(|e| query_error(&format!("cannot store the checkpoint of subscription {name}"), e))?;
-        Ok(saved.rows_affected() > 0)
-    }
-
     /// Moves the checkpoint from `after` to `position` through `executor` (a read model's
     /// transaction), if `owner` holds the name; whether it did. The row lock taken here holds
     /// off a takeover until the transaction ends.
@@ -137,7 +114,18 @@ impl SubscriptionStore for PostgresSubscriptionStore {
     }
 
     async fn save_checkpoint(&self, name: &str, owner: Uuid, position: u64) -> Result<bool> {
-        self.save_checkpoint_on(&self.pool, name, owner, position).await
+        validate_name(name)?;
+        let saved = sqlx::query(&format!(
+            "UPDATE {} SET position = $3 WHERE name = $1 AND owner = $2 AND lease_until > now()",
+            self.layout.subscriptions
+        ))
+        .bind(name)
+        .bind(owner)
+        .bind(to_bigint(position, "checkpoint")?)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| query_error(&format!("cannot store the checkpoint of subscription {name}"), e))?;
+        Ok(saved.rows_affected() > 0)
     }
 
     async fn reset(&self, name: &str) -> Result<()> {

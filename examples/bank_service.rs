@@ -10,7 +10,9 @@
 //! ```
 //!
 //! The store URL is the first argument, else `BANK_STORE_URL`, else `sqlite:bank.db`; the
-//! address is `BANK_ADDR`, else `127.0.0.1:3000` (port 0 picks a free one). Then:
+//! address is `BANK_ADDR`, else `127.0.0.1:3000` (port 0 picks a free one). `admin` as the
+//! first argument runs the admin command line on the service's stores instead
+//! (`bank_service admin --url sqlite:bank.db stats`; see docs/guides/admin.md). Then:
 //!
 //! ```text
 //! J='content-type: application/json'
@@ -39,6 +41,7 @@ mod read_model;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +51,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use eventsource::admin::Admin;
 use eventsource::prelude::*;
 use eventsource::projection::Projection;
 use order::{Order, OrderCommands, OrderStatus};
@@ -55,16 +59,33 @@ use serde_json::{json, Value};
 
 #[tokio::main]
 #[allow(dead_code)] // the integration test includes this file as a module and calls `serve` alone
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn main() -> ExitCode {
+    // `bank_service admin ...` is the admin command line on the same stores.
+    if std::env::args().nth(1).as_deref() == Some("admin") {
+        return admin().main_from(std::env::args_os().skip(1)).await;
+    }
     let url = std::env::args()
         .nth(1)
         .or_else(|| std::env::var("BANK_STORE_URL").ok())
         .unwrap_or_else(|| "sqlite:bank.db".into());
     let addr = std::env::var("BANK_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
-    serve(&url, &addr, READ_YOUR_WRITES, |bound| {
+    let served = serve(&url, &addr, READ_YOUR_WRITES, |bound| {
         println!("listening on http://{bound}")
     })
-    .await
+    .await;
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The admin command line of the service: every aggregate type it links, and its read model.
+#[allow(dead_code)]
+pub fn admin() -> Admin {
+    Admin::new().projection(|stores| Ok(read_model::open(stores)?.0))
 }
 
 /// Opens the stores `url` names, binds `addr`, tells `ready` the address it is bound to (the

@@ -41,10 +41,10 @@ mod optional_store {
 
 #[tokio::test]
 async fn run_all_runs_every_check_on_one_store() {
-    assert_eq!(eventsource::testing::event_store::NAMES.len(), 16);
-    assert_eq!(eventsource::testing::snapshot_store::NAMES.len(), 10);
+    assert_eq!(eventsource::testing::event_store::NAMES.len(), 17);
+    assert_eq!(eventsource::testing::snapshot_store::NAMES.len(), 11);
     eventsource::testing::event_store::run_all(&InMemoryEventStore::new()).await;
     eventsource::testing::snapshot_store::run_all(&InMemorySnapshotStore::new()).await;
-    assert_eq!(eventsource::testing::subscription_store::NAMES.len(), 6);
+    assert_eq!(eventsource::testing::subscription_store::NAMES.len(), 7);
     eventsource::testing::subscription_store::run_all(&InMemorySubscriptionStore::new()).await;
 }

@@ -449,10 +449,13 @@ fn expand_aggregate(aggregate: &Aggregate, errors: Option<syn::Error>) -> TokenS
         .min()
         .unwrap_or(schema_version);
     // A generic state has one shape per instance: none to lock.
-    let shape = if original.generics.params.is_empty() {
-        quote!(#p::shape_of::<#ident>)
+    let (shape, operations) = if original.generics.params.is_empty() {
+        (
+            quote!(#p::shape_of::<#ident>),
+            quote!(::core::option::Option::Some(&#p::OperationsOf::<#ident>::NEW)),
+        )
     } else {
-        quote!(#p::generic_shape)
+        (quote!(#p::generic_shape), quote!(::core::option::Option::None))
     };
     let registration = (errors.is_none() && aggregate_impl.is_some()).then(|| {
         quote! {
@@ -464,6 +467,7 @@ fn expand_aggregate(aggregate: &Aggregate, errors: Option<syn::Error>) -> TokenS
                     event_types: &[#(#event_types),*],
                     rust_type: ::core::concat!(::core::module_path!(), "::", #ident_name),
                     shape: #shape,
+                    operations: #operations,
                 }
             }
         }

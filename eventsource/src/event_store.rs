@@ -177,6 +177,24 @@ pub trait EventStore: Send + Sync {
     fn append_signal(&self) -> Option<AppendSignal> {
         None
     }
+
+    /// Every stream of one aggregate type with its version, in no particular order: what
+    /// operators' statistics and snapshot warming start from. The default reads the whole
+    /// feed; the stores of this crate ask their index.
+    async fn stream_versions(&self, aggregate_type: &str) -> Result<Vec<(Uuid, u64)>> {
+        use futures_util::StreamExt;
+
+        let mut versions = std::collections::HashMap::new();
+        let mut feed = self.read_all(0);
+        while let Some(event) = feed.next().await {
+            let event = event?;
+            if *event.aggregate_type == *aggregate_type {
+                let version = versions.entry(event.aggregate_id).or_insert(0);
+                *version = event.aggregate_version.max(*version);
+            }
+        }
+        Ok(versions.into_iter().collect())
+    }
 }
 
 /// What an append stored: see [`EventStore::append_with_position`].
@@ -314,6 +332,10 @@ impl<S: EventStore + ?Sized> EventStore for Arc<S> {
 
     fn append_signal(&self) -> Option<AppendSignal> {
         (**self).append_signal()
+    }
+
+    async fn stream_versions(&self, aggregate_type: &str) -> Result<Vec<(Uuid, u64)>> {
+        (**self).stream_versions(aggregate_type).await
     }
 }
 

@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+#[cfg(feature = "admin")]
+pub mod admin;
 pub mod aggregate;
 pub mod backend;
 mod codec;
@@ -28,6 +30,22 @@ pub struct Readme;
 #[doc = include_str!("../../docs/guides/schema-evolution.md")]
 pub struct SchemaEvolutionGuide;
 
+/// The snapshotting guide, compiled and run as doc tests so its examples cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guides/snapshotting.md")]
+pub struct SnapshottingGuide;
+
+/// The guide to adding snapshots to an existing system, compiled and run as doc tests so its
+/// examples cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guides/adding-snapshots.md")]
+pub struct AddingSnapshotsGuide;
+
+/// The testing guide, compiled and run as doc tests so its examples cannot drift.
+#[cfg(all(doctest, feature = "testing", feature = "sqlite"))]
+#[doc = include_str!("../../docs/guides/testing.md")]
+pub struct TestingGuide;
+
 /// The projections guide, compiled as doc tests so its examples cannot drift.
 #[cfg(all(doctest, feature = "postgres", feature = "sqlite"))]
 #[doc = include_str!("../../docs/guides/projections.md")]
@@ -47,7 +65,7 @@ pub use repository::Repository;
 pub use root::AggregateRoot;
 pub use snapshot::{
     JointSnapshotRead, MissReason, Snapshot, SnapshotAndEvents, SnapshotMetrics, SnapshotMode,
-    SnapshotPolicy, SnapshotStore,
+    SnapshotPolicy, SnapshotStore, SnapshotVersion,
 };
 
 /// Everything a program that uses the library usually needs, and serde's derives.

@@ -153,6 +153,20 @@ impl InMemoryEventStore {
 
 #[async_trait]
 impl EventStore for InMemoryEventStore {
+    async fn stream_versions(&self, aggregate_type: &str) -> Result<Vec<(Uuid, u64)>> {
+        let log = read(&self.inner);
+        Ok(log
+            .streams
+            .iter()
+            .flat_map(|(id, streams)| {
+                streams
+                    .iter()
+                    .filter(|(t, versions)| **t == *aggregate_type && !versions.is_empty())
+                    .map(|(_, versions)| (*id, versions.len() as u64))
+            })
+            .collect())
+    }
+
     async fn append(
         &self,
         aggregate_id: Uuid,
@@ -279,6 +293,18 @@ fn every_schema(aggregate_id: Uuid, aggregate_type: &str) -> std::ops::RangeIncl
 
 #[async_trait]
 impl SnapshotStore for InMemorySnapshotStore {
+    async fn snapshot_versions(&self, aggregate_type: &str) -> Result<Vec<crate::snapshot::SnapshotVersion>> {
+        Ok(read(&self.inner)
+            .values()
+            .filter(|s| s.aggregate_type == aggregate_type)
+            .map(|s| crate::snapshot::SnapshotVersion {
+                aggregate_id: s.aggregate_id,
+                schema_version: s.schema_version,
+                version: s.version,
+            })
+            .collect())
+    }
+
     async fn get_snapshot(
         &self,
         aggregate_id: Uuid,
@@ -438,5 +464,21 @@ impl SubscriptionStore for InMemorySubscriptionStore {
 
     async fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>> {
         self.with(name, |s| s.dead_letters.clone())
+    }
+
+    async fn subscriptions(&self) -> Result<Vec<crate::subscription::SubscriptionStatus>> {
+        let now = Instant::now();
+        let all = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut listed: Vec<_> = all
+            .iter()
+            .map(|(name, s)| crate::subscription::SubscriptionStatus {
+                name: name.clone(),
+                checkpoint: s.checkpoint,
+                owner: s.lease.filter(|(_, until)| *until > now).map(|(owner, _)| owner),
+                dead_letters: s.dead_letters.len() as u64,
+            })
+            .collect();
+        listed.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(listed)
     }
 }

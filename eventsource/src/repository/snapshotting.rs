@@ -106,6 +106,19 @@ impl<A: Aggregate> Repository<A> {
         .await
     }
 
+    /// Writes a snapshot of the aggregate at the current schema version from a full replay of
+    /// its stream, whatever snapshot is stored, and returns it: how operators warm the
+    /// snapshots of a type after a schema bump, or of aggregates that are read far more than
+    /// written (see the admin command line).
+    ///
+    /// Safe beside live writers: the snapshot stands for the version the replay reached, and
+    /// the store never replaces a newer snapshot with it. A stream with no events is
+    /// [`Error::NotFound`]; the other refusals are [`create_snapshot`](Self::create_snapshot)'s.
+    pub async fn warm_snapshot(&self, id: Uuid) -> Result<Snapshot> {
+        let root = self.replay_all(id).await?;
+        self.create_snapshot(&root).await
+    }
+
     /// The id of the stream's event at `version`.
     async fn event_id_at(&self, id: Uuid, version: u64) -> Result<Uuid> {
         let mut events = self.events.read_stream(id, A::TYPE_NAME, version - 1);

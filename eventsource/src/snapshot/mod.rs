@@ -62,6 +62,17 @@ impl Snapshot {
     }
 }
 
+/// Where one stored snapshot is: see [`SnapshotStore::snapshot_versions`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SnapshotVersion {
+    /// The aggregate.
+    pub aggregate_id: Uuid,
+    /// The schema version of its state.
+    pub schema_version: u32,
+    /// The aggregate version the snapshot stands for.
+    pub version: u64,
+}
+
 /// Storage of at most one snapshot per aggregate and schema version.
 ///
 /// # Contract
@@ -118,6 +129,16 @@ pub trait SnapshotStore: Send + Sync {
         schema_version_below: Option<u32>,
     ) -> Result<u64>;
 
+    /// Where every stored snapshot of one type is: its aggregate, schema version and
+    /// version, in no particular order (what operators' statistics and snapshot warming read).
+    /// The default is [`Error::InvalidConfiguration`](crate::Error::InvalidConfiguration), for
+    /// a store that cannot list its snapshots; the stores of this crate can.
+    async fn snapshot_versions(&self, aggregate_type: &str) -> Result<Vec<SnapshotVersion>> {
+        Err(crate::Error::InvalidConfiguration(format!(
+            "this snapshot store cannot list its snapshots (of {aggregate_type})"
+        )))
+    }
+
     /// The store as [`Any`], so that an event store on the same database can recognise it
     /// and read snapshots together with events (see
     /// [`EventStore::joint_snapshot_reader`](crate::EventStore::joint_snapshot_reader)).
@@ -160,6 +181,10 @@ impl<S: SnapshotStore + ?Sized> SnapshotStore for Arc<S> {
         (**self)
             .delete_snapshots_by_type(aggregate_type, schema_version_below)
             .await
+    }
+
+    async fn snapshot_versions(&self, aggregate_type: &str) -> Result<Vec<SnapshotVersion>> {
+        (**self).snapshot_versions(aggregate_type).await
     }
 
     fn as_any(&self) -> Option<&dyn Any> {

@@ -50,7 +50,7 @@ mod store;
 
 pub use handler::{Handler, HandlerError, Typed};
 pub use metrics::SubscriptionMetrics;
-pub use store::{validate_name, DeadLetter, SubscriptionStore};
+pub use store::{validate_name, DeadLetter, SubscriptionStatus, SubscriptionStore};
 
 use std::future::Future;
 use std::sync::Arc;

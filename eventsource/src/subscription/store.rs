@@ -27,6 +27,19 @@ pub struct DeadLetter {
     pub failed_at: DateTime<Utc>,
 }
 
+/// One subscription as its store knows it: see [`SubscriptionStore::subscriptions`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubscriptionStatus {
+    /// Its name.
+    pub name: String,
+    /// Its checkpoint, `None` if it never stored one (or was reset).
+    pub checkpoint: Option<u64>,
+    /// The owner of its lease, if a lease is held and has not run out: the active consumer.
+    pub owner: Option<Uuid>,
+    /// How many events it gave up on.
+    pub dead_letters: u64,
+}
+
 /// Where subscriptions keep their state: a checkpoint (the position of the last event
 /// handled), the lease that makes one consumer the active one, and the events given up on.
 ///
@@ -70,6 +83,15 @@ pub trait SubscriptionStore: Send + Sync {
 
     /// The events `name` gave up on, in the order it gave up.
     async fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>>;
+
+    /// Every subscription the store knows (that ever took a lease), by name. The default is
+    /// [`Error::InvalidConfiguration`], for a store that cannot list them; the stores of this
+    /// crate can.
+    async fn subscriptions(&self) -> Result<Vec<SubscriptionStatus>> {
+        Err(Error::InvalidConfiguration(
+            "this subscription store cannot list its subscriptions".into(),
+        ))
+    }
 }
 
 #[async_trait]
@@ -94,6 +116,9 @@ impl<S: SubscriptionStore + ?Sized> SubscriptionStore for Arc<S> {
     }
     async fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>> {
         (**self).dead_letters(name).await
+    }
+    async fn subscriptions(&self) -> Result<Vec<SubscriptionStatus>> {
+        (**self).subscriptions().await
     }
 }
 

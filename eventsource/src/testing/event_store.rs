@@ -33,6 +33,7 @@ macro_rules! __event_store_checks {
             read_stream_after_a_version_returns_the_rest
             empty_stream_reads_nothing
             same_id_under_two_types_is_two_streams
+            stream_versions_list_every_stream_of_a_type
             positions_increase_with_every_append
             read_all_resumes_after_a_position
             long_stream_reads_back_in_order
@@ -626,6 +627,27 @@ pub async fn same_id_under_two_types_is_two_streams(store: &dyn EventStore) {
         &second,
         "the second type's stream after the first grew",
     );
+}
+
+/// [`EventStore::stream_versions`] lists every stream of the type it is asked about, each
+/// once, at its version, and none of another type.
+pub async fn stream_versions_list_every_stream_of_a_type(store: &dyn EventStore) {
+    let (ty, other) = (unique_type("Listed"), unique_type("NotListed"));
+    assert!(
+        store.stream_versions(&ty).await.unwrap().is_empty(),
+        "a type with no stream lists none"
+    );
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    append(store, a, &ty, 0, &events(a, &ty, 0, 3)).await;
+    append(store, b, &ty, 0, &events(b, &ty, 0, 1)).await;
+    append(store, a, &ty, 3, &events(a, &ty, 3, 2)).await;
+    append(store, a, &other, 0, &events(a, &other, 0, 7)).await;
+    let mut listed = store.stream_versions(&ty).await.unwrap();
+    listed.sort_unstable();
+    let mut expected = vec![(a, 5), (b, 1)];
+    expected.sort_unstable();
+    assert_eq!(listed, expected, "the streams of {ty} with their versions");
+    assert_eq!(store.stream_versions(&other).await.unwrap(), vec![(a, 7)]);
 }
 
 /// Appends to two streams, alternating; returns the events in the order they were appended.

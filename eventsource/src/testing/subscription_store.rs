@@ -25,6 +25,7 @@ macro_rules! __subscription_store_checks {
             racing_owners_get_one_lease
             checkpoints_are_fenced_by_the_lease
             dead_letters_read_back_in_order
+            subscriptions_are_listed_with_their_state
             subscription_names_are_checked
         }
     };
@@ -180,6 +181,35 @@ pub async fn dead_letters_read_back_in_order(store: &dyn SubscriptionStore) {
         .await
         .unwrap()
         .is_empty());
+}
+
+/// [`SubscriptionStore::subscriptions`] lists every subscription that took a lease, with its
+/// checkpoint, its active owner (none once the lease is given up) and its dead letters.
+pub async fn subscriptions_are_listed_with_their_state(store: &dyn SubscriptionStore) {
+    let (active, idle) = (unique_type("Active"), unique_type("Idle"));
+    let (owner, other) = (Uuid::new_v4(), Uuid::new_v4());
+    assert!(store.acquire(&active, owner, LONG).await.unwrap());
+    assert!(store.save_checkpoint(&active, owner, 42).await.unwrap());
+    assert!(store.acquire(&idle, other, LONG).await.unwrap());
+    store.release(&idle, other).await.unwrap();
+    let listed = store.subscriptions().await.unwrap();
+    let find = |name: &str| {
+        listed
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("subscription {name} is not listed"))
+    };
+    let (a, i) = (find(&active), find(&idle));
+    assert_eq!(
+        (a.checkpoint, a.owner, a.dead_letters),
+        (Some(42), Some(owner), 0)
+    );
+    assert_eq!((i.checkpoint, i.owner, i.dead_letters), (None, None, 0));
+    let names: Vec<&str> = listed.iter().map(|s| s.name.as_str()).collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(names, sorted, "listed by name");
+    store.release(&active, owner).await.unwrap();
 }
 
 /// An empty subscription name, or one with a NUL character, is [`Error::InvalidInput`].

@@ -340,6 +340,21 @@ impl EventStore for PostgresEventStore {
         version_of(version, &self.sql.table)
     }
 
+    async fn stream_versions(&self, aggregate_type: &str) -> Result<Vec<(Uuid, u64)>> {
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(&format!(
+            "SELECT aggregate_id, max(aggregate_version) FROM {}
+             WHERE aggregate_type = $1 GROUP BY aggregate_id",
+            self.sql.table
+        ))
+        .bind(aggregate_type)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| query_error(&format!("cannot list the streams of {aggregate_type}"), e))?;
+        rows.into_iter()
+            .map(|(id, version)| Ok((id, version_of(version, &self.sql.table)?)))
+            .collect()
+    }
+
     fn read_all(&self, after_position: u64) -> EventStream<'_> {
         let Ok(after) = i64::try_from(after_position) else {
             return Box::pin(stream::empty());

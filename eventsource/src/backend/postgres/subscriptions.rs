@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::{query_error, to_bigint, PostgresSubscriptionStore};
 use crate::error::{Error, Result};
 use crate::event::StoredEvent;
-use crate::subscription::{validate_name, DeadLetter, SubscriptionStore};
+use crate::subscription::{validate_name, DeadLetter, SubscriptionStatus, SubscriptionStore};
 
 impl PostgresSubscriptionStore {
     /// Moves the checkpoint from `after` to `position` through `executor` (a read model's
@@ -175,6 +175,38 @@ impl SubscriptionStore for PostgresSubscriptionStore {
                     event_type,
                     error,
                     failed_at,
+                })
+            })
+            .collect()
+    }
+
+    async fn subscriptions(&self) -> Result<Vec<SubscriptionStatus>> {
+        let rows: Vec<(String, Option<i64>, Option<Uuid>, i64)> = sqlx::query_as(&format!(
+            "SELECT s.name, s.position, CASE WHEN s.lease_until > now() THEN s.owner END,
+                (SELECT count(*) FROM {} d WHERE d.subscription = s.name)
+             FROM {} s ORDER BY s.name",
+            self.layout.dead_letters, self.layout.subscriptions
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| query_error("cannot list the subscriptions", e))?;
+        rows.into_iter()
+            .map(|(name, position, owner, dead_letters)| {
+                let checkpoint = position
+                    .map(|p| {
+                        u64::try_from(p).map_err(|_| {
+                            Error::corrupt(
+                                format!("the checkpoint of subscription {name}"),
+                                format!("{p} is negative"),
+                            )
+                        })
+                    })
+                    .transpose()?;
+                Ok(SubscriptionStatus {
+                    name,
+                    checkpoint,
+                    owner,
+                    dead_letters: dead_letters.unsigned_abs(),
                 })
             })
             .collect()

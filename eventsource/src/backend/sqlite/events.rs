@@ -290,6 +290,31 @@ impl EventStore for SqliteEventStore {
         read::log(&self.database, after_position)
     }
 
+    async fn stream_versions(&self, aggregate_type: &str) -> Result<Vec<(Uuid, u64)>> {
+        let ty = aggregate_type.to_owned();
+        let rows: Vec<(String, i64)> = self
+            .database
+            .read(move |connection| {
+                connection
+                    .prepare_cached(
+                        "SELECT aggregate_id, max(aggregate_version) FROM events
+                         WHERE aggregate_type = ?1 GROUP BY aggregate_id",
+                    )?
+                    .query_map([&ty], |row| Ok((row.get(0)?, row.get(1)?)))?
+                    .collect()
+            })
+            .await
+            .map_err(|e| store_error(format!("cannot list the streams of {aggregate_type}"), e))?;
+        rows.into_iter()
+            .map(|(id, version)| {
+                let what = || format!("the SQLite stream of {aggregate_type} {id}");
+                let aggregate_id = Uuid::parse_str(&id)
+                    .map_err(|e| Error::corrupt(what(), format!("aggregate_id {id:?}: {e}")))?;
+                Ok((aggregate_id, unsigned(version, "aggregate_version", what)?))
+            })
+            .collect()
+    }
+
     async fn head(&self, after_position: u64) -> Result<FeedHead> {
         let after = i64::try_from(after_position).unwrap_or(i64::MAX);
         let (last, count): (Option<i64>, i64) = self

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::{parse_timestamp, schema, signed, store_error, timestamp_text, unsigned, Database};
 use crate::error::{Error, Result};
-use crate::snapshot::{validate_snapshot, Snapshot, SnapshotStore};
+use crate::snapshot::{validate_snapshot, Snapshot, SnapshotStore, SnapshotVersion};
 
 // The version guard is in the statement, so two racing writers cannot leave the older one
 // stored. A stored version that is not a non-negative integer is corrupt and gives way.
@@ -260,5 +260,33 @@ impl SnapshotStore for SqliteSnapshotStore {
             }
         };
         Ok(deleted as u64)
+    }
+
+    async fn snapshot_versions(&self, aggregate_type: &str) -> Result<Vec<SnapshotVersion>> {
+        let ty = aggregate_type.to_owned();
+        let rows: Vec<(String, i64, i64)> = self
+            .database
+            .read(move |connection| {
+                connection
+                    .prepare_cached(
+                        "SELECT aggregate_id, schema_version, version FROM snapshots
+                         WHERE aggregate_type = ?1",
+                    )?
+                    .query_map([&ty], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+                    .collect()
+            })
+            .await
+            .map_err(|e| store_error(format!("cannot list the snapshots of {aggregate_type}"), e))?;
+        rows.into_iter()
+            .map(|(id, schema_version, version)| {
+                let what = || format!("the SQLite snapshot of {aggregate_type} {id}");
+                Ok(SnapshotVersion {
+                    aggregate_id: Uuid::parse_str(&id)
+                        .map_err(|e| Error::corrupt(what(), format!("aggregate_id {id:?}: {e}")))?,
+                    schema_version: unsigned(schema_version, "schema_version", what)?,
+                    version: unsigned(version, "version", what)?,
+                })
+            })
+            .collect()
     }
 }

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{parse_timestamp, schema, store_error, timestamp_text, unsigned, Database};
 use crate::error::{Error, Result};
 use crate::event::StoredEvent;
-use crate::subscription::{validate_name, DeadLetter, SubscriptionStore};
+use crate::subscription::{validate_name, DeadLetter, SubscriptionStatus, SubscriptionStore};
 
 /// The lease goes to `owner` if nobody holds it, `owner` does, or the holder's ran out.
 const ACQUIRE: &str = "INSERT INTO eventsource_subscriptions (name, owner, lease_until)
@@ -215,6 +215,41 @@ impl SubscriptionStore for SqliteSubscriptionStore {
                     event_type,
                     error,
                     failed_at: parse_timestamp(&failed_at, "failed_at", what)?,
+                })
+            })
+            .collect()
+    }
+    async fn subscriptions(&self) -> Result<Vec<SubscriptionStatus>> {
+        let now = millis(SystemTime::now());
+        let rows: Vec<(String, Option<i64>, Option<String>, i64)> = self
+            .database
+            .read(move |connection| {
+                connection
+                    .prepare_cached(
+                        "SELECT s.name, s.position, CASE WHEN s.lease_until > ?1 THEN s.owner END,
+                            (SELECT count(*) FROM eventsource_dead_letters d WHERE d.subscription = s.name)
+                         FROM eventsource_subscriptions s ORDER BY s.name",
+                    )?
+                    .query_map([now], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                    })?
+                    .collect()
+            })
+            .await
+            .map_err(|e| store_error("cannot list the subscriptions", e))?;
+        rows.into_iter()
+            .map(|(name, position, owner, dead_letters)| {
+                let what = || format!("subscription {name}");
+                Ok(SubscriptionStatus {
+                    checkpoint: position.map(|p| unsigned(p, "position", what)).transpose()?,
+                    owner: owner
+                        .map(|o| {
+                            Uuid::parse_str(&o)
+                                .map_err(|e| Error::corrupt(what(), format!("owner {o:?}: {e}")))
+                        })
+                        .transpose()?,
+                    dead_letters: unsigned(dead_letters, "dead letters", what)?,
+                    name,
                 })
             })
             .collect()

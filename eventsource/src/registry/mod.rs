@@ -5,6 +5,10 @@
 //! [`Repository`](crate::Repository) checks the registry before its first load or save and
 //! reports a shared name as [`Error::DuplicateName`].
 
+mod operations;
+
+pub use operations::{AggregateOperations, OperationsOf};
+
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
@@ -45,6 +49,15 @@ pub struct AggregateRegistration {
     pub rust_type: &'static str,
     /// Traces the state's serialized shape, for the schema lock.
     pub shape: ShapeFn,
+    /// Its repository's operations, for tools that know the type by name only; `None` for a
+    /// generic state, which has one per type argument.
+    pub operations: Option<&'static dyn AggregateOperations>,
+}
+
+impl std::fmt::Debug for dyn AggregateOperations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AggregateOperations")
+    }
 }
 
 inventory::collect!(EventRegistration);
@@ -58,6 +71,14 @@ pub fn events() -> impl Iterator<Item = &'static EventRegistration> {
 /// Every registered aggregate type, in no particular order.
 pub fn aggregates() -> impl Iterator<Item = &'static AggregateRegistration> {
     inventory::iter::<AggregateRegistration>.into_iter()
+}
+
+/// The registered aggregate type of this name; of two schema versions of one name (linked
+/// side by side while a program tests a migration), the newer.
+pub fn aggregate(name: &str) -> Option<&'static AggregateRegistration> {
+    aggregates()
+        .filter(|a| a.name == name)
+        .max_by_key(|a| a.schema_version)
 }
 
 /// The registered event type of this aggregate type with this name or alias.

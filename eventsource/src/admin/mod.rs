@@ -1,0 +1,393 @@
+//! The admin command line (feature `admin`): what operators do with the stores of an
+//! application, for every aggregate type it registers and every projection it names.
+//!
+//! Snapshots and read models are caches over the events. This command line inspects them,
+//! warms them, checks them and rebuilds them, on SQLite and PostgreSQL alike:
+//!
+//! ```text
+//! stats                                            streams, events, snapshot coverage and staleness
+//!                                                  per aggregate type; checkpoint and lag per
+//!                                                  subscription and projection
+//! snapshots rewarm --type T [--concurrency N]      current-schema snapshots, busiest streams first
+//! snapshots verify --type T [--sample N]           snapshot + tail against a full replay
+//! snapshots invalidate --type T [--below N]        delete a type's snapshots (asks first)
+//! projections list | status NAME                   checkpoints, lag, consumers, dead letters
+//! projections rebuild NAME | reset NAME            (asks first)
+//! events tail [--aggregate-type T] [--event-type E] [--from-start]
+//! events show ID
+//! ```
+//!
+//! Output is for people by default and JSON with `--json`. The exit status is 0 when all is
+//! well, 1 when a check found something (a drift), 2 on an error or a refusal.
+//!
+//! # Adding it to an application
+//!
+//! `#[derive(Aggregate)]` registers every aggregate type at link time, so the command line
+//! knows them without being told. Projections run the application's own code: name each with
+//! [`Admin::projection`]. As a subcommand of the application's own clap command line:
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! use clap::Parser;
+//! use eventsource::admin::{Admin, AdminArgs};
+//! # use eventsource::projection::Projection;
+//! # fn read_model(stores: &eventsource::backend::Stores) -> eventsource::Result<Arc<Projection>> { unimplemented!() }
+//!
+//! #[derive(Parser)]
+//! enum Cli {
+//!     /// Serves the API.
+//!     Serve,
+//!     /// Operates the stores.
+//!     Admin(AdminArgs),
+//! }
+//!
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() -> std::process::ExitCode {
+//!     match Cli::parse() {
+//!         Cli::Serve => std::process::ExitCode::SUCCESS,
+//!         Cli::Admin(args) => Admin::new().projection(read_model).run(args).await,
+//!     }
+//! }
+//! ```
+//!
+//! A binary of its own is [`Admin::main_from`] with `std::env::args_os()`.
+
+mod events;
+mod output;
+mod projections;
+mod snapshots;
+mod stats;
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::backend::Stores;
+use crate::error::Error;
+use crate::projection::Projection;
+use crate::registry::{self, AggregateRegistration};
+use output::Output;
+
+/// The admin command line's arguments, for a place in an application's own clap command
+/// line (see the [module docs](self)).
+#[derive(Args, Clone, Debug)]
+pub struct AdminArgs {
+    /// The stores' URL, as `eventsource::backend::open` takes it: `sqlite:FILE`,
+    /// `postgres://...`.
+    #[arg(long, env = "EVENTSOURCE_URL")]
+    pub url: String,
+    /// Prints JSON for scripts instead of text for people.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+/// The admin commands.
+#[derive(Subcommand, Clone, Debug)]
+pub enum AdminCommand {
+    /// Streams, events, snapshot coverage and staleness per aggregate type; checkpoint, lag
+    /// and consumer per subscription and projection.
+    Stats {
+        /// Only this aggregate type.
+        #[arg(long = "type", value_name = "TYPE")]
+        aggregate_type: Option<String>,
+    },
+    /// Warms, verifies and invalidates snapshots.
+    #[command(subcommand)]
+    Snapshots(SnapshotsCommand),
+    /// Lists, inspects, rebuilds and resets projections and subscriptions.
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
+    /// Follows or shows the events.
+    #[command(subcommand)]
+    Events(EventsCommand),
+}
+
+/// `snapshots ...`
+#[derive(Subcommand, Clone, Debug)]
+pub enum SnapshotsCommand {
+    /// Writes current-schema snapshots from full replays, busiest streams first. Streams
+    /// whose current-schema snapshot is at their head are skipped, so a run that was
+    /// interrupted goes on where it stopped when started again.
+    Rewarm {
+        /// The aggregate type.
+        #[arg(long = "type", value_name = "TYPE")]
+        aggregate_type: String,
+        /// Streams replayed at once.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+        concurrency: u32,
+        /// Only streams at least this many events past their current-schema snapshot.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+        min_behind: u64,
+        /// At most this many streams, the busiest.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Compares the load from each sampled aggregate's snapshot with a full replay, field by
+    /// field: a drift means an `Apply` changed without a schema version bump.
+    Verify {
+        /// The aggregate type.
+        #[arg(long = "type", value_name = "TYPE")]
+        aggregate_type: String,
+        /// Aggregates verified, chosen at random among those with a snapshot.
+        #[arg(long, default_value_t = 100)]
+        sample: usize,
+        /// Drifted aggregates shown in full.
+        #[arg(long, default_value_t = 10)]
+        show: usize,
+    },
+    /// Deletes a type's snapshots, all of them or those below a schema version. Loads replay
+    /// in full until new snapshots are written.
+    Invalidate {
+        /// The aggregate type (registered or not: the snapshots of a removed type too).
+        #[arg(long = "type", value_name = "TYPE")]
+        aggregate_type: String,
+        /// Only snapshots of a schema version below this one.
+        #[arg(long)]
+        below: Option<u32>,
+        /// Does not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// `projections ...`
+#[derive(Subcommand, Clone, Debug)]
+pub enum ProjectionsCommand {
+    /// Every subscription and projection: checkpoint, lag, consumer, dead letters.
+    List,
+    /// One subscription or projection, with its dead letters.
+    Status {
+        /// Its name.
+        name: String,
+    },
+    /// Empties a projection's read model and replays the whole feed into it, with progress.
+    /// Interrupted, run it again with `--resume` to go on from the last committed batch.
+    Rebuild {
+        /// The projection's name.
+        name: String,
+        /// Goes on from the checkpoint instead of emptying the read model first.
+        #[arg(long)]
+        resume: bool,
+        /// Runs even while another consumer holds the projection's lease.
+        #[arg(long)]
+        force: bool,
+        /// Does not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Forgets a subscription's checkpoint, or empties a projection's read model with it.
+    Reset {
+        /// The subscription's or projection's name.
+        name: String,
+        /// Runs even while another consumer holds the lease.
+        #[arg(long)]
+        force: bool,
+        /// Does not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// `events ...`
+#[derive(Subcommand, Clone, Debug)]
+pub enum EventsCommand {
+    /// Prints the feed's events as they are appended, from its end unless told otherwise.
+    Tail {
+        /// Only events of this aggregate type.
+        #[arg(long, value_name = "TYPE")]
+        aggregate_type: Option<String>,
+        /// Only events of this event type.
+        #[arg(long, value_name = "TYPE")]
+        event_type: Option<String>,
+        /// Starts at the beginning of the feed.
+        #[arg(long, conflicts_with = "after")]
+        from_start: bool,
+        /// Starts after this feed position.
+        #[arg(long, value_name = "POSITION")]
+        after: Option<u64>,
+        /// Stops after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stops at the feed's head instead of waiting for more.
+        #[arg(long)]
+        no_follow: bool,
+    },
+    /// Prints every event of one aggregate.
+    Show {
+        /// The aggregate's id.
+        id: uuid::Uuid,
+        /// Its aggregate type (by default, every registered type is looked at).
+        #[arg(long = "type", value_name = "TYPE")]
+        aggregate_type: Option<String>,
+    },
+}
+
+/// The admin command line as a program of its own.
+#[derive(Parser, Debug)]
+#[command(about = "Operates the event, snapshot and subscription stores")]
+struct AdminCli {
+    #[command(flatten)]
+    args: AdminArgs,
+}
+
+/// Why an admin command did not finish.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// The library refused or failed.
+    #[error(transparent)]
+    Library(#[from] Error),
+    /// The output could not be written.
+    #[error("cannot write the output: {0}")]
+    Output(#[from] std::io::Error),
+    /// The command was refused before it changed anything: an unknown name, a missing
+    /// confirmation, a consumer still running.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// How a command that finished came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// All is well.
+    Clean,
+    /// A check found something: a snapshot that drifted from its history, a stream that
+    /// could not be warmed.
+    Findings,
+}
+
+impl Outcome {
+    fn exit_code(self) -> ExitCode {
+        match self {
+            Outcome::Clean => ExitCode::SUCCESS,
+            Outcome::Findings => ExitCode::from(1),
+        }
+    }
+}
+
+type OpenProjection = dyn Fn(&Stores) -> crate::Result<Arc<Projection>> + Send + Sync;
+
+/// The admin command line of an application: its registered aggregate types, and the
+/// projections it names.
+#[derive(Default)]
+pub struct Admin {
+    projections: Vec<Box<OpenProjection>>,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("projections", &self.projections.len())
+            .finish()
+    }
+}
+
+impl Admin {
+    /// The command line, knowing every registered aggregate type and no projection yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Names a projection, built on the stores the command line opens, so that
+    /// `projections rebuild` and `reset` can run it. Subscriptions and projections not named
+    /// are still listed, from their store.
+    pub fn projection(
+        mut self,
+        open: impl Fn(&Stores) -> crate::Result<Arc<Projection>> + Send + Sync + 'static,
+    ) -> Self {
+        self.projections.push(Box::new(open));
+        self
+    }
+
+    /// Parses `args` (the program's name first) and runs the command: the whole program of
+    /// an admin binary, `Admin::new().main_from(std::env::args_os()).await`.
+    pub async fn main_from<I, T>(&self, args: I) -> ExitCode
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        match AdminCli::try_parse_from(args) {
+            Ok(cli) => self.run(cli.args).await,
+            Err(e) => {
+                let _ = e.print();
+                ExitCode::from(if e.use_stderr() { 2 } else { 0 })
+            }
+        }
+    }
+
+    /// Runs the command, printing to the standard output and errors to the standard error;
+    /// returns the exit status.
+    pub async fn run(&self, args: AdminArgs) -> ExitCode {
+        let mut stdout = std::io::stdout();
+        match self.run_with(args, &mut stdout).await {
+            Ok(outcome) => outcome.exit_code(),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        }
+    }
+
+    /// Runs the command, writing its report to `out`.
+    pub async fn run_with(
+        &self,
+        args: AdminArgs,
+        out: &mut (dyn Write + Send),
+    ) -> Result<Outcome, AdminError> {
+        let stores = crate::backend::open(&args.url).await?;
+        stores.migrate().await?;
+        let mut out = Output::new(out, args.json);
+        match args.command {
+            AdminCommand::Stats { aggregate_type } => {
+                let projections = self.open_projections(&stores)?;
+                stats::run(&stores, aggregate_type.as_deref(), &projections, &mut out).await
+            }
+            AdminCommand::Snapshots(command) => snapshots::run(&stores, command, &mut out).await,
+            AdminCommand::Projections(command) => {
+                let projections = self.open_projections(&stores)?;
+                projections::run(&stores, &projections, command, &mut out).await
+            }
+            AdminCommand::Events(command) => events::run(&stores, command, &mut out).await,
+        }
+    }
+
+    fn open_projections(&self, stores: &Stores) -> Result<Vec<Arc<Projection>>, AdminError> {
+        Ok(self
+            .projections
+            .iter()
+            .map(|open| open(stores))
+            .collect::<crate::Result<_>>()?)
+    }
+}
+
+/// The registration of the aggregate type named `name`, or a refusal that lists the known ones.
+fn registered(name: &str) -> Result<&'static AggregateRegistration, AdminError> {
+    registry::aggregate(name).ok_or_else(|| {
+        let mut known: Vec<&str> = registry::aggregates().map(|a| a.name).collect();
+        known.sort_unstable();
+        known.dedup();
+        AdminError::Refused(format!(
+            "no aggregate type `{name}` is registered in this program (registered: {})",
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        ))
+    })
+}
+
+/// Every registered aggregate type, by name, the newer schema of a name only.
+fn every_registered() -> Vec<&'static AggregateRegistration> {
+    let mut names: Vec<&str> = registry::aggregates().map(|a| a.name).collect();
+    names.sort_unstable();
+    names.dedup();
+    names.into_iter().filter_map(registry::aggregate).collect()
+}

@@ -1,0 +1,271 @@
+//! `projections list | status | rebuild | reset`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::output::{confirm, thousands, took, Output};
+use super::stats::{subscriptions, write_subscriptions, SubscriptionStats};
+use super::{AdminError, Outcome, ProjectionsCommand};
+use crate::backend::Stores;
+use crate::projection::{Progress, Projection};
+use crate::subscription::DeadLetter;
+
+/// Dead letters shown by `status`; the others are counted.
+const DEAD_LETTERS_SHOWN: usize = 20;
+
+pub(super) async fn run(
+    stores: &Stores,
+    projections: &[Arc<Projection>],
+    command: ProjectionsCommand,
+    out: &mut Output<'_>,
+) -> Result<Outcome, AdminError> {
+    match command {
+        ProjectionsCommand::List => {
+            let listed = subscriptions(stores, projections).await?;
+            out.report(&listed, |l, out| write_subscriptions(l, out))?;
+            Ok(Outcome::Clean)
+        }
+        ProjectionsCommand::Status { name } => status(stores, projections, &name, out).await,
+        ProjectionsCommand::Rebuild {
+            name,
+            resume,
+            force,
+            yes,
+        } => rebuild(stores, projections, &name, resume, force, yes, out).await,
+        ProjectionsCommand::Reset { name, force, yes } => {
+            reset(stores, projections, &name, force, yes, out).await
+        }
+    }
+}
+
+/// The subscription or projection `name`, as listed, or a refusal naming the known ones.
+async fn find(
+    stores: &Stores,
+    projections: &[Arc<Projection>],
+    name: &str,
+) -> Result<SubscriptionStats, AdminError> {
+    let listed = subscriptions(stores, projections).await?;
+    let known: Vec<String> = listed.iter().map(|s| s.name.clone()).collect();
+    listed.into_iter().find(|s| s.name == name).ok_or_else(|| {
+        AdminError::Refused(format!(
+            "no subscription or projection `{name}` (known: {})",
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        ))
+    })
+}
+
+/// Refuses while a consumer other than this command holds the lease, unless forced.
+fn idle_or_forced(found: &SubscriptionStats, force: bool) -> Result<(), AdminError> {
+    match found.owner {
+        Some(owner) if !force => Err(AdminError::Refused(format!(
+            "`{}` is active (consumer {owner} holds its lease): stop its consumers first, or pass --force",
+            found.name
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn named<'p>(projections: &'p [Arc<Projection>], name: &str) -> Option<&'p Arc<Projection>> {
+    projections.iter().find(|p| p.name() == name)
+}
+
+#[derive(Serialize)]
+struct Status {
+    #[serde(flatten)]
+    subscription: SubscriptionStats,
+    /// The first dead letters.
+    dead_letter_events: Vec<DeadLetterView>,
+}
+
+#[derive(Serialize)]
+struct DeadLetterView {
+    position: u64,
+    event_id: uuid::Uuid,
+    event_type: String,
+    error: String,
+    failed_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<DeadLetter> for DeadLetterView {
+    fn from(d: DeadLetter) -> Self {
+        DeadLetterView {
+            position: d.position,
+            event_id: d.event_id,
+            event_type: d.event_type,
+            error: d.error,
+            failed_at: d.failed_at,
+        }
+    }
+}
+
+async fn status(
+    stores: &Stores,
+    projections: &[Arc<Projection>],
+    name: &str,
+    out: &mut Output<'_>,
+) -> Result<Outcome, AdminError> {
+    let subscription = find(stores, projections, name).await?;
+    let letters = stores.subscriptions.dead_letters(name).await?;
+    let status = Status {
+        subscription,
+        dead_letter_events: letters
+            .into_iter()
+            .take(DEAD_LETTERS_SHOWN)
+            .map(Into::into)
+            .collect(),
+    };
+    out.report(&status, |s, out| {
+        let sub = &s.subscription;
+        writeln!(
+            out,
+            "{} ({})",
+            sub.name,
+            if sub.projection {
+                "projection"
+            } else {
+                "subscription"
+            }
+        )?;
+        writeln!(
+            out,
+            "  checkpoint    {}",
+            sub.checkpoint.map_or("none".to_owned(), |c| c.to_string())
+        )?;
+        writeln!(out, "  lag           {} events", thousands(sub.lag))?;
+        match sub.owner {
+            Some(owner) => writeln!(out, "  state         active, consumer {owner}")?,
+            None => writeln!(out, "  state         {}", sub.state)?,
+        }
+        writeln!(out, "  dead letters  {}", thousands(sub.dead_letters))?;
+        for d in &s.dead_letter_events {
+            writeln!(
+                out,
+                "    #{} {} {}: {}",
+                d.position, d.event_type, d.event_id, d.error
+            )?;
+        }
+        if sub.dead_letters > s.dead_letter_events.len() as u64 {
+            writeln!(
+                out,
+                "    ... and {} more",
+                sub.dead_letters - s.dead_letter_events.len() as u64
+            )?;
+        }
+        Ok(())
+    })?;
+    Ok(Outcome::Clean)
+}
+
+#[derive(Serialize)]
+struct Rebuilt {
+    name: String,
+    /// Whether it went on from the checkpoint instead of starting from an empty read model.
+    resumed: bool,
+    events: u64,
+    seconds: f64,
+    events_per_second: f64,
+    checkpoint: Option<u64>,
+}
+
+async fn rebuild(
+    stores: &Stores,
+    projections: &[Arc<Projection>],
+    name: &str,
+    resume: bool,
+    force: bool,
+    yes: bool,
+    out: &mut Output<'_>,
+) -> Result<Outcome, AdminError> {
+    let found = find(stores, projections, name).await?;
+    let Some(projection) = named(projections, name) else {
+        return Err(AdminError::Refused(format!(
+            "`{name}` is not a projection this program names (Admin::projection), so its handlers are not here to rebuild it"
+        )));
+    };
+    idle_or_forced(&found, force)?;
+    if !resume {
+        confirm(
+            &format!("Empty the read model of {name} and replay the whole feed into it"),
+            yes,
+        )?;
+    }
+    let bar = out.progress(0, &format!("rebuilding {name}"));
+    let show = |p: Progress| {
+        bar.set_length(p.done + p.remaining);
+        bar.set_position(p.done);
+    };
+    let report = if resume {
+        projection.catch_up(show).await?
+    } else {
+        projection.rebuild(show).await?
+    };
+    bar.finish_and_clear();
+    let rebuilt = Rebuilt {
+        name: name.to_owned(),
+        resumed: resume,
+        events: report.done,
+        seconds: report.elapsed.as_secs_f64(),
+        events_per_second: report.rate(),
+        checkpoint: projection.checkpoint().await?,
+    };
+    out.report(&rebuilt, |r, out| {
+        writeln!(
+            out,
+            "{}: {} {} events in {} ({:.0} events/s), checkpoint {}",
+            r.name,
+            if r.resumed { "caught up on" } else { "rebuilt from" },
+            thousands(r.events),
+            took(Duration::from_secs_f64(r.seconds)),
+            r.events_per_second,
+            r.checkpoint.map_or("none".to_owned(), |c| c.to_string())
+        )
+    })?;
+    Ok(Outcome::Clean)
+}
+
+#[derive(Serialize)]
+struct Reset {
+    name: String,
+    /// Whether the read model was emptied too (a projection this program names).
+    read_model_emptied: bool,
+}
+
+async fn reset(
+    stores: &Stores,
+    projections: &[Arc<Projection>],
+    name: &str,
+    force: bool,
+    yes: bool,
+    out: &mut Output<'_>,
+) -> Result<Outcome, AdminError> {
+    let found = find(stores, projections, name).await?;
+    idle_or_forced(&found, force)?;
+    let projection = named(projections, name);
+    let question = match projection {
+        Some(_) => format!("Empty the read model of {name} and forget its checkpoint"),
+        None => format!("Forget the checkpoint of {name} (it then starts from the beginning of the feed)"),
+    };
+    confirm(&question, yes)?;
+    match projection {
+        Some(projection) => projection.reset().await?,
+        None => stores.subscriptions.reset(name).await?,
+    }
+    let report = Reset {
+        name: name.to_owned(),
+        read_model_emptied: projection.is_some(),
+    };
+    out.report(&report, |r, out| {
+        if r.read_model_emptied {
+            writeln!(out, "{}: read model emptied, checkpoint forgotten", r.name)
+        } else {
+            writeln!(out, "{}: checkpoint forgotten", r.name)
+        }
+    })?;
+    Ok(Outcome::Clean)
+}

@@ -1,0 +1,338 @@
+//! `snapshots rewarm | verify | invalidate`.
+
+use std::io::Write;
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::output::{confirm, rate, thousands, took, Output};
+use super::stats::streams;
+use super::{registered, AdminError, Outcome, SnapshotsCommand};
+use crate::backend::Stores;
+use crate::registry::{AggregateOperations, AggregateRegistration};
+
+/// Failures shown in full; the others are counted.
+const FAILURES_SHOWN: usize = 10;
+
+pub(super) async fn run(
+    stores: &Stores,
+    command: SnapshotsCommand,
+    out: &mut Output<'_>,
+) -> Result<Outcome, AdminError> {
+    match command {
+        SnapshotsCommand::Rewarm {
+            aggregate_type,
+            concurrency,
+            min_behind,
+            limit,
+        } => {
+            rewarm(
+                stores,
+                &aggregate_type,
+                concurrency as usize,
+                min_behind,
+                limit,
+                out,
+            )
+            .await
+        }
+        SnapshotsCommand::Verify {
+            aggregate_type,
+            sample,
+            show,
+        } => verify(stores, &aggregate_type, sample, show, out).await,
+        SnapshotsCommand::Invalidate {
+            aggregate_type,
+            below,
+            yes,
+        } => invalidate(stores, &aggregate_type, below, yes, out).await,
+    }
+}
+
+fn operations(aggregate: &AggregateRegistration) -> Result<&'static dyn AggregateOperations, AdminError> {
+    aggregate.operations.ok_or_else(|| {
+        AdminError::Refused(format!(
+            "`{}` is a generic state: its snapshots are written by the program that names its type arguments",
+            aggregate.name
+        ))
+    })
+}
+
+#[derive(Serialize)]
+struct Rewarmed {
+    aggregate_type: &'static str,
+    schema_version: u32,
+    /// Streams that needed a snapshot.
+    due: u64,
+    warmed: u64,
+    /// Streams already warm (their current-schema snapshot less than `min_behind` behind).
+    skipped: u64,
+    failed: u64,
+    failures: Vec<Failure>,
+    /// Events the warmed snapshots save each load of their streams.
+    events_saved: u64,
+    seconds: f64,
+    streams_per_second: f64,
+}
+
+#[derive(Serialize)]
+struct Failure {
+    aggregate_id: Uuid,
+    error: String,
+}
+
+async fn rewarm(
+    stores: &Stores,
+    aggregate_type: &str,
+    concurrency: usize,
+    min_behind: u64,
+    limit: Option<u64>,
+    out: &mut Output<'_>,
+) -> Result<Outcome, AdminError> {
+    let aggregate = registered(aggregate_type)?;
+    let operations = operations(aggregate)?;
+    let (streams, _) = streams(stores, aggregate).await?;
+    let total = streams.len() as u64;
+    let mut due: Vec<_> = streams.into_iter().filter(|s| s.behind() >= min_behind).collect();
+    // Busiest first: the streams whose loads replay the most.
+    due.sort_by(|a, b| b.behind().cmp(&a.behind()).then(b.version.cmp(&a.version)));
+    if let Some(limit) = limit {
+        due.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    }
+    let started = Instant::now();
+    let bar = out.progress(due.len() as u64, &format!("warming {}", aggregate.name));
+    let mut report = Rewarmed {
+        aggregate_type: aggregate.name,
+        schema_version: aggregate.schema_version,
+        due: due.len() as u64,
+        warmed: 0,
+        skipped: total - due.len() as u64,
+        failed: 0,
+        failures: Vec::new(),
+        events_saved: 0,
+        seconds: 0.0,
+        streams_per_second: 0.0,
+    };
+    let mut warming = futures_util::stream::iter(due.into_iter().map(|stream| {
+        let warm = operations.warm_snapshot(stores.events.clone(), stores.snapshots.clone(), stream.id);
+        async move { (stream, warm.await) }
+    }))
+    .buffer_unordered(concurrency);
+    while let Some((stream, warmed)) = warming.next().await {
+        match warmed {
+            Ok(version) => {
+                report.warmed += 1;
+                report.events_saved += version - stream.current.unwrap_or(0).min(version);
+            }
+            Err(e) => {
+                report.failed += 1;
+                if report.failures.len() < FAILURES_SHOWN {
+                    report.failures.push(Failure {
+                        aggregate_id: stream.id,
+                        error: e.to_string(),
+                    });
+                }
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let elapsed = started.elapsed();
+    report.seconds = elapsed.as_secs_f64();
+    report.streams_per_second = rate(report.warmed, elapsed);
+    out.report(&report, |r, out| {
+        writeln!(
+            out,
+            "{}: warmed {} of {} streams due in {} ({:.0} streams/s), {} already warm, {} failed",
+            r.aggregate_type,
+            thousands(r.warmed),
+            thousands(r.due),
+            took(elapsed),
+            r.streams_per_second,
+            thousands(r.skipped),
+            thousands(r.failed)
+        )?;
+        writeln!(
+            out,
+            "  loads of these streams now replay {} fewer events",
+            thousands(r.events_saved)
+        )?;
+        write_failures(&r.failures, r.failed, out)
+    })?;
+    Ok(if report.failed > 0 {
+        Outcome::Findings
+    } else {
+        Outcome::Clean
+    })
+}
+
+fn write_failures(failures: &[Failure], failed: u64, out: &mut dyn Write) -> std::io::Result<()> {
+    for f in failures {
+        writeln!(out, "  {}: {}", f.aggregate_id, f.error)?;
+    }
+    if failed > failures.len() as u64 {
+        writeln!(out, "  ... and {} more", failed - failures.len() as u64)?;
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Verified {
+    aggregate_type: &'static str,
+    /// Aggregates verified.
+    verified: u64,
+    /// Of them, loaded from a snapshot.
+    with_snapshot: u64,
+    drifted: u64,
+    /// The first drifted aggregates, with where they differ.
+    shown: Vec<DriftedAggregate>,
+}
+
+#[derive(Serialize)]
+struct DriftedAggregate {
+    aggregate_id: Uuid,
+    version: u64,
+    snapshot_version: Option<u64>,
+    differences: Vec<String>,
+}
+
+async fn verify(
+    stores: &Stores,
+    aggregate_type: &str,
+    sample: usize,
+    show: usize,
+    out: &mut Output<'_>,
+) -> Result<Outcome, AdminError> {
+    let aggregate = registered(aggregate_type)?;
+    let operations = operations(aggregate)?;
+    let (streams, _) = streams(stores, aggregate).await?;
+    // Only aggregates loaded from a snapshot can drift; a random key orders them evenly.
+    let mut candidates: Vec<(u128, Uuid)> = streams
+        .iter()
+        .filter(|s| s.usable.is_some())
+        .map(|s| (Uuid::new_v4().as_u128(), s.id))
+        .collect();
+    candidates.sort_unstable();
+    let ids: Vec<Uuid> = candidates.into_iter().take(sample).map(|(_, id)| id).collect();
+    let bar = out.progress(ids.len() as u64, &format!("verifying {}", aggregate.name));
+    let mut drifted = Vec::new();
+    let (mut verified, mut with_snapshot) = (0, 0);
+    // In chunks, so the bar moves.
+    for chunk in ids.chunks(16) {
+        let report = operations
+            .verify(stores.events.clone(), stores.snapshots.clone(), chunk.to_vec())
+            .await?;
+        verified += report.verified;
+        with_snapshot += report.with_snapshot;
+        drifted.extend(report.drifted);
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let report = Verified {
+        aggregate_type: aggregate.name,
+        verified,
+        with_snapshot,
+        drifted: drifted.len() as u64,
+        shown: drifted
+            .iter()
+            .take(show)
+            .map(|v| DriftedAggregate {
+                aggregate_id: v.aggregate_id,
+                version: v.version,
+                snapshot_version: v.snapshot_version,
+                differences: v.drift.iter().map(ToString::to_string).collect(),
+            })
+            .collect(),
+    };
+    out.report(&report, |r, out| {
+        writeln!(
+            out,
+            "{}: verified {} aggregates ({} from a snapshot), {} drifted from their history",
+            r.aggregate_type,
+            thousands(r.verified),
+            thousands(r.with_snapshot),
+            thousands(r.drifted)
+        )?;
+        for d in &r.shown {
+            let at = d.snapshot_version.map_or("-".to_owned(), |v| v.to_string());
+            writeln!(out, "  {} at version {} (snapshot at {at}):", d.aggregate_id, d.version)?;
+            for difference in &d.differences {
+                writeln!(out, "    {difference}")?;
+            }
+        }
+        if r.drifted > r.shown.len() as u64 {
+            writeln!(out, "  ... and {} more", r.drifted - r.shown.len() as u64)?;
+        }
+        if r.drifted > 0 {
+            writeln!(
+                out,
+                "  bump the schema version of {} (its old snapshots are then ignored), or invalidate its snapshots",
+                r.aggregate_type
+            )?;
+        }
+        Ok(())
+    })?;
+    Ok(if report.drifted > 0 {
+        Outcome::Findings
+    } else {
+        Outcome::Clean
+    })
+}
+
+#[derive(Serialize)]
+struct Invalidated {
+    aggregate_type: String,
+    below: Option<u32>,
+    deleted: u64,
+}
+
+async fn invalidate(
+    stores: &Stores,
+    aggregate_type: &str,
+    below: Option<u32>,
+    yes: bool,
+    out: &mut Output<'_>,
+) -> Result<Outcome, AdminError> {
+    let stored = stores.snapshots.snapshot_versions(aggregate_type).await?;
+    let doomed = stored
+        .iter()
+        .filter(|s| below.is_none_or(|b| s.schema_version < b))
+        .count() as u64;
+    let which = match below {
+        Some(b) => format!("of a schema version below {b}"),
+        None => "of every schema version".to_owned(),
+    };
+    if doomed > 0 {
+        confirm(
+            &format!(
+                "Delete {} snapshots of {aggregate_type} {which}",
+                thousands(doomed)
+            ),
+            yes,
+        )?;
+    }
+    let deleted = if doomed > 0 {
+        stores
+            .snapshots
+            .delete_snapshots_by_type(aggregate_type, below)
+            .await?
+    } else {
+        0
+    };
+    let report = Invalidated {
+        aggregate_type: aggregate_type.to_owned(),
+        below,
+        deleted,
+    };
+    out.report(&report, |r, out| {
+        writeln!(
+            out,
+            "{}: deleted {} snapshots {which}",
+            r.aggregate_type,
+            thousands(r.deleted)
+        )
+    })?;
+    Ok(Outcome::Clean)
+}

@@ -1,0 +1,310 @@
+//! `stats`: per aggregate type, streams, events, snapshots and how fresh they are; per
+//! subscription and projection, where it is.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::sync::Arc;
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::output::{thousands, Output};
+use super::{every_registered, registered, AdminError, Outcome};
+use crate::backend::Stores;
+use crate::projection::Projection;
+use crate::registry::AggregateRegistration;
+use crate::snapshot::SnapshotVersion;
+use crate::subscription::SubscriptionStatus;
+
+/// One stream and the snapshots a load of it would find.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct StreamState {
+    pub(super) id: Uuid,
+    pub(super) version: u64,
+    /// The version of the snapshot a load uses (of the current schema, or of an older one it
+    /// migrates), if any.
+    pub(super) usable: Option<u64>,
+    /// The version of the current schema's snapshot, if any.
+    pub(super) current: Option<u64>,
+}
+
+impl StreamState {
+    /// Events a load replays after its snapshot.
+    pub(super) fn staleness(&self) -> u64 {
+        self.version - self.usable.unwrap_or(0)
+    }
+
+    /// Events past the current schema's snapshot: what a warm-up would save.
+    pub(super) fn behind(&self) -> u64 {
+        self.version - self.current.unwrap_or(0)
+    }
+}
+
+/// Every stream of the type, with its snapshots, and every snapshot of the type.
+pub(super) async fn streams(
+    stores: &Stores,
+    aggregate: &AggregateRegistration,
+) -> Result<(Vec<StreamState>, Vec<SnapshotVersion>), AdminError> {
+    let versions = stores.events.stream_versions(aggregate.name).await?;
+    let snapshots = stores.snapshots.snapshot_versions(aggregate.name).await?;
+    // The snapshot a load reads: the highest schema not above the program's.
+    let mut read: HashMap<Uuid, SnapshotVersion> = HashMap::new();
+    let mut current: HashMap<Uuid, u64> = HashMap::new();
+    for snapshot in snapshots
+        .iter()
+        .filter(|s| s.schema_version <= aggregate.schema_version)
+    {
+        if snapshot.schema_version == aggregate.schema_version {
+            current.insert(snapshot.aggregate_id, snapshot.version);
+        }
+        let best = read.entry(snapshot.aggregate_id).or_insert(*snapshot);
+        if snapshot.schema_version > best.schema_version {
+            *best = *snapshot;
+        }
+    }
+    let states = versions
+        .into_iter()
+        .map(|(id, version)| {
+            // Beyond the head, or of a schema that does not migrate: the load replays in full.
+            let fits = |v: u64| (v <= version).then_some(v);
+            StreamState {
+                id,
+                version,
+                usable: read
+                    .get(&id)
+                    .filter(|s| s.schema_version >= aggregate.migrates_from)
+                    .and_then(|s| fits(s.version)),
+                current: current.get(&id).copied().and_then(fits),
+            }
+        })
+        .collect();
+    Ok((states, snapshots))
+}
+
+#[derive(Serialize)]
+struct Stats {
+    aggregates: Vec<AggregateStats>,
+    subscriptions: Vec<SubscriptionStats>,
+}
+
+#[derive(Serialize)]
+struct AggregateStats {
+    aggregate_type: &'static str,
+    schema_version: u32,
+    streams: u64,
+    events: u64,
+    /// Stored snapshots by schema version.
+    snapshots: BTreeMap<u32, u64>,
+    /// Streams whose load starts from a snapshot.
+    covered: u64,
+    /// `covered / streams`, 1 for a type with no stream.
+    coverage: f64,
+    /// Events a load replays after its snapshot (all of them without one).
+    staleness: Distribution,
+}
+
+#[derive(Serialize, Default)]
+struct Distribution {
+    mean: f64,
+    p50: u64,
+    p90: u64,
+    p99: u64,
+    max: u64,
+}
+
+impl Distribution {
+    fn of(mut values: Vec<u64>) -> Self {
+        if values.is_empty() {
+            return Self::default();
+        }
+        values.sort_unstable();
+        let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+        Distribution {
+            mean: values.iter().sum::<u64>() as f64 / values.len() as f64,
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            max: values[values.len() - 1],
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub(super) struct SubscriptionStats {
+    pub(super) name: String,
+    pub(super) checkpoint: Option<u64>,
+    /// Events of the feed after the checkpoint.
+    pub(super) lag: u64,
+    /// `active` (a consumer holds the lease), `idle`, or `never run`.
+    pub(super) state: &'static str,
+    pub(super) owner: Option<Uuid>,
+    pub(super) dead_letters: u64,
+    /// Whether this program names it as a projection (it can rebuild it).
+    pub(super) projection: bool,
+}
+
+pub(super) async fn run(
+    stores: &Stores,
+    only: Option<&str>,
+    projections: &[Arc<Projection>],
+    out: &mut Output<'_>,
+) -> Result<Outcome, AdminError> {
+    let aggregates = match only {
+        Some(name) => vec![registered(name)?],
+        None => every_registered(),
+    };
+    let mut stats = Stats {
+        aggregates: Vec::new(),
+        subscriptions: subscriptions(stores, projections).await?,
+    };
+    for aggregate in aggregates {
+        stats.aggregates.push(aggregate_stats(stores, aggregate).await?);
+    }
+    out.report(&stats, write_stats)?;
+    Ok(Outcome::Clean)
+}
+
+async fn aggregate_stats(
+    stores: &Stores,
+    aggregate: &'static AggregateRegistration,
+) -> Result<AggregateStats, AdminError> {
+    let (streams, snapshots) = streams(stores, aggregate).await?;
+    let mut by_schema = BTreeMap::new();
+    for snapshot in &snapshots {
+        *by_schema.entry(snapshot.schema_version).or_insert(0) += 1;
+    }
+    let covered = streams.iter().filter(|s| s.usable.is_some()).count() as u64;
+    Ok(AggregateStats {
+        aggregate_type: aggregate.name,
+        schema_version: aggregate.schema_version,
+        streams: streams.len() as u64,
+        events: streams.iter().map(|s| s.version).sum(),
+        snapshots: by_schema,
+        covered,
+        coverage: if streams.is_empty() {
+            1.0
+        } else {
+            covered as f64 / streams.len() as f64
+        },
+        staleness: Distribution::of(streams.iter().map(StreamState::staleness).collect()),
+    })
+}
+
+/// Every subscription of the store, and every projection the program names that never ran.
+pub(super) async fn subscriptions(
+    stores: &Stores,
+    projections: &[Arc<Projection>],
+) -> Result<Vec<SubscriptionStats>, AdminError> {
+    let mut listed = stores.subscriptions.subscriptions().await?;
+    for projection in projections {
+        if !listed.iter().any(|s| s.name == projection.name()) {
+            listed.push(SubscriptionStatus {
+                name: projection.name().to_owned(),
+                checkpoint: None,
+                owner: None,
+                dead_letters: 0,
+            });
+        }
+    }
+    listed.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut stats = Vec::with_capacity(listed.len());
+    for status in listed {
+        let lag = stores
+            .events
+            .head(status.checkpoint.unwrap_or(0))
+            .await?
+            .events_after;
+        stats.push(SubscriptionStats {
+            projection: projections.iter().any(|p| p.name() == status.name),
+            state: match (status.owner, status.checkpoint) {
+                (Some(_), _) => "active",
+                (None, Some(_)) => "idle",
+                (None, None) => "never run",
+            },
+            name: status.name,
+            checkpoint: status.checkpoint,
+            lag,
+            owner: status.owner,
+            dead_letters: status.dead_letters,
+        });
+    }
+    Ok(stats)
+}
+
+fn write_stats(stats: &Stats, out: &mut dyn Write) -> std::io::Result<()> {
+    for a in &stats.aggregates {
+        writeln!(out, "{} (schema version {})", a.aggregate_type, a.schema_version)?;
+        if a.streams == 0 {
+            writeln!(out, "  no streams\n")?;
+            continue;
+        }
+        writeln!(out, "  streams    {}", thousands(a.streams))?;
+        writeln!(out, "  events     {}", thousands(a.events))?;
+        let snapshots: Vec<String> = a
+            .snapshots
+            .iter()
+            .map(|(schema, n)| format!("{} of schema {schema}", thousands(*n)))
+            .collect();
+        writeln!(
+            out,
+            "  snapshots  {}",
+            if snapshots.is_empty() {
+                "none".to_owned()
+            } else {
+                snapshots.join(", ")
+            }
+        )?;
+        writeln!(
+            out,
+            "  coverage   {:.1}% ({} of {} streams load from a snapshot)",
+            a.coverage * 100.0,
+            thousands(a.covered),
+            thousands(a.streams)
+        )?;
+        let s = &a.staleness;
+        writeln!(
+            out,
+            "  staleness  events replayed after the snapshot: mean {:.1}, p50 {}, p90 {}, p99 {}, max {}",
+            s.mean, s.p50, s.p90, s.p99, s.max
+        )?;
+        writeln!(out)?;
+    }
+    write_subscriptions(&stats.subscriptions, out)
+}
+
+pub(super) fn write_subscriptions(
+    subscriptions: &[SubscriptionStats],
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    if subscriptions.is_empty() {
+        return writeln!(out, "no subscriptions or projections");
+    }
+    let width = subscriptions
+        .iter()
+        .map(|s| s.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    writeln!(
+        out,
+        "{:width$}  {:>12}  {:>10}  {:<10}  {:>12}  KIND",
+        "NAME", "CHECKPOINT", "LAG", "STATE", "DEAD LETTERS"
+    )?;
+    for s in subscriptions {
+        writeln!(
+            out,
+            "{:width$}  {:>12}  {:>10}  {:<10}  {:>12}  {}",
+            s.name,
+            s.checkpoint.map_or("-".to_owned(), |c| c.to_string()),
+            thousands(s.lag),
+            s.state,
+            thousands(s.dead_letters),
+            if s.projection {
+                "projection"
+            } else {
+                "subscription"
+            }
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! The admin command line end to end: the example service's binary (`bank_service admin ...`)
+//! run against a SQLite file and a PostgreSQL schema that this test fills and checks.
+
+#[path = "../examples/domain/account.rs"]
+mod account;
+#[path = "../examples/domain/order.rs"]
+#[allow(dead_code)]
+mod order;
+#[path = "../examples/service/read_model.rs"]
+#[allow(dead_code)]
+mod read_model;
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use account::{Account, AccountCommands, AccountEvent};
+use eventsource::prelude::*;
+use eventsource::{Snapshot, SnapshotStore};
+use serde_json::Value;
+
+/// The example service's binary, built beside this test by `cargo test` and `cargo nextest`.
+fn service_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let binary = dir
+        .join("examples")
+        .join(format!("bank_service{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "{} is missing: build it with cargo build -p eventsource --example bank_service --features example-service",
+        binary.display()
+    );
+    binary
+}
+
+/// `bank_service admin --url URL ARGS...`, with nobody at the standard input.
+fn admin(url: &str, args: &[&str]) -> Output {
+    Command::new(service_binary())
+        .args(["admin", "--url", url])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The JSON report of a command that must succeed with `status`.
+fn json(url: &str, args: &[&str], status: i32) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = admin(url, &all);
+    assert_eq!(
+        out.status.code(),
+        Some(status),
+        "admin {args:?}: stdout {} stderr {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "admin {args:?} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn account_stats(stats: &Value) -> &Value {
+    stats["aggregates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["aggregate_type"] == "Account")
+        .expect("Account in the stats")
+}
+
+const ACCOUNTS: u64 = 24;
+
+/// Accounts of 1 to 24 events each; returns their ids and the total balance.
+async fn fill(stores: &eventsource::backend::Stores) -> (Vec<Uuid>, f64) {
+    let accounts = Repository::<Account>::new(stores.events.clone());
+    let (mut ids, mut total) = (Vec::new(), 0.0);
+    for i in 0..ACCOUNTS {
+        let id = Uuid::new_v4();
+        let mut account = accounts.create_new(id);
+        account.open(&format!("owner {i}"), 10.0).unwrap();
+        for _ in 0..i {
+            account.deposit(1.0).unwrap();
+        }
+        accounts.save(&mut account).await.unwrap();
+        total += account.state().balance;
+        ids.push(id);
+    }
+    (ids, total)
+}
+
+async fn exercise(url: &str) {
+    let stores = eventsource::backend::open(url).await.unwrap();
+    stores.migrate().await.unwrap();
+    let (ids, total) = fill(&stores).await;
+    let events: u64 = (1..=ACCOUNTS).sum();
+
+    // Before any snapshot: every stream replays in full.
+    let stats = json(url, &["stats"], 0);
+    let account = account_stats(&stats);
+    assert_eq!(account["streams"], ACCOUNTS);
+    assert_eq!(account["events"], events);
+    assert_eq!(account["coverage"], 0.0);
+    assert_eq!(account["staleness"]["max"], ACCOUNTS);
+
+    // Rewarm, then stats shows full coverage; a second run has nothing left to do.
+    let warmed = json(
+        url,
+        &["snapshots", "rewarm", "--type", "Account", "--concurrency", "3"],
+        0,
+    );
+    assert_eq!(warmed["warmed"], ACCOUNTS);
+    assert_eq!(warmed["failed"], 0);
+    assert_eq!(warmed["events_saved"], events);
+    let account = account_stats(&json(url, &["stats", "--type", "Account"], 0)).clone();
+    assert_eq!(account["coverage"], 1.0);
+    assert_eq!(account["snapshots"]["1"], ACCOUNTS);
+    assert_eq!(account["staleness"]["max"], 0);
+    let again = json(url, &["snapshots", "rewarm", "--type", "Account"], 0);
+    assert_eq!(
+        (again["due"].clone(), again["skipped"].clone()),
+        (0.into(), ACCOUNTS.into())
+    );
+
+    // A clean verify, then a planted drift: a snapshot whose state is not its history's.
+    let clean = json(
+        url,
+        &["snapshots", "verify", "--type", "Account", "--sample", "100"],
+        0,
+    );
+    assert_eq!(
+        (clean["verified"].clone(), clean["drifted"].clone()),
+        (ACCOUNTS.into(), 0.into())
+    );
+    let victim = ids[5];
+    let mut snapshot: Snapshot = stores
+        .snapshots
+        .get_snapshot(victim, "Account", 1)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut state: Value = serde_json::from_str(&snapshot.state).unwrap();
+    state["balance"] = 1_000_000.0.into();
+    snapshot.state = state.to_string();
+    assert!(stores.snapshots.save_snapshot(&snapshot).await.unwrap());
+    let drift = json(
+        url,
+        &["snapshots", "verify", "--type", "Account", "--sample", "100"],
+        1,
+    );
+    assert_eq!(drift["drifted"], 1);
+    let shown = &drift["shown"][0];
+    assert_eq!(shown["aggregate_id"], victim.to_string());
+    assert_eq!(
+        shown["differences"][0],
+        "balance: 1000000.0 from the snapshot, 15.0 from a full replay"
+    );
+    let text = admin(url, &["snapshots", "verify", "--type", "Account"]);
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(text.contains(&format!("{victim} at version 6")), "{text}");
+
+    // Invalidation asks first: with nobody to answer it refuses and deletes nothing.
+    let refused = admin(url, &["snapshots", "invalidate", "--type", "Account"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("pass --yes"));
+    assert_eq!(account_stats(&json(url, &["stats"], 0))["coverage"], 1.0);
+    let nothing = json(
+        url,
+        &[
+            "snapshots",
+            "invalidate",
+            "--type",
+            "Account",
+            "--below",
+            "1",
+            "--yes",
+        ],
+        0,
+    );
+    assert_eq!(nothing["deleted"], 0);
+    let deleted = json(url, &["snapshots", "invalidate", "--type", "Account", "--yes"], 0);
+    assert_eq!(deleted["deleted"], ACCOUNTS);
+    assert_eq!(account_stats(&json(url, &["stats"], 0))["coverage"], 0.0);
+
+    // The read model: listed before it ever ran, rebuilt, reset, rebuilt again.
+    let (_, queries) = read_model::open(&stores).unwrap();
+    let listed = json(url, &["projections", "list"], 0);
+    let model = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == read_model::NAME)
+        .expect("the read model is listed")
+        .clone();
+    assert_eq!(
+        (model["state"].clone(), model["projection"].clone()),
+        ("never run".into(), true.into())
+    );
+    let rebuilt = json(url, &["projections", "rebuild", read_model::NAME, "--yes"], 0);
+    assert_eq!(rebuilt["events"], events);
+    let summary = queries.summary().await.unwrap();
+    assert_eq!(summary["accounts"], ACCOUNTS);
+    assert_eq!(summary["total_balance"], total);
+    let status = json(url, &["projections", "status", read_model::NAME], 0);
+    assert_eq!(
+        (status["lag"].clone(), status["state"].clone()),
+        (0.into(), "idle".into())
+    );
+    json(url, &["projections", "reset", read_model::NAME, "--yes"], 0);
+    assert_eq!(queries.summary().await.unwrap()["accounts"], 0);
+    json(url, &["projections", "rebuild", read_model::NAME, "--yes"], 0);
+    assert_eq!(queries.summary().await.unwrap()["total_balance"], total);
+    let unknown = admin(url, &["projections", "rebuild", "no-such-projection", "--yes"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr)
+        .contains("no subscription or projection `no-such-projection`"));
+
+    // The events: one aggregate's, and the feed filtered by type.
+    let shown = json(url, &["events", "show", &ids[3].to_string()], 0);
+    let shown = shown.as_array().unwrap();
+    assert_eq!(shown.len(), 4);
+    assert_eq!(shown[0]["event_type"], "AccountOpened");
+    assert_eq!(shown[3]["payload"]["amount"], 1.0);
+    let tail = admin(
+        url,
+        &[
+            "--json",
+            "events",
+            "tail",
+            "--from-start",
+            "--no-follow",
+            "--event-type",
+            "AccountOpened",
+        ],
+    );
+    let lines: Vec<Value> = String::from_utf8(tail.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len() as u64, ACCOUNTS);
+    assert!(lines
+        .windows(2)
+        .all(|w| w[0]["position"].as_u64() < w[1]["position"].as_u64()));
+    let two = admin(url, &["--json", "events", "tail", "--from-start", "--count", "2"]);
+    assert_eq!(String::from_utf8(two.stdout).unwrap().lines().count(), 2);
+
+    // A type the program does not register is named in the refusal with the known ones.
+    let unknown = admin(url, &["snapshots", "rewarm", "--type", "Nope"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        stderr.contains("no aggregate type `Nope`") && stderr.contains("Account, Order"),
+        "{stderr}"
+    );
+    let _ = AccountEvent::from(account::MoneyDeposited { amount: 1.0 });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_command_line_on_a_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    exercise(&format!("sqlite:{}", dir.path().join("bank.db").display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_command_line_on_postgres() {
+    const URL_VAR: &str = "EVENTSOURCE_TEST_POSTGRES_URL";
+    match std::env::var(URL_VAR) {
+        // In a schema of its own, dropped afterwards.
+        Ok(url) if !url.trim().is_empty() => {
+            let schema = format!("admin_{}", Uuid::new_v4().simple());
+            let separator = if url.contains('?') { '&' } else { '?' };
+            exercise(&format!("{url}{separator}schema={schema}")).await;
+            let pool = eventsource::backend::postgres::pool_options()
+                .connect(&url)
+                .await
+                .unwrap();
+            eventsource::backend::postgres::sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        _ if std::env::var("EVENTSOURCE_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") => {
+            panic!("EVENTSOURCE_REQUIRE_POSTGRES=1 but {URL_VAR} is not set")
+        }
+        _ => println!("skipped the PostgreSQL admin test: set {URL_VAR} to run it"),
+    }
+}

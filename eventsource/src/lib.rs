@@ -17,6 +17,7 @@ pub mod repository;
 pub mod root;
 pub mod snapshot;
 pub mod subscription;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -45,6 +46,11 @@ pub struct AddingSnapshotsGuide;
 #[cfg(all(doctest, feature = "testing", feature = "sqlite"))]
 #[doc = include_str!("../../docs/guides/testing.md")]
 pub struct TestingGuide;
+
+/// The admin guide, compiled as doc tests so its examples cannot drift.
+#[cfg(all(doctest, feature = "admin"))]
+#[doc = include_str!("../../docs/guides/admin.md")]
+pub struct AdminGuide;
 
 /// The projections guide, compiled as doc tests so its examples cannot drift.
 #[cfg(all(doctest, feature = "postgres", feature = "sqlite"))]

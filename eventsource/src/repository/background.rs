@@ -120,6 +120,7 @@ impl BackgroundQueue {
                 state
                     .pending
                     .insert(snapshot.aggregate_id, Entry { seq, snapshot });
+                crate::telemetry::queue_depth(self.aggregate_type, state.pending.len());
             }
             // Also for a coalesced snapshot: the worker may be gone (see `Worker::drop`).
             self.claim(&mut state)
@@ -245,6 +246,7 @@ impl Worker {
                     return;
                 }
                 let next = state.order.pop_front().and_then(|id| state.pending.remove(&id));
+                crate::telemetry::queue_depth(queue.aggregate_type, state.pending.len());
                 match &next {
                     Some(entry) => self.current = Some(entry.seq),
                     None => {

@@ -16,6 +16,16 @@ use crate::root::AggregateRoot;
 use crate::snapshot::metrics::Counter;
 use crate::snapshot::{MissReason, Snapshot};
 
+/// What the snapshot store had for a load.
+enum Lookup<'a, A> {
+    /// A snapshot that passed every check but the stream's, and the events from its version.
+    Found(Candidate<A>, EventStream<'a>),
+    /// No snapshot: a miss, or not due yet, which the stream's length tells.
+    Absent,
+    /// No snapshot store, or a snapshot not used (the miss counted).
+    Unused,
+}
+
 /// A snapshot that passed every check but the stream's: its version, the event it follows,
 /// and its state.
 struct Candidate<A> {
@@ -51,7 +61,15 @@ impl<A: Aggregate> Repository<A> {
             snapshot.version = Empty,
             events.replayed = Empty,
         );
-        let (root, _) = self.load_in(id, &span).instrument(span.clone()).await?;
+        let started = std::time::Instant::now();
+        let (root, snapshot_version) = self.load_in(id, &span).instrument(span.clone()).await?;
+        let replayed = root.version() - snapshot_version.unwrap_or(0);
+        crate::telemetry::load(
+            A::TYPE_NAME,
+            started.elapsed(),
+            replayed,
+            snapshot_version.is_some(),
+        );
         Ok(root)
     }
 
@@ -61,7 +79,9 @@ impl<A: Aggregate> Repository<A> {
         id: Uuid,
         span: &tracing::Span,
     ) -> Result<(AggregateRoot<A>, Option<u64>)> {
-        if let Some((candidate, mut events)) = self.snapshot_and_events(id).await {
+        let lookup = self.snapshot_and_events(id).await;
+        let absent = matches!(lookup, Lookup::Absent);
+        if let Lookup::Found(candidate, mut events) = lookup {
             let Candidate {
                 version,
                 event_id,
@@ -100,8 +120,22 @@ impl<A: Aggregate> Repository<A> {
             }
         }
         let root = self.replay_all(id).await?;
+        if absent {
+            self.count_absent(id, root.version());
+        }
         let replayed = root.version();
         Ok((finish(root, replayed, span), None))
+    }
+
+    /// Counts a load that found no snapshot: a miss if one was due at the stream's version,
+    /// else not due yet.
+    fn count_absent(&self, id: Uuid, version: u64) {
+        let threshold = self.snapshots.as_ref().and_then(|s| s.policy.threshold());
+        if threshold.is_none_or(|n| version >= n) {
+            self.miss::<()>(id, MissReason::Missing, String::new());
+        } else {
+            self.metrics.add(A::TYPE_NAME, Counter::NotDue);
+        }
     }
 
     /// The aggregate from every one of its events, without a snapshot.
@@ -136,8 +170,10 @@ impl<A: Aggregate> Repository<A> {
     /// A snapshot that passes every check but the stream's, and the stream's events from its
     /// version on: read together in one round trip where the event store can, one after the
     /// other otherwise.
-    async fn snapshot_and_events(&self, id: Uuid) -> Option<(Candidate<A>, EventStream<'_>)> {
-        let snapshots = self.snapshots.as_ref()?;
+    async fn snapshot_and_events(&self, id: Uuid) -> Lookup<'_, A> {
+        let Some(snapshots) = self.snapshots.as_ref() else {
+            return Lookup::Unused;
+        };
         let timeout = snapshots.policy.store_timeout();
         let span = tracing::debug_span!("eventsource.snapshot.get", aggregate.id = %id, aggregate.type = A::TYPE_NAME);
         if let Some(joint) = &snapshots.joint {
@@ -146,11 +182,13 @@ impl<A: Aggregate> Repository<A> {
                 .await
             {
                 Ok(Some(found)) => found,
-                Ok(None) => return self.miss(id, MissReason::Missing, String::new()),
-                Err(e) => return self.miss(id, MissReason::StoreError, e.to_string()),
+                Ok(None) => return Lookup::Absent,
+                Err(e) => return self.unused(id, MissReason::StoreError, e.to_string()),
             };
-            let candidate = self.usable(id, found.snapshot)?;
-            return Some((candidate, found.events));
+            return match self.usable(id, found.snapshot) {
+                Some(candidate) => Lookup::Found(candidate, found.events),
+                None => Lookup::Unused,
+            };
         }
         let read = snapshots
             .store
@@ -158,12 +196,19 @@ impl<A: Aggregate> Repository<A> {
             .instrument(span);
         let snapshot = match bounded(timeout, read).await {
             Ok(Some(snapshot)) => snapshot,
-            Ok(None) => return self.miss(id, MissReason::Missing, String::new()),
-            Err(e) => return self.miss(id, MissReason::StoreError, e.to_string()),
+            Ok(None) => return Lookup::Absent,
+            Err(e) => return self.unused(id, MissReason::StoreError, e.to_string()),
         };
-        let candidate = self.usable(id, snapshot)?;
+        let Some(candidate) = self.usable(id, snapshot) else {
+            return Lookup::Unused;
+        };
         let events = self.events.read_stream(id, A::TYPE_NAME, candidate.version - 1);
-        Some((candidate, events))
+        Lookup::Found(candidate, events)
+    }
+
+    fn unused<'a>(&self, id: Uuid, reason: MissReason, detail: String) -> Lookup<'a, A> {
+        self.miss::<()>(id, reason, detail);
+        Lookup::Unused
     }
 
     /// The snapshot as a candidate, if it passes every check but the stream's.

@@ -47,6 +47,7 @@ impl<A: Aggregate> Repository<A> {
             version = root.version(),
             events.saved = saved,
         );
+        let started = std::time::Instant::now();
         async {
             let envelopes = root.pending_envelopes()?;
             let appended = self
@@ -60,6 +61,7 @@ impl<A: Aggregate> Repository<A> {
                     self.snapshot_after_save(snapshots, root).await;
                 }
             }
+            crate::telemetry::save(A::TYPE_NAME, started.elapsed());
             Ok(root.version())
         }
         .instrument(span)

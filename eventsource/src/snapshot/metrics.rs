@@ -7,7 +7,9 @@ use std::sync::Mutex;
 /// Why a load did not use a snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum MissReason {
-    /// No snapshot is stored.
+    /// No snapshot is stored, although the stream has reached the policy's threshold (or the
+    /// policy has none). A shorter stream is counted as
+    /// [`not_due`](SnapshotMetrics::not_due) instead.
     Missing,
     /// The snapshot's schema version is not the aggregate's.
     SchemaMismatch,
@@ -61,6 +63,7 @@ pub struct SnapshotMetrics {
 pub(crate) enum Counter {
     Hit,
     Migrated,
+    NotDue,
     Miss(MissReason),
     Written,
     WriteFailed,
@@ -73,6 +76,7 @@ impl SnapshotMetrics {
     }
 
     pub(crate) fn add(&self, aggregate_type: &'static str, counter: Counter) {
+        crate::telemetry::snapshot(aggregate_type, counter);
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         *counts.entry((aggregate_type, counter)).or_default() += 1;
     }
@@ -95,6 +99,13 @@ impl SnapshotMetrics {
     /// current one by `#[aggregate(migrate(...))]`. Counted apart from [`hits`](Self::hits).
     pub fn migrated(&self, aggregate_type: &str) -> u64 {
         self.get(aggregate_type, Counter::Migrated)
+    }
+
+    /// Loads of the type that found no snapshot because none was due yet: the stream is
+    /// shorter than the policy's threshold. Counted apart from the misses, so that the hit
+    /// ratio charted is about the aggregates that should have a snapshot.
+    pub fn not_due(&self, aggregate_type: &str) -> u64 {
+        self.get(aggregate_type, Counter::NotDue)
     }
 
     /// Loads of the type that did not use a snapshot, for this reason.

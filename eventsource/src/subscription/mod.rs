@@ -362,6 +362,7 @@ impl Subscription {
         let mut after = stored.or((self.start != Start::Beginning).then_some(position));
         // One read of the feed serves batch after batch until it reaches the end.
         let mut feed: Option<EventStream<'_>> = None;
+        let mut lag = LagGauge::default();
         loop {
             if shutdown.is_terminated() || shutdown.as_mut().now_or_never().is_some() {
                 return Ok(Active::Stopped);
@@ -380,6 +381,7 @@ impl Subscription {
                 }
             };
             let Some(last) = batch.last().map(|event| event.position) else {
+                crate::telemetry::subscription(&self.name, crate::telemetry::SubscriptionEvent::Lag(0));
                 // Caught up: wait for an append, the poll interval, or the lease's renewal.
                 let wait = self.poll_interval.min(self.lease / 3);
                 let woken = async {
@@ -414,6 +416,9 @@ impl Subscription {
             }
             position = last;
             after = Some(last);
+            if crate::telemetry::ENABLED && read == self.batch_size {
+                lag.measure(self, last).await;
+            }
         }
     }
 
@@ -456,6 +461,7 @@ impl Subscription {
             return Ok(());
         };
         self.metrics.add_failed_batch();
+        crate::telemetry::subscription(&self.name, crate::telemetry::SubscriptionEvent::FailedBatch);
         match self.on_failure {
             OnFailure::Stop => {
                 tracing::error!(subscription = %self.name, position = events[0].position, error = %error, "handler failed after every attempt; stopping");
@@ -477,6 +483,10 @@ impl Subscription {
                         tracing::error!(subscription = %self.name, position = event.position, event.id = %event.event_id, error, "handler failed on the event after every attempt; recorded as a dead letter");
                         self.store.dead_letter(&self.name, event, &error).await?;
                         self.metrics.add_dead_letter();
+                        crate::telemetry::subscription(
+                            &self.name,
+                            crate::telemetry::SubscriptionEvent::DeadLetter,
+                        );
                     }
                 }
                 Ok(())
@@ -495,11 +505,16 @@ impl Subscription {
             match handler.handle(events).await {
                 Ok(()) => {
                     self.metrics.add_handled(events.len() as u64);
+                    crate::telemetry::subscription(
+                        &self.name,
+                        crate::telemetry::SubscriptionEvent::Handled(events.len() as u64),
+                    );
                     return Ok(());
                 }
                 Err(e) if attempt == self.attempts => return Err(e),
                 Err(e) => {
                     self.metrics.add_retry();
+                    crate::telemetry::subscription(&self.name, crate::telemetry::SubscriptionEvent::Retry);
                     tracing::warn!(subscription = %self.name, position = events.first().map(|e| e.position), attempt, error = %e, "handler failed; trying again");
                     sleep(jittered(wait)).await;
                     wait = wait.saturating_mul(2).min(self.max_backoff);
@@ -594,5 +609,30 @@ async fn stopped<S: Future<Output = ()>>(
     match future::select(shutdown.as_mut(), Box::pin(wait)).await {
         Either::Left(_) => true,
         Either::Right(_) => false,
+    }
+}
+
+/// Measures a subscription's lag for the `eventsource_subscription_lag` gauge while it is
+/// behind, at most once a second: a count of the feed after its position.
+#[derive(Default)]
+struct LagGauge {
+    measured: Option<tokio::time::Instant>,
+}
+
+impl LagGauge {
+    async fn measure(&mut self, subscription: &Subscription, position: u64) {
+        if self
+            .measured
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.measured = Some(tokio::time::Instant::now());
+        if let Ok(head) = subscription.events.head(position).await {
+            crate::telemetry::subscription(
+                &subscription.name,
+                crate::telemetry::SubscriptionEvent::Lag(head.events_after),
+            );
+        }
     }
 }

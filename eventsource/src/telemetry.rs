@@ -1,0 +1,214 @@
+//! The library's measurements through the [`metrics`](https://docs.rs/metrics) facade
+//! (feature `metrics`), for Prometheus, OpenTelemetry or any other recorder a program
+//! installs. Without the feature, or without a recorder, nothing is sent; the in-process
+//! counters ([`Repository::metrics`](crate::Repository::metrics),
+//! [`Subscription::metrics`](crate::subscription::Subscription::metrics)) count either way.
+//!
+//! | name | kind | labels | what |
+//! |---|---|---|---|
+//! | `eventsource_snapshot_hits_total` | counter | `aggregate_type` | loads that started from a snapshot |
+//! | `eventsource_snapshot_migrated_total` | counter | `aggregate_type` | loads that started from a snapshot of an older schema, migrated |
+//! | `eventsource_snapshot_misses_total` | counter | `aggregate_type`, `reason` | loads that replayed every event although a snapshot was due; `reason` is a [`MissReason`](crate::MissReason) (`missing`, `schema_mismatch`, ...) |
+//! | `eventsource_snapshot_not_due_total` | counter | `aggregate_type` | loads of streams shorter than the threshold, which have no snapshot yet by design |
+//! | `eventsource_snapshot_writes_total` | counter | `aggregate_type` | snapshots written |
+//! | `eventsource_snapshot_write_failures_total` | counter | `aggregate_type` | snapshot writes that failed (the save succeeded) |
+//! | `eventsource_load_seconds` | histogram | `aggregate_type`, `snapshot` (`used`, `none`) | time of a successful load |
+//! | `eventsource_load_events_replayed` | histogram | `aggregate_type` | events a load applied |
+//! | `eventsource_save_seconds` | histogram | `aggregate_type` | time of a successful save, its snapshot included in `sync` mode |
+//! | `eventsource_snapshot_queue_depth` | gauge | `aggregate_type` | background snapshots waiting to be written |
+//! | `eventsource_subscription_events_total` | counter | `subscription` | events handled (or committed, for a projection) |
+//! | `eventsource_subscription_retries_total` | counter | `subscription` | failed batches tried again |
+//! | `eventsource_subscription_failed_batches_total` | counter | `subscription` | batches that failed every attempt |
+//! | `eventsource_subscription_dead_letters_total` | counter | `subscription` | events given up on |
+//! | `eventsource_subscription_lag` | gauge | `subscription` | events of the feed after the last batch: 0 once caught up, measured at most once a second while behind |
+//!
+//! [`describe`] gives the recorder each metric's description and unit. The metrics example
+//! (`cargo run --example metrics --features metrics`) exports them to Prometheus and prints
+//! a scrape.
+
+use std::time::Duration;
+
+use crate::snapshot::metrics::Counter;
+
+/// Gives the installed recorder the description and unit of every metric above; call it once
+/// after installing the recorder. Without the `metrics` feature it does nothing.
+pub fn describe() {
+    #[cfg(feature = "metrics")]
+    facade::describe();
+}
+
+/// A snapshot counter of [`SnapshotMetrics`](crate::SnapshotMetrics), sent on.
+pub(crate) fn snapshot(aggregate_type: &'static str, counter: Counter) {
+    #[cfg(feature = "metrics")]
+    facade::snapshot(aggregate_type, counter);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (aggregate_type, counter);
+}
+
+/// A successful load.
+pub(crate) fn load(aggregate_type: &'static str, took: Duration, replayed: u64, snapshot_used: bool) {
+    #[cfg(feature = "metrics")]
+    facade::load(aggregate_type, took, replayed, snapshot_used);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (aggregate_type, took, replayed, snapshot_used);
+}
+
+/// A successful save.
+pub(crate) fn save(aggregate_type: &'static str, took: Duration) {
+    #[cfg(feature = "metrics")]
+    ::metrics::histogram!("eventsource_save_seconds", "aggregate_type" => aggregate_type).record(took);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (aggregate_type, took);
+}
+
+/// The background snapshot queue's depth.
+pub(crate) fn queue_depth(aggregate_type: &'static str, depth: usize) {
+    #[cfg(feature = "metrics")]
+    ::metrics::gauge!("eventsource_snapshot_queue_depth", "aggregate_type" => aggregate_type)
+        .set(depth as f64);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (aggregate_type, depth);
+}
+
+/// What a subscription did.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum SubscriptionEvent {
+    Handled(u64),
+    Retry,
+    FailedBatch,
+    DeadLetter,
+    Lag(u64),
+}
+
+/// A subscription's counters and lag, sent on.
+pub(crate) fn subscription(name: &str, event: SubscriptionEvent) {
+    #[cfg(feature = "metrics")]
+    facade::subscription(name, event);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (name, event);
+}
+
+/// Whether measurements are sent: with the `metrics` feature only, so that the work of
+/// measuring (a lag query) is skipped without it.
+pub(crate) const ENABLED: bool = cfg!(feature = "metrics");
+
+#[cfg(feature = "metrics")]
+mod facade {
+    use std::time::Duration;
+
+    use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+
+    use super::SubscriptionEvent;
+    use crate::snapshot::metrics::Counter;
+
+    pub(super) fn describe() {
+        describe_counter!(
+            "eventsource_snapshot_hits_total",
+            "Loads that started from a snapshot"
+        );
+        describe_counter!(
+            "eventsource_snapshot_migrated_total",
+            "Loads that started from a snapshot of an older schema version, migrated"
+        );
+        describe_counter!(
+            "eventsource_snapshot_misses_total",
+            "Loads that replayed every event although a snapshot was due, by reason"
+        );
+        describe_counter!(
+            "eventsource_snapshot_not_due_total",
+            "Loads of streams shorter than the snapshot threshold"
+        );
+        describe_counter!("eventsource_snapshot_writes_total", "Snapshots written");
+        describe_counter!(
+            "eventsource_snapshot_write_failures_total",
+            "Snapshot writes that failed"
+        );
+        describe_histogram!(
+            "eventsource_load_seconds",
+            Unit::Seconds,
+            "Time of a successful load"
+        );
+        describe_histogram!(
+            "eventsource_load_events_replayed",
+            Unit::Count,
+            "Events a load applied"
+        );
+        describe_histogram!(
+            "eventsource_save_seconds",
+            Unit::Seconds,
+            "Time of a successful save"
+        );
+        describe_gauge!(
+            "eventsource_snapshot_queue_depth",
+            Unit::Count,
+            "Background snapshots waiting to be written"
+        );
+        describe_counter!(
+            "eventsource_subscription_events_total",
+            "Events a subscription handled"
+        );
+        describe_counter!(
+            "eventsource_subscription_retries_total",
+            "Failed batches tried again"
+        );
+        describe_counter!(
+            "eventsource_subscription_failed_batches_total",
+            "Batches that failed every attempt"
+        );
+        describe_counter!(
+            "eventsource_subscription_dead_letters_total",
+            "Events given up on"
+        );
+        describe_gauge!(
+            "eventsource_subscription_lag",
+            Unit::Count,
+            "Events of the feed after a subscription's last batch"
+        );
+    }
+
+    pub(super) fn snapshot(aggregate_type: &'static str, counter: Counter) {
+        let label = ("aggregate_type", aggregate_type);
+        match counter {
+            Counter::Hit => counter!("eventsource_snapshot_hits_total", &[label]).increment(1),
+            Counter::Migrated => counter!("eventsource_snapshot_migrated_total", &[label]).increment(1),
+            Counter::NotDue => counter!("eventsource_snapshot_not_due_total", &[label]).increment(1),
+            Counter::Miss(reason) => counter!(
+                "eventsource_snapshot_misses_total",
+                "aggregate_type" => aggregate_type,
+                "reason" => reason.as_str()
+            )
+            .increment(1),
+            Counter::Written => counter!("eventsource_snapshot_writes_total", &[label]).increment(1),
+            Counter::WriteFailed => {
+                counter!("eventsource_snapshot_write_failures_total", &[label]).increment(1)
+            }
+        }
+    }
+
+    pub(super) fn load(aggregate_type: &'static str, took: Duration, replayed: u64, snapshot_used: bool) {
+        let snapshot = if snapshot_used { "used" } else { "none" };
+        histogram!("eventsource_load_seconds", "aggregate_type" => aggregate_type, "snapshot" => snapshot)
+            .record(took);
+        histogram!("eventsource_load_events_replayed", "aggregate_type" => aggregate_type)
+            .record(replayed as f64);
+    }
+
+    pub(super) fn subscription(name: &str, event: SubscriptionEvent) {
+        let label = [("subscription", name.to_owned())];
+        match event {
+            SubscriptionEvent::Handled(n) => {
+                counter!("eventsource_subscription_events_total", &label).increment(n)
+            }
+            SubscriptionEvent::Retry => {
+                counter!("eventsource_subscription_retries_total", &label).increment(1)
+            }
+            SubscriptionEvent::FailedBatch => {
+                counter!("eventsource_subscription_failed_batches_total", &label).increment(1)
+            }
+            SubscriptionEvent::DeadLetter => {
+                counter!("eventsource_subscription_dead_letters_total", &label).increment(1)
+            }
+            SubscriptionEvent::Lag(lag) => gauge!("eventsource_subscription_lag", &label).set(lag as f64),
+        }
+    }
+}

@@ -182,12 +182,16 @@ fn write_sqlite_0_1(path: &Path, id: Uuid) {
         .unwrap();
 }
 
-/// The steps recorded in the file: version and when it was applied, in order.
+/// The steps recorded in the file for the database's table prefix: version and when it was
+/// applied, in order.
 async fn sqlite_migrations(database: &Database) -> Vec<(i64, String)> {
+    let sql = format!(
+        "SELECT version, applied_at FROM {}eventsource_migrations ORDER BY version",
+        database.prefix()
+    );
     database
-        .call(|connection| {
-            let mut statement = connection
-                .prepare("SELECT version, applied_at FROM eventsource_migrations ORDER BY version")?;
+        .call(move |connection| {
+            let mut statement = connection.prepare(&sql)?;
             let rows = statement
                 .query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)))?
                 .collect::<rusqlite::Result<Vec<(i64, String)>>>()?;
@@ -362,6 +366,123 @@ async fn sqlite_refusals_are_not_transient_and_a_file_that_is_not_a_database_is_
     std::fs::write(&path, "this is not a SQLite database\n".repeat(200)).unwrap();
     let err = sqlite::open(&path).await.map(drop).unwrap_err();
     assert!(matches!(err, Error::Store { transient: false, .. }), "{err:?}");
+}
+
+/// Whether the file has a table of this name.
+fn sqlite_has_table(path: &Path, name: &str) -> bool {
+    let connection = rusqlite::Connection::open(path).unwrap();
+    connection
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [name],
+            |row| row.get::<_, i64>(0),
+        )
+        .unwrap()
+        == 1
+}
+
+#[tokio::test]
+async fn sqlite_prefixed_stores_leave_a_0_1_file_as_it_is_and_each_prefix_migrates_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("legacy.db");
+    let id = Uuid::new_v4();
+    write_sqlite_0_1(&path, id);
+
+    let prefixed = sqlite::SqliteOptions::default().prefix("p_");
+    let (events, snapshots) = sqlite::open_with(&path, prefixed.clone()).await.unwrap();
+    assert_every_step_once(&versions(&sqlite_migrations(events.database()).await));
+    assert_eq!(
+        events.stream_version(id, "Account").await.unwrap(),
+        0,
+        "p_ has its own events"
+    );
+    assert_eq!(
+        snapshots.get_snapshot(id, "Account", u32::MAX).await.unwrap(),
+        None
+    );
+    assert!(
+        !sqlite_has_table(&path, "eventsource_migrations"),
+        "migrating p_ records nothing for the unprefixed tables"
+    );
+    let columns: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM pragma_table_info('snapshots')", [], |row| {
+            row.get(0)
+        })
+        .unwrap();
+    assert_eq!(columns, 6, "the 0.1 snapshots table is untouched");
+    let p_appended = events
+        .append(id, "Account", 0, &[envelope(id, 1, "AccountOpened", OPENED)])
+        .await
+        .unwrap();
+    assert_eq!(p_appended, 1);
+    let before = sqlite_migrations(events.database()).await;
+    drop((events, snapshots));
+
+    // The unprefixed stores upgrade the 0.1 tables, which keep their events.
+    let (legacy, _) = sqlite::open(&path).await.unwrap();
+    assert_every_step_once(&versions(&sqlite_migrations(legacy.database()).await));
+    let root = Repository::<Account>::new(legacy).load(id).await.unwrap();
+    assert_eq!((root.version(), root.state().balance), (2, 105.0));
+
+    let (events, _) = sqlite::open_with(&path, prefixed).await.unwrap();
+    assert_eq!(
+        sqlite_migrations(events.database()).await,
+        before,
+        "upgrading the unprefixed tables leaves p_'s record as it was"
+    );
+    assert_eq!(events.stream_version(id, "Account").await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_stores_of_two_prefixes_opening_one_new_file_at_once_apply_each_step_once_per_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fresh.db");
+    let opens: Vec<_> = (0..8)
+        .map(|i| {
+            let options = sqlite::SqliteOptions::default().prefix(["a_", "b_"][i % 2]);
+            tokio::spawn(sqlite::open_with(path.clone(), options))
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for open in opens {
+        stores.push(open.await.expect("an open panicked").expect("an open failed"));
+    }
+    for (events, _) in &stores {
+        assert_every_step_once(&versions(&sqlite_migrations(events.database()).await));
+    }
+    assert!(!sqlite_has_table(&path, "eventsource_migrations"));
+}
+
+#[tokio::test]
+async fn sqlite_a_prefix_of_a_newer_layout_is_refused_and_the_others_still_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("future.db");
+    let newer = sqlite::SqliteOptions::default().prefix("new_");
+    let (events, _) = sqlite::open_with(&path, newer.clone()).await.unwrap();
+    events
+        .database()
+        .call(|connection| {
+            connection.execute(
+                "INSERT INTO new_eventsource_migrations (version, description, applied_at)
+                 VALUES (99, 'a layout from a later version', '2099-01-01T00:00:00.000Z')",
+                [],
+            )
+        })
+        .await
+        .unwrap();
+    drop(events);
+
+    match sqlite::open_with(&path, newer).await.map(drop).unwrap_err() {
+        Error::InvalidConfiguration(message) => {
+            assert!(message.contains("99") && message.contains("`new_`"), "{message}")
+        }
+        other => panic!("expected InvalidConfiguration, got {other:?}"),
+    }
+    sqlite::open(&path).await.unwrap();
+    sqlite::open_with(&path, sqlite::SqliteOptions::default().prefix("old_"))
+        .await
+        .unwrap();
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-//! The SQLite stores: the whole conformance suite on `:memory:` and on a file, then what is
-//! SQLite's own: the schema, URLs, corrupt rows, paged reads on one connection, and
-//! concurrent writers on one file, as tasks and as two processes.
+//! The SQLite stores: the whole conformance suite on `:memory:` and on a file, without and
+//! with a table prefix, then what is SQLite's own: the schema, table prefixes, URLs, corrupt
+//! rows, paged reads on one connection, and concurrent writers on one file, as tasks and as
+//! two processes.
 
 mod common;
 
@@ -37,6 +38,54 @@ mod on_one_file {
             .await
             .unwrap()
     });
+}
+
+/// The suites again on tables of the prefix `app_`: in memory, and on the file the suites
+/// above share, beside their unprefixed tables.
+mod with_a_prefix {
+    use super::*;
+
+    async fn prefixed(path: impl AsRef<Path>) -> sqlite::Database {
+        sqlite::Database::open(path)
+            .await
+            .unwrap()
+            .with_prefix("app_")
+            .unwrap()
+    }
+
+    mod in_memory {
+        use super::*;
+
+        eventsource::event_store_conformance!(async {
+            SqliteEventStore::on(prefixed(":memory:").await).await.unwrap()
+        });
+        eventsource::snapshot_store_conformance!(async {
+            SqliteSnapshotStore::on(prefixed(":memory:").await).await.unwrap()
+        });
+        eventsource::subscription_store_conformance!(async {
+            sqlite::SqliteSubscriptionStore::on(prefixed(":memory:").await)
+                .await
+                .unwrap()
+        });
+    }
+
+    mod on_one_file {
+        use super::*;
+
+        eventsource::event_store_conformance!(async {
+            SqliteEventStore::on(prefixed(shared_file()).await).await.unwrap()
+        });
+        eventsource::snapshot_store_conformance!(async {
+            SqliteSnapshotStore::on(prefixed(shared_file()).await)
+                .await
+                .unwrap()
+        });
+        eventsource::subscription_store_conformance!(async {
+            sqlite::SqliteSubscriptionStore::on(prefixed(shared_file()).await)
+                .await
+                .unwrap()
+        });
+    }
 }
 
 /// A database file for this test process, under the target directory (a runner that starts
@@ -244,6 +293,333 @@ async fn urls_name_memory_and_files() {
             ),
         }
     }
+}
+
+/// The names of the tables and indexes in the database, sorted, but SQLite's own.
+async fn objects(database: &sqlite::Database) -> Vec<String> {
+    let mut names: Vec<String> = database
+        .call(|connection| {
+            connection
+                .prepare(
+                    "SELECT name FROM sqlite_master WHERE type IN ('table', 'index') AND name NOT LIKE 'sqlite_%'",
+                )?
+                .query_map([], |row| row.get(0))?
+                .collect()
+        })
+        .await
+        .unwrap();
+    names.sort();
+    names
+}
+
+/// The tables and indexes of a store of every kind, named with `prefix`.
+fn prefixed_objects(prefix: &str) -> Vec<String> {
+    [
+        "events",
+        "events_event_id",
+        "events_request",
+        "events_stream",
+        "eventsource_dead_letters",
+        "eventsource_dead_letters_subscription",
+        "eventsource_migrations",
+        "eventsource_subscriptions",
+        "snapshots",
+        "snapshots_aggregate_schema",
+        "snapshots_type_schema",
+    ]
+    .iter()
+    .map(|name| format!("{prefix}{name}"))
+    .collect()
+}
+
+fn snapshot_of(id: Uuid, version: u64) -> Snapshot {
+    Snapshot {
+        event_id: None,
+        aggregate_id: id,
+        aggregate_type: "Thing".into(),
+        version,
+        state: "{}".into(),
+        schema_version: 1,
+        created_at: chrono::Utc::now(),
+    }
+}
+
+/// The event, snapshot and subscription stores of one prefix in a file.
+async fn stores_of(
+    path: &Path,
+    prefix: &str,
+) -> (
+    SqliteEventStore,
+    SqliteSnapshotStore,
+    sqlite::SqliteSubscriptionStore,
+) {
+    let options = sqlite::SqliteOptions::default().prefix(prefix);
+    let (events, snapshots) = sqlite::open_with(path, options).await.unwrap();
+    let subscriptions = sqlite::SqliteSubscriptionStore::on(events.database().clone())
+        .await
+        .unwrap();
+    (events, snapshots, subscriptions)
+}
+
+#[tokio::test]
+async fn two_prefixes_in_one_file_are_independent_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.db");
+    let (a_events, a_snapshots, a_subscriptions) = stores_of(&path, "a_").await;
+    let (b_events, b_snapshots, b_subscriptions) = stores_of(&path, "b_").await;
+    let mut expected = [prefixed_objects("a_"), prefixed_objects("b_")].concat();
+    expected.sort();
+    assert_eq!(
+        objects(a_events.database()).await,
+        expected,
+        "each prefix has its own tables"
+    );
+
+    let id = Uuid::new_v4();
+    let appended = a_events
+        .append_with_position(id, "Thing", 0, &events_for(id, 2))
+        .await
+        .unwrap();
+    assert_eq!(appended.position, Some(2));
+    a_snapshots.save_snapshot(&snapshot_of(id, 2)).await.unwrap();
+    assert!(a_subscriptions
+        .acquire("feed", Uuid::new_v4(), Duration::from_secs(10))
+        .await
+        .unwrap());
+
+    assert_eq!(b_events.stream_version(id, "Thing").await.unwrap(), 0);
+    assert!(b_events
+        .read_all(0)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(b_events.head(0).await.unwrap().events_after, 0);
+    assert!(b_events.stream_versions("Thing").await.unwrap().is_empty());
+    assert!(!b_snapshots.snapshot_exists(id, "Thing").await.unwrap());
+    assert!(b_subscriptions.subscriptions().await.unwrap().is_empty());
+
+    // The same stream under `b_` starts at version 1 and at position 1 of its own log.
+    let appended = b_events
+        .append_with_position(id, "Thing", 0, &events_for(id, 1))
+        .await
+        .unwrap();
+    assert_eq!((appended.version, appended.position), (1, Some(1)));
+    assert_eq!(a_events.stream_version(id, "Thing").await.unwrap(), 2);
+    assert_eq!(read(&a_events, id, "Thing").await.unwrap().len(), 2);
+    assert_eq!(
+        b_events.read_all(0).try_collect::<Vec<_>>().await.unwrap().len(),
+        1
+    );
+
+    // Unprefixed stores on the file are a third store, and the prefixes keep their data.
+    drop((a_events, a_snapshots, a_subscriptions));
+    let (plain, _) = sqlite::open(&path).await.unwrap();
+    assert_eq!(plain.stream_version(id, "Thing").await.unwrap(), 0);
+    let (a_events, a_snapshots, _) = stores_of(&path, "a_").await;
+    assert_eq!(a_events.stream_version(id, "Thing").await.unwrap(), 2);
+    assert!(a_snapshots.snapshot_exists(id, "Thing").await.unwrap());
+}
+
+#[tokio::test]
+async fn prefixes_on_one_in_memory_database_share_its_connection_and_not_their_tables() {
+    let database = sqlite::Database::open(":memory:").await.unwrap();
+    let first = SqliteEventStore::on(database.with_prefix("first_").unwrap())
+        .await
+        .unwrap();
+    let second = SqliteEventStore::on(database.with_prefix("second_").unwrap())
+        .await
+        .unwrap();
+    assert_eq!((first.database().prefix(), database.prefix()), ("first_", ""));
+    let id = Uuid::new_v4();
+    first.append(id, "Thing", 0, &events_for(id, 3)).await.unwrap();
+    assert_eq!(second.stream_version(id, "Thing").await.unwrap(), 0);
+    let seen: i64 = scalar(second.database(), "SELECT count(*) FROM first_events").await;
+    assert_eq!(
+        seen, 3,
+        "one database: the second store's connection sees the first's table"
+    );
+}
+
+#[tokio::test]
+async fn a_prefix_that_is_not_a_plain_name_is_refused_and_opens_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("never.db");
+    let memory = sqlite::Database::open(":memory:").await.unwrap();
+    for bad in [
+        "1app_",
+        "app-",
+        "app.",
+        "a b",
+        "é_",
+        "x; DROP TABLE events; --",
+        "sqlite_",
+    ] {
+        let options = sqlite::SqliteOptions::default().prefix(bad);
+        let refusals = [
+            sqlite::open_with(&path, options).await.map(drop).unwrap_err(),
+            memory.with_prefix(bad).map(drop).unwrap_err(),
+            eventsource::backend::open(&format!("sqlite:{}?prefix={bad}", path.display()))
+                .await
+                .map(drop)
+                .unwrap_err(),
+        ];
+        for refusal in refusals {
+            match refusal {
+                Error::InvalidConfiguration(message) => assert!(message.contains("prefix"), "{message}"),
+                other => panic!("{bad:?}: expected InvalidConfiguration, got {other:?}"),
+            }
+        }
+    }
+    assert!(!path.exists(), "a refused prefix creates no file");
+}
+
+#[tokio::test]
+async fn the_url_prefix_names_the_tables_of_every_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("url.db");
+    let stores = eventsource::backend::open(&format!("sqlite:{}?prefix=app_", path.display()))
+        .await
+        .unwrap();
+    let id = Uuid::new_v4();
+    stores
+        .events
+        .append(id, "Thing", 0, &events_for(id, 1))
+        .await
+        .unwrap();
+    stores.snapshots.save_snapshot(&snapshot_of(id, 1)).await.unwrap();
+    let owner = Uuid::new_v4();
+    assert!(stores
+        .subscriptions
+        .acquire("feed", owner, Duration::from_secs(10))
+        .await
+        .unwrap());
+    assert!(stores
+        .subscriptions
+        .save_checkpoint("feed", owner, 1)
+        .await
+        .unwrap());
+
+    let database = stores.sqlite().unwrap().database();
+    assert_eq!(database.prefix(), "app_");
+    assert_eq!(objects(database).await, prefixed_objects("app_"));
+    for (table, rows) in [
+        ("app_events", 1),
+        ("app_snapshots", 1),
+        ("app_eventsource_subscriptions", 1),
+    ] {
+        let count: i64 = scalar(database, &format!("SELECT count(*) FROM {table}")).await;
+        assert_eq!(count, rows, "{table}");
+    }
+
+    // With SQLite's own parameters, and in memory.
+    let url = format!("sqlite://{}?mode=ro&prefix=app_", path.display());
+    let read_only = eventsource::backend::open(&url).await.unwrap();
+    assert_eq!(read_only.events.stream_version(id, "Thing").await.unwrap(), 1);
+    let memory = eventsource::backend::open("sqlite::memory:?prefix=m_")
+        .await
+        .unwrap();
+    memory
+        .events
+        .append(id, "Thing", 0, &events_for(id, 1))
+        .await
+        .unwrap();
+    let database = memory.sqlite().unwrap().database();
+    assert_eq!(scalar::<i64>(database, "SELECT count(*) FROM m_events").await, 1);
+}
+
+#[tokio::test]
+async fn a_url_parameter_that_nothing_reads_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("unread.db");
+    for query in [
+        "prefx=app_",
+        "max_connections=4",
+        "prefix=",
+        "prefix=a_&prefix=b_",
+    ] {
+        let url = format!("sqlite:{}?{query}", path.display());
+        match eventsource::backend::open(&url).await.map(drop) {
+            Err(Error::InvalidConfiguration(message)) => {
+                let key = query.split('=').next().unwrap();
+                assert!(message.contains(&format!("`{key}`")), "{query}: {message}");
+            }
+            other => panic!("{query}: expected InvalidConfiguration, got {other:?}"),
+        }
+    }
+    assert!(!path.exists(), "a refused URL creates no file");
+}
+
+/// A read model that counts the events it is given, in a table of its own.
+struct Counted;
+
+impl sqlite::SqliteProjection for Counted {
+    fn setup(&mut self, tx: &sqlite::rusqlite::Transaction<'_>) -> Result<(), HandlerError> {
+        tx.execute_batch("CREATE TABLE IF NOT EXISTS counted (events INTEGER NOT NULL)")?;
+        Ok(())
+    }
+
+    fn apply(
+        &mut self,
+        tx: &sqlite::rusqlite::Transaction<'_>,
+        events: &[StoredEvent],
+    ) -> Result<(), HandlerError> {
+        tx.execute("INSERT INTO counted (events) VALUES (?1)", [events.len() as i64])?;
+        Ok(())
+    }
+
+    fn reset(&mut self, tx: &sqlite::rusqlite::Transaction<'_>) -> Result<(), HandlerError> {
+        tx.execute_batch("DELETE FROM counted")?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_read_model_keeps_its_checkpoint_in_the_subscriptions_table_of_its_prefix() {
+    use eventsource::projection::ReadModelStore;
+
+    let database = sqlite::Database::open(":memory:").await.unwrap();
+    let (events, subscriptions) = (
+        SqliteEventStore::on(database.with_prefix("rm_").unwrap())
+            .await
+            .unwrap(),
+        sqlite::SqliteSubscriptionStore::on(database.with_prefix("rm_").unwrap())
+            .await
+            .unwrap(),
+    );
+    let plain = sqlite::SqliteSubscriptionStore::on(database.clone())
+        .await
+        .unwrap();
+    let id = Uuid::new_v4();
+    events.append(id, "Thing", 0, &events_for(id, 2)).await.unwrap();
+    let batch: Vec<StoredEvent> = events.read_all(0).try_collect().await.unwrap();
+
+    let model = sqlite::SqliteReadModel::new(subscriptions.clone(), Counted);
+    model.setup().await.unwrap();
+    let owner = Uuid::new_v4();
+    assert!(subscriptions
+        .acquire("counted", owner, Duration::from_secs(10))
+        .await
+        .unwrap());
+    assert!(model.commit("counted", owner, None, &batch, 2).await.unwrap());
+    assert_eq!(model.checkpoint("counted").await.unwrap(), Some(2));
+    assert_eq!(
+        plain.checkpoint("counted").await.unwrap(),
+        None,
+        "the unprefixed table is untouched"
+    );
+    assert!(
+        !model.commit("counted", owner, None, &batch, 2).await.unwrap(),
+        "the checkpoint moved: a commit from before it changes nothing"
+    );
+    assert_eq!(
+        scalar::<i64>(&database, "SELECT sum(events) FROM counted").await,
+        2
+    );
+
+    model.reset("counted").await.unwrap();
+    assert_eq!(subscriptions.checkpoint("counted").await.unwrap(), None);
+    assert_eq!(scalar::<i64>(&database, "SELECT count(*) FROM counted").await, 0);
 }
 
 #[tokio::test]

@@ -91,6 +91,8 @@ impl Stores {
 /// - `memory:`: new in-memory stores;
 /// - `sqlite::memory:`: a private in-memory SQLite database;
 /// - `sqlite:PATH` or `sqlite://PATH`: a SQLite file, created if missing (feature `sqlite`);
+///   `?prefix=NAME` puts the three stores' tables under a prefix of their own (see
+///   [`sqlite::open_url`](crate::backend::sqlite::open_url));
 /// - `postgres://...` or `postgresql://...`: a PostgreSQL database (feature `postgres`);
 ///   call [`Stores::migrate`] once before use.
 ///

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
+use super::prefix::Prefix;
 use super::store_error;
 use crate::error::{Error, Result};
 
@@ -40,9 +41,13 @@ const MAX_IDLE: usize = 4;
 /// store's commits skip the per-commit sync); [`Database::open`] and
 /// [`SqliteEventStore::on`](super::SqliteEventStore::on) put stores on one of the
 /// program's choosing.
+///
+/// A database handle carries the prefix of the table names of the stores put on it (none
+/// unless given with [`Database::with_prefix`]).
 #[derive(Clone)]
 pub struct Database {
     inner: Arc<Inner>,
+    prefix: Prefix,
 }
 
 struct Inner {
@@ -98,6 +103,7 @@ impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Database")
             .field("name", &self.inner.name)
+            .field("prefix", &self.prefix.as_str())
             .finish_non_exhaustive()
     }
 }
@@ -130,9 +136,39 @@ impl Database {
         .await
     }
 
+    /// The database on the same connections, whose stores put `prefix` before each of their
+    /// table and index names: `app_events`, `app_snapshots`, `app_eventsource_subscriptions`,
+    /// ... for `app_` (see the [module docs](super#storage)). Stores of different prefixes in
+    /// one file are independent, each with its own record of migrations; the empty prefix
+    /// gives the names of a database made without one.
+    ///
+    /// A prefix of other characters than ASCII letters, digits and `_`, or starting with a
+    /// digit or with `sqlite_`, is [`Error::InvalidConfiguration`].
+    pub fn with_prefix(&self, prefix: &str) -> Result<Self> {
+        Ok(self.prefixed(Prefix::new(prefix)?))
+    }
+
+    /// The prefix of the table names of the stores put on this database, empty if none.
+    pub fn prefix(&self) -> &str {
+        self.prefix.as_str()
+    }
+
     /// The file name, or `:memory:`.
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// The database on the same connections, with a prefix already checked.
+    pub(super) fn prefixed(&self, prefix: Prefix) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            prefix,
+        }
+    }
+
+    /// The prefix, to name the tables in statements.
+    pub(super) fn table_prefix(&self) -> &Prefix {
+        &self.prefix
     }
 
     /// The signal raised after each append through this database (appends of other
@@ -366,6 +402,7 @@ impl Target {
                     place: Place::Memory(Mutex::new(connection)),
                     appended: Default::default(),
                 }),
+                prefix: Prefix::default(),
             });
         };
         let (uri, writable) = (self.uri.clone(), self.writable);
@@ -399,6 +436,7 @@ impl Target {
                     writers: Mutex::new(Vec::new()),
                 },
             }),
+            prefix: Prefix::default(),
         })
     }
 }

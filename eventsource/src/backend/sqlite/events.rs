@@ -8,6 +8,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use uuid::Uuid;
 
+use super::prefix::Prefix;
 use super::{read, schema, signed, store_error, timestamp_text, unsigned, Database};
 use crate::error::{Error, Result};
 use crate::event::EventEnvelope;
@@ -15,20 +16,60 @@ use crate::event_store::{
     acknowledge_stored_append, validate_batch, AppendSignal, Appended, EventStore, EventStream, FeedHead,
 };
 
-const INSERT: &str = "INSERT INTO events (event_id, event_type, event_version, aggregate_id, \
+const INSERT: &str = "INSERT INTO {p}events (event_id, event_type, event_version, aggregate_id, \
     aggregate_type, aggregate_version, occurred_at, correlation_id, causation_id, metadata, payload, \
     request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
 
-const STREAM_VERSION: &str = "SELECT aggregate_version FROM events \
+const STREAM_VERSION: &str = "SELECT aggregate_version FROM {p}events \
     WHERE aggregate_id = ?1 AND aggregate_type = ?2 ORDER BY aggregate_version DESC LIMIT 1";
+
+const STREAM_VERSIONS: &str = "SELECT aggregate_id, max(aggregate_version) FROM {p}events
+    WHERE aggregate_type = ?1 GROUP BY aggregate_id";
+
+const HEAD: &str = "SELECT max(position), count(*) FROM {p}events WHERE position > ?1";
+
+const REQUEST_VERSION: &str = "SELECT max(aggregate_version) FROM {p}events
+    WHERE aggregate_id = ?1 AND aggregate_type = ?2 AND request_id = ?3";
+
+/// The event store's statements on the tables of its prefix, built once when it opens.
+struct Sql {
+    insert: String,
+    stream_version: String,
+    stream_versions: String,
+    head: String,
+    request_version: String,
+    pages: Arc<read::Sql>,
+}
+
+impl Sql {
+    fn new(prefix: &Prefix) -> Self {
+        Self {
+            insert: prefix.sql(INSERT),
+            stream_version: prefix.sql(STREAM_VERSION),
+            stream_versions: prefix.sql(STREAM_VERSIONS),
+            head: prefix.sql(HEAD),
+            request_version: prefix.sql(REQUEST_VERSION),
+            pages: Arc::new(read::Sql::new(prefix)),
+        }
+    }
+}
 
 /// An event store in a SQLite database.
 ///
 /// Cheap to clone: clones share the connections. See the [module docs](super) for the
 /// storage and the behaviour under concurrent writers.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SqliteEventStore {
     database: Database,
+    sql: Arc<Sql>,
+}
+
+impl std::fmt::Debug for SqliteEventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteEventStore")
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SqliteEventStore {
@@ -38,18 +79,29 @@ impl SqliteEventStore {
         Self::on(Database::open(path).await?).await
     }
 
-    /// The store on a database of the program's own, creating its table if missing.
+    /// The store on a database of the program's own, creating its table if missing, with
+    /// the database's table prefix ([`Database::with_prefix`]).
     ///
     /// Creates or upgrades the tables (see the [module docs](super#storage)); a table named
-    /// `events` or `snapshots` that is not this library's is [`Error::InvalidConfiguration`].
+    /// `events` or `snapshots` (after the prefix) that is not this library's is
+    /// [`Error::InvalidConfiguration`].
     pub async fn on(database: Database) -> Result<Self> {
         schema::migrate(&database).await?;
-        Ok(Self { database })
+        let sql = Arc::new(Sql::new(database.table_prefix()));
+        Ok(Self { database, sql })
     }
 
     /// The database the store runs on.
     pub fn database(&self) -> &Database {
         &self.database
+    }
+
+    /// Where its reads read pages.
+    fn pages(&self) -> read::Source {
+        read::Source {
+            database: self.database.clone(),
+            sql: self.sql.pages.clone(),
+        }
     }
 }
 
@@ -113,16 +165,16 @@ impl Stream {
     }
 
     /// The stream's version as the connection sees it.
-    fn version(&self, connection: &Connection) -> Result<u64> {
+    fn version(&self, connection: &Connection, sql: &Sql) -> Result<u64> {
         let stored = self
-            .stored_version(connection)
+            .stored_version(connection, sql)
             .map_err(|e| self.failed("read the version of", e))?;
         self.version_of(stored)
     }
 
     /// The highest stored version, as the column holds it.
-    fn stored_version(&self, connection: &Connection) -> rusqlite::Result<Option<StoredVersion>> {
-        let mut statement = connection.prepare_cached(STREAM_VERSION)?;
+    fn stored_version(&self, connection: &Connection, sql: &Sql) -> rusqlite::Result<Option<StoredVersion>> {
+        let mut statement = connection.prepare_cached(&sql.stream_version)?;
         statement
             .query_row((&self.key, &self.aggregate_type), |row| {
                 Ok(stored_version(row.get_ref(0)?))
@@ -144,7 +196,13 @@ impl Stream {
 
     /// Appends the batch in one `BEGIN IMMEDIATE` transaction if the stream is at `expected`;
     /// the new version and the position of the batch's last event.
-    fn append(&self, connection: &mut Connection, expected: u64, batch: &[Encoded]) -> Result<(u64, u64)> {
+    fn append(
+        &self,
+        connection: &mut Connection,
+        sql: &Sql,
+        expected: u64,
+        batch: &[Encoded],
+    ) -> Result<(u64, u64)> {
         let fail = |e| self.failed("append to", e);
         // IMMEDIATE takes the write lock up front (waiting out the busy timeout), so writers
         // queue here rather than fail when a read transaction turns into a write. Returning
@@ -158,12 +216,12 @@ impl Stream {
             expected,
             actual,
         };
-        let actual = self.version(&tx)?;
+        let actual = self.version(&tx, sql)?;
         if actual != expected {
             return Err(conflict(actual));
         }
         {
-            let mut insert = tx.prepare_cached(INSERT).map_err(fail)?;
+            let mut insert = tx.prepare_cached(&sql.insert).map_err(fail)?;
             for e in batch {
                 let row = (
                     &e.event_id,
@@ -189,7 +247,7 @@ impl Stream {
                             )));
                         }
                         // Only a writer that bypassed the write lock could get here first.
-                        return Err(conflict(self.version(&tx)?));
+                        return Err(conflict(self.version(&tx, sql)?));
                     }
                     Err(err) => return Err(fail(err)),
                 }
@@ -239,9 +297,10 @@ impl EventStore for SqliteEventStore {
         validate_batch(aggregate_id, aggregate_type, expected_version, events)?;
         let batch = events.iter().map(Encoded::new).collect::<Result<Vec<_>>>()?;
         let stream = Stream::new(aggregate_id, aggregate_type);
+        let sql = self.sql.clone();
         let appended = self
             .database
-            .write(move |connection| stream.append(connection, expected_version, &batch))
+            .write(move |connection| stream.append(connection, &sql, expected_version, &batch))
             .await;
         match appended {
             Ok((version, position)) => {
@@ -272,34 +331,31 @@ impl EventStore for SqliteEventStore {
         aggregate_type: &'a str,
         after_version: u64,
     ) -> EventStream<'a> {
-        read::stream(&self.database, aggregate_id, aggregate_type, after_version)
+        read::stream(&self.pages(), aggregate_id, aggregate_type, after_version)
     }
 
     async fn stream_version(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<u64> {
         let stream = Arc::new(Stream::new(aggregate_id, aggregate_type));
-        let reading = stream.clone();
+        let (reading, sql) = (stream.clone(), self.sql.clone());
         let stored = self
             .database
-            .read(move |connection| reading.stored_version(connection))
+            .read(move |connection| reading.stored_version(connection, &sql))
             .await
             .map_err(|e| stream.failed("read the version of", e))?;
         stream.version_of(stored)
     }
 
     fn read_all(&self, after_position: u64) -> EventStream<'_> {
-        read::log(&self.database, after_position)
+        read::log(&self.pages(), after_position)
     }
 
     async fn stream_versions(&self, aggregate_type: &str) -> Result<Vec<(Uuid, u64)>> {
-        let ty = aggregate_type.to_owned();
+        let (ty, sql) = (aggregate_type.to_owned(), self.sql.clone());
         let rows: Vec<(String, i64)> = self
             .database
             .read(move |connection| {
                 connection
-                    .prepare_cached(
-                        "SELECT aggregate_id, max(aggregate_version) FROM events
-                         WHERE aggregate_type = ?1 GROUP BY aggregate_id",
-                    )?
+                    .prepare_cached(&sql.stream_versions)?
                     .query_map([&ty], |row| Ok((row.get(0)?, row.get(1)?)))?
                     .collect()
             })
@@ -317,11 +373,12 @@ impl EventStore for SqliteEventStore {
 
     async fn head(&self, after_position: u64) -> Result<FeedHead> {
         let after = i64::try_from(after_position).unwrap_or(i64::MAX);
+        let sql = self.sql.clone();
         let (last, count): (Option<i64>, i64) = self
             .database
             .read(move |connection| {
                 connection
-                    .prepare_cached("SELECT max(position), count(*) FROM events WHERE position > ?1")?
+                    .prepare_cached(&sql.head)?
                     .query_row([after], |row| Ok((row.get(0)?, row.get(1)?)))
             })
             .await
@@ -344,14 +401,12 @@ impl EventStore for SqliteEventStore {
     ) -> Result<Option<u64>> {
         let stream = Arc::new(Stream::new(aggregate_id, aggregate_type));
         let (reading, request) = (stream.clone(), request_id.hyphenated().to_string());
+        let sql = self.sql.clone();
         let found: Option<i64> = self
             .database
             .read(move |connection| {
                 connection
-                    .prepare_cached(
-                        "SELECT max(aggregate_version) FROM events
-                         WHERE aggregate_id = ?1 AND aggregate_type = ?2 AND request_id = ?3",
-                    )?
+                    .prepare_cached(&sql.request_version)?
                     .query_row((&reading.key, &reading.aggregate_type, &request), |row| {
                         row.get(0)
                     })

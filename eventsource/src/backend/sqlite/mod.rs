@@ -17,6 +17,9 @@
 //! let database = sqlite::Database::open("bank.db").await?;
 //! let events = sqlite::SqliteEventStore::on(database.clone()).await?;
 //! let snapshots = sqlite::SqliteSnapshotStore::on(database).await?;
+//! // Or with tables of their own in a shared file: `bank_events`, `bank_snapshots`, ...
+//! let options = sqlite::SqliteOptions::default().prefix("bank_");
+//! let (events, snapshots) = sqlite::open_with("shared.db", options).await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -34,19 +37,34 @@
 //!
 //! # Storage
 //!
-//! Table `events`: `position INTEGER PRIMARY KEY AUTOINCREMENT`, a unique
-//! `(aggregate_id, aggregate_type, aggregate_version)` and a unique `event_id`. Table
-//! `snapshots`: unique per `(aggregate_id, aggregate_type, schema_version)`, with the `event_id` each snapshot
-//! follows, indexed by `(aggregate_type, schema_version)` for invalidation. Table
-//! `eventsource_migrations`: the numbered layout steps applied. Every store brings the file to
-//! the layout of this version of the library when it opens: the usual case is one read; a
-//! file of an older layout (one made by version 0.1, which recorded none, included) gets the
-//! missing steps in one `BEGIN IMMEDIATE` transaction, so processes opening one file at once
-//! apply each step once; a file of a newer layout is [`Error::InvalidConfiguration`]. Uuids are stored as hyphenated TEXT,
-//! timestamps as RFC 3339 TEXT in UTC with nanoseconds (so they round-trip exactly), versions as
-//! INTEGER, payloads, metadata and snapshot state as JSON TEXT, untouched. A row that does not
-//! decode (a negative version, a malformed uuid or timestamp, metadata that is not JSON) is
-//! [`Error::Corrupt`].
+//! Table `events`: `position INTEGER PRIMARY KEY AUTOINCREMENT`, a unique `(aggregate_id,
+//! aggregate_type, aggregate_version)` and a unique `event_id`. Table `snapshots`: unique per
+//! `(aggregate_id, aggregate_type, schema_version)`, with the `event_id` each snapshot
+//! follows, indexed by `(aggregate_type, schema_version)` for invalidation. Tables
+//! `eventsource_subscriptions` and `eventsource_dead_letters`: the checkpoints, leases and
+//! dead letters of a [`SqliteSubscriptionStore`]. Table `eventsource_migrations`: the numbered
+//! layout steps applied. Every store brings the file to the layout of this version of the
+//! library when it opens: the usual case is one read; a file of an older layout (one made by
+//! version 0.1, which recorded none, included) gets the missing steps in one `BEGIN IMMEDIATE`
+//! transaction, so processes opening one file at once apply each step once; a file of a newer
+//! layout is [`Error::InvalidConfiguration`].
+//!
+//! **A table prefix** ([`SqliteOptions::prefix`], [`Database::with_prefix`], or `?prefix=NAME`
+//! on a URL) goes before every one of these table and index names: with `app_` they are
+//! `app_events`, `app_snapshots`, `app_eventsource_subscriptions`,
+//! `app_eventsource_dead_letters`, `app_eventsource_migrations`, `app_events_stream` and so on.
+//! Each prefix is a store of its own: its own events, positions, snapshots and subscriptions,
+//! and its own record of migrations, applied when a store of that prefix opens, so several
+//! independent stores share one file. All of them share the file's one writer at a time. A
+//! prefix is ASCII letters, digits and `_`, not starting with a digit or with `sqlite_`
+//! (SQLite's own names); anything else is [`Error::InvalidConfiguration`]. SQLite's names are
+//! case-insensitive, so `App_` and `app_` name the same tables. No prefix, the default, gives
+//! the names above, so a file made by an earlier version of the library opens as it is.
+//!
+//! Uuids are stored as hyphenated TEXT, timestamps as RFC 3339 TEXT in UTC with nanoseconds
+//! (so they round-trip exactly), versions as INTEGER, payloads, metadata and snapshot state as
+//! JSON TEXT, untouched. A row that does not decode (a negative version, a malformed uuid or
+//! timestamp, metadata that is not JSON) is [`Error::Corrupt`].
 //!
 //! Long streams are read in pages of 256 rows, each page a short query of its own, so a
 //! reader never holds a connection, a lock or a read transaction between pages, and gives
@@ -65,19 +83,21 @@
 //! # Durability
 //!
 //! An append returns once its events are synced to disk (`synchronous = FULL`). Snapshots
-//! written by a store from [`open`], [`open_url`] or [`SqliteSnapshotStore::open`] are not
-//! synced one by one (`synchronous = NORMAL`, on connections of their own): a power cut can
-//! lose the last of them, which only makes the next loads replay more events. Neither
-//! setting lets a crash corrupt the file. Stores put on a [`Database::open`] sync every
-//! commit.
+//! written by a store from [`open`], [`open_with`], [`open_url`] or
+//! [`SqliteSnapshotStore::open`] are not synced one by one (`synchronous = NORMAL`, on
+//! connections of their own): a power cut can lose the last of them, which only makes the
+//! next loads replay more events. Neither setting lets a crash corrupt the file. Stores put
+//! on a [`Database::open`] sync every commit.
 
 mod database;
 mod events;
+mod prefix;
 mod projection;
 mod read;
 mod schema;
 mod snapshots;
 mod subscriptions;
+mod url;
 
 use std::path::Path;
 
@@ -91,6 +111,7 @@ pub use subscriptions::SqliteSubscriptionStore;
 
 use crate::error::{Error, Result};
 use database::{Synchronous, Target};
+use prefix::Prefix;
 
 const BACKEND: &str = "sqlite";
 
@@ -101,24 +122,66 @@ const BACKEND: &str = "sqlite";
 /// the snapshot store's are not. A power cut can lose the last snapshots written, never
 /// events, and corrupts nothing; a lost snapshot only makes the next load replay more events.
 pub async fn open(path: impl AsRef<Path>) -> Result<(SqliteEventStore, SqliteSnapshotStore)> {
-    stores(Target::path(path.as_ref())).await
+    open_with(path, SqliteOptions::default()).await
+}
+
+/// Opens both stores as [`open`] does, with `options`.
+///
+/// ```no_run
+/// # async fn demo() -> eventsource::Result<()> {
+/// use eventsource::backend::sqlite::{self, SqliteOptions};
+///
+/// // Tables `billing_events`, `billing_snapshots`, ... beside any other store in the file.
+/// let (events, snapshots) = sqlite::open_with("app.db", SqliteOptions::default().prefix("billing_")).await?;
+/// # Ok(()) }
+/// ```
+///
+/// A prefix [`Database::with_prefix`] refuses is [`Error::InvalidConfiguration`], before the
+/// file is opened.
+pub async fn open_with(
+    path: impl AsRef<Path>,
+    options: SqliteOptions,
+) -> Result<(SqliteEventStore, SqliteSnapshotStore)> {
+    stores(Target::path(path.as_ref()), options).await
 }
 
 /// Opens the stores a `sqlite:` URL names, as [`open`] does: `sqlite::memory:` for a private
-/// in-memory database, `sqlite:PATH` or `sqlite://PATH` for a file, created if missing. Query
-/// parameters are SQLite's URI parameters (`mode=ro`, `immutable=1`, `vfs=...`).
+/// in-memory database, `sqlite:PATH` or `sqlite://PATH` for a file, created if missing.
+///
+/// Query parameters are `prefix=NAME`, the prefix of the table names (see
+/// [`SqliteOptions::prefix`]), and SQLite's URI parameters (`mode=ro`, `immutable=1`,
+/// `cache`, `psow`, `nolock`, `vfs=...`), passed on to SQLite. Any other parameter is
+/// [`Error::InvalidConfiguration`].
 ///
 /// Called by [`crate::backend::open`].
 pub async fn open_url(url: &str) -> Result<(SqliteEventStore, SqliteSnapshotStore)> {
-    stores(Target::url(url)?).await
+    let (url, options) = url::split(url)?;
+    stores(Target::url(&url)?, options).await
 }
 
-async fn stores(target: Target) -> Result<(SqliteEventStore, SqliteSnapshotStore)> {
-    let events = target.open(Synchronous::Full).await?;
+/// How [`open_with`] opens the stores. The default is what [`open`] does.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SqliteOptions {
+    prefix: String,
+}
+
+impl SqliteOptions {
+    /// The prefix of the stores' table and index names (`app_` gives `app_events`,
+    /// `app_snapshots`, ...), empty by default; see [`Database::with_prefix`]. It is checked
+    /// when the stores open.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+}
+
+async fn stores(target: Target, options: SqliteOptions) -> Result<(SqliteEventStore, SqliteSnapshotStore)> {
+    let prefix = Prefix::new(&options.prefix)?;
+    let events = target.open(Synchronous::Full).await?.prefixed(prefix.clone());
     let snapshots = if target.in_memory() {
         events.clone()
     } else {
-        target.open(Synchronous::Normal).await?
+        target.open(Synchronous::Normal).await?.prefixed(prefix)
     };
     Ok((
         SqliteEventStore::on(events).await?,

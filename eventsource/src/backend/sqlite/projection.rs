@@ -6,7 +6,6 @@ use async_trait::async_trait;
 use rusqlite::{Transaction, TransactionBehavior};
 use uuid::Uuid;
 
-use super::subscriptions::{ADVANCE, RESET};
 use super::{store_error, SqliteSubscriptionStore};
 use crate::event::StoredEvent;
 use crate::projection::ReadModelStore;
@@ -40,7 +39,7 @@ pub trait SqliteProjection: Send + 'static {
 }
 
 /// A [`SqliteProjection`]'s read model, in the database of the subscription store that keeps
-/// its checkpoint and lease.
+/// its checkpoint and lease (in that store's tables, of its table prefix).
 pub struct SqliteReadModel<P> {
     subscriptions: SqliteSubscriptionStore,
     projection: Arc<Mutex<P>>,
@@ -108,6 +107,7 @@ impl<P: SqliteProjection> ReadModelStore for SqliteReadModel<P> {
         let after = after
             .map(|p| i64::try_from(p).map_err(|_| beyond(p)))
             .transpose()?;
+        let sql = self.subscriptions.sql().clone();
         self.transaction(move |projection, tx| {
             if !events.is_empty() {
                 projection.apply(tx, &events)?;
@@ -116,16 +116,16 @@ impl<P: SqliteProjection> ReadModelStore for SqliteReadModel<P> {
             // lost its lease, or whose batch was overtaken, rolls its batch back. Inside the
             // transaction's write lock nobody can take the lease meanwhile.
             let params = (name, owner.hyphenated().to_string(), last, after);
-            Ok(tx.execute(ADVANCE, params)? > 0)
+            Ok(tx.execute(&sql.advance, params)? > 0)
         })
         .await
     }
 
     async fn reset(&self, name: &str) -> Result<(), HandlerError> {
-        let name = name.to_owned();
+        let (name, sql) = (name.to_owned(), self.subscriptions.sql().clone());
         self.transaction(move |projection, tx| {
             projection.reset(tx)?;
-            tx.execute(RESET, [name])?;
+            tx.execute(&sql.reset, [name])?;
             Ok(true)
         })
         .await

@@ -12,6 +12,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, Row};
 use uuid::Uuid;
 
+use super::prefix::Prefix;
 use super::{parse_timestamp, store_error, unsigned, Database};
 use crate::error::{Error, Result};
 use crate::event::{EventEnvelope, StoredEvent};
@@ -30,19 +31,42 @@ macro_rules! columns {
 const STREAM_PAGE: &str = concat!(
     "SELECT ",
     columns!(),
-    " FROM events WHERE aggregate_id = ?1 AND aggregate_type = ?2 AND aggregate_version > ?3 \
+    " FROM {p}events WHERE aggregate_id = ?1 AND aggregate_type = ?2 AND aggregate_version > ?3 \
      ORDER BY aggregate_version LIMIT ?4"
 );
 
 const LOG_PAGE: &str = concat!(
     "SELECT ",
     columns!(),
-    " FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
+    " FROM {p}events WHERE position > ?1 ORDER BY position LIMIT ?2"
 );
+
+/// The statements that read pages, on the tables of one prefix.
+#[derive(Debug)]
+pub(super) struct Sql {
+    stream_page: String,
+    log_page: String,
+}
+
+impl Sql {
+    pub(super) fn new(prefix: &Prefix) -> Self {
+        Self {
+            stream_page: prefix.sql(STREAM_PAGE),
+            log_page: prefix.sql(LOG_PAGE),
+        }
+    }
+}
+
+/// Where pages are read: the database, and the statements on its tables.
+#[derive(Clone)]
+pub(super) struct Source {
+    pub(super) database: Database,
+    pub(super) sql: Arc<Sql>,
+}
 
 /// The events of one stream after a version, in version order.
 pub(super) fn stream(
-    database: &Database,
+    source: &Source,
     aggregate_id: Uuid,
     aggregate_type: &str,
     after: u64,
@@ -60,16 +84,16 @@ pub(super) fn stream(
         stream: Some((aggregate_id, Arc::from(aggregate_type))),
         names: Vec::new(),
     };
-    pages(database.clone(), cursor, decoder)
+    pages(source.clone(), cursor, decoder)
 }
 
 /// Every event after a position, in position order.
-pub(super) fn log(database: &Database, after: u64) -> EventStream<'static> {
+pub(super) fn log(source: &Source, after: u64) -> EventStream<'static> {
     let Ok(after_position) = i64::try_from(after) else {
         return Box::pin(stream::empty());
     };
     pages(
-        database.clone(),
+        source.clone(),
         Cursor::Log { after_position },
         Decoder {
             stream: None,
@@ -78,14 +102,14 @@ pub(super) fn log(database: &Database, after: u64) -> EventStream<'static> {
     )
 }
 
-fn pages(database: Database, cursor: Cursor, decoder: Decoder) -> EventStream<'static> {
-    let start = Some((database, cursor, decoder, true));
+fn pages(source: Source, cursor: Cursor, decoder: Decoder) -> EventStream<'static> {
+    let start = Some((source, cursor, decoder, true));
     let pages = stream::unfold(start, |state| async move {
-        let (database, mut cursor, decoder, first) = state?;
+        let (source, mut cursor, decoder, first) = state?;
         if !first {
             tokio::task::yield_now().await;
         }
-        let (page, decoder) = cursor.read(&database, decoder).await;
+        let (page, decoder) = cursor.read(&source, decoder).await;
         // A short page is the end of what there was when it was read; an error ends the read.
         let more = match page.last() {
             Some(Ok(last)) => {
@@ -95,7 +119,7 @@ fn pages(database: Database, cursor: Cursor, decoder: Decoder) -> EventStream<'s
             Some(Err(_)) => false,
             None => return None,
         };
-        Some((page, more.then_some((database, cursor, decoder, false))))
+        Some((page, more.then_some((source, cursor, decoder, false))))
     });
     Box::pin(pages.flat_map(stream::iter))
 }
@@ -129,13 +153,15 @@ impl Cursor {
     }
 
     /// The next page: its events, then the error that ended it if one did.
-    async fn read(&self, database: &Database, decoder: Decoder) -> (Vec<Result<StoredEvent>>, Decoder) {
+    async fn read(&self, source: &Source, decoder: Decoder) -> (Vec<Result<StoredEvent>>, Decoder) {
         let cursor = self.clone();
+        let sql = source.sql.clone();
         let fallback = decoder.clone();
-        let read = database
+        let read = source
+            .database
             .read(move |connection| {
                 let mut decoder = decoder.clone();
-                let page = cursor.page(connection, &mut decoder)?;
+                let page = cursor.page(connection, &sql, &mut decoder)?;
                 Ok((page, decoder))
             })
             .await;
@@ -146,6 +172,7 @@ impl Cursor {
     fn page(
         &self,
         connection: &Connection,
+        sql: &Sql,
         decoder: &mut Decoder,
     ) -> rusqlite::Result<Vec<Result<StoredEvent>>> {
         let mut statement;
@@ -155,11 +182,11 @@ impl Cursor {
                 aggregate_type,
                 after_version,
             } => {
-                statement = connection.prepare_cached(STREAM_PAGE)?;
+                statement = connection.prepare_cached(&sql.stream_page)?;
                 statement.query((aggregate_id, aggregate_type, after_version, PAGE as i64))?
             }
             Cursor::Log { after_position } => {
-                statement = connection.prepare_cached(LOG_PAGE)?;
+                statement = connection.prepare_cached(&sql.log_page)?;
                 statement.query((after_position, PAGE as i64))?
             }
         };

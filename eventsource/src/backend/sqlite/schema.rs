@@ -1,13 +1,15 @@
 //! The tables, and the numbered migrations that create and upgrade them.
 //!
-//! The layout's version is recorded in the table `eventsource_migrations`, one row per step
-//! applied. Each store runs [`migrate`] when it opens: the usual case, every step applied,
-//! is one read and needs no lock; otherwise the missing steps run in one `BEGIN IMMEDIATE`
-//! transaction, so two processes opening one file at once apply each step once, and a
-//! failed step leaves the file as it was.
+//! The layout's version is recorded in the table `{p}eventsource_migrations`, one row per
+//! step applied, for each prefix `{p}` of table names on its own. Each store runs [`migrate`]
+//! when it opens: the usual case, every step applied, is one read and needs no lock;
+//! otherwise the missing steps run in one `BEGIN IMMEDIATE` transaction, so two processes
+//! opening one file at once apply each step once, and a failed step leaves the file as it
+//! was.
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
+use super::prefix::Prefix;
 use super::{store_error, Database};
 use crate::error::{Error, Result};
 
@@ -25,7 +27,7 @@ const STEPS: &[Step] = &[
     Step {
         version: 1,
         description: "events and snapshots",
-        sql: "CREATE TABLE IF NOT EXISTS events (
+        sql: "CREATE TABLE IF NOT EXISTS {p}events (
                 position INTEGER PRIMARY KEY AUTOINCREMENT,
                 event_id TEXT NOT NULL,
                 event_type TEXT NOT NULL,
@@ -39,7 +41,7 @@ const STEPS: &[Step] = &[
                 metadata TEXT,
                 payload TEXT NOT NULL
             );
-            CREATE TABLE IF NOT EXISTS snapshots (
+            CREATE TABLE IF NOT EXISTS {p}snapshots (
                 aggregate_id TEXT NOT NULL,
                 aggregate_type TEXT NOT NULL,
                 version INTEGER NOT NULL,
@@ -47,29 +49,29 @@ const STEPS: &[Step] = &[
                 schema_version INTEGER NOT NULL,
                 created_at TEXT NOT NULL
             );
-            CREATE UNIQUE INDEX IF NOT EXISTS events_stream
-                ON events (aggregate_id, aggregate_type, aggregate_version);
-            CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON events (event_id);
-            CREATE UNIQUE INDEX IF NOT EXISTS snapshots_aggregate
-                ON snapshots (aggregate_id, aggregate_type);
-            CREATE INDEX IF NOT EXISTS snapshots_type_schema
-                ON snapshots (aggregate_type, schema_version);",
+            CREATE UNIQUE INDEX IF NOT EXISTS {p}events_stream
+                ON {p}events (aggregate_id, aggregate_type, aggregate_version);
+            CREATE UNIQUE INDEX IF NOT EXISTS {p}events_event_id ON {p}events (event_id);
+            CREATE UNIQUE INDEX IF NOT EXISTS {p}snapshots_aggregate
+                ON {p}snapshots (aggregate_id, aggregate_type);
+            CREATE INDEX IF NOT EXISTS {p}snapshots_type_schema
+                ON {p}snapshots (aggregate_type, schema_version);",
     },
     Step {
         version: 2,
         description: "snapshots name the event they follow",
-        sql: "ALTER TABLE snapshots ADD COLUMN event_id TEXT",
+        sql: "ALTER TABLE {p}snapshots ADD COLUMN event_id TEXT",
     },
     Step {
         version: 3,
         description: "subscriptions: checkpoints, leases and dead letters",
-        sql: "CREATE TABLE IF NOT EXISTS eventsource_subscriptions (
+        sql: "CREATE TABLE IF NOT EXISTS {p}eventsource_subscriptions (
                 name TEXT PRIMARY KEY,
                 position INTEGER,
                 owner TEXT,
                 lease_until INTEGER
             );
-            CREATE TABLE IF NOT EXISTS eventsource_dead_letters (
+            CREATE TABLE IF NOT EXISTS {p}eventsource_dead_letters (
                 id INTEGER PRIMARY KEY AUTOINCREMENT,
                 subscription TEXT NOT NULL,
                 position INTEGER NOT NULL,
@@ -78,22 +80,22 @@ const STEPS: &[Step] = &[
                 error TEXT NOT NULL,
                 failed_at TEXT NOT NULL
             );
-            CREATE INDEX IF NOT EXISTS eventsource_dead_letters_subscription
-                ON eventsource_dead_letters (subscription, id);",
+            CREATE INDEX IF NOT EXISTS {p}eventsource_dead_letters_subscription
+                ON {p}eventsource_dead_letters (subscription, id);",
     },
     Step {
         version: 4,
         description: "events carry the request id of their command",
-        sql: "ALTER TABLE events ADD COLUMN request_id TEXT;
-            CREATE INDEX IF NOT EXISTS events_request
-                ON events (aggregate_id, aggregate_type, request_id) WHERE request_id IS NOT NULL;",
+        sql: "ALTER TABLE {p}events ADD COLUMN request_id TEXT;
+            CREATE INDEX IF NOT EXISTS {p}events_request
+                ON {p}events (aggregate_id, aggregate_type, request_id) WHERE request_id IS NOT NULL;",
     },
     Step {
         version: 5,
         description: "one snapshot per aggregate and schema version",
-        sql: "CREATE UNIQUE INDEX IF NOT EXISTS snapshots_aggregate_schema
-                ON snapshots (aggregate_id, aggregate_type, schema_version);
-            DROP INDEX IF EXISTS snapshots_aggregate;",
+        sql: "CREATE UNIQUE INDEX IF NOT EXISTS {p}snapshots_aggregate_schema
+                ON {p}snapshots (aggregate_id, aggregate_type, schema_version);
+            DROP INDEX IF EXISTS {p}snapshots_aggregate;",
     },
 ];
 
@@ -103,57 +105,64 @@ pub(super) const LATEST: i64 = STEPS[STEPS.len() - 1].version;
 /// Selects every column this library reads and writes: fails on a foreign table.
 const PROBE: &str = "SELECT position, event_id, event_type, event_version, aggregate_id,
         aggregate_type, aggregate_version, occurred_at, correlation_id, causation_id, metadata,
-        payload, request_id FROM events LIMIT 0;
+        payload, request_id FROM {p}events LIMIT 0;
     SELECT aggregate_id, aggregate_type, version, state, schema_version, created_at, event_id
-        FROM snapshots LIMIT 0;
-    SELECT name, position, owner, lease_until FROM eventsource_subscriptions LIMIT 0;";
+        FROM {p}snapshots LIMIT 0;
+    SELECT name, position, owner, lease_until FROM {p}eventsource_subscriptions LIMIT 0;";
 
-/// Brings the database's tables to the [`LATEST`] layout.
+/// The record of the steps applied, per prefix.
+const MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS {p}eventsource_migrations (
+        version INTEGER PRIMARY KEY,
+        description TEXT NOT NULL,
+        applied_at TEXT NOT NULL
+    )";
+
+const RECORD: &str = "INSERT INTO {p}eventsource_migrations (version, description, applied_at)
+    VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))";
+
+const RECORDED: &str = "SELECT coalesce(max(version), 0) FROM {p}eventsource_migrations";
+
+/// Brings the tables of the database's prefix to the [`LATEST`] layout.
 pub(super) async fn migrate(database: &Database) -> Result<()> {
-    database.write(migrate_on).await
+    let prefix = database.table_prefix().clone();
+    database
+        .write(move |connection| migrate_on(connection, &prefix))
+        .await
 }
 
-fn migrate_on(connection: &mut Connection) -> Result<()> {
+fn migrate_on(connection: &mut Connection, prefix: &Prefix) -> Result<()> {
     let fail = |e| store_error("cannot migrate the SQLite tables", e);
-    if let Some(version) = recorded_version(connection).map_err(fail)? {
-        check_not_newer(version)?;
+    if let Some(version) = recorded_version(connection, prefix).map_err(fail)? {
+        check_not_newer(version, prefix)?;
         if version == LATEST {
-            return probe(connection);
+            return probe(connection, prefix);
         }
     }
     let tx = connection
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(fail)?;
-    tx.execute_batch(
-        "CREATE TABLE IF NOT EXISTS eventsource_migrations (
-            version INTEGER PRIMARY KEY,
-            description TEXT NOT NULL,
-            applied_at TEXT NOT NULL
-        )",
-    )
-    .map_err(fail)?;
+    tx.execute_batch(&prefix.sql(MIGRATIONS)).map_err(fail)?;
     // Read again under the write lock: another process may have migrated meanwhile.
-    let current = recorded_version(&tx).map_err(fail)?.unwrap_or(0);
-    check_not_newer(current)?;
+    let current = recorded_version(&tx, prefix).map_err(fail)?.unwrap_or(0);
+    check_not_newer(current, prefix)?;
+    let record = prefix.sql(RECORD);
     for step in STEPS.iter().filter(|step| step.version > current) {
-        tx.execute_batch(step.sql).map_err(|e| foreign_or(e, step))?;
-        tx.execute(
-            "INSERT INTO eventsource_migrations (version, description, applied_at)
-             VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
-            (step.version, step.description),
-        )
-        .map_err(fail)?;
+        tx.execute_batch(&prefix.sql(step.sql))
+            .map_err(|e| foreign_or(e, step, prefix))?;
+        tx.execute(&record, (step.version, step.description))
+            .map_err(fail)?;
     }
-    probe(&tx)?;
+    probe(&tx, prefix)?;
     tx.commit().map_err(fail)
 }
 
-/// The highest step recorded, `None` if the migrations table is missing.
-fn recorded_version(connection: &Connection) -> rusqlite::Result<Option<i64>> {
+/// The highest step recorded for the prefix, `None` if its migrations table is missing.
+fn recorded_version(connection: &Connection, prefix: &Prefix) -> rusqlite::Result<Option<i64>> {
+    // SQLite's names are case-insensitive: `App_` names the tables of `app_`.
     let exists = connection
         .query_row(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'eventsource_migrations'",
-            [],
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
+            [prefix.sql("{p}eventsource_migrations")],
             |_| Ok(()),
         )
         .optional()?
@@ -162,54 +171,63 @@ fn recorded_version(connection: &Connection) -> rusqlite::Result<Option<i64>> {
         return Ok(None);
     }
     connection
-        .query_row(
-            "SELECT coalesce(max(version), 0) FROM eventsource_migrations",
-            [],
-            |row| row.get(0),
-        )
+        .query_row(&prefix.sql(RECORDED), [], |row| row.get(0))
         .map(Some)
 }
 
-fn check_not_newer(version: i64) -> Result<()> {
+fn check_not_newer(version: i64, prefix: &Prefix) -> Result<()> {
     if version > LATEST {
         return Err(Error::InvalidConfiguration(format!(
-            "the SQLite database has the eventsource table layout {version}, newer than the \
-             layout {LATEST} of this version of the library; upgrade the program"
+            "the SQLite database has the eventsource table layout {version}{}, newer than the \
+             layout {LATEST} of this version of the library; upgrade the program",
+            of_prefix(prefix)
         )));
     }
     Ok(())
 }
 
-fn probe(connection: &Connection) -> Result<()> {
+fn probe(connection: &Connection, prefix: &Prefix) -> Result<()> {
     for statement in PROBE
         .split_terminator(';')
         .map(str::trim)
         .filter(|s| !s.is_empty())
     {
-        if let Err(e) = connection.prepare(statement) {
-            return Err(foreign_or(e, &STEPS[0]));
+        if let Err(e) = connection.prepare(&prefix.sql(statement)) {
+            return Err(foreign_or(e, &STEPS[0], prefix));
         }
     }
     Ok(())
 }
 
 /// A statement that fails on a missing column means a table of that name that is not ours.
-fn foreign_or(e: rusqlite::Error, step: &Step) -> Error {
+fn foreign_or(e: rusqlite::Error, step: &Step, prefix: &Prefix) -> Error {
     match &e {
         rusqlite::Error::SqlInputError { error, .. } | rusqlite::Error::SqliteFailure(error, _)
             if error.code == rusqlite::ErrorCode::Unknown =>
         {
             Error::InvalidConfiguration(format!(
-                "the SQLite tables `events` and `snapshots` are not eventsource tables ({e}); \
-                 use another database file"
+                "the SQLite tables `{}` and `{}` are not eventsource tables ({e}); \
+                 use another database file or another table prefix",
+                prefix.sql("{p}events"),
+                prefix.sql("{p}snapshots"),
             ))
         }
         _ => store_error(
             format!(
-                "cannot apply the SQLite migration {} ({})",
-                step.version, step.description
+                "cannot apply the SQLite migration {} ({}){}",
+                step.version,
+                step.description,
+                of_prefix(prefix)
             ),
             e,
         ),
+    }
+}
+
+/// The prefix as error messages name it: nothing for the empty one.
+fn of_prefix(prefix: &Prefix) -> String {
+    match prefix.as_str() {
+        "" => String::new(),
+        name => format!(" of the tables prefixed `{name}`"),
     }
 }

@@ -1,19 +1,21 @@
 //! The SQLite snapshot store.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use rusqlite::types::ValueRef;
 use rusqlite::OptionalExtension;
 use uuid::Uuid;
 
+use super::prefix::Prefix;
 use super::{parse_timestamp, schema, signed, store_error, timestamp_text, unsigned, Database};
 use crate::error::{Error, Result};
 use crate::snapshot::{validate_snapshot, Snapshot, SnapshotStore, SnapshotVersion};
 
 // The version guard is in the statement, so two racing writers cannot leave the older one
 // stored. A stored version that is not a non-negative integer is corrupt and gives way.
-const UPSERT: &str = "INSERT INTO snapshots
+const UPSERT: &str = "INSERT INTO {p}snapshots
         (aggregate_id, aggregate_type, version, state, schema_version, created_at, event_id)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
     ON CONFLICT (aggregate_id, aggregate_type, schema_version) DO UPDATE SET
@@ -21,23 +23,71 @@ const UPSERT: &str = "INSERT INTO snapshots
         event_id = excluded.event_id,
         state = excluded.state,
         created_at = excluded.created_at
-    WHERE excluded.version >= snapshots.version
-        OR typeof(snapshots.version) <> 'integer'
-        OR snapshots.version < 0";
+    WHERE excluded.version >= {p}snapshots.version
+        OR typeof({p}snapshots.version) <> 'integer'
+        OR {p}snapshots.version < 0";
 
 // A schema version stored as anything but an integer compares above every integer in
 // SQLite, so it is never returned: it is not a snapshot any reader can use.
-const GET: &str = "SELECT version, state, schema_version, created_at, event_id FROM snapshots
+const GET: &str = "SELECT version, state, schema_version, created_at, event_id FROM {p}snapshots
     WHERE aggregate_id = ?1 AND aggregate_type = ?2 AND schema_version <= ?3
     ORDER BY schema_version DESC LIMIT 1";
+
+const DELETE: &str = "DELETE FROM {p}snapshots WHERE aggregate_id = ?1 AND aggregate_type = ?2";
+
+const EXISTS: &str = "SELECT 1 FROM {p}snapshots WHERE aggregate_id = ?1 AND aggregate_type = ?2";
+
+const DELETE_TYPE: &str = "DELETE FROM {p}snapshots WHERE aggregate_type = ?1";
+
+const DELETE_TYPE_BELOW: &str = "DELETE FROM {p}snapshots WHERE aggregate_type = ?1 AND schema_version < ?2";
+
+const VERSIONS: &str =
+    "SELECT aggregate_id, schema_version, version FROM {p}snapshots WHERE aggregate_type = ?1";
+
+/// The snapshot store's statements on the table of its prefix, built once when it opens.
+struct Sql {
+    upsert: String,
+    get: String,
+    delete: String,
+    exists: String,
+    delete_type: String,
+    delete_type_below: String,
+    versions: String,
+}
+
+impl Sql {
+    fn new(prefix: &Prefix) -> Self {
+        Self {
+            upsert: prefix.sql(UPSERT),
+            get: prefix.sql(GET),
+            delete: prefix.sql(DELETE),
+            exists: prefix.sql(EXISTS),
+            delete_type: prefix.sql(DELETE_TYPE),
+            delete_type_below: prefix.sql(DELETE_TYPE_BELOW),
+            versions: prefix.sql(VERSIONS),
+        }
+    }
+}
+
+/// Picks one of the store's statements.
+type Statement = fn(&Sql) -> &str;
 
 /// A snapshot store in a SQLite database.
 ///
 /// Cheap to clone: clones share the connections. It can share one database with a
 /// [`SqliteEventStore`](super::SqliteEventStore): see [`open`](super::open).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SqliteSnapshotStore {
     database: Database,
+    sql: Arc<Sql>,
+}
+
+impl std::fmt::Debug for SqliteSnapshotStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteSnapshotStore")
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SqliteSnapshotStore {
@@ -48,13 +98,16 @@ impl SqliteSnapshotStore {
         Self::on(super::snapshot_database(path.as_ref()).await?).await
     }
 
-    /// The store on a database of the program's own, creating its table if missing.
+    /// The store on a database of the program's own, creating its table if missing, with
+    /// the database's table prefix ([`Database::with_prefix`]).
     ///
     /// Creates or upgrades the tables (see the [module docs](super#storage)); a table named
-    /// `events` or `snapshots` that is not this library's is [`Error::InvalidConfiguration`].
+    /// `events` or `snapshots` (after the prefix) that is not this library's is
+    /// [`Error::InvalidConfiguration`].
     pub async fn on(database: Database) -> Result<Self> {
         schema::migrate(&database).await?;
-        Ok(Self { database })
+        let sql = Arc::new(Sql::new(database.table_prefix()));
+        Ok(Self { database, sql })
     }
 
     /// The database the store runs on.
@@ -65,14 +118,15 @@ impl SqliteSnapshotStore {
     /// Runs one write statement, returning how many rows it changed.
     async fn change(
         &self,
-        sql: &'static str,
+        statement: Statement,
         params: Vec<rusqlite::types::Value>,
         failure: String,
     ) -> Result<usize> {
+        let sql = self.sql.clone();
         self.database
             .write(move |connection| {
                 let mut statement = connection
-                    .prepare_cached(sql)
+                    .prepare_cached(statement(&sql))
                     .map_err(|e| store_error(failure.clone(), e))?;
                 statement
                     .execute(rusqlite::params_from_iter(params))
@@ -107,10 +161,11 @@ impl SnapshotStore for SqliteSnapshotStore {
             aggregate_type.to_owned(),
             i64::from(schema_version),
         );
+        let sql = self.sql.clone();
         let row = self
             .database
             .read(move |connection| {
-                let mut statement = connection.prepare_cached(GET)?;
+                let mut statement = connection.prepare_cached(&sql.get)?;
                 statement
                     .query_row((&key.0, &key.1, key.2), |row| {
                         Ok(Row {
@@ -193,7 +248,7 @@ impl SnapshotStore for SqliteSnapshotStore {
                 .map_or(Value::Null, |id| Value::Text(id.hyphenated().to_string())),
         ];
         let written = self
-            .change(UPSERT, params, format!("cannot save the {}", what()))
+            .change(|sql| &sql.upsert, params, format!("cannot save the {}", what()))
             .await?;
         Ok(written > 0)
     }
@@ -203,7 +258,7 @@ impl SnapshotStore for SqliteSnapshotStore {
     async fn delete_snapshot(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<bool> {
         let deleted = self
             .change(
-                "DELETE FROM snapshots WHERE aggregate_id = ?1 AND aggregate_type = ?2",
+                |sql| &sql.delete,
                 vec![
                     Value::Text(aggregate_id.hyphenated().to_string()),
                     Value::Text(aggregate_type.to_owned()),
@@ -216,11 +271,10 @@ impl SnapshotStore for SqliteSnapshotStore {
 
     async fn snapshot_exists(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<bool> {
         let key = (aggregate_id.hyphenated().to_string(), aggregate_type.to_owned());
+        let sql = self.sql.clone();
         self.database
             .read(move |connection| {
-                let mut statement = connection.prepare_cached(
-                    "SELECT 1 FROM snapshots WHERE aggregate_id = ?1 AND aggregate_type = ?2",
-                )?;
+                let mut statement = connection.prepare_cached(&sql.exists)?;
                 statement.exists((&key.0, &key.1))
             })
             .await
@@ -244,34 +298,24 @@ impl SnapshotStore for SqliteSnapshotStore {
         let deleted = match schema_version_below {
             Some(below) => {
                 self.change(
-                    "DELETE FROM snapshots WHERE aggregate_type = ?1 AND schema_version < ?2",
+                    |sql| &sql.delete_type_below,
                     vec![ty, Value::Integer(i64::from(below))],
                     failure,
                 )
                 .await?
             }
-            None => {
-                self.change(
-                    "DELETE FROM snapshots WHERE aggregate_type = ?1",
-                    vec![ty],
-                    failure,
-                )
-                .await?
-            }
+            None => self.change(|sql| &sql.delete_type, vec![ty], failure).await?,
         };
         Ok(deleted as u64)
     }
 
     async fn snapshot_versions(&self, aggregate_type: &str) -> Result<Vec<SnapshotVersion>> {
-        let ty = aggregate_type.to_owned();
+        let (ty, sql) = (aggregate_type.to_owned(), self.sql.clone());
         let rows: Vec<(String, i64, i64)> = self
             .database
             .read(move |connection| {
                 connection
-                    .prepare_cached(
-                        "SELECT aggregate_id, schema_version, version FROM snapshots
-                         WHERE aggregate_type = ?1",
-                    )?
+                    .prepare_cached(&sql.versions)?
                     .query_map([&ty], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
                     .collect()
             })

@@ -1,41 +1,101 @@
 //! The SQLite subscription store: checkpoints, leases and dead letters beside the events.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use rusqlite::OptionalExtension;
 use uuid::Uuid;
 
+use super::prefix::Prefix;
 use super::{parse_timestamp, schema, store_error, timestamp_text, unsigned, Database};
 use crate::error::{Error, Result};
 use crate::event::StoredEvent;
 use crate::subscription::{validate_name, DeadLetter, SubscriptionStatus, SubscriptionStore};
 
 /// The lease goes to `owner` if nobody holds it, `owner` does, or the holder's ran out.
-const ACQUIRE: &str = "INSERT INTO eventsource_subscriptions (name, owner, lease_until)
+const ACQUIRE: &str = "INSERT INTO {p}eventsource_subscriptions (name, owner, lease_until)
     VALUES (?1, ?2, ?3)
     ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until
-    WHERE eventsource_subscriptions.owner IS NULL
-        OR eventsource_subscriptions.owner = excluded.owner
-        OR eventsource_subscriptions.lease_until < ?4";
+    WHERE {p}eventsource_subscriptions.owner IS NULL
+        OR {p}eventsource_subscriptions.owner = excluded.owner
+        OR {p}eventsource_subscriptions.lease_until < ?4";
 
-const SAVE: &str = "UPDATE eventsource_subscriptions SET position = ?3
+const RELEASE: &str = "UPDATE {p}eventsource_subscriptions SET owner = NULL, lease_until = NULL
+    WHERE name = ?1 AND owner = ?2";
+
+const CHECKPOINT: &str = "SELECT position FROM {p}eventsource_subscriptions WHERE name = ?1";
+
+const SAVE: &str = "UPDATE {p}eventsource_subscriptions SET position = ?3
     WHERE name = ?1 AND owner = ?2 AND lease_until > ?4";
 
 /// A read model's commit: the checkpoint moves from `?4` only, for the lease's owner.
-pub(super) const ADVANCE: &str = "UPDATE eventsource_subscriptions SET position = ?3
+const ADVANCE: &str = "UPDATE {p}eventsource_subscriptions SET position = ?3
     WHERE name = ?1 AND owner = ?2 AND position IS ?4";
 
-pub(super) const RESET: &str = "UPDATE eventsource_subscriptions SET position = NULL WHERE name = ?1";
+const RESET: &str = "UPDATE {p}eventsource_subscriptions SET position = NULL WHERE name = ?1";
+
+const DEAD_LETTER: &str = "INSERT INTO {p}eventsource_dead_letters
+        (subscription, position, event_id, event_type, error, failed_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+const DEAD_LETTERS: &str = "SELECT position, event_id, event_type, error, failed_at
+    FROM {p}eventsource_dead_letters WHERE subscription = ?1 ORDER BY id";
+
+const SUBSCRIPTIONS: &str = "SELECT s.name, s.position, CASE WHEN s.lease_until > ?1 THEN s.owner END,
+        (SELECT count(*) FROM {p}eventsource_dead_letters d WHERE d.subscription = s.name)
+    FROM {p}eventsource_subscriptions s ORDER BY s.name";
+
+/// The subscription store's statements on the tables of its prefix, built once when it
+/// opens; a [`SqliteReadModel`](super::SqliteReadModel) runs `advance` and `reset`.
+pub(super) struct Sql {
+    acquire: String,
+    release: String,
+    checkpoint: String,
+    save: String,
+    pub(super) advance: String,
+    pub(super) reset: String,
+    dead_letter: String,
+    dead_letters: String,
+    subscriptions: String,
+}
+
+impl Sql {
+    fn new(prefix: &Prefix) -> Self {
+        Self {
+            acquire: prefix.sql(ACQUIRE),
+            release: prefix.sql(RELEASE),
+            checkpoint: prefix.sql(CHECKPOINT),
+            save: prefix.sql(SAVE),
+            advance: prefix.sql(ADVANCE),
+            reset: prefix.sql(RESET),
+            dead_letter: prefix.sql(DEAD_LETTER),
+            dead_letters: prefix.sql(DEAD_LETTERS),
+            subscriptions: prefix.sql(SUBSCRIPTIONS),
+        }
+    }
+}
+
+/// Picks one of the store's statements.
+type Statement = fn(&Sql) -> &str;
 
 /// A subscription store in a SQLite database, usually the events' own.
 ///
 /// Lease times are the wall clock of the machine in milliseconds: every process sharing a file
 /// runs on one machine, so they agree on it.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SqliteSubscriptionStore {
     database: Database,
+    sql: Arc<Sql>,
+}
+
+impl std::fmt::Debug for SqliteSubscriptionStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteSubscriptionStore")
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SqliteSubscriptionStore {
@@ -51,17 +111,24 @@ impl SqliteSubscriptionStore {
 
     /// The store on a database of the program's own, such as the event store's
     /// ([`SqliteEventStore::database`](super::SqliteEventStore::database)), creating or
-    /// upgrading the tables.
+    /// upgrading the tables, with the database's table prefix ([`Database::with_prefix`]).
     pub async fn on(database: Database) -> Result<Self> {
         schema::migrate(&database).await?;
-        Ok(Self { database })
+        let sql = Arc::new(Sql::new(database.table_prefix()));
+        Ok(Self { database, sql })
     }
 
-    async fn change(&self, sql: &'static str, params: Vec<Value>, what: String) -> Result<usize> {
+    /// The statements on the store's tables.
+    pub(super) fn sql(&self) -> &Arc<Sql> {
+        &self.sql
+    }
+
+    async fn change(&self, statement: Statement, params: Vec<Value>, what: String) -> Result<usize> {
+        let sql = self.sql.clone();
         self.database
             .write(move |connection| {
                 connection
-                    .prepare_cached(sql)
+                    .prepare_cached(statement(&sql))
                     .and_then(|mut statement| statement.execute(rusqlite::params_from_iter(params)))
                     .map_err(|e| store_error(what, e))
             })
@@ -92,7 +159,7 @@ impl SubscriptionStore for SqliteSubscriptionStore {
         ];
         let changed = self
             .change(
-                ACQUIRE,
+                |sql| &sql.acquire,
                 params,
                 format!("cannot take the lease of subscription {name}"),
             )
@@ -103,8 +170,7 @@ impl SubscriptionStore for SqliteSubscriptionStore {
     async fn release(&self, name: &str, owner: Uuid) -> Result<()> {
         validate_name(name)?;
         self.change(
-            "UPDATE eventsource_subscriptions SET owner = NULL, lease_until = NULL
-             WHERE name = ?1 AND owner = ?2",
+            |sql| &sql.release,
             vec![text(name), text(owner)],
             format!("cannot give up the lease of subscription {name}"),
         )
@@ -114,12 +180,12 @@ impl SubscriptionStore for SqliteSubscriptionStore {
 
     async fn checkpoint(&self, name: &str) -> Result<Option<u64>> {
         validate_name(name)?;
-        let key = name.to_owned();
+        let (key, sql) = (name.to_owned(), self.sql.clone());
         let stored: Option<Option<i64>> = self
             .database
             .read(move |connection| {
                 connection
-                    .prepare_cached("SELECT position FROM eventsource_subscriptions WHERE name = ?1")?
+                    .prepare_cached(&sql.checkpoint)?
                     .query_row([&key], |row| row.get(0))
                     .optional()
             })
@@ -145,7 +211,7 @@ impl SubscriptionStore for SqliteSubscriptionStore {
         ];
         let changed = self
             .change(
-                SAVE,
+                |sql| &sql.save,
                 params,
                 format!("cannot store the checkpoint of subscription {name}"),
             )
@@ -156,7 +222,7 @@ impl SubscriptionStore for SqliteSubscriptionStore {
     async fn reset(&self, name: &str) -> Result<()> {
         validate_name(name)?;
         self.change(
-            RESET,
+            |sql| &sql.reset,
             vec![text(name)],
             format!("cannot reset subscription {name}"),
         )
@@ -176,9 +242,7 @@ impl SubscriptionStore for SqliteSubscriptionStore {
             Value::Text(failed_at),
         ];
         self.change(
-            "INSERT INTO eventsource_dead_letters
-                (subscription, position, event_id, event_type, error, failed_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            |sql| &sql.dead_letter,
             params,
             format!("cannot record a dead letter of subscription {name}"),
         )
@@ -188,15 +252,12 @@ impl SubscriptionStore for SqliteSubscriptionStore {
 
     async fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>> {
         validate_name(name)?;
-        let key = name.to_owned();
+        let (key, sql) = (name.to_owned(), self.sql.clone());
         let rows: Vec<(i64, String, String, String, String)> = self
             .database
             .read(move |connection| {
                 connection
-                    .prepare_cached(
-                        "SELECT position, event_id, event_type, error, failed_at
-                         FROM eventsource_dead_letters WHERE subscription = ?1 ORDER BY id",
-                    )?
+                    .prepare_cached(&sql.dead_letters)?
                     .query_map([&key], |row| {
                         Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
                     })?
@@ -220,16 +281,12 @@ impl SubscriptionStore for SqliteSubscriptionStore {
             .collect()
     }
     async fn subscriptions(&self) -> Result<Vec<SubscriptionStatus>> {
-        let now = millis(SystemTime::now());
+        let (now, sql) = (millis(SystemTime::now()), self.sql.clone());
         let rows: Vec<(String, Option<i64>, Option<String>, i64)> = self
             .database
             .read(move |connection| {
                 connection
-                    .prepare_cached(
-                        "SELECT s.name, s.position, CASE WHEN s.lease_until > ?1 THEN s.owner END,
-                            (SELECT count(*) FROM eventsource_dead_letters d WHERE d.subscription = s.name)
-                         FROM eventsource_subscriptions s ORDER BY s.name",
-                    )?
+                    .prepare_cached(&sql.subscriptions)?
                     .query_map([now], |row| {
                         Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
                     })?

@@ -1149,6 +1149,101 @@ async fn repositories_of_two_instances_share_the_stores_of_a_url() {
 }
 
 // ---------------------------------------------------------------------------------------
+// A save with its snapshot in one statement
+
+#[tokio::test]
+async fn a_save_and_its_due_snapshot_are_one_statement_and_a_failing_snapshot_never_fails_it() {
+    let Some(db) =
+        db("a_save_and_its_due_snapshot_are_one_statement_and_a_failing_snapshot_never_fails_it").await
+    else {
+        return;
+    };
+    let scratch = db.scratch().await;
+    assert!(
+        scratch
+            .events
+            .joint_snapshot_writer(scratch.snapshots.as_any().unwrap())
+            .is_some(),
+        "stores on one pool write jointly"
+    );
+    let repo = Repository::<Account>::new(scratch.events.clone())
+        .with_snapshots(scratch.snapshots.clone(), SnapshotPolicy::every(10).unwrap());
+    let id = Uuid::new_v4();
+    let mut account = opened(id, 11); // 12 events: crosses 10
+    assert_eq!(repo.save(&mut account).await.unwrap(), 12);
+    let snapshot = scratch
+        .snapshots
+        .get_snapshot(id, "Account", 1)
+        .await
+        .unwrap()
+        .expect("a snapshot at 12");
+    assert_eq!(snapshot.version, 12);
+    assert_eq!(snapshot.event_id, account.last_event_id());
+    assert_eq!(repo.metrics().written("Account"), 1);
+    let loaded = repo.load(id).await.unwrap();
+    assert_eq!((loaded.version(), loaded.state()), (12, account.state()));
+    assert_eq!(repo.metrics().hits("Account"), 1);
+
+    // A conflict is the save's own: the snapshot goes nowhere either.
+    let mut stale = opened(id, 9);
+    let err = repo.save(&mut stale).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Conflict {
+                expected: 0,
+                actual: 12,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        scratch
+            .snapshots
+            .get_snapshot(id, "Account", 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        12
+    );
+
+    // A snapshot table that refuses every row: the joint statement fails, the save appends
+    // without the snapshot and succeeds, and the snapshot's own write fails and is counted.
+    sqlx::query(&format!(
+        "ALTER TABLE {} ADD CONSTRAINT refuse_all CHECK (version < 0) NOT VALID",
+        scratch.table("eventsource_snapshots")
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let mut more = repo.load(id).await.unwrap();
+    for _ in 0..10 {
+        more.record(MoneyDeposited { amount: 1.0 });
+    }
+    assert_eq!(repo.save(&mut more).await.unwrap(), 22);
+    assert_eq!(repo.metrics().write_failures("Account"), 1);
+    let versions: Vec<u64> = read_stream(&scratch.events, id, "Account", 0)
+        .await
+        .iter()
+        .map(|e| e.aggregate_version)
+        .collect();
+    assert_eq!(versions, (1..=22).collect::<Vec<_>>(), "every event stored once");
+    assert_eq!(
+        scratch
+            .snapshots
+            .get_snapshot(id, "Account", 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        12
+    );
+    scratch.drop(&db.pool).await;
+}
+
+// ---------------------------------------------------------------------------------------
 // A load with a snapshot in one statement
 
 /// The versions of the events a joint read returned, and its snapshot's version.

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::event::{EventEnvelope, StoredEvent};
-use crate::snapshot::JointSnapshotRead;
+use crate::snapshot::{JointSnapshotRead, JointSnapshotWrite};
 
 /// A stream of stored events, read lazily from the store.
 pub type EventStream<'a> = BoxStream<'a, Result<StoredEvent>>;
@@ -127,6 +127,16 @@ pub trait EventStore: Send + Sync {
     /// repository asks once, when it is given its snapshot store. `None`, the default, makes
     /// it read the snapshot and the events one after the other.
     fn joint_snapshot_reader(&self, snapshots: &dyn Any) -> Option<Arc<dyn JointSnapshotRead>> {
+        let _ = snapshots;
+        None
+    }
+
+    /// A writer of events together with a snapshot into `snapshots` (a snapshot store's
+    /// [`as_any`](crate::SnapshotStore::as_any)), if this store can write that store's data
+    /// in the same transaction (the two share a database), so that a save with a due
+    /// snapshot is one round trip instead of two. `None`, the default, makes the repository
+    /// append, then write the snapshot.
+    fn joint_snapshot_writer(&self, snapshots: &dyn Any) -> Option<Arc<dyn JointSnapshotWrite>> {
         let _ = snapshots;
         None
     }
@@ -313,6 +323,10 @@ impl<S: EventStore + ?Sized> EventStore for Arc<S> {
 
     fn joint_snapshot_reader(&self, snapshots: &dyn Any) -> Option<Arc<dyn JointSnapshotRead>> {
         (**self).joint_snapshot_reader(snapshots)
+    }
+
+    fn joint_snapshot_writer(&self, snapshots: &dyn Any) -> Option<Arc<dyn JointSnapshotWrite>> {
+        (**self).joint_snapshot_writer(snapshots)
     }
 
     async fn head(&self, after_position: u64) -> Result<FeedHead> {

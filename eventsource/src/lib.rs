@@ -70,7 +70,7 @@ pub use eventsource_derive::{event, Aggregate};
 pub use repository::Repository;
 pub use root::AggregateRoot;
 pub use snapshot::{
-    JointSnapshotRead, MissReason, Snapshot, SnapshotAndEvents, SnapshotMetrics, SnapshotMode,
+    JointSnapshotRead, JointSnapshotWrite, MissReason, Snapshot, SnapshotAndEvents, SnapshotMetrics, SnapshotMode,
     SnapshotPolicy, SnapshotStore, SnapshotVersion,
 };
 

@@ -26,7 +26,9 @@ use crate::aggregate::Aggregate;
 use crate::error::{Error, Result};
 use crate::event_store::EventStore;
 use crate::root::AggregateRoot;
-use crate::snapshot::{JointSnapshotRead, SnapshotMetrics, SnapshotMode, SnapshotPolicy, SnapshotStore};
+use crate::snapshot::{
+    JointSnapshotRead, JointSnapshotWrite, SnapshotMetrics, SnapshotMode, SnapshotPolicy, SnapshotStore,
+};
 
 /// Loads and saves aggregates of type `A`.
 ///
@@ -65,6 +67,8 @@ struct Snapshots {
     queue: Option<Arc<BackgroundQueue>>,
     /// Set when the event store reads snapshots and events in one round trip.
     joint: Option<Arc<dyn JointSnapshotRead>>,
+    /// Set in `Sync` mode when the event store appends and snapshots in one round trip.
+    joint_writer: Option<Arc<dyn JointSnapshotWrite>>,
 }
 
 impl<A: Aggregate> Clone for Repository<A> {
@@ -115,11 +119,15 @@ impl<A: Aggregate> Repository<A> {
             ))
         });
         let joint = store.as_any().and_then(|s| self.events.joint_snapshot_reader(s));
+        let joint_writer = (policy.mode() == SnapshotMode::Sync)
+            .then(|| store.as_any().and_then(|s| self.events.joint_snapshot_writer(s)))
+            .flatten();
         self.snapshots = Some(Snapshots {
             store,
             policy,
             queue,
             joint,
+            joint_writer,
         });
         self
     }

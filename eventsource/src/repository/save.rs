@@ -5,6 +5,8 @@ use tracing::Instrument;
 use super::Repository;
 use crate::aggregate::Aggregate;
 use crate::error::Result;
+use crate::event::EventEnvelope;
+use crate::event_store::Appended;
 use crate::registry;
 use crate::root::AggregateRoot;
 
@@ -50,22 +52,35 @@ impl<A: Aggregate> Repository<A> {
         let started = std::time::Instant::now();
         async {
             let envelopes = root.pending_envelopes()?;
-            let appended = self
-                .events
-                .append_with_position(root.id(), A::TYPE_NAME, root.saved_version(), &envelopes)
-                .await?;
+            let due = self
+                .snapshots
+                .as_ref()
+                .filter(|s| s.policy.is_due(root.version(), saved));
+            let (appended, snapshotted) = match due {
+                Some(snapshots) => self.append_and_snapshot(snapshots, root, &envelopes).await?,
+                None => (self.append(root, &envelopes).await?, false),
+            };
             // Before the snapshot: from here on the save has happened, whatever becomes of it.
             root.mark_saved(appended.position);
-            if let Some(snapshots) = &self.snapshots {
-                if snapshots.policy.is_due(root.version(), saved) {
-                    self.snapshot_after_save(snapshots, root).await;
-                }
+            if let Some(snapshots) = due.filter(|_| !snapshotted) {
+                self.snapshot_after_save(snapshots, root).await;
             }
             crate::telemetry::save(A::TYPE_NAME, started.elapsed());
             Ok(root.version())
         }
         .instrument(span)
         .await
+    }
+
+    /// Appends the root's unsaved events, expecting its saved version.
+    pub(super) async fn append(
+        &self,
+        root: &AggregateRoot<A>,
+        envelopes: &[EventEnvelope],
+    ) -> Result<Appended> {
+        self.events
+            .append_with_position(root.id(), A::TYPE_NAME, root.saved_version(), envelopes)
+            .await
     }
 
     /// The feed position of the aggregate's event at `version`: what a reader of the feed (a

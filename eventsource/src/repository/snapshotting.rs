@@ -15,6 +15,8 @@ use crate::aggregate::Aggregate;
 use crate::codec;
 use crate::deadline;
 use crate::error::{Error, Result};
+use crate::event::EventEnvelope;
+use crate::event_store::Appended;
 use crate::root::AggregateRoot;
 use crate::snapshot::metrics::Counter;
 use crate::snapshot::{Snapshot, SnapshotMetrics, SnapshotStore};
@@ -45,6 +47,47 @@ impl<A: Aggregate> Repository<A> {
             &snapshot,
         )
         .await;
+    }
+
+    /// Appends the root's events with their due snapshot in one round trip, where the stores
+    /// can (`Sync` mode, and an event store that writes the snapshot store's table); whether
+    /// the snapshot went with them. An append with its snapshot that fails for any reason
+    /// but a conflict is made again without it (an append made again is acknowledged, never
+    /// stored twice), so a snapshot never fails a save; the caller then writes the snapshot
+    /// on its own.
+    pub(super) async fn append_and_snapshot(
+        &self,
+        snapshots: &Snapshots,
+        root: &AggregateRoot<A>,
+        envelopes: &[EventEnvelope],
+    ) -> Result<(Appended, bool)> {
+        let joint = snapshots
+            .joint_writer
+            .as_ref()
+            .and_then(|writer| Some((writer, take_snapshot(root).ok()?)));
+        let Some((writer, snapshot)) = joint else {
+            return Ok((self.append(root, envelopes).await?, false));
+        };
+        let appended = writer
+            .append_with_snapshot(
+                root.id(),
+                A::TYPE_NAME,
+                root.saved_version(),
+                envelopes,
+                &snapshot,
+            )
+            .await;
+        match appended {
+            Ok(appended) => {
+                self.metrics.add(A::TYPE_NAME, Counter::Written);
+                Ok((appended, true))
+            }
+            Err(e @ Error::Conflict { .. }) => Err(e),
+            Err(e) => {
+                tracing::warn!(aggregate.id = %root.id(), aggregate.type = A::TYPE_NAME, error = %e, "the append with its snapshot failed; appending without it");
+                Ok((self.append(root, envelopes).await?, false))
+            }
+        }
     }
 
     /// Writes a snapshot of the aggregate now, whatever the mode, and returns it.

@@ -1,12 +1,14 @@
-//! Reading a snapshot and the events after it in one round trip, where an event store can
-//! read its snapshot store's data itself (both in one database).
+//! Reading a snapshot and the events after it, and appending events with a snapshot, in one
+//! round trip, where an event store can reach its snapshot store's data itself (both in one
+//! database).
 
 use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::Snapshot;
 use crate::error::Result;
-use crate::event_store::EventStream;
+use crate::event::EventEnvelope;
+use crate::event_store::{Appended, EventStream};
 
 /// A stored snapshot and the stream's events from the snapshot's version on.
 pub struct SnapshotAndEvents<'a> {
@@ -47,4 +49,33 @@ pub trait JointSnapshotRead: Send + Sync {
         aggregate_type: &'a str,
         schema_version: u32,
     ) -> Result<Option<SnapshotAndEvents<'a>>>;
+}
+
+/// Appends events and stores the snapshot taken after them, in one statement.
+///
+/// A save whose snapshot is due in [`SnapshotMode::Sync`](super::SnapshotMode::Sync) appends,
+/// then writes the snapshot: two round trips. When the event store can write the snapshot
+/// store's table itself,
+/// [`EventStore::joint_snapshot_writer`](crate::EventStore::joint_snapshot_writer) returns one
+/// of these, and the repository makes a single round trip instead.
+#[async_trait]
+pub trait JointSnapshotWrite: Send + Sync {
+    /// Appends as [`EventStore::append_with_position`](crate::EventStore::append_with_position)
+    /// does, with its contract (checked version, atomic batch, idempotent retries), and in the
+    /// same transaction stores `snapshot` as
+    /// [`SnapshotStore::save_snapshot`](super::SnapshotStore::save_snapshot) would (never
+    /// replacing a newer one): both, or neither.
+    ///
+    /// A conflict or an invalid batch is the append's own error. Any other error leaves it
+    /// unknown whether the statement committed: the repository then appends again without
+    /// the snapshot (an append made again is acknowledged, never stored twice) and writes the
+    /// snapshot on its own, so a snapshot never fails a save.
+    async fn append_with_snapshot(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        expected_version: u64,
+        events: &[EventEnvelope],
+        snapshot: &Snapshot,
+    ) -> Result<Appended>;
 }

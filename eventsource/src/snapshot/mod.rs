@@ -4,7 +4,7 @@ mod joint;
 pub(crate) mod metrics;
 mod policy;
 
-pub use joint::{JointSnapshotRead, SnapshotAndEvents};
+pub use joint::{JointSnapshotRead, JointSnapshotWrite, SnapshotAndEvents};
 pub use metrics::{MissReason, SnapshotMetrics};
 pub use policy::{SnapshotMode, SnapshotPolicy, DEFAULT_QUEUE_CAPACITY, DEFAULT_STORE_TIMEOUT};
 

@@ -22,7 +22,7 @@ use crate::event::{EventEnvelope, StoredEvent};
 use crate::event_store::{
     acknowledge_stored_append, validate_batch, AppendSignal, Appended, EventStore, EventStream, FeedHead,
 };
-use crate::snapshot::JointSnapshotRead;
+use crate::snapshot::{JointSnapshotRead, JointSnapshotWrite, Snapshot};
 
 /// The name of the unique constraint on event ids, as created by the migration.
 const EVENT_ID_KEY: &str = "eventsource_events_event_id_key";
@@ -55,18 +55,16 @@ pub(super) struct Sql {
     request: String,
 }
 
-impl Sql {
-    pub(super) fn new(layout: &Layout) -> Self {
-        let events = &layout.events;
-        Self {
-            table: events.clone(),
-            // One statement, so one transaction: the batch goes in only if the stream is at the
-            // expected version ($3) when the statement starts, and the unique constraint on
-            // (aggregate_id, aggregate_type, aggregate_version) fails it if a concurrent
-            // writer commits the same version first. Arrays carry the batch, so any number
-            // of events is one statement with fourteen parameters.
-            append: format!(
-                "WITH head AS (
+/// The append statement on `events`; with `snapshots`, it also stores a snapshot ($15 to
+/// $20) in the same statement, only when the batch goes in.
+pub(super) fn append_sql(events: &str, snapshots: Option<&str>) -> String {
+    // One statement, so one transaction: the batch goes in only if the stream is at the
+    // expected version ($3) when the statement starts, and the unique constraint on
+    // (aggregate_id, aggregate_type, aggregate_version) fails it if a concurrent writer
+    // commits the same version first. Arrays carry the batch, so any number of events is
+    // one statement with fourteen parameters.
+    let mut sql = format!(
+        "WITH head AS (
                     SELECT coalesce(max(aggregate_version), 0) AS version FROM {events}
                     WHERE aggregate_id = $1 AND aggregate_type = $2
                 ), inserted AS (
@@ -86,10 +84,39 @@ impl Sql {
                     WHERE (SELECT version FROM head) = $3
                     ORDER BY e.n
                     RETURNING position
-                )
+                )"
+    );
+    if let Some(snapshots) = snapshots {
+        // The snapshot store's upsert (never replacing a newer snapshot), on the same
+        // condition as the batch.
+        sql.push_str(&format!(
+            ", snapshot AS (
+                INSERT INTO {snapshots} AS s (aggregate_id, aggregate_type, version, state,
+                    schema_version, created_at, created_at_ns, event_id)
+                SELECT $1, $2, $15, $16::json, $17, $18, $19, $20
+                WHERE (SELECT version FROM head) = $3
+                ON CONFLICT (aggregate_id, aggregate_type, schema_version) DO UPDATE
+                SET version = EXCLUDED.version, state = EXCLUDED.state,
+                    event_id = EXCLUDED.event_id, created_at = EXCLUDED.created_at,
+                    created_at_ns = EXCLUDED.created_at_ns
+                WHERE s.version <= EXCLUDED.version
+            )"
+        ));
+    }
+    sql.push_str(
+        "
                 SELECT (SELECT version FROM head), (SELECT count(*) FROM inserted),
-                    (SELECT max(position) FROM inserted)"
-            ),
+                    (SELECT max(position) FROM inserted)",
+    );
+    sql
+}
+
+impl Sql {
+    pub(super) fn new(layout: &Layout) -> Self {
+        let events = &layout.events;
+        Self {
+            table: events.clone(),
+            append: append_sql(events, None),
             stream_version: format!(
                 "SELECT coalesce(max(aggregate_version), 0) FROM {events}
                  WHERE aggregate_id = $1 AND aggregate_type = $2"
@@ -171,28 +198,20 @@ impl<'a> Columns<'a> {
     }
 }
 
-#[async_trait]
-impl EventStore for PostgresEventStore {
-    async fn append(
+impl PostgresEventStore {
+    /// Appends the batch with the append statement `sql`, and with a snapshot when `sql` is
+    /// the statement that stores one too ([`append_sql`] with a snapshot table).
+    pub(super) async fn append_in(
         &self,
+        sql: &str,
         aggregate_id: Uuid,
         aggregate_type: &str,
         expected_version: u64,
         events: &[EventEnvelope],
-    ) -> Result<u64> {
-        self.append_with_position(aggregate_id, aggregate_type, expected_version, events)
-            .await
-            .map(|appended| appended.version)
-    }
-
-    async fn append_with_position(
-        &self,
-        aggregate_id: Uuid,
-        aggregate_type: &str,
-        expected_version: u64,
-        events: &[EventEnvelope],
+        snapshot: Option<&Snapshot>,
     ) -> Result<Appended> {
         validate_batch(aggregate_id, aggregate_type, expected_version, events)?;
+
         if events.len() > MAX_BATCH {
             return Err(Error::InvalidInput(format!(
                 "a PostgreSQL append stores at most {MAX_BATCH} events, not {}; append them in several batches",
@@ -202,7 +221,7 @@ impl EventStore for PostgresEventStore {
         let expected = to_bigint(expected_version, "expected version")?;
         let c = Columns::of(events)?;
         let what = || format!("cannot append to {aggregate_type} {aggregate_id}");
-        let result = sqlx::query_as::<_, (i64, i64, Option<i64>)>(&self.sql.append)
+        let query = sqlx::query_as::<_, (i64, i64, Option<i64>)>(sql)
             .bind(aggregate_id)
             .bind(aggregate_type)
             .bind(expected)
@@ -216,9 +235,22 @@ impl EventStore for PostgresEventStore {
             .bind(&c.causation_id)
             .bind(&c.metadata)
             .bind(&c.payload)
-            .bind(&c.request_id)
-            .fetch_one(&self.pool)
-            .await;
+            .bind(&c.request_id);
+        let result = match snapshot {
+            None => query.fetch_one(&self.pool).await,
+            Some(snapshot) => {
+                let (created_at, created_at_ns) = split_timestamp(snapshot.created_at);
+                query
+                    .bind(to_bigint(snapshot.version, "snapshot version")?)
+                    .bind(&snapshot.state)
+                    .bind(i64::from(snapshot.schema_version))
+                    .bind(created_at)
+                    .bind(created_at_ns)
+                    .bind(snapshot.event_id)
+                    .fetch_one(&self.pool)
+                    .await
+            }
+        };
         let conflict = |actual: u64| Error::Conflict {
             aggregate_type: aggregate_type.to_owned(),
             aggregate_id,
@@ -280,6 +312,39 @@ impl EventStore for PostgresEventStore {
             }
             Err(e) => Err(query_error(&what(), e)),
         }
+    }
+}
+
+#[async_trait]
+impl EventStore for PostgresEventStore {
+    async fn append(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        expected_version: u64,
+        events: &[EventEnvelope],
+    ) -> Result<u64> {
+        self.append_with_position(aggregate_id, aggregate_type, expected_version, events)
+            .await
+            .map(|appended| appended.version)
+    }
+
+    async fn append_with_position(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        expected_version: u64,
+        events: &[EventEnvelope],
+    ) -> Result<Appended> {
+        self.append_in(
+            &self.sql.append,
+            aggregate_id,
+            aggregate_type,
+            expected_version,
+            events,
+            None,
+        )
+        .await
     }
 
     fn read_stream<'a>(
@@ -406,6 +471,11 @@ impl EventStore for PostgresEventStore {
     fn joint_snapshot_reader(&self, snapshots: &dyn Any) -> Option<Arc<dyn JointSnapshotRead>> {
         let snapshots = snapshots.downcast_ref::<PostgresSnapshotStore>()?;
         joint::Reader::new(self, snapshots).map(|reader| Arc::new(reader) as _)
+    }
+
+    fn joint_snapshot_writer(&self, snapshots: &dyn Any) -> Option<Arc<dyn JointSnapshotWrite>> {
+        let snapshots = snapshots.downcast_ref::<PostgresSnapshotStore>()?;
+        joint::Writer::new(self, snapshots).map(|writer| Arc::new(writer) as _)
     }
 }
 

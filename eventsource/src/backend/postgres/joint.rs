@@ -1,5 +1,6 @@
-//! A load with a snapshot in one statement: the snapshot row and the first page of the events
-//! from its version on, when the event and snapshot stores share a pool.
+//! A load with a snapshot in one statement (the snapshot row and the first page of the events
+//! from its version on), and a save with its snapshot in one statement, when the event and
+//! snapshot stores share a pool.
 
 use std::sync::Arc;
 
@@ -12,8 +13,11 @@ use uuid::Uuid;
 use super::events::{self, at, COLUMNS};
 use super::{query_error, PostgresEventStore, PostgresSnapshotStore};
 use crate::error::Result;
-use crate::event_store::EventStore;
-use crate::snapshot::{JointSnapshotRead, SnapshotAndEvents, SnapshotStore};
+use crate::event::EventEnvelope;
+use crate::event_store::{Appended, EventStore};
+use crate::snapshot::{
+    validate_snapshot, JointSnapshotRead, JointSnapshotWrite, Snapshot, SnapshotAndEvents, SnapshotStore,
+};
 
 /// Reads a snapshot and the events from its version on, in one round trip.
 pub(super) struct Reader {
@@ -22,11 +26,16 @@ pub(super) struct Reader {
     sql: String,
 }
 
+/// Whether the two stores share a pool, so that one statement sees both tables as each store
+/// would. The tables may be in different schemas.
+fn share_a_pool(events: &PostgresEventStore, snapshots: &PostgresSnapshotStore) -> bool {
+    Arc::ptr_eq(&events.pool.connect_options(), &snapshots.pool.connect_options())
+}
+
 impl Reader {
-    /// A joint reader of the two stores, if they share a pool, so that one statement sees
-    /// both tables as each store would. The tables may be in different schemas.
+    /// A joint reader of the two stores, if they share a pool.
     pub(super) fn new(events: &PostgresEventStore, snapshots: &PostgresSnapshotStore) -> Option<Self> {
-        if !Arc::ptr_eq(&events.pool.connect_options(), &snapshots.pool.connect_options()) {
+        if !share_a_pool(events, snapshots) {
             return None;
         }
         let (snapshot_table, event_table) = (&snapshots.layout.snapshots, &events.layout.events);
@@ -120,6 +129,46 @@ impl JointSnapshotRead for Reader {
             snapshot,
             events: Box::pin(stream::iter(page).chain(reader.into_stream())),
         }))
+    }
+}
+
+/// Appends a batch and stores its snapshot, in one statement.
+pub(super) struct Writer {
+    events: PostgresEventStore,
+    sql: String,
+}
+
+impl Writer {
+    /// A joint writer of the two stores, if they share a pool.
+    pub(super) fn new(events: &PostgresEventStore, snapshots: &PostgresSnapshotStore) -> Option<Self> {
+        share_a_pool(events, snapshots).then(|| Self {
+            events: events.clone(),
+            sql: events::append_sql(&events.layout.events, Some(&snapshots.layout.snapshots)),
+        })
+    }
+}
+
+#[async_trait]
+impl JointSnapshotWrite for Writer {
+    async fn append_with_snapshot(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        expected_version: u64,
+        events: &[EventEnvelope],
+        snapshot: &Snapshot,
+    ) -> Result<Appended> {
+        validate_snapshot(snapshot)?;
+        self.events
+            .append_in(
+                &self.sql,
+                aggregate_id,
+                aggregate_type,
+                expected_version,
+                events,
+                Some(snapshot),
+            )
+            .await
     }
 }
 

@@ -70,8 +70,8 @@ pub use eventsource_derive::{event, Aggregate};
 pub use repository::Repository;
 pub use root::AggregateRoot;
 pub use snapshot::{
-    JointSnapshotRead, JointSnapshotWrite, MissReason, Snapshot, SnapshotAndEvents, SnapshotMetrics, SnapshotMode,
-    SnapshotPolicy, SnapshotStore, SnapshotVersion,
+    JointSnapshotRead, JointSnapshotWrite, MissReason, Snapshot, SnapshotAndEvents, SnapshotMetrics,
+    SnapshotMode, SnapshotPolicy, SnapshotStore, SnapshotVersion,
 };
 
 /// Everything a program that uses the library usually needs, and serde's derives.

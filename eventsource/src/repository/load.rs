@@ -140,7 +140,7 @@ impl<A: Aggregate> Repository<A> {
 
     /// The aggregate from every one of its events, without a snapshot.
     pub(super) async fn replay_all(&self, id: Uuid) -> Result<AggregateRoot<A>> {
-        self.replay_from(id, self.events.read_stream(id, A::TYPE_NAME, 0))
+        self.replay_from(id, self.events.load_stream(id, A::TYPE_NAME, 0))
             .await
     }
 
@@ -148,7 +148,7 @@ impl<A: Aggregate> Repository<A> {
     pub(super) async fn replay_until(&self, id: Uuid, version: u64) -> Result<AggregateRoot<A>> {
         let events = self
             .events
-            .read_stream(id, A::TYPE_NAME, 0)
+            .load_stream(id, A::TYPE_NAME, 0)
             .try_take_while(move |e| std::future::ready(Ok(e.aggregate_version <= version)));
         self.replay_from(id, Box::pin(events)).await
     }
@@ -202,7 +202,7 @@ impl<A: Aggregate> Repository<A> {
         let Some(candidate) = self.usable(id, snapshot) else {
             return Lookup::Unused;
         };
-        let events = self.events.read_stream(id, A::TYPE_NAME, candidate.version - 1);
+        let events = self.events.load_stream(id, A::TYPE_NAME, candidate.version - 1);
         Lookup::Found(candidate, events)
     }
 

@@ -30,6 +30,8 @@ pub const UPCAST: &str = "upcast";
 pub const ALIASES: &str = "aliases";
 /// `#[aggregate(migrate(1 => function, ...))]`.
 pub const MIGRATE: &str = "migrate";
+/// `#[event(crate = "...")]` and `#[aggregate(crate = "...")]`: the path of the library.
+pub const CRATE: &str = "crate";
 
 /// One key of an attribute: whether it was written, and its value if that was valid.
 pub struct Setting<T> {
@@ -72,6 +74,8 @@ pub struct EventAttrs {
     /// Where `upcast(...)` was written.
     pub upcast_span: Option<Span>,
     pub aliases: Setting<Vec<LitStr>>,
+    /// The path the library is reached through, when it is not `::eventsource`.
+    pub krate: Setting<Path>,
 }
 
 /// One step of an upcast chain or a snapshot migration: how a stored value of version
@@ -100,8 +104,9 @@ impl EventAttrs {
             upcast: Setting::none(),
             upcast_span: None,
             aliases: Setting::none(),
+            krate: Setting::none(),
         };
-        let keys = &[AGGREGATE, NAME, VERSION, UPCAST, ALIASES];
+        let keys = &[AGGREGATE, NAME, VERSION, UPCAST, ALIASES, CRATE];
         for_each_key(cx, EVENT_ATTR, keys, args, |key, meta| {
             let syntax = &syntax(EVENT_ATTR, key);
             let expected = &example(EVENT_ATTR, key);
@@ -125,6 +130,10 @@ impl EventAttrs {
                     attrs.upcast_span = Some(spanned(meta));
                     steps(cx, meta, expected, true)
                 }),
+                // crate = "path::to::eventsource"
+                CRATE => attrs.krate.set(cx, syntax, meta, |meta| {
+                    crate_path(cx, name_value(cx, meta, expected)?, syntax)
+                }),
                 // aliases("MoneyDeposited")
                 _ => attrs
                     .aliases
@@ -143,6 +152,8 @@ pub struct AggregateAttrs<'a> {
     pub schema_version: Setting<u32>,
     pub events: Setting<Vec<Path>>,
     pub migrate: Setting<Vec<Step>>,
+    /// The path the library is reached through, when it is not `::eventsource`.
+    pub krate: Setting<Path>,
 }
 
 impl<'a> AggregateAttrs<'a> {
@@ -153,6 +164,7 @@ impl<'a> AggregateAttrs<'a> {
             schema_version: Setting::none(),
             events: Setting::none(),
             migrate: Setting::none(),
+            krate: Setting::none(),
         };
         for attr in all.iter().filter(|attr| attr.path().is_ident(AGGREGATE_ATTR)) {
             attrs.attr.get_or_insert(attr);
@@ -163,7 +175,7 @@ impl<'a> AggregateAttrs<'a> {
                 attrs.events.given = true;
                 continue;
             };
-            let keys = &[NAME, SCHEMA_VERSION, EVENTS, MIGRATE];
+            let keys = &[NAME, SCHEMA_VERSION, EVENTS, MIGRATE, CRATE];
             for_each_key(cx, AGGREGATE_ATTR, keys, list.tokens.clone(), |key, meta| {
                 let syntax = &syntax(AGGREGATE_ATTR, key);
                 let expected = &example(AGGREGATE_ATTR, key);
@@ -180,6 +192,10 @@ impl<'a> AggregateAttrs<'a> {
                     MIGRATE => attrs
                         .migrate
                         .set(cx, syntax, meta, |meta| steps(cx, meta, expected, false)),
+                    // crate = "path::to::eventsource"
+                    CRATE => attrs.krate.set(cx, syntax, meta, |meta| {
+                        crate_path(cx, name_value(cx, meta, expected)?, syntax)
+                    }),
                     // events(AccountOpened, path::to::MoneyDeposited)
                     _ => attrs
                         .events
@@ -305,6 +321,28 @@ fn type_name(cx: &Ctxt, value: &Expr, syntax: &str) -> Option<LitStr> {
         return None;
     }
     Some(LitStr::new(&name, lit.span()))
+}
+
+/// The path of the library: a string literal holding a path such as `::eventsource` or
+/// `crate::reexport`, its tokens spanned at the literal.
+fn crate_path(cx: &Ctxt, value: &Expr, syntax: &str) -> Option<Path> {
+    let Expr::Lit(syn::ExprLit {
+        lit: Lit::Str(lit), ..
+    }) = value
+    else {
+        cx.error_spanned_by(value, format!("{syntax} must be a string literal"));
+        return None;
+    };
+    match lit.parse_with(Path::parse_mod_style) {
+        Ok(path) => Some(path),
+        Err(_) => {
+            cx.error_spanned_by(
+                lit,
+                format!("{syntax} must be a path to the eventsource crate, such as \"::eventsource\""),
+            );
+            None
+        }
+    }
 }
 
 /// A version number: an integer from 1 to `u32::MAX`.

@@ -8,15 +8,33 @@
 use proc_macro2::{Group, Span, TokenStream, TokenTree};
 use quote::{format_ident, quote, ToTokens};
 use syn::ext::IdentExt;
-use syn::{DeriveInput, Ident, Path, WherePredicate};
+use syn::{DeriveInput, Ident, LitStr, Path, WherePredicate};
 
 use crate::ast::{Aggregate, Event, ListedEvent, Shape};
 use crate::attr;
 use crate::ctxt::Ctxt;
 use crate::valid;
 
-fn private() -> TokenStream {
-    quote!(::eventsource::__private)
+/// The path of the library's support for generated code: `<crate>::__private`, where the
+/// crate is `::eventsource` unless `crate = "..."` gives another path.
+fn private(krate: Option<&Path>) -> TokenStream {
+    match krate {
+        Some(krate) => quote!(#krate::__private),
+        None => quote!(::eventsource::__private),
+    }
+}
+
+/// `#[serde(crate = "...")]` for the serde derives of an event: serde as the library
+/// re-exports it.
+fn serde_crate(krate: Option<&Path>) -> TokenStream {
+    let path = match krate {
+        Some(krate) => LitStr::new(
+            &format!("{}::__private::serde", valid::show(krate)),
+            ends(krate).0,
+        ),
+        None => LitStr::new("::eventsource::__private::serde", Span::call_site()),
+    };
+    quote!(#[serde(crate = #path)])
 }
 
 pub fn event(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -47,7 +65,8 @@ pub fn derive_aggregate(original: &DeriveInput) -> TokenStream {
 }
 
 fn expand_event(event: &Event, errors: Option<syn::Error>) -> TokenStream {
-    let p = private();
+    let krate = event.attrs.krate.value.as_ref();
+    let p = &private(krate);
     let original = event.original;
     let ident = &original.ident;
     let compile_errors = errors.as_ref().map(syn::Error::to_compile_error);
@@ -74,8 +93,7 @@ fn expand_event(event: &Event, errors: Option<syn::Error>) -> TokenStream {
         }
     }
     let derive = (!derives.is_empty()).then(|| quote!(#[derive(#(#derives),*)]));
-    let serde_crate = (derives_serde && !attr::has_serde_crate(attrs))
-        .then(|| quote!(#[serde(crate = "::eventsource::__private::serde")]));
+    let serde_crate = (derives_serde && !attr::has_serde_crate(attrs)).then(|| serde_crate(krate));
 
     let ident_name = ident.unraw().to_string();
     let event_type = match &event.attrs.name.value {
@@ -108,6 +126,7 @@ fn expand_event(event: &Event, errors: Option<syn::Error>) -> TokenStream {
         .is_none()
         .then(|| {
             upcast_chain(
+                p,
                 ident,
                 version,
                 event.attrs.upcast.value.as_deref().unwrap_or_default(),
@@ -139,11 +158,10 @@ fn expand_event(event: &Event, errors: Option<syn::Error>) -> TokenStream {
 ///
 /// A version upcast on JSON is held as a `serde_json::Value`, one upcast as a type as that
 /// type, the current version as the event itself.
-fn upcast_chain(ident: &Ident, version: u32, steps: &[attr::Step]) -> Option<TokenStream> {
+fn upcast_chain(p: &TokenStream, ident: &Ident, version: u32, steps: &[attr::Step]) -> Option<TokenStream> {
     if steps.is_empty() {
         return None;
     }
-    let p = private();
     let step = |k: u32| steps.iter().find(|step| step.from == k);
     let held = |k: u32| match step(k).map(|step| &step.how) {
         Some(attr::StepKind::Typed(old)) => quote!(#old),
@@ -214,8 +232,7 @@ fn without_self(path: &Path, ident: &Ident) -> Path {
 
 /// `Aggregate::migrate_snapshot` of an aggregate with migrations: each step from the
 /// snapshot's schema version on, in order.
-fn migration_chain(steps: &[attr::Step], type_name: &str) -> Option<TokenStream> {
-    let p = private();
+fn migration_chain(p: &TokenStream, steps: &[attr::Step], type_name: &str) -> Option<TokenStream> {
     let mut steps: Vec<_> = steps.iter().collect();
     steps.sort_by_key(|step| step.from);
     let oldest = steps.first()?.from;
@@ -245,7 +262,7 @@ fn migration_chain(steps: &[attr::Step], type_name: &str) -> Option<TokenStream>
 }
 
 fn expand_aggregate(aggregate: &Aggregate, errors: Option<syn::Error>) -> TokenStream {
-    let p = private();
+    let p = &private(aggregate.attrs.krate.value.as_ref());
     let original = aggregate.original;
     let ident = &original.ident;
     let vis = &original.vis;
@@ -274,8 +291,11 @@ fn expand_aggregate(aggregate: &Aggregate, errors: Option<syn::Error>) -> TokenS
         })
         .collect();
     let where_events = quote!(where #(#bounds,)*);
-    let event_types: Vec<_> = events.iter().map(|e| event_const(e, "EVENT_TYPE")).collect();
-    let event_versions: Vec<_> = events.iter().map(|e| event_const(e, "EVENT_VERSION")).collect();
+    let event_types: Vec<_> = events.iter().map(|e| event_const(p, e, "EVENT_TYPE")).collect();
+    let event_versions: Vec<_> = events
+        .iter()
+        .map(|e| event_const(p, e, "EVENT_VERSION"))
+        .collect();
 
     let enum_doc =
         format!("The events of [`{ident_name}`], one variant per event of its `#[aggregate(events(...))]`.");
@@ -404,6 +424,7 @@ fn expand_aggregate(aggregate: &Aggregate, errors: Option<syn::Error>) -> TokenS
         .is_none()
         .then(|| {
             migration_chain(
+                p,
                 aggregate.attrs.migrate.value.as_deref().unwrap_or_default(),
                 &type_name,
             )
@@ -474,11 +495,11 @@ fn expand_aggregate(aggregate: &Aggregate, errors: Option<syn::Error>) -> TokenS
     });
 
     let valid_name = aggregate.attrs.name.value.as_ref().map(|_| type_name.as_str());
-    let membership = events.iter().map(|e| membership_check(e, valid_name));
+    let membership = events.iter().map(|e| membership_check(p, e, valid_name));
     let clashes = events.iter().enumerate().flat_map(|(i, later)| {
         events[..i]
             .iter()
-            .map(move |earlier| name_clash_check(earlier, later))
+            .map(move |earlier| name_clash_check(p, earlier, later))
     });
 
     quote! {
@@ -496,12 +517,11 @@ fn expand_aggregate(aggregate: &Aggregate, errors: Option<syn::Error>) -> TokenS
 
 /// A compile-time check that two listed events do not share an event type name or alias (the
 /// stored key of an event is its aggregate type and its event type), reported at the later one.
-fn name_clash_check(earlier: &ListedEvent, later: &ListedEvent) -> TokenStream {
-    let p = private();
-    let first = event_const(earlier, "EVENT_TYPE");
-    let first_aliases = event_const(earlier, "ALIASES");
-    let second = event_const(later, "EVENT_TYPE");
-    let second_aliases = event_const(later, "ALIASES");
+fn name_clash_check(p: &TokenStream, earlier: &ListedEvent, later: &ListedEvent) -> TokenStream {
+    let first = event_const(p, earlier, "EVENT_TYPE");
+    let first_aliases = event_const(p, earlier, "ALIASES");
+    let second = event_const(p, later, "EVENT_TYPE");
+    let second_aliases = event_const(p, later, "ALIASES");
     let message = format!(
         "events `{}` and `{}` share an event type name or alias; rename one with #[event(name = \"...\")]",
         valid::show(&earlier.path),
@@ -518,8 +538,7 @@ fn name_clash_check(earlier: &ListedEvent, later: &ListedEvent) -> TokenStream {
 }
 
 /// `<Path as Event>::NAME`, spanned over the listed path.
-fn event_const(event: &ListedEvent, name: &str) -> TokenStream {
-    let p = private();
+fn event_const(p: &TokenStream, event: &ListedEvent, name: &str) -> TokenStream {
     let path = &event.path;
     let name = Ident::new(name, Span::call_site());
     around(path, quote!(<), quote!(as #p::Event>::#name))
@@ -528,10 +547,9 @@ fn event_const(event: &ListedEvent, name: &str) -> TokenStream {
 /// A compile-time check that a listed event belongs to this aggregate, reported at its
 /// name in the list. It is also where a listed type that is not an event is reported;
 /// without a valid aggregate name, that is all it checks.
-fn membership_check(event: &ListedEvent, type_name: Option<&str>) -> TokenStream {
-    let p = private();
+fn membership_check(p: &TokenStream, event: &ListedEvent, type_name: Option<&str>) -> TokenStream {
     let path = &event.path;
-    let aggregate_type = event_const(event, "AGGREGATE_TYPE");
+    let aggregate_type = event_const(p, event, "AGGREGATE_TYPE");
     let Some(type_name) = type_name else {
         return quote!(const _: &str = #aggregate_type;);
     };
@@ -588,4 +606,70 @@ fn respan(tokens: TokenStream, span: Span) -> TokenStream {
             token
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    fn derive_aggregate(tokens: proc_macro2::TokenStream) -> String {
+        super::derive_aggregate(&syn::parse2(tokens).unwrap()).to_string()
+    }
+
+    /// Every path to the library goes through the given crate, none through `::eventsource`.
+    fn assert_through(generated: &str, krate: &str) {
+        assert!(!generated.contains("compile_error"), "{generated}");
+        assert!(!generated.contains(":: eventsource"), "{generated}");
+        assert!(
+            generated.contains(&format!("{krate} :: __private ::")),
+            "{generated}"
+        );
+    }
+
+    #[test]
+    fn an_event_reaches_the_library_through_its_crate_path() {
+        let generated = super::event(
+            quote!(aggregate = "Account", version = 3, upcast(1 => json(v1_to_v2), 2 => OldV2), crate = "renamed"),
+            quote!(pub struct Deposited { pub amount: f64 }),
+        )
+        .to_string();
+        assert_through(&generated, "renamed");
+        assert!(
+            generated.contains(r#"serde (crate = "renamed::__private::serde")"#),
+            "{generated}"
+        );
+    }
+
+    #[test]
+    fn an_aggregate_reaches_the_library_through_its_crate_path() {
+        let generated = derive_aggregate(quote! {
+            #[aggregate(name = "Account", schema_version = 2, migrate(1 => v1_to_v2))]
+            #[aggregate(events(Opened, Deposited), crate = "crate::reexport")]
+            pub struct Account { pub balance: f64 }
+        });
+        assert_through(&generated, "crate :: reexport");
+    }
+
+    #[test]
+    fn without_a_crate_path_the_library_is_eventsource() {
+        let generated = derive_aggregate(quote! {
+            #[aggregate(name = "Account", events(Deposited))]
+            pub struct Account { pub balance: f64 }
+        });
+        assert!(
+            generated.contains(":: eventsource :: __private ::"),
+            "{generated}"
+        );
+        let generated = super::event(
+            quote!(aggregate = "Account"),
+            quote!(
+                pub struct Deposited {}
+            ),
+        )
+        .to_string();
+        assert!(
+            generated.contains(r#"serde (crate = "::eventsource::__private::serde")"#),
+            "{generated}"
+        );
+    }
 }

@@ -1,9 +1,10 @@
 //! The procedural macros of `eventsource`: `#[event]` and `#[derive(Aggregate)]`.
 //!
 //! Use them through the `eventsource` crate, which re-exports them; the code they generate
-//! reaches the runtime through `eventsource::__private`. The examples below are not run
-//! here, where `eventsource` is not a dependency; `tests/macros.rs` of the workspace
-//! checks what they show.
+//! reaches the runtime through `::eventsource::__private`, or `<path>::__private` with
+//! `crate = "<path>"`. The examples below are not run here, where `eventsource` is not a
+//! dependency; `tests/macros.rs` and `tests/macro_crate_path.rs` of the workspace check what
+//! they show.
 
 mod ast;
 mod attr;
@@ -51,6 +52,12 @@ use syn::{parse_macro_input, DeriveInput};
 ///   current version, a repeated step, and a struct's step followed by a JSON one are compile
 ///   errors.
 /// - `aliases("OldName", ...)`: older names of the event type, still read from stored events.
+/// - `crate = "path"`: the path through which the generated code reaches the library, for
+///   a crate that uses it under another name or through a re-export (`crate = "renamed"`
+///   after `extern crate eventsource as renamed;`, or `crate = "crate::reexport"` for a
+///   module that re-exports it with `pub use ::eventsource::*;`); `::eventsource` unless
+///   set. It works as serde's `#[serde(crate = "...")]` does; the serde derives the macro
+///   adds get `#[serde(crate = "path::__private::serde")]`.
 ///
 /// The struct gets `Clone`, `Debug`, `Serialize` and `Deserialize` unless it derives them
 /// already, an implementation of `Event`, and a registration that
@@ -102,6 +109,9 @@ pub fn event(args: TokenStream, item: TokenStream) -> TokenStream {
 ///   and used; older ones are ignored. The steps must reach the current schema version.
 /// - `events(A, path::to::B, ...)` (required): the `#[event]` types of this aggregate.
 ///   Each needs an `impl Apply<E>` for the struct.
+/// - `crate = "path"`: the path through which the generated code reaches the library, as
+///   for `#[event(crate = "...")]`; `::eventsource` unless set. It applies to this derive
+///   only: each listed event gives its own.
 ///
 /// The derive generates `enum <Struct>Event` with one variant per listed event (named
 /// after its last path segment) and `From` each event, serialized as

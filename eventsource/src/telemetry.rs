@@ -72,6 +72,7 @@ pub(crate) fn queue_depth(aggregate_type: &'static str, depth: usize) {
 
 /// What a subscription did.
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))] // read by the facade only
 pub(crate) enum SubscriptionEvent {
     Handled(u64),
     Retry,

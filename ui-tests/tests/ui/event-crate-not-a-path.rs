@@ -1,0 +1,8 @@
+use eventsource::prelude::*;
+
+#[event(aggregate = "Account", crate = "not a path!")]
+pub struct Deposited {
+    pub amount: f64,
+}
+
+fn main() {}

@@ -4,7 +4,12 @@
 # a text type, a bigint version, a timestamptz and a 58-byte JSON payload, with a primary key
 # on the uuid and the version), at 1, 16 and 64 clients.
 #
-#   benches/pgbench_insert.sh [--url URL] [--seconds N] [--clients 1,16,64]
+#   benches/pgbench_insert.sh [--url URL] [--seconds N] [--clients 1,16,64] [--shape bare|events]
+#
+# --shape events inserts instead into a copy of the library's own events table (LIKE
+# eventsource_events INCLUDING ALL: its columns, checks and three unique indexes), a row
+# with every column a save writes: the ceiling of an append of one event. The events table
+# must exist on the URL's search path (any migrated database).
 #
 # URL is a libpq connection URI (default: $EVENTSOURCE_TEST_POSTGRES_URL, else
 # postgres://postgres@127.0.0.1:5432/test). Each client count runs for N seconds (default 5)
@@ -18,12 +23,14 @@ set -euo pipefail
 url="${EVENTSOURCE_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
 seconds=5
 clients="1,16,64"
+shape=bare
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --url) url="$2"; shift 2 ;;
         --seconds) seconds="$2"; shift 2 ;;
         --clients) clients="$2"; shift 2 ;;
+        --shape) shape="$2"; shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -49,7 +56,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-psql "$url" -q -v ON_ERROR_STOP=1 >/dev/null <<SQL
+case "$shape" in
+bare)
+    psql "$url" -q -v ON_ERROR_STOP=1 >/dev/null <<SQL
 CREATE TABLE $table (
     aggregate_id UUID        NOT NULL,
     event_type   TEXT        NOT NULL,
@@ -59,13 +68,26 @@ CREATE TABLE $table (
     PRIMARY KEY (aggregate_id, version)
 )
 SQL
-
-cat >"$script" <<SQL
+    cat >"$script" <<SQL
 INSERT INTO $table (aggregate_id, event_type, version, occurred_at, payload)
 VALUES (gen_random_uuid(), 'MoneyDeposited', 1, now(),
         '{"amount":1.0,"currency":"EUR","reference":"pgbench-0001"}');
 SQL
-
+    ;;
+events)
+    psql "$url" -q -v ON_ERROR_STOP=1 >/dev/null <<SQL
+CREATE TABLE $table (LIKE eventsource_events INCLUDING ALL)
+SQL
+    cat >"$script" <<SQL
+INSERT INTO $table (position, event_id, event_type, event_version, aggregate_id,
+    aggregate_type, aggregate_version, occurred_at, occurred_at_ns, payload)
+VALUES ((pg_current_xact_id()::text::bigint << 20) + 1, gen_random_uuid(), 'MoneyDeposited', 1,
+        gen_random_uuid(), 'Account', 1, now(), 0,
+        '{"amount":1.0,"currency":"EUR","reference":"pgbench-0001"}');
+SQL
+    ;;
+*) echo "unknown shape $shape (bare or events)" >&2; exit 2 ;;
+esac
 # One pgbench run: prints "commits/s average-latency-ms".
 run() {
     local clients="$1" jobs=2 output

@@ -1,8 +1,8 @@
 //! Wake-ups for consumers of the feed: `NOTIFY` after appends, `LISTEN` for them.
 //!
 //! A store raises its local signal after each append it makes, and sends one `NOTIFY` for
-//! every run of appends (never more than one in flight, so a burst of appends costs a burst of
-//! one), so that the consumers in other processes wake too. A consumer's store listens on a
+//! every run of appends (never more than one in flight, and at most one every 5 ms, so a burst
+//! of appends costs one), so that the consumers in other processes wake too. A consumer's store listens on a
 //! connection of its own, started when the first consumer asks for the signal, and raises the
 //! signal at each notification. Wake-ups are a hint only: consumers also poll, so a lost
 //! notification or a listener that cannot connect delays an event, never loses it.
@@ -15,6 +15,10 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
 
 use crate::event_store::AppendSignal;
+
+/// The least time between two `NOTIFY`s of one store: what a consumer in another process may
+/// wake later than the append, at most (it polls besides).
+const NOTIFY_GAP: Duration = Duration::from_millis(5);
 
 pub(super) struct Notifier {
     channel: String,
@@ -65,6 +69,9 @@ impl Notifier {
                     if let Err(e) = sent {
                         tracing::debug!(error = %e, "cannot notify consumers of an append; they poll instead");
                     }
+                    // The appends of the next few milliseconds share the next NOTIFY: under
+                    // many writers, one a NOTIFY per append would cost each a transaction.
+                    tokio::time::sleep(NOTIFY_GAP).await;
                 }
                 notifier.sending.store(false, Ordering::SeqCst);
                 // An append between the last swap and the store above found `sending` set and

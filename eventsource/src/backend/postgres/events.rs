@@ -50,6 +50,7 @@ const LOAD_COLUMNS: &str = "aggregate_version, event_id, event_type, event_versi
 pub(super) struct Sql {
     table: String,
     append: String,
+    append_one: String,
     stream_version: String,
     position_of: String,
     read_stream: String,
@@ -121,6 +122,19 @@ impl Sql {
         Self {
             table: events.clone(),
             append: append_sql(events, None),
+            // One event (the most common batch) without arrays: it goes in only if the stream
+            // is at the expected version ($3): version $3 is there, and version $3 + 1 is not
+            // (the unique key refuses it if a concurrent writer commits it first).
+            append_one: format!(
+                "INSERT INTO {events} (position, event_id, event_type, event_version,
+                    aggregate_id, aggregate_type, aggregate_version, occurred_at,
+                    occurred_at_ns, correlation_id, causation_id, metadata, payload, request_id)
+                 SELECT (pg_current_xact_id()::text::bigint << {POSITION_SHIFT}) + 1,
+                    $4, $5, $6, $1, $2, $3 + 1, $7, $8, $9, $10, $11::json, $12::json, $13
+                 WHERE $3 = 0 OR EXISTS (SELECT 1 FROM {events}
+                    WHERE aggregate_id = $1 AND aggregate_type = $2 AND aggregate_version = $3)
+                 RETURNING position"
+            ),
             stream_version: format!(
                 "SELECT coalesce(max(aggregate_version), 0) FROM {events}
                  WHERE aggregate_id = $1 AND aggregate_type = $2"
@@ -230,7 +244,6 @@ impl PostgresEventStore {
         }
         let expected = to_bigint(expected_version, "expected version")?;
         let c = Columns::of(events)?;
-        let what = || format!("cannot append to {aggregate_type} {aggregate_id}");
         let query = sqlx::query_as::<_, (i64, i64, Option<i64>)>(sql)
             .bind(aggregate_id)
             .bind(aggregate_type)
@@ -294,21 +307,56 @@ impl PostgresEventStore {
                     events.len()
                 ),
             )),
-            Err(sqlx::Error::Database(db)) if db.kind() == ErrorKind::UniqueViolation => {
-                // A unique key taken by a transaction that committed while this statement
-                // ran: an event id (possibly by this very batch, sent before and cancelled
-                // or not answered), or one of these versions (a concurrent writer).
-                let refusal = if db.constraint() == Some(EVENT_ID_KEY) {
-                    let detail = db
-                        .try_downcast_ref::<PgDatabaseError>()
-                        .and_then(|pg| pg.detail());
-                    Error::InvalidInput(format!(
-                        "{}: an event id of the batch is already stored ({})",
-                        what(),
-                        detail.unwrap_or("duplicate event_id")
-                    ))
-                } else {
-                    conflict(self.stream_version(aggregate_id, aggregate_type).await?)
+            Err(e) => {
+                self.refused(e, aggregate_id, aggregate_type, expected_version, events)
+                    .await
+            }
+        }
+    }
+
+    /// Appends one event, in a statement without arrays.
+    async fn append_one(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        expected_version: u64,
+        event: &EventEnvelope,
+    ) -> Result<Appended> {
+        let events = std::slice::from_ref(event);
+        validate_batch(aggregate_id, aggregate_type, expected_version, events)?;
+        let expected = to_bigint(expected_version, "expected version")?;
+        let c = Columns::of(events)?;
+        let stored = sqlx::query_scalar::<_, i64>(&self.sql.append_one)
+            .bind(aggregate_id)
+            .bind(aggregate_type)
+            .bind(expected)
+            .bind(event.event_id)
+            .bind(&*event.event_type)
+            .bind(c.event_version[0])
+            .bind(c.occurred_at[0])
+            .bind(c.occurred_at_ns[0])
+            .bind(event.correlation_id)
+            .bind(event.causation_id)
+            .bind(&c.metadata[0])
+            .bind(&*event.payload)
+            .bind(event.request_id)
+            .fetch_optional(&self.pool)
+            .await;
+        match stored {
+            Ok(Some(position)) => {
+                self.notifier.appended(&self.pool);
+                Ok(Appended {
+                    version: expected_version + 1,
+                    position: u64::try_from(position).ok(),
+                })
+            }
+            // The stream has not reached the expected version.
+            Ok(None) => {
+                let refusal = Error::Conflict {
+                    aggregate_type: aggregate_type.to_owned(),
+                    aggregate_id,
+                    expected: expected_version,
+                    actual: self.stream_version(aggregate_id, aggregate_type).await?,
                 };
                 acknowledge_stored_append(
                     self,
@@ -320,8 +368,56 @@ impl PostgresEventStore {
                 )
                 .await
             }
-            Err(e) => Err(query_error(&what(), e)),
+            Err(e) => {
+                self.refused(e, aggregate_id, aggregate_type, expected_version, events)
+                    .await
+            }
         }
+    }
+
+    /// The outcome of an append whose statement failed: a unique key taken by a transaction
+    /// that committed while it ran is an event id (possibly this very batch's, sent before
+    /// and cancelled or not answered) or one of its versions (a concurrent writer), and the
+    /// batch may be stored already; anything else is a store error.
+    async fn refused(
+        &self,
+        error: sqlx::Error,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        expected_version: u64,
+        events: &[EventEnvelope],
+    ) -> Result<Appended> {
+        let what = || format!("cannot append to {aggregate_type} {aggregate_id}");
+        let db = match error {
+            sqlx::Error::Database(db) if db.kind() == ErrorKind::UniqueViolation => db,
+            e => return Err(query_error(&what(), e)),
+        };
+        let refusal = if db.constraint() == Some(EVENT_ID_KEY) {
+            let detail = db
+                .try_downcast_ref::<PgDatabaseError>()
+                .and_then(|pg| pg.detail());
+            Error::InvalidInput(format!(
+                "{}: an event id of the batch is already stored ({})",
+                what(),
+                detail.unwrap_or("duplicate event_id")
+            ))
+        } else {
+            Error::Conflict {
+                aggregate_type: aggregate_type.to_owned(),
+                aggregate_id,
+                expected: expected_version,
+                actual: self.stream_version(aggregate_id, aggregate_type).await?,
+            }
+        };
+        acknowledge_stored_append(
+            self,
+            aggregate_id,
+            aggregate_type,
+            expected_version,
+            events,
+            refusal,
+        )
+        .await
     }
 }
 
@@ -346,6 +442,11 @@ impl EventStore for PostgresEventStore {
         expected_version: u64,
         events: &[EventEnvelope],
     ) -> Result<Appended> {
+        if let [event] = events {
+            return self
+                .append_one(aggregate_id, aggregate_type, expected_version, event)
+                .await;
+        }
         self.append_in(
             &self.sql.append,
             aggregate_id,

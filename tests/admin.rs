@@ -162,6 +162,43 @@ async fn exercise(url: &str) {
     let text = String::from_utf8(text.stdout).unwrap();
     assert!(text.contains(&format!("{victim} at version 6")), "{text}");
 
+    // A snapshot beyond its stream's head (as after restoring the events from an older
+    // backup): a rewarm cannot replace it, a verify reports it (the load deletes it), and the
+    // next rewarm writes the stream's snapshot again.
+    let restored = ids[7];
+    let mut ahead: Snapshot = stores
+        .snapshots
+        .get_snapshot(restored, "Account", 1)
+        .await
+        .unwrap()
+        .unwrap();
+    ahead.version = 999;
+    assert!(stores.snapshots.save_snapshot(&ahead).await.unwrap());
+    let kept = json(url, &["snapshots", "rewarm", "--type", "Account"], 0);
+    assert_eq!(
+        (kept["due"].clone(), kept["kept_newer"].clone()),
+        (1.into(), 1.into())
+    );
+    let found = json(url, &["snapshots", "verify", "--type", "Account"], 1);
+    assert_eq!(found["unusable"]["beyond_stream_head"], 1, "{found}");
+    assert!(stores
+        .snapshots
+        .get_snapshot(restored, "Account", 1)
+        .await
+        .unwrap()
+        .is_none());
+    let rewarmed = json(
+        url,
+        &["snapshots", "rewarm", "--type", "Account", "--limit", "0"],
+        0,
+    );
+    assert_eq!(
+        (rewarmed["warmed"].clone(), rewarmed["left"].clone()),
+        (0.into(), 1.into())
+    );
+    let rewarmed = json(url, &["snapshots", "rewarm", "--type", "Account"], 0);
+    assert_eq!(rewarmed["warmed"], 1);
+
     // Invalidation asks first: with nobody to answer it refuses and deletes nothing.
     let refused = admin(url, &["snapshots", "invalidate", "--type", "Account"]);
     assert_eq!(refused.status.code(), Some(2));

@@ -15,12 +15,12 @@
 //! | `eventsource_load_seconds` | histogram | `aggregate_type`, `snapshot` (`used`, `none`) | time of a successful load |
 //! | `eventsource_load_events_replayed` | histogram | `aggregate_type` | events a load applied |
 //! | `eventsource_save_seconds` | histogram | `aggregate_type` | time of a successful save, its snapshot included in `sync` mode |
-//! | `eventsource_snapshot_queue_depth` | gauge | `aggregate_type` | background snapshots waiting to be written |
+//! | `eventsource_snapshot_queue_depth` | gauge | `aggregate_type` | background snapshots waiting to be written (the last queue of the type to change sets it: one repository per type in `Background` mode reads true) |
 //! | `eventsource_subscription_events_total` | counter | `subscription` | events handled (or committed, for a projection) |
 //! | `eventsource_subscription_retries_total` | counter | `subscription` | failed batches tried again |
 //! | `eventsource_subscription_failed_batches_total` | counter | `subscription` | batches that failed every attempt |
 //! | `eventsource_subscription_dead_letters_total` | counter | `subscription` | events given up on |
-//! | `eventsource_subscription_lag` | gauge | `subscription` | events of the feed after the last batch: 0 once caught up, measured at most once a second while behind |
+//! | `eventsource_subscription_lag` | gauge | `subscription` | events of the feed after the last batch: 0 once caught up, measured at most once a second while behind (a count query, made with the feature on whether or not a recorder is installed) |
 //!
 //! [`describe`] gives the recorder each metric's description and unit. The metrics example
 //! (`cargo run --example metrics --features metrics`) exports them to Prometheus and prints

@@ -65,6 +65,9 @@ async fn tail(
     follow: bool,
     out: &mut Output<'_>,
 ) -> Result<Outcome, AdminError> {
+    if count == Some(0) {
+        return Ok(Outcome::Clean);
+    }
     let mut printed = 0;
     let mut signal = stores.events.append_signal().map(|s| s.waiter());
     loop {

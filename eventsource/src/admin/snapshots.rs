@@ -1,5 +1,6 @@
 //! `snapshots rewarm | verify | invalidate`.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Instant;
 
@@ -12,6 +13,7 @@ use super::stats::streams;
 use super::{registered, AdminError, Outcome, SnapshotsCommand};
 use crate::backend::Stores;
 use crate::registry::{AggregateOperations, AggregateRegistration};
+use crate::snapshot::MissReason;
 
 /// Failures shown in full; the others are counted.
 const FAILURES_SHOWN: usize = 10;
@@ -69,6 +71,11 @@ struct Rewarmed {
     warmed: u64,
     /// Streams already warm (their current-schema snapshot less than `min_behind` behind).
     skipped: u64,
+    /// Streams due but left for a later run by `--limit`.
+    left: u64,
+    /// Streams whose store kept a newer snapshot than the one replayed: a live save's, or
+    /// one beyond the stream's head (which the stream's next load discards).
+    kept_newer: u64,
     failed: u64,
     failures: Vec<Failure>,
     /// Events the warmed snapshots save each load of their streams.
@@ -96,8 +103,10 @@ async fn rewarm(
     let (streams, _) = streams(stores, aggregate).await?;
     let total = streams.len() as u64;
     let mut due: Vec<_> = streams.into_iter().filter(|s| s.behind() >= min_behind).collect();
+    let skipped = total - due.len() as u64;
     // Busiest first: the streams whose loads replay the most.
     due.sort_by(|a, b| b.behind().cmp(&a.behind()).then(b.version.cmp(&a.version)));
+    let all_due = due.len() as u64;
     if let Some(limit) = limit {
         due.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     }
@@ -108,7 +117,9 @@ async fn rewarm(
         schema_version: aggregate.schema_version,
         due: due.len() as u64,
         warmed: 0,
-        skipped: total - due.len() as u64,
+        skipped,
+        left: all_due - due.len() as u64,
+        kept_newer: 0,
         failed: 0,
         failures: Vec::new(),
         events_saved: 0,
@@ -122,7 +133,8 @@ async fn rewarm(
     .buffer_unordered(concurrency);
     while let Some((stream, warmed)) = warming.next().await {
         match warmed {
-            Ok(version) => {
+            Ok(None) => report.kept_newer += 1,
+            Ok(Some(version)) => {
                 report.warmed += 1;
                 report.events_saved += version - stream.current.unwrap_or(0).min(version);
             }
@@ -159,6 +171,16 @@ async fn rewarm(
             "  loads of these streams now replay {} fewer events",
             thousands(r.events_saved)
         )?;
+        if r.left > 0 {
+            writeln!(out, "  {} more due, left by --limit for a later run", thousands(r.left))?;
+        }
+        if r.kept_newer > 0 {
+            writeln!(
+                out,
+                "  {} kept a newer snapshot (a live save's, or one beyond the stream's head, which its next load discards)",
+                thousands(r.kept_newer)
+            )?;
+        }
         write_failures(&r.failures, r.failed, out)
     })?;
     Ok(if report.failed > 0 {
@@ -188,6 +210,9 @@ struct Verified {
     drifted: u64,
     /// The first drifted aggregates, with where they differ.
     shown: Vec<DriftedAggregate>,
+    /// Stored snapshots a load did not use, by reason (`schema_mismatch`: of an older schema
+    /// with no migration; `history_mismatch` and `beyond_stream_head`: deleted by the load).
+    unusable: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Serialize)]
@@ -208,16 +233,18 @@ async fn verify(
     let aggregate = registered(aggregate_type)?;
     let operations = operations(aggregate)?;
     let (streams, _) = streams(stores, aggregate).await?;
-    // Only aggregates loaded from a snapshot can drift; a random key orders them evenly.
+    // Only aggregates with a stored snapshot can drift (or have an unusable one); a random
+    // key orders them evenly.
     let mut candidates: Vec<(u128, Uuid)> = streams
         .iter()
-        .filter(|s| s.usable.is_some())
+        .filter(|s| s.stored)
         .map(|s| (Uuid::new_v4().as_u128(), s.id))
         .collect();
     candidates.sort_unstable();
     let ids: Vec<Uuid> = candidates.into_iter().take(sample).map(|(_, id)| id).collect();
     let bar = out.progress(ids.len() as u64, &format!("verifying {}", aggregate.name));
     let mut drifted = Vec::new();
+    let mut unusable: BTreeMap<&'static str, u64> = BTreeMap::new();
     let (mut verified, mut with_snapshot) = (0, 0);
     // In chunks, so the bar moves.
     for chunk in ids.chunks(16) {
@@ -227,6 +254,9 @@ async fn verify(
         verified += report.verified;
         with_snapshot += report.with_snapshot;
         drifted.extend(report.drifted);
+        for (_, reason) in report.unusable {
+            *unusable.entry(reason.as_str()).or_insert(0) += 1;
+        }
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
@@ -245,6 +275,7 @@ async fn verify(
                 differences: v.drift.iter().map(ToString::to_string).collect(),
             })
             .collect(),
+        unusable,
     };
     out.report(&report, |r, out| {
         writeln!(
@@ -265,6 +296,9 @@ async fn verify(
         if r.drifted > r.shown.len() as u64 {
             writeln!(out, "  ... and {} more", r.drifted - r.shown.len() as u64)?;
         }
+        for (reason, n) in &r.unusable {
+            writeln!(out, "  {} snapshots not used: {reason}", thousands(*n))?;
+        }
         if r.drifted > 0 {
             writeln!(
                 out,
@@ -274,7 +308,12 @@ async fn verify(
         }
         Ok(())
     })?;
-    Ok(if report.drifted > 0 {
+    // Snapshots of an older schema are expected after a bump; any other unusable one is a finding.
+    let broken = report
+        .unusable
+        .keys()
+        .any(|r| *r != MissReason::SchemaMismatch.as_str());
+    Ok(if report.drifted > 0 || broken {
         Outcome::Findings
     } else {
         Outcome::Clean

@@ -26,6 +26,8 @@ pub(super) struct StreamState {
     pub(super) usable: Option<u64>,
     /// The version of the current schema's snapshot, if any.
     pub(super) current: Option<u64>,
+    /// Whether a load reads a snapshot of this stream at all (usable or not).
+    pub(super) stored: bool,
 }
 
 impl StreamState {
@@ -75,6 +77,7 @@ pub(super) async fn streams(
                     .filter(|s| s.schema_version >= aggregate.migrates_from)
                     .and_then(|s| fits(s.version)),
                 current: current.get(&id).copied().and_then(fits),
+                stored: read.contains_key(&id),
             }
         })
         .collect();

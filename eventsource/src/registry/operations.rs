@@ -19,13 +19,13 @@ use crate::snapshot::{SnapshotPolicy, SnapshotStore};
 /// [`AggregateRegistration::operations`]: super::AggregateRegistration::operations
 pub trait AggregateOperations: Send + Sync {
     /// [`Repository::warm_snapshot`]: writes a current-schema snapshot from a full replay;
-    /// returns the version it stands for.
+    /// returns the version it stands for, or `None` when the store kept a newer one.
     fn warm_snapshot(
         &self,
         events: Arc<dyn EventStore>,
         snapshots: Arc<dyn SnapshotStore>,
         id: Uuid,
-    ) -> BoxFuture<'static, Result<u64>>;
+    ) -> BoxFuture<'static, Result<Option<u64>>>;
 
     /// [`Repository::verify_each`]: compares each aggregate's load from its snapshot with a
     /// full replay.
@@ -56,10 +56,10 @@ impl<A: Aggregate> AggregateOperations for OperationsOf<A> {
         events: Arc<dyn EventStore>,
         snapshots: Arc<dyn SnapshotStore>,
         id: Uuid,
-    ) -> BoxFuture<'static, Result<u64>> {
+    ) -> BoxFuture<'static, Result<Option<u64>>> {
         Box::pin(async move {
             let snapshot = repository::<A>(events, snapshots).warm_snapshot(id).await?;
-            Ok(snapshot.version)
+            Ok(snapshot.map(|s| s.version))
         })
     }
 

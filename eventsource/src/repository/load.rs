@@ -22,8 +22,26 @@ enum Lookup<'a, A> {
     Found(Candidate<A>, EventStream<'a>),
     /// No snapshot: a miss, or not due yet, which the stream's length tells.
     Absent,
-    /// No snapshot store, or a snapshot not used (the miss counted).
-    Unused,
+    /// No snapshot store (`None`), or a snapshot not used, and why (the miss counted).
+    Unused(Option<MissReason>),
+}
+
+/// Where a load started.
+pub(super) enum Start {
+    /// From the snapshot at this version.
+    Snapshot(u64),
+    /// From the first event: no snapshot was stored (`None`), or the stored one was not used,
+    /// for this reason.
+    Replayed(Option<MissReason>),
+}
+
+impl Start {
+    pub(super) fn snapshot_version(&self) -> Option<u64> {
+        match self {
+            Start::Snapshot(version) => Some(*version),
+            Start::Replayed(_) => None,
+        }
+    }
 }
 
 /// A snapshot that passed every check but the stream's: its version, the event it follows,
@@ -62,7 +80,8 @@ impl<A: Aggregate> Repository<A> {
             events.replayed = Empty,
         );
         let started = std::time::Instant::now();
-        let (root, snapshot_version) = self.load_in(id, &span).instrument(span.clone()).await?;
+        let (root, start) = self.load_in(id, &span).instrument(span.clone()).await?;
+        let snapshot_version = start.snapshot_version();
         let replayed = root.version() - snapshot_version.unwrap_or(0);
         crate::telemetry::load(
             A::TYPE_NAME,
@@ -73,14 +92,15 @@ impl<A: Aggregate> Repository<A> {
         Ok(root)
     }
 
-    /// The loaded root, and the version of the snapshot it started from, if it used one.
-    pub(super) async fn load_in(
-        &self,
-        id: Uuid,
-        span: &tracing::Span,
-    ) -> Result<(AggregateRoot<A>, Option<u64>)> {
+    /// The loaded root, and where it started: the version of the snapshot it used, or why a
+    /// stored snapshot was not used.
+    pub(super) async fn load_in(&self, id: Uuid, span: &tracing::Span) -> Result<(AggregateRoot<A>, Start)> {
         let lookup = self.snapshot_and_events(id).await;
         let absent = matches!(lookup, Lookup::Absent);
+        let mut unused = match lookup {
+            Lookup::Unused(reason) => reason,
+            _ => None,
+        };
         if let Lookup::Found(candidate, mut events) = lookup {
             let Candidate {
                 version,
@@ -101,7 +121,7 @@ impl<A: Aggregate> Repository<A> {
                     self.metrics.add(A::TYPE_NAME, used);
                     span.record("snapshot.used", true);
                     span.record("snapshot.version", version);
-                    return Ok((finish(root, replayed, span), Some(version)));
+                    return Ok((finish(root, replayed, span), Start::Snapshot(version)));
                 }
                 Some(event) if event.aggregate_version == version => {
                     let detail = format!(
@@ -109,12 +129,14 @@ impl<A: Aggregate> Repository<A> {
                         event_id.unwrap_or_default(),
                         event.event_id
                     );
-                    self.miss::<()>(id, MissReason::HistoryMismatch, detail);
+                    unused = Some(self.miss(id, MissReason::HistoryMismatch, detail));
+                    drop(events);
                     self.discard_snapshot(id).await;
                 }
                 _ => {
                     let detail = format!("stream has not reached version {version}");
-                    self.miss::<()>(id, MissReason::BeyondStreamHead, detail);
+                    unused = Some(self.miss(id, MissReason::BeyondStreamHead, detail));
+                    drop(events);
                     self.discard_snapshot(id).await;
                 }
             }
@@ -124,7 +146,7 @@ impl<A: Aggregate> Repository<A> {
             self.count_absent(id, root.version());
         }
         let replayed = root.version();
-        Ok((finish(root, replayed, span), None))
+        Ok((finish(root, replayed, span), Start::Replayed(unused)))
     }
 
     /// Counts a load that found no snapshot: a miss if one was due at the stream's version,
@@ -132,7 +154,7 @@ impl<A: Aggregate> Repository<A> {
     fn count_absent(&self, id: Uuid, version: u64) {
         let threshold = self.snapshots.as_ref().and_then(|s| s.policy.threshold());
         if threshold.is_none_or(|n| version >= n) {
-            self.miss::<()>(id, MissReason::Missing, String::new());
+            self.miss(id, MissReason::Missing, String::new());
         } else {
             self.metrics.add(A::TYPE_NAME, Counter::NotDue);
         }
@@ -172,7 +194,7 @@ impl<A: Aggregate> Repository<A> {
     /// other otherwise.
     async fn snapshot_and_events(&self, id: Uuid) -> Lookup<'_, A> {
         let Some(snapshots) = self.snapshots.as_ref() else {
-            return Lookup::Unused;
+            return Lookup::Unused(None);
         };
         let timeout = snapshots.policy.store_timeout();
         let span = tracing::debug_span!("eventsource.snapshot.get", aggregate.id = %id, aggregate.type = A::TYPE_NAME);
@@ -186,8 +208,8 @@ impl<A: Aggregate> Repository<A> {
                 Err(e) => return self.unused(id, MissReason::StoreError, e.to_string()),
             };
             return match self.usable(id, found.snapshot) {
-                Some(candidate) => Lookup::Found(candidate, found.events),
-                None => Lookup::Unused,
+                Ok(candidate) => Lookup::Found(candidate, found.events),
+                Err(reason) => Lookup::Unused(Some(reason)),
             };
         }
         let read = snapshots
@@ -199,20 +221,20 @@ impl<A: Aggregate> Repository<A> {
             Ok(None) => return Lookup::Absent,
             Err(e) => return self.unused(id, MissReason::StoreError, e.to_string()),
         };
-        let Some(candidate) = self.usable(id, snapshot) else {
-            return Lookup::Unused;
+        let candidate = match self.usable(id, snapshot) {
+            Ok(candidate) => candidate,
+            Err(reason) => return Lookup::Unused(Some(reason)),
         };
         let events = self.events.load_stream(id, A::TYPE_NAME, candidate.version - 1);
         Lookup::Found(candidate, events)
     }
 
     fn unused<'a>(&self, id: Uuid, reason: MissReason, detail: String) -> Lookup<'a, A> {
-        self.miss::<()>(id, reason, detail);
-        Lookup::Unused
+        Lookup::Unused(Some(self.miss(id, reason, detail)))
     }
 
     /// The snapshot as a candidate, if it passes every check but the stream's.
-    fn usable(&self, id: Uuid, snapshot: Snapshot) -> Option<Candidate<A>> {
+    fn usable(&self, id: Uuid, snapshot: Snapshot) -> std::result::Result<Candidate<A>, MissReason> {
         if snapshot.aggregate_id != id
             || snapshot.aggregate_type != A::TYPE_NAME
             || snapshot.schema_version > A::SCHEMA_VERSION
@@ -221,7 +243,7 @@ impl<A: Aggregate> Repository<A> {
                 "asked for a snapshot of {} {id} up to schema version {}, the store returned one of {} {} at schema version {}",
                 A::TYPE_NAME, A::SCHEMA_VERSION, snapshot.aggregate_type, snapshot.aggregate_id, snapshot.schema_version
             );
-            return self.miss(id, MissReason::StoreError, detail);
+            return Err(self.miss(id, MissReason::StoreError, detail));
         }
         let current = snapshot.schema_version == A::SCHEMA_VERSION;
         let migratable = (A::MIGRATES_FROM..A::SCHEMA_VERSION).contains(&snapshot.schema_version);
@@ -231,14 +253,14 @@ impl<A: Aggregate> Repository<A> {
                 snapshot.schema_version,
                 A::SCHEMA_VERSION
             );
-            return self.miss(id, MissReason::SchemaMismatch, detail);
+            return Err(self.miss(id, MissReason::SchemaMismatch, detail));
         }
         if snapshot.version == 0 {
-            return self.miss(
+            return Err(self.miss(
                 id,
                 MissReason::StoreError,
                 "store returned a snapshot at version 0".into(),
-            );
+            ));
         }
         let what = || format!("snapshot state of {} {id}", A::TYPE_NAME);
         let state = if current {
@@ -247,17 +269,17 @@ impl<A: Aggregate> Repository<A> {
             migrate::<A>(&snapshot, what).map_err(|e| (MissReason::MigrationFailed, e))
         };
         match state {
-            Ok(state) => Some(Candidate {
+            Ok(state) => Ok(Candidate {
                 version: snapshot.version,
                 event_id: snapshot.event_id,
                 state,
                 migrated: !current,
             }),
-            Err((reason, e)) => self.miss(id, reason, e.to_string()),
+            Err((reason, e)) => Err(self.miss(id, reason, e.to_string())),
         }
     }
 
-    fn miss<T>(&self, id: Uuid, reason: MissReason, detail: String) -> Option<T> {
+    fn miss(&self, id: Uuid, reason: MissReason, detail: String) -> MissReason {
         self.metrics.add(A::TYPE_NAME, Counter::Miss(reason));
         match reason {
             MissReason::Missing => {
@@ -270,7 +292,7 @@ impl<A: Aggregate> Repository<A> {
                 tracing::warn!(aggregate.id = %id, aggregate.type = A::TYPE_NAME, reason = reason.as_str(), detail, "snapshot not used, replaying every event")
             }
         }
-        None
+        reason
     }
 
     /// Deletes a snapshot that does not belong to the stream's history, so that it cannot

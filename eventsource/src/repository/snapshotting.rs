@@ -52,9 +52,10 @@ impl<A: Aggregate> Repository<A> {
     /// Appends the root's events with their due snapshot in one round trip, where the stores
     /// can (`Sync` mode, and an event store that writes the snapshot store's table); whether
     /// the snapshot went with them. An append with its snapshot that fails for any reason
-    /// but a conflict is made again without it (an append made again is acknowledged, never
-    /// stored twice), so a snapshot never fails a save; the caller then writes the snapshot
-    /// on its own.
+    /// but a conflict, or outlasts the policy's store timeout (the snapshots table may be
+    /// locked), is made again without it (an append made again is acknowledged, never stored
+    /// twice), so a snapshot never fails or holds up a save; the caller then writes the
+    /// snapshot on its own, as it does when the batch was found stored by an earlier try.
     pub(super) async fn append_and_snapshot(
         &self,
         snapshots: &Snapshots,
@@ -68,23 +69,31 @@ impl<A: Aggregate> Repository<A> {
         let Some((writer, snapshot)) = joint else {
             return Ok((self.append(root, envelopes).await?, false));
         };
-        let appended = writer
-            .append_with_snapshot(
-                root.id(),
-                A::TYPE_NAME,
-                root.saved_version(),
-                envelopes,
-                &snapshot,
-            )
-            .await;
+        let joint_append = writer.append_with_snapshot(
+            root.id(),
+            A::TYPE_NAME,
+            root.saved_version(),
+            envelopes,
+            &snapshot,
+        );
+        let appended = match snapshots.policy.store_timeout() {
+            None => Some(joint_append.await),
+            Some(timeout) => deadline::within(timeout, joint_append).await,
+        };
         match appended {
-            Ok(appended) => {
-                self.metrics.add(A::TYPE_NAME, Counter::Written);
-                Ok((appended, true))
+            Some(Ok((appended, stored))) => {
+                if stored {
+                    self.metrics.add(A::TYPE_NAME, Counter::Written);
+                }
+                Ok((appended, stored))
             }
-            Err(e @ Error::Conflict { .. }) => Err(e),
-            Err(e) => {
-                tracing::warn!(aggregate.id = %root.id(), aggregate.type = A::TYPE_NAME, error = %e, "the append with its snapshot failed; appending without it");
+            Some(Err(e @ Error::Conflict { .. })) => Err(e),
+            failed => {
+                let why = match failed {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "it outlasted the snapshot store timeout".to_owned(),
+                };
+                tracing::warn!(aggregate.id = %root.id(), aggregate.type = A::TYPE_NAME, error = %why, "the append with its snapshot failed; appending without it");
                 Ok((self.append(root, envelopes).await?, false))
             }
         }
@@ -102,6 +111,12 @@ impl<A: Aggregate> Repository<A> {
     /// [`AggregateRoot::from_state`] does not know that event, so it is read from the event
     /// store; a stream that has not reached the root's version is [`Error::InvalidInput`].
     pub async fn create_snapshot(&self, root: &AggregateRoot<A>) -> Result<Snapshot> {
+        Ok(self.write_root_snapshot(root).await?.0)
+    }
+
+    /// [`create_snapshot`](Self::create_snapshot), and whether the store kept the snapshot
+    /// (it keeps a newer one of the schema instead).
+    async fn write_root_snapshot(&self, root: &AggregateRoot<A>) -> Result<(Snapshot, bool)> {
         let span = tracing::info_span!(
             "eventsource.repository.create_snapshot",
             aggregate.id = %root.id(),
@@ -135,7 +150,7 @@ impl<A: Aggregate> Repository<A> {
                     snapshot_of(root, event_id)?
                 }
             };
-            write_snapshot(
+            let stored = write_snapshot(
                 &*snapshots.store,
                 &self.metrics,
                 A::TYPE_NAME,
@@ -143,7 +158,7 @@ impl<A: Aggregate> Repository<A> {
                 &snapshot,
             )
             .await?;
-            Ok(snapshot)
+            Ok((snapshot, stored))
         }
         .instrument(span)
         .await
@@ -155,11 +170,14 @@ impl<A: Aggregate> Repository<A> {
     /// written (see the admin command line).
     ///
     /// Safe beside live writers: the snapshot stands for the version the replay reached, and
-    /// the store never replaces a newer snapshot with it. A stream with no events is
+    /// the store never replaces a newer snapshot with it. Returns the snapshot written, or
+    /// `None` when the store kept the newer one it has (a live save's, or one beyond the
+    /// stream's head, which a load then discards). A stream with no events is
     /// [`Error::NotFound`]; the other refusals are [`create_snapshot`](Self::create_snapshot)'s.
-    pub async fn warm_snapshot(&self, id: Uuid) -> Result<Snapshot> {
+    pub async fn warm_snapshot(&self, id: Uuid) -> Result<Option<Snapshot>> {
         let root = self.replay_all(id).await?;
-        self.create_snapshot(&root).await
+        let (snapshot, stored) = self.write_root_snapshot(&root).await?;
+        Ok(stored.then_some(snapshot))
     }
 
     /// The id of the stream's event at `version`.

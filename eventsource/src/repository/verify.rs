@@ -12,9 +12,11 @@ use serde_json::Value;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::load::Start;
 use super::Repository;
 use crate::aggregate::Aggregate;
 use crate::error::Result;
+use crate::snapshot::MissReason;
 
 /// The outcome of [`Repository::verify`] for one aggregate.
 #[derive(Clone, Debug, PartialEq)]
@@ -26,6 +28,10 @@ pub struct Verification {
     /// The version of the snapshot the load started from; `None` when no usable snapshot
     /// was stored (the load replayed every event, so there is nothing to compare).
     pub snapshot_version: Option<u64>,
+    /// Why a stored snapshot was not used, if one was stored and not used: of an older schema
+    /// that does not migrate, a state that does not decode, or of another history or beyond
+    /// the stream's head (which the load deleted, as every load does).
+    pub unusable: Option<MissReason>,
     /// Where the state from the snapshot and the state from a full replay differ: empty
     /// when they agree.
     pub drift: Vec<Drift>,
@@ -76,6 +82,8 @@ pub struct VerifyReport {
     pub with_snapshot: u64,
     /// The aggregates whose snapshot drifted from their history, with where.
     pub drifted: Vec<Verification>,
+    /// The aggregates whose stored snapshot was not used, and why.
+    pub unusable: Vec<(Uuid, MissReason)>,
 }
 
 impl<A: Aggregate> Repository<A> {
@@ -89,7 +97,12 @@ impl<A: Aggregate> Repository<A> {
     /// events is [`Error::NotFound`](crate::Error::NotFound).
     pub async fn verify(&self, id: Uuid) -> Result<Verification> {
         let span = tracing::info_span!("eventsource.repository.verify", aggregate.id = %id, aggregate.type = A::TYPE_NAME);
-        let (loaded, snapshot_version) = self.load_in(id, &span).instrument(span.clone()).await?;
+        let (loaded, start) = self.load_in(id, &span).instrument(span.clone()).await?;
+        let snapshot_version = start.snapshot_version();
+        let unusable = match start {
+            Start::Replayed(reason) => reason,
+            Start::Snapshot(_) => None,
+        };
         // Up to the loaded version only: events appended meanwhile are no drift.
         let replayed = self.replay_until(id, loaded.version()).await?;
         let drift = match snapshot_version {
@@ -120,6 +133,7 @@ impl<A: Aggregate> Repository<A> {
             aggregate_id: id,
             version: replayed.version(),
             snapshot_version,
+            unusable,
             drift,
         })
     }
@@ -136,6 +150,9 @@ impl<A: Aggregate> Repository<A> {
             };
             report.verified += 1;
             report.with_snapshot += u64::from(verification.snapshot_version.is_some());
+            if let Some(reason) = verification.unusable {
+                report.unusable.push((verification.aggregate_id, reason));
+            }
             if verification.drifted() {
                 report.drifted.push(verification);
             }

@@ -66,10 +66,14 @@ pub trait JointSnapshotWrite: Send + Sync {
     /// [`SnapshotStore::save_snapshot`](super::SnapshotStore::save_snapshot) would (never
     /// replacing a newer one): both, or neither.
     ///
+    /// Returns what the append stored, and whether the snapshot was stored with it: `false`
+    /// when the batch was found stored already by an earlier try (an append made again is
+    /// acknowledged, never stored twice), and the snapshot then is not; the repository
+    /// writes it on its own.
+    ///
     /// A conflict or an invalid batch is the append's own error. Any other error leaves it
     /// unknown whether the statement committed: the repository then appends again without
-    /// the snapshot (an append made again is acknowledged, never stored twice) and writes the
-    /// snapshot on its own, so a snapshot never fails a save.
+    /// the snapshot and writes the snapshot on its own, so a snapshot never fails a save.
     async fn append_with_snapshot(
         &self,
         aggregate_id: Uuid,
@@ -77,5 +81,5 @@ pub trait JointSnapshotWrite: Send + Sync {
         expected_version: u64,
         events: &[EventEnvelope],
         snapshot: &Snapshot,
-    ) -> Result<Appended>;
+    ) -> Result<(Appended, bool)>;
 }

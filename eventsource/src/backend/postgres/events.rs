@@ -123,16 +123,18 @@ impl Sql {
             table: events.clone(),
             append: append_sql(events, None),
             // One event (the most common batch) without arrays: it goes in only if the stream
-            // is at the expected version ($3): version $3 is there, and version $3 + 1 is not
-            // (the unique key refuses it if a concurrent writer commits it first).
+            // is at the expected version ($3) when the statement starts, and a concurrent
+            // writer that commits version $3 + 1 first leaves it out (no row: a conflict,
+            // without an error).
             append_one: format!(
                 "INSERT INTO {events} (position, event_id, event_type, event_version,
                     aggregate_id, aggregate_type, aggregate_version, occurred_at,
                     occurred_at_ns, correlation_id, causation_id, metadata, payload, request_id)
                  SELECT (pg_current_xact_id()::text::bigint << {POSITION_SHIFT}) + 1,
                     $4, $5, $6, $1, $2, $3 + 1, $7, $8, $9, $10, $11::json, $12::json, $13
-                 WHERE $3 = 0 OR EXISTS (SELECT 1 FROM {events}
-                    WHERE aggregate_id = $1 AND aggregate_type = $2 AND aggregate_version = $3)
+                 WHERE (SELECT coalesce(max(aggregate_version), 0) FROM {events}
+                    WHERE aggregate_id = $1 AND aggregate_type = $2) = $3
+                 ON CONFLICT (aggregate_id, aggregate_type, aggregate_version) DO NOTHING
                  RETURNING position"
             ),
             stream_version: format!(
@@ -224,7 +226,8 @@ impl<'a> Columns<'a> {
 
 impl PostgresEventStore {
     /// Appends the batch with the append statement `sql`, and with a snapshot when `sql` is
-    /// the statement that stores one too ([`append_sql`] with a snapshot table).
+    /// the statement that stores one too ([`append_sql`] with a snapshot table); whether this
+    /// statement stored the batch (and so the snapshot), not an earlier try of it.
     pub(super) async fn append_in(
         &self,
         sql: &str,
@@ -233,7 +236,7 @@ impl PostgresEventStore {
         expected_version: u64,
         events: &[EventEnvelope],
         snapshot: Option<&Snapshot>,
-    ) -> Result<Appended> {
+    ) -> Result<(Appended, bool)> {
         validate_batch(aggregate_id, aggregate_type, expected_version, events)?;
 
         if events.len() > MAX_BATCH {
@@ -283,10 +286,11 @@ impl PostgresEventStore {
         match result {
             Ok((_, inserted, last)) if inserted == events.len() as i64 => {
                 self.notifier.appended(&self.pool);
-                Ok(Appended {
+                let appended = Appended {
                     version: expected_version + events.len() as u64,
                     position: last.and_then(|p| u64::try_from(p).ok()),
-                })
+                };
+                Ok((appended, true))
             }
             Ok((head, 0, _)) if head != expected => {
                 let refusal = conflict(version_of(head, &self.sql.table)?);
@@ -299,6 +303,7 @@ impl PostgresEventStore {
                     refusal,
                 )
                 .await
+                .map(|appended| (appended, false))
             }
             Ok((head, inserted, _)) => Err(Error::corrupt(
                 self.sql.table.clone(),
@@ -307,10 +312,10 @@ impl PostgresEventStore {
                     events.len()
                 ),
             )),
-            Err(e) => {
-                self.refused(e, aggregate_id, aggregate_type, expected_version, events)
-                    .await
-            }
+            Err(e) => self
+                .refused(e, aggregate_id, aggregate_type, expected_version, events)
+                .await
+                .map(|appended| (appended, false)),
         }
     }
 
@@ -350,7 +355,7 @@ impl PostgresEventStore {
                     position: u64::try_from(position).ok(),
                 })
             }
-            // The stream has not reached the expected version.
+            // The stream is not at the expected version, or a concurrent writer came first.
             Ok(None) => {
                 let refusal = Error::Conflict {
                     aggregate_type: aggregate_type.to_owned(),
@@ -456,6 +461,7 @@ impl EventStore for PostgresEventStore {
             None,
         )
         .await
+        .map(|(appended, _)| appended)
     }
 
     fn read_stream<'a>(

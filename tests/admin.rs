@@ -296,6 +296,79 @@ async fn exercise(url: &str) {
     let _ = AccountEvent::from(account::MoneyDeposited { amount: 1.0 });
 }
 
+/// A rewarm in another process while this one saves: every snapshot it leaves stands for its
+/// history (a verify of every aggregate finds no drift and nothing unusable).
+async fn rewarm_beside_live_writers(url: &str) {
+    let stores = eventsource::backend::open(url).await.unwrap();
+    stores.migrate().await.unwrap();
+    let (ids, _) = fill(&stores).await;
+    let accounts = Repository::<Account>::new(stores.events.clone())
+        .with_snapshots(stores.snapshots.clone(), SnapshotPolicy::every(5).unwrap());
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writing = {
+        let (accounts, ids, done) = (accounts.clone(), ids.clone(), done.clone());
+        tokio::spawn(async move {
+            for round in 0..6 {
+                for id in &ids {
+                    let mut account = accounts.load(*id).await.unwrap();
+                    account.deposit(1.0 + round as f64).unwrap();
+                    accounts.save(&mut account).await.unwrap();
+                }
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    // Rewarms one after another for as long as the writers run (at least twice).
+    let (url_owned, running) = (url.to_owned(), done.clone());
+    let rewarming = tokio::task::spawn_blocking(move || {
+        let mut runs = 0;
+        while runs < 2 || !running.load(std::sync::atomic::Ordering::SeqCst) {
+            let out = admin(
+                &url_owned,
+                &["snapshots", "rewarm", "--type", "Account", "--concurrency", "4"],
+            );
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "rewarm beside writers: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            runs += 1;
+        }
+        runs
+    });
+    writing.await.unwrap();
+    let runs = rewarming.await.unwrap();
+    assert!(runs >= 2);
+    let verified = json(
+        url,
+        &["snapshots", "verify", "--type", "Account", "--sample", "1000"],
+        0,
+    );
+    assert_eq!(verified["drifted"], 0, "{verified}");
+    assert_eq!(verified["unusable"], serde_json::json!({}), "{verified}");
+    assert_eq!(verified["with_snapshot"], ACCOUNTS, "{verified}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewarm_beside_live_writers_leaves_only_true_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    rewarm_beside_live_writers(&format!("sqlite:{}", dir.path().join("bank.db").display())).await;
+    if let Ok(url) = std::env::var("EVENTSOURCE_TEST_POSTGRES_URL") {
+        let schema = format!("admin_live_{}", Uuid::new_v4().simple());
+        let separator = if url.contains('?') { '&' } else { '?' };
+        rewarm_beside_live_writers(&format!("{url}{separator}schema={schema}")).await;
+        let pool = eventsource::backend::postgres::pool_options()
+            .connect(&url)
+            .await
+            .unwrap();
+        eventsource::backend::postgres::sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_command_line_on_a_sqlite_file() {
     let dir = tempfile::tempdir().unwrap();

@@ -82,6 +82,12 @@ pub struct AdminArgs {
     /// Prints JSON for scripts instead of text for people.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Brings the PostgreSQL tables up to date first, as the application does at start-up.
+    /// Without it the command uses them as they are, so that an admin binary newer than the
+    /// running application never upgrades the database under it. (A SQLite file is brought
+    /// up to date whenever it is opened.)
+    #[arg(long, global = true)]
+    pub migrate: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: AdminCommand,
@@ -342,7 +348,9 @@ impl Admin {
         out: &mut (dyn Write + Send),
     ) -> Result<Outcome, AdminError> {
         let stores = crate::backend::open(&args.url).await?;
-        stores.migrate().await?;
+        if args.migrate {
+            stores.migrate().await?;
+        }
         let mut out = Output::new(out, args.json);
         match args.command {
             AdminCommand::Stats { aggregate_type } => {

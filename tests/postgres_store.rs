@@ -1149,6 +1149,92 @@ async fn repositories_of_two_instances_share_the_stores_of_a_url() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Group commit of one-event appends
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_appends_decide_each_append_alone_and_survive_cancelled_callers() {
+    let Some(db) = db_with(
+        "grouped_appends_decide_each_append_alone_and_survive_cancelled_callers",
+        pool_options().max_connections(8),
+    )
+    .await
+    else {
+        return;
+    };
+    let ty = unique_type("Grouped");
+    let events = db.events.clone();
+    // 32 writers on streams of their own, 20 one-event appends each; every fourth writer's
+    // odd appends are cancelled part way (a dropped future), then made again.
+    let mut writers = Vec::new();
+    for w in 0..32u64 {
+        let (events, ty) = (events.clone(), ty.clone());
+        writers.push(tokio::spawn(async move {
+            let id = Uuid::new_v4();
+            let mut version = 0;
+            while version < 20 {
+                let batch = batch(id, &ty, version, 1);
+                if w % 4 == 0 && version % 2 == 1 {
+                    let cancelled = events.append(id, &ty, version, &batch);
+                    let _ = tokio::time::timeout(Duration::from_micros(50), cancelled).await;
+                }
+                // Made again after a cancellation, an append is acknowledged if it was stored.
+                version = events.append(id, &ty, version, &batch).await.unwrap();
+            }
+            id
+        }));
+    }
+    // Meanwhile 8 writers race for each version of one stream: one winner per version.
+    let contested = Uuid::new_v4();
+    let mut racers = Vec::new();
+    for _ in 0..8 {
+        let (events, ty) = (events.clone(), ty.clone());
+        racers.push(tokio::spawn(async move {
+            let mut wins = 0u64;
+            for _ in 0..50 {
+                let version = events.stream_version(contested, &ty).await.unwrap();
+                match events
+                    .append(contested, &ty, version, &batch(contested, &ty, version, 1))
+                    .await
+                {
+                    Ok(_) => wins += 1,
+                    Err(Error::Conflict { .. }) => {}
+                    Err(e) => panic!("a racing append failed: {e}"),
+                }
+            }
+            wins
+        }));
+    }
+    let deadline = Duration::from_secs(60);
+    for writer in writers {
+        let id = tokio::time::timeout(deadline, writer)
+            .await
+            .expect("no append hangs")
+            .unwrap();
+        let versions: Vec<u64> = read_stream(&db.events, id, &ty, 0)
+            .await
+            .iter()
+            .map(|e| e.aggregate_version)
+            .collect();
+        assert_eq!(
+            versions,
+            (1..=20).collect::<Vec<_>>(),
+            "each version stored once, in order"
+        );
+    }
+    let mut wins = 0;
+    for racer in racers {
+        wins += tokio::time::timeout(deadline, racer)
+            .await
+            .expect("no race hangs")
+            .unwrap();
+    }
+    let stored = read_stream(&db.events, contested, &ty, 0).await;
+    assert_eq!(stored.len() as u64, wins, "one stored event per winning append");
+    let versions: Vec<u64> = stored.iter().map(|e| e.aggregate_version).collect();
+    assert_eq!(versions, (1..=wins).collect::<Vec<_>>());
+}
+
+// ---------------------------------------------------------------------------------------
 // A save with its snapshot in one statement
 
 #[tokio::test]

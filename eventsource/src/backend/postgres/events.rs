@@ -51,6 +51,7 @@ pub(super) struct Sql {
     table: String,
     append: String,
     append_one: String,
+    pub(super) group: String,
     stream_version: String,
     position_of: String,
     read_stream: String,
@@ -122,6 +123,7 @@ impl Sql {
         Self {
             table: events.clone(),
             append: append_sql(events, None),
+            group: super::group::group_sql(events),
             // One event (the most common batch) without arrays: it goes in only if the stream
             // is at the expected version ($3) when the statement starts, and a concurrent
             // writer that commits version $3 + 1 first leaves it out (no row: a conflict,
@@ -319,8 +321,73 @@ impl PostgresEventStore {
         }
     }
 
-    /// Appends one event, in a statement without arrays.
+    /// Appends one event with the others that arrive meanwhile (group commit, see
+    /// [`super::group`]); alone when the group's statement failed or no runtime runs one.
     async fn append_one(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        expected_version: u64,
+        event: &EventEnvelope,
+    ) -> Result<Appended> {
+        let events = std::slice::from_ref(event);
+        validate_batch(aggregate_id, aggregate_type, expected_version, events)?;
+        let expected = to_bigint(expected_version, "expected version")?;
+        let c = Columns::of(events)?;
+        let metadata = c.metadata.into_iter().next().flatten();
+        let row = super::group::Row::of(event, expected, metadata, (c.occurred_at[0], c.occurred_at_ns[0]));
+        let outcome = match super::group::Group::append(self, row).await {
+            super::group::Turn::Alone(_leading) => {
+                return self
+                    .append_alone(aggregate_id, aggregate_type, expected_version, event)
+                    .await;
+            }
+            super::group::Turn::Grouped(outcome) => outcome,
+        };
+        match outcome {
+            super::group::Outcome::Stored(position) => Ok(Appended {
+                version: expected_version + 1,
+                position: u64::try_from(position).ok(),
+            }),
+            super::group::Outcome::LeftOut => {
+                self.conflict_of_one(aggregate_id, aggregate_type, expected_version, events)
+                    .await
+            }
+            super::group::Outcome::Failed => {
+                self.append_alone(aggregate_id, aggregate_type, expected_version, event)
+                    .await
+            }
+        }
+    }
+
+    /// The refusal of a one-event append that was not stored: its stream is not at its
+    /// expected version, unless the event was stored by an earlier try of the same append.
+    async fn conflict_of_one(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        expected_version: u64,
+        events: &[EventEnvelope],
+    ) -> Result<Appended> {
+        let refusal = Error::Conflict {
+            aggregate_type: aggregate_type.to_owned(),
+            aggregate_id,
+            expected: expected_version,
+            actual: self.stream_version(aggregate_id, aggregate_type).await?,
+        };
+        acknowledge_stored_append(
+            self,
+            aggregate_id,
+            aggregate_type,
+            expected_version,
+            events,
+            refusal,
+        )
+        .await
+    }
+
+    /// Appends one event on its own, in a statement without arrays.
+    async fn append_alone(
         &self,
         aggregate_id: Uuid,
         aggregate_type: &str,
@@ -357,21 +424,8 @@ impl PostgresEventStore {
             }
             // The stream is not at the expected version, or a concurrent writer came first.
             Ok(None) => {
-                let refusal = Error::Conflict {
-                    aggregate_type: aggregate_type.to_owned(),
-                    aggregate_id,
-                    expected: expected_version,
-                    actual: self.stream_version(aggregate_id, aggregate_type).await?,
-                };
-                acknowledge_stored_append(
-                    self,
-                    aggregate_id,
-                    aggregate_type,
-                    expected_version,
-                    events,
-                    refusal,
-                )
-                .await
+                self.conflict_of_one(aggregate_id, aggregate_type, expected_version, events)
+                    .await
             }
             Err(e) => {
                 self.refused(e, aggregate_id, aggregate_type, expected_version, events)

@@ -156,6 +156,7 @@
 //! range) is [`Error::InvalidInput`], and nothing is written.
 
 mod events;
+mod group;
 mod joint;
 mod notify;
 mod projection;
@@ -195,6 +196,8 @@ pub struct PostgresEventStore {
     sql: Arc<events::Sql>,
     page_size: i64,
     notifier: Arc<notify::Notifier>,
+    /// One-event appends waiting to be written together.
+    group: Arc<group::Group>,
 }
 
 /// A snapshot store in a PostgreSQL database. Cheap to clone: clones share the pool.
@@ -319,6 +322,7 @@ impl PostgresEventStore {
             pool,
             sql: Arc::new(events::Sql::new(&layout)),
             notifier: Arc::new(notify::Notifier::new(layout.schema.as_deref())),
+            group: Arc::default(),
             layout,
             page_size: DEFAULT_PAGE_SIZE as i64,
         }

@@ -1,0 +1,239 @@
+//! Group commit: one-event appends that arrive while a group is being written wait, and go
+//! together in the next statement: one transaction, one disk flush for all of them.
+//!
+//! Each append is still decided on its own. Its row goes in only if its stream is at its
+//! expected version when the statement starts, and the stream's unique key leaves out a row
+//! whose version a concurrent writer (or another row of the group) took first. A row left out
+//! is the append's conflict, found again on its own by the caller. A statement that fails
+//! fails no append: each then appends alone, as without the group.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::events::POSITION_SHIFT;
+use super::PostgresEventStore;
+use crate::event::EventEnvelope;
+
+/// Appends in one group statement at most; more wait for the next.
+const MAX_GROUP: usize = 256;
+
+/// The appends waiting for the next group, and whether a writer is at work.
+#[derive(Default)]
+pub(super) struct Group {
+    queue: Mutex<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<Waiting>,
+    writing: bool,
+}
+
+/// How an append goes.
+pub(super) enum Turn {
+    /// Nobody is writing: the append goes alone, now, and the guard hands the appends that
+    /// queue meanwhile to a writer when it is dropped (also when the append is cancelled).
+    Alone(Leading),
+    /// A group is being written: the append waits for the next one.
+    Grouped(Outcome),
+}
+
+/// Held while an append goes alone; see [`Turn::Alone`].
+pub(super) struct Leading(PostgresEventStore);
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        let store = &self.0;
+        let mut queue = store.group.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.waiting.is_empty() {
+            queue.writing = false;
+            return;
+        }
+        drop(queue);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(write(store.clone()))),
+            // No runtime left to write them on: each makes its append again alone.
+            Err(_) => {
+                let mut queue = store.group.queue.lock().unwrap_or_else(|p| p.into_inner());
+                queue.writing = false;
+                for waiting in queue.waiting.drain(..) {
+                    let _ = waiting.reply.send(Outcome::Failed);
+                }
+            }
+        }
+    }
+}
+
+/// What became of an append sent with a group.
+pub(super) enum Outcome {
+    /// Stored at this feed position.
+    Stored(i64),
+    /// Left out: its stream was not at its expected version, or a concurrent writer came first.
+    LeftOut,
+    /// The group's statement failed (or the writer went away): nothing is known of the
+    /// append, which the caller makes again on its own.
+    Failed,
+}
+
+struct Waiting {
+    row: Row,
+    reply: oneshot::Sender<Outcome>,
+}
+
+/// One append's row, owned, for the group's arrays.
+pub(super) struct Row {
+    pub(super) event_id: Uuid,
+    pub(super) event_type: Arc<str>,
+    pub(super) event_version: i64,
+    pub(super) aggregate_id: Uuid,
+    pub(super) aggregate_type: Arc<str>,
+    pub(super) expected: i64,
+    pub(super) occurred_at: DateTime<Utc>,
+    pub(super) occurred_at_ns: i32,
+    pub(super) correlation_id: Option<Uuid>,
+    pub(super) causation_id: Option<Uuid>,
+    pub(super) metadata: Option<String>,
+    pub(super) payload: Arc<str>,
+    pub(super) request_id: Option<Uuid>,
+}
+
+impl Row {
+    pub(super) fn of(
+        event: &EventEnvelope,
+        expected: i64,
+        metadata: Option<String>,
+        at: (DateTime<Utc>, i32),
+    ) -> Self {
+        Row {
+            event_id: event.event_id,
+            event_type: event.event_type.clone(),
+            event_version: event.event_version.into(),
+            aggregate_id: event.aggregate_id,
+            aggregate_type: event.aggregate_type.clone(),
+            expected,
+            occurred_at: at.0,
+            occurred_at_ns: at.1,
+            correlation_id: event.correlation_id,
+            causation_id: event.causation_id,
+            metadata,
+            payload: event.payload.clone(),
+            request_id: event.request_id,
+        }
+    }
+}
+
+/// The group statement on `events`: every row whose stream is at its expected version, each
+/// at the version after it, positions in the order of the rows.
+pub(super) fn group_sql(events: &str) -> String {
+    format!(
+        "INSERT INTO {events} AS t (position, event_id, event_type, event_version, aggregate_id,
+            aggregate_type, aggregate_version, occurred_at, occurred_at_ns, correlation_id,
+            causation_id, metadata, payload, request_id)
+         SELECT (pg_current_xact_id()::text::bigint << {POSITION_SHIFT}) + e.n, e.event_id,
+            e.event_type, e.event_version, e.aggregate_id, e.aggregate_type, e.expected + 1,
+            e.occurred_at, e.occurred_at_ns, e.correlation_id, e.causation_id, e.metadata::json,
+            e.payload::json, e.request_id
+         FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], $6::bigint[],
+                     $7::timestamptz[], $8::integer[], $9::uuid[], $10::uuid[], $11::text[],
+                     $12::text[], $13::uuid[])
+            WITH ORDINALITY AS e(event_id, event_type, event_version, aggregate_id,
+                aggregate_type, expected, occurred_at, occurred_at_ns, correlation_id,
+                causation_id, metadata, payload, request_id, n)
+         WHERE (SELECT coalesce(max(v.aggregate_version), 0) FROM {events} v
+                WHERE v.aggregate_id = e.aggregate_id AND v.aggregate_type = e.aggregate_type)
+               = e.expected
+         ORDER BY e.n
+         ON CONFLICT (aggregate_id, aggregate_type, aggregate_version) DO NOTHING
+         RETURNING t.event_id, t.position"
+    )
+}
+
+impl Group {
+    /// The append's turn. With nobody writing, it goes alone at once (a lone writer pays no
+    /// hand-off). Otherwise it queues for the next group, which a writer task writes, so that
+    /// a caller that goes away (a cancelled request) leaves the others' appends to finish.
+    pub(super) async fn append(store: &PostgresEventStore, row: Row) -> Turn {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Turn::Grouped(Outcome::Failed);
+        }
+        let (reply, outcome) = oneshot::channel();
+        {
+            let mut queue = store.group.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if !queue.writing {
+                queue.writing = true;
+                return Turn::Alone(Leading(store.clone()));
+            }
+            queue.waiting.push(Waiting { row, reply });
+        }
+        Turn::Grouped(outcome.await.unwrap_or(Outcome::Failed))
+    }
+}
+
+/// Writes groups until none is waiting.
+async fn write(store: PostgresEventStore) {
+    loop {
+        let group: Vec<Waiting> = {
+            let mut queue = store.group.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if queue.waiting.is_empty() {
+                queue.writing = false;
+                return;
+            }
+            let take = queue.waiting.len().min(MAX_GROUP);
+            queue.waiting.drain(..take).collect()
+        };
+        let stored = insert(&store, &group).await;
+        if stored.as_ref().is_ok_and(|s| !s.is_empty()) {
+            store.notifier.appended(&store.pool);
+        }
+        for waiting in group {
+            let outcome = match &stored {
+                Ok(positions) => match positions.get(&waiting.row.event_id) {
+                    Some(&position) => Outcome::Stored(position),
+                    None => Outcome::LeftOut,
+                },
+                Err(_) => Outcome::Failed,
+            };
+            // A caller that went away has nobody to tell.
+            let _ = waiting.reply.send(outcome);
+        }
+    }
+}
+
+/// The group's statement: the positions of the rows it stored, by event id.
+async fn insert(store: &PostgresEventStore, group: &[Waiting]) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
+    let rows = || group.iter().map(|w| &w.row);
+    let event_id: Vec<Uuid> = rows().map(|r| r.event_id).collect();
+    let event_type: Vec<&str> = rows().map(|r| &*r.event_type).collect();
+    let event_version: Vec<i64> = rows().map(|r| r.event_version).collect();
+    let aggregate_id: Vec<Uuid> = rows().map(|r| r.aggregate_id).collect();
+    let aggregate_type: Vec<&str> = rows().map(|r| &*r.aggregate_type).collect();
+    let expected: Vec<i64> = rows().map(|r| r.expected).collect();
+    let occurred_at: Vec<DateTime<Utc>> = rows().map(|r| r.occurred_at).collect();
+    let occurred_at_ns: Vec<i32> = rows().map(|r| r.occurred_at_ns).collect();
+    let correlation_id: Vec<Option<Uuid>> = rows().map(|r| r.correlation_id).collect();
+    let causation_id: Vec<Option<Uuid>> = rows().map(|r| r.causation_id).collect();
+    let metadata: Vec<Option<&str>> = rows().map(|r| r.metadata.as_deref()).collect();
+    let payload: Vec<&str> = rows().map(|r| &*r.payload).collect();
+    let request_id: Vec<Option<Uuid>> = rows().map(|r| r.request_id).collect();
+    let stored: Vec<(Uuid, i64)> = sqlx::query_as(&store.sql.group)
+        .bind(event_id)
+        .bind(event_type)
+        .bind(event_version)
+        .bind(aggregate_id)
+        .bind(aggregate_type)
+        .bind(expected)
+        .bind(occurred_at)
+        .bind(occurred_at_ns)
+        .bind(correlation_id)
+        .bind(causation_id)
+        .bind(metadata)
+        .bind(payload)
+        .bind(request_id)
+        .fetch_all(&store.pool)
+        .await?;
+    Ok(stored.into_iter().collect())
+}

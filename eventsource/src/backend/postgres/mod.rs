@@ -67,7 +67,8 @@
 //! `((payload::jsonb)->>'field')` for payloads without NUL escapes.
 //!
 //! **Pools.** Every call takes one connection from the pool for one statement and gives it
-//! back: an append is one statement (and one more to read the version after a lost race), a
+//! back: an append is one statement (and one more to read the version after a lost race;
+//! concurrent appends of one event share one statement, a group commit), a
 //! snapshot read is one, and [`read_stream`](crate::EventStore::read_stream) and the feed are
 //! read in pages of [`DEFAULT_PAGE_SIZE`] events, one statement each, so no connection is held
 //! between statements. A load's replay

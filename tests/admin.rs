@@ -350,40 +350,16 @@ async fn rewarm_beside_live_writers(url: &str) {
     assert_eq!(verified["with_snapshot"], ACCOUNTS, "{verified}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rewarm_beside_live_writers_leaves_only_true_snapshots() {
-    let dir = tempfile::tempdir().unwrap();
-    rewarm_beside_live_writers(&format!("sqlite:{}", dir.path().join("bank.db").display())).await;
-    if let Ok(url) = std::env::var("EVENTSOURCE_TEST_POSTGRES_URL") {
-        let schema = format!("admin_live_{}", Uuid::new_v4().simple());
-        let separator = if url.contains('?') { '&' } else { '?' };
-        rewarm_beside_live_writers(&format!("{url}{separator}schema={schema}")).await;
-        let pool = eventsource::backend::postgres::pool_options()
-            .connect(&url)
-            .await
-            .unwrap();
-        eventsource::backend::postgres::sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_admin_command_line_on_a_sqlite_file() {
-    let dir = tempfile::tempdir().unwrap();
-    exercise(&format!("sqlite:{}", dir.path().join("bank.db").display())).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_admin_command_line_on_postgres() {
+/// Runs `check` on the PostgreSQL of `EVENTSOURCE_TEST_POSTGRES_URL`, in a schema of its own
+/// that is dropped afterwards; without the variable it is skipped, or fails under
+/// `EVENTSOURCE_REQUIRE_POSTGRES=1`.
+async fn on_postgres<F: std::future::Future<Output = ()>>(check: impl FnOnce(String) -> F) {
     const URL_VAR: &str = "EVENTSOURCE_TEST_POSTGRES_URL";
     match std::env::var(URL_VAR) {
-        // In a schema of its own, dropped afterwards.
         Ok(url) if !url.trim().is_empty() => {
             let schema = format!("admin_{}", Uuid::new_v4().simple());
             let separator = if url.contains('?') { '&' } else { '?' };
-            exercise(&format!("{url}{separator}schema={schema}")).await;
+            check(format!("{url}{separator}schema={schema}")).await;
             let pool = eventsource::backend::postgres::pool_options()
                 .connect(&url)
                 .await
@@ -398,4 +374,22 @@ async fn the_admin_command_line_on_postgres() {
         }
         _ => println!("skipped the PostgreSQL admin test: set {URL_VAR} to run it"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewarm_beside_live_writers_leaves_only_true_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    rewarm_beside_live_writers(&format!("sqlite:{}", dir.path().join("bank.db").display())).await;
+    on_postgres(|url| async move { rewarm_beside_live_writers(&url).await }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_command_line_on_a_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    exercise(&format!("sqlite:{}", dir.path().join("bank.db").display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_command_line_on_postgres() {
+    on_postgres(|url| async move { exercise(&url).await }).await;
 }

@@ -350,7 +350,7 @@ impl PostgresEventStore {
                 position: u64::try_from(position).ok(),
             }),
             super::group::Outcome::LeftOut => {
-                self.conflict_of_one(aggregate_id, aggregate_type, expected_version, events)
+                self.not_stored(aggregate_id, aggregate_type, expected_version, events)
                     .await
             }
             super::group::Outcome::Failed => {
@@ -360,9 +360,10 @@ impl PostgresEventStore {
         }
     }
 
-    /// The refusal of a one-event append that was not stored: its stream is not at its
-    /// expected version, unless the event was stored by an earlier try of the same append.
-    async fn conflict_of_one(
+    /// The refusal of an append that was not stored: its stream is not at its expected
+    /// version (a conflict, with the stream's version now), unless the batch was stored by an
+    /// earlier try of the same append.
+    async fn not_stored(
         &self,
         aggregate_id: Uuid,
         aggregate_type: &str,
@@ -424,7 +425,7 @@ impl PostgresEventStore {
             }
             // The stream is not at the expected version, or a concurrent writer came first.
             Ok(None) => {
-                self.conflict_of_one(aggregate_id, aggregate_type, expected_version, events)
+                self.not_stored(aggregate_id, aggregate_type, expected_version, events)
                     .await
             }
             Err(e) => {
@@ -461,12 +462,9 @@ impl PostgresEventStore {
                 detail.unwrap_or("duplicate event_id")
             ))
         } else {
-            Error::Conflict {
-                aggregate_type: aggregate_type.to_owned(),
-                aggregate_id,
-                expected: expected_version,
-                actual: self.stream_version(aggregate_id, aggregate_type).await?,
-            }
+            return self
+                .not_stored(aggregate_id, aggregate_type, expected_version, events)
+                .await;
         };
         acknowledge_stored_append(
             self,

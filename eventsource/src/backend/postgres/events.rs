@@ -13,6 +13,7 @@ use sqlx::{Column, Row};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use super::group::{Group, Outcome, Row as OneRow, Turn};
 use super::{
     join_timestamp, joint, query_error, split_timestamp, to_bigint, Layout, PostgresEventStore,
     PostgresSnapshotStore, BACKEND,
@@ -195,19 +196,49 @@ struct Columns<'a> {
     request_id: Vec<Option<Uuid>>,
 }
 
+/// The event's metadata as the JSON text a statement binds.
+fn metadata_text(event: &EventEnvelope) -> Result<Option<String>> {
+    event
+        .metadata
+        .as_ref()
+        .map(|value| {
+            serde_json::to_string(value).map_err(|e| Error::Serialization {
+                action: "serialize",
+                what: format!("metadata of event {}", event.event_id),
+                reason: e.to_string(),
+            })
+        })
+        .transpose()
+}
+
+/// A one-event append checked and encoded once, for the group or for a statement of its own.
+fn one_row(
+    aggregate_id: Uuid,
+    aggregate_type: &str,
+    expected_version: u64,
+    event: &EventEnvelope,
+) -> Result<OneRow> {
+    validate_batch(
+        aggregate_id,
+        aggregate_type,
+        expected_version,
+        std::slice::from_ref(event),
+    )?;
+    let expected = to_bigint(expected_version, "expected version")?;
+    Ok(OneRow::of(
+        event,
+        expected,
+        metadata_text(event)?,
+        split_timestamp(event.occurred_at),
+    ))
+}
+
 impl<'a> Columns<'a> {
     fn of(events: &'a [EventEnvelope]) -> Result<Self> {
         let mut columns = Columns::default();
         for event in events {
             let (micros, nanos) = split_timestamp(event.occurred_at);
-            let metadata = match &event.metadata {
-                Some(value) => Some(serde_json::to_string(value).map_err(|e| Error::Serialization {
-                    action: "serialize",
-                    what: format!("metadata of event {}", event.event_id),
-                    reason: e.to_string(),
-                })?),
-                None => None,
-            };
+            let metadata = metadata_text(event)?;
             columns.event_id.push(event.event_id);
             columns.event_type.push(&event.event_type);
             columns.event_version.push(event.event_version.into());
@@ -331,31 +362,24 @@ impl PostgresEventStore {
         event: &EventEnvelope,
     ) -> Result<Appended> {
         let events = std::slice::from_ref(event);
-        validate_batch(aggregate_id, aggregate_type, expected_version, events)?;
-        let expected = to_bigint(expected_version, "expected version")?;
-        let c = Columns::of(events)?;
-        let metadata = c.metadata.into_iter().next().flatten();
-        let row = super::group::Row::of(event, expected, metadata, (c.occurred_at[0], c.occurred_at_ns[0]));
-        let outcome = match super::group::Group::append(self, row).await {
-            super::group::Turn::Alone(_leading) => {
-                return self
-                    .append_alone(aggregate_id, aggregate_type, expected_version, event)
-                    .await;
-            }
-            super::group::Turn::Grouped(outcome) => outcome,
+        let row = one_row(aggregate_id, aggregate_type, expected_version, event)?;
+        let outcome = match Group::append(self, row).await {
+            Turn::Alone(_leading, row) => return self.append_alone(&row, event).await,
+            Turn::Grouped(outcome) => outcome,
         };
         match outcome {
-            super::group::Outcome::Stored(position) => Ok(Appended {
+            Outcome::Stored(position) => Ok(Appended {
                 version: expected_version + 1,
                 position: u64::try_from(position).ok(),
             }),
-            super::group::Outcome::LeftOut => {
+            Outcome::LeftOut => {
                 self.not_stored(aggregate_id, aggregate_type, expected_version, events)
                     .await
             }
-            super::group::Outcome::Failed => {
-                self.append_alone(aggregate_id, aggregate_type, expected_version, event)
-                    .await
+            // Rare: the group's statement failed; the row went with it, so it is made again.
+            Outcome::Failed => {
+                let row = one_row(aggregate_id, aggregate_type, expected_version, event)?;
+                self.append_alone(&row, event).await
             }
         }
     }
@@ -387,32 +411,26 @@ impl PostgresEventStore {
         .await
     }
 
-    /// Appends one event on its own, in a statement without arrays.
-    async fn append_alone(
-        &self,
-        aggregate_id: Uuid,
-        aggregate_type: &str,
-        expected_version: u64,
-        event: &EventEnvelope,
-    ) -> Result<Appended> {
+    /// Appends one event on its own, in a statement without arrays, from its checked row.
+    async fn append_alone(&self, row: &OneRow, event: &EventEnvelope) -> Result<Appended> {
+        let (aggregate_id, aggregate_type) = (row.aggregate_id, &*row.aggregate_type);
+        // In range: `one_row` converted it from a u64.
+        let expected_version = row.expected as u64;
         let events = std::slice::from_ref(event);
-        validate_batch(aggregate_id, aggregate_type, expected_version, events)?;
-        let expected = to_bigint(expected_version, "expected version")?;
-        let c = Columns::of(events)?;
         let stored = sqlx::query_scalar::<_, i64>(&self.sql.append_one)
             .bind(aggregate_id)
             .bind(aggregate_type)
-            .bind(expected)
-            .bind(event.event_id)
-            .bind(&*event.event_type)
-            .bind(c.event_version[0])
-            .bind(c.occurred_at[0])
-            .bind(c.occurred_at_ns[0])
-            .bind(event.correlation_id)
-            .bind(event.causation_id)
-            .bind(&c.metadata[0])
-            .bind(&*event.payload)
-            .bind(event.request_id)
+            .bind(row.expected)
+            .bind(row.event_id)
+            .bind(&*row.event_type)
+            .bind(row.event_version)
+            .bind(row.occurred_at)
+            .bind(row.occurred_at_ns)
+            .bind(row.correlation_id)
+            .bind(row.causation_id)
+            .bind(&row.metadata)
+            .bind(&*row.payload)
+            .bind(row.request_id)
             .fetch_optional(&self.pool)
             .await;
         match stored {

@@ -34,10 +34,12 @@ struct Queue {
 }
 
 /// How an append goes.
+#[allow(clippy::large_enum_variant)] // returned once and taken apart at once, never stored
 pub(super) enum Turn {
-    /// Nobody is writing: the append goes alone, now, and the guard hands the appends that
-    /// queue meanwhile to a writer when it is dropped (also when the append is cancelled).
-    Alone(Leading),
+    /// Nobody is writing: the append goes alone, now, with its row given back, and the guard
+    /// hands the appends that queue meanwhile to a writer when it is dropped (also when the
+    /// append is cancelled).
+    Alone(Leading, Row),
     /// A group is being written: the append waits for the next one.
     Grouped(Outcome),
 }
@@ -165,7 +167,7 @@ impl Group {
             let mut queue = store.group.queue.lock().unwrap_or_else(|p| p.into_inner());
             if !queue.writing {
                 queue.writing = true;
-                return Turn::Alone(Leading(store.clone()));
+                return Turn::Alone(Leading(store.clone()), row);
             }
             queue.waiting.push(Waiting { row, reply });
         }

@@ -121,6 +121,7 @@ pub(super) fn append_sql(events: &str, snapshots: Option<&str>) -> String {
 impl Sql {
     pub(super) fn new(layout: &Layout) -> Self {
         let events = &layout.events;
+        let feed_bound = &layout.feed_bound;
         Self {
             table: events.clone(),
             append: append_sql(events, None),
@@ -159,12 +160,12 @@ impl Sql {
                  WHERE aggregate_id = $1 AND aggregate_type = $2 AND aggregate_version > $3
                  ORDER BY aggregate_version LIMIT $4"
             ),
-            // Only positions below every transaction still running are final: a transaction
-            // with a lower id than one already read would otherwise commit later, below it.
+            // Only positions below every appending transaction still running are final: one
+            // with a lower id than an event already read would otherwise commit later, below
+            // it (see the schema's step 7).
             read_all: format!(
                 "SELECT {COLUMNS}, aggregate_id, aggregate_type FROM {events}
-                 WHERE position > $1
-                   AND position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << {POSITION_SHIFT})
+                 WHERE position > $1 AND position < (SELECT {feed_bound}(pg_current_snapshot()))
                  ORDER BY position LIMIT $2"
             ),
             request: format!(
@@ -173,8 +174,7 @@ impl Sql {
             ),
             head: format!(
                 "SELECT max(position), count(*) FROM {events}
-                 WHERE position > $1
-                   AND position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << {POSITION_SHIFT})"
+                 WHERE position > $1 AND position < (SELECT {feed_bound}(pg_current_snapshot()))"
             ),
         }
     }

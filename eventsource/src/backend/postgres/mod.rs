@@ -137,12 +137,17 @@
 //! every committed event once: no event can appear later below a position already returned.
 //! A position is the appending transaction's id shifted left by 20 bits plus the event's
 //! place in its batch (so a batch holds at most 1,048,575 events), and `read_all` returns only
-//! positions below the oldest transaction still running on the server
-//! (`pg_snapshot_xmin(pg_current_snapshot())`). Every transaction below that bound has ended,
-//! so the events it shows are final, and a transaction that commits later has a higher id and
-//! so higher positions. An append that runs long holds the feed back while it runs, and so
-//! does any transaction on the server that has written and not yet ended (a session idle in
-//! a transaction, a long batch job): the feed then lags, it never skips. Positions are unique
+//! positions below the oldest transaction that may still append: every statement that inserts
+//! events announces its transaction first (a statement trigger takes a shared advisory lock
+//! before the transaction has an id), and the bound is the oldest transaction of the reader's
+//! snapshot that holds that lock or ended after the snapshot was taken. Every appending
+//! transaction below the bound has ended, so the events the feed shows are final, and one that
+//! commits later has a higher id and so higher positions. An append that runs long holds the
+//! feed back while it runs: the feed then lags, it never skips. Other transactions do not: a
+//! session idle in a transaction, a long batch job or a migration, in this database or
+//! another, leave the feed alone. A transaction that has written something else and then
+//! inserts events must take the lock before its first write (the trigger refuses it otherwise,
+//! naming the call); the library's own appends never do. Positions are unique
 //! and increasing, not dense: they have large gaps. Events stored before the layout step 3
 //! keep the positions they had, all below the new ones.
 //!
@@ -443,6 +448,10 @@ struct Layout {
     migrations: String,
     subscriptions: String,
     dead_letters: String,
+    /// The function that tells up to which position the feed is final (layout step 7).
+    feed_bound: String,
+    /// The trigger function by which a transaction that appends announces itself.
+    announce_append: String,
 }
 
 const EVENTS_TABLE: &str = "eventsource_events";
@@ -450,6 +459,8 @@ const SNAPSHOTS_TABLE: &str = "eventsource_snapshots";
 const MIGRATIONS_TABLE: &str = "eventsource_migrations";
 const SUBSCRIPTIONS_TABLE: &str = "eventsource_subscriptions";
 const DEAD_LETTERS_TABLE: &str = "eventsource_dead_letters";
+const FEED_BOUND_FUNCTION: &str = "eventsource_feed_bound";
+const ANNOUNCE_APPEND_FUNCTION: &str = "eventsource_announce_append";
 
 impl Default for Layout {
     fn default() -> Self {
@@ -460,11 +471,27 @@ impl Default for Layout {
             migrations: MIGRATIONS_TABLE.to_owned(),
             subscriptions: SUBSCRIPTIONS_TABLE.to_owned(),
             dead_letters: DEAD_LETTERS_TABLE.to_owned(),
+            feed_bound: FEED_BOUND_FUNCTION.to_owned(),
+            announce_append: ANNOUNCE_APPEND_FUNCTION.to_owned(),
         }
     }
 }
 
 impl Layout {
+    /// The advisory lock that a transaction appending to this layout's events holds, in
+    /// shared mode, from before it has a transaction id until it ends: the two keys of
+    /// `pg_advisory_xact_lock_shared(int, int)`. The first is the library's ("EVNT"), the
+    /// second a hash of the events table's name, so that stores in other schemas of the
+    /// database do not hold this one's feed back.
+    fn append_lock(&self) -> (i32, i32) {
+        // FNV-1a: stable across builds and platforms, unlike the standard library's hasher.
+        let hash = self.events.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+            (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+        });
+        // Non-negative, so that `pg_locks` (which shows the keys as unsigned) shows the same.
+        (0x4556_4e54, (hash & 0x7fff_ffff) as i32)
+    }
+
     fn in_schema(schema: &str) -> Result<Self> {
         let plain = !schema.is_empty()
             && schema.len() <= 63
@@ -483,6 +510,8 @@ impl Layout {
             migrations: format!("\"{schema}\".{MIGRATIONS_TABLE}"),
             subscriptions: format!("\"{schema}\".{SUBSCRIPTIONS_TABLE}"),
             dead_letters: format!("\"{schema}\".{DEAD_LETTERS_TABLE}"),
+            feed_bound: format!("\"{schema}\".{FEED_BOUND_FUNCTION}"),
+            announce_append: format!("\"{schema}\".{ANNOUNCE_APPEND_FUNCTION}"),
         })
     }
 }

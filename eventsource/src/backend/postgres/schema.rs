@@ -54,6 +54,11 @@ const STEPS: &[Step] = &[
         description: "one snapshot per aggregate and schema version",
         statements: snapshots_per_schema_version,
     },
+    Step {
+        version: 7,
+        description: "appends announce themselves: the feed waits for appending transactions only",
+        statements: feed_bound_by_appenders,
+    },
 ];
 
 /// The layout version this library reads and writes.
@@ -199,6 +204,82 @@ fn snapshots_per_schema_version(layout: &Layout) -> Vec<String> {
         format!(
             "ALTER TABLE {snapshots} ADD CONSTRAINT eventsource_snapshots_pkey
                 PRIMARY KEY (aggregate_id, aggregate_type, schema_version)"
+        ),
+    ]
+}
+
+/// Step 7: the feed is held back by transactions that append events, and by no other.
+///
+/// A position is final once no transaction that could still store events below it is
+/// running (see `events::POSITION_SHIFT`). Before this step the feed waited for every
+/// transaction of the server with an id (`pg_snapshot_xmin`), so a session idle in a
+/// transaction in any database froze every subscription. Now each statement that inserts
+/// events first takes the layout's append lock in shared mode (a statement trigger, which
+/// runs before the statement's first row gets its transaction id), and the feed's bound is the
+/// oldest transaction of the reader's snapshot that may append: one that holds the lock, or
+/// one that ended after the snapshot was taken (it may have appended; the next read knows).
+/// A transaction that already has an id when it first inserts events could be passed over
+/// by a reader before it announced itself, so the trigger refuses it unless it took the lock
+/// earlier.
+fn feed_bound_by_appenders(layout: &Layout) -> Vec<String> {
+    let Layout {
+        events,
+        feed_bound,
+        announce_append,
+        ..
+    } = layout;
+    let (class, key) = layout.append_lock();
+    let shift = super::events::POSITION_SHIFT;
+    vec![
+        format!(
+            "CREATE OR REPLACE FUNCTION {announce_append}() RETURNS trigger
+             LANGUAGE plpgsql AS $fn$
+             BEGIN
+                 IF pg_current_xact_id_if_assigned() IS NULL THEN
+                     PERFORM pg_advisory_xact_lock_shared({class}, {key});
+                 ELSIF NOT EXISTS (
+                     SELECT 1 FROM pg_locks
+                     WHERE locktype = 'advisory' AND pid = pg_backend_pid()
+                       AND classid = {class} AND objid = {key} AND objsubid = 2
+                 ) THEN
+                     RAISE EXCEPTION 'events are inserted by a transaction that wrote before it announced the append'
+                         USING ERRCODE = '55000',
+                               HINT = 'begin the transaction with SELECT pg_advisory_xact_lock_shared({class}, {key})';
+                 END IF;
+                 RETURN NULL;
+             END
+             $fn$"
+        ),
+        format!("DROP TRIGGER IF EXISTS eventsource_announce_append ON {events}"),
+        format!(
+            "CREATE TRIGGER eventsource_announce_append BEFORE INSERT ON {events}
+             FOR EACH STATEMENT EXECUTE FUNCTION {announce_append}()"
+        ),
+        // One read of the lock table (`pg_locks` is one consistent view per call), and none
+        // at all when the snapshot shows no running transaction.
+        format!(
+            "CREATE OR REPLACE FUNCTION {feed_bound}(snapshot pg_snapshot) RETURNS bigint
+             LANGUAGE sql VOLATILE AS $fn$
+                 WITH locks AS MATERIALIZED (
+                     SELECT locktype, transactionid, virtualtransaction FROM pg_locks
+                     WHERE (locktype = 'transactionid' AND mode = 'ExclusiveLock')
+                        OR (locktype = 'advisory' AND classid = {class} AND objid = {key}
+                            AND objsubid = 2
+                            AND database = (SELECT oid FROM pg_database
+                                            WHERE datname = current_database()))
+                 ), quiet AS (
+                     SELECT t.transactionid FROM locks t
+                     WHERE t.locktype = 'transactionid' AND NOT EXISTS (
+                         SELECT 1 FROM locks a
+                         WHERE a.locktype = 'advisory'
+                           AND a.virtualtransaction = t.virtualtransaction)
+                 )
+                 SELECT coalesce(
+                     (SELECT min(x::text::bigint) FROM pg_snapshot_xip(snapshot) AS x
+                      WHERE NOT EXISTS (SELECT 1 FROM quiet WHERE quiet.transactionid = x::xid)),
+                     pg_snapshot_xmax(snapshot)::text::bigint
+                 ) << {shift}
+             $fn$"
         ),
     ]
 }

@@ -1,0 +1,246 @@
+//! The PostgreSQL feed: what holds it back and what does not.
+//!
+//! The feed shows a position only once no transaction that could still store events below it
+//! is running. Transactions that append events hold it back; a stranger's transaction (a
+//! session idle in a transaction in another database, a batch job on another table) must not.
+//! The tests need `EVENTSOURCE_TEST_POSTGRES_URL`; see tests/postgres_store.rs.
+
+mod common;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use eventsource::backend::postgres::{pool_options, PgPool, PostgresEventStore};
+use eventsource::{EventEnvelope, EventStore, Uuid};
+use futures_util::StreamExt;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{Connection, Executor};
+
+/// A test's store in a schema of its own (so its feed holds only the test's events), and the
+/// URL it came from.
+struct Feed {
+    url: String,
+    schema: String,
+    pool: PgPool,
+    events: PostgresEventStore,
+}
+
+async fn feed(test: &str) -> Option<Feed> {
+    let url = common::postgres_url(test)?;
+    let pool = pool_options()
+        .max_connections(4)
+        .connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+    let schema = format!("es_feed_{}", Uuid::new_v4().simple());
+    let events = PostgresEventStore::with_schema(pool.clone(), &schema).unwrap();
+    events.migrate().await.unwrap();
+    Some(Feed {
+        url,
+        schema,
+        pool,
+        events,
+    })
+}
+
+impl Feed {
+    /// A connection of its own to `database` of the same server.
+    async fn connection_to(&self, database: &str) -> PgConnection {
+        let options = PgConnectOptions::from_str(&self.url).unwrap().database(database);
+        PgConnection::connect_with(&options).await.unwrap()
+    }
+
+    /// A connection of its own to the test's database.
+    async fn connection(&self) -> PgConnection {
+        PgConnection::connect(&self.url).await.unwrap()
+    }
+
+    /// Appends one event to a new stream; returns its id.
+    async fn append_one(&self) -> Uuid {
+        let id = Uuid::new_v4();
+        let event = EventEnvelope {
+            event_id: Uuid::new_v4(),
+            event_type: Arc::from("Noted"),
+            event_version: 1,
+            aggregate_id: id,
+            aggregate_type: Arc::from("Feed"),
+            aggregate_version: 1,
+            occurred_at: Utc::now(),
+            correlation_id: None,
+            causation_id: None,
+            request_id: None,
+            metadata: None,
+            payload: Arc::from("{}"),
+        };
+        self.events.append(id, "Feed", 0, &[event]).await.unwrap();
+        id
+    }
+
+    /// The aggregate ids of the feed's events, in feed order.
+    async fn shown(&self) -> Vec<Uuid> {
+        self.events
+            .read_all(0)
+            .map(|event| event.unwrap().aggregate_id)
+            .collect()
+            .await
+    }
+
+    /// Waits up to `bound` for the feed to show `ids`, in that order; returns what it shows.
+    async fn shows_within(&self, ids: &[Uuid], bound: Duration) -> Vec<Uuid> {
+        let started = Instant::now();
+        loop {
+            let shown = self.shown().await;
+            if shown == ids || started.elapsed() > bound {
+                return shown;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn drop(self) {
+        self.pool
+            .execute(format!("DROP SCHEMA \"{}\" CASCADE", self.schema).as_str())
+            .await
+            .unwrap();
+    }
+}
+
+/// Opens a transaction on `connection` that holds a transaction id, and leaves it open.
+async fn hold_a_transaction_id(connection: &mut PgConnection, write: &str) {
+    connection.execute("BEGIN").await.unwrap();
+    connection.execute(write).await.unwrap();
+    let xid: Option<String> = sqlx::query_scalar("SELECT pg_current_xact_id_if_assigned()::text")
+        .fetch_one(&mut *connection)
+        .await
+        .unwrap();
+    assert!(xid.is_some(), "{write:?} left the transaction without an id");
+}
+
+#[tokio::test]
+async fn a_transaction_idle_in_another_database_does_not_hold_the_feed_back() {
+    let Some(feed) = feed("idle transaction in another database").await else {
+        return;
+    };
+    // Any database of the server but this one: `postgres` is always there.
+    let mut stranger = feed.connection_to("postgres").await;
+    hold_a_transaction_id(&mut stranger, "SELECT pg_current_xact_id()").await;
+
+    let id = feed.append_one().await;
+    let shown = feed.shows_within(&[id], Duration::from_secs(5)).await;
+
+    stranger.execute("ROLLBACK").await.unwrap();
+    assert_eq!(
+        shown,
+        [id],
+        "the feed waited for a transaction of another database"
+    );
+    feed.drop().await;
+}
+
+#[tokio::test]
+async fn a_transaction_writing_another_table_of_the_database_does_not_hold_the_feed_back() {
+    let Some(feed) = feed("idle transaction on another table").await else {
+        return;
+    };
+    let table = format!("\"{}\".other_work", feed.schema);
+    feed.pool
+        .execute(format!("CREATE TABLE {table} (n INT)").as_str())
+        .await
+        .unwrap();
+    let mut stranger = feed.connection().await;
+    hold_a_transaction_id(&mut stranger, &format!("INSERT INTO {table} VALUES (1)")).await;
+
+    let id = feed.append_one().await;
+    let shown = feed.shows_within(&[id], Duration::from_secs(5)).await;
+
+    stranger.execute("ROLLBACK").await.unwrap();
+    assert_eq!(shown, [id], "the feed waited for a transaction on another table");
+    feed.drop().await;
+}
+
+#[tokio::test]
+async fn an_append_still_running_holds_back_the_appends_after_it_and_then_shows_them_in_order() {
+    let Some(feed) = feed("a running append holds the feed back").await else {
+        return;
+    };
+    // An append that has inserted its row and not committed: it has the lower id.
+    let slow = Uuid::new_v4();
+    let mut appender = feed.connection().await;
+    appender.execute("BEGIN").await.unwrap();
+    sqlx::query(&format!(
+        "INSERT INTO \"{}\".eventsource_events (event_id, event_type, event_version, aggregate_id,
+             aggregate_type, aggregate_version, occurred_at, payload)
+         VALUES ($1, 'Noted', 1, $2, 'Feed', 1, now(), '{{}}')",
+        feed.schema
+    ))
+    .bind(Uuid::new_v4())
+    .bind(slow)
+    .execute(&mut appender)
+    .await
+    .unwrap();
+
+    let fast = feed.append_one().await;
+    // The later append is stored, but showing it now would let the slow one commit below it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        feed.shown().await,
+        Vec::<Uuid>::new(),
+        "the feed skipped past a running append"
+    );
+
+    appender.execute("COMMIT").await.unwrap();
+    assert_eq!(
+        feed.shows_within(&[slow, fast], Duration::from_secs(5)).await,
+        [slow, fast]
+    );
+    feed.drop().await;
+}
+
+#[tokio::test]
+async fn events_inserted_after_other_writes_of_the_transaction_must_announce_the_append_first() {
+    let Some(feed) = feed("an append that did not announce itself").await else {
+        return;
+    };
+    let table = format!("\"{}\".other_work", feed.schema);
+    feed.pool
+        .execute(format!("CREATE TABLE {table} (n INT)").as_str())
+        .await
+        .unwrap();
+    let insert_event = format!(
+        "INSERT INTO \"{}\".eventsource_events (event_id, event_type, event_version, aggregate_id,
+             aggregate_type, aggregate_version, occurred_at, payload)
+         VALUES (gen_random_uuid(), 'Noted', 1, gen_random_uuid(), 'Feed', 1, now(), '{{}}')",
+        feed.schema
+    );
+
+    // A transaction that has an id before it inserts events could be passed by a reader.
+    let mut late = feed.connection().await;
+    hold_a_transaction_id(&mut late, &format!("INSERT INTO {table} VALUES (1)")).await;
+    let refused = late.execute(insert_event.as_str()).await.unwrap_err();
+    let refused = refused.as_database_error().expect("a database error");
+    assert_eq!(refused.code().as_deref(), Some("55000"), "{refused}");
+    late.execute("ROLLBACK").await.unwrap();
+
+    // Taking the lock the error names, before the first write, makes it an announced append.
+    let hint: String = sqlx::query_scalar(&format!(
+        "SELECT substring(pg_get_functiondef('\"{}\".eventsource_announce_append'::regproc)
+             FROM 'SELECT pg_advisory_xact_lock_shared\\([0-9]+, [0-9]+\\)')",
+        feed.schema
+    ))
+    .fetch_one(&feed.pool)
+    .await
+    .unwrap();
+    let mut announced = feed.connection().await;
+    announced.execute("BEGIN").await.unwrap();
+    announced.execute(hint.as_str()).await.unwrap();
+    announced
+        .execute(format!("INSERT INTO {table} VALUES (1)").as_str())
+        .await
+        .unwrap();
+    announced.execute(insert_event.as_str()).await.unwrap();
+    announced.execute("COMMIT").await.unwrap();
+    assert_eq!(feed.shown().await.len(), 1);
+    feed.drop().await;
+}

@@ -19,6 +19,12 @@ pub type PgTransaction = sqlx::Transaction<'static, sqlx::Postgres>;
 /// what it writes there commits with the checkpoint or not at all. Write through it, as
 /// `sqlx::query(...).execute(&mut **tx)`, and nothing else: a write outside it would not be
 /// undone with the batch. A method that fails rolls the transaction back.
+///
+/// The transaction of [`apply`](Self::apply) is bounded by the projection's lease: if it sits
+/// idle between two statements past the moment the lease runs out (the process was paused,
+/// or `apply` awaited something slow), the server rolls it back, so that the standby taking
+/// the lease over never waits on its locks. The batch is then applied again, by whichever
+/// consumer holds the lease. Keep slow work out of `apply`'s transaction.
 #[async_trait]
 pub trait PostgresProjection: Send + 'static {
     /// Creates the read model's tables if missing (`CREATE TABLE IF NOT EXISTS`); run before
@@ -136,6 +142,7 @@ impl Step {
                 events,
                 last,
             } => {
+                subscriptions.bound_by_lease_on(&mut **tx, &name, owner).await?;
                 if !events.is_empty() {
                     projection.apply(tx, &events).await?;
                 }

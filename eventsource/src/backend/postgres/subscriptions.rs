@@ -40,6 +40,33 @@ impl PostgresSubscriptionStore {
         Ok(moved.rows_affected() > 0)
     }
 
+    /// Bounds the transaction of `executor` (a read model's) by `owner`'s lease on `name`: the
+    /// server ends it, rolling it back, if it sits idle past the moment the lease runs out. A
+    /// consumer frozen inside its transaction (a paused process, a machine that vanished)
+    /// then holds its row locks no longer than its lease, so the standby that takes the lease
+    /// over is not stalled behind them. Nothing is set if `owner` does not hold the name:
+    /// the commit is refused at its end all the same.
+    pub(super) async fn bound_by_lease_on<'e>(
+        &self,
+        executor: impl sqlx::PgExecutor<'e>,
+        name: &str,
+        owner: Uuid,
+    ) -> Result<()> {
+        sqlx::query(&format!(
+            "SELECT set_config('idle_in_transaction_session_timeout',
+                 greatest(ceil(extract(epoch FROM lease_until - clock_timestamp()) * 1000), 1)::bigint::text,
+                 true)
+             FROM {} WHERE name = $1 AND owner = $2 AND lease_until IS NOT NULL",
+            self.layout.subscriptions
+        ))
+        .bind(name)
+        .bind(owner)
+        .execute(executor)
+        .await
+        .map_err(|e| query_error(&format!("cannot bound the transaction of subscription {name}"), e))
+        .map(drop)
+    }
+
     /// Forgets the checkpoint through `executor`.
     pub(super) async fn reset_on<'e>(&self, executor: impl sqlx::PgExecutor<'e>, name: &str) -> Result<()> {
         validate_name(name)?;

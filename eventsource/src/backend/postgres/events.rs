@@ -364,7 +364,9 @@ impl PostgresEventStore {
         let events = std::slice::from_ref(event);
         let row = one_row(aggregate_id, aggregate_type, expected_version, event)?;
         let outcome = match Group::append(self, row).await {
-            Turn::Alone(_leading, row) => return self.append_alone(&row, event).await,
+            // While it runs, the appends that arrive queue for the next group: bounded, so that a
+            // hanging statement does not hold them.
+            Turn::Alone(_leading, row) => return self.append_alone_bounded(&row, event).await,
             Turn::Grouped(outcome) => outcome,
         };
         match outcome {
@@ -379,8 +381,25 @@ impl PostgresEventStore {
             // Rare: the group's statement failed; the row went with it, so it is made again.
             Outcome::Failed => {
                 let row = one_row(aggregate_id, aggregate_type, expected_version, event)?;
-                self.append_alone(&row, event).await
+                self.append_alone_bounded(&row, event).await
             }
+        }
+    }
+
+    /// [`append_alone`](Self::append_alone) within the store's append timeout; past it, a
+    /// transient error that leaves the outcome unknown (the statement may still commit).
+    async fn append_alone_bounded(&self, row: &OneRow, event: &EventEnvelope) -> Result<Appended> {
+        match tokio::time::timeout(self.append_timeout, self.append_alone(row, event)).await {
+            Ok(appended) => appended,
+            Err(elapsed) => Err(Error::store(
+                BACKEND,
+                format!(
+                    "the append of event {} to {} {} did not finish within {:?}: it may or may \
+                     not be stored, and making it again is safe",
+                    event.event_id, row.aggregate_type, row.aggregate_id, self.append_timeout
+                ),
+                elapsed,
+            )),
         }
     }
 

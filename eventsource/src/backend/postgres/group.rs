@@ -4,8 +4,9 @@
 //! Each append is still decided on its own. Its row goes in only if its stream is at its
 //! expected version when the statement starts, and the stream's unique key leaves out a row
 //! whose version a concurrent writer (or another row of the group) took first. A row left out
-//! is the append's conflict, found again on its own by the caller. A statement that fails
-//! fails no append: each then appends alone, as without the group.
+//! is the append's conflict, found again on its own by the caller. A statement that fails, or
+//! takes longer than the store's append timeout, fails no append: each then appends alone, as
+//! without the group, and the appends queued meanwhile go on in the next group.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -187,7 +188,16 @@ async fn write(store: PostgresEventStore) {
             let take = queue.waiting.len().min(MAX_GROUP);
             queue.waiting.drain(..take).collect()
         };
-        let stored = insert(&store, &group).await;
+        // A statement that hangs is given up on, so that the appends queued behind it go on:
+        // its own appends are then made again, each on its own.
+        let stored = tokio::time::timeout(store.append_timeout, insert(&store, &group))
+            .await
+            .unwrap_or_else(|elapsed| {
+                Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    elapsed,
+                )))
+            });
         if stored.as_ref().is_ok_and(|s| !s.is_empty()) {
             store.notifier.appended(&store.pool);
         }

@@ -192,6 +192,10 @@ const BACKEND: &str = "postgres";
 /// [`PostgresEventStore::with_page_size`].
 pub const DEFAULT_PAGE_SIZE: usize = 1000;
 
+/// How long the statement of a one-event append (alone or in a group) may take, unless set
+/// with [`PostgresEventStore::with_append_timeout`].
+pub const DEFAULT_APPEND_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// An event store in a PostgreSQL database. Cheap to clone: clones share the pool.
 ///
 /// See the [module docs](self) for the schema, deployment and guarantees.
@@ -204,6 +208,8 @@ pub struct PostgresEventStore {
     notifier: Arc<notify::Notifier>,
     /// One-event appends waiting to be written together.
     group: Arc<group::Group>,
+    /// How long a one-event append's statement may take before its outcome is given up on.
+    append_timeout: Duration,
 }
 
 /// A snapshot store in a PostgreSQL database. Cheap to clone: clones share the pool.
@@ -331,7 +337,30 @@ impl PostgresEventStore {
             group: Arc::default(),
             layout,
             page_size: DEFAULT_PAGE_SIZE as i64,
+            append_timeout: DEFAULT_APPEND_TIMEOUT,
         }
+    }
+
+    /// Bounds the statement of a one-event append (default [`DEFAULT_APPEND_TIMEOUT`]).
+    ///
+    /// One-event appends that arrive while another is being written wait and go together in
+    /// the next statement (group commit). A statement that hangs (its server process paused,
+    /// a peer that vanished without closing the connection) would hold every later append of
+    /// the process behind it; past this bound it is given up on instead, so it costs its own
+    /// appends alone a bounded delay. Each of them is then made again on its own, on another
+    /// connection, and acknowledged if the first statement did store it; one that cannot be
+    /// decided within the bound either fails with a transient [`Error::Store`], after which
+    /// the outcome is unknown and making the same append again is safe (see the
+    /// [module docs](self#errors)). Between 10 ms and an hour; anything else is
+    /// [`Error::InvalidConfiguration`].
+    pub fn with_append_timeout(mut self, timeout: Duration) -> Result<Self> {
+        if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&timeout) {
+            return Err(Error::InvalidConfiguration(format!(
+                "the append timeout of a PostgreSQL store must be between 10 ms and an hour, not {timeout:?}"
+            )));
+        }
+        self.append_timeout = timeout;
+        Ok(self)
     }
 
     /// Reads streams and the feed in pages of `events` events, one statement each (default
@@ -424,6 +453,7 @@ impl fmt::Debug for PostgresEventStore {
         f.debug_struct("PostgresEventStore")
             .field("table", &self.layout.events)
             .field("page_size", &self.page_size)
+            .field("append_timeout", &self.append_timeout)
             .field("pool_size", &self.pool.size())
             .finish_non_exhaustive()
     }

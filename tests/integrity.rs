@@ -52,8 +52,9 @@ async fn sqlite_files(dir: &tempfile::TempDir) -> Wiring {
 /// Two event stores in schemas of their own on one pool (so loads take the one-statement
 /// path that reads snapshot and events together), one snapshot store in the default schema,
 /// and the names of the two schemas.
-async fn postgres_schemas(pool: &postgres::PgPool) -> (Wiring, [String; 2]) {
-    let names = ["a", "b"].map(|label| format!("integrity_{label}_{}", Uuid::new_v4().simple()));
+async fn postgres_schemas(pool: &postgres::PgPool, url: &str) -> (Wiring, [common::ScratchSchema; 2]) {
+    let scratch = ["integrity_a", "integrity_b"].map(|label| common::ScratchSchema::new(url, label));
+    let names = [scratch[0].name.clone(), scratch[1].name.clone()];
     let a = postgres::PostgresEventStore::with_schema(pool.clone(), &names[0]).unwrap();
     let b = postgres::PostgresEventStore::with_schema(pool.clone(), &names[1]).unwrap();
     a.migrate().await.unwrap();
@@ -65,7 +66,7 @@ async fn postgres_schemas(pool: &postgres::PgPool) -> (Wiring, [String; 2]) {
         b: Arc::new(b),
         snapshots: Arc::new(snapshots),
     };
-    (wiring, names)
+    (wiring, scratch)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -246,14 +247,10 @@ async fn snapshots_are_bound_to_their_history_on_postgres() {
     else {
         return;
     };
-    let (wiring, schemas) = postgres_schemas(&pool).await;
+    let url = common::postgres_url("snapshots_are_bound_to_their_history_on_postgres").unwrap();
+    // Dropped at the end, also when a check fails.
+    let (wiring, _scratch) = postgres_schemas(&pool, &url).await;
     every_binding_check(&wiring).await;
-    for schema in schemas {
-        sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
 }
 
 // ---------------------------------------------------------------------------------------

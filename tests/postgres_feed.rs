@@ -22,6 +22,8 @@ use sqlx::{Connection, Executor};
 /// URL it came from.
 struct Feed {
     url: String,
+    /// Dropped when the test is done, also when it fails.
+    scratch: common::ScratchSchema,
     schema: String,
     pool: PgPool,
     events: PostgresEventStore,
@@ -34,11 +36,13 @@ async fn feed(test: &str) -> Option<Feed> {
         .connect(&url)
         .await
         .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
-    let schema = format!("es_feed_{}", Uuid::new_v4().simple());
+    let scratch = common::ScratchSchema::new(&url, "feed");
+    let schema = scratch.name.clone();
     let events = PostgresEventStore::with_schema(pool.clone(), &schema).unwrap();
     events.migrate().await.unwrap();
     Some(Feed {
         url,
+        scratch,
         schema,
         pool,
         events,
@@ -99,11 +103,10 @@ impl Feed {
         }
     }
 
+    /// Ends the test: its pool closes, its schema is dropped.
     async fn drop(self) {
-        self.pool
-            .execute(format!("DROP SCHEMA \"{}\" CASCADE", self.schema).as_str())
-            .await
-            .unwrap();
+        self.pool.close().await;
+        drop(self.scratch);
     }
 }
 

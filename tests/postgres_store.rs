@@ -200,6 +200,8 @@ const EVENTS: &str = "eventsource_events";
 /// them, or rows that no reader of the shared tables should meet.
 struct Scratch {
     schema: String,
+    /// Drops the schema when the test is done, also when it fails.
+    _guard: common::ScratchSchema,
     events: PostgresEventStore,
     snapshots: PostgresSnapshotStore,
 }
@@ -222,12 +224,14 @@ impl Db {
                 .execute(&self.pool)
                 .await;
         }
-        let schema = format!("es_test_{now}_{}", &Uuid::new_v4().simple().to_string()[..12]);
+        let guard = common::ScratchSchema::new(&self.url, &format!("test_{now}"));
+        let schema = guard.name.clone();
         let events = PostgresEventStore::with_schema(self.pool.clone(), &schema).unwrap();
         events.migrate().await.unwrap();
         let snapshots = events.snapshot_store();
         Scratch {
             schema,
+            _guard: guard,
             events,
             snapshots,
         }
@@ -239,12 +243,8 @@ impl Scratch {
         format!("\"{}\".{name}", self.schema)
     }
 
-    async fn drop(self, pool: &PgPool) {
-        sqlx::query(&format!("DROP SCHEMA \"{}\" CASCADE", self.schema))
-            .execute(pool)
-            .await
-            .unwrap();
-    }
+    /// Drops the schema now (as the guard would when the test ends).
+    async fn drop(self, _pool: &PgPool) {}
 }
 
 /// The feed after `after` once it shows at least `count` events (or an error), waiting up to

@@ -213,6 +213,9 @@ enum Backend {
         url: String,
         schema: String,
         events: postgres::PostgresEventStore,
+        /// Drops the schema when the test is done, also when it fails (the test's own only,
+        /// not a child process's).
+        _scratch: Option<Arc<database::ScratchSchema>>,
     },
 }
 
@@ -232,8 +235,12 @@ impl Backend {
 
     async fn postgres(test: &str) -> Option<Self> {
         let url = database::postgres_url(test)?;
-        let schema = format!("projections_{}", Uuid::new_v4().simple());
-        Some(Self::postgres_at(&url, &schema).await)
+        let scratch = database::ScratchSchema::new(&url, "projections");
+        let mut backend = Self::postgres_at(&url, &scratch.name).await;
+        if let Backend::Postgres { _scratch, .. } = &mut backend {
+            *_scratch = Some(Arc::new(scratch));
+        }
+        Some(backend)
     }
 
     async fn postgres_at(url: &str, schema: &str) -> Self {
@@ -248,6 +255,7 @@ impl Backend {
             url: url.to_owned(),
             schema: schema.to_owned(),
             events,
+            _scratch: None,
         }
     }
 

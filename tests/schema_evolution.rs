@@ -109,6 +109,8 @@ struct Backend {
     snapshots: Arc<dyn SnapshotStore>,
     /// The PostgreSQL schema of the test, dropped when it is done.
     schema: Option<(postgres::PgPool, String)>,
+    /// Drops the schema also when the test fails.
+    _scratch: Option<common::ScratchSchema>,
 }
 
 impl Backend {
@@ -128,6 +130,7 @@ async fn backends(test: &str) -> Vec<Backend> {
         events: Arc::new(memory::InMemoryEventStore::new()),
         snapshots: Arc::new(memory::InMemorySnapshotStore::new()),
         schema: None,
+        _scratch: None,
     }];
     let (events, snapshots) = sqlite::open(":memory:").await.unwrap();
     all.push(Backend {
@@ -135,9 +138,11 @@ async fn backends(test: &str) -> Vec<Backend> {
         events: Arc::new(events),
         snapshots: Arc::new(snapshots),
         schema: None,
+        _scratch: None,
     });
     if let Some(pool) = common::postgres_pool(test, 4).await {
-        let schema = format!("evolution_{}", Uuid::new_v4().simple());
+        let scratch = common::ScratchSchema::new(&common::postgres_url(test).unwrap(), "evolution");
+        let schema = scratch.name.clone();
         let events = postgres::PostgresEventStore::with_schema(pool.clone(), &schema).unwrap();
         events.migrate().await.unwrap();
         let snapshots = postgres::PostgresSnapshotStore::with_schema(pool.clone(), &schema).unwrap();
@@ -146,6 +151,7 @@ async fn backends(test: &str) -> Vec<Backend> {
             events: Arc::new(events),
             snapshots: Arc::new(snapshots),
             schema: Some((pool, schema)),
+            _scratch: Some(scratch),
         });
     }
     all

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use eventsource::backend::{postgres, sqlite};
 use eventsource::prelude::*;
-use eventsource::subscription::{SubscriptionStore, Typed};
+use eventsource::subscription::{Restart, SubscriptionStore, Typed};
 use eventsource::{EventEnvelope, EventStore};
 
 /// Set in the consumer processes: `backend location name type after out-file`.
@@ -303,6 +303,106 @@ async fn a_stopped_subscription_resumes_from_its_checkpoint() {
         "only the events after the checkpoint"
     );
     assert!(second.lock().unwrap()[0].position > first.lock().unwrap()[3].position);
+}
+
+/// Catch-up on each backend: what the feed holds is handled, then it returns; a second call
+/// finds nothing left; a subscription starting at the end has nothing to catch up with.
+async fn catching_up(events: Arc<dyn EventStore>, store: Arc<dyn SubscriptionStore>) {
+    let ty = unique("CatchUp");
+    let name = unique("catch-up");
+    let ids = [append(&*events, &ty, 3).await, append(&*events, &ty, 4).await].concat();
+    let subscription = Subscription::new(&name, events.clone(), store.clone())
+        .unwrap()
+        .aggregate_type(&ty)
+        .batch_size(2)
+        .unwrap();
+    let seen = Seen::default();
+    assert_eq!(subscription.catch_up(collector(&seen)).await.unwrap(), 7);
+    let got: Vec<Uuid> = seen.lock().unwrap().iter().map(|e| e.event_id).collect();
+    assert_eq!(got, ids, "every event once, in order");
+    assert_eq!(subscription.lag().await.unwrap(), 0);
+    assert_eq!(
+        subscription.catch_up(collector(&seen)).await.unwrap(),
+        0,
+        "nothing left"
+    );
+    let status = store.subscriptions().await.unwrap();
+    let status = status.iter().find(|s| s.name == name).unwrap();
+    assert_eq!(status.owner, None, "the lease is given up on return");
+
+    let later = Subscription::new(&unique("catch-up-end"), events.clone(), store)
+        .unwrap()
+        .starting_at_end();
+    assert_eq!(later.catch_up(collector(&Seen::default())).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn catch_up_handles_what_the_feed_holds_and_returns() {
+    let events = InMemoryEventStore::new();
+    catching_up(Arc::new(events), Arc::new(InMemorySubscriptionStore::new())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let events = sqlite::SqliteEventStore::open(dir.path().join("catch-up.db"))
+        .await
+        .unwrap();
+    let store = sqlite::SqliteSubscriptionStore::on(events.database().clone())
+        .await
+        .unwrap();
+    catching_up(Arc::new(events), Arc::new(store)).await;
+    if let Some(pool) = common::postgres_pool("catch_up_handles_what_the_feed_holds_and_returns", 4).await {
+        // A feed of the test's own, so that catching up does not read every other test's.
+        let url = common::postgres_url("catch_up_handles_what_the_feed_holds_and_returns").unwrap();
+        let scratch = common::ScratchSchema::new(&url, "catch_up");
+        let events = postgres::PostgresEventStore::with_schema(pool, &scratch.name).unwrap();
+        events.migrate().await.unwrap();
+        let store = events.subscription_store();
+        catching_up(Arc::new(events), Arc::new(store)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_supervised_subscription_starts_again_after_it_stopped_and_counts_its_restarts() {
+    let events = InMemoryEventStore::new();
+    let ids = append(&events, "Supervised", 4).await;
+    let subscription = Subscription::new("supervised", events, InMemorySubscriptionStore::new())
+        .unwrap()
+        .retry(1, Duration::from_millis(1), Duration::from_millis(1))
+        .unwrap();
+    // The store's disk is "full" for the first three runs: each stops the subscription.
+    let (mut outages, seen) = (3, Seen::default());
+    let mut collect = collector(&seen);
+    let handler = move |batch: &[StoredEvent]| {
+        if outages > 0 {
+            outages -= 1;
+            return Err("disk full".into());
+        }
+        collect(batch)
+    };
+    let restart = Restart::new()
+        .backoff(Duration::from_millis(5), Duration::from_millis(20))
+        .unwrap();
+    subscription
+        .run_supervised(handler, until_seen(&seen, 4), restart)
+        .await
+        .unwrap();
+    let got: Vec<Uuid> = seen.lock().unwrap().iter().map(|e| e.event_id).collect();
+    assert_eq!(got, ids);
+    assert_eq!(subscription.metrics().restarts(), 3);
+    assert_eq!(subscription.metrics().failed_batches(), 3);
+
+    // With restarts bounded, the last error comes back once they are used up.
+    let events = InMemoryEventStore::new();
+    append(&events, "Supervised", 1).await;
+    let hopeless = Subscription::new("hopeless", events, InMemorySubscriptionStore::new())
+        .unwrap()
+        .retry(1, Duration::from_millis(1), Duration::from_millis(1))
+        .unwrap();
+    let failing = |_: &[StoredEvent]| -> Result<(), HandlerError> { Err("down".into()) };
+    let err = hopeless
+        .run_supervised(failing, std::future::pending(), restart.at_most(2))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::SubscriptionStopped { .. }), "{err:?}");
+    assert_eq!(hopeless.metrics().restarts(), 2);
 }
 
 #[tokio::test]

@@ -20,6 +20,7 @@
 //! | `eventsource_subscription_retries_total` | counter | `subscription` | failed batches tried again |
 //! | `eventsource_subscription_failed_batches_total` | counter | `subscription` | batches that failed every attempt |
 //! | `eventsource_subscription_dead_letters_total` | counter | `subscription` | events given up on |
+//! | `eventsource_subscription_restarts_total` | counter | `subscription` | times a supervised subscription was started again after it stopped on an error |
 //! | `eventsource_subscription_lag` | gauge | `subscription` | events of the feed after the last batch: 0 once caught up, measured at most once a second while behind (a count query, made with the feature on whether or not a recorder is installed) |
 //!
 //! [`describe`] gives the recorder each metric's description and unit. The metrics example
@@ -78,6 +79,7 @@ pub(crate) enum SubscriptionEvent {
     Retry,
     FailedBatch,
     DeadLetter,
+    Restart,
     Lag(u64),
 }
 
@@ -160,6 +162,10 @@ mod facade {
             "eventsource_subscription_dead_letters_total",
             "Events given up on"
         );
+        describe_counter!(
+            "eventsource_subscription_restarts_total",
+            "Times a supervised subscription was started again after it stopped on an error"
+        );
         describe_gauge!(
             "eventsource_subscription_lag",
             Unit::Count,
@@ -208,6 +214,9 @@ mod facade {
             }
             SubscriptionEvent::DeadLetter => {
                 counter!("eventsource_subscription_dead_letters_total", &label).increment(1)
+            }
+            SubscriptionEvent::Restart => {
+                counter!("eventsource_subscription_restarts_total", &label).increment(1)
             }
             SubscriptionEvent::Lag(lag) => gauge!("eventsource_subscription_lag", &label).set(lag as f64),
         }

@@ -30,3 +30,56 @@ pub async fn postgres_pool(test: &str, connections: u32) -> Option<eventsource::
         .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
     Some(pool)
 }
+
+/// A PostgreSQL schema of a test's own, dropped (with everything in it) when the guard is,
+/// also when the test fails: a failed run leaves nothing behind on the shared server.
+#[cfg(feature = "postgres")]
+pub struct ScratchSchema {
+    url: String,
+    /// The schema's name: `es_<label>_<random>`.
+    pub name: String,
+}
+
+#[cfg(feature = "postgres")]
+impl ScratchSchema {
+    /// A new schema name for `label` on the server of `url`; the schema itself is created by
+    /// the stores' `migrate` (or by the test).
+    pub fn new(url: &str, label: &str) -> Self {
+        ScratchSchema {
+            url: url.to_owned(),
+            name: format!("es_{label}_{}", uuid::Uuid::new_v4().simple()),
+        }
+    }
+
+    /// A table or other object's name in the schema, quoted.
+    pub fn qualify(&self, object: &str) -> String {
+        format!("\"{}\".{object}", self.name)
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl Drop for ScratchSchema {
+    fn drop(&mut self) {
+        use eventsource::backend::postgres::sqlx::{Connection, Executor, PgConnection};
+
+        let (url, name) = (self.url.clone(), self.name.clone());
+        // A thread and runtime of its own: the test's runtime may be the one unwinding.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let mut connection = PgConnection::connect(&url).await?;
+                connection
+                    .execute(format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE").as_str())
+                    .await
+                    .map(drop)
+            })
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("cannot drop the test schema {}: {e}", self.name);
+        }
+    }
+}

@@ -2,14 +2,15 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// What a subscription did: events handled, retries, batches that failed every attempt, and
-/// events recorded as dead letters. Shared by clones of its `Arc`.
+/// What a subscription did: events handled, retries, batches that failed every attempt,
+/// events recorded as dead letters, and restarts under a supervisor. Shared by clones of its `Arc`.
 #[derive(Debug, Default)]
 pub struct SubscriptionMetrics {
     handled: AtomicU64,
     retries: AtomicU64,
     failed_batches: AtomicU64,
     dead_letters: AtomicU64,
+    restarts: AtomicU64,
 }
 
 impl SubscriptionMetrics {
@@ -31,6 +32,16 @@ impl SubscriptionMetrics {
     /// Events recorded as dead letters.
     pub fn dead_letters(&self) -> u64 {
         self.dead_letters.load(Ordering::Relaxed)
+    }
+
+    /// Times a supervised subscription was started again after it stopped on an error
+    /// ([`Subscription::run_supervised`](super::Subscription::run_supervised)).
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn add_restart(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(super) fn add_handled(&self, n: u64) {

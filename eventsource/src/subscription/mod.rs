@@ -23,6 +23,9 @@
 //!   [`SubscriptionMetrics`].
 //! - **Graceful shutdown.** When the `shutdown` future given to [`Subscription::run`]
 //!   completes, the batch in hand is finished, its checkpoint stored, the lease released.
+//! - **Catch-up and supervision.** [`Subscription::catch_up`] handles what the feed holds
+//!   now and returns; [`Subscription::run_supervised`] starts a subscription that stopped on
+//!   an error again after a backoff ([`supervisor`]).
 //!
 //! ```
 //! # use eventsource::prelude::*;
@@ -33,24 +36,35 @@
 //! let checkpoints = InMemorySubscriptionStore::new();
 //! let subscription = Subscription::new("audit-log", events.clone(), checkpoints)?
 //!     .aggregate_type("Account");
+//! # let repo = Repository::<Account>::new(events.clone());
+//! # for _ in 0..3 { repo.command(Uuid::new_v4()).run(|a| { a.record(Opened {}); Ok::<_, Error>(()) }).await.unwrap(); }
 //! let mut seen = 0;
 //! let handler = |batch: &[StoredEvent]| {
 //!     seen += batch.len();
 //!     Ok(())
 //! };
-//! // Runs until the shutdown future completes; here, at once after catching up.
-//! subscription.run(handler, async {}).await?;
+//! // Handles what the feed holds now, then returns; `run` would go on following the feed
+//! // until its shutdown future completes.
+//! let handled = subscription.catch_up(handler).await?;
+//! assert_eq!((handled, seen), (3, 3));
 //! # Ok(()) }
+//! # #[event(aggregate = "Account")] pub struct Opened {}
+//! # #[derive(Aggregate, Clone, Debug, Default, Serialize, Deserialize)]
+//! # #[aggregate(name = "Account", events(Opened))]
+//! # pub struct Account {}
+//! # impl Apply<Opened> for Account { fn apply(&mut self, _: &Opened) {} }
 //! ```
 
 mod handler;
 mod lease;
 mod metrics;
 mod store;
+pub mod supervisor;
 
 pub use handler::{Handler, HandlerError, Typed};
 pub use metrics::SubscriptionMetrics;
 pub use store::{validate_name, DeadLetter, SubscriptionStatus, SubscriptionStore};
+pub use supervisor::Restart;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -280,6 +294,84 @@ impl Subscription {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<()> {
         self.run_into(&mut Handled(&mut handler), shutdown).await
+    }
+
+    /// Hands the handler the events of the feed up to its head as it is now, then returns how
+    /// many events the handler was given.
+    ///
+    /// It works as [`run`](Self::run) does (the lease, retries, the failure policy, a
+    /// checkpoint after each batch), waiting as a standby while another consumer holds the
+    /// name's lease, and returns once the checkpoint reached the position that was the feed's
+    /// last when it was called: events appended meanwhile may or may not be handled. The
+    /// checkpoint reached by another consumer counts too (then it returns having handled
+    /// fewer). Interrupted (the future dropped, the process killed), a later call or `run`
+    /// goes on from the last stored checkpoint.
+    pub async fn catch_up<H: Handler>(&self, mut handler: H) -> Result<u64> {
+        let start = match (self.checkpoint().await?, self.start) {
+            (Some(position), _) => position,
+            (None, Start::Beginning) => 0,
+            (None, Start::After(position)) => position,
+            // Starting at the end, there is nothing to catch up with.
+            (None, Start::End) => return Ok(0),
+        };
+        let head = self.events.head(start).await?;
+        if head.events_after == 0 {
+            return Ok(0);
+        }
+        let mut sink = UpTo {
+            handled: Handled(&mut handler),
+            target: head.position,
+            reached: Arc::new(tokio::sync::Notify::new()),
+            delivered: 0,
+        };
+        let reached = sink.reached.clone();
+        let (store, name, target) = (self.store.clone(), self.name.clone(), head.position);
+        // Another consumer may bring the checkpoint there while this one waits as a standby.
+        let elsewhere = async move {
+            loop {
+                sleep(CATCH_UP_POLL).await;
+                if store.checkpoint(&name).await.ok().flatten() >= Some(target) {
+                    return;
+                }
+            }
+        };
+        let done = async move {
+            future::select(Box::pin(reached.notified()), Box::pin(elsewhere)).await;
+        };
+        self.run_into(&mut sink, done).await?;
+        Ok(sink.delivered)
+    }
+
+    /// Runs the subscription as [`run`](Self::run) does, and starts it again from its stored
+    /// checkpoint each time it stops on an error, after the backoff of `restart` (see
+    /// [`supervisor`]). Returns `Ok` after a graceful shutdown, and the last error once the
+    /// restarts that `restart` allows are used up. Every restart is logged and counted in
+    /// [`SubscriptionMetrics::restarts`].
+    pub async fn run_supervised<H: Handler>(
+        &self,
+        mut handler: H,
+        shutdown: impl Future<Output = ()> + Send,
+        restart: Restart,
+    ) -> Result<()> {
+        let mut shutdown = Box::pin(shutdown.fuse());
+        let mut restarts = 0u32;
+        loop {
+            let error = match self.run_into(&mut Handled(&mut handler), shutdown.as_mut()).await {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            if shutdown.is_terminated() || restart.max_restarts.is_some_and(|max| restarts >= max) {
+                return Err(error);
+            }
+            restarts += 1;
+            let wait = jittered(restart.wait(restarts));
+            tracing::error!(subscription = %self.name, error = %error, restart = restarts, wait = ?wait, "stopped on an error; starting again after the backoff");
+            self.metrics.add_restart();
+            crate::telemetry::subscription(&self.name, crate::telemetry::SubscriptionEvent::Restart);
+            if stopped(&mut shutdown, sleep(wait)).await {
+                return Ok(());
+            }
+        }
     }
 
     /// Runs the subscription as [`run`](Self::run) does, each batch committed by `sink`.
@@ -583,6 +675,48 @@ impl<H: Handler> Sink for Handled<'_, H> {
             .await
     }
 }
+
+/// A plain subscription's sink while it catches up: the handler and the checkpoint, and a
+/// signal once the checkpoint reached the target position.
+struct UpTo<'h, H> {
+    handled: Handled<'h, H>,
+    target: u64,
+    reached: Arc<tokio::sync::Notify>,
+    delivered: u64,
+}
+
+#[async_trait::async_trait]
+impl<H: Handler> Sink for UpTo<'_, H> {
+    async fn checkpoint(&mut self, subscription: &Subscription) -> Result<Option<u64>> {
+        self.handled.checkpoint(subscription).await
+    }
+
+    async fn commit(
+        &mut self,
+        subscription: &Subscription,
+        taken: &[StoredEvent],
+        read: usize,
+        after: Option<u64>,
+        last: u64,
+        owner: Uuid,
+    ) -> Result<bool> {
+        let stored = self
+            .handled
+            .commit(subscription, taken, read, after, last, owner)
+            .await?;
+        if stored {
+            self.delivered += taken.len() as u64;
+            if last >= self.target {
+                self.reached.notify_one();
+            }
+        }
+        Ok(stored)
+    }
+}
+
+/// How often a catch-up that waits as a standby looks whether another consumer reached its
+/// target.
+const CATCH_UP_POLL: Duration = Duration::from_millis(100);
 
 /// Where a subscription with no checkpoint starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

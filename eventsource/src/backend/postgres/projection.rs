@@ -21,10 +21,11 @@ pub type PgTransaction = sqlx::Transaction<'static, sqlx::Postgres>;
 /// undone with the batch. A method that fails rolls the transaction back.
 ///
 /// The transaction of [`apply`](Self::apply) is bounded by the projection's lease: if it sits
-/// idle between two statements past the moment the lease runs out (the process was paused,
-/// or `apply` awaited something slow), the server rolls it back, so that the standby taking
-/// the lease over never waits on its locks. The batch is then applied again, by whichever
-/// consumer holds the lease. Keep slow work out of `apply`'s transaction.
+/// idle between two statements for about a lease (half as long again as the lease has left
+/// when it begins, at least 1 s: the process was paused, or `apply` awaited something slow),
+/// the server rolls it back, so that the standby taking the lease over is not held up by its
+/// locks. The batch is then applied again, by whichever consumer holds the lease. Keep slow
+/// work out of `apply`'s transaction.
 #[async_trait]
 pub trait PostgresProjection: Send + 'static {
     /// Creates the read model's tables if missing (`CREATE TABLE IF NOT EXISTS`); run before

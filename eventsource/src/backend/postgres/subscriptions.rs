@@ -41,11 +41,13 @@ impl PostgresSubscriptionStore {
     }
 
     /// Bounds the transaction of `executor` (a read model's) by `owner`'s lease on `name`: the
-    /// server ends it, rolling it back, if it sits idle past the moment the lease runs out. A
-    /// consumer frozen inside its transaction (a paused process, a machine that vanished)
-    /// then holds its row locks no longer than its lease, so the standby that takes the lease
-    /// over is not stalled behind them. Nothing is set if `owner` does not hold the name:
-    /// the commit is refused at its end all the same.
+    /// server ends it, rolling it back, if it sits idle between two statements longer than
+    /// half as long again as the lease has left (at least 1 s). A consumer frozen inside its
+    /// transaction (a paused process, a machine that vanished) then holds its row locks about
+    /// one lease at most, so the standby that takes the lease over is not stalled behind them,
+    /// while a live one, which renews its lease every third of it, has at least a whole lease
+    /// between two statements. Nothing is set if `owner` does not hold the name: the commit
+    /// is refused at its end all the same.
     pub(super) async fn bound_by_lease_on<'e>(
         &self,
         executor: impl sqlx::PgExecutor<'e>,
@@ -54,7 +56,7 @@ impl PostgresSubscriptionStore {
     ) -> Result<()> {
         sqlx::query(&format!(
             "SELECT set_config('idle_in_transaction_session_timeout',
-                 greatest(ceil(extract(epoch FROM lease_until - clock_timestamp()) * 1000), 1)::bigint::text,
+                 greatest(ceil(extract(epoch FROM lease_until - clock_timestamp()) * 1500), 1000)::bigint::text,
                  true)
              FROM {} WHERE name = $1 AND owner = $2 AND lease_until IS NOT NULL",
             self.layout.subscriptions

@@ -56,6 +56,15 @@ impl Feed {
         PgConnection::connect_with(&options).await.unwrap()
     }
 
+    /// The name of the test's database.
+    fn database(&self) -> String {
+        PgConnectOptions::from_str(&self.url)
+            .unwrap()
+            .get_database()
+            .unwrap_or("postgres")
+            .to_owned()
+    }
+
     /// A connection of its own to the test's database.
     async fn connection(&self) -> PgConnection {
         PgConnection::connect(&self.url).await.unwrap()
@@ -193,11 +202,29 @@ async fn an_append_still_running_holds_back_the_appends_after_it_and_then_shows_
         "the feed skipped past a running append"
     );
 
+    // The head counts it as held back, and names what holds it.
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut appender)
+        .await
+        .unwrap();
+    let head = feed.events.head(0).await.unwrap();
+    assert_eq!((head.events_after, head.held_back, head.lag()), (0, 1, 1));
+    let holder = head.held_by.expect("the holder is known");
+    assert_eq!(holder.pid, Some(pid as u32));
+    assert_eq!(holder.database.as_deref(), Some(feed.database().as_str()));
+    assert!(
+        holder.age.is_some_and(|age| age >= Duration::from_millis(300)),
+        "{holder}"
+    );
+
     appender.execute("COMMIT").await.unwrap();
     assert_eq!(
         feed.shows_within(&[slow, fast], Duration::from_secs(5)).await,
         [slow, fast]
     );
+    // Shown once the slow append commits, with nothing held back.
+    let head = feed.events.head(0).await.unwrap();
+    assert_eq!((head.events_after, head.held_back, head.held_by), (2, 0, None));
     feed.drop().await;
 }
 

@@ -163,10 +163,7 @@ pub trait EventStore: Send + Sync {
     async fn head(&self, after_position: u64) -> Result<FeedHead> {
         use futures_util::StreamExt;
 
-        let mut head = FeedHead {
-            position: after_position,
-            events_after: 0,
-        };
+        let mut head = FeedHead::new(after_position, 0);
         let mut feed = self.read_all(after_position);
         while let Some(event) = feed.next().await {
             head.position = event?.position;
@@ -233,13 +230,82 @@ pub struct Appended {
 }
 
 /// The feed's head: see [`EventStore::head`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct FeedHead {
     /// The position of the last event the feed shows, or the position asked about if none
     /// follows it.
     pub position: u64,
     /// How many events the feed shows after the position asked about.
     pub events_after: u64,
+    /// How many events are stored after the position asked about but not shown by the feed
+    /// yet, because a transaction that may still store events below them runs (PostgreSQL);
+    /// 0 where the feed shows every stored event at once.
+    pub held_back: u64,
+    /// What holds the feed back, where the store can tell.
+    pub held_by: Option<FeedHolder>,
+}
+
+impl FeedHead {
+    /// A head at `position` with `events_after` events after the position asked about, none
+    /// held back.
+    pub fn new(position: u64, events_after: u64) -> Self {
+        FeedHead {
+            position,
+            events_after,
+            ..FeedHead::default()
+        }
+    }
+
+    /// The same head, with `events` stored events that the feed does not show yet, held back
+    /// by `holder` where it is known.
+    #[must_use]
+    pub fn with_held_back(mut self, events: u64, holder: Option<FeedHolder>) -> Self {
+        self.held_back = events;
+        self.held_by = holder;
+        self
+    }
+
+    /// How far a consumer at the position asked about is behind: the events the feed shows
+    /// after it and those stored but held back.
+    pub fn lag(&self) -> u64 {
+        self.events_after.saturating_add(self.held_back)
+    }
+}
+
+/// The transaction that holds a feed back, as far as the database tells.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct FeedHolder {
+    /// The server process running it.
+    pub pid: Option<u32>,
+    /// The database it runs in.
+    pub database: Option<String>,
+    /// How long it has been running.
+    pub age: Option<std::time::Duration>,
+}
+
+impl FeedHolder {
+    /// A holder known by the process, database and age the server tells.
+    pub fn new(pid: Option<u32>, database: Option<String>, age: Option<std::time::Duration>) -> Self {
+        FeedHolder { pid, database, age }
+    }
+}
+
+impl std::fmt::Display for FeedHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a transaction")?;
+        if let Some(pid) = self.pid {
+            write!(f, " of server process {pid}")?;
+        }
+        if let Some(database) = &self.database {
+            write!(f, " in database {database:?}")?;
+        }
+        if let Some(age) = self.age {
+            write!(f, ", running for {:.1} s", age.as_secs_f64())?;
+        }
+        Ok(())
+    }
 }
 
 /// Tells the consumers of a feed that events were appended. Cheap to clone; clones share it.

@@ -65,7 +65,7 @@ pub use aggregate::{Aggregate, AggregateEvent, Apply};
 pub use backend::memory::{InMemoryEventStore, InMemorySnapshotStore, InMemorySubscriptionStore};
 pub use error::{Error, Result};
 pub use event::{Event, EventContext, EventEnvelope, StoredEvent};
-pub use event_store::{AppendSignal, AppendWaiter, Appended, EventStore, EventStream, FeedHead};
+pub use event_store::{AppendSignal, AppendWaiter, Appended, EventStore, EventStream, FeedHead, FeedHolder};
 pub use eventsource_derive::{event, Aggregate};
 pub use repository::Repository;
 pub use root::AggregateRoot;

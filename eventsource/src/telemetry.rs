@@ -21,7 +21,8 @@
 //! | `eventsource_subscription_failed_batches_total` | counter | `subscription` | batches that failed every attempt |
 //! | `eventsource_subscription_dead_letters_total` | counter | `subscription` | events given up on |
 //! | `eventsource_subscription_restarts_total` | counter | `subscription` | times a supervised subscription was started again after it stopped on an error |
-//! | `eventsource_subscription_lag` | gauge | `subscription` | events of the feed after the last batch: 0 once caught up, measured at most once a second while behind (a count query, made with the feature on whether or not a recorder is installed) |
+//! | `eventsource_subscription_lag` | gauge | `subscription` | events after the last batch, shown by the feed or held back: measured at most once a second (a count query, made with the feature on whether or not a recorder is installed) |
+//! | `eventsource_subscription_held_back` | gauge | `subscription` | events stored after the last batch that the feed does not show yet, because a transaction that may append below them runs (PostgreSQL; logged with the transaction's process, database and age) |
 //!
 //! [`describe`] gives the recorder each metric's description and unit. The metrics example
 //! (`cargo run --example metrics --features metrics`) exports them to Prometheus and prints
@@ -81,6 +82,7 @@ pub(crate) enum SubscriptionEvent {
     DeadLetter,
     Restart,
     Lag(u64),
+    HeldBack(u64),
 }
 
 /// A subscription's counters and lag, sent on.
@@ -169,7 +171,12 @@ mod facade {
         describe_gauge!(
             "eventsource_subscription_lag",
             Unit::Count,
-            "Events of the feed after a subscription's last batch"
+            "Events after a subscription's last batch, shown by the feed or held back"
+        );
+        describe_gauge!(
+            "eventsource_subscription_held_back",
+            Unit::Count,
+            "Events stored after a subscription's last batch that the feed does not show yet"
         );
     }
 
@@ -219,6 +226,9 @@ mod facade {
                 counter!("eventsource_subscription_restarts_total", &label).increment(1)
             }
             SubscriptionEvent::Lag(lag) => gauge!("eventsource_subscription_lag", &label).set(lag as f64),
+            SubscriptionEvent::HeldBack(held) => {
+                gauge!("eventsource_subscription_held_back", &label).set(held as f64)
+            }
         }
     }
 }

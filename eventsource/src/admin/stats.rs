@@ -212,11 +212,7 @@ pub(super) async fn subscriptions(
     listed.sort_by(|a, b| a.name.cmp(&b.name));
     let mut stats = Vec::with_capacity(listed.len());
     for status in listed {
-        let lag = stores
-            .events
-            .head(status.checkpoint.unwrap_or(0))
-            .await?
-            .events_after;
+        let lag = stores.events.head(status.checkpoint.unwrap_or(0)).await?.lag();
         stats.push(SubscriptionStats {
             projection: projections.iter().any(|p| p.name() == status.name),
             state: match (status.owner, status.checkpoint) {

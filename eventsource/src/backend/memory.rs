@@ -245,10 +245,10 @@ impl EventStore for InMemoryEventStore {
 
     async fn head(&self, after_position: u64) -> Result<FeedHead> {
         let last = read(&self.inner).events.len() as u64;
-        Ok(FeedHead {
-            position: last.max(after_position),
-            events_after: last.saturating_sub(after_position),
-        })
+        Ok(FeedHead::new(
+            last.max(after_position),
+            last.saturating_sub(after_position),
+        ))
     }
 
     fn append_signal(&self) -> Option<AppendSignal> {

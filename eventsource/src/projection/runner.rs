@@ -161,7 +161,7 @@ impl Projection {
     /// How many events of the feed follow the checkpoint: how far the read model is behind.
     pub async fn lag(&self) -> Result<u64> {
         let checkpoint = self.checkpoint().await?.unwrap_or(0);
-        Ok(self.subscription.events().head(checkpoint).await?.events_after)
+        Ok(self.subscription.events().head(checkpoint).await?.lag())
     }
 
     /// Runs the projection until `shutdown` completes: creates the read model's tables if

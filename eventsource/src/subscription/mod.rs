@@ -275,11 +275,12 @@ impl Subscription {
         self.store.checkpoint(&self.name).await
     }
 
-    /// How many events of the feed follow the stored checkpoint (all events of the feed, before
-    /// filtering): how far the subscription is behind.
+    /// How many events follow the stored checkpoint (all events, before filtering): how far
+    /// the subscription is behind. Events stored but held back from the feed by a transaction
+    /// that may still store events below them count too ([`FeedHead::lag`](crate::FeedHead::lag)).
     pub async fn lag(&self) -> Result<u64> {
         let checkpoint = self.checkpoint().await?.unwrap_or(0);
-        Ok(self.events.head(checkpoint).await?.events_after)
+        Ok(self.events.head(checkpoint).await?.lag())
     }
 
     /// Runs the subscription until `shutdown` completes: as a standby while another consumer
@@ -473,7 +474,10 @@ impl Subscription {
                 }
             };
             let Some(last) = batch.last().map(|event| event.position) else {
-                crate::telemetry::subscription(&self.name, crate::telemetry::SubscriptionEvent::Lag(0));
+                // Caught up with what the feed shows; events may still be held back.
+                if crate::telemetry::ENABLED {
+                    lag.measure(self, position).await;
+                }
                 // Caught up: wait for an append, the poll interval, or the lease's renewal.
                 let wait = self.poll_interval.min(self.lease / 3);
                 let woken = async {
@@ -746,8 +750,10 @@ async fn stopped<S: Future<Output = ()>>(
     }
 }
 
-/// Measures a subscription's lag for the `eventsource_subscription_lag` gauge while it is
-/// behind, at most once a second: a count of the feed after its position.
+/// Measures a subscription's lag for the `eventsource_subscription_lag` and
+/// `eventsource_subscription_held_back` gauges, at most once a second: a count of the events
+/// after its position, shown by the feed or held back. A feed held back is logged with what
+/// holds it, where the store tells.
 #[derive(Default)]
 struct LagGauge {
     measured: Option<tokio::time::Instant>,
@@ -763,10 +769,16 @@ impl LagGauge {
         }
         self.measured = Some(tokio::time::Instant::now());
         if let Ok(head) = subscription.events.head(position).await {
+            let name = &subscription.name;
+            crate::telemetry::subscription(name, crate::telemetry::SubscriptionEvent::Lag(head.lag()));
             crate::telemetry::subscription(
-                &subscription.name,
-                crate::telemetry::SubscriptionEvent::Lag(head.events_after),
+                name,
+                crate::telemetry::SubscriptionEvent::HeldBack(head.held_back),
             );
+            if head.held_back > 0 {
+                let holder = head.held_by.as_ref().map(ToString::to_string);
+                tracing::warn!(subscription = %name, held_back = head.held_back, holder = holder.as_deref().unwrap_or("unknown"), "the feed holds back stored events while a transaction that may append below them runs");
+            }
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::event::{EventEnvelope, StoredEvent};
 use crate::event_store::{
     acknowledge_stored_append, validate_batch, AppendSignal, Appended, EventStore, EventStream, FeedHead,
+    FeedHolder,
 };
 use crate::snapshot::{JointSnapshotRead, JointSnapshotWrite, Snapshot};
 
@@ -59,6 +60,7 @@ pub(super) struct Sql {
     load_stream: String,
     read_all: String,
     head: String,
+    holder: String,
     request: String,
 }
 
@@ -172,10 +174,27 @@ impl Sql {
                 "SELECT max(aggregate_version) FROM {events}
                  WHERE aggregate_id = $1 AND aggregate_type = $2 AND request_id = $3"
             ),
+            // What the feed shows after $1, and what is stored there but held back.
             head: format!(
-                "SELECT max(position), count(*) FROM {events}
-                 WHERE position > $1 AND position < (SELECT {feed_bound}(pg_current_snapshot()))"
+                "WITH bound AS MATERIALIZED (SELECT {feed_bound}(pg_current_snapshot()) AS position)
+                 SELECT max(e.position) FILTER (WHERE e.position < b.position),
+                     count(*) FILTER (WHERE e.position < b.position),
+                     count(*) FILTER (WHERE e.position >= b.position)
+                 FROM {events} e, bound b WHERE e.position > $1"
             ),
+            // The oldest transaction that announced an append and still runs.
+            holder: {
+                let (class, key) = layout.append_lock();
+                format!(
+                    "SELECT a.pid, a.datname::text,
+                         extract(epoch FROM clock_timestamp() - a.xact_start)::float8
+                     FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                     WHERE l.locktype = 'advisory' AND l.classid = {class} AND l.objid = {key}
+                       AND l.objsubid = 2
+                       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                     ORDER BY a.xact_start LIMIT 1"
+                )
+            },
         }
     }
 }
@@ -350,6 +369,23 @@ impl PostgresEventStore {
                 .await
                 .map(|appended| (appended, false)),
         }
+    }
+
+    /// The oldest running transaction that announced an append, which holds the feed back;
+    /// `None` if none runs now.
+    async fn feed_holder(&self) -> Result<Option<FeedHolder>> {
+        let holder: Option<(Option<i32>, Option<String>, Option<f64>)> = sqlx::query_as(&self.sql.holder)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| query_error("cannot find what holds the feed back", e))?;
+        Ok(holder.map(|(pid, database, age)| {
+            FeedHolder::new(
+                pid.and_then(|pid| u32::try_from(pid).ok()),
+                database,
+                age.filter(|age| age.is_finite() && *age >= 0.0)
+                    .map(std::time::Duration::from_secs_f64),
+            )
+        }))
     }
 
     /// Appends one event with the others that arrive meanwhile (group commit, see
@@ -659,18 +695,20 @@ impl EventStore for PostgresEventStore {
 
     async fn head(&self, after_position: u64) -> Result<FeedHead> {
         let after = i64::try_from(after_position).unwrap_or(i64::MAX);
-        let (last, count): (Option<i64>, i64) = sqlx::query_as(&self.sql.head)
+        let (last, count, held): (Option<i64>, i64, i64) = sqlx::query_as(&self.sql.head)
             .bind(after)
             .fetch_one(&self.pool)
             .await
             .map_err(|e| query_error("cannot read the head of the event log", e))?;
-        Ok(FeedHead {
-            position: match last {
-                Some(last) => version_of(last, &self.sql.table)?,
-                None => after_position,
-            },
-            events_after: version_of(count, &self.sql.table)?,
-        })
+        let position = match last {
+            Some(last) => version_of(last, &self.sql.table)?,
+            None => after_position,
+        };
+        let head = FeedHead::new(position, version_of(count, &self.sql.table)?);
+        if held == 0 {
+            return Ok(head);
+        }
+        Ok(head.with_held_back(version_of(held, &self.sql.table)?, self.feed_holder().await?))
     }
 
     async fn request_version(

@@ -384,13 +384,11 @@ impl EventStore for SqliteEventStore {
             .await
             .map_err(|e| store_error("cannot read the head of the event log", e))?;
         let what = || "the SQLite event log".to_owned();
-        Ok(FeedHead {
-            position: match last {
-                Some(last) => unsigned(last, "position", what)?,
-                None => after_position,
-            },
-            events_after: unsigned(count, "count", what)?,
-        })
+        let position = match last {
+            Some(last) => unsigned(last, "position", what)?,
+            None => after_position,
+        };
+        Ok(FeedHead::new(position, unsigned(count, "count", what)?))
     }
 
     async fn request_version(

@@ -26,16 +26,15 @@ pub(super) struct Settings {
 
 /// The sizes `max_connections` takes. Each slot of a pool costs memory before any
 /// connection is made, and no server takes this many clients from one pool.
-pub(super) const MAX_CONNECTIONS: RangeInclusive<u32> = 1..=10_000;
+const MAX_CONNECTIONS: RangeInclusive<u32> = 1..=10_000;
 
 /// The pool's size when the URL does not give one: sqlx's default.
-pub(super) const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 
 /// The durations `acquire_timeout` and `statement_timeout` take: at least a millisecond (the
 /// server's resolution; zero would turn the statement bound off, or fail every acquire), at
 /// most a day.
-pub(super) const TIMEOUTS: RangeInclusive<Duration> =
-    Duration::from_millis(1)..=Duration::from_secs(24 * 60 * 60);
+const TIMEOUTS: RangeInclusive<Duration> = Duration::from_millis(1)..=Duration::from_secs(24 * 60 * 60);
 
 const BACKEND: &str = "PostgreSQL";
 

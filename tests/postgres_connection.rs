@@ -1,13 +1,17 @@
 //! Connecting to PostgreSQL from a URL: TLS (`sslmode=require` encrypts, the default `prefer`
 //! does too where the server offers it, as the local test server with `ssl = on` does, and
 //! `verify-full` refuses a certificate no trusted root signed), and the pool and statement
-//! settings of the URL.
+//! settings of the URL: each value is bounded and checked before anything is allocated or
+//! connected, and durations reach the server in the unit the docs state.
 
 #[allow(dead_code)]
 #[path = "common/database.rs"]
 mod database;
 
+use std::time::Duration;
+
 use eventsource::backend::postgres::{self, sqlx};
+use eventsource::Error;
 
 async fn encrypted(url: &str) -> bool {
     let (events, _) = postgres::connect_url(url).await.unwrap();
@@ -69,7 +73,7 @@ async fn the_url_sizes_the_pool_and_bounds_statements() {
         (options.get_max_connections(), options.get_min_connections()),
         (3, 1)
     );
-    assert_eq!(options.get_acquire_timeout(), std::time::Duration::from_secs(2));
+    assert_eq!(options.get_acquire_timeout(), Duration::from_secs(2));
     let shown: String = sqlx::query_scalar("SHOW statement_timeout")
         .fetch_one(events.pool())
         .await
@@ -84,8 +88,123 @@ async fn the_url_sizes_the_pool_and_bounds_statements() {
     let err = postgres::connect_url(&with(&url, "max_connections=lots"))
         .await
         .unwrap_err();
-    assert!(
-        matches!(err, eventsource::Error::InvalidConfiguration(_)),
-        "{err}"
-    );
+    assert!(matches!(err, Error::InvalidConfiguration(_)), "{err}");
+}
+
+#[tokio::test]
+async fn a_statement_timeout_without_a_unit_is_seconds_on_the_server() {
+    let Some(url) = database::postgres_url("a_statement_timeout_without_a_unit_is_seconds_on_the_server")
+    else {
+        return;
+    };
+    for (value, shown) in [("5", "5s"), ("1.5", "1500ms"), ("2min", "2min")] {
+        let (events, _) = postgres::connect_url(&with(&url, &format!("statement_timeout={value}")))
+            .await
+            .unwrap();
+        let on_the_server: String = sqlx::query_scalar("SHOW statement_timeout")
+            .fetch_one(events.pool())
+            .await
+            .unwrap();
+        assert_eq!(on_the_server, shown, "statement_timeout={value}");
+        events.pool().close().await;
+    }
+}
+
+/// Nothing listens on port 1 of the loopback: a call that tried to connect would retry for
+/// the pool's acquire timeout (30 s) and end in a connection error.
+const UNREACHABLE: &str = "postgres://postgres@127.0.0.1:1/test";
+
+/// Asserts that each of `parameters` on a URL of an unreachable server is refused at once,
+/// by `connect_url` and by `backend::open`, as [`Error::InvalidConfiguration`] whose message
+/// names the parameter and holds `bounds`.
+async fn refused_before_connecting(parameters: &[&str], bounds: &str) {
+    for parameter in parameters {
+        let url = with(UNREACHABLE, parameter);
+        let key = parameter.split('=').next().unwrap();
+        let calls = [
+            tokio::time::timeout(Duration::from_secs(5), postgres::connect_url(&url))
+                .await
+                .map(|result| result.map(drop)),
+            tokio::time::timeout(Duration::from_secs(5), eventsource::backend::open(&url))
+                .await
+                .map(|result| result.map(drop)),
+        ];
+        for call in calls {
+            match call {
+                Ok(Err(Error::InvalidConfiguration(message))) => assert!(
+                    message.contains(&format!("`{key}`")) && message.contains(bounds),
+                    "{parameter}: {message}"
+                ),
+                Ok(other) => panic!("{parameter}: expected InvalidConfiguration, got {other:?}"),
+                Err(_) => panic!("{parameter}: not refused within 5 s: a connection was attempted"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn pool_sizes_out_of_bounds_are_refused_before_anything_is_allocated() {
+    // 4294967295 slots would abort the process (a 206 GB allocation), 100000000 take 4.7 GB.
+    refused_before_connecting(
+        &[
+            "max_connections=4294967295",
+            "max_connections=100000000",
+            "max_connections=10001",
+            "max_connections=0",
+            "max_connections=-1",
+            "min_connections=4294967295",
+        ],
+        "from 1 to 10000",
+    )
+    .await;
+    refused_before_connecting(
+        &["min_connections=11", "min_connections=5&max_connections=4"],
+        "max_connections",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn durations_out_of_bounds_or_finer_than_a_millisecond_are_refused_before_connecting() {
+    refused_before_connecting(
+        &[
+            // Too large for a clock: these panicked.
+            "acquire_timeout=100000000000000000000",
+            "statement_timeout=100000000000000000000",
+            "acquire_timeout=1e20",
+            "statement_timeout=1e20",
+            // Beyond a day.
+            "acquire_timeout=25h",
+            "statement_timeout=86401",
+            // Zero, or finer than the server's millisecond: `0.0001ms` turned the bound off,
+            // `1.5ms` became 2 ms.
+            "statement_timeout=0",
+            "statement_timeout=0.0001ms",
+            "statement_timeout=1.5ms",
+            "acquire_timeout=0s",
+            "acquire_timeout=0.5ms",
+        ],
+        "from 1ms to 24h",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn system_schemas_and_malformed_names_are_refused_before_connecting() {
+    refused_before_connecting(
+        &[
+            "schema=information_schema",
+            "schema=pg_catalog",
+            "schema=pg_toast",
+            "schema=pg_mine",
+            "schema=PG_CATALOG",
+        ],
+        "system schemas",
+    )
+    .await;
+    refused_before_connecting(
+        &["schema=bad-name", "schema=9lives", "schema=a.b"],
+        "plain identifier",
+    )
+    .await;
 }

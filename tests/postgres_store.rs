@@ -306,7 +306,17 @@ async fn bad_configuration_is_refused_before_any_connection() {
     let pool = PgPoolOptions::new()
         .connect_lazy("postgres://nobody@127.0.0.1:1/none")
         .unwrap();
-    for bad in ["", "two words", "a.b", "x\"y", "9lives"] {
+    for bad in [
+        "",
+        "two words",
+        "a.b",
+        "x\"y",
+        "9lives",
+        "information_schema",
+        "pg_catalog",
+        "pg_toast",
+        "pg_anything",
+    ] {
         let err = PostgresEventStore::with_schema(pool.clone(), bad).unwrap_err();
         assert!(matches!(err, Error::InvalidConfiguration(_)), "{bad:?}: {err}");
         assert!(PostgresSnapshotStore::with_schema(pool.clone(), bad).is_err());

@@ -550,6 +550,52 @@ async fn a_url_parameter_that_nothing_reads_is_refused() {
     assert!(!path.exists(), "a refused URL creates no file");
 }
 
+#[tokio::test]
+async fn a_url_value_sqlite_would_refuse_or_misread_is_refused_before_opening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("never.db");
+    for (query, rule) in [
+        // SQLite reads a flag it does not know as "no": the file would open writable.
+        (
+            "immutable=maybe",
+            "must be one of 1, yes, true, on or 0, no, false, off",
+        ),
+        ("psow=2", "must be one of 1, yes"),
+        ("nolock=4294967296", "must be one of 1, yes"),
+        ("immutable", "has no value"),
+        // SQLite refuses these, but only once it opens the file.
+        ("mode=rwx", "must be one of `ro`, `rw`, `rwc`, `memory`"),
+        ("cache=public", "must be one of `shared`, `private`"),
+        ("mode=rwc&mode=ro", "given twice"),
+    ] {
+        let url = format!("sqlite:{}?{query}", path.display());
+        let key = query.split('=').next().unwrap();
+        match eventsource::backend::open(&url).await.map(drop) {
+            Err(Error::InvalidConfiguration(message)) => assert!(
+                message.contains(&format!("`{key}`")) && message.contains(rule),
+                "{query}: {message}"
+            ),
+            other => panic!("{query}: expected InvalidConfiguration, got {other:?}"),
+        }
+        assert!(!path.exists(), "{query}: a refused URL creates no file");
+    }
+    // A flag in SQLite's other words is read as SQLite reads it: `immutable=yes` opens the
+    // file read-only, as `immutable=1` does.
+    eventsource::backend::open(&format!("sqlite:{}", path.display()))
+        .await
+        .unwrap();
+    let immutable = eventsource::backend::open(&format!("sqlite:{}?immutable=yes&psow=on", path.display()))
+        .await
+        .unwrap();
+    let id = Uuid::new_v4();
+    assert_eq!(immutable.events.stream_version(id, "Thing").await.unwrap(), 0);
+    assert!(immutable
+        .events
+        .append(id, "Thing", 0, &events_for(id, 1))
+        .await
+        .is_err());
+}
+
 /// A read model that counts the events it is given, in a table of its own.
 struct Counted;
 

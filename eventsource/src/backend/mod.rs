@@ -2,6 +2,8 @@
 //! feature), and [`open`] to pick one from a URL at run time.
 
 pub mod memory;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod param;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]

@@ -269,24 +269,35 @@ pub fn pool_options() -> PgPoolOptions {
 ///
 /// - `schema=NAME`: the PostgreSQL schema of the stores' tables (see
 ///   [`PostgresEventStore::with_schema`]), so that several independent stores can share one
-///   database;
-/// - `max_connections=N`, `min_connections=N`: the pool's size (10 and 0 otherwise);
+///   database: a plain identifier, not `information_schema` nor a name starting with `pg_`;
+/// - `max_connections=N`: the pool's size, from 1 to 10000 (10 otherwise);
+/// - `min_connections=N`: connections kept open when idle, from 0 to `max_connections`
+///   (0 otherwise);
 /// - `acquire_timeout=5s`: how long a call waits for a pooled connection (30 s otherwise);
-/// - `statement_timeout=5s`: the server's bound on each statement (`5s`, `500ms`, `2min`, or
-///   seconds).
+/// - `statement_timeout=5s`: the server's bound on each statement (none otherwise).
+///
+/// A duration is a number with a unit, `ms`, `s`, `min` or `h` (`500ms`, `5s`, `2min`), or a
+/// number of seconds without one (`5`, `1.5`), from 1 ms to 24 h in whole milliseconds;
+/// `statement_timeout` reaches the server in milliseconds, so `5` is five seconds there too.
 ///
 /// The pool is built from [`pool_options`], so one code path serves a URL and a pool built by
 /// hand. Call [`PostgresEventStore::migrate`] once before the first append.
 ///
-/// A malformed URL is [`Error::InvalidConfiguration`]. A database that cannot be reached is
-/// [`Error::Store`], after sqlx has retried for the pool's acquire timeout (30 s), as for a
-/// database that is still starting.
+/// A malformed URL, or a value of these parameters out of its bounds, is
+/// [`Error::InvalidConfiguration`] naming the parameter and its bounds, before anything is
+/// allocated or connected. A database that cannot be reached is [`Error::Store`], after sqlx
+/// has retried for the pool's acquire timeout (30 s), as for a database that is still
+/// starting.
 pub async fn connect_url(url: &str) -> Result<(PostgresEventStore, PostgresSnapshotStore)> {
     let (url, settings) = url::split(url)?;
+    let layout = Arc::new(match &settings.schema {
+        Some(schema) => Layout::in_schema(schema)?,
+        None => Layout::default(),
+    });
     let mut options = PgConnectOptions::from_str(&url)
         .map_err(|e| Error::InvalidConfiguration(format!("invalid PostgreSQL URL: {e}")))?;
-    if let Some(timeout) = &settings.statement_timeout {
-        options = options.options([("statement_timeout", timeout.as_str())]);
+    if let Some(timeout) = settings.statement_timeout {
+        options = options.options([("statement_timeout", url::statement_timeout(timeout))]);
     }
     let mut pool = pool_options();
     if let Some(max) = settings.max_connections {
@@ -302,15 +313,9 @@ pub async fn connect_url(url: &str) -> Result<(PostgresEventStore, PostgresSnaps
         .connect_with(options)
         .await
         .map_err(|e| Error::store(BACKEND, format!("cannot connect: {e}"), e))?;
-    if let Some(schema) = settings.schema {
-        return Ok((
-            PostgresEventStore::with_schema(pool.clone(), &schema)?,
-            PostgresSnapshotStore::with_schema(pool, &schema)?,
-        ));
-    }
     Ok((
-        PostgresEventStore::new(pool.clone()),
-        PostgresSnapshotStore::new(pool),
+        PostgresEventStore::on(pool.clone(), layout.clone()),
+        PostgresSnapshotStore::on(pool, layout),
     ))
 }
 
@@ -323,7 +328,9 @@ impl PostgresEventStore {
     /// An event store on the pool, with its table in the given schema.
     ///
     /// The name must be a plain SQL identifier (ASCII letters, digits and `_`, not starting
-    /// with a digit, at most 63 bytes); anything else is [`Error::InvalidConfiguration`].
+    /// with a digit, at most 63 bytes) and not one of the server's own schemas
+    /// (`information_schema`, or a name starting with `pg_`, whatever its case); anything else is
+    /// [`Error::InvalidConfiguration`].
     /// [`migrate`](Self::migrate) creates the schema if it is missing.
     pub fn with_schema(pool: PgPool, schema: &str) -> Result<Self> {
         Ok(Self::on(pool, Arc::new(Layout::in_schema(schema)?)))
@@ -507,6 +514,31 @@ impl Default for Layout {
     }
 }
 
+/// Why a schema name cannot hold the stores' tables, if it cannot: it must be a plain
+/// identifier, and not one of the server's own schemas (`information_schema`, `pg_catalog`,
+/// `pg_toast`, and every name starting with `pg_`, which the server keeps for itself),
+/// whatever their case.
+fn schema_refusal(schema: &str) -> Option<&'static str> {
+    let plain = !schema.is_empty()
+        && schema.len() <= 63
+        && !schema.starts_with(|c: char| c.is_ascii_digit())
+        && schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !plain {
+        return Some(
+            "must be a plain identifier (ASCII letters, digits and `_`, not starting with a digit, \
+             at most 63 bytes)",
+        );
+    }
+    let system = schema.eq_ignore_ascii_case("information_schema")
+        || schema
+            .get(..3)
+            .is_some_and(|start| start.eq_ignore_ascii_case("pg_"));
+    system.then_some(
+        "must not be one of PostgreSQL's system schemas (`information_schema`, or a name \
+         starting with `pg_`)",
+    )
+}
+
 impl Layout {
     /// The advisory lock that a transaction appending to this layout's events holds, in
     /// shared mode, from before it has a transaction id until it ends: the two keys of
@@ -523,14 +555,10 @@ impl Layout {
     }
 
     fn in_schema(schema: &str) -> Result<Self> {
-        let plain = !schema.is_empty()
-            && schema.len() <= 63
-            && !schema.starts_with(|c: char| c.is_ascii_digit())
-            && schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !plain {
+        if let Some(rule) = schema_refusal(schema) {
             return Err(Error::InvalidConfiguration(format!(
-                "PostgreSQL schema name {schema:?} is not a plain identifier \
-                 (ASCII letters, digits and `_`, not starting with a digit, at most 63 bytes)"
+                "PostgreSQL schema name {:?} {rule}",
+                schema.chars().take(80).collect::<String>()
             )));
         }
         Ok(Self {
@@ -625,7 +653,21 @@ mod tests {
             Layout::in_schema("tenant_1").unwrap().events,
             "\"tenant_1\".eventsource_events"
         );
-        for bad in ["", "1abc", "a-b", "a\"b", "a.b", "é", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "1abc",
+            "a-b",
+            "a\"b",
+            "a.b",
+            "é",
+            &"x".repeat(64),
+            "information_schema",
+            "INFORMATION_SCHEMA",
+            "pg_catalog",
+            "pg_toast",
+            "pg_temp_3",
+            "Pg_mine",
+        ] {
             let err = Layout::in_schema(bad).unwrap_err();
             assert!(matches!(err, Error::InvalidConfiguration(_)), "{bad:?}: {err}");
         }

@@ -1,14 +1,18 @@
 //! The parameters of a `postgres://` URL that this library reads itself, before sqlx reads
-//! the rest: where the tables are and how the pool is sized and bounded.
+//! the rest: where the tables are and how the pool is sized and bounded. Each value is
+//! checked here, against the bounds below, before anything is allocated or connected.
 
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
-use crate::error::{Error, Result};
+use crate::backend::param::Param;
+use crate::error::Result;
 
 /// What a URL says beyond sqlx's own parameters.
 #[derive(Debug, Default, PartialEq)]
 pub(super) struct Settings {
-    /// `schema=NAME`: the PostgreSQL schema of the stores' tables.
+    /// `schema=NAME`: the PostgreSQL schema of the stores' tables, a name
+    /// [`Layout::in_schema`](super::Layout::in_schema) takes.
     pub schema: Option<String>,
     /// `max_connections=N`: the pool's size (sqlx's default, 10, otherwise).
     pub max_connections: Option<u32>,
@@ -16,9 +20,23 @@ pub(super) struct Settings {
     pub min_connections: Option<u32>,
     /// `acquire_timeout=5s`: how long a call waits for a connection of the pool.
     pub acquire_timeout: Option<Duration>,
-    /// `statement_timeout=5s`: the server's bound on each statement, as PostgreSQL reads it.
-    pub statement_timeout: Option<String>,
+    /// `statement_timeout=5s`: the server's bound on each statement.
+    pub statement_timeout: Option<Duration>,
 }
+
+/// The sizes `max_connections` takes. Each slot of a pool costs memory before any
+/// connection is made, and no server takes this many clients from one pool.
+const MAX_CONNECTIONS: RangeInclusive<u32> = 1..=10_000;
+
+/// The pool's size when the URL does not give one: sqlx's default.
+const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+
+/// The durations `acquire_timeout` and `statement_timeout` take: at least a millisecond (the
+/// server's resolution; zero would turn the statement bound off, or fail every acquire), at
+/// most a day.
+const TIMEOUTS: RangeInclusive<Duration> = Duration::from_millis(1)..=Duration::from_secs(24 * 60 * 60);
+
+const BACKEND: &str = "PostgreSQL";
 
 const KEYS: &[&str] = &[
     "schema",
@@ -29,13 +47,14 @@ const KEYS: &[&str] = &[
 ];
 
 /// The URL without this library's parameters, and what they say. A value that is not what
-/// its parameter takes, or a parameter given twice, is [`Error::InvalidConfiguration`].
+/// its parameter takes, or a parameter given twice, is [`Error::InvalidConfiguration`]
+/// naming the parameter and what it takes.
 pub(super) fn split(url: &str) -> Result<(String, Settings)> {
     let mut settings = Settings::default();
     let Some((base, query)) = url.split_once('?') else {
         return Ok((url.to_owned(), settings));
     };
-    let mut seen: Vec<&str> = Vec::new();
+    let mut seen = Vec::new();
     let mut kept = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -43,36 +62,27 @@ pub(super) fn split(url: &str) -> Result<(String, Settings)> {
             kept.push(pair);
             continue;
         }
-        let bad = |why: &str| Error::InvalidConfiguration(format!("the PostgreSQL URL's `{key}` {why}"));
-        if seen.contains(&key) {
-            return Err(bad("parameter is given twice"));
-        }
-        seen.push(key);
-        if value.is_empty() {
-            return Err(bad("parameter has no value"));
-        }
-        let count = || value.parse::<u32>().map_err(|_| bad("must be a whole number"));
+        let param = Param::new(BACKEND, key);
+        let value = param.value(value, &mut seen)?;
         match key {
-            "schema" => settings.schema = Some(value.to_owned()),
-            "max_connections" => match count()? {
-                0 => return Err(bad("must be at least 1")),
-                n => settings.max_connections = Some(n),
+            "schema" => match super::schema_refusal(value) {
+                None => settings.schema = Some(value.to_owned()),
+                Some(rule) => return Err(param.refuse_value(rule, value)),
             },
-            "min_connections" => settings.min_connections = Some(count()?),
-            "acquire_timeout" => {
-                settings.acquire_timeout =
-                    Some(duration(value).ok_or_else(|| bad("must be a duration such as 5s or 500ms"))?)
-            }
-            _ => {
-                duration(value).ok_or_else(|| bad("must be a duration such as 5s or 500ms"))?;
-                settings.statement_timeout = Some(value.to_owned());
-            }
+            "max_connections" => settings.max_connections = Some(param.count(value, MAX_CONNECTIONS)?),
+            "min_connections" => settings.min_connections = Some(param.count(value, MAX_CONNECTIONS)?),
+            "acquire_timeout" => settings.acquire_timeout = Some(param.duration(value, TIMEOUTS)?),
+            _ => settings.statement_timeout = Some(param.duration(value, TIMEOUTS)?),
         }
     }
-    if let (Some(min), Some(max)) = (settings.min_connections, settings.max_connections) {
+    if let Some(min) = settings.min_connections {
+        let (max, default) = match settings.max_connections {
+            Some(max) => (max, ""),
+            None => (DEFAULT_MAX_CONNECTIONS, ", the default"),
+        };
         if min > max {
-            return Err(Error::InvalidConfiguration(format!(
-                "the PostgreSQL URL's min_connections ({min}) is above its max_connections ({max})"
+            return Err(Param::new(BACKEND, "min_connections").refuse(format_args!(
+                "({min}) must be at most the pool's max_connections ({max}{default})"
             )));
         }
     }
@@ -84,25 +94,16 @@ pub(super) fn split(url: &str) -> Result<(String, Settings)> {
     Ok((url, settings))
 }
 
-/// `5s`, `500ms`, `2min` or a number of seconds.
-fn duration(value: &str) -> Option<Duration> {
-    let (number, unit) = match value.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(at) => value.split_at(at),
-        None => (value, "s"),
-    };
-    let number: f64 = number.parse().ok()?;
-    let seconds = match unit {
-        "ms" => number / 1000.0,
-        "s" => number,
-        "min" => number * 60.0,
-        _ => return None,
-    };
-    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+/// A statement timeout as the server's `statement_timeout` setting, in an explicit unit
+/// (a number alone would be read as milliseconds).
+pub(super) fn statement_timeout(timeout: Duration) -> String {
+    format!("{}ms", timeout.as_millis())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
 
     #[test]
     fn the_librarys_parameters_are_taken_off_the_url() {
@@ -121,7 +122,7 @@ mod tests {
                 max_connections: Some(32),
                 min_connections: Some(2),
                 acquire_timeout: Some(Duration::from_millis(500)),
-                statement_timeout: Some("5s".into()),
+                statement_timeout: Some(Duration::from_secs(5)),
             }
         );
         assert_eq!(
@@ -151,13 +152,66 @@ mod tests {
                 "postgres://h/db?min_connections=5&max_connections=2",
                 "min_connections",
             ),
+            ("postgres://h/db?min_connections=11", "min_connections"),
+            ("postgres://h/db?max_connections=4294967295", "max_connections"),
+            ("postgres://h/db?max_connections=100000000", "max_connections"),
+            ("postgres://h/db?max_connections=10001", "max_connections"),
+            (
+                "postgres://h/db?min_connections=10001&max_connections=10000",
+                "min_connections",
+            ),
+            ("postgres://h/db?acquire_timeout=1e20", "acquire_timeout"),
+            (
+                "postgres://h/db?acquire_timeout=100000000000000000000",
+                "acquire_timeout",
+            ),
+            ("postgres://h/db?acquire_timeout=0", "acquire_timeout"),
+            (
+                "postgres://h/db?statement_timeout=100000000000000000000",
+                "statement_timeout",
+            ),
+            ("postgres://h/db?statement_timeout=0.0001ms", "statement_timeout"),
+            ("postgres://h/db?statement_timeout=0", "statement_timeout"),
+            ("postgres://h/db?statement_timeout=25h", "statement_timeout"),
+            ("postgres://h/db?schema=information_schema", "schema"),
+            ("postgres://h/db?schema=pg_catalog", "schema"),
+            ("postgres://h/db?schema=pg_toast", "schema"),
+            ("postgres://h/db?schema=PG_mine", "schema"),
+            ("postgres://h/db?schema=9lives", "schema"),
+            ("postgres://h/db?schema=a.b", "schema"),
         ] {
             match split(bad) {
                 Err(Error::InvalidConfiguration(message)) => {
-                    assert!(message.contains(names), "{bad}: {message}")
+                    assert!(message.contains(&format!("`{names}`")), "{bad}: {message}")
                 }
                 other => panic!("{bad}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn durations_without_a_unit_are_seconds_and_reach_the_server_in_milliseconds() {
+        for (value, sent) in [
+            ("5", "5000ms"),
+            ("1.5", "1500ms"),
+            ("200ms", "200ms"),
+            ("2min", "120000ms"),
+        ] {
+            let (_, settings) = split(&format!("postgres://h/db?statement_timeout={value}")).unwrap();
+            assert_eq!(
+                statement_timeout(settings.statement_timeout.unwrap()),
+                sent,
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_default_pool_size_is_sqlxs() {
+        assert_eq!(
+            super::super::pool_options().get_max_connections(),
+            DEFAULT_MAX_CONNECTIONS
+        );
+        assert!(split("postgres://h/db?min_connections=10").is_ok());
     }
 }

@@ -149,9 +149,11 @@ pub async fn open_with(
 /// in-memory database, `sqlite:PATH` or `sqlite://PATH` for a file, created if missing.
 ///
 /// Query parameters are `prefix=NAME`, the prefix of the table names (see
-/// [`SqliteOptions::prefix`]), and SQLite's URI parameters (`mode=ro`, `immutable=1`,
-/// `cache`, `psow`, `nolock`, `vfs=...`), passed on to SQLite. Any other parameter is
-/// [`Error::InvalidConfiguration`].
+/// [`SqliteOptions::prefix`]), and SQLite's URI parameters, passed on to SQLite: `mode` (`ro`,
+/// `rw`, `rwc` or `memory`), `cache` (`shared` or `private`), the flags `immutable`, `psow`
+/// and `nolock` (`1`, `yes`, `true`, `on`, or `0`, `no`, `false`, `off`) and `vfs=NAME`. Any
+/// other parameter, one given twice or without a value, and any other value is
+/// [`Error::InvalidConfiguration`] naming the parameter, before the file is opened.
 ///
 /// Called by [`crate::backend::open`].
 pub async fn open_url(url: &str) -> Result<(SqliteEventStore, SqliteSnapshotStore)> {

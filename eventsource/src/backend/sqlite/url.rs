@@ -1,7 +1,8 @@
 //! The query parameters of a `sqlite:` URL: the library's own (`prefix`), taken off the URL,
-//! and SQLite's URI parameters, left on it for SQLite.
+//! and SQLite's URI parameters, checked and left on it for SQLite.
 
 use super::SqliteOptions;
+use crate::backend::param::Param;
 use crate::error::{Error, Result};
 
 /// SQLite's URI parameters (<https://www.sqlite.org/uri.html>), passed on to SQLite.
@@ -10,26 +11,39 @@ const SQLITE_KEYS: &[&str] = &["vfs", "mode", "cache", "psow", "nolock", "immuta
 /// The library's parameters.
 const PREFIX: &str = "prefix";
 
+const BACKEND: &str = "SQLite";
+
 /// The URL without the library's parameters, and the options they give. A parameter that
-/// neither SQLite nor the library reads, the library's given twice or without a value, is
-/// [`Error::InvalidConfiguration`].
+/// neither SQLite nor the library reads, one given twice or without a value, and a value
+/// SQLite would not take or would read otherwise than it seems to say (`mode=rwx`,
+/// `immutable=maybe`, which SQLite reads as no) is [`Error::InvalidConfiguration`], before
+/// anything is opened. SQLite's flags go on to SQLite as `1` or `0`.
 pub(super) fn split(url: &str) -> Result<(String, SqliteOptions)> {
     let mut options = SqliteOptions::default();
     let Some((base, query)) = url.split_once('?') else {
         return Ok((url.to_owned(), options));
     };
-    let mut prefix = None;
+    let mut seen = Vec::new();
     let mut kept = Vec::new();
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            PREFIX => prefix = Some(library_value(key, value, prefix.is_some())?),
-            _ if SQLITE_KEYS.contains(&key) => kept.push(pair),
-            _ => return Err(unknown(key)),
+        if key != PREFIX && !SQLITE_KEYS.contains(&key) {
+            return Err(unknown(key));
         }
-    }
-    if let Some(prefix) = prefix {
-        options = options.prefix(prefix);
+        let param = Param::new(BACKEND, key);
+        let value = param.value(value, &mut seen)?;
+        let value = match key {
+            PREFIX => {
+                options = options.prefix(value);
+                continue;
+            }
+            "mode" => param.word(value, &["ro", "rw", "rwc", "memory"])?,
+            "cache" => param.word(value, &["shared", "private"])?,
+            "vfs" => value,
+            _ if param.flag(value)? => "1",
+            _ => "0",
+        };
+        kept.push(format!("{key}={value}"));
     }
     let url = if kept.is_empty() {
         base.to_owned()
@@ -37,18 +51,6 @@ pub(super) fn split(url: &str) -> Result<(String, SqliteOptions)> {
         format!("{base}?{}", kept.join("&"))
     };
     Ok((url, options))
-}
-
-/// The value of one of the library's parameters, refused if empty or given before.
-fn library_value<'a>(key: &str, value: &'a str, seen: bool) -> Result<&'a str> {
-    let bad = |why: &str| Error::InvalidConfiguration(format!("the SQLite URL's `{key}` {why}"));
-    if seen {
-        return Err(bad("parameter is given twice"));
-    }
-    if value.is_empty() {
-        return Err(bad("parameter has no value"));
-    }
-    Ok(value)
 }
 
 fn unknown(key: &str) -> Error {
@@ -85,6 +87,12 @@ mod tests {
             )
         );
         assert_eq!(split("sqlite::memory:?prefix=a_").unwrap().0, "sqlite::memory:");
+        assert_eq!(
+            split("sqlite:app.db?immutable=yes&psow=off&nolock=TRUE&vfs=unix-none")
+                .unwrap()
+                .0,
+            "sqlite:app.db?immutable=1&psow=0&nolock=1&vfs=unix-none"
+        );
     }
 
     #[test]
@@ -95,6 +103,14 @@ mod tests {
             ("sqlite:app.db?prefix=", "prefix"),
             ("sqlite:app.db?prefix", "prefix"),
             ("sqlite:app.db?prefix=a_&prefix=b_", "prefix"),
+            ("sqlite:app.db?mode=rwx", "mode"),
+            ("sqlite:app.db?mode=ro&mode=rw", "mode"),
+            ("sqlite:app.db?cache=public", "cache"),
+            ("sqlite:app.db?immutable=maybe", "immutable"),
+            ("sqlite:app.db?immutable", "immutable"),
+            ("sqlite:app.db?psow=2", "psow"),
+            ("sqlite:app.db?nolock=4294967296", "nolock"),
+            ("sqlite:app.db?vfs=", "vfs"),
         ] {
             match split(url) {
                 Err(Error::InvalidConfiguration(message)) => {

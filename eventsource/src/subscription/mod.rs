@@ -50,7 +50,9 @@ mod store;
 
 pub use handler::{Handler, HandlerError, Typed};
 pub use metrics::SubscriptionMetrics;
-pub use store::{validate_name, DeadLetter, SubscriptionStatus, SubscriptionStore};
+pub use store::{
+    validate_name, validate_stored_name, DeadLetter, SubscriptionStatus, SubscriptionStore, MAX_NAME_LEN,
+};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -125,7 +127,12 @@ impl Subscription {
     /// (see [`starting_at_end`](Self::starting_at_end)); it takes every event until filtered,
     /// in batches of 100, polls every 500 ms besides its wake-ups, makes 5 attempts per batch
     /// with a backoff from 100 ms to 5 s, stops on a batch that still fails, and holds a lease
-    /// of 10 s. An empty name, or one with a NUL character, is [`Error::InvalidInput`].
+    /// of 10 s.
+    ///
+    /// A name that is empty, longer than [`MAX_NAME_LEN`] bytes, or holds a control
+    /// character, a line separator or a bidirectional override is [`Error::InvalidInput`]
+    /// (see [`validate_name`]): names are printed as they are, by the admin command line among
+    /// others.
     pub fn new(
         name: &str,
         events: impl EventStore + 'static,

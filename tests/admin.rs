@@ -296,6 +296,151 @@ async fn exercise(url: &str) {
     let _ = AccountEvent::from(account::MoneyDeposited { amount: 1.0 });
 }
 
+/// The text has no control character but its line ends: nothing a terminal would obey.
+fn inert(text: &str) -> bool {
+    !text.chars().any(|c| c.is_control() && c != '\n')
+}
+
+/// A subscription whose name holds a newline and a terminal escape, made to look like a row
+/// of its own, and a dead letter as hostile, written into a SQLite file by another program
+/// (or one older than the rules on names): every text report shows them escaped, on one row,
+/// and they can still be inspected and reset.
+async fn hostile_names(path: &std::path::Path) {
+    let url = format!("sqlite:{}", path.display());
+    let stores = eventsource::backend::open(&url).await.unwrap();
+    stores.migrate().await.unwrap();
+    let evil = "evil\n\u{1b}[2Jforged            7           0  idle                   0  subscription";
+    let shown = r"evil\n\u{1b}[2Jforged";
+    let connection = eventsource::backend::sqlite::rusqlite::Connection::open(path).unwrap();
+    connection
+        .execute(
+            "INSERT INTO eventsource_subscriptions (name, position) VALUES (?1, 3)",
+            [evil],
+        )
+        .unwrap();
+    connection
+        .execute(
+            "INSERT INTO eventsource_dead_letters (subscription, position, event_id, event_type, error, failed_at)
+             VALUES (?1, 2, ?2, ?3, ?4, '2024-01-02T03:04:05.000000006Z')",
+            [
+                evil,
+                &Uuid::new_v4().to_string(),
+                "Bad\u{1b}]0;owned\u{7}",
+                "boom\r\nforged: line\u{9b}2J",
+            ],
+        )
+        .unwrap();
+    drop(connection);
+
+    // The listing: a header, the read model the program names, and the hostile row.
+    let listed = admin(&url, &["projections", "list"]);
+    assert_eq!(listed.status.code(), Some(0));
+    let text = String::from_utf8(listed.stdout).unwrap();
+    assert!(inert(&text), "{text:?}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    let escaped = evil.replace('\n', r"\n").replace('\u{1b}', r"\u{1b}");
+    let row = lines
+        .iter()
+        .find_map(|l| l.strip_prefix(escaped.as_str()))
+        .unwrap_or_else(|| panic!("no row of the escaped name: {text}"));
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>(),
+        ["3", "0", "idle", "1", "subscription"],
+        "{text}"
+    );
+    assert_eq!(text.matches("forged").count(), 1, "{text}");
+
+    // The stats: one row of it too.
+    let stats = admin(&url, &["stats"]);
+    assert_eq!(stats.status.code(), Some(0));
+    let text = String::from_utf8(stats.stdout).unwrap();
+    assert!(inert(&text), "{text:?}");
+    assert_eq!(text.matches("forged").count(), 1, "{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with(shown)).count(), 1, "{text}");
+
+    // JSON keeps the name exact: scripts get what is stored.
+    let listed = json(&url, &["projections", "list"], 0);
+    assert!(
+        listed.as_array().unwrap().iter().any(|s| s["name"] == evil),
+        "{listed}"
+    );
+
+    // Its status, dead letter included, and a reset, by its exact name.
+    let status = admin(&url, &["projections", "status", evil]);
+    assert_eq!(status.status.code(), Some(0));
+    let text = String::from_utf8(status.stdout).unwrap();
+    assert!(inert(&text), "{text:?}");
+    assert!(text.starts_with(&format!("{escaped} (subscription)\n")), "{text}");
+    assert!(
+        text.contains(r"Bad\u{1b}]0;owned\u{7}") && text.contains(r"boom\r\nforged: line\u{9b}2J"),
+        "{text}"
+    );
+    let reset = admin(&url, &["projections", "reset", evil, "--yes"]);
+    assert_eq!(
+        reset.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&reset.stderr)
+    );
+    let text = String::from_utf8(reset.stdout).unwrap();
+    assert!(inert(&text) && text.lines().count() == 1, "{text:?}");
+    let status = json(&url, &["projections", "status", evil], 0);
+    assert_eq!(status["checkpoint"], Value::Null);
+    assert_eq!(status["dead_letters"], 1);
+
+    // An event type with the same, stored by a program of another make (the event store
+    // keeps any name but one with NUL, so that such streams stay writable): one line each.
+    let id = Uuid::new_v4();
+    let event = eventsource::EventEnvelope {
+        event_id: Uuid::new_v4(),
+        event_type: "Evil\n\u{1b}[2J".into(),
+        event_version: 1,
+        aggregate_id: id,
+        aggregate_type: "Ledger\r".into(),
+        aggregate_version: 1,
+        occurred_at: chrono::Utc::now(),
+        correlation_id: None,
+        causation_id: None,
+        request_id: None,
+        metadata: None,
+        payload: r#"{"note":"\u001b[2J\u009b"}"#.into(),
+    };
+    stores.events.append(id, "Ledger\r", 0, &[event]).await.unwrap();
+    let tail = admin(&url, &["events", "tail", "--from-start", "--no-follow"]);
+    assert_eq!(tail.status.code(), Some(0));
+    let text = String::from_utf8(tail.stdout).unwrap();
+    assert!(inert(&text) && text.lines().count() == 1, "{text:?}");
+    assert!(
+        text.contains(r"Ledger\r") && text.contains(r"Evil\n\u{1b}[2J (v1)"),
+        "{text}"
+    );
+
+    // Names given on the command line are echoed escaped in a refusal, as are the known ones.
+    let unknown = admin(&url, &["projections", "status", "nope\n\u{1b}[2J"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    let stderr = String::from_utf8(unknown.stderr).unwrap();
+    assert!(inert(&stderr) && stderr.lines().count() == 1, "{stderr:?}");
+    assert!(
+        stderr.contains(r"no subscription or projection `nope\n\u{1b}[2J`") && stderr.contains(shown),
+        "{stderr}"
+    );
+    let unknown = admin(&url, &["stats", "--type", "Nope\u{1b}[31m\n"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    let stderr = String::from_utf8(unknown.stderr).unwrap();
+    assert!(inert(&stderr) && stderr.lines().count() == 1, "{stderr:?}");
+    assert!(
+        stderr.contains(r"no aggregate type `Nope\u{1b}[31m\n`"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_from_the_store_and_the_command_line_are_printed_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    hostile_names(&dir.path().join("bank.db")).await;
+}
+
 /// A rewarm in another process while this one saves: every snapshot it leaves stands for its
 /// history (a verify of every aggregate finds no drift and nothing unusable).
 async fn rewarm_beside_live_writers(url: &str) {

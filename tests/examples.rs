@@ -24,6 +24,25 @@ async fn the_tutorial_runs_twice_on_one_sqlite_file() {
     tutorial::run(&url).await.unwrap();
 }
 
+/// "Awaited 1 background snapshot(s)", every time: the one snapshot the save scheduled,
+/// whether the worker (on another thread here) wrote it before the call or while it waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tutorial_awaits_its_one_background_snapshot_every_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = format!("sqlite:{}", dir.path().join("tutorial.db").display());
+    for url in ["memory:", file.as_str()] {
+        let stores = eventsource::backend::open(url).await.unwrap();
+        stores.migrate().await.unwrap();
+        for run in 0..40 {
+            assert_eq!(
+                tutorial::background_mode(&stores).await.unwrap(),
+                1,
+                "run {run} on {url}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_tutorial_runs_on_postgres() {
     if let Some(url) = database::postgres_url("the_tutorial_runs_on_postgres") {

@@ -180,6 +180,74 @@ async fn background_mode_writes_after_save_and_await_counts_the_writes() {
     }
 }
 
+/// Waits, without `await_pending_snapshots`, until the background worker has written `n`
+/// snapshots in all. On a current-thread runtime the worker runs only while this yields, and
+/// it records a write as finished in the same step as it counts it written, so once this
+/// returns the queue holds the write as finished.
+async fn until_written(repo: &Repository<Account>, n: u64) {
+    while repo.metrics().written("Account") < n {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn await_pending_snapshots_counts_a_snapshot_written_before_the_call_once() {
+    let events = InMemoryEventStore::new();
+    let store = ObservedSnapshotStore::default();
+    let policy = SnapshotPolicy::every(5)
+        .unwrap()
+        .with_mode(SnapshotMode::Background);
+    let repo = repo_with(&events, store.clone(), policy);
+    repo.save(&mut opened(Uuid::new_v4(), 4)).await.unwrap();
+    until_written(&repo, 1).await;
+    assert_eq!(repo.pending_snapshots(), 0);
+    assert_eq!(
+        repo.await_pending_snapshots().await,
+        1,
+        "written before the call, and counted"
+    );
+    assert_eq!(repo.await_pending_snapshots().await, 0, "counted once");
+
+    // Three saves: two written before the call, one after a first call gave up waiting
+    // for it (a call dropped before it returned counts nothing).
+    for _ in 0..2 {
+        repo.save(&mut opened(Uuid::new_v4(), 4)).await.unwrap();
+    }
+    until_written(&repo, 3).await;
+    store.close_gate();
+    repo.save(&mut opened(Uuid::new_v4(), 4)).await.unwrap();
+    let given_up = tokio::time::timeout(Duration::from_millis(20), repo.await_pending_snapshots()).await;
+    assert!(given_up.is_err(), "the third is held at the gate");
+    store.open_gate();
+    assert_eq!(repo.await_pending_snapshots().await, 3);
+    assert_eq!(repo.await_pending_snapshots().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn await_pending_snapshots_counts_a_snapshot_written_while_it_waits() {
+    let events = InMemoryEventStore::new();
+    let store = ObservedSnapshotStore::default();
+    let policy = SnapshotPolicy::every(5)
+        .unwrap()
+        .with_mode(SnapshotMode::Background);
+    let repo = repo_with(&events, store.clone(), policy);
+    // One written before the call, one held at the gate until the call waits for it.
+    repo.save(&mut opened(Uuid::new_v4(), 4)).await.unwrap();
+    while store.saved_versions().is_empty() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    store.close_gate();
+    repo.save(&mut opened(Uuid::new_v4(), 4)).await.unwrap();
+    let (counted, ()) = tokio::join!(repo.await_pending_snapshots(), async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(store.saved_versions().len(), 1, "the second waits at the gate");
+        store.open_gate();
+    });
+    assert_eq!(counted, 2);
+    assert_eq!(store.saved_versions().len(), 2);
+    assert_eq!(repo.await_pending_snapshots().await, 0);
+}
+
 #[tokio::test]
 async fn a_later_unsaved_change_never_leaks_into_a_background_snapshot() {
     let events = InMemoryEventStore::new();

@@ -492,6 +492,84 @@ async fn invalid_configuration_is_refused() {
     assert!(matches!(err, Error::InvalidInput(_)));
 }
 
+/// A read model that counts events, for a projection that is never run.
+#[derive(Clone, Default)]
+struct Counted(usize);
+
+impl eventsource::projection::MemoryProjection for Counted {
+    fn apply(&mut self, events: &[StoredEvent]) -> Result<(), HandlerError> {
+        self.0 += events.len();
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_name_that_would_garble_the_text_showing_it_is_refused_before_anything_is_stored() {
+    use eventsource::projection::{InMemoryReadModel, Projection};
+    use eventsource::subscription::MAX_NAME_LEN;
+
+    let dir = tempfile::tempdir().unwrap();
+    let events = sqlite::SqliteEventStore::open(dir.path().join("feed.db"))
+        .await
+        .unwrap();
+    let store = sqlite::SqliteSubscriptionStore::on(events.database().clone())
+        .await
+        .unwrap();
+    let too_long = "x".repeat(MAX_NAME_LEN + 1);
+    for name in [
+        "",
+        "a\0b",
+        "evil\n\u{1b}[2J",
+        "forged\nrow     42",
+        "tab\there",
+        "bell\u{7}",
+        "delete\u{7f}",
+        "c1\u{9b}2J",
+        "reversed\u{202e}",
+        "line\u{2028}separator",
+        too_long.as_str(),
+    ] {
+        match Subscription::new(name, events.clone(), store.clone()) {
+            Err(Error::InvalidInput(message)) => assert!(
+                !message.chars().any(|c| c.is_control()),
+                "the refusal quotes the name escaped: {message}"
+            ),
+            other => panic!("a subscription named {name:?}: expected Error::InvalidInput, got {other:?}"),
+        }
+        match Projection::new(name, events.clone(), InMemoryReadModel::new(Counted::default())) {
+            Err(Error::InvalidInput(_)) => {}
+            other => panic!(
+                "a projection named {name:?}: expected Error::InvalidInput, got {:?}",
+                other.map(|p| p.name().to_owned())
+            ),
+        }
+    }
+    assert!(
+        store.subscriptions().await.unwrap().is_empty(),
+        "a refused name leaves nothing behind"
+    );
+
+    // Names at the limit, and names of any script, are taken and read back as they are.
+    let longest = "y".repeat(MAX_NAME_LEN);
+    for name in [longest.as_str(), "read-model v2 (ünïcödé) 勘定 😀", "a\\nb"] {
+        let subscription = Subscription::new(name, events.clone(), store.clone()).unwrap();
+        assert_eq!(subscription.name(), name);
+        assert!(store
+            .acquire(name, Uuid::new_v4(), Duration::from_secs(10))
+            .await
+            .unwrap());
+    }
+    let listed: Vec<String> = store
+        .subscriptions()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    assert!(listed.contains(&longest));
+}
+
 // ---------------------------------------------------------------------------------------
 // Consumer processes killed with SIGKILL
 

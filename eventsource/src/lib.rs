@@ -20,6 +20,7 @@ pub mod subscription;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod text;
 
 /// The repository's README, compiled and run as doc tests so its examples cannot drift.
 #[cfg(doctest)]

@@ -7,9 +7,10 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::output::Output;
-use super::{every_registered, AdminError, EventsCommand, Outcome};
+use super::{every_registered, listing, AdminError, EventsCommand, Outcome};
 use crate::backend::Stores;
 use crate::event::StoredEvent;
+use crate::text::escape;
 
 /// How often `events tail` looks for new events when the store gives no signal.
 const POLL: Duration = Duration::from_millis(200);
@@ -118,7 +119,7 @@ async fn show(
     if events.is_empty() {
         return Err(AdminError::Refused(format!(
             "no events of aggregate {id} (looked at: {})",
-            types.join(", ")
+            listing(types.iter().map(String::as_str))
         )));
     }
     out.report(&events, |events, out| {
@@ -178,12 +179,13 @@ impl EventView {
             "#{} {} {} {} v{} {} (v{}) {}",
             self.position,
             self.occurred_at.format("%Y-%m-%d %H:%M:%S%.3f"),
-            self.aggregate_type,
+            escape(&self.aggregate_type),
             self.aggregate_id,
             self.aggregate_version,
-            self.event_type,
+            escape(&self.event_type),
             self.event_version,
-            self.payload
+            // JSON escapes the C0 controls of its strings, not DEL, C1 or the overrides.
+            escape(&self.payload.to_string())
         )
     }
 }

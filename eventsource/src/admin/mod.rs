@@ -20,6 +20,12 @@
 //! Output is for people by default and JSON with `--json`. The exit status is 0 when all is
 //! well, 1 when a check found something (a drift), 2 on an error or a refusal.
 //!
+//! The text for people shows every name with its control characters (and line separators and
+//! bidirectional overrides) escaped, `\n`, `\u{1b}`: a name read from a store, which may
+//! predate the rules of [`validate_name`](crate::subscription::validate_name) or come from
+//! another program, or given on the command line, cannot forge a row or reach the terminal as
+//! a sequence. The JSON keeps every name exact.
+//!
 //! # Adding it to an application
 //!
 //! `#[derive(Aggregate)]` registers every aggregate type at link time, so the command line
@@ -69,6 +75,7 @@ use crate::backend::Stores;
 use crate::error::Error;
 use crate::projection::Projection;
 use crate::registry::{self, AggregateRegistration};
+use crate::text::escape;
 use output::Output;
 
 /// The admin command line's arguments, for a place in an application's own clap command
@@ -243,19 +250,54 @@ struct AdminCli {
 }
 
 /// Why an admin command did not finish.
-#[derive(Debug, thiserror::Error)]
+///
+/// Its text is safe to print on a terminal: the control characters of the names it quotes
+/// (a name given on the command line, or read from a store that another program wrote) are
+/// escaped, `\n` for a newline, `\u{1b}` for an escape.
+#[derive(Debug)]
 #[non_exhaustive]
 pub enum AdminError {
     /// The library refused or failed.
-    #[error(transparent)]
-    Library(#[from] Error),
+    Library(Error),
     /// The output could not be written.
-    #[error("cannot write the output: {0}")]
-    Output(#[from] std::io::Error),
+    Output(std::io::Error),
     /// The command was refused before it changed anything: an unknown name, a missing
-    /// confirmation, a consumer still running.
-    #[error("{0}")]
+    /// confirmation, a consumer still running. The names in it are escaped.
     Refused(String),
+}
+
+impl std::fmt::Display for AdminError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = match self {
+            AdminError::Library(e) => e.to_string(),
+            AdminError::Output(e) => format!("cannot write the output: {e}"),
+            AdminError::Refused(why) => why.clone(),
+        };
+        f.write_str(&escape(&text))
+    }
+}
+
+impl std::error::Error for AdminError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            // The library's error stands for itself, as its own text is the message.
+            AdminError::Library(e) => e.source(),
+            AdminError::Output(e) => Some(e),
+            AdminError::Refused(_) => None,
+        }
+    }
+}
+
+impl From<Error> for AdminError {
+    fn from(e: Error) -> Self {
+        AdminError::Library(e)
+    }
+}
+
+impl From<std::io::Error> for AdminError {
+    fn from(e: std::io::Error) -> Self {
+        AdminError::Output(e)
+    }
 }
 
 /// How a command that finished came out.
@@ -382,14 +424,21 @@ fn registered(name: &str) -> Result<&'static AggregateRegistration, AdminError> 
         known.sort_unstable();
         known.dedup();
         AdminError::Refused(format!(
-            "no aggregate type `{name}` is registered in this program (registered: {})",
-            if known.is_empty() {
-                "none".to_owned()
-            } else {
-                known.join(", ")
-            }
+            "no aggregate type `{}` is registered in this program (registered: {})",
+            escape(name),
+            listing(known)
         ))
     })
+}
+
+/// Names for a message, escaped, separated by commas; `none` for no name.
+fn listing<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    let names: Vec<_> = names.into_iter().map(escape).collect();
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
 }
 
 /// Every registered aggregate type, by name, the newer schema of a name only.

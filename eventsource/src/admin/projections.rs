@@ -7,10 +7,11 @@ use serde::Serialize;
 
 use super::output::{confirm, thousands, took, Output};
 use super::stats::{subscriptions, write_subscriptions, SubscriptionStats};
-use super::{AdminError, Outcome, ProjectionsCommand};
+use super::{listing, AdminError, Outcome, ProjectionsCommand};
 use crate::backend::Stores;
 use crate::projection::{Progress, Projection};
 use crate::subscription::DeadLetter;
+use crate::text::escape;
 
 /// Dead letters shown by `status`; the others are counted.
 const DEAD_LETTERS_SHOWN: usize = 20;
@@ -47,15 +48,11 @@ async fn find(
     name: &str,
 ) -> Result<SubscriptionStats, AdminError> {
     let listed = subscriptions(stores, projections).await?;
-    let known: Vec<String> = listed.iter().map(|s| s.name.clone()).collect();
+    let known = listing(listed.iter().map(|s| s.name.as_str()));
     listed.into_iter().find(|s| s.name == name).ok_or_else(|| {
         AdminError::Refused(format!(
-            "no subscription or projection `{name}` (known: {})",
-            if known.is_empty() {
-                "none".to_owned()
-            } else {
-                known.join(", ")
-            }
+            "no subscription or projection `{}` (known: {known})",
+            escape(name)
         ))
     })
 }
@@ -65,7 +62,7 @@ fn idle_or_forced(found: &SubscriptionStats, force: bool) -> Result<(), AdminErr
     match found.owner {
         Some(owner) if !force => Err(AdminError::Refused(format!(
             "`{}` is active (consumer {owner} holds its lease): stop its consumers first, or pass --force",
-            found.name
+            escape(&found.name)
         ))),
         _ => Ok(()),
     }
@@ -125,7 +122,7 @@ async fn status(
         writeln!(
             out,
             "{} ({})",
-            sub.name,
+            escape(&sub.name),
             if sub.projection {
                 "projection"
             } else {
@@ -147,7 +144,10 @@ async fn status(
             writeln!(
                 out,
                 "    #{} {} {}: {}",
-                d.position, d.event_type, d.event_id, d.error
+                d.position,
+                escape(&d.event_type),
+                d.event_id,
+                escape(&d.error)
             )?;
         }
         if sub.dead_letters > s.dead_letter_events.len() as u64 {
@@ -183,19 +183,20 @@ async fn rebuild(
     out: &mut Output<'_>,
 ) -> Result<Outcome, AdminError> {
     let found = find(stores, projections, name).await?;
+    let shown = escape(name);
     let Some(projection) = named(projections, name) else {
         return Err(AdminError::Refused(format!(
-            "`{name}` is not a projection this program names (Admin::projection), so its handlers are not here to rebuild it"
+            "`{shown}` is not a projection this program names (Admin::projection), so its handlers are not here to rebuild it"
         )));
     };
     idle_or_forced(&found, force)?;
     if !resume {
         confirm(
-            &format!("Empty the read model of {name} and replay the whole feed into it"),
+            &format!("Empty the read model of {shown} and replay the whole feed into it"),
             yes,
         )?;
     }
-    let bar = out.progress(0, &format!("rebuilding {name}"));
+    let bar = out.progress(0, &format!("rebuilding {shown}"));
     let show = |p: Progress| {
         bar.set_length(p.done + p.remaining);
         bar.set_position(p.done);
@@ -218,7 +219,7 @@ async fn rebuild(
         writeln!(
             out,
             "{}: {} {} events in {} ({:.0} events/s), checkpoint {}",
-            r.name,
+            escape(&r.name),
             if r.resumed { "caught up on" } else { "rebuilt from" },
             thousands(r.events),
             took(Duration::from_secs_f64(r.seconds)),
@@ -247,9 +248,10 @@ async fn reset(
     let found = find(stores, projections, name).await?;
     idle_or_forced(&found, force)?;
     let projection = named(projections, name);
+    let shown = escape(name);
     let question = match projection {
-        Some(_) => format!("Empty the read model of {name} and forget its checkpoint"),
-        None => format!("Forget the checkpoint of {name} (it then starts from the beginning of the feed)"),
+        Some(_) => format!("Empty the read model of {shown} and forget its checkpoint"),
+        None => format!("Forget the checkpoint of {shown} (it then starts from the beginning of the feed)"),
     };
     confirm(&question, yes)?;
     match projection {
@@ -261,10 +263,11 @@ async fn reset(
         read_model_emptied: projection.is_some(),
     };
     out.report(&report, |r, out| {
+        let name = escape(&r.name);
         if r.read_model_emptied {
-            writeln!(out, "{}: read model emptied, checkpoint forgotten", r.name)
+            writeln!(out, "{name}: read model emptied, checkpoint forgotten")
         } else {
-            writeln!(out, "{}: checkpoint forgotten", r.name)
+            writeln!(out, "{name}: checkpoint forgotten")
         }
     })?;
     Ok(Outcome::Clean)

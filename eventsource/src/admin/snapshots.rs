@@ -14,6 +14,7 @@ use super::{registered, AdminError, Outcome, SnapshotsCommand};
 use crate::backend::Stores;
 use crate::registry::{AggregateOperations, AggregateRegistration};
 use crate::snapshot::MissReason;
+use crate::text::escape;
 
 /// Failures shown in full; the others are counted.
 const FAILURES_SHOWN: usize = 10;
@@ -57,7 +58,7 @@ fn operations(aggregate: &AggregateRegistration) -> Result<&'static dyn Aggregat
     aggregate.operations.ok_or_else(|| {
         AdminError::Refused(format!(
             "`{}` is a generic state: its snapshots are written by the program that names its type arguments",
-            aggregate.name
+            escape(aggregate.name)
         ))
     })
 }
@@ -111,7 +112,7 @@ async fn rewarm(
         due.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     }
     let started = Instant::now();
-    let bar = out.progress(due.len() as u64, &format!("warming {}", aggregate.name));
+    let bar = out.progress(due.len() as u64, &format!("warming {}", escape(aggregate.name)));
     let mut report = Rewarmed {
         aggregate_type: aggregate.name,
         schema_version: aggregate.schema_version,
@@ -158,7 +159,7 @@ async fn rewarm(
         writeln!(
             out,
             "{}: warmed {} of {} streams due in {} ({:.0} streams/s), {} already warm, {} failed",
-            r.aggregate_type,
+            escape(r.aggregate_type),
             thousands(r.warmed),
             thousands(r.due),
             took(elapsed),
@@ -192,7 +193,7 @@ async fn rewarm(
 
 fn write_failures(failures: &[Failure], failed: u64, out: &mut dyn Write) -> std::io::Result<()> {
     for f in failures {
-        writeln!(out, "  {}: {}", f.aggregate_id, f.error)?;
+        writeln!(out, "  {}: {}", f.aggregate_id, escape(&f.error))?;
     }
     if failed > failures.len() as u64 {
         writeln!(out, "  ... and {} more", failed - failures.len() as u64)?;
@@ -242,7 +243,7 @@ async fn verify(
         .collect();
     candidates.sort_unstable();
     let ids: Vec<Uuid> = candidates.into_iter().take(sample).map(|(_, id)| id).collect();
-    let bar = out.progress(ids.len() as u64, &format!("verifying {}", aggregate.name));
+    let bar = out.progress(ids.len() as u64, &format!("verifying {}", escape(aggregate.name)));
     let mut drifted = Vec::new();
     let mut unusable: BTreeMap<&'static str, u64> = BTreeMap::new();
     let (mut verified, mut with_snapshot) = (0, 0);
@@ -281,7 +282,7 @@ async fn verify(
         writeln!(
             out,
             "{}: verified {} aggregates ({} from a snapshot), {} drifted from their history",
-            r.aggregate_type,
+            escape(r.aggregate_type),
             thousands(r.verified),
             thousands(r.with_snapshot),
             thousands(r.drifted)
@@ -290,7 +291,7 @@ async fn verify(
             let at = d.snapshot_version.map_or("-".to_owned(), |v| v.to_string());
             writeln!(out, "  {} at version {} (snapshot at {at}):", d.aggregate_id, d.version)?;
             for difference in &d.differences {
-                writeln!(out, "    {difference}")?;
+                writeln!(out, "    {}", escape(difference))?;
             }
         }
         if r.drifted > r.shown.len() as u64 {
@@ -303,7 +304,7 @@ async fn verify(
             writeln!(
                 out,
                 "  bump the schema version of {} (its old snapshots are then ignored), or invalidate its snapshots",
-                r.aggregate_type
+                escape(r.aggregate_type)
             )?;
         }
         Ok(())
@@ -346,8 +347,9 @@ async fn invalidate(
     if doomed > 0 {
         confirm(
             &format!(
-                "Delete {} snapshots of {aggregate_type} {which}",
-                thousands(doomed)
+                "Delete {} snapshots of {} {which}",
+                thousands(doomed),
+                escape(aggregate_type)
             ),
             yes,
         )?;
@@ -369,7 +371,7 @@ async fn invalidate(
         writeln!(
             out,
             "{}: deleted {} snapshots {which}",
-            r.aggregate_type,
+            escape(&r.aggregate_type),
             thousands(r.deleted)
         )
     })?;

@@ -15,6 +15,7 @@ use crate::projection::Projection;
 use crate::registry::AggregateRegistration;
 use crate::snapshot::SnapshotVersion;
 use crate::subscription::SubscriptionStatus;
+use crate::text::escape;
 
 /// One stream and the snapshots a load of it would find.
 #[derive(Clone, Copy, Debug)]
@@ -232,7 +233,12 @@ pub(super) async fn subscriptions(
 
 fn write_stats(stats: &Stats, out: &mut dyn Write) -> std::io::Result<()> {
     for a in &stats.aggregates {
-        writeln!(out, "{} (schema version {})", a.aggregate_type, a.schema_version)?;
+        writeln!(
+            out,
+            "{} (schema version {})",
+            escape(a.aggregate_type),
+            a.schema_version
+        )?;
         if a.streams == 0 {
             writeln!(out, "  no streams\n")?;
             continue;
@@ -278,22 +284,19 @@ pub(super) fn write_subscriptions(
     if subscriptions.is_empty() {
         return writeln!(out, "no subscriptions or projections");
     }
-    let width = subscriptions
-        .iter()
-        .map(|s| s.name.len())
-        .max()
-        .unwrap_or(0)
-        .max(4);
+    // One row per name, whatever it holds: a newline or an escape is shown, not obeyed.
+    let names: Vec<_> = subscriptions.iter().map(|s| escape(&s.name)).collect();
+    let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0).max(4);
     writeln!(
         out,
         "{:width$}  {:>12}  {:>10}  {:<10}  {:>12}  KIND",
         "NAME", "CHECKPOINT", "LAG", "STATE", "DEAD LETTERS"
     )?;
-    for s in subscriptions {
+    for (s, name) in subscriptions.iter().zip(&names) {
         writeln!(
             out,
             "{:width$}  {:>12}  {:>10}  {:<10}  {:>12}  {}",
-            s.name,
+            name,
             s.checkpoint.map_or("-".to_owned(), |c| c.to_string()),
             thousands(s.lag),
             s.state,

@@ -19,7 +19,7 @@ use crate::event_store::{
     acknowledge_stored_append, validate_batch, AppendSignal, Appended, EventStore, EventStream, FeedHead,
 };
 use crate::snapshot::{validate_snapshot, Snapshot, SnapshotStore};
-use crate::subscription::{validate_name, DeadLetter, SubscriptionStore};
+use crate::subscription::{validate_name, validate_stored_name, DeadLetter, SubscriptionStore};
 
 /// How many events a read copies per lock, so a long read never holds the lock for long.
 const READ_CHUNK: usize = 512;
@@ -399,7 +399,7 @@ impl InMemorySubscriptionStore {
     }
 
     fn with<T>(&self, name: &str, f: impl FnOnce(&mut SubscriptionState) -> T) -> Result<T> {
-        validate_name(name)?;
+        validate_stored_name(name)?;
         let mut all = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         Ok(f(all.entry(name.to_owned()).or_default()))
     }
@@ -408,6 +408,7 @@ impl InMemorySubscriptionStore {
 #[async_trait]
 impl SubscriptionStore for InMemorySubscriptionStore {
     async fn acquire(&self, name: &str, owner: Uuid, ttl: Duration) -> Result<bool> {
+        validate_name(name)?;
         let now = Instant::now();
         // A lease too long to represent lasts a year, longer than any consumer.
         let until = now
@@ -450,6 +451,7 @@ impl SubscriptionStore for InMemorySubscriptionStore {
     }
 
     async fn dead_letter(&self, name: &str, event: &StoredEvent, error: &str) -> Result<()> {
+        validate_name(name)?;
         self.with(name, |s| {
             s.dead_letters.push(DeadLetter {
                 subscription: name.to_owned(),

@@ -78,8 +78,9 @@ impl Projection {
     /// [`go_live`](Self::go_live)). The defaults are a subscription's (every event, batches of
     /// 100, a lease of 10 s); a batch whose commit still fails after the last attempt stops
     /// the projection with [`Error::SubscriptionStopped`], as skipping an event would leave
-    /// the read model wrong. An empty name, or one with a NUL character, is
-    /// [`Error::InvalidInput`].
+    /// the read model wrong. A name that [`validate_name`](crate::subscription::validate_name)
+    /// refuses (empty, longer than [`MAX_NAME_LEN`](crate::subscription::MAX_NAME_LEN) bytes,
+    /// or with a control character) is [`Error::InvalidInput`].
     pub fn new(
         name: &str,
         events: impl EventStore + 'static,

@@ -40,11 +40,24 @@ struct QueueState {
     writing: bool,
     /// The sequence number of the last entry queued; entries are written in this order.
     last_seq: u64,
-    /// The sequence number of the last entry finished, written or failed.
+    /// The sequence number of the last entry finished, written or failed. Entries finish in
+    /// the order of `seq`, one worker at a time.
     done_seq: u64,
+    /// How many entries were written, of all those finished.
+    written: u64,
+    /// Where the last call of `wait_for_scheduled` that returned counted up to.
+    counted: Mark,
     /// Callers of `wait_for_scheduled` still waiting, by id.
     waiters: HashMap<u64, Waiter>,
     next_waiter: u64,
+}
+
+/// A point of the queue's history: the entries up to `seq` are finished, and `written` of
+/// all the entries up to it were written.
+#[derive(Clone, Copy, Default)]
+struct Mark {
+    seq: u64,
+    written: u64,
 }
 
 struct Entry {
@@ -55,23 +68,39 @@ struct Entry {
 /// One caller waiting for the entries queued up to `target`.
 struct Waiter {
     target: u64,
-    /// How many of those were written so far.
-    written: usize,
-    done: bool,
+    /// Where the last call that returned before this one began had counted up to: this
+    /// caller counts the entries after it.
+    from: Mark,
+    /// Set once every entry up to `target` is finished.
+    reached: Option<Mark>,
 }
 
 impl QueueState {
     /// Records that the entry `seq` is finished; wakes nobody (the caller notifies).
     fn finish(&mut self, seq: u64, written: bool) {
         self.done_seq = self.done_seq.max(seq);
+        if written {
+            self.written += 1;
+        }
+        let now = Mark {
+            seq: self.done_seq,
+            written: self.written,
+        };
         for waiter in self.waiters.values_mut() {
-            if waiter.target >= seq && written {
-                waiter.written += 1;
-            }
-            if waiter.target <= self.done_seq {
-                waiter.done = true;
+            if waiter.reached.is_none() && waiter.target <= self.done_seq {
+                // Entries finish in order, so `now` is the history up to `target` exactly.
+                waiter.reached = Some(now);
             }
         }
+    }
+
+    /// A call that counted from `from` to `reached` returns: how many it counts. Later calls
+    /// count from the furthest point a call that returned reached.
+    fn count(&mut self, from: Mark, reached: Mark) -> usize {
+        if reached.seq > self.counted.seq {
+            self.counted = reached;
+        }
+        usize::try_from(reached.written.saturating_sub(from.written)).unwrap_or(usize::MAX)
     }
 }
 
@@ -160,25 +189,31 @@ impl BackgroundQueue {
         self.lock().pending.len()
     }
 
-    /// Waits until every snapshot queued before the call is finished, and returns how many of
-    /// those were written. Snapshots queued meanwhile are not waited for.
+    /// Waits until every snapshot queued before the call is finished, and returns how many
+    /// were written of those queued after the point the last call that returned (before this
+    /// one began) counted up to, whenever they were written: before this call or while it
+    /// waited. Snapshots queued meanwhile are not waited for.
     ///
     /// If no worker is running (its runtime shut down), the caller drains the queue itself.
     pub(crate) async fn wait_for_scheduled(self: &Arc<Self>) -> usize {
         let id = {
             let mut state = self.lock();
-            if state.done_seq >= state.last_seq {
-                return 0;
+            let (target, from) = (state.last_seq, state.counted);
+            if state.done_seq >= target {
+                let now = Mark {
+                    seq: target,
+                    written: state.written,
+                };
+                return state.count(from, now);
             }
             state.next_waiter += 1;
             let id = state.next_waiter;
-            let target = state.last_seq;
             state.waiters.insert(
                 id,
                 Waiter {
                     target,
-                    written: 0,
-                    done: false,
+                    from,
+                    reached: None,
                 },
             );
             id
@@ -190,10 +225,10 @@ impl BackgroundQueue {
             changed.as_mut().enable();
             let worker = {
                 let mut state = self.lock();
-                if let Some(waiter) = state.waiters.get(&id).filter(|w| w.done) {
-                    let written = waiter.written;
+                let over = state.waiters.get(&id).and_then(|w| Some((w.from, w.reached?)));
+                if let Some((from, reached)) = over {
                     state.waiters.remove(&id);
-                    return written;
+                    return state.count(from, reached);
                 }
                 self.claim(&mut state)
             };
@@ -238,7 +273,7 @@ impl Worker {
         loop {
             let next = {
                 let mut state = queue.lock();
-                if waiter.is_some_and(|id| state.waiters.get(&id).is_none_or(|w| w.done)) {
+                if waiter.is_some_and(|id| state.waiters.get(&id).is_none_or(|w| w.reached.is_some())) {
                     state.writing = false;
                     self.finished = true;
                     drop(state);

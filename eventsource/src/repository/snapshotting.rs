@@ -192,10 +192,21 @@ impl<A: Aggregate> Repository<A> {
         }
     }
 
-    /// Waits for the background snapshots scheduled before this call, and returns how many of
-    /// them were written (the others failed, and were logged and counted). Snapshots
-    /// scheduled while it waits are not waited for, so it returns under steady traffic too;
-    /// each caller counts its own. Returns 0 at once in the other modes.
+    /// Waits for the background snapshots scheduled before this call, and returns how many
+    /// snapshots were written of those scheduled since the previous call returned: whenever
+    /// they were written, before this call (by a worker that was quick) or while it waited.
+    /// The others failed, and were logged and counted.
+    ///
+    /// Precisely: each call counts the snapshots scheduled after the point the last call that
+    /// had returned before it began counted up to, and before it began. So a snapshot is
+    /// counted once by calls one after another (`save`, `await` gives 1, `await` again gives
+    /// 0), and callers that wait at the same time each count every snapshot scheduled before
+    /// them. A call that was dropped before it returned counts nothing, and its snapshots are
+    /// counted by the next one. A snapshot scheduled again for the same aggregate before the
+    /// first was written replaces it, and is counted once.
+    ///
+    /// Snapshots scheduled while it waits are not waited for, so it returns under steady
+    /// traffic too. Returns 0 at once in the other modes.
     pub async fn await_pending_snapshots(&self) -> usize {
         match self.snapshots.as_ref().and_then(|s| s.queue.as_ref()) {
             Some(queue) => queue.wait_for_scheduled().await,

@@ -63,7 +63,9 @@ pub mod supervisor;
 
 pub use handler::{Handler, HandlerError, Typed};
 pub use metrics::SubscriptionMetrics;
-pub use store::{validate_name, DeadLetter, SubscriptionStatus, SubscriptionStore};
+pub use store::{
+    validate_name, validate_stored_name, DeadLetter, SubscriptionStatus, SubscriptionStore, MAX_NAME_LEN,
+};
 pub use supervisor::Restart;
 
 use std::future::Future;
@@ -139,7 +141,12 @@ impl Subscription {
     /// (see [`starting_at_end`](Self::starting_at_end)); it takes every event until filtered,
     /// in batches of 100, polls every 500 ms besides its wake-ups, makes 5 attempts per batch
     /// with a backoff from 100 ms to 5 s, stops on a batch that still fails, and holds a lease
-    /// of 10 s. An empty name, or one with a NUL character, is [`Error::InvalidInput`].
+    /// of 10 s.
+    ///
+    /// A name that is empty, longer than [`MAX_NAME_LEN`] bytes, or holds a control
+    /// character, a line separator or a bidirectional override is [`Error::InvalidInput`]
+    /// (see [`validate_name`]): names are printed as they are, by the admin command line among
+    /// others.
     pub fn new(
         name: &str,
         events: impl EventStore + 'static,

@@ -57,8 +57,11 @@ pub struct SubscriptionStatus {
 ///   can never move the checkpoint of the one that replaced it.
 /// - **Durable.** A stored checkpoint or dead letter survives the process; on the SQL
 ///   backends it is in the same database as the events.
-/// - **Checked names.** An empty name, or one with a NUL character, is
-///   [`Error::InvalidInput`].
+/// - **Checked names.** A name that [`validate_name`] refuses is [`Error::InvalidInput`] where
+///   it would enter the store ([`acquire`](Self::acquire), [`dead_letter`](Self::dead_letter));
+///   the other calls refuse only the names no store can hold, empty or with a NUL character
+///   ([`validate_stored_name`]), so that a subscription named before those rules can still be
+///   read, reset and released.
 #[async_trait]
 pub trait SubscriptionStore: Send + Sync {
     /// Takes or renews the lease on `name` for `owner`; whether `owner` holds it now.
@@ -122,8 +125,46 @@ impl<S: SubscriptionStore + ?Sized> SubscriptionStore for Arc<S> {
     }
 }
 
-/// Checks a subscription name as every store can keep it: not empty, no NUL character.
+/// The longest name of a subscription or projection, in bytes of UTF-8.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Checks the name of a new subscription or projection: not empty, at most [`MAX_NAME_LEN`]
+/// bytes, and no character that would garble the text that shows it (a control character
+/// such as a newline or an escape, a line separator, a bidirectional override). Anything
+/// else is [`Error::InvalidInput`].
+///
+/// [`Subscription::new`](super::Subscription::new) and
+/// [`Projection::new`](crate::projection::Projection::new) check their name with it, and a
+/// store checks the name it is asked to [`acquire`](SubscriptionStore::acquire) a lease on, or
+/// record a [dead letter](SubscriptionStore::dead_letter) of: where a name enters the store.
+/// The other calls take any name a store can hold ([`validate_stored_name`]), so that a
+/// subscription named before these rules, or by another program, can still be read, reset
+/// and released.
 pub fn validate_name(name: &str) -> Result<()> {
+    validate_stored_name(name)?;
+    if name.len() > MAX_NAME_LEN {
+        return Err(Error::InvalidInput(format!(
+            "subscription name {:?}... is {} bytes long, above the limit of {MAX_NAME_LEN}",
+            name.chars().take(32).collect::<String>(),
+            name.len()
+        )));
+    }
+    if let Some(c) = name.chars().find(|c| crate::text::is_unsafe(*c)) {
+        return Err(Error::InvalidInput(format!(
+            "subscription name {name:?} holds {c:?}: names are printed as they are, so they may \
+             hold no control character, line separator or bidirectional override"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a name a store is asked about (its checkpoint, its lease's release, a reset, its
+/// dead letters): one every store can hold, not empty and with no NUL character; anything
+/// else is [`Error::InvalidInput`].
+///
+/// Looser than [`validate_name`], which new names pass, so that every subscription a store
+/// holds can be looked at and reset whatever its name.
+pub fn validate_stored_name(name: &str) -> Result<()> {
     if name.is_empty() || name.contains('\0') {
         return Err(Error::InvalidInput(format!(
             "subscription name {name:?} is empty or holds a NUL character"

@@ -138,11 +138,9 @@ pub async fn checkpoints_are_fenced_by_the_lease(store: &dyn SubscriptionStore) 
     );
 }
 
-/// Dead letters read back field for field, in the order they were recorded, by name.
-pub async fn dead_letters_read_back_in_order(store: &dyn SubscriptionStore) {
-    let name = unique_type("DeadLetters");
-    assert!(store.dead_letters(&name).await.unwrap().is_empty());
-    let event = |position: u64| StoredEvent {
+/// An event at `position` that a handler gave up on.
+fn poisoned(position: u64) -> StoredEvent {
+    StoredEvent {
         position,
         envelope: EventEnvelope {
             event_id: Uuid::new_v4(),
@@ -158,8 +156,14 @@ pub async fn dead_letters_read_back_in_order(store: &dyn SubscriptionStore) {
             metadata: None,
             payload: Arc::from("{}"),
         },
-    };
-    let events = [event(9), event(3)];
+    }
+}
+
+/// Dead letters read back field for field, in the order they were recorded, by name.
+pub async fn dead_letters_read_back_in_order(store: &dyn SubscriptionStore) {
+    let name = unique_type("DeadLetters");
+    assert!(store.dead_letters(&name).await.unwrap().is_empty());
+    let events = [poisoned(9), poisoned(3)];
     for (event, error) in events.iter().zip(["first failure", "second: ünïcödé"]) {
         store.dead_letter(&name, event, error).await.unwrap();
     }
@@ -212,7 +216,10 @@ pub async fn subscriptions_are_listed_with_their_state(store: &dyn SubscriptionS
     store.release(&active, owner).await.unwrap();
 }
 
-/// An empty subscription name, or one with a NUL character, is [`Error::InvalidInput`].
+/// An empty subscription name, or one with a NUL character, is [`Error::InvalidInput`]
+/// everywhere. A name longer than [`MAX_NAME_LEN`](crate::subscription::MAX_NAME_LEN) bytes,
+/// or with a control character, is refused where it would enter the store (a lease, a dead
+/// letter) and stores nothing; a store still reads and resets one it holds.
 pub async fn subscription_names_are_checked(store: &dyn SubscriptionStore) {
     for name in ["", "a\0b"] {
         match store.acquire(name, Uuid::new_v4(), LONG).await {
@@ -224,6 +231,49 @@ pub async fn subscription_names_are_checked(store: &dyn SubscriptionStore) {
             other => {
                 panic!("reading the checkpoint of {name:?}: expected Error::InvalidInput, got {other:?}")
             }
+        }
+    }
+    let longest = format!("{}-", unique_type("Longest"));
+    let longest = format!(
+        "{longest}{}",
+        "x".repeat(crate::subscription::MAX_NAME_LEN - longest.len())
+    );
+    let owner = Uuid::new_v4();
+    assert!(
+        store.acquire(&longest, owner, LONG).await.unwrap(),
+        "a name of the longest length is taken"
+    );
+    store.release(&longest, owner).await.unwrap();
+    let refused = [
+        format!("{longest}y"),
+        format!("{}\nforged\t0", unique_type("Newline")),
+        format!("{}\u{1b}[2J", unique_type("Escape")),
+        format!("{}\u{202e}", unique_type("Override")),
+    ];
+    for name in &refused {
+        match store.acquire(name, owner, LONG).await {
+            Err(Error::InvalidInput(_)) => {}
+            other => panic!("taking the lease of {name:?}: expected Error::InvalidInput, got {other:?}"),
+        }
+        match store.dead_letter(name, &poisoned(1), "failed").await {
+            Err(Error::InvalidInput(_)) => {}
+            other => {
+                panic!("recording a dead letter of {name:?}: expected Error::InvalidInput, got {other:?}")
+            }
+        }
+        // Looked up, such a name (one stored before the rules, or by another program) is
+        // taken: here it is not stored.
+        assert_eq!(store.checkpoint(name).await.unwrap(), None);
+        assert!(store.dead_letters(name).await.unwrap().is_empty());
+        store.reset(name).await.unwrap();
+        store.release(name, owner).await.unwrap();
+    }
+    if let Ok(listed) = store.subscriptions().await {
+        for name in &refused {
+            assert!(
+                listed.iter().all(|s| s.name != *name || s.owner.is_none()),
+                "a refused name holds no lease: {name:?}"
+            );
         }
     }
 }

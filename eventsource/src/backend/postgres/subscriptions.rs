@@ -9,7 +9,9 @@ use uuid::Uuid;
 use super::{query_error, to_bigint, PostgresSubscriptionStore};
 use crate::error::{Error, Result};
 use crate::event::StoredEvent;
-use crate::subscription::{validate_name, DeadLetter, SubscriptionStatus, SubscriptionStore};
+use crate::subscription::{
+    validate_name, validate_stored_name, DeadLetter, SubscriptionStatus, SubscriptionStore,
+};
 
 impl PostgresSubscriptionStore {
     /// Moves the checkpoint from `after` to `position` through `executor` (a read model's
@@ -23,7 +25,7 @@ impl PostgresSubscriptionStore {
         after: Option<u64>,
         position: u64,
     ) -> Result<bool> {
-        validate_name(name)?;
+        validate_stored_name(name)?;
         let after = after.map(|p| to_bigint(p, "checkpoint")).transpose()?;
         let moved = sqlx::query(&format!(
             "UPDATE {} SET position = $3
@@ -71,7 +73,7 @@ impl PostgresSubscriptionStore {
 
     /// Forgets the checkpoint through `executor`.
     pub(super) async fn reset_on<'e>(&self, executor: impl sqlx::PgExecutor<'e>, name: &str) -> Result<()> {
-        validate_name(name)?;
+        validate_stored_name(name)?;
         sqlx::query(&format!(
             "UPDATE {} SET position = NULL WHERE name = $1",
             self.layout.subscriptions
@@ -106,7 +108,7 @@ impl SubscriptionStore for PostgresSubscriptionStore {
     }
 
     async fn release(&self, name: &str, owner: Uuid) -> Result<()> {
-        validate_name(name)?;
+        validate_stored_name(name)?;
         sqlx::query(&format!(
             "UPDATE {} SET owner = NULL, lease_until = NULL WHERE name = $1 AND owner = $2",
             self.layout.subscriptions
@@ -120,7 +122,7 @@ impl SubscriptionStore for PostgresSubscriptionStore {
     }
 
     async fn checkpoint(&self, name: &str) -> Result<Option<u64>> {
-        validate_name(name)?;
+        validate_stored_name(name)?;
         let stored: Option<Option<i64>> = sqlx::query_scalar(&format!(
             "SELECT position FROM {} WHERE name = $1",
             self.layout.subscriptions
@@ -143,7 +145,7 @@ impl SubscriptionStore for PostgresSubscriptionStore {
     }
 
     async fn save_checkpoint(&self, name: &str, owner: Uuid, position: u64) -> Result<bool> {
-        validate_name(name)?;
+        validate_stored_name(name)?;
         let saved = sqlx::query(&format!(
             "UPDATE {} SET position = $3 WHERE name = $1 AND owner = $2 AND lease_until > now()",
             self.layout.subscriptions
@@ -180,7 +182,7 @@ impl SubscriptionStore for PostgresSubscriptionStore {
     }
 
     async fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>> {
-        validate_name(name)?;
+        validate_stored_name(name)?;
         let rows: Vec<(i64, Uuid, String, String, DateTime<Utc>)> = sqlx::query_as(&format!(
             "SELECT position, event_id, event_type, error, failed_at FROM {}
              WHERE subscription = $1 ORDER BY id",

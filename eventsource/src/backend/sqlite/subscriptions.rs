@@ -12,7 +12,9 @@ use super::prefix::Prefix;
 use super::{parse_timestamp, schema, store_error, timestamp_text, unsigned, Database};
 use crate::error::{Error, Result};
 use crate::event::StoredEvent;
-use crate::subscription::{validate_name, DeadLetter, SubscriptionStatus, SubscriptionStore};
+use crate::subscription::{
+    validate_name, validate_stored_name, DeadLetter, SubscriptionStatus, SubscriptionStore,
+};
 
 /// The lease goes to `owner` if nobody holds it, `owner` does, or the holder's ran out.
 const ACQUIRE: &str = "INSERT INTO {p}eventsource_subscriptions (name, owner, lease_until)
@@ -168,7 +170,7 @@ impl SubscriptionStore for SqliteSubscriptionStore {
     }
 
     async fn release(&self, name: &str, owner: Uuid) -> Result<()> {
-        validate_name(name)?;
+        validate_stored_name(name)?;
         self.change(
             |sql| &sql.release,
             vec![text(name), text(owner)],
@@ -179,7 +181,7 @@ impl SubscriptionStore for SqliteSubscriptionStore {
     }
 
     async fn checkpoint(&self, name: &str) -> Result<Option<u64>> {
-        validate_name(name)?;
+        validate_stored_name(name)?;
         let (key, sql) = (name.to_owned(), self.sql.clone());
         let stored: Option<Option<i64>> = self
             .database
@@ -199,7 +201,7 @@ impl SubscriptionStore for SqliteSubscriptionStore {
     }
 
     async fn save_checkpoint(&self, name: &str, owner: Uuid, position: u64) -> Result<bool> {
-        validate_name(name)?;
+        validate_stored_name(name)?;
         let position = i64::try_from(position).map_err(|_| {
             Error::InvalidInput(format!("checkpoint {position} is beyond what SQLite can store"))
         })?;
@@ -220,7 +222,7 @@ impl SubscriptionStore for SqliteSubscriptionStore {
     }
 
     async fn reset(&self, name: &str) -> Result<()> {
-        validate_name(name)?;
+        validate_stored_name(name)?;
         self.change(
             |sql| &sql.reset,
             vec![text(name)],
@@ -251,7 +253,7 @@ impl SubscriptionStore for SqliteSubscriptionStore {
     }
 
     async fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>> {
-        validate_name(name)?;
+        validate_stored_name(name)?;
         let (key, sql) = (name.to_owned(), self.sql.clone());
         let rows: Vec<(i64, String, String, String, String)> = self
             .database

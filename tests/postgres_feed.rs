@@ -119,6 +119,38 @@ impl Feed {
     }
 }
 
+/// `admin stats` on the stores of `url`, as text.
+#[cfg(feature = "admin")]
+async fn admin_stats(url: &str) -> String {
+    use clap::Parser;
+    use eventsource::subscription::SubscriptionStore;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        admin: eventsource::admin::AdminArgs,
+    }
+    // A subscription to list, behind the held-back event.
+    let (events, _) = eventsource::backend::postgres::connect_url(url).await.unwrap();
+    let subscriptions = events.subscription_store();
+    let owner = Uuid::new_v4();
+    assert!(subscriptions
+        .acquire("feed-watcher", owner, std::time::Duration::from_secs(60))
+        .await
+        .unwrap());
+    assert!(subscriptions
+        .save_checkpoint("feed-watcher", owner, 0)
+        .await
+        .unwrap());
+    let cli = Cli::parse_from(["admin", "--url", url, "stats"]);
+    let mut out = Vec::new();
+    eventsource::admin::Admin::new()
+        .run_with(cli.admin, &mut out)
+        .await
+        .unwrap();
+    String::from_utf8(out).unwrap()
+}
+
 /// Opens a transaction on `connection` that holds a transaction id, and leaves it open.
 async fn hold_a_transaction_id(connection: &mut PgConnection, write: &str) {
     connection.execute("BEGIN").await.unwrap();
@@ -216,6 +248,18 @@ async fn an_append_still_running_holds_back_the_appends_after_it_and_then_shows_
         holder.age.is_some_and(|age| age >= Duration::from_millis(300)),
         "{holder}"
     );
+
+    #[cfg(feature = "admin")]
+    {
+        // The operator sees it too: in the lag, and named under the table.
+        let stats = admin_stats(&format!("{}?schema={}", feed.url, feed.schema)).await;
+        assert!(
+            stats.contains(&format!(
+                "the feed holds back 1 stored event(s) while a transaction of server process {pid}"
+            )),
+            "{stats}"
+        );
+    }
 
     appender.execute("COMMIT").await.unwrap();
     assert_eq!(

@@ -1,6 +1,7 @@
 //! `stats`: per aggregate type, streams, events, snapshots and how fresh they are; per
 //! subscription and projection, where it is.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::sync::Arc;
@@ -137,8 +138,12 @@ impl Distribution {
 pub(super) struct SubscriptionStats {
     pub(super) name: String,
     pub(super) checkpoint: Option<u64>,
-    /// Events of the feed after the checkpoint.
+    /// Events after the checkpoint, shown by the feed or held back.
     pub(super) lag: u64,
+    /// Of those, the events stored but not shown by the feed yet.
+    pub(super) held_back: u64,
+    /// What holds the feed back, where the store tells.
+    pub(super) held_by: Option<String>,
     /// `active` (a consumer holds the lease), `idle`, or `never run`.
     pub(super) state: &'static str,
     pub(super) owner: Option<Uuid>,
@@ -213,7 +218,7 @@ pub(super) async fn subscriptions(
     listed.sort_by(|a, b| a.name.cmp(&b.name));
     let mut stats = Vec::with_capacity(listed.len());
     for status in listed {
-        let lag = stores.events.head(status.checkpoint.unwrap_or(0)).await?.lag();
+        let head = stores.events.head(status.checkpoint.unwrap_or(0)).await?;
         stats.push(SubscriptionStats {
             projection: projections.iter().any(|p| p.name() == status.name),
             state: match (status.owner, status.checkpoint) {
@@ -223,7 +228,9 @@ pub(super) async fn subscriptions(
             },
             name: status.name,
             checkpoint: status.checkpoint,
-            lag,
+            lag: head.lag(),
+            held_back: head.held_back,
+            held_by: head.held_by.as_ref().map(ToString::to_string),
             owner: status.owner,
             dead_letters: status.dead_letters,
         });
@@ -306,6 +313,21 @@ pub(super) fn write_subscriptions(
             } else {
                 "subscription"
             }
+        )?;
+    }
+    // The feed's holder is the same for every consumer: said once, by the one furthest back.
+    if let Some(held) = subscriptions
+        .iter()
+        .filter(|s| s.held_back > 0)
+        .max_by_key(|s| s.held_back)
+    {
+        writeln!(
+            out,
+            "the feed holds back {} stored event(s) while {} runs",
+            thousands(held.held_back),
+            held.held_by
+                .as_deref()
+                .map_or(Cow::Borrowed("a transaction that may append below them"), escape)
         )?;
     }
     Ok(())

@@ -21,6 +21,7 @@ pub(crate) fn is_unsafe(c: char) -> bool {
 /// Backslashes are left as they are, so that text escaped already (a name printed with
 /// `{:?}` in an error message) is not escaped twice: escaping is idempotent, and can be
 /// applied to a whole message as well as to the names in it.
+#[cfg_attr(not(feature = "admin"), allow(dead_code))] // the admin's text output
 pub(crate) fn escape(text: &str) -> Cow<'_, str> {
     if !text.chars().any(is_unsafe) {
         return Cow::Borrowed(text);

@@ -6,8 +6,12 @@ pub mod memory;
 mod param;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub mod sql_read_model;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 mod url;
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use sql_read_model::{SqlProjection, SqlReadModel, SqlValue, SqlWrites};
 pub use url::{open, Stores};

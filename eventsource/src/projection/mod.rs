@@ -15,6 +15,8 @@
 //!   transaction, in [`PostgresReadModel`](crate::backend::postgres::PostgresReadModel);
 //! - [`SqliteProjection`](crate::backend::sqlite::SqliteProjection), given a rusqlite
 //!   transaction, in [`SqliteReadModel`](crate::backend::sqlite::SqliteReadModel);
+//! - [`SqlProjection`](crate::backend::SqlProjection), written once for both SQL backends as
+//!   the statements each batch makes, in [`SqlReadModel`](crate::backend::SqlReadModel);
 //! - [`MemoryProjection`], state held in the process with its checkpoint, in
 //!   [`InMemoryReadModel`], for tests and small programs.
 //!

@@ -1,0 +1,398 @@
+//! One read model for both SQL backends: a [`SqlProjection`] is written once and kept in
+//! SQLite or PostgreSQL, whichever the stores are.
+//!
+//! A projection of a backend's own kind
+//! ([`PostgresProjection`](crate::backend::postgres::PostgresProjection),
+//! [`SqliteProjection`](crate::backend::sqlite::SqliteProjection)) is handed that backend's
+//! transaction. A `SqlProjection` is handed [`SqlWrites`] instead: it says which statements a
+//! batch makes, with `$1`, `$2`, ... placeholders and [`SqlValue`] parameters, and the read
+//! model runs them, in order, in the transaction that then stores the checkpoint. Exactly
+//! once holds as for the backend's own read models (see [`crate::projection`]): the
+//! statements and the checkpoint commit together or not at all.
+//!
+//! The statements are written once, so they must mean the same to both databases. What
+//! does:
+//!
+//! - tables of `TEXT`, `BIGINT`, `DOUBLE PRECISION` and `BYTEA`/`BLOB` columns, ids kept as
+//!   text (a [`Uuid`] parameter is its hyphenated text);
+//! - `INSERT ... ON CONFLICT (...) DO UPDATE SET n = t.n + excluded.n`, which computes the
+//!   new row from the stored one without reading it first;
+//! - `CAST($1 AS BIGINT)` where PostgreSQL cannot tell a parameter's type (a `NULL`
+//!   parameter is sent as text).
+//!
+//! A read model that must read rows before deciding what to write is written per backend,
+//! with the backend's own projection trait.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::event::StoredEvent;
+use crate::projection::ReadModelStore;
+use crate::subscription::{HandlerError, SubscriptionStore};
+
+/// A parameter of a [`SqlWrites`] statement.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SqlValue {
+    /// `NULL` (sent to PostgreSQL as text: cast it where the column is of another type).
+    Null,
+    /// A 64-bit integer.
+    Integer(i64),
+    /// A double-precision float.
+    Real(f64),
+    /// Text.
+    Text(String),
+    /// Bytes.
+    Blob(Vec<u8>),
+}
+
+macro_rules! integer_values {
+    ($($t:ty),*) => {$(
+        impl From<$t> for SqlValue {
+            fn from(value: $t) -> Self {
+                SqlValue::Integer(value.into())
+            }
+        }
+    )*};
+}
+
+integer_values!(i64, i32, i16, u32, u16, bool);
+
+impl From<f64> for SqlValue {
+    fn from(value: f64) -> Self {
+        SqlValue::Real(value)
+    }
+}
+
+impl From<&str> for SqlValue {
+    fn from(value: &str) -> Self {
+        SqlValue::Text(value.to_owned())
+    }
+}
+
+impl From<String> for SqlValue {
+    fn from(value: String) -> Self {
+        SqlValue::Text(value)
+    }
+}
+
+impl From<Uuid> for SqlValue {
+    fn from(value: Uuid) -> Self {
+        SqlValue::Text(value.hyphenated().to_string())
+    }
+}
+
+impl From<Vec<u8>> for SqlValue {
+    fn from(value: Vec<u8>) -> Self {
+        SqlValue::Blob(value)
+    }
+}
+
+impl<T: Into<SqlValue>> From<Option<T>> for SqlValue {
+    fn from(value: Option<T>) -> Self {
+        value.map_or(SqlValue::Null, Into::into)
+    }
+}
+
+/// The statements a [`SqlProjection`] makes for a batch (or a set-up, a reset, a switch), run
+/// in order in the read model's transaction.
+#[derive(Debug, Default)]
+pub struct SqlWrites {
+    statements: Vec<(String, Vec<SqlValue>)>,
+}
+
+impl SqlWrites {
+    /// Adds a statement with `$1`, `$2`, ... placeholders and their parameters
+    /// (`[till.into(), amount.into()]`, or `[]` for none).
+    pub fn execute(&mut self, sql: &str, params: impl IntoIterator<Item = SqlValue>) -> &mut Self {
+        self.statements
+            .push((sql.to_owned(), params.into_iter().collect()));
+        self
+    }
+
+    /// The statements added so far, in order.
+    pub fn statements(&self) -> impl Iterator<Item = (&str, &[SqlValue])> {
+        self.statements
+            .iter()
+            .map(|(sql, params)| (sql.as_str(), params.as_slice()))
+    }
+}
+
+/// A projection whose read model is SQL tables, written once for SQLite and PostgreSQL; see
+/// the [module docs](self). Each method adds the statements of its step to `writes`; a method
+/// that fails runs none of them and rolls the transaction back.
+pub trait SqlProjection: Send + 'static {
+    /// Creates the read model's tables if missing (`CREATE TABLE IF NOT EXISTS`).
+    fn setup(&mut self, writes: &mut SqlWrites) -> std::result::Result<(), HandlerError> {
+        let _ = writes;
+        Ok(())
+    }
+
+    /// The statements that apply a batch of events, in feed order.
+    fn apply(
+        &mut self,
+        writes: &mut SqlWrites,
+        events: &[StoredEvent],
+    ) -> std::result::Result<(), HandlerError>;
+
+    /// The statements that empty the read model, for a rebuild.
+    fn reset(&mut self, writes: &mut SqlWrites) -> std::result::Result<(), HandlerError>;
+
+    /// The statements that make this read model the one queries read (for instance a view
+    /// over its tables, dropped and created again), for a blue/green rebuild. None by default.
+    fn go_live(&mut self, writes: &mut SqlWrites) -> std::result::Result<(), HandlerError> {
+        let _ = writes;
+        Ok(())
+    }
+}
+
+/// A [`SqlProjection`]'s read model, in the database of the stores' subscription store.
+pub struct SqlReadModel<P> {
+    inner: Inner<P>,
+}
+
+enum Inner<P> {
+    #[cfg(feature = "postgres")]
+    Postgres(crate::backend::postgres::PostgresReadModel<Portable<P>>),
+    #[cfg(feature = "sqlite")]
+    Sqlite(crate::backend::sqlite::SqliteReadModel<Portable<P>>),
+}
+
+impl<P: SqlProjection> SqlReadModel<P> {
+    /// The read model of `projection` in the database of `stores` (from
+    /// [`backend::open`](crate::backend::open)). In-memory stores have no SQL database:
+    /// [`Error::InvalidConfiguration`].
+    pub fn on(stores: &crate::backend::Stores, projection: P) -> Result<Self> {
+        #[cfg(feature = "postgres")]
+        if let Some(events) = stores.postgres() {
+            return Ok(Self::postgres(events.subscription_store(), projection));
+        }
+        #[cfg(feature = "sqlite")]
+        if let Some(subscriptions) = stores.sqlite() {
+            return Ok(Self::sqlite(subscriptions.clone(), projection));
+        }
+        let _ = projection;
+        Err(Error::InvalidConfiguration(format!(
+            "a SQL read model needs SQLite or PostgreSQL stores, not {}",
+            stores.backend_name()
+        )))
+    }
+
+    /// The read model of `projection` in the PostgreSQL database of `subscriptions`.
+    #[cfg(feature = "postgres")]
+    pub fn postgres(
+        subscriptions: crate::backend::postgres::PostgresSubscriptionStore,
+        projection: P,
+    ) -> Self {
+        SqlReadModel {
+            inner: Inner::Postgres(crate::backend::postgres::PostgresReadModel::new(
+                subscriptions,
+                Portable(projection),
+            )),
+        }
+    }
+
+    /// The read model of `projection` in the SQLite database of `subscriptions`.
+    #[cfg(feature = "sqlite")]
+    pub fn sqlite(subscriptions: crate::backend::sqlite::SqliteSubscriptionStore, projection: P) -> Self {
+        SqlReadModel {
+            inner: Inner::Sqlite(crate::backend::sqlite::SqliteReadModel::new(
+                subscriptions,
+                Portable(projection),
+            )),
+        }
+    }
+}
+
+/// Dispatches to the backend's read model.
+macro_rules! each_backend {
+    ($self:expr, $model:ident => $body:expr) => {
+        match &$self.inner {
+            #[cfg(feature = "postgres")]
+            Inner::Postgres($model) => $body,
+            #[cfg(feature = "sqlite")]
+            Inner::Sqlite($model) => $body,
+        }
+    };
+}
+
+#[async_trait]
+impl<P: SqlProjection> ReadModelStore for SqlReadModel<P> {
+    fn subscriptions(&self) -> Arc<dyn SubscriptionStore> {
+        each_backend!(self, model => model.subscriptions())
+    }
+
+    async fn setup(&self) -> std::result::Result<(), HandlerError> {
+        each_backend!(self, model => model.setup().await)
+    }
+
+    async fn commit(
+        &self,
+        name: &str,
+        owner: Uuid,
+        after: Option<u64>,
+        events: &[StoredEvent],
+        last: u64,
+    ) -> std::result::Result<bool, HandlerError> {
+        each_backend!(self, model => model.commit(name, owner, after, events, last).await)
+    }
+
+    async fn reset(&self, name: &str) -> std::result::Result<(), HandlerError> {
+        each_backend!(self, model => model.reset(name).await)
+    }
+
+    async fn go_live(&self) -> std::result::Result<(), HandlerError> {
+        each_backend!(self, model => model.go_live().await)
+    }
+}
+
+/// A [`SqlProjection`] as each backend's own projection: its statements, run in the backend's
+/// transaction.
+struct Portable<P>(P);
+
+impl<P> Portable<P> {
+    fn writes(
+        &mut self,
+        step: impl FnOnce(&mut P, &mut SqlWrites) -> std::result::Result<(), HandlerError>,
+    ) -> std::result::Result<SqlWrites, HandlerError> {
+        let mut writes = SqlWrites::default();
+        step(&mut self.0, &mut writes)?;
+        Ok(writes)
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod on_postgres {
+    use super::*;
+    use crate::backend::postgres::{PgTransaction, PostgresProjection};
+
+    impl SqlWrites {
+        async fn run_postgres(self, tx: &mut PgTransaction) -> std::result::Result<(), HandlerError> {
+            for (sql, params) in self.statements {
+                let mut query = sqlx::query(&sql);
+                for param in params {
+                    query = match param {
+                        SqlValue::Null => query.bind(None::<String>),
+                        SqlValue::Integer(v) => query.bind(v),
+                        SqlValue::Real(v) => query.bind(v),
+                        SqlValue::Text(v) => query.bind(v),
+                        SqlValue::Blob(v) => query.bind(v),
+                    };
+                }
+                query.execute(&mut **tx).await?;
+            }
+            Ok(())
+        }
+    }
+
+    #[async_trait]
+    impl<P: SqlProjection> PostgresProjection for Portable<P> {
+        async fn setup(&mut self, tx: &mut PgTransaction) -> std::result::Result<(), HandlerError> {
+            self.writes(P::setup)?.run_postgres(tx).await
+        }
+
+        async fn apply(
+            &mut self,
+            tx: &mut PgTransaction,
+            events: &[StoredEvent],
+        ) -> std::result::Result<(), HandlerError> {
+            self.writes(|p, w| p.apply(w, events))?.run_postgres(tx).await
+        }
+
+        async fn reset(&mut self, tx: &mut PgTransaction) -> std::result::Result<(), HandlerError> {
+            self.writes(P::reset)?.run_postgres(tx).await
+        }
+
+        async fn go_live(&mut self, tx: &mut PgTransaction) -> std::result::Result<(), HandlerError> {
+            self.writes(P::go_live)?.run_postgres(tx).await
+        }
+    }
+}
+
+#[cfg(feature = "sqlite")]
+mod on_sqlite {
+    use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
+    use rusqlite::Transaction;
+
+    use super::*;
+    use crate::backend::sqlite::SqliteProjection;
+
+    impl ToSql for SqlValue {
+        fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+            Ok(ToSqlOutput::Borrowed(match self {
+                SqlValue::Null => ValueRef::Null,
+                SqlValue::Integer(v) => ValueRef::Integer(*v),
+                SqlValue::Real(v) => ValueRef::Real(*v),
+                SqlValue::Text(v) => ValueRef::Text(v.as_bytes()),
+                SqlValue::Blob(v) => ValueRef::Blob(v),
+            }))
+        }
+    }
+
+    impl SqlWrites {
+        fn run_sqlite(self, tx: &Transaction<'_>) -> std::result::Result<(), HandlerError> {
+            for (sql, params) in self.statements {
+                tx.execute(
+                    &sqlite_placeholders(&sql),
+                    rusqlite::params_from_iter(params.iter()),
+                )?;
+            }
+            Ok(())
+        }
+    }
+
+    impl<P: SqlProjection> SqliteProjection for Portable<P> {
+        fn setup(&mut self, tx: &Transaction<'_>) -> std::result::Result<(), HandlerError> {
+            self.writes(P::setup)?.run_sqlite(tx)
+        }
+
+        fn apply(
+            &mut self,
+            tx: &Transaction<'_>,
+            events: &[StoredEvent],
+        ) -> std::result::Result<(), HandlerError> {
+            self.writes(|p, w| p.apply(w, events))?.run_sqlite(tx)
+        }
+
+        fn reset(&mut self, tx: &Transaction<'_>) -> std::result::Result<(), HandlerError> {
+            self.writes(P::reset)?.run_sqlite(tx)
+        }
+
+        fn go_live(&mut self, tx: &Transaction<'_>) -> std::result::Result<(), HandlerError> {
+            self.writes(P::go_live)?.run_sqlite(tx)
+        }
+    }
+
+    /// PostgreSQL's `$1` placeholders as SQLite's `?1`, outside quoted text and names.
+    pub(super) fn sqlite_placeholders(sql: &str) -> String {
+        let mut out = String::with_capacity(sql.len());
+        let mut quote = None;
+        let mut chars = sql.chars().peekable();
+        while let Some(c) = chars.next() {
+            match (quote, c) {
+                (None, '\'' | '"') => quote = Some(c),
+                (Some(q), _) if c == q => quote = None,
+                (None, '$') if chars.peek().is_some_and(char::is_ascii_digit) => {
+                    out.push('?');
+                    continue;
+                }
+                _ => {}
+            }
+            out.push(c);
+        }
+        out
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn placeholders_become_sqlites_outside_quotes() {
+            assert_eq!(
+                super::sqlite_placeholders("UPDATE t SET a = $2, b = '$1', \"c$1\" = $10 WHERE k = $1"),
+                "UPDATE t SET a = ?2, b = '$1', \"c$1\" = ?10 WHERE k = ?1"
+            );
+        }
+    }
+}

@@ -8,11 +8,12 @@
 
 mod common;
 
+use eventsource::testing::envelope;
+
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use eventsource::backend::postgres::{pool_options, PgPool, PostgresEventStore};
 use eventsource::{EventEnvelope, EventStore, Uuid};
 
@@ -21,18 +22,8 @@ const STALL_LOCK: i64 = 0x7374_616c_6c00;
 
 fn event(id: Uuid, payload: &str) -> EventEnvelope {
     EventEnvelope {
-        event_id: Uuid::new_v4(),
-        event_type: Arc::from("Noted"),
-        event_version: 1,
-        aggregate_id: id,
-        aggregate_type: Arc::from("Fault"),
-        aggregate_version: 1,
-        occurred_at: Utc::now(),
-        correlation_id: None,
-        causation_id: None,
-        request_id: None,
-        metadata: None,
         payload: Arc::from(payload),
+        ..envelope(id, "Fault", 1)
     }
 }
 

@@ -7,13 +7,13 @@
 
 mod common;
 
+use eventsource::testing::envelope;
+
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use eventsource::backend::postgres::{pool_options, PgPool, PostgresEventStore};
-use eventsource::{EventEnvelope, EventStore, Uuid};
+use eventsource::{EventStore, Uuid};
 use futures_util::StreamExt;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{Connection, Executor};
@@ -70,23 +70,21 @@ impl Feed {
         PgConnection::connect(&self.url).await.unwrap()
     }
 
+    /// An `INSERT` of the first event of the stream `id`, as a program of its own would make
+    /// it, bypassing the store.
+    fn raw_insert(&self, id: Uuid) -> String {
+        format!(
+            "INSERT INTO \"{}\".eventsource_events (event_id, event_type, event_version,
+                 aggregate_id, aggregate_type, aggregate_version, occurred_at, payload)
+             VALUES (gen_random_uuid(), 'Noted', 1, '{id}', 'Feed', 1, now(), '{{}}')",
+            self.schema
+        )
+    }
+
     /// Appends one event to a new stream; returns its id.
     async fn append_one(&self) -> Uuid {
         let id = Uuid::new_v4();
-        let event = EventEnvelope {
-            event_id: Uuid::new_v4(),
-            event_type: Arc::from("Noted"),
-            event_version: 1,
-            aggregate_id: id,
-            aggregate_type: Arc::from("Feed"),
-            aggregate_version: 1,
-            occurred_at: Utc::now(),
-            correlation_id: None,
-            causation_id: None,
-            request_id: None,
-            metadata: None,
-            payload: Arc::from("{}"),
-        };
+        let event = envelope(id, "Feed", 1);
         self.events.append(id, "Feed", 0, &[event]).await.unwrap();
         id
     }
@@ -213,17 +211,7 @@ async fn an_append_still_running_holds_back_the_appends_after_it_and_then_shows_
     let slow = Uuid::new_v4();
     let mut appender = feed.connection().await;
     appender.execute("BEGIN").await.unwrap();
-    sqlx::query(&format!(
-        "INSERT INTO \"{}\".eventsource_events (event_id, event_type, event_version, aggregate_id,
-             aggregate_type, aggregate_version, occurred_at, payload)
-         VALUES ($1, 'Noted', 1, $2, 'Feed', 1, now(), '{{}}')",
-        feed.schema
-    ))
-    .bind(Uuid::new_v4())
-    .bind(slow)
-    .execute(&mut appender)
-    .await
-    .unwrap();
+    appender.execute(feed.raw_insert(slow).as_str()).await.unwrap();
 
     let fast = feed.append_one().await;
     // The later append is stored, but showing it now would let the slow one commit below it.
@@ -282,12 +270,7 @@ async fn events_inserted_after_other_writes_of_the_transaction_must_announce_the
         .execute(format!("CREATE TABLE {table} (n INT)").as_str())
         .await
         .unwrap();
-    let insert_event = format!(
-        "INSERT INTO \"{}\".eventsource_events (event_id, event_type, event_version, aggregate_id,
-             aggregate_type, aggregate_version, occurred_at, payload)
-         VALUES (gen_random_uuid(), 'Noted', 1, gen_random_uuid(), 'Feed', 1, now(), '{{}}')",
-        feed.schema
-    );
+    let insert_event = feed.raw_insert(Uuid::new_v4());
 
     // A transaction that has an id before it inserts events could be passed by a reader.
     let mut late = feed.connection().await;

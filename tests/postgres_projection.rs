@@ -4,17 +4,18 @@
 
 mod common;
 
+use eventsource::testing::envelope;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::Utc;
 use eventsource::backend::postgres::{
     pool_options, PgTransaction, PostgresEventStore, PostgresProjection, PostgresReadModel,
 };
 use eventsource::projection::ReadModelStore;
 use eventsource::subscription::{HandlerError, SubscriptionStore};
-use eventsource::{EventEnvelope, EventStore, StoredEvent, Uuid};
+use eventsource::{EventStore, StoredEvent, Uuid};
 use futures_util::TryStreamExt;
 use tokio::sync::Notify;
 
@@ -75,22 +76,7 @@ async fn a_consumer_frozen_in_its_transaction_blocks_the_standby_no_longer_than_
     let subscriptions = events.subscription_store();
 
     let id = Uuid::new_v4();
-    let batch: Vec<_> = (1..=3)
-        .map(|version| EventEnvelope {
-            event_id: Uuid::new_v4(),
-            event_type: Arc::from("Counted"),
-            event_version: 1,
-            aggregate_id: id,
-            aggregate_type: Arc::from("Counter"),
-            aggregate_version: version,
-            occurred_at: Utc::now(),
-            correlation_id: None,
-            causation_id: None,
-            request_id: None,
-            metadata: None,
-            payload: Arc::from("{}"),
-        })
-        .collect();
+    let batch: Vec<_> = (1..=3).map(|version| envelope(id, "Counter", version)).collect();
     events.append(id, "Counter", 0, &batch).await.unwrap();
     let stored: Vec<StoredEvent> = events.read_all(0).try_collect().await.unwrap();
     let last = stored.last().unwrap().position;

@@ -6,11 +6,12 @@
 
 mod common;
 
+use eventsource::testing::envelope;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use chrono::Utc;
 use eventsource::backend::{self, SqlProjection, SqlReadModel, SqlWrites, Stores};
 use eventsource::projection::Projection;
 use eventsource::subscription::HandlerError;
@@ -69,18 +70,8 @@ async fn pay(stores: &Stores, amounts: &[i64]) -> Uuid {
         .iter()
         .enumerate()
         .map(|(i, amount)| EventEnvelope {
-            event_id: Uuid::new_v4(),
-            event_type: Arc::from("Paid"),
-            event_version: 1,
-            aggregate_id: till,
-            aggregate_type: Arc::from("Till"),
-            aggregate_version: i as u64 + 1,
-            occurred_at: Utc::now(),
-            correlation_id: None,
-            causation_id: None,
-            request_id: None,
-            metadata: None,
             payload: Arc::from(format!(r#"{{"amount":{amount}}}"#)),
+            ..envelope(till, "Till", i as u64 + 1)
         })
         .collect();
     stores.events.append(till, "Till", 0, &batch).await.unwrap();

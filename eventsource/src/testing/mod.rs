@@ -87,6 +87,27 @@ pub use schema_lock::{check_schema_lock, SCHEMA_LOCK_ENV};
 
 pub use given::{given, Given, When};
 
+/// An event of the stream `(aggregate_id, aggregate_type)` at `version`, as a test appends it
+/// to a store directly: a fresh event id, type `Noted` at version 1, the payload `{}`, the
+/// time now, no context. Change what a test needs with struct update syntax:
+/// `EventEnvelope { payload: r#"{"n":1}"#.into(), ..envelope(id, "Account", 1) }`.
+pub fn envelope(aggregate_id: Uuid, aggregate_type: &str, version: u64) -> crate::EventEnvelope {
+    crate::EventEnvelope {
+        event_id: Uuid::new_v4(),
+        event_type: "Noted".into(),
+        event_version: 1,
+        aggregate_id,
+        aggregate_type: aggregate_type.into(),
+        aggregate_version: version,
+        occurred_at: Utc::now(),
+        correlation_id: None,
+        causation_id: None,
+        request_id: None,
+        metadata: None,
+        payload: "{}".into(),
+    }
+}
+
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 

@@ -12,15 +12,19 @@
 //! The store URL is the first argument, else `BANK_STORE_URL`, else `sqlite:bank.db`; the
 //! address is `BANK_ADDR`, else `127.0.0.1:3000` (port 0 picks a free one). `admin` as the
 //! first argument runs the admin command line on the service's stores instead
-//! (`bank_service admin --url sqlite:bank.db stats`; see docs/guides/admin.md). Then:
+//! (`bank_service admin --url sqlite:bank.db stats`; see docs/guides/admin.md).
+//!
+//! Money is whole cents (`i64`), in the requests, the answers and the events; a deposit that
+//! would take a balance past `i64::MAX` cents is refused with 422, as is an amount of 0 or less
+//! (or not an integer), and a withdrawal of more than the balance with 409. Then:
 //!
 //! ```text
 //! J='content-type: application/json'
-//! curl -si localhost:3000/accounts -H "$J" -d '{"owner": "Ada", "initial_balance": 100}'
-//! curl -si localhost:3000/accounts/ID/deposits -H "$J" -d '{"amount": 5}'
-//! curl -si localhost:3000/accounts/ID/withdrawals -H "$J" -d '{"amount": 1000}'     # 409
+//! curl -si localhost:3000/accounts -H "$J" -d '{"owner": "Ada", "initial_balance_cents": 10000}'
+//! curl -si localhost:3000/accounts/ID/deposits -H "$J" -d '{"amount_cents": 500}'
+//! curl -si localhost:3000/accounts/ID/withdrawals -H "$J" -d '{"amount_cents": 100000}'  # 409
 //! curl -si localhost:3000/accounts/ID
-//! curl -si localhost:3000/orders -H "$J" -d '{"account_id": "ID", "amount": 20}'
+//! curl -si localhost:3000/orders -H "$J" -d '{"account_id": "ID", "amount_cents": 2000}'
 //! curl -si -X POST localhost:3000/orders/ORDER/pay
 //! curl -si localhost:3000/orders/ORDER
 //! curl -si localhost:3000/summary                      # from the read model
@@ -32,12 +36,12 @@
 //! to two seconds for the projection to show its events before it answers (read-your-writes),
 //! and says whether it did in `read_model_current`.
 
-#[path = "domain/account.rs"]
-mod account;
+#[path = "service/account.rs"]
+pub mod account;
 #[path = "domain/order.rs"]
-mod order;
+pub mod order;
 #[path = "service/read_model.rs"]
-mod read_model;
+pub mod read_model;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -47,6 +51,7 @@ use std::time::Duration;
 
 use account::{Account, AccountCommands};
 use axum::extract::{Path, State};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -54,7 +59,7 @@ use axum::{Json, Router};
 use eventsource::admin::Admin;
 use eventsource::prelude::*;
 use eventsource::projection::Projection;
-use order::{Order, OrderCommands, OrderStatus};
+use order::{Order, OrderCommands, OrderRefused, OrderStatus};
 use serde_json::{json, Value};
 
 #[tokio::main]
@@ -185,10 +190,43 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<(StatusCode, Json<Value>), ApiError>;
 
+/// A refusal of the domain, and the status it is answered with.
+trait Refusal: std::fmt::Display {
+    /// 422 for a request no account or order takes (an amount of 0 or less, a deposit past
+    /// the largest balance), 409 for one the state refuses (too little money, an order paid).
+    fn status(&self) -> StatusCode;
+}
+
+impl Refusal for account::Refused {
+    fn status(&self) -> StatusCode {
+        if self.is_invalid_amount() {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::CONFLICT
+        }
+    }
+}
+
+impl Refusal for OrderRefused {
+    fn status(&self) -> StatusCode {
+        match self {
+            OrderRefused::NotPositive(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::CONFLICT,
+        }
+    }
+}
+
+impl Refusal for Infallible {
+    fn status(&self) -> StatusCode {
+        match *self {}
+    }
+}
+
 /// The one place where an outcome of the library becomes an HTTP status.
-fn command_error<E: std::fmt::Display>(error: CommandError<E>) -> ApiError {
+fn command_error<E: Refusal>(error: CommandError<E>) -> ApiError {
     let status = match &error {
-        CommandError::Rejected(_) | CommandError::AlreadyExists { .. } => StatusCode::CONFLICT,
+        CommandError::Rejected(why) => why.status(),
+        CommandError::AlreadyExists { .. } => StatusCode::CONFLICT,
         CommandError::Contended { .. } => StatusCode::SERVICE_UNAVAILABLE,
         CommandError::Failed(e) if e.is_not_found() => StatusCode::NOT_FOUND,
         CommandError::Failed(Error::InvalidInput(_) | Error::Serialization { .. }) => {
@@ -216,21 +254,24 @@ fn load_error(error: Error) -> ApiError {
     command_error(CommandError::<Infallible>::Failed(error))
 }
 
+// Amounts are whole cents: a JSON number with a fraction or an exponent, or one past the
+// bounds of an i64, is not one, and axum answers 422 before any command.
+
 #[derive(Deserialize)]
 struct OpenAccount {
     owner: String,
-    initial_balance: f64,
+    initial_balance_cents: i64,
 }
 
 #[derive(Deserialize)]
 struct Amount {
-    amount: f64,
+    amount_cents: i64,
 }
 
 #[derive(Deserialize)]
 struct PlaceOrder {
     account_id: Uuid,
-    amount: f64,
+    amount_cents: i64,
 }
 
 async fn open_account(State(app): State<Arc<AppState>>, Json(body): Json<OpenAccount>) -> ApiResult {
@@ -239,7 +280,7 @@ async fn open_account(State(app): State<Arc<AppState>>, Json(body): Json<OpenAcc
         .accounts
         .command(id)
         .create_only()
-        .run(|account| account.open(&body.owner, body.initial_balance))
+        .run(|account| account.open(&body.owner, body.initial_balance_cents))
         .await
         .map_err(command_error)?;
     let body = json!({ "id": id, "version": done.version });
@@ -267,7 +308,7 @@ async fn deposit(
         command = command.request_id(key);
     }
     let done = command
-        .run(|account| account.deposit(body.amount))
+        .run(|account| account.deposit(body.amount_cents))
         .await
         .map_err(command_error)?;
     let body = json!({ "version": done.version, "repeated": done.repeated });
@@ -283,7 +324,7 @@ async fn withdraw(
         .accounts
         .command(id)
         .must_exist()
-        .run(|account| account.withdraw(body.amount))
+        .run(|account| account.withdraw(body.amount_cents))
         .await
         .map_err(command_error)?;
     let body = json!({ "version": done.version });
@@ -298,7 +339,7 @@ async fn get_account(State(app): State<Arc<AppState>>, Path(id): Path<Uuid>) -> 
         Json(json!({
             "id": id,
             "owner": state.owner_name,
-            "balance": state.balance,
+            "balance_cents": state.balance_cents,
             "version": account.version()
         })),
     ))
@@ -315,7 +356,7 @@ async fn place_order(State(app): State<Arc<AppState>>, Json(body): Json<PlaceOrd
         .orders
         .command(id)
         .create_only()
-        .run(|order| order.place(body.account_id, body.amount))
+        .run(|order| order.place(body.account_id, body.amount_cents))
         .await
         .map_err(command_error)?;
     let body = json!({ "id": id, "version": done.version });
@@ -326,7 +367,7 @@ async fn place_order(State(app): State<Arc<AppState>>, Json(body): Json<PlaceOrd
 /// order is marked paid only once it has moved.
 async fn pay_order(State(app): State<Arc<AppState>>, Path(id): Path<Uuid>) -> ApiResult {
     let mut order = app.orders.load(id).await.map_err(load_error)?;
-    let (account_id, amount) = (order.state().account_id, order.state().amount);
+    let (account_id, amount) = (order.state().account_id, order.state().amount_cents);
     // Decided on the loaded order, which is never saved, so that an order already paid or
     // cancelled is refused before any money moves.
     order
@@ -349,7 +390,7 @@ async fn pay_order(State(app): State<Arc<AppState>>, Path(id): Path<Uuid>) -> Ap
         // is paid is not known, so the money stays where it is for someone to look at.
         Err(error @ CommandError::Failed(_)) => {
             eprintln!(
-                "order {id}: {amount} taken from account {account_id}, marking it paid failed: {error}"
+                "order {id}: {amount} cents taken from account {account_id}, marking it paid failed: {error}"
             );
             Err(command_error(error))
         }
@@ -363,7 +404,7 @@ async fn pay_order(State(app): State<Arc<AppState>>, Path(id): Path<Uuid>) -> Ap
                 .run(|account| account.deposit(amount))
                 .await;
             if let Err(refund) = refund {
-                eprintln!("order {id}: refunding {amount} to account {account_id} failed: {refund}");
+                eprintln!("order {id}: refunding {amount} cents to account {account_id} failed: {refund}");
             }
             Err(command_error(error))
         }
@@ -390,7 +431,7 @@ async fn get_order(State(app): State<Arc<AppState>>, Path(id): Path<Uuid>) -> Ap
         Json(json!({
             "id": id,
             "account_id": state.account_id,
-            "amount": state.amount,
+            "amount_cents": state.amount_cents,
             "status": state.status,
             "version": order.version()
         })),
@@ -398,9 +439,15 @@ async fn get_order(State(app): State<Arc<AppState>>, Path(id): Path<Uuid>) -> Ap
 }
 
 /// The number of accounts and their total balance, from the read model.
-async fn summary(State(app): State<Arc<AppState>>) -> ApiResult {
+async fn summary(State(app): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let summary = app.queries.summary().await.map_err(load_error)?;
-    Ok((StatusCode::OK, Json(summary)))
+    // The total can pass i64::MAX cents, beyond the numbers of `serde_json::Value`: written
+    // out as digits, it is a JSON number all the same, exact.
+    let body = format!(
+        r#"{{"accounts":{},"total_balance_cents":{}}}"#,
+        summary.accounts, summary.total_balance_cents
+    );
+    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// The orders of one status (`placed`, `paid`, `cancelled`), from the read model.

@@ -1,6 +1,6 @@
 //! The HTTP service example, served on a free loopback port and called with real HTTP/1.1
-//! requests: statuses, bodies, refusals and failures, on SQLite and, when configured, on
-//! PostgreSQL.
+//! requests: statuses, bodies, refusals and failures, money in cents and its bounds, on SQLite
+//! and, when configured, on PostgreSQL.
 
 // The example's own code, so that the test serves exactly what `cargo run --example` does; its
 // domain modules come along through their `#[path]` attributes.
@@ -11,16 +11,41 @@ use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use eventsource::Uuid;
+use account::AccountEvent;
+use bank_service::{account, order};
+use eventsource::prelude::*;
+use eventsource::EventEnvelope;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
+/// Serves the store `url` on a free port while `client` runs with its address.
+async fn serving<F: std::future::Future<Output = ()>>(url: &str, client: impl FnOnce(SocketAddr) -> F) {
+    let (bound, address) = oneshot::channel();
+    // Long enough for a PostgreSQL feed held back by other tests' transactions on the server.
+    let read_your_writes = Duration::from_secs(30);
+    let service = bank_service::serve(url, "127.0.0.1:0", read_your_writes, move |addr| {
+        let _ = bound.send(addr);
+    });
+    let client = async {
+        let addr = address.await.expect("the service failed before it was bound");
+        client(addr).await;
+    };
+    // The service never ends by itself: the client finishing ends the test.
+    tokio::select! {
+        outcome = service => panic!("the service stopped: {outcome:?}"),
+        () = client => {}
+    }
+}
+
+fn sqlite_url(dir: &tempfile::TempDir) -> String {
+    format!("sqlite:{}", dir.path().join("bank.db").display())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_answers_over_http_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite:{}", dir.path().join("bank.db").display());
-    exercise(&url).await;
+    exercise(&sqlite_url(&dir)).await;
 }
 
 #[cfg(feature = "postgres")]
@@ -50,23 +75,9 @@ async fn the_service_answers_over_http_on_postgres() {
     }
 }
 
-/// Serves the store `url` on a free port and runs every check against it.
+/// Serves the store `url` and runs every check against it.
 async fn exercise(url: &str) {
-    let (bound, address) = oneshot::channel();
-    // Long enough for a PostgreSQL feed held back by other tests' transactions on the server.
-    let read_your_writes = Duration::from_secs(30);
-    let service = bank_service::serve(url, "127.0.0.1:0", read_your_writes, move |addr| {
-        let _ = bound.send(addr);
-    });
-    let client = async {
-        let addr = address.await.expect("the service failed before it was bound");
-        checks(addr).await;
-    };
-    // The service never ends by itself: the checks finishing ends the test.
-    tokio::select! {
-        outcome = service => panic!("the service stopped: {outcome:?}"),
-        () = client => {}
-    }
+    serving(url, checks).await;
 }
 
 async fn checks(addr: SocketAddr) {
@@ -78,7 +89,7 @@ async fn checks(addr: SocketAddr) {
     let (status, opened) = post(
         addr,
         "/accounts",
-        json!({"owner": "Ada", "initial_balance": 100.0}),
+        json!({"owner": "Ada", "initial_balance_cents": 10_000}),
     )
     .await;
     assert_eq!(status, 201, "{opened}");
@@ -90,7 +101,7 @@ async fn checks(addr: SocketAddr) {
     let (status, body) = post(
         addr,
         &format!("/accounts/{account}/deposits"),
-        json!({"amount": 5.0}),
+        json!({"amount_cents": 500}),
     )
     .await;
     assert_eq!((status, &body["version"]), (200, &json!(2)), "{body}");
@@ -98,19 +109,19 @@ async fn checks(addr: SocketAddr) {
     let (status, body) = post(
         addr,
         &format!("/accounts/{account}/withdrawals"),
-        json!({"amount": 1000.0}),
+        json!({"amount_cents": 100_000}),
     )
     .await;
     assert_eq!(status, 409, "an overdraft is refused: {body}");
     assert_eq!(
         body["error"],
-        "insufficient funds: balance 105.00, requested 1000.00"
+        "insufficient funds: balance 10500 cents, requested 100000 cents"
     );
 
     let (status, body) = post(
         addr,
         &format!("/accounts/{account}/withdrawals"),
-        json!({"amount": 5.0}),
+        json!({"amount_cents": 500}),
     )
     .await;
     assert_eq!((status, &body["version"]), (200, &json!(3)), "{body}");
@@ -119,7 +130,7 @@ async fn checks(addr: SocketAddr) {
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body,
-        json!({"id": account, "owner": "Ada", "balance": 100.0, "version": 3}),
+        json!({"id": account, "owner": "Ada", "balance_cents": 10_000, "version": 3}),
         "the refused withdrawal left no trace"
     );
 
@@ -129,7 +140,7 @@ async fn checks(addr: SocketAddr) {
     let (status, body) = post(
         addr,
         &format!("/accounts/{unknown}/deposits"),
-        json!({"amount": 1.0}),
+        json!({"amount_cents": 100}),
     )
     .await;
     assert_eq!(status, 404, "a command on an account that does not exist: {body}");
@@ -137,14 +148,19 @@ async fn checks(addr: SocketAddr) {
     assert_eq!((status, &body["version"]), (200, &json!(3)), "{body}");
 
     // An order paid: the money leaves the account, once.
-    let (status, placed) = post(addr, "/orders", json!({"account_id": account, "amount": 20.0})).await;
+    let (status, placed) = post(
+        addr,
+        "/orders",
+        json!({"account_id": account, "amount_cents": 2_000}),
+    )
+    .await;
     assert_eq!((status, &placed["version"]), (201, &json!(1)), "{placed}");
     let order = placed["id"].as_str().expect("the new order's id").to_owned();
     let (status, body) = get(addr, &format!("/orders/{order}")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body,
-        json!({"id": order, "account_id": account, "amount": 20.0, "status": "Placed", "version": 1})
+        json!({"id": order, "account_id": account, "amount_cents": 2_000, "status": "Placed", "version": 1})
     );
     let (status, body) = post_empty(addr, &format!("/orders/{order}/pay")).await;
     assert_eq!(status, 200, "{body}");
@@ -152,7 +168,7 @@ async fn checks(addr: SocketAddr) {
         (&body["version"], &body["account_version"]),
         (&json!(2), &json!(4))
     );
-    assert_eq!(balance(addr, &account).await, 80.0);
+    assert_eq!(balance(addr, &account).await, 8_000);
     assert_eq!(get(addr, &format!("/orders/{order}")).await.1["status"], "Paid");
     // The read model already shows the payment: the command waited for it.
     assert_eq!(body["read_model_current"], true, "{body}");
@@ -162,18 +178,11 @@ async fn checks(addr: SocketAddr) {
         paid["orders"]
             .as_array()
             .unwrap()
-            .contains(&json!({"id": order, "account_id": account, "amount": 20.0})),
+            .contains(&json!({"id": order, "account_id": account, "amount_cents": 2_000})),
         "{paid}"
     );
     let (_, summary) = get(addr, "/summary").await;
-    if fresh {
-        assert_eq!(summary, json!({"accounts": 1, "total_balance": 80.0}));
-    } else {
-        assert!(
-            summary["accounts"].as_i64() > before["accounts"].as_i64(),
-            "{summary}"
-        );
-    }
+    assert_eq!(summary, json!({"accounts": 1, "total_balance_cents": 8_000}));
     let (status, _) = get(addr, "/orders/by-status/lost").await;
     assert_eq!(status, 404);
 
@@ -182,21 +191,26 @@ async fn checks(addr: SocketAddr) {
     assert_eq!(body["error"], "the order is already paid");
     assert_eq!(
         balance(addr, &account).await,
-        80.0,
+        8_000,
         "a refused payment moves no money"
     );
     let (status, body) = post_empty(addr, &format!("/orders/{order}/cancel")).await;
     assert_eq!(status, 409, "a paid order stays paid: {body}");
 
     // An order the account cannot pay for: refused, still placed, then cancelled.
-    let (status, placed) = post(addr, "/orders", json!({"account_id": account, "amount": 1000.0})).await;
+    let (status, placed) = post(
+        addr,
+        "/orders",
+        json!({"account_id": account, "amount_cents": 100_000}),
+    )
+    .await;
     assert_eq!(status, 201, "{placed}");
     let big = placed["id"].as_str().expect("the new order's id").to_owned();
     let (status, body) = post_empty(addr, &format!("/orders/{big}/pay")).await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(
         body["error"],
-        "insufficient funds: balance 80.00, requested 1000.00"
+        "insufficient funds: balance 8000 cents, requested 100000 cents"
     );
     assert_eq!(get(addr, &format!("/orders/{big}")).await.1["status"], "Placed");
     let (status, body) = post_empty(addr, &format!("/orders/{big}/cancel")).await;
@@ -225,10 +239,15 @@ async fn checks(addr: SocketAddr) {
     );
     let (status, body) = post_empty(addr, &format!("/orders/{big}/pay")).await;
     assert_eq!(status, 409, "a cancelled order cannot be paid: {body}");
-    assert_eq!(balance(addr, &account).await, 80.0);
+    assert_eq!(balance(addr, &account).await, 8_000);
 
     // Orders and order ids that name nothing.
-    let (status, body) = post(addr, "/orders", json!({"account_id": unknown, "amount": 1.0})).await;
+    let (status, body) = post(
+        addr,
+        "/orders",
+        json!({"account_id": unknown, "amount_cents": 100}),
+    )
+    .await;
     assert_eq!(status, 422, "an order on an account that does not exist: {body}");
     let (status, body) = get(addr, &format!("/orders/{unknown}")).await;
     assert_eq!(status, 404, "{body}");
@@ -239,19 +258,24 @@ async fn checks(addr: SocketAddr) {
     for bad in [
         r#"{"owner": "#,
         r#"{"owner": "Ada"}"#,
-        r#"{"owner": 7, "initial_balance": 1}"#,
+        r#"{"owner": 7, "initial_balance_cents": 1}"#,
     ] {
         let (status, body) = request(addr, "POST", "/accounts", bad).await;
         assert!((400..500).contains(&status), "{bad} answered {status}: {body}");
     }
     let (status, body) = request(addr, "POST", &format!("/accounts/{account}/deposits"), "[]").await;
     assert!((400..500).contains(&status), "answered {status}: {body}");
-    assert_eq!(balance(addr, &account).await, 80.0);
+    assert_eq!(balance(addr, &account).await, 8_000);
     // A retried request with its idempotency key deposits once.
     let key = format!("Idempotency-Key: {}\r\n", Uuid::new_v4());
-    let (_, opened) = post(addr, "/accounts", json!({"owner": "Bo", "initial_balance": 1.0})).await;
+    let (_, opened) = post(
+        addr,
+        "/accounts",
+        json!({"owner": "Bo", "initial_balance_cents": 100}),
+    )
+    .await;
     let path = format!("/accounts/{}/deposits", opened["id"].as_str().unwrap());
-    let deposit = json!({"amount": 1.0}).to_string();
+    let deposit = json!({"amount_cents": 100}).to_string();
     let (status, first) = request_with(addr, "POST", &path, &deposit, &key).await;
     assert_eq!((status, &first["repeated"]), (200, &json!(false)), "{first}");
     let (status, again) = request_with(addr, "POST", &path, &deposit, &key).await;
@@ -259,12 +283,251 @@ async fn checks(addr: SocketAddr) {
     assert_eq!(again["version"], first["version"], "the first deposit's version");
     let (status, _) = request_with(addr, "POST", &path, &deposit, "Idempotency-Key: nope\r\n").await;
     assert_eq!(status, 422);
+
+    money(addr, &account).await;
+}
+
+/// Money is whole cents: amounts that are not, or that no account takes, are refused with 422
+/// and change nothing; a balance reaches `i64::MAX` cents exactly and goes no further; the
+/// summary adds balances past `i64::MAX` exactly.
+async fn money(addr: SocketAddr, account: &str) {
+    let deposits = format!("/accounts/{account}/deposits");
+    let withdrawals = format!("/accounts/{account}/withdrawals");
+    for (path, amount) in [
+        (&deposits, "0"),
+        (&deposits, "-100"),
+        (&deposits, "2.5"),
+        (&deposits, "1e3"),
+        (&deposits, "\"100\""),
+        (&deposits, "9223372036854775808"),
+        (&deposits, "null"),
+        (&withdrawals, "0"),
+        (&withdrawals, "-9223372036854775808"),
+        (&withdrawals, "0.01"),
+    ] {
+        let body = format!(r#"{{"amount_cents": {amount}}}"#);
+        let (status, answer) = request(addr, "POST", path, &body).await;
+        assert_eq!(status, 422, "{path} {body}: {answer}");
+    }
+    for bad in ["-1", "100.0", "1e2"] {
+        let body = format!(r#"{{"owner": "Cy", "initial_balance_cents": {bad}}}"#);
+        let (status, answer) = request(addr, "POST", "/accounts", &body).await;
+        assert_eq!(status, 422, "{body}: {answer}");
+    }
+    let (status, answer) = post(addr, "/orders", json!({"account_id": account, "amount_cents": 0})).await;
+    assert_eq!(status, 422, "{answer}");
+    let (status, answer) = request(
+        addr,
+        "POST",
+        "/orders",
+        &format!(r#"{{"account_id": "{account}", "amount_cents": 20.5}}"#),
+    )
+    .await;
+    assert_eq!(status, 422, "{answer}");
+    let (_, body) = get(addr, &format!("/accounts/{account}")).await;
+    assert_eq!(
+        (&body["balance_cents"], &body["version"]),
+        (&json!(8_000), &json!(4)),
+        "refused amounts leave no trace: {body}"
+    );
+
+    // A balance one short of i64::MAX cents: a deposit past the bound is refused, one up to
+    // it is taken, and the balance is then exact.
+    let max = i64::MAX;
+    let (status, rich) = post(
+        addr,
+        "/accounts",
+        json!({"owner": "Di", "initial_balance_cents": max - 1}),
+    )
+    .await;
+    assert_eq!(status, 201, "an opening balance up to i64::MAX cents: {rich}");
+    let rich = rich["id"].as_str().unwrap().to_owned();
+    let deposits = format!("/accounts/{rich}/deposits");
+    for amount in [2, max] {
+        let (status, body) = post(addr, &deposits, json!({ "amount_cents": amount })).await;
+        assert_eq!(status, 422, "a deposit of {amount} cents past i64::MAX: {body}");
+        assert_eq!(
+            body["error"],
+            format!(
+                "a deposit of {amount} cents would take the balance of {} cents past the \
+                 largest an account holds, {max} cents",
+                max - 1
+            )
+        );
+    }
+    assert_eq!(
+        balance(addr, &rich).await,
+        json!(max - 1),
+        "the balance is unchanged"
+    );
+    let (status, body) = post(addr, &deposits, json!({"amount_cents": 1})).await;
+    assert_eq!((status, &body["version"]), (200, &json!(2)), "{body}");
+    assert_eq!(balance(addr, &rich).await, json!(max));
+    let (status, body) = post(addr, &deposits, json!({"amount_cents": 1})).await;
+    assert_eq!(status, 422, "not one cent more: {body}");
+    // The whole balance can leave, and no more.
+    let withdrawals = format!("/accounts/{rich}/withdrawals");
+    let (status, body) = post(addr, &withdrawals, json!({ "amount_cents": max })).await;
+    assert_eq!((status, &body["version"]), (200, &json!(3)), "{body}");
+    assert_eq!(balance(addr, &rich).await, json!(0));
+    let (status, body) = post(addr, &withdrawals, json!({"amount_cents": 1})).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(
+        body["error"],
+        "insufficient funds: balance 0 cents, requested 1 cents"
+    );
+
+    // Two accounts at i64::MAX cents: the read model's total passes what an i64 holds, exact.
+    let (_, before) = get(addr, "/summary").await;
+    let accounts = before["accounts"].as_i64().unwrap();
+    let total = i128::from(before["total_balance_cents"].as_i64().unwrap());
+    for owner in ["Ed", "Flo"] {
+        let (status, body) = post(
+            addr,
+            "/accounts",
+            json!({"owner": owner, "initial_balance_cents": max}),
+        )
+        .await;
+        assert_eq!(
+            (status, &body["read_model_current"]),
+            (201, &json!(true)),
+            "{body}"
+        );
+    }
+    let (status, text) = exchange_text(addr, "GET", "/summary", "", "").await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        text,
+        format!(
+            r#"{{"accounts":{},"total_balance_cents":{}}}"#,
+            accounts + 2,
+            total + 2 * i128::from(max)
+        )
+    );
 }
 
 async fn balance(addr: SocketAddr, account: &str) -> Value {
     let (status, body) = get(addr, &format!("/accounts/{account}")).await;
     assert_eq!(status, 200, "{body}");
-    body["balance"].clone()
+    body["balance_cents"].clone()
+}
+
+/// The event `event` of aggregate `id` at `version`, stored as version 1 with `payload`.
+fn version_1<A: AggregateEvent>(id: Uuid, version: u64, event: A, payload: Value) -> EventEnvelope {
+    let aggregate_type = if event.event_type() == "OrderPlaced" {
+        "Order"
+    } else {
+        "Account"
+    };
+    let mut envelope = EventEnvelope::new(id, aggregate_type, version, &event).unwrap();
+    envelope.event_version = 1;
+    envelope.payload = payload.to_string().into();
+    envelope
+}
+
+/// A database written by the service when its amounts were floating-point units (events of
+/// version 1) is served in cents: its events are upcast, and the read model of cents is built
+/// from them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_floating_point_amounts_is_served_in_cents() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir);
+    let stores = eventsource::backend::open(&url).await.unwrap();
+    stores.migrate().await.unwrap();
+    let (account, order) = (Uuid::new_v4(), Uuid::new_v4());
+    let opened = account::AccountOpened {
+        owner_name: String::new(),
+        initial_balance_cents: 0,
+    };
+    let deposited = || AccountEvent::from(account::MoneyDeposited { amount_cents: 0 });
+    let withdrawn = AccountEvent::from(account::MoneyWithdrawn { amount_cents: 0 });
+    let events = [
+        version_1(
+            account,
+            1,
+            AccountEvent::from(opened),
+            json!({"owner_name": "Ada", "initial_balance": 100.5}),
+        ),
+        // 0.1 + 0.2 is 0.30000000000000004 in floating point; in cents, 30.
+        version_1(account, 2, deposited(), json!({"amount": 0.1})),
+        version_1(account, 3, deposited(), json!({"amount": 0.2})),
+        version_1(account, 4, withdrawn, json!({"amount": 0.3})),
+    ];
+    stores
+        .events
+        .append(account, "Account", 0, &events)
+        .await
+        .unwrap();
+    let placed = order::OrderPlaced {
+        account_id: account,
+        amount_cents: 0,
+    };
+    let placed = version_1(
+        order,
+        1,
+        order::OrderEvent::from(placed),
+        json!({"account_id": account, "amount": 20.25}),
+    );
+    stores.events.append(order, "Order", 0, &[placed]).await.unwrap();
+    drop(stores);
+
+    serving(&url, |addr| async move {
+        assert_eq!(balance(addr, &account.to_string()).await, json!(10_050));
+        let (_, body) = get(addr, &format!("/orders/{order}")).await;
+        assert_eq!(body["amount_cents"], 2_025, "{body}");
+        let (status, body) = post_empty(addr, &format!("/orders/{order}/pay")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["read_model_current"], true, "{body}");
+        assert_eq!(balance(addr, &account.to_string()).await, json!(8_025));
+        let (_, summary) = get(addr, "/summary").await;
+        assert_eq!(summary, json!({"accounts": 1, "total_balance_cents": 8_025}));
+        let (_, paid) = get(addr, "/orders/by-status/paid").await;
+        assert_eq!(
+            paid["orders"],
+            json!([{"id": order, "account_id": account, "amount_cents": 2_025}])
+        );
+    })
+    .await;
+}
+
+#[test]
+fn version_1_amounts_are_upcast_to_cents_or_refused() {
+    let decoded = account::AccountEvent::decode("MoneyWithdrawn", 1, r#"{"amount": 19.99}"#).unwrap();
+    assert!(
+        matches!(
+            decoded,
+            account::AccountEvent::MoneyWithdrawn(account::MoneyWithdrawn { amount_cents: 1999 })
+        ),
+        "{decoded:?}"
+    );
+    let decoded = order::OrderEvent::decode(
+        "OrderPlaced",
+        1,
+        &json!({"account_id": Uuid::nil(), "amount": 0.07}).to_string(),
+    )
+    .unwrap();
+    assert!(
+        matches!(&decoded, order::OrderEvent::OrderPlaced(o) if o.amount_cents == 7),
+        "{decoded:?}"
+    );
+    // What the floating-point account let a balance grow to is not a number of cents.
+    for amount in ["1e300", "92233720368547758.08", "-0.5"] {
+        let payload = format!(r#"{{"amount": {amount}}}"#);
+        let refused = account::AccountEvent::decode("MoneyDeposited", 1, &payload).unwrap_err();
+        assert!(matches!(refused, Error::Upcast { .. }), "{amount}: {refused}");
+    }
+}
+
+/// The service's events and states against their schema lock, `examples/service/schema.lock`.
+/// After a deliberate change: `EVENTSOURCE_SCHEMA_LOCK=overwrite cargo test --test
+/// bank_service --features example-service,testing`, and review the lock's diff.
+#[cfg(feature = "testing")]
+#[test]
+fn the_service_matches_its_schema_lock() {
+    eventsource::testing::check_schema_lock(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/service/schema.lock"
+    ));
 }
 
 async fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
@@ -287,6 +550,19 @@ async fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16
 
 /// As [`request`], with more header lines (each ending in `\r\n`).
 async fn request_with(addr: SocketAddr, method: &str, path: &str, body: &str, headers: &str) -> (u16, Value) {
+    let (status, body) = exchange_text(addr, method, path, body, headers).await;
+    let body = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    (status, body)
+}
+
+/// As [`request_with`], the body as the text it is.
+async fn exchange_text(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &str,
+) -> (u16, String) {
     let answer = exchange(addr, method, path, body, headers);
     let response = tokio::time::timeout(Duration::from_secs(30), answer)
         .await
@@ -298,8 +574,18 @@ async fn request_with(addr: SocketAddr, method: &str, path: &str, body: &str, he
         .nth(1)
         .and_then(|code| code.parse().ok())
         .unwrap_or_else(|| panic!("{method} {path}: no status line in {head:?}"));
-    let body = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned()));
-    (status, body)
+    (status, body.to_owned())
+}
+
+async fn write_all(stream: &TcpStream, mut unsent: &[u8]) {
+    while !unsent.is_empty() {
+        stream.writable().await.unwrap();
+        match stream.try_write(unsent) {
+            Ok(n) => unsent = &unsent[n..],
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => panic!("sending failed: {e}"),
+        }
+    }
 }
 
 /// Writes the request and reads until the server closes, which `Connection: close` asks for.
@@ -312,15 +598,7 @@ async fn exchange(addr: SocketAddr, method: &str, path: &str, body: &str, header
          Content-Length: {}\r\nConnection: close\r\n{headers}\r\n{body}",
         body.len()
     );
-    let mut unsent = request.as_bytes();
-    while !unsent.is_empty() {
-        stream.writable().await.unwrap();
-        match stream.try_write(unsent) {
-            Ok(n) => unsent = &unsent[n..],
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-            Err(e) => panic!("{method} {path}: sending failed: {e}"),
-        }
-    }
+    write_all(&stream, request.as_bytes()).await;
     let mut response = Vec::new();
     let mut buffer = [0; 4096];
     loop {

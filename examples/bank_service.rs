@@ -9,10 +9,22 @@
 //!     postgres://postgres@127.0.0.1:5432/test
 //! ```
 //!
-//! The store URL is the first argument, else `BANK_STORE_URL`, else `sqlite:bank.db`; the
-//! address is `BANK_ADDR`, else `127.0.0.1:3000` (port 0 picks a free one). `admin` as the
-//! first argument runs the admin command line on the service's stores instead
-//! (`bank_service admin --url sqlite:bank.db stats`; see docs/guides/admin.md).
+//! The store URL is the first argument, else `BANK_STORE_URL`, else `sqlite:bank.db`. `admin`
+//! as the first argument runs the admin command line on the service's stores instead
+//! (`bank_service admin --url sqlite:bank.db stats`; see docs/guides/admin.md). The other
+//! settings are environment variables; a value out of its bounds stops the service before it
+//! opens anything, with a message that names it:
+//!
+//! | variable | default | what |
+//! |---|---|---|
+//! | `BANK_ADDR` | `127.0.0.1:3000` | the address to listen on (port 0 picks a free one) |
+//! | `BANK_SHUTDOWN_GRACE_SECS` | 10 | how long a shutdown waits for the requests in flight, and then for the read model, 0 to 3,600 |
+//!
+//! SIGTERM or SIGINT (Ctrl-C) shuts the service down: it stops accepting connections, lets
+//! the requests in flight finish (up to the grace), then stops the read model, which finishes
+//! its batch, stores its checkpoint and gives up its lease, so that another instance or an
+//! admin rebuild takes it at once; then the process exits with status 0. A second signal
+//! stops it at once, with status 1.
 //!
 //! Money is whole cents (`i64`), in the requests, the answers and the events; a deposit that
 //! would take a balance past `i64::MAX` cents is refused with 422, as is an amount of 0 or less
@@ -44,6 +56,7 @@ pub mod order;
 pub mod read_model;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -59,8 +72,14 @@ use axum::{Json, Router};
 use eventsource::admin::Admin;
 use eventsource::prelude::*;
 use eventsource::projection::Projection;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use order::{Order, OrderCommands, OrderRefused, OrderStatus};
 use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 #[tokio::main]
 #[allow(dead_code)] // the integration test includes this file as a module and calls `serve` alone
@@ -69,17 +88,26 @@ async fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("admin") {
         return admin().main_from(std::env::args_os().skip(1)).await;
     }
-    let url = std::env::args()
-        .nth(1)
-        .or_else(|| std::env::var("BANK_STORE_URL").ok())
-        .unwrap_or_else(|| "sqlite:bank.db".into());
-    let addr = std::env::var("BANK_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
-    let served = serve(&url, &addr, READ_YOUR_WRITES, |bound| {
-        println!("listening on http://{bound}")
-    })
-    .await;
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = match shutdown_signal() {
+        Ok(shutdown) => shutdown,
+        Err(e) => {
+            eprintln!("error: cannot listen for signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let served = serve(config, |bound| println!("listening on http://{bound}"), shutdown).await;
     match served {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            eprintln!("stopped");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -93,29 +121,150 @@ pub fn admin() -> Admin {
     Admin::new().projection(|stores| Ok(read_model::open(stores)?.0))
 }
 
-/// Opens the stores `url` names, binds `addr`, tells `ready` the address it is bound to (the
-/// port chosen when `addr` asks for port 0), then serves until the process ends. A command
-/// waits up to `read_your_writes` for the read model to show it.
+/// Completes on the first SIGTERM or SIGINT (Ctrl-C) and stops the process at once on the
+/// second. The handlers are in place when this returns, so a signal that comes while the
+/// stores open is kept for the first poll rather than lost.
+#[allow(dead_code)]
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            let name = tokio::select! {
+                _ = terminate.recv() => "SIGTERM",
+                _ = interrupt.recv() => "SIGINT",
+            };
+            eprintln!("{name}: shutting down (a second signal stops at once)");
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
+                eprintln!("stopped at once by a second signal");
+                std::process::exit(1);
+            });
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("Ctrl-C: shutting down (a second one stops at once)");
+            tokio::spawn(async {
+                let _ = tokio::signal::ctrl_c().await;
+                std::process::exit(1);
+            });
+        })
+    }
+}
+
+/// The service's settings; see the module docs for their variables and bounds.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The stores' URL.
+    pub url: String,
+    /// The address to listen on.
+    pub addr: String,
+    /// How long a command waits for the read model to show its events.
+    pub read_your_writes: Duration,
+    /// How long a shutdown waits for the requests in flight, and then for the read model to
+    /// finish its batch and give up its lease.
+    pub shutdown_grace: Duration,
+}
+
+/// How long a command waits for the read model to show its events, by default.
+const READ_YOUR_WRITES: Duration = Duration::from_secs(2);
+
+/// A setting from the environment: its variable, its default and its bounds.
+struct Setting<T> {
+    var: &'static str,
+    default: T,
+    min: T,
+    max: T,
+}
+
+const SHUTDOWN_GRACE_SECS: Setting<f64> = Setting {
+    var: "BANK_SHUTDOWN_GRACE_SECS",
+    default: 10.0,
+    min: 0.0,
+    max: 3600.0,
+};
+
+impl<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy> Setting<T> {
+    /// The value of the variable as `var` finds it, `current` without one, or why the value
+    /// is refused (`what` says what it must be).
+    fn read(&self, var: &impl Fn(&str) -> Option<String>, current: T, what: &str) -> Result<T, String> {
+        let Some(value) = var(self.var) else {
+            return Ok(current);
+        };
+        value
+            .trim()
+            .parse::<T>()
+            .ok()
+            .filter(|v| (self.min..=self.max).contains(v))
+            .ok_or_else(|| {
+                format!(
+                    "{}={value:?} is not {what} from {} to {}",
+                    self.var, self.min, self.max
+                )
+            })
+    }
+}
+
+impl Config {
+    /// The defaults, on the stores of `url`, listening on `addr`.
+    pub fn new(url: &str, addr: &str) -> Config {
+        Config {
+            url: url.into(),
+            addr: addr.into(),
+            read_your_writes: READ_YOUR_WRITES,
+            shutdown_grace: Duration::from_secs_f64(SHUTDOWN_GRACE_SECS.default),
+        }
+    }
+
+    /// The settings of the command line and the environment.
+    #[allow(dead_code)]
+    pub fn from_env() -> Result<Config, String> {
+        let url = std::env::args()
+            .nth(1)
+            .or_else(|| std::env::var("BANK_STORE_URL").ok())
+            .unwrap_or_else(|| "sqlite:bank.db".into());
+        let addr = std::env::var("BANK_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
+        Config::new(&url, &addr).with_vars(|name| std::env::var(name).ok())
+    }
+
+    /// These settings, with those that the variables `var` finds say instead.
+    pub fn with_vars(self, var: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
+        let seconds = |setting: &Setting<f64>, current: Duration| {
+            setting
+                .read(&var, current.as_secs_f64(), "a number of seconds")
+                .map(Duration::from_secs_f64)
+        };
+        Ok(Config {
+            shutdown_grace: seconds(&SHUTDOWN_GRACE_SECS, self.shutdown_grace)?,
+            ..self
+        })
+    }
+}
+
+/// Opens the stores, binds the address, tells `ready` the address it is bound to (the port
+/// chosen when the address asks for port 0), then serves until `shutdown` completes; then
+/// shuts down as the module docs say and returns `Ok`.
 pub async fn serve(
-    url: &str,
-    addr: &str,
-    read_your_writes: Duration,
+    config: Config,
     ready: impl FnOnce(SocketAddr),
+    shutdown: impl Future<Output = ()>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let stores = eventsource::backend::open(url).await?;
+    let stores = eventsource::backend::open(&config.url).await?;
     stores.migrate().await?;
-    // The read model follows the feed in the background for as long as the service runs.
     let (read_model, queries) = read_model::open(&stores)?;
     read_model.setup().await?;
-    let projecting = read_model.clone();
-    tokio::spawn(async move {
-        // A batch that still fails after its retries (the database away for longer than
-        // they last) stops the projection: start it again, from its checkpoint.
-        while let Err(e) = projecting.run(std::future::pending()).await {
-            eprintln!("the read model stopped: {e}; starting it again in a second");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    });
+    let listener = TcpListener::bind(&config.addr).await?;
+    // The read model follows the feed in the background until the requests are answered.
+    let (stop_projecting, stop) = watch::channel(false);
+    let projecting = tokio::spawn(project(read_model.clone(), stop));
     let policy = SnapshotPolicy::every(100)?;
     // The command queues make concurrent requests on one aggregate wait their turn instead of
     // losing conflicts and deciding again.
@@ -128,12 +277,89 @@ pub async fn serve(
             .with_command_queue(),
         read_model,
         queries,
-        read_your_writes,
+        read_your_writes: config.read_your_writes,
     });
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     ready(listener.local_addr()?);
-    axum::serve(listener, router(app)).await?;
-    Ok(())
+    serve_http(listener, router(app), &config, shutdown).await;
+    // Every request answered: the read model finishes its batch, stores its checkpoint and
+    // gives up its lease.
+    let _ = stop_projecting.send(true);
+    match tokio::time::timeout(config.shutdown_grace, projecting).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("the read model failed: {e}").into()),
+        Err(_) => Err(format!(
+            "the read model did not stop within {:?}; its lease runs out by itself",
+            config.shutdown_grace
+        )
+        .into()),
+    }
+}
+
+/// Runs the read model until `stop` turns true (or its sender is gone).
+async fn project(read_model: Arc<Projection>, stop: watch::Receiver<bool>) {
+    let stopped = |mut stop: watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
+    // A batch that still fails after its retries (the database away for longer than they
+    // last) stops the projection: start it again, from its checkpoint.
+    while let Err(e) = read_model.run(stopped(stop.clone())).await {
+        eprintln!("the read model stopped: {e}; starting it again in a second");
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = stopped(stop.clone()) => return,
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` completes. Then closes the listener and waits
+/// for the requests in flight (up to `config.shutdown_grace`), closing each connection once
+/// its request is answered.
+async fn serve_http(listener: TcpListener, app: Router, config: &Config, shutdown: impl Future<Output = ()>) {
+    let service = TowerToHyperService::new(app);
+    let http = http1::Builder::new();
+    let connections = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+        tokio::spawn(async move {
+            // An error here is the client's: gone, or not speaking HTTP/1.1.
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(config.shutdown_grace, connections.shutdown())
+        .await
+        .is_err()
+    {
+        eprintln!(
+            "requests still in flight {:?} after the shutdown began: their connections are dropped",
+            config.shutdown_grace
+        );
+    }
+}
+
+/// After a failed accept: a connection that failed before it was accepted concerns nobody;
+/// anything else (no file descriptor left) is worth a line and a pause before the next try.
+async fn accept_failed(error: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if !matches!(
+        error.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        eprintln!("accepting a connection failed: {error}; trying again in a second");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 struct AppState {
@@ -143,9 +369,6 @@ struct AppState {
     queries: read_model::Queries,
     read_your_writes: Duration,
 }
-
-/// How long a command waits for the read model to show its events, by default.
-const READ_YOUR_WRITES: Duration = Duration::from_secs(2);
 
 impl AppState {
     /// A command's answer, once the read model shows the command's events (or the wait gave

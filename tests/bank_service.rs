@@ -1,6 +1,7 @@
 //! The HTTP service example, served on a free loopback port and called with real HTTP/1.1
 //! requests: statuses, bodies, refusals and failures, money in cents and its bounds, on SQLite
-//! and, when configured, on PostgreSQL.
+//! and, when configured, on PostgreSQL; its shutdown, in process and as its binary on SIGTERM,
+//! which leaves the read model's lease free.
 
 // The example's own code, so that the test serves exactly what `cargo run --example` does; its
 // domain modules come along through their `#[path]` attributes.
@@ -9,33 +10,68 @@ mod bank_service;
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use account::AccountEvent;
-use bank_service::{account, order};
+use bank_service::{account, order, read_model, Config};
 use eventsource::prelude::*;
 use eventsource::EventEnvelope;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
-/// Serves the store `url` on a free port while `client` runs with its address.
-async fn serving<F: std::future::Future<Output = ()>>(url: &str, client: impl FnOnce(SocketAddr) -> F) {
-    let (bound, address) = oneshot::channel();
-    // Long enough for a PostgreSQL feed held back by other tests' transactions on the server.
-    let read_your_writes = Duration::from_secs(30);
-    let service = bank_service::serve(url, "127.0.0.1:0", read_your_writes, move |addr| {
-        let _ = bound.send(addr);
-    });
-    let client = async {
-        let addr = address.await.expect("the service failed before it was bound");
-        client(addr).await;
-    };
-    // The service never ends by itself: the client finishing ends the test.
-    tokio::select! {
-        outcome = service => panic!("the service stopped: {outcome:?}"),
-        () = client => {}
+/// A service serving in this process until [`stop`](Self::stop).
+struct Running {
+    addr: SocketAddr,
+    shutdown: oneshot::Sender<()>,
+    served: JoinHandle<Result<(), String>>,
+}
+
+impl Running {
+    /// Serves the stores of `config` on a free loopback port.
+    async fn start(mut config: Config) -> Running {
+        config.addr = "127.0.0.1:0".into();
+        let (bound, address) = oneshot::channel();
+        let (shutdown, signal) = oneshot::channel::<()>();
+        let served = tokio::spawn(async move {
+            let ready = move |addr| {
+                let _ = bound.send(addr);
+            };
+            let signal = async {
+                let _ = signal.await;
+            };
+            bank_service::serve(config, ready, signal)
+                .await
+                .map_err(|e| e.to_string())
+        });
+        let addr = match address.await {
+            Ok(addr) => addr,
+            Err(_) => panic!("the service failed before it was bound: {:?}", served.await),
+        };
+        Running {
+            addr,
+            shutdown,
+            served,
+        }
     }
+
+    /// Shuts the service down as a signal does; it must return `Ok` within ten seconds.
+    async fn stop(self) {
+        let _ = self.shutdown.send(());
+        let served = tokio::time::timeout(Duration::from_secs(10), self.served)
+            .await
+            .expect("the service stops within ten seconds of its shutdown");
+        served.unwrap().expect("the service stops cleanly");
+    }
+}
+
+/// The service's settings on the store `url`, waiting long enough for a PostgreSQL feed held
+/// back by other tests' transactions on the server.
+fn config(url: &str) -> Config {
+    let mut config = Config::new(url, "127.0.0.1:0");
+    config.read_your_writes = Duration::from_secs(30);
+    config
 }
 
 fn sqlite_url(dir: &tempfile::TempDir) -> String {
@@ -75,9 +111,33 @@ async fn the_service_answers_over_http_on_postgres() {
     }
 }
 
-/// Serves the store `url` and runs every check against it.
+/// Serves the store `url`, runs every check against it, shuts the service down and checks
+/// that the read model gave up its lease: another consumer takes it at once.
 async fn exercise(url: &str) {
-    serving(url, checks).await;
+    let service = Running::start(config(url)).await;
+    checks(service.addr).await;
+    service.stop().await;
+    let stores = eventsource::backend::open(url).await.unwrap();
+    let listed = stores.subscriptions.subscriptions().await.unwrap();
+    let model = listed
+        .iter()
+        .find(|s| s.name == read_model::NAME)
+        .expect("the read model took its lease");
+    assert_eq!(
+        model.owner, None,
+        "the lease is free after the shutdown: {model:?}"
+    );
+    let standby = Uuid::new_v4();
+    assert!(stores
+        .subscriptions
+        .acquire(read_model::NAME, standby, Duration::from_secs(10))
+        .await
+        .unwrap());
+    assert_eq!(
+        stores.subscriptions.checkpoint(read_model::NAME).await.unwrap(),
+        Some(stores.events.head(0).await.unwrap().position),
+        "the read model stored its checkpoint at the feed's head"
+    );
 }
 
 async fn checks(addr: SocketAddr) {
@@ -471,23 +531,23 @@ async fn a_database_of_floating_point_amounts_is_served_in_cents() {
     stores.events.append(order, "Order", 0, &[placed]).await.unwrap();
     drop(stores);
 
-    serving(&url, |addr| async move {
-        assert_eq!(balance(addr, &account.to_string()).await, json!(10_050));
-        let (_, body) = get(addr, &format!("/orders/{order}")).await;
-        assert_eq!(body["amount_cents"], 2_025, "{body}");
-        let (status, body) = post_empty(addr, &format!("/orders/{order}/pay")).await;
-        assert_eq!(status, 200, "{body}");
-        assert_eq!(body["read_model_current"], true, "{body}");
-        assert_eq!(balance(addr, &account.to_string()).await, json!(8_025));
-        let (_, summary) = get(addr, "/summary").await;
-        assert_eq!(summary, json!({"accounts": 1, "total_balance_cents": 8_025}));
-        let (_, paid) = get(addr, "/orders/by-status/paid").await;
-        assert_eq!(
-            paid["orders"],
-            json!([{"id": order, "account_id": account, "amount_cents": 2_025}])
-        );
-    })
-    .await;
+    let service = Running::start(config(&url)).await;
+    let addr = service.addr;
+    assert_eq!(balance(addr, &account.to_string()).await, json!(10_050));
+    let (_, body) = get(addr, &format!("/orders/{order}")).await;
+    assert_eq!(body["amount_cents"], 2_025, "{body}");
+    let (status, body) = post_empty(addr, &format!("/orders/{order}/pay")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["read_model_current"], true, "{body}");
+    assert_eq!(balance(addr, &account.to_string()).await, json!(8_025));
+    let (_, summary) = get(addr, "/summary").await;
+    assert_eq!(summary, json!({"accounts": 1, "total_balance_cents": 8_025}));
+    let (_, paid) = get(addr, "/orders/by-status/paid").await;
+    assert_eq!(
+        paid["orders"],
+        json!([{"id": order, "account_id": account, "amount_cents": 2_025}])
+    );
+    service.stop().await;
 }
 
 #[test]
@@ -528,6 +588,213 @@ fn the_service_matches_its_schema_lock() {
         env!("CARGO_MANIFEST_DIR"),
         "/../examples/service/schema.lock"
     ));
+}
+
+#[test]
+fn settings_out_of_their_bounds_are_refused_by_name() {
+    let with = |pairs: &[(&str, &str)]| {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::new("sqlite::memory:", "127.0.0.1:0")
+            .with_vars(move |name| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+    };
+    assert_eq!(with(&[]).unwrap().shutdown_grace, Duration::from_secs(10));
+    let set = with(&[("BANK_SHUTDOWN_GRACE_SECS", "0.5")]).unwrap();
+    assert_eq!(set.shutdown_grace, Duration::from_millis(500));
+    for value in ["-1", "3601", "inf", "NaN", "10s", ""] {
+        let refused = with(&[("BANK_SHUTDOWN_GRACE_SECS", value)]).unwrap_err();
+        assert_eq!(
+            refused,
+            format!("BANK_SHUTDOWN_GRACE_SECS={value:?} is not a number of seconds from 0 to 3600")
+        );
+    }
+}
+
+/// Reads from `stream` until the server closes it, for at most `bound`; what it sent, and
+/// when it closed (`None` if it did not within the bound).
+async fn read_until_closed(stream: &TcpStream, bound: Duration) -> (Vec<u8>, Option<Instant>) {
+    let mut received = Vec::new();
+    let reading = async {
+        let mut buffer = [0; 4096];
+        loop {
+            if stream.readable().await.is_err() {
+                return;
+            }
+            match stream.try_read(&mut buffer) {
+                Ok(0) => return,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                // Closed with unread data on the server's side: a reset.
+                Err(_) => return,
+            }
+        }
+    };
+    let closed = tokio::time::timeout(bound, reading)
+        .await
+        .ok()
+        .map(|()| Instant::now());
+    (received, closed)
+}
+
+/// The example service's binary, built beside this test by `cargo test` and `cargo nextest`.
+#[cfg(unix)]
+fn service_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let binary = dir
+        .join("examples")
+        .join(format!("bank_service{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "{} is missing: build it with cargo build -p eventsource --example bank_service --features example-service",
+        binary.display()
+    );
+    binary
+}
+
+/// `bank_service admin --url URL --json ARGS...`: its exit status and its JSON report.
+#[cfg(unix)]
+fn admin(url: &str, args: &[&str]) -> (Option<i32>, Value, String) {
+    let out = std::process::Command::new(service_binary())
+        .args(["admin", "--url", url, "--json"])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (
+        out.status.code(),
+        report,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The binary on SIGTERM: it stops accepting connections at once, answers the request in
+/// flight, stops the read model (its checkpoint at the head, its lease given up) and exits
+/// with status 0, so that an admin rebuild right after is not refused for the lease.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_the_requests_in_flight_and_frees_the_lease() {
+    use tokio::io::AsyncBufReadExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir);
+    let mut child = tokio::process::Command::new(service_binary())
+        .arg(&url)
+        .env("BANK_ADDR", "127.0.0.1:0")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), stdout.next_line())
+        .await
+        .expect("the service starts within 30 s")
+        .unwrap()
+        .expect("the service prints its address");
+    let addr: SocketAddr = line
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("{line}"))
+        .parse()
+        .unwrap();
+
+    let (status, opened) = post(
+        addr,
+        "/accounts",
+        json!({"owner": "Ada", "initial_balance_cents": 100}),
+    )
+    .await;
+    assert_eq!(
+        (status, &opened["read_model_current"]),
+        (201, &json!(true)),
+        "{opened}"
+    );
+    let account = opened["id"].as_str().unwrap().to_owned();
+    let (_, status_before, _) = admin(&url, &["projections", "status", read_model::NAME]);
+    assert!(
+        status_before["owner"].is_string(),
+        "the running read model holds its lease: {status_before}"
+    );
+    let (code, _, stderr) = admin(&url, &["projections", "rebuild", read_model::NAME, "--yes"]);
+    assert_eq!(
+        code,
+        Some(2),
+        "a rebuild is refused while the lease is held: {stderr}"
+    );
+
+    // A request in flight: its head and half its body sent.
+    let body = json!({"amount_cents": 250}).to_string();
+    let (first, rest) = body.split_at(body.len() / 2);
+    let in_flight = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /accounts/{account}/deposits HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{first}",
+        body.len()
+    );
+    write_all(&in_flight, head.as_bytes()).await;
+    // Read by the server by then: a connection that sent nothing yet would be closed at once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let terminated = Instant::now();
+    let pid = child.id().unwrap().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    // The listener closes at once: new connections are refused while the request is still
+    // in flight.
+    loop {
+        match TcpStream::connect(addr).await {
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => break,
+            // Taken into the listen backlog as the listener closed.
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("connecting failed otherwise: {e}"),
+            Ok(_) => {}
+        }
+        assert!(
+            terminated.elapsed() < Duration::from_secs(5),
+            "the service still accepts connections 5 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    write_all(&in_flight, rest.as_bytes()).await;
+    let (sent, closed) = read_until_closed(&in_flight, Duration::from_secs(10)).await;
+    assert!(closed.is_some(), "the connection closes after its answer");
+    let answer = String::from_utf8(sent).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200 "),
+        "the request in flight is answered: {answer}"
+    );
+    assert!(answer.contains(r#""version":2"#), "{answer}");
+
+    let exited = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("the service exits within 15 s of SIGTERM")
+        .unwrap();
+    assert_eq!(
+        exited.code(),
+        Some(0),
+        "a clean shutdown exits with 0: {exited:?}"
+    );
+
+    let (code, status_after, stderr) = admin(&url, &["projections", "status", read_model::NAME]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        status_after["owner"],
+        Value::Null,
+        "the lease is free: {status_after}"
+    );
+    assert_eq!(
+        status_after["lag"], 0,
+        "the read model holds every event: {status_after}"
+    );
+    let (code, rebuilt, stderr) = admin(&url, &["projections", "rebuild", read_model::NAME, "--yes"]);
+    assert_eq!(code, Some(0), "a rebuild right after the shutdown: {stderr}");
+    assert_eq!(rebuilt["events"], 2, "{rebuilt}");
 }
 
 async fn get(addr: SocketAddr, path: &str) -> (u16, Value) {

@@ -18,7 +18,15 @@
 //! | variable | default | what |
 //! |---|---|---|
 //! | `BANK_ADDR` | `127.0.0.1:3000` | the address to listen on (port 0 picks a free one) |
+//! | `BANK_MAX_CONNECTIONS` | 512 | connections served at once, 1 to 100,000; more wait in the listen backlog until one closes |
+//! | `BANK_READ_TIMEOUT_SECS` | 5 | how long a client has to send a request's head, and then its body, 0.1 to 300 |
 //! | `BANK_SHUTDOWN_GRACE_SECS` | 10 | how long a shutdown waits for the requests in flight, and then for the read model, 0 to 3,600 |
+//!
+//! Keep `BANK_MAX_CONNECTIONS` below the process's limit of open files (`ulimit -n`, often
+//! 1,024) less what the stores hold: each connection is a file. With the read timeout, a
+//! connection that sends no complete request head in time is closed (an idle keep-alive
+//! connection too), and a request whose body does not arrive in time is answered 408, so
+//! clients that connect and send nothing cannot hold the connections for good.
 //!
 //! SIGTERM or SIGINT (Ctrl-C) shuts the service down: it stops accepting connections, lets
 //! the requests in flight finish (up to the grace), then stops the read model, which finishes
@@ -63,9 +71,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use account::{Account, AccountCommands};
-use axum::extract::{Path, State};
-use axum::http::header::CONTENT_TYPE;
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::header::{CONNECTION, CONTENT_TYPE};
 use axum::http::StatusCode;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -73,13 +83,13 @@ use eventsource::admin::Admin;
 use eventsource::prelude::*;
 use eventsource::projection::Projection;
 use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use order::{Order, OrderCommands, OrderRefused, OrderStatus};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 #[tokio::main]
 #[allow(dead_code)] // the integration test includes this file as a module and calls `serve` alone
@@ -169,6 +179,10 @@ pub struct Config {
     pub addr: String,
     /// How long a command waits for the read model to show its events.
     pub read_your_writes: Duration,
+    /// Connections served at once; more wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// How long a client has to send a request's head, and then its body.
+    pub read_timeout: Duration,
     /// How long a shutdown waits for the requests in flight, and then for the read model to
     /// finish its batch and give up its lease.
     pub shutdown_grace: Duration,
@@ -185,6 +199,18 @@ struct Setting<T> {
     max: T,
 }
 
+const MAX_CONNECTIONS: Setting<usize> = Setting {
+    var: "BANK_MAX_CONNECTIONS",
+    default: 512,
+    min: 1,
+    max: 100_000,
+};
+const READ_TIMEOUT_SECS: Setting<f64> = Setting {
+    var: "BANK_READ_TIMEOUT_SECS",
+    default: 5.0,
+    min: 0.1,
+    max: 300.0,
+};
 const SHUTDOWN_GRACE_SECS: Setting<f64> = Setting {
     var: "BANK_SHUTDOWN_GRACE_SECS",
     default: 10.0,
@@ -220,6 +246,8 @@ impl Config {
             url: url.into(),
             addr: addr.into(),
             read_your_writes: READ_YOUR_WRITES,
+            max_connections: MAX_CONNECTIONS.default,
+            read_timeout: Duration::from_secs_f64(READ_TIMEOUT_SECS.default),
             shutdown_grace: Duration::from_secs_f64(SHUTDOWN_GRACE_SECS.default),
         }
     }
@@ -235,7 +263,7 @@ impl Config {
         Config::new(&url, &addr).with_vars(|name| std::env::var(name).ok())
     }
 
-    /// These settings, with those that the variables `var` finds say instead.
+    /// These settings, with the limits that the variables `var` finds say instead.
     pub fn with_vars(self, var: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
         let seconds = |setting: &Setting<f64>, current: Duration| {
             setting
@@ -243,6 +271,8 @@ impl Config {
                 .map(Duration::from_secs_f64)
         };
         Ok(Config {
+            max_connections: MAX_CONNECTIONS.read(&var, self.max_connections, "a whole number")?,
+            read_timeout: seconds(&READ_TIMEOUT_SECS, self.read_timeout)?,
             shutdown_grace: seconds(&SHUTDOWN_GRACE_SECS, self.shutdown_grace)?,
             ..self
         })
@@ -311,15 +341,29 @@ async fn project(read_model: Arc<Projection>, stop: watch::Receiver<bool>) {
     }
 }
 
-/// Serves `app` on `listener` until `shutdown` completes. Then closes the listener and waits
-/// for the requests in flight (up to `config.shutdown_grace`), closing each connection once
-/// its request is answered.
+/// Serves `app` on `listener`, at most `config.max_connections` connections at once, each
+/// closed when it sends no complete request head within `config.read_timeout`, until
+/// `shutdown` completes. Then closes the listener and waits for the requests in flight (up
+/// to `config.shutdown_grace`), closing each connection once its request is answered.
 async fn serve_http(listener: TcpListener, app: Router, config: &Config, shutdown: impl Future<Output = ()>) {
+    let app = app.layer(middleware::from_fn_with_state(
+        config.read_timeout,
+        read_body_in_time,
+    ));
     let service = TowerToHyperService::new(app);
-    let http = http1::Builder::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(config.read_timeout);
     let connections = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(config.max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        // At the cap, the next connection is not accepted (it waits in the listen backlog)
+        // until one of those served closes.
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
         let stream = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -333,8 +377,9 @@ async fn serve_http(listener: TcpListener, app: Router, config: &Config, shutdow
         let _ = stream.set_nodelay(true);
         let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
         tokio::spawn(async move {
-            // An error here is the client's: gone, or not speaking HTTP/1.1.
+            // An error here is the client's: gone, too slow, or not speaking HTTP/1.1.
             let _ = connection.await;
+            drop(slot);
         });
     }
     drop(listener);
@@ -359,6 +404,29 @@ async fn accept_failed(error: std::io::Error) {
     ) {
         eprintln!("accepting a connection failed: {error}; trying again in a second");
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Reads a request's body (up to axum's default limit, 2 MB) within the read timeout, before
+/// the handler runs: a client that sent a head and then stalls is answered 408 and its
+/// connection closed, instead of holding it for as long as it likes.
+async fn read_body_in_time(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(timeout, Bytes::from_request(Request::new(body), &())).await {
+        Ok(Ok(body)) => next.run(Request::from_parts(parts, Body::from(body))).await,
+        // Too large (413), or the client went away.
+        Ok(Err(rejection)) => rejection.into_response(),
+        Err(_) => {
+            let mut response = ApiError {
+                status: StatusCode::REQUEST_TIMEOUT,
+                message: format!("the request's body did not arrive within {timeout:?}"),
+            }
+            .into_response();
+            response
+                .headers_mut()
+                .insert(CONNECTION, axum::http::HeaderValue::from_static("close"));
+            response
+        }
     }
 }
 

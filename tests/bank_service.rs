@@ -1,7 +1,7 @@
 //! The HTTP service example, served on a free loopback port and called with real HTTP/1.1
 //! requests: statuses, bodies, refusals and failures, money in cents and its bounds, on SQLite
-//! and, when configured, on PostgreSQL; its shutdown, in process and as its binary on SIGTERM,
-//! which leaves the read model's lease free.
+//! and, when configured, on PostgreSQL; its connection cap and read timeouts; its shutdown, in
+//! process and as its binary on SIGTERM, which leaves the read model's lease free.
 
 // The example's own code, so that the test serves exactly what `cargo run --example` does; its
 // domain modules come along through their `#[path]` attributes.
@@ -600,16 +600,85 @@ fn settings_out_of_their_bounds_are_refused_by_name() {
         Config::new("sqlite::memory:", "127.0.0.1:0")
             .with_vars(move |name| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
     };
-    assert_eq!(with(&[]).unwrap().shutdown_grace, Duration::from_secs(10));
-    let set = with(&[("BANK_SHUTDOWN_GRACE_SECS", "0.5")]).unwrap();
-    assert_eq!(set.shutdown_grace, Duration::from_millis(500));
-    for value in ["-1", "3601", "inf", "NaN", "10s", ""] {
-        let refused = with(&[("BANK_SHUTDOWN_GRACE_SECS", value)]).unwrap_err();
-        assert_eq!(
-            refused,
-            format!("BANK_SHUTDOWN_GRACE_SECS={value:?} is not a number of seconds from 0 to 3600")
+    let defaults = with(&[]).unwrap();
+    assert_eq!(
+        (
+            defaults.max_connections,
+            defaults.read_timeout,
+            defaults.shutdown_grace
+        ),
+        (512, Duration::from_secs(5), Duration::from_secs(10))
+    );
+    let set = with(&[
+        ("BANK_MAX_CONNECTIONS", "64"),
+        ("BANK_READ_TIMEOUT_SECS", "0.5"),
+        ("BANK_SHUTDOWN_GRACE_SECS", "0"),
+    ])
+    .unwrap();
+    assert_eq!(
+        (set.max_connections, set.read_timeout, set.shutdown_grace),
+        (64, Duration::from_millis(500), Duration::ZERO)
+    );
+    for (name, value, bounds) in [
+        ("BANK_MAX_CONNECTIONS", "0", "a whole number from 1 to 100000"),
+        (
+            "BANK_MAX_CONNECTIONS",
+            "100001",
+            "a whole number from 1 to 100000",
+        ),
+        (
+            "BANK_MAX_CONNECTIONS",
+            "4294967296",
+            "a whole number from 1 to 100000",
+        ),
+        ("BANK_MAX_CONNECTIONS", "ten", "a whole number from 1 to 100000"),
+        (
+            "BANK_READ_TIMEOUT_SECS",
+            "0",
+            "a number of seconds from 0.1 to 300",
+        ),
+        (
+            "BANK_READ_TIMEOUT_SECS",
+            "1e20",
+            "a number of seconds from 0.1 to 300",
+        ),
+        (
+            "BANK_READ_TIMEOUT_SECS",
+            "NaN",
+            "a number of seconds from 0.1 to 300",
+        ),
+        (
+            "BANK_READ_TIMEOUT_SECS",
+            "5s",
+            "a number of seconds from 0.1 to 300",
+        ),
+        (
+            "BANK_SHUTDOWN_GRACE_SECS",
+            "-1",
+            "a number of seconds from 0 to 3600",
+        ),
+        (
+            "BANK_SHUTDOWN_GRACE_SECS",
+            "inf",
+            "a number of seconds from 0 to 3600",
+        ),
+    ] {
+        let refused = with(&[(name, value)]).unwrap_err();
+        assert_eq!(refused, format!("{name}={value:?} is not {bounds}"));
+    }
+}
+
+/// The connections a test keeps open without sending anything.
+async fn idle_connections(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
+    let mut idle = Vec::new();
+    for _ in 0..count {
+        idle.push(
+            TcpStream::connect(addr)
+                .await
+                .expect("connected (or in the backlog)"),
         );
     }
+    idle
 }
 
 /// Reads from `stream` until the server closes it, for at most `bound`; what it sent, and
@@ -636,6 +705,114 @@ async fn read_until_closed(stream: &TcpStream, bound: Duration) -> (Vec<u8>, Opt
         .ok()
         .map(|()| Instant::now());
     (received, closed)
+}
+
+/// A connection that sends nothing is closed after the read timeout, as is one that sends a
+/// request's head and not its body (answered 408) and an idle keep-alive connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_send_no_request_in_time_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&sqlite_url(&dir));
+    config.read_timeout = Duration::from_secs(1);
+    let service = Running::start(config).await;
+    let addr = service.addr;
+
+    let start = Instant::now();
+    let silent = TcpStream::connect(addr).await.unwrap();
+    let (sent, closed) = read_until_closed(&silent, Duration::from_secs(10)).await;
+    let closed = closed.expect("a silent connection is closed within 10 s");
+    assert!(sent.is_empty(), "{}", String::from_utf8_lossy(&sent));
+    assert!(
+        closed - start >= Duration::from_millis(900),
+        "closed after the read timeout, not before: {:?}",
+        closed - start
+    );
+
+    // A head that promises a body that never comes.
+    let start = Instant::now();
+    let stalled = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /accounts HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n{{\"owner\""
+    );
+    write_all(&stalled, head.as_bytes()).await;
+    let (sent, closed) = read_until_closed(&stalled, Duration::from_secs(10)).await;
+    assert!(
+        closed.is_some(),
+        "a stalled body's connection is closed within 10 s"
+    );
+    let sent = String::from_utf8(sent).unwrap();
+    assert!(sent.starts_with("HTTP/1.1 408 "), "{sent}");
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // A head sent a byte at a time, each in time, the whole too late.
+    let start = Instant::now();
+    let dribbling = TcpStream::connect(addr).await.unwrap();
+    let head = b"GET /summary HTTP/1.1\r\nHost: x\r\nX-Slow: yes\r\n\r\n";
+    let mut dribbled = 0;
+    for byte in head.chunks(1) {
+        if dribbling.writable().await.is_err() || dribbling.try_write(byte).is_err() {
+            break;
+        }
+        dribbled += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        dribbled < head.len(),
+        "the connection was closed before the head was complete"
+    );
+    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+
+    // A keep-alive connection: answered, then closed after the read timeout without another
+    // request.
+    let kept = TcpStream::connect(addr).await.unwrap();
+    write_all(
+        &kept,
+        format!("GET /summary HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    let (sent, closed) = read_until_closed(&kept, Duration::from_secs(10)).await;
+    assert!(
+        closed.is_some(),
+        "an idle keep-alive connection is closed within 10 s"
+    );
+    assert!(String::from_utf8(sent).unwrap().starts_with("HTTP/1.1 200 "));
+    service.stop().await;
+}
+
+/// More silent connections than the cap: those beyond it wait, unaccepted, and a real request
+/// behind them is answered once the silent ones time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_for_a_free_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&sqlite_url(&dir));
+    config.max_connections = 4;
+    config.read_timeout = Duration::from_secs(1);
+    let service = Running::start(config).await;
+    let addr = service.addr;
+
+    let start = Instant::now();
+    let silent = idle_connections(addr, 12).await;
+    let (status, body) = get(addr, "/summary").await;
+    let answered = start.elapsed();
+    assert_eq!(status, 200, "{body}");
+    // Four connections at a time, each held for the read timeout: the request, 13th in line,
+    // is accepted after three rounds.
+    assert!(
+        answered >= Duration::from_millis(2_700),
+        "the request waited for the silent connections ahead of it: {answered:?}"
+    );
+    for (i, stream) in silent.iter().enumerate() {
+        let (sent, closed) = read_until_closed(stream, Duration::from_secs(10)).await;
+        assert!(closed.is_some(), "silent connection {i} was closed");
+        assert!(sent.is_empty(), "{}", String::from_utf8_lossy(&sent));
+    }
+    // With the silent ones gone, requests are served as ever.
+    assert_eq!(get(addr, "/summary").await.0, 200);
+    service.stop().await;
 }
 
 /// The example service's binary, built beside this test by `cargo test` and `cargo nextest`.

@@ -1,7 +1,8 @@
 //! The admin command line end to end: the example service's binary (`bank_service admin ...`)
 //! run against a SQLite file and a PostgreSQL schema that this test fills and checks.
 
-#[path = "../examples/domain/account.rs"]
+#[path = "../examples/service/account.rs"]
+#[allow(dead_code)]
 mod account;
 #[path = "../examples/domain/order.rs"]
 #[allow(dead_code)]
@@ -74,19 +75,19 @@ fn account_stats(stats: &Value) -> &Value {
 
 const ACCOUNTS: u64 = 24;
 
-/// Accounts of 1 to 24 events each; returns their ids and the total balance.
-async fn fill(stores: &eventsource::backend::Stores) -> (Vec<Uuid>, f64) {
+/// Accounts of 1 to 24 events each; returns their ids and the total balance in cents.
+async fn fill(stores: &eventsource::backend::Stores) -> (Vec<Uuid>, i128) {
     let accounts = Repository::<Account>::new(stores.events.clone());
-    let (mut ids, mut total) = (Vec::new(), 0.0);
+    let (mut ids, mut total) = (Vec::new(), 0);
     for i in 0..ACCOUNTS {
         let id = Uuid::new_v4();
         let mut account = accounts.create_new(id);
-        account.open(&format!("owner {i}"), 10.0).unwrap();
+        account.open(&format!("owner {i}"), 1_000).unwrap();
         for _ in 0..i {
-            account.deposit(1.0).unwrap();
+            account.deposit(100).unwrap();
         }
         accounts.save(&mut account).await.unwrap();
-        total += account.state().balance;
+        total += i128::from(account.state().balance_cents);
         ids.push(id);
     }
     (ids, total)
@@ -117,7 +118,7 @@ async fn exercise(url: &str) {
     assert_eq!(warmed["events_saved"], events);
     let account = account_stats(&json(url, &["stats", "--type", "Account"], 0)).clone();
     assert_eq!(account["coverage"], 1.0);
-    assert_eq!(account["snapshots"]["1"], ACCOUNTS);
+    assert_eq!(account["snapshots"]["2"], ACCOUNTS);
     assert_eq!(account["staleness"]["max"], 0);
     let again = json(url, &["snapshots", "rewarm", "--type", "Account"], 0);
     assert_eq!(
@@ -138,12 +139,12 @@ async fn exercise(url: &str) {
     let victim = ids[5];
     let mut snapshot: Snapshot = stores
         .snapshots
-        .get_snapshot(victim, "Account", 1)
+        .get_snapshot(victim, "Account", 2)
         .await
         .unwrap()
         .unwrap();
     let mut state: Value = serde_json::from_str(&snapshot.state).unwrap();
-    state["balance"] = 1_000_000.0.into();
+    state["balance_cents"] = 100_000_000.into();
     snapshot.state = state.to_string();
     assert!(stores.snapshots.save_snapshot(&snapshot).await.unwrap());
     let drift = json(
@@ -156,7 +157,7 @@ async fn exercise(url: &str) {
     assert_eq!(shown["aggregate_id"], victim.to_string());
     assert_eq!(
         shown["differences"][0],
-        "balance: 1000000.0 from the snapshot, 15.0 from a full replay"
+        "balance_cents: 100000000 from the snapshot, 1500 from a full replay"
     );
     let text = admin(url, &["snapshots", "verify", "--type", "Account"]);
     let text = String::from_utf8(text.stdout).unwrap();
@@ -168,7 +169,7 @@ async fn exercise(url: &str) {
     let restored = ids[7];
     let mut ahead: Snapshot = stores
         .snapshots
-        .get_snapshot(restored, "Account", 1)
+        .get_snapshot(restored, "Account", 2)
         .await
         .unwrap()
         .unwrap();
@@ -183,7 +184,7 @@ async fn exercise(url: &str) {
     assert_eq!(found["unusable"]["beyond_stream_head"], 1, "{found}");
     assert!(stores
         .snapshots
-        .get_snapshot(restored, "Account", 1)
+        .get_snapshot(restored, "Account", 2)
         .await
         .unwrap()
         .is_none());
@@ -239,17 +240,17 @@ async fn exercise(url: &str) {
     let rebuilt = json(url, &["projections", "rebuild", read_model::NAME, "--yes"], 0);
     assert_eq!(rebuilt["events"], events);
     let summary = queries.summary().await.unwrap();
-    assert_eq!(summary["accounts"], ACCOUNTS);
-    assert_eq!(summary["total_balance"], total);
+    assert_eq!(summary.accounts as u64, ACCOUNTS);
+    assert_eq!(summary.total_balance_cents, total);
     let status = json(url, &["projections", "status", read_model::NAME], 0);
     assert_eq!(
         (status["lag"].clone(), status["state"].clone()),
         (0.into(), "idle".into())
     );
     json(url, &["projections", "reset", read_model::NAME, "--yes"], 0);
-    assert_eq!(queries.summary().await.unwrap()["accounts"], 0);
+    assert_eq!(queries.summary().await.unwrap().accounts, 0);
     json(url, &["projections", "rebuild", read_model::NAME, "--yes"], 0);
-    assert_eq!(queries.summary().await.unwrap()["total_balance"], total);
+    assert_eq!(queries.summary().await.unwrap().total_balance_cents, total);
     let unknown = admin(url, &["projections", "rebuild", "no-such-projection", "--yes"]);
     assert_eq!(unknown.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&unknown.stderr)
@@ -260,7 +261,7 @@ async fn exercise(url: &str) {
     let shown = shown.as_array().unwrap();
     assert_eq!(shown.len(), 4);
     assert_eq!(shown[0]["event_type"], "AccountOpened");
-    assert_eq!(shown[3]["payload"]["amount"], 1.0);
+    assert_eq!(shown[3]["payload"]["amount_cents"], 100);
     let tail = admin(
         url,
         &[
@@ -293,7 +294,7 @@ async fn exercise(url: &str) {
         stderr.contains("no aggregate type `Nope`") && stderr.contains("Account, Order"),
         "{stderr}"
     );
-    let _ = AccountEvent::from(account::MoneyDeposited { amount: 1.0 });
+    let _ = AccountEvent::from(account::MoneyDeposited { amount_cents: 100 });
 }
 
 /// The text has no control character but its line ends: nothing a terminal would obey.
@@ -456,7 +457,7 @@ async fn rewarm_beside_live_writers(url: &str) {
             for round in 0..6 {
                 for id in &ids {
                     let mut account = accounts.load(*id).await.unwrap();
-                    account.deposit(1.0 + round as f64).unwrap();
+                    account.deposit(100 + round).unwrap();
                     accounts.save(&mut account).await.unwrap();
                 }
             }

@@ -1,12 +1,22 @@
 //! An order placed against an account, then paid or cancelled: the second aggregate of the
-//! service example.
+//! service example, beside its account (`service/account.rs`, which a program that includes
+//! this file includes as `account`). Its amount is in whole cents, as the account's are;
+//! version 1 of `OrderPlaced` held floating-point units and is upcast.
 
 use eventsource::prelude::*;
+use serde_json::Value;
 
-#[event(aggregate = "Order")]
+#[event(aggregate = "Order", version = 2, upcast(1 => json(amount_in_cents)))]
 pub struct OrderPlaced {
     pub account_id: Uuid,
-    pub amount: f64,
+    /// Cents, more than 0.
+    pub amount_cents: i64,
+}
+
+/// Version 1 `{"account_id": ..., "amount": 20.5}` becomes `{"account_id": ..., "amount_cents":
+/// 2050}`, as the account's amounts do.
+fn amount_in_cents(v1: Value) -> Result<Value, String> {
+    super::account::in_cents(v1, "amount", "amount_cents")
 }
 
 #[event(aggregate = "Order")]
@@ -26,22 +36,23 @@ pub enum OrderStatus {
     Cancelled,
 }
 
+/// Schema version 2: the amount in cents. A snapshot of version 1 is replayed past.
 #[derive(Aggregate, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[aggregate(
     name = "Order",
-    schema_version = 1,
+    schema_version = 2,
     events(OrderPlaced, OrderPaid, OrderCancelled)
 )]
 pub struct Order {
     pub account_id: Uuid,
-    pub amount: f64,
+    pub amount_cents: i64,
     pub status: OrderStatus,
 }
 
 impl Apply<OrderPlaced> for Order {
     fn apply(&mut self, e: &OrderPlaced) {
         self.account_id = e.account_id;
-        self.amount = e.amount;
+        self.amount_cents = e.amount_cents;
         self.status = OrderStatus::Placed;
     }
 }
@@ -63,27 +74,31 @@ impl Apply<OrderCancelled> for Order {
 pub enum OrderRefused {
     AlreadyPlaced,
     NotPlaced,
-    NotPositive(f64),
+    /// An amount of 0 cents or less.
+    NotPositive(i64),
     AlreadyPaid,
     AlreadyCancelled,
 }
 
 /// The order's commands: each checks the state, then records what happened.
 pub trait OrderCommands {
-    fn place(&mut self, account_id: Uuid, amount: f64) -> Result<(), OrderRefused>;
+    fn place(&mut self, account_id: Uuid, amount_cents: i64) -> Result<(), OrderRefused>;
     fn pay(&mut self) -> Result<(), OrderRefused>;
     fn cancel(&mut self) -> Result<(), OrderRefused>;
 }
 
 impl OrderCommands for AggregateRoot<Order> {
-    fn place(&mut self, account_id: Uuid, amount: f64) -> Result<(), OrderRefused> {
+    fn place(&mut self, account_id: Uuid, amount_cents: i64) -> Result<(), OrderRefused> {
         if self.version() > 0 {
             return Err(OrderRefused::AlreadyPlaced);
         }
-        if !amount.is_finite() || amount <= 0.0 {
-            return Err(OrderRefused::NotPositive(amount));
+        if amount_cents <= 0 {
+            return Err(OrderRefused::NotPositive(amount_cents));
         }
-        self.record(OrderPlaced { account_id, amount });
+        self.record(OrderPlaced {
+            account_id,
+            amount_cents,
+        });
         Ok(())
     }
 
@@ -117,7 +132,7 @@ impl std::fmt::Display for OrderRefused {
         match self {
             OrderRefused::AlreadyPlaced => f.write_str("the order is already placed"),
             OrderRefused::NotPlaced => f.write_str("the order is not placed"),
-            OrderRefused::NotPositive(amount) => write!(f, "{amount} is not a positive amount"),
+            OrderRefused::NotPositive(cents) => write!(f, "{cents} cents is not a positive amount"),
             OrderRefused::AlreadyPaid => f.write_str("the order is already paid"),
             OrderRefused::AlreadyCancelled => f.write_str("the order is cancelled"),
         }

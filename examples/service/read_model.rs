@@ -1,5 +1,6 @@
 //! The service's read side: one projection of accounts and orders into tables of the
 //! service's own database, committed with its checkpoint, and the queries that read them.
+//! Amounts are whole cents, as in the events.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,16 +14,19 @@ use serde_json::{json, Value};
 use super::account::AccountEvent;
 use super::order::{OrderEvent, OrderStatus};
 
-/// The projection's name, which keeps its checkpoint and lease.
-pub const NAME: &str = "bank-read-model";
+/// The projection's name, which keeps its checkpoint and lease. Version 2 holds cents in
+/// integer columns; version 1 (`bank-read-model`, tables `bank_accounts` and `bank_orders`)
+/// held floating-point units. A new version is a new name and new tables, built from the
+/// whole feed beside the old ones, which the service no longer reads.
+pub const NAME: &str = "bank-read-model-v2";
 
 // Statements name the tables `{p}bank_...`: `{p}` is the stores' PostgreSQL schema, if they
 // have one (`?schema=` in the URL), and nothing on SQLite.
 const TABLES: &str = "
-    CREATE TABLE IF NOT EXISTS {p}bank_accounts (
-        id TEXT PRIMARY KEY, owner TEXT NOT NULL, balance DOUBLE PRECISION NOT NULL);
-    CREATE TABLE IF NOT EXISTS {p}bank_orders (
-        id TEXT PRIMARY KEY, account_id TEXT NOT NULL, amount DOUBLE PRECISION NOT NULL,
+    CREATE TABLE IF NOT EXISTS {p}bank_accounts_v2 (
+        id TEXT PRIMARY KEY, owner TEXT NOT NULL, balance_cents BIGINT NOT NULL);
+    CREATE TABLE IF NOT EXISTS {p}bank_orders_v2 (
+        id TEXT PRIMARY KEY, account_id TEXT NOT NULL, amount_cents BIGINT NOT NULL,
         status TEXT NOT NULL)";
 
 /// What one event changes in the read model, as one statement and its parameters.
@@ -30,16 +34,16 @@ enum Change {
     Open {
         id: String,
         owner: String,
-        balance: f64,
+        balance: i64,
     },
     Credit {
         id: String,
-        amount: f64,
+        amount: i64,
     },
     Place {
         id: String,
         account: String,
-        amount: f64,
+        amount: i64,
     },
     Status {
         id: String,
@@ -47,12 +51,12 @@ enum Change {
     },
 }
 
-const OPEN: &str = "INSERT INTO {p}bank_accounts (id, owner, balance) VALUES ($1, $2, $3)";
+const OPEN: &str = "INSERT INTO {p}bank_accounts_v2 (id, owner, balance_cents) VALUES ($1, $2, $3)";
 // Parameters numbered in the order they appear: SQLite numbers `$N` by first appearance.
-const CREDIT: &str = "UPDATE {p}bank_accounts SET balance = balance + $1 WHERE id = $2";
+const CREDIT: &str = "UPDATE {p}bank_accounts_v2 SET balance_cents = balance_cents + $1 WHERE id = $2";
 const PLACE: &str =
-    "INSERT INTO {p}bank_orders (id, account_id, amount, status) VALUES ($1, $2, $3, 'placed')";
-const STATUS: &str = "UPDATE {p}bank_orders SET status = $1 WHERE id = $2";
+    "INSERT INTO {p}bank_orders_v2 (id, account_id, amount_cents, status) VALUES ($1, $2, $3, 'placed')";
+const STATUS: &str = "UPDATE {p}bank_orders_v2 SET status = $1 WHERE id = $2";
 
 fn status_name(status: OrderStatus) -> &'static str {
     match status {
@@ -73,12 +77,16 @@ fn changes(events: &[StoredEvent]) -> Result<Vec<Change>, HandlerError> {
                     AccountEvent::AccountOpened(e) => Change::Open {
                         id,
                         owner: e.owner_name,
-                        balance: e.initial_balance,
+                        balance: e.initial_balance_cents,
                     },
-                    AccountEvent::MoneyDeposited(e) => Change::Credit { id, amount: e.amount },
+                    AccountEvent::MoneyDeposited(e) => Change::Credit {
+                        id,
+                        amount: e.amount_cents,
+                    },
+                    // An amount is from 0 to i64::MAX: its negation is an i64.
                     AccountEvent::MoneyWithdrawn(e) => Change::Credit {
                         id,
-                        amount: -e.amount,
+                        amount: -e.amount_cents,
                     },
                 },
             ),
@@ -87,7 +95,7 @@ fn changes(events: &[StoredEvent]) -> Result<Vec<Change>, HandlerError> {
                     OrderEvent::OrderPlaced(e) => Change::Place {
                         id,
                         account: e.account_id.to_string(),
-                        amount: e.amount,
+                        amount: e.amount_cents,
                     },
                     OrderEvent::OrderPaid(_) => Change::Status {
                         id,
@@ -215,8 +223,8 @@ impl eventsource::backend::postgres::PostgresProjection for Tables {
 /// The read model in memory, for `memory:` stores.
 #[derive(Clone, Default)]
 pub struct Memory {
-    accounts: BTreeMap<String, (String, f64)>,
-    orders: BTreeMap<String, (String, f64, &'static str)>,
+    accounts: BTreeMap<String, (String, i64)>,
+    orders: BTreeMap<String, (String, i64, &'static str)>,
 }
 
 impl MemoryProjection for Memory {
@@ -228,7 +236,8 @@ impl MemoryProjection for Memory {
                 }
                 Change::Credit { id, amount } => {
                     if let Some(account) = self.accounts.get_mut(&id) {
-                        account.1 += amount;
+                        // As the aggregate's `Apply` does.
+                        account.1 = account.1.saturating_add(amount);
                     }
                 }
                 Change::Place { id, account, amount } => {
@@ -295,26 +304,46 @@ fn projection(
     ))
 }
 
-const SUMMARY: &str = "SELECT count(*), coalesce(sum(balance), 0) FROM {p}bank_accounts";
-const BY_STATUS: &str = "SELECT id, account_id, amount FROM {p}bank_orders WHERE status = $1 ORDER BY id";
-const EMPTY: &str = "DELETE FROM {p}bank_accounts; DELETE FROM {p}bank_orders";
+// The sum of the balances in two parts, each of which an i64 holds for up to 2^32 accounts
+// (a balance is from 0 to 2^63 - 1 cents: its high 32 bits are below 2^31, its low 32 bits
+// below 2^32), put together as an i128: a plain sum overflows past i64::MAX cents in total.
+const SUMMARY: &str = "SELECT count(*), CAST(coalesce(sum(balance_cents >> 32), 0) AS BIGINT),
+    CAST(coalesce(sum(balance_cents & 4294967295), 0) AS BIGINT) FROM {p}bank_accounts_v2";
+const BY_STATUS: &str =
+    "SELECT id, account_id, amount_cents FROM {p}bank_orders_v2 WHERE status = $1 ORDER BY id";
+const EMPTY: &str = "DELETE FROM {p}bank_accounts_v2; DELETE FROM {p}bank_orders_v2";
 
 /// A statement with its tables in the schema `prefix` names (`"schema".` or nothing).
 fn sql(statement: &str, prefix: &str) -> String {
     statement.replace("{p}", prefix)
 }
 
+/// How many accounts there are and the sum of their balances, exact.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Summary {
+    pub accounts: i64,
+    /// Up to `i64::MAX` cents for each account.
+    pub total_balance_cents: i128,
+}
+
 impl Queries {
     /// How many accounts there are and their total balance.
-    pub async fn summary(&self) -> Result<Value, Error> {
-        let (accounts, total): (i64, f64) = match self {
+    pub async fn summary(&self) -> Result<Summary, Error> {
+        let (accounts, high, low): (i64, i64, i64) = match self {
             Queries::Memory(model) => {
-                model.read(|m| (m.accounts.len() as i64, m.accounts.values().map(|a| a.1).sum()))
+                let (accounts, total) = model.read(|m| {
+                    let total = m.accounts.values().map(|a| i128::from(a.1)).sum();
+                    (m.accounts.len() as i64, total)
+                });
+                return Ok(Summary {
+                    accounts,
+                    total_balance_cents: total,
+                });
             }
             #[cfg(feature = "sqlite")]
             Queries::Sqlite(database) => {
                 database
-                    .call(|c| c.query_row(&sql(SUMMARY, ""), [], |r| Ok((r.get(0)?, r.get(1)?))))
+                    .call(|c| c.query_row(&sql(SUMMARY, ""), [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))))
                     .await?
             }
             #[cfg(feature = "postgres")]
@@ -325,13 +354,16 @@ impl Queries {
                     .map_err(|e| Error::store("postgres", "cannot read the summary", e))?
             }
         };
-        Ok(json!({ "accounts": accounts, "total_balance": total }))
+        Ok(Summary {
+            accounts,
+            total_balance_cents: (i128::from(high) << 32) + i128::from(low),
+        })
     }
 
     /// The orders with `status`.
     pub async fn orders(&self, status: OrderStatus) -> Result<Value, Error> {
         let status = status_name(status);
-        let rows: Vec<(String, String, f64)> = match self {
+        let rows: Vec<(String, String, i64)> = match self {
             Queries::Memory(model) => model.read(|m| {
                 m.orders
                     .iter()
@@ -361,7 +393,7 @@ impl Queries {
         };
         let orders: Vec<Value> = rows
             .into_iter()
-            .map(|(id, account_id, amount)| json!({ "id": id, "account_id": account_id, "amount": amount }))
+            .map(|(id, account_id, cents)| json!({ "id": id, "account_id": account_id, "amount_cents": cents }))
             .collect();
         Ok(json!({ "status": status, "orders": orders }))
     }

@@ -52,7 +52,6 @@ enum Change {
 }
 
 const OPEN: &str = "INSERT INTO {p}bank_accounts_v2 (id, owner, balance_cents) VALUES ($1, $2, $3)";
-// Parameters numbered in the order they appear: SQLite numbers `$N` by first appearance.
 const CREDIT: &str = "UPDATE {p}bank_accounts_v2 SET balance_cents = balance_cents + $1 WHERE id = $2";
 const PLACE: &str =
     "INSERT INTO {p}bank_orders_v2 (id, account_id, amount_cents, status) VALUES ($1, $2, $3, 'placed')";
@@ -118,103 +117,41 @@ struct Tables {
     prefix: String,
 }
 
-#[cfg(feature = "sqlite")]
-impl eventsource::backend::sqlite::SqliteProjection for Tables {
-    fn setup(
-        &mut self,
-        tx: &eventsource::backend::sqlite::rusqlite::Transaction<'_>,
-    ) -> Result<(), HandlerError> {
-        tx.execute_batch(&sql(TABLES, &self.prefix))?;
+/// The same statements on SQLite and PostgreSQL: written once, run in the transaction of the
+/// projection's checkpoint.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+impl eventsource::backend::SqlProjection for Tables {
+    fn setup(&mut self, writes: &mut eventsource::backend::SqlWrites) -> Result<(), HandlerError> {
+        for statement in sql(TABLES, &self.prefix).split(';') {
+            writes.execute(statement, []);
+        }
         Ok(())
     }
 
     fn apply(
         &mut self,
-        tx: &eventsource::backend::sqlite::rusqlite::Transaction<'_>,
+        writes: &mut eventsource::backend::SqlWrites,
         events: &[StoredEvent],
     ) -> Result<(), HandlerError> {
-        use eventsource::backend::sqlite::rusqlite::params;
-        for change in changes(events)? {
-            let p = &self.prefix;
-            match change {
-                Change::Open { id, owner, balance } => {
-                    tx.execute(&sql(OPEN, p), params![id, owner, balance])?
-                }
-                Change::Credit { id, amount } => tx.execute(&sql(CREDIT, p), params![amount, id])?,
-                Change::Place { id, account, amount } => {
-                    tx.execute(&sql(PLACE, p), params![id, account, amount])?
-                }
-                Change::Status { id, status } => tx.execute(&sql(STATUS, p), params![status, id])?,
-            };
-        }
-        Ok(())
-    }
-
-    fn reset(
-        &mut self,
-        tx: &eventsource::backend::sqlite::rusqlite::Transaction<'_>,
-    ) -> Result<(), HandlerError> {
-        tx.execute_batch(&sql(EMPTY, &self.prefix))?;
-        Ok(())
-    }
-}
-
-#[cfg(feature = "postgres")]
-#[eventsource::async_trait]
-impl eventsource::backend::postgres::PostgresProjection for Tables {
-    async fn setup(
-        &mut self,
-        tx: &mut eventsource::backend::postgres::PgTransaction,
-    ) -> Result<(), HandlerError> {
-        for statement in sql(TABLES, &self.prefix).split(';') {
-            eventsource::backend::postgres::sqlx::query(statement)
-                .execute(&mut **tx)
-                .await?;
-        }
-        Ok(())
-    }
-
-    async fn apply(
-        &mut self,
-        tx: &mut eventsource::backend::postgres::PgTransaction,
-        events: &[StoredEvent],
-    ) -> Result<(), HandlerError> {
-        use eventsource::backend::postgres::sqlx::query;
         let p = &self.prefix;
         for change in changes(events)? {
-            // The statements' texts live as long as the query that borrows them.
-            let (open, credit, place, status);
-            let bound = match change {
+            match change {
                 Change::Open { id, owner, balance } => {
-                    open = sql(OPEN, p);
-                    query(&open).bind(id).bind(owner).bind(balance)
+                    writes.execute(&sql(OPEN, p), [id.into(), owner.into(), balance.into()])
                 }
-                Change::Credit { id, amount } => {
-                    credit = sql(CREDIT, p);
-                    query(&credit).bind(amount).bind(id)
-                }
+                Change::Credit { id, amount } => writes.execute(&sql(CREDIT, p), [amount.into(), id.into()]),
                 Change::Place { id, account, amount } => {
-                    place = sql(PLACE, p);
-                    query(&place).bind(id).bind(account).bind(amount)
+                    writes.execute(&sql(PLACE, p), [id.into(), account.into(), amount.into()])
                 }
-                Change::Status { id, status: to } => {
-                    status = sql(STATUS, p);
-                    query(&status).bind(to).bind(id)
-                }
+                Change::Status { id, status } => writes.execute(&sql(STATUS, p), [status.into(), id.into()]),
             };
-            bound.execute(&mut **tx).await?;
         }
         Ok(())
     }
 
-    async fn reset(
-        &mut self,
-        tx: &mut eventsource::backend::postgres::PgTransaction,
-    ) -> Result<(), HandlerError> {
+    fn reset(&mut self, writes: &mut eventsource::backend::SqlWrites) -> Result<(), HandlerError> {
         for statement in sql(EMPTY, &self.prefix).split(';') {
-            eventsource::backend::postgres::sqlx::query(statement)
-                .execute(&mut **tx)
-                .await?;
+            writes.execute(statement, []);
         }
         Ok(())
     }
@@ -267,30 +204,30 @@ pub enum Queries {
 pub fn open(stores: &Stores) -> Result<(Arc<Projection>, Queries), Error> {
     #[cfg(feature = "sqlite")]
     if let Some(subscriptions) = stores.sqlite() {
-        let database = subscriptions.database().clone();
-        let tables = Tables {
-            prefix: String::new(),
-        };
-        let model = eventsource::backend::sqlite::SqliteReadModel::new(subscriptions.clone(), tables);
-        return Ok((projection(stores, model)?, Queries::Sqlite(database)));
+        let queries = Queries::Sqlite(subscriptions.database().clone());
+        return sql_read_model(stores, String::new(), queries);
     }
     #[cfg(feature = "postgres")]
     if let Some(events) = stores.postgres() {
         let prefix = events
             .schema()
             .map_or(String::new(), |schema| format!("\"{schema}\"."));
-        let tables = Tables {
-            prefix: prefix.clone(),
-        };
-        let model =
-            eventsource::backend::postgres::PostgresReadModel::new(events.subscription_store(), tables);
-        return Ok((
-            projection(stores, model)?,
-            Queries::Postgres(events.pool().clone(), prefix),
-        ));
+        let queries = Queries::Postgres(events.pool().clone(), prefix.clone());
+        return sql_read_model(stores, prefix, queries);
     }
     let model = InMemoryReadModel::new(Memory::default());
     Ok((projection(stores, model.clone())?, Queries::Memory(model)))
+}
+
+/// The projection of the tables in the stores' SQL database, whichever it is.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn sql_read_model(
+    stores: &Stores,
+    prefix: String,
+    queries: Queries,
+) -> Result<(Arc<Projection>, Queries), Error> {
+    let model = eventsource::backend::SqlReadModel::on(stores, Tables { prefix })?;
+    Ok((projection(stores, model)?, queries))
 }
 
 fn projection(

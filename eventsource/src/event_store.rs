@@ -8,6 +8,7 @@ use futures_core::stream::BoxStream;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+pub use crate::event::validate_aggregate_type;
 use crate::event::{EventEnvelope, StoredEvent};
 use crate::snapshot::{JointSnapshotRead, JointSnapshotWrite};
 
@@ -496,19 +497,6 @@ pub fn validate_batch(
                 event.event_id
             )));
         }
-    }
-    Ok(())
-}
-
-/// Checks an aggregate type name as every store can keep it: not empty, no NUL character.
-pub fn validate_aggregate_type(aggregate_type: &str) -> Result<()> {
-    if aggregate_type.is_empty() {
-        return Err(Error::InvalidInput("the aggregate type name is empty".into()));
-    }
-    if aggregate_type.contains('\0') {
-        return Err(Error::InvalidInput(format!(
-            "the aggregate type name {aggregate_type:?} holds a NUL character, which not every store can keep"
-        )));
     }
     Ok(())
 }

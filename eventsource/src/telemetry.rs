@@ -30,8 +30,6 @@
 
 use std::time::Duration;
 
-use crate::snapshot::metrics::Counter;
-
 /// Gives the installed recorder the description and unit of every metric above; call it once
 /// after installing the recorder. Without the `metrics` feature it does nothing.
 pub fn describe() {
@@ -40,11 +38,13 @@ pub fn describe() {
 }
 
 /// A snapshot counter of [`SnapshotMetrics`](crate::SnapshotMetrics), sent on.
-pub(crate) fn snapshot(aggregate_type: &'static str, counter: Counter) {
+///
+/// `counter` is the metric's name, `reason` the value of its `reason` label if it has one.
+pub(crate) fn snapshot(aggregate_type: &'static str, counter: &'static str, reason: Option<&'static str>) {
     #[cfg(feature = "metrics")]
-    facade::snapshot(aggregate_type, counter);
+    facade::snapshot(aggregate_type, counter, reason);
     #[cfg(not(feature = "metrics"))]
-    let _ = (aggregate_type, counter);
+    let _ = (aggregate_type, counter, reason);
 }
 
 /// A successful load.
@@ -104,7 +104,6 @@ mod facade {
     use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
 
     use super::SubscriptionEvent;
-    use crate::snapshot::metrics::Counter;
 
     pub(super) fn describe() {
         describe_counter!(
@@ -180,22 +179,12 @@ mod facade {
         );
     }
 
-    pub(super) fn snapshot(aggregate_type: &'static str, counter: Counter) {
-        let label = ("aggregate_type", aggregate_type);
-        match counter {
-            Counter::Hit => counter!("eventsource_snapshot_hits_total", &[label]).increment(1),
-            Counter::Migrated => counter!("eventsource_snapshot_migrated_total", &[label]).increment(1),
-            Counter::NotDue => counter!("eventsource_snapshot_not_due_total", &[label]).increment(1),
-            Counter::Miss(reason) => counter!(
-                "eventsource_snapshot_misses_total",
-                "aggregate_type" => aggregate_type,
-                "reason" => reason.as_str()
-            )
-            .increment(1),
-            Counter::Written => counter!("eventsource_snapshot_writes_total", &[label]).increment(1),
-            Counter::WriteFailed => {
-                counter!("eventsource_snapshot_write_failures_total", &[label]).increment(1)
+    pub(super) fn snapshot(aggregate_type: &'static str, name: &'static str, reason: Option<&'static str>) {
+        match reason {
+            Some(reason) => {
+                counter!(name, "aggregate_type" => aggregate_type, "reason" => reason).increment(1)
             }
+            None => counter!(name, "aggregate_type" => aggregate_type).increment(1),
         }
     }
 

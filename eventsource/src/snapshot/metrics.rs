@@ -69,6 +69,20 @@ pub(crate) enum Counter {
     WriteFailed,
 }
 
+impl Counter {
+    /// The name of the counter's metric (see [`crate::telemetry`]) and its `reason` label.
+    fn metric(self) -> (&'static str, Option<&'static str>) {
+        match self {
+            Counter::Hit => ("eventsource_snapshot_hits_total", None),
+            Counter::Migrated => ("eventsource_snapshot_migrated_total", None),
+            Counter::NotDue => ("eventsource_snapshot_not_due_total", None),
+            Counter::Miss(reason) => ("eventsource_snapshot_misses_total", Some(reason.as_str())),
+            Counter::Written => ("eventsource_snapshot_writes_total", None),
+            Counter::WriteFailed => ("eventsource_snapshot_write_failures_total", None),
+        }
+    }
+}
+
 impl SnapshotMetrics {
     /// New counters, all zero.
     pub fn new() -> Self {
@@ -76,7 +90,8 @@ impl SnapshotMetrics {
     }
 
     pub(crate) fn add(&self, aggregate_type: &'static str, counter: Counter) {
-        crate::telemetry::snapshot(aggregate_type, counter);
+        let (name, reason) = counter.metric();
+        crate::telemetry::snapshot(aggregate_type, name, reason);
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         *counts.entry((aggregate_type, counter)).or_default() += 1;
     }

@@ -50,7 +50,7 @@ pub struct Snapshot {
 ///
 /// An empty aggregate type name, or one with a NUL character, is [`Error::InvalidInput`](crate::Error::InvalidInput).
 pub fn validate_snapshot(snapshot: &Snapshot) -> Result<()> {
-    crate::event_store::validate_aggregate_type(&snapshot.aggregate_type)
+    crate::event::validate_aggregate_type(&snapshot.aggregate_type)
 }
 
 impl Snapshot {

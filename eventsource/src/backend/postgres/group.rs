@@ -15,7 +15,6 @@ use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::events::POSITION_SHIFT;
 use super::PostgresEventStore;
 use crate::event::EventEnvelope;
 
@@ -127,32 +126,6 @@ impl Row {
             request_id: event.request_id,
         }
     }
-}
-
-/// The group statement on `events`: every row whose stream is at its expected version, each
-/// at the version after it, positions in the order of the rows.
-pub(super) fn group_sql(events: &str) -> String {
-    format!(
-        "INSERT INTO {events} AS t (position, event_id, event_type, event_version, aggregate_id,
-            aggregate_type, aggregate_version, occurred_at, occurred_at_ns, correlation_id,
-            causation_id, metadata, payload, request_id)
-         SELECT (pg_current_xact_id()::text::bigint << {POSITION_SHIFT}) + e.n, e.event_id,
-            e.event_type, e.event_version, e.aggregate_id, e.aggregate_type, e.expected + 1,
-            e.occurred_at, e.occurred_at_ns, e.correlation_id, e.causation_id, e.metadata::json,
-            e.payload::json, e.request_id
-         FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], $6::bigint[],
-                     $7::timestamptz[], $8::integer[], $9::uuid[], $10::uuid[], $11::text[],
-                     $12::text[], $13::uuid[])
-            WITH ORDINALITY AS e(event_id, event_type, event_version, aggregate_id,
-                aggregate_type, expected, occurred_at, occurred_at_ns, correlation_id,
-                causation_id, metadata, payload, request_id, n)
-         WHERE (SELECT coalesce(max(v.aggregate_version), 0) FROM {events} v
-                WHERE v.aggregate_id = e.aggregate_id AND v.aggregate_type = e.aggregate_type)
-               = e.expected
-         ORDER BY e.n
-         ON CONFLICT (aggregate_id, aggregate_type, aggregate_version) DO NOTHING
-         RETURNING t.event_id, t.position"
-    )
 }
 
 impl Group {

@@ -10,7 +10,8 @@ use sqlx::postgres::PgRow;
 use sqlx::{Column, Row, ValueRef};
 use uuid::Uuid;
 
-use super::events::{self, at, COLUMNS};
+use super::read::{self, at};
+use super::sql::{append_sql, COLUMNS};
 use super::{query_error, PostgresEventStore, PostgresSnapshotStore};
 use crate::error::Result;
 use crate::event::EventEnvelope;
@@ -118,7 +119,7 @@ impl JointSnapshotRead for Reader {
         // In range: the version came from a BIGINT. The reader checks that the first event is
         // at the snapshot's version and that the rest follow it one by one.
         let after = snapshot.version as i64 - 1;
-        let mut reader = events::Reader::of_stream(&self.events, aggregate_id, aggregate_type, after);
+        let mut reader = read::Reader::of_stream(&self.events, aggregate_id, aggregate_type, after);
         let page = if has_event(first) {
             reader.decode_page(&rows)
         } else {
@@ -143,7 +144,7 @@ impl Writer {
     pub(super) fn new(events: &PostgresEventStore, snapshots: &PostgresSnapshotStore) -> Option<Self> {
         share_a_pool(events, snapshots).then(|| Self {
             events: events.clone(),
-            sql: events::append_sql(&events.layout.events, Some(&snapshots.layout.snapshots)),
+            sql: append_sql(&events.layout.events, Some(&snapshots.layout.snapshots)),
         })
     }
 }

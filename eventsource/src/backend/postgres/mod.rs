@@ -161,13 +161,16 @@
 //! [`Error::Corrupt`]. A value PostgreSQL refuses (text that is not JSON, a date out of its
 //! range) is [`Error::InvalidInput`], and nothing is written.
 
+mod append;
 mod events;
 mod group;
 mod joint;
 mod notify;
 mod projection;
+mod read;
 mod schema;
 mod snapshots;
+mod sql;
 mod subscriptions;
 mod url;
 
@@ -203,7 +206,7 @@ pub const DEFAULT_APPEND_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct PostgresEventStore {
     pool: PgPool,
     layout: Arc<Layout>,
-    sql: Arc<events::Sql>,
+    sql: Arc<sql::Sql>,
     page_size: i64,
     notifier: Arc<notify::Notifier>,
     /// One-event appends waiting to be written together.
@@ -339,7 +342,7 @@ impl PostgresEventStore {
     fn on(pool: PgPool, layout: Arc<Layout>) -> Self {
         Self {
             pool,
-            sql: Arc::new(events::Sql::new(&layout)),
+            sql: Arc::new(sql::Sql::new(&layout)),
             notifier: Arc::new(notify::Notifier::new(layout.schema.as_deref())),
             group: Arc::default(),
             layout,

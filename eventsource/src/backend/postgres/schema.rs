@@ -129,11 +129,11 @@ pub(super) async fn migrate(pool: &PgPool, layout: &Layout) -> Result<()> {
 }
 
 /// Step 3: a position is taken from the appending transaction's id (see
-/// `events::POSITION_SHIFT`), no longer from an identity column, so that the feed can tell
+/// `sql::POSITION_SHIFT`), no longer from an identity column, so that the feed can tell
 /// which positions are final. Rows already stored keep theirs, all below the new ones.
 fn positions_in_commit_order(layout: &Layout) -> Vec<String> {
     let events = &layout.events;
-    let shift = super::events::POSITION_SHIFT;
+    let shift = super::sql::POSITION_SHIFT;
     vec![
         format!("ALTER TABLE {events} ALTER COLUMN position DROP IDENTITY IF EXISTS"),
         format!(
@@ -211,7 +211,7 @@ fn snapshots_per_schema_version(layout: &Layout) -> Vec<String> {
 /// Step 7: the feed is held back by transactions that append events, and by no other.
 ///
 /// A position is final once no transaction that could still store events below it is
-/// running (see `events::POSITION_SHIFT`). Before this step the feed waited for every
+/// running (see `sql::POSITION_SHIFT`). Before this step the feed waited for every
 /// transaction of the server with an id (`pg_snapshot_xmin`), so a session idle in a
 /// transaction in any database froze every subscription. Now each statement that inserts
 /// events first takes the layout's append lock in shared mode (a statement trigger, which
@@ -229,7 +229,7 @@ fn feed_bound_by_appenders(layout: &Layout) -> Vec<String> {
         ..
     } = layout;
     let (class, key) = layout.append_lock();
-    let shift = super::events::POSITION_SHIFT;
+    let shift = super::sql::POSITION_SHIFT;
     vec![
         format!(
             "CREATE OR REPLACE FUNCTION {announce_append}() RETURNS trigger

@@ -1,0 +1,352 @@
+//! The append paths: a batch in one statement (with a snapshot, for the joint save), a lone
+//! event in a statement of its own, and one event with others in a group; and the one refusal
+//! path they share, which recognises a batch already stored.
+
+use chrono::{DateTime, Utc};
+use sqlx::error::ErrorKind;
+use sqlx::postgres::PgDatabaseError;
+use uuid::Uuid;
+
+use super::group::{Group, Outcome, Row as OneRow, Turn};
+use super::read::version_of;
+use super::sql::{EVENT_ID_KEY, MAX_BATCH};
+use super::{query_error, split_timestamp, to_bigint, PostgresEventStore, BACKEND};
+use crate::error::{Error, Result};
+use crate::event::EventEnvelope;
+use crate::event_store::{acknowledge_stored_append, validate_batch, Appended, EventStore};
+use crate::snapshot::Snapshot;
+
+/// A batch as the columns of the append statement.
+#[derive(Default)]
+struct Columns<'a> {
+    event_id: Vec<Uuid>,
+    event_type: Vec<&'a str>,
+    event_version: Vec<i64>,
+    aggregate_version: Vec<i64>,
+    occurred_at: Vec<DateTime<Utc>>,
+    occurred_at_ns: Vec<i32>,
+    correlation_id: Vec<Option<Uuid>>,
+    causation_id: Vec<Option<Uuid>>,
+    metadata: Vec<Option<String>>,
+    payload: Vec<&'a str>,
+    request_id: Vec<Option<Uuid>>,
+}
+
+/// The event's metadata as the JSON text a statement binds.
+fn metadata_text(event: &EventEnvelope) -> Result<Option<String>> {
+    event
+        .metadata
+        .as_ref()
+        .map(|value| {
+            serde_json::to_string(value).map_err(|e| Error::Serialization {
+                action: "serialize",
+                what: format!("metadata of event {}", event.event_id),
+                reason: e.to_string(),
+            })
+        })
+        .transpose()
+}
+
+/// A one-event append checked and encoded once, for the group or for a statement of its own.
+fn one_row(
+    aggregate_id: Uuid,
+    aggregate_type: &str,
+    expected_version: u64,
+    event: &EventEnvelope,
+) -> Result<OneRow> {
+    validate_batch(
+        aggregate_id,
+        aggregate_type,
+        expected_version,
+        std::slice::from_ref(event),
+    )?;
+    let expected = to_bigint(expected_version, "expected version")?;
+    Ok(OneRow::of(
+        event,
+        expected,
+        metadata_text(event)?,
+        split_timestamp(event.occurred_at),
+    ))
+}
+
+impl<'a> Columns<'a> {
+    fn of(events: &'a [EventEnvelope]) -> Result<Self> {
+        let mut columns = Columns::default();
+        for event in events {
+            let (micros, nanos) = split_timestamp(event.occurred_at);
+            let metadata = metadata_text(event)?;
+            columns.event_id.push(event.event_id);
+            columns.event_type.push(&event.event_type);
+            columns.event_version.push(event.event_version.into());
+            columns
+                .aggregate_version
+                .push(to_bigint(event.aggregate_version, "aggregate version")?);
+            columns.occurred_at.push(micros);
+            columns.occurred_at_ns.push(nanos);
+            columns.correlation_id.push(event.correlation_id);
+            columns.causation_id.push(event.causation_id);
+            columns.metadata.push(metadata);
+            columns.payload.push(&event.payload);
+            columns.request_id.push(event.request_id);
+        }
+        Ok(columns)
+    }
+}
+
+impl PostgresEventStore {
+    /// Appends the batch with the append statement `sql`, and with a snapshot when `sql` is
+    /// the statement that stores one too ([`append_sql`] with a snapshot table); whether this
+    /// statement stored the batch (and so the snapshot), not an earlier try of it.
+    pub(super) async fn append_in(
+        &self,
+        sql: &str,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        expected_version: u64,
+        events: &[EventEnvelope],
+        snapshot: Option<&Snapshot>,
+    ) -> Result<(Appended, bool)> {
+        validate_batch(aggregate_id, aggregate_type, expected_version, events)?;
+
+        if events.len() > MAX_BATCH {
+            return Err(Error::InvalidInput(format!(
+                "a PostgreSQL append stores at most {MAX_BATCH} events, not {}; append them in several batches",
+                events.len()
+            )));
+        }
+        let expected = to_bigint(expected_version, "expected version")?;
+        let c = Columns::of(events)?;
+        let query = sqlx::query_as::<_, (i64, i64, Option<i64>)>(sql)
+            .bind(aggregate_id)
+            .bind(aggregate_type)
+            .bind(expected)
+            .bind(&c.event_id)
+            .bind(&c.event_type)
+            .bind(&c.event_version)
+            .bind(&c.aggregate_version)
+            .bind(&c.occurred_at)
+            .bind(&c.occurred_at_ns)
+            .bind(&c.correlation_id)
+            .bind(&c.causation_id)
+            .bind(&c.metadata)
+            .bind(&c.payload)
+            .bind(&c.request_id);
+        let result = match snapshot {
+            None => query.fetch_one(&self.pool).await,
+            Some(snapshot) => {
+                let (created_at, created_at_ns) = split_timestamp(snapshot.created_at);
+                query
+                    .bind(to_bigint(snapshot.version, "snapshot version")?)
+                    .bind(&snapshot.state)
+                    .bind(i64::from(snapshot.schema_version))
+                    .bind(created_at)
+                    .bind(created_at_ns)
+                    .bind(snapshot.event_id)
+                    .fetch_one(&self.pool)
+                    .await
+            }
+        };
+        let conflict = |actual: u64| Error::Conflict {
+            aggregate_type: aggregate_type.to_owned(),
+            aggregate_id,
+            expected: expected_version,
+            actual,
+        };
+        match result {
+            Ok((_, inserted, last)) if inserted == events.len() as i64 => {
+                self.notifier.appended(&self.pool);
+                let appended = Appended {
+                    version: expected_version + events.len() as u64,
+                    position: last.and_then(|p| u64::try_from(p).ok()),
+                };
+                Ok((appended, true))
+            }
+            Ok((head, 0, _)) if head != expected => {
+                let refusal = conflict(version_of(head, &self.sql.table)?);
+                acknowledge_stored_append(
+                    self,
+                    aggregate_id,
+                    aggregate_type,
+                    expected_version,
+                    events,
+                    refusal,
+                )
+                .await
+                .map(|appended| (appended, false))
+            }
+            Ok((head, inserted, _)) => Err(Error::corrupt(
+                self.sql.table.clone(),
+                format!(
+                    "an append of {} events at version {head} inserted {inserted}",
+                    events.len()
+                ),
+            )),
+            Err(e) => self
+                .refused(e, aggregate_id, aggregate_type, expected_version, events)
+                .await
+                .map(|appended| (appended, false)),
+        }
+    }
+
+    /// Appends one event with the others that arrive meanwhile (group commit, see
+    /// [`super::group`]); alone when the group's statement failed or no runtime runs one.
+    pub(super) async fn append_one(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        expected_version: u64,
+        event: &EventEnvelope,
+    ) -> Result<Appended> {
+        let events = std::slice::from_ref(event);
+        let row = one_row(aggregate_id, aggregate_type, expected_version, event)?;
+        let outcome = match Group::append(self, row).await {
+            // While it runs, the appends that arrive queue for the next group: bounded, so that a
+            // hanging statement does not hold them.
+            Turn::Alone(_leading, row) => return self.append_alone_bounded(&row, event).await,
+            Turn::Grouped(outcome) => outcome,
+        };
+        match outcome {
+            Outcome::Stored(position) => Ok(Appended {
+                version: expected_version + 1,
+                position: u64::try_from(position).ok(),
+            }),
+            Outcome::LeftOut => {
+                self.not_stored(aggregate_id, aggregate_type, expected_version, events)
+                    .await
+            }
+            // Rare: the group's statement failed; the row went with it, so it is made again.
+            Outcome::Failed => {
+                let row = one_row(aggregate_id, aggregate_type, expected_version, event)?;
+                self.append_alone_bounded(&row, event).await
+            }
+        }
+    }
+
+    /// [`append_alone`](Self::append_alone) within the store's append timeout; past it, a
+    /// transient error that leaves the outcome unknown (the statement may still commit).
+    async fn append_alone_bounded(&self, row: &OneRow, event: &EventEnvelope) -> Result<Appended> {
+        match tokio::time::timeout(self.append_timeout, self.append_alone(row, event)).await {
+            Ok(appended) => appended,
+            Err(elapsed) => Err(Error::store(
+                BACKEND,
+                format!(
+                    "the append of event {} to {} {} did not finish within {:?}: it may or may \
+                     not be stored, and making it again is safe",
+                    event.event_id, row.aggregate_type, row.aggregate_id, self.append_timeout
+                ),
+                elapsed,
+            )),
+        }
+    }
+
+    /// The refusal of an append that was not stored: its stream is not at its expected
+    /// version (a conflict, with the stream's version now), unless the batch was stored by an
+    /// earlier try of the same append.
+    async fn not_stored(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        expected_version: u64,
+        events: &[EventEnvelope],
+    ) -> Result<Appended> {
+        let refusal = Error::Conflict {
+            aggregate_type: aggregate_type.to_owned(),
+            aggregate_id,
+            expected: expected_version,
+            actual: self.stream_version(aggregate_id, aggregate_type).await?,
+        };
+        acknowledge_stored_append(
+            self,
+            aggregate_id,
+            aggregate_type,
+            expected_version,
+            events,
+            refusal,
+        )
+        .await
+    }
+
+    /// Appends one event on its own, in a statement without arrays, from its checked row.
+    async fn append_alone(&self, row: &OneRow, event: &EventEnvelope) -> Result<Appended> {
+        let (aggregate_id, aggregate_type) = (row.aggregate_id, &*row.aggregate_type);
+        // In range: `one_row` converted it from a u64.
+        let expected_version = row.expected as u64;
+        let events = std::slice::from_ref(event);
+        let stored = sqlx::query_scalar::<_, i64>(&self.sql.append_one)
+            .bind(aggregate_id)
+            .bind(aggregate_type)
+            .bind(row.expected)
+            .bind(row.event_id)
+            .bind(&*row.event_type)
+            .bind(row.event_version)
+            .bind(row.occurred_at)
+            .bind(row.occurred_at_ns)
+            .bind(row.correlation_id)
+            .bind(row.causation_id)
+            .bind(&row.metadata)
+            .bind(&*row.payload)
+            .bind(row.request_id)
+            .fetch_optional(&self.pool)
+            .await;
+        match stored {
+            Ok(Some(position)) => {
+                self.notifier.appended(&self.pool);
+                Ok(Appended {
+                    version: expected_version + 1,
+                    position: u64::try_from(position).ok(),
+                })
+            }
+            // The stream is not at the expected version, or a concurrent writer came first.
+            Ok(None) => {
+                self.not_stored(aggregate_id, aggregate_type, expected_version, events)
+                    .await
+            }
+            Err(e) => {
+                self.refused(e, aggregate_id, aggregate_type, expected_version, events)
+                    .await
+            }
+        }
+    }
+
+    /// The outcome of an append whose statement failed: a unique key taken by a transaction
+    /// that committed while it ran is an event id (possibly this very batch's, sent before
+    /// and cancelled or not answered) or one of its versions (a concurrent writer), and the
+    /// batch may be stored already; anything else is a store error.
+    pub(super) async fn refused(
+        &self,
+        error: sqlx::Error,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        expected_version: u64,
+        events: &[EventEnvelope],
+    ) -> Result<Appended> {
+        let what = || format!("cannot append to {aggregate_type} {aggregate_id}");
+        let db = match error {
+            sqlx::Error::Database(db) if db.kind() == ErrorKind::UniqueViolation => db,
+            e => return Err(query_error(&what(), e)),
+        };
+        let refusal = if db.constraint() == Some(EVENT_ID_KEY) {
+            let detail = db
+                .try_downcast_ref::<PgDatabaseError>()
+                .and_then(|pg| pg.detail());
+            Error::InvalidInput(format!(
+                "{}: an event id of the batch is already stored ({})",
+                what(),
+                detail.unwrap_or("duplicate event_id")
+            ))
+        } else {
+            return self
+                .not_stored(aggregate_id, aggregate_type, expected_version, events)
+                .await;
+        };
+        acknowledge_stored_append(
+            self,
+            aggregate_id,
+            aggregate_type,
+            expected_version,
+            events,
+            refusal,
+        )
+        .await
+    }
+}

@@ -1,0 +1,204 @@
+//! The event store's statements, built once for its table: the SQL text of the appends, the
+//! reads and the feed, and the constants that shape positions.
+
+use super::Layout;
+
+/// The name of the unique constraint on event ids, as created by the migration.
+pub(super) const EVENT_ID_KEY: &str = "eventsource_events_event_id_key";
+
+/// A position is the appending transaction's id shifted left by this many bits, plus the
+/// event's place in its batch (from 1): positions of one append are consecutive, and those of
+/// transactions are ordered by transaction id. A batch holds fewer than 2^20 events; a 64-bit
+/// position leaves 43 bits of transaction ids, which lasts 27 years at 10,000 writing
+/// transactions a second on the whole server.
+pub(super) const POSITION_SHIFT: u32 = 20;
+
+/// The largest batch one append can store.
+pub(super) const MAX_BATCH: usize = (1 << POSITION_SHIFT) - 1;
+
+/// The columns a read selects, as [`Reader`] decodes them.
+pub(super) const COLUMNS: &str = "position, event_id, event_type, event_version, \
+    aggregate_version, occurred_at, occurred_at_ns, correlation_id, causation_id, \
+    metadata::text AS metadata, payload::text AS payload, request_id";
+
+/// The columns a load reads: what a replay uses, in the order [`Loader`] decodes them.
+pub(super) const LOAD_COLUMNS: &str =
+    "aggregate_version, event_id, event_type, event_version, payload::text AS payload";
+
+/// The statements of the event store, built once for its table.
+#[derive(Debug)]
+pub(super) struct Sql {
+    pub(super) table: String,
+    pub(super) append: String,
+    pub(super) append_one: String,
+    pub(super) group: String,
+    pub(super) stream_version: String,
+    pub(super) position_of: String,
+    pub(super) read_stream: String,
+    pub(super) load_stream: String,
+    pub(super) read_all: String,
+    pub(super) head: String,
+    pub(super) holder: String,
+    pub(super) request: String,
+}
+
+/// The append statement on `events`; with `snapshots`, it also stores a snapshot ($15 to
+/// $20) in the same statement, only when the batch goes in.
+pub(super) fn append_sql(events: &str, snapshots: Option<&str>) -> String {
+    // One statement, so one transaction: the batch goes in only if the stream is at the
+    // expected version ($3) when the statement starts, and the unique constraint on
+    // (aggregate_id, aggregate_type, aggregate_version) fails it if a concurrent writer
+    // commits the same version first. Arrays carry the batch, so any number of events is
+    // one statement with fourteen parameters.
+    let mut sql = format!(
+        "WITH head AS (
+                    SELECT coalesce(max(aggregate_version), 0) AS version FROM {events}
+                    WHERE aggregate_id = $1 AND aggregate_type = $2
+                ), inserted AS (
+                    INSERT INTO {events} (position, event_id, event_type, event_version,
+                        aggregate_id, aggregate_type, aggregate_version, occurred_at,
+                        occurred_at_ns, correlation_id, causation_id, metadata, payload, request_id)
+                    SELECT (pg_current_xact_id()::text::bigint << {POSITION_SHIFT}) + e.n,
+                        e.event_id, e.event_type, e.event_version, $1, $2, e.aggregate_version,
+                        e.occurred_at, e.occurred_at_ns, e.correlation_id, e.causation_id,
+                        e.metadata::json, e.payload::json, e.request_id
+                    FROM unnest($4::uuid[], $5::text[], $6::bigint[], $7::bigint[],
+                                $8::timestamptz[], $9::integer[], $10::uuid[], $11::uuid[],
+                                $12::text[], $13::text[], $14::uuid[])
+                        WITH ORDINALITY AS e(event_id, event_type, event_version,
+                            aggregate_version, occurred_at, occurred_at_ns, correlation_id,
+                            causation_id, metadata, payload, request_id, n)
+                    WHERE (SELECT version FROM head) = $3
+                    ORDER BY e.n
+                    RETURNING position
+                )"
+    );
+    if let Some(snapshots) = snapshots {
+        // The snapshot store's upsert (never replacing a newer snapshot), on the same
+        // condition as the batch.
+        sql.push_str(&format!(
+            ", snapshot AS (
+                INSERT INTO {snapshots} AS s (aggregate_id, aggregate_type, version, state,
+                    schema_version, created_at, created_at_ns, event_id)
+                SELECT $1, $2, $15, $16::json, $17, $18, $19, $20
+                WHERE (SELECT version FROM head) = $3
+                ON CONFLICT (aggregate_id, aggregate_type, schema_version) DO UPDATE
+                SET version = EXCLUDED.version, state = EXCLUDED.state,
+                    event_id = EXCLUDED.event_id, created_at = EXCLUDED.created_at,
+                    created_at_ns = EXCLUDED.created_at_ns
+                WHERE s.version <= EXCLUDED.version
+            )"
+        ));
+    }
+    sql.push_str(
+        "
+                SELECT (SELECT version FROM head), (SELECT count(*) FROM inserted),
+                    (SELECT max(position) FROM inserted)",
+    );
+    sql
+}
+
+impl Sql {
+    pub(super) fn new(layout: &Layout) -> Self {
+        let events = &layout.events;
+        let feed_bound = &layout.feed_bound;
+        Self {
+            table: events.clone(),
+            append: append_sql(events, None),
+            group: group_sql(events),
+            // One event (the most common batch) without arrays: it goes in only if the stream
+            // is at the expected version ($3) when the statement starts, and a concurrent
+            // writer that commits version $3 + 1 first leaves it out (no row: a conflict,
+            // without an error).
+            append_one: format!(
+                "INSERT INTO {events} (position, event_id, event_type, event_version,
+                    aggregate_id, aggregate_type, aggregate_version, occurred_at,
+                    occurred_at_ns, correlation_id, causation_id, metadata, payload, request_id)
+                 SELECT (pg_current_xact_id()::text::bigint << {POSITION_SHIFT}) + 1,
+                    $4, $5, $6, $1, $2, $3 + 1, $7, $8, $9, $10, $11::json, $12::json, $13
+                 WHERE (SELECT coalesce(max(aggregate_version), 0) FROM {events}
+                    WHERE aggregate_id = $1 AND aggregate_type = $2) = $3
+                 ON CONFLICT (aggregate_id, aggregate_type, aggregate_version) DO NOTHING
+                 RETURNING position"
+            ),
+            stream_version: format!(
+                "SELECT coalesce(max(aggregate_version), 0) FROM {events}
+                 WHERE aggregate_id = $1 AND aggregate_type = $2"
+            ),
+            position_of: format!(
+                "SELECT position FROM {events}
+                 WHERE aggregate_id = $1 AND aggregate_type = $2 AND aggregate_version = $3"
+            ),
+            // The whole stream in one statement, rows streamed as the caller takes them.
+            load_stream: format!(
+                "SELECT {LOAD_COLUMNS} FROM {events}
+                 WHERE aggregate_id = $1 AND aggregate_type = $2 AND aggregate_version > $3
+                 ORDER BY aggregate_version"
+            ),
+            read_stream: format!(
+                "SELECT {COLUMNS} FROM {events}
+                 WHERE aggregate_id = $1 AND aggregate_type = $2 AND aggregate_version > $3
+                 ORDER BY aggregate_version LIMIT $4"
+            ),
+            // Only positions below every appending transaction still running are final: one
+            // with a lower id than an event already read would otherwise commit later, below
+            // it (see the schema's step 7).
+            read_all: format!(
+                "SELECT {COLUMNS}, aggregate_id, aggregate_type FROM {events}
+                 WHERE position > $1 AND position < (SELECT {feed_bound}(pg_current_snapshot()))
+                 ORDER BY position LIMIT $2"
+            ),
+            request: format!(
+                "SELECT max(aggregate_version) FROM {events}
+                 WHERE aggregate_id = $1 AND aggregate_type = $2 AND request_id = $3"
+            ),
+            // What the feed shows after $1, and what is stored there but held back.
+            head: format!(
+                "WITH bound AS MATERIALIZED (SELECT {feed_bound}(pg_current_snapshot()) AS position)
+                 SELECT max(e.position) FILTER (WHERE e.position < b.position),
+                     count(*) FILTER (WHERE e.position < b.position),
+                     count(*) FILTER (WHERE e.position >= b.position)
+                 FROM {events} e, bound b WHERE e.position > $1"
+            ),
+            // The oldest transaction that announced an append and still runs.
+            holder: {
+                let (class, key) = layout.append_lock();
+                format!(
+                    "SELECT a.pid, a.datname::text,
+                         extract(epoch FROM clock_timestamp() - a.xact_start)::float8
+                     FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                     WHERE l.locktype = 'advisory' AND l.classid = {class} AND l.objid = {key}
+                       AND l.objsubid = 2
+                       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                     ORDER BY a.xact_start LIMIT 1"
+                )
+            },
+        }
+    }
+}
+
+/// The group statement on `events`: every row whose stream is at its expected version, each
+/// at the version after it, positions in the order of the rows.
+pub(super) fn group_sql(events: &str) -> String {
+    format!(
+        "INSERT INTO {events} AS t (position, event_id, event_type, event_version, aggregate_id,
+            aggregate_type, aggregate_version, occurred_at, occurred_at_ns, correlation_id,
+            causation_id, metadata, payload, request_id)
+         SELECT (pg_current_xact_id()::text::bigint << {POSITION_SHIFT}) + e.n, e.event_id,
+            e.event_type, e.event_version, e.aggregate_id, e.aggregate_type, e.expected + 1,
+            e.occurred_at, e.occurred_at_ns, e.correlation_id, e.causation_id, e.metadata::json,
+            e.payload::json, e.request_id
+         FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], $6::bigint[],
+                     $7::timestamptz[], $8::integer[], $9::uuid[], $10::uuid[], $11::text[],
+                     $12::text[], $13::uuid[])
+            WITH ORDINALITY AS e(event_id, event_type, event_version, aggregate_id,
+                aggregate_type, expected, occurred_at, occurred_at_ns, correlation_id,
+                causation_id, metadata, payload, request_id, n)
+         WHERE (SELECT coalesce(max(v.aggregate_version), 0) FROM {events} v
+                WHERE v.aggregate_id = e.aggregate_id AND v.aggregate_type = e.aggregate_type)
+               = e.expected
+         ORDER BY e.n
+         ON CONFLICT (aggregate_id, aggregate_type, aggregate_version) DO NOTHING
+         RETURNING t.event_id, t.position"
+    )
+}

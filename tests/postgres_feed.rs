@@ -301,3 +301,74 @@ async fn events_inserted_after_other_writes_of_the_transaction_must_announce_the
     assert_eq!(feed.shown().await.len(), 1);
     feed.drop().await;
 }
+
+/// The bound for a reader's snapshot as the feed computes it, asked after the fact.
+async fn bound_for(feed: &Feed, snapshot: &str) -> i64 {
+    sqlx::query_scalar(&format!(
+        "SELECT \"{}\".eventsource_feed_bound($1::pg_snapshot)",
+        feed.schema
+    ))
+    .bind(snapshot)
+    .fetch_one(&feed.pool)
+    .await
+    .unwrap()
+}
+
+async fn current_snapshot(feed: &Feed) -> String {
+    sqlx::query_scalar("SELECT pg_current_snapshot()::text")
+        .fetch_one(&feed.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_transaction_that_ended_after_the_readers_snapshot_holds_it_back_only_if_it_appended() {
+    let Some(feed) = feed("transactions that ended after the reader's snapshot").await else {
+        return;
+    };
+    let table = format!("\"{}\".other_work", feed.schema);
+    feed.pool
+        .execute(format!("CREATE TABLE {table} (n INT)").as_str())
+        .await
+        .unwrap();
+
+    // A stranger running when the reader's snapshot is taken, that ends without events:
+    // the event committed before the snapshot is final.
+    let mut stranger = feed.connection().await;
+    hold_a_transaction_id(&mut stranger, &format!("INSERT INTO {table} VALUES (1)")).await;
+    let id = feed.append_one().await;
+    let position: i64 = sqlx::query_scalar(&format!(
+        "SELECT position FROM \"{}\".eventsource_events WHERE aggregate_id = $1",
+        feed.schema
+    ))
+    .bind(id)
+    .fetch_one(&feed.pool)
+    .await
+    .unwrap();
+    let snapshot = current_snapshot(&feed).await;
+    stranger.execute("COMMIT").await.unwrap();
+    assert!(
+        bound_for(&feed, &snapshot).await > position,
+        "a stranger that ended without events held the feed back"
+    );
+
+    // An appender running when the snapshot is taken, that ends having stored events the
+    // snapshot cannot see: nothing at or after it is final for that reader.
+    let mut appender = feed.connection().await;
+    appender.execute("BEGIN").await.unwrap();
+    appender
+        .execute(feed.raw_insert(Uuid::new_v4()).as_str())
+        .await
+        .unwrap();
+    let xid: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
+        .fetch_one(&mut appender)
+        .await
+        .unwrap();
+    let snapshot = current_snapshot(&feed).await;
+    appender.execute("COMMIT").await.unwrap();
+    assert!(
+        bound_for(&feed, &snapshot).await <= xid << 20,
+        "an appender that ended after the snapshot did not hold the feed back"
+    );
+    feed.drop().await;
+}

@@ -140,7 +140,8 @@
 //! positions below the oldest transaction that may still append: every statement that inserts
 //! events announces its transaction first (a statement trigger takes a shared advisory lock
 //! before the transaction has an id), and the bound is the oldest transaction of the reader's
-//! snapshot that holds that lock or ended after the snapshot was taken. Every appending
+//! snapshot that holds that lock, or that ended after the snapshot was taken and left events
+//! the snapshot cannot see. Every appending
 //! transaction below the bound has ended, so the events the feed shows are final, and one that
 //! commits later has a higher id and so higher positions. An append that runs long holds the
 //! feed back while it runs: the feed then lags, it never skips. Other transactions do not: a

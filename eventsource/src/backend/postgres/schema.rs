@@ -125,6 +125,12 @@ pub(super) async fn migrate(pool: &PgPool, layout: &Layout) -> Result<()> {
         .await
         .map_err(fail)?;
     }
+    // The feed's functions of this version, also where step 7 ran under an earlier one.
+    if current >= 7 {
+        for statement in feed_routines(layout) {
+            execute(&mut tx, &statement).await.map_err(fail)?;
+        }
+    }
     tx.commit().await.map_err(fail)
 }
 
@@ -216,12 +222,29 @@ fn snapshots_per_schema_version(layout: &Layout) -> Vec<String> {
 /// transaction in any database froze every subscription. Now each statement that inserts
 /// events first takes the layout's append lock in shared mode (a statement trigger, which
 /// runs before the statement's first row gets its transaction id), and the feed's bound is the
-/// oldest transaction of the reader's snapshot that may append: one that holds the lock, or
-/// one that ended after the snapshot was taken (it may have appended; the next read knows).
-/// A transaction that already has an id when it first inserts events could be passed over
-/// by a reader before it announced itself, so the trigger refuses it unless it took the lock
-/// earlier.
+/// oldest transaction of the reader's snapshot that may have stored events the snapshot does
+/// not show: one that holds the lock, or one that ended after the snapshot was taken and left
+/// events behind. A transaction that already has an id when it first inserts events could be
+/// passed over by a reader before it announced itself, so the trigger refuses it unless it
+/// took the lock earlier.
 fn feed_bound_by_appenders(layout: &Layout) -> Vec<String> {
+    let mut statements = vec![format!(
+        "DROP TRIGGER IF EXISTS eventsource_announce_append ON {}",
+        layout.events
+    )];
+    statements.extend(feed_routines(layout));
+    statements.push(format!(
+        "CREATE TRIGGER eventsource_announce_append BEFORE INSERT ON {} \
+         FOR EACH STATEMENT EXECUTE FUNCTION {}()",
+        layout.events, layout.announce_append
+    ));
+    statements
+}
+
+/// The functions of step 7, as this version of the library writes them. They are code, not
+/// data: [`migrate`] replaces them on every run once the layout has them, so an upgrade of
+/// the library brings its fixes to them without a layout step.
+fn feed_routines(layout: &Layout) -> Vec<String> {
     let Layout {
         events,
         feed_bound,
@@ -250,16 +273,23 @@ fn feed_bound_by_appenders(layout: &Layout) -> Vec<String> {
              END
              $fn$"
         ),
-        format!("DROP TRIGGER IF EXISTS eventsource_announce_append ON {events}"),
-        format!(
-            "CREATE TRIGGER eventsource_announce_append BEFORE INSERT ON {events}
-             FOR EACH STATEMENT EXECUTE FUNCTION {announce_append}()"
-        ),
-        // One read of the lock table (`pg_locks` is one consistent view per call), and none
-        // at all when the snapshot shows no running transaction.
+        // The bound for a reader whose statement runs on `snapshot`: the snapshot's running
+        // transactions are read off one view of the lock table (none when there are none),
+        // and each that has ended since is looked for in the events under a snapshot of its
+        // own, taken after that view (a volatile function's statement takes one), which sees
+        // what it committed.
         format!(
             "CREATE OR REPLACE FUNCTION {feed_bound}(snapshot pg_snapshot) RETURNS bigint
-             LANGUAGE sql VOLATILE AS $fn$
+             LANGUAGE plpgsql VOLATILE AS $fn$
+             DECLARE
+                 bound bigint := pg_snapshot_xmax(snapshot)::text::bigint;
+                 appending bigint;
+                 ended bigint[];
+                 left_events bigint;
+             BEGIN
+                 IF NOT EXISTS (SELECT 1 FROM pg_snapshot_xip(snapshot)) THEN
+                     RETURN bound << {shift};
+                 END IF;
                  WITH locks AS MATERIALIZED (
                      SELECT locktype, transactionid, virtualtransaction FROM pg_locks
                      WHERE (locktype = 'transactionid' AND mode = 'ExclusiveLock')
@@ -267,18 +297,26 @@ fn feed_bound_by_appenders(layout: &Layout) -> Vec<String> {
                             AND objsubid = 2
                             AND database = (SELECT oid FROM pg_database
                                             WHERE datname = current_database()))
-                 ), quiet AS (
-                     SELECT t.transactionid FROM locks t
-                     WHERE t.locktype = 'transactionid' AND NOT EXISTS (
-                         SELECT 1 FROM locks a
-                         WHERE a.locktype = 'advisory'
-                           AND a.virtualtransaction = t.virtualtransaction)
+                 ), running AS (
+                     SELECT x::text::bigint AS id,
+                         EXISTS (SELECT 1 FROM locks t
+                                 WHERE t.locktype = 'transactionid' AND t.transactionid = x::xid) AS live,
+                         EXISTS (SELECT 1 FROM locks t JOIN locks a
+                                     ON a.virtualtransaction = t.virtualtransaction
+                                 WHERE t.locktype = 'transactionid' AND t.transactionid = x::xid
+                                   AND a.locktype = 'advisory') AS announced
+                     FROM pg_snapshot_xip(snapshot) AS x
                  )
-                 SELECT coalesce(
-                     (SELECT min(x::text::bigint) FROM pg_snapshot_xip(snapshot) AS x
-                      WHERE NOT EXISTS (SELECT 1 FROM quiet WHERE quiet.transactionid = x::xid)),
-                     pg_snapshot_xmax(snapshot)::text::bigint
-                 ) << {shift}
+                 SELECT min(id) FILTER (WHERE announced), array_agg(id) FILTER (WHERE NOT live)
+                 INTO appending, ended FROM running;
+                 IF ended IS NOT NULL THEN
+                     SELECT min(e.id) INTO left_events FROM unnest(ended) AS e(id)
+                     WHERE EXISTS (SELECT 1 FROM {events}
+                                   WHERE position > (e.id << {shift})
+                                     AND position < ((e.id + 1) << {shift}));
+                 END IF;
+                 RETURN least(bound, appending, left_events) << {shift};
+             END
              $fn$"
         ),
     ]

@@ -31,6 +31,16 @@ mod one_shared_store {
     eventsource::subscription_store_conformance!(async { InMemorySubscriptionStore::new() });
 }
 
+/// The suite through a wrapper that forwards only the required methods: every default of the
+/// trait gives what the store's own methods give.
+mod through_a_wrapper_of_the_required_methods {
+    use super::*;
+
+    eventsource::event_store_conformance!(async {
+        eventsource::testing::RequiredOnly(InMemoryEventStore::new())
+    });
+}
+
 /// The `optional:` form, as a backend whose database may be absent uses it.
 mod optional_store {
     use super::*;
@@ -41,7 +51,7 @@ mod optional_store {
 
 #[tokio::test]
 async fn run_all_runs_every_check_on_one_store() {
-    assert_eq!(eventsource::testing::event_store::NAMES.len(), 17);
+    assert_eq!(eventsource::testing::event_store::NAMES.len(), 21);
     assert_eq!(eventsource::testing::snapshot_store::NAMES.len(), 11);
     eventsource::testing::event_store::run_all(&InMemoryEventStore::new()).await;
     eventsource::testing::snapshot_store::run_all(&InMemorySnapshotStore::new()).await;

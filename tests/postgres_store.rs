@@ -298,6 +298,18 @@ mod subscription_store_conformance {
     });
 }
 
+/// The event store suite through a wrapper that forwards only the required methods, on a
+/// schema of its own (the trait's defaults read the whole feed).
+#[tokio::test]
+async fn the_event_store_suite_passes_through_a_wrapper_of_the_required_methods() {
+    let Some(db) = db("the_event_store_suite_passes_through_a_wrapper_of_the_required_methods").await else {
+        return;
+    };
+    let scratch = db.scratch().await;
+    eventsource::testing::event_store::run_all(&eventsource::testing::RequiredOnly(scratch.events.clone()))
+        .await;
+}
+
 // ---------------------------------------------------------------------------------------
 // Configuration and schema
 

@@ -25,6 +25,15 @@ mod in_memory {
     });
 }
 
+/// The suite through a wrapper that forwards only the required methods.
+mod through_a_wrapper_of_the_required_methods {
+    use super::*;
+
+    eventsource::event_store_conformance!(async {
+        eventsource::testing::RequiredOnly(SqliteEventStore::open(":memory:").await.unwrap())
+    });
+}
+
 /// Every test opens its own connections on one file, which the tests share as processes would.
 mod on_one_file {
     use super::*;

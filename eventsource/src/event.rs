@@ -9,7 +9,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::aggregate::AggregateEvent;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// A domain event: a fact about one aggregate type, stored as JSON.
 ///
@@ -144,10 +144,12 @@ impl std::ops::Deref for StoredEvent {
 /// Checks an aggregate type name as every store can keep it: not empty, no NUL character.
 pub fn validate_aggregate_type(aggregate_type: &str) -> Result<()> {
     if aggregate_type.is_empty() {
-        return Err(Error::InvalidInput("the aggregate type name is empty".into()));
+        return Err(crate::error::Error::InvalidInput(
+            "the aggregate type name is empty".into(),
+        ));
     }
     if aggregate_type.contains('\0') {
-        return Err(Error::InvalidInput(format!(
+        return Err(crate::error::Error::InvalidInput(format!(
             "the aggregate type name {aggregate_type:?} holds a NUL character, which not every store can keep"
         )));
     }

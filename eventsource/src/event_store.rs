@@ -53,6 +53,17 @@ pub type EventStream<'a> = BoxStream<'a, Result<StoredEvent>>;
 ///   commit below it has; positions may have gaps.
 /// - **Typed failures.** Backend failures are [`Error::Store`]; a row that the backend cannot
 ///   decode is [`Error::Corrupt`]. No backend panics on bad data.
+///
+/// # Wrappers
+///
+/// A store that wraps another (a router, a store that counts or fails calls) forwards every
+/// method, the provided ones too: they are the wrapped store's fast paths (`head`,
+/// `load_stream`, `position_of`, `request_version`, `stream_versions`) and abilities
+/// (`append_signal`, the joint snapshot statements), and a wrapper that leaves them to their
+/// defaults gives the same results, slower, without wake-ups or joint statements. Put
+/// `#[deny(clippy::missing_trait_methods)]` on the impl, as this crate's own forwarding impls
+/// have; `testing::RequiredOnly` (feature `testing`) is a wrapper that forwards
+/// only what is required, and the conformance suite passes through it on every backend.
 #[async_trait]
 pub trait EventStore: Send + Sync {
     /// Appends `events` to the stream if it is at `expected_version`; returns the new version.
@@ -353,6 +364,8 @@ impl AppendWaiter {
 }
 
 #[async_trait]
+// Forwards every method, provided ones too: a wrapper that does not loses its fast paths.
+#[deny(clippy::missing_trait_methods)]
 impl<S: EventStore + ?Sized> EventStore for Arc<S> {
     async fn append(
         &self,

@@ -39,6 +39,10 @@ macro_rules! __event_store_checks {
             long_stream_reads_back_in_order
             racing_appends_have_one_winner_per_version
             a_tailing_reader_misses_nothing_under_concurrent_appends
+            load_stream_replays_what_read_stream_reads
+            positions_are_found_by_version
+            head_counts_what_read_all_shows
+            an_append_raises_the_signal
         }
     };
 }
@@ -919,4 +923,125 @@ pub async fn request_ids_are_found_by_stream(store: &dyn EventStore) {
         None,
         "another stream"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Fast paths against their plain equivalents: a store may answer these from an index or a
+// statement of their own, and must answer what the plain reads would.
+
+/// `load_stream` yields what `read_stream` reads, as a replay uses it: the version, event id,
+/// event type and version and the payload of each event, in order, after any version.
+pub async fn load_stream_replays_what_read_stream_reads(store: &dyn EventStore) {
+    let (id, ty) = (Uuid::new_v4(), unique_type("Loaded"));
+    let mut batch = events(id, &ty, 0, 7);
+    batch[3].event_type = Arc::from("OtherThingHappened");
+    batch[4].event_version = 3;
+    append(store, id, &ty, 0, &batch).await;
+    let replayed = |e: &StoredEvent| {
+        (
+            e.aggregate_version,
+            e.event_id,
+            e.event_type.clone(),
+            e.event_version,
+            e.payload.clone(),
+        )
+    };
+    for after in [0, 3, 6, 7, 100] {
+        let loaded: Vec<StoredEvent> = store
+            .load_stream(id, &ty, after)
+            .try_collect()
+            .await
+            .unwrap_or_else(|e| panic!("load_stream of {ty} {id} after {after} failed: {e}"));
+        let read = read(store, id, &ty, after).await;
+        assert_eq!(
+            loaded.iter().map(replayed).collect::<Vec<_>>(),
+            read.iter().map(replayed).collect::<Vec<_>>(),
+            "load_stream after version {after} replays what read_stream reads"
+        );
+    }
+}
+
+/// `position_of` finds each event's feed position at its version, and none where the
+/// stream has no event; `append_with_position` tells the batch's last position where it
+/// tells one.
+pub async fn positions_are_found_by_version(store: &dyn EventStore) {
+    let (id, ty) = (Uuid::new_v4(), unique_type("PositionOf"));
+    let first = store
+        .append_with_position(id, &ty, 0, &events(id, &ty, 0, 3))
+        .await
+        .unwrap();
+    let second = store
+        .append_with_position(id, &ty, 3, &events(id, &ty, 3, 2))
+        .await
+        .unwrap();
+    assert_eq!((first.version, second.version), (3, 5));
+    let stored = read(store, id, &ty, 0).await;
+    for event in &stored {
+        assert_eq!(
+            store.position_of(id, &ty, event.aggregate_version).await.unwrap(),
+            Some(event.position),
+            "the position of version {}",
+            event.aggregate_version
+        );
+    }
+    for version in [0, 6, u64::MAX] {
+        assert_eq!(
+            store.position_of(id, &ty, version).await.unwrap(),
+            None,
+            "no event at version {version}"
+        );
+    }
+    for (appended, last) in [(first, &stored[2]), (second, &stored[4])] {
+        if let Some(position) = appended.position {
+            assert_eq!(position, last.position, "the position append_with_position told");
+        }
+    }
+}
+
+/// `head` counts what `read_all` shows: between a read of the feed after a position and a
+/// read made after it, its count of events after the position and its last position lie
+/// between theirs (other writers may append meanwhile on a shared store), and its lag counts
+/// at least what it shows.
+pub async fn head_counts_what_read_all_shows(store: &dyn EventStore) {
+    let ty = unique_type("Head");
+    let id = Uuid::new_v4();
+    append(store, id, &ty, 0, &events(id, &ty, 0, 2)).await;
+    let own = read_all_own(store, 0, &[&ty], Some(2)).await;
+    let after = own[0].position - 1;
+    append(store, id, &ty, 2, &events(id, &ty, 2, 3)).await;
+    read_all_own(store, after, &[&ty], Some(5)).await;
+
+    let shown = |after| async move {
+        let all: Vec<StoredEvent> = store.read_all(after).try_collect().await.unwrap();
+        (all.len() as u64, all.last().map_or(after, |e| e.position))
+    };
+    let (count_before, last_before) = shown(after).await;
+    let head = store.head(after).await.unwrap();
+    let (count_after, last_after) = shown(after).await;
+    assert!(
+        (count_before..=count_after).contains(&head.events_after),
+        "head counts {} events after {after}; the feed showed {count_before}, then {count_after}",
+        head.events_after
+    );
+    assert!(
+        (last_before..=last_after).contains(&head.position),
+        "head's position {} after {after}; the feed ended at {last_before}, then {last_after}",
+        head.position
+    );
+    assert!(head.lag() >= head.events_after);
+    assert!(count_before >= 5, "the feed shows the five events after {after}");
+}
+
+/// An append raises the store's wake-up signal, where it has one: a waiter made before the
+/// append wakes within 5 s.
+pub async fn an_append_raises_the_signal(store: &dyn EventStore) {
+    let Some(signal) = store.append_signal() else {
+        return;
+    };
+    let mut waiter = signal.waiter();
+    let (id, ty) = (Uuid::new_v4(), unique_type("Signal"));
+    append(store, id, &ty, 0, &events(id, &ty, 0, 1)).await;
+    tokio::time::timeout(std::time::Duration::from_secs(5), waiter.raised())
+        .await
+        .expect("an append wakes a waiter of the store's signal within 5 s");
 }

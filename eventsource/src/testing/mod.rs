@@ -82,10 +82,12 @@ mod given;
 mod schema_lock;
 pub mod snapshot_store;
 pub mod subscription_store;
+mod wrapper;
 
 pub use schema_lock::{check_schema_lock, SCHEMA_LOCK_ENV};
 
 pub use given::{given, Given, When};
+pub use wrapper::RequiredOnly;
 
 /// An event of the stream `(aggregate_id, aggregate_type)` at `version`, as a test appends it
 /// to a store directly: a fresh event id, type `Noted` at version 1, the payload `{}`, the

@@ -88,6 +88,7 @@ impl ObservedSnapshotStore {
 }
 
 #[async_trait]
+#[deny(clippy::missing_trait_methods)]
 impl SnapshotStore for ObservedSnapshotStore {
     async fn get_snapshot(&self, id: Uuid, t: &str, schema: u32) -> eventsource::Result<Option<Snapshot>> {
         self.inner.get_snapshot(id, t, schema).await
@@ -113,6 +114,12 @@ impl SnapshotStore for ObservedSnapshotStore {
     }
     async fn delete_snapshots_by_type(&self, t: &str, below: Option<u32>) -> eventsource::Result<u64> {
         self.inner.delete_snapshots_by_type(t, below).await
+    }
+    async fn snapshot_versions(&self, t: &str) -> eventsource::Result<Vec<eventsource::SnapshotVersion>> {
+        self.inner.snapshot_versions(t).await
+    }
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        self.inner.as_any()
     }
 }
 
@@ -144,6 +151,7 @@ impl SnapshotStore for HangingSnapshotStore {
 pub struct SlowSnapshotStore(pub InMemorySnapshotStore);
 
 #[async_trait]
+#[deny(clippy::missing_trait_methods)]
 impl SnapshotStore for SlowSnapshotStore {
     async fn get_snapshot(&self, id: Uuid, t: &str, schema: u32) -> eventsource::Result<Option<Snapshot>> {
         self.0.get_snapshot(id, t, schema).await
@@ -160,6 +168,12 @@ impl SnapshotStore for SlowSnapshotStore {
     }
     async fn delete_snapshots_by_type(&self, t: &str, below: Option<u32>) -> eventsource::Result<u64> {
         self.0.delete_snapshots_by_type(t, below).await
+    }
+    async fn snapshot_versions(&self, t: &str) -> eventsource::Result<Vec<eventsource::SnapshotVersion>> {
+        self.0.snapshot_versions(t).await
+    }
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        self.0.as_any()
     }
 }
 

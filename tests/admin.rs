@@ -4,6 +4,9 @@
 #[path = "../examples/service/account.rs"]
 #[allow(dead_code)]
 mod account;
+#[allow(dead_code)]
+#[path = "common/database.rs"]
+mod database;
 #[path = "../examples/domain/order.rs"]
 #[allow(dead_code)]
 mod order;
@@ -497,29 +500,15 @@ async fn rewarm_beside_live_writers(url: &str) {
 }
 
 /// Runs `check` on the PostgreSQL of `EVENTSOURCE_TEST_POSTGRES_URL`, in a schema of its own
-/// that is dropped afterwards; without the variable it is skipped, or fails under
-/// `EVENTSOURCE_REQUIRE_POSTGRES=1`.
+/// that is dropped afterwards, also when the check fails; without the variable it is skipped,
+/// or fails under `EVENTSOURCE_REQUIRE_POSTGRES=1`.
 async fn on_postgres<F: std::future::Future<Output = ()>>(check: impl FnOnce(String) -> F) {
-    const URL_VAR: &str = "EVENTSOURCE_TEST_POSTGRES_URL";
-    match std::env::var(URL_VAR) {
-        Ok(url) if !url.trim().is_empty() => {
-            let schema = format!("admin_{}", Uuid::new_v4().simple());
-            let separator = if url.contains('?') { '&' } else { '?' };
-            check(format!("{url}{separator}schema={schema}")).await;
-            let pool = eventsource::backend::postgres::pool_options()
-                .connect(&url)
-                .await
-                .unwrap();
-            eventsource::backend::postgres::sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-                .execute(&pool)
-                .await
-                .unwrap();
-        }
-        _ if std::env::var("EVENTSOURCE_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") => {
-            panic!("EVENTSOURCE_REQUIRE_POSTGRES=1 but {URL_VAR} is not set")
-        }
-        _ => println!("skipped the PostgreSQL admin test: set {URL_VAR} to run it"),
-    }
+    let Some(url) = database::postgres_url("the admin command line on PostgreSQL") else {
+        return;
+    };
+    let scratch = database::ScratchSchema::new(&url, "admin");
+    let separator = if url.contains('?') { '&' } else { '?' };
+    check(format!("{url}{separator}schema={}", scratch.name)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,9 @@
 // domain modules come along through their `#[path]` attributes.
 #[path = "../examples/bank_service.rs"]
 mod bank_service;
+#[allow(dead_code)]
+#[path = "common/database.rs"]
+mod database;
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;
@@ -87,28 +90,14 @@ async fn the_service_answers_over_http_on_sqlite() {
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_answers_over_http_on_postgres() {
-    const URL_VAR: &str = "EVENTSOURCE_TEST_POSTGRES_URL";
-    const REQUIRE_VAR: &str = "EVENTSOURCE_REQUIRE_POSTGRES";
-    match std::env::var(URL_VAR) {
-        // In a schema of its own (the URL's `schema` parameter), dropped afterwards.
-        Ok(url) if !url.trim().is_empty() => {
-            let schema = format!("bank_service_{}", Uuid::new_v4().simple());
-            let separator = if url.contains('?') { '&' } else { '?' };
-            exercise(&format!("{url}{separator}schema={schema}")).await;
-            let pool = eventsource::backend::postgres::pool_options()
-                .connect(&url)
-                .await
-                .unwrap();
-            eventsource::backend::postgres::sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-                .execute(&pool)
-                .await
-                .unwrap();
-        }
-        _ if std::env::var(REQUIRE_VAR).is_ok_and(|v| v == "1") => {
-            panic!("{REQUIRE_VAR}=1 but {URL_VAR} is not set: the PostgreSQL service test cannot run")
-        }
-        _ => println!("skipped the PostgreSQL service test: set {URL_VAR} to run it"),
-    }
+    let Some(url) = database::postgres_url("the service over HTTP on PostgreSQL") else {
+        return;
+    };
+    // In a schema of its own (the URL's `schema` parameter), dropped afterwards, also when
+    // the test fails.
+    let scratch = database::ScratchSchema::new(&url, "bank_service");
+    let separator = if url.contains('?') { '&' } else { '?' };
+    exercise(&format!("{url}{separator}schema={}", scratch.name)).await;
 }
 
 /// Serves the store `url`, runs every check against it, shuts the service down and checks

@@ -50,11 +50,6 @@ impl ScratchSchema {
             name: format!("es_{label}_{}", uuid::Uuid::new_v4().simple()),
         }
     }
-
-    /// A table or other object's name in the schema, quoted.
-    pub fn qualify(&self, object: &str) -> String {
-        format!("\"{}\".{object}", self.name)
-    }
 }
 
 #[cfg(feature = "postgres")]

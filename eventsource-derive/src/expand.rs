@@ -470,13 +470,21 @@ fn expand_aggregate(aggregate: &Aggregate, errors: Option<syn::Error>) -> TokenS
         .min()
         .unwrap_or(schema_version);
     // A generic state has one shape per instance: none to lock.
+    // A generic state has one repository per type argument: none to register by name.
     let (shape, operations) = if original.generics.params.is_empty() {
         (
             quote!(#p::shape_of::<#ident>),
-            quote!(::core::option::Option::Some(&#p::OperationsOf::<#ident>::NEW)),
+            Some(quote! {
+                #p::inventory::submit! {
+                    #p::OperationsRegistration {
+                        name: #type_name,
+                        operations: &#p::OperationsOf::<#ident>::NEW,
+                    }
+                }
+            }),
         )
     } else {
-        (quote!(#p::generic_shape), quote!(::core::option::Option::None))
+        (quote!(#p::generic_shape), None)
     };
     let registration = (errors.is_none() && aggregate_impl.is_some()).then(|| {
         quote! {
@@ -488,9 +496,9 @@ fn expand_aggregate(aggregate: &Aggregate, errors: Option<syn::Error>) -> TokenS
                     event_types: &[#(#event_types),*],
                     rust_type: ::core::concat!(::core::module_path!(), "::", #ident_name),
                     shape: #shape,
-                    operations: #operations,
                 }
             }
+            #operations
         }
     });
 

@@ -11,7 +11,8 @@ pub use crate::evolution::{
 pub use crate::aggregate::{Aggregate, AggregateEvent, Apply};
 pub use crate::error::{Error, Result};
 pub use crate::event::Event;
-pub use crate::registry::{AggregateRegistration, EventRegistration, OperationsOf};
+pub use crate::registry::{AggregateRegistration, EventRegistration};
+pub use crate::repository::{OperationsOf, OperationsRegistration};
 
 /// The payload JSON of one event.
 pub fn encode_event<E: Event>(event: &E) -> Result<String> {

@@ -12,7 +12,8 @@ use super::output::{confirm, rate, thousands, took, Output};
 use super::stats::streams;
 use super::{registered, AdminError, Outcome, SnapshotsCommand};
 use crate::backend::Stores;
-use crate::registry::{AggregateOperations, AggregateRegistration};
+use crate::registry::AggregateRegistration;
+use crate::repository::AggregateOperations;
 use crate::snapshot::MissReason;
 use crate::text::escape;
 
@@ -55,7 +56,7 @@ pub(super) async fn run(
 }
 
 fn operations(aggregate: &AggregateRegistration) -> Result<&'static dyn AggregateOperations, AdminError> {
-    aggregate.operations.ok_or_else(|| {
+    crate::repository::operations_of(aggregate.name).ok_or_else(|| {
         AdminError::Refused(format!(
             "`{}` is a generic state: its snapshots are written by the program that names its type arguments",
             escape(aggregate.name)

@@ -5,10 +5,6 @@
 //! [`Repository`](crate::Repository) checks the registry before its first load or save and
 //! reports a shared name as [`Error::DuplicateName`].
 
-mod operations;
-
-pub use operations::{AggregateOperations, OperationsOf};
-
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
@@ -49,15 +45,6 @@ pub struct AggregateRegistration {
     pub rust_type: &'static str,
     /// Traces the state's serialized shape, for the schema lock.
     pub shape: ShapeFn,
-    /// Its repository's operations, for tools that know the type by name only; `None` for a
-    /// generic state, which has one per type argument.
-    pub operations: Option<&'static dyn AggregateOperations>,
-}
-
-impl std::fmt::Debug for dyn AggregateOperations {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AggregateOperations")
-    }
 }
 
 inventory::collect!(EventRegistration);

@@ -8,12 +8,14 @@
 mod background;
 mod execute;
 mod load;
+mod operations;
 mod queue;
 mod save;
 mod snapshotting;
 mod verify;
 
 pub use execute::{Command, CommandError, Executed};
+pub use operations::{operations_of, AggregateOperations, OperationsOf, OperationsRegistration};
 pub use verify::{Drift, Verification, VerifyReport};
 
 use std::marker::PhantomData;

@@ -1,4 +1,6 @@
-//! What the tools of operators do with a registered aggregate type without naming it in code.
+//! What the tools of operators do with an aggregate type they know by name only: a
+//! repository's operations behind a trait object, registered by `#[derive(Aggregate)]` beside
+//! the type's registration.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -6,17 +8,15 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use uuid::Uuid;
 
+use super::{Repository, VerifyReport};
 use crate::aggregate::Aggregate;
 use crate::error::Result;
 use crate::event_store::EventStore;
-use crate::repository::{Repository, VerifyReport};
 use crate::snapshot::{SnapshotPolicy, SnapshotStore};
 
 /// A registered aggregate type's repository operations, behind a trait object: what the
 /// admin command line runs for a type it knows only by name. `#[derive(Aggregate)]`
-/// registers one for every non-generic state ([`AggregateRegistration::operations`]).
-///
-/// [`AggregateRegistration::operations`]: super::AggregateRegistration::operations
+/// registers one for every non-generic state; [`operations_of`] finds it.
 pub trait AggregateOperations: Send + Sync {
     /// [`Repository::warm_snapshot`]: writes a current-schema snapshot from a full replay;
     /// returns the version it stands for, or `None` when the store kept a newer one.
@@ -35,6 +35,33 @@ pub trait AggregateOperations: Send + Sync {
         snapshots: Arc<dyn SnapshotStore>,
         ids: Vec<Uuid>,
     ) -> BoxFuture<'static, Result<VerifyReport>>;
+}
+
+/// The operations of one aggregate type, as `#[derive(Aggregate)]` registers them.
+#[derive(Debug)]
+pub struct OperationsRegistration {
+    /// The aggregate type name.
+    pub name: &'static str,
+    /// Its repository's operations.
+    pub operations: &'static dyn AggregateOperations,
+}
+
+impl std::fmt::Debug for dyn AggregateOperations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AggregateOperations")
+    }
+}
+
+inventory::collect!(OperationsRegistration);
+
+/// The repository operations registered for the aggregate type `name`; `None` for a type
+/// not registered, or a generic state (it has one per type argument, which only the program
+/// that names them can build).
+pub fn operations_of(name: &str) -> Option<&'static dyn AggregateOperations> {
+    inventory::iter::<OperationsRegistration>
+        .into_iter()
+        .find(|registration| registration.name == name)
+        .map(|registration| registration.operations)
 }
 
 /// The [`AggregateOperations`] of `A`.

@@ -8,7 +8,7 @@
 //! `&dyn SnapshotStore` and panics, naming what broke, if the store does not keep the
 //! contract: [`event_store`] holds the checks of the event store contract, [`snapshot_store`]
 //! those of the snapshot store contract, [`subscription_store`] those of the subscription
-//! store contract.
+//! store contract, [`read_model_store`] those of a projection's read model.
 //!
 //! # Checking a backend
 //!
@@ -79,6 +79,7 @@
 
 pub mod event_store;
 mod given;
+pub mod read_model_store;
 mod schema_lock;
 pub mod snapshot_store;
 pub mod subscription_store;
@@ -174,6 +175,18 @@ macro_rules! subscription_store_conformance {
             required,
             $make_store
         ));
+    };
+}
+
+/// Generates one `#[tokio::test]` per check of the read model store suite, named after it;
+/// the argument is as for [`event_store_conformance!`](crate::event_store_conformance).
+#[macro_export]
+macro_rules! read_model_store_conformance {
+    (optional: $make_store:expr $(,)?) => {
+        $crate::__read_model_store_checks!(__conformance_tests(read_model_store, optional, $make_store));
+    };
+    ($make_store:expr $(,)?) => {
+        $crate::__read_model_store_checks!(__conformance_tests(read_model_store, required, $make_store));
     };
 }
 

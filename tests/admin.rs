@@ -7,6 +7,9 @@ mod account;
 #[allow(dead_code)]
 #[path = "common/database.rs"]
 mod database;
+#[path = "common/service.rs"]
+mod service;
+use service::service_binary;
 #[path = "../examples/domain/order.rs"]
 #[allow(dead_code)]
 mod order;
@@ -14,28 +17,12 @@ mod order;
 #[allow(dead_code)]
 mod read_model;
 
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 use account::{Account, AccountCommands, AccountEvent};
 use eventsource::prelude::*;
 use eventsource::{Snapshot, SnapshotStore};
 use serde_json::Value;
-
-/// The example service's binary, built beside this test by `cargo test` and `cargo nextest`.
-fn service_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let binary = dir
-        .join("examples")
-        .join(format!("bank_service{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        binary.exists(),
-        "{} is missing: build it with cargo build -p eventsource --example bank_service --features example-service",
-        binary.display()
-    );
-    binary
-}
 
 /// `bank_service admin --url URL ARGS...`, with nobody at the standard input.
 fn admin(url: &str, args: &[&str]) -> Output {

@@ -10,6 +10,11 @@ mod bank_service;
 #[allow(dead_code)]
 #[path = "common/database.rs"]
 mod database;
+#[cfg(unix)]
+#[path = "common/service.rs"]
+mod service;
+#[cfg(unix)]
+use service::service_binary;
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;
@@ -802,22 +807,6 @@ async fn connections_beyond_the_cap_wait_for_a_free_one() {
     // With the silent ones gone, requests are served as ever.
     assert_eq!(get(addr, "/summary").await.0, 200);
     service.stop().await;
-}
-
-/// The example service's binary, built beside this test by `cargo test` and `cargo nextest`.
-#[cfg(unix)]
-fn service_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let binary = dir
-        .join("examples")
-        .join(format!("bank_service{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        binary.exists(),
-        "{} is missing: build it with cargo build -p eventsource --example bank_service --features example-service",
-        binary.display()
-    );
-    binary
 }
 
 /// `bank_service admin --url URL --json ARGS...`: its exit status and its JSON report.

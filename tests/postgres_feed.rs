@@ -81,6 +81,16 @@ impl Feed {
         )
     }
 
+    /// A table of the test's schema that is not the store's; its qualified name.
+    async fn other_table(&self) -> String {
+        let table = format!("\"{}\".other_work", self.schema);
+        self.pool
+            .execute(format!("CREATE TABLE {table} (n INT)").as_str())
+            .await
+            .unwrap();
+        table
+    }
+
     /// Appends one event to a new stream; returns its id.
     async fn append_one(&self) -> Uuid {
         let id = Uuid::new_v4();
@@ -186,11 +196,7 @@ async fn a_transaction_writing_another_table_of_the_database_does_not_hold_the_f
     let Some(feed) = feed("idle transaction on another table").await else {
         return;
     };
-    let table = format!("\"{}\".other_work", feed.schema);
-    feed.pool
-        .execute(format!("CREATE TABLE {table} (n INT)").as_str())
-        .await
-        .unwrap();
+    let table = feed.other_table().await;
     let mut stranger = feed.connection().await;
     hold_a_transaction_id(&mut stranger, &format!("INSERT INTO {table} VALUES (1)")).await;
 
@@ -265,11 +271,7 @@ async fn events_inserted_after_other_writes_of_the_transaction_must_announce_the
     let Some(feed) = feed("an append that did not announce itself").await else {
         return;
     };
-    let table = format!("\"{}\".other_work", feed.schema);
-    feed.pool
-        .execute(format!("CREATE TABLE {table} (n INT)").as_str())
-        .await
-        .unwrap();
+    let table = feed.other_table().await;
     let insert_event = feed.raw_insert(Uuid::new_v4());
 
     // A transaction that has an id before it inserts events could be passed by a reader.
@@ -326,11 +328,7 @@ async fn a_transaction_that_ended_after_the_readers_snapshot_holds_it_back_only_
     let Some(feed) = feed("transactions that ended after the reader's snapshot").await else {
         return;
     };
-    let table = format!("\"{}\".other_work", feed.schema);
-    feed.pool
-        .execute(format!("CREATE TABLE {table} (n INT)").as_str())
-        .await
-        .unwrap();
+    let table = feed.other_table().await;
 
     // A stranger running when the reader's snapshot is taken, that ends without events:
     // the event committed before the snapshot is final.

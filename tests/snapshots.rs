@@ -190,14 +190,20 @@ async fn until_written(repo: &Repository<Account>, n: u64) {
     }
 }
 
-#[tokio::test]
-async fn await_pending_snapshots_counts_a_snapshot_written_before_the_call_once() {
-    let events = InMemoryEventStore::new();
+/// A repository on a fresh event store that writes a snapshot every 5 events in the
+/// background, into a store the test observes.
+fn in_the_background() -> (ObservedSnapshotStore, Repository<Account>) {
     let store = ObservedSnapshotStore::default();
     let policy = SnapshotPolicy::every(5)
         .unwrap()
         .with_mode(SnapshotMode::Background);
-    let repo = repo_with(&events, store.clone(), policy);
+    let repo = repo_with(&InMemoryEventStore::new(), store.clone(), policy);
+    (store, repo)
+}
+
+#[tokio::test]
+async fn await_pending_snapshots_counts_a_snapshot_written_before_the_call_once() {
+    let (store, repo) = in_the_background();
     repo.save(&mut opened(Uuid::new_v4(), 4)).await.unwrap();
     until_written(&repo, 1).await;
     assert_eq!(repo.pending_snapshots(), 0);
@@ -225,12 +231,7 @@ async fn await_pending_snapshots_counts_a_snapshot_written_before_the_call_once(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn await_pending_snapshots_counts_a_snapshot_written_while_it_waits() {
-    let events = InMemoryEventStore::new();
-    let store = ObservedSnapshotStore::default();
-    let policy = SnapshotPolicy::every(5)
-        .unwrap()
-        .with_mode(SnapshotMode::Background);
-    let repo = repo_with(&events, store.clone(), policy);
+    let (store, repo) = in_the_background();
     // One written before the call, one held at the gate until the call waits for it.
     repo.save(&mut opened(Uuid::new_v4(), 4)).await.unwrap();
     while store.saved_versions().is_empty() {
@@ -250,12 +251,7 @@ async fn await_pending_snapshots_counts_a_snapshot_written_while_it_waits() {
 
 #[tokio::test]
 async fn a_later_unsaved_change_never_leaks_into_a_background_snapshot() {
-    let events = InMemoryEventStore::new();
-    let store = ObservedSnapshotStore::default();
-    let policy = SnapshotPolicy::every(5)
-        .unwrap()
-        .with_mode(SnapshotMode::Background);
-    let repo = repo_with(&events, store.clone(), policy);
+    let (store, repo) = in_the_background();
     let id = Uuid::new_v4();
     store.close_gate();
     let mut account = opened(id, 4);

@@ -53,6 +53,17 @@ async fn append(events: &dyn EventStore, ty: &str, count: u64) -> Vec<Uuid> {
     ids
 }
 
+/// A SQLite event store on the file at `path` and the subscription store on its database.
+async fn sqlite_stores(
+    path: std::path::PathBuf,
+) -> (sqlite::SqliteEventStore, sqlite::SqliteSubscriptionStore) {
+    let events = sqlite::SqliteEventStore::open(path).await.unwrap();
+    let store = sqlite::SqliteSubscriptionStore::on(events.database().clone())
+        .await
+        .unwrap();
+    (events, store)
+}
+
 /// The tests' URL and a migrated event store on a pool of `connections`, or `None` if the
 /// PostgreSQL tests are skipped.
 async fn postgres_events(test: &str, connections: u32) -> Option<(String, postgres::PostgresEventStore)> {
@@ -155,12 +166,7 @@ async fn many_writers_and_a_subscription_in_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_writers_and_a_subscription_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let events = sqlite::SqliteEventStore::open(dir.path().join("feed.db"))
-        .await
-        .unwrap();
-    let store = sqlite::SqliteSubscriptionStore::on(events.database().clone())
-        .await
-        .unwrap();
+    let (events, store) = sqlite_stores(dir.path().join("feed.db")).await;
     many_writers_one_subscription(Arc::new(events), Arc::new(store)).await;
 }
 
@@ -341,12 +347,7 @@ async fn catch_up_handles_what_the_feed_holds_and_returns() {
     let events = InMemoryEventStore::new();
     catching_up(Arc::new(events), Arc::new(InMemorySubscriptionStore::new())).await;
     let dir = tempfile::tempdir().unwrap();
-    let events = sqlite::SqliteEventStore::open(dir.path().join("catch-up.db"))
-        .await
-        .unwrap();
-    let store = sqlite::SqliteSubscriptionStore::on(events.database().clone())
-        .await
-        .unwrap();
+    let (events, store) = sqlite_stores(dir.path().join("catch-up.db")).await;
     catching_up(Arc::new(events), Arc::new(store)).await;
     if let Some(pool) = common::postgres_pool("catch_up_handles_what_the_feed_holds_and_returns", 4).await {
         // A feed of the test's own, so that catching up does not read every other test's.
@@ -509,12 +510,7 @@ async fn a_name_that_would_garble_the_text_showing_it_is_refused_before_anything
     use eventsource::subscription::MAX_NAME_LEN;
 
     let dir = tempfile::tempdir().unwrap();
-    let events = sqlite::SqliteEventStore::open(dir.path().join("feed.db"))
-        .await
-        .unwrap();
-    let store = sqlite::SqliteSubscriptionStore::on(events.database().clone())
-        .await
-        .unwrap();
+    let (events, store) = sqlite_stores(dir.path().join("feed.db")).await;
     let too_long = "x".repeat(MAX_NAME_LEN + 1);
     for name in [
         "",
@@ -837,12 +833,7 @@ async fn an_append_wakes_the_subscription_in_memory_and_on_sqlite() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let events = sqlite::SqliteEventStore::open(dir.path().join("woken.db"))
-        .await
-        .unwrap();
-    let store = sqlite::SqliteSubscriptionStore::on(events.database().clone())
-        .await
-        .unwrap();
+    let (events, store) = sqlite_stores(dir.path().join("woken.db")).await;
     an_append_wakes_the_subscription(Arc::new(events.clone()), Arc::new(events), Arc::new(store)).await;
 }
 

@@ -282,18 +282,38 @@ async fn events_inserted_after_other_writes_of_the_transaction_must_announce_the
     assert_eq!(refused.code().as_deref(), Some("55000"), "{refused}");
     late.execute("ROLLBACK").await.unwrap();
 
-    // Taking the lock the error names, before the first write, makes it an announced append.
-    let hint: String = sqlx::query_scalar(&format!(
-        "SELECT substring(pg_get_functiondef('\"{}\".eventsource_announce_append'::regproc)
-             FROM 'SELECT pg_advisory_xact_lock_shared\\([0-9]+, [0-9]+\\)')",
-        feed.schema
+    // Taking the lock itself after the first write does not make it an announced append, and
+    // the function the error names refuses to announce it then.
+    let begin_append = format!("SELECT \"{}\".eventsource_begin_append()", feed.schema);
+    let mut late = feed.connection().await;
+    hold_a_transaction_id(&mut late, &format!("INSERT INTO {table} VALUES (1)")).await;
+    let lock: String = sqlx::query_scalar(&format!(
+        "SELECT 'SELECT pg_advisory_xact_lock_shared(' || {class} || ', ' || '\"{schema}\".eventsource_events'::regclass::oid::int4 || ')'",
+        class = 0x4556_4e54,
+        schema = feed.schema
     ))
     .fetch_one(&feed.pool)
     .await
     .unwrap();
+    late.execute(lock.as_str()).await.unwrap();
+    let refused = late.execute(insert_event.as_str()).await.unwrap_err();
+    assert_eq!(
+        refused.as_database_error().unwrap().code().as_deref(),
+        Some("55000")
+    );
+    late.execute("ROLLBACK").await.unwrap();
+    hold_a_transaction_id(&mut late, &format!("INSERT INTO {table} VALUES (1)")).await;
+    let refused = late.execute(begin_append.as_str()).await.unwrap_err();
+    assert_eq!(
+        refused.as_database_error().unwrap().code().as_deref(),
+        Some("55000")
+    );
+    late.execute("ROLLBACK").await.unwrap();
+
+    // Announced before the first write, with the function the error names, it appends.
     let mut announced = feed.connection().await;
     announced.execute("BEGIN").await.unwrap();
-    announced.execute(hint.as_str()).await.unwrap();
+    announced.execute(begin_append.as_str()).await.unwrap();
     announced
         .execute(format!("INSERT INTO {table} VALUES (1)").as_str())
         .await

@@ -31,20 +31,30 @@ impl SqlProjection for Takings {
                 till TEXT PRIMARY KEY, total BIGINT NOT NULL, payments BIGINT NOT NULL)",
             [],
         );
+        writes.execute(
+            "CREATE TABLE IF NOT EXISTS largest (till TEXT PRIMARY KEY, amount BIGINT)",
+            [],
+        );
         Ok(())
     }
 
     fn apply(&mut self, writes: &mut SqlWrites, events: &[StoredEvent]) -> Result<(), HandlerError> {
         for event in events {
             let paid: Value = serde_json::from_str(&event.payload)?;
+            let amount = paid["amount"].as_i64().unwrap_or(0);
             writes.execute(
                 "INSERT INTO takings (till, total, payments) VALUES ($1, $2, 1)
                  ON CONFLICT (till) DO UPDATE
                  SET total = takings.total + excluded.total, payments = takings.payments + 1",
-                [
-                    event.aggregate_id.into(),
-                    paid["amount"].as_i64().unwrap_or(0).into(),
-                ],
+                [event.aggregate_id.into(), amount.into()],
+            );
+            // The same statement with a NULL, then an integer: the largest payment above 6.
+            let large = (amount > 6).then_some(amount);
+            writes.execute(
+                "INSERT INTO largest (till, amount) VALUES ($1, CAST($2 AS BIGINT))
+                 ON CONFLICT (till) DO UPDATE
+                 SET amount = coalesce(excluded.amount, largest.amount)",
+                [event.aggregate_id.into(), large.into()],
             );
         }
         if self.fail_next.swap(false, Ordering::SeqCst) {
@@ -59,6 +69,7 @@ impl SqlProjection for Takings {
 
     fn reset(&mut self, writes: &mut SqlWrites) -> Result<(), HandlerError> {
         writes.execute("DELETE FROM takings", []);
+        writes.execute("DELETE FROM largest", []);
         Ok(())
     }
 }
@@ -102,6 +113,27 @@ async fn takings(stores: &Stores) -> BTreeMap<String, (i64, i64)> {
         .collect()
 }
 
+/// The largest payments above 6 by till.
+async fn largest(stores: &Stores) -> BTreeMap<String, Option<i64>> {
+    let rows: Vec<(String, Option<i64>)> = if let Some(subscriptions) = stores.sqlite() {
+        subscriptions
+            .database()
+            .call(|connection| {
+                let mut statement = connection.prepare("SELECT till, amount FROM largest")?;
+                let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                rows.collect()
+            })
+            .await
+            .unwrap()
+    } else {
+        sqlx::query_as("SELECT till, amount FROM largest")
+            .fetch_all(stores.postgres().unwrap().pool())
+            .await
+            .unwrap()
+    };
+    rows.into_iter().collect()
+}
+
 async fn one_read_model_for_both(stores: Stores) {
     let fail_next = Arc::new(AtomicBool::new(false));
     let model = SqlReadModel::on(
@@ -134,6 +166,11 @@ async fn one_read_model_for_both(stores: Stores) {
     );
     let expected = BTreeMap::from([(first.to_string(), (12, 2)), (second.to_string(), (11, 1))]);
     assert_eq!(takings(&stores).await, expected, "each payment counted once");
+    assert_eq!(
+        largest(&stores).await,
+        BTreeMap::from([(first.to_string(), Some(7)), (second.to_string(), Some(11))]),
+        "a parameter NULL at one run and an integer at the next"
+    );
 
     // A rebuild empties the read model and replays the feed into it: the same rows.
     projection.rebuild(|_| {}).await.unwrap();

@@ -271,7 +271,10 @@ mod on_postgres {
     impl SqlWrites {
         async fn run_postgres(self, tx: &mut PgTransaction) -> std::result::Result<(), HandlerError> {
             for (sql, params) in self.statements {
-                let mut query = sqlx::query(&sql);
+                // Not kept prepared: a statement's parameter types are those of its first
+                // run, and a portable statement's values may be of other types at each run
+                // (an integer, then a NULL).
+                let mut query = sqlx::query(&sql).persistent(false);
                 for param in params {
                     query = match param {
                         SqlValue::Null => query.bind(None::<String>),
@@ -365,22 +368,36 @@ mod on_sqlite {
         }
     }
 
-    /// PostgreSQL's `$1` placeholders as SQLite's `?1`, outside quoted text and names.
+    /// PostgreSQL's `$1` placeholders as SQLite's `?1`, outside quoted text and names and
+    /// outside comments.
     pub(super) fn sqlite_placeholders(sql: &str) -> String {
+        // What the scanner is in: code, or text that ends at the given character(s).
         let mut out = String::with_capacity(sql.len());
-        let mut quote = None;
+        let mut inside: Option<&str> = None;
         let mut chars = sql.chars().peekable();
         while let Some(c) = chars.next() {
-            match (quote, c) {
-                (None, '\'' | '"') => quote = Some(c),
-                (Some(q), _) if c == q => quote = None,
-                (None, '$') if chars.peek().is_some_and(char::is_ascii_digit) => {
-                    out.push('?');
-                    continue;
-                }
-                _ => {}
-            }
             out.push(c);
+            match inside {
+                Some("*/") if c == '*' && chars.peek() == Some(&'/') => {
+                    out.push(chars.next().unwrap_or('/'));
+                    inside = None;
+                }
+                Some("\n") if c == '\n' => inside = None,
+                Some("'") if c == '\'' => inside = None,
+                Some("\"") if c == '"' => inside = None,
+                Some(_) => {}
+                None => match c {
+                    '\'' => inside = Some("'"),
+                    '"' => inside = Some("\""),
+                    '-' if chars.peek() == Some(&'-') => inside = Some("\n"),
+                    '/' if chars.peek() == Some(&'*') => inside = Some("*/"),
+                    '$' if chars.peek().is_some_and(char::is_ascii_digit) => {
+                        out.pop();
+                        out.push('?');
+                    }
+                    _ => {}
+                },
+            }
         }
         out
     }
@@ -392,6 +409,12 @@ mod on_sqlite {
             assert_eq!(
                 super::sqlite_placeholders("UPDATE t SET a = $2, b = '$1', \"c$1\" = $10 WHERE k = $1"),
                 "UPDATE t SET a = ?2, b = '$1', \"c$1\" = ?10 WHERE k = ?1"
+            );
+            assert_eq!(
+                super::sqlite_placeholders(
+                    "-- the till's total\nUPDATE t /* it's $9 */ SET a = $2 WHERE k = $1"
+                ),
+                "-- the till's total\nUPDATE t /* it's $9 */ SET a = ?2 WHERE k = ?1"
             );
         }
     }

@@ -151,11 +151,14 @@ impl Group {
 
 /// Writes groups until none is waiting.
 async fn write(store: PostgresEventStore) {
+    let writer = Writer(store, std::cell::Cell::new(false));
+    let store = &writer.0;
     loop {
         let group: Vec<Waiting> = {
             let mut queue = store.group.queue.lock().unwrap_or_else(|p| p.into_inner());
             if queue.waiting.is_empty() {
                 queue.writing = false;
+                writer.1.set(true);
                 return;
             }
             let take = queue.waiting.len().min(MAX_GROUP);
@@ -163,7 +166,7 @@ async fn write(store: PostgresEventStore) {
         };
         // A statement that hangs is given up on, so that the appends queued behind it go on:
         // its own appends are then made again, each on its own.
-        let stored = tokio::time::timeout(store.append_timeout, insert(&store, &group))
+        let stored = tokio::time::timeout(store.append_timeout, insert(store, &group))
             .await
             .unwrap_or_else(|elapsed| {
                 Err(sqlx::Error::Io(std::io::Error::new(
@@ -184,6 +187,25 @@ async fn write(store: PostgresEventStore) {
             };
             // A caller that went away has nobody to tell.
             let _ = waiting.reply.send(outcome);
+        }
+    }
+}
+
+/// The writer task's hold on the queue. Dropped with appends still queued (the task was
+/// cancelled with its runtime, or panicked), it lets the queue go, so that a later append is
+/// not left waiting for a writer that is gone, and tells the queued appends to go alone.
+struct Writer(PostgresEventStore, std::cell::Cell<bool>);
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Finished: the queue was let go under its lock, and may be another writer's now.
+        if self.1.get() {
+            return;
+        }
+        let mut queue = self.0.group.queue.lock().unwrap_or_else(|p| p.into_inner());
+        queue.writing = false;
+        for waiting in queue.waiting.drain(..) {
+            let _ = waiting.reply.send(Outcome::Failed);
         }
     }
 }

@@ -146,9 +146,10 @@
 //! commits later has a higher id and so higher positions. An append that runs long holds the
 //! feed back while it runs: the feed then lags, it never skips. Other transactions do not: a
 //! session idle in a transaction, a long batch job or a migration, in this database or
-//! another, leave the feed alone. A transaction that has written something else and then
-//! inserts events must take the lock before its first write (the trigger refuses it otherwise,
-//! naming the call); the library's own appends never do. Positions are unique
+//! another, leave the feed alone. A transaction that writes something else and then inserts
+//! events must announce the append before its first write, with `SELECT
+//! eventsource_begin_append()` (in the stores' schema); the trigger refuses it otherwise, and
+//! the library's own appends never need it. Positions are unique
 //! and increasing, not dense: they have large gaps. Events stored before the layout step 3
 //! keep the positions they had, all below the new ones.
 //!
@@ -493,6 +494,8 @@ struct Layout {
     feed_bound: String,
     /// The trigger function by which a transaction that appends announces itself.
     announce_append: String,
+    /// The function a transaction calls to announce an append before its first write.
+    begin_append: String,
 }
 
 const EVENTS_TABLE: &str = "eventsource_events";
@@ -502,6 +505,7 @@ const SUBSCRIPTIONS_TABLE: &str = "eventsource_subscriptions";
 const DEAD_LETTERS_TABLE: &str = "eventsource_dead_letters";
 const FEED_BOUND_FUNCTION: &str = "eventsource_feed_bound";
 const ANNOUNCE_APPEND_FUNCTION: &str = "eventsource_announce_append";
+const BEGIN_APPEND_FUNCTION: &str = "eventsource_begin_append";
 
 impl Default for Layout {
     fn default() -> Self {
@@ -514,6 +518,7 @@ impl Default for Layout {
             dead_letters: DEAD_LETTERS_TABLE.to_owned(),
             feed_bound: FEED_BOUND_FUNCTION.to_owned(),
             announce_append: ANNOUNCE_APPEND_FUNCTION.to_owned(),
+            begin_append: BEGIN_APPEND_FUNCTION.to_owned(),
         }
     }
 }
@@ -544,20 +549,6 @@ fn schema_refusal(schema: &str) -> Option<&'static str> {
 }
 
 impl Layout {
-    /// The advisory lock that a transaction appending to this layout's events holds, in
-    /// shared mode, from before it has a transaction id until it ends: the two keys of
-    /// `pg_advisory_xact_lock_shared(int, int)`. The first is the library's ("EVNT"), the
-    /// second a hash of the events table's name, so that stores in other schemas of the
-    /// database do not hold this one's feed back.
-    fn append_lock(&self) -> (i32, i32) {
-        // FNV-1a: stable across builds and platforms, unlike the standard library's hasher.
-        let hash = self.events.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
-            (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
-        });
-        // Non-negative, so that `pg_locks` (which shows the keys as unsigned) shows the same.
-        (0x4556_4e54, (hash & 0x7fff_ffff) as i32)
-    }
-
     fn in_schema(schema: &str) -> Result<Self> {
         if let Some(rule) = schema_refusal(schema) {
             return Err(Error::InvalidConfiguration(format!(
@@ -574,6 +565,7 @@ impl Layout {
             dead_letters: format!("\"{schema}\".{DEAD_LETTERS_TABLE}"),
             feed_bound: format!("\"{schema}\".{FEED_BOUND_FUNCTION}"),
             announce_append: format!("\"{schema}\".{ANNOUNCE_APPEND_FUNCTION}"),
+            begin_append: format!("\"{schema}\".{BEGIN_APPEND_FUNCTION}"),
         })
     }
 }

@@ -244,47 +244,74 @@ fn feed_bound_by_appenders(layout: &Layout) -> Vec<String> {
 /// The functions of step 7, as this version of the library writes them. They are code, not
 /// data: [`migrate`] replaces them on every run once the layout has them, so an upgrade of
 /// the library brings its fixes to them without a layout step.
+///
+/// The append lock is `pg_advisory_xact_lock_shared(APPEND_LOCK_CLASS, <the events table's
+/// oid>)`: the table's identity, however its name is spelled. A transaction records in the
+/// setting `eventsource.announced` the tables it announced an append to before it had an id,
+/// which is what the trigger asks of a transaction that has one.
 fn feed_routines(layout: &Layout) -> Vec<String> {
     let Layout {
         events,
         feed_bound,
         announce_append,
+        begin_append,
         ..
     } = layout;
-    let (class, key) = layout.append_lock();
+    let class = APPEND_LOCK_CLASS;
     let shift = super::sql::POSITION_SHIFT;
     vec![
+        format!(
+            "CREATE OR REPLACE FUNCTION {begin_append}() RETURNS void
+             LANGUAGE plpgsql AS $fn$
+             DECLARE
+                 tables text := coalesce(current_setting('eventsource.announced', true), '');
+                 events_table oid := '{events}'::regclass;
+             BEGIN
+                 IF position(',' || events_table || ',' IN tables) > 0 THEN
+                     RETURN;
+                 END IF;
+                 IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
+                     RAISE EXCEPTION 'an append must be announced before the transaction''s first write'
+                         USING ERRCODE = '55000';
+                 END IF;
+                 PERFORM pg_advisory_xact_lock_shared({class}, events_table::int4);
+                 PERFORM set_config('eventsource.announced',
+                     CASE WHEN tables = '' THEN ',' ELSE tables END || events_table || ',', true);
+             END
+             $fn$"
+        ),
         format!(
             "CREATE OR REPLACE FUNCTION {announce_append}() RETURNS trigger
              LANGUAGE plpgsql AS $fn$
              BEGIN
-                 IF pg_current_xact_id_if_assigned() IS NULL THEN
-                     PERFORM pg_advisory_xact_lock_shared({class}, {key});
-                 ELSIF NOT EXISTS (
-                     SELECT 1 FROM pg_locks
-                     WHERE locktype = 'advisory' AND pid = pg_backend_pid()
-                       AND classid = {class} AND objid = {key} AND objsubid = 2
-                 ) THEN
+                 IF pg_current_xact_id_if_assigned() IS NULL
+                    OR position(',' || TG_RELID || ',' IN
+                        coalesce(current_setting('eventsource.announced', true), '')) > 0 THEN
+                     PERFORM {begin_append}();
+                 ELSE
                      RAISE EXCEPTION 'events are inserted by a transaction that wrote before it announced the append'
                          USING ERRCODE = '55000',
-                               HINT = 'begin the transaction with SELECT pg_advisory_xact_lock_shared({class}, {key})';
+                               HINT = 'begin the transaction with SELECT {begin_append}()';
                  END IF;
                  RETURN NULL;
              END
              $fn$"
         ),
         // The bound for a reader whose statement runs on `snapshot`: the snapshot's running
-        // transactions are read off one view of the lock table (none when there are none),
-        // and each that has ended since is looked for in the events under a snapshot of its
-        // own, taken after that view (a volatile function's statement takes one), which sees
-        // what it committed.
+        // transactions are read off one view of the lock table (none when there are none).
+        // One that holds the append lock holds the feed back; one that has no lock of its own
+        // id is either about to take it (it has its id a moment before) and counts as running,
+        // or has ended: if it committed, it holds the feed back if it left events, looked up
+        // under a snapshot of its own taken after that view (a volatile function's statement
+        // takes one at READ COMMITTED; at a stricter level it cannot see them, and holds).
         format!(
             "CREATE OR REPLACE FUNCTION {feed_bound}(snapshot pg_snapshot) RETURNS bigint
              LANGUAGE plpgsql VOLATILE AS $fn$
              DECLARE
                  bound bigint := pg_snapshot_xmax(snapshot)::text::bigint;
-                 appending bigint;
-                 ended bigint[];
+                 events_table oid := '{events}'::regclass;
+                 holding bigint;
+                 committed bigint[];
                  left_events bigint;
              BEGIN
                  IF NOT EXISTS (SELECT 1 FROM pg_snapshot_xip(snapshot)) THEN
@@ -293,12 +320,12 @@ fn feed_routines(layout: &Layout) -> Vec<String> {
                  WITH locks AS MATERIALIZED (
                      SELECT locktype, transactionid, virtualtransaction FROM pg_locks
                      WHERE (locktype = 'transactionid' AND mode = 'ExclusiveLock')
-                        OR (locktype = 'advisory' AND classid = {class} AND objid = {key}
+                        OR (locktype = 'advisory' AND classid = {class} AND objid = events_table
                             AND objsubid = 2
                             AND database = (SELECT oid FROM pg_database
                                             WHERE datname = current_database()))
                  ), running AS (
-                     SELECT x::text::bigint AS id,
+                     SELECT x, x::text::bigint AS id,
                          EXISTS (SELECT 1 FROM locks t
                                  WHERE t.locktype = 'transactionid' AND t.transactionid = x::xid) AS live,
                          EXISTS (SELECT 1 FROM locks t JOIN locks a
@@ -306,21 +333,33 @@ fn feed_routines(layout: &Layout) -> Vec<String> {
                                  WHERE t.locktype = 'transactionid' AND t.transactionid = x::xid
                                    AND a.locktype = 'advisory') AS announced
                      FROM pg_snapshot_xip(snapshot) AS x
+                 ), known AS (
+                     SELECT id, live, announced,
+                         CASE WHEN live THEN NULL ELSE pg_xact_status(x) END AS status
+                     FROM running
                  )
-                 SELECT min(id) FILTER (WHERE announced), array_agg(id) FILTER (WHERE NOT live)
-                 INTO appending, ended FROM running;
-                 IF ended IS NOT NULL THEN
-                     SELECT min(e.id) INTO left_events FROM unnest(ended) AS e(id)
-                     WHERE EXISTS (SELECT 1 FROM {events}
-                                   WHERE position > (e.id << {shift})
-                                     AND position < ((e.id + 1) << {shift}));
+                 SELECT min(id) FILTER (WHERE announced OR (NOT live AND status = 'in progress')),
+                     array_agg(id) FILTER (WHERE NOT live AND status = 'committed')
+                 INTO holding, committed FROM known;
+                 IF committed IS NOT NULL THEN
+                     IF current_setting('transaction_isolation') <> 'read committed' THEN
+                         SELECT min(e.id) INTO left_events FROM unnest(committed) AS e(id);
+                     ELSE
+                         SELECT min(e.id) INTO left_events FROM unnest(committed) AS e(id)
+                         WHERE EXISTS (SELECT 1 FROM {events}
+                                       WHERE position >= (e.id << {shift})
+                                         AND position < ((e.id + 1) << {shift}));
+                     END IF;
                  END IF;
-                 RETURN least(bound, appending, left_events) << {shift};
+                 RETURN least(bound, holding, left_events) << {shift};
              END
              $fn$"
         ),
     ]
 }
+
+/// The first key of the append lock: "EVNT".
+pub(super) const APPEND_LOCK_CLASS: i32 = 0x4556_4e54;
 
 async fn execute(tx: &mut sqlx::PgConnection, statement: &str) -> sqlx::Result<()> {
     sqlx::query(statement)

@@ -162,12 +162,12 @@ impl Sql {
             ),
             // The oldest transaction that announced an append and still runs.
             holder: {
-                let (class, key) = layout.append_lock();
+                let class = super::schema::APPEND_LOCK_CLASS;
                 format!(
                     "SELECT a.pid, a.datname::text,
                          extract(epoch FROM clock_timestamp() - a.xact_start)::float8
                      FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-                     WHERE l.locktype = 'advisory' AND l.classid = {class} AND l.objid = {key}
+                     WHERE l.locktype = 'advisory' AND l.classid = {class} AND l.objid = '{events}'::regclass
                        AND l.objsubid = 2
                        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
                      ORDER BY a.xact_start LIMIT 1"

@@ -257,7 +257,7 @@ fn feed_routines(layout: &Layout) -> Vec<String> {
         begin_append,
         ..
     } = layout;
-    let class = APPEND_LOCK_CLASS;
+    let class = super::sql::APPEND_LOCK_CLASS;
     let shift = super::sql::POSITION_SHIFT;
     vec![
         format!(
@@ -357,9 +357,6 @@ fn feed_routines(layout: &Layout) -> Vec<String> {
         ),
     ]
 }
-
-/// The first key of the append lock: "EVNT".
-pub(super) const APPEND_LOCK_CLASS: i32 = 0x4556_4e54;
 
 async fn execute(tx: &mut sqlx::PgConnection, statement: &str) -> sqlx::Result<()> {
     sqlx::query(statement)

@@ -1,10 +1,14 @@
 //! The event store's statements, built once for its table: the SQL text of the appends, the
-//! reads and the feed, and the constants that shape positions.
+//! reads and the feed, and the constants that shape positions and the append lock.
 
 use super::Layout;
 
 /// The name of the unique constraint on event ids, as created by the migration.
 pub(super) const EVENT_ID_KEY: &str = "eventsource_events_event_id_key";
+
+/// The first key of the append lock an appending transaction holds (see the schema's step 7;
+/// the second key is the events table's oid): "EVNT".
+pub(super) const APPEND_LOCK_CLASS: i32 = 0x4556_4e54;
 
 /// A position is the appending transaction's id shifted left by this many bits, plus the
 /// event's place in its batch (from 1): positions of one append are consecutive, and those of
@@ -162,7 +166,7 @@ impl Sql {
             ),
             // The oldest transaction that announced an append and still runs.
             holder: {
-                let class = super::schema::APPEND_LOCK_CLASS;
+                let class = APPEND_LOCK_CLASS;
                 format!(
                     "SELECT a.pid, a.datname::text,
                          extract(epoch FROM clock_timestamp() - a.xact_start)::float8

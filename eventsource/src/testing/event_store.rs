@@ -810,6 +810,28 @@ pub async fn racing_appends_have_one_winner_per_version(store: &dyn EventStore) 
     );
 }
 
+/// The stored positions of the events `ids` of type `ty` appended after `start`.
+async fn ids_by_stream(
+    store: &dyn EventStore,
+    ty: &str,
+    ids: &std::collections::HashSet<&Uuid>,
+    start: u64,
+) -> Vec<(Uuid, u64)> {
+    let mut streams = std::collections::HashSet::new();
+    for event in read_all_own(store, start, &[ty], None).await {
+        streams.insert(event.aggregate_id);
+    }
+    let mut found = Vec::new();
+    for id in streams {
+        for event in read(store, id, ty, 0).await {
+            if ids.contains(&event.event_id) {
+                found.push((event.event_id, event.position));
+            }
+        }
+    }
+    found
+}
+
 /// Writers append batches of 1 to 4 events concurrently while a reader tails the feed, each
 /// time asking for the events after the last position it saw, as a read model keeping its
 /// checkpoint would: it sees every event exactly once, in increasing positions. An event may
@@ -884,13 +906,41 @@ pub async fn a_tailing_reader_misses_nothing_under_concurrent_appends(store: &dy
             event.event_id
         );
     }
-    let missed = appended.difference(&ids).count();
-    assert_eq!(
-        missed,
-        0,
-        "the tailing reader missed {missed} of {} events",
-        appended.len()
-    );
+    let missed: std::collections::HashSet<&Uuid> = appended.difference(&ids).collect();
+    if !missed.is_empty() {
+        // Where the missed events are: below the reader's last position (skipped), or above
+        // it (held back past the wait); and whether the feed shows them now.
+        let last = seen.last().map_or(start, |e| e.position);
+        let now: std::collections::HashSet<Uuid> = read_all_own(store, start, &[&ty], None)
+            .await
+            .iter()
+            .map(|e| e.event_id)
+            .collect();
+        let mut found = Vec::new();
+        for writer in ids_by_stream(store, &ty, &missed, start).await {
+            found.push(format!(
+                "{} at position {} ({}, {} by the feed now)",
+                writer.0,
+                writer.1,
+                if writer.1 < last {
+                    "below the reader's last position"
+                } else {
+                    "above it"
+                },
+                if now.contains(&writer.0) {
+                    "shown"
+                } else {
+                    "not shown"
+                }
+            ));
+        }
+        panic!(
+            "the tailing reader missed {} of {} events; its last position {last}: {}",
+            missed.len(),
+            appended.len(),
+            found.join("; ")
+        );
+    }
     assert_eq!(ids.len(), appended.len(), "the reader saw events nobody appended");
 }
 

@@ -280,15 +280,18 @@ fn feed_routines(layout: &Layout) -> Vec<String> {
              END
              $fn$"
         ),
+        // The common case (a statement of its own, no id yet) in as few steps as it takes.
         format!(
             "CREATE OR REPLACE FUNCTION {announce_append}() RETURNS trigger
              LANGUAGE plpgsql AS $fn$
+             DECLARE
+                 tables text := coalesce(current_setting('eventsource.announced', true), '');
              BEGIN
-                 IF pg_current_xact_id_if_assigned() IS NULL
-                    OR position(',' || TG_RELID || ',' IN
-                        coalesce(current_setting('eventsource.announced', true), '')) > 0 THEN
-                     PERFORM {begin_append}();
-                 ELSE
+                 IF pg_current_xact_id_if_assigned() IS NULL THEN
+                     PERFORM pg_advisory_xact_lock_shared({class}, TG_RELID::int4);
+                     PERFORM set_config('eventsource.announced',
+                         CASE WHEN tables = '' THEN ',' ELSE tables END || TG_RELID || ',', true);
+                 ELSIF position(',' || TG_RELID || ',' IN tables) = 0 THEN
                      RAISE EXCEPTION 'events are inserted by a transaction that wrote before it announced the append'
                          USING ERRCODE = '55000',
                                HINT = 'begin the transaction with SELECT {begin_append}()';

@@ -18,8 +18,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::args().nth(1).unwrap_or_else(|| "memory:".into());
     let stores = eventsource::backend::open(&url).await?;
     stores.migrate().await?;
-    let repo = Repository::<Account>::new(stores.events.clone())
-        .with_snapshots(stores.snapshots.clone(), SnapshotPolicy::every(100)?);
+    let repo = stores.repository_with_snapshots::<Account>(SnapshotPolicy::every(100)?);
 
     let id = Uuid::new_v4();
     let mut account = repo.create_new(id);

@@ -299,11 +299,11 @@ pub async fn serve(
     // The command queues make concurrent requests on one aggregate wait their turn instead of
     // losing conflicts and deciding again.
     let app = Arc::new(AppState {
-        accounts: Repository::<Account>::new(stores.events.clone())
-            .with_snapshots(stores.snapshots.clone(), policy)
+        accounts: stores
+            .repository_with_snapshots::<Account>(policy)
             .with_command_queue(),
-        orders: Repository::<Order>::new(stores.events.clone())
-            .with_snapshots(stores.snapshots.clone(), policy)
+        orders: stores
+            .repository_with_snapshots::<Order>(policy)
             .with_command_queue(),
         read_model,
         queries,

@@ -24,10 +24,10 @@
 #[allow(dead_code)]
 mod account;
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use account::{Account, AccountEvent, AccountOpened, MoneyDeposited};
+use eventsource::backend::Stores;
 use eventsource::prelude::*;
 use eventsource::EventEnvelope;
 
@@ -209,28 +209,22 @@ fn memory_kib() -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-async fn bench(
-    label: &str,
-    events: Arc<dyn EventStore>,
-    snapshots: Arc<dyn SnapshotStore>,
-    n: u64,
-    runs: usize,
-) -> Fallible<String> {
+async fn bench(stores: &Stores, n: u64, runs: usize) -> Fallible<String> {
+    let (label, events) = (stores.backend_name(), &*stores.events);
     let id = Uuid::new_v4();
     let build = Instant::now();
-    append_history(&*events, id, 1, n - 50).await?;
-    let manual = Repository::<Account>::new(events.clone())
-        .with_snapshots(snapshots.clone(), SnapshotPolicy::manual());
+    append_history(events, id, 1, n - 50).await?;
+    let manual = stores.repository_with_snapshots::<Account>(SnapshotPolicy::manual());
     manual
         .create_snapshot(&AggregateRoot::from_state(id, n - 50, state_at(n - 50)))
         .await?;
-    append_history(&*events, id, n - 49, n).await?;
+    append_history(events, id, n - 49, n).await?;
     eprintln!(
         "  {label} N={n}: history built in {:.1}s",
         build.elapsed().as_secs_f64()
     );
 
-    let plain = Repository::<Account>::new(events.clone());
+    let plain = stores.repository::<Account>();
     let replay_runs = if n >= 1_000_000 { runs.min(3) } else { runs };
     let check = |root: &AggregateRoot<Account>| {
         assert_eq!(root.state(), &state_at(n), "loaded state is the replayed state")
@@ -250,13 +244,10 @@ async fn bench(
 
     let mut root = plain.load(id).await?;
     let save = time_saves(&plain, &mut root, runs).await?;
-    let sync = Repository::<Account>::new(events.clone())
-        .with_snapshots(snapshots.clone(), SnapshotPolicy::every(1)?);
+    let sync = stores.repository_with_snapshots::<Account>(SnapshotPolicy::every(1)?);
     let save_sync = time_saves(&sync, &mut root, runs).await?;
-    let background = Repository::<Account>::new(events.clone()).with_snapshots(
-        snapshots.clone(),
-        SnapshotPolicy::every(1)?.with_mode(SnapshotMode::Background),
-    );
+    let background = stores
+        .repository_with_snapshots::<Account>(SnapshotPolicy::every(1)?.with_mode(SnapshotMode::Background));
     let save_background = time_saves(&background, &mut root, runs).await?;
     background.await_pending_snapshots().await;
 
@@ -266,11 +257,7 @@ async fn bench(
     ))
 }
 
-async fn stores_for(
-    name: &str,
-    options: &Options,
-    dir: &std::path::Path,
-) -> Fallible<eventsource::backend::Stores> {
+async fn stores_for(name: &str, options: &Options, dir: &std::path::Path) -> Fallible<Stores> {
     let url = match name {
         "memory" => "memory:".to_owned(),
         "sqlite" => format!(
@@ -310,14 +297,7 @@ async fn run(options: Options) -> Fallible {
     for store in &options.stores {
         for &n in &options.sizes {
             let stores = stores_for(store, &options, &dir).await?;
-            let row = bench(
-                stores.backend_name(),
-                stores.events.clone(),
-                stores.snapshots.clone(),
-                n,
-                options.runs,
-            )
-            .await?;
+            let row = bench(&stores, n, options.runs).await?;
             println!("{row}");
         }
     }

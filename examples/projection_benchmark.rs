@@ -184,11 +184,10 @@ async fn bench(store: &str, options: &Options, dir: &std::path::Path) -> Fallibl
                 name: "memory",
                 events: Arc::new(events),
                 projection: Box::new(move |name| {
-                    Ok(Projection::new(
-                        name,
-                        feed.clone(),
-                        InMemoryReadModel::new(Totals::default()),
-                    )?)
+                    Ok(
+                        Projection::new(name, feed.clone(), InMemoryReadModel::new(Totals::default()))?
+                            .wake_on(feed.append_signal()),
+                    )
                 }),
                 subscriptions: Arc::new(InMemorySubscriptionStore::new()),
                 cleanup: None,
@@ -203,11 +202,10 @@ async fn bench(store: &str, options: &Options, dir: &std::path::Path) -> Fallibl
                 events: Arc::new(events),
                 projection: Box::new(move |name| {
                     let table = Table(format!("totals_{}", name.replace('-', "_")));
-                    Ok(Projection::new(
-                        name,
-                        feed.clone(),
-                        SqliteReadModel::new(store.clone(), table),
-                    )?)
+                    Ok(
+                        Projection::new(name, feed.clone(), SqliteReadModel::new(store.clone(), table))?
+                            .wake_on(feed.append_signal()),
+                    )
                 }),
                 subscriptions: Arc::new(subscriptions),
                 cleanup: None,
@@ -228,7 +226,7 @@ async fn bench(store: &str, options: &Options, dir: &std::path::Path) -> Fallibl
                 projection: Box::new(move |name| {
                     let table = Table(format!("\"{prefix}\".totals_{}", name.replace('-', "_")));
                     let model = PostgresReadModel::new(feed.subscription_store(), table);
-                    Ok(Projection::new(name, feed.clone(), model)?)
+                    Ok(Projection::new(name, feed.clone(), model)?.wake_on(feed.append_signal()))
                 }),
                 subscriptions: Arc::new(events.subscription_store()),
                 cleanup: Some((pool, schema)),

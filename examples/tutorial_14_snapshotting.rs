@@ -27,9 +27,8 @@ const PERFORMANCE_ACCOUNT: Uuid = Uuid::from_u128(0x14_0000_0000_0000_0000_0000_
 
 async fn performance_comparison(stores: &Stores) -> Fallible {
     println!("=== Performance Comparison ===\n");
-    let repo_no_snap = Repository::<Account>::new(stores.events.clone());
-    let repo_with_snap = Repository::<Account>::new(stores.events.clone())
-        .with_snapshots(stores.snapshots.clone(), SnapshotPolicy::every(50)?);
+    let repo_no_snap = stores.repository::<Account>();
+    let repo_with_snap = stores.repository_with_snapshots::<Account>(SnapshotPolicy::every(50)?);
 
     let account_id = PERFORMANCE_ACCOUNT;
     let mut account = if repo_no_snap.exists(account_id).await? {
@@ -88,10 +87,8 @@ async fn performance_comparison(stores: &Stores) -> Fallible {
 
 async fn automatic_snapshot_demo(stores: &Stores) -> Fallible {
     println!("\n=== Automatic Snapshot Creation ===\n");
-    let repo = Repository::<Account>::new(stores.events.clone()).with_snapshots(
-        stores.snapshots.clone(),
-        SnapshotPolicy::every(10)?.with_mode(SnapshotMode::Sync),
-    );
+    let repo =
+        stores.repository_with_snapshots::<Account>(SnapshotPolicy::every(10)?.with_mode(SnapshotMode::Sync));
 
     let account_id = Uuid::new_v4();
     let mut account = repo.create_new(account_id);
@@ -129,10 +126,8 @@ async fn snapshot_modes_demo(stores: &Stores) -> Fallible {
     println!("\n=== Snapshot Modes ===\n");
 
     println!("Mode: sync");
-    let repo_sync = Repository::<Account>::new(stores.events.clone()).with_snapshots(
-        stores.snapshots.clone(),
-        SnapshotPolicy::every(10)?.with_mode(SnapshotMode::Sync),
-    );
+    let repo_sync =
+        stores.repository_with_snapshots::<Account>(SnapshotPolicy::every(10)?.with_mode(SnapshotMode::Sync));
     let account_id = Uuid::new_v4();
     let mut account = repo_sync.create_new(account_id);
     account.open("Sync Mode Test", 100.0)?;
@@ -153,8 +148,7 @@ async fn snapshot_modes_demo(stores: &Stores) -> Fallible {
     println!();
 
     println!("Mode: manual");
-    let repo_manual = Repository::<Account>::new(stores.events.clone())
-        .with_snapshots(stores.snapshots.clone(), SnapshotPolicy::manual());
+    let repo_manual = stores.repository_with_snapshots::<Account>(SnapshotPolicy::manual());
     let account_id3 = Uuid::new_v4();
     let mut account3 = repo_manual.create_new(account_id3);
     account3.open("Manual Mode Test", 100.0)?;
@@ -183,10 +177,8 @@ async fn snapshot_modes_demo(stores: &Stores) -> Fallible {
 /// while it waited (`tests/examples.rs` checks it).
 pub async fn background_mode(stores: &Stores) -> Fallible<usize> {
     println!("Mode: background");
-    let repo_background = Repository::<Account>::new(stores.events.clone()).with_snapshots(
-        stores.snapshots.clone(),
-        SnapshotPolicy::every(10)?.with_mode(SnapshotMode::Background),
-    );
+    let repo_background = stores
+        .repository_with_snapshots::<Account>(SnapshotPolicy::every(10)?.with_mode(SnapshotMode::Background));
     let account_id2 = Uuid::new_v4();
     let mut account2 = repo_background.create_new(account_id2);
     account2.open("Background Mode Test", 100.0)?;
@@ -280,8 +272,7 @@ impl Apply<SavingsDeposited> for AccountV2 {
 
 async fn schema_versioning_demo(stores: &Stores) -> Fallible {
     println!("\n=== Schema Versioning ===\n");
-    let repo_v1 = Repository::<AccountV1>::new(stores.events.clone())
-        .with_snapshots(stores.snapshots.clone(), SnapshotPolicy::every(5)?);
+    let repo_v1 = stores.repository_with_snapshots::<AccountV1>(SnapshotPolicy::every(5)?);
     let account_id = Uuid::new_v4();
     let mut account = repo_v1.create_new(account_id);
     account.record(SavingsOpened {
@@ -324,8 +315,7 @@ async fn schema_versioning_demo(stores: &Stores) -> Fallible {
     }
     println!();
 
-    let repo_v2 = Repository::<AccountV2>::new(stores.events.clone())
-        .with_snapshots(stores.snapshots.clone(), SnapshotPolicy::every(5)?);
+    let repo_v2 = stores.repository_with_snapshots::<AccountV2>(SnapshotPolicy::every(5)?);
     println!("Loading account with V2 aggregate (V1 snapshot should be ignored)...");
     let mut loaded = repo_v2.load(account_id).await?;
     println!("  Loaded successfully!");

@@ -67,7 +67,7 @@ const ACCOUNTS: u64 = 24;
 
 /// Accounts of 1 to 24 events each; returns their ids and the total balance in cents.
 async fn fill(stores: &eventsource::backend::Stores) -> (Vec<Uuid>, i128) {
-    let accounts = Repository::<Account>::new(stores.events.clone());
+    let accounts = stores.repository::<Account>();
     let (mut ids, mut total) = (Vec::new(), 0);
     for i in 0..ACCOUNTS {
         let id = Uuid::new_v4();
@@ -438,8 +438,7 @@ async fn rewarm_beside_live_writers(url: &str) {
     let stores = eventsource::backend::open(url).await.unwrap();
     stores.migrate().await.unwrap();
     let (ids, _) = fill(&stores).await;
-    let accounts = Repository::<Account>::new(stores.events.clone())
-        .with_snapshots(stores.snapshots.clone(), SnapshotPolicy::every(5).unwrap());
+    let accounts = stores.repository_with_snapshots::<Account>(SnapshotPolicy::every(5).unwrap());
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writing = {
         let (accounts, ids, done) = (accounts.clone(), ids.clone(), done.clone());

@@ -164,7 +164,7 @@ impl EventStore for LostAnswer {
         ty: &str,
         expected: u64,
         events: &[EventEnvelope],
-    ) -> eventsource::Result<u64> {
+    ) -> eventsource::Result<eventsource::Appended> {
         let stored = self.inner.append(id, ty, expected, events).await?;
         if self.lost.fetch_add(1, Ordering::SeqCst) == 1 {
             return Err(Error::Store {
@@ -185,47 +185,14 @@ impl EventStore for LostAnswer {
     fn read_all(&self, after: u64) -> EventStream<'_> {
         self.inner.read_all(after)
     }
-    // The rest forwarded, appends through the lost answer above.
-    async fn append_with_position(
-        &self,
-        id: Uuid,
-        ty: &str,
-        expected: u64,
-        events: &[EventEnvelope],
-    ) -> eventsource::Result<eventsource::Appended> {
-        let version = self.append(id, ty, expected, events).await?;
-        let position = self.inner.position_of(id, ty, version).await?;
-        Ok(eventsource::Appended { version, position })
+    async fn head(&self, after: u64) -> eventsource::Result<eventsource::FeedHead> {
+        self.inner.head(after).await
     }
     async fn position_of(&self, id: Uuid, ty: &str, version: u64) -> eventsource::Result<Option<u64>> {
         self.inner.position_of(id, ty, version).await
     }
     fn load_stream<'a>(&'a self, id: Uuid, ty: &'a str, after: u64) -> EventStream<'a> {
         self.inner.load_stream(id, ty, after)
-    }
-    fn joint_snapshot_reader(
-        &self,
-        snapshots: &dyn std::any::Any,
-    ) -> Option<Arc<dyn eventsource::JointSnapshotRead>> {
-        self.inner.joint_snapshot_reader(snapshots)
-    }
-    fn joint_snapshot_writer(
-        &self,
-        snapshots: &dyn std::any::Any,
-    ) -> Option<Arc<dyn eventsource::JointSnapshotWrite>> {
-        self.inner.joint_snapshot_writer(snapshots)
-    }
-    async fn head(&self, after: u64) -> eventsource::Result<eventsource::FeedHead> {
-        self.inner.head(after).await
-    }
-    async fn request_version(&self, id: Uuid, ty: &str, request: Uuid) -> eventsource::Result<Option<u64>> {
-        self.inner.request_version(id, ty, request).await
-    }
-    fn append_signal(&self) -> Option<eventsource::AppendSignal> {
-        self.inner.append_signal()
-    }
-    async fn stream_versions(&self, ty: &str) -> eventsource::Result<Vec<(Uuid, u64)>> {
-        self.inner.stream_versions(ty).await
     }
 }
 

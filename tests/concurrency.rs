@@ -82,10 +82,7 @@ async fn state_at(stores: &Stores, id: Uuid, version: u64) -> Account {
 async fn verify(stores: &Stores, ids: &[Uuid], wins: &HashMap<Uuid, u64>) {
     for &id in ids {
         let won = wins.get(&id).copied().unwrap_or(0);
-        let account = Repository::<Account>::new(stores.events.clone())
-            .load(id)
-            .await
-            .unwrap();
+        let account = stores.repository::<Account>().load(id).await.unwrap();
         assert_eq!(
             account.version(),
             1 + won,

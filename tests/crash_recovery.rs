@@ -104,10 +104,7 @@ async fn a_killed_writer_leaves_every_committed_batch_and_no_partial_one() {
             head <= reported + BATCH,
             "at most the batch in flight was committed unreported"
         );
-        let account = Repository::<Account>::new(stores.events.clone())
-            .load(id)
-            .await
-            .unwrap();
+        let account = stores.repository::<Account>().load(id).await.unwrap();
         assert_eq!(
             account.state().transaction_count,
             head,

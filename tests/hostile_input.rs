@@ -930,7 +930,7 @@ proptest! {
                 .map(|(i, (t, p))| envelope(id, i as u64 + 1, t, p))
                 .collect();
             match store.append(id, "Account", 0, &batch).await {
-                Ok(n) => assert_eq!(n, events.len() as u64),
+                Ok(n) => assert_eq!(n.version, events.len() as u64),
                 Err(Error::InvalidInput(_)) => {
                     assert!(events.iter().any(|(t, _)| t.is_empty() || t.contains('\0')));
                     assert!(store.is_empty());
@@ -1365,7 +1365,13 @@ fn copy(row: &eventsource::Result<StoredEvent>) -> eventsource::Result<StoredEve
 
 #[async_trait]
 impl EventStore for ScriptedEventStore {
-    async fn append(&self, _: Uuid, _: &str, _: u64, _: &[EventEnvelope]) -> eventsource::Result<u64> {
+    async fn append(
+        &self,
+        _: Uuid,
+        _: &str,
+        _: u64,
+        _: &[EventEnvelope],
+    ) -> eventsource::Result<eventsource::Appended> {
         Err(Error::InvalidInput("read only".into()))
     }
 
@@ -1387,6 +1393,16 @@ impl EventStore for ScriptedEventStore {
         Box::pin(futures_util::stream::iter(
             self.rows.iter().map(copy).collect::<Vec<_>>(),
         ))
+    }
+
+    async fn head(&self, after: u64) -> eventsource::Result<eventsource::FeedHead> {
+        let shown = self
+            .rows
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .filter(|e| e.position > after);
+        let (last, count) = shown.fold((after, 0), |(last, n), e| (last.max(e.position), n + 1));
+        Ok(eventsource::FeedHead::new(last, count))
     }
 }
 

@@ -414,7 +414,8 @@ async fn sqlite_prefixed_stores_leave_a_0_1_file_as_it_is_and_each_prefix_migrat
     let p_appended = events
         .append(id, "Account", 0, &[envelope(id, 1, "AccountOpened", OPENED)])
         .await
-        .unwrap();
+        .unwrap()
+        .version;
     assert_eq!(p_appended, 1);
     let before = sqlite_migrations(events.database()).await;
     drop((events, snapshots));
@@ -653,7 +654,8 @@ async fn postgres_0_1_tables_are_upgraded_in_place_and_keep_their_data() {
         let version = events
             .append(id, "Account", 2, &[envelope(id, 3, "MoneyDeposited", exact)])
             .await
-            .unwrap();
+            .unwrap()
+            .version;
         assert_eq!(version, 3);
         let read: Vec<StoredEvent> = events.read_stream(id, "Account", 2).try_collect().await.unwrap();
         assert_eq!(read.len(), 1);

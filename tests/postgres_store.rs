@@ -298,6 +298,42 @@ mod subscription_store_conformance {
     });
 }
 
+mod stores_conformance {
+    eventsource::stores_conformance!({
+        let Some(db) = super::db(concat!("conformance check in ", module_path!())).await else {
+            return;
+        };
+        std::future::ready(eventsource::backend::Stores::from_postgres(
+            db.events,
+            db.snapshots,
+        ))
+    });
+}
+
+#[tokio::test]
+async fn postgres_stores_hand_out_every_ability() {
+    let Some(db) = db("postgres_stores_hand_out_every_ability").await else {
+        return;
+    };
+    let every = eventsource::testing::stores::Abilities {
+        append_signal: true,
+        stream_listing: true,
+        snapshot_listing: true,
+        request_index: true,
+        joint_snapshots: true,
+    };
+    let stores = eventsource::backend::open(&db.url).await.unwrap();
+    eventsource::testing::stores::assert_abilities(&stores, every);
+    // Stores on two pools cannot write jointly: the rest they keep.
+    let apart = PostgresSnapshotStore::new(db.admin().await);
+    let stores = eventsource::backend::Stores::from_postgres(db.events.clone(), apart);
+    let without_joint = eventsource::testing::stores::Abilities {
+        joint_snapshots: false,
+        ..every
+    };
+    eventsource::testing::stores::assert_abilities(&stores, without_joint);
+}
+
 /// The event store suite through a wrapper that forwards only the required methods, on a
 /// schema of its own (the trait's defaults read the whole feed).
 #[tokio::test]
@@ -429,7 +465,8 @@ async fn migrate_is_idempotent_and_safe_when_instances_run_it_at_once() {
         events
             .append(id, "Migrated", 0, &batch(id, "Migrated", 0, 2))
             .await
-            .unwrap(),
+            .unwrap()
+            .version,
         2
     );
     assert_eq!(read_stream(events, id, "Migrated", 0).await.len(), 2);
@@ -477,7 +514,7 @@ async fn events_read_back_as_appended_through_jsonb() {
     second.event_type = Arc::from("Другой");
     let appended = [first, second];
 
-    assert_eq!(db.events.append(id, &ty, 0, &appended).await.unwrap(), 2);
+    assert_eq!(db.events.append(id, &ty, 0, &appended).await.unwrap().version, 2);
     let read = read_stream(&db.events, id, &ty, 0).await;
     assert_eq!(read.len(), 2);
     for (read, appended) in read.iter().zip(&appended) {
@@ -669,10 +706,8 @@ async fn a_column_of_another_type_is_a_corrupt_error() {
         .save_snapshot(&snapshot(id, ty, 2, 1))
         .await
         .unwrap();
-    let reader = scratch
-        .events
-        .joint_snapshot_reader(scratch.snapshots.as_any().unwrap())
-        .unwrap();
+    let joint = scratch.events.joint_snapshots(&scratch.snapshots).unwrap();
+    let reader = joint.reader();
     let found = reader.read(id, ty, u32::MAX).await.unwrap().unwrap();
     assert_eq!(found.snapshot.version, 2);
     let read: Vec<_> = found.events.collect().await;
@@ -768,8 +803,8 @@ async fn contend(events: PostgresEventStore, id: Uuid, ty: String, rounds: usize
         let at = events.stream_version(id, &ty).await.unwrap();
         let batch = batch(id, &ty, at, size);
         match events.append(id, &ty, at, &batch).await {
-            Ok(version) => {
-                assert_eq!(version, at + size);
+            Ok(appended) => {
+                assert_eq!(appended.version, at + size);
                 tally
                     .won
                     .push((at + 1, batch.iter().map(|e| e.event_id).collect()));
@@ -973,7 +1008,11 @@ async fn a_terminated_connection_is_a_store_error_and_the_next_call_works() {
         "the killed append wrote nothing"
     );
     assert_eq!(
-        db.events.append(id, &ty, 0, &batch(id, &ty, 0, 2)).await.unwrap(),
+        db.events
+            .append(id, &ty, 0, &batch(id, &ty, 0, 2))
+            .await
+            .unwrap()
+            .version,
         2
     );
     assert_eq!(read_stream(&db.events, id, &ty, 0).await.len(), 2);
@@ -1003,7 +1042,14 @@ async fn a_statement_timeout_is_a_store_error_and_the_next_call_works() {
     assert!(is_store_error(&err), "{err:?}");
     assert!(err.to_string().contains("statement timeout"), "{err}");
     blocker.rollback().await.unwrap();
-    assert_eq!(timed.append(id, &ty, 0, &batch(id, &ty, 0, 1)).await.unwrap(), 1);
+    assert_eq!(
+        timed
+            .append(id, &ty, 0, &batch(id, &ty, 0, 1))
+            .await
+            .unwrap()
+            .version,
+        1
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1130,8 +1176,7 @@ async fn repositories_of_two_instances_share_the_stores_of_a_url() {
     let stores = eventsource::backend::open(&url).await.unwrap();
     assert_eq!(stores.backend_name(), "postgres");
     stores.migrate().await.unwrap();
-    let repo = Repository::<Account>::new(stores.events.clone())
-        .with_snapshots(stores.snapshots.clone(), SnapshotPolicy::every(10).unwrap());
+    let repo = stores.repository_with_snapshots::<Account>(SnapshotPolicy::every(10).unwrap());
     let id = Uuid::new_v4();
     let mut account = opened(id, 24);
     assert_eq!(repo.save(&mut account).await.unwrap(), 25);
@@ -1200,7 +1245,7 @@ async fn grouped_appends_decide_each_append_alone_and_survive_cancelled_callers(
                     let _ = tokio::time::timeout(Duration::from_micros(50), cancelled).await;
                 }
                 // Made again after a cancellation, an append is acknowledged if it was stored.
-                version = events.append(id, &ty, version, &batch).await.unwrap();
+                version = events.append(id, &ty, version, &batch).await.unwrap().version;
             }
             id
         }));
@@ -1267,15 +1312,12 @@ async fn a_save_and_its_due_snapshot_are_one_statement_and_a_failing_snapshot_ne
         return;
     };
     let scratch = db.scratch().await;
-    assert!(
-        scratch
-            .events
-            .joint_snapshot_writer(scratch.snapshots.as_any().unwrap())
-            .is_some(),
-        "stores on one pool write jointly"
-    );
+    let joint = scratch
+        .events
+        .joint_snapshots(&scratch.snapshots)
+        .expect("stores on one pool write jointly");
     let repo = Repository::<Account>::new(scratch.events.clone())
-        .with_snapshots(scratch.snapshots.clone(), SnapshotPolicy::every(10).unwrap());
+        .with_joint_snapshots(joint, SnapshotPolicy::every(10).unwrap());
     let id = Uuid::new_v4();
     let mut account = opened(id, 11); // 12 events: crosses 10
     assert_eq!(repo.save(&mut account).await.unwrap(), 12);
@@ -1360,9 +1402,10 @@ async fn joint_read(
     snapshots: &PostgresSnapshotStore,
     id: Uuid,
 ) -> Option<(u64, Vec<u64>)> {
-    let reader = events
-        .joint_snapshot_reader(snapshots.as_any().unwrap())
+    let joint = events
+        .joint_snapshots(snapshots)
         .expect("stores on one pool read jointly");
+    let reader = joint.reader();
     let found = reader.read(id, "Account", u32::MAX).await.unwrap()?;
     let versions: Vec<StoredEvent> = found.events.try_collect().await.unwrap();
     Some((
@@ -1378,8 +1421,10 @@ async fn a_snapshot_and_its_events_are_read_in_one_statement_and_checked_as_ever
     };
     // Pages of three events: the tail after the first page is read page by page.
     let events = db.events.clone().with_page_size(3).unwrap();
-    let repo = Repository::<Account>::new(events.clone())
-        .with_snapshots(db.snapshots.clone(), SnapshotPolicy::every(1000).unwrap());
+    let repo = Repository::<Account>::new(events.clone()).with_joint_snapshots(
+        events.joint_snapshots(&db.snapshots).unwrap(),
+        SnapshotPolicy::every(1000).unwrap(),
+    );
     let id = Uuid::new_v4();
     let mut account = opened(id, 9);
     repo.save(&mut account).await.unwrap();
@@ -1464,12 +1509,12 @@ async fn corrupt_rows_fail_a_joint_read_and_the_load_replays() {
         return;
     };
     let scratch = db.scratch().await;
-    let repo = Repository::<Account>::new(scratch.events.clone())
-        .with_snapshots(scratch.snapshots.clone(), SnapshotPolicy::every(1000).unwrap());
-    let reader = scratch
-        .events
-        .joint_snapshot_reader(scratch.snapshots.as_any().unwrap())
-        .unwrap();
+    let repo = Repository::<Account>::new(scratch.events.clone()).with_joint_snapshots(
+        scratch.events.joint_snapshots(&scratch.snapshots).unwrap(),
+        SnapshotPolicy::every(1000).unwrap(),
+    );
+    let joint = scratch.events.joint_snapshots(&scratch.snapshots).unwrap();
+    let reader = joint.reader();
     let snapshots = scratch.table("eventsource_snapshots");
 
     // A snapshot row out of range.
@@ -1536,19 +1581,15 @@ async fn only_stores_on_one_pool_read_jointly() {
     let Some(db) = db("only_stores_on_one_pool_read_jointly").await else {
         return;
     };
-    let snapshots = db.snapshots.as_any().unwrap();
+    let snapshots = &db.snapshots;
     // Clones and stores made from a clone of the pool share it, whatever their schemas.
-    assert!(db.events.joint_snapshot_reader(snapshots).is_some());
+    assert!(db.events.joint_snapshots(snapshots).is_some());
     let in_schema = PostgresEventStore::with_schema(db.pool.clone(), "es_joint_unused").unwrap();
-    assert!(in_schema.joint_snapshot_reader(snapshots).is_some());
+    assert!(in_schema.joint_snapshots(snapshots).is_some());
     // A pool of its own may be another database.
     let other = PostgresEventStore::new(db.admin().await);
-    assert!(other.joint_snapshot_reader(snapshots).is_none());
-    // Another kind of snapshot store.
-    let memory = eventsource::InMemorySnapshotStore::new();
-    assert!(db.events.joint_snapshot_reader(&memory).is_none());
-    // The stores of a URL, behind `Arc<dyn ...>`.
+    assert!(other.joint_snapshots(snapshots).is_none());
+    // The stores of a URL hand the joint statements out.
     let stores = eventsource::backend::open(&db.url).await.unwrap();
-    let snapshots = stores.snapshots.as_any().unwrap();
-    assert!(stores.events.joint_snapshot_reader(snapshots).is_some());
+    assert!(stores.joint_snapshots.is_some());
 }

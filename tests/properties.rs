@@ -68,10 +68,7 @@ async fn check(stores: &Stores, repo: &Repository<Account>, id: Uuid) {
         assert!(repo.load(id).await.unwrap_err().is_not_found());
         return;
     }
-    let truth = Repository::<Account>::new(stores.events.clone())
-        .load(id)
-        .await
-        .unwrap();
+    let truth = stores.repository::<Account>().load(id).await.unwrap();
     let loaded = repo.load(id).await.unwrap();
     assert_eq!(
         (loaded.version(), loaded.state()),
@@ -82,8 +79,7 @@ async fn check(stores: &Stores, repo: &Repository<Account>, id: Uuid) {
 async fn run(url: &str, policy: SnapshotPolicy, steps: Vec<Step>) {
     let stores = open(url).await.unwrap();
     stores.migrate().await.unwrap();
-    let repo =
-        Repository::<Account>::new(stores.events.clone()).with_snapshots(stores.snapshots.clone(), policy);
+    let repo = stores.repository_with_snapshots::<Account>(policy);
     let mut roots: Vec<AggregateRoot<Account>> = (0..AGGREGATES).map(|_| opened(Uuid::new_v4(), 0)).collect();
     for step in steps {
         match step {

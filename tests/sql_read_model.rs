@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use eventsource::backend::{self, SqlProjection, SqlReadModel, SqlWrites, Stores};
-use eventsource::projection::Projection;
 use eventsource::subscription::HandlerError;
 use eventsource::{Error, EventEnvelope, StoredEvent, Uuid};
 use serde_json::Value;
@@ -143,7 +142,8 @@ async fn one_read_model_for_both(stores: Stores) {
         },
     )
     .unwrap();
-    let projection = Projection::new("takings", stores.events.clone(), model)
+    let projection = stores
+        .projection("takings", model)
         .unwrap()
         .retry(
             3,

@@ -25,6 +25,38 @@ mod in_memory {
     });
 }
 
+/// The abilities SQLite stores hand out, on a private database and on a file.
+mod abilities {
+    use eventsource::backend::{self, Stores};
+    use eventsource::testing::stores::{assert_abilities, Abilities};
+
+    eventsource::stores_conformance!(async { backend::open("sqlite::memory:").await.unwrap() });
+
+    mod on_a_file {
+        eventsource::stores_conformance!(async {
+            let path = super::super::shared_file();
+            eventsource::backend::open(&format!("sqlite:{}", path.display()))
+                .await
+                .unwrap()
+        });
+    }
+
+    #[tokio::test]
+    async fn sqlite_stores_hand_out_every_ability_but_joint_statements() {
+        let stores: Stores = backend::open("sqlite::memory:").await.unwrap();
+        assert_abilities(
+            &stores,
+            Abilities {
+                append_signal: true,
+                stream_listing: true,
+                snapshot_listing: true,
+                request_index: true,
+                joint_snapshots: false,
+            },
+        );
+    }
+}
+
 /// The suite through a wrapper that forwards only the required methods.
 mod through_a_wrapper_of_the_required_methods {
     use super::*;
@@ -385,11 +417,8 @@ async fn two_prefixes_in_one_file_are_independent_stores() {
     );
 
     let id = Uuid::new_v4();
-    let appended = a_events
-        .append_with_position(id, "Thing", 0, &events_for(id, 2))
-        .await
-        .unwrap();
-    assert_eq!(appended.position, Some(2));
+    let appended = a_events.append(id, "Thing", 0, &events_for(id, 2)).await.unwrap();
+    assert_eq!(appended.position, 2);
     a_snapshots.save_snapshot(&snapshot_of(id, 2)).await.unwrap();
     assert!(a_subscriptions
         .acquire("feed", Uuid::new_v4(), Duration::from_secs(10))
@@ -404,16 +433,16 @@ async fn two_prefixes_in_one_file_are_independent_stores() {
         .unwrap()
         .is_empty());
     assert_eq!(b_events.head(0).await.unwrap().events_after, 0);
-    assert!(b_events.stream_versions("Thing").await.unwrap().is_empty());
+    assert!(eventsource::StreamListing::stream_versions(&b_events, "Thing")
+        .await
+        .unwrap()
+        .is_empty());
     assert!(!b_snapshots.snapshot_exists(id, "Thing").await.unwrap());
     assert!(b_subscriptions.subscriptions().await.unwrap().is_empty());
 
     // The same stream under `b_` starts at version 1 and at position 1 of its own log.
-    let appended = b_events
-        .append_with_position(id, "Thing", 0, &events_for(id, 1))
-        .await
-        .unwrap();
-    assert_eq!((appended.version, appended.position), (1, Some(1)));
+    let appended = b_events.append(id, "Thing", 0, &events_for(id, 1)).await.unwrap();
+    assert_eq!((appended.version, appended.position), (1, 1));
     assert_eq!(a_events.stream_version(id, "Thing").await.unwrap(), 2);
     assert_eq!(read(&a_events, id, "Thing").await.unwrap().len(), 2);
     assert_eq!(

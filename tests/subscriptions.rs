@@ -15,7 +15,7 @@ use std::time::Duration;
 use eventsource::backend::{postgres, sqlite};
 use eventsource::prelude::*;
 use eventsource::subscription::{Restart, SubscriptionStore, Typed};
-use eventsource::{EventEnvelope, EventStore};
+use eventsource::{AppendSignal, EventEnvelope, EventStore};
 
 /// Set in the consumer processes: `backend location name type after out-file`.
 const CHILD_VAR: &str = "EVENTSOURCE_TEST_SUBSCRIBER";
@@ -122,7 +122,7 @@ async fn many_writers_one_subscription(events: Arc<dyn EventStore>, store: Arc<d
                     .map(|i| event(id, &ty, version + i, "{}"))
                     .collect();
                 ids.extend(batch.iter().map(|e| e.event_id));
-                version = events.append(id, &ty, version, &batch).await.unwrap();
+                version = events.append(id, &ty, version, &batch).await.unwrap().version;
             }
             ids
         })
@@ -792,12 +792,14 @@ async fn consumers_killed_with_sigkill_on_postgres() {
 async fn an_append_wakes_the_subscription(
     writer: Arc<dyn EventStore>,
     reader: Arc<dyn EventStore>,
+    signal: AppendSignal,
     store: Arc<dyn SubscriptionStore>,
 ) {
     let ty = unique("Woken");
     let start = reader.head(0).await.unwrap().position;
     let subscription = Subscription::new(&unique("woken"), reader, store)
         .unwrap()
+        .wake_on(signal)
         .aggregate_type(&ty)
         .starting_after(start)
         .poll_interval(Duration::from_secs(60))
@@ -833,13 +835,21 @@ async fn an_append_wakes_the_subscription_in_memory_and_on_sqlite() {
     let events = InMemoryEventStore::new();
     an_append_wakes_the_subscription(
         Arc::new(events.clone()),
-        Arc::new(events),
+        Arc::new(events.clone()),
+        events.append_signal(),
         Arc::new(InMemorySubscriptionStore::new()),
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
     let (events, store) = sqlite_stores(dir.path().join("woken.db")).await;
-    an_append_wakes_the_subscription(Arc::new(events.clone()), Arc::new(events), Arc::new(store)).await;
+    let signal = events.append_signal();
+    an_append_wakes_the_subscription(
+        Arc::new(events.clone()),
+        Arc::new(events),
+        signal,
+        Arc::new(store),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -853,7 +863,8 @@ async fn an_append_on_another_pool_wakes_the_subscription_on_postgres() {
     writer.migrate().await.unwrap();
     let reader = postgres::PostgresEventStore::new(pool().await.unwrap());
     let store = reader.subscription_store();
-    an_append_wakes_the_subscription(Arc::new(writer), Arc::new(reader), Arc::new(store)).await;
+    let signal = reader.append_signal();
+    an_append_wakes_the_subscription(Arc::new(writer), Arc::new(reader), signal, Arc::new(store)).await;
 }
 
 #[tokio::test]
@@ -939,4 +950,37 @@ async fn a_consumer_paused_past_its_lease_gives_way_and_never_moves_the_checkpoi
         "the paused consumer handled only its first batch"
     );
     assert_eq!(slow.metrics().handled(), 10);
+}
+
+/// A subscription built by the stores wakes on their append signal: with a poll interval of a
+/// minute, an append is handled at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_of_the_stores_wakes_on_their_signal() {
+    let stores = eventsource::backend::Stores::in_memory();
+    let ty = unique("StoresWoken");
+    let subscription = stores
+        .subscription(&unique("stores-woken"))
+        .unwrap()
+        .aggregate_type(&ty)
+        .poll_interval(Duration::from_secs(60))
+        .unwrap();
+    let seen = Seen::default();
+    let events = stores.events.clone();
+    let appended = {
+        let (seen, ty) = (seen.clone(), ty.clone());
+        async move {
+            // After the subscription has read the empty feed and gone to sleep.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            append(&*events, &ty, 1).await;
+            until_seen(&seen, 1).await;
+        }
+    };
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        subscription.run(collector(&seen), appended),
+    )
+    .await
+    .expect("woken well before the poll interval")
+    .unwrap();
+    assert_eq!(seen.lock().unwrap().len(), 1);
 }

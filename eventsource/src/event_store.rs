@@ -1,6 +1,5 @@
 //! The event store contract.
 
-use std::any::Any;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -10,7 +9,6 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 pub use crate::event::validate_aggregate_type;
 use crate::event::{EventEnvelope, StoredEvent};
-use crate::snapshot::{JointSnapshotRead, JointSnapshotWrite};
 
 /// A stream of stored events, read lazily from the store.
 pub type EventStream<'a> = BoxStream<'a, Result<StoredEvent>>;
@@ -37,12 +35,11 @@ pub type EventStream<'a> = BoxStream<'a, Result<StoredEvent>>;
 ///   event under its id at its version (the same append made again, after an answer that
 ///   was lost to a cancellation, a timeout or a dropped connection), succeeds with the
 ///   version after the batch and writes nothing. Backends check this whenever the append is
-///   refused for a conflict or a reused event id, with [`acknowledge_stored_batch`].
+///   refused for a conflict or a reused event id, with [`Batch::acknowledge_stored`].
 /// - **Ordered reads.** [`read_stream`](Self::read_stream) yields a stream's events with
 ///   aggregate version greater than `after_version`, in version order, exactly as appended.
 ///   Backends that can stream do so instead of collecting the whole stream in memory.
-/// - **Request ids.** Every event reads back with the request id it was appended with, and
-///   [`request_version`](Self::request_version) finds the last version stored under one.
+/// - **Request ids.** Every event reads back with the request id it was appended with.
 /// - **A global feed that never skips.** Every stored event has a position, unique in the
 ///   store, increasing within a batch and from one append to the next;
 ///   [`read_all`](Self::read_all) yields the events after a position in position order. A
@@ -54,67 +51,43 @@ pub type EventStream<'a> = BoxStream<'a, Result<StoredEvent>>;
 /// - **Typed failures.** Backend failures are [`Error::Store`]; a row that the backend cannot
 ///   decode is [`Error::Corrupt`]. No backend panics on bad data.
 ///
+/// - **A cheap head.** [`head`](Self::head) counts where the events are kept; it never
+///   reads them.
+///
+/// # Abilities
+///
+/// What only some backends can do is not on this trait: each is a value the backend hands
+/// out, and [`backend::Stores`](crate::backend::Stores) carries the ones a backend has: the
+/// append wake-up signal ([`AppendSignal`](crate::abilities::AppendSignal)), stream listings
+/// for operators ([`StreamListing`](crate::abilities::StreamListing),
+/// [`SnapshotListing`](crate::abilities::SnapshotListing)), and reads and writes of
+/// events with a snapshot in one statement
+/// ([`JointSnapshots`](crate::snapshot::JointSnapshots)). A repository, subscription or
+/// projection built from `Stores` is given each one; built from an event store alone, it does
+/// without (it polls, and makes two round trips where one would do).
+///
 /// # Wrappers
 ///
 /// A store that wraps another (a router, a store that counts or fails calls) forwards every
-/// method, the provided ones too: they are the wrapped store's fast paths (`head`,
-/// `load_stream`, `position_of`, `request_version`, `stream_versions`) and abilities
-/// (`append_signal`, the joint snapshot statements), and a wrapper that leaves them to their
-/// defaults gives the same results, slower, without wake-ups or joint statements. Put
+/// method, the provided ones too: [`load_stream`](Self::load_stream) and
+/// [`position_of`](Self::position_of) are the wrapped store's fast paths, and a wrapper that
+/// leaves them to their defaults gives the same results, slower. Put
 /// `#[deny(clippy::missing_trait_methods)]` on the impl, as this crate's own forwarding impls
-/// have; `testing::RequiredOnly` (feature `testing`) is a wrapper that forwards
-/// only what is required, and the conformance suite passes through it on every backend.
+/// have. `testing::RequiredOnly` (feature `testing`) is a wrapper that forwards only what is
+/// required; the conformance suite passes through it on every backend. Abilities are not
+/// methods, so a wrapper cannot lose them: whoever builds the wrapper decides which to hand
+/// out with it.
 #[async_trait]
 pub trait EventStore: Send + Sync {
-    /// Appends `events` to the stream if it is at `expected_version`; returns the new version.
+    /// Appends `events` to the stream if it is at `expected_version`; returns the stream's new
+    /// version and the feed position of the batch's last event.
     async fn append(
         &self,
         aggregate_id: Uuid,
         aggregate_type: &str,
         expected_version: u64,
         events: &[EventEnvelope],
-    ) -> Result<u64>;
-
-    /// Appends as [`append`](Self::append) does, and tells where the batch's last event is in
-    /// the feed, when the store knows it without another read (`None` otherwise; then
-    /// [`position_of`](Self::position_of) finds it). The default calls `append`; the stores of
-    /// this crate know the position from the append itself.
-    async fn append_with_position(
-        &self,
-        aggregate_id: Uuid,
-        aggregate_type: &str,
-        expected_version: u64,
-        events: &[EventEnvelope],
-    ) -> Result<Appended> {
-        let version = self
-            .append(aggregate_id, aggregate_type, expected_version, events)
-            .await?;
-        Ok(Appended {
-            version,
-            position: None,
-        })
-    }
-
-    /// The feed position of the stream's event at `version`, `None` if the stream has no
-    /// event at that version. The default reads the stream from there (one indexed page on
-    /// SQLite); PostgreSQL looks the one row up.
-    async fn position_of(
-        &self,
-        aggregate_id: Uuid,
-        aggregate_type: &str,
-        version: u64,
-    ) -> Result<Option<u64>> {
-        use futures_util::StreamExt;
-
-        if version == 0 {
-            return Ok(None);
-        }
-        let mut stream = self.read_stream(aggregate_id, aggregate_type, version - 1);
-        match stream.next().await.transpose()? {
-            Some(event) if event.aggregate_version == version => Ok(Some(event.position)),
-            _ => Ok(None),
-        }
-    }
+    ) -> Result<Appended>;
 
     /// The stream's events with aggregate version greater than `after_version`, in order.
     fn read_stream<'a>(
@@ -123,6 +96,18 @@ pub trait EventStore: Send + Sync {
         aggregate_type: &'a str,
         after_version: u64,
     ) -> EventStream<'a>;
+
+    /// The stream's current version: the number of events in it, 0 if there are none.
+    async fn stream_version(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<u64>;
+
+    /// Every event with a position greater than `after_position`, in position order; see the
+    /// contract for why a reader that resumes after the last position it saw misses nothing.
+    fn read_all(&self, after_position: u64) -> EventStream<'_>;
+
+    /// The feed's head as [`read_all`](Self::read_all) would show it now: the last position
+    /// and how many events follow `after_position`, counted where the events are (an index,
+    /// a counter), never by reading them.
+    async fn head(&self, after_position: u64) -> Result<FeedHead>;
 
     /// The stream's events after `after_version` as a load replays them: in version order,
     /// with the aggregate version, event id, event type and version, and payload exactly as
@@ -140,105 +125,35 @@ pub trait EventStore: Send + Sync {
         self.read_stream(aggregate_id, aggregate_type, after_version)
     }
 
-    /// The stream's current version: the number of events in it, 0 if there are none.
-    async fn stream_version(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<u64>;
-
-    /// Every event with a position greater than `after_position`, in position order; see the
-    /// contract for why a reader that resumes after the last position it saw misses nothing.
-    fn read_all(&self, after_position: u64) -> EventStream<'_>;
-
-    /// A reader of `snapshots`' snapshots together with this store's events, if this store
-    /// can read that snapshot store's data itself (the two share a database), so that a load
-    /// with a snapshot is one round trip instead of two.
-    ///
-    /// `snapshots` is a snapshot store's [`as_any`](crate::SnapshotStore::as_any). A
-    /// repository asks once, when it is given its snapshot store. `None`, the default, makes
-    /// it read the snapshot and the events one after the other.
-    fn joint_snapshot_reader(&self, snapshots: &dyn Any) -> Option<Arc<dyn JointSnapshotRead>> {
-        let _ = snapshots;
-        None
-    }
-
-    /// A writer of events together with a snapshot into `snapshots` (a snapshot store's
-    /// [`as_any`](crate::SnapshotStore::as_any)), if this store can write that store's data
-    /// in the same transaction (the two share a database), so that a save with a due
-    /// snapshot is one round trip instead of two. `None`, the default, makes the repository
-    /// append, then write the snapshot.
-    fn joint_snapshot_writer(&self, snapshots: &dyn Any) -> Option<Arc<dyn JointSnapshotWrite>> {
-        let _ = snapshots;
-        None
-    }
-
-    /// The feed's head as [`read_all`](Self::read_all) would show it now: the last position
-    /// and how many events follow `after_position`. The default reads the whole feed after
-    /// `after_position`; database backends count in the database.
-    async fn head(&self, after_position: u64) -> Result<FeedHead> {
-        use futures_util::StreamExt;
-
-        let mut head = FeedHead::new(after_position, 0);
-        let mut feed = self.read_all(after_position);
-        while let Some(event) = feed.next().await {
-            head.position = event?.position;
-            head.events_after += 1;
-        }
-        Ok(head)
-    }
-
-    /// The version of the last event of the stream stored with this request id (the
-    /// idempotency key of the command that recorded it), `None` if the stream holds none.
-    /// The default reads the whole stream; database backends look it up in an index.
-    async fn request_version(
+    /// The feed position of the stream's event at `version`, `None` if the stream has no
+    /// event at that version. The default reads the one event through
+    /// [`read_stream`](Self::read_stream); PostgreSQL looks the one row up.
+    async fn position_of(
         &self,
         aggregate_id: Uuid,
         aggregate_type: &str,
-        request_id: Uuid,
+        version: u64,
     ) -> Result<Option<u64>> {
         use futures_util::StreamExt;
 
-        let mut found = None;
-        let mut stream = self.read_stream(aggregate_id, aggregate_type, 0);
-        while let Some(event) = stream.next().await {
-            let event = event?;
-            if event.request_id == Some(request_id) {
-                found = Some(event.aggregate_version);
-            }
+        if version == 0 {
+            return Ok(None);
         }
-        Ok(found)
-    }
-
-    /// A signal raised after each append this store makes (and, on PostgreSQL, after appends
-    /// of other processes), so that a consumer of the feed waits for it instead of polling.
-    /// `None`, the default, makes consumers poll. A wrapper store must forward it.
-    fn append_signal(&self) -> Option<AppendSignal> {
-        None
-    }
-
-    /// Every stream of one aggregate type with its version, in no particular order: what
-    /// operators' statistics and snapshot warming start from. The default reads the whole
-    /// feed; the stores of this crate ask their index.
-    async fn stream_versions(&self, aggregate_type: &str) -> Result<Vec<(Uuid, u64)>> {
-        use futures_util::StreamExt;
-
-        let mut versions = std::collections::HashMap::new();
-        let mut feed = self.read_all(0);
-        while let Some(event) = feed.next().await {
-            let event = event?;
-            if *event.aggregate_type == *aggregate_type {
-                let version = versions.entry(event.aggregate_id).or_insert(0);
-                *version = event.aggregate_version.max(*version);
-            }
+        let mut stream = self.read_stream(aggregate_id, aggregate_type, version - 1);
+        match stream.next().await.transpose()? {
+            Some(event) if event.aggregate_version == version => Ok(Some(event.position)),
+            _ => Ok(None),
         }
-        Ok(versions.into_iter().collect())
     }
 }
 
-/// What an append stored: see [`EventStore::append_with_position`].
+/// What an append stored: see [`EventStore::append`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Appended {
     /// The stream's version after the append.
     pub version: u64,
-    /// The feed position of the batch's last event, if the store told it.
-    pub position: Option<u64>,
+    /// The feed position of the batch's last event.
+    pub position: u64,
 }
 
 /// The feed's head: see [`EventStore::head`].
@@ -320,49 +235,6 @@ impl std::fmt::Display for FeedHolder {
     }
 }
 
-/// Tells the consumers of a feed that events were appended. Cheap to clone; clones share it.
-#[derive(Clone, Debug)]
-pub struct AppendSignal(Arc<tokio::sync::watch::Sender<u64>>);
-
-impl Default for AppendSignal {
-    fn default() -> Self {
-        AppendSignal(Arc::new(tokio::sync::watch::Sender::new(0)))
-    }
-}
-
-impl AppendSignal {
-    /// A new signal, not raised yet.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Raises the signal: every waiter wakes.
-    pub fn raise(&self) {
-        self.0.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
-    /// A waiter that wakes at each raise from now on.
-    pub fn waiter(&self) -> AppendWaiter {
-        let mut receiver = self.0.subscribe();
-        receiver.mark_unchanged();
-        AppendWaiter(receiver)
-    }
-}
-
-/// Waits for an [`AppendSignal`].
-#[derive(Debug)]
-pub struct AppendWaiter(tokio::sync::watch::Receiver<u64>);
-
-impl AppendWaiter {
-    /// Returns once the signal was raised since the last call (at once if it was meanwhile).
-    pub async fn raised(&mut self) {
-        if self.0.changed().await.is_err() {
-            // The store is gone: nothing will ever be appended through it again.
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
 #[async_trait]
 // Forwards every method, provided ones too: a wrapper that does not loses its fast paths.
 #[deny(clippy::missing_trait_methods)]
@@ -373,31 +245,10 @@ impl<S: EventStore + ?Sized> EventStore for Arc<S> {
         aggregate_type: &str,
         expected_version: u64,
         events: &[EventEnvelope],
-    ) -> Result<u64> {
+    ) -> Result<Appended> {
         (**self)
             .append(aggregate_id, aggregate_type, expected_version, events)
             .await
-    }
-
-    async fn append_with_position(
-        &self,
-        aggregate_id: Uuid,
-        aggregate_type: &str,
-        expected_version: u64,
-        events: &[EventEnvelope],
-    ) -> Result<Appended> {
-        (**self)
-            .append_with_position(aggregate_id, aggregate_type, expected_version, events)
-            .await
-    }
-
-    async fn position_of(
-        &self,
-        aggregate_id: Uuid,
-        aggregate_type: &str,
-        version: u64,
-    ) -> Result<Option<u64>> {
-        (**self).position_of(aggregate_id, aggregate_type, version).await
     }
 
     fn read_stream<'a>(
@@ -413,6 +264,14 @@ impl<S: EventStore + ?Sized> EventStore for Arc<S> {
         (**self).stream_version(aggregate_id, aggregate_type).await
     }
 
+    fn read_all(&self, after_position: u64) -> EventStream<'_> {
+        (**self).read_all(after_position)
+    }
+
+    async fn head(&self, after_position: u64) -> Result<FeedHead> {
+        (**self).head(after_position).await
+    }
+
     fn load_stream<'a>(
         &'a self,
         aggregate_id: Uuid,
@@ -422,157 +281,147 @@ impl<S: EventStore + ?Sized> EventStore for Arc<S> {
         (**self).load_stream(aggregate_id, aggregate_type, after_version)
     }
 
-    fn read_all(&self, after_position: u64) -> EventStream<'_> {
-        (**self).read_all(after_position)
-    }
-
-    fn joint_snapshot_reader(&self, snapshots: &dyn Any) -> Option<Arc<dyn JointSnapshotRead>> {
-        (**self).joint_snapshot_reader(snapshots)
-    }
-
-    fn joint_snapshot_writer(&self, snapshots: &dyn Any) -> Option<Arc<dyn JointSnapshotWrite>> {
-        (**self).joint_snapshot_writer(snapshots)
-    }
-
-    async fn head(&self, after_position: u64) -> Result<FeedHead> {
-        (**self).head(after_position).await
-    }
-
-    async fn request_version(
+    async fn position_of(
         &self,
         aggregate_id: Uuid,
         aggregate_type: &str,
-        request_id: Uuid,
+        version: u64,
     ) -> Result<Option<u64>> {
-        (**self)
-            .request_version(aggregate_id, aggregate_type, request_id)
-            .await
-    }
-
-    fn append_signal(&self) -> Option<AppendSignal> {
-        (**self).append_signal()
-    }
-
-    async fn stream_versions(&self, aggregate_type: &str) -> Result<Vec<(Uuid, u64)>> {
-        (**self).stream_versions(aggregate_type).await
+        (**self).position_of(aggregate_id, aggregate_type, version).await
     }
 }
 
-/// Checks a batch against the contract's rules before a backend writes it.
-///
-/// Backends call this first, so every one rejects the same batches with the same error.
-pub fn validate_batch(
-    aggregate_id: Uuid,
-    aggregate_type: &str,
-    expected_version: u64,
-    events: &[EventEnvelope],
-) -> Result<()> {
-    if events.is_empty() {
-        return Err(Error::InvalidInput("an append needs at least one event".into()));
-    }
-    validate_aggregate_type(aggregate_type)?;
-    if expected_version.checked_add(events.len() as u64).is_none() {
-        return Err(Error::InvalidInput(format!(
-            "a batch of {} event(s) after version {expected_version} overflows the version counter",
-            events.len()
-        )));
-    }
-    let mut ids = std::collections::HashSet::with_capacity(events.len());
-    for (i, event) in events.iter().enumerate() {
-        let want = expected_version + 1 + i as u64;
-        if event.aggregate_id != aggregate_id || *event.aggregate_type != *aggregate_type {
-            return Err(Error::InvalidInput(format!(
-                "event {} belongs to {} {}, not to the stream {aggregate_type} {aggregate_id}",
-                event.event_id, event.aggregate_type, event.aggregate_id
-            )));
-        }
-        if event.aggregate_version != want {
-            return Err(Error::InvalidInput(format!(
-                "event {} has aggregate version {}, expected {want}",
-                event.event_id, event.aggregate_version
-            )));
-        }
-        if event.event_type.is_empty() {
-            return Err(Error::InvalidInput(format!(
-                "event {} has an empty type name",
-                event.event_id
-            )));
-        }
-        if event.event_type.contains('\0') {
-            return Err(Error::InvalidInput(format!(
-                "the type name of event {} holds a NUL character, which not every store can keep",
-                event.event_id
-            )));
-        }
-        if !ids.insert(event.event_id) {
-            return Err(Error::InvalidInput(format!(
-                "event id {} appears twice in the batch",
-                event.event_id
-            )));
-        }
-    }
-    Ok(())
+/// One append's arguments, checked against the contract's rules: what a backend validates
+/// before it writes, and recognises afterwards when the append turns out to be stored already.
+#[derive(Clone, Copy, Debug)]
+pub struct Batch<'a> {
+    /// The stream appended to.
+    pub aggregate_id: Uuid,
+    /// The stream's aggregate type.
+    pub aggregate_type: &'a str,
+    /// The version the stream must be at.
+    pub expected_version: u64,
+    /// The events, at least one, versions running on from `expected_version`.
+    pub events: &'a [EventEnvelope],
 }
 
-/// What an append refused with `refusal` (a conflict or a reused event id) turns into when
-/// its batch is the one already stored: `Ok` with the version after the batch if the stream
-/// holds every event of the batch under its id at its version, `refusal` otherwise.
-///
-/// This is how an append made again after a lost answer is recognised (see the contract of
-/// [`EventStore`]): the first try committed, so the second finds the stream past its
-/// expected version, or a unique event id taken, by its own events. Backends call it on
-/// those refusals only, so an append that succeeds pays nothing for it.
-pub async fn acknowledge_stored_batch(
-    store: &(impl EventStore + ?Sized),
-    aggregate_id: Uuid,
-    aggregate_type: &str,
-    expected_version: u64,
-    events: &[EventEnvelope],
-    refusal: Error,
-) -> Result<u64> {
-    acknowledge_stored_append(
-        store,
-        aggregate_id,
-        aggregate_type,
-        expected_version,
-        events,
-        refusal,
-    )
-    .await
-    .map(|appended| appended.version)
-}
+impl<'a> Batch<'a> {
+    /// The batch of an [`EventStore::append`] call, if it keeps the contract's rules
+    /// (well-formed batches): otherwise [`Error::InvalidInput`], and nothing may be written.
+    ///
+    /// Backends call this first, so every one rejects the same batches with the same error.
+    pub fn checked(
+        aggregate_id: Uuid,
+        aggregate_type: &'a str,
+        expected_version: u64,
+        events: &'a [EventEnvelope],
+    ) -> Result<Self> {
+        let batch = Batch {
+            aggregate_id,
+            aggregate_type,
+            expected_version,
+            events,
+        };
+        batch.validate()?;
+        Ok(batch)
+    }
 
-/// [`acknowledge_stored_batch`], telling also the feed position of the batch's last event as
-/// stored, for [`EventStore::append_with_position`].
-pub async fn acknowledge_stored_append(
-    store: &(impl EventStore + ?Sized),
-    aggregate_id: Uuid,
-    aggregate_type: &str,
-    expected_version: u64,
-    events: &[EventEnvelope],
-    refusal: Error,
-) -> Result<Appended> {
-    use futures_util::StreamExt;
+    /// The stream's version once the batch is stored.
+    pub fn version_after(&self) -> u64 {
+        self.expected_version + self.events.len() as u64
+    }
 
-    let mut stored = store
-        .read_stream(aggregate_id, aggregate_type, expected_version)
-        .take(events.len());
-    let mut position = None;
-    for event in events {
-        match stored.next().await {
-            Some(Ok(found))
-                if found.event_id == event.event_id && found.aggregate_version == event.aggregate_version =>
-            {
-                position = Some(found.position);
+    fn validate(&self) -> Result<()> {
+        let Batch {
+            aggregate_id,
+            aggregate_type,
+            expected_version,
+            events,
+        } = *self;
+        if events.is_empty() {
+            return Err(Error::InvalidInput("an append needs at least one event".into()));
+        }
+        validate_aggregate_type(aggregate_type)?;
+        if expected_version.checked_add(events.len() as u64).is_none() {
+            return Err(Error::InvalidInput(format!(
+                "a batch of {} event(s) after version {expected_version} overflows the version counter",
+                events.len()
+            )));
+        }
+        let mut ids = std::collections::HashSet::with_capacity(events.len());
+        for (i, event) in events.iter().enumerate() {
+            let want = expected_version + 1 + i as u64;
+            if event.aggregate_id != aggregate_id || *event.aggregate_type != *aggregate_type {
+                return Err(Error::InvalidInput(format!(
+                    "event {} belongs to {} {}, not to the stream {aggregate_type} {aggregate_id}",
+                    event.event_id, event.aggregate_type, event.aggregate_id
+                )));
             }
-            // Whether the batch is stored is unknown: a refusal now could make the caller
-            // decide its command again on top of its own events.
-            Some(Err(e)) => return Err(e),
-            _ => return Err(refusal),
+            if event.aggregate_version != want {
+                return Err(Error::InvalidInput(format!(
+                    "event {} has aggregate version {}, expected {want}",
+                    event.event_id, event.aggregate_version
+                )));
+            }
+            if event.event_type.is_empty() {
+                return Err(Error::InvalidInput(format!(
+                    "event {} has an empty type name",
+                    event.event_id
+                )));
+            }
+            if event.event_type.contains('\0') {
+                return Err(Error::InvalidInput(format!(
+                    "the type name of event {} holds a NUL character, which not every store can keep",
+                    event.event_id
+                )));
+            }
+            if !ids.insert(event.event_id) {
+                return Err(Error::InvalidInput(format!(
+                    "event id {} appears twice in the batch",
+                    event.event_id
+                )));
+            }
         }
+        Ok(())
     }
-    Ok(Appended {
-        version: expected_version + events.len() as u64,
-        position,
-    })
+
+    /// What an append refused with `refusal` (a conflict or a reused event id) turns into
+    /// when this batch is the one already stored in `store`: `Ok` with the version after the
+    /// batch and the position of its last event as stored, if the stream holds every event
+    /// of the batch under its id at its version; `refusal` otherwise.
+    ///
+    /// This is how an append made again after a lost answer is recognised (see the contract
+    /// of [`EventStore`]): the first try committed, so the second finds the stream past its
+    /// expected version, or a unique event id taken, by its own events. Backends call it on
+    /// those refusals only, so an append that succeeds pays nothing for it.
+    pub async fn acknowledge_stored(
+        &self,
+        store: &(impl EventStore + ?Sized),
+        refusal: Error,
+    ) -> Result<Appended> {
+        use futures_util::StreamExt;
+
+        let mut stored = store
+            .read_stream(self.aggregate_id, self.aggregate_type, self.expected_version)
+            .take(self.events.len());
+        let mut position = 0;
+        for event in self.events {
+            match stored.next().await {
+                Some(Ok(found))
+                    if found.event_id == event.event_id
+                        && found.aggregate_version == event.aggregate_version =>
+                {
+                    position = found.position;
+                }
+                // Whether the batch is stored is unknown: a refusal now could make the caller
+                // decide its command again on top of its own events.
+                Some(Err(e)) => return Err(e),
+                _ => return Err(refusal),
+            }
+        }
+        Ok(Appended {
+            version: self.version_after(),
+            position,
+        })
+    }
 }

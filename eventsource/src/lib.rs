@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod abilities;
 #[cfg(feature = "admin")]
 pub mod admin;
 pub mod aggregate;
@@ -62,11 +63,12 @@ pub struct ProjectionsGuide;
 #[path = "private.rs"]
 pub mod __private;
 
+pub use abilities::{AppendSignal, AppendWaiter, RequestIndex, SnapshotListing, StreamListing};
 pub use aggregate::{Aggregate, AggregateEvent, Apply};
 pub use backend::memory::{InMemoryEventStore, InMemorySnapshotStore, InMemorySubscriptionStore};
 pub use error::{Error, Result};
 pub use event::{Event, EventContext, EventEnvelope, StoredEvent};
-pub use event_store::{AppendSignal, AppendWaiter, Appended, EventStore, EventStream, FeedHead, FeedHolder};
+pub use event_store::{Appended, Batch, EventStore, EventStream, FeedHead, FeedHolder};
 pub use eventsource_derive::{event, Aggregate};
 pub use repository::Repository;
 pub use root::AggregateRoot;

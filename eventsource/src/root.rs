@@ -39,7 +39,7 @@ pub struct AggregateRoot<A: Aggregate> {
     context: EventContext,
     /// The id of the event at `version`, when known: what a snapshot of this state follows.
     last_event_id: Option<Uuid>,
-    /// The feed position of the last event saved through this root, when the store told it.
+    /// The feed position of the last event saved through this root.
     position: Option<u64>,
 }
 
@@ -108,7 +108,7 @@ impl<A: Aggregate> AggregateRoot<A> {
 
     /// The feed position of the last event saved through this root: what a reader of the
     /// feed, such as a [projection](crate::projection), must have reached to show this save
-    /// (read-your-writes). `None` before a save, and when the store did not tell it (then
+    /// (read-your-writes). `None` before a save through this root (then
     /// [`Repository::position`](crate::Repository::position) finds it).
     pub fn position(&self) -> Option<u64> {
         self.position
@@ -183,8 +183,8 @@ impl<A: Aggregate> AggregateRoot<A> {
     }
 
     /// Forgets the unsaved events once the store has them, at `position` in the feed.
-    pub(crate) fn mark_saved(&mut self, position: Option<u64>) {
+    pub(crate) fn mark_saved(&mut self, position: u64) {
         self.pending.clear();
-        self.position = position;
+        self.position = Some(position);
     }
 }

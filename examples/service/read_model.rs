@@ -235,7 +235,8 @@ fn projection(
     model: impl eventsource::projection::ReadModelStore + 'static,
 ) -> Result<Arc<Projection>, Error> {
     Ok(Arc::new(
-        Projection::new(NAME, stores.events.clone(), model)?
+        stores
+            .projection(NAME, model)?
             .aggregate_type("Account")
             .aggregate_type("Order"),
     ))

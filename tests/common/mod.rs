@@ -115,12 +115,6 @@ impl SnapshotStore for ObservedSnapshotStore {
     async fn delete_snapshots_by_type(&self, t: &str, below: Option<u32>) -> eventsource::Result<u64> {
         self.inner.delete_snapshots_by_type(t, below).await
     }
-    async fn snapshot_versions(&self, t: &str) -> eventsource::Result<Vec<eventsource::SnapshotVersion>> {
-        self.inner.snapshot_versions(t).await
-    }
-    fn as_any(&self) -> Option<&dyn std::any::Any> {
-        self.inner.as_any()
-    }
 }
 
 /// A snapshot store whose every call hangs forever.
@@ -168,12 +162,6 @@ impl SnapshotStore for SlowSnapshotStore {
     }
     async fn delete_snapshots_by_type(&self, t: &str, below: Option<u32>) -> eventsource::Result<u64> {
         self.0.delete_snapshots_by_type(t, below).await
-    }
-    async fn snapshot_versions(&self, t: &str) -> eventsource::Result<Vec<eventsource::SnapshotVersion>> {
-        self.0.snapshot_versions(t).await
-    }
-    fn as_any(&self) -> Option<&dyn std::any::Any> {
-        self.0.as_any()
     }
 }
 

@@ -70,7 +70,7 @@ async fn tail(
         return Ok(Outcome::Clean);
     }
     let mut printed = 0;
-    let mut signal = stores.events.append_signal().map(|s| s.waiter());
+    let mut signal = stores.append_signal.as_ref().map(|s| s.waiter());
     loop {
         let mut feed = stores.events.read_all(after);
         while let Some(event) = feed.next().await {

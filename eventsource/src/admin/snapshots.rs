@@ -336,7 +336,7 @@ async fn invalidate(
     yes: bool,
     out: &mut Output<'_>,
 ) -> Result<Outcome, AdminError> {
-    let stored = stores.snapshots.snapshot_versions(aggregate_type).await?;
+    let stored = stores.snapshot_versions(aggregate_type).await?;
     let doomed = stored
         .iter()
         .filter(|s| below.is_none_or(|b| s.schema_version < b))

@@ -49,8 +49,8 @@ pub(super) async fn streams(
     stores: &Stores,
     aggregate: &AggregateRegistration,
 ) -> Result<(Vec<StreamState>, Vec<SnapshotVersion>), AdminError> {
-    let versions = stores.events.stream_versions(aggregate.name).await?;
-    let snapshots = stores.snapshots.snapshot_versions(aggregate.name).await?;
+    let versions = stores.stream_versions(aggregate.name).await?;
+    let snapshots = stores.snapshot_versions(aggregate.name).await?;
     // The snapshot a load reads: the highest schema not above the program's.
     let mut read: HashMap<Uuid, SnapshotVersion> = HashMap::new();
     let mut current: HashMap<Uuid, u64> = HashMap::new();

@@ -13,11 +13,10 @@ use async_trait::async_trait;
 use futures_util::stream;
 use uuid::Uuid;
 
+use crate::abilities::{AppendSignal, RequestIndex, SnapshotListing, StreamListing};
 use crate::error::{Error, Result};
 use crate::event::{EventEnvelope, StoredEvent};
-use crate::event_store::{
-    acknowledge_stored_append, validate_batch, AppendSignal, Appended, EventStore, EventStream, FeedHead,
-};
+use crate::event_store::{Appended, Batch, EventStore, EventStream, FeedHead};
 use crate::snapshot::{validate_snapshot, Snapshot, SnapshotStore};
 use crate::subscription::{validate_name, validate_stored_name, DeadLetter, SubscriptionStore};
 
@@ -117,6 +116,11 @@ impl EventLog {
 }
 
 impl InMemoryEventStore {
+    /// The signal raised after each append to this store (and its clones).
+    pub fn append_signal(&self) -> AppendSignal {
+        self.appended.clone()
+    }
+
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
@@ -153,40 +157,14 @@ impl InMemoryEventStore {
 
 #[async_trait]
 impl EventStore for InMemoryEventStore {
-    async fn stream_versions(&self, aggregate_type: &str) -> Result<Vec<(Uuid, u64)>> {
-        let log = read(&self.inner);
-        Ok(log
-            .streams
-            .iter()
-            .flat_map(|(id, streams)| {
-                streams
-                    .iter()
-                    .filter(|(t, versions)| **t == *aggregate_type && !versions.is_empty())
-                    .map(|(_, versions)| (*id, versions.len() as u64))
-            })
-            .collect())
-    }
-
     async fn append(
         &self,
         aggregate_id: Uuid,
         aggregate_type: &str,
         expected_version: u64,
         events: &[EventEnvelope],
-    ) -> Result<u64> {
-        self.append_with_position(aggregate_id, aggregate_type, expected_version, events)
-            .await
-            .map(|appended| appended.version)
-    }
-
-    async fn append_with_position(
-        &self,
-        aggregate_id: Uuid,
-        aggregate_type: &str,
-        expected_version: u64,
-        events: &[EventEnvelope],
     ) -> Result<Appended> {
-        validate_batch(aggregate_id, aggregate_type, expected_version, events)?;
+        let batch = Batch::checked(aggregate_id, aggregate_type, expected_version, events)?;
         let refusal = {
             let mut log = write(&self.inner);
             match log.refusal(aggregate_id, aggregate_type, expected_version, events) {
@@ -195,23 +173,12 @@ impl EventStore for InMemoryEventStore {
                     let position = log.events.len() as u64;
                     drop(log);
                     self.appended.raise();
-                    return Ok(Appended {
-                        version,
-                        position: Some(position),
-                    });
+                    return Ok(Appended { version, position });
                 }
                 Some(refusal) => refusal,
             }
         };
-        acknowledge_stored_append(
-            self,
-            aggregate_id,
-            aggregate_type,
-            expected_version,
-            events,
-            refusal,
-        )
-        .await
+        batch.acknowledge_stored(self, refusal).await
     }
 
     fn read_stream<'a>(
@@ -250,9 +217,41 @@ impl EventStore for InMemoryEventStore {
             last.saturating_sub(after_position),
         ))
     }
+}
 
-    fn append_signal(&self) -> Option<AppendSignal> {
-        Some(self.appended.clone())
+#[async_trait]
+impl RequestIndex for InMemoryEventStore {
+    async fn request_version(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        request_id: Uuid,
+    ) -> Result<Option<u64>> {
+        let log = read(&self.inner);
+        Ok(log
+            .stream(aggregate_id, aggregate_type)
+            .iter()
+            .rev()
+            .map(|&i| &log.events[i])
+            .find(|event| event.request_id == Some(request_id))
+            .map(|event| event.aggregate_version))
+    }
+}
+
+#[async_trait]
+impl StreamListing for InMemoryEventStore {
+    async fn stream_versions(&self, aggregate_type: &str) -> Result<Vec<(Uuid, u64)>> {
+        let log = read(&self.inner);
+        Ok(log
+            .streams
+            .iter()
+            .flat_map(|(id, streams)| {
+                streams
+                    .iter()
+                    .filter(|(t, versions)| **t == *aggregate_type && !versions.is_empty())
+                    .map(|(_, versions)| (*id, versions.len() as u64))
+            })
+            .collect())
     }
 }
 
@@ -293,18 +292,6 @@ fn every_schema(aggregate_id: Uuid, aggregate_type: &str) -> std::ops::RangeIncl
 
 #[async_trait]
 impl SnapshotStore for InMemorySnapshotStore {
-    async fn snapshot_versions(&self, aggregate_type: &str) -> Result<Vec<crate::snapshot::SnapshotVersion>> {
-        Ok(read(&self.inner)
-            .values()
-            .filter(|s| s.aggregate_type == aggregate_type)
-            .map(|s| crate::snapshot::SnapshotVersion {
-                aggregate_id: s.aggregate_id,
-                schema_version: s.schema_version,
-                version: s.version,
-            })
-            .collect())
-    }
-
     async fn get_snapshot(
         &self,
         aggregate_id: Uuid,
@@ -375,6 +362,21 @@ impl SnapshotStore for InMemorySnapshotStore {
                 || schema_version_below.is_some_and(|below| s.schema_version >= below)
         });
         Ok((before - snapshots.len()) as u64)
+    }
+}
+
+#[async_trait]
+impl SnapshotListing for InMemorySnapshotStore {
+    async fn snapshot_versions(&self, aggregate_type: &str) -> Result<Vec<crate::snapshot::SnapshotVersion>> {
+        Ok(read(&self.inner)
+            .values()
+            .filter(|s| s.aggregate_type == aggregate_type)
+            .map(|s| crate::snapshot::SnapshotVersion {
+                aggregate_id: s.aggregate_id,
+                schema_version: s.schema_version,
+                version: s.version,
+            })
+            .collect())
     }
 }
 

@@ -1,18 +1,31 @@
-//! Choosing the stores from a URL at run time.
+//! The stores of one backend with the abilities it has, chosen from a URL at run time.
 
 use std::sync::Arc;
 
+use crate::abilities::{AppendSignal, RequestIndex, SnapshotListing, StreamListing};
+use crate::aggregate::Aggregate;
 use crate::backend::memory::{InMemoryEventStore, InMemorySnapshotStore, InMemorySubscriptionStore};
 use crate::error::{Error, Result};
 use crate::event_store::EventStore;
-use crate::snapshot::SnapshotStore;
-use crate::subscription::SubscriptionStore;
+use crate::projection::{Projection, ReadModelStore};
+use crate::repository::Repository;
+use crate::snapshot::{JointSnapshots, SnapshotPolicy, SnapshotStore, SnapshotVersion};
+use crate::subscription::{Subscription, SubscriptionStore};
 
-/// An event store, a snapshot store and a subscription store on one backend.
+/// An event store, a snapshot store and a subscription store on one backend, with the
+/// [abilities](crate::abilities) the backend has, and the builders that wire them.
 ///
-/// On PostgreSQL and on `sqlite::memory:` the two share one connection pool; on a SQLite file
-/// each has its own, so snapshot writes skip the per-commit sync that appends wait for (they
-/// still take the file's one write lock in turn with appends).
+/// [`open`] gives the stores a URL names; a program that builds its stores itself (a wrapper,
+/// a router, a backend of its own) puts them together with [`Stores::new`] and hands out the
+/// abilities it has with the `with_` methods. Repositories, subscriptions and projections
+/// built here ([`repository`](Self::repository), [`subscription`](Self::subscription),
+/// [`projection`](Self::projection)) use every ability given; built from the stores alone,
+/// they give the same results, polling for new events and making a round trip more where a
+/// joint statement would do.
+///
+/// On PostgreSQL and on `sqlite::memory:` the stores share one connection pool; on a SQLite
+/// file each has its own, so snapshot writes skip the per-commit sync that appends wait for
+/// (they still take the file's one write lock in turn with appends).
 #[derive(Clone)]
 pub struct Stores {
     /// The event store.
@@ -21,6 +34,17 @@ pub struct Stores {
     pub snapshots: Arc<dyn SnapshotStore>,
     /// The subscription store (checkpoints, leases, dead letters), beside the events.
     pub subscriptions: Arc<dyn SubscriptionStore>,
+    /// The signal raised after appends to the event store, if the backend has one.
+    pub append_signal: Option<AppendSignal>,
+    /// The event store's listing of streams, if the backend has one.
+    pub stream_listing: Option<Arc<dyn StreamListing>>,
+    /// The snapshot store's listing of snapshots, if the backend has one.
+    pub snapshot_listing: Option<Arc<dyn SnapshotListing>>,
+    /// The event store's index of request ids, if the backend has one.
+    pub request_index: Option<Arc<dyn RequestIndex>>,
+    /// The snapshot store with statements that read and write its snapshots together with
+    /// the events, if the backend has them.
+    pub joint_snapshots: Option<JointSnapshots>,
     backend: Backend,
 }
 
@@ -31,18 +55,216 @@ enum Backend {
     Sqlite(crate::backend::sqlite::SqliteSubscriptionStore),
     #[cfg(feature = "postgres")]
     Postgres(crate::backend::postgres::PostgresEventStore),
+    Other,
 }
 
 impl std::fmt::Debug for Stores {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Stores")
             .field("backend", &self.backend_name())
+            .field("append_signal", &self.append_signal.is_some())
+            .field("stream_listing", &self.stream_listing.is_some())
+            .field("snapshot_listing", &self.snapshot_listing.is_some())
+            .field("request_index", &self.request_index.is_some())
+            .field("joint_snapshots", &self.joint_snapshots.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl Stores {
-    /// The backend's name: `memory`, `sqlite` or `postgres`.
+    /// Three stores put together, with no ability: add those the stores have with the
+    /// `with_` methods. Its backend is named `other`.
+    pub fn new(
+        events: impl EventStore + 'static,
+        snapshots: impl SnapshotStore + 'static,
+        subscriptions: impl SubscriptionStore + 'static,
+    ) -> Self {
+        Self::of(
+            Arc::new(events),
+            Arc::new(snapshots),
+            Arc::new(subscriptions),
+            Backend::Other,
+        )
+    }
+
+    fn of(
+        events: Arc<dyn EventStore>,
+        snapshots: Arc<dyn SnapshotStore>,
+        subscriptions: Arc<dyn SubscriptionStore>,
+        backend: Backend,
+    ) -> Self {
+        Stores {
+            events,
+            snapshots,
+            subscriptions,
+            append_signal: None,
+            stream_listing: None,
+            snapshot_listing: None,
+            request_index: None,
+            joint_snapshots: None,
+            backend,
+        }
+    }
+
+    /// In-memory stores, new and empty, with every ability but the joint statements.
+    pub fn in_memory() -> Self {
+        let events = InMemoryEventStore::new();
+        let snapshots = InMemorySnapshotStore::new();
+        Self::of(
+            Arc::new(events.clone()),
+            Arc::new(snapshots.clone()),
+            Arc::new(InMemorySubscriptionStore::new()),
+            Backend::Memory,
+        )
+        .with_append_signal(events.append_signal())
+        .with_stream_listing(Arc::new(events.clone()))
+        .with_request_index(Arc::new(events))
+        .with_snapshot_listing(Arc::new(snapshots))
+    }
+
+    /// SQLite stores: `events` and `subscriptions` on one database, `snapshots` on the same
+    /// file or database, with every ability but the joint statements.
+    #[cfg(feature = "sqlite")]
+    pub fn from_sqlite(
+        events: crate::backend::sqlite::SqliteEventStore,
+        snapshots: crate::backend::sqlite::SqliteSnapshotStore,
+        subscriptions: crate::backend::sqlite::SqliteSubscriptionStore,
+    ) -> Self {
+        Self::of(
+            Arc::new(events.clone()),
+            Arc::new(snapshots.clone()),
+            Arc::new(subscriptions.clone()),
+            Backend::Sqlite(subscriptions),
+        )
+        .with_append_signal(events.append_signal())
+        .with_stream_listing(Arc::new(events.clone()))
+        .with_request_index(Arc::new(events))
+        .with_snapshot_listing(Arc::new(snapshots))
+    }
+
+    /// PostgreSQL stores on one database, with every ability, the joint statements when the
+    /// two stores share a pool; the subscription store is the event store's.
+    #[cfg(feature = "postgres")]
+    pub fn from_postgres(
+        events: crate::backend::postgres::PostgresEventStore,
+        snapshots: crate::backend::postgres::PostgresSnapshotStore,
+    ) -> Self {
+        let joint = events.joint_snapshots(&snapshots);
+        let stores = Self::of(
+            Arc::new(events.clone()),
+            Arc::new(snapshots.clone()),
+            Arc::new(events.subscription_store()),
+            Backend::Postgres(events.clone()),
+        )
+        .with_append_signal(events.append_signal())
+        .with_stream_listing(Arc::new(events.clone()))
+        .with_request_index(Arc::new(events))
+        .with_snapshot_listing(Arc::new(snapshots));
+        match joint {
+            Some(joint) => stores.with_joint_snapshots(joint),
+            None => stores,
+        }
+    }
+
+    /// The same stores, with the event store's append signal.
+    pub fn with_append_signal(mut self, signal: AppendSignal) -> Self {
+        self.append_signal = Some(signal);
+        self
+    }
+
+    /// The same stores, with the event store's listing of streams.
+    pub fn with_stream_listing(mut self, listing: Arc<dyn StreamListing>) -> Self {
+        self.stream_listing = Some(listing);
+        self
+    }
+
+    /// The same stores, with the snapshot store's listing of snapshots.
+    pub fn with_snapshot_listing(mut self, listing: Arc<dyn SnapshotListing>) -> Self {
+        self.snapshot_listing = Some(listing);
+        self
+    }
+
+    /// The same stores, with the event store's index of request ids.
+    pub fn with_request_index(mut self, index: Arc<dyn RequestIndex>) -> Self {
+        self.request_index = Some(index);
+        self
+    }
+
+    /// The same stores, with joint statements; their snapshot store becomes the snapshot store.
+    pub fn with_joint_snapshots(mut self, joint: JointSnapshots) -> Self {
+        self.snapshots = joint.store().clone();
+        self.joint_snapshots = Some(joint);
+        self
+    }
+
+    /// A repository of `A` on these stores, without snapshots, finding request ids in the
+    /// request index if there is one.
+    pub fn repository<A: Aggregate>(&self) -> Repository<A> {
+        let repository = Repository::new(self.events.clone());
+        match &self.request_index {
+            Some(index) => repository.with_request_index(index.clone()),
+            None => repository,
+        }
+    }
+
+    /// A repository of `A` on these stores, snapshotting as `policy` says, with the joint
+    /// statements if there are.
+    pub fn repository_with_snapshots<A: Aggregate>(&self, policy: SnapshotPolicy) -> Repository<A> {
+        let repository = self.repository();
+        match &self.joint_snapshots {
+            Some(joint) => repository.with_joint_snapshots(joint.clone(), policy),
+            None => repository.with_snapshots(self.snapshots.clone(), policy),
+        }
+    }
+
+    /// A subscription named `name` to the event store's feed, keeping its state in the
+    /// subscription store, woken by the append signal if there is one; see
+    /// [`Subscription::new`].
+    pub fn subscription(&self, name: &str) -> Result<Subscription> {
+        let subscription = Subscription::new(name, self.events.clone(), self.subscriptions.clone())?;
+        Ok(match &self.append_signal {
+            Some(signal) => subscription.wake_on(signal.clone()),
+            None => subscription,
+        })
+    }
+
+    /// A projection named `name` of the event store's feed into `model`, woken by the append
+    /// signal if there is one; see [`Projection::new`].
+    pub fn projection(&self, name: &str, model: impl ReadModelStore + 'static) -> Result<Projection> {
+        let projection = Projection::new(name, self.events.clone(), model)?;
+        Ok(match &self.append_signal {
+            Some(signal) => projection.wake_on(signal.clone()),
+            None => projection,
+        })
+    }
+
+    /// Every stream of one aggregate type with its version, from the stream listing;
+    /// [`Error::InvalidConfiguration`] if the stores have none.
+    pub async fn stream_versions(&self, aggregate_type: &str) -> Result<Vec<(uuid::Uuid, u64)>> {
+        match &self.stream_listing {
+            Some(listing) => listing.stream_versions(aggregate_type).await,
+            None => Err(self.cannot("list the streams")),
+        }
+    }
+
+    /// Every stored snapshot of one aggregate type, from the snapshot listing;
+    /// [`Error::InvalidConfiguration`] if the stores have none.
+    pub async fn snapshot_versions(&self, aggregate_type: &str) -> Result<Vec<SnapshotVersion>> {
+        match &self.snapshot_listing {
+            Some(listing) => listing.snapshot_versions(aggregate_type).await,
+            None => Err(self.cannot("list the snapshots")),
+        }
+    }
+
+    fn cannot(&self, what: &str) -> Error {
+        Error::InvalidConfiguration(format!(
+            "the {} stores cannot {what}: they were given no listing",
+            self.backend_name()
+        ))
+    }
+
+    /// The backend's name: `memory`, `sqlite`, `postgres`, or `other` for stores put together
+    /// with [`new`](Self::new).
     pub fn backend_name(&self) -> &'static str {
         match self.backend {
             Backend::Memory => "memory",
@@ -50,9 +272,9 @@ impl Stores {
             Backend::Sqlite(_) => "sqlite",
             #[cfg(feature = "postgres")]
             Backend::Postgres(_) => "postgres",
+            Backend::Other => "other",
         }
     }
-
     /// The SQLite subscription store, on the events' database, when the stores are SQLite:
     /// the home of a [`SqliteReadModel`](crate::backend::sqlite::SqliteReadModel).
     #[cfg(feature = "sqlite")]
@@ -101,32 +323,17 @@ impl Stores {
 pub async fn open(url: &str) -> Result<Stores> {
     let scheme = url.split_once(':').map(|(scheme, _)| scheme).unwrap_or_default();
     match scheme {
-        "memory" if url == "memory:" => Ok(Stores {
-            events: Arc::new(InMemoryEventStore::new()),
-            snapshots: Arc::new(InMemorySnapshotStore::new()),
-            subscriptions: Arc::new(InMemorySubscriptionStore::new()),
-            backend: Backend::Memory,
-        }),
+        "memory" if url == "memory:" => Ok(Stores::in_memory()),
         #[cfg(feature = "sqlite")]
         "sqlite" => {
             let (events, snapshots) = crate::backend::sqlite::open_url(url).await?;
             let subscriptions = crate::backend::sqlite::SqliteSubscriptionStore::on(events.database().clone()).await?;
-            Ok(Stores {
-                events: Arc::new(events),
-                snapshots: Arc::new(snapshots),
-                subscriptions: Arc::new(subscriptions.clone()),
-                backend: Backend::Sqlite(subscriptions),
-            })
+            Ok(Stores::from_sqlite(events, snapshots, subscriptions))
         }
         #[cfg(feature = "postgres")]
         "postgres" | "postgresql" => {
             let (events, snapshots) = crate::backend::postgres::connect_url(url).await?;
-            Ok(Stores {
-                events: Arc::new(events.clone()),
-                snapshots: Arc::new(snapshots),
-                subscriptions: Arc::new(events.subscription_store()),
-                backend: Backend::Postgres(events),
-            })
+            Ok(Stores::from_postgres(events, snapshots))
         }
         #[cfg(not(feature = "sqlite"))]
         "sqlite" => Err(not_compiled_in("sqlite")),

@@ -10,6 +10,7 @@ use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
 use super::ReadModelStore;
+use crate::abilities::AppendSignal;
 use crate::aggregate::Aggregate;
 use crate::deadline::sleep;
 use crate::error::{Error, Result};
@@ -107,6 +108,11 @@ impl Projection {
             subscription: f(self.subscription)?,
             ..self
         })
+    }
+
+    /// See [`Subscription::wake_on`].
+    pub fn wake_on(self, signal: AppendSignal) -> Self {
+        self.map(|s| s.wake_on(signal))
     }
 
     /// Takes the events of this aggregate type too (by default, every event is taken).

@@ -278,8 +278,7 @@ impl<A: Aggregate> Command<'_, A> {
         let Some(key) = key else { return Ok(None) };
         let stored = self
             .repository
-            .events
-            .request_version(self.id, A::TYPE_NAME, key)
+            .request_version(self.id, key)
             .await
             .map_err(CommandError::Failed)?;
         let Some(version) = stored else {
@@ -323,5 +322,26 @@ impl<A: Aggregate> Command<'_, A> {
                 outcome => return outcome,
             }
         }
+    }
+}
+
+impl<A: Aggregate> Repository<A> {
+    /// The version of the aggregate's last event stored with `request_id`: from the request
+    /// index if the repository has one, else by reading the stream.
+    async fn request_version(&self, id: Uuid, request_id: Uuid) -> Result<Option<u64>, Error> {
+        use futures_util::StreamExt;
+
+        if let Some(index) = &self.requests {
+            return index.request_version(id, A::TYPE_NAME, request_id).await;
+        }
+        let mut found = None;
+        let mut stream = self.events.read_stream(id, A::TYPE_NAME, 0);
+        while let Some(event) = stream.next().await {
+            let event = event?;
+            if event.request_id == Some(request_id) {
+                found = Some(event.aggregate_version);
+            }
+        }
+        Ok(found)
     }
 }

@@ -199,7 +199,7 @@ impl<A: Aggregate> Repository<A> {
         let timeout = snapshots.policy.store_timeout();
         let span = tracing::debug_span!("eventsource.snapshot.get", aggregate.id = %id, aggregate.type = A::TYPE_NAME);
         if let Some(joint) = &snapshots.joint {
-            let found = match bounded(timeout, joint.read(id, A::TYPE_NAME, A::SCHEMA_VERSION))
+            let found = match bounded(timeout, joint.reader().read(id, A::TYPE_NAME, A::SCHEMA_VERSION))
                 .instrument(span)
                 .await
             {

@@ -24,13 +24,12 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use self::background::BackgroundQueue;
+use crate::abilities::RequestIndex;
 use crate::aggregate::Aggregate;
 use crate::error::{Error, Result};
 use crate::event_store::EventStore;
 use crate::root::AggregateRoot;
-use crate::snapshot::{
-    JointSnapshotRead, JointSnapshotWrite, SnapshotMetrics, SnapshotMode, SnapshotPolicy, SnapshotStore,
-};
+use crate::snapshot::{JointSnapshots, SnapshotMetrics, SnapshotMode, SnapshotPolicy, SnapshotStore};
 
 /// Loads and saves aggregates of type `A`.
 ///
@@ -59,6 +58,8 @@ pub struct Repository<A: Aggregate> {
     metrics: Arc<SnapshotMetrics>,
     /// Set when commands on one aggregate run one after another in this process.
     commands: Option<Arc<queue::CommandQueue>>,
+    /// Where commands find their request ids; without it, they read the aggregate's stream.
+    requests: Option<Arc<dyn RequestIndex>>,
     aggregate: PhantomData<fn() -> A>,
 }
 
@@ -67,10 +68,8 @@ struct Snapshots {
     store: Arc<dyn SnapshotStore>,
     policy: SnapshotPolicy,
     queue: Option<Arc<BackgroundQueue>>,
-    /// Set when the event store reads snapshots and events in one round trip.
-    joint: Option<Arc<dyn JointSnapshotRead>>,
-    /// Set in `Sync` mode when the event store appends and snapshots in one round trip.
-    joint_writer: Option<Arc<dyn JointSnapshotWrite>>,
+    /// Set when snapshots are read with events, and written with them, in one round trip.
+    joint: Option<JointSnapshots>,
 }
 
 impl<A: Aggregate> Clone for Repository<A> {
@@ -80,6 +79,7 @@ impl<A: Aggregate> Clone for Repository<A> {
             snapshots: self.snapshots.clone(),
             metrics: self.metrics.clone(),
             commands: self.commands.clone(),
+            requests: self.requests.clone(),
             aggregate: PhantomData,
         }
     }
@@ -102,16 +102,32 @@ impl<A: Aggregate> Repository<A> {
             snapshots: None,
             metrics: Arc::default(),
             commands: None,
+            requests: None,
             aggregate: PhantomData,
         }
     }
 
     /// The same repository, snapshotting into `store` as `policy` says.
     pub fn with_snapshots(self, store: impl SnapshotStore + 'static, policy: SnapshotPolicy) -> Self {
-        self.snapshotting(Arc::new(store), policy)
+        self.snapshotting(Arc::new(store), None, policy)
     }
 
-    fn snapshotting(mut self, store: Arc<dyn SnapshotStore>, policy: SnapshotPolicy) -> Self {
+    /// The same repository, snapshotting into the store of `joint` as `policy` says, and
+    /// reading a snapshot with the events after it, and (in [`SnapshotMode::Sync`]) writing
+    /// events with a due snapshot, in one round trip each. The outcome is the same as with
+    /// [`with_snapshots`](Self::with_snapshots) on the same store; only the round trips differ.
+    /// [`backend::Stores::repository`](crate::backend::Stores::repository) wires this when
+    /// its backend has the ability.
+    pub fn with_joint_snapshots(self, joint: JointSnapshots, policy: SnapshotPolicy) -> Self {
+        self.snapshotting(joint.store().clone(), Some(joint), policy)
+    }
+
+    fn snapshotting(
+        mut self,
+        store: Arc<dyn SnapshotStore>,
+        joint: Option<JointSnapshots>,
+        policy: SnapshotPolicy,
+    ) -> Self {
         let queue = (policy.mode() == SnapshotMode::Background).then(|| {
             Arc::new(BackgroundQueue::new(
                 store.clone(),
@@ -120,16 +136,11 @@ impl<A: Aggregate> Repository<A> {
                 policy,
             ))
         });
-        let joint = store.as_any().and_then(|s| self.events.joint_snapshot_reader(s));
-        let joint_writer = (policy.mode() == SnapshotMode::Sync)
-            .then(|| store.as_any().and_then(|s| self.events.joint_snapshot_writer(s)))
-            .flatten();
         self.snapshots = Some(Snapshots {
             store,
             policy,
             queue,
             joint,
-            joint_writer,
         });
         self
     }
@@ -139,7 +150,9 @@ impl<A: Aggregate> Repository<A> {
         self.metrics = metrics;
         match self.snapshots.take() {
             // The background queue counts its writes too: give it the new counters.
-            Some(Snapshots { store, policy, .. }) => self.snapshotting(store, policy),
+            Some(Snapshots {
+                store, policy, joint, ..
+            }) => self.snapshotting(store, joint, policy),
             None => self,
         }
     }
@@ -151,6 +164,14 @@ impl<A: Aggregate> Repository<A> {
     /// processes still meet conflicts, which commands retry as usual.
     pub fn with_command_queue(mut self) -> Self {
         self.commands = Some(Arc::default());
+        self
+    }
+
+    /// The same repository, finding the request ids of [commands](Self::command) in `index`
+    /// instead of reading the aggregate's stream: the same outcome, without reading the
+    /// stream. [`backend::Stores::repository`](crate::backend::Stores::repository) wires it.
+    pub fn with_request_index(mut self, index: Arc<dyn RequestIndex>) -> Self {
+        self.requests = Some(index);
         self
     }
 

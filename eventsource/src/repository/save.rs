@@ -79,7 +79,7 @@ impl<A: Aggregate> Repository<A> {
         envelopes: &[EventEnvelope],
     ) -> Result<Appended> {
         self.events
-            .append_with_position(root.id(), A::TYPE_NAME, root.saved_version(), envelopes)
+            .append(root.id(), A::TYPE_NAME, root.saved_version(), envelopes)
             .await
     }
 

@@ -19,7 +19,7 @@ use crate::event::EventEnvelope;
 use crate::event_store::Appended;
 use crate::root::AggregateRoot;
 use crate::snapshot::metrics::Counter;
-use crate::snapshot::{Snapshot, SnapshotMetrics, SnapshotStore};
+use crate::snapshot::{Snapshot, SnapshotMetrics, SnapshotMode, SnapshotStore};
 
 impl<A: Aggregate> Repository<A> {
     pub(super) async fn snapshot_after_save(&self, snapshots: &Snapshots, root: &AggregateRoot<A>) {
@@ -63,9 +63,10 @@ impl<A: Aggregate> Repository<A> {
         envelopes: &[EventEnvelope],
     ) -> Result<(Appended, bool)> {
         let joint = snapshots
-            .joint_writer
+            .joint
             .as_ref()
-            .and_then(|writer| Some((writer, take_snapshot(root).ok()?)));
+            .filter(|_| snapshots.policy.mode() == SnapshotMode::Sync)
+            .and_then(|joint| Some((joint.writer(), take_snapshot(root).ok()?)));
         let Some((writer, snapshot)) = joint else {
             return Ok((self.append(root, envelopes).await?, false));
         };

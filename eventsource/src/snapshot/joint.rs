@@ -2,10 +2,12 @@
 //! round trip, where an event store can reach its snapshot store's data itself (both in one
 //! database).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::Snapshot;
+use super::{Snapshot, SnapshotStore};
 use crate::error::Result;
 use crate::event::EventEnvelope;
 use crate::event_store::{Appended, EventStream};
@@ -30,9 +32,8 @@ impl std::fmt::Debug for SnapshotAndEvents<'_> {
 /// Reads an aggregate's snapshot together with the events after it, in one statement.
 ///
 /// A repository loads with a snapshot by reading the snapshot, then the events from its
-/// version on: two round trips to the database. When the event store can read the snapshot
-/// store's table itself, [`EventStore::joint_snapshot_reader`](crate::EventStore::joint_snapshot_reader)
-/// returns one of these, and the repository makes a single round trip instead. The outcome is
+/// version on: two round trips to the database. Given [`JointSnapshots`], it makes a single
+/// round trip instead. The outcome is
 /// the same as the two reads: the repository checks the snapshot (schema version, state,
 /// stream head) exactly as it does otherwise, and on a miss replays every event.
 #[async_trait]
@@ -55,13 +56,11 @@ pub trait JointSnapshotRead: Send + Sync {
 ///
 /// A save whose snapshot is due in [`SnapshotMode::Sync`](super::SnapshotMode::Sync) appends,
 /// then writes the snapshot: two round trips. When the event store can write the snapshot
-/// store's table itself,
-/// [`EventStore::joint_snapshot_writer`](crate::EventStore::joint_snapshot_writer) returns one
-/// of these, and the repository makes a single round trip instead.
+/// store's table itself, given [`JointSnapshots`], the repository makes a single round trip
+/// instead.
 #[async_trait]
 pub trait JointSnapshotWrite: Send + Sync {
-    /// Appends as [`EventStore::append_with_position`](crate::EventStore::append_with_position)
-    /// does, with its contract (checked version, atomic batch, idempotent retries), and in the
+    /// Appends as [`EventStore::append`](crate::EventStore::append) does, with its contract (checked version, atomic batch, idempotent retries), and in the
     /// same transaction stores `snapshot` as
     /// [`SnapshotStore::save_snapshot`](super::SnapshotStore::save_snapshot) would (never
     /// replacing a newer one): both, or neither.
@@ -82,4 +81,56 @@ pub trait JointSnapshotWrite: Send + Sync {
         events: &[EventEnvelope],
         snapshot: &Snapshot,
     ) -> Result<(Appended, bool)>;
+}
+
+/// A snapshot store together with the statements that read and write its snapshots with an
+/// event store's events, where both keep their data in one database: the ability a backend
+/// hands out (through [`backend::Stores`](crate::backend::Stores), or a backend's own
+/// constructor) for [`Repository::with_joint_snapshots`](crate::Repository::with_joint_snapshots).
+///
+/// The three belong together: the reader and the writer reach exactly the tables of `store`
+/// and of one event store, which is why they are handed out as one value.
+#[derive(Clone)]
+pub struct JointSnapshots {
+    store: Arc<dyn SnapshotStore>,
+    reader: Arc<dyn JointSnapshotRead>,
+    writer: Arc<dyn JointSnapshotWrite>,
+}
+
+impl JointSnapshots {
+    /// The snapshot store `store`, whose snapshots `reader` reads and `writer` writes with the
+    /// events of one event store. A backend builds this; it must not pair statements with a
+    /// store whose tables they do not reach.
+    pub fn new(
+        store: Arc<dyn SnapshotStore>,
+        reader: Arc<dyn JointSnapshotRead>,
+        writer: Arc<dyn JointSnapshotWrite>,
+    ) -> Self {
+        JointSnapshots {
+            store,
+            reader,
+            writer,
+        }
+    }
+
+    /// The snapshot store.
+    pub fn store(&self) -> &Arc<dyn SnapshotStore> {
+        &self.store
+    }
+
+    /// The reader of a snapshot with the events after it.
+    pub fn reader(&self) -> &Arc<dyn JointSnapshotRead> {
+        &self.reader
+    }
+
+    /// The writer of events with a snapshot.
+    pub fn writer(&self) -> &Arc<dyn JointSnapshotWrite> {
+        &self.writer
+    }
+}
+
+impl std::fmt::Debug for JointSnapshots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JointSnapshots").finish_non_exhaustive()
+    }
 }

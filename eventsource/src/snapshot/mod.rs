@@ -4,11 +4,10 @@ mod joint;
 pub(crate) mod metrics;
 mod policy;
 
-pub use joint::{JointSnapshotRead, JointSnapshotWrite, SnapshotAndEvents};
+pub use joint::{JointSnapshotRead, JointSnapshotWrite, JointSnapshots, SnapshotAndEvents};
 pub use metrics::{MissReason, SnapshotMetrics};
 pub use policy::{SnapshotMode, SnapshotPolicy, DEFAULT_QUEUE_CAPACITY, DEFAULT_STORE_TIMEOUT};
 
-use std::any::Any;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -62,7 +61,7 @@ impl Snapshot {
     }
 }
 
-/// Where one stored snapshot is: see [`SnapshotStore::snapshot_versions`].
+/// Where one stored snapshot is: see [`SnapshotListing::snapshot_versions`](crate::abilities::SnapshotListing::snapshot_versions).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SnapshotVersion {
     /// The aggregate.
@@ -128,24 +127,6 @@ pub trait SnapshotStore: Send + Sync {
         aggregate_type: &str,
         schema_version_below: Option<u32>,
     ) -> Result<u64>;
-
-    /// Where every stored snapshot of one type is: its aggregate, schema version and
-    /// version, in no particular order (what operators' statistics and snapshot warming read).
-    /// The default is [`Error::InvalidConfiguration`](crate::Error::InvalidConfiguration), for
-    /// a store that cannot list its snapshots; the stores of this crate can.
-    async fn snapshot_versions(&self, aggregate_type: &str) -> Result<Vec<SnapshotVersion>> {
-        Err(crate::Error::InvalidConfiguration(format!(
-            "this snapshot store cannot list its snapshots (of {aggregate_type})"
-        )))
-    }
-
-    /// The store as [`Any`], so that an event store on the same database can recognise it
-    /// and read snapshots together with events (see
-    /// [`EventStore::joint_snapshot_reader`](crate::EventStore::joint_snapshot_reader)).
-    /// `None`, the default, for stores no event store reads.
-    fn as_any(&self) -> Option<&dyn Any> {
-        None
-    }
 }
 
 #[async_trait]
@@ -183,13 +164,5 @@ impl<S: SnapshotStore + ?Sized> SnapshotStore for Arc<S> {
         (**self)
             .delete_snapshots_by_type(aggregate_type, schema_version_below)
             .await
-    }
-
-    async fn snapshot_versions(&self, aggregate_type: &str) -> Result<Vec<SnapshotVersion>> {
-        (**self).snapshot_versions(aggregate_type).await
-    }
-
-    fn as_any(&self) -> Option<&dyn Any> {
-        (**self).as_any()
     }
 }

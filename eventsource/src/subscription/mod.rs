@@ -4,8 +4,9 @@
 //! resumes after the last position it saw never misses an event), hands the events it is
 //! interested in to a [`Handler`] in batches, and stores its checkpoint in a
 //! [`SubscriptionStore`] after each batch. It catches up from its checkpoint, then follows the
-//! feed live, woken by the event store's [`AppendSignal`](crate::AppendSignal) where there is
-//! one and polling at a bounded interval besides (so appends of other processes are seen too).
+//! feed live, woken by the event store's [`AppendSignal`] where it is given
+//! one ([`Subscription::wake_on`], or built by [`Stores::subscription`](crate::backend::Stores::subscription))
+//! and polling at a bounded interval besides (so appends of other processes are seen too).
 //!
 //! What it guarantees:
 //!
@@ -76,6 +77,7 @@ use futures_util::future::{self, Either, FusedFuture, FutureExt};
 use futures_util::StreamExt;
 use uuid::Uuid;
 
+use crate::abilities::AppendSignal;
 use crate::aggregate::Aggregate;
 use crate::deadline::{jittered, sleep};
 use crate::error::{Error, Result};
@@ -111,6 +113,8 @@ pub struct Subscription {
     lease: Duration,
     start: Start,
     metrics: Arc<SubscriptionMetrics>,
+    /// Raised after appends: the subscription waits for it rather than for its poll interval.
+    signal: Option<AppendSignal>,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -168,7 +172,18 @@ impl Subscription {
             lease: DEFAULT_LEASE,
             start: Start::Beginning,
             metrics: Arc::default(),
+            signal: None,
         })
+    }
+
+    /// Wakes on `signal` (an event store's [`AppendSignal`]) to read new events as soon as
+    /// they are appended, instead of at the next poll. Without it, the subscription polls at
+    /// its [`poll_interval`](Self::poll_interval); with it, it still polls (for appends the
+    /// signal does not see). [`backend::Stores::subscription`](crate::backend::Stores::subscription)
+    /// wires the backend's signal.
+    pub fn wake_on(mut self, signal: AppendSignal) -> Self {
+        self.signal = Some(signal);
+        self
     }
 
     /// Takes the events of this aggregate type too (by default, every event is taken).
@@ -389,7 +404,7 @@ impl Subscription {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<()> {
         let mut shutdown = Box::pin(shutdown.fuse());
-        let mut waiter = self.events.append_signal().map(|signal| signal.waiter());
+        let mut waiter = self.signal.as_ref().map(|signal| signal.waiter());
         let owner = Uuid::new_v4();
         let held = Held::new(&*self.store, &self.name, owner, self.lease);
         loop {
@@ -439,7 +454,7 @@ impl Subscription {
         &self,
         sink: &mut K,
         shutdown: &mut std::pin::Pin<Box<future::Fuse<S>>>,
-        waiter: &mut Option<crate::event_store::AppendWaiter>,
+        waiter: &mut Option<crate::abilities::AppendWaiter>,
         held: &Held<'_>,
     ) -> Result<Active> {
         let owner = held.owner();

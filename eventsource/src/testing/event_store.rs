@@ -29,11 +29,9 @@ macro_rules! __event_store_checks {
             invalid_batches_are_refused_and_write_nothing
             reused_event_id_is_refused
             an_append_made_again_is_acknowledged
-            request_ids_are_found_by_stream
             read_stream_after_a_version_returns_the_rest
             empty_stream_reads_nothing
             same_id_under_two_types_is_two_streams
-            stream_versions_list_every_stream_of_a_type
             positions_increase_with_every_append
             read_all_resumes_after_a_position
             long_stream_reads_back_in_order
@@ -42,7 +40,6 @@ macro_rules! __event_store_checks {
             load_stream_replays_what_read_stream_reads
             positions_are_found_by_version
             head_counts_what_read_all_shows
-            an_append_raises_the_signal
         }
     };
 }
@@ -71,22 +68,32 @@ fn event(id: Uuid, ty: &str, version: u64) -> EventEnvelope {
 }
 
 /// `count` events of the stream `(id, ty)` that follow `after`.
-fn events(id: Uuid, ty: &str, after: u64, count: u64) -> Vec<EventEnvelope> {
+pub(super) fn events(id: Uuid, ty: &str, after: u64, count: u64) -> Vec<EventEnvelope> {
     (after + 1..=after + count)
         .map(|version| event(id, ty, version))
         .collect()
 }
 
-async fn append(store: &dyn EventStore, id: Uuid, ty: &str, expected: u64, batch: &[EventEnvelope]) -> u64 {
-    store.append(id, ty, expected, batch).await.unwrap_or_else(|e| {
-        panic!(
-            "appending {} event(s) to {ty} {id} at version {expected} failed: {e}",
-            batch.len()
-        )
-    })
+pub(super) async fn append(
+    store: &dyn EventStore,
+    id: Uuid,
+    ty: &str,
+    expected: u64,
+    batch: &[EventEnvelope],
+) -> u64 {
+    store
+        .append(id, ty, expected, batch)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "appending {} event(s) to {ty} {id} at version {expected} failed: {e}",
+                batch.len()
+            )
+        })
+        .version
 }
 
-async fn read(store: &dyn EventStore, id: Uuid, ty: &str, after: u64) -> Vec<StoredEvent> {
+pub(super) async fn read(store: &dyn EventStore, id: Uuid, ty: &str, after: u64) -> Vec<StoredEvent> {
     store
         .read_stream(id, ty, after)
         .try_collect()
@@ -192,7 +199,14 @@ fn assert_stream(stored: &[StoredEvent], appended: &[EventEnvelope], context: &s
     }
 }
 
-fn assert_conflict(result: Result<u64>, id: Uuid, ty: &str, expected: u64, actual: u64, context: &str) {
+fn assert_conflict(
+    result: Result<crate::Appended>,
+    id: Uuid,
+    ty: &str,
+    expected: u64,
+    actual: u64,
+    context: &str,
+) {
     match result {
         Err(Error::Conflict {
             aggregate_type,
@@ -217,15 +231,18 @@ fn assert_conflict(result: Result<u64>, id: Uuid, ty: &str, expected: u64, actua
     }
 }
 
-/// `append` returns the stream's new version, and `stream_version` follows it.
+/// `append` returns the stream's new version and its last event's position, and `stream_version`
+/// follows it.
 pub async fn append_returns_the_new_version(store: &dyn EventStore) {
     let (id, ty) = (Uuid::new_v4(), unique_type("AppendVersion"));
     assert_eq!(version(store, id, &ty).await, 0, "a new stream is at version 0");
     let first = events(id, &ty, 0, 3);
+    let appended = store.append(id, &ty, 0, &first).await.unwrap();
+    assert_eq!(appended.version, 3, "appending 3 events to a new stream");
     assert_eq!(
-        append(store, id, &ty, 0, &first).await,
-        3,
-        "appending 3 events to a new stream"
+        appended.position,
+        read(store, id, &ty, 2).await[0].position,
+        "the append tells the position of its last event"
     );
     assert_eq!(version(store, id, &ty).await, 3, "stream_version after 3 events");
     let second = events(id, &ty, 3, 1);
@@ -462,16 +479,14 @@ pub async fn an_append_made_again_is_acknowledged(store: &dyn EventStore) {
     );
     // Made again, an append tells the same position as the first time, if it tells one.
     let again = store
-        .append_with_position(id, &ty, 0, &first)
+        .append(id, &ty, 0, &first)
         .await
-        .unwrap_or_else(|e| panic!("append_with_position of the stored batch again: {e}"));
-    let at_three = store.position_of(id, &ty, 3).await.unwrap();
-    assert_eq!(again.version, 3, "append_with_position of the stored batch again");
-    assert!(at_three.is_some(), "position_of the stored batch's last event");
-    assert!(
-        again.position.is_none() || again.position == at_three,
-        "append_with_position made again told {:?}, the event is at {at_three:?}",
-        again.position
+        .unwrap_or_else(|e| panic!("append of the stored batch again: {e}"));
+    let at_three = read(store, id, &ty, 2).await[0].position;
+    assert_eq!(again.version, 3, "append of the stored batch again");
+    assert_eq!(
+        again.position, at_three,
+        "the append made again tells the stored batch's last position"
     );
 
     let mut partly = first.clone();
@@ -633,27 +648,6 @@ pub async fn same_id_under_two_types_is_two_streams(store: &dyn EventStore) {
     );
 }
 
-/// [`EventStore::stream_versions`] lists every stream of the type it is asked about, each
-/// once, at its version, and none of another type.
-pub async fn stream_versions_list_every_stream_of_a_type(store: &dyn EventStore) {
-    let (ty, other) = (unique_type("Listed"), unique_type("NotListed"));
-    assert!(
-        store.stream_versions(&ty).await.unwrap().is_empty(),
-        "a type with no stream lists none"
-    );
-    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-    append(store, a, &ty, 0, &events(a, &ty, 0, 3)).await;
-    append(store, b, &ty, 0, &events(b, &ty, 0, 1)).await;
-    append(store, a, &ty, 3, &events(a, &ty, 3, 2)).await;
-    append(store, a, &other, 0, &events(a, &other, 0, 7)).await;
-    let mut listed = store.stream_versions(&ty).await.unwrap();
-    listed.sort_unstable();
-    let mut expected = vec![(a, 5), (b, 1)];
-    expected.sort_unstable();
-    assert_eq!(listed, expected, "the streams of {ty} with their versions");
-    assert_eq!(store.stream_versions(&other).await.unwrap(), vec![(a, 7)]);
-}
-
 /// Appends to two streams, alternating; returns the events in the order they were appended.
 async fn interleaved(store: &dyn EventStore, ty: &str) -> Vec<EventEnvelope> {
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
@@ -778,9 +772,9 @@ pub async fn racing_appends_have_one_winner_per_version(store: &dyn EventStore) 
         let mut won = Vec::new();
         for (writer, result) in results.into_iter().enumerate() {
             match result {
-                Ok(new_version) => {
+                Ok(appended) => {
                     assert_eq!(
-                        new_version,
+                        appended.version,
                         expected + 2,
                         "round {round}: the winner's new version"
                     );
@@ -944,37 +938,6 @@ pub async fn a_tailing_reader_misses_nothing_under_concurrent_appends(store: &dy
     assert_eq!(ids.len(), appended.len(), "the reader saw events nobody appended");
 }
 
-/// A request id stored with a batch is found, by its stream, at the batch's last version; an
-/// id never stored, or stored in another stream, is not.
-pub async fn request_ids_are_found_by_stream(store: &dyn EventStore) {
-    let (id, ty) = (Uuid::new_v4(), unique_type("Requests"));
-    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
-    let mut batch = events(id, &ty, 0, 3);
-    batch.iter_mut().for_each(|e| e.request_id = Some(first));
-    append(store, id, &ty, 0, &batch).await;
-    let mut next = events(id, &ty, 3, 2);
-    next.iter_mut().for_each(|e| e.request_id = Some(second));
-    append(store, id, &ty, 3, &next).await;
-    let found = |request| store.request_version(id, &ty, request);
-    assert_eq!(found(first).await.unwrap(), Some(3), "the first batch's request");
-    assert_eq!(
-        found(second).await.unwrap(),
-        Some(5),
-        "the second batch's request"
-    );
-    assert_eq!(
-        found(Uuid::new_v4()).await.unwrap(),
-        None,
-        "a request never stored"
-    );
-    let other = Uuid::new_v4();
-    assert_eq!(
-        store.request_version(other, &ty, first).await.unwrap(),
-        None,
-        "another stream"
-    );
-}
-
 // ---------------------------------------------------------------------------------------
 // Fast paths against their plain equivalents: a store may answer these from an index or a
 // statement of their own, and must answer what the plain reads would.
@@ -1012,18 +975,11 @@ pub async fn load_stream_replays_what_read_stream_reads(store: &dyn EventStore) 
 }
 
 /// `position_of` finds each event's feed position at its version, and none where the
-/// stream has no event; `append_with_position` tells the batch's last position where it
-/// tells one.
+/// stream has no event; `append` tells the batch's last position.
 pub async fn positions_are_found_by_version(store: &dyn EventStore) {
     let (id, ty) = (Uuid::new_v4(), unique_type("PositionOf"));
-    let first = store
-        .append_with_position(id, &ty, 0, &events(id, &ty, 0, 3))
-        .await
-        .unwrap();
-    let second = store
-        .append_with_position(id, &ty, 3, &events(id, &ty, 3, 2))
-        .await
-        .unwrap();
+    let first = store.append(id, &ty, 0, &events(id, &ty, 0, 3)).await.unwrap();
+    let second = store.append(id, &ty, 3, &events(id, &ty, 3, 2)).await.unwrap();
     assert_eq!((first.version, second.version), (3, 5));
     let stored = read(store, id, &ty, 0).await;
     for event in &stored {
@@ -1042,9 +998,7 @@ pub async fn positions_are_found_by_version(store: &dyn EventStore) {
         );
     }
     for (appended, last) in [(first, &stored[2]), (second, &stored[4])] {
-        if let Some(position) = appended.position {
-            assert_eq!(position, last.position, "the position append_with_position told");
-        }
+        assert_eq!(appended.position, last.position, "the position append told");
     }
 }
 
@@ -1080,18 +1034,4 @@ pub async fn head_counts_what_read_all_shows(store: &dyn EventStore) {
     );
     assert!(head.lag() >= head.events_after);
     assert!(count_before >= 5, "the feed shows the five events after {after}");
-}
-
-/// An append raises the store's wake-up signal, where it has one: a waiter made before the
-/// append wakes within 5 s.
-pub async fn an_append_raises_the_signal(store: &dyn EventStore) {
-    let Some(signal) = store.append_signal() else {
-        return;
-    };
-    let mut waiter = signal.waiter();
-    let (id, ty) = (Uuid::new_v4(), unique_type("Signal"));
-    append(store, id, &ty, 0, &events(id, &ty, 0, 1)).await;
-    tokio::time::timeout(std::time::Duration::from_secs(5), waiter.raised())
-        .await
-        .expect("an append wakes a waiter of the store's signal within 5 s");
 }

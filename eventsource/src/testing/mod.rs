@@ -8,7 +8,9 @@
 //! `&dyn SnapshotStore` and panics, naming what broke, if the store does not keep the
 //! contract: [`event_store`] holds the checks of the event store contract, [`snapshot_store`]
 //! those of the snapshot store contract, [`subscription_store`] those of the subscription
-//! store contract, [`read_model_store`] those of a projection's read model.
+//! store contract, [`read_model_store`] those of a projection's read model, and [`stores`]
+//! those of the [abilities](crate::abilities) a backend hands out with its stores, each
+//! against the plain reads and writes it stands for.
 //!
 //! # Checking a backend
 //!
@@ -82,6 +84,7 @@ mod given;
 pub mod read_model_store;
 mod schema_lock;
 pub mod snapshot_store;
+pub mod stores;
 pub mod subscription_store;
 mod wrapper;
 
@@ -155,6 +158,22 @@ macro_rules! snapshot_store_conformance {
     };
     ($make_store:expr $(,)?) => {
         $crate::__snapshot_store_checks!(__conformance_tests(snapshot_store, required, $make_store));
+    };
+}
+
+/// Generates one `#[tokio::test]` per check of the suite of a backend's
+/// [abilities](crate::abilities), named after it.
+///
+/// The argument is an expression that gives a future of the backend's
+/// [`Stores`](crate::backend::Stores); after `optional:`, of an `Option` of them, as in
+/// [`event_store_conformance!`](crate::event_store_conformance).
+#[macro_export]
+macro_rules! stores_conformance {
+    (optional: $make_stores:expr $(,)?) => {
+        $crate::__stores_checks!(__conformance_tests(stores, optional, $make_stores));
+    };
+    ($make_stores:expr $(,)?) => {
+        $crate::__stores_checks!(__conformance_tests(stores, required, $make_stores));
     };
 }
 

@@ -26,7 +26,6 @@ macro_rules! __snapshot_store_checks {
             delete_by_type_deletes_strictly_below_the_bound
             same_id_under_two_types_is_two_snapshots
             each_schema_version_keeps_its_own_snapshot
-            snapshot_versions_list_every_snapshot_of_a_type
             names_a_store_cannot_keep_are_refused
         }
     };
@@ -34,7 +33,7 @@ macro_rules! __snapshot_store_checks {
 
 crate::__snapshot_store_checks!(__conformance_runner(dyn SnapshotStore));
 
-fn snapshot(id: Uuid, ty: &str, version: u64, schema_version: u32) -> Snapshot {
+pub(super) fn snapshot(id: Uuid, ty: &str, version: u64, schema_version: u32) -> Snapshot {
     Snapshot {
         aggregate_id: id,
         aggregate_type: ty.to_owned(),
@@ -46,7 +45,7 @@ fn snapshot(id: Uuid, ty: &str, version: u64, schema_version: u32) -> Snapshot {
     }
 }
 
-async fn save(store: &dyn SnapshotStore, snapshot: &Snapshot) -> bool {
+pub(super) async fn save(store: &dyn SnapshotStore, snapshot: &Snapshot) -> bool {
     store.save_snapshot(snapshot).await.unwrap_or_else(|e| {
         panic!(
             "saving the snapshot of {} {} at version {} failed: {e}",
@@ -76,7 +75,7 @@ async fn delete(store: &dyn SnapshotStore, id: Uuid, ty: &str) -> bool {
         .unwrap_or_else(|e| panic!("deleting the snapshot of {ty} {id} failed: {e}"))
 }
 
-async fn delete_by_type(store: &dyn SnapshotStore, ty: &str, below: Option<u32>) -> u64 {
+pub(super) async fn delete_by_type(store: &dyn SnapshotStore, ty: &str, below: Option<u32>) -> u64 {
     store
         .delete_snapshots_by_type(ty, below)
         .await
@@ -498,44 +497,6 @@ pub async fn same_id_under_two_types_is_two_snapshots(store: &dyn SnapshotStore)
         "the second type's snapshot after the first was deleted",
     );
     clean_up(store, &[&one, &two]).await;
-}
-
-/// [`SnapshotStore::snapshot_versions`] lists each stored snapshot of the type, one per
-/// aggregate and schema version, at its version, and none of another type.
-pub async fn snapshot_versions_list_every_snapshot_of_a_type(store: &dyn SnapshotStore) {
-    use crate::snapshot::SnapshotVersion;
-
-    let (ty, other) = (unique_type("Listed"), unique_type("NotListed"));
-    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-    let listed = |ty: String| async move {
-        let mut listed = store.snapshot_versions(&ty).await.unwrap();
-        listed.sort_unstable();
-        listed
-    };
-    assert!(
-        listed(ty.clone()).await.is_empty(),
-        "a type with no snapshot lists none"
-    );
-    for s in [
-        snapshot(a, &ty, 4, 1),
-        snapshot(a, &ty, 9, 1),
-        snapshot(a, &ty, 9, 2),
-        snapshot(b, &ty, 2, 1),
-        snapshot(a, &other, 3, 1),
-    ] {
-        save(store, &s).await;
-    }
-    let at = |aggregate_id, schema_version, version| SnapshotVersion {
-        aggregate_id,
-        schema_version,
-        version,
-    };
-    let mut expected = vec![at(a, 1, 9), at(a, 2, 9), at(b, 1, 2)];
-    expected.sort_unstable();
-    assert_eq!(listed(ty.clone()).await, expected, "the snapshots of {ty}");
-    assert_eq!(listed(other.clone()).await, vec![at(a, 1, 3)]);
-    delete_by_type(store, &ty, None).await;
-    delete_by_type(store, &other, None).await;
 }
 
 /// A snapshot whose aggregate type name is empty or holds a NUL character is

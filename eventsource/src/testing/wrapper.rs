@@ -5,7 +5,7 @@ use uuid::Uuid;
 
 use crate::error::Result;
 use crate::event::EventEnvelope;
-use crate::event_store::{EventStore, EventStream};
+use crate::event_store::{Appended, EventStore, EventStream, FeedHead};
 
 /// An event store that forwards the required methods of [`EventStore`] to `S` and nothing
 /// else, so that every provided method runs its default: what a wrapper store of a program's
@@ -33,7 +33,7 @@ impl<S: EventStore> EventStore for RequiredOnly<S> {
         aggregate_type: &str,
         expected_version: u64,
         events: &[EventEnvelope],
-    ) -> Result<u64> {
+    ) -> Result<Appended> {
         self.0
             .append(aggregate_id, aggregate_type, expected_version, events)
             .await
@@ -54,5 +54,9 @@ impl<S: EventStore> EventStore for RequiredOnly<S> {
 
     fn read_all(&self, after_position: u64) -> EventStream<'_> {
         self.0.read_all(after_position)
+    }
+
+    async fn head(&self, after_position: u64) -> Result<FeedHead> {
+        self.0.head(after_position).await
     }
 }

@@ -13,7 +13,7 @@ use super::sql::{EVENT_ID_KEY, MAX_BATCH};
 use super::{query_error, split_timestamp, to_bigint, PostgresEventStore, BACKEND};
 use crate::error::{Error, Result};
 use crate::event::EventEnvelope;
-use crate::event_store::{acknowledge_stored_append, validate_batch, Appended, EventStore};
+use crate::event_store::{Appended, Batch, EventStore};
 use crate::snapshot::Snapshot;
 
 /// A batch as the columns of the append statement.
@@ -48,19 +48,14 @@ fn metadata_text(event: &EventEnvelope) -> Result<Option<String>> {
 }
 
 /// A one-event append checked and encoded once, for the group or for a statement of its own.
-fn one_row(
-    aggregate_id: Uuid,
-    aggregate_type: &str,
-    expected_version: u64,
-    event: &EventEnvelope,
-) -> Result<OneRow> {
-    validate_batch(
-        aggregate_id,
-        aggregate_type,
-        expected_version,
-        std::slice::from_ref(event),
-    )?;
-    let expected = to_bigint(expected_version, "expected version")?;
+fn one_row(batch: &Batch<'_>) -> Result<OneRow> {
+    let [event] = batch.events else {
+        return Err(Error::InvalidInput(format!(
+            "a one-event append was given {} events",
+            batch.events.len()
+        )));
+    };
+    let expected = to_bigint(batch.expected_version, "expected version")?;
     Ok(OneRow::of(
         event,
         expected,
@@ -100,25 +95,21 @@ impl PostgresEventStore {
     pub(super) async fn append_in(
         &self,
         sql: &str,
-        aggregate_id: Uuid,
-        aggregate_type: &str,
-        expected_version: u64,
-        events: &[EventEnvelope],
+        batch: Batch<'_>,
         snapshot: Option<&Snapshot>,
     ) -> Result<(Appended, bool)> {
-        validate_batch(aggregate_id, aggregate_type, expected_version, events)?;
-
+        let events = batch.events;
         if events.len() > MAX_BATCH {
             return Err(Error::InvalidInput(format!(
                 "a PostgreSQL append stores at most {MAX_BATCH} events, not {}; append them in several batches",
                 events.len()
             )));
         }
-        let expected = to_bigint(expected_version, "expected version")?;
+        let expected = to_bigint(batch.expected_version, "expected version")?;
         let c = Columns::of(events)?;
         let query = sqlx::query_as::<_, (i64, i64, Option<i64>)>(sql)
-            .bind(aggregate_id)
-            .bind(aggregate_type)
+            .bind(batch.aggregate_id)
+            .bind(batch.aggregate_type)
             .bind(expected)
             .bind(&c.event_id)
             .bind(&c.event_type)
@@ -146,33 +137,17 @@ impl PostgresEventStore {
                     .await
             }
         };
-        let conflict = |actual: u64| Error::Conflict {
-            aggregate_type: aggregate_type.to_owned(),
-            aggregate_id,
-            expected: expected_version,
-            actual,
-        };
         match result {
-            Ok((_, inserted, last)) if inserted == events.len() as i64 => {
+            Ok((_, inserted, Some(last))) if inserted == events.len() as i64 => {
                 self.notifier.appended(&self.pool);
-                let appended = Appended {
-                    version: expected_version + events.len() as u64,
-                    position: last.and_then(|p| u64::try_from(p).ok()),
-                };
-                Ok((appended, true))
+                Ok((self.stored(&batch, last)?, true))
             }
             Ok((head, 0, _)) if head != expected => {
-                let refusal = conflict(version_of(head, &self.sql.table)?);
-                acknowledge_stored_append(
-                    self,
-                    aggregate_id,
-                    aggregate_type,
-                    expected_version,
-                    events,
-                    refusal,
-                )
-                .await
-                .map(|appended| (appended, false))
+                let refusal = batch_conflict(&batch, version_of(head, &self.sql.table)?);
+                batch
+                    .acknowledge_stored(self, refusal)
+                    .await
+                    .map(|appended| (appended, false))
             }
             Ok((head, inserted, _)) => Err(Error::corrupt(
                 self.sql.table.clone(),
@@ -181,58 +156,50 @@ impl PostgresEventStore {
                     events.len()
                 ),
             )),
-            Err(e) => self
-                .refused(e, aggregate_id, aggregate_type, expected_version, events)
-                .await
-                .map(|appended| (appended, false)),
+            Err(e) => self.refused(e, batch).await.map(|appended| (appended, false)),
         }
     }
 
     /// Appends one event with the others that arrive meanwhile (group commit, see
     /// [`super::group`]); alone when the group's statement failed or no runtime runs one.
-    pub(super) async fn append_one(
-        &self,
-        aggregate_id: Uuid,
-        aggregate_type: &str,
-        expected_version: u64,
-        event: &EventEnvelope,
-    ) -> Result<Appended> {
-        let events = std::slice::from_ref(event);
-        let row = one_row(aggregate_id, aggregate_type, expected_version, event)?;
+    pub(super) async fn append_one(&self, batch: Batch<'_>) -> Result<Appended> {
+        let row = one_row(&batch)?;
         let outcome = match Group::append(self, row).await {
             // While it runs, the appends that arrive queue for the next group: bounded, so that a
             // hanging statement does not hold them.
-            Turn::Alone(_leading, row) => return self.append_alone_bounded(&row, event).await,
+            Turn::Alone(_leading, row) => return self.append_alone_bounded(&row, batch).await,
             Turn::Grouped(outcome) => outcome,
         };
         match outcome {
-            Outcome::Stored(position) => Ok(Appended {
-                version: expected_version + 1,
-                position: u64::try_from(position).ok(),
-            }),
-            Outcome::LeftOut => {
-                self.not_stored(aggregate_id, aggregate_type, expected_version, events)
-                    .await
-            }
+            Outcome::Stored(position) => self.stored(&batch, position),
+            Outcome::LeftOut => self.not_stored(batch).await,
             // Rare: the group's statement failed; the row went with it, so it is made again.
             Outcome::Failed => {
-                let row = one_row(aggregate_id, aggregate_type, expected_version, event)?;
-                self.append_alone_bounded(&row, event).await
+                let row = one_row(&batch)?;
+                self.append_alone_bounded(&row, batch).await
             }
         }
     }
 
+    /// What an append that stored `batch`, its last event at `position`, tells its caller.
+    fn stored(&self, batch: &Batch<'_>, position: i64) -> Result<Appended> {
+        Ok(Appended {
+            version: batch.version_after(),
+            position: version_of(position, &self.sql.table)?,
+        })
+    }
+
     /// [`append_alone`](Self::append_alone) within the store's append timeout; past it, a
     /// transient error that leaves the outcome unknown (the statement may still commit).
-    async fn append_alone_bounded(&self, row: &OneRow, event: &EventEnvelope) -> Result<Appended> {
-        match tokio::time::timeout(self.append_timeout, self.append_alone(row, event)).await {
+    async fn append_alone_bounded(&self, row: &OneRow, batch: Batch<'_>) -> Result<Appended> {
+        match tokio::time::timeout(self.append_timeout, self.append_alone(row, batch)).await {
             Ok(appended) => appended,
             Err(elapsed) => Err(Error::store(
                 BACKEND,
                 format!(
                     "the append of event {} to {} {} did not finish within {:?}: it may or may \
                      not be stored, and making it again is safe",
-                    event.event_id, row.aggregate_type, row.aggregate_id, self.append_timeout
+                    row.event_id, row.aggregate_type, row.aggregate_id, self.append_timeout
                 ),
                 elapsed,
             )),
@@ -242,39 +209,20 @@ impl PostgresEventStore {
     /// The refusal of an append that was not stored: its stream is not at its expected
     /// version (a conflict, with the stream's version now), unless the batch was stored by an
     /// earlier try of the same append.
-    async fn not_stored(
-        &self,
-        aggregate_id: Uuid,
-        aggregate_type: &str,
-        expected_version: u64,
-        events: &[EventEnvelope],
-    ) -> Result<Appended> {
-        let refusal = Error::Conflict {
-            aggregate_type: aggregate_type.to_owned(),
-            aggregate_id,
-            expected: expected_version,
-            actual: self.stream_version(aggregate_id, aggregate_type).await?,
-        };
-        acknowledge_stored_append(
-            self,
-            aggregate_id,
-            aggregate_type,
-            expected_version,
-            events,
-            refusal,
-        )
-        .await
+    async fn not_stored(&self, batch: Batch<'_>) -> Result<Appended> {
+        let actual = self
+            .stream_version(batch.aggregate_id, batch.aggregate_type)
+            .await?;
+        batch
+            .acknowledge_stored(self, batch_conflict(&batch, actual))
+            .await
     }
 
     /// Appends one event on its own, in a statement without arrays, from its checked row.
-    async fn append_alone(&self, row: &OneRow, event: &EventEnvelope) -> Result<Appended> {
-        let (aggregate_id, aggregate_type) = (row.aggregate_id, &*row.aggregate_type);
-        // In range: `one_row` converted it from a u64.
-        let expected_version = row.expected as u64;
-        let events = std::slice::from_ref(event);
+    async fn append_alone(&self, row: &OneRow, batch: Batch<'_>) -> Result<Appended> {
         let stored = sqlx::query_scalar::<_, i64>(&self.sql.append_one)
-            .bind(aggregate_id)
-            .bind(aggregate_type)
+            .bind(row.aggregate_id)
+            .bind(&*row.aggregate_type)
             .bind(row.expected)
             .bind(row.event_id)
             .bind(&*row.event_type)
@@ -291,20 +239,11 @@ impl PostgresEventStore {
         match stored {
             Ok(Some(position)) => {
                 self.notifier.appended(&self.pool);
-                Ok(Appended {
-                    version: expected_version + 1,
-                    position: u64::try_from(position).ok(),
-                })
+                self.stored(&batch, position)
             }
             // The stream is not at the expected version, or a concurrent writer came first.
-            Ok(None) => {
-                self.not_stored(aggregate_id, aggregate_type, expected_version, events)
-                    .await
-            }
-            Err(e) => {
-                self.refused(e, aggregate_id, aggregate_type, expected_version, events)
-                    .await
-            }
+            Ok(None) => self.not_stored(batch).await,
+            Err(e) => self.refused(e, batch).await,
         }
     }
 
@@ -312,15 +251,8 @@ impl PostgresEventStore {
     /// that committed while it ran is an event id (possibly this very batch's, sent before
     /// and cancelled or not answered) or one of its versions (a concurrent writer), and the
     /// batch may be stored already; anything else is a store error.
-    pub(super) async fn refused(
-        &self,
-        error: sqlx::Error,
-        aggregate_id: Uuid,
-        aggregate_type: &str,
-        expected_version: u64,
-        events: &[EventEnvelope],
-    ) -> Result<Appended> {
-        let what = || format!("cannot append to {aggregate_type} {aggregate_id}");
+    pub(super) async fn refused(&self, error: sqlx::Error, batch: Batch<'_>) -> Result<Appended> {
+        let what = || format!("cannot append to {} {}", batch.aggregate_type, batch.aggregate_id);
         let db = match error {
             sqlx::Error::Database(db) if db.kind() == ErrorKind::UniqueViolation => db,
             e => return Err(query_error(&what(), e)),
@@ -335,18 +267,18 @@ impl PostgresEventStore {
                 detail.unwrap_or("duplicate event_id")
             ))
         } else {
-            return self
-                .not_stored(aggregate_id, aggregate_type, expected_version, events)
-                .await;
+            return self.not_stored(batch).await;
         };
-        acknowledge_stored_append(
-            self,
-            aggregate_id,
-            aggregate_type,
-            expected_version,
-            events,
-            refusal,
-        )
-        .await
+        batch.acknowledge_stored(self, refusal).await
+    }
+}
+
+/// The conflict of an append of `batch` to a stream found at `actual`.
+fn batch_conflict(batch: &Batch<'_>, actual: u64) -> Error {
+    Error::Conflict {
+        aggregate_type: batch.aggregate_type.to_owned(),
+        aggregate_id: batch.aggregate_id,
+        expected: batch.expected_version,
+        actual,
     }
 }

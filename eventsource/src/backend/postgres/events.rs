@@ -2,7 +2,6 @@
 //! (statements in `sql`, appends in `append`, reads in `read`, group commit in `group`, joint
 //! statements in `joint`).
 
-use std::any::Any;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -11,10 +10,11 @@ use uuid::Uuid;
 
 use super::read::{version_of, Loader, Reader};
 use super::{joint, query_error, PostgresEventStore, PostgresSnapshotStore};
+use crate::abilities::{AppendSignal, RequestIndex, StreamListing};
 use crate::error::{Error, Result};
 use crate::event::EventEnvelope;
-use crate::event_store::{AppendSignal, Appended, EventStore, EventStream, FeedHead, FeedHolder};
-use crate::snapshot::{JointSnapshotRead, JointSnapshotWrite};
+use crate::event_store::{Appended, Batch, EventStore, EventStream, FeedHead, FeedHolder};
+use crate::snapshot::JointSnapshots;
 
 impl PostgresEventStore {
     /// The oldest running transaction that announced an append, which holds the feed back;
@@ -43,34 +43,14 @@ impl EventStore for PostgresEventStore {
         aggregate_type: &str,
         expected_version: u64,
         events: &[EventEnvelope],
-    ) -> Result<u64> {
-        self.append_with_position(aggregate_id, aggregate_type, expected_version, events)
-            .await
-            .map(|appended| appended.version)
-    }
-
-    async fn append_with_position(
-        &self,
-        aggregate_id: Uuid,
-        aggregate_type: &str,
-        expected_version: u64,
-        events: &[EventEnvelope],
     ) -> Result<Appended> {
-        if let [event] = events {
-            return self
-                .append_one(aggregate_id, aggregate_type, expected_version, event)
-                .await;
+        let batch = Batch::checked(aggregate_id, aggregate_type, expected_version, events)?;
+        if events.len() == 1 {
+            return self.append_one(batch).await;
         }
-        self.append_in(
-            &self.sql.append,
-            aggregate_id,
-            aggregate_type,
-            expected_version,
-            events,
-            None,
-        )
-        .await
-        .map(|(appended, _)| appended)
+        self.append_in(&self.sql.append, batch, None)
+            .await
+            .map(|(appended, _)| appended)
     }
 
     fn read_stream<'a>(
@@ -143,21 +123,6 @@ impl EventStore for PostgresEventStore {
         version_of(version, &self.sql.table)
     }
 
-    async fn stream_versions(&self, aggregate_type: &str) -> Result<Vec<(Uuid, u64)>> {
-        let rows: Vec<(Uuid, i64)> = sqlx::query_as(&format!(
-            "SELECT aggregate_id, max(aggregate_version) FROM {}
-             WHERE aggregate_type = $1 GROUP BY aggregate_id",
-            self.sql.table
-        ))
-        .bind(aggregate_type)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| query_error(&format!("cannot list the streams of {aggregate_type}"), e))?;
-        rows.into_iter()
-            .map(|(id, version)| Ok((id, version_of(version, &self.sql.table)?)))
-            .collect()
-    }
-
     fn read_all(&self, after_position: u64) -> EventStream<'_> {
         let Ok(after) = i64::try_from(after_position) else {
             return Box::pin(stream::empty());
@@ -182,7 +147,28 @@ impl EventStore for PostgresEventStore {
         }
         Ok(head.with_held_back(version_of(held, &self.sql.table)?, self.feed_holder().await?))
     }
+}
 
+#[async_trait]
+impl StreamListing for PostgresEventStore {
+    async fn stream_versions(&self, aggregate_type: &str) -> Result<Vec<(Uuid, u64)>> {
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(&format!(
+            "SELECT aggregate_id, max(aggregate_version) FROM {}
+             WHERE aggregate_type = $1 GROUP BY aggregate_id",
+            self.sql.table
+        ))
+        .bind(aggregate_type)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| query_error(&format!("cannot list the streams of {aggregate_type}"), e))?;
+        rows.into_iter()
+            .map(|(id, version)| Ok((id, version_of(version, &self.sql.table)?)))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl RequestIndex for PostgresEventStore {
     async fn request_version(
         &self,
         aggregate_id: Uuid,
@@ -203,18 +189,26 @@ impl EventStore for PostgresEventStore {
             })?;
         found.map(|v| version_of(v, &self.sql.table)).transpose()
     }
+}
 
-    fn append_signal(&self) -> Option<AppendSignal> {
-        Some(self.notifier.signal(&self.pool))
+impl PostgresEventStore {
+    /// The signal raised after each append to this database, by this process or another
+    /// (through `LISTEN`); the first call starts listening.
+    pub fn append_signal(&self) -> AppendSignal {
+        self.notifier.signal(&self.pool)
     }
 
-    fn joint_snapshot_reader(&self, snapshots: &dyn Any) -> Option<Arc<dyn JointSnapshotRead>> {
-        let snapshots = snapshots.downcast_ref::<PostgresSnapshotStore>()?;
-        joint::Reader::new(self, snapshots).map(|reader| Arc::new(reader) as _)
-    }
-
-    fn joint_snapshot_writer(&self, snapshots: &dyn Any) -> Option<Arc<dyn JointSnapshotWrite>> {
-        let snapshots = snapshots.downcast_ref::<PostgresSnapshotStore>()?;
-        joint::Writer::new(self, snapshots).map(|writer| Arc::new(writer) as _)
+    /// `snapshots` with the statements that read and write its snapshots together with this
+    /// store's events, if the two share a database and a schema layout that allows it
+    /// (`None` otherwise): for
+    /// [`Repository::with_joint_snapshots`](crate::Repository::with_joint_snapshots).
+    pub fn joint_snapshots(&self, snapshots: &PostgresSnapshotStore) -> Option<JointSnapshots> {
+        let reader = joint::Reader::new(self, snapshots)?;
+        let writer = joint::Writer::new(self, snapshots)?;
+        Some(JointSnapshots::new(
+            Arc::new(snapshots.clone()),
+            Arc::new(reader),
+            Arc::new(writer),
+        ))
     }
 }

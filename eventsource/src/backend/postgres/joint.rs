@@ -15,7 +15,7 @@ use super::sql::{append_sql, COLUMNS};
 use super::{query_error, PostgresEventStore, PostgresSnapshotStore};
 use crate::error::Result;
 use crate::event::EventEnvelope;
-use crate::event_store::{Appended, EventStore};
+use crate::event_store::{Appended, Batch, EventStore};
 use crate::snapshot::{
     validate_snapshot, JointSnapshotRead, JointSnapshotWrite, Snapshot, SnapshotAndEvents, SnapshotStore,
 };
@@ -159,17 +159,9 @@ impl JointSnapshotWrite for Writer {
         events: &[EventEnvelope],
         snapshot: &Snapshot,
     ) -> Result<(Appended, bool)> {
+        let batch = Batch::checked(aggregate_id, aggregate_type, expected_version, events)?;
         validate_snapshot(snapshot)?;
-        self.events
-            .append_in(
-                &self.sql,
-                aggregate_id,
-                aggregate_type,
-                expected_version,
-                events,
-                Some(snapshot),
-            )
-            .await
+        self.events.append_in(&self.sql, batch, Some(snapshot)).await
     }
 }
 

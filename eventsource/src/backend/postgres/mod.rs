@@ -80,11 +80,13 @@
 //! of its own meanwhile uses a second connection. A read sees events appended while it runs
 //! up to the moment it fetches its last page.
 //!
-//! **A load with a snapshot is one statement** when the event store and the snapshot store
-//! share a pool (as those of [`connect_url`], [`PostgresEventStore::snapshot_store`] or
-//! [`backend::open`](crate::backend::open) do, or two stores built on clones of one pool,
-//! whatever their schemas): the snapshot row joined with the first page of the events from its
-//! version on (see [`EventStore::joint_snapshot_reader`](crate::EventStore::joint_snapshot_reader)).
+//! **A load with a snapshot is one statement** when the repository is given the joint
+//! statements ([`PostgresEventStore::joint_snapshots`], handed out by
+//! [`backend::open`](crate::backend::open) and [`Stores::from_postgres`](crate::backend::Stores::from_postgres)),
+//! which exist when the event store and the snapshot store share a pool (as those of
+//! [`connect_url`] or [`PostgresEventStore::snapshot_store`] do, or two stores built on clones
+//! of one pool, whatever their schemas): the snapshot row joined with the first page of the
+//! events from its version on.
 //! The repository checks the snapshot as it does any other, and reads the rest of a long tail
 //! page by page. A stream that has events after the snapshot's version but not the event at
 //! it (a gap, or a snapshot at version 0) is read again in two statements, so that it is

@@ -14,7 +14,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
 
-use crate::event_store::AppendSignal;
+use crate::abilities::AppendSignal;
 
 /// The least time between two `NOTIFY`s of one store: what a consumer in another process may
 /// wake later than the append, at most (it polls besides).

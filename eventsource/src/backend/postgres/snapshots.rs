@@ -1,8 +1,6 @@
 //! The snapshot store: one row per aggregate and schema version, an upsert that never goes
 //! back in version.
 
-use std::any::Any;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
@@ -10,6 +8,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::{join_timestamp, query_error, split_timestamp, to_bigint, Layout, PostgresSnapshotStore};
+use crate::abilities::SnapshotListing;
 use crate::error::{Error, Result};
 use crate::snapshot::{validate_snapshot, Snapshot, SnapshotStore, SnapshotVersion};
 
@@ -61,31 +60,6 @@ impl Sql {
 
 #[async_trait]
 impl SnapshotStore for PostgresSnapshotStore {
-    async fn snapshot_versions(&self, aggregate_type: &str) -> Result<Vec<SnapshotVersion>> {
-        let rows: Vec<(Uuid, i64, i64)> = sqlx::query_as(&format!(
-            "SELECT aggregate_id, schema_version, version FROM {} WHERE aggregate_type = $1",
-            self.sql.table
-        ))
-        .bind(aggregate_type)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| query_error(&format!("cannot list the snapshots of {aggregate_type}"), e))?;
-        rows.into_iter()
-            .map(|(aggregate_id, schema_version, version)| {
-                let fail = |detail: String| {
-                    Error::corrupt(format!("the snapshot of {aggregate_type} {aggregate_id}"), detail)
-                };
-                Ok(SnapshotVersion {
-                    aggregate_id,
-                    schema_version: u32::try_from(schema_version)
-                        .map_err(|_| fail(format!("schema version {schema_version} is out of range")))?,
-                    version: u64::try_from(version)
-                        .map_err(|_| fail(format!("version {version} is negative")))?,
-                })
-            })
-            .collect()
-    }
-
     async fn get_snapshot(
         &self,
         aggregate_id: Uuid,
@@ -187,9 +161,33 @@ impl SnapshotStore for PostgresSnapshotStore {
             })?;
         Ok(deleted.rows_affected())
     }
+}
 
-    fn as_any(&self) -> Option<&dyn Any> {
-        Some(self)
+#[async_trait]
+impl SnapshotListing for PostgresSnapshotStore {
+    async fn snapshot_versions(&self, aggregate_type: &str) -> Result<Vec<SnapshotVersion>> {
+        let rows: Vec<(Uuid, i64, i64)> = sqlx::query_as(&format!(
+            "SELECT aggregate_id, schema_version, version FROM {} WHERE aggregate_type = $1",
+            self.sql.table
+        ))
+        .bind(aggregate_type)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| query_error(&format!("cannot list the snapshots of {aggregate_type}"), e))?;
+        rows.into_iter()
+            .map(|(aggregate_id, schema_version, version)| {
+                let fail = |detail: String| {
+                    Error::corrupt(format!("the snapshot of {aggregate_type} {aggregate_id}"), detail)
+                };
+                Ok(SnapshotVersion {
+                    aggregate_id,
+                    schema_version: u32::try_from(schema_version)
+                        .map_err(|_| fail(format!("schema version {schema_version} is out of range")))?,
+                    version: u64::try_from(version)
+                        .map_err(|_| fail(format!("version {version} is negative")))?,
+                })
+            })
+            .collect()
     }
 }
 

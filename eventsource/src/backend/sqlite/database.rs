@@ -54,7 +54,7 @@ struct Inner {
     name: String,
     place: Place,
     /// Raised after each append through this database.
-    appended: crate::event_store::AppendSignal,
+    appended: crate::abilities::AppendSignal,
 }
 
 enum Place {
@@ -173,7 +173,7 @@ impl Database {
 
     /// The signal raised after each append through this database (appends of other
     /// connections to the file are seen by polling).
-    pub(super) fn appended(&self) -> &crate::event_store::AppendSignal {
+    pub(super) fn appended(&self) -> &crate::abilities::AppendSignal {
         &self.inner.appended
     }
 

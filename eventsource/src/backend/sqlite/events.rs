@@ -10,11 +10,10 @@ use uuid::Uuid;
 
 use super::prefix::Prefix;
 use super::{read, schema, signed, store_error, timestamp_text, unsigned, Database};
+use crate::abilities::{AppendSignal, RequestIndex, StreamListing};
 use crate::error::{Error, Result};
 use crate::event::EventEnvelope;
-use crate::event_store::{
-    acknowledge_stored_append, validate_batch, AppendSignal, Appended, EventStore, EventStream, FeedHead,
-};
+use crate::event_store::{Appended, Batch, EventStore, EventStream, FeedHead};
 
 const INSERT: &str = "INSERT INTO {p}events (event_id, event_type, event_version, aggregate_id, \
     aggregate_type, aggregate_version, occurred_at, correlation_id, causation_id, metadata, payload, \
@@ -73,6 +72,12 @@ impl std::fmt::Debug for SqliteEventStore {
 }
 
 impl SqliteEventStore {
+    /// The signal raised after each append through this store's database (appends that
+    /// other connections make to the file are seen by polling).
+    pub fn append_signal(&self) -> AppendSignal {
+        self.database.appended().clone()
+    }
+
     /// Opens the store on a file, created if missing, or on `:memory:` (see
     /// [`Database::open`]), creating its table if missing.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
@@ -281,20 +286,8 @@ impl EventStore for SqliteEventStore {
         aggregate_type: &str,
         expected_version: u64,
         events: &[EventEnvelope],
-    ) -> Result<u64> {
-        self.append_with_position(aggregate_id, aggregate_type, expected_version, events)
-            .await
-            .map(|appended| appended.version)
-    }
-
-    async fn append_with_position(
-        &self,
-        aggregate_id: Uuid,
-        aggregate_type: &str,
-        expected_version: u64,
-        events: &[EventEnvelope],
     ) -> Result<Appended> {
-        validate_batch(aggregate_id, aggregate_type, expected_version, events)?;
+        let checked = Batch::checked(aggregate_id, aggregate_type, expected_version, events)?;
         let batch = events.iter().map(Encoded::new).collect::<Result<Vec<_>>>()?;
         let stream = Stream::new(aggregate_id, aggregate_type);
         let sql = self.sql.clone();
@@ -305,21 +298,10 @@ impl EventStore for SqliteEventStore {
         match appended {
             Ok((version, position)) => {
                 self.database.appended().raise();
-                Ok(Appended {
-                    version,
-                    position: Some(position),
-                })
+                Ok(Appended { version, position })
             }
             Err(refusal @ (Error::Conflict { .. } | Error::InvalidInput(_))) => {
-                acknowledge_stored_append(
-                    self,
-                    aggregate_id,
-                    aggregate_type,
-                    expected_version,
-                    events,
-                    refusal,
-                )
-                .await
+                checked.acknowledge_stored(self, refusal).await
             }
             Err(e) => Err(e),
         }
@@ -349,6 +331,29 @@ impl EventStore for SqliteEventStore {
         read::log(&self.pages(), after_position)
     }
 
+    async fn head(&self, after_position: u64) -> Result<FeedHead> {
+        let after = i64::try_from(after_position).unwrap_or(i64::MAX);
+        let sql = self.sql.clone();
+        let (last, count): (Option<i64>, i64) = self
+            .database
+            .read(move |connection| {
+                connection
+                    .prepare_cached(&sql.head)?
+                    .query_row([after], |row| Ok((row.get(0)?, row.get(1)?)))
+            })
+            .await
+            .map_err(|e| store_error("cannot read the head of the event log", e))?;
+        let what = || "the SQLite event log".to_owned();
+        let position = match last {
+            Some(last) => unsigned(last, "position", what)?,
+            None => after_position,
+        };
+        Ok(FeedHead::new(position, unsigned(count, "count", what)?))
+    }
+}
+
+#[async_trait]
+impl StreamListing for SqliteEventStore {
     async fn stream_versions(&self, aggregate_type: &str) -> Result<Vec<(Uuid, u64)>> {
         let (ty, sql) = (aggregate_type.to_owned(), self.sql.clone());
         let rows: Vec<(String, i64)> = self
@@ -370,27 +375,10 @@ impl EventStore for SqliteEventStore {
             })
             .collect()
     }
+}
 
-    async fn head(&self, after_position: u64) -> Result<FeedHead> {
-        let after = i64::try_from(after_position).unwrap_or(i64::MAX);
-        let sql = self.sql.clone();
-        let (last, count): (Option<i64>, i64) = self
-            .database
-            .read(move |connection| {
-                connection
-                    .prepare_cached(&sql.head)?
-                    .query_row([after], |row| Ok((row.get(0)?, row.get(1)?)))
-            })
-            .await
-            .map_err(|e| store_error("cannot read the head of the event log", e))?;
-        let what = || "the SQLite event log".to_owned();
-        let position = match last {
-            Some(last) => unsigned(last, "position", what)?,
-            None => after_position,
-        };
-        Ok(FeedHead::new(position, unsigned(count, "count", what)?))
-    }
-
+#[async_trait]
+impl RequestIndex for SqliteEventStore {
     async fn request_version(
         &self,
         aggregate_id: Uuid,
@@ -413,9 +401,5 @@ impl EventStore for SqliteEventStore {
             .map_err(|e| stream.failed("look up a request of", e))?;
         let what = || format!("the SQLite stream of {aggregate_type} {aggregate_id}");
         found.map(|v| unsigned(v, "aggregate_version", what)).transpose()
-    }
-
-    fn append_signal(&self) -> Option<AppendSignal> {
-        Some(self.database.appended().clone())
     }
 }

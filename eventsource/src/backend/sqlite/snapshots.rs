@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::prefix::Prefix;
 use super::{parse_timestamp, schema, signed, store_error, timestamp_text, unsigned, Database};
+use crate::abilities::SnapshotListing;
 use crate::error::{Error, Result};
 use crate::snapshot::{validate_snapshot, Snapshot, SnapshotStore, SnapshotVersion};
 
@@ -308,7 +309,10 @@ impl SnapshotStore for SqliteSnapshotStore {
         };
         Ok(deleted as u64)
     }
+}
 
+#[async_trait]
+impl SnapshotListing for SqliteSnapshotStore {
     async fn snapshot_versions(&self, aggregate_type: &str) -> Result<Vec<SnapshotVersion>> {
         let (ty, sql) = (aggregate_type.to_owned(), self.sql.clone());
         let rows: Vec<(String, i64, i64)> = self

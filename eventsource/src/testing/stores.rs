@@ -1,0 +1,325 @@
+//! The checks of the [abilities](crate::abilities) a backend hands out with its stores, each
+//! against the plain reads and writes it stands for, one `async fn` per point.
+//!
+//! Each check takes the [`Stores`] and checks one ability; where the stores do not have it,
+//! the check passes without checking anything (assert the abilities your backend has with
+//! [`assert_abilities`]). Checks write under fresh ids and type names of their own, as the
+//! other suites do.
+
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use uuid::Uuid;
+
+use super::event_store::{append, events, read};
+use super::snapshot_store::{delete_by_type, save, snapshot};
+use super::unique_type;
+use crate::backend::Stores;
+use crate::event::StoredEvent;
+use crate::snapshot::{Snapshot, SnapshotVersion};
+
+/// The checks of this suite: the one list that both the test macro and [`run_all`] use.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __stores_checks {
+    ($callback:ident($($args:tt)*)) => {
+        $crate::$callback! { ($($args)*)
+            the_stream_listing_lists_every_stream_of_a_type
+            the_snapshot_listing_lists_every_snapshot_of_a_type
+            the_request_index_finds_what_the_stream_holds
+            an_append_raises_the_signal
+            a_joint_load_reads_what_two_reads_read
+            a_joint_save_stores_what_two_writes_store
+        }
+    };
+}
+
+crate::__stores_checks!(__conformance_runner(Stores));
+
+/// Which abilities a backend hands out, for [`assert_abilities`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Abilities {
+    /// [`Stores::append_signal`].
+    pub append_signal: bool,
+    /// [`Stores::stream_listing`].
+    pub stream_listing: bool,
+    /// [`Stores::snapshot_listing`].
+    pub snapshot_listing: bool,
+    /// [`Stores::request_index`].
+    pub request_index: bool,
+    /// [`Stores::joint_snapshots`].
+    pub joint_snapshots: bool,
+}
+
+/// Panics unless `stores` has exactly the abilities `expected` names: a backend's own test
+/// that its [`Stores`] hand out what it can do, so that the checks above check it.
+pub fn assert_abilities(stores: &Stores, expected: Abilities) {
+    let actual = Abilities {
+        append_signal: stores.append_signal.is_some(),
+        stream_listing: stores.stream_listing.is_some(),
+        snapshot_listing: stores.snapshot_listing.is_some(),
+        request_index: stores.request_index.is_some(),
+        joint_snapshots: stores.joint_snapshots.is_some(),
+    };
+    assert_eq!(actual, expected, "the abilities of {stores:?}");
+}
+
+/// The stream listing gives every stream of the type asked about, each once, at the version
+/// `stream_version` reads, and none of another type.
+pub async fn the_stream_listing_lists_every_stream_of_a_type(stores: &Stores) {
+    let Some(listing) = &stores.stream_listing else {
+        return;
+    };
+    let events_store = &*stores.events;
+    let (ty, other) = (unique_type("Listed"), unique_type("NotListed"));
+    assert!(
+        listing.stream_versions(&ty).await.unwrap().is_empty(),
+        "a type with no stream lists none"
+    );
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    append(events_store, a, &ty, 0, &events(a, &ty, 0, 3)).await;
+    append(events_store, b, &ty, 0, &events(b, &ty, 0, 1)).await;
+    append(events_store, a, &ty, 3, &events(a, &ty, 3, 2)).await;
+    append(events_store, a, &other, 0, &events(a, &other, 0, 7)).await;
+    let mut listed = listing.stream_versions(&ty).await.unwrap();
+    listed.sort_unstable();
+    let mut expected = Vec::new();
+    for id in [a, b] {
+        expected.push((id, events_store.stream_version(id, &ty).await.unwrap()));
+    }
+    expected.sort_unstable();
+    assert_eq!(
+        listed, expected,
+        "the streams of {ty} with the versions stream_version reads"
+    );
+    assert_eq!(listing.stream_versions(&other).await.unwrap(), vec![(a, 7)]);
+}
+
+/// The snapshot listing gives each stored snapshot of the type, one per aggregate and schema
+/// version, at the version the store's reads return, and none of another type.
+pub async fn the_snapshot_listing_lists_every_snapshot_of_a_type(stores: &Stores) {
+    let Some(listing) = &stores.snapshot_listing else {
+        return;
+    };
+    let store = &*stores.snapshots;
+    let (ty, other) = (unique_type("Listed"), unique_type("NotListed"));
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let listed = |ty: String| async move {
+        let mut listed = listing.snapshot_versions(&ty).await.unwrap();
+        listed.sort_unstable();
+        listed
+    };
+    assert!(
+        listed(ty.clone()).await.is_empty(),
+        "a type with no snapshot lists none"
+    );
+    for s in [
+        snapshot(a, &ty, 4, 1),
+        snapshot(a, &ty, 9, 1),
+        snapshot(a, &ty, 9, 2),
+        snapshot(b, &ty, 2, 1),
+        snapshot(a, &other, 3, 1),
+    ] {
+        save(store, &s).await;
+    }
+    let mut expected = Vec::new();
+    for (id, schema_version) in [(a, 1), (a, 2), (b, 1)] {
+        let stored = store
+            .get_snapshot(id, &ty, schema_version)
+            .await
+            .unwrap()
+            .unwrap();
+        expected.push(SnapshotVersion {
+            aggregate_id: id,
+            schema_version,
+            version: stored.version,
+        });
+    }
+    expected.sort_unstable();
+    assert_eq!(listed(ty.clone()).await, expected, "the snapshots of {ty}");
+    let other_listed = listed(other.clone()).await;
+    assert_eq!(
+        other_listed,
+        vec![SnapshotVersion {
+            aggregate_id: a,
+            schema_version: 1,
+            version: 3
+        }]
+    );
+    delete_by_type(store, &ty, None).await;
+    delete_by_type(store, &other, None).await;
+}
+
+/// The request index finds, for a stream and a request id, the version of the last event
+/// stored with it, as reading the stream finds it; an id never stored, or stored in another
+/// stream, is not found.
+pub async fn the_request_index_finds_what_the_stream_holds(stores: &Stores) {
+    let Some(index) = &stores.request_index else {
+        return;
+    };
+    let store = &*stores.events;
+    let (id, ty) = (Uuid::new_v4(), unique_type("Requests"));
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut batch = events(id, &ty, 0, 3);
+    batch.iter_mut().for_each(|e| e.request_id = Some(first));
+    append(store, id, &ty, 0, &batch).await;
+    let mut next = events(id, &ty, 3, 2);
+    next.iter_mut().for_each(|e| e.request_id = Some(second));
+    append(store, id, &ty, 3, &next).await;
+    let stream = read(store, id, &ty, 0).await;
+    let read_from_stream = |request| {
+        stream
+            .iter()
+            .filter(|e| e.request_id == Some(request))
+            .map(|e| e.aggregate_version)
+            .max()
+    };
+    for (request, what) in [
+        (first, "the first batch's request"),
+        (second, "the second batch's request"),
+        (Uuid::new_v4(), "a request never stored"),
+    ] {
+        assert_eq!(
+            index.request_version(id, &ty, request).await.unwrap(),
+            read_from_stream(request),
+            "{what}"
+        );
+    }
+    assert_eq!(
+        index.request_version(Uuid::new_v4(), &ty, first).await.unwrap(),
+        None,
+        "another stream"
+    );
+}
+
+/// An append raises the append signal: a waiter made before the append wakes within 5 s.
+pub async fn an_append_raises_the_signal(stores: &Stores) {
+    let Some(signal) = &stores.append_signal else {
+        return;
+    };
+    let mut waiter = signal.waiter();
+    let (id, ty) = (Uuid::new_v4(), unique_type("Signal"));
+    append(&*stores.events, id, &ty, 0, &events(id, &ty, 0, 1)).await;
+    tokio::time::timeout(Duration::from_secs(5), waiter.raised())
+        .await
+        .expect("an append wakes a waiter of the store's signal within 5 s");
+}
+
+/// A joint load gives the snapshot the snapshot store gives and the events from its version
+/// on that the event store reads; with no snapshot stored, it gives none.
+pub async fn a_joint_load_reads_what_two_reads_read(stores: &Stores) {
+    let Some(joint) = &stores.joint_snapshots else {
+        return;
+    };
+    let (id, ty) = (Uuid::new_v4(), unique_type("JointLoad"));
+    append(&*stores.events, id, &ty, 0, &events(id, &ty, 0, 6)).await;
+    assert!(
+        joint.reader().read(id, &ty, 1).await.unwrap().is_none(),
+        "no snapshot stored: the joint load finds none"
+    );
+    let stream = read(&*stores.events, id, &ty, 0).await;
+    let taken = Snapshot {
+        event_id: Some(stream[3].event_id),
+        ..snapshot(id, &ty, 4, 1)
+    };
+    save(&**joint.store(), &taken).await;
+    let found = joint
+        .reader()
+        .read(id, &ty, 1)
+        .await
+        .unwrap()
+        .expect("the joint load finds the stored snapshot");
+    let plain = stores.snapshots.get_snapshot(id, &ty, 1).await.unwrap();
+    assert_eq!(
+        Some(&found.snapshot),
+        plain.as_ref(),
+        "the snapshot, as the store reads it"
+    );
+    let tail: Vec<StoredEvent> = found.events.try_collect().await.unwrap();
+    assert_eq!(
+        versions_and_ids(&tail),
+        versions_and_ids(&stream[3..]),
+        "the events from the snapshot's version on, as the event store reads them"
+    );
+    delete_by_type(&*stores.snapshots, &ty, None).await;
+}
+
+/// A joint save stores the batch as an append does and the snapshot as the snapshot store's
+/// save does; made again, it is acknowledged, stores nothing twice, and says the snapshot was
+/// not stored by it; at a stale version it is the append's conflict and stores neither.
+pub async fn a_joint_save_stores_what_two_writes_store(stores: &Stores) {
+    let Some(joint) = &stores.joint_snapshots else {
+        return;
+    };
+    let (id, ty) = (Uuid::new_v4(), unique_type("JointSave"));
+    let batch = events(id, &ty, 0, 3);
+    let taken = Snapshot {
+        event_id: Some(batch[2].event_id),
+        ..snapshot(id, &ty, 3, 1)
+    };
+    let (appended, stored) = joint
+        .writer()
+        .append_with_snapshot(id, &ty, 0, &batch, &taken)
+        .await
+        .unwrap();
+    let stream = read(&*stores.events, id, &ty, 0).await;
+    assert!(stored, "the snapshot is stored with the batch");
+    assert_eq!(appended.version, 3, "the version after the batch");
+    assert_eq!(appended.position, stream[2].position, "the batch's last position");
+    assert_eq!(
+        versions_and_ids(&stream),
+        batch
+            .iter()
+            .map(|e| (e.aggregate_version, e.event_id))
+            .collect::<Vec<_>>(),
+        "the batch, as the event store reads it"
+    );
+    let plain = stores.snapshots.get_snapshot(id, &ty, 1).await.unwrap();
+    assert_eq!(
+        plain.as_ref(),
+        Some(&taken),
+        "the snapshot, as the snapshot store reads it"
+    );
+
+    let (again, stored_again) = joint
+        .writer()
+        .append_with_snapshot(id, &ty, 0, &batch, &taken)
+        .await
+        .unwrap();
+    assert_eq!(again, appended, "the save made again is acknowledged");
+    assert!(
+        !stored_again,
+        "the save made again did not store the snapshot itself"
+    );
+    assert_eq!(
+        read(&*stores.events, id, &ty, 0).await.len(),
+        3,
+        "nothing stored twice"
+    );
+
+    let late = events(id, &ty, 1, 1);
+    let later = snapshot(id, &ty, 2, 2);
+    match joint
+        .writer()
+        .append_with_snapshot(id, &ty, 1, &late, &later)
+        .await
+    {
+        Err(crate::Error::Conflict {
+            expected: 1,
+            actual: 3,
+            ..
+        }) => {}
+        other => panic!("a joint save at a stale version: expected the append's conflict, got {other:?}"),
+    }
+    let newest = stores.snapshots.get_snapshot(id, &ty, 2).await.unwrap();
+    assert_eq!(
+        newest.map(|s| (s.schema_version, s.version)),
+        Some((1, 3)),
+        "the refused save stored no snapshot"
+    );
+    delete_by_type(&*stores.snapshots, &ty, None).await;
+}
+
+fn versions_and_ids(events: &[StoredEvent]) -> Vec<(u64, Uuid)> {
+    events.iter().map(|e| (e.aggregate_version, e.event_id)).collect()
+}

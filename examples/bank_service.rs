@@ -82,6 +82,7 @@ use axum::{Json, Router};
 use eventsource::admin::Admin;
 use eventsource::prelude::*;
 use eventsource::projection::Projection;
+use eventsource::request::{Fingerprint, RequestId};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -518,6 +519,9 @@ fn command_error<E: Refusal>(error: CommandError<E>) -> ApiError {
     let status = match &error {
         CommandError::Rejected(why) => why.status(),
         CommandError::AlreadyExists { .. } => StatusCode::CONFLICT,
+        CommandError::RejectedEarlier { .. } => StatusCode::CONFLICT,
+        // A key sent again with another body, as payment APIs answer it.
+        CommandError::RequestMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         CommandError::Contended { .. } => StatusCode::SERVICE_UNAVAILABLE,
         CommandError::Failed(e) if e.is_not_found() => StatusCode::NOT_FOUND,
         CommandError::Failed(Error::InvalidInput(_) | Error::Serialization { .. }) => {
@@ -548,57 +552,74 @@ fn load_error(error: Error) -> ApiError {
 // Amounts are whole cents: a JSON number with a fraction or an exponent, or one past the
 // bounds of an i64, is not one, and axum answers 422 before any command.
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct OpenAccount {
     owner: String,
     initial_balance_cents: i64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct Amount {
     amount_cents: i64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct PlaceOrder {
     account_id: Uuid,
     amount_cents: i64,
 }
 
-async fn open_account(State(app): State<Arc<AppState>>, Json(body): Json<OpenAccount>) -> ApiResult {
-    let id = Uuid::new_v4();
-    let done = app
-        .accounts
-        .command(id)
-        .create_only()
+/// The command made idempotent by the request's `Idempotency-Key` header, if it has one: any
+/// text of up to 255 bytes, recorded with a fingerprint of what the request asked (`target`
+/// and `body`), so that the key sent again with another body is refused (422) rather than
+/// answered with the first outcome.
+fn idempotent<'r, A: Aggregate>(
+    command: eventsource::repository::Command<'r, A>,
+    headers: &axum::http::HeaderMap,
+    target: &str,
+    body: &impl Serialize,
+) -> Result<eventsource::repository::Command<'r, A>, ApiError> {
+    let Some(key) = headers.get("idempotency-key") else {
+        return Ok(command);
+    };
+    let invalid = |why: String| ApiError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        message: format!("the Idempotency-Key header {why}"),
+    };
+    let key = key
+        .to_str()
+        .map_err(|_| invalid("must be visible ASCII".into()))?;
+    let key: RequestId = key.parse().map_err(|e: Error| invalid(e.to_string()))?;
+    let fingerprint = Fingerprint::of(&(target, body)).map_err(|e| invalid(e.to_string()))?;
+    Ok(command.request_id(key).fingerprint(fingerprint))
+}
+
+/// Opens an account under a new id; with an `Idempotency-Key` header, a request sent again
+/// answers with the account the first one opened.
+async fn open_account(
+    State(app): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    Json(body): Json<OpenAccount>,
+) -> ApiResult {
+    let command = app.accounts.command(Uuid::new_v4()).create_only();
+    let done = idempotent(command, &headers, "open", &body)?
         .run(|account| account.open(&body.owner, body.initial_balance_cents))
         .await
         .map_err(command_error)?;
-    let body = json!({ "id": id, "version": done.version });
+    let body = json!({ "id": done.aggregate_id, "version": done.version, "repeated": done.repeated });
     app.answer(StatusCode::CREATED, body, done.position).await
 }
 
-/// A deposit; with an `Idempotency-Key` header (a UUID), a request sent again (a client that
-/// timed out and retried) returns the first deposit's version instead of depositing twice.
+/// A deposit; with an `Idempotency-Key` header, a request sent again (a client that timed out
+/// and retried) returns the first deposit's version instead of depositing twice.
 async fn deposit(
     State(app): State<Arc<AppState>>,
     Path(id): Path<Uuid>,
     headers: axum::http::HeaderMap,
     Json(body): Json<Amount>,
 ) -> ApiResult {
-    let mut command = app.accounts.command(id).must_exist();
-    if let Some(key) = headers.get("idempotency-key") {
-        let key = key
-            .to_str()
-            .ok()
-            .and_then(|key| key.parse::<Uuid>().ok())
-            .ok_or_else(|| ApiError {
-                status: StatusCode::UNPROCESSABLE_ENTITY,
-                message: "the Idempotency-Key header must be a UUID".into(),
-            })?;
-        command = command.request_id(key);
-    }
-    let done = command
+    let command = app.accounts.command(id).must_exist();
+    let done = idempotent(command, &headers, &format!("deposit {id}"), &body)?
         .run(|account| account.deposit(body.amount_cents))
         .await
         .map_err(command_error)?;
@@ -606,19 +627,20 @@ async fn deposit(
     app.answer(StatusCode::OK, body, done.position).await
 }
 
+/// A withdrawal; with an `Idempotency-Key` header, a request sent again returns the first
+/// one's outcome, its refusal too (409), even if the account could pay it now.
 async fn withdraw(
     State(app): State<Arc<AppState>>,
     Path(id): Path<Uuid>,
+    headers: axum::http::HeaderMap,
     Json(body): Json<Amount>,
 ) -> ApiResult {
-    let done = app
-        .accounts
-        .command(id)
-        .must_exist()
+    let command = app.accounts.command(id).must_exist();
+    let done = idempotent(command, &headers, &format!("withdraw {id}"), &body)?
         .run(|account| account.withdraw(body.amount_cents))
         .await
         .map_err(command_error)?;
-    let body = json!({ "version": done.version });
+    let body = json!({ "version": done.version, "repeated": done.repeated });
     app.answer(StatusCode::OK, body, done.position).await
 }
 
@@ -636,21 +658,24 @@ async fn get_account(State(app): State<Arc<AppState>>, Path(id): Path<Uuid>) -> 
     ))
 }
 
-async fn place_order(State(app): State<Arc<AppState>>, Json(body): Json<PlaceOrder>) -> ApiResult {
+/// Places an order under a new id; with an `Idempotency-Key` header, a request sent again
+/// answers with the order the first one placed.
+async fn place_order(
+    State(app): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    Json(body): Json<PlaceOrder>,
+) -> ApiResult {
     // An order on an account that does not exist could never be paid: refuse it now.
     if !app.accounts.exists(body.account_id).await.map_err(load_error)? {
         let missing = format!("account {} does not exist", body.account_id);
         return Err(load_error(Error::InvalidInput(missing)));
     }
-    let id = Uuid::new_v4();
-    let done = app
-        .orders
-        .command(id)
-        .create_only()
+    let command = app.orders.command(Uuid::new_v4()).create_only();
+    let done = idempotent(command, &headers, "place", &body)?
         .run(|order| order.place(body.account_id, body.amount_cents))
         .await
         .map_err(command_error)?;
-    let body = json!({ "id": id, "version": done.version });
+    let body = json!({ "id": done.aggregate_id, "version": done.version, "repeated": done.repeated });
     app.answer(StatusCode::CREATED, body, done.position).await
 }
 

@@ -335,7 +335,39 @@ async fn checks(addr: SocketAddr) {
     let (status, again) = request_with(addr, "POST", &path, &deposit, &key).await;
     assert_eq!((status, &again["repeated"]), (200, &json!(true)), "{again}");
     assert_eq!(again["version"], first["version"], "the first deposit's version");
-    let (status, _) = request_with(addr, "POST", &path, &deposit, "Idempotency-Key: nope\r\n").await;
+    // The key sent again with another body is refused, and deposits nothing.
+    let more = json!({"amount_cents": 200}).to_string();
+    let (status, body) = request_with(addr, "POST", &path, &more, &key).await;
+    assert_eq!(status, 422, "{body}");
+    let bo = opened["id"].as_str().unwrap();
+    assert_eq!(balance(addr, bo).await, 200, "one deposit of 100");
+    // A create sent again with its key answers with the account the first one opened.
+    let create = json!({"owner": "Cy", "initial_balance_cents": 5}).to_string();
+    let create_key = format!("Idempotency-Key: open Cy {}\r\n", Uuid::new_v4());
+    let (status, first) = request_with(addr, "POST", "/accounts", &create, &create_key).await;
+    assert_eq!(status, 201, "{first}");
+    let (status, again) = request_with(addr, "POST", "/accounts", &create, &create_key).await;
+    assert_eq!((status, &again["repeated"]), (201, &json!(true)), "{again}");
+    assert_eq!(again["id"], first["id"], "the first account, not a second one");
+    // A refused withdrawal sent again is refused again, even once the money is there.
+    let cy = first["id"].as_str().unwrap();
+    let withdrawal = json!({"amount_cents": 50}).to_string();
+    let withdraw_key = format!("Idempotency-Key: {}\r\n", Uuid::new_v4());
+    let withdraw_path = format!("/accounts/{cy}/withdrawals");
+    let (status, refused) = request_with(addr, "POST", &withdraw_path, &withdrawal, &withdraw_key).await;
+    assert_eq!(status, 409, "{refused}");
+    post(
+        addr,
+        &format!("/accounts/{cy}/deposits"),
+        json!({"amount_cents": 100}),
+    )
+    .await;
+    let (status, again) = request_with(addr, "POST", &withdraw_path, &withdrawal, &withdraw_key).await;
+    assert_eq!(status, 409, "the first refusal: {again}");
+    assert_eq!(balance(addr, cy).await, 105);
+    // A key that is no request id: too long.
+    let long = format!("Idempotency-Key: {}\r\n", "k".repeat(256));
+    let (status, _) = request_with(addr, "POST", &path, &deposit, &long).await;
     assert_eq!(status, 422);
 
     money(addr, &account).await;

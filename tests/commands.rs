@@ -12,6 +12,7 @@ use std::time::Duration;
 use common::{Account, AccountCommands, AccountOpened, MoneyDeposited, MoneyWithdrawn, Refused};
 use eventsource::prelude::*;
 use eventsource::repository::CommandError;
+use eventsource::request::RequestId;
 use eventsource::testing::given;
 use eventsource::{async_trait, EventEnvelope, EventStream};
 
@@ -355,8 +356,16 @@ async fn a_repeated_request_returns_its_first_outcome(
         "two deposits, not three"
     );
     let stored = one.event_store().read_stream(id, "Account", 1);
-    let requests: Vec<Option<Uuid>> = stored.map_ok(|e| e.request_id).try_collect().await.unwrap();
-    assert_eq!(requests[0], Some(request), "the event carries its request id");
+    let requests: Vec<Option<RequestId>> = stored
+        .map_ok(|e| e.request_id.clone())
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        requests[0],
+        Some(request.into()),
+        "the event carries its request id"
+    );
 }
 
 #[tokio::test]
@@ -396,7 +405,7 @@ async fn a_request_id_given_in_the_context_or_kept_through_record_with_counts_to
     let id = opened_account(&repo, 10.0).await;
     let request = Uuid::new_v4();
     let context = EventContext {
-        request_id: Some(request),
+        request_id: Some(request.into()),
         ..EventContext::default()
     };
     let first = repo

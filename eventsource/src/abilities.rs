@@ -11,9 +11,15 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::error::Result;
+use crate::event::EventEnvelope;
+use crate::event_store::Appended;
+#[cfg(doc)]
+use crate::request::RequestOutcome;
+use crate::request::{Fingerprint, RequestId, RequestRecord};
 use crate::snapshot::SnapshotVersion;
 
 /// Tells the consumers of a feed that events were appended. Cheap to clone; clones share it.
@@ -86,21 +92,55 @@ pub trait SnapshotListing: Send + Sync {
     async fn snapshot_versions(&self, aggregate_type: &str) -> Result<Vec<SnapshotVersion>>;
 }
 
-/// Finds the commands a stream's events were stored for, by request id, from an index.
+/// The index of request ids: the first outcome of every command run with one, whatever
+/// aggregate it ran on, events and refusals alike (see [`crate::request`]).
 ///
 /// # Contract
 ///
-/// [`request_version`](Self::request_version) gives what reading the whole stream and keeping
-/// the last event stored with the request id would give, without reading the stream. The
-/// conformance suite checks it against that read.
+/// Every backend of this crate keeps it, and the conformance suite checks:
+///
+/// - **Executed requests are recorded with their events.**
+///   [`append_with_request`](Self::append_with_request) appends as
+///   [`EventStore::append`](crate::EventStore::append) does (checked, atomic, acknowledged
+///   when made again after a lost answer) and, in the same transaction, records the batch's
+///   request id as executed at the batch's last version and position, with the fingerprint.
+///   If the id is recorded already (by another batch, on any stream, or as a refusal), nothing
+///   is stored and the append is [`Error::RequestRecorded`](crate::Error::RequestRecorded):
+///   of two commands racing with one id, one stores its events and the other finds its
+///   outcome. [`find_request`](Self::find_request) gives what reading every stream for the
+///   request id would give.
+/// - **The first refusal is kept.** [`record_refusal`](Self::record_refusal) records a
+///   refusal unless the id is recorded already, and returns what is recorded: the given
+///   refusal, or the first outcome.
+/// - **Refusals are kept until forgotten.** [`forget_refusals`](Self::forget_refusals)
+///   deletes refusals recorded before a time (one id's, or every one); executed requests
+///   stay, as their events do. The repository does not use a refusal older than its
+///   retention ([`Repository::with_request_retention`](crate::Repository::with_request_retention)).
 #[async_trait]
 pub trait RequestIndex: Send + Sync {
-    /// The version of the last event of the stream stored with this request id (the
-    /// idempotency key of the command that recorded it), `None` if the stream holds none.
-    async fn request_version(
+    /// What is recorded for `request_id`, if anything.
+    async fn find_request(&self, request_id: &RequestId) -> Result<Option<RequestRecord>>;
+
+    /// Appends `events`, which all carry one request id, and records that id as executed by
+    /// them, with `fingerprint`, in one transaction; see the contract.
+    async fn append_with_request(
         &self,
         aggregate_id: Uuid,
         aggregate_type: &str,
-        request_id: Uuid,
-    ) -> Result<Option<u64>>;
+        expected_version: u64,
+        events: &[EventEnvelope],
+        fingerprint: Option<Fingerprint>,
+    ) -> Result<Appended>;
+
+    /// Records `refusal` (a record with a [`RequestOutcome::Refused`] outcome) unless its
+    /// request id is recorded already; returns what is recorded.
+    async fn record_refusal(&self, refusal: &RequestRecord) -> Result<RequestRecord>;
+
+    /// Deletes the refusals recorded before `recorded_before`: of `request_id` only, or every
+    /// one when it is `None`; returns how many it deleted.
+    async fn forget_refusals(
+        &self,
+        request_id: Option<&RequestId>,
+        recorded_before: DateTime<Utc>,
+    ) -> Result<u64>;
 }

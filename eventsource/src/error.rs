@@ -172,6 +172,15 @@ pub enum Error {
         /// How many recorded events are not saved.
         count: usize,
     },
+
+    /// An append that records its request found the request id recorded already, for
+    /// another batch or a refusal: nothing of the batch is stored. The request index holds
+    /// the first outcome ([`RequestIndex::find_request`](crate::abilities::RequestIndex::find_request)).
+    #[error("request {request_id} is recorded already; nothing was stored")]
+    RequestRecorded {
+        /// The request id.
+        request_id: crate::request::RequestId,
+    },
 }
 
 impl Error {

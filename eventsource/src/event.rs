@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::aggregate::AggregateEvent;
 use crate::error::Result;
+use crate::request::RequestId;
 
 /// A domain event: a fact about one aggregate type, stored as JSON.
 ///
@@ -55,9 +56,9 @@ pub struct EventContext {
     /// Anything else worth storing beside the event, as a JSON object.
     pub metadata: Option<serde_json::Value>,
     /// The idempotency key of the command that recorded the event: a command made again
-    /// with a key its stream already stored returns the first outcome instead of deciding
-    /// again (see [`Command::request_id`](crate::repository::Command::request_id)).
-    pub request_id: Option<Uuid>,
+    /// with a key already recorded returns the first outcome instead of deciding again (see
+    /// [`Command::request_id`](crate::repository::Command::request_id)).
+    pub request_id: Option<RequestId>,
 }
 
 /// An event ready to be appended: its envelope and its JSON payload.
@@ -84,7 +85,7 @@ pub struct EventEnvelope {
     /// See [`EventContext::causation_id`].
     pub causation_id: Option<Uuid>,
     /// See [`EventContext::request_id`].
-    pub request_id: Option<Uuid>,
+    pub request_id: Option<RequestId>,
     /// See [`EventContext::metadata`].
     pub metadata: Option<serde_json::Value>,
     /// The event itself, as JSON text.

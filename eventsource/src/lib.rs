@@ -15,6 +15,7 @@ pub mod evolution;
 pub mod projection;
 pub mod registry;
 pub mod repository;
+pub mod request;
 pub mod root;
 pub mod snapshot;
 pub mod subscription;

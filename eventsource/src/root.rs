@@ -128,7 +128,7 @@ impl<A: Aggregate> AggregateRoot<A> {
     /// Records an event with its own correlation, causation and metadata. The request id of
     /// the root's context (the command's idempotency key) is kept unless `context` has one.
     pub fn record_with(&mut self, event: impl Into<A::Event>, mut context: EventContext) {
-        context.request_id = context.request_id.or(self.context.request_id);
+        context.request_id = context.request_id.or_else(|| self.context.request_id.clone());
         let event = event.into();
         self.state.apply_event(&event);
         // At u64::MAX the save refuses the batch (InvalidInput) instead of a panic here.
@@ -174,7 +174,7 @@ impl<A: Aggregate> AggregateRoot<A> {
                     occurred_at: p.occurred_at,
                     correlation_id: p.context.correlation_id,
                     causation_id: p.context.causation_id,
-                    request_id: p.context.request_id,
+                    request_id: p.context.request_id.clone(),
                     metadata: p.context.metadata.clone(),
                     payload: Arc::from(payload),
                 })

@@ -147,7 +147,7 @@ struct EventView {
     #[serde(skip_serializing_if = "Option::is_none")]
     causation_id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    request_id: Option<Uuid>,
+    request_id: Option<crate::request::RequestId>,
     #[serde(skip_serializing_if = "Option::is_none")]
     metadata: Option<serde_json::Value>,
     /// The payload as stored; text that is not JSON stays text.
@@ -167,7 +167,7 @@ impl EventView {
             occurred_at: event.occurred_at,
             correlation_id: event.correlation_id,
             causation_id: event.causation_id,
-            request_id: event.request_id,
+            request_id: event.request_id.clone(),
             metadata: event.metadata.clone(),
             payload: serde_json::from_str(&event.payload)
                 .unwrap_or_else(|_| serde_json::Value::String(event.payload.to_string())),

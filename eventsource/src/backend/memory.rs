@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use futures_util::stream;
 use uuid::Uuid;
 
@@ -17,6 +18,7 @@ use crate::abilities::{AppendSignal, RequestIndex, SnapshotListing, StreamListin
 use crate::error::{Error, Result};
 use crate::event::{EventEnvelope, StoredEvent};
 use crate::event_store::{Appended, Batch, EventStore, EventStream, FeedHead};
+use crate::request::{request_of, validate_refusal, Fingerprint, RequestId, RequestOutcome, RequestRecord};
 use crate::snapshot::{validate_snapshot, Snapshot, SnapshotStore};
 use crate::subscription::{validate_name, validate_stored_name, DeadLetter, SubscriptionStore};
 
@@ -48,6 +50,8 @@ struct EventLog {
     streams: HashMap<Uuid, Vec<StreamIndex>>,
     /// Every stored event id, which the contract keeps unique.
     event_ids: HashSet<Uuid>,
+    /// The request index: what each request id recorded.
+    requests: HashMap<RequestId, RequestRecord>,
 }
 
 /// One stream: its aggregate type and the log index of each of its versions.
@@ -221,20 +225,75 @@ impl EventStore for InMemoryEventStore {
 
 #[async_trait]
 impl RequestIndex for InMemoryEventStore {
-    async fn request_version(
+    async fn find_request(&self, request_id: &RequestId) -> Result<Option<RequestRecord>> {
+        Ok(read(&self.inner).requests.get(request_id).cloned())
+    }
+
+    async fn append_with_request(
         &self,
         aggregate_id: Uuid,
         aggregate_type: &str,
-        request_id: Uuid,
-    ) -> Result<Option<u64>> {
-        let log = read(&self.inner);
+        expected_version: u64,
+        events: &[EventEnvelope],
+        fingerprint: Option<Fingerprint>,
+    ) -> Result<Appended> {
+        let batch = Batch::checked(aggregate_id, aggregate_type, expected_version, events)?;
+        let request_id = request_of(events)?;
+        let refusal = {
+            let mut log = write(&self.inner);
+            match log.refusal(aggregate_id, aggregate_type, expected_version, events) {
+                None if log.requests.contains_key(request_id) => {
+                    return Err(Error::RequestRecorded {
+                        request_id: request_id.clone(),
+                    })
+                }
+                None => {
+                    let version = log.push(aggregate_id, aggregate_type, expected_version, events);
+                    let position = log.events.len() as u64;
+                    let record = RequestRecord::executed(
+                        request_id.clone(),
+                        aggregate_type,
+                        aggregate_id,
+                        fingerprint,
+                        version,
+                        position,
+                        crate::request::now(),
+                    );
+                    log.requests.insert(request_id.clone(), record);
+                    drop(log);
+                    self.appended.raise();
+                    return Ok(Appended { version, position });
+                }
+                Some(refusal) => refusal,
+            }
+        };
+        batch.acknowledge_stored(self, refusal).await
+    }
+
+    async fn record_refusal(&self, refusal: &RequestRecord) -> Result<RequestRecord> {
+        validate_refusal(refusal)?;
+        let mut log = write(&self.inner);
         Ok(log
-            .stream(aggregate_id, aggregate_type)
-            .iter()
-            .rev()
-            .map(|&i| &log.events[i])
-            .find(|event| event.request_id == Some(request_id))
-            .map(|event| event.aggregate_version))
+            .requests
+            .entry(refusal.request_id.clone())
+            .or_insert_with(|| refusal.clone())
+            .clone())
+    }
+
+    async fn forget_refusals(
+        &self,
+        request_id: Option<&RequestId>,
+        recorded_before: DateTime<Utc>,
+    ) -> Result<u64> {
+        let mut log = write(&self.inner);
+        let before = log.requests.len();
+        log.requests.retain(|id, record| {
+            let forgotten = matches!(record.outcome, RequestOutcome::Refused { .. })
+                && record.recorded_at < recorded_before
+                && request_id.is_none_or(|only| only == id);
+            !forgotten
+        });
+        Ok((before - log.requests.len()) as u64)
     }
 }
 

@@ -14,11 +14,13 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
+use super::requests::{recorded_first, CommandRequest, FirstOutcome};
 use super::Repository;
 use crate::aggregate::Aggregate;
 use crate::deadline::{jittered, sleep};
 use crate::error::Error;
 use crate::event::EventContext;
+use crate::request::{Fingerprint, RequestId};
 use crate::root::AggregateRoot;
 
 /// How a command failed.
@@ -45,6 +47,23 @@ pub enum CommandError<E> {
         /// How many attempts were made.
         attempts: u32,
     },
+    /// The command's request id was used before for a different request: another
+    /// fingerprint, or a command on another aggregate type. Nothing was decided or written;
+    /// an HTTP service answers 422.
+    #[error("request {request_id} was used before for a different request")]
+    RequestMismatch {
+        /// The request id.
+        request_id: RequestId,
+    },
+    /// The command's request id was refused when it was first sent, within the repository's
+    /// request retention: this is that refusal's text, and nothing was decided again.
+    #[error("{reason}")]
+    RejectedEarlier {
+        /// The request id.
+        request_id: RequestId,
+        /// The first refusal, as its error displayed it.
+        reason: String,
+    },
     /// The aggregate could not be loaded or saved: a store failure, an event that cannot be
     /// stored, an aggregate that must exist and does not ([`Error::NotFound`]).
     #[error(transparent)]
@@ -54,14 +73,17 @@ pub enum CommandError<E> {
 /// What a command that succeeded did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Executed {
+    /// The aggregate the command ran on: the one given, or, for a request id sent again, the
+    /// one its first outcome ran on (a create under a fresh id finds the first one's).
+    pub aggregate_id: Uuid,
     /// The aggregate's version after the command.
     pub version: u64,
     /// How many events the command recorded (0: it decided there was nothing to do).
     pub events: usize,
     /// How many times it was decided (1 unless other writers came first).
     pub attempts: u32,
-    /// Whether the command's request id was found stored: the command ran before, and this
-    /// is its first outcome, with nothing decided or written now.
+    /// Whether the command's request id was found recorded: the command ran before, and
+    /// this is its first outcome, with nothing decided or written now.
     pub repeated: bool,
     /// The feed position of the aggregate's event at `version` (0 when the aggregate has no
     /// events): wait for a [projection](crate::projection) to reach it, and its read model
@@ -88,7 +110,8 @@ pub struct Command<'r, A: Aggregate> {
     backoff: Duration,
     max_backoff: Duration,
     context: Option<EventContext>,
-    request_id: Option<Uuid>,
+    request_id: Option<RequestId>,
+    fingerprint: Option<Fingerprint>,
 }
 
 impl<A: Aggregate> Repository<A> {
@@ -135,6 +158,7 @@ impl<A: Aggregate> Repository<A> {
             max_backoff: Duration::from_millis(200),
             context: None,
             request_id: None,
+            fingerprint: None,
         }
     }
 
@@ -142,6 +166,7 @@ impl<A: Aggregate> Repository<A> {
     /// defaults.
     pub async fn execute<E, F>(&self, id: Uuid, decide: F) -> Result<Executed, CommandError<E>>
     where
+        E: std::fmt::Display,
         F: FnMut(&mut AggregateRoot<A>) -> Result<(), E>,
     {
         self.command(id).run(decide).await
@@ -170,13 +195,30 @@ impl<A: Aggregate> Command<'_, A> {
     }
 
     /// Makes the command idempotent under `request_id` (an HTTP request's idempotency key):
-    /// its events are stored with the key, in the append that stores them, and a command
-    /// with a key its aggregate's stream already holds returns that first outcome (its
-    /// version, [`Executed::repeated`]) without deciding or writing, in any process. Two
-    /// commands with one key racing each other: one writes, the other meets the conflict,
-    /// loads again, finds the key, and returns the first one's outcome.
-    pub fn request_id(mut self, request_id: Uuid) -> Self {
-        self.request_id = Some(request_id);
+    /// its events are stored with the key, and a command with a key already recorded returns
+    /// that first outcome without deciding or writing, in any process: the events it stored
+    /// ([`Executed::repeated`], with the aggregate they went to), or its refusal
+    /// ([`CommandError::RejectedEarlier`]). Two commands with one key racing each other: one
+    /// writes, the other finds its outcome.
+    ///
+    /// With a [request index](Repository::with_request_index) (every backend of this crate
+    /// has one, and [`Stores::repository`](crate::backend::Stores::repository) wires it) the
+    /// key is found whatever aggregate it ran on, so a create under a fresh random id is
+    /// idempotent too, and refusals are remembered for the
+    /// [retention](Repository::with_request_retention). Without one, the key is found among
+    /// the aggregate's own events only. A command that records no event records nothing: sent
+    /// again, it is decided again.
+    pub fn request_id(mut self, request_id: impl Into<RequestId>) -> Self {
+        self.request_id = Some(request_id.into());
+        self
+    }
+
+    /// Records `fingerprint` (of the request's content: its body, the command) with the
+    /// request id: the key sent again with a different fingerprint is refused with
+    /// [`CommandError::RequestMismatch`] instead of answered with the first outcome. Where
+    /// either request has no fingerprint, the key alone decides.
+    pub fn fingerprint(mut self, fingerprint: Fingerprint) -> Self {
+        self.fingerprint = Some(fingerprint);
         self
     }
 
@@ -193,6 +235,7 @@ impl<A: Aggregate> Command<'_, A> {
     /// does it all again, up to the number of attempts.
     pub async fn run<E, F>(self, mut decide: F) -> Result<Executed, CommandError<E>>
     where
+        E: std::fmt::Display,
         F: FnMut(&mut AggregateRoot<A>) -> Result<(), E>,
     {
         let repo = self.repository;
@@ -200,9 +243,17 @@ impl<A: Aggregate> Command<'_, A> {
             Some(queue) => Some(queue.enter(self.id).await),
             None => None,
         };
-        let key = self
+        let request = self
             .request_id
-            .or(self.context.as_ref().and_then(|c| c.request_id));
+            .clone()
+            .or_else(|| self.context.as_ref().and_then(|c| c.request_id.clone()))
+            .map(|id| CommandRequest {
+                id,
+                fingerprint: self.fingerprint,
+            });
+        if let Some(first) = self.first_outcome(request.as_ref(), 1).await? {
+            return first;
+        }
         let mut wait = self.backoff;
         for attempt in 1..=self.attempts {
             let mut root = match self.start {
@@ -210,32 +261,29 @@ impl<A: Aggregate> Command<'_, A> {
                 Start::MustExist => repo.load(self.id).await.map_err(CommandError::Failed)?,
                 Start::LoadOrCreate => repo.load_or_create(self.id).await.map_err(CommandError::Failed)?,
             };
-            if let Some(done) = self.repeated(key, attempt).await? {
-                return Ok(done);
-            }
-            if self.context.is_some() || key.is_some() {
+            if self.context.is_some() || request.is_some() {
                 let mut context = self.context.clone().unwrap_or_default();
-                context.request_id = key;
+                context.request_id = request.as_ref().map(|r| r.id.clone());
                 root.set_context(context);
             }
-            decide(&mut root).map_err(CommandError::Rejected)?;
+            if let Err(why) = decide(&mut root) {
+                return self.refused(request.as_ref(), why, attempt).await;
+            }
             let events = root.pending_events().len();
             if events == 0
                 && self.start == Start::CreateOnly
                 && repo.exists(self.id).await.map_err(CommandError::Failed)?
             {
-                return Err(CommandError::AlreadyExists {
-                    aggregate_type: A::TYPE_NAME,
-                    aggregate_id: self.id,
-                });
+                return self.already_exists(request.as_ref(), attempt).await;
             }
-            match self.save(&mut root, wait).await {
+            match self.save(&mut root, request.as_ref(), wait).await {
                 Ok(version) => {
                     let position = match root.position() {
                         Some(position) if events > 0 => position,
                         _ => self.position(version).await?,
                     };
                     return Ok(Executed {
+                        aggregate_id: self.id,
                         version,
                         events,
                         attempts: attempt,
@@ -243,16 +291,13 @@ impl<A: Aggregate> Command<'_, A> {
                         position,
                     });
                 }
-                Err(e) if e.is_conflict() => {
+                Err(e) if e.is_conflict() || recorded_first(&e) => {
                     // The writer that came first may be this very request, sent twice.
-                    if let Some(done) = self.repeated(key, attempt).await? {
-                        return Ok(done);
+                    if let Some(first) = self.first_outcome(request.as_ref(), attempt).await? {
+                        return first;
                     }
-                    if self.start == Start::CreateOnly {
-                        return Err(CommandError::AlreadyExists {
-                            aggregate_type: A::TYPE_NAME,
-                            aggregate_id: self.id,
-                        });
+                    if self.start == Start::CreateOnly && e.is_conflict() {
+                        return self.already_exists(request.as_ref(), attempt).await;
                     }
                     if attempt < self.attempts {
                         sleep(jittered(wait)).await;
@@ -269,28 +314,66 @@ impl<A: Aggregate> Command<'_, A> {
         })
     }
 
-    /// The first outcome of this request, if its key is stored in the aggregate's stream.
-    async fn repeated<E>(
+    /// The answer recorded for this command's request, if it was sent before.
+    async fn first_outcome<E>(
         &self,
-        key: Option<Uuid>,
+        request: Option<&CommandRequest>,
         attempt: u32,
-    ) -> Result<Option<Executed>, CommandError<E>> {
-        let Some(key) = key else { return Ok(None) };
-        let stored = self
-            .repository
-            .request_version(self.id, key)
-            .await
-            .map_err(CommandError::Failed)?;
-        let Some(version) = stored else {
+    ) -> Result<Option<Result<Executed, CommandError<E>>>, CommandError<E>> {
+        let Some(request) = request else {
             return Ok(None);
         };
-        Ok(Some(Executed {
-            version,
-            events: 0,
-            attempts: attempt,
-            repeated: true,
-            position: self.position(version).await?,
-        }))
+        let first = self
+            .repository
+            .first_outcome(request, self.id, attempt)
+            .await
+            .map_err(CommandError::Failed)?;
+        Ok(first.map(|first| answer(request, first)))
+    }
+
+    /// The aggregate refused the command: recorded as the request's first outcome, unless
+    /// another command recorded one first, which is then the answer.
+    async fn refused<E: std::fmt::Display>(
+        &self,
+        request: Option<&CommandRequest>,
+        why: E,
+        attempt: u32,
+    ) -> Result<Executed, CommandError<E>> {
+        if let Some(request) = request {
+            let first = self
+                .repository
+                .record_refusal(request, self.id, why.to_string(), attempt)
+                .await
+                .map_err(CommandError::Failed)?;
+            if let Some(first) = first {
+                return answer(request, first);
+            }
+        }
+        Err(CommandError::Rejected(why))
+    }
+
+    /// A create-only command found the aggregate there: a refusal like the aggregate's own.
+    async fn already_exists<E>(
+        &self,
+        request: Option<&CommandRequest>,
+        attempt: u32,
+    ) -> Result<Executed, CommandError<E>> {
+        let exists = CommandError::<E>::AlreadyExists {
+            aggregate_type: A::TYPE_NAME,
+            aggregate_id: self.id,
+        };
+        if let Some(request) = request {
+            let reason = format!("{} {} already exists", A::TYPE_NAME, self.id);
+            let first = self
+                .repository
+                .record_refusal(request, self.id, reason, attempt)
+                .await
+                .map_err(CommandError::Failed)?;
+            if let Some(first) = first {
+                return answer(request, first);
+            }
+        }
+        Err(exists)
     }
 
     /// The feed position of the aggregate's event at `version`, 0 at version 0.
@@ -306,11 +389,16 @@ impl<A: Aggregate> Command<'_, A> {
 
     /// Saves the root, saving it again (never deciding again) after a transient store
     /// error, so that a batch whose answer was lost is recognised rather than written twice.
-    async fn save(&self, root: &mut AggregateRoot<A>, wait: Duration) -> Result<u64, Error> {
+    async fn save(
+        &self,
+        root: &mut AggregateRoot<A>,
+        request: Option<&CommandRequest>,
+        wait: Duration,
+    ) -> Result<u64, Error> {
         let mut wait = wait;
         let mut tries = 1;
         loop {
-            match self.repository.save(root).await {
+            match self.repository.save_requested(root, request).await {
                 // At least three tries whatever the attempts: a save whose answer was lost
                 // must be made again to learn whether it was stored.
                 Err(e) if e.is_transient() && tries < self.attempts.max(3) => {
@@ -325,23 +413,16 @@ impl<A: Aggregate> Command<'_, A> {
     }
 }
 
-impl<A: Aggregate> Repository<A> {
-    /// The version of the aggregate's last event stored with `request_id`: from the request
-    /// index if the repository has one, else by reading the stream.
-    async fn request_version(&self, id: Uuid, request_id: Uuid) -> Result<Option<u64>, Error> {
-        use futures_util::StreamExt;
-
-        if let Some(index) = &self.requests {
-            return index.request_version(id, A::TYPE_NAME, request_id).await;
-        }
-        let mut found = None;
-        let mut stream = self.events.read_stream(id, A::TYPE_NAME, 0);
-        while let Some(event) = stream.next().await {
-            let event = event?;
-            if event.request_id == Some(request_id) {
-                found = Some(event.aggregate_version);
-            }
-        }
-        Ok(found)
+/// What a first outcome answers to the command sent again.
+fn answer<E>(request: &CommandRequest, first: FirstOutcome) -> Result<Executed, CommandError<E>> {
+    match first {
+        FirstOutcome::Executed(executed) => Ok(executed),
+        FirstOutcome::Refused(reason) => Err(CommandError::RejectedEarlier {
+            request_id: request.id.clone(),
+            reason,
+        }),
+        FirstOutcome::Mismatch => Err(CommandError::RequestMismatch {
+            request_id: request.id.clone(),
+        }),
     }
 }

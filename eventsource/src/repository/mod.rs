@@ -10,12 +10,14 @@ mod execute;
 mod load;
 mod operations;
 mod queue;
+mod requests;
 mod save;
 mod snapshotting;
 mod verify;
 
 pub use execute::{Command, CommandError, Executed};
 pub use operations::{operations_of, AggregateOperations, OperationsOf, OperationsRegistration};
+pub use requests::DEFAULT_REQUEST_RETENTION;
 pub use verify::{Drift, Verification, VerifyReport};
 
 use std::marker::PhantomData;
@@ -60,6 +62,8 @@ pub struct Repository<A: Aggregate> {
     commands: Option<Arc<queue::CommandQueue>>,
     /// Where commands find their request ids; without it, they read the aggregate's stream.
     requests: Option<Arc<dyn RequestIndex>>,
+    /// How long a recorded refusal answers a request sent again.
+    request_retention: std::time::Duration,
     aggregate: PhantomData<fn() -> A>,
 }
 
@@ -80,6 +84,7 @@ impl<A: Aggregate> Clone for Repository<A> {
             metrics: self.metrics.clone(),
             commands: self.commands.clone(),
             requests: self.requests.clone(),
+            request_retention: self.request_retention,
             aggregate: PhantomData,
         }
     }
@@ -103,6 +108,7 @@ impl<A: Aggregate> Repository<A> {
             metrics: Arc::default(),
             commands: None,
             requests: None,
+            request_retention: DEFAULT_REQUEST_RETENTION,
             aggregate: PhantomData,
         }
     }
@@ -167,11 +173,25 @@ impl<A: Aggregate> Repository<A> {
         self
     }
 
-    /// The same repository, finding the request ids of [commands](Self::command) in `index`
-    /// instead of reading the aggregate's stream: the same outcome, without reading the
-    /// stream. [`backend::Stores::repository`](crate::backend::Stores::repository) wires it.
+    /// The same repository, recording the first outcome of every [command](Self::command)
+    /// run with a request id in `index`: its events (appended with the record), or its
+    /// refusal. A request id sent again then finds that outcome whatever aggregate it ran on,
+    /// and one reused for another request (another fingerprint) is refused. Without an index,
+    /// a command finds its request id among its own aggregate's events only, by reading the
+    /// stream, and refusals are decided again.
+    /// [`backend::Stores::repository`](crate::backend::Stores::repository) wires it.
     pub fn with_request_index(mut self, index: Arc<dyn RequestIndex>) -> Self {
         self.requests = Some(index);
+        self
+    }
+
+    /// The same repository, answering a request id sent again with its recorded refusal for
+    /// `retention` after the refusal ([`DEFAULT_REQUEST_RETENTION`], a day, by default); a
+    /// request sent later is decided again. Events a command stored answer its request id
+    /// for as long as they are kept. [`RequestIndex::forget_refusals`] deletes the records
+    /// of older refusals.
+    pub fn with_request_retention(mut self, retention: std::time::Duration) -> Self {
+        self.request_retention = retention;
         self
     }
 

@@ -2,6 +2,7 @@
 
 use tracing::Instrument;
 
+use super::requests::CommandRequest;
 use super::Repository;
 use crate::aggregate::Aggregate;
 use crate::error::Result;
@@ -37,6 +38,16 @@ impl<A: Aggregate> Repository<A> {
     /// as failed. [`Error::is_transient`](crate::Error::is_transient) tells which store
     /// errors are worth retrying.
     pub async fn save(&self, root: &mut AggregateRoot<A>) -> Result<u64> {
+        self.save_requested(root, None).await
+    }
+
+    /// [`save`](Self::save), recording `request` with the events where there is a request
+    /// index (then without the joint statement: the snapshot is written after the events).
+    pub(super) async fn save_requested(
+        &self,
+        root: &mut AggregateRoot<A>,
+        request: Option<&CommandRequest>,
+    ) -> Result<u64> {
         registry::check()?;
         if !root.has_pending_events() {
             return Ok(root.version());
@@ -56,9 +67,15 @@ impl<A: Aggregate> Repository<A> {
                 .snapshots
                 .as_ref()
                 .filter(|s| s.policy.is_due(root.version(), saved));
-            let (appended, snapshotted) = match due {
-                Some(snapshots) => self.append_and_snapshot(snapshots, root, &envelopes).await?,
-                None => (self.append(root, &envelopes).await?, false),
+            let recorded = request.filter(|_| self.requests.is_some());
+            let (appended, snapshotted) = match (due, recorded) {
+                (Some(snapshots), None) => self.append_and_snapshot(snapshots, root, &envelopes).await?,
+                _ => {
+                    let appended = self
+                        .append_requested(root.id(), root.saved_version(), &envelopes, recorded)
+                        .await?;
+                    (appended, false)
+                }
             };
             // Before the snapshot: from here on the save has happened, whatever becomes of it.
             root.mark_saved(appended.position);
@@ -78,8 +95,7 @@ impl<A: Aggregate> Repository<A> {
         root: &AggregateRoot<A>,
         envelopes: &[EventEnvelope],
     ) -> Result<Appended> {
-        self.events
-            .append(root.id(), A::TYPE_NAME, root.saved_version(), envelopes)
+        self.append_requested(root.id(), root.saved_version(), envelopes, None)
             .await
     }
 

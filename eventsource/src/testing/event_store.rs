@@ -275,7 +275,8 @@ pub async fn read_stream_returns_every_field_as_appended(store: &dyn EventStore)
     full.occurred_at = now() - Duration::days(3);
     full.correlation_id = Some(Uuid::new_v4());
     full.causation_id = Some(Uuid::new_v4());
-    full.request_id = Some(Uuid::new_v4());
+    full.request_id =
+        Some(crate::request::RequestId::new(&format!("order-7/päyment ✓ {}", Uuid::new_v4())).unwrap());
     full.metadata = Some(serde_json::json!({
         "user": "ada", "tags": ["a", "b"], "nested": { "ratio": 1.5, "none": null }
     }));

@@ -16,6 +16,7 @@ use super::snapshot_store::{delete_by_type, save, snapshot};
 use super::unique_type;
 use crate::backend::Stores;
 use crate::event::StoredEvent;
+use crate::request::{Fingerprint, RequestId, RequestOutcome, RequestRecord};
 use crate::snapshot::{Snapshot, SnapshotVersion};
 
 /// The checks of this suite: the one list that both the test macro and [`run_all`] use.
@@ -26,7 +27,9 @@ macro_rules! __stores_checks {
         $crate::$callback! { ($($args)*)
             the_stream_listing_lists_every_stream_of_a_type
             the_snapshot_listing_lists_every_snapshot_of_a_type
-            the_request_index_finds_what_the_stream_holds
+            an_append_with_its_request_is_recorded_as_the_stream_holds_it
+            a_recorded_request_id_refuses_every_other_batch
+            the_first_refusal_is_kept_until_forgotten
             an_append_raises_the_signal
             a_joint_load_reads_what_two_reads_read
             a_joint_save_stores_what_two_writes_store
@@ -150,46 +153,211 @@ pub async fn the_snapshot_listing_lists_every_snapshot_of_a_type(stores: &Stores
     delete_by_type(store, &other, None).await;
 }
 
-/// The request index finds, for a stream and a request id, the version of the last event
-/// stored with it, as reading the stream finds it; an id never stored, or stored in another
-/// stream, is not found.
-pub async fn the_request_index_finds_what_the_stream_holds(stores: &Stores) {
+/// An append with its request stores the batch as an append does and records the request as
+/// executed at the batch's last version and position, as the stream reads them, with the
+/// fingerprint; the events carry the request id; an id never recorded is not found.
+pub async fn an_append_with_its_request_is_recorded_as_the_stream_holds_it(stores: &Stores) {
     let Some(index) = &stores.request_index else {
         return;
     };
-    let store = &*stores.events;
     let (id, ty) = (Uuid::new_v4(), unique_type("Requests"));
-    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
-    let mut batch = events(id, &ty, 0, 3);
-    batch.iter_mut().for_each(|e| e.request_id = Some(first));
-    append(store, id, &ty, 0, &batch).await;
-    let mut next = events(id, &ty, 3, 2);
-    next.iter_mut().for_each(|e| e.request_id = Some(second));
-    append(store, id, &ty, 3, &next).await;
-    let stream = read(store, id, &ty, 0).await;
-    let read_from_stream = |request| {
-        stream
+    append(&*stores.events, id, &ty, 0, &events(id, &ty, 0, 2)).await;
+    let request = fresh_request();
+    let fingerprint = Fingerprint::of_bytes(b"deposit 5");
+    let batch = with_request(events(id, &ty, 2, 3), &request);
+    let appended = index
+        .append_with_request(id, &ty, 2, &batch, Some(fingerprint))
+        .await
+        .unwrap();
+    let stream = read(&*stores.events, id, &ty, 0).await;
+    assert_eq!(
+        (appended.version, appended.position),
+        (5, stream[4].position),
+        "the append's version and last position"
+    );
+    assert!(
+        stream[2..]
             .iter()
-            .filter(|e| e.request_id == Some(request))
-            .map(|e| e.aggregate_version)
-            .max()
+            .all(|e| e.request_id.as_ref() == Some(&request)),
+        "the batch's events carry the request id"
+    );
+    let found = index
+        .find_request(&request)
+        .await
+        .unwrap()
+        .expect("the request is recorded");
+    assert_eq!(
+        (
+            found.aggregate_type.as_str(),
+            found.aggregate_id,
+            found.fingerprint
+        ),
+        (ty.as_str(), id, Some(fingerprint)),
+        "the record names the stream and the fingerprint"
+    );
+    assert_eq!(
+        found.outcome,
+        RequestOutcome::Executed {
+            version: 5,
+            position: stream[4].position
+        },
+        "the record's outcome is the batch as the stream holds it"
+    );
+    assert_eq!(
+        index.find_request(&fresh_request()).await.unwrap(),
+        None,
+        "an id never recorded"
+    );
+}
+
+/// A request id recorded already refuses another batch, on any stream, with
+/// `Error::RequestRecorded` and nothing stored; the same append made again (a lost answer) is
+/// acknowledged; of appends racing with one id on fresh streams, exactly one stores its batch.
+pub async fn a_recorded_request_id_refuses_every_other_batch(stores: &Stores) {
+    let Some(index) = &stores.request_index else {
+        return;
     };
-    for (request, what) in [
-        (first, "the first batch's request"),
-        (second, "the second batch's request"),
-        (Uuid::new_v4(), "a request never stored"),
-    ] {
-        assert_eq!(
-            index.request_version(id, &ty, request).await.unwrap(),
-            read_from_stream(request),
-            "{what}"
-        );
+    let ty = unique_type("Requests");
+    let (first, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let request = fresh_request();
+    let batch = with_request(events(first, &ty, 0, 2), &request);
+    let appended = index
+        .append_with_request(first, &ty, 0, &batch, None)
+        .await
+        .unwrap();
+    let again = index.append_with_request(first, &ty, 0, &batch, None).await;
+    assert_eq!(
+        again.unwrap(),
+        appended,
+        "the same append made again is acknowledged"
+    );
+    let elsewhere = with_request(events(other, &ty, 0, 1), &request);
+    match index.append_with_request(other, &ty, 0, &elsewhere, None).await {
+        Err(crate::Error::RequestRecorded { request_id }) => assert_eq!(request_id, request),
+        outcome => {
+            panic!("another batch under a recorded request id: expected RequestRecorded, got {outcome:?}")
+        }
+    }
+    assert!(
+        read(&*stores.events, other, &ty, 0).await.is_empty(),
+        "nothing of it is stored"
+    );
+
+    let racing = fresh_request();
+    let streams: Vec<Uuid> = (0..8).map(|_| Uuid::new_v4()).collect();
+    let batches: Vec<_> = streams
+        .iter()
+        .map(|&id| with_request(events(id, &ty, 0, 1), &racing))
+        .collect();
+    let outcomes = futures_util::future::join_all(
+        streams
+            .iter()
+            .zip(&batches)
+            .map(|(&id, batch)| index.append_with_request(id, &ty, 0, batch, None)),
+    )
+    .await;
+    let mut winners = Vec::new();
+    for (id, outcome) in streams.iter().zip(outcomes) {
+        match outcome {
+            Ok(_) => winners.push(*id),
+            Err(crate::Error::RequestRecorded { .. }) => {}
+            Err(e) => panic!("a racing append with one request id: {e}"),
+        }
     }
     assert_eq!(
-        index.request_version(Uuid::new_v4(), &ty, first).await.unwrap(),
-        None,
-        "another stream"
+        winners.len(),
+        1,
+        "appends racing with one request id: one stores its batch"
     );
+    let found = index.find_request(&racing).await.unwrap().unwrap();
+    assert_eq!(
+        found.aggregate_id, winners[0],
+        "the record names the winner's stream"
+    );
+    for id in streams.iter().filter(|id| **id != winners[0]) {
+        assert!(
+            read(&*stores.events, *id, &ty, 0).await.is_empty(),
+            "a loser stored nothing"
+        );
+    }
+}
+
+/// The first refusal of a request id is kept: a second refusal, or a refusal of an executed
+/// request, returns what was recorded first; refusals are forgotten once recorded before
+/// the bound asked, executed requests never.
+pub async fn the_first_refusal_is_kept_until_forgotten(stores: &Stores) {
+    let Some(index) = &stores.request_index else {
+        return;
+    };
+    let (id, ty) = (Uuid::new_v4(), unique_type("Refusals"));
+    let request = fresh_request();
+    let refusal = RequestRecord::refused(
+        request.clone(),
+        &ty,
+        id,
+        Some(Fingerprint::of_bytes(b"a")),
+        "no funds",
+    );
+    assert_eq!(
+        index.record_refusal(&refusal).await.unwrap(),
+        refusal,
+        "a first refusal is recorded"
+    );
+    let later = RequestRecord::refused(request.clone(), &ty, id, None, "closed");
+    assert_eq!(
+        index.record_refusal(&later).await.unwrap(),
+        refusal,
+        "the first refusal stays"
+    );
+    assert_eq!(index.find_request(&request).await.unwrap(), Some(refusal.clone()));
+
+    let executed = fresh_request();
+    let batch = with_request(events(id, &ty, 0, 1), &executed);
+    index.append_with_request(id, &ty, 0, &batch, None).await.unwrap();
+    let refused_after = RequestRecord::refused(executed.clone(), &ty, id, None, "late");
+    let kept = index.record_refusal(&refused_after).await.unwrap();
+    assert!(
+        matches!(kept.outcome, RequestOutcome::Executed { version: 1, .. }),
+        "a refusal of an executed request returns the execution, got {kept:?}"
+    );
+
+    let before = refusal.recorded_at - chrono::Duration::seconds(1);
+    assert_eq!(
+        index.forget_refusals(Some(&request), before).await.unwrap(),
+        0,
+        "not yet"
+    );
+    let after = refusal.recorded_at + chrono::Duration::seconds(1);
+    assert_eq!(index.forget_refusals(Some(&request), after).await.unwrap(), 1);
+    assert_eq!(
+        index.find_request(&request).await.unwrap(),
+        None,
+        "the refusal is forgotten"
+    );
+    let future = chrono::Utc::now() + chrono::Duration::days(1);
+    index.forget_refusals(None, future).await.unwrap();
+    assert!(
+        index.find_request(&executed).await.unwrap().is_some(),
+        "an executed request is never forgotten"
+    );
+    match index
+        .record_refusal(&RequestRecord::refused(fresh_request(), "", id, None, "x"))
+        .await
+    {
+        Err(crate::Error::InvalidInput(_)) => {}
+        other => panic!("a refusal of an empty aggregate type: expected InvalidInput, got {other:?}"),
+    }
+}
+
+fn fresh_request() -> RequestId {
+    RequestId::new(&format!("request {}", Uuid::new_v4())).expect("a valid request id")
+}
+
+fn with_request(mut batch: Vec<crate::EventEnvelope>, request: &RequestId) -> Vec<crate::EventEnvelope> {
+    for event in &mut batch {
+        event.request_id = Some(request.clone());
+    }
+    batch
 }
 
 /// An append raises the append signal: a waiter made before the append wakes within 5 s.

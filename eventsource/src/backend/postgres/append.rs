@@ -9,11 +9,12 @@ use uuid::Uuid;
 
 use super::group::{Group, Outcome, Row as OneRow, Turn};
 use super::read::version_of;
-use super::sql::{EVENT_ID_KEY, MAX_BATCH};
+use super::sql::{EVENT_ID_KEY, MAX_BATCH, REQUEST_KEY};
 use super::{query_error, split_timestamp, to_bigint, PostgresEventStore, BACKEND};
 use crate::error::{Error, Result};
 use crate::event::EventEnvelope;
 use crate::event_store::{Appended, Batch, EventStore};
+use crate::request::{request_of, Fingerprint, RequestId};
 use crate::snapshot::Snapshot;
 
 /// A batch as the columns of the append statement.
@@ -29,7 +30,7 @@ struct Columns<'a> {
     causation_id: Vec<Option<Uuid>>,
     metadata: Vec<Option<String>>,
     payload: Vec<&'a str>,
-    request_id: Vec<Option<Uuid>>,
+    request_id: Vec<Option<&'a str>>,
 }
 
 /// The event's metadata as the JSON text a statement binds.
@@ -82,7 +83,9 @@ impl<'a> Columns<'a> {
             columns.causation_id.push(event.causation_id);
             columns.metadata.push(metadata);
             columns.payload.push(&event.payload);
-            columns.request_id.push(event.request_id);
+            columns
+                .request_id
+                .push(event.request_id.as_ref().map(RequestId::as_str));
         }
         Ok(columns)
     }
@@ -96,7 +99,7 @@ impl PostgresEventStore {
         &self,
         sql: &str,
         batch: Batch<'_>,
-        snapshot: Option<&Snapshot>,
+        with: With<'_>,
     ) -> Result<(Appended, bool)> {
         let events = batch.events;
         if events.len() > MAX_BATCH {
@@ -122,9 +125,15 @@ impl PostgresEventStore {
             .bind(&c.metadata)
             .bind(&c.payload)
             .bind(&c.request_id);
-        let result = match snapshot {
-            None => query.fetch_one(&self.pool).await,
-            Some(snapshot) => {
+        let result = match with {
+            With::Nothing => query.fetch_one(&self.pool).await,
+            With::Request(fingerprint) => {
+                query
+                    .bind(fingerprint.map(Fingerprint::to_stored))
+                    .fetch_one(&self.pool)
+                    .await
+            }
+            With::Snapshot(snapshot) => {
                 let (created_at, created_at_ns) = split_timestamp(snapshot.created_at);
                 query
                     .bind(to_bigint(snapshot.version, "snapshot version")?)
@@ -233,7 +242,7 @@ impl PostgresEventStore {
             .bind(row.causation_id)
             .bind(&row.metadata)
             .bind(&*row.payload)
-            .bind(row.request_id)
+            .bind(row.request_id.as_deref())
             .fetch_optional(&self.pool)
             .await;
         match stored {
@@ -257,6 +266,11 @@ impl PostgresEventStore {
             sqlx::Error::Database(db) if db.kind() == ErrorKind::UniqueViolation => db,
             e => return Err(query_error(&what(), e)),
         };
+        if db.constraint() == Some(REQUEST_KEY) {
+            return Err(Error::RequestRecorded {
+                request_id: request_of(batch.events)?.clone(),
+            });
+        }
         let refusal = if db.constraint() == Some(EVENT_ID_KEY) {
             let detail = db
                 .try_downcast_ref::<PgDatabaseError>()
@@ -271,6 +285,15 @@ impl PostgresEventStore {
         };
         batch.acknowledge_stored(self, refusal).await
     }
+}
+
+/// What a batch statement stores with the batch.
+pub(super) enum With<'a> {
+    Nothing,
+    /// The snapshot taken after the batch (the joint save).
+    Snapshot(&'a Snapshot),
+    /// The batch's request, with this fingerprint, in the request index.
+    Request(Option<Fingerprint>),
 }
 
 /// The conflict of an append of `batch` to a stream found at `actual`.

@@ -5,15 +5,18 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use futures_util::stream;
 use uuid::Uuid;
 
+use super::append::With;
 use super::read::{version_of, Loader, Reader};
 use super::{joint, query_error, PostgresEventStore, PostgresSnapshotStore};
 use crate::abilities::{AppendSignal, RequestIndex, StreamListing};
 use crate::error::{Error, Result};
 use crate::event::EventEnvelope;
 use crate::event_store::{Appended, Batch, EventStore, EventStream, FeedHead, FeedHolder};
+use crate::request::{request_of, validate_refusal, Fingerprint, RequestId, RequestOutcome, RequestRecord};
 use crate::snapshot::JointSnapshots;
 
 impl PostgresEventStore {
@@ -48,7 +51,7 @@ impl EventStore for PostgresEventStore {
         if events.len() == 1 {
             return self.append_one(batch).await;
         }
-        self.append_in(&self.sql.append, batch, None)
+        self.append_in(&self.sql.append, batch, With::Nothing)
             .await
             .map(|(appended, _)| appended)
     }
@@ -169,25 +172,104 @@ impl StreamListing for PostgresEventStore {
 
 #[async_trait]
 impl RequestIndex for PostgresEventStore {
-    async fn request_version(
+    async fn find_request(&self, request_id: &RequestId) -> Result<Option<RequestRecord>> {
+        type Row = (
+            String,
+            Uuid,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+            DateTime<Utc>,
+        );
+        let row: Option<Row> = sqlx::query_as(&self.sql.request)
+            .bind(request_id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| query_error(&format!("cannot look up request {request_id}"), e))?;
+        let Some((aggregate_type, aggregate_id, fingerprint, version, position, refusal, recorded_at)) = row
+        else {
+            return Ok(None);
+        };
+        let fingerprint = fingerprint.map(Fingerprint::from_stored);
+        let record = match (version, position, refusal) {
+            (Some(version), Some(position), None) => RequestRecord::executed(
+                request_id.clone(),
+                &aggregate_type,
+                aggregate_id,
+                fingerprint,
+                version_of(version, &self.sql.table)?,
+                version_of(position, &self.sql.table)?,
+                recorded_at,
+            ),
+            (None, None, Some(reason)) => RequestRecord::refused(
+                request_id.clone(),
+                &aggregate_type,
+                aggregate_id,
+                fingerprint,
+                reason,
+            )
+            .recorded_at(recorded_at),
+            _ => {
+                return Err(Error::corrupt(
+                    format!("the record of request {request_id}"),
+                    "it holds neither an executed outcome (version and position) nor a refusal",
+                ))
+            }
+        };
+        Ok(Some(record))
+    }
+
+    async fn append_with_request(
         &self,
         aggregate_id: Uuid,
         aggregate_type: &str,
-        request_id: Uuid,
-    ) -> Result<Option<u64>> {
-        let found: Option<i64> = sqlx::query_scalar(&self.sql.request)
-            .bind(aggregate_id)
-            .bind(aggregate_type)
-            .bind(request_id)
-            .fetch_one(&self.pool)
+        expected_version: u64,
+        events: &[EventEnvelope],
+        fingerprint: Option<Fingerprint>,
+    ) -> Result<Appended> {
+        let batch = Batch::checked(aggregate_id, aggregate_type, expected_version, events)?;
+        request_of(events)?;
+        self.append_in(&self.sql.append_request, batch, With::Request(fingerprint))
             .await
-            .map_err(|e| {
-                query_error(
-                    &format!("cannot look up a request of {aggregate_type} {aggregate_id}"),
-                    e,
-                )
-            })?;
-        found.map(|v| version_of(v, &self.sql.table)).transpose()
+            .map(|(appended, _)| appended)
+    }
+
+    async fn record_refusal(&self, refusal: &RequestRecord) -> Result<RequestRecord> {
+        validate_refusal(refusal)?;
+        let RequestOutcome::Refused { reason } = &refusal.outcome else {
+            unreachable!("validate_refusal accepts refusals only");
+        };
+        sqlx::query(&self.sql.record_refusal)
+            .bind(refusal.request_id.as_str())
+            .bind(&refusal.aggregate_type)
+            .bind(refusal.aggregate_id)
+            .bind(refusal.fingerprint.map(Fingerprint::to_stored))
+            .bind(reason)
+            .bind(refusal.recorded_at)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| query_error(&format!("cannot record the refusal of {}", refusal.request_id), e))?;
+        self.find_request(&refusal.request_id).await?.ok_or_else(|| {
+            Error::corrupt(
+                format!("request {}", refusal.request_id),
+                "the recorded refusal is not found",
+            )
+        })
+    }
+
+    async fn forget_refusals(
+        &self,
+        request_id: Option<&RequestId>,
+        recorded_before: DateTime<Utc>,
+    ) -> Result<u64> {
+        let deleted = sqlx::query(&self.sql.forget_refusals)
+            .bind(recorded_before)
+            .bind(request_id.map(RequestId::as_str))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| query_error("cannot forget refusals", e))?;
+        Ok(deleted.rows_affected())
     }
 }
 

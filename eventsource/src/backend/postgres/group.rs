@@ -100,7 +100,7 @@ pub(super) struct Row {
     pub(super) causation_id: Option<Uuid>,
     pub(super) metadata: Option<String>,
     pub(super) payload: Arc<str>,
-    pub(super) request_id: Option<Uuid>,
+    pub(super) request_id: Option<String>,
 }
 
 impl Row {
@@ -123,7 +123,7 @@ impl Row {
             causation_id: event.causation_id,
             metadata,
             payload: event.payload.clone(),
-            request_id: event.request_id,
+            request_id: event.request_id.as_ref().map(|id| id.as_str().to_owned()),
         }
     }
 }
@@ -225,7 +225,7 @@ async fn insert(store: &PostgresEventStore, group: &[Waiting]) -> Result<HashMap
     let causation_id: Vec<Option<Uuid>> = rows().map(|r| r.causation_id).collect();
     let metadata: Vec<Option<&str>> = rows().map(|r| r.metadata.as_deref()).collect();
     let payload: Vec<&str> = rows().map(|r| &*r.payload).collect();
-    let request_id: Vec<Option<Uuid>> = rows().map(|r| r.request_id).collect();
+    let request_id: Vec<Option<&str>> = rows().map(|r| r.request_id.as_deref()).collect();
     let stored: Vec<(Uuid, i64)> = sqlx::query_as(&store.sql.group)
         .bind(event_id)
         .bind(event_type)

@@ -10,6 +10,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{Column, Row, ValueRef};
 use uuid::Uuid;
 
+use super::append::With;
 use super::read::{self, at};
 use super::sql::{append_sql, COLUMNS};
 use super::{query_error, PostgresEventStore, PostgresSnapshotStore};
@@ -144,7 +145,7 @@ impl Writer {
     pub(super) fn new(events: &PostgresEventStore, snapshots: &PostgresSnapshotStore) -> Option<Self> {
         share_a_pool(events, snapshots).then(|| Self {
             events: events.clone(),
-            sql: append_sql(&events.layout.events, Some(&snapshots.layout.snapshots)),
+            sql: append_sql(&events.layout.events, Some(&snapshots.layout.snapshots), None),
         })
     }
 }
@@ -161,7 +162,9 @@ impl JointSnapshotWrite for Writer {
     ) -> Result<(Appended, bool)> {
         let batch = Batch::checked(aggregate_id, aggregate_type, expected_version, events)?;
         validate_snapshot(snapshot)?;
-        self.events.append_in(&self.sql, batch, Some(snapshot)).await
+        self.events
+            .append_in(&self.sql, batch, With::Snapshot(snapshot))
+            .await
     }
 }
 

@@ -498,6 +498,8 @@ struct Layout {
     announce_append: String,
     /// The function a transaction calls to announce an append before its first write.
     begin_append: String,
+    /// The request index (layout step 8).
+    requests: String,
 }
 
 const EVENTS_TABLE: &str = "eventsource_events";
@@ -508,6 +510,7 @@ const DEAD_LETTERS_TABLE: &str = "eventsource_dead_letters";
 const FEED_BOUND_FUNCTION: &str = "eventsource_feed_bound";
 const ANNOUNCE_APPEND_FUNCTION: &str = "eventsource_announce_append";
 const BEGIN_APPEND_FUNCTION: &str = "eventsource_begin_append";
+const REQUESTS_TABLE: &str = "eventsource_requests";
 
 impl Default for Layout {
     fn default() -> Self {
@@ -521,6 +524,7 @@ impl Default for Layout {
             feed_bound: FEED_BOUND_FUNCTION.to_owned(),
             announce_append: ANNOUNCE_APPEND_FUNCTION.to_owned(),
             begin_append: BEGIN_APPEND_FUNCTION.to_owned(),
+            requests: REQUESTS_TABLE.to_owned(),
         }
     }
 }
@@ -568,6 +572,7 @@ impl Layout {
             feed_bound: format!("\"{schema}\".{FEED_BOUND_FUNCTION}"),
             announce_append: format!("\"{schema}\".{ANNOUNCE_APPEND_FUNCTION}"),
             begin_append: format!("\"{schema}\".{BEGIN_APPEND_FUNCTION}"),
+            requests: format!("\"{schema}\".{REQUESTS_TABLE}"),
         })
     }
 }

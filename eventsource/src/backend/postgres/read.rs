@@ -16,6 +16,7 @@ use super::{join_timestamp, query_error, PostgresEventStore, BACKEND};
 use crate::error::{Error, Result};
 use crate::event::{EventEnvelope, StoredEvent};
 use crate::event_store::EventStream;
+use crate::request::RequestId;
 
 pub(super) fn version_of(version: i64, table: &str) -> Result<u64> {
     u64::try_from(version).map_err(|_| Error::corrupt(table, format!("negative stream version {version}")))
@@ -157,7 +158,7 @@ impl Reader {
         has_type::<Uuid>(row, at::CAUSATION_ID)?;
         has_type::<&str>(row, at::METADATA)?;
         has_type::<&str>(row, at::PAYLOAD)?;
-        has_type::<Uuid>(row, at::REQUEST_ID)?;
+        has_type::<&str>(row, at::REQUEST_ID)?;
         if self.stream.is_none() {
             has_type::<Uuid>(row, at::AGGREGATE_ID)?;
             has_type::<&str>(row, at::AGGREGATE_TYPE)?;
@@ -214,7 +215,10 @@ impl Reader {
                 .ok_or_else(|| fail(format!("occurred_at_ns {occurred_at_ns} is out of range")))?,
             correlation_id: column(row, at::CORRELATION_ID).map_err(fail)?,
             causation_id: column(row, at::CAUSATION_ID).map_err(fail)?,
-            request_id: column(row, at::REQUEST_ID).map_err(fail)?,
+            request_id: column::<Option<&str>>(row, at::REQUEST_ID)
+                .map_err(fail)?
+                .map(|id| RequestId::new(id).map_err(|e| fail(format!("request_id: {e}"))))
+                .transpose()?,
             metadata,
             payload: Arc::from(column::<&str>(row, at::PAYLOAD).map_err(fail)?),
         };

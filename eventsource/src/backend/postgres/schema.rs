@@ -59,6 +59,11 @@ const STEPS: &[Step] = &[
         description: "appends announce themselves: the feed waits for appending transactions only",
         statements: feed_bound_by_appenders,
     },
+    Step {
+        version: 8,
+        description: "request ids are text, and the request index keeps each one's first outcome",
+        statements: request_index,
+    },
 ];
 
 /// The layout version this library reads and writes.
@@ -199,6 +204,44 @@ fn request_ids(layout: &Layout) -> Vec<String> {
         format!(
             "CREATE INDEX IF NOT EXISTS eventsource_events_request_idx
                 ON {events} (aggregate_id, aggregate_type, request_id) WHERE request_id IS NOT NULL"
+        ),
+    ]
+}
+
+/// Step 8: request ids of any text, looked up over the whole store in a table of their own
+/// that also keeps refusals; the events' request ids fill it. Changing the column's type
+/// rewrites the events table once.
+fn request_index(layout: &Layout) -> Vec<String> {
+    let (events, requests) = (&layout.events, &layout.requests);
+    let old_index = match &layout.schema {
+        Some(schema) => format!("\"{schema}\".eventsource_events_request_idx"),
+        None => "eventsource_events_request_idx".to_owned(),
+    };
+    vec![
+        format!("DROP INDEX IF EXISTS {old_index}"),
+        format!("ALTER TABLE {events} ALTER COLUMN request_id TYPE TEXT USING request_id::text"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {requests} (
+                request_id     TEXT        PRIMARY KEY,
+                aggregate_type TEXT        NOT NULL,
+                aggregate_id   UUID        NOT NULL,
+                fingerprint    BIGINT,
+                version        BIGINT,
+                position       BIGINT,
+                refusal        TEXT,
+                recorded_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
+                CHECK ((version IS NOT NULL AND position IS NOT NULL AND refusal IS NULL)
+                    OR (version IS NULL AND position IS NULL AND refusal IS NOT NULL))
+            )"
+        ),
+        format!(
+            "INSERT INTO {requests} (request_id, aggregate_type, aggregate_id, version, position,
+                recorded_at)
+             SELECT DISTINCT ON (request_id) request_id, aggregate_type, aggregate_id,
+                aggregate_version, position, occurred_at
+             FROM {events} WHERE request_id IS NOT NULL
+             ORDER BY request_id, position DESC
+             ON CONFLICT (request_id) DO NOTHING"
         ),
     ]
 }

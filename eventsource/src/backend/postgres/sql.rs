@@ -6,6 +6,9 @@ use super::Layout;
 /// The name of the unique constraint on event ids, as created by the migration.
 pub(super) const EVENT_ID_KEY: &str = "eventsource_events_event_id_key";
 
+/// The primary key of the request index: taken, the request id is recorded already.
+pub(super) const REQUEST_KEY: &str = "eventsource_requests_pkey";
+
 /// The first key of the append lock an appending transaction holds (see the schema's step 7;
 /// the second key is the events table's oid): "EVNT".
 pub(super) const APPEND_LOCK_CLASS: i32 = 0x4556_4e54;
@@ -43,12 +46,17 @@ pub(super) struct Sql {
     pub(super) read_all: String,
     pub(super) head: String,
     pub(super) holder: String,
+    /// The request index: one request's record.
     pub(super) request: String,
+    pub(super) record_refusal: String,
+    pub(super) forget_refusals: String,
+    /// The batch append that records its request.
+    pub(super) append_request: String,
 }
 
 /// The append statement on `events`; with `snapshots`, it also stores a snapshot ($15 to
 /// $20) in the same statement, only when the batch goes in.
-pub(super) fn append_sql(events: &str, snapshots: Option<&str>) -> String {
+pub(super) fn append_sql(events: &str, snapshots: Option<&str>, requests: Option<&str>) -> String {
     // One statement, so one transaction: the batch goes in only if the stream is at the
     // expected version ($3) when the statement starts, and the unique constraint on
     // (aggregate_id, aggregate_type, aggregate_version) fails it if a concurrent writer
@@ -68,7 +76,7 @@ pub(super) fn append_sql(events: &str, snapshots: Option<&str>) -> String {
                         e.metadata::json, e.payload::json, e.request_id
                     FROM unnest($4::uuid[], $5::text[], $6::bigint[], $7::bigint[],
                                 $8::timestamptz[], $9::integer[], $10::uuid[], $11::uuid[],
-                                $12::text[], $13::text[], $14::uuid[])
+                                $12::text[], $13::text[], $14::text[])
                         WITH ORDINALITY AS e(event_id, event_type, event_version,
                             aggregate_version, occurred_at, occurred_at_ns, correlation_id,
                             causation_id, metadata, payload, request_id, n)
@@ -94,6 +102,21 @@ pub(super) fn append_sql(events: &str, snapshots: Option<&str>) -> String {
             )"
         ));
     }
+    if let Some(requests) = requests {
+        // The batch's request id (every event carries it) recorded as executed by the batch,
+        // if the batch went in: a request id recorded already fails the statement on the
+        // primary key, and nothing of the batch is stored.
+        let fingerprint = if snapshots.is_some() { "$21" } else { "$15" };
+        sql.push_str(&format!(
+            ", request AS (
+                INSERT INTO {requests} (request_id, aggregate_type, aggregate_id, fingerprint,
+                    version, position)
+                SELECT ($14::text[])[1], $2, $1, {fingerprint}::bigint,
+                    $3 + cardinality($4::uuid[]), max(position)
+                FROM inserted HAVING count(*) > 0
+            )"
+        ));
+    }
     sql.push_str(
         "
                 SELECT (SELECT version FROM head), (SELECT count(*) FROM inserted),
@@ -104,11 +127,12 @@ pub(super) fn append_sql(events: &str, snapshots: Option<&str>) -> String {
 
 impl Sql {
     pub(super) fn new(layout: &Layout) -> Self {
-        let events = &layout.events;
+        let (events, requests) = (&layout.events, &layout.requests);
         let feed_bound = &layout.feed_bound;
         Self {
             table: events.clone(),
-            append: append_sql(events, None),
+            append: append_sql(events, None, None),
+            append_request: append_sql(events, None, Some(&layout.requests)),
             group: group_sql(events),
             // One event (the most common batch) without arrays: it goes in only if the stream
             // is at the expected version ($3) when the statement starts, and a concurrent
@@ -153,8 +177,17 @@ impl Sql {
                  ORDER BY position LIMIT $2"
             ),
             request: format!(
-                "SELECT max(aggregate_version) FROM {events}
-                 WHERE aggregate_id = $1 AND aggregate_type = $2 AND request_id = $3"
+                "SELECT aggregate_type, aggregate_id, fingerprint, version, position, refusal,
+                    recorded_at FROM {requests} WHERE request_id = $1"
+            ),
+            record_refusal: format!(
+                "INSERT INTO {requests} (request_id, aggregate_type, aggregate_id, fingerprint,
+                    refusal, recorded_at)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (request_id) DO NOTHING"
+            ),
+            forget_refusals: format!(
+                "DELETE FROM {requests}
+                 WHERE refusal IS NOT NULL AND recorded_at < $1 AND ($2::text IS NULL OR request_id = $2)"
             ),
             // What the feed shows after $1, and what is stored there but held back.
             head: format!(
@@ -194,7 +227,7 @@ pub(super) fn group_sql(events: &str) -> String {
             e.payload::json, e.request_id
          FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], $6::bigint[],
                      $7::timestamptz[], $8::integer[], $9::uuid[], $10::uuid[], $11::text[],
-                     $12::text[], $13::uuid[])
+                     $12::text[], $13::text[])
             WITH ORDINALITY AS e(event_id, event_type, event_version, aggregate_id,
                 aggregate_type, expected, occurred_at, occurred_at_ns, correlation_id,
                 causation_id, metadata, payload, request_id, n)

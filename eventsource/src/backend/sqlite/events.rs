@@ -4,16 +4,18 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use uuid::Uuid;
 
 use super::prefix::Prefix;
-use super::{read, schema, signed, store_error, timestamp_text, unsigned, Database};
+use super::{parse_timestamp, read, schema, signed, store_error, timestamp_text, unsigned, Database};
 use crate::abilities::{AppendSignal, RequestIndex, StreamListing};
 use crate::error::{Error, Result};
 use crate::event::EventEnvelope;
 use crate::event_store::{Appended, Batch, EventStore, EventStream, FeedHead};
+use crate::request::{request_of, validate_refusal, Fingerprint, RequestId, RequestOutcome, RequestRecord};
 
 const INSERT: &str = "INSERT INTO {p}events (event_id, event_type, event_version, aggregate_id, \
     aggregate_type, aggregate_version, occurred_at, correlation_id, causation_id, metadata, payload, \
@@ -27,8 +29,19 @@ const STREAM_VERSIONS: &str = "SELECT aggregate_id, max(aggregate_version) FROM 
 
 const HEAD: &str = "SELECT max(position), count(*) FROM {p}events WHERE position > ?1";
 
-const REQUEST_VERSION: &str = "SELECT max(aggregate_version) FROM {p}events
-    WHERE aggregate_id = ?1 AND aggregate_type = ?2 AND request_id = ?3";
+const REQUEST: &str = "SELECT aggregate_type, aggregate_id, fingerprint, version, position, refusal,
+    recorded_at FROM {p}eventsource_requests WHERE request_id = ?1";
+
+const RECORD_REQUEST: &str = "INSERT INTO {p}eventsource_requests (request_id, aggregate_type,
+    aggregate_id, fingerprint, version, position, refusal, recorded_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+
+const RECORD_REFUSAL: &str = "INSERT OR IGNORE INTO {p}eventsource_requests (request_id,
+    aggregate_type, aggregate_id, fingerprint, refusal, recorded_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+const FORGET_REFUSALS: &str = "DELETE FROM {p}eventsource_requests
+    WHERE refusal IS NOT NULL AND recorded_at < ?1 AND (?2 IS NULL OR request_id = ?2)";
 
 /// The event store's statements on the tables of its prefix, built once when it opens.
 struct Sql {
@@ -36,7 +49,10 @@ struct Sql {
     stream_version: String,
     stream_versions: String,
     head: String,
-    request_version: String,
+    request: String,
+    record_request: String,
+    record_refusal: String,
+    forget_refusals: String,
     pages: Arc<read::Sql>,
 }
 
@@ -47,7 +63,10 @@ impl Sql {
             stream_version: prefix.sql(STREAM_VERSION),
             stream_versions: prefix.sql(STREAM_VERSIONS),
             head: prefix.sql(HEAD),
-            request_version: prefix.sql(REQUEST_VERSION),
+            request: prefix.sql(REQUEST),
+            record_request: prefix.sql(RECORD_REQUEST),
+            record_refusal: prefix.sql(RECORD_REFUSAL),
+            forget_refusals: prefix.sql(FORGET_REFUSALS),
             pages: Arc::new(read::Sql::new(prefix)),
         }
     }
@@ -144,7 +163,7 @@ impl Encoded {
             causation_id: event.causation_id.map(|id| id.hyphenated().to_string()),
             metadata,
             payload: event.payload.clone(),
-            request_id: event.request_id.map(|id| id.hyphenated().to_string()),
+            request_id: event.request_id.as_ref().map(|id| id.as_str().to_owned()),
         })
     }
 }
@@ -207,6 +226,7 @@ impl Stream {
         sql: &Sql,
         expected: u64,
         batch: &[Encoded],
+        request: Option<&Request>,
     ) -> Result<(u64, u64)> {
         let fail = |e| self.failed("append to", e);
         // IMMEDIATE takes the write lock up front (waiting out the busy timeout), so writers
@@ -259,10 +279,39 @@ impl Stream {
             }
         }
         // The rowid is the `position` column (INTEGER PRIMARY KEY): the batch's last event's.
-        let position = u64::try_from(tx.last_insert_rowid()).unwrap_or_default();
+        let last = tx.last_insert_rowid();
+        let version = expected + batch.len() as u64;
+        if let Some(request) = request {
+            let recorded = tx.prepare_cached(&sql.record_request).map_err(fail)?.execute((
+                request.id.as_str(),
+                &self.aggregate_type,
+                &self.key,
+                request.fingerprint.map(Fingerprint::to_stored),
+                signed(version, "version")?,
+                last,
+                None::<String>,
+                &request.recorded_at,
+            ));
+            match recorded {
+                Ok(_) => {}
+                Err(err) if err.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+                    return Err(Error::RequestRecorded {
+                        request_id: request.id.clone(),
+                    });
+                }
+                Err(err) => return Err(fail(err)),
+            }
+        }
         tx.commit().map_err(fail)?;
-        Ok((expected + batch.len() as u64, position))
+        Ok((version, u64::try_from(last).unwrap_or_default()))
     }
+}
+
+/// The request an append records as executed by its batch.
+struct Request {
+    id: RequestId,
+    fingerprint: Option<Fingerprint>,
+    recorded_at: String,
 }
 
 /// A stored version, or what the column holds instead of an integer.
@@ -293,7 +342,7 @@ impl EventStore for SqliteEventStore {
         let sql = self.sql.clone();
         let appended = self
             .database
-            .write(move |connection| stream.append(connection, &sql, expected_version, &batch))
+            .write(move |connection| stream.append(connection, &sql, expected_version, &batch, None))
             .await;
         match appended {
             Ok((version, position)) => {
@@ -379,27 +428,162 @@ impl StreamListing for SqliteEventStore {
 
 #[async_trait]
 impl RequestIndex for SqliteEventStore {
-    async fn request_version(
-        &self,
-        aggregate_id: Uuid,
-        aggregate_type: &str,
-        request_id: Uuid,
-    ) -> Result<Option<u64>> {
-        let stream = Arc::new(Stream::new(aggregate_id, aggregate_type));
-        let (reading, request) = (stream.clone(), request_id.hyphenated().to_string());
-        let sql = self.sql.clone();
-        let found: Option<i64> = self
+    async fn find_request(&self, request_id: &RequestId) -> Result<Option<RequestRecord>> {
+        let (sql, id) = (self.sql.clone(), request_id.as_str().to_owned());
+        let row: Option<RequestRow> = self
             .database
             .read(move |connection| {
                 connection
-                    .prepare_cached(&sql.request_version)?
-                    .query_row((&reading.key, &reading.aggregate_type, &request), |row| {
-                        row.get(0)
+                    .prepare_cached(&sql.request)?
+                    .query_row([&id], |row| {
+                        Ok(RequestRow {
+                            aggregate_type: row.get(0)?,
+                            aggregate_id: row.get(1)?,
+                            fingerprint: row.get(2)?,
+                            version: row.get(3)?,
+                            position: row.get(4)?,
+                            refusal: row.get(5)?,
+                            recorded_at: row.get(6)?,
+                        })
                     })
+                    .optional()
             })
             .await
-            .map_err(|e| stream.failed("look up a request of", e))?;
-        let what = || format!("the SQLite stream of {aggregate_type} {aggregate_id}");
-        found.map(|v| unsigned(v, "aggregate_version", what)).transpose()
+            .map_err(|e| store_error(format!("cannot look up request {request_id}"), e))?;
+        row.map(|row| row.record(request_id)).transpose()
+    }
+
+    async fn append_with_request(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        expected_version: u64,
+        events: &[EventEnvelope],
+        fingerprint: Option<Fingerprint>,
+    ) -> Result<Appended> {
+        let checked = Batch::checked(aggregate_id, aggregate_type, expected_version, events)?;
+        let request = Request {
+            id: request_of(events)?.clone(),
+            fingerprint,
+            recorded_at: timestamp_text(&crate::request::now(), || "now".into())?,
+        };
+        let batch = events.iter().map(Encoded::new).collect::<Result<Vec<_>>>()?;
+        let stream = Stream::new(aggregate_id, aggregate_type);
+        let sql = self.sql.clone();
+        let appended = self
+            .database
+            .write(move |connection| {
+                stream.append(connection, &sql, expected_version, &batch, Some(&request))
+            })
+            .await;
+        match appended {
+            Ok((version, position)) => {
+                self.database.appended().raise();
+                Ok(Appended { version, position })
+            }
+            Err(refusal @ (Error::Conflict { .. } | Error::InvalidInput(_))) => {
+                checked.acknowledge_stored(self, refusal).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn record_refusal(&self, refusal: &RequestRecord) -> Result<RequestRecord> {
+        validate_refusal(refusal)?;
+        let RequestOutcome::Refused { reason } = &refusal.outcome else {
+            unreachable!("validate_refusal accepts refusals only");
+        };
+        let row = (
+            refusal.request_id.as_str().to_owned(),
+            refusal.aggregate_type.clone(),
+            refusal.aggregate_id.hyphenated().to_string(),
+            refusal.fingerprint.map(Fingerprint::to_stored),
+            reason.clone(),
+            timestamp_text(&refusal.recorded_at, || {
+                format!("the refusal of {}", refusal.request_id)
+            })?,
+        );
+        let sql = self.sql.clone();
+        self.database
+            .write(move |connection| {
+                connection
+                    .prepare_cached(&sql.record_refusal)
+                    .and_then(|mut insert| insert.execute(row))
+                    .map_err(|e| store_error("cannot record a refusal", e))
+            })
+            .await?;
+        self.find_request(&refusal.request_id).await?.ok_or_else(|| {
+            Error::corrupt(
+                format!("request {}", refusal.request_id),
+                "the recorded refusal is not found",
+            )
+        })
+    }
+
+    async fn forget_refusals(
+        &self,
+        request_id: Option<&RequestId>,
+        recorded_before: DateTime<Utc>,
+    ) -> Result<u64> {
+        let before = timestamp_text(&recorded_before, || "the retention bound".into())?;
+        let id = request_id.map(|id| id.as_str().to_owned());
+        let sql = self.sql.clone();
+        let deleted = self
+            .database
+            .write(move |connection| {
+                connection
+                    .prepare_cached(&sql.forget_refusals)
+                    .and_then(|mut delete| delete.execute((&before, &id)))
+                    .map_err(|e| store_error("cannot forget refusals", e))
+            })
+            .await?;
+        Ok(deleted as u64)
+    }
+}
+
+/// A row of the request index, as read.
+struct RequestRow {
+    aggregate_type: String,
+    aggregate_id: String,
+    fingerprint: Option<i64>,
+    version: Option<i64>,
+    position: Option<i64>,
+    refusal: Option<String>,
+    recorded_at: String,
+}
+
+impl RequestRow {
+    fn record(self, request_id: &RequestId) -> Result<RequestRecord> {
+        let what = || format!("the SQLite record of request {request_id}");
+        let aggregate_id = Uuid::parse_str(&self.aggregate_id)
+            .map_err(|e| Error::corrupt(what(), format!("aggregate_id {:?}: {e}", self.aggregate_id)))?;
+        let recorded_at = parse_timestamp(&self.recorded_at, "recorded_at", what)?;
+        let fingerprint = self.fingerprint.map(Fingerprint::from_stored);
+        let record = match (self.version, self.position, self.refusal) {
+            (Some(version), Some(position), None) => RequestRecord::executed(
+                request_id.clone(),
+                &self.aggregate_type,
+                aggregate_id,
+                fingerprint,
+                unsigned(version, "version", what)?,
+                unsigned(position, "position", what)?,
+                recorded_at,
+            ),
+            (None, None, Some(reason)) => RequestRecord::refused(
+                request_id.clone(),
+                &self.aggregate_type,
+                aggregate_id,
+                fingerprint,
+                reason,
+            )
+            .recorded_at(recorded_at),
+            _ => {
+                return Err(Error::corrupt(
+                    what(),
+                    "it holds neither an executed outcome (version and position) nor a refusal",
+                ))
+            }
+        };
+        Ok(record)
     }
 }

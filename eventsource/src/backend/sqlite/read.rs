@@ -17,6 +17,7 @@ use super::{parse_timestamp, store_error, unsigned, Database};
 use crate::error::{Error, Result};
 use crate::event::{EventEnvelope, StoredEvent};
 use crate::event_store::EventStream;
+use crate::request::RequestId;
 
 /// Rows per page: about a tenth of a millisecond of reading and decoding.
 const PAGE: usize = 256;
@@ -356,7 +357,13 @@ impl Decoder {
                 .map(|id| uuid(id, "correlation_id"))
                 .transpose()?,
             causation_id: c.causation_id.map(|id| uuid(id, "causation_id")).transpose()?,
-            request_id: c.request_id.map(|id| uuid(id, "request_id")).transpose()?,
+            request_id: c
+                .request_id
+                .map(|id| {
+                    RequestId::new(id)
+                        .map_err(|e| Error::corrupt(what(), format!("column `request_id`: {e}")))
+                })
+                .transpose()?,
             metadata,
             payload: Arc::from(c.payload),
         };

@@ -97,6 +97,26 @@ const STEPS: &[Step] = &[
                 ON {p}snapshots (aggregate_id, aggregate_type, schema_version);
             DROP INDEX IF EXISTS {p}snapshots_aggregate;",
     },
+    Step {
+        version: 6,
+        description: "the request index: the first outcome of every request id",
+        sql: "CREATE TABLE IF NOT EXISTS {p}eventsource_requests (
+                request_id TEXT PRIMARY KEY,
+                aggregate_type TEXT NOT NULL,
+                aggregate_id TEXT NOT NULL,
+                fingerprint INTEGER,
+                version INTEGER,
+                position INTEGER,
+                refusal TEXT,
+                recorded_at TEXT NOT NULL
+            );
+            INSERT OR IGNORE INTO {p}eventsource_requests
+                (request_id, aggregate_type, aggregate_id, version, position, recorded_at)
+                SELECT request_id, aggregate_type, aggregate_id, max(aggregate_version),
+                    max(position), max(occurred_at)
+                FROM {p}events WHERE request_id IS NOT NULL GROUP BY request_id;
+            DROP INDEX IF EXISTS {p}events_request;",
+    },
 ];
 
 /// The layout version this library reads and writes.
@@ -108,7 +128,9 @@ const PROBE: &str = "SELECT position, event_id, event_type, event_version, aggre
         payload, request_id FROM {p}events LIMIT 0;
     SELECT aggregate_id, aggregate_type, version, state, schema_version, created_at, event_id
         FROM {p}snapshots LIMIT 0;
-    SELECT name, position, owner, lease_until FROM {p}eventsource_subscriptions LIMIT 0;";
+    SELECT name, position, owner, lease_until FROM {p}eventsource_subscriptions LIMIT 0;
+    SELECT request_id, aggregate_type, aggregate_id, fingerprint, version, position, refusal,
+        recorded_at FROM {p}eventsource_requests LIMIT 0;";
 
 /// The record of the steps applied, per prefix.
 const MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS {p}eventsource_migrations (

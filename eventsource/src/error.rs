@@ -179,7 +179,7 @@ pub enum Error {
     #[error("request {request_id} is recorded already; nothing was stored")]
     RequestRecorded {
         /// The request id.
-        request_id: crate::request::RequestId,
+        request_id: String,
     },
 }
 

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::aggregate::AggregateEvent;
 use crate::error::Result;
-use crate::request::RequestId;
+use crate::request_id::RequestId;
 
 /// A domain event: a fact about one aggregate type, stored as JSON.
 ///

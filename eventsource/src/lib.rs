@@ -16,6 +16,7 @@ pub mod projection;
 pub mod registry;
 pub mod repository;
 pub mod request;
+mod request_id;
 pub mod root;
 pub mod snapshot;
 pub mod subscription;

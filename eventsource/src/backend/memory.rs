@@ -244,7 +244,7 @@ impl RequestIndex for InMemoryEventStore {
             match log.refusal(aggregate_id, aggregate_type, expected_version, events) {
                 None if log.requests.contains_key(request_id) => {
                     return Err(Error::RequestRecorded {
-                        request_id: request_id.clone(),
+                        request_id: request_id.to_string(),
                     })
                 }
                 None => {

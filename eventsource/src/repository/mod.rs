@@ -9,14 +9,16 @@ mod background;
 mod execute;
 mod load;
 mod operations;
+mod outcome;
 mod queue;
 mod requests;
 mod save;
 mod snapshotting;
 mod verify;
 
-pub use execute::{Command, CommandError, Executed};
+pub use execute::Command;
 pub use operations::{operations_of, AggregateOperations, OperationsOf, OperationsRegistration};
+pub use outcome::{CommandError, Executed};
 pub use requests::DEFAULT_REQUEST_RETENTION;
 pub use verify::{Drift, Verification, VerifyReport};
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use uuid::Uuid;
 
-use super::execute::Executed;
+use super::outcome::Executed;
 use super::Repository;
 use crate::aggregate::Aggregate;
 use crate::error::{Error, Result};

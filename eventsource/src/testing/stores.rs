@@ -233,7 +233,7 @@ pub async fn a_recorded_request_id_refuses_every_other_batch(stores: &Stores) {
     );
     let elsewhere = with_request(events(other, &ty, 0, 1), &request);
     match index.append_with_request(other, &ty, 0, &elsewhere, None).await {
-        Err(crate::Error::RequestRecorded { request_id }) => assert_eq!(request_id, request),
+        Err(crate::Error::RequestRecorded { request_id }) => assert_eq!(request_id, request.as_str()),
         outcome => {
             panic!("another batch under a recorded request id: expected RequestRecorded, got {outcome:?}")
         }

@@ -268,7 +268,7 @@ impl PostgresEventStore {
         };
         if db.constraint() == Some(REQUEST_KEY) {
             return Err(Error::RequestRecorded {
-                request_id: request_of(batch.events)?.clone(),
+                request_id: request_of(batch.events)?.to_string(),
             });
         }
         let refusal = if db.constraint() == Some(EVENT_ID_KEY) {

@@ -296,7 +296,7 @@ impl Stream {
                 Ok(_) => {}
                 Err(err) if err.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
                     return Err(Error::RequestRecorded {
-                        request_id: request.id.clone(),
+                        request_id: request.id.to_string(),
                     });
                 }
                 Err(err) => return Err(fail(err)),

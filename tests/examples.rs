@@ -3,7 +3,7 @@
 //! terminal.
 
 #[allow(dead_code)]
-#[path = "../examples/tutorial_14_snapshotting.rs"]
+#[path = "../examples/snapshotting_tutorial.rs"]
 mod tutorial;
 
 #[allow(dead_code)]

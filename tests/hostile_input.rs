@@ -556,13 +556,8 @@ fn config(cases: u32) -> ProptestConfig {
 
 fn snapshot(id: Uuid, version: u64, state: &str, schema_version: u32) -> Snapshot {
     Snapshot {
-        event_id: None,
-        aggregate_id: id,
-        aggregate_type: "Account".into(),
-        version,
         state: state.to_owned(),
-        schema_version,
-        created_at: chrono::Utc::now(),
+        ..eventsource::testing::snapshot(id, "Account", version, schema_version)
     }
 }
 

@@ -76,11 +76,8 @@ fn loads_saves_and_snapshots_are_spans_with_their_fields() {
             repo.save(&mut account).await.unwrap();
             repo.load(id).await.unwrap();
             repo.create_snapshot(&account).await.unwrap();
-            snapshots.delete_snapshot(id, "Account").await.unwrap();
-            snapshots
-                .delete_snapshots_by_type("Account", Some(1))
-                .await
-                .unwrap();
+            assert!(repo.delete_snapshot(id).await.unwrap());
+            repo.invalidate_snapshots(Some(1)).await.unwrap();
         });
     });
 

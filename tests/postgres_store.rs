@@ -115,18 +115,9 @@ fn unique_type(name: &str) -> String {
 
 fn event(id: Uuid, aggregate_type: &str, version: u64, payload: Value) -> EventEnvelope {
     EventEnvelope {
-        event_id: Uuid::new_v4(),
         event_type: Arc::from("Recorded"),
-        event_version: 1,
-        aggregate_id: id,
-        aggregate_type: Arc::from(aggregate_type),
-        aggregate_version: version,
-        occurred_at: Utc::now(),
-        correlation_id: None,
-        causation_id: None,
-        request_id: None,
-        metadata: None,
         payload: Arc::from(payload.to_string()),
+        ..eventsource::testing::envelope(id, aggregate_type, version)
     }
 }
 
@@ -1057,13 +1048,8 @@ async fn a_statement_timeout_is_a_store_error_and_the_next_call_works() {
 
 fn snapshot(id: Uuid, ty: &str, version: u64, schema_version: u32) -> Snapshot {
     Snapshot {
-        event_id: None,
-        aggregate_id: id,
-        aggregate_type: ty.to_owned(),
-        version,
         state: json!({ "version": version, "note": "state" }).to_string(),
-        schema_version,
-        created_at: Utc::now(),
+        ..eventsource::testing::snapshot(id, ty, version, schema_version)
     }
 }
 

@@ -4,7 +4,6 @@ mod common;
 
 use std::time::Duration;
 
-use chrono::Utc;
 use common::*;
 use eventsource::prelude::*;
 use eventsource::{MissReason, Snapshot};
@@ -415,13 +414,8 @@ async fn dropping_the_repository_does_not_drop_scheduled_snapshots() {
 
 fn snapshot_of(id: Uuid, version: u64, schema_version: u32, state: &str) -> Snapshot {
     Snapshot {
-        event_id: None,
-        aggregate_id: id,
-        aggregate_type: "Account".into(),
-        version,
         state: state.into(),
-        schema_version,
-        created_at: Utc::now(),
+        ..eventsource::testing::snapshot(id, "Account", version, schema_version)
     }
 }
 

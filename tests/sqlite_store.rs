@@ -146,18 +146,9 @@ fn shared_file() -> PathBuf {
 
 fn event(id: Uuid, ty: &str, version: u64, payload: &str) -> EventEnvelope {
     EventEnvelope {
-        event_id: Uuid::new_v4(),
         event_type: Arc::from("Happened"),
-        event_version: 1,
-        aggregate_id: id,
-        aggregate_type: Arc::from(ty),
-        aggregate_version: version,
-        occurred_at: chrono::Utc::now(),
-        correlation_id: None,
-        causation_id: None,
-        request_id: None,
-        metadata: None,
         payload: Arc::from(payload),
+        ..eventsource::testing::envelope(id, ty, version)
     }
 }
 
@@ -374,15 +365,7 @@ fn prefixed_objects(prefix: &str) -> Vec<String> {
 }
 
 fn snapshot_of(id: Uuid, version: u64) -> Snapshot {
-    Snapshot {
-        event_id: None,
-        aggregate_id: id,
-        aggregate_type: "Thing".into(),
-        version,
-        state: "{}".into(),
-        schema_version: 1,
-        created_at: chrono::Utc::now(),
-    }
+    eventsource::testing::snapshot(id, "Thing", version, 1)
 }
 
 /// The event, snapshot and subscription stores of one prefix in a file.

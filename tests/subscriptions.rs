@@ -26,18 +26,9 @@ fn unique(label: &str) -> String {
 
 fn event(id: Uuid, ty: &str, version: u64, payload: &str) -> EventEnvelope {
     EventEnvelope {
-        event_id: Uuid::new_v4(),
         event_type: Arc::from("Ticked"),
-        event_version: 1,
-        aggregate_id: id,
-        aggregate_type: Arc::from(ty),
-        aggregate_version: version,
-        occurred_at: chrono::Utc::now(),
-        correlation_id: None,
-        causation_id: None,
-        request_id: None,
-        metadata: None,
         payload: Arc::from(payload),
+        ..eventsource::testing::envelope(id, ty, version)
     }
 }
 

@@ -1,4 +1,4 @@
-//! The seed's bank account and store doubles shared by the behaviour tests.
+//! The bank account and store doubles shared by the behaviour tests.
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -179,18 +179,9 @@ pub async fn stream_versions(events: &dyn EventStore, id: Uuid) -> Vec<u64> {
 /// An account event envelope with any type name and payload, as a hostile store could hold.
 pub fn envelope(id: Uuid, version: u64, event_type: &str, payload: &str) -> eventsource::EventEnvelope {
     eventsource::EventEnvelope {
-        event_id: Uuid::new_v4(),
         event_type: event_type.into(),
-        event_version: 1,
-        aggregate_id: id,
-        aggregate_type: "Account".into(),
-        aggregate_version: version,
-        occurred_at: chrono::Utc::now(),
-        correlation_id: None,
-        causation_id: None,
-        request_id: None,
-        metadata: None,
         payload: Arc::from(payload),
+        ..eventsource::testing::envelope(id, "Account", version)
     }
 }
 

@@ -356,10 +356,7 @@ async fn invalidate(
         )?;
     }
     let deleted = if doomed > 0 {
-        stores
-            .snapshots
-            .delete_snapshots_by_type(aggregate_type, below)
-            .await?
+        crate::snapshot::delete_snapshots_by_type(&*stores.snapshots, aggregate_type, below).await?
     } else {
         0
     };

@@ -386,8 +386,6 @@ impl SnapshotStore for InMemorySnapshotStore {
         Ok(true)
     }
 
-    #[tracing::instrument(name = "eventsource.snapshot.delete", level = "debug", skip_all,
-        fields(aggregate.id = %aggregate_id, aggregate.type = aggregate_type))]
     async fn delete_snapshot(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<bool> {
         let mut snapshots = write(&self.inner);
         let keys: Vec<_> = snapshots
@@ -407,8 +405,6 @@ impl SnapshotStore for InMemorySnapshotStore {
             .is_some())
     }
 
-    #[tracing::instrument(name = "eventsource.snapshot.delete_by_type", level = "debug", skip_all,
-        fields(aggregate.type = aggregate_type, schema_version_below = ?schema_version_below))]
     async fn delete_snapshots_by_type(
         &self,
         aggregate_type: &str,

@@ -19,7 +19,9 @@ use crate::event::EventEnvelope;
 use crate::event_store::Appended;
 use crate::root::AggregateRoot;
 use crate::snapshot::metrics::Counter;
-use crate::snapshot::{Snapshot, SnapshotMetrics, SnapshotMode, SnapshotStore};
+use crate::snapshot::{
+    delete_snapshot, delete_snapshots_by_type, Snapshot, SnapshotMetrics, SnapshotMode, SnapshotStore,
+};
 
 impl<A: Aggregate> Repository<A> {
     pub(super) async fn snapshot_after_save(&self, snapshots: &Snapshots, root: &AggregateRoot<A>) {
@@ -98,6 +100,32 @@ impl<A: Aggregate> Repository<A> {
                 Ok((self.append(root, envelopes).await?, false))
             }
         }
+    }
+
+    /// Deletes the aggregate's snapshots, of every schema version; whether there was one. Its
+    /// next load replays every event. [`Error::InvalidConfiguration`] if the repository has
+    /// no snapshot store.
+    pub async fn delete_snapshot(&self, id: Uuid) -> Result<bool> {
+        let store = self.configured_snapshot_store()?;
+        delete_snapshot(&**store, A::TYPE_NAME, id).await
+    }
+
+    /// Deletes the snapshots of this aggregate type whose schema version is below
+    /// `schema_version_below` (every one when it is `None`): after a schema change, or to roll
+    /// snapshots back; returns how many it deleted. [`Error::InvalidConfiguration`] if the
+    /// repository has no snapshot store.
+    pub async fn invalidate_snapshots(&self, schema_version_below: Option<u32>) -> Result<u64> {
+        let store = self.configured_snapshot_store()?;
+        delete_snapshots_by_type(&**store, A::TYPE_NAME, schema_version_below).await
+    }
+
+    fn configured_snapshot_store(&self) -> Result<&std::sync::Arc<dyn SnapshotStore>> {
+        self.snapshot_store().ok_or_else(|| {
+            Error::InvalidConfiguration(format!(
+                "the repository of {} has no snapshot store",
+                A::TYPE_NAME
+            ))
+        })
     }
 
     /// Writes a snapshot of the aggregate now, whatever the mode, and returns it.
@@ -328,7 +356,7 @@ pub(super) async fn discard(
     timeout: Option<Duration>,
     id: Uuid,
 ) {
-    if let Err(e) = bounded(timeout, store.delete_snapshot(id, aggregate_type)).await {
+    if let Err(e) = bounded(timeout, delete_snapshot(store, aggregate_type, id)).await {
         tracing::warn!(
             aggregate.id = %id,
             aggregate.type = aggregate_type,

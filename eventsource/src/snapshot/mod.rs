@@ -166,3 +166,36 @@ impl<S: SnapshotStore + ?Sized> SnapshotStore for Arc<S> {
             .await
     }
 }
+
+/// Deletes the aggregate's snapshots through `store`, in the span every delete has
+/// (`eventsource.snapshot.delete`), whatever the backend.
+pub(crate) async fn delete_snapshot(
+    store: &dyn SnapshotStore,
+    aggregate_type: &str,
+    id: Uuid,
+) -> Result<bool> {
+    use tracing::Instrument;
+
+    let span = tracing::debug_span!("eventsource.snapshot.delete", aggregate.id = %id, aggregate.type = aggregate_type);
+    store.delete_snapshot(id, aggregate_type).instrument(span).await
+}
+
+/// Deletes the snapshots of a type below a schema version through `store`, in the span every
+/// such delete has (`eventsource.snapshot.delete_by_type`), whatever the backend.
+pub(crate) async fn delete_snapshots_by_type(
+    store: &dyn SnapshotStore,
+    aggregate_type: &str,
+    schema_version_below: Option<u32>,
+) -> Result<u64> {
+    use tracing::Instrument;
+
+    let span = tracing::debug_span!(
+        "eventsource.snapshot.delete_by_type",
+        aggregate.type = aggregate_type,
+        schema_version_below = ?schema_version_below,
+    );
+    store
+        .delete_snapshots_by_type(aggregate_type, schema_version_below)
+        .instrument(span)
+        .await
+}

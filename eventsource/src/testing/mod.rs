@@ -114,6 +114,26 @@ pub fn envelope(aggregate_id: Uuid, aggregate_type: &str, version: u64) -> crate
     }
 }
 
+/// A snapshot of the aggregate `(aggregate_id, aggregate_type)` at `version`, as a test stores
+/// it directly: state `{}`, taken now, bound to no event id. Change what a test needs with
+/// struct update syntax: `Snapshot { state: r#"{"n":1}"#.into(), ..snapshot(id, "Account", 5, 1) }`.
+pub fn snapshot(
+    aggregate_id: Uuid,
+    aggregate_type: &str,
+    version: u64,
+    schema_version: u32,
+) -> crate::Snapshot {
+    crate::Snapshot {
+        aggregate_id,
+        aggregate_type: aggregate_type.to_owned(),
+        version,
+        event_id: None,
+        state: "{}".to_owned(),
+        schema_version,
+        created_at: Utc::now(),
+    }
+}
+
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 

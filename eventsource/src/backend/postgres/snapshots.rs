@@ -110,8 +110,6 @@ impl SnapshotStore for PostgresSnapshotStore {
         Ok(written.rows_affected() > 0)
     }
 
-    #[tracing::instrument(name = "eventsource.snapshot.delete", level = "debug", skip_all,
-        fields(aggregate.id = %aggregate_id, aggregate.type = aggregate_type))]
     async fn delete_snapshot(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<bool> {
         let deleted = sqlx::query(&self.sql.delete)
             .bind(aggregate_id)
@@ -141,8 +139,6 @@ impl SnapshotStore for PostgresSnapshotStore {
             })
     }
 
-    #[tracing::instrument(name = "eventsource.snapshot.delete_by_type", level = "debug", skip_all,
-        fields(aggregate.type = aggregate_type, schema_version_below = ?schema_version_below))]
     async fn delete_snapshots_by_type(
         &self,
         aggregate_type: &str,

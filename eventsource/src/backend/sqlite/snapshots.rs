@@ -254,8 +254,6 @@ impl SnapshotStore for SqliteSnapshotStore {
         Ok(written > 0)
     }
 
-    #[tracing::instrument(name = "eventsource.snapshot.delete", level = "debug", skip_all,
-        fields(aggregate.id = %aggregate_id, aggregate.type = aggregate_type))]
     async fn delete_snapshot(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<bool> {
         let deleted = self
             .change(
@@ -287,8 +285,6 @@ impl SnapshotStore for SqliteSnapshotStore {
             })
     }
 
-    #[tracing::instrument(name = "eventsource.snapshot.delete_by_type", level = "debug", skip_all,
-        fields(aggregate.type = aggregate_type, schema_version_below = ?schema_version_below))]
     async fn delete_snapshots_by_type(
         &self,
         aggregate_type: &str,

@@ -1,9 +1,9 @@
 //! Tutorial 14, optimizing with aggregate snapshotting, section by section.
 //!
 //! ```text
-//! cargo run --release --example tutorial_14_snapshotting                      # in memory
-//! cargo run --release --example tutorial_14_snapshotting -- sqlite:tutorial.db
-//! cargo run --release --example tutorial_14_snapshotting -- postgres://postgres@127.0.0.1/test
+//! cargo run --release --example snapshotting_tutorial                      # in memory
+//! cargo run --release --example snapshotting_tutorial -- sqlite:tutorial.db
+//! cargo run --release --example snapshotting_tutorial -- postgres://postgres@127.0.0.1/test
 //! ```
 //!
 //! With a store that keeps its data (a SQLite file, PostgreSQL), a second run finds the

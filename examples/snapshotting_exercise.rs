@@ -1,7 +1,7 @@
-//! Tutorial 14, exercise 1: add snapshotting to a counter and measure the improvement.
+//! The snapshotting tutorial's exercise: add snapshotting to a counter and measure the improvement.
 //!
 //! ```text
-//! cargo run --release --example exercise_14_1
+//! cargo run --release --example snapshotting_exercise
 //! ```
 
 use std::time::Instant;
@@ -35,7 +35,7 @@ async fn average_load_ms(repo: &Repository<Counter>, id: Uuid, iterations: u32) 
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
-    println!("=== Exercise 14-1: Add Snapshotting ===\n");
+    println!("=== Exercise: Add Snapshotting ===\n");
     let event_store = InMemoryEventStore::new();
     let snapshot_store = InMemorySnapshotStore::new();
 

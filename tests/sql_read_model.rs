@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use eventsource::backend::{self, SqlProjection, SqlReadModel, SqlWrites, Stores};
+use eventsource::subscription::Consumer;
 use eventsource::subscription::HandlerError;
 use eventsource::{Error, EventEnvelope, StoredEvent, Uuid};
 use serde_json::Value;

@@ -82,7 +82,9 @@ pub use snapshot::{
 /// Everything a program that uses the library usually needs, and serde's derives.
 pub mod prelude {
     pub use crate::repository::{CommandError, Executed};
-    pub use crate::subscription::{Handler, HandlerError, OnFailure, Subscription, SubscriptionStore, Typed};
+    pub use crate::subscription::{
+        Consumer, Handler, HandlerError, OnFailure, Subscription, SubscriptionStore, Typed,
+    };
     pub use crate::{
         event, Aggregate, AggregateEvent, AggregateRoot, Apply, Error, Event, EventContext, EventStore,
         InMemoryEventStore, InMemorySnapshotStore, InMemorySubscriptionStore, Repository, SnapshotMode,

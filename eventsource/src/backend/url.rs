@@ -10,7 +10,7 @@ use crate::event_store::EventStore;
 use crate::projection::{Projection, ReadModelStore};
 use crate::repository::Repository;
 use crate::snapshot::{JointSnapshots, SnapshotPolicy, SnapshotStore, SnapshotVersion};
-use crate::subscription::{Subscription, SubscriptionStore};
+use crate::subscription::{Consumer, Subscription, SubscriptionStore};
 
 /// An event store, a snapshot store and a subscription store on one backend, with the
 /// [abilities](crate::abilities) the backend has, and the builders that wire them.

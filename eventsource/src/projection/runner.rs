@@ -10,13 +10,13 @@ use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
 use super::ReadModelStore;
-use crate::abilities::AppendSignal;
-use crate::aggregate::Aggregate;
 use crate::deadline::sleep;
 use crate::error::{Error, Result};
 use crate::event::StoredEvent;
 use crate::event_store::EventStore;
-use crate::subscription::{Handler, HandlerError, Sink, Subscription, SubscriptionMetrics};
+use crate::subscription::{
+    Consumer, ConsumerOptions, Handler, HandlerError, Sink, Subscription, SubscriptionMetrics,
+};
 
 /// How often [`Projection::wait_for`] looks at the stored checkpoint, besides being woken by
 /// this process's own commits.
@@ -71,6 +71,12 @@ impl Progress {
     }
 }
 
+impl Consumer for Projection {
+    fn options_mut(&mut self) -> &mut ConsumerOptions {
+        self.subscription.options_mut()
+    }
+}
+
 impl Projection {
     /// A projection named `name` of the feed of `events` into `model`.
     ///
@@ -94,60 +100,6 @@ impl Projection {
             model,
             committed: watch::Sender::new(0),
         })
-    }
-
-    fn map(self, f: impl FnOnce(Subscription) -> Subscription) -> Self {
-        Projection {
-            subscription: f(self.subscription),
-            ..self
-        }
-    }
-
-    fn try_map(self, f: impl FnOnce(Subscription) -> Result<Subscription>) -> Result<Self> {
-        Ok(Projection {
-            subscription: f(self.subscription)?,
-            ..self
-        })
-    }
-
-    /// See [`Subscription::wake_on`].
-    pub fn wake_on(self, signal: AppendSignal) -> Self {
-        self.map(|s| s.wake_on(signal))
-    }
-
-    /// Takes the events of this aggregate type too (by default, every event is taken).
-    pub fn aggregate_type(self, aggregate_type: &str) -> Self {
-        self.map(|s| s.aggregate_type(aggregate_type))
-    }
-
-    /// Takes the events of `A`.
-    pub fn for_aggregate<A: Aggregate>(self) -> Self {
-        self.aggregate_type(A::TYPE_NAME)
-    }
-
-    /// Takes events of this event type too (by default, events of every type are taken).
-    pub fn event_type(self, event_type: &str) -> Self {
-        self.map(|s| s.event_type(event_type))
-    }
-
-    /// Commits at most `events` events per transaction; see [`Subscription::batch_size`].
-    pub fn batch_size(self, events: usize) -> Result<Self> {
-        self.try_map(|s| s.batch_size(events))
-    }
-
-    /// See [`Subscription::poll_interval`].
-    pub fn poll_interval(self, interval: Duration) -> Result<Self> {
-        self.try_map(|s| s.poll_interval(interval))
-    }
-
-    /// How often a failing commit is tried again; see [`Subscription::retry`].
-    pub fn retry(self, attempts: u32, backoff: Duration, max_backoff: Duration) -> Result<Self> {
-        self.try_map(|s| s.retry(attempts, backoff, max_backoff))
-    }
-
-    /// See [`Subscription::lease`].
-    pub fn lease(self, lease: Duration) -> Result<Self> {
-        self.try_map(|s| s.lease(lease))
     }
 
     /// The projection's name.

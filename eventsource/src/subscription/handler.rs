@@ -33,7 +33,7 @@ where
 
 /// A handler of `A`'s events, decoded through its event enum: `f` gets each stored event
 /// with its decoded form. Events of other aggregate types are skipped (filter the
-/// subscription with [`for_aggregate`](super::Subscription::for_aggregate) so they are not
+/// subscription with [`for_aggregate`](super::Consumer::for_aggregate) so they are not
 /// read at all); one that does not decode fails the batch like an error of `f`.
 pub struct Typed<A, F> {
     f: F,

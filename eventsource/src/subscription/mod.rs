@@ -4,8 +4,8 @@
 //! resumes after the last position it saw never misses an event), hands the events it is
 //! interested in to a [`Handler`] in batches, and stores its checkpoint in a
 //! [`SubscriptionStore`] after each batch. It catches up from its checkpoint, then follows the
-//! feed live, woken by the event store's [`AppendSignal`] where it is given
-//! one ([`Subscription::wake_on`], or built by [`Stores::subscription`](crate::backend::Stores::subscription))
+//! feed live, woken by the event store's [`AppendSignal`](crate::AppendSignal) where it is given
+//! one ([`Consumer::wake_on`], or built by [`Stores::subscription`](crate::backend::Stores::subscription))
 //! and polling at a bounded interval besides (so appends of other processes are seen too).
 //!
 //! What it guarantees:
@@ -56,12 +56,14 @@
 //! # impl Apply<Opened> for Account { fn apply(&mut self, _: &Opened) {} }
 //! ```
 
+mod consumer;
 mod handler;
 mod lease;
 mod metrics;
 mod store;
 pub mod supervisor;
 
+pub use consumer::{Consumer, ConsumerOptions};
 pub use handler::{Handler, HandlerError, Typed};
 pub use metrics::SubscriptionMetrics;
 pub use store::{
@@ -77,8 +79,6 @@ use futures_util::future::{self, Either, FusedFuture, FutureExt};
 use futures_util::StreamExt;
 use uuid::Uuid;
 
-use crate::abilities::AppendSignal;
-use crate::aggregate::Aggregate;
 use crate::deadline::{jittered, sleep};
 use crate::error::{Error, Result};
 use crate::event::StoredEvent;
@@ -102,41 +102,29 @@ pub struct Subscription {
     name: String,
     events: Arc<dyn EventStore>,
     store: Arc<dyn SubscriptionStore>,
-    aggregate_types: Vec<String>,
-    event_types: Vec<String>,
-    batch_size: usize,
-    poll_interval: Duration,
-    attempts: u32,
-    backoff: Duration,
-    max_backoff: Duration,
+    options: ConsumerOptions,
     on_failure: OnFailure,
-    lease: Duration,
     start: Start,
     metrics: Arc<SubscriptionMetrics>,
-    /// Raised after appends: the subscription waits for it rather than for its poll interval.
-    signal: Option<AppendSignal>,
 }
 
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Subscription")
             .field("name", &self.name)
-            .field("aggregate_types", &self.aggregate_types)
-            .field("event_types", &self.event_types)
-            .field("batch_size", &self.batch_size)
+            .field("aggregate_types", &self.options.aggregate_types)
+            .field("event_types", &self.options.event_types)
+            .field("batch_size", &self.options.batch_size)
             .field("on_failure", &self.on_failure)
             .finish_non_exhaustive()
     }
 }
 
-/// The defaults of a new subscription.
-const DEFAULT_BATCH: usize = 100;
-const DEFAULT_POLL: Duration = Duration::from_millis(500);
-const DEFAULT_ATTEMPTS: u32 = 5;
-const DEFAULT_BACKOFF: Duration = Duration::from_millis(100);
-const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
-const DEFAULT_LEASE: Duration = Duration::from_secs(10);
-const MAX_LEASE: Duration = Duration::from_secs(24 * 60 * 60);
+impl Consumer for Subscription {
+    fn options_mut(&mut self) -> &mut ConsumerOptions {
+        &mut self.options
+    }
+}
 
 impl Subscription {
     /// A subscription named `name` to the feed of `events`, keeping its state in `store`.
@@ -161,106 +149,17 @@ impl Subscription {
             name: name.to_owned(),
             events: Arc::new(events),
             store: Arc::new(store),
-            aggregate_types: Vec::new(),
-            event_types: Vec::new(),
-            batch_size: DEFAULT_BATCH,
-            poll_interval: DEFAULT_POLL,
-            attempts: DEFAULT_ATTEMPTS,
-            backoff: DEFAULT_BACKOFF,
-            max_backoff: DEFAULT_MAX_BACKOFF,
+            options: ConsumerOptions::default(),
             on_failure: OnFailure::Stop,
-            lease: DEFAULT_LEASE,
             start: Start::Beginning,
             metrics: Arc::default(),
-            signal: None,
         })
-    }
-
-    /// Wakes on `signal` (an event store's [`AppendSignal`]) to read new events as soon as
-    /// they are appended, instead of at the next poll. Without it, the subscription polls at
-    /// its [`poll_interval`](Self::poll_interval); with it, it still polls (for appends the
-    /// signal does not see). [`backend::Stores::subscription`](crate::backend::Stores::subscription)
-    /// wires the backend's signal.
-    pub fn wake_on(mut self, signal: AppendSignal) -> Self {
-        self.signal = Some(signal);
-        self
-    }
-
-    /// Takes the events of this aggregate type too (by default, every event is taken).
-    pub fn aggregate_type(mut self, aggregate_type: &str) -> Self {
-        self.aggregate_types.push(aggregate_type.to_owned());
-        self
-    }
-
-    /// Takes the events of `A`, to decode with [`Typed`].
-    pub fn for_aggregate<A: Aggregate>(self) -> Self {
-        self.aggregate_type(A::TYPE_NAME)
-    }
-
-    /// Takes events of this event type too (by default, events of every type are taken).
-    pub fn event_type(mut self, event_type: &str) -> Self {
-        self.event_types.push(event_type.to_owned());
-        self
-    }
-
-    /// Hands the handler at most `events` events at a time. Zero is
-    /// [`Error::InvalidConfiguration`].
-    pub fn batch_size(mut self, events: usize) -> Result<Self> {
-        if events == 0 {
-            return Err(Error::InvalidConfiguration(
-                "a subscription's batch size must be at least 1".into(),
-            ));
-        }
-        self.batch_size = events;
-        Ok(self)
-    }
-
-    /// Looks at the feed at least this often, whether woken or not. Zero is
-    /// [`Error::InvalidConfiguration`].
-    pub fn poll_interval(mut self, interval: Duration) -> Result<Self> {
-        if interval.is_zero() {
-            return Err(Error::InvalidConfiguration(
-                "a subscription's poll interval must be above zero".into(),
-            ));
-        }
-        self.poll_interval = interval;
-        Ok(self)
-    }
-
-    /// Tries a failing batch `attempts` times, waiting `backoff`, then twice that and so on up
-    /// to `max_backoff` (each wait jittered by up to half), before [`on_failure`](Self::on_failure).
-    /// Zero attempts is [`Error::InvalidConfiguration`].
-    pub fn retry(mut self, attempts: u32, backoff: Duration, max_backoff: Duration) -> Result<Self> {
-        if attempts == 0 {
-            return Err(Error::InvalidConfiguration(
-                "a subscription makes at least one attempt per batch".into(),
-            ));
-        }
-        self.attempts = attempts;
-        self.backoff = backoff;
-        self.max_backoff = max_backoff.max(backoff);
-        Ok(self)
     }
 
     /// What to do with a batch that still fails after the last attempt.
     pub fn on_failure(mut self, policy: OnFailure) -> Self {
         self.on_failure = policy;
         self
-    }
-
-    /// Holds the name's lease for `lease` at a time, renewed every third of it: a standby
-    /// takes over within about `lease` plus a third after the active consumer died. A consumer
-    /// whose renewal is late by more than the lease (a pause, a lost connection) gives the
-    /// lease up as lost and starts again from the stored checkpoint. Below 30 ms or above a day
-    /// is [`Error::InvalidConfiguration`].
-    pub fn lease(mut self, lease: Duration) -> Result<Self> {
-        if lease < Duration::from_millis(30) || lease > MAX_LEASE {
-            return Err(Error::InvalidConfiguration(format!(
-                "a subscription's lease must be between 30 ms and a day, not {lease:?}"
-            )));
-        }
-        self.lease = lease;
-        Ok(self)
     }
 
     /// With no checkpoint stored yet, starts after the events there are now instead of from
@@ -404,21 +303,21 @@ impl Subscription {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<()> {
         let mut shutdown = Box::pin(shutdown.fuse());
-        let mut waiter = self.signal.as_ref().map(|signal| signal.waiter());
+        let mut waiter = self.options.signal.as_ref().map(|signal| signal.waiter());
         let owner = Uuid::new_v4();
-        let held = Held::new(&*self.store, &self.name, owner, self.lease);
+        let held = Held::new(&*self.store, &self.name, owner, self.options.lease);
         loop {
             match held.renew().await {
                 Ok(true) => {}
                 Ok(false) => {
-                    if stopped(&mut shutdown, sleep(self.lease / 3)).await {
+                    if stopped(&mut shutdown, sleep(self.options.lease / 3)).await {
                         return Ok(());
                     }
                     continue;
                 }
                 Err(e) => {
                     self.transient(e)?;
-                    if stopped(&mut shutdown, sleep(self.poll_interval)).await {
+                    if stopped(&mut shutdown, sleep(self.options.poll_interval)).await {
                         return Ok(());
                     }
                     continue;
@@ -437,7 +336,7 @@ impl Subscription {
                 // Taken again from the stored checkpoint, as after a lost lease.
                 Err(e) if e.is_transient() => {
                     tracing::warn!(subscription = %self.name, error = %e, "store failed; starting again from the checkpoint");
-                    if stopped(&mut shutdown, sleep(self.poll_interval)).await {
+                    if stopped(&mut shutdown, sleep(self.options.poll_interval)).await {
                         return Ok(());
                     }
                 }
@@ -489,7 +388,7 @@ impl Subscription {
                 Ok(batch) => batch,
                 Err(e) => {
                     self.transient(e)?;
-                    if stopped(shutdown, sleep(self.poll_interval)).await {
+                    if stopped(shutdown, sleep(self.options.poll_interval)).await {
                         return Ok(Active::Stopped);
                     }
                     continue;
@@ -501,7 +400,7 @@ impl Subscription {
                     lag.measure(self, position).await;
                 }
                 // Caught up: wait for an append, the poll interval, or the lease's renewal.
-                let wait = self.poll_interval.min(self.lease / 3);
+                let wait = self.options.poll_interval.min(self.options.lease / 3);
                 let woken = async {
                     match waiter {
                         Some(waiter) => {
@@ -534,7 +433,7 @@ impl Subscription {
             }
             position = last;
             after = Some(last);
-            if crate::telemetry::ENABLED && read == self.batch_size {
+            if crate::telemetry::ENABLED && read == self.options.batch_size {
                 lag.measure(self, last).await;
             }
         }
@@ -548,8 +447,8 @@ impl Subscription {
         position: u64,
     ) -> Result<Vec<StoredEvent>> {
         let reading = feed.get_or_insert_with(|| self.events.read_all(position));
-        let mut batch = Vec::with_capacity(self.batch_size.min(1024));
-        while batch.len() < self.batch_size {
+        let mut batch = Vec::with_capacity(self.options.batch_size.min(1024));
+        while batch.len() < self.options.batch_size {
             match reading.next().await {
                 Some(Ok(event)) => batch.push(event),
                 Some(Err(e)) => {
@@ -566,11 +465,7 @@ impl Subscription {
     }
 
     fn takes(&self, event: &StoredEvent) -> bool {
-        let by_aggregate = self.aggregate_types.is_empty()
-            || self.aggregate_types.iter().any(|t| **t == *event.aggregate_type);
-        let by_event =
-            self.event_types.is_empty() || self.event_types.iter().any(|t| **t == *event.event_type);
-        by_aggregate && by_event
+        self.options.takes(&event.aggregate_type, &event.event_type)
     }
 
     /// Hands `events` to the handler, with retries and the failure policy.
@@ -618,8 +513,8 @@ impl Subscription {
         handler: &mut H,
         events: &[StoredEvent],
     ) -> std::result::Result<(), HandlerError> {
-        let mut wait = self.backoff;
-        for attempt in 1..=self.attempts {
+        let mut wait = self.options.backoff;
+        for attempt in 1..=self.options.attempts {
             match handler.handle(events).await {
                 Ok(()) => {
                     self.metrics.add_handled(events.len() as u64);
@@ -629,13 +524,13 @@ impl Subscription {
                     );
                     return Ok(());
                 }
-                Err(e) if attempt == self.attempts => return Err(e),
+                Err(e) if attempt == self.options.attempts => return Err(e),
                 Err(e) => {
                     self.metrics.add_retry();
                     crate::telemetry::subscription(&self.name, crate::telemetry::SubscriptionEvent::Retry);
                     tracing::warn!(subscription = %self.name, position = events.first().map(|e| e.position), attempt, error = %e, "handler failed; trying again");
                     sleep(jittered(wait)).await;
-                    wait = wait.saturating_mul(2).min(self.max_backoff);
+                    wait = wait.saturating_mul(2).min(self.options.max_backoff);
                 }
             }
         }

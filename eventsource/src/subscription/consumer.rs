@@ -1,0 +1,159 @@
+//! What a [`Subscription`](super::Subscription) and a [`Projection`](crate::projection::Projection)
+//! both are: a named consumer of the feed. How it reads the feed is declared once, here, and
+//! both take it through [`Consumer`].
+
+use std::time::Duration;
+
+use crate::abilities::AppendSignal;
+use crate::aggregate::Aggregate;
+use crate::error::{Error, Result};
+
+const DEFAULT_BATCH: usize = 100;
+const DEFAULT_POLL: Duration = Duration::from_millis(500);
+const DEFAULT_ATTEMPTS: u32 = 5;
+const DEFAULT_BACKOFF: Duration = Duration::from_millis(100);
+const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
+const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+const MAX_LEASE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How a consumer reads the feed: which events it takes, in what batches, how often it looks,
+/// how it retries a failing batch, the lease it holds, and what wakes it. Set through the
+/// methods of [`Consumer`].
+#[derive(Clone, Debug)]
+pub struct ConsumerOptions {
+    pub(crate) aggregate_types: Vec<String>,
+    pub(crate) event_types: Vec<String>,
+    pub(crate) batch_size: usize,
+    pub(crate) poll_interval: Duration,
+    pub(crate) attempts: u32,
+    pub(crate) backoff: Duration,
+    pub(crate) max_backoff: Duration,
+    pub(crate) lease: Duration,
+    pub(crate) signal: Option<AppendSignal>,
+}
+
+impl Default for ConsumerOptions {
+    /// Every event, in batches of 100, a look at the feed every 500 ms besides the wake-ups, 5
+    /// attempts per batch with a backoff from 100 ms to 5 s, a lease of 10 s, no wake-ups.
+    fn default() -> Self {
+        ConsumerOptions {
+            aggregate_types: Vec::new(),
+            event_types: Vec::new(),
+            batch_size: DEFAULT_BATCH,
+            poll_interval: DEFAULT_POLL,
+            attempts: DEFAULT_ATTEMPTS,
+            backoff: DEFAULT_BACKOFF,
+            max_backoff: DEFAULT_MAX_BACKOFF,
+            lease: DEFAULT_LEASE,
+            signal: None,
+        }
+    }
+}
+
+impl ConsumerOptions {
+    /// Whether the consumer takes an event of this aggregate type and event type.
+    pub(crate) fn takes(&self, aggregate_type: &str, event_type: &str) -> bool {
+        let by_aggregate =
+            self.aggregate_types.is_empty() || self.aggregate_types.iter().any(|t| *t == aggregate_type);
+        by_aggregate && (self.event_types.is_empty() || self.event_types.iter().any(|t| *t == event_type))
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for crate::subscription::Subscription {}
+    impl Sealed for crate::projection::Projection {}
+}
+
+/// A named consumer of the feed: a [`Subscription`](super::Subscription) or a
+/// [`Projection`](crate::projection::Projection). Its methods set how it reads the feed; a
+/// value out of its bounds is [`Error::InvalidConfiguration`]. In the prelude.
+pub trait Consumer: sealed::Sealed + Sized {
+    /// The consumer's options, which the provided methods set.
+    #[doc(hidden)]
+    fn options_mut(&mut self) -> &mut ConsumerOptions;
+
+    /// Wakes on `signal` (an event store's [`AppendSignal`]) to read new events as soon as
+    /// they are appended, instead of at the next poll. Without it, the consumer polls at its
+    /// [`poll_interval`](Self::poll_interval); with it, it still polls (for appends the
+    /// signal does not see). [`Stores::subscription`](crate::backend::Stores::subscription)
+    /// and [`Stores::projection`](crate::backend::Stores::projection) wire the backend's
+    /// signal.
+    fn wake_on(mut self, signal: AppendSignal) -> Self {
+        self.options_mut().signal = Some(signal);
+        self
+    }
+
+    /// Takes the events of this aggregate type too (by default, every event is taken).
+    fn aggregate_type(mut self, aggregate_type: &str) -> Self {
+        self.options_mut().aggregate_types.push(aggregate_type.to_owned());
+        self
+    }
+
+    /// Takes the events of `A`.
+    fn for_aggregate<A: Aggregate>(self) -> Self {
+        self.aggregate_type(A::TYPE_NAME)
+    }
+
+    /// Takes events of this event type too (by default, events of every type are taken).
+    fn event_type(mut self, event_type: &str) -> Self {
+        self.options_mut().event_types.push(event_type.to_owned());
+        self
+    }
+
+    /// Hands over at most `events` events at a time (a projection commits them in one
+    /// transaction). Zero is [`Error::InvalidConfiguration`].
+    fn batch_size(mut self, events: usize) -> Result<Self> {
+        if events == 0 {
+            return Err(Error::InvalidConfiguration(
+                "a consumer's batch size must be at least 1".into(),
+            ));
+        }
+        self.options_mut().batch_size = events;
+        Ok(self)
+    }
+
+    /// Looks at the feed at least this often, whether woken or not. Zero is
+    /// [`Error::InvalidConfiguration`].
+    fn poll_interval(mut self, interval: Duration) -> Result<Self> {
+        if interval.is_zero() {
+            return Err(Error::InvalidConfiguration(
+                "a consumer's poll interval must be above zero".into(),
+            ));
+        }
+        self.options_mut().poll_interval = interval;
+        Ok(self)
+    }
+
+    /// Tries a failing batch `attempts` times, waiting `backoff`, then twice that and so on up
+    /// to `max_backoff` (each wait jittered by up to half), before giving up on it (see
+    /// [`Subscription::on_failure`](super::Subscription::on_failure)). Zero attempts is
+    /// [`Error::InvalidConfiguration`].
+    fn retry(mut self, attempts: u32, backoff: Duration, max_backoff: Duration) -> Result<Self> {
+        if attempts == 0 {
+            return Err(Error::InvalidConfiguration(
+                "a consumer makes at least one attempt per batch".into(),
+            ));
+        }
+        let options = self.options_mut();
+        options.attempts = attempts;
+        options.backoff = backoff;
+        options.max_backoff = max_backoff.max(backoff);
+        Ok(self)
+    }
+
+    /// Holds the name's lease for `lease` at a time, renewed every third of it: a standby
+    /// takes over within about `lease` plus a third after the active consumer died. A consumer
+    /// whose renewal is late by more than the lease (a pause, a lost connection) gives the
+    /// lease up as lost and starts again from the stored checkpoint. Below 30 ms or above a day
+    /// is [`Error::InvalidConfiguration`].
+    fn lease(mut self, lease: Duration) -> Result<Self> {
+        if lease < Duration::from_millis(30) || lease > MAX_LEASE {
+            return Err(Error::InvalidConfiguration(format!(
+                "a consumer's lease must be between 30 ms and a day, not {lease:?}"
+            )));
+        }
+        self.options_mut().lease = lease;
+        Ok(self)
+    }
+}

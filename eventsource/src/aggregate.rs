@@ -5,7 +5,7 @@ use std::fmt::Debug;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Applies one event type to an aggregate's state.
 ///
@@ -39,13 +39,13 @@ pub trait Aggregate: Default + Clone + Debug + Serialize + DeserializeOwned + Se
 
     /// Brings a snapshot state of an older schema version (from [`MIGRATES_FROM`](Self::MIGRATES_FROM)
     /// on) to this one, through the steps of `#[aggregate(migrate(...))]`, each a function
-    /// of the state's JSON. Without a path it is [`Error::Upcast`](crate::Error::Upcast), and a load
+    /// of the state's JSON. Without a path it is [`Error::Upcast`], and a load
     /// replays every event instead.
     fn migrate_snapshot(schema_version: u32, state: serde_json::Value) -> Result<serde_json::Value> {
         if schema_version == Self::SCHEMA_VERSION {
             return Ok(state);
         }
-        Err(crate::evolution::no_migration::<Self>(schema_version))
+        Err(no_migration::<Self>(schema_version))
     }
 
     /// Applies one event of the enum to the state, through its `Apply` impl.
@@ -74,4 +74,18 @@ pub trait AggregateEvent: Clone + Debug + Send + Sync + 'static {
     ///
     /// An event type the aggregate does not list is [`crate::Error::UnknownEventType`].
     fn from_json(event_type: &str, payload: &str) -> Result<Self>;
+}
+
+/// The error for a snapshot schema version the aggregate has no migration from.
+pub fn no_migration<A: Aggregate>(schema_version: u32) -> Error {
+    Error::Upcast {
+        what: format!("snapshot of {}", A::TYPE_NAME),
+        from_version: schema_version,
+        reason: format!(
+            "{} migrates snapshots of schema versions {} to {} only",
+            A::TYPE_NAME,
+            A::MIGRATES_FROM,
+            A::SCHEMA_VERSION
+        ),
+    }
 }

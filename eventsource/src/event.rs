@@ -9,7 +9,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::aggregate::AggregateEvent;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::request_id::RequestId;
 
 /// A domain event: a fact about one aggregate type, stored as JSON.
@@ -36,11 +36,11 @@ pub trait Event: Serialize + DeserializeOwned + Clone + Debug + Send + Sync + 's
     /// Decodes a payload stored at `version`, upcasting it step by step to
     /// [`EVENT_VERSION`](Self::EVENT_VERSION) through the steps of `#[event(upcast(...))]`.
     ///
-    /// A version newer than the event's (or 0) is [`Error::UnknownEventVersion`](crate::Error::UnknownEventVersion);
-    /// a step that fails is [`Error::Upcast`](crate::Error::Upcast).
+    /// A version newer than the event's (or 0) is [`Error::UnknownEventVersion`];
+    /// a step that fails is [`Error::Upcast`].
     fn decode_version(version: u32, payload: &str) -> Result<Self> {
         if version != Self::EVENT_VERSION {
-            return Err(crate::evolution::unknown_event_version::<Self>(version));
+            return Err(unknown_event_version::<Self>(version));
         }
         crate::__private::decode_event(payload)
     }
@@ -99,7 +99,7 @@ impl EventEnvelope {
     /// For programs that append to an [`EventStore`](crate::EventStore) directly (imports,
     /// migrations, benchmarks); a [`Repository`](crate::Repository) builds envelopes itself.
     /// An event that cannot be encoded (a non-finite float), or whose JSON would not decode
-    /// again (nested too deep), is [`Error::Serialization`](crate::Error::Serialization).
+    /// again (nested too deep), is [`Error::Serialization`].
     pub fn new<E: AggregateEvent>(
         aggregate_id: Uuid,
         aggregate_type: &str,
@@ -155,4 +155,14 @@ pub fn validate_aggregate_type(aggregate_type: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The error for a stored version the event does not read.
+pub fn unknown_event_version<E: Event>(stored: u32) -> Error {
+    Error::UnknownEventVersion {
+        aggregate_type: E::AGGREGATE_TYPE.to_owned(),
+        event_type: E::EVENT_TYPE.to_owned(),
+        stored,
+        current: E::EVENT_VERSION,
+    }
 }

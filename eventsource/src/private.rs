@@ -4,13 +4,11 @@ pub use inventory;
 pub use serde;
 pub use serde_json;
 
-pub use crate::evolution::{
-    decode_stored, migrate_state, no_migration, unknown_event_version, upcast_json, upcast_typed,
-};
+pub use crate::evolution::{decode_stored, migrate_state, upcast_json, upcast_typed};
 
-pub use crate::aggregate::{Aggregate, AggregateEvent, Apply};
+pub use crate::aggregate::{no_migration, Aggregate, AggregateEvent, Apply};
 pub use crate::error::{Error, Result};
-pub use crate::event::Event;
+pub use crate::event::{unknown_event_version, Event};
 pub use crate::registry::{AggregateRegistration, EventRegistration};
 pub use crate::repository::{OperationsOf, OperationsRegistration};
 

@@ -165,7 +165,7 @@ pub(crate) fn now() -> DateTime<Utc> {
 
 /// The one request id every event of a batch carries, for an append that records it: none,
 /// or ids that differ, are [`Error::InvalidInput`].
-pub fn request_of(events: &[crate::EventEnvelope]) -> Result<&RequestId> {
+pub fn request_of(events: &[crate::event::EventEnvelope]) -> Result<&RequestId> {
     let mut ids = events.iter().map(|e| e.request_id.as_ref());
     let first = ids.next().flatten().ok_or_else(|| {
         Error::InvalidInput("an append that records its request needs events with a request id".into())

@@ -27,6 +27,4 @@ mod upcast;
 pub use lock::{LockDifference, SchemaLock};
 pub use upcast::UpcastOutput;
 #[doc(hidden)]
-pub use upcast::{
-    decode_stored, migrate_state, no_migration, unknown_event_version, upcast_json, upcast_typed,
-};
+pub use upcast::{decode_stored, migrate_state, upcast_json, upcast_typed};

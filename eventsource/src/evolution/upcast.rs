@@ -5,7 +5,6 @@ use std::fmt::Display;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::aggregate::Aggregate;
 use crate::error::{Error, Result};
 use crate::event::Event;
 
@@ -100,16 +99,6 @@ where
     Next::try_from(old).map_err(|e| failed(event_what::<E>(), from, e))
 }
 
-/// The error for a stored version the event does not read.
-pub fn unknown_event_version<E: Event>(stored: u32) -> Error {
-    Error::UnknownEventVersion {
-        aggregate_type: E::AGGREGATE_TYPE.to_owned(),
-        event_type: E::EVENT_TYPE.to_owned(),
-        stored,
-        current: E::EVENT_VERSION,
-    }
-}
-
 /// One snapshot migration step.
 pub fn migrate_state<F, R>(aggregate_type: &str, from: u32, migrate: F, state: Value) -> Result<Value>
 where
@@ -119,18 +108,4 @@ where
     migrate(state)
         .into_next()
         .map_err(|reason| failed(format!("snapshot of {aggregate_type}"), from, reason))
-}
-
-/// The error for a snapshot schema version the aggregate has no migration from.
-pub fn no_migration<A: Aggregate>(schema_version: u32) -> Error {
-    failed(
-        format!("snapshot of {}", A::TYPE_NAME),
-        schema_version,
-        format!(
-            "{} migrates snapshots of schema versions {} to {} only",
-            A::TYPE_NAME,
-            A::MIGRATES_FROM,
-            A::SCHEMA_VERSION
-        ),
-    )
 }

@@ -71,6 +71,8 @@ impl Progress {
     }
 }
 
+impl crate::subscription::consumer::sealed::Sealed for Projection {}
+
 impl Consumer for Projection {
     fn options_mut(&mut self) -> &mut ConsumerOptions {
         self.subscription.options_mut()

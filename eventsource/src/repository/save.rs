@@ -106,7 +106,7 @@ impl<A: Aggregate> Repository<A> {
         self.events
             .position_of(id, A::TYPE_NAME, version)
             .await?
-            .ok_or_else(|| crate::Error::NotFound {
+            .ok_or_else(|| crate::error::Error::NotFound {
                 aggregate_type: A::TYPE_NAME.to_owned(),
                 aggregate_id: id,
             })

@@ -59,10 +59,9 @@ impl ConsumerOptions {
     }
 }
 
-mod sealed {
+/// Keeps [`Consumer`] to the consumers of this crate, which implement it beside their own type.
+pub(crate) mod sealed {
     pub trait Sealed {}
-    impl Sealed for crate::subscription::Subscription {}
-    impl Sealed for crate::projection::Projection {}
 }
 
 /// A named consumer of the feed: a [`Subscription`](super::Subscription) or a

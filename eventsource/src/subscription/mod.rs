@@ -56,7 +56,7 @@
 //! # impl Apply<Opened> for Account { fn apply(&mut self, _: &Opened) {} }
 //! ```
 
-mod consumer;
+pub(crate) mod consumer;
 mod handler;
 mod lease;
 mod metrics;
@@ -119,6 +119,8 @@ impl std::fmt::Debug for Subscription {
             .finish_non_exhaustive()
     }
 }
+
+impl consumer::sealed::Sealed for Subscription {}
 
 impl Consumer for Subscription {
     fn options_mut(&mut self) -> &mut ConsumerOptions {

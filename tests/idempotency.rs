@@ -231,3 +231,23 @@ async fn without_a_request_index_the_aggregate_stream_answers() {
     };
     assert!(matches!(withdraw().await, Err(CommandError::Rejected(_))));
 }
+
+/// The same checks with the event store behind a wrapper that forwards only the required
+/// methods, the backend's abilities handed out beside it: every outcome is the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_commands_through_a_wrapper_of_the_required_methods() {
+    use eventsource::testing::RequiredOnly;
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("wrapped.db").display());
+    let (events, snapshots) = backend::sqlite::open_url(&url).await.unwrap();
+    let subscriptions = backend::sqlite::SqliteSubscriptionStore::on(events.database().clone())
+        .await
+        .unwrap();
+    let wrapped = Stores::new(RequiredOnly(events.clone()), snapshots.clone(), subscriptions)
+        .with_append_signal(events.append_signal())
+        .with_stream_listing(Arc::new(events.clone()))
+        .with_request_index(Arc::new(events))
+        .with_snapshot_listing(Arc::new(snapshots));
+    every_check(wrapped).await;
+}

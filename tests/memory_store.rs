@@ -1,5 +1,7 @@
 //! The in-memory stores, the reference implementations, pass the whole conformance suite.
 
+mod common;
+
 use eventsource::{InMemoryEventStore, InMemorySnapshotStore, InMemorySubscriptionStore};
 
 mod one_store_per_test {
@@ -106,4 +108,69 @@ async fn run_all_runs_every_check_on_one_store() {
     eventsource::testing::snapshot_store::run_all(&InMemorySnapshotStore::new()).await;
     assert_eq!(eventsource::testing::subscription_store::NAMES.len(), 7);
     eventsource::testing::subscription_store::run_all(&InMemorySubscriptionStore::new()).await;
+}
+
+/// The repository's behaviour through a wrapper of the required methods, with the backend's
+/// abilities handed out beside it: saves, snapshots, loads, conflicts and repeated requests
+/// give what the plain stores give.
+mod repository_through_a_wrapper {
+    use std::sync::Arc;
+
+    use eventsource::backend::Stores;
+    use eventsource::prelude::*;
+    use eventsource::testing::RequiredOnly;
+
+    use crate::common::{Account, AccountCommands};
+
+    #[tokio::test]
+    async fn every_outcome_is_the_plain_stores() {
+        let (events, snapshots) = (InMemoryEventStore::new(), InMemorySnapshotStore::new());
+        let wrapped = Stores::new(
+            RequiredOnly(events.clone()),
+            snapshots.clone(),
+            InMemorySubscriptionStore::new(),
+        )
+        .with_request_index(Arc::new(events.clone()));
+        let through = wrapped.repository_with_snapshots::<Account>(SnapshotPolicy::every(10).unwrap());
+        let plain = Repository::<Account>::new(events.clone())
+            .with_snapshots(snapshots.clone(), SnapshotPolicy::every(10).unwrap());
+
+        let id = Uuid::new_v4();
+        through.execute(id, |a| a.open("Ada", 1.0)).await.unwrap();
+        for _ in 0..24 {
+            through.execute(id, |a| a.deposit(1.0)).await.unwrap();
+        }
+        let hits = through.metrics().hits("Account");
+        let (a, b) = (through.load(id).await.unwrap(), plain.load(id).await.unwrap());
+        assert_eq!((a.version(), a.state()), (b.version(), b.state()));
+        assert_eq!(a.version(), 25);
+        assert_eq!(
+            through.metrics().hits("Account"),
+            hits + 1,
+            "the snapshot at 20 is used"
+        );
+        assert!(snapshots.snapshot_exists(id, "Account").await.unwrap());
+
+        let mut stale = through.load(id).await.unwrap();
+        through.execute(id, |a| a.deposit(1.0)).await.unwrap();
+        stale.deposit(1.0).unwrap();
+        assert!(through.save(&mut stale).await.unwrap_err().is_conflict());
+
+        let request = eventsource::request::RequestId::new("wrapped deposit").unwrap();
+        let first = through
+            .command(id)
+            .request_id(request.clone())
+            .run(|a| a.deposit(2.0))
+            .await
+            .unwrap();
+        let again = plain
+            .clone()
+            .with_request_index(Arc::new(events.clone()))
+            .command(id)
+            .request_id(request)
+            .run(|a| a.deposit(2.0))
+            .await
+            .unwrap();
+        assert_eq!((again.version, again.repeated), (first.version, true));
+    }
 }

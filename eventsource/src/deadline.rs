@@ -173,11 +173,14 @@ mod tests {
 
     #[test]
     fn a_call_that_finishes_in_time_gives_its_outcome() {
+        // A limit no other test uses: the timer is shared by the tests running meanwhile.
+        const LIMIT: Duration = Duration::from_secs(4321);
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let outcome = runtime.block_on(within(Duration::from_secs(5), async { 7 }));
+        let outcome = runtime.block_on(within(LIMIT, async { 7 }));
         assert_eq!(outcome, Some(7));
+        let far = Instant::now() + LIMIT / 2;
         assert!(
-            Timer::get().lock().waiting.is_empty(),
+            !Timer::get().lock().waiting.keys().any(|(at, _)| *at > far),
             "its deadline is unregistered"
         );
     }

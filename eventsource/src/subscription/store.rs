@@ -87,14 +87,9 @@ pub trait SubscriptionStore: Send + Sync {
     /// The events `name` gave up on, in the order it gave up.
     async fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>>;
 
-    /// Every subscription the store knows (that ever took a lease), by name. The default is
-    /// [`Error::InvalidConfiguration`], for a store that cannot list them; the stores of this
-    /// crate can.
-    async fn subscriptions(&self) -> Result<Vec<SubscriptionStatus>> {
-        Err(Error::InvalidConfiguration(
-            "this subscription store cannot list its subscriptions".into(),
-        ))
-    }
+    /// Every subscription the store knows (that ever took a lease), by name: what the admin
+    /// command line lists.
+    async fn subscriptions(&self) -> Result<Vec<SubscriptionStatus>>;
 }
 
 #[async_trait]

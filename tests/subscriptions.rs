@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use eventsource::backend::{postgres, sqlite};
 use eventsource::prelude::*;
-use eventsource::subscription::{Restart, SubscriptionStore, Typed};
+use eventsource::subscription::{OnDisorder, Restart, SubscriptionStore, Typed};
 use eventsource::{AppendSignal, EventEnvelope, EventStore};
 
 /// Set in the consumer processes: `backend location name type after out-file`.
@@ -974,4 +974,111 @@ async fn a_subscription_of_the_stores_wakes_on_their_signal() {
     .expect("woken well before the poll interval")
     .unwrap();
     assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+/// A feed that hands over what it was given, in that order: events of one aggregate out of
+/// version order, as a faulty store or wrapper might.
+struct PlantedFeed(Vec<StoredEvent>);
+
+#[eventsource::async_trait]
+impl EventStore for PlantedFeed {
+    async fn append(
+        &self,
+        _: Uuid,
+        _: &str,
+        _: u64,
+        _: &[EventEnvelope],
+    ) -> eventsource::Result<eventsource::Appended> {
+        Err(eventsource::Error::InvalidInput(
+            "a planted feed takes no append".into(),
+        ))
+    }
+
+    fn read_stream<'a>(&'a self, _: Uuid, _: &'a str, _: u64) -> eventsource::EventStream<'a> {
+        Box::pin(futures_util::stream::empty())
+    }
+
+    async fn stream_version(&self, _: Uuid, _: &str) -> eventsource::Result<u64> {
+        Ok(0)
+    }
+
+    fn read_all(&self, after: u64) -> eventsource::EventStream<'_> {
+        let events: Vec<_> = self
+            .0
+            .iter()
+            .filter(|e| e.position > after)
+            .cloned()
+            .map(Ok)
+            .collect();
+        Box::pin(futures_util::stream::iter(events))
+    }
+
+    async fn head(&self, after: u64) -> eventsource::Result<eventsource::FeedHead> {
+        let shown = self.0.iter().filter(|e| e.position > after);
+        let (last, count) = shown.fold((after, 0), |(last, n), e| (last.max(e.position), n + 1));
+        Ok(eventsource::FeedHead::new(last, count))
+    }
+}
+
+/// One aggregate's versions as the planted feed hands them over, with another aggregate's in
+/// order between them.
+fn planted(versions: &[u64]) -> PlantedFeed {
+    let (id, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let events = versions
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &version)| {
+            [
+                StoredEvent {
+                    position: 2 * i as u64 + 1,
+                    envelope: eventsource::testing::envelope(id, "Planted", version),
+                },
+                StoredEvent {
+                    position: 2 * i as u64 + 2,
+                    envelope: eventsource::testing::envelope(other, "Planted", i as u64 + 1),
+                },
+            ]
+        })
+        .collect();
+    PlantedFeed(events)
+}
+
+#[tokio::test]
+async fn the_delivery_guard_counts_each_kind_of_disorder() {
+    // 2 again is a duplicate, 5 after 2 a gap, 3 and 4 late: two reorders, 4 again a duplicate.
+    let feed = planted(&[1, 2, 2, 5, 3, 4, 4, 6]);
+    let subscription = Subscription::new("guarded", feed, InMemorySubscriptionStore::new())
+        .unwrap()
+        .batch_size(3)
+        .unwrap();
+    let seen = Seen::default();
+    let handed = subscription.catch_up(collector(&seen)).await.unwrap();
+    assert_eq!(handed, 16, "counting hands every event over");
+    let metrics = subscription.metrics();
+    assert_eq!(
+        (metrics.duplicates(), metrics.gaps(), metrics.reorders()),
+        (2, 1, 2),
+        "duplicates, gaps, reorders"
+    );
+}
+
+#[tokio::test]
+async fn the_delivery_guard_can_stop_the_consumer_before_the_batch() {
+    let feed = planted(&[1, 2, 4, 3]);
+    let subscription = Subscription::new("stopped-by-guard", feed, InMemorySubscriptionStore::new())
+        .unwrap()
+        .batch_size(4)
+        .unwrap()
+        .on_disorder(OnDisorder::Stop);
+    let seen = Seen::default();
+    match subscription.catch_up(collector(&seen)).await {
+        Err(eventsource::Error::SubscriptionStopped { position, reason, .. }) => {
+            assert_eq!(position, 5, "the first event out of order: version 4 after 2");
+            assert!(reason.contains("gap"), "{reason}");
+        }
+        other => panic!("expected the guard to stop the consumer, got {other:?}"),
+    }
+    let handed: Vec<u64> = seen.lock().unwrap().iter().map(|e| e.position).collect();
+    assert_eq!(handed, [1, 2, 3, 4], "the batch with the gap was not handed over");
+    assert_eq!(subscription.checkpoint().await.unwrap(), Some(4));
 }

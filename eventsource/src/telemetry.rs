@@ -81,6 +81,8 @@ pub(crate) enum SubscriptionEvent {
     FailedBatch,
     DeadLetter,
     Restart,
+    /// An event out of order, of this kind (`duplicate`, `gap`, `reorder`).
+    Disorder(&'static str),
     Lag(u64),
     HeldBack(u64),
 }
@@ -167,6 +169,10 @@ mod facade {
             "eventsource_subscription_restarts_total",
             "Times a supervised subscription was started again after it stopped on an error"
         );
+        describe_counter!(
+            "eventsource_subscription_disorder_total",
+            "Events handed over out of their aggregate's version order, by kind"
+        );
         describe_gauge!(
             "eventsource_subscription_lag",
             Unit::Count,
@@ -214,6 +220,12 @@ mod facade {
             SubscriptionEvent::Restart => {
                 counter!("eventsource_subscription_restarts_total", &label).increment(1)
             }
+            SubscriptionEvent::Disorder(kind) => counter!(
+                "eventsource_subscription_disorder_total",
+                "subscription" => name.to_owned(),
+                "kind" => kind
+            )
+            .increment(1),
             SubscriptionEvent::Lag(lag) => gauge!("eventsource_subscription_lag", &label).set(lag as f64),
             SubscriptionEvent::HeldBack(held) => {
                 gauge!("eventsource_subscription_held_back", &label).set(held as f64)

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use super::guard::OnDisorder;
 use crate::abilities::AppendSignal;
 use crate::aggregate::Aggregate;
 use crate::error::{Error, Result};
@@ -30,6 +31,7 @@ pub struct ConsumerOptions {
     pub(crate) max_backoff: Duration,
     pub(crate) lease: Duration,
     pub(crate) signal: Option<AppendSignal>,
+    pub(crate) on_disorder: OnDisorder,
 }
 
 impl Default for ConsumerOptions {
@@ -46,16 +48,21 @@ impl Default for ConsumerOptions {
             max_backoff: DEFAULT_MAX_BACKOFF,
             lease: DEFAULT_LEASE,
             signal: None,
+            on_disorder: OnDisorder::Count,
         }
     }
 }
 
 impl ConsumerOptions {
+    /// Whether the consumer takes events of this aggregate type (of some event types).
+    pub(crate) fn follows(&self, aggregate_type: &str) -> bool {
+        self.aggregate_types.is_empty() || self.aggregate_types.iter().any(|t| *t == aggregate_type)
+    }
+
     /// Whether the consumer takes an event of this aggregate type and event type.
     pub(crate) fn takes(&self, aggregate_type: &str, event_type: &str) -> bool {
-        let by_aggregate =
-            self.aggregate_types.is_empty() || self.aggregate_types.iter().any(|t| *t == aggregate_type);
-        by_aggregate && (self.event_types.is_empty() || self.event_types.iter().any(|t| *t == event_type))
+        self.follows(aggregate_type)
+            && (self.event_types.is_empty() || self.event_types.iter().any(|t| *t == event_type))
     }
 }
 
@@ -139,6 +146,19 @@ pub trait Consumer: sealed::Sealed + Sized {
         options.backoff = backoff;
         options.max_backoff = max_backoff.max(backoff);
         Ok(self)
+    }
+
+    /// What to do when an aggregate's events come out of order: a version handed over twice, a
+    /// gap, or a version after a gap handed over late (see [`Disorder`](super::Disorder)). Every one is counted
+    /// in [`SubscriptionMetrics`](super::SubscriptionMetrics) and the metric
+    /// `eventsource_subscription_disorder_total` (labelled by kind) and logged; with
+    /// [`OnDisorder::Stop`] the consumer also stops before handing the batch over. The default
+    /// is [`OnDisorder::Count`]. The guard follows every aggregate of the types the consumer
+    /// takes (whatever event types it takes), from the first event it sees of each after it
+    /// starts, up to 100,000 aggregates at a time.
+    fn on_disorder(mut self, policy: OnDisorder) -> Self {
+        self.options_mut().on_disorder = policy;
+        self
     }
 
     /// Holds the name's lease for `lease` at a time, renewed every third of it: a standby

@@ -11,6 +11,9 @@ pub struct SubscriptionMetrics {
     failed_batches: AtomicU64,
     dead_letters: AtomicU64,
     restarts: AtomicU64,
+    duplicates: AtomicU64,
+    gaps: AtomicU64,
+    reorders: AtomicU64,
 }
 
 impl SubscriptionMetrics {
@@ -38,6 +41,31 @@ impl SubscriptionMetrics {
     /// ([`Subscription::run_supervised`](super::Subscription::run_supervised)).
     pub fn restarts(&self) -> u64 {
         self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Events whose version was handed over before, as the delivery guard saw them
+    /// ([`Consumer::on_disorder`](super::Consumer::on_disorder)).
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates.load(Ordering::Relaxed)
+    }
+
+    /// Events that came after a gap in their aggregate's versions.
+    pub fn gaps(&self) -> u64 {
+        self.gaps.load(Ordering::Relaxed)
+    }
+
+    /// Events that came after a later version of their aggregate.
+    pub fn reorders(&self) -> u64 {
+        self.reorders.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn add_disorder(&self, kind: super::Disorder) {
+        let counter = match kind {
+            super::Disorder::Duplicate => &self.duplicates,
+            super::Disorder::Gap => &self.gaps,
+            super::Disorder::Reorder => &self.reorders,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(super) fn add_restart(&self) {

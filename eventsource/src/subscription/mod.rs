@@ -57,6 +57,7 @@
 //! ```
 
 pub(crate) mod consumer;
+mod guard;
 mod handler;
 mod lease;
 mod metrics;
@@ -64,6 +65,7 @@ mod store;
 pub mod supervisor;
 
 pub use consumer::{Consumer, ConsumerOptions};
+pub use guard::{Disorder, OnDisorder};
 pub use handler::{Handler, HandlerError, Typed};
 pub use metrics::SubscriptionMetrics;
 pub use store::{
@@ -83,6 +85,7 @@ use crate::deadline::{jittered, sleep};
 use crate::error::{Error, Result};
 use crate::event::StoredEvent;
 use crate::event_store::{EventStore, EventStream};
+use guard::DeliveryGuard;
 use lease::Held;
 
 /// What a subscription does with events its handler still fails on after the last attempt.
@@ -378,6 +381,8 @@ impl Subscription {
         let mut after = stored.or((self.start != Start::Beginning).then_some(position));
         // One read of the feed serves batch after batch until it reaches the end.
         let mut feed: Option<EventStream<'_>> = None;
+        // Follows the aggregates from here: events before the checkpoint are not its to judge.
+        let mut guard = DeliveryGuard::default();
         let mut lag = LagGauge::default();
         loop {
             if shutdown.is_terminated() || shutdown.as_mut().now_or_never().is_some() {
@@ -417,6 +422,7 @@ impl Subscription {
                 continue;
             };
             let read = batch.len();
+            self.guard(&mut guard, &batch)?;
             let taken: Vec<StoredEvent> = batch.into_iter().filter(|e| self.takes(e)).collect();
             let renewing = held.hold();
             let committing = sink.commit(self, &taken, read, after, last, owner);
@@ -464,6 +470,38 @@ impl Subscription {
             }
         }
         Ok(batch)
+    }
+
+    /// Checks the batch's events of the aggregates followed against the delivery guard:
+    /// counts and logs each one out of order, and stops at the first with
+    /// [`OnDisorder::Stop`].
+    fn guard(&self, guard: &mut DeliveryGuard, batch: &[StoredEvent]) -> Result<()> {
+        for event in batch.iter().filter(|e| self.options.follows(&e.aggregate_type)) {
+            let Some(kind) = guard.check(event) else {
+                continue;
+            };
+            self.metrics.add_disorder(kind);
+            crate::telemetry::subscription(
+                &self.name,
+                crate::telemetry::SubscriptionEvent::Disorder(kind.as_str()),
+            );
+            tracing::error!(subscription = %self.name, position = event.position, aggregate.type = %event.aggregate_type, aggregate.id = %event.aggregate_id, version = event.aggregate_version, kind = kind.as_str(), "an event out of its aggregate's version order");
+            if self.options.on_disorder == OnDisorder::Stop {
+                return Err(Error::SubscriptionStopped {
+                    subscription: self.name.clone(),
+                    position: event.position,
+                    reason: format!(
+                        "event {} of {} {} at version {} is a {}",
+                        event.event_id,
+                        event.aggregate_type,
+                        event.aggregate_id,
+                        event.aggregate_version,
+                        kind.as_str()
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn takes(&self, event: &StoredEvent) -> bool {

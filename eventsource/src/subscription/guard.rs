@@ -1,0 +1,171 @@
+//! The delivery guard: checks that the events of each aggregate reach a consumer in version
+//! order, once and without a gap, and says what broke it.
+//!
+//! The feed gives each stream's events in version order, so on a store that keeps its contract
+//! the guard finds nothing. It is there to catch what would otherwise go unseen: a store or a
+//! wrapper that returns rows twice or out of order, events appended behind the store's back,
+//! a rebalance that hands one aggregate to two workers.
+
+use std::collections::HashMap;
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::event::StoredEvent;
+
+/// How many aggregates the guard follows at once; past it, it starts afresh (an aggregate it
+/// no longer follows gives its next event as a new starting point, so nothing is counted
+/// wrongly, and memory stays bounded).
+const FOLLOWED: usize = 100_000;
+
+/// How many gaps of one aggregate the guard remembers, to tell a late event from a repeat.
+const GAPS: usize = 8;
+
+/// What the guard found wrong with an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disorder {
+    /// A version the consumer was handed already.
+    Duplicate,
+    /// A version past the next one: the versions between were not handed over.
+    Gap,
+    /// A version that a gap skipped, handed over late.
+    Reorder,
+}
+
+impl Disorder {
+    /// The kind's name, as the metrics label it: `duplicate`, `gap` or `reorder`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disorder::Duplicate => "duplicate",
+            Disorder::Gap => "gap",
+            Disorder::Reorder => "reorder",
+        }
+    }
+}
+
+/// What a consumer does when the guard finds an event out of order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnDisorder {
+    /// Counts it in the metrics, logs it, and hands the event over (the default).
+    #[default]
+    Count,
+    /// Counts and logs it, and stops with [`Error::SubscriptionStopped`](crate::Error::SubscriptionStopped)
+    /// before handing its batch over.
+    Stop,
+}
+
+/// The last version handed over of each aggregate followed, and the gaps met.
+#[derive(Default)]
+pub(crate) struct DeliveryGuard {
+    followed: HashMap<(Arc<str>, Uuid), Followed>,
+}
+
+struct Followed {
+    version: u64,
+    gaps: Vec<RangeInclusive<u64>>,
+}
+
+impl DeliveryGuard {
+    /// Checks the next event handed over, and remembers it.
+    pub(crate) fn check(&mut self, event: &StoredEvent) -> Option<Disorder> {
+        let key = (event.aggregate_type.clone(), event.aggregate_id);
+        let version = event.aggregate_version;
+        if !self.followed.contains_key(&key) && self.followed.len() >= FOLLOWED {
+            self.followed.clear();
+        }
+        let Some(seen) = self.followed.get_mut(&key) else {
+            self.followed.insert(
+                key,
+                Followed {
+                    version,
+                    gaps: Vec::new(),
+                },
+            );
+            return None;
+        };
+        if version == seen.version + 1 {
+            seen.version = version;
+            return None;
+        }
+        if version > seen.version {
+            if seen.gaps.len() == GAPS {
+                seen.gaps.remove(0);
+            }
+            seen.gaps.push(seen.version + 1..=version - 1);
+            seen.version = version;
+            return Some(Disorder::Gap);
+        }
+        let Some(at) = seen.gaps.iter().position(|gap| gap.contains(&version)) else {
+            return Some(Disorder::Duplicate);
+        };
+        let gap = seen.gaps.remove(at);
+        let (start, end) = gap.into_inner();
+        if start < version {
+            seen.gaps.push(start..=version - 1);
+        }
+        if version < end {
+            seen.gaps.push(version + 1..=end);
+        }
+        Some(Disorder::Reorder)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(id: Uuid, version: u64) -> StoredEvent {
+        StoredEvent {
+            position: version,
+            envelope: crate::EventEnvelope {
+                event_id: Uuid::new_v4(),
+                event_type: "Noted".into(),
+                event_version: 1,
+                aggregate_id: id,
+                aggregate_type: "Guarded".into(),
+                aggregate_version: version,
+                occurred_at: chrono::Utc::now(),
+                correlation_id: None,
+                causation_id: None,
+                request_id: None,
+                metadata: None,
+                payload: "{}".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn each_kind_is_told_apart() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut guard = DeliveryGuard::default();
+        let found: Vec<_> = [
+            (a, 3),
+            (a, 4),
+            (b, 1),
+            (a, 4),
+            (a, 7),
+            (a, 5),
+            (a, 5),
+            (a, 6),
+            (b, 2),
+        ]
+        .into_iter()
+        .map(|(id, v)| guard.check(&at(id, v)))
+        .collect();
+        assert_eq!(
+            found,
+            [
+                None,
+                None,
+                None,
+                Some(Disorder::Duplicate),
+                Some(Disorder::Gap),
+                Some(Disorder::Reorder),
+                Some(Disorder::Duplicate),
+                Some(Disorder::Reorder),
+                None
+            ]
+        );
+    }
+}

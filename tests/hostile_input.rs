@@ -1391,13 +1391,10 @@ impl EventStore for ScriptedEventStore {
     }
 
     async fn head(&self, after: u64) -> eventsource::Result<eventsource::FeedHead> {
-        let shown = self
-            .rows
-            .iter()
-            .filter_map(|r| r.as_ref().ok())
-            .filter(|e| e.position > after);
-        let (last, count) = shown.fold((after, 0), |(last, n), e| (last.max(e.position), n + 1));
-        Ok(eventsource::FeedHead::new(last, count))
+        Ok(common::head_of(
+            self.rows.iter().filter_map(|r| r.as_ref().ok()),
+            after,
+        ))
     }
 }
 

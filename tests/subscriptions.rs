@@ -1014,9 +1014,7 @@ impl EventStore for PlantedFeed {
     }
 
     async fn head(&self, after: u64) -> eventsource::Result<eventsource::FeedHead> {
-        let shown = self.0.iter().filter(|e| e.position > after);
-        let (last, count) = shown.fold((after, 0), |(last, n), e| (last.max(e.position), n + 1));
-        Ok(eventsource::FeedHead::new(last, count))
+        Ok(common::head_of(&self.0, after))
     }
 }
 

@@ -194,3 +194,14 @@ pub fn validate_refusal(refusal: &RequestRecord) -> Result<()> {
         ))),
     }
 }
+
+/// What a store recorded for `refusal`'s request id, read back after recording it: a record
+/// must be there (the refusal, or the outcome recorded first); none is [`Error::Corrupt`].
+pub fn recorded(refusal: &RequestRecord, found: Option<RequestRecord>) -> Result<RequestRecord> {
+    found.ok_or_else(|| {
+        Error::corrupt(
+            format!("request {}", refusal.request_id),
+            "the recorded refusal is not found",
+        )
+    })
+}

@@ -185,6 +185,13 @@ pub fn envelope(id: Uuid, version: u64, event_type: &str, payload: &str) -> even
     }
 }
 
+/// The head of a feed that holds `events`, as `EventStore::head` counts it after `after`.
+pub fn head_of<'a>(events: impl IntoIterator<Item = &'a StoredEvent>, after: u64) -> eventsource::FeedHead {
+    let shown = events.into_iter().filter(|e| e.position > after);
+    let (last, count) = shown.fold((after, 0), |(last, n), e| (last.max(e.position), n + 1));
+    eventsource::FeedHead::new(last, count)
+}
+
 mod database;
 #[allow(unused_imports)]
 pub use database::*;

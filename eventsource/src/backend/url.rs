@@ -106,20 +106,43 @@ impl Stores {
         }
     }
 
-    /// In-memory stores, new and empty, with every ability but the joint statements.
-    pub fn in_memory() -> Self {
-        let events = InMemoryEventStore::new();
-        let snapshots = InMemorySnapshotStore::new();
+    /// The stores of one of this crate's backends, with the abilities every one of them has:
+    /// `events`' signal, listing and request index, and `snapshots`' listing.
+    fn of_backend<E, S>(
+        events: E,
+        signal: AppendSignal,
+        snapshots: S,
+        subscriptions: Arc<dyn SubscriptionStore>,
+        backend: Backend,
+    ) -> Self
+    where
+        E: EventStore + StreamListing + RequestIndex + Clone + 'static,
+        S: SnapshotStore + SnapshotListing + Clone + 'static,
+    {
         Self::of(
             Arc::new(events.clone()),
             Arc::new(snapshots.clone()),
-            Arc::new(InMemorySubscriptionStore::new()),
-            Backend::Memory,
+            subscriptions,
+            backend,
         )
-        .with_append_signal(events.append_signal())
+        .with_append_signal(signal)
         .with_stream_listing(Arc::new(events.clone()))
         .with_request_index(Arc::new(events))
         .with_snapshot_listing(Arc::new(snapshots))
+    }
+
+    /// In-memory stores, new and empty, with every ability but the joint statements.
+    pub fn in_memory() -> Self {
+        let events = InMemoryEventStore::new();
+        let signal = events.append_signal();
+        let subscriptions = Arc::new(InMemorySubscriptionStore::new());
+        Self::of_backend(
+            events,
+            signal,
+            InMemorySnapshotStore::new(),
+            subscriptions,
+            Backend::Memory,
+        )
     }
 
     /// SQLite stores: `events` and `subscriptions` on one database, `snapshots` on the same
@@ -130,16 +153,9 @@ impl Stores {
         snapshots: crate::backend::sqlite::SqliteSnapshotStore,
         subscriptions: crate::backend::sqlite::SqliteSubscriptionStore,
     ) -> Self {
-        Self::of(
-            Arc::new(events.clone()),
-            Arc::new(snapshots.clone()),
-            Arc::new(subscriptions.clone()),
-            Backend::Sqlite(subscriptions),
-        )
-        .with_append_signal(events.append_signal())
-        .with_stream_listing(Arc::new(events.clone()))
-        .with_request_index(Arc::new(events))
-        .with_snapshot_listing(Arc::new(snapshots))
+        let signal = events.append_signal();
+        let shared = Arc::new(subscriptions.clone());
+        Self::of_backend(events, signal, snapshots, shared, Backend::Sqlite(subscriptions))
     }
 
     /// PostgreSQL stores on one database, with every ability, the joint statements when the
@@ -150,16 +166,9 @@ impl Stores {
         snapshots: crate::backend::postgres::PostgresSnapshotStore,
     ) -> Self {
         let joint = events.joint_snapshots(&snapshots);
-        let stores = Self::of(
-            Arc::new(events.clone()),
-            Arc::new(snapshots.clone()),
-            Arc::new(events.subscription_store()),
-            Backend::Postgres(events.clone()),
-        )
-        .with_append_signal(events.append_signal())
-        .with_stream_listing(Arc::new(events.clone()))
-        .with_request_index(Arc::new(events))
-        .with_snapshot_listing(Arc::new(snapshots));
+        let (signal, subscriptions) = (events.append_signal(), Arc::new(events.subscription_store()));
+        let backend = Backend::Postgres(events.clone());
+        let stores = Self::of_backend(events, signal, snapshots, subscriptions, backend);
         match joint {
             Some(joint) => stores.with_joint_snapshots(joint),
             None => stores,

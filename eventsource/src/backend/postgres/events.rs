@@ -16,7 +16,9 @@ use crate::abilities::{AppendSignal, RequestIndex, StreamListing};
 use crate::error::{Error, Result};
 use crate::event::EventEnvelope;
 use crate::event_store::{Appended, Batch, EventStore, EventStream, FeedHead, FeedHolder};
-use crate::request::{request_of, validate_refusal, Fingerprint, RequestId, RequestOutcome, RequestRecord};
+use crate::request::{
+    recorded, request_of, validate_refusal, Fingerprint, RequestId, RequestOutcome, RequestRecord,
+};
 use crate::snapshot::JointSnapshots;
 
 impl PostgresEventStore {
@@ -250,12 +252,7 @@ impl RequestIndex for PostgresEventStore {
             .execute(&self.pool)
             .await
             .map_err(|e| query_error(&format!("cannot record the refusal of {}", refusal.request_id), e))?;
-        self.find_request(&refusal.request_id).await?.ok_or_else(|| {
-            Error::corrupt(
-                format!("request {}", refusal.request_id),
-                "the recorded refusal is not found",
-            )
-        })
+        recorded(refusal, self.find_request(&refusal.request_id).await?)
     }
 
     async fn forget_refusals(

@@ -15,7 +15,9 @@ use crate::abilities::{AppendSignal, RequestIndex, StreamListing};
 use crate::error::{Error, Result};
 use crate::event::EventEnvelope;
 use crate::event_store::{Appended, Batch, EventStore, EventStream, FeedHead};
-use crate::request::{request_of, validate_refusal, Fingerprint, RequestId, RequestOutcome, RequestRecord};
+use crate::request::{
+    recorded, request_of, validate_refusal, Fingerprint, RequestId, RequestOutcome, RequestRecord,
+};
 
 const INSERT: &str = "INSERT INTO {p}events (event_id, event_type, event_version, aggregate_id, \
     aggregate_type, aggregate_version, occurred_at, correlation_id, causation_id, metadata, payload, \
@@ -91,6 +93,32 @@ impl std::fmt::Debug for SqliteEventStore {
 }
 
 impl SqliteEventStore {
+    /// Appends the checked batch in one write transaction, recording `request` with it if
+    /// given; a refused batch is acknowledged if it is the one stored already.
+    async fn append_recording(&self, checked: Batch<'_>, request: Option<Request>) -> Result<Appended> {
+        let batch = checked
+            .events
+            .iter()
+            .map(Encoded::new)
+            .collect::<Result<Vec<_>>>()?;
+        let stream = Stream::new(checked.aggregate_id, checked.aggregate_type);
+        let (sql, expected) = (self.sql.clone(), checked.expected_version);
+        let appended = self
+            .database
+            .write(move |connection| stream.append(connection, &sql, expected, &batch, request.as_ref()))
+            .await;
+        match appended {
+            Ok((version, position)) => {
+                self.database.appended().raise();
+                Ok(Appended { version, position })
+            }
+            Err(refusal @ (Error::Conflict { .. } | Error::InvalidInput(_))) => {
+                checked.acknowledge_stored(self, refusal).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The signal raised after each append through this store's database (appends that
     /// other connections make to the file are seen by polling).
     pub fn append_signal(&self) -> AppendSignal {
@@ -336,24 +364,8 @@ impl EventStore for SqliteEventStore {
         expected_version: u64,
         events: &[EventEnvelope],
     ) -> Result<Appended> {
-        let checked = Batch::checked(aggregate_id, aggregate_type, expected_version, events)?;
-        let batch = events.iter().map(Encoded::new).collect::<Result<Vec<_>>>()?;
-        let stream = Stream::new(aggregate_id, aggregate_type);
-        let sql = self.sql.clone();
-        let appended = self
-            .database
-            .write(move |connection| stream.append(connection, &sql, expected_version, &batch, None))
-            .await;
-        match appended {
-            Ok((version, position)) => {
-                self.database.appended().raise();
-                Ok(Appended { version, position })
-            }
-            Err(refusal @ (Error::Conflict { .. } | Error::InvalidInput(_))) => {
-                checked.acknowledge_stored(self, refusal).await
-            }
-            Err(e) => Err(e),
-        }
+        let batch = Batch::checked(aggregate_id, aggregate_type, expected_version, events)?;
+        self.append_recording(batch, None).await
     }
 
     fn read_stream<'a>(
@@ -461,31 +473,13 @@ impl RequestIndex for SqliteEventStore {
         events: &[EventEnvelope],
         fingerprint: Option<Fingerprint>,
     ) -> Result<Appended> {
-        let checked = Batch::checked(aggregate_id, aggregate_type, expected_version, events)?;
+        let batch = Batch::checked(aggregate_id, aggregate_type, expected_version, events)?;
         let request = Request {
             id: request_of(events)?.clone(),
             fingerprint,
             recorded_at: timestamp_text(&crate::request::now(), || "now".into())?,
         };
-        let batch = events.iter().map(Encoded::new).collect::<Result<Vec<_>>>()?;
-        let stream = Stream::new(aggregate_id, aggregate_type);
-        let sql = self.sql.clone();
-        let appended = self
-            .database
-            .write(move |connection| {
-                stream.append(connection, &sql, expected_version, &batch, Some(&request))
-            })
-            .await;
-        match appended {
-            Ok((version, position)) => {
-                self.database.appended().raise();
-                Ok(Appended { version, position })
-            }
-            Err(refusal @ (Error::Conflict { .. } | Error::InvalidInput(_))) => {
-                checked.acknowledge_stored(self, refusal).await
-            }
-            Err(e) => Err(e),
-        }
+        self.append_recording(batch, Some(request)).await
     }
 
     async fn record_refusal(&self, refusal: &RequestRecord) -> Result<RequestRecord> {
@@ -512,12 +506,7 @@ impl RequestIndex for SqliteEventStore {
                     .map_err(|e| store_error("cannot record a refusal", e))
             })
             .await?;
-        self.find_request(&refusal.request_id).await?.ok_or_else(|| {
-            Error::corrupt(
-                format!("request {}", refusal.request_id),
-                "the recorded refusal is not found",
-            )
-        })
+        recorded(refusal, self.find_request(&refusal.request_id).await?)
     }
 
     async fn forget_refusals(

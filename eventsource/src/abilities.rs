@@ -107,8 +107,10 @@ pub trait SnapshotListing: Send + Sync {
 ///   If the id is recorded already (by another batch, on any stream, or as a refusal), nothing
 ///   is stored and the append is [`Error::RequestRecorded`](crate::Error::RequestRecorded):
 ///   of two commands racing with one id, one stores its events and the other finds its
-///   outcome. [`find_request`](Self::find_request) gives what reading every stream for the
-///   request id would give.
+///   outcome. [`find_request`](Self::find_request) then gives the stream, and the version and
+///   position of the batch's last event as the stream holds them. (Events appended with a
+///   request id by [`EventStore::append`](crate::EventStore::append) carry it, and record
+///   nothing.)
 /// - **The first refusal is kept.** [`record_refusal`](Self::record_refusal) records a
 ///   refusal unless the id is recorded already, and returns what is recorded: the given
 ///   refusal, or the first outcome.

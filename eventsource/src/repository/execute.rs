@@ -2,9 +2,10 @@
 //! times with jittered backoff.
 //!
 //! The decision is the program's own closure: it sees the aggregate, records events or
-//! refuses with its own error type. [`CommandError`] keeps three outcomes apart so that an
+//! refuses with its own error type. [`CommandError`] keeps the outcomes apart so that an
 //! HTTP layer maps them with one `match`: the aggregate refused (the program's error,
-//! unchanged), other writers kept winning, or the store failed.
+//! unchanged, or its text when a request id sent again finds it), a request id reused for
+//! another request, other writers kept winning, or the store failed.
 //!
 //! A save whose answer was lost (a transient store error) is saved again as it is, never
 //! decided again: the store recognises a batch it already holds, so a command is never

@@ -2,7 +2,8 @@
 //! snapshots as its policy says, and runs commands. Each job is a module of its own: loading
 //! (a snapshot bound to its history, then the tail), saving (one idempotent append),
 //! snapshotting (after saves and on request, every store call bounded and guarded), the
-//! background queue, commands (load, decide, save, retried on conflicts), the
+//! background queue, commands (load, decide, save, retried on conflicts) and what they answer,
+//! idempotent requests (the first outcome of a request id, found and recorded), the
 //! per-aggregate command queue, and verification (snapshot and tail against a full replay).
 
 mod background;

@@ -66,6 +66,7 @@ mod abilities {
             )
             .with_append_signal(events.append_signal())
             .with_stream_listing(std::sync::Arc::new(events.clone()))
+            .with_slice_feed(std::sync::Arc::new(events.clone()))
             .with_request_index(std::sync::Arc::new(events))
             .with_snapshot_listing(std::sync::Arc::new(snapshots))
         });
@@ -78,6 +79,7 @@ mod abilities {
             stream_listing: true,
             snapshot_listing: true,
             request_index: true,
+            slice_feed: true,
             joint_snapshots: false,
         };
         assert_abilities(&Stores::in_memory(), every_but_joint);
@@ -102,7 +104,7 @@ mod optional_store {
 async fn run_all_runs_every_check_on_one_store() {
     assert_eq!(eventsource::testing::event_store::NAMES.len(), 18);
     assert_eq!(eventsource::testing::snapshot_store::NAMES.len(), 10);
-    assert_eq!(eventsource::testing::stores::NAMES.len(), 8);
+    assert_eq!(eventsource::testing::stores::NAMES.len(), 9);
     eventsource::testing::stores::run_all(&eventsource::backend::Stores::in_memory()).await;
     eventsource::testing::event_store::run_all(&InMemoryEventStore::new()).await;
     eventsource::testing::snapshot_store::run_all(&InMemorySnapshotStore::new()).await;

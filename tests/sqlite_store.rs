@@ -51,6 +51,7 @@ mod abilities {
                 stream_listing: true,
                 snapshot_listing: true,
                 request_index: true,
+                slice_feed: false,
                 joint_snapshots: false,
             },
         );

@@ -1,6 +1,6 @@
 //! What only some stores can do, handed out by the backend as values of their own rather than
-//! found on the store traits: the append wake-up signal, the listings operators read, and the
-//! index of request ids.
+//! found on the store traits: the append wake-up signal, the listings operators read, the
+//! index of request ids, and the feed read by slices.
 //! Reading and writing events with a snapshot in one statement is
 //! [`JointSnapshots`](crate::snapshot::JointSnapshots), beside the snapshots it writes.
 //!
@@ -16,10 +16,11 @@ use uuid::Uuid;
 
 use crate::error::Result;
 use crate::event::EventEnvelope;
-use crate::event_store::Appended;
+use crate::event_store::{Appended, EventStream};
 #[cfg(doc)]
 use crate::request::RequestOutcome;
 use crate::request::{Fingerprint, RequestId, RequestRecord};
+use crate::slice::SliceRange;
 use crate::snapshot::SnapshotVersion;
 
 /// Tells the consumers of a feed that events were appended. Cheap to clone; clones share it.
@@ -145,4 +146,20 @@ pub trait RequestIndex: Send + Sync {
         request_id: Option<&RequestId>,
         recorded_before: DateTime<Utc>,
     ) -> Result<u64>;
+}
+
+/// The feed of a range of slices (see [`crate::slice`]): what a consumer that shares a feed
+/// with others reads.
+///
+/// # Contract
+///
+/// [`read_slices`](Self::read_slices) yields exactly the events that
+/// [`EventStore::read_all`](crate::EventStore::read_all) yields after the same position whose
+/// stream's slice ([`slice_of`](crate::slice::slice_of)) is in the range, in position order,
+/// and never skips in the same sense: a reader that asks again after the last position it saw
+/// misses nothing. It reads an index of events by slice, so it costs what the range holds,
+/// not what the store holds. The conformance suite checks it against `read_all`.
+pub trait SliceFeed: Send + Sync {
+    /// The events of the slices of `range` with a position greater than `after_position`.
+    fn read_slices(&self, range: SliceRange, after_position: u64) -> EventStream<'_>;
 }

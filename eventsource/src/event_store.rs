@@ -60,11 +60,13 @@ pub type EventStream<'a> = BoxStream<'a, Result<StoredEvent>>;
 /// out, and [`backend::Stores`](crate::backend::Stores) carries the ones a backend has: the
 /// append wake-up signal ([`AppendSignal`](crate::abilities::AppendSignal)), stream listings
 /// for operators ([`StreamListing`](crate::abilities::StreamListing),
-/// [`SnapshotListing`](crate::abilities::SnapshotListing)), and reads and writes of
-/// events with a snapshot in one statement
-/// ([`JointSnapshots`](crate::snapshot::JointSnapshots)). A repository, subscription or
-/// projection built from `Stores` is given each one; built from an event store alone, it does
-/// without (it polls, and makes two round trips where one would do).
+/// [`SnapshotListing`](crate::abilities::SnapshotListing)), the index of request ids
+/// ([`RequestIndex`](crate::abilities::RequestIndex)), the feed read by slices
+/// ([`SliceFeed`](crate::abilities::SliceFeed)), and reads and writes of events with a
+/// snapshot in one statement ([`JointSnapshots`](crate::snapshot::JointSnapshots)). A
+/// repository, subscription or projection built from `Stores` is given each one; built from
+/// an event store alone, it does without (it polls, finds request ids in the aggregate's own
+/// stream, and makes two round trips where one would do).
 ///
 /// # Wrappers
 ///

@@ -18,6 +18,7 @@ pub mod repository;
 pub mod request;
 mod request_id;
 pub mod root;
+pub mod slice;
 pub mod snapshot;
 pub mod subscription;
 pub mod telemetry;
@@ -65,7 +66,7 @@ pub struct ProjectionsGuide;
 #[path = "private.rs"]
 pub mod __private;
 
-pub use abilities::{AppendSignal, AppendWaiter, RequestIndex, SnapshotListing, StreamListing};
+pub use abilities::{AppendSignal, AppendWaiter, RequestIndex, SliceFeed, SnapshotListing, StreamListing};
 pub use aggregate::{Aggregate, AggregateEvent, Apply};
 pub use backend::memory::{InMemoryEventStore, InMemorySnapshotStore, InMemorySubscriptionStore};
 pub use error::{Error, Result};

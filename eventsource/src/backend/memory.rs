@@ -14,11 +14,12 @@ use chrono::{DateTime, Utc};
 use futures_util::stream;
 use uuid::Uuid;
 
-use crate::abilities::{AppendSignal, RequestIndex, SnapshotListing, StreamListing};
+use crate::abilities::{AppendSignal, RequestIndex, SliceFeed, SnapshotListing, StreamListing};
 use crate::error::{Error, Result};
 use crate::event::{EventEnvelope, StoredEvent};
 use crate::event_store::{Appended, Batch, EventStore, EventStream, FeedHead};
 use crate::request::{request_of, validate_refusal, Fingerprint, RequestId, RequestOutcome, RequestRecord};
+use crate::slice::{slice_of, SliceRange, SLICES};
 use crate::snapshot::{validate_snapshot, Snapshot, SnapshotStore};
 use crate::subscription::{validate_name, validate_stored_name, DeadLetter, SubscriptionStore};
 
@@ -52,6 +53,8 @@ struct EventLog {
     event_ids: HashSet<Uuid>,
     /// The request index: what each request id recorded.
     requests: HashMap<RequestId, RequestRecord>,
+    /// For each slice, the log index of each of its events, in order (empty until the first).
+    slices: Vec<Vec<usize>>,
 }
 
 /// One stream: its aggregate type and the log index of each of its versions.
@@ -115,7 +118,41 @@ impl EventLog {
             }
         };
         indexes.extend(first..first + events.len());
+        if log.slices.is_empty() {
+            log.slices = vec![Vec::new(); SLICES as usize];
+        }
+        log.slices[slice_of(aggregate_type, aggregate_id) as usize].extend(first..first + events.len());
         expected_version + events.len() as u64
+    }
+
+    /// The next events of the slices of `range` after `after`, at most a chunk of them, in
+    /// position order: the slices' indexes merged.
+    fn slice_chunk(&self, range: SliceRange, after: u64) -> Vec<StoredEvent> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+
+        if self.slices.is_empty() {
+            return Vec::new();
+        }
+        // Position = log index + 1: the first index of each slice past `after`.
+        let mut next: BinaryHeap<Reverse<(usize, usize, usize)>> = (range.first()..=range.last())
+            .filter_map(|slice| {
+                let indexes = &self.slices[slice as usize];
+                let at = indexes.partition_point(|&i| (i as u64) < after);
+                indexes.get(at).map(|&i| Reverse((i, slice as usize, at)))
+            })
+            .collect();
+        let mut chunk = Vec::with_capacity(READ_CHUNK.min(next.len() * 4));
+        while chunk.len() < READ_CHUNK {
+            let Some(Reverse((i, slice, at))) = next.pop() else {
+                break;
+            };
+            chunk.push(self.events[i].clone());
+            if let Some(&following) = self.slices[slice].get(at + 1) {
+                next.push(Reverse((following, slice, at + 1)));
+            }
+        }
+        chunk
     }
 }
 
@@ -294,6 +331,20 @@ impl RequestIndex for InMemoryEventStore {
             !forgotten
         });
         Ok((before - log.requests.len()) as u64)
+    }
+}
+
+impl SliceFeed for InMemoryEventStore {
+    fn read_slices(&self, range: SliceRange, after_position: u64) -> EventStream<'_> {
+        let inner = self.inner.clone();
+        let chunks = stream::unfold(after_position, move |after| {
+            let chunk = read(&inner).slice_chunk(range, after);
+            async move {
+                let next = chunk.last()?.position;
+                Some((stream::iter(chunk.into_iter().map(Ok)), next))
+            }
+        });
+        Box::pin(futures_util::StreamExt::flatten(chunks))
     }
 }
 

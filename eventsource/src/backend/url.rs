@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::abilities::{AppendSignal, RequestIndex, SnapshotListing, StreamListing};
+use crate::abilities::{AppendSignal, RequestIndex, SliceFeed, SnapshotListing, StreamListing};
 use crate::aggregate::Aggregate;
 use crate::backend::memory::{InMemoryEventStore, InMemorySnapshotStore, InMemorySubscriptionStore};
 use crate::error::{Error, Result};
@@ -42,6 +42,8 @@ pub struct Stores {
     pub snapshot_listing: Option<Arc<dyn SnapshotListing>>,
     /// The event store's index of request ids, if the backend has one.
     pub request_index: Option<Arc<dyn RequestIndex>>,
+    /// The event store's feed read by slices, if the backend has one.
+    pub slice_feed: Option<Arc<dyn SliceFeed>>,
     /// The snapshot store with statements that read and write its snapshots together with
     /// the events, if the backend has them.
     pub joint_snapshots: Option<JointSnapshots>,
@@ -66,6 +68,7 @@ impl std::fmt::Debug for Stores {
             .field("stream_listing", &self.stream_listing.is_some())
             .field("snapshot_listing", &self.snapshot_listing.is_some())
             .field("request_index", &self.request_index.is_some())
+            .field("slice_feed", &self.slice_feed.is_some())
             .field("joint_snapshots", &self.joint_snapshots.is_some())
             .finish_non_exhaustive()
     }
@@ -101,6 +104,7 @@ impl Stores {
             stream_listing: None,
             snapshot_listing: None,
             request_index: None,
+            slice_feed: None,
             joint_snapshots: None,
             backend,
         }
@@ -131,11 +135,13 @@ impl Stores {
         .with_snapshot_listing(Arc::new(snapshots))
     }
 
-    /// In-memory stores, new and empty, with every ability but the joint statements.
+    /// In-memory stores, new and empty, with every ability but the joint statements (the feed
+    /// read by slices included).
     pub fn in_memory() -> Self {
         let events = InMemoryEventStore::new();
         let signal = events.append_signal();
         let subscriptions = Arc::new(InMemorySubscriptionStore::new());
+        let slices = Arc::new(events.clone());
         Self::of_backend(
             events,
             signal,
@@ -143,10 +149,12 @@ impl Stores {
             subscriptions,
             Backend::Memory,
         )
+        .with_slice_feed(slices)
     }
 
     /// SQLite stores: `events` and `subscriptions` on one database, `snapshots` on the same
-    /// file or database, with every ability but the joint statements.
+    /// file or database, with every ability but the joint statements and the feed read by
+    /// slices.
     #[cfg(feature = "sqlite")]
     pub fn from_sqlite(
         events: crate::backend::sqlite::SqliteEventStore,
@@ -158,8 +166,9 @@ impl Stores {
         Self::of_backend(events, signal, snapshots, shared, Backend::Sqlite(subscriptions))
     }
 
-    /// PostgreSQL stores on one database, with every ability, the joint statements when the
-    /// two stores share a pool; the subscription store is the event store's.
+    /// PostgreSQL stores on one database, with every ability but the feed read by slices, the
+    /// joint statements when the two stores share a pool; the subscription store is the event
+    /// store's.
     #[cfg(feature = "postgres")]
     pub fn from_postgres(
         events: crate::backend::postgres::PostgresEventStore,
@@ -196,6 +205,12 @@ impl Stores {
     /// The same stores, with the event store's index of request ids.
     pub fn with_request_index(mut self, index: Arc<dyn RequestIndex>) -> Self {
         self.request_index = Some(index);
+        self
+    }
+
+    /// The same stores, with the event store's feed read by slices.
+    pub fn with_slice_feed(mut self, feed: Arc<dyn SliceFeed>) -> Self {
+        self.slice_feed = Some(feed);
         self
     }
 

@@ -33,6 +33,7 @@ macro_rules! __stores_checks {
             an_append_raises_the_signal
             a_joint_load_reads_what_two_reads_read
             a_joint_save_stores_what_two_writes_store
+            the_slice_feed_reads_what_the_feed_holds_of_its_slices
         }
     };
 }
@@ -50,6 +51,8 @@ pub struct Abilities {
     pub snapshot_listing: bool,
     /// [`Stores::request_index`].
     pub request_index: bool,
+    /// [`Stores::slice_feed`].
+    pub slice_feed: bool,
     /// [`Stores::joint_snapshots`].
     pub joint_snapshots: bool,
 }
@@ -62,6 +65,7 @@ pub fn assert_abilities(stores: &Stores, expected: Abilities) {
         stream_listing: stores.stream_listing.is_some(),
         snapshot_listing: stores.snapshot_listing.is_some(),
         request_index: stores.request_index.is_some(),
+        slice_feed: stores.slice_feed.is_some(),
         joint_snapshots: stores.joint_snapshots.is_some(),
     };
     assert_eq!(actual, expected, "the abilities of {stores:?}");
@@ -486,6 +490,68 @@ pub async fn a_joint_save_stores_what_two_writes_store(stores: &Stores) {
         "the refused save stored no snapshot"
     );
     delete_by_type(&*stores.snapshots, &ty, None).await;
+}
+
+/// The feed of a range of slices yields, after a position, exactly the events the whole feed
+/// yields there of streams in those slices, in the same order, and a reader that resumes
+/// after the last position it saw misses nothing.
+pub async fn the_slice_feed_reads_what_the_feed_holds_of_its_slices(stores: &Stores) {
+    use futures_util::StreamExt;
+
+    use crate::slice::{slice_of, SliceRange};
+
+    let Some(feed) = &stores.slice_feed else {
+        return;
+    };
+    let store = &*stores.events;
+    let start = store.head(0).await.unwrap().position;
+    let ty = unique_type("Sliced");
+    let streams: Vec<Uuid> = (0..24).map(|_| Uuid::new_v4()).collect();
+    // The range holding the first stream's slice and a quarter of the slices after it.
+    let first = slice_of(&ty, streams[0]);
+    let range = SliceRange::new(first, (first + 255).min(crate::slice::SLICES - 1)).unwrap();
+    for round in 0..3u64 {
+        for id in &streams {
+            append(store, *id, &ty, round, &events(*id, &ty, round, 1)).await;
+        }
+    }
+    let own = |events: Vec<StoredEvent>| -> Vec<(u64, Uuid, u64)> {
+        events
+            .into_iter()
+            .filter(|e| *e.aggregate_type == *ty)
+            .map(|e| (e.position, e.aggregate_id, e.aggregate_version))
+            .collect()
+    };
+    let whole: Vec<StoredEvent> = store.read_all(start).try_collect().await.unwrap();
+    let expected: Vec<_> = own(whole)
+        .into_iter()
+        .filter(|(_, id, _)| range.holds(&ty, *id))
+        .collect();
+    assert!(
+        expected.len() >= 3,
+        "the range holds the first stream's three events at least"
+    );
+    let sliced: Vec<StoredEvent> = feed.read_slices(range, start).try_collect().await.unwrap();
+    assert!(
+        sliced
+            .iter()
+            .all(|e| range.holds(&e.aggregate_type, e.aggregate_id)),
+        "every event read is of a stream in the range"
+    );
+    assert_eq!(own(sliced), expected, "the range's events, in the feed's order");
+
+    // Resumed after each event in turn, it reads the rest.
+    let mut resumed = Vec::new();
+    let mut after = start;
+    loop {
+        let mut next = feed.read_slices(range, after);
+        let Some(event) = next.next().await.transpose().unwrap() else {
+            break;
+        };
+        after = event.position;
+        resumed.push(event);
+    }
+    assert_eq!(own(resumed), expected, "read one event at a time");
 }
 
 fn versions_and_ids(events: &[StoredEvent]) -> Vec<(u64, Uuid)> {

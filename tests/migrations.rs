@@ -295,6 +295,57 @@ async fn sqlite_stores_opening_one_new_file_at_once_apply_each_step_once() {
     assert_eq!(elsewhere.load(id).await.unwrap().state().balance, 102.0);
 }
 
+/// A file of layout 5, whose events carry request ids, is upgraded by step 6: the request
+/// index holds each id's last batch, as the stream holds it.
+#[tokio::test]
+async fn sqlite_request_ids_of_layout_5_fill_the_request_index() {
+    use eventsource::RequestIndex;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("layout5.db");
+    let (id, request) = (Uuid::new_v4(), Uuid::new_v4());
+    {
+        let events = SqliteEventStore::open(&path).await.unwrap();
+        let mut batch = vec![
+            envelope(
+                id,
+                1,
+                "AccountOpened",
+                r#"{"owner_name":"Ada","initial_balance":1.0}"#,
+            ),
+            envelope(id, 2, "MoneyDeposited", r#"{"amount":1.0}"#),
+        ];
+        batch[1].request_id = Some(request.into());
+        events.append(id, "Account", 0, &batch).await.unwrap();
+        // Back to layout 5: no request index.
+        events
+            .database()
+            .call(|connection| {
+                connection.execute_batch(
+                    "DROP TABLE eventsource_requests;
+                     DELETE FROM eventsource_migrations WHERE version = 6;",
+                )
+            })
+            .await
+            .unwrap();
+    }
+    let events = SqliteEventStore::open(&path).await.unwrap();
+    assert!(versions(&sqlite_migrations(events.database()).await).contains(&6));
+    let found = events
+        .find_request(&request.into())
+        .await
+        .unwrap()
+        .expect("the request id of the stored events is indexed");
+    let stored: Vec<StoredEvent> = events.read_stream(id, "Account", 0).try_collect().await.unwrap();
+    assert_eq!(
+        found.outcome,
+        eventsource::request::RequestOutcome::Executed {
+            version: 2,
+            position: stored[1].position
+        }
+    );
+}
+
 #[tokio::test]
 async fn sqlite_file_of_a_newer_layout_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -708,6 +759,107 @@ async fn postgres_concurrent_migrations_of_a_new_schema_apply_each_step_once() {
         assert_eq!(repo.save(&mut opened(id, 2)).await.unwrap(), 3);
         assert_eq!(repo.load(id).await.unwrap().state().balance, 102.0);
         assert_eq!(repo.metrics().hits("Account"), 1);
+    })
+    .await;
+}
+
+/// A schema of layout 7, whose events carry request ids as UUIDs, is upgraded by step 8: the
+/// column holds text, the request index holds each id's last batch, and a command sent again
+/// with one of those ids is answered with its first outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_request_ids_of_layout_7_fill_the_request_index() {
+    let test = "postgres_request_ids_of_layout_7_fill_the_request_index";
+    let Some(pool) = common::postgres_pool(test, 8).await else {
+        return;
+    };
+    in_scratch_schema(&pool, |pool: PgPool, schema: String| async move {
+        let events = PostgresEventStore::with_schema(pool.clone(), &schema).unwrap();
+        events.migrate().await.unwrap();
+        // Back to layout 7: UUID request ids, no request index.
+        for statement in [
+            format!("DROP TABLE \"{schema}\".eventsource_requests"),
+            format!(
+                "ALTER TABLE \"{schema}\".eventsource_events
+                 ALTER COLUMN request_id TYPE UUID USING request_id::uuid"
+            ),
+            format!("DELETE FROM \"{schema}\".eventsource_migrations WHERE version = 8"),
+        ] {
+            sqlx::query(&statement).execute(&pool).await.unwrap();
+        }
+        let (id, request) = (Uuid::new_v4(), Uuid::new_v4());
+        for (version, request) in [(1, None), (2, Some(request)), (3, Some(request))] {
+            sqlx::query(&format!(
+                "INSERT INTO \"{schema}\".eventsource_events (position, event_id, event_type,
+                    event_version, aggregate_id, aggregate_type, aggregate_version, occurred_at,
+                    occurred_at_ns, payload, request_id)
+                 VALUES ($1, $2, $3, 1, $4, 'Account', $5, now(), 0, $6::json, $7)"
+            ))
+            .bind(version)
+            .bind(Uuid::new_v4())
+            .bind(if version == 1 {
+                "AccountOpened"
+            } else {
+                "MoneyDeposited"
+            })
+            .bind(id)
+            .bind(version)
+            .bind(if version == 1 {
+                r#"{"owner_name":"Ada","initial_balance":1.0}"#
+            } else {
+                r#"{"amount":1.0}"#
+            })
+            .bind(request)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+
+        events.migrate().await.unwrap();
+        assert_eq!(
+            column_type(&pool, &schema, "eventsource_events", "request_id")
+                .await
+                .as_deref(),
+            Some("text")
+        );
+        assert!(postgres_versions(&pool, &schema).await.contains(&8));
+        let stores = eventsource::backend::Stores::from_postgres(events.clone(), events.snapshot_store());
+        let index = stores.request_index.clone().unwrap();
+        let found = index
+            .find_request(&request.into())
+            .await
+            .unwrap()
+            .expect("the request id of the stored events is indexed");
+        assert_eq!(
+            (found.aggregate_id, found.aggregate_type.as_str()),
+            (id, "Account")
+        );
+        assert_eq!(
+            found.outcome,
+            eventsource::request::RequestOutcome::Executed {
+                version: 3,
+                position: 3
+            },
+            "the last event stored with the id"
+        );
+        let read: Vec<StoredEvent> = events.read_stream(id, "Account", 1).try_collect().await.unwrap();
+        assert_eq!(
+            read[0].request_id,
+            Some(request.into()),
+            "events keep their request id"
+        );
+
+        let repo = stores.repository::<Account>();
+        let again = repo
+            .command(id)
+            .request_id(request)
+            .run(|account| {
+                account.record(MoneyDeposited { amount: 1.0 });
+                Ok::<(), std::convert::Infallible>(())
+            })
+            .await
+            .unwrap();
+        assert_eq!((again.repeated, again.version), (true, 3), "the first outcome");
+        assert_eq!(repo.load(id).await.unwrap().version(), 3, "nothing decided again");
     })
     .await;
 }

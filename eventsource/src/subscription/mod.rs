@@ -27,6 +27,10 @@
 //! - **Catch-up and supervision.** [`Subscription::catch_up`] handles what the feed holds
 //!   now and returns; [`Subscription::run_supervised`] starts a subscription that stopped on
 //!   an error again after a backoff ([`supervisor`]).
+//! - **Per-aggregate order, checked.** The feed hands each aggregate's events over in version
+//!   order; the delivery guard checks it on every batch, and counts (or, with
+//!   [`OnDisorder::Stop`], stops on) an event handed over twice, after a gap, or late (see
+//!   [`Consumer::on_disorder`]).
 //!
 //! ```
 //! # use eventsource::prelude::*;

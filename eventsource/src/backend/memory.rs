@@ -157,6 +157,57 @@ impl EventLog {
 }
 
 impl InMemoryEventStore {
+    /// Appends the checked batch under the log's lock, recording `request` (its id and
+    /// fingerprint) with it if given; a refused batch is acknowledged if it is the one stored
+    /// already.
+    async fn append_recording(
+        &self,
+        batch: Batch<'_>,
+        request: Option<(RequestId, Option<Fingerprint>)>,
+    ) -> Result<Appended> {
+        let Batch {
+            aggregate_id,
+            aggregate_type,
+            expected_version,
+            events,
+        } = batch;
+        let refusal = {
+            let mut log = write(&self.inner);
+            match log.refusal(aggregate_id, aggregate_type, expected_version, events) {
+                None if request
+                    .as_ref()
+                    .is_some_and(|(id, _)| log.requests.contains_key(id)) =>
+                {
+                    let (id, _) = request.expect("checked above");
+                    return Err(Error::RequestRecorded {
+                        request_id: id.to_string(),
+                    });
+                }
+                None => {
+                    let version = log.push(aggregate_id, aggregate_type, expected_version, events);
+                    let position = log.events.len() as u64;
+                    if let Some((id, fingerprint)) = request {
+                        let record = RequestRecord::executed(
+                            id.clone(),
+                            aggregate_type,
+                            aggregate_id,
+                            fingerprint,
+                            version,
+                            position,
+                            crate::request::now(),
+                        );
+                        log.requests.insert(id, record);
+                    }
+                    drop(log);
+                    self.appended.raise();
+                    return Ok(Appended { version, position });
+                }
+                Some(refusal) => refusal,
+            }
+        };
+        batch.acknowledge_stored(self, refusal).await
+    }
+
     /// The signal raised after each append to this store (and its clones).
     pub fn append_signal(&self) -> AppendSignal {
         self.appended.clone()
@@ -206,20 +257,7 @@ impl EventStore for InMemoryEventStore {
         events: &[EventEnvelope],
     ) -> Result<Appended> {
         let batch = Batch::checked(aggregate_id, aggregate_type, expected_version, events)?;
-        let refusal = {
-            let mut log = write(&self.inner);
-            match log.refusal(aggregate_id, aggregate_type, expected_version, events) {
-                None => {
-                    let version = log.push(aggregate_id, aggregate_type, expected_version, events);
-                    let position = log.events.len() as u64;
-                    drop(log);
-                    self.appended.raise();
-                    return Ok(Appended { version, position });
-                }
-                Some(refusal) => refusal,
-            }
-        };
-        batch.acknowledge_stored(self, refusal).await
+        self.append_recording(batch, None).await
     }
 
     fn read_stream<'a>(
@@ -275,36 +313,9 @@ impl RequestIndex for InMemoryEventStore {
         fingerprint: Option<Fingerprint>,
     ) -> Result<Appended> {
         let batch = Batch::checked(aggregate_id, aggregate_type, expected_version, events)?;
-        let request_id = request_of(events)?;
-        let refusal = {
-            let mut log = write(&self.inner);
-            match log.refusal(aggregate_id, aggregate_type, expected_version, events) {
-                None if log.requests.contains_key(request_id) => {
-                    return Err(Error::RequestRecorded {
-                        request_id: request_id.to_string(),
-                    })
-                }
-                None => {
-                    let version = log.push(aggregate_id, aggregate_type, expected_version, events);
-                    let position = log.events.len() as u64;
-                    let record = RequestRecord::executed(
-                        request_id.clone(),
-                        aggregate_type,
-                        aggregate_id,
-                        fingerprint,
-                        version,
-                        position,
-                        crate::request::now(),
-                    );
-                    log.requests.insert(request_id.clone(), record);
-                    drop(log);
-                    self.appended.raise();
-                    return Ok(Appended { version, position });
-                }
-                Some(refusal) => refusal,
-            }
-        };
-        batch.acknowledge_stored(self, refusal).await
+        let request_id = request_of(events)?.clone();
+        self.append_recording(batch, Some((request_id, fingerprint)))
+            .await
     }
 
     async fn record_refusal(&self, refusal: &RequestRecord) -> Result<RequestRecord> {

@@ -224,7 +224,7 @@ impl Stores {
     /// A repository of `A` on these stores, without snapshots, finding request ids in the
     /// request index if there is one.
     pub fn repository<A: Aggregate>(&self) -> Repository<A> {
-        let repository = Repository::new(self.events.clone());
+        let repository = Repository::on(self.events.clone());
         match &self.request_index {
             Some(index) => repository.with_request_index(index.clone()),
             None => repository,

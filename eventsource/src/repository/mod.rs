@@ -105,8 +105,13 @@ impl<A: Aggregate> std::fmt::Debug for Repository<A> {
 impl<A: Aggregate> Repository<A> {
     /// A repository on an event store, without snapshots.
     pub fn new(event_store: impl EventStore + 'static) -> Self {
+        Self::on(Arc::new(event_store))
+    }
+
+    /// A repository on an event store shared already (no second `Arc` around it).
+    pub(crate) fn on(events: Arc<dyn EventStore>) -> Self {
         Repository {
-            events: Arc::new(event_store),
+            events,
             snapshots: None,
             metrics: Arc::default(),
             commands: None,

@@ -22,7 +22,10 @@ use chrono::{DateTime, Utc};
 use common::{envelope, opened, Account, MoneyDeposited};
 use eventsource::backend::postgres::{pool_options, PgPool, PostgresEventStore, PostgresSnapshotStore};
 use eventsource::backend::sqlite::{self, rusqlite, Database, SqliteEventStore};
-use eventsource::{Error, EventStore, Repository, SnapshotPolicy, SnapshotStore, StoredEvent, Uuid};
+use eventsource::slice::{slice_of, SliceRange, SLICES};
+use eventsource::{
+    Error, EventStore, Repository, SliceFeed, SnapshotPolicy, SnapshotStore, StoredEvent, Uuid,
+};
 use futures_util::{StreamExt, TryStreamExt};
 
 // ---------------------------------------------------------------------------------------
@@ -147,6 +150,27 @@ fn assert_every_step_once(versions: &[i64]) {
 // ---------------------------------------------------------------------------------------
 // SQLite
 
+/// The account's two events, stored before slices were, are read in its slice's feed and in
+/// no other: the migration gave them their slice.
+async fn assert_slice_holds_the_account(events: &impl SliceFeed, id: Uuid) {
+    let slice = slice_of("Account", id);
+    let own = SliceRange::new(slice, slice).unwrap();
+    let read: Vec<StoredEvent> = events.read_slices(own, 0).try_collect().await.unwrap();
+    let versions: Vec<u64> = read.iter().map(|e| e.aggregate_version).collect();
+    assert_eq!(versions, [1, 2], "the account's events in its slice");
+    let others = [
+        SliceRange::new(0, slice.wrapping_sub(1)),
+        SliceRange::new(slice + 1, SLICES - 1),
+    ];
+    for others in others.into_iter().flatten() {
+        let elsewhere: Vec<StoredEvent> = events.read_slices(others, 0).try_collect().await.unwrap();
+        assert!(
+            elsewhere.iter().all(|e| e.aggregate_id != id),
+            "in no other slice"
+        );
+    }
+}
+
 /// A file as 0.1 left it: its tables, the account `id` with two events, and a snapshot at
 /// version 1 written before snapshots named their event.
 fn write_sqlite_0_1(path: &Path, id: Uuid) {
@@ -228,6 +252,7 @@ async fn sqlite_0_1_file_is_upgraded_in_place_and_its_snapshot_still_used() {
         .await
         .unwrap();
     assert_eq!(event_id_columns, 1, "step 2 adds `event_id` to the snapshots");
+    assert_slice_holds_the_account(&events, id).await;
 
     let legacy = snapshots
         .get_snapshot(id, "Account", u32::MAX)
@@ -295,6 +320,34 @@ async fn sqlite_stores_opening_one_new_file_at_once_apply_each_step_once() {
     assert_eq!(elsewhere.load(id).await.unwrap().state().balance, 102.0);
 }
 
+/// A program of a version before slices, still running when the file was upgraded, cannot
+/// store an event without its slice: its append fails with a message, and stores nothing.
+#[tokio::test]
+async fn sqlite_an_event_stored_without_its_slice_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sliced.db");
+    let events = SqliteEventStore::open(&path).await.unwrap();
+    let refused = events
+        .database()
+        .call(|connection| {
+            connection.execute(
+                "INSERT INTO events (event_id, event_type, event_version, aggregate_id,
+                    aggregate_type, aggregate_version, occurred_at, payload)
+                 VALUES ('8c0e3a4c-0bb8-4a57-9a4a-3f1d0b6f6c01', 'Noted', 1,
+                    '8c0e3a4c-0bb8-4a57-9a4a-3f1d0b6f6c02', 'Account', 1,
+                    '2026-01-01T00:00:00Z', '{}')",
+                [],
+            )
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{refused:?}").contains("upgrade the program"),
+        "{refused:?}"
+    );
+    assert_eq!(events.head(0).await.unwrap().events_after, 0);
+}
+
 /// A file of layout 5, whose events carry request ids, is upgraded by step 6: the request
 /// index holds each id's last batch, as the stream holds it.
 #[tokio::test]
@@ -317,13 +370,16 @@ async fn sqlite_request_ids_of_layout_5_fill_the_request_index() {
         ];
         batch[1].request_id = Some(request.into());
         events.append(id, "Account", 0, &batch).await.unwrap();
-        // Back to layout 5: no request index.
+        // Back to layout 5: no request index, no slices.
         events
             .database()
             .call(|connection| {
                 connection.execute_batch(
                     "DROP TABLE eventsource_requests;
-                     DELETE FROM eventsource_migrations WHERE version = 6;",
+                     DROP TRIGGER events_slice_required;
+                     DROP INDEX events_slice;
+                     ALTER TABLE events DROP COLUMN slice;
+                     DELETE FROM eventsource_migrations WHERE version >= 6;",
                 )
             })
             .await
@@ -671,6 +727,7 @@ async fn postgres_0_1_tables_are_upgraded_in_place_and_keep_their_data() {
         );
         let applied = postgres_versions(&pool, &schema).await;
         assert_every_step_once(&applied);
+        assert_slice_holds_the_account(&events, id).await;
 
         // The retyped columns still hold the same JSON values.
         let stored: Vec<StoredEvent> = events.read_stream(id, "Account", 0).try_collect().await.unwrap();
@@ -775,14 +832,15 @@ async fn postgres_request_ids_of_layout_7_fill_the_request_index() {
     in_scratch_schema(&pool, |pool: PgPool, schema: String| async move {
         let events = PostgresEventStore::with_schema(pool.clone(), &schema).unwrap();
         events.migrate().await.unwrap();
-        // Back to layout 7: UUID request ids, no request index.
+        // Back to layout 7: UUID request ids, no request index, no slices.
         for statement in [
+            format!("ALTER TABLE \"{schema}\".eventsource_events DROP COLUMN slice"),
             format!("DROP TABLE \"{schema}\".eventsource_requests"),
             format!(
                 "ALTER TABLE \"{schema}\".eventsource_events
                  ALTER COLUMN request_id TYPE UUID USING request_id::uuid"
             ),
-            format!("DELETE FROM \"{schema}\".eventsource_migrations WHERE version = 8"),
+            format!("DELETE FROM \"{schema}\".eventsource_migrations WHERE version >= 8"),
         ] {
             sqlx::query(&statement).execute(&pool).await.unwrap();
         }

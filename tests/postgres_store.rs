@@ -78,7 +78,7 @@ async fn postgres_stores_hand_out_every_ability() {
         stream_listing: true,
         snapshot_listing: true,
         request_index: true,
-        slice_feed: false,
+        slice_feed: true,
         joint_snapshots: true,
     };
     let stores = eventsource::backend::open(&db.url).await.unwrap();

@@ -51,7 +51,7 @@ mod abilities {
                 stream_listing: true,
                 snapshot_listing: true,
                 request_index: true,
-                slice_feed: false,
+                slice_feed: true,
                 joint_snapshots: false,
             },
         );
@@ -221,6 +221,7 @@ async fn a_file_is_created_in_wal_mode_with_its_tables_and_a_busy_timeout() {
         [
             "events",
             "events_event_id",
+            "events_slice",
             "events_stream",
             "eventsource_dead_letters",
             "eventsource_dead_letters_subscription",
@@ -350,6 +351,7 @@ fn prefixed_objects(prefix: &str) -> Vec<String> {
     [
         "events",
         "events_event_id",
+        "events_slice",
         "events_stream",
         "eventsource_dead_letters",
         "eventsource_dead_letters_subscription",

@@ -120,7 +120,7 @@ impl Stores {
         backend: Backend,
     ) -> Self
     where
-        E: EventStore + StreamListing + RequestIndex + Clone + 'static,
+        E: EventStore + StreamListing + RequestIndex + SliceFeed + Clone + 'static,
         S: SnapshotStore + SnapshotListing + Clone + 'static,
     {
         Self::of(
@@ -131,17 +131,16 @@ impl Stores {
         )
         .with_append_signal(signal)
         .with_stream_listing(Arc::new(events.clone()))
-        .with_request_index(Arc::new(events))
+        .with_request_index(Arc::new(events.clone()))
+        .with_slice_feed(Arc::new(events))
         .with_snapshot_listing(Arc::new(snapshots))
     }
 
-    /// In-memory stores, new and empty, with every ability but the joint statements (the feed
-    /// read by slices included).
+    /// In-memory stores, new and empty, with every ability but the joint statements.
     pub fn in_memory() -> Self {
         let events = InMemoryEventStore::new();
         let signal = events.append_signal();
         let subscriptions = Arc::new(InMemorySubscriptionStore::new());
-        let slices = Arc::new(events.clone());
         Self::of_backend(
             events,
             signal,
@@ -149,12 +148,10 @@ impl Stores {
             subscriptions,
             Backend::Memory,
         )
-        .with_slice_feed(slices)
     }
 
     /// SQLite stores: `events` and `subscriptions` on one database, `snapshots` on the same
-    /// file or database, with every ability but the joint statements and the feed read by
-    /// slices.
+    /// file or database, with every ability but the joint statements.
     #[cfg(feature = "sqlite")]
     pub fn from_sqlite(
         events: crate::backend::sqlite::SqliteEventStore,
@@ -166,9 +163,8 @@ impl Stores {
         Self::of_backend(events, signal, snapshots, shared, Backend::Sqlite(subscriptions))
     }
 
-    /// PostgreSQL stores on one database, with every ability but the feed read by slices, the
-    /// joint statements when the two stores share a pool; the subscription store is the event
-    /// store's.
+    /// PostgreSQL stores on one database, with every ability, the joint statements when the
+    /// two stores share a pool; the subscription store is the event store's.
     #[cfg(feature = "postgres")]
     pub fn from_postgres(
         events: crate::backend::postgres::PostgresEventStore,

@@ -12,13 +12,14 @@ use uuid::Uuid;
 use super::append::With;
 use super::read::{version_of, Loader, Reader};
 use super::{joint, query_error, PostgresEventStore, PostgresSnapshotStore};
-use crate::abilities::{AppendSignal, RequestIndex, StreamListing};
+use crate::abilities::{AppendSignal, RequestIndex, SliceFeed, StreamListing};
 use crate::error::{Error, Result};
 use crate::event::EventEnvelope;
 use crate::event_store::{Appended, Batch, EventStore, EventStream, FeedHead, FeedHolder};
 use crate::request::{
     recorded, request_of, validate_refusal, Fingerprint, RequestId, RequestOutcome, RequestRecord,
 };
+use crate::slice::SliceRange;
 use crate::snapshot::JointSnapshots;
 
 impl PostgresEventStore {
@@ -151,6 +152,12 @@ impl EventStore for PostgresEventStore {
             return Ok(head);
         }
         Ok(head.with_held_back(version_of(held, &self.sql.table)?, self.feed_holder().await?))
+    }
+}
+
+impl SliceFeed for PostgresEventStore {
+    fn read_slices(&self, range: SliceRange, after_position: u64) -> EventStream<'_> {
+        super::read::slices(self, range, after_position)
     }
 }
 

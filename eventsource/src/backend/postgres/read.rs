@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::event::{EventEnvelope, StoredEvent};
 use crate::event_store::EventStream;
 use crate::request::RequestId;
+use crate::slice::{merge, SliceRange};
 
 pub(super) fn version_of(version: i64, table: &str) -> Result<u64> {
     u64::try_from(version).map_err(|_| Error::corrupt(table, format!("negative stream version {version}")))
@@ -144,6 +145,15 @@ impl Reader {
         events
     }
 
+    /// Decodes rows that start with [`COLUMNS`] (then the stream's id and type), in order,
+    /// whatever their positions: the rows of a read by slice.
+    fn decode_rows(&mut self, rows: &[PgRow]) -> Result<Vec<StoredEvent>> {
+        if let Some(Err(reason)) = rows.first().map(|row| self.check_types(row)) {
+            return Err(Error::corrupt(self.store.sql.table.clone(), reason));
+        }
+        rows.iter().map(|row| self.decode(row)).collect()
+    }
+
     /// Checks that each column the reader decodes has a type it can decode, once a page: the
     /// rows of a statement share their types, so each value is then decoded unchecked.
     fn check_types(&self, row: &PgRow) -> std::result::Result<(), String> {
@@ -227,6 +237,54 @@ impl Reader {
             envelope,
         })
     }
+}
+
+/// The events of the slices of `range` after `after`, in position order: each slice read from
+/// the index by slice below the feed's bound when the read starts (every event below it is
+/// final, and later statements see it), the slices merged.
+pub(super) fn slices(store: &PostgresEventStore, range: SliceRange, after: u64) -> EventStream<'static> {
+    let bound = {
+        let store = store.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(&store.sql.feed_bound)
+                .fetch_one(&store.pool)
+                .await
+                .map_err(|e| query_error("cannot read the bound of the feed", e))
+        }
+    };
+    let store = store.clone();
+    let read = stream::once(bound).flat_map(move |bound| match bound {
+        Ok(bound) => {
+            let what = store.sql.table.clone();
+            merge::merged(range, after, what, slice_pages(&store, bound))
+        }
+        Err(e) => Box::pin(stream::iter([Err(e)])),
+    });
+    Box::pin(read)
+}
+
+/// Reads, for each of some slices, its events after its own position and below `bound`, in
+/// one statement.
+fn slice_pages(store: &PostgresEventStore, bound: i64) -> merge::Fetch {
+    let store = store.clone();
+    Box::new(move |cursors, limit| {
+        let store = store.clone();
+        Box::pin(async move {
+            let (slices, afters): (Vec<i32>, Vec<i64>) = cursors
+                .iter()
+                .map(|(slice, after)| (*slice as i32, i64::try_from(*after).unwrap_or(i64::MAX)))
+                .unzip();
+            let rows = sqlx::query(&store.sql.read_slices)
+                .bind(slices)
+                .bind(afters)
+                .bind(bound)
+                .bind(limit as i64)
+                .fetch_all(&store.pool)
+                .await
+                .map_err(|e| query_error("cannot read the feed by slice", e))?;
+            Reader::new(&store, None, 0).decode_rows(&rows)
+        })
+    })
 }
 
 /// Decodes the rows of [`LOAD_COLUMNS`] of one stream into events, checking that versions

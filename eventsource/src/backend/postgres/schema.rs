@@ -64,6 +64,11 @@ const STEPS: &[Step] = &[
         description: "request ids are text, and the request index keeps each one's first outcome",
         statements: request_index,
     },
+    Step {
+        version: 9,
+        description: "every event in its stream's slice",
+        statements: slices,
+    },
 ];
 
 /// The layout version this library reads and writes.
@@ -243,6 +248,24 @@ fn request_index(layout: &Layout) -> Vec<String> {
              ORDER BY request_id, position DESC
              ON CONFLICT (request_id) DO NOTHING"
         ),
+    ]
+}
+
+/// Step 9: each event's slice (see [`crate::slice::slice_of`]), a column the database
+/// computes from the stream, so that writers of any version store it, and an index to read
+/// the feed by slice. Adding the column rewrites the events table once.
+fn slices(layout: &Layout) -> Vec<String> {
+    let events = &layout.events;
+    vec![
+        format!(
+            "ALTER TABLE {events} ADD COLUMN IF NOT EXISTS slice INTEGER NOT NULL
+                GENERATED ALWAYS AS (
+                    ('x' || substr(md5(aggregate_type || ':' || aggregate_id::text), 1, 8))::bit(32)::integer
+                    & {mask}
+                ) STORED",
+            mask = crate::slice::SLICES - 1
+        ),
+        format!("CREATE INDEX IF NOT EXISTS eventsource_events_slice_idx ON {events} (slice, position)"),
     ]
 }
 

@@ -44,6 +44,10 @@ pub(super) struct Sql {
     pub(super) read_stream: String,
     pub(super) load_stream: String,
     pub(super) read_all: String,
+    /// The feed's bound now: positions below it are final.
+    pub(super) feed_bound: String,
+    /// Some slices' events, each after its own position and below a bound.
+    pub(super) read_slices: String,
     pub(super) head: String,
     pub(super) holder: String,
     /// The request index: one request's record.
@@ -175,6 +179,17 @@ impl Sql {
                 "SELECT {COLUMNS}, aggregate_id, aggregate_type FROM {events}
                  WHERE position > $1 AND position < (SELECT {feed_bound}(pg_current_snapshot()))
                  ORDER BY position LIMIT $2"
+            ),
+            feed_bound: format!("SELECT {feed_bound}(pg_current_snapshot())"),
+            // Each slice ($1) from its own position ($2) on, below the bound ($3), at most $4
+            // of each: one index scan per slice.
+            read_slices: format!(
+                "SELECT e.* FROM unnest($1::integer[], $2::bigint[]) AS c(slice, after)
+                 CROSS JOIN LATERAL (
+                    SELECT {COLUMNS}, aggregate_id, aggregate_type FROM {events}
+                    WHERE slice = c.slice AND position > c.after AND position < $3
+                    ORDER BY position LIMIT $4
+                 ) AS e"
             ),
             request: format!(
                 "SELECT aggregate_type, aggregate_id, fingerprint, version, position, refusal,

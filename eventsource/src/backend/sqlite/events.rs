@@ -11,17 +11,18 @@ use uuid::Uuid;
 
 use super::prefix::Prefix;
 use super::{parse_timestamp, read, schema, signed, store_error, timestamp_text, unsigned, Database};
-use crate::abilities::{AppendSignal, RequestIndex, StreamListing};
+use crate::abilities::{AppendSignal, RequestIndex, SliceFeed, StreamListing};
 use crate::error::{Error, Result};
 use crate::event::EventEnvelope;
 use crate::event_store::{Appended, Batch, EventStore, EventStream, FeedHead};
 use crate::request::{
     recorded, request_of, validate_refusal, Fingerprint, RequestId, RequestOutcome, RequestRecord,
 };
+use crate::slice::{slice_of, SliceRange};
 
 const INSERT: &str = "INSERT INTO {p}events (event_id, event_type, event_version, aggregate_id, \
     aggregate_type, aggregate_version, occurred_at, correlation_id, causation_id, metadata, payload, \
-    request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
+    request_id, slice) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
 
 const STREAM_VERSION: &str = "SELECT aggregate_version FROM {p}events \
     WHERE aggregate_id = ?1 AND aggregate_type = ?2 ORDER BY aggregate_version DESC LIMIT 1";
@@ -212,6 +213,11 @@ impl Stream {
         }
     }
 
+    /// The stream's slice, stored with each of its events.
+    fn slice(&self) -> u32 {
+        slice_of(&self.aggregate_type, self.id)
+    }
+
     fn failed(&self, action: &str, e: rusqlite::Error) -> Error {
         store_error(format!("cannot {action} {} {}", self.aggregate_type, self.id), e)
     }
@@ -275,6 +281,7 @@ impl Stream {
         }
         {
             let mut insert = tx.prepare_cached(&sql.insert).map_err(fail)?;
+            let slice = self.slice();
             for e in batch {
                 let row = (
                     &e.event_id,
@@ -289,6 +296,7 @@ impl Stream {
                     &e.metadata,
                     &*e.payload,
                     &e.request_id,
+                    slice,
                 );
                 match insert.execute(row) {
                     Ok(_) => {}
@@ -410,6 +418,12 @@ impl EventStore for SqliteEventStore {
             None => after_position,
         };
         Ok(FeedHead::new(position, unsigned(count, "count", what)?))
+    }
+}
+
+impl SliceFeed for SqliteEventStore {
+    fn read_slices(&self, range: SliceRange, after_position: u64) -> EventStream<'_> {
+        read::slices(&self.pages(), range, after_position)
     }
 }
 

@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::event::{EventEnvelope, StoredEvent};
 use crate::event_store::EventStream;
 use crate::request::RequestId;
+use crate::slice::{merge, SliceRange};
 
 /// Rows per page: about a tenth of a millisecond of reading and decoding.
 const PAGE: usize = 256;
@@ -42,11 +43,21 @@ const LOG_PAGE: &str = concat!(
     " FROM {p}events WHERE position > ?1 ORDER BY position LIMIT ?2"
 );
 
+const SLICE_PAGE: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM {p}events WHERE slice = ?1 AND position > ?2 AND position <= ?3 ORDER BY position LIMIT ?4"
+);
+
+const LAST_POSITION: &str = "SELECT coalesce(max(position), 0) FROM {p}events";
+
 /// The statements that read pages, on the tables of one prefix.
 #[derive(Debug)]
 pub(super) struct Sql {
     stream_page: String,
     log_page: String,
+    slice_page: String,
+    last_position: String,
 }
 
 impl Sql {
@@ -54,6 +65,8 @@ impl Sql {
         Self {
             stream_page: prefix.sql(STREAM_PAGE),
             log_page: prefix.sql(LOG_PAGE),
+            slice_page: prefix.sql(SLICE_PAGE),
+            last_position: prefix.sql(LAST_POSITION),
         }
     }
 }
@@ -101,6 +114,71 @@ pub(super) fn log(source: &Source, after: u64) -> EventStream<'static> {
             names: Vec::new(),
         },
     )
+}
+
+/// The events of the slices of `range` after a position, in position order: each slice read
+/// from the index by slice up to the last position stored when the read starts (one writer at
+/// a time commits positions in order, so every event up to it is there to read), the slices
+/// merged.
+pub(super) fn slices(source: &Source, range: SliceRange, after: u64) -> EventStream<'static> {
+    let source = source.clone();
+    let last = {
+        let source = source.clone();
+        async move {
+            let sql = source.sql.clone();
+            source
+                .database
+                .read(move |connection| {
+                    connection
+                        .prepare_cached(&sql.last_position)?
+                        .query_row([], |row| row.get::<_, i64>(0))
+                })
+                .await
+                .map_err(|e| store_error("cannot read the event log", e))
+        }
+    };
+    let read = stream::once(last).flat_map(move |last| match last {
+        Ok(last) => merge::merged(
+            range,
+            after,
+            "the SQLite events table".into(),
+            slice_pages(&source, last),
+        ),
+        Err(e) => Box::pin(stream::iter([Err(e)])),
+    });
+    Box::pin(read)
+}
+
+/// Reads, for each of some slices, its events after its own position up to `last`.
+fn slice_pages(source: &Source, last: i64) -> merge::Fetch {
+    let source = source.clone();
+    Box::new(move |cursors, limit| {
+        let source = source.clone();
+        Box::pin(async move {
+            let sql = source.sql.clone();
+            let read = source
+                .database
+                .read(move |connection| {
+                    let mut statement = connection.prepare_cached(&sql.slice_page)?;
+                    let mut decoder = Decoder {
+                        stream: None,
+                        names: Vec::new(),
+                    };
+                    let mut events = Vec::new();
+                    for (slice, after) in &cursors {
+                        let after = i64::try_from(*after).unwrap_or(i64::MAX);
+                        let mut rows = statement.query((slice, after, last, limit as i64))?;
+                        while let Some(row) = rows.next()? {
+                            events.push(Columns::of(row).and_then(|columns| decoder.decode(columns)));
+                        }
+                    }
+                    Ok(events)
+                })
+                .await
+                .map_err(|e| store_error("cannot read the event log by slice", e))?;
+            read.into_iter().collect()
+        })
+    })
 }
 
 fn pages(source: Source, cursor: Cursor, decoder: Decoder) -> EventStream<'static> {

@@ -8,16 +8,20 @@
 //! was.
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use uuid::Uuid;
 
 use super::prefix::Prefix;
 use super::{store_error, Database};
 use crate::error::{Error, Result};
+use crate::slice::slice_of;
 
 /// One upgrade of the layout, applied once, in order.
 struct Step {
     version: i64,
     description: &'static str,
     sql: &'static str,
+    /// What the step computes in Rust after its SQL, if anything.
+    fill: Option<fn(&Connection, &Prefix) -> Result<()>>,
 }
 
 /// Every step of the layout. A database made before versions were recorded (the 0.1 layout)
@@ -56,11 +60,13 @@ const STEPS: &[Step] = &[
                 ON {p}snapshots (aggregate_id, aggregate_type);
             CREATE INDEX IF NOT EXISTS {p}snapshots_type_schema
                 ON {p}snapshots (aggregate_type, schema_version);",
+        fill: None,
     },
     Step {
         version: 2,
         description: "snapshots name the event they follow",
         sql: "ALTER TABLE {p}snapshots ADD COLUMN event_id TEXT",
+        fill: None,
     },
     Step {
         version: 3,
@@ -82,6 +88,7 @@ const STEPS: &[Step] = &[
             );
             CREATE INDEX IF NOT EXISTS {p}eventsource_dead_letters_subscription
                 ON {p}eventsource_dead_letters (subscription, id);",
+        fill: None,
     },
     Step {
         version: 4,
@@ -89,6 +96,7 @@ const STEPS: &[Step] = &[
         sql: "ALTER TABLE {p}events ADD COLUMN request_id TEXT;
             CREATE INDEX IF NOT EXISTS {p}events_request
                 ON {p}events (aggregate_id, aggregate_type, request_id) WHERE request_id IS NOT NULL;",
+        fill: None,
     },
     Step {
         version: 5,
@@ -96,6 +104,7 @@ const STEPS: &[Step] = &[
         sql: "CREATE UNIQUE INDEX IF NOT EXISTS {p}snapshots_aggregate_schema
                 ON {p}snapshots (aggregate_id, aggregate_type, schema_version);
             DROP INDEX IF EXISTS {p}snapshots_aggregate;",
+        fill: None,
     },
     Step {
         version: 6,
@@ -116,8 +125,51 @@ const STEPS: &[Step] = &[
                     max(position), max(occurred_at)
                 FROM {p}events WHERE request_id IS NOT NULL GROUP BY request_id;
             DROP INDEX IF EXISTS {p}events_request;",
+        fill: None,
+    },
+    Step {
+        version: 7,
+        description: "every event in its stream's slice",
+        sql: "ALTER TABLE {p}events ADD COLUMN slice INTEGER;
+            CREATE INDEX IF NOT EXISTS {p}events_slice ON {p}events (slice, position);
+            CREATE TRIGGER IF NOT EXISTS {p}events_slice_required
+                AFTER INSERT ON {p}events WHEN NEW.slice IS NULL
+            BEGIN
+                SELECT RAISE(ABORT, 'an event without its slice: the events table has the eventsource layout 7 or later, which older versions of the library cannot write; upgrade the program');
+            END;",
+        fill: Some(fill_slices),
     },
 ];
+
+/// Step 7: each stored event gets the slice of its stream ([`slice_of`]), one update per
+/// stream.
+fn fill_slices(connection: &Connection, prefix: &Prefix) -> Result<()> {
+    let fail = |e| store_error("cannot fill in the slices of the stored events", e);
+    let mut streams = connection
+        .prepare(
+            &prefix.sql("SELECT DISTINCT aggregate_type, aggregate_id FROM {p}events WHERE slice IS NULL"),
+        )
+        .map_err(fail)?;
+    let mut update = connection
+        .prepare(
+            &prefix.sql("UPDATE {p}events SET slice = ?1 WHERE aggregate_id = ?2 AND aggregate_type = ?3"),
+        )
+        .map_err(fail)?;
+    let mut rows = streams.query([]).map_err(fail)?;
+    while let Some(row) = rows.next().map_err(fail)? {
+        let (aggregate_type, id): (String, String) = (row.get(0).map_err(fail)?, row.get(1).map_err(fail)?);
+        let aggregate_id = Uuid::try_parse(&id).map_err(|e| {
+            Error::corrupt(
+                format!("the SQLite stream of {aggregate_type} {id}"),
+                format!("column `aggregate_id` holds {id:?}, not a uuid: {e}"),
+            )
+        })?;
+        update
+            .execute((slice_of(&aggregate_type, aggregate_id), &id, &aggregate_type))
+            .map_err(fail)?;
+    }
+    Ok(())
+}
 
 /// The layout version this library reads and writes.
 pub(super) const LATEST: i64 = STEPS[STEPS.len() - 1].version;
@@ -125,7 +177,7 @@ pub(super) const LATEST: i64 = STEPS[STEPS.len() - 1].version;
 /// Selects every column this library reads and writes: fails on a foreign table.
 const PROBE: &str = "SELECT position, event_id, event_type, event_version, aggregate_id,
         aggregate_type, aggregate_version, occurred_at, correlation_id, causation_id, metadata,
-        payload, request_id FROM {p}events LIMIT 0;
+        payload, request_id, slice FROM {p}events LIMIT 0;
     SELECT aggregate_id, aggregate_type, version, state, schema_version, created_at, event_id
         FROM {p}snapshots LIMIT 0;
     SELECT name, position, owner, lease_until FROM {p}eventsource_subscriptions LIMIT 0;
@@ -171,6 +223,9 @@ fn migrate_on(connection: &mut Connection, prefix: &Prefix) -> Result<()> {
     for step in STEPS.iter().filter(|step| step.version > current) {
         tx.execute_batch(&prefix.sql(step.sql))
             .map_err(|e| foreign_or(e, step, prefix))?;
+        if let Some(fill) = step.fill {
+            fill(&tx, prefix)?;
+        }
         tx.execute(&record, (step.version, step.description))
             .map_err(fail)?;
     }

@@ -5,6 +5,9 @@
 //! The hash is part of the store contract, so that every backend, and every version of this
 //! library, puts a stream in the same slice: [`slice_of`].
 
+mod md5;
+pub(crate) mod merge;
+
 use std::fmt;
 
 use uuid::Uuid;
@@ -14,9 +17,14 @@ use crate::error::{Error, Result};
 /// How many slices there are.
 pub const SLICES: u32 = 1024;
 
-/// The slice of the stream `(aggregate_type, aggregate_id)`: the 32-bit FNV-1a hash of the
-/// type's UTF-8 bytes, one zero byte, and the id's 16 bytes in their usual order
-/// ([`Uuid::as_bytes`]), modulo [`SLICES`].
+/// The slice of the stream `(aggregate_type, aggregate_id)`: the first four bytes of the MD5
+/// digest of the type's UTF-8 bytes, a colon, and the id in its usual text form (lower-case
+/// hexadecimal with hyphens, as [`Uuid`] displays it), read as a big-endian integer, modulo
+/// [`SLICES`].
+///
+/// PostgreSQL computes the same from its own functions, so the SQL stores compute each row's
+/// slice in the database; in SQL, `('x' || substr(md5(aggregate_type || ':' ||
+/// aggregate_id::text), 1, 8))::bit(32)::integer & 1023`.
 ///
 /// ```
 /// use eventsource::slice::{slice_of, SLICES};
@@ -24,18 +32,14 @@ pub const SLICES: u32 = 1024;
 ///
 /// let slice = slice_of("Account", Uuid::nil());
 /// assert!(slice < SLICES);
-/// assert_eq!(slice, slice_of("Account", Uuid::nil()), "always the same");
+/// // md5("Account:00000000-0000-0000-0000-000000000000") starts with 579c5730.
+/// assert_eq!(slice, 0x579c_5730 % SLICES);
 /// ```
 pub fn slice_of(aggregate_type: &str, aggregate_id: Uuid) -> u32 {
-    const OFFSET: u32 = 0x811c_9dc5;
-    const PRIME: u32 = 0x0100_0193;
-    let bytes = aggregate_type
-        .as_bytes()
-        .iter()
-        .chain(std::iter::once(&0u8))
-        .chain(aggregate_id.as_bytes());
-    let hash = bytes.fold(OFFSET, |hash, byte| (hash ^ u32::from(*byte)).wrapping_mul(PRIME));
-    hash % SLICES
+    let mut id = Uuid::encode_buffer();
+    let id = aggregate_id.hyphenated().encode_lower(&mut id);
+    let digest = md5::digest(&[aggregate_type.as_bytes(), b":", id.as_bytes()]);
+    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) % SLICES
 }
 
 /// A contiguous range of slices, `first..=last`.
@@ -137,12 +141,13 @@ mod tests {
 
     #[test]
     fn the_hash_is_the_documented_one() {
-        // FNV-1a 32 of "A", 0, and sixteen zero bytes, worked by hand from the definition.
-        let mut hash: u32 = 0x811c_9dc5;
-        for byte in [b'A', 0].into_iter().chain([0u8; 16]) {
-            hash = (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193);
-        }
-        assert_eq!(slice_of("A", Uuid::nil()), hash % SLICES);
+        // md5("A:00000000-0000-0000-0000-000000000000") is 5b476c96..., as `md5sum` prints it.
+        assert_eq!(slice_of("A", Uuid::nil()), 0x5b47_6c96 % SLICES);
+        let id = Uuid::parse_str("67e55044-10b1-426f-9247-bb680e5fe0c8").unwrap();
+        let text = format!("Order:{id}");
+        let digest = md5::digest(&[text.as_bytes()]);
+        let first = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+        assert_eq!(slice_of("Order", id), first % SLICES);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod error;
 pub mod event;
 pub mod event_store;
 pub mod evolution;
+pub mod group;
 pub mod projection;
 pub mod registry;
 pub mod repository;

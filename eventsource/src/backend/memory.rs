@@ -522,6 +522,31 @@ impl InMemorySubscriptionStore {
         let mut all = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         Ok(f(all.entry(name.to_owned()).or_default()))
     }
+
+    /// Forgets the checkpoint of `name`, at once.
+    pub(crate) fn forget_checkpoint(&self, name: &str) -> Result<()> {
+        self.with(name, |s| s.checkpoint = None)
+    }
+
+    /// Stores `position` as the checkpoint of `name` if `owner` holds its lease and the stored
+    /// checkpoint is `after`; whether it did. At once, for a read model in memory that commits
+    /// its state with it.
+    pub(crate) fn commit_checkpoint(
+        &self,
+        name: &str,
+        owner: Uuid,
+        after: Option<u64>,
+        position: u64,
+    ) -> Result<bool> {
+        let now = Instant::now();
+        self.with(name, |s| match s.lease {
+            Some((holder, until)) if holder == owner && until > now && s.checkpoint == after => {
+                s.checkpoint = Some(position);
+                true
+            }
+            _ => false,
+        })
+    }
 }
 
 #[async_trait]
@@ -566,7 +591,7 @@ impl SubscriptionStore for InMemorySubscriptionStore {
     }
 
     async fn reset(&self, name: &str) -> Result<()> {
-        self.with(name, |s| s.checkpoint = None)
+        self.forget_checkpoint(name)
     }
 
     async fn dead_letter(&self, name: &str, event: &StoredEvent, error: &str) -> Result<()> {

@@ -238,24 +238,31 @@ impl Stores {
     }
 
     /// A subscription named `name` to the event store's feed, keeping its state in the
-    /// subscription store, woken by the append signal if there is one; see
-    /// [`Subscription::new`].
+    /// subscription store, woken by the append signal and reading the feed by slice (as a
+    /// [consumer group](crate::group)) where the stores have them; see [`Subscription::new`].
     pub fn subscription(&self, name: &str) -> Result<Subscription> {
         let subscription = Subscription::new(name, self.events.clone(), self.subscriptions.clone())?;
-        Ok(match &self.append_signal {
-            Some(signal) => subscription.wake_on(signal.clone()),
-            None => subscription,
-        })
+        Ok(self.wire(subscription))
     }
 
     /// A projection named `name` of the event store's feed into `model`, woken by the append
-    /// signal if there is one; see [`Projection::new`].
+    /// signal and reading the feed by slice (as a [consumer group](crate::group)) where the
+    /// stores have them; see [`Projection::new`].
     pub fn projection(&self, name: &str, model: impl ReadModelStore + 'static) -> Result<Projection> {
         let projection = Projection::new(name, self.events.clone(), model)?;
-        Ok(match &self.append_signal {
-            Some(signal) => projection.wake_on(signal.clone()),
-            None => projection,
-        })
+        Ok(self.wire(projection))
+    }
+
+    /// The consumer, woken by the append signal and reading by slice where the stores can.
+    fn wire<C: Consumer>(&self, consumer: C) -> C {
+        let consumer = match &self.append_signal {
+            Some(signal) => consumer.wake_on(signal.clone()),
+            None => consumer,
+        };
+        match &self.slice_feed {
+            Some(feed) => consumer.slice_feed(feed.clone()),
+            None => consumer,
+        }
     }
 
     /// Every stream of one aggregate type with its version, from the stream listing;

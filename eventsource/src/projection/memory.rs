@@ -31,7 +31,6 @@ pub struct InMemoryReadModel<P> {
 
 struct Kept<P> {
     state: P,
-    checkpoint: Option<u64>,
 }
 
 impl<P: MemoryProjection> InMemoryReadModel<P> {
@@ -40,7 +39,6 @@ impl<P: MemoryProjection> InMemoryReadModel<P> {
         InMemoryReadModel {
             inner: Arc::new(Mutex::new(Kept {
                 state: initial.clone(),
-                checkpoint: None,
             })),
             initial,
             leases: InMemorySubscriptionStore::new(),
@@ -67,10 +65,6 @@ impl<P: MemoryProjection> ReadModelStore for InMemoryReadModel<P> {
         Ok(())
     }
 
-    async fn checkpoint(&self, _name: &str) -> crate::error::Result<Option<u64>> {
-        Ok(self.lock().checkpoint)
-    }
-
     async fn commit(
         &self,
         name: &str,
@@ -79,26 +73,23 @@ impl<P: MemoryProjection> ReadModelStore for InMemoryReadModel<P> {
         events: &[StoredEvent],
         last: u64,
     ) -> Result<bool, HandlerError> {
-        // The lease and the kept checkpoint fence the commit as a database's row would.
-        if !self.leases.save_checkpoint(name, owner, last).await? {
-            return Ok(false);
-        }
+        // The state and the checkpoint (of the projection, or of one range of its consumer
+        // group) change together, under the state's lock; the lease and the stored
+        // checkpoint fence the commit as a database's row would.
         let mut kept = self.lock();
-        if kept.checkpoint != after {
-            return Ok(false);
-        }
         let mut next = kept.state.clone();
         next.apply(events)?;
+        if !self.leases.commit_checkpoint(name, owner, after, last)? {
+            return Ok(false);
+        }
         kept.state = next;
-        kept.checkpoint = Some(last);
         Ok(true)
     }
 
     async fn reset(&self, name: &str) -> Result<(), HandlerError> {
-        self.leases.reset(name).await?;
         let mut kept = self.lock();
         kept.state = self.initial.clone();
-        kept.checkpoint = None;
+        self.leases.forget_checkpoint(name)?;
         Ok(())
     }
 

@@ -81,6 +81,7 @@
 //! # Ok(()) }
 //! ```
 
+mod group;
 mod memory;
 mod runner;
 

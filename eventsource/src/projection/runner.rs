@@ -14,6 +14,7 @@ use crate::deadline::sleep;
 use crate::error::{Error, Result};
 use crate::event::StoredEvent;
 use crate::event_store::EventStore;
+use crate::group::ConsumerGroup;
 use crate::subscription::{
     Consumer, ConsumerOptions, Handler, HandlerError, Sink, Subscription, SubscriptionMetrics,
 };
@@ -234,6 +235,32 @@ impl Projection {
         self.model.setup().await.map_err(|e| self.failed("set up", e))
     }
 
+    /// This projection as a [consumer group](crate::group) of `ranges` ranges, each range
+    /// committed with its own checkpoint in the read model's transaction; see
+    /// [`Subscription::group`](crate::subscription::Subscription::group), which checks the
+    /// same.
+    pub fn group(self, ranges: u32) -> Result<ConsumerGroup<Projection>> {
+        let name = self.name().to_owned();
+        ConsumerGroup::of(self, &name, ranges)
+    }
+
+    /// The subscription that reads its feed.
+    pub(crate) fn subscription(&self) -> &Subscription {
+        &self.subscription
+    }
+
+    /// Runs `range`, one range of its consumer group, as `owner` until `stop`, each batch
+    /// committed with the range's checkpoint.
+    pub(crate) async fn run_range(
+        &self,
+        range: Subscription,
+        stop: impl Future<Output = ()> + Send,
+        owner: Uuid,
+    ) -> Result<()> {
+        let mut sink = Committing::new(self, None);
+        range.run_as(&mut sink, stop, owner).await
+    }
+
     fn failed(&self, action: &'static str, e: HandlerError) -> Error {
         Error::ReadModel {
             projection: self.name().to_owned(),
@@ -278,8 +305,9 @@ impl<'p> Committing<'p> {
 
 #[async_trait]
 impl Sink for Committing<'_> {
-    async fn checkpoint(&mut self, _subscription: &Subscription) -> Result<Option<u64>> {
-        self.projection.checkpoint().await
+    async fn checkpoint(&mut self, subscription: &Subscription) -> Result<Option<u64>> {
+        // The projection's, or that of the range of its consumer group being run.
+        self.projection.model.checkpoint(subscription.name()).await
     }
 
     async fn commit(
@@ -312,7 +340,9 @@ impl Sink for Committing<'_> {
         if !transaction.committed {
             return Ok(false);
         }
-        self.projection.committed.send_replace(last);
+        if subscription.name() == self.projection.name() {
+            self.projection.committed.send_replace(last);
+        }
         self.done += read as u64;
         let report = self.report();
         if let Some(progress) = self.progress.as_mut() {

@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use super::guard::OnDisorder;
-use crate::abilities::AppendSignal;
+use crate::abilities::{AppendSignal, SliceFeed};
 use crate::aggregate::Aggregate;
 use crate::error::{Error, Result};
 
@@ -20,7 +22,7 @@ const MAX_LEASE: Duration = Duration::from_secs(24 * 60 * 60);
 /// How a consumer reads the feed: which events it takes, in what batches, how often it looks,
 /// how it retries a failing batch, the lease it holds, and what wakes it. Set through the
 /// methods of [`Consumer`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ConsumerOptions {
     pub(crate) aggregate_types: Vec<String>,
     pub(crate) event_types: Vec<String>,
@@ -31,7 +33,24 @@ pub struct ConsumerOptions {
     pub(crate) max_backoff: Duration,
     pub(crate) lease: Duration,
     pub(crate) signal: Option<AppendSignal>,
+    pub(crate) slice_feed: Option<Arc<dyn SliceFeed>>,
     pub(crate) on_disorder: OnDisorder,
+}
+
+impl std::fmt::Debug for ConsumerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerOptions")
+            .field("aggregate_types", &self.aggregate_types)
+            .field("event_types", &self.event_types)
+            .field("batch_size", &self.batch_size)
+            .field("poll_interval", &self.poll_interval)
+            .field("attempts", &self.attempts)
+            .field("lease", &self.lease)
+            .field("wakes", &self.signal.is_some())
+            .field("slice_feed", &self.slice_feed.is_some())
+            .field("on_disorder", &self.on_disorder)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ConsumerOptions {
@@ -48,6 +67,7 @@ impl Default for ConsumerOptions {
             max_backoff: DEFAULT_MAX_BACKOFF,
             lease: DEFAULT_LEASE,
             signal: None,
+            slice_feed: None,
             on_disorder: OnDisorder::Count,
         }
     }
@@ -87,6 +107,16 @@ pub trait Consumer: sealed::Sealed + Sized {
     /// signal.
     fn wake_on(mut self, signal: AppendSignal) -> Self {
         self.options_mut().signal = Some(signal);
+        self
+    }
+
+    /// Reads the feed of its slices through `feed` (the event store's
+    /// [`SliceFeed`]) when it runs as a [consumer group](crate::group), so that each range
+    /// costs what it holds. Without it, each range reads the whole feed and keeps its own
+    /// events. [`Stores::subscription`](crate::backend::Stores::subscription) and
+    /// [`Stores::projection`](crate::backend::Stores::projection) wire the backend's feed.
+    fn slice_feed(mut self, feed: Arc<dyn SliceFeed>) -> Self {
+        self.options_mut().slice_feed = Some(feed);
         self
     }
 

@@ -65,6 +65,8 @@ mod guard;
 mod handler;
 mod lease;
 mod metrics;
+pub(crate) mod names;
+pub(crate) mod range;
 mod store;
 pub mod supervisor;
 
@@ -91,6 +93,7 @@ use crate::event::StoredEvent;
 use crate::event_store::{EventStore, EventStream};
 use guard::DeliveryGuard;
 use lease::Held;
+use range::RangeScope;
 
 /// What a subscription does with events its handler still fails on after the last attempt.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -113,6 +116,8 @@ pub struct Subscription {
     on_failure: OnFailure,
     start: Start,
     metrics: Arc<SubscriptionMetrics>,
+    /// The range of a consumer group this subscription reads, if it is one.
+    range: Option<RangeScope>,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -162,6 +167,70 @@ impl Subscription {
             on_failure: OnFailure::Stop,
             start: Start::Beginning,
             metrics: Arc::default(),
+            range: None,
+        })
+    }
+
+    /// The subscription of one range of this subscription's consumer group, named `name`:
+    /// the same feed, store, options and counters.
+    pub(crate) fn in_range(&self, name: String, scope: RangeScope) -> Subscription {
+        Subscription {
+            name,
+            events: self.events.clone(),
+            store: self.store.clone(),
+            options: self.options.clone(),
+            on_failure: self.on_failure,
+            start: Start::Beginning,
+            metrics: self.metrics.clone(),
+            range: Some(scope),
+        }
+    }
+
+    /// This subscription as a [consumer group](crate::group) of `ranges` ranges: run by any
+    /// number of workers, in this process and others, each aggregate's events still handled
+    /// in order. `ranges` is the number of ranges of the group's first layout; a group that
+    /// has a layout keeps it until [rescaled](crate::group::ConsumerGroup::rescale).
+    ///
+    /// A name longer than [`MAX_GROUP_NAME_LEN`](crate::group::MAX_GROUP_NAME_LEN) bytes or
+    /// holding `#` is [`Error::InvalidInput`]; outside 1 to 1,024 ranges is
+    /// [`Error::InvalidConfiguration`].
+    pub fn group(self, ranges: u32) -> Result<crate::group::ConsumerGroup<Subscription>> {
+        let name = self.name.clone();
+        crate::group::ConsumerGroup::of(self, &name, ranges)
+    }
+
+    /// The slices it reads, if it is a range of a consumer group.
+    pub(crate) fn slice_range(&self) -> Option<crate::slice::SliceRange> {
+        self.range.as_ref().map(|scope| scope.range)
+    }
+
+    /// Runs it as one range of its consumer group, with `handler`, as `owner`, until `stop`.
+    pub(crate) async fn run_range<H: Handler>(
+        &self,
+        mut handler: H,
+        stop: impl Future<Output = ()> + Send,
+        owner: Uuid,
+    ) -> Result<()> {
+        self.run_as(&mut Handled(&mut handler), stop, owner).await
+    }
+
+    /// The subscription store it keeps its state in.
+    pub(crate) fn store(&self) -> &Arc<dyn SubscriptionStore> {
+        &self.store
+    }
+
+    /// Its options.
+    pub(crate) fn options(&self) -> &ConsumerOptions {
+        &self.options
+    }
+
+    /// Where it starts without a checkpoint, given the feed's head: the position after which
+    /// it takes events.
+    pub(crate) async fn first_position(&self) -> Result<u64> {
+        Ok(match self.start {
+            Start::Beginning => 0,
+            Start::After(position) => position,
+            Start::End => self.events.head(0).await?.position,
         })
     }
 
@@ -311,13 +380,30 @@ impl Subscription {
         sink: &mut K,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<()> {
+        self.run_as(sink, shutdown, Uuid::new_v4()).await
+    }
+
+    /// Runs the subscription as [`run_into`](Self::run_into) does, as `owner`. A range of a
+    /// consumer group does not wait as a standby: it returns once it does not hold, or lost,
+    /// its lease, or once the group has a new layout.
+    pub(crate) async fn run_as<K: Sink>(
+        &self,
+        sink: &mut K,
+        shutdown: impl Future<Output = ()> + Send,
+        owner: Uuid,
+    ) -> Result<()> {
         let mut shutdown = Box::pin(shutdown.fuse());
         let mut waiter = self.options.signal.as_ref().map(|signal| signal.waiter());
-        let owner = Uuid::new_v4();
         let held = Held::new(&*self.store, &self.name, owner, self.options.lease);
         loop {
             match held.renew().await {
-                Ok(true) => {}
+                Ok(true) => {
+                    if let Err(e) = self.check_not_grouped().await {
+                        let _ = self.store.release(&self.name, owner).await;
+                        return Err(e);
+                    }
+                }
+                Ok(false) if self.range.is_some() => return Ok(()),
                 Ok(false) => {
                     if stopped(&mut shutdown, sleep(self.options.lease / 3)).await {
                         return Ok(());
@@ -339,6 +425,14 @@ impl Subscription {
                     let _ = self.store.release(&self.name, owner).await;
                     return Ok(());
                 }
+                Ok(Active::LostLease) if self.range.is_some() => {
+                    tracing::warn!(subscription = %self.name, "lost the lease of the range");
+                    return Ok(());
+                }
+                Ok(Active::Replaced) => {
+                    let _ = self.store.release(&self.name, owner).await;
+                    return Ok(());
+                }
                 Ok(Active::LostLease) => {
                     tracing::warn!(subscription = %self.name, "lost the lease; waiting as a standby");
                 }
@@ -357,6 +451,23 @@ impl Subscription {
         }
     }
 
+    /// A consumer of the whole feed refuses to run under a name that runs as a consumer
+    /// group: it would handle again what the group's ranges handle.
+    async fn check_not_grouped(&self) -> Result<()> {
+        if self.range.is_some() {
+            return Ok(());
+        }
+        let first_layout = names::layout(&self.name, 1);
+        if self.store.checkpoint(&first_layout).await?.is_some() {
+            return Err(Error::InvalidConfiguration(format!(
+                "{} runs as a consumer group (its ranges keep its checkpoint): run it as one, \
+                 with `group`, not as a single consumer",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
     /// Catches up and follows the feed while this consumer holds the lease.
     async fn follow<K: Sink, S: Future<Output = ()>>(
         &self,
@@ -369,6 +480,7 @@ impl Subscription {
         let stored = sink.checkpoint(self).await?;
         let mut position = match (stored, self.start) {
             (Some(position), _) => position,
+            (None, _) if self.range.is_some() => self.range.as_ref().map_or(0, RangeScope::floor),
             (None, Start::Beginning) => 0,
             (None, start) => {
                 let first = match start {
@@ -388,12 +500,22 @@ impl Subscription {
         // Follows the aggregates from here: events before the checkpoint are not its to judge.
         let mut guard = DeliveryGuard::default();
         let mut lag = LagGauge::default();
+        // A range's last look for a new layout of its group, and the feed's head when its read
+        // started: the range has seen everything up to it once the read ends.
+        let mut looked: Option<tokio::time::Instant> = None;
+        let mut head: Option<u64> = None;
         loop {
             if shutdown.is_terminated() || shutdown.as_mut().now_or_never().is_some() {
                 return Ok(Active::Stopped);
             }
             if !held.keep().await? {
                 return Ok(Active::LostLease);
+            }
+            if self.replaced(&mut looked).await? {
+                return Ok(Active::Replaced);
+            }
+            if self.range.is_some() && feed.is_none() {
+                head = Some(self.events.head(position).await?.position);
             }
             let batch = match self.read_batch(&mut feed, position).await {
                 Ok(batch) => batch,
@@ -405,7 +527,14 @@ impl Subscription {
                     continue;
                 }
             };
-            let Some(last) = batch.last().map(|event| event.position) else {
+            let last = match (batch.last(), head) {
+                (Some(event), _) => Some(event.position),
+                // A range caught up: its checkpoint moves to the feed's head as it was when
+                // the read started, so that its lag and `wait_for` see it current.
+                (None, Some(head)) if head > position && feed.is_none() => Some(head),
+                (None, _) => None,
+            };
+            let Some(last) = last else {
                 // Caught up with what the feed shows; events may still be held back.
                 if crate::telemetry::ENABLED {
                     lag.measure(self, position).await;
@@ -426,6 +555,10 @@ impl Subscription {
                 continue;
             };
             let read = batch.len();
+            let batch: Vec<StoredEvent> = match &self.range {
+                Some(scope) => batch.into_iter().filter(|e| !scope.handled(e)).collect(),
+                None => batch,
+            };
             self.guard(&mut guard, &batch)?;
             let taken: Vec<StoredEvent> = batch.into_iter().filter(|e| self.takes(e)).collect();
             let renewing = held.hold();
@@ -451,6 +584,25 @@ impl Subscription {
         }
     }
 
+    /// Whether the consumer group of this range has a layout after the range's own: looked
+    /// up before the range's first batch and then at least every sixth of its lease, so that
+    /// the range stops within about a third of its lease after a new layout is recorded, long
+    /// before the ranges that replace it can take its lease and its final checkpoint.
+    async fn replaced(&self, looked: &mut Option<tokio::time::Instant>) -> Result<bool> {
+        let Some(scope) = &self.range else {
+            return Ok(false);
+        };
+        if looked.is_some_and(|at| at.elapsed() < self.options.lease / 6) {
+            return Ok(false);
+        }
+        let replaced = self.store.checkpoint(&scope.successor).await?.is_some();
+        *looked = Some(tokio::time::Instant::now());
+        if replaced {
+            tracing::info!(subscription = %self.name, "the consumer group has a new layout; this range stops");
+        }
+        Ok(replaced)
+    }
+
     /// The next events of the feed after `position`, at most a batch of them, from the read
     /// in `feed` (a new one if there is none); the read is dropped at its end or on an error.
     async fn read_batch<'s>(
@@ -458,7 +610,10 @@ impl Subscription {
         feed: &mut Option<EventStream<'s>>,
         position: u64,
     ) -> Result<Vec<StoredEvent>> {
-        let reading = feed.get_or_insert_with(|| self.events.read_all(position));
+        let reading = feed.get_or_insert_with(|| match &self.range {
+            Some(scope) => scope.read(&*self.events, position),
+            None => self.events.read_all(position),
+        });
         let mut batch = Vec::with_capacity(self.options.batch_size.min(1024));
         while batch.len() < self.options.batch_size {
             match reading.next().await {
@@ -695,6 +850,8 @@ enum Start {
 enum Active {
     Stopped,
     LostLease,
+    /// A range whose consumer group has a new layout.
+    Replaced,
 }
 
 /// Waits for `wait`; whether `shutdown` completed first (or had already).

@@ -1,0 +1,419 @@
+//! Consumer groups: one subscription or projection spread over many workers, in one process
+//! or many, each aggregate's events still handled in order.
+//!
+//! A [`ConsumerGroup`] splits the 1,024 [slices](crate::slice) into a number of ranges (its
+//! *layout*), and each range is a subscription of its own: its own lease, so that one worker
+//! at a time runs it, and its own checkpoint (for a projection, committed in the read model's
+//! transaction, so each range is exactly once). Every stream is in one slice, so each
+//! aggregate's events are handled by one range, in version order, never in two batches at
+//! once; the [delivery guard](crate::subscription::Disorder) checks it on every batch.
+//!
+//! - **Workers.** [`ConsumerGroup::run`] starts a number of workers in this process; start it
+//!   in as many processes as needed. Each worker holds a slot (a lease) while it lives, and
+//!   takes its fair share of the ranges: an equal part each, the rest one each to the lowest
+//!   slots. A worker that joins gets its share within about two thirds of a lease (the others
+//!   let ranges go at their next look); the ranges of a worker that stops are free at once,
+//!   those of one that died or froze once their leases run out, about one lease. A worker runs
+//!   the ranges it holds at the same time, each with its own handler.
+//! - **From one consumer to a group.** A subscription that ran as a single consumer keeps its
+//!   checkpoint: the group's first ranges start from it. The single consumer must stop first:
+//!   the ranges wait for its lease, and a single consumer started under the name of a group
+//!   refuses to run ([`Error::InvalidConfiguration`]).
+//! - **Rescaling.** [`ConsumerGroup::rescale`] (or `admin groups rescale`) records a new layout
+//!   with another number of ranges, under traffic. The ranges of the old layout each finish
+//!   their batch and stop within about a third of their lease; a range of the new layout
+//!   starts once every old range it overlaps has let go of its lease, from the lowest
+//!   checkpoint among them, and skips, slice by slice, what each of them had handled already.
+//!   No event is handled twice or skipped. It costs a pause of about a third of a lease, and
+//!   a new range rereads what lies between the lowest and the highest checkpoint of the
+//!   ranges it replaces (skipping those events is cheap, but they are read).
+//! - **Status.** [`status`] shows each range's owner, checkpoint and lag; the admin command
+//!   line's `groups status` prints it, and metrics and logs name each range as
+//!   `NAME#LAYOUT:FIRST-LAST`.
+//!
+//! The group keeps its state in the subscription store under names derived from its own (see
+//! [`MAX_GROUP_NAME_LEN`]); it needs nothing from a store beyond the subscription store
+//! contract, so it runs on every backend. Where the event store can read the
+//! [feed by slice](crate::SliceFeed) (every backend of this crate can, wired by
+//! [`Stores::subscription`](crate::backend::Stores::subscription)), each range reads only its
+//! own slices; otherwise each reads the whole feed and keeps its own.
+//!
+//! How many ranges: a range is the unit of parallelism, so at least as many as the workers
+//! you mean to run, and a few times more lets workers join and leave in small steps. Each
+//! range holds a lease, renewed every third of it, and reads the feed on its own, so
+//! thousands of ranges cost more than they give.
+//!
+//! ```
+//! # use eventsource::prelude::*;
+//! # use eventsource::backend::Stores;
+//! # use std::sync::{Arc, Mutex};
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Error> {
+//! let stores = Stores::in_memory();
+//! # let repo = stores.repository::<Account>();
+//! # for _ in 0..20 { repo.command(Uuid::new_v4()).run(|a| { a.record(Opened {}); Ok::<_, Error>(()) }).await.unwrap(); }
+//! let group = stores.subscription("welcome-mails")?.for_aggregate::<Account>().group(4)?;
+//! let sent = Arc::new(Mutex::new(0));
+//! // Two workers in this process; each range it holds gets its own handler.
+//! let handlers = |_range| {
+//!     let sent = sent.clone();
+//!     move |batch: &[StoredEvent]| {
+//!         *sent.lock().unwrap() += batch.len();
+//!         Ok(())
+//!     }
+//! };
+//! let until_done = async {
+//!     while *sent.lock().unwrap() < 20 {
+//!         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+//!     }
+//! };
+//! group.run(2, handlers, until_done).await?;
+//! assert_eq!(*sent.lock().unwrap(), 20);
+//! # Ok(()) }
+//! # #[event(aggregate = "Account")] pub struct Opened {}
+//! # #[derive(Aggregate, Clone, Debug, Default, Serialize, Deserialize)]
+//! # #[aggregate(name = "Account", events(Opened))]
+//! # pub struct Account {}
+//! # impl Apply<Opened> for Account { fn apply(&mut self, _: &Opened) {} }
+//! ```
+
+mod state;
+pub(crate) mod worker;
+
+pub use crate::subscription::names::MAX_GROUP_NAME_LEN;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use futures_util::future::{self, FutureExt};
+use uuid::Uuid;
+
+use crate::deadline::sleep;
+use crate::error::{Error, Result};
+use crate::event_store::EventStore;
+use crate::slice::{SliceRange, SLICES};
+use crate::subscription::names::{self, validate_group_name};
+use crate::subscription::{Handler, Subscription, SubscriptionStore};
+use state::GroupState;
+use worker::{RunRange, Worker};
+
+/// How often [`ConsumerGroup::wait_for`] looks at the checkpoints.
+const WAIT_POLL: Duration = Duration::from_millis(20);
+
+/// A lease taken for the moment it takes to record a layout.
+const RECORD_LEASE: Duration = Duration::from_secs(10);
+
+/// A subscription or projection run as a consumer group; see the [module docs](self).
+#[derive(Debug)]
+pub struct ConsumerGroup<C> {
+    pub(crate) consumer: C,
+    /// The number of ranges of the first layout, if the group has none yet.
+    pub(crate) ranges: u32,
+}
+
+impl<C> ConsumerGroup<C> {
+    /// `consumer` as a consumer group of `ranges` ranges; see [`Subscription::group`].
+    pub(crate) fn of(consumer: C, name: &str, ranges: u32) -> Result<Self> {
+        validate_group_name(name)?;
+        check_count(ranges)?;
+        Ok(ConsumerGroup { consumer, ranges })
+    }
+}
+
+impl ConsumerGroup<Subscription> {
+    /// Runs `workers` workers of the group in this process until `shutdown` completes (then
+    /// each range finishes its batch, stores its checkpoint and lets its lease go), or until
+    /// a range stops on an error another try cannot cure, which stops them all and is
+    /// returned. `handlers` makes the handler of each range a worker takes.
+    ///
+    /// Zero workers is [`Error::InvalidConfiguration`].
+    pub async fn run<H, F>(
+        &self,
+        workers: usize,
+        handlers: F,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<()>
+    where
+        H: Handler,
+        F: Fn(SliceRange) -> H + Send + Sync,
+    {
+        let run_range =
+            move |subscription: Subscription, stop: Pin<Box<dyn Future<Output = ()> + Send>>, owner: Uuid| {
+                let handler = handlers(subscription.slice_range().unwrap_or(SliceRange::ALL));
+                Box::pin(async move { subscription.run_range(handler, stop, owner).await })
+                    as Pin<Box<dyn Future<Output = Result<()>> + Send + '_>>
+            };
+        run_workers(&self.consumer, self.ranges, workers, &run_range, shutdown).await
+    }
+
+    /// The subscription the group runs.
+    pub fn subscription(&self) -> &Subscription {
+        &self.consumer
+    }
+
+    /// See [`status`].
+    pub async fn status(&self) -> Result<Option<GroupStatus>> {
+        status(
+            &**self.consumer.events(),
+            &**self.consumer.store(),
+            self.consumer.name(),
+        )
+        .await
+    }
+
+    /// Records a new layout of `ranges` ranges; see the [module docs](self) and
+    /// [`rescale`].
+    pub async fn rescale(&self, ranges: u32) -> Result<u32> {
+        rescale(&self.consumer, ranges).await
+    }
+
+    /// Waits until every range of the current layout has handled `position` (a save's
+    /// position), at most `timeout`; whether it has.
+    pub async fn wait_for(&self, position: u64, timeout: Duration) -> Result<bool> {
+        wait_for(&**self.consumer.store(), self.consumer.name(), position, timeout).await
+    }
+}
+
+/// Runs `workers` workers of the group of `template`, each range through `run_range`.
+pub(crate) async fn run_workers<'a>(
+    template: &'a Subscription,
+    ranges: u32,
+    workers: usize,
+    run_range: &'a RunRange<'a>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    if workers == 0 {
+        return Err(Error::InvalidConfiguration(format!(
+            "consumer group {} needs at least one worker",
+            template.name()
+        )));
+    }
+    // One worker's error stops the others, as the shutdown does.
+    let (abort, aborted) = tokio::sync::watch::channel(false);
+    let shutdown = shutdown.boxed().shared();
+    let runs = (0..workers).map(|_| {
+        let mut aborted = aborted.clone();
+        let stop = future::select(
+            shutdown.clone(),
+            Box::pin(async move {
+                let _ = aborted.wait_for(|a| *a).await;
+            }),
+        )
+        .map(drop);
+        let abort = &abort;
+        async move {
+            let outcome = Worker::new(template.name(), template, ranges)
+                .run(run_range, stop)
+                .await;
+            if outcome.is_err() {
+                abort.send_replace(true);
+            }
+            outcome
+        }
+    });
+    future::join_all(runs).await.into_iter().collect()
+}
+
+/// Records the group's first layout of `ranges` ranges, unless it has one; whether it has one
+/// now. A group that never ran as a single consumer first gets the single consumer's
+/// checkpoint where the subscription starts ([`Subscription::starting_at_end`],
+/// [`Subscription::starting_after`]), so that its first ranges start there.
+pub(crate) async fn record_first_layout(
+    template: &Subscription,
+    group: &str,
+    ranges: u32,
+    owner: Uuid,
+) -> Result<bool> {
+    let store = &**template.store();
+    if store.checkpoint(group).await?.is_none() {
+        let first = template.first_position().await?;
+        if first > 0 {
+            if !store.acquire(group, owner, RECORD_LEASE).await? {
+                // The single consumer runs: the group waits for it.
+                return Ok(false);
+            }
+            let stored = match store.checkpoint(group).await? {
+                Some(_) => true,
+                None => store.save_checkpoint(group, owner, first).await?,
+            };
+            let _ = store.release(group, owner).await;
+            if !stored {
+                return Ok(false);
+            }
+        }
+    }
+    record_layout(store, group, 1, ranges, owner).await?;
+    Ok(GroupState::read(store, group).await?.current().is_some())
+}
+
+/// Records layout `generation` of `ranges` ranges unless it is recorded already; whether this
+/// call recorded it. A layout once recorded never changes: its record is written under its
+/// own lease, only where none is, and a writer that lost the lease meanwhile is fenced out.
+async fn record_layout(
+    store: &dyn SubscriptionStore,
+    group: &str,
+    generation: u32,
+    ranges: u32,
+    owner: Uuid,
+) -> Result<bool> {
+    let name = names::layout(group, generation);
+    if !store.acquire(&name, owner, RECORD_LEASE).await? {
+        return Ok(false);
+    }
+    let recorded = match store.checkpoint(&name).await? {
+        Some(_) => false,
+        None => store.save_checkpoint(&name, owner, u64::from(ranges)).await?,
+    };
+    let _ = store.release(&name, owner).await;
+    Ok(recorded)
+}
+
+/// Records a new layout of `ranges` ranges for the group of `template` (the first one, if it
+/// has none) and returns its generation; the group's current one if it has that many ranges
+/// already. The running workers move to it on their own; see the [module docs](self).
+/// Outside 1 to 1,024 ranges is [`Error::InvalidConfiguration`]; another rescale recording
+/// the same generation meanwhile is [`Error::InvalidInput`], and nothing changed.
+pub async fn rescale(template: &Subscription, ranges: u32) -> Result<u32> {
+    let group = template.name();
+    validate_group_name(group)?;
+    check_count(ranges)?;
+    let store = &**template.store();
+    let owner = Uuid::new_v4();
+    let state = GroupState::read(store, group).await?;
+    let Some((generation, count)) = state.current() else {
+        if !record_first_layout(template, group, ranges, owner).await? {
+            return Err(Error::InvalidInput(format!(
+                "{group} runs as a single consumer: stop it before it becomes a consumer group"
+            )));
+        }
+        return Ok(GroupState::read(store, group)
+            .await?
+            .current()
+            .map_or(1, |(g, _)| g));
+    };
+    if count == ranges {
+        return Ok(generation);
+    }
+    if !record_layout(store, group, generation + 1, ranges, owner).await? {
+        return Err(Error::InvalidInput(format!(
+            "layout {} of consumer group {group} was recorded by another call meanwhile; look at \
+             its status and try again",
+            generation + 1
+        )));
+    }
+    tracing::info!(
+        group,
+        layout = generation + 1,
+        ranges,
+        "recorded a new layout of the consumer group"
+    );
+    Ok(generation + 1)
+}
+
+fn check_count(ranges: u32) -> Result<()> {
+    if ranges == 0 || ranges > SLICES {
+        return Err(Error::InvalidConfiguration(format!(
+            "a consumer group has 1 to {SLICES} ranges, not {ranges}"
+        )));
+    }
+    Ok(())
+}
+
+/// A consumer group as its store shows it: see [`status`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GroupStatus {
+    /// The group's name.
+    pub name: String,
+    /// The generation of its current layout (from 1).
+    pub layout: u32,
+    /// The ranges of the current layout, in slice order.
+    pub ranges: Vec<RangeStatus>,
+    /// How many workers hold a slot now.
+    pub workers: usize,
+    /// How many ranges of earlier layouts are still held by a worker (they stop within about
+    /// a third of their lease after a rescale).
+    pub replaced_still_held: usize,
+}
+
+/// One range of a consumer group: see [`GroupStatus`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RangeStatus {
+    /// Its slices.
+    pub range: SliceRange,
+    /// The name under which it keeps its lease and checkpoint (metrics and logs show it).
+    pub name: String,
+    /// The owner of its lease, if a worker holds it.
+    pub owner: Option<Uuid>,
+    /// Its checkpoint, `None` before its first batch (it then starts where the ranges it
+    /// replaces stopped).
+    pub checkpoint: Option<u64>,
+    /// How many events of the feed (of every slice) follow its checkpoint.
+    pub lag: u64,
+}
+
+/// The status of consumer group `name` from its subscription store, with each range's lag
+/// from `events`; `None` if `name` never ran as a group.
+pub async fn status(
+    events: &dyn EventStore,
+    store: &dyn SubscriptionStore,
+    name: &str,
+) -> Result<Option<GroupStatus>> {
+    let state = GroupState::read(store, name).await?;
+    let Some((generation, _)) = state.current() else {
+        return Ok(None);
+    };
+    let mut ranges = Vec::new();
+    for range in state.ranges_of(generation) {
+        let held = state.range(generation, range);
+        let lag = events.head(state.reached(generation, range)).await?.lag();
+        ranges.push(RangeStatus {
+            range,
+            name: names::range(name, generation, range),
+            owner: held.owner,
+            checkpoint: held.checkpoint,
+            lag,
+        });
+    }
+    let replaced_still_held = state
+        .ranges
+        .iter()
+        .filter(|((g, _), held)| *g < generation && held.owner.is_some())
+        .count();
+    Ok(Some(GroupStatus {
+        name: name.to_owned(),
+        layout: generation,
+        ranges,
+        workers: state.live_members(),
+        replaced_still_held,
+    }))
+}
+
+/// Waits until every range of the current layout of group `name` has a checkpoint at or
+/// after `position`, at most `timeout`; whether it has.
+pub(crate) async fn wait_for(
+    store: &dyn SubscriptionStore,
+    name: &str,
+    position: u64,
+    timeout: Duration,
+) -> Result<bool> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let state = GroupState::read(store, name).await?;
+        if let Some((generation, _)) = state.current() {
+            let ranges = state.ranges_of(generation);
+            if ranges
+                .iter()
+                .all(|range| state.reached(generation, *range) >= position)
+            {
+                return Ok(true);
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        sleep(left.min(WAIT_POLL)).await;
+    }
+}

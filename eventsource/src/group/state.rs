@@ -1,0 +1,214 @@
+//! A consumer group as its subscription store holds it, read in one listing: its layouts,
+//! the lease and checkpoint of each range, its live workers; and what follows from them:
+//! where each slice was handled up to before a layout, and which earlier ranges a range
+//! replaces.
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::slice::{SliceRange, SLICES};
+use crate::subscription::names::{self, Entry};
+use crate::subscription::{SubscriptionStatus, SubscriptionStore};
+
+/// A range's lease holder and checkpoint, as listed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Held {
+    pub(crate) owner: Option<Uuid>,
+    pub(crate) checkpoint: Option<u64>,
+}
+
+impl From<&SubscriptionStatus> for Held {
+    fn from(status: &SubscriptionStatus) -> Self {
+        Held {
+            owner: status.owner,
+            checkpoint: status.checkpoint,
+        }
+    }
+}
+
+/// What the store holds of one group.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct GroupState {
+    /// The single consumer the group grew from, if the store knows it.
+    pub(crate) single: Option<Held>,
+    /// Each recorded layout and its number of ranges.
+    pub(crate) layouts: BTreeMap<u32, u32>,
+    /// Each range of every layout the store knows.
+    pub(crate) ranges: BTreeMap<(u32, SliceRange), Held>,
+    /// The owner of each worker slot whose lease has not run out.
+    pub(crate) members: BTreeMap<u32, Option<Uuid>>,
+}
+
+impl GroupState {
+    /// Reads the group's state from one listing of the store.
+    pub(crate) async fn read(store: &dyn SubscriptionStore, group: &str) -> Result<Self> {
+        let mut state = GroupState::default();
+        for status in store.subscriptions().await? {
+            match names::parse(group, &status.name) {
+                Some(Entry::Single) => state.single = Some(Held::from(&status)),
+                Some(Entry::Layout(generation)) => {
+                    if let Some(count) = status.checkpoint {
+                        let count = u32::try_from(count)
+                            .ok()
+                            .filter(|count| (1..=SLICES).contains(count))
+                            .ok_or_else(|| {
+                                Error::corrupt(
+                                    format!("layout {generation} of consumer group {group}"),
+                                    format!("it records {count} ranges, not 1 to {SLICES}"),
+                                )
+                            })?;
+                        state.layouts.insert(generation, count);
+                    }
+                }
+                Some(Entry::Range(generation, range)) => {
+                    state.ranges.insert((generation, range), Held::from(&status));
+                }
+                Some(Entry::Member(slot)) => {
+                    state.members.insert(slot, status.owner);
+                }
+                None => {}
+            }
+        }
+        Ok(state)
+    }
+
+    /// The latest layout: its generation and number of ranges.
+    pub(crate) fn current(&self) -> Option<(u32, u32)> {
+        self.layouts
+            .iter()
+            .next_back()
+            .map(|(generation, count)| (*generation, *count))
+    }
+
+    /// The ranges of layout `generation`, in order.
+    pub(crate) fn ranges_of(&self, generation: u32) -> Vec<SliceRange> {
+        self.layouts
+            .get(&generation)
+            .and_then(|count| SliceRange::split(*count).ok())
+            .unwrap_or_default()
+    }
+
+    /// A range's lease holder and checkpoint.
+    pub(crate) fn range(&self, generation: u32, range: SliceRange) -> Held {
+        self.ranges.get(&(generation, range)).copied().unwrap_or_default()
+    }
+
+    /// The position up to which `range` of layout `generation` has handled its events: its
+    /// checkpoint, or before it has one, where the ranges it replaces left off.
+    pub(crate) fn reached(&self, generation: u32, range: SliceRange) -> u64 {
+        match self.range(generation, range).checkpoint {
+            Some(checkpoint) => checkpoint,
+            None => {
+                let handled = self.handled_before(generation);
+                (range.first()..=range.last())
+                    .map(|slice| handled[slice as usize])
+                    .min()
+                    .unwrap_or(0)
+            }
+        }
+    }
+
+    /// How many workers hold a slot.
+    pub(crate) fn live_members(&self) -> usize {
+        self.members.values().filter(|owner| owner.is_some()).count()
+    }
+
+    /// For each slice, the position up to which the layouts before `generation` handled its
+    /// events: the single consumer's checkpoint, raised by each later range's own checkpoint
+    /// (a range handled its slices up to its checkpoint, and had skipped, as handled, what
+    /// the ranges before it had handled beyond it).
+    pub(crate) fn handled_before(&self, generation: u32) -> Vec<u64> {
+        let single = self.single.and_then(|held| held.checkpoint).unwrap_or(0);
+        let mut handled = vec![single; SLICES as usize];
+        for earlier in self.layouts.keys().filter(|g| **g < generation) {
+            for range in self.ranges_of(*earlier) {
+                if let Some(checkpoint) = self.range(*earlier, range).checkpoint {
+                    for slice in range.first()..=range.last() {
+                        let done = &mut handled[slice as usize];
+                        *done = (*done).max(checkpoint);
+                    }
+                }
+            }
+        }
+        handled
+    }
+
+    /// The names of the earlier consumers whose work `range` of layout `generation` takes
+    /// over: the single consumer, and every range of an earlier layout that shares a slice
+    /// with it, wherever the store knows them.
+    pub(crate) fn replaced(&self, group: &str, generation: u32, range: SliceRange) -> Vec<String> {
+        let single = self.single.map(|_| group.to_owned());
+        let earlier = self
+            .ranges
+            .keys()
+            .filter(|(g, other)| *g < generation && overlap(*other, range))
+            .map(|(g, other)| names::range(group, *g, *other));
+        single.into_iter().chain(earlier).collect()
+    }
+}
+
+fn overlap(a: SliceRange, b: SliceRange) -> bool {
+    a.first() <= b.last() && b.first() <= a.last()
+}
+
+/// The parts of `range` with the position each was handled up to, from a position per slice:
+/// runs of slices handled up to one position are one part.
+pub(crate) fn parts(handled: &[u64], range: SliceRange) -> Vec<(SliceRange, u64)> {
+    let mut parts: Vec<(SliceRange, u64)> = Vec::new();
+    for slice in range.first()..=range.last() {
+        let position = handled[slice as usize];
+        match parts.last_mut() {
+            Some((part, at)) if *at == position => {
+                *part = SliceRange::new(part.first(), slice).expect("slices grow within the range");
+            }
+            _ => parts.push((
+                SliceRange::new(slice, slice).expect("a slice of the range"),
+                position,
+            )),
+        }
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(checkpoint: u64) -> Held {
+        Held {
+            owner: None,
+            checkpoint: Some(checkpoint),
+        }
+    }
+
+    #[test]
+    fn what_earlier_layouts_handled_is_the_highest_checkpoint_over_each_slice() {
+        let mut state = GroupState {
+            single: Some(held(10)),
+            ..GroupState::default()
+        };
+        state.layouts.insert(1, 2);
+        state.layouts.insert(2, 4);
+        let halves = SliceRange::split(2).unwrap();
+        state.ranges.insert((1, halves[0]), held(50));
+        // The second half of layout 1 never stored a checkpoint.
+        let quarters = SliceRange::split(4).unwrap();
+        state.ranges.insert((2, quarters[0]), held(40));
+        state.ranges.insert((2, quarters[3]), held(70));
+
+        let before_2 = state.handled_before(2);
+        assert_eq!(
+            parts(&before_2, SliceRange::ALL),
+            [(halves[0], 50), (halves[1], 10)]
+        );
+        let before_3 = state.handled_before(3);
+        assert_eq!(
+            parts(&before_3, SliceRange::ALL),
+            [(halves[0], 50), (quarters[2], 10), (quarters[3], 70)]
+        );
+        let names = state.replaced("g", 3, quarters[1]);
+        assert_eq!(names, ["g".to_owned(), names::range("g", 1, halves[0])]);
+    }
+}

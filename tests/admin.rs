@@ -514,3 +514,68 @@ async fn the_admin_command_line_on_a_sqlite_file() {
 async fn the_admin_command_line_on_postgres() {
     on_postgres(|url| async move { exercise(&url).await }).await;
 }
+
+/// A subscription run as a consumer group: the listing shows it as one row, `status` shows
+/// each range, `rescale` records layouts, and `reset` refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_group_in_the_admin_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("bank.db").display());
+    let stores = eventsource::backend::open(&url).await.unwrap();
+    fill(&stores).await;
+    let rescaled = json(&url, &["projections", "rescale", "audit", "4"], 0);
+    assert_eq!(
+        (rescaled["layout"].as_u64(), rescaled["ranges"].as_u64()),
+        (Some(1), Some(4))
+    );
+
+    let group = stores
+        .subscription("audit")
+        .unwrap()
+        .poll_interval(std::time::Duration::from_millis(20))
+        .unwrap()
+        .group(4)
+        .unwrap();
+    let head = stores.events.head(0).await.unwrap().position;
+    let caught_up = async {
+        assert!(group
+            .wait_for(head, std::time::Duration::from_secs(30))
+            .await
+            .unwrap());
+    };
+    group
+        .run(2, |_range| |_: &[StoredEvent]| Ok(()), caught_up)
+        .await
+        .unwrap();
+
+    let listed = json(&url, &["projections", "list"], 0);
+    let rows = listed.as_array().unwrap();
+    assert!(
+        rows.iter().all(|r| !r["name"].as_str().unwrap().contains('#')),
+        "{listed}"
+    );
+    let audit = rows
+        .iter()
+        .find(|r| r["name"] == "audit")
+        .expect("the group in the list");
+    assert_eq!(audit["group"]["ranges"], 4);
+    assert_eq!(audit["checkpoint"].as_u64(), Some(head));
+
+    let status = json(&url, &["projections", "status", "audit"], 0);
+    let ranges = status["ranges"].as_array().unwrap();
+    assert_eq!(ranges.len(), 4);
+    assert!(
+        ranges
+            .iter()
+            .all(|r| r["checkpoint"].as_u64() == Some(head) && r["lag"] == 0),
+        "{status}"
+    );
+    let text = String::from_utf8(admin(&url, &["projections", "status", "audit"]).stdout).unwrap();
+    assert!(text.contains("768-1023"), "{text}");
+
+    let rescaled = json(&url, &["projections", "rescale", "audit", "2"], 0);
+    assert_eq!(rescaled["layout"].as_u64(), Some(2));
+    let refused = admin(&url, &["projections", "reset", "audit", "--yes"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("consumer group"));
+}

@@ -194,6 +194,15 @@ pub enum ProjectionsCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// Records a new layout of a consumer group with another number of ranges (its first, for
+    /// a subscription or projection that ran as a single consumer, which must be stopped);
+    /// its running workers move to it on their own.
+    Rescale {
+        /// The subscription's or projection's name.
+        name: String,
+        /// The number of ranges, 1 to 1,024.
+        ranges: u32,
+    },
     /// Forgets a subscription's checkpoint, or empties a projection's read model with it.
     Reset {
         /// The subscription's or projection's name.

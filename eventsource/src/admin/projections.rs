@@ -1,4 +1,4 @@
-//! `projections list | status | rebuild | reset`.
+//! `projections list | status | rebuild | reset | rescale`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,9 +6,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::output::{confirm, thousands, took, Output};
-use super::stats::{subscriptions, write_subscriptions, SubscriptionStats};
+use super::stats::{kind, subscriptions, write_subscriptions, SubscriptionStats};
 use super::{listing, AdminError, Outcome, ProjectionsCommand};
 use crate::backend::Stores;
+use crate::group::{self, RangeStatus};
 use crate::projection::{Progress, Projection};
 use crate::subscription::DeadLetter;
 use crate::text::escape;
@@ -38,7 +39,53 @@ pub(super) async fn run(
         ProjectionsCommand::Reset { name, force, yes } => {
             reset(stores, projections, &name, force, yes, out).await
         }
+        ProjectionsCommand::Rescale { name, ranges } => rescale(stores, &name, ranges, out).await,
     }
+}
+
+/// Refuses a consumer group, which a command made for one consumer cannot handle.
+fn single(found: &SubscriptionStats, action: &str) -> Result<(), AdminError> {
+    if found.group.is_some() {
+        return Err(AdminError::Refused(format!(
+            "`{}` runs as a consumer group: {action} a group is not offered yet",
+            escape(&found.name)
+        )));
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Rescaled {
+    name: String,
+    layout: u32,
+    ranges: u32,
+}
+
+/// Records a new layout of `ranges` ranges for the consumer group `name` (its first, for a
+/// subscription that ran as a single consumer, which must be stopped).
+async fn rescale(
+    stores: &Stores,
+    name: &str,
+    ranges: u32,
+    out: &mut Output<'_>,
+) -> Result<Outcome, AdminError> {
+    let template = stores.subscription(name)?;
+    let layout = group::rescale(&template, ranges).await?;
+    let report = Rescaled {
+        name: name.to_owned(),
+        layout,
+        ranges,
+    };
+    out.report(&report, |r, out| {
+        writeln!(
+            out,
+            "{}: layout {} of {} ranges recorded; running workers move to it within a third of their lease",
+            escape(&r.name),
+            r.layout,
+            r.ranges
+        )
+    })?;
+    Ok(Outcome::Clean)
 }
 
 /// The subscription or projection `name`, as listed, or a refusal naming the known ones.
@@ -76,8 +123,33 @@ fn named<'p>(projections: &'p [Arc<Projection>], name: &str) -> Option<&'p Arc<P
 struct Status {
     #[serde(flatten)]
     subscription: SubscriptionStats,
+    /// The ranges of its consumer group's current layout, if it runs as one.
+    ranges: Vec<RangeView>,
     /// The first dead letters.
     dead_letter_events: Vec<DeadLetterView>,
+}
+
+#[derive(Serialize)]
+struct RangeView {
+    first_slice: u32,
+    last_slice: u32,
+    name: String,
+    owner: Option<uuid::Uuid>,
+    checkpoint: Option<u64>,
+    lag: u64,
+}
+
+impl From<RangeStatus> for RangeView {
+    fn from(r: RangeStatus) -> Self {
+        RangeView {
+            first_slice: r.range.first(),
+            last_slice: r.range.last(),
+            name: r.name,
+            owner: r.owner,
+            checkpoint: r.checkpoint,
+            lag: r.lag,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -108,9 +180,19 @@ async fn status(
     out: &mut Output<'_>,
 ) -> Result<Outcome, AdminError> {
     let subscription = find(stores, projections, name).await?;
-    let letters = stores.subscriptions.dead_letters(name).await?;
+    let mut letters = stores.subscriptions.dead_letters(name).await?;
+    let mut ranges = Vec::new();
+    if subscription.group.is_some() {
+        if let Some(group) = group::status(&*stores.events, &*stores.subscriptions, name).await? {
+            for range in &group.ranges {
+                letters.extend(stores.subscriptions.dead_letters(&range.name).await?);
+            }
+            ranges = group.ranges.into_iter().map(RangeView::from).collect();
+        }
+    }
     let status = Status {
         subscription,
+        ranges,
         dead_letter_events: letters
             .into_iter()
             .take(DEAD_LETTERS_SHOWN)
@@ -119,16 +201,7 @@ async fn status(
     };
     out.report(&status, |s, out| {
         let sub = &s.subscription;
-        writeln!(
-            out,
-            "{} ({})",
-            escape(&sub.name),
-            if sub.projection {
-                "projection"
-            } else {
-                "subscription"
-            }
-        )?;
+        writeln!(out, "{} ({})", escape(&sub.name), kind(sub))?;
         writeln!(
             out,
             "  checkpoint    {}",
@@ -138,6 +211,24 @@ async fn status(
         match sub.owner {
             Some(owner) => writeln!(out, "  state         active, consumer {owner}")?,
             None => writeln!(out, "  state         {}", sub.state)?,
+        }
+        if let Some(group) = &sub.group {
+            writeln!(out, "  layout        {}", group.layout)?;
+            writeln!(
+                out,
+                "  {:<11}  {:>12}  {:>10}  OWNER",
+                "SLICES", "CHECKPOINT", "LAG"
+            )?;
+            for r in &s.ranges {
+                writeln!(
+                    out,
+                    "  {:<11}  {:>12}  {:>10}  {}",
+                    format!("{}-{}", r.first_slice, r.last_slice),
+                    r.checkpoint.map_or("-".to_owned(), |c| c.to_string()),
+                    thousands(r.lag),
+                    r.owner.map_or("-".to_owned(), |o| o.to_string())
+                )?;
+            }
         }
         writeln!(out, "  dead letters  {}", thousands(sub.dead_letters))?;
         for d in &s.dead_letter_events {
@@ -183,6 +274,7 @@ async fn rebuild(
     out: &mut Output<'_>,
 ) -> Result<Outcome, AdminError> {
     let found = find(stores, projections, name).await?;
+    single(&found, "rebuilding")?;
     let shown = escape(name);
     let Some(projection) = named(projections, name) else {
         return Err(AdminError::Refused(format!(
@@ -246,6 +338,7 @@ async fn reset(
     out: &mut Output<'_>,
 ) -> Result<Outcome, AdminError> {
     let found = find(stores, projections, name).await?;
+    single(&found, "resetting")?;
     idle_or_forced(&found, force)?;
     let projection = named(projections, name);
     let shown = escape(name);

@@ -12,9 +12,11 @@ use uuid::Uuid;
 use super::output::{thousands, Output};
 use super::{every_registered, registered, AdminError, Outcome};
 use crate::backend::Stores;
+use crate::group::{self, GroupStatus};
 use crate::projection::Projection;
 use crate::registry::AggregateRegistration;
 use crate::snapshot::SnapshotVersion;
+use crate::subscription::names::{self, group_of_layout};
 use crate::subscription::SubscriptionStatus;
 use crate::text::escape;
 
@@ -150,6 +152,17 @@ pub(super) struct SubscriptionStats {
     pub(super) dead_letters: u64,
     /// Whether this program names it as a projection (it can rebuild it).
     pub(super) projection: bool,
+    /// Its consumer group, if it runs as one: then the checkpoint is its lowest range's, the
+    /// lag its highest, the dead letters those of every range.
+    pub(super) group: Option<GroupStats>,
+}
+
+/// A consumer group in one row: see [`SubscriptionStats::group`].
+#[derive(Serialize)]
+pub(super) struct GroupStats {
+    pub(super) layout: u32,
+    pub(super) ranges: usize,
+    pub(super) workers: usize,
 }
 
 pub(super) async fn run(
@@ -205,8 +218,10 @@ pub(super) async fn subscriptions(
     projections: &[Arc<Projection>],
 ) -> Result<Vec<SubscriptionStats>, AdminError> {
     let mut listed = stores.subscriptions.subscriptions().await?;
+    let groups = grouped(stores, &mut listed).await?;
     for projection in projections {
-        if !listed.iter().any(|s| s.name == projection.name()) {
+        let grouped = groups.iter().any(|(g, _)| g.name == projection.name());
+        if !grouped && !listed.iter().any(|s| s.name == projection.name()) {
             listed.push(SubscriptionStatus {
                 name: projection.name().to_owned(),
                 checkpoint: None,
@@ -233,9 +248,62 @@ pub(super) async fn subscriptions(
             held_by: head.held_by.as_ref().map(ToString::to_string),
             owner: status.owner,
             dead_letters: status.dead_letters,
+            group: None,
         });
     }
+    for (group, dead_letters) in groups {
+        let head = stores.events.head(0).await?;
+        let lag = group.ranges.iter().map(|r| r.lag).max().unwrap_or(0);
+        let checkpoints: Option<Vec<u64>> = group.ranges.iter().map(|r| r.checkpoint).collect();
+        stats.push(SubscriptionStats {
+            projection: projections.iter().any(|p| p.name() == group.name),
+            state: if group.ranges.iter().any(|r| r.owner.is_some()) {
+                "active"
+            } else {
+                "idle"
+            },
+            checkpoint: checkpoints.and_then(|c| c.into_iter().min()),
+            lag,
+            held_back: head.held_back,
+            held_by: head.held_by.as_ref().map(ToString::to_string),
+            owner: None,
+            dead_letters,
+            group: Some(GroupStats {
+                layout: group.layout,
+                ranges: group.ranges.len(),
+                workers: group.workers,
+            }),
+            name: group.name,
+        });
+    }
+    stats.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(stats)
+}
+
+/// The consumer groups among `listed`, each with the dead letters of all its names, which are
+/// taken off the list.
+async fn grouped(
+    stores: &Stores,
+    listed: &mut Vec<SubscriptionStatus>,
+) -> Result<Vec<(GroupStatus, u64)>, AdminError> {
+    let names: std::collections::BTreeSet<String> = listed
+        .iter()
+        .filter_map(|s| group_of_layout(&s.name).map(str::to_owned))
+        .collect();
+    let mut groups = Vec::new();
+    for name in names {
+        let Some(status) = group::status(&*stores.events, &*stores.subscriptions, &name).await? else {
+            continue;
+        };
+        let dead_letters = listed
+            .iter()
+            .filter(|s| names::parse(&name, &s.name).is_some())
+            .map(|s| s.dead_letters)
+            .sum();
+        listed.retain(|s| names::parse(&name, &s.name).is_none());
+        groups.push((status, dead_letters));
+    }
+    Ok(groups)
 }
 
 fn write_stats(stats: &Stats, out: &mut dyn Write) -> std::io::Result<()> {
@@ -284,6 +352,19 @@ fn write_stats(stats: &Stats, out: &mut dyn Write) -> std::io::Result<()> {
     write_subscriptions(&stats.subscriptions, out)
 }
 
+/// What a subscription is, as the listings show it.
+pub(super) fn kind(s: &SubscriptionStats) -> String {
+    let kind = if s.projection {
+        "projection"
+    } else {
+        "subscription"
+    };
+    match &s.group {
+        Some(g) => format!("{kind}, group of {} ranges, {} workers", g.ranges, g.workers),
+        None => kind.to_owned(),
+    }
+}
+
 pub(super) fn write_subscriptions(
     subscriptions: &[SubscriptionStats],
     out: &mut dyn Write,
@@ -308,11 +389,7 @@ pub(super) fn write_subscriptions(
             thousands(s.lag),
             s.state,
             thousands(s.dead_letters),
-            if s.projection {
-                "projection"
-            } else {
-                "subscription"
-            }
+            kind(s)
         )?;
     }
     // The feed's holder is the same for every consumer: said once, by the one furthest back.

@@ -51,6 +51,13 @@ pub(crate) fn member(group: &str, slot: u32) -> String {
     format!("{group}{SEPARATOR}member:{slot}")
 }
 
+/// The group whose layout record `name` is, if it is one: how the groups a store holds are
+/// found in its listing.
+pub(crate) fn group_of_layout(name: &str) -> Option<&str> {
+    let (group, generation) = name.rsplit_once(&format!("{SEPARATOR}layout:"))?;
+    generation.parse::<u32>().ok().map(|_| group)
+}
+
 /// One name of a group's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Entry {
@@ -97,6 +104,8 @@ mod tests {
         assert_eq!(parse("orders", "orders-v2"), None);
         assert_eq!(parse("orders", "orders#5:9-2"), None);
         assert_eq!(parse("orders", "order"), None);
+        assert_eq!(group_of_layout(&layout("orders", 2)), Some("orders"));
+        assert_eq!(group_of_layout(&super::range("orders", 2, range)), None);
     }
 
     #[test]

@@ -192,9 +192,12 @@ impl<'a> Worker<'a> {
             .collect();
         mine.sort();
         if mine.len() > share {
-            // One at a time, the highest first: another worker takes it at its next look.
-            if let Some(stop) = mine.last().and_then(|key| self.running.remove(key)) {
-                let _ = stop.send(());
+            // The highest above the share: each finishes its batch and lets its lease go, and
+            // the workers short of their share take them at their next look.
+            for key in &mine[share..] {
+                if let Some(stop) = self.running.remove(key) {
+                    let _ = stop.send(());
+                }
             }
             return Ok(started);
         }

@@ -1,0 +1,354 @@
+//! Consumer groups: how a subscription scales with its workers, on memory, SQLite and
+//! PostgreSQL.
+//!
+//! - **I/O-bound**: a feed of N events (default 40,000, ten per aggregate) drained by a group
+//!   whose handler waits `--pause` ms (default 5) per batch of 50, standing for a call to
+//!   another service. 1, 2, 4 and 8 ranges, one worker per range, in this process and (SQLite,
+//!   PostgreSQL) one process per worker. The workers first settle (each holding its share,
+//!   the handlers held back), then drain the whole feed: its lag at the start. Events per
+//!   second, and the speed-up over one worker.
+//! - **CPU-bound catch-up**: the same feed through a handler that does nothing: the single
+//!   consumer (`Subscription::catch_up`) against a group of one worker with one range, and with
+//!   eight.
+//!
+//! ```text
+//! cargo run --release --features eventsource/sqlite,eventsource/postgres --example group_benchmark -- \
+//!     [--stores memory,sqlite,postgres] [--events 40000] [--pause 5] [--postgres URL]
+//! ```
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eventsource::async_trait;
+use eventsource::backend::{self, Stores};
+use eventsource::group::ConsumerGroup;
+use eventsource::prelude::*;
+use eventsource::subscription::{Handler, HandlerError, Subscription};
+use eventsource::EventEnvelope;
+
+type Fallible<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+#[event(aggregate = "Shipment")]
+pub struct Routed {
+    pub hop: u32,
+}
+
+#[derive(Aggregate, Clone, Debug, Default, Serialize, Deserialize)]
+#[aggregate(name = "Shipment", events(Routed))]
+pub struct Shipment {
+    pub hops: u32,
+}
+
+impl Apply<Routed> for Shipment {
+    fn apply(&mut self, _: &Routed) {
+        self.hops += 1;
+    }
+}
+
+const BATCH: usize = 50;
+const LEASE: Duration = Duration::from_secs(1);
+const WORKERS: [u32; 4] = [1, 2, 4, 8];
+
+/// Where the handlers are held back until the workers settled: a flag in this process, a
+/// file for worker processes.
+#[derive(Clone)]
+enum Gate {
+    Flag(Arc<AtomicBool>),
+    File(PathBuf),
+}
+
+impl Gate {
+    fn open(&self) -> bool {
+        match self {
+            Gate::Flag(flag) => flag.load(Ordering::Acquire),
+            Gate::File(path) => path.exists(),
+        }
+    }
+}
+
+/// Waits for the gate, then `pause` per batch.
+struct Slow {
+    gate: Gate,
+    pause: Duration,
+}
+
+#[async_trait]
+impl Handler for Slow {
+    async fn handle(&mut self, _events: &[StoredEvent]) -> Result<(), HandlerError> {
+        while !self.gate.open() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(self.pause).await;
+        Ok(())
+    }
+}
+
+fn group(stores: &Stores, name: &str, ranges: u32) -> Fallible<ConsumerGroup<Subscription>> {
+    Ok(stores
+        .subscription(name)?
+        .for_aggregate::<Shipment>()
+        .batch_size(BATCH)?
+        .poll_interval(Duration::from_millis(10))?
+        .lease(LEASE)?
+        .group(ranges)?)
+}
+
+/// Appends `events` events, ten to each of a tenth as many shipments.
+async fn fill(stores: &Stores, events: usize) -> Fallible {
+    for _ in 0..events / 10 {
+        let id = Uuid::new_v4();
+        let batch: Vec<EventEnvelope> = (1..=10)
+            .map(|hop| EventEnvelope::new(id, "Shipment", u64::from(hop), &ShipmentEvent::from(Routed { hop })))
+            .collect::<Result<_, _>>()?;
+        stores.events.append(id, "Shipment", 0, &batch).await?;
+    }
+    Ok(())
+}
+
+/// Waits until the group's workers hold every range and had time to share them.
+async fn settle(group: &ConsumerGroup<Subscription>, workers: u32) -> Fallible {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = group.status().await? {
+            if status.workers == workers as usize && status.ranges.iter().all(|r| r.owner.is_some()) {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            return Err("the workers did not settle within 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Two looks at the group each, for every worker to let go of what is above its share
+    // and take what is below.
+    tokio::time::sleep(LEASE).await;
+    Ok(())
+}
+
+/// Drains the feed with `workers` workers of as many ranges in this process; events/s.
+async fn in_process(stores: &Stores, events: usize, workers: u32, pause: Duration) -> Fallible<f64> {
+    let name = format!("bench-{}", Uuid::new_v4().simple());
+    let group = Arc::new(group(stores, &name, workers)?);
+    let flag = Arc::new(AtomicBool::new(false));
+    let gate = Gate::Flag(flag.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = {
+        let group = group.clone();
+        tokio::spawn(async move {
+            let handlers = move |_range| Slow {
+                gate: gate.clone(),
+                pause,
+            };
+            group
+                .run(workers as usize, handlers, async move {
+                    let _ = stopped.await;
+                })
+                .await
+        })
+    };
+    settle(&group, workers).await?;
+    let head = stores.events.head(0).await?.position;
+    let started = Instant::now();
+    flag.store(true, Ordering::Release);
+    if !group.wait_for(head, Duration::from_secs(600)).await? {
+        return Err("the group did not drain the feed".into());
+    }
+    let rate = events as f64 / started.elapsed().as_secs_f64();
+    let _ = stop.send(());
+    running.await??;
+    Ok(rate)
+}
+
+/// Drains the feed with `workers` worker processes, one range each; events/s.
+async fn in_processes(stores: &Stores, url: &str, events: usize, workers: u32, pause: Duration) -> Fallible<f64> {
+    let name = format!("bench-{}", Uuid::new_v4().simple());
+    let group = group(stores, &name, workers)?;
+    let dir = tempfile::tempdir()?;
+    let gate = dir.path().join("open");
+    let mut children: Vec<Child> = Vec::new();
+    for _ in 0..workers {
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(["--worker", url, &name, &workers.to_string(), &pause.as_millis().to_string()])
+            .arg(&gate)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut lines = BufReader::new(child.stdout.take().ok_or("no output")?).lines();
+        if !lines.any(|line| line.is_ok_and(|l| l == "READY")) {
+            return Err("a worker process did not start".into());
+        }
+        std::thread::spawn(move || lines.for_each(drop));
+        children.push(child);
+    }
+    settle(&group, workers).await?;
+    let head = stores.events.head(0).await?.position;
+    let started = Instant::now();
+    std::fs::write(&gate, b"")?;
+    if !group.wait_for(head, Duration::from_secs(600)).await? {
+        return Err("the group did not drain the feed".into());
+    }
+    let rate = events as f64 / started.elapsed().as_secs_f64();
+    for mut child in children {
+        drop(child.stdin.take());
+        child.wait()?;
+    }
+    Ok(rate)
+}
+
+/// A worker process: one worker of group `name` until its standard input closes.
+async fn worker(url: &str, name: &str, ranges: u32, pause: Duration, gate: &Path) -> Fallible {
+    let stores = backend::open(url).await?;
+    let group = group(&stores, name, ranges)?;
+    let gate = Gate::File(gate.to_owned());
+    let closed = async {
+        let _ = tokio::task::spawn_blocking(|| {
+            let mut line = String::new();
+            while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {}
+        })
+        .await;
+    };
+    println!("READY");
+    let handlers = move |_range| Slow {
+        gate: gate.clone(),
+        pause,
+    };
+    group.run(1, handlers, closed).await?;
+    Ok(())
+}
+
+/// The CPU-bound catch-up rates: the single consumer, a group of one range, of eight.
+async fn catch_up(stores: &Stores, events: usize) -> Fallible<[f64; 3]> {
+    let single = stores
+        .subscription(&format!("single-{}", Uuid::new_v4().simple()))?
+        .for_aggregate::<Shipment>()
+        .batch_size(BATCH)?;
+    let started = Instant::now();
+    single.catch_up(|_: &[StoredEvent]| Ok(())).await?;
+    let single = events as f64 / started.elapsed().as_secs_f64();
+    let mut rates = [single, 0.0, 0.0];
+    for (i, ranges) in [(1, 1), (2, 8)] {
+        let group = group(stores, &format!("cpu-{}", Uuid::new_v4().simple()), ranges)?;
+        let head = stores.events.head(0).await?.position;
+        let started = Instant::now();
+        let done = async {
+            let _ = group.wait_for(head, Duration::from_secs(600)).await;
+        };
+        group.run(1, |_range| |_: &[StoredEvent]| Ok(()), done).await?;
+        rates[i] = events as f64 / started.elapsed().as_secs_f64();
+    }
+    Ok(rates)
+}
+
+struct Options {
+    stores: Vec<String>,
+    events: usize,
+    pause: Duration,
+    postgres: String,
+}
+
+fn options() -> Fallible<Options> {
+    let mut options = Options {
+        stores: vec!["memory".into(), "sqlite".into(), "postgres".into()],
+        events: 40_000,
+        pause: Duration::from_millis(5),
+        postgres: std::env::var("EVENTSOURCE_BENCH_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test?schema=bench_groups".into()),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--stores" => options.stores = value()?.split(',').map(str::to_owned).collect(),
+            "--events" => options.events = value()?.parse()?,
+            "--pause" => options.pause = Duration::from_millis(value()?.parse()?),
+            "--postgres" => options.postgres = value()?,
+            other => return Err(format!("unknown option {other}").into()),
+        }
+    }
+    Ok(options)
+}
+
+/// Fresh stores of one kind: a new file for SQLite, the schema emptied for PostgreSQL.
+async fn stores_of(kind: &str, options: &Options, dir: &Path) -> Fallible<(Stores, Option<String>)> {
+    Ok(match kind {
+        "memory" => (Stores::in_memory(), None),
+        "sqlite" => {
+            let url = format!("sqlite:{}", dir.join("groups.db").display());
+            (backend::open(&url).await?, Some(url))
+        }
+        "postgres" => {
+            let url = options.postgres.clone();
+            let schema = url
+                .split("schema=")
+                .nth(1)
+                .map(|s| s.split('&').next().unwrap_or(s).to_owned())
+                .ok_or("the PostgreSQL URL needs a schema=... of the benchmark's own: it is dropped")?;
+            let base = url.split('?').next().unwrap_or(&url).to_owned();
+            let admin = backend::postgres::sqlx::PgPool::connect(&base).await?;
+            backend::postgres::sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                .execute(&admin)
+                .await?;
+            admin.close().await;
+            let stores = backend::open(&url).await?;
+            stores.migrate().await?;
+            (stores, Some(url))
+        }
+        other => return Err(format!("unknown store {other}").into()),
+    })
+}
+
+#[tokio::main]
+async fn main() -> Fallible {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--worker") {
+        let [_, _, url, name, ranges, pause, gate] = &args[..] else {
+            return Err("--worker URL NAME RANGES PAUSE GATE".into());
+        };
+        return worker(url, name, ranges.parse()?, Duration::from_millis(pause.parse()?), Path::new(gate)).await;
+    }
+    let options = options()?;
+    let pause = options.pause;
+    println!(
+        "{} events, ten per aggregate; I/O-bound handler: {} ms per batch of {BATCH}",
+        options.events,
+        pause.as_millis()
+    );
+    println!(
+        "{:<9} {:<10} {:>8} {:>12} {:>9}",
+        "store", "workers", "where", "events/s", "speed-up"
+    );
+    for kind in &options.stores {
+        let dir = tempfile::tempdir()?;
+        let (stores, url) = stores_of(kind, &options, dir.path()).await?;
+        fill(&stores, options.events).await?;
+        let mut places = vec!["process"];
+        if url.is_some() {
+            places.push("processes");
+        }
+        for place in places {
+            let mut first = None;
+            for workers in WORKERS {
+                let rate = match (place, &url) {
+                    ("processes", Some(url)) => in_processes(&stores, url, options.events, workers, pause).await?,
+                    _ => in_process(&stores, options.events, workers, pause).await?,
+                };
+                let base = *first.get_or_insert(rate);
+                println!(
+                    "{kind:<9} {workers:<10} {place:>8} {rate:>12.0} {:>8.2}x",
+                    rate / base
+                );
+            }
+        }
+        let [single, one, eight] = catch_up(&stores, options.events).await?;
+        println!(
+            "{kind:<9} CPU-bound catch-up: single consumer {single:.0} events/s, group of 1 range {one:.0} ({:.2}x), of 8 ranges {eight:.0} ({:.2}x)",
+            one / single,
+            eight / single
+        );
+    }
+    Ok(())
+}

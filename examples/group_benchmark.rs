@@ -1,13 +1,14 @@
 //! Consumer groups: how a subscription scales with its workers, on memory, SQLite and
 //! PostgreSQL.
 //!
-//! - **I/O-bound**: a feed of N events (default 40,000, ten per aggregate) drained by a group
-//!   whose handler waits `--pause` ms (default 5) per batch of 50, standing for a call to
-//!   another service. 1, 2, 4 and 8 ranges, one worker per range, in this process and (SQLite,
-//!   PostgreSQL) one process per worker. The workers first settle (each holding its share,
-//!   the handlers held back), then drain the whole feed: its lag at the start. Events per
-//!   second, and the speed-up over one worker.
-//! - **CPU-bound catch-up**: the same feed through a handler that does nothing: the single
+//! - **I/O-bound**: N events (default 40,000, ten per aggregate) drained by a group whose
+//!   handler waits `--pause` ms (default 5) per batch of 50, standing for a call to another
+//!   service. 1, 2, 4 and 8 ranges, one worker per range, in this process and (SQLite,
+//!   PostgreSQL) one process per worker. The workers start at the end of the feed and settle
+//!   (each holding its share), the events are appended with the handlers held back, then
+//!   drained: the lag at the start is all of them. Events per second, and the speed-up over
+//!   one worker.
+//! - **CPU-bound catch-up**: the whole feed through a handler that does nothing: the single
 //!   consumer (`Subscription::catch_up`) against a group of one worker with one range, and with
 //!   eight.
 //!
@@ -87,14 +88,20 @@ impl Handler for Slow {
     }
 }
 
-fn group(stores: &Stores, name: &str, ranges: u32) -> Fallible<ConsumerGroup<Subscription>> {
-    Ok(stores
+/// The group `name` of `ranges` ranges; starting at the end of the feed, or at its beginning.
+fn group(stores: &Stores, name: &str, ranges: u32, at_end: bool) -> Fallible<ConsumerGroup<Subscription>> {
+    let subscription = stores
         .subscription(name)?
         .for_aggregate::<Shipment>()
         .batch_size(BATCH)?
         .poll_interval(Duration::from_millis(10))?
-        .lease(LEASE)?
-        .group(ranges)?)
+        .lease(LEASE)?;
+    let subscription = if at_end {
+        subscription.starting_at_end()
+    } else {
+        subscription
+    };
+    Ok(subscription.group(ranges)?)
 }
 
 /// Appends `events` events, ten to each of a tenth as many shipments.
@@ -102,14 +109,22 @@ async fn fill(stores: &Stores, events: usize) -> Fallible {
     for _ in 0..events / 10 {
         let id = Uuid::new_v4();
         let batch: Vec<EventEnvelope> = (1..=10)
-            .map(|hop| EventEnvelope::new(id, "Shipment", u64::from(hop), &ShipmentEvent::from(Routed { hop })))
+            .map(|hop| {
+                EventEnvelope::new(
+                    id,
+                    "Shipment",
+                    u64::from(hop),
+                    &ShipmentEvent::from(Routed { hop }),
+                )
+            })
             .collect::<Result<_, _>>()?;
         stores.events.append(id, "Shipment", 0, &batch).await?;
     }
     Ok(())
 }
 
-/// Waits until the group's workers hold every range and had time to share them.
+/// Waits until the group's workers hold every range and had time to share them (with nothing
+/// to handle yet, each lets go at once of what is above its share).
 async fn settle(group: &ConsumerGroup<Subscription>, workers: u32) -> Fallible {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -123,16 +138,16 @@ async fn settle(group: &ConsumerGroup<Subscription>, workers: u32) -> Fallible {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Two looks at the group each, for every worker to let go of what is above its share
-    // and take what is below.
-    tokio::time::sleep(LEASE).await;
+    // Several looks at the group each, for every worker to let go of what is above its
+    // share and take what is below.
+    tokio::time::sleep(LEASE * 2).await;
     Ok(())
 }
 
 /// Drains the feed with `workers` workers of as many ranges in this process; events/s.
 async fn in_process(stores: &Stores, events: usize, workers: u32, pause: Duration) -> Fallible<f64> {
     let name = format!("bench-{}", Uuid::new_v4().simple());
-    let group = Arc::new(group(stores, &name, workers)?);
+    let group = Arc::new(group(stores, &name, workers, true)?);
     let flag = Arc::new(AtomicBool::new(false));
     let gate = Gate::Flag(flag.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -151,6 +166,7 @@ async fn in_process(stores: &Stores, events: usize, workers: u32, pause: Duratio
         })
     };
     settle(&group, workers).await?;
+    fill(stores, events).await?;
     let head = stores.events.head(0).await?.position;
     let started = Instant::now();
     flag.store(true, Ordering::Release);
@@ -164,15 +180,27 @@ async fn in_process(stores: &Stores, events: usize, workers: u32, pause: Duratio
 }
 
 /// Drains the feed with `workers` worker processes, one range each; events/s.
-async fn in_processes(stores: &Stores, url: &str, events: usize, workers: u32, pause: Duration) -> Fallible<f64> {
+async fn in_processes(
+    stores: &Stores,
+    url: &str,
+    events: usize,
+    workers: u32,
+    pause: Duration,
+) -> Fallible<f64> {
     let name = format!("bench-{}", Uuid::new_v4().simple());
-    let group = group(stores, &name, workers)?;
+    let group = group(stores, &name, workers, true)?;
     let dir = tempfile::tempdir()?;
     let gate = dir.path().join("open");
     let mut children: Vec<Child> = Vec::new();
     for _ in 0..workers {
         let mut child = Command::new(std::env::current_exe()?)
-            .args(["--worker", url, &name, &workers.to_string(), &pause.as_millis().to_string()])
+            .args([
+                "--worker",
+                url,
+                &name,
+                &workers.to_string(),
+                &pause.as_millis().to_string(),
+            ])
             .arg(&gate)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -185,6 +213,7 @@ async fn in_processes(stores: &Stores, url: &str, events: usize, workers: u32, p
         children.push(child);
     }
     settle(&group, workers).await?;
+    fill(stores, events).await?;
     let head = stores.events.head(0).await?.position;
     let started = Instant::now();
     std::fs::write(&gate, b"")?;
@@ -202,7 +231,7 @@ async fn in_processes(stores: &Stores, url: &str, events: usize, workers: u32, p
 /// A worker process: one worker of group `name` until its standard input closes.
 async fn worker(url: &str, name: &str, ranges: u32, pause: Duration, gate: &Path) -> Fallible {
     let stores = backend::open(url).await?;
-    let group = group(&stores, name, ranges)?;
+    let group = group(&stores, name, ranges, true)?;
     let gate = Gate::File(gate.to_owned());
     let closed = async {
         let _ = tokio::task::spawn_blocking(|| {
@@ -220,25 +249,52 @@ async fn worker(url: &str, name: &str, ranges: u32, pause: Duration, gate: &Path
     Ok(())
 }
 
-/// The CPU-bound catch-up rates: the single consumer, a group of one range, of eight.
-async fn catch_up(stores: &Stores, events: usize) -> Fallible<[f64; 3]> {
+/// When a handler was first and last given events, and how many: a catch-up's rate from its
+/// first batch to its last, whatever it took to start.
+#[derive(Clone, Default)]
+struct Timed(Arc<std::sync::Mutex<(Option<Instant>, Option<Instant>, u64)>>);
+
+impl Timed {
+    fn handler(&self) -> impl FnMut(&[StoredEvent]) -> Result<(), HandlerError> + Send + 'static {
+        let timed = self.0.clone();
+        move |batch: &[StoredEvent]| {
+            let now = Instant::now();
+            let mut t = timed.lock().unwrap();
+            t.0.get_or_insert(now);
+            t.1 = Some(now);
+            t.2 += batch.len() as u64;
+            Ok(())
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        let t = self.0.lock().unwrap();
+        match (t.0, t.1) {
+            (Some(first), Some(last)) if last > first => t.2 as f64 / (last - first).as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+}
+
+/// The CPU-bound catch-up rates over the whole feed, from the first batch to the last: the
+/// single consumer, a group of one range, of eight.
+async fn catch_up(stores: &Stores) -> Fallible<[f64; 3]> {
     let single = stores
         .subscription(&format!("single-{}", Uuid::new_v4().simple()))?
         .for_aggregate::<Shipment>()
         .batch_size(BATCH)?;
-    let started = Instant::now();
-    single.catch_up(|_: &[StoredEvent]| Ok(())).await?;
-    let single = events as f64 / started.elapsed().as_secs_f64();
-    let mut rates = [single, 0.0, 0.0];
+    let timed = Timed::default();
+    single.catch_up(timed.handler()).await?;
+    let mut rates = [timed.rate(), 0.0, 0.0];
     for (i, ranges) in [(1, 1), (2, 8)] {
-        let group = group(stores, &format!("cpu-{}", Uuid::new_v4().simple()), ranges)?;
+        let group = group(stores, &format!("cpu-{}", Uuid::new_v4().simple()), ranges, false)?;
         let head = stores.events.head(0).await?.position;
-        let started = Instant::now();
+        let timed = Timed::default();
         let done = async {
             let _ = group.wait_for(head, Duration::from_secs(600)).await;
         };
-        group.run(1, |_range| |_: &[StoredEvent]| Ok(()), done).await?;
-        rates[i] = events as f64 / started.elapsed().as_secs_f64();
+        group.run(1, |_range| timed.handler(), done).await?;
+        rates[i] = timed.rate();
     }
     Ok(rates)
 }
@@ -308,7 +364,14 @@ async fn main() -> Fallible {
         let [_, _, url, name, ranges, pause, gate] = &args[..] else {
             return Err("--worker URL NAME RANGES PAUSE GATE".into());
         };
-        return worker(url, name, ranges.parse()?, Duration::from_millis(pause.parse()?), Path::new(gate)).await;
+        return worker(
+            url,
+            name,
+            ranges.parse()?,
+            Duration::from_millis(pause.parse()?),
+            Path::new(gate),
+        )
+        .await;
     }
     let options = options()?;
     let pause = options.pause;
@@ -324,7 +387,6 @@ async fn main() -> Fallible {
     for kind in &options.stores {
         let dir = tempfile::tempdir()?;
         let (stores, url) = stores_of(kind, &options, dir.path()).await?;
-        fill(&stores, options.events).await?;
         let mut places = vec!["process"];
         if url.is_some() {
             places.push("processes");
@@ -333,7 +395,9 @@ async fn main() -> Fallible {
             let mut first = None;
             for workers in WORKERS {
                 let rate = match (place, &url) {
-                    ("processes", Some(url)) => in_processes(&stores, url, options.events, workers, pause).await?,
+                    ("processes", Some(url)) => {
+                        in_processes(&stores, url, options.events, workers, pause).await?
+                    }
                     _ => in_process(&stores, options.events, workers, pause).await?,
                 };
                 let base = *first.get_or_insert(rate);
@@ -343,9 +407,9 @@ async fn main() -> Fallible {
                 );
             }
         }
-        let [single, one, eight] = catch_up(&stores, options.events).await?;
+        let [single, one, eight] = catch_up(&stores).await?;
         println!(
-            "{kind:<9} CPU-bound catch-up: single consumer {single:.0} events/s, group of 1 range {one:.0} ({:.2}x), of 8 ranges {eight:.0} ({:.2}x)",
+            "{kind:<9} CPU-bound catch-up of the whole feed: single consumer {single:.0} events/s, group of 1 range {one:.0} ({:.2}x), of 8 ranges {eight:.0} ({:.2}x)",
             one / single,
             eight / single
         );

@@ -37,6 +37,45 @@ impl Apply<Scanned> for Parcel {
     }
 }
 
+#[event(aggregate = "Tally")]
+pub struct Counted {}
+
+/// A count kept per parcel by a process that reacts to each scan with a command.
+#[derive(Aggregate, Clone, Debug, Default, Serialize, Deserialize)]
+#[aggregate(name = "Tally", events(Counted))]
+pub struct Tally {
+    pub count: u64,
+}
+
+impl Apply<Counted> for Tally {
+    fn apply(&mut self, _: &Counted) {
+        self.count += 1;
+    }
+}
+
+/// A process manager's handler: each scan counted on the parcel's tally by a command whose
+/// request id is derived from the scan, so that a scan handed over again counts once.
+struct Tallying(Repository<Tally>);
+
+#[async_trait]
+impl Handler for Tallying {
+    async fn handle(&mut self, events: &[StoredEvent]) -> Result<(), HandlerError> {
+        for event in events {
+            let request = eventsource::request::RequestId::new(&format!("tally {}", event.event_id))?;
+            self.0
+                .command(event.aggregate_id)
+                .request_id(request)
+                .run(|tally| {
+                    tally.record(Counted {});
+                    Ok::<_, Error>(())
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
 /// What the handlers of a group were given: each aggregate's versions in the order handed
 /// over, and the aggregates in a batch being handled now.
 #[derive(Clone, Default)]
@@ -307,6 +346,47 @@ async fn a_single_consumer_grows_into_a_group(stores: Stores) {
     );
 }
 
+/// A handler that issues commands runs as a group as it is: four ranges, a worker that
+/// leaves and one that joins under traffic, and every scan counted once on its tally.
+async fn a_process_manager_runs_partitioned_unchanged(stores: Stores) {
+    let name = format!("tallies-{}", Uuid::new_v4().simple());
+    let group = Arc::new(subscription(&stores, &name).group(4).unwrap());
+    let start = |group: &Arc<ConsumerGroup<Subscription>>| {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (group, stores) = (group.clone(), stores.clone());
+        let run = tokio::spawn(async move {
+            let handlers = |_range| Tallying(stores.repository::<Tally>());
+            group
+                .run(1, handlers, async move {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Worker { stop, run }
+    };
+    let first = start(&group);
+    let writing = {
+        let stores = stores.clone();
+        tokio::spawn(async move { traffic(&stores, 20, 10).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = start(&group);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.stop().await;
+    let expected = writing.await.unwrap();
+    let head = stores.events.head(0).await.unwrap().position;
+    assert!(group.wait_for(head, Duration::from_secs(60)).await.unwrap());
+    second.stop().await;
+    let tallies = stores.repository::<Tally>();
+    for (id, scans) in expected {
+        assert_eq!(
+            tallies.load(id).await.unwrap().state().count,
+            scans,
+            "the tally of {id}"
+        );
+    }
+}
+
 /// The total of scans per parcel, and every version applied, in a read model in memory.
 #[derive(Clone, Default)]
 struct Applied(HashMap<Uuid, Vec<u64>>);
@@ -391,6 +471,7 @@ async fn every_check<F: std::future::Future<Output = Stores>>(stores: impl Fn() 
     rescaling_under_traffic(stores().await).await;
     a_single_consumer_grows_into_a_group(stores().await).await;
     a_projection_rescaled_under_traffic_applies_each_event_once(stores().await).await;
+    a_process_manager_runs_partitioned_unchanged(stores().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -176,6 +176,7 @@ impl<'a> Worker<'a> {
         }
         if state.current().is_none() {
             if !super::record_first_layout(self.template, self.group, self.ranges, self.owner).await? {
+                tracing::info!(group = %self.group, "waiting for the single consumer of this name to stop");
                 return Ok(started);
             }
             state = GroupState::read(self.store(), self.group).await?;

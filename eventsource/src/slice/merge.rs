@@ -9,7 +9,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use futures_util::future::BoxFuture;
 use futures_util::{stream, StreamExt};
 
-use super::{slice_of, SliceRange};
+use super::SliceRange;
 use crate::error::{Error, Result};
 use crate::event::StoredEvent;
 use crate::event_store::EventStream;
@@ -19,9 +19,10 @@ const PAGE: usize = 256;
 
 /// The events a backend holds of some slices, each after its own position: at most `limit`
 /// of each slice, each slice's in position order, all below a bound the backend fixed when
-/// the read started, so that a slice that gives fewer than `limit` has no more to give.
+/// the read started, so that a slice that gives fewer than `limit` has no more to give. Each
+/// comes with the slice it was read from.
 pub(crate) type Fetch =
-    Box<dyn FnMut(Vec<(u32, u64)>, usize) -> BoxFuture<'static, Result<Vec<StoredEvent>>> + Send>;
+    Box<dyn FnMut(Vec<(u32, u64)>, usize) -> BoxFuture<'static, Result<Vec<(u32, StoredEvent)>>> + Send>;
 
 /// The events of the slices of `range` after `after`, in position order, read through
 /// `fetch`: what [`SliceFeed::read_slices`](crate::SliceFeed::read_slices) yields. `what`
@@ -98,15 +99,14 @@ impl Merge {
     async fn refill(&mut self, waiting: Vec<(u32, u64)>) -> Result<()> {
         let events = (self.fetch)(waiting.clone(), self.limit).await?;
         let mut counts = vec![0usize; self.slices.len()];
-        for event in events {
-            let slice = slice_of(&event.aggregate_type, event.aggregate_id);
+        for (slice, event) in events {
             let index = slice.wrapping_sub(self.range.first()) as usize;
             let asked = waiting.iter().any(|(s, _)| *s == slice);
             let Some(cursor) = self.slices.get_mut(index).filter(|_| asked) else {
                 return Err(Error::corrupt(
                     self.what.clone(),
                     format!(
-                        "event {} of {} {} at position {} is stored in another slice than {slice}, its own",
+                        "event {} of {} {} at position {} was read from slice {slice}, which the read did not ask for",
                         event.event_id, event.aggregate_type, event.aggregate_id, event.position
                     ),
                 ));
@@ -169,6 +169,7 @@ mod tests {
 
     use super::*;
     use crate::event::EventEnvelope;
+    use crate::slice::slice_of;
 
     fn envelope(aggregate_id: Uuid, aggregate_type: &str, version: u64) -> EventEnvelope {
         EventEnvelope {
@@ -204,7 +205,7 @@ mod tests {
                             .iter()
                             .filter(|e| e.position > after)
                             .take(limit)
-                            .cloned(),
+                            .map(|e| (slice, e.clone())),
                     );
                 }
                 fetched.lock().unwrap().push(out.len());
@@ -267,7 +268,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_event_of_another_slice_is_corrupt() {
+    async fn an_event_of_a_slice_not_asked_for_is_corrupt() {
         let own = Uuid::new_v4();
         let slice = slice_of("Merged", own);
         let stranger = std::iter::repeat_with(Uuid::new_v4)
@@ -277,9 +278,10 @@ mod tests {
             position: 1,
             envelope: envelope(stranger, "Merged", 1),
         };
+        let stray_slice = slice_of("Merged", stranger);
         let fetch: Fetch = Box::new(move |_, _| {
             let stray = stray.clone();
-            Box::pin(async move { Ok(vec![stray]) })
+            Box::pin(async move { Ok(vec![(stray_slice, stray)]) })
         });
         let range = SliceRange::new(slice, slice).unwrap();
         let read = merged(range, 0, "test".into(), fetch)

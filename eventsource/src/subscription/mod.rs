@@ -16,7 +16,9 @@
 //! - **One active consumer per name**, across processes: a consumer works only while it holds
 //!   the name's lease in the subscription store, renewed as it goes; a second instance waits as
 //!   a standby and takes over within about one lease (plus a third) when the first dies. A
-//!   consumer that lost its lease cannot move the checkpoint.
+//!   consumer that lost its lease cannot move the checkpoint. When one consumer cannot keep
+//!   up, run it as a [consumer group](crate::group) ([`Subscription::group`]): one active
+//!   consumer per range of slices, ranges shared between any number of workers.
 //! - **Bounded retries.** A handler error is retried with jittered exponential backoff; after
 //!   the last attempt the subscription either stops with [`Error::SubscriptionStopped`] or, with
 //!   [`OnFailure::DeadLetter`], hands the batch over one event at a time and records each event

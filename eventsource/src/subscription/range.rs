@@ -36,6 +36,11 @@ impl RangeScope {
 
     /// Whether an earlier layout's range handled `event` already.
     pub(crate) fn handled(&self, event: &StoredEvent) -> bool {
+        // Past every earlier range's checkpoint (as soon as a new range catches up), the
+        // event's slice need not be computed.
+        if self.done.iter().all(|(_, position)| event.position > *position) {
+            return false;
+        }
         let slice = slice_of(&event.aggregate_type, event.aggregate_id);
         self.done
             .iter()

@@ -145,13 +145,22 @@ impl Reader {
         events
     }
 
-    /// Decodes rows that start with [`COLUMNS`] (then the stream's id and type), in order,
-    /// whatever their positions: the rows of a read by slice.
-    fn decode_rows(&mut self, rows: &[PgRow]) -> Result<Vec<StoredEvent>> {
-        if let Some(Err(reason)) = rows.first().map(|row| self.check_types(row)) {
-            return Err(Error::corrupt(self.store.sql.table.clone(), reason));
+    /// Decodes rows that start with [`COLUMNS`] (then the stream's id and type, then the
+    /// slice), in order, whatever their positions: the rows of a read by slice.
+    fn decode_sliced(&mut self, rows: &[PgRow]) -> Result<Vec<(u32, StoredEvent)>> {
+        let table = self.store.sql.table.clone();
+        if let Some(Err(reason)) = rows
+            .first()
+            .map(|row| self.check_types(row).and(has_type::<i32>(row, at::SLICE)))
+        {
+            return Err(Error::corrupt(table, reason));
         }
-        rows.iter().map(|row| self.decode(row)).collect()
+        rows.iter()
+            .map(|row| {
+                let slice: i32 = column(row, at::SLICE).map_err(|e| Error::corrupt(table.clone(), e))?;
+                Ok((slice as u32, self.decode(row)?))
+            })
+            .collect()
     }
 
     /// Checks that each column the reader decodes has a type it can decode, once a page: the
@@ -282,7 +291,7 @@ fn slice_pages(store: &PostgresEventStore, bound: i64) -> merge::Fetch {
                 .fetch_all(&store.pool)
                 .await
                 .map_err(|e| query_error("cannot read the feed by slice", e))?;
-            Reader::new(&store, None, 0).decode_rows(&rows)
+            Reader::new(&store, None, 0).decode_sliced(&rows)
         })
     })
 }
@@ -396,6 +405,8 @@ pub(super) mod at {
     pub(crate) const REQUEST_ID: usize = 11;
     pub(crate) const AGGREGATE_ID: usize = 12;
     pub(crate) const AGGREGATE_TYPE: usize = 13;
+    /// The slice a read by slice adds after them.
+    pub(crate) const SLICE: usize = 14;
 }
 
 /// Whether the column holds values of a type that decodes as `T`, or why not.

@@ -184,7 +184,7 @@ impl Sql {
             // Each slice ($1) from its own position ($2) on, below the bound ($3), at most $4
             // of each: one index scan per slice.
             read_slices: format!(
-                "SELECT e.* FROM unnest($1::integer[], $2::bigint[]) AS c(slice, after)
+                "SELECT e.*, c.slice FROM unnest($1::integer[], $2::bigint[]) AS c(slice, after)
                  CROSS JOIN LATERAL (
                     SELECT {COLUMNS}, aggregate_id, aggregate_type FROM {events}
                     WHERE slice = c.slice AND position > c.after AND position < $3

@@ -169,7 +169,8 @@ fn slice_pages(source: &Source, last: i64) -> merge::Fetch {
                         let after = i64::try_from(*after).unwrap_or(i64::MAX);
                         let mut rows = statement.query((slice, after, last, limit as i64))?;
                         while let Some(row) = rows.next()? {
-                            events.push(Columns::of(row).and_then(|columns| decoder.decode(columns)));
+                            let event = Columns::of(row).and_then(|columns| decoder.decode(columns));
+                            events.push(event.map(|event| (*slice, event)));
                         }
                     }
                     Ok(events)

@@ -252,7 +252,11 @@ async fn worker(url: &str, name: &str, ranges: u32, pause: Duration, gate: &Path
 /// When a handler was first and last given events, and how many: a catch-up's rate from its
 /// first batch to its last, whatever it took to start.
 #[derive(Clone, Default)]
-struct Timed(Arc<std::sync::Mutex<(Option<Instant>, Option<Instant>, u64)>>);
+struct Timed(Arc<std::sync::Mutex<Span>>);
+
+/// The first and the last batch's time, and the events handed over.
+#[derive(Default)]
+struct Span(Option<Instant>, Option<Instant>, u64);
 
 impl Timed {
     fn handler(&self) -> impl FnMut(&[StoredEvent]) -> Result<(), HandlerError> + Send + 'static {

@@ -202,6 +202,7 @@ async fn traffic(stores: &Stores, crates: usize, loads: u32) -> HashMap<Uuid, u6
 /// The read model's rows: aggregate, version, and the version before it when applied.
 async fn applied(stores: &Stores, table: &str) -> Vec<(String, i64, i64)> {
     let rows = format!("SELECT aggregate_id, version, previous FROM {table}");
+    #[cfg(feature = "postgres")]
     if let Some(events) = stores.postgres() {
         return eventsource::backend::postgres::sqlx::query_as(&rows)
             .fetch_all(events.pool())
@@ -288,6 +289,7 @@ async fn sqlite_worker_processes_killed_paused_joining_and_leaving() {
     workers_killed_paused_joining_and_leaving(TEST, url, "crates_applied".into()).await;
 }
 
+#[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_worker_processes_killed_paused_joining_and_leaving() {
     const TEST: &str = "postgres_worker_processes_killed_paused_joining_and_leaving";

@@ -491,6 +491,7 @@ async fn consumer_groups_on_sqlite() {
     .await;
 }
 
+#[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_groups_on_postgres() {
     let Some(url) = common::postgres_url("consumer_groups_on_postgres") else {

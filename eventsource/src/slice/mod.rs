@@ -6,6 +6,7 @@
 //! library, puts a stream in the same slice: [`slice_of`].
 
 mod md5;
+#[cfg(any(test, feature = "sqlite", feature = "postgres"))]
 pub(crate) mod merge;
 
 use std::fmt;

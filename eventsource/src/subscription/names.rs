@@ -53,6 +53,7 @@ pub(crate) fn member(group: &str, slot: u32) -> String {
 
 /// The group whose layout record `name` is, if it is one: how the groups a store holds are
 /// found in its listing.
+#[cfg_attr(not(feature = "admin"), allow(dead_code))]
 pub(crate) fn group_of_layout(name: &str) -> Option<&str> {
     let (group, generation) = name.rsplit_once(&format!("{SEPARATOR}layout:"))?;
     generation.parse::<u32>().ok().map(|_| group)

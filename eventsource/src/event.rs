@@ -93,6 +93,26 @@ pub struct EventEnvelope {
 }
 
 impl EventEnvelope {
+    /// An event of type `Noted`, version 1, payload `{}`, recorded now with a new id and no
+    /// context: what tests append (see `testing::envelope`).
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn noted(aggregate_id: Uuid, aggregate_type: &str, aggregate_version: u64) -> Self {
+        EventEnvelope {
+            event_id: Uuid::new_v4(),
+            event_type: "Noted".into(),
+            event_version: 1,
+            aggregate_id,
+            aggregate_type: aggregate_type.into(),
+            aggregate_version,
+            occurred_at: chrono::Utc::now(),
+            correlation_id: None,
+            causation_id: None,
+            request_id: None,
+            metadata: None,
+            payload: "{}".into(),
+        }
+    }
+
     /// The envelope of one event of aggregate type `aggregate_type`, at `aggregate_version`,
     /// with a new event id, recorded now, without correlation, causation or metadata.
     ///

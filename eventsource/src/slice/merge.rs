@@ -5,6 +5,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
+use std::future::Future;
 
 use futures_util::future::BoxFuture;
 use futures_util::{stream, StreamExt};
@@ -24,10 +25,28 @@ const PAGE: usize = 256;
 pub(crate) type Fetch =
     Box<dyn FnMut(Vec<(u32, u64)>, usize) -> BoxFuture<'static, Result<Vec<(u32, StoredEvent)>>> + Send>;
 
-/// The events of the slices of `range` after `after`, in position order, read through
-/// `fetch`: what [`SliceFeed::read_slices`](crate::SliceFeed::read_slices) yields. `what`
-/// names the store in the error of a row in a slice it was not asked for.
-pub(crate) fn merged(range: SliceRange, after: u64, what: String, fetch: Fetch) -> EventStream<'static> {
+/// The events of the slices of `range` after `after`, in position order: what
+/// [`SliceFeed::read_slices`](crate::SliceFeed::read_slices) yields. The read first awaits
+/// `bound` (what the backend fixes when the read starts: the feed's bound, its last
+/// position), then reads through the fetch `pages` makes of it. `what` names the store in the
+/// error of a row in a slice the read did not ask for.
+pub(crate) fn merged<B: Send + 'static>(
+    range: SliceRange,
+    after: u64,
+    what: String,
+    bound: impl Future<Output = Result<B>> + Send + 'static,
+    pages: impl FnOnce(B) -> Fetch + Send + 'static,
+) -> EventStream<'static> {
+    let mut pages = Some(pages);
+    let read = stream::once(bound).flat_map(move |bound| match (bound, pages.take()) {
+        (Ok(bound), Some(pages)) => merge(range, after, what.clone(), pages(bound)),
+        (Err(e), _) => Box::pin(stream::iter([Err(e)])),
+        (Ok(_), None) => Box::pin(stream::empty()),
+    });
+    Box::pin(read)
+}
+
+fn merge(range: SliceRange, after: u64, what: String, fetch: Fetch) -> EventStream<'static> {
     // A cursor's events are held until every slice has one to compare: a wide range keeps
     // fewer of each, so a read holds some thousands of events at most.
     let limit = (8192 / range.len() as usize).clamp(8, 256);
@@ -171,23 +190,6 @@ mod tests {
     use crate::event::EventEnvelope;
     use crate::slice::slice_of;
 
-    fn envelope(aggregate_id: Uuid, aggregate_type: &str, version: u64) -> EventEnvelope {
-        EventEnvelope {
-            event_id: Uuid::new_v4(),
-            event_type: "Noted".into(),
-            event_version: 1,
-            aggregate_id,
-            aggregate_type: aggregate_type.into(),
-            aggregate_version: version,
-            occurred_at: chrono::Utc::now(),
-            correlation_id: None,
-            causation_id: None,
-            request_id: None,
-            metadata: None,
-            payload: "{}".into(),
-        }
-    }
-
     /// A store of `events` read through the merge, with how many events each fetch gave.
     fn feed(events: Arc<Vec<StoredEvent>>, fetched: Arc<std::sync::Mutex<Vec<usize>>>) -> Fetch {
         let mut by_slice = vec![Vec::new(); crate::slice::SLICES as usize];
@@ -219,7 +221,7 @@ mod tests {
         (0..count)
             .map(|i| StoredEvent {
                 position: 3 * i as u64 + 1,
-                envelope: envelope(
+                envelope: EventEnvelope::noted(
                     streams[i % streams.len()],
                     "Merged",
                     (i / streams.len()) as u64 + 1,
@@ -238,11 +240,13 @@ mod tests {
         ] {
             for after in [0, 1, 2000, 9000] {
                 let fetched = Arc::default();
-                let merged: Vec<StoredEvent> =
-                    merged(range, after, "test".into(), feed(events.clone(), fetched))
-                        .try_collect()
-                        .await
-                        .unwrap();
+                let merged: Vec<StoredEvent> = merged(range, after, "test".into(), async { Ok(()) }, {
+                    let fetch = feed(events.clone(), fetched);
+                    move |()| fetch
+                })
+                .try_collect()
+                .await
+                .unwrap();
                 let expected: Vec<u64> = events
                     .iter()
                     .filter(|e| e.position > after && range.holds(&e.aggregate_type, e.aggregate_id))
@@ -259,10 +263,13 @@ mod tests {
         let events = Arc::new(stored(20_000));
         let fetched: Arc<std::sync::Mutex<Vec<usize>>> = Arc::default();
         let range = SliceRange::new(0, 255).unwrap();
-        let count = merged(range, 0, "test".into(), feed(events.clone(), fetched.clone()))
-            .try_fold(0usize, |n, _| async move { Ok(n + 1) })
-            .await
-            .unwrap();
+        let count = merged(range, 0, "test".into(), async { Ok(()) }, {
+            let fetch = feed(events.clone(), fetched.clone());
+            move |()| fetch
+        })
+        .try_fold(0usize, |n, _| async move { Ok(n + 1) })
+        .await
+        .unwrap();
         let total: usize = fetched.lock().unwrap().iter().sum();
         assert_eq!(total, count, "every event fetched once");
     }
@@ -276,7 +283,7 @@ mod tests {
             .unwrap();
         let stray = StoredEvent {
             position: 1,
-            envelope: envelope(stranger, "Merged", 1),
+            envelope: EventEnvelope::noted(stranger, "Merged", 1),
         };
         let stray_slice = slice_of("Merged", stranger);
         let fetch: Fetch = Box::new(move |_, _| {
@@ -284,7 +291,7 @@ mod tests {
             Box::pin(async move { Ok(vec![(stray_slice, stray)]) })
         });
         let range = SliceRange::new(slice, slice).unwrap();
-        let read = merged(range, 0, "test".into(), fetch)
+        let read = merged(range, 0, "test".into(), async { Ok(()) }, |()| fetch)
             .try_collect::<Vec<_>>()
             .await;
         assert!(matches!(read, Err(Error::Corrupt { .. })), "{read:?}");

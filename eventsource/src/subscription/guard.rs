@@ -150,20 +150,7 @@ mod tests {
     fn at(id: Uuid, version: u64) -> StoredEvent {
         StoredEvent {
             position: version,
-            envelope: crate::EventEnvelope {
-                event_id: Uuid::new_v4(),
-                event_type: "Noted".into(),
-                event_version: 1,
-                aggregate_id: id,
-                aggregate_type: "Guarded".into(),
-                aggregate_version: version,
-                occurred_at: chrono::Utc::now(),
-                correlation_id: None,
-                causation_id: None,
-                request_id: None,
-                metadata: None,
-                payload: "{}".into(),
-            },
+            envelope: crate::EventEnvelope::noted(id, "Guarded", version),
         }
     }
 

@@ -98,20 +98,7 @@ pub use wrapper::RequiredOnly;
 /// time now, no context. Change what a test needs with struct update syntax:
 /// `EventEnvelope { payload: r#"{"n":1}"#.into(), ..envelope(id, "Account", 1) }`.
 pub fn envelope(aggregate_id: Uuid, aggregate_type: &str, version: u64) -> crate::EventEnvelope {
-    crate::EventEnvelope {
-        event_id: Uuid::new_v4(),
-        event_type: "Noted".into(),
-        event_version: 1,
-        aggregate_id,
-        aggregate_type: aggregate_type.into(),
-        aggregate_version: version,
-        occurred_at: Utc::now(),
-        correlation_id: None,
-        causation_id: None,
-        request_id: None,
-        metadata: None,
-        payload: "{}".into(),
-    }
+    crate::EventEnvelope::noted(aggregate_id, aggregate_type, version)
 }
 
 /// A snapshot of the aggregate `(aggregate_id, aggregate_type)` at `version`, as a test stores

@@ -261,15 +261,8 @@ pub(super) fn slices(store: &PostgresEventStore, range: SliceRange, after: u64) 
                 .map_err(|e| query_error("cannot read the bound of the feed", e))
         }
     };
-    let store = store.clone();
-    let read = stream::once(bound).flat_map(move |bound| match bound {
-        Ok(bound) => {
-            let what = store.sql.table.clone();
-            merge::merged(range, after, what, slice_pages(&store, bound))
-        }
-        Err(e) => Box::pin(stream::iter([Err(e)])),
-    });
-    Box::pin(read)
+    let (store, what) = (store.clone(), store.sql.table.clone());
+    merge::merged(range, after, what, bound, move |bound| slice_pages(&store, bound))
 }
 
 /// Reads, for each of some slices, its events after its own position and below `bound`, in

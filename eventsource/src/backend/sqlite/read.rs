@@ -137,16 +137,8 @@ pub(super) fn slices(source: &Source, range: SliceRange, after: u64) -> EventStr
                 .map_err(|e| store_error("cannot read the event log", e))
         }
     };
-    let read = stream::once(last).flat_map(move |last| match last {
-        Ok(last) => merge::merged(
-            range,
-            after,
-            "the SQLite events table".into(),
-            slice_pages(&source, last),
-        ),
-        Err(e) => Box::pin(stream::iter([Err(e)])),
-    });
-    Box::pin(read)
+    let what = "the SQLite events table".to_owned();
+    merge::merged(range, after, what, last, move |last| slice_pages(&source, last))
 }
 
 /// Reads, for each of some slices, its events after its own position up to `last`.

@@ -1,8 +1,9 @@
-//! A projection run as a consumer group by several worker processes, while events are
-//! appended: one worker is killed (SIGKILL), one is paused past its lease (SIGSTOP, perhaps
-//! inside a read-model transaction) and resumed, one joins and one leaves. The read model
-//! must end up holding every event exactly once, each aggregate's in version order: as a
-//! full rebuild would.
+//! A projection and a plain subscription, each run as a consumer group by several worker
+//! processes, while events are appended: one worker is killed (SIGKILL), one is paused past
+//! its lease (SIGSTOP, on PostgreSQL most likely inside a read-model transaction, which takes
+//! 10 ms a batch there) and resumed, one joins and one leaves. The read model must end up
+//! holding every event exactly once, each aggregate's in version order: as a full rebuild
+//! would; the subscription must have handed every event over at least once.
 //!
 //! Each test starts its workers as copies of this test binary (the variable `WORKER` set).
 //! The PostgreSQL one runs against `EVENTSOURCE_TEST_POSTGRES_URL`, in a schema of its own;
@@ -10,9 +11,10 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eventsource::backend::{self, SqlProjection, SqlReadModel, SqlWrites, Stores};
@@ -47,11 +49,15 @@ impl Apply<Loaded> for Crate {
 
 /// Each event applied as a row, with the version its aggregate had in the read model when it
 /// was applied: a row applied twice, or out of order, shows.
-struct Applied(String);
+struct Applied {
+    table: String,
+    /// Whether each batch takes 10 ms in the database (PostgreSQL).
+    slow: bool,
+}
 
 impl SqlProjection for Applied {
     fn setup(&mut self, writes: &mut SqlWrites) -> Result<(), HandlerError> {
-        let table = &self.0;
+        let table = &self.table;
         writes.execute(
             &format!(
                 "CREATE TABLE IF NOT EXISTS {table} (
@@ -63,7 +69,10 @@ impl SqlProjection for Applied {
     }
 
     fn apply(&mut self, writes: &mut SqlWrites, events: &[StoredEvent]) -> Result<(), HandlerError> {
-        let table = &self.0;
+        let table = &self.table;
+        if self.slow {
+            writes.execute("SELECT pg_sleep(0.01)", []);
+        }
         for event in events {
             writes.execute(
                 &format!(
@@ -78,13 +87,17 @@ impl SqlProjection for Applied {
     }
 
     fn reset(&mut self, writes: &mut SqlWrites) -> Result<(), HandlerError> {
-        writes.execute(&format!("DELETE FROM {}", self.0), []);
+        writes.execute(&format!("DELETE FROM {}", self.table), []);
         Ok(())
     }
 }
 
 fn projection(stores: &Stores, table: &str) -> Projection {
-    let model = SqlReadModel::on(stores, Applied(table.to_owned())).unwrap();
+    let applied = Applied {
+        table: table.to_owned(),
+        slow: stores.backend_name() == "postgres",
+    };
+    let model = SqlReadModel::on(stores, applied).unwrap();
     stores
         .projection("crates", model)
         .unwrap()
@@ -97,21 +110,53 @@ fn projection(stores: &Stores, table: &str) -> Projection {
         .unwrap()
 }
 
-/// A worker process: one worker of the group until its standard input closes.
+/// A worker process: one worker of each group until its standard input closes; the plain
+/// subscription's handler prints each event it is given, `SEEN id version`.
 async fn work(url: &str) {
     let stores = backend::open(url).await.unwrap();
     let table = std::env::var(TABLE).unwrap();
-    let group = projection(&stores, &table).group(6).unwrap();
-    let stdin_closed = async {
-        tokio::task::spawn_blocking(|| {
-            let mut line = String::new();
-            while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {}
-        })
-        .await
+    let projection = projection(&stores, &table).group(6).unwrap();
+    let subscription = stores
+        .subscription("crates-seen")
+        .unwrap()
+        .for_aggregate::<Crate>()
+        .batch_size(20)
+        .unwrap()
+        .poll_interval(Duration::from_millis(50))
+        .unwrap()
+        .lease(LEASE)
+        .unwrap()
+        .group(5)
         .unwrap();
+    let (closed, stdin_closed) = tokio::sync::watch::channel(false);
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {}
+        closed.send_replace(true);
+    });
+    let until_closed = || {
+        let mut closed = stdin_closed.clone();
+        async move {
+            let _ = closed.wait_for(|c| *c).await;
+        }
+    };
+    let print = |_range| {
+        |batch: &[StoredEvent]| {
+            let mut out = std::io::stdout().lock();
+            for event in batch {
+                writeln!(out, "SEEN {} {}", event.aggregate_id, event.aggregate_version)?;
+            }
+            out.flush()?;
+            Ok(())
+        }
     };
     println!("READY");
-    group.run(1, stdin_closed).await.unwrap();
+    let (projected, seen) = tokio::join!(
+        projection.run(1, until_closed()),
+        subscription.run(1, print, until_closed())
+    );
+    projected.unwrap();
+    seen.unwrap();
     println!("STOPPED");
 }
 
@@ -120,6 +165,8 @@ struct Workers {
     url: String,
     table: String,
     children: Vec<Child>,
+    /// What the workers' subscriptions handed over, as they printed it.
+    seen: Arc<Mutex<HashSet<(String, u64)>>>,
 }
 
 impl Workers {
@@ -138,7 +185,17 @@ impl Workers {
             "a worker did not start"
         );
         // Read on, so that the worker's output never fills the pipe or finds it closed.
-        std::thread::spawn(move || lines.for_each(drop));
+        let seen = self.seen.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let mut words = line.split(' ');
+                if let (Some("SEEN"), Some(id), Some(version)) = (words.next(), words.next(), words.next()) {
+                    if let Ok(version) = version.parse() {
+                        seen.lock().unwrap().insert((id.to_owned(), version));
+                    }
+                }
+            }
+        });
         self.children.push(child);
         self.children.len() - 1
     }
@@ -231,6 +288,7 @@ async fn workers_killed_paused_joining_and_leaving(test: &'static str, url: Stri
         url,
         table: table.clone(),
         children: Vec::new(),
+        seen: Arc::default(),
     };
     for _ in 0..3 {
         workers.start();
@@ -267,6 +325,21 @@ async fn workers_killed_paused_joining_and_leaving(test: &'static str, url: Stri
         versions.entry(id).or_default().push((version, previous));
     }
     assert_eq!(versions.len(), expected.len(), "every crate in the read model");
+    for _ in 0..600 {
+        if workers.seen.lock().unwrap().len() as u64 >= total {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seen = workers.seen.lock().unwrap().clone();
+    for (id, loads) in &expected {
+        for version in 1..=*loads {
+            assert!(
+                seen.contains(&(id.to_string(), version)),
+                "{id} {version} handed over by the subscription"
+            );
+        }
+    }
     for (id, loads) in &expected {
         let mut applied = versions.remove(&id.to_string()).unwrap_or_default();
         applied.sort_unstable();

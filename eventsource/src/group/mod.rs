@@ -19,7 +19,7 @@
 //!   checkpoint: the group's first ranges start from it. The single consumer must stop first:
 //!   the ranges wait for its lease, and a single consumer started under the name of a group
 //!   refuses to run ([`Error::InvalidConfiguration`]).
-//! - **Rescaling.** [`ConsumerGroup::rescale`] (or `admin groups rescale`) records a new layout
+//! - **Rescaling.** [`ConsumerGroup::rescale`] (or `admin projections rescale`) records a new layout
 //!   with another number of ranges, under traffic. The ranges of the old layout each finish
 //!   their batch and stop within about a third of their lease; a range of the new layout
 //!   starts once every old range it overlaps has let go of its lease, from the lowest
@@ -28,8 +28,14 @@
 //!   a new range rereads what lies between the lowest and the highest checkpoint of the
 //!   ranges it replaces (skipping those events is cheap, but they are read).
 //! - **Status.** [`status`] shows each range's owner, checkpoint and lag; the admin command
-//!   line's `groups status` prints it, and metrics and logs name each range as
+//!   line's `projections status NAME` prints it, and metrics and logs name each range as
 //!   `NAME#LAYOUT:FIRST-LAST`.
+//! - **Reset and rebuild.** [`SubscriptionStore::reset`] (and a read model's reset, in the
+//!   transaction that empties it) forgets the checkpoints of the group's ranges and its
+//!   layouts with the name's own: stop the workers first. The name then runs as one that
+//!   never ran, as a single consumer (a [`Projection::rebuild`](crate::projection::Projection::rebuild)
+//!   catches up that way) or as a group of a new first layout, which starts where the single
+//!   consumer stopped.
 //!
 //! The group keeps its state in the subscription store under names derived from its own (see
 //! [`MAX_GROUP_NAME_LEN`]); it needs nothing from a store beyond the subscription store

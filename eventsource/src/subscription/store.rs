@@ -76,9 +76,12 @@ pub trait SubscriptionStore: Send + Sync {
     /// Stores `position` as the checkpoint of `name`, if `owner` holds its lease; whether it did.
     async fn save_checkpoint(&self, name: &str, owner: Uuid, position: u64) -> Result<bool>;
 
-    /// Forgets the checkpoint of `name`: the subscription then starts as one that never ran
-    /// (from the beginning of the feed, unless told otherwise). Stop its consumers first: one
-    /// that runs keeps its place and stores it again with its next batch.
+    /// Forgets the checkpoint of `name`, and those of every name of its
+    /// [consumer group](crate::group)'s state (`NAME#...`: its layouts and ranges), in one
+    /// step: the subscription then starts as one that never ran (from the beginning of the
+    /// feed, unless told otherwise), as a single consumer or as a group of a new first
+    /// layout. Stop its consumers first: one that runs keeps its place and stores it again
+    /// with its next batch.
     async fn reset(&self, name: &str) -> Result<()>;
 
     /// Records that `name` gave up on `event` with `error`.

@@ -102,14 +102,23 @@ pub async fn a_consumer_that_lost_its_lease_commits_nothing(store: &dyn ReadMode
     assert_eq!(checkpoint(store, &name).await, Some(4));
 }
 
-/// A reset forgets the checkpoint; the next commit starts from none.
+/// A reset forgets the checkpoint, and those of the ranges of its consumer group, in the
+/// transaction that empties the read model; the next commit starts from none.
 pub async fn a_reset_forgets_the_checkpoint(store: &dyn ReadModelStore) {
     store.setup().await.unwrap();
     let (name, owner) = (unique_type("reset"), Uuid::new_v4());
+    let range = format!("{name}#1:0-1023");
     assert!(lease(store, &name, owner, LONG).await);
     assert!(commit(store, &name, owner, None, 6).await);
+    assert!(lease(store, &range, owner, LONG).await);
+    assert!(commit(store, &range, owner, None, 9).await);
     store.reset(&name).await.unwrap();
     assert_eq!(checkpoint(store, &name).await, None);
+    assert_eq!(
+        checkpoint(store, &range).await,
+        None,
+        "the range's checkpoint forgotten"
+    );
     assert!(commit(store, &name, owner, None, 3).await, "a commit from none");
     assert_eq!(checkpoint(store, &name).await, Some(3));
 }

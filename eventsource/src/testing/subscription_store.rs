@@ -27,6 +27,7 @@ macro_rules! __subscription_store_checks {
             dead_letters_read_back_in_order
             subscriptions_are_listed_with_their_state
             subscription_names_are_checked
+            a_reset_forgets_the_state_of_the_group_too
         }
     };
 }
@@ -276,4 +277,30 @@ pub async fn subscription_names_are_checked(store: &dyn SubscriptionStore) {
             );
         }
     }
+}
+
+/// A reset forgets the checkpoint of the name and of its consumer group's state (`NAME#...`),
+/// and no other: not a name that merely starts the same.
+pub async fn a_reset_forgets_the_state_of_the_group_too(store: &dyn SubscriptionStore) {
+    let (name, owner) = (unique_type("group"), Uuid::new_v4());
+    let neighbour = format!("{name}x");
+    let names = [
+        name.clone(),
+        format!("{name}#layout:1"),
+        format!("{name}#1:0-511"),
+        neighbour.clone(),
+    ];
+    for held in &names {
+        assert!(store.acquire(held, owner, LONG).await.unwrap());
+        assert!(store.save_checkpoint(held, owner, 7).await.unwrap());
+    }
+    store.reset(&name).await.unwrap();
+    for held in &names[..3] {
+        assert_eq!(store.checkpoint(held).await.unwrap(), None, "{held} forgotten");
+    }
+    assert_eq!(
+        store.checkpoint(&neighbour).await.unwrap(),
+        Some(7),
+        "another name kept"
+    );
 }

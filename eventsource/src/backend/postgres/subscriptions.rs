@@ -71,11 +71,11 @@ impl PostgresSubscriptionStore {
         .map(drop)
     }
 
-    /// Forgets the checkpoint through `executor`.
+    /// Forgets the checkpoint, and those of the consumer group's state, through `executor`.
     pub(super) async fn reset_on<'e>(&self, executor: impl sqlx::PgExecutor<'e>, name: &str) -> Result<()> {
         validate_stored_name(name)?;
         sqlx::query(&format!(
-            "UPDATE {} SET position = NULL WHERE name = $1",
+            "UPDATE {} SET position = NULL WHERE name = $1 OR starts_with(name, $1 || '#')",
             self.layout.subscriptions
         ))
         .bind(name)

@@ -36,7 +36,9 @@ const SAVE: &str = "UPDATE {p}eventsource_subscriptions SET position = ?3
 const ADVANCE: &str = "UPDATE {p}eventsource_subscriptions SET position = ?3
     WHERE name = ?1 AND owner = ?2 AND position IS ?4";
 
-const RESET: &str = "UPDATE {p}eventsource_subscriptions SET position = NULL WHERE name = ?1";
+/// The checkpoint of a name, and those of its consumer group's state (`NAME#...`).
+const RESET: &str = "UPDATE {p}eventsource_subscriptions SET position = NULL
+    WHERE name = ?1 OR substr(name, 1, length(?1) + 1) = ?1 || '#'";
 
 const DEAD_LETTER: &str = "INSERT INTO {p}eventsource_dead_letters
         (subscription, position, event_id, event_type, error, failed_at)

@@ -126,6 +126,21 @@ impl<C> ConsumerGroup<C> {
     }
 }
 
+impl Subscription {
+    /// This subscription as a [consumer group](crate::group) of `ranges` ranges: run by any
+    /// number of workers, in this process and others, each aggregate's events still handled
+    /// in order. `ranges` is the number of ranges of the group's first layout; a group that
+    /// has a layout keeps it until [rescaled](ConsumerGroup::rescale).
+    ///
+    /// A name longer than [`MAX_GROUP_NAME_LEN`] bytes or
+    /// holding `#` is [`Error::InvalidInput`]; outside 1 to 1,024 ranges is
+    /// [`Error::InvalidConfiguration`].
+    pub fn group(self, ranges: u32) -> Result<ConsumerGroup<Subscription>> {
+        let name = self.name().to_owned();
+        ConsumerGroup::of(self, &name, ranges)
+    }
+}
+
 impl ConsumerGroup<Subscription> {
     /// Runs `workers` workers of the group in this process until `shutdown` completes (then
     /// each range finishes its batch, stores its checkpoint and lets its lease go), or until

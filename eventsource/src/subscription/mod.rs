@@ -188,19 +188,6 @@ impl Subscription {
         }
     }
 
-    /// This subscription as a [consumer group](crate::group) of `ranges` ranges: run by any
-    /// number of workers, in this process and others, each aggregate's events still handled
-    /// in order. `ranges` is the number of ranges of the group's first layout; a group that
-    /// has a layout keeps it until [rescaled](crate::group::ConsumerGroup::rescale).
-    ///
-    /// A name longer than [`MAX_GROUP_NAME_LEN`](crate::group::MAX_GROUP_NAME_LEN) bytes or
-    /// holding `#` is [`Error::InvalidInput`]; outside 1 to 1,024 ranges is
-    /// [`Error::InvalidConfiguration`].
-    pub fn group(self, ranges: u32) -> Result<crate::group::ConsumerGroup<Subscription>> {
-        let name = self.name.clone();
-        crate::group::ConsumerGroup::of(self, &name, ranges)
-    }
-
     /// The slices it reads, if it is a range of a consumer group.
     pub(crate) fn slice_range(&self) -> Option<crate::slice::SliceRange> {
         self.range.as_ref().map(|scope| scope.range)

@@ -23,9 +23,12 @@ pub(crate) struct Param<'a> {
 const ECHOED: usize = 40;
 
 /// The units a duration takes, with their length in nanoseconds; a number alone is seconds.
-const UNITS: [(&str, u128); 4] = [
+/// Messages show a bound in the last unit of this list that divides it (`2min`, `24h`).
+const UNITS: [(&str, u128); 6] = [
     ("ms", 1_000_000),
     ("s", 1_000_000_000),
+    ("m", 60_000_000_000),
+    ("d", 86_400_000_000_000),
     ("min", 60_000_000_000),
     ("h", 3_600_000_000_000),
 ];
@@ -86,7 +89,8 @@ impl<'a> Param<'a> {
     }
 
     /// A duration within `bounds`, in whole milliseconds: a decimal number followed by `ms`,
-    /// `s`, `min` or `h`, or without a unit for seconds (`500ms`, `5s`, `1.5`, `2min`). It is
+    /// `s`, `m` or `min`, `h` or `d`, or without a unit for seconds (`500ms`, `5s`, `1.5`,
+    /// `2m`, `1h`). It is
     /// read exactly, so a value finer than a millisecond (`0.0001ms`, `1.0005s`) is refused
     /// rather than rounded, and a value too large for any clock is refused rather than
     /// overflowing.
@@ -95,7 +99,7 @@ impl<'a> Param<'a> {
             self.refuse_value(
                 format_args!(
                     "must be a duration from {} to {} in whole milliseconds (a number with `ms`, \
-                     `s`, `min` or `h`, or a number of seconds: `500ms`, `5s`, `1.5`, `2min`)",
+                     `s`, `m`, `h` or `d`, or a number of seconds: `500ms`, `5s`, `1.5`, `2m`)",
                     Shown(*bounds.start()),
                     Shown(*bounds.end()),
                 ),
@@ -135,6 +139,35 @@ impl<'a> Param<'a> {
         let words: Vec<String> = words.iter().map(|word| format!("`{word}`")).collect();
         Err(self.refuse_value(format_args!("must be one of {}", words.join(", ")), value))
     }
+}
+
+/// A key or value of a URL's query as the URL means it: `+` is a space and `%XX` the byte of
+/// hexadecimal `XX`, as browsers and the PostgreSQL driver read them; `None` for a `%` not
+/// followed by two hexadecimal digits, or bytes that are not UTF-8.
+pub(crate) fn decoded(text: &str) -> Option<std::borrow::Cow<'_, str>> {
+    if !text.contains(['%', '+']) {
+        return Some(std::borrow::Cow::Borrowed(text));
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok().map(std::borrow::Cow::Owned)
 }
 
 /// The whole milliseconds a duration's text says, if it says a whole number of them.
@@ -223,6 +256,9 @@ mod tests {
             ("500ms", 500),
             ("1.000ms", 1),
             ("2min", 120_000),
+            ("2m", 120_000),
+            ("1h", 3_600_000),
+            ("1d", 86_400_000),
             ("0.5min", 30_000),
             ("24h", 86_400_000),
             ("1440min", 86_400_000),
@@ -255,6 +291,8 @@ mod tests {
             "5 s",
             "5S",
             "5sec",
+            "5M",
+            "2d",
             "s",
             ".",
             ".s",
@@ -333,5 +371,16 @@ mod tests {
         assert!(message.len() < 200, "{message}");
         assert_eq!(Shown(Duration::from_millis(1500)).to_string(), "1500ms");
         assert_eq!(Shown(Duration::from_secs(120)).to_string(), "2min");
+    }
+
+    #[test]
+    fn query_text_is_percent_decoded_as_urls_mean_it() {
+        assert_eq!(decoded("my%2Dapp").as_deref(), Some("my-app"));
+        assert_eq!(decoded("a+b%20c").as_deref(), Some("a b c"));
+        assert_eq!(decoded("%C3%A9t%C3%A9").as_deref(), Some("été"));
+        assert_eq!(decoded("plain").as_deref(), Some("plain"));
+        for malformed in ["%", "%2", "%zz", "%2g", "%FF", "a%C3"] {
+            assert_eq!(decoded(malformed), None, "{malformed}");
+        }
     }
 }

@@ -283,8 +283,9 @@ pub fn pool_options() -> PgPoolOptions {
 /// - `acquire_timeout=5s`: how long a call waits for a pooled connection (30 s otherwise);
 /// - `statement_timeout=5s`: the server's bound on each statement (none otherwise).
 ///
-/// A duration is a number with a unit, `ms`, `s`, `min` or `h` (`500ms`, `5s`, `2min`), or a
-/// number of seconds without one (`5`, `1.5`), from 1 ms to 24 h in whole milliseconds;
+/// A duration is a number with a unit, `ms`, `s`, `m` (or `min`), `h` or `d` (`500ms`, `5s`,
+/// `2m`), or a number of seconds without one (`5`, `1.5`), from 1 ms to 24 h in whole
+/// milliseconds; parameters are percent-decoded as the rest of the URL is;
 /// `statement_timeout` reaches the server in milliseconds, so `5` is five seconds there too.
 ///
 /// The pool is built from [`pool_options`], so one code path serves a URL and a pool built by

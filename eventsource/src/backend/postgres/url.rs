@@ -5,7 +5,7 @@
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
-use crate::backend::param::Param;
+use crate::backend::param::{decoded, Param};
 use crate::error::Result;
 
 /// What a URL says beyond sqlx's own parameters.
@@ -58,12 +58,19 @@ pub(super) fn split(url: &str) -> Result<(String, Settings)> {
     let mut kept = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if !KEYS.contains(&key) {
+        // Read as the driver reads the rest of the URL: percent-decoded.
+        let Some(key) = decoded(key).and_then(|key| KEYS.iter().copied().find(|k| *k == key)) else {
             kept.push(pair);
             continue;
-        }
+        };
         let param = Param::new(BACKEND, key);
-        let value = param.value(value, &mut seen)?;
+        let value = decoded(value).ok_or_else(|| {
+            param.refuse_value(
+                "holds a `%` not followed by two hexadecimal digits of UTF-8",
+                value,
+            )
+        })?;
+        let value = param.value(&value, &mut seen)?;
         match key {
             "schema" => match super::schema_refusal(value) {
                 None => settings.schema = Some(value.to_owned()),
@@ -104,6 +111,23 @@ pub(super) fn statement_timeout(timeout: Duration) -> String {
 mod tests {
     use super::*;
     use crate::error::Error;
+
+    #[test]
+    fn the_librarys_parameters_are_percent_decoded_as_the_rest_of_the_url() {
+        let (url, settings) =
+            split("postgres://u%40x@h/db?sche%6Da=my%5Fapp&statement_timeout=2m&application_name=a%20b")
+                .unwrap();
+        assert_eq!(
+            url, "postgres://u%40x@h/db?application_name=a%20b",
+            "the driver's own, as written"
+        );
+        assert_eq!(settings.schema.as_deref(), Some("my_app"));
+        assert_eq!(settings.statement_timeout, Some(Duration::from_secs(120)));
+        match split("postgres://h/db?schema=a%zz") {
+            Err(Error::InvalidConfiguration(message)) => assert!(message.contains("`schema`"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn the_librarys_parameters_are_taken_off_the_url() {

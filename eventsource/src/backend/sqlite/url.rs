@@ -2,7 +2,7 @@
 //! and SQLite's URI parameters, checked and left on it for SQLite.
 
 use super::SqliteOptions;
-use crate::backend::param::Param;
+use crate::backend::param::{decoded, Param};
 use crate::error::{Error, Result};
 
 /// SQLite's URI parameters (<https://www.sqlite.org/uri.html>), passed on to SQLite.
@@ -26,12 +26,20 @@ pub(super) fn split(url: &str) -> Result<(String, SqliteOptions)> {
     let mut seen = Vec::new();
     let mut kept = Vec::new();
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if key != PREFIX && !SQLITE_KEYS.contains(&key) {
-            return Err(unknown(key));
-        }
+        let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+        // Read percent-decoded, as SQLite reads its URIs.
+        let known = std::iter::once(PREFIX).chain(SQLITE_KEYS.iter().copied());
+        let Some(key) = decoded(raw_key).and_then(|key| known.into_iter().find(|k| *k == key)) else {
+            return Err(unknown(raw_key));
+        };
         let param = Param::new(BACKEND, key);
-        let value = param.value(value, &mut seen)?;
+        let value = decoded(raw_value).ok_or_else(|| {
+            param.refuse_value(
+                "holds a `%` not followed by two hexadecimal digits of UTF-8",
+                raw_value,
+            )
+        })?;
+        let value = param.value(&value, &mut seen)?;
         let value = match key {
             PREFIX => {
                 options = options.prefix(value);
@@ -39,7 +47,8 @@ pub(super) fn split(url: &str) -> Result<(String, SqliteOptions)> {
             }
             "mode" => param.word(value, &["ro", "rw", "rwc", "memory"])?,
             "cache" => param.word(value, &["shared", "private"])?,
-            "vfs" => value,
+            // Passed on as written: SQLite decodes it.
+            "vfs" => raw_value,
             _ if param.flag(value)? => "1",
             _ => "0",
         };
@@ -68,6 +77,21 @@ fn unknown(key: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parameters_are_percent_decoded_as_sqlite_reads_them() {
+        assert_eq!(
+            split("sqlite:app.db?pre%66ix=app%5F&mode=r%6F&vfs=unix%2Dnone").unwrap(),
+            (
+                "sqlite:app.db?mode=ro&vfs=unix%2Dnone".into(),
+                SqliteOptions::default().prefix("app_")
+            )
+        );
+        match split("sqlite:app.db?prefix=a%2") {
+            Err(Error::InvalidConfiguration(message)) => assert!(message.contains("`prefix`"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn the_prefix_is_taken_off_the_url_and_sqlites_parameters_are_kept() {

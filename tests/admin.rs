@@ -623,3 +623,24 @@ async fn a_consumer_group_in_the_admin_command_line() {
         "{listed}"
     );
 }
+
+/// `doctor` reads the store's durability settings: a SQLite file keeps every acknowledged
+/// write (exit 0), a database in memory does not (exit 1, the risk named).
+#[test]
+fn doctor_reports_the_durability_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("bank.db").display());
+    let report = json(&url, &["doctor"], 0);
+    assert_eq!(report["durable"], true, "{report}");
+    let memory = json("sqlite::memory:", &["doctor"], 1);
+    assert_eq!(memory["durable"], false, "{memory}");
+    let journal = memory["settings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "journal_mode")
+        .unwrap();
+    assert!(journal["risk"].is_string(), "{memory}");
+    let text = String::from_utf8(admin("sqlite::memory:", &["doctor"]).stdout).unwrap();
+    assert!(text.contains("RISK  journal_mode = memory"), "{text}");
+}

@@ -58,6 +58,7 @@
 //!
 //! A binary of its own is [`Admin::main_from`] with `std::env::args_os()`.
 
+mod doctor;
 mod events;
 mod output;
 mod projections;
@@ -119,6 +120,9 @@ pub enum AdminCommand {
     /// Follows or shows the events.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Checks the store: whether its database keeps every write it acknowledged. Exits 1
+    /// when a setting risks acknowledged events.
+    Doctor,
 }
 
 /// `snapshots ...`
@@ -414,6 +418,7 @@ impl Admin {
                 projections::run(&stores, &projections, command, &mut out).await
             }
             AdminCommand::Events(command) => events::run(&stores, command, &mut out).await,
+            AdminCommand::Doctor => doctor::run(&stores, &mut out).await,
         }
     }
 

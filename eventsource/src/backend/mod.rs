@@ -1,6 +1,7 @@
 //! Store backends: in-memory (always), SQLite (`sqlite` feature), PostgreSQL (`postgres`
 //! feature), and [`open`] to pick one from a URL at run time.
 
+pub mod durability;
 pub mod memory;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod param;

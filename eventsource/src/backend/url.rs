@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::abilities::{AppendSignal, RequestIndex, SliceFeed, SnapshotListing, StreamListing};
 use crate::aggregate::Aggregate;
+use crate::backend::durability::{self, Demand, Durability};
 use crate::backend::memory::{InMemoryEventStore, InMemorySnapshotStore, InMemorySubscriptionStore};
 use crate::error::{Error, Result};
 use crate::event_store::EventStore;
@@ -329,8 +330,32 @@ impl Stores {
     pub async fn migrate(&self) -> Result<()> {
         match &self.backend {
             #[cfg(feature = "postgres")]
-            Backend::Postgres(events) => events.migrate().await,
-            _ => Ok(()),
+            Backend::Postgres(events) => events.migrate().await?,
+            _ => {}
+        }
+        // Said once a start, where an operator reads the log (stores in memory are not
+        // meant to last).
+        if !matches!(self.backend, Backend::Memory) {
+            if let Ok(durability) = self.durability().await {
+                durability.warn();
+            }
+        }
+        Ok(())
+    }
+
+    /// The durability settings of the stores' database, each with what an unsafe value
+    /// risks; see [`durability`](crate::backend::durability). Stores put together by hand
+    /// ([`Stores::new`]) have no backend to ask: [`Error::InvalidConfiguration`].
+    pub async fn durability(&self) -> Result<Durability> {
+        match &self.backend {
+            Backend::Memory => Ok(Durability::memory()),
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(subscriptions) => subscriptions.database().durability().await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(events) => events.durability().await,
+            Backend::Other => Err(Error::InvalidConfiguration(
+                "stores put together by hand have no backend to ask for its durability settings".into(),
+            )),
         }
     }
 }
@@ -345,9 +370,22 @@ impl Stores {
 /// - `postgres://...` or `postgresql://...`: a PostgreSQL database (feature `postgres`);
 ///   call [`Stores::migrate`] once before use.
 ///
-/// A malformed URL, or one for a backend not compiled in, is
-/// [`Error::InvalidConfiguration`].
+/// Any of them may end with `durability=strict`: the stores then open only if their
+/// database keeps every write it acknowledged (see [`durability`](crate::backend::durability));
+/// otherwise [`Stores::migrate`] logs a warning for each setting that does not.
+///
+/// A malformed URL, one for a backend not compiled in, or a strict one whose database
+/// acknowledges writes before they are durable is [`Error::InvalidConfiguration`].
 pub async fn open(url: &str) -> Result<Stores> {
+    let (url, demand) = durability::demand(url)?;
+    let stores = open_stores(&url).await?;
+    if demand == Demand::Strict {
+        stores.durability().await?.require()?;
+    }
+    Ok(stores)
+}
+
+async fn open_stores(url: &str) -> Result<Stores> {
     let scheme = url.split_once(':').map(|(scheme, _)| scheme).unwrap_or_default();
     match scheme {
         "memory" if url == "memory:" => Ok(Stores::in_memory()),

@@ -402,6 +402,44 @@ impl PostgresEventStore {
         schema::migrate(&self.pool, &self.layout).await
     }
 
+    /// The server's durability settings as this store's connections see them: `fsync`,
+    /// `synchronous_commit` (which a database or role may set) and `full_page_writes`, each
+    /// with what an unsafe value risks (see [`crate::backend::durability`]).
+    pub async fn durability(&self) -> Result<crate::backend::durability::Durability> {
+        use crate::backend::durability::{Durability, Setting};
+        let (fsync, commit, pages): (String, String, String) = sqlx::query_as(
+            "SELECT current_setting('fsync'), current_setting('synchronous_commit'),
+                current_setting('full_page_writes')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| query_error("cannot read the durability settings", e))?;
+        let settings = vec![
+            Setting::new(
+                "fsync",
+                fsync.clone(),
+                fsync == "on",
+                "a crash of the server's machine or a loss of power can lose committed events and corrupt the database",
+            ),
+            Setting::new(
+                "synchronous_commit",
+                commit.clone(),
+                commit != "off",
+                "a crash of the server or a loss of power loses the last acknowledged appends (up to three times wal_writer_delay)",
+            ),
+            Setting::new(
+                "full_page_writes",
+                pages.clone(),
+                pages == "on",
+                "a loss of power in the middle of a write can leave pages torn, the database corrupt",
+            ),
+        ];
+        Ok(Durability {
+            backend: BACKEND,
+            settings,
+        })
+    }
+
     /// A snapshot store on the same pool and schema.
     pub fn snapshot_store(&self) -> PostgresSnapshotStore {
         PostgresSnapshotStore::on(self.pool.clone(), self.layout.clone())

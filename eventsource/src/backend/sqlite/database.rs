@@ -441,6 +441,57 @@ impl Target {
     }
 }
 
+impl Database {
+    /// The journal mode and the `synchronous` setting of the connection that writes, each
+    /// with what an unsafe value risks (see [`crate::backend::durability`]).
+    pub async fn durability(&self) -> Result<crate::backend::durability::Durability> {
+        use crate::backend::durability::{Durability, Setting};
+        let (journal, synchronous) = self
+            .write(|connection| {
+                let read = |pragma: &str| {
+                    connection.query_row(pragma, [], |row| row.get::<_, rusqlite::types::Value>(0))
+                };
+                let journal = match read("PRAGMA journal_mode") {
+                    Ok(rusqlite::types::Value::Text(mode)) => mode.to_lowercase(),
+                    Ok(other) => format!("{other:?}"),
+                    Err(e) => return Err(super::store_error("cannot read the journal mode", e)),
+                };
+                let synchronous = match read("PRAGMA synchronous") {
+                    Ok(rusqlite::types::Value::Integer(level)) => level,
+                    Ok(_) => -1,
+                    Err(e) => return Err(super::store_error("cannot read the synchronous setting", e)),
+                };
+                Ok((journal, synchronous))
+            })
+            .await?;
+        let level = match synchronous {
+            0 => "off",
+            1 => "normal",
+            2 => "full",
+            3 => "extra",
+            _ => "unknown",
+        };
+        let settings = vec![
+            Setting::new(
+                "journal_mode",
+                journal.clone(),
+                matches!(journal.as_str(), "wal" | "delete" | "truncate" | "persist"),
+                "the database lives in memory, or a crash in the middle of a write can corrupt it",
+            ),
+            Setting::new(
+                "synchronous",
+                level,
+                synchronous >= 2,
+                "a crash of the machine or a loss of power can lose the last acknowledged appends",
+            ),
+        ];
+        Ok(Durability {
+            backend: "sqlite",
+            settings,
+        })
+    }
+}
+
 /// Puts the file in WAL mode, a property of the file kept once set. Switching takes an
 /// exclusive lock that SQLite does not wait for, so it is retried while another connection
 /// holds a lock, up to the busy timeout.

@@ -1,0 +1,191 @@
+//! The durability check: each backend reports the settings that decide whether an
+//! acknowledged append survives a crash, and a URL with `durability=strict` refuses a store
+//! that acknowledges writes before they are durable: SQLite in memory, a PostgreSQL session
+//! with `synchronous_commit` off, and a PostgreSQL server started with `fsync` and
+//! `full_page_writes` off (a cluster the test starts itself, on a port of its own).
+//!
+//! The PostgreSQL checks run against `EVENTSOURCE_TEST_POSTGRES_URL`; without it they say they
+//! are skipped, or fail under `EVENTSOURCE_REQUIRE_POSTGRES=1`.
+
+mod common;
+
+use eventsource::backend::{self, durability::Durability};
+use eventsource::Error;
+
+fn setting<'d>(durability: &'d Durability, name: &str) -> &'d str {
+    &durability
+        .settings
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("{name} in {durability:?}"))
+        .value
+}
+
+fn refused(opened: Result<backend::Stores, Error>, naming: &str) {
+    match opened {
+        Err(Error::InvalidConfiguration(message)) => assert!(message.contains(naming), "{message}"),
+        other => panic!("expected a refusal naming {naming}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_sqlite_file_is_durable_and_a_database_in_memory_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}?durability=strict", dir.path().join("app.db").display());
+    let stores = backend::open(&url)
+        .await
+        .expect("a file with every write synced opens");
+    let durability = stores.durability().await.unwrap();
+    assert!(durability.is_safe(), "{durability:?}");
+    assert_eq!(
+        (
+            setting(&durability, "journal_mode"),
+            setting(&durability, "synchronous")
+        ),
+        ("wal", "full")
+    );
+
+    let memory = backend::open("sqlite::memory:").await.unwrap();
+    assert!(!memory.durability().await.unwrap().is_safe());
+    refused(
+        backend::open("sqlite::memory:?durability=strict").await,
+        "journal_mode",
+    );
+    refused(backend::open("memory:?durability=strict").await, "storage");
+    refused(
+        backend::open("sqlite::memory:?durability=maybe").await,
+        "`durability`",
+    );
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_postgres_session_without_synchronous_commit_is_refused_when_strict() {
+    let Some(url) =
+        common::postgres_url("a_postgres_session_without_synchronous_commit_is_refused_when_strict")
+    else {
+        return;
+    };
+    let stores = backend::open(&url).await.unwrap();
+    let durability = stores.durability().await.unwrap();
+    assert_eq!(setting(&durability, "synchronous_commit"), "on", "{durability:?}");
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let lax = format!("{url}{separator}options=-c%20synchronous_commit%3Doff&durability=strict");
+    refused(backend::open(&lax).await, "synchronous_commit = off");
+}
+
+/// A PostgreSQL cluster of the test's own, started with `fsync` and `full_page_writes` off,
+/// stopped and removed when dropped.
+#[cfg(feature = "postgres")]
+struct UnsafeCluster {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+#[cfg(feature = "postgres")]
+impl UnsafeCluster {
+    /// Starts one, as the `postgres` user; `None` where the server's programs are missing.
+    fn start() -> Option<Self> {
+        use std::process::Command;
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
+            .find(|bin| bin.join("initdb").exists())?;
+        let dir = tempfile::Builder::new().prefix("unsafe-pg").tempdir().ok()?;
+        let data = dir.path().join("data");
+        let chown = Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(dir.path())
+            .status()
+            .ok()?;
+        assert!(chown.success());
+        let as_postgres = |program: &str| {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(bin.join(program));
+            command
+        };
+        let init = as_postgres("initdb")
+            .args(["--auth=trust", "--username=postgres", "-D"])
+            .arg(&data)
+            .output()
+            .ok()?;
+        assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let options = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off -c full_page_writes=off",
+            dir.path().display()
+        );
+        let start = as_postgres("pg_ctl")
+            .args(["-w", "-D"])
+            .arg(&data)
+            .args(["-l"])
+            .arg(dir.path().join("log"))
+            .args(["-o", &options, "start"])
+            .output()
+            .ok()?;
+        assert!(
+            start.status.success(),
+            "{}",
+            String::from_utf8_lossy(&start.stderr)
+        );
+        Some(UnsafeCluster { dir, port })
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl Drop for UnsafeCluster {
+    fn drop(&mut self) {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
+            .find(|bin| bin.join("pg_ctl").exists());
+        if let Some(bin) = bin {
+            let _ = std::process::Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(bin.join("pg_ctl"))
+                .args(["-m", "immediate", "-D"])
+                .arg(self.dir.path().join("data"))
+                .arg("stop")
+                .output();
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_postgres_server_without_fsync_is_reported_and_refused_when_strict() {
+    if common::postgres_url("a_postgres_server_without_fsync_is_reported_and_refused_when_strict").is_none() {
+        return;
+    }
+    let Some(cluster) = UnsafeCluster::start() else {
+        assert!(
+            std::env::var_os("EVENTSOURCE_REQUIRE_POSTGRES").is_none(),
+            "the PostgreSQL server's programs (initdb, pg_ctl) are needed to start a cluster"
+        );
+        eprintln!("skipped: no PostgreSQL server programs to start a cluster with");
+        return;
+    };
+    let stores = backend::open(&cluster.url()).await.unwrap();
+    let durability = stores.durability().await.unwrap();
+    assert_eq!(
+        (
+            setting(&durability, "fsync"),
+            setting(&durability, "full_page_writes")
+        ),
+        ("off", "off")
+    );
+    assert_eq!(durability.risks().count(), 2, "{durability:?}");
+    refused(
+        backend::open(&format!("{}?durability=strict", cluster.url())).await,
+        "fsync = off",
+    );
+}

@@ -189,3 +189,51 @@ async fn a_postgres_server_without_fsync_is_reported_and_refused_when_strict() {
         "fsync = off",
     );
 }
+
+/// The warnings logged, by their message and the setting they name.
+#[derive(Clone, Default)]
+struct Warnings(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Text(String);
+        impl tracing::field::Visit for Text {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!("{}={value:?} ", field.name()));
+            }
+        }
+        if *event.metadata().level() == tracing::Level::WARN {
+            let mut text = Text(String::new());
+            event.record(&mut text);
+            self.0.lock().unwrap().push(text.0);
+        }
+    }
+}
+
+/// Opening a store that acknowledges writes before they are durable logs a warning per unsafe
+/// setting, once: the stores' `migrate` afterwards does not say it again.
+#[tokio::test(flavor = "current_thread")]
+async fn an_unsafe_store_is_warned_of_once_at_open() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let warnings = Warnings::default();
+    let _logging = tracing::subscriber::set_default(tracing_subscriber::registry().with(warnings.clone()));
+    let stores = backend::open("sqlite::memory:").await.unwrap();
+    stores.migrate().await.unwrap();
+    let told = warnings.0.lock().unwrap().clone();
+    let durability: Vec<&String> = told
+        .iter()
+        .filter(|w| w.contains("before they are durable"))
+        .collect();
+    assert_eq!(durability.len(), 1, "{told:?}");
+    assert!(durability[0].contains("journal_mode"), "{told:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    warnings.0.lock().unwrap().clear();
+    backend::open(&format!("sqlite:{}", dir.path().join("safe.db").display()))
+        .await
+        .unwrap();
+    assert!(
+        warnings.0.lock().unwrap().is_empty(),
+        "a durable file is not warned of"
+    );
+}

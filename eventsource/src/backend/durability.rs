@@ -2,9 +2,10 @@
 //! committed append survives a crash of the server or a loss of power, read from the store's
 //! own connections, with what each unsafe value risks.
 //!
-//! [`Stores::durability`](super::Stores::durability) reads them;
-//! [`Stores::migrate`](super::Stores::migrate) logs a warning for each unsafe one, and a store
-//! URL with `durability=strict` refuses to open a store that has one
+//! [`Stores::durability`](super::Stores::durability) reads them; [`open`](super::open) (or,
+//! for stores put together from a backend's stores, the first
+//! [`Stores::migrate`](super::Stores::migrate)) logs a warning for each unsafe one, and a
+//! store URL with `durability=strict` refuses to open a store that has one
 //! ([`Error::InvalidConfiguration`]). `admin doctor` prints them. The deployment guide says
 //! what each setting risks.
 

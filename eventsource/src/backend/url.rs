@@ -49,6 +49,9 @@ pub struct Stores {
     /// the events, if the backend has them.
     pub joint_snapshots: Option<JointSnapshots>,
     backend: Backend,
+    /// Whether the warning of unsafe durability settings was logged (at open or at the first
+    /// `migrate`), shared by clones: once a start.
+    durability_told: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Clone)]
@@ -108,6 +111,7 @@ impl Stores {
             slice_feed: None,
             joint_snapshots: None,
             backend,
+            durability_told: Arc::default(),
         }
     }
 
@@ -333,14 +337,25 @@ impl Stores {
             Backend::Postgres(events) => events.migrate().await?,
             _ => {}
         }
-        // Said once a start, where an operator reads the log (stores in memory are not
-        // meant to last).
-        if !matches!(self.backend, Backend::Memory) {
-            if let Ok(durability) = self.durability().await {
-                durability.warn();
-            }
-        }
+        self.tell_durability().await;
         Ok(())
+    }
+
+    /// Logs a warning for each unsafe durability setting, once for these stores and their
+    /// clones (stores in memory are not meant to last, and stores put together by hand have
+    /// no backend to ask).
+    async fn tell_durability(&self) {
+        if matches!(self.backend, Backend::Memory | Backend::Other)
+            || self
+                .durability_told
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        match self.durability().await {
+            Ok(durability) => durability.warn(),
+            Err(e) => tracing::warn!(error = %e, "cannot read the store's durability settings"),
+        }
     }
 
     /// The durability settings of the stores' database, each with what an unsafe value
@@ -372,7 +387,7 @@ impl Stores {
 ///
 /// Any of them may end with `durability=strict`: the stores then open only if their
 /// database keeps every write it acknowledged (see [`durability`](crate::backend::durability));
-/// otherwise [`Stores::migrate`] logs a warning for each setting that does not.
+/// otherwise the open logs a warning for each setting that does not.
 ///
 /// A malformed URL, one for a backend not compiled in, or a strict one whose database
 /// acknowledges writes before they are durable is [`Error::InvalidConfiguration`].
@@ -382,6 +397,7 @@ pub async fn open(url: &str) -> Result<Stores> {
     if demand == Demand::Strict {
         stores.durability().await?.require()?;
     }
+    stores.tell_durability().await;
     Ok(stores)
 }
 

@@ -98,9 +98,12 @@ fn projection(stores: &Stores, table: &str) -> Projection {
         slow: stores.backend_name() == "postgres",
     };
     let model = SqlReadModel::on(stores, applied).unwrap();
-    stores
-        .projection("crates", model)
-        .unwrap()
+    configured(stores.projection("crates", model).unwrap())
+}
+
+/// A consumer of the crates' events as every worker runs them.
+fn configured<C: Consumer>(consumer: C) -> C {
+    consumer
         .for_aggregate::<Crate>()
         .batch_size(20)
         .unwrap()
@@ -116,16 +119,7 @@ async fn work(url: &str) {
     let stores = backend::open(url).await.unwrap();
     let table = std::env::var(TABLE).unwrap();
     let projection = projection(&stores, &table).group(6).unwrap();
-    let subscription = stores
-        .subscription("crates-seen")
-        .unwrap()
-        .for_aggregate::<Crate>()
-        .batch_size(20)
-        .unwrap()
-        .poll_interval(Duration::from_millis(50))
-        .unwrap()
-        .lease(LEASE)
-        .unwrap()
+    let subscription = configured(stores.subscription("crates-seen").unwrap())
         .group(5)
         .unwrap();
     let (closed, stdin_closed) = tokio::sync::watch::channel(false);

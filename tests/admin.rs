@@ -644,3 +644,59 @@ fn doctor_reports_the_durability_settings() {
     let text = String::from_utf8(admin("sqlite::memory:", &["doctor"]).stdout).unwrap();
     assert!(text.contains("RISK  journal_mode = memory"), "{text}");
 }
+
+/// `doctor` on PostgreSQL: tables behind this program's layout are a serious finding (exit
+/// 1) that names what to run; once migrated, the store is clean, and a subscription's dead
+/// letters are a warning that leaves the exit code at 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_finds_pending_migrations_and_dead_letters() {
+    on_postgres(|url| async move {
+        let behind = json(&url, &["doctor"], 1);
+        let finding = &behind["findings"][0];
+        assert_eq!(
+            (finding["area"].as_str(), finding["serious"].as_bool()),
+            (Some("layout"), Some(true)),
+            "{behind}"
+        );
+        assert!(
+            finding["todo"].as_str().unwrap().contains("--migrate"),
+            "{behind}"
+        );
+
+        let clean = json(&url, &["--migrate", "doctor"], 0);
+        let layout = clean["layout"].as_array().unwrap();
+        assert_eq!(layout[0], layout[1], "{clean}");
+        assert_eq!(clean["findings"].as_array().unwrap().len(), 0, "{clean}");
+
+        let stores = eventsource::backend::open(&url).await.unwrap();
+        let event = StoredEvent {
+            position: 1,
+            envelope: eventsource::EventEnvelope {
+                payload: "{}".into(),
+                ..eventsource::testing::envelope(Uuid::new_v4(), "Account", 1)
+            },
+        };
+        let consumer = Uuid::new_v4();
+        let lease = std::time::Duration::from_secs(1);
+        assert!(stores
+            .subscriptions
+            .acquire("audit", consumer, lease)
+            .await
+            .unwrap());
+        stores
+            .subscriptions
+            .dead_letter("audit", &event, "refused")
+            .await
+            .unwrap();
+        stores.subscriptions.release("audit", consumer).await.unwrap();
+        let warned = json(&url, &["doctor"], 0);
+        let finding = &warned["findings"][0];
+        assert_eq!(
+            (finding["area"].as_str(), finding["serious"].as_bool()),
+            (Some("consumers"), Some(false)),
+            "{warned}"
+        );
+        assert!(finding["what"].as_str().unwrap().contains("audit"), "{warned}");
+    })
+    .await;
+}

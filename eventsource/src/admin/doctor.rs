@@ -1,11 +1,14 @@
-//! `doctor`: what an operator runs first. It reads the store's durability settings and says,
-//! for each that acknowledges writes before they are durable, what it risks.
+//! `doctor`: what an operator runs first. It checks that the store keeps every write it
+//! acknowledges, that its tables have the layout this program writes, and how the consumers
+//! fare, and prints each finding with what to do; it exits 1 when one is serious.
 
 use serde::Serialize;
 
-use super::output::Output;
+use super::output::{thousands, Output};
+use super::stats::subscriptions;
 use super::{AdminError, Outcome};
 use crate::backend::Stores;
+use crate::text::escape;
 
 #[derive(Serialize)]
 struct Report {
@@ -13,6 +16,9 @@ struct Report {
     /// Whether every durability setting keeps what the store acknowledged.
     durable: bool,
     settings: Vec<SettingView>,
+    /// The layout of the tables and the one this program writes, where the store says.
+    layout: Option<(i64, i64)>,
+    findings: Vec<Finding>,
 }
 
 #[derive(Serialize)]
@@ -23,8 +29,73 @@ struct SettingView {
     risk: Option<&'static str>,
 }
 
+#[derive(Serialize)]
+struct Finding {
+    /// `durability`, `layout` or `consumers`.
+    area: &'static str,
+    /// Whether it risks data or keeps the program from working: the command then exits 1.
+    serious: bool,
+    what: String,
+    todo: String,
+}
+
 pub(super) async fn run(stores: &Stores, out: &mut Output<'_>) -> Result<Outcome, AdminError> {
     let durability = stores.durability().await?;
+    let mut findings: Vec<Finding> = durability
+        .risks()
+        .map(|s| Finding {
+            area: "durability",
+            serious: true,
+            what: format!("{} = {}: {}", s.name, s.value, s.risk.unwrap_or_default()),
+            todo: "set it as the deployment guide says, or accept the risk knowingly".into(),
+        })
+        .collect();
+    let layout = stores.layout_version().await?;
+    match layout {
+        Some((applied, latest)) if applied < latest => findings.push(Finding {
+            area: "layout",
+            serious: true,
+            what: format!("the tables have layout {applied}; this program reads and writes layout {latest}"),
+            todo: "run the migrations: `admin --migrate ...`, or `Stores::migrate` at start-up".into(),
+        }),
+        Some((applied, latest)) if applied > latest => findings.push(Finding {
+            area: "layout",
+            serious: true,
+            what: format!("the tables have layout {applied}, newer than this program's {latest}"),
+            todo: "run a version of the program that writes that layout".into(),
+        }),
+        _ => {}
+    }
+    // The consumers, unless the tables are not there to list them yet.
+    if layout.is_none_or(|(applied, latest)| applied == latest) {
+        for s in subscriptions(stores, &[]).await? {
+            if s.dead_letters > 0 {
+                findings.push(Finding {
+                    area: "consumers",
+                    serious: false,
+                    what: format!(
+                        "{} gave up on {} event(s)",
+                        escape(&s.name),
+                        thousands(s.dead_letters)
+                    ),
+                    todo: format!("look at them: `admin projections status {}`", escape(&s.name)),
+                });
+            }
+            if s.held_back > 0 {
+                findings.push(Finding {
+                    area: "consumers",
+                    serious: false,
+                    what: format!(
+                        "the feed holds back {} stored event(s) from {} while {} runs",
+                        thousands(s.held_back),
+                        escape(&s.name),
+                        s.held_by.as_deref().unwrap_or("a transaction")
+                    ),
+                    todo: "end the transaction that appends and stays open".into(),
+                });
+            }
+        }
+    }
     let report = Report {
         backend: durability.backend,
         durable: durability.is_safe(),
@@ -37,6 +108,8 @@ pub(super) async fn run(stores: &Stores, out: &mut Output<'_>) -> Result<Outcome
                 risk: s.risk,
             })
             .collect(),
+        layout,
+        findings,
     };
     out.report(&report, |r, out| {
         writeln!(out, "durability of the {} store", r.backend)?;
@@ -46,17 +119,22 @@ pub(super) async fn run(stores: &Stores, out: &mut Output<'_>) -> Result<Outcome
                 Some(risk) => writeln!(out, "  RISK  {} = {}: {risk}", s.name, s.value)?,
             }
         }
-        if !r.durable {
-            writeln!(
-                out,
-                "the store acknowledges writes before they are durable: see the deployment guide"
-            )?;
+        if let Some((applied, latest)) = r.layout {
+            writeln!(out, "layout {applied} (this program writes {latest})")?;
+        }
+        if r.findings.is_empty() {
+            return writeln!(out, "no findings");
+        }
+        writeln!(out, "findings")?;
+        for f in &r.findings {
+            let level = if f.serious { "SERIOUS" } else { "warning" };
+            writeln!(out, "  {level} {}: {}\n    {}", f.area, f.what, f.todo)?;
         }
         Ok(())
     })?;
-    Ok(if report.durable {
-        Outcome::Clean
-    } else {
+    Ok(if report.findings.iter().any(|f| f.serious) {
         Outcome::Findings
+    } else {
+        Outcome::Clean
     })
 }

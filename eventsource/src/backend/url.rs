@@ -358,6 +358,17 @@ impl Stores {
         }
     }
 
+    /// The layout the database's tables have and the one this version of the library writes,
+    /// where the stores migrate on request (PostgreSQL); `None` where they are migrated when
+    /// opened (SQLite) or need no tables.
+    pub async fn layout_version(&self) -> Result<Option<(i64, i64)>> {
+        match &self.backend {
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(events) => events.layout_version().await.map(Some),
+            _ => Ok(None),
+        }
+    }
+
     /// The durability settings of the stores' database, each with what an unsafe value
     /// risks; see [`durability`](crate::backend::durability). Stores put together by hand
     /// ([`Stores::new`]) have no backend to ask: [`Error::InvalidConfiguration`].

@@ -402,6 +402,28 @@ impl PostgresEventStore {
         schema::migrate(&self.pool, &self.layout).await
     }
 
+    /// The layout the tables have (the last migration step applied, 0 for none) and the one
+    /// this version of the library reads and writes: [`migrate`](Self::migrate) brings the
+    /// first to the second.
+    pub async fn layout_version(&self) -> Result<(i64, i64)> {
+        let fail = |e| query_error("cannot read the layout version", e);
+        let migrations = &self.layout.migrations;
+        let recorded: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(migrations)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(fail)?;
+        let applied = if recorded {
+            sqlx::query_scalar(&format!("SELECT coalesce(max(version), 0) FROM {migrations}"))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(fail)?
+        } else {
+            0
+        };
+        Ok((applied, schema::LATEST))
+    }
+
     /// The server's durability settings as this store's connections see them: `fsync`,
     /// `synchronous_commit` (which a database or role may set) and `full_page_writes`, each
     /// with what an unsafe value risks (see [`crate::backend::durability`]).

@@ -697,6 +697,29 @@ async fn doctor_finds_pending_migrations_and_dead_letters() {
             "{warned}"
         );
         assert!(finding["what"].as_str().unwrap().contains("audit"), "{warned}");
+
+        // A subscription that stopped behind the feed, nobody running it: a warning too.
+        fill(&stores).await;
+        assert!(stores
+            .subscriptions
+            .acquire("mailer", consumer, lease)
+            .await
+            .unwrap());
+        assert!(stores
+            .subscriptions
+            .save_checkpoint("mailer", consumer, 1)
+            .await
+            .unwrap());
+        stores.subscriptions.release("mailer", consumer).await.unwrap();
+        let behind = json(&url, &["doctor"], 0);
+        let findings = behind["findings"].as_array().unwrap();
+        assert!(
+            findings
+                .iter()
+                .any(|f| f["what"].as_str().unwrap().contains("mailer is")
+                    && f["what"].as_str().unwrap().contains("behind")),
+            "{behind}"
+        );
     })
     .await;
 }

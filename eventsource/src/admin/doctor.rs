@@ -81,6 +81,18 @@ pub(super) async fn run(stores: &Stores, out: &mut Output<'_>) -> Result<Outcome
                     todo: format!("look at them: `admin projections status {}`", escape(&s.name)),
                 });
             }
+            if s.state != "active" && s.lag > 0 && s.checkpoint.is_some() {
+                findings.push(Finding {
+                    area: "consumers",
+                    serious: false,
+                    what: format!(
+                        "{} is {} event(s) behind and no consumer holds its lease",
+                        escape(&s.name),
+                        thousands(s.lag)
+                    ),
+                    todo: "start its consumers, or reset it if it is no longer used".into(),
+                });
+            }
             if s.held_back > 0 {
                 findings.push(Finding {
                     area: "consumers",

@@ -238,6 +238,9 @@ impl Worker {
     }
 }
 
+/// A plain subscription hands a batch over again when its range's lease is lost (at least
+/// once): its lease is long enough that a loaded machine (tests in parallel on a shared
+/// server) does not lose it, so that the checks can ask for every event exactly once.
 fn subscription(stores: &Stores, name: &str) -> Subscription {
     stores
         .subscription(name)
@@ -247,7 +250,7 @@ fn subscription(stores: &Stores, name: &str) -> Subscription {
         .unwrap()
         .poll_interval(Duration::from_millis(20))
         .unwrap()
-        .lease(Duration::from_millis(600))
+        .lease(Duration::from_secs(3))
         .unwrap()
 }
 

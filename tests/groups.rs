@@ -299,6 +299,47 @@ async fn workers_join_and_leave_under_traffic(stores: Stores) {
     assert_eq!(status.workers, 0, "every worker gave its slot up");
 }
 
+/// A worker whose run is cancelled (its task aborted, its future dropped mid-batch) leaves
+/// its ranges' leases to run out; another worker then takes them over. Every event is handed
+/// over at least once, and each aggregate's versions first reach a handler in order.
+async fn a_cancelled_worker_is_taken_over(stores: Stores) {
+    let name = format!("cancelled-{}", Uuid::new_v4().simple());
+    let short = subscription(&stores, &name)
+        .lease(Duration::from_millis(500))
+        .unwrap();
+    let group = Arc::new(short.group(4).unwrap());
+    let record = Record::default();
+    let first = Worker::start(&group, 1, &record);
+    let writing = {
+        let stores = stores.clone();
+        tokio::spawn(async move { traffic(&stores, 20, 10).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.run.abort();
+    assert!(first.run.await.unwrap_err().is_cancelled());
+    let second = Worker::start(&group, 1, &record);
+    let expected = writing.await.unwrap();
+    let all_seen = || {
+        let seen = record.seen.lock().unwrap();
+        expected.iter().all(|(id, n)| {
+            seen.get(id)
+                .is_some_and(|versions| (1..=*n).all(|v| versions.contains(&v)))
+        })
+    };
+    until(all_seen).await;
+    second.stop().await;
+    let seen = record.seen.lock().unwrap();
+    for id in expected.keys() {
+        let mut first_seen: Vec<u64> = Vec::new();
+        for version in &seen[id] {
+            if !first_seen.contains(version) {
+                first_seen.push(*version);
+            }
+        }
+        assert!(first_seen.windows(2).all(|w| w[0] < w[1]), "{id}: {:?}", seen[id]);
+    }
+}
+
 /// The number of ranges changes from 4 to 8 to 2 while events are appended and two workers
 /// run, one range far behind the others: no event is handed over twice or skipped.
 async fn rescaling_under_traffic(stores: Stores) {
@@ -485,6 +526,7 @@ async fn every_check<F: std::future::Future<Output = Stores>>(stores: impl Fn() 
     a_single_consumer_grows_into_a_group(stores().await).await;
     a_projection_rescaled_under_traffic_applies_each_event_once(stores().await).await;
     a_process_manager_runs_partitioned_unchanged(stores().await).await;
+    a_cancelled_worker_is_taken_over(stores().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -113,16 +113,48 @@ const RECORD_LEASE: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct ConsumerGroup<C> {
     pub(crate) consumer: C,
+    /// The subscription that reads the consumer's feed: the template of its ranges.
+    template: fn(&C) -> &Subscription,
     /// The number of ranges of the first layout, if the group has none yet.
     pub(crate) ranges: u32,
 }
 
 impl<C> ConsumerGroup<C> {
-    /// `consumer` as a consumer group of `ranges` ranges; see [`Subscription::group`].
-    pub(crate) fn of(consumer: C, name: &str, ranges: u32) -> Result<Self> {
-        validate_group_name(name)?;
+    /// `consumer`, whose feed `template` reads, as a consumer group of `ranges` ranges; see
+    /// [`Subscription::group`].
+    pub(crate) fn of(consumer: C, template: fn(&C) -> &Subscription, ranges: u32) -> Result<Self> {
+        validate_group_name(template(&consumer).name())?;
         check_count(ranges)?;
-        Ok(ConsumerGroup { consumer, ranges })
+        Ok(ConsumerGroup {
+            consumer,
+            template,
+            ranges,
+        })
+    }
+
+    /// The subscription that reads the group's feed.
+    pub(crate) fn template(&self) -> &Subscription {
+        (self.template)(&self.consumer)
+    }
+
+    /// See [`status`].
+    pub async fn status(&self) -> Result<Option<GroupStatus>> {
+        let template = self.template();
+        status(&**template.events(), &**template.store(), template.name()).await
+    }
+
+    /// Records a new layout of `ranges` ranges; see the [module docs](self) and
+    /// [`rescale`].
+    pub async fn rescale(&self, ranges: u32) -> Result<u32> {
+        rescale(self.template(), ranges).await
+    }
+
+    /// Waits until every range of the current layout has handled `position` (a save's
+    /// position), at most `timeout`; whether it has. For a projection, the read model then
+    /// shows the caller's own change.
+    pub async fn wait_for(&self, position: u64, timeout: Duration) -> Result<bool> {
+        let template = self.template();
+        wait_for(&**template.store(), template.name(), position, timeout).await
     }
 }
 
@@ -136,8 +168,7 @@ impl Subscription {
     /// holding `#` is [`Error::InvalidInput`]; outside 1 to 1,024 ranges is
     /// [`Error::InvalidConfiguration`].
     pub fn group(self, ranges: u32) -> Result<ConsumerGroup<Subscription>> {
-        let name = self.name().to_owned();
-        ConsumerGroup::of(self, &name, ranges)
+        ConsumerGroup::of(self, |subscription| subscription, ranges)
     }
 }
 
@@ -170,28 +201,6 @@ impl ConsumerGroup<Subscription> {
     /// The subscription the group runs.
     pub fn subscription(&self) -> &Subscription {
         &self.consumer
-    }
-
-    /// See [`status`].
-    pub async fn status(&self) -> Result<Option<GroupStatus>> {
-        status(
-            &**self.consumer.events(),
-            &**self.consumer.store(),
-            self.consumer.name(),
-        )
-        .await
-    }
-
-    /// Records a new layout of `ranges` ranges; see the [module docs](self) and
-    /// [`rescale`].
-    pub async fn rescale(&self, ranges: u32) -> Result<u32> {
-        rescale(&self.consumer, ranges).await
-    }
-
-    /// Waits until every range of the current layout has handled `position` (a save's
-    /// position), at most `timeout`; whether it has.
-    pub async fn wait_for(&self, position: u64, timeout: Duration) -> Result<bool> {
-        wait_for(&**self.consumer.store(), self.consumer.name(), position, timeout).await
     }
 }
 

@@ -3,13 +3,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 
 use uuid::Uuid;
 
 use super::Projection;
 use crate::error::Result;
-use crate::group::{self, ConsumerGroup, GroupStatus};
+use crate::group::{self, ConsumerGroup};
 use crate::subscription::Subscription;
 
 impl ConsumerGroup<Projection> {
@@ -25,42 +24,11 @@ impl ConsumerGroup<Projection> {
                 Box::pin(async move { projection.run_range(range, stop, owner).await })
                     as Pin<Box<dyn Future<Output = Result<()>> + Send + '_>>
             };
-        group::run_workers(
-            self.consumer.subscription(),
-            self.ranges,
-            workers,
-            &run_range,
-            shutdown,
-        )
-        .await
+        group::run_workers(self.template(), self.ranges, workers, &run_range, shutdown).await
     }
 
     /// The projection the group runs.
     pub fn projection(&self) -> &Projection {
         &self.consumer
-    }
-
-    /// See [`group::status`].
-    pub async fn status(&self) -> Result<Option<GroupStatus>> {
-        let subscription = self.consumer.subscription();
-        group::status(
-            &**subscription.events(),
-            &**subscription.store(),
-            subscription.name(),
-        )
-        .await
-    }
-
-    /// Records a new layout of `ranges` ranges; see [`group::rescale`].
-    pub async fn rescale(&self, ranges: u32) -> Result<u32> {
-        group::rescale(self.consumer.subscription(), ranges).await
-    }
-
-    /// Waits until every range of the current layout has committed `position` (a save's
-    /// position) into the read model, at most `timeout`; whether it has: the read model then
-    /// shows the caller's own change.
-    pub async fn wait_for(&self, position: u64, timeout: Duration) -> Result<bool> {
-        let subscription = self.consumer.subscription();
-        group::wait_for(&**subscription.store(), subscription.name(), position, timeout).await
     }
 }

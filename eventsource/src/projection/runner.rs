@@ -240,8 +240,7 @@ impl Projection {
     /// [`Subscription::group`](crate::subscription::Subscription::group), which checks the
     /// same.
     pub fn group(self, ranges: u32) -> Result<ConsumerGroup<Projection>> {
-        let name = self.name().to_owned();
-        ConsumerGroup::of(self, &name, ranges)
+        ConsumerGroup::of(self, Projection::subscription, ranges)
     }
 
     /// The subscription that reads its feed.

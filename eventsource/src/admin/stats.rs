@@ -252,9 +252,11 @@ pub(super) async fn subscriptions(
         });
     }
     for (group, dead_letters) in groups {
-        let head = stores.events.head(0).await?;
         let lag = group.ranges.iter().map(|r| r.lag).max().unwrap_or(0);
         let checkpoints: Option<Vec<u64>> = group.ranges.iter().map(|r| r.checkpoint).collect();
+        let checkpoint = checkpoints.and_then(|c| c.into_iter().min());
+        // What holds the feed back, counted from the lowest range, not from the beginning.
+        let head = stores.events.head(checkpoint.unwrap_or(0)).await?;
         stats.push(SubscriptionStats {
             projection: projections.iter().any(|p| p.name() == group.name),
             state: if group.ranges.iter().any(|r| r.owner.is_some()) {
@@ -262,7 +264,7 @@ pub(super) async fn subscriptions(
             } else {
                 "idle"
             },
-            checkpoint: checkpoints.and_then(|c| c.into_iter().min()),
+            checkpoint,
             lag,
             held_back: head.held_back,
             held_by: head.held_by.as_ref().map(ToString::to_string),

@@ -448,10 +448,9 @@ struct Applied(HashMap<Uuid, Vec<u64>>);
 impl MemoryProjection for Applied {
     fn apply(&mut self, events: &[StoredEvent]) -> Result<(), HandlerError> {
         // The range of slice 0 falls behind the others.
-        if events
-            .iter()
-            .any(|e| eventsource::slice::slice_of(&e.aggregate_type, e.aggregate_id) < 100)
-        {
+        if events.iter().any(|e| {
+            eventsource::slice::SliceCount::DEFAULT.slice_of(&e.aggregate_type, e.aggregate_id) < 100
+        }) {
             std::thread::sleep(Duration::from_millis(15));
         }
         for event in events {

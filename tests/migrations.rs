@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use common::{envelope, opened, Account, MoneyDeposited};
 use eventsource::backend::postgres::{pool_options, PgPool, PostgresEventStore, PostgresSnapshotStore};
 use eventsource::backend::sqlite::{self, rusqlite, Database, SqliteEventStore};
-use eventsource::slice::{slice_of, SliceRange, SLICES};
+use eventsource::slice::{SliceCount, SliceRange};
 use eventsource::{
     Error, EventStore, Repository, SliceFeed, SnapshotPolicy, SnapshotStore, StoredEvent, Uuid,
 };
@@ -153,14 +153,20 @@ fn assert_every_step_once(versions: &[i64]) {
 /// The account's two events, stored before slices were, are read in its slice's feed and in
 /// no other: the migration gave them their slice.
 async fn assert_slice_holds_the_account(events: &impl SliceFeed, id: Uuid) {
-    let slice = slice_of("Account", id);
+    let slices = events.slice_count().await.unwrap();
+    assert_eq!(
+        slices,
+        SliceCount::DEFAULT,
+        "a store sliced before the number was recorded"
+    );
+    let slice = slices.slice_of("Account", id);
     let own = SliceRange::new(slice, slice).unwrap();
     let read: Vec<StoredEvent> = events.read_slices(own, 0).try_collect().await.unwrap();
     let versions: Vec<u64> = read.iter().map(|e| e.aggregate_version).collect();
     assert_eq!(versions, [1, 2], "the account's events in its slice");
     let others = [
         SliceRange::new(0, slice.wrapping_sub(1)),
-        SliceRange::new(slice + 1, SLICES - 1),
+        SliceRange::new(slice + 1, slices.get() - 1),
     ];
     for others in others.into_iter().flatten() {
         let elsewhere: Vec<StoredEvent> = events.read_slices(others, 0).try_collect().await.unwrap();
@@ -1005,4 +1011,45 @@ async fn postgres_unreachable_server_is_a_transient_store_error() {
     // The server may come back: this is the failure a retry loop exists for.
     assert!(matches!(err, Error::Store { transient: true, .. }), "{err:?}");
     assert!(err.is_transient());
+}
+
+/// A schema sliced before the number of slices was recorded (layout 9) records the default,
+/// 1,024, the number its slices were computed with: a store configured with another number is
+/// then refused, naming both, and one configured with none opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_slices_of_layout_9_are_recorded_as_the_default() {
+    let test = "postgres_slices_of_layout_9_are_recorded_as_the_default";
+    let Some(pool) = common::postgres_pool(test, 4).await else {
+        return;
+    };
+    in_scratch_schema(&pool, |pool: PgPool, schema: String| async move {
+        let events = PostgresEventStore::with_schema(pool.clone(), &schema).unwrap();
+        events.migrate().await.unwrap();
+        for statement in [
+            format!("DROP TABLE \"{schema}\".eventsource_settings"),
+            format!("DELETE FROM \"{schema}\".eventsource_migrations WHERE version >= 10"),
+        ] {
+            sqlx::query(&statement).execute(&pool).await.unwrap();
+        }
+        let sixteen = SliceCount::new(16).unwrap();
+        let configured = PostgresEventStore::with_schema(pool.clone(), &schema)
+            .unwrap()
+            .with_slices(sixteen);
+        match configured.migrate().await {
+            Err(Error::InvalidConfiguration(message)) => assert!(
+                message.contains("1024 slices") && message.contains("16 slices"),
+                "{message}"
+            ),
+            other => panic!("expected InvalidConfiguration, got {other:?}"),
+        }
+        let plain = PostgresEventStore::with_schema(pool.clone(), &schema).unwrap();
+        plain.migrate().await.unwrap();
+        assert_eq!(plain.slice_count().await.unwrap(), SliceCount::DEFAULT);
+        assert!(postgres_versions(&pool, &schema).await.contains(&10));
+        match configured.slice_count().await {
+            Err(Error::InvalidConfiguration(_)) => {}
+            other => panic!("expected InvalidConfiguration, got {other:?}"),
+        }
+    })
+    .await;
 }

@@ -216,23 +216,7 @@ async fn a_file_is_created_in_wal_mode_with_its_tables_and_a_busy_timeout() {
         .await
         .unwrap();
     objects.sort();
-    assert_eq!(
-        objects,
-        [
-            "events",
-            "events_event_id",
-            "events_slice",
-            "events_stream",
-            "eventsource_dead_letters",
-            "eventsource_dead_letters_subscription",
-            "eventsource_migrations",
-            "eventsource_requests",
-            "eventsource_subscriptions",
-            "snapshots",
-            "snapshots_aggregate_schema",
-            "snapshots_type_schema"
-        ]
-    );
+    assert_eq!(objects, prefixed_objects(""));
 }
 
 #[tokio::test]
@@ -357,6 +341,7 @@ fn prefixed_objects(prefix: &str) -> Vec<String> {
         "eventsource_dead_letters_subscription",
         "eventsource_migrations",
         "eventsource_requests",
+        "eventsource_settings",
         "eventsource_subscriptions",
         "snapshots",
         "snapshots_aggregate_schema",

@@ -20,7 +20,7 @@ use crate::event_store::{Appended, EventStream};
 #[cfg(doc)]
 use crate::request::RequestOutcome;
 use crate::request::{Fingerprint, RequestId, RequestRecord};
-use crate::slice::SliceRange;
+use crate::slice::{SliceCount, SliceRange};
 use crate::snapshot::SnapshotVersion;
 
 /// Tells the consumers of a feed that events were appended. Cheap to clone; clones share it.
@@ -153,13 +153,19 @@ pub trait RequestIndex: Send + Sync {
 ///
 /// # Contract
 ///
-/// [`read_slices`](Self::read_slices) yields exactly the events that
+/// [`slice_count`](Self::slice_count) is the number of slices the store was created with,
+/// the same on every call. [`read_slices`](Self::read_slices) yields exactly the events that
 /// [`EventStore::read_all`](crate::EventStore::read_all) yields after the same position whose
-/// stream's slice ([`slice_of`](crate::slice::slice_of)) is in the range, in position order,
+/// stream's slice ([`SliceCount::slice_of`]) is in the range, in position order,
 /// and never skips in the same sense: a reader that asks again after the last position it saw
-/// misses nothing. It reads an index of events by slice, so it costs what the range holds,
-/// not what the store holds. The conformance suite checks it against `read_all`.
+/// misses nothing; a range beyond the store's slices yields one [`Error::InvalidInput`](crate::Error::InvalidInput).
+/// It reads an index of events by slice, so it costs what the range holds,
+/// not what the store holds. The conformance suite checks both against `read_all`.
+#[async_trait]
 pub trait SliceFeed: Send + Sync {
+    /// How many slices the store has (see [`crate::slice`]).
+    async fn slice_count(&self) -> Result<SliceCount>;
+
     /// The events of the slices of `range` with a position greater than `after_position`.
     fn read_slices(&self, range: SliceRange, after_position: u64) -> EventStream<'_>;
 }

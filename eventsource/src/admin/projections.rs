@@ -180,7 +180,14 @@ async fn status(
     let mut letters = stores.subscriptions.dead_letters(name).await?;
     let mut ranges = Vec::new();
     if subscription.group.is_some() {
-        if let Some(group) = group::status(&*stores.events, &*stores.subscriptions, name).await? {
+        if let Some(group) = group::status(
+            &*stores.events,
+            &*stores.subscriptions,
+            stores.slice_count().await?,
+            name,
+        )
+        .await?
+        {
             for range in &group.ranges {
                 letters.extend(stores.subscriptions.dead_letters(&range.name).await?);
             }

@@ -299,7 +299,14 @@ async fn grouped(
             .filter(|s| names::parse(&name, &s.name).is_some())
             .map(|s| s.dead_letters)
             .sum();
-        match group::status(&*stores.events, &*stores.subscriptions, &name).await? {
+        match group::status(
+            &*stores.events,
+            &*stores.subscriptions,
+            stores.slice_count().await?,
+            &name,
+        )
+        .await?
+        {
             Some(status) => {
                 listed.retain(|s| names::parse(&name, &s.name).is_none());
                 groups.push((status, dead_letters));

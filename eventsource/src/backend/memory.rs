@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::event::{EventEnvelope, StoredEvent};
 use crate::event_store::{Appended, Batch, EventStore, EventStream, FeedHead};
 use crate::request::{request_of, validate_refusal, Fingerprint, RequestId, RequestOutcome, RequestRecord};
-use crate::slice::{slice_of, SliceRange, SLICES};
+use crate::slice::{SliceCount, SliceRange};
 use crate::snapshot::{validate_snapshot, Snapshot, SnapshotStore};
 use crate::subscription::{validate_name, validate_stored_name, DeadLetter, SubscriptionStore};
 
@@ -53,6 +53,8 @@ struct EventLog {
     event_ids: HashSet<Uuid>,
     /// The request index: what each request id recorded.
     requests: HashMap<RequestId, RequestRecord>,
+    /// How many slices the store has.
+    slice_count: SliceCount,
     /// For each slice, the log index of each of its events, in order (empty until the first).
     slices: Vec<Vec<usize>>,
 }
@@ -119,9 +121,10 @@ impl EventLog {
         };
         indexes.extend(first..first + events.len());
         if log.slices.is_empty() {
-            log.slices = vec![Vec::new(); SLICES as usize];
+            log.slices = vec![Vec::new(); log.slice_count.get() as usize];
         }
-        log.slices[slice_of(aggregate_type, aggregate_id) as usize].extend(first..first + events.len());
+        let slice = log.slice_count.slice_of(aggregate_type, aggregate_id);
+        log.slices[slice as usize].extend(first..first + events.len());
         expected_version + events.len() as u64
     }
 
@@ -213,9 +216,16 @@ impl InMemoryEventStore {
         self.appended.clone()
     }
 
-    /// An empty store.
+    /// An empty store, of [`SliceCount::DEFAULT`] slices.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store of `slices` slices (see [`crate::slice`]).
+    pub fn with_slices(slices: SliceCount) -> Self {
+        let store = Self::default();
+        write(&store.inner).slice_count = slices;
+        store
     }
 
     /// The number of events stored, over all streams.
@@ -228,9 +238,14 @@ impl InMemoryEventStore {
         self.len() == 0
     }
 
-    /// Removes every event.
+    /// Removes every event; the store keeps its number of slices.
     pub fn clear(&self) {
-        *write(&self.inner) = EventLog::default();
+        let mut log = write(&self.inner);
+        let slice_count = log.slice_count;
+        *log = EventLog {
+            slice_count,
+            ..EventLog::default()
+        };
     }
 
     fn chunked(
@@ -345,8 +360,16 @@ impl RequestIndex for InMemoryEventStore {
     }
 }
 
+#[async_trait]
 impl SliceFeed for InMemoryEventStore {
+    async fn slice_count(&self) -> Result<SliceCount> {
+        Ok(read(&self.inner).slice_count)
+    }
+
     fn read_slices(&self, range: SliceRange, after_position: u64) -> EventStream<'_> {
+        if let Err(e) = read(&self.inner).slice_count.check(range) {
+            return Box::pin(stream::iter([Err(e)]));
+        }
         let inner = self.inner.clone();
         let chunks = stream::unfold(after_position, move |after| {
             let chunk = read(&inner).slice_chunk(range, after);

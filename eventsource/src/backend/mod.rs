@@ -3,7 +3,6 @@
 
 pub mod durability;
 pub mod memory;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod param;
 #[cfg(feature = "postgres")]
 pub mod postgres;

@@ -9,6 +9,7 @@ use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::slice::SliceCount;
 
 /// One parameter of one backend's URL: it reads values and words their refusals, always
 /// naming the URL's backend and the parameter.
@@ -86,6 +87,17 @@ impl<'a> Param<'a> {
         } else {
             Err(refuse())
         }
+    }
+
+    /// A number of slices: a power of two from 1 to 65,536 (see [`SliceCount::new`]).
+    pub(crate) fn slice_count(&self, value: &str) -> Result<SliceCount> {
+        let count = self.count(value, 1..=SliceCount::MAX.get())?;
+        SliceCount::new(count).map_err(|_| {
+            self.refuse_value(
+                format_args!("must be a power of two from 1 to {}", SliceCount::MAX.get()),
+                value,
+            )
+        })
     }
 
     /// A duration within `bounds`, in whole milliseconds: a decimal number followed by `ms`,

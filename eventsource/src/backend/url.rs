@@ -6,10 +6,12 @@ use crate::abilities::{AppendSignal, RequestIndex, SliceFeed, SnapshotListing, S
 use crate::aggregate::Aggregate;
 use crate::backend::durability::{self, Demand, Durability};
 use crate::backend::memory::{InMemoryEventStore, InMemorySnapshotStore, InMemorySubscriptionStore};
+use crate::backend::param::Param;
 use crate::error::{Error, Result};
 use crate::event_store::EventStore;
 use crate::projection::{Projection, ReadModelStore};
 use crate::repository::Repository;
+use crate::slice::SliceCount;
 use crate::snapshot::{JointSnapshots, SnapshotPolicy, SnapshotStore, SnapshotVersion};
 use crate::subscription::{Consumer, Subscription, SubscriptionStore};
 
@@ -143,7 +145,10 @@ impl Stores {
 
     /// In-memory stores, new and empty, with every ability but the joint statements.
     pub fn in_memory() -> Self {
-        let events = InMemoryEventStore::new();
+        Self::in_memory_with(InMemoryEventStore::new())
+    }
+
+    fn in_memory_with(events: InMemoryEventStore) -> Self {
         let signal = events.append_signal();
         let subscriptions = Arc::new(InMemorySubscriptionStore::new());
         Self::of_backend(
@@ -207,6 +212,16 @@ impl Stores {
     pub fn with_request_index(mut self, index: Arc<dyn RequestIndex>) -> Self {
         self.request_index = Some(index);
         self
+    }
+
+    /// The number of slices of the event store (see [`crate::slice`]): what its feed by
+    /// slice says, or [`SliceCount::DEFAULT`] without one (a consumer group then splits the
+    /// feed by that many).
+    pub async fn slice_count(&self) -> Result<SliceCount> {
+        match &self.slice_feed {
+            Some(feed) => feed.slice_count().await,
+            None => Ok(SliceCount::DEFAULT),
+        }
     }
 
     /// The same stores, with the event store's feed read by slices.
@@ -388,7 +403,8 @@ impl Stores {
 
 /// Opens the stores a URL names:
 ///
-/// - `memory:`: new in-memory stores;
+/// - `memory:`: new in-memory stores; `memory:?slices=N` gives them `N` slices (see
+///   [`crate::slice`]);
 /// - `sqlite::memory:`: a private in-memory SQLite database;
 /// - `sqlite:PATH` or `sqlite://PATH`: a SQLite file, created if missing (feature `sqlite`);
 ///   `?prefix=NAME` puts the three stores' tables under a prefix of their own (see
@@ -412,10 +428,45 @@ pub async fn open(url: &str) -> Result<Stores> {
     Ok(stores)
 }
 
+/// The number of slices a `memory:` URL gives, if it gives one: `slices=N` is its one
+/// parameter.
+fn memory_slices(url: &str) -> Result<Option<SliceCount>> {
+    let query = match url.strip_prefix("memory:") {
+        Some("") => return Ok(None),
+        Some(rest) => rest.strip_prefix('?'),
+        None => None,
+    };
+    let Some(query) = query else {
+        return Err(Error::InvalidConfiguration(format!(
+            "the memory URL is `memory:`, with at most `?slices=N`, not {url:?}"
+        )));
+    };
+    let param = Param::new("memory", "slices");
+    let mut seen = Vec::new();
+    let mut slices = None;
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        match pair.split_once('=') {
+            Some(("slices", value)) => slices = Some(param.slice_count(param.value(value, &mut seen)?)?),
+            _ => {
+                return Err(Error::InvalidConfiguration(format!(
+                    "the memory URL takes one parameter, `slices=N`, not {pair:?}"
+                )))
+            }
+        }
+    }
+    Ok(slices)
+}
+
 async fn open_stores(url: &str) -> Result<Stores> {
     let scheme = url.split_once(':').map(|(scheme, _)| scheme).unwrap_or_default();
     match scheme {
-        "memory" if url == "memory:" => Ok(Stores::in_memory()),
+        "memory" => {
+            let events = match memory_slices(url)? {
+                Some(slices) => InMemoryEventStore::with_slices(slices),
+                None => InMemoryEventStore::new(),
+            };
+            Ok(Stores::in_memory_with(events))
+        }
         #[cfg(feature = "sqlite")]
         "sqlite" => {
             let (events, snapshots) = crate::backend::sqlite::open_url(url).await?;

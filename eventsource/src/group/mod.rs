@@ -97,7 +97,7 @@ use uuid::Uuid;
 use crate::deadline::sleep;
 use crate::error::{Error, Result};
 use crate::event_store::EventStore;
-use crate::slice::{SliceRange, SLICES};
+use crate::slice::{SliceCount, SliceRange};
 use crate::subscription::names::{self, validate_group_name};
 use crate::subscription::{Handler, Subscription, SubscriptionStore};
 use state::GroupState;
@@ -124,7 +124,7 @@ impl<C> ConsumerGroup<C> {
     /// [`Subscription::group`].
     pub(crate) fn of(consumer: C, template: fn(&C) -> &Subscription, ranges: u32) -> Result<Self> {
         validate_group_name(template(&consumer).name())?;
-        check_count(ranges)?;
+        check_count(ranges, SliceCount::MAX)?;
         Ok(ConsumerGroup {
             consumer,
             template,
@@ -140,7 +140,8 @@ impl<C> ConsumerGroup<C> {
     /// See [`status`].
     pub async fn status(&self) -> Result<Option<GroupStatus>> {
         let template = self.template();
-        status(&**template.events(), &**template.store(), template.name()).await
+        let slices = template.slice_count().await?;
+        status(&**template.events(), &**template.store(), slices, template.name()).await
     }
 
     /// Records a new layout of `ranges` ranges; see the [module docs](self) and
@@ -154,7 +155,8 @@ impl<C> ConsumerGroup<C> {
     /// shows the caller's own change.
     pub async fn wait_for(&self, position: u64, timeout: Duration) -> Result<bool> {
         let template = self.template();
-        wait_for(&**template.store(), template.name(), position, timeout).await
+        let slices = template.slice_count().await?;
+        wait_for(&**template.store(), slices, template.name(), position, timeout).await
     }
 }
 
@@ -165,8 +167,9 @@ impl Subscription {
     /// has a layout keeps it until [rescaled](ConsumerGroup::rescale).
     ///
     /// A name longer than [`MAX_GROUP_NAME_LEN`] bytes or
-    /// holding `#` is [`Error::InvalidInput`]; outside 1 to 1,024 ranges is
-    /// [`Error::InvalidConfiguration`].
+    /// holding `#` is [`Error::InvalidInput`]; zero ranges is [`Error::InvalidConfiguration`],
+    /// and so is more ranges than the store has slices (1,024 unless it was created with
+    /// another number; see [`crate::slice`]), when the group first runs.
     pub fn group(self, ranges: u32) -> Result<ConsumerGroup<Subscription>> {
         ConsumerGroup::of(self, |subscription| subscription, ranges)
     }
@@ -191,7 +194,10 @@ impl ConsumerGroup<Subscription> {
     {
         let run_range =
             move |subscription: Subscription, stop: Pin<Box<dyn Future<Output = ()> + Send>>, owner: Uuid| {
-                let handler = handlers(subscription.slice_range().unwrap_or(SliceRange::ALL));
+                let range = subscription
+                    .slice_range()
+                    .expect("a range of a group has its slices");
+                let handler = handlers(range);
                 Box::pin(async move { subscription.run_range(handler, stop, owner).await })
                     as Pin<Box<dyn Future<Output = Result<()>> + Send + '_>>
             };
@@ -218,6 +224,8 @@ pub(crate) async fn run_workers<'a>(
             template.name()
         )));
     }
+    let slices = template.slice_count().await?;
+    check_count(ranges, slices)?;
     // One worker's error stops the others, as the shutdown does.
     let (abort, aborted) = tokio::sync::watch::channel(false);
     let shutdown = shutdown.boxed().shared();
@@ -232,7 +240,7 @@ pub(crate) async fn run_workers<'a>(
         .map(drop);
         let abort = &abort;
         async move {
-            let outcome = Worker::new(template.name(), template, ranges)
+            let outcome = Worker::new(template.name(), template, ranges, slices)
                 .run(run_range, stop)
                 .await;
             if outcome.is_err() {
@@ -255,6 +263,8 @@ pub(crate) async fn record_first_layout(
     owner: Uuid,
 ) -> Result<bool> {
     let store = &**template.store();
+    let slices = template.slice_count().await?;
+    check_count(ranges, slices)?;
     if store.checkpoint(group).await?.is_none() {
         let first = template.first_position().await?;
         if first > 0 {
@@ -273,7 +283,7 @@ pub(crate) async fn record_first_layout(
         }
     }
     record_layout(store, group, 1, ranges, owner).await?;
-    Ok(GroupState::read(store, group).await?.current().is_some())
+    Ok(GroupState::read(store, group, slices).await?.current().is_some())
 }
 
 /// Records layout `generation` of `ranges` ranges unless it is recorded already; whether this
@@ -301,22 +311,24 @@ async fn record_layout(
 /// Records a new layout of `ranges` ranges for the group of `template` (the first one, if it
 /// has none) and returns its generation; the group's current one if it has that many ranges
 /// already. The running workers move to it on their own; see the [module docs](self).
-/// Outside 1 to 1,024 ranges is [`Error::InvalidConfiguration`]; another rescale recording
+/// Outside 1 to the store's number of slices (see [`crate::slice`]) is
+/// [`Error::InvalidConfiguration`]; another rescale recording
 /// the same generation meanwhile is [`Error::InvalidInput`], and nothing changed.
 pub async fn rescale(template: &Subscription, ranges: u32) -> Result<u32> {
     let group = template.name();
     validate_group_name(group)?;
-    check_count(ranges)?;
+    let slices = template.slice_count().await?;
+    check_count(ranges, slices)?;
     let store = &**template.store();
     let owner = Uuid::new_v4();
-    let state = GroupState::read(store, group).await?;
+    let state = GroupState::read(store, group, slices).await?;
     let Some((generation, count)) = state.current() else {
         if !record_first_layout(template, group, ranges, owner).await? {
             return Err(Error::InvalidInput(format!(
                 "{group} runs as a single consumer: stop it before it becomes a consumer group"
             )));
         }
-        return Ok(GroupState::read(store, group)
+        return Ok(GroupState::read(store, group, slices)
             .await?
             .current()
             .map_or(1, |(g, _)| g));
@@ -340,10 +352,13 @@ pub async fn rescale(template: &Subscription, ranges: u32) -> Result<u32> {
     Ok(generation + 1)
 }
 
-fn check_count(ranges: u32) -> Result<()> {
-    if ranges == 0 || ranges > SLICES {
+/// [`Error::InvalidConfiguration`] unless a group of `ranges` ranges fits a store of
+/// `slices` slices: one slice at least a range.
+fn check_count(ranges: u32, slices: SliceCount) -> Result<()> {
+    if ranges == 0 || ranges > slices.get() {
         return Err(Error::InvalidConfiguration(format!(
-            "a consumer group has 1 to {SLICES} ranges, not {ranges}"
+            "a consumer group has 1 to {} ranges (one slice at least each, of a store of {slices}), not {ranges}",
+            slices.get()
         )));
     }
     Ok(())
@@ -384,13 +399,16 @@ pub struct RangeStatus {
 }
 
 /// The status of consumer group `name` from its subscription store, with each range's lag
-/// from `events`; `None` if `name` never ran as a group.
+/// from `events`, a store of `slices` slices
+/// ([`SliceFeed::slice_count`](crate::SliceFeed::slice_count), or [`Stores::slice_count`](crate::backend::Stores::slice_count));
+/// `None` if `name` never ran as a group.
 pub async fn status(
     events: &dyn EventStore,
     store: &dyn SubscriptionStore,
+    slices: SliceCount,
     name: &str,
 ) -> Result<Option<GroupStatus>> {
-    let state = GroupState::read(store, name).await?;
+    let state = GroupState::read(store, name, slices).await?;
     let Some((generation, _)) = state.current() else {
         return Ok(None);
     };
@@ -424,13 +442,14 @@ pub async fn status(
 /// after `position`, at most `timeout`; whether it has.
 pub(crate) async fn wait_for(
     store: &dyn SubscriptionStore,
+    slices: SliceCount,
     name: &str,
     position: u64,
     timeout: Duration,
 ) -> Result<bool> {
     let deadline = Instant::now() + timeout;
     loop {
-        let state = GroupState::read(store, name).await?;
+        let state = GroupState::read(store, name, slices).await?;
         if let Some((generation, _)) = state.current() {
             let ranges = state.ranges_of(generation);
             if ranges

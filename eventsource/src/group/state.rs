@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::slice::{SliceRange, SLICES};
+use crate::slice::{SliceCount, SliceRange};
 use crate::subscription::names::{self, Entry};
 use crate::subscription::{SubscriptionStatus, SubscriptionStore};
 
@@ -39,12 +39,19 @@ pub(crate) struct GroupState {
     pub(crate) ranges: BTreeMap<(u32, SliceRange), Held>,
     /// The owner of each worker slot whose lease has not run out.
     pub(crate) members: BTreeMap<u32, Option<Uuid>>,
+    /// The number of slices of the store whose feed the group reads.
+    pub(crate) slices: SliceCount,
 }
 
 impl GroupState {
-    /// Reads the group's state from one listing of the store.
-    pub(crate) async fn read(store: &dyn SubscriptionStore, group: &str) -> Result<Self> {
-        let mut state = GroupState::default();
+    /// Reads the group's state from one listing of the store; the group reads the feed of a
+    /// store of `slices` slices. A layout or range the store records for more slices is
+    /// [`Error::Corrupt`].
+    pub(crate) async fn read(store: &dyn SubscriptionStore, group: &str, slices: SliceCount) -> Result<Self> {
+        let mut state = GroupState {
+            slices,
+            ..GroupState::default()
+        };
         for status in store.subscriptions().await? {
             match names::parse(group, &status.name) {
                 Some(Entry::Single) => state.single = Some(Held::from(&status)),
@@ -52,17 +59,26 @@ impl GroupState {
                     if let Some(count) = status.checkpoint {
                         let count = u32::try_from(count)
                             .ok()
-                            .filter(|count| (1..=SLICES).contains(count))
+                            .filter(|count| (1..=slices.get()).contains(count))
                             .ok_or_else(|| {
                                 Error::corrupt(
                                     format!("layout {generation} of consumer group {group}"),
-                                    format!("it records {count} ranges, not 1 to {SLICES}"),
+                                    format!(
+                                        "it records {count} ranges, not 1 to {} (the store has {slices})",
+                                        slices.get()
+                                    ),
                                 )
                             })?;
                         state.layouts.insert(generation, count);
                     }
                 }
                 Some(Entry::Range(generation, range)) => {
+                    if !slices.holds(range) {
+                        return Err(Error::corrupt(
+                            format!("range {} of consumer group {group}", status.name),
+                            format!("its {range} lie beyond the store's {slices}"),
+                        ));
+                    }
                     state.ranges.insert((generation, range), Held::from(&status));
                 }
                 Some(Entry::Member(slot)) => {
@@ -86,7 +102,7 @@ impl GroupState {
     pub(crate) fn ranges_of(&self, generation: u32) -> Vec<SliceRange> {
         self.layouts
             .get(&generation)
-            .and_then(|count| SliceRange::split(*count).ok())
+            .and_then(|count| self.slices.split(*count).ok())
             .unwrap_or_default()
     }
 
@@ -121,7 +137,7 @@ impl GroupState {
     /// the ranges before it had handled beyond it).
     pub(crate) fn handled_before(&self, generation: u32) -> Vec<u64> {
         let single = self.single.and_then(|held| held.checkpoint).unwrap_or(0);
-        let mut handled = vec![single; SLICES as usize];
+        let mut handled = vec![single; self.slices.get() as usize];
         for earlier in self.layouts.keys().filter(|g| **g < generation) {
             for range in self.ranges_of(*earlier) {
                 if let Some(checkpoint) = self.range(*earlier, range).checkpoint {
@@ -191,21 +207,21 @@ mod tests {
         };
         state.layouts.insert(1, 2);
         state.layouts.insert(2, 4);
-        let halves = SliceRange::split(2).unwrap();
+        let halves = SliceCount::DEFAULT.split(2).unwrap();
         state.ranges.insert((1, halves[0]), held(50));
         // The second half of layout 1 never stored a checkpoint.
-        let quarters = SliceRange::split(4).unwrap();
+        let quarters = SliceCount::DEFAULT.split(4).unwrap();
         state.ranges.insert((2, quarters[0]), held(40));
         state.ranges.insert((2, quarters[3]), held(70));
 
         let before_2 = state.handled_before(2);
         assert_eq!(
-            parts(&before_2, SliceRange::ALL),
+            parts(&before_2, SliceCount::DEFAULT.all()),
             [(halves[0], 50), (halves[1], 10)]
         );
         let before_3 = state.handled_before(3);
         assert_eq!(
-            parts(&before_3, SliceRange::ALL),
+            parts(&before_3, SliceCount::DEFAULT.all()),
             [(halves[0], 50), (quarters[2], 10), (quarters[3], 70)]
         );
         let names = state.replaced("g", 3, quarters[1]);

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::state::{parts, GroupState};
 use crate::deadline::sleep;
 use crate::error::Result;
-use crate::slice::SliceRange;
+use crate::slice::{SliceCount, SliceRange};
 use crate::subscription::names;
 use crate::subscription::range::RangeScope;
 use crate::subscription::{Subscription, SubscriptionStore};
@@ -42,6 +42,8 @@ pub(crate) struct Worker<'a> {
     template: &'a Subscription,
     /// The number of ranges of the first layout, if the group has none yet.
     ranges: u32,
+    /// The number of slices of the store whose feed the group reads.
+    slices: SliceCount,
     /// This worker's identity: the owner of its slot, and of the leases it takes to freeze
     /// the ranges a new one replaces.
     owner: Uuid,
@@ -50,11 +52,12 @@ pub(crate) struct Worker<'a> {
 }
 
 impl<'a> Worker<'a> {
-    pub(crate) fn new(group: &'a str, template: &'a Subscription, ranges: u32) -> Self {
+    pub(crate) fn new(group: &'a str, template: &'a Subscription, ranges: u32, slices: SliceCount) -> Self {
         Worker {
             group,
             template,
             ranges,
+            slices,
             owner: Uuid::new_v4(),
             slot: None,
             running: HashMap::new(),
@@ -63,6 +66,10 @@ impl<'a> Worker<'a> {
 
     fn store(&self) -> &'a dyn SubscriptionStore {
         &**self.template.store()
+    }
+
+    async fn state(&self) -> Result<GroupState> {
+        GroupState::read(self.store(), self.group, self.slices).await
     }
 
     fn lease(&self) -> Duration {
@@ -169,7 +176,7 @@ impl<'a> Worker<'a> {
     /// the ranges it took, to run.
     async fn rebalance(&mut self, run_range: &'a RunRange<'a>) -> Result<Vec<Running<'a>>> {
         let mut started = Vec::new();
-        let mut state = GroupState::read(self.store(), self.group).await?;
+        let mut state = self.state().await?;
         if !self.keep_slot(&state).await? {
             tracing::warn!(group = %self.group, "no free worker slot in the consumer group; looking again later");
             return Ok(started);
@@ -179,7 +186,7 @@ impl<'a> Worker<'a> {
                 tracing::info!(group = %self.group, "waiting for the single consumer of this name to stop");
                 return Ok(started);
             }
-            state = GroupState::read(self.store(), self.group).await?;
+            state = self.state().await?;
         }
         let Some((generation, count)) = state.current() else {
             return Ok(started);
@@ -251,7 +258,7 @@ impl<'a> Worker<'a> {
             }
         }
         let taken = if all_frozen {
-            let fresh = GroupState::read(store, self.group).await?;
+            let fresh = self.state().await?;
             let done = parts(&fresh.handled_before(generation), range);
             let name = names::range(self.group, generation, range);
             let owner = Uuid::new_v4();
@@ -259,6 +266,7 @@ impl<'a> Worker<'a> {
                 let scope = RangeScope {
                     range,
                     feed: self.template.options().slice_feed.clone(),
+                    slices: self.slices,
                     done,
                     successor: names::layout(self.group, generation + 1),
                 };

@@ -188,11 +188,15 @@ mod tests {
 
     use super::*;
     use crate::event::EventEnvelope;
-    use crate::slice::slice_of;
+    use crate::slice::SliceCount;
+
+    fn slice_of(aggregate_type: &str, id: Uuid) -> u32 {
+        SliceCount::DEFAULT.slice_of(aggregate_type, id)
+    }
 
     /// A store of `events` read through the merge, with how many events each fetch gave.
     fn feed(events: Arc<Vec<StoredEvent>>, fetched: Arc<std::sync::Mutex<Vec<usize>>>) -> Fetch {
-        let mut by_slice = vec![Vec::new(); crate::slice::SLICES as usize];
+        let mut by_slice = vec![Vec::new(); SliceCount::DEFAULT.get() as usize];
         for event in events.iter() {
             by_slice[slice_of(&event.aggregate_type, event.aggregate_id) as usize].push(event.clone());
         }
@@ -234,7 +238,7 @@ mod tests {
     async fn merges_the_slices_of_a_range_in_position_order_from_any_start() {
         let events = Arc::new(stored(3000));
         for range in [
-            SliceRange::ALL,
+            SliceCount::DEFAULT.all(),
             SliceRange::new(100, 611).unwrap(),
             SliceRange::new(7, 7).unwrap(),
         ] {
@@ -249,7 +253,9 @@ mod tests {
                 .unwrap();
                 let expected: Vec<u64> = events
                     .iter()
-                    .filter(|e| e.position > after && range.holds(&e.aggregate_type, e.aggregate_id))
+                    .filter(|e| {
+                        e.position > after && range.contains(slice_of(&e.aggregate_type, e.aggregate_id))
+                    })
                     .map(|e| e.position)
                     .collect();
                 let got: Vec<u64> = merged.iter().map(|e| e.position).collect();

@@ -193,6 +193,15 @@ impl Subscription {
         self.range.as_ref().map(|scope| scope.range)
     }
 
+    /// The number of slices of the store it reads: the feed by slice tells it; without one,
+    /// the feed is split by [`SliceCount::DEFAULT`](crate::slice::SliceCount::DEFAULT) slices.
+    pub(crate) async fn slice_count(&self) -> Result<crate::slice::SliceCount> {
+        match &self.options.slice_feed {
+            Some(feed) => feed.slice_count().await,
+            None => Ok(crate::slice::SliceCount::DEFAULT),
+        }
+    }
+
     /// Runs it as one range of its consumer group, with `handler`, as `owner`, until `stop`.
     pub(crate) async fn run_range<H: Handler>(
         &self,

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use crate::abilities::SliceFeed;
 use crate::event::StoredEvent;
 use crate::event_store::{EventStore, EventStream};
-use crate::slice::{slice_of, SliceRange};
+use crate::slice::{SliceCount, SliceRange};
 
 /// One range of a consumer group, as its subscription reads it.
 #[derive(Clone)]
@@ -19,6 +19,8 @@ pub(crate) struct RangeScope {
     /// The feed by slice, if the store has one; without it, the whole feed is read and
     /// filtered.
     pub(crate) feed: Option<Arc<dyn SliceFeed>>,
+    /// The number of slices of the feed's store.
+    pub(crate) slices: SliceCount,
     /// For each part of the range, the position up to which the ranges of earlier layouts
     /// handled its events: those are skipped.
     pub(crate) done: Vec<(SliceRange, u64)>,
@@ -41,7 +43,7 @@ impl RangeScope {
         if self.done.iter().all(|(_, position)| event.position > *position) {
             return false;
         }
-        let slice = slice_of(&event.aggregate_type, event.aggregate_id);
+        let slice = self.slices.slice_of(&event.aggregate_type, event.aggregate_id);
         self.done
             .iter()
             .any(|(part, position)| part.contains(slice) && event.position <= *position)
@@ -51,13 +53,15 @@ impl RangeScope {
     pub(crate) fn read<'a>(&'a self, events: &'a dyn EventStore, position: u64) -> EventStream<'a> {
         match &self.feed {
             // Every slice: the feed as it is, with nothing to merge.
-            _ if self.range == SliceRange::ALL => events.read_all(position),
+            _ if self.range == self.slices.all() => events.read_all(position),
             Some(feed) => feed.read_slices(self.range, position),
             None => {
-                let range = self.range;
+                let (range, slices) = (self.range, self.slices);
                 Box::pin(events.read_all(position).filter(move |event| {
                     let keep = match event {
-                        Ok(event) => range.holds(&event.aggregate_type, event.aggregate_id),
+                        Ok(event) => {
+                            range.contains(slices.slice_of(&event.aggregate_type, event.aggregate_id))
+                        }
                         Err(_) => true,
                     };
                     std::future::ready(keep)

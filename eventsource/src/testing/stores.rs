@@ -493,23 +493,32 @@ pub async fn a_joint_save_stores_what_two_writes_store(stores: &Stores) {
 }
 
 /// The feed of a range of slices yields, after a position, exactly the events the whole feed
-/// yields there of streams in those slices, in the same order, and a reader that resumes
-/// after the last position it saw misses nothing.
+/// yields there of streams in those slices (by the store's number of slices), in the same
+/// order, and a reader that resumes after the last position it saw misses nothing; a range
+/// beyond the store's slices is refused.
 pub async fn the_slice_feed_reads_what_the_feed_holds_of_its_slices(stores: &Stores) {
     use futures_util::StreamExt;
 
-    use crate::slice::{slice_of, SliceRange};
+    use crate::slice::SliceRange;
 
     let Some(feed) = &stores.slice_feed else {
         return;
     };
+    let slices = feed.slice_count().await.unwrap();
+    assert_eq!(
+        feed.slice_count().await.unwrap(),
+        slices,
+        "the number of slices is the same on every call"
+    );
     let store = &*stores.events;
     let start = store.head(0).await.unwrap().position;
     let ty = unique_type("Sliced");
     let streams: Vec<Uuid> = (0..24).map(|_| Uuid::new_v4()).collect();
     // The range holding the first stream's slice and a quarter of the slices after it.
-    let first = slice_of(&ty, streams[0]);
-    let range = SliceRange::new(first, (first + 255).min(crate::slice::SLICES - 1)).unwrap();
+    let first = slices.slice_of(&ty, streams[0]);
+    let quarter = (slices.get() / 4).max(1);
+    let range = SliceRange::new(first, (first + quarter - 1).min(slices.get() - 1)).unwrap();
+    let holds = |id: Uuid| range.contains(slices.slice_of(&ty, id));
     for round in 0..3u64 {
         for id in &streams {
             append(store, *id, &ty, round, &events(*id, &ty, round, 1)).await;
@@ -523,10 +532,7 @@ pub async fn the_slice_feed_reads_what_the_feed_holds_of_its_slices(stores: &Sto
             .collect()
     };
     let whole: Vec<StoredEvent> = store.read_all(start).try_collect().await.unwrap();
-    let expected: Vec<_> = own(whole)
-        .into_iter()
-        .filter(|(_, id, _)| range.holds(&ty, *id))
-        .collect();
+    let expected: Vec<_> = own(whole).into_iter().filter(|(_, id, _)| holds(*id)).collect();
     assert!(
         expected.len() >= 3,
         "the range holds the first stream's three events at least"
@@ -535,7 +541,7 @@ pub async fn the_slice_feed_reads_what_the_feed_holds_of_its_slices(stores: &Sto
     assert!(
         sliced
             .iter()
-            .all(|e| range.holds(&e.aggregate_type, e.aggregate_id)),
+            .all(|e| range.contains(slices.slice_of(&e.aggregate_type, e.aggregate_id))),
         "every event read is of a stream in the range"
     );
     assert_eq!(own(sliced), expected, "the range's events, in the feed's order");
@@ -552,6 +558,15 @@ pub async fn the_slice_feed_reads_what_the_feed_holds_of_its_slices(stores: &Sto
         resumed.push(event);
     }
     assert_eq!(own(resumed), expected, "read one event at a time");
+
+    if slices < crate::slice::SliceCount::MAX {
+        let beyond = SliceRange::new(0, slices.get()).unwrap();
+        let refused = feed.read_slices(beyond, start).try_collect::<Vec<_>>().await;
+        assert!(
+            matches!(refused, Err(crate::Error::InvalidInput(_))),
+            "{beyond} of a store of {slices}: {refused:?}"
+        );
+    }
 }
 
 fn versions_and_ids(events: &[StoredEvent]) -> Vec<(u64, Uuid)> {

@@ -19,7 +19,7 @@ use crate::event_store::{Appended, Batch, EventStore, EventStream, FeedHead, Fee
 use crate::request::{
     recorded, request_of, validate_refusal, Fingerprint, RequestId, RequestOutcome, RequestRecord,
 };
-use crate::slice::SliceRange;
+use crate::slice::{SliceCount, SliceRange};
 use crate::snapshot::JointSnapshots;
 
 impl PostgresEventStore {
@@ -155,7 +155,12 @@ impl EventStore for PostgresEventStore {
     }
 }
 
+#[async_trait]
 impl SliceFeed for PostgresEventStore {
+    async fn slice_count(&self) -> Result<SliceCount> {
+        self.read_slice_count().await
+    }
+
     fn read_slices(&self, range: SliceRange, after_position: u64) -> EventStream<'_> {
         super::read::slices(self, range, after_position)
     }

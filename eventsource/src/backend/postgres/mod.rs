@@ -191,6 +191,7 @@ use sqlx::Connection;
 pub use sqlx::PgPool;
 
 use crate::error::{Error, Result};
+use crate::slice::SliceCount;
 
 /// The backend name in [`Error::Store`].
 const BACKEND: &str = "postgres";
@@ -217,6 +218,8 @@ pub struct PostgresEventStore {
     group: Arc<group::Group>,
     /// How long a one-event append's statement may take before its outcome is given up on.
     append_timeout: Duration,
+    /// The number of slices the store has, once read.
+    slice_count: Arc<tokio::sync::OnceCell<SliceCount>>,
 }
 
 /// A snapshot store in a PostgreSQL database. Cheap to clone: clones share the pool.
@@ -281,7 +284,10 @@ pub fn pool_options() -> PgPoolOptions {
 /// - `min_connections=N`: connections kept open when idle, from 0 to `max_connections`
 ///   (0 otherwise);
 /// - `acquire_timeout=5s`: how long a call waits for a pooled connection (30 s otherwise);
-/// - `statement_timeout=5s`: the server's bound on each statement (none otherwise).
+/// - `statement_timeout=5s`: the server's bound on each statement (none otherwise);
+/// - `slices=N`: the number of slices of a store that [`PostgresEventStore::migrate`] creates
+///   (see [`PostgresEventStore::with_slices`]), a power of two from 1 to 65536 (1024
+///   otherwise).
 ///
 /// A duration is a number with a unit, `ms`, `s`, `m` (or `min`), `h` or `d` (`500ms`, `5s`,
 /// `2m`), or a number of seconds without one (`5`, `1.5`), from 1 ms to 24 h in whole
@@ -298,9 +304,12 @@ pub fn pool_options() -> PgPoolOptions {
 /// starting.
 pub async fn connect_url(url: &str) -> Result<(PostgresEventStore, PostgresSnapshotStore)> {
     let (url, settings) = url::split(url)?;
-    let layout = Arc::new(match &settings.schema {
-        Some(schema) => Layout::in_schema(schema)?,
-        None => Layout::default(),
+    let layout = Arc::new(Layout {
+        slices: settings.slices,
+        ..match &settings.schema {
+            Some(schema) => Layout::in_schema(schema)?,
+            None => Layout::default(),
+        }
     });
     let mut options = PgConnectOptions::from_str(&url)
         .map_err(|e| Error::InvalidConfiguration(format!("invalid PostgreSQL URL: {e}")))?;
@@ -353,7 +362,33 @@ impl PostgresEventStore {
             layout,
             page_size: DEFAULT_PAGE_SIZE as i64,
             append_timeout: DEFAULT_APPEND_TIMEOUT,
+            slice_count: Arc::default(),
         }
+    }
+
+    /// The same store, created by [`migrate`](Self::migrate) with `slices` slices if its
+    /// tables are new (see [`crate::slice`]); [`SliceCount::DEFAULT`] otherwise. A store
+    /// created already keeps its number: once it is given another, `migrate` and
+    /// [`slice_count`](crate::SliceFeed::slice_count) are
+    /// [`Error::InvalidConfiguration`]. The URL parameter `slices=N` does the same.
+    pub fn with_slices(self, slices: SliceCount) -> Self {
+        let layout = Layout {
+            slices: Some(slices),
+            ..(*self.layout).clone()
+        };
+        Self::on(self.pool, Arc::new(layout))
+            .with_append_timeout(self.append_timeout)
+            .expect("the store's own append timeout")
+            .with_page_size(self.page_size as usize)
+            .expect("the store's own page size")
+    }
+
+    /// The number of slices the store has, read once from its settings.
+    async fn read_slice_count(&self) -> Result<SliceCount> {
+        self.slice_count
+            .get_or_try_init(|| schema::slice_count(&self.pool, &self.layout))
+            .await
+            .copied()
     }
 
     /// Bounds the statement of a one-event append (default [`DEFAULT_APPEND_TIMEOUT`]).
@@ -399,7 +434,9 @@ impl PostgresEventStore {
     /// Idempotent, and safe to run from several instances at once (see the
     /// [module docs](self#deployment)).
     pub async fn migrate(&self) -> Result<()> {
-        schema::migrate(&self.pool, &self.layout).await
+        let slices = schema::migrate(&self.pool, &self.layout).await?;
+        let _ = self.slice_count.set(slices);
+        Ok(())
     }
 
     /// The layout the tables have (the last migration step applied, 0 for none) and the one
@@ -509,7 +546,7 @@ impl PostgresSnapshotStore {
     /// Creates the event and snapshot tables and their indexes if they are missing; the same
     /// as [`PostgresEventStore::migrate`].
     pub async fn migrate(&self) -> Result<()> {
-        schema::migrate(&self.pool, &self.layout).await
+        schema::migrate(&self.pool, &self.layout).await.map(drop)
     }
 
     /// The connection pool.
@@ -543,8 +580,9 @@ impl fmt::Debug for PostgresSnapshotStore {
     }
 }
 
-/// Where the tables are: their qualified, quoted names.
-#[derive(Debug)]
+/// Where the tables are: their qualified, quoted names; and the number of slices a store
+/// created on them gets, if configured.
+#[derive(Clone, Debug)]
 struct Layout {
     schema: Option<String>,
     events: String,
@@ -561,6 +599,10 @@ struct Layout {
     begin_append: String,
     /// The request index (layout step 8).
     requests: String,
+    /// The store's settings (layout step 10).
+    settings: String,
+    /// The number of slices of a store created on this layout, if configured.
+    slices: Option<SliceCount>,
 }
 
 const EVENTS_TABLE: &str = "eventsource_events";
@@ -572,6 +614,7 @@ const FEED_BOUND_FUNCTION: &str = "eventsource_feed_bound";
 const ANNOUNCE_APPEND_FUNCTION: &str = "eventsource_announce_append";
 const BEGIN_APPEND_FUNCTION: &str = "eventsource_begin_append";
 const REQUESTS_TABLE: &str = "eventsource_requests";
+const SETTINGS_TABLE: &str = "eventsource_settings";
 
 impl Default for Layout {
     fn default() -> Self {
@@ -586,6 +629,8 @@ impl Default for Layout {
             announce_append: ANNOUNCE_APPEND_FUNCTION.to_owned(),
             begin_append: BEGIN_APPEND_FUNCTION.to_owned(),
             requests: REQUESTS_TABLE.to_owned(),
+            settings: SETTINGS_TABLE.to_owned(),
+            slices: None,
         }
     }
 }
@@ -634,6 +679,8 @@ impl Layout {
             announce_append: format!("\"{schema}\".{ANNOUNCE_APPEND_FUNCTION}"),
             begin_append: format!("\"{schema}\".{BEGIN_APPEND_FUNCTION}"),
             requests: format!("\"{schema}\".{REQUESTS_TABLE}"),
+            settings: format!("\"{schema}\".{SETTINGS_TABLE}"),
+            slices: None,
         })
     }
 }

@@ -255,6 +255,7 @@ pub(super) fn slices(store: &PostgresEventStore, range: SliceRange, after: u64) 
     let bound = {
         let store = store.clone();
         async move {
+            store.read_slice_count().await?.check(range)?;
             sqlx::query_scalar::<_, i64>(&store.sql.feed_bound)
                 .fetch_one(&store.pool)
                 .await

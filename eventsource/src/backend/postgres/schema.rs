@@ -9,6 +9,7 @@ use sqlx::PgPool;
 
 use super::{query_error, Layout};
 use crate::error::{Error, Result};
+use crate::slice::SliceCount;
 
 /// The key of the advisory lock that serializes migrations across processes: "eventsrc".
 const MIGRATION_LOCK: i64 = 0x6576_656e_7473_7263;
@@ -69,13 +70,24 @@ const STEPS: &[Step] = &[
         description: "every event in its stream's slice",
         statements: slices,
     },
+    Step {
+        version: 10,
+        description: "the store's settings: its number of slices",
+        statements: settings,
+    },
 ];
+
+/// The version of the step that gave every event its slice: the number of slices is fixed
+/// from then on.
+const SLICED: i64 = 9;
 
 /// The layout version this library reads and writes.
 pub(super) const LATEST: i64 = STEPS[STEPS.len() - 1].version;
 
-/// Brings the tables to the [`LATEST`] layout, creating the schema and tables if missing.
-pub(super) async fn migrate(pool: &PgPool, layout: &Layout) -> Result<()> {
+/// Brings the tables to the [`LATEST`] layout, creating the schema and tables if missing,
+/// with the layout's configured number of slices if they are new; returns the number of
+/// slices the store has.
+pub(super) async fn migrate(pool: &PgPool, layout: &Layout) -> Result<SliceCount> {
     let fail = |e| query_error("cannot migrate the PostgreSQL schema", e);
     let mut tx = pool.begin().await.map_err(fail)?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -112,6 +124,14 @@ pub(super) async fn migrate(pool: &PgPool, layout: &Layout) -> Result<()> {
              {LATEST} of this version of the library; upgrade the program"
         )));
     }
+    // Slices stored before the number was recorded were computed with the default.
+    let created = Layout {
+        slices: Some(match current >= SLICED {
+            true => SliceCount::DEFAULT,
+            false => layout.slices.unwrap_or_default(),
+        }),
+        ..layout.clone()
+    };
     for step in STEPS.iter().filter(|step| step.version > current) {
         let fail = |e| {
             query_error(
@@ -122,7 +142,7 @@ pub(super) async fn migrate(pool: &PgPool, layout: &Layout) -> Result<()> {
                 e,
             )
         };
-        for statement in (step.statements)(layout) {
+        for statement in (step.statements)(&created) {
             execute(&mut tx, &statement).await.map_err(fail)?;
         }
         sqlx::query(&format!(
@@ -141,7 +161,58 @@ pub(super) async fn migrate(pool: &PgPool, layout: &Layout) -> Result<()> {
             execute(&mut tx, &statement).await.map_err(fail)?;
         }
     }
-    tx.commit().await.map_err(fail)
+    let slices = recorded_slices(&mut tx, layout).await?;
+    tx.commit().await.map_err(fail)?;
+    Ok(slices)
+}
+
+/// The number of slices the store has, as step 10 recorded it; [`Error::InvalidConfiguration`]
+/// if the layout is configured with another.
+pub(super) async fn slice_count(pool: &PgPool, layout: &Layout) -> Result<SliceCount> {
+    let mut connection = pool
+        .acquire()
+        .await
+        .map_err(|e| query_error("cannot read the number of slices", e))?;
+    recorded_slices(&mut connection, layout).await
+}
+
+async fn recorded_slices(connection: &mut sqlx::PgConnection, layout: &Layout) -> Result<SliceCount> {
+    let value: Option<String> = sqlx::query_scalar(&format!(
+        "SELECT value FROM {} WHERE name = 'slices'",
+        layout.settings
+    ))
+    .fetch_optional(&mut *connection)
+    .await
+    .map_err(|e| {
+        query_error(
+            "cannot read the number of slices (has the store been migrated?)",
+            e,
+        )
+    })?;
+    let table = format!("the PostgreSQL table {}", layout.settings);
+    let store = match &layout.schema {
+        Some(schema) => format!("the PostgreSQL store in schema {schema}"),
+        None => "the PostgreSQL store".to_owned(),
+    };
+    SliceCount::recorded(value, &table)?.confirm(layout.slices, &store)
+}
+
+/// Step 10: the store's settings, a name and a value each; the number of slices the events
+/// were given by step 9.
+fn settings(layout: &Layout) -> Vec<String> {
+    let settings = &layout.settings;
+    vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {settings} (
+                name  TEXT PRIMARY KEY,
+                value TEXT NOT NULL
+            )"
+        ),
+        format!(
+            "INSERT INTO {settings} (name, value) VALUES ('slices', '{}') ON CONFLICT (name) DO NOTHING",
+            layout.slices.unwrap_or_default().get()
+        ),
+    ]
 }
 
 /// Step 3: a position is taken from the appending transaction's id (see
@@ -251,7 +322,7 @@ fn request_index(layout: &Layout) -> Vec<String> {
     ]
 }
 
-/// Step 9: each event's slice (see [`crate::slice::slice_of`]), a column the database
+/// Step 9: each event's slice (see [`SliceCount::slice_of`]), a column the database
 /// computes from the stream, so that writers of any version store it, and an index to read
 /// the feed by slice. Adding the column rewrites the events table once.
 fn slices(layout: &Layout) -> Vec<String> {
@@ -263,7 +334,7 @@ fn slices(layout: &Layout) -> Vec<String> {
                     ('x' || substr(md5(aggregate_type || ':' || aggregate_id::text), 1, 8))::bit(32)::integer
                     & {mask}
                 ) STORED",
-            mask = crate::slice::SLICES - 1
+            mask = layout.slices.unwrap_or_default().get() - 1
         ),
         format!("CREATE INDEX IF NOT EXISTS eventsource_events_slice_idx ON {events} (slice, position)"),
     ]

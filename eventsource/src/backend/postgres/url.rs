@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::backend::param::{decoded, Param};
 use crate::error::Result;
+use crate::slice::SliceCount;
 
 /// What a URL says beyond sqlx's own parameters.
 #[derive(Debug, Default, PartialEq)]
@@ -22,6 +23,8 @@ pub(super) struct Settings {
     pub acquire_timeout: Option<Duration>,
     /// `statement_timeout=5s`: the server's bound on each statement.
     pub statement_timeout: Option<Duration>,
+    /// `slices=N`: the number of slices of a store created now.
+    pub slices: Option<SliceCount>,
 }
 
 /// The sizes `max_connections` takes. Each slot of a pool costs memory before any
@@ -44,6 +47,7 @@ const KEYS: &[&str] = &[
     "min_connections",
     "acquire_timeout",
     "statement_timeout",
+    "slices",
 ];
 
 /// The URL without this library's parameters, and what they say. A value that is not what
@@ -79,6 +83,7 @@ pub(super) fn split(url: &str) -> Result<(String, Settings)> {
             "max_connections" => settings.max_connections = Some(param.count(value, MAX_CONNECTIONS)?),
             "min_connections" => settings.min_connections = Some(param.count(value, MAX_CONNECTIONS)?),
             "acquire_timeout" => settings.acquire_timeout = Some(param.duration(value, TIMEOUTS)?),
+            "slices" => settings.slices = Some(param.slice_count(value)?),
             _ => settings.statement_timeout = Some(param.duration(value, TIMEOUTS)?),
         }
     }
@@ -135,7 +140,7 @@ mod tests {
         assert_eq!(split(plain).unwrap(), (plain.to_owned(), Settings::default()));
         let (url, settings) = split(
             "postgres://u@h/db?sslmode=require&schema=app&max_connections=32&min_connections=2\
-             &acquire_timeout=500ms&statement_timeout=5s&application_name=x",
+             &acquire_timeout=500ms&statement_timeout=5s&slices=256&application_name=x",
         )
         .unwrap();
         assert_eq!(url, "postgres://u@h/db?sslmode=require&application_name=x");
@@ -147,6 +152,7 @@ mod tests {
                 min_connections: Some(2),
                 acquire_timeout: Some(Duration::from_millis(500)),
                 statement_timeout: Some(Duration::from_secs(5)),
+                slices: Some(SliceCount::new(256).unwrap()),
             }
         );
         assert_eq!(
@@ -166,6 +172,8 @@ mod tests {
     fn bad_values_are_configuration_errors_naming_the_parameter() {
         for (bad, names) in [
             ("postgres://h/db?schema=", "schema"),
+            ("postgres://h/db?slices=100", "slices"),
+            ("postgres://h/db?slices=0", "slices"),
             ("postgres://h/db?schema", "schema"),
             ("postgres://h/db?schema=a&schema=b", "schema"),
             ("postgres://h/db?max_connections=0", "max_connections"),

@@ -27,6 +27,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 use super::prefix::Prefix;
 use super::store_error;
 use crate::error::{Error, Result};
+use crate::slice::SliceCount;
 
 /// How long a statement waits for a lock held by another connection before it fails.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,6 +49,8 @@ const MAX_IDLE: usize = 4;
 pub struct Database {
     inner: Arc<Inner>,
     prefix: Prefix,
+    /// The number of slices its stores are created with, if configured.
+    slices: Option<SliceCount>,
 }
 
 struct Inner {
@@ -163,7 +166,24 @@ impl Database {
         Self {
             inner: self.inner.clone(),
             prefix,
+            slices: self.slices,
         }
+    }
+
+    /// The database on the same connections, whose stores, created on it, have `slices`
+    /// slices (see [`crate::slice`]); [`SliceCount::DEFAULT`] otherwise. Stores that were
+    /// created already keep theirs: opening one with another number is
+    /// [`Error::InvalidConfiguration`](crate::Error::InvalidConfiguration).
+    pub fn with_slices(&self, slices: SliceCount) -> Self {
+        Self {
+            slices: Some(slices),
+            ..self.clone()
+        }
+    }
+
+    /// The number of slices configured with [`with_slices`](Self::with_slices), if any.
+    pub(super) fn configured_slices(&self) -> Option<SliceCount> {
+        self.slices
     }
 
     /// The prefix, to name the tables in statements.
@@ -403,6 +423,7 @@ impl Target {
                     appended: Default::default(),
                 }),
                 prefix: Prefix::default(),
+                slices: None,
             });
         };
         let (uri, writable) = (self.uri.clone(), self.writable);
@@ -437,6 +458,7 @@ impl Target {
                 },
             }),
             prefix: Prefix::default(),
+            slices: None,
         })
     }
 }

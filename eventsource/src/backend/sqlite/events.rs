@@ -18,7 +18,7 @@ use crate::event_store::{Appended, Batch, EventStore, EventStream, FeedHead};
 use crate::request::{
     recorded, request_of, validate_refusal, Fingerprint, RequestId, RequestOutcome, RequestRecord,
 };
-use crate::slice::{slice_of, SliceRange};
+use crate::slice::{SliceCount, SliceRange};
 
 const INSERT: &str = "INSERT INTO {p}events (event_id, event_type, event_version, aggregate_id, \
     aggregate_type, aggregate_version, occurred_at, correlation_id, causation_id, metadata, payload, \
@@ -57,11 +57,14 @@ struct Sql {
     record_refusal: String,
     forget_refusals: String,
     pages: Arc<read::Sql>,
+    /// The number of slices of the store, which places each stream in its slice.
+    slices: SliceCount,
 }
 
 impl Sql {
-    fn new(prefix: &Prefix) -> Self {
+    fn new(prefix: &Prefix, slices: SliceCount) -> Self {
         Self {
+            slices,
             insert: prefix.sql(INSERT),
             stream_version: prefix.sql(STREAM_VERSION),
             stream_versions: prefix.sql(STREAM_VERSIONS),
@@ -139,8 +142,8 @@ impl SqliteEventStore {
     /// `events` or `snapshots` (after the prefix) that is not this library's is
     /// [`Error::InvalidConfiguration`].
     pub async fn on(database: Database) -> Result<Self> {
-        schema::migrate(&database).await?;
-        let sql = Arc::new(Sql::new(database.table_prefix()));
+        let slices = schema::migrate(&database).await?;
+        let sql = Arc::new(Sql::new(database.table_prefix(), slices));
         Ok(Self { database, sql })
     }
 
@@ -213,11 +216,6 @@ impl Stream {
         }
     }
 
-    /// The stream's slice, stored with each of its events.
-    fn slice(&self) -> u32 {
-        slice_of(&self.aggregate_type, self.id)
-    }
-
     fn failed(&self, action: &str, e: rusqlite::Error) -> Error {
         store_error(format!("cannot {action} {} {}", self.aggregate_type, self.id), e)
     }
@@ -281,7 +279,7 @@ impl Stream {
         }
         {
             let mut insert = tx.prepare_cached(&sql.insert).map_err(fail)?;
-            let slice = self.slice();
+            let slice = sql.slices.slice_of(&self.aggregate_type, self.id);
             for e in batch {
                 let row = (
                     &e.event_id,
@@ -421,9 +419,17 @@ impl EventStore for SqliteEventStore {
     }
 }
 
+#[async_trait]
 impl SliceFeed for SqliteEventStore {
+    async fn slice_count(&self) -> Result<SliceCount> {
+        Ok(self.sql.slices)
+    }
+
     fn read_slices(&self, range: SliceRange, after_position: u64) -> EventStream<'_> {
-        read::slices(&self.pages(), range, after_position)
+        match self.sql.slices.check(range) {
+            Ok(range) => read::slices(&self.pages(), range, after_position),
+            Err(e) => Box::pin(futures_util::stream::iter([Err(e)])),
+        }
     }
 }
 

@@ -110,6 +110,7 @@ pub use snapshots::SqliteSnapshotStore;
 pub use subscriptions::SqliteSubscriptionStore;
 
 use crate::error::{Error, Result};
+use crate::slice::SliceCount;
 use database::{Synchronous, Target};
 use prefix::Prefix;
 
@@ -149,7 +150,8 @@ pub async fn open_with(
 /// in-memory database, `sqlite:PATH` or `sqlite://PATH` for a file, created if missing.
 ///
 /// Query parameters are `prefix=NAME`, the prefix of the table names (see
-/// [`SqliteOptions::prefix`]), and SQLite's URI parameters, passed on to SQLite: `mode` (`ro`,
+/// [`SqliteOptions::prefix`]), `slices=N`, the number of slices of stores created now (see
+/// [`SqliteOptions::slices`]), and SQLite's URI parameters, passed on to SQLite: `mode` (`ro`,
 /// `rw`, `rwc` or `memory`), `cache` (`shared` or `private`), the flags `immutable`, `psow`
 /// and `nolock` (`1`, `yes`, `true`, `on`, or `0`, `no`, `false`, `off`) and `vfs=NAME`. Any
 /// other parameter, one given twice or without a value, and any other value is
@@ -165,6 +167,7 @@ pub async fn open_url(url: &str) -> Result<(SqliteEventStore, SqliteSnapshotStor
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SqliteOptions {
     prefix: String,
+    slices: Option<SliceCount>,
 }
 
 impl SqliteOptions {
@@ -175,15 +178,26 @@ impl SqliteOptions {
         self.prefix = prefix.into();
         self
     }
+
+    /// The number of slices the stores have if they are created now (see
+    /// [`Database::with_slices`]); [`SliceCount::DEFAULT`] otherwise.
+    pub fn slices(mut self, slices: SliceCount) -> Self {
+        self.slices = Some(slices);
+        self
+    }
 }
 
 async fn stores(target: Target, options: SqliteOptions) -> Result<(SqliteEventStore, SqliteSnapshotStore)> {
     let prefix = Prefix::new(&options.prefix)?;
-    let events = target.open(Synchronous::Full).await?.prefixed(prefix.clone());
+    let configured = |database: Database| match options.slices {
+        Some(slices) => database.with_slices(slices),
+        None => database,
+    };
+    let events = configured(target.open(Synchronous::Full).await?.prefixed(prefix.clone()));
     let snapshots = if target.in_memory() {
         events.clone()
     } else {
-        target.open(Synchronous::Normal).await?.prefixed(prefix)
+        configured(target.open(Synchronous::Normal).await?.prefixed(prefix))
     };
     Ok((
         SqliteEventStore::on(events).await?,

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::prefix::Prefix;
 use super::{store_error, Database};
 use crate::error::{Error, Result};
-use crate::slice::slice_of;
+use crate::slice::SliceCount;
 
 /// One upgrade of the layout, applied once, in order.
 struct Step {
@@ -21,8 +21,11 @@ struct Step {
     description: &'static str,
     sql: &'static str,
     /// What the step computes in Rust after its SQL, if anything.
-    fill: Option<fn(&Connection, &Prefix) -> Result<()>>,
+    fill: Option<Fill>,
 }
+
+/// A step's work in Rust, given the number of slices the store has.
+type Fill = fn(&Connection, &Prefix, SliceCount) -> Result<()>;
 
 /// Every step of the layout. A database made before versions were recorded (the 0.1 layout)
 /// has the tables of step 1: its `CREATE ... IF NOT EXISTS` finds them, and the later steps
@@ -139,11 +142,48 @@ const STEPS: &[Step] = &[
             END;",
         fill: Some(fill_slices),
     },
+    Step {
+        version: 8,
+        description: "the store's settings: its number of slices",
+        sql: "CREATE TABLE IF NOT EXISTS {p}eventsource_settings (
+                name TEXT PRIMARY KEY,
+                value TEXT NOT NULL
+            );",
+        fill: Some(record_slices),
+    },
 ];
 
-/// Step 7: each stored event gets the slice of its stream ([`slice_of`]), one update per
-/// stream.
-fn fill_slices(connection: &Connection, prefix: &Prefix) -> Result<()> {
+/// The version of the step that gave every event its slice: the number of slices is fixed
+/// from then on.
+const SLICED: i64 = 7;
+
+/// Step 8: the number of slices step 7 computed the slices with.
+fn record_slices(connection: &Connection, prefix: &Prefix, slices: SliceCount) -> Result<()> {
+    connection
+        .execute(
+            &prefix.sql("INSERT OR IGNORE INTO {p}eventsource_settings (name, value) VALUES ('slices', ?1)"),
+            [slices.get().to_string()],
+        )
+        .map(drop)
+        .map_err(|e| store_error("cannot record the number of slices", e))
+}
+
+/// The number of slices the store was created with, as step 8 recorded it.
+fn recorded_slices(connection: &Connection, prefix: &Prefix) -> Result<SliceCount> {
+    let value: Option<String> = connection
+        .query_row(
+            &prefix.sql("SELECT value FROM {p}eventsource_settings WHERE name = 'slices'"),
+            [],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(|e| store_error("cannot read the number of slices", e))?;
+    SliceCount::recorded(value, &prefix.sql("the SQLite table {p}eventsource_settings"))
+}
+
+/// Step 7: each stored event gets the slice of its stream ([`SliceCount::slice_of`]), one
+/// update per stream.
+fn fill_slices(connection: &Connection, prefix: &Prefix, slices: SliceCount) -> Result<()> {
     let fail = |e| store_error("cannot fill in the slices of the stored events", e);
     let mut streams = connection
         .prepare(
@@ -165,7 +205,11 @@ fn fill_slices(connection: &Connection, prefix: &Prefix) -> Result<()> {
             )
         })?;
         update
-            .execute((slice_of(&aggregate_type, aggregate_id), &id, &aggregate_type))
+            .execute((
+                slices.slice_of(&aggregate_type, aggregate_id),
+                &id,
+                &aggregate_type,
+            ))
             .map_err(fail)?;
     }
     Ok(())
@@ -182,7 +226,8 @@ const PROBE: &str = "SELECT position, event_id, event_type, event_version, aggre
         FROM {p}snapshots LIMIT 0;
     SELECT name, position, owner, lease_until FROM {p}eventsource_subscriptions LIMIT 0;
     SELECT request_id, aggregate_type, aggregate_id, fingerprint, version, position, refusal,
-        recorded_at FROM {p}eventsource_requests LIMIT 0;";
+        recorded_at FROM {p}eventsource_requests LIMIT 0;
+    SELECT name, value FROM {p}eventsource_settings LIMIT 0;";
 
 /// The record of the steps applied, per prefix.
 const MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS {p}eventsource_migrations (
@@ -196,20 +241,30 @@ const RECORD: &str = "INSERT INTO {p}eventsource_migrations (version, descriptio
 
 const RECORDED: &str = "SELECT coalesce(max(version), 0) FROM {p}eventsource_migrations";
 
-/// Brings the tables of the database's prefix to the [`LATEST`] layout.
-pub(super) async fn migrate(database: &Database) -> Result<()> {
+/// Brings the tables of the database's prefix to the [`LATEST`] layout, creating them with
+/// the database's configured number of slices if they are new; returns the number of slices
+/// the store has.
+pub(super) async fn migrate(database: &Database) -> Result<SliceCount> {
     let prefix = database.table_prefix().clone();
-    database
-        .write(move |connection| migrate_on(connection, &prefix))
-        .await
+    let configured = database.configured_slices();
+    let store = format!("the SQLite store {}{}", database.name(), of_prefix(&prefix));
+    let recorded = database
+        .write(move |connection| migrate_on(connection, &prefix, configured))
+        .await?;
+    recorded.confirm(configured, &store)
 }
 
-fn migrate_on(connection: &mut Connection, prefix: &Prefix) -> Result<()> {
+fn migrate_on(
+    connection: &mut Connection,
+    prefix: &Prefix,
+    configured: Option<SliceCount>,
+) -> Result<SliceCount> {
     let fail = |e| store_error("cannot migrate the SQLite tables", e);
     if let Some(version) = recorded_version(connection, prefix).map_err(fail)? {
         check_not_newer(version, prefix)?;
         if version == LATEST {
-            return probe(connection, prefix);
+            probe(connection, prefix)?;
+            return recorded_slices(connection, prefix);
         }
     }
     let tx = connection
@@ -219,18 +274,25 @@ fn migrate_on(connection: &mut Connection, prefix: &Prefix) -> Result<()> {
     // Read again under the write lock: another process may have migrated meanwhile.
     let current = recorded_version(&tx, prefix).map_err(fail)?.unwrap_or(0);
     check_not_newer(current, prefix)?;
+    // Slices stored before the number was recorded were computed with the default.
+    let slices = match current >= SLICED {
+        true => SliceCount::DEFAULT,
+        false => configured.unwrap_or_default(),
+    };
     let record = prefix.sql(RECORD);
     for step in STEPS.iter().filter(|step| step.version > current) {
         tx.execute_batch(&prefix.sql(step.sql))
             .map_err(|e| foreign_or(e, step, prefix))?;
         if let Some(fill) = step.fill {
-            fill(&tx, prefix)?;
+            fill(&tx, prefix, slices)?;
         }
         tx.execute(&record, (step.version, step.description))
             .map_err(fail)?;
     }
     probe(&tx, prefix)?;
-    tx.commit().map_err(fail)
+    let recorded = recorded_slices(&tx, prefix)?;
+    tx.commit().map_err(fail)?;
+    Ok(recorded)
 }
 
 /// The highest step recorded for the prefix, `None` if its migrations table is missing.

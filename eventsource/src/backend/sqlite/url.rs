@@ -1,4 +1,4 @@
-//! The query parameters of a `sqlite:` URL: the library's own (`prefix`), taken off the URL,
+//! The query parameters of a `sqlite:` URL: the library's own (`prefix`, `slices`), taken off the URL,
 //! and SQLite's URI parameters, checked and left on it for SQLite.
 
 use super::SqliteOptions;
@@ -10,6 +10,7 @@ const SQLITE_KEYS: &[&str] = &["vfs", "mode", "cache", "psow", "nolock", "immuta
 
 /// The library's parameters.
 const PREFIX: &str = "prefix";
+const SLICES: &str = "slices";
 
 const BACKEND: &str = "SQLite";
 
@@ -28,7 +29,7 @@ pub(super) fn split(url: &str) -> Result<(String, SqliteOptions)> {
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
         // Read percent-decoded, as SQLite reads its URIs.
-        let known = std::iter::once(PREFIX).chain(SQLITE_KEYS.iter().copied());
+        let known = [PREFIX, SLICES].into_iter().chain(SQLITE_KEYS.iter().copied());
         let Some(key) = decoded(raw_key).and_then(|key| known.into_iter().find(|k| *k == key)) else {
             return Err(unknown(raw_key));
         };
@@ -43,6 +44,10 @@ pub(super) fn split(url: &str) -> Result<(String, SqliteOptions)> {
         let value = match key {
             PREFIX => {
                 options = options.prefix(value);
+                continue;
+            }
+            SLICES => {
+                options = options.slices(param.slice_count(value)?);
                 continue;
             }
             "mode" => param.word(value, &["ro", "rw", "rwc", "memory"])?,
@@ -112,6 +117,15 @@ mod tests {
         );
         assert_eq!(split("sqlite::memory:?prefix=a_").unwrap().0, "sqlite::memory:");
         assert_eq!(
+            split("sqlite:app.db?slices=64&prefix=p_").unwrap(),
+            (
+                "sqlite:app.db".into(),
+                SqliteOptions::default()
+                    .prefix("p_")
+                    .slices(crate::slice::SliceCount::new(64).unwrap())
+            )
+        );
+        assert_eq!(
             split("sqlite:app.db?immutable=yes&psow=off&nolock=TRUE&vfs=unix-none")
                 .unwrap()
                 .0,
@@ -135,6 +149,10 @@ mod tests {
             ("sqlite:app.db?psow=2", "psow"),
             ("sqlite:app.db?nolock=4294967296", "nolock"),
             ("sqlite:app.db?vfs=", "vfs"),
+            ("sqlite:app.db?slices=1000", "slices"),
+            ("sqlite:app.db?slices=0", "slices"),
+            ("sqlite:app.db?slices=131072", "slices"),
+            ("sqlite:app.db?slices=64&slices=64", "slices"),
         ] {
             match split(url) {
                 Err(Error::InvalidConfiguration(message)) => {

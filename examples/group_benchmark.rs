@@ -14,7 +14,8 @@
 //!
 //! ```text
 //! cargo run --release --features eventsource/sqlite,eventsource/postgres --example group_benchmark -- \
-//!     [--stores memory,sqlite,postgres] [--events 40000] [--pause 5] [--postgres URL]
+//!     [--stores memory,sqlite,postgres] [--events 40000] [--pause 5] [--workers 1,2,4,8] \
+//!     [--postgres URL]
 //! ```
 
 use std::io::{BufRead, BufReader};
@@ -308,6 +309,7 @@ struct Options {
     events: usize,
     pause: Duration,
     postgres: String,
+    workers: Vec<u32>,
 }
 
 fn options() -> Fallible<Options> {
@@ -315,6 +317,7 @@ fn options() -> Fallible<Options> {
         stores: vec!["memory".into(), "sqlite".into(), "postgres".into()],
         events: 40_000,
         pause: Duration::from_millis(5),
+        workers: WORKERS.to_vec(),
         postgres: std::env::var("EVENTSOURCE_BENCH_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test?schema=bench_groups".into()),
     };
@@ -326,6 +329,7 @@ fn options() -> Fallible<Options> {
             "--events" => options.events = value()?.parse()?,
             "--pause" => options.pause = Duration::from_millis(value()?.parse()?),
             "--postgres" => options.postgres = value()?,
+            "--workers" => options.workers = value()?.split(',').map(str::parse).collect::<Result<_, _>>()?,
             other => return Err(format!("unknown option {other}").into()),
         }
     }
@@ -397,7 +401,7 @@ async fn main() -> Fallible {
         }
         for place in places {
             let mut first = None;
-            for workers in WORKERS {
+            for &workers in &options.workers {
                 let rate = match (place, &url) {
                     ("processes", Some(url)) => {
                         in_processes(&stores, url, options.events, workers, pause).await?

@@ -56,7 +56,9 @@
 //! - `eventsource_subscriptions`: a row per subscription, its checkpoint and its lease
 //!   (owner, until when, on the server's clock); `eventsource_dead_letters`: the events a
 //!   subscription gave up on.
-//! - `eventsource_migrations`: the layout steps applied, with when.
+//! - `eventsource_migrations`: the layout steps applied, with when;
+//!   `eventsource_settings`: the store's settings, a name and a value each (its number of
+//!   slices, step 10).
 //!
 //! Payloads, metadata and states are `json`, which checks that the text is JSON and keeps it
 //! as written, so it reads back byte for byte (`-0.0` stays `-0.0`, a `\u0000` escape is
@@ -131,6 +133,15 @@
 //! stored, the store recognises the batch by its event ids and returns `Ok` with its version
 //! (see the [`EventStore`](crate::EventStore) contract); if it was not, it is stored now.
 //! Event ids are unique, so an event can never be stored twice.
+//!
+//! **A plain subscription's checkpoint is committed without waiting for the disk**
+//! (`synchronous_commit` off for that one statement): a crash of the server can lose the last
+//! checkpoints saved before it (a fraction of a second's worth), which hands those events
+//! over again, as at least once allows. Nothing else is lost with them: the server writes its
+//! log in order, so any commit that does wait (an append, a lease taken, a projection's batch)
+//! makes every checkpoint before it durable too. This takes the wait for the disk off every
+//! batch a subscription handles. A projection's checkpoint commits with its read model's
+//! transaction, as durably as the server is set to.
 //!
 //! # The global feed never skips
 //!

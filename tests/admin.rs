@@ -645,6 +645,88 @@ fn doctor_reports_the_durability_settings() {
     assert!(text.contains("RISK  journal_mode = memory"), "{text}");
 }
 
+/// `doctor` warns of an aggregate type whose loads replay more than `--max-replay` events
+/// after their snapshot (gone once the snapshots are warmed), of streams whose snapshots the
+/// program cannot use, of snapshots of a newer schema, and of a running consumer more than
+/// `--max-lag` events behind; warnings leave the exit code at 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_warns_of_stale_snapshots_and_slow_consumers() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("bank.db").display());
+    let stores = eventsource::backend::open(&url).await.unwrap();
+    let (ids, _) = fill(&stores).await;
+    let findings = |report: &Value| -> Vec<String> {
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| format!("{} {}", f["area"].as_str().unwrap(), f["what"].as_str().unwrap()))
+            .collect()
+    };
+    assert_eq!(findings(&json(&url, &["doctor"], 0)), Vec::<String>::new());
+    let stale = json(&url, &["doctor", "--max-replay", "10"], 0);
+    let stale = findings(&stale);
+    assert!(
+        stale
+            .iter()
+            .any(|f| f.starts_with("snapshots loads of Account replay up to 24 event(s)")),
+        "{stale:?}"
+    );
+    json(&url, &["snapshots", "rewarm", "--type", "Account"], 0);
+    assert_eq!(
+        findings(&json(&url, &["doctor", "--max-replay", "10"], 0)),
+        Vec::<String>::new()
+    );
+
+    // A snapshot past its stream's head, and one of a schema newer than the program's.
+    let past = eventsource::testing::snapshot(ids[3], "Account", 999, 1);
+    stores.snapshots.delete_snapshot(ids[3], "Account").await.unwrap();
+    stores.snapshots.save_snapshot(&past).await.unwrap();
+    let newer = eventsource::testing::snapshot(ids[4], "Account", 2, 7);
+    stores.snapshots.save_snapshot(&newer).await.unwrap();
+    let found = findings(&json(&url, &["doctor"], 0));
+    assert!(
+        found
+            .iter()
+            .any(|f| f.starts_with("snapshots 1 stream(s) of Account have only snapshots")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|f| f.contains("Account has snapshots of schema 7")),
+        "{found:?}"
+    );
+
+    // A consumer that holds its lease and stays behind.
+    let consumer = Uuid::new_v4();
+    let lease = std::time::Duration::from_secs(60);
+    assert!(stores
+        .subscriptions
+        .acquire("slow", consumer, lease)
+        .await
+        .unwrap());
+    assert!(stores
+        .subscriptions
+        .save_checkpoint("slow", consumer, 1)
+        .await
+        .unwrap());
+    let behind = findings(&json(&url, &["doctor", "--max-lag", "5"], 0));
+    assert!(
+        behind
+            .iter()
+            .any(|f| f.starts_with("consumers slow runs") && f.contains("behind the feed")),
+        "{behind:?}"
+    );
+    assert!(
+        !findings(&json(&url, &["doctor"], 0))
+            .iter()
+            .any(|f| f.starts_with("consumers slow")),
+        "within the default limit"
+    );
+    stores.subscriptions.release("slow", consumer).await.unwrap();
+}
+
 /// `doctor` on PostgreSQL: tables behind this program's layout are a serious finding (exit
 /// 1) that names what to run; once migrated, the store is clean, and a subscription's dead
 /// letters are a warning that leaves the exit code at 0.

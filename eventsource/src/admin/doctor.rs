@@ -1,12 +1,13 @@
 //! `doctor`: what an operator runs first. It checks that the store keeps every write it
-//! acknowledges, that its tables have the layout this program writes, and how the consumers
-//! fare, and prints each finding with what to do; it exits 1 when one is serious.
+//! acknowledges, that its tables have the layout this program writes, how fresh the snapshots
+//! of each aggregate type are and how the consumers fare, and prints each finding with what
+//! to do; it exits 1 when one is serious.
 
 use serde::Serialize;
 
 use super::output::{thousands, Output};
-use super::stats::subscriptions;
-use super::{AdminError, Outcome};
+use super::stats::{streams, subscriptions};
+use super::{every_registered, AdminError, Outcome};
 use crate::backend::Stores;
 use crate::text::escape;
 
@@ -29,9 +30,17 @@ struct SettingView {
     risk: Option<&'static str>,
 }
 
+/// Where a warning starts.
+pub(super) struct Limits {
+    /// Events a load replays after its snapshot, at the 99th percentile of a type's streams.
+    pub(super) max_replay: u64,
+    /// Events a running consumer is behind the feed.
+    pub(super) max_lag: u64,
+}
+
 #[derive(Serialize)]
 struct Finding {
-    /// `durability`, `layout` or `consumers`.
+    /// `durability`, `layout`, `snapshots` or `consumers`.
     area: &'static str,
     /// Whether it risks data or keeps the program from working: the command then exits 1.
     serious: bool,
@@ -39,7 +48,11 @@ struct Finding {
     todo: String,
 }
 
-pub(super) async fn run(stores: &Stores, out: &mut Output<'_>) -> Result<Outcome, AdminError> {
+pub(super) async fn run(
+    stores: &Stores,
+    limits: Limits,
+    out: &mut Output<'_>,
+) -> Result<Outcome, AdminError> {
     let durability = stores.durability().await?;
     let mut findings: Vec<Finding> = durability
         .risks()
@@ -66,9 +79,26 @@ pub(super) async fn run(stores: &Stores, out: &mut Output<'_>) -> Result<Outcome
         }),
         _ => {}
     }
-    // The consumers, unless the tables are not there to list them yet.
+    // The snapshots and the consumers, unless the tables are not there to list them yet.
     if layout.is_none_or(|(applied, latest)| applied == latest) {
+        findings.extend(snapshot_findings(stores, &limits).await?);
         for s in subscriptions(stores, &[]).await? {
+            if s.state == "active" && s.lag > limits.max_lag {
+                findings.push(Finding {
+                    area: "consumers",
+                    serious: false,
+                    what: format!(
+                        "{} runs {} event(s) behind the feed (more than {})",
+                        escape(&s.name),
+                        thousands(s.lag),
+                        thousands(limits.max_lag)
+                    ),
+                    todo: "look again in a minute: if the lag does not shrink, the consumer is too \
+                        slow or stuck (see `admin projections status`); run it as a consumer group \
+                        with more workers"
+                        .into(),
+                });
+            }
             if s.dead_letters > 0 {
                 findings.push(Finding {
                     area: "consumers",
@@ -149,4 +179,72 @@ pub(super) async fn run(stores: &Stores, out: &mut Output<'_>) -> Result<Outcome
     } else {
         Outcome::Clean
     })
+}
+
+/// For each registered aggregate type with streams: loads that replay more than the limit
+/// after their snapshot, streams whose snapshots this program cannot use, and snapshots of a
+/// schema newer than the program's.
+async fn snapshot_findings(stores: &Stores, limits: &Limits) -> Result<Vec<Finding>, AdminError> {
+    let mut findings = Vec::new();
+    for aggregate in every_registered() {
+        let (states, snapshots) = streams(stores, aggregate).await?;
+        if states.is_empty() {
+            continue;
+        }
+        let name = escape(aggregate.name);
+        let rewarm = format!("`admin snapshots rewarm --type {name}`");
+        let mut replays: Vec<u64> = states.iter().map(|s| s.staleness()).collect();
+        replays.sort_unstable();
+        let p99 = replays[((replays.len() - 1) as f64 * 0.99).round() as usize];
+        if p99 > limits.max_replay {
+            let covered = states.iter().filter(|s| s.usable.is_some()).count();
+            findings.push(Finding {
+                area: "snapshots",
+                serious: false,
+                what: format!(
+                    "loads of {name} replay up to {} event(s) after their snapshot (99th \
+                     percentile {}, more than {}); {} of {} stream(s) start from a snapshot",
+                    thousands(replays[replays.len() - 1]),
+                    thousands(p99),
+                    thousands(limits.max_replay),
+                    thousands(covered as u64),
+                    thousands(states.len() as u64)
+                ),
+                todo: format!("{rewarm}, and snapshot more often (the repository's SnapshotPolicy)"),
+            });
+        }
+        let unusable = states.iter().filter(|s| s.stored && s.usable.is_none()).count();
+        if unusable > 0 {
+            findings.push(Finding {
+                area: "snapshots",
+                serious: false,
+                what: format!(
+                    "{} stream(s) of {name} have only snapshots this program cannot use (of a \
+                     schema it does not migrate, or past the stream's head): their loads replay \
+                     in full",
+                    thousands(unusable as u64)
+                ),
+                todo: rewarm.clone(),
+            });
+        }
+        if let Some(newer) = snapshots
+            .iter()
+            .map(|s| s.schema_version)
+            .filter(|v| *v > aggregate.schema_version)
+            .max()
+        {
+            findings.push(Finding {
+                area: "snapshots",
+                serious: false,
+                what: format!(
+                    "{name} has snapshots of schema {newer}, newer than this program's {}",
+                    aggregate.schema_version
+                ),
+                todo: "expected while two releases run side by side; otherwise this program is \
+                    older than the one that writes the store"
+                    .into(),
+            });
+        }
+    }
+    Ok(findings)
 }

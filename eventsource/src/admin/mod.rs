@@ -15,6 +15,8 @@
 //! projections rebuild NAME | reset NAME            (asks first)
 //! events tail [--aggregate-type T] [--event-type E] [--from-start]
 //! events show ID
+//! doctor [--max-replay N] [--max-lag N]            durability, layout, snapshots, consumers:
+//!                                                  findings with what to do
 //! ```
 //!
 //! Output is for people by default and JSON with `--json`. The exit status is 0 when all is
@@ -120,9 +122,18 @@ pub enum AdminCommand {
     /// Follows or shows the events.
     #[command(subcommand)]
     Events(EventsCommand),
-    /// Checks the store: whether its database keeps every write it acknowledged. Exits 1
-    /// when a setting risks acknowledged events.
-    Doctor,
+    /// Checks the store: whether its database keeps every write it acknowledged, its
+    /// layout, the snapshots of each aggregate type and the consumers; prints each finding
+    /// with what to do. Exits 1 when one is serious.
+    Doctor {
+        /// Warns of an aggregate type whose loads replay more events than this after their
+        /// snapshot (at the 99th percentile).
+        #[arg(long, value_name = "EVENTS", default_value_t = 1_000)]
+        max_replay: u64,
+        /// Warns of a subscription or projection running this many events behind the feed.
+        #[arg(long, value_name = "EVENTS", default_value_t = 10_000)]
+        max_lag: u64,
+    },
 }
 
 /// `snapshots ...`
@@ -418,7 +429,9 @@ impl Admin {
                 projections::run(&stores, &projections, command, &mut out).await
             }
             AdminCommand::Events(command) => events::run(&stores, command, &mut out).await,
-            AdminCommand::Doctor => doctor::run(&stores, &mut out).await,
+            AdminCommand::Doctor { max_replay, max_lag } => {
+                doctor::run(&stores, doctor::Limits { max_replay, max_lag }, &mut out).await
+            }
         }
     }
 

@@ -108,7 +108,7 @@ async fn run_all_runs_every_check_on_one_store() {
     eventsource::testing::stores::run_all(&eventsource::backend::Stores::in_memory()).await;
     eventsource::testing::event_store::run_all(&InMemoryEventStore::new()).await;
     eventsource::testing::snapshot_store::run_all(&InMemorySnapshotStore::new()).await;
-    assert_eq!(eventsource::testing::subscription_store::NAMES.len(), 8);
+    assert_eq!(eventsource::testing::subscription_store::NAMES.len(), 9);
     eventsource::testing::subscription_store::run_all(&InMemorySubscriptionStore::new()).await;
 }
 

@@ -644,6 +644,15 @@ impl SubscriptionStore for InMemorySubscriptionStore {
         self.with(name, |s| s.dead_letters.clone())
     }
 
+    async fn remove_dead_letters(&self, name: &str, event_ids: &[Uuid]) -> Result<u64> {
+        self.with(name, |s| {
+            let before = s.dead_letters.len();
+            s.dead_letters
+                .retain(|letter| !event_ids.contains(&letter.event_id));
+            (before - s.dead_letters.len()) as u64
+        })
+    }
+
     async fn subscriptions(&self) -> Result<Vec<crate::subscription::SubscriptionStatus>> {
         let now = Instant::now();
         let all = self.inner.lock().unwrap_or_else(|p| p.into_inner());

@@ -83,6 +83,7 @@
 
 mod group;
 mod memory;
+mod replay;
 mod runner;
 
 pub use memory::{InMemoryReadModel, MemoryProjection};

@@ -243,9 +243,28 @@ impl Projection {
         ConsumerGroup::of(self, Projection::subscription, ranges)
     }
 
+    /// What to do with a batch whose commit still fails after the last attempt:
+    /// [`OnFailure::Stop`](crate::subscription::OnFailure::Stop) by default, since skipping an
+    /// event leaves the read model without it. With
+    /// [`OnFailure::DeadLetter`](crate::subscription::OnFailure::DeadLetter) the batch is
+    /// committed one event at a time, each with its checkpoint; an event that fails alone is
+    /// recorded as a dead letter and passed over, and the read model lacks it until it is
+    /// replayed ([`replay_dead_letters`](Self::replay_dead_letters), `admin deadletters
+    /// replay`) once the code is fixed.
+    #[must_use]
+    pub fn on_failure(mut self, policy: crate::subscription::OnFailure) -> Self {
+        self.subscription = self.subscription.on_failure(policy);
+        self
+    }
+
     /// The subscription that reads its feed.
     pub(crate) fn subscription(&self) -> &Subscription {
         &self.subscription
+    }
+
+    /// Its read model.
+    pub(crate) fn model(&self) -> &dyn ReadModelStore {
+        &*self.model
     }
 
     /// Runs `range`, one range of its consumer group, as `owner` until `stop`, each batch
@@ -325,7 +344,8 @@ impl Sink for Committing<'_> {
             owner,
             after,
             last,
-            committed: false,
+            batch: taken.len(),
+            fenced: false,
         };
         if taken.is_empty() {
             // Only the checkpoint moves, with the retries of any batch.
@@ -335,8 +355,16 @@ impl Sink for Committing<'_> {
                 .map_err(|e| self.projection.failed("commit the checkpoint of", e))?;
         } else {
             subscription.deliver(&mut transaction, taken).await?;
+            if !transaction.fenced && transaction.after != Some(last) {
+                // Committed one event at a time, the last dead-lettered or followed by
+                // events the projection does not take: the checkpoint moves to the batch's end.
+                subscription
+                    .attempt(&mut transaction, &[])
+                    .await
+                    .map_err(|e| self.projection.failed("commit the checkpoint of", e))?;
+            }
         }
-        if !transaction.committed {
+        if transaction.fenced {
             return Ok(false);
         }
         if subscription.name() == self.projection.name() {
@@ -355,22 +383,40 @@ impl Sink for Committing<'_> {
 }
 
 /// One attempt at a batch: the read model's transaction.
+///
+/// The whole batch (or none of its events) commits the batch's last position; a part of it
+/// (under [`OnFailure::DeadLetter`](crate::subscription::OnFailure::DeadLetter), one event at a
+/// time) commits up to its own last event, so that an event recorded as a dead letter between
+/// two others is passed over by the next commit.
 struct Transaction<'m> {
     model: &'m dyn ReadModelStore,
     name: &'m str,
     owner: Uuid,
+    /// The checkpoint as stored: where the next commit moves it from.
     after: Option<u64>,
     last: u64,
-    committed: bool,
+    /// How many events the batch hands over.
+    batch: usize,
+    /// Whether a commit was refused: the lease is lost, or another consumer moved on.
+    fenced: bool,
 }
 
 #[async_trait]
 impl Handler for Transaction<'_> {
     async fn handle(&mut self, events: &[StoredEvent]) -> std::result::Result<(), HandlerError> {
-        self.committed = self
+        let last = match events.last() {
+            Some(event) if events.len() < self.batch => event.position,
+            _ => self.last,
+        };
+        if self
             .model
-            .commit(self.name, self.owner, self.after, events, self.last)
-            .await?;
+            .commit(self.name, self.owner, self.after, events, last)
+            .await?
+        {
+            self.after = Some(last);
+        } else {
+            self.fenced = true;
+        }
         Ok(())
     }
 }

@@ -69,6 +69,7 @@ mod lease;
 mod metrics;
 pub(crate) mod names;
 pub(crate) mod range;
+pub mod replay;
 mod store;
 pub mod supervisor;
 
@@ -76,6 +77,7 @@ pub use consumer::{Consumer, ConsumerOptions};
 pub use guard::{Disorder, OnDisorder};
 pub use handler::{Handler, HandlerError, Typed};
 pub use metrics::SubscriptionMetrics;
+pub use replay::{ReplayOptions, ReplayOutcome, ReplayReport, Replayed};
 pub use store::{
     validate_name, validate_stored_name, DeadLetter, SubscriptionStatus, SubscriptionStore, MAX_NAME_LEN,
 };

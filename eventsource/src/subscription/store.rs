@@ -90,6 +90,10 @@ pub trait SubscriptionStore: Send + Sync {
     /// The events `name` gave up on, in the order it gave up.
     async fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>>;
 
+    /// Removes the dead letters of `name` for the events `event_ids` (a replay handled
+    /// them); how many it removed. The letters of other names, and of other events, stay.
+    async fn remove_dead_letters(&self, name: &str, event_ids: &[Uuid]) -> Result<u64>;
+
     /// Every subscription the store knows (that ever took a lease), by name: what the admin
     /// command line lists.
     async fn subscriptions(&self) -> Result<Vec<SubscriptionStatus>>;
@@ -119,6 +123,9 @@ impl<S: SubscriptionStore + ?Sized> SubscriptionStore for Arc<S> {
     }
     async fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>> {
         (**self).dead_letters(name).await
+    }
+    async fn remove_dead_letters(&self, name: &str, event_ids: &[Uuid]) -> Result<u64> {
+        (**self).remove_dead_letters(name, event_ids).await
     }
     async fn subscriptions(&self) -> Result<Vec<SubscriptionStatus>> {
         (**self).subscriptions().await

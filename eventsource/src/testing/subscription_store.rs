@@ -25,6 +25,7 @@ macro_rules! __subscription_store_checks {
             racing_owners_get_one_lease
             checkpoints_are_fenced_by_the_lease
             dead_letters_read_back_in_order
+            removing_dead_letters_removes_only_those
             subscriptions_are_listed_with_their_state
             subscription_names_are_checked
             a_reset_forgets_the_state_of_the_group_too
@@ -186,6 +187,44 @@ pub async fn dead_letters_read_back_in_order(store: &dyn SubscriptionStore) {
         .await
         .unwrap()
         .is_empty());
+}
+
+/// [`SubscriptionStore::remove_dead_letters`] removes the letters of the name for the events
+/// given, and says how many; those of other events and other names stay.
+pub async fn removing_dead_letters_removes_only_those(store: &dyn SubscriptionStore) {
+    let (name, other) = (unique_type("Replayed"), unique_type("Replayed"));
+    let events = [poisoned(4), poisoned(5), poisoned(6)];
+    for event in &events {
+        store.dead_letter(&name, event, "failed").await.unwrap();
+        store.dead_letter(&other, event, "failed").await.unwrap();
+    }
+    let removed = store
+        .remove_dead_letters(&name, &[events[0].event_id, events[2].event_id, Uuid::new_v4()])
+        .await
+        .unwrap();
+    assert_eq!(removed, 2);
+    let left: Vec<Uuid> = store
+        .dead_letters(&name)
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| l.event_id)
+        .collect();
+    assert_eq!(left, [events[1].event_id]);
+    assert_eq!(
+        store.dead_letters(&other).await.unwrap().len(),
+        3,
+        "another name's stay"
+    );
+    assert_eq!(store.remove_dead_letters(&name, &[]).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .remove_dead_letters(&name, &[events[0].event_id])
+            .await
+            .unwrap(),
+        0,
+        "removed already"
+    );
 }
 
 /// [`SubscriptionStore::subscriptions`] lists every subscription that took a lease, with its

@@ -185,6 +185,20 @@ impl SubscriptionStore for PostgresSubscriptionStore {
         .map(drop)
     }
 
+    async fn remove_dead_letters(&self, name: &str, event_ids: &[Uuid]) -> Result<u64> {
+        validate_stored_name(name)?;
+        let removed = sqlx::query(&format!(
+            "DELETE FROM {} WHERE subscription = $1 AND event_id = ANY($2)",
+            self.layout.dead_letters
+        ))
+        .bind(name)
+        .bind(event_ids)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| query_error(&format!("cannot remove dead letters of subscription {name}"), e))?;
+        Ok(removed.rows_affected())
+    }
+
     async fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>> {
         validate_stored_name(name)?;
         let rows: Vec<(i64, Uuid, String, String, DateTime<Utc>)> = sqlx::query_as(&format!(

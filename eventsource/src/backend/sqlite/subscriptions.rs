@@ -47,6 +47,9 @@ const DEAD_LETTER: &str = "INSERT INTO {p}eventsource_dead_letters
 const DEAD_LETTERS: &str = "SELECT position, event_id, event_type, error, failed_at
     FROM {p}eventsource_dead_letters WHERE subscription = ?1 ORDER BY id";
 
+const REMOVE_DEAD_LETTER: &str =
+    "DELETE FROM {p}eventsource_dead_letters WHERE subscription = ?1 AND event_id = ?2";
+
 const SUBSCRIPTIONS: &str = "SELECT s.name, s.position, CASE WHEN s.lease_until > ?1 THEN s.owner END,
         (SELECT count(*) FROM {p}eventsource_dead_letters d WHERE d.subscription = s.name)
     FROM {p}eventsource_subscriptions s ORDER BY s.name";
@@ -62,6 +65,7 @@ pub(super) struct Sql {
     pub(super) reset: String,
     dead_letter: String,
     dead_letters: String,
+    remove_dead_letter: String,
     subscriptions: String,
 }
 
@@ -76,6 +80,7 @@ impl Sql {
             reset: prefix.sql(RESET),
             dead_letter: prefix.sql(DEAD_LETTER),
             dead_letters: prefix.sql(DEAD_LETTERS),
+            remove_dead_letter: prefix.sql(REMOVE_DEAD_LETTER),
             subscriptions: prefix.sql(SUBSCRIPTIONS),
         }
     }
@@ -252,6 +257,29 @@ impl SubscriptionStore for SqliteSubscriptionStore {
         )
         .await
         .map(drop)
+    }
+
+    async fn remove_dead_letters(&self, name: &str, event_ids: &[Uuid]) -> Result<u64> {
+        validate_stored_name(name)?;
+        let (key, ids, sql) = (name.to_owned(), event_ids.to_vec(), self.sql.clone());
+        let what = format!("cannot remove dead letters of subscription {name}");
+        self.database
+            .write(move |connection| {
+                let remove = || -> rusqlite::Result<u64> {
+                    let tx = connection.transaction()?;
+                    let mut removed = 0;
+                    {
+                        let mut delete = tx.prepare_cached(&sql.remove_dead_letter)?;
+                        for id in ids {
+                            removed += delete.execute((&key, id.hyphenated().to_string()))? as u64;
+                        }
+                    }
+                    tx.commit()?;
+                    Ok(removed)
+                };
+                remove().map_err(|e| store_error(what, e))
+            })
+            .await
     }
 
     async fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>> {

@@ -367,6 +367,14 @@ async fn hostile_names(path: &std::path::Path) {
         text.contains(r"Bad\u{1b}]0;owned\u{7}") && text.contains(r"boom\r\nforged: line\u{9b}2J"),
         "{text}"
     );
+    let letters = admin(&url, &["deadletters", "list"]);
+    assert_eq!(letters.status.code(), Some(0));
+    let text = String::from_utf8(letters.stdout).unwrap();
+    assert!(inert(&text), "{text:?}");
+    assert!(
+        text.contains(escaped.as_str()) && text.contains(r"Bad\u{1b}]0;owned\u{7}"),
+        "{text}"
+    );
     let reset = admin(&url, &["projections", "reset", evil, "--yes"]);
     assert_eq!(
         reset.status.code(),
@@ -643,6 +651,129 @@ fn doctor_reports_the_durability_settings() {
     assert!(journal["risk"].is_string(), "{memory}");
     let text = String::from_utf8(admin("sqlite::memory:", &["doctor"]).stdout).unwrap();
     assert!(text.contains("RISK  journal_mode = memory"), "{text}");
+}
+
+/// `deadletters`: a projection's letters listed and shown with their event; a replay of an
+/// event the read model takes again (a deposit) succeeds, in a dry run without removing it,
+/// then for real, removing it and leaving the checkpoint; an event it refuses again (an
+/// account opened twice) still fails (exit 1) and stays; a plain subscription's letters are
+/// listed but not replayed by the command line (exit 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_shown_and_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("bank.db").display());
+    let stores = eventsource::backend::open(&url).await.unwrap();
+    fill(&stores).await;
+    const MODEL: &str = "bank-read-model-v2";
+    json(&url, &["projections", "rebuild", MODEL, "--yes"], 0);
+    let checkpoint = |stats: &Value| {
+        stats
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == MODEL)
+            .unwrap()["checkpoint"]
+            .clone()
+    };
+    let before = checkpoint(&json(&url, &["projections", "list"], 0));
+    let feed: Vec<StoredEvent> = stores.events.read_all(0).try_collect().await.unwrap();
+    let opened = feed.iter().find(|e| &*e.event_type == "AccountOpened").unwrap();
+    let deposit = feed.iter().find(|e| &*e.event_type == "MoneyDeposited").unwrap();
+    // A subscription records letters while it holds its lease: it is then listed.
+    let consumer = Uuid::new_v4();
+    let lease = std::time::Duration::from_secs(1);
+    assert!(stores
+        .subscriptions
+        .acquire("mailer", consumer, lease)
+        .await
+        .unwrap());
+    stores.subscriptions.release("mailer", consumer).await.unwrap();
+    for (name, event) in [(MODEL, opened), (MODEL, deposit), ("mailer", deposit)] {
+        stores
+            .subscriptions
+            .dead_letter(name, event, "refused\nsecond line")
+            .await
+            .unwrap();
+    }
+
+    let listed = json(&url, &["deadletters", "list"], 0);
+    assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
+    let mine = json(&url, &["deadletters", "list", MODEL], 0);
+    assert_eq!(mine.as_array().unwrap().len(), 2, "{mine}");
+    let text = String::from_utf8(admin(&url, &["deadletters", "list"]).stdout).unwrap();
+    assert!(
+        text.contains("refused") && text.contains("3 dead letter(s)"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("second line"),
+        "only the first line of an error: {text}"
+    );
+
+    let shown = json(
+        &url,
+        &["deadletters", "show", MODEL, &deposit.event_id.to_string()],
+        0,
+    );
+    assert_eq!(shown["event_type"], "MoneyDeposited", "{shown}");
+    assert_eq!(
+        shown["event"]["aggregate_id"],
+        deposit.aggregate_id.to_string(),
+        "{shown}"
+    );
+    assert!(shown["event"]["payload"].is_object(), "{shown}");
+    let unknown = admin(&url, &["deadletters", "show", MODEL, &Uuid::new_v4().to_string()]);
+    assert_eq!(unknown.status.code(), Some(2));
+
+    let dry = json(&url, &["deadletters", "replay", MODEL, "--dry-run"], 1);
+    let outcomes: Vec<&str> = dry["letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["failed", "would_succeed"], "{dry}");
+    assert_eq!(
+        json(&url, &["deadletters", "list", MODEL], 0)
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let replayed = json(&url, &["deadletters", "replay", MODEL], 1);
+    let outcomes: Vec<&str> = replayed["letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["failed", "handled"], "{replayed}");
+    let left = json(&url, &["deadletters", "list", MODEL], 0);
+    let left: Vec<&str> = left
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, ["AccountOpened"], "the letter that still fails stays");
+    assert_eq!(
+        checkpoint(&json(&url, &["projections", "list"], 0)),
+        before,
+        "the checkpoint never moved"
+    );
+    let text = String::from_utf8(admin(&url, &["deadletters", "replay", MODEL, "--dry-run"]).stdout).unwrap();
+    assert!(
+        text.contains("FAILS") && text.contains("1 still failing"),
+        "{text}"
+    );
+
+    let refused = admin(&url, &["deadletters", "replay", "mailer"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("Subscription::replay_dead_letters"),
+        "{refused:?}"
+    );
 }
 
 /// `doctor` warns of an aggregate type whose loads replay more than `--max-replay` events

@@ -15,6 +15,8 @@
 //! projections rebuild NAME | reset NAME            (asks first)
 //! events tail [--aggregate-type T] [--event-type E] [--from-start]
 //! events show ID
+//! deadletters list [NAME] | show NAME EVENT_ID     what a subscription or projection gave up on
+//! deadletters replay NAME [--dry-run] [--limit N]  a projection's, through today's code
 //! doctor [--max-replay N] [--max-lag N]            durability, layout, snapshots, consumers:
 //!                                                  findings with what to do
 //! ```
@@ -60,6 +62,7 @@
 //!
 //! A binary of its own is [`Admin::main_from`] with `std::env::args_os()`.
 
+mod deadletters;
 mod doctor;
 mod events;
 mod output;
@@ -122,6 +125,9 @@ pub enum AdminCommand {
     /// Follows or shows the events.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Lists, shows and replays the events subscriptions and projections gave up on.
+    #[command(subcommand)]
+    Deadletters(DeadLettersCommand),
     /// Checks the store: whether its database keeps every write it acknowledged, its
     /// layout, the snapshots of each aggregate type and the consumers; prints each finding
     /// with what to do. Exits 1 when one is serious.
@@ -181,6 +187,37 @@ pub enum SnapshotsCommand {
         /// Does not ask for confirmation.
         #[arg(long)]
         yes: bool,
+    },
+}
+
+/// `deadletters ...`
+#[derive(Subcommand, Clone, Debug)]
+pub enum DeadLettersCommand {
+    /// The dead letters of one subscription or projection (and of its consumer group's
+    /// ranges), or of all of them.
+    List {
+        /// Its name; every one's without it.
+        name: Option<String>,
+    },
+    /// One dead letter in full: the handler's error and the event as the feed holds it.
+    Show {
+        /// The subscription's or projection's name.
+        name: String,
+        /// The event's id.
+        event_id: uuid::Uuid,
+    },
+    /// Applies a projection's dead letters again through today's code, one by one, each in
+    /// the read model's transaction (the checkpoint never moves), and removes those that now
+    /// succeed; reports what still fails (exit 1). Stop the projection's consumers first.
+    Replay {
+        /// The projection's name (one the program names).
+        name: String,
+        /// Runs each letter and rolls it back: reports what would succeed, removes nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// At most this many letters, the first recorded first.
+        #[arg(long)]
+        limit: Option<usize>,
     },
 }
 
@@ -429,6 +466,10 @@ impl Admin {
                 projections::run(&stores, &projections, command, &mut out).await
             }
             AdminCommand::Events(command) => events::run(&stores, command, &mut out).await,
+            AdminCommand::Deadletters(command) => {
+                let projections = self.open_projections(&stores)?;
+                deadletters::run(&stores, &projections, command, &mut out).await
+            }
             AdminCommand::Doctor { max_replay, max_lag } => {
                 doctor::run(&stores, doctor::Limits { max_replay, max_lag }, &mut out).await
             }

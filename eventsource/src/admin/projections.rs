@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::deadletters::DeadLetterView;
 use super::output::{confirm, thousands, took, Output};
 use super::stats::{kind, subscriptions, write_subscriptions, SubscriptionStats};
 use super::{listing, AdminError, Outcome, ProjectionsCommand};
 use crate::backend::Stores;
 use crate::group::{self, RangeStatus};
 use crate::projection::{Progress, Projection};
-use crate::subscription::DeadLetter;
 use crate::text::escape;
 
 /// Dead letters shown by `status`; the others are counted.
@@ -149,27 +149,6 @@ impl From<RangeStatus> for RangeView {
     }
 }
 
-#[derive(Serialize)]
-struct DeadLetterView {
-    position: u64,
-    event_id: uuid::Uuid,
-    event_type: String,
-    error: String,
-    failed_at: chrono::DateTime<chrono::Utc>,
-}
-
-impl From<DeadLetter> for DeadLetterView {
-    fn from(d: DeadLetter) -> Self {
-        DeadLetterView {
-            position: d.position,
-            event_id: d.event_id,
-            event_type: d.event_type,
-            error: d.error,
-            failed_at: d.failed_at,
-        }
-    }
-}
-
 async fn status(
     stores: &Stores,
     projections: &[Arc<Projection>],
@@ -177,7 +156,7 @@ async fn status(
     out: &mut Output<'_>,
 ) -> Result<Outcome, AdminError> {
     let subscription = find(stores, projections, name).await?;
-    let mut letters = stores.subscriptions.dead_letters(name).await?;
+    let letters = super::deadletters::letters(stores, Some(name)).await?;
     let mut ranges = Vec::new();
     if subscription.group.is_some() {
         if let Some(group) = group::status(
@@ -188,9 +167,6 @@ async fn status(
         )
         .await?
         {
-            for range in &group.ranges {
-                letters.extend(stores.subscriptions.dead_letters(&range.name).await?);
-            }
             ranges = group.ranges.into_iter().map(RangeView::from).collect();
         }
     }
@@ -236,14 +212,7 @@ async fn status(
         }
         writeln!(out, "  dead letters  {}", thousands(sub.dead_letters))?;
         for d in &s.dead_letter_events {
-            writeln!(
-                out,
-                "    #{} {} {}: {}",
-                d.position,
-                escape(&d.event_type),
-                d.event_id,
-                escape(&d.error)
-            )?;
+            writeln!(out, "    {}", d.in_full())?;
         }
         if sub.dead_letters > s.dead_letter_events.len() as u64 {
             writeln!(

@@ -262,7 +262,7 @@ impl<H: Handler> Replay for Handing<'_, H> {
 impl Subscription {
     /// Hands the events this subscription gave up on (see [`DeadLetter`]) to `handler` again,
     /// one by one, and removes the letter of each it now takes; see the
-    /// [module docs](self::replay) for what a replay guarantees. The letters of the ranges of
+    /// [module docs](crate::subscription::replay) for what a replay guarantees. The letters of the ranges of
     /// its consumer group are replayed too.
     ///
     /// # Errors

@@ -776,6 +776,74 @@ async fn dead_letters_are_listed_shown_and_replayed() {
     );
 }
 
+/// `migrate` on PostgreSQL: new tables have every step pending; `--print-sql` prints the
+/// script a team's own migration tool runs, which brings them to this program's layout (then
+/// nothing is pending, and `doctor` finds the store clean); `--apply` does the same itself.
+/// A SQLite file is brought up to date when opened.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_prints_the_pending_steps_as_sql_and_applies_them() {
+    on_postgres(|url| async move {
+        let plan = json(&url, &["migrate"], 0);
+        let latest = plan["plan"]["latest"].as_i64().unwrap();
+        assert_eq!(plan["plan"]["applied"], 0, "{plan}");
+        assert_eq!(
+            plan["plan"]["pending"].as_array().unwrap().len() as i64,
+            latest,
+            "{plan}"
+        );
+        let text = String::from_utf8(admin(&url, &["migrate"]).stdout).unwrap();
+        assert!(text.contains("pending   10  the store's settings"), "{text}");
+
+        let sql = admin(&url, &["migrate", "--print-sql"]);
+        assert_eq!(sql.status.code(), Some(0));
+        let sql = String::from_utf8(sql.stdout).unwrap();
+        assert!(
+            sql.starts_with("BEGIN;") && sql.trim_end().ends_with("COMMIT;"),
+            "{sql}"
+        );
+        assert_eq!(
+            json(&url, &["migrate"], 0)["plan"]["applied"],
+            0,
+            "printing changes nothing"
+        );
+        // The team's migration tool runs the script as it is.
+        let base = url.split('?').next().unwrap().to_owned();
+        let pool = eventsource::backend::postgres::PgPool::connect(&base)
+            .await
+            .unwrap();
+        eventsource::backend::postgres::sqlx::raw_sql(&sql)
+            .execute(&pool)
+            .await
+            .unwrap();
+        let after = json(&url, &["migrate"], 0);
+        assert_eq!(after["plan"]["applied"], latest, "{after}");
+        assert!(after["plan"]["pending"].as_array().unwrap().is_empty(), "{after}");
+        let clean = json(&url, &["doctor"], 0);
+        assert_eq!(clean["findings"].as_array().unwrap().len(), 0, "{clean}");
+        pool.close().await;
+    })
+    .await;
+    on_postgres(|url| async move {
+        let applied = json(&url, &["migrate", "--apply"], 0);
+        let latest = applied["plan"]["latest"].as_i64().unwrap();
+        assert_eq!(
+            applied["applied"].as_array().unwrap().len() as i64,
+            latest,
+            "{applied}"
+        );
+        assert!(json(&url, &["migrate"], 0)["plan"]["pending"]
+            .as_array()
+            .unwrap()
+            .is_empty());
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite:{}", dir.path().join("bank.db").display());
+    let report = json(&sqlite, &["migrate", "--print-sql"], 0);
+    assert_eq!(report["plan"], Value::Null, "{report}");
+}
+
 /// `doctor` warns of an aggregate type whose loads replay more than `--max-replay` events
 /// after their snapshot (gone once the snapshots are warmed), of streams whose snapshots the
 /// program cannot use, of snapshots of a newer schema, and of a running consumer more than

@@ -15,6 +15,7 @@
 //! projections rebuild NAME | reset NAME            (asks first)
 //! events tail [--aggregate-type T] [--event-type E] [--from-start]
 //! events show ID
+//! migrate [--print-sql | --apply]                 the tables' layout and pending steps, as SQL
 //! deadletters list [NAME] | show NAME EVENT_ID     what a subscription or projection gave up on
 //! deadletters replay NAME [--dry-run] [--limit N]  a projection's, through today's code
 //! doctor [--max-replay N] [--max-lag N]            durability, layout, snapshots, consumers:
@@ -65,6 +66,7 @@
 mod deadletters;
 mod doctor;
 mod events;
+mod migrate;
 mod output;
 mod projections;
 mod snapshots;
@@ -125,6 +127,17 @@ pub enum AdminCommand {
     /// Follows or shows the events.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// The layout of the tables and the steps pending (PostgreSQL; a SQLite file is brought
+    /// up to date when opened): as SQL for a review, or applied.
+    Migrate {
+        /// Prints the SQL script that applies the pending steps, for a review or a team's own
+        /// migration tool, and changes nothing.
+        #[arg(long, conflicts_with = "apply")]
+        print_sql: bool,
+        /// Applies the pending steps (what `--migrate` and `Stores::migrate` do).
+        #[arg(long)]
+        apply: bool,
+    },
     /// Lists, shows and replays the events subscriptions and projections gave up on.
     #[command(subcommand)]
     Deadletters(DeadLettersCommand),
@@ -466,6 +479,9 @@ impl Admin {
                 projections::run(&stores, &projections, command, &mut out).await
             }
             AdminCommand::Events(command) => events::run(&stores, command, &mut out).await,
+            AdminCommand::Migrate { print_sql, apply } => {
+                migrate::run(&stores, print_sql, apply, &mut out).await
+            }
             AdminCommand::Deadletters(command) => {
                 let projections = self.open_projections(&stores)?;
                 deadletters::run(&stores, &projections, command, &mut out).await

@@ -35,6 +35,18 @@ impl<'a> Output<'a> {
         Ok(())
     }
 
+    /// Whether the report is JSON (`--json`).
+    pub(super) fn is_json(&self) -> bool {
+        self.json
+    }
+
+    /// Writes `text` as it is: SQL for a review.
+    pub(super) fn raw(&mut self, text: &str) -> Result<(), AdminError> {
+        self.out.write_all(text.as_bytes())?;
+        self.out.flush()?;
+        Ok(())
+    }
+
     /// Writes one item of a stream of them: a JSON line with `--json`, else a text line.
     pub(super) fn item<T: Serialize>(
         &mut self,

@@ -3,6 +3,7 @@
 
 pub mod durability;
 pub mod memory;
+pub mod migration;
 mod param;
 #[cfg(feature = "postgres")]
 pub mod postgres;

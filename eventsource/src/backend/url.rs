@@ -384,6 +384,17 @@ impl Stores {
         }
     }
 
+    /// What [`migrate`](Self::migrate) would do now, where the stores migrate on request
+    /// (PostgreSQL): the pending steps and their SQL script; `None` where they are migrated
+    /// when opened (SQLite) or need no tables.
+    pub async fn migration_plan(&self) -> Result<Option<crate::backend::migration::MigrationPlan>> {
+        match &self.backend {
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(events) => events.migration_plan().await.map(Some),
+            _ => Ok(None),
+        }
+    }
+
     /// The durability settings of the stores' database, each with what an unsafe value
     /// risks; see [`durability`](crate::backend::durability). Stores put together by hand
     /// ([`Stores::new`]) have no backend to ask: [`Error::InvalidConfiguration`].

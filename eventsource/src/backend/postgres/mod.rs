@@ -472,6 +472,24 @@ impl PostgresEventStore {
         Ok((applied, schema::LATEST))
     }
 
+    /// What [`migrate`](Self::migrate) would do now: the pending steps and the SQL script
+    /// that applies them (see [`MigrationPlan`](crate::backend::migration::MigrationPlan)).
+    /// Nothing is changed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfiguration`] for tables of a newer layout than this library's; a
+    /// store error if the database cannot be read.
+    pub async fn migration_plan(&self) -> Result<crate::backend::migration::MigrationPlan> {
+        use crate::backend::migration::{MigrationPlan, PendingStep};
+        let (applied, latest) = self.layout_version().await?;
+        let script = schema::script(&self.layout, applied)?;
+        let pending = schema::pending(applied)
+            .map(|(version, description)| PendingStep::new(version, description))
+            .collect();
+        Ok(MigrationPlan::new(applied, latest, pending, script))
+    }
+
     /// The server's durability settings as this store's connections see them: `fsync`,
     /// `synchronous_commit` (which a database or role may set) and `full_page_writes`, each
     /// with what an unsafe value risks (see [`crate::backend::durability`]).

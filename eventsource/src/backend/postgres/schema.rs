@@ -95,6 +95,78 @@ pub(super) async fn migrate(pool: &PgPool, layout: &Layout) -> Result<SliceCount
         .execute(&mut *tx)
         .await
         .map_err(fail)?;
+    for statement in setup(layout) {
+        execute(&mut tx, &statement).await.map_err(fail)?;
+    }
+    let current: i64 = sqlx::query_scalar(&format!(
+        "SELECT coalesce(max(version), 0) FROM {}",
+        layout.migrations
+    ))
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(fail)?;
+    check_not_newer(current)?;
+    for (step, statements) in upgrade(layout, current) {
+        let fail = |e| match step {
+            Some(step) => query_error(
+                &format!(
+                    "cannot apply the PostgreSQL migration {} ({})",
+                    step.version, step.description
+                ),
+                e,
+            ),
+            None => query_error("cannot replace the feed's functions", e),
+        };
+        for statement in statements {
+            execute(&mut tx, &statement).await.map_err(fail)?;
+        }
+    }
+    let slices = recorded_slices(&mut tx, layout).await?;
+    tx.commit().await.map_err(fail)?;
+    Ok(slices)
+}
+
+/// What [`migrate`] would run on tables of layout `current`, as one SQL script for review or
+/// for a team's own migration tool: the transaction, its lock, and every statement, each
+/// step recorded as it is applied. A script is for tables of the layout it was made for: run
+/// on tables that have a step recorded already, its record of that step fails on the
+/// primary key and the whole transaction rolls back.
+pub(super) fn script(layout: &Layout, current: i64) -> Result<Vec<String>> {
+    check_not_newer(current)?;
+    let mut script = vec![
+        "BEGIN".to_owned(),
+        format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"),
+    ];
+    script.extend(setup(layout));
+    script.extend(
+        upgrade(layout, current)
+            .into_iter()
+            .flat_map(|(_, statements)| statements),
+    );
+    script.push("COMMIT".to_owned());
+    Ok(script)
+}
+
+/// The steps after `current`, with their description and version.
+pub(super) fn pending(current: i64) -> impl Iterator<Item = (i64, &'static str)> {
+    STEPS
+        .iter()
+        .filter(move |step| step.version > current)
+        .map(|step| (step.version, step.description))
+}
+
+fn check_not_newer(current: i64) -> Result<()> {
+    if current > LATEST {
+        return Err(Error::InvalidConfiguration(format!(
+            "the PostgreSQL tables have the eventsource layout {current}, newer than the layout \
+             {LATEST} of this version of the library; upgrade the program"
+        )));
+    }
+    Ok(())
+}
+
+/// The schema and the record of migrations, if missing.
+fn setup(layout: &Layout) -> Vec<String> {
     // "already exists, skipping" notices would be logged at every start-up.
     let mut setup = vec!["SET LOCAL client_min_messages TO warning".to_owned()];
     if let Some(schema) = &layout.schema {
@@ -108,22 +180,12 @@ pub(super) async fn migrate(pool: &PgPool, layout: &Layout) -> Result<SliceCount
         )",
         layout.migrations
     ));
-    for statement in setup {
-        execute(&mut tx, &statement).await.map_err(fail)?;
-    }
-    let current: i64 = sqlx::query_scalar(&format!(
-        "SELECT coalesce(max(version), 0) FROM {}",
-        layout.migrations
-    ))
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(fail)?;
-    if current > LATEST {
-        return Err(Error::InvalidConfiguration(format!(
-            "the PostgreSQL tables have the eventsource layout {current}, newer than the layout \
-             {LATEST} of this version of the library; upgrade the program"
-        )));
-    }
+    setup
+}
+
+/// The statements of each step after `current`, each step's followed by its record; then
+/// the feed's functions of this version, where step 7 ran under an earlier one.
+fn upgrade(layout: &Layout, current: i64) -> Vec<(Option<&'static Step>, Vec<String>)> {
     // Slices stored before the number was recorded were computed with the default.
     let created = Layout {
         slices: Some(match current >= SLICED {
@@ -132,38 +194,24 @@ pub(super) async fn migrate(pool: &PgPool, layout: &Layout) -> Result<SliceCount
         }),
         ..layout.clone()
     };
-    for step in STEPS.iter().filter(|step| step.version > current) {
-        let fail = |e| {
-            query_error(
-                &format!(
-                    "cannot apply the PostgreSQL migration {} ({})",
-                    step.version, step.description
-                ),
-                e,
-            )
-        };
-        for statement in (step.statements)(&created) {
-            execute(&mut tx, &statement).await.map_err(fail)?;
-        }
-        sqlx::query(&format!(
-            "INSERT INTO {} (version, description) VALUES ($1, $2)",
-            layout.migrations
-        ))
-        .bind(step.version)
-        .bind(step.description)
-        .execute(&mut *tx)
-        .await
-        .map_err(fail)?;
-    }
-    // The feed's functions of this version, also where step 7 ran under an earlier one.
+    let mut upgrade: Vec<(Option<&'static Step>, Vec<String>)> = STEPS
+        .iter()
+        .filter(|step| step.version > current)
+        .map(|step| {
+            let mut statements = (step.statements)(&created);
+            statements.push(format!(
+                "INSERT INTO {} (version, description) VALUES ({}, '{}')",
+                layout.migrations,
+                step.version,
+                step.description.replace('\'', "''")
+            ));
+            (Some(step), statements)
+        })
+        .collect();
     if current >= 7 {
-        for statement in feed_routines(layout) {
-            execute(&mut tx, &statement).await.map_err(fail)?;
-        }
+        upgrade.push((None, feed_routines(layout)));
     }
-    let slices = recorded_slices(&mut tx, layout).await?;
-    tx.commit().await.map_err(fail)?;
-    Ok(slices)
+    upgrade
 }
 
 /// The number of slices the store has, as step 10 recorded it; [`Error::InvalidConfiguration`]

@@ -152,6 +152,7 @@ impl RequestRecord {
     }
 
     /// This record with its time set, as a store read it back.
+    #[must_use]
     pub fn recorded_at(mut self, at: DateTime<Utc>) -> Self {
         self.recorded_at = at;
         self

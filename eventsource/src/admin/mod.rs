@@ -420,6 +420,7 @@ impl Admin {
     /// Names a projection, built on the stores the command line opens, so that
     /// `projections rebuild` and `reset` can run it. Subscriptions and projections not named
     /// are still listed, from their store.
+    #[must_use]
     pub fn projection(
         mut self,
         open: impl Fn(&Stores) -> crate::Result<Arc<Projection>> + Send + Sync + 'static,

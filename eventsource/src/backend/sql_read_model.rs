@@ -153,6 +153,21 @@ pub struct SqlReadModel<P> {
     inner: Inner<P>,
 }
 
+impl<P> std::fmt::Debug for SqlReadModel<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let backend = match &self.inner {
+            #[cfg(feature = "postgres")]
+            Inner::Postgres(_) => "postgres",
+            #[cfg(feature = "sqlite")]
+            Inner::Sqlite(_) => "sqlite",
+        };
+        f.debug_struct("SqlReadModel")
+            .field("projection", &std::any::type_name::<P>())
+            .field("backend", &backend)
+            .finish()
+    }
+}
+
 enum Inner<P> {
     #[cfg(feature = "postgres")]
     Postgres(crate::backend::postgres::PostgresReadModel<Portable<P>>),

@@ -191,24 +191,28 @@ impl Stores {
     }
 
     /// The same stores, with the event store's append signal.
+    #[must_use]
     pub fn with_append_signal(mut self, signal: AppendSignal) -> Self {
         self.append_signal = Some(signal);
         self
     }
 
     /// The same stores, with the event store's listing of streams.
+    #[must_use]
     pub fn with_stream_listing(mut self, listing: Arc<dyn StreamListing>) -> Self {
         self.stream_listing = Some(listing);
         self
     }
 
     /// The same stores, with the snapshot store's listing of snapshots.
+    #[must_use]
     pub fn with_snapshot_listing(mut self, listing: Arc<dyn SnapshotListing>) -> Self {
         self.snapshot_listing = Some(listing);
         self
     }
 
     /// The same stores, with the event store's index of request ids.
+    #[must_use]
     pub fn with_request_index(mut self, index: Arc<dyn RequestIndex>) -> Self {
         self.request_index = Some(index);
         self
@@ -225,12 +229,14 @@ impl Stores {
     }
 
     /// The same stores, with the event store's feed read by slices.
+    #[must_use]
     pub fn with_slice_feed(mut self, feed: Arc<dyn SliceFeed>) -> Self {
         self.slice_feed = Some(feed);
         self
     }
 
     /// The same stores, with joint statements; their snapshot store becomes the snapshot store.
+    #[must_use]
     pub fn with_joint_snapshots(mut self, joint: JointSnapshots) -> Self {
         self.snapshots = joint.store().clone();
         self.joint_snapshots = Some(joint);

@@ -82,18 +82,21 @@ impl SchemaLock {
     }
 
     /// This lock with the state of `A`.
+    #[must_use]
     pub fn with_aggregate<A: Aggregate>(self) -> Self {
         self.with_state::<A>(A::TYPE_NAME, A::SCHEMA_VERSION)
     }
 
     /// This lock with `T` as the state of aggregate type `name` at `schema_version`: the
     /// shape a state would have, to compare versions of a type side by side.
+    #[must_use]
     pub fn with_state<T: DeserializeOwned>(mut self, name: &str, schema_version: u32) -> Self {
         self.insert(Kind::State, name.to_owned(), schema_version, shape::trace::<T>());
         self
     }
 
     /// This lock with the event `E`.
+    #[must_use]
     pub fn with_event<E: Event>(mut self) -> Self {
         let name = format!("{}.{}", E::AGGREGATE_TYPE, E::EVENT_TYPE);
         self.insert(Kind::Event, name, E::EVENT_VERSION, shape::trace::<E>());

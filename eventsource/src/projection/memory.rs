@@ -29,6 +29,14 @@ pub struct InMemoryReadModel<P> {
     leases: InMemorySubscriptionStore,
 }
 
+impl<P> std::fmt::Debug for InMemoryReadModel<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InMemoryReadModel")
+            .field("projection", &std::any::type_name::<P>())
+            .finish_non_exhaustive()
+    }
+}
+
 struct Kept<P> {
     state: P,
 }

@@ -48,6 +48,17 @@ pub struct Command<'r, A: Aggregate> {
     fingerprint: Option<Fingerprint>,
 }
 
+impl<A: Aggregate> std::fmt::Debug for Command<'_, A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Command")
+            .field("aggregate_type", &A::TYPE_NAME)
+            .field("id", &self.id)
+            .field("attempts", &self.attempts)
+            .field("request_id", &self.request_id)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<A: Aggregate> Repository<A> {
     /// A command on the aggregate `id`: by default it loads the aggregate (or starts a new
     /// one if it has no events), makes up to 5 attempts, and waits from 5 ms to 200 ms

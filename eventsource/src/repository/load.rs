@@ -70,7 +70,7 @@ impl<A: Aggregate> Repository<A> {
     /// [`metrics`](Self::metrics). A stream with no events is [`Error::NotFound`].
     pub async fn load(&self, id: Uuid) -> Result<AggregateRoot<A>> {
         registry::check()?;
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "eventsource.repository.load",
             aggregate.id = %id,
             aggregate.type = A::TYPE_NAME,

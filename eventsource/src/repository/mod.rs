@@ -122,6 +122,7 @@ impl<A: Aggregate> Repository<A> {
     }
 
     /// The same repository, snapshotting into `store` as `policy` says.
+    #[must_use]
     pub fn with_snapshots(self, store: impl SnapshotStore + 'static, policy: SnapshotPolicy) -> Self {
         self.snapshotting(Arc::new(store), None, policy)
     }
@@ -132,6 +133,7 @@ impl<A: Aggregate> Repository<A> {
     /// [`with_snapshots`](Self::with_snapshots) on the same store; only the round trips differ.
     /// [`backend::Stores::repository`](crate::backend::Stores::repository) wires this when
     /// its backend has the ability.
+    #[must_use]
     pub fn with_joint_snapshots(self, joint: JointSnapshots, policy: SnapshotPolicy) -> Self {
         self.snapshotting(joint.store().clone(), Some(joint), policy)
     }
@@ -160,6 +162,7 @@ impl<A: Aggregate> Repository<A> {
     }
 
     /// The same repository, counting into `metrics`, which several repositories can share.
+    #[must_use]
     pub fn with_metrics(mut self, metrics: Arc<SnapshotMetrics>) -> Self {
         self.metrics = metrics;
         match self.snapshots.take() {
@@ -176,6 +179,7 @@ impl<A: Aggregate> Repository<A> {
     /// aggregate then wait for their turn instead of losing conflicts and deciding again.
     /// Clones share the queue. It orders the commands of this process only; writers in other
     /// processes still meet conflicts, which commands retry as usual.
+    #[must_use]
     pub fn with_command_queue(mut self) -> Self {
         self.commands = Some(Arc::default());
         self
@@ -188,6 +192,7 @@ impl<A: Aggregate> Repository<A> {
     /// a command finds its request id among its own aggregate's events only, by reading the
     /// stream, and refusals are decided again.
     /// [`backend::Stores::repository`](crate::backend::Stores::repository) wires it.
+    #[must_use]
     pub fn with_request_index(mut self, index: Arc<dyn RequestIndex>) -> Self {
         self.requests = Some(index);
         self
@@ -198,6 +203,7 @@ impl<A: Aggregate> Repository<A> {
     /// request sent later is decided again. Events a command stored answer its request id
     /// for as long as they are kept. [`RequestIndex::forget_refusals`] deletes the records
     /// of older refusals.
+    #[must_use]
     pub fn with_request_retention(mut self, retention: std::time::Duration) -> Self {
         self.request_retention = retention;
         self

@@ -67,6 +67,14 @@ pub fn operations_of(name: &str) -> Option<&'static dyn AggregateOperations> {
 /// The [`AggregateOperations`] of `A`.
 pub struct OperationsOf<A>(PhantomData<fn() -> A>);
 
+impl<A> std::fmt::Debug for OperationsOf<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("OperationsOf")
+            .field(&std::any::type_name::<A>())
+            .finish()
+    }
+}
+
 impl<A> OperationsOf<A> {
     /// The operations, as a constant the registration can point at.
     pub const NEW: Self = OperationsOf(PhantomData);

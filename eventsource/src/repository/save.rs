@@ -53,7 +53,7 @@ impl<A: Aggregate> Repository<A> {
             return Ok(root.version());
         }
         let saved = root.pending_events().len() as u64;
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "eventsource.repository.save",
             aggregate.id = %root.id(),
             aggregate.type = A::TYPE_NAME,

@@ -146,7 +146,7 @@ impl<A: Aggregate> Repository<A> {
     /// [`create_snapshot`](Self::create_snapshot), and whether the store kept the snapshot
     /// (it keeps a newer one of the schema instead).
     async fn write_root_snapshot(&self, root: &AggregateRoot<A>) -> Result<(Snapshot, bool)> {
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "eventsource.repository.create_snapshot",
             aggregate.id = %root.id(),
             aggregate.type = A::TYPE_NAME,

@@ -96,7 +96,7 @@ impl<A: Aggregate> Repository<A> {
     /// The load counts in [`metrics`](Self::metrics) as any load does. A stream with no
     /// events is [`Error::NotFound`](crate::Error::NotFound).
     pub async fn verify(&self, id: Uuid) -> Result<Verification> {
-        let span = tracing::info_span!("eventsource.repository.verify", aggregate.id = %id, aggregate.type = A::TYPE_NAME);
+        let span = tracing::debug_span!("eventsource.repository.verify", aggregate.id = %id, aggregate.type = A::TYPE_NAME);
         let (loaded, start) = self.load_in(id, &span).instrument(span.clone()).await?;
         let snapshot_version = start.snapshot_version();
         let unusable = match start {

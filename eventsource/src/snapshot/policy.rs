@@ -72,6 +72,7 @@ impl SnapshotPolicy {
 
     /// The same policy written in another mode. With [`SnapshotMode::Manual`] the threshold
     /// is kept but no automatic snapshot is taken.
+    #[must_use]
     pub fn with_mode(mut self, mode: SnapshotMode) -> Self {
         self.mode = mode;
         self
@@ -108,6 +109,7 @@ impl SnapshotPolicy {
 
     /// Lets snapshot store calls take as long as they take: a hanging snapshot store then
     /// hangs the loads and saves that call it. For stores that bound their own calls.
+    #[must_use]
     pub fn without_store_timeout(mut self) -> Self {
         self.store_timeout = None;
         self

@@ -105,6 +105,7 @@ pub trait Consumer: sealed::Sealed + Sized {
     /// signal does not see). [`Stores::subscription`](crate::backend::Stores::subscription)
     /// and [`Stores::projection`](crate::backend::Stores::projection) wire the backend's
     /// signal.
+    #[must_use]
     fn wake_on(mut self, signal: AppendSignal) -> Self {
         self.options_mut().signal = Some(signal);
         self
@@ -115,23 +116,27 @@ pub trait Consumer: sealed::Sealed + Sized {
     /// costs what it holds. Without it, each range reads the whole feed and keeps its own
     /// events. [`Stores::subscription`](crate::backend::Stores::subscription) and
     /// [`Stores::projection`](crate::backend::Stores::projection) wire the backend's feed.
+    #[must_use]
     fn slice_feed(mut self, feed: Arc<dyn SliceFeed>) -> Self {
         self.options_mut().slice_feed = Some(feed);
         self
     }
 
     /// Takes the events of this aggregate type too (by default, every event is taken).
+    #[must_use]
     fn aggregate_type(mut self, aggregate_type: &str) -> Self {
         self.options_mut().aggregate_types.push(aggregate_type.to_owned());
         self
     }
 
     /// Takes the events of `A`.
+    #[must_use]
     fn for_aggregate<A: Aggregate>(self) -> Self {
         self.aggregate_type(A::TYPE_NAME)
     }
 
     /// Takes events of this event type too (by default, events of every type are taken).
+    #[must_use]
     fn event_type(mut self, event_type: &str) -> Self {
         self.options_mut().event_types.push(event_type.to_owned());
         self
@@ -186,6 +191,7 @@ pub trait Consumer: sealed::Sealed + Sized {
     /// is [`OnDisorder::Count`]. The guard follows every aggregate of the types the consumer
     /// takes (whatever event types it takes), from the first event it sees of each after it
     /// starts, up to 100,000 aggregates at a time.
+    #[must_use]
     fn on_disorder(mut self, policy: OnDisorder) -> Self {
         self.options_mut().on_disorder = policy;
         self

@@ -40,6 +40,14 @@ pub struct Typed<A, F> {
     aggregate: PhantomData<fn() -> A>,
 }
 
+impl<A, F> std::fmt::Debug for Typed<A, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Typed")
+            .field("aggregate", &std::any::type_name::<A>())
+            .finish_non_exhaustive()
+    }
+}
+
 impl<A: Aggregate, F> Typed<A, F>
 where
     F: FnMut(&StoredEvent, A::Event) -> Result<(), HandlerError> + Send,

@@ -235,6 +235,7 @@ impl Subscription {
     }
 
     /// What to do with a batch that still fails after the last attempt.
+    #[must_use]
     pub fn on_failure(mut self, policy: OnFailure) -> Self {
         self.on_failure = policy;
         self
@@ -242,6 +243,7 @@ impl Subscription {
 
     /// With no checkpoint stored yet, starts after the events there are now instead of from
     /// the beginning of the feed.
+    #[must_use]
     pub fn starting_at_end(mut self) -> Self {
         self.start = Start::End;
         self
@@ -249,6 +251,7 @@ impl Subscription {
 
     /// With no checkpoint stored yet, starts after `position` instead of from the beginning
     /// of the feed.
+    #[must_use]
     pub fn starting_after(mut self, position: u64) -> Self {
         self.start = Start::After(position);
         self

@@ -44,6 +44,15 @@ pub struct Given<A: Aggregate> {
     root: AggregateRoot<A>,
 }
 
+impl<A: Aggregate> Debug for Given<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Given")
+            .field("aggregate_type", &A::TYPE_NAME)
+            .field("version", &self.root.version())
+            .finish_non_exhaustive()
+    }
+}
+
 /// The aggregate with its past events applied: each is applied as if loaded from a store.
 pub fn given<A: Aggregate>(events: impl IntoIterator<Item = A::Event>) -> Given<A> {
     let mut root = AggregateRoot::new(Uuid::new_v4());
@@ -75,6 +84,17 @@ pub struct When<A: Aggregate, E> {
     outcome: Result<(), E>,
 }
 
+impl<A: Aggregate, E: Debug> Debug for When<A, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("When")
+            .field("aggregate_type", &A::TYPE_NAME)
+            .field("outcome", &self.outcome)
+            .finish_non_exhaustive()
+    }
+}
+
+// Each check asserts when called; it returns the outcome only to chain the next one.
+#[allow(clippy::return_self_not_must_use)]
 impl<A: Aggregate, E: Debug> When<A, E> {
     /// Checks that the command succeeded and recorded exactly these events, in order.
     #[track_caller]

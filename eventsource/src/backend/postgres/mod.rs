@@ -382,6 +382,7 @@ impl PostgresEventStore {
     /// created already keeps its number: once it is given another, `migrate` and
     /// [`slice_count`](crate::SliceFeed::slice_count) are
     /// [`Error::InvalidConfiguration`]. The URL parameter `slices=N` does the same.
+    #[must_use]
     pub fn with_slices(self, slices: SliceCount) -> Self {
         let layout = Layout {
             slices: Some(slices),

@@ -62,6 +62,15 @@ pub struct PostgresReadModel<P> {
     projection: Arc<tokio::sync::Mutex<P>>,
 }
 
+impl<P> std::fmt::Debug for PostgresReadModel<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresReadModel")
+            .field("projection", &std::any::type_name::<P>())
+            .field("subscriptions", &self.subscriptions)
+            .finish()
+    }
+}
+
 impl<P: PostgresProjection> PostgresReadModel<P> {
     /// The read model of `projection`, its checkpoint in `subscriptions`' table (of the same
     /// database: [`PostgresEventStore::subscription_store`](super::PostgresEventStore::subscription_store)).

@@ -174,6 +174,7 @@ impl Database {
     /// slices (see [`crate::slice`]); [`SliceCount::DEFAULT`] otherwise. Stores that were
     /// created already keep theirs: opening one with another number is
     /// [`Error::InvalidConfiguration`](crate::Error::InvalidConfiguration).
+    #[must_use]
     pub fn with_slices(&self, slices: SliceCount) -> Self {
         Self {
             slices: Some(slices),

@@ -174,6 +174,7 @@ impl SqliteOptions {
     /// The prefix of the stores' table and index names (`app_` gives `app_events`,
     /// `app_snapshots`, ...), empty by default; see [`Database::with_prefix`]. It is checked
     /// when the stores open.
+    #[must_use]
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
@@ -181,6 +182,7 @@ impl SqliteOptions {
 
     /// The number of slices the stores have if they are created now (see
     /// [`Database::with_slices`]); [`SliceCount::DEFAULT`] otherwise.
+    #[must_use]
     pub fn slices(mut self, slices: SliceCount) -> Self {
         self.slices = Some(slices);
         self

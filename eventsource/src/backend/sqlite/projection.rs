@@ -45,6 +45,15 @@ pub struct SqliteReadModel<P> {
     projection: Arc<Mutex<P>>,
 }
 
+impl<P> std::fmt::Debug for SqliteReadModel<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteReadModel")
+            .field("projection", &std::any::type_name::<P>())
+            .field("subscriptions", &self.subscriptions)
+            .finish()
+    }
+}
+
 impl<P: SqliteProjection> SqliteReadModel<P> {
     /// The read model of `projection`, in the database of `subscriptions`.
     pub fn new(subscriptions: SqliteSubscriptionStore, projection: P) -> Self {

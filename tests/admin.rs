@@ -680,14 +680,7 @@ async fn dead_letters_are_listed_shown_and_replayed() {
     let opened = feed.iter().find(|e| &*e.event_type == "AccountOpened").unwrap();
     let deposit = feed.iter().find(|e| &*e.event_type == "MoneyDeposited").unwrap();
     // A subscription records letters while it holds its lease: it is then listed.
-    let consumer = Uuid::new_v4();
-    let lease = std::time::Duration::from_secs(1);
-    assert!(stores
-        .subscriptions
-        .acquire("mailer", consumer, lease)
-        .await
-        .unwrap());
-    stores.subscriptions.release("mailer", consumer).await.unwrap();
+    consumed(&stores, "mailer", None, true).await;
     for (name, event) in [(MODEL, opened), (MODEL, deposit), ("mailer", deposit)] {
         stores
             .subscriptions
@@ -844,6 +837,29 @@ async fn migrate_prints_the_pending_steps_as_sql_and_applies_them() {
     assert_eq!(report["plan"], Value::Null, "{report}");
 }
 
+/// A consumer of `name` as the store sees one: it took the lease, stored `checkpoint` if
+/// given, and let the lease go if `stopped`; its owner.
+async fn consumed(
+    stores: &eventsource::backend::Stores,
+    name: &str,
+    checkpoint: Option<u64>,
+    stopped: bool,
+) -> Uuid {
+    let (owner, lease) = (Uuid::new_v4(), std::time::Duration::from_secs(60));
+    assert!(stores.subscriptions.acquire(name, owner, lease).await.unwrap());
+    if let Some(position) = checkpoint {
+        assert!(stores
+            .subscriptions
+            .save_checkpoint(name, owner, position)
+            .await
+            .unwrap());
+    }
+    if stopped {
+        stores.subscriptions.release(name, owner).await.unwrap();
+    }
+    owner
+}
+
 /// `doctor` warns of an aggregate type whose loads replay more than `--max-replay` events
 /// after their snapshot (gone once the snapshots are warmed), of streams whose snapshots the
 /// program cannot use, of snapshots of a newer schema, and of a running consumer more than
@@ -898,18 +914,7 @@ async fn doctor_warns_of_stale_snapshots_and_slow_consumers() {
     );
 
     // A consumer that holds its lease and stays behind.
-    let consumer = Uuid::new_v4();
-    let lease = std::time::Duration::from_secs(60);
-    assert!(stores
-        .subscriptions
-        .acquire("slow", consumer, lease)
-        .await
-        .unwrap());
-    assert!(stores
-        .subscriptions
-        .save_checkpoint("slow", consumer, 1)
-        .await
-        .unwrap());
+    let consumer = consumed(&stores, "slow", Some(1), false).await;
     let behind = findings(&json(&url, &["doctor", "--max-lag", "5"], 0));
     assert!(
         behind
@@ -981,17 +986,7 @@ async fn doctor_finds_pending_migrations_and_dead_letters() {
 
         // A subscription that stopped behind the feed, nobody running it: a warning too.
         fill(&stores).await;
-        assert!(stores
-            .subscriptions
-            .acquire("mailer", consumer, lease)
-            .await
-            .unwrap());
-        assert!(stores
-            .subscriptions
-            .save_checkpoint("mailer", consumer, 1)
-            .await
-            .unwrap());
-        stores.subscriptions.release("mailer", consumer).await.unwrap();
+        consumed(&stores, "mailer", Some(1), true).await;
         let behind = json(&url, &["doctor"], 0);
         let findings = behind["findings"].as_array().unwrap();
         assert!(

@@ -509,6 +509,14 @@ async fn on_postgres<F: std::future::Future<Output = ()>>(check: impl FnOnce(Str
 async fn a_rewarm_beside_live_writers_leaves_only_true_snapshots() {
     let dir = tempfile::tempdir().unwrap();
     rewarm_beside_live_writers(&format!("sqlite:{}", dir.path().join("bank.db").display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
+async fn a_rewarm_beside_live_writers_leaves_only_true_snapshots_on_postgres() {
     on_postgres(|url| async move { rewarm_beside_live_writers(&url).await }).await;
 }
 
@@ -519,6 +527,10 @@ async fn the_admin_command_line_on_a_sqlite_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn the_admin_command_line_on_postgres() {
     on_postgres(|url| async move { exercise(&url).await }).await;
 }
@@ -772,9 +784,12 @@ async fn dead_letters_are_listed_shown_and_replayed() {
 /// `migrate` on PostgreSQL: new tables have every step pending; `--print-sql` prints the
 /// script a team's own migration tool runs, which brings them to this program's layout (then
 /// nothing is pending, and `doctor` finds the store clean); `--apply` does the same itself.
-/// A SQLite file is brought up to date when opened.
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn migrate_prints_the_pending_steps_as_sql_and_applies_them() {
     on_postgres(|url| async move {
         let plan = json(&url, &["migrate"], 0);
@@ -831,10 +846,17 @@ async fn migrate_prints_the_pending_steps_as_sql_and_applies_them() {
             .is_empty());
     })
     .await;
+}
+
+/// A SQLite file is brought up to date when opened: `migrate` has nothing to print.
+#[test]
+fn migrate_has_nothing_pending_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = format!("sqlite:{}", dir.path().join("bank.db").display());
     let report = json(&sqlite, &["migrate", "--print-sql"], 0);
     assert_eq!(report["plan"], Value::Null, "{report}");
+    let text = String::from_utf8(admin(&sqlite, &["migrate"]).stdout).unwrap();
+    assert!(text.contains("nothing is pending"), "{text}");
 }
 
 /// A consumer of `name` as the store sees one: it took the lease, stored `checkpoint` if
@@ -935,6 +957,10 @@ async fn doctor_warns_of_stale_snapshots_and_slow_consumers() {
 /// 1) that names what to run; once migrated, the store is clean, and a subscription's dead
 /// letters are a warning that leaves the exit code at 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn doctor_finds_pending_migrations_and_dead_letters() {
     on_postgres(|url| async move {
         let behind = json(&url, &["doctor"], 1);

@@ -94,6 +94,10 @@ async fn the_service_answers_over_http_on_sqlite() {
 
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn the_service_answers_over_http_on_postgres() {
     let Some(url) = database::postgres_url("the service over HTTP on PostgreSQL") else {
         return;

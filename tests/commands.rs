@@ -389,6 +389,10 @@ async fn a_repeated_request_returns_its_first_outcome_on_sqlite() {
 
 #[cfg(feature = "postgres")]
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn a_repeated_request_returns_its_first_outcome_on_postgres() {
     let Some(url) = common::postgres_url("a_repeated_request_returns_its_first_outcome_on_postgres") else {
         return;

@@ -230,6 +230,10 @@ fn postgres_url() -> Option<String> {
 
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn tasks_lose_nothing_on_postgres() {
     if let Some(url) = postgres_url() {
         tasks_on(&url).await;
@@ -238,6 +242,10 @@ async fn tasks_lose_nothing_on_postgres() {
 
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn processes_lose_nothing_on_postgres() {
     if let Some(url) = postgres_url() {
         processes_on(&url, "processes_lose_nothing_on_postgres").await;

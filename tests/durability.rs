@@ -60,6 +60,10 @@ async fn a_sqlite_file_is_durable_and_a_database_in_memory_is_not() {
 
 #[cfg(feature = "postgres")]
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn a_postgres_session_without_synchronous_commit_is_refused_when_strict() {
     let Some(url) =
         common::postgres_url("a_postgres_session_without_synchronous_commit_is_refused_when_strict")
@@ -166,6 +170,10 @@ impl Drop for UnsafeCluster {
 
 #[cfg(feature = "postgres")]
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn a_postgres_server_without_fsync_is_reported_and_refused_when_strict() {
     if common::postgres_url("a_postgres_server_without_fsync_is_reported_and_refused_when_strict").is_none() {
         return;

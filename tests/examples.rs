@@ -44,6 +44,10 @@ async fn the_tutorial_awaits_its_one_background_snapshot_every_time() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn the_tutorial_runs_on_postgres() {
     if let Some(url) = database::postgres_url("the_tutorial_runs_on_postgres") {
         tutorial::run(&url).await.unwrap();

@@ -358,6 +358,10 @@ async fn sqlite_worker_processes_killed_paused_joining_and_leaving() {
 
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn postgres_worker_processes_killed_paused_joining_and_leaving() {
     const TEST: &str = "postgres_worker_processes_killed_paused_joining_and_leaving";
     if let Ok(url) = std::env::var(WORKER) {

@@ -547,6 +547,10 @@ async fn consumer_groups_on_sqlite() {
 
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn consumer_groups_on_postgres() {
     let Some(url) = common::postgres_url("consumer_groups_on_postgres") else {
         return;

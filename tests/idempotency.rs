@@ -197,6 +197,10 @@ async fn idempotent_commands_on_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn idempotent_commands_on_postgres() {
     let Some(url) = common::postgres_url("idempotent_commands_on_postgres") else {
         return;

@@ -242,6 +242,10 @@ async fn snapshots_are_bound_to_their_history_on_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn snapshots_are_bound_to_their_history_on_postgres() {
     let Some(pool) = common::postgres_pool("snapshots_are_bound_to_their_history_on_postgres", 8).await
     else {
@@ -325,6 +329,10 @@ async fn saves_cancelled_at_random_points_are_made_again_exactly_once_on_sqlite(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn saves_cancelled_at_random_points_are_made_again_exactly_once_on_postgres() {
     let Some(pool) = common::postgres_pool(
         "saves_cancelled_at_random_points_are_made_again_exactly_once_on_postgres",

@@ -693,6 +693,10 @@ async fn postgres_versions(pool: &PgPool, schema: &str) -> Vec<i64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn postgres_0_1_tables_are_upgraded_in_place_and_keep_their_data() {
     let test = "postgres_0_1_tables_are_upgraded_in_place_and_keep_their_data";
     let Some(pool) = common::postgres_pool(test, 8).await else {
@@ -786,6 +790,10 @@ async fn postgres_0_1_tables_are_upgraded_in_place_and_keep_their_data() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn postgres_concurrent_migrations_of_a_new_schema_apply_each_step_once() {
     let test = "postgres_concurrent_migrations_of_a_new_schema_apply_each_step_once";
     let Some(pool) = common::postgres_pool(test, 8).await else {
@@ -830,6 +838,10 @@ async fn postgres_concurrent_migrations_of_a_new_schema_apply_each_step_once() {
 /// column holds text, the request index holds each id's last batch, and a command sent again
 /// with one of those ids is answered with its first outcome.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn postgres_request_ids_of_layout_7_fill_the_request_index() {
     let test = "postgres_request_ids_of_layout_7_fill_the_request_index";
     let Some(pool) = common::postgres_pool(test, 8).await else {
@@ -929,6 +941,10 @@ async fn postgres_request_ids_of_layout_7_fill_the_request_index() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn postgres_schema_of_a_newer_layout_is_refused() {
     let Some(pool) = common::postgres_pool("postgres_schema_of_a_newer_layout_is_refused", 8).await else {
         return;
@@ -962,6 +978,10 @@ async fn postgres_schema_of_a_newer_layout_is_refused() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn postgres_missing_tables_are_a_permanent_store_error() {
     let Some(pool) = common::postgres_pool("postgres_missing_tables_are_a_permanent_store_error", 8).await
     else {
@@ -1017,6 +1037,10 @@ async fn postgres_unreachable_server_is_a_transient_store_error() {
 /// 1,024, the number its slices were computed with: a store configured with another number is
 /// then refused, naming both, and one configured with none opens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn postgres_slices_of_layout_9_are_recorded_as_the_default() {
     let test = "postgres_slices_of_layout_9_are_recorded_as_the_default";
     let Some(pool) = common::postgres_pool(test, 4).await else {

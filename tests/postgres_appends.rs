@@ -30,6 +30,10 @@ const CHILD_VAR: &str = "EVENTSOURCE_TEST_POSTGRES_CHILD";
 // Appends and reads
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn events_read_back_as_appended_through_jsonb() {
     let Some(db) = db("events_read_back_as_appended_through_jsonb").await else {
         return;
@@ -75,6 +79,10 @@ async fn events_read_back_as_appended_through_jsonb() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn a_lost_race_is_a_typed_conflict_with_the_real_version() {
     let Some(db) = db("a_lost_race_is_a_typed_conflict_with_the_real_version").await else {
         return;
@@ -122,6 +130,10 @@ async fn a_lost_race_is_a_typed_conflict_with_the_real_version() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn refused_values_are_typed_errors_and_write_nothing() {
     let Some(db) = db("refused_values_are_typed_errors_and_write_nothing").await else {
         return;
@@ -166,6 +178,10 @@ async fn refused_values_are_typed_errors_and_write_nothing() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn rows_that_cannot_be_decoded_are_corrupt_errors() {
     let Some(db) = db("rows_that_cannot_be_decoded_are_corrupt_errors").await else {
         return;
@@ -211,6 +227,10 @@ async fn rows_that_cannot_be_decoded_are_corrupt_errors() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn a_column_of_another_type_is_a_corrupt_error() {
     let Some(db) = db("a_column_of_another_type_is_a_corrupt_error").await else {
         return;
@@ -256,6 +276,10 @@ async fn a_column_of_another_type_is_a_corrupt_error() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn a_long_stream_is_read_page_by_page() {
     // One connection: a read that held it between pages would starve the other calls.
     let pool = PgPoolOptions::new()
@@ -394,6 +418,10 @@ async fn assert_stream_is_the_winners(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn concurrent_appends_from_many_tasks_have_one_winner_per_version() {
     // A connection per task: the database, not the pool, serializes the writers.
     let pool = pool_options().max_connections(16);
@@ -422,6 +450,10 @@ async fn concurrent_appends_from_many_tasks_have_one_winner_per_version() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn concurrent_appends_from_several_processes_have_one_winner_per_version() {
     const NAME: &str = "concurrent_appends_from_several_processes_have_one_winner_per_version";
     if let Ok(spec) = std::env::var(CHILD_VAR) {
@@ -506,6 +538,10 @@ async fn child_process(spec: String) {
 // Group commit of one-event appends
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn grouped_appends_decide_each_append_alone_and_survive_cancelled_callers() {
     let Some(db) = db_with(
         "grouped_appends_decide_each_append_alone_and_survive_cancelled_callers",

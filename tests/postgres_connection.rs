@@ -27,6 +27,10 @@ fn with(url: &str, parameter: &str) -> String {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn sslmode_require_and_the_default_connect_with_tls() {
     let Some(url) = database::postgres_url("sslmode_require_and_the_default_connect_with_tls") else {
         return;
@@ -43,6 +47,10 @@ async fn sslmode_require_and_the_default_connect_with_tls() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn verify_full_refuses_a_certificate_no_trusted_root_signed() {
     let Some(url) = database::postgres_url("verify_full_refuses_a_certificate_no_trusted_root_signed") else {
         return;
@@ -59,6 +67,10 @@ async fn verify_full_refuses_a_certificate_no_trusted_root_signed() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn the_url_sizes_the_pool_and_bounds_statements() {
     let Some(url) = database::postgres_url("the_url_sizes_the_pool_and_bounds_statements") else {
         return;
@@ -92,6 +104,10 @@ async fn the_url_sizes_the_pool_and_bounds_statements() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn a_statement_timeout_without_a_unit_is_seconds_on_the_server() {
     let Some(url) = database::postgres_url("a_statement_timeout_without_a_unit_is_seconds_on_the_server")
     else {

@@ -65,6 +65,10 @@ async fn stalled_process(admin: &PgPool, schema: &str) -> i32 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn a_paused_server_process_stops_only_its_own_append() {
     let Some(url) = common::postgres_url("a paused server process during an append") else {
         return;

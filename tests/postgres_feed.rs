@@ -171,6 +171,10 @@ async fn hold_a_transaction_id(connection: &mut PgConnection, write: &str) {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn a_transaction_idle_in_another_database_does_not_hold_the_feed_back() {
     let Some(feed) = feed("idle transaction in another database").await else {
         return;
@@ -192,6 +196,10 @@ async fn a_transaction_idle_in_another_database_does_not_hold_the_feed_back() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn a_transaction_writing_another_table_of_the_database_does_not_hold_the_feed_back() {
     let Some(feed) = feed("idle transaction on another table").await else {
         return;
@@ -209,6 +217,10 @@ async fn a_transaction_writing_another_table_of_the_database_does_not_hold_the_f
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn an_append_still_running_holds_back_the_appends_after_it_and_then_shows_them_in_order() {
     let Some(feed) = feed("a running append holds the feed back").await else {
         return;
@@ -267,6 +279,10 @@ async fn an_append_still_running_holds_back_the_appends_after_it_and_then_shows_
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn events_inserted_after_other_writes_of_the_transaction_must_announce_the_append_first() {
     let Some(feed) = feed("an append that did not announce itself").await else {
         return;
@@ -344,6 +360,10 @@ async fn current_snapshot(feed: &Feed) -> String {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn a_transaction_that_ended_after_the_readers_snapshot_holds_it_back_only_if_it_appended() {
     let Some(feed) = feed("transactions that ended after the reader's snapshot").await else {
         return;

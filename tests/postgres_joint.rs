@@ -23,6 +23,10 @@ use support::*;
 // A save with its snapshot in one statement
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn a_save_and_its_due_snapshot_are_one_statement_and_a_failing_snapshot_never_fails_it() {
     let Some(db) =
         db("a_save_and_its_due_snapshot_are_one_statement_and_a_failing_snapshot_never_fails_it").await
@@ -133,6 +137,10 @@ async fn joint_read(
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn a_snapshot_and_its_events_are_read_in_one_statement_and_checked_as_ever() {
     let Some(db) = db("a_snapshot_and_its_events_are_read_in_one_statement_and_checked_as_ever").await else {
         return;
@@ -222,6 +230,10 @@ async fn a_snapshot_and_its_events_are_read_in_one_statement_and_checked_as_ever
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn corrupt_rows_fail_a_joint_read_and_the_load_replays() {
     let Some(db) = db("corrupt_rows_fail_a_joint_read_and_the_load_replays").await else {
         return;
@@ -295,6 +307,10 @@ async fn corrupt_rows_fail_a_joint_read_and_the_load_replays() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn only_stores_on_one_pool_read_jointly() {
     let Some(db) = db("only_stores_on_one_pool_read_jointly").await else {
         return;

@@ -62,6 +62,10 @@ impl PostgresProjection for Counter {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn a_consumer_frozen_in_its_transaction_blocks_the_standby_no_longer_than_its_lease() {
     let Some(url) = common::postgres_url("frozen read model owner") else {
         return;

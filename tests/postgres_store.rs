@@ -30,45 +30,73 @@ use support::*;
 // The expression the macros take is evaluated in each generated test, so its `return` ends
 // that test: this is how the checks skip without a database, like every test here.
 mod event_store_conformance {
-    eventsource::event_store_conformance!({
-        let Some(db) = super::db(concat!("conformance check in ", module_path!())).await else {
-            return;
-        };
-        std::future::ready(db.events)
-    });
+    eventsource::event_store_conformance!(
+        #[cfg_attr(
+            not(eventsource_postgres_tests),
+            ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+        )]
+        {
+            let Some(db) = super::db(concat!("conformance check in ", module_path!())).await else {
+                return;
+            };
+            std::future::ready(db.events)
+        }
+    );
 }
 
 mod snapshot_store_conformance {
-    eventsource::snapshot_store_conformance!({
-        let Some(db) = super::db(concat!("conformance check in ", module_path!())).await else {
-            return;
-        };
-        std::future::ready(db.snapshots)
-    });
+    eventsource::snapshot_store_conformance!(
+        #[cfg_attr(
+            not(eventsource_postgres_tests),
+            ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+        )]
+        {
+            let Some(db) = super::db(concat!("conformance check in ", module_path!())).await else {
+                return;
+            };
+            std::future::ready(db.snapshots)
+        }
+    );
 }
 
 mod subscription_store_conformance {
-    eventsource::subscription_store_conformance!({
-        let Some(db) = super::db(concat!("conformance check in ", module_path!())).await else {
-            return;
-        };
-        std::future::ready(db.events.subscription_store())
-    });
+    eventsource::subscription_store_conformance!(
+        #[cfg_attr(
+            not(eventsource_postgres_tests),
+            ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+        )]
+        {
+            let Some(db) = super::db(concat!("conformance check in ", module_path!())).await else {
+                return;
+            };
+            std::future::ready(db.events.subscription_store())
+        }
+    );
 }
 
 mod stores_conformance {
-    eventsource::stores_conformance!({
-        let Some(db) = super::db(concat!("conformance check in ", module_path!())).await else {
-            return;
-        };
-        std::future::ready(eventsource::backend::Stores::from_postgres(
-            db.events,
-            db.snapshots,
-        ))
-    });
+    eventsource::stores_conformance!(
+        #[cfg_attr(
+            not(eventsource_postgres_tests),
+            ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+        )]
+        {
+            let Some(db) = super::db(concat!("conformance check in ", module_path!())).await else {
+                return;
+            };
+            std::future::ready(eventsource::backend::Stores::from_postgres(
+                db.events,
+                db.snapshots,
+            ))
+        }
+    );
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn postgres_stores_hand_out_every_ability() {
     let Some(db) = db("postgres_stores_hand_out_every_ability").await else {
         return;
@@ -96,6 +124,10 @@ async fn postgres_stores_hand_out_every_ability() {
 /// The event store suite through a wrapper that forwards only the required methods, on a
 /// schema of its own (the trait's defaults read the whole feed).
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn the_event_store_suite_passes_through_a_wrapper_of_the_required_methods() {
     let Some(db) = db("the_event_store_suite_passes_through_a_wrapper_of_the_required_methods").await else {
         return;
@@ -171,6 +203,10 @@ async fn bad_urls_and_unreachable_servers_are_typed_errors() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn migrate_is_idempotent_and_safe_when_instances_run_it_at_once() {
     let Some(db) = db("migrate_is_idempotent_and_safe_when_instances_run_it_at_once").await else {
         return;
@@ -250,6 +286,10 @@ async fn migrate_is_idempotent_and_safe_when_instances_run_it_at_once() {
 // Failures of the database
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn a_terminated_connection_is_a_store_error_and_the_next_call_works() {
     // One connection, so the connection each step kills is the one the next call gets.
     let pool = pool_options().max_connections(1);
@@ -302,6 +342,10 @@ async fn a_terminated_connection_is_a_store_error_and_the_next_call_works() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn a_statement_timeout_is_a_store_error_and_the_next_call_works() {
     let Some(db) = db("a_statement_timeout_is_a_store_error_and_the_next_call_works").await else {
         return;
@@ -339,6 +383,10 @@ async fn a_statement_timeout_is_a_store_error_and_the_next_call_works() {
 // Snapshots
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn snapshot_upserts_never_go_back_even_when_writers_race() {
     let Some(db) = db("snapshot_upserts_never_go_back_even_when_writers_race").await else {
         return;
@@ -416,6 +464,10 @@ async fn snapshot_upserts_never_go_back_even_when_writers_race() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn snapshots_are_invalidated_by_type_and_schema_version() {
     let Some(db) = db("snapshots_are_invalidated_by_type_and_schema_version").await else {
         return;
@@ -440,6 +492,10 @@ async fn snapshots_are_invalidated_by_type_and_schema_version() {
 // A repository on PostgreSQL
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn repositories_of_two_instances_share_the_stores_of_a_url() {
     let Some(url) = common::postgres_url("repositories_of_two_instances_share_the_stores_of_a_url") else {
         return;

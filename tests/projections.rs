@@ -397,6 +397,10 @@ async fn read_your_writes_on_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn read_your_writes_on_postgres() {
     if let Some(backend) = Backend::postgres("read_your_writes_on_postgres").await {
         read_your_writes(&backend).await;
@@ -467,6 +471,10 @@ async fn a_failing_batch_rolls_back_on_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn a_failing_batch_rolls_back_on_postgres() {
     if let Some(backend) = Backend::postgres("a_failing_batch_rolls_back_on_postgres").await {
         a_failing_batch_rolls_back(&backend).await;
@@ -533,6 +541,10 @@ async fn a_stale_commit_changes_nothing_on_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn a_stale_commit_changes_nothing_on_postgres() {
     if let Some(backend) = Backend::postgres("a_stale_commit_changes_nothing_on_postgres").await {
         a_stale_commit_changes_nothing(&backend).await;
@@ -637,6 +649,10 @@ async fn rebuild_reports_progress_and_resumes_on_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn rebuild_reports_progress_and_resumes_on_postgres() {
     if let Some(backend) = Backend::postgres("rebuild_reports_progress_and_resumes_on_postgres").await {
         rebuild_reports_progress_and_resumes(&backend).await;
@@ -690,6 +706,10 @@ async fn one_instance_is_active_and_a_standby_takes_over_on_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn one_instance_is_active_and_a_standby_takes_over_on_postgres() {
     if let Some(backend) =
         Backend::postgres("one_instance_is_active_and_a_standby_takes_over_on_postgres").await
@@ -794,6 +814,10 @@ async fn blue_green_rebuild_under_traffic_on_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn blue_green_rebuild_under_traffic_on_postgres() {
     if let Some(backend) = Backend::postgres("blue_green_rebuild_under_traffic_on_postgres").await {
         blue_green_under_traffic(&backend).await;
@@ -894,6 +918,10 @@ async fn projectors_killed_with_sigkill_on_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn projectors_killed_with_sigkill_on_postgres() {
     const NAME: &str = "projectors_killed_with_sigkill_on_postgres";
     if let Ok(spec) = std::env::var(CHILD_VAR) {

@@ -82,7 +82,9 @@ mod on_sqlite {
 mod on_postgres {
     use super::*;
 
-    eventsource::read_model_store_conformance!(optional: async {
+    eventsource::read_model_store_conformance!(
+        #[cfg_attr(not(eventsource_postgres_tests), ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests")]
+        optional: async {
         let subscriptions = postgres_subscriptions(module_path!()).await?;
         Some(PostgresReadModel::new(subscriptions, Nothing))
     });
@@ -99,7 +101,9 @@ mod sql_read_model_on_sqlite {
 mod sql_read_model_on_postgres {
     use super::*;
 
-    eventsource::read_model_store_conformance!(optional: async {
+    eventsource::read_model_store_conformance!(
+        #[cfg_attr(not(eventsource_postgres_tests), ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests")]
+        optional: async {
         let subscriptions = postgres_subscriptions(module_path!()).await?;
         Some(SqlReadModel::postgres(subscriptions, Nothing))
     });

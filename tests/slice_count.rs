@@ -234,6 +234,10 @@ async fn a_store_of_other_slices_on_sqlite() {
 
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn a_store_of_other_slices_on_postgres() {
     use eventsource::backend::postgres::sqlx;
 

@@ -186,6 +186,10 @@ async fn one_read_model_for_sqlite() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn one_read_model_for_postgres() {
     let Some(url) = common::postgres_url("one_read_model_for_postgres") else {
         return;

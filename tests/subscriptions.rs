@@ -162,6 +162,10 @@ async fn many_writers_and_a_subscription_on_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn many_writers_and_a_subscription_on_postgres() {
     let Some((url, events)) = postgres_events("many_writers_and_a_subscription_on_postgres", 12).await else {
         return;
@@ -345,15 +349,25 @@ async fn catch_up_handles_what_the_feed_holds_and_returns() {
     let dir = tempfile::tempdir().unwrap();
     let (events, store) = sqlite_stores(dir.path().join("catch-up.db")).await;
     catching_up(Arc::new(events), Arc::new(store)).await;
-    if let Some(pool) = common::postgres_pool("catch_up_handles_what_the_feed_holds_and_returns", 4).await {
-        // A feed of the test's own, so that catching up does not read every other test's.
-        let url = common::postgres_url("catch_up_handles_what_the_feed_holds_and_returns").unwrap();
-        let scratch = common::ScratchSchema::new(&url, "catch_up");
-        let events = postgres::PostgresEventStore::with_schema(pool, &scratch.name).unwrap();
-        events.migrate().await.unwrap();
-        let store = events.subscription_store();
-        catching_up(Arc::new(events), Arc::new(store)).await;
-    }
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
+async fn catch_up_handles_what_the_feed_holds_and_returns_on_postgres() {
+    let test = "catch_up_handles_what_the_feed_holds_and_returns_on_postgres";
+    let Some(pool) = common::postgres_pool(test, 4).await else {
+        return;
+    };
+    // A feed of the test's own, so that catching up does not read every other test's.
+    let url = common::postgres_url(test).unwrap();
+    let scratch = common::ScratchSchema::new(&url, "catch_up");
+    let events = postgres::PostgresEventStore::with_schema(pool, &scratch.name).unwrap();
+    events.migrate().await.unwrap();
+    let store = events.subscription_store();
+    catching_up(Arc::new(events), Arc::new(store)).await;
 }
 
 #[tokio::test]
@@ -762,6 +776,10 @@ async fn consumers_killed_with_sigkill_on_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn consumers_killed_with_sigkill_on_postgres() {
     const NAME: &str = "consumers_killed_with_sigkill_on_postgres";
     if let Ok(spec) = std::env::var(CHILD_VAR) {
@@ -844,6 +862,10 @@ async fn an_append_wakes_the_subscription_in_memory_and_on_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn an_append_on_another_pool_wakes_the_subscription_on_postgres() {
     let Some(url) = common::postgres_url("an_append_on_another_pool_wakes_the_subscription_on_postgres")
     else {

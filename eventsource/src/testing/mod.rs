@@ -142,13 +142,15 @@ fn now() -> DateTime<Utc> {
 /// instead, and a test that gets `None` passes without checking anything: for a backend
 /// whose database may not be there (say so from the expression, such as with a
 /// `println!`). See the [`testing`](crate::testing) module for examples.
+///
+/// Attributes written before the argument go on every generated test: a suite that needs a
+/// database can be reported as ignored when there is none, rather than as passed, with a
+/// `cfg` the program's build script sets:
+/// `event_store_conformance!(#[cfg_attr(not(has_database), ignore = "no database")] make())`.
 #[macro_export]
 macro_rules! event_store_conformance {
-    (optional: $make_store:expr $(,)?) => {
-        $crate::__event_store_checks!(__conformance_tests(event_store, optional, $make_store));
-    };
-    ($make_store:expr $(,)?) => {
-        $crate::__event_store_checks!(__conformance_tests(event_store, required, $make_store));
+    ($($args:tt)*) => {
+        $crate::__conformance_args!(__event_store_checks, event_store, [] $($args)*);
     };
 }
 
@@ -160,11 +162,8 @@ macro_rules! event_store_conformance {
 /// [`event_store_conformance!`](crate::event_store_conformance).
 #[macro_export]
 macro_rules! snapshot_store_conformance {
-    (optional: $make_store:expr $(,)?) => {
-        $crate::__snapshot_store_checks!(__conformance_tests(snapshot_store, optional, $make_store));
-    };
-    ($make_store:expr $(,)?) => {
-        $crate::__snapshot_store_checks!(__conformance_tests(snapshot_store, required, $make_store));
+    ($($args:tt)*) => {
+        $crate::__conformance_args!(__snapshot_store_checks, snapshot_store, [] $($args)*);
     };
 }
 
@@ -176,11 +175,8 @@ macro_rules! snapshot_store_conformance {
 /// [`event_store_conformance!`](crate::event_store_conformance).
 #[macro_export]
 macro_rules! stores_conformance {
-    (optional: $make_stores:expr $(,)?) => {
-        $crate::__stores_checks!(__conformance_tests(stores, optional, $make_stores));
-    };
-    ($make_stores:expr $(,)?) => {
-        $crate::__stores_checks!(__conformance_tests(stores, required, $make_stores));
+    ($($args:tt)*) => {
+        $crate::__conformance_args!(__stores_checks, stores, [] $($args)*);
     };
 }
 
@@ -188,19 +184,8 @@ macro_rules! stores_conformance {
 /// the argument is as for [`event_store_conformance!`](crate::event_store_conformance).
 #[macro_export]
 macro_rules! subscription_store_conformance {
-    (optional: $make_store:expr $(,)?) => {
-        $crate::__subscription_store_checks!(__conformance_tests(
-            subscription_store,
-            optional,
-            $make_store
-        ));
-    };
-    ($make_store:expr $(,)?) => {
-        $crate::__subscription_store_checks!(__conformance_tests(
-            subscription_store,
-            required,
-            $make_store
-        ));
+    ($($args:tt)*) => {
+        $crate::__conformance_args!(__subscription_store_checks, subscription_store, [] $($args)*);
     };
 }
 
@@ -208,35 +193,57 @@ macro_rules! subscription_store_conformance {
 /// the argument is as for [`event_store_conformance!`](crate::event_store_conformance).
 #[macro_export]
 macro_rules! read_model_store_conformance {
-    (optional: $make_store:expr $(,)?) => {
-        $crate::__read_model_store_checks!(__conformance_tests(read_model_store, optional, $make_store));
+    ($($args:tt)*) => {
+        $crate::__conformance_args!(__read_model_store_checks, read_model_store, [] $($args)*);
     };
-    ($make_store:expr $(,)?) => {
-        $crate::__read_model_store_checks!(__conformance_tests(read_model_store, required, $make_store));
+}
+
+/// The arguments of a conformance macro: attributes for every test, then the store's
+/// expression, after `optional:` or not.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_args {
+    ($checks:ident, $suite:ident, [$($attrs:tt)*] #[$attr:meta] $($rest:tt)*) => {
+        $crate::__conformance_args!($checks, $suite, [$($attrs)* #[$attr]] $($rest)*);
+    };
+    ($checks:ident, $suite:ident, [$($attrs:tt)*] optional: $make_store:expr $(,)?) => {
+        $crate::$checks!(__conformance_tests($suite, optional, $make_store, [$($attrs)*]));
+    };
+    ($checks:ident, $suite:ident, [$($attrs:tt)*] $make_store:expr $(,)?) => {
+        $crate::$checks!(__conformance_tests($suite, required, $make_store, [$($attrs)*]));
     };
 }
 
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_tests {
-    (($suite:ident, required, $make_store:expr) $($check:ident)*) => {
+    (($suite:ident, $kind:ident, $make_store:expr, $attrs:tt) $($check:ident)*) => {
         $(
-            #[::tokio::test]
-            async fn $check() {
-                let store = $make_store.await;
-                $crate::testing::$suite::$check(&store).await;
-            }
+            $crate::__conformance_test!($attrs, $suite, $kind, $check, $make_store);
         )*
     };
-    (($suite:ident, optional, $make_store:expr) $($check:ident)*) => {
-        $(
-            #[::tokio::test]
-            async fn $check() {
-                if let ::std::option::Option::Some(store) = $make_store.await {
-                    $crate::testing::$suite::$check(&store).await;
-                }
+}
+
+/// One test of a conformance suite, with the attributes given to the macro.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_test {
+    ([$($attrs:tt)*], $suite:ident, required, $check:ident, $make_store:expr) => {
+        #[::tokio::test]
+        $($attrs)*
+        async fn $check() {
+            let store = $make_store.await;
+            $crate::testing::$suite::$check(&store).await;
+        }
+    };
+    ([$($attrs:tt)*], $suite:ident, optional, $check:ident, $make_store:expr) => {
+        #[::tokio::test]
+        $($attrs)*
+        async fn $check() {
+            if let ::std::option::Option::Some(store) = $make_store.await {
+                $crate::testing::$suite::$check(&store).await;
             }
-        )*
+        }
     };
 }
 

@@ -1,7 +1,8 @@
 //! Consumer groups: one subscription or projection spread over many workers, in one process
 //! or many, each aggregate's events still handled in order.
 //!
-//! A [`ConsumerGroup`] splits the 1,024 [slices](crate::slice) into a number of ranges (its
+//! A [`ConsumerGroup`] splits the store's [slices](crate::slice) (1,024 unless the store was
+//! created with another number) into a number of ranges (its
 //! *layout*), and each range is a subscription of its own: its own lease, so that one worker
 //! at a time runs it, and its own checkpoint (for a projection, committed in the read model's
 //! transaction, so each range is exactly once). Every stream is in one slice, so each

@@ -951,6 +951,29 @@ async fn doctor_warns_of_stale_snapshots_and_slow_consumers() {
         "within the default limit"
     );
     stores.subscriptions.release("slow", consumer).await.unwrap();
+
+    // A consumer that died: its lease ran out without being let go.
+    let short = std::time::Duration::from_millis(50);
+    assert!(stores
+        .subscriptions
+        .acquire("crashed", Uuid::new_v4(), short)
+        .await
+        .unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+    let dead = findings(&json(&url, &["doctor"], 0));
+    assert!(
+        dead.iter()
+            .any(|f| f.starts_with("consumers crashed's last consumer stopped without letting its lease go")),
+        "{dead:?}"
+    );
+    let listed = json(&url, &["projections", "list"], 0);
+    let crashed = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "crashed")
+        .unwrap();
+    assert_eq!(crashed["state"], "abandoned", "{listed}");
 }
 
 /// `doctor` on PostgreSQL: tables behind this program's layout are a serious finding (exit

@@ -111,7 +111,22 @@ pub(super) async fn run(
                     todo: format!("look at them: `admin projections status {}`", escape(&s.name)),
                 });
             }
-            if s.state != "active" && s.lag > 0 && s.checkpoint.is_some() {
+            if s.state == "abandoned" {
+                findings.push(Finding {
+                    area: "consumers",
+                    serious: false,
+                    what: format!(
+                        "{}'s last consumer stopped without letting its lease go (a crash, a kill, \
+                         a lost connection), and none runs it now{}",
+                        escape(&s.name),
+                        match s.lag {
+                            0 => String::new(),
+                            lag => format!("; {} event(s) behind", thousands(lag)),
+                        }
+                    ),
+                    todo: "start its consumers again, and look at why the last one died (its logs)".into(),
+                });
+            } else if s.state != "active" && s.lag > 0 && s.checkpoint.is_some() {
                 findings.push(Finding {
                     area: "consumers",
                     serious: false,

@@ -146,7 +146,9 @@ pub(super) struct SubscriptionStats {
     pub(super) held_back: u64,
     /// What holds the feed back, where the store tells.
     pub(super) held_by: Option<String>,
-    /// `active` (a consumer holds the lease), `idle`, or `never run`.
+    /// `active` (a consumer holds the lease), `abandoned` (the last one's lease ran out
+    /// without being let go: it crashed or was killed, and none runs it now), `idle`, or
+    /// `never run`.
     pub(super) state: &'static str,
     pub(super) owner: Option<Uuid>,
     pub(super) dead_letters: u64,
@@ -227,6 +229,7 @@ pub(super) async fn subscriptions(
                 checkpoint: None,
                 owner: None,
                 dead_letters: 0,
+                abandoned: false,
             });
         }
     }
@@ -238,6 +241,7 @@ pub(super) async fn subscriptions(
             projection: projections.iter().any(|p| p.name() == status.name),
             state: match (status.owner, status.checkpoint) {
                 (Some(_), _) => "active",
+                (None, _) if status.abandoned => "abandoned",
                 (None, Some(_)) => "idle",
                 (None, None) => "never run",
             },
@@ -322,6 +326,7 @@ async fn grouped(
                         checkpoint: None,
                         owner: None,
                         dead_letters,
+                        abandoned: false,
                     });
                 }
             }

@@ -663,6 +663,7 @@ impl SubscriptionStore for InMemorySubscriptionStore {
                 checkpoint: s.checkpoint,
                 owner: s.lease.filter(|(_, until)| *until > now).map(|(owner, _)| owner),
                 dead_letters: s.dead_letters.len() as u64,
+                abandoned: s.lease.is_some_and(|(_, until)| until <= now),
             })
             .collect();
         listed.sort_by(|a, b| a.name.cmp(&b.name));

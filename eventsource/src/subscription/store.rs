@@ -38,6 +38,10 @@ pub struct SubscriptionStatus {
     pub owner: Option<Uuid>,
     /// How many events it gave up on.
     pub dead_letters: u64,
+    /// Whether its last lease ran out without being let go: the consumer that held it
+    /// stopped without a shutdown (a crash, a kill, a lost connection), and none has taken
+    /// it since. `false` while a consumer holds it, and once one let it go.
+    pub abandoned: bool,
 }
 
 /// Where subscriptions keep their state: a checkpoint (the position of the last event

@@ -228,14 +228,21 @@ pub async fn removing_dead_letters_removes_only_those(store: &dyn SubscriptionSt
 }
 
 /// [`SubscriptionStore::subscriptions`] lists every subscription that took a lease, with its
-/// checkpoint, its active owner (none once the lease is given up) and its dead letters.
+/// checkpoint, its active owner (none once the lease is given up or ran out), its dead
+/// letters, and whether its last lease ran out without being given up.
 pub async fn subscriptions_are_listed_with_their_state(store: &dyn SubscriptionStore) {
-    let (active, idle) = (unique_type("Active"), unique_type("Idle"));
-    let (owner, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let (active, idle, dead) = (unique_type("Active"), unique_type("Idle"), unique_type("Dead"));
+    let (owner, other, gone) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     assert!(store.acquire(&active, owner, LONG).await.unwrap());
     assert!(store.save_checkpoint(&active, owner, 42).await.unwrap());
     assert!(store.acquire(&idle, other, LONG).await.unwrap());
     store.release(&idle, other).await.unwrap();
+    // A consumer that died: its lease runs out without being given up.
+    assert!(store
+        .acquire(&dead, gone, Duration::from_millis(50))
+        .await
+        .unwrap());
+    tokio::time::sleep(Duration::from_millis(120)).await;
     let listed = store.subscriptions().await.unwrap();
     let find = |name: &str| {
         listed
@@ -243,12 +250,16 @@ pub async fn subscriptions_are_listed_with_their_state(store: &dyn SubscriptionS
             .find(|s| s.name == name)
             .unwrap_or_else(|| panic!("subscription {name} is not listed"))
     };
-    let (a, i) = (find(&active), find(&idle));
+    let (a, i, d) = (find(&active), find(&idle), find(&dead));
     assert_eq!(
-        (a.checkpoint, a.owner, a.dead_letters),
-        (Some(42), Some(owner), 0)
+        (a.checkpoint, a.owner, a.dead_letters, a.abandoned),
+        (Some(42), Some(owner), 0, false)
     );
-    assert_eq!((i.checkpoint, i.owner, i.dead_letters), (None, None, 0));
+    assert_eq!(
+        (i.checkpoint, i.owner, i.dead_letters, i.abandoned),
+        (None, None, 0, false)
+    );
+    assert_eq!((d.owner, d.abandoned), (None, true), "a lease that ran out");
     let names: Vec<&str> = listed.iter().map(|s| s.name.as_str()).collect();
     let mut sorted = names.clone();
     sorted.sort_unstable();

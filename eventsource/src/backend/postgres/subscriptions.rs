@@ -230,9 +230,10 @@ impl SubscriptionStore for PostgresSubscriptionStore {
     }
 
     async fn subscriptions(&self) -> Result<Vec<SubscriptionStatus>> {
-        let rows: Vec<(String, Option<i64>, Option<Uuid>, i64)> = sqlx::query_as(&format!(
+        let rows: Vec<(String, Option<i64>, Option<Uuid>, i64, bool)> = sqlx::query_as(&format!(
             "SELECT s.name, s.position, CASE WHEN s.lease_until > now() THEN s.owner END,
-                (SELECT count(*) FROM {} d WHERE d.subscription = s.name)
+                (SELECT count(*) FROM {} d WHERE d.subscription = s.name),
+                coalesce(s.owner IS NOT NULL AND s.lease_until <= now(), false)
              FROM {} s ORDER BY s.name",
             self.layout.dead_letters, self.layout.subscriptions
         ))
@@ -240,7 +241,7 @@ impl SubscriptionStore for PostgresSubscriptionStore {
         .await
         .map_err(|e| query_error("cannot list the subscriptions", e))?;
         rows.into_iter()
-            .map(|(name, position, owner, dead_letters)| {
+            .map(|(name, position, owner, dead_letters, abandoned)| {
                 let checkpoint = position
                     .map(|p| {
                         u64::try_from(p).map_err(|_| {
@@ -256,6 +257,7 @@ impl SubscriptionStore for PostgresSubscriptionStore {
                     checkpoint,
                     owner,
                     dead_letters: dead_letters.unsigned_abs(),
+                    abandoned,
                 })
             })
             .collect()

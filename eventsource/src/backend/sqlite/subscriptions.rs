@@ -51,7 +51,8 @@ const REMOVE_DEAD_LETTER: &str =
     "DELETE FROM {p}eventsource_dead_letters WHERE subscription = ?1 AND event_id = ?2";
 
 const SUBSCRIPTIONS: &str = "SELECT s.name, s.position, CASE WHEN s.lease_until > ?1 THEN s.owner END,
-        (SELECT count(*) FROM {p}eventsource_dead_letters d WHERE d.subscription = s.name)
+        (SELECT count(*) FROM {p}eventsource_dead_letters d WHERE d.subscription = s.name),
+        s.owner IS NOT NULL AND s.lease_until <= ?1
     FROM {p}eventsource_subscriptions s ORDER BY s.name";
 
 /// The subscription store's statements on the tables of its prefix, built once when it
@@ -314,20 +315,20 @@ impl SubscriptionStore for SqliteSubscriptionStore {
     }
     async fn subscriptions(&self) -> Result<Vec<SubscriptionStatus>> {
         let (now, sql) = (millis(SystemTime::now()), self.sql.clone());
-        let rows: Vec<(String, Option<i64>, Option<String>, i64)> = self
+        let rows: Vec<(String, Option<i64>, Option<String>, i64, Option<bool>)> = self
             .database
             .read(move |connection| {
                 connection
                     .prepare_cached(&sql.subscriptions)?
                     .query_map([now], |row| {
-                        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
                     })?
                     .collect()
             })
             .await
             .map_err(|e| store_error("cannot list the subscriptions", e))?;
         rows.into_iter()
-            .map(|(name, position, owner, dead_letters)| {
+            .map(|(name, position, owner, dead_letters, abandoned)| {
                 let what = || format!("subscription {name}");
                 Ok(SubscriptionStatus {
                     checkpoint: position.map(|p| unsigned(p, "position", what)).transpose()?,
@@ -338,6 +339,7 @@ impl SubscriptionStore for SqliteSubscriptionStore {
                         })
                         .transpose()?,
                     dead_letters: unsigned(dead_letters, "dead letters", what)?,
+                    abandoned: abandoned.unwrap_or(false),
                     name,
                 })
             })

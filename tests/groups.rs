@@ -317,6 +317,13 @@ async fn a_cancelled_worker_is_taken_over(stores: Stores) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     first.run.abort();
     assert!(first.run.await.unwrap_err().is_cancelled());
+    // Its ranges' leases run out without being let go: the ranges are abandoned.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let status = group.status().await.unwrap().unwrap();
+    assert!(
+        status.ranges.iter().all(|r| r.owner.is_none()) && status.ranges.iter().any(|r| r.abandoned),
+        "{status:?}"
+    );
     let second = Worker::start(&group, 1, &record);
     let expected = writing.await.unwrap();
     let all_seen = || {

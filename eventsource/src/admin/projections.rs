@@ -134,6 +134,8 @@ struct RangeView {
     owner: Option<uuid::Uuid>,
     checkpoint: Option<u64>,
     lag: u64,
+    /// Whether the worker that held it last died without letting it go.
+    abandoned: bool,
 }
 
 impl From<RangeStatus> for RangeView {
@@ -145,6 +147,7 @@ impl From<RangeStatus> for RangeView {
             owner: r.owner,
             checkpoint: r.checkpoint,
             lag: r.lag,
+            abandoned: r.abandoned,
         }
     }
 }
@@ -206,7 +209,11 @@ async fn status(
                     format!("{}-{}", r.first_slice, r.last_slice),
                     r.checkpoint.map_or("-".to_owned(), |c| c.to_string()),
                     thousands(r.lag),
-                    r.owner.map_or("-".to_owned(), |o| o.to_string())
+                    match (r.owner, r.abandoned) {
+                        (Some(owner), _) => owner.to_string(),
+                        (None, true) => "- (abandoned)".to_owned(),
+                        (None, false) => "-".to_owned(),
+                    }
                 )?;
             }
         }

@@ -265,6 +265,8 @@ pub(super) async fn subscriptions(
             projection: projections.iter().any(|p| p.name() == group.name),
             state: if group.ranges.iter().any(|r| r.owner.is_some()) {
                 "active"
+            } else if group.ranges.iter().any(|r| r.abandoned) {
+                "abandoned"
             } else {
                 "idle"
             },

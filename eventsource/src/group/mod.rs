@@ -397,6 +397,9 @@ pub struct RangeStatus {
     pub checkpoint: Option<u64>,
     /// How many events of the feed (of every slice) follow its checkpoint.
     pub lag: u64,
+    /// Whether its last lease ran out without being let go: the worker that held it died
+    /// (see [`SubscriptionStatus::abandoned`](crate::subscription::SubscriptionStatus::abandoned)).
+    pub abandoned: bool,
 }
 
 /// The status of consumer group `name` from its subscription store, with each range's lag
@@ -423,6 +426,7 @@ pub async fn status(
             owner: held.owner,
             checkpoint: held.checkpoint,
             lag,
+            abandoned: held.abandoned,
         });
     }
     let replaced_still_held = state

@@ -17,6 +17,8 @@ use crate::subscription::{SubscriptionStatus, SubscriptionStore};
 pub(crate) struct Held {
     pub(crate) owner: Option<Uuid>,
     pub(crate) checkpoint: Option<u64>,
+    /// Whether its last lease ran out without being let go.
+    pub(crate) abandoned: bool,
 }
 
 impl From<&SubscriptionStatus> for Held {
@@ -24,6 +26,7 @@ impl From<&SubscriptionStatus> for Held {
         Held {
             owner: status.owner,
             checkpoint: status.checkpoint,
+            abandoned: status.abandoned,
         }
     }
 }
@@ -196,6 +199,7 @@ mod tests {
         Held {
             owner: None,
             checkpoint: Some(checkpoint),
+            abandoned: false,
         }
     }
 

@@ -12,7 +12,7 @@ use super::{AdminError, DeadLettersCommand, Outcome};
 use crate::backend::Stores;
 use crate::event::StoredEvent;
 use crate::projection::Projection;
-use crate::subscription::names::{self, Entry};
+use crate::subscription::replay::names_with_letters;
 use crate::subscription::{DeadLetter, ReplayOptions, ReplayOutcome, ReplayReport};
 use crate::text::escape;
 
@@ -104,17 +104,20 @@ impl DeadLetterView {
 
 /// The letters of `name` and of its consumer group's ranges, or of every name.
 pub(super) async fn letters(stores: &Stores, name: Option<&str>) -> Result<Vec<DeadLetter>, AdminError> {
+    let store = &*stores.subscriptions;
+    let names = match name {
+        Some(name) => names_with_letters(store, name).await?,
+        None => store
+            .subscriptions()
+            .await?
+            .into_iter()
+            .filter(|status| status.dead_letters > 0)
+            .map(|status| status.name)
+            .collect(),
+    };
     let mut letters = Vec::new();
-    for status in stores.subscriptions.subscriptions().await? {
-        let ours = match name {
-            None => true,
-            Some(name) => {
-                status.name == name || matches!(names::parse(name, &status.name), Some(Entry::Range(..)))
-            }
-        };
-        if ours && status.dead_letters > 0 {
-            letters.extend(stores.subscriptions.dead_letters(&status.name).await?);
-        }
+    for name in names {
+        letters.extend(store.dead_letters(&name).await?);
     }
     Ok(letters)
 }

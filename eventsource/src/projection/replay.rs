@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::{Projection, ReadModelStore};
 use crate::error::Result;
 use crate::event::StoredEvent;
-use crate::subscription::replay::{replay, Replay, ReplayOptions, ReplayReport};
+use crate::subscription::replay::{names_with_letters, replay, Replay, ReplayOptions, ReplayReport};
 
 /// The read model, committing each event with the checkpoint as it is.
 struct Committing<'m> {
@@ -62,18 +62,12 @@ impl Projection {
     /// says so, and the letter stays.
     pub async fn replay_dead_letters(&self, options: ReplayOptions) -> Result<ReplayReport> {
         let subscription = self.subscription();
-        let names = subscription.names_with_letters().await?;
+        let store = self.model().subscriptions();
+        let names = names_with_letters(&*store, self.name()).await?;
         let mut committing = Committing {
             model: self.model(),
             dry_run: options.dry_run,
         };
-        replay(
-            subscription,
-            &*self.model().subscriptions(),
-            &names,
-            options,
-            &mut committing,
-        )
-        .await
+        replay(subscription, &*store, &names, options, &mut committing).await
     }
 }

@@ -283,22 +283,23 @@ impl Subscription {
                 self.name()
             )));
         }
-        let names = self.names_with_letters().await?;
+        let names = names_with_letters(&**self.store(), self.name()).await?;
         replay(self, &**self.store(), &names, options, &mut Handing(handler)).await
     }
+}
 
-    /// Its own name and those of its consumer group's ranges, which may hold dead letters.
-    pub(crate) async fn names_with_letters(&self) -> Result<Vec<String>> {
-        let mut names = vec![self.name().to_owned()];
-        for status in self.store().subscriptions().await? {
-            let range = matches!(
-                super::names::parse(self.name(), &status.name),
-                Some(super::names::Entry::Range(..))
-            );
-            if range && status.dead_letters > 0 {
-                names.push(status.name);
-            }
+/// The names under which the subscription `name` keeps dead letters in `store`: its own,
+/// and those of its consumer group's ranges that hold some.
+pub(crate) async fn names_with_letters(store: &dyn SubscriptionStore, name: &str) -> Result<Vec<String>> {
+    let mut names = vec![name.to_owned()];
+    for status in store.subscriptions().await? {
+        let range = matches!(
+            super::names::parse(name, &status.name),
+            Some(super::names::Entry::Range(..))
+        );
+        if range && status.dead_letters > 0 {
+            names.push(status.name);
         }
-        Ok(names)
     }
+    Ok(names)
 }

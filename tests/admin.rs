@@ -241,6 +241,17 @@ async fn exercise(url: &str) {
     assert_eq!(queries.summary().await.unwrap().accounts, 0);
     json(url, &["projections", "rebuild", read_model::NAME, "--yes"], 0);
     assert_eq!(queries.summary().await.unwrap().total_balance_cents, total);
+    // The service's projection is verifiable: its rows are what its code makes of them.
+    let verified = json(
+        url,
+        &["projections", "verify", read_model::NAME, "--sample", "10"],
+        0,
+    );
+    assert_eq!(
+        (verified["verified"].clone(), verified["drifted"].clone()),
+        (10.into(), 0.into())
+    );
+    assert_eq!(verified["rows"], 20, "one row per account, live and rebuilt");
     let unknown = admin(url, &["projections", "rebuild", "no-such-projection", "--yes"]);
     assert_eq!(unknown.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&unknown.stderr)

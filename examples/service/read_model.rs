@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use eventsource::backend::Stores;
 use eventsource::prelude::*;
-use eventsource::projection::{InMemoryReadModel, MemoryProjection, Projection};
+use eventsource::projection::{InMemoryReadModel, MemoryProjection, Projection, Row, StreamKey};
 use eventsource::subscription::HandlerError;
 use serde_json::{json, Value};
 
@@ -155,6 +155,23 @@ impl eventsource::backend::SqlProjection for Tables {
         }
         Ok(())
     }
+    /// The same statements on tables in `schema`, where `admin projections verify` rebuilds
+    /// streams to compare them with these.
+    fn scratch(&self, schema: &str) -> Option<Self> {
+        Some(Tables {
+            prefix: format!("{schema}."),
+        })
+    }
+
+    /// The row of an account or an order: each is made by the events of its own stream.
+    fn stream_rows(&self, stream: &StreamKey, reads: &mut eventsource::backend::SqlReads) {
+        let id = stream.aggregate_id.to_string();
+        match &*stream.aggregate_type {
+            "Account" => reads.query("bank_accounts_v2", &sql(ACCOUNT_ROW, &self.prefix), [id.into()]),
+            "Order" => reads.query("bank_orders_v2", &sql(ORDER_ROW, &self.prefix), [id.into()]),
+            _ => reads,
+        };
+    }
 }
 
 /// The read model in memory, for `memory:` stores.
@@ -165,6 +182,27 @@ pub struct Memory {
 }
 
 impl MemoryProjection for Memory {
+    /// The row of an account or an order, as the SQL tables have it.
+    fn stream_rows(&self, stream: &StreamKey) -> Option<Vec<Row>> {
+        let id = stream.aggregate_id.to_string();
+        let row = match &*stream.aggregate_type {
+            "Account" => self.accounts.get(&id).map(|(owner, balance)| {
+                Row::new(
+                    "bank_accounts_v2",
+                    json!({"id": id, "owner": owner, "balance_cents": balance}),
+                )
+            }),
+            "Order" => self.orders.get(&id).map(|(account, amount, status)| {
+                Row::new(
+                    "bank_orders_v2",
+                    json!({"id": id, "account_id": account, "amount_cents": amount, "status": status}),
+                )
+            }),
+            _ => None,
+        };
+        Some(row.into_iter().collect())
+    }
+
     fn apply(&mut self, events: &[StoredEvent]) -> Result<(), HandlerError> {
         for change in changes(events)? {
             match change {
@@ -249,6 +287,8 @@ const SUMMARY: &str = "SELECT count(*), CAST(coalesce(sum(balance_cents >> 32), 
     CAST(coalesce(sum(balance_cents & 4294967295), 0) AS BIGINT) FROM {p}bank_accounts_v2";
 const BY_STATUS: &str =
     "SELECT id, account_id, amount_cents FROM {p}bank_orders_v2 WHERE status = $1 ORDER BY id";
+const ACCOUNT_ROW: &str = "SELECT id, owner, balance_cents FROM {p}bank_accounts_v2 WHERE id = $1";
+const ORDER_ROW: &str = "SELECT id, account_id, amount_cents, status FROM {p}bank_orders_v2 WHERE id = $1";
 const EMPTY: &str = "DELETE FROM {p}bank_accounts_v2; DELETE FROM {p}bank_orders_v2";
 
 /// A statement with its tables in the schema `prefix` names (`"schema".` or nothing).

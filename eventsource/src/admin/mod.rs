@@ -13,6 +13,8 @@
 //! snapshots invalidate --type T [--below N]        delete a type's snapshots (asks first)
 //! projections list | status NAME                   checkpoints, lag, consumers, dead letters
 //! projections rebuild NAME | reset NAME            (asks first)
+//! projections verify NAME [--sample N | --after P --until Q]
+//!                                                  live rows against a rebuild with today's code
 //! events tail [--aggregate-type T] [--event-type E] [--from-start]
 //! events show ID
 //! migrate [--print-sql | --apply]                 the tables' layout and pending steps, as SQL
@@ -71,6 +73,7 @@ mod output;
 mod projections;
 mod snapshots;
 mod stats;
+mod verify_projection;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -258,6 +261,25 @@ pub enum ProjectionsCommand {
         /// Does not ask for confirmation.
         #[arg(long)]
         yes: bool,
+    },
+    /// Rebuilds a sample of streams (or those of a range of the feed) into a scratch copy of
+    /// a projection's read model with today's code and compares their rows with the live
+    /// ones; shows the first differences and exits 1 on any. The projection may be running.
+    Verify {
+        /// The projection's name (one the program names).
+        name: String,
+        /// Streams verified, chosen at random among those of the types it takes.
+        #[arg(long, default_value_t = 100, conflicts_with_all = ["after", "until"])]
+        sample: usize,
+        /// Verifies the streams with events in the feed after this position ...
+        #[arg(long, value_name = "POSITION", requires = "until")]
+        after: Option<u64>,
+        /// ... up to this one.
+        #[arg(long, value_name = "POSITION", requires = "after")]
+        until: Option<u64>,
+        /// Differing streams shown in full.
+        #[arg(long, default_value_t = 10)]
+        show: usize,
     },
     /// Records a new layout of a consumer group with another number of ranges (its first, for
     /// a subscription or projection that ran as a single consumer, which must be stopped);

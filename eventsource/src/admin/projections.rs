@@ -1,4 +1,4 @@
-//! `projections list | status | rebuild | reset | rescale`.
+//! `projections list | status | rebuild | reset | rescale` (and `verify`, in its own module).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::deadletters::DeadLetterView;
 use super::output::{confirm, thousands, took, Output};
 use super::stats::{kind, subscriptions, write_subscriptions, SubscriptionStats};
+use super::verify_projection::Streams;
 use super::{listing, AdminError, Outcome, ProjectionsCommand};
 use crate::backend::Stores;
 use crate::group::{self, RangeStatus};
@@ -40,6 +41,26 @@ pub(super) async fn run(
             reset(stores, projections, &name, force, yes, out).await
         }
         ProjectionsCommand::Rescale { name, ranges } => rescale(stores, &name, ranges, out).await,
+        ProjectionsCommand::Verify {
+            name,
+            sample,
+            after,
+            until,
+            show,
+        } => {
+            let Some(projection) = named(projections, &name) else {
+                find(stores, projections, &name).await?;
+                return Err(AdminError::Refused(format!(
+                    "`{}` is not a projection this program names (Admin::projection), so its code is not here to verify it",
+                    escape(&name)
+                )));
+            };
+            let streams = match (after, until) {
+                (Some(after), Some(until)) => Streams::Between(after, until),
+                _ => Streams::Sample(sample),
+            };
+            super::verify_projection::run(stores, projection, streams, show, out).await
+        }
     }
 }
 

@@ -14,5 +14,5 @@ pub mod sqlite;
 mod url;
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub use sql_read_model::{SqlProjection, SqlReadModel, SqlValue, SqlWrites};
+pub use sql_read_model::{SqlProjection, SqlReadModel, SqlReads, SqlValue, SqlWrites};
 pub use url::{open, Stores};

@@ -30,7 +30,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::event::StoredEvent;
-use crate::projection::ReadModelStore;
+use crate::projection::{ReadModelStore, Row, StreamKey, VerifiableReadModel};
 use crate::subscription::{HandlerError, SubscriptionStore};
 
 /// A parameter of a [`SqlWrites`] statement.
@@ -120,6 +120,30 @@ impl SqlWrites {
     }
 }
 
+/// The queries that read the rows of one stream in a [`SqlProjection`]'s tables, for
+/// [`Projection::verify`](crate::projection::Projection::verify).
+#[derive(Debug, Default)]
+pub struct SqlReads {
+    queries: Vec<(String, String, Vec<SqlValue>)>,
+}
+
+impl SqlReads {
+    /// Adds a `SELECT` with `$1`, `$2`, ... placeholders and their parameters, whose rows
+    /// verify shows under the name `table`.
+    pub fn query(&mut self, table: &str, sql: &str, params: impl IntoIterator<Item = SqlValue>) -> &mut Self {
+        self.queries
+            .push((table.to_owned(), sql.to_owned(), params.into_iter().collect()));
+        self
+    }
+
+    /// The queries added so far, in order: the table name, the statement, its parameters.
+    pub fn queries(&self) -> impl Iterator<Item = (&str, &str, &[SqlValue])> {
+        self.queries
+            .iter()
+            .map(|(table, sql, params)| (table.as_str(), sql.as_str(), params.as_slice()))
+    }
+}
+
 /// A projection whose read model is SQL tables, written once for SQLite and PostgreSQL; see
 /// the [module docs](self). Each method adds the statements of its step to `writes`; a method
 /// that fails runs none of them and rolls the transaction back.
@@ -146,11 +170,36 @@ pub trait SqlProjection: Send + 'static {
         let _ = writes;
         Ok(())
     }
+
+    /// For [`Projection::verify`](crate::projection::Projection::verify): the same projection
+    /// with its tables in the schema `schema`, where verifying rebuilds streams into empty
+    /// temporary tables, in a transaction it rolls back (`pg_temp` on PostgreSQL, `temp` on
+    /// SQLite); `None`, the default, if it cannot be verified, which makes `verify` refuse it.
+    /// A projection whose statements put a prefix before its tables' names, as they must to
+    /// follow the stores' `?schema=`, gives itself with the prefix `"{schema}."`.
+    fn scratch(&self, schema: &str) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        let _ = schema;
+        None
+    }
+
+    /// For verifying: the queries that read the rows the events of `stream` made, in this
+    /// projection's tables (the live ones, or the scratch copy's). Columns of text, integer,
+    /// floating-point, boolean, bytes, UUID and timestamp types are read; cast others to
+    /// text. Leave out rows that do not follow from the events of one stream alone (a total
+    /// over every stream). None by default.
+    fn stream_rows(&self, stream: &StreamKey, reads: &mut SqlReads) {
+        let _ = (stream, reads);
+    }
 }
 
 /// A [`SqlProjection`]'s read model, in the database of the stores' subscription store.
 pub struct SqlReadModel<P> {
     inner: Inner<P>,
+    /// Whether the projection gives a scratch copy of itself.
+    verifiable: bool,
 }
 
 impl<P> std::fmt::Debug for SqlReadModel<P> {
@@ -164,6 +213,7 @@ impl<P> std::fmt::Debug for SqlReadModel<P> {
         f.debug_struct("SqlReadModel")
             .field("projection", &std::any::type_name::<P>())
             .field("backend", &backend)
+            .field("verifiable", &self.verifiable)
             .finish()
     }
 }
@@ -202,6 +252,7 @@ impl<P: SqlProjection> SqlReadModel<P> {
         projection: P,
     ) -> Self {
         SqlReadModel {
+            verifiable: projection.scratch(on_postgres::SCRATCH_SCHEMA).is_some(),
             inner: Inner::Postgres(crate::backend::postgres::PostgresReadModel::new(
                 subscriptions,
                 Portable(projection),
@@ -213,6 +264,7 @@ impl<P: SqlProjection> SqlReadModel<P> {
     #[cfg(feature = "sqlite")]
     pub fn sqlite(subscriptions: crate::backend::sqlite::SqliteSubscriptionStore, projection: P) -> Self {
         SqlReadModel {
+            verifiable: projection.scratch(on_sqlite::SCRATCH_SCHEMA).is_some(),
             inner: Inner::Sqlite(crate::backend::sqlite::SqliteReadModel::new(
                 subscriptions,
                 Portable(projection),
@@ -261,6 +313,61 @@ impl<P: SqlProjection> ReadModelStore for SqlReadModel<P> {
     async fn go_live(&self) -> std::result::Result<(), HandlerError> {
         each_backend!(self, model => model.go_live().await)
     }
+
+    fn verifier(&self) -> Option<&dyn VerifiableReadModel> {
+        match self.verifiable {
+            true => Some(self),
+            false => None,
+        }
+    }
+}
+
+#[async_trait]
+impl<P: SqlProjection> VerifiableReadModel for SqlReadModel<P> {
+    async fn stream_rows(&self, stream: &StreamKey) -> std::result::Result<Vec<Row>, HandlerError> {
+        each_backend!(self, model => model.live_rows(stream).await)
+    }
+
+    async fn rebuilt_rows(
+        &self,
+        stream: &StreamKey,
+        events: &[StoredEvent],
+    ) -> std::result::Result<Vec<Row>, HandlerError> {
+        each_backend!(self, model => model.scratch_rows(stream, events).await)
+    }
+}
+
+/// The rows of one stream in a backend's read model of a [`SqlProjection`], live and
+/// rebuilt in a scratch copy.
+#[async_trait]
+trait StreamRows {
+    async fn live_rows(&self, stream: &StreamKey) -> std::result::Result<Vec<Row>, HandlerError>;
+
+    async fn scratch_rows(
+        &self,
+        stream: &StreamKey,
+        events: &[StoredEvent],
+    ) -> std::result::Result<Vec<Row>, HandlerError>;
+}
+
+/// The scratch copy of `projection` in `schema`, or why there is none.
+fn scratch_of<P: SqlProjection>(projection: &P, schema: &str) -> std::result::Result<P, HandlerError> {
+    projection
+        .scratch(schema)
+        .ok_or_else(|| "the projection gives no scratch copy of itself".into())
+}
+
+/// The queries `projection` reads the rows of `stream` with.
+fn reads_of<P: SqlProjection>(projection: &P, stream: &StreamKey) -> SqlReads {
+    let mut reads = SqlReads::default();
+    projection.stream_rows(stream, &mut reads);
+    reads
+}
+
+/// Bytes as verifying shows them: hexadecimal, as PostgreSQL's `bytea` text.
+fn hex(bytes: &[u8]) -> serde_json::Value {
+    let digits: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    serde_json::Value::String(format!("\\x{digits}"))
 }
 
 /// A [`SqlProjection`] as each backend's own projection: its statements, run in the backend's
@@ -280,8 +387,125 @@ impl<P> Portable<P> {
 
 #[cfg(feature = "postgres")]
 mod on_postgres {
+    use sqlx::{Column as _, Row as _, TypeInfo as _, ValueRef as _};
+
     use super::*;
-    use crate::backend::postgres::{PgTransaction, PostgresProjection};
+    use crate::backend::postgres::{PgTransaction, PostgresProjection, PostgresReadModel};
+
+    /// Where verifying rebuilds streams: the connection's temporary tables.
+    pub(super) const SCRATCH_SCHEMA: &str = "pg_temp";
+
+    impl SqlReads {
+        async fn run_postgres(
+            self,
+            connection: &mut sqlx::PgConnection,
+        ) -> std::result::Result<Vec<Row>, HandlerError> {
+            let mut rows = Vec::new();
+            for (table, sql, params) in self.queries {
+                let mut query = sqlx::query(&sql).persistent(false);
+                for param in params {
+                    query = bind(query, param);
+                }
+                for row in query.fetch_all(&mut *connection).await? {
+                    rows.push(Row::new(&table, values(&row)?));
+                }
+            }
+            Ok(rows)
+        }
+    }
+
+    fn bind(
+        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        param: SqlValue,
+    ) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        match param {
+            SqlValue::Null => query.bind(None::<String>),
+            SqlValue::Integer(v) => query.bind(v),
+            SqlValue::Real(v) => query.bind(v),
+            SqlValue::Text(v) => query.bind(v),
+            SqlValue::Blob(v) => query.bind(v),
+        }
+    }
+
+    /// A row's values by column name, of the types verifying reads.
+    fn values(row: &sqlx::postgres::PgRow) -> std::result::Result<serde_json::Value, HandlerError> {
+        use serde_json::Value;
+        let mut values = serde_json::Map::new();
+        for (i, column) in row.columns().iter().enumerate() {
+            let value = if row.try_get_raw(i)?.is_null() {
+                Value::Null
+            } else {
+                match column.type_info().name() {
+                    "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" => Value::from(row.try_get::<String, _>(i)?),
+                    "INT2" => Value::from(row.try_get::<i16, _>(i)?),
+                    "INT4" => Value::from(row.try_get::<i32, _>(i)?),
+                    "INT8" => Value::from(row.try_get::<i64, _>(i)?),
+                    "FLOAT4" => Value::from(row.try_get::<f32, _>(i)?),
+                    "FLOAT8" => Value::from(row.try_get::<f64, _>(i)?),
+                    "BOOL" => Value::from(row.try_get::<bool, _>(i)?),
+                    "BYTEA" => hex(&row.try_get::<Vec<u8>, _>(i)?),
+                    "UUID" => Value::from(row.try_get::<Uuid, _>(i)?.to_string()),
+                    "TIMESTAMPTZ" => Value::from(
+                        row.try_get::<sqlx::types::chrono::DateTime<sqlx::types::chrono::Utc>, _>(i)?
+                            .to_rfc3339(),
+                    ),
+                    "TIMESTAMP" => Value::from(row.try_get::<sqlx::types::chrono::NaiveDateTime, _>(i)?.to_string()),
+                    other => {
+                        return Err(format!(
+                            "column `{}` is of type {other}, which verifying does not read: cast it to text in the query",
+                            column.name()
+                        )
+                        .into())
+                    }
+                }
+            };
+            values.insert(column.name().to_owned(), value);
+        }
+        Ok(Value::Object(values))
+    }
+
+    #[async_trait]
+    impl<P: SqlProjection> StreamRows for PostgresReadModel<Portable<P>> {
+        async fn live_rows(&self, stream: &StreamKey) -> std::result::Result<Vec<Row>, HandlerError> {
+            let reads = reads_of(&self.projection().lock().await.0, stream);
+            // Read only: a query that would write fails instead.
+            let mut tx = self.pool().begin().await?;
+            sqlx::query("SET TRANSACTION READ ONLY").execute(&mut *tx).await?;
+            let rows = reads.run_postgres(&mut tx).await;
+            let _ = tx.rollback().await;
+            rows
+        }
+
+        async fn scratch_rows(
+            &self,
+            stream: &StreamKey,
+            events: &[StoredEvent],
+        ) -> std::result::Result<Vec<Row>, HandlerError> {
+            let mut scratch = Portable(scratch_of(&self.projection().lock().await.0, SCRATCH_SCHEMA)?);
+            let (pool, stream, events) = (self.pool().clone(), stream.clone(), events.to_vec());
+            // In a task of its own, as the read model's transactions are: a caller that stops
+            // waiting never leaves it open on a pooled connection. It is always rolled back,
+            // so its temporary tables go with it, and so would any write of the live tables.
+            tokio::spawn(async move {
+                let mut tx = pool.begin().await?;
+                let rows = async {
+                    scratch.writes(P::setup)?.run_postgres(&mut tx).await?;
+                    if !events.is_empty() {
+                        scratch
+                            .writes(|p, w| p.apply(w, &events))?
+                            .run_postgres(&mut tx)
+                            .await?;
+                    }
+                    reads_of(&scratch.0, &stream).run_postgres(&mut tx).await
+                }
+                .await;
+                let _ = tx.rollback().await;
+                rows
+            })
+            .await
+            .map_err(|e| HandlerError::from(format!("a verifying transaction panicked: {e}")))?
+        }
+    }
 
     impl SqlWrites {
         async fn run_postgres(self, tx: &mut PgTransaction) -> std::result::Result<(), HandlerError> {
@@ -291,13 +515,7 @@ mod on_postgres {
                 // (an integer, then a NULL).
                 let mut query = sqlx::query(&sql).persistent(false);
                 for param in params {
-                    query = match param {
-                        SqlValue::Null => query.bind(None::<String>),
-                        SqlValue::Integer(v) => query.bind(v),
-                        SqlValue::Real(v) => query.bind(v),
-                        SqlValue::Text(v) => query.bind(v),
-                        SqlValue::Blob(v) => query.bind(v),
-                    };
+                    query = bind(query, param);
                 }
                 query.execute(&mut **tx).await?;
             }
@@ -335,7 +553,97 @@ mod on_sqlite {
     use rusqlite::Transaction;
 
     use super::*;
-    use crate::backend::sqlite::SqliteProjection;
+    use crate::backend::sqlite::{SqliteProjection, SqliteReadModel};
+
+    /// Where verifying rebuilds streams: the connection's temporary tables.
+    pub(super) const SCRATCH_SCHEMA: &str = "temp";
+
+    impl SqlReads {
+        fn run_sqlite(
+            self,
+            connection: &rusqlite::Connection,
+        ) -> std::result::Result<Vec<Row>, HandlerError> {
+            let mut rows = Vec::new();
+            for (table, sql, params) in self.queries {
+                let mut statement = connection.prepare(&sqlite_placeholders(&sql))?;
+                let names: Vec<String> = statement.column_names().into_iter().map(str::to_owned).collect();
+                let mut found = statement.query(rusqlite::params_from_iter(params.iter()))?;
+                while let Some(row) = found.next()? {
+                    let mut values = serde_json::Map::new();
+                    for (i, name) in names.iter().enumerate() {
+                        let value = match row.get_ref(i)? {
+                            ValueRef::Null => serde_json::Value::Null,
+                            ValueRef::Integer(v) => v.into(),
+                            ValueRef::Real(v) => v.into(),
+                            ValueRef::Text(v) => String::from_utf8_lossy(v).into_owned().into(),
+                            ValueRef::Blob(v) => hex(v),
+                        };
+                        values.insert(name.clone(), value);
+                    }
+                    rows.push(Row::new(&table, serde_json::Value::Object(values)));
+                }
+            }
+            Ok(rows)
+        }
+    }
+
+    /// The outcome of a call on the database: the store's error, or the projection's.
+    fn flatten<T>(
+        outcome: Result<std::result::Result<T, HandlerError>>,
+    ) -> std::result::Result<T, HandlerError> {
+        outcome?
+    }
+
+    #[async_trait]
+    impl<P: SqlProjection> StreamRows for SqliteReadModel<Portable<P>> {
+        async fn live_rows(&self, stream: &StreamKey) -> std::result::Result<Vec<Row>, HandlerError> {
+            let reads = {
+                let projection = self.projection().lock().unwrap_or_else(|p| p.into_inner());
+                reads_of(&projection.0, stream)
+            };
+            // In a transaction rolled back: a query that would write changes nothing.
+            let rows = self
+                .database()
+                .call(move |connection| {
+                    let tx = connection.transaction()?;
+                    let rows = reads.run_sqlite(&tx);
+                    tx.rollback()?;
+                    Ok(rows)
+                })
+                .await;
+            flatten(rows)
+        }
+
+        async fn scratch_rows(
+            &self,
+            stream: &StreamKey,
+            events: &[StoredEvent],
+        ) -> std::result::Result<Vec<Row>, HandlerError> {
+            let mut scratch = {
+                let projection = self.projection().lock().unwrap_or_else(|p| p.into_inner());
+                Portable(scratch_of(&projection.0, SCRATCH_SCHEMA)?)
+            };
+            let (stream, events) = (stream.clone(), events.to_vec());
+            // One transaction, always rolled back: its temporary tables go with it, and so
+            // would any write of the live tables.
+            let rows = self
+                .database()
+                .call(move |connection| {
+                    let tx = connection.transaction()?;
+                    let rows = (|| {
+                        scratch.writes(P::setup)?.run_sqlite(&tx)?;
+                        if !events.is_empty() {
+                            scratch.writes(|p, w| p.apply(w, &events))?.run_sqlite(&tx)?;
+                        }
+                        reads_of(&scratch.0, &stream).run_sqlite(&tx)
+                    })();
+                    tx.rollback()?;
+                    Ok(rows)
+                })
+                .await;
+            flatten(rows)
+        }
+    }
 
     impl ToSql for SqlValue {
         fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {

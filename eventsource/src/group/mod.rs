@@ -443,6 +443,17 @@ pub async fn status(
     }))
 }
 
+/// The position up to which consumer `name` (a single consumer, or the ranges of a consumer
+/// group) has handled the events of `slice`, of a store of `slices` slices.
+pub(crate) async fn handled_slice(
+    store: &dyn SubscriptionStore,
+    slices: SliceCount,
+    name: &str,
+    slice: u32,
+) -> Result<u64> {
+    Ok(GroupState::read(store, name, slices).await?.handled_slice(slice))
+}
+
 /// Waits until every range of the current layout of group `name` has a checkpoint at or
 /// after `position`, at most `timeout`; whether it has.
 pub(crate) async fn wait_for(

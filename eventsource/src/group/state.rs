@@ -129,6 +129,26 @@ impl GroupState {
         }
     }
 
+    /// The position up to which the events of `slice` are handled: by the range of the
+    /// current layout that holds it (its checkpoint, raised to where the layouts before it
+    /// left the slice), or by the single consumer.
+    pub(crate) fn handled_slice(&self, slice: u32) -> u64 {
+        let Some((generation, _)) = self.current() else {
+            return self.single.and_then(|held| held.checkpoint).unwrap_or(0);
+        };
+        let before = self
+            .handled_before(generation)
+            .get(slice as usize)
+            .copied()
+            .unwrap_or(0);
+        let range = self
+            .ranges_of(generation)
+            .into_iter()
+            .find(|range| range.contains(slice));
+        let checkpoint = range.and_then(|range| self.range(generation, range).checkpoint);
+        checkpoint.unwrap_or(0).max(before)
+    }
+
     /// How many workers hold a slot.
     pub(crate) fn live_members(&self) -> usize {
         self.members.values().filter(|owner| owner.is_some()).count()

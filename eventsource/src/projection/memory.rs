@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use uuid::Uuid;
 
+use super::verify::{Row, StreamKey, VerifiableReadModel};
 use super::ReadModelStore;
 use crate::backend::memory::InMemorySubscriptionStore;
 use crate::error::Result;
@@ -18,6 +19,16 @@ use crate::subscription::{HandlerError, SubscriptionStore};
 pub trait MemoryProjection: Clone + Send + Sync + 'static {
     /// Applies a batch of events to the state.
     fn apply(&mut self, events: &[StoredEvent]) -> Result<(), HandlerError>;
+
+    /// The rows the events of `stream` made in the state, for
+    /// [`Projection::verify`](super::Projection::verify) (which applies a stream's events to
+    /// a copy of the initial state and compares its rows with the live state's); `None`, the
+    /// default, if the projection cannot tell them, which makes `verify` refuse it. It must
+    /// give `Some` for every stream, also one the state does not hold (no rows).
+    fn stream_rows(&self, stream: &StreamKey) -> Option<Vec<Row>> {
+        let _ = stream;
+        None
+    }
 }
 
 /// The state of a [`MemoryProjection`] and its checkpoint, under one lock. Cheap to clone;
@@ -27,6 +38,8 @@ pub struct InMemoryReadModel<P> {
     inner: Arc<Mutex<Kept<P>>>,
     initial: P,
     leases: InMemorySubscriptionStore,
+    /// Whether the projection lists a stream's rows.
+    verifiable: bool,
 }
 
 impl<P> std::fmt::Debug for InMemoryReadModel<P> {
@@ -44,7 +57,9 @@ struct Kept<P> {
 impl<P: MemoryProjection> InMemoryReadModel<P> {
     /// A read model starting from `initial`, which a reset also goes back to.
     pub fn new(initial: P) -> Self {
+        let verifiable = initial.stream_rows(&StreamKey::new("", Uuid::nil())).is_some();
         InMemoryReadModel {
+            verifiable,
             inner: Arc::new(Mutex::new(Kept {
                 state: initial.clone(),
             })),
@@ -103,5 +118,36 @@ impl<P: MemoryProjection> ReadModelStore for InMemoryReadModel<P> {
 
     async fn go_live(&self) -> Result<(), HandlerError> {
         Ok(())
+    }
+
+    fn verifier(&self) -> Option<&dyn VerifiableReadModel> {
+        match self.verifiable {
+            true => Some(self),
+            false => None,
+        }
+    }
+}
+
+/// The rows `projection` lists for `stream`; an error if it lists none after all.
+fn rows_of<P: MemoryProjection>(projection: &P, stream: &StreamKey) -> Result<Vec<Row>, HandlerError> {
+    projection
+        .stream_rows(stream)
+        .ok_or_else(|| format!("the projection lists no rows for stream {stream}").into())
+}
+
+#[async_trait]
+impl<P: MemoryProjection> VerifiableReadModel for InMemoryReadModel<P> {
+    async fn stream_rows(&self, stream: &StreamKey) -> Result<Vec<Row>, HandlerError> {
+        rows_of(&self.lock().state, stream)
+    }
+
+    async fn rebuilt_rows(
+        &self,
+        stream: &StreamKey,
+        events: &[StoredEvent],
+    ) -> Result<Vec<Row>, HandlerError> {
+        let mut scratch = self.initial.clone();
+        scratch.apply(events)?;
+        rows_of(&scratch, stream)
     }
 }

@@ -38,6 +38,9 @@
 //!   [`Executed::position`](crate::repository::Executed::position));
 //!   [`Projection::wait_for`] waits, with a timeout, until the projection has committed that
 //!   position, so the read model then shows the caller's own change.
+//! - **Verify**: [`Projection::verify`] rebuilds a sample of streams into a scratch copy of
+//!   the read model with today's code and compares their rows with the live ones: whether a
+//!   changed projection must be rebuilt (see [`verify`] for what a projection provides).
 //!
 //! `docs/guides/projections.md` is the guide.
 //!
@@ -85,9 +88,11 @@ mod group;
 mod memory;
 mod replay;
 mod runner;
+pub mod verify;
 
 pub use memory::{InMemoryReadModel, MemoryProjection};
 pub use runner::{Progress, Projection};
+pub use verify::{Row, StreamKey, VerifiableReadModel};
 
 use std::sync::Arc;
 
@@ -143,4 +148,8 @@ pub trait ReadModelStore: Send + Sync {
     /// Makes this read model the one queries read, in one transaction (the projection's
     /// `go_live`).
     async fn go_live(&self) -> std::result::Result<(), HandlerError>;
+
+    /// What [`Projection::verify`] needs, if this read model gives it: see [`verify`]. `None`
+    /// makes `verify` refuse the projection.
+    fn verifier(&self) -> Option<&dyn VerifiableReadModel>;
 }

@@ -81,6 +81,16 @@ impl<P: PostgresProjection> PostgresReadModel<P> {
         }
     }
 
+    /// The pool of its database.
+    pub(crate) fn pool(&self) -> &sqlx::PgPool {
+        &self.subscriptions.pool
+    }
+
+    /// The projection, locked by each transaction.
+    pub(crate) fn projection(&self) -> &Arc<tokio::sync::Mutex<P>> {
+        &self.projection
+    }
+
     /// Runs `step` in one transaction, in a task of its own; committed if it gives `Ok(true)`,
     /// rolled back otherwise.
     async fn transaction(&self, step: Step) -> Result<bool, HandlerError> {
@@ -219,5 +229,11 @@ impl<P: PostgresProjection> ReadModelStore for PostgresReadModel<P> {
 
     async fn go_live(&self) -> Result<(), HandlerError> {
         self.transaction(Step::GoLive).await.map(drop)
+    }
+
+    /// A projection of PostgreSQL's own kind cannot be verified (see
+    /// [`crate::projection::verify`]).
+    fn verifier(&self) -> Option<&dyn crate::projection::VerifiableReadModel> {
+        None
     }
 }

@@ -63,6 +63,16 @@ impl<P: SqliteProjection> SqliteReadModel<P> {
         }
     }
 
+    /// The database of its tables and checkpoint.
+    pub(crate) fn database(&self) -> &super::Database {
+        self.subscriptions.database()
+    }
+
+    /// The projection, locked by each transaction.
+    pub(crate) fn projection(&self) -> &Arc<Mutex<P>> {
+        &self.projection
+    }
+
     /// Runs `step` on the projection in one `BEGIN IMMEDIATE` transaction, committed if it
     /// returns `Ok(true)`.
     async fn transaction<F>(&self, step: F) -> Result<bool, HandlerError>
@@ -145,5 +155,10 @@ impl<P: SqliteProjection> ReadModelStore for SqliteReadModel<P> {
         self.transaction(|projection, tx| projection.go_live(tx).map(|()| true))
             .await
             .map(drop)
+    }
+    /// A projection of SQLite's own kind cannot be verified (see
+    /// [`crate::projection::verify`]).
+    fn verifier(&self) -> Option<&dyn crate::projection::VerifiableReadModel> {
+        None
     }
 }

@@ -81,6 +81,7 @@ mod abilities {
             request_index: true,
             slice_feed: true,
             joint_snapshots: false,
+            multi_stream: true,
         };
         assert_abilities(&Stores::in_memory(), every_but_joint);
         let bare = Stores::new(

@@ -108,6 +108,7 @@ async fn postgres_stores_hand_out_every_ability() {
         request_index: true,
         slice_feed: true,
         joint_snapshots: true,
+        multi_stream: true,
     };
     let stores = eventsource::backend::open(&db.url).await.unwrap();
     eventsource::testing::stores::assert_abilities(&stores, every);

@@ -53,6 +53,7 @@ mod abilities {
                 request_index: true,
                 slice_feed: true,
                 joint_snapshots: false,
+                multi_stream: true,
             },
         );
     }

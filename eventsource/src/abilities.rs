@@ -1,6 +1,7 @@
 //! What only some stores can do, handed out by the backend as values of their own rather than
 //! found on the store traits: the append wake-up signal, the listings operators read, the
-//! index of request ids, and the feed read by slices.
+//! index of request ids, and the feed read by slices. Saves over several streams at once are
+//! [`MultiStreamAppend`](crate::multi_stream::MultiStreamAppend), beside the types it takes.
 //! Reading and writing events with a snapshot in one statement is
 //! [`JointSnapshots`](crate::snapshot::JointSnapshots), beside the snapshots it writes.
 //!

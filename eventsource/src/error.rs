@@ -36,6 +36,14 @@ pub enum Error {
         actual: u64,
     },
 
+    /// A save over several streams found streams not at the version it expected: streams it
+    /// writes, and streams it only checks; nothing was written. Each is named.
+    #[error("concurrency conflict on {}", conflicts_text(streams))]
+    Conflicts {
+        /// Every stream whose expectation failed.
+        streams: Vec<StreamConflict>,
+    },
+
     /// A stored event names a type that the aggregate does not know.
     #[error("unknown event type `{event_type}` for aggregate {aggregate_type}")]
     UnknownEventType {
@@ -238,13 +246,69 @@ impl Error {
         }
     }
 
-    /// Whether this error is a [`Error::Conflict`].
+    /// Whether this error is a [`Error::Conflict`], or the [`Error::Conflicts`] of a save over
+    /// several streams: another writer came first, and loading and deciding again may succeed.
     pub fn is_conflict(&self) -> bool {
-        matches!(self, Error::Conflict { .. })
+        matches!(self, Error::Conflict { .. } | Error::Conflicts { .. })
     }
 
     /// Whether this error is a [`Error::NotFound`].
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::NotFound { .. })
     }
+}
+
+/// One stream of an [`Error::Conflicts`]: what a save over several streams expected of it,
+/// and what it found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamConflict {
+    /// The aggregate type of the stream.
+    pub aggregate_type: String,
+    /// The aggregate id of the stream.
+    pub aggregate_id: Uuid,
+    /// The version the save expected (0: that the stream does not exist).
+    pub expected: u64,
+    /// The version the stream is at.
+    pub actual: u64,
+    /// Whether the save writes the stream (or only checks it).
+    pub written: bool,
+}
+
+impl StreamConflict {
+    /// The conflict of a stream expected at `expected` and found at `actual`.
+    pub fn new(
+        aggregate_type: impl Into<String>,
+        aggregate_id: Uuid,
+        expected: u64,
+        actual: u64,
+        written: bool,
+    ) -> Self {
+        StreamConflict {
+            aggregate_type: aggregate_type.into(),
+            aggregate_id,
+            expected,
+            actual,
+            written,
+        }
+    }
+}
+
+impl std::fmt::Display for StreamConflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let expected = match self.expected {
+            0 => "absent".to_owned(),
+            v => format!("version {v}"),
+        };
+        write!(
+            f,
+            "{} {} (expected {expected}, found version {})",
+            self.aggregate_type, self.aggregate_id, self.actual
+        )
+    }
+}
+
+fn conflicts_text(streams: &[StreamConflict]) -> String {
+    let texts: Vec<String> = streams.iter().map(ToString::to_string).collect();
+    texts.join(", ")
 }

@@ -333,7 +333,7 @@ impl<'a> Batch<'a> {
         self.expected_version + self.events.len() as u64
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         let Batch {
             aggregate_id,
             aggregate_type,
@@ -401,6 +401,12 @@ impl<'a> Batch<'a> {
         store: &(impl EventStore + ?Sized),
         refusal: Error,
     ) -> Result<Appended> {
+        self.stored(store).await?.ok_or(refusal)
+    }
+
+    /// The outcome of this batch if `store` holds every event of it under its id at its
+    /// version, `None` if it does not.
+    pub(crate) async fn stored(&self, store: &(impl EventStore + ?Sized)) -> Result<Option<Appended>> {
         use futures_util::StreamExt;
 
         let mut stored = store
@@ -418,12 +424,12 @@ impl<'a> Batch<'a> {
                 // Whether the batch is stored is unknown: a refusal now could make the caller
                 // decide its command again on top of its own events.
                 Some(Err(e)) => return Err(e),
-                _ => return Err(refusal),
+                _ => return Ok(None),
             }
         }
-        Ok(Appended {
+        Ok(Some(Appended {
             version: self.version_after(),
             position,
-        })
+        }))
     }
 }

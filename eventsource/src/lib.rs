@@ -15,6 +15,7 @@ pub mod event;
 pub mod event_store;
 pub mod evolution;
 pub mod group;
+pub mod multi_stream;
 pub mod projection;
 pub mod registry;
 pub mod repository;

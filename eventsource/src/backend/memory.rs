@@ -18,6 +18,7 @@ use crate::abilities::{AppendSignal, RequestIndex, SliceFeed, SnapshotListing, S
 use crate::error::{Error, Result};
 use crate::event::{EventEnvelope, StoredEvent};
 use crate::event_store::{Appended, Batch, EventStore, EventStream, FeedHead};
+use crate::multi_stream::{MultiStreamAppend, StreamBatches};
 use crate::request::{request_of, validate_refusal, Fingerprint, RequestId, RequestOutcome, RequestRecord};
 use crate::slice::{SliceCount, SliceRange};
 use crate::snapshot::{validate_snapshot, Snapshot, SnapshotStore};
@@ -310,6 +311,53 @@ impl EventStore for InMemoryEventStore {
             last.max(after_position),
             last.saturating_sub(after_position),
         ))
+    }
+}
+
+#[async_trait]
+impl MultiStreamAppend for InMemoryEventStore {
+    async fn append_streams(&self, save: StreamBatches<'_>) -> Result<Vec<Appended>> {
+        let refusal = {
+            let mut log = write(&self.inner);
+            let writes = save.writes().iter().map(|b| (b.aggregate_id, b.aggregate_type));
+            let checks = save
+                .checks()
+                .iter()
+                .map(|c| (c.aggregate_id, c.aggregate_type.as_str()));
+            let actual: Vec<u64> = writes
+                .chain(checks)
+                .map(|(id, ty)| log.stream(id, ty).len() as u64)
+                .collect();
+            let reused = save
+                .writes()
+                .iter()
+                .flat_map(|b| b.events)
+                .find(|e| log.event_ids.contains(&e.event_id));
+            match (save.conflicts(&actual), reused) {
+                (Some(conflict), _) => conflict,
+                (None, Some(reused)) => {
+                    Error::InvalidInput(format!("event id {} is already stored", reused.event_id))
+                }
+                (None, None) => {
+                    let appended = save
+                        .writes()
+                        .iter()
+                        .map(|b| {
+                            let version =
+                                log.push(b.aggregate_id, b.aggregate_type, b.expected_version, b.events);
+                            Appended {
+                                version,
+                                position: log.events.len() as u64,
+                            }
+                        })
+                        .collect();
+                    drop(log);
+                    self.appended.raise();
+                    return Ok(appended);
+                }
+            }
+        };
+        save.acknowledge_stored(self, refusal).await
     }
 }
 

@@ -9,6 +9,7 @@ use crate::backend::memory::{InMemoryEventStore, InMemorySnapshotStore, InMemory
 use crate::backend::param::Param;
 use crate::error::{Error, Result};
 use crate::event_store::EventStore;
+use crate::multi_stream::MultiStreamAppend;
 use crate::projection::{Projection, ReadModelStore};
 use crate::repository::Repository;
 use crate::slice::SliceCount;
@@ -47,6 +48,8 @@ pub struct Stores {
     pub request_index: Option<Arc<dyn RequestIndex>>,
     /// The event store's feed read by slices, if the backend has one.
     pub slice_feed: Option<Arc<dyn SliceFeed>>,
+    /// The event store's saves over several streams at once, if the backend has them.
+    pub multi_stream: Option<Arc<dyn MultiStreamAppend>>,
     /// The snapshot store with statements that read and write its snapshots together with
     /// the events, if the backend has them.
     pub joint_snapshots: Option<JointSnapshots>,
@@ -75,6 +78,7 @@ impl std::fmt::Debug for Stores {
             .field("snapshot_listing", &self.snapshot_listing.is_some())
             .field("request_index", &self.request_index.is_some())
             .field("slice_feed", &self.slice_feed.is_some())
+            .field("multi_stream", &self.multi_stream.is_some())
             .field("joint_snapshots", &self.joint_snapshots.is_some())
             .finish_non_exhaustive()
     }
@@ -111,6 +115,7 @@ impl Stores {
             snapshot_listing: None,
             request_index: None,
             slice_feed: None,
+            multi_stream: None,
             joint_snapshots: None,
             backend,
             durability_told: Arc::default(),
@@ -127,7 +132,7 @@ impl Stores {
         backend: Backend,
     ) -> Self
     where
-        E: EventStore + StreamListing + RequestIndex + SliceFeed + Clone + 'static,
+        E: EventStore + StreamListing + RequestIndex + SliceFeed + MultiStreamAppend + Clone + 'static,
         S: SnapshotStore + SnapshotListing + Clone + 'static,
     {
         Self::of(
@@ -139,7 +144,8 @@ impl Stores {
         .with_append_signal(signal)
         .with_stream_listing(Arc::new(events.clone()))
         .with_request_index(Arc::new(events.clone()))
-        .with_slice_feed(Arc::new(events))
+        .with_slice_feed(Arc::new(events.clone()))
+        .with_multi_stream(Arc::new(events))
         .with_snapshot_listing(Arc::new(snapshots))
     }
 
@@ -233,6 +239,24 @@ impl Stores {
     pub fn with_slice_feed(mut self, feed: Arc<dyn SliceFeed>) -> Self {
         self.slice_feed = Some(feed);
         self
+    }
+
+    /// The same stores, with the event store's saves over several streams.
+    #[must_use]
+    pub fn with_multi_stream(mut self, multi_stream: Arc<dyn MultiStreamAppend>) -> Self {
+        self.multi_stream = Some(multi_stream);
+        self
+    }
+
+    /// The event store's saves over several streams at once (see [`crate::multi_stream`]);
+    /// [`Error::InvalidConfiguration`] for stores without them.
+    pub fn multi_stream(&self) -> Result<Arc<dyn MultiStreamAppend>> {
+        self.multi_stream.clone().ok_or_else(|| {
+            Error::InvalidConfiguration(format!(
+                "the {} stores cannot save several streams in one transaction",
+                self.backend_name()
+            ))
+        })
     }
 
     /// The same stores, with joint statements; their snapshot store becomes the snapshot store.

@@ -72,3 +72,9 @@ pub struct Executed {
     /// shows this command's outcome.
     pub position: u64,
 }
+
+impl<E> crate::multi_stream::Conflicted for CommandError<E> {
+    fn is_conflict(&self) -> bool {
+        matches!(self, CommandError::Failed(e) if e.is_conflict())
+    }
+}

@@ -15,7 +15,9 @@ use super::event_store::{append, events, read};
 use super::snapshot_store::{delete_by_type, save, snapshot};
 use super::unique_type;
 use crate::backend::Stores;
-use crate::event::StoredEvent;
+use crate::event::{EventEnvelope, StoredEvent};
+use crate::event_store::Batch;
+use crate::multi_stream::{MultiStreamAppend, StreamBatches, StreamCheck};
 use crate::request::{Fingerprint, RequestId, RequestOutcome, RequestRecord};
 use crate::snapshot::{Snapshot, SnapshotVersion};
 
@@ -34,6 +36,12 @@ macro_rules! __stores_checks {
             a_joint_load_reads_what_two_reads_read
             a_joint_save_stores_what_two_writes_store
             the_slice_feed_reads_what_the_feed_holds_of_its_slices
+            a_save_over_several_streams_stores_every_batch_or_none
+            a_save_over_several_streams_fails_on_a_checked_stream_that_moved
+            a_save_over_several_streams_made_again_is_acknowledged
+            a_save_over_several_streams_refuses_an_event_id_stored_before
+            of_saves_claiming_one_stream_at_once_exactly_one_goes_in
+            checks_hold_when_the_save_commits
         }
     };
 }
@@ -55,6 +63,8 @@ pub struct Abilities {
     pub slice_feed: bool,
     /// [`Stores::joint_snapshots`].
     pub joint_snapshots: bool,
+    /// [`Stores::multi_stream`].
+    pub multi_stream: bool,
 }
 
 /// Panics unless `stores` has exactly the abilities `expected` names: a backend's own test
@@ -67,6 +77,7 @@ pub fn assert_abilities(stores: &Stores, expected: Abilities) {
         request_index: stores.request_index.is_some(),
         slice_feed: stores.slice_feed.is_some(),
         joint_snapshots: stores.joint_snapshots.is_some(),
+        multi_stream: stores.multi_stream.is_some(),
     };
     assert_eq!(actual, expected, "the abilities of {stores:?}");
 }
@@ -571,4 +582,266 @@ pub async fn the_slice_feed_reads_what_the_feed_holds_of_its_slices(stores: &Sto
 
 fn versions_and_ids(events: &[StoredEvent]) -> Vec<(u64, Uuid)> {
     events.iter().map(|e| (e.aggregate_version, e.event_id)).collect()
+}
+
+/// The outcome of saving `writes` (stream, type, expected version, events) conditioned on
+/// `checks` with the stores' multi-stream saves.
+async fn save_streams(
+    multi: &dyn MultiStreamAppend,
+    writes: &[(Uuid, &str, u64, Vec<EventEnvelope>)],
+    checks: &[StreamCheck],
+) -> crate::Result<Vec<crate::event_store::Appended>> {
+    let batches: Vec<Batch<'_>> = writes
+        .iter()
+        .map(|(id, ty, expected, events)| Batch {
+            aggregate_id: *id,
+            aggregate_type: ty,
+            expected_version: *expected,
+            events,
+        })
+        .collect();
+    multi
+        .append_streams(StreamBatches::checked(&batches, checks)?)
+        .await
+}
+
+/// The streams named by a conflict, with what was expected, found and whether written.
+fn conflicted(error: crate::Error) -> Vec<(Uuid, u64, u64, bool)> {
+    match error {
+        crate::Error::Conflicts { streams } => {
+            let mut named: Vec<_> = streams
+                .into_iter()
+                .map(|c| (c.aggregate_id, c.expected, c.actual, c.written))
+                .collect();
+            named.sort_unstable();
+            named
+        }
+        other => panic!("expected the conflict of a save over several streams, got {other}"),
+    }
+}
+
+/// A save writes every batch (a new stream and one that has events), each at the versions
+/// and positions it returns, together in the feed in the order of its batches; a save with
+/// one written stream not at its expected version writes nothing and names that stream.
+pub async fn a_save_over_several_streams_stores_every_batch_or_none(stores: &Stores) {
+    let Some(multi) = &stores.multi_stream else {
+        return;
+    };
+    let store = &*stores.events;
+    let ty = unique_type("Multi");
+    let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    append(store, b, &ty, 0, &events(b, &ty, 0, 2)).await;
+    let before = store.head(0).await.unwrap().position;
+    let appended = save_streams(
+        &**multi,
+        &[
+            (a, &ty, 0, events(a, &ty, 0, 2)),
+            (b, &ty, 2, events(b, &ty, 2, 3)),
+        ],
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(appended.iter().map(|x| x.version).collect::<Vec<_>>(), vec![2, 5]);
+    let (in_a, in_b) = (read(store, a, &ty, 0).await, read(store, b, &ty, 2).await);
+    assert_eq!((in_a.len(), in_b.len()), (2, 3));
+    assert_eq!(
+        appended[0].position, in_a[1].position,
+        "the position of a's last event"
+    );
+    assert_eq!(
+        appended[1].position, in_b[2].position,
+        "the position of b's last event"
+    );
+    let feed: Vec<StoredEvent> = store.read_all(before).try_collect().await.unwrap();
+    let order: Vec<(Uuid, u64)> = feed
+        .iter()
+        .map(|e| (e.aggregate_id, e.aggregate_version))
+        .collect();
+    assert_eq!(
+        order,
+        vec![(a, 1), (a, 2), (b, 3), (b, 4), (b, 5)],
+        "the save's events together in the feed, batch after batch"
+    );
+
+    // b is at 5, not 4: nothing of the save goes in, c stays absent.
+    let refused = save_streams(
+        &**multi,
+        &[
+            (c, &ty, 0, events(c, &ty, 0, 1)),
+            (b, &ty, 4, events(b, &ty, 4, 1)),
+        ],
+        &[],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(conflicted(refused), vec![(b, 4, 5, true)]);
+    assert_eq!(store.stream_version(c, &ty).await.unwrap(), 0, "all or nothing");
+    assert_eq!(store.stream_version(b, &ty).await.unwrap(), 5);
+}
+
+/// A checked stream that is not at its version (one that exists where absence was expected,
+/// one past the version expected) fails the save, each named, and nothing is written; checks
+/// that hold let it in.
+pub async fn a_save_over_several_streams_fails_on_a_checked_stream_that_moved(stores: &Stores) {
+    let Some(multi) = &stores.multi_stream else {
+        return;
+    };
+    let store = &*stores.events;
+    let ty = unique_type("Checked");
+    let (written, exists, at_three, absent) =
+        (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    append(store, exists, &ty, 0, &events(exists, &ty, 0, 1)).await;
+    append(store, at_three, &ty, 0, &events(at_three, &ty, 0, 3)).await;
+    let refused = save_streams(
+        &**multi,
+        &[(written, &ty, 0, events(written, &ty, 0, 1))],
+        &[
+            StreamCheck::absent(ty.clone(), exists),
+            StreamCheck::at(ty.clone(), at_three, 2),
+            StreamCheck::absent(ty.clone(), absent),
+        ],
+    )
+    .await
+    .unwrap_err();
+    let mut expected = vec![(exists, 0, 1, false), (at_three, 2, 3, false)];
+    expected.sort_unstable();
+    assert_eq!(conflicted(refused), expected);
+    assert_eq!(
+        store.stream_version(written, &ty).await.unwrap(),
+        0,
+        "nothing written"
+    );
+    let appended = save_streams(
+        &**multi,
+        &[(written, &ty, 0, events(written, &ty, 0, 1))],
+        &[
+            StreamCheck::at(ty.clone(), exists, 1),
+            StreamCheck::at(ty.clone(), at_three, 3),
+            StreamCheck::absent(ty.clone(), absent),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(appended[0].version, 1);
+    for (id, version) in [(written, 1), (exists, 1), (at_three, 3), (absent, 0)] {
+        assert_eq!(
+            store.stream_version(id, &ty).await.unwrap(),
+            version,
+            "a checked stream is not written"
+        );
+    }
+    let feed: Vec<StoredEvent> = store.read_all(0).try_collect().await.unwrap();
+    assert!(
+        feed.iter().filter(|e| *e.aggregate_type == *ty).count() == 5,
+        "the feed holds the events and nothing else of the save"
+    );
+}
+
+/// A save made again after it committed (its answer lost) is acknowledged with the same
+/// outcome, and nothing is stored twice.
+pub async fn a_save_over_several_streams_made_again_is_acknowledged(stores: &Stores) {
+    let Some(multi) = &stores.multi_stream else {
+        return;
+    };
+    let store = &*stores.events;
+    let ty = unique_type("Again");
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let writes = [
+        (a, ty.as_str(), 0, events(a, &ty, 0, 2)),
+        (b, ty.as_str(), 0, events(b, &ty, 0, 1)),
+    ];
+    let first = save_streams(&**multi, &writes, &[]).await.unwrap();
+    let again = save_streams(&**multi, &writes, &[]).await.unwrap();
+    assert_eq!(first, again);
+    assert_eq!(read(store, a, &ty, 0).await.len(), 2);
+    assert_eq!(read(store, b, &ty, 0).await.len(), 1);
+}
+
+/// A save with an event id stored before (by another stream) is refused as invalid input,
+/// and nothing is written.
+pub async fn a_save_over_several_streams_refuses_an_event_id_stored_before(stores: &Stores) {
+    let Some(multi) = &stores.multi_stream else {
+        return;
+    };
+    let store = &*stores.events;
+    let ty = unique_type("Reused");
+    let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let stored = events(a, &ty, 0, 1);
+    append(store, a, &ty, 0, &stored).await;
+    let mut reused = events(c, &ty, 0, 1);
+    reused[0].event_id = stored[0].event_id;
+    let refused = save_streams(
+        &**multi,
+        &[(b, &ty, 0, events(b, &ty, 0, 1)), (c, &ty, 0, reused)],
+        &[],
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(crate::Error::InvalidInput(_))),
+        "a reused event id: {refused:?}"
+    );
+    assert_eq!(store.stream_version(b, &ty).await.unwrap(), 0, "nothing written");
+    assert_eq!(store.stream_version(c, &ty).await.unwrap(), 0, "nothing written");
+}
+
+/// Sixteen saves at once, each writing a stream of its own and claiming one shared stream
+/// (expected absent): exactly one goes in, the others meet a conflict on the claim.
+pub async fn of_saves_claiming_one_stream_at_once_exactly_one_goes_in(stores: &Stores) {
+    let Some(multi) = &stores.multi_stream else {
+        return;
+    };
+    let ty = unique_type("Claim");
+    let claimed = Uuid::new_v4();
+    let saves = (0..16).map(|_| {
+        let (multi, ty) = (multi.clone(), ty.clone());
+        async move {
+            let own = Uuid::new_v4();
+            let writes = [
+                (claimed, ty.as_str(), 0, events(claimed, &ty, 0, 1)),
+                (own, ty.as_str(), 0, events(own, &ty, 0, 1)),
+            ];
+            save_streams(&*multi, &writes, &[]).await
+        }
+    });
+    let outcomes = futures_util::future::join_all(saves).await;
+    let won = outcomes.iter().filter(|o| o.is_ok()).count();
+    assert_eq!(won, 1, "exactly one claim: {outcomes:?}");
+    for refused in outcomes.into_iter().filter_map(|o| o.err()) {
+        assert_eq!(conflicted(refused), vec![(claimed, 0, 1, true)]);
+    }
+    assert_eq!(stores.events.stream_version(claimed, &ty).await.unwrap(), 1);
+}
+
+/// Write skew cannot happen: of two saves run at once, one writing X if Y is absent and the
+/// other writing Y if X is absent, at most one goes in (both would need to commit before the
+/// other), round after round.
+pub async fn checks_hold_when_the_save_commits(stores: &Stores) {
+    let Some(multi) = &stores.multi_stream else {
+        return;
+    };
+    let ty = unique_type("Skew");
+    for _ in 0..40 {
+        let (x, y) = (Uuid::new_v4(), Uuid::new_v4());
+        let one = |write: Uuid, check: Uuid| {
+            let (multi, ty) = (multi.clone(), ty.clone());
+            async move {
+                let writes = [(write, ty.as_str(), 0, events(write, &ty, 0, 1))];
+                save_streams(&*multi, &writes, &[StreamCheck::absent(ty.clone(), check)]).await
+            }
+        };
+        let (a, b) = tokio::join!(one(x, y), one(y, x));
+        assert!(
+            !(a.is_ok() && b.is_ok()),
+            "both saves went in though each required the other's stream absent"
+        );
+        for outcome in [a, b] {
+            if let Err(e) = outcome {
+                assert!(
+                    e.is_conflict() || e.is_transient(),
+                    "a refusal other than a conflict: {e}"
+                );
+            }
+        }
+    }
 }

@@ -19,18 +19,18 @@ use crate::snapshot::Snapshot;
 
 /// A batch as the columns of the append statement.
 #[derive(Default)]
-struct Columns<'a> {
-    event_id: Vec<Uuid>,
-    event_type: Vec<&'a str>,
-    event_version: Vec<i64>,
-    aggregate_version: Vec<i64>,
-    occurred_at: Vec<DateTime<Utc>>,
-    occurred_at_ns: Vec<i32>,
-    correlation_id: Vec<Option<Uuid>>,
-    causation_id: Vec<Option<Uuid>>,
-    metadata: Vec<Option<String>>,
-    payload: Vec<&'a str>,
-    request_id: Vec<Option<&'a str>>,
+pub(super) struct Columns<'a> {
+    pub(super) event_id: Vec<Uuid>,
+    pub(super) event_type: Vec<&'a str>,
+    pub(super) event_version: Vec<i64>,
+    pub(super) aggregate_version: Vec<i64>,
+    pub(super) occurred_at: Vec<DateTime<Utc>>,
+    pub(super) occurred_at_ns: Vec<i32>,
+    pub(super) correlation_id: Vec<Option<Uuid>>,
+    pub(super) causation_id: Vec<Option<Uuid>>,
+    pub(super) metadata: Vec<Option<String>>,
+    pub(super) payload: Vec<&'a str>,
+    pub(super) request_id: Vec<Option<&'a str>>,
 }
 
 /// The event's metadata as the JSON text a statement binds.
@@ -66,7 +66,22 @@ fn one_row(batch: &Batch<'_>) -> Result<OneRow> {
 }
 
 impl<'a> Columns<'a> {
-    fn of(events: &'a [EventEnvelope]) -> Result<Self> {
+    /// Adds the columns of `more`, after these.
+    pub(super) fn extend(&mut self, more: Columns<'a>) {
+        self.event_id.extend(more.event_id);
+        self.event_type.extend(more.event_type);
+        self.event_version.extend(more.event_version);
+        self.aggregate_version.extend(more.aggregate_version);
+        self.occurred_at.extend(more.occurred_at);
+        self.occurred_at_ns.extend(more.occurred_at_ns);
+        self.correlation_id.extend(more.correlation_id);
+        self.causation_id.extend(more.causation_id);
+        self.metadata.extend(more.metadata);
+        self.payload.extend(more.payload);
+        self.request_id.extend(more.request_id);
+    }
+
+    pub(super) fn of(events: &'a [EventEnvelope]) -> Result<Self> {
         let mut columns = Columns::default();
         for event in events {
             let (micros, nanos) = split_timestamp(event.occurred_at);

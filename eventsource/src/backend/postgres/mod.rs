@@ -180,6 +180,7 @@ mod append;
 mod events;
 mod group;
 mod joint;
+mod multi;
 mod notify;
 mod projection;
 mod read;

@@ -56,6 +56,9 @@ pub(super) struct Sql {
     pub(super) forget_refusals: String,
     /// The batch append that records its request.
     pub(super) append_request: String,
+    /// A save over several streams, and the deletion of its placeholders.
+    pub(super) append_streams: String,
+    pub(super) delete_placeholders: String,
 }
 
 /// The append statement on `events`; with `snapshots`, it also stores a snapshot ($15 to
@@ -137,6 +140,8 @@ impl Sql {
             table: events.clone(),
             append: append_sql(events, None, None),
             append_request: append_sql(events, None, Some(&layout.requests)),
+            append_streams: super::multi::append_streams_sql(events),
+            delete_placeholders: super::multi::delete_placeholders_sql(events),
             group: group_sql(events),
             // One event (the most common batch) without arrays: it goes in only if the stream
             // is at the expected version ($3) when the statement starts, and a concurrent

@@ -12,9 +12,11 @@ use uuid::Uuid;
 use super::prefix::Prefix;
 use super::{parse_timestamp, read, schema, signed, store_error, timestamp_text, unsigned, Database};
 use crate::abilities::{AppendSignal, RequestIndex, SliceFeed, StreamListing};
+use crate::error::StreamConflict;
 use crate::error::{Error, Result};
 use crate::event::EventEnvelope;
 use crate::event_store::{Appended, Batch, EventStore, EventStream, FeedHead};
+use crate::multi_stream::{MultiStreamAppend, StreamBatches};
 use crate::request::{
     recorded, request_of, validate_refusal, Fingerprint, RequestId, RequestOutcome, RequestRecord,
 };
@@ -277,43 +279,7 @@ impl Stream {
         if actual != expected {
             return Err(conflict(actual));
         }
-        {
-            let mut insert = tx.prepare_cached(&sql.insert).map_err(fail)?;
-            let slice = sql.slices.slice_of(&self.aggregate_type, self.id);
-            for e in batch {
-                let row = (
-                    &e.event_id,
-                    &*e.event_type,
-                    e.event_version,
-                    &self.key,
-                    &self.aggregate_type,
-                    e.aggregate_version,
-                    &e.occurred_at,
-                    &e.correlation_id,
-                    &e.causation_id,
-                    &e.metadata,
-                    &*e.payload,
-                    &e.request_id,
-                    slice,
-                );
-                match insert.execute(row) {
-                    Ok(_) => {}
-                    Err(err) if err.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
-                        if err.to_string().contains("event_id") {
-                            return Err(Error::InvalidInput(format!(
-                                "event id {} is already stored",
-                                e.event_id
-                            )));
-                        }
-                        // Only a writer that bypassed the write lock could get here first.
-                        return Err(conflict(self.version(&tx, sql)?));
-                    }
-                    Err(err) => return Err(fail(err)),
-                }
-            }
-        }
-        // The rowid is the `position` column (INTEGER PRIMARY KEY): the batch's last event's.
-        let last = tx.last_insert_rowid();
+        let last = self.insert(&tx, sql, expected, batch)?;
         let version = expected + batch.len() as u64;
         if let Some(request) = request {
             let recorded = tx.prepare_cached(&sql.record_request).map_err(fail)?.execute((
@@ -339,6 +305,100 @@ impl Stream {
         tx.commit().map_err(fail)?;
         Ok((version, u64::try_from(last).unwrap_or_default()))
     }
+
+    /// Inserts the batch's rows in the write transaction `tx`, the stream being at
+    /// `expected`; the position of its last event.
+    fn insert(&self, tx: &Connection, sql: &Sql, expected: u64, batch: &[Encoded]) -> Result<i64> {
+        let fail = |e| self.failed("append to", e);
+        let conflict = |actual| Error::Conflict {
+            aggregate_type: self.aggregate_type.clone(),
+            aggregate_id: self.id,
+            expected,
+            actual,
+        };
+        let mut insert = tx.prepare_cached(&sql.insert).map_err(fail)?;
+        let slice = sql.slices.slice_of(&self.aggregate_type, self.id);
+        for e in batch {
+            let row = (
+                &e.event_id,
+                &*e.event_type,
+                e.event_version,
+                &self.key,
+                &self.aggregate_type,
+                e.aggregate_version,
+                &e.occurred_at,
+                &e.correlation_id,
+                &e.causation_id,
+                &e.metadata,
+                &*e.payload,
+                &e.request_id,
+                slice,
+            );
+            match insert.execute(row) {
+                Ok(_) => {}
+                Err(err) if err.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+                    if err.to_string().contains("event_id") {
+                        return Err(Error::InvalidInput(format!(
+                            "event id {} is already stored",
+                            e.event_id
+                        )));
+                    }
+                    // Only a writer that bypassed the write lock could get here first.
+                    return Err(conflict(self.version(tx, sql)?));
+                }
+                Err(err) => return Err(fail(err)),
+            }
+        }
+        // The rowid is the `position` column (INTEGER PRIMARY KEY): the batch's last event's.
+        Ok(tx.last_insert_rowid())
+    }
+}
+
+/// Saves several streams in one `BEGIN IMMEDIATE` transaction: `writes` (each stream, its
+/// expected version and its batch) only if each is at its expected version and each of
+/// `checks` at its version; the new version and last position of each batch.
+fn append_streams(
+    connection: &mut Connection,
+    sql: &Sql,
+    writes: &[(Stream, u64, Vec<Encoded>)],
+    checks: &[(Stream, u64)],
+) -> Result<Vec<(u64, u64)>> {
+    let fail = |e| store_error("cannot save over several streams", e);
+    // The write lock, taken first, is held to the commit: nobody appends meanwhile, so the
+    // checks hold when the save commits.
+    let tx = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(fail)?;
+    let mut conflicts = Vec::new();
+    let expected = writes
+        .iter()
+        .map(|(stream, expected, _)| (stream, *expected, true))
+        .chain(checks.iter().map(|(stream, version)| (stream, *version, false)));
+    for (stream, expected, written) in expected {
+        let actual = stream.version(&tx, sql)?;
+        if actual != expected {
+            conflicts.push(StreamConflict::new(
+                &stream.aggregate_type,
+                stream.id,
+                expected,
+                actual,
+                written,
+            ));
+        }
+    }
+    if !conflicts.is_empty() {
+        return Err(Error::Conflicts { streams: conflicts });
+    }
+    let mut appended = Vec::with_capacity(writes.len());
+    for (stream, expected, batch) in writes {
+        let last = stream.insert(&tx, sql, *expected, batch)?;
+        appended.push((
+            *expected + batch.len() as u64,
+            u64::try_from(last).unwrap_or_default(),
+        ));
+    }
+    tx.commit().map_err(fail)?;
+    Ok(appended)
 }
 
 /// The request an append records as executed by its batch.
@@ -358,6 +418,50 @@ fn stored_version(value: ValueRef<'_>) -> StoredVersion {
         ValueRef::Real(_) => Err("a real"),
         ValueRef::Text(_) => Err("text"),
         ValueRef::Blob(_) => Err("a blob"),
+    }
+}
+
+#[async_trait]
+impl MultiStreamAppend for SqliteEventStore {
+    async fn append_streams(&self, save: StreamBatches<'_>) -> Result<Vec<Appended>> {
+        let mut writes = Vec::with_capacity(save.writes().len());
+        for batch in save.writes() {
+            let encoded = batch
+                .events
+                .iter()
+                .map(Encoded::new)
+                .collect::<Result<Vec<_>>>()?;
+            writes.push((
+                Stream::new(batch.aggregate_id, batch.aggregate_type),
+                batch.expected_version,
+                encoded,
+            ));
+        }
+        let checks: Vec<(Stream, u64)> = save
+            .checks()
+            .iter()
+            .map(|c| (Stream::new(c.aggregate_id, &c.aggregate_type), c.version))
+            .collect();
+        let sql = self.sql.clone();
+        let outcome = self
+            .database
+            .write(move |connection| append_streams(connection, &sql, &writes, &checks))
+            .await;
+        match outcome {
+            Ok(appended) => {
+                self.database.appended().raise();
+                Ok(appended
+                    .into_iter()
+                    .map(|(version, position)| Appended { version, position })
+                    .collect())
+            }
+            Err(refusal @ (Error::Conflicts { .. } | Error::InvalidInput(_))) => {
+                save.acknowledge_stored(self, refusal).await
+            }
+            // A writer that bypassed the write lock: the streams as they are now.
+            Err(refusal @ Error::Conflict { .. }) => save.refused(self, refusal).await,
+            Err(e) => Err(e),
+        }
     }
 }
 

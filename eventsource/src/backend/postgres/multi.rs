@@ -1,0 +1,238 @@
+//! Saves over several streams in one statement (see [`crate::multi_stream`]).
+//!
+//! The statement reads the version of every stream the save writes or checks, and inserts
+//! the events of every batch only if each is the one expected; the unique key on (stream,
+//! version) fails it if a concurrent writer commits one of those versions first, as for a
+//! one-stream append. A checked stream is not written, so the key would not guard it: the
+//! statement also inserts, for each checked stream at version `v`, a placeholder row at
+//! version `v + 1`, which the same transaction deletes before it commits. A concurrent
+//! append of that version waits on the placeholder until the save commits (and then goes
+//! in, the placeholder gone), and a save whose placeholder meets a version already
+//! committed fails: either way the check held when the save committed. No reader ever sees
+//! a placeholder.
+
+use async_trait::async_trait;
+use sqlx::error::ErrorKind;
+use uuid::Uuid;
+
+use super::append::Columns;
+use super::sql::{EVENT_ID_KEY, MAX_BATCH, POSITION_SHIFT};
+use super::{query_error, to_bigint, PostgresEventStore};
+use crate::error::{Error, Result};
+use crate::event_store::Appended;
+use crate::multi_stream::{MultiStreamAppend, StreamBatches};
+
+/// The event type of the placeholder rows, which never commit.
+const PLACEHOLDER: &str = "eventsource.check";
+
+/// The statement of a save over several streams on `events`. `$1`-`$3`: each stream's id,
+/// type and expected version, written ones first; `$4`-`$16`: the events, with their stream;
+/// `$17`-`$20`: each checked stream and its placeholder's event id. One row per stream, in
+/// order: its version as the statement found it, and the position of its last event stored.
+pub(super) fn append_streams_sql(events: &str) -> String {
+    format!(
+        "WITH expected AS (
+            SELECT x.n, x.aggregate_id, x.aggregate_type, x.version,
+                coalesce((SELECT max(e.aggregate_version) FROM {events} e
+                          WHERE e.aggregate_id = x.aggregate_id
+                            AND e.aggregate_type = x.aggregate_type), 0) AS actual
+            FROM unnest($1::uuid[], $2::text[], $3::bigint[])
+                WITH ORDINALITY AS x(aggregate_id, aggregate_type, version, n)
+        ), inserted AS (
+            INSERT INTO {events} (position, event_id, event_type, event_version, aggregate_id,
+                aggregate_type, aggregate_version, occurred_at, occurred_at_ns, correlation_id,
+                causation_id, metadata, payload, request_id)
+            SELECT (pg_current_xact_id()::text::bigint << {POSITION_SHIFT}) + r.n, r.event_id,
+                r.event_type, r.event_version, r.aggregate_id, r.aggregate_type,
+                r.aggregate_version, r.occurred_at, r.occurred_at_ns, r.correlation_id,
+                r.causation_id, r.metadata::json, r.payload::json, r.request_id
+            FROM (
+                SELECT e.n, e.event_id, e.event_type, e.event_version, e.aggregate_id,
+                    e.aggregate_type, e.aggregate_version, e.occurred_at, e.occurred_at_ns,
+                    e.correlation_id, e.causation_id, e.metadata, e.payload, e.request_id
+                FROM unnest($4::uuid[], $5::text[], $6::bigint[], $7::uuid[], $8::text[],
+                            $9::bigint[], $10::timestamptz[], $11::integer[], $12::uuid[],
+                            $13::uuid[], $14::text[], $15::text[], $16::text[])
+                    WITH ORDINALITY AS e(event_id, event_type, event_version, aggregate_id,
+                        aggregate_type, aggregate_version, occurred_at, occurred_at_ns,
+                        correlation_id, causation_id, metadata, payload, request_id, n)
+                UNION ALL
+                SELECT cardinality($4::uuid[]) + c.n, c.placeholder, '{PLACEHOLDER}', 1,
+                    c.aggregate_id, c.aggregate_type, c.version + 1, now(), 0, NULL, NULL,
+                    NULL, '{{}}', NULL
+                FROM unnest($17::uuid[], $18::text[], $19::bigint[], $20::uuid[])
+                    WITH ORDINALITY AS c(aggregate_id, aggregate_type, version, placeholder, n)
+            ) r
+            WHERE NOT EXISTS (SELECT 1 FROM expected WHERE version <> actual)
+            -- In the order of the streams, not of the save: two saves over the same streams
+            -- wait for each other's keys in one order, never in a cycle.
+            ORDER BY r.aggregate_id, r.aggregate_type, r.aggregate_version
+            RETURNING position, aggregate_id, aggregate_type
+        )
+        SELECT x.actual, (SELECT max(i.position) FROM inserted i
+                          WHERE i.aggregate_id = x.aggregate_id
+                            AND i.aggregate_type = x.aggregate_type)
+        FROM expected x ORDER BY x.n"
+    )
+}
+
+/// The statement that deletes a save's placeholders.
+pub(super) fn delete_placeholders_sql(events: &str) -> String {
+    format!("DELETE FROM {events} WHERE event_id = ANY($1::uuid[]) AND event_type = '{PLACEHOLDER}'")
+}
+
+/// A save's arguments as the statement's arrays.
+struct Arrays<'a> {
+    stream_id: Vec<Uuid>,
+    stream_type: Vec<&'a str>,
+    expected: Vec<i64>,
+    columns: Columns<'a>,
+    aggregate_id: Vec<Uuid>,
+    aggregate_type: Vec<&'a str>,
+    check_id: Vec<Uuid>,
+    check_type: Vec<&'a str>,
+    check_version: Vec<i64>,
+    placeholder: Vec<Uuid>,
+}
+
+impl<'a> Arrays<'a> {
+    fn of(save: &StreamBatches<'a>) -> Result<Self> {
+        let mut arrays = Arrays {
+            stream_id: Vec::new(),
+            stream_type: Vec::new(),
+            expected: Vec::new(),
+            columns: Columns::default(),
+            aggregate_id: Vec::new(),
+            aggregate_type: Vec::new(),
+            check_id: Vec::new(),
+            check_type: Vec::new(),
+            check_version: Vec::new(),
+            placeholder: Vec::new(),
+        };
+        for batch in save.writes() {
+            arrays.stream_id.push(batch.aggregate_id);
+            arrays.stream_type.push(batch.aggregate_type);
+            arrays
+                .expected
+                .push(to_bigint(batch.expected_version, "expected version")?);
+            let columns = Columns::of(batch.events)?;
+            arrays.columns.extend(columns);
+            for _ in batch.events {
+                arrays.aggregate_id.push(batch.aggregate_id);
+                arrays.aggregate_type.push(batch.aggregate_type);
+            }
+        }
+        for check in save.checks() {
+            let version = to_bigint(check.version, "checked version")?;
+            arrays.stream_id.push(check.aggregate_id);
+            arrays.stream_type.push(&check.aggregate_type);
+            arrays.expected.push(version);
+            arrays.check_id.push(check.aggregate_id);
+            arrays.check_type.push(&check.aggregate_type);
+            arrays.check_version.push(version);
+            arrays.placeholder.push(Uuid::new_v4());
+        }
+        Ok(arrays)
+    }
+}
+
+#[async_trait]
+impl MultiStreamAppend for PostgresEventStore {
+    async fn append_streams(&self, save: StreamBatches<'_>) -> Result<Vec<Appended>> {
+        let rows = save.event_count() + save.checks().len();
+        if rows > MAX_BATCH {
+            return Err(Error::InvalidInput(format!(
+                "a PostgreSQL save over several streams stores at most {MAX_BATCH} events and checks, not {rows}"
+            )));
+        }
+        let a = Arrays::of(&save)?;
+        let c = &a.columns;
+        let what = "cannot save over several streams";
+        let mut tx = self.pool.begin().await.map_err(|e| query_error(what, e))?;
+        let found = sqlx::query_as::<_, (i64, Option<i64>)>(&self.sql.append_streams)
+            .bind(&a.stream_id)
+            .bind(&a.stream_type)
+            .bind(&a.expected)
+            .bind(&c.event_id)
+            .bind(&c.event_type)
+            .bind(&c.event_version)
+            .bind(&a.aggregate_id)
+            .bind(&a.aggregate_type)
+            .bind(&c.aggregate_version)
+            .bind(&c.occurred_at)
+            .bind(&c.occurred_at_ns)
+            .bind(&c.correlation_id)
+            .bind(&c.causation_id)
+            .bind(&c.metadata)
+            .bind(&c.payload)
+            .bind(&c.request_id)
+            .bind(&a.check_id)
+            .bind(&a.check_type)
+            .bind(&a.check_version)
+            .bind(&a.placeholder)
+            .fetch_all(&mut *tx)
+            .await;
+        let found = match found {
+            Ok(found) => found,
+            Err(e) => {
+                let _ = tx.rollback().await;
+                return self.refused_streams(&save, e).await;
+            }
+        };
+        let mut actual = Vec::with_capacity(found.len());
+        for (version, _) in &found {
+            actual.push(super::read::version_of(*version, &self.sql.table)?);
+        }
+        if let Some(conflict) = save.conflicts(&actual) {
+            let _ = tx.rollback().await;
+            return save.acknowledge_stored(self, conflict).await;
+        }
+        if !a.placeholder.is_empty() {
+            sqlx::query(&self.sql.delete_placeholders)
+                .bind(&a.placeholder)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| query_error(what, e))?;
+        }
+        tx.commit().await.map_err(|e| query_error(what, e))?;
+        self.notifier.appended(&self.pool);
+        save.writes()
+            .iter()
+            .zip(&found)
+            .map(|(batch, (_, last))| {
+                let last = last.ok_or_else(|| {
+                    Error::corrupt(
+                        self.sql.table.clone(),
+                        format!(
+                            "a save over several streams stored no event of {} {}",
+                            batch.aggregate_type, batch.aggregate_id
+                        ),
+                    )
+                })?;
+                Ok(Appended {
+                    version: batch.version_after(),
+                    position: super::read::version_of(last, &self.sql.table)?,
+                })
+            })
+            .collect()
+    }
+}
+
+impl PostgresEventStore {
+    /// The outcome of a save whose statement failed: a unique key taken by a transaction
+    /// that committed while it ran is a version of a stream it writes or checks (another
+    /// writer came first: the conflict, read again) or an event id (the save itself, made
+    /// again after a lost answer, or a reused id).
+    async fn refused_streams(&self, save: &StreamBatches<'_>, error: sqlx::Error) -> Result<Vec<Appended>> {
+        let what = "cannot save over several streams";
+        let db = match error {
+            sqlx::Error::Database(db) if db.kind() == ErrorKind::UniqueViolation => db,
+            e => return Err(query_error(what, e)),
+        };
+        let otherwise = match db.constraint() == Some(EVENT_ID_KEY) {
+            true => Error::InvalidInput(format!("{what}: an event id of the save is already stored")),
+            false => query_error(what, sqlx::Error::Database(db)),
+        };
+        save.refused(self, otherwise).await
+    }
+}

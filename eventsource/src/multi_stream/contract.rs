@@ -202,3 +202,11 @@ pub trait MultiStreamAppend: Send + Sync {
     /// outcome of each batch, in order.
     async fn append_streams(&self, save: StreamBatches<'_>) -> Result<Vec<Appended>>;
 }
+
+#[deny(clippy::missing_trait_methods)]
+#[async_trait]
+impl<T: MultiStreamAppend + ?Sized> MultiStreamAppend for std::sync::Arc<T> {
+    async fn append_streams(&self, save: StreamBatches<'_>) -> Result<Vec<Appended>> {
+        (**self).append_streams(save).await
+    }
+}

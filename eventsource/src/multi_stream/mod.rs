@@ -51,7 +51,8 @@
 //!     async move {
 //!         let user = Uuid::new_v4();
 //!         let name_id = multi_stream::name_id(Uuid::NAMESPACE_OID, name.as_bytes());
-//!         multi_stream::retry(5, async || {
+//!         let (users, names, store) = (&users, &names, &store);
+//!         multi_stream::retry(5, || async move {
 //!             let mut claim = names.load_or_create(name_id).await?;
 //!             if claim.state().user.is_some() {
 //!                 return Ok(false);
@@ -59,7 +60,7 @@
 //!             claim.record(Claimed { user });
 //!             let mut account = users.create_new(user);
 //!             account.record(Registered { name: name.to_owned() });
-//!             MultiStreamSave::new().write(&mut claim).write(&mut account).save(&*store).await?;
+//!             MultiStreamSave::new().write(&mut claim).write(&mut account).save(store).await?;
 //!             Ok::<_, Error>(true)
 //!         })
 //!         .await
@@ -181,6 +182,13 @@ impl<'r> MultiStreamSave<'r> {
         self.expect_version::<A>(root.id(), root.saved_version())
     }
 
+    /// Requires a stream named by its aggregate type's name to be at `check`'s version when
+    /// the save commits; the type must be registered in this program.
+    pub fn expect(mut self, check: StreamCheck) -> Self {
+        self.checks.push(check);
+        self
+    }
+
     /// Saves it in `store` (such as [`Stores::multi_stream`](crate::backend::Stores::multi_stream)):
     /// every root's events, or none. The outcome of each root written, in the order given
     /// (a root without unsaved events, checked only, is left out).
@@ -206,6 +214,14 @@ impl<'r> MultiStreamSave<'r> {
             mut written,
             mut checks,
         } = self;
+        for check in &checks {
+            if registry::aggregate(&check.aggregate_type).is_none() {
+                return Err(Error::InvalidInput(format!(
+                    "a save checks stream {} {} of aggregate type `{}`, which is not registered in this program",
+                    check.aggregate_type, check.aggregate_id, check.aggregate_type
+                )));
+            }
+        }
         for (i, root) in written.iter().enumerate() {
             if registry::aggregate(root.aggregate_type()).is_none() {
                 return Err(Error::InvalidInput(format!(
@@ -308,10 +324,16 @@ const MAX_BACKOFF: Duration = Duration::from_millis(100);
 ///
 /// Each attempt must load what it decides on again: a conflict means another writer changed
 /// one of the streams.
-pub async fn retry<T, E: Conflicted>(
-    attempts: u32,
-    mut attempt: impl AsyncFnMut() -> Result<T, E>,
-) -> Result<T, E> {
+///
+/// The attempt is a closure that returns a future, `|| async move { ... }`, borrowing what
+/// it needs (`let names = &names;` before it), so that the whole future is `Send` and can be
+/// spawned or served.
+pub async fn retry<T, E, F, Fut>(attempts: u32, mut attempt: F) -> Result<T, E>
+where
+    E: Conflicted,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
     let mut wait = BACKOFF;
     let mut tries = 0;
     loop {

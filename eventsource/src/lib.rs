@@ -66,6 +66,12 @@ pub struct AdminGuide;
 #[doc = include_str!("../../docs/guides/projections.md")]
 pub struct ProjectionsGuide;
 
+/// The guide to rules across aggregates, compiled and run as doc tests so its examples
+/// cannot drift.
+#[cfg(all(doctest, feature = "sqlite"))]
+#[doc = include_str!("../../docs/guides/multi-stream.md")]
+pub struct MultiStreamGuide;
+
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;

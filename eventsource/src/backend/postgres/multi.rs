@@ -148,8 +148,7 @@ impl MultiStreamAppend for PostgresEventStore {
         let a = Arrays::of(&save)?;
         let c = &a.columns;
         let what = "cannot save over several streams";
-        let mut tx = self.pool.begin().await.map_err(|e| query_error(what, e))?;
-        let found = sqlx::query_as::<_, (i64, Option<i64>)>(&self.sql.append_streams)
+        let query = sqlx::query_as::<_, (i64, Option<i64>)>(&self.sql.append_streams)
             .bind(&a.stream_id)
             .bind(&a.stream_type)
             .bind(&a.expected)
@@ -169,13 +168,23 @@ impl MultiStreamAppend for PostgresEventStore {
             .bind(&a.check_id)
             .bind(&a.check_type)
             .bind(&a.check_version)
-            .bind(&a.placeholder)
-            .fetch_all(&mut *tx)
-            .await;
+            .bind(&a.placeholder);
+        // Without checks the statement is the whole save, committed on its own; with them, the
+        // transaction goes on to delete their placeholders.
+        let mut tx = match a.placeholder.is_empty() {
+            true => None,
+            false => Some(self.pool.begin().await.map_err(|e| query_error(what, e))?),
+        };
+        let found = match &mut tx {
+            None => query.fetch_all(&self.pool).await,
+            Some(tx) => query.fetch_all(&mut **tx).await,
+        };
         let found = match found {
             Ok(found) => found,
             Err(e) => {
-                let _ = tx.rollback().await;
+                if let Some(tx) = tx {
+                    let _ = tx.rollback().await;
+                }
                 return self.refused_streams(&save, e).await;
             }
         };
@@ -184,17 +193,19 @@ impl MultiStreamAppend for PostgresEventStore {
             actual.push(super::read::version_of(*version, &self.sql.table)?);
         }
         if let Some(conflict) = save.conflicts(&actual) {
-            let _ = tx.rollback().await;
+            if let Some(tx) = tx {
+                let _ = tx.rollback().await;
+            }
             return save.acknowledge_stored(self, conflict).await;
         }
-        if !a.placeholder.is_empty() {
+        if let Some(mut tx) = tx {
             sqlx::query(&self.sql.delete_placeholders)
                 .bind(&a.placeholder)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| query_error(what, e))?;
+            tx.commit().await.map_err(|e| query_error(what, e))?;
         }
-        tx.commit().await.map_err(|e| query_error(what, e))?;
         self.notifier.appended(&self.pool);
         save.writes()
             .iter()

@@ -162,7 +162,9 @@
 //! another, leave the feed alone. A transaction that writes something else and then inserts
 //! events must announce the append before its first write, with `SELECT
 //! eventsource_begin_append()` (in the stores' schema); the trigger refuses it otherwise, and
-//! the library's own appends never need it. Positions are unique
+//! the library's own appends never need it. A save in the application's own transaction
+//! ([`PostgresEventStore::begin`], [`PostgresEventStore::announce`],
+//! [`PostgresEventStore::save_in_transaction`]) does it for the application. Positions are unique
 //! and increasing, not dense: they have large gaps. Events stored before the layout step 3
 //! keep the positions they had, all below the new ones.
 //!
@@ -177,6 +179,7 @@
 //! range) is [`Error::InvalidInput`], and nothing is written.
 
 mod append;
+mod caller;
 mod events;
 mod group;
 mod joint;

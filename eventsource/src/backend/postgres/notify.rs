@@ -47,6 +47,11 @@ impl Notifier {
         }
     }
 
+    /// The channel its `NOTIFY`s go on.
+    pub(super) fn channel(&self) -> &str {
+        &self.channel
+    }
+
     /// Tells the consumers that events were appended.
     pub(super) fn appended(self: &Arc<Self>, pool: &PgPool) {
         self.signal.raise();

@@ -49,7 +49,7 @@ const FORGET_REFUSALS: &str = "DELETE FROM {p}eventsource_requests
     WHERE refusal IS NOT NULL AND recorded_at < ?1 AND (?2 IS NULL OR request_id = ?2)";
 
 /// The event store's statements on the tables of its prefix, built once when it opens.
-struct Sql {
+pub(super) struct Sql {
     insert: String,
     stream_version: String,
     stream_versions: String,
@@ -86,8 +86,8 @@ impl Sql {
 /// storage and the behaviour under concurrent writers.
 #[derive(Clone)]
 pub struct SqliteEventStore {
-    database: Database,
-    sql: Arc<Sql>,
+    pub(super) database: Database,
+    pub(super) sql: Arc<Sql>,
 }
 
 impl std::fmt::Debug for SqliteEventStore {
@@ -164,7 +164,7 @@ impl SqliteEventStore {
 }
 
 /// An event's columns as bound to the `INSERT`.
-struct Encoded {
+pub(super) struct Encoded {
     event_id: String,
     event_type: Arc<str>,
     event_version: i64,
@@ -178,7 +178,7 @@ struct Encoded {
 }
 
 impl Encoded {
-    fn new(event: &EventEnvelope) -> Result<Self> {
+    pub(super) fn new(event: &EventEnvelope) -> Result<Self> {
         let metadata = match &event.metadata {
             Some(value) => Some(serde_json::to_string(value).map_err(|e| Error::Serialization {
                 action: "serialize",
@@ -203,14 +203,14 @@ impl Encoded {
 }
 
 /// The stream an append or a read is about.
-struct Stream {
+pub(super) struct Stream {
     id: Uuid,
     key: String,
     aggregate_type: String,
 }
 
 impl Stream {
-    fn new(id: Uuid, aggregate_type: &str) -> Self {
+    pub(super) fn new(id: Uuid, aggregate_type: &str) -> Self {
         Self {
             id,
             key: id.hyphenated().to_string(),
@@ -269,17 +269,35 @@ impl Stream {
         let tx = connection
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(fail)?;
+        let appended = self.append_in(&tx, sql, expected, batch, request)?;
+        tx.commit().map_err(fail)?;
+        Ok(appended)
+    }
+
+    /// Appends the batch in the write transaction `tx` if the stream is at `expected`,
+    /// recording `request` with it; the new version and the position of the batch's last
+    /// event. On an error, rows of the batch may be left in `tx`: roll it (or a savepoint
+    /// around the call) back.
+    pub(super) fn append_in(
+        &self,
+        tx: &Connection,
+        sql: &Sql,
+        expected: u64,
+        batch: &[Encoded],
+        request: Option<&Request>,
+    ) -> Result<(u64, u64)> {
+        let fail = |e| self.failed("append to", e);
         let conflict = |actual| Error::Conflict {
             aggregate_type: self.aggregate_type.clone(),
             aggregate_id: self.id,
             expected,
             actual,
         };
-        let actual = self.version(&tx, sql)?;
+        let actual = self.version(tx, sql)?;
         if actual != expected {
             return Err(conflict(actual));
         }
-        let last = self.insert(&tx, sql, expected, batch)?;
+        let last = self.insert(tx, sql, expected, batch)?;
         let version = expected + batch.len() as u64;
         if let Some(request) = request {
             let recorded = tx.prepare_cached(&sql.record_request).map_err(fail)?.execute((
@@ -302,7 +320,6 @@ impl Stream {
                 Err(err) => return Err(fail(err)),
             }
         }
-        tx.commit().map_err(fail)?;
         Ok((version, u64::try_from(last).unwrap_or_default()))
     }
 
@@ -402,10 +419,10 @@ fn append_streams(
 }
 
 /// The request an append records as executed by its batch.
-struct Request {
-    id: RequestId,
-    fingerprint: Option<Fingerprint>,
-    recorded_at: String,
+pub(super) struct Request {
+    pub(super) id: RequestId,
+    pub(super) fingerprint: Option<Fingerprint>,
+    pub(super) recorded_at: String,
 }
 
 /// A stored version, or what the column holds instead of an integer.

@@ -89,6 +89,7 @@
 //! next loads replay more events. Neither setting lets a crash corrupt the file. Stores put
 //! on a [`Database::open`] sync every commit.
 
+mod caller;
 mod database;
 mod events;
 mod prefix;
@@ -101,6 +102,7 @@ mod url;
 
 use std::path::Path;
 
+pub use caller::SqliteTransaction;
 pub use database::{Database, BUSY_TIMEOUT};
 pub use events::SqliteEventStore;
 /// The SQLite driver the stores run on, re-exported for [`Database::call`].

@@ -16,6 +16,7 @@ pub mod event_store;
 pub mod evolution;
 pub mod group;
 pub mod multi_stream;
+pub mod process;
 pub mod projection;
 pub mod registry;
 pub mod repository;

@@ -10,6 +10,7 @@ use crate::backend::param::Param;
 use crate::error::{Error, Result};
 use crate::event_store::EventStore;
 use crate::multi_stream::MultiStreamAppend;
+use crate::process::{ProcessManager, ProcessRunner};
 use crate::projection::{Projection, ReadModelStore};
 use crate::repository::Repository;
 use crate::slice::SliceCount;
@@ -257,6 +258,25 @@ impl Stores {
                 self.backend_name()
             ))
         })
+    }
+
+    /// A runner of process manager `manager` on a subscription named `name` to these stores'
+    /// feed (with their wake-ups and feed by slices), its records in their event store, its
+    /// timeouts found through their listing of streams: see [`crate::process`]. `configure`
+    /// sets the subscription up: `|s| s.for_aggregate::<Order>()`, or `|s| s` for every
+    /// event.
+    ///
+    /// # Errors
+    ///
+    /// As [`Stores::subscription`] and [`ProcessRunner::new`].
+    pub fn process<P: ProcessManager>(
+        &self,
+        name: &str,
+        manager: P,
+        configure: impl FnOnce(Subscription) -> Subscription,
+    ) -> Result<ProcessRunner<P>> {
+        let subscription = configure(self.subscription(name)?);
+        ProcessRunner::new(self.events.clone(), self.stream_listing.clone(), subscription, manager)
     }
 
     /// The same stores, with joint statements; their snapshot store becomes the snapshot store.

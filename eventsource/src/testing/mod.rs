@@ -81,6 +81,7 @@
 
 pub mod event_store;
 mod given;
+pub mod process;
 pub mod read_model_store;
 mod schema_lock;
 pub mod snapshot_store;

@@ -11,13 +11,16 @@
 mod common;
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
-use eventsource::backend::Stores;
-use eventsource::process::{Decisions, ProcessManager, Reply};
+use eventsource::backend::{self, Stores};
 use eventsource::prelude::*;
+use eventsource::process::{Decisions, ProcessManager, ProcessRunner, Reply};
 use eventsource::repository::CommandError;
-use eventsource::subscription::HandlerError;
+use eventsource::subscription::{Consumer, HandlerError};
 use eventsource::testing::process::{event, given};
 
 // --- The domain: orders and stock -------------------------------------------------------
@@ -48,7 +51,10 @@ pub enum Status {
 }
 
 #[derive(Aggregate, Clone, Debug, Default, Serialize, Deserialize)]
-#[aggregate(name = "Order", events(OrderPlaced, OrderConfirmed, OrderCancelled, OrderPaid))]
+#[aggregate(
+    name = "Order",
+    events(OrderPlaced, OrderConfirmed, OrderCancelled, OrderPaid)
+)]
 pub struct Order {
     pub status: Status,
     pub paid: bool,
@@ -146,6 +152,8 @@ pub struct Warehouse {
     orders: Repository<Order>,
     stock: Repository<Stock>,
     payment: Duration,
+    /// How long each command takes on top, standing for a call to another service.
+    delay: Duration,
 }
 
 impl Warehouse {
@@ -168,14 +176,23 @@ impl ProcessManager for Warehouse {
         (&*event.aggregate_type == "Order").then_some(event.aggregate_id)
     }
 
-    fn handle(&self, state: &mut Fulfilment, event: &StoredEvent, decide: &mut Decisions<Step>) -> Result<(), HandlerError> {
+    fn handle(
+        &self,
+        state: &mut Fulfilment,
+        event: &StoredEvent,
+        decide: &mut Decisions<Step>,
+    ) -> Result<(), HandlerError> {
         let order = event.aggregate_id;
         match OrderEvent::decode(&event.event_type, event.event_version, &event.payload)? {
             OrderEvent::OrderPlaced(placed) => {
                 state.order = Some(order);
                 state.lines = placed.lines.len();
                 for (product, units) in placed.lines {
-                    decide.send(Step::Reserve { product, order, units });
+                    decide.send(Step::Reserve {
+                        product,
+                        order,
+                        units,
+                    });
                 }
                 decide.schedule("payment", self.payment);
             }
@@ -190,12 +207,21 @@ impl ProcessManager for Warehouse {
         Ok(())
     }
 
-    fn on_reply(&self, state: &mut Fulfilment, step: &Step, reply: &Reply, decide: &mut Decisions<Step>) -> Result<(), HandlerError> {
+    fn on_reply(
+        &self,
+        state: &mut Fulfilment,
+        step: &Step,
+        reply: &Reply,
+        decide: &mut Decisions<Step>,
+    ) -> Result<(), HandlerError> {
         match (step, reply) {
             (Step::Reserve { product, order, .. }, Reply::Done) => {
                 if state.refused {
                     // Reserved after another line was refused: give it back.
-                    decide.send(Step::Release { product: *product, order: *order });
+                    decide.send(Step::Release {
+                        product: *product,
+                        order: *order,
+                    });
                 } else {
                     state.reserved.push(*product);
                     if state.reserved.len() == state.lines {
@@ -207,7 +233,10 @@ impl ProcessManager for Warehouse {
                 state.refused = true;
                 Self::release_all(state, *order, decide);
                 state.reserved.clear();
-                decide.send(Step::Cancel { order: *order, reason: reason.clone() });
+                decide.send(Step::Cancel {
+                    order: *order,
+                    reason: reason.clone(),
+                });
             }
             (Step::Confirm { .. }, Reply::Done) => {
                 state.confirmed = true;
@@ -223,21 +252,34 @@ impl ProcessManager for Warehouse {
         Ok(())
     }
 
-    fn on_timeout(&self, state: &mut Fulfilment, timeout: &str, decide: &mut Decisions<Step>) -> Result<(), HandlerError> {
+    fn on_timeout(
+        &self,
+        state: &mut Fulfilment,
+        timeout: &str,
+        decide: &mut Decisions<Step>,
+    ) -> Result<(), HandlerError> {
         if timeout == "payment" && !state.paid && !state.refused {
             state.refused = true;
             if let Some(order) = state.order {
                 Self::release_all(state, order, decide);
                 state.reserved.clear();
-                decide.send(Step::Cancel { order, reason: "not paid in time".into() });
+                decide.send(Step::Cancel {
+                    order,
+                    reason: "not paid in time".into(),
+                });
             }
         }
         Ok(())
     }
 
     async fn execute(&self, step: &Step, context: EventContext) -> Result<Reply, HandlerError> {
+        tokio::time::sleep(self.delay).await;
         let outcome = match step.clone() {
-            Step::Reserve { product, order, units } => self
+            Step::Reserve {
+                product,
+                order,
+                units,
+            } => self
                 .stock
                 .command(product)
                 .context(context)
@@ -280,8 +322,10 @@ impl ProcessManager for Warehouse {
                 .command(order)
                 .context(context)
                 .run(move |o| {
-                    if o.state().status == Status::Placed {
-                        o.record(OrderCancelled { reason: reason.clone() });
+                    if o.state().status != Status::Cancelled {
+                        o.record(OrderCancelled {
+                            reason: reason.clone(),
+                        });
                     }
                     Ok(())
                 })
@@ -304,6 +348,7 @@ fn warehouse(stores: &Stores, payment: Duration) -> Warehouse {
         orders: stores.repository::<Order>(),
         stock: stores.repository::<Stock>(),
         payment,
+        delay: Duration::ZERO,
     }
 }
 
@@ -311,8 +356,18 @@ fn warehouse(stores: &Stores, payment: Duration) -> Warehouse {
 fn the_kit_shows_the_commands_and_their_request_ids() {
     let stores = Stores::in_memory();
     let (order, a, b) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-    let placed = event::<Order>(order, 1, OrderPlaced { lines: vec![(a, 2), (b, 1)] });
-    let reserve = |product, units| Step::Reserve { product, order, units };
+    let placed = event::<Order>(
+        order,
+        1,
+        OrderPlaced {
+            lines: vec![(a, 2), (b, 1)],
+        },
+    );
+    let reserve = |product, units| Step::Reserve {
+        product,
+        order,
+        units,
+    };
     given("warehouse", warehouse(&stores, Duration::from_secs(900)), [])
         .when(placed.clone())
         .then_commands([reserve(a, 2), reserve(b, 1), Step::Confirm { order }])
@@ -321,13 +376,19 @@ fn the_kit_shows_the_commands_and_their_request_ids() {
     let first = format!("warehouse/{}/1", placed.event_id);
     let then = given("warehouse", warehouse(&stores, Duration::from_secs(900)), [])
         .when(placed.clone())
-        .then_request_ids([first.clone(), format!("warehouse/{}/2", placed.event_id)].into_iter().chain(
-            // The confirmation is decided on the second reservation's reply.
-            std::iter::once(format!(
-                "warehouse/{}/1",
-                eventsource::process::reply_cause(&format!("warehouse/{}/2", placed.event_id).parse().unwrap())
-            )),
-        ));
+        .then_request_ids(
+            [first.clone(), format!("warehouse/{}/2", placed.event_id)]
+                .into_iter()
+                .chain(
+                    // The confirmation is decided on the second reservation's reply.
+                    std::iter::once(format!(
+                        "warehouse/{}/1",
+                        eventsource::process::reply_cause(
+                            &format!("warehouse/{}/2", placed.event_id).parse().unwrap()
+                        )
+                    )),
+                ),
+        );
     assert_eq!(then.commands()[0].1.as_str(), first);
 
     // A refused line: the reserved one is released, the order cancelled.
@@ -341,15 +402,331 @@ fn the_kit_shows_the_commands_and_their_request_ids() {
             reserve(a, 2),
             reserve(b, 1),
             Step::Release { product: a, order },
-            Step::Cancel { order, reason: "none left".into() },
+            Step::Cancel {
+                order,
+                reason: "none left".into(),
+            },
         ])
         .then_timeouts(&["payment"], &["payment"])
         .then_completed(true);
 
     // Paid after its confirmation: the timeout goes, the instance ends.
-    given("warehouse", warehouse(&stores, Duration::from_secs(900)), [placed])
-        .when(event::<Order>(order, 3, OrderPaid {}))
-        .then_nothing()
-        .then_timeouts(&[], &["payment"])
-        .then_completed(true);
+    given(
+        "warehouse",
+        warehouse(&stores, Duration::from_secs(900)),
+        [placed],
+    )
+    .when(event::<Order>(order, 3, OrderPaid {}))
+    .then_nothing()
+    .then_timeouts(&[], &["payment"])
+    .then_completed(true);
+}
+
+// --- On the stores --------------------------------------------------------------------------
+
+const PRODUCTS: usize = 6;
+const UNITS: u32 = 10;
+const ORDERS: usize = 40;
+/// How long an order may wait for payment in these tests.
+const PAYMENT: Duration = Duration::from_millis(400);
+
+/// The runner of the warehouse on `stores`, looking for due timeouts often; each command
+/// takes `delay` on top.
+fn runner(stores: &Stores, delay: Duration) -> ProcessRunner<Warehouse> {
+    let warehouse = Warehouse {
+        delay,
+        ..warehouse(stores, PAYMENT)
+    };
+    stores
+        .process("warehouse", warehouse, |s| {
+            s.for_aggregate::<Order>()
+                .poll_interval(Duration::from_millis(20))
+                .unwrap()
+                .lease(Duration::from_millis(600))
+                .unwrap()
+        })
+        .unwrap()
+        .tick(Duration::from_millis(20))
+        .rescan(Duration::from_millis(300))
+}
+
+/// Stocks the products and places the orders (every other one paid); the products and
+/// the orders with whether each is paid.
+async fn trade(stores: &Stores) -> (Vec<Uuid>, Vec<(Uuid, bool)>) {
+    let stock = stores.repository::<Stock>();
+    let mut products = Vec::new();
+    for _ in 0..PRODUCTS {
+        let id = Uuid::new_v4();
+        let mut product = stock.create_new(id);
+        product.record(Stocked { units: UNITS });
+        stock.save(&mut product).await.unwrap();
+        products.push(id);
+    }
+    let orders = stores.repository::<Order>();
+    let mut placed = Vec::new();
+    for i in 0..ORDERS {
+        let id = Uuid::new_v4();
+        let lines = (0..2 + i % 2)
+            .map(|l| (products[(i * 5 + l * 7) % PRODUCTS], 1 + ((i + l) % 3) as u32))
+            .collect::<Vec<_>>();
+        let mut order = orders.create_new(id);
+        order.record(OrderPlaced { lines });
+        let paid = i % 2 == 0;
+        if paid {
+            order.record(OrderPaid {});
+        }
+        orders.save(&mut order).await.unwrap();
+        placed.push((id, paid));
+    }
+    (products, placed)
+}
+
+/// Whether every order has settled: cancelled, or confirmed and paid.
+async fn settled(stores: &Stores, orders: &[(Uuid, bool)]) -> bool {
+    let repo = stores.repository::<Order>();
+    for (id, _) in orders {
+        let order = repo.load(*id).await.unwrap();
+        match order.state().status {
+            Status::Cancelled => {}
+            Status::Confirmed if order.state().paid => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Every order ended confirmed and paid with its stock held, or cancelled with none held;
+/// no product reserved twice for one order; the units add up.
+async fn check(stores: &Stores, products: &[Uuid], orders: &[(Uuid, bool)]) {
+    let repo = stores.repository::<Order>();
+    let mut confirmed = std::collections::HashSet::new();
+    for (id, paid) in orders {
+        let order = repo.load(*id).await.unwrap();
+        match order.state().status {
+            Status::Confirmed => {
+                assert!(*paid && order.state().paid, "order {id} confirmed and not paid");
+                confirmed.insert(*id);
+            }
+            Status::Cancelled => {}
+            other => panic!("order {id} did not settle: {other:?}"),
+        }
+    }
+    assert!(!confirmed.is_empty(), "some orders went through");
+    assert!(confirmed.len() < orders.len(), "some orders were cancelled");
+    let stock = stores.repository::<Stock>();
+    for product in products {
+        let state = stock.load(*product).await.unwrap();
+        let held: u32 = state.state().held.values().sum();
+        assert_eq!(
+            state.state().available + held,
+            UNITS,
+            "units of {product} made or lost"
+        );
+        for order in state.state().held.keys() {
+            assert!(
+                confirmed.contains(order),
+                "stock of {product} left held by cancelled order {order}"
+            );
+        }
+        let events: Vec<StoredEvent> = stores
+            .events
+            .read_stream(*product, "Stock", 0)
+            .try_collect()
+            .await
+            .unwrap();
+        let mut reservations: HashMap<Uuid, usize> = HashMap::new();
+        for e in events.iter().filter(|e| &*e.event_type == "Reserved") {
+            let StockEvent::Reserved(r) =
+                StockEvent::decode(&e.event_type, e.event_version, &e.payload).unwrap()
+            else {
+                unreachable!()
+            };
+            *reservations.entry(r.order).or_default() += 1;
+        }
+        assert!(
+            reservations.values().all(|n| *n == 1),
+            "a reservation of {product} was made twice: {reservations:?}"
+        );
+    }
+}
+
+async fn the_warehouse_flow(stores: Stores) {
+    let (products, orders) = trade(&stores).await;
+    let runner = runner(&stores, Duration::ZERO);
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let running = {
+        let stop = stop.clone();
+        async move { runner.run(stop.notified()).await }
+    };
+    let watch = async {
+        for _ in 0..600 {
+            if settled(&stores, &orders).await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.notify_one();
+    };
+    let (ran, ()) = tokio::join!(running, watch);
+    ran.unwrap();
+    check(&stores, &products, &orders).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_warehouse_flow_in_memory() {
+    the_warehouse_flow(Stores::in_memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_warehouse_flow_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("warehouse.db").display());
+    the_warehouse_flow(backend::open(&url).await.unwrap()).await;
+}
+
+/// The tests' PostgreSQL URL with a schema of the test's own, dropped at the end.
+fn postgres_url(test: &str) -> Option<(common::ScratchSchema, String)> {
+    let url = common::postgres_url(test)?;
+    let scratch = common::ScratchSchema::new(&url, "process");
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let url = format!("{url}{separator}schema={}", scratch.name);
+    Some((scratch, url))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
+async fn the_warehouse_flow_on_postgres() {
+    let Some((_schema, url)) = postgres_url("the_warehouse_flow_on_postgres") else {
+        return;
+    };
+    let stores = backend::open(&url).await.unwrap();
+    stores.migrate().await.unwrap();
+    the_warehouse_flow(stores).await;
+}
+
+// --- Worker processes killed mid-flow -------------------------------------------------------
+
+/// Set in a worker process: the stores' URL.
+const WORKER: &str = "EVENTSOURCE_TEST_PROCESS_WORKER";
+
+/// A worker process: one worker of the warehouse's consumer group until its standard input
+/// closes.
+async fn work(url: &str) {
+    let stores = backend::open(url).await.unwrap();
+    // Slow enough that the kills land mid-flow: about a second of commands in all.
+    let runner = runner(&stores, Duration::from_millis(4)).group(4).unwrap();
+    let (closed, stdin_closed) = tokio::sync::watch::channel(false);
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {}
+        closed.send_replace(true);
+    });
+    println!("READY");
+    let mut closed = stdin_closed.clone();
+    runner
+        .run_workers(1, async move {
+            let _ = closed.wait_for(|c| *c).await;
+        })
+        .await
+        .unwrap();
+}
+
+struct Workers {
+    test: &'static str,
+    url: String,
+    children: Vec<Child>,
+}
+
+impl Workers {
+    fn start(&mut self) {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", self.test, "--nocapture"])
+            .env(WORKER, &self.url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert!(
+            lines.any(|line| line.is_ok_and(|l| l.trim() == "READY")),
+            "a worker did not start"
+        );
+        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        self.children.push(child);
+    }
+
+    fn kill(&mut self, worker: usize) {
+        let child = &mut self.children[worker];
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn workers_killed_mid_flow(test: &'static str, url: String) {
+    let stores = backend::open(&url).await.unwrap();
+    stores.migrate().await.unwrap();
+    let mut workers = Workers {
+        test,
+        url,
+        children: Vec::new(),
+    };
+    workers.start();
+    workers.start();
+    let (products, orders) = trade(&stores).await;
+    // Killed while the flow runs, then replaced; the other killed too, later.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    workers.kill(0);
+    workers.start();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    workers.kill(1);
+    workers.start();
+    let mut done = false;
+    for _ in 0..900 {
+        if settled(&stores, &orders).await {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(done, "the orders did not settle");
+    check(&stores, &products, &orders).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_killed_mid_flow_on_sqlite() {
+    const TEST: &str = "workers_killed_mid_flow_on_sqlite";
+    if let Ok(url) = std::env::var(WORKER) {
+        return work(&url).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("warehouse.db").display());
+    workers_killed_mid_flow(TEST, url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
+async fn workers_killed_mid_flow_on_postgres() {
+    const TEST: &str = "workers_killed_mid_flow_on_postgres";
+    if let Ok(url) = std::env::var(WORKER) {
+        return work(&url).await;
+    }
+    let Some((_schema, url)) = postgres_url(TEST) else {
+        return;
+    };
+    workers_killed_mid_flow(TEST, url).await;
 }

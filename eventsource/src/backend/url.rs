@@ -276,7 +276,12 @@ impl Stores {
         configure: impl FnOnce(Subscription) -> Subscription,
     ) -> Result<ProcessRunner<P>> {
         let subscription = configure(self.subscription(name)?);
-        ProcessRunner::new(self.events.clone(), self.stream_listing.clone(), subscription, manager)
+        ProcessRunner::new(
+            self.events.clone(),
+            self.stream_listing.clone(),
+            subscription,
+            manager,
+        )
     }
 
     /// The same stores, with joint statements; their snapshot store becomes the snapshot store.

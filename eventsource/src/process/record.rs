@@ -36,7 +36,10 @@ pub(crate) struct Pending<C> {
 
 /// An instance as its record keeps it.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(bound(serialize = "S: Serialize, C: Serialize", deserialize = "S: Deserialize<'de>, C: Deserialize<'de>"))]
+#[serde(bound(
+    serialize = "S: Serialize, C: Serialize",
+    deserialize = "S: Deserialize<'de>, C: Deserialize<'de>"
+))]
 pub(crate) struct Record<S, C> {
     pub(crate) state: S,
     /// The commands decided and not sent yet, in order.
@@ -98,7 +101,10 @@ where
             version,
         });
     }
-    let last: Vec<_> = events.read_stream(instance, ty, version - 1).try_collect().await?;
+    let last: Vec<_> = events
+        .read_stream(instance, ty, version - 1)
+        .try_collect()
+        .await?;
     let Some(last) = last.last() else {
         return Err(Error::corrupt(
             format!("the record of {ty} {instance}"),

@@ -274,7 +274,8 @@ impl<P: ProcessManager> Inner<P> {
         };
         let mut conflicts = 0;
         let loaded = loop {
-            let mut loaded: Loaded<P::State, P::Command> = record::load(&*self.events, &self.ty, instance).await?;
+            let mut loaded: Loaded<P::State, P::Command> =
+                record::load(&*self.events, &self.ty, instance).await?;
             let record = &mut loaded.record;
             if record.done || record.decided(cause_id) {
                 break loaded;
@@ -298,7 +299,16 @@ impl<P: ProcessManager> Inner<P> {
                 }
             };
             self.apply(record, cause_id, correlation, decisions)?;
-            match record::store(&*self.events, &self.ty, instance, loaded.version, record, cause_id).await {
+            match record::store(
+                &*self.events,
+                &self.ty,
+                instance,
+                loaded.version,
+                record,
+                cause_id,
+            )
+            .await
+            {
                 Ok(appended) => {
                     loaded.version = appended.version;
                     self.index(instance, &loaded.record);
@@ -405,7 +415,11 @@ impl<P: ProcessManager> Inner<P> {
             due.insert(
                 instance,
                 Due {
-                    timeouts: if record.done { BTreeMap::new() } else { record.timeouts.clone() },
+                    timeouts: if record.done {
+                        BTreeMap::new()
+                    } else {
+                        record.timeouts.clone()
+                    },
                     pending: !record.pending.is_empty(),
                 },
             );
@@ -418,7 +432,8 @@ impl<P: ProcessManager> Inner<P> {
             return Ok(());
         };
         for (instance, _) in listing.stream_versions(&self.ty).await? {
-            let loaded: Loaded<P::State, P::Command> = record::load(&*self.events, &self.ty, instance).await?;
+            let loaded: Loaded<P::State, P::Command> =
+                record::load(&*self.events, &self.ty, instance).await?;
             self.index(instance, &loaded.record);
         }
         Ok(())

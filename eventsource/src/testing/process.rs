@@ -197,7 +197,12 @@ impl<P: ProcessManager> Given<P> {
 
     /// Records `decisions` on `cause`, then answers each command and decides on its reply, as
     /// the runner does.
-    fn settle(&mut self, instance: Uuid, cause: Uuid, decisions: Decisions<P::Command>) -> Decided<P::Command> {
+    fn settle(
+        &mut self,
+        instance: Uuid,
+        cause: Uuid,
+        decisions: Decisions<P::Command>,
+    ) -> Decided<P::Command> {
         let mut decided = Decided::default();
         let mut queue = VecDeque::new();
         self.record(instance, cause, decisions, &mut decided, &mut queue);
@@ -208,7 +213,13 @@ impl<P: ProcessManager> Given<P> {
             self.manager
                 .on_reply(&mut entry.state, &command, &reply, &mut decisions)
                 .unwrap_or_else(|e| panic!("the process failed on a reply: {e}"));
-            self.record(instance, reply_cause(&request), decisions, &mut decided, &mut queue);
+            self.record(
+                instance,
+                reply_cause(&request),
+                decisions,
+                &mut decided,
+                &mut queue,
+            );
         }
         decided
     }

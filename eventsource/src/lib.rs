@@ -73,6 +73,11 @@ pub struct ProjectionsGuide;
 #[doc = include_str!("../../docs/guides/multi-stream.md")]
 pub struct MultiStreamGuide;
 
+/// The process managers guide, compiled and run as doc tests so its examples cannot drift.
+#[cfg(all(doctest, feature = "testing"))]
+#[doc = include_str!("../../docs/guides/process-managers.md")]
+pub struct ProcessManagersGuide;
+
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;

@@ -105,7 +105,7 @@ mod optional_store {
 async fn run_all_runs_every_check_on_one_store() {
     assert_eq!(eventsource::testing::event_store::NAMES.len(), 18);
     assert_eq!(eventsource::testing::snapshot_store::NAMES.len(), 10);
-    assert_eq!(eventsource::testing::stores::NAMES.len(), 9);
+    assert_eq!(eventsource::testing::stores::NAMES.len(), 15);
     eventsource::testing::stores::run_all(&eventsource::backend::Stores::in_memory()).await;
     eventsource::testing::event_store::run_all(&InMemoryEventStore::new()).await;
     eventsource::testing::snapshot_store::run_all(&InMemorySnapshotStore::new()).await;

@@ -170,6 +170,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// A process manager's code failed on a cause, or one of its commands could not be sent
+    /// (see [`crate::process`]); what it decided before is kept, and the cause is decided on
+    /// again later.
+    #[error("process manager {process} failed: {reason}")]
+    Process {
+        /// The process manager's name.
+        process: String,
+        /// Its error.
+        reason: String,
+    },
+
     /// A snapshot was asked of an aggregate whose recorded events are not saved yet.
     #[error("aggregate {aggregate_type} {aggregate_id} has {count} unsaved event(s); save it before taking a snapshot")]
     UnsavedEvents {

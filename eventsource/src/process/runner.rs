@@ -232,15 +232,15 @@ impl<P: ProcessManager> ProcessRunner<P> {
     ///
     /// # Errors
     ///
-    /// A store error, or the first error of the process manager's code.
+    /// [`Error::Process`] for the first error of the process manager's code or of a
+    /// command, or a store error while reading the records.
     pub async fn fire_due(&self) -> Result<usize> {
         self.inner.scan().await?;
         self.inner
             .fire_due()
             .await
-            .map_err(|e| Error::SubscriptionStopped {
-                subscription: self.inner.name.clone(),
-                position: 0,
+            .map_err(|e| Error::Process {
+                process: self.inner.name.clone(),
                 reason: e.to_string(),
             })
     }

@@ -16,6 +16,8 @@ pub mod event_store;
 pub mod evolution;
 pub mod group;
 pub mod multi_stream;
+#[cfg(feature = "nats")]
+pub mod outbox;
 pub mod process;
 pub mod projection;
 pub mod registry;

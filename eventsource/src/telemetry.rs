@@ -95,6 +95,24 @@ pub(crate) fn subscription(name: &str, event: SubscriptionEvent) {
     let _ = (name, event);
 }
 
+/// An event the outbox relay `relay` published.
+#[cfg(feature = "nats")]
+pub(crate) fn outbox_published(relay: &str) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!("eventsource_outbox_published_total", "relay" => relay.to_owned()).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = relay;
+}
+
+/// A publish of the outbox relay `relay` that failed (it is tried again).
+#[cfg(feature = "nats")]
+pub(crate) fn outbox_failed(relay: &str) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!("eventsource_outbox_failures_total", "relay" => relay.to_owned()).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = relay;
+}
+
 /// Whether measurements are sent: with the `metrics` feature only, so that the work of
 /// measuring (a lag query) is skipped without it.
 pub(crate) const ENABLED: bool = cfg!(feature = "metrics");
@@ -148,6 +166,14 @@ mod facade {
             "eventsource_snapshot_queue_depth",
             Unit::Count,
             "Background snapshots waiting to be written"
+        );
+        describe_counter!(
+            "eventsource_outbox_published_total",
+            "Events the outbox relay published to the broker"
+        );
+        describe_counter!(
+            "eventsource_outbox_failures_total",
+            "Publishes of the outbox relay that failed and are tried again"
         );
         describe_counter!(
             "eventsource_subscription_events_total",

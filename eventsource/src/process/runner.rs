@@ -236,13 +236,10 @@ impl<P: ProcessManager> ProcessRunner<P> {
     /// command, or a store error while reading the records.
     pub async fn fire_due(&self) -> Result<usize> {
         self.inner.scan().await?;
-        self.inner
-            .fire_due()
-            .await
-            .map_err(|e| Error::Process {
-                process: self.inner.name.clone(),
-                reason: e.to_string(),
-            })
+        self.inner.fire_due().await.map_err(|e| Error::Process {
+            process: self.inner.name.clone(),
+            reason: e.to_string(),
+        })
     }
 }
 

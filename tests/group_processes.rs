@@ -12,8 +12,8 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use eventsource::backend::{self, SqlProjection, SqlReadModel, SqlWrites, Stores}
 use eventsource::prelude::*;
 use eventsource::projection::Projection;
 use eventsource::subscription::HandlerError;
+use futures_util::FutureExt;
 
 /// Set in a worker process: the stores' URL.
 const WORKER: &str = "EVENTSOURCE_TEST_GROUP_WORKER";
@@ -122,18 +123,8 @@ async fn work(url: &str) {
     let subscription = configured(stores.subscription("crates-seen").unwrap())
         .group(5)
         .unwrap();
-    let (closed, stdin_closed) = tokio::sync::watch::channel(false);
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {}
-        closed.send_replace(true);
-    });
-    let until_closed = || {
-        let mut closed = stdin_closed.clone();
-        async move {
-            let _ = closed.wait_for(|c| *c).await;
-        }
-    };
+    let stop = common::stdin_closed().shared();
+    let until_closed = || stop.clone();
     let print = |_range| {
         |batch: &[StoredEvent]| {
             let mut out = std::io::stdout().lock();
@@ -165,28 +156,13 @@ struct Workers {
 
 impl Workers {
     fn start(&mut self) -> usize {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", self.test, "--nocapture"])
-            .env(WORKER, &self.url)
-            .env(TABLE, &self.table)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        assert!(
-            lines.any(|line| line.is_ok_and(|l| l.trim() == "READY")),
-            "a worker did not start"
-        );
-        // Read on, so that the worker's output never fills the pipe or finds it closed.
         let seen = self.seen.clone();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                let mut words = line.split(' ');
-                if let (Some("SEEN"), Some(id), Some(version)) = (words.next(), words.next(), words.next()) {
-                    if let Ok(version) = version.parse() {
-                        seen.lock().unwrap().insert((id.to_owned(), version));
-                    }
+        let env = [(WORKER, self.url.as_str()), (TABLE, self.table.as_str())];
+        let child = common::spawn_worker(self.test, &env, move |line| {
+            let mut words = line.split(' ');
+            if let (Some("SEEN"), Some(id), Some(version)) = (words.next(), words.next(), words.next()) {
+                if let Ok(version) = version.parse() {
+                    seen.lock().unwrap().insert((id.to_owned(), version));
                 }
             }
         });

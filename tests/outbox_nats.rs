@@ -6,8 +6,9 @@
 //! The test starts a NATS server of its own (`nats-server`, with JetStream, on a free port
 //! and a directory of its own); without the binary it says it is skipped.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -120,38 +121,13 @@ async fn relay(stores_url: &str, broker_url: &str) {
         .retry(1_000, Duration::from_millis(50), Duration::from_millis(200))
         .unwrap();
     let relay = NatsRelay::new(subscription, jetstream, PREFIX).unwrap();
-    let (closed, stdin_closed) = tokio::sync::watch::channel(false);
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {}
-        closed.send_replace(true);
-    });
+    let stop = common::stdin_closed();
     println!("READY");
-    let mut closed = stdin_closed.clone();
-    relay
-        .run(async move {
-            let _ = closed.wait_for(|c| *c).await;
-        })
-        .await
-        .unwrap();
+    relay.run(stop).await.unwrap();
 }
 
 fn start_relay(test: &str, stores_url: &str, broker_url: &str) -> Child {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture"])
-        .env(RELAY, stores_url)
-        .env(BROKER, broker_url)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert!(
-        lines.any(|line| line.is_ok_and(|l| l.trim() == "READY")),
-        "the relay did not start"
-    );
-    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-    child
+    common::spawn_worker(test, &[(RELAY, stores_url), (BROKER, broker_url)], |_| {})
 }
 
 /// Adds one item to each cart, `rounds` times.

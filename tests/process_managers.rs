@@ -11,8 +11,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -618,20 +617,9 @@ async fn work(url: &str) {
     let stores = backend::open(url).await.unwrap();
     // Slow enough that the kills land mid-flow: about a second of commands in all.
     let runner = runner(&stores, Duration::from_millis(4)).group(4).unwrap();
-    let (closed, stdin_closed) = tokio::sync::watch::channel(false);
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {}
-        closed.send_replace(true);
-    });
+    let stop = common::stdin_closed();
     println!("READY");
-    let mut closed = stdin_closed.clone();
-    runner
-        .run_workers(1, async move {
-            let _ = closed.wait_for(|c| *c).await;
-        })
-        .await
-        .unwrap();
+    runner.run_workers(1, stop).await.unwrap();
 }
 
 struct Workers {
@@ -642,19 +630,7 @@ struct Workers {
 
 impl Workers {
     fn start(&mut self) {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", self.test, "--nocapture"])
-            .env(WORKER, &self.url)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        assert!(
-            lines.any(|line| line.is_ok_and(|l| l.trim() == "READY")),
-            "a worker did not start"
-        );
-        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        let child = common::spawn_worker(self.test, &[(WORKER, &self.url)], |_| {});
         self.children.push(child);
     }
 

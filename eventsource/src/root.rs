@@ -182,6 +182,22 @@ impl<A: Aggregate> AggregateRoot<A> {
             .collect()
     }
 
+    /// The unsaved events as envelopes, for a save outside the repository (in the caller's
+    /// transaction): [`Error::InvalidInput`](crate::Error::InvalidInput) if there are none, and
+    /// the registry's error if the program registered a name twice.
+    pub(crate) fn envelopes_to_save(&self) -> Result<Vec<EventEnvelope>> {
+        crate::registry::check()?;
+        let envelopes = self.pending_envelopes()?;
+        if envelopes.is_empty() {
+            return Err(crate::error::Error::InvalidInput(format!(
+                "{} {} has no unsaved events to save",
+                A::TYPE_NAME,
+                self.id
+            )));
+        }
+        Ok(envelopes)
+    }
+
     /// Forgets the unsaved events once the store has them, at `position` in the feed.
     pub(crate) fn mark_saved(&mut self, position: u64) {
         self.pending.clear();

@@ -192,6 +192,9 @@ pub fn head_of<'a>(events: impl IntoIterator<Item = &'a StoredEvent>, after: u64
     eventsource::FeedHead::new(last, count)
 }
 
+mod child;
 mod database;
+#[allow(unused_imports)]
+pub use child::*;
 #[allow(unused_imports)]
 pub use database::*;

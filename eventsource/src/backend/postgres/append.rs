@@ -81,6 +81,27 @@ impl<'a> Columns<'a> {
         self.request_id.extend(more.request_id);
     }
 
+    /// Binds the batch to `query` as the append statements take it, `$4` to `$14`: event
+    /// ids, types and versions, aggregate versions, times, correlations, causations,
+    /// metadata, payloads and request ids.
+    pub(super) fn bind<'q, O>(
+        &'q self,
+        query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+        query
+            .bind(&self.event_id)
+            .bind(&self.event_type)
+            .bind(&self.event_version)
+            .bind(&self.aggregate_version)
+            .bind(&self.occurred_at)
+            .bind(&self.occurred_at_ns)
+            .bind(&self.correlation_id)
+            .bind(&self.causation_id)
+            .bind(&self.metadata)
+            .bind(&self.payload)
+            .bind(&self.request_id)
+    }
+
     pub(super) fn of(events: &'a [EventEnvelope]) -> Result<Self> {
         let mut columns = Columns::default();
         for event in events {
@@ -125,21 +146,12 @@ impl PostgresEventStore {
         }
         let expected = to_bigint(batch.expected_version, "expected version")?;
         let c = Columns::of(events)?;
-        let query = sqlx::query_as::<_, (i64, i64, Option<i64>)>(sql)
-            .bind(batch.aggregate_id)
-            .bind(batch.aggregate_type)
-            .bind(expected)
-            .bind(&c.event_id)
-            .bind(&c.event_type)
-            .bind(&c.event_version)
-            .bind(&c.aggregate_version)
-            .bind(&c.occurred_at)
-            .bind(&c.occurred_at_ns)
-            .bind(&c.correlation_id)
-            .bind(&c.causation_id)
-            .bind(&c.metadata)
-            .bind(&c.payload)
-            .bind(&c.request_id);
+        let query = c.bind(
+            sqlx::query_as::<_, (i64, i64, Option<i64>)>(sql)
+                .bind(batch.aggregate_id)
+                .bind(batch.aggregate_type)
+                .bind(expected),
+        );
         let result = match with {
             With::Nothing => query.fetch_one(&self.pool).await,
             With::Request(fingerprint) => {

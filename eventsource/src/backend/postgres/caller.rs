@@ -142,15 +142,7 @@ impl PostgresEventStore {
         connection: &mut PgConnection,
         root: &mut AggregateRoot<A>,
     ) -> Result<Appended> {
-        crate::registry::check()?;
-        let envelopes = root.pending_envelopes()?;
-        if envelopes.is_empty() {
-            return Err(Error::InvalidInput(format!(
-                "{} {} has no unsaved events to save",
-                A::TYPE_NAME,
-                root.id()
-            )));
-        }
+        let envelopes = root.envelopes_to_save()?;
         let appended = self
             .append_in_transaction(
                 connection,
@@ -178,21 +170,12 @@ impl PostgresEventStore {
             Some(_) => &self.sql.append_request,
             None => &self.sql.append,
         };
-        let mut query = sqlx::query_as::<_, (i64, i64, Option<i64>)>(sql)
-            .bind(batch.aggregate_id)
-            .bind(batch.aggregate_type)
-            .bind(expected)
-            .bind(&c.event_id)
-            .bind(&c.event_type)
-            .bind(&c.event_version)
-            .bind(&c.aggregate_version)
-            .bind(&c.occurred_at)
-            .bind(&c.occurred_at_ns)
-            .bind(&c.correlation_id)
-            .bind(&c.causation_id)
-            .bind(&c.metadata)
-            .bind(&c.payload)
-            .bind(&c.request_id);
+        let mut query = c.bind(
+            sqlx::query_as::<_, (i64, i64, Option<i64>)>(sql)
+                .bind(batch.aggregate_id)
+                .bind(batch.aggregate_type)
+                .bind(expected),
+        );
         if request.is_some() {
             query = query.bind(None::<i64>);
         }

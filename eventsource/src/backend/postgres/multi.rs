@@ -26,8 +26,9 @@ use crate::multi_stream::{MultiStreamAppend, StreamBatches};
 const PLACEHOLDER: &str = "eventsource.check";
 
 /// The statement of a save over several streams on `events`. `$1`-`$3`: each stream's id,
-/// type and expected version, written ones first; `$4`-`$16`: the events, with their stream;
-/// `$17`-`$20`: each checked stream and its placeholder's event id. One row per stream, in
+/// type and expected version, written ones first; `$4`-`$14`: the events' columns as the
+/// append statements bind them, `$15`-`$16` the stream of each; `$17`-`$20`: each checked
+/// stream and its placeholder's event id. One row per stream, in
 /// order: its version as the statement found it, and the position of its last event stored.
 pub(super) fn append_streams_sql(events: &str) -> String {
     format!(
@@ -50,9 +51,9 @@ pub(super) fn append_streams_sql(events: &str) -> String {
                 SELECT e.n, e.event_id, e.event_type, e.event_version, e.aggregate_id,
                     e.aggregate_type, e.aggregate_version, e.occurred_at, e.occurred_at_ns,
                     e.correlation_id, e.causation_id, e.metadata, e.payload, e.request_id
-                FROM unnest($4::uuid[], $5::text[], $6::bigint[], $7::uuid[], $8::text[],
-                            $9::bigint[], $10::timestamptz[], $11::integer[], $12::uuid[],
-                            $13::uuid[], $14::text[], $15::text[], $16::text[])
+                FROM unnest($4::uuid[], $5::text[], $6::bigint[], $15::uuid[], $16::text[],
+                            $7::bigint[], $8::timestamptz[], $9::integer[], $10::uuid[],
+                            $11::uuid[], $12::text[], $13::text[], $14::text[])
                     WITH ORDINALITY AS e(event_id, event_type, event_version, aggregate_id,
                         aggregate_type, aggregate_version, occurred_at, occurred_at_ns,
                         correlation_id, causation_id, metadata, payload, request_id, n)
@@ -148,23 +149,15 @@ impl MultiStreamAppend for PostgresEventStore {
         let a = Arrays::of(&save)?;
         let c = &a.columns;
         let what = "cannot save over several streams";
-        let query = sqlx::query_as::<_, (i64, Option<i64>)>(&self.sql.append_streams)
-            .bind(&a.stream_id)
-            .bind(&a.stream_type)
-            .bind(&a.expected)
-            .bind(&c.event_id)
-            .bind(&c.event_type)
-            .bind(&c.event_version)
+        let query = c
+            .bind(
+                sqlx::query_as::<_, (i64, Option<i64>)>(&self.sql.append_streams)
+                    .bind(&a.stream_id)
+                    .bind(&a.stream_type)
+                    .bind(&a.expected),
+            )
             .bind(&a.aggregate_id)
             .bind(&a.aggregate_type)
-            .bind(&c.aggregate_version)
-            .bind(&c.occurred_at)
-            .bind(&c.occurred_at_ns)
-            .bind(&c.correlation_id)
-            .bind(&c.causation_id)
-            .bind(&c.metadata)
-            .bind(&c.payload)
-            .bind(&c.request_id)
             .bind(&a.check_id)
             .bind(&a.check_type)
             .bind(&a.check_version)

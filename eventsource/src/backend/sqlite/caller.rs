@@ -110,15 +110,7 @@ impl SqliteTransaction<'_> {
     /// As [`append`](Self::append); an event that cannot be stored is
     /// [`Error::Serialization`]. On an error the root keeps its events.
     pub fn save<A: Aggregate>(&mut self, root: &mut AggregateRoot<A>) -> Result<Appended> {
-        crate::registry::check()?;
-        let envelopes = root.pending_envelopes()?;
-        if envelopes.is_empty() {
-            return Err(Error::InvalidInput(format!(
-                "{} {} has no unsaved events to save",
-                A::TYPE_NAME,
-                root.id()
-            )));
-        }
+        let envelopes = root.envelopes_to_save()?;
         let appended = self.append(root.id(), A::TYPE_NAME, root.saved_version(), &envelopes)?;
         root.mark_saved(appended.position);
         Ok(appended)

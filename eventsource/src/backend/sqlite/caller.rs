@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::events::{Encoded, Request, Sql, Stream};
 use super::{store_error, timestamp_text, SqliteEventStore};
 use crate::aggregate::Aggregate;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::event::EventEnvelope;
 use crate::event_store::{Appended, Batch};
 use crate::root::AggregateRoot;

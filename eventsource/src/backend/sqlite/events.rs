@@ -222,6 +222,16 @@ impl Stream {
         store_error(format!("cannot {action} {} {}", self.aggregate_type, self.id), e)
     }
 
+    /// The conflict of an append that expected the stream at `expected` and found `actual`.
+    fn conflict(&self, expected: u64, actual: u64) -> Error {
+        Error::Conflict {
+            aggregate_type: self.aggregate_type.clone(),
+            aggregate_id: self.id,
+            expected,
+            actual,
+        }
+    }
+
     /// The stream's version as the connection sees it.
     fn version(&self, connection: &Connection, sql: &Sql) -> Result<u64> {
         let stored = self
@@ -287,12 +297,7 @@ impl Stream {
         request: Option<&Request>,
     ) -> Result<(u64, u64)> {
         let fail = |e| self.failed("append to", e);
-        let conflict = |actual| Error::Conflict {
-            aggregate_type: self.aggregate_type.clone(),
-            aggregate_id: self.id,
-            expected,
-            actual,
-        };
+        let conflict = |actual| self.conflict(expected, actual);
         let actual = self.version(tx, sql)?;
         if actual != expected {
             return Err(conflict(actual));
@@ -327,12 +332,7 @@ impl Stream {
     /// `expected`; the position of its last event.
     fn insert(&self, tx: &Connection, sql: &Sql, expected: u64, batch: &[Encoded]) -> Result<i64> {
         let fail = |e| self.failed("append to", e);
-        let conflict = |actual| Error::Conflict {
-            aggregate_type: self.aggregate_type.clone(),
-            aggregate_id: self.id,
-            expected,
-            actual,
-        };
+        let conflict = |actual| self.conflict(expected, actual);
         let mut insert = tx.prepare_cached(&sql.insert).map_err(fail)?;
         let slice = sql.slices.slice_of(&self.aggregate_type, self.id);
         for e in batch {

@@ -105,3 +105,50 @@ fn loads_saves_and_snapshots_are_spans_with_their_fields() {
         );
     }
 }
+
+#[test]
+fn commands_and_batches_are_spans_with_their_outcome_and_error() {
+    let spans = Spans::default();
+    let subscriber = tracing_subscriber::registry().with(spans.clone());
+    tracing::subscriber::with_default(subscriber, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let events = InMemoryEventStore::new();
+            let repo = Repository::<Account>::new(events.clone());
+            let id = Uuid::new_v4();
+            repo.command(id)
+                .request_id("open-1".parse::<eventsource::request::RequestId>().unwrap())
+                .run(|a| a.open("Ada", 10.0))
+                .await
+                .unwrap();
+            let refused = repo.command(id).run(|a| a.withdraw(1_000.0)).await;
+            assert!(refused.is_err());
+            let subscription = eventsource::subscription::Subscription::new(
+                "failing",
+                Arc::new(events),
+                Arc::new(eventsource::InMemorySubscriptionStore::new()),
+            )
+            .unwrap()
+            .retry(1, std::time::Duration::ZERO, std::time::Duration::ZERO)
+            .unwrap();
+            let failed = subscription
+                .catch_up(|_: &[StoredEvent]| Err::<(), _>("the handler is broken".into()))
+                .await;
+            assert!(failed.is_err());
+        });
+    });
+    let commands = spans.named("eventsource.command");
+    assert_eq!(commands.len(), 2);
+    assert_eq!(commands[0]["outcome"], "\"executed\"");
+    assert_eq!(commands[0]["request.id"], "\"open-1\"");
+    assert_eq!(commands[0]["attempts"], "1");
+    assert_eq!(commands[1]["outcome"], "\"rejected\"");
+    let batches = spans.named("eventsource.subscription.batch");
+    assert_eq!(batches.len(), 1);
+    assert_eq!(batches[0]["subscription"], "failing");
+    assert_eq!(batches[0]["events"], "1");
+    assert_eq!(batches[0]["error"], "the handler is broken");
+}

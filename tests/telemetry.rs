@@ -65,6 +65,20 @@ fn measurements_reach_the_recorder() {
             repo.load(long).await.unwrap(); // a hit
             snapshots.clear();
             repo.load(long).await.unwrap(); // due, and gone: a miss
+                                            // A conflict, then a command that outlasts it; and a command the aggregate refuses.
+            let mut stale = repo.load(short).await.unwrap();
+            save_ticks(&repo, short, 1).await;
+            stale.record(Ticked { by: 1 });
+            assert!(repo.save(&mut stale).await.unwrap_err().is_conflict());
+            repo.command(short)
+                .run(|m| {
+                    m.record(Ticked { by: 1 });
+                    Ok::<_, Error>(())
+                })
+                .await
+                .unwrap();
+            let refused = repo.command(short).run(|_| Err::<(), _>("no more ticks")).await;
+            assert!(refused.is_err());
             let projection =
                 Projection::new("meters", events, InMemoryReadModel::new(Count::default())).unwrap();
             projection.catch_up(|_| {}).await.unwrap();
@@ -75,8 +89,8 @@ fn measurements_reach_the_recorder() {
     let metrics = repo.metrics();
     assert_eq!(
         metrics.not_due("Meter"),
-        1,
-        "the short stream's load is not a miss"
+        5,
+        "the short stream's loads (one, and four by the conflict and the commands) are no miss"
     );
     assert_eq!(metrics.hits("Meter"), 1);
     assert_eq!(metrics.misses("Meter", MissReason::Missing), 1);
@@ -84,20 +98,24 @@ fn measurements_reach_the_recorder() {
 
     let text = scrape.render();
     for line in [
-        r#"eventsource_snapshot_not_due_total{aggregate_type="Meter"} 1"#,
+        r#"eventsource_snapshot_not_due_total{aggregate_type="Meter"} 5"#,
         r#"eventsource_snapshot_hits_total{aggregate_type="Meter"} 1"#,
         r#"eventsource_snapshot_misses_total{aggregate_type="Meter",reason="missing"} 1"#,
         r#"eventsource_snapshot_writes_total{aggregate_type="Meter"} 1"#,
-        r#"eventsource_subscription_events_total{subscription="meters"} 15"#,
+        r#"eventsource_subscription_events_total{subscription="meters"} 17"#,
         r#"eventsource_load_seconds_count{aggregate_type="Meter",snapshot="used"} 1"#,
-        r#"eventsource_load_seconds_count{aggregate_type="Meter",snapshot="none"} 2"#,
-        r#"eventsource_save_seconds_count{aggregate_type="Meter"} 2"#,
+        r#"eventsource_save_seconds_count{aggregate_type="Meter"} 4"#,
+        r#"eventsource_events_written_total{aggregate_type="Meter"} 17"#,
+        r#"eventsource_conflicts_total{aggregate_type="Meter"} 1"#,
+        r#"eventsource_commands_total{aggregate_type="Meter",outcome="executed"} 1"#,
+        r#"eventsource_commands_total{aggregate_type="Meter",outcome="rejected"} 1"#,
     ] {
         assert!(text.contains(line), "the scrape lacks `{line}`:\n{text}");
     }
-    // The loads replayed 3 events, none after the snapshot at 12, then 12 without it.
+    // The loads replayed 3 events, none after the snapshot at 12, then 12 without it; the
+    // conflict's and the commands' loads of the short stream 3, 3, 4 and 5.
     assert!(
-        text.contains(r#"eventsource_load_events_replayed_sum{aggregate_type="Meter"} 15"#),
+        text.contains(r#"eventsource_load_events_replayed_sum{aggregate_type="Meter"} 30"#),
         "{text}"
     );
 }

@@ -95,6 +95,52 @@ pub(crate) fn subscription(name: &str, event: SubscriptionEvent) {
     let _ = (name, event);
 }
 
+/// A command's outcome: `executed`, `repeated` (answered by its request id),
+/// `rejected`, `exists`, `contended`, `mismatch` or `failed`.
+pub(crate) fn command(aggregate_type: &'static str, outcome: &'static str) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!("eventsource_commands_total", "aggregate_type" => aggregate_type, "outcome" => outcome)
+        .increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (aggregate_type, outcome);
+}
+
+/// A save that met another writer's events (a conflict), of a stream of `aggregate_type`.
+pub(crate) fn conflict(aggregate_type: &str) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!("eventsource_conflicts_total", "aggregate_type" => aggregate_type.to_owned())
+        .increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = aggregate_type;
+}
+
+/// `events` events saved to streams of `aggregate_type`.
+pub(crate) fn events_written(aggregate_type: &'static str, events: u64) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!("eventsource_events_written_total", "aggregate_type" => aggregate_type)
+        .increment(events);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (aggregate_type, events);
+}
+
+/// A load or save (`operation`) that failed on the store: counted by kind, `transient`,
+/// `permanent` or `corrupt`, when `error` is one of those (a conflict or a refused input is
+/// no store error).
+pub(crate) fn store_error(operation: &'static str, error: &crate::error::Error) {
+    use crate::error::Error;
+    let kind = match error {
+        Error::Store { transient: true, .. } => "transient",
+        Error::Store { .. } => "permanent",
+        Error::Corrupt { .. } => "corrupt",
+        _ => return,
+    };
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!("eventsource_store_errors_total", "operation" => operation, "kind" => kind)
+        .increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (operation, kind);
+}
+
 /// An event the outbox relay `relay` published.
 #[cfg(feature = "nats")]
 pub(crate) fn outbox_published(relay: &str) {
@@ -166,6 +212,16 @@ mod facade {
             "eventsource_snapshot_queue_depth",
             Unit::Count,
             "Background snapshots waiting to be written"
+        );
+        describe_counter!("eventsource_commands_total", "Commands run, by outcome");
+        describe_counter!(
+            "eventsource_conflicts_total",
+            "Saves that found another writer's events first"
+        );
+        describe_counter!("eventsource_events_written_total", "Events saved");
+        describe_counter!(
+            "eventsource_store_errors_total",
+            "Loads and saves that failed on the store, by kind"
         );
         describe_counter!(
             "eventsource_outbox_published_total",

@@ -275,13 +275,27 @@ impl<'r> MultiStreamSave<'r> {
             streams.written = batches.len(),
             streams.checked = checks.len(),
             events.saved = save.event_count(),
+            error = tracing::field::Empty,
         );
         let started = std::time::Instant::now();
-        let appended = store.append_streams(save).instrument(span).await?;
+        let appended = match store.append_streams(save).instrument(span.clone()).await {
+            Ok(appended) => appended,
+            Err(e) => {
+                span.record("error", tracing::field::display(&e));
+                if let Error::Conflicts { streams } = &e {
+                    for stream in streams {
+                        crate::telemetry::conflict(&stream.aggregate_type);
+                    }
+                }
+                crate::telemetry::store_error("save", &e);
+                return Err(e);
+            }
+        };
         drop(batches);
-        for ((root, _), outcome) in writing.iter_mut().zip(&appended) {
+        for ((root, events), outcome) in writing.iter_mut().zip(&appended) {
             root.mark_saved(outcome.position);
             crate::telemetry::save(root.aggregate_type(), started.elapsed());
+            crate::telemetry::events_written(root.aggregate_type(), events.len() as u64);
         }
         Ok(appended)
     }

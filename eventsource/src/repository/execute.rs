@@ -13,6 +13,7 @@
 
 use std::time::Duration;
 
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::outcome::{CommandError, Executed};
@@ -178,7 +179,57 @@ impl<A: Aggregate> Command<'_, A> {
 
     /// Loads (or creates) the aggregate, runs `decide`, saves what it recorded; on a conflict,
     /// does it all again, up to the number of attempts.
-    pub async fn run<E, F>(self, mut decide: F) -> Result<Executed, CommandError<E>>
+    ///
+    /// The run is a span at DEBUG, `eventsource.command`, with the aggregate, the request id,
+    /// the attempts made, the outcome and the error of a failed one; its outcome is counted
+    /// (see [`crate::telemetry`]).
+    pub async fn run<E, F>(self, decide: F) -> Result<Executed, CommandError<E>>
+    where
+        E: std::fmt::Display,
+        F: FnMut(&mut AggregateRoot<A>) -> Result<(), E>,
+    {
+        let request = self
+            .request_id
+            .as_ref()
+            .or_else(|| self.context.as_ref().and_then(|c| c.request_id.as_ref()))
+            .map(|id| id.as_str().to_owned());
+        let span = tracing::debug_span!(
+            "eventsource.command",
+            aggregate.id = %self.id,
+            aggregate.type = A::TYPE_NAME,
+            request.id = request,
+            attempts = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
+        let outcome = self.run_attempts(decide).instrument(span.clone()).await;
+        let label = match &outcome {
+            Ok(executed) => {
+                span.record("attempts", executed.attempts);
+                if executed.repeated {
+                    "repeated"
+                } else {
+                    "executed"
+                }
+            }
+            Err(CommandError::Rejected(_) | CommandError::RejectedEarlier { .. }) => "rejected",
+            Err(CommandError::AlreadyExists { .. }) => "exists",
+            Err(CommandError::Contended { attempts, .. }) => {
+                span.record("attempts", *attempts);
+                "contended"
+            }
+            Err(CommandError::RequestMismatch { .. }) => "mismatch",
+            Err(CommandError::Failed(e)) => {
+                span.record("error", tracing::field::display(e));
+                "failed"
+            }
+        };
+        span.record("outcome", label);
+        crate::telemetry::command(A::TYPE_NAME, label);
+        outcome
+    }
+
+    async fn run_attempts<E, F>(self, mut decide: F) -> Result<Executed, CommandError<E>>
     where
         E: std::fmt::Display,
         F: FnMut(&mut AggregateRoot<A>) -> Result<(), E>,

@@ -78,9 +78,19 @@ impl<A: Aggregate> Repository<A> {
             snapshot.used = false,
             snapshot.version = Empty,
             events.replayed = Empty,
+            error = Empty,
         );
         let started = std::time::Instant::now();
-        let (root, start) = self.load_in(id, &span).instrument(span.clone()).await?;
+        let (root, start) = match self.load_in(id, &span).instrument(span.clone()).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                if !e.is_not_found() {
+                    span.record("error", tracing::field::display(&e));
+                }
+                crate::telemetry::store_error("load", &e);
+                return Err(e);
+            }
+        };
         let snapshot_version = start.snapshot_version();
         let replayed = root.version() - snapshot_version.unwrap_or(0);
         crate::telemetry::load(

@@ -59,9 +59,10 @@ impl<A: Aggregate> Repository<A> {
             aggregate.type = A::TYPE_NAME,
             version = root.version(),
             events.saved = saved,
+            error = tracing::field::Empty,
         );
         let started = std::time::Instant::now();
-        async {
+        let outcome: Result<u64> = async {
             let envelopes = root.pending_envelopes()?;
             let due = self
                 .snapshots
@@ -85,8 +86,19 @@ impl<A: Aggregate> Repository<A> {
             crate::telemetry::save(A::TYPE_NAME, started.elapsed());
             Ok(root.version())
         }
-        .instrument(span)
-        .await
+        .instrument(span.clone())
+        .await;
+        match &outcome {
+            Ok(_) => crate::telemetry::events_written(A::TYPE_NAME, saved),
+            Err(e) => {
+                span.record("error", tracing::field::display(e));
+                if e.is_conflict() {
+                    crate::telemetry::conflict(A::TYPE_NAME);
+                }
+                crate::telemetry::store_error("save", e);
+            }
+        }
+        outcome
     }
 
     /// Appends the root's unsaved events, expecting its saved version.

@@ -670,11 +670,31 @@ impl Subscription {
         self.options.takes(&event.aggregate_type, &event.event_type)
     }
 
-    /// Hands `events` to the handler, with retries and the failure policy.
+    /// Hands `events` to the handler, with retries and the failure policy, in a span at
+    /// DEBUG, `eventsource.subscription.batch`, with the subscription's name, the batch's
+    /// positions and size, and the error of a batch that failed every attempt.
     pub(crate) async fn deliver<H: Handler>(&self, handler: &mut H, events: &[StoredEvent]) -> Result<()> {
+        let span = tracing::debug_span!(
+            "eventsource.subscription.batch",
+            subscription = %self.name,
+            position.first = events.first().map(|e| e.position),
+            position.last = events.last().map(|e| e.position),
+            events = events.len(),
+            error = tracing::field::Empty,
+        );
+        tracing::Instrument::instrument(self.deliver_in(handler, events, &span), span.clone()).await
+    }
+
+    async fn deliver_in<H: Handler>(
+        &self,
+        handler: &mut H,
+        events: &[StoredEvent],
+        span: &tracing::Span,
+    ) -> Result<()> {
         let Err(error) = self.attempt(handler, events).await else {
             return Ok(());
         };
+        span.record("error", tracing::field::display(&error));
         self.metrics.add_failed_batch();
         crate::telemetry::subscription(&self.name, crate::telemetry::SubscriptionEvent::FailedBatch);
         match self.on_failure {

@@ -217,7 +217,7 @@ fn exact_millis(value: &str) -> Option<u64> {
         }
         nanos += part / scale;
     }
-    if nanos % NANOS_PER_MILLI != 0 {
+    if !nanos.is_multiple_of(NANOS_PER_MILLI) {
         return None;
     }
     u64::try_from(nanos / NANOS_PER_MILLI).ok()
@@ -241,7 +241,7 @@ impl fmt::Display for Shown {
         let (name, per) = UNITS
             .iter()
             .rev()
-            .find(|(_, per)| nanos % per == 0 && nanos >= *per)
+            .find(|(_, per)| nanos.is_multiple_of(*per) && nanos >= *per)
             .unwrap_or(&UNITS[0]);
         write!(f, "{}{name}", nanos / per)
     }

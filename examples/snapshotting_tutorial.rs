@@ -106,7 +106,7 @@ async fn automatic_snapshot_demo(stores: &Stores) -> Fallible {
             .await?;
         if snapshot.is_some_and(|s| s.version == account.version()) {
             println!("  Version {}: Snapshot created!", account.version());
-        } else if account.version() % 5 == 0 {
+        } else if account.version().is_multiple_of(5) {
             println!("  Version {}: No snapshot yet", account.version());
         }
     }

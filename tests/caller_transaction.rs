@@ -99,6 +99,23 @@ async fn on_postgres_the_applications_rows_and_the_events_commit_together() {
     assert_eq!(invoices(&events, &schema).await, 1);
     assert_eq!(repo.load(id).await.unwrap().state().cents, 5);
 
+    // Several saves in one transaction, of one stream and of others: each goes in.
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut tx = events.begin().await.unwrap();
+    let mut one = posting(&repo, first, 1);
+    events.save_in_transaction(&mut tx, &mut one).await.unwrap();
+    one.record(Posted { cents: 2 });
+    let again = events.save_in_transaction(&mut tx, &mut one).await.unwrap();
+    let other = events
+        .save_in_transaction(&mut tx, &mut posting(&repo, second, 3))
+        .await
+        .unwrap();
+    assert_eq!(again.version, 2);
+    assert!(other.position > again.position, "positions in the order of the saves");
+    tx.commit().await.unwrap();
+    assert_eq!(repo.load(first).await.unwrap().state().cents, 3);
+    assert_eq!(repo.load(second).await.unwrap().state().cents, 3);
+
     // Rolled back: neither.
     let gone = Uuid::new_v4();
     let mut tx = events.begin().await.unwrap();

@@ -82,15 +82,13 @@ impl PostgresEventStore {
     ) -> Result<Appended> {
         let batch = Batch::checked(aggregate_id, aggregate_type, expected_version, events)?;
         let request = events[0].request_id.clone();
+        // Outside the savepoint: an announcement rolled back with a refused append would
+        // leave the transaction unable to append again.
+        self.announce(connection).await?;
         let mut savepoint = connection
             .begin()
             .await
             .map_err(|e| query_error("cannot begin a savepoint", e))?;
-        let announced = format!("SELECT {}()", self.layout.begin_append);
-        if let Err(e) = sqlx::query(&announced).execute(&mut *savepoint).await {
-            let _ = savepoint.rollback().await;
-            return Err(not_announced(e));
-        }
         match self.insert_in(&mut savepoint, &batch, request.as_ref()).await {
             Ok(Some(appended)) => {
                 // Delivered when the transaction commits, to the consumers of every process.
@@ -167,8 +165,8 @@ impl PostgresEventStore {
         let expected = to_bigint(batch.expected_version, "expected version")?;
         let c = super::append::Columns::of(batch.events)?;
         let sql = match request {
-            Some(_) => &self.sql.append_request,
-            None => &self.sql.append,
+            Some(_) => &self.sql.append_request_in_transaction,
+            None => &self.sql.append_in_transaction,
         };
         let mut query = c.bind(
             sqlx::query_as::<_, (i64, i64, Option<i64>)>(sql)
@@ -195,7 +193,11 @@ impl PostgresEventStore {
                         batch.aggregate_type, batch.aggregate_id
                     ))),
                     // A transaction that committed first took one of the versions.
-                    _ => Ok(None),
+                    Some(super::sql::STREAM_VERSION_KEY) => Ok(None),
+                    _ => Err(query_error(
+                        &format!("cannot append to {} {}", batch.aggregate_type, batch.aggregate_id),
+                        sqlx::Error::Database(db),
+                    )),
                 }
             }
             Err(e) => Err(query_error(

@@ -6,6 +6,10 @@ use super::Layout;
 /// The name of the unique constraint on event ids, as created by the migration.
 pub(super) const EVENT_ID_KEY: &str = "eventsource_events_event_id_key";
 
+/// The unique key on a stream's versions, as created by the migration: taken, another writer
+/// stored the version first.
+pub(super) const STREAM_VERSION_KEY: &str = "eventsource_events_stream_version_key";
+
 /// The primary key of the request index: taken, the request id is recorded already.
 pub(super) const REQUEST_KEY: &str = "eventsource_requests_pkey";
 
@@ -56,6 +60,10 @@ pub(super) struct Sql {
     pub(super) forget_refusals: String,
     /// The batch append that records its request.
     pub(super) append_request: String,
+    /// The batch appends in the application's transaction, which may have appended before:
+    /// positions after those it took.
+    pub(super) append_in_transaction: String,
+    pub(super) append_request_in_transaction: String,
     /// A save over several streams, and the deletion of its placeholders.
     pub(super) append_streams: String,
     pub(super) delete_placeholders: String,
@@ -132,6 +140,22 @@ pub(super) fn append_sql(events: &str, snapshots: Option<&str>, requests: Option
     sql
 }
 
+/// `append`, an append statement, with the batch's positions after those the transaction
+/// took already: a transaction's positions are its id shifted left plus a place from 1, so a
+/// second append in one transaction (the application's, saving twice) starts after the last
+/// position the first one stored, which the transaction sees.
+fn after_own_appends(append: &str, events: &str) -> String {
+    let own = format!("(pg_current_xact_id()::text::bigint << {POSITION_SHIFT})");
+    let taken = format!(
+        "(SELECT coalesce(max(p.position) - {own}, 0) FROM {events} p
+          WHERE p.position > {own} AND p.position < {own} + {})",
+        1_i64 << POSITION_SHIFT
+    );
+    let first = format!("{own} + e.n,");
+    assert!(append.contains(&first), "the append statement numbers its rows from its own base");
+    append.replacen(&first, &format!("{own} + {taken} + e.n,"), 1)
+}
+
 impl Sql {
     pub(super) fn new(layout: &Layout) -> Self {
         let (events, requests) = (&layout.events, &layout.requests);
@@ -140,6 +164,11 @@ impl Sql {
             table: events.clone(),
             append: append_sql(events, None, None),
             append_request: append_sql(events, None, Some(&layout.requests)),
+            append_in_transaction: after_own_appends(&append_sql(events, None, None), events),
+            append_request_in_transaction: after_own_appends(
+                &append_sql(events, None, Some(&layout.requests)),
+                events,
+            ),
             append_streams: super::multi::append_streams_sql(events),
             delete_placeholders: super::multi::delete_placeholders_sql(events),
             group: group_sql(events),
@@ -254,7 +283,10 @@ pub(super) fn group_sql(events: &str) -> String {
          WHERE (SELECT coalesce(max(v.aggregate_version), 0) FROM {events} v
                 WHERE v.aggregate_id = e.aggregate_id AND v.aggregate_type = e.aggregate_type)
                = e.expected
-         ORDER BY e.n
+         -- In the order of the streams, as saves over several streams take their keys: two
+         -- statements never wait for each other's keys in a cycle. Positions keep the
+         -- arrival order (e.n).
+         ORDER BY e.aggregate_id, e.aggregate_type, e.n
          ON CONFLICT (aggregate_id, aggregate_type, aggregate_version) DO NOTHING
          RETURNING t.event_id, t.position"
     )

@@ -9,6 +9,8 @@ use uuid::Uuid;
 use super::events::{Encoded, Request, Sql, Stream};
 use super::{store_error, timestamp_text, SqliteEventStore};
 use crate::aggregate::Aggregate;
+#[cfg(doc)]
+use crate::error::Error;
 use crate::error::Result;
 use crate::event::EventEnvelope;
 use crate::event_store::{Appended, Batch};

@@ -111,7 +111,10 @@ async fn on_postgres_the_applications_rows_and_the_events_commit_together() {
         .await
         .unwrap();
     assert_eq!(again.version, 2);
-    assert!(other.position > again.position, "positions in the order of the saves");
+    assert!(
+        other.position > again.position,
+        "positions in the order of the saves"
+    );
     tx.commit().await.unwrap();
     assert_eq!(repo.load(first).await.unwrap().state().cents, 3);
     assert_eq!(repo.load(second).await.unwrap().state().cents, 3);

@@ -240,6 +240,17 @@ async fn bad_input_writes_nothing(stores: Stores) {
         "a check of an unknown type",
     );
     assert!(why.contains("not registered"), "{why}");
+    let mut requested = wallets.create_new(Uuid::new_v4());
+    requested.set_context(EventContext {
+        request_id: Some("transfer-9".parse().unwrap()),
+        ..EventContext::default()
+    });
+    requested.record(Credited { cents: 1 });
+    let why = invalid(
+        MultiStreamSave::new().write(&mut requested).save(&*store).await,
+        "a root carrying a request id",
+    );
+    assert!(why.contains("records no request id"), "{why}");
     assert_eq!(
         stores.events.stream_version(id, "Wallet").await.unwrap(),
         0,

@@ -480,15 +480,26 @@ async fn trade(stores: &Stores) -> (Vec<Uuid>, Vec<(Uuid, bool)>) {
     (products, placed)
 }
 
-/// Whether every order has settled: cancelled, or confirmed and paid.
-async fn settled(stores: &Stores, orders: &[(Uuid, bool)]) -> bool {
+/// Whether every order has settled: cancelled with no stock held (its releases may follow
+/// its cancellation), or confirmed and paid.
+async fn settled(stores: &Stores, products: &[Uuid], orders: &[(Uuid, bool)]) -> bool {
     let repo = stores.repository::<Order>();
+    let mut cancelled = std::collections::HashSet::new();
     for (id, _) in orders {
         let order = repo.load(*id).await.unwrap();
         match order.state().status {
-            Status::Cancelled => {}
+            Status::Cancelled => {
+                cancelled.insert(*id);
+            }
             Status::Confirmed if order.state().paid => {}
             _ => return false,
+        }
+    }
+    let stock = stores.repository::<Stock>();
+    for product in products {
+        let held = stock.load(*product).await.unwrap();
+        if held.state().held.keys().any(|order| cancelled.contains(order)) {
+            return false;
         }
     }
     true
@@ -559,7 +570,7 @@ async fn the_warehouse_flow(stores: Stores) {
     };
     let watch = async {
         for _ in 0..600 {
-            if settled(&stores, &orders).await {
+            if settled(&stores, &products, &orders).await {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -670,7 +681,7 @@ async fn workers_killed_mid_flow(test: &'static str, url: String) {
     workers.start();
     let mut done = false;
     for _ in 0..900 {
-        if settled(&stores, &orders).await {
+        if settled(&stores, &products, &orders).await {
             done = true;
             break;
         }
@@ -705,4 +716,104 @@ async fn workers_killed_mid_flow_on_postgres() {
         return;
     };
     workers_killed_mid_flow(TEST, url).await;
+}
+
+// --- Failures ---------------------------------------------------------------------------------
+
+/// A process whose instances schedule a timeout at once; the one of `broken` fails on it, and
+/// on a payment.
+struct Alarms {
+    broken: Uuid,
+    fired: Arc<std::sync::Mutex<Vec<Uuid>>>,
+}
+
+#[eventsource::async_trait]
+impl ProcessManager for Alarms {
+    type State = Option<Uuid>;
+    type Command = Uuid;
+
+    fn route(&self, event: &StoredEvent) -> Option<Uuid> {
+        (&*event.aggregate_type == "Order").then_some(event.aggregate_id)
+    }
+
+    fn handle(
+        &self,
+        state: &mut Option<Uuid>,
+        event: &StoredEvent,
+        decide: &mut Decisions<Uuid>,
+    ) -> Result<(), HandlerError> {
+        if event.aggregate_id == self.broken && &*event.event_type == "OrderPaid" {
+            return Err("this process cannot take payments".into());
+        }
+        *state = Some(event.aggregate_id);
+        decide.schedule("alarm", Duration::ZERO);
+        Ok(())
+    }
+
+    fn on_timeout(
+        &self,
+        state: &mut Option<Uuid>,
+        _: &str,
+        decide: &mut Decisions<Uuid>,
+    ) -> Result<(), HandlerError> {
+        match *state {
+            Some(id) if id == self.broken => Err("the alarm of this one is broken".into()),
+            Some(id) => {
+                decide.send(id).complete();
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn execute(&self, order: &Uuid, _: EventContext) -> Result<Reply, HandlerError> {
+        self.fired.lock().unwrap().push(*order);
+        Ok(Reply::Done)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_fails_holds_no_other_back_and_a_failing_batch_stops_the_runner() {
+    let stores = Stores::in_memory();
+    let orders = stores.repository::<Order>();
+    let ids: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+    for id in &ids {
+        let mut order = orders.create_new(*id);
+        order.record(OrderPlaced { lines: vec![] });
+        orders.save(&mut order).await.unwrap();
+    }
+    let fired = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let alarms = Alarms {
+        broken: ids[0],
+        fired: fired.clone(),
+    };
+    let runner = stores
+        .process("alarms", alarms, |s| {
+            s.retry(1, Duration::ZERO, Duration::ZERO)
+                .unwrap()
+                .poll_interval(Duration::from_millis(10))
+                .unwrap()
+        })
+        .unwrap();
+    runner.catch_up().await.unwrap();
+    // The broken instance's timeout fails at every pass; the others fire all the same.
+    let failed = runner.fire_due().await;
+    assert!(matches!(failed, Err(Error::Process { .. })), "{failed:?}");
+    let mut got = fired.lock().unwrap().clone();
+    got.sort();
+    let mut others = ids[1..].to_vec();
+    others.sort();
+    assert_eq!(got, others);
+
+    // A batch that fails every attempt stops the runner, which returns its error.
+    let mut paid = orders.load(ids[0]).await.unwrap();
+    paid.record(OrderPaid {});
+    orders.save(&mut paid).await.unwrap();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), runner.run(std::future::pending()))
+        .await
+        .expect("the runner returned when its subscription stopped");
+    assert!(
+        matches!(stopped, Err(Error::SubscriptionStopped { .. })),
+        "{stopped:?}"
+    );
 }

@@ -199,7 +199,8 @@ impl<'r> MultiStreamSave<'r> {
     ///   came first): nothing was written, and the roots keep their events; load them again
     ///   and decide again ([`retry`]).
     /// - [`Error::InvalidInput`] for a save that writes nothing, a stream written or checked
-    ///   twice, or an aggregate type the program did not register; [`Error::Serialization`]
+    ///   twice, an aggregate type the program did not register, or events carrying a request
+    ///   id (a save over several streams records none); [`Error::Serialization`]
     ///   for an event that cannot be stored. Nothing was written.
     /// - [`Error::Store`] if the store failed: the save may or may not have committed, and
     ///   saving the same roots again is safe (the store recognises their events by id).
@@ -241,7 +242,18 @@ impl<'r> MultiStreamSave<'r> {
         }
         let mut envelopes = Vec::with_capacity(written.len());
         for root in &written {
-            envelopes.push(root.envelopes()?);
+            let events = root.envelopes()?;
+            // The request index records one request per batch: a request id here would be
+            // stored with the events and answer nothing.
+            if let Some(request) = events.iter().find_map(|e| e.request_id.as_ref()) {
+                return Err(Error::InvalidInput(format!(
+                    "{} {} carries request id {request}: a save over several streams records no request id; \
+                     run the command through the repository, or make the decision idempotent",
+                    root.aggregate_type(),
+                    root.id()
+                )));
+            }
+            envelopes.push(events);
         }
         // Roots without events are checks of their stream.
         let mut writing = Vec::with_capacity(written.len());

@@ -57,6 +57,7 @@ use crate::error::{Error, Result};
 use crate::event::StoredEvent;
 use crate::slice::SliceCount;
 use crate::subscription::{Handler, HandlerError, Subscription};
+use crate::text::escape;
 
 /// A subscription that publishes the feed to NATS JetStream: see the [module docs](self).
 pub struct NatsRelay {
@@ -197,12 +198,17 @@ impl Publisher {
             async_nats::header::NATS_MESSAGE_ID,
             event.event_id.to_string().as_str(),
         );
-        headers.insert("Eventsource-Event-Type", &*event.event_type);
+        // Names are stored as they were given: control characters escaped (`\n`), so that
+        // none ends a header line.
+        headers.insert("Eventsource-Event-Type", escape(&event.event_type).as_ref());
         headers.insert(
             "Eventsource-Event-Version",
             event.event_version.to_string().as_str(),
         );
-        headers.insert("Eventsource-Aggregate-Type", &*event.aggregate_type);
+        headers.insert(
+            "Eventsource-Aggregate-Type",
+            escape(&event.aggregate_type).as_ref(),
+        );
         headers.insert(
             "Eventsource-Aggregate-Id",
             event.aggregate_id.to_string().as_str(),

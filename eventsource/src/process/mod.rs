@@ -41,9 +41,15 @@
 //!
 //! A timeout is stored with the instance, due at a time. A runner fires those that come due,
 //! after restarts too: at start it reads every instance's record (a cost in the number of
-//! instances; ended instances are skipped once read), and again every
-//! [`rescan`](ProcessRunner::rescan) for timeouts other processes scheduled. A timeout fires
-//! once: its firing is a cause like another, recorded with the decision.
+//! instances, ended ones included), and again every [`rescan`](ProcessRunner::rescan) for
+//! timeouts other processes scheduled. A timeout fires once: its firing is a cause like
+//! another, recorded with the decision. A record this program cannot read (a state of
+//! another shape) is logged and skipped, and the other instances go on.
+//!
+//! An instance remembers the last 1,024 causes it decided on (its events and the replies to
+//! its commands). An event handed over again after more than that (a subscription reset to
+//! replay its history) is decided on again; its commands then carry the request ids they
+//! had, which the aggregates' request indexes answer as long as they keep them.
 //!
 //! The testing kit has a given/when/then for process managers:
 //! [`crate::testing::process`]. `docs/guides/process-managers.md` builds the warehouse flow.
@@ -69,6 +75,10 @@ use crate::subscription::HandlerError;
 /// The longest name of a process manager, in bytes: its request ids and its record's
 /// aggregate type are made from it.
 pub const MAX_PROCESS_NAME_LEN: usize = 100;
+
+/// The most commands one cause may decide: a flow that decides without end is a bug, which
+/// the runner stops at.
+pub const MAX_COMMANDS: usize = 1_000;
 
 /// A process manager: see the [module docs](self).
 #[async_trait]
@@ -234,9 +244,14 @@ pub fn reply_cause(request: &RequestId) -> Uuid {
     crate::multi_stream::name_id(CAUSES, format!("reply/{request}").as_bytes())
 }
 
-/// The cause id of timeout `timeout` of instance `instance`, due at `due` (RFC 3339 text).
-pub fn timeout_cause(instance: Uuid, timeout: &str, due: &str) -> Uuid {
-    crate::multi_stream::name_id(CAUSES, format!("timeout/{instance}/{timeout}/{due}").as_bytes())
+/// The cause id of the firing of timeout `timeout` of instance `instance`, as scheduled by
+/// the decision on cause `scheduled_by` (a timeout scheduled again by a later cause fires as
+/// another cause).
+pub fn timeout_cause(instance: Uuid, timeout: &str, scheduled_by: Uuid) -> Uuid {
+    crate::multi_stream::name_id(
+        CAUSES,
+        format!("timeout/{instance}/{timeout}/{scheduled_by}").as_bytes(),
+    )
 }
 
 /// The namespace of derived cause ids.

@@ -17,8 +17,9 @@ use crate::event_store::{Appended, EventStore};
 const RECORDED: &str = "ProcessRecorded";
 
 /// How many of its last causes an instance remembers: an event handed over again (a batch
-/// after a crash) is among them.
-const CAUSES_KEPT: usize = 256;
+/// after a crash) is among them as long as the instance decided on fewer causes since (its
+/// events, and the replies to its commands) than this.
+const CAUSES_KEPT: usize = 1_024;
 
 /// The aggregate type of the records of process manager `name`: `process.NAME`.
 pub fn instance_type(name: &str) -> String {
@@ -34,6 +35,14 @@ pub(crate) struct Pending<C> {
     pub(crate) command: C,
 }
 
+/// A timeout scheduled: when it comes due, and the cause whose decision scheduled it (which
+/// names its firing: see [`timeout_cause`](super::timeout_cause)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Scheduled {
+    pub(crate) due: DateTime<Utc>,
+    pub(crate) by: Uuid,
+}
+
 /// An instance as its record keeps it.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(bound(
@@ -45,7 +54,7 @@ pub(crate) struct Record<S, C> {
     /// The commands decided and not sent yet, in order.
     pub(crate) pending: VecDeque<Pending<C>>,
     /// The timeouts scheduled, and when each comes due.
-    pub(crate) timeouts: BTreeMap<String, DateTime<Utc>>,
+    pub(crate) timeouts: BTreeMap<String, Scheduled>,
     /// The last causes decided on, oldest first.
     pub(crate) causes: VecDeque<Uuid>,
     /// The correlation of the instance's first cause, given to commands decided on timeouts.

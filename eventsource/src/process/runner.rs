@@ -11,8 +11,10 @@ use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 use uuid::Uuid;
 
-use super::record::{self, instance_type, Loaded, Pending, Record};
-use super::{reply_cause, request_id, timeout_cause, validate_process_name, Decisions, ProcessManager};
+use super::record::{self, instance_type, Loaded, Pending, Record, Scheduled};
+use super::{
+    reply_cause, request_id, timeout_cause, validate_process_name, Decisions, ProcessManager, MAX_COMMANDS,
+};
 use crate::abilities::StreamListing;
 use crate::error::{Error, Result};
 use crate::event::{EventContext, StoredEvent};
@@ -30,20 +32,18 @@ const RESCAN: Duration = Duration::from_secs(60);
 /// How many times a decision is made again after another runner stored one first.
 const CONFLICTS: u32 = 20;
 
-/// How many commands one cause may decide: a flow that decides without end is a bug.
-const MAX_COMMANDS: usize = 1_000;
-
 /// What an instance is decided on.
 enum Cause<'a> {
     Event(&'a StoredEvent),
-    Timeout { name: String, due: DateTime<Utc> },
+    Timeout { name: String, scheduled: Scheduled },
 }
 
-/// What a runner knows of an instance without reading its record: its timeouts, and whether
-/// it has commands to send.
+/// What a runner knows of an instance without reading its record, as of a version of it: its
+/// timeouts, and whether it has commands to send.
 #[derive(Clone, Debug, Default)]
 struct Due {
-    timeouts: BTreeMap<String, DateTime<Utc>>,
+    version: u64,
+    timeouts: BTreeMap<String, Scheduled>,
     pending: bool,
 }
 
@@ -193,10 +193,15 @@ impl<P: ProcessManager> ProcessRunner<P> {
     /// As [`ConsumerGroup::<Subscription>::run`].
     pub async fn run_workers(&self, workers: usize, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         let stop = shutdown.shared();
-        self.inner.scan().await?;
-        let timers = self.inner.timers(stop.clone());
+        self.inner.scan().await;
+        // The timers stop with the events: at the shutdown, or when the subscription stops on
+        // an error, which is then returned.
+        let (ended, events_ended) = tokio::sync::oneshot::channel::<()>();
+        let timers = self
+            .inner
+            .timers(futures_util::future::select(stop.clone(), events_ended).map(drop));
         let events = async {
-            match &self.runs {
+            let outcome = match &self.runs {
                 Runs::Single(subscription) => subscription.run(Steps(self.inner.clone()), stop.clone()).await,
                 Runs::Group(group) => {
                     let inner = &self.inner;
@@ -204,7 +209,9 @@ impl<P: ProcessManager> ProcessRunner<P> {
                         .run(workers, |_range| Steps(inner.clone()), stop.clone())
                         .await
                 }
-            }
+            };
+            drop(ended);
+            outcome
         };
         let (events, ()) = tokio::join!(events, timers);
         events
@@ -235,7 +242,7 @@ impl<P: ProcessManager> ProcessRunner<P> {
     /// [`Error::Process`] for the first error of the process manager's code or of a
     /// command, or a store error while reading the records.
     pub async fn fire_due(&self) -> Result<usize> {
-        self.inner.scan().await?;
+        self.inner.scan().await;
         self.inner.fire_due().await.map_err(|e| Error::Process {
             process: self.inner.name.clone(),
             reason: e.to_string(),
@@ -267,7 +274,7 @@ impl<P: ProcessManager> Inner<P> {
     async fn decide(&self, instance: Uuid, cause: Cause<'_>) -> std::result::Result<(), HandlerError> {
         let cause_id = match &cause {
             Cause::Event(event) => event.event_id,
-            Cause::Timeout { name, due } => timeout_cause(instance, name, &due.to_rfc3339()),
+            Cause::Timeout { name, scheduled } => timeout_cause(instance, name, scheduled.by),
         };
         let mut conflicts = 0;
         let loaded = loop {
@@ -285,9 +292,9 @@ impl<P: ProcessManager> Inner<P> {
                     self.manager.handle(&mut record.state, event, &mut decisions)?;
                     correlation
                 }
-                Cause::Timeout { name, due } => {
-                    // Cancelled, moved or fired meanwhile: nothing is due.
-                    if record.timeouts.get(name) != Some(due) {
+                Cause::Timeout { name, scheduled } => {
+                    // Cancelled, scheduled again or fired meanwhile: nothing is due.
+                    if record.timeouts.get(name) != Some(scheduled) {
                         return Ok(());
                     }
                     record.timeouts.remove(name);
@@ -308,7 +315,7 @@ impl<P: ProcessManager> Inner<P> {
             {
                 Ok(appended) => {
                     loaded.version = appended.version;
-                    self.index(instance, &loaded.record);
+                    self.index(instance, &loaded);
                     break loaded;
                 }
                 Err(e) if e.is_conflict() && conflicts < CONFLICTS => conflicts += 1,
@@ -345,7 +352,7 @@ impl<P: ProcessManager> Inner<P> {
             match record::store(&*self.events, &self.ty, instance, loaded.version, record, cause).await {
                 Ok(appended) => {
                     loaded.version = appended.version;
-                    self.index(instance, &loaded.record);
+                    self.index(instance, &loaded);
                 }
                 // Another runner sent or decided meanwhile: go on from its record (the
                 // command sent again is answered by its request id).
@@ -393,7 +400,7 @@ impl<P: ProcessManager> Inner<P> {
             })?;
             // Kept to the microsecond, as every store keeps times.
             let due = DateTime::from_timestamp_micros((now + after).timestamp_micros()).unwrap_or(now);
-            record.timeouts.insert(name, due);
+            record.timeouts.insert(name, Scheduled { due, by: cause });
         }
         if decisions.complete {
             record.done = true;
@@ -403,70 +410,103 @@ impl<P: ProcessManager> Inner<P> {
         Ok(())
     }
 
-    /// Remembers what `record` holds of timeouts and commands to send.
-    fn index(&self, instance: Uuid, record: &Record<P::State, P::Command>) {
+    /// Remembers what the record holds of timeouts and commands to send, unless a newer
+    /// version of it is remembered already (read or stored meanwhile by another task).
+    fn index(&self, instance: Uuid, loaded: &Loaded<P::State, P::Command>) {
+        let record = &loaded.record;
         let mut due = self.due.lock().unwrap_or_else(|p| p.into_inner());
-        if record.pending.is_empty() && (record.done || record.timeouts.is_empty()) {
-            due.remove(&instance);
-        } else {
-            due.insert(
-                instance,
-                Due {
-                    timeouts: if record.done {
-                        BTreeMap::new()
-                    } else {
-                        record.timeouts.clone()
-                    },
-                    pending: !record.pending.is_empty(),
+        if due
+            .get(&instance)
+            .is_some_and(|known| known.version > loaded.version)
+        {
+            return;
+        }
+        due.insert(
+            instance,
+            Due {
+                version: loaded.version,
+                timeouts: if record.done {
+                    BTreeMap::new()
+                } else {
+                    record.timeouts.clone()
                 },
-            );
-        }
+                pending: !record.pending.is_empty(),
+            },
+        );
     }
 
-    /// Reads every instance's record, for its timeouts and its commands left unsent.
-    async fn scan(&self) -> Result<()> {
+    /// Reads every instance's record, for its timeouts and its commands left unsent; a
+    /// record that cannot be read is logged and skipped.
+    async fn scan(&self) {
         let Some(listing) = &self.listing else {
-            return Ok(());
+            return;
         };
-        for (instance, _) in listing.stream_versions(&self.ty).await? {
-            let loaded: Loaded<P::State, P::Command> =
-                record::load(&*self.events, &self.ty, instance).await?;
-            self.index(instance, &loaded.record);
+        let instances = match listing.stream_versions(&self.ty).await {
+            Ok(instances) => instances,
+            Err(e) => {
+                tracing::warn!(process = %self.name, error = %e, "cannot list the process's instances");
+                return;
+            }
+        };
+        for (instance, _) in instances {
+            match record::load::<P::State, P::Command>(&*self.events, &self.ty, instance).await {
+                Ok(loaded) => self.index(instance, &loaded),
+                Err(e) => {
+                    tracing::warn!(process = %self.name, %instance, error = %e, "cannot read an instance's record; its timeouts wait")
+                }
+            }
         }
-        Ok(())
     }
 
-    /// Fires the timeouts due now and sends what instances left unsent; how many instances
-    /// it went through.
+    /// Fires the timeouts due now and sends what instances left unsent, each instance on its
+    /// own (one that fails does not hold the others back); how many instances it went
+    /// through, or the first failure.
     async fn fire_due(&self) -> std::result::Result<usize, HandlerError> {
         let now = Utc::now();
         let due: Vec<(Uuid, Due)> = {
             let index = self.due.lock().unwrap_or_else(|p| p.into_inner());
             index
                 .iter()
-                .filter(|(_, d)| d.pending || d.timeouts.values().any(|at| *at <= now))
+                .filter(|(_, d)| d.pending || d.timeouts.values().any(|t| t.due <= now))
                 .map(|(id, d)| (*id, d.clone()))
                 .collect()
         };
+        let mut first_failure = None;
         for (instance, d) in &due {
-            if d.pending {
-                let loaded = record::load(&*self.events, &self.ty, *instance).await?;
-                self.index(*instance, &loaded.record);
-                self.send(*instance, loaded).await?;
-            }
-            for (name, at) in d.timeouts.iter().filter(|(_, at)| **at <= now) {
-                let cause = Cause::Timeout {
-                    name: name.clone(),
-                    due: *at,
-                };
-                self.decide(*instance, cause).await?;
-                // Fired, cancelled or moved: the record says which.
-                let loaded: Loaded<P::State, P::Command> =
-                    record::load(&*self.events, &self.ty, *instance).await?;
-                self.index(*instance, &loaded.record);
+            if let Err(e) = self.fire_instance(*instance, d, now).await {
+                tracing::warn!(process = %self.name, %instance, error = %e, "a timeout or a command failed; it is tried again");
+                first_failure.get_or_insert(e);
             }
         }
-        Ok(due.len())
+        match first_failure {
+            Some(e) => Err(e),
+            None => Ok(due.len()),
+        }
+    }
+
+    /// Sends what `instance` left unsent and fires its timeouts due at `now`.
+    async fn fire_instance(
+        &self,
+        instance: Uuid,
+        d: &Due,
+        now: DateTime<Utc>,
+    ) -> std::result::Result<(), HandlerError> {
+        if d.pending {
+            let loaded = record::load(&*self.events, &self.ty, instance).await?;
+            self.index(instance, &loaded);
+            self.send(instance, loaded).await?;
+        }
+        for (name, scheduled) in d.timeouts.iter().filter(|(_, t)| t.due <= now) {
+            let cause = Cause::Timeout {
+                name: name.clone(),
+                scheduled: *scheduled,
+            };
+            self.decide(instance, cause).await?;
+        }
+        // Fired, cancelled or scheduled again: the record says which.
+        let loaded: Loaded<P::State, P::Command> = record::load(&*self.events, &self.ty, instance).await?;
+        self.index(instance, &loaded);
+        Ok(())
     }
 
     /// Fires timeouts as they come due until `stop`, reading every record again now and then.
@@ -476,14 +516,11 @@ impl<P: ProcessManager> Inner<P> {
             loop {
                 tokio::time::sleep(self.tick).await;
                 if scanned.elapsed() >= self.rescan {
-                    if let Err(e) = self.scan().await {
-                        tracing::warn!(process = %self.name, error = %e, "cannot read the process's records");
-                    }
+                    self.scan().await;
                     scanned = tokio::time::Instant::now();
                 }
-                if let Err(e) = self.fire_due().await {
-                    tracing::warn!(process = %self.name, error = %e, "a timeout or a command failed; it is tried again");
-                }
+                // Failures are logged by instance, and tried again at the next tick.
+                let _ = self.fire_due().await;
             }
         };
         tokio::select! {

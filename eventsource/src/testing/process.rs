@@ -54,7 +54,9 @@ use uuid::Uuid;
 
 use crate::aggregate::Aggregate;
 use crate::event::{EventEnvelope, StoredEvent};
-use crate::process::{reply_cause, request_id, timeout_cause, Decisions, ProcessManager, Reply};
+use crate::process::{
+    reply_cause, request_id, timeout_cause, Decisions, ProcessManager, Reply, MAX_COMMANDS,
+};
 use crate::request::RequestId;
 
 /// A stored event of aggregate `A`: `event` at `version` of aggregate `aggregate_id`, with a
@@ -78,12 +80,15 @@ type Replier<C> = Box<dyn Fn(&C) -> Reply>;
 ///
 /// # Panics
 ///
-/// If the process manager's code fails on one of the events.
+/// If `name` cannot name a process manager (see
+/// [`MAX_PROCESS_NAME_LEN`](crate::process::MAX_PROCESS_NAME_LEN)), or the process manager's
+/// code fails on one of the events.
 pub fn given<P: ProcessManager>(
     name: &str,
     manager: P,
     events: impl IntoIterator<Item = StoredEvent>,
 ) -> Given<P> {
+    crate::process::validate_process_name(name).unwrap_or_else(|e| panic!("{e}"));
     let mut given = Given {
         name: name.to_owned(),
         manager,
@@ -117,7 +122,8 @@ impl<P: ProcessManager> Debug for Given<P> {
 
 struct Instance<S> {
     state: S,
-    timeouts: Vec<String>,
+    /// The timeouts scheduled, each with the cause that scheduled it.
+    timeouts: Vec<(String, Uuid)>,
     done: bool,
 }
 
@@ -151,15 +157,15 @@ impl<P: ProcessManager> Given<P> {
             .instances
             .get_mut(&instance)
             .unwrap_or_else(|| panic!("instance {instance} decided on no event"));
-        let Some(at) = entry.timeouts.iter().position(|t| t == name) else {
+        let Some(at) = entry.timeouts.iter().position(|(t, _)| t == name) else {
             panic!("instance {instance} has no timeout `{name}` scheduled");
         };
-        entry.timeouts.remove(at);
+        let (_, scheduled_by) = entry.timeouts.remove(at);
         let mut decisions = Decisions::default();
         manager
             .on_timeout(&mut entry.state, name, &mut decisions)
             .unwrap_or_else(|e| panic!("the timeout failed: {e}"));
-        let cause = timeout_cause(instance, name, "test");
+        let cause = timeout_cause(instance, name, scheduled_by);
         let decided = self.settle(instance, cause, decisions);
         self.then(Some(instance), decided)
     }
@@ -233,18 +239,23 @@ impl<P: ProcessManager> Given<P> {
         queue: &mut VecDeque<(P::Command, RequestId)>,
     ) {
         let entry = self.instances.get_mut(&instance).expect("an instance decided");
+        assert!(
+            decisions.commands.len() <= MAX_COMMANDS,
+            "the process decided {} commands on one cause, above the runner's limit of {MAX_COMMANDS}",
+            decisions.commands.len()
+        );
         for (i, command) in decisions.commands.into_iter().enumerate() {
             let request = request_id(&self.name, cause, i + 1).expect("a valid process name");
             decided.commands.push((command.clone(), request.clone()));
             queue.push_back((command, request));
         }
         for name in decisions.cancel {
-            entry.timeouts.retain(|t| *t != name);
+            entry.timeouts.retain(|(t, _)| *t != name);
             decided.cancelled.push(name);
         }
         for (name, _) in decisions.schedule {
-            entry.timeouts.retain(|t| *t != name);
-            entry.timeouts.push(name.clone());
+            entry.timeouts.retain(|(t, _)| *t != name);
+            entry.timeouts.push((name.clone(), cause));
             decided.scheduled.push(name);
         }
         if decisions.complete {

@@ -152,7 +152,10 @@ fn after_own_appends(append: &str, events: &str) -> String {
         1_i64 << POSITION_SHIFT
     );
     let first = format!("{own} + e.n,");
-    assert!(append.contains(&first), "the append statement numbers its rows from its own base");
+    assert!(
+        append.contains(&first),
+        "the append statement numbers its rows from its own base"
+    );
     append.replacen(&first, &format!("{own} + {taken} + e.n,"), 1)
 }
 

@@ -396,6 +396,14 @@ impl<'a> Batch<'a> {
     /// of [`EventStore`]): the first try committed, so the second finds the stream past its
     /// expected version, or a unique event id taken, by its own events. Backends call it on
     /// those refusals only, so an append that succeeds pays nothing for it.
+    ///
+    /// # Errors
+    ///
+    /// `refusal` if the batch is not the one stored; a read error of `store` as it gives it.
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn acknowledge_stored(
         &self,
         store: &(impl EventStore + ?Sized),

@@ -228,6 +228,15 @@ impl Stores {
     /// The number of slices of the event store (see [`crate::slice`]): what its feed by
     /// slice says, or [`SliceCount::DEFAULT`] without one (a consumer group then splits the
     /// feed by that many).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store) if the store failed (transient for a lost
+    /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient)).
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn slice_count(&self) -> Result<SliceCount> {
         match &self.slice_feed {
             Some(feed) => feed.slice_count().await,
@@ -342,6 +351,15 @@ impl Stores {
 
     /// Every stream of one aggregate type with its version, from the stream listing;
     /// [`Error::InvalidConfiguration`] if the stores have none.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store) if the store failed (transient for a lost
+    /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient)).
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn stream_versions(&self, aggregate_type: &str) -> Result<Vec<(uuid::Uuid, u64)>> {
         match &self.stream_listing {
             Some(listing) => listing.stream_versions(aggregate_type).await,
@@ -351,6 +369,15 @@ impl Stores {
 
     /// Every stored snapshot of one aggregate type, from the snapshot listing;
     /// [`Error::InvalidConfiguration`] if the stores have none.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store) if the store failed (transient for a lost
+    /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient)).
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn snapshot_versions(&self, aggregate_type: &str) -> Result<Vec<SnapshotVersion>> {
         match &self.snapshot_listing {
             Some(listing) => listing.snapshot_versions(aggregate_type).await,
@@ -401,6 +428,19 @@ impl Stores {
 
     /// Creates the backend's tables if they are missing. SQLite and in-memory stores need no
     /// call (they create what they need on open); PostgreSQL does, once at start-up.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store) if the store failed (transient for a lost
+    /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient));
+    /// [`Error::InvalidConfiguration`](crate::Error::InvalidConfiguration) for tables of a
+    /// newer layout or not this library's.
+    ///
+    /// # Cancel safety
+    ///
+    /// On PostgreSQL the steps run in one transaction under a lock: dropped, the transaction
+    /// rolls back, and migrating again starts over. A SQLite file is brought up to date on its
+    /// own thread, to the end.
     pub async fn migrate(&self) -> Result<()> {
         match &self.backend {
             #[cfg(feature = "postgres")]
@@ -431,6 +471,15 @@ impl Stores {
     /// The layout the database's tables have and the one this version of the library writes,
     /// where the stores migrate on request (PostgreSQL); `None` where they are migrated when
     /// opened (SQLite) or need no tables.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store) if the store failed (transient for a lost
+    /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient)).
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn layout_version(&self) -> Result<Option<(i64, i64)>> {
         match &self.backend {
             #[cfg(feature = "postgres")]
@@ -442,6 +491,15 @@ impl Stores {
     /// What [`migrate`](Self::migrate) would do now, where the stores migrate on request
     /// (PostgreSQL): the pending steps and their SQL script; `None` where they are migrated
     /// when opened (SQLite) or need no tables.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store) if the store failed (transient for a lost
+    /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient)).
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn migration_plan(&self) -> Result<Option<crate::backend::migration::MigrationPlan>> {
         match &self.backend {
             #[cfg(feature = "postgres")]
@@ -453,6 +511,15 @@ impl Stores {
     /// The durability settings of the stores' database, each with what an unsafe value
     /// risks; see [`durability`](crate::backend::durability). Stores put together by hand
     /// ([`Stores::new`]) have no backend to ask: [`Error::InvalidConfiguration`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store) if the store failed (transient for a lost
+    /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient)).
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn durability(&self) -> Result<Durability> {
         match &self.backend {
             Backend::Memory => Ok(Durability::memory()),
@@ -484,6 +551,19 @@ impl Stores {
 ///
 /// A malformed URL, one for a backend not compiled in, or a strict one whose database
 /// acknowledges writes before they are durable is [`Error::InvalidConfiguration`].
+///
+/// # Errors
+///
+/// [`Error::InvalidConfiguration`](crate::Error::InvalidConfiguration) for a URL this library
+/// does not read (each bad parameter named with its bounds), or a strict one whose database
+/// does not keep what it acknowledges; [`Error::Store`](crate::Error::Store) if the database
+/// cannot be reached or opened (transient for a lost connection or a timeout: see
+/// [`Error::is_transient`](crate::Error::is_transient)).
+///
+/// # Cancel safety
+///
+/// Dropped, nothing is left open: the connections opened are closed. A SQLite file being
+/// created or brought up to date is finished on its own thread.
 pub async fn open(url: &str) -> Result<Stores> {
     let (url, demand) = durability::demand(url)?;
     let stores = open_stores(&url).await?;

@@ -139,6 +139,15 @@ impl<C> ConsumerGroup<C> {
     }
 
     /// See [`status`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the store failed (transient for a lost
+    /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient)).
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn status(&self) -> Result<Option<GroupStatus>> {
         let template = self.template();
         let slices = template.slice_count().await?;
@@ -147,6 +156,19 @@ impl<C> ConsumerGroup<C> {
 
     /// Records a new layout of `ranges` ranges; see the [module docs](self) and
     /// [`rescale`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfiguration`] for a number of
+    /// ranges the store's slices cannot split into;
+    /// [`Error::InvalidInput`] while a single consumer of the name
+    /// holds its lease; [`Error::Store`] if the store failed (transient
+    /// for a lost connection or a timeout: see
+    /// [`Error::is_transient`](crate::Error::is_transient)).
+    ///
+    /// # Cancel safety
+    ///
+    /// The new layout is recorded in one write, or not at all.
     pub async fn rescale(&self, ranges: u32) -> Result<u32> {
         rescale(self.template(), ranges).await
     }
@@ -154,6 +176,15 @@ impl<C> ConsumerGroup<C> {
     /// Waits until every range of the current layout has handled `position` (a save's
     /// position), at most `timeout`; whether it has. For a projection, the read model then
     /// shows the caller's own change.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the store failed (transient for a lost
+    /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient)).
+    ///
+    /// # Cancel safety
+    ///
+    /// Waiting only.
     pub async fn wait_for(&self, position: u64, timeout: Duration) -> Result<bool> {
         let template = self.template();
         let slices = template.slice_count().await?;
@@ -183,6 +214,15 @@ impl ConsumerGroup<Subscription> {
     /// returned. `handlers` makes the handler of each range a worker takes.
     ///
     /// Zero workers is [`Error::InvalidConfiguration`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Subscription::run`](crate::subscription::Subscription::run);
+    /// [`Error::InvalidConfiguration`] for zero workers.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Subscription::run`](crate::subscription::Subscription::run), for each range.
     pub async fn run<H, F>(
         &self,
         workers: usize,

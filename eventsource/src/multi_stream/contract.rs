@@ -123,6 +123,15 @@ impl<'a> StreamBatches<'a> {
     }
 
     /// The current version of each written stream, then of each checked stream, in `store`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store) if the store failed (transient for a lost
+    /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient)).
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn versions(&self, store: &(impl EventStore + ?Sized)) -> Result<Vec<u64>> {
         let mut versions = Vec::with_capacity(self.writes.len() + self.checks.len());
         for batch in self.writes {
@@ -146,6 +155,14 @@ impl<'a> StreamBatches<'a> {
     /// `store` (made again after a lost answer): `Ok` with each batch's outcome if every batch
     /// is stored under its ids, as [`Batch::acknowledge_stored`] finds one; `refusal`
     /// otherwise.
+    ///
+    /// # Errors
+    ///
+    /// `refusal` if the save is not the one stored; a read error of `store` as it gives it.
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn acknowledge_stored(
         &self,
         store: &(impl EventStore + ?Sized),
@@ -164,6 +181,14 @@ impl<'a> StreamBatches<'a> {
     /// The refusal of a save whose stores found it could not go in as it is: the conflict of
     /// every stream not at its expected version, read now from `store`, or, if every one
     /// is, `otherwise` (a reused event id); unless the save is the one already stored.
+    ///
+    /// # Errors
+    ///
+    /// The conflict, `otherwise`, or a read error of `store`.
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn refused(
         &self,
         store: &(impl EventStore + ?Sized),

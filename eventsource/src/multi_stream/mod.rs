@@ -354,6 +354,15 @@ const MAX_BACKOFF: Duration = Duration::from_millis(100);
 /// The attempt is a closure that returns a future, `|| async move { ... }`, borrowing what
 /// it needs (`let names = &names;` before it), so that the whole future is `Send` and can be
 /// spawned or served.
+///
+/// # Errors
+///
+/// The last attempt's error, a conflict if every attempt met one.
+///
+/// # Cancel safety
+///
+/// Dropped, the attempt in progress is dropped as its own future is: see
+/// [`MultiStreamSave::save`].
 pub async fn retry<T, E, F, Fut>(attempts: u32, mut attempt: F) -> Result<T, E>
 where
     E: Conflicted,

@@ -127,6 +127,10 @@ impl NatsRelay {
     /// # Errors
     ///
     /// [`Error::Store`] (backend `nats`) if the broker refused or could not be reached.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped, the stream may or may not be created; creating it again is safe.
     pub async fn ensure_stream(
         jetstream: &jetstream::Context,
         stream: &str,
@@ -155,6 +159,11 @@ impl NatsRelay {
     ///
     /// As [`Subscription::run`]: by default, a batch the broker still refuses after the
     /// subscription's attempts stops the relay (its checkpoint before the batch).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Subscription::run`]: a batch published but not yet recorded is published again by
+    /// the next relay, and the broker drops the copies.
     pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         self.subscription.run(self.publisher.clone(), shutdown).await
     }
@@ -164,6 +173,10 @@ impl NatsRelay {
     /// # Errors
     ///
     /// As [`Subscription::catch_up`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`run`](Self::run).
     pub async fn catch_up(&self) -> Result<u64> {
         self.subscription.catch_up(self.publisher.clone()).await
     }

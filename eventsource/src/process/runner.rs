@@ -181,6 +181,11 @@ impl<P: ProcessManager> ProcessRunner<P> {
     ///
     /// As [`Subscription::run`]: a batch that still fails after its attempts stops it, by
     /// default.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Subscription::run`]: a decision stored and its commands not yet sent are sent by
+    /// the next runner, with their request ids.
     pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         self.run_workers(1, shutdown).await
     }
@@ -191,6 +196,10 @@ impl<P: ProcessManager> ProcessRunner<P> {
     /// # Errors
     ///
     /// As [`ConsumerGroup::<Subscription>::run`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`run`](Self::run).
     pub async fn run_workers(&self, workers: usize, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         let stop = shutdown.shared();
         self.inner.scan().await;
@@ -224,6 +233,10 @@ impl<P: ProcessManager> ProcessRunner<P> {
     /// # Errors
     ///
     /// As [`Subscription::catch_up`]; [`Error::InvalidConfiguration`] for a consumer group.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`run`](Self::run).
     pub async fn catch_up(&self) -> Result<u64> {
         match &self.runs {
             Runs::Single(subscription) => subscription.catch_up(Steps(self.inner.clone())).await,
@@ -241,6 +254,10 @@ impl<P: ProcessManager> ProcessRunner<P> {
     ///
     /// [`Error::Process`] for the first error of the process manager's code or of a
     /// command, or a store error while reading the records.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`run`](Self::run).
     pub async fn fire_due(&self) -> Result<usize> {
         self.inner.scan().await;
         self.inner.fire_due().await.map_err(|e| Error::Process {

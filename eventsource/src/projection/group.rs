@@ -16,6 +16,15 @@ impl ConsumerGroup<Projection> {
     /// [`ConsumerGroup::<Subscription>::run`] does, each range's batches committed into the
     /// read model with the range's checkpoint. Creates the read model's tables first, if
     /// missing.
+    ///
+    /// # Errors
+    ///
+    /// As [`Projection::run`], for each range;
+    /// [`Error::InvalidConfiguration`](crate::Error::InvalidConfiguration) for zero workers.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Projection::run`].
     pub async fn run(&self, workers: usize, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         self.consumer.setup().await?;
         let projection = &self.consumer;

@@ -60,6 +60,11 @@ impl Projection {
     /// a name with letters (stop the projection first), or if one takes it over meanwhile; a
     /// store error as the store gives it. A handler that fails again is no error: the report
     /// says so, and the letter stays.
+    ///
+    /// # Cancel safety
+    ///
+    /// Each letter is applied and removed in one transaction: dropped, the letters replayed so
+    /// far are gone and the others stay.
     pub async fn replay_dead_letters(&self, options: ReplayOptions) -> Result<ReplayReport> {
         let subscription = self.subscription();
         let store = self.model().subscriptions();

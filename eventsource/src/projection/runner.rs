@@ -116,11 +116,29 @@ impl Projection {
     }
 
     /// The position of the last event committed into the read model, `None` before the first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store) if the store failed (transient for a lost
+    /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient)).
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn checkpoint(&self) -> Result<Option<u64>> {
         self.model.checkpoint(self.name()).await
     }
 
     /// How many events of the feed follow the checkpoint: how far the read model is behind.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store) if the store failed (transient for a lost
+    /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient)).
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn lag(&self) -> Result<u64> {
         let checkpoint = self.checkpoint().await?.unwrap_or(0);
         Ok(self.subscription.events().head(checkpoint).await?.lag())
@@ -129,6 +147,19 @@ impl Projection {
     /// Runs the projection until `shutdown` completes: creates the read model's tables if
     /// missing, waits as a standby while another instance holds the name's lease, then
     /// catches up and follows the feed, each batch committed with its checkpoint.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ReadModel`](crate::Error::ReadModel) if the read model cannot be set up;
+    /// [`Error::SubscriptionStopped`](crate::Error::SubscriptionStopped) for a batch that
+    /// failed every attempt; a store error another try cannot cure.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped, the projection stops at its last committed batch: each batch commits with its
+    /// checkpoint in one transaction, run to its end in a task of its own on PostgreSQL (and on
+    /// SQLite's connection thread), so the read model is never left half applied. The lease
+    /// runs out after its duration; complete `shutdown` instead to let it go at once.
     pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         self.setup().await?;
         let mut sink = Committing::new(self, None);
@@ -139,6 +170,14 @@ impl Projection {
     /// batch, and returns. Another instance holding the lease makes it wait as a standby.
     /// Interrupted (the future dropped, the process killed), a later call goes on from the
     /// last committed batch.
+    ///
+    /// # Errors
+    ///
+    /// As [`run`](Self::run).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`run`](Self::run).
     pub async fn catch_up(&self, mut progress: impl FnMut(Progress) + Send) -> Result<Progress> {
         self.setup().await?;
         let start = self.checkpoint().await?.unwrap_or(0);
@@ -175,12 +214,30 @@ impl Projection {
     /// then [`catch_up`](Self::catch_up)). Stop the projection's other consumers first: one
     /// that runs keeps its place. Interrupted, continue with `catch_up`, not `rebuild`,
     /// which would start from the beginning again.
+    ///
+    /// # Errors
+    ///
+    /// As [`reset`](Self::reset), then as [`run`](Self::run).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`run`](Self::run): the rebuild goes on from its last committed batch with
+    /// [`catch_up`](Self::catch_up).
     pub async fn rebuild(&self, progress: impl FnMut(Progress) + Send) -> Result<Progress> {
         self.reset().await?;
         self.catch_up(progress).await
     }
 
     /// Empties the read model and forgets the checkpoint, in one transaction.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ReadModel`](crate::Error::ReadModel) if the read model's reset failed (nothing
+    /// changed).
+    ///
+    /// # Cancel safety
+    ///
+    /// The reset is one transaction, run to its end even if the future is dropped.
     pub async fn reset(&self) -> Result<()> {
         self.setup().await?;
         self.model
@@ -194,6 +251,15 @@ impl Projection {
     /// Makes this read model the one queries read (its projection's `go_live`, in one
     /// transaction): for a blue/green rebuild, once this version has caught up, while the
     /// previous version kept serving.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ReadModel`](crate::Error::ReadModel) if the switch failed (nothing changed),
+    /// for instance after its lock timeout.
+    ///
+    /// # Cancel safety
+    ///
+    /// The switch is one transaction, run to its end even if the future is dropped.
     pub async fn go_live(&self) -> Result<()> {
         self.model
             .go_live()
@@ -206,6 +272,15 @@ impl Projection {
     /// [`Executed::position`](crate::repository::Executed::position)), at most `timeout`;
     /// whether it has. Commits of this process wake it at once, those of other processes
     /// within 20 ms.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store) if the store failed (transient for a lost
+    /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient)).
+    ///
+    /// # Cancel safety
+    ///
+    /// Waiting only.
     pub async fn wait_for(&self, position: u64, timeout: Duration) -> Result<bool> {
         let deadline = Instant::now() + timeout;
         let mut committed = self.committed.subscribe();
@@ -231,6 +306,14 @@ impl Projection {
     /// Creates the read model's tables if missing (the projection's `setup`), so that queries
     /// can read them before the first batch; [`run`](Self::run), [`catch_up`](Self::catch_up)
     /// and [`reset`](Self::reset) call it too.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ReadModel`](crate::Error::ReadModel) if the tables cannot be created.
+    ///
+    /// # Cancel safety
+    ///
+    /// Creating the tables is one transaction; doing it again is safe.
     pub async fn setup(&self) -> Result<()> {
         self.model.setup().await.map_err(|e| self.failed("set up", e))
     }

@@ -188,6 +188,10 @@ impl Projection {
     /// give what the module docs list); [`Error::ReadModel`] if the live rows cannot be read; a
     /// store error as the store gives it. A projection whose code fails on a stream's events
     /// is no error: that stream is a [`Drift`] with [`failed`](Drift::failed) set.
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn verify(&self, streams: &[StreamKey]) -> Result<VerifyReport> {
         let Some(verifier) = self.model().verifier() else {
             return Err(Error::InvalidInput(format!(
@@ -238,6 +242,10 @@ impl Projection {
     /// # Errors
     ///
     /// A store error as the store gives it.
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn streams_between(&self, after: u64, until: u64) -> Result<Vec<StreamKey>> {
         let options = self.subscription().options();
         let mut seen = BTreeSet::new();

@@ -183,6 +183,21 @@ impl<A: Aggregate> Command<'_, A> {
     /// The run is a span at DEBUG, `eventsource.command`, with the aggregate, the request id,
     /// the attempts made, the outcome and the error of a failed one; its outcome is counted
     /// (see [`crate::telemetry`]).
+    ///
+    /// # Errors
+    ///
+    /// [`CommandError::Rejected`] with the decision's own error (or
+    /// [`CommandError::RejectedEarlier`], the first refusal of its request id);
+    /// [`CommandError::AlreadyExists`] for a create-only command on an existing aggregate;
+    /// [`CommandError::Contended`] when other writers saved first on every attempt;
+    /// [`CommandError::RequestMismatch`] for a request id used before for another request;
+    /// [`CommandError::Failed`] when the aggregate could not be loaded or saved.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped before it finishes, the command's events may or may not be stored, as after a
+    /// save's store error. Run with a request id, the command sent again is answered with
+    /// its first outcome; without one, it is decided again on the aggregate as it is then.
     pub async fn run<E, F>(self, decide: F) -> Result<Executed, CommandError<E>>
     where
         E: std::fmt::Display,

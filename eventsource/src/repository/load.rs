@@ -68,6 +68,20 @@ impl<A: Aggregate> Repository<A> {
     ///
     /// A snapshot store that fails never fails the load: the miss is logged and counted in
     /// [`metrics`](Self::metrics). A stream with no events is [`Error::NotFound`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] if the stream has no events;
+    /// [`Error::Store`] if the store failed (transient for a lost
+    /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient));
+    /// [`Error::Corrupt`] for a stored row this library did not write;
+    /// [`Error::UnknownEventType`],
+    /// [`Error::UnknownEventVersion`] or
+    /// [`Error::Upcast`] for an event this program cannot read.
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn load(&self, id: Uuid) -> Result<AggregateRoot<A>> {
         registry::check()?;
         let span = tracing::debug_span!(

@@ -235,11 +235,28 @@ impl<A: Aggregate> Repository<A> {
     }
 
     /// Whether the aggregate has any stored event.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the store failed (transient for a lost
+    /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient)).
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn exists(&self, id: Uuid) -> Result<bool> {
         Ok(self.events.stream_version(id, A::TYPE_NAME).await? > 0)
     }
 
     /// The aggregate, or a new one if it has no events.
+    ///
+    /// # Errors
+    ///
+    /// As [`load`](Self::load), but for a stream with no events, which gives a new aggregate.
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn load_or_create(&self, id: Uuid) -> Result<AggregateRoot<A>> {
         match self.load(id).await {
             Err(Error::NotFound { .. }) => Ok(self.create_new(id)),

@@ -37,6 +37,21 @@ impl<A: Aggregate> Repository<A> {
     /// first). So a retry loop never applies a command twice and never reports a stored one
     /// as failed. [`Error::is_transient`](crate::Error::is_transient) tells which store
     /// errors are worth retrying.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Conflict`](crate::Error::Conflict) if another writer saved first;
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput) or
+    /// [`Error::Serialization`](crate::Error::Serialization) for events that cannot be stored;
+    /// [`Error::Store`](crate::Error::Store) if the store failed (transient for a lost
+    /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient)).
+    /// Nothing is written but after a store error, as said above.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped before it finishes, the events may or may not be stored: save the same root
+    /// again, which finds them by their ids (see above). A snapshot being written is finished
+    /// or not; it is a cache.
     pub async fn save(&self, root: &mut AggregateRoot<A>) -> Result<u64> {
         self.save_requested(root, None).await
     }
@@ -114,6 +129,16 @@ impl<A: Aggregate> Repository<A> {
     /// The feed position of the aggregate's event at `version`: what a reader of the feed (a
     /// [projection](crate::projection)) must have reached to show the aggregate at that
     /// version. [`Error::NotFound`](crate::Error::NotFound) if the stream has no such event.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`](crate::Error::NotFound) if the stream has no event at `version`;
+    /// [`Error::Store`](crate::Error::Store) if the store failed (transient for a lost
+    /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient)).
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn position(&self, id: uuid::Uuid, version: u64) -> Result<u64> {
         self.events
             .position_of(id, A::TYPE_NAME, version)

@@ -105,6 +105,17 @@ impl<A: Aggregate> Repository<A> {
     /// Deletes the aggregate's snapshots, of every schema version; whether there was one. Its
     /// next load replays every event. [`Error::InvalidConfiguration`] if the repository has
     /// no snapshot store.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfiguration`] without a snapshot
+    /// store; [`Error::Store`] if the store failed (transient for a lost
+    /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient)).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped before it finishes, the snapshots may or may not be deleted; they are a cache,
+    /// and deleting again is safe.
     pub async fn delete_snapshot(&self, id: Uuid) -> Result<bool> {
         let store = self.configured_snapshot_store()?;
         delete_snapshot(&**store, A::TYPE_NAME, id).await
@@ -114,6 +125,17 @@ impl<A: Aggregate> Repository<A> {
     /// `schema_version_below` (every one when it is `None`): after a schema change, or to roll
     /// snapshots back; returns how many it deleted. [`Error::InvalidConfiguration`] if the
     /// repository has no snapshot store.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfiguration`] without a snapshot
+    /// store; [`Error::Store`] if the store failed (transient for a lost
+    /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient)).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped before it finishes, some snapshots may be deleted and others not; they are a
+    /// cache, and invalidating again is safe.
     pub async fn invalidate_snapshots(&self, schema_version_below: Option<u32>) -> Result<u64> {
         let store = self.configured_snapshot_store()?;
         delete_snapshots_by_type(&**store, A::TYPE_NAME, schema_version_below).await
@@ -139,6 +161,18 @@ impl<A: Aggregate> Repository<A> {
     /// The snapshot follows the event at the root's version. A root built with
     /// [`AggregateRoot::from_state`] does not know that event, so it is read from the event
     /// store; a stream that has not reached the root's version is [`Error::InvalidInput`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfiguration`] without a snapshot
+    /// store; [`Error::UnsavedEvents`] for a root with unsaved
+    /// events; [`Error::Serialization`] for a state that cannot be
+    /// stored; [`Error::Store`] if the store failed (transient for a lost
+    /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient)).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped before it finishes, the snapshot may or may not be written; it is a cache.
     pub async fn create_snapshot(&self, root: &AggregateRoot<A>) -> Result<Snapshot> {
         Ok(self.write_root_snapshot(root).await?.0)
     }
@@ -203,6 +237,17 @@ impl<A: Aggregate> Repository<A> {
     /// `None` when the store kept the newer one it has (a live save's, or one beyond the
     /// stream's head, which a load then discards). A stream with no events is
     /// [`Error::NotFound`]; the other refusals are [`create_snapshot`](Self::create_snapshot)'s.
+    ///
+    /// # Errors
+    ///
+    /// As [`load`](Self::load), and
+    /// [`Error::InvalidConfiguration`] without a snapshot
+    /// store.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped before it finishes, the snapshot may or may not be written; it is a cache, and
+    /// warming again is safe.
     pub async fn warm_snapshot(&self, id: Uuid) -> Result<Option<Snapshot>> {
         let root = self.replay_all(id).await?;
         let (snapshot, stored) = self.write_root_snapshot(&root).await?;
@@ -236,6 +281,10 @@ impl<A: Aggregate> Repository<A> {
     ///
     /// Snapshots scheduled while it waits are not waited for, so it returns under steady
     /// traffic too. Returns 0 at once in the other modes.
+    ///
+    /// # Cancel safety
+    ///
+    /// Waiting only: the snapshots go on being written in the background.
     pub async fn await_pending_snapshots(&self) -> usize {
         match self.snapshots.as_ref().and_then(|s| s.queue.as_ref()) {
             Some(queue) => queue.wait_for_scheduled().await,

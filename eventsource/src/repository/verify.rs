@@ -95,6 +95,14 @@ impl<A: Aggregate> Repository<A> {
     /// `schema_version` (the old snapshots are then ignored) or delete the type's snapshots.
     /// The load counts in [`metrics`](Self::metrics) as any load does. A stream with no
     /// events is [`Error::NotFound`](crate::Error::NotFound).
+    ///
+    /// # Errors
+    ///
+    /// As [`load`](Self::load).
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn verify(&self, id: Uuid) -> Result<Verification> {
         let span = tracing::debug_span!("eventsource.repository.verify", aggregate.id = %id, aggregate.type = A::TYPE_NAME);
         let (loaded, start) = self.load_in(id, &span).instrument(span.clone()).await?;
@@ -140,6 +148,14 @@ impl<A: Aggregate> Repository<A> {
 
     /// Verifies each aggregate of `ids` ([`verify`](Self::verify)); one that has no events is
     /// skipped.
+    ///
+    /// # Errors
+    ///
+    /// As [`load`](Self::load), for the first aggregate that cannot be loaded.
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn verify_each(&self, ids: impl IntoIterator<Item = Uuid>) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
         for id in ids {
@@ -162,6 +178,16 @@ impl<A: Aggregate> Repository<A> {
 
     /// Verifies up to `sample` aggregates of this type, chosen evenly at random among the
     /// streams of the global feed, which it reads once to find them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store) if the store failed (transient for a lost
+    /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient)), and
+    /// as [`load`](Self::load).
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn verify_sample(&self, sample: usize) -> Result<VerifyReport> {
         let ids = self.sample_ids(sample).await?;
         self.verify_each(ids).await

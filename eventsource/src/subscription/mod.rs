@@ -273,6 +273,15 @@ impl Subscription {
     }
 
     /// The stored checkpoint, `None` if none is stored yet.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the store failed (transient for a lost
+    /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient)).
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn checkpoint(&self) -> Result<Option<u64>> {
         self.store.checkpoint(&self.name).await
     }
@@ -280,6 +289,15 @@ impl Subscription {
     /// How many events follow the stored checkpoint (all events, before filtering): how far
     /// the subscription is behind. Events stored but held back from the feed by a transaction
     /// that may still store events below them count too ([`FeedHead::lag`](crate::FeedHead::lag)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the store failed (transient for a lost
+    /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient)).
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn lag(&self) -> Result<u64> {
         let checkpoint = self.checkpoint().await?.unwrap_or(0);
         Ok(self.events.head(checkpoint).await?.lag())
@@ -291,6 +309,18 @@ impl Subscription {
     /// Returns `Ok` after a graceful shutdown, [`Error::SubscriptionStopped`] when a batch
     /// still fails after the last attempt under [`OnFailure::Stop`], and a store error that
     /// another try cannot cure; transient store errors are retried after the poll interval.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SubscriptionStopped`] for a batch that
+    /// failed every attempt under [`OnFailure::Stop`]; a store error another try cannot cure.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped, the subscription stops where it was: the checkpoint is the last batch stored,
+    /// and a batch in the handler's hands is handed over again by the next consumer (delivery
+    /// is at least once). The lease is not let go and runs out after its duration; complete
+    /// `shutdown` instead to let it go at once.
     pub async fn run<H: Handler>(
         &self,
         mut handler: H,
@@ -309,6 +339,14 @@ impl Subscription {
     /// checkpoint reached by another consumer counts too (then it returns having handled
     /// fewer). Interrupted (the future dropped, the process killed), a later call or `run`
     /// goes on from the last stored checkpoint.
+    ///
+    /// # Errors
+    ///
+    /// As [`run`](Self::run).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`run`](Self::run).
     pub async fn catch_up<H: Handler>(&self, mut handler: H) -> Result<u64> {
         let start = match (self.checkpoint().await?, self.start) {
             (Some(position), _) => position,
@@ -350,6 +388,14 @@ impl Subscription {
     /// [`supervisor`]). Returns `Ok` after a graceful shutdown, and the last error once the
     /// restarts that `restart` allows are used up. Every restart is logged and counted in
     /// [`SubscriptionMetrics::restarts`].
+    ///
+    /// # Errors
+    ///
+    /// A store error another try cannot cure, or a name refused by the store.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`run`](Self::run).
     pub async fn run_supervised<H: Handler>(
         &self,
         mut handler: H,

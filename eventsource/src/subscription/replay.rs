@@ -271,6 +271,11 @@ impl Subscription {
     /// back), while a consumer holds the lease of a name with letters, or if one takes it
     /// over meanwhile; a store error as the store gives it. A handler that fails again is no
     /// error: the report says so, and the letter stays.
+    ///
+    /// # Cancel safety
+    ///
+    /// Each letter is handled and then removed: dropped, the letter in the handler's hands
+    /// stays, to be replayed again.
     pub async fn replay_dead_letters<H: Handler>(
         &self,
         handler: &mut H,

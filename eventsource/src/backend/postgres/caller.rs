@@ -30,6 +30,11 @@ impl PostgresEventStore {
     ///
     /// A store error as [`Error::Store`] if the pool cannot give a connection or the
     /// transaction cannot begin.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped, nothing is left: the transaction, if begun, rolls back when its connection goes
+    /// back to the pool.
     pub async fn begin(&self) -> Result<PgTransaction> {
         let mut tx = self
             .pool
@@ -48,6 +53,10 @@ impl PostgresEventStore {
     ///
     /// [`Error::InvalidInput`] if the transaction wrote already; nothing is changed, but the
     /// transaction is aborted by the error and must be rolled back.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped, the transaction may or may not be announced: roll it back.
     pub async fn announce(&self, connection: &mut PgConnection) -> Result<()> {
         let announce = format!("SELECT {}()", self.layout.begin_append);
         match sqlx::query(&announce).execute(&mut *connection).await {
@@ -72,6 +81,11 @@ impl PostgresEventStore {
     /// transaction that committed first took one of the versions); [`Error::InvalidInput`]
     /// for a batch the contract refuses, an event id stored already, or a transaction that
     /// wrote before it was announced; [`Error::Store`] if the database failed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped before it finishes, the savepoint may be left open in the transaction: roll the
+    /// transaction back.
     pub async fn append_in_transaction(
         &self,
         connection: &mut PgConnection,
@@ -135,6 +149,10 @@ impl PostgresEventStore {
     ///
     /// As [`append_in_transaction`](Self::append_in_transaction); an event that cannot be
     /// stored is [`Error::Serialization`]. On an error the root keeps its events.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`append_in_transaction`](Self::append_in_transaction); the root keeps its events.
     pub async fn save_in_transaction<A: Aggregate>(
         &self,
         connection: &mut PgConnection,

@@ -317,6 +317,16 @@ pub fn pool_options() -> PgPoolOptions {
 /// allocated or connected. A database that cannot be reached is [`Error::Store`], after sqlx
 /// has retried for the pool's acquire timeout (30 s), as for a database that is still
 /// starting.
+///
+/// # Errors
+///
+/// [`Error::InvalidConfiguration`] for a URL this library
+/// or the driver does not read; [`Error::Store`] if the server cannot be
+/// reached.
+///
+/// # Cancel safety
+///
+/// Dropped, nothing is left open.
 pub async fn connect_url(url: &str) -> Result<(PostgresEventStore, PostgresSnapshotStore)> {
     let (url, settings) = url::split(url)?;
     let layout = Arc::new(Layout {
@@ -449,6 +459,18 @@ impl PostgresEventStore {
     ///
     /// Idempotent, and safe to run from several instances at once (see the
     /// [module docs](self#deployment)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the store failed (transient for a lost
+    /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient));
+    /// [`Error::InvalidConfiguration`] for tables of a
+    /// newer layout or not this library's.
+    ///
+    /// # Cancel safety
+    ///
+    /// The steps run in one transaction under a lock: dropped, it rolls back, and migrating
+    /// again starts over.
     pub async fn migrate(&self) -> Result<()> {
         let slices = schema::migrate(&self.pool, &self.layout).await?;
         let _ = self.slice_count.set(slices);
@@ -458,6 +480,15 @@ impl PostgresEventStore {
     /// The layout the tables have (the last migration step applied, 0 for none) and the one
     /// this version of the library reads and writes: [`migrate`](Self::migrate) brings the
     /// first to the second.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the store failed (transient for a lost
+    /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient)).
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn layout_version(&self) -> Result<(i64, i64)> {
         let fail = |e| query_error("cannot read the layout version", e);
         let migrations = &self.layout.migrations;
@@ -485,6 +516,10 @@ impl PostgresEventStore {
     ///
     /// [`Error::InvalidConfiguration`] for tables of a newer layout than this library's; a
     /// store error if the database cannot be read.
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn migration_plan(&self) -> Result<crate::backend::migration::MigrationPlan> {
         use crate::backend::migration::{MigrationPlan, PendingStep};
         let (applied, latest) = self.layout_version().await?;
@@ -498,6 +533,15 @@ impl PostgresEventStore {
     /// The server's durability settings as this store's connections see them: `fsync`,
     /// `synchronous_commit` (which a database or role may set) and `full_page_writes`, each
     /// with what an unsafe value risks (see [`crate::backend::durability`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the store failed (transient for a lost
+    /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient)).
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn durability(&self) -> Result<crate::backend::durability::Durability> {
         use crate::backend::durability::{Durability, Setting};
         let (fsync, commit, pages): (String, String, String) = sqlx::query_as(

@@ -16,71 +16,11 @@ use sqlx::error::ErrorKind;
 use uuid::Uuid;
 
 use super::append::Columns;
-use super::sql::{EVENT_ID_KEY, MAX_BATCH, POSITION_SHIFT};
+use super::sql::{EVENT_ID_KEY, MAX_BATCH};
 use super::{query_error, to_bigint, PostgresEventStore};
 use crate::error::{Error, Result};
 use crate::event_store::Appended;
 use crate::multi_stream::{MultiStreamAppend, StreamBatches};
-
-/// The event type of the placeholder rows, which never commit.
-const PLACEHOLDER: &str = "eventsource.check";
-
-/// The statement of a save over several streams on `events`. `$1`-`$3`: each stream's id,
-/// type and expected version, written ones first; `$4`-`$14`: the events' columns as the
-/// append statements bind them, `$15`-`$16` the stream of each; `$17`-`$20`: each checked
-/// stream and its placeholder's event id. One row per stream, in
-/// order: its version as the statement found it, and the position of its last event stored.
-pub(super) fn append_streams_sql(events: &str) -> String {
-    format!(
-        "WITH expected AS (
-            SELECT x.n, x.aggregate_id, x.aggregate_type, x.version,
-                coalesce((SELECT max(e.aggregate_version) FROM {events} e
-                          WHERE e.aggregate_id = x.aggregate_id
-                            AND e.aggregate_type = x.aggregate_type), 0) AS actual
-            FROM unnest($1::uuid[], $2::text[], $3::bigint[])
-                WITH ORDINALITY AS x(aggregate_id, aggregate_type, version, n)
-        ), inserted AS (
-            INSERT INTO {events} (position, event_id, event_type, event_version, aggregate_id,
-                aggregate_type, aggregate_version, occurred_at, occurred_at_ns, correlation_id,
-                causation_id, metadata, payload, request_id)
-            SELECT (pg_current_xact_id()::text::bigint << {POSITION_SHIFT}) + r.n, r.event_id,
-                r.event_type, r.event_version, r.aggregate_id, r.aggregate_type,
-                r.aggregate_version, r.occurred_at, r.occurred_at_ns, r.correlation_id,
-                r.causation_id, r.metadata::json, r.payload::json, r.request_id
-            FROM (
-                SELECT e.n, e.event_id, e.event_type, e.event_version, e.aggregate_id,
-                    e.aggregate_type, e.aggregate_version, e.occurred_at, e.occurred_at_ns,
-                    e.correlation_id, e.causation_id, e.metadata, e.payload, e.request_id
-                FROM unnest($4::uuid[], $5::text[], $6::bigint[], $15::uuid[], $16::text[],
-                            $7::bigint[], $8::timestamptz[], $9::integer[], $10::uuid[],
-                            $11::uuid[], $12::text[], $13::text[], $14::text[])
-                    WITH ORDINALITY AS e(event_id, event_type, event_version, aggregate_id,
-                        aggregate_type, aggregate_version, occurred_at, occurred_at_ns,
-                        correlation_id, causation_id, metadata, payload, request_id, n)
-                UNION ALL
-                SELECT cardinality($4::uuid[]) + c.n, c.placeholder, '{PLACEHOLDER}', 1,
-                    c.aggregate_id, c.aggregate_type, c.version + 1, now(), 0, NULL, NULL,
-                    NULL, '{{}}', NULL
-                FROM unnest($17::uuid[], $18::text[], $19::bigint[], $20::uuid[])
-                    WITH ORDINALITY AS c(aggregate_id, aggregate_type, version, placeholder, n)
-            ) r
-            WHERE NOT EXISTS (SELECT 1 FROM expected WHERE version <> actual)
-            -- In the order of the streams, not of the save: two saves over the same streams
-            -- wait for each other's keys in one order, never in a cycle.
-            ORDER BY r.aggregate_id, r.aggregate_type, r.aggregate_version
-            RETURNING position, aggregate_id, aggregate_type
-        )
-        SELECT x.actual, (SELECT max(i.position) FROM inserted i
-                          WHERE i.aggregate_id = x.aggregate_id
-                            AND i.aggregate_type = x.aggregate_type)
-        FROM expected x ORDER BY x.n"
-    )
-}
-
-/// The statement that deletes a save's placeholders.
-pub(super) fn delete_placeholders_sql(events: &str) -> String {
-    format!("DELETE FROM {events} WHERE event_id = ANY($1::uuid[]) AND event_type = '{PLACEHOLDER}'")
-}
 
 /// A save's arguments as the statement's arrays.
 struct Arrays<'a> {

@@ -115,6 +115,17 @@ impl Database {
     /// Opens a file, created if missing, in WAL mode with every commit synced to disk, or a
     /// private in-memory database when `path` is `:memory:`. The tables are created by the
     /// stores put on it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store) if the file cannot be opened or is no SQLite
+    /// database; [`Error::InvalidConfiguration`](crate::Error::InvalidConfiguration) for tables
+    /// that are not this library's or of a newer layout.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped, nothing is left open. Creating the tables, or bringing them up to date, runs on
+    /// the database's thread to its end.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
         Target::path(path.as_ref()).open(Synchronous::Full).await
     }
@@ -123,6 +134,15 @@ impl Database {
     /// thread for an in-memory database): for a program's own statements, such as a
     /// `PRAGMA` or a read of the tables for a report. The connection waits up to
     /// [`BUSY_TIMEOUT`] for locks; a transaction `call` leaves open is rolled back.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store) if `call` fails, with its error.
+    ///
+    /// # Cancel safety
+    ///
+    /// `call` runs to its end on the database's thread even if the future is dropped; a
+    /// transaction it leaves open is rolled back.
     pub async fn call<T, F>(&self, call: F) -> Result<T>
     where
         T: Send + 'static,
@@ -467,6 +487,15 @@ impl Target {
 impl Database {
     /// The journal mode and the `synchronous` setting of the connection that writes, each
     /// with what an unsafe value risks (see [`crate::backend::durability`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store) if the store failed (transient for a lost
+    /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient)).
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn durability(&self) -> Result<crate::backend::durability::Durability> {
         use crate::backend::durability::{Durability, Setting};
         let (journal, synchronous) = self

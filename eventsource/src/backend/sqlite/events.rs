@@ -133,6 +133,17 @@ impl SqliteEventStore {
 
     /// Opens the store on a file, created if missing, or on `:memory:` (see
     /// [`Database::open`]), creating its table if missing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store) if the file cannot be opened or is no SQLite
+    /// database; [`Error::InvalidConfiguration`](crate::Error::InvalidConfiguration) for tables
+    /// that are not this library's or of a newer layout.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped, nothing is left open. Creating the tables, or bringing them up to date, runs on
+    /// the database's thread to its end.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
         Self::on(Database::open(path).await?).await
     }
@@ -143,6 +154,17 @@ impl SqliteEventStore {
     /// Creates or upgrades the tables (see the [module docs](super#storage)); a table named
     /// `events` or `snapshots` (after the prefix) that is not this library's is
     /// [`Error::InvalidConfiguration`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store) if the file cannot be opened or is no SQLite
+    /// database; [`Error::InvalidConfiguration`](crate::Error::InvalidConfiguration) for tables
+    /// that are not this library's or of a newer layout.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped, nothing is left open. Creating the tables, or bringing them up to date, runs on
+    /// the database's thread to its end.
     pub async fn on(database: Database) -> Result<Self> {
         let slices = schema::migrate(&database).await?;
         let sql = Arc::new(Sql::new(database.table_prefix(), slices));

@@ -124,6 +124,17 @@ const BACKEND: &str = "sqlite";
 /// connections of its own: the event store's commits are synced to disk before they return,
 /// the snapshot store's are not. A power cut can lose the last snapshots written, never
 /// events, and corrupts nothing; a lost snapshot only makes the next load replay more events.
+///
+/// # Errors
+///
+/// [`Error::Store`] if the file cannot be opened or is no SQLite database;
+/// [`Error::InvalidConfiguration`] for tables that are not
+/// this library's or of a newer layout.
+///
+/// # Cancel safety
+///
+/// Dropped, nothing is left open. Creating the tables, or bringing them up to date, runs on the
+/// database's thread to its end.
 pub async fn open(path: impl AsRef<Path>) -> Result<(SqliteEventStore, SqliteSnapshotStore)> {
     open_with(path, SqliteOptions::default()).await
 }
@@ -141,6 +152,17 @@ pub async fn open(path: impl AsRef<Path>) -> Result<(SqliteEventStore, SqliteSna
 ///
 /// A prefix [`Database::with_prefix`] refuses is [`Error::InvalidConfiguration`], before the
 /// file is opened.
+///
+/// # Errors
+///
+/// [`Error::Store`] if the file cannot be opened or is no SQLite database;
+/// [`Error::InvalidConfiguration`] for tables that are not
+/// this library's or of a newer layout.
+///
+/// # Cancel safety
+///
+/// Dropped, nothing is left open. Creating the tables, or bringing them up to date, runs on the
+/// database's thread to its end.
 pub async fn open_with(
     path: impl AsRef<Path>,
     options: SqliteOptions,
@@ -160,6 +182,16 @@ pub async fn open_with(
 /// [`Error::InvalidConfiguration`] naming the parameter, before the file is opened.
 ///
 /// Called by [`crate::backend::open`].
+///
+/// # Errors
+///
+/// [`Error::InvalidConfiguration`] for a URL parameter this
+/// library does not read; as [`open`](Database::open) otherwise.
+///
+/// # Cancel safety
+///
+/// Dropped, nothing is left open. Creating the tables, or bringing them up to date, runs on the
+/// database's thread to its end.
 pub async fn open_url(url: &str) -> Result<(SqliteEventStore, SqliteSnapshotStore)> {
     let (url, options) = url::split(url)?;
     stores(Target::url(&url)?, options).await

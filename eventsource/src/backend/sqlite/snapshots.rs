@@ -95,6 +95,17 @@ impl SqliteSnapshotStore {
     /// Opens the store on a file, created if missing, or on `:memory:`, creating its table if
     /// missing. On a file its commits are not synced to disk one by one (see
     /// [`open`](super::open)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store) if the file cannot be opened or is no SQLite
+    /// database; [`Error::InvalidConfiguration`](crate::Error::InvalidConfiguration) for tables
+    /// that are not this library's or of a newer layout.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped, nothing is left open. Creating the tables, or bringing them up to date, runs on
+    /// the database's thread to its end.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
         Self::on(super::snapshot_database(path.as_ref()).await?).await
     }
@@ -105,6 +116,17 @@ impl SqliteSnapshotStore {
     /// Creates or upgrades the tables (see the [module docs](super#storage)); a table named
     /// `events` or `snapshots` (after the prefix) that is not this library's is
     /// [`Error::InvalidConfiguration`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store) if the file cannot be opened or is no SQLite
+    /// database; [`Error::InvalidConfiguration`](crate::Error::InvalidConfiguration) for tables
+    /// that are not this library's or of a newer layout.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped, nothing is left open. Creating the tables, or bringing them up to date, runs on
+    /// the database's thread to its end.
     pub async fn on(database: Database) -> Result<Self> {
         schema::migrate(&database).await?;
         let sql = Arc::new(Sql::new(database.table_prefix()));

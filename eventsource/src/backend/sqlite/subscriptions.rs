@@ -110,6 +110,17 @@ impl std::fmt::Debug for SqliteSubscriptionStore {
 
 impl SqliteSubscriptionStore {
     /// Opens the store on a file, created if missing, or on `:memory:`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store) if the file cannot be opened or is no SQLite
+    /// database; [`Error::InvalidConfiguration`](crate::Error::InvalidConfiguration) for tables
+    /// that are not this library's or of a newer layout.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped, nothing is left open. Creating the tables, or bringing them up to date, runs on
+    /// the database's thread to its end.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
         Self::on(Database::open(path).await?).await
     }
@@ -122,6 +133,17 @@ impl SqliteSubscriptionStore {
     /// The store on a database of the program's own, such as the event store's
     /// ([`SqliteEventStore::database`](super::SqliteEventStore::database)), creating or
     /// upgrading the tables, with the database's table prefix ([`Database::with_prefix`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store) if the file cannot be opened or is no SQLite
+    /// database; [`Error::InvalidConfiguration`](crate::Error::InvalidConfiguration) for tables
+    /// that are not this library's or of a newer layout.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped, nothing is left open. Creating the tables, or bringing them up to date, runs on
+    /// the database's thread to its end.
     pub async fn on(database: Database) -> Result<Self> {
         schema::migrate(&database).await?;
         let sql = Arc::new(Sql::new(database.table_prefix()));

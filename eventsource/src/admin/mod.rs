@@ -453,6 +453,12 @@ impl Admin {
 
     /// Parses `args` (the program's name first) and runs the command: the whole program of
     /// an admin binary, `Admin::new().main_from(std::env::args_os()).await`.
+    ///
+    /// # Cancel safety
+    ///
+    /// The commands commit as they go, each step on its own: dropped, what was committed
+    /// stays, and the command run again goes on (`projections rebuild --resume` from the last
+    /// batch, `snapshots rewarm` past the streams already warm).
     pub async fn main_from<I, T>(&self, args: I) -> ExitCode
     where
         I: IntoIterator<Item = T>,
@@ -469,6 +475,12 @@ impl Admin {
 
     /// Runs the command, printing to the standard output and errors to the standard error;
     /// returns the exit status.
+    ///
+    /// # Cancel safety
+    ///
+    /// The commands commit as they go, each step on its own: dropped, what was committed
+    /// stays, and the command run again goes on (`projections rebuild --resume` from the last
+    /// batch, `snapshots rewarm` past the streams already warm).
     pub async fn run(&self, args: AdminArgs) -> ExitCode {
         let mut stdout = std::io::stdout();
         match self.run_with(args, &mut stdout).await {
@@ -481,6 +493,19 @@ impl Admin {
     }
 
     /// Runs the command, writing its report to `out`.
+    ///
+    /// # Errors
+    ///
+    /// [`AdminError::Library`] if the library refused or failed, [`AdminError::Output`] if the
+    /// report could not be written, [`AdminError::Refused`] for a command refused before it
+    /// changed anything. A check that found something is no error but
+    /// [`Outcome::Findings`].
+    ///
+    /// # Cancel safety
+    ///
+    /// The commands commit as they go, each step on its own: dropped, what was committed
+    /// stays, and the command run again goes on (`projections rebuild --resume` from the last
+    /// batch, `snapshots rewarm` past the streams already warm).
     pub async fn run_with(
         &self,
         args: AdminArgs,

@@ -355,6 +355,14 @@ async fn record_layout(
 /// Outside 1 to the store's number of slices (see [`crate::slice`]) is
 /// [`Error::InvalidConfiguration`]; another rescale recording
 /// the same generation meanwhile is [`Error::InvalidInput`], and nothing changed.
+///
+/// # Errors
+///
+/// As above; [`Error::Store`] if the store failed.
+///
+/// # Cancel safety
+///
+/// The layout is recorded in one write, or not at all.
 pub async fn rescale(template: &Subscription, ranges: u32) -> Result<u32> {
     let group = template.name();
     validate_group_name(group)?;
@@ -446,6 +454,14 @@ pub struct RangeStatus {
 /// from `events`, a store of `slices` slices
 /// ([`SliceFeed::slice_count`](crate::SliceFeed::slice_count), or [`Stores::slice_count`](crate::backend::Stores::slice_count));
 /// `None` if `name` never ran as a group.
+///
+/// # Errors
+///
+/// [`Error::Store`] if a store failed.
+///
+/// # Cancel safety
+///
+/// A read: dropping the future loses nothing.
 pub async fn status(
     events: &dyn EventStore,
     store: &dyn SubscriptionStore,

@@ -110,6 +110,14 @@ impl<A: Aggregate> Repository<A> {
 
     /// Runs `decide` on the aggregate `id` as [`command`](Self::command) sets up, with its
     /// defaults.
+    ///
+    /// # Errors
+    ///
+    /// As [`Command::run`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Command::run`].
     pub async fn execute<E, F>(&self, id: Uuid, decide: F) -> Result<Executed, CommandError<E>>
     where
         E: std::fmt::Display,

@@ -623,6 +623,14 @@ impl PostgresSnapshotStore {
 
     /// Creates the event and snapshot tables and their indexes if they are missing; the same
     /// as [`PostgresEventStore::migrate`].
+    ///
+    /// # Errors
+    ///
+    /// As [`PostgresEventStore::migrate`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`PostgresEventStore::migrate`].
     pub async fn migrate(&self) -> Result<()> {
         schema::migrate(&self.pool, &self.layout).await.map(drop)
     }

@@ -1,13 +1,16 @@
 //! Tutorial 14, optimizing with aggregate snapshotting, section by section.
 //!
 //! ```text
-//! cargo run --release --example snapshotting_tutorial                      # in memory
-//! cargo run --release --example snapshotting_tutorial -- sqlite:tutorial.db
-//! cargo run --release --example snapshotting_tutorial -- postgres://postgres@127.0.0.1/test
+//! cargo run --release -p eventsource-tutorial                        # in memory
+//! cargo run --release -p eventsource-tutorial -- sqlite:tutorial.db
+//! cargo run --release -p eventsource-tutorial --features postgres -- postgres://postgres@127.0.0.1/test
 //! ```
 //!
 //! With a store that keeps its data (a SQLite file, PostgreSQL), a second run finds the
 //! first run's performance-test account and says so.
+//!
+//! It is the program of a package of its own (`examples/Cargo.toml`), whose build compiles
+//! what the tutorial needs and nothing else.
 
 #[path = "domain/account.rs"]
 mod account;

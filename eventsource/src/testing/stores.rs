@@ -653,15 +653,25 @@ pub async fn a_save_over_several_streams_stores_every_batch_or_none(stores: &Sto
         appended[1].position, in_b[2].position,
         "the position of b's last event"
     );
+    // Other writers may share the store: the save's events are those of its type, and no
+    // other event lies between them.
     let feed: Vec<StoredEvent> = store.read_all(before).try_collect().await.unwrap();
-    let order: Vec<(Uuid, u64)> = feed
+    let ours: Vec<usize> = (0..feed.len())
+        .filter(|i| *feed[*i].aggregate_type == *ty)
+        .collect();
+    let order: Vec<(Uuid, u64)> = ours
         .iter()
-        .map(|e| (e.aggregate_id, e.aggregate_version))
+        .map(|i| (feed[*i].aggregate_id, feed[*i].aggregate_version))
         .collect();
     assert_eq!(
         order,
         vec![(a, 1), (a, 2), (b, 3), (b, 4), (b, 5)],
-        "the save's events together in the feed, batch after batch"
+        "the save's events in the feed, batch after batch"
+    );
+    assert_eq!(
+        ours.last().map(|last| last - ours[0] + 1),
+        Some(ours.len()),
+        "the save's events together in the feed, no other event between them"
     );
 
     // b is at 5, not 4: nothing of the save goes in, c stays absent.

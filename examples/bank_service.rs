@@ -527,7 +527,8 @@ fn command_error<E: Refusal>(error: CommandError<E>) -> ApiError {
         CommandError::Failed(Error::InvalidInput(_) | Error::Serialization { .. }) => {
             StatusCode::UNPROCESSABLE_ENTITY
         }
-        CommandError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        // Another failure, of a kind a later version of the library may add.
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     if status == StatusCode::INTERNAL_SERVER_ERROR {
         // A store's message can name hosts, tables and files: it is for the operator's log,

@@ -94,6 +94,7 @@ pub struct RequestRecord {
 
 /// The first outcome of a command: see [`RequestRecord`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RequestOutcome {
     /// The command stored events: the stream's version after them and the feed position of
     /// the last one.

@@ -7,6 +7,7 @@ use crate::request::RequestId;
 
 /// How a command failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CommandError<E> {
     /// The aggregate refused the command: the decision's own error.
     #[error("{0}")]

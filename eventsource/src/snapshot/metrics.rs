@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 /// Why a load did not use a snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
 pub enum MissReason {
     /// No snapshot is stored, although the stream has reached the policy's threshold (or the
     /// policy has none). A shorter stream is counted as

@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 
 /// How automatic snapshots are written once the policy says one is due.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SnapshotMode {
     /// The snapshot is written before `save` returns. The default.
     #[default]

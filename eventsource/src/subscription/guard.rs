@@ -25,6 +25,7 @@ const GAPS: usize = 8;
 
 /// What the guard found wrong with an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Disorder {
     /// A version the consumer was handed already.
     Duplicate,
@@ -47,6 +48,7 @@ impl Disorder {
 
 /// What a consumer does when the guard finds an event out of order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OnDisorder {
     /// Counts it in the metrics, logs it, and hands the event over (the default).
     #[default]

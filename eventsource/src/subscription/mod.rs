@@ -101,6 +101,7 @@ use range::RangeScope;
 
 /// What a subscription does with events its handler still fails on after the last attempt.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OnFailure {
     /// Stop with [`Error::SubscriptionStopped`]; the checkpoint stays before the batch, so a
     /// restart tries it again. The default.

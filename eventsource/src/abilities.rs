@@ -17,11 +17,11 @@ use uuid::Uuid;
 
 use crate::error::Result;
 use crate::event::EventEnvelope;
-use crate::event_store::{Appended, EventStream};
+use crate::event_store::{Appended, EventStream, FeedHead};
 #[cfg(doc)]
 use crate::request::RequestOutcome;
 use crate::request::{Fingerprint, RequestId, RequestRecord};
-use crate::slice::{SliceCount, SliceRange};
+use crate::slice::{SliceCount, SliceParts, SliceRange};
 use crate::snapshot::SnapshotVersion;
 
 /// Tells the consumers of a feed that events were appended. Cheap to clone; clones share it.
@@ -43,6 +43,22 @@ impl AppendSignal {
     /// Raises the signal: every waiter wakes.
     pub fn raise(&self) {
         self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Raises this signal at each raise of `other`, for as long as both live: a store made of
+    /// others (a [sharded store](crate::shard)) wakes its consumers at each of theirs. Needs a
+    /// Tokio runtime, on which it runs a task.
+    pub fn follow(&self, other: &AppendSignal) {
+        let mut raised = other.0.subscribe();
+        let signal = Arc::downgrade(&self.0);
+        tokio::spawn(async move {
+            while raised.changed().await.is_ok() {
+                let Some(signal) = signal.upgrade() else {
+                    return;
+                };
+                signal.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        });
     }
 
     /// A waiter that wakes at each raise from now on.
@@ -159,7 +175,8 @@ pub trait RequestIndex: Send + Sync {
 /// [`EventStore::read_all`](crate::EventStore::read_all) yields after the same position whose
 /// stream's slice ([`SliceCount::slice_of`]) is in the range, in position order,
 /// and never skips in the same sense: a reader that asks again after the last position it saw
-/// misses nothing; a range beyond the store's slices yields one [`Error::InvalidInput`](crate::Error::InvalidInput).
+/// misses nothing; a range beyond the store's slices, or across two of its
+/// [`parts`](Self::parts), yields one [`Error::InvalidInput`](crate::Error::InvalidInput).
 /// It reads an index of events by slice, so it costs what the range holds,
 /// not what the store holds. The conformance suite checks both against `read_all`.
 #[async_trait]
@@ -167,6 +184,19 @@ pub trait SliceFeed: Send + Sync {
     /// How many slices the store has (see [`crate::slice`]).
     async fn slice_count(&self) -> Result<SliceCount>;
 
+    /// The parts of the slices whose events one feed orders: a range read here lies within
+    /// one of them, since positions compare only within one feed. A store with one feed has
+    /// one part, every slice ([`SliceParts::whole`]); a [sharded store](crate::shard) has a
+    /// part for each range of its map.
+    async fn parts(&self) -> Result<SliceParts>;
+
     /// The events of the slices of `range` with a position greater than `after_position`.
     fn read_slices(&self, range: SliceRange, after_position: u64) -> EventStream<'_>;
+
+    /// The head of the feed that holds `range`, as [`EventStore::head`](crate::EventStore::head)
+    /// of that feed gives it after `after_position` (of every slice of the feed, not only the
+    /// range's): where a consumer of the range stands against what is stored. A store with one
+    /// feed gives its head; a range across two [`parts`](Self::parts) is
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput).
+    async fn feed_head(&self, range: SliceRange, after_position: u64) -> Result<FeedHead>;
 }

@@ -25,6 +25,7 @@ pub mod repository;
 pub mod request;
 mod request_id;
 pub mod root;
+pub mod shard;
 pub mod slice;
 pub mod snapshot;
 pub mod subscription;
@@ -79,6 +80,11 @@ pub struct MultiStreamGuide;
 #[cfg(all(doctest, feature = "testing"))]
 #[doc = include_str!("../../docs/guides/process-managers.md")]
 pub struct ProcessManagersGuide;
+
+/// The sharding guide, compiled and run as doc tests so its examples cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guides/sharding.md")]
+pub struct ShardingGuide;
 
 #[doc(hidden)]
 #[path = "private.rs"]

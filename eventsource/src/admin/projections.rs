@@ -185,8 +185,9 @@ async fn status(
     if subscription.group.is_some() {
         if let Some(group) = group::status(
             &*stores.events,
+            stores.slice_feed.as_deref(),
             &*stores.subscriptions,
-            stores.slice_count().await?,
+            &stores.slice_parts().await?,
             name,
         )
         .await?

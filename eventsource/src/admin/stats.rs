@@ -307,8 +307,9 @@ async fn grouped(
             .sum();
         match group::status(
             &*stores.events,
+            stores.slice_feed.as_deref(),
             &*stores.subscriptions,
-            stores.slice_count().await?,
+            &stores.slice_parts().await?,
             &name,
         )
         .await?

@@ -20,7 +20,7 @@ use crate::event::{EventEnvelope, StoredEvent};
 use crate::event_store::{Appended, Batch, EventStore, EventStream, FeedHead};
 use crate::multi_stream::{MultiStreamAppend, StreamBatches};
 use crate::request::{request_of, validate_refusal, Fingerprint, RequestId, RequestOutcome, RequestRecord};
-use crate::slice::{SliceCount, SliceRange};
+use crate::slice::{SliceCount, SliceParts, SliceRange};
 use crate::snapshot::{validate_snapshot, Snapshot, SnapshotStore};
 use crate::subscription::{validate_name, validate_stored_name, DeadLetter, SubscriptionStore};
 
@@ -412,6 +412,15 @@ impl RequestIndex for InMemoryEventStore {
 impl SliceFeed for InMemoryEventStore {
     async fn slice_count(&self) -> Result<SliceCount> {
         Ok(read(&self.inner).slice_count)
+    }
+
+    async fn feed_head(&self, range: SliceRange, after_position: u64) -> Result<FeedHead> {
+        self.slice_count().await?.check(range)?;
+        self.head(after_position).await
+    }
+
+    async fn parts(&self) -> Result<SliceParts> {
+        Ok(SliceParts::whole(self.slice_count().await?))
     }
 
     fn read_slices(&self, range: SliceRange, after_position: u64) -> EventStream<'_> {

@@ -13,7 +13,7 @@ use crate::multi_stream::MultiStreamAppend;
 use crate::process::{ProcessManager, ProcessRunner};
 use crate::projection::{Projection, ReadModelStore};
 use crate::repository::Repository;
-use crate::slice::SliceCount;
+use crate::slice::{SliceCount, SliceParts};
 use crate::snapshot::{JointSnapshots, SnapshotPolicy, SnapshotStore, SnapshotVersion};
 use crate::subscription::{Consumer, Subscription, SubscriptionStore};
 
@@ -67,6 +67,8 @@ enum Backend {
     Sqlite(crate::backend::sqlite::SqliteSubscriptionStore),
     #[cfg(feature = "postgres")]
     Postgres(crate::backend::postgres::PostgresEventStore),
+    /// A sharded store (see [`crate::shard`]): the stores of each shard.
+    Sharded(Arc<crate::shard::ShardMap>, Arc<[Stores]>),
     Other,
 }
 
@@ -120,6 +122,40 @@ impl Stores {
             joint_snapshots: None,
             backend,
             durability_told: Arc::default(),
+        }
+    }
+
+    /// The stores of a sharded store over `shards`, the subscription store of shard 0, with no
+    /// ability yet: [`crate::shard::open`] adds them.
+    pub(crate) fn of_shards(
+        events: crate::shard::ShardedEventStore,
+        snapshots: crate::shard::ShardedSnapshotStore,
+        map: Arc<crate::shard::ShardMap>,
+        shards: Arc<[Stores]>,
+    ) -> Self {
+        let subscriptions = shards[0].subscriptions.clone();
+        Self::of(
+            Arc::new(events),
+            Arc::new(snapshots),
+            subscriptions,
+            Backend::Sharded(map, shards),
+        )
+    }
+
+    /// The stores of each shard, when these are the stores of a sharded store (see
+    /// [`crate::shard`]), by the index the shard map gives them.
+    pub fn shards(&self) -> Option<&[Stores]> {
+        match &self.backend {
+            Backend::Sharded(_, shards) => Some(shards),
+            _ => None,
+        }
+    }
+
+    /// The shard map, when these are the stores of a sharded store (see [`crate::shard`]).
+    pub fn shard_map(&self) -> Option<&crate::shard::ShardMap> {
+        match &self.backend {
+            Backend::Sharded(map, _) => Some(map),
+            _ => None,
         }
     }
 
@@ -241,6 +277,24 @@ impl Stores {
         match &self.slice_feed {
             Some(feed) => feed.slice_count().await,
             None => Ok(SliceCount::DEFAULT),
+        }
+    }
+
+    /// The slices of the event store and the parts of them whose events one feed orders:
+    /// what its feed by slice says, or [`SliceCount::DEFAULT`] slices in one part without one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store) if the store failed (transient for a lost
+    /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient)).
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future loses nothing, and nothing is left half done.
+    pub async fn slice_parts(&self) -> Result<SliceParts> {
+        match &self.slice_feed {
+            Some(feed) => feed.parts().await,
+            None => Ok(SliceParts::default()),
         }
     }
 
@@ -401,6 +455,7 @@ impl Stores {
             Backend::Sqlite(_) => "sqlite",
             #[cfg(feature = "postgres")]
             Backend::Postgres(_) => "postgres",
+            Backend::Sharded(..) => "sharded",
             Backend::Other => "other",
         }
     }
@@ -445,6 +500,11 @@ impl Stores {
         match &self.backend {
             #[cfg(feature = "postgres")]
             Backend::Postgres(events) => events.migrate().await?,
+            Backend::Sharded(_, shards) => {
+                for shard in shards.iter() {
+                    Box::pin(shard.migrate()).await?;
+                }
+            }
             _ => {}
         }
         self.tell_durability().await;
@@ -455,10 +515,12 @@ impl Stores {
     /// clones (stores in memory are not meant to last, and stores put together by hand have
     /// no backend to ask).
     async fn tell_durability(&self) {
-        if matches!(self.backend, Backend::Memory | Backend::Other)
-            || self
-                .durability_told
-                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        if matches!(
+            self.backend,
+            Backend::Memory | Backend::Other | Backend::Sharded(..)
+        ) || self
+            .durability_told
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
         {
             return;
         }
@@ -527,6 +589,19 @@ impl Stores {
             Backend::Sqlite(subscriptions) => subscriptions.database().durability().await,
             #[cfg(feature = "postgres")]
             Backend::Postgres(events) => events.durability().await,
+            Backend::Sharded(_, shards) => {
+                let mut settings = Vec::new();
+                for (index, shard) in shards.iter().enumerate() {
+                    for mut setting in Box::pin(shard.durability()).await?.settings {
+                        setting.value = format!("{} (shard {index})", setting.value);
+                        settings.push(setting);
+                    }
+                }
+                Ok(Durability {
+                    backend: "sharded",
+                    settings,
+                })
+            }
             Backend::Other => Err(Error::InvalidConfiguration(
                 "stores put together by hand have no backend to ask for its durability settings".into(),
             )),
@@ -543,7 +618,9 @@ impl Stores {
 ///   `?prefix=NAME` puts the three stores' tables under a prefix of their own (see
 ///   [`sqlite::open_url`](crate::backend::sqlite::open_url));
 /// - `postgres://...` or `postgresql://...`: a PostgreSQL database (feature `postgres`);
-///   call [`Stores::migrate`] once before use.
+///   call [`Stores::migrate`] once before use;
+/// - `shards:PATH`: a [sharded store](crate::shard) over the stores a shard map file names
+///   ([`ShardMap::parse`](crate::shard::ShardMap::parse)), each opened by its own URL.
 ///
 /// Any of them may end with `durability=strict`: the stores then open only if their
 /// database keeps every write it acknowledged (see [`durability`](crate::backend::durability));
@@ -624,6 +701,7 @@ async fn open_stores(url: &str) -> Result<Stores> {
             let (events, snapshots) = crate::backend::postgres::connect_url(url).await?;
             Ok(Stores::from_postgres(events, snapshots))
         }
+        "shards" => crate::shard::open_file(&url["shards:".len()..]).await,
         #[cfg(not(feature = "sqlite"))]
         "sqlite" => Err(not_compiled_in("sqlite")),
         #[cfg(not(feature = "postgres"))]

@@ -98,7 +98,7 @@ use uuid::Uuid;
 use crate::deadline::sleep;
 use crate::error::{Error, Result};
 use crate::event_store::EventStore;
-use crate::slice::{SliceCount, SliceRange};
+use crate::slice::{SliceCount, SliceParts, SliceRange};
 use crate::subscription::names::{self, validate_group_name};
 use crate::subscription::{Handler, Subscription, SubscriptionStore};
 use state::GroupState;
@@ -150,8 +150,16 @@ impl<C> ConsumerGroup<C> {
     /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn status(&self) -> Result<Option<GroupStatus>> {
         let template = self.template();
-        let slices = template.slice_count().await?;
-        status(&**template.events(), &**template.store(), slices, template.name()).await
+        let slices = template.slices().await?;
+        let feed = template.options().slice_feed.as_deref();
+        status(
+            &**template.events(),
+            feed,
+            &**template.store(),
+            &slices,
+            template.name(),
+        )
+        .await
     }
 
     /// Records a new layout of `ranges` ranges; see the [module docs](self) and
@@ -187,8 +195,8 @@ impl<C> ConsumerGroup<C> {
     /// Waiting only.
     pub async fn wait_for(&self, position: u64, timeout: Duration) -> Result<bool> {
         let template = self.template();
-        let slices = template.slice_count().await?;
-        wait_for(&**template.store(), slices, template.name(), position, timeout).await
+        let slices = template.slices().await?;
+        wait_for(&**template.store(), &slices, template.name(), position, timeout).await
     }
 }
 
@@ -265,8 +273,8 @@ pub(crate) async fn run_workers<'a>(
             template.name()
         )));
     }
-    let slices = template.slice_count().await?;
-    check_count(ranges, slices)?;
+    let slices = template.slices().await?;
+    check_count(ranges, slices.count())?;
     // One worker's error stops the others, as the shutdown does.
     let (abort, aborted) = tokio::sync::watch::channel(false);
     let shutdown = shutdown.boxed().shared();
@@ -279,7 +287,7 @@ pub(crate) async fn run_workers<'a>(
             }),
         )
         .map(drop);
-        let abort = &abort;
+        let (abort, slices) = (&abort, slices.clone());
         async move {
             let outcome = Worker::new(template.name(), template, ranges, slices)
                 .run(run_range, stop)
@@ -304,8 +312,8 @@ pub(crate) async fn record_first_layout(
     owner: Uuid,
 ) -> Result<bool> {
     let store = &**template.store();
-    let slices = template.slice_count().await?;
-    check_count(ranges, slices)?;
+    let slices = template.slices().await?;
+    check_count(ranges, slices.count())?;
     if store.checkpoint(group).await?.is_none() {
         let first = template.first_position().await?;
         if first > 0 {
@@ -324,7 +332,7 @@ pub(crate) async fn record_first_layout(
         }
     }
     record_layout(store, group, 1, ranges, owner).await?;
-    Ok(GroupState::read(store, group, slices).await?.current().is_some())
+    Ok(GroupState::read(store, group, &slices).await?.current().is_some())
 }
 
 /// Records layout `generation` of `ranges` ranges unless it is recorded already; whether this
@@ -366,18 +374,18 @@ async fn record_layout(
 pub async fn rescale(template: &Subscription, ranges: u32) -> Result<u32> {
     let group = template.name();
     validate_group_name(group)?;
-    let slices = template.slice_count().await?;
-    check_count(ranges, slices)?;
+    let slices = template.slices().await?;
+    check_count(ranges, slices.count())?;
     let store = &**template.store();
     let owner = Uuid::new_v4();
-    let state = GroupState::read(store, group, slices).await?;
+    let state = GroupState::read(store, group, &slices).await?;
     let Some((generation, count)) = state.current() else {
         if !record_first_layout(template, group, ranges, owner).await? {
             return Err(Error::InvalidInput(format!(
                 "{group} runs as a single consumer: stop it before it becomes a consumer group"
             )));
         }
-        return Ok(GroupState::read(store, group, slices)
+        return Ok(GroupState::read(store, group, &slices)
             .await?
             .current()
             .map_or(1, |(g, _)| g));
@@ -451,8 +459,9 @@ pub struct RangeStatus {
 }
 
 /// The status of consumer group `name` from its subscription store, with each range's lag
-/// from `events`, a store of `slices` slices
-/// ([`SliceFeed::slice_count`](crate::SliceFeed::slice_count), or [`Stores::slice_count`](crate::backend::Stores::slice_count));
+/// from the head of the feed it reads (`feed`'s, or without one `events`'), a store of
+/// `slices` slices and parts
+/// ([`SliceFeed::parts`](crate::SliceFeed::parts), or [`Stores::slice_parts`](crate::backend::Stores::slice_parts));
 /// `None` if `name` never ran as a group.
 ///
 /// # Errors
@@ -464,8 +473,9 @@ pub struct RangeStatus {
 /// A read: dropping the future loses nothing.
 pub async fn status(
     events: &dyn EventStore,
+    feed: Option<&dyn crate::SliceFeed>,
     store: &dyn SubscriptionStore,
-    slices: SliceCount,
+    slices: &SliceParts,
     name: &str,
 ) -> Result<Option<GroupStatus>> {
     let state = GroupState::read(store, name, slices).await?;
@@ -475,7 +485,12 @@ pub async fn status(
     let mut ranges = Vec::new();
     for range in state.ranges_of(generation) {
         let held = state.range(generation, range);
-        let lag = events.head(state.reached(generation, range)).await?.lag();
+        let reached = state.reached(generation, range);
+        let head = match feed {
+            Some(feed) => feed.feed_head(range, reached).await?,
+            None => events.head(reached).await?,
+        };
+        let lag = head.lag();
         ranges.push(RangeStatus {
             range,
             name: names::range(name, generation, range),
@@ -503,7 +518,7 @@ pub async fn status(
 /// group) has handled the events of `slice`, of a store of `slices` slices.
 pub(crate) async fn handled_slice(
     store: &dyn SubscriptionStore,
-    slices: SliceCount,
+    slices: &SliceParts,
     name: &str,
     slice: u32,
 ) -> Result<u64> {
@@ -514,7 +529,7 @@ pub(crate) async fn handled_slice(
 /// after `position`, at most `timeout`; whether it has.
 pub(crate) async fn wait_for(
     store: &dyn SubscriptionStore,
-    slices: SliceCount,
+    slices: &SliceParts,
     name: &str,
     position: u64,
     timeout: Duration,

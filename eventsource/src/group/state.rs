@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::slice::{SliceCount, SliceRange};
+use crate::slice::{SliceParts, SliceRange};
 use crate::subscription::names::{self, Entry};
 use crate::subscription::{SubscriptionStatus, SubscriptionStore};
 
@@ -42,17 +42,23 @@ pub(crate) struct GroupState {
     pub(crate) ranges: BTreeMap<(u32, SliceRange), Held>,
     /// The owner of each worker slot whose lease has not run out.
     pub(crate) members: BTreeMap<u32, Option<Uuid>>,
-    /// The number of slices of the store whose feed the group reads.
-    pub(crate) slices: SliceCount,
+    /// The slices of the store whose feed the group reads, and their parts: a range lies
+    /// within one part.
+    pub(crate) slices: SliceParts,
 }
 
 impl GroupState {
     /// Reads the group's state from one listing of the store; the group reads the feed of a
     /// store of `slices` slices. A layout or range the store records for more slices is
     /// [`Error::Corrupt`].
-    pub(crate) async fn read(store: &dyn SubscriptionStore, group: &str, slices: SliceCount) -> Result<Self> {
+    pub(crate) async fn read(
+        store: &dyn SubscriptionStore,
+        group: &str,
+        slices: &SliceParts,
+    ) -> Result<Self> {
+        let slice_count = slices.count();
         let mut state = GroupState {
-            slices,
+            slices: slices.clone(),
             ..GroupState::default()
         };
         for status in store.subscriptions().await? {
@@ -62,13 +68,13 @@ impl GroupState {
                     if let Some(count) = status.checkpoint {
                         let count = u32::try_from(count)
                             .ok()
-                            .filter(|count| (1..=slices.get()).contains(count))
+                            .filter(|ranges| (1..=slice_count.get()).contains(ranges))
                             .ok_or_else(|| {
                                 Error::corrupt(
                                     format!("layout {generation} of consumer group {group}"),
                                     format!(
-                                        "it records {count} ranges, not 1 to {} (the store has {slices})",
-                                        slices.get()
+                                        "it records {count} ranges, not 1 to {} (the store has {slice_count})",
+                                        slice_count.get()
                                     ),
                                 )
                             })?;
@@ -76,10 +82,10 @@ impl GroupState {
                     }
                 }
                 Some(Entry::Range(generation, range)) => {
-                    if !slices.holds(range) {
+                    if !slice_count.holds(range) {
                         return Err(Error::corrupt(
                             format!("range {} of consumer group {group}", status.name),
-                            format!("its {range} lie beyond the store's {slices}"),
+                            format!("its {range} lie beyond the store's {slice_count}"),
                         ));
                     }
                     state.ranges.insert((generation, range), Held::from(&status));
@@ -160,7 +166,7 @@ impl GroupState {
     /// the ranges before it had handled beyond it).
     pub(crate) fn handled_before(&self, generation: u32) -> Vec<u64> {
         let single = self.single.and_then(|held| held.checkpoint).unwrap_or(0);
-        let mut handled = vec![single; self.slices.get() as usize];
+        let mut handled = vec![single; self.slices.count().get() as usize];
         for earlier in self.layouts.keys().filter(|g| **g < generation) {
             for range in self.ranges_of(*earlier) {
                 if let Some(checkpoint) = self.range(*earlier, range).checkpoint {
@@ -214,6 +220,7 @@ pub(crate) fn parts(handled: &[u64], range: SliceRange) -> Vec<(SliceRange, u64)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::slice::SliceCount;
 
     fn held(checkpoint: u64) -> Held {
         Held {

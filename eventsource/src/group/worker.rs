@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::state::{parts, GroupState};
 use crate::deadline::sleep;
 use crate::error::Result;
-use crate::slice::{SliceCount, SliceRange};
+use crate::slice::{SliceParts, SliceRange};
 use crate::subscription::names;
 use crate::subscription::range::RangeScope;
 use crate::subscription::{Subscription, SubscriptionStore};
@@ -42,8 +42,8 @@ pub(crate) struct Worker<'a> {
     template: &'a Subscription,
     /// The number of ranges of the first layout, if the group has none yet.
     ranges: u32,
-    /// The number of slices of the store whose feed the group reads.
-    slices: SliceCount,
+    /// The slices of the store whose feed the group reads, and their parts.
+    slices: SliceParts,
     /// This worker's identity: the owner of its slot, and of the leases it takes to freeze
     /// the ranges a new one replaces.
     owner: Uuid,
@@ -52,7 +52,7 @@ pub(crate) struct Worker<'a> {
 }
 
 impl<'a> Worker<'a> {
-    pub(crate) fn new(group: &'a str, template: &'a Subscription, ranges: u32, slices: SliceCount) -> Self {
+    pub(crate) fn new(group: &'a str, template: &'a Subscription, ranges: u32, slices: SliceParts) -> Self {
         Worker {
             group,
             template,
@@ -69,7 +69,7 @@ impl<'a> Worker<'a> {
     }
 
     async fn state(&self) -> Result<GroupState> {
-        GroupState::read(self.store(), self.group, self.slices).await
+        GroupState::read(self.store(), self.group, &self.slices).await
     }
 
     fn lease(&self) -> Duration {
@@ -266,7 +266,7 @@ impl<'a> Worker<'a> {
                 let scope = RangeScope {
                     range,
                     feed: self.template.options().slice_feed.clone(),
-                    slices: self.slices,
+                    slices: self.slices.count(),
                     done,
                     successor: names::layout(self.group, generation + 1),
                 };

@@ -200,19 +200,21 @@ impl Projection {
                 self.name()
             )));
         };
-        let slices = self.subscription().slice_count().await?;
+        let slices = self.subscription().slices().await?;
         let mut report = VerifyReport::default();
         for stream in streams {
-            let slice = slices.slice_of(&stream.aggregate_type, stream.aggregate_id);
+            let slice = slices
+                .count()
+                .slice_of(&stream.aggregate_type, stream.aggregate_id);
             let mut compared = None;
             for _ in 0..READS_PER_STREAM {
-                let before = self.handled(slices, slice).await?;
+                let before = self.handled(&slices, slice).await?;
                 let live = verifier.stream_rows(stream).await.map_err(|e| Error::ReadModel {
                     projection: self.name().to_owned(),
                     action: "read the rows of a stream in",
                     reason: e.to_string(),
                 })?;
-                let after = self.handled(slices, slice).await?;
+                let after = self.handled(&slices, slice).await?;
                 let history = self.history(stream).await?;
                 if history.iter().any(|e| e.position > before && e.position <= after) {
                     continue;
@@ -266,7 +268,7 @@ impl Projection {
     }
 
     /// The position up to which this projection applied the events of `slice`.
-    async fn handled(&self, slices: crate::slice::SliceCount, slice: u32) -> Result<u64> {
+    async fn handled(&self, slices: &crate::slice::SliceParts, slice: u32) -> Result<u64> {
         let store = self.model().subscriptions();
         crate::group::handled_slice(&*store, slices, self.name(), slice).await
     }

@@ -14,6 +14,9 @@
 pub(crate) mod md5;
 #[cfg(any(test, feature = "sqlite", feature = "postgres"))]
 pub(crate) mod merge;
+mod parts;
+
+pub use parts::SliceParts;
 
 use std::fmt;
 

@@ -196,12 +196,21 @@ impl Subscription {
         self.range.as_ref().map(|scope| scope.range)
     }
 
-    /// The number of slices of the store it reads: the feed by slice tells it; without one,
-    /// the feed is split by [`SliceCount::DEFAULT`](crate::slice::SliceCount::DEFAULT) slices.
-    pub(crate) async fn slice_count(&self) -> Result<crate::slice::SliceCount> {
+    /// The head of the feed it reads, after `position`: its range's feed, or the whole feed.
+    async fn feed_head(&self, position: u64) -> Result<crate::FeedHead> {
+        match &self.range {
+            Some(scope) => scope.head(&*self.events, position).await,
+            None => self.events.head(position).await,
+        }
+    }
+
+    /// The slices of the store it reads and their parts: the feed by slice tells them;
+    /// without one, the feed is one part of
+    /// [`SliceCount::DEFAULT`](crate::slice::SliceCount::DEFAULT) slices.
+    pub(crate) async fn slices(&self) -> Result<crate::slice::SliceParts> {
         match &self.options.slice_feed {
-            Some(feed) => feed.slice_count().await,
-            None => Ok(crate::slice::SliceCount::DEFAULT),
+            Some(feed) => feed.parts().await,
+            None => Ok(crate::slice::SliceParts::default()),
         }
     }
 
@@ -442,6 +451,7 @@ impl Subscription {
         shutdown: impl Future<Output = ()> + Send,
         owner: Uuid,
     ) -> Result<()> {
+        self.check_one_feed().await?;
         let mut shutdown = Box::pin(shutdown.fuse());
         let mut waiter = self.options.signal.as_ref().map(|signal| signal.waiter());
         let held = Held::new(&*self.store, &self.name, owner, self.options.lease);
@@ -503,6 +513,24 @@ impl Subscription {
 
     /// A consumer of the whole feed refuses to run under a name that runs as a consumer
     /// group: it would handle again what the group's ranges handle.
+    /// [`Error::InvalidConfiguration`] for a single consumer of a store whose slices are in
+    /// several feeds (a [sharded store](crate::shard)): positions compare only within one
+    /// feed, so one checkpoint cannot follow them all. A failure to ask is left to the run,
+    /// which tries its store calls again.
+    async fn check_one_feed(&self) -> Result<()> {
+        let (None, Some(feed)) = (&self.range, &self.options.slice_feed) else {
+            return Ok(());
+        };
+        match feed.parts().await {
+            Ok(parts) if parts.parts().len() > 1 => Err(Error::InvalidConfiguration(format!(
+                "{} reads a store of {parts} (a sharded store, with no single order of its events): \
+                 run it as a consumer group, with `group`, whose ranges each read one feed",
+                self.name
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     async fn check_not_grouped(&self) -> Result<()> {
         if self.range.is_some() {
             return Ok(());
@@ -565,7 +593,7 @@ impl Subscription {
                 return Ok(Active::Replaced);
             }
             if self.range.is_some() && feed.is_none() {
-                head = Some(self.events.head(position).await?.position);
+                head = Some(self.feed_head(position).await?.position);
             }
             let batch = match self.read_batch(&mut feed, position).await {
                 Ok(batch) => batch,
@@ -956,7 +984,7 @@ impl LagGauge {
             return;
         }
         self.measured = Some(tokio::time::Instant::now());
-        if let Ok(head) = subscription.events.head(position).await {
+        if let Ok(head) = subscription.feed_head(position).await {
             let name = &subscription.name;
             crate::telemetry::subscription(name, crate::telemetry::SubscriptionEvent::Lag(head.lag()));
             crate::telemetry::subscription(

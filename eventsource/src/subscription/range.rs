@@ -7,8 +7,9 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 
 use crate::abilities::SliceFeed;
+use crate::error::Result;
 use crate::event::StoredEvent;
-use crate::event_store::{EventStore, EventStream};
+use crate::event_store::{EventStore, EventStream, FeedHead};
 use crate::slice::{SliceCount, SliceRange};
 
 /// One range of a consumer group, as its subscription reads it.
@@ -47,6 +48,14 @@ impl RangeScope {
         self.done
             .iter()
             .any(|(part, position)| part.contains(slice) && event.position <= *position)
+    }
+
+    /// The head of the feed the range reads, after `position`.
+    pub(crate) async fn head(&self, events: &dyn EventStore, position: u64) -> Result<FeedHead> {
+        match &self.feed {
+            Some(feed) => feed.feed_head(self.range, position).await,
+            None => events.head(position).await,
+        }
     }
 
     /// The range's events after `position`, from the feed by slice or from the whole feed.

@@ -10,7 +10,8 @@
 //! those of the snapshot store contract, [`subscription_store`] those of the subscription
 //! store contract, [`read_model_store`] those of a projection's read model, and [`stores`]
 //! those of the [abilities](crate::abilities) a backend hands out with its stores, each
-//! against the plain reads and writes it stands for.
+//! against the plain reads and writes it stands for, and [`sharded`] those of a
+//! [sharded store](crate::shard).
 //!
 //! # Checking a backend
 //!
@@ -84,6 +85,7 @@ mod given;
 pub mod process;
 pub mod read_model_store;
 mod schema_lock;
+pub mod sharded;
 pub mod snapshot_store;
 pub mod stores;
 pub mod subscription_store;

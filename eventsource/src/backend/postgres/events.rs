@@ -19,7 +19,7 @@ use crate::event_store::{Appended, Batch, EventStore, EventStream, FeedHead, Fee
 use crate::request::{
     recorded, request_of, validate_refusal, Fingerprint, RequestId, RequestOutcome, RequestRecord,
 };
-use crate::slice::{SliceCount, SliceRange};
+use crate::slice::{SliceCount, SliceParts, SliceRange};
 use crate::snapshot::JointSnapshots;
 
 impl PostgresEventStore {
@@ -159,6 +159,15 @@ impl EventStore for PostgresEventStore {
 impl SliceFeed for PostgresEventStore {
     async fn slice_count(&self) -> Result<SliceCount> {
         self.read_slice_count().await
+    }
+
+    async fn feed_head(&self, range: SliceRange, after_position: u64) -> Result<FeedHead> {
+        self.slice_count().await?.check(range)?;
+        self.head(after_position).await
+    }
+
+    async fn parts(&self) -> Result<SliceParts> {
+        Ok(SliceParts::whole(self.slice_count().await?))
     }
 
     fn read_slices(&self, range: SliceRange, after_position: u64) -> EventStream<'_> {

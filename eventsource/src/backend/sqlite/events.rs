@@ -20,7 +20,7 @@ use crate::multi_stream::{MultiStreamAppend, StreamBatches};
 use crate::request::{
     recorded, request_of, validate_refusal, Fingerprint, RequestId, RequestOutcome, RequestRecord,
 };
-use crate::slice::{SliceCount, SliceRange};
+use crate::slice::{SliceCount, SliceParts, SliceRange};
 
 const INSERT: &str = "INSERT INTO {p}events (event_id, event_type, event_version, aggregate_id, \
     aggregate_type, aggregate_version, occurred_at, correlation_id, causation_id, metadata, payload, \
@@ -566,6 +566,15 @@ impl EventStore for SqliteEventStore {
 impl SliceFeed for SqliteEventStore {
     async fn slice_count(&self) -> Result<SliceCount> {
         Ok(self.sql.slices)
+    }
+
+    async fn feed_head(&self, range: SliceRange, after_position: u64) -> Result<FeedHead> {
+        self.slice_count().await?.check(range)?;
+        self.head(after_position).await
+    }
+
+    async fn parts(&self) -> Result<SliceParts> {
+        Ok(SliceParts::whole(self.slice_count().await?))
     }
 
     fn read_slices(&self, range: SliceRange, after_position: u64) -> EventStream<'_> {

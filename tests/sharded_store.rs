@@ -1,0 +1,304 @@
+//! The sharded store: the conformance suites through the router over SQLite files and over
+//! PostgreSQL databases, consumer groups that read each range from its shard, and the checks
+//! of `shard::open` (the map against the shards) and of `shards:` URLs.
+//!
+//! The PostgreSQL cases need `EVENTSOURCE_TEST_POSTGRES_URL`; see tests/postgres_store.rs.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use eventsource::backend::{self, Stores};
+use eventsource::prelude::*;
+use eventsource::shard::{self, ShardMap};
+use eventsource::slice::{SliceCount, SliceRange};
+
+/// A directory of this test process's own for SQLite shard files.
+fn scratch_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sharded-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    })
+}
+
+/// A map of three ranges over two shards: shard 0 holds the first quarter and the last half.
+fn uneven_map() -> ShardMap {
+    let range = |first, last| SliceRange::new(first, last).unwrap();
+    ShardMap::new(
+        SliceCount::DEFAULT,
+        vec![(range(0, 255), 0), (range(256, 511), 1), (range(512, 1023), 0)],
+    )
+    .unwrap()
+}
+
+/// A sharded store over two SQLite files shared by the tests of this process.
+async fn on_sqlite_files() -> Stores {
+    let mut shards = Vec::new();
+    for name in ["shard-a.db", "shard-b.db"] {
+        let path = scratch_dir().join(name);
+        shards.push(
+            backend::open(&format!("sqlite:{}", path.display()))
+                .await
+                .unwrap(),
+        );
+    }
+    shard::open(uneven_map(), shards).await.unwrap()
+}
+
+mod on_sqlite_files {
+    eventsource::sharded_store_conformance!(super::on_sqlite_files());
+    eventsource::snapshot_store_conformance!(async { super::on_sqlite_files().await.snapshots });
+}
+
+/// A sharded store over two PostgreSQL schemas of the tests' database (kept between runs, as
+/// the conformance checks' events are), or `None` when the PostgreSQL tests are skipped.
+async fn on_postgres(test: &str) -> Option<Stores> {
+    let url = common::postgres_url(test)?;
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let mut shards = Vec::new();
+    for schema in ["es_shard_a", "es_shard_b"] {
+        let stores = backend::open(&format!("{url}{separator}schema={schema}"))
+            .await
+            .unwrap();
+        stores.migrate().await.unwrap();
+        shards.push(stores);
+    }
+    Some(
+        shard::open(ShardMap::even(SliceCount::DEFAULT, 2).unwrap(), shards)
+            .await
+            .unwrap(),
+    )
+}
+
+mod on_postgres {
+    eventsource::sharded_store_conformance!(
+        #[cfg_attr(not(eventsource_postgres_tests), ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests")]
+        optional: super::on_postgres("sharded_store_conformance")
+    );
+    eventsource::snapshot_store_conformance!(
+        #[cfg_attr(not(eventsource_postgres_tests), ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests")]
+        optional: async { Some(super::on_postgres("sharded_snapshot_conformance").await?.snapshots) }
+    );
+}
+
+#[event(aggregate = "Parcel")]
+pub struct Scanned {
+    pub n: u64,
+}
+
+#[derive(Aggregate, Clone, Debug, Default, Serialize, Deserialize)]
+#[aggregate(name = "Parcel", events(Scanned))]
+pub struct Parcel {
+    pub scans: u64,
+}
+
+impl Apply<Scanned> for Parcel {
+    fn apply(&mut self, e: &Scanned) {
+        self.scans = e.n;
+    }
+}
+
+/// Fresh in-memory shards under `map`.
+async fn in_memory(map: ShardMap) -> Stores {
+    let shards = (0..map.shards()).map(|_| Stores::in_memory()).collect();
+    shard::open(map, shards).await.unwrap()
+}
+
+#[tokio::test]
+async fn commands_and_snapshots_run_on_the_shard_of_their_aggregate() {
+    let stores = in_memory(ShardMap::even(SliceCount::DEFAULT, 4).unwrap()).await;
+    let map = stores.shard_map().unwrap().clone();
+    let repo = stores.repository_with_snapshots::<Parcel>(SnapshotPolicy::every(2).unwrap());
+    let ids: Vec<Uuid> = (0..40).map(|_| Uuid::new_v4()).collect();
+    for id in &ids {
+        for n in 1..=3 {
+            repo.command(*id)
+                .run(|parcel| {
+                    parcel.record(Scanned { n });
+                    Ok::<_, Error>(())
+                })
+                .await
+                .unwrap();
+        }
+    }
+    for id in &ids {
+        assert_eq!(repo.load(*id).await.unwrap().state().scans, 3);
+        let home = map.shard_of("Parcel", *id);
+        for (index, shard) in stores.shards().unwrap().iter().enumerate() {
+            let version = shard.events.stream_version(*id, "Parcel").await.unwrap();
+            let snapshot = shard.snapshots.snapshot_exists(*id, "Parcel").await.unwrap();
+            if index == home {
+                assert_eq!((version, snapshot), (3, true), "shard {index} holds {id}");
+            } else {
+                assert_eq!(
+                    (version, snapshot),
+                    (0, false),
+                    "shard {index} holds nothing of {id}"
+                );
+            }
+        }
+    }
+    assert_eq!(stores.backend_name(), "sharded");
+    assert_eq!(stores.stream_versions("Parcel").await.unwrap().len(), ids.len());
+}
+
+/// A consumer group over a sharded store handles every event once, each aggregate's in order,
+/// its ranges cut at the map's bounds; a single consumer refuses to run.
+#[tokio::test]
+async fn a_consumer_group_reads_each_range_from_its_shard() {
+    let stores = in_memory(uneven_map()).await;
+    let repo = stores.repository::<Parcel>();
+    let ids: Vec<Uuid> = (0..30).map(|_| Uuid::new_v4()).collect();
+    for n in 1..=4 {
+        for id in &ids {
+            repo.command(*id)
+                .run(|parcel| {
+                    parcel.record(Scanned { n });
+                    Ok::<_, Error>(())
+                })
+                .await
+                .unwrap();
+        }
+    }
+    let single = stores.subscription("parcels-single").unwrap();
+    let refused = single
+        .run(|_: &[StoredEvent]| Ok(()), std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, Error::InvalidConfiguration(_)), "{refused}");
+    assert!(refused.to_string().contains("consumer group"), "{refused}");
+
+    let seen: Arc<Mutex<HashMap<Uuid, Vec<u64>>>> = Arc::default();
+    let ranges: Arc<Mutex<Vec<SliceRange>>> = Arc::default();
+    let group = stores
+        .subscription("parcels")
+        .unwrap()
+        .lease(Duration::from_secs(2))
+        .unwrap()
+        .for_aggregate::<Parcel>()
+        .group(2)
+        .unwrap();
+    let handlers = |range: SliceRange| {
+        ranges.lock().unwrap().push(range);
+        let seen = seen.clone();
+        move |batch: &[StoredEvent]| {
+            let mut seen = seen.lock().unwrap();
+            for event in batch {
+                seen.entry(event.aggregate_id)
+                    .or_default()
+                    .push(event.aggregate_version);
+            }
+            Ok(())
+        }
+    };
+    let done = async {
+        while seen.lock().unwrap().values().map(Vec::len).sum::<usize>() < ids.len() * 4 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), group.run(2, handlers, done))
+        .await
+        .expect("the group handles every event")
+        .unwrap();
+    for id in &ids {
+        assert_eq!(seen.lock().unwrap()[id], [1, 2, 3, 4], "{id} in order, once");
+    }
+    let mut taken = ranges.lock().unwrap().clone();
+    taken.sort();
+    let range = |first, last| SliceRange::new(first, last).unwrap();
+    assert_eq!(
+        taken,
+        [range(0, 255), range(256, 511), range(512, 1023)],
+        "two ranges cut at the map's bounds"
+    );
+}
+
+#[tokio::test]
+async fn open_refuses_a_map_the_shards_do_not_fit() {
+    let map = ShardMap::even(SliceCount::DEFAULT, 2).unwrap();
+    let too_few = shard::open(map.clone(), vec![Stores::in_memory()])
+        .await
+        .unwrap_err();
+    assert!(matches!(too_few, Error::InvalidConfiguration(_)), "{too_few}");
+
+    let other_count = backend::open("memory:?slices=512").await.unwrap();
+    let refused = shard::open(map.clone(), vec![Stores::in_memory(), other_count])
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("512 slices"), "{refused}");
+
+    // Events written under one map, the shards then given in the other order.
+    let (a, b) = (Stores::in_memory(), Stores::in_memory());
+    let stores = shard::open(map.clone(), vec![a.clone(), b.clone()])
+        .await
+        .unwrap();
+    let repo = stores.repository::<Parcel>();
+    for _ in 0..8 {
+        repo.command(Uuid::new_v4())
+            .run(|parcel| {
+                parcel.record(Scanned { n: 1 });
+                Ok::<_, Error>(())
+            })
+            .await
+            .unwrap();
+    }
+    let swapped = shard::open(map, vec![b, a]).await.unwrap_err();
+    assert!(matches!(swapped, Error::InvalidConfiguration(_)), "{swapped}");
+    assert!(swapped.to_string().contains("not the one"), "{swapped}");
+}
+
+#[tokio::test]
+async fn a_shards_url_opens_the_stores_of_a_map_file() {
+    let dir = scratch_dir().join(format!("url-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (a, b) = (dir.join("a.db"), dir.join("b.db"));
+    let map_file = dir.join("shards.map");
+    std::fs::write(
+        &map_file,
+        format!(
+            "# two files\n0-511 sqlite:{}\n512-1023 sqlite:{}\n",
+            a.display(),
+            b.display()
+        ),
+    )
+    .unwrap();
+    let stores = backend::open(&format!("shards:{}", map_file.display()))
+        .await
+        .unwrap();
+    assert_eq!(stores.shards().unwrap().len(), 2);
+    stores.migrate().await.unwrap();
+    let id = Uuid::new_v4();
+    stores
+        .repository::<Parcel>()
+        .command(id)
+        .run(|parcel| {
+            parcel.record(Scanned { n: 7 });
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        stores
+            .repository::<Parcel>()
+            .load(id)
+            .await
+            .unwrap()
+            .state()
+            .scans,
+        7
+    );
+    let durability = stores.durability().await.unwrap();
+    assert_eq!(durability.backend, "sharded");
+    assert!(durability.settings.iter().any(|s| s.value.ends_with("(shard 1)")));
+
+    let missing = backend::open(&format!("shards:{}", dir.join("none.map").display()))
+        .await
+        .unwrap_err();
+    assert!(matches!(missing, Error::InvalidConfiguration(_)), "{missing}");
+}

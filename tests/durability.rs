@@ -78,96 +78,6 @@ async fn a_postgres_session_without_synchronous_commit_is_refused_when_strict() 
     refused(backend::open(&lax).await, "synchronous_commit = off");
 }
 
-/// A PostgreSQL cluster of the test's own, started with `fsync` and `full_page_writes` off,
-/// stopped and removed when dropped.
-#[cfg(feature = "postgres")]
-struct UnsafeCluster {
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-#[cfg(feature = "postgres")]
-impl UnsafeCluster {
-    /// Starts one, as the `postgres` user; `None` where the server's programs are missing.
-    fn start() -> Option<Self> {
-        use std::process::Command;
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()?
-            .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
-            .find(|bin| bin.join("initdb").exists())?;
-        let dir = tempfile::Builder::new().prefix("unsafe-pg").tempdir().ok()?;
-        let data = dir.path().join("data");
-        let chown = Command::new("chown")
-            .args(["-R", "postgres"])
-            .arg(dir.path())
-            .status()
-            .ok()?;
-        // The server runs as `postgres`, which needs the directory: where that cannot be
-        // arranged (not run as root), there is no cluster to start.
-        if !chown.success() {
-            return None;
-        }
-        let as_postgres = |program: &str| {
-            let mut command = Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).arg(bin.join(program));
-            command
-        };
-        let init = as_postgres("initdb")
-            .args(["--auth=trust", "--username=postgres", "-D"])
-            .arg(&data)
-            .output()
-            .ok()?;
-        assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let options = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off -c full_page_writes=off",
-            dir.path().display()
-        );
-        let start = as_postgres("pg_ctl")
-            .args(["-w", "-D"])
-            .arg(&data)
-            .args(["-l"])
-            .arg(dir.path().join("log"))
-            .args(["-o", &options, "start"])
-            .output()
-            .ok()?;
-        assert!(
-            start.status.success(),
-            "{}",
-            String::from_utf8_lossy(&start.stderr)
-        );
-        Some(UnsafeCluster { dir, port })
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-#[cfg(feature = "postgres")]
-impl Drop for UnsafeCluster {
-    fn drop(&mut self) {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .into_iter()
-            .flatten()
-            .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
-            .find(|bin| bin.join("pg_ctl").exists());
-        if let Some(bin) = bin {
-            let _ = std::process::Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(bin.join("pg_ctl"))
-                .args(["-m", "immediate", "-D"])
-                .arg(self.dir.path().join("data"))
-                .arg("stop")
-                .output();
-        }
-    }
-}
-
 #[cfg(feature = "postgres")]
 #[tokio::test]
 #[cfg_attr(
@@ -178,7 +88,7 @@ async fn a_postgres_server_without_fsync_is_reported_and_refused_when_strict() {
     if common::postgres_url("a_postgres_server_without_fsync_is_reported_and_refused_when_strict").is_none() {
         return;
     }
-    let Some(cluster) = UnsafeCluster::start() else {
+    let Some(cluster) = common::ScratchCluster::start("-c fsync=off -c full_page_writes=off") else {
         eprintln!("skipped: no PostgreSQL server programs, or no right to run them as postgres");
         return;
     };

@@ -15,6 +15,7 @@ use eventsource::backend::{self, Stores};
 use eventsource::prelude::*;
 use eventsource::shard::{self, ShardMap};
 use eventsource::slice::{SliceCount, SliceRange};
+use eventsource::Repository;
 
 /// A directory of this test process's own for SQLite shard files.
 fn scratch_dir() -> &'static Path {
@@ -301,4 +302,148 @@ async fn a_shards_url_opens_the_stores_of_a_map_file() {
         .await
         .unwrap_err();
     assert!(matches!(missing, Error::InvalidConfiguration(_)), "{missing}");
+}
+
+/// Scans `id` once more, trying again while the store's failure is transient, for up to 30 s.
+async fn scan(repo: &Repository<Parcel>, id: Uuid, n: u64) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let outcome = repo
+            .command(id)
+            .run(|parcel| {
+                parcel.record(Scanned { n });
+                Ok::<_, Error>(())
+            })
+            .await;
+        match outcome {
+            Ok(_) => return Ok(()),
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("scan {n} of {id} failed, trying again: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Waits up to 30 s until `seen` holds `versions` for each of `ids`.
+async fn handled(seen: &Mutex<HashMap<Uuid, Vec<u64>>>, ids: &[Uuid], versions: &[u64]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = {
+            let seen = seen.lock().unwrap();
+            ids.iter()
+                .all(|id| seen.get(id).map(Vec::as_slice) == Some(versions))
+        };
+        if done {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the consumer group handled {:?}, not {versions:?} for each of {ids:?}",
+            seen.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Shard 1, a PostgreSQL server of the test's own, stops: its aggregates fail with a transient
+/// store error while shard 0 (a schema of the shared server) goes on serving commands, loads
+/// and its consumer ranges; started again, shard 1 serves again and its ranges catch up.
+#[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
+async fn one_shard_down_is_one_shard_down() {
+    let Some(url) = common::postgres_url("one_shard_down_is_one_shard_down") else {
+        return;
+    };
+    let Some(cluster) = common::ScratchCluster::start("") else {
+        eprintln!("skipped: no PostgreSQL server programs, or no right to run them as postgres");
+        return;
+    };
+    let scratch = common::ScratchSchema::new(&url, "shard_home");
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let home = backend::open(&format!(
+        "{url}{separator}schema={}&acquire_timeout=2s",
+        scratch.name
+    ))
+    .await
+    .unwrap();
+    let far = backend::open(&format!("{}?acquire_timeout=2s", cluster.url()))
+        .await
+        .unwrap();
+    let stores = shard::open(ShardMap::even(SliceCount::DEFAULT, 2).unwrap(), vec![home, far])
+        .await
+        .unwrap();
+    stores.migrate().await.unwrap();
+    let map = stores.shard_map().unwrap().clone();
+    let on = |shard: usize| loop {
+        let id = Uuid::new_v4();
+        if map.shard_of("Parcel", id) == shard {
+            break id;
+        }
+    };
+    let near: Vec<Uuid> = (0..4).map(|_| on(0)).collect();
+    let distant: Vec<Uuid> = (0..4).map(|_| on(1)).collect();
+    let repo = stores.repository::<Parcel>();
+    for id in near.iter().chain(&distant) {
+        scan(&repo, *id, 1).await.unwrap();
+    }
+
+    let seen: Arc<Mutex<HashMap<Uuid, Vec<u64>>>> = Arc::default();
+    let group = stores
+        .subscription("parcel-scans")
+        .unwrap()
+        .lease(Duration::from_secs(2))
+        .unwrap()
+        .for_aggregate::<Parcel>()
+        .group(2)
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let handlers = |_range: SliceRange| {
+                let seen = seen.clone();
+                move |batch: &[StoredEvent]| {
+                    let mut seen = seen.lock().unwrap();
+                    for event in batch {
+                        seen.entry(event.aggregate_id)
+                            .or_default()
+                            .push(event.aggregate_version);
+                    }
+                    Ok(())
+                }
+            };
+            group
+                .run(1, handlers, async {
+                    let _ = stopped.await;
+                })
+                .await
+        })
+    };
+    let all: Vec<Uuid> = near.iter().chain(&distant).copied().collect();
+    handled(&seen, &all, &[1]).await;
+
+    cluster.stop();
+    for id in &distant {
+        let failed = repo.load(*id).await.unwrap_err();
+        assert!(failed.is_transient(), "a load on the stopped shard: {failed}");
+    }
+    for id in &near {
+        scan(&repo, *id, 2).await.unwrap();
+        assert_eq!(repo.load(*id).await.unwrap().state().scans, 2);
+    }
+    handled(&seen, &near, &[1, 2]).await;
+
+    cluster.start_again();
+    for id in &distant {
+        scan(&repo, *id, 2).await.unwrap();
+    }
+    handled(&seen, &distant, &[1, 2]).await;
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    drop(scratch);
 }

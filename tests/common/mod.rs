@@ -193,8 +193,11 @@ pub fn head_of<'a>(events: impl IntoIterator<Item = &'a StoredEvent>, after: u64
 }
 
 mod child;
+mod cluster;
 mod database;
 #[allow(unused_imports)]
 pub use child::*;
+#[allow(unused_imports)]
+pub use cluster::*;
 #[allow(unused_imports)]
 pub use database::*;

@@ -500,10 +500,11 @@ impl Stores {
         match &self.backend {
             #[cfg(feature = "postgres")]
             Backend::Postgres(events) => events.migrate().await?,
-            Backend::Sharded(_, shards) => {
+            Backend::Sharded(map, shards) => {
                 for shard in shards.iter() {
                     Box::pin(shard.migrate()).await?;
                 }
+                crate::shard::check_shards(map, shards).await?;
             }
             _ => {}
         }

@@ -33,7 +33,8 @@
 //!   shards may both run; one sent after the other finished finds its outcome.
 //!
 //! Each shard must have been created with the map's number of slices, and hold no event of
-//! a slice the map gives to another shard: [`open`] checks both. The map file read by
+//! a slice the map gives to another shard: [`open`] checks both, and
+//! [`Stores::migrate`](crate::backend::Stores::migrate) checks the shards it migrated. The map file read by
 //! [`ShardMap::parse`] is what `backend::open("shards:PATH")` and the admin command line's
 //! `--url shards:PATH` take.
 
@@ -77,9 +78,7 @@ pub async fn open(map: ShardMap, shards: Vec<Stores>) -> Result<Stores> {
             shards.len()
         )));
     }
-    for (index, stores) in shards.iter().enumerate() {
-        check_shard(&map, index, stores).await?;
-    }
+    check_shards(&map, &shards).await?;
     let (map, shards) = (Arc::new(map), Arc::<[Stores]>::from(shards));
     let events = ShardedEventStore::new(map.clone(), shards.clone());
     let snapshots = ShardedSnapshotStore::new(map.clone(), shards.clone());
@@ -139,9 +138,24 @@ pub async fn open_file(path: &str) -> Result<Stores> {
     open(map, shards).await
 }
 
+/// Checks that each shard can serve the ranges `map` gives it: see [`check_shard`].
+pub(crate) async fn check_shards(map: &ShardMap, shards: &[Stores]) -> Result<()> {
+    for (index, stores) in shards.iter().enumerate() {
+        check_shard(map, index, stores).await?;
+    }
+    Ok(())
+}
+
 /// Checks that shard `index` can serve the ranges `map` gives it: a feed by slice of the
-/// map's number of slices, and no event of another shard's ranges.
+/// map's number of slices, and no event of another shard's ranges. A shard whose tables are
+/// not migrated yet (PostgreSQL before [`Stores::migrate`]) holds nothing to check: it is
+/// checked once migrated.
 async fn check_shard(map: &ShardMap, index: usize, stores: &Stores) -> Result<()> {
+    if let Some((applied, latest)) = stores.layout_version().await? {
+        if applied < latest {
+            return Ok(());
+        }
+    }
     let Some(feed) = &stores.slice_feed else {
         return Err(Error::InvalidConfiguration(format!(
             "shard {index} ({} stores) has no feed by slice: a shard must be read by slice",

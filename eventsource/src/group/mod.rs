@@ -188,13 +188,16 @@ impl<C> ConsumerGroup<C> {
     /// # Errors
     ///
     /// [`Error::Store`] if the store failed (transient for a lost
-    /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient)).
+    /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient));
+    /// [`Error::InvalidConfiguration`] on a [sharded store](crate::shard), whose positions
+    /// compare only within one shard.
     ///
     /// # Cancel safety
     ///
     /// Waiting only.
     pub async fn wait_for(&self, position: u64, timeout: Duration) -> Result<bool> {
         let template = self.template();
+        template.one_feed("wait for a position of the whole feed").await?;
         let slices = template.slices().await?;
         wait_for(&**template.store(), &slices, template.name(), position, timeout).await
     }

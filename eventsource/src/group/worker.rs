@@ -188,10 +188,13 @@ impl<'a> Worker<'a> {
             }
             state = self.state().await?;
         }
-        let Some((generation, count)) = state.current() else {
+        let Some((generation, _)) = state.current() else {
             return Ok(started);
         };
-        let (members, share) = self.share(&state, count);
+        // The layout's ranges, as many as it records or more where the store's feeds cut
+        // them (see `SliceParts::split`): the shares are of these.
+        let all = state.ranges_of(generation);
+        let (members, share) = self.share(&state, all.len());
         let mut mine: Vec<(u32, SliceRange)> = self
             .running
             .keys()
@@ -209,7 +212,6 @@ impl<'a> Worker<'a> {
             }
             return Ok(started);
         }
-        let all = state.ranges_of(generation);
         // Each worker starts looking at its own place, so that joiners do not all race for
         // the same free range.
         let start = self.slot.unwrap_or(0) as usize * all.len() / members;
@@ -294,7 +296,7 @@ impl<'a> Worker<'a> {
     /// The number of live workers, and how many of the `count` ranges are this worker's fair
     /// share: an equal part each, the ranges left over going one each to the workers of the
     /// lowest slots.
-    fn share(&self, state: &GroupState, count: u32) -> (usize, usize) {
+    fn share(&self, state: &GroupState, count: usize) -> (usize, usize) {
         let mut live: Vec<u32> = state
             .members
             .iter()
@@ -310,7 +312,6 @@ impl<'a> Worker<'a> {
             .slot
             .and_then(|slot| live.iter().position(|s| *s == slot))
             .unwrap_or(0);
-        let count = count as usize;
         (members, count / members + usize::from(rank < count % members))
     }
 

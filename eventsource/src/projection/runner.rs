@@ -140,6 +140,9 @@ impl Projection {
     ///
     /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn lag(&self) -> Result<u64> {
+        self.subscription
+            .one_feed("tell its lag as a single consumer")
+            .await?;
         let checkpoint = self.checkpoint().await?.unwrap_or(0);
         Ok(self.subscription.events().head(checkpoint).await?.lag())
     }
@@ -179,6 +182,9 @@ impl Projection {
     ///
     /// As [`run`](Self::run).
     pub async fn catch_up(&self, mut progress: impl FnMut(Progress) + Send) -> Result<Progress> {
+        self.subscription
+            .one_feed("catch up as a single consumer")
+            .await?;
         self.setup().await?;
         let start = self.checkpoint().await?.unwrap_or(0);
         let head = self.subscription.events().head(start).await?;
@@ -224,6 +230,8 @@ impl Projection {
     /// As [`run`](Self::run): the rebuild goes on from its last committed batch with
     /// [`catch_up`](Self::catch_up).
     pub async fn rebuild(&self, progress: impl FnMut(Progress) + Send) -> Result<Progress> {
+        // Refused before the read model is emptied, not after.
+        self.subscription.one_feed("rebuild as a single consumer").await?;
         self.reset().await?;
         self.catch_up(progress).await
     }
@@ -282,6 +290,9 @@ impl Projection {
     ///
     /// Waiting only.
     pub async fn wait_for(&self, position: u64, timeout: Duration) -> Result<bool> {
+        self.subscription
+            .one_feed("wait for a position of the whole feed")
+            .await?;
         let deadline = Instant::now() + timeout;
         let mut committed = self.committed.subscribe();
         loop {

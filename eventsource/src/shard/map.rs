@@ -25,9 +25,20 @@ pub struct ShardMap {
 impl ShardMap {
     /// The slices of a store of `count` slices, each range given to the shard of its index;
     /// [`Error::InvalidConfiguration`] unless the ranges, sorted, are contiguous and hold
-    /// every slice once, and every shard from 0 to the highest index holds one.
+    /// every slice once, and every shard from 0 to the highest index holds one. Adjacent
+    /// ranges of one shard are one range: one feed holds them.
     pub fn new(count: SliceCount, mut ranges: Vec<(SliceRange, usize)>) -> Result<Self> {
         ranges.sort();
+        let mut merged: Vec<(SliceRange, usize)> = Vec::with_capacity(ranges.len());
+        for (range, shard) in ranges {
+            match merged.last_mut() {
+                Some((last, holder)) if *holder == shard && last.last() + 1 == range.first() => {
+                    *last = SliceRange::new(last.first(), range.last())?;
+                }
+                _ => merged.push((range, shard)),
+            }
+        }
+        let ranges = merged;
         let parts = SliceParts::new(count, ranges.iter().map(|(range, _)| *range).collect())?;
         let shard_of_part: Vec<usize> = ranges.iter().map(|(_, shard)| *shard).collect();
         let shards = shard_of_part.iter().max().map_or(0, |highest| highest + 1);
@@ -152,8 +163,8 @@ impl ShardMap {
                 text.parse::<u32>()
                     .map_err(|_| bad("has a slice that is no number"))
             };
-            let range =
-                SliceRange::new(slice(first)?, slice(last)?).map_err(|_| bad("has an empty range"))?;
+            let range = SliceRange::new(slice(first)?, slice(last)?)
+                .map_err(|_| bad("has a range that is empty or past the most slices a store has (65,536)"))?;
             let url = url.trim();
             let shard = match urls.iter().position(|known| known == url) {
                 Some(shard) => shard,
@@ -164,13 +175,19 @@ impl ShardMap {
             };
             ranges.push((range, shard));
         }
-        let slices = ranges.iter().map(|(range, _)| range.len()).sum::<u32>();
-        let count = SliceCount::new(slices).map_err(|_| {
-            Error::InvalidConfiguration(format!(
-                "the shard map's ranges hold {slices} slices; a store has a power of two from 1 to {}",
-                SliceCount::MAX.get()
-            ))
-        })?;
+        let slices = ranges
+            .iter()
+            .map(|(range, _)| u64::from(range.len()))
+            .sum::<u64>();
+        let count = u32::try_from(slices)
+            .ok()
+            .and_then(|slices| SliceCount::new(slices).ok())
+            .ok_or_else(|| {
+                Error::InvalidConfiguration(format!(
+                    "the shard map's ranges hold {slices} slices; a store has a power of two from 1 to {}",
+                    SliceCount::MAX.get()
+                ))
+            })?;
         Ok((ShardMap::new(count, ranges)?, urls))
     }
 }
@@ -217,6 +234,10 @@ mod tests {
         assert_eq!(map.slice_count(), SliceCount::DEFAULT);
         assert_eq!(map.ranges_of(0), [range(0, 255), range(512, 1023)]);
         assert_eq!(map.ranges_of(1), [range(256, 511)]);
+        let one = ShardMap::parse("0-511 sqlite:a.db\n512-1023 sqlite:a.db")
+            .unwrap()
+            .0;
+        assert_eq!(one.parts().parts(), [range(0, 1023)], "one shard, one feed");
     }
 
     #[test]

@@ -16,11 +16,12 @@
 //!   ranges, and a [consumer group](crate::group) cuts its ranges at their bounds, so that
 //!   each range reads one shard's feed and keeps a checkpoint in that shard's positions. Run
 //!   subscriptions and projections of a sharded store as consumer groups (`group(n)`, one
-//!   worker or many); a single consumer refuses to start
-//!   ([`Error::InvalidConfiguration`]).
-//! - **Consumers' state on the first shard.** Checkpoints, leases and dead letters live in
-//!   the subscription store of shard 0 (the shard that holds slice 0), as they would in one
-//!   database.
+//!   worker or many), from the beginning of the feed. What needs one order of every event
+//!   is [`Error::InvalidConfiguration`]: a single consumer's run, catch-up, lag and rebuild,
+//!   a group that starts at the end or after a position, and waiting for a position.
+//! - **Consumers' state on shard 0.** Checkpoints, leases and dead letters live in the
+//!   subscription store of shard 0 (the first stores given to [`open`]; in a map file, the
+//!   first URL), as they would in one database.
 //! - **One shard down is one shard down.** A call that needs a shard that cannot be reached
 //!   fails as that shard's store fails (a transient [`Error::Store`]); the other shards go on
 //!   serving commands, loads and the consumer ranges of their slices. Two exceptions: a
@@ -139,9 +140,17 @@ pub async fn open_file(path: &str) -> Result<Stores> {
 }
 
 /// Checks that each shard can serve the ranges `map` gives it: see [`check_shard`].
+///
+/// A shard that cannot be reached now (a transient failure) is not checked, with a warning:
+/// the others can serve while it is down, and its own calls fail until it is back.
 pub(crate) async fn check_shards(map: &ShardMap, shards: &[Stores]) -> Result<()> {
     for (index, stores) in shards.iter().enumerate() {
-        check_shard(map, index, stores).await?;
+        match check_shard(map, index, stores).await {
+            Err(e) if e.is_transient() => {
+                tracing::warn!(shard = index, error = %e, "cannot check a shard against the shard map now; it is used unchecked");
+            }
+            checked => checked?,
+        }
     }
     Ok(())
 }

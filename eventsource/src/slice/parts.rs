@@ -33,17 +33,19 @@ impl SliceParts {
         for part in &parts {
             if part.first() != next {
                 return Err(Error::InvalidConfiguration(format!(
-                    "the parts of {count} are contiguous ranges from slice 0 in order: {part} follows slice {}",
-                    i64::from(next) - 1
+                    "the parts of {count} are contiguous ranges from slice 0 in order: {part} is where slice {next} should start one"
                 )));
             }
             next = part.last() + 1;
         }
         if next != count.get() {
             return Err(Error::InvalidConfiguration(format!(
-                "the parts of {count} hold slices 0 to {}, not 0 to {}",
+                "the parts of {count} must hold slices 0 to {}; these hold {}",
                 count.get() - 1,
-                i64::from(next) - 1
+                match next {
+                    0 => "none".to_owned(),
+                    next => format!("0 to {}", next - 1),
+                }
             )));
         }
         Ok(SliceParts { count, parts })

@@ -237,6 +237,9 @@ impl Subscription {
     /// Where it starts without a checkpoint, given the feed's head: the position after which
     /// it takes events.
     pub(crate) async fn first_position(&self) -> Result<u64> {
+        if self.start != Start::Beginning {
+            self.one_feed("start anywhere but at the beginning").await?;
+        }
         Ok(match self.start {
             Start::Beginning => 0,
             Start::After(position) => position,
@@ -309,6 +312,7 @@ impl Subscription {
     ///
     /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn lag(&self) -> Result<u64> {
+        self.one_feed("tell its lag as a single consumer").await?;
         let checkpoint = self.checkpoint().await?.unwrap_or(0);
         Ok(self.events.head(checkpoint).await?.lag())
     }
@@ -358,6 +362,7 @@ impl Subscription {
     ///
     /// As [`run`](Self::run).
     pub async fn catch_up<H: Handler>(&self, mut handler: H) -> Result<u64> {
+        self.one_feed("catch up as a single consumer").await?;
         let start = match (self.checkpoint().await?, self.start) {
             (Some(position), _) => position,
             (None, Start::Beginning) => 0,
@@ -513,20 +518,32 @@ impl Subscription {
 
     /// A consumer of the whole feed refuses to run under a name that runs as a consumer
     /// group: it would handle again what the group's ranges handle.
-    /// [`Error::InvalidConfiguration`] for a single consumer of a store whose slices are in
-    /// several feeds (a [sharded store](crate::shard)): positions compare only within one
-    /// feed, so one checkpoint cannot follow them all. A failure to ask is left to the run,
-    /// which tries its store calls again.
-    async fn check_one_feed(&self) -> Result<()> {
-        let (None, Some(feed)) = (&self.range, &self.options.slice_feed) else {
+    /// [`Error::InvalidConfiguration`] if the store it reads has its slices in several feeds
+    /// (a [sharded store](crate::shard)): to `what` needs one order of every event, and
+    /// positions compare only within one feed.
+    pub(crate) async fn one_feed(&self, what: &str) -> Result<()> {
+        let Some(feed) = &self.options.slice_feed else {
             return Ok(());
         };
-        match feed.parts().await {
-            Ok(parts) if parts.parts().len() > 1 => Err(Error::InvalidConfiguration(format!(
-                "{} reads a store of {parts} (a sharded store, with no single order of its events): \
-                 run it as a consumer group, with `group`, whose ranges each read one feed",
+        let parts = feed.parts().await?;
+        if parts.parts().len() > 1 {
+            return Err(Error::InvalidConfiguration(format!(
+                "{} cannot {what}: it reads a store of {parts} (a sharded store), with no single order of \
+                 its events; run it as a consumer group, with `group`, whose ranges each read one feed",
                 self.name
-            ))),
+            )));
+        }
+        Ok(())
+    }
+
+    /// [`one_feed`](Self::one_feed) for a single consumer; a failure to ask is left to the
+    /// run, which tries its store calls again.
+    async fn check_one_feed(&self) -> Result<()> {
+        if self.range.is_some() {
+            return Ok(());
+        }
+        match self.one_feed("run as a single consumer").await {
+            Err(e @ Error::InvalidConfiguration(_)) => Err(e),
             _ => Ok(()),
         }
     }

@@ -158,7 +158,8 @@ async fn scan_all(repo: &Repository<Parcel>, ids: &[Uuid], n: u64) {
 
 /// A consumer group over a sharded store handles every event once, each aggregate's in order,
 /// its ranges cut at the map's bounds and every one of them run, by one worker, for the events
-/// appended before it started and after; what needs one order of every event is refused.
+/// appended before it started and after; a single consumer runs as such a group; what needs
+/// one order of every event is refused.
 #[tokio::test]
 async fn a_consumer_group_reads_each_range_from_its_shard() {
     let stores = in_memory(uneven_map()).await;
@@ -167,13 +168,34 @@ async fn a_consumer_group_reads_each_range_from_its_shard() {
     scan_all(&repo, &ids, 1).await;
     scan_all(&repo, &ids, 2).await;
 
-    let single = stores.subscription("parcels-single").unwrap();
-    let refused = single
-        .run(|_: &[StoredEvent]| Ok(()), std::future::pending())
-        .await
-        .unwrap_err();
-    assert!(matches!(refused, Error::InvalidConfiguration(_)), "{refused}");
-    assert!(refused.to_string().contains("consumer group"), "{refused}");
+    // A single consumer runs as a group of one range, cut at the map's bounds, by one worker.
+    let single = stores
+        .subscription("parcels-single")
+        .unwrap()
+        .for_aggregate::<Parcel>();
+    let single_seen: Arc<Mutex<HashMap<Uuid, Vec<u64>>>> = Arc::default();
+    let handler = {
+        let seen = single_seen.clone();
+        move |batch: &[StoredEvent]| {
+            let mut seen = seen.lock().unwrap();
+            for event in batch {
+                seen.entry(event.aggregate_id)
+                    .or_default()
+                    .push(event.aggregate_version);
+            }
+            Ok(())
+        }
+    };
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        single.run(handler, handled(&single_seen, &ids, &[1, 2])),
+    )
+    .await
+    .expect("the single consumer handles every event")
+    .unwrap();
+    let as_group = stores.subscription("parcels-single").unwrap().group(1).unwrap();
+    let status = as_group.status().await.unwrap().unwrap();
+    assert_eq!(status.ranges.len(), 3, "{status:?}");
     for refused in [
         single.catch_up(|_: &[StoredEvent]| Ok(())).await.unwrap_err(),
         single.lag().await.unwrap_err(),

@@ -14,11 +14,13 @@
 //!   one shard is [`Error::InvalidInput`]. Consumers read the feed by slice
 //!   ([`SliceFeed`](crate::SliceFeed)): its [`parts`](crate::SliceFeed::parts) are the map's
 //!   ranges, and a [consumer group](crate::group) cuts its ranges at their bounds, so that
-//!   each range reads one shard's feed and keeps a checkpoint in that shard's positions. Run
-//!   subscriptions and projections of a sharded store as consumer groups (`group(n)`, one
-//!   worker or many), from the beginning of the feed. What needs one order of every event
-//!   is [`Error::InvalidConfiguration`]: a single consumer's run, catch-up, lag and rebuild,
-//!   a group that starts at the end or after a position, and waiting for a position.
+//!   each range reads one shard's feed and keeps a checkpoint in that shard's positions. A
+//!   subscription or projection run as a single consumer (`run`) is such a group of one
+//!   range with one worker in the process; run it as a group (`group(n)`) to spread it over
+//!   workers. Consumers start from the beginning of the feed. What needs one order of every
+//!   event is [`Error::InvalidConfiguration`]: a single consumer's catch-up, lag and
+//!   rebuild, a group that starts at the end or after a position, and waiting for a
+//!   position.
 //! - **Consumers' state on shard 0.** Checkpoints, leases and dead letters live in the
 //!   subscription store of shard 0 (the first stores given to [`open`]; in a map file, the
 //!   first URL), as they would in one database.

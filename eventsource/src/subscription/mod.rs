@@ -84,6 +84,7 @@ pub use store::{
 pub use supervisor::Restart;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -444,7 +445,37 @@ impl Subscription {
         sink: &mut K,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<()> {
+        if self.reads_split_feed().await {
+            return self.run_in_ranges(sink, shutdown).await;
+        }
         self.run_as(sink, shutdown, Uuid::new_v4()).await
+    }
+
+    /// Whether it is a single consumer of a store whose slices are in several feeds (a
+    /// [sharded store](crate::shard)). A failure to ask is taken as one feed: the run then
+    /// tries its store calls again, as with any store.
+    async fn reads_split_feed(&self) -> bool {
+        match (&self.range, &self.options.slice_feed) {
+            (None, Some(feed)) => feed.parts().await.is_ok_and(|parts| parts.parts().len() > 1),
+            _ => false,
+        }
+    }
+
+    /// Runs it as what a single consumer of a store of several feeds is: a consumer group of
+    /// one range, cut at the feeds' bounds, run by one worker in this process. The ranges
+    /// hand their batches to `sink` in turn.
+    async fn run_in_ranges<K: Sink>(
+        &self,
+        sink: &mut K,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<()> {
+        let shared = Arc::new(tokio::sync::Mutex::new(sink));
+        let run_range = |range: Subscription, stop: Pin<Box<dyn Future<Output = ()> + Send>>, owner: Uuid| {
+            let mut sink = SharedSink(shared.clone());
+            Box::pin(async move { range.run_as(&mut sink, stop, owner).await })
+                as Pin<Box<dyn Future<Output = Result<()>> + Send + '_>>
+        };
+        crate::group::run_workers(self, 1, 1, &run_range, shutdown).await
     }
 
     /// Runs the subscription as [`run_into`](Self::run_into) does, as `owner`. A range of a
@@ -456,7 +487,6 @@ impl Subscription {
         shutdown: impl Future<Output = ()> + Send,
         owner: Uuid,
     ) -> Result<()> {
-        self.check_one_feed().await?;
         let mut shutdown = Box::pin(shutdown.fuse());
         let mut waiter = self.options.signal.as_ref().map(|signal| signal.waiter());
         let held = Held::new(&*self.store, &self.name, owner, self.options.lease);
@@ -534,18 +564,6 @@ impl Subscription {
             )));
         }
         Ok(())
-    }
-
-    /// [`one_feed`](Self::one_feed) for a single consumer; a failure to ask is left to the
-    /// run, which tries its store calls again.
-    async fn check_one_feed(&self) -> Result<()> {
-        if self.range.is_some() {
-            return Ok(());
-        }
-        match self.one_feed("run as a single consumer").await {
-            Err(e @ Error::InvalidConfiguration(_)) => Err(e),
-            _ => Ok(()),
-        }
     }
 
     async fn check_not_grouped(&self) -> Result<()> {
@@ -881,6 +899,33 @@ pub(crate) trait Sink: Send {
         last: u64,
         owner: Uuid,
     ) -> Result<bool>;
+}
+
+/// One sink shared by the ranges of a single consumer run as a group: each call takes it in
+/// turn.
+struct SharedSink<'s, K>(Arc<tokio::sync::Mutex<&'s mut K>>);
+
+#[async_trait::async_trait]
+impl<K: Sink> Sink for SharedSink<'_, K> {
+    async fn checkpoint(&mut self, subscription: &Subscription) -> Result<Option<u64>> {
+        self.0.lock().await.checkpoint(subscription).await
+    }
+
+    async fn commit(
+        &mut self,
+        subscription: &Subscription,
+        taken: &[StoredEvent],
+        read: usize,
+        after: Option<u64>,
+        last: u64,
+        owner: Uuid,
+    ) -> Result<bool> {
+        self.0
+            .lock()
+            .await
+            .commit(subscription, taken, read, after, last, owner)
+            .await
+    }
 }
 
 /// A plain subscription's sink: the handler, then the checkpoint in the subscription store.

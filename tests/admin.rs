@@ -1059,3 +1059,87 @@ async fn doctor_finds_pending_migrations_and_dead_letters() {
     })
     .await;
 }
+
+/// The admin command line on a sharded store (`shards:PATH`, two SQLite files): `stats` shows
+/// each shard, `events tail` reads the feed of the shard named, and a dead letter of a range
+/// is shown from its shard's feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_command_line_on_a_sharded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let map = dir.path().join("shards.map");
+    std::fs::write(
+        &map,
+        format!(
+            "0-511 sqlite:{}\n512-1023 sqlite:{}\n",
+            dir.path().join("a.db").display(),
+            dir.path().join("b.db").display()
+        ),
+    )
+    .unwrap();
+    let url = format!("shards:{}", map.display());
+    let stores = eventsource::backend::open(&url).await.unwrap();
+    fill(&stores).await;
+    let events: u64 = (1..=ACCOUNTS).sum();
+
+    let stats = json(&url, &["stats"], 0);
+    let shards = stats["shards"].as_array().expect("a shard list");
+    assert_eq!(shards.len(), 2, "{stats}");
+    assert_eq!(shards[1]["slices"][0], "512-1023");
+    let counted: u64 = shards.iter().map(|s| s["events"].as_u64().unwrap()).sum();
+    assert_eq!(counted, events, "{stats}");
+    assert_eq!(account_stats(&stats)["streams"], ACCOUNTS);
+    let text = String::from_utf8(admin(&url, &["stats"]).stdout).unwrap();
+    assert!(text.contains("shard 1  slices 512-1023"), "{text}");
+
+    let migrate = String::from_utf8(admin(&url, &["migrate"]).stdout).unwrap();
+    assert!(
+        migrate.contains("shard 0") && migrate.contains("shard 1") && migrate.contains("nothing is pending"),
+        "{migrate}"
+    );
+
+    let unnamed = admin(&url, &["events", "tail", "--from-start", "--no-follow"]);
+    assert_eq!(unnamed.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unnamed.stderr).contains("--shard"));
+    let mut tailed = 0;
+    for shard in ["0", "1"] {
+        let args = [
+            "--json",
+            "events",
+            "tail",
+            "--from-start",
+            "--no-follow",
+            "--shard",
+            shard,
+        ];
+        let tail = admin(&url, &args);
+        assert_eq!(tail.status.code(), Some(0));
+        tailed += String::from_utf8(tail.stdout).unwrap().lines().count() as u64;
+    }
+    assert_eq!(tailed, events);
+
+    let shard = &stores.shards().unwrap()[0];
+    let feed: Vec<StoredEvent> = shard.events.read_all(0).try_collect().await.unwrap();
+    let event = feed.last().expect("shard 0 holds events");
+    // The range held its lease when it recorded the letter: it is then listed.
+    let range = "audit#1:0-511";
+    let held = stores
+        .subscriptions
+        .acquire(range, Uuid::new_v4(), std::time::Duration::from_secs(60));
+    assert!(held.await.unwrap());
+    stores
+        .subscriptions
+        .dead_letter(range, event, "refused")
+        .await
+        .unwrap();
+    let shown = json(
+        &url,
+        &["deadletters", "show", "audit", &event.event_id.to_string()],
+        0,
+    );
+    assert_eq!(shown["event_id"], event.event_id.to_string(), "{shown}");
+    assert_eq!(
+        shown["event"]["aggregate_id"],
+        event.aggregate_id.to_string(),
+        "the letter's event, read from its shard: {shown}"
+    );
+}

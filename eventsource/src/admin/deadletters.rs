@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -191,11 +190,10 @@ async fn show(
                 escape(name)
             ))
         })?;
-    let mut read = stores.events.read_all(letter.position.saturating_sub(1));
-    let event = match read.next().await.transpose()? {
-        Some(event) if event.event_id == letter.event_id => Some(EventView::of(&event)),
-        _ => None,
-    };
+    let feed = stores.slice_feed.as_deref();
+    let event = crate::subscription::replay::letter_event(&*stores.events, feed, &letter)
+        .await?
+        .map(|event| EventView::of(&event));
     let shown = Shown {
         letter: letter.into(),
         event,

@@ -28,7 +28,9 @@ pub(super) async fn run(
             after,
             count,
             no_follow,
+            shard,
         } => {
+            let stores = feed_stores(stores, shard)?;
             let filter = Filter {
                 aggregate_type,
                 event_type,
@@ -41,6 +43,29 @@ pub(super) async fn run(
             tail(stores, &filter, after, count, !no_follow, out).await
         }
         EventsCommand::Show { id, aggregate_type } => show(stores, id, aggregate_type, out).await,
+    }
+}
+
+/// The stores whose feed `events tail` prints: those given, or on a sharded store the shard
+/// asked for.
+fn feed_stores(stores: &Stores, shard: Option<usize>) -> Result<&Stores, AdminError> {
+    match (stores.shards(), shard) {
+        (None, None) => Ok(stores),
+        (None, Some(_)) => Err(AdminError::Refused(format!(
+            "--shard names a shard of a sharded store; these {} stores are one database",
+            stores.backend_name()
+        ))),
+        (Some(shards), Some(shard)) => shards.get(shard).ok_or_else(|| {
+            AdminError::Refused(format!(
+                "the store has shards 0 to {}, not {shard}",
+                shards.len() - 1
+            ))
+        }),
+        (Some(shards), None) => Err(AdminError::Refused(format!(
+            "a sharded store has a feed per shard, with positions of its own: name one with \
+             --shard (0 to {})",
+            shards.len() - 1
+        ))),
     }
 }
 

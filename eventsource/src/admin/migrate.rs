@@ -1,5 +1,5 @@
 //! `migrate`: the layout of the tables, the steps pending, their SQL for a review, and
-//! applying them.
+//! applying them; on a sharded store, for each shard in turn.
 
 use serde::Serialize;
 
@@ -23,6 +23,20 @@ pub(super) async fn run(
     apply: bool,
     out: &mut Output<'_>,
 ) -> Result<Outcome, AdminError> {
+    // A sharded store: each shard is a database of its own, with a plan of its own.
+    if let Some(shards) = stores.shards() {
+        for (index, shard) in shards.iter().enumerate() {
+            if !out.is_json() {
+                out.raw(&format!("shard {index}\n"))?;
+            }
+            Box::pin(run(shard, print_sql, apply, out)).await?;
+        }
+        if apply {
+            // Each shard checked against the map, now that its tables are there.
+            stores.migrate().await?;
+        }
+        return Ok(Outcome::Clean);
+    }
     let plan = stores.migration_plan().await?;
     let backend = stores.backend_name();
     let Some(plan) = plan else {

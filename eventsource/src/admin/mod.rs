@@ -71,6 +71,7 @@ mod events;
 mod migrate;
 mod output;
 mod projections;
+mod shards;
 mod snapshots;
 mod stats;
 mod verify_projection;
@@ -326,6 +327,10 @@ pub enum EventsCommand {
         /// Stops at the feed's head instead of waiting for more.
         #[arg(long)]
         no_follow: bool,
+        /// The shard whose feed to print, on a sharded store (each shard has a feed of its
+        /// own, with positions of its own): from 0, as `stats` lists them. Required there.
+        #[arg(long, value_name = "N")]
+        shard: Option<usize>,
     },
     /// Prints every event of one aggregate.
     Show {

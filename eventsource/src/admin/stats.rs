@@ -10,6 +10,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::output::{thousands, Output};
+use super::shards::{feed_head, shard_stats, write_shards, ShardStats};
 use super::{every_registered, registered, AdminError, Outcome};
 use crate::backend::Stores;
 use crate::group::{self, GroupStatus};
@@ -90,6 +91,9 @@ pub(super) async fn streams(
 
 #[derive(Serialize)]
 struct Stats {
+    /// Each shard of a sharded store; none for one database.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    shards: Vec<ShardStats>,
     aggregates: Vec<AggregateStats>,
     subscriptions: Vec<SubscriptionStats>,
 }
@@ -178,6 +182,7 @@ pub(super) async fn run(
         None => every_registered(),
     };
     let mut stats = Stats {
+        shards: shard_stats(stores).await,
         aggregates: Vec::new(),
         subscriptions: subscriptions(stores, projections).await?,
     };
@@ -236,7 +241,7 @@ pub(super) async fn subscriptions(
     listed.sort_by(|a, b| a.name.cmp(&b.name));
     let mut stats = Vec::with_capacity(listed.len());
     for status in listed {
-        let head = stores.events.head(status.checkpoint.unwrap_or(0)).await?;
+        let head = feed_head(stores, status.checkpoint.unwrap_or(0)).await?;
         stats.push(SubscriptionStats {
             projection: projections.iter().any(|p| p.name() == status.name),
             state: match (status.owner, status.checkpoint) {
@@ -260,7 +265,7 @@ pub(super) async fn subscriptions(
         let checkpoints: Option<Vec<u64>> = group.ranges.iter().map(|r| r.checkpoint).collect();
         let checkpoint = checkpoints.and_then(|c| c.into_iter().min());
         // What holds the feed back, counted from the lowest range, not from the beginning.
-        let head = stores.events.head(checkpoint.unwrap_or(0)).await?;
+        let head = feed_head(stores, checkpoint.unwrap_or(0)).await?;
         stats.push(SubscriptionStats {
             projection: projections.iter().any(|p| p.name() == group.name),
             state: if group.ranges.iter().any(|r| r.owner.is_some()) {
@@ -339,6 +344,7 @@ async fn grouped(
 }
 
 fn write_stats(stats: &Stats, out: &mut dyn Write) -> std::io::Result<()> {
+    write_shards(&stats.shards, out)?;
     for a in &stats.aggregates {
         writeln!(
             out,

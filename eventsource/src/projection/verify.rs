@@ -243,12 +243,16 @@ impl Projection {
     ///
     /// # Errors
     ///
-    /// A store error as the store gives it.
+    /// A store error as the store gives it; [`Error::InvalidConfiguration`] on a
+    /// [sharded store](crate::shard), whose feeds have no common positions.
     ///
     /// # Cancel safety
     ///
     /// A read: dropping the future loses nothing, and nothing is left half done.
     pub async fn streams_between(&self, after: u64, until: u64) -> Result<Vec<StreamKey>> {
+        self.subscription()
+            .one_feed("list the streams of a range of the whole feed")
+            .await?;
         let options = self.subscription().options();
         let mut seen = BTreeSet::new();
         let mut streams = Vec::new();

@@ -88,6 +88,15 @@ pub(crate) fn parse(group: &str, name: &str) -> Option<Entry> {
     Some(Entry::Range(generation.parse().ok()?, range))
 }
 
+/// The slices of the range `name` stands for, if it names a range of a consumer group.
+pub(crate) fn slices_of(name: &str) -> Option<SliceRange> {
+    let (group, _) = name.rsplit_once(SEPARATOR)?;
+    match parse(group, name)? {
+        Entry::Range(_, range) => Some(range),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +105,9 @@ mod tests {
     fn every_name_reads_back_as_what_it_names() {
         let range = SliceRange::new(256, 511).unwrap();
         assert_eq!(parse("orders", "orders"), Some(Entry::Single));
+        assert_eq!(slices_of(&super::range("orders", 2, range)), Some(range));
+        assert_eq!(slices_of("orders"), None);
+        assert_eq!(slices_of(&layout("orders", 2)), None);
         assert_eq!(parse("orders", &layout("orders", 3)), Some(Entry::Layout(3)));
         assert_eq!(
             parse("orders", &super::range("orders", 3, range)),

@@ -228,16 +228,34 @@ async fn event_of(
     subscription: &Subscription,
     letter: &DeadLetter,
 ) -> Result<std::result::Result<StoredEvent, String>> {
-    let mut read = subscription.events().read_all(letter.position.saturating_sub(1));
-    match read.next().await.transpose()? {
-        Some(event) if event.position == letter.position && event.event_id == letter.event_id => {
-            Ok(Ok(event))
-        }
-        _ => Ok(Err(format!(
+    let feed = subscription.options().slice_feed.as_deref();
+    match letter_event(&**subscription.events(), feed, letter).await? {
+        Some(event) => Ok(Ok(event)),
+        None => Ok(Err(format!(
             "the feed holds no event {} at position {}: it cannot be replayed",
             letter.event_id, letter.position
         ))),
     }
+}
+
+/// The letter's event, read from the feed at its position, if it is there. A letter of a
+/// consumer group's range is read from the feed of the range's slices (on a
+/// [sharded store](crate::shard), its shard's: the position is of that feed).
+pub(crate) async fn letter_event(
+    events: &dyn crate::EventStore,
+    feed: Option<&dyn crate::SliceFeed>,
+    letter: &DeadLetter,
+) -> Result<Option<StoredEvent>> {
+    let after = letter.position.saturating_sub(1);
+    let mut read = match (super::names::slices_of(&letter.subscription), feed) {
+        (Some(range), Some(feed)) => feed.read_slices(range, after),
+        _ => events.read_all(after),
+    };
+    Ok(read
+        .next()
+        .await
+        .transpose()?
+        .filter(|event| event.position == letter.position && event.event_id == letter.event_id))
 }
 
 /// A plain subscription's handler: it takes the event, or fails.

@@ -546,8 +546,6 @@ impl Subscription {
         }
     }
 
-    /// A consumer of the whole feed refuses to run under a name that runs as a consumer
-    /// group: it would handle again what the group's ranges handle.
     /// [`Error::InvalidConfiguration`] if the store it reads has its slices in several feeds
     /// (a [sharded store](crate::shard)): to `what` needs one order of every event, and
     /// positions compare only within one feed.
@@ -566,6 +564,8 @@ impl Subscription {
         Ok(())
     }
 
+    /// A consumer of the whole feed refuses to run under a name that runs as a consumer
+    /// group: it would handle again what the group's ranges handle.
     async fn check_not_grouped(&self) -> Result<()> {
         if self.range.is_some() {
             return Ok(());

@@ -173,22 +173,10 @@ async fn a_consumer_group_reads_each_range_from_its_shard() {
         .subscription("parcels-single")
         .unwrap()
         .for_aggregate::<Parcel>();
-    let single_seen: Arc<Mutex<HashMap<Uuid, Vec<u64>>>> = Arc::default();
-    let handler = {
-        let seen = single_seen.clone();
-        move |batch: &[StoredEvent]| {
-            let mut seen = seen.lock().unwrap();
-            for event in batch {
-                seen.entry(event.aggregate_id)
-                    .or_default()
-                    .push(event.aggregate_version);
-            }
-            Ok(())
-        }
-    };
+    let single_seen = Seen::default();
     tokio::time::timeout(
         Duration::from_secs(30),
-        single.run(handler, handled(&single_seen, &ids, &[1, 2])),
+        single.run(recording(&single_seen), handled(&single_seen, &ids, &[1, 2])),
     )
     .await
     .expect("the single consumer handles every event")
@@ -214,7 +202,7 @@ async fn a_consumer_group_reads_each_range_from_its_shard() {
         .unwrap_err();
     assert!(matches!(refused, Error::InvalidConfiguration(_)), "{refused}");
 
-    let seen: Arc<Mutex<HashMap<Uuid, Vec<u64>>>> = Arc::default();
+    let seen = Seen::default();
     let ranges: Arc<Mutex<Vec<SliceRange>>> = Arc::default();
     let group = stores
         .subscription("parcels")
@@ -228,16 +216,7 @@ async fn a_consumer_group_reads_each_range_from_its_shard() {
     assert!(matches!(refused, Error::InvalidConfiguration(_)), "{refused}");
     let handlers = |range: SliceRange| {
         ranges.lock().unwrap().push(range);
-        let seen = seen.clone();
-        move |batch: &[StoredEvent]| {
-            let mut seen = seen.lock().unwrap();
-            for event in batch {
-                seen.entry(event.aggregate_id)
-                    .or_default()
-                    .push(event.aggregate_version);
-            }
-            Ok(())
-        }
+        recording(&seen)
     };
     let more = async {
         handled(&seen, &ids, &[1, 2]).await;
@@ -345,6 +324,23 @@ async fn a_shards_url_opens_the_stores_of_a_map_file() {
     assert!(matches!(missing, Error::InvalidConfiguration(_)), "{missing}");
 }
 
+/// The versions of each aggregate's events a handler was handed, in order.
+type Seen = Arc<Mutex<HashMap<Uuid, Vec<u64>>>>;
+
+/// A handler that records in `seen` the events it is handed.
+fn recording(seen: &Seen) -> impl FnMut(&[StoredEvent]) -> Result<(), HandlerError> + Send + 'static {
+    let seen = seen.clone();
+    move |batch| {
+        let mut seen = seen.lock().unwrap();
+        for event in batch {
+            seen.entry(event.aggregate_id)
+                .or_default()
+                .push(event.aggregate_version);
+        }
+        Ok(())
+    }
+}
+
 /// Scans `id` once more, trying again while the store's failure is transient, for up to 30 s.
 async fn scan(repo: &Repository<Parcel>, id: Uuid, n: u64) -> Result<(), String> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -368,7 +364,7 @@ async fn scan(repo: &Repository<Parcel>, id: Uuid, n: u64) -> Result<(), String>
 }
 
 /// Waits up to 30 s until `seen` holds `versions` for each of `ids`.
-async fn handled(seen: &Mutex<HashMap<Uuid, Vec<u64>>>, ids: &[Uuid], versions: &[u64]) {
+async fn handled(seen: &Seen, ids: &[Uuid], versions: &[u64]) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let done = {
@@ -433,7 +429,7 @@ async fn one_shard_down_is_one_shard_down() {
         scan(&repo, *id, 1).await.unwrap();
     }
 
-    let seen: Arc<Mutex<HashMap<Uuid, Vec<u64>>>> = Arc::default();
+    let seen = Seen::default();
     let group = stores
         .subscription("parcel-scans")
         .unwrap()
@@ -446,18 +442,7 @@ async fn one_shard_down_is_one_shard_down() {
     let running = {
         let seen = seen.clone();
         tokio::spawn(async move {
-            let handlers = |_range: SliceRange| {
-                let seen = seen.clone();
-                move |batch: &[StoredEvent]| {
-                    let mut seen = seen.lock().unwrap();
-                    for event in batch {
-                        seen.entry(event.aggregate_id)
-                            .or_default()
-                            .push(event.aggregate_version);
-                    }
-                    Ok(())
-                }
-            };
+            let handlers = |_range: SliceRange| recording(&seen);
             group
                 .run(1, handlers, async {
                     let _ = stopped.await;

@@ -21,7 +21,7 @@
 //!
 //! **Writers.** For 1, 2 and 4 shards it starts that many PostgreSQL clusters of its own (as
 //! the `postgres` user, on free ports, each in a temporary directory, stopped at the end),
-//! puts them together with `shard::open`, and runs `--writers` tasks that each create accounts
+//! puts them together with `sharded::open`, and runs `--writers` tasks that each create accounts
 //! (one `AccountOpened` command after the other) for `--seconds`; it prints the commands per
 //! second. On a machine of few cores the clusters share them: the figure shows where the
 //! ceiling moves when the databases' own work is split, not what separate machines give.
@@ -36,9 +36,9 @@ use std::time::{Duration, Instant};
 
 use account::{Account, AccountCommands};
 use eventsource::backend::postgres::sqlx::{self, Executor};
+use eventsource::backend::sharded::{self, ShardMap};
 use eventsource::backend::{self, Stores};
 use eventsource::prelude::*;
-use eventsource::shard::{self, ShardMap};
 use eventsource::slice::SliceCount;
 
 type Fallible<T = ()> = Result<T, Box<dyn std::error::Error>>;
@@ -166,7 +166,7 @@ async fn size_cell(options: &Options, n: u64, shards: usize) -> Fallible<String>
         .await?;
         stores.push(shard_stores);
     }
-    let stores = shard::open(map, stores).await?;
+    let stores = sharded::open(map, stores).await?;
     let ids = sample_ids(&stores).await?;
     let plain = stores.repository::<Account>();
     let snapshots = stores.repository_with_snapshots::<Account>(SnapshotPolicy::every(1)?);
@@ -294,7 +294,7 @@ async fn writers_cell(options: &Options, shards: usize) -> Fallible<(u64, f64)> 
         shard_stores.migrate().await?;
         stores.push(shard_stores);
     }
-    let stores = shard::open(ShardMap::even(SliceCount::DEFAULT, shards)?, stores).await?;
+    let stores = sharded::open(ShardMap::even(SliceCount::DEFAULT, shards)?, stores).await?;
     let repo = stores.repository::<Account>();
     // Warm-up: every connection of every pool prepares its statements.
     let warm = Instant::now() + Duration::from_millis(500);

@@ -1,6 +1,6 @@
 //! The sharded store: the conformance suites through the router over SQLite files and over
 //! PostgreSQL databases, consumer groups that read each range from its shard, and the checks
-//! of `shard::open` (the map against the shards) and of `shards:` URLs.
+//! of `sharded::open` (the map against the shards) and of `shards:` URLs.
 //!
 //! The PostgreSQL cases need `EVENTSOURCE_TEST_POSTGRES_URL`; see tests/postgres_store.rs.
 
@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use eventsource::backend::sharded::{self, ShardMap};
 use eventsource::backend::{self, Stores};
 use eventsource::prelude::*;
-use eventsource::shard::{self, ShardMap};
 use eventsource::slice::{SliceCount, SliceRange};
 use eventsource::Repository;
 
@@ -49,7 +49,7 @@ async fn on_sqlite_files() -> Stores {
                 .unwrap(),
         );
     }
-    shard::open(uneven_map(), shards).await.unwrap()
+    sharded::open(uneven_map(), shards).await.unwrap()
 }
 
 mod on_sqlite_files {
@@ -71,7 +71,7 @@ async fn on_postgres(test: &str) -> Option<Stores> {
         shards.push(stores);
     }
     Some(
-        shard::open(ShardMap::even(SliceCount::DEFAULT, 2).unwrap(), shards)
+        sharded::open(ShardMap::even(SliceCount::DEFAULT, 2).unwrap(), shards)
             .await
             .unwrap(),
     )
@@ -108,7 +108,7 @@ impl Apply<Scanned> for Parcel {
 /// Fresh in-memory shards under `map`.
 async fn in_memory(map: ShardMap) -> Stores {
     let shards = (0..map.shards()).map(|_| Stores::in_memory()).collect();
-    shard::open(map, shards).await.unwrap()
+    sharded::open(map, shards).await.unwrap()
 }
 
 #[tokio::test]
@@ -243,20 +243,20 @@ async fn a_consumer_group_reads_each_range_from_its_shard() {
 #[tokio::test]
 async fn open_refuses_a_map_the_shards_do_not_fit() {
     let map = ShardMap::even(SliceCount::DEFAULT, 2).unwrap();
-    let too_few = shard::open(map.clone(), vec![Stores::in_memory()])
+    let too_few = sharded::open(map.clone(), vec![Stores::in_memory()])
         .await
         .unwrap_err();
     assert!(matches!(too_few, Error::InvalidConfiguration(_)), "{too_few}");
 
     let other_count = backend::open("memory:?slices=512").await.unwrap();
-    let refused = shard::open(map.clone(), vec![Stores::in_memory(), other_count])
+    let refused = sharded::open(map.clone(), vec![Stores::in_memory(), other_count])
         .await
         .unwrap_err();
     assert!(refused.to_string().contains("512 slices"), "{refused}");
 
     // Events written under one map, the shards then given in the other order.
     let (a, b) = (Stores::in_memory(), Stores::in_memory());
-    let stores = shard::open(map.clone(), vec![a.clone(), b.clone()])
+    let stores = sharded::open(map.clone(), vec![a.clone(), b.clone()])
         .await
         .unwrap();
     let repo = stores.repository::<Parcel>();
@@ -269,7 +269,7 @@ async fn open_refuses_a_map_the_shards_do_not_fit() {
             .await
             .unwrap();
     }
-    let swapped = shard::open(map, vec![b, a]).await.unwrap_err();
+    let swapped = sharded::open(map, vec![b, a]).await.unwrap_err();
     assert!(matches!(swapped, Error::InvalidConfiguration(_)), "{swapped}");
     assert!(swapped.to_string().contains("not the one"), "{swapped}");
 }
@@ -411,7 +411,7 @@ async fn one_shard_down_is_one_shard_down() {
     let far = backend::open(&format!("{}?acquire_timeout=2s", cluster.url()))
         .await
         .unwrap();
-    let stores = shard::open(ShardMap::even(SliceCount::DEFAULT, 2).unwrap(), vec![home, far])
+    let stores = sharded::open(ShardMap::even(SliceCount::DEFAULT, 2).unwrap(), vec![home, far])
         .await
         .unwrap();
     stores.migrate().await.unwrap();

@@ -46,7 +46,7 @@ impl AppendSignal {
     }
 
     /// Raises this signal at each raise of `other`, for as long as both live: a store made of
-    /// others (a [sharded store](crate::shard)) wakes its consumers at each of theirs. Needs a
+    /// others (a [sharded store](crate::backend::sharded)) wakes its consumers at each of theirs. Needs a
     /// Tokio runtime, on which it runs a task.
     pub fn follow(&self, other: &AppendSignal) {
         let mut raised = other.0.subscribe();
@@ -186,7 +186,7 @@ pub trait SliceFeed: Send + Sync {
 
     /// The parts of the slices whose events one feed orders: a range read here lies within
     /// one of them, since positions compare only within one feed. A store with one feed has
-    /// one part, every slice ([`SliceParts::whole`]); a [sharded store](crate::shard) has a
+    /// one part, every slice ([`SliceParts::whole`]); a [sharded store](crate::backend::sharded) has a
     /// part for each range of its map.
     async fn parts(&self) -> Result<SliceParts>;
 

@@ -25,7 +25,6 @@ pub mod repository;
 pub mod request;
 mod request_id;
 pub mod root;
-pub mod shard;
 pub mod slice;
 pub mod snapshot;
 pub mod subscription;

@@ -1,4 +1,4 @@
-//! What the admin command line shows of a sharded store (see [`crate::shard`]): each shard's
+//! What the admin command line shows of a sharded store (see [`crate::backend::sharded`]): each shard's
 //! ranges and feed, and the feed's head summed over the shards where one head is asked for.
 
 use std::io::Write;

@@ -1,5 +1,6 @@
 //! Store backends: in-memory (always), SQLite (`sqlite` feature), PostgreSQL (`postgres`
-//! feature), and [`open`] to pick one from a URL at run time.
+//! feature), a [sharded] store over several of them, and [`open`] to pick one from a
+//! URL at run time.
 
 pub mod durability;
 pub mod memory;
@@ -7,6 +8,7 @@ pub mod migration;
 mod param;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod sharded;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod sql_read_model;
 #[cfg(feature = "sqlite")]

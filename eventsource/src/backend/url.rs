@@ -67,8 +67,8 @@ enum Backend {
     Sqlite(crate::backend::sqlite::SqliteSubscriptionStore),
     #[cfg(feature = "postgres")]
     Postgres(crate::backend::postgres::PostgresEventStore),
-    /// A sharded store (see [`crate::shard`]): the stores of each shard.
-    Sharded(Arc<crate::shard::ShardMap>, Arc<[Stores]>),
+    /// A sharded store (see [`crate::backend::sharded`]): the stores of each shard.
+    Sharded(Arc<crate::backend::sharded::ShardMap>, Arc<[Stores]>),
     Other,
 }
 
@@ -126,11 +126,11 @@ impl Stores {
     }
 
     /// The stores of a sharded store over `shards`, the subscription store of shard 0, with no
-    /// ability yet: [`crate::shard::open`] adds them.
+    /// ability yet: [`crate::backend::sharded::open`] adds them.
     pub(crate) fn of_shards(
-        events: crate::shard::ShardedEventStore,
-        snapshots: crate::shard::ShardedSnapshotStore,
-        map: Arc<crate::shard::ShardMap>,
+        events: crate::backend::sharded::ShardedEventStore,
+        snapshots: crate::backend::sharded::ShardedSnapshotStore,
+        map: Arc<crate::backend::sharded::ShardMap>,
         shards: Arc<[Stores]>,
     ) -> Self {
         let subscriptions = shards[0].subscriptions.clone();
@@ -143,7 +143,7 @@ impl Stores {
     }
 
     /// The stores of each shard, when these are the stores of a sharded store (see
-    /// [`crate::shard`]), by the index the shard map gives them.
+    /// [`crate::backend::sharded`]), by the index the shard map gives them.
     pub fn shards(&self) -> Option<&[Stores]> {
         match &self.backend {
             Backend::Sharded(_, shards) => Some(shards),
@@ -151,8 +151,8 @@ impl Stores {
         }
     }
 
-    /// The shard map, when these are the stores of a sharded store (see [`crate::shard`]).
-    pub fn shard_map(&self) -> Option<&crate::shard::ShardMap> {
+    /// The shard map, when these are the stores of a sharded store (see [`crate::backend::sharded`]).
+    pub fn shard_map(&self) -> Option<&crate::backend::sharded::ShardMap> {
         match &self.backend {
             Backend::Sharded(map, _) => Some(map),
             _ => None,
@@ -504,7 +504,7 @@ impl Stores {
                 for shard in shards.iter() {
                     Box::pin(shard.migrate()).await?;
                 }
-                crate::shard::check_shards(map, shards).await?;
+                crate::backend::sharded::check_shards(map, shards).await?;
             }
             _ => {}
         }
@@ -620,8 +620,8 @@ impl Stores {
 ///   [`sqlite::open_url`](crate::backend::sqlite::open_url));
 /// - `postgres://...` or `postgresql://...`: a PostgreSQL database (feature `postgres`);
 ///   call [`Stores::migrate`] once before use;
-/// - `shards:PATH`: a [sharded store](crate::shard) over the stores a shard map file names
-///   ([`ShardMap::parse`](crate::shard::ShardMap::parse)), each opened by its own URL.
+/// - `shards:PATH`: a [sharded store](crate::backend::sharded) over the stores a shard map file names
+///   ([`ShardMap::parse`](crate::backend::sharded::ShardMap::parse)), each opened by its own URL.
 ///
 /// Any of them may end with `durability=strict`: the stores then open only if their
 /// database keeps every write it acknowledged (see [`durability`](crate::backend::durability));
@@ -702,7 +702,7 @@ async fn open_stores(url: &str) -> Result<Stores> {
             let (events, snapshots) = crate::backend::postgres::connect_url(url).await?;
             Ok(Stores::from_postgres(events, snapshots))
         }
-        "shards" => crate::shard::open_file(&url["shards:".len()..]).await,
+        "shards" => crate::backend::sharded::open_file(&url["shards:".len()..]).await,
         #[cfg(not(feature = "sqlite"))]
         "sqlite" => Err(not_compiled_in("sqlite")),
         #[cfg(not(feature = "postgres"))]

@@ -189,7 +189,7 @@ impl<C> ConsumerGroup<C> {
     ///
     /// [`Error::Store`] if the store failed (transient for a lost
     /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient));
-    /// [`Error::InvalidConfiguration`] on a [sharded store](crate::shard), whose positions
+    /// [`Error::InvalidConfiguration`] on a [sharded store](crate::backend::sharded), whose positions
     /// compare only within one shard.
     ///
     /// # Cancel safety
@@ -476,7 +476,7 @@ pub struct RangeStatus {
 /// A read: dropping the future loses nothing.
 pub async fn status(
     events: &dyn EventStore,
-    feed: Option<&dyn crate::SliceFeed>,
+    feed: Option<&dyn crate::abilities::SliceFeed>,
     store: &dyn SubscriptionStore,
     slices: &SliceParts,
     name: &str,

@@ -166,7 +166,7 @@ impl Projection {
     pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         self.setup().await?;
         let mut sink = Committing::new(self, None);
-        self.subscription.run_into(&mut sink, shutdown).await
+        self.subscription.run_consumer(&mut sink, shutdown).await
     }
 
     /// Brings the read model up to the feed's head as it is now, calling `progress` after each

@@ -244,7 +244,7 @@ impl Projection {
     /// # Errors
     ///
     /// A store error as the store gives it; [`Error::InvalidConfiguration`] on a
-    /// [sharded store](crate::shard), whose feeds have no common positions.
+    /// [sharded store](crate::backend::sharded), whose feeds have no common positions.
     ///
     /// # Cancel safety
     ///

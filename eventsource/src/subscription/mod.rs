@@ -70,6 +70,7 @@ mod metrics;
 pub(crate) mod names;
 pub(crate) mod range;
 pub mod replay;
+mod run;
 mod store;
 pub mod supervisor;
 
@@ -84,7 +85,6 @@ pub use store::{
 pub use supervisor::Restart;
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -198,7 +198,7 @@ impl Subscription {
     }
 
     /// The head of the feed it reads, after `position`: its range's feed, or the whole feed.
-    async fn feed_head(&self, position: u64) -> Result<crate::FeedHead> {
+    async fn feed_head(&self, position: u64) -> Result<crate::event_store::FeedHead> {
         match &self.range {
             Some(scope) => scope.head(&*self.events, position).await,
             None => self.events.head(position).await,
@@ -318,32 +318,6 @@ impl Subscription {
         Ok(self.events.head(checkpoint).await?.lag())
     }
 
-    /// Runs the subscription until `shutdown` completes: as a standby while another consumer
-    /// holds the name's lease, then catching up and following the feed.
-    ///
-    /// Returns `Ok` after a graceful shutdown, [`Error::SubscriptionStopped`] when a batch
-    /// still fails after the last attempt under [`OnFailure::Stop`], and a store error that
-    /// another try cannot cure; transient store errors are retried after the poll interval.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::SubscriptionStopped`] for a batch that
-    /// failed every attempt under [`OnFailure::Stop`]; a store error another try cannot cure.
-    ///
-    /// # Cancel safety
-    ///
-    /// Dropped, the subscription stops where it was: the checkpoint is the last batch stored,
-    /// and a batch in the handler's hands is handed over again by the next consumer (delivery
-    /// is at least once). The lease is not let go and runs out after its duration; complete
-    /// `shutdown` instead to let it go at once.
-    pub async fn run<H: Handler>(
-        &self,
-        mut handler: H,
-        shutdown: impl Future<Output = ()> + Send,
-    ) -> Result<()> {
-        self.run_into(&mut Handled(&mut handler), shutdown).await
-    }
-
     /// Hands the handler the events of the feed up to its head as it is now, then returns how
     /// many events the handler was given.
     ///
@@ -399,83 +373,14 @@ impl Subscription {
         Ok(sink.delivered)
     }
 
-    /// Runs the subscription as [`run`](Self::run) does, and starts it again from its stored
-    /// checkpoint each time it stops on an error, after the backoff of `restart` (see
-    /// [`supervisor`]). Returns `Ok` after a graceful shutdown, and the last error once the
-    /// restarts that `restart` allows are used up. Every restart is logged and counted in
-    /// [`SubscriptionMetrics::restarts`].
-    ///
-    /// # Errors
-    ///
-    /// A store error another try cannot cure, or a name refused by the store.
-    ///
-    /// # Cancel safety
-    ///
-    /// As [`run`](Self::run).
-    pub async fn run_supervised<H: Handler>(
-        &self,
-        mut handler: H,
-        shutdown: impl Future<Output = ()> + Send,
-        restart: Restart,
-    ) -> Result<()> {
-        let mut shutdown = Box::pin(shutdown.fuse());
-        let mut restarts = 0u32;
-        loop {
-            let error = match self.run_into(&mut Handled(&mut handler), shutdown.as_mut()).await {
-                Ok(()) => return Ok(()),
-                Err(error) => error,
-            };
-            if shutdown.is_terminated() || restart.max_restarts.is_some_and(|max| restarts >= max) {
-                return Err(error);
-            }
-            restarts += 1;
-            let wait = jittered(restart.wait(restarts));
-            tracing::error!(subscription = %self.name, error = %error, restart = restarts, wait = ?wait, "stopped on an error; starting again after the backoff");
-            self.metrics.add_restart();
-            crate::telemetry::subscription(&self.name, crate::telemetry::SubscriptionEvent::Restart);
-            if stopped(&mut shutdown, sleep(wait)).await {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Runs the subscription as [`run`](Self::run) does, each batch committed by `sink`.
+    /// Runs the subscription as one consumer of its feed, each batch committed by `sink`
+    /// (what [`run`](Self::run) does on a store of one feed).
     pub(crate) async fn run_into<K: Sink>(
         &self,
         sink: &mut K,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<()> {
-        if self.reads_split_feed().await {
-            return self.run_in_ranges(sink, shutdown).await;
-        }
         self.run_as(sink, shutdown, Uuid::new_v4()).await
-    }
-
-    /// Whether it is a single consumer of a store whose slices are in several feeds (a
-    /// [sharded store](crate::shard)). A failure to ask is taken as one feed: the run then
-    /// tries its store calls again, as with any store.
-    async fn reads_split_feed(&self) -> bool {
-        match (&self.range, &self.options.slice_feed) {
-            (None, Some(feed)) => feed.parts().await.is_ok_and(|parts| parts.parts().len() > 1),
-            _ => false,
-        }
-    }
-
-    /// Runs it as what a single consumer of a store of several feeds is: a consumer group of
-    /// one range, cut at the feeds' bounds, run by one worker in this process. The ranges
-    /// hand their batches to `sink` in turn.
-    async fn run_in_ranges<K: Sink>(
-        &self,
-        sink: &mut K,
-        shutdown: impl Future<Output = ()> + Send,
-    ) -> Result<()> {
-        let shared = Arc::new(tokio::sync::Mutex::new(sink));
-        let run_range = |range: Subscription, stop: Pin<Box<dyn Future<Output = ()> + Send>>, owner: Uuid| {
-            let mut sink = SharedSink(shared.clone());
-            Box::pin(async move { range.run_as(&mut sink, stop, owner).await })
-                as Pin<Box<dyn Future<Output = Result<()>> + Send + '_>>
-        };
-        crate::group::run_workers(self, 1, 1, &run_range, shutdown).await
     }
 
     /// Runs the subscription as [`run_into`](Self::run_into) does, as `owner`. A range of a
@@ -547,7 +452,7 @@ impl Subscription {
     }
 
     /// [`Error::InvalidConfiguration`] if the store it reads has its slices in several feeds
-    /// (a [sharded store](crate::shard)): to `what` needs one order of every event, and
+    /// (a [sharded store](crate::backend::sharded)): to `what` needs one order of every event, and
     /// positions compare only within one feed.
     pub(crate) async fn one_feed(&self, what: &str) -> Result<()> {
         let Some(feed) = &self.options.slice_feed else {
@@ -901,35 +806,8 @@ pub(crate) trait Sink: Send {
     ) -> Result<bool>;
 }
 
-/// One sink shared by the ranges of a single consumer run as a group: each call takes it in
-/// turn.
-struct SharedSink<'s, K>(Arc<tokio::sync::Mutex<&'s mut K>>);
-
-#[async_trait::async_trait]
-impl<K: Sink> Sink for SharedSink<'_, K> {
-    async fn checkpoint(&mut self, subscription: &Subscription) -> Result<Option<u64>> {
-        self.0.lock().await.checkpoint(subscription).await
-    }
-
-    async fn commit(
-        &mut self,
-        subscription: &Subscription,
-        taken: &[StoredEvent],
-        read: usize,
-        after: Option<u64>,
-        last: u64,
-        owner: Uuid,
-    ) -> Result<bool> {
-        self.0
-            .lock()
-            .await
-            .commit(subscription, taken, read, after, last, owner)
-            .await
-    }
-}
-
 /// A plain subscription's sink: the handler, then the checkpoint in the subscription store.
-struct Handled<'h, H>(&'h mut H);
+pub(crate) struct Handled<'h, H>(pub(crate) &'h mut H);
 
 #[async_trait::async_trait]
 impl<H: Handler> Sink for Handled<'_, H> {

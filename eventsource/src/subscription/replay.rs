@@ -240,10 +240,10 @@ async fn event_of(
 
 /// The letter's event, read from the feed at its position, if it is there. A letter of a
 /// consumer group's range is read from the feed of the range's slices (on a
-/// [sharded store](crate::shard), its shard's: the position is of that feed).
+/// [sharded store](crate::backend::sharded), its shard's: the position is of that feed).
 pub(crate) async fn letter_event(
-    events: &dyn crate::EventStore,
-    feed: Option<&dyn crate::SliceFeed>,
+    events: &dyn crate::event_store::EventStore,
+    feed: Option<&dyn crate::abilities::SliceFeed>,
     letter: &DeadLetter,
 ) -> Result<Option<StoredEvent>> {
     let after = letter.position.saturating_sub(1);

@@ -11,7 +11,7 @@
 //! store contract, [`read_model_store`] those of a projection's read model, and [`stores`]
 //! those of the [abilities](crate::abilities) a backend hands out with its stores, each
 //! against the plain reads and writes it stands for, and [`sharded`] those of a
-//! [sharded store](crate::shard).
+//! [sharded store](crate::backend::sharded).
 //!
 //! # Checking a backend
 //!

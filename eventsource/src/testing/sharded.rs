@@ -1,4 +1,4 @@
-//! The checks of a [sharded store](crate::shard), one `async fn` per point: the event store
+//! The checks of a [sharded store](crate::backend::sharded), one `async fn` per point: the event store
 //! checks that do not read one feed of the whole store, run through the router, and what a
 //! sharded store adds: each event in the feed of its shard alone, each range of the map read
 //! from its shard, no single feed, saves over several streams within one shard.
@@ -7,7 +7,7 @@
 //! ordinary store, checked by its backend's own suite; [`the_feed_of_each_range_is_its_shards`]
 //! checks that the router reads each range from it. The snapshot store suite runs on
 //! [`Stores::snapshots`](crate::backend::Stores::snapshots) unchanged. Two event store checks
-//! do not hold across shards, as the [sharded store's docs](crate::shard) say: an event id
+//! do not hold across shards, as the [sharded store's docs](crate::backend::sharded) say: an event id
 //! reused on another shard's stream, and a request id recorded with another shard's
 //! aggregate, are not refused.
 
@@ -16,12 +16,12 @@ use uuid::Uuid;
 
 use super::event_store::{self, append, events};
 use super::unique_type;
+use crate::backend::sharded::ShardMap;
 use crate::backend::Stores;
 use crate::error::Error;
 use crate::event::StoredEvent;
 use crate::event_store::Batch;
 use crate::multi_stream::StreamBatches;
-use crate::shard::ShardMap;
 
 /// The checks of this suite: the one list that both the test macro and [`run_all`] use.
 #[doc(hidden)]
@@ -58,7 +58,7 @@ crate::__sharded_checks!(__conformance_runner(Stores));
 
 /// Generates one `#[tokio::test]` per check of the sharded store suite, named after it; the
 /// argument is an expression that gives a future of a sharded store's
-/// [`Stores`](crate::backend::Stores) (of [`shard::open`](crate::shard::open)), after
+/// [`Stores`](crate::backend::Stores) (of [`sharded::open`](crate::backend::sharded::open)), after
 /// `optional:` of an `Option` of them, as in
 /// [`event_store_conformance!`](crate::event_store_conformance).
 #[macro_export]
@@ -119,7 +119,7 @@ abilities_through_the_router! {
 fn sharded(stores: &Stores) -> (&ShardMap, &[Stores]) {
     match (stores.shard_map(), stores.shards()) {
         (Some(map), Some(shards)) => (map, shards),
-        _ => panic!("the sharded store suite runs on the stores of shard::open, not on {stores:?}"),
+        _ => panic!("the sharded store suite runs on the stores of sharded::open, not on {stores:?}"),
     }
 }
 
@@ -236,7 +236,7 @@ pub async fn there_is_no_single_feed_across_shards(stores: &Stores) {
     let [first, second, ..] = parts else {
         return;
     };
-    let read: crate::Result<Vec<StoredEvent>> = stores.events.read_all(0).try_collect().await;
+    let read: crate::error::Result<Vec<StoredEvent>> = stores.events.read_all(0).try_collect().await;
     assert!(matches!(read, Err(Error::InvalidInput(_))), "read_all: {read:?}");
     let head = stores.events.head(0).await;
     assert!(matches!(head, Err(Error::InvalidInput(_))), "head: {head:?}");
@@ -245,7 +245,7 @@ pub async fn there_is_no_single_feed_across_shards(stores: &Stores) {
         .as_ref()
         .expect("a sharded store has a feed by slice");
     let across = crate::slice::SliceRange::new(first.last(), second.first()).unwrap();
-    let read: crate::Result<Vec<StoredEvent>> = feed.read_slices(across, 0).try_collect().await;
+    let read: crate::error::Result<Vec<StoredEvent>> = feed.read_slices(across, 0).try_collect().await;
     assert!(matches!(read, Err(Error::InvalidInput(_))), "{across}: {read:?}");
 }
 

@@ -20,7 +20,7 @@ use crate::request::{Fingerprint, RequestId, RequestRecord};
 use crate::slice::{SliceCount, SliceParts, SliceRange};
 
 /// An event store split by slice over the event stores of several shards: see
-/// [`crate::shard`]. Cheap to clone; clones share the shards.
+/// [`crate::backend::sharded`]. Cheap to clone; clones share the shards.
 #[derive(Clone)]
 pub struct ShardedEventStore {
     map: Arc<ShardMap>,

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::snapshot::{Snapshot, SnapshotStore, SnapshotVersion};
 
 /// A snapshot store split by slice over the snapshot stores of several shards: see
-/// [`crate::shard`]. Cheap to clone; clones share the shards.
+/// [`crate::backend::sharded`]. Cheap to clone; clones share the shards.
 #[derive(Clone)]
 pub struct ShardedSnapshotStore {
     map: Arc<ShardMap>,

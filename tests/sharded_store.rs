@@ -473,3 +473,103 @@ async fn one_shard_down_is_one_shard_down() {
     running.await.unwrap().unwrap();
     drop(scratch);
 }
+
+/// Resharding offline: a store of two shards copied into four new ones under another map
+/// gives the same streams (compared stream by stream), loads the same aggregates, answers a
+/// request id sent again with its first outcome, and a copy run again adds nothing; a store
+/// of one database copies into shards the same way.
+#[tokio::test]
+async fn a_store_is_copied_into_a_new_map_and_compared() {
+    let source = in_memory(ShardMap::even(SliceCount::DEFAULT, 2).unwrap()).await;
+    let repo = source.repository::<Parcel>();
+    let ids: Vec<Uuid> = (0..40).map(|_| Uuid::new_v4()).collect();
+    scan_all(&repo, &ids, 1).await;
+    let (keyed, request) = (ids[7], Uuid::new_v4());
+    repo.command(keyed)
+        .request_id(request)
+        .run(|parcel| {
+            parcel.record(Scanned { n: 2 });
+            parcel.record(Scanned { n: 3 });
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+
+    let target = in_memory(uneven_map()).await;
+    let mut seen = 0;
+    let copied = sharded::copy(&source, &target, |done| seen = done).await.unwrap();
+    assert_eq!((copied.events, copied.present, copied.requests), (42, 0, 1));
+    assert_eq!(seen, 42, "progress reaches every event");
+    let comparison = sharded::compare(&source, &target).await.unwrap();
+    assert_eq!((comparison.streams, comparison.events), (40, 42));
+    comparison.require_same().unwrap();
+
+    let moved = target.repository::<Parcel>();
+    assert_eq!(moved.load(keyed).await.unwrap().state().scans, 3);
+    assert_eq!(moved.load(ids[0]).await.unwrap().state().scans, 1);
+    let again = moved
+        .command(keyed)
+        .request_id(request)
+        .run(|parcel| {
+            parcel.record(Scanned { n: 99 });
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+    assert!(again.repeated, "the request id's first outcome was copied");
+    assert_eq!(moved.load(keyed).await.unwrap().state().scans, 3);
+
+    let rerun = sharded::copy(&source, &target, |_| ()).await.unwrap();
+    assert_eq!((rerun.events, rerun.present), (0, 42));
+
+    // A difference is found and named.
+    scan(&moved, ids[3], 2).await.unwrap();
+    let drifted = sharded::compare(&source, &target).await.unwrap();
+    assert_eq!(drifted.differences.len(), 1);
+    assert_eq!(drifted.differences[0].aggregate_id, ids[3]);
+    assert_eq!(drifted.differences[0].target.0, 2);
+    assert!(matches!(drifted.require_same(), Err(Error::Corrupt { .. })));
+
+    // One database into shards.
+    let single = Stores::in_memory();
+    scan_all(&single.repository::<Parcel>(), &ids[..5], 1).await;
+    let into = in_memory(ShardMap::even(SliceCount::DEFAULT, 4).unwrap()).await;
+    sharded::copy(&single, &into, |_| ()).await.unwrap();
+    sharded::compare(&single, &into)
+        .await
+        .unwrap()
+        .require_same()
+        .unwrap();
+}
+
+/// The same copy between SQLite files: one database into two shards.
+#[tokio::test]
+async fn a_sqlite_file_is_copied_into_shards_and_compared() {
+    let dir = scratch_dir().join(format!("copy-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = |name: &str| format!("sqlite:{}", dir.join(name).display());
+    let old = backend::open(&url("old.db")).await.unwrap();
+    let ids: Vec<Uuid> = (0..12).map(|_| Uuid::new_v4()).collect();
+    scan_all(&old.repository::<Parcel>(), &ids, 1).await;
+    scan_all(&old.repository::<Parcel>(), &ids, 2).await;
+    let shards = vec![
+        backend::open(&url("a.db")).await.unwrap(),
+        backend::open(&url("b.db")).await.unwrap(),
+    ];
+    let new = sharded::open(ShardMap::even(SliceCount::DEFAULT, 2).unwrap(), shards)
+        .await
+        .unwrap();
+    let copied = sharded::copy(&old, &new, |_| ()).await.unwrap();
+    assert_eq!(copied.events, 24);
+    sharded::compare(&old, &new)
+        .await
+        .unwrap()
+        .require_same()
+        .unwrap();
+    for id in &ids {
+        assert_eq!(
+            new.repository::<Parcel>().load(*id).await.unwrap().state().scans,
+            2
+        );
+    }
+}

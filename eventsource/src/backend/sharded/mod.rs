@@ -35,6 +35,10 @@
 //!   of the aggregate it ran on: two commands that race with one id on aggregates of two
 //!   shards may both run; one sent after the other finished finds its outcome.
 //!
+//! Resharding is offline: [`copy`] copies every event of a store into another (new databases
+//! under a new map), and [`compare`] checks the copy stream by stream; the sharding guide has
+//! the procedure around them.
+//!
 //! Each shard must have been created with the map's number of slices, and hold no event of
 //! a slice the map gives to another shard: [`open`] checks both, and
 //! [`Stores::migrate`](crate::backend::Stores::migrate) checks the shards it migrated. The map file read by
@@ -43,10 +47,12 @@
 
 mod events;
 mod map;
+mod reshard;
 mod snapshots;
 
 pub use events::ShardedEventStore;
 pub use map::ShardMap;
+pub use reshard::{compare, copy, Comparison, Copied, StreamDifference};
 pub use snapshots::ShardedSnapshotStore;
 
 use std::sync::Arc;

@@ -573,3 +573,53 @@ async fn a_sqlite_file_is_copied_into_shards_and_compared() {
         );
     }
 }
+
+/// A projection's read model: the scans of each parcel, in the order handled.
+#[derive(Clone, Default)]
+struct Scans(HashMap<Uuid, Vec<u64>>);
+
+impl eventsource::projection::MemoryProjection for Scans {
+    fn apply(&mut self, events: &[StoredEvent]) -> Result<(), HandlerError> {
+        for event in events {
+            self.0
+                .entry(event.aggregate_id)
+                .or_default()
+                .push(event.aggregate_version);
+        }
+        Ok(())
+    }
+}
+
+/// A projection of a sharded store catches up and rebuilds as a consumer group of one range
+/// cut at the map's bounds: every event once, each parcel's in order, and again after the
+/// rebuild.
+#[tokio::test]
+async fn a_projection_of_a_sharded_store_catches_up_and_rebuilds() {
+    let stores = in_memory(uneven_map()).await;
+    let ids: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
+    scan_all(&stores.repository::<Parcel>(), &ids, 1).await;
+    scan_all(&stores.repository::<Parcel>(), &ids, 2).await;
+    let model = eventsource::projection::InMemoryReadModel::new(Scans::default());
+    let projection = stores.projection("scans", model.clone()).unwrap();
+    let caught = tokio::time::timeout(Duration::from_secs(30), projection.catch_up(|_| ()))
+        .await
+        .expect("the catch-up ends")
+        .unwrap();
+    assert_eq!(caught.done, 40);
+    for id in &ids {
+        assert_eq!(model.read(|s| s.0[id].clone()), [1, 2], "{id} once, in order");
+    }
+    scan_all(&stores.repository::<Parcel>(), &ids, 3).await;
+    let rebuilt = tokio::time::timeout(Duration::from_secs(30), projection.rebuild(|_| ()))
+        .await
+        .expect("the rebuild ends")
+        .unwrap();
+    assert_eq!(rebuilt.done, 60);
+    for id in &ids {
+        assert_eq!(
+            model.read(|s| s.0[id].clone()),
+            [1, 2, 3],
+            "{id} once, in order, after the rebuild"
+        );
+    }
+}

@@ -182,9 +182,9 @@ impl Projection {
     ///
     /// As [`run`](Self::run).
     pub async fn catch_up(&self, mut progress: impl FnMut(Progress) + Send) -> Result<Progress> {
-        self.subscription
-            .one_feed("catch up as a single consumer")
-            .await?;
+        if self.subscription.reads_split_feed().await {
+            return self.catch_up_in_ranges(&mut progress).await;
+        }
         self.setup().await?;
         let start = self.checkpoint().await?.unwrap_or(0);
         let head = self.subscription.events().head(start).await?;
@@ -216,6 +216,63 @@ impl Projection {
         Ok(sink.report())
     }
 
+    /// [`catch_up`](Self::catch_up) on a store of several feeds (a
+    /// [sharded store](crate::backend::sharded)): as a consumer group of one range, cut at the
+    /// feeds' bounds, run until each range has reached where its feed ended when the catch-up
+    /// started. The remaining count of its progress is the events those feeds held after the
+    /// lowest checkpoint of each: an estimate.
+    async fn catch_up_in_ranges(&self, progress: &mut (dyn FnMut(Progress) + Send)) -> Result<Progress> {
+        self.setup().await?;
+        let feed = self
+            .subscription
+            .options()
+            .slice_feed
+            .clone()
+            .expect("a store of several feeds is read by slice");
+        let slices = feed.parts().await?;
+        let store = self.model.subscriptions();
+        let (feed_read, store_read, slices_read) = (&*feed, &*store, &slices);
+        // The lowest checkpoint of the group's ranges within `range`: where it stands.
+        let lowest = |range| async move {
+            let events = &**self.subscription.events();
+            let status = crate::group::status(events, Some(feed_read), store_read, slices_read, self.name());
+            status.await.map(|status| {
+                status
+                    .into_iter()
+                    .flat_map(|status| status.ranges)
+                    .filter(|r| range_within(r.range, range))
+                    .map(|r| r.checkpoint.unwrap_or(0))
+                    .min()
+                    .unwrap_or(0)
+            })
+        };
+        let (mut targets, mut total) = (Vec::new(), 0);
+        for part in slices.parts() {
+            let head = feed.feed_head(*part, lowest(*part).await?).await?;
+            targets.push((*part, head.position));
+            total += head.events_after;
+        }
+        let mut sink = Committing::new(self, Some((u64::MAX, total)));
+        sink.progress = Some(progress);
+        let reached = async {
+            loop {
+                sleep(CATCH_UP_POLL).await;
+                let mut all = true;
+                for (part, target) in &targets {
+                    all &= lowest(*part).await.is_ok_and(|reached| reached >= *target);
+                }
+                if all {
+                    return;
+                }
+            }
+        };
+        self.subscription.run_consumer(&mut sink, reached).await?;
+        Ok(Progress {
+            remaining: 0,
+            ..sink.report()
+        })
+    }
+
     /// Empties the read model and replays the whole feed into it ([`reset`](Self::reset),
     /// then [`catch_up`](Self::catch_up)). Stop the projection's other consumers first: one
     /// that runs keeps its place. Interrupted, continue with `catch_up`, not `rebuild`,
@@ -230,8 +287,6 @@ impl Projection {
     /// As [`run`](Self::run): the rebuild goes on from its last committed batch with
     /// [`catch_up`](Self::catch_up).
     pub async fn rebuild(&self, progress: impl FnMut(Progress) + Send) -> Result<Progress> {
-        // Refused before the read model is emptied, not after.
-        self.subscription.one_feed("rebuild as a single consumer").await?;
         self.reset().await?;
         self.catch_up(progress).await
     }
@@ -513,4 +568,9 @@ impl Handler for Transaction<'_> {
         }
         Ok(())
     }
+}
+
+/// Whether `inner` lies within `outer`.
+fn range_within(inner: crate::slice::SliceRange, outer: crate::slice::SliceRange) -> bool {
+    outer.first() <= inner.first() && inner.last() <= outer.last()
 }

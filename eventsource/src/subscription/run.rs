@@ -101,7 +101,7 @@ impl Subscription {
     /// Whether it is a single consumer of a store whose slices are in several feeds (a
     /// [sharded store](crate::backend::sharded)). A failure to ask is taken as one feed: the run then
     /// tries its store calls again, as with any store.
-    async fn reads_split_feed(&self) -> bool {
+    pub(crate) async fn reads_split_feed(&self) -> bool {
         match (&self.range, &self.options.slice_feed) {
             (None, Some(feed)) => feed.parts().await.is_ok_and(|parts| parts.parts().len() > 1),
             _ => false,

@@ -17,10 +17,11 @@
 //!   each range reads one shard's feed and keeps a checkpoint in that shard's positions. A
 //!   subscription or projection run as a single consumer (`run`) is such a group of one
 //!   range with one worker in the process; run it as a group (`group(n)`) to spread it over
-//!   workers. Consumers start from the beginning of the feed. What needs one order of every
-//!   event is [`Error::InvalidConfiguration`]: a single consumer's catch-up, lag and
-//!   rebuild, a group that starts at the end or after a position, and waiting for a
-//!   position.
+//!   workers; a projection's catch-up and rebuild run the same way, until each range reaches
+//!   where its feed ended when they started. Consumers start from the beginning of the feed.
+//!   What needs one order of every event is [`Error::InvalidConfiguration`]: a plain
+//!   subscription's catch-up, a single consumer's lag, a group that starts at the end or
+//!   after a position, and waiting for a position.
 //! - **Consumers' state on shard 0.** Checkpoints, leases and dead letters live in the
 //!   subscription store of shard 0 (the first stores given to [`open`]; in a map file, the
 //!   first URL), as they would in one database.

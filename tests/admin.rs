@@ -1142,4 +1142,29 @@ async fn the_admin_command_line_on_a_sharded_store() {
         event.aggregate_id.to_string(),
         "the letter's event, read from its shard: {shown}"
     );
+
+    // Resharding offline: copied into four new files under another map, and compared.
+    let new_map = dir.path().join("four.map");
+    let lines: Vec<String> = ["0-255", "256-511", "512-767", "768-1023"]
+        .iter()
+        .enumerate()
+        .map(|(i, range)| format!("{range} sqlite:{}", dir.path().join(format!("n{i}.db")).display()))
+        .collect();
+    std::fs::write(&new_map, lines.join("\n")).unwrap();
+    let to = format!("shards:{}", new_map.display());
+    let copied = json(&url, &["copy", "--to", &to, "--yes"], 0);
+    assert_eq!(copied["copied"].as_u64(), Some(events), "{copied}");
+    assert_eq!(copied["streams"].as_u64(), Some(ACCOUNTS), "{copied}");
+    assert_eq!(
+        copied["differences"].as_array().map(Vec::len),
+        Some(0),
+        "{copied}"
+    );
+    let again = json(&url, &["copy", "--to", &to, "--yes"], 0);
+    assert_eq!(
+        (again["copied"].as_u64(), again["present"].as_u64()),
+        (Some(0), Some(events))
+    );
+    let unasked = admin(&url, &["copy", "--to", &to]);
+    assert_eq!(unasked.status.code(), Some(2), "no confirmation, nobody to ask");
 }

@@ -65,6 +65,7 @@
 //!
 //! A binary of its own is [`Admin::main_from`] with `std::env::args_os()`.
 
+mod copy;
 mod deadletters;
 mod doctor;
 mod events;
@@ -145,6 +146,20 @@ pub enum AdminCommand {
     /// Lists, shows and replays the events subscriptions and projections gave up on.
     #[command(subcommand)]
     Deadletters(DeadLettersCommand),
+    /// Copies every event of the store into another (new databases under another shard map:
+    /// offline resharding), then compares the two stream by stream; exits 1 on a difference.
+    /// Stop the application first.
+    Copy {
+        /// The store to copy into: a URL, or `shards:PATH` of the new shard map.
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// How many differing streams to print.
+        #[arg(long, default_value_t = 10)]
+        show: usize,
+        /// Does not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Checks the store: whether its database keeps every write it acknowledged, its
     /// layout, the snapshots of each aggregate type and the consumers; prints each finding
     /// with what to do. Exits 1 when one is serious.
@@ -539,6 +554,7 @@ impl Admin {
                 let projections = self.open_projections(&stores)?;
                 deadletters::run(&stores, &projections, command, &mut out).await
             }
+            AdminCommand::Copy { to, show, yes } => copy::run(&stores, &to, show, yes, &mut out).await,
             AdminCommand::Doctor { max_replay, max_lag } => {
                 doctor::run(&stores, doctor::Limits { max_replay, max_lag }, &mut out).await
             }

@@ -37,8 +37,8 @@
 //!   shards may both run; one sent after the other finished finds its outcome.
 //!
 //! Resharding is offline: [`copy`] copies every event of a store into another (new databases
-//! under a new map), and [`compare`] checks the copy stream by stream; the sharding guide has
-//! the procedure around them.
+//! under a new map), and [`compare`] checks the copy stream by stream (the admin command
+//! line's `copy --to URL` runs both); the sharding guide has the procedure around them.
 //!
 //! Each shard must have been created with the map's number of slices, and hold no event of
 //! a slice the map gives to another shard: [`open`] checks both, and

@@ -29,12 +29,14 @@
 #[path = "domain/account.rs"]
 #[allow(dead_code)]
 mod account;
+#[path = "../tests/common/cluster.rs"]
+#[allow(dead_code)]
+mod cluster;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use account::{Account, AccountCommands};
+use cluster::ScratchCluster;
 use eventsource::backend::postgres::sqlx::{self, Executor};
 use eventsource::backend::sharded::{self, ShardMap};
 use eventsource::backend::{self, Stores};
@@ -282,12 +284,17 @@ fn cell(mut times: Vec<Duration>) -> String {
 
 /// `options.writers` writers creating accounts for `options.seconds` on `shards` clusters.
 async fn writers_cell(options: &Options, shards: usize) -> Fallible<(u64, f64)> {
-    let clusters: Vec<Cluster> = (0..shards).map(|_| Cluster::start()).collect::<Fallible<_>>()?;
+    let clusters: Vec<ScratchCluster> = (0..shards)
+        .map(|_| {
+            ScratchCluster::start("-c max_connections=200")
+                .ok_or("cannot start a PostgreSQL cluster: the server programs, and root to run them as postgres, are needed")
+        })
+        .collect::<Result<_, _>>()?;
     let mut stores = Vec::new();
     for cluster in &clusters {
         let url = format!(
-            "postgres://postgres@127.0.0.1:{}/postgres?max_connections={}",
-            cluster.port,
+            "{}?max_connections={}",
+            cluster.url(),
             (options.writers / shards).clamp(4, 64)
         );
         let shard_stores = backend::open(&url).await?;
@@ -336,75 +343,4 @@ async fn create_accounts(repo: &Repository<Account>, writers: usize, deadline: I
         done += task.await??;
     }
     Ok(done)
-}
-
-/// A PostgreSQL cluster of the benchmark's own, stopped and removed when dropped.
-struct Cluster {
-    dir: PathBuf,
-    bin: PathBuf,
-    port: u16,
-}
-
-impl Cluster {
-    fn start() -> Fallible<Self> {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")?
-            .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
-            .find(|bin| bin.join("initdb").exists())
-            .ok_or("no PostgreSQL server programs under /usr/lib/postgresql")?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let dir = std::env::temp_dir().join(format!("shard-bench-{port}-{}", Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir)?;
-        if !Command::new("chown")
-            .args(["-R", "postgres"])
-            .arg(&dir)
-            .status()?
-            .success()
-        {
-            return Err("cannot give the cluster's directory to the postgres user (run as root)".into());
-        }
-        let cluster = Cluster { dir, bin, port };
-        let data = cluster.dir.join("data");
-        let init = cluster
-            .as_postgres("initdb")
-            .args(["--auth=trust", "--username=postgres", "-D"])
-            .arg(&data)
-            .output()?;
-        if !init.status.success() {
-            return Err(String::from_utf8_lossy(&init.stderr).into_owned().into());
-        }
-        let settings = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c max_connections=200",
-            cluster.dir.display()
-        );
-        let start = cluster
-            .as_postgres("pg_ctl")
-            .args(["-w", "-D"])
-            .arg(&data)
-            .arg("-l")
-            .arg(cluster.dir.join("log"))
-            .args(["-o", &settings, "start"])
-            .output()?;
-        if !start.status.success() {
-            return Err(String::from_utf8_lossy(&start.stderr).into_owned().into());
-        }
-        Ok(cluster)
-    }
-
-    fn as_postgres(&self, program: &str) -> Command {
-        let mut command = Command::new("runuser");
-        command.args(["-u", "postgres", "--"]).arg(self.bin.join(program));
-        command
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = self
-            .as_postgres("pg_ctl")
-            .args(["-m", "immediate", "-w", "-D"])
-            .arg(self.dir.join("data"))
-            .arg("stop")
-            .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }

@@ -51,7 +51,7 @@ pub(super) async fn run(
     )?;
     let target = crate::backend::open(to).await?;
     target.migrate().await?;
-    let total = shard_events(stores).await?;
+    let total = super::shards::feed_head(stores, 0).await?.events_after;
     let bar = out.progress(total, "copying");
     let copied = sharded::copy(stores, &target, |done| bar.set_position(done)).await?;
     bar.finish_and_clear();
@@ -95,9 +95,4 @@ pub(super) async fn run(
     } else {
         Outcome::Findings
     })
-}
-
-/// The events of the store's feeds, for the progress bar.
-async fn shard_events(stores: &Stores) -> Result<u64, AdminError> {
-    Ok(super::shards::feed_head(stores, 0).await?.events_after)
 }

@@ -528,6 +528,25 @@ pub(crate) async fn handled_slice(
     Ok(GroupState::read(store, name, slices).await?.handled_slice(slice))
 }
 
+/// Each range of the current layout of group `name` with the position up to which it has
+/// handled its events (its checkpoint, or where the ranges it replaces left off); none before
+/// the group has a layout.
+pub(crate) async fn reached(
+    store: &dyn SubscriptionStore,
+    slices: &SliceParts,
+    name: &str,
+) -> Result<Vec<(SliceRange, u64)>> {
+    let state = GroupState::read(store, name, slices).await?;
+    let Some((generation, _)) = state.current() else {
+        return Ok(Vec::new());
+    };
+    Ok(state
+        .ranges_of(generation)
+        .into_iter()
+        .map(|range| (range, state.reached(generation, range)))
+        .collect())
+}
+
 /// Waits until every range of the current layout of group `name` has a checkpoint at or
 /// after `position`, at most `timeout`; whether it has.
 pub(crate) async fn wait_for(
@@ -539,15 +558,9 @@ pub(crate) async fn wait_for(
 ) -> Result<bool> {
     let deadline = Instant::now() + timeout;
     loop {
-        let state = GroupState::read(store, name, slices).await?;
-        if let Some((generation, _)) = state.current() {
-            let ranges = state.ranges_of(generation);
-            if ranges
-                .iter()
-                .all(|range| state.reached(generation, *range) >= position)
-            {
-                return Ok(true);
-            }
+        let ranges = reached(store, slices, name).await?;
+        if !ranges.is_empty() && ranges.iter().all(|(_, at)| *at >= position) {
+            return Ok(true);
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {

@@ -231,25 +231,30 @@ impl Projection {
             .expect("a store of several feeds is read by slice");
         let slices = feed.parts().await?;
         let store = self.model.subscriptions();
-        let (feed_read, store_read, slices_read) = (&*feed, &*store, &slices);
-        // The lowest checkpoint of the group's ranges within `range`: where it stands.
-        let lowest = |range| async move {
-            let events = &**self.subscription.events();
-            let status = crate::group::status(events, Some(feed_read), store_read, slices_read, self.name());
-            status.await.map(|status| {
-                status
-                    .into_iter()
-                    .flat_map(|status| status.ranges)
-                    .filter(|r| range_within(r.range, range))
-                    .map(|r| r.checkpoint.unwrap_or(0))
-                    .min()
-                    .unwrap_or(0)
-            })
+        // Where each part stands: the lowest position its ranges have handled, from one read
+        // of the group's state.
+        let (store_read, slices_read) = (&*store, &slices);
+        let lowest = || async move {
+            let ranges = crate::group::reached(store_read, slices_read, self.name()).await?;
+            Ok::<Vec<u64>, Error>(
+                slices_read
+                    .parts()
+                    .iter()
+                    .map(|part| {
+                        ranges
+                            .iter()
+                            .filter(|(range, _)| range_within(*range, *part))
+                            .map(|(_, at)| *at)
+                            .min()
+                            .unwrap_or(0)
+                    })
+                    .collect(),
+            )
         };
         let (mut targets, mut total) = (Vec::new(), 0);
-        for part in slices.parts() {
-            let head = feed.feed_head(*part, lowest(*part).await?).await?;
-            targets.push((*part, head.position));
+        for (part, low) in slices.parts().iter().zip(lowest().await?) {
+            let head = feed.feed_head(*part, low).await?;
+            targets.push(head.position);
             total += head.events_after;
         }
         let mut sink = Committing::new(self, Some((u64::MAX, total)));
@@ -257,11 +262,10 @@ impl Projection {
         let reached = async {
             loop {
                 sleep(CATCH_UP_POLL).await;
-                let mut all = true;
-                for (part, target) in &targets {
-                    all &= lowest(*part).await.is_ok_and(|reached| reached >= *target);
-                }
-                if all {
+                let done = lowest()
+                    .await
+                    .is_ok_and(|lows| lows.iter().zip(&targets).all(|(low, target)| low >= target));
+                if done {
                     return;
                 }
             }

@@ -22,7 +22,7 @@ ACCEPTED = {
     "MIT", "Apache-2.0", "Apache-2.0 WITH LLVM-exception", "BSD-2-Clause", "BSD-3-Clause",
     "ISC", "Zlib", "Unicode-3.0", "Unlicense", "BSL-1.0", "CDLA-Permissive-2.0", "0BSD",
 }
-PUBLISHED = {"eventsource", "eventsource-derive"}
+PUBLISHED = {"eventsourcing-kit", "eventsourcing-kit-derive"}
 
 
 def metadata():

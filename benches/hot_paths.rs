@@ -2,7 +2,7 @@
 //! dispatch, snapshot serialization and restore, and a snapshot load on the in-memory stores.
 //!
 //! ```text
-//! cargo bench -p eventsource --bench hot_paths
+//! cargo bench -p eventsourcing-kit --bench hot_paths
 //! ```
 
 #[path = "../examples/domain/account.rs"]
@@ -11,8 +11,8 @@ mod account;
 
 use account::{Account, AccountEvent, AccountOpened, MoneyDeposited};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use eventsource::prelude::*;
-use eventsource::AggregateEvent;
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::AggregateEvent;
 
 fn events(c: &mut Criterion) {
     let mut group = c.benchmark_group("event");

@@ -11,12 +11,12 @@ mod account;
 
 use account::Account;
 use account::AccountCommands;
-use eventsource::prelude::*;
+use eventsourcing_kit::prelude::*;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::args().nth(1).unwrap_or_else(|| "memory:".into());
-    let stores = eventsource::backend::open(&url).await?;
+    let stores = eventsourcing_kit::backend::open(&url).await?;
     stores.migrate().await?;
     let repo = stores.repository_with_snapshots::<Account>(SnapshotPolicy::every(100)?);
 

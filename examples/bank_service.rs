@@ -3,9 +3,9 @@
 //! status chosen in one place (`command_error`).
 //!
 //! ```text
-//! cargo run -p eventsource --example bank_service --features example-service    # sqlite:bank.db
-//! cargo run -p eventsource --example bank_service --features example-service -- sqlite:other.db
-//! cargo run -p eventsource --example bank_service --features example-service,postgres -- \
+//! cargo run -p eventsourcing-kit --example bank_service --features example-service    # sqlite:bank.db
+//! cargo run -p eventsourcing-kit --example bank_service --features example-service -- sqlite:other.db
+//! cargo run -p eventsourcing-kit --example bank_service --features example-service,postgres -- \
 //!     postgres://postgres@127.0.0.1:5432/test
 //! ```
 //!
@@ -79,10 +79,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use eventsource::admin::Admin;
-use eventsource::prelude::*;
-use eventsource::projection::Projection;
-use eventsource::request::{Fingerprint, RequestId};
+use eventsourcing_kit::admin::Admin;
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::projection::Projection;
+use eventsourcing_kit::request::{Fingerprint, RequestId};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -288,7 +288,7 @@ pub async fn serve(
     ready: impl FnOnce(SocketAddr),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let stores = eventsource::backend::open(&config.url).await?;
+    let stores = eventsourcing_kit::backend::open(&config.url).await?;
     stores.migrate().await?;
     let (read_model, queries) = read_model::open(&stores)?;
     read_model.setup().await?;
@@ -575,11 +575,11 @@ struct PlaceOrder {
 /// and `body`), so that the key sent again with another body is refused (422) rather than
 /// answered with the first outcome.
 fn idempotent<'r, A: Aggregate>(
-    command: eventsource::repository::Command<'r, A>,
+    command: eventsourcing_kit::repository::Command<'r, A>,
     headers: &axum::http::HeaderMap,
     target: &str,
     body: &impl Serialize,
-) -> Result<eventsource::repository::Command<'r, A>, ApiError> {
+) -> Result<eventsourcing_kit::repository::Command<'r, A>, ApiError> {
     let Some(key) = headers.get("idempotency-key") else {
         return Ok(command);
     };

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use account::{Account, AccountCommands};
-use eventsource::prelude::*;
+use eventsourcing_kit::prelude::*;
 
 const CALLERS: usize = 64;
 
@@ -134,7 +134,7 @@ async fn main() -> Fallible {
                     "postgres" => options.postgres.clone(),
                     other => return Err(format!("unknown store {other}").into()),
                 };
-                let stores = eventsource::backend::open(&url).await?;
+                let stores = eventsourcing_kit::backend::open(&url).await?;
                 stores.migrate().await?;
                 let row = cell(stores.events.clone(), aggregates, queued, options.seconds).await?;
                 let queue = if queued { "yes" } else { "no" };

@@ -13,7 +13,7 @@
 //!   eight.
 //!
 //! ```text
-//! cargo run --release --features eventsource/sqlite,eventsource/postgres --example group_benchmark -- \
+//! cargo run --release --features eventsourcing-kit/sqlite,eventsourcing-kit/postgres --example group_benchmark -- \
 //!     [--stores memory,sqlite,postgres] [--events 40000] [--pause 5] [--workers 1,2,4,8] \
 //!     [--postgres URL]
 //! ```
@@ -25,12 +25,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eventsource::async_trait;
-use eventsource::backend::{self, Stores};
-use eventsource::group::ConsumerGroup;
-use eventsource::prelude::*;
-use eventsource::subscription::{Handler, HandlerError, Subscription};
-use eventsource::EventEnvelope;
+use eventsourcing_kit::async_trait;
+use eventsourcing_kit::backend::{self, Stores};
+use eventsourcing_kit::group::ConsumerGroup;
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::subscription::{Handler, HandlerError, Subscription};
+use eventsourcing_kit::EventEnvelope;
 
 type Fallible<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 

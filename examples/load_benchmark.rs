@@ -27,9 +27,9 @@ mod account;
 use std::time::Instant;
 
 use account::{Account, AccountEvent, AccountOpened, MoneyDeposited};
-use eventsource::backend::Stores;
-use eventsource::prelude::*;
-use eventsource::EventEnvelope;
+use eventsourcing_kit::backend::Stores;
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::EventEnvelope;
 
 type Fallible<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
@@ -267,7 +267,7 @@ async fn stores_for(name: &str, options: &Options, dir: &std::path::Path) -> Fal
         "postgres" => options.postgres.clone(),
         other => return Err(format!("unknown store {other}: expected memory, sqlite or postgres").into()),
     };
-    let stores = eventsource::backend::open(&url).await?;
+    let stores = eventsourcing_kit::backend::open(&url).await?;
     stores.migrate().await?;
     Ok(stores)
 }

@@ -3,16 +3,16 @@
 //! returns and the spans the OpenTelemetry exporter received.
 //!
 //! ```text
-//! cargo run -p eventsource --example metrics --features metrics
+//! cargo run -p eventsourcing-kit --example metrics --features metrics
 //! ```
 
 #[path = "domain/account.rs"]
 mod account;
 
 use account::{Account, AccountCommands};
-use eventsource::prelude::*;
-use eventsource::projection::{InMemoryReadModel, MemoryProjection, Projection};
-use eventsource::subscription::HandlerError;
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::projection::{InMemoryReadModel, MemoryProjection, Projection};
+use eventsourcing_kit::subscription::HandlerError;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
@@ -33,7 +33,7 @@ impl MemoryProjection for Seen {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Metrics: the Prometheus recorder, rendered below as a scrape would see it.
     let prometheus = PrometheusBuilder::new().install_recorder()?;
-    eventsource::telemetry::describe();
+    eventsourcing_kit::telemetry::describe();
     // Spans: through tracing-opentelemetry into an in-memory OpenTelemetry exporter.
     let spans = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder()

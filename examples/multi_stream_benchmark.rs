@@ -6,7 +6,7 @@
 //! meanwhile weighs on both; the table gives the median of the rounds and the ratio.
 //!
 //! ```text
-//! cargo run --release --features eventsource/sqlite,eventsource/postgres \
+//! cargo run --release --features eventsourcing-kit/sqlite,eventsourcing-kit/postgres \
 //!     --example multi_stream_benchmark -- [--stores sqlite,postgres] [--saves 2000] \
 //!     [--rounds 5] [--postgres URL]
 //! ```
@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use account::{Account, AccountCommands};
-use eventsource::backend::Stores;
-use eventsource::multi_stream::MultiStreamSave;
-use eventsource::prelude::*;
+use eventsourcing_kit::backend::Stores;
+use eventsourcing_kit::multi_stream::MultiStreamSave;
+use eventsourcing_kit::prelude::*;
 
 type Fallible<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -138,7 +138,7 @@ async fn main() -> Fallible {
             "postgres" => options.postgres.clone(),
             other => return Err(format!("unknown store {other}").into()),
         };
-        let stores = Arc::new(eventsource::backend::open(&url).await?);
+        let stores = Arc::new(eventsourcing_kit::backend::open(&url).await?);
         stores.migrate().await?;
         for writers in [1, 16] {
             let kinds = [Kind::OneEvent, Kind::TwoEvents, Kind::TwoStreams];

@@ -16,13 +16,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eventsource::async_trait;
-use eventsource::backend::postgres::{self, sqlx, PgTransaction, PostgresProjection, PostgresReadModel};
-use eventsource::backend::sqlite::{self, rusqlite, SqliteProjection, SqliteReadModel};
-use eventsource::prelude::*;
-use eventsource::projection::{InMemoryReadModel, MemoryProjection, Projection};
-use eventsource::subscription::{HandlerError, Subscription};
-use eventsource::{EventEnvelope, InMemorySubscriptionStore};
+use eventsourcing_kit::async_trait;
+use eventsourcing_kit::backend::postgres::{self, sqlx, PgTransaction, PostgresProjection, PostgresReadModel};
+use eventsourcing_kit::backend::sqlite::{self, rusqlite, SqliteProjection, SqliteReadModel};
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::projection::{InMemoryReadModel, MemoryProjection, Projection};
+use eventsourcing_kit::subscription::{HandlerError, Subscription};
+use eventsourcing_kit::{EventEnvelope, InMemorySubscriptionStore};
 
 type Fallible<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -252,7 +252,7 @@ async fn fill(events: &dyn EventStore, n: usize) -> Fallible {
                         &TillEvent::from(Paid { amount: 1 }),
                     )
                 })
-                .collect::<eventsource::Result<_>>()?;
+                .collect::<eventsourcing_kit::Result<_>>()?;
             events.append(*till, "Till", version, &batch).await?;
             version += batch.len() as u64;
             written += batch.len();

@@ -3,7 +3,7 @@
 //! shards, each shard a PostgreSQL server of its own.
 //!
 //! ```text
-//! cargo run --release --features eventsource/postgres --example shard_benchmark -- \
+//! cargo run --release --features eventsourcing-kit/postgres --example shard_benchmark -- \
 //!     [--sizes 100000,1000000,10000000] [--runs 25] [--writers 64] [--seconds 10] \
 //!     [--postgres URL] [--only size|writers]
 //! ```
@@ -13,7 +13,7 @@
 //! is filled with N events in all: N / 100 accounts of 100 events (1 `AccountOpened`, 99
 //! `MoneyDeposited`). The fill is SQL on the server, `INSERT ... SELECT` from
 //! `generate_series` in transactions of 10,000 accounts, each account id `md5('bench-' || i)`
-//! and kept by the shard whose slices hold it (the slice formula of `eventsource::slice`), then
+//! and kept by the shard whose slices hold it (the slice formula of `eventsourcing_kit::slice`), then
 //! `ANALYZE`: rows as the library writes them, but a million times faster than commands. Then,
 //! on 16 accounts picked across the store, each cell is the median of `--runs` calls (after
 //! 200 untimed calls) in milliseconds: a load replaying all 100 events, a load from a snapshot at
@@ -37,11 +37,11 @@ use std::time::{Duration, Instant};
 
 use account::{Account, AccountCommands};
 use cluster::ScratchCluster;
-use eventsource::backend::postgres::sqlx::{self, Executor};
-use eventsource::backend::sharded::{self, ShardMap};
-use eventsource::backend::{self, Stores};
-use eventsource::prelude::*;
-use eventsource::slice::SliceCount;
+use eventsourcing_kit::backend::postgres::sqlx::{self, Executor};
+use eventsourcing_kit::backend::sharded::{self, ShardMap};
+use eventsourcing_kit::backend::{self, Stores};
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::slice::SliceCount;
 
 type Fallible<T = ()> = Result<T, Box<dyn std::error::Error>>;
 

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use eventsource::prelude::*;
+use eventsourcing_kit::prelude::*;
 
 #[event(aggregate = "Counter")]
 pub struct CounterIncremented {}

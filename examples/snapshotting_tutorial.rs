@@ -1,9 +1,9 @@
 //! Tutorial 14, optimizing with aggregate snapshotting, section by section.
 //!
 //! ```text
-//! cargo run --release -p eventsource-tutorial                        # in memory
-//! cargo run --release -p eventsource-tutorial -- sqlite:tutorial.db
-//! cargo run --release -p eventsource-tutorial --features postgres -- postgres://postgres@127.0.0.1/test
+//! cargo run --release -p eventsourcing-kit-tutorial                        # in memory
+//! cargo run --release -p eventsourcing-kit-tutorial -- sqlite:tutorial.db
+//! cargo run --release -p eventsourcing-kit-tutorial --features postgres -- postgres://postgres@127.0.0.1/test
 //! ```
 //!
 //! With a store that keeps its data (a SQLite file, PostgreSQL), a second run finds the
@@ -18,10 +18,10 @@ mod account;
 use std::time::Instant;
 
 use account::{Account, AccountCommands};
-use eventsource::backend::Stores;
-use eventsource::evolution::SchemaLock;
-use eventsource::prelude::*;
-use eventsource::MissReason;
+use eventsourcing_kit::backend::Stores;
+use eventsourcing_kit::evolution::SchemaLock;
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::MissReason;
 
 type Fallible<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
@@ -364,7 +364,7 @@ async fn main() -> Fallible {
 
 /// Every section of the tutorial, on the stores at `url` (`tests/examples.rs` runs it too).
 pub async fn run(url: &str) -> Fallible {
-    let stores = eventsource::backend::open(url).await?;
+    let stores = eventsourcing_kit::backend::open(url).await?;
     stores.migrate().await?;
     println!("Using the {} store\n", stores.backend_name());
 

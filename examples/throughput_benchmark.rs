@@ -35,9 +35,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use account::{Account, AccountCommands};
-use eventsource::backend::postgres::sqlx;
-use eventsource::backend::Stores;
-use eventsource::prelude::*;
+use eventsourcing_kit::backend::postgres::sqlx;
+use eventsourcing_kit::backend::Stores;
+use eventsourcing_kit::prelude::*;
 
 type Fallible<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -298,7 +298,7 @@ async fn sqlite_rows(dir: &std::path::Path, window: Duration) -> Fallible<Vec<Ro
     let mut rows = Vec::new();
     for (n, workload) in Workload::all().into_iter().enumerate() {
         let url = format!("sqlite:{}", dir.join(format!("cell-{n}.db")).display());
-        let stores = eventsource::backend::open(&url).await?;
+        let stores = eventsourcing_kit::backend::open(&url).await?;
         rows.push(measure("sqlite", &stores, workload, window).await?);
     }
     Ok(rows)
@@ -309,7 +309,7 @@ async fn postgres_rows(url: &str, window: Duration) -> Fallible<Vec<Row>> {
     let schema = format!("bench_{}", Uuid::new_v4().simple());
     let separator = if url.contains('?') { '&' } else { '?' };
     let url = format!("{url}{separator}schema={schema}&max_connections={POSTGRES_CONNECTIONS}");
-    let stores = eventsource::backend::open(&url).await?;
+    let stores = eventsourcing_kit::backend::open(&url).await?;
     let rows = postgres_cells(&stores, window).await;
     let pool = stores.postgres().ok_or("not a PostgreSQL store")?.pool();
     sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))

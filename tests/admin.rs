@@ -20,8 +20,8 @@ mod read_model;
 use std::process::{Command, Output, Stdio};
 
 use account::{Account, AccountCommands, AccountEvent};
-use eventsource::prelude::*;
-use eventsource::{Snapshot, SnapshotStore};
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::{Snapshot, SnapshotStore};
 use serde_json::Value;
 
 /// `bank_service admin --url URL ARGS...`, with nobody at the standard input.
@@ -66,7 +66,7 @@ fn account_stats(stats: &Value) -> &Value {
 const ACCOUNTS: u64 = 24;
 
 /// Accounts of 1 to 24 events each; returns their ids and the total balance in cents.
-async fn fill(stores: &eventsource::backend::Stores) -> (Vec<Uuid>, i128) {
+async fn fill(stores: &eventsourcing_kit::backend::Stores) -> (Vec<Uuid>, i128) {
     let accounts = stores.repository::<Account>();
     let (mut ids, mut total) = (Vec::new(), 0);
     for i in 0..ACCOUNTS {
@@ -84,7 +84,7 @@ async fn fill(stores: &eventsource::backend::Stores) -> (Vec<Uuid>, i128) {
 }
 
 async fn exercise(url: &str) {
-    let stores = eventsource::backend::open(url).await.unwrap();
+    let stores = eventsourcing_kit::backend::open(url).await.unwrap();
     stores.migrate().await.unwrap();
     let (ids, total) = fill(&stores).await;
     let events: u64 = (1..=ACCOUNTS).sum();
@@ -309,11 +309,11 @@ fn inert(text: &str) -> bool {
 /// and they can still be inspected and reset.
 async fn hostile_names(path: &std::path::Path) {
     let url = format!("sqlite:{}", path.display());
-    let stores = eventsource::backend::open(&url).await.unwrap();
+    let stores = eventsourcing_kit::backend::open(&url).await.unwrap();
     stores.migrate().await.unwrap();
     let evil = "evil\n\u{1b}[2Jforged            7           0  idle                   0  subscription";
     let shown = r"evil\n\u{1b}[2Jforged";
-    let connection = eventsource::backend::sqlite::rusqlite::Connection::open(path).unwrap();
+    let connection = eventsourcing_kit::backend::sqlite::rusqlite::Connection::open(path).unwrap();
     connection
         .execute(
             "INSERT INTO eventsource_subscriptions (name, position) VALUES (?1, 3)",
@@ -402,7 +402,7 @@ async fn hostile_names(path: &std::path::Path) {
     // An event type with the same, stored by a program of another make (the event store
     // keeps any name but one with NUL, so that such streams stay writable): one line each.
     let id = Uuid::new_v4();
-    let event = eventsource::EventEnvelope {
+    let event = eventsourcing_kit::EventEnvelope {
         event_id: Uuid::new_v4(),
         event_type: "Evil\n\u{1b}[2J".into(),
         event_version: 1,
@@ -454,7 +454,7 @@ async fn names_from_the_store_and_the_command_line_are_printed_escaped() {
 /// A rewarm in another process while this one saves: every snapshot it leaves stands for its
 /// history (a verify of every aggregate finds no drift and nothing unusable).
 async fn rewarm_beside_live_writers(url: &str) {
-    let stores = eventsource::backend::open(url).await.unwrap();
+    let stores = eventsourcing_kit::backend::open(url).await.unwrap();
     stores.migrate().await.unwrap();
     let (ids, _) = fill(&stores).await;
     let accounts = stores.repository_with_snapshots::<Account>(SnapshotPolicy::every(5).unwrap());
@@ -552,7 +552,7 @@ async fn the_admin_command_line_on_postgres() {
 async fn a_consumer_group_in_the_admin_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}", dir.path().join("bank.db").display());
-    let stores = eventsource::backend::open(&url).await.unwrap();
+    let stores = eventsourcing_kit::backend::open(&url).await.unwrap();
     fill(&stores).await;
     let rescaled = json(&url, &["projections", "rescale", "audit", "4"], 0);
     assert_eq!(
@@ -685,7 +685,7 @@ fn doctor_reports_the_durability_settings() {
 async fn dead_letters_are_listed_shown_and_replayed() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}", dir.path().join("bank.db").display());
-    let stores = eventsource::backend::open(&url).await.unwrap();
+    let stores = eventsourcing_kit::backend::open(&url).await.unwrap();
     fill(&stores).await;
     const MODEL: &str = "bank-read-model-v2";
     json(&url, &["projections", "rebuild", MODEL, "--yes"], 0);
@@ -828,10 +828,10 @@ async fn migrate_prints_the_pending_steps_as_sql_and_applies_them() {
         );
         // The team's migration tool runs the script as it is.
         let base = url.split('?').next().unwrap().to_owned();
-        let pool = eventsource::backend::postgres::PgPool::connect(&base)
+        let pool = eventsourcing_kit::backend::postgres::PgPool::connect(&base)
             .await
             .unwrap();
-        eventsource::backend::postgres::sqlx::raw_sql(&sql)
+        eventsourcing_kit::backend::postgres::sqlx::raw_sql(&sql)
             .execute(&pool)
             .await
             .unwrap();
@@ -873,7 +873,7 @@ fn migrate_has_nothing_pending_on_sqlite() {
 /// A consumer of `name` as the store sees one: it took the lease, stored `checkpoint` if
 /// given, and let the lease go if `stopped`; its owner.
 async fn consumed(
-    stores: &eventsource::backend::Stores,
+    stores: &eventsourcing_kit::backend::Stores,
     name: &str,
     checkpoint: Option<u64>,
     stopped: bool,
@@ -901,7 +901,7 @@ async fn consumed(
 async fn doctor_warns_of_stale_snapshots_and_slow_consumers() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}", dir.path().join("bank.db").display());
-    let stores = eventsource::backend::open(&url).await.unwrap();
+    let stores = eventsourcing_kit::backend::open(&url).await.unwrap();
     let (ids, _) = fill(&stores).await;
     let findings = |report: &Value| -> Vec<String> {
         report["findings"]
@@ -927,10 +927,10 @@ async fn doctor_warns_of_stale_snapshots_and_slow_consumers() {
     );
 
     // A snapshot past its stream's head, and one of a schema newer than the program's.
-    let past = eventsource::testing::snapshot(ids[3], "Account", 999, 1);
+    let past = eventsourcing_kit::testing::snapshot(ids[3], "Account", 999, 1);
     stores.snapshots.delete_snapshot(ids[3], "Account").await.unwrap();
     stores.snapshots.save_snapshot(&past).await.unwrap();
-    let newer = eventsource::testing::snapshot(ids[4], "Account", 2, 7);
+    let newer = eventsourcing_kit::testing::snapshot(ids[4], "Account", 2, 7);
     stores.snapshots.save_snapshot(&newer).await.unwrap();
     let found = findings(&json(&url, &["doctor"], 0));
     assert!(
@@ -1014,12 +1014,12 @@ async fn doctor_finds_pending_migrations_and_dead_letters() {
         assert_eq!(layout[0], layout[1], "{clean}");
         assert_eq!(clean["findings"].as_array().unwrap().len(), 0, "{clean}");
 
-        let stores = eventsource::backend::open(&url).await.unwrap();
+        let stores = eventsourcing_kit::backend::open(&url).await.unwrap();
         let event = StoredEvent {
             position: 1,
-            envelope: eventsource::EventEnvelope {
+            envelope: eventsourcing_kit::EventEnvelope {
                 payload: "{}".into(),
-                ..eventsource::testing::envelope(Uuid::new_v4(), "Account", 1)
+                ..eventsourcing_kit::testing::envelope(Uuid::new_v4(), "Account", 1)
             },
         };
         let consumer = Uuid::new_v4();
@@ -1077,7 +1077,7 @@ async fn the_admin_command_line_on_a_sharded_store() {
     )
     .unwrap();
     let url = format!("shards:{}", map.display());
-    let stores = eventsource::backend::open(&url).await.unwrap();
+    let stores = eventsourcing_kit::backend::open(&url).await.unwrap();
     fill(&stores).await;
     let events: u64 = (1..=ACCOUNTS).sum();
 

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use account::AccountEvent;
 use bank_service::{account, order, read_model, Config};
-use eventsource::prelude::*;
-use eventsource::EventEnvelope;
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::EventEnvelope;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -115,7 +115,7 @@ async fn exercise(url: &str) {
     let service = Running::start(config(url)).await;
     checks(service.addr).await;
     service.stop().await;
-    let stores = eventsource::backend::open(url).await.unwrap();
+    let stores = eventsourcing_kit::backend::open(url).await.unwrap();
     let listed = stores.subscriptions.subscriptions().await.unwrap();
     let model = listed
         .iter()
@@ -522,7 +522,7 @@ fn version_1<A: AggregateEvent>(id: Uuid, version: u64, event: A, payload: Value
 async fn a_database_of_floating_point_amounts_is_served_in_cents() {
     let dir = tempfile::tempdir().unwrap();
     let url = sqlite_url(&dir);
-    let stores = eventsource::backend::open(&url).await.unwrap();
+    let stores = eventsourcing_kit::backend::open(&url).await.unwrap();
     stores.migrate().await.unwrap();
     let (account, order) = (Uuid::new_v4(), Uuid::new_v4());
     let opened = account::AccountOpened {
@@ -614,7 +614,7 @@ fn version_1_amounts_are_upcast_to_cents_or_refused() {
 #[cfg(feature = "testing")]
 #[test]
 fn the_service_matches_its_schema_lock() {
-    eventsource::testing::check_schema_lock(concat!(
+    eventsourcing_kit::testing::check_schema_lock(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../examples/service/schema.lock"
     ));

@@ -7,11 +7,11 @@
 
 mod common;
 
-use eventsource::backend::postgres::PostgresEventStore;
-use eventsource::backend::sqlite::SqliteEventStore;
-use eventsource::prelude::*;
-use eventsource::request::RequestId;
-use eventsource::RequestIndex;
+use eventsourcing_kit::backend::postgres::PostgresEventStore;
+use eventsourcing_kit::backend::sqlite::SqliteEventStore;
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::request::RequestId;
+use eventsourcing_kit::RequestIndex;
 
 #[event(aggregate = "Ledger")]
 pub struct Posted {
@@ -42,7 +42,7 @@ async fn postgres(test: &str) -> Option<(common::ScratchSchema, PostgresEventSto
     let url = common::postgres_url(test)?;
     let scratch = common::ScratchSchema::new(&url, "caller");
     let separator = if url.contains('?') { '&' } else { '?' };
-    let stores = eventsource::backend::open(&format!("{url}{separator}schema={}", scratch.name))
+    let stores = eventsourcing_kit::backend::open(&format!("{url}{separator}schema={}", scratch.name))
         .await
         .unwrap();
     stores.migrate().await.unwrap();

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Account, AccountCommands, AccountOpened, MoneyDeposited, MoneyWithdrawn, Refused};
-use eventsource::prelude::*;
-use eventsource::repository::CommandError;
-use eventsource::request::RequestId;
-use eventsource::testing::given;
-use eventsource::{async_trait, EventEnvelope, EventStream};
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::repository::CommandError;
+use eventsourcing_kit::request::RequestId;
+use eventsourcing_kit::testing::given;
+use eventsourcing_kit::{async_trait, EventEnvelope, EventStream};
 
 async fn opened_account(repo: &Repository<Account>, balance: f64) -> Uuid {
     let id = Uuid::new_v4();
@@ -165,7 +165,7 @@ impl EventStore for LostAnswer {
         ty: &str,
         expected: u64,
         events: &[EventEnvelope],
-    ) -> eventsource::Result<eventsource::Appended> {
+    ) -> eventsourcing_kit::Result<eventsourcing_kit::Appended> {
         let stored = self.inner.append(id, ty, expected, events).await?;
         if self.lost.fetch_add(1, Ordering::SeqCst) == 1 {
             return Err(Error::Store {
@@ -180,16 +180,16 @@ impl EventStore for LostAnswer {
     fn read_stream<'a>(&'a self, id: Uuid, ty: &'a str, after: u64) -> EventStream<'a> {
         self.inner.read_stream(id, ty, after)
     }
-    async fn stream_version(&self, id: Uuid, ty: &str) -> eventsource::Result<u64> {
+    async fn stream_version(&self, id: Uuid, ty: &str) -> eventsourcing_kit::Result<u64> {
         self.inner.stream_version(id, ty).await
     }
     fn read_all(&self, after: u64) -> EventStream<'_> {
         self.inner.read_all(after)
     }
-    async fn head(&self, after: u64) -> eventsource::Result<eventsource::FeedHead> {
+    async fn head(&self, after: u64) -> eventsourcing_kit::Result<eventsourcing_kit::FeedHead> {
         self.inner.head(after).await
     }
-    async fn position_of(&self, id: Uuid, ty: &str, version: u64) -> eventsource::Result<Option<u64>> {
+    async fn position_of(&self, id: Uuid, ty: &str, version: u64) -> eventsourcing_kit::Result<Option<u64>> {
         self.inner.position_of(id, ty, version).await
     }
     fn load_stream<'a>(&'a self, id: Uuid, ty: &'a str, after: u64) -> EventStream<'a> {
@@ -378,10 +378,10 @@ async fn a_repeated_request_returns_its_first_outcome_in_memory() {
 async fn a_repeated_request_returns_its_first_outcome_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("requests.db");
-    let first = eventsource::backend::sqlite::SqliteEventStore::open(&path)
+    let first = eventsourcing_kit::backend::sqlite::SqliteEventStore::open(&path)
         .await
         .unwrap();
-    let second = eventsource::backend::sqlite::SqliteEventStore::open(&path)
+    let second = eventsourcing_kit::backend::sqlite::SqliteEventStore::open(&path)
         .await
         .unwrap();
     a_repeated_request_returns_its_first_outcome(Arc::new(first), Arc::new(second)).await;
@@ -397,9 +397,9 @@ async fn a_repeated_request_returns_its_first_outcome_on_postgres() {
     let Some(url) = common::postgres_url("a_repeated_request_returns_its_first_outcome_on_postgres") else {
         return;
     };
-    let (first, _) = eventsource::backend::postgres::connect_url(&url).await.unwrap();
+    let (first, _) = eventsourcing_kit::backend::postgres::connect_url(&url).await.unwrap();
     first.migrate().await.unwrap();
-    let (second, _) = eventsource::backend::postgres::connect_url(&url).await.unwrap();
+    let (second, _) = eventsourcing_kit::backend::postgres::connect_url(&url).await.unwrap();
     a_repeated_request_returns_its_first_outcome(Arc::new(first), Arc::new(second)).await;
 }
 

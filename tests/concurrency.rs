@@ -7,9 +7,9 @@ mod common;
 use std::collections::HashMap;
 
 use common::*;
-use eventsource::backend::{open, Stores};
-use eventsource::prelude::*;
-use eventsource::AggregateEvent;
+use eventsourcing_kit::backend::{open, Stores};
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::AggregateEvent;
 use futures_util::TryStreamExt;
 
 const TASKS: usize = 6;
@@ -74,7 +74,7 @@ async fn state_at(stores: &Stores, id: Uuid, version: u64) -> Account {
     let mut state = Account::default();
     for stored in events.iter().take(version as usize) {
         let event = AccountEvent::from_json(&stored.event_type, &stored.payload).unwrap();
-        eventsource::Aggregate::apply_event(&mut state, &event);
+        eventsourcing_kit::Aggregate::apply_event(&mut state, &event);
     }
     state
 }

@@ -8,9 +8,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use eventsource::backend::open;
-use eventsource::prelude::*;
-use eventsource::EventEnvelope;
+use eventsourcing_kit::backend::open;
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::EventEnvelope;
 
 /// Set in the child process: the SQLite URL to write to.
 const CHILD: &str = "EVENTSOURCE_TEST_CRASH_CHILD";

@@ -14,12 +14,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eventsource::backend::{self, SqlProjection, SqlReadModel, SqlWrites, Stores};
-use eventsource::projection::{InMemoryReadModel, MemoryProjection, Projection, ReadModelStore};
-use eventsource::subscription::{
+use eventsourcing_kit::backend::{self, SqlProjection, SqlReadModel, SqlWrites, Stores};
+use eventsourcing_kit::projection::{InMemoryReadModel, MemoryProjection, Projection, ReadModelStore};
+use eventsourcing_kit::subscription::{
     Consumer, HandlerError, OnFailure, ReplayOptions, ReplayOutcome, ReplayReport, SubscriptionStore,
 };
-use eventsource::{Error, EventEnvelope, StoredEvent, Uuid};
+use eventsourcing_kit::{Error, EventEnvelope, StoredEvent, Uuid};
 use serde_json::Value;
 
 /// The grams of a weighing: `{"grams": n}` today; `{"kg": n}` as an earlier release wrote
@@ -98,7 +98,7 @@ async fn weigh(stores: &Stores) -> Vec<Uuid> {
             .map(|(i, payload)| {
                 let envelope = EventEnvelope {
                     payload: (*payload).into(),
-                    ..eventsource::testing::envelope(id, "Parcel", i as u64 + 1)
+                    ..eventsourcing_kit::testing::envelope(id, "Parcel", i as u64 + 1)
                 };
                 if payload.contains("kg") {
                     poison.push(envelope.event_id);
@@ -274,7 +274,7 @@ async fn a_projections_dead_letters_replayed_on_sqlite() {
     ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
 )]
 async fn a_projections_dead_letters_replayed_on_postgres() {
-    use eventsource::backend::postgres::sqlx;
+    use eventsourcing_kit::backend::postgres::sqlx;
 
     let Some(url) = common::postgres_url("a_projections_dead_letters_replayed_on_postgres") else {
         return;

@@ -9,8 +9,8 @@
 
 mod common;
 
-use eventsource::backend::{self, durability::Durability};
-use eventsource::Error;
+use eventsourcing_kit::backend::{self, durability::Durability};
+use eventsourcing_kit::Error;
 
 fn setting<'d>(durability: &'d Durability, name: &str) -> &'d str {
     &durability

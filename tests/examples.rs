@@ -31,7 +31,7 @@ async fn the_tutorial_awaits_its_one_background_snapshot_every_time() {
     let dir = tempfile::tempdir().unwrap();
     let file = format!("sqlite:{}", dir.path().join("tutorial.db").display());
     for url in ["memory:", file.as_str()] {
-        let stores = eventsource::backend::open(url).await.unwrap();
+        let stores = eventsourcing_kit::backend::open(url).await.unwrap();
         stores.migrate().await.unwrap();
         for run in 0..40 {
             assert_eq!(

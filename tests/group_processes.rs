@@ -17,10 +17,10 @@ use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eventsource::backend::{self, SqlProjection, SqlReadModel, SqlWrites, Stores};
-use eventsource::prelude::*;
-use eventsource::projection::Projection;
-use eventsource::subscription::HandlerError;
+use eventsourcing_kit::backend::{self, SqlProjection, SqlReadModel, SqlWrites, Stores};
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::projection::Projection;
+use eventsourcing_kit::subscription::HandlerError;
 use futures_util::FutureExt;
 
 /// Set in a worker process: the stores' URL.
@@ -231,7 +231,7 @@ async fn applied(stores: &Stores, table: &str) -> Vec<(String, i64, i64)> {
     let rows = format!("SELECT aggregate_id, version, previous FROM {table}");
     #[cfg(feature = "postgres")]
     if let Some(events) = stores.postgres() {
-        return eventsource::backend::postgres::sqlx::query_as(&rows)
+        return eventsourcing_kit::backend::postgres::sqlx::query_as(&rows)
             .fetch_all(events.pool())
             .await
             .unwrap();

@@ -13,11 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eventsource::backend::{self, Stores};
-use eventsource::group::ConsumerGroup;
-use eventsource::prelude::*;
-use eventsource::projection::{InMemoryReadModel, MemoryProjection};
-use eventsource::subscription::{Handler, HandlerError, Subscription};
+use eventsourcing_kit::backend::{self, Stores};
+use eventsourcing_kit::group::ConsumerGroup;
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::projection::{InMemoryReadModel, MemoryProjection};
+use eventsourcing_kit::subscription::{Handler, HandlerError, Subscription};
 use tokio::sync::oneshot;
 
 #[event(aggregate = "Parcel")]
@@ -61,7 +61,7 @@ struct Tallying(Repository<Tally>);
 impl Handler for Tallying {
     async fn handle(&mut self, events: &[StoredEvent]) -> Result<(), HandlerError> {
         for event in events {
-            let request = eventsource::request::RequestId::new(&format!("tally {}", event.event_id))?;
+            let request = eventsourcing_kit::request::RequestId::new(&format!("tally {}", event.event_id))?;
             self.0
                 .command(event.aggregate_id)
                 .request_id(request)
@@ -119,7 +119,7 @@ struct Recording(Record, Duration);
 fn recording(
     record: &Record,
     slow: Duration,
-) -> impl Fn(eventsource::slice::SliceRange) -> Recording + Send + Sync {
+) -> impl Fn(eventsourcing_kit::slice::SliceRange) -> Recording + Send + Sync {
     let record = record.clone();
     move |range| {
         let pause = if range.contains(0) {
@@ -456,7 +456,7 @@ impl MemoryProjection for Applied {
     fn apply(&mut self, events: &[StoredEvent]) -> Result<(), HandlerError> {
         // The range of slice 0 falls behind the others.
         if events.iter().any(|e| {
-            eventsource::slice::SliceCount::DEFAULT.slice_of(&e.aggregate_type, e.aggregate_id) < 100
+            eventsourcing_kit::slice::SliceCount::DEFAULT.slice_of(&e.aggregate_type, e.aggregate_id) < 100
         }) {
             std::thread::sleep(Duration::from_millis(15));
         }

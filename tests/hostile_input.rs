@@ -16,8 +16,8 @@ mod common;
 use std::fmt;
 
 use common::*;
-use eventsource::prelude::*;
-use eventsource::{
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::{
     async_trait, AggregateEvent, EventEnvelope, EventStream, MissReason, Snapshot, StoredEvent,
 };
 use futures_util::TryStreamExt;
@@ -557,7 +557,7 @@ fn config(cases: u32) -> ProptestConfig {
 fn snapshot(id: Uuid, version: u64, state: &str, schema_version: u32) -> Snapshot {
     Snapshot {
         state: state.to_owned(),
-        ..eventsource::testing::snapshot(id, "Account", version, schema_version)
+        ..eventsourcing_kit::testing::snapshot(id, "Account", version, schema_version)
     }
 }
 
@@ -1324,29 +1324,29 @@ async fn odd_names_are_stored_exactly_and_kept_apart() {
 
 /// An event store that reads back a fixed list of rows, as a broken or hostile backend might.
 struct ScriptedEventStore {
-    rows: Vec<eventsource::Result<StoredEvent>>,
+    rows: Vec<eventsourcing_kit::Result<StoredEvent>>,
     /// Whether reads keep only the rows after the version asked for, or return every row.
     filters: bool,
 }
 
 impl ScriptedEventStore {
-    fn filtering(rows: Vec<eventsource::Result<StoredEvent>>) -> Self {
+    fn filtering(rows: Vec<eventsourcing_kit::Result<StoredEvent>>) -> Self {
         ScriptedEventStore { rows, filters: true }
     }
 
-    fn verbatim(rows: Vec<eventsource::Result<StoredEvent>>) -> Self {
+    fn verbatim(rows: Vec<eventsourcing_kit::Result<StoredEvent>>) -> Self {
         ScriptedEventStore { rows, filters: false }
     }
 }
 
-fn row(id: Uuid, version: u64, event_type: &str, payload: &str) -> eventsource::Result<StoredEvent> {
+fn row(id: Uuid, version: u64, event_type: &str, payload: &str) -> eventsourcing_kit::Result<StoredEvent> {
     Ok(StoredEvent {
         position: version,
         envelope: envelope(id, version, event_type, payload),
     })
 }
 
-fn copy(row: &eventsource::Result<StoredEvent>) -> eventsource::Result<StoredEvent> {
+fn copy(row: &eventsourcing_kit::Result<StoredEvent>) -> eventsourcing_kit::Result<StoredEvent> {
     match row {
         Ok(event) => Ok(event.clone()),
         Err(e) => Err(Error::Store {
@@ -1366,7 +1366,7 @@ impl EventStore for ScriptedEventStore {
         _: &str,
         _: u64,
         _: &[EventEnvelope],
-    ) -> eventsource::Result<eventsource::Appended> {
+    ) -> eventsourcing_kit::Result<eventsourcing_kit::Appended> {
         Err(Error::InvalidInput("read only".into()))
     }
 
@@ -1380,7 +1380,7 @@ impl EventStore for ScriptedEventStore {
         Box::pin(futures_util::stream::iter(rows))
     }
 
-    async fn stream_version(&self, _: Uuid, _: &str) -> eventsource::Result<u64> {
+    async fn stream_version(&self, _: Uuid, _: &str) -> eventsourcing_kit::Result<u64> {
         Ok(self.rows.len() as u64)
     }
 
@@ -1390,7 +1390,7 @@ impl EventStore for ScriptedEventStore {
         ))
     }
 
-    async fn head(&self, after: u64) -> eventsource::Result<eventsource::FeedHead> {
+    async fn head(&self, after: u64) -> eventsourcing_kit::Result<eventsourcing_kit::FeedHead> {
         Ok(common::head_of(
             self.rows.iter().filter_map(|r| r.as_ref().ok()),
             after,

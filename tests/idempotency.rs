@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Account, AccountCommands, Refused};
-use eventsource::backend::{self, Stores};
-use eventsource::prelude::*;
-use eventsource::request::{Fingerprint, RequestId};
+use eventsourcing_kit::backend::{self, Stores};
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::request::{Fingerprint, RequestId};
 
 #[event(aggregate = "RequestCounter")]
 pub struct Counted {
@@ -240,7 +240,7 @@ async fn without_a_request_index_the_aggregate_stream_answers() {
 /// methods, the backend's abilities handed out beside it: every outcome is the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_commands_through_a_wrapper_of_the_required_methods() {
-    use eventsource::testing::RequiredOnly;
+    use eventsourcing_kit::testing::RequiredOnly;
 
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}", dir.path().join("wrapped.db").display());

@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{opened, Account, AccountOpened, HangingSnapshotStore, MoneyDeposited, ObservedSnapshotStore};
-use eventsource::backend::{postgres, sqlite};
-use eventsource::prelude::*;
-use eventsource::snapshot::DEFAULT_STORE_TIMEOUT;
-use eventsource::{async_trait, EventEnvelope, EventStore, MissReason, Snapshot, SnapshotStore};
+use eventsourcing_kit::backend::{postgres, sqlite};
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::snapshot::DEFAULT_STORE_TIMEOUT;
+use eventsourcing_kit::{async_trait, EventEnvelope, EventStore, MissReason, Snapshot, SnapshotStore};
 
 // ---------------------------------------------------------------------------------------
 // The backends
@@ -194,7 +194,7 @@ async fn an_event_store_rolled_back_behind_its_snapshots(w: &Wiring) {
                                          // The backup: the first 6 events, copied into the other store.
     let backup: Vec<_> = {
         use futures_util::TryStreamExt;
-        let events: Vec<eventsource::StoredEvent> =
+        let events: Vec<eventsourcing_kit::StoredEvent> =
             w.a.read_stream(id, "Account", 0).try_collect().await.unwrap();
         events.into_iter().take(6).map(|e| e.envelope).collect()
     };
@@ -430,10 +430,10 @@ fn take_one(counter: &AtomicUsize) -> bool {
 
 #[async_trait]
 impl SnapshotStore for PanickingSnapshotStore {
-    async fn get_snapshot(&self, id: Uuid, t: &str, schema: u32) -> eventsource::Result<Option<Snapshot>> {
+    async fn get_snapshot(&self, id: Uuid, t: &str, schema: u32) -> eventsourcing_kit::Result<Option<Snapshot>> {
         self.inner.get_snapshot(id, t, schema).await
     }
-    async fn save_snapshot(&self, snapshot: &Snapshot) -> eventsource::Result<bool> {
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> eventsourcing_kit::Result<bool> {
         if take_one(&self.slow) {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
@@ -442,13 +442,13 @@ impl SnapshotStore for PanickingSnapshotStore {
         }
         self.inner.save_snapshot(snapshot).await
     }
-    async fn delete_snapshot(&self, id: Uuid, t: &str) -> eventsource::Result<bool> {
+    async fn delete_snapshot(&self, id: Uuid, t: &str) -> eventsourcing_kit::Result<bool> {
         self.inner.delete_snapshot(id, t).await
     }
-    async fn snapshot_exists(&self, id: Uuid, t: &str) -> eventsource::Result<bool> {
+    async fn snapshot_exists(&self, id: Uuid, t: &str) -> eventsourcing_kit::Result<bool> {
         self.inner.snapshot_exists(id, t).await
     }
-    async fn delete_snapshots_by_type(&self, t: &str, below: Option<u32>) -> eventsource::Result<u64> {
+    async fn delete_snapshots_by_type(&self, t: &str, below: Option<u32>) -> eventsourcing_kit::Result<u64> {
         self.inner.delete_snapshots_by_type(t, below).await
     }
 }

@@ -2,11 +2,11 @@
 //! through the path they are given, here the library under another name and a module that
 //! re-exports it.
 
-extern crate eventsource as renamed;
+extern crate eventsourcing_kit as renamed;
 
 /// The library as a facade crate would re-export it.
 pub mod lib {
-    pub use ::eventsource::*;
+    pub use ::eventsourcing_kit::*;
 }
 
 use renamed::prelude::*;

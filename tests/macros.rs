@@ -1,8 +1,8 @@
 //! Integration tests of `#[event]` and `#[derive(Aggregate)]`.
 
-use eventsource::prelude::*;
-use eventsource::registry;
-use eventsource::AggregateEvent;
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::registry;
+use eventsourcing_kit::AggregateEvent;
 
 #[event(aggregate = "Account")]
 pub struct AccountOpened {
@@ -52,7 +52,7 @@ impl Apply<MoneyWithdrawn> for Account {
 /// Events of another module, listed by path, one renamed and versioned, one unit struct,
 /// one that derives everything itself.
 mod ledger {
-    use eventsource::prelude::*;
+    use eventsourcing_kit::prelude::*;
 
     /// Version 3: version 1 stored the amount as `cents`, version 2 as a string.
     #[event(

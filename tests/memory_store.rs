@@ -2,14 +2,14 @@
 
 mod common;
 
-use eventsource::{InMemoryEventStore, InMemorySnapshotStore, InMemorySubscriptionStore};
+use eventsourcing_kit::{InMemoryEventStore, InMemorySnapshotStore, InMemorySubscriptionStore};
 
 mod one_store_per_test {
     use super::*;
 
-    eventsource::event_store_conformance!(async { InMemoryEventStore::new() });
-    eventsource::snapshot_store_conformance!(async { InMemorySnapshotStore::new() });
-    eventsource::subscription_store_conformance!(async { InMemorySubscriptionStore::new() });
+    eventsourcing_kit::event_store_conformance!(async { InMemoryEventStore::new() });
+    eventsourcing_kit::snapshot_store_conformance!(async { InMemorySnapshotStore::new() });
+    eventsourcing_kit::subscription_store_conformance!(async { InMemorySubscriptionStore::new() });
 }
 
 /// Every check against one shared store, as a database shared by many writers would be.
@@ -28,9 +28,9 @@ mod one_shared_store {
         STORE.get_or_init(Default::default).clone()
     }
 
-    eventsource::event_store_conformance!(async { events() });
-    eventsource::snapshot_store_conformance!(async { snapshots() });
-    eventsource::subscription_store_conformance!(async { InMemorySubscriptionStore::new() });
+    eventsourcing_kit::event_store_conformance!(async { events() });
+    eventsourcing_kit::snapshot_store_conformance!(async { snapshots() });
+    eventsourcing_kit::subscription_store_conformance!(async { InMemorySubscriptionStore::new() });
 }
 
 /// The suite through a wrapper that forwards only the required methods: every default of the
@@ -38,26 +38,26 @@ mod one_shared_store {
 mod through_a_wrapper_of_the_required_methods {
     use super::*;
 
-    eventsource::event_store_conformance!(async {
-        eventsource::testing::RequiredOnly(InMemoryEventStore::new())
+    eventsourcing_kit::event_store_conformance!(async {
+        eventsourcing_kit::testing::RequiredOnly(InMemoryEventStore::new())
     });
 }
 
 /// The abilities the in-memory stores hand out, each against its plain equivalent; and the
 /// same abilities beside an event store wrapped in a wrapper of the required methods.
 mod abilities {
-    use eventsource::backend::Stores;
-    use eventsource::testing::stores::{assert_abilities, Abilities};
-    use eventsource::testing::RequiredOnly;
+    use eventsourcing_kit::backend::Stores;
+    use eventsourcing_kit::testing::stores::{assert_abilities, Abilities};
+    use eventsourcing_kit::testing::RequiredOnly;
 
     use super::*;
 
-    eventsource::stores_conformance!(async { Stores::in_memory() });
+    eventsourcing_kit::stores_conformance!(async { Stores::in_memory() });
 
     mod beside_a_wrapper {
         use super::*;
 
-        eventsource::stores_conformance!(async {
+        eventsourcing_kit::stores_conformance!(async {
             let (events, snapshots) = (InMemoryEventStore::new(), InMemorySnapshotStore::new());
             Stores::new(
                 RequiredOnly(events.clone()),
@@ -97,20 +97,20 @@ mod abilities {
 mod optional_store {
     use super::*;
 
-    eventsource::event_store_conformance!(optional: async { Some(InMemoryEventStore::new()) });
-    eventsource::snapshot_store_conformance!(optional: async { Some(InMemorySnapshotStore::new()) });
+    eventsourcing_kit::event_store_conformance!(optional: async { Some(InMemoryEventStore::new()) });
+    eventsourcing_kit::snapshot_store_conformance!(optional: async { Some(InMemorySnapshotStore::new()) });
 }
 
 #[tokio::test]
 async fn run_all_runs_every_check_on_one_store() {
-    assert_eq!(eventsource::testing::event_store::NAMES.len(), 18);
-    assert_eq!(eventsource::testing::snapshot_store::NAMES.len(), 10);
-    assert_eq!(eventsource::testing::stores::NAMES.len(), 15);
-    eventsource::testing::stores::run_all(&eventsource::backend::Stores::in_memory()).await;
-    eventsource::testing::event_store::run_all(&InMemoryEventStore::new()).await;
-    eventsource::testing::snapshot_store::run_all(&InMemorySnapshotStore::new()).await;
-    assert_eq!(eventsource::testing::subscription_store::NAMES.len(), 9);
-    eventsource::testing::subscription_store::run_all(&InMemorySubscriptionStore::new()).await;
+    assert_eq!(eventsourcing_kit::testing::event_store::NAMES.len(), 18);
+    assert_eq!(eventsourcing_kit::testing::snapshot_store::NAMES.len(), 10);
+    assert_eq!(eventsourcing_kit::testing::stores::NAMES.len(), 15);
+    eventsourcing_kit::testing::stores::run_all(&eventsourcing_kit::backend::Stores::in_memory()).await;
+    eventsourcing_kit::testing::event_store::run_all(&InMemoryEventStore::new()).await;
+    eventsourcing_kit::testing::snapshot_store::run_all(&InMemorySnapshotStore::new()).await;
+    assert_eq!(eventsourcing_kit::testing::subscription_store::NAMES.len(), 9);
+    eventsourcing_kit::testing::subscription_store::run_all(&InMemorySubscriptionStore::new()).await;
 }
 
 /// The repository's behaviour through a wrapper of the required methods, with the backend's
@@ -119,9 +119,9 @@ async fn run_all_runs_every_check_on_one_store() {
 mod repository_through_a_wrapper {
     use std::sync::Arc;
 
-    use eventsource::backend::Stores;
-    use eventsource::prelude::*;
-    use eventsource::testing::RequiredOnly;
+    use eventsourcing_kit::backend::Stores;
+    use eventsourcing_kit::prelude::*;
+    use eventsourcing_kit::testing::RequiredOnly;
 
     use crate::common::{Account, AccountCommands};
 
@@ -159,7 +159,7 @@ mod repository_through_a_wrapper {
         stale.deposit(1.0).unwrap();
         assert!(through.save(&mut stale).await.unwrap_err().is_conflict());
 
-        let request = eventsource::request::RequestId::new("wrapped deposit").unwrap();
+        let request = eventsourcing_kit::request::RequestId::new("wrapped deposit").unwrap();
         let first = through
             .command(id)
             .request_id(request.clone())

@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::{envelope, opened, Account, MoneyDeposited};
-use eventsource::backend::postgres::{pool_options, PgPool, PostgresEventStore, PostgresSnapshotStore};
-use eventsource::backend::sqlite::{self, rusqlite, Database, SqliteEventStore};
-use eventsource::slice::{SliceCount, SliceRange};
-use eventsource::{
+use eventsourcing_kit::backend::postgres::{pool_options, PgPool, PostgresEventStore, PostgresSnapshotStore};
+use eventsourcing_kit::backend::sqlite::{self, rusqlite, Database, SqliteEventStore};
+use eventsourcing_kit::slice::{SliceCount, SliceRange};
+use eventsourcing_kit::{
     Error, EventStore, Repository, SliceFeed, SnapshotPolicy, SnapshotStore, StoredEvent, Uuid,
 };
 use futures_util::{StreamExt, TryStreamExt};
@@ -358,7 +358,7 @@ async fn sqlite_an_event_stored_without_its_slice_is_refused() {
 /// index holds each id's last batch, as the stream holds it.
 #[tokio::test]
 async fn sqlite_request_ids_of_layout_5_fill_the_request_index() {
-    use eventsource::RequestIndex;
+    use eventsourcing_kit::RequestIndex;
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("layout5.db");
@@ -401,7 +401,7 @@ async fn sqlite_request_ids_of_layout_5_fill_the_request_index() {
     let stored: Vec<StoredEvent> = events.read_stream(id, "Account", 0).try_collect().await.unwrap();
     assert_eq!(
         found.outcome,
-        eventsource::request::RequestOutcome::Executed {
+        eventsourcing_kit::request::RequestOutcome::Executed {
             version: 2,
             position: stored[1].position
         }
@@ -898,7 +898,7 @@ async fn postgres_request_ids_of_layout_7_fill_the_request_index() {
             Some("text")
         );
         assert!(postgres_versions(&pool, &schema).await.contains(&8));
-        let stores = eventsource::backend::Stores::from_postgres(events.clone(), events.snapshot_store());
+        let stores = eventsourcing_kit::backend::Stores::from_postgres(events.clone(), events.snapshot_store());
         let index = stores.request_index.clone().unwrap();
         let found = index
             .find_request(&request.into())
@@ -911,7 +911,7 @@ async fn postgres_request_ids_of_layout_7_fill_the_request_index() {
         );
         assert_eq!(
             found.outcome,
-            eventsource::request::RequestOutcome::Executed {
+            eventsourcing_kit::request::RequestOutcome::Executed {
                 version: 3,
                 position: 3
             },

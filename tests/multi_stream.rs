@@ -8,9 +8,9 @@ mod common;
 
 use std::sync::Arc;
 
-use eventsource::backend::{self, Stores};
-use eventsource::multi_stream::{self, MultiStreamSave, StreamCheck};
-use eventsource::prelude::*;
+use eventsourcing_kit::backend::{self, Stores};
+use eventsourcing_kit::multi_stream::{self, MultiStreamSave, StreamCheck};
+use eventsourcing_kit::prelude::*;
 
 #[event(aggregate = "Username")]
 pub struct Claimed {
@@ -195,7 +195,7 @@ async fn transfers_keep_the_total(stores: Stores) {
 async fn bad_input_writes_nothing(stores: Stores) {
     let store = stores.multi_stream().unwrap();
     let wallets = stores.repository::<Wallet>();
-    let invalid = |outcome: Result<Vec<eventsource::Appended>, Error>, what: &str| match outcome {
+    let invalid = |outcome: Result<Vec<eventsourcing_kit::Appended>, Error>, what: &str| match outcome {
         Err(Error::InvalidInput(why)) => why,
         other => panic!("{what}: expected invalid input, got {other:?}"),
     };

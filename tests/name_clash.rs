@@ -3,10 +3,10 @@
 //! save, naming both Rust types. (A test binary of its own: the clash fails every repository
 //! in it.)
 
-use eventsource::prelude::*;
+use eventsourcing_kit::prelude::*;
 
 mod order {
-    use eventsource::prelude::*;
+    use eventsourcing_kit::prelude::*;
 
     #[event(aggregate = "Order")]
     pub struct Created;
@@ -22,7 +22,7 @@ mod order {
 }
 
 mod customer {
-    use eventsource::prelude::*;
+    use eventsourcing_kit::prelude::*;
 
     #[event(aggregate = "Customer")]
     pub struct Created;
@@ -51,12 +51,12 @@ mod customer {
 
 #[test]
 fn event_types_are_scoped_by_aggregate_and_aggregate_names_are_unique() {
-    let order = eventsource::registry::event("Order", "Created").expect("registered");
-    let customer = eventsource::registry::event("Customer", "Created").expect("registered");
+    let order = eventsourcing_kit::registry::event("Order", "Created").expect("registered");
+    let customer = eventsourcing_kit::registry::event("Customer", "Created").expect("registered");
     assert_eq!(order.rust_type, "name_clash::order::Created");
     assert_eq!(customer.rust_type, "name_clash::customer::Created");
 
-    match eventsource::registry::check() {
+    match eventsourcing_kit::registry::check() {
         Err(Error::DuplicateName {
             kind,
             name,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use eventsource::prelude::*;
+use eventsourcing_kit::prelude::*;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
@@ -120,16 +120,16 @@ fn commands_and_batches_are_spans_with_their_outcome_and_error() {
             let repo = Repository::<Account>::new(events.clone());
             let id = Uuid::new_v4();
             repo.command(id)
-                .request_id("open-1".parse::<eventsource::request::RequestId>().unwrap())
+                .request_id("open-1".parse::<eventsourcing_kit::request::RequestId>().unwrap())
                 .run(|a| a.open("Ada", 10.0))
                 .await
                 .unwrap();
             let refused = repo.command(id).run(|a| a.withdraw(1_000.0)).await;
             assert!(refused.is_err());
-            let subscription = eventsource::subscription::Subscription::new(
+            let subscription = eventsourcing_kit::subscription::Subscription::new(
                 "failing",
                 Arc::new(events),
-                Arc::new(eventsource::InMemorySubscriptionStore::new()),
+                Arc::new(eventsourcing_kit::InMemorySubscriptionStore::new()),
             )
             .unwrap()
             .retry(1, std::time::Duration::ZERO, std::time::Duration::ZERO)

@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use eventsource::backend;
-use eventsource::outbox::NatsRelay;
-use eventsource::prelude::*;
-use eventsource::subscription::Consumer;
+use eventsourcing_kit::backend;
+use eventsourcing_kit::outbox::NatsRelay;
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::subscription::Consumer;
 
 /// Set in a relay process: the stores' URL and the broker's.
 const RELAY: &str = "EVENTSOURCE_TEST_RELAY_STORES";

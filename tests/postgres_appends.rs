@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Utc};
-use eventsource::backend::postgres::{pool_options, PostgresEventStore};
-use eventsource::{Error, EventStore, Snapshot, SnapshotStore, StoredEvent, Uuid};
+use eventsourcing_kit::backend::postgres::{pool_options, PostgresEventStore};
+use eventsourcing_kit::{Error, EventStore, Snapshot, SnapshotStore, StoredEvent, Uuid};
 use futures_util::{StreamExt, TryStreamExt};
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;

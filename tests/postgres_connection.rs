@@ -10,8 +10,8 @@ mod database;
 
 use std::time::Duration;
 
-use eventsource::backend::postgres::{self, sqlx};
-use eventsource::Error;
+use eventsourcing_kit::backend::postgres::{self, sqlx};
+use eventsourcing_kit::Error;
 
 async fn encrypted(url: &str) -> bool {
     let (events, _) = postgres::connect_url(url).await.unwrap();
@@ -141,7 +141,7 @@ async fn refused_before_connecting(parameters: &[&str], bounds: &str) {
             tokio::time::timeout(Duration::from_secs(5), postgres::connect_url(&url))
                 .await
                 .map(|result| result.map(drop)),
-            tokio::time::timeout(Duration::from_secs(5), eventsource::backend::open(&url))
+            tokio::time::timeout(Duration::from_secs(5), eventsourcing_kit::backend::open(&url))
                 .await
                 .map(|result| result.map(drop)),
         ];

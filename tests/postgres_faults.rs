@@ -8,14 +8,14 @@
 
 mod common;
 
-use eventsource::testing::envelope;
+use eventsourcing_kit::testing::envelope;
 
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventsource::backend::postgres::{pool_options, PgPool, PostgresEventStore};
-use eventsource::{EventEnvelope, EventStore, Uuid};
+use eventsourcing_kit::backend::postgres::{pool_options, PgPool, PostgresEventStore};
+use eventsourcing_kit::{EventEnvelope, EventStore, Uuid};
 
 /// The advisory lock key the stalling trigger waits on.
 const STALL_LOCK: i64 = 0x7374_616c_6c00;
@@ -151,7 +151,7 @@ async fn a_paused_server_process_stops_only_its_own_append() {
                 next.aggregate_version = version + 1;
                 version = events.append(id, "Fault", version, &[next]).await?.version;
             }
-            Ok::<_, eventsource::Error>(version)
+            Ok::<_, eventsourcing_kit::Error>(version)
         }));
     }
     let others = tokio::time::timeout(Duration::from_secs(20), futures_util::future::join_all(writers))

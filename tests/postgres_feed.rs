@@ -7,13 +7,13 @@
 
 mod common;
 
-use eventsource::testing::envelope;
+use eventsourcing_kit::testing::envelope;
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use eventsource::backend::postgres::{pool_options, PgPool, PostgresEventStore};
-use eventsource::{EventStore, Uuid};
+use eventsourcing_kit::backend::postgres::{pool_options, PgPool, PostgresEventStore};
+use eventsourcing_kit::{EventStore, Uuid};
 use futures_util::StreamExt;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{Connection, Executor};
@@ -131,15 +131,15 @@ impl Feed {
 #[cfg(feature = "admin")]
 async fn admin_stats(url: &str) -> String {
     use clap::Parser;
-    use eventsource::subscription::SubscriptionStore;
+    use eventsourcing_kit::subscription::SubscriptionStore;
 
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
-        admin: eventsource::admin::AdminArgs,
+        admin: eventsourcing_kit::admin::AdminArgs,
     }
     // A subscription to list, behind the held-back event.
-    let (events, _) = eventsource::backend::postgres::connect_url(url).await.unwrap();
+    let (events, _) = eventsourcing_kit::backend::postgres::connect_url(url).await.unwrap();
     let subscriptions = events.subscription_store();
     let owner = Uuid::new_v4();
     assert!(subscriptions
@@ -152,7 +152,7 @@ async fn admin_stats(url: &str) -> String {
         .unwrap());
     let cli = Cli::parse_from(["admin", "--url", url, "stats"]);
     let mut out = Vec::new();
-    eventsource::admin::Admin::new()
+    eventsourcing_kit::admin::Admin::new()
         .run_with(cli.admin, &mut out)
         .await
         .unwrap();

@@ -12,8 +12,8 @@ mod common;
 mod support;
 
 use common::{opened, Account, MoneyDeposited};
-use eventsource::backend::postgres::{PostgresEventStore, PostgresSnapshotStore};
-use eventsource::{
+use eventsourcing_kit::backend::postgres::{PostgresEventStore, PostgresSnapshotStore};
+use eventsourcing_kit::{
     Error, MissReason, Repository, Snapshot, SnapshotPolicy, SnapshotStore, StoredEvent, Uuid,
 };
 use futures_util::{StreamExt, TryStreamExt};
@@ -324,6 +324,6 @@ async fn only_stores_on_one_pool_read_jointly() {
     let other = PostgresEventStore::new(db.admin().await);
     assert!(other.joint_snapshots(snapshots).is_none());
     // The stores of a URL hand the joint statements out.
-    let stores = eventsource::backend::open(&db.url).await.unwrap();
+    let stores = eventsourcing_kit::backend::open(&db.url).await.unwrap();
     assert!(stores.joint_snapshots.is_some());
 }

@@ -4,18 +4,18 @@
 
 mod common;
 
-use eventsource::testing::envelope;
+use eventsourcing_kit::testing::envelope;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eventsource::backend::postgres::{
+use eventsourcing_kit::backend::postgres::{
     pool_options, PgTransaction, PostgresEventStore, PostgresProjection, PostgresReadModel,
 };
-use eventsource::projection::ReadModelStore;
-use eventsource::subscription::{HandlerError, SubscriptionStore};
-use eventsource::{EventStore, StoredEvent, Uuid};
+use eventsourcing_kit::projection::ReadModelStore;
+use eventsourcing_kit::subscription::{HandlerError, SubscriptionStore};
+use eventsourcing_kit::{EventStore, StoredEvent, Uuid};
 use futures_util::TryStreamExt;
 use tokio::sync::Notify;
 

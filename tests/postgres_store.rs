@@ -16,8 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::DateTime;
 use common::{opened, Account, MoneyDeposited, MoneyWithdrawn};
-use eventsource::backend::postgres::{connect_url, pool_options, PostgresEventStore, PostgresSnapshotStore};
-use eventsource::{
+use eventsourcing_kit::backend::postgres::{connect_url, pool_options, PostgresEventStore, PostgresSnapshotStore};
+use eventsourcing_kit::{
     Error, EventStore, Repository, Snapshot, SnapshotPolicy, SnapshotStore, StoredEvent, Uuid,
 };
 use futures_util::StreamExt;
@@ -30,7 +30,7 @@ use support::*;
 // The expression the macros take is evaluated in each generated test, so its `return` ends
 // that test: this is how the checks skip without a database, like every test here.
 mod event_store_conformance {
-    eventsource::event_store_conformance!(
+    eventsourcing_kit::event_store_conformance!(
         #[cfg_attr(
             not(eventsource_postgres_tests),
             ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
@@ -45,7 +45,7 @@ mod event_store_conformance {
 }
 
 mod snapshot_store_conformance {
-    eventsource::snapshot_store_conformance!(
+    eventsourcing_kit::snapshot_store_conformance!(
         #[cfg_attr(
             not(eventsource_postgres_tests),
             ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
@@ -60,7 +60,7 @@ mod snapshot_store_conformance {
 }
 
 mod subscription_store_conformance {
-    eventsource::subscription_store_conformance!(
+    eventsourcing_kit::subscription_store_conformance!(
         #[cfg_attr(
             not(eventsource_postgres_tests),
             ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
@@ -75,7 +75,7 @@ mod subscription_store_conformance {
 }
 
 mod stores_conformance {
-    eventsource::stores_conformance!(
+    eventsourcing_kit::stores_conformance!(
         #[cfg_attr(
             not(eventsource_postgres_tests),
             ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
@@ -84,7 +84,7 @@ mod stores_conformance {
             let Some(db) = super::db(concat!("conformance check in ", module_path!())).await else {
                 return;
             };
-            std::future::ready(eventsource::backend::Stores::from_postgres(
+            std::future::ready(eventsourcing_kit::backend::Stores::from_postgres(
                 db.events,
                 db.snapshots,
             ))
@@ -101,7 +101,7 @@ async fn postgres_stores_hand_out_every_ability() {
     let Some(db) = db("postgres_stores_hand_out_every_ability").await else {
         return;
     };
-    let every = eventsource::testing::stores::Abilities {
+    let every = eventsourcing_kit::testing::stores::Abilities {
         append_signal: true,
         stream_listing: true,
         snapshot_listing: true,
@@ -110,16 +110,16 @@ async fn postgres_stores_hand_out_every_ability() {
         joint_snapshots: true,
         multi_stream: true,
     };
-    let stores = eventsource::backend::open(&db.url).await.unwrap();
-    eventsource::testing::stores::assert_abilities(&stores, every);
+    let stores = eventsourcing_kit::backend::open(&db.url).await.unwrap();
+    eventsourcing_kit::testing::stores::assert_abilities(&stores, every);
     // Stores on two pools cannot write jointly: the rest they keep.
     let apart = PostgresSnapshotStore::new(db.admin().await);
-    let stores = eventsource::backend::Stores::from_postgres(db.events.clone(), apart);
-    let without_joint = eventsource::testing::stores::Abilities {
+    let stores = eventsourcing_kit::backend::Stores::from_postgres(db.events.clone(), apart);
+    let without_joint = eventsourcing_kit::testing::stores::Abilities {
         joint_snapshots: false,
         ..every
     };
-    eventsource::testing::stores::assert_abilities(&stores, without_joint);
+    eventsourcing_kit::testing::stores::assert_abilities(&stores, without_joint);
 }
 
 /// The event store suite through a wrapper that forwards only the required methods, on a
@@ -134,7 +134,7 @@ async fn the_event_store_suite_passes_through_a_wrapper_of_the_required_methods(
         return;
     };
     let scratch = db.scratch().await;
-    eventsource::testing::event_store::run_all(&eventsource::testing::RequiredOnly(scratch.events.clone()))
+    eventsourcing_kit::testing::event_store::run_all(&eventsourcing_kit::testing::RequiredOnly(scratch.events.clone()))
         .await;
 }
 
@@ -501,7 +501,7 @@ async fn repositories_of_two_instances_share_the_stores_of_a_url() {
     let Some(url) = common::postgres_url("repositories_of_two_instances_share_the_stores_of_a_url") else {
         return;
     };
-    let stores = eventsource::backend::open(&url).await.unwrap();
+    let stores = eventsourcing_kit::backend::open(&url).await.unwrap();
     assert_eq!(stores.backend_name(), "postgres");
     stores.migrate().await.unwrap();
     let repo = stores.repository_with_snapshots::<Account>(SnapshotPolicy::every(10).unwrap());

@@ -1,4 +1,4 @@
-//! Process managers (`eventsource::process`): the warehouse flow of the guide. A placed order
+//! Process managers (`eventsourcing_kit::process`): the warehouse flow of the guide. A placed order
 //! reserves stock for each line; when every line is reserved the order is confirmed, and if
 //! a line cannot be, what was reserved is released and the order cancelled; an order not
 //! paid in time is cancelled and its stock released. Checked with the testing kit, on
@@ -15,12 +15,12 @@ use std::process::Child;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventsource::backend::{self, Stores};
-use eventsource::prelude::*;
-use eventsource::process::{Decisions, ProcessManager, ProcessRunner, Reply};
-use eventsource::repository::CommandError;
-use eventsource::subscription::{Consumer, HandlerError};
-use eventsource::testing::process::{event, given};
+use eventsourcing_kit::backend::{self, Stores};
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::process::{Decisions, ProcessManager, ProcessRunner, Reply};
+use eventsourcing_kit::repository::CommandError;
+use eventsourcing_kit::subscription::{Consumer, HandlerError};
+use eventsourcing_kit::testing::process::{event, given};
 
 // --- The domain: orders and stock -------------------------------------------------------
 
@@ -166,7 +166,7 @@ impl Warehouse {
     }
 }
 
-#[eventsource::async_trait]
+#[eventsourcing_kit::async_trait]
 impl ProcessManager for Warehouse {
     type State = Fulfilment;
     type Command = Step;
@@ -382,7 +382,7 @@ fn the_kit_shows_the_commands_and_their_request_ids() {
                     // The confirmation is decided on the second reservation's reply.
                     std::iter::once(format!(
                         "warehouse/{}/1",
-                        eventsource::process::reply_cause(
+                        eventsourcing_kit::process::reply_cause(
                             &format!("warehouse/{}/2", placed.event_id).parse().unwrap()
                         )
                     )),
@@ -727,7 +727,7 @@ struct Alarms {
     fired: Arc<std::sync::Mutex<Vec<Uuid>>>,
 }
 
-#[eventsource::async_trait]
+#[eventsourcing_kit::async_trait]
 impl ProcessManager for Alarms {
     type State = Option<Uuid>;
     type Command = Uuid;

@@ -12,13 +12,13 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventsource::admin::{Admin, AdminArgs, AdminCommand, Outcome, ProjectionsCommand};
-use eventsource::backend::{self, SqlProjection, SqlReadModel, SqlReads, SqlWrites, Stores};
-use eventsource::projection::verify::VerifyReport;
-use eventsource::projection::{InMemoryReadModel, MemoryProjection, Projection, Row, StreamKey};
-use eventsource::subscription::{Consumer, HandlerError};
-use eventsource::testing::envelope;
-use eventsource::{Error, EventEnvelope, StoredEvent, Uuid};
+use eventsourcing_kit::admin::{Admin, AdminArgs, AdminCommand, Outcome, ProjectionsCommand};
+use eventsourcing_kit::backend::{self, SqlProjection, SqlReadModel, SqlReads, SqlWrites, Stores};
+use eventsourcing_kit::projection::verify::VerifyReport;
+use eventsourcing_kit::projection::{InMemoryReadModel, MemoryProjection, Projection, Row, StreamKey};
+use eventsourcing_kit::subscription::{Consumer, HandlerError};
+use eventsourcing_kit::testing::envelope;
+use eventsourcing_kit::{Error, EventEnvelope, StoredEvent, Uuid};
 use serde_json::{json, Value};
 
 const NAME: &str = "tills";

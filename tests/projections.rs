@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventsource::async_trait;
-use eventsource::backend::postgres::{self, PgTransaction, PostgresProjection, PostgresReadModel};
-use eventsource::backend::sqlite::{self, rusqlite, SqliteProjection, SqliteReadModel};
-use eventsource::prelude::*;
-use eventsource::projection::{InMemoryReadModel, MemoryProjection, Progress, Projection, ReadModelStore};
-use eventsource::subscription::HandlerError;
+use eventsourcing_kit::async_trait;
+use eventsourcing_kit::backend::postgres::{self, PgTransaction, PostgresProjection, PostgresReadModel};
+use eventsourcing_kit::backend::sqlite::{self, rusqlite, SqliteProjection, SqliteReadModel};
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::projection::{InMemoryReadModel, MemoryProjection, Progress, Projection, ReadModelStore};
+use eventsourcing_kit::subscription::HandlerError;
 
 #[allow(dead_code)]
 #[path = "common/database.rs"]
@@ -337,7 +337,7 @@ impl Backend {
 }
 
 /// Pays `amount` into `till` through a command; the command's outcome.
-async fn pay(repo: &Repository<Till>, till: Uuid, amount: i64) -> eventsource::repository::Executed {
+async fn pay(repo: &Repository<Till>, till: Uuid, amount: i64) -> eventsourcing_kit::repository::Executed {
     repo.command(till)
         .run(|t| {
             t.record(Paid { amount });
@@ -352,7 +352,7 @@ fn running(
     projection: Arc<Projection>,
 ) -> (
     Arc<tokio::sync::Notify>,
-    tokio::task::JoinHandle<eventsource::Result<()>>,
+    tokio::task::JoinHandle<eventsourcing_kit::Result<()>>,
 ) {
     let stop = Arc::new(tokio::sync::Notify::new());
     let stopped = stop.clone();

@@ -6,8 +6,8 @@
 mod common;
 
 use common::*;
-use eventsource::backend::{open, Stores};
-use eventsource::prelude::*;
+use eventsourcing_kit::backend::{open, Stores};
+use eventsourcing_kit::prelude::*;
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]

@@ -4,13 +4,13 @@
 
 mod common;
 
-use eventsource::async_trait;
-use eventsource::backend::postgres::{PgTransaction, PostgresProjection, PostgresReadModel};
-use eventsource::backend::sqlite::{rusqlite, SqliteProjection, SqliteReadModel, SqliteSubscriptionStore};
-use eventsource::backend::{SqlProjection, SqlReadModel, SqlWrites};
-use eventsource::projection::{InMemoryReadModel, MemoryProjection};
-use eventsource::subscription::HandlerError;
-use eventsource::StoredEvent;
+use eventsourcing_kit::async_trait;
+use eventsourcing_kit::backend::postgres::{PgTransaction, PostgresProjection, PostgresReadModel};
+use eventsourcing_kit::backend::sqlite::{rusqlite, SqliteProjection, SqliteReadModel, SqliteSubscriptionStore};
+use eventsourcing_kit::backend::{SqlProjection, SqlReadModel, SqlWrites};
+use eventsourcing_kit::projection::{InMemoryReadModel, MemoryProjection};
+use eventsourcing_kit::subscription::HandlerError;
+use eventsourcing_kit::StoredEvent;
 
 /// A projection that keeps nothing: the suite checks what the read model does around it.
 #[derive(Clone, Default)]
@@ -58,9 +58,9 @@ async fn sqlite_subscriptions() -> SqliteSubscriptionStore {
 /// own), or `None` when the PostgreSQL tests are skipped.
 async fn postgres_subscriptions(
     test: &str,
-) -> Option<eventsource::backend::postgres::PostgresSubscriptionStore> {
+) -> Option<eventsourcing_kit::backend::postgres::PostgresSubscriptionStore> {
     let pool = common::postgres_pool(test, 2).await?;
-    let events = eventsource::backend::postgres::PostgresEventStore::new(pool);
+    let events = eventsourcing_kit::backend::postgres::PostgresEventStore::new(pool);
     events.migrate().await.unwrap();
     Some(events.subscription_store())
 }
@@ -68,13 +68,13 @@ async fn postgres_subscriptions(
 mod in_memory {
     use super::*;
 
-    eventsource::read_model_store_conformance!(async { InMemoryReadModel::new(Nothing) });
+    eventsourcing_kit::read_model_store_conformance!(async { InMemoryReadModel::new(Nothing) });
 }
 
 mod on_sqlite {
     use super::*;
 
-    eventsource::read_model_store_conformance!(async {
+    eventsourcing_kit::read_model_store_conformance!(async {
         SqliteReadModel::new(sqlite_subscriptions().await, Nothing)
     });
 }
@@ -82,7 +82,7 @@ mod on_sqlite {
 mod on_postgres {
     use super::*;
 
-    eventsource::read_model_store_conformance!(
+    eventsourcing_kit::read_model_store_conformance!(
         #[cfg_attr(not(eventsource_postgres_tests), ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests")]
         optional: async {
         let subscriptions = postgres_subscriptions(module_path!()).await?;
@@ -93,7 +93,7 @@ mod on_postgres {
 mod sql_read_model_on_sqlite {
     use super::*;
 
-    eventsource::read_model_store_conformance!(async {
+    eventsourcing_kit::read_model_store_conformance!(async {
         SqlReadModel::sqlite(sqlite_subscriptions().await, Nothing)
     });
 }
@@ -101,7 +101,7 @@ mod sql_read_model_on_sqlite {
 mod sql_read_model_on_postgres {
     use super::*;
 
-    eventsource::read_model_store_conformance!(
+    eventsourcing_kit::read_model_store_conformance!(
         #[cfg_attr(not(eventsource_postgres_tests), ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests")]
         optional: async {
         let subscriptions = postgres_subscriptions(module_path!()).await?;

@@ -3,8 +3,8 @@
 mod common;
 
 use common::*;
-use eventsource::prelude::*;
-use eventsource::{EventEnvelope, StoredEvent};
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::{EventEnvelope, StoredEvent};
 use futures_util::TryStreamExt;
 
 fn repo(events: &InMemoryEventStore) -> Repository<Account> {

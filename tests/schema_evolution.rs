@@ -6,10 +6,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use eventsource::backend::{memory, postgres, sqlite};
-use eventsource::evolution::SchemaLock;
-use eventsource::prelude::*;
-use eventsource::{EventEnvelope, MissReason, Snapshot};
+use eventsourcing_kit::backend::{memory, postgres, sqlite};
+use eventsourcing_kit::evolution::SchemaLock;
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::{EventEnvelope, MissReason, Snapshot};
 use serde_json::{json, Value};
 
 #[path = "common/mod.rs"]
@@ -570,7 +570,7 @@ fn the_schema_lock_names_a_forgotten_bump() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("schema.lock");
     std::fs::write(&path, before).unwrap();
-    let panic = std::panic::catch_unwind(|| eventsource::testing::check_schema_lock(&path)).unwrap_err();
+    let panic = std::panic::catch_unwind(|| eventsourcing_kit::testing::check_schema_lock(&path)).unwrap_err();
     let message = panic.downcast_ref::<String>().unwrap();
     assert!(
         message
@@ -578,5 +578,5 @@ fn the_schema_lock_names_a_forgotten_bump() {
         "{message}"
     );
     std::fs::write(&path, text).unwrap();
-    eventsource::testing::check_schema_lock(&path);
+    eventsourcing_kit::testing::check_schema_lock(&path);
 }

@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use eventsource::backend::sharded::{self, ShardMap};
-use eventsource::backend::{self, Stores};
-use eventsource::prelude::*;
-use eventsource::slice::{SliceCount, SliceRange};
-use eventsource::Repository;
+use eventsourcing_kit::backend::sharded::{self, ShardMap};
+use eventsourcing_kit::backend::{self, Stores};
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::slice::{SliceCount, SliceRange};
+use eventsourcing_kit::Repository;
 
 /// A directory of this test process's own for SQLite shard files.
 fn scratch_dir() -> &'static Path {
@@ -53,8 +53,8 @@ async fn on_sqlite_files() -> Stores {
 }
 
 mod on_sqlite_files {
-    eventsource::sharded_store_conformance!(super::on_sqlite_files());
-    eventsource::snapshot_store_conformance!(async { super::on_sqlite_files().await.snapshots });
+    eventsourcing_kit::sharded_store_conformance!(super::on_sqlite_files());
+    eventsourcing_kit::snapshot_store_conformance!(async { super::on_sqlite_files().await.snapshots });
 }
 
 /// A sharded store over two PostgreSQL schemas of the tests' database (kept between runs, as
@@ -78,11 +78,11 @@ async fn on_postgres(test: &str) -> Option<Stores> {
 }
 
 mod on_postgres {
-    eventsource::sharded_store_conformance!(
+    eventsourcing_kit::sharded_store_conformance!(
         #[cfg_attr(not(eventsource_postgres_tests), ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests")]
         optional: super::on_postgres("sharded_store_conformance")
     );
-    eventsource::snapshot_store_conformance!(
+    eventsourcing_kit::snapshot_store_conformance!(
         #[cfg_attr(not(eventsource_postgres_tests), ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests")]
         optional: async { Some(super::on_postgres("sharded_snapshot_conformance").await?.snapshots) }
     );
@@ -578,7 +578,7 @@ async fn a_sqlite_file_is_copied_into_shards_and_compared() {
 #[derive(Clone, Default)]
 struct Scans(HashMap<Uuid, Vec<u64>>);
 
-impl eventsource::projection::MemoryProjection for Scans {
+impl eventsourcing_kit::projection::MemoryProjection for Scans {
     fn apply(&mut self, events: &[StoredEvent]) -> Result<(), HandlerError> {
         for event in events {
             self.0
@@ -599,7 +599,7 @@ async fn a_projection_of_a_sharded_store_catches_up_and_rebuilds() {
     let ids: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
     scan_all(&stores.repository::<Parcel>(), &ids, 1).await;
     scan_all(&stores.repository::<Parcel>(), &ids, 2).await;
-    let model = eventsource::projection::InMemoryReadModel::new(Scans::default());
+    let model = eventsourcing_kit::projection::InMemoryReadModel::new(Scans::default());
     let projection = stores.projection("scans", model.clone()).unwrap();
     let caught = tokio::time::timeout(Duration::from_secs(30), projection.catch_up(|_| ()))
         .await

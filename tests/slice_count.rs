@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eventsource::backend::{self, Stores};
-use eventsource::prelude::*;
-use eventsource::slice::{SliceCount, SliceRange};
-use eventsource::subscription::{Handler, HandlerError};
+use eventsourcing_kit::backend::{self, Stores};
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::slice::{SliceCount, SliceRange};
+use eventsourcing_kit::subscription::{Handler, HandlerError};
 
 #[event(aggregate = "Crate")]
 pub struct Packed {}
@@ -62,7 +62,7 @@ async fn a_store_of_sixteen_slices(url: &str) -> Stores {
     stores.migrate().await.unwrap();
     let sixteen = SliceCount::new(SLICES).unwrap();
     assert_eq!(stores.slice_count().await.unwrap(), sixteen, "{url}");
-    eventsource::testing::stores::run_all(&stores).await;
+    eventsourcing_kit::testing::stores::run_all(&stores).await;
 
     // Every stream in one of the 16 slices, read from it and from no other.
     let repo = stores.repository::<Crate>();
@@ -239,7 +239,7 @@ async fn a_store_of_other_slices_on_sqlite() {
     ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
 )]
 async fn a_store_of_other_slices_on_postgres() {
-    use eventsource::backend::postgres::sqlx;
+    use eventsourcing_kit::backend::postgres::sqlx;
 
     let Some(url) = common::postgres_url("a_store_of_other_slices_on_postgres") else {
         return;

@@ -5,8 +5,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use eventsource::prelude::*;
-use eventsource::{MissReason, Snapshot};
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::{MissReason, Snapshot};
 
 fn repo_with(
     events: &InMemoryEventStore,
@@ -415,7 +415,7 @@ async fn dropping_the_repository_does_not_drop_scheduled_snapshots() {
 fn snapshot_of(id: Uuid, version: u64, schema_version: u32, state: &str) -> Snapshot {
     Snapshot {
         state: state.into(),
-        ..eventsource::testing::snapshot(id, "Account", version, schema_version)
+        ..eventsourcing_kit::testing::snapshot(id, "Account", version, schema_version)
     }
 }
 
@@ -566,7 +566,7 @@ async fn a_snapshot_store_that_hangs_costs_at_most_its_timeout() {
 #[tokio::test]
 async fn repositories_can_share_metrics_whatever_the_order_of_configuration() {
     let events = InMemoryEventStore::new();
-    let metrics = std::sync::Arc::new(eventsource::SnapshotMetrics::new());
+    let metrics = std::sync::Arc::new(eventsourcing_kit::SnapshotMetrics::new());
     let policy = SnapshotPolicy::every(1)
         .unwrap()
         .with_mode(SnapshotMode::Background);

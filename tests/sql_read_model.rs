@@ -6,16 +6,16 @@
 
 mod common;
 
-use eventsource::testing::envelope;
+use eventsourcing_kit::testing::envelope;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use eventsource::backend::{self, SqlProjection, SqlReadModel, SqlWrites, Stores};
-use eventsource::subscription::Consumer;
-use eventsource::subscription::HandlerError;
-use eventsource::{Error, EventEnvelope, StoredEvent, Uuid};
+use eventsourcing_kit::backend::{self, SqlProjection, SqlReadModel, SqlWrites, Stores};
+use eventsourcing_kit::subscription::Consumer;
+use eventsourcing_kit::subscription::HandlerError;
+use eventsourcing_kit::{Error, EventEnvelope, StoredEvent, Uuid};
 use serde_json::Value;
 
 /// Takings per till: one upsert per payment, the sum kept by the database.
@@ -61,7 +61,7 @@ impl SqlProjection for Takings {
             // Refused by the database after the batch's upserts ran: all of it rolls back.
             writes.execute(
                 "INSERT INTO takings (till, total, payments) VALUES ($1, CAST($2 AS BIGINT), 0)",
-                ["broken".into(), eventsource::backend::SqlValue::Null],
+                ["broken".into(), eventsourcing_kit::backend::SqlValue::Null],
             );
         }
         Ok(())

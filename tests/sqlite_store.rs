@@ -9,33 +9,33 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use eventsource::backend::sqlite::{self, SqliteEventStore, SqliteSnapshotStore};
-use eventsource::prelude::*;
-use eventsource::{EventEnvelope, MissReason, Snapshot, StoredEvent};
+use eventsourcing_kit::backend::sqlite::{self, SqliteEventStore, SqliteSnapshotStore};
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::{EventEnvelope, MissReason, Snapshot, StoredEvent};
 use futures_util::{StreamExt, TryStreamExt};
 
 /// Every test opens its own private database.
 mod in_memory {
     use super::*;
 
-    eventsource::event_store_conformance!(async { SqliteEventStore::open(":memory:").await.unwrap() });
-    eventsource::snapshot_store_conformance!(async { SqliteSnapshotStore::open(":memory:").await.unwrap() });
-    eventsource::subscription_store_conformance!(async {
+    eventsourcing_kit::event_store_conformance!(async { SqliteEventStore::open(":memory:").await.unwrap() });
+    eventsourcing_kit::snapshot_store_conformance!(async { SqliteSnapshotStore::open(":memory:").await.unwrap() });
+    eventsourcing_kit::subscription_store_conformance!(async {
         sqlite::SqliteSubscriptionStore::open(":memory:").await.unwrap()
     });
 }
 
 /// The abilities SQLite stores hand out, on a private database and on a file.
 mod abilities {
-    use eventsource::backend::{self, Stores};
-    use eventsource::testing::stores::{assert_abilities, Abilities};
+    use eventsourcing_kit::backend::{self, Stores};
+    use eventsourcing_kit::testing::stores::{assert_abilities, Abilities};
 
-    eventsource::stores_conformance!(async { backend::open("sqlite::memory:").await.unwrap() });
+    eventsourcing_kit::stores_conformance!(async { backend::open("sqlite::memory:").await.unwrap() });
 
     mod on_a_file {
-        eventsource::stores_conformance!(async {
+        eventsourcing_kit::stores_conformance!(async {
             let path = super::super::shared_file();
-            eventsource::backend::open(&format!("sqlite:{}", path.display()))
+            eventsourcing_kit::backend::open(&format!("sqlite:{}", path.display()))
                 .await
                 .unwrap()
         });
@@ -63,8 +63,8 @@ mod abilities {
 mod through_a_wrapper_of_the_required_methods {
     use super::*;
 
-    eventsource::event_store_conformance!(async {
-        eventsource::testing::RequiredOnly(SqliteEventStore::open(":memory:").await.unwrap())
+    eventsourcing_kit::event_store_conformance!(async {
+        eventsourcing_kit::testing::RequiredOnly(SqliteEventStore::open(":memory:").await.unwrap())
     });
 }
 
@@ -72,11 +72,11 @@ mod through_a_wrapper_of_the_required_methods {
 mod on_one_file {
     use super::*;
 
-    eventsource::event_store_conformance!(async { SqliteEventStore::open(shared_file()).await.unwrap() });
-    eventsource::snapshot_store_conformance!(async {
+    eventsourcing_kit::event_store_conformance!(async { SqliteEventStore::open(shared_file()).await.unwrap() });
+    eventsourcing_kit::snapshot_store_conformance!(async {
         SqliteSnapshotStore::open(shared_file()).await.unwrap()
     });
-    eventsource::subscription_store_conformance!(async {
+    eventsourcing_kit::subscription_store_conformance!(async {
         sqlite::SqliteSubscriptionStore::open(shared_file())
             .await
             .unwrap()
@@ -99,13 +99,13 @@ mod with_a_prefix {
     mod in_memory {
         use super::*;
 
-        eventsource::event_store_conformance!(async {
+        eventsourcing_kit::event_store_conformance!(async {
             SqliteEventStore::on(prefixed(":memory:").await).await.unwrap()
         });
-        eventsource::snapshot_store_conformance!(async {
+        eventsourcing_kit::snapshot_store_conformance!(async {
             SqliteSnapshotStore::on(prefixed(":memory:").await).await.unwrap()
         });
-        eventsource::subscription_store_conformance!(async {
+        eventsourcing_kit::subscription_store_conformance!(async {
             sqlite::SqliteSubscriptionStore::on(prefixed(":memory:").await)
                 .await
                 .unwrap()
@@ -115,15 +115,15 @@ mod with_a_prefix {
     mod on_one_file {
         use super::*;
 
-        eventsource::event_store_conformance!(async {
+        eventsourcing_kit::event_store_conformance!(async {
             SqliteEventStore::on(prefixed(shared_file()).await).await.unwrap()
         });
-        eventsource::snapshot_store_conformance!(async {
+        eventsourcing_kit::snapshot_store_conformance!(async {
             SqliteSnapshotStore::on(prefixed(shared_file()).await)
                 .await
                 .unwrap()
         });
-        eventsource::subscription_store_conformance!(async {
+        eventsourcing_kit::subscription_store_conformance!(async {
             sqlite::SqliteSubscriptionStore::on(prefixed(shared_file()).await)
                 .await
                 .unwrap()
@@ -150,7 +150,7 @@ fn event(id: Uuid, ty: &str, version: u64, payload: &str) -> EventEnvelope {
     EventEnvelope {
         event_type: Arc::from("Happened"),
         payload: Arc::from(payload),
-        ..eventsource::testing::envelope(id, ty, version)
+        ..eventsourcing_kit::testing::envelope(id, ty, version)
     }
 }
 
@@ -160,7 +160,7 @@ fn new_events(id: Uuid, ty: &str, after: u64, count: u64) -> Vec<EventEnvelope> 
         .collect()
 }
 
-async fn read(store: &SqliteEventStore, id: Uuid, ty: &str) -> eventsource::Result<Vec<StoredEvent>> {
+async fn read(store: &SqliteEventStore, id: Uuid, ty: &str) -> eventsourcing_kit::Result<Vec<StoredEvent>> {
     store.read_stream(id, ty, 0).try_collect().await
 }
 
@@ -272,7 +272,7 @@ async fn stores_opened_together_share_one_in_memory_database_and_others_do_not()
 #[tokio::test]
 async fn urls_name_memory_and_files() {
     let dir = tempfile::tempdir().unwrap();
-    let memory = eventsource::backend::open("sqlite::memory:").await.unwrap();
+    let memory = eventsourcing_kit::backend::open("sqlite::memory:").await.unwrap();
     assert_eq!(memory.backend_name(), "sqlite");
     let id = Uuid::new_v4();
     memory
@@ -283,7 +283,7 @@ async fn urls_name_memory_and_files() {
     assert_eq!(memory.events.stream_version(id, "Thing").await.unwrap(), 1);
 
     let relative = dir.path().join("short.db");
-    let stores = eventsource::backend::open(&format!("sqlite:{}", relative.display()))
+    let stores = eventsourcing_kit::backend::open(&format!("sqlite:{}", relative.display()))
         .await
         .unwrap();
     stores
@@ -295,7 +295,7 @@ async fn urls_name_memory_and_files() {
 
     let absolute = dir.path().join("long.db");
     let url = format!("sqlite://{}", absolute.display());
-    let stores = eventsource::backend::open(&url).await.unwrap();
+    let stores = eventsourcing_kit::backend::open(&url).await.unwrap();
     stores
         .snapshots
         .delete_snapshots_by_type("Thing", None)
@@ -304,7 +304,7 @@ async fn urls_name_memory_and_files() {
     assert!(absolute.exists(), "sqlite://PATH creates the file");
 
     for bad in ["sqlite:", "sqlite://"] {
-        match eventsource::backend::open(bad).await {
+        match eventsourcing_kit::backend::open(bad).await {
             Err(Error::InvalidConfiguration(_)) => {}
             other => panic!(
                 "{bad}: expected InvalidConfiguration, got {:?}",
@@ -354,7 +354,7 @@ fn prefixed_objects(prefix: &str) -> Vec<String> {
 }
 
 fn snapshot_of(id: Uuid, version: u64) -> Snapshot {
-    eventsource::testing::snapshot(id, "Thing", version, 1)
+    eventsourcing_kit::testing::snapshot(id, "Thing", version, 1)
 }
 
 /// The event, snapshot and subscription stores of one prefix in a file.
@@ -405,7 +405,7 @@ async fn two_prefixes_in_one_file_are_independent_stores() {
         .unwrap()
         .is_empty());
     assert_eq!(b_events.head(0).await.unwrap().events_after, 0);
-    assert!(eventsource::StreamListing::stream_versions(&b_events, "Thing")
+    assert!(eventsourcing_kit::StreamListing::stream_versions(&b_events, "Thing")
         .await
         .unwrap()
         .is_empty());
@@ -469,7 +469,7 @@ async fn a_prefix_that_is_not_a_plain_name_is_refused_and_opens_nothing() {
         let refusals = [
             sqlite::open_with(&path, options).await.map(drop).unwrap_err(),
             memory.with_prefix(bad).map(drop).unwrap_err(),
-            eventsource::backend::open(&format!("sqlite:{}?prefix={bad}", path.display()))
+            eventsourcing_kit::backend::open(&format!("sqlite:{}?prefix={bad}", path.display()))
                 .await
                 .map(drop)
                 .unwrap_err(),
@@ -488,7 +488,7 @@ async fn a_prefix_that_is_not_a_plain_name_is_refused_and_opens_nothing() {
 async fn the_url_prefix_names_the_tables_of_every_store() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("url.db");
-    let stores = eventsource::backend::open(&format!("sqlite:{}?prefix=app_", path.display()))
+    let stores = eventsourcing_kit::backend::open(&format!("sqlite:{}?prefix=app_", path.display()))
         .await
         .unwrap();
     let id = Uuid::new_v4();
@@ -524,9 +524,9 @@ async fn the_url_prefix_names_the_tables_of_every_store() {
 
     // With SQLite's own parameters, and in memory.
     let url = format!("sqlite://{}?mode=ro&prefix=app_", path.display());
-    let read_only = eventsource::backend::open(&url).await.unwrap();
+    let read_only = eventsourcing_kit::backend::open(&url).await.unwrap();
     assert_eq!(read_only.events.stream_version(id, "Thing").await.unwrap(), 1);
-    let memory = eventsource::backend::open("sqlite::memory:?prefix=m_")
+    let memory = eventsourcing_kit::backend::open("sqlite::memory:?prefix=m_")
         .await
         .unwrap();
     memory
@@ -549,7 +549,7 @@ async fn a_url_parameter_that_nothing_reads_is_refused() {
         "prefix=a_&prefix=b_",
     ] {
         let url = format!("sqlite:{}?{query}", path.display());
-        match eventsource::backend::open(&url).await.map(drop) {
+        match eventsourcing_kit::backend::open(&url).await.map(drop) {
             Err(Error::InvalidConfiguration(message)) => {
                 let key = query.split('=').next().unwrap();
                 assert!(message.contains(&format!("`{key}`")), "{query}: {message}");
@@ -580,7 +580,7 @@ async fn a_url_value_sqlite_would_refuse_or_misread_is_refused_before_opening() 
     ] {
         let url = format!("sqlite:{}?{query}", path.display());
         let key = query.split('=').next().unwrap();
-        match eventsource::backend::open(&url).await.map(drop) {
+        match eventsourcing_kit::backend::open(&url).await.map(drop) {
             Err(Error::InvalidConfiguration(message)) => assert!(
                 message.contains(&format!("`{key}`")) && message.contains(rule),
                 "{query}: {message}"
@@ -591,10 +591,10 @@ async fn a_url_value_sqlite_would_refuse_or_misread_is_refused_before_opening() 
     }
     // A flag in SQLite's other words is read as SQLite reads it: `immutable=yes` opens the
     // file read-only, as `immutable=1` does.
-    eventsource::backend::open(&format!("sqlite:{}", path.display()))
+    eventsourcing_kit::backend::open(&format!("sqlite:{}", path.display()))
         .await
         .unwrap();
-    let immutable = eventsource::backend::open(&format!("sqlite:{}?immutable=yes&psow=on", path.display()))
+    let immutable = eventsourcing_kit::backend::open(&format!("sqlite:{}?immutable=yes&psow=on", path.display()))
         .await
         .unwrap();
     let id = Uuid::new_v4();
@@ -632,7 +632,7 @@ impl sqlite::SqliteProjection for Counted {
 
 #[tokio::test]
 async fn a_read_model_keeps_its_checkpoint_in_the_subscriptions_table_of_its_prefix() {
-    use eventsource::projection::ReadModelStore;
+    use eventsourcing_kit::projection::ReadModelStore;
 
     let database = sqlite::Database::open(":memory:").await.unwrap();
     let (events, subscriptions) = (
@@ -760,7 +760,7 @@ async fn values_sqlite_cannot_hold_are_refused_and_nothing_is_written() {
     assert!(!snapshots.snapshot_exists(id, "Thing").await.unwrap());
 }
 
-fn assert_corrupt<T: std::fmt::Debug>(result: eventsource::Result<T>, column: &str, case: &str) {
+fn assert_corrupt<T: std::fmt::Debug>(result: eventsourcing_kit::Result<T>, column: &str, case: &str) {
     match result {
         Err(Error::Corrupt { what, reason }) => {
             assert!(

@@ -12,10 +12,10 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eventsource::backend::{postgres, sqlite};
-use eventsource::prelude::*;
-use eventsource::subscription::{OnDisorder, Restart, SubscriptionStore, Typed};
-use eventsource::{AppendSignal, EventEnvelope, EventStore};
+use eventsourcing_kit::backend::{postgres, sqlite};
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::subscription::{OnDisorder, Restart, SubscriptionStore, Typed};
+use eventsourcing_kit::{AppendSignal, EventEnvelope, EventStore};
 
 /// Set in the consumer processes: `backend location name type after out-file`.
 const CHILD_VAR: &str = "EVENTSOURCE_TEST_SUBSCRIBER";
@@ -28,7 +28,7 @@ fn event(id: Uuid, ty: &str, version: u64, payload: &str) -> EventEnvelope {
     EventEnvelope {
         event_type: Arc::from("Ticked"),
         payload: Arc::from(payload),
-        ..eventsource::testing::envelope(id, ty, version)
+        ..eventsourcing_kit::testing::envelope(id, ty, version)
     }
 }
 
@@ -507,7 +507,7 @@ async fn invalid_configuration_is_refused() {
 #[derive(Clone, Default)]
 struct Counted(usize);
 
-impl eventsource::projection::MemoryProjection for Counted {
+impl eventsourcing_kit::projection::MemoryProjection for Counted {
     fn apply(&mut self, events: &[StoredEvent]) -> Result<(), HandlerError> {
         self.0 += events.len();
         Ok(())
@@ -516,8 +516,8 @@ impl eventsource::projection::MemoryProjection for Counted {
 
 #[tokio::test]
 async fn a_name_that_would_garble_the_text_showing_it_is_refused_before_anything_is_stored() {
-    use eventsource::projection::{InMemoryReadModel, Projection};
-    use eventsource::subscription::MAX_NAME_LEN;
+    use eventsourcing_kit::projection::{InMemoryReadModel, Projection};
+    use eventsourcing_kit::subscription::MAX_NAME_LEN;
 
     let dir = tempfile::tempdir().unwrap();
     let (events, store) = sqlite_stores(dir.path().join("feed.db")).await;
@@ -969,7 +969,7 @@ async fn a_consumer_paused_past_its_lease_gives_way_and_never_moves_the_checkpoi
 /// minute, an append is handled at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_of_the_stores_wakes_on_their_signal() {
-    let stores = eventsource::backend::Stores::in_memory();
+    let stores = eventsourcing_kit::backend::Stores::in_memory();
     let ty = unique("StoresWoken");
     let subscription = stores
         .subscription(&unique("stores-woken"))
@@ -1002,7 +1002,7 @@ async fn a_subscription_of_the_stores_wakes_on_their_signal() {
 /// version order, as a faulty store or wrapper might.
 struct PlantedFeed(Vec<StoredEvent>);
 
-#[eventsource::async_trait]
+#[eventsourcing_kit::async_trait]
 impl EventStore for PlantedFeed {
     async fn append(
         &self,
@@ -1010,21 +1010,21 @@ impl EventStore for PlantedFeed {
         _: &str,
         _: u64,
         _: &[EventEnvelope],
-    ) -> eventsource::Result<eventsource::Appended> {
-        Err(eventsource::Error::InvalidInput(
+    ) -> eventsourcing_kit::Result<eventsourcing_kit::Appended> {
+        Err(eventsourcing_kit::Error::InvalidInput(
             "a planted feed takes no append".into(),
         ))
     }
 
-    fn read_stream<'a>(&'a self, _: Uuid, _: &'a str, _: u64) -> eventsource::EventStream<'a> {
+    fn read_stream<'a>(&'a self, _: Uuid, _: &'a str, _: u64) -> eventsourcing_kit::EventStream<'a> {
         Box::pin(futures_util::stream::empty())
     }
 
-    async fn stream_version(&self, _: Uuid, _: &str) -> eventsource::Result<u64> {
+    async fn stream_version(&self, _: Uuid, _: &str) -> eventsourcing_kit::Result<u64> {
         Ok(0)
     }
 
-    fn read_all(&self, after: u64) -> eventsource::EventStream<'_> {
+    fn read_all(&self, after: u64) -> eventsourcing_kit::EventStream<'_> {
         let events: Vec<_> = self
             .0
             .iter()
@@ -1035,7 +1035,7 @@ impl EventStore for PlantedFeed {
         Box::pin(futures_util::stream::iter(events))
     }
 
-    async fn head(&self, after: u64) -> eventsource::Result<eventsource::FeedHead> {
+    async fn head(&self, after: u64) -> eventsourcing_kit::Result<eventsourcing_kit::FeedHead> {
         Ok(common::head_of(&self.0, after))
     }
 }
@@ -1051,11 +1051,11 @@ fn planted(versions: &[u64]) -> PlantedFeed {
             [
                 StoredEvent {
                     position: 2 * i as u64 + 1,
-                    envelope: eventsource::testing::envelope(id, "Planted", version),
+                    envelope: eventsourcing_kit::testing::envelope(id, "Planted", version),
                 },
                 StoredEvent {
                     position: 2 * i as u64 + 2,
-                    envelope: eventsource::testing::envelope(other, "Planted", i as u64 + 1),
+                    envelope: eventsourcing_kit::testing::envelope(other, "Planted", i as u64 + 1),
                 },
             ]
         })
@@ -1092,7 +1092,7 @@ async fn the_delivery_guard_can_stop_the_consumer_before_the_batch() {
         .on_disorder(OnDisorder::Stop);
     let seen = Seen::default();
     match subscription.catch_up(collector(&seen)).await {
-        Err(eventsource::Error::SubscriptionStopped { position, reason, .. }) => {
+        Err(eventsourcing_kit::Error::SubscriptionStopped { position, reason, .. }) => {
             assert_eq!(position, 5, "the first event out of order: version 4 after 2");
             assert!(reason.contains("gap"), "{reason}");
         }

@@ -2,10 +2,10 @@
 //! counters reach the installed recorder with their documented names and labels, and a load
 //! of a stream shorter than the threshold is not a miss.
 
-use eventsource::prelude::*;
-use eventsource::projection::{InMemoryReadModel, MemoryProjection, Projection};
-use eventsource::subscription::HandlerError;
-use eventsource::MissReason;
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::projection::{InMemoryReadModel, MemoryProjection, Projection};
+use eventsourcing_kit::subscription::HandlerError;
+use eventsourcing_kit::MissReason;
 use metrics_exporter_prometheus::PrometheusBuilder;
 
 #[event(aggregate = "Meter")]

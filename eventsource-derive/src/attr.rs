@@ -74,7 +74,7 @@ pub struct EventAttrs {
     /// Where `upcast(...)` was written.
     pub upcast_span: Option<Span>,
     pub aliases: Setting<Vec<LitStr>>,
-    /// The path the library is reached through, when it is not `::eventsource`.
+    /// The path the library is reached through, when it is not `::eventsourcing_kit`.
     pub krate: Setting<Path>,
 }
 
@@ -130,7 +130,7 @@ impl EventAttrs {
                     attrs.upcast_span = Some(spanned(meta));
                     steps(cx, meta, expected, true)
                 }),
-                // crate = "path::to::eventsource"
+                // crate = "path::to::eventsourcing_kit"
                 CRATE => attrs.krate.set(cx, syntax, meta, |meta| {
                     crate_path(cx, name_value(cx, meta, expected)?, syntax)
                 }),
@@ -152,7 +152,7 @@ pub struct AggregateAttrs<'a> {
     pub schema_version: Setting<u32>,
     pub events: Setting<Vec<Path>>,
     pub migrate: Setting<Vec<Step>>,
-    /// The path the library is reached through, when it is not `::eventsource`.
+    /// The path the library is reached through, when it is not `::eventsourcing_kit`.
     pub krate: Setting<Path>,
 }
 
@@ -192,7 +192,7 @@ impl<'a> AggregateAttrs<'a> {
                     MIGRATE => attrs
                         .migrate
                         .set(cx, syntax, meta, |meta| steps(cx, meta, expected, false)),
-                    // crate = "path::to::eventsource"
+                    // crate = "path::to::eventsourcing_kit"
                     CRATE => attrs.krate.set(cx, syntax, meta, |meta| {
                         crate_path(cx, name_value(cx, meta, expected)?, syntax)
                     }),
@@ -323,7 +323,7 @@ fn type_name(cx: &Ctxt, value: &Expr, syntax: &str) -> Option<LitStr> {
     Some(LitStr::new(&name, lit.span()))
 }
 
-/// The path of the library: a string literal holding a path such as `::eventsource` or
+/// The path of the library: a string literal holding a path such as `::eventsourcing_kit` or
 /// `crate::reexport`, its tokens spanned at the literal.
 fn crate_path(cx: &Ctxt, value: &Expr, syntax: &str) -> Option<Path> {
     let Expr::Lit(syn::ExprLit {
@@ -338,7 +338,7 @@ fn crate_path(cx: &Ctxt, value: &Expr, syntax: &str) -> Option<Path> {
         Err(_) => {
             cx.error_spanned_by(
                 lit,
-                format!("{syntax} must be a path to the eventsource crate, such as \"::eventsource\""),
+                format!("{syntax} must be a path to the eventsourcing_kit crate, such as \"::eventsourcing_kit\""),
             );
             None
         }

@@ -16,11 +16,11 @@ use crate::ctxt::Ctxt;
 use crate::valid;
 
 /// The path of the library's support for generated code: `<crate>::__private`, where the
-/// crate is `::eventsource` unless `crate = "..."` gives another path.
+/// crate is `::eventsourcing_kit` unless `crate = "..."` gives another path.
 fn private(krate: Option<&Path>) -> TokenStream {
     match krate {
         Some(krate) => quote!(#krate::__private),
-        None => quote!(::eventsource::__private),
+        None => quote!(::eventsourcing_kit::__private),
     }
 }
 
@@ -32,7 +32,7 @@ fn serde_crate(krate: Option<&Path>) -> TokenStream {
             &format!("{}::__private::serde", valid::show(krate)),
             ends(krate).0,
         ),
-        None => LitStr::new("::eventsource::__private::serde", Span::call_site()),
+        None => LitStr::new("::eventsourcing_kit::__private::serde", Span::call_site()),
     };
     quote!(#[serde(crate = #path)])
 }
@@ -624,10 +624,10 @@ mod tests {
         super::derive_aggregate(&syn::parse2(tokens).unwrap()).to_string()
     }
 
-    /// Every path to the library goes through the given crate, none through `::eventsource`.
+    /// Every path to the library goes through the given crate, none through `::eventsourcing_kit`.
     fn assert_through(generated: &str, krate: &str) {
         assert!(!generated.contains("compile_error"), "{generated}");
-        assert!(!generated.contains(":: eventsource"), "{generated}");
+        assert!(!generated.contains(":: eventsourcing_kit"), "{generated}");
         assert!(
             generated.contains(&format!("{krate} :: __private ::")),
             "{generated}"
@@ -665,7 +665,7 @@ mod tests {
             pub struct Account { pub balance: f64 }
         });
         assert!(
-            generated.contains(":: eventsource :: __private ::"),
+            generated.contains(":: eventsourcing_kit :: __private ::"),
             "{generated}"
         );
         let generated = super::event(
@@ -676,7 +676,7 @@ mod tests {
         )
         .to_string();
         assert!(
-            generated.contains(r#"serde (crate = "::eventsource::__private::serde")"#),
+            generated.contains(r#"serde (crate = "::eventsourcing_kit::__private::serde")"#),
             "{generated}"
         );
     }

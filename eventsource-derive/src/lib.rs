@@ -1,8 +1,8 @@
-//! The procedural macros of `eventsource`: `#[event]` and `#[derive(Aggregate)]`.
+//! The procedural macros of `eventsourcing-kit`: `#[event]` and `#[derive(Aggregate)]`.
 //!
-//! Use them through the `eventsource` crate, which re-exports them; the code they generate
-//! reaches the runtime through `::eventsource::__private`, or `<path>::__private` with
-//! `crate = "<path>"`. The examples below are not run here, where `eventsource` is not a
+//! Use them through the `eventsourcing-kit` crate, which re-exports them; the code they generate
+//! reaches the runtime through `::eventsourcing_kit::__private`, or `<path>::__private` with
+//! `crate = "<path>"`. The examples below are not run here, where `eventsourcing-kit` is not a
 //! dependency; `tests/macros.rs` and `tests/macro_crate_path.rs` of the workspace check what
 //! they show.
 
@@ -18,7 +18,7 @@ use syn::{parse_macro_input, DeriveInput};
 /// Makes a struct a domain event of one aggregate type.
 ///
 /// ```ignore
-/// use eventsource::prelude::*;
+/// use eventsourcing_kit::prelude::*;
 ///
 /// #[event(aggregate = "Account")]
 /// pub struct MoneyDeposited {
@@ -54,14 +54,14 @@ use syn::{parse_macro_input, DeriveInput};
 /// - `aliases("OldName", ...)`: older names of the event type, still read from stored events.
 /// - `crate = "path"`: the path through which the generated code reaches the library, for
 ///   a crate that uses it under another name or through a re-export (`crate = "renamed"`
-///   after `extern crate eventsource as renamed;`, or `crate = "crate::reexport"` for a
-///   module that re-exports it with `pub use ::eventsource::*;`); `::eventsource` unless
+///   after `extern crate eventsourcing_kit as renamed;`, or `crate = "crate::reexport"` for a
+///   module that re-exports it with `pub use ::eventsourcing_kit::*;`); `::eventsourcing_kit` unless
 ///   set. It works as serde's `#[serde(crate = "...")]` does; the serde derives the macro
 ///   adds get `#[serde(crate = "path::__private::serde")]`.
 ///
 /// The struct gets `Clone`, `Debug`, `Serialize` and `Deserialize` unless it derives them
 /// already, an implementation of `Event`, and a registration that
-/// `eventsource::registry` lists. Write `#[event]` above any `#[derive(...)]` of the
+/// `eventsourcing_kit::registry` lists. Write `#[event]` above any `#[derive(...)]` of the
 /// struct: the compiler hands an attribute macro the item without the derives written
 /// above it, so those would be derived a second time.
 #[proc_macro_attribute]
@@ -72,7 +72,7 @@ pub fn event(args: TokenStream, item: TokenStream) -> TokenStream {
 /// Makes a state struct an aggregate: generates its event enum and its apply dispatch.
 ///
 /// ```ignore
-/// use eventsource::prelude::*;
+/// use eventsourcing_kit::prelude::*;
 ///
 /// #[event(aggregate = "Counter")]
 /// pub struct Incremented {
@@ -110,7 +110,7 @@ pub fn event(args: TokenStream, item: TokenStream) -> TokenStream {
 /// - `events(A, path::to::B, ...)` (required): the `#[event]` types of this aggregate.
 ///   Each needs an `impl Apply<E>` for the struct.
 /// - `crate = "path"`: the path through which the generated code reaches the library, as
-///   for `#[event(crate = "...")]`; `::eventsource` unless set. It applies to this derive
+///   for `#[event(crate = "...")]`; `::eventsourcing_kit` unless set. It applies to this derive
 ///   only: each listed event gives its own.
 ///
 /// The derive generates `enum <Struct>Event` with one variant per listed event (named

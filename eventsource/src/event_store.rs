@@ -20,7 +20,7 @@ pub type EventStream<'a> = BoxStream<'a, Result<StoredEvent>>;
 ///
 /// # Contract
 ///
-/// Every backend guarantees, and the conformance suite in `eventsource::testing` checks:
+/// Every backend guarantees, and the conformance suite in `eventsourcing_kit::testing` checks:
 ///
 /// - **Atomic, checked appends.** [`append`](Self::append) writes the whole batch or nothing.
 ///   It succeeds only if the stream is at `expected_version` when the batch is written; a

@@ -95,7 +95,7 @@ pub use backend::memory::{InMemoryEventStore, InMemorySnapshotStore, InMemorySub
 pub use error::{Error, Result};
 pub use event::{Event, EventContext, EventEnvelope, StoredEvent};
 pub use event_store::{Appended, Batch, EventStore, EventStream, FeedHead, FeedHolder};
-pub use eventsource_derive::{event, Aggregate};
+pub use eventsourcing_kit_derive::{event, Aggregate};
 pub use repository::Repository;
 pub use root::AggregateRoot;
 pub use snapshot::{

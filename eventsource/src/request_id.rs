@@ -17,7 +17,7 @@ pub const MAX_REQUEST_ID_LEN: usize = 255;
 /// command line among others). Cheap to clone.
 ///
 /// ```
-/// use eventsource::request::RequestId;
+/// use eventsourcing_kit::request::RequestId;
 ///
 /// let id: RequestId = "order-7/payment".parse()?;
 /// assert_eq!(id.as_str(), "order-7/payment");
@@ -25,7 +25,7 @@ pub const MAX_REQUEST_ID_LEN: usize = 255;
 /// assert!(RequestId::new("a\nb").is_err());
 /// let from_uuid = RequestId::from(uuid::Uuid::nil());
 /// assert_eq!(from_uuid.as_str(), "00000000-0000-0000-0000-000000000000");
-/// # Ok::<(), eventsource::Error>(())
+/// # Ok::<(), eventsourcing_kit::Error>(())
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestId(Arc<str>);

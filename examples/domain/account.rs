@@ -1,6 +1,6 @@
 //! The seed's bank account: its events, its state and its commands, shared by the examples.
 
-use eventsource::prelude::*;
+use eventsourcing_kit::prelude::*;
 
 #[event(aggregate = "Account")]
 pub struct AccountOpened {

@@ -3,7 +3,7 @@
 //! this file includes as `account`). Its amount is in whole cents, as the account's are;
 //! version 1 of `OrderPlaced` held floating-point units and is upcast.
 
-use eventsource::prelude::*;
+use eventsourcing_kit::prelude::*;
 use serde_json::Value;
 
 #[event(aggregate = "Order", version = 2, upcast(1 => json(amount_in_cents)))]

@@ -7,7 +7,7 @@
 //! cents from 0 to `i64::MAX` cannot be upcast (`Error::Upcast`): nothing is guessed about
 //! money.
 
-use eventsource::prelude::*;
+use eventsourcing_kit::prelude::*;
 use serde_json::Value;
 
 /// An account opened with its first balance.

@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use eventsource::backend::Stores;
-use eventsource::prelude::*;
-use eventsource::projection::{InMemoryReadModel, MemoryProjection, Projection, Row, StreamKey};
-use eventsource::subscription::HandlerError;
+use eventsourcing_kit::backend::Stores;
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::projection::{InMemoryReadModel, MemoryProjection, Projection, Row, StreamKey};
+use eventsourcing_kit::subscription::HandlerError;
 use serde_json::{json, Value};
 
 use super::account::AccountEvent;
@@ -120,8 +120,8 @@ struct Tables {
 /// The same statements on SQLite and PostgreSQL: written once, run in the transaction of the
 /// projection's checkpoint.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-impl eventsource::backend::SqlProjection for Tables {
-    fn setup(&mut self, writes: &mut eventsource::backend::SqlWrites) -> Result<(), HandlerError> {
+impl eventsourcing_kit::backend::SqlProjection for Tables {
+    fn setup(&mut self, writes: &mut eventsourcing_kit::backend::SqlWrites) -> Result<(), HandlerError> {
         for statement in sql(TABLES, &self.prefix).split(';') {
             writes.execute(statement, []);
         }
@@ -130,7 +130,7 @@ impl eventsource::backend::SqlProjection for Tables {
 
     fn apply(
         &mut self,
-        writes: &mut eventsource::backend::SqlWrites,
+        writes: &mut eventsourcing_kit::backend::SqlWrites,
         events: &[StoredEvent],
     ) -> Result<(), HandlerError> {
         let p = &self.prefix;
@@ -149,7 +149,7 @@ impl eventsource::backend::SqlProjection for Tables {
         Ok(())
     }
 
-    fn reset(&mut self, writes: &mut eventsource::backend::SqlWrites) -> Result<(), HandlerError> {
+    fn reset(&mut self, writes: &mut eventsourcing_kit::backend::SqlWrites) -> Result<(), HandlerError> {
         for statement in sql(EMPTY, &self.prefix).split(';') {
             writes.execute(statement, []);
         }
@@ -164,7 +164,7 @@ impl eventsource::backend::SqlProjection for Tables {
     }
 
     /// The row of an account or an order: each is made by the events of its own stream.
-    fn stream_rows(&self, stream: &StreamKey, reads: &mut eventsource::backend::SqlReads) {
+    fn stream_rows(&self, stream: &StreamKey, reads: &mut eventsourcing_kit::backend::SqlReads) {
         let id = stream.aggregate_id.to_string();
         match &*stream.aggregate_type {
             "Account" => reads.query("bank_accounts_v2", &sql(ACCOUNT_ROW, &self.prefix), [id.into()]),
@@ -233,9 +233,9 @@ impl MemoryProjection for Memory {
 pub enum Queries {
     Memory(InMemoryReadModel<Memory>),
     #[cfg(feature = "sqlite")]
-    Sqlite(eventsource::backend::sqlite::Database),
+    Sqlite(eventsourcing_kit::backend::sqlite::Database),
     #[cfg(feature = "postgres")]
-    Postgres(eventsource::backend::postgres::PgPool, String),
+    Postgres(eventsourcing_kit::backend::postgres::PgPool, String),
 }
 
 /// The projection on the stores' own database, and its queries.
@@ -264,13 +264,13 @@ fn sql_read_model(
     prefix: String,
     queries: Queries,
 ) -> Result<(Arc<Projection>, Queries), Error> {
-    let model = eventsource::backend::SqlReadModel::on(stores, Tables { prefix })?;
+    let model = eventsourcing_kit::backend::SqlReadModel::on(stores, Tables { prefix })?;
     Ok((projection(stores, model)?, queries))
 }
 
 fn projection(
     stores: &Stores,
-    model: impl eventsource::projection::ReadModelStore + 'static,
+    model: impl eventsourcing_kit::projection::ReadModelStore + 'static,
 ) -> Result<Arc<Projection>, Error> {
     Ok(Arc::new(
         stores
@@ -326,7 +326,7 @@ impl Queries {
             }
             #[cfg(feature = "postgres")]
             Queries::Postgres(pool, prefix) => {
-                eventsource::backend::postgres::sqlx::query_as(&sql(SUMMARY, prefix))
+                eventsourcing_kit::backend::postgres::sqlx::query_as(&sql(SUMMARY, prefix))
                     .fetch_one(pool)
                     .await
                     .map_err(|e| Error::store("postgres", "cannot read the summary", e))?
@@ -362,7 +362,7 @@ impl Queries {
             }
             #[cfg(feature = "postgres")]
             Queries::Postgres(pool, prefix) => {
-                eventsource::backend::postgres::sqlx::query_as(&sql(BY_STATUS, prefix))
+                eventsourcing_kit::backend::postgres::sqlx::query_as(&sql(BY_STATUS, prefix))
                     .bind(status)
                     .fetch_all(pool)
                     .await

@@ -19,8 +19,8 @@
 
 use std::sync::{Arc, OnceLock};
 
-use eventsource::prelude::*;
-use eventsource::{AggregateEvent, EventEnvelope, MissReason, Snapshot};
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::{AggregateEvent, EventEnvelope, MissReason, Snapshot};
 use libfuzzer_sys::fuzz_target;
 
 #[path = "../../examples/domain/account.rs"]

@@ -21,9 +21,9 @@ pub fn postgres_url(test: &str) -> Option<String> {
 /// A pool of `connections` on the tests' PostgreSQL database, or `None` if the PostgreSQL
 /// tests are skipped (see [`postgres_url`]).
 #[cfg(feature = "postgres")]
-pub async fn postgres_pool(test: &str, connections: u32) -> Option<eventsource::backend::postgres::PgPool> {
+pub async fn postgres_pool(test: &str, connections: u32) -> Option<eventsourcing_kit::backend::postgres::PgPool> {
     let url = postgres_url(test)?;
-    let pool = eventsource::backend::postgres::pool_options()
+    let pool = eventsourcing_kit::backend::postgres::pool_options()
         .max_connections(connections)
         .connect(&url)
         .await
@@ -55,7 +55,7 @@ impl ScratchSchema {
 #[cfg(feature = "postgres")]
 impl Drop for ScratchSchema {
     fn drop(&mut self) {
-        use eventsource::backend::postgres::sqlx::{Connection, Executor, PgConnection};
+        use eventsourcing_kit::backend::postgres::sqlx::{Connection, Executor, PgConnection};
 
         let (url, name) = (self.url.clone(), self.name.clone());
         // A thread and runtime of its own: the test's runtime may be the one unwinding.

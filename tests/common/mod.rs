@@ -4,8 +4,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use eventsource::prelude::*;
-use eventsource::{async_trait, Snapshot};
+use eventsourcing_kit::prelude::*;
+use eventsourcing_kit::{async_trait, Snapshot};
 use tokio::sync::Notify;
 
 #[path = "../../examples/domain/account.rs"]
@@ -45,19 +45,19 @@ fn broken() -> Error {
 
 #[async_trait]
 impl SnapshotStore for FailingSnapshotStore {
-    async fn get_snapshot(&self, _: Uuid, _: &str, _: u32) -> eventsource::Result<Option<Snapshot>> {
+    async fn get_snapshot(&self, _: Uuid, _: &str, _: u32) -> eventsourcing_kit::Result<Option<Snapshot>> {
         Err(broken())
     }
-    async fn save_snapshot(&self, _: &Snapshot) -> eventsource::Result<bool> {
+    async fn save_snapshot(&self, _: &Snapshot) -> eventsourcing_kit::Result<bool> {
         Err(broken())
     }
-    async fn delete_snapshot(&self, _: Uuid, _: &str) -> eventsource::Result<bool> {
+    async fn delete_snapshot(&self, _: Uuid, _: &str) -> eventsourcing_kit::Result<bool> {
         Err(broken())
     }
-    async fn snapshot_exists(&self, _: Uuid, _: &str) -> eventsource::Result<bool> {
+    async fn snapshot_exists(&self, _: Uuid, _: &str) -> eventsourcing_kit::Result<bool> {
         Err(broken())
     }
-    async fn delete_snapshots_by_type(&self, _: &str, _: Option<u32>) -> eventsource::Result<u64> {
+    async fn delete_snapshots_by_type(&self, _: &str, _: Option<u32>) -> eventsourcing_kit::Result<u64> {
         Err(broken())
     }
 }
@@ -90,10 +90,10 @@ impl ObservedSnapshotStore {
 #[async_trait]
 #[deny(clippy::missing_trait_methods)]
 impl SnapshotStore for ObservedSnapshotStore {
-    async fn get_snapshot(&self, id: Uuid, t: &str, schema: u32) -> eventsource::Result<Option<Snapshot>> {
+    async fn get_snapshot(&self, id: Uuid, t: &str, schema: u32) -> eventsourcing_kit::Result<Option<Snapshot>> {
         self.inner.get_snapshot(id, t, schema).await
     }
-    async fn save_snapshot(&self, snapshot: &Snapshot) -> eventsource::Result<bool> {
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> eventsourcing_kit::Result<bool> {
         loop {
             let opened = self.opened.notified();
             tokio::pin!(opened);
@@ -106,13 +106,13 @@ impl SnapshotStore for ObservedSnapshotStore {
         self.saved.lock().unwrap().push(snapshot.version);
         self.inner.save_snapshot(snapshot).await
     }
-    async fn delete_snapshot(&self, id: Uuid, t: &str) -> eventsource::Result<bool> {
+    async fn delete_snapshot(&self, id: Uuid, t: &str) -> eventsourcing_kit::Result<bool> {
         self.inner.delete_snapshot(id, t).await
     }
-    async fn snapshot_exists(&self, id: Uuid, t: &str) -> eventsource::Result<bool> {
+    async fn snapshot_exists(&self, id: Uuid, t: &str) -> eventsourcing_kit::Result<bool> {
         self.inner.snapshot_exists(id, t).await
     }
-    async fn delete_snapshots_by_type(&self, t: &str, below: Option<u32>) -> eventsource::Result<u64> {
+    async fn delete_snapshots_by_type(&self, t: &str, below: Option<u32>) -> eventsourcing_kit::Result<u64> {
         self.inner.delete_snapshots_by_type(t, below).await
     }
 }
@@ -123,19 +123,19 @@ pub struct HangingSnapshotStore;
 
 #[async_trait]
 impl SnapshotStore for HangingSnapshotStore {
-    async fn get_snapshot(&self, _: Uuid, _: &str, _: u32) -> eventsource::Result<Option<Snapshot>> {
+    async fn get_snapshot(&self, _: Uuid, _: &str, _: u32) -> eventsourcing_kit::Result<Option<Snapshot>> {
         std::future::pending().await
     }
-    async fn save_snapshot(&self, _: &Snapshot) -> eventsource::Result<bool> {
+    async fn save_snapshot(&self, _: &Snapshot) -> eventsourcing_kit::Result<bool> {
         std::future::pending().await
     }
-    async fn delete_snapshot(&self, _: Uuid, _: &str) -> eventsource::Result<bool> {
+    async fn delete_snapshot(&self, _: Uuid, _: &str) -> eventsourcing_kit::Result<bool> {
         std::future::pending().await
     }
-    async fn snapshot_exists(&self, _: Uuid, _: &str) -> eventsource::Result<bool> {
+    async fn snapshot_exists(&self, _: Uuid, _: &str) -> eventsourcing_kit::Result<bool> {
         std::future::pending().await
     }
-    async fn delete_snapshots_by_type(&self, _: &str, _: Option<u32>) -> eventsource::Result<u64> {
+    async fn delete_snapshots_by_type(&self, _: &str, _: Option<u32>) -> eventsourcing_kit::Result<u64> {
         std::future::pending().await
     }
 }
@@ -147,20 +147,20 @@ pub struct SlowSnapshotStore(pub InMemorySnapshotStore);
 #[async_trait]
 #[deny(clippy::missing_trait_methods)]
 impl SnapshotStore for SlowSnapshotStore {
-    async fn get_snapshot(&self, id: Uuid, t: &str, schema: u32) -> eventsource::Result<Option<Snapshot>> {
+    async fn get_snapshot(&self, id: Uuid, t: &str, schema: u32) -> eventsourcing_kit::Result<Option<Snapshot>> {
         self.0.get_snapshot(id, t, schema).await
     }
-    async fn save_snapshot(&self, snapshot: &Snapshot) -> eventsource::Result<bool> {
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> eventsourcing_kit::Result<bool> {
         tokio::time::sleep(std::time::Duration::from_micros(200)).await;
         self.0.save_snapshot(snapshot).await
     }
-    async fn delete_snapshot(&self, id: Uuid, t: &str) -> eventsource::Result<bool> {
+    async fn delete_snapshot(&self, id: Uuid, t: &str) -> eventsourcing_kit::Result<bool> {
         self.0.delete_snapshot(id, t).await
     }
-    async fn snapshot_exists(&self, id: Uuid, t: &str) -> eventsource::Result<bool> {
+    async fn snapshot_exists(&self, id: Uuid, t: &str) -> eventsourcing_kit::Result<bool> {
         self.0.snapshot_exists(id, t).await
     }
-    async fn delete_snapshots_by_type(&self, t: &str, below: Option<u32>) -> eventsource::Result<u64> {
+    async fn delete_snapshots_by_type(&self, t: &str, below: Option<u32>) -> eventsourcing_kit::Result<u64> {
         self.0.delete_snapshots_by_type(t, below).await
     }
 }
@@ -177,19 +177,19 @@ pub async fn stream_versions(events: &dyn EventStore, id: Uuid) -> Vec<u64> {
 }
 
 /// An account event envelope with any type name and payload, as a hostile store could hold.
-pub fn envelope(id: Uuid, version: u64, event_type: &str, payload: &str) -> eventsource::EventEnvelope {
-    eventsource::EventEnvelope {
+pub fn envelope(id: Uuid, version: u64, event_type: &str, payload: &str) -> eventsourcing_kit::EventEnvelope {
+    eventsourcing_kit::EventEnvelope {
         event_type: event_type.into(),
         payload: Arc::from(payload),
-        ..eventsource::testing::envelope(id, "Account", version)
+        ..eventsourcing_kit::testing::envelope(id, "Account", version)
     }
 }
 
 /// The head of a feed that holds `events`, as `EventStore::head` counts it after `after`.
-pub fn head_of<'a>(events: impl IntoIterator<Item = &'a StoredEvent>, after: u64) -> eventsource::FeedHead {
+pub fn head_of<'a>(events: impl IntoIterator<Item = &'a StoredEvent>, after: u64) -> eventsourcing_kit::FeedHead {
     let shown = events.into_iter().filter(|e| e.position > after);
     let (last, count) = shown.fold((after, 0), |(last, n), e| (last.max(e.position), n + 1));
-    eventsource::FeedHead::new(last, count)
+    eventsourcing_kit::FeedHead::new(last, count)
 }
 
 mod child;

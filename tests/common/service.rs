@@ -9,7 +9,7 @@ pub fn service_binary() -> std::path::PathBuf {
         .join(format!("bank_service{}", std::env::consts::EXE_SUFFIX));
     assert!(
         binary.exists(),
-        "{} is missing: build it with cargo build -p eventsource --example bank_service --features example-service",
+        "{} is missing: build it with cargo build -p eventsourcing-kit --example bank_service --features example-service",
         binary.display()
     );
     binary

@@ -6,8 +6,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use eventsource::backend::postgres::{pool_options, PgPool, PostgresEventStore, PostgresSnapshotStore};
-use eventsource::{Error, EventEnvelope, EventStore, Snapshot, StoredEvent, Uuid};
+use eventsourcing_kit::backend::postgres::{pool_options, PgPool, PostgresEventStore, PostgresSnapshotStore};
+use eventsourcing_kit::{Error, EventEnvelope, EventStore, Snapshot, StoredEvent, Uuid};
 use futures_util::{StreamExt, TryStreamExt};
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -100,7 +100,7 @@ pub(crate) fn event(id: Uuid, aggregate_type: &str, version: u64, payload: Value
     EventEnvelope {
         event_type: Arc::from("Recorded"),
         payload: Arc::from(payload.to_string()),
-        ..eventsource::testing::envelope(id, aggregate_type, version)
+        ..eventsourcing_kit::testing::envelope(id, aggregate_type, version)
     }
 }
 
@@ -233,7 +233,7 @@ pub(crate) async fn read_all_until(
     events: &PostgresEventStore,
     after: u64,
     count: usize,
-) -> Vec<eventsource::Result<StoredEvent>> {
+) -> Vec<eventsourcing_kit::Result<StoredEvent>> {
     let started = std::time::Instant::now();
     loop {
         let all: Vec<_> = events.read_all(after).collect().await;
@@ -249,6 +249,6 @@ pub(crate) async fn read_all_until(
 pub(crate) fn snapshot(id: Uuid, ty: &str, version: u64, schema_version: u32) -> Snapshot {
     Snapshot {
         state: json!({ "version": version, "note": "state" }).to_string(),
-        ..eventsource::testing::snapshot(id, ty, version, schema_version)
+        ..eventsourcing_kit::testing::snapshot(id, ty, version, schema_version)
     }
 }

@@ -1,1 +1,1 @@
-//! Compile-fail tests of the `eventsource` macros live in `tests/ui/`; see `tests/ui.rs`.
+//! Compile-fail tests of the `eventsourcing-kit` macros live in `tests/ui/`; see `tests/ui.rs`.

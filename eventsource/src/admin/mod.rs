@@ -42,9 +42,9 @@
 //! ```no_run
 //! # use std::sync::Arc;
 //! use clap::Parser;
-//! use eventsource::admin::{Admin, AdminArgs};
-//! # use eventsource::projection::Projection;
-//! # fn read_model(stores: &eventsource::backend::Stores) -> eventsource::Result<Arc<Projection>> { unimplemented!() }
+//! use eventsourcing_kit::admin::{Admin, AdminArgs};
+//! # use eventsourcing_kit::projection::Projection;
+//! # fn read_model(stores: &eventsourcing_kit::backend::Stores) -> eventsourcing_kit::Result<Arc<Projection>> { unimplemented!() }
 //!
 //! #[derive(Parser)]
 //! enum Cli {
@@ -95,7 +95,7 @@ use output::Output;
 /// line (see the [module docs](self)).
 #[derive(Args, Clone, Debug)]
 pub struct AdminArgs {
-    /// The stores' URL, as `eventsource::backend::open` takes it: `sqlite:FILE`,
+    /// The stores' URL, as `eventsourcing_kit::backend::open` takes it: `sqlite:FILE`,
     /// `postgres://...`.
     #[arg(long, env = "EVENTSOURCE_URL")]
     pub url: String,

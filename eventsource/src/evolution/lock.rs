@@ -13,8 +13,8 @@ use crate::event::Event;
 use crate::registry;
 
 const HEADER: &str =
-    "# eventsource schema lock: the serialized shape of every aggregate state and event, with its version.
-# A test compares it with the program (eventsource::testing::check_schema_lock); after a deliberate
+    "# eventsourcing-kit schema lock: the serialized shape of every aggregate state and event, with its version.
+# A test compares it with the program (eventsourcing_kit::testing::check_schema_lock); after a deliberate
 # change, rewrite it with EVENTSOURCE_SCHEMA_LOCK=overwrite and review the diff like code.";
 
 /// Whether an entry is an aggregate's state or an event.

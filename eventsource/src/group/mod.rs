@@ -51,8 +51,8 @@
 //! thousands of ranges cost more than they give.
 //!
 //! ```
-//! # use eventsource::prelude::*;
-//! # use eventsource::backend::Stores;
+//! # use eventsourcing_kit::prelude::*;
+//! # use eventsourcing_kit::backend::Stores;
 //! # use std::sync::{Arc, Mutex};
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Error> {
 //! let stores = Stores::in_memory();

@@ -21,8 +21,8 @@
 //! and it is not grouped with other saves into one commit.
 //!
 //! ```
-//! use eventsource::prelude::*;
-//! use eventsource::multi_stream::{self, MultiStreamSave};
+//! use eventsourcing_kit::prelude::*;
+//! use eventsourcing_kit::multi_stream::{self, MultiStreamSave};
 //!
 //! #[event(aggregate = "Username")]
 //! pub struct Claimed { pub user: Uuid }
@@ -42,7 +42,7 @@
 //! impl Apply<Registered> for User { fn apply(&mut self, e: &Registered) { self.name = e.name.clone() } }
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Error> {
-//! let stores = eventsource::backend::open("memory:").await?;
+//! let stores = eventsourcing_kit::backend::open("memory:").await?;
 //! let (users, names) = (stores.repository::<User>(), stores.repository::<Username>());
 //! let store = stores.multi_stream()?;
 //!

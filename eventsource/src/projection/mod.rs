@@ -45,9 +45,9 @@
 //! `docs/guides/projections.md` is the guide.
 //!
 //! ```
-//! use eventsource::prelude::*;
-//! use eventsource::projection::{InMemoryReadModel, MemoryProjection, Projection};
-//! use eventsource::subscription::HandlerError;
+//! use eventsourcing_kit::prelude::*;
+//! use eventsourcing_kit::projection::{InMemoryReadModel, MemoryProjection, Projection};
+//! use eventsourcing_kit::subscription::HandlerError;
 //!
 //! #[event(aggregate = "Account")]
 //! pub struct Deposited { pub amount: i64 }

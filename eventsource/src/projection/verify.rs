@@ -196,7 +196,7 @@ impl Projection {
         let Some(verifier) = self.model().verifier() else {
             return Err(Error::InvalidInput(format!(
                 "the read model of projection `{}` cannot be verified: its projection gives no scratch copy of itself \
-                 and no rows per stream (see eventsource::projection::verify)",
+                 and no rows per stream (see eventsourcing_kit::projection::verify)",
                 self.name()
             )));
         };

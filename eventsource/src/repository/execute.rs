@@ -66,8 +66,8 @@ impl<A: Aggregate> Repository<A> {
     /// (jittered) between them.
     ///
     /// ```
-    /// # use eventsource::prelude::*;
-    /// # use eventsource::repository::CommandError;
+    /// # use eventsourcing_kit::prelude::*;
+    /// # use eventsourcing_kit::repository::CommandError;
     /// # #[event(aggregate = "Counter")] pub struct Incremented { pub by: u64 }
     /// # #[derive(Aggregate, Clone, Debug, Default, Serialize, Deserialize)]
     /// # #[aggregate(name = "Counter", events(Incremented))]

@@ -39,7 +39,7 @@ use crate::snapshot::{JointSnapshots, SnapshotMetrics, SnapshotMode, SnapshotPol
 /// Loads and saves aggregates of type `A`.
 ///
 /// ```
-/// # use eventsource::prelude::*;
+/// # use eventsourcing_kit::prelude::*;
 /// # #[event(aggregate = "Counter")] pub struct Incremented { pub by: u64 }
 /// # #[derive(Aggregate, Clone, Debug, Default, Serialize, Deserialize)]
 /// # #[aggregate(name = "Counter", events(Incremented))]

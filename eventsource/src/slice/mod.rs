@@ -35,8 +35,8 @@ use crate::error::{Error, Result};
 /// substr(md5(aggregate_type || ':' || aggregate_id::text), 1, 8))::bit(32)::integer & 1023`.
 ///
 /// ```
-/// use eventsource::slice::{stream_hash, SliceCount};
-/// use eventsource::Uuid;
+/// use eventsourcing_kit::slice::{stream_hash, SliceCount};
+/// use eventsourcing_kit::Uuid;
 ///
 /// // md5("Account:00000000-0000-0000-0000-000000000000") starts with 579c5730.
 /// assert_eq!(stream_hash("Account", Uuid::nil()), 0x579c_5730);
@@ -119,11 +119,11 @@ impl SliceCount {
     /// in order; [`Error::InvalidInput`] unless `1 <= ranges <= get()`.
     ///
     /// ```
-    /// use eventsource::slice::{SliceCount, SliceRange};
+    /// use eventsourcing_kit::slice::{SliceCount, SliceRange};
     ///
     /// let quarters = SliceCount::DEFAULT.split(4)?;
     /// assert_eq!(quarters[1], SliceRange::new(256, 511)?);
-    /// # Ok::<(), eventsource::Error>(())
+    /// # Ok::<(), eventsourcing_kit::Error>(())
     /// ```
     pub fn split(self, ranges: u32) -> Result<Vec<SliceRange>> {
         if ranges == 0 || ranges > self.0 {

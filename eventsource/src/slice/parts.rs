@@ -80,7 +80,7 @@ impl SliceParts {
     /// then cut at the parts' bounds: never fewer than `ranges` ranges, each within one part.
     ///
     /// ```
-    /// use eventsource::slice::{SliceCount, SliceParts, SliceRange};
+    /// use eventsourcing_kit::slice::{SliceCount, SliceParts, SliceRange};
     ///
     /// let count = SliceCount::new(16)?;
     /// let parts = SliceParts::new(count, vec![SliceRange::new(0, 5)?, SliceRange::new(6, 15)?])?;
@@ -88,7 +88,7 @@ impl SliceParts {
     ///     parts.split(2)?,
     ///     [SliceRange::new(0, 5)?, SliceRange::new(6, 7)?, SliceRange::new(8, 15)?]
     /// );
-    /// # Ok::<(), eventsource::Error>(())
+    /// # Ok::<(), eventsourcing_kit::Error>(())
     /// ```
     ///
     /// # Errors

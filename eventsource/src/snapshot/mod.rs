@@ -76,7 +76,7 @@ pub struct SnapshotVersion {
 ///
 /// # Contract
 ///
-/// Every backend guarantees, and the conformance suite in `eventsource::testing` checks:
+/// Every backend guarantees, and the conformance suite in `eventsourcing_kit::testing` checks:
 ///
 /// - **One per aggregate and schema version.** A store keeps at most one snapshot per
 ///   `(aggregate_id, aggregate_type, schema_version)`; the same id under two types is two

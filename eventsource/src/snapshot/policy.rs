@@ -22,12 +22,12 @@ pub enum SnapshotMode {
 /// When and how the repository snapshots an aggregate.
 ///
 /// ```
-/// use eventsource::{SnapshotMode, SnapshotPolicy};
+/// use eventsourcing_kit::{SnapshotMode, SnapshotPolicy};
 ///
 /// let policy = SnapshotPolicy::every(100)?.with_mode(SnapshotMode::Background);
 /// assert_eq!(policy.threshold(), Some(100));
 /// assert!(SnapshotPolicy::every(0).is_err());
-/// # Ok::<(), eventsource::Error>(())
+/// # Ok::<(), eventsourcing_kit::Error>(())
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SnapshotPolicy {

@@ -35,9 +35,9 @@
 //!   [`Consumer::on_disorder`]).
 //!
 //! ```
-//! # use eventsource::prelude::*;
-//! # use eventsource::subscription::Subscription;
-//! # use eventsource::{InMemorySubscriptionStore, StoredEvent};
+//! # use eventsourcing_kit::prelude::*;
+//! # use eventsourcing_kit::subscription::Subscription;
+//! # use eventsourcing_kit::{InMemorySubscriptionStore, StoredEvent};
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Error> {
 //! let events = InMemoryEventStore::new();
 //! let checkpoints = InMemorySubscriptionStore::new();

@@ -49,7 +49,7 @@ pub struct SubscriptionStatus {
 ///
 /// # Contract
 ///
-/// Every backend guarantees, and the conformance suite in `eventsource::testing` checks:
+/// Every backend guarantees, and the conformance suite in `eventsourcing_kit::testing` checks:
 ///
 /// - **One owner at a time.** [`acquire`](Self::acquire) gives the lease on a name to an owner
 ///   if nobody holds it, if that owner holds it already (a renewal), or if the holder's lease

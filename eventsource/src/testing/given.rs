@@ -2,8 +2,8 @@
 //! domain logic tested without stores or a runtime.
 //!
 //! ```
-//! # use eventsource::prelude::*;
-//! use eventsource::testing::given;
+//! # use eventsourcing_kit::prelude::*;
+//! use eventsourcing_kit::testing::given;
 //! # #[event(aggregate = "Account")] pub struct AccountOpened { pub initial_balance: f64 }
 //! # #[event(aggregate = "Account")] pub struct MoneyWithdrawn { pub amount: f64 }
 //! # #[derive(Aggregate, Clone, Debug, Default, Serialize, Deserialize)]

@@ -22,8 +22,8 @@
 //! ```
 //! // tests/my_stores.rs: one #[tokio::test] per check, named after it. The expression is a
 //! // future that gives a store, evaluated again in every test.
-//! eventsource::event_store_conformance!(async { eventsource::InMemoryEventStore::new() });
-//! eventsource::snapshot_store_conformance!(async { eventsource::InMemorySnapshotStore::new() });
+//! eventsourcing_kit::event_store_conformance!(async { eventsourcing_kit::InMemoryEventStore::new() });
+//! eventsourcing_kit::snapshot_store_conformance!(async { eventsourcing_kit::InMemorySnapshotStore::new() });
 //! # fn main() {}
 //! ```
 //!
@@ -31,10 +31,10 @@
 //!
 //! ```ignore
 //! mod in_memory_database {
-//!     eventsource::event_store_conformance!(my_backend::open_in_memory());
+//!     eventsourcing_kit::event_store_conformance!(my_backend::open_in_memory());
 //! }
 //! mod on_a_file {
-//!     eventsource::event_store_conformance!(my_backend::open_file("target/check.db"));
+//!     eventsourcing_kit::event_store_conformance!(my_backend::open_file("target/check.db"));
 //! }
 //! ```
 //!
@@ -43,7 +43,7 @@
 //! anything:
 //!
 //! ```ignore
-//! eventsource::event_store_conformance!(optional: async {
+//! eventsourcing_kit::event_store_conformance!(optional: async {
 //!     let url = std::env::var("MY_DATABASE_URL").ok()?;
 //!     Some(MyEventStore::connect(&url).await.unwrap())
 //! });
@@ -54,10 +54,10 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! let events = eventsource::InMemoryEventStore::new();
-//! eventsource::testing::event_store::run_all(&events).await;
-//! let snapshots = eventsource::InMemorySnapshotStore::new();
-//! eventsource::testing::snapshot_store::run_all(&snapshots).await;
+//! let events = eventsourcing_kit::InMemoryEventStore::new();
+//! eventsourcing_kit::testing::event_store::run_all(&events).await;
+//! let snapshots = eventsourcing_kit::InMemorySnapshotStore::new();
+//! eventsourcing_kit::testing::snapshot_store::run_all(&snapshots).await;
 //! # }
 //! ```
 //!

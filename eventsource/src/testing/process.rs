@@ -9,10 +9,10 @@
 //! their commands answered; `when` shows what one more cause decides.
 //!
 //! ```
-//! use eventsource::prelude::*;
-//! use eventsource::process::{Decisions, ProcessManager, Reply};
-//! use eventsource::subscription::HandlerError;
-//! use eventsource::testing::process::{event, given};
+//! use eventsourcing_kit::prelude::*;
+//! use eventsourcing_kit::process::{Decisions, ProcessManager, Reply};
+//! use eventsourcing_kit::subscription::HandlerError;
+//! use eventsourcing_kit::testing::process::{event, given};
 //!
 //! #[event(aggregate = "Order")]
 //! pub struct Placed { pub items: u32 }
@@ -26,7 +26,7 @@
 //!
 //! struct Fulfilment;
 //!
-//! #[eventsource::async_trait]
+//! #[eventsourcing_kit::async_trait]
 //! impl ProcessManager for Fulfilment {
 //!     type State = u32;
 //!     type Command = Command;

@@ -15,7 +15,7 @@ pub const SCHEMA_LOCK_ENV: &str = "EVENTSOURCE_SCHEMA_LOCK";
 /// // tests/schema_lock.rs, with the domain types linked into the test (a `use` of the crate)
 /// #[test]
 /// fn schema_lock() {
-///     eventsource::testing::check_schema_lock(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.lock"));
+///     eventsourcing_kit::testing::check_schema_lock(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.lock"));
 /// }
 /// ```
 ///

@@ -17,9 +17,9 @@ use crate::event_store::{Appended, EventStore, EventStream, FeedHead};
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// use eventsource::testing::{event_store, RequiredOnly};
+/// use eventsourcing_kit::testing::{event_store, RequiredOnly};
 ///
-/// event_store::run_all(&RequiredOnly(eventsource::InMemoryEventStore::new())).await;
+/// event_store::run_all(&RequiredOnly(eventsourcing_kit::InMemoryEventStore::new())).await;
 /// # }
 /// ```
 #[derive(Clone, Debug, Default)]

@@ -1,4 +1,4 @@
-use eventsource::prelude::*;
+use eventsourcing_kit::prelude::*;
 
 #[event(aggregate = "Account")]
 pub struct Deposited {
@@ -6,7 +6,7 @@ pub struct Deposited {
 }
 
 #[derive(Aggregate, Clone, Debug, Default, Serialize, Deserialize)]
-#[aggregate(name = "Account", events(Deposited), crate = eventsource)]
+#[aggregate(name = "Account", events(Deposited), crate = eventsourcing_kit)]
 pub struct Account {
     pub balance: f64,
 }

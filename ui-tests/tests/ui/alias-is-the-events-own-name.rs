@@ -1,4 +1,4 @@
-use eventsource::prelude::*;
+use eventsourcing_kit::prelude::*;
 
 #[event(aggregate = "Account", name = "FundsDeposited", aliases("MoneyDeposited", "FundsDeposited"))]
 pub struct Deposited {

@@ -1,4 +1,4 @@
-use eventsource::prelude::*;
+use eventsourcing_kit::prelude::*;
 
 // `#[event]` goes above the derives: the compiler takes a derive written above an
 // attribute macro off the item before the macro sees it, so `Clone` is derived twice.

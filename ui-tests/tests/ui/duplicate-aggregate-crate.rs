@@ -1,4 +1,4 @@
-use eventsource::prelude::*;
+use eventsourcing_kit::prelude::*;
 
 #[event(aggregate = "Account")]
 pub struct Deposited {
@@ -6,8 +6,8 @@ pub struct Deposited {
 }
 
 #[derive(Aggregate, Clone, Debug, Default, Serialize, Deserialize)]
-#[aggregate(name = "Account", crate = "::eventsource", events(Deposited))]
-#[aggregate(crate = "::eventsource")]
+#[aggregate(name = "Account", crate = "::eventsourcing_kit", events(Deposited))]
+#[aggregate(crate = "::eventsourcing_kit")]
 pub struct Account {
     pub balance: f64,
 }

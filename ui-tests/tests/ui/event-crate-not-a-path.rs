@@ -1,4 +1,4 @@
-use eventsource::prelude::*;
+use eventsourcing_kit::prelude::*;
 
 #[event(aggregate = "Account", crate = "not a path!")]
 pub struct Deposited {

@@ -1,4 +1,4 @@
-use eventsource::prelude::*;
+use eventsourcing_kit::prelude::*;
 
 #[event(aggregate = "Account", schema = 2)]
 pub struct Deposited {

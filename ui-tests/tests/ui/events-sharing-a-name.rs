@@ -1,7 +1,7 @@
-use eventsource::prelude::*;
+use eventsourcing_kit::prelude::*;
 
 mod placed {
-    use eventsource::prelude::*;
+    use eventsourcing_kit::prelude::*;
 
     #[event(aggregate = "Order")]
     pub struct Created {

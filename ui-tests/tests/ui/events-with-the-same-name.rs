@@ -1,7 +1,7 @@
-use eventsource::prelude::*;
+use eventsourcing_kit::prelude::*;
 
 mod cash {
-    use eventsource::prelude::*;
+    use eventsourcing_kit::prelude::*;
 
     #[event(aggregate = "Account", name = "CashDeposited")]
     pub struct Deposited {
@@ -10,7 +10,7 @@ mod cash {
 }
 
 mod card {
-    use eventsource::prelude::*;
+    use eventsourcing_kit::prelude::*;
 
     #[event(aggregate = "Account", name = "CardDeposited")]
     pub struct Deposited {

@@ -1,4 +1,4 @@
-use eventsource::prelude::*;
+use eventsourcing_kit::prelude::*;
 
 fn step(v: serde_json::Value) -> serde_json::Value {
     v

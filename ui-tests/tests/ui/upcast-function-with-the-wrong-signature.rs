@@ -1,4 +1,4 @@
-use eventsource::prelude::*;
+use eventsourcing_kit::prelude::*;
 
 fn rename(v1: &mut serde_json::Value) {
     v1["amount"] = v1["value"].take();

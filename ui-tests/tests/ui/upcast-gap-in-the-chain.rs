@@ -1,4 +1,4 @@
-use eventsource::prelude::*;
+use eventsourcing_kit::prelude::*;
 
 fn v2_to_v3(v2: serde_json::Value) -> serde_json::Value {
     v2

@@ -1,4 +1,4 @@
-use eventsource::prelude::*;
+use eventsourcing_kit::prelude::*;
 
 // Bumped to version 2 without saying how stored version 1 events load.
 #[event(aggregate = "Account", version = 2)]

@@ -1,4 +1,4 @@
-use eventsource::prelude::*;
+use eventsourcing_kit::prelude::*;
 
 #[derive(Deserialize)]
 pub struct DepositedV1 {

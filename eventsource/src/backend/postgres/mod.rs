@@ -2,8 +2,8 @@
 //! many application instances sharing one database.
 //!
 //! ```no_run
-//! # async fn run(pool: eventsource::backend::postgres::PgPool) -> eventsource::Result<()> {
-//! use eventsource::backend::postgres::{connect_url, PostgresEventStore, PostgresSnapshotStore};
+//! # async fn run(pool: eventsourcing_kit::backend::postgres::PgPool) -> eventsourcing_kit::Result<()> {
+//! use eventsourcing_kit::backend::postgres::{connect_url, PostgresEventStore, PostgresSnapshotStore};
 //!
 //! // Both stores on one new pool...
 //! let (events, snapshots) = connect_url("postgres://app@db.internal/app").await?;
@@ -267,8 +267,8 @@ const IDLE_CHECK: Duration = Duration::from_millis(500);
 /// [module docs](self#deployment)).
 ///
 /// ```no_run
-/// # async fn run() -> eventsource::Result<()> {
-/// use eventsource::backend::postgres::{pool_options, PostgresEventStore};
+/// # async fn run() -> eventsourcing_kit::Result<()> {
+/// use eventsourcing_kit::backend::postgres::{pool_options, PostgresEventStore};
 ///
 /// let pool = pool_options().max_connections(32).connect_lazy("postgres://app@db.internal/app").unwrap();
 /// let events = PostgresEventStore::new(pool);

@@ -6,8 +6,8 @@
 //! up to five seconds for a lock held by another connection before giving up.
 //!
 //! ```no_run
-//! # async fn demo() -> eventsource::Result<()> {
-//! use eventsource::backend::sqlite;
+//! # async fn demo() -> eventsourcing_kit::Result<()> {
+//! use eventsourcing_kit::backend::sqlite;
 //!
 //! // Both stores on one file, created if missing.
 //! let (events, snapshots) = sqlite::open("bank.db").await?;
@@ -142,8 +142,8 @@ pub async fn open(path: impl AsRef<Path>) -> Result<(SqliteEventStore, SqliteSna
 /// Opens both stores as [`open`] does, with `options`.
 ///
 /// ```no_run
-/// # async fn demo() -> eventsource::Result<()> {
-/// use eventsource::backend::sqlite::{self, SqliteOptions};
+/// # async fn demo() -> eventsourcing_kit::Result<()> {
+/// use eventsourcing_kit::backend::sqlite::{self, SqliteOptions};
 ///
 /// // Tables `billing_events`, `billing_snapshots`, ... beside any other store in the file.
 /// let (events, snapshots) = sqlite::open_with("app.db", SqliteOptions::default().prefix("billing_")).await?;

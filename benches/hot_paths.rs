@@ -17,7 +17,7 @@ use eventsourcing_kit::AggregateEvent;
 fn events(c: &mut Criterion) {
     let mut group = c.benchmark_group("event");
     group.throughput(Throughput::Elements(1));
-    let payload = AccountEvent::from(MoneyDeposited { amount: 12.5 })
+    let payload = AccountEvent::from(MoneyDeposited { amount: 1_250 })
         .to_json()
         .unwrap();
     group.bench_function("decode MoneyDeposited", |b| {
@@ -29,7 +29,7 @@ fn events(c: &mut Criterion) {
             .unwrap()
         })
     });
-    let event = AccountEvent::from(MoneyDeposited { amount: 12.5 });
+    let event = AccountEvent::from(MoneyDeposited { amount: 1_250 });
     group.bench_function("apply dispatch", |b| {
         let mut state = Account::default();
         b.iter(|| state.apply_event(std::hint::black_box(&event)))
@@ -43,7 +43,7 @@ fn events(c: &mut Criterion) {
 fn snapshots(c: &mut Criterion) {
     let state = Account {
         owner_name: "Ada Lovelace".into(),
-        balance: 1_234_567.89,
+        balance: 123_456_789,
         transaction_count: 99_999,
     };
     let json = serde_json::to_string(&state).unwrap();
@@ -68,10 +68,10 @@ fn repository(c: &mut Criterion) {
         let mut root = repo.create_new(id);
         root.record(AccountOpened {
             owner_name: "Ada".into(),
-            initial_balance: 0.0,
+            initial_balance: 0,
         });
         for _ in 0..9_999 {
-            root.record(MoneyDeposited { amount: 1.0 });
+            root.record(MoneyDeposited { amount: 100 });
         }
         repo.save(&mut root).await.unwrap();
         repo.create_snapshot(&root).await.unwrap();
@@ -94,7 +94,7 @@ fn repository(c: &mut Criterion) {
                 let mut root = AggregateRoot::<Account>::new(Uuid::new_v4());
                 root.record(AccountOpened {
                     owner_name: "Ada".into(),
-                    initial_balance: 0.0,
+                    initial_balance: 0,
                 });
                 root
             },

@@ -71,7 +71,7 @@ SQL
     cat >"$script" <<SQL
 INSERT INTO $table (aggregate_id, event_type, version, occurred_at, payload)
 VALUES (gen_random_uuid(), 'MoneyDeposited', 1, now(),
-        '{"amount":1.0,"currency":"EUR","reference":"pgbench-0001"}');
+        '{"amount":100,"currency":"EUR","reference":"pgbench-0001"}');
 SQL
     ;;
 events)
@@ -83,7 +83,7 @@ INSERT INTO $table (position, event_id, event_type, event_version, aggregate_id,
     aggregate_type, aggregate_version, occurred_at, occurred_at_ns, payload)
 VALUES ((pg_current_xact_id()::text::bigint << 20) + 1, gen_random_uuid(), 'MoneyDeposited', 1,
         gen_random_uuid(), 'Account', 1, now(), 0,
-        '{"amount":1.0,"currency":"EUR","reference":"pgbench-0001"}');
+        '{"amount":100,"currency":"EUR","reference":"pgbench-0001"}');
 SQL
     ;;
 *) echo "unknown shape $shape (bare or events)" >&2; exit 2 ;;

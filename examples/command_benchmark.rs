@@ -63,7 +63,7 @@ async fn cell(
     let mut ids = Vec::new();
     for _ in 0..aggregates {
         let id = Uuid::new_v4();
-        repo.command(id).create_only().run(|a| a.open("Ada", 0.0)).await?;
+        repo.command(id).create_only().run(|a| a.open("Ada", 0)).await?;
         ids.push(id);
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -77,7 +77,7 @@ async fn cell(
                     let done = repo
                         .command(id)
                         .retry(50, Duration::from_millis(1), Duration::from_millis(50))
-                        .run(|a| a.deposit(1.0))
+                        .run(|a| a.deposit(100))
                         .await;
                     match done {
                         Ok(executed) => {

@@ -91,7 +91,7 @@ fn options() -> Fallible<Options> {
 fn state_at(version: u64) -> Account {
     Account {
         owner_name: "Bench".into(),
-        balance: 1000.0 + (version - 1) as f64,
+        balance: 100_000 + 100 * (version - 1) as i64,
         transaction_count: version - 1,
     }
 }
@@ -100,11 +100,11 @@ fn envelope(id: Uuid, version: u64) -> EventEnvelope {
     let event: AccountEvent = if version == 1 {
         AccountOpened {
             owner_name: "Bench".into(),
-            initial_balance: 1000.0,
+            initial_balance: 100_000,
         }
         .into()
     } else {
-        MoneyDeposited { amount: 1.0 }.into()
+        MoneyDeposited { amount: 100 }.into()
     };
     EventEnvelope::new(id, "Account", version, &event).expect("benchmark events encode")
 }
@@ -181,12 +181,12 @@ async fn time_saves(
     runs: usize,
 ) -> Fallible<Cell> {
     for () in warm_up() {
-        root.record(MoneyDeposited { amount: 1.0 });
+        root.record(MoneyDeposited { amount: 100 });
         repo.save(root).await?;
     }
     let mut samples = Vec::with_capacity(runs);
     for _ in 0..runs {
-        root.record(MoneyDeposited { amount: 1.0 });
+        root.record(MoneyDeposited { amount: 100 });
         let start = Instant::now();
         repo.save(root).await?;
         samples.push(start.elapsed().as_secs_f64() * 1000.0);

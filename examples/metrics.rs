@@ -49,10 +49,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (long, short) = (Uuid::new_v4(), Uuid::new_v4());
     for (id, deposits) in [(long, 24), (short, 3)] {
         let mut account = accounts.create_new(id);
-        account.open("Ada", 100.0)?;
+        account.open("Ada", 10_000)?;
         accounts.save(&mut account).await?;
         for _ in 0..deposits {
-            account.deposit(5.0)?;
+            account.deposit(500)?;
             accounts.save(&mut account).await?;
         }
     }

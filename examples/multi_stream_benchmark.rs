@@ -59,7 +59,7 @@ fn options() -> Fallible<Options> {
 /// A new account, opened and saved.
 async fn opened(repo: &Repository<Account>) -> Fallible<AggregateRoot<Account>> {
     let mut account = repo.create_new(Uuid::new_v4());
-    account.open("Ada", 0.0)?;
+    account.open("Ada", 0)?;
     repo.save(&mut account).await?;
     Ok(account)
 }
@@ -85,17 +85,17 @@ async fn block(stores: &Arc<Stores>, writers: usize, saves: usize, kind: Kind) -
         let (mut a, mut b) = (opened(&repo).await?, opened(&repo).await?);
         tasks.push(tokio::spawn(async move {
             for _ in 0..saves / writers {
-                a.deposit(1.0)?;
+                a.deposit(100)?;
                 match kind {
                     Kind::OneEvent => {
                         repo.save(&mut a).await?;
                     }
                     Kind::TwoEvents => {
-                        a.deposit(1.0)?;
+                        a.deposit(100)?;
                         repo.save(&mut a).await?;
                     }
                     Kind::TwoStreams => {
-                        b.deposit(1.0)?;
+                        b.deposit(100)?;
                         MultiStreamSave::new()
                             .write(&mut a)
                             .write(&mut b)

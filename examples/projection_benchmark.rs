@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use eventsourcing_kit::async_trait;
-use eventsourcing_kit::backend::postgres::{self, sqlx, PgTransaction, PostgresProjection, PostgresReadModel};
+use eventsourcing_kit::backend::postgres::{
+    self, sqlx, PgTransaction, PostgresProjection, PostgresReadModel,
+};
 use eventsourcing_kit::backend::sqlite::{self, rusqlite, SqliteProjection, SqliteReadModel};
 use eventsourcing_kit::prelude::*;
 use eventsourcing_kit::projection::{InMemoryReadModel, MemoryProjection, Projection};

@@ -182,7 +182,7 @@ async fn size_cell(options: &Options, n: u64, shards: usize) -> Fallible<String>
     }
     // A snapshot at each sampled account's head: one deposit with a snapshot on every save.
     for id in &ids {
-        snapshots.command(*id).run(|a| a.deposit(1.0)).await?;
+        snapshots.command(*id).run(|a| a.deposit(100)).await?;
     }
     let mut snapshot_loads = Vec::new();
     for (i, id) in warm_and_cycle(&ids, options.runs) {
@@ -195,7 +195,7 @@ async fn size_cell(options: &Options, n: u64, shards: usize) -> Fallible<String>
     let mut saves = Vec::new();
     for (i, id) in warm_and_cycle(&ids, options.runs) {
         let mut account = plain.load(id).await?;
-        account.deposit(1.0)?;
+        account.deposit(100)?;
         let started = Instant::now();
         plain.save(&mut account).await?;
         if i.is_some() {
@@ -237,8 +237,8 @@ async fn fill(pool: &sqlx::PgPool, schema: &str, accounts: u64, first: u32, last
              SELECT (pg_current_xact_id()::text::bigint << 20) + row_number() OVER (ORDER BY a.id, v), gen_random_uuid(),
                 CASE WHEN v = 1 THEN 'AccountOpened' ELSE 'MoneyDeposited' END, 1, a.id, 'Account', v,
                 now(), 0,
-                CASE WHEN v = 1 THEN '{{\"owner_name\":\"bench\",\"initial_balance\":0.0}}'::json
-                     ELSE '{{\"amount\":1.0}}'::json END
+                CASE WHEN v = 1 THEN '{{\"owner_name\":\"bench\",\"initial_balance\":0}}'::json
+                     ELSE '{{\"amount\":100}}'::json END
              FROM (SELECT md5('bench-' || i)::uuid AS id FROM generate_series($1::bigint, $2::bigint) i) a
              CROSS JOIN generate_series(1, {EVENTS_PER_ACCOUNT}) v
              WHERE (('x' || substr(md5('Account:' || a.id::text), 1, 8))::bit(32)::integer & 1023)
@@ -329,7 +329,7 @@ async fn create_accounts(repo: &Repository<Account>, writers: usize, deadline: I
                 while Instant::now() < deadline {
                     repo.command(Uuid::new_v4())
                         .create_only()
-                        .run(|a| a.open("Ada", 0.0))
+                        .run(|a| a.open("Ada", 0))
                         .await
                         .map_err(|e| e.to_string())?;
                     done += 1;

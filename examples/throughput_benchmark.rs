@@ -212,10 +212,10 @@ async fn own_accounts(
 /// A new account, opened and given a few deposits.
 async fn open_and_warm(repo: Repository<Account>) -> Fallible<AggregateRoot<Account>> {
     let mut account = repo.create_new(Uuid::new_v4());
-    account.open("Ada", 0.0)?;
+    account.open("Ada", 0)?;
     repo.save(&mut account).await?;
     for _ in 0..WARM_UP_SAVES {
-        account.deposit(1.0)?;
+        account.deposit(100)?;
         repo.save(&mut account).await?;
     }
     Ok(account)
@@ -232,7 +232,7 @@ async fn save_deposits(
     while Instant::now() < deadline {
         let started = Instant::now();
         if !account.has_pending_events() {
-            account.deposit(1.0)?;
+            account.deposit(100)?;
         }
         match repo.save(&mut account).await {
             Ok(_) => tally.latencies.push(started.elapsed()),
@@ -248,7 +248,7 @@ async fn hot_accounts(repo: Repository<Account>, window: Duration) -> Fallible<(
     let mut accounts = Vec::new();
     for _ in 0..HOT_ACCOUNTS {
         let id = Uuid::new_v4();
-        repo.command(id).create_only().run(|a| a.open("Ada", 0.0)).await?;
+        repo.command(id).create_only().run(|a| a.open("Ada", 0)).await?;
         accounts.push(id);
     }
     let ids: Vec<Uuid> = (0..HOT_WRITERS).map(|i| accounts[i % HOT_ACCOUNTS]).collect();
@@ -280,7 +280,7 @@ async fn deposit_commands(repo: Repository<Account>, id: Uuid, deadline: Instant
         let done = repo
             .command(id)
             .retry(50, Duration::from_millis(1), Duration::from_millis(50))
-            .run(|a| a.deposit(1.0))
+            .run(|a| a.deposit(100))
             .await;
         match done {
             Ok(executed) => {

@@ -402,20 +402,14 @@ async fn hostile_names(path: &std::path::Path) {
     // An event type with the same, stored by a program of another make (the event store
     // keeps any name but one with NUL, so that such streams stay writable): one line each.
     let id = Uuid::new_v4();
-    let event = eventsourcing_kit::EventEnvelope {
-        event_id: Uuid::new_v4(),
-        event_type: "Evil\n\u{1b}[2J".into(),
-        event_version: 1,
-        aggregate_id: id,
-        aggregate_type: "Ledger\r".into(),
-        aggregate_version: 1,
-        occurred_at: chrono::Utc::now(),
-        correlation_id: None,
-        causation_id: None,
-        request_id: None,
-        metadata: None,
-        payload: r#"{"note":"\u001b[2J\u009b"}"#.into(),
-    };
+    let event = eventsourcing_kit::EventEnvelope::from_json(
+        id,
+        "Ledger\r",
+        1,
+        "Evil\n\u{1b}[2J",
+        1,
+        r#"{"note":"\u001b[2J\u009b"}"#,
+    );
     stores.events.append(id, "Ledger\r", 0, &[event]).await.unwrap();
     let tail = admin(&url, &["events", "tail", "--from-start", "--no-follow"]);
     assert_eq!(tail.status.code(), Some(0));
@@ -1015,13 +1009,10 @@ async fn doctor_finds_pending_migrations_and_dead_letters() {
         assert_eq!(clean["findings"].as_array().unwrap().len(), 0, "{clean}");
 
         let stores = eventsourcing_kit::backend::open(&url).await.unwrap();
-        let event = StoredEvent {
-            position: 1,
-            envelope: eventsourcing_kit::EventEnvelope {
-                payload: "{}".into(),
-                ..eventsourcing_kit::testing::envelope(Uuid::new_v4(), "Account", 1)
-            },
-        };
+        let event = StoredEvent::new(
+            1,
+            eventsourcing_kit::testing::envelope(Uuid::new_v4(), "Account", 1),
+        );
         let consumer = Uuid::new_v4();
         let lease = std::time::Duration::from_secs(1);
         assert!(stores

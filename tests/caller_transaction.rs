@@ -171,9 +171,10 @@ async fn on_postgres_the_applications_rows_and_the_events_commit_together() {
     let request = RequestId::new("invoice-42").unwrap();
     let mut tx = events.begin().await.unwrap();
     let mut requested = repo.create_new(Uuid::new_v4());
-    requested.set_context(EventContext {
-        request_id: Some(request.clone()),
-        ..EventContext::default()
+    requested.set_context({
+        let mut value = EventContext::default();
+        value.request_id = Some(request.clone());
+        value
     });
     requested.record(Posted { cents: 3 });
     events.save_in_transaction(&mut tx, &mut requested).await.unwrap();
@@ -181,9 +182,10 @@ async fn on_postgres_the_applications_rows_and_the_events_commit_together() {
     assert!(events.find_request(&request).await.unwrap().is_some());
     let mut tx = events.begin().await.unwrap();
     let mut again = repo.create_new(Uuid::new_v4());
-    again.set_context(EventContext {
-        request_id: Some(request.clone()),
-        ..EventContext::default()
+    again.set_context({
+        let mut value = EventContext::default();
+        value.request_id = Some(request.clone());
+        value
     });
     again.record(Posted { cents: 3 });
     let recorded = events.save_in_transaction(&mut tx, &mut again).await.unwrap_err();
@@ -366,9 +368,10 @@ async fn on_sqlite_the_applications_rows_and_the_events_commit_together() {
     let request = RequestId::new("invoice-42").unwrap();
     let requested = |request: RequestId| {
         let mut root = repo.create_new(Uuid::new_v4());
-        root.set_context(EventContext {
-            request_id: Some(request),
-            ..EventContext::default()
+        root.set_context({
+            let mut value = EventContext::default();
+            value.request_id = Some(request);
+            value
         });
         root.record(Posted { cents: 3 });
         root

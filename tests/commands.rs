@@ -16,7 +16,7 @@ use eventsourcing_kit::request::RequestId;
 use eventsourcing_kit::testing::given;
 use eventsourcing_kit::{async_trait, EventEnvelope, EventStream};
 
-async fn opened_account(repo: &Repository<Account>, balance: f64) -> Uuid {
+async fn opened_account(repo: &Repository<Account>, balance: i64) -> Uuid {
     let id = Uuid::new_v4();
     repo.command(id)
         .create_only()
@@ -29,13 +29,13 @@ async fn opened_account(repo: &Repository<Account>, balance: f64) -> Uuid {
 #[tokio::test]
 async fn a_command_records_or_refuses_with_the_programs_own_error() {
     let repo = Repository::<Account>::new(InMemoryEventStore::new());
-    let id = opened_account(&repo, 100.0).await;
-    let done = repo.execute(id, |account| account.deposit(25.0)).await.unwrap();
+    let id = opened_account(&repo, 10_000).await;
+    let done = repo.execute(id, |account| account.deposit(2_500)).await.unwrap();
     assert_eq!((done.version, done.events, done.attempts), (2, 1, 1));
 
-    match repo.execute(id, |account| account.withdraw(500.0)).await {
+    match repo.execute(id, |account| account.withdraw(50_000)).await {
         Err(CommandError::Rejected(Refused::InsufficientFunds { balance, requested })) => {
-            assert_eq!((balance, requested), (125.0, 500.0));
+            assert_eq!((balance, requested), (12_500, 50_000));
         }
         other => panic!("{other:?}"),
     }
@@ -53,18 +53,16 @@ async fn a_command_records_or_refuses_with_the_programs_own_error() {
 async fn the_commands_context_reaches_every_event_it_records() {
     let events = InMemoryEventStore::new();
     let repo = Repository::<Account>::new(events.clone());
-    let id = opened_account(&repo, 10.0).await;
-    let context = EventContext {
-        correlation_id: Some(Uuid::new_v4()),
-        causation_id: Some(Uuid::new_v4()),
-        request_id: None,
-        metadata: Some(serde_json::json!({ "user": "ada" })),
-    };
+    let id = opened_account(&repo, 1_000).await;
+    let context = EventContext::new()
+        .with_correlation_id(Uuid::new_v4())
+        .with_causation_id(Uuid::new_v4())
+        .with_metadata(serde_json::json!({ "user": "ada" }));
     repo.command(id)
         .context(context.clone())
         .run(|account| {
-            account.deposit(1.0)?;
-            account.deposit(2.0)
+            account.deposit(100)?;
+            account.deposit(200)
         })
         .await
         .unwrap();
@@ -80,8 +78,8 @@ async fn the_commands_context_reaches_every_event_it_records() {
 #[tokio::test]
 async fn create_only_and_must_exist_commands_refuse_the_wrong_aggregate() {
     let repo = Repository::<Account>::new(InMemoryEventStore::new());
-    let id = opened_account(&repo, 10.0).await;
-    match repo.command(id).create_only().run(|a| a.open("Bob", 1.0)).await {
+    let id = opened_account(&repo, 1_000).await;
+    match repo.command(id).create_only().run(|a| a.open("Bob", 100)).await {
         // The decision sees a new aggregate, so it records; the save finds the stream taken.
         Err(CommandError::AlreadyExists { aggregate_id, .. }) => assert_eq!(aggregate_id, id),
         other => panic!("{other:?}"),
@@ -89,7 +87,7 @@ async fn create_only_and_must_exist_commands_refuse_the_wrong_aggregate() {
     match repo
         .command(Uuid::new_v4())
         .must_exist()
-        .run(|a| a.deposit(1.0))
+        .run(|a| a.deposit(100))
         .await
     {
         Err(CommandError::Failed(e)) => assert!(e.is_not_found(), "{e}"),
@@ -102,7 +100,7 @@ async fn create_only_and_must_exist_commands_refuse_the_wrong_aggregate() {
 async fn a_conflict_is_decided_again_on_the_new_state_until_the_attempts_run_out() {
     let events = InMemoryEventStore::new();
     let repo = Repository::<Account>::new(events.clone());
-    let id = opened_account(&repo, 100.0).await;
+    let id = opened_account(&repo, 10_000).await;
     // Another writer saves while each decision is made, the first time only.
     let sneaky = Repository::<Account>::new(events.clone());
     let decisions = AtomicUsize::new(0);
@@ -113,18 +111,18 @@ async fn a_conflict_is_decided_again_on_the_new_state_until_the_attempts_run_out
                 std::thread::spawn(move || {
                     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
                     runtime
-                        .block_on(sneaky.execute(id, |a| a.withdraw(60.0)))
+                        .block_on(sneaky.execute(id, |a| a.withdraw(6_000)))
                         .unwrap();
                 })
                 .join()
                 .unwrap();
             }
-            account.withdraw(50.0)
+            account.withdraw(5_000)
         })
         .await;
-    // Decided again on a balance of 40: refused, and nothing of the first decision stored.
+    // Decided again on a balance of 4_000 cents: refused, and nothing of the first decision stored.
     match done {
-        Err(CommandError::Rejected(Refused::InsufficientFunds { balance, .. })) => assert_eq!(balance, 40.0),
+        Err(CommandError::Rejected(Refused::InsufficientFunds { balance, .. })) => assert_eq!(balance, 4_000),
         other => panic!("{other:?}"),
     }
     assert_eq!(decisions.load(Ordering::SeqCst), 2);
@@ -137,11 +135,11 @@ async fn a_conflict_is_decided_again_on_the_new_state_until_the_attempts_run_out
             let (sneaky, id) = (sneaky.clone(), account.id());
             std::thread::spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-                runtime.block_on(sneaky.execute(id, |a| a.deposit(1.0))).unwrap();
+                runtime.block_on(sneaky.execute(id, |a| a.deposit(100))).unwrap();
             })
             .join()
             .unwrap();
-            account.deposit(1.0)
+            account.deposit(100)
         })
         .await;
     match done {
@@ -204,12 +202,12 @@ async fn a_save_whose_answer_was_lost_is_saved_again_not_decided_again() {
         inner: inner.clone(),
         lost: AtomicUsize::new(0),
     });
-    let id = opened_account(&repo, 10.0).await;
+    let id = opened_account(&repo, 1_000).await;
     let decisions = AtomicUsize::new(0);
     let done = repo
         .execute(id, |account| {
             decisions.fetch_add(1, Ordering::SeqCst);
-            account.deposit(5.0)
+            account.deposit(500)
         })
         .await
         .unwrap();
@@ -225,14 +223,14 @@ async fn concurrent_commands_on_one_aggregate_all_land_with_or_without_the_queue
         if queued {
             repo = repo.with_command_queue();
         }
-        let id = opened_account(&repo, 0.0).await;
+        let id = opened_account(&repo, 0).await;
         let commands: Vec<_> = (0..32)
             .map(|_| {
                 let repo = repo.clone();
                 tokio::spawn(async move {
                     repo.command(id)
                         .retry(100, Duration::from_micros(50), Duration::from_millis(2))
-                        .run(|account| account.deposit(1.0))
+                        .run(|account| account.deposit(100))
                         .await
                         .unwrap()
                 })
@@ -243,7 +241,7 @@ async fn concurrent_commands_on_one_aggregate_all_land_with_or_without_the_queue
             attempts += command.await.unwrap().attempts;
         }
         let account = repo.load(id).await.unwrap();
-        assert_eq!(account.state().balance, 32.0, "queued: {queued}");
+        assert_eq!(account.state().balance, 3_200, "queued: {queued}");
         assert_eq!(account.version(), 33);
         if queued {
             assert_eq!(attempts, 32, "commands that wait their turn never conflict");
@@ -254,7 +252,7 @@ async fn concurrent_commands_on_one_aggregate_all_land_with_or_without_the_queue
 // ---------------------------------------------------------------------------------------
 // The given/when/then kit
 
-fn opened(balance: f64) -> common::AccountEvent {
+fn opened(balance: i64) -> common::AccountEvent {
     AccountOpened {
         owner_name: "Ada".into(),
         initial_balance: balance,
@@ -264,45 +262,45 @@ fn opened(balance: f64) -> common::AccountEvent {
 
 #[test]
 fn an_overdraft_is_refused_and_a_withdrawal_within_the_balance_is_recorded() {
-    given::<Account>([opened(100.0), MoneyDeposited { amount: 20.0 }.into()])
-        .when(|account| account.withdraw(150.0))
+    given::<Account>([opened(10_000), MoneyDeposited { amount: 2_000 }.into()])
+        .when(|account| account.withdraw(15_000))
         .then_refused_with(Refused::InsufficientFunds {
-            balance: 120.0,
-            requested: 150.0,
+            balance: 12_000,
+            requested: 15_000,
         });
-    given::<Account>([opened(100.0)])
-        .when(|account| account.withdraw(30.0))
-        .then([MoneyWithdrawn { amount: 30.0 }.into()])
-        .then_state(|account| assert_eq!(account.balance, 70.0));
+    given::<Account>([opened(10_000)])
+        .when(|account| account.withdraw(3_000))
+        .then([MoneyWithdrawn { amount: 3_000 }.into()])
+        .then_state(|account| assert_eq!(account.balance, 7_000));
     given::<Account>([])
-        .when(|account| account.deposit(1.0))
+        .when(|account| account.deposit(100))
         .then_refused_with(Refused::NotOpen);
     given::<Account>([])
-        .when(|account| account.open("Ada", 5.0))
-        .then([opened(5.0)]);
+        .when(|account| account.open("Ada", 500))
+        .then([opened(500)]);
 }
 
 #[test]
 fn a_failed_expectation_says_what_was_expected_and_what_happened() {
     let panic = std::panic::catch_unwind(|| {
-        given::<Account>([opened(100.0)])
-            .when(|account| account.withdraw(30.0))
-            .then([MoneyWithdrawn { amount: 40.0 }.into()]);
+        given::<Account>([opened(10_000)])
+            .when(|account| account.withdraw(3_000))
+            .then([MoneyWithdrawn { amount: 4_000 }.into()]);
     })
     .unwrap_err();
     let message = panic.downcast_ref::<String>().unwrap();
     assert!(
-        message.contains("expected:\n  1. MoneyWithdrawn {\"amount\":40.0}"),
+        message.contains("expected:\n  1. MoneyWithdrawn {\"amount\":4000}"),
         "{message}"
     );
     assert!(
-        message.contains("recorded:\n  1. MoneyWithdrawn {\"amount\":30.0}"),
+        message.contains("recorded:\n  1. MoneyWithdrawn {\"amount\":3000}"),
         "{message}"
     );
 
     let panic = std::panic::catch_unwind(|| {
-        given::<Account>([opened(10.0)])
-            .when(|account| account.withdraw(30.0))
+        given::<Account>([opened(1_000)])
+            .when(|account| account.withdraw(3_000))
             .then_nothing();
     })
     .unwrap_err();
@@ -327,32 +325,32 @@ async fn a_repeated_request_returns_its_first_outcome(
         Repository::<Account>::new(first),
         Repository::<Account>::new(second),
     );
-    let id = opened_account(&one, 10.0).await;
+    let id = opened_account(&one, 1_000).await;
     let request = Uuid::new_v4();
     let done = one
         .command(id)
         .request_id(request)
-        .run(|a| a.deposit(5.0))
+        .run(|a| a.deposit(500))
         .await
         .unwrap();
     assert_eq!((done.version, done.repeated), (2, false));
     let again = two
         .command(id)
         .request_id(request)
-        .run(|a| a.deposit(5.0))
+        .run(|a| a.deposit(500))
         .await
         .unwrap();
     assert_eq!((again.version, again.events, again.repeated), (2, 0, true));
     let other = two
         .command(id)
         .request_id(Uuid::new_v4())
-        .run(|a| a.deposit(5.0))
+        .run(|a| a.deposit(500))
         .await
         .unwrap();
     assert_eq!((other.version, other.repeated), (3, false));
     assert_eq!(
         one.load(id).await.unwrap().state().balance,
-        20.0,
+        2_000,
         "two deposits, not three"
     );
     let stored = one.event_store().read_stream(id, "Account", 1);
@@ -397,26 +395,31 @@ async fn a_repeated_request_returns_its_first_outcome_on_postgres() {
     let Some(url) = common::postgres_url("a_repeated_request_returns_its_first_outcome_on_postgres") else {
         return;
     };
-    let (first, _) = eventsourcing_kit::backend::postgres::connect_url(&url).await.unwrap();
+    let (first, _) = eventsourcing_kit::backend::postgres::connect_url(&url)
+        .await
+        .unwrap();
     first.migrate().await.unwrap();
-    let (second, _) = eventsourcing_kit::backend::postgres::connect_url(&url).await.unwrap();
+    let (second, _) = eventsourcing_kit::backend::postgres::connect_url(&url)
+        .await
+        .unwrap();
     a_repeated_request_returns_its_first_outcome(Arc::new(first), Arc::new(second)).await;
 }
 
 #[tokio::test]
 async fn a_request_id_given_in_the_context_or_kept_through_record_with_counts_too() {
     let repo = Repository::<Account>::new(InMemoryEventStore::new());
-    let id = opened_account(&repo, 10.0).await;
+    let id = opened_account(&repo, 1_000).await;
     let request = Uuid::new_v4();
-    let context = EventContext {
-        request_id: Some(request.into()),
-        ..EventContext::default()
+    let context = {
+        let mut value = EventContext::default();
+        value.request_id = Some(request.into());
+        value
     };
     let first = repo
         .command(id)
         .context(context.clone())
         .run(|account| {
-            account.record_with(MoneyDeposited { amount: 1.0 }, EventContext::default());
+            account.record_with(MoneyDeposited { amount: 100 }, EventContext::default());
             Ok::<(), Refused>(())
         })
         .await
@@ -424,7 +427,7 @@ async fn a_request_id_given_in_the_context_or_kept_through_record_with_counts_to
     let again = repo
         .command(id)
         .context(context)
-        .run(|a| a.deposit(1.0))
+        .run(|a| a.deposit(100))
         .await
         .unwrap();
     assert_eq!(

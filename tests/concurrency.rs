@@ -39,7 +39,7 @@ async fn hammer(stores: &Stores, ids: &[Uuid]) -> (HashMap<Uuid, u64>, u64) {
                 for round in 0..ROUNDS {
                     let id = ids[(task + round) % ids.len()];
                     let mut account = repo.load(id).await.unwrap();
-                    account.record(MoneyDeposited { amount: 1.0 });
+                    account.record(MoneyDeposited { amount: 100 });
                     match repo.save(&mut account).await {
                         Ok(_) => *wins.entry(id).or_default() += 1,
                         Err(e) if e.is_conflict() => conflicts += 1,

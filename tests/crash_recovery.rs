@@ -21,7 +21,7 @@ fn batch(id: Uuid, after: u64) -> Vec<EventEnvelope> {
     (after + 1..=after + BATCH)
         .map(|version| {
             let event = AccountEvent::from(MoneyDeposited {
-                amount: version as f64,
+                amount: version as i64,
             });
             EventEnvelope::new(id, "Account", version, &event).unwrap()
         })

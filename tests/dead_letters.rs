@@ -1,6 +1,6 @@
 //! Dead letters replayed: a projection that records the events it fails on (an old payload
-//! shape its code cannot read) and passes over them, then, once its code reads that shape
-//! (an upcast of the old payload), replays them into its read model: a dry run rolls back,
+//! shape a release read without its upcast) and passes over them, then, once its code
+//! decodes through the new upcast of that version, replays them into its read model: a dry run rolls back,
 //! a replay applies each once and removes its letter, the checkpoint never moves, a letter
 //! that still fails stays. In memory, on SQLite and on PostgreSQL; and a plain subscription's
 //! handler given its letters again.
@@ -15,24 +15,51 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eventsourcing_kit::backend::{self, SqlProjection, SqlReadModel, SqlWrites, Stores};
+use eventsourcing_kit::prelude::*;
 use eventsourcing_kit::projection::{InMemoryReadModel, MemoryProjection, Projection, ReadModelStore};
 use eventsourcing_kit::subscription::{
     Consumer, HandlerError, OnFailure, ReplayOptions, ReplayOutcome, ReplayReport, SubscriptionStore,
 };
-use eventsourcing_kit::{Error, EventEnvelope, StoredEvent, Uuid};
-use serde_json::Value;
+use eventsourcing_kit::EventEnvelope;
+use serde_json::{json, Value};
 
-/// The grams of a weighing: `{"grams": n}` today; `{"kg": n}` as an earlier release wrote
-/// it, which the code reads only once `upcast` is set (the new release).
+/// A weighing. An earlier release wrote version 1, `{"kg": n}`; today's is version 2,
+/// `{"grams": n}`, and the upcast of version 1 reads the old shape.
+#[event(aggregate = "Parcel", version = 2, upcast(1 => json(kg_to_grams)))]
+pub struct Weighed {
+    pub grams: i64,
+}
+
+fn kg_to_grams(v1: Value) -> Result<Value, String> {
+    let kg = v1["kg"].as_i64().ok_or("`kg` is not an integer")?;
+    Ok(json!({ "grams": kg * 1000 }))
+}
+
+#[derive(Aggregate, Clone, Debug, Default, Serialize, Deserialize)]
+#[aggregate(name = "Parcel", schema_version = 1, events(Weighed))]
+pub struct Parcel {
+    pub grams: i64,
+}
+
+impl Apply<Weighed> for Parcel {
+    fn apply(&mut self, e: &Weighed) {
+        self.grams += e.grams;
+    }
+}
+
+/// The grams of a weighing. Until `upcast` is set, as the release that shipped the new shape
+/// without its upcast read it: every payload as today's, so an old one fails. Once it is
+/// set, as the release with the upcast reads it: through the aggregate's event decoding,
+/// which upcasts version 1.
 fn grams(event: &StoredEvent, upcast: &AtomicBool) -> Result<i64, HandlerError> {
-    let payload: Value = serde_json::from_str(&event.payload)?;
-    if let Some(grams) = payload["grams"].as_i64() {
-        return Ok(grams);
-    }
-    match payload["kg"].as_i64() {
-        Some(kg) if upcast.load(Ordering::SeqCst) => Ok(kg * 1000),
-        _ => Err(format!("no `grams` in {}", event.payload).into()),
-    }
+    let weighed: Weighed = if upcast.load(Ordering::SeqCst) {
+        match <Parcel as Aggregate>::Event::decode(&event.event_type, event.event_version, &event.payload)? {
+            ParcelEvent::Weighed(weighed) => weighed,
+        }
+    } else {
+        serde_json::from_str(&event.payload).map_err(|e| format!("no `grams` in {}: {e}", event.payload))?
+    };
+    Ok(weighed.grams)
 }
 
 #[derive(Clone)]
@@ -96,10 +123,10 @@ async fn weigh(stores: &Stores) -> Vec<Uuid> {
             .iter()
             .enumerate()
             .map(|(i, payload)| {
-                let envelope = EventEnvelope {
-                    payload: (*payload).into(),
-                    ..eventsourcing_kit::testing::envelope(id, "Parcel", i as u64 + 1)
-                };
+                let mut envelope = eventsourcing_kit::testing::envelope(id, "Parcel", i as u64 + 1);
+                envelope.event_type = "Weighed".into();
+                envelope.event_version = if payload.contains("kg") { 1 } else { 2 };
+                envelope.payload = (*payload).into();
                 if payload.contains("kg") {
                     poison.push(envelope.event_id);
                 }
@@ -150,7 +177,7 @@ async fn replay_fixes_the_read_model<T>(
     );
     assert_eq!(total().await, 160, "the old code passes over the old shape");
     let letters: Vec<Uuid> = leases
-        .dead_letters(projection.name())
+        .dead_letters(projection.name(), 0, usize::MAX)
         .await
         .unwrap()
         .iter()
@@ -196,7 +223,14 @@ async fn replay_fixes_the_read_model<T>(
             .collect::<Vec<_>>()
     );
     assert_eq!(total().await, 160, "a dry run changes nothing");
-    assert_eq!(leases.dead_letters(projection.name()).await.unwrap().len(), 2);
+    assert_eq!(
+        leases
+            .dead_letters(projection.name(), 0, usize::MAX)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 
     // One letter at a time: the first replayed, the second left by the limit.
     let first = projection
@@ -222,7 +256,11 @@ async fn replay_fixes_the_read_model<T>(
         .await
         .unwrap();
     assert!(again.letters.is_empty(), "the letters are gone: {again:?}");
-    assert!(leases.dead_letters(projection.name()).await.unwrap().is_empty());
+    assert!(leases
+        .dead_letters(projection.name(), 0, usize::MAX)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -363,7 +401,7 @@ async fn a_subscriptions_dead_letters_go_to_its_handler_again() {
     assert_eq!(seen.lock().unwrap().iter().sum::<i64>(), 3160);
     assert!(stores
         .subscriptions
-        .dead_letters("scales")
+        .dead_letters("scales", 0, usize::MAX)
         .await
         .unwrap()
         .is_empty());

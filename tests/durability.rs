@@ -58,6 +58,38 @@ async fn a_sqlite_file_is_durable_and_a_database_in_memory_is_not() {
     );
 }
 
+/// A program that turns a file's safety off on the connection that writes (through
+/// `Database::call`) is told so; the stores the library opens on the file set the safe
+/// settings again, so `durability=strict` opens them.
+#[tokio::test]
+async fn a_sqlite_file_whose_writes_are_not_synced_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lax.db");
+    let database = backend::sqlite::Database::open(&path).await.unwrap();
+    database
+        .call(|connection| connection.execute_batch("PRAGMA journal_mode = MEMORY; PRAGMA synchronous = OFF"))
+        .await
+        .unwrap();
+    let durability = database.durability().await.unwrap();
+    assert!(!durability.is_safe(), "{durability:?}");
+    assert_eq!(
+        (
+            setting(&durability, "journal_mode"),
+            setting(&durability, "synchronous")
+        ),
+        ("memory", "off")
+    );
+    let risks: Vec<&str> = durability.risks().map(|s| s.name).collect();
+    assert_eq!(risks, ["journal_mode", "synchronous"], "{durability:?}");
+    drop(database);
+
+    let url = format!("sqlite:{}?durability=strict", path.display());
+    let stores = backend::open(&url)
+        .await
+        .expect("the library's own connections are safe");
+    assert!(stores.durability().await.unwrap().is_safe());
+}
+
 #[cfg(feature = "postgres")]
 #[tokio::test]
 #[cfg_attr(

@@ -31,9 +31,9 @@ use serde_json::{json, Value};
 /// The event a payload must decode to, as the oracle reads it.
 #[derive(Clone, Debug)]
 enum Expected {
-    Opened(String, f64),
-    Deposited(f64),
-    Withdrawn(f64),
+    Opened(String, i64),
+    Deposited(i64),
+    Withdrawn(i64),
 }
 
 /// Why the oracle says a stored event must be refused.
@@ -49,14 +49,14 @@ const EVENT_TYPES: [&str; 3] = ["AccountOpened", "MoneyDeposited", "MoneyWithdra
 #[derive(Clone, Copy)]
 enum Kind {
     Str,
-    F64,
+    I64,
     U64,
 }
 
 /// The value of one field of a struct payload.
 enum Field {
     Str(String),
-    F64(f64),
+    I64(i64),
     U64(u64),
 }
 
@@ -67,9 +67,9 @@ impl Field {
             _ => unreachable!(),
         }
     }
-    fn f64(self) -> f64 {
+    fn i64(self) -> i64 {
         match self {
-            Field::F64(f) => f,
+            Field::I64(n) => n,
             _ => unreachable!(),
         }
     }
@@ -86,7 +86,7 @@ impl<'de> DeserializeSeed<'de> for Kind {
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Field, D::Error> {
         Ok(match self {
             Kind::Str => Field::Str(String::deserialize(d)?),
-            Kind::F64 => Field::F64(f64::deserialize(d)?),
+            Kind::I64 => Field::I64(i64::deserialize(d)?),
             Kind::U64 => Field::U64(u64::deserialize(d)?),
         })
     }
@@ -143,15 +143,15 @@ fn fields(payload: &str, spec: &[(&str, Kind)]) -> Option<Vec<Field>> {
 
 /// What decoding `payload` as an event of type `event_type` must give.
 fn expected_event(event_type: &str, payload: &str) -> Result<Expected, Refused> {
-    let amount = || Some(fields(payload, &[("amount", Kind::F64)])?.pop()?.f64());
+    let amount = || Some(fields(payload, &[("amount", Kind::I64)])?.pop()?.i64());
     let event = match event_type {
         "AccountOpened" => fields(
             payload,
-            &[("owner_name", Kind::Str), ("initial_balance", Kind::F64)],
+            &[("owner_name", Kind::Str), ("initial_balance", Kind::I64)],
         )
         .map(|f| {
             let mut f = f.into_iter();
-            Expected::Opened(f.next().unwrap().str(), f.next().unwrap().f64())
+            Expected::Opened(f.next().unwrap().str(), f.next().unwrap().i64())
         }),
         "MoneyDeposited" => amount().map(Expected::Deposited),
         "MoneyWithdrawn" => amount().map(Expected::Withdrawn),
@@ -164,13 +164,13 @@ fn expected_event(event_type: &str, payload: &str) -> Result<Expected, Refused> 
 fn expected_state(state: &str) -> Option<Account> {
     let spec = [
         ("owner_name", Kind::Str),
-        ("balance", Kind::F64),
+        ("balance", Kind::I64),
         ("transaction_count", Kind::U64),
     ];
     let mut f = fields(state, &spec)?.into_iter();
     Some(Account {
         owner_name: f.next()?.str(),
-        balance: f.next()?.f64(),
+        balance: f.next()?.i64(),
         transaction_count: f.next()?.u64(),
     })
 }
@@ -200,7 +200,7 @@ fn has_duplicate_key(payload: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// The domain's apply, restated.
+/// The domain's apply, restated: a balance stops at the bounds of an i64.
 fn apply(state: &mut Account, event: &Expected) {
     match event {
         Expected::Opened(name, balance) => {
@@ -208,53 +208,45 @@ fn apply(state: &mut Account, event: &Expected) {
             state.balance = *balance;
         }
         Expected::Deposited(amount) => {
-            state.balance += amount;
+            state.balance = state.balance.saturating_add(*amount);
             state.transaction_count += 1;
         }
         Expected::Withdrawn(amount) => {
-            state.balance -= amount;
+            state.balance = state.balance.saturating_sub(*amount);
             state.transaction_count += 1;
         }
     }
 }
 
-/// Whether a decoded event is the expected one, floats compared bit for bit.
+/// Whether a decoded event is the expected one.
 fn is_expected(got: &AccountEvent, want: &Expected) -> bool {
     match (got, want) {
         (AccountEvent::AccountOpened(e), Expected::Opened(name, balance)) => {
-            e.owner_name == *name && e.initial_balance.to_bits() == balance.to_bits()
+            e.owner_name == *name && e.initial_balance == *balance
         }
-        (AccountEvent::MoneyDeposited(e), Expected::Deposited(amount)) => {
-            e.amount.to_bits() == amount.to_bits()
-        }
-        (AccountEvent::MoneyWithdrawn(e), Expected::Withdrawn(amount)) => {
-            e.amount.to_bits() == amount.to_bits()
-        }
+        (AccountEvent::MoneyDeposited(e), Expected::Deposited(amount)) => e.amount == *amount,
+        (AccountEvent::MoneyWithdrawn(e), Expected::Withdrawn(amount)) => e.amount == *amount,
         _ => false,
     }
 }
 
-fn e_amount(event: &AccountEvent) -> u64 {
+fn e_amount(event: &AccountEvent) -> i64 {
     match event {
-        AccountEvent::MoneyDeposited(e) => e.amount.to_bits(),
-        AccountEvent::MoneyWithdrawn(e) => e.amount.to_bits(),
-        AccountEvent::AccountOpened(e) => e.initial_balance.to_bits(),
+        AccountEvent::MoneyDeposited(e) => e.amount,
+        AccountEvent::MoneyWithdrawn(e) => e.amount,
+        AccountEvent::AccountOpened(e) => e.initial_balance,
     }
 }
 
-/// Two states equal field for field, floats bit for bit.
+/// Two states equal field for field.
 fn same_state(a: &Account, b: &Account) -> bool {
-    a.owner_name == b.owner_name
-        && a.balance.to_bits() == b.balance.to_bits()
-        && a.transaction_count == b.transaction_count
+    a.owner_name == b.owner_name && a.balance == b.balance && a.transaction_count == b.transaction_count
 }
 
 fn assert_same_state(got: &Account, want: &Account) {
     assert!(
         same_state(got, want),
-        "state differs:\n  got  {got:?} (balance bits {:#x})\n  want {want:?} (balance bits {:#x})",
-        got.balance.to_bits(),
-        want.balance.to_bits()
+        "state differs:\n  got  {got:?}\n  want {want:?}"
     );
 }
 
@@ -276,6 +268,26 @@ fn assert_refused(err: &Error, event_type: &str, why: Refused) {
 // ---------------------------------------------------------------------------------------
 // Strategies
 
+/// Amounts in cents, as the account keeps them: any i64, everyday ones and the edges.
+fn cents() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        3 => any::<i64>(),
+        2 => -10_000_000i64..10_000_000,
+        1 => prop::sample::select(vec![
+            0,
+            -1,
+            1,
+            i64::MAX,
+            i64::MIN,
+            i64::MAX - 1,
+            i64::MIN + 1,
+            9_007_199_254_740_993,
+        ]),
+    ]
+}
+
+/// Finite floats: numbers JSON holds, none of them an amount the account takes (a float is
+/// never a whole number of cents to serde, not even `1.0`).
 fn finite() -> impl Strategy<Value = f64> {
     prop_oneof![
         3 => any::<f64>().prop_filter("finite", |f| f.is_finite()),
@@ -306,9 +318,9 @@ fn name() -> impl Strategy<Value = String> {
 
 fn valid_event() -> impl Strategy<Value = Expected> {
     prop_oneof![
-        (name(), finite()).prop_map(|(n, b)| Expected::Opened(n, b)),
-        finite().prop_map(Expected::Deposited),
-        finite().prop_map(Expected::Withdrawn),
+        (name(), cents()).prop_map(|(n, b)| Expected::Opened(n, b)),
+        cents().prop_map(Expected::Deposited),
+        cents().prop_map(Expected::Withdrawn),
     ]
 }
 
@@ -388,7 +400,8 @@ fn json_value() -> BoxedStrategy<Value> {
 /// extra fields.
 fn near_valid_object() -> impl Strategy<Value = String> {
     let value = prop_oneof![
-        3 => finite().prop_map(Value::from),
+        3 => cents().prop_map(Value::from),
+        1 => finite().prop_map(Value::from),
         1 => any::<u64>().prop_map(Value::from),
         1 => any::<i64>().prop_map(Value::from),
         2 => name().prop_map(Value::from),
@@ -516,7 +529,7 @@ fn stored_event() -> impl Strategy<Value = (String, String)> {
 }
 
 fn valid_state() -> impl Strategy<Value = String> {
-    (name(), finite(), any::<u64>(), any::<bool>()).prop_map(|(n, b, c, array)| {
+    (name(), cents(), any::<u64>(), any::<bool>()).prop_map(|(n, b, c, array)| {
         if array {
             json!([n, b, c]).to_string()
         } else {
@@ -555,9 +568,10 @@ fn config(cases: u32) -> ProptestConfig {
 }
 
 fn snapshot(id: Uuid, version: u64, state: &str, schema_version: u32) -> Snapshot {
-    Snapshot {
-        state: state.to_owned(),
-        ..eventsourcing_kit::testing::snapshot(id, "Account", version, schema_version)
+    {
+        let mut value = eventsourcing_kit::testing::snapshot(id, "Account", version, schema_version);
+        value.state = state.to_owned();
+        value
     }
 }
 
@@ -674,7 +688,7 @@ proptest! {
 /// so that order decodes a payload with a duplicate field that every other path refuses.
 #[test]
 fn the_tagged_form_refuses_duplicate_fields_in_either_order() {
-    let data = r#"{"amount": 1.0, "amount": 2.0}"#;
+    let data = r#"{"amount": 100, "amount": 200}"#;
     assert!(AccountEvent::from_json("MoneyDeposited", data).is_err());
     let tag_first = format!(r#"{{"event_type": "MoneyDeposited", "data": {data}}}"#);
     assert!(serde_json::from_str::<AccountEvent>(&tag_first).is_err());
@@ -695,7 +709,7 @@ fn unknown_event_types_are_refused_by_name() {
         "Account",
         "data",
     ] {
-        let err = AccountEvent::from_json(event_type, r#"{"amount": 1.0}"#).unwrap_err();
+        let err = AccountEvent::from_json(event_type, r#"{"amount": 100}"#).unwrap_err();
         assert_refused(&err, event_type, Refused::UnknownType);
     }
 }
@@ -703,22 +717,22 @@ fn unknown_event_types_are_refused_by_name() {
 #[test]
 fn wrong_types_are_refused() {
     for (event_type, payload) in [
-        ("MoneyDeposited", r#"{"amount": "1.0"}"#),
+        ("MoneyDeposited", r#"{"amount": "100"}"#),
         ("MoneyDeposited", r#"{"amount": null}"#),
         ("MoneyDeposited", r#"{"amount": true}"#),
-        ("MoneyDeposited", r#"{"amount": [1.0]}"#),
-        ("MoneyDeposited", r#"{"amount": {"value": 1.0}}"#),
-        ("MoneyDeposited", r#"{"amount": 1.0, "amount": 2.0}"#),
-        ("MoneyDeposited", r#"{"Amount": 1.0}"#),
+        ("MoneyDeposited", r#"{"amount": [100]}"#),
+        ("MoneyDeposited", r#"{"amount": {"value": 100}}"#),
+        ("MoneyDeposited", r#"{"amount": 100, "amount": 200}"#),
+        ("MoneyDeposited", r#"{"Amount": 100}"#),
         ("MoneyDeposited", r#"{}"#),
         ("MoneyDeposited", r#"[]"#),
-        ("MoneyDeposited", r#"[1.0, 2.0]"#),
-        ("MoneyDeposited", r#"1.0"#),
+        ("MoneyDeposited", r#"[100, 200]"#),
+        ("MoneyDeposited", r#"100"#),
         ("MoneyDeposited", r#""amount""#),
         ("MoneyDeposited", r#"null"#),
         ("MoneyDeposited", r#""#),
-        ("MoneyDeposited", r#"{"amount": 1.0} {"amount": 1.0}"#),
-        ("MoneyDeposited", r#"{"amount": 1.0,}"#),
+        ("MoneyDeposited", r#"{"amount": 100} {"amount": 100}"#),
+        ("MoneyDeposited", r#"{"amount": 100,}"#),
         ("MoneyDeposited", r#"{"amount": NaN}"#),
         ("MoneyDeposited", r#"{"amount": Infinity}"#),
         ("MoneyDeposited", r#"{"amount": 1e400}"#),
@@ -727,15 +741,33 @@ fn wrong_types_are_refused() {
         ("MoneyDeposited", r#"{"amount": +1}"#),
         ("MoneyDeposited", r#"{"amount": 01}"#),
         ("MoneyDeposited", r#"{"amount": 1.}"#),
-        ("MoneyDeposited", "{\"amount\": 1.0}\u{0}"),
-        ("AccountOpened", r#"{"owner_name": 7, "initial_balance": 1.0}"#),
+        ("MoneyDeposited", "{\"amount\": 100}\u{0}"),
+        // Not a whole number of cents: any number with a fraction or an exponent is a float
+        // to serde_json, even one with an integer value, and so is `-0`.
+        ("MoneyDeposited", r#"{"amount": 1.5}"#),
+        ("MoneyDeposited", r#"{"amount": 1.0}"#),
+        ("MoneyDeposited", r#"{"amount": -0.0}"#),
+        ("MoneyDeposited", r#"{"amount": -0}"#),
+        ("MoneyDeposited", r#"{"amount": 1e2}"#),
+        ("MoneyDeposited", r#"{"amount": 1e-400}"#),
+        ("MoneyDeposited", r#"{"amount": 0.30000000000000004}"#),
+        // Past the bounds of an i64.
+        ("MoneyDeposited", r#"{"amount": 9223372036854775808}"#),
+        ("MoneyDeposited", r#"{"amount": 18446744073709551615}"#),
+        ("MoneyDeposited", r#"{"amount": 18446744073709551616}"#),
+        ("MoneyDeposited", r#"{"amount": -9223372036854775809}"#),
+        ("AccountOpened", r#"{"owner_name": 7, "initial_balance": 100}"#),
         (
             "AccountOpened",
-            r#"{"owner_name": "\ud800", "initial_balance": 1.0}"#,
+            r#"{"owner_name": "\ud800", "initial_balance": 100}"#,
+        ),
+        (
+            "AccountOpened",
+            r#"{"owner_name": "Ada", "initial_balance": 100.0}"#,
         ),
         ("AccountOpened", r#"{"owner_name": "Ada"}"#),
         ("AccountOpened", r#"["Ada"]"#),
-        ("AccountOpened", r#"[1.0, "Ada"]"#),
+        ("AccountOpened", r#"[100, "Ada"]"#),
     ] {
         let err = AccountEvent::from_json(event_type, payload).unwrap_err();
         assert_refused(&err, event_type, Refused::BadPayload);
@@ -746,21 +778,15 @@ fn wrong_types_are_refused() {
 #[test]
 fn edge_numbers_decode_exactly() {
     for (payload, want) in [
-        (r#"{"amount": -0.0}"#, -0.0),
-        (r#"{"amount": -0}"#, -0.0),
-        (r#"{"amount": 1e-400}"#, 0.0),
-        (r#"{"amount": 18446744073709551615}"#, 18446744073709551615.0),
-        (r#"{"amount": -9223372036854775808}"#, -9223372036854775808.0),
-        (r#"{"amount": 1.7976931348623157e308}"#, f64::MAX),
-        (r#"{"amount": 5e-324}"#, 5e-324),
-        (r#"{"amount": 0.30000000000000004}"#, 0.1 + 0.2),
+        (r#"{"amount": 0}"#, 0),
+        (r#"{"amount": -1}"#, -1),
+        (r#"{"amount": 9223372036854775807}"#, i64::MAX),
+        (r#"{"amount": -9223372036854775808}"#, i64::MIN),
+        // 2^53 + 1: no f64 holds it, an i64 does.
+        (r#"{"amount": 9007199254740993}"#, 9_007_199_254_740_993),
     ] {
         let event = AccountEvent::from_json("MoneyDeposited", payload).unwrap();
-        assert_eq!(
-            e_amount(&event),
-            f64::to_bits(want),
-            "{payload} decoded as {event:?}"
-        );
+        assert_eq!(e_amount(&event), want, "{payload} decoded as {event:?}");
         check_decode("MoneyDeposited", payload);
     }
 }
@@ -790,7 +816,7 @@ fn deep_nesting_is_an_error_not_a_stack_overflow() {
         }
         // In the tagged form, data before the tag is read as a JSON value: its recursion
         // limit refuses it.
-        let tagged = format!(r#"{{"data": {{"amount": 1.0, "x": {deep}}}, "event_type": "MoneyDeposited"}}"#);
+        let tagged = format!(r#"{{"data": {{"amount": 100, "x": {deep}}}, "event_type": "MoneyDeposited"}}"#);
         assert!(serde_json::from_str::<AccountEvent>(&tagged).is_err());
         let tagged = format!(r#"{{"event_type": "MoneyDeposited", "data": {deep}}}"#);
         assert!(serde_json::from_str::<AccountEvent>(&tagged).is_err());
@@ -805,9 +831,9 @@ fn deep_nesting_in_an_unknown_field_is_skipped_without_recursion() {
     // serde_json skips an ignored value iteratively, so any depth is fine there; the oracle
     // (which skips the same way) says what the outcome must be.
     for deep in [nested_arrays(DEPTH), nested_objects(DEPTH)] {
-        let payload = format!(r#"{{"ignored": {deep}, "amount": 2.5}}"#);
+        let payload = format!(r#"{{"ignored": {deep}, "amount": 250}}"#);
         check_decode("MoneyDeposited", &payload);
-        let unbalanced = format!(r#"{{"ignored": {}, "amount": 2.5}}"#, "[".repeat(DEPTH));
+        let unbalanced = format!(r#"{{"ignored": {}, "amount": 250}}"#, "[".repeat(DEPTH));
         check_decode("MoneyDeposited", &unbalanced);
     }
 }
@@ -818,7 +844,7 @@ async fn deep_nesting_in_a_stored_event_or_snapshot_fails_typed() {
     let events = vec![
         (
             "AccountOpened".to_owned(),
-            r#"{"owner_name": "Ada", "initial_balance": 1.0}"#.to_owned(),
+            r#"{"owner_name": "Ada", "initial_balance": 100}"#.to_owned(),
         ),
         ("MoneyDeposited".to_owned(), deep.clone()),
     ];
@@ -843,7 +869,7 @@ const HUGE: usize = 5 << 20;
 #[tokio::test]
 async fn a_five_megabyte_string_round_trips_through_store_and_snapshot() {
     let name = "ü".repeat(HUGE / 2);
-    let payload = json!({"owner_name": name, "initial_balance": 1.0}).to_string();
+    let payload = json!({"owner_name": name, "initial_balance": 100}).to_string();
     assert!(payload.len() > HUGE);
     let event = AccountEvent::from_json("AccountOpened", &payload).unwrap();
     check_round_trip(&event);
@@ -856,9 +882,9 @@ async fn a_five_megabyte_string_round_trips_through_store_and_snapshot() {
     let mut root = repo.create_new(id);
     root.record(AccountOpened {
         owner_name: name.clone(),
-        initial_balance: 1.0,
+        initial_balance: 100,
     });
-    root.record(MoneyDeposited { amount: 0.5 });
+    root.record(MoneyDeposited { amount: 50 });
     repo.save(&mut root).await.unwrap();
     let by_replay = repo.load(id).await.unwrap();
     assert_same_state(by_replay.state(), root.state());
@@ -875,23 +901,23 @@ fn huge_hostile_payloads_are_refused_or_decoded_exactly() {
     let long_fraction = format!("0.{}1", "0".repeat(1 << 20));
     let cases = [
         // An unterminated 5 MB string.
-        format!(r#"{{"amount": 1.0, "note": "{big}"#),
+        format!(r#"{{"amount": 100, "note": "{big}"#),
         // A 5 MB unknown field: skipped.
-        format!(r#"{{"note": "{big}", "amount": 1.0}}"#),
+        format!(r#"{{"note": "{big}", "amount": 100}}"#),
         // A 5 MB key.
-        format!(r#"{{"{big}": 1, "amount": 1.0}}"#),
+        format!(r#"{{"{big}": 1, "amount": 100}}"#),
         // 5 MB of whitespace around a valid payload.
-        format!(r#"{big_ws}{{"amount": 1.0}}{big_ws}"#, big_ws = " ".repeat(HUGE)),
+        format!(r#"{big_ws}{{"amount": 100}}{big_ws}"#, big_ws = " ".repeat(HUGE)),
         // A 5 MB string where a number is expected.
         format!(r#"{{"amount": "{big}"}}"#),
         // A number of a million digits: out of range.
         format!(r#"{{"amount": {long_digits}}}"#),
-        // A million zeros after the point: rounds to zero.
+        // A million zeros after the point: a float (rounding to zero), not a number of cents.
         format!(r#"{{"amount": {long_fraction}}}"#),
         // A hundred thousand fields.
-        format!("{{{}\"amount\": 1.0}}", r#""k": 0, "#.repeat(100_000)),
+        format!("{{{}\"amount\": 100}}", r#""k": 0, "#.repeat(100_000)),
         // A hundred thousand elements where one is expected.
-        format!("[{}1.0]", "1.0, ".repeat(100_000)),
+        format!("[{}100]", "100, ".repeat(100_000)),
         // Random garbage.
         "\u{0}{[\"".repeat(HUGE / 4),
     ];
@@ -1011,8 +1037,8 @@ proptest! {
 
     #[test]
     fn saved_state_loads_back_bit_for_bit_by_replay_and_by_snapshot(
-        opened in (name(), finite()),
-        moves in prop::collection::vec((any::<bool>(), finite()), 0..8),
+        opened in (name(), cents()),
+        moves in prop::collection::vec((any::<bool>(), cents()), 0..8),
         every in 1..4u64,
     ) {
         runtime().block_on(async {
@@ -1041,61 +1067,14 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------------
-// Non-finite floats on encode
+// Amounts at the bounds of an i64
+//
+// The account holds no float, so nothing it records fails to encode (a non-finite float is
+// refused on a type of its own, in `tests/repository.rs`). A history recorded past the
+// commands, or stored by another program, can still sum past the bounds of an i64.
 
 #[tokio::test]
-async fn non_finite_floats_are_refused_at_save_and_nothing_is_written() {
-    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -f64::NAN] {
-        let events: Vec<AccountEvent> = vec![
-            AccountOpened {
-                owner_name: "Ada".into(),
-                initial_balance: bad,
-            }
-            .into(),
-            MoneyDeposited { amount: bad }.into(),
-            MoneyWithdrawn { amount: bad }.into(),
-        ];
-        for event in events {
-            let err = event.to_json().unwrap_err();
-            assert!(
-                matches!(
-                    err,
-                    Error::Serialization {
-                        action: "serialize",
-                        ..
-                    }
-                ),
-                "{err:?}"
-            );
-
-            let store = InMemoryEventStore::new();
-            let repo = Repository::<Account>::new(store.clone());
-            let id = Uuid::new_v4();
-            let mut root = opened(id, 1);
-            root.record(event);
-            let err = repo.save(&mut root).await.unwrap_err();
-            assert!(
-                matches!(
-                    err,
-                    Error::Serialization {
-                        action: "serialize",
-                        ..
-                    }
-                ),
-                "{err:?}"
-            );
-            assert!(store.is_empty(), "a refused save wrote events");
-            assert_eq!(
-                root.pending_events().len(),
-                3,
-                "a refused save lost pending events"
-            );
-        }
-    }
-}
-
-#[tokio::test]
-async fn a_state_that_overflows_to_infinity_saves_its_events_but_no_snapshot() {
+async fn a_balance_past_the_bounds_stops_there_and_saves_snapshots_and_loads() {
     let store = InMemoryEventStore::new();
     let snapshots = InMemorySnapshotStore::new();
     let repo = Repository::<Account>::new(store.clone())
@@ -1104,26 +1083,22 @@ async fn a_state_that_overflows_to_infinity_saves_its_events_but_no_snapshot() {
     let mut root = repo.create_new(id);
     root.record(AccountOpened {
         owner_name: "Ada".into(),
-        initial_balance: f64::MAX,
+        initial_balance: i64::MAX,
     });
-    root.record(MoneyDeposited { amount: f64::MAX });
-    assert_eq!(root.state().balance, f64::INFINITY);
-    assert_eq!(repo.save(&mut root).await.unwrap(), 2);
-    assert_eq!(repo.metrics().write_failures("Account"), 1);
-    assert_eq!(snapshots.count(), 0);
-    let err = repo.create_snapshot(&root).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Serialization {
-                action: "serialize",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    let loaded = repo.load(id).await.unwrap();
-    assert_same_state(loaded.state(), root.state());
+    root.record(MoneyDeposited { amount: i64::MAX });
+    assert_eq!(root.state().balance, i64::MAX);
+    for _ in 0..3 {
+        root.record(MoneyWithdrawn { amount: i64::MAX });
+    }
+    assert_eq!(root.state().balance, i64::MIN);
+    assert_eq!(repo.save(&mut root).await.unwrap(), 5);
+    assert_eq!(repo.metrics().write_failures("Account"), 0);
+    assert_eq!(snapshots.count(), 1);
+    let by_snapshot = repo.load(id).await.unwrap();
+    assert_eq!(repo.metrics().hits("Account"), 1);
+    assert_same_state(by_snapshot.state(), root.state());
+    let by_replay = Repository::<Account>::new(store).load(id).await.unwrap();
+    assert_same_state(by_replay.state(), root.state());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1146,7 +1121,7 @@ async fn assert_invalid(
 }
 
 fn valid(id: Uuid, version: u64) -> EventEnvelope {
-    envelope(id, version, "MoneyDeposited", r#"{"amount": 1.0}"#)
+    envelope(id, version, "MoneyDeposited", r#"{"amount": 100}"#)
 }
 
 #[tokio::test]
@@ -1155,9 +1130,10 @@ async fn appends_with_bad_names_versions_or_ids_are_invalid_input_and_write_noth
     let id = Uuid::new_v4();
 
     // Empty names.
-    let batch = [EventEnvelope {
-        aggregate_type: "".into(),
-        ..valid(id, 1)
+    let batch = [{
+        let mut value = valid(id, 1);
+        value.aggregate_type = "".into();
+        value
     }];
     assert_invalid(&store, id, "", 0, &batch).await;
     let batch = [valid(id, 1), envelope(id, 2, "", "{}")];
@@ -1182,38 +1158,40 @@ async fn appends_with_bad_names_versions_or_ids_are_invalid_input_and_write_noth
     assert_invalid(&store, id, "Account", 1, &[valid(id, 1)]).await;
 
     // An event of another stream in the batch.
-    let batch = [EventEnvelope {
-        aggregate_id: Uuid::new_v4(),
-        ..valid(id, 2)
+    let batch = [{
+        let mut value = valid(id, 2);
+        value.aggregate_id = Uuid::new_v4();
+        value
     }];
     assert_invalid(&store, id, "Account", 1, &batch).await;
-    let batch = [EventEnvelope {
-        aggregate_type: "Ledger".into(),
-        ..valid(id, 2)
+    let batch = [{
+        let mut value = valid(id, 2);
+        value.aggregate_type = "Ledger".into();
+        value
     }];
     assert_invalid(&store, id, "Account", 1, &batch).await;
 
     // The same event id twice in a batch, and an event id already stored.
     let twice = valid(id, 2);
-    let batch = [
-        twice.clone(),
-        EventEnvelope {
-            aggregate_version: 3,
-            ..twice.clone()
-        },
-    ];
+    let batch = [twice.clone(), {
+        let mut value = twice.clone();
+        value.aggregate_version = 3;
+        value
+    }];
     assert_invalid(&store, id, "Account", 1, &batch).await;
     let stored: Vec<StoredEvent> = store.read_stream(id, "Account", 0).try_collect().await.unwrap();
-    let reused = EventEnvelope {
-        event_id: stored[0].event_id,
-        ..valid(id, 2)
+    let reused = {
+        let mut value = valid(id, 2);
+        value.event_id = stored[0].event_id;
+        value
     };
     assert_invalid(&store, id, "Account", 1, std::slice::from_ref(&reused)).await;
     let other = Uuid::new_v4();
-    let reused_elsewhere = EventEnvelope {
-        aggregate_id: other,
-        aggregate_version: 1,
-        ..reused
+    let reused_elsewhere = {
+        let mut value = reused;
+        value.aggregate_id = other;
+        value.aggregate_version = 1;
+        value
     };
     assert_invalid(&store, other, "Account", 0, &[reused_elsewhere]).await;
 
@@ -1267,10 +1245,11 @@ async fn odd_names_are_stored_exactly_and_kept_apart() {
     let long = "A".repeat(1 << 20);
     // A NUL character is refused in any name, as not every store can keep it.
     for (aggregate_type, event_type) in [("Account\0", "Opened"), ("Account", "Opened\0")] {
-        let event = EventEnvelope {
-            aggregate_type: aggregate_type.into(),
-            event_type: event_type.into(),
-            ..valid(id, 1)
+        let event = {
+            let mut value = valid(id, 1);
+            value.aggregate_type = aggregate_type.into();
+            value.event_type = event_type.into();
+            value
         };
         let err = store
             .append(id, aggregate_type, 0, std::slice::from_ref(&event))
@@ -1286,10 +1265,11 @@ async fn odd_names_are_stored_exactly_and_kept_apart() {
         long.as_str(),
         "\u{1f600}",
     ] {
-        let event = EventEnvelope {
-            aggregate_type: aggregate_type.into(),
-            event_type: format!("{aggregate_type}\u{1}\n").into(),
-            ..valid(id, 1)
+        let event = {
+            let mut value = valid(id, 1);
+            value.aggregate_type = aggregate_type.into();
+            value.event_type = format!("{aggregate_type}\u{1}\n").into();
+            value
         };
         store
             .append(id, aggregate_type, 0, std::slice::from_ref(&event))
@@ -1340,10 +1320,10 @@ impl ScriptedEventStore {
 }
 
 fn row(id: Uuid, version: u64, event_type: &str, payload: &str) -> eventsourcing_kit::Result<StoredEvent> {
-    Ok(StoredEvent {
-        position: version,
-        envelope: envelope(id, version, event_type, payload),
-    })
+    Ok(StoredEvent::new(
+        version,
+        envelope(id, version, event_type, payload),
+    ))
 }
 
 fn copy(row: &eventsourcing_kit::Result<StoredEvent>) -> eventsourcing_kit::Result<StoredEvent> {
@@ -1398,8 +1378,8 @@ impl EventStore for ScriptedEventStore {
     }
 }
 
-const OPEN: &str = r#"{"owner_name": "Ada", "initial_balance": 1.0}"#;
-const ONE: &str = r#"{"amount": 1.0}"#;
+const OPEN: &str = r#"{"owner_name": "Ada", "initial_balance": 100}"#;
+const ONE: &str = r#"{"amount": 100}"#;
 
 #[tokio::test]
 async fn rows_with_gaps_or_repeated_versions_are_corrupt() {
@@ -1449,7 +1429,7 @@ async fn a_failing_row_fails_the_load_with_its_error() {
 #[tokio::test]
 async fn a_snapshot_the_rows_do_not_confirm_is_a_miss_and_the_load_replays() {
     let id = Uuid::new_v4();
-    let state = r#"{"owner_name": "Eve", "balance": 1e9, "transaction_count": 7}"#;
+    let state = r#"{"owner_name": "Eve", "balance": 100000000000, "transaction_count": 7}"#;
     let two = || {
         vec![
             row(id, 1, "AccountOpened", OPEN),
@@ -1491,7 +1471,7 @@ async fn a_snapshot_the_rows_do_not_confirm_is_a_miss_and_the_load_replays() {
 #[tokio::test]
 async fn a_row_after_the_largest_version_is_corrupt_not_a_panic() {
     let id = Uuid::new_v4();
-    let state = r#"{"owner_name": "Eve", "balance": 1.0, "transaction_count": 1}"#;
+    let state = r#"{"owner_name": "Eve", "balance": 100, "transaction_count": 1}"#;
     let snapshots = InMemorySnapshotStore::new();
     snapshots
         .save_snapshot(&snapshot(id, u64::MAX, state, 1))

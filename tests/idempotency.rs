@@ -44,8 +44,8 @@ async fn a_create_sent_again_finds_the_first_aggregate(stores: &Stores) {
         repo.command(id)
             .create_only()
             .request_id(request.clone())
-            .fingerprint(Fingerprint::of_bytes(b"open Ada 10"))
-            .run(|account| account.open("Ada", 10.0))
+            .fingerprint(Fingerprint::of_bytes(b"open Ada 1000"))
+            .run(|account| account.open("Ada", 1_000))
     };
     let (first_id, second_id) = (Uuid::new_v4(), Uuid::new_v4());
     let first = open(first_id).await.unwrap();
@@ -67,7 +67,7 @@ async fn a_create_sent_again_finds_the_first_aggregate(stores: &Stores) {
 async fn a_refusal_sent_again_is_refused_again_within_the_retention(stores: &Stores) {
     let repo = stores.repository::<Account>();
     let id = Uuid::new_v4();
-    repo.execute(id, |a| a.open("Bo", 1.0)).await.unwrap();
+    repo.execute(id, |a| a.open("Bo", 100)).await.unwrap();
     let request = key("withdraw");
     async fn withdraw(
         repo: &Repository<Account>,
@@ -76,7 +76,7 @@ async fn a_refusal_sent_again_is_refused_again_within_the_retention(stores: &Sto
     ) -> Result<Executed, CommandError<Refused>> {
         repo.command(id)
             .request_id(request.clone())
-            .run(|account| account.withdraw(5.0))
+            .run(|account| account.withdraw(500))
             .await
     }
     let first = withdraw(&repo, id, &request).await.unwrap_err();
@@ -84,7 +84,7 @@ async fn a_refusal_sent_again_is_refused_again_within_the_retention(stores: &Sto
         matches!(first, CommandError::Rejected(Refused::InsufficientFunds { .. })),
         "{first}"
     );
-    repo.execute(id, |a| a.deposit(10.0)).await.unwrap();
+    repo.execute(id, |a| a.deposit(1_000)).await.unwrap();
     match withdraw(&repo, id, &request).await {
         Err(CommandError::RejectedEarlier { request_id, reason }) => {
             assert_eq!(request_id, request);
@@ -94,7 +94,7 @@ async fn a_refusal_sent_again_is_refused_again_within_the_retention(stores: &Sto
     }
     assert_eq!(
         repo.load(id).await.unwrap().state().balance,
-        11.0,
+        1_100,
         "nothing withdrawn"
     );
 
@@ -107,7 +107,7 @@ async fn a_refusal_sent_again_is_refused_again_within_the_retention(stores: &Sto
         (false, 1),
         "decided again past the retention"
     );
-    assert_eq!(repo.load(id).await.unwrap().state().balance, 6.0);
+    assert_eq!(repo.load(id).await.unwrap().state().balance, 600);
 }
 
 /// A key sent again with another fingerprint, or for another aggregate type, is
@@ -115,9 +115,9 @@ async fn a_refusal_sent_again_is_refused_again_within_the_retention(stores: &Sto
 async fn a_key_reused_for_another_request_is_refused(stores: &Stores) {
     let repo = stores.repository::<Account>();
     let id = Uuid::new_v4();
-    repo.execute(id, |a| a.open("Cy", 0.0)).await.unwrap();
+    repo.execute(id, |a| a.open("Cy", 0)).await.unwrap();
     let request = key("deposit");
-    let deposit = |amount: f64, fingerprint: Option<Fingerprint>| {
+    let deposit = |amount: i64, fingerprint: Option<Fingerprint>| {
         let command = repo.command(id).request_id(request.clone());
         let command = match fingerprint {
             Some(fingerprint) => command.fingerprint(fingerprint),
@@ -125,14 +125,14 @@ async fn a_key_reused_for_another_request_is_refused(stores: &Stores) {
         };
         command.run(move |account| account.deposit(amount))
     };
-    deposit(5.0, Some(Fingerprint::of(&5.0).unwrap())).await.unwrap();
-    match deposit(7.0, Some(Fingerprint::of(&7.0).unwrap())).await {
+    deposit(500, Some(Fingerprint::of(&500).unwrap())).await.unwrap();
+    match deposit(700, Some(Fingerprint::of(&700).unwrap())).await {
         Err(CommandError::RequestMismatch { request_id }) => assert_eq!(request_id, request),
         other => panic!("a key with another fingerprint: expected RequestMismatch, got {other:?}"),
     }
-    let unchecked = deposit(7.0, None).await.unwrap();
+    let unchecked = deposit(700, None).await.unwrap();
     assert!(unchecked.repeated, "without a fingerprint the key alone decides");
-    assert_eq!(repo.load(id).await.unwrap().state().balance, 5.0, "one deposit");
+    assert_eq!(repo.load(id).await.unwrap().state().balance, 500, "one deposit");
 
     let other_type = stores.repository::<Counter>();
     match other_type
@@ -161,7 +161,7 @@ async fn creates_racing_with_one_key_create_once(stores: &Stores) {
                 repo.command(Uuid::new_v4())
                     .create_only()
                     .request_id(request)
-                    .run(|account| account.open("Di", 1.0))
+                    .run(|account| account.open("Di", 100))
                     .await
             })
         })
@@ -218,20 +218,20 @@ async fn without_a_request_index_the_aggregate_stream_answers() {
     let events = InMemoryEventStore::new();
     let repo = Repository::<Account>::new(events);
     let id = Uuid::new_v4();
-    repo.execute(id, |a| a.open("Ed", 0.0)).await.unwrap();
+    repo.execute(id, |a| a.open("Ed", 0)).await.unwrap();
     let request = key("plain");
     let deposit = || {
         repo.command(id)
             .request_id(request.clone())
-            .run(|a| a.deposit(2.0))
+            .run(|a| a.deposit(200))
     };
     assert!(!deposit().await.unwrap().repeated);
     assert!(deposit().await.unwrap().repeated);
-    assert_eq!(repo.load(id).await.unwrap().state().balance, 2.0);
+    assert_eq!(repo.load(id).await.unwrap().state().balance, 200);
     let withdraw = || {
         repo.command(id)
             .request_id(key("refused"))
-            .run(|a| a.withdraw(9.0))
+            .run(|a| a.withdraw(900))
     };
     assert!(matches!(withdraw().await, Err(CommandError::Rejected(_))));
 }

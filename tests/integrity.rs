@@ -77,11 +77,11 @@ fn repo(events: &Arc<dyn EventStore>, snapshots: &Arc<dyn SnapshotStore>, every:
 }
 
 /// Saves an account with `deposits` deposits of `amount` each, one save per event.
-async fn account(repo: &Repository<Account>, id: Uuid, deposits: usize, amount: f64) {
+async fn account(repo: &Repository<Account>, id: Uuid, deposits: usize, amount: i64) {
     let mut root = repo.create_new(id);
     root.record(AccountOpened {
         owner_name: "Ada".into(),
-        initial_balance: 0.0,
+        initial_balance: 0,
     });
     repo.save(&mut root).await.unwrap();
     for _ in 0..deposits {
@@ -96,7 +96,7 @@ async fn account(repo: &Repository<Account>, id: Uuid, deposits: usize, amount: 
 async fn a_shared_snapshot_store_never_mixes_histories(w: &Wiring) {
     let id = Uuid::new_v4();
     let (in_a, in_b) = (repo(&w.a, &w.snapshots, 5), repo(&w.b, &w.snapshots, 100));
-    account(&in_a, id, 4, 1_000_000.0).await; // 5 events: snapshot at version 5
+    account(&in_a, id, 4, 100_000_000).await; // 5 events: snapshot at version 5
     assert_eq!(
         w.snapshots
             .get_snapshot(id, "Account", u32::MAX)
@@ -106,10 +106,10 @@ async fn a_shared_snapshot_store_never_mixes_histories(w: &Wiring) {
             .version,
         5
     );
-    account(&in_b, id, 6, 1.0).await; // 7 events, no snapshot of B's own
+    account(&in_b, id, 6, 100).await; // 7 events, no snapshot of B's own
 
     let loaded = in_b.load(id).await.unwrap();
-    assert_eq!(loaded.state().balance, 6.0, "B's own history, not A's snapshot");
+    assert_eq!(loaded.state().balance, 600, "B's own history, not A's snapshot");
     assert_eq!(loaded.version(), 7);
     assert_eq!(in_b.metrics().misses("Account", MissReason::HistoryMismatch), 1);
     assert_eq!(in_b.metrics().hits("Account"), 0);
@@ -130,7 +130,7 @@ async fn a_shared_snapshot_store_never_mixes_histories(w: &Wiring) {
     let from_a = in_a.load(id).await.unwrap();
     assert_eq!(
         from_a.state().balance,
-        4_000_000.0,
+        400_000_000,
         "A is not fooled by B's either"
     );
 }
@@ -142,28 +142,27 @@ async fn a_planted_snapshot_is_never_used_once_reached(w: &Wiring) {
     for planted_event in [None, Some(Uuid::new_v4())] {
         let id = Uuid::new_v4();
         let repo = repo(&w.a, &w.snapshots, 8);
-        account(&repo, id, 5, 1.0).await; // 6 events
-        let planted = Snapshot {
-            aggregate_id: id,
-            aggregate_type: "Account".into(),
-            version: 8,
-            event_id: planted_event,
-            state: serde_json::to_string(&Account {
+        account(&repo, id, 5, 100).await; // 6 events
+        let planted = Snapshot::new(
+            id,
+            "Account",
+            8,
+            1,
+            serde_json::to_string(&Account {
                 owner_name: "Mallory".into(),
-                balance: 1e9,
+                balance: 100_000_000_000,
                 transaction_count: 7,
             })
             .unwrap(),
-            schema_version: 1,
-            created_at: chrono::Utc::now(),
-        };
+        )
+        .with_event_id(planted_event);
         assert!(w.snapshots.save_snapshot(&planted).await.unwrap());
-        assert_eq!(repo.load(id).await.unwrap().state().balance, 5.0);
+        assert_eq!(repo.load(id).await.unwrap().state().balance, 500);
         assert_eq!(repo.metrics().misses("Account", MissReason::BeyondStreamHead), 1);
 
         let mut root = repo.load(id).await.unwrap();
         for _ in 0..2 {
-            root.record(MoneyDeposited { amount: 1.0 });
+            root.record(MoneyDeposited { amount: 100 });
             repo.save(&mut root).await.unwrap();
         }
         let stored = w
@@ -179,7 +178,7 @@ async fn a_planted_snapshot_is_never_used_once_reached(w: &Wiring) {
             "the correct snapshot took its place"
         );
         let loaded = repo.load(id).await.unwrap();
-        assert_eq!(loaded.state().balance, 7.0);
+        assert_eq!(loaded.state().balance, 700);
         assert_eq!(loaded.state().owner_name, "Ada");
         assert_eq!(repo.metrics().hits("Account"), 1);
     }
@@ -190,8 +189,8 @@ async fn a_planted_snapshot_is_never_used_once_reached(w: &Wiring) {
 async fn an_event_store_rolled_back_behind_its_snapshots(w: &Wiring) {
     let id = Uuid::new_v4();
     let before = repo(&w.a, &w.snapshots, 10);
-    account(&before, id, 9, 10.0).await; // 10 events: snapshot at 10, balance 90
-                                         // The backup: the first 6 events, copied into the other store.
+    account(&before, id, 9, 1_000).await; // 10 events: snapshot at 10, balance 9_000
+                                          // The backup: the first 6 events, copied into the other store.
     let backup: Vec<_> = {
         use futures_util::TryStreamExt;
         let events: Vec<eventsourcing_kit::StoredEvent> =
@@ -206,7 +205,7 @@ async fn an_event_store_rolled_back_behind_its_snapshots(w: &Wiring) {
                 id,
                 "Account",
                 version,
-                &common::AccountEvent::from(MoneyDeposited { amount: 1.0 }),
+                &common::AccountEvent::from(MoneyDeposited { amount: 100 }),
             )
             .unwrap()
         })
@@ -217,7 +216,7 @@ async fn an_event_store_rolled_back_behind_its_snapshots(w: &Wiring) {
     assert_eq!(loaded.version(), 12);
     assert_eq!(
         loaded.state().balance,
-        56.0,
+        5_600,
         "the restored history, not the snapshot of the lost one"
     );
     assert_eq!(after.metrics().misses("Account", MissReason::HistoryMismatch), 1);
@@ -290,7 +289,7 @@ async fn cancelled_saves_made_again(
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let (mut cancelled, mut committed_anyway) = (0, 0);
     for round in 0..rounds {
-        root.record(MoneyDeposited { amount: 1.0 });
+        root.record(MoneyDeposited { amount: 100 });
         let deadline = Duration::from_micros(rng.below(max_micros));
         if tokio::time::timeout(deadline, repo.save(&mut root))
             .await
@@ -310,7 +309,7 @@ async fn cancelled_saves_made_again(
     }
     let loaded = repo.load(id).await.unwrap();
     assert_eq!(loaded.version(), rounds as u64 + 1, "each deposit stored once");
-    assert_eq!(loaded.state().balance, 100.0 + rounds as f64);
+    assert_eq!(loaded.state().balance, 10_000 + 100 * rounds as i64);
     let replayed = Repository::<Account>::new(events).load(id).await.unwrap();
     assert_eq!(
         replayed.state(),
@@ -430,7 +429,12 @@ fn take_one(counter: &AtomicUsize) -> bool {
 
 #[async_trait]
 impl SnapshotStore for PanickingSnapshotStore {
-    async fn get_snapshot(&self, id: Uuid, t: &str, schema: u32) -> eventsourcing_kit::Result<Option<Snapshot>> {
+    async fn get_snapshot(
+        &self,
+        id: Uuid,
+        t: &str,
+        schema: u32,
+    ) -> eventsourcing_kit::Result<Option<Snapshot>> {
         self.inner.get_snapshot(id, t, schema).await
     }
     async fn save_snapshot(&self, snapshot: &Snapshot) -> eventsourcing_kit::Result<bool> {

@@ -139,9 +139,9 @@ mod repository_through_a_wrapper {
             .with_snapshots(snapshots.clone(), SnapshotPolicy::every(10).unwrap());
 
         let id = Uuid::new_v4();
-        through.execute(id, |a| a.open("Ada", 1.0)).await.unwrap();
+        through.execute(id, |a| a.open("Ada", 100)).await.unwrap();
         for _ in 0..24 {
-            through.execute(id, |a| a.deposit(1.0)).await.unwrap();
+            through.execute(id, |a| a.deposit(100)).await.unwrap();
         }
         let hits = through.metrics().hits("Account");
         let (a, b) = (through.load(id).await.unwrap(), plain.load(id).await.unwrap());
@@ -155,15 +155,15 @@ mod repository_through_a_wrapper {
         assert!(snapshots.snapshot_exists(id, "Account").await.unwrap());
 
         let mut stale = through.load(id).await.unwrap();
-        through.execute(id, |a| a.deposit(1.0)).await.unwrap();
-        stale.deposit(1.0).unwrap();
+        through.execute(id, |a| a.deposit(100)).await.unwrap();
+        stale.deposit(100).unwrap();
         assert!(through.save(&mut stale).await.unwrap_err().is_conflict());
 
         let request = eventsourcing_kit::request::RequestId::new("wrapped deposit").unwrap();
         let first = through
             .command(id)
             .request_id(request.clone())
-            .run(|a| a.deposit(2.0))
+            .run(|a| a.deposit(200))
             .await
             .unwrap();
         let again = plain
@@ -171,7 +171,7 @@ mod repository_through_a_wrapper {
             .with_request_index(Arc::new(events.clone()))
             .command(id)
             .request_id(request)
-            .run(|a| a.deposit(2.0))
+            .run(|a| a.deposit(200))
             .await
             .unwrap();
         assert_eq!((again.version, again.repeated), (first.version, true));

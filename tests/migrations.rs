@@ -29,12 +29,12 @@ use eventsourcing_kit::{
 use futures_util::{StreamExt, TryStreamExt};
 
 // ---------------------------------------------------------------------------------------
-// What 0.1 wrote
+// What 0.1 wrote (the account's amounts in cents, as this program's account reads them)
 
-const OPENED: &str = r#"{"owner_name":"Ada","initial_balance":100.0}"#;
-const DEPOSITED: &str = r#"{"amount":5.0}"#;
+const OPENED: &str = r#"{"owner_name":"Ada","initial_balance":10000}"#;
+const DEPOSITED: &str = r#"{"amount":500}"#;
 /// The state after the first event, as 0.1 snapshotted it.
-const STATE_AT_1: &str = r#"{"owner_name":"Ada","balance":100.0,"transaction_count":0}"#;
+const STATE_AT_1: &str = r#"{"owner_name":"Ada","balance":10000,"transaction_count":0}"#;
 const SNAPSHOT_TAKEN_AT: &str = "2024-01-01T00:00:00.500000000Z";
 
 /// The two events of the account in every 0.1 database: version, type, time, payload.
@@ -273,7 +273,7 @@ async fn sqlite_0_1_file_is_upgraded_in_place_and_its_snapshot_still_used() {
         .with_snapshots(snapshots.clone(), SnapshotPolicy::every(100).unwrap());
     let root = repo.load(id).await.unwrap();
     assert_eq!(root.version(), 2);
-    assert_eq!(root.state().balance, 105.0);
+    assert_eq!(root.state().balance, 10_500);
     assert_eq!(root.state().transaction_count, 1);
     assert_eq!(repo.metrics().hits("Account"), 1, "the 0.1 snapshot was not used");
     assert_eq!(repo.metrics().total_misses("Account"), 0);
@@ -282,7 +282,7 @@ async fn sqlite_0_1_file_is_upgraded_in_place_and_its_snapshot_still_used() {
     let every_save = Repository::<Account>::new(events.clone())
         .with_snapshots(snapshots.clone(), SnapshotPolicy::every(1).unwrap());
     let mut root = every_save.load(id).await.unwrap();
-    root.record(MoneyDeposited { amount: 1.0 });
+    root.record(MoneyDeposited { amount: 100 });
     assert_eq!(every_save.save(&mut root).await.unwrap(), 3);
     let fresh = snapshots
         .get_snapshot(id, "Account", u32::MAX)
@@ -299,7 +299,7 @@ async fn sqlite_0_1_file_is_upgraded_in_place_and_its_snapshot_still_used() {
     let (events, _snapshots) = sqlite::open(&path).await.unwrap();
     assert_eq!(sqlite_migrations(events.database()).await, before);
     let root = Repository::<Account>::new(events).load(id).await.unwrap();
-    assert_eq!(root.state().balance, 106.0);
+    assert_eq!(root.state().balance, 10_600);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -323,7 +323,7 @@ async fn sqlite_stores_opening_one_new_file_at_once_apply_each_step_once() {
         .with_snapshots(snapshots.clone(), SnapshotPolicy::every(2).unwrap());
     assert_eq!(repo.save(&mut opened(id, 2)).await.unwrap(), 3);
     let elsewhere = Repository::<Account>::new(stores[0].0.clone());
-    assert_eq!(elsewhere.load(id).await.unwrap().state().balance, 102.0);
+    assert_eq!(elsewhere.load(id).await.unwrap().state().balance, 10_200);
 }
 
 /// A program of a version before slices, still running when the file was upgraded, cannot
@@ -370,9 +370,9 @@ async fn sqlite_request_ids_of_layout_5_fill_the_request_index() {
                 id,
                 1,
                 "AccountOpened",
-                r#"{"owner_name":"Ada","initial_balance":1.0}"#,
+                r#"{"owner_name":"Ada","initial_balance":100}"#,
             ),
-            envelope(id, 2, "MoneyDeposited", r#"{"amount":1.0}"#),
+            envelope(id, 2, "MoneyDeposited", r#"{"amount":100}"#),
         ];
         batch[1].request_id = Some(request.into());
         events.append(id, "Account", 0, &batch).await.unwrap();
@@ -537,7 +537,7 @@ async fn sqlite_prefixed_stores_leave_a_0_1_file_as_it_is_and_each_prefix_migrat
     let (legacy, _) = sqlite::open(&path).await.unwrap();
     assert_every_step_once(&versions(&sqlite_migrations(legacy.database()).await));
     let root = Repository::<Account>::new(legacy).load(id).await.unwrap();
-    assert_eq!((root.version(), root.state().balance), (2, 105.0));
+    assert_eq!((root.version(), root.state().balance), (2, 10_500));
 
     let (events, _) = sqlite::open_with(&path, prefixed).await.unwrap();
     assert_eq!(
@@ -765,7 +765,7 @@ async fn postgres_0_1_tables_are_upgraded_in_place_and_keep_their_data() {
             .with_snapshots(snapshots, SnapshotPolicy::every(100).unwrap());
         let root = repo.load(id).await.unwrap();
         assert_eq!(root.version(), 2);
-        assert_eq!(root.state().balance, 105.0);
+        assert_eq!(root.state().balance, 10_500);
         assert_eq!(repo.metrics().hits("Account"), 1, "the 0.1 snapshot was not used");
 
         let exact = r#"{"amount":-0.0}"#;
@@ -828,7 +828,7 @@ async fn postgres_concurrent_migrations_of_a_new_schema_apply_each_step_once() {
             .with_snapshots(events.snapshot_store(), SnapshotPolicy::every(2).unwrap());
         let id = Uuid::new_v4();
         assert_eq!(repo.save(&mut opened(id, 2)).await.unwrap(), 3);
-        assert_eq!(repo.load(id).await.unwrap().state().balance, 102.0);
+        assert_eq!(repo.load(id).await.unwrap().state().balance, 10_200);
         assert_eq!(repo.metrics().hits("Account"), 1);
     })
     .await;
@@ -880,9 +880,9 @@ async fn postgres_request_ids_of_layout_7_fill_the_request_index() {
             .bind(id)
             .bind(version)
             .bind(if version == 1 {
-                r#"{"owner_name":"Ada","initial_balance":1.0}"#
+                r#"{"owner_name":"Ada","initial_balance":100}"#
             } else {
-                r#"{"amount":1.0}"#
+                r#"{"amount":100}"#
             })
             .bind(request)
             .execute(&pool)
@@ -898,7 +898,8 @@ async fn postgres_request_ids_of_layout_7_fill_the_request_index() {
             Some("text")
         );
         assert!(postgres_versions(&pool, &schema).await.contains(&8));
-        let stores = eventsourcing_kit::backend::Stores::from_postgres(events.clone(), events.snapshot_store());
+        let stores =
+            eventsourcing_kit::backend::Stores::from_postgres(events.clone(), events.snapshot_store());
         let index = stores.request_index.clone().unwrap();
         let found = index
             .find_request(&request.into())
@@ -929,7 +930,7 @@ async fn postgres_request_ids_of_layout_7_fill_the_request_index() {
             .command(id)
             .request_id(request)
             .run(|account| {
-                account.record(MoneyDeposited { amount: 1.0 });
+                account.record(MoneyDeposited { amount: 100 });
                 Ok::<(), std::convert::Infallible>(())
             })
             .await

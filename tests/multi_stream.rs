@@ -241,9 +241,10 @@ async fn bad_input_writes_nothing(stores: Stores) {
     );
     assert!(why.contains("not registered"), "{why}");
     let mut requested = wallets.create_new(Uuid::new_v4());
-    requested.set_context(EventContext {
-        request_id: Some("transfer-9".parse().unwrap()),
-        ..EventContext::default()
+    requested.set_context({
+        let mut value = EventContext::default();
+        value.request_id = Some("transfer-9".parse().unwrap());
+        value
     });
     requested.record(Credited { cents: 1 });
     let why = invalid(

@@ -72,7 +72,7 @@ fn loads_saves_and_snapshots_are_spans_with_their_fields() {
             let id = Uuid::new_v4();
             let mut account = opened(id, 11);
             repo.save(&mut account).await.unwrap();
-            account.record(MoneyDeposited { amount: 1.0 });
+            account.record(MoneyDeposited { amount: 100 });
             repo.save(&mut account).await.unwrap();
             repo.load(id).await.unwrap();
             repo.create_snapshot(&account).await.unwrap();
@@ -121,10 +121,10 @@ fn commands_and_batches_are_spans_with_their_outcome_and_error() {
             let id = Uuid::new_v4();
             repo.command(id)
                 .request_id("open-1".parse::<eventsourcing_kit::request::RequestId>().unwrap())
-                .run(|a| a.open("Ada", 10.0))
+                .run(|a| a.open("Ada", 1_000))
                 .await
                 .unwrap();
-            let refused = repo.command(id).run(|a| a.withdraw(1_000.0)).await;
+            let refused = repo.command(id).run(|a| a.withdraw(100_000)).await;
             assert!(refused.is_err());
             let subscription = eventsourcing_kit::subscription::Subscription::new(
                 "failing",

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use eventsourcing_kit::backend::postgres::{pool_options, PostgresEventStore};
 use eventsourcing_kit::{Error, EventStore, Snapshot, SnapshotStore, StoredEvent, Uuid};
 use futures_util::{StreamExt, TryStreamExt};
@@ -163,15 +163,7 @@ async fn refused_values_are_typed_errors_and_write_nothing() {
     }
     assert_eq!(db.events.stream_version(id, &ty).await.unwrap(), 1);
 
-    let snapshot = Snapshot {
-        event_id: None,
-        aggregate_id: id,
-        aggregate_type: ty.clone(),
-        version: 1,
-        state: "not json".into(),
-        schema_version: 1,
-        created_at: Utc::now(),
-    };
+    let snapshot = Snapshot::new(id, ty.clone(), 1, 1, "not json");
     let err = db.snapshots.save_snapshot(&snapshot).await.unwrap_err();
     assert!(matches!(err, Error::InvalidInput(_)), "{err}");
     assert!(!db.snapshots.snapshot_exists(id, &ty).await.unwrap());

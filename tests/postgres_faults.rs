@@ -21,9 +21,10 @@ use eventsourcing_kit::{EventEnvelope, EventStore, Uuid};
 const STALL_LOCK: i64 = 0x7374_616c_6c00;
 
 fn event(id: Uuid, payload: &str) -> EventEnvelope {
-    EventEnvelope {
-        payload: Arc::from(payload),
-        ..envelope(id, "Fault", 1)
+    {
+        let mut value = envelope(id, "Fault", 1);
+        value.payload = Arc::from(payload);
+        value
     }
 }
 

@@ -139,7 +139,9 @@ async fn admin_stats(url: &str) -> String {
         admin: eventsourcing_kit::admin::AdminArgs,
     }
     // A subscription to list, behind the held-back event.
-    let (events, _) = eventsourcing_kit::backend::postgres::connect_url(url).await.unwrap();
+    let (events, _) = eventsourcing_kit::backend::postgres::connect_url(url)
+        .await
+        .unwrap();
     let subscriptions = events.subscription_store();
     let owner = Uuid::new_v4();
     assert!(subscriptions

@@ -13,9 +13,7 @@ mod support;
 
 use common::{opened, Account, MoneyDeposited};
 use eventsourcing_kit::backend::postgres::{PostgresEventStore, PostgresSnapshotStore};
-use eventsourcing_kit::{
-    Error, MissReason, Repository, Snapshot, SnapshotPolicy, SnapshotStore, StoredEvent, Uuid,
-};
+use eventsourcing_kit::{Error, MissReason, Repository, SnapshotPolicy, SnapshotStore, StoredEvent, Uuid};
 use futures_util::{StreamExt, TryStreamExt};
 use support::*;
 
@@ -92,7 +90,7 @@ async fn a_save_and_its_due_snapshot_are_one_statement_and_a_failing_snapshot_ne
     .unwrap();
     let mut more = repo.load(id).await.unwrap();
     for _ in 0..10 {
-        more.record(MoneyDeposited { amount: 1.0 });
+        more.record(MoneyDeposited { amount: 100 });
     }
     assert_eq!(repo.save(&mut more).await.unwrap(), 22);
     assert_eq!(repo.metrics().write_failures("Account"), 1);
@@ -166,9 +164,7 @@ async fn a_snapshot_and_its_events_are_read_in_one_statement_and_checked_as_ever
     // Behind the head, by more than a page.
     let mut later = repo.load(id).await.unwrap();
     for amount in 1..=7 {
-        later.record(MoneyDeposited {
-            amount: f64::from(amount),
-        });
+        later.record(MoneyDeposited { amount });
     }
     repo.save(&mut later).await.unwrap();
     assert_eq!(
@@ -190,9 +186,10 @@ async fn a_snapshot_and_its_events_are_read_in_one_statement_and_checked_as_ever
     );
 
     // Beyond the head: the snapshot comes alone, and the repository replays every event.
-    let beyond = Snapshot {
-        version: 30,
-        ..at_head.clone()
+    let beyond = {
+        let mut value = at_head.clone();
+        value.version = 30;
+        value
     };
     db.snapshots.save_snapshot(&beyond).await.unwrap();
     assert_eq!(joint_read(&events, &db.snapshots, id).await, Some((30, vec![])));
@@ -203,9 +200,10 @@ async fn a_snapshot_and_its_events_are_read_in_one_statement_and_checked_as_ever
 
     // Another schema version: replayed too. (One newer than the reader's is never read.)
     db.snapshots.delete_snapshot(id, "Account").await.unwrap();
-    let other_schema = Snapshot {
-        schema_version: 0,
-        ..at_head.clone()
+    let other_schema = {
+        let mut value = at_head.clone();
+        value.schema_version = 0;
+        value
     };
     db.snapshots.save_snapshot(&other_schema).await.unwrap();
     let loaded = repo.load(id).await.unwrap();
@@ -214,9 +212,10 @@ async fn a_snapshot_and_its_events_are_read_in_one_statement_and_checked_as_ever
 
     // A snapshot at version 0 is refused before its events are looked at, as ever.
     db.snapshots.delete_snapshot(id, "Account").await.unwrap();
-    let at_zero = Snapshot {
-        version: 0,
-        ..at_head
+    let at_zero = {
+        let mut value = at_head;
+        value.version = 0;
+        value
     };
     db.snapshots.save_snapshot(&at_zero).await.unwrap();
     // No event is at version 0, so the reader falls back to two statements.

@@ -171,9 +171,10 @@ async fn pay(stores: &Stores, till: Uuid, version: u64, amounts: &[i64]) -> u64 
     let batch: Vec<EventEnvelope> = amounts
         .iter()
         .enumerate()
-        .map(|(i, amount)| EventEnvelope {
-            payload: Arc::from(format!(r#"{{"amount":{amount}}}"#)),
-            ..envelope(till, "Till", version + i as u64 + 1)
+        .map(|(i, amount)| {
+            let mut value = envelope(till, "Till", version + i as u64 + 1);
+            value.payload = Arc::from(format!(r#"{{"amount":{amount}}}"#));
+            value
         })
         .collect();
     stores

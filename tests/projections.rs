@@ -12,7 +12,9 @@ use eventsourcing_kit::async_trait;
 use eventsourcing_kit::backend::postgres::{self, PgTransaction, PostgresProjection, PostgresReadModel};
 use eventsourcing_kit::backend::sqlite::{self, rusqlite, SqliteProjection, SqliteReadModel};
 use eventsourcing_kit::prelude::*;
-use eventsourcing_kit::projection::{InMemoryReadModel, MemoryProjection, Progress, Projection, ReadModelStore};
+use eventsourcing_kit::projection::{
+    InMemoryReadModel, MemoryProjection, Progress, Projection, ReadModelStore,
+};
 use eventsourcing_kit::subscription::HandlerError;
 
 #[allow(dead_code)]

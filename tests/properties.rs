@@ -83,8 +83,8 @@ async fn run(url: &str, policy: SnapshotPolicy, steps: Vec<Step>) {
     let mut roots: Vec<AggregateRoot<Account>> = (0..AGGREGATES).map(|_| opened(Uuid::new_v4(), 0)).collect();
     for step in steps {
         match step {
-            Step::Deposit(a, n) => roots[a].record(MoneyDeposited { amount: f64::from(n) }),
-            Step::Withdraw(a, n) => roots[a].record(MoneyWithdrawn { amount: f64::from(n) }),
+            Step::Deposit(a, n) => roots[a].record(MoneyDeposited { amount: i64::from(n) }),
+            Step::Withdraw(a, n) => roots[a].record(MoneyWithdrawn { amount: i64::from(n) }),
             Step::Save(a) => {
                 let pending = roots[a].pending_events().len() as u64;
                 let before = roots[a].saved_version();

@@ -6,7 +6,9 @@ mod common;
 
 use eventsourcing_kit::async_trait;
 use eventsourcing_kit::backend::postgres::{PgTransaction, PostgresProjection, PostgresReadModel};
-use eventsourcing_kit::backend::sqlite::{rusqlite, SqliteProjection, SqliteReadModel, SqliteSubscriptionStore};
+use eventsourcing_kit::backend::sqlite::{
+    rusqlite, SqliteProjection, SqliteReadModel, SqliteSubscriptionStore,
+};
 use eventsourcing_kit::backend::{SqlProjection, SqlReadModel, SqlWrites};
 use eventsourcing_kit::projection::{InMemoryReadModel, MemoryProjection};
 use eventsourcing_kit::subscription::HandlerError;

@@ -158,12 +158,14 @@ async fn backends(test: &str) -> Vec<Backend> {
 }
 
 fn stored(id: Uuid, version: u64, event_type: &str, event_version: u32, payload: Value) -> EventEnvelope {
-    EventEnvelope {
-        event_type: event_type.into(),
+    EventEnvelope::from_json(
+        id,
+        "Wallet",
+        version,
+        event_type,
         event_version,
-        aggregate_type: "Wallet".into(),
-        ..common::envelope(id, version, event_type, &payload.to_string())
-    }
+        payload.to_string(),
+    )
 }
 
 /// A wallet written by four releases: opened under the old name, then a deposit of each version.
@@ -321,15 +323,7 @@ async fn saved_wallet(events: &Arc<dyn EventStore>, deposits: i64) -> (Uuid, Uui
 }
 
 fn v1_snapshot(id: Uuid, version: u64, event_id: Uuid, state: Value) -> Snapshot {
-    Snapshot {
-        aggregate_id: id,
-        aggregate_type: "Wallet".into(),
-        version,
-        event_id: Some(event_id),
-        state: state.to_string(),
-        schema_version: 1,
-        created_at: chrono::Utc::now(),
-    }
+    Snapshot::new(id, "Wallet", version, 1, state.to_string()).with_event_id(Some(event_id))
 }
 
 #[tokio::test]
@@ -570,7 +564,8 @@ fn the_schema_lock_names_a_forgotten_bump() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("schema.lock");
     std::fs::write(&path, before).unwrap();
-    let panic = std::panic::catch_unwind(|| eventsourcing_kit::testing::check_schema_lock(&path)).unwrap_err();
+    let panic =
+        std::panic::catch_unwind(|| eventsourcing_kit::testing::check_schema_lock(&path)).unwrap_err();
     let message = panic.downcast_ref::<String>().unwrap();
     assert!(
         message

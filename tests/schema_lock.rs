@@ -10,5 +10,8 @@ mod account;
 
 #[test]
 fn the_examples_match_their_schema_lock() {
-    eventsourcing_kit::testing::check_schema_lock(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/schema.lock"));
+    eventsourcing_kit::testing::check_schema_lock(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/schema.lock"
+    ));
 }

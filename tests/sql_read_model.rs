@@ -80,9 +80,10 @@ async fn pay(stores: &Stores, amounts: &[i64]) -> Uuid {
     let batch: Vec<EventEnvelope> = amounts
         .iter()
         .enumerate()
-        .map(|(i, amount)| EventEnvelope {
-            payload: Arc::from(format!(r#"{{"amount":{amount}}}"#)),
-            ..envelope(till, "Till", i as u64 + 1)
+        .map(|(i, amount)| {
+            let mut value = envelope(till, "Till", i as u64 + 1);
+            value.payload = Arc::from(format!(r#"{{"amount":{amount}}}"#));
+            value
         })
         .collect();
     stores.events.append(till, "Till", 0, &batch).await.unwrap();

@@ -19,7 +19,9 @@ mod in_memory {
     use super::*;
 
     eventsourcing_kit::event_store_conformance!(async { SqliteEventStore::open(":memory:").await.unwrap() });
-    eventsourcing_kit::snapshot_store_conformance!(async { SqliteSnapshotStore::open(":memory:").await.unwrap() });
+    eventsourcing_kit::snapshot_store_conformance!(async {
+        SqliteSnapshotStore::open(":memory:").await.unwrap()
+    });
     eventsourcing_kit::subscription_store_conformance!(async {
         sqlite::SqliteSubscriptionStore::open(":memory:").await.unwrap()
     });
@@ -72,7 +74,9 @@ mod through_a_wrapper_of_the_required_methods {
 mod on_one_file {
     use super::*;
 
-    eventsourcing_kit::event_store_conformance!(async { SqliteEventStore::open(shared_file()).await.unwrap() });
+    eventsourcing_kit::event_store_conformance!(async {
+        SqliteEventStore::open(shared_file()).await.unwrap()
+    });
     eventsourcing_kit::snapshot_store_conformance!(async {
         SqliteSnapshotStore::open(shared_file()).await.unwrap()
     });
@@ -147,10 +151,11 @@ fn shared_file() -> PathBuf {
 }
 
 fn event(id: Uuid, ty: &str, version: u64, payload: &str) -> EventEnvelope {
-    EventEnvelope {
-        event_type: Arc::from("Happened"),
-        payload: Arc::from(payload),
-        ..eventsourcing_kit::testing::envelope(id, ty, version)
+    {
+        let mut value = eventsourcing_kit::testing::envelope(id, ty, version);
+        value.event_type = Arc::from("Happened");
+        value.payload = Arc::from(payload);
+        value
     }
 }
 
@@ -225,15 +230,7 @@ async fn opening_again_keeps_the_data() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("reopen.db");
     let id = Uuid::new_v4();
-    let snapshot = Snapshot {
-        event_id: None,
-        aggregate_id: id,
-        aggregate_type: "Thing".into(),
-        version: 2,
-        state: "{}".into(),
-        schema_version: 1,
-        created_at: chrono::Utc::now(),
-    };
+    let snapshot = Snapshot::new(id, "Thing", 2, 1, "{}");
     {
         let (events, snapshots) = sqlite::open(&path).await.unwrap();
         events.append(id, "Thing", 0, &events_for(id, 2)).await.unwrap();
@@ -405,10 +402,12 @@ async fn two_prefixes_in_one_file_are_independent_stores() {
         .unwrap()
         .is_empty());
     assert_eq!(b_events.head(0).await.unwrap().events_after, 0);
-    assert!(eventsourcing_kit::StreamListing::stream_versions(&b_events, "Thing")
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(
+        eventsourcing_kit::StreamListing::stream_versions(&b_events, "Thing")
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(!b_snapshots.snapshot_exists(id, "Thing").await.unwrap());
     assert!(b_subscriptions.subscriptions().await.unwrap().is_empty());
 
@@ -594,9 +593,10 @@ async fn a_url_value_sqlite_would_refuse_or_misread_is_refused_before_opening() 
     eventsourcing_kit::backend::open(&format!("sqlite:{}", path.display()))
         .await
         .unwrap();
-    let immutable = eventsourcing_kit::backend::open(&format!("sqlite:{}?immutable=yes&psow=on", path.display()))
-        .await
-        .unwrap();
+    let immutable =
+        eventsourcing_kit::backend::open(&format!("sqlite:{}?immutable=yes&psow=on", path.display()))
+            .await
+            .unwrap();
     let id = Uuid::new_v4();
     assert_eq!(immutable.events.stream_version(id, "Thing").await.unwrap(), 0);
     assert!(immutable
@@ -711,15 +711,7 @@ async fn payload_and_state_text_is_stored_untouched() {
         .unwrap();
     assert_eq!(&*read(&events, id, "Thing").await.unwrap()[0].payload, payload);
 
-    let snapshot = Snapshot {
-        event_id: None,
-        aggregate_id: id,
-        aggregate_type: "Thing".into(),
-        version: 1,
-        state: payload.into(),
-        schema_version: 1,
-        created_at: chrono::Utc::now(),
-    };
+    let snapshot = Snapshot::new(id, "Thing", 1, 1, payload);
     snapshots.save_snapshot(&snapshot).await.unwrap();
     let stored = snapshots
         .get_snapshot(id, "Thing", u32::MAX)
@@ -744,15 +736,7 @@ async fn values_sqlite_cannot_hold_are_refused_and_nothing_is_written() {
     }
     assert_eq!(events.stream_version(id, "Thing").await.unwrap(), 0);
 
-    let snapshot = Snapshot {
-        event_id: None,
-        aggregate_id: id,
-        aggregate_type: "Thing".into(),
-        version: u64::MAX,
-        state: "{}".into(),
-        schema_version: 1,
-        created_at: chrono::Utc::now(),
-    };
+    let snapshot = Snapshot::new(id, "Thing", u64::MAX, 1, "{}");
     match snapshots.save_snapshot(&snapshot).await {
         Err(Error::InvalidInput(message)) => assert!(message.contains("version"), "{message}"),
         other => panic!("expected InvalidInput, got {other:?}"),
@@ -867,15 +851,7 @@ async fn corrupt_snapshot_rows_are_typed_errors_and_a_good_save_replaces_them() 
     for (column, value) in cases {
         let case = format!("{column} = {value}");
         let id = Uuid::new_v4();
-        let snapshot = Snapshot {
-            event_id: None,
-            aggregate_id: id,
-            aggregate_type: "Thing".into(),
-            version: 10,
-            state: r#"{"ok":true}"#.into(),
-            schema_version: 1,
-            created_at: chrono::Utc::now(),
-        };
+        let snapshot = Snapshot::new(id, "Thing", 10, 1, r#"{"ok":true}"#);
         snapshots.save_snapshot(&snapshot).await.unwrap();
         execute(
             snapshots.database(),
@@ -888,9 +864,10 @@ async fn corrupt_snapshot_rows_are_typed_errors_and_a_good_save_replaces_them() 
             snapshots.snapshot_exists(id, "Thing").await.unwrap(),
             "{case}: exists"
         );
-        let newer = Snapshot {
-            version: 11,
-            ..snapshot.clone()
+        let newer = {
+            let mut value = snapshot.clone();
+            value.version = 11;
+            value
         };
         assert!(
             snapshots.save_snapshot(&newer).await.unwrap(),
@@ -1135,15 +1112,7 @@ async fn calls_dropped_part_way_leave_the_database_intact(path: impl AsRef<Path>
         .append(id, "Thing", 0, &events_for(id, 1_200))
         .await
         .unwrap();
-    let snapshot = Snapshot {
-        event_id: None,
-        aggregate_id: id,
-        aggregate_type: "Thing".into(),
-        version: 1,
-        state: "{}".into(),
-        schema_version: 1,
-        created_at: chrono::Utc::now(),
-    };
+    let snapshot = Snapshot::new(id, "Thing", 1, 1, "{}");
     let mut appended = 1_200;
     for i in 0..200u64 {
         // Deadlines from nothing to 2 ms, to drop the calls at every stage.
@@ -1158,9 +1127,10 @@ async fn calls_dropped_part_way_leave_the_database_intact(path: impl AsRef<Path>
         appended = events.stream_version(id, "Thing").await.unwrap();
         let read = async { events.read_stream(id, "Thing", 0).take(1_001).count().await };
         let _ = tokio::time::timeout(deadline, read).await;
-        let newer = Snapshot {
-            version: i,
-            ..snapshot.clone()
+        let newer = {
+            let mut value = snapshot.clone();
+            value.version = i;
+            value
         };
         let _ = tokio::time::timeout(deadline, snapshots.save_snapshot(&newer)).await;
     }

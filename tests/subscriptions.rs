@@ -25,10 +25,11 @@ fn unique(label: &str) -> String {
 }
 
 fn event(id: Uuid, ty: &str, version: u64, payload: &str) -> EventEnvelope {
-    EventEnvelope {
-        event_type: Arc::from("Ticked"),
-        payload: Arc::from(payload),
-        ..eventsourcing_kit::testing::envelope(id, ty, version)
+    {
+        let mut value = eventsourcing_kit::testing::envelope(id, ty, version);
+        value.event_type = Arc::from("Ticked");
+        value.payload = Arc::from(payload);
+        value
     }
 }
 
@@ -238,7 +239,7 @@ async fn a_poison_event_is_a_dead_letter_and_the_rest_are_handled() {
     subscription.run(handler, until_seen(&seen, 4)).await.unwrap();
     let handled: Vec<u64> = seen.lock().unwrap().iter().map(|e| e.aggregate_version).collect();
     assert_eq!(handled, [1, 2, 4, 5]);
-    let letters = store.dead_letters("poisoned").await.unwrap();
+    let letters = store.dead_letters("poisoned", 0, usize::MAX).await.unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].event_id, batch[2].event_id);
     assert_eq!(letters[0].error, "cannot handle poison");
@@ -459,7 +460,7 @@ async fn typed_handlers_get_the_aggregates_events_decoded() {
     let subscription = Subscription::new("balances", events, InMemorySubscriptionStore::new())
         .unwrap()
         .for_aggregate::<common::Account>();
-    let total = Arc::new(Mutex::new(0.0));
+    let total = Arc::new(Mutex::new(0_i64));
     let handler = Typed::<common::Account, _>::new({
         let total = total.clone();
         move |_: &StoredEvent, event: common::AccountEvent| {
@@ -475,7 +476,7 @@ async fn typed_handlers_get_the_aggregates_events_decoded() {
         .run(handler, tokio::time::sleep(Duration::from_millis(100)))
         .await
         .unwrap();
-    assert_eq!(*total.lock().unwrap(), 103.0);
+    assert_eq!(*total.lock().unwrap(), 10_300);
     assert_eq!(
         subscription.metrics().handled(),
         4,
@@ -1049,14 +1050,14 @@ fn planted(versions: &[u64]) -> PlantedFeed {
         .enumerate()
         .flat_map(|(i, &version)| {
             [
-                StoredEvent {
-                    position: 2 * i as u64 + 1,
-                    envelope: eventsourcing_kit::testing::envelope(id, "Planted", version),
-                },
-                StoredEvent {
-                    position: 2 * i as u64 + 2,
-                    envelope: eventsourcing_kit::testing::envelope(other, "Planted", i as u64 + 1),
-                },
+                StoredEvent::new(
+                    2 * i as u64 + 1,
+                    eventsourcing_kit::testing::envelope(id, "Planted", version),
+                ),
+                StoredEvent::new(
+                    2 * i as u64 + 2,
+                    eventsourcing_kit::testing::envelope(other, "Planted", i as u64 + 1),
+                ),
             ]
         })
         .collect();

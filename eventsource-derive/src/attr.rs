@@ -338,7 +338,9 @@ fn crate_path(cx: &Ctxt, value: &Expr, syntax: &str) -> Option<Path> {
         Err(_) => {
             cx.error_spanned_by(
                 lit,
-                format!("{syntax} must be a path to the eventsourcing_kit crate, such as \"::eventsourcing_kit\""),
+                format!(
+                    "{syntax} must be a path to the eventsourcing_kit crate, such as \"::eventsourcing_kit\""
+                ),
             );
             None
         }

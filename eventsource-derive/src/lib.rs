@@ -22,7 +22,7 @@ use syn::{parse_macro_input, DeriveInput};
 ///
 /// #[event(aggregate = "Account")]
 /// pub struct MoneyDeposited {
-///     pub amount: f64,
+///     pub amount_cents: i64,
 /// }
 ///
 /// #[event(aggregate = "Account", name = "AccountClosed", version = 2, upcast(1 => json(closed_v1)))]

@@ -1,15 +1,23 @@
-//! Time limits on store calls that work on any async runtime, with or without its timers.
+//! Time limits and waits that keep to tokio's clock wherever they can, and work on any async
+//! runtime, with or without its timers.
 //!
-//! tokio's timers panic on a runtime built without `enable_time`, and a library cannot ask
-//! whether they are enabled. So the limits here are kept by one thread of this library's,
-//! started at the first limited call: a call registers its deadline (a map insert under a
-//! lock, no system call unless it is the earliest deadline), and unregisters it when it ends.
-//! The thread sleeps until the earliest deadline and wakes the calls whose time is up.
+//! Where a tokio runtime with its timers is running, a deadline is a `tokio::time::Sleep`: it
+//! follows the runtime's clock, so that a program's `tokio::time::pause()` test fast-forwards
+//! the library's retries, polls, lease renewals and time limits too. tokio's timers panic on a
+//! runtime built without `enable_time`, and tokio cannot be asked whether they are enabled; so
+//! a deadline tries to make one, and where that panics (or no tokio runtime is running, or the
+//! program aborts on panic, where a panic cannot be caught), it is kept by one thread of this
+//! library's instead, started at the first such deadline: a deadline registers its instant (a
+//! map insert under a lock, no system call unless it is the earliest), and unregisters it when
+//! it ends. The thread sleeps until the earliest instant and wakes the deadlines whose time is
+//! up. The panic caught that way is kept out of the program's panic hook.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::panic::{self, PanicHookInfo};
 use std::pin::Pin;
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Condvar, Mutex, MutexGuard, Once, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -38,8 +46,70 @@ pub(crate) fn jittered(wait: Duration) -> Duration {
     wait - Duration::from_nanos(uuid::Uuid::new_v4().as_u128() as u64 % half)
 }
 
-/// A future that is ready once its instant has passed.
-struct Deadline {
+/// A future that is ready once its time is up: on tokio's clock where it can be, on this
+/// module's thread elsewhere.
+enum Deadline {
+    Tokio(Pin<Box<tokio::time::Sleep>>),
+    Thread(ThreadDeadline),
+}
+
+impl Deadline {
+    fn after(limit: Duration) -> Self {
+        match tokio_sleep(limit) {
+            Some(sleep) => Deadline::Tokio(Box::pin(sleep)),
+            None => Deadline::Thread(ThreadDeadline::after(limit)),
+        }
+    }
+}
+
+impl Future for Deadline {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.get_mut() {
+            Deadline::Tokio(sleep) => sleep.as_mut().poll(cx),
+            Deadline::Thread(deadline) => Pin::new(deadline).poll(cx),
+        }
+    }
+}
+
+/// A tokio sleep of `limit`, if a tokio runtime with timers is running here.
+fn tokio_sleep(limit: Duration) -> Option<tokio::time::Sleep> {
+    // A panic cannot be caught where the program aborts on one, and a hook cannot be set
+    // while this thread unwinds.
+    if !cfg!(panic = "unwind") || std::thread::panicking() {
+        return None;
+    }
+    tokio::runtime::Handle::try_current().ok()?;
+    QUIET.with(|quiet| quiet.set(true));
+    keep_quiet_panics_out_of_the_hook();
+    let sleep = panic::catch_unwind(|| tokio::time::sleep(limit));
+    QUIET.with(|quiet| quiet.set(false));
+    sleep.ok()
+}
+
+thread_local! {
+    /// Set while this thread tries to make a tokio sleep: a panic then is the answer "no
+    /// timers here", not a failure to report.
+    static QUIET: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Puts a hook in front of the program's panic hook (once) that passes every panic on to it,
+/// except those of a thread that is trying to make a tokio sleep.
+fn keep_quiet_panics_out_of_the_hook() {
+    static WRAPPED: Once = Once::new();
+    WRAPPED.call_once(|| {
+        let hook = panic::take_hook();
+        panic::set_hook(Box::new(move |info: &PanicHookInfo<'_>| {
+            if !QUIET.with(Cell::get) {
+                hook(info)
+            }
+        }));
+    });
+}
+
+/// A future that is ready once its instant has passed, kept by this module's thread.
+struct ThreadDeadline {
     at: Instant,
     /// The key it is registered under, once polled.
     key: Option<Key>,
@@ -47,17 +117,17 @@ struct Deadline {
 
 type Key = (Instant, u64);
 
-impl Deadline {
+impl ThreadDeadline {
     fn after(limit: Duration) -> Self {
         // A limit too far to represent never expires.
         let at = Instant::now()
             .checked_add(limit)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(u32::MAX.into()));
-        Deadline { at, key: None }
+        ThreadDeadline { at, key: None }
     }
 }
 
-impl Future for Deadline {
+impl Future for ThreadDeadline {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -94,7 +164,7 @@ impl Future for Deadline {
     }
 }
 
-impl Drop for Deadline {
+impl Drop for ThreadDeadline {
     fn drop(&mut self) {
         if let Some(key) = self.key {
             Timer::get().lock().waiting.remove(&key);
@@ -124,7 +194,7 @@ impl Timer {
                 changed: Condvar::new(),
             }));
             std::thread::Builder::new()
-                .name("eventsource-deadlines".into())
+                .name("eventsourcing-kit-deadlines".into())
                 .spawn(move || timer.run())
                 .expect("cannot start the thread that keeps store call time limits");
             timer
@@ -190,6 +260,59 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let outcome = runtime.block_on(within(Duration::from_millis(20), future::pending::<()>()));
         assert_eq!(outcome, None);
+    }
+
+    /// A runtime with timers, its clock paused: it jumps to the next timer when idle.
+    fn paused() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_wait_follows_tokios_paused_clock() {
+        paused().block_on(async {
+            let started = tokio::time::Instant::now();
+            // On this module's thread, this would take an hour.
+            sleep(Duration::from_secs(3600)).await;
+            assert!(started.elapsed() >= Duration::from_secs(3600));
+        });
+    }
+
+    #[test]
+    fn a_time_limit_follows_tokios_paused_clock() {
+        paused().block_on(async {
+            let started = tokio::time::Instant::now();
+            let outcome = within(Duration::from_secs(3600), future::pending::<()>()).await;
+            assert_eq!(outcome, None);
+            assert!(started.elapsed() >= Duration::from_secs(3600));
+            let far = Instant::now() + Duration::from_secs(1800);
+            assert!(
+                !Timer::get().lock().waiting.keys().any(|(at, _)| *at > far),
+                "nothing waits on this module's thread"
+            );
+        });
+    }
+
+    #[test]
+    fn a_runtime_without_timers_is_found_out_on_every_try() {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(async {
+            for _ in 0..3 {
+                assert!(tokio_sleep(Duration::from_millis(1)).is_none());
+            }
+            sleep(Duration::from_millis(1)).await;
+        });
+        assert!(!QUIET.with(Cell::get), "the thread is no longer marked");
+    }
+
+    #[test]
+    fn outside_any_runtime_a_deadline_is_kept_by_the_thread() {
+        assert!(tokio_sleep(Duration::from_millis(1)).is_none());
+        let given_up = within(Duration::ZERO, future::pending::<()>());
+        assert_eq!(futures_util::FutureExt::now_or_never(given_up), Some(None));
     }
 
     #[test]

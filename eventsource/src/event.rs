@@ -47,7 +47,11 @@ pub trait Event: Serialize + DeserializeOwned + Clone + Debug + Send + Sync + 's
 }
 
 /// Correlation, causation and free-form metadata carried by recorded events.
+///
+/// Built with [`EventContext::new`] and the `with_*` methods (it may gain fields in a minor
+/// version): `EventContext::new().with_correlation_id(order_id)`.
 #[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct EventContext {
     /// Groups the events of one business transaction across aggregates.
     pub correlation_id: Option<Uuid>,
@@ -61,10 +65,46 @@ pub struct EventContext {
     pub request_id: Option<RequestId>,
 }
 
+impl EventContext {
+    /// No correlation, causation, metadata or request id.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// With `id` as [`correlation_id`](Self::correlation_id).
+    #[must_use]
+    pub fn with_correlation_id(mut self, id: Uuid) -> Self {
+        self.correlation_id = Some(id);
+        self
+    }
+
+    /// With `id` as [`causation_id`](Self::causation_id).
+    #[must_use]
+    pub fn with_causation_id(mut self, id: Uuid) -> Self {
+        self.causation_id = Some(id);
+        self
+    }
+
+    /// With `metadata` (a JSON object) as [`metadata`](Self::metadata).
+    #[must_use]
+    pub fn with_metadata(mut self, metadata: serde_json::Value) -> Self {
+        self.metadata = Some(metadata);
+        self
+    }
+
+    /// With `id` as [`request_id`](Self::request_id).
+    #[must_use]
+    pub fn with_request_id(mut self, id: impl Into<RequestId>) -> Self {
+        self.request_id = Some(id.into());
+        self
+    }
+}
+
 /// An event ready to be appended: its envelope and its JSON payload.
 ///
 /// The text fields are reference-counted so that reading a long stream copies no strings.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct EventEnvelope {
     /// Unique id of this event.
     pub event_id: Uuid,
@@ -143,10 +183,80 @@ impl EventEnvelope {
             payload: Arc::from(payload),
         })
     }
+
+    /// The envelope of one event given as JSON text, of `event_type` at `event_version`, for
+    /// aggregate type `aggregate_type` at `aggregate_version`: a new event id, recorded now,
+    /// no context. What a backend builds from a stored row (with the `with_*` methods), and
+    /// what imports and tests append; the payload is checked when it is appended, not here.
+    pub fn from_json(
+        aggregate_id: Uuid,
+        aggregate_type: impl Into<Arc<str>>,
+        aggregate_version: u64,
+        event_type: impl Into<Arc<str>>,
+        event_version: u32,
+        payload: impl Into<Arc<str>>,
+    ) -> Self {
+        EventEnvelope {
+            event_id: Uuid::new_v4(),
+            event_type: event_type.into(),
+            event_version,
+            aggregate_id,
+            aggregate_type: aggregate_type.into(),
+            aggregate_version,
+            occurred_at: Utc::now(),
+            correlation_id: None,
+            causation_id: None,
+            request_id: None,
+            metadata: None,
+            payload: payload.into(),
+        }
+    }
+
+    /// With `id` as its [`event_id`](Self::event_id).
+    #[must_use]
+    pub fn with_event_id(mut self, id: Uuid) -> Self {
+        self.event_id = id;
+        self
+    }
+
+    /// Recorded at `at`.
+    #[must_use]
+    pub fn with_occurred_at(mut self, at: DateTime<Utc>) -> Self {
+        self.occurred_at = at;
+        self
+    }
+
+    /// With the correlation, causation, metadata and request id of `context`.
+    #[must_use]
+    pub fn with_context(mut self, context: EventContext) -> Self {
+        self.correlation_id = context.correlation_id;
+        self.causation_id = context.causation_id;
+        self.metadata = context.metadata;
+        self.request_id = context.request_id;
+        self
+    }
+
+    /// Its correlation, causation, metadata and request id.
+    pub fn context(&self) -> EventContext {
+        EventContext {
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            metadata: self.metadata.clone(),
+            request_id: self.request_id.clone(),
+        }
+    }
+}
+
+impl StoredEvent {
+    /// `envelope` as read back at feed position `position`.
+    pub fn new(position: u64, envelope: EventEnvelope) -> Self {
+        StoredEvent { position, envelope }
+    }
 }
 
 /// An event as read back from a store: its envelope and its global position.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct StoredEvent {
     /// Position in the store's global order, starting at 1 and increasing with every append.
     pub position: u64,

@@ -151,11 +151,19 @@ pub trait EventStore: Send + Sync {
 
 /// What an append stored: see [`EventStore::append`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Appended {
     /// The stream's version after the append.
     pub version: u64,
     /// The feed position of the batch's last event.
     pub position: u64,
+}
+
+impl Appended {
+    /// The stream at `version` after the append, its last event at feed `position`.
+    pub fn new(version: u64, position: u64) -> Self {
+        Appended { version, position }
+    }
 }
 
 /// The feed's head: see [`EventStore::head`].

@@ -2,7 +2,7 @@
 //! records it, so that a balance can neither overflow nor go below zero.
 //!
 //! Version 1 of these events held amounts as floating-point units, as the seed's account in
-//! `domain/account.rs` (the tutorial's) still does; the service's earlier databases hold them,
+//! `domain/account.rs` (the tutorial's) once did; the service's earlier databases hold them,
 //! and they are upcast to cents as they are read. A stored amount that is not a number of
 //! cents from 0 to `i64::MAX` cannot be upcast (`Error::Upcast`): nothing is guessed about
 //! money.

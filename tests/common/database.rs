@@ -21,7 +21,10 @@ pub fn postgres_url(test: &str) -> Option<String> {
 /// A pool of `connections` on the tests' PostgreSQL database, or `None` if the PostgreSQL
 /// tests are skipped (see [`postgres_url`]).
 #[cfg(feature = "postgres")]
-pub async fn postgres_pool(test: &str, connections: u32) -> Option<eventsourcing_kit::backend::postgres::PgPool> {
+pub async fn postgres_pool(
+    test: &str,
+    connections: u32,
+) -> Option<eventsourcing_kit::backend::postgres::PgPool> {
     let url = postgres_url(test)?;
     let pool = eventsourcing_kit::backend::postgres::pool_options()
         .max_connections(connections)

@@ -12,15 +12,16 @@ use tokio::sync::Notify;
 mod account;
 pub use account::*;
 
-/// An opened account with `deposits` deposits of 1.0 recorded and not saved.
+/// An opened account (10_000 cents) with `deposits` deposits of 100 cents recorded and not
+/// saved.
 pub fn opened(id: Uuid, deposits: usize) -> AggregateRoot<Account> {
     let mut root = AggregateRoot::new(id);
     root.record(AccountOpened {
         owner_name: "Ada".into(),
-        initial_balance: 100.0,
+        initial_balance: 10_000,
     });
     for _ in 0..deposits {
-        root.record(MoneyDeposited { amount: 1.0 });
+        root.record(MoneyDeposited { amount: 100 });
     }
     root
 }
@@ -90,7 +91,12 @@ impl ObservedSnapshotStore {
 #[async_trait]
 #[deny(clippy::missing_trait_methods)]
 impl SnapshotStore for ObservedSnapshotStore {
-    async fn get_snapshot(&self, id: Uuid, t: &str, schema: u32) -> eventsourcing_kit::Result<Option<Snapshot>> {
+    async fn get_snapshot(
+        &self,
+        id: Uuid,
+        t: &str,
+        schema: u32,
+    ) -> eventsourcing_kit::Result<Option<Snapshot>> {
         self.inner.get_snapshot(id, t, schema).await
     }
     async fn save_snapshot(&self, snapshot: &Snapshot) -> eventsourcing_kit::Result<bool> {
@@ -147,7 +153,12 @@ pub struct SlowSnapshotStore(pub InMemorySnapshotStore);
 #[async_trait]
 #[deny(clippy::missing_trait_methods)]
 impl SnapshotStore for SlowSnapshotStore {
-    async fn get_snapshot(&self, id: Uuid, t: &str, schema: u32) -> eventsourcing_kit::Result<Option<Snapshot>> {
+    async fn get_snapshot(
+        &self,
+        id: Uuid,
+        t: &str,
+        schema: u32,
+    ) -> eventsourcing_kit::Result<Option<Snapshot>> {
         self.0.get_snapshot(id, t, schema).await
     }
     async fn save_snapshot(&self, snapshot: &Snapshot) -> eventsourcing_kit::Result<bool> {
@@ -178,15 +189,14 @@ pub async fn stream_versions(events: &dyn EventStore, id: Uuid) -> Vec<u64> {
 
 /// An account event envelope with any type name and payload, as a hostile store could hold.
 pub fn envelope(id: Uuid, version: u64, event_type: &str, payload: &str) -> eventsourcing_kit::EventEnvelope {
-    eventsourcing_kit::EventEnvelope {
-        event_type: event_type.into(),
-        payload: Arc::from(payload),
-        ..eventsourcing_kit::testing::envelope(id, "Account", version)
-    }
+    eventsourcing_kit::EventEnvelope::from_json(id, "Account", version, event_type, 1, payload)
 }
 
 /// The head of a feed that holds `events`, as `EventStore::head` counts it after `after`.
-pub fn head_of<'a>(events: impl IntoIterator<Item = &'a StoredEvent>, after: u64) -> eventsourcing_kit::FeedHead {
+pub fn head_of<'a>(
+    events: impl IntoIterator<Item = &'a StoredEvent>,
+    after: u64,
+) -> eventsourcing_kit::FeedHead {
     let shown = events.into_iter().filter(|e| e.position > after);
     let (last, count) = shown.fold((after, 0), |(last, n), e| (last.max(e.position), n + 1));
     eventsourcing_kit::FeedHead::new(last, count)

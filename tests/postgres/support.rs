@@ -97,10 +97,11 @@ pub(crate) fn unique_type(name: &str) -> String {
 }
 
 pub(crate) fn event(id: Uuid, aggregate_type: &str, version: u64, payload: Value) -> EventEnvelope {
-    EventEnvelope {
-        event_type: Arc::from("Recorded"),
-        payload: Arc::from(payload.to_string()),
-        ..eventsourcing_kit::testing::envelope(id, aggregate_type, version)
+    {
+        let mut value = eventsourcing_kit::testing::envelope(id, aggregate_type, version);
+        value.event_type = Arc::from("Recorded");
+        value.payload = Arc::from(payload.to_string());
+        value
     }
 }
 
@@ -247,8 +248,9 @@ pub(crate) async fn read_all_until(
 
 /// A snapshot of the stream at `version`, with a state that says so.
 pub(crate) fn snapshot(id: Uuid, ty: &str, version: u64, schema_version: u32) -> Snapshot {
-    Snapshot {
-        state: json!({ "version": version, "note": "state" }).to_string(),
-        ..eventsourcing_kit::testing::snapshot(id, ty, version, schema_version)
+    {
+        let mut value = eventsourcing_kit::testing::snapshot(id, ty, version, schema_version);
+        value.state = json!({ "version": version, "note": "state" }).to_string();
+        value
     }
 }

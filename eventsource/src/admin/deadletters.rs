@@ -116,7 +116,7 @@ pub(super) async fn letters(stores: &Stores, name: Option<&str>) -> Result<Vec<D
     };
     let mut letters = Vec::new();
     for name in names {
-        letters.extend(store.dead_letters(&name).await?);
+        letters.extend(store.dead_letters(&name, 0, usize::MAX).await?);
     }
     Ok(letters)
 }
@@ -254,7 +254,24 @@ async fn replay(
     options: ReplayOptions,
     out: &mut Output<'_>,
 ) -> Result<Outcome, AdminError> {
-    let report = projection.replay_dead_letters(options).await?;
+    let names = names_with_letters(&*projection.model().subscriptions(), projection.name()).await?;
+    let waiting: u64 = projection
+        .model()
+        .subscriptions()
+        .subscriptions()
+        .await?
+        .iter()
+        .filter(|status| names.contains(&status.name))
+        .map(|status| status.dead_letters)
+        .sum();
+    let bar = out.progress(
+        options.limit.map_or(waiting, |limit| waiting.min(limit as u64)),
+        "replaying dead letters",
+    );
+    let report = projection
+        .replay_dead_letters_with_progress(options, &mut |_| bar.inc(1))
+        .await?;
+    bar.finish_and_clear();
     let failed = report.count(false);
     let replay = Replay {
         name: projection.name().to_owned(),
@@ -282,6 +299,14 @@ async fn replay(
             }
         }
         let succeeded = r.report.count(true);
+        let replayed = succeeded + r.report.count(false);
+        if replayed > r.report.letters.len() {
+            writeln!(
+                out,
+                "... and {} more",
+                thousands((replayed - r.report.letters.len()) as u64)
+            )?;
+        }
         let verb = if r.dry_run {
             "would succeed (rolled back)"
         } else {
@@ -290,7 +315,7 @@ async fn replay(
         writeln!(
             out,
             "{} letter(s): {} {verb}, {} still failing{}",
-            thousands(r.report.letters.len() as u64),
+            thousands(replayed as u64),
             thousands(succeeded as u64),
             thousands(r.report.count(false) as u64),
             match r.report.not_replayed {

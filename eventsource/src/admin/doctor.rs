@@ -108,7 +108,11 @@ pub(super) async fn run(
                         escape(&s.name),
                         thousands(s.dead_letters)
                     ),
-                    todo: format!("look at them: `admin projections status {}`", escape(&s.name)),
+                    todo: format!(
+                        "look at them with `admin deadletters list {0}`; once the code that failed \
+                         is fixed, `admin deadletters replay {0} --dry-run`, then without --dry-run",
+                        escape(&s.name)
+                    ),
                 });
             }
             if s.state == "abandoned" {

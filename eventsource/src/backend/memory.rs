@@ -7,7 +7,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -697,8 +699,10 @@ impl SubscriptionStore for InMemorySubscriptionStore {
         })
     }
 
-    async fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>> {
-        self.with(name, |s| s.dead_letters.clone())
+    async fn dead_letters(&self, name: &str, skip: usize, limit: usize) -> Result<Vec<DeadLetter>> {
+        self.with(name, |s| {
+            s.dead_letters.iter().skip(skip).take(limit).cloned().collect()
+        })
     }
 
     async fn remove_dead_letters(&self, name: &str, event_ids: &[Uuid]) -> Result<u64> {

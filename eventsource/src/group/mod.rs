@@ -90,7 +90,9 @@ pub use crate::subscription::names::MAX_GROUP_NAME_LEN;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures_util::future::{self, FutureExt};
 use uuid::Uuid;

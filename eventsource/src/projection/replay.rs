@@ -8,7 +8,9 @@ use uuid::Uuid;
 use super::{Projection, ReadModelStore};
 use crate::error::Result;
 use crate::event::StoredEvent;
-use crate::subscription::replay::{names_with_letters, replay, Replay, ReplayOptions, ReplayReport};
+use crate::subscription::replay::{
+    names_with_letters, replay, OnLetter, Replay, ReplayOptions, ReplayReport,
+};
 
 /// The read model, committing each event with the checkpoint as it is.
 struct Committing<'m> {
@@ -63,9 +65,29 @@ impl Projection {
     ///
     /// # Cancel safety
     ///
-    /// Each letter is applied and removed in one transaction: dropped, the letters replayed so
-    /// far are gone and the others stay.
+    /// Each letter is applied in the read model's transaction, then removed: dropped in
+    /// between, that letter stays and is applied again by the next replay (at least once);
+    /// the letters replayed before are gone, the others stay.
     pub async fn replay_dead_letters(&self, options: ReplayOptions) -> Result<ReplayReport> {
+        self.replay_dead_letters_with_progress(options, &mut |_| {}).await
+    }
+
+    /// [`replay_dead_letters`](Self::replay_dead_letters), calling `on_letter` with each
+    /// letter as it is replayed (a progress bar, a log line): the report lists only the first
+    /// [`REPORTED`](crate::subscription::replay::REPORTED).
+    ///
+    /// # Errors
+    ///
+    /// As [`replay_dead_letters`](Self::replay_dead_letters).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`replay_dead_letters`](Self::replay_dead_letters).
+    pub async fn replay_dead_letters_with_progress(
+        &self,
+        options: ReplayOptions,
+        on_letter: OnLetter<'_>,
+    ) -> Result<ReplayReport> {
         let subscription = self.subscription();
         let store = self.model().subscriptions();
         let names = names_with_letters(&*store, self.name()).await?;
@@ -73,6 +95,6 @@ impl Projection {
             model: self.model(),
             dry_run: options.dry_run,
         };
-        replay(subscription, &*store, &names, options, &mut committing).await
+        replay(subscription, &*store, &names, options, &mut committing, on_letter).await
     }
 }

@@ -2,7 +2,9 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use futures_util::future::{self, Either};
@@ -45,6 +47,7 @@ impl std::fmt::Debug for Projection {
 
 /// How far a [`Projection::catch_up`] or [`Projection::rebuild`] has come.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Progress {
     /// Events of the feed handled so far (those the projection does not take included).
     pub done: u64,

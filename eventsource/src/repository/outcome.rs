@@ -55,6 +55,7 @@ pub enum CommandError<E> {
 
 /// What a command that succeeded did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Executed {
     /// The aggregate the command ran on: the one given, or, for a request id sent again, the
     /// one its first outcome ran on (a create under a fresh id finds the first one's).

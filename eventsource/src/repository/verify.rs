@@ -20,6 +20,7 @@ use crate::snapshot::MissReason;
 
 /// The outcome of [`Repository::verify`] for one aggregate.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Verification {
     /// The aggregate verified.
     pub aggregate_id: Uuid,
@@ -46,6 +47,7 @@ impl Verification {
 
 /// One value that differs between the two loads.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Drift {
     /// Where, in the state's serde form: `balance`, `items[2].quantity`; empty for the
     /// whole state.
@@ -75,6 +77,7 @@ impl std::fmt::Display for Drift {
 
 /// The outcome of verifying many aggregates of one type.
 #[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct VerifyReport {
     /// Aggregates verified.
     pub verified: u64,

@@ -24,6 +24,7 @@ use crate::error::Result;
 /// `v` on top of it. Snapshots are an optimisation only; the events stay the truth, and a
 /// snapshot can be deleted at any time.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Snapshot {
     /// The aggregate it belongs to.
     pub aggregate_id: Uuid,
@@ -53,6 +54,42 @@ pub fn validate_snapshot(snapshot: &Snapshot) -> Result<()> {
 }
 
 impl Snapshot {
+    /// A snapshot of the aggregate `(aggregate_id, aggregate_type)` at `version`, its state
+    /// the JSON text `state` at `schema_version`: taken now, bound to no event id (see
+    /// [`with_event_id`](Self::with_event_id)). What a backend builds from a stored row (with
+    /// the `with_*` methods), and what tools and tests store directly.
+    pub fn new(
+        aggregate_id: Uuid,
+        aggregate_type: impl Into<String>,
+        version: u64,
+        schema_version: u32,
+        state: impl Into<String>,
+    ) -> Self {
+        Snapshot {
+            aggregate_id,
+            aggregate_type: aggregate_type.into(),
+            version,
+            event_id: None,
+            state: state.into(),
+            schema_version,
+            created_at: Utc::now(),
+        }
+    }
+
+    /// Bound to the event `event_id` (the id of the event at its version), or to none.
+    #[must_use]
+    pub fn with_event_id(mut self, event_id: Option<Uuid>) -> Self {
+        self.event_id = event_id;
+        self
+    }
+
+    /// Taken at `at`.
+    #[must_use]
+    pub fn with_created_at(mut self, at: DateTime<Utc>) -> Self {
+        self.created_at = at;
+        self
+    }
+
     /// The state parsed as a JSON value, to inspect a snapshot without its Rust type.
     pub fn state_value(&self) -> Result<serde_json::Value> {
         crate::codec::from_json(&self.state, || {

@@ -78,7 +78,7 @@ pub use consumer::{Consumer, ConsumerOptions};
 pub use guard::{Disorder, OnDisorder};
 pub use handler::{Handler, HandlerError, Typed};
 pub use metrics::SubscriptionMetrics;
-pub use replay::{ReplayOptions, ReplayOutcome, ReplayReport, Replayed};
+pub use replay::{OnLetter, ReplayOptions, ReplayOutcome, ReplayReport, Replayed};
 pub use store::{
     validate_name, validate_stored_name, DeadLetter, SubscriptionStatus, SubscriptionStore, MAX_NAME_LEN,
 };

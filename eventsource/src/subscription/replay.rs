@@ -6,16 +6,15 @@
 //! its position, hands it to the handler on its own, and removes the letter once the handler
 //! succeeded: the letters that still fail stay, with their first error. The checkpoint never
 //! moves: a projection's replay commits each event in the read model's transaction with the
-//! checkpoint it has. The letters are handled in chunks of [`CHUNK`], the lease renewed
-//! between them. A replay stopped between a handled event and the removal of its letter
+//! checkpoint it has. The letters are read and handled a page of [`CHUNK`] at a time, the
+//! lease renewed between pages, so that a queue of any length is replayed in bounded memory;
+//! the report keeps the first [`REPORTED`] letters and counts the rest. A replay stopped between a handled event and the removal of its letter
 //! hands that event over again the next time (at least once).
 //!
 //! The replayed event reaches the handler after events that followed it in the feed: the
 //! handler must give the right result for an event applied late (a read model keyed by
 //! aggregate that sets what the event says usually does; one that counts, or that an event
 //! of the same aggregate overwrote since, may not).
-
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -27,8 +26,11 @@ use crate::error::{Error, Result};
 use crate::event::StoredEvent;
 use crate::subscription::Handler;
 
-/// The letters a replay handles before it renews its lease.
+/// The letters a replay reads and handles at a time, renewing its lease before the next.
 pub const CHUNK: usize = 100;
+
+/// The letters a [`ReplayReport`] lists one by one; it counts every letter.
+pub const REPORTED: usize = 1_000;
 
 /// How a replay runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -98,8 +100,14 @@ pub struct Replayed {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct ReplayReport {
-    /// Each letter handled, in the order recorded.
+    /// The first [`REPORTED`] letters replayed, in the order recorded, each with its outcome
+    /// (the progress callback of [`Projection::replay_dead_letters_with_progress`](crate::projection::Projection::replay_dead_letters_with_progress)
+    /// sees every one).
     pub letters: Vec<Replayed>,
+    /// Letters replayed: handled, or that would succeed in a dry run.
+    pub succeeded: usize,
+    /// Letters replayed that failed again.
+    pub failed: usize,
     /// Letters left out by the limit.
     pub not_replayed: usize,
 }
@@ -108,12 +116,25 @@ impl ReplayReport {
     /// How many letters had the given outcome kind: handled (or would succeed) when
     /// `succeeded`, failed otherwise.
     pub fn count(&self, succeeded: bool) -> usize {
-        self.letters
-            .iter()
-            .filter(|l| matches!(l.outcome, ReplayOutcome::Failed(_)) != succeeded)
-            .count()
+        match succeeded {
+            true => self.succeeded,
+            false => self.failed,
+        }
+    }
+
+    fn add(&mut self, letter: Replayed) {
+        match letter.outcome {
+            ReplayOutcome::Failed(_) => self.failed += 1,
+            _ => self.succeeded += 1,
+        }
+        if self.letters.len() < REPORTED {
+            self.letters.push(letter);
+        }
     }
 }
+
+/// What a replay tells as it goes: each letter, once replayed.
+pub type OnLetter<'a> = &'a mut (dyn FnMut(&Replayed) + Send);
 
 /// What a replay hands each letter's event to.
 pub(crate) trait Replay {
@@ -128,91 +149,137 @@ pub(crate) trait Replay {
 }
 
 /// Replays the letters of `names` (a subscription's own name, and those of its group's
-/// ranges) of `store` through `target`, reading their events from `subscription`'s feed.
+/// ranges) of `store` through `target`, reading their events from `subscription`'s feed, a
+/// page at a time; `on_letter` sees each.
 pub(crate) async fn replay<R: Replay>(
     subscription: &Subscription,
     store: &dyn SubscriptionStore,
     names: &[String],
     options: ReplayOptions,
     target: &mut R,
+    on_letter: OnLetter<'_>,
 ) -> Result<ReplayReport> {
-    let lease = subscription.options().lease;
     let mut report = ReplayReport::default();
     let mut budget = options.limit.unwrap_or(usize::MAX);
     for name in names {
-        let letters = store.dead_letters(name).await?;
-        if letters.is_empty() {
-            continue;
+        let kept = match budget {
+            0 => 0,
+            _ => {
+                replay_name(
+                    subscription,
+                    store,
+                    name,
+                    options,
+                    &mut budget,
+                    target,
+                    &mut report,
+                    on_letter,
+                )
+                .await?
+            }
+        };
+        if budget == 0 {
+            report.not_replayed += count_from(store, name, kept).await?;
         }
-        let taken = letters.len().min(budget);
-        report.not_replayed += letters.len() - taken;
-        budget -= taken;
-        if taken == 0 {
-            continue;
-        }
-        let owner = Uuid::new_v4();
-        if !store.acquire(name, owner, lease).await? {
-            return Err(Error::InvalidInput(format!(
-                "{name} is running: a consumer holds its lease; stop it, or wait for the lease to \
-                 run out, before replaying its dead letters"
-            )));
-        }
-        let outcome = replay_name(
-            subscription,
-            store,
-            name,
-            &letters[..taken],
-            options,
-            owner,
-            lease,
-            target,
-            &mut report,
-        )
-        .await;
-        let _ = store.release(name, owner).await;
-        outcome?;
     }
     Ok(report)
 }
 
+/// Replays the letters of `name`, at most `budget` of them (less what it replays); how many
+/// it left in place (failed, or a dry run's), which are the first letters of `name` now.
 #[allow(clippy::too_many_arguments)]
 async fn replay_name<R: Replay>(
     subscription: &Subscription,
     store: &dyn SubscriptionStore,
     name: &str,
-    letters: &[DeadLetter],
     options: ReplayOptions,
-    owner: Uuid,
-    lease: Duration,
+    budget: &mut usize,
     target: &mut R,
     report: &mut ReplayReport,
-) -> Result<()> {
-    for (i, letter) in letters.iter().enumerate() {
-        if i > 0 && i % CHUNK == 0 && !store.acquire(name, owner, lease).await? {
-            return Err(lost(name));
-        }
-        let outcome = match event_of(subscription, letter).await? {
-            Err(missing) => ReplayOutcome::Failed(missing),
-            Ok(event) => match target.replay(name, owner, &event).await? {
-                Ok(true) if options.dry_run => ReplayOutcome::WouldSucceed,
-                Ok(true) => {
-                    store.remove_dead_letters(name, &[letter.event_id]).await?;
-                    ReplayOutcome::Handled
+    on_letter: OnLetter<'_>,
+) -> Result<usize> {
+    let lease = subscription.options().lease;
+    let owner = Uuid::new_v4();
+    let mut kept = 0;
+    let mut held = false;
+    let outcome = async {
+        while *budget > 0 {
+            // Handled letters are gone: the letters left in place are the first `kept`.
+            let page = store.dead_letters(name, kept, CHUNK.min(*budget)).await?;
+            if page.is_empty() {
+                break;
+            }
+            if !store.acquire(name, owner, lease).await? {
+                return Err(match held {
+                    true => lost(name),
+                    false => Error::InvalidInput(format!(
+                        "{name} is running: a consumer holds its lease; stop it, or wait for the \
+                         lease to run out, before replaying its dead letters"
+                    )),
+                });
+            }
+            held = true;
+            for letter in page {
+                *budget -= 1;
+                let outcome = replay_letter(subscription, store, name, &letter, options, owner, target).await?;
+                if !matches!(outcome, ReplayOutcome::Handled) {
+                    kept += 1;
                 }
-                Ok(false) => return Err(lost(name)),
-                Err(error) => ReplayOutcome::Failed(error),
-            },
-        };
-        tracing::info!(subscription = %name, position = letter.position, event.id = %letter.event_id, outcome = ?outcome, "replayed a dead letter");
-        report.letters.push(Replayed {
-            name: name.to_owned(),
-            position: letter.position,
-            event_id: letter.event_id,
-            event_type: letter.event_type.clone(),
-            outcome,
-        });
+                tracing::info!(subscription = %name, position = letter.position, event.id = %letter.event_id, outcome = ?outcome, "replayed a dead letter");
+                let replayed = Replayed {
+                    name: name.to_owned(),
+                    position: letter.position,
+                    event_id: letter.event_id,
+                    event_type: letter.event_type,
+                    outcome,
+                };
+                on_letter(&replayed);
+                report.add(replayed);
+            }
+        }
+        Ok(kept)
     }
-    Ok(())
+    .await;
+    if held {
+        let _ = store.release(name, owner).await;
+    }
+    outcome
+}
+
+/// Hands one letter's event to `target`; what became of it.
+async fn replay_letter<R: Replay>(
+    subscription: &Subscription,
+    store: &dyn SubscriptionStore,
+    name: &str,
+    letter: &DeadLetter,
+    options: ReplayOptions,
+    owner: Uuid,
+    target: &mut R,
+) -> Result<ReplayOutcome> {
+    Ok(match event_of(subscription, letter).await? {
+        Err(missing) => ReplayOutcome::Failed(missing),
+        Ok(event) => match target.replay(name, owner, &event).await? {
+            Ok(true) if options.dry_run => ReplayOutcome::WouldSucceed,
+            Ok(true) => {
+                store.remove_dead_letters(name, &[letter.event_id]).await?;
+                ReplayOutcome::Handled
+            }
+            Ok(false) => return Err(lost(name)),
+            Err(error) => ReplayOutcome::Failed(error),
+        },
+    })
+}
+
+/// How many letters `name` has after its first `skip`, counted a page at a time.
+async fn count_from(store: &dyn SubscriptionStore, name: &str, mut skip: usize) -> Result<usize> {
+    let start = skip;
+    loop {
+        let page = store.dead_letters(name, skip, CHUNK * 10).await?.len();
+        skip += page;
+        if page < CHUNK * 10 {
+            return Ok(skip - start);
+        }
+    }
 }
 
 fn lost(name: &str) -> Error {
@@ -307,7 +374,15 @@ impl Subscription {
             )));
         }
         let names = names_with_letters(&**self.store(), self.name()).await?;
-        replay(self, &**self.store(), &names, options, &mut Handing(handler)).await
+        replay(
+            self,
+            &**self.store(),
+            &names,
+            options,
+            &mut Handing(handler),
+            &mut |_| {},
+        )
+        .await
     }
 }
 

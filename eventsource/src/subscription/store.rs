@@ -12,6 +12,7 @@ use crate::event::StoredEvent;
 
 /// An event a subscription gave up on, with why.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct DeadLetter {
     /// The subscription that gave up.
     pub subscription: String,
@@ -27,8 +28,31 @@ pub struct DeadLetter {
     pub failed_at: DateTime<Utc>,
 }
 
+impl DeadLetter {
+    /// The letter of `subscription` for the event `event_id` of `event_type` at feed
+    /// `position`, given up with `error` at `failed_at`: what a backend reads back.
+    pub fn new(
+        subscription: impl Into<String>,
+        position: u64,
+        event_id: Uuid,
+        event_type: impl Into<String>,
+        error: impl Into<String>,
+        failed_at: DateTime<Utc>,
+    ) -> Self {
+        DeadLetter {
+            subscription: subscription.into(),
+            position,
+            event_id,
+            event_type: event_type.into(),
+            error: error.into(),
+            failed_at,
+        }
+    }
+}
+
 /// One subscription as its store knows it: see [`SubscriptionStore::subscriptions`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SubscriptionStatus {
     /// Its name.
     pub name: String,
@@ -42,6 +66,20 @@ pub struct SubscriptionStatus {
     /// stopped without a shutdown (a crash, a kill, a lost connection), and none has taken
     /// it since. `false` while a consumer holds it, and once one let it go.
     pub abandoned: bool,
+}
+
+impl SubscriptionStatus {
+    /// The subscription `name` with no checkpoint, no lease, no dead letters, not
+    /// abandoned; a backend sets the fields it read (they are public).
+    pub fn new(name: impl Into<String>) -> Self {
+        SubscriptionStatus {
+            name: name.into(),
+            checkpoint: None,
+            owner: None,
+            dead_letters: 0,
+            abandoned: false,
+        }
+    }
 }
 
 /// Where subscriptions keep their state: a checkpoint (the position of the last event
@@ -91,8 +129,10 @@ pub trait SubscriptionStore: Send + Sync {
     /// Records that `name` gave up on `event` with `error`.
     async fn dead_letter(&self, name: &str, event: &StoredEvent, error: &str) -> Result<()>;
 
-    /// The events `name` gave up on, in the order it gave up.
-    async fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>>;
+    /// The events `name` gave up on, in the order it gave up: the first `skip` of them left
+    /// out, at most `limit` (`0, usize::MAX` for all), so that a long queue is read a page
+    /// at a time.
+    async fn dead_letters(&self, name: &str, skip: usize, limit: usize) -> Result<Vec<DeadLetter>>;
 
     /// Removes the dead letters of `name` for the events `event_ids` (a replay handled
     /// them); how many it removed. The letters of other names, and of other events, stay.
@@ -125,8 +165,8 @@ impl<S: SubscriptionStore + ?Sized> SubscriptionStore for Arc<S> {
     async fn dead_letter(&self, name: &str, event: &StoredEvent, error: &str) -> Result<()> {
         (**self).dead_letter(name, event, error).await
     }
-    async fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>> {
-        (**self).dead_letters(name).await
+    async fn dead_letters(&self, name: &str, skip: usize, limit: usize) -> Result<Vec<DeadLetter>> {
+        (**self).dead_letters(name, skip, limit).await
     }
     async fn remove_dead_letters(&self, name: &str, event_ids: &[Uuid]) -> Result<u64> {
         (**self).remove_dead_letters(name, event_ids).await

@@ -4,29 +4,30 @@
 //! ```
 //! # use eventsourcing_kit::prelude::*;
 //! use eventsourcing_kit::testing::given;
-//! # #[event(aggregate = "Account")] pub struct AccountOpened { pub initial_balance: f64 }
-//! # #[event(aggregate = "Account")] pub struct MoneyWithdrawn { pub amount: f64 }
+//! # #[event(aggregate = "Account")] pub struct AccountOpened { pub initial_balance: i64 }
+//! # #[event(aggregate = "Account")] pub struct MoneyWithdrawn { pub amount: i64 }
 //! # #[derive(Aggregate, Clone, Debug, Default, Serialize, Deserialize)]
 //! # #[aggregate(name = "Account", events(AccountOpened, MoneyWithdrawn))]
-//! # pub struct Account { pub balance: f64 }
+//! # pub struct Account { pub balance: i64 }
 //! # impl Apply<AccountOpened> for Account { fn apply(&mut self, e: &AccountOpened) { self.balance = e.initial_balance } }
 //! # impl Apply<MoneyWithdrawn> for Account { fn apply(&mut self, e: &MoneyWithdrawn) { self.balance -= e.amount } }
-//! fn withdraw(account: &mut AggregateRoot<Account>, amount: f64) -> Result<(), String> {
+//! // Amounts in cents.
+//! fn withdraw(account: &mut AggregateRoot<Account>, amount: i64) -> Result<(), String> {
 //!     if amount > account.state().balance {
-//!         return Err(format!("insufficient funds for {amount}"));
+//!         return Err(format!("insufficient funds for {amount} cents"));
 //!     }
 //!     account.record(MoneyWithdrawn { amount });
 //!     Ok(())
 //! }
 //!
-//! given::<Account>([AccountOpened { initial_balance: 100.0 }.into()])
-//!     .when(|account| withdraw(account, 30.0))
-//!     .then([MoneyWithdrawn { amount: 30.0 }.into()])
-//!     .then_state(|account| assert_eq!(account.balance, 70.0));
+//! given::<Account>([AccountOpened { initial_balance: 10_000 }.into()])
+//!     .when(|account| withdraw(account, 3_000))
+//!     .then([MoneyWithdrawn { amount: 3_000 }.into()])
+//!     .then_state(|account| assert_eq!(account.balance, 7_000));
 //!
-//! given::<Account>([AccountOpened { initial_balance: 100.0 }.into()])
-//!     .when(|account| withdraw(account, 500.0))
-//!     .then_refused_with("insufficient funds for 500".to_owned());
+//! given::<Account>([AccountOpened { initial_balance: 10_000 }.into()])
+//!     .when(|account| withdraw(account, 50_000))
+//!     .then_refused_with("insufficient funds for 50000 cents".to_owned());
 //! ```
 //!
 //! Events are compared by their type and their JSON, so an event enum needs no `PartialEq`;

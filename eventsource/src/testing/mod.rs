@@ -98,15 +98,17 @@ pub use wrapper::RequiredOnly;
 
 /// An event of the stream `(aggregate_id, aggregate_type)` at `version`, as a test appends it
 /// to a store directly: a fresh event id, type `Noted` at version 1, the payload `{}`, the
-/// time now, no context. Change what a test needs with struct update syntax:
-/// `EventEnvelope { payload: r#"{"n":1}"#.into(), ..envelope(id, "Account", 1) }`.
+/// time now, no context. Change what a test needs through its public fields:
+/// `let mut e = envelope(id, "Account", 1); e.payload = r#"{"n":1}"#.into();` (or build one
+/// with [`EventEnvelope::from_json`](crate::EventEnvelope::from_json)).
 pub fn envelope(aggregate_id: Uuid, aggregate_type: &str, version: u64) -> crate::EventEnvelope {
     crate::EventEnvelope::noted(aggregate_id, aggregate_type, version)
 }
 
 /// A snapshot of the aggregate `(aggregate_id, aggregate_type)` at `version`, as a test stores
 /// it directly: state `{}`, taken now, bound to no event id. Change what a test needs with
-/// struct update syntax: `Snapshot { state: r#"{"n":1}"#.into(), ..snapshot(id, "Account", 5, 1) }`.
+/// its public fields: `let mut s = snapshot(id, "Account", 5, 1); s.state = r#"{"n":1}"#.into();`
+/// (or build one with [`Snapshot::new`](crate::Snapshot::new)).
 pub fn snapshot(
     aggregate_id: Uuid,
     aggregate_type: &str,

@@ -164,13 +164,26 @@ fn poisoned(position: u64) -> StoredEvent {
 /// Dead letters read back field for field, in the order they were recorded, by name.
 pub async fn dead_letters_read_back_in_order(store: &dyn SubscriptionStore) {
     let name = unique_type("DeadLetters");
-    assert!(store.dead_letters(&name).await.unwrap().is_empty());
+    assert!(store.dead_letters(&name, 0, usize::MAX).await.unwrap().is_empty());
     let events = [poisoned(9), poisoned(3)];
     for (event, error) in events.iter().zip(["first failure", "second: ünïcödé"]) {
         store.dead_letter(&name, event, error).await.unwrap();
     }
-    let letters = store.dead_letters(&name).await.unwrap();
+    let letters = store.dead_letters(&name, 0, usize::MAX).await.unwrap();
     assert_eq!(letters.len(), 2);
+    // A page at a time: the first letters left out, at most the limit.
+    let first = store.dead_letters(&name, 0, 1).await.unwrap();
+    assert_eq!(first, letters[..1], "the first page");
+    let second = store.dead_letters(&name, 1, 5).await.unwrap();
+    assert_eq!(second, letters[1..], "the page after the first letter");
+    assert!(
+        store.dead_letters(&name, 2, 5).await.unwrap().is_empty(),
+        "past the last"
+    );
+    assert!(
+        store.dead_letters(&name, 0, 0).await.unwrap().is_empty(),
+        "a limit of none"
+    );
     for ((letter, event), error) in letters
         .iter()
         .zip(&events)
@@ -183,7 +196,7 @@ pub async fn dead_letters_read_back_in_order(store: &dyn SubscriptionStore) {
         assert_eq!(letter.error, error);
     }
     assert!(store
-        .dead_letters(&unique_type("DeadLetters"))
+        .dead_letters(&unique_type("DeadLetters"), 0, usize::MAX)
         .await
         .unwrap()
         .is_empty());
@@ -204,7 +217,7 @@ pub async fn removing_dead_letters_removes_only_those(store: &dyn SubscriptionSt
         .unwrap();
     assert_eq!(removed, 2);
     let left: Vec<Uuid> = store
-        .dead_letters(&name)
+        .dead_letters(&name, 0, usize::MAX)
         .await
         .unwrap()
         .iter()
@@ -212,7 +225,7 @@ pub async fn removing_dead_letters_removes_only_those(store: &dyn SubscriptionSt
         .collect();
     assert_eq!(left, [events[1].event_id]);
     assert_eq!(
-        store.dead_letters(&other).await.unwrap().len(),
+        store.dead_letters(&other, 0, usize::MAX).await.unwrap().len(),
         3,
         "another name's stay"
     );
@@ -315,7 +328,7 @@ pub async fn subscription_names_are_checked(store: &dyn SubscriptionStore) {
         // Looked up, such a name (one stored before the rules, or by another program) is
         // taken: here it is not stored.
         assert_eq!(store.checkpoint(name).await.unwrap(), None);
-        assert!(store.dead_letters(name).await.unwrap().is_empty());
+        assert!(store.dead_letters(name, 0, usize::MAX).await.unwrap().is_empty());
         store.reset(name).await.unwrap();
         store.release(name, owner).await.unwrap();
     }

@@ -199,14 +199,16 @@ impl SubscriptionStore for PostgresSubscriptionStore {
         Ok(removed.rows_affected())
     }
 
-    async fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>> {
+    async fn dead_letters(&self, name: &str, skip: usize, limit: usize) -> Result<Vec<DeadLetter>> {
         validate_stored_name(name)?;
         let rows: Vec<(i64, Uuid, String, String, DateTime<Utc>)> = sqlx::query_as(&format!(
             "SELECT position, event_id, event_type, error, failed_at FROM {}
-             WHERE subscription = $1 ORDER BY id",
+             WHERE subscription = $1 ORDER BY id OFFSET $2 LIMIT $3",
             self.layout.dead_letters
         ))
         .bind(name)
+        .bind(i64::try_from(skip).unwrap_or(i64::MAX))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await
         .map_err(|e| query_error(&format!("cannot read the dead letters of subscription {name}"), e))?;

@@ -42,6 +42,7 @@ pub struct Comparison {
 /// A stream that [`compare`] found different: its event count and last event id in each
 /// store (`(0, None)` where a store does not have it).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StreamDifference {
     /// The stream's aggregate type.
     pub aggregate_type: String,

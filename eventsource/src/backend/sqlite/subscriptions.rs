@@ -45,7 +45,7 @@ const DEAD_LETTER: &str = "INSERT INTO {p}eventsource_dead_letters
     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
 const DEAD_LETTERS: &str = "SELECT position, event_id, event_type, error, failed_at
-    FROM {p}eventsource_dead_letters WHERE subscription = ?1 ORDER BY id";
+    FROM {p}eventsource_dead_letters WHERE subscription = ?1 ORDER BY id LIMIT ?3 OFFSET ?2";
 
 const REMOVE_DEAD_LETTER: &str =
     "DELETE FROM {p}eventsource_dead_letters WHERE subscription = ?1 AND event_id = ?2";
@@ -305,15 +305,19 @@ impl SubscriptionStore for SqliteSubscriptionStore {
             .await
     }
 
-    async fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>> {
+    async fn dead_letters(&self, name: &str, skip: usize, limit: usize) -> Result<Vec<DeadLetter>> {
         validate_stored_name(name)?;
         let (key, sql) = (name.to_owned(), self.sql.clone());
+        let (skip, limit) = (
+            i64::try_from(skip).unwrap_or(i64::MAX),
+            i64::try_from(limit).unwrap_or(i64::MAX),
+        );
         let rows: Vec<(i64, String, String, String, String)> = self
             .database
             .read(move |connection| {
                 connection
                     .prepare_cached(&sql.dead_letters)?
-                    .query_map([&key], |row| {
+                    .query_map(rusqlite::params![key, skip, limit], |row| {
                         Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
                     })?
                     .collect()

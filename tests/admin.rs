@@ -313,6 +313,7 @@ async fn hostile_names(path: &std::path::Path) {
     stores.migrate().await.unwrap();
     let evil = "evil\n\u{1b}[2Jforged            7           0  idle                   0  subscription";
     let shown = r"evil\n\u{1b}[2Jforged";
+    let letter = Uuid::new_v4();
     let connection = eventsourcing_kit::backend::sqlite::rusqlite::Connection::open(path).unwrap();
     connection
         .execute(
@@ -326,7 +327,7 @@ async fn hostile_names(path: &std::path::Path) {
              VALUES (?1, 2, ?2, ?3, ?4, '2024-01-02T03:04:05.000000006Z')",
             [
                 evil,
-                &Uuid::new_v4().to_string(),
+                &letter.to_string(),
                 "Bad\u{1b}]0;owned\u{7}",
                 "boom\r\nforged: line\u{9b}2J",
             ],
@@ -386,6 +387,35 @@ async fn hostile_names(path: &std::path::Path) {
         text.contains(escaped.as_str()) && text.contains(r"Bad\u{1b}]0;owned\u{7}"),
         "{text}"
     );
+    // The letter shown by its exact name, and doctor's finding about it: escaped, every
+    // mention of the name on one line.
+    let show = admin(&url, &["deadletters", "show", evil, &letter.to_string()]);
+    assert_eq!(
+        show.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&show.stderr)
+    );
+    let text = String::from_utf8(show.stdout).unwrap();
+    assert!(inert(&text), "{text:?}");
+    assert!(
+        text.starts_with(&format!("dead letter of {escaped}\n"))
+            && text.contains(r"Bad\u{1b}]0;owned\u{7}")
+            && text.contains(r"boom\r\nforged: line\u{9b}2J"),
+        "{text}"
+    );
+    let doctor = admin(&url, &["doctor"]);
+    assert_ne!(
+        doctor.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&doctor.stderr)
+    );
+    let text = String::from_utf8(doctor.stdout).unwrap();
+    assert!(inert(&text), "{text:?}");
+    let mentions: Vec<&str> = text.lines().filter(|l| l.contains("forged")).collect();
+    assert!(!mentions.is_empty(), "doctor finds its dead letter: {text}");
+    assert!(mentions.iter().all(|l| l.contains(escaped.as_str())), "{text}");
     let reset = admin(&url, &["projections", "reset", evil, "--yes"]);
     assert_eq!(
         reset.status.code(),

@@ -279,6 +279,67 @@ async fn a_projections_dead_letters_replayed_in_memory() {
     .await;
 }
 
+/// One event's letter recorded twice (again after a crash, say), one copy failing at first
+/// and kept, then both taken by one removal: the event reaches the read model once, and no
+/// other letter is passed over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_recorded_twice_is_replayed_once() {
+    let stores = Stores::in_memory();
+    let upcast = Arc::new(AtomicBool::new(false));
+    let model = InMemoryReadModel::new(Weights {
+        total: 0,
+        upcast: upcast.clone(),
+    });
+    let projection = configured(stores.projection("weights", model.clone()).unwrap());
+    let leases = model.subscriptions();
+    let poison = weigh(&stores).await;
+    projection.catch_up(|_| {}).await.unwrap();
+    let letters = leases
+        .dead_letters(projection.name(), 0, usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 2);
+    // The first letter recorded again, after the second.
+    let first = stores
+        .events
+        .read_all(letters[0].position - 1)
+        .next()
+        .await
+        .unwrap()
+        .unwrap();
+    leases
+        .dead_letter(projection.name(), &first, "again")
+        .await
+        .unwrap();
+
+    // Still failing: each copy kept, in its place.
+    let failing = projection
+        .replay_dead_letters(ReplayOptions::new())
+        .await
+        .unwrap();
+    assert_eq!((failing.count(true), failing.count(false)), (0, 3), "{failing:?}");
+
+    upcast.store(true, Ordering::SeqCst);
+    let report = projection
+        .replay_dead_letters(ReplayOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes(&report),
+        [
+            (poison[0], ReplayOutcome::Handled),
+            (poison[1], ReplayOutcome::Handled)
+        ],
+        "the second copy went with the first"
+    );
+    assert_eq!(model.read(|w| w.total), 3160, "every weighing once");
+    assert!(leases
+        .dead_letters(projection.name(), 0, usize::MAX)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_projections_dead_letters_replayed_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();

@@ -270,8 +270,9 @@ async fn replay(
     );
     let report = projection
         .replay_dead_letters_with_progress(options, &mut |_| bar.inc(1))
-        .await?;
+        .await;
     bar.finish_and_clear();
+    let report = report?;
     let failed = report.count(false);
     let replay = Replay {
         name: projection.name().to_owned(),

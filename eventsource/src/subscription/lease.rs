@@ -2,7 +2,9 @@
 //! up as lost as soon as it may have run out.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use uuid::Uuid;
 

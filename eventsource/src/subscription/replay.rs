@@ -16,6 +16,8 @@
 //! aggregate that sets what the event says usually does; one that counts, or that an event
 //! of the same aggregate overwrote since, may not).
 
+use std::collections::{HashMap, HashSet};
+
 use futures_util::StreamExt;
 use serde::Serialize;
 use uuid::Uuid;
@@ -201,6 +203,11 @@ async fn replay_name<R: Replay>(
     let lease = subscription.options().lease;
     let owner = Uuid::new_v4();
     let mut kept = 0;
+    // A name may hold one event's letter more than once (recorded again after a crash or a
+    // reset), and a removal takes every copy: the copies left in place, by event, so that
+    // `kept` loses them when a later copy is handled, and the events handled in this page,
+    // whose later copies in it are gone already.
+    let mut kept_copies: HashMap<Uuid, usize> = HashMap::new();
     let mut held = false;
     let outcome = async {
         while *budget > 0 {
@@ -219,11 +226,23 @@ async fn replay_name<R: Replay>(
                 });
             }
             held = true;
+            let mut handled = HashSet::new();
             for letter in page {
+                if handled.contains(&letter.event_id) {
+                    continue;
+                }
                 *budget -= 1;
                 let outcome = replay_letter(subscription, store, name, &letter, options, owner, target).await?;
-                if !matches!(outcome, ReplayOutcome::Handled) {
-                    kept += 1;
+                match outcome {
+                    ReplayOutcome::Handled => {
+                        kept -= kept_copies.remove(&letter.event_id).unwrap_or(0);
+                        handled.insert(letter.event_id);
+                    }
+                    _ if options.dry_run => kept += 1,
+                    _ => {
+                        kept += 1;
+                        *kept_copies.entry(letter.event_id).or_default() += 1;
+                    }
                 }
                 tracing::info!(subscription = %name, position = letter.position, event.id = %letter.event_id, outcome = ?outcome, "replayed a dead letter");
                 let replayed = Replayed {

@@ -137,20 +137,7 @@ impl EventEnvelope {
     /// context: what tests append (see `testing::envelope`).
     #[cfg(any(test, feature = "testing"))]
     pub(crate) fn noted(aggregate_id: Uuid, aggregate_type: &str, aggregate_version: u64) -> Self {
-        EventEnvelope {
-            event_id: Uuid::new_v4(),
-            event_type: "Noted".into(),
-            event_version: 1,
-            aggregate_id,
-            aggregate_type: aggregate_type.into(),
-            aggregate_version,
-            occurred_at: chrono::Utc::now(),
-            correlation_id: None,
-            causation_id: None,
-            request_id: None,
-            metadata: None,
-            payload: "{}".into(),
-        }
+        Self::from_json(aggregate_id, aggregate_type, aggregate_version, "Noted", 1, "{}")
     }
 
     /// The envelope of one event of aggregate type `aggregate_type`, at `aggregate_version`,
@@ -168,20 +155,14 @@ impl EventEnvelope {
     ) -> Result<Self> {
         let payload = event.to_json()?;
         crate::codec::loadable_event::<E>(event.event_type(), &payload)?;
-        Ok(EventEnvelope {
-            event_id: Uuid::new_v4(),
-            event_type: Arc::from(event.event_type()),
-            event_version: event.event_version(),
+        Ok(Self::from_json(
             aggregate_id,
-            aggregate_type: Arc::from(aggregate_type),
+            aggregate_type,
             aggregate_version,
-            occurred_at: Utc::now(),
-            correlation_id: None,
-            causation_id: None,
-            request_id: None,
-            metadata: None,
-            payload: Arc::from(payload),
-        })
+            event.event_type(),
+            event.event_version(),
+            payload,
+        ))
     }
 
     /// The envelope of one event given as JSON text, of `event_type` at `event_version`, for

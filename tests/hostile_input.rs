@@ -568,11 +568,7 @@ fn config(cases: u32) -> ProptestConfig {
 }
 
 fn snapshot(id: Uuid, version: u64, state: &str, schema_version: u32) -> Snapshot {
-    {
-        let mut value = eventsourcing_kit::testing::snapshot(id, "Account", version, schema_version);
-        value.state = state.to_owned();
-        value
-    }
+    Snapshot::new(id, "Account", version, schema_version, state)
 }
 
 /// The state the oracle gets by replaying `events`, or why the replay must fail.

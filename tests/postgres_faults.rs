@@ -8,10 +8,7 @@
 
 mod common;
 
-use eventsourcing_kit::testing::envelope;
-
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use eventsourcing_kit::backend::postgres::{pool_options, PgPool, PostgresEventStore};
@@ -21,11 +18,7 @@ use eventsourcing_kit::{EventEnvelope, EventStore, Uuid};
 const STALL_LOCK: i64 = 0x7374_616c_6c00;
 
 fn event(id: Uuid, payload: &str) -> EventEnvelope {
-    {
-        let mut value = envelope(id, "Fault", 1);
-        value.payload = Arc::from(payload);
-        value
-    }
+    EventEnvelope::from_json(id, "Fault", 1, "Noted", 1, payload)
 }
 
 /// Sends `signal` to a server process; whether it could.

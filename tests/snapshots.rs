@@ -413,11 +413,7 @@ async fn dropping_the_repository_does_not_drop_scheduled_snapshots() {
 }
 
 fn snapshot_of(id: Uuid, version: u64, schema_version: u32, state: &str) -> Snapshot {
-    {
-        let mut value = eventsourcing_kit::testing::snapshot(id, "Account", version, schema_version);
-        value.state = state.into();
-        value
-    }
+    Snapshot::new(id, "Account", version, schema_version, state)
 }
 
 /// Stores 6 events for a new account, plants `snapshot`, loads, and checks the load equals

@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use eventsourcing_kit::backend::sqlite::{self, SqliteEventStore, SqliteSnapshotStore};
@@ -151,12 +151,7 @@ fn shared_file() -> PathBuf {
 }
 
 fn event(id: Uuid, ty: &str, version: u64, payload: &str) -> EventEnvelope {
-    {
-        let mut value = eventsourcing_kit::testing::envelope(id, ty, version);
-        value.event_type = Arc::from("Happened");
-        value.payload = Arc::from(payload);
-        value
-    }
+    EventEnvelope::from_json(id, ty, version, "Happened", 1, payload)
 }
 
 fn new_events(id: Uuid, ty: &str, after: u64, count: u64) -> Vec<EventEnvelope> {

@@ -25,12 +25,7 @@ fn unique(label: &str) -> String {
 }
 
 fn event(id: Uuid, ty: &str, version: u64, payload: &str) -> EventEnvelope {
-    {
-        let mut value = eventsourcing_kit::testing::envelope(id, ty, version);
-        value.event_type = Arc::from("Ticked");
-        value.payload = Arc::from(payload);
-        value
-    }
+    EventEnvelope::from_json(id, ty, version, "Ticked", 1, payload)
 }
 
 /// Appends `count` events of type `ty` in one stream, one at a time; their ids.

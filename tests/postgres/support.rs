@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use eventsourcing_kit::backend::postgres::{pool_options, PgPool, PostgresEventStore, PostgresSnapshotStore};
@@ -97,12 +96,7 @@ pub(crate) fn unique_type(name: &str) -> String {
 }
 
 pub(crate) fn event(id: Uuid, aggregate_type: &str, version: u64, payload: Value) -> EventEnvelope {
-    {
-        let mut value = eventsourcing_kit::testing::envelope(id, aggregate_type, version);
-        value.event_type = Arc::from("Recorded");
-        value.payload = Arc::from(payload.to_string());
-        value
-    }
+    EventEnvelope::from_json(id, aggregate_type, version, "Recorded", 1, payload.to_string())
 }
 
 /// Events `after + 1 ..= after + n` of the stream.
@@ -248,9 +242,11 @@ pub(crate) async fn read_all_until(
 
 /// A snapshot of the stream at `version`, with a state that says so.
 pub(crate) fn snapshot(id: Uuid, ty: &str, version: u64, schema_version: u32) -> Snapshot {
-    {
-        let mut value = eventsourcing_kit::testing::snapshot(id, ty, version, schema_version);
-        value.state = json!({ "version": version, "note": "state" }).to_string();
-        value
-    }
+    Snapshot::new(
+        id,
+        ty,
+        version,
+        schema_version,
+        json!({ "version": version, "note": "state" }).to_string(),
+    )
 }

@@ -11,7 +11,7 @@ use super::{AdminError, DeadLettersCommand, Outcome};
 use crate::backend::Stores;
 use crate::event::StoredEvent;
 use crate::projection::Projection;
-use crate::subscription::replay::names_with_letters;
+use crate::subscription::replay::{letters_by_name, names_with_letters};
 use crate::subscription::{DeadLetter, ReplayOptions, ReplayOutcome, ReplayReport};
 use crate::text::escape;
 
@@ -254,15 +254,10 @@ async fn replay(
     options: ReplayOptions,
     out: &mut Output<'_>,
 ) -> Result<Outcome, AdminError> {
-    let names = names_with_letters(&*projection.model().subscriptions(), projection.name()).await?;
-    let waiting: u64 = projection
-        .model()
-        .subscriptions()
-        .subscriptions()
+    let waiting: u64 = letters_by_name(&*projection.model().subscriptions(), projection.name())
         .await?
         .iter()
-        .filter(|status| names.contains(&status.name))
-        .map(|status| status.dead_letters)
+        .map(|(_, letters)| letters)
         .sum();
     let bar = out.progress(
         options.limit.map_or(waiting, |limit| waiting.min(limit as u64)),

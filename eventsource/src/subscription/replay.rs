@@ -8,8 +8,9 @@
 //! moves: a projection's replay commits each event in the read model's transaction with the
 //! checkpoint it has. The letters are read and handled a page of [`CHUNK`] at a time, the
 //! lease renewed between pages, so that a queue of any length is replayed in bounded memory;
-//! the report keeps the first [`REPORTED`] letters and counts the rest. A replay stopped between a handled event and the removal of its letter
-//! hands that event over again the next time (at least once).
+//! the report keeps the first [`REPORTED`] letters and counts the rest. A replay stopped
+//! between a handled event and the removal of its letter hands that event over again the
+//! next time (at least once).
 //!
 //! The replayed event reaches the handler after events that followed it in the feed: the
 //! handler must give the right result for an event applied late (a read model keyed by
@@ -408,14 +409,24 @@ impl Subscription {
 /// The names under which the subscription `name` keeps dead letters in `store`: its own,
 /// and those of its consumer group's ranges that hold some.
 pub(crate) async fn names_with_letters(store: &dyn SubscriptionStore, name: &str) -> Result<Vec<String>> {
-    let mut names = vec![name.to_owned()];
+    Ok(letters_by_name(store, name)
+        .await?
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect())
+}
+
+/// [`names_with_letters`], each with how many letters it holds, from one listing of the
+/// store.
+pub(crate) async fn letters_by_name(store: &dyn SubscriptionStore, name: &str) -> Result<Vec<(String, u64)>> {
+    let mut names = vec![(name.to_owned(), 0)];
     for status in store.subscriptions().await? {
-        let range = matches!(
-            super::names::parse(name, &status.name),
-            Some(super::names::Entry::Range(..))
-        );
-        if range && status.dead_letters > 0 {
-            names.push(status.name);
+        match super::names::parse(name, &status.name) {
+            Some(super::names::Entry::Range(..)) if status.dead_letters > 0 => {
+                names.push((status.name, status.dead_letters))
+            }
+            _ if status.name == name => names[0].1 = status.dead_letters,
+            _ => {}
         }
     }
     Ok(names)

@@ -153,33 +153,31 @@ impl<'a> Param<'a> {
     }
 }
 
-/// A key or value of a URL's query as the URL means it: `+` is a space and `%XX` the byte of
-/// hexadecimal `XX`, as browsers and the PostgreSQL driver read them; `None` for a `%` not
-/// followed by two hexadecimal digits, or bytes that are not UTF-8.
+/// A key or value of a URL's query as the URL means it, decoded as the PostgreSQL driver's
+/// URL parser decodes its query (form decoding: `+` is a space, `%XX` the byte of
+/// hexadecimal `XX`), by the same crate; `None` for a `%` not followed by two hexadecimal
+/// digits, which that decoding would keep as it is and so hide a typo, or for bytes that are
+/// not UTF-8.
 pub(crate) fn decoded(text: &str) -> Option<std::borrow::Cow<'_, str>> {
     if !text.contains(['%', '+']) {
         return Some(std::borrow::Cow::Borrowed(text));
     }
     let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return None;
-                }
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
-            }
-            byte => out.push(byte),
-        }
-        i += 1;
+    let escapes_whole = bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'%')
+        .all(|(at, _)| {
+            bytes
+                .get(at + 1..at + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+        });
+    if !escapes_whole {
+        return None;
     }
-    String::from_utf8(out).ok().map(std::borrow::Cow::Owned)
+    let spaced = text.replace('+', " ");
+    let decoded = percent_encoding::percent_decode_str(&spaced).decode_utf8().ok()?;
+    Some(std::borrow::Cow::Owned(decoded.into_owned()))
 }
 
 /// The whole milliseconds a duration's text says, if it says a whole number of them.

@@ -10,6 +10,7 @@ mod one_store_per_test {
     eventsourcing_kit::event_store_conformance!(async { InMemoryEventStore::new() });
     eventsourcing_kit::snapshot_store_conformance!(async { InMemorySnapshotStore::new() });
     eventsourcing_kit::subscription_store_conformance!(async { InMemorySubscriptionStore::new() });
+    eventsourcing_kit::key_store_conformance!(async { eventsourcing_kit::InMemoryKeyStore::new() });
 }
 
 /// Every check against one shared store, as a database shared by many writers would be.

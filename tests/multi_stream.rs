@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::Arc;
 
-use eventsourcing_kit::backend::{self, Stores};
+use eventsourcing_kit::backend::Stores;
 use eventsourcing_kit::multi_stream::{self, MultiStreamSave, StreamCheck};
 use eventsourcing_kit::prelude::*;
 
@@ -299,67 +299,8 @@ async fn bad_input_writes_nothing(stores: Stores) {
     assert_eq!(wallets.load(id).await.unwrap().state().cents, 3);
 }
 
-async fn sqlite() -> (tempfile::TempDir, Stores) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite:{}", dir.path().join("multi.db").display());
-    let stores = backend::open(&url).await.unwrap();
-    (dir, stores)
-}
-
-async fn postgres(test: &str) -> Option<(common::ScratchSchema, Stores)> {
-    let url = common::postgres_url(test)?;
-    let scratch = common::ScratchSchema::new(&url, "multi");
-    let separator = if url.contains('?') { '&' } else { '?' };
-    let stores = backend::open(&format!("{url}{separator}schema={}", scratch.name))
-        .await
-        .unwrap();
-    stores.migrate().await.unwrap();
-    Some((scratch, stores))
-}
-
-macro_rules! on_every_backend {
-    ($($name:ident => $check:ident;)*) => {
-        mod in_memory {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    $check(Stores::in_memory()).await;
-                }
-            )*
-        }
-
-        mod on_sqlite {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let (_dir, stores) = sqlite().await;
-                    $check(stores).await;
-                }
-            )*
-        }
-
-        mod on_postgres {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                #[cfg_attr(
-                    not(eventsource_postgres_tests),
-                    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
-                )]
-                async fn $name() {
-                    let Some((_schema, stores)) = postgres(stringify!($name)).await else {
-                        return;
-                    };
-                    $check(stores).await;
-                }
-            )*
-        }
-    };
-}
-
-on_every_backend! {
+crate::on_every_backend! {
+    "multi":
     a_username_claimed_by_64_callers_at_once_goes_to_one => a_username_is_claimed_once;
     transfers_between_wallets_neither_make_nor_lose_money => transfers_keep_the_total;
     bad_input_is_refused_and_nothing_is_written => bad_input_writes_nothing;

@@ -74,6 +74,21 @@ mod subscription_store_conformance {
     );
 }
 
+mod key_store_conformance {
+    eventsourcing_kit::key_store_conformance!(
+        #[cfg_attr(
+            not(eventsource_postgres_tests),
+            ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+        )]
+        {
+            let Some(db) = super::db(concat!("conformance check in ", module_path!())).await else {
+                return;
+            };
+            std::future::ready(db.events.key_store())
+        }
+    );
+}
+
 mod stores_conformance {
     eventsourcing_kit::stores_conformance!(
         #[cfg_attr(

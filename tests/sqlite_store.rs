@@ -25,6 +25,10 @@ mod in_memory {
     eventsourcing_kit::subscription_store_conformance!(async {
         sqlite::SqliteSubscriptionStore::open(":memory:").await.unwrap()
     });
+    eventsourcing_kit::key_store_conformance!(async {
+        let database = sqlite::Database::open(":memory:").await.unwrap();
+        sqlite::SqliteKeyStore::on(database).await.unwrap()
+    });
 }
 
 /// The abilities SQLite stores hand out, on a private database and on a file.
@@ -85,6 +89,10 @@ mod on_one_file {
             .await
             .unwrap()
     });
+    eventsourcing_kit::key_store_conformance!(async {
+        let database = sqlite::Database::open(shared_file()).await.unwrap();
+        sqlite::SqliteKeyStore::on(database).await.unwrap()
+    });
 }
 
 /// The suites again on tables of the prefix `app_`: in memory, and on the file the suites
@@ -129,6 +137,11 @@ mod with_a_prefix {
         });
         eventsourcing_kit::subscription_store_conformance!(async {
             sqlite::SqliteSubscriptionStore::on(prefixed(shared_file()).await)
+                .await
+                .unwrap()
+        });
+        eventsourcing_kit::key_store_conformance!(async {
+            sqlite::SqliteKeyStore::on(prefixed(shared_file()).await)
                 .await
                 .unwrap()
         });
@@ -335,6 +348,8 @@ fn prefixed_objects(prefix: &str) -> Vec<String> {
         "eventsource_migrations",
         "eventsource_requests",
         "eventsource_settings",
+        "eventsource_subject_keys",
+        "eventsource_subject_streams",
         "eventsource_subscriptions",
         "snapshots",
         "snapshots_aggregate_schema",

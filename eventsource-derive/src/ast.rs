@@ -13,6 +13,8 @@ pub struct Event<'a> {
     pub original: &'a DeriveInput,
     pub shape: Shape<'a>,
     pub attrs: EventAttrs,
+    /// The fields marked `#[personal(subject = ...)]`.
+    pub personal: Vec<crate::personal::PersonalField>,
 }
 
 /// A struct deriving `Aggregate`.
@@ -46,6 +48,7 @@ impl<'a> Event<'a> {
             original,
             shape: Shape::of(&original.data),
             attrs: EventAttrs::from_args(cx, args),
+            personal: crate::personal::fields(cx, original),
         }
     }
 }

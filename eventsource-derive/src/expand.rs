@@ -67,7 +67,7 @@ pub fn derive_aggregate(original: &DeriveInput) -> TokenStream {
 fn expand_event(event: &Event, errors: Option<syn::Error>) -> TokenStream {
     let krate = event.attrs.krate.value.as_ref();
     let p = &private(krate);
-    let original = event.original;
+    let original = &crate::personal::without_attrs(event.original);
     let ident = &original.ident;
     let compile_errors = errors.as_ref().map(syn::Error::to_compile_error);
 
@@ -117,6 +117,7 @@ fn expand_event(event: &Event, errors: Option<syn::Error>) -> TokenStream {
                     event_version: #version,
                     rust_type: ::core::concat!(::core::module_path!(), "::", #ident_name),
                     shape: #p::shape_of::<#ident>,
+                    personal: <#ident as #p::Event>::PERSONAL,
                 }
             }
         }
@@ -134,18 +135,26 @@ fn expand_event(event: &Event, errors: Option<syn::Error>) -> TokenStream {
         })
         .flatten();
 
+    let personal_keys = event.personal.iter().map(|f| &f.key);
+    let subject_keys = event.personal.iter().map(|f| &f.subject_key);
+    // Only for an event that compiled: a mistake is reported alone.
+    let require_personal_data =
+        (!event.personal.is_empty() && errors.is_none()).then(|| quote!(#p::require_personal_data!();));
+
     quote! {
         #compile_errors
         #derive
         #serde_crate
         #original
         const _: () = {
+            #require_personal_data
             #[automatically_derived]
             impl #p::Event for #ident {
                 const EVENT_TYPE: &'static str = #event_type;
                 const AGGREGATE_TYPE: &'static str = #aggregate_type;
                 const EVENT_VERSION: u32 = #version;
                 const ALIASES: &'static [&'static str] = &[#(#aliases),*];
+                const PERSONAL: &'static [#p::PersonalField] = &[#(#p::PersonalField::new(#personal_keys, #subject_keys)),*];
                 #decode_version
             }
             #registration
@@ -296,6 +305,7 @@ fn expand_aggregate(aggregate: &Aggregate, errors: Option<syn::Error>) -> TokenS
         .iter()
         .map(|e| event_const(p, e, "EVENT_VERSION"))
         .collect();
+    let personal_fields: Vec<_> = events.iter().map(|e| event_const(p, e, "PERSONAL")).collect();
 
     let enum_doc =
         format!("The events of [`{ident_name}`], one variant per event of its `#[aggregate(events(...))]`.");
@@ -391,6 +401,12 @@ fn expand_aggregate(aggregate: &Aggregate, errors: Option<syn::Error>) -> TokenS
             fn event_version(&self) -> u32 {
                 match *self {
                     #(#enum_ident::#variants(_) => #event_versions,)*
+                }
+            }
+
+            fn personal_fields(&self) -> &'static [#p::PersonalField] {
+                match *self {
+                    #(#enum_ident::#variants(_) => #personal_fields,)*
                 }
             }
 

@@ -10,6 +10,7 @@ mod ast;
 mod attr;
 mod ctxt;
 mod expand;
+mod personal;
 mod valid;
 
 use proc_macro::TokenStream;
@@ -58,6 +59,12 @@ use syn::{parse_macro_input, DeriveInput};
 ///   module that re-exports it with `pub use ::eventsourcing_kit::*;`); `::eventsourcing_kit` unless
 ///   set. It works as serde's `#[serde(crate = "...")]` does; the serde derives the macro
 ///   adds get `#[serde(crate = "path::__private::serde")]`.
+///
+/// A field may be marked personal, `#[personal(subject = customer_id)]`: its value (a
+/// `Personal<T>`) belongs to the data subject named by another field of the struct, and is
+/// stored sealed with that subject's key (see `eventsourcing_kit::personal`; it needs the
+/// `personal-data` feature). The subject's field stays in the clear; neither field may be
+/// flattened, skipped or renamed but by a plain `#[serde(rename = "...")]`.
 ///
 /// The struct gets `Clone`, `Debug`, `Serialize` and `Deserialize` unless it derives them
 /// already, an implementation of `Event`, and a registration that

@@ -58,6 +58,11 @@ pub trait AggregateEvent: Clone + Debug + Send + Sync + 'static {
     fn event_type(&self) -> &'static str;
     /// The event version of this value.
     fn event_version(&self) -> u32;
+    /// The personal fields of this value's event type (see [`crate::personal`]): none unless
+    /// the event declares some.
+    fn personal_fields(&self) -> &'static [crate::personal::PersonalField] {
+        &[]
+    }
     /// The payload of this event as JSON text; non-finite floats are refused.
     fn to_json(&self) -> Result<String>;
     /// Decodes a stored event: chooses the variant by its event type name (or an alias) and

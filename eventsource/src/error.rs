@@ -192,6 +192,14 @@ pub enum Error {
         count: usize,
     },
 
+    /// Personal data of a data subject that is forgotten, or being forgotten, was to be
+    /// written (see [`crate::personal`]); nothing was written.
+    #[error("personal data of subject {subject} cannot be written: the subject is forgotten")]
+    SubjectForgotten {
+        /// The data subject.
+        subject: String,
+    },
+
     /// An append that records its request found the request id recorded already, for
     /// another batch or a refusal: nothing of the batch is stored. The request index holds
     /// the first outcome ([`RequestIndex::find_request`](crate::abilities::RequestIndex::find_request)).

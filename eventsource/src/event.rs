@@ -32,6 +32,9 @@ pub trait Event: Serialize + DeserializeOwned + Clone + Debug + Send + Sync + 's
     /// Older names of this event type, still read from stored events
     /// (`#[event(aliases("..."))]`); events are always written under [`EVENT_TYPE`](Self::EVENT_TYPE).
     const ALIASES: &'static [&'static str] = &[];
+    /// The personal fields of the event (`#[personal(subject = ...)]`, see
+    /// [`crate::personal`]): none unless declared.
+    const PERSONAL: &'static [crate::personal::PersonalField] = &[];
 
     /// Decodes a payload stored at `version`, upcasting it step by step to
     /// [`EVENT_VERSION`](Self::EVENT_VERSION) through the steps of `#[event(upcast(...))]`.

@@ -18,6 +18,7 @@ pub mod group;
 pub mod multi_stream;
 #[cfg(feature = "nats")]
 pub mod outbox;
+pub mod personal;
 pub mod process;
 pub mod projection;
 pub mod registry;
@@ -91,7 +92,9 @@ pub mod __private;
 
 pub use abilities::{AppendSignal, AppendWaiter, RequestIndex, SliceFeed, SnapshotListing, StreamListing};
 pub use aggregate::{Aggregate, AggregateEvent, Apply};
-pub use backend::memory::{InMemoryEventStore, InMemorySnapshotStore, InMemorySubscriptionStore};
+pub use backend::memory::{
+    InMemoryEventStore, InMemoryKeyStore, InMemorySnapshotStore, InMemorySubscriptionStore,
+};
 pub use error::{Error, Result};
 pub use event::{Event, EventContext, EventEnvelope, StoredEvent};
 pub use event_store::{Appended, Batch, EventStore, EventStream, FeedHead, FeedHolder};
@@ -105,6 +108,7 @@ pub use snapshot::{
 
 /// Everything a program that uses the library usually needs, and serde's derives.
 pub mod prelude {
+    pub use crate::personal::Personal;
     pub use crate::repository::{CommandError, Executed};
     pub use crate::subscription::{
         Consumer, Handler, HandlerError, OnFailure, Subscription, SubscriptionStore, Typed,

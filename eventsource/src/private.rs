@@ -6,10 +6,34 @@ pub use serde_json;
 
 pub use crate::evolution::{decode_stored, migrate_state, upcast_json, upcast_typed};
 
+pub use crate::__require_personal_data as require_personal_data;
 pub use crate::aggregate::{no_migration, Aggregate, AggregateEvent, Apply};
 pub use crate::error::{Error, Result};
 pub use crate::event::{unknown_event_version, Event};
+pub use crate::personal::PersonalField;
 pub use crate::registry::{AggregateRegistration, EventRegistration};
+
+/// Expands to nothing where the `personal-data` feature seals personal fields, and to a
+/// compile error at the event that declares one where it does not.
+#[cfg(feature = "personal-data")]
+#[macro_export]
+#[doc(hidden)]
+macro_rules! __require_personal_data {
+    () => {};
+}
+
+/// Expands to nothing where the `personal-data` feature seals personal fields, and to a
+/// compile error at the event that declares one where it does not.
+#[cfg(not(feature = "personal-data"))]
+#[macro_export]
+#[doc(hidden)]
+macro_rules! __require_personal_data {
+    () => {
+        ::core::compile_error!(
+            "personal fields are sealed by the `personal-data` feature of eventsourcing-kit: enable it in Cargo.toml"
+        );
+    };
+}
 pub use crate::repository::{OperationsOf, OperationsRegistration};
 
 /// The payload JSON of one event.

@@ -9,6 +9,7 @@ use crate::aggregate::{Aggregate, AggregateEvent};
 use crate::codec;
 use crate::error::Result;
 use crate::event::{EventContext, EventEnvelope};
+use crate::personal::seal::Unsealed;
 
 /// An event recorded on a root and not yet saved.
 #[derive(Clone, Debug)]
@@ -152,11 +153,12 @@ impl<A: Aggregate> AggregateRoot<A> {
         self.last_event_id = Some(event_id);
     }
 
-    /// The unsaved events as envelopes ready to append, or the first that cannot be encoded
-    /// or would not load back (see [`codec::loadable_event`]).
-    pub(crate) fn pending_envelopes(&self) -> Result<Vec<EventEnvelope>> {
+    /// The unsaved events as envelopes to seal and append, or the first that cannot be
+    /// encoded or would not load back (see [`codec::loadable_event`]).
+    pub(crate) fn pending_envelopes(&self) -> Result<Unsealed> {
         let aggregate_type: Arc<str> = Arc::from(A::TYPE_NAME);
-        self.pending
+        let envelopes = self
+            .pending
             .iter()
             .map(|p| {
                 let payload = p.event.to_json()?;
@@ -179,13 +181,15 @@ impl<A: Aggregate> AggregateRoot<A> {
                     payload: Arc::from(payload),
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        let personal = self.pending.iter().map(|p| p.event.personal_fields()).collect();
+        Ok(Unsealed::new(envelopes, personal))
     }
 
     /// The unsaved events as envelopes, for a save outside the repository (in the caller's
     /// transaction): [`Error::InvalidInput`](crate::Error::InvalidInput) if there are none, and
     /// the registry's error if the program registered a name twice.
-    pub(crate) fn envelopes_to_save(&self) -> Result<Vec<EventEnvelope>> {
+    pub(crate) fn envelopes_to_save(&self) -> Result<Unsealed> {
         crate::registry::check()?;
         let envelopes = self.pending_envelopes()?;
         if envelopes.is_empty() {

@@ -202,9 +202,12 @@ pub fn head_of<'a>(
     eventsourcing_kit::FeedHead::new(last, count)
 }
 
+mod backends;
 mod child;
 mod cluster;
 mod database;
+#[allow(unused_imports)]
+pub use backends::*;
 #[allow(unused_imports)]
 pub use child::*;
 #[allow(unused_imports)]

@@ -5,11 +5,14 @@ use std::sync::Arc;
 use crate::abilities::{AppendSignal, RequestIndex, SliceFeed, SnapshotListing, StreamListing};
 use crate::aggregate::Aggregate;
 use crate::backend::durability::{self, Demand, Durability};
-use crate::backend::memory::{InMemoryEventStore, InMemorySnapshotStore, InMemorySubscriptionStore};
+use crate::backend::memory::{
+    InMemoryEventStore, InMemoryKeyStore, InMemorySnapshotStore, InMemorySubscriptionStore,
+};
 use crate::backend::param::Param;
 use crate::error::{Error, Result};
 use crate::event_store::EventStore;
 use crate::multi_stream::MultiStreamAppend;
+use crate::personal::{KeyStore, Keyring};
 use crate::process::{ProcessManager, ProcessRunner};
 use crate::projection::{Projection, ReadModelStore};
 use crate::repository::Repository;
@@ -54,6 +57,10 @@ pub struct Stores {
     /// The snapshot store with statements that read and write its snapshots together with
     /// the events, if the backend has them.
     pub joint_snapshots: Option<JointSnapshots>,
+    /// The keys of data subjects, with their cache, if the backend keeps them: what
+    /// repositories and consumers built here seal and open personal fields with (see
+    /// [`crate::personal`]).
+    pub keys: Option<Keyring>,
     backend: Backend,
     /// Whether the warning of unsafe durability settings was logged (at open or at the first
     /// `migrate`), shared by clones: once a start.
@@ -83,6 +90,7 @@ impl std::fmt::Debug for Stores {
             .field("slice_feed", &self.slice_feed.is_some())
             .field("multi_stream", &self.multi_stream.is_some())
             .field("joint_snapshots", &self.joint_snapshots.is_some())
+            .field("keys", &self.keys.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -120,6 +128,7 @@ impl Stores {
             slice_feed: None,
             multi_stream: None,
             joint_snapshots: None,
+            keys: None,
             backend,
             durability_told: Arc::default(),
         }
@@ -134,12 +143,17 @@ impl Stores {
         shards: Arc<[Stores]>,
     ) -> Self {
         let subscriptions = shards[0].subscriptions.clone();
-        Self::of(
+        let keys = shards[0].keys.clone();
+        let stores = Self::of(
             Arc::new(events),
             Arc::new(snapshots),
             subscriptions,
             Backend::Sharded(map, shards),
-        )
+        );
+        match keys {
+            Some(keys) => stores.with_keys(keys),
+            None => stores,
+        }
     }
 
     /// The stores of each shard, when these are the stores of a sharded store (see
@@ -160,12 +174,13 @@ impl Stores {
     }
 
     /// The stores of one of this crate's backends, with the abilities every one of them has:
-    /// `events`' signal, listing and request index, and `snapshots`' listing.
+    /// `events`' signal, listing and request index, `snapshots`' listing, and the keys.
     fn of_backend<E, S>(
         events: E,
         signal: AppendSignal,
         snapshots: S,
         subscriptions: Arc<dyn SubscriptionStore>,
+        keys: Arc<dyn KeyStore>,
         backend: Backend,
     ) -> Self
     where
@@ -184,6 +199,7 @@ impl Stores {
         .with_slice_feed(Arc::new(events.clone()))
         .with_multi_stream(Arc::new(events))
         .with_snapshot_listing(Arc::new(snapshots))
+        .with_keys(Keyring::new(keys))
     }
 
     /// In-memory stores, new and empty, with every ability but the joint statements.
@@ -199,6 +215,7 @@ impl Stores {
             signal,
             InMemorySnapshotStore::new(),
             subscriptions,
+            Arc::new(InMemoryKeyStore::new()),
             Backend::Memory,
         )
     }
@@ -213,7 +230,17 @@ impl Stores {
     ) -> Self {
         let signal = events.append_signal();
         let shared = Arc::new(subscriptions.clone());
-        Self::of_backend(events, signal, snapshots, shared, Backend::Sqlite(subscriptions))
+        let keys = Arc::new(crate::backend::sqlite::SqliteKeyStore::migrated(
+            subscriptions.database().clone(),
+        ));
+        Self::of_backend(
+            events,
+            signal,
+            snapshots,
+            shared,
+            keys,
+            Backend::Sqlite(subscriptions),
+        )
     }
 
     /// PostgreSQL stores on one database, with every ability, the joint statements when the
@@ -226,7 +253,8 @@ impl Stores {
         let joint = events.joint_snapshots(&snapshots);
         let (signal, subscriptions) = (events.append_signal(), Arc::new(events.subscription_store()));
         let backend = Backend::Postgres(events.clone());
-        let stores = Self::of_backend(events, signal, snapshots, subscriptions, backend);
+        let keys = Arc::new(events.key_store());
+        let stores = Self::of_backend(events, signal, snapshots, subscriptions, keys, backend);
         match joint {
             Some(joint) => stores.with_joint_snapshots(joint),
             None => stores,
@@ -251,6 +279,14 @@ impl Stores {
     #[must_use]
     pub fn with_snapshot_listing(mut self, listing: Arc<dyn SnapshotListing>) -> Self {
         self.snapshot_listing = Some(listing);
+        self
+    }
+
+    /// The same stores, sealing and opening personal fields with `keys` (see
+    /// [`crate::personal`]).
+    #[must_use]
+    pub fn with_keys(mut self, keys: Keyring) -> Self {
+        self.keys = Some(keys);
         self
     }
 
@@ -359,6 +395,10 @@ impl Stores {
     /// request index if there is one.
     pub fn repository<A: Aggregate>(&self) -> Repository<A> {
         let repository = Repository::on(self.events.clone());
+        let repository = match &self.keys {
+            Some(keys) => repository.with_personal_data(keys.clone()),
+            None => repository,
+        };
         match &self.request_index {
             Some(index) => repository.with_request_index(index.clone()),
             None => repository,
@@ -391,10 +431,15 @@ impl Stores {
         Ok(self.wire(projection))
     }
 
-    /// The consumer, woken by the append signal and reading by slice where the stores can.
+    /// The consumer, woken by the append signal, reading by slice and opening personal
+    /// fields where the stores can.
     fn wire<C: Consumer>(&self, consumer: C) -> C {
         let consumer = match &self.append_signal {
             Some(signal) => consumer.wake_on(signal.clone()),
+            None => consumer,
+        };
+        let consumer = match &self.keys {
+            Some(keys) => consumer.personal_data(keys.clone()),
             None => consumer,
         };
         match &self.slice_feed {

@@ -10,7 +10,11 @@ use super::shape::{self, Traced};
 use crate::aggregate::Aggregate;
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::personal::PersonalField;
 use crate::registry;
+
+/// How a line of an event's entry that names a personal field begins.
+const PERSONAL_LINE: &str = "personal ";
 
 const HEADER: &str =
     "# eventsourcing-kit schema lock: the serialized shape of every aggregate state and event, with its version.
@@ -77,6 +81,12 @@ impl SchemaLock {
                 event.event_version,
                 (event.shape)(),
             );
+            lock.mark_personal(
+                event.aggregate_type,
+                event.event_type,
+                event.event_version,
+                event.personal,
+            );
         }
         lock
     }
@@ -100,7 +110,26 @@ impl SchemaLock {
     pub fn with_event<E: Event>(mut self) -> Self {
         let name = format!("{}.{}", E::AGGREGATE_TYPE, E::EVENT_TYPE);
         self.insert(Kind::Event, name, E::EVENT_VERSION, shape::trace::<E>());
+        self.mark_personal(E::AGGREGATE_TYPE, E::EVENT_TYPE, E::EVENT_VERSION, E::PERSONAL);
         self
+    }
+
+    /// Adds to an event's entry a line per personal field: `personal FIELD = subject FIELD`.
+    fn mark_personal(
+        &mut self,
+        aggregate_type: &str,
+        event_type: &str,
+        version: u32,
+        fields: &[PersonalField],
+    ) {
+        let key = (Kind::Event, format!("{aggregate_type}.{event_type}"), version);
+        if let Some(lines) = self.entries.get_mut(&key) {
+            lines.extend(
+                fields
+                    .iter()
+                    .map(|f| format!("{PERSONAL_LINE}{} = subject {}", f.field, f.subject)),
+            );
+        }
     }
 
     fn insert(
@@ -389,6 +418,21 @@ fn changes(before: &[String], after: &[String]) -> Vec<String> {
         .map(|(name, _)| name);
     let mut said = Vec::new();
     for (name, shape) in &new {
+        if let Some(field) = name.strip_prefix(PERSONAL_LINE) {
+            match old.get(name) {
+                Some(was) if was == shape => {}
+                Some(was) => said.push(format!(
+                    "changed the subject of personal field `{field}` from `{}` to `{}`",
+                    was.trim_start_matches("subject "),
+                    shape.trim_start_matches("subject ")
+                )),
+                None => said.push(format!(
+                    "made field `{field}` personal, of the subject in `{}`",
+                    shape.trim_start_matches("subject ")
+                )),
+            }
+            continue;
+        }
         match old.get(name) {
             Some(was) if was == shape => {}
             Some(was) => said.extend(container_changes(name, Some(name.as_str()) == root, was, shape)),
@@ -396,7 +440,10 @@ fn changes(before: &[String], after: &[String]) -> Vec<String> {
         }
     }
     for name in old.keys().filter(|name| !new.contains_key(*name)) {
-        said.push(format!("lost the type `{name}`"));
+        match name.strip_prefix(PERSONAL_LINE) {
+            Some(field) => said.push(format!("made field `{field}` no longer personal")),
+            None => said.push(format!("lost the type `{name}`")),
+        }
     }
     said
 }

@@ -49,6 +49,8 @@ pub enum Format {
     Tuple(Vec<Format>),
     /// A named container, described in [`Traced::containers`].
     Named(String),
+    /// A [`Personal`](crate::personal::Personal) value of the given format, stored sealed.
+    Personal(Box<Format>),
 }
 
 /// A named struct or enum.
@@ -364,7 +366,9 @@ fn merge_format(known: &mut Format, new: Format) -> Result<(), ()> {
             *known = new;
             Ok(())
         }
-        (Format::Option(a), Format::Option(b)) | (Format::Seq(a), Format::Seq(b)) => merge_format(a, *b),
+        (Format::Option(a), Format::Option(b))
+        | (Format::Seq(a), Format::Seq(b))
+        | (Format::Personal(a), Format::Personal(b)) => merge_format(a, *b),
         (Format::Map(ka, va), Format::Map(kb, vb)) => {
             merge_format(ka, *kb)?;
             merge_format(va, *vb)
@@ -483,6 +487,16 @@ impl<'de> de::Deserializer<'de> for Tracer<'_> {
     }
 
     fn deserialize_newtype_struct<V: Visitor<'de>>(self, name: &'static str, visitor: V) -> Traces<V::Value> {
+        if name == crate::personal::NEWTYPE {
+            // A personal value: its own shape, which `Personal` asks for through `visit_some`.
+            let mut inner = Format::Unknown;
+            let value = visitor.visit_some(Tracer {
+                state: self.state,
+                out: &mut inner,
+            })?;
+            *self.out = Format::Personal(Box::new(inner));
+            return Ok(value);
+        }
         *self.out = Format::Named(name.to_owned());
         let mut inner = Format::Unknown;
         let value = within(self.state, name, |state| {
@@ -778,6 +792,7 @@ impl fmt::Display for Format {
             Format::Bytes => f.write_str("bytes"),
             Format::Unit => f.write_str("()"),
             Format::Option(inner) => write!(f, "option<{inner}>"),
+            Format::Personal(inner) => write!(f, "personal<{inner}>"),
             Format::Seq(inner) => write!(f, "seq<{inner}>"),
             Format::Map(key, value) => write!(f, "map<{key}, {value}>"),
             Format::Tuple(items) => write!(f, "({})", list(items)),

@@ -84,17 +84,18 @@ use uuid::Uuid;
 
 use crate::aggregate::Aggregate;
 use crate::error::{Error, Result};
-use crate::event::EventEnvelope;
 use crate::event_store::{Appended, Batch};
+use crate::personal::seal::Unsealed;
+use crate::personal::Keyring;
 use crate::registry;
 use crate::root::AggregateRoot;
 
 /// An aggregate root whose unsaved events a [`MultiStreamSave`] writes, whatever its type.
-trait Written: Send {
+trait Written: Send + Sync {
     fn aggregate_type(&self) -> &'static str;
     fn id(&self) -> Uuid;
     fn saved_version(&self) -> u64;
-    fn envelopes(&self) -> Result<Vec<EventEnvelope>>;
+    fn envelopes(&self) -> Result<Unsealed>;
     fn mark_saved(&mut self, position: u64);
 }
 
@@ -111,7 +112,7 @@ impl<A: Aggregate> Written for AggregateRoot<A> {
         AggregateRoot::saved_version(self)
     }
 
-    fn envelopes(&self) -> Result<Vec<EventEnvelope>> {
+    fn envelopes(&self) -> Result<Unsealed> {
         self.pending_envelopes()
     }
 
@@ -126,6 +127,7 @@ impl<A: Aggregate> Written for AggregateRoot<A> {
 pub struct MultiStreamSave<'r> {
     written: Vec<&'r mut dyn Written>,
     checks: Vec<StreamCheck>,
+    keys: Option<Keyring>,
 }
 
 impl std::fmt::Debug for MultiStreamSave<'_> {
@@ -154,7 +156,16 @@ impl<'r> MultiStreamSave<'r> {
         MultiStreamSave {
             written: Vec::new(),
             checks: Vec::new(),
+            keys: None,
         }
+    }
+
+    /// Seals the personal fields of the events written with `keys` (see
+    /// [`crate::personal`]; [`Stores::keys`](crate::backend::Stores::keys) is the backend's).
+    /// Without it, a save of events with personal fields is [`Error::InvalidConfiguration`].
+    pub fn sealed_with(mut self, keys: &Keyring) -> Self {
+        self.keys = Some(keys.clone());
+        self
     }
 
     /// Writes the unsaved events of `root`, expecting its stream at the version it was
@@ -214,6 +225,7 @@ impl<'r> MultiStreamSave<'r> {
         let MultiStreamSave {
             mut written,
             mut checks,
+            keys,
         } = self;
         for check in &checks {
             if registry::aggregate(&check.aggregate_type).is_none() {
@@ -242,7 +254,7 @@ impl<'r> MultiStreamSave<'r> {
         }
         let mut envelopes = Vec::with_capacity(written.len());
         for root in &written {
-            let events = root.envelopes()?;
+            let events = root.envelopes()?.seal(keys.as_ref()).await?;
             // The request index records one request per batch: a request id here would be
             // stored with the events and answer nothing.
             if let Some(request) = events.iter().find_map(|e| e.request_id.as_ref()) {

@@ -25,6 +25,8 @@ pub struct EventRegistration {
     pub rust_type: &'static str,
     /// Traces the event's serialized shape, for the schema lock.
     pub shape: ShapeFn,
+    /// Its personal fields (see [`crate::personal`]).
+    pub personal: &'static [crate::personal::PersonalField],
 }
 
 /// Traces a registered type's serialized shape (see [`crate::evolution::shape`]).

@@ -11,6 +11,7 @@ use crate::aggregate::{Aggregate, AggregateEvent};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::event_store::EventStream;
+use crate::personal::{seal, Keyring};
 use crate::registry;
 use crate::root::AggregateRoot;
 use crate::snapshot::metrics::Counter;
@@ -140,7 +141,7 @@ impl<A: Aggregate> Repository<A> {
                         && event_id.is_none_or(|id| id == event.event_id) =>
                 {
                     let mut root = AggregateRoot::following(id, version, state, event.event_id);
-                    let replayed = replay(&mut root, events).await?;
+                    let replayed = replay(&mut root, events, self.keys.as_ref()).await?;
                     let used = if migrated { Counter::Migrated } else { Counter::Hit };
                     self.metrics.add(A::TYPE_NAME, used);
                     span.record("snapshot.used", true);
@@ -203,7 +204,7 @@ impl<A: Aggregate> Repository<A> {
     /// [`Error::NotFound`].
     async fn replay_from(&self, id: Uuid, events: EventStream<'_>) -> Result<AggregateRoot<A>> {
         let mut root = AggregateRoot::new(id);
-        replay(&mut root, events).await?;
+        replay(&mut root, events, self.keys.as_ref()).await?;
         if root.version() == 0 {
             return Err(Error::NotFound {
                 aggregate_type: A::TYPE_NAME.to_owned(),
@@ -350,8 +351,12 @@ fn migrate<A: Aggregate>(snapshot: &Snapshot, what: impl Fn() -> String) -> Resu
 }
 
 /// Applies a stream's events to the root, checking that each belongs to the stream and that
-/// versions follow on without a gap.
-async fn replay<A: Aggregate>(root: &mut AggregateRoot<A>, mut events: EventStream<'_>) -> Result<u64> {
+/// versions follow on without a gap; personal fields are opened with `keys`.
+async fn replay<A: Aggregate>(
+    root: &mut AggregateRoot<A>,
+    mut events: EventStream<'_>,
+    keys: Option<&Keyring>,
+) -> Result<u64> {
     let start = root.version();
     while let Some(stored) = events.next().await {
         let stored = stored?;
@@ -375,7 +380,13 @@ async fn replay<A: Aggregate>(root: &mut AggregateRoot<A>, mut events: EventStre
                 ),
             ));
         }
-        let event = A::Event::decode(&stored.event_type, stored.event_version, &stored.payload)?;
+        let event = match keys {
+            Some(keys) if seal::may_be_sealed(&stored.payload) => {
+                let payload = seal::open_payload(keys, &stored).await?;
+                A::Event::decode(&stored.event_type, stored.event_version, &payload)?
+            }
+            _ => A::Event::decode(&stored.event_type, stored.event_version, &stored.payload)?,
+        };
         root.apply_stored(&event, stored.event_id);
     }
     Ok(root.version() - start)

@@ -33,6 +33,7 @@ use crate::abilities::RequestIndex;
 use crate::aggregate::Aggregate;
 use crate::error::{Error, Result};
 use crate::event_store::EventStore;
+use crate::personal::Keyring;
 use crate::root::AggregateRoot;
 use crate::snapshot::{JointSnapshots, SnapshotMetrics, SnapshotMode, SnapshotPolicy, SnapshotStore};
 
@@ -67,6 +68,8 @@ pub struct Repository<A: Aggregate> {
     requests: Option<Arc<dyn RequestIndex>>,
     /// How long a recorded refusal answers a request sent again.
     request_retention: std::time::Duration,
+    /// What personal fields are sealed with when saved and opened with when loaded.
+    keys: Option<Keyring>,
     aggregate: PhantomData<fn() -> A>,
 }
 
@@ -88,6 +91,7 @@ impl<A: Aggregate> Clone for Repository<A> {
             commands: self.commands.clone(),
             requests: self.requests.clone(),
             request_retention: self.request_retention,
+            keys: self.keys.clone(),
             aggregate: PhantomData,
         }
     }
@@ -117,8 +121,21 @@ impl<A: Aggregate> Repository<A> {
             commands: None,
             requests: None,
             request_retention: DEFAULT_REQUEST_RETENTION,
+            keys: None,
             aggregate: PhantomData,
         }
+    }
+
+    /// The same repository, sealing the personal fields of the events it saves with `keys`
+    /// and opening them when it loads (see [`crate::personal`]).
+    /// [`backend::Stores::repository`](crate::backend::Stores::repository) wires the
+    /// backend's keys. Without it, a save of events with personal fields is
+    /// [`Error::InvalidConfiguration`](crate::Error::InvalidConfiguration) and a load of one
+    /// fails to decode its sealed fields.
+    #[must_use]
+    pub fn with_personal_data(mut self, keys: Keyring) -> Self {
+        self.keys = Some(keys);
+        self
     }
 
     /// The same repository, snapshotting into `store` as `policy` says.

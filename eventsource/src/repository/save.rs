@@ -78,7 +78,7 @@ impl<A: Aggregate> Repository<A> {
         );
         let started = std::time::Instant::now();
         let outcome: Result<u64> = async {
-            let envelopes = root.pending_envelopes()?;
+            let envelopes = root.pending_envelopes()?.seal(self.keys.as_ref()).await?;
             let due = self
                 .snapshots
                 .as_ref()

@@ -10,6 +10,7 @@ use super::guard::OnDisorder;
 use crate::abilities::{AppendSignal, SliceFeed};
 use crate::aggregate::Aggregate;
 use crate::error::{Error, Result};
+use crate::personal::Keyring;
 
 const DEFAULT_BATCH: usize = 100;
 const DEFAULT_POLL: Duration = Duration::from_millis(500);
@@ -35,6 +36,7 @@ pub struct ConsumerOptions {
     pub(crate) signal: Option<AppendSignal>,
     pub(crate) slice_feed: Option<Arc<dyn SliceFeed>>,
     pub(crate) on_disorder: OnDisorder,
+    pub(crate) keys: Option<Keyring>,
 }
 
 impl std::fmt::Debug for ConsumerOptions {
@@ -49,6 +51,7 @@ impl std::fmt::Debug for ConsumerOptions {
             .field("wakes", &self.signal.is_some())
             .field("slice_feed", &self.slice_feed.is_some())
             .field("on_disorder", &self.on_disorder)
+            .field("personal_data", &self.keys.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -69,6 +72,7 @@ impl Default for ConsumerOptions {
             signal: None,
             slice_feed: None,
             on_disorder: OnDisorder::Count,
+            keys: None,
         }
     }
 }
@@ -119,6 +123,17 @@ pub trait Consumer: sealed::Sealed + Sized {
     #[must_use]
     fn slice_feed(mut self, feed: Arc<dyn SliceFeed>) -> Self {
         self.options_mut().slice_feed = Some(feed);
+        self
+    }
+
+    /// Opens the personal fields of the events it hands over with `keys` (see
+    /// [`crate::personal`]): a handler then reads each as known or forgotten. Dead letters
+    /// keep the events sealed, as stored. [`Stores::subscription`](crate::backend::Stores::subscription)
+    /// and [`Stores::projection`](crate::backend::Stores::projection) wire the backend's keys.
+    /// Without it, sealed fields fail to decode, saying why.
+    #[must_use]
+    fn personal_data(mut self, keys: Keyring) -> Self {
+        self.options_mut().keys = Some(keys);
         self
     }
 

@@ -700,12 +700,23 @@ impl Subscription {
         tracing::Instrument::instrument(self.deliver_in(handler, events, &span), span.clone()).await
     }
 
+    /// The events with their personal fields opened (see [`crate::personal`]), if the
+    /// consumer has a keyring.
+    pub(crate) async fn open<'e>(
+        &self,
+        events: &'e [StoredEvent],
+    ) -> Result<std::borrow::Cow<'e, [StoredEvent]>> {
+        crate::personal::seal::open_events(self.options.keys.as_ref(), events).await
+    }
+
     async fn deliver_in<H: Handler>(
         &self,
         handler: &mut H,
-        events: &[StoredEvent],
+        stored: &[StoredEvent],
         span: &tracing::Span,
     ) -> Result<()> {
+        // The handler sees personal fields open; a dead letter keeps the event as stored.
+        let events = &*self.open(stored).await?;
         let Err(error) = self.attempt(handler, events).await else {
             return Ok(());
         };
@@ -722,7 +733,7 @@ impl Subscription {
                 })
             }
             OnFailure::DeadLetter => {
-                for event in events {
+                for (event, stored) in events.iter().zip(stored) {
                     let one = std::slice::from_ref(event);
                     let single = if events.len() == 1 {
                         Err(error.to_string())
@@ -731,7 +742,7 @@ impl Subscription {
                     };
                     if let Err(error) = single {
                         tracing::error!(subscription = %self.name, position = event.position, event.id = %event.event_id, error, "handler failed on the event after every attempt; recorded as a dead letter");
-                        self.store.dead_letter(&self.name, event, &error).await?;
+                        self.store.dead_letter(&self.name, stored, &error).await?;
                         self.metrics.add_dead_letter();
                         crate::telemetry::subscription(
                             &self.name,

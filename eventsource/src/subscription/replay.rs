@@ -278,7 +278,14 @@ async fn replay_letter<R: Replay>(
 ) -> Result<ReplayOutcome> {
     Ok(match event_of(subscription, letter).await? {
         Err(missing) => ReplayOutcome::Failed(missing),
-        Ok(event) => match target.replay(name, owner, &event).await? {
+        Ok(event) => match target
+            .replay(
+                name,
+                owner,
+                &subscription.open(std::slice::from_ref(&event)).await?[0],
+            )
+            .await?
+        {
             Ok(true) if options.dry_run => ReplayOutcome::WouldSucceed,
             Ok(true) => {
                 store.remove_dead_letters(name, &[letter.event_id]).await?;

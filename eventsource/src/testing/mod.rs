@@ -8,7 +8,8 @@
 //! `&dyn SnapshotStore` and panics, naming what broke, if the store does not keep the
 //! contract: [`event_store`] holds the checks of the event store contract, [`snapshot_store`]
 //! those of the snapshot store contract, [`subscription_store`] those of the subscription
-//! store contract, [`read_model_store`] those of a projection's read model, and [`stores`]
+//! store contract, [`key_store`] those of the key store contract of personal data,
+//! [`read_model_store`] those of a projection's read model, and [`stores`]
 //! those of the [abilities](crate::abilities) a backend hands out with its stores, each
 //! against the plain reads and writes it stands for, and [`sharded`] those of a
 //! [sharded store](crate::backend::sharded).
@@ -82,6 +83,7 @@
 
 pub mod event_store;
 mod given;
+pub mod key_store;
 pub mod process;
 pub mod read_model_store;
 mod schema_lock;
@@ -191,6 +193,16 @@ macro_rules! stores_conformance {
 macro_rules! subscription_store_conformance {
     ($($args:tt)*) => {
         $crate::__conformance_args!(__subscription_store_checks, subscription_store, [] $($args)*);
+    };
+}
+
+/// Generates one `#[tokio::test]` per check of the key store suite (see
+/// [`crate::personal::KeyStore`]), named after it; the argument is as for
+/// [`event_store_conformance!`](crate::event_store_conformance).
+#[macro_export]
+macro_rules! key_store_conformance {
+    ($($args:tt)*) => {
+        $crate::__conformance_args!(__key_store_checks, key_store, [] $($args)*);
     };
 }
 

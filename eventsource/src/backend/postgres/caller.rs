@@ -158,7 +158,7 @@ impl PostgresEventStore {
         connection: &mut PgConnection,
         root: &mut AggregateRoot<A>,
     ) -> Result<Appended> {
-        let envelopes = root.envelopes_to_save()?;
+        let envelopes = root.envelopes_to_save()?.without_keys()?;
         let appended = self
             .append_in_transaction(
                 connection,

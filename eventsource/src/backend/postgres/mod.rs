@@ -59,6 +59,9 @@
 //! - `eventsource_migrations`: the layout steps applied, with when;
 //!   `eventsource_settings`: the store's settings, a name and a value each (its number of
 //!   slices, step 10).
+//! - `eventsource_subject_keys`: a key per data subject, deleted when the subject is
+//!   forgotten (the row stays, its tombstone); `eventsource_subject_streams`: the streams that
+//!   hold each subject's personal values (step 11, see [`crate::personal`]).
 //!
 //! Payloads, metadata and states are `json`, which checks that the text is JSON and keeps it
 //! as written, so it reads back byte for byte (`-0.0` stays `-0.0`, a `\u0000` escape is
@@ -183,6 +186,7 @@ mod caller;
 mod events;
 mod group;
 mod joint;
+mod keys;
 mod multi;
 mod notify;
 mod projection;
@@ -252,6 +256,15 @@ pub struct PostgresSnapshotStore {
 /// times are the database server's clock, so consumers on many machines agree on them.
 #[derive(Clone, Debug)]
 pub struct PostgresSubscriptionStore {
+    pool: PgPool,
+    layout: Arc<Layout>,
+}
+
+/// The keys of data subjects (see [`crate::personal`]) in PostgreSQL, beside the events: the
+/// tables `eventsource_subject_keys` and `eventsource_subject_streams`. Made by
+/// [`PostgresEventStore::key_store`]; cheap to clone, clones share the pool.
+#[derive(Clone, Debug)]
+pub struct PostgresKeyStore {
     pool: PgPool,
     layout: Arc<Layout>,
 }
@@ -582,6 +595,15 @@ impl PostgresEventStore {
         PostgresSnapshotStore::on(self.pool.clone(), self.layout.clone())
     }
 
+    /// A key store on the same pool and schema: the keys of data subjects beside the events
+    /// (see [`crate::personal`]).
+    pub fn key_store(&self) -> PostgresKeyStore {
+        PostgresKeyStore {
+            pool: self.pool.clone(),
+            layout: self.layout.clone(),
+        }
+    }
+
     /// A subscription store on the same pool and schema: checkpoints beside the events.
     pub fn subscription_store(&self) -> PostgresSubscriptionStore {
         PostgresSubscriptionStore {
@@ -687,6 +709,10 @@ struct Layout {
     requests: String,
     /// The store's settings (layout step 10).
     settings: String,
+    /// The keys of data subjects (layout step 11).
+    subject_keys: String,
+    /// The streams that hold each subject's personal values (layout step 11).
+    subject_streams: String,
     /// The number of slices of a store created on this layout, if configured.
     slices: Option<SliceCount>,
 }
@@ -701,6 +727,8 @@ const ANNOUNCE_APPEND_FUNCTION: &str = "eventsource_announce_append";
 const BEGIN_APPEND_FUNCTION: &str = "eventsource_begin_append";
 const REQUESTS_TABLE: &str = "eventsource_requests";
 const SETTINGS_TABLE: &str = "eventsource_settings";
+const SUBJECT_KEYS_TABLE: &str = "eventsource_subject_keys";
+const SUBJECT_STREAMS_TABLE: &str = "eventsource_subject_streams";
 
 impl Default for Layout {
     fn default() -> Self {
@@ -716,6 +744,8 @@ impl Default for Layout {
             begin_append: BEGIN_APPEND_FUNCTION.to_owned(),
             requests: REQUESTS_TABLE.to_owned(),
             settings: SETTINGS_TABLE.to_owned(),
+            subject_keys: SUBJECT_KEYS_TABLE.to_owned(),
+            subject_streams: SUBJECT_STREAMS_TABLE.to_owned(),
             slices: None,
         }
     }
@@ -766,6 +796,8 @@ impl Layout {
             begin_append: format!("\"{schema}\".{BEGIN_APPEND_FUNCTION}"),
             requests: format!("\"{schema}\".{REQUESTS_TABLE}"),
             settings: format!("\"{schema}\".{SETTINGS_TABLE}"),
+            subject_keys: format!("\"{schema}\".{SUBJECT_KEYS_TABLE}"),
+            subject_streams: format!("\"{schema}\".{SUBJECT_STREAMS_TABLE}"),
             slices: None,
         })
     }

@@ -75,6 +75,11 @@ const STEPS: &[Step] = &[
         description: "the store's settings: its number of slices",
         statements: settings,
     },
+    Step {
+        version: 11,
+        description: "the keys of data subjects, and the streams that hold their personal data",
+        statements: subject_keys,
+    },
 ];
 
 /// The version of the step that gave every event its slice: the number of slices is fixed
@@ -243,6 +248,32 @@ async fn recorded_slices(connection: &mut sqlx::PgConnection, layout: &Layout) -
         None => "the PostgreSQL store".to_owned(),
     };
     SliceCount::recorded(value, &table)?.confirm(layout.slices, &store)
+}
+
+/// Step 11: a key per data subject (deleted when the subject is forgotten, the row kept as
+/// its tombstone), and the streams that hold each subject's personal values.
+fn subject_keys(layout: &Layout) -> Vec<String> {
+    vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (
+                subject          TEXT        PRIMARY KEY,
+                key              BYTEA,
+                created_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
+                forgetting_since TIMESTAMPTZ,
+                forgotten_at     TIMESTAMPTZ
+            )",
+            layout.subject_keys
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (
+                subject        TEXT NOT NULL,
+                aggregate_type TEXT NOT NULL,
+                aggregate_id   UUID NOT NULL,
+                PRIMARY KEY (subject, aggregate_type, aggregate_id)
+            )",
+            layout.subject_streams
+        ),
+    ]
 }
 
 /// Step 10: the store's settings, a name and a value each; the number of slices the events

@@ -112,7 +112,7 @@ impl SqliteTransaction<'_> {
     /// As [`append`](Self::append); an event that cannot be stored is
     /// [`Error::Serialization`]. On an error the root keeps its events.
     pub fn save<A: Aggregate>(&mut self, root: &mut AggregateRoot<A>) -> Result<Appended> {
-        let envelopes = root.envelopes_to_save()?;
+        let envelopes = root.envelopes_to_save()?.without_keys()?;
         let appended = self.append(root.id(), A::TYPE_NAME, root.saved_version(), &envelopes)?;
         root.mark_saved(appended.position);
         Ok(appended)

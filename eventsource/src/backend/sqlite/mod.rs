@@ -92,6 +92,7 @@
 mod caller;
 mod database;
 mod events;
+mod keys;
 mod prefix;
 mod projection;
 mod read;
@@ -105,6 +106,7 @@ use std::path::Path;
 pub use caller::SqliteTransaction;
 pub use database::{Database, BUSY_TIMEOUT};
 pub use events::SqliteEventStore;
+pub use keys::SqliteKeyStore;
 /// The SQLite driver the stores run on, re-exported for [`Database::call`].
 pub use projection::{SqliteProjection, SqliteReadModel};
 pub use rusqlite;

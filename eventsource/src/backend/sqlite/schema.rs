@@ -151,6 +151,24 @@ const STEPS: &[Step] = &[
             );",
         fill: Some(record_slices),
     },
+    Step {
+        version: 9,
+        description: "the keys of data subjects, and the streams that hold their personal data",
+        sql: "CREATE TABLE IF NOT EXISTS {p}eventsource_subject_keys (
+                subject TEXT PRIMARY KEY,
+                key BLOB,
+                created_at TEXT NOT NULL,
+                forgetting_since TEXT,
+                forgotten_at TEXT
+            );
+            CREATE TABLE IF NOT EXISTS {p}eventsource_subject_streams (
+                subject TEXT NOT NULL,
+                aggregate_type TEXT NOT NULL,
+                aggregate_id TEXT NOT NULL,
+                PRIMARY KEY (subject, aggregate_type, aggregate_id)
+            ) WITHOUT ROWID;",
+        fill: None,
+    },
 ];
 
 /// The version of the step that gave every event its slice: the number of slices is fixed

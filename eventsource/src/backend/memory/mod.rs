@@ -5,6 +5,11 @@
 //! are kept serialized, as a database would keep them, so an event that cannot be encoded
 //! fails at save time here too.
 
+mod keys;
+
+pub(crate) use keys::not_forgetting;
+pub use keys::InMemoryKeyStore;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;

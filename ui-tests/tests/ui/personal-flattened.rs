@@ -1,0 +1,11 @@
+use eventsourcing_kit::prelude::*;
+
+#[event(aggregate = "Customer")]
+pub struct Registered {
+    pub customer: String,
+    #[personal(subject = customer)]
+    #[serde(flatten)]
+    pub email: Personal<String>,
+}
+
+fn main() {}

@@ -15,66 +15,9 @@ use eventsourcing_kit::backend::Stores;
 use eventsourcing_kit::personal::{Forgetting, KeyState, KeyStore, Keyring, Personal, SubjectKey};
 use eventsourcing_kit::prelude::*;
 
-#[event(aggregate = "Customer")]
-pub struct Registered {
-    pub customer: String,
-    #[personal(subject = customer)]
-    pub email: Personal<String>,
-    #[personal(subject = customer)]
-    #[serde(rename = "fullName")]
-    pub name: Personal<String>,
-    pub plan: String,
-}
-
-#[event(aggregate = "Customer")]
-pub struct EmailChanged {
-    pub customer: String,
-    #[personal(subject = customer)]
-    pub email: Personal<String>,
-}
-
-#[derive(Aggregate, Clone, Debug, Default, Serialize, Deserialize)]
-#[aggregate(name = "Customer", events(Registered, EmailChanged))]
-pub struct Customer {
-    pub email: Personal<String>,
-    pub name: Personal<String>,
-    pub plan: String,
-}
-
-impl Apply<Registered> for Customer {
-    fn apply(&mut self, e: &Registered) {
-        self.email = e.email.clone();
-        self.name = e.name.clone();
-        self.plan = e.plan.clone();
-    }
-}
-
-impl Apply<EmailChanged> for Customer {
-    fn apply(&mut self, e: &EmailChanged) {
-        self.email = e.email.clone();
-    }
-}
-
-const EMAIL: &str = "ada@example.com";
-const NAME: &str = "Ada Lovelace";
-
-fn registered(customer: &str) -> Registered {
-    Registered {
-        customer: customer.to_owned(),
-        email: Personal::new(EMAIL.to_owned()),
-        name: Personal::new(NAME.to_owned()),
-        plan: "gold".to_owned(),
-    }
-}
-
-/// A customer registered and saved through `repository`; its id.
-async fn register(repository: &Repository<Customer>, customer: &str) -> Uuid {
-    let id = Uuid::new_v4();
-    let mut root = repository.create_new(id);
-    root.record(registered(customer));
-    repository.save(&mut root).await.unwrap();
-    id
-}
+#[path = "personal/customer.rs"]
+mod customer;
+use customer::*;
 
 /// The stored payloads of the stream, as the feed has them.
 async fn stored_payloads(stores: &Stores, id: Uuid) -> Vec<String> {

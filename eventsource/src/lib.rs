@@ -10,6 +10,7 @@ pub mod aggregate;
 pub mod backend;
 mod codec;
 mod deadline;
+pub mod erasure;
 pub mod error;
 pub mod event;
 pub mod event_store;

@@ -22,6 +22,8 @@
 //! deadletters replay NAME [--dry-run] [--limit N]  a projection's, through today's code
 //! doctor [--max-replay N] [--max-lag N]            durability, layout, snapshots, consumers:
 //!                                                  findings with what to do
+//! forget SUBJECT | forget [--settle SECS]          erases a data subject's personal values from
+//!                                                  every copy, then reads each place again
 //! ```
 //!
 //! Output is for people by default and JSON with `--json`. The exit status is 0 when all is
@@ -69,6 +71,7 @@ mod copy;
 mod deadletters;
 mod doctor;
 mod events;
+mod forget;
 mod migrate;
 mod output;
 mod projections;
@@ -85,6 +88,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 
 use crate::backend::Stores;
+use crate::erasure::PersonalDataHolder;
 use crate::error::Error;
 use crate::projection::Projection;
 use crate::registry::{self, AggregateRegistration};
@@ -171,6 +175,23 @@ pub enum AdminCommand {
         /// Warns of a subscription or projection running this many events behind the feed.
         #[arg(long, value_name = "EVENTS", default_value_t = 10_000)]
         max_lag: u64,
+    },
+    /// Forgets a data subject (see `eventsourcing_kit::erasure`): its personal values read as
+    /// forgotten, its snapshots are written again, dead letters quoting its values are
+    /// redacted, the holders the program names erase theirs; then every place is read again,
+    /// and the key is deleted if none holds a value. Exits 1 if one still does (the key is
+    /// kept: fix it and run again). Without a subject, finishes every forgetting that did
+    /// not.
+    Forget {
+        /// The data subject, as its events name it; every unfinished forgetting without it.
+        subject: Option<String>,
+        /// Seconds to wait after a forgetting begins for keys that other processes cached to
+        /// expire: at least their keyrings' time to live.
+        #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+        settle: u64,
+        /// Does not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -437,18 +458,21 @@ impl Outcome {
 }
 
 type OpenProjection = dyn Fn(&Stores) -> crate::Result<Arc<Projection>> + Send + Sync;
+type OpenHolder = dyn Fn(&Stores) -> crate::Result<Arc<dyn PersonalDataHolder>> + Send + Sync;
 
 /// The admin command line of an application: its registered aggregate types, and the
-/// projections it names.
+/// projections and holders of personal data it names.
 #[derive(Default)]
 pub struct Admin {
     projections: Vec<Box<OpenProjection>>,
+    holders: Vec<Box<OpenHolder>>,
 }
 
 impl std::fmt::Debug for Admin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Admin")
             .field("projections", &self.projections.len())
+            .field("holders", &self.holders.len())
             .finish()
     }
 }
@@ -468,6 +492,18 @@ impl Admin {
         open: impl Fn(&Stores) -> crate::Result<Arc<Projection>> + Send + Sync + 'static,
     ) -> Self {
         self.projections.push(Box::new(open));
+        self
+    }
+
+    /// Names a place that keeps copies of personal values (a read model, a cache), built on
+    /// the stores the command line opens, so that `forget` erases them too and reads it
+    /// again (see [`crate::erasure`]).
+    #[must_use]
+    pub fn holder(
+        mut self,
+        open: impl Fn(&Stores) -> crate::Result<Arc<dyn PersonalDataHolder>> + Send + Sync + 'static,
+    ) -> Self {
+        self.holders.push(Box::new(open));
         self
     }
 
@@ -557,6 +593,15 @@ impl Admin {
             AdminCommand::Copy { to, show, yes } => copy::run(&stores, &to, show, yes, &mut out).await,
             AdminCommand::Doctor { max_replay, max_lag } => {
                 doctor::run(&stores, doctor::Limits { max_replay, max_lag }, &mut out).await
+            }
+            AdminCommand::Forget { subject, settle, yes } => {
+                let holders = self
+                    .holders
+                    .iter()
+                    .map(|open| open(&stores))
+                    .collect::<crate::Result<Vec<_>>>()?;
+                let settle = std::time::Duration::from_secs(settle);
+                forget::run(&stores, holders, subject, settle, yes, &mut out).await
             }
         }
     }

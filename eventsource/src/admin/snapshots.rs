@@ -129,7 +129,12 @@ async fn rewarm(
         streams_per_second: 0.0,
     };
     let mut warming = futures_util::stream::iter(due.into_iter().map(|stream| {
-        let warm = operations.warm_snapshot(stores.events.clone(), stores.snapshots.clone(), stream.id);
+        let warm = operations.warm_snapshot(
+            stores.events.clone(),
+            stores.snapshots.clone(),
+            stores.keys.clone(),
+            stream.id,
+        );
         async move { (stream, warm.await) }
     }))
     .buffer_unordered(concurrency);
@@ -251,7 +256,12 @@ async fn verify(
     // In chunks, so the bar moves.
     for chunk in ids.chunks(16) {
         let report = operations
-            .verify(stores.events.clone(), stores.snapshots.clone(), chunk.to_vec())
+            .verify(
+                stores.events.clone(),
+                stores.snapshots.clone(),
+                stores.keys.clone(),
+                chunk.to_vec(),
+            )
             .await?;
         verified += report.verified;
         with_snapshot += report.with_snapshot;

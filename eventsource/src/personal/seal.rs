@@ -306,3 +306,27 @@ pub(crate) async fn open_events<'a>(
     }
     Ok(Cow::Owned(opened))
 }
+
+/// The values of `subject`'s sealed fields in one event, opened with the subject's `key`
+/// (what a forgetting looks for in every copy before it deletes the key); none if the event
+/// holds no value of the subject. A value that does not open is [`Error::Corrupt`].
+pub(crate) fn values_of(
+    envelope: &EventEnvelope,
+    subject: &str,
+    key: &super::SubjectKey,
+) -> Result<Vec<Value>> {
+    let Some((_, found)) = sealed_fields(envelope)? else {
+        return Ok(Vec::new());
+    };
+    found
+        .into_iter()
+        .filter(|sealed| sealed.subject == subject)
+        .map(|sealed| {
+            let bound = binding(envelope.event_id, &sealed.field, &sealed.subject);
+            let plaintext = super::cipher::open(key, &bound, &sealed.sealed)
+                .map_err(|_| corrupt(envelope, &sealed.field, "it does not open with its subject's key"))?;
+            serde_json::from_slice(&plaintext)
+                .map_err(|e| corrupt(envelope, &sealed.field, format!("it opens to no JSON value: {e}")))
+        })
+        .collect()
+}

@@ -12,27 +12,31 @@ use super::{Repository, VerifyReport};
 use crate::aggregate::Aggregate;
 use crate::error::Result;
 use crate::event_store::EventStore;
+use crate::personal::Keyring;
 use crate::snapshot::{SnapshotPolicy, SnapshotStore};
 
 /// A registered aggregate type's repository operations, behind a trait object: what the
 /// admin command line runs for a type it knows only by name. `#[derive(Aggregate)]`
 /// registers one for every non-generic state; [`operations_of`] finds it.
 pub trait AggregateOperations: Send + Sync {
-    /// [`Repository::warm_snapshot`]: writes a current-schema snapshot from a full replay;
-    /// returns the version it stands for, or `None` when the store kept a newer one.
+    /// [`Repository::warm_snapshot`]: writes a current-schema snapshot from a full replay
+    /// (personal fields opened with `keys`); returns the version it stands for, or `None`
+    /// when the store kept a newer one.
     fn warm_snapshot(
         &self,
         events: Arc<dyn EventStore>,
         snapshots: Arc<dyn SnapshotStore>,
+        keys: Option<Keyring>,
         id: Uuid,
     ) -> BoxFuture<'static, Result<Option<u64>>>;
 
     /// [`Repository::verify_each`]: compares each aggregate's load from its snapshot with a
-    /// full replay.
+    /// full replay (personal fields opened with `keys`).
     fn verify(
         &self,
         events: Arc<dyn EventStore>,
         snapshots: Arc<dyn SnapshotStore>,
+        keys: Option<Keyring>,
         ids: Vec<Uuid>,
     ) -> BoxFuture<'static, Result<VerifyReport>>;
 }
@@ -80,9 +84,17 @@ impl<A> OperationsOf<A> {
     pub const NEW: Self = OperationsOf(PhantomData);
 }
 
-fn repository<A: Aggregate>(events: Arc<dyn EventStore>, snapshots: Arc<dyn SnapshotStore>) -> Repository<A> {
+fn repository<A: Aggregate>(
+    events: Arc<dyn EventStore>,
+    snapshots: Arc<dyn SnapshotStore>,
+    keys: Option<Keyring>,
+) -> Repository<A> {
     // Manual: loading for a check or a warm-up never writes a snapshot of its own accord.
-    Repository::new(events).with_snapshots(snapshots, SnapshotPolicy::manual())
+    let repository = Repository::new(events).with_snapshots(snapshots, SnapshotPolicy::manual());
+    match keys {
+        Some(keys) => repository.with_personal_data(keys),
+        None => repository,
+    }
 }
 
 impl<A: Aggregate> AggregateOperations for OperationsOf<A> {
@@ -90,10 +102,11 @@ impl<A: Aggregate> AggregateOperations for OperationsOf<A> {
         &self,
         events: Arc<dyn EventStore>,
         snapshots: Arc<dyn SnapshotStore>,
+        keys: Option<Keyring>,
         id: Uuid,
     ) -> BoxFuture<'static, Result<Option<u64>>> {
         Box::pin(async move {
-            let snapshot = repository::<A>(events, snapshots).warm_snapshot(id).await?;
+            let snapshot = repository::<A>(events, snapshots, keys).warm_snapshot(id).await?;
             Ok(snapshot.map(|s| s.version))
         })
     }
@@ -102,8 +115,9 @@ impl<A: Aggregate> AggregateOperations for OperationsOf<A> {
         &self,
         events: Arc<dyn EventStore>,
         snapshots: Arc<dyn SnapshotStore>,
+        keys: Option<Keyring>,
         ids: Vec<Uuid>,
     ) -> BoxFuture<'static, Result<VerifyReport>> {
-        Box::pin(async move { repository::<A>(events, snapshots).verify_each(ids).await })
+        Box::pin(async move { repository::<A>(events, snapshots, keys).verify_each(ids).await })
     }
 }

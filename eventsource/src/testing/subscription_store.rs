@@ -26,6 +26,7 @@ macro_rules! __subscription_store_checks {
             checkpoints_are_fenced_by_the_lease
             dead_letters_read_back_in_order
             removing_dead_letters_removes_only_those
+            a_redacted_dead_letter_keeps_its_place_and_time
             subscriptions_are_listed_with_their_state
             subscription_names_are_checked
             a_reset_forgets_the_state_of_the_group_too
@@ -237,6 +238,61 @@ pub async fn removing_dead_letters_removes_only_those(store: &dyn SubscriptionSt
             .unwrap(),
         0,
         "removed already"
+    );
+}
+
+/// [`SubscriptionStore::redact_dead_letter`] replaces the error of the letters of one name
+/// for one event, and nothing else: their order, times and the other letters stay.
+pub async fn a_redacted_dead_letter_keeps_its_place_and_time(store: &dyn SubscriptionStore) {
+    let (name, other) = (unique_type("Redacted"), unique_type("Redacted"));
+    let events = [poisoned(7), poisoned(8)];
+    for event in &events {
+        store
+            .dead_letter(&name, event, "failed for ada@example.com")
+            .await
+            .unwrap();
+        store
+            .dead_letter(&other, event, "failed for ada@example.com")
+            .await
+            .unwrap();
+    }
+    let before = store.dead_letters(&name, 0, usize::MAX).await.unwrap();
+    let changed = store
+        .redact_dead_letter(&name, events[0].event_id, "failed for [forgotten]")
+        .await
+        .unwrap();
+    assert_eq!(changed, 1);
+    let after = store.dead_letters(&name, 0, usize::MAX).await.unwrap();
+    assert_eq!(
+        after
+            .iter()
+            .map(|l| (l.event_id, l.failed_at, l.error.as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            (events[0].event_id, before[0].failed_at, "failed for [forgotten]"),
+            (
+                events[1].event_id,
+                before[1].failed_at,
+                "failed for ada@example.com"
+            ),
+        ],
+        "only the letter of that event changed, in its place"
+    );
+    assert!(
+        store
+            .dead_letters(&other, 0, usize::MAX)
+            .await
+            .unwrap()
+            .iter()
+            .all(|l| l.error == "failed for ada@example.com"),
+        "another name's stay"
+    );
+    assert_eq!(
+        store
+            .redact_dead_letter(&name, Uuid::new_v4(), "x")
+            .await
+            .unwrap(),
+        0
     );
 }
 

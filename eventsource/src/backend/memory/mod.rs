@@ -719,6 +719,17 @@ impl SubscriptionStore for InMemorySubscriptionStore {
         })
     }
 
+    async fn redact_dead_letter(&self, name: &str, event_id: Uuid, error: &str) -> Result<u64> {
+        self.with(name, |s| {
+            let mut changed = 0;
+            for letter in s.dead_letters.iter_mut().filter(|l| l.event_id == event_id) {
+                letter.error = error.to_owned();
+                changed += 1;
+            }
+            changed
+        })
+    }
+
     async fn subscriptions(&self) -> Result<Vec<crate::subscription::SubscriptionStatus>> {
         let now = Instant::now();
         let all = self.inner.lock().unwrap_or_else(|p| p.into_inner());

@@ -199,6 +199,21 @@ impl SubscriptionStore for PostgresSubscriptionStore {
         Ok(removed.rows_affected())
     }
 
+    async fn redact_dead_letter(&self, name: &str, event_id: Uuid, error: &str) -> Result<u64> {
+        validate_stored_name(name)?;
+        let changed = sqlx::query(&format!(
+            "UPDATE {} SET error = $3 WHERE subscription = $1 AND event_id = $2",
+            self.layout.dead_letters
+        ))
+        .bind(name)
+        .bind(event_id)
+        .bind(error)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| query_error(&format!("cannot redact a dead letter of subscription {name}"), e))?;
+        Ok(changed.rows_affected())
+    }
+
     async fn dead_letters(&self, name: &str, skip: usize, limit: usize) -> Result<Vec<DeadLetter>> {
         validate_stored_name(name)?;
         let rows: Vec<(i64, Uuid, String, String, DateTime<Utc>)> = sqlx::query_as(&format!(

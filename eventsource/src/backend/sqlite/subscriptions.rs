@@ -50,6 +50,9 @@ const DEAD_LETTERS: &str = "SELECT position, event_id, event_type, error, failed
 const REMOVE_DEAD_LETTER: &str =
     "DELETE FROM {p}eventsource_dead_letters WHERE subscription = ?1 AND event_id = ?2";
 
+const REDACT_DEAD_LETTER: &str =
+    "UPDATE {p}eventsource_dead_letters SET error = ?3 WHERE subscription = ?1 AND event_id = ?2";
+
 const SUBSCRIPTIONS: &str = "SELECT s.name, s.position, CASE WHEN s.lease_until > ?1 THEN s.owner END,
         (SELECT count(*) FROM {p}eventsource_dead_letters d WHERE d.subscription = s.name),
         s.owner IS NOT NULL AND s.lease_until <= ?1
@@ -67,6 +70,7 @@ pub(super) struct Sql {
     dead_letter: String,
     dead_letters: String,
     remove_dead_letter: String,
+    redact_dead_letter: String,
     subscriptions: String,
 }
 
@@ -82,6 +86,7 @@ impl Sql {
             dead_letter: prefix.sql(DEAD_LETTER),
             dead_letters: prefix.sql(DEAD_LETTERS),
             remove_dead_letter: prefix.sql(REMOVE_DEAD_LETTER),
+            redact_dead_letter: prefix.sql(REDACT_DEAD_LETTER),
             subscriptions: prefix.sql(SUBSCRIPTIONS),
         }
     }
@@ -303,6 +308,19 @@ impl SubscriptionStore for SqliteSubscriptionStore {
                 remove().map_err(|e| store_error(what, e))
             })
             .await
+    }
+
+    async fn redact_dead_letter(&self, name: &str, event_id: Uuid, error: &str) -> Result<u64> {
+        validate_stored_name(name)?;
+        let params = vec![text(name), text(event_id.hyphenated()), text(error)];
+        let changed = self
+            .change(
+                |sql| &sql.redact_dead_letter,
+                params,
+                format!("cannot redact a dead letter of subscription {name}"),
+            )
+            .await?;
+        Ok(changed as u64)
     }
 
     async fn dead_letters(&self, name: &str, skip: usize, limit: usize) -> Result<Vec<DeadLetter>> {

@@ -1,0 +1,339 @@
+//! Erasure: forgetting a data subject in every copy of its personal values, and proving it.
+//!
+//! Personal fields are stored sealed with a key per data subject (see [`crate::personal`]),
+//! so deleting the key erases them from every event at once. But the values are copied
+//! elsewhere in the clear: into snapshots (an aggregate's state), into the errors of dead
+//! letters, into read models. [`Erasure::forget`] reaches each of them, and the key last:
+//!
+//! 1. **The subject reads as forgotten from now on** ([`KeyStore::begin_forgetting`]): loads,
+//!    replays and consumers read its values as [`Personal::Forgotten`](crate::personal::Personal),
+//!    and new values of it are refused. The key is kept for now, to read the values once:
+//!    they are what the forgetting looks for in every copy (each string or number of four
+//!    characters or more).
+//! 2. **It waits for other processes' caches** ([`Erasure::settle`], by default a
+//!    [`Keyring`]'s time to live, 30 s, counted from when the forgetting began): until then a
+//!    process that had the key cached may still read the values, and write them into a
+//!    snapshot.
+//! 3. **Snapshots** of every stream that holds the subject's values are deleted, and written
+//!    again from a replay, which reads the values as forgotten (for aggregate types
+//!    registered in this program; the others' are deleted only).
+//! 4. **Dead letters** whose error quotes a value have it replaced by `[forgotten]`.
+//! 5. **Registered holders** ([`PersonalDataHolder`]: read models, caches, indexes) are told
+//!    to erase or anonymise what they hold of the subject.
+//! 6. **Every place is read again**: the events through a keyring without a cache, each
+//!    stream's snapshot, every dead letter, each holder. What still holds a value is a
+//!    finding in the [`ErasureReport`]; with none, the key is deleted
+//!    ([`KeyStore::finish_forgetting`]) and the forgetting is finished.
+//!
+//! A forgetting killed half way is run again and finishes: each step is safe to repeat, the
+//! key stays until the report is clean, and [`Erasure::unfinished`] lists the subjects whose
+//! forgetting began and did not finish. `admin forget SUBJECT` runs it and exits non-zero
+//! when the report has findings.
+//!
+//! What it does not reach: backups of the database (a restored backup holds the key: forget
+//! again after a restore), logs, the outbox's messages already published to other services
+//! (they carry the values sealed, and other services cannot open them), the state of process
+//! managers (keep subject ids there, not values), and copies the application made elsewhere
+//! that it did not register as a holder. The guide `docs/guides/personal-data.md` says how to
+//! design events so that personal values sit only in declared fields.
+
+mod holder;
+mod report;
+mod values;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use uuid::Uuid;
+
+pub use holder::PersonalDataHolder;
+pub use report::ErasureReport;
+
+use crate::backend::Stores;
+use crate::error::{Error, Result};
+use crate::personal::{seal, validate_subject, Keyring};
+use crate::repository::operations_of;
+use values::Sought;
+
+/// Dead letters read at a time.
+const LETTERS_PAGE: usize = 500;
+
+/// Forgets data subjects in every copy of their personal values: see the [module docs](self).
+#[derive(Clone)]
+pub struct Erasure {
+    stores: Stores,
+    keys: Keyring,
+    holders: Vec<Arc<dyn PersonalDataHolder>>,
+    settle: Duration,
+}
+
+impl std::fmt::Debug for Erasure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Erasure")
+            .field("backend", &self.stores.backend_name())
+            .field(
+                "holders",
+                &self.holders.iter().map(|h| h.name()).collect::<Vec<_>>(),
+            )
+            .field("settle", &self.settle)
+            .finish()
+    }
+}
+
+impl Erasure {
+    /// The erasure of subjects from `stores`, with their keys;
+    /// [`Error::InvalidConfiguration`] for stores that keep none.
+    pub fn new(stores: &Stores) -> Result<Self> {
+        let keys = stores.keys.clone().ok_or_else(|| {
+            Error::InvalidConfiguration(format!(
+                "the {} stores keep no keys of data subjects: give them a keyring (`Stores::with_keys`)",
+                stores.backend_name()
+            ))
+        })?;
+        Ok(Erasure {
+            stores: stores.clone(),
+            settle: keys.cache_ttl(),
+            keys,
+            holders: Vec::new(),
+        })
+    }
+
+    /// Also tells `holder` (a read model, a cache) to forget each subject, and reads it again.
+    #[must_use]
+    pub fn holder(mut self, holder: Arc<dyn PersonalDataHolder>) -> Self {
+        self.holders.push(holder);
+        self
+    }
+
+    /// How long after a forgetting begins it waits before it rewrites snapshots and looks
+    /// for copies: at least as long as any process keeps a key in its cache (a [`Keyring`]'s
+    /// time to live). Zero where one process uses the stores, as in tests.
+    #[must_use]
+    pub fn settle(mut self, wait: Duration) -> Self {
+        self.settle = wait;
+        self
+    }
+
+    /// The subjects whose forgetting began and did not finish (killed half way, or with
+    /// findings): run [`forget`](Self::forget) again for each.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the key store failed.
+    pub async fn unfinished(&self) -> Result<Vec<String>> {
+        self.keys.store().unfinished().await
+    }
+
+    /// Forgets `subject` in every copy of its values, reads every place again, and deletes
+    /// its key if none holds a value any more: see the [module docs](self). Runs again after
+    /// a crash, or after findings were fixed, to finish.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a subject no key store keeps; [`Error::Store`] if a store
+    /// failed (run it again); [`Error::Corrupt`] for a stored value of the subject that does
+    /// not open with its key. Findings are no error: see [`ErasureReport::is_clean`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Each step commits on its own and is safe to repeat: dropped, the subject stays
+    /// forgotten for readers, and running it again finishes.
+    pub async fn forget(&self, subject: &str) -> Result<ErasureReport> {
+        validate_subject(subject)?;
+        let store = self.keys.store();
+        let forgetting = store.begin_forgetting(subject).await?;
+        self.keys.evict(subject);
+        tracing::info!(subject, "forgetting a data subject");
+        let streams = store.streams_of(subject).await?;
+        let mut report = ErasureReport {
+            subject: subject.to_owned(),
+            streams: streams.len(),
+            ..ErasureReport::default()
+        };
+        let mut sought = Sought::default();
+        if let Some(key) = &forgetting.key {
+            for (aggregate_type, id) in &streams {
+                let mut events = self.stores.events.read_stream(*id, aggregate_type, 0);
+                while let Some(event) = events.next().await {
+                    for value in seal::values_of(&event?.envelope, subject, key)? {
+                        sought.add(&value);
+                    }
+                }
+            }
+            report.values_known = true;
+        }
+        report.values_sought = sought.texts().len();
+        if forgetting.finished_at.is_none() {
+            let waited = (chrono::Utc::now() - forgetting.since)
+                .to_std()
+                .unwrap_or_default();
+            if let Some(left) = self.settle.checked_sub(waited).filter(|left| !left.is_zero()) {
+                tracing::info!(subject, wait = ?left, "waiting for other processes' cached keys to expire");
+                crate::deadline::sleep(left).await;
+            }
+        }
+        // Reads the store every time: the subject is forgotten there, whatever a cache holds.
+        let reader = Keyring::with_cache(store.clone(), 0, Duration::ZERO);
+        self.rewrite_snapshots(&streams, &reader, &mut report).await?;
+        if report.values_known {
+            report.letters_redacted = self.redact_letters(&sought).await?;
+        }
+        for holder in &self.holders {
+            holder.forget(subject).await?;
+            report.holders.push(holder.name());
+        }
+        report.findings = self.findings(subject, &streams, &sought, &reader).await?;
+        if report.is_clean() {
+            if forgetting.finished_at.is_none() {
+                store.finish_forgetting(subject).await?;
+            }
+            report.key_deleted = true;
+            tracing::info!(subject, "data subject forgotten");
+        } else {
+            tracing::warn!(
+                subject,
+                findings = report.findings.len(),
+                "data subject forgotten for readers, but copies remain; the key is kept"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Deletes the snapshots of `streams` and writes them again from a replay through
+    /// `reader`, which reads the subject's values as forgotten.
+    async fn rewrite_snapshots(
+        &self,
+        streams: &[(String, Uuid)],
+        reader: &Keyring,
+        report: &mut ErasureReport,
+    ) -> Result<()> {
+        for (aggregate_type, id) in streams {
+            if !self.stores.snapshots.delete_snapshot(*id, aggregate_type).await? {
+                continue;
+            }
+            report.snapshots_deleted += 1;
+            let Some(operations) = operations_of(aggregate_type) else {
+                continue;
+            };
+            let warmed = operations
+                .warm_snapshot(
+                    self.stores.events.clone(),
+                    self.stores.snapshots.clone(),
+                    Some(reader.clone()),
+                    *id,
+                )
+                .await?;
+            if warmed.is_some() {
+                report.snapshots_rewritten += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every dead letter of every subscription, a page at a time, to `each`.
+    async fn each_letter(
+        &self,
+        mut each: impl FnMut(&crate::subscription::DeadLetter) -> Option<String>,
+    ) -> Result<Vec<(String, Uuid, String)>> {
+        let mut chosen = Vec::new();
+        for status in self.stores.subscriptions.subscriptions().await? {
+            if status.dead_letters == 0 {
+                continue;
+            }
+            let mut skip = 0;
+            loop {
+                let page = self
+                    .stores
+                    .subscriptions
+                    .dead_letters(&status.name, skip, LETTERS_PAGE)
+                    .await?;
+                for letter in &page {
+                    if let Some(text) = each(letter) {
+                        chosen.push((status.name.clone(), letter.event_id, text));
+                    }
+                }
+                if page.len() < LETTERS_PAGE {
+                    break;
+                }
+                skip += page.len();
+            }
+        }
+        Ok(chosen)
+    }
+
+    /// Redacts the values from the errors of dead letters; how many letters it changed.
+    async fn redact_letters(&self, sought: &Sought) -> Result<u64> {
+        let quoting = self
+            .each_letter(|letter| {
+                sought
+                    .found_in(&letter.error)
+                    .then(|| sought.redact(&letter.error))
+            })
+            .await?;
+        let mut redacted = 0;
+        for (name, event_id, error) in quoting {
+            redacted += self
+                .stores
+                .subscriptions
+                .redact_dead_letter(&name, event_id, &error)
+                .await?;
+        }
+        Ok(redacted)
+    }
+
+    /// Every place that, read again, still holds one of the values.
+    async fn findings(
+        &self,
+        subject: &str,
+        streams: &[(String, Uuid)],
+        sought: &Sought,
+        reader: &Keyring,
+    ) -> Result<Vec<String>> {
+        let mut findings = Vec::new();
+        if !sought.texts().is_empty() {
+            for (aggregate_type, id) in streams {
+                let events: Vec<_> = self
+                    .stores
+                    .events
+                    .read_stream(*id, aggregate_type, 0)
+                    .collect::<Vec<_>>()
+                    .await
+                    .into_iter()
+                    .collect::<Result<_>>()?;
+                for event in seal::open_events(Some(reader), &events).await?.iter() {
+                    if sought.found_in(&event.payload) {
+                        findings.push(format!(
+                            "event {} of {aggregate_type} {id} reads back a value",
+                            event.event_id
+                        ));
+                    }
+                }
+                if let Some(snapshot) = self
+                    .stores
+                    .snapshots
+                    .get_snapshot(*id, aggregate_type, u32::MAX)
+                    .await?
+                {
+                    if sought.found_in(&snapshot.state) {
+                        findings.push(format!("the snapshot of {aggregate_type} {id} holds a value"));
+                    }
+                }
+            }
+            let letters = self
+                .each_letter(|letter| sought.found_in(&letter.error).then(String::new))
+                .await?;
+            for (name, event_id, _) in letters {
+                findings.push(format!(
+                    "the dead letter of {name} for event {event_id} quotes a value"
+                ));
+            }
+        }
+        for holder in &self.holders {
+            if holder.holds(subject, sought.texts()).await? {
+                findings.push(format!("{} still holds the subject's data", holder.name()));
+            }
+        }
+        Ok(findings)
+    }
+}

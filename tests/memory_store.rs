@@ -110,8 +110,10 @@ async fn run_all_runs_every_check_on_one_store() {
     eventsourcing_kit::testing::stores::run_all(&eventsourcing_kit::backend::Stores::in_memory()).await;
     eventsourcing_kit::testing::event_store::run_all(&InMemoryEventStore::new()).await;
     eventsourcing_kit::testing::snapshot_store::run_all(&InMemorySnapshotStore::new()).await;
-    assert_eq!(eventsourcing_kit::testing::subscription_store::NAMES.len(), 9);
+    assert_eq!(eventsourcing_kit::testing::subscription_store::NAMES.len(), 10);
     eventsourcing_kit::testing::subscription_store::run_all(&InMemorySubscriptionStore::new()).await;
+    assert_eq!(eventsourcing_kit::testing::key_store::NAMES.len(), 7);
+    eventsourcing_kit::testing::key_store::run_all(&eventsourcing_kit::InMemoryKeyStore::new()).await;
 }
 
 /// The repository's behaviour through a wrapper of the required methods, with the backend's

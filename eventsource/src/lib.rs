@@ -82,6 +82,11 @@ pub struct MultiStreamGuide;
 #[doc = include_str!("../../docs/guides/process-managers.md")]
 pub struct ProcessManagersGuide;
 
+/// The personal data guide, compiled and run as doc tests so its examples cannot drift.
+#[cfg(all(doctest, feature = "personal-data"))]
+#[doc = include_str!("../../docs/guides/personal-data.md")]
+pub struct PersonalDataGuide;
+
 /// The sharding guide, compiled and run as doc tests so its examples cannot drift.
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/guides/sharding.md")]

@@ -5,7 +5,7 @@
 //! elsewhere in the clear: into snapshots (an aggregate's state), into the errors of dead
 //! letters, into read models. [`Erasure::forget`] reaches each of them, and the key last:
 //!
-//! 1. **The subject reads as forgotten from now on** ([`KeyStore::begin_forgetting`]): loads,
+//! 1. **The subject reads as forgotten from now on** ([`KeyStore::begin_forgetting`](crate::personal::KeyStore::begin_forgetting)): loads,
 //!    replays and consumers read its values as [`Personal::Forgotten`](crate::personal::Personal),
 //!    and new values of it are refused. The key is kept for now, to read the values once:
 //!    they are what the forgetting looks for in every copy (each string or number of four
@@ -23,7 +23,7 @@
 //! 6. **Every place is read again**: the events through a keyring without a cache, each
 //!    stream's snapshot, every dead letter, each holder. What still holds a value is a
 //!    finding in the [`ErasureReport`]; with none, the key is deleted
-//!    ([`KeyStore::finish_forgetting`]) and the forgetting is finished.
+//!    ([`KeyStore::finish_forgetting`](crate::personal::KeyStore::finish_forgetting)) and the forgetting is finished.
 //!
 //! A forgetting killed half way is run again and finishes: each step is safe to repeat, the
 //! key stays until the report is clean, and [`Erasure::unfinished`] lists the subjects whose

@@ -130,7 +130,7 @@ impl<A: Aggregate> Repository<A> {
     /// and opening them when it loads (see [`crate::personal`]).
     /// [`backend::Stores::repository`](crate::backend::Stores::repository) wires the
     /// backend's keys. Without it, a save of events with personal fields is
-    /// [`Error::InvalidConfiguration`](crate::Error::InvalidConfiguration) and a load of one
+    /// [`Error::InvalidConfiguration`] and a load of one
     /// fails to decode its sealed fields.
     #[must_use]
     pub fn with_personal_data(mut self, keys: Keyring) -> Self {

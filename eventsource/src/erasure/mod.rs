@@ -52,7 +52,7 @@ pub use report::ErasureReport;
 
 use crate::backend::Stores;
 use crate::error::{Error, Result};
-use crate::personal::{seal, validate_subject, Keyring};
+use crate::personal::{open, validate_subject, Keyring};
 use crate::repository::operations_of;
 use values::Sought;
 
@@ -156,7 +156,7 @@ impl Erasure {
             for (aggregate_type, id) in &streams {
                 let mut events = self.stores.events.read_stream(*id, aggregate_type, 0);
                 while let Some(event) = events.next().await {
-                    for value in seal::values_of(&event?.envelope, subject, key)? {
+                    for value in open::values_of(&event?.envelope, subject, key)? {
                         sought.add(&value);
                     }
                 }
@@ -301,7 +301,7 @@ impl Erasure {
                     .await
                     .into_iter()
                     .collect::<Result<_>>()?;
-                for event in seal::open_events(Some(reader), &events).await?.iter() {
+                for event in open::open_events(Some(reader), &events).await?.iter() {
                     if sought.found_in(&event.payload) {
                         findings.push(format!(
                             "event {} of {aggregate_type} {id} reads back a value",

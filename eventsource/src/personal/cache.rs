@@ -1,5 +1,6 @@
 //! A bounded cache whose entries expire: the oldest entry makes room for a new one.
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
@@ -26,7 +27,10 @@ impl<K: Hash + Eq + Clone, V: Clone> Expiring<K, V> {
     }
 
     /// The value of `key`, if it was put in less than the ttl ago.
-    pub(crate) fn get(&self, key: &K) -> Option<V> {
+    pub(crate) fn get<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+    {
         let (value, at) = self.entries.get(key)?;
         (at.elapsed() < self.ttl).then(|| value.clone())
     }
@@ -48,7 +52,10 @@ impl<K: Hash + Eq + Clone, V: Clone> Expiring<K, V> {
         }
     }
 
-    pub(crate) fn remove(&mut self, key: &K) {
+    pub(crate) fn remove<Q: Hash + Eq + ?Sized>(&mut self, key: &Q)
+    where
+        K: Borrow<Q>,
+    {
         self.entries.remove(key);
     }
 

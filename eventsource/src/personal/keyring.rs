@@ -87,7 +87,7 @@ impl Keyring {
 
     /// Drops what the cache holds of `subject`, so that the next use asks the store.
     pub fn evict(&self, subject: &str) {
-        lock(&self.inner.reading).remove(&subject.to_owned());
+        lock(&self.inner.reading).remove(subject);
         lock(&self.inner.writing).retain(|(s, _, _)| s != subject);
     }
 
@@ -126,7 +126,7 @@ impl Keyring {
     pub(crate) async fn reading_keys(&self, subjects: &[&str]) -> Result<Vec<Option<KeyState>>> {
         let mut states: Vec<Option<KeyState>> = {
             let cache = lock(&self.inner.reading);
-            subjects.iter().map(|s| cache.get(&(*s).to_owned())).collect()
+            subjects.iter().map(|s| cache.get(*s)).collect()
         };
         let missing: Vec<&str> = subjects
             .iter()

@@ -19,7 +19,7 @@
 //!
 //! - **Sealed when saved.** A [`Repository`](crate::Repository) with a [`Keyring`] (every
 //!   repository built from [`Stores`](crate::backend::Stores), whose backend keeps the keys)
-//!   seals each personal value with XChaCha20-Poly1305 under its subject's key, made the first
+//!   seals each personal value with AES-256-GCM under its subject's key, made the first
 //!   time the subject is written, and bound to the event, the field and the subject: the
 //!   stored payload holds `{"$personal": {"subject": "...", "sealed": "..."}}` in its place.
 //!   The subject field itself stays in the clear: it names the key. Saving personal fields
@@ -44,8 +44,10 @@
 
 mod cache;
 mod cipher;
+mod fields;
 mod key_store;
 mod keyring;
+pub(crate) mod open;
 pub(crate) mod seal;
 mod value;
 

@@ -6,6 +6,9 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 /// The key of the JSON object that stands for a forgotten value: `{"$forgotten": true}`.
 pub(crate) const FORGOTTEN: &str = "$forgotten";
 
+/// A forgotten value's JSON, as `Personal` writes it.
+pub(crate) const FORGOTTEN_TEXT: &str = r#"{"$forgotten":true}"#;
+
 /// The key of the JSON object that holds a sealed value (see [`crate::personal`]).
 pub(crate) const SEALED: &str = "$personal";
 

@@ -11,7 +11,8 @@ use crate::aggregate::{Aggregate, AggregateEvent};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::event_store::EventStream;
-use crate::personal::{seal, Keyring};
+use crate::personal::open::{self, Opener};
+use crate::personal::Keyring;
 use crate::registry;
 use crate::root::AggregateRoot;
 use crate::snapshot::metrics::Counter;
@@ -358,6 +359,7 @@ async fn replay<A: Aggregate>(
     keys: Option<&Keyring>,
 ) -> Result<u64> {
     let start = root.version();
+    let mut opener = keys.map(Opener::new);
     while let Some(stored) = events.next().await {
         let stored = stored?;
         let expected = root.version().checked_add(1);
@@ -380,9 +382,9 @@ async fn replay<A: Aggregate>(
                 ),
             ));
         }
-        let event = match keys {
-            Some(keys) if seal::may_be_sealed(&stored.payload) => {
-                let payload = seal::open_payload(keys, &stored).await?;
+        let event = match &mut opener {
+            Some(opener) if open::may_be_sealed(&stored.payload) => {
+                let payload = opener.open(&stored).await?;
                 A::Event::decode(&stored.event_type, stored.event_version, &payload)?
             }
             _ => A::Event::decode(&stored.event_type, stored.event_version, &stored.payload)?,

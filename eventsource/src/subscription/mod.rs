@@ -706,7 +706,7 @@ impl Subscription {
         &self,
         events: &'e [StoredEvent],
     ) -> Result<std::borrow::Cow<'e, [StoredEvent]>> {
-        crate::personal::seal::open_events(self.options.keys.as_ref(), events).await
+        crate::personal::open::open_events(self.options.keys.as_ref(), events).await
     }
 
     async fn deliver_in<H: Handler>(

@@ -320,6 +320,13 @@ fn type_name(cx: &Ctxt, value: &Expr, syntax: &str) -> Option<LitStr> {
         );
         return None;
     }
+    if name.starts_with('$') {
+        cx.error_spanned_by(
+            lit,
+            format!("{syntax} must not start with `$`: those names belong to the library's system events"),
+        );
+        return None;
+    }
     Some(LitStr::new(&name, lit.span()))
 }
 

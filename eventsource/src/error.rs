@@ -192,6 +192,16 @@ pub enum Error {
         count: usize,
     },
 
+    /// New events were to be saved on a stream that is closed (see [`crate::lifecycle`]);
+    /// nothing was written.
+    #[error("{aggregate_type} {aggregate_id} is closed: no event can be saved on it")]
+    StreamClosed {
+        /// The aggregate type of the stream.
+        aggregate_type: String,
+        /// The aggregate id of the stream.
+        aggregate_id: Uuid,
+    },
+
     /// Personal data of a data subject that is forgotten, or being forgotten, was to be
     /// written (see [`crate::personal`]); nothing was written.
     #[error("personal data of subject {subject} cannot be written: the subject is forgotten")]

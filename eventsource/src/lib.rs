@@ -16,6 +16,7 @@ pub mod event;
 pub mod event_store;
 pub mod evolution;
 pub mod group;
+pub mod lifecycle;
 pub mod multi_stream;
 #[cfg(feature = "nats")]
 pub mod outbox;
@@ -86,6 +87,11 @@ pub struct ProcessManagersGuide;
 #[cfg(all(doctest, feature = "personal-data"))]
 #[doc = include_str!("../../docs/guides/personal-data.md")]
 pub struct PersonalDataGuide;
+
+/// The stream lifecycle guide, compiled and run as doc tests so its examples cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guides/stream-lifecycle.md")]
+pub struct StreamLifecycleGuide;
 
 /// The sharding guide, compiled and run as doc tests so its examples cannot drift.
 #[cfg(doctest)]

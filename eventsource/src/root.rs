@@ -42,6 +42,8 @@ pub struct AggregateRoot<A: Aggregate> {
     last_event_id: Option<Uuid>,
     /// The feed position of the last event saved through this root.
     position: Option<u64>,
+    /// Whether the stream is closed (see [`crate::lifecycle`]).
+    closed: bool,
 }
 
 impl<A: Aggregate> AggregateRoot<A> {
@@ -60,6 +62,7 @@ impl<A: Aggregate> AggregateRoot<A> {
             context: EventContext::default(),
             last_event_id: None,
             position: None,
+            closed: false,
         }
     }
 
@@ -73,6 +76,34 @@ impl<A: Aggregate> AggregateRoot<A> {
     /// The aggregate id.
     pub fn id(&self) -> Uuid {
         self.id
+    }
+
+    /// Whether its stream is closed (see [`crate::lifecycle`]): no event can be saved on it.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Applies a stored system event (see [`crate::lifecycle`]): it counts as a version and
+    /// changes no state; [`Error::UnknownEventType`](crate::Error::UnknownEventType) for one
+    /// this library does not know.
+    pub(crate) fn apply_system(&mut self, event_type: &str, event_id: Uuid) -> Result<()> {
+        match event_type {
+            crate::lifecycle::CLOSED => self.closed = true,
+            other => {
+                return Err(crate::error::Error::UnknownEventType {
+                    event_type: other.to_owned(),
+                    aggregate_type: A::TYPE_NAME.to_owned(),
+                })
+            }
+        }
+        self.version += 1;
+        self.last_event_id = Some(event_id);
+        Ok(())
+    }
+
+    /// Marks the stream closed: what a snapshot taken at its closing event stands for.
+    pub(crate) fn mark_closed(&mut self) {
+        self.closed = true;
     }
 
     /// The version, counting unsaved events: the number of events applied to the state.
@@ -156,6 +187,12 @@ impl<A: Aggregate> AggregateRoot<A> {
     /// The unsaved events as envelopes to seal and append, or the first that cannot be
     /// encoded or would not load back (see [`codec::loadable_event`]).
     pub(crate) fn pending_envelopes(&self) -> Result<Unsealed> {
+        if self.closed && !self.pending.is_empty() {
+            return Err(crate::error::Error::StreamClosed {
+                aggregate_type: A::TYPE_NAME.to_owned(),
+                aggregate_id: self.id,
+            });
+        }
         let aggregate_type: Arc<str> = Arc::from(A::TYPE_NAME);
         let envelopes = self
             .pending

@@ -24,6 +24,7 @@
 //!                                                  findings with what to do
 //! forget SUBJECT | forget [--settle SECS]          erases a data subject's personal values from
 //!                                                  every copy, then reads each place again
+//! streams close ID --type T                        closes a stream for good (asks first)
 //! ```
 //!
 //! Output is for people by default and JSON with `--json`. The exit status is 0 when all is
@@ -78,6 +79,7 @@ mod projections;
 mod shards;
 mod snapshots;
 mod stats;
+mod streams;
 mod verify_projection;
 
 use std::ffi::OsString;
@@ -176,6 +178,9 @@ pub enum AdminCommand {
         #[arg(long, value_name = "EVENTS", default_value_t = 10_000)]
         max_lag: u64,
     },
+    /// Closes streams for good.
+    #[command(subcommand)]
+    Streams(StreamsCommand),
     /// Forgets a data subject (see `eventsourcing_kit::erasure`): its personal values read as
     /// forgotten, its snapshots are written again, dead letters quoting its values are
     /// redacted, the holders the program names erase theirs; then every place is read again,
@@ -237,6 +242,24 @@ pub enum SnapshotsCommand {
         /// Only snapshots of a schema version below this one.
         #[arg(long)]
         below: Option<u32>,
+        /// Does not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// `streams ...`
+#[derive(Subcommand, Clone, Debug)]
+pub enum StreamsCommand {
+    /// Closes a stream for good (see `eventsourcing_kit::lifecycle`): its last event is the
+    /// closing event, and the library's writers refuse new events on it. A stream closed
+    /// already is left as it is.
+    Close {
+        /// The aggregate's id.
+        id: uuid::Uuid,
+        /// Its aggregate type (registered or not).
+        #[arg(long = "type", value_name = "TYPE")]
+        aggregate_type: String,
         /// Does not ask for confirmation.
         #[arg(long)]
         yes: bool,
@@ -594,6 +617,7 @@ impl Admin {
             AdminCommand::Doctor { max_replay, max_lag } => {
                 doctor::run(&stores, doctor::Limits { max_replay, max_lag }, &mut out).await
             }
+            AdminCommand::Streams(command) => streams::run(&stores, command, &mut out).await,
             AdminCommand::Forget { subject, settle, yes } => {
                 let holders = self
                     .holders

@@ -142,6 +142,9 @@ impl<A: Aggregate> Repository<A> {
                         && event_id.is_none_or(|id| id == event.event_id) =>
                 {
                     let mut root = AggregateRoot::following(id, version, state, event.event_id);
+                    if *event.event_type == *crate::lifecycle::CLOSED {
+                        root.mark_closed();
+                    }
                     let replayed = replay(&mut root, events, self.keys.as_ref()).await?;
                     let used = if migrated { Counter::Migrated } else { Counter::Hit };
                     self.metrics.add(A::TYPE_NAME, used);
@@ -381,6 +384,10 @@ async fn replay<A: Aggregate>(
                     stored.aggregate_version
                 ),
             ));
+        }
+        if crate::lifecycle::is_system_event(&stored.event_type) {
+            root.apply_system(&stored.event_type, stored.event_id)?;
+            continue;
         }
         let event = match &mut opener {
             Some(opener) if open::may_be_sealed(&stored.payload) => {

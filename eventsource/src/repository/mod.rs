@@ -8,6 +8,7 @@
 
 mod background;
 mod execute;
+mod lifecycle;
 mod load;
 mod operations;
 mod outcome;

@@ -67,7 +67,11 @@ where
     F: FnMut(&StoredEvent, A::Event) -> Result<(), HandlerError> + Send,
 {
     async fn handle(&mut self, events: &[StoredEvent]) -> Result<(), HandlerError> {
-        for event in events.iter().filter(|e| *e.aggregate_type == *A::TYPE_NAME) {
+        // System events (a stream's closing) are no event of the aggregate's.
+        let taken = events.iter().filter(|e| {
+            *e.aggregate_type == *A::TYPE_NAME && !crate::lifecycle::is_system_event(&e.event_type)
+        });
+        for event in taken {
             let decoded = A::Event::decode(&event.event_type, event.event_version, &event.payload)?;
             (self.f)(event, decoded)?;
         }

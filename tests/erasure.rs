@@ -110,6 +110,10 @@ async fn customer_everywhere(stores: &Stores, subject: &str, emails: &Emails) ->
     id
 }
 
+fn key_store(stores: &Stores) -> &Arc<dyn eventsourcing_kit::personal::KeyStore> {
+    stores.keys.as_ref().expect("every backend keeps keys").store()
+}
+
 fn erasure(stores: &Stores, emails: &Emails) -> Erasure {
     Erasure::new(stores)
         .unwrap()
@@ -195,14 +199,7 @@ async fn a_forgetting_killed_half_way_finishes_when_run_again(stores: Stores) {
     let gone = subject();
     let id = customer_everywhere(&stores, &gone, &emails).await;
     // Killed after the first step: readers see the subject forgotten, nothing else is done.
-    stores
-        .keys
-        .as_ref()
-        .unwrap()
-        .store()
-        .begin_forgetting(&gone)
-        .await
-        .unwrap();
+    key_store(&stores).begin_forgetting(&gone).await.unwrap();
     stores.keys.as_ref().unwrap().evict(&gone);
     assert!(stores
         .repository::<Customer>()
@@ -240,14 +237,7 @@ async fn findings_keep_the_key_until_every_copy_is_gone(stores: Stores) {
         report.findings,
         vec!["read model emails still holds the subject's data".to_owned()]
     );
-    let kept = stores
-        .keys
-        .as_ref()
-        .unwrap()
-        .store()
-        .begin_forgetting(&gone)
-        .await
-        .unwrap();
+    let kept = key_store(&stores).begin_forgetting(&gone).await.unwrap();
     assert!(kept.key.is_some(), "the key is kept while a copy remains");
     emails.broken.store(false, Ordering::SeqCst);
     let report = erasure(&stores, &emails).forget(&gone).await.unwrap();
@@ -421,7 +411,7 @@ async fn admin_forget_reports_and_exits_on_findings(url: &str, stores: Stores) {
     assert_eq!(report["subjects"][0]["key_deleted"], true);
     // These stores stand for another process: their keyring may hold the key for its time
     // to live (what `--settle` waits for); a keyring without it reads the subject forgotten.
-    let keys = eventsourcing_kit::personal::Keyring::new(stores.keys.as_ref().unwrap().store().clone());
+    let keys = eventsourcing_kit::personal::Keyring::new(key_store(&stores).clone());
     let loaded = stores
         .repository::<Customer>()
         .with_personal_data(keys)
@@ -454,4 +444,56 @@ async fn admin_forget_on_postgres() {
     let stores = eventsourcing_kit::backend::open(&url).await.unwrap();
     stores.migrate().await.unwrap();
     admin_forget_reports_and_exits_on_findings(&url, stores).await;
+}
+
+/// On a sharded store the keys are kept by shard 0, and a forgetting reaches the subject's
+/// streams on every shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgetting_on_a_sharded_store_reaches_every_shard() {
+    use eventsourcing_kit::backend::sharded::{self, ShardMap};
+    use eventsourcing_kit::slice::{SliceCount, SliceRange};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut shards = Vec::new();
+    for name in ["a.db", "b.db"] {
+        let url = format!("sqlite:{}", dir.path().join(name).display());
+        shards.push(eventsourcing_kit::backend::open(&url).await.unwrap());
+    }
+    let range = |first, last| SliceRange::new(first, last).unwrap();
+    let map = ShardMap::new(
+        SliceCount::DEFAULT,
+        vec![(range(0, 511), 0), (range(512, 1023), 1)],
+    )
+    .unwrap();
+    let stores = sharded::open(map, shards).await.unwrap();
+    let customers = stores.repository::<Customer>();
+    let gone = subject();
+    let ids = futures_util::future::join_all((0..8).map(|_| register(&customers, &gone))).await;
+    let on_shard = |shard: usize| {
+        let events = stores.shards().unwrap()[shard].events.clone();
+        let ids = ids.clone();
+        async move {
+            let mut held = 0;
+            for id in ids {
+                held += usize::from(events.stream_version(id, "Customer").await.unwrap() > 0);
+            }
+            held
+        }
+    };
+    assert!(
+        on_shard(0).await > 0 && on_shard(1).await > 0,
+        "the streams are spread over both shards"
+    );
+
+    let report = Erasure::new(&stores)
+        .unwrap()
+        .settle(Duration::ZERO)
+        .forget(&gone)
+        .await
+        .unwrap();
+    assert!(report.is_clean() && report.key_deleted, "{report:?}");
+    assert_eq!(report.streams, 8);
+    for id in ids {
+        assert!(customers.load(id).await.unwrap().state().email.is_forgotten());
+    }
 }

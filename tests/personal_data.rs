@@ -95,20 +95,7 @@ async fn personal_fields_are_stored_sealed_and_read_back_open(stores: Stores) {
         }
         Ok(())
     });
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move {
-        subscription
-            .run(handler, async {
-                let _ = stopped.await;
-            })
-            .await
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while seen.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    common::run_until(subscription, handler, || !seen.lock().unwrap().is_empty()).await;
     assert_eq!(*seen.lock().unwrap(), vec![Some(EMAIL.to_owned())]);
 }
 

@@ -154,20 +154,7 @@ async fn consumers_see_the_closing_event_and_typed_handlers_skip_it(stores: Stor
         .for_aggregate::<Account>()
         .poll_interval(Duration::from_millis(20))
         .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move {
-        subscription
-            .run(handler, async {
-                let _ = stopped.await;
-            })
-            .await
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while seen.lock().unwrap().len() < 4 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    common::run_until(subscription, handler, || seen.lock().unwrap().len() >= 4).await;
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.last().map(String::as_str), Some(CLOSED), "{seen:?}");
     assert!(lifecycle::is_system_event(&seen[3]));

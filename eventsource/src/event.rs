@@ -34,7 +34,7 @@ pub trait Event: Serialize + DeserializeOwned + Clone + Debug + Send + Sync + 's
     const ALIASES: &'static [&'static str] = &[];
     /// The personal fields of the event (`#[personal(subject = ...)]`, see
     /// [`crate::personal`]): none unless declared.
-    const PERSONAL: &'static [crate::personal::PersonalField] = &[];
+    const PERSONAL: &'static [crate::aggregate::PersonalField] = &[];
 
     /// Decodes a payload stored at `version`, upcasting it step by step to
     /// [`EVENT_VERSION`](Self::EVENT_VERSION) through the steps of `#[event(upcast(...))]`.

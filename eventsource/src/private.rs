@@ -7,10 +7,10 @@ pub use serde_json;
 pub use crate::evolution::{decode_stored, migrate_state, upcast_json, upcast_typed};
 
 pub use crate::__require_personal_data as require_personal_data;
+pub use crate::aggregate::PersonalField;
 pub use crate::aggregate::{no_migration, Aggregate, AggregateEvent, Apply};
 pub use crate::error::{Error, Result};
 pub use crate::event::{unknown_event_version, Event};
-pub use crate::personal::PersonalField;
 pub use crate::registry::{AggregateRegistration, EventRegistration};
 
 /// Expands to nothing where the `personal-data` feature seals personal fields, and to a

@@ -214,3 +214,26 @@ pub use child::*;
 pub use cluster::*;
 #[allow(unused_imports)]
 pub use database::*;
+
+/// Runs `subscription` with `handler` until `done()` holds, 10 s at most, then stops it
+/// gracefully; panics if it failed.
+pub async fn run_until<H: Handler + 'static>(
+    subscription: eventsourcing_kit::subscription::Subscription,
+    handler: H,
+    done: impl Fn() -> bool,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        subscription
+            .run(handler, async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+}

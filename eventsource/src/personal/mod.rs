@@ -51,26 +51,10 @@ pub(crate) mod open;
 pub(crate) mod seal;
 mod value;
 
+pub use crate::aggregate::PersonalField;
 pub use key_store::{
     validate_subject, Forgetting, KeyState, KeyStore, SubjectKey, KEY_LENGTH, MAX_SUBJECT_LENGTH,
 };
 pub use keyring::Keyring;
 pub use value::Personal;
 pub(crate) use value::NEWTYPE;
-
-/// A personal field of an event, as `#[personal(subject = ...)]` declares it: the names the
-/// field and its subject's field have in the event's JSON.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PersonalField {
-    /// The personal field.
-    pub field: &'static str,
-    /// The field that names the data subject the value belongs to.
-    pub subject: &'static str,
-}
-
-impl PersonalField {
-    /// The personal field `field`, whose subject is named by the field `subject`.
-    pub const fn new(field: &'static str, subject: &'static str) -> Self {
-        PersonalField { field, subject }
-    }
-}

@@ -26,7 +26,7 @@ pub struct EventRegistration {
     /// Traces the event's serialized shape, for the schema lock.
     pub shape: ShapeFn,
     /// Its personal fields (see [`crate::personal`]).
-    pub personal: &'static [crate::personal::PersonalField],
+    pub personal: &'static [crate::aggregate::PersonalField],
 }
 
 /// Traces a registered type's serialized shape (see [`crate::evolution::shape`]).

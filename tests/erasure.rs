@@ -194,6 +194,31 @@ async fn forgetting_reaches_every_copy_and_proves_it(stores: Stores) {
     assert!(erasure(&stores, &emails).unfinished().await.unwrap().is_empty());
 }
 
+async fn a_value_also_held_in_the_clear_elsewhere_is_no_finding(stores: Stores) {
+    // The plan happens to be the customer's name: a field in the clear, which a forgetting
+    // leaves, and which the snapshot it writes again holds.
+    let customers = stores.repository_with_snapshots::<Customer>(SnapshotPolicy::manual());
+    let gone = subject();
+    let id = Uuid::new_v4();
+    let mut root = customers.create_new(id);
+    root.record(Registered {
+        plan: NAME.to_owned(),
+        ..registered(&gone)
+    });
+    customers.save(&mut root).await.unwrap();
+    customers.warm_snapshot(id).await.unwrap();
+    let report = Erasure::new(&stores)
+        .unwrap()
+        .settle(Duration::ZERO)
+        .forget(&gone)
+        .await
+        .unwrap();
+    assert!(report.is_clean() && report.key_deleted, "{report:?}");
+    let loaded = customers.load(id).await.unwrap();
+    assert!(loaded.state().name.is_forgotten());
+    assert_eq!(loaded.state().plan, NAME);
+}
+
 async fn a_forgetting_killed_half_way_finishes_when_run_again(stores: Stores) {
     let emails = Emails::default();
     let gone = subject();
@@ -364,6 +389,7 @@ async fn a_projection_rebuilt_after_a_forgetting_holds_no_value(stores: Stores) 
 crate::on_every_backend! {
     "erasure":
     forgetting_reaches_every_copy_and_proves_it => forgetting_reaches_every_copy_and_proves_it;
+    a_value_also_held_in_the_clear_elsewhere_is_no_finding => a_value_also_held_in_the_clear_elsewhere_is_no_finding;
     a_forgetting_killed_half_way_finishes_when_run_again => a_forgetting_killed_half_way_finishes_when_run_again;
     findings_keep_the_key_until_every_copy_is_gone => findings_keep_the_key_until_every_copy_is_gone;
     writers_and_readers_meanwhile_fail_only_on_the_subjects_new_values => writers_and_readers_meanwhile_fail_only_on_the_subjects_new_values;

@@ -285,6 +285,76 @@ async fn an_unreachable_key_store_fails_reads_and_writes_as_transient(stores: St
     );
 }
 
+async fn an_event_that_does_not_open_becomes_a_dead_letter(stores: Stores) {
+    let customers = stores.repository::<Customer>();
+    let good = register(&customers, &format!("customer-{}", Uuid::new_v4())).await;
+    let sealed = stored_payloads(&stores, good).await.remove(0);
+    // A sealed payload copied into another event: it does not open there.
+    let bad = Uuid::new_v4();
+    let moved = eventsourcing_kit::EventEnvelope::from_json(bad, "Customer", 1, "Registered", 1, sealed);
+    let moved_id = moved.event_id;
+    stores.events.append(bad, "Customer", 0, &[moved]).await.unwrap();
+    let after = register(&customers, &format!("customer-{}", Uuid::new_v4())).await;
+
+    let name = format!("poisoned-{}", Uuid::new_v4().simple());
+    let subscription = stores
+        .subscription(&name)
+        .unwrap()
+        .for_aggregate::<Customer>()
+        .on_failure(eventsourcing_kit::subscription::OnFailure::DeadLetter)
+        .retry(1, Duration::from_millis(1), Duration::from_millis(1))
+        .unwrap()
+        .poll_interval(Duration::from_millis(20))
+        .unwrap();
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let noted = handled.clone();
+    let handler = Typed::<Customer, _>::new(move |stored: &StoredEvent, _| {
+        noted.lock().unwrap().push(stored.aggregate_id);
+        Ok(())
+    });
+    common::run_until(subscription, handler, || handled.lock().unwrap().contains(&after)).await;
+    let handled = handled.lock().unwrap().clone();
+    assert!(
+        handled.contains(&good) && handled.contains(&after),
+        "the other events were handled"
+    );
+    assert!(!handled.contains(&bad));
+    let letters = stores
+        .subscriptions
+        .dead_letters(&name, 0, usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].event_id, moved_id);
+    assert!(letters[0].error.contains("does not open"), "{}", letters[0].error);
+}
+
+async fn a_value_shaped_like_a_sealed_one_is_refused(stores: Stores) {
+    let customers = stores.repository::<Customer>();
+    let id = register(&customers, &format!("customer-{}", Uuid::new_v4())).await;
+    for note in [
+        serde_json::json!({"$personal": {"subject": "customer-1", "sealed": "QUJD"}}),
+        serde_json::json!({"$personal": 1}),
+    ] {
+        let mut root = customers.load(id).await.unwrap();
+        root.record(Noted { note });
+        match customers.save(&mut root).await {
+            Err(Error::InvalidInput(message)) => {
+                assert!(message.contains("shaped like a sealed"), "{message}")
+            }
+            other => panic!("expected InvalidInput, got {other:?}"),
+        }
+    }
+    assert_eq!(stored_payloads(&stores, id).await.len(), 1, "nothing was written");
+    // The same shape below the top level is data like any other.
+    let mut root = customers.load(id).await.unwrap();
+    root.record(Noted {
+        note: serde_json::json!({"inner": {"$personal": {"subject": "customer-1", "sealed": "QUJD"}}}),
+    });
+    customers.save(&mut root).await.unwrap();
+    customers.load(id).await.unwrap();
+}
+
 async fn without_a_keyring_nothing_is_stored_in_the_clear(stores: Stores) {
     let plain = Repository::<Customer>::new(stores.events.clone());
     let mut root = plain.create_new(Uuid::new_v4());
@@ -314,6 +384,8 @@ crate::on_every_backend! {
     a_moved_or_changed_ciphertext_is_an_error_naming_the_event => a_moved_or_changed_ciphertext_is_an_error_naming_the_event;
     an_unreachable_key_store_fails_reads_and_writes_as_transient => an_unreachable_key_store_fails_reads_and_writes_as_transient;
     without_a_keyring_nothing_is_stored_in_the_clear => without_a_keyring_nothing_is_stored_in_the_clear;
+    a_value_shaped_like_a_sealed_one_is_refused => a_value_shaped_like_a_sealed_one_is_refused;
+    an_event_that_does_not_open_becomes_a_dead_letter => an_event_that_does_not_open_becomes_a_dead_letter;
 }
 
 /// The schema lock shows each personal field's shape and subject, and names a field made

@@ -37,6 +37,16 @@ pub fn fields(cx: &Ctxt, input: &DeriveInput) -> Vec<PersonalField> {
     for field in &named.named {
         let mut attrs = field.attrs.iter().filter(|a| a.path().is_ident(PERSONAL_ATTR));
         let Some(attr) = attrs.next() else {
+            if is_personal_type(&field.ty) {
+                cx.error_spanned_by(
+                    &field.ty,
+                    format!(
+                        "field `{}` holds a `Personal<...>` value: mark it #[personal(subject = field)] \
+                         with the field that names its data subject, so that it is stored sealed",
+                        field.ident.as_ref().expect("a named field").unraw()
+                    ),
+                );
+            }
             continue;
         };
         for again in attrs {

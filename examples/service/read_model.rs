@@ -69,6 +69,10 @@ fn status_name(status: OrderStatus) -> &'static str {
 fn changes(events: &[StoredEvent]) -> Result<Vec<Change>, HandlerError> {
     let mut changes = Vec::new();
     for event in events {
+        // A stream's closing (see eventsourcing_kit::lifecycle) is no event of the aggregate's.
+        if eventsourcing_kit::lifecycle::is_system_event(&event.event_type) {
+            continue;
+        }
         let id = event.aggregate_id.to_string();
         match &*event.aggregate_type {
             "Account" => changes.push(

@@ -22,8 +22,14 @@ pub struct EmailChanged {
     pub email: Personal<String>,
 }
 
+/// A note of any shape, in the clear.
+#[event(aggregate = "Customer")]
+pub struct Noted {
+    pub note: serde_json::Value,
+}
+
 #[derive(Aggregate, Clone, Debug, Default, Serialize, Deserialize)]
-#[aggregate(name = "Customer", events(Registered, EmailChanged))]
+#[aggregate(name = "Customer", events(Registered, EmailChanged, Noted))]
 pub struct Customer {
     pub email: Personal<String>,
     pub name: Personal<String>,
@@ -36,6 +42,10 @@ impl Apply<Registered> for Customer {
         self.name = e.name.clone();
         self.plan = e.plan.clone();
     }
+}
+
+impl Apply<Noted> for Customer {
+    fn apply(&mut self, _: &Noted) {}
 }
 
 impl Apply<EmailChanged> for Customer {

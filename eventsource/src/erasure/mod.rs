@@ -7,22 +7,23 @@
 //!
 //! 1. **The subject reads as forgotten from now on** ([`KeyStore::begin_forgetting`](crate::personal::KeyStore::begin_forgetting)): loads,
 //!    replays and consumers read its values as [`Personal::Forgotten`](crate::personal::Personal),
-//!    and new values of it are refused. The key is kept for now, to read the values once:
-//!    they are what the forgetting looks for in every copy (each string or number of four
-//!    characters or more).
+//!    and new values of it are refused. The key is kept for now, to read the values once.
 //! 2. **It waits for other processes' caches** ([`Erasure::settle`], by default a
 //!    [`Keyring`]'s time to live, 30 s, counted from when the forgetting began): until then a
 //!    process that had the key cached may still read the values, and write them into a
-//!    snapshot.
+//!    snapshot. Then it reads the subject's values with the key: they are what it looks for
+//!    in every copy (each string or number of four characters or more).
 //! 3. **Snapshots** of every stream that holds the subject's values are deleted, and written
 //!    again from a replay, which reads the values as forgotten (for aggregate types
 //!    registered in this program; the others' are deleted only).
 //! 4. **Dead letters** whose error quotes a value have it replaced by `[forgotten]`.
 //! 5. **Registered holders** ([`PersonalDataHolder`]: read models, caches, indexes) are told
 //!    to erase or anonymise what they hold of the subject.
-//! 6. **Every place is read again**: the events through a keyring without a cache, each
-//!    stream's snapshot, every dead letter, each holder. What still holds a value is a
-//!    finding in the [`ErasureReport`]; with none, the key is deleted
+//! 6. **Every place is read again**: the key store must read the subject as forgotten (then
+//!    no event reads a value), each stream's snapshot must be the one step 3 wrote or hold no
+//!    value as a whole string or number of its state, no dead letter may quote a value, and
+//!    each holder must say it holds nothing. What still holds a value is a finding in the
+//!    [`ErasureReport`]; with none, the key is deleted
 //!    ([`KeyStore::finish_forgetting`](crate::personal::KeyStore::finish_forgetting)) and the forgetting is finished.
 //!
 //! A forgetting killed half way is run again and finishes: each step is safe to repeat, the
@@ -83,8 +84,16 @@ impl std::fmt::Debug for Erasure {
 
 impl Erasure {
     /// The erasure of subjects from `stores`, with their keys;
-    /// [`Error::InvalidConfiguration`] for stores that keep none.
+    /// [`Error::InvalidConfiguration`] for stores that keep none, or in a build without the
+    /// `personal-data` feature.
     pub fn new(stores: &Stores) -> Result<Self> {
+        if !cfg!(feature = "personal-data") {
+            return Err(Error::InvalidConfiguration(
+                "erasure reads the subjects' values with the `personal-data` feature of \
+                 eventsourcing-kit, which this build lacks"
+                    .into(),
+            ));
+        }
         let keys = stores.keys.clone().ok_or_else(|| {
             Error::InvalidConfiguration(format!(
                 "the {} stores keep no keys of data subjects: give them a keyring (`Stores::with_keys`)",
@@ -151,6 +160,16 @@ impl Erasure {
             streams: streams.len(),
             ..ErasureReport::default()
         };
+        if forgetting.finished_at.is_none() {
+            let waited = (chrono::Utc::now() - forgetting.since)
+                .to_std()
+                .unwrap_or_default();
+            if let Some(left) = self.settle.checked_sub(waited).filter(|left| !left.is_zero()) {
+                tracing::info!(subject, wait = ?left, "waiting for other processes' cached keys to expire");
+                crate::deadline::sleep(left).await;
+            }
+        }
+        // After the wait: values written meanwhile by a process that had the key are sought too.
         let mut sought = Sought::default();
         if let Some(key) = &forgetting.key {
             for (aggregate_type, id) in &streams {
@@ -164,18 +183,9 @@ impl Erasure {
             report.values_known = true;
         }
         report.values_sought = sought.texts().len();
-        if forgetting.finished_at.is_none() {
-            let waited = (chrono::Utc::now() - forgetting.since)
-                .to_std()
-                .unwrap_or_default();
-            if let Some(left) = self.settle.checked_sub(waited).filter(|left| !left.is_zero()) {
-                tracing::info!(subject, wait = ?left, "waiting for other processes' cached keys to expire");
-                crate::deadline::sleep(left).await;
-            }
-        }
         // Reads the store every time: the subject is forgotten there, whatever a cache holds.
         let reader = Keyring::with_cache(store.clone(), 0, Duration::ZERO);
-        self.rewrite_snapshots(&streams, &reader, &mut report).await?;
+        let written = self.rewrite_snapshots(&streams, &reader, &mut report).await?;
         if report.values_known {
             report.letters_redacted = self.redact_letters(&sought).await?;
         }
@@ -183,7 +193,9 @@ impl Erasure {
             holder.forget(subject).await?;
             report.holders.push(holder.name());
         }
-        report.findings = self.findings(subject, &streams, &sought, &reader).await?;
+        report.findings = self
+            .findings(subject, &streams, &sought, &reader, &written)
+            .await?;
         if report.is_clean() {
             if forgetting.finished_at.is_none() {
                 store.finish_forgetting(subject).await?;
@@ -201,13 +213,14 @@ impl Erasure {
     }
 
     /// Deletes the snapshots of `streams` and writes them again from a replay through
-    /// `reader`, which reads the subject's values as forgotten.
+    /// `reader`, which reads the subject's values as forgotten; the states written, by stream.
     async fn rewrite_snapshots(
         &self,
         streams: &[(String, Uuid)],
         reader: &Keyring,
         report: &mut ErasureReport,
-    ) -> Result<()> {
+    ) -> Result<Written> {
+        let mut written = Written::new();
         for (aggregate_type, id) in streams {
             if !self.stores.snapshots.delete_snapshot(*id, aggregate_type).await? {
                 continue;
@@ -226,9 +239,17 @@ impl Erasure {
                 .await?;
             if warmed.is_some() {
                 report.snapshots_rewritten += 1;
+                let snapshot = self
+                    .stores
+                    .snapshots
+                    .get_snapshot(*id, aggregate_type, u32::MAX)
+                    .await?;
+                if let Some(snapshot) = snapshot {
+                    written.insert((aggregate_type.clone(), *id), snapshot.state);
+                }
             }
         }
-        Ok(())
+        Ok(written)
     }
 
     /// Every dead letter of every subscription, a page at a time, to `each`.
@@ -282,42 +303,42 @@ impl Erasure {
         Ok(redacted)
     }
 
-    /// Every place that, read again, still holds one of the values.
+    /// Every place that, read again, still holds one of the values: the key store, if it
+    /// still gives the key (the events then read open); a snapshot other than the one this
+    /// forgetting wrote from a replay that read the values forgotten, if a string or number of
+    /// its state is one of them; a dead letter whose error quotes one; a holder that says so.
     async fn findings(
         &self,
         subject: &str,
         streams: &[(String, Uuid)],
         sought: &Sought,
         reader: &Keyring,
+        written: &Written,
     ) -> Result<Vec<String>> {
         let mut findings = Vec::new();
+        let state = reader.reading_keys(&[subject]).await?;
+        if matches!(state.first(), Some(Some(crate::personal::KeyState::Active(_)))) {
+            findings.push("the key store still gives the subject's key: its events read open".to_owned());
+        }
         if !sought.texts().is_empty() {
             for (aggregate_type, id) in streams {
-                let events: Vec<_> = self
-                    .stores
-                    .events
-                    .read_stream(*id, aggregate_type, 0)
-                    .collect::<Vec<_>>()
-                    .await
-                    .into_iter()
-                    .collect::<Result<_>>()?;
-                for event in open::open_events(Some(reader), &events).await?.iter() {
-                    if sought.found_in(&event.payload) {
-                        findings.push(format!(
-                            "event {} of {aggregate_type} {id} reads back a value",
-                            event.event_id
-                        ));
-                    }
-                }
-                if let Some(snapshot) = self
+                let snapshot = self
                     .stores
                     .snapshots
                     .get_snapshot(*id, aggregate_type, u32::MAX)
-                    .await?
-                {
-                    if sought.found_in(&snapshot.state) {
-                        findings.push(format!("the snapshot of {aggregate_type} {id} holds a value"));
-                    }
+                    .await?;
+                let Some(snapshot) = snapshot else {
+                    continue;
+                };
+                if written.get(&(aggregate_type.clone(), *id)) == Some(&snapshot.state) {
+                    continue;
+                }
+                let held = match serde_json::from_str::<serde_json::Value>(&snapshot.state) {
+                    Ok(state) => sought.found_whole_in(&state),
+                    Err(_) => sought.found_in(&snapshot.state),
+                };
+                if held {
+                    findings.push(format!("the snapshot of {aggregate_type} {id} holds a value"));
                 }
             }
             let letters = self
@@ -337,3 +358,6 @@ impl Erasure {
         Ok(findings)
     }
 }
+
+/// The snapshot states a forgetting wrote, by stream.
+type Written = std::collections::HashMap<(String, Uuid), String>;

@@ -48,6 +48,31 @@ impl Sought {
             .any(|sought| text.contains(sought.as_str()) || text.contains(json_inner(sought).as_str()))
     }
 
+    /// Whether a string or number inside `value` is one of the values, whole: what a
+    /// snapshot's state is checked for, where a part of another text is no copy.
+    pub(crate) fn found_whole_in(&self, value: &Value) -> bool {
+        let mut stack = vec![value];
+        while let Some(value) = stack.pop() {
+            let text = match value {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                Value::Array(items) => {
+                    stack.extend(items);
+                    continue;
+                }
+                Value::Object(fields) => {
+                    stack.extend(fields.values());
+                    continue;
+                }
+                Value::Bool(_) | Value::Null => continue,
+            };
+            if self.texts.contains(&text) {
+                return true;
+            }
+        }
+        false
+    }
+
     /// `text` with every value in it replaced by `[forgotten]`.
     pub(crate) fn redact(&self, text: &str) -> String {
         let mut redacted = text.to_owned();
@@ -82,6 +107,11 @@ mod tests {
         assert_eq!(
             sought.redact("mail to ada@example.com failed"),
             "mail to [forgotten] failed"
+        );
+        assert!(sought.found_whole_in(&serde_json::json!({"a": [{"b": 75001}]})));
+        assert!(
+            !sought.found_whole_in(&serde_json::json!({"a": "ada@example.com.au"})),
+            "a part is no copy"
         );
     }
 }

@@ -56,7 +56,7 @@ use async_trait::async_trait;
 use crate::error::{Error, Result};
 use crate::event::StoredEvent;
 use crate::slice::SliceCount;
-use crate::subscription::{Handler, HandlerError, Subscription};
+use crate::subscription::{Consumer, Handler, HandlerError, Subscription};
 use crate::text::escape;
 
 /// A subscription that publishes the feed to NATS JetStream: see the [module docs](self).
@@ -93,8 +93,13 @@ impl NatsRelay {
     ///
     /// [`Error::InvalidInput`] for a prefix that is no NATS subject: empty, or holding a
     /// space, a `*` or a `>`, or an empty token.
-    pub fn new(subscription: Subscription, jetstream: jetstream::Context, prefix: &str) -> Result<Self> {
+    ///
+    /// Events are published as stored: personal fields (see [`crate::personal`]) leave
+    /// sealed, whatever keyring the subscription was given, so that no copy of a value
+    /// leaves the store where forgetting its subject cannot reach it.
+    pub fn new(mut subscription: Subscription, jetstream: jetstream::Context, prefix: &str) -> Result<Self> {
         subject::validate_prefix(prefix)?;
+        subscription.options_mut().keys = None;
         Ok(NatsRelay {
             publisher: Publisher {
                 name: subscription.name().to_owned(),

@@ -15,7 +15,11 @@ pub(crate) enum Unopened {
     #[cfg_attr(not(feature = "personal-data"), allow(dead_code))]
     Malformed,
     /// Sealed with another key, or changed since it was sealed.
+    #[cfg_attr(not(feature = "personal-data"), allow(dead_code))]
     Rejected,
+    /// This build cannot open anything: it lacks the `personal-data` feature.
+    #[cfg_attr(feature = "personal-data", allow(dead_code))]
+    Disabled,
 }
 
 /// A subject's key made ready to seal and open (its key schedule computed once).
@@ -168,7 +172,7 @@ mod imp {
             _: &str,
             _: &mut Vec<u8>,
         ) -> std::result::Result<(), Unopened> {
-            Err(Unopened::Rejected)
+            Err(Unopened::Disabled)
         }
     }
 }

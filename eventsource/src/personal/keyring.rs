@@ -34,6 +34,9 @@ struct Inner {
     writing: Mutex<Expiring<(String, String, Uuid), SubjectKey>>,
     ttl: Duration,
     lookups: AtomicU64,
+    /// Counts evictions: an answer of the store asked before the latest one is not cached,
+    /// so that an eviction is never undone by a lookup that was under way.
+    evictions: AtomicU64,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -65,6 +68,7 @@ impl Keyring {
                 writing: Mutex::new(Expiring::new(subjects, ttl)),
                 ttl,
                 lookups: AtomicU64::new(0),
+                evictions: AtomicU64::new(0),
             }),
         }
     }
@@ -87,8 +91,14 @@ impl Keyring {
 
     /// Drops what the cache holds of `subject`, so that the next use asks the store.
     pub fn evict(&self, subject: &str) {
+        self.inner.evictions.fetch_add(1, Ordering::SeqCst);
         lock(&self.inner.reading).remove(subject);
         lock(&self.inner.writing).retain(|(s, _, _)| s != subject);
+    }
+
+    /// Whether no eviction happened since the count `asked` was read.
+    fn unevicted_since(&self, asked: u64) -> bool {
+        self.inner.evictions.load(Ordering::SeqCst) == asked
     }
 
     /// The key to seal `subject`'s values in the stream with, made if the subject has none:
@@ -105,15 +115,25 @@ impl Keyring {
         }
         let new_key = super::cipher::new_key()?;
         self.inner.lookups.fetch_add(1, Ordering::Relaxed);
+        let asked = self.inner.evictions.load(Ordering::SeqCst);
         let state = self
             .inner
             .store
             .key_for_writing(subject, aggregate_type, aggregate_id, &new_key)
             .await?;
-        lock(&self.inner.reading).put(subject.to_owned(), state.clone());
+        {
+            // Checked under the lock that an eviction takes after counting itself.
+            let mut reading = lock(&self.inner.reading);
+            if self.unevicted_since(asked) {
+                reading.put(subject.to_owned(), state.clone());
+            }
+        }
         match state {
             KeyState::Active(key) => {
-                lock(&self.inner.writing).put(link, key.clone());
+                let mut writing = lock(&self.inner.writing);
+                if self.unevicted_since(asked) {
+                    writing.put(link, key.clone());
+                }
                 Ok(key)
             }
             KeyState::Forgotten => Err(Error::SubjectForgotten {
@@ -138,7 +158,9 @@ impl Keyring {
             return Ok(states);
         }
         self.inner.lookups.fetch_add(1, Ordering::Relaxed);
+        let asked = self.inner.evictions.load(Ordering::SeqCst);
         let found = self.inner.store.keys_for_reading(&missing).await?;
+
         if found.len() != missing.len() {
             return Err(Error::corrupt(
                 "the key store",
@@ -151,9 +173,10 @@ impl Keyring {
         }
         let mut found = missing.into_iter().zip(found);
         let mut cache = lock(&self.inner.reading);
+        let current = self.unevicted_since(asked);
         for state in states.iter_mut().filter(|s| s.is_none()) {
             let (subject, answer) = found.next().expect("one answer per missing subject");
-            if let Some(answer) = &answer {
+            if let (Some(answer), true) = (&answer, current) {
                 cache.put(subject.to_owned(), answer.clone());
             }
             *state = answer;

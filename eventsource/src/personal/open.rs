@@ -169,6 +169,9 @@ fn open_value(
             &sealed.field,
             match e {
                 Unopened::Malformed => "its sealed text is malformed",
+                Unopened::Disabled => {
+                    "this build of eventsourcing-kit lacks the `personal-data` feature, which opens it"
+                }
                 Unopened::Rejected => {
                     "it does not open with its subject's key: sealed with another key, for \
                      another event, or changed since"

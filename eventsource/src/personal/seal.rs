@@ -10,7 +10,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::cipher::Cipher;
-use super::fields::{top_fields, unquote, PREFIX};
+use super::fields::{sealed_fields, top_fields, unquote, PREFIX};
 use super::keyring::Keyring;
 use super::value::FORGOTTEN_TEXT;
 use super::PersonalField;
@@ -43,6 +43,7 @@ impl Unsealed {
         let Some(keys) = keys else {
             return self.without_keys();
         };
+        self.refuse_lookalikes()?;
         let Unsealed {
             mut envelopes,
             personal,
@@ -57,7 +58,28 @@ impl Unsealed {
 
     /// The envelopes, where no event has personal fields: [`Error::InvalidConfiguration`]
     /// for the first that has, since there is no keyring to seal them with.
+    /// [`Error::InvalidInput`] for an event with a top-level value shaped like a sealed one
+    /// (`{"$personal": ...}`), which opening would take for one: nothing sealed it yet.
+    fn refuse_lookalikes(&self) -> Result<()> {
+        for envelope in &self.envelopes {
+            let field = match sealed_fields(envelope) {
+                Ok(found) => found.first().map(|f| format!("field `{}`", f.field)),
+                // Shaped like a sealed value, and not even a whole one.
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(field) = field {
+                return Err(Error::InvalidInput(format!(
+                    "event {} ({}): {field} holds a value shaped like a sealed personal value \
+                     (an object of the one key `$personal`), which only sealing writes",
+                    envelope.event_id, envelope.event_type
+                )));
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn without_keys(self) -> Result<Vec<EventEnvelope>> {
+        self.refuse_lookalikes()?;
         if let Some((envelope, _)) = self
             .envelopes
             .iter()

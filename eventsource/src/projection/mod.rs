@@ -63,6 +63,10 @@
 //! impl MemoryProjection for Total {
 //!     fn apply(&mut self, events: &[StoredEvent]) -> Result<(), HandlerError> {
 //!         for event in events {
+//!             // A stream's closing (see eventsourcing_kit::lifecycle) is no event of the aggregate's.
+//!             if eventsourcing_kit::lifecycle::is_system_event(&event.event_type) {
+//!                 continue;
+//!             }
 //!             if let AccountEvent::Deposited(d) = AccountEvent::decode(&event.event_type, event.event_version, &event.payload)? {
 //!                 self.0 += d.amount;
 //!             }

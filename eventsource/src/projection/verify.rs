@@ -221,6 +221,8 @@ impl Projection {
                 }
                 let applied: Vec<StoredEvent> =
                     history.into_iter().filter(|e| e.position <= before).collect();
+                // As the projection's handler sees them: personal fields open.
+                let applied = self.subscription().open(&applied).await?;
                 let rebuilt = verifier.rebuilt_rows(stream, &applied).await;
                 compared = Some(compare(stream, before, applied.len(), live, rebuilt));
                 break;

@@ -715,34 +715,46 @@ impl Subscription {
         stored: &[StoredEvent],
         span: &tracing::Span,
     ) -> Result<()> {
-        // The handler sees personal fields open; a dead letter keeps the event as stored.
-        let events = &*self.open(stored).await?;
-        let Err(error) = self.attempt(handler, events).await else {
-            return Ok(());
+        // The handler sees personal fields open; a dead letter keeps the event as stored. An
+        // event that does not open (its subject has no key, it changed since it was sealed)
+        // fails the batch as a handler's error does, under the same policy.
+        let (opened, error) = match self.open(stored).await {
+            Ok(opened) => match self.attempt(handler, &opened).await {
+                Ok(()) => return Ok(()),
+                Err(error) => (Some(opened), error.to_string()),
+            },
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => (None, e.to_string()),
         };
         span.record("error", tracing::field::display(&error));
         self.metrics.add_failed_batch();
         crate::telemetry::subscription(&self.name, crate::telemetry::SubscriptionEvent::FailedBatch);
         match self.on_failure {
             OnFailure::Stop => {
-                tracing::error!(subscription = %self.name, position = events[0].position, error = %error, "handler failed after every attempt; stopping");
+                tracing::error!(subscription = %self.name, position = stored[0].position, error = %error, "handler failed after every attempt; stopping");
                 Err(Error::SubscriptionStopped {
                     subscription: self.name.clone(),
-                    position: events[0].position,
-                    reason: error.to_string(),
+                    position: stored[0].position,
+                    reason: error,
                 })
             }
             OnFailure::DeadLetter => {
-                for (event, stored) in events.iter().zip(stored) {
-                    let one = std::slice::from_ref(event);
-                    let single = if events.len() == 1 {
-                        Err(error.to_string())
-                    } else {
-                        self.attempt(handler, one).await.map_err(|e| e.to_string())
+                for (i, event) in stored.iter().enumerate() {
+                    let single = match &opened {
+                        Some(_) if stored.len() == 1 => Err(error.clone()),
+                        Some(opened) => self
+                            .attempt(handler, std::slice::from_ref(&opened[i]))
+                            .await
+                            .map_err(|e| e.to_string()),
+                        None => match self.open(std::slice::from_ref(event)).await {
+                            Ok(one) => self.attempt(handler, &one).await.map_err(|e| e.to_string()),
+                            Err(e) if e.is_transient() => return Err(e),
+                            Err(e) => Err(e.to_string()),
+                        },
                     };
                     if let Err(error) = single {
                         tracing::error!(subscription = %self.name, position = event.position, event.id = %event.event_id, error, "handler failed on the event after every attempt; recorded as a dead letter");
-                        self.store.dead_letter(&self.name, stored, &error).await?;
+                        self.store.dead_letter(&self.name, event, &error).await?;
                         self.metrics.add_dead_letter();
                         crate::telemetry::subscription(
                             &self.name,

@@ -523,3 +523,38 @@ async fn forgetting_on_a_sharded_store_reaches_every_shard() {
         assert!(customers.load(id).await.unwrap().state().email.is_forgotten());
     }
 }
+
+/// Resharding copies the keys of data subjects with the events: in the copy, sealed values
+/// open, and a forgetting there reaches the subject's streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_of_the_store_carries_the_keys() {
+    use eventsourcing_kit::backend::sharded;
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = |name: &str| format!("sqlite:{}", dir.path().join(name).display());
+    let old = eventsourcing_kit::backend::open(&url("old.db")).await.unwrap();
+    let gone = subject();
+    let customers = old.repository::<Customer>();
+    let ids = futures_util::future::join_all((0..4).map(|_| register(&customers, &gone))).await;
+    let new = eventsourcing_kit::backend::open(&url("new.db")).await.unwrap();
+    let copied = sharded::copy(&old, &new, |_| {}).await.unwrap();
+    assert_eq!(copied.subjects, 1);
+    sharded::compare(&old, &new)
+        .await
+        .unwrap()
+        .require_same()
+        .unwrap();
+    for &id in &ids {
+        let loaded = new.repository::<Customer>().load(id).await.unwrap();
+        assert_eq!(loaded.state().email.known().map(String::as_str), Some(EMAIL));
+    }
+    // Run again, it copies the keys again without a change.
+    assert_eq!(sharded::copy(&old, &new, |_| {}).await.unwrap().subjects, 1);
+    let report = Erasure::new(&new)
+        .unwrap()
+        .settle(Duration::ZERO)
+        .forget(&gone)
+        .await
+        .unwrap();
+    assert!(report.is_clean() && report.streams == 4, "{report:?}");
+}

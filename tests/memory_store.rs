@@ -112,7 +112,7 @@ async fn run_all_runs_every_check_on_one_store() {
     eventsourcing_kit::testing::snapshot_store::run_all(&InMemorySnapshotStore::new()).await;
     assert_eq!(eventsourcing_kit::testing::subscription_store::NAMES.len(), 10);
     eventsourcing_kit::testing::subscription_store::run_all(&InMemorySubscriptionStore::new()).await;
-    assert_eq!(eventsourcing_kit::testing::key_store::NAMES.len(), 7);
+    assert_eq!(eventsourcing_kit::testing::key_store::NAMES.len(), 8);
     eventsourcing_kit::testing::key_store::run_all(&eventsourcing_kit::InMemoryKeyStore::new()).await;
 }
 

@@ -260,6 +260,16 @@ impl KeyStore for Unreachable {
     async fn unfinished(&self) -> eventsourcing_kit::Result<Vec<String>> {
         Err(unreachable())
     }
+    async fn export(
+        &self,
+        _: Option<&str>,
+        _: usize,
+    ) -> eventsourcing_kit::Result<Vec<eventsourcing_kit::personal::SubjectRecord>> {
+        Err(unreachable())
+    }
+    async fn import(&self, _: &eventsourcing_kit::personal::SubjectRecord) -> eventsourcing_kit::Result<()> {
+        Err(unreachable())
+    }
 }
 
 async fn an_unreachable_key_store_fails_reads_and_writes_as_transient(stores: Stores) {

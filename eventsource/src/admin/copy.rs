@@ -14,6 +14,7 @@ struct Report {
     copied: u64,
     present: u64,
     requests: u64,
+    subjects: u64,
     streams: u64,
     events: u64,
     differences: Vec<Difference>,
@@ -60,6 +61,7 @@ pub(super) async fn run(
         copied: copied.events,
         present: copied.present,
         requests: copied.requests,
+        subjects: copied.subjects,
         streams: comparison.streams,
         events: comparison.events,
         differences: comparison.differences.iter().map(Difference::from).collect(),
@@ -67,10 +69,11 @@ pub(super) async fn run(
     out.report(&report, |r, out| {
         writeln!(
             out,
-            "copied {} events ({} already there, {} batches with their request id); {} streams, {} events compared",
+            "copied {} events ({} already there, {} batches with their request id) and the keys of {} data subjects; {} streams, {} events compared",
             thousands(r.copied),
             thousands(r.present),
             thousands(r.requests),
+            thousands(r.subjects),
             thousands(r.streams),
             thousands(r.events)
         )?;

@@ -101,6 +101,42 @@ impl Forgetting {
     }
 }
 
+/// Everything a key store keeps of one data subject: what a copy of the store (resharding)
+/// carries from one key store to another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SubjectRecord {
+    /// The data subject.
+    pub subject: String,
+    /// Its key, while it is kept.
+    pub key: Option<SubjectKey>,
+    /// When its forgetting began, if it did.
+    pub forgetting_since: Option<DateTime<Utc>>,
+    /// When its forgetting finished, if it did.
+    pub forgotten_at: Option<DateTime<Utc>>,
+    /// The streams that hold its values: aggregate type and id.
+    pub streams: Vec<(String, Uuid)>,
+}
+
+impl SubjectRecord {
+    /// The record of `subject`.
+    pub fn new(
+        subject: impl Into<String>,
+        key: Option<SubjectKey>,
+        forgetting_since: Option<DateTime<Utc>>,
+        forgotten_at: Option<DateTime<Utc>>,
+        streams: Vec<(String, Uuid)>,
+    ) -> Self {
+        SubjectRecord {
+            subject: subject.into(),
+            key,
+            forgetting_since,
+            forgotten_at,
+            streams,
+        }
+    }
+}
+
 /// The keys of data subjects, one per subject, and the streams that hold each subject's
 /// personal values (see [`crate::personal`]).
 ///
@@ -126,6 +162,11 @@ impl Forgetting {
 ///   whose forgetting began and did not finish.
 /// - [`keys_for_reading`](Self::keys_for_reading) answers for each subject asked, in order:
 ///   its state, or `None` if it never had a key.
+/// - **Copies carry everything.** [`export`](Self::export) lists every subject in the order
+///   of their names, a page at a time, with all the store keeps of it;
+///   [`import`](Self::import) stores such a record so that the subject reads in this store as
+///   in the other (a record imported again changes nothing, a forgetting that went further in
+///   the record goes as far here), and refuses a subject that has another key here.
 ///
 /// # Wrappers
 ///
@@ -160,4 +201,21 @@ pub trait KeyStore: Send + Sync {
 
     /// Every subject whose forgetting began and did not finish.
     async fn unfinished(&self) -> Result<Vec<String>>;
+
+    /// The subjects after `after` (all from the first when `None`), in the order of their
+    /// names, at most `limit` of them, each with all the store keeps of it.
+    async fn export(&self, after: Option<&str>, limit: usize) -> Result<Vec<SubjectRecord>>;
+
+    /// Stores `record` (of another key store), so that its subject reads here as there;
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput) if the subject has another key here.
+    async fn import(&self, record: &SubjectRecord) -> Result<()>;
+}
+
+/// The [`Error::InvalidInput`](crate::Error::InvalidInput) of a record whose subject has
+/// another key in the store it is imported into.
+pub(crate) fn other_key(subject: &str) -> crate::error::Error {
+    crate::error::Error::InvalidInput(format!(
+        "subject {} has another key in this key store: it is not a copy of the other",
+        crate::text::escape(subject)
+    ))
 }

@@ -52,8 +52,10 @@ pub(crate) mod seal;
 mod value;
 
 pub use crate::aggregate::PersonalField;
+pub(crate) use key_store::other_key;
 pub use key_store::{
-    validate_subject, Forgetting, KeyState, KeyStore, SubjectKey, KEY_LENGTH, MAX_SUBJECT_LENGTH,
+    validate_subject, Forgetting, KeyState, KeyStore, SubjectKey, SubjectRecord, KEY_LENGTH,
+    MAX_SUBJECT_LENGTH,
 };
 pub use keyring::Keyring;
 pub use value::Personal;

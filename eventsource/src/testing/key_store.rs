@@ -25,6 +25,7 @@ macro_rules! __key_store_checks {
             a_subject_without_a_key_can_be_forgotten
             a_forgetting_not_begun_cannot_finish
             subjects_are_checked
+            records_export_and_import
         }
     };
 }
@@ -255,4 +256,82 @@ pub async fn subjects_are_checked(store: &dyn KeyStore) {
             other => panic!("forgetting subject {subject:?}: expected InvalidInput, got {other:?}"),
         }
     }
+}
+
+/// [`KeyStore::export`] lists every subject in the order of their names, a page at a time,
+/// with its key, its forgetting and its streams; [`KeyStore::import`] stores such a record so
+/// that the subject reads as it did, again without a change, goes as far as a forgetting in
+/// the record, and refuses a subject of another key.
+pub async fn records_export_and_import(store: &dyn KeyStore) {
+    let base = unique_type("record");
+    let (a, b) = (format!("{base}-a"), format!("{base}-b"));
+    let stream = (unique_type("Customer"), Uuid::new_v4());
+    store
+        .key_for_writing(&a, &stream.0, stream.1, &key(11))
+        .await
+        .unwrap();
+    store
+        .key_for_writing(&b, &stream.0, stream.1, &key(12))
+        .await
+        .unwrap();
+    let mut ours = Vec::new();
+    let mut after: Option<String> = Some(format!("{base}-"));
+    loop {
+        let page = store.export(after.as_deref(), 1).await.unwrap();
+        assert!(page.len() <= 1, "a page holds at most the limit");
+        let Some(record) = page.into_iter().next() else {
+            break;
+        };
+        after = Some(record.subject.clone());
+        if !record.subject.starts_with(&base) {
+            break;
+        }
+        ours.push(record);
+    }
+    assert_eq!(
+        ours.iter().map(|r| r.subject.as_str()).collect::<Vec<_>>(),
+        vec![a.as_str(), b.as_str()],
+        "every subject once, in the order of their names"
+    );
+    assert_eq!(ours[0].key, Some(key(11)));
+    assert_eq!(ours[0].streams, vec![stream.clone()]);
+    assert_eq!((ours[0].forgetting_since, ours[0].forgotten_at), (None, None));
+
+    // Imported again, nothing changes.
+    store.import(&ours[0]).await.unwrap();
+    assert_eq!(
+        store.keys_for_reading(&[&a]).await.unwrap(),
+        vec![Some(KeyState::Active(key(11)))]
+    );
+
+    // A subject new here reads as it did there, with its streams.
+    let c = format!("{base}-c");
+    let other = (unique_type("Order"), Uuid::new_v4());
+    let record =
+        crate::personal::SubjectRecord::new(c.clone(), Some(key(13)), None, None, vec![other.clone()]);
+    store.import(&record).await.unwrap();
+    assert_eq!(
+        store.keys_for_reading(&[&c]).await.unwrap(),
+        vec![Some(KeyState::Active(key(13)))]
+    );
+    assert_eq!(store.streams_of(&c).await.unwrap(), vec![other]);
+
+    // A forgetting finished there finishes here.
+    let now = chrono::Utc::now();
+    let forgotten = crate::personal::SubjectRecord::new(c.clone(), None, Some(now), Some(now), vec![]);
+    store.import(&forgotten).await.unwrap();
+    let state = store.begin_forgetting(&c).await.unwrap();
+    assert_eq!(state.key, None, "the key is deleted as it was there");
+    assert!(state.finished_at.is_some());
+
+    // A subject of another key is refused.
+    let clash = crate::personal::SubjectRecord::new(b.clone(), Some(key(14)), None, None, vec![]);
+    match store.import(&clash).await {
+        Err(Error::InvalidInput(_)) => {}
+        other => panic!("importing another key: expected InvalidInput, got {other:?}"),
+    }
+    assert_eq!(
+        store.keys_for_reading(&[&b]).await.unwrap(),
+        vec![Some(KeyState::Active(key(12)))]
+    );
 }

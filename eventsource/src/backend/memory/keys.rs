@@ -8,7 +8,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::personal::{validate_subject, Forgetting, KeyState, KeyStore, SubjectKey};
+use crate::personal::{
+    other_key, validate_subject, Forgetting, KeyState, KeyStore, SubjectKey, SubjectRecord,
+};
 
 /// Keys of data subjects in memory (see [`crate::personal`]). Cheap to clone: clones share
 /// the keys.
@@ -128,6 +130,61 @@ impl KeyStore for InMemoryKeyStore {
             }
             _ => Err(not_forgetting(subject)),
         }
+    }
+
+    async fn export(&self, after: Option<&str>, limit: usize) -> Result<Vec<SubjectRecord>> {
+        let keys = self.lock();
+        let mut names: Vec<&String> = keys
+            .subjects
+            .keys()
+            .filter(|name| after.is_none_or(|after| name.as_str() > after))
+            .collect();
+        names.sort();
+        Ok(names
+            .into_iter()
+            .take(limit)
+            .map(|name| {
+                let subject = &keys.subjects[name];
+                SubjectRecord::new(
+                    name.clone(),
+                    subject.key.clone(),
+                    subject.forgetting_since,
+                    subject.forgotten_at,
+                    keys.streams
+                        .get(name)
+                        .map(|streams| streams.iter().cloned().collect())
+                        .unwrap_or_default(),
+                )
+            })
+            .collect())
+    }
+
+    async fn import(&self, record: &SubjectRecord) -> Result<()> {
+        validate_subject(&record.subject)?;
+        let mut keys = self.lock();
+        let entry = keys
+            .subjects
+            .entry(record.subject.clone())
+            .or_insert_with(|| Subject {
+                key: record.key.clone(),
+                forgetting_since: None,
+                forgotten_at: None,
+            });
+        if let (Some(here), Some(there)) = (&entry.key, &record.key) {
+            if here != there {
+                return Err(other_key(&record.subject));
+            }
+        }
+        entry.forgetting_since = entry.forgetting_since.or(record.forgetting_since);
+        if record.forgotten_at.is_some() && entry.forgotten_at.is_none() {
+            entry.key = None;
+            entry.forgotten_at = record.forgotten_at;
+        }
+        keys.streams
+            .entry(record.subject.clone())
+            .or_default()
+            .extend(record.streams.iter().cloned());
+        Ok(())
     }
 
     async fn unfinished(&self) -> Result<Vec<String>> {

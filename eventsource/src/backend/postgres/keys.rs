@@ -6,7 +6,9 @@ use uuid::Uuid;
 
 use super::{query_error, PostgresKeyStore};
 use crate::error::{Error, Result};
-use crate::personal::{validate_subject, Forgetting, KeyState, KeyStore, SubjectKey};
+use crate::personal::{
+    other_key, validate_subject, Forgetting, KeyState, KeyStore, SubjectKey, SubjectRecord,
+};
 
 /// A subject's row: its key, when its forgetting began and when it finished.
 type Row = (Option<Vec<u8>>, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
@@ -146,6 +148,100 @@ impl KeyStore for PostgresKeyStore {
             0 => Err(crate::backend::memory::not_forgetting(subject)),
             _ => Ok(()),
         }
+    }
+
+    async fn export(&self, after: Option<&str>, limit: usize) -> Result<Vec<SubjectRecord>> {
+        let fail = |e| query_error("cannot list the subjects of the key store", e);
+        let rows: Vec<(
+            String,
+            Option<Vec<u8>>,
+            Option<DateTime<Utc>>,
+            Option<DateTime<Utc>>,
+        )> = sqlx::query_as(&format!(
+            "SELECT subject, key, forgetting_since, forgotten_at FROM {}
+                 WHERE subject COLLATE \"C\" > $1 ORDER BY subject COLLATE \"C\" LIMIT $2",
+            self.layout.subject_keys
+        ))
+        .bind(after.unwrap_or(""))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(fail)?;
+        let subjects: Vec<&str> = rows.iter().map(|(s, ..)| s.as_str()).collect();
+        let streams: Vec<(String, String, Uuid)> = sqlx::query_as(&format!(
+            "SELECT subject, aggregate_type, aggregate_id FROM {} WHERE subject = ANY($1)
+             ORDER BY subject, aggregate_type, aggregate_id",
+            self.layout.subject_streams
+        ))
+        .bind(&subjects)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(fail)?;
+        rows.into_iter()
+            .map(|(subject, key, since, at)| {
+                let held = streams
+                    .iter()
+                    .filter(|(s, ..)| *s == subject)
+                    .map(|(_, ty, id)| (ty.clone(), *id))
+                    .collect();
+                let key = key.map(|k| SubjectKey::from_stored(&k, &subject)).transpose()?;
+                Ok(SubjectRecord::new(subject, key, since, at, held))
+            })
+            .collect()
+    }
+
+    async fn import(&self, record: &SubjectRecord) -> Result<()> {
+        validate_subject(&record.subject)?;
+        let subject = record.subject.as_str();
+        let fail = |e| query_error(&format!("cannot import subject {subject}"), e);
+        let mut tx = self.pool.begin().await.map_err(fail)?;
+        let key = record.key.as_ref().map(|k| k.as_bytes().to_vec());
+        let here: Option<Vec<u8>> = sqlx::query_scalar(&format!(
+            "WITH made AS (
+                INSERT INTO {keys} (subject, key) VALUES ($1, $2) ON CONFLICT (subject) DO NOTHING
+                RETURNING key
+            )
+            SELECT key FROM made UNION ALL SELECT key FROM {keys} WHERE subject = $1 LIMIT 1",
+            keys = self.layout.subject_keys
+        ))
+        .bind(subject)
+        .bind(&key)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(fail)?;
+        if let (Some(here), Some(there)) = (&here, &key) {
+            if here != there {
+                return Err(other_key(subject));
+            }
+        }
+        sqlx::query(&format!(
+            "UPDATE {} SET forgetting_since = coalesce(forgetting_since, $2),
+                 key = CASE WHEN $3::timestamptz IS NULL THEN key END,
+                 forgotten_at = coalesce(forgotten_at, $3)
+             WHERE subject = $1",
+            self.layout.subject_keys
+        ))
+        .bind(subject)
+        .bind(record.forgetting_since)
+        .bind(record.forgotten_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(fail)?;
+        let (types, ids): (Vec<&str>, Vec<Uuid>) =
+            record.streams.iter().map(|(t, id)| (t.as_str(), *id)).unzip();
+        sqlx::query(&format!(
+            "INSERT INTO {} (subject, aggregate_type, aggregate_id)
+             SELECT $1, t, i FROM unnest($2::text[], $3::uuid[]) AS s(t, i)
+             ON CONFLICT DO NOTHING",
+            self.layout.subject_streams
+        ))
+        .bind(subject)
+        .bind(&types)
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await
+        .map_err(fail)?;
+        tx.commit().await.map_err(fail)
     }
 
     async fn unfinished(&self) -> Result<Vec<String>> {

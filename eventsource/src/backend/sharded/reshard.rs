@@ -25,6 +25,9 @@ pub struct Copied {
     pub present: u64,
     /// Batches appended with their request id recorded in the target's index.
     pub requests: u64,
+    /// Data subjects whose keys (see [`crate::personal`]) were copied into the target's key
+    /// store.
+    pub subjects: u64,
 }
 
 /// What [`compare`] found.
@@ -68,6 +71,10 @@ fn feeds(stores: &Stores) -> Vec<Arc<dyn EventStore>> {
 /// with its request id recorded in the target's index where both stores keep one (with the
 /// fingerprint the source recorded). `progress` is called with the events done so far.
 ///
+/// The keys of data subjects (see [`crate::personal`]) are copied first, with the streams
+/// each holds values in and the state of their forgetting, from the source's key store into
+/// the target's.
+///
 /// Run it with the application stopped: events appended to the source meanwhile may be
 /// missed. Run again after an interruption, it goes on: batches the target holds already are
 /// counted as present. Refusals recorded in the source's index and snapshots are not copied
@@ -82,7 +89,10 @@ fn feeds(stores: &Stores) -> Vec<Arc<dyn EventStore>> {
 ///
 /// Dropped, the batches appended so far stay; running it again goes on.
 pub async fn copy(source: &Stores, target: &Stores, mut progress: impl FnMut(u64) + Send) -> Result<Copied> {
-    let mut copied = Copied::default();
+    let mut copied = Copied {
+        subjects: copy_keys(source, target).await?,
+        ..Copied::default()
+    };
     for feed in feeds(source) {
         let mut read = feed.read_all(0);
         let mut batch: Vec<StoredEvent> = Vec::new();
@@ -99,6 +109,30 @@ pub async fn copy(source: &Stores, target: &Stores, mut progress: impl FnMut(u64
         }
     }
     Ok(copied)
+}
+
+/// Subjects read from the key store at a time.
+const SUBJECTS_PAGE: usize = 500;
+
+/// Copies every data subject's key and streams from the source's key store into the
+/// target's, where both keep one; how many it copied.
+async fn copy_keys(source: &Stores, target: &Stores) -> Result<u64> {
+    let (Some(from), Some(to)) = (&source.keys, &target.keys) else {
+        return Ok(0);
+    };
+    let (from, to) = (from.store(), to.store());
+    let (mut copied, mut after) = (0, None::<String>);
+    loop {
+        let page = from.export(after.as_deref(), SUBJECTS_PAGE).await?;
+        for record in &page {
+            to.import(record).await?;
+            copied += 1;
+        }
+        match page.last() {
+            Some(last) if page.len() == SUBJECTS_PAGE => after = Some(last.subject.clone()),
+            _ => return Ok(copied),
+        }
+    }
 }
 
 /// Whether `event` follows `first` in one appended batch: the same stream, the next version,

@@ -10,7 +10,9 @@ use uuid::Uuid;
 use super::prefix::Prefix;
 use super::{parse_timestamp, schema, store_error, timestamp_text, Database};
 use crate::error::{Error, Result};
-use crate::personal::{validate_subject, Forgetting, KeyState, KeyStore, SubjectKey};
+use crate::personal::{
+    other_key, validate_subject, Forgetting, KeyState, KeyStore, SubjectKey, SubjectRecord,
+};
 
 const MAKE_KEY: &str = "INSERT OR IGNORE INTO {p}eventsource_subject_keys (subject, key, created_at)
     VALUES (?1, ?2, ?3)";
@@ -32,6 +34,12 @@ const FINISH_FORGETTING: &str = "UPDATE {p}eventsource_subject_keys
 const STREAMS: &str = "SELECT aggregate_type, aggregate_id FROM {p}eventsource_subject_streams
     WHERE subject = ?1 ORDER BY aggregate_type, aggregate_id";
 
+const EXPORT: &str = "SELECT subject, key, forgetting_since, forgotten_at FROM {p}eventsource_subject_keys
+    WHERE subject > ?1 ORDER BY subject LIMIT ?2";
+
+const IMPORT_FORGETTING: &str = "UPDATE {p}eventsource_subject_keys
+    SET forgetting_since = coalesce(forgetting_since, ?2) WHERE subject = ?1 AND ?2 IS NOT NULL";
+
 const UNFINISHED: &str = "SELECT subject FROM {p}eventsource_subject_keys
     WHERE forgetting_since IS NOT NULL AND forgotten_at IS NULL ORDER BY subject";
 
@@ -44,6 +52,8 @@ struct Sql {
     finish_forgetting: String,
     streams: String,
     unfinished: String,
+    export: String,
+    import_forgetting: String,
 }
 
 impl Sql {
@@ -56,6 +66,8 @@ impl Sql {
             finish_forgetting: prefix.sql(FINISH_FORGETTING),
             streams: prefix.sql(STREAMS),
             unfinished: prefix.sql(UNFINISHED),
+            export: prefix.sql(EXPORT),
+            import_forgetting: prefix.sql(IMPORT_FORGETTING),
         }
     }
 }
@@ -275,6 +287,104 @@ impl KeyStore for SqliteKeyStore {
         match changed {
             0 => Err(crate::backend::memory::not_forgetting(subject)),
             _ => Ok(()),
+        }
+    }
+
+    async fn export(&self, after: Option<&str>, limit: usize) -> Result<Vec<SubjectRecord>> {
+        let (after, limit) = (
+            after.unwrap_or("").to_owned(),
+            i64::try_from(limit).unwrap_or(i64::MAX),
+        );
+        let rows = self
+            .read(
+                "cannot list the subjects of the key store".to_owned(),
+                move |connection, sql| {
+                    let subjects: Vec<(String, Option<Vec<u8>>, Option<String>, Option<String>)> = connection
+                        .prepare_cached(&sql.export)?
+                        .query_map(rusqlite::params![after, limit], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                        })?
+                        .collect::<rusqlite::Result<_>>()?;
+                    let mut rows = Vec::with_capacity(subjects.len());
+                    for (subject, key, since, at) in subjects {
+                        let streams: Vec<(String, String)> = connection
+                            .prepare_cached(&sql.streams)?
+                            .query_map([&subject], |r| Ok((r.get(0)?, r.get(1)?)))?
+                            .collect::<rusqlite::Result<_>>()?;
+                        rows.push((subject, key, since, at, streams));
+                    }
+                    Ok(rows)
+                },
+            )
+            .await?;
+        rows.into_iter()
+            .map(|(subject, key, since, at, streams)| {
+                let what = || format!("the key of subject {subject}");
+                let streams = streams
+                    .into_iter()
+                    .map(|(ty, id)| {
+                        Uuid::parse_str(&id)
+                            .map(|id| (ty, id))
+                            .map_err(|e| Error::corrupt(what(), format!("stream id {id:?} is no uuid: {e}")))
+                    })
+                    .collect::<Result<_>>()?;
+                Ok(SubjectRecord::new(
+                    subject.clone(),
+                    key.map(|k| SubjectKey::from_stored(&k, &subject)).transpose()?,
+                    since
+                        .map(|t| parse_timestamp(&t, "forgetting_since", what))
+                        .transpose()?,
+                    at.map(|t| parse_timestamp(&t, "forgotten_at", what))
+                        .transpose()?,
+                    streams,
+                ))
+            })
+            .collect()
+    }
+
+    async fn import(&self, record: &SubjectRecord) -> Result<()> {
+        validate_subject(&record.subject)?;
+        let text = |at: Option<chrono::DateTime<Utc>>| {
+            at.map(|at| timestamp_text(&at, || format!("the key of subject {}", record.subject)))
+                .transpose()
+        };
+        let (since, finished, now) = (text(record.forgetting_since)?, text(record.forgotten_at)?, now()?);
+        let subject = record.subject.clone();
+        let key = record.key.as_ref().map(|k| k.as_bytes().to_vec());
+        let streams: Vec<(String, String)> = record
+            .streams
+            .iter()
+            .map(|(ty, id)| (ty.clone(), id.to_string()))
+            .collect();
+        let same = self
+            .write(
+                format!("cannot import subject {}", record.subject),
+                move |tx, sql| {
+                    tx.prepare_cached(&sql.make_key)?
+                        .execute(rusqlite::params![subject, key, now])?;
+                    let here: Option<Vec<u8>> = row(tx, sql, &subject)?.and_then(|(k, _, _)| k);
+                    if let (Some(here), Some(there)) = (&here, &key) {
+                        if here != there {
+                            return Ok(false);
+                        }
+                    }
+                    tx.prepare_cached(&sql.import_forgetting)?
+                        .execute(rusqlite::params![subject, since])?;
+                    if finished.is_some() {
+                        tx.prepare_cached(&sql.finish_forgetting)?
+                            .execute(rusqlite::params![subject, finished])?;
+                    }
+                    for (ty, id) in &streams {
+                        tx.prepare_cached(&sql.link)?
+                            .execute(rusqlite::params![subject, ty, id])?;
+                    }
+                    Ok(true)
+                },
+            )
+            .await?;
+        match same {
+            true => Ok(()),
+            false => Err(other_key(&record.subject)),
         }
     }
 

@@ -208,7 +208,59 @@ pub(super) fn corrupt(envelope: &EventEnvelope, field: &str, reason: impl ToStri
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
     use super::*;
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            (-1e9f64..1e9).prop_map(Value::from),
+            ".{0,8}".prop_map(Value::from),
+            Just(Value::from("\"{},[]:\\")),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(".{0,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// The fields found in the text of any object, compact or pretty, are the object's own,
+        /// each with its value's text.
+        #[test]
+        fn top_fields_agree_with_a_parser(
+            fields in prop::collection::btree_map(".{0,6}", json(), 0..6),
+            pretty in any::<bool>(),
+        ) {
+            let object: serde_json::Map<String, Value> = fields.into_iter().collect();
+            let text = match pretty {
+                true => serde_json::to_string_pretty(&object).unwrap(),
+                false => serde_json::to_string(&object).unwrap(),
+            };
+            let found = top_fields(&text).expect("an object's fields are found");
+            prop_assert_eq!(found.len(), object.len());
+            for field in found {
+                let value: Value = serde_json::from_str(&text[field.value]).unwrap();
+                prop_assert_eq!(Some(&value), object.get(&*field.name));
+            }
+        }
+
+        /// Any text at all is scanned without a panic.
+        #[test]
+        fn any_text_is_scanned_without_a_panic(text in ".{0,40}") {
+            let _ = top_fields(&text);
+            let _ = sealed_fields(&EventEnvelope::from_json(
+                uuid::Uuid::nil(), "Customer", 1, "Registered", 1, format!("{{\"$personal\":{text}"),
+            ));
+        }
+    }
 
     fn names_and_values(text: &str) -> Option<Vec<(String, &str)>> {
         Some(

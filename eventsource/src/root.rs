@@ -226,6 +226,7 @@ impl<A: Aggregate> AggregateRoot<A> {
     /// The unsaved events as envelopes, for a save outside the repository (in the caller's
     /// transaction): [`Error::InvalidInput`](crate::Error::InvalidInput) if there are none, and
     /// the registry's error if the program registered a name twice.
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     pub(crate) fn envelopes_to_save(&self) -> Result<Unsealed> {
         crate::registry::check()?;
         let envelopes = self.pending_envelopes()?;

@@ -31,6 +31,7 @@ impl Unsealed {
         Unsealed { envelopes, personal }
     }
 
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     pub(crate) fn is_empty(&self) -> bool {
         self.envelopes.is_empty()
     }

@@ -7,6 +7,7 @@
 
 mod keys;
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) use keys::not_forgetting;
 pub use keys::InMemoryKeyStore;
 

@@ -286,18 +286,14 @@ impl Erasure {
     /// Redacts the values from the errors of dead letters; how many letters it changed.
     async fn redact_letters(&self, sought: &Sought) -> Result<u64> {
         let quoting = self
-            .each_letter(|letter| {
-                sought
-                    .found_in(&letter.error)
-                    .then(|| sought.redact(&letter.error))
-            })
+            .each_letter(|letter| sought.found_in(&letter.error).then(|| letter.error.clone()))
             .await?;
         let mut redacted = 0;
         for (name, event_id, error) in quoting {
             redacted += self
                 .stores
                 .subscriptions
-                .redact_dead_letter(&name, event_id, &error)
+                .redact_dead_letter(&name, event_id, &error, &sought.redact(&error))
                 .await?;
         }
         Ok(redacted)

@@ -138,10 +138,16 @@ pub trait SubscriptionStore: Send + Sync {
     /// them); how many it removed. The letters of other names, and of other events, stay.
     async fn remove_dead_letters(&self, name: &str, event_ids: &[Uuid]) -> Result<u64>;
 
-    /// Replaces the error of the dead letters of `name` for the event `event_id` with `error`
-    /// (a redaction: an error that quoted personal data, see [`crate::erasure`]), keeping
-    /// their place and time; how many it changed.
-    async fn redact_dead_letter(&self, name: &str, event_id: Uuid, error: &str) -> Result<u64>;
+    /// Replaces `error` with `redacted` in the dead letters of `name` for the event
+    /// `event_id` whose error is `error` (a redaction: an error that quoted personal data, see
+    /// [`crate::erasure`]), keeping their place and time; how many it changed.
+    async fn redact_dead_letter(
+        &self,
+        name: &str,
+        event_id: Uuid,
+        error: &str,
+        redacted: &str,
+    ) -> Result<u64>;
 
     /// Every subscription the store knows (that ever took a lease), by name: what the admin
     /// command line lists.
@@ -176,8 +182,14 @@ impl<S: SubscriptionStore + ?Sized> SubscriptionStore for Arc<S> {
     async fn remove_dead_letters(&self, name: &str, event_ids: &[Uuid]) -> Result<u64> {
         (**self).remove_dead_letters(name, event_ids).await
     }
-    async fn redact_dead_letter(&self, name: &str, event_id: Uuid, error: &str) -> Result<u64> {
-        (**self).redact_dead_letter(name, event_id, error).await
+    async fn redact_dead_letter(
+        &self,
+        name: &str,
+        event_id: Uuid,
+        error: &str,
+        redacted: &str,
+    ) -> Result<u64> {
+        (**self).redact_dead_letter(name, event_id, error, redacted).await
     }
 
     async fn subscriptions(&self) -> Result<Vec<SubscriptionStatus>> {

@@ -242,7 +242,8 @@ pub async fn removing_dead_letters_removes_only_those(store: &dyn SubscriptionSt
 }
 
 /// [`SubscriptionStore::redact_dead_letter`] replaces the error of the letters of one name
-/// for one event, and nothing else: their order, times and the other letters stay.
+/// for one event that have that error, and nothing else: their order, times and the other
+/// letters stay.
 pub async fn a_redacted_dead_letter_keeps_its_place_and_time(store: &dyn SubscriptionStore) {
     let (name, other) = (unique_type("Redacted"), unique_type("Redacted"));
     let events = [poisoned(7), poisoned(8)];
@@ -256,9 +257,16 @@ pub async fn a_redacted_dead_letter_keeps_its_place_and_time(store: &dyn Subscri
             .await
             .unwrap();
     }
+    // The same event given up on twice, with another error.
+    store.dead_letter(&name, &events[0], "timed out").await.unwrap();
     let before = store.dead_letters(&name, 0, usize::MAX).await.unwrap();
     let changed = store
-        .redact_dead_letter(&name, events[0].event_id, "failed for [forgotten]")
+        .redact_dead_letter(
+            &name,
+            events[0].event_id,
+            "failed for ada@example.com",
+            "failed for [forgotten]",
+        )
         .await
         .unwrap();
     assert_eq!(changed, 1);
@@ -275,8 +283,9 @@ pub async fn a_redacted_dead_letter_keeps_its_place_and_time(store: &dyn Subscri
                 before[1].failed_at,
                 "failed for ada@example.com"
             ),
+            (events[0].event_id, before[2].failed_at, "timed out"),
         ],
-        "only the letter of that event changed, in its place"
+        "only the letter of that event and error changed, in its place"
     );
     assert!(
         store
@@ -289,7 +298,7 @@ pub async fn a_redacted_dead_letter_keeps_its_place_and_time(store: &dyn Subscri
     );
     assert_eq!(
         store
-            .redact_dead_letter(&name, Uuid::new_v4(), "x")
+            .redact_dead_letter(&name, Uuid::new_v4(), "x", "y")
             .await
             .unwrap(),
         0

@@ -720,11 +720,21 @@ impl SubscriptionStore for InMemorySubscriptionStore {
         })
     }
 
-    async fn redact_dead_letter(&self, name: &str, event_id: Uuid, error: &str) -> Result<u64> {
+    async fn redact_dead_letter(
+        &self,
+        name: &str,
+        event_id: Uuid,
+        error: &str,
+        redacted: &str,
+    ) -> Result<u64> {
         self.with(name, |s| {
             let mut changed = 0;
-            for letter in s.dead_letters.iter_mut().filter(|l| l.event_id == event_id) {
-                letter.error = error.to_owned();
+            for letter in s
+                .dead_letters
+                .iter_mut()
+                .filter(|l| l.event_id == event_id && l.error == error)
+            {
+                letter.error = redacted.to_owned();
                 changed += 1;
             }
             changed

@@ -199,15 +199,22 @@ impl SubscriptionStore for PostgresSubscriptionStore {
         Ok(removed.rows_affected())
     }
 
-    async fn redact_dead_letter(&self, name: &str, event_id: Uuid, error: &str) -> Result<u64> {
+    async fn redact_dead_letter(
+        &self,
+        name: &str,
+        event_id: Uuid,
+        error: &str,
+        redacted: &str,
+    ) -> Result<u64> {
         validate_stored_name(name)?;
         let changed = sqlx::query(&format!(
-            "UPDATE {} SET error = $3 WHERE subscription = $1 AND event_id = $2",
+            "UPDATE {} SET error = $4 WHERE subscription = $1 AND event_id = $2 AND error = $3",
             self.layout.dead_letters
         ))
         .bind(name)
         .bind(event_id)
         .bind(error)
+        .bind(redacted)
         .execute(&self.pool)
         .await
         .map_err(|e| query_error(&format!("cannot redact a dead letter of subscription {name}"), e))?;

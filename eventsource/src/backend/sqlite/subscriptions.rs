@@ -51,7 +51,7 @@ const REMOVE_DEAD_LETTER: &str =
     "DELETE FROM {p}eventsource_dead_letters WHERE subscription = ?1 AND event_id = ?2";
 
 const REDACT_DEAD_LETTER: &str =
-    "UPDATE {p}eventsource_dead_letters SET error = ?3 WHERE subscription = ?1 AND event_id = ?2";
+    "UPDATE {p}eventsource_dead_letters SET error = ?4 WHERE subscription = ?1 AND event_id = ?2 AND error = ?3";
 
 const SUBSCRIPTIONS: &str = "SELECT s.name, s.position, CASE WHEN s.lease_until > ?1 THEN s.owner END,
         (SELECT count(*) FROM {p}eventsource_dead_letters d WHERE d.subscription = s.name),
@@ -310,9 +310,20 @@ impl SubscriptionStore for SqliteSubscriptionStore {
             .await
     }
 
-    async fn redact_dead_letter(&self, name: &str, event_id: Uuid, error: &str) -> Result<u64> {
+    async fn redact_dead_letter(
+        &self,
+        name: &str,
+        event_id: Uuid,
+        error: &str,
+        redacted: &str,
+    ) -> Result<u64> {
         validate_stored_name(name)?;
-        let params = vec![text(name), text(event_id.hyphenated()), text(error)];
+        let params = vec![
+            text(name),
+            text(event_id.hyphenated()),
+            text(error),
+            text(redacted),
+        ];
         let changed = self
             .change(
                 |sql| &sql.redact_dead_letter,

@@ -110,6 +110,16 @@ async fn customer_everywhere(stores: &Stores, subject: &str, emails: &Emails) ->
     id
 }
 
+/// Forgets `subject` with no wait (one process uses the stores) and no holder.
+async fn forget_now(stores: &Stores, subject: &str) -> eventsourcing_kit::erasure::ErasureReport {
+    Erasure::new(stores)
+        .unwrap()
+        .settle(Duration::ZERO)
+        .forget(subject)
+        .await
+        .unwrap()
+}
+
 fn key_store(stores: &Stores) -> &Arc<dyn eventsourcing_kit::personal::KeyStore> {
     stores.keys.as_ref().expect("every backend keeps keys").store()
 }
@@ -207,12 +217,7 @@ async fn a_value_also_held_in_the_clear_elsewhere_is_no_finding(stores: Stores) 
     });
     customers.save(&mut root).await.unwrap();
     customers.warm_snapshot(id).await.unwrap();
-    let report = Erasure::new(&stores)
-        .unwrap()
-        .settle(Duration::ZERO)
-        .forget(&gone)
-        .await
-        .unwrap();
+    let report = forget_now(&stores, &gone).await;
     assert!(report.is_clean() && report.key_deleted, "{report:?}");
     let loaded = customers.load(id).await.unwrap();
     assert!(loaded.state().name.is_forgotten());
@@ -368,12 +373,7 @@ async fn a_projection_rebuilt_after_a_forgetting_holds_no_value(stores: Stores) 
     projection.catch_up(|_| {}).await.unwrap();
     assert_eq!(model.read(|m| m.0[&id].known().cloned()), Some(EMAIL.to_owned()));
 
-    let report = Erasure::new(&stores)
-        .unwrap()
-        .settle(Duration::ZERO)
-        .forget(&gone)
-        .await
-        .unwrap();
+    let report = forget_now(&stores, &gone).await;
     assert!(report.is_clean(), "{report:?}");
     projection.rebuild(|_| {}).await.unwrap();
     assert!(
@@ -511,12 +511,7 @@ async fn forgetting_on_a_sharded_store_reaches_every_shard() {
         "the streams are spread over both shards"
     );
 
-    let report = Erasure::new(&stores)
-        .unwrap()
-        .settle(Duration::ZERO)
-        .forget(&gone)
-        .await
-        .unwrap();
+    let report = forget_now(&stores, &gone).await;
     assert!(report.is_clean() && report.key_deleted, "{report:?}");
     assert_eq!(report.streams, 8);
     for id in ids {
@@ -550,11 +545,6 @@ async fn a_copy_of_the_store_carries_the_keys() {
     }
     // Run again, it copies the keys again without a change.
     assert_eq!(sharded::copy(&old, &new, |_| {}).await.unwrap().subjects, 1);
-    let report = Erasure::new(&new)
-        .unwrap()
-        .settle(Duration::ZERO)
-        .forget(&gone)
-        .await
-        .unwrap();
+    let report = forget_now(&new, &gone).await;
     assert!(report.is_clean() && report.streams == 4, "{report:?}");
 }

@@ -16,21 +16,7 @@ pub(crate) struct Sought {
 impl Sought {
     /// Adds the texts of `value`.
     pub(crate) fn add(&mut self, value: &Value) {
-        let mut stack = vec![value];
-        while let Some(value) = stack.pop() {
-            let text = match value {
-                Value::String(s) => s.clone(),
-                Value::Number(n) => n.to_string(),
-                Value::Array(items) => {
-                    stack.extend(items);
-                    continue;
-                }
-                Value::Object(fields) => {
-                    stack.extend(fields.values());
-                    continue;
-                }
-                Value::Bool(_) | Value::Null => continue,
-            };
+        for text in leaf_texts(value) {
             if text.chars().count() >= SHORTEST && !self.texts.contains(&text) {
                 self.texts.push(text);
             }
@@ -51,26 +37,7 @@ impl Sought {
     /// Whether a string or number inside `value` is one of the values, whole: what a
     /// snapshot's state is checked for, where a part of another text is no copy.
     pub(crate) fn found_whole_in(&self, value: &Value) -> bool {
-        let mut stack = vec![value];
-        while let Some(value) = stack.pop() {
-            let text = match value {
-                Value::String(s) => s.clone(),
-                Value::Number(n) => n.to_string(),
-                Value::Array(items) => {
-                    stack.extend(items);
-                    continue;
-                }
-                Value::Object(fields) => {
-                    stack.extend(fields.values());
-                    continue;
-                }
-                Value::Bool(_) | Value::Null => continue,
-            };
-            if self.texts.contains(&text) {
-                return true;
-            }
-        }
-        false
+        leaf_texts(value).any(|text| self.texts.contains(&text))
     }
 
     /// `text` with every value in it replaced by `[forgotten]`.
@@ -82,6 +49,23 @@ impl Sought {
         }
         redacted
     }
+}
+
+/// The text of every string and number inside `value`, at any depth.
+fn leaf_texts(value: &Value) -> impl Iterator<Item = String> + '_ {
+    let mut stack = vec![value];
+    std::iter::from_fn(move || {
+        while let Some(value) = stack.pop() {
+            match value {
+                Value::String(s) => return Some(s.clone()),
+                Value::Number(n) => return Some(n.to_string()),
+                Value::Array(items) => stack.extend(items),
+                Value::Object(fields) => stack.extend(fields.values()),
+                Value::Bool(_) | Value::Null => {}
+            }
+        }
+        None
+    })
 }
 
 /// A string as it appears inside JSON text: escaped, without its quotes.

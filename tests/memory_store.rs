@@ -54,11 +54,12 @@ mod abilities {
     use super::*;
 
     eventsourcing_kit::stores_conformance!(async { Stores::in_memory() });
+    eventsourcing_kit::stream_lifecycle_conformance!(async { Stores::in_memory() });
 
     mod beside_a_wrapper {
         use super::*;
 
-        eventsourcing_kit::stores_conformance!(async {
+        fn stores() -> Stores {
             let (events, snapshots) = (InMemoryEventStore::new(), InMemorySnapshotStore::new());
             Stores::new(
                 RequiredOnly(events.clone()),
@@ -68,9 +69,13 @@ mod abilities {
             .with_append_signal(events.append_signal())
             .with_stream_listing(std::sync::Arc::new(events.clone()))
             .with_slice_feed(std::sync::Arc::new(events.clone()))
+            .with_stream_lifecycle(std::sync::Arc::new(events.clone()))
             .with_request_index(std::sync::Arc::new(events))
             .with_snapshot_listing(std::sync::Arc::new(snapshots))
-        });
+        }
+
+        eventsourcing_kit::stores_conformance!(async { stores() });
+        eventsourcing_kit::stream_lifecycle_conformance!(async { stores() });
     }
 
     #[test]
@@ -83,6 +88,7 @@ mod abilities {
             slice_feed: true,
             joint_snapshots: false,
             multi_stream: true,
+            stream_lifecycle: true,
         };
         assert_abilities(&Stores::in_memory(), every_but_joint);
         let bare = Stores::new(
@@ -107,6 +113,9 @@ async fn run_all_runs_every_check_on_one_store() {
     assert_eq!(eventsourcing_kit::testing::event_store::NAMES.len(), 18);
     assert_eq!(eventsourcing_kit::testing::snapshot_store::NAMES.len(), 10);
     assert_eq!(eventsourcing_kit::testing::stores::NAMES.len(), 15);
+    assert_eq!(eventsourcing_kit::testing::stream_lifecycle::NAMES.len(), 6);
+    eventsourcing_kit::testing::stream_lifecycle::run_all(&eventsourcing_kit::backend::Stores::in_memory())
+        .await;
     eventsourcing_kit::testing::stores::run_all(&eventsourcing_kit::backend::Stores::in_memory()).await;
     eventsourcing_kit::testing::event_store::run_all(&InMemoryEventStore::new()).await;
     eventsourcing_kit::testing::snapshot_store::run_all(&InMemorySnapshotStore::new()).await;

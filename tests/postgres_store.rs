@@ -89,6 +89,24 @@ mod key_store_conformance {
     );
 }
 
+mod stream_lifecycle_conformance {
+    eventsourcing_kit::stream_lifecycle_conformance!(
+        #[cfg_attr(
+            not(eventsource_postgres_tests),
+            ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+        )]
+        {
+            let Some(db) = super::db(concat!("conformance check in ", module_path!())).await else {
+                return;
+            };
+            std::future::ready(eventsourcing_kit::backend::Stores::from_postgres(
+                db.events,
+                db.snapshots,
+            ))
+        }
+    );
+}
+
 mod stores_conformance {
     eventsourcing_kit::stores_conformance!(
         #[cfg_attr(
@@ -124,6 +142,7 @@ async fn postgres_stores_hand_out_every_ability() {
         slice_feed: true,
         joint_snapshots: true,
         multi_stream: true,
+        stream_lifecycle: true,
     };
     let stores = eventsourcing_kit::backend::open(&db.url).await.unwrap();
     eventsourcing_kit::testing::stores::assert_abilities(&stores, every);

@@ -54,6 +54,7 @@ async fn on_sqlite_files() -> Stores {
 
 mod on_sqlite_files {
     eventsourcing_kit::sharded_store_conformance!(super::on_sqlite_files());
+    eventsourcing_kit::stream_lifecycle_conformance!(super::on_sqlite_files());
     eventsourcing_kit::snapshot_store_conformance!(async { super::on_sqlite_files().await.snapshots });
 }
 

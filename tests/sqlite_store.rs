@@ -37,14 +37,20 @@ mod abilities {
     use eventsourcing_kit::testing::stores::{assert_abilities, Abilities};
 
     eventsourcing_kit::stores_conformance!(async { backend::open("sqlite::memory:").await.unwrap() });
+    eventsourcing_kit::stream_lifecycle_conformance!(async {
+        backend::open("sqlite::memory:").await.unwrap()
+    });
 
     mod on_a_file {
-        eventsourcing_kit::stores_conformance!(async {
+        async fn stores() -> eventsourcing_kit::backend::Stores {
             let path = super::super::shared_file();
             eventsourcing_kit::backend::open(&format!("sqlite:{}", path.display()))
                 .await
                 .unwrap()
-        });
+        }
+
+        eventsourcing_kit::stores_conformance!(stores());
+        eventsourcing_kit::stream_lifecycle_conformance!(stores());
     }
 
     #[tokio::test]
@@ -60,6 +66,7 @@ mod abilities {
                 slice_feed: true,
                 joint_snapshots: false,
                 multi_stream: true,
+                stream_lifecycle: true,
             },
         );
     }
@@ -343,6 +350,7 @@ fn prefixed_objects(prefix: &str) -> Vec<String> {
         "events_event_id",
         "events_slice",
         "events_stream",
+        "eventsource_archived_events",
         "eventsource_dead_letters",
         "eventsource_dead_letters_subscription",
         "eventsource_migrations",

@@ -202,6 +202,16 @@ pub enum Error {
         aggregate_id: Uuid,
     },
 
+    /// The stream was deleted (see [`crate::lifecycle`]): it cannot be loaded, and no event
+    /// can be saved on it again.
+    #[error("{aggregate_type} {aggregate_id} was deleted")]
+    StreamDeleted {
+        /// The aggregate type of the stream.
+        aggregate_type: String,
+        /// The aggregate id of the stream.
+        aggregate_id: Uuid,
+    },
+
     /// Personal data of a data subject that is forgotten, or being forgotten, was to be
     /// written (see [`crate::personal`]); nothing was written.
     #[error("personal data of subject {subject} cannot be written: the subject is forgotten")]

@@ -178,7 +178,7 @@ pub enum AdminCommand {
         #[arg(long, value_name = "EVENTS", default_value_t = 10_000)]
         max_lag: u64,
     },
-    /// Closes streams for good.
+    /// Closes, deletes, archives and restores streams.
     #[command(subcommand)]
     Streams(StreamsCommand),
     /// Forgets a data subject (see `eventsourcing_kit::erasure`): its personal values read as
@@ -263,6 +263,41 @@ pub enum StreamsCommand {
         /// Does not ask for confirmation.
         #[arg(long)]
         yes: bool,
+    },
+    /// Deletes a stream for good (see `eventsourcing_kit::lifecycle`): a tombstone takes its
+    /// next version, and its events, request ids and snapshots are removed. A stream deleted
+    /// already is left as it is (its snapshots are deleted again).
+    Delete {
+        /// The aggregate's id.
+        id: uuid::Uuid,
+        /// Its aggregate type (registered or not).
+        #[arg(long = "type", value_name = "TYPE")]
+        aggregate_type: String,
+        /// Does not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Moves the events of a stream before its newest snapshot to the archive (see
+    /// `eventsourcing_kit::lifecycle`): loads go on from the snapshot, whole-stream reads
+    /// still read them, and the feed no longer holds them. Take a snapshot first
+    /// (`snapshots rewarm`) if the stream has none.
+    Archive {
+        /// The aggregate's id.
+        id: uuid::Uuid,
+        /// Its aggregate type (registered or not).
+        #[arg(long = "type", value_name = "TYPE")]
+        aggregate_type: String,
+        /// Does not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Moves the archived events of a stream back to the live table and the feed.
+    Restore {
+        /// The aggregate's id.
+        id: uuid::Uuid,
+        /// Its aggregate type (registered or not).
+        #[arg(long = "type", value_name = "TYPE")]
+        aggregate_type: String,
     },
 }
 

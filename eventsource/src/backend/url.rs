@@ -11,6 +11,7 @@ use crate::backend::memory::{
 use crate::backend::param::Param;
 use crate::error::{Error, Result};
 use crate::event_store::EventStore;
+use crate::lifecycle::StreamLifecycle;
 use crate::multi_stream::MultiStreamAppend;
 use crate::personal::{KeyStore, Keyring};
 use crate::process::{ProcessManager, ProcessRunner};
@@ -54,6 +55,9 @@ pub struct Stores {
     pub slice_feed: Option<Arc<dyn SliceFeed>>,
     /// The event store's saves over several streams at once, if the backend has them.
     pub multi_stream: Option<Arc<dyn MultiStreamAppend>>,
+    /// The event store's deletion and archiving of streams, if the backend has them (see
+    /// [`crate::lifecycle`]).
+    pub stream_lifecycle: Option<Arc<dyn StreamLifecycle>>,
     /// The snapshot store with statements that read and write its snapshots together with
     /// the events, if the backend has them.
     pub joint_snapshots: Option<JointSnapshots>,
@@ -89,6 +93,7 @@ impl std::fmt::Debug for Stores {
             .field("request_index", &self.request_index.is_some())
             .field("slice_feed", &self.slice_feed.is_some())
             .field("multi_stream", &self.multi_stream.is_some())
+            .field("stream_lifecycle", &self.stream_lifecycle.is_some())
             .field("joint_snapshots", &self.joint_snapshots.is_some())
             .field("keys", &self.keys.is_some())
             .finish_non_exhaustive()
@@ -127,6 +132,7 @@ impl Stores {
             request_index: None,
             slice_feed: None,
             multi_stream: None,
+            stream_lifecycle: None,
             joint_snapshots: None,
             keys: None,
             backend,
@@ -184,7 +190,14 @@ impl Stores {
         backend: Backend,
     ) -> Self
     where
-        E: EventStore + StreamListing + RequestIndex + SliceFeed + MultiStreamAppend + Clone + 'static,
+        E: EventStore
+            + StreamListing
+            + RequestIndex
+            + SliceFeed
+            + MultiStreamAppend
+            + StreamLifecycle
+            + Clone
+            + 'static,
         S: SnapshotStore + SnapshotListing + Clone + 'static,
     {
         Self::of(
@@ -197,7 +210,8 @@ impl Stores {
         .with_stream_listing(Arc::new(events.clone()))
         .with_request_index(Arc::new(events.clone()))
         .with_slice_feed(Arc::new(events.clone()))
-        .with_multi_stream(Arc::new(events))
+        .with_multi_stream(Arc::new(events.clone()))
+        .with_stream_lifecycle(Arc::new(events))
         .with_snapshot_listing(Arc::new(snapshots))
         .with_keys(Keyring::new(keys))
     }
@@ -287,6 +301,13 @@ impl Stores {
     #[must_use]
     pub fn with_keys(mut self, keys: Keyring) -> Self {
         self.keys = Some(keys);
+        self
+    }
+
+    /// The same stores, with the event store's deletion and archiving of streams.
+    #[must_use]
+    pub fn with_stream_lifecycle(mut self, lifecycle: Arc<dyn StreamLifecycle>) -> Self {
+        self.stream_lifecycle = Some(lifecycle);
         self
     }
 
@@ -397,6 +418,10 @@ impl Stores {
         let repository = Repository::on(self.events.clone());
         let repository = match &self.keys {
             Some(keys) => repository.with_personal_data(keys.clone()),
+            None => repository,
+        };
+        let repository = match &self.stream_lifecycle {
+            Some(lifecycle) => repository.with_stream_lifecycle(lifecycle.clone()),
             None => repository,
         };
         match &self.request_index {

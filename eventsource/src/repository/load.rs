@@ -74,6 +74,7 @@ impl<A: Aggregate> Repository<A> {
     /// # Errors
     ///
     /// [`Error::NotFound`] if the stream has no events;
+    /// [`Error::StreamDeleted`] if it was deleted (see [`crate::lifecycle`]);
     /// [`Error::Store`] if the store failed (transient for a lost
     /// connection or a timeout: see [`Error::is_transient`](crate::Error::is_transient));
     /// [`Error::Corrupt`] for a stored row this library did not write;
@@ -365,6 +366,12 @@ async fn replay<A: Aggregate>(
     let mut opener = keys.map(Opener::new);
     while let Some(stored) = events.next().await {
         let stored = stored?;
+        if *stored.event_type == *crate::lifecycle::DELETED && stored.aggregate_id == root.id() {
+            return Err(Error::StreamDeleted {
+                aggregate_type: A::TYPE_NAME.to_owned(),
+                aggregate_id: root.id(),
+            });
+        }
         let expected = root.version().checked_add(1);
         if stored.aggregate_id != root.id() || *stored.aggregate_type != *A::TYPE_NAME {
             return Err(Error::corrupt(

@@ -34,6 +34,7 @@ use crate::abilities::RequestIndex;
 use crate::aggregate::Aggregate;
 use crate::error::{Error, Result};
 use crate::event_store::EventStore;
+use crate::lifecycle::StreamLifecycle;
 use crate::personal::Keyring;
 use crate::root::AggregateRoot;
 use crate::snapshot::{JointSnapshots, SnapshotMetrics, SnapshotMode, SnapshotPolicy, SnapshotStore};
@@ -71,6 +72,8 @@ pub struct Repository<A: Aggregate> {
     request_retention: std::time::Duration,
     /// What personal fields are sealed with when saved and opened with when loaded.
     keys: Option<Keyring>,
+    /// How the event store deletes and archives streams, if it can.
+    lifecycle: Option<Arc<dyn StreamLifecycle>>,
     aggregate: PhantomData<fn() -> A>,
 }
 
@@ -93,6 +96,7 @@ impl<A: Aggregate> Clone for Repository<A> {
             requests: self.requests.clone(),
             request_retention: self.request_retention,
             keys: self.keys.clone(),
+            lifecycle: self.lifecycle.clone(),
             aggregate: PhantomData,
         }
     }
@@ -123,6 +127,7 @@ impl<A: Aggregate> Repository<A> {
             requests: None,
             request_retention: DEFAULT_REQUEST_RETENTION,
             keys: None,
+            lifecycle: None,
             aggregate: PhantomData,
         }
     }
@@ -136,6 +141,17 @@ impl<A: Aggregate> Repository<A> {
     #[must_use]
     pub fn with_personal_data(mut self, keys: Keyring) -> Self {
         self.keys = Some(keys);
+        self
+    }
+
+    /// The same repository, deleting and archiving streams with `lifecycle`, the event
+    /// store's (see [`crate::lifecycle`]).
+    /// [`backend::Stores::repository`](crate::backend::Stores::repository) wires the
+    /// backend's. Without it, [`delete`](Self::delete), [`archive`](Self::archive) and
+    /// [`restore`](Self::restore) are [`Error::InvalidConfiguration`].
+    #[must_use]
+    pub fn with_stream_lifecycle(mut self, lifecycle: Arc<dyn StreamLifecycle>) -> Self {
+        self.lifecycle = Some(lifecycle);
         self
     }
 

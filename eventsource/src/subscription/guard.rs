@@ -99,7 +99,10 @@ impl DeliveryGuard {
                 });
             return None;
         };
-        if version == seen.version + 1 {
+        // A tombstone follows the versions its deletion removed (see `crate::lifecycle`).
+        if version == seen.version + 1
+            || (version > seen.version && *event.event_type == *crate::lifecycle::DELETED)
+        {
             seen.version = version;
             return None;
         }
@@ -188,5 +191,19 @@ mod tests {
                 None
             ]
         );
+    }
+
+    #[test]
+    fn a_tombstone_past_the_versions_seen_is_no_gap() {
+        let id = Uuid::new_v4();
+        let mut guard = DeliveryGuard::default();
+        assert_eq!(guard.check(&at(id, 1)), None);
+        let tombstone = StoredEvent {
+            position: 9,
+            envelope: crate::EventEnvelope::from_json(id, "Guarded", 9, crate::lifecycle::DELETED, 1, "{}"),
+        };
+        assert_eq!(guard.check(&tombstone), None);
+        assert_eq!(guard.check(&at(id, 9)), Some(Disorder::Duplicate));
+        assert_eq!(guard.check(&at(id, 11)), Some(Disorder::Gap));
     }
 }

@@ -11,8 +11,8 @@
 //! store contract, [`key_store`] those of the key store contract of personal data,
 //! [`read_model_store`] those of a projection's read model, and [`stores`]
 //! those of the [abilities](crate::abilities) a backend hands out with its stores, each
-//! against the plain reads and writes it stands for, and [`sharded`] those of a
-//! [sharded store](crate::backend::sharded).
+//! against the plain reads and writes it stands for, [`stream_lifecycle`] those of deleting
+//! and archiving streams, and [`sharded`] those of a [sharded store](crate::backend::sharded).
 //!
 //! # Checking a backend
 //!
@@ -90,6 +90,7 @@ mod schema_lock;
 pub mod sharded;
 pub mod snapshot_store;
 pub mod stores;
+pub mod stream_lifecycle;
 pub mod subscription_store;
 mod wrapper;
 
@@ -193,6 +194,17 @@ macro_rules! stores_conformance {
 macro_rules! subscription_store_conformance {
     ($($args:tt)*) => {
         $crate::__conformance_args!(__subscription_store_checks, subscription_store, [] $($args)*);
+    };
+}
+
+/// Generates one `#[tokio::test]` per check of the stream lifecycle suite (see
+/// [`crate::lifecycle::StreamLifecycle`]), named after it; the argument gives the
+/// [`Stores`](crate::backend::Stores), as for
+/// [`event_store_conformance!`](crate::event_store_conformance).
+#[macro_export]
+macro_rules! stream_lifecycle_conformance {
+    ($($args:tt)*) => {
+        $crate::__conformance_args!(__stream_lifecycle_checks, stream_lifecycle, [] $($args)*);
     };
 }
 

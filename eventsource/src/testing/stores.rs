@@ -65,6 +65,8 @@ pub struct Abilities {
     pub joint_snapshots: bool,
     /// [`Stores::multi_stream`].
     pub multi_stream: bool,
+    /// [`Stores::stream_lifecycle`].
+    pub stream_lifecycle: bool,
 }
 
 /// Panics unless `stores` has exactly the abilities `expected` names: a backend's own test
@@ -78,6 +80,7 @@ pub fn assert_abilities(stores: &Stores, expected: Abilities) {
         slice_feed: stores.slice_feed.is_some(),
         joint_snapshots: stores.joint_snapshots.is_some(),
         multi_stream: stores.multi_stream.is_some(),
+        stream_lifecycle: stores.stream_lifecycle.is_some(),
     };
     assert_eq!(actual, expected, "the abilities of {stores:?}");
 }
@@ -364,11 +367,14 @@ pub async fn the_first_refusal_is_kept_until_forgotten(stores: &Stores) {
     }
 }
 
-fn fresh_request() -> RequestId {
+pub(super) fn fresh_request() -> RequestId {
     RequestId::new(&format!("request {}", Uuid::new_v4())).expect("a valid request id")
 }
 
-fn with_request(mut batch: Vec<crate::EventEnvelope>, request: &RequestId) -> Vec<crate::EventEnvelope> {
+pub(super) fn with_request(
+    mut batch: Vec<crate::EventEnvelope>,
+    request: &RequestId,
+) -> Vec<crate::EventEnvelope> {
     for event in &mut batch {
         event.request_id = Some(request.clone());
     }

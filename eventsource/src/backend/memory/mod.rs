@@ -11,7 +11,7 @@ mod keys;
 pub(crate) use keys::not_forgetting;
 pub use keys::InMemoryKeyStore;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use crate::abilities::{AppendSignal, RequestIndex, SliceFeed, SnapshotListing, S
 use crate::error::{Error, Result};
 use crate::event::{EventEnvelope, StoredEvent};
 use crate::event_store::{Appended, Batch, EventStore, EventStream, FeedHead};
+use crate::lifecycle::StreamLifecycle;
 use crate::multi_stream::{MultiStreamAppend, StreamBatches};
 use crate::request::{request_of, validate_refusal, Fingerprint, RequestId, RequestOutcome, RequestRecord};
 use crate::slice::{SliceCount, SliceParts, SliceRange};
@@ -66,6 +67,23 @@ struct EventLog {
     slice_count: SliceCount,
     /// For each slice, the log index of each of its events, in order (empty until the first).
     slices: Vec<Vec<usize>>,
+    /// Where each event of `events` is held: live, archived or deleted.
+    held: Vec<Held>,
+    /// The positions of the events the feed no longer holds: archived or deleted.
+    hidden: BTreeSet<u64>,
+    /// How many events were deleted.
+    deleted: usize,
+}
+
+/// Where an event is held (see [`crate::lifecycle`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Held {
+    /// In the feed and in its stream.
+    Live,
+    /// In its stream only.
+    Archived,
+    /// Nowhere.
+    Deleted,
 }
 
 /// One stream: its aggregate type and the log index of each of its versions.
@@ -119,6 +137,7 @@ impl EventLog {
                 position: (first + i + 1) as u64,
                 envelope: event.clone(),
             });
+            log.held.push(Held::Live);
         }
         let types = log.streams.entry(aggregate_id).or_default();
         let indexes = match types.iter().position(|(t, _)| **t == *aggregate_type) {
@@ -159,12 +178,43 @@ impl EventLog {
             let Some(Reverse((i, slice, at))) = next.pop() else {
                 break;
             };
-            chunk.push(self.events[i].clone());
+            if self.held[i] == Held::Live {
+                chunk.push(self.events[i].clone());
+            }
             if let Some(&following) = self.slices[slice].get(at + 1) {
                 next.push(Reverse((following, slice, at + 1)));
             }
         }
         chunk
+    }
+
+    /// Moves the events of the stream at log indexes `indexes` from `from` to `to`; returns
+    /// how many moved.
+    fn move_held(
+        &mut self,
+        indexes: std::ops::Range<usize>,
+        stream: (Uuid, &str),
+        from: Held,
+        to: Held,
+    ) -> u64 {
+        let (aggregate_id, aggregate_type) = stream;
+        let at: Vec<usize> = self.stream(aggregate_id, aggregate_type)[indexes]
+            .iter()
+            .copied()
+            .filter(|&i| self.held[i] == from)
+            .collect();
+        for &i in &at {
+            self.held[i] = to;
+            let position = i as u64 + 1;
+            match to {
+                Held::Live => self.hidden.remove(&position),
+                Held::Archived | Held::Deleted => self.hidden.insert(position),
+            };
+        }
+        if to == Held::Deleted {
+            self.deleted += at.len();
+        }
+        at.len() as u64
     }
 }
 
@@ -237,9 +287,10 @@ impl InMemoryEventStore {
         store
     }
 
-    /// The number of events stored, over all streams.
+    /// The number of events stored, over all streams, archived ones too.
     pub fn len(&self) -> usize {
-        read(&self.inner).events.len()
+        let log = read(&self.inner);
+        log.events.len() - log.deleted
     }
 
     /// Whether no event is stored.
@@ -257,15 +308,19 @@ impl InMemoryEventStore {
         };
     }
 
+    /// The events `select` gives, chunk by chunk: from an offset, the events of a chunk and
+    /// the offset after it, until it has none left.
     fn chunked(
         &self,
-        select: impl Fn(&EventLog, usize) -> Vec<StoredEvent> + Send + 'static,
+        select: impl Fn(&EventLog, usize) -> Option<(Vec<StoredEvent>, usize)> + Send + 'static,
     ) -> EventStream<'static> {
         let inner = self.inner.clone();
         let chunks = stream::unfold(0usize, move |offset| {
             let chunk = select(&read(&inner), offset);
-            let next = offset + chunk.len();
-            async move { (!chunk.is_empty()).then(|| (stream::iter(chunk.into_iter().map(Ok)), next)) }
+            async move {
+                let (chunk, next) = chunk?;
+                Some((stream::iter(chunk.into_iter().map(Ok)), next))
+            }
         });
         Box::pin(futures_util::StreamExt::flatten(chunks))
     }
@@ -296,7 +351,12 @@ impl EventStore for InMemoryEventStore {
             let indexes = log.stream(aggregate_id, &aggregate_type);
             let from = start.saturating_add(offset).min(indexes.len());
             let to = (from + READ_CHUNK).min(indexes.len());
-            indexes[from..to].iter().map(|&i| log.events[i].clone()).collect()
+            let chunk = indexes[from..to]
+                .iter()
+                .filter(|&&i| log.held[i] != Held::Deleted)
+                .map(|&i| log.events[i].clone())
+                .collect();
+            (from < to).then_some((chunk, offset + (to - from)))
         })
     }
 
@@ -309,15 +369,21 @@ impl EventStore for InMemoryEventStore {
         self.chunked(move |log, offset| {
             let from = start.saturating_add(offset).min(log.events.len());
             let to = (from + READ_CHUNK).min(log.events.len());
-            log.events[from..to].to_vec()
+            let chunk = (from..to)
+                .filter(|&i| log.held[i] == Held::Live)
+                .map(|i| log.events[i].clone())
+                .collect();
+            (from < to).then_some((chunk, offset + (to - from)))
         })
     }
 
     async fn head(&self, after_position: u64) -> Result<FeedHead> {
-        let last = read(&self.inner).events.len() as u64;
+        let log = read(&self.inner);
+        let last = log.events.len() as u64;
+        let hidden = log.hidden.range(after_position.saturating_add(1)..).count() as u64;
         Ok(FeedHead::new(
             last.max(after_position),
-            last.saturating_sub(after_position),
+            last.saturating_sub(after_position) - hidden,
         ))
     }
 }
@@ -461,6 +527,72 @@ impl StreamListing for InMemoryEventStore {
                     .map(|(_, versions)| (*id, versions.len() as u64))
             })
             .collect())
+    }
+}
+
+#[async_trait]
+impl StreamLifecycle for InMemoryEventStore {
+    async fn delete_stream(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        expected_version: u64,
+        tombstone: &EventEnvelope,
+    ) -> Result<Appended> {
+        let tombstone = std::slice::from_ref(tombstone);
+        let batch = Batch::checked(aggregate_id, aggregate_type, expected_version, tombstone)?;
+        let refusal = {
+            let mut log = write(&self.inner);
+            match log.refusal(aggregate_id, aggregate_type, expected_version, tombstone) {
+                None => {
+                    let stream = (aggregate_id, aggregate_type);
+                    let all = 0..expected_version as usize;
+                    log.move_held(all.clone(), stream, Held::Live, Held::Deleted);
+                    log.move_held(all, stream, Held::Archived, Held::Deleted);
+                    log.requests.retain(|_, r| {
+                        let executed = matches!(r.outcome, RequestOutcome::Executed { .. });
+                        !executed || r.aggregate_id != aggregate_id || r.aggregate_type != aggregate_type
+                    });
+                    let version = log.push(aggregate_id, aggregate_type, expected_version, tombstone);
+                    let position = log.events.len() as u64;
+                    drop(log);
+                    self.appended.raise();
+                    return Ok(Appended { version, position });
+                }
+                Some(refusal) => refusal,
+            }
+        };
+        batch.acknowledge_stored(self, refusal).await
+    }
+
+    async fn archive_stream(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        before_version: u64,
+    ) -> Result<u64> {
+        let mut log = write(&self.inner);
+        let version = log.stream(aggregate_id, aggregate_type).len() as u64;
+        crate::lifecycle::check_archive_bound(aggregate_id, aggregate_type, before_version, version)?;
+        let before = before_version.saturating_sub(1) as usize;
+        Ok(log.move_held(
+            0..before,
+            (aggregate_id, aggregate_type),
+            Held::Live,
+            Held::Archived,
+        ))
+    }
+
+    async fn restore_stream(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<u64> {
+        let mut log = write(&self.inner);
+        let all = 0..log.stream(aggregate_id, aggregate_type).len();
+        Ok(log.move_held(all, (aggregate_id, aggregate_type), Held::Archived, Held::Live))
+    }
+
+    async fn archived(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<u64> {
+        let log = read(&self.inner);
+        let stream = log.stream(aggregate_id, aggregate_type);
+        Ok(stream.iter().filter(|&&i| log.held[i] == Held::Archived).count() as u64)
     }
 }
 

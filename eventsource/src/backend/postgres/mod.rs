@@ -62,6 +62,8 @@
 //! - `eventsource_subject_keys`: a key per data subject, deleted when the subject is
 //!   forgotten (the row stays, its tombstone); `eventsource_subject_streams`: the streams that
 //!   hold each subject's personal values (step 11, see [`crate::personal`]).
+//! - `eventsource_archived_events`: the events of [archived](crate::lifecycle) streams,
+//!   moved out of the events table with their positions (step 12).
 //!
 //! Payloads, metadata and states are `json`, which checks that the text is JSON and keeps it
 //! as written, so it reads back byte for byte (`-0.0` stays `-0.0`, a `\u0000` escape is
@@ -187,6 +189,7 @@ mod events;
 mod group;
 mod joint;
 mod keys;
+mod lifecycle;
 mod multi;
 mod notify;
 mod projection;
@@ -713,6 +716,8 @@ struct Layout {
     subject_keys: String,
     /// The streams that hold each subject's personal values (layout step 11).
     subject_streams: String,
+    /// The events of archived streams (layout step 12).
+    archived_events: String,
     /// The number of slices of a store created on this layout, if configured.
     slices: Option<SliceCount>,
 }
@@ -729,6 +734,7 @@ const REQUESTS_TABLE: &str = "eventsource_requests";
 const SETTINGS_TABLE: &str = "eventsource_settings";
 const SUBJECT_KEYS_TABLE: &str = "eventsource_subject_keys";
 const SUBJECT_STREAMS_TABLE: &str = "eventsource_subject_streams";
+const ARCHIVED_EVENTS_TABLE: &str = "eventsource_archived_events";
 
 impl Default for Layout {
     fn default() -> Self {
@@ -746,6 +752,7 @@ impl Default for Layout {
             settings: SETTINGS_TABLE.to_owned(),
             subject_keys: SUBJECT_KEYS_TABLE.to_owned(),
             subject_streams: SUBJECT_STREAMS_TABLE.to_owned(),
+            archived_events: ARCHIVED_EVENTS_TABLE.to_owned(),
             slices: None,
         }
     }
@@ -798,6 +805,7 @@ impl Layout {
             settings: format!("\"{schema}\".{SETTINGS_TABLE}"),
             subject_keys: format!("\"{schema}\".{SUBJECT_KEYS_TABLE}"),
             subject_streams: format!("\"{schema}\".{SUBJECT_STREAMS_TABLE}"),
+            archived_events: format!("\"{schema}\".{ARCHIVED_EVENTS_TABLE}"),
             slices: None,
         })
     }

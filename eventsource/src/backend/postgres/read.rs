@@ -194,7 +194,7 @@ impl Reader {
         let aggregate_version: i64 = column(row, at::AGGREGATE_VERSION).map_err(fail)?;
         let (aggregate_id, aggregate_type) = match &self.stream {
             Some((id, aggregate_type)) => {
-                if aggregate_version != self.after + 1 {
+                if aggregate_version != self.after + 1 && !tombstone(row, at::EVENT_TYPE) {
                     let reason = format!(
                         "the stream {aggregate_type} {id} jumps from version {} to {aggregate_version}",
                         self.after
@@ -351,7 +351,7 @@ impl<'a> Loader<'a> {
             self.types_checked = true;
         }
         let aggregate_version: i64 = column(row, 0).map_err(fail)?;
-        if aggregate_version != self.after + 1 {
+        if aggregate_version != self.after + 1 && !tombstone(row, 2) {
             return Err(fail(format!(
                 "the stream jumps from version {} to {aggregate_version}",
                 self.after
@@ -404,6 +404,12 @@ pub(super) mod at {
 }
 
 /// Whether the column holds values of a type that decodes as `T`, or why not.
+/// Whether the row's event, its event type at `index`, is a deleted stream's tombstone,
+/// which follows the versions the deletion removed (see `crate::lifecycle`).
+fn tombstone(row: &PgRow, index: usize) -> bool {
+    column::<&str>(row, index).is_ok_and(|event_type| event_type == crate::lifecycle::DELETED)
+}
+
 fn has_type<T: sqlx::Type<sqlx::Postgres>>(row: &PgRow, index: usize) -> std::result::Result<(), String> {
     let column = row.try_column(index).map_err(|e| e.to_string())?;
     let found = column.type_info();

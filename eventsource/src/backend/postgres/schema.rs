@@ -80,6 +80,11 @@ const STEPS: &[Step] = &[
         description: "the keys of data subjects, and the streams that hold their personal data",
         statements: subject_keys,
     },
+    Step {
+        version: 12,
+        description: "the archive: events moved out of the live table behind a snapshot",
+        statements: archive,
+    },
 ];
 
 /// The version of the step that gave every event its slice: the number of slices is fixed
@@ -248,6 +253,31 @@ async fn recorded_slices(connection: &mut sqlx::PgConnection, layout: &Layout) -
         None => "the PostgreSQL store".to_owned(),
     };
     SliceCount::recorded(value, &table)?.confirm(layout.slices, &store)
+}
+
+/// Step 12: the events of archived streams (see `crate::lifecycle`), with the columns of
+/// the events table but the slice (which it computes), read by stream only.
+fn archive(layout: &Layout) -> Vec<String> {
+    vec![format!(
+        "CREATE TABLE IF NOT EXISTS {} (
+            position          BIGINT      NOT NULL,
+            event_id          UUID        NOT NULL,
+            event_type        TEXT        NOT NULL,
+            event_version     BIGINT      NOT NULL,
+            aggregate_id      UUID        NOT NULL,
+            aggregate_type    TEXT        NOT NULL,
+            aggregate_version BIGINT      NOT NULL,
+            occurred_at       TIMESTAMPTZ NOT NULL,
+            occurred_at_ns    INTEGER     NOT NULL,
+            correlation_id    UUID,
+            causation_id      UUID,
+            metadata          JSON,
+            payload           JSON        NOT NULL,
+            request_id        TEXT,
+            PRIMARY KEY (aggregate_id, aggregate_type, aggregate_version)
+        )",
+        layout.archived_events
+    )]
 }
 
 /// Step 11: a key per data subject (deleted when the subject is forgotten, the row kept as

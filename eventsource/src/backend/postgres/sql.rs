@@ -222,7 +222,7 @@ fn after_own_appends(append: &str, events: &str) -> String {
 
 impl Sql {
     pub(super) fn new(layout: &Layout) -> Self {
-        let (events, requests) = (&layout.events, &layout.requests);
+        let (events, requests, archived) = (&layout.events, &layout.requests, &layout.archived_events);
         let feed_bound = &layout.feed_bound;
         Self {
             table: events.clone(),
@@ -255,18 +255,26 @@ impl Sql {
                 "SELECT coalesce(max(aggregate_version), 0) FROM {events}
                  WHERE aggregate_id = $1 AND aggregate_type = $2"
             ),
+            // A stream's reads take its archived events (see `crate::lifecycle`) before its
+            // live ones: an index probe that finds nothing for a stream never archived.
             position_of: format!(
                 "SELECT position FROM {events}
+                 WHERE aggregate_id = $1 AND aggregate_type = $2 AND aggregate_version = $3
+                 UNION ALL SELECT position FROM {archived}
                  WHERE aggregate_id = $1 AND aggregate_type = $2 AND aggregate_version = $3"
             ),
             // The whole stream in one statement, rows streamed as the caller takes them.
             load_stream: format!(
-                "SELECT {LOAD_COLUMNS} FROM {events}
+                "SELECT {LOAD_COLUMNS} FROM {archived}
+                 WHERE aggregate_id = $1 AND aggregate_type = $2 AND aggregate_version > $3
+                 UNION ALL SELECT {LOAD_COLUMNS} FROM {events}
                  WHERE aggregate_id = $1 AND aggregate_type = $2 AND aggregate_version > $3
                  ORDER BY aggregate_version"
             ),
             read_stream: format!(
-                "SELECT {COLUMNS} FROM {events}
+                "SELECT {COLUMNS} FROM {archived}
+                 WHERE aggregate_id = $1 AND aggregate_type = $2 AND aggregate_version > $3
+                 UNION ALL SELECT {COLUMNS} FROM {events}
                  WHERE aggregate_id = $1 AND aggregate_type = $2 AND aggregate_version > $3
                  ORDER BY aggregate_version LIMIT $4"
             ),

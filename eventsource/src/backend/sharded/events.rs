@@ -15,6 +15,7 @@ use crate::backend::Stores;
 use crate::error::{Error, Result};
 use crate::event::EventEnvelope;
 use crate::event_store::{Appended, EventStore, EventStream, FeedHead};
+use crate::lifecycle::StreamLifecycle;
 use crate::multi_stream::{MultiStreamAppend, StreamBatches};
 use crate::request::{Fingerprint, RequestId, RequestRecord};
 use crate::slice::{SliceCount, SliceParts, SliceRange};
@@ -85,6 +86,11 @@ impl ShardedEventStore {
                     self.map
                 ))
             })
+    }
+
+    fn lifecycle(&self, aggregate_type: &str, aggregate_id: Uuid) -> Result<Arc<dyn StreamLifecycle>> {
+        let stores = self.shard(aggregate_type, aggregate_id);
+        Self::ability(stores, &stores.stream_lifecycle, "stream lifecycle")
     }
 
     fn request_index(&self, stores: &Stores) -> Result<Arc<dyn RequestIndex>> {
@@ -209,6 +215,46 @@ impl StreamListing for ShardedEventStore {
         }))
         .await;
         Ok(all(lists)?.into_iter().flatten().collect())
+    }
+}
+
+/// A stream is deleted, archived and restored on the shard that holds it.
+#[async_trait]
+#[deny(clippy::missing_trait_methods)]
+impl StreamLifecycle for ShardedEventStore {
+    async fn delete_stream(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        expected_version: u64,
+        tombstone: &EventEnvelope,
+    ) -> Result<Appended> {
+        self.lifecycle(aggregate_type, aggregate_id)?
+            .delete_stream(aggregate_id, aggregate_type, expected_version, tombstone)
+            .await
+    }
+
+    async fn archive_stream(
+        &self,
+        aggregate_id: Uuid,
+        aggregate_type: &str,
+        before_version: u64,
+    ) -> Result<u64> {
+        self.lifecycle(aggregate_type, aggregate_id)?
+            .archive_stream(aggregate_id, aggregate_type, before_version)
+            .await
+    }
+
+    async fn restore_stream(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<u64> {
+        self.lifecycle(aggregate_type, aggregate_id)?
+            .restore_stream(aggregate_id, aggregate_type)
+            .await
+    }
+
+    async fn archived(&self, aggregate_id: Uuid, aggregate_type: &str) -> Result<u64> {
+        self.lifecycle(aggregate_type, aggregate_id)?
+            .archived(aggregate_id, aggregate_type)
+            .await
     }
 }
 

@@ -101,6 +101,9 @@ pub async fn open(map: ShardMap, shards: Vec<Stores>) -> Result<Stores> {
     if every(|s| s.request_index.is_some()) {
         stores = stores.with_request_index(Arc::new(events.clone()));
     }
+    if every(|s| s.stream_lifecycle.is_some()) {
+        stores = stores.with_stream_lifecycle(Arc::new(events.clone()));
+    }
     if every(|s| s.multi_stream.is_some()) {
         stores = stores.with_multi_stream(Arc::new(events));
     }

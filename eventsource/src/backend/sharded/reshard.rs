@@ -80,10 +80,15 @@ fn feeds(stores: &Stores) -> Vec<Arc<dyn EventStore>> {
 /// counted as present. Refusals recorded in the source's index and snapshots are not copied
 /// (warm the target's snapshots with `admin snapshots rewarm`).
 ///
+/// Streams archived (see [`crate::lifecycle`]) must be restored before the copy, since the
+/// feed does not hold their archived events; a store that holds a deleted stream cannot be
+/// copied yet. Both are refused with the stream named.
+///
 /// # Errors
 ///
 /// A store error of either store; [`Error::Conflict`] if the target holds other events of a
-/// stream at the versions being copied (it is not a copy of this source).
+/// stream at the versions being copied (it is not a copy of this source);
+/// [`Error::InvalidInput`] for an archived or a deleted stream.
 ///
 /// # Cancel safety
 ///
@@ -158,6 +163,15 @@ async fn copy_batch(
         // Copied before this run: the comparison checks that it is the same.
         copied.present += batch.len() as u64;
         return Ok(());
+    }
+    if expected > held {
+        // The feed starts the stream past the target's version: its earlier events are not
+        // in the feed (see `crate::lifecycle`).
+        let why = match *first.event_type == *crate::lifecycle::DELETED {
+            true => "was deleted: its tombstone cannot be copied on its own",
+            false => "has archived events, which the feed does not hold: restore it first",
+        };
+        return Err(Error::InvalidInput(format!("cannot copy {ty} {id}: it {why}")));
     }
     let envelopes: Vec<EventEnvelope> = batch.iter().map(|event| event.envelope.clone()).collect();
     match (&first.request_id, &target.request_index) {

@@ -42,7 +42,8 @@
 //! `(aggregate_id, aggregate_type, schema_version)`, with the `event_id` each snapshot
 //! follows, indexed by `(aggregate_type, schema_version)` for invalidation. Tables
 //! `eventsource_subscriptions` and `eventsource_dead_letters`: the checkpoints, leases and
-//! dead letters of a [`SqliteSubscriptionStore`]. Table `eventsource_migrations`: the numbered
+//! dead letters of a [`SqliteSubscriptionStore`]. Table `eventsource_archived_events`: the events of
+//! [archived](crate::lifecycle) streams, moved out of `events` with their positions. Table `eventsource_migrations`: the numbered
 //! layout steps applied. Every store brings the file to the layout of this version of the
 //! library when it opens: the usual case is one read; a file of an older layout (one made by
 //! version 0.1, which recorded none, included) gets the missing steps in one `BEGIN IMMEDIATE`
@@ -93,6 +94,7 @@ mod caller;
 mod database;
 mod events;
 mod keys;
+mod lifecycle;
 mod prefix;
 mod projection;
 mod read;

@@ -30,8 +30,13 @@ macro_rules! columns {
     };
 }
 
+/// A page of a stream: its archived events (see `crate::lifecycle`), then its live ones.
 const STREAM_PAGE: &str = concat!(
     "SELECT ",
+    columns!(),
+    " FROM {p}eventsource_archived_events \
+     WHERE aggregate_id = ?1 AND aggregate_type = ?2 AND aggregate_version > ?3 \
+     UNION ALL SELECT ",
     columns!(),
     " FROM {p}events WHERE aggregate_id = ?1 AND aggregate_type = ?2 AND aggregate_version > ?3 \
      ORDER BY aggregate_version LIMIT ?4"

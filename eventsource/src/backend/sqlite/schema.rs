@@ -169,6 +169,28 @@ const STEPS: &[Step] = &[
             ) WITHOUT ROWID;",
         fill: None,
     },
+    Step {
+        version: 10,
+        description: "the archive: events moved out of the live table behind a snapshot",
+        sql: "CREATE TABLE IF NOT EXISTS {p}eventsource_archived_events (
+                position INTEGER NOT NULL,
+                event_id TEXT NOT NULL,
+                event_type TEXT NOT NULL,
+                event_version INTEGER NOT NULL,
+                aggregate_id TEXT NOT NULL,
+                aggregate_type TEXT NOT NULL,
+                aggregate_version INTEGER NOT NULL,
+                occurred_at TEXT NOT NULL,
+                correlation_id TEXT,
+                causation_id TEXT,
+                metadata TEXT,
+                payload TEXT NOT NULL,
+                request_id TEXT,
+                slice INTEGER NOT NULL,
+                PRIMARY KEY (aggregate_id, aggregate_type, aggregate_version)
+            ) WITHOUT ROWID;",
+        fill: None,
+    },
 ];
 
 /// The version of the step that gave every event its slice: the number of slices is fixed

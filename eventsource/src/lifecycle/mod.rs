@@ -38,7 +38,7 @@
 //! - the feed holds the tombstone at a new position, and none of the stream's earlier
 //!   events: a consumer that had read them sees the tombstone next (a read model drops the
 //!   stream's rows); a consumer that had not, or a projection rebuilt later, sees only the
-//!   tombstone. The [delivery guard](crate::subscription::DeliveryGuard) takes a tombstone
+//!   tombstone. The [delivery guard](crate::subscription::OnDisorder) takes a tombstone
 //!   past the versions it saw as what it is, not as a gap.
 //!
 //! # Archiving

@@ -10,14 +10,14 @@ use crate::registry;
 
 impl<A: Aggregate> Repository<A> {
     /// Closes the aggregate's stream for good (see [`crate::lifecycle`]): later saves of new
-    /// events on it are [`Error::StreamClosed`](crate::Error::StreamClosed). Returns its
+    /// events on it are [`Error::StreamClosed`]. Returns its
     /// version after the closing event; a stream closed already is left as it is.
     ///
     /// # Errors
     ///
-    /// [`Error::NotFound`](crate::Error::NotFound) for an aggregate without events;
-    /// [`Error::Conflict`](crate::Error::Conflict) if other writers kept appending through
-    /// every attempt; [`Error::Store`](crate::Error::Store) if the store failed.
+    /// [`Error::NotFound`] for an aggregate without events;
+    /// [`Error::Conflict`] if other writers kept appending through
+    /// every attempt; [`Error::Store`] if the store failed.
     ///
     /// # Cancel safety
     ///

@@ -1,4 +1,4 @@
-//! The checks of the [`StreamLifecycle`](crate::lifecycle::StreamLifecycle) contract:
+//! The checks of the [`StreamLifecycle`] contract:
 //! deleting a stream behind a tombstone, archiving its events and restoring them, one
 //! `async fn` per point.
 //!

@@ -113,7 +113,7 @@ async fn run_all_runs_every_check_on_one_store() {
     assert_eq!(eventsourcing_kit::testing::event_store::NAMES.len(), 18);
     assert_eq!(eventsourcing_kit::testing::snapshot_store::NAMES.len(), 10);
     assert_eq!(eventsourcing_kit::testing::stores::NAMES.len(), 15);
-    assert_eq!(eventsourcing_kit::testing::stream_lifecycle::NAMES.len(), 6);
+    assert_eq!(eventsourcing_kit::testing::stream_lifecycle::NAMES.len(), 8);
     eventsourcing_kit::testing::stream_lifecycle::run_all(&eventsourcing_kit::backend::Stores::in_memory())
         .await;
     eventsourcing_kit::testing::stores::run_all(&eventsourcing_kit::backend::Stores::in_memory()).await;

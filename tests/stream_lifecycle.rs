@@ -388,6 +388,12 @@ async fn an_archived_stream_loads_as_its_full_replay(stores: Stores) {
         [23],
         "the feed holds the live events only"
     );
+    let feed: Vec<StoredEvent> = stores.events.read_all(0).try_collect().await.unwrap();
+    assert_eq!(
+        stores.events.head(0).await.unwrap().events_after,
+        feed.len() as u64,
+        "the head counts what the feed holds"
+    );
 
     // Writes go on; archiving again moves what came before the new snapshot.
     let mut root = accounts.load(id).await.unwrap();

@@ -89,7 +89,8 @@ impl AppendWaiter {
 ///
 /// The list is complete and exact at some moment during the call, in no particular order, and
 /// costs what the store holds of the one aggregate type, read from an index: never a read of
-/// the feed. The conformance suite checks it against what the feed shows.
+/// the feed. Deleted streams (see [`crate::lifecycle`]) are left out. The conformance suite
+/// checks it against what the feed shows.
 #[async_trait]
 pub trait StreamListing: Send + Sync {
     /// Every stream of one aggregate type with its version.

@@ -47,7 +47,10 @@ pub type EventStream<'a> = BoxStream<'a, Result<StoredEvent>>;
 ///   committed event exactly once: no event ever appears later below a position already
 ///   returned, whatever appends are running meanwhile. A backend whose positions are taken
 ///   before commit (PostgreSQL) returns an event only once every event that could still
-///   commit below it has; positions may have gaps.
+///   commit below it has; positions may have gaps. (Events a
+///   [restore](crate::lifecycle::StreamLifecycle::restore_stream) moves back from the
+///   archive come back at their own positions, below readers already past them: those do not
+///   see them again.)
 /// - **Typed failures.** Backend failures are [`Error::Store`]; a row that the backend cannot
 ///   decode is [`Error::Corrupt`]. No backend panics on bad data.
 ///

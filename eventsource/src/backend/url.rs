@@ -421,7 +421,7 @@ impl Stores {
             None => repository,
         };
         let repository = match &self.stream_lifecycle {
-            Some(lifecycle) => repository.with_stream_lifecycle(lifecycle.clone()),
+            Some(lifecycle) => repository.with_stream_lifecycle(lifecycle.clone(), self.snapshots.clone()),
             None => repository,
         };
         match &self.request_index {

@@ -55,7 +55,7 @@ pub async fn archive(
             ))
         })?;
     let at = events
-        .read_stream(aggregate_id, aggregate_type, snapshot.version - 1)
+        .read_stream(aggregate_id, aggregate_type, snapshot.version.saturating_sub(1))
         .next()
         .await
         .transpose()?;

@@ -2,7 +2,7 @@
 
 use uuid::Uuid;
 
-use super::{last_event_type, system_event, CLOSED};
+use super::{last_event, system_event, CLOSED};
 use crate::error::{Error, Result};
 use crate::event_store::EventStore;
 
@@ -28,12 +28,9 @@ pub async fn close(events: &dyn EventStore, aggregate_id: Uuid, aggregate_type: 
                 aggregate_id,
             });
         }
-        match last_event_type(events, aggregate_id, aggregate_type, version)
-            .await?
-            .as_deref()
-        {
-            Some(CLOSED) => return Ok(version),
-            Some(super::DELETED) => {
+        match last_event(events, aggregate_id, aggregate_type, version).await? {
+            Some((last, at)) if last == CLOSED => return Ok(at),
+            Some((last, _)) if last == super::DELETED => {
                 return Err(Error::StreamDeleted {
                     aggregate_type: aggregate_type.to_owned(),
                     aggregate_id,

@@ -2,7 +2,7 @@
 
 use uuid::Uuid;
 
-use super::{last_event_type, system_event, StreamLifecycle, DELETED};
+use super::{last_event, system_event, StreamLifecycle, DELETED};
 use crate::error::{Error, Result};
 use crate::event_store::EventStore;
 use crate::snapshot::SnapshotStore;
@@ -71,12 +71,13 @@ async fn delete_events(
                 aggregate_id,
             });
         }
-        if last_event_type(events, aggregate_id, aggregate_type, version)
-            .await?
-            .as_deref()
-            == Some(DELETED)
-        {
-            return Ok(Deleted { version, now: false });
+        if let Some((last, at)) = last_event(events, aggregate_id, aggregate_type, version).await? {
+            if last == DELETED {
+                return Ok(Deleted {
+                    version: at,
+                    now: false,
+                });
+            }
         }
         let tombstone = system_event(aggregate_id, aggregate_type, version + 1, DELETED);
         match lifecycle

@@ -38,7 +38,7 @@
 //! - the feed holds the tombstone at a new position, and none of the stream's earlier
 //!   events: a consumer that had read them sees the tombstone next (a read model drops the
 //!   stream's rows); a consumer that had not, or a projection rebuilt later, sees only the
-//!   tombstone. The [delivery guard](crate::subscription::OnDisorder) takes a tombstone
+//!   tombstone. Listings of streams (statistics, snapshot warming) leave it out. The [delivery guard](crate::subscription::OnDisorder) takes a tombstone
 //!   past the versions it saw as what it is, not as a gap.
 //!
 //! # Archiving
@@ -110,19 +110,20 @@ fn system_event(
     )
 }
 
-/// The type of the stream's event at `version`, its last one, if it has one.
-async fn last_event_type(
+/// The type and version of the stream's last event, read as the one at `version` (or, if a
+/// deletion came first, its tombstone, past it), if it has one.
+async fn last_event(
     events: &dyn EventStore,
     aggregate_id: Uuid,
     aggregate_type: &str,
     version: u64,
-) -> Result<Option<String>> {
+) -> Result<Option<(String, u64)>> {
     let last = events
         .read_stream(aggregate_id, aggregate_type, version.saturating_sub(1))
         .next()
         .await
         .transpose()?;
-    Ok(last.map(|e| e.event_type.to_string()))
+    Ok(last.map(|e| (e.event_type.to_string(), e.aggregate_version)))
 }
 
 /// What deleting and archiving a stream need of a backend: events removed from its live
@@ -153,8 +154,13 @@ async fn last_event_type(
 ///   its [head](EventStore::head), the feed by slice) no longer holds them. The stream's
 ///   version is unchanged, and appends go on.
 /// - **Restoring.** [`restore_stream`](Self::restore_stream) moves the stream's archived
-///   events back, at their positions, and returns how many it moved.
+///   events back, at their positions, and returns how many it moved. An event id stored
+///   again since its event was archived (the live table's key does not see the archive)
+///   makes it [`Error::InvalidInput`](crate::Error::InvalidInput), and nothing moves.
 ///   [`archived`](Self::archived) counts the stream's archived events.
+/// - **One at a time.** A deletion, an archive and a restore of one stream never interleave:
+///   whichever commits first, the other sees all of it. A deletion racing a restore leaves the
+///   tombstone alone.
 #[async_trait]
 pub trait StreamLifecycle: Send + Sync {
     /// Appends the tombstone if the stream is at `expected_version`, and removes the

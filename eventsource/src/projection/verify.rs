@@ -182,6 +182,10 @@ impl Projection {
     /// code in a scratch copy of the read model; see the [module docs](self). The projection
     /// may be running meanwhile.
     ///
+    /// A stream's events are its whole history, archived ones too (see [`crate::lifecycle`]):
+    /// a projection built or rebuilt after a stream was archived never saw those in the feed,
+    /// and verify finds that stream drifted. Restore it, or leave it out.
+    ///
     /// # Errors
     ///
     /// [`Error::InvalidInput`] if the read model cannot be verified (its projection does not

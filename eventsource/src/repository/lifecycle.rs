@@ -7,6 +7,7 @@ use crate::aggregate::Aggregate;
 use crate::error::{Error, Result};
 use crate::lifecycle::{Archived, Deleted, StreamLifecycle};
 use crate::registry;
+use crate::snapshot::SnapshotStore;
 
 impl<A: Aggregate> Repository<A> {
     /// Closes the aggregate's stream for good (see [`crate::lifecycle`]): later saves of new
@@ -45,8 +46,8 @@ impl<A: Aggregate> Repository<A> {
     /// finishes.
     pub async fn delete(&self, id: Uuid) -> Result<Deleted> {
         registry::check()?;
-        let snapshots = self.snapshot_store().map(|s| &**s);
-        crate::lifecycle::delete(&*self.events, self.lifecycle()?, snapshots, id, A::TYPE_NAME).await
+        let (lifecycle, snapshots) = self.lifecycle()?;
+        crate::lifecycle::delete(&*self.events, lifecycle, Some(snapshots), id, A::TYPE_NAME).await
     }
 
     /// Archives the aggregate's events before a snapshot taken now (see
@@ -65,7 +66,7 @@ impl<A: Aggregate> Repository<A> {
     /// The move is one transaction: dropped, it happened or not (the snapshot may be
     /// written either way).
     pub async fn archive(&self, id: Uuid) -> Result<Archived> {
-        let lifecycle = self.lifecycle()?;
+        let (lifecycle, _) = self.lifecycle()?;
         let root = self.load(id).await?;
         self.create_snapshot(&root).await?;
         crate::lifecycle::archive::archive_before(lifecycle, id, A::TYPE_NAME, root.version()).await
@@ -84,11 +85,12 @@ impl<A: Aggregate> Repository<A> {
     ///
     /// The move is one transaction: dropped, it happened or not.
     pub async fn restore(&self, id: Uuid) -> Result<u64> {
-        crate::lifecycle::restore(self.lifecycle()?, id, A::TYPE_NAME).await
+        crate::lifecycle::restore(self.lifecycle()?.0, id, A::TYPE_NAME).await
     }
 
-    fn lifecycle(&self) -> Result<&dyn StreamLifecycle> {
-        self.lifecycle.as_deref().ok_or_else(|| {
+    fn lifecycle(&self) -> Result<(&dyn StreamLifecycle, &dyn SnapshotStore)> {
+        let lifecycle = self.lifecycle.as_ref().map(|(l, s)| (&**l, &**s));
+        lifecycle.ok_or_else(|| {
             Error::InvalidConfiguration(format!(
                 "the repository of {} cannot delete or archive streams: build it with \
                  Stores::repository, or give it the event store's stream lifecycle",

@@ -72,8 +72,9 @@ pub struct Repository<A: Aggregate> {
     request_retention: std::time::Duration,
     /// What personal fields are sealed with when saved and opened with when loaded.
     keys: Option<Keyring>,
-    /// How the event store deletes and archives streams, if it can.
-    lifecycle: Option<Arc<dyn StreamLifecycle>>,
+    /// How the event store deletes and archives streams, if it can, and the snapshot store
+    /// a deletion deletes the stream's snapshots from.
+    lifecycle: Option<(Arc<dyn StreamLifecycle>, Arc<dyn SnapshotStore>)>,
     aggregate: PhantomData<fn() -> A>,
 }
 
@@ -145,13 +146,18 @@ impl<A: Aggregate> Repository<A> {
     }
 
     /// The same repository, deleting and archiving streams with `lifecycle`, the event
-    /// store's (see [`crate::lifecycle`]).
+    /// store's (see [`crate::lifecycle`]); a deletion deletes the stream's snapshots from
+    /// `snapshots`, whether or not the repository snapshots into it.
     /// [`backend::Stores::repository`](crate::backend::Stores::repository) wires the
     /// backend's. Without it, [`delete`](Self::delete), [`archive`](Self::archive) and
     /// [`restore`](Self::restore) are [`Error::InvalidConfiguration`].
     #[must_use]
-    pub fn with_stream_lifecycle(mut self, lifecycle: Arc<dyn StreamLifecycle>) -> Self {
-        self.lifecycle = Some(lifecycle);
+    pub fn with_stream_lifecycle(
+        mut self,
+        lifecycle: Arc<dyn StreamLifecycle>,
+        snapshots: Arc<dyn SnapshotStore>,
+    ) -> Self {
+        self.lifecycle = Some((lifecycle, snapshots));
         self
     }
 

@@ -30,6 +30,8 @@ macro_rules! __stream_lifecycle_checks {
             archived_events_read_in_their_stream_and_leave_the_feed
             an_archive_keeps_the_last_event_live
             a_restore_puts_archived_events_back_at_their_positions
+            a_deletion_racing_a_restore_leaves_the_tombstone_alone
+            a_restore_refuses_an_event_id_stored_again
         }
     };
 }
@@ -281,4 +283,63 @@ pub async fn a_restore_puts_archived_events_back_at_their_positions(stores: &Sto
         "back in the feed, where they were"
     );
     assert_eq!(read(&*stores.events, id, &ty, 0).await.len(), 4);
+}
+
+/// A deletion racing a restore of the same stream leaves the tombstone alone, whichever
+/// commits first: no archived event comes back beside it.
+pub async fn a_deletion_racing_a_restore_leaves_the_tombstone_alone(stores: &Stores) {
+    let Some(lifecycle) = lifecycle(stores) else {
+        return;
+    };
+    let ty = unique_type("Raced");
+    for _ in 0..10 {
+        let id = Uuid::new_v4();
+        stream(stores, id, &ty, 6, 3).await;
+        assert_eq!(lifecycle.archive_stream(id, &ty, 6).await.unwrap(), 5);
+        let last = tombstone(id, &ty, 7);
+        let (restored, deleted) = futures_util::future::join(
+            lifecycle.restore_stream(id, &ty),
+            lifecycle.delete_stream(id, &ty, 6, &last),
+        )
+        .await;
+        restored.unwrap();
+        deleted.unwrap();
+        let left = read(&*stores.events, id, &ty, 0).await;
+        assert_eq!(
+            left.iter().map(|e| e.aggregate_version).collect::<Vec<_>>(),
+            [7],
+            "the stream reads as its tombstone alone"
+        );
+        assert_eq!(lifecycle.archived(id, &ty).await.unwrap(), 0);
+    }
+}
+
+/// An event id stored again after its event was archived (the live table's key does not see
+/// the archive) makes the stream's restore `InvalidInput`, and nothing moves; a store that
+/// refuses the append is right too.
+pub async fn a_restore_refuses_an_event_id_stored_again(stores: &Stores) {
+    let Some(lifecycle) = lifecycle(stores) else {
+        return;
+    };
+    let ty = unique_type("Reused");
+    let (id, other) = (Uuid::new_v4(), Uuid::new_v4());
+    stream(stores, id, &ty, 3, 3).await;
+    let archived = read(&*stores.events, id, &ty, 0).await;
+    assert_eq!(lifecycle.archive_stream(id, &ty, 3).await.unwrap(), 2);
+    let mut again = events(other, &ty, 0, 1);
+    again[0].event_id = archived[0].event_id;
+    if stores.events.append(other, &ty, 0, &again).await.is_err() {
+        return;
+    }
+    let refused = lifecycle.restore_stream(id, &ty).await;
+    assert!(
+        matches!(refused, Err(Error::InvalidInput(_))),
+        "restoring an event whose id was stored again: expected InvalidInput, got {refused:?}"
+    );
+    assert_eq!(lifecycle.archived(id, &ty).await.unwrap(), 2, "nothing moved");
+    assert_eq!(
+        read(&*stores.events, id, &ty, 0).await,
+        archived,
+        "the stream reads as before"
+    );
 }

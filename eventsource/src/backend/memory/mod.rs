@@ -523,7 +523,12 @@ impl StreamListing for InMemoryEventStore {
             .flat_map(|(id, streams)| {
                 streams
                     .iter()
-                    .filter(|(t, versions)| **t == *aggregate_type && !versions.is_empty())
+                    .filter(|(t, versions)| {
+                        let deleted = versions
+                            .last()
+                            .is_some_and(|&i| *log.events[i].event_type == *crate::lifecycle::DELETED);
+                        **t == *aggregate_type && !versions.is_empty() && !deleted
+                    })
                     .map(|(_, versions)| (*id, versions.len() as u64))
             })
             .collect())

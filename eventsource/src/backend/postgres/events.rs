@@ -179,9 +179,11 @@ impl SliceFeed for PostgresEventStore {
 impl StreamListing for PostgresEventStore {
     async fn stream_versions(&self, aggregate_type: &str) -> Result<Vec<(Uuid, u64)>> {
         let rows: Vec<(Uuid, i64)> = sqlx::query_as(&format!(
+            // A deleted stream holds its tombstone alone: left out.
             "SELECT aggregate_id, max(aggregate_version) FROM {}
-             WHERE aggregate_type = $1 GROUP BY aggregate_id",
-            self.sql.table
+             WHERE aggregate_type = $1 AND event_type <> '{}' GROUP BY aggregate_id",
+            self.sql.table,
+            crate::lifecycle::DELETED
         ))
         .bind(aggregate_type)
         .fetch_all(&self.pool)

@@ -2,6 +2,8 @@
 //! table and the archive, in one transaction each.
 
 use async_trait::async_trait;
+use sqlx::error::ErrorKind;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{query_error, to_bigint, Layout, PostgresEventStore};
@@ -47,6 +49,23 @@ fn deletions(layout: &Layout) -> [(String, bool); 4] {
     ]
 }
 
+/// The first key of the lock a deletion, an archive or a restore holds on its stream, so
+/// that two of them on one stream run one after the other: "LIFE". The second key is a hash
+/// of the stream.
+const STREAM_LOCK_CLASS: i32 = 0x4c49_4645;
+
+/// Takes the stream's lifecycle lock in the transaction of `connection`, until it ends.
+async fn lock_stream(connection: &mut PgConnection, aggregate_id: Uuid, aggregate_type: &str) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2 || '/' || $3::text))")
+        .bind(STREAM_LOCK_CLASS)
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .execute(&mut *connection)
+        .await
+        .map(drop)
+        .map_err(|e| query_error(&format!("cannot lock {aggregate_type} {aggregate_id}"), e))
+}
+
 /// Moves a stream's rows with a version below `$3` from table `from` to table `to`; gives
 /// how many moved.
 fn move_rows(from: &str, to: &str) -> String {
@@ -73,13 +92,25 @@ impl PostgresEventStore {
     ) -> Result<u64> {
         let what = format!("cannot move the events of {aggregate_type} {aggregate_id}");
         let mut tx = self.begin().await?;
+        lock_stream(&mut tx, aggregate_id, aggregate_type).await?;
         let moved: i64 = sqlx::query_scalar(&move_rows(from, to))
             .bind(aggregate_id)
             .bind(aggregate_type)
             .bind(to_bigint(before, "version")?)
             .fetch_one(&mut *tx)
             .await
-            .map_err(|e| query_error(&what, e))?;
+            .map_err(|e| match e {
+                sqlx::Error::Database(db)
+                    if db.kind() == ErrorKind::UniqueViolation
+                        && db.constraint() == Some(super::sql::EVENT_ID_KEY) =>
+                {
+                    Error::InvalidInput(format!(
+                        "cannot restore {aggregate_type} {aggregate_id}: an event id of its archive \
+                         was stored again since it was archived"
+                    ))
+                }
+                e => query_error(&what, e),
+            })?;
         tx.commit().await.map_err(|e| query_error(&what, e))?;
         Ok(u64::try_from(moved).unwrap_or_default())
     }
@@ -99,6 +130,7 @@ impl StreamLifecycle for PostgresEventStore {
         let expected = to_bigint(expected_version, "expected version")?;
         let what = format!("cannot delete {aggregate_type} {aggregate_id}");
         let mut tx = self.begin().await?;
+        lock_stream(&mut tx, aggregate_id, aggregate_type).await?;
         let appended = match self
             .append_in_transaction(&mut tx, aggregate_id, aggregate_type, expected_version, tombstone)
             .await

@@ -101,14 +101,26 @@ impl Reader {
         async move {
             let sql = &store.sql;
             match &stream {
-                Some((id, aggregate_type)) => sqlx::query(&sql.read_stream)
-                    .bind(id)
-                    .bind(&**aggregate_type)
-                    .bind(after)
-                    .bind(store.page_size)
-                    .fetch_all(&store.pool)
-                    .await
-                    .map_err(|e| query_error(&format!("cannot read stream {aggregate_type} {id}"), e)),
+                Some((id, aggregate_type)) => {
+                    let page = |statement| {
+                        sqlx::query(statement)
+                            .bind(id)
+                            .bind(&**aggregate_type)
+                            .bind(after)
+                            .bind(store.page_size)
+                            .fetch_all(&store.pool)
+                    };
+                    let fail = |e| query_error(&format!("cannot read stream {aggregate_type} {id}"), e);
+                    let rows = page(&sql.read_stream).await.map_err(fail)?;
+                    match rows.first() {
+                        Some(first)
+                            if archived_before(first, after, at::AGGREGATE_VERSION, at::EVENT_TYPE) =>
+                        {
+                            page(&sql.read_archived_stream).await.map_err(fail)
+                        }
+                        _ => Ok(rows),
+                    }
+                }
                 None => sqlx::query(&sql.read_all)
                     .bind(after)
                     .bind(store.page_size)
@@ -309,11 +321,25 @@ impl Loader<'_> {
         aggregate_type: &'a str,
         after: i64,
     ) -> EventStream<'a> {
-        let rows = sqlx::query(&store.sql.load_stream)
-            .bind(aggregate_id)
-            .bind(aggregate_type)
-            .bind(after)
-            .fetch(&store.pool);
+        let rows = move |statement| {
+            sqlx::query(statement)
+                .bind(aggregate_id)
+                .bind(aggregate_type)
+                .bind(after)
+                .fetch(&store.pool)
+        };
+        // The live rows, unless the first is past the next version (and no tombstone): then
+        // the stream has archived events before it, read again with them in one statement.
+        let rows = stream::once(async move {
+            let mut live = rows(&store.sql.load_stream);
+            match live.next().await {
+                Some(Ok(first)) if archived_before(&first, after, 0, 2) => {
+                    rows(&store.sql.load_archived_stream)
+                }
+                first => Box::pin(stream::iter(first).chain(live)),
+            }
+        })
+        .flatten();
         let mut loader = Loader::new(&store.sql.table, aggregate_id, aggregate_type, after);
         Box::pin(rows.map(move |row| match row {
             Ok(row) => loader.decode(&row),
@@ -403,13 +429,20 @@ pub(super) mod at {
     pub(crate) const SLICE: usize = 14;
 }
 
-/// Whether the column holds values of a type that decodes as `T`, or why not.
+/// Whether the first row read after version `after` (its version and event type at these
+/// indexes) starts the stream past the next version, and is no tombstone: the versions
+/// between are archived (see `crate::lifecycle`).
+fn archived_before(first: &PgRow, after: i64, version_at: usize, type_at: usize) -> bool {
+    column::<i64>(first, version_at).is_ok_and(|version| version != after + 1) && !tombstone(first, type_at)
+}
+
 /// Whether the row's event, its event type at `index`, is a deleted stream's tombstone,
 /// which follows the versions the deletion removed (see `crate::lifecycle`).
 fn tombstone(row: &PgRow, index: usize) -> bool {
     column::<&str>(row, index).is_ok_and(|event_type| event_type == crate::lifecycle::DELETED)
 }
 
+/// Whether the column holds values of a type that decodes as `T`, or why not.
 fn has_type<T: sqlx::Type<sqlx::Postgres>>(row: &PgRow, index: usize) -> std::result::Result<(), String> {
     let column = row.try_column(index).map_err(|e| e.to_string())?;
     let found = column.type_info();

@@ -47,6 +47,10 @@ pub(super) struct Sql {
     pub(super) position_of: String,
     pub(super) read_stream: String,
     pub(super) load_stream: String,
+    /// The two reads of a stream with its archived events (see `crate::lifecycle`), which a
+    /// read falls back to when the live table starts the stream past the next version.
+    pub(super) read_archived_stream: String,
+    pub(super) load_archived_stream: String,
     pub(super) read_all: String,
     /// The feed's bound now: positions below it are final.
     pub(super) feed_bound: String,
@@ -255,8 +259,7 @@ impl Sql {
                 "SELECT coalesce(max(aggregate_version), 0) FROM {events}
                  WHERE aggregate_id = $1 AND aggregate_type = $2"
             ),
-            // A stream's reads take its archived events (see `crate::lifecycle`) before its
-            // live ones: an index probe that finds nothing for a stream never archived.
+            // A stream's archived events (see `crate::lifecycle`), then its live ones.
             position_of: format!(
                 "SELECT position FROM {events}
                  WHERE aggregate_id = $1 AND aggregate_type = $2 AND aggregate_version = $3
@@ -265,13 +268,23 @@ impl Sql {
             ),
             // The whole stream in one statement, rows streamed as the caller takes them.
             load_stream: format!(
+                "SELECT {LOAD_COLUMNS} FROM {events}
+                 WHERE aggregate_id = $1 AND aggregate_type = $2 AND aggregate_version > $3
+                 ORDER BY aggregate_version"
+            ),
+            read_stream: format!(
+                "SELECT {COLUMNS} FROM {events}
+                 WHERE aggregate_id = $1 AND aggregate_type = $2 AND aggregate_version > $3
+                 ORDER BY aggregate_version LIMIT $4"
+            ),
+            load_archived_stream: format!(
                 "SELECT {LOAD_COLUMNS} FROM {archived}
                  WHERE aggregate_id = $1 AND aggregate_type = $2 AND aggregate_version > $3
                  UNION ALL SELECT {LOAD_COLUMNS} FROM {events}
                  WHERE aggregate_id = $1 AND aggregate_type = $2 AND aggregate_version > $3
                  ORDER BY aggregate_version"
             ),
-            read_stream: format!(
+            read_archived_stream: format!(
                 "SELECT {COLUMNS} FROM {archived}
                  WHERE aggregate_id = $1 AND aggregate_type = $2 AND aggregate_version > $3
                  UNION ALL SELECT {COLUMNS} FROM {events}

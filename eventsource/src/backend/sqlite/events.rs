@@ -29,8 +29,9 @@ const INSERT: &str = "INSERT INTO {p}events (event_id, event_type, event_version
 const STREAM_VERSION: &str = "SELECT aggregate_version FROM {p}events \
     WHERE aggregate_id = ?1 AND aggregate_type = ?2 ORDER BY aggregate_version DESC LIMIT 1";
 
+/// A deleted stream holds its tombstone alone: left out.
 const STREAM_VERSIONS: &str = "SELECT aggregate_id, max(aggregate_version) FROM {p}events
-    WHERE aggregate_type = ?1 GROUP BY aggregate_id";
+    WHERE aggregate_type = ?1 AND event_type <> '$StreamDeleted' GROUP BY aggregate_id";
 
 const HEAD: &str = "SELECT max(position), count(*) FROM {p}events WHERE position > ?1";
 

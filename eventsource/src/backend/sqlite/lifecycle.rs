@@ -2,7 +2,7 @@
 //! table and the archive, in one write transaction each.
 
 use async_trait::async_trait;
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 use uuid::Uuid;
 
 use super::events::{Encoded, Stream};
@@ -91,7 +91,13 @@ impl SqliteEventStore {
                     .map_err(fail)?;
                 check(&tx, &prefix)?;
                 tx.execute(&copy(&prefix, from, to), (&key, &ty, before))
-                    .map_err(fail)?;
+                    .map_err(|e| match e.sqlite_error_code() {
+                        Some(ErrorCode::ConstraintViolation) if to == LIVE => Error::InvalidInput(format!(
+                            "cannot restore {ty} {key}: an event id of its archive was stored again \
+                             since it was archived"
+                        )),
+                        _ => fail(e),
+                    })?;
                 let moved = tx
                     .execute(&remove(&prefix, from), (&key, &ty, before))
                     .map_err(fail)?;

@@ -30,8 +30,16 @@ macro_rules! columns {
     };
 }
 
-/// A page of a stream: its archived events (see `crate::lifecycle`), then its live ones.
 const STREAM_PAGE: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM {p}events WHERE aggregate_id = ?1 AND aggregate_type = ?2 AND aggregate_version > ?3 \
+     ORDER BY aggregate_version LIMIT ?4"
+);
+
+/// A page of a stream that has archived events (see `crate::lifecycle`): those, then its
+/// live ones, in one statement.
+const ARCHIVED_STREAM_PAGE: &str = concat!(
     "SELECT ",
     columns!(),
     " FROM {p}eventsource_archived_events \
@@ -60,6 +68,7 @@ const LAST_POSITION: &str = "SELECT coalesce(max(position), 0) FROM {p}events";
 #[derive(Debug)]
 pub(super) struct Sql {
     stream_page: String,
+    archived_stream_page: String,
     log_page: String,
     slice_page: String,
     last_position: String,
@@ -69,6 +78,7 @@ impl Sql {
     pub(super) fn new(prefix: &Prefix) -> Self {
         Self {
             stream_page: prefix.sql(STREAM_PAGE),
+            archived_stream_page: prefix.sql(ARCHIVED_STREAM_PAGE),
             log_page: prefix.sql(LOG_PAGE),
             slice_page: prefix.sql(SLICE_PAGE),
             last_position: prefix.sql(LAST_POSITION),
@@ -252,21 +262,43 @@ impl Cursor {
         sql: &Sql,
         decoder: &mut Decoder,
     ) -> rusqlite::Result<Vec<Result<StoredEvent>>> {
-        let mut statement;
-        let mut rows = match self {
+        match self {
             Cursor::Stream {
                 aggregate_id,
                 aggregate_type,
                 after_version,
             } => {
-                statement = connection.prepare_cached(&sql.stream_page)?;
-                statement.query((aggregate_id, aggregate_type, after_version, PAGE as i64))?
+                let params = (aggregate_id, aggregate_type, after_version, PAGE as i64);
+                let mut statement = connection.prepare_cached(&sql.stream_page)?;
+                let events = Self::decoded(statement.query(params)?, decoder)?;
+                // Past the next version, and not a tombstone: the versions between are in
+                // the archive.
+                let archived = events.first().is_some_and(|first| {
+                    first.as_ref().is_ok_and(|e| {
+                        e.aggregate_version as i64 != after_version + 1
+                            && *e.event_type != *crate::lifecycle::DELETED
+                    })
+                });
+                if !archived {
+                    return Ok(events);
+                }
+                let mut statement = connection.prepare_cached(&sql.archived_stream_page)?;
+                let events = Self::decoded(statement.query(params)?, decoder)?;
+                Ok(events)
             }
             Cursor::Log { after_position } => {
-                statement = connection.prepare_cached(&sql.log_page)?;
-                statement.query((after_position, PAGE as i64))?
+                let mut statement = connection.prepare_cached(&sql.log_page)?;
+                let events = Self::decoded(statement.query((after_position, PAGE as i64))?, decoder)?;
+                Ok(events)
             }
-        };
+        }
+    }
+
+    /// Decodes the rows of a page, up to the first that fails to decode.
+    fn decoded(
+        mut rows: rusqlite::Rows<'_>,
+        decoder: &mut Decoder,
+    ) -> rusqlite::Result<Vec<Result<StoredEvent>>> {
         let mut events = Vec::with_capacity(PAGE);
         while let Some(row) = rows.next()? {
             let event = Columns::of(row).and_then(|columns| decoder.decode(columns));

@@ -89,6 +89,7 @@ impl<A: Aggregate> AggregateRoot<A> {
     pub(crate) fn apply_system(&mut self, event_type: &str, event_id: Uuid) -> Result<()> {
         match event_type {
             crate::lifecycle::CLOSED => self.closed = true,
+            crate::lifecycle::SUBJECT_FORGOTTEN => {}
             other => {
                 return Err(crate::error::Error::UnknownEventType {
                     event_type: other.to_owned(),

@@ -74,6 +74,7 @@ fn human(forgotten: &Forgotten, out: &mut dyn Write) -> std::io::Result<()> {
                 "  values looked for           none: the key was deleted by an earlier run"
             )?,
         }
+        writeln!(out, "  streams marked              {}", report.streams_marked)?;
         writeln!(
             out,
             "  snapshots                   {} deleted, {} written again",

@@ -13,7 +13,11 @@
 //!    process that had the key cached may still read the values, and write them into a
 //!    snapshot. Then it reads the subject's values with the key: they are what it looks for
 //!    in every copy (each string or number of four characters or more).
-//! 3. **Snapshots** of every stream that holds the subject's values are deleted, and written
+//! 3. **Writers that loaded the values before are stopped**: each stream that holds them gets
+//!    the system event [`SUBJECT_FORGOTTEN`](crate::lifecycle::SUBJECT_FORGOTTEN), so that a
+//!    process holding an aggregate loaded before the forgetting meets a conflict when it
+//!    saves, and loads it again with the values forgotten: it cannot write them back into a
+//!    snapshot. Then **snapshots** of every such stream are deleted, and written
 //!    again from a replay, which reads the values as forgotten (for aggregate types
 //!    registered in this program; the others' are deleted only).
 //! 4. **Dead letters** whose error quotes a value have it replaced by `[forgotten]`.
@@ -56,6 +60,9 @@ use crate::error::{Error, Result};
 use crate::personal::{open, validate_subject, Keyring};
 use crate::repository::operations_of;
 use values::Sought;
+
+/// How often the marking of one stream tries again after another writer appended first.
+const MARK_ATTEMPTS: usize = 10;
 
 /// Dead letters read at a time.
 const LETTERS_PAGE: usize = 500;
@@ -183,6 +190,9 @@ impl Erasure {
             report.values_known = true;
         }
         report.values_sought = sought.texts().len();
+        if forgetting.finished_at.is_none() {
+            report.streams_marked = self.mark_streams(&streams).await?;
+        }
         // Reads the store every time: the subject is forgotten there, whatever a cache holds.
         let reader = Keyring::with_cache(store.clone(), 0, Duration::ZERO);
         let written = self.rewrite_snapshots(&streams, &reader, &mut report).await?;
@@ -210,6 +220,38 @@ impl Erasure {
             );
         }
         Ok(report)
+    }
+
+    /// Appends [`SUBJECT_FORGOTTEN`](crate::lifecycle::SUBJECT_FORGOTTEN) to each of
+    /// `streams` that takes writes and does not end with it already; how many it appended to.
+    async fn mark_streams(&self, streams: &[(String, Uuid)]) -> Result<u64> {
+        use crate::lifecycle::{last_event, system_event, CLOSED, DELETED, SUBJECT_FORGOTTEN};
+
+        let events = &*self.stores.events;
+        let mut marked = 0;
+        for (aggregate_type, id) in streams {
+            let mut attempts = 0;
+            loop {
+                let version = events.stream_version(*id, aggregate_type).await?;
+                let last = last_event(events, *id, aggregate_type, version).await?;
+                if last.is_none_or(|(last, _)| [CLOSED, DELETED, SUBJECT_FORGOTTEN].contains(&last.as_str()))
+                {
+                    break;
+                }
+                let marker = system_event(*id, aggregate_type, version + 1, SUBJECT_FORGOTTEN);
+                match events.append(*id, aggregate_type, version, &[marker]).await {
+                    Ok(_) => {
+                        marked += 1;
+                        break;
+                    }
+                    // Another writer appended first: it had the forgotten values or not;
+                    // either way the marker goes after it.
+                    Err(e) if e.is_conflict() && attempts < MARK_ATTEMPTS => attempts += 1,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(marked)
     }
 
     /// Deletes the snapshots of `streams` and writes them again from a replay through

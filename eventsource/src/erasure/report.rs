@@ -16,6 +16,10 @@ pub struct ErasureReport {
     /// Whether the values could be looked for: not when a forgetting that finished before
     /// is run again, since the key that read them is gone.
     pub values_known: bool,
+    /// Streams given the event [`SUBJECT_FORGOTTEN`](crate::lifecycle::SUBJECT_FORGOTTEN),
+    /// so that a writer holding the values in a state loaded before cannot save (and then
+    /// snapshot) it; closed and deleted streams take no writes and get none.
+    pub streams_marked: u64,
     /// Snapshots deleted because they were taken from the subject's values.
     pub snapshots_deleted: u64,
     /// Of those, snapshots written again from a replay that reads the values as forgotten.

@@ -86,6 +86,12 @@ pub const CLOSED: &str = "$StreamClosed";
 /// The event type of a deleted stream's tombstone.
 pub const DELETED: &str = "$StreamDeleted";
 
+/// The event type of the event an [erasure](crate::erasure) appends to each stream that
+/// holds the forgotten subject's values: a writer that loaded the aggregate before (its state
+/// holds the values) meets a conflict, and loads it again with the values forgotten, so it
+/// cannot write them back into a snapshot. It changes no state.
+pub const SUBJECT_FORGOTTEN: &str = "$SubjectForgotten";
+
 /// Whether an event type is one of the library's system event types (they start with `$`),
 /// which no aggregate's event enum decodes.
 pub fn is_system_event(event_type: &str) -> bool {
@@ -94,7 +100,7 @@ pub fn is_system_event(event_type: &str) -> bool {
 
 /// A system event of the stream of `aggregate_type` and `aggregate_id` at `version`, with an
 /// empty payload.
-fn system_event(
+pub(crate) fn system_event(
     aggregate_id: Uuid,
     aggregate_type: &str,
     version: u64,
@@ -112,7 +118,7 @@ fn system_event(
 
 /// The type and version of the stream's last event, read as the one at `version` (or, if a
 /// deletion came first, its tombstone, past it), if it has one.
-async fn last_event(
+pub(crate) async fn last_event(
     events: &dyn EventStore,
     aggregate_id: Uuid,
     aggregate_type: &str,

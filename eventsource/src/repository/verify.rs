@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::load::Start;
 use super::Repository;
 use crate::aggregate::Aggregate;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::snapshot::MissReason;
 
 /// The outcome of [`Repository::verify`] for one aggregate.
@@ -164,7 +164,9 @@ impl<A: Aggregate> Repository<A> {
         for id in ids {
             let verification = match self.verify(id).await {
                 Ok(verification) => verification,
-                Err(e) if e.is_not_found() || matches!(e, Error::StreamDeleted { .. }) => continue,
+                Err(e) if e.is_not_found() || matches!(e, crate::error::Error::StreamDeleted { .. }) => {
+                    continue
+                }
                 Err(e) => return Err(e),
             };
             report.verified += 1;

@@ -44,13 +44,13 @@ impl<'k> Opener<'k> {
     }
 
     /// The event's payload with its personal fields opened (as it is if it has none).
-    pub(crate) async fn open(&mut self, envelope: &EventEnvelope) -> Result<Arc<str>> {
+    pub(crate) async fn open<'e>(&mut self, envelope: &'e EventEnvelope) -> Result<Cow<'e, str>> {
         let sealed = sealed_fields(envelope)?;
         if sealed.is_empty() {
-            return Ok(envelope.payload.clone());
+            return Ok(Cow::Borrowed(&envelope.payload));
         }
         self.learn(sealed.iter().map(|f| &*f.subject)).await?;
-        self.opened(envelope, &sealed)
+        self.opened(envelope, &sealed).map(Cow::Owned)
     }
 
     /// Asks the keyring, in one call, for the states of the subjects not met yet.
@@ -78,7 +78,7 @@ impl<'k> Opener<'k> {
     }
 
     /// The payload with each of its sealed fields replaced by what it reads as.
-    fn opened(&self, envelope: &EventEnvelope, sealed: &[SealedField<'_>]) -> Result<Arc<str>> {
+    fn opened(&self, envelope: &EventEnvelope, sealed: &[SealedField<'_>]) -> Result<String> {
         let payload = &*envelope.payload;
         let mut out = Vec::with_capacity(payload.len());
         let mut at = 0;
@@ -117,8 +117,7 @@ impl<'k> Opener<'k> {
         }
         out.extend_from_slice(&payload.as_bytes()[at..]);
         // Spans end at ASCII bytes of the payload, and each value opened was checked.
-        let out = String::from_utf8(out).map_err(|_| corrupt(envelope, "", "it is not UTF-8"))?;
-        Ok(Arc::from(out))
+        String::from_utf8(out).map_err(|_| corrupt(envelope, "", "it is not UTF-8"))
     }
 }
 
@@ -150,7 +149,7 @@ pub(crate) async fn open_events<'a>(
     opener.learn(subjects.iter().map(String::as_str)).await?;
     let mut opened = events.to_vec();
     for (i, fields) in sealed {
-        opened[i].envelope.payload = opener.opened(&events[i], &fields)?;
+        opened[i].envelope.payload = Arc::from(opener.opened(&events[i], &fields)?);
     }
     Ok(Cow::Owned(opened))
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{Account, AccountCommands, AccountOpened, MoneyDeposited, MoneyWithdrawn, Refused};
 use eventsourcing_kit::prelude::*;
-use eventsourcing_kit::repository::CommandError;
+use eventsourcing_kit::repository::{CommandError, Executed};
 use eventsourcing_kit::request::RequestId;
 use eventsourcing_kit::testing::given;
 use eventsourcing_kit::{async_trait, EventEnvelope, EventStream};
@@ -247,6 +247,136 @@ async fn concurrent_commands_on_one_aggregate_all_land_with_or_without_the_queue
             assert_eq!(attempts, 32, "commands that wait their turn never conflict");
         }
     }
+}
+
+/// Commands waiting their turn in the queue, on one aggregate, started together.
+async fn queued_commands<F>(
+    repo: &Repository<Account>,
+    id: Uuid,
+    n: usize,
+    decide: F,
+) -> Vec<Result<Executed, CommandError<Refused>>>
+where
+    F: Fn(usize, &mut AggregateRoot<Account>) -> Result<(), Refused> + Send + Sync + Copy + 'static,
+{
+    let commands: Vec<_> = (0..n)
+        .map(|i| {
+            let repo = repo.clone();
+            tokio::spawn(async move {
+                repo.command(id)
+                    .retry(100, Duration::from_micros(50), Duration::from_millis(2))
+                    .run(|account| decide(i, account))
+                    .await
+            })
+        })
+        .collect();
+    let mut done = Vec::new();
+    for command in commands {
+        done.push(command.await.unwrap());
+    }
+    done
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_commands_are_decided_together_and_saved_in_one_append() {
+    // On a file, where a save takes long enough for the next commands to queue behind it.
+    let dir = tempfile::tempdir().unwrap();
+    let events = eventsourcing_kit::backend::sqlite::SqliteEventStore::open(dir.path().join("batches.db"))
+        .await
+        .unwrap();
+    let repo = Repository::<Account>::new(events).with_command_queue();
+    let id = opened_account(&repo, 0).await;
+    let done = queued_commands(&repo, id, 64, |_, account| account.deposit(100)).await;
+    let done: Vec<Executed> = done.into_iter().map(Result::unwrap).collect();
+    assert_eq!(repo.load(id).await.unwrap().state().balance, 6_400);
+    let mut versions: Vec<u64> = done.iter().map(|d| d.version).collect();
+    versions.sort_unstable();
+    assert_eq!(
+        versions,
+        (2..=65).collect::<Vec<_>>(),
+        "each command has its own version"
+    );
+    let batches: std::collections::BTreeSet<u64> = done.iter().map(|d| d.position).collect();
+    assert!(
+        batches.len() < done.len(),
+        "commands that waited were saved together: {} appends for {} commands",
+        batches.len(),
+        done.len()
+    );
+    for command in &done {
+        let event_position = repo.position(id, command.version).await.unwrap();
+        assert!(
+            command.position >= event_position,
+            "the position is at or past the command's event"
+        );
+        assert_eq!(command.attempts, 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_in_a_batch_leaves_the_other_commands_events() {
+    let repo = Repository::<Account>::new(InMemoryEventStore::new()).with_command_queue();
+    let id = opened_account(&repo, 0).await;
+    // Every fourth command asks for more than any balance: refused, with nothing recorded.
+    let done = queued_commands(&repo, id, 40, |i, account| match i % 4 {
+        3 => {
+            account.deposit(1)?;
+            account.withdraw(1_000_000)
+        }
+        _ => account.deposit(100),
+    })
+    .await;
+    let refused = done
+        .iter()
+        .filter(|d| matches!(d, Err(CommandError::Rejected(Refused::InsufficientFunds { .. }))))
+        .count();
+    assert_eq!(refused, 10);
+    assert!(done
+        .iter()
+        .all(|d| d.is_ok() || matches!(d, Err(CommandError::Rejected(_)))));
+    let account = repo.load(id).await.unwrap();
+    assert_eq!(
+        account.state().balance,
+        3_000,
+        "the refused commands' deposits are not there"
+    );
+    assert_eq!(account.version(), 31);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflict_in_a_batch_has_each_command_decide_again() {
+    let events = InMemoryEventStore::new();
+    let queued = Repository::<Account>::new(events.clone()).with_command_queue();
+    let elsewhere = Repository::<Account>::new(events.clone());
+    let id = opened_account(&queued, 0).await;
+    let other = {
+        let elsewhere = elsewhere.clone();
+        tokio::spawn(async move {
+            for _ in 0..50 {
+                elsewhere
+                    .command(id)
+                    .retry(1_000, Duration::from_micros(10), Duration::from_millis(1))
+                    .run(|account| account.deposit(1))
+                    .await
+                    .unwrap();
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let done = queued_commands(&queued, id, 64, |_, account| account.deposit(100)).await;
+    other.await.unwrap();
+    assert!(
+        done.iter().all(Result::is_ok),
+        "{:?}",
+        done.iter().find(|d| d.is_err())
+    );
+    let account = queued.load(id).await.unwrap();
+    assert_eq!(
+        account.state().balance,
+        6_450,
+        "every deposit once, from both writers"
+    );
+    assert_eq!(account.version(), 115);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ use crate::root::AggregateRoot;
 
 /// Whether a command loads the aggregate, creates it, or either.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Start {
+pub(super) enum Start {
     LoadOrCreate,
     MustExist,
     CreateOnly,
@@ -38,13 +38,13 @@ enum Start {
 /// [`run`](Self::run).
 #[must_use = "a command does nothing until it is run"]
 pub struct Command<'r, A: Aggregate> {
-    repository: &'r Repository<A>,
-    id: Uuid,
-    start: Start,
-    attempts: u32,
-    backoff: Duration,
-    max_backoff: Duration,
-    context: Option<EventContext>,
+    pub(super) repository: &'r Repository<A>,
+    pub(super) id: Uuid,
+    pub(super) start: Start,
+    pub(super) attempts: u32,
+    pub(super) backoff: Duration,
+    pub(super) max_backoff: Duration,
+    pub(super) context: Option<EventContext>,
     request_id: Option<RequestId>,
     fingerprint: Option<Fingerprint>,
 }
@@ -258,10 +258,6 @@ impl<A: Aggregate> Command<'_, A> {
         F: FnMut(&mut AggregateRoot<A>) -> Result<(), E>,
     {
         let repo = self.repository;
-        let _turn = match &repo.commands {
-            Some(queue) => Some(queue.enter(self.id).await),
-            None => None,
-        };
         let request = self
             .request_id
             .clone()
@@ -270,6 +266,14 @@ impl<A: Aggregate> Command<'_, A> {
                 id,
                 fingerprint: self.fingerprint,
             });
+        // Commands with a request id, and creations, run alone (see `super::batch`).
+        let _turn = match &repo.commands {
+            Some(queue) if request.is_none() && self.start != Start::CreateOnly => {
+                return self.run_batched(queue, &mut decide).await;
+            }
+            Some(queue) => Some(queue.enter_alone(self.id).await),
+            None => None,
+        };
         if let Some(first) = self.first_outcome(request.as_ref(), 1).await? {
             return first;
         }
@@ -396,7 +400,7 @@ impl<A: Aggregate> Command<'_, A> {
     }
 
     /// The feed position of the aggregate's event at `version`, 0 at version 0.
-    async fn position<E>(&self, version: u64) -> Result<u64, CommandError<E>> {
+    pub(super) async fn position<E>(&self, version: u64) -> Result<u64, CommandError<E>> {
         if version == 0 {
             return Ok(0);
         }
@@ -408,7 +412,7 @@ impl<A: Aggregate> Command<'_, A> {
 
     /// Saves the root, saving it again (never deciding again) after a transient store
     /// error, so that a batch whose answer was lost is recognised rather than written twice.
-    async fn save(
+    pub(super) async fn save(
         &self,
         root: &mut AggregateRoot<A>,
         request: Option<&CommandRequest>,

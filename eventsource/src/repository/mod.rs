@@ -7,6 +7,7 @@
 //! per-aggregate command queue, and verification (snapshot and tail against a full replay).
 
 mod background;
+mod batch;
 mod execute;
 mod lifecycle;
 mod load;
@@ -65,7 +66,7 @@ pub struct Repository<A: Aggregate> {
     snapshots: Option<Snapshots>,
     metrics: Arc<SnapshotMetrics>,
     /// Set when commands on one aggregate run one after another in this process.
-    commands: Option<Arc<queue::CommandQueue>>,
+    commands: Option<Arc<queue::CommandQueue<AggregateRoot<A>>>>,
     /// Where commands find their request ids; without it, they read the aggregate's stream.
     requests: Option<Arc<dyn RequestIndex>>,
     /// How long a recorded refusal answers a request sent again.
@@ -219,6 +220,11 @@ impl<A: Aggregate> Repository<A> {
     /// aggregate then wait for their turn instead of losing conflicts and deciding again.
     /// Clones share the queue. It orders the commands of this process only; writers in other
     /// processes still meet conflicts, which commands retry as usual.
+    ///
+    /// The commands waiting for their turn are decided together: each decides, in order, on
+    /// the root the first one loaded, and the batch is saved in one append (one load and one
+    /// commit for all of them). A command's refusal leaves the others' events; a conflict
+    /// has each decide again. Commands with a request id, and create-only ones, run alone.
     #[must_use]
     pub fn with_command_queue(mut self) -> Self {
         self.commands = Some(Arc::default());

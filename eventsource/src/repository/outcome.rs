@@ -71,7 +71,9 @@ pub struct Executed {
     pub repeated: bool,
     /// The feed position of the aggregate's event at `version` (0 when the aggregate has no
     /// events): wait for a [projection](crate::projection) to reach it, and its read model
-    /// shows this command's outcome.
+    /// shows this command's outcome. For a command saved in a batch with others (see
+    /// [`Repository::with_command_queue`](crate::Repository::with_command_queue)), the
+    /// position of the batch's last event, at or past the command's own.
     pub position: u64,
 }
 

@@ -1,31 +1,106 @@
 //! The per-aggregate command queue: commands on one aggregate in this process run one after
-//! another, first come first served, instead of racing each other into conflicts.
+//! another, first come first served, instead of racing each other into conflicts; and the
+//! commands waiting their turn are decided together, on one load, and saved in one append
+//! (see [`super::batch`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::OwnedMutexGuard;
+use tokio::sync::{watch, OwnedMutexGuard};
 use uuid::Uuid;
 
-/// A turn lock per aggregate with commands waiting or running; an entry lives as long as one
-/// of them does.
-#[derive(Debug, Default)]
-pub(crate) struct CommandQueue {
-    turns: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+/// A turn lock per aggregate with commands waiting or running, each guarding the batch open
+/// on it, if any; an entry lives as long as one of them does.
+pub(crate) struct CommandQueue<A> {
+    turns: Mutex<HashMap<Uuid, Lane<A>>>,
 }
 
-/// This command's turn on its aggregate; the next command's starts when it is dropped.
-pub(crate) struct Turn {
-    queue: Arc<CommandQueue>,
+type Lane<A> = Arc<tokio::sync::Mutex<Option<Open<A>>>>;
+
+impl<A> Default for CommandQueue<A> {
+    fn default() -> Self {
+        CommandQueue {
+            turns: Mutex::default(),
+        }
+    }
+}
+
+impl<A> std::fmt::Debug for CommandQueue<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandQueue").finish_non_exhaustive()
+    }
+}
+
+/// A batch of commands open on an aggregate: the root they decided on (an
+/// [`AggregateRoot`](crate::AggregateRoot)), with every one's events recorded, and where its
+/// saving command tells them how the save went.
+pub(crate) struct Open<A> {
+    pub(crate) root: A,
+    outcome: watch::Receiver<Option<BatchOutcome>>,
+}
+
+/// How a batch's save went, as its commands learn it.
+#[derive(Clone, Debug)]
+pub(crate) enum BatchOutcome {
+    /// Stored: the position of its last event (`None` when the batch had no event).
+    Saved { position: Option<u64> },
+    /// Another writer saved first: nothing is stored, and each command decides again.
+    Conflict,
+    /// The save failed, and the batch may or may not be stored.
+    Failed { message: String, transient: bool },
+}
+
+/// The command that saves a batch: it tells the others how the save went.
+pub(crate) struct Saver(watch::Sender<Option<BatchOutcome>>);
+
+impl Saver {
+    pub(crate) fn tell(self, outcome: BatchOutcome) {
+        // Nobody may be listening: every other command of the batch was dropped.
+        let _ = self.0.send(Some(outcome));
+    }
+}
+
+impl<A> Open<A> {
+    /// A batch on `root`, and its saver.
+    pub(crate) fn new(root: A) -> (Self, Saver) {
+        let (tx, outcome) = watch::channel(None);
+        (Open { root, outcome }, Saver(tx))
+    }
+
+    /// Whether its saver is still there to save it (a dropped command leaves it behind).
+    fn is_live(&self) -> bool {
+        self.outcome.has_changed().is_ok()
+    }
+
+    /// Where a command that joined the batch waits for its outcome.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Option<BatchOutcome>> {
+        self.outcome.clone()
+    }
+}
+
+/// Waits for the outcome of a batch; `None` if its saver was dropped without telling.
+pub(crate) async fn outcome_of(mut outcome: watch::Receiver<Option<BatchOutcome>>) -> Option<BatchOutcome> {
+    outcome
+        .wait_for(Option::is_some)
+        .await
+        .ok()
+        .and_then(|told| told.clone())
+}
+
+/// This command's turn on its aggregate, with the batch open there; the next command's turn
+/// starts when it is dropped.
+pub(crate) struct Turn<A> {
+    queue: Arc<CommandQueue<A>>,
     id: Uuid,
-    lock: Option<Arc<tokio::sync::Mutex<()>>>,
-    guard: Option<OwnedMutexGuard<()>>,
+    lane: Option<Lane<A>>,
+    guard: Option<OwnedMutexGuard<Option<Open<A>>>>,
 }
 
-impl CommandQueue {
-    /// Waits for the aggregate's turn (tokio's mutex hands it over in the order asked).
-    pub(crate) async fn enter(self: &Arc<Self>, id: Uuid) -> Turn {
-        let lock = self
+impl<A> CommandQueue<A> {
+    /// Waits for the aggregate's turn (tokio's mutex hands it over in the order asked). A
+    /// batch left behind by a dropped command is cleared.
+    pub(crate) async fn enter(self: &Arc<Self>, id: Uuid) -> Turn<A> {
+        let lane = self
             .turns
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -35,11 +110,26 @@ impl CommandQueue {
         let mut turn = Turn {
             queue: self.clone(),
             id,
-            lock: Some(lock.clone()),
+            lane: Some(lane.clone()),
             guard: None,
         };
-        turn.guard = Some(lock.lock_owned().await);
+        let mut guard = lane.lock_owned().await;
+        if guard.as_ref().is_some_and(|open| !open.is_live()) {
+            *guard = None;
+        }
+        turn.guard = Some(guard);
         turn
+    }
+
+    /// Waits for a turn with no batch open: a batch open now is saved first (its saver is
+    /// behind in the queue, and this command goes behind it).
+    pub(crate) async fn enter_alone(self: &Arc<Self>, id: Uuid) -> Turn<A> {
+        loop {
+            let turn = self.enter(id).await;
+            if turn.batch().is_none() {
+                return turn;
+            }
+        }
     }
 
     /// How many aggregates have commands waiting or running.
@@ -49,17 +139,39 @@ impl CommandQueue {
     }
 }
 
-impl Drop for Turn {
+impl<A> Turn<A> {
+    /// The batch open on the aggregate, if any.
+    pub(crate) fn batch(&self) -> Option<&Open<A>> {
+        self.guard.as_ref().expect("held until dropped").as_ref()
+    }
+
+    /// The slot of the batch open on the aggregate.
+    pub(crate) fn slot(&mut self) -> &mut Option<Open<A>> {
+        self.guard.as_mut().expect("held until dropped")
+    }
+
+    /// Lets the commands waiting now take their turns, and waits for the next one after
+    /// theirs. The aggregate's entry stays meanwhile, with the batch open on it.
+    pub(crate) async fn after_the_waiting(mut self) -> Turn<A> {
+        drop(self.guard.take());
+        let lane = self.lane.clone().expect("set until dropped");
+        self.guard = Some(lane.lock_owned().await);
+        self
+    }
+}
+
+impl<A> Drop for Turn<A> {
     fn drop(&mut self) {
         drop(self.guard.take());
-        let lock = self.lock.take().expect("set until dropped");
+        let lane = self.lane.take().expect("set until dropped");
         let mut turns = self.queue.turns.lock().unwrap_or_else(|p| p.into_inner());
-        // Ours and the map's: nobody else waits, so the entry goes.
-        if Arc::strong_count(&lock) == 2 {
+        // Ours and the map's: nobody else waits, so the entry goes (an open batch has its
+        // saver waiting, so it never goes with it).
+        if Arc::strong_count(&lane) == 2 {
             turns.remove(&self.id);
         }
         // Let go of ours while the map is locked: a waiter that leaves next counts truly.
-        drop(lock);
+        drop(lane);
         drop(turns);
     }
 }
@@ -68,9 +180,12 @@ impl Drop for Turn {
 mod tests {
     use super::*;
 
+    /// The roots of these tests: numbers.
+    type Nothing = u32;
+
     #[tokio::test]
     async fn turns_on_one_aggregate_come_in_order_and_leave_nothing_behind() {
-        let queue = Arc::new(CommandQueue::default());
+        let queue = Arc::new(CommandQueue::<Nothing>::default());
         let id = Uuid::new_v4();
         let first = queue.enter(id).await;
         let order = Arc::new(Mutex::new(Vec::new()));
@@ -98,5 +213,39 @@ mod tests {
         }
         assert_eq!(*order.lock().unwrap(), [0, 1, 2]);
         assert_eq!(queue.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_waiting_join_a_batch_and_its_saver_takes_it_back() {
+        let queue = Arc::new(CommandQueue::<Nothing>::default());
+        let id = Uuid::new_v4();
+        let mut turn = queue.enter(id).await;
+        let (open, saver) = Open::new(0);
+        *turn.slot() = Some(open);
+        let joiner = {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.enter(id).await.batch().map(Open::subscribe) })
+        };
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let mut turn = turn.after_the_waiting().await;
+        let joined = joiner
+            .await
+            .unwrap()
+            .expect("the waiting command found the batch");
+        assert!(turn.slot().take().is_some(), "the batch waits for its saver");
+        saver.tell(BatchOutcome::Conflict);
+        assert!(matches!(outcome_of(joined).await, Some(BatchOutcome::Conflict)));
+        drop(turn);
+        assert_eq!(queue.len(), 0);
+    }
+
+    #[test]
+    fn a_batch_whose_saver_is_gone_is_not_live() {
+        let (open, saver) = Open::<Nothing>::new(0);
+        assert!(open.is_live());
+        drop(saver);
+        assert!(!open.is_live());
     }
 }

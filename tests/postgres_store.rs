@@ -89,21 +89,22 @@ mod key_store_conformance {
     );
 }
 
+/// The stores of the test database for one check, `None` without a server.
+async fn stores_of(test: &str) -> Option<eventsourcing_kit::backend::Stores> {
+    let db = db(test).await?;
+    Some(eventsourcing_kit::backend::Stores::from_postgres(
+        db.events,
+        db.snapshots,
+    ))
+}
+
 mod stream_lifecycle_conformance {
     eventsourcing_kit::stream_lifecycle_conformance!(
         #[cfg_attr(
             not(eventsource_postgres_tests),
             ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
         )]
-        {
-            let Some(db) = super::db(concat!("conformance check in ", module_path!())).await else {
-                return;
-            };
-            std::future::ready(eventsourcing_kit::backend::Stores::from_postgres(
-                db.events,
-                db.snapshots,
-            ))
-        }
+        optional: super::stores_of(concat!("conformance check in ", module_path!()))
     );
 }
 
@@ -113,15 +114,7 @@ mod stores_conformance {
             not(eventsource_postgres_tests),
             ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
         )]
-        {
-            let Some(db) = super::db(concat!("conformance check in ", module_path!())).await else {
-                return;
-            };
-            std::future::ready(eventsourcing_kit::backend::Stores::from_postgres(
-                db.events,
-                db.snapshots,
-            ))
-        }
+        optional: super::stores_of(concat!("conformance check in ", module_path!()))
     );
 }
 

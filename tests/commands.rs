@@ -313,11 +313,65 @@ async fn waiting_commands_are_decided_together_and_saved_in_one_append() {
     }
 }
 
+/// An event store whose appends take a while (so that commands queue behind a save), and
+/// whose next append, once armed, finds that another writer appended a deposit of 1 first.
+#[derive(Clone, Default)]
+struct Interfering {
+    inner: InMemoryEventStore,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait]
+#[deny(clippy::missing_trait_methods)]
+impl EventStore for Interfering {
+    async fn append(
+        &self,
+        id: Uuid,
+        ty: &str,
+        expected: u64,
+        events: &[EventEnvelope],
+    ) -> eventsourcing_kit::Result<eventsourcing_kit::Appended> {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        if self.armed.swap(false, Ordering::SeqCst) {
+            let first =
+                EventEnvelope::from_json(id, ty, expected + 1, "MoneyDeposited", 1, r#"{"amount":1}"#);
+            self.inner.append(id, ty, expected, &[first]).await?;
+        }
+        self.inner.append(id, ty, expected, events).await
+    }
+    fn read_stream<'a>(&'a self, id: Uuid, ty: &'a str, after: u64) -> EventStream<'a> {
+        self.inner.read_stream(id, ty, after)
+    }
+    async fn stream_version(&self, id: Uuid, ty: &str) -> eventsourcing_kit::Result<u64> {
+        self.inner.stream_version(id, ty).await
+    }
+    fn read_all(&self, after: u64) -> EventStream<'_> {
+        self.inner.read_all(after)
+    }
+    async fn head(&self, after: u64) -> eventsourcing_kit::Result<eventsourcing_kit::FeedHead> {
+        self.inner.head(after).await
+    }
+    async fn position_of(&self, id: Uuid, ty: &str, version: u64) -> eventsourcing_kit::Result<Option<u64>> {
+        self.inner.position_of(id, ty, version).await
+    }
+    fn load_stream<'a>(&'a self, id: Uuid, ty: &'a str, after: u64) -> EventStream<'a> {
+        self.inner.load_stream(id, ty, after)
+    }
+}
+
+/// How many appends served `done`'s commands: those that succeeded share the position of
+/// their batch's last event.
+fn appends(done: &[Result<Executed, CommandError<Refused>>]) -> usize {
+    let positions: std::collections::BTreeSet<u64> = done.iter().flatten().map(|d| d.position).collect();
+    positions.len()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_in_a_batch_leaves_the_other_commands_events() {
-    let repo = Repository::<Account>::new(InMemoryEventStore::new()).with_command_queue();
+    let repo = Repository::<Account>::new(Interfering::default()).with_command_queue();
     let id = opened_account(&repo, 0).await;
-    // Every fourth command asks for more than any balance: refused, with nothing recorded.
+    // Every fourth command deposits 1, then asks for more than any balance: refused, with
+    // its deposit gone from the batch's root.
     let done = queued_commands(&repo, id, 40, |i, account| match i % 4 {
         3 => {
             account.deposit(1)?;
@@ -334,6 +388,11 @@ async fn a_refusal_in_a_batch_leaves_the_other_commands_events() {
     assert!(done
         .iter()
         .all(|d| d.is_ok() || matches!(d, Err(CommandError::Rejected(_)))));
+    assert!(
+        appends(&done) < 30,
+        "the commands were batched: {} appends",
+        appends(&done)
+    );
     let account = repo.load(id).await.unwrap();
     assert_eq!(
         account.state().balance,
@@ -345,38 +404,61 @@ async fn a_refusal_in_a_batch_leaves_the_other_commands_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conflict_in_a_batch_has_each_command_decide_again() {
-    let events = InMemoryEventStore::new();
-    let queued = Repository::<Account>::new(events.clone()).with_command_queue();
-    let elsewhere = Repository::<Account>::new(events.clone());
-    let id = opened_account(&queued, 0).await;
-    let other = {
-        let elsewhere = elsewhere.clone();
-        tokio::spawn(async move {
-            for _ in 0..50 {
-                elsewhere
-                    .command(id)
-                    .retry(1_000, Duration::from_micros(10), Duration::from_millis(1))
-                    .run(|account| account.deposit(1))
-                    .await
-                    .unwrap();
-                tokio::task::yield_now().await;
-            }
-        })
-    };
-    let done = queued_commands(&queued, id, 64, |_, account| account.deposit(100)).await;
-    other.await.unwrap();
+    let events = Interfering::default();
+    let repo = Repository::<Account>::new(events.clone()).with_command_queue();
+    let id = opened_account(&repo, 0).await;
+    events.armed.store(true, Ordering::SeqCst);
+    let done = queued_commands(&repo, id, 32, |_, account| account.deposit(100)).await;
+    let done: Vec<Executed> = done.into_iter().map(Result::unwrap).collect();
     assert!(
-        done.iter().all(Result::is_ok),
-        "{:?}",
-        done.iter().find(|d| d.is_err())
+        done.iter().any(|d| d.attempts > 1),
+        "the first batch met the other writer's deposit and decided again"
     );
-    let account = queued.load(id).await.unwrap();
+    let account = repo.load(id).await.unwrap();
     assert_eq!(
         account.state().balance,
-        6_450,
-        "every deposit once, from both writers"
+        3_201,
+        "every deposit once, the other writer's too"
     );
-    assert_eq!(account.version(), 115);
+    assert_eq!(account.version(), 34);
+}
+
+/// A command whose decision panics leaves the batch it joined as it found it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_panics_in_a_batch_takes_its_events_with_it() {
+    let repo = Repository::<Account>::new(Interfering::default()).with_command_queue();
+    let id = opened_account(&repo, 0).await;
+    let done = queued_commands(&repo, id, 1, |_, account| account.deposit(100)).await;
+    assert!(done[0].is_ok());
+    let commands: Vec<_> = (0..24)
+        .map(|i| {
+            let repo = repo.clone();
+            tokio::spawn(async move {
+                repo.command(id)
+                    .run(|account| {
+                        account.deposit(10)?;
+                        assert!(i % 6 != 5, "a decision that panics");
+                        Ok::<_, Refused>(())
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let mut panicked = 0;
+    for command in commands {
+        match command.await {
+            Ok(done) => assert!(done.is_ok(), "{done:?}"),
+            Err(e) if e.is_panic() => panicked += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(panicked, 4);
+    let account = repo.load(id).await.unwrap();
+    assert_eq!(
+        account.state().balance,
+        100 + 20 * 10,
+        "the panicked commands' deposits are not there"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -206,6 +206,8 @@ impl<A: Aggregate> Command<'_, A> {
     /// Dropped before it finishes, the command's events may or may not be stored, as after a
     /// save's store error. Run with a request id, the command sent again is answered with
     /// its first outcome; without one, it is decided again on the aggregate as it is then.
+    /// Dropped in a [batch](Repository::with_command_queue), it leaves the others alone: the
+    /// batch is saved, its events with it, and every other command learns how it went.
     pub async fn run<E, F>(self, decide: F) -> Result<Executed, CommandError<E>>
     where
         E: std::fmt::Display,
@@ -267,10 +269,27 @@ impl<A: Aggregate> Command<'_, A> {
                 fingerprint: self.fingerprint,
             });
         // Commands with a request id, and creations, run alone (see `super::batch`).
-        let _turn = match &repo.commands {
+        match &repo.commands {
             Some(queue) if request.is_none() && self.start != Start::CreateOnly => {
-                return self.run_batched(queue, &mut decide).await;
+                self.run_batched(queue, &mut decide).await
             }
+            _ => self.run_alone(request, &mut decide).await,
+        }
+    }
+
+    /// Runs the command on its own: load, decide, save, attempt after attempt; in its turn
+    /// on the aggregate if the repository queues commands.
+    pub(super) async fn run_alone<E, F>(
+        &self,
+        request: Option<CommandRequest>,
+        decide: &mut F,
+    ) -> Result<Executed, CommandError<E>>
+    where
+        E: std::fmt::Display,
+        F: FnMut(&mut AggregateRoot<A>) -> Result<(), E>,
+    {
+        let repo = self.repository;
+        let _turn = match &repo.commands {
             Some(queue) => Some(queue.enter_alone(self.id).await),
             None => None,
         };
@@ -418,20 +437,48 @@ impl<A: Aggregate> Command<'_, A> {
         request: Option<&CommandRequest>,
         wait: Duration,
     ) -> Result<u64, Error> {
-        let mut wait = wait;
-        let mut tries = 1;
-        loop {
-            match self.repository.save_requested(root, request).await {
-                // At least three tries whatever the attempts: a save whose answer was lost
-                // must be made again to learn whether it was stored.
-                Err(e) if e.is_transient() && tries < self.attempts.max(3) => {
-                    tracing::warn!(aggregate.id = %self.id, aggregate.type = A::TYPE_NAME, error = %e, "save failed; saving the same events again");
-                    sleep(jittered(wait)).await;
-                    wait = wait.saturating_mul(2).min(self.max_backoff);
-                    tries += 1;
-                }
-                outcome => return outcome,
+        save_again_on_transient(self.repository, root, request, self.resave(wait)).await
+    }
+
+    /// How this command's saves are made again after a transient error, the first wait
+    /// `wait`.
+    pub(super) fn resave(&self, wait: Duration) -> Resave {
+        Resave {
+            tries: self.attempts.max(3),
+            wait,
+            max_wait: self.max_backoff,
+        }
+    }
+}
+
+/// How a save is made again after a transient store error: at most `tries` tries (at least
+/// three whatever the attempts: a save whose answer was lost must be made again to learn
+/// whether it was stored), waiting `wait`, then twice that up to `max_wait`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Resave {
+    tries: u32,
+    wait: Duration,
+    max_wait: Duration,
+}
+
+/// Saves the root through `repository`, saving it again (never deciding again) after a
+/// transient store error, as `resave` says.
+pub(super) async fn save_again_on_transient<A: Aggregate>(
+    repository: &Repository<A>,
+    root: &mut AggregateRoot<A>,
+    request: Option<&CommandRequest>,
+    resave: Resave,
+) -> Result<u64, Error> {
+    let (mut wait, mut tries) = (resave.wait, 1);
+    loop {
+        match repository.save_requested(root, request).await {
+            Err(e) if e.is_transient() && tries < resave.tries => {
+                tracing::warn!(aggregate.id = %root.id(), aggregate.type = A::TYPE_NAME, error = %e, "save failed; saving the same events again");
+                sleep(jittered(wait)).await;
+                wait = wait.saturating_mul(2).min(resave.max_wait);
+                tries += 1;
             }
+            outcome => return outcome,
         }
     }
 }

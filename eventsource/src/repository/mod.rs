@@ -223,8 +223,12 @@ impl<A: Aggregate> Repository<A> {
     ///
     /// The commands waiting for their turn are decided together: each decides, in order, on
     /// the root the first one loaded, and the batch is saved in one append (one load and one
-    /// commit for all of them). A command's refusal leaves the others' events; a conflict
-    /// has each decide again. Commands with a request id, and create-only ones, run alone.
+    /// commit for all of them). A command's refusal or panic leaves the others' events; a
+    /// conflict has each decide again (a conflict with a writer elsewhere costs every command
+    /// of the batch an attempt); an event that cannot be stored has each decide again alone.
+    /// Commands with a request id, and create-only ones, run alone. The batch is saved
+    /// through the repository of its first command: give clones that share a queue the same
+    /// configuration (set `with_command_queue` last).
     #[must_use]
     pub fn with_command_queue(mut self) -> Self {
         self.commands = Some(Arc::default());

@@ -4,6 +4,7 @@
 //! (see [`super::batch`]).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{watch, OwnedMutexGuard};
@@ -15,7 +16,30 @@ pub(crate) struct CommandQueue<A> {
     turns: Mutex<HashMap<Uuid, Lane<A>>>,
 }
 
-type Lane<A> = Arc<tokio::sync::Mutex<Option<Open<A>>>>;
+/// One aggregate's turn lock, with the batch open on it, and how many commands that must run
+/// alone wait for a turn without a batch.
+struct Lane<A> {
+    turn: Arc<tokio::sync::Mutex<Option<Open<A>>>>,
+    alone: Arc<AtomicU32>,
+}
+
+impl<A> Clone for Lane<A> {
+    fn clone(&self) -> Self {
+        Lane {
+            turn: self.turn.clone(),
+            alone: self.alone.clone(),
+        }
+    }
+}
+
+impl<A> Default for Lane<A> {
+    fn default() -> Self {
+        Lane {
+            turn: Arc::default(),
+            alone: Arc::default(),
+        }
+    }
+}
 
 impl<A> Default for CommandQueue<A> {
     fn default() -> Self {
@@ -36,6 +60,8 @@ impl<A> std::fmt::Debug for CommandQueue<A> {
 /// saving command tells them how the save went.
 pub(crate) struct Open<A> {
     pub(crate) root: A,
+    /// How many commands decided in it: its saver and those that joined.
+    pub(crate) members: usize,
     outcome: watch::Receiver<Option<BatchOutcome>>,
 }
 
@@ -46,6 +72,9 @@ pub(crate) enum BatchOutcome {
     Saved { position: Option<u64> },
     /// Another writer saved first: nothing is stored, and each command decides again.
     Conflict,
+    /// Nothing is stored, for a reason of some command's own (an event that cannot be
+    /// stored, a closed stream): each decides again alone, and meets its own error.
+    Unsaved,
     /// The save failed, and the batch may or may not be stored.
     Failed { message: String, transient: bool },
 }
@@ -64,7 +93,14 @@ impl<A> Open<A> {
     /// A batch on `root`, and its saver.
     pub(crate) fn new(root: A) -> (Self, Saver) {
         let (tx, outcome) = watch::channel(None);
-        (Open { root, outcome }, Saver(tx))
+        (
+            Open {
+                root,
+                members: 1,
+                outcome,
+            },
+            Saver(tx),
+        )
     }
 
     /// Whether its saver is still there to save it (a dropped command leaves it behind).
@@ -113,7 +149,7 @@ impl<A> CommandQueue<A> {
             lane: Some(lane.clone()),
             guard: None,
         };
-        let mut guard = lane.lock_owned().await;
+        let mut guard = lane.turn.lock_owned().await;
         if guard.as_ref().is_some_and(|open| !open.is_live()) {
             *guard = None;
         }
@@ -122,12 +158,19 @@ impl<A> CommandQueue<A> {
     }
 
     /// Waits for a turn with no batch open: a batch open now is saved first (its saver is
-    /// behind in the queue, and this command goes behind it).
+    /// behind in the queue, and this command goes behind it), and no new one opens while
+    /// this command waits (see [`Turn::alone_waiting`]).
     pub(crate) async fn enter_alone(self: &Arc<Self>, id: Uuid) -> Turn<A> {
+        let mut waiting: Option<Waiting> = None;
         loop {
             let turn = self.enter(id).await;
             if turn.batch().is_none() {
                 return turn;
+            }
+            if waiting.is_none() {
+                let alone = turn.lane.as_ref().expect("set until dropped").alone.clone();
+                alone.fetch_add(1, Ordering::SeqCst);
+                waiting = Some(Waiting(alone));
             }
         }
     }
@@ -139,7 +182,27 @@ impl<A> CommandQueue<A> {
     }
 }
 
+/// A command that must run alone, waiting: counted while it lives.
+struct Waiting(Arc<AtomicU32>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl<A> Turn<A> {
+    /// Whether a command that must run alone waits for a turn without a batch: then no
+    /// batch opens, so that it gets one.
+    pub(crate) fn alone_waiting(&self) -> bool {
+        self.lane
+            .as_ref()
+            .expect("set until dropped")
+            .alone
+            .load(Ordering::SeqCst)
+            > 0
+    }
+
     /// The batch open on the aggregate, if any.
     pub(crate) fn batch(&self) -> Option<&Open<A>> {
         self.guard.as_ref().expect("held until dropped").as_ref()
@@ -155,7 +218,7 @@ impl<A> Turn<A> {
     pub(crate) async fn after_the_waiting(mut self) -> Turn<A> {
         drop(self.guard.take());
         let lane = self.lane.clone().expect("set until dropped");
-        self.guard = Some(lane.lock_owned().await);
+        self.guard = Some(lane.turn.lock_owned().await);
         self
     }
 }
@@ -167,7 +230,7 @@ impl<A> Drop for Turn<A> {
         let mut turns = self.queue.turns.lock().unwrap_or_else(|p| p.into_inner());
         // Ours and the map's: nobody else waits, so the entry goes (an open batch has its
         // saver waiting, so it never goes with it).
-        if Arc::strong_count(&lane) == 2 {
+        if Arc::strong_count(&lane.turn) == 2 {
             turns.remove(&self.id);
         }
         // Let go of ours while the map is locked: a waiter that leaves next counts truly.

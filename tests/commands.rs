@@ -279,12 +279,8 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_commands_are_decided_together_and_saved_in_one_append() {
-    // On a file, where a save takes long enough for the next commands to queue behind it.
-    let dir = tempfile::tempdir().unwrap();
-    let events = eventsourcing_kit::backend::sqlite::SqliteEventStore::open(dir.path().join("batches.db"))
-        .await
-        .unwrap();
-    let repo = Repository::<Account>::new(events).with_command_queue();
+    // Saves that take a while, so that the next commands queue behind each.
+    let repo = Repository::<Account>::new(Interfering::default()).with_command_queue();
     let id = opened_account(&repo, 0).await;
     let done = queued_commands(&repo, id, 64, |_, account| account.deposit(100)).await;
     let done: Vec<Executed> = done.into_iter().map(Result::unwrap).collect();

@@ -419,6 +419,23 @@ fn the_kit_shows_the_commands_and_their_request_ids() {
     .then_nothing()
     .then_timeouts(&[], &["payment"])
     .then_completed(true);
+
+    // The library's system events (a subject forgotten, a stream closed) reach no process
+    // manager, whose own decoding would refuse them.
+    let forgotten = StoredEvent::new(
+        0,
+        eventsourcing_kit::EventEnvelope::from_json(
+            order,
+            "Order",
+            2,
+            eventsourcing_kit::lifecycle::SUBJECT_FORGOTTEN,
+            1,
+            "{}",
+        ),
+    );
+    given("warehouse", warehouse(&stores, Duration::from_secs(900)), [])
+        .when(forgotten)
+        .then_nothing();
 }
 
 // --- On the stores --------------------------------------------------------------------------

@@ -89,7 +89,8 @@ pub trait ProcessManager: Send + Sync + 'static {
     /// A command it issues, stored until it is sent (as JSON).
     type Command: Serialize + DeserializeOwned + std::fmt::Debug + Clone + PartialEq + Send + Sync;
 
-    /// The instance `event` concerns, or `None` if none.
+    /// The instance `event` concerns, or `None` if none. The runner never gives it the
+    /// library's system events ([`lifecycle::is_system_event`](crate::lifecycle::is_system_event)).
     fn route(&self, event: &StoredEvent) -> Option<Uuid>;
 
     /// Decides on an event routed to an instance in `state`.

@@ -274,7 +274,9 @@ struct Steps<P>(Arc<Inner<P>>);
 impl<P: ProcessManager> Handler for Steps<P> {
     async fn handle(&mut self, events: &[StoredEvent]) -> std::result::Result<(), HandlerError> {
         for event in events {
-            if *event.aggregate_type == *self.0.ty {
+            // Its own records, and the library's system events (a stream closed or deleted,
+            // a subject forgotten), which no process manager's events are.
+            if *event.aggregate_type == *self.0.ty || crate::lifecycle::is_system_event(&event.event_type) {
                 continue;
             }
             if let Some(instance) = self.0.manager.route(event) {

@@ -182,6 +182,10 @@ impl<P: ProcessManager> Given<P> {
     fn decide_event(&mut self, mut event: StoredEvent) -> (Option<Uuid>, Decided<P::Command>) {
         self.position += 1;
         event.position = self.position;
+        // As the runner: the library's system events reach no process manager.
+        if crate::lifecycle::is_system_event(&event.event_type) {
+            return (None, Decided::default());
+        }
         let Some(instance) = self.manager.route(&event) else {
             return (None, Decided::default());
         };

@@ -73,20 +73,7 @@ impl<A: Aggregate> Command<'_, A> {
                     version,
                     events,
                     position,
-                } => {
-                    let position = match position {
-                        Some(position) if events > 0 => position,
-                        _ => self.position(version).await?,
-                    };
-                    return Ok(Executed {
-                        aggregate_id: self.id,
-                        version,
-                        events,
-                        attempts: attempt,
-                        repeated: false,
-                        position,
-                    });
-                }
+                } => return self.executed(version, events, attempt, position).await,
                 Attempt::Refused(why) => return Err(CommandError::Rejected(why)),
                 Attempt::Alone => return self.run_alone(None, decide).await,
                 Attempt::Again if attempt < self.attempts => {

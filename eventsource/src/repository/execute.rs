@@ -319,20 +319,7 @@ impl<A: Aggregate> Command<'_, A> {
                 return self.already_exists(request.as_ref(), attempt).await;
             }
             match self.save(&mut root, request.as_ref(), wait).await {
-                Ok(version) => {
-                    let position = match root.position() {
-                        Some(position) if events > 0 => position,
-                        _ => self.position(version).await?,
-                    };
-                    return Ok(Executed {
-                        aggregate_id: self.id,
-                        version,
-                        events,
-                        attempts: attempt,
-                        repeated: false,
-                        position,
-                    });
-                }
+                Ok(version) => return self.executed(version, events, attempt, root.position()).await,
                 Err(e) if e.is_conflict() || recorded_first(&e) => {
                     // The writer that came first may be this very request, sent twice.
                     if let Some(first) = self.first_outcome(request.as_ref(), attempt).await? {
@@ -416,6 +403,29 @@ impl<A: Aggregate> Command<'_, A> {
             }
         }
         Err(exists)
+    }
+
+    /// The outcome of a command that stored `events` events ending at `version` (at feed
+    /// position `position`, if the save told it), on attempt `attempt`.
+    pub(super) async fn executed<E>(
+        &self,
+        version: u64,
+        events: usize,
+        attempt: u32,
+        position: Option<u64>,
+    ) -> Result<Executed, CommandError<E>> {
+        let position = match position {
+            Some(position) if events > 0 => position,
+            _ => self.position(version).await?,
+        };
+        Ok(Executed {
+            aggregate_id: self.id,
+            version,
+            events,
+            attempts: attempt,
+            repeated: false,
+            position,
+        })
     }
 
     /// The feed position of the aggregate's event at `version`, 0 at version 0.

@@ -1098,3 +1098,135 @@ async fn the_delivery_guard_can_stop_the_consumer_before_the_batch() {
     assert_eq!(handed, [1, 2, 3, 4], "the batch with the gap was not handed over");
     assert_eq!(subscription.checkpoint().await.unwrap(), Some(4));
 }
+
+/// A subscription store whose checkpoints are stored only as `permits` allows: each store
+/// waits for a permit.
+struct HeldCheckpoints {
+    inner: InMemorySubscriptionStore,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+#[eventsourcing_kit::async_trait]
+impl SubscriptionStore for HeldCheckpoints {
+    async fn acquire(&self, name: &str, owner: Uuid, ttl: Duration) -> Result<bool, Error> {
+        self.inner.acquire(name, owner, ttl).await
+    }
+    async fn release(&self, name: &str, owner: Uuid) -> Result<(), Error> {
+        self.inner.release(name, owner).await
+    }
+    async fn checkpoint(&self, name: &str) -> Result<Option<u64>, Error> {
+        self.inner.checkpoint(name).await
+    }
+    async fn save_checkpoint(&self, name: &str, owner: Uuid, position: u64) -> Result<bool, Error> {
+        self.permits
+            .acquire()
+            .await
+            .expect("the permits stay open")
+            .forget();
+        self.inner.save_checkpoint(name, owner, position).await
+    }
+    async fn reset(&self, name: &str) -> Result<(), Error> {
+        self.inner.reset(name).await
+    }
+    async fn dead_letter(&self, name: &str, event: &StoredEvent, error: &str) -> Result<(), Error> {
+        self.inner.dead_letter(name, event, error).await
+    }
+    async fn dead_letters(
+        &self,
+        name: &str,
+        skip: usize,
+        limit: usize,
+    ) -> Result<Vec<eventsourcing_kit::subscription::DeadLetter>, Error> {
+        self.inner.dead_letters(name, skip, limit).await
+    }
+    async fn remove_dead_letters(&self, name: &str, event_ids: &[Uuid]) -> Result<u64, Error> {
+        self.inner.remove_dead_letters(name, event_ids).await
+    }
+    async fn redact_dead_letter(
+        &self,
+        name: &str,
+        event_id: Uuid,
+        error: &str,
+        redacted: &str,
+    ) -> Result<u64, Error> {
+        self.inner
+            .redact_dead_letter(name, event_id, error, redacted)
+            .await
+    }
+    async fn subscriptions(&self) -> Result<Vec<eventsourcing_kit::subscription::SubscriptionStatus>, Error> {
+        self.inner.subscriptions().await
+    }
+}
+
+#[tokio::test]
+async fn a_batch_is_handled_while_the_checkpoint_before_it_is_stored() {
+    let events = InMemoryEventStore::new();
+    append(&events, "Ticker", 6).await;
+    let checkpoints = InMemorySubscriptionStore::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(0));
+    let held = HeldCheckpoints {
+        inner: checkpoints.clone(),
+        permits: permits.clone(),
+    };
+    let subscription = Subscription::new("pipelined", events.clone(), held)
+        .unwrap()
+        .batch_size(2)
+        .unwrap()
+        .lease(Duration::from_millis(200))
+        .unwrap();
+    let seen = Seen::default();
+    let running = tokio::spawn({
+        let seen = seen.clone();
+        async move { subscription.run(collector(&seen), std::future::pending()).await }
+    });
+    // The second batch reaches the handler while the first one's checkpoint waits...
+    tokio::time::timeout(Duration::from_secs(10), until_seen(&seen, 4))
+        .await
+        .expect("the second batch is handed over while the first checkpoint is stored");
+    // ...but not the third: one checkpoint at a time is left to be stored.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(seen.lock().unwrap().len(), 4);
+    assert_eq!(checkpoints.checkpoint("pipelined").await.unwrap(), None);
+    // Killed there, the next consumer starts again at the stored checkpoint: the two batches
+    // after it are handed over again.
+    running.abort();
+    let _ = running.await;
+    let again = Seen::default();
+    let next = Subscription::new("pipelined", events.clone(), checkpoints.clone())
+        .unwrap()
+        .batch_size(2)
+        .unwrap()
+        .lease(Duration::from_millis(200))
+        .unwrap();
+    // The aborted consumer's lease runs out first.
+    let handled = tokio::time::timeout(Duration::from_secs(30), next.catch_up(collector(&again)))
+        .await
+        .expect("the next consumer takes over")
+        .unwrap();
+    assert_eq!(handled, 6);
+    let positions: Vec<u64> = again.lock().unwrap().iter().map(|e| e.position).collect();
+    assert_eq!(positions, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(checkpoints.checkpoint("pipelined").await.unwrap(), Some(6));
+}
+
+#[tokio::test]
+async fn a_graceful_stop_stores_the_checkpoint_left_to_store() {
+    let events = InMemoryEventStore::new();
+    append(&events, "Ticker", 6).await;
+    let checkpoints = InMemorySubscriptionStore::new();
+    let held = HeldCheckpoints {
+        inner: checkpoints.clone(),
+        permits: Arc::new(tokio::sync::Semaphore::new(usize::MAX >> 4)),
+    };
+    let subscription = Subscription::new("pipelined-stop", events, held)
+        .unwrap()
+        .batch_size(2)
+        .unwrap();
+    let seen = Seen::default();
+    subscription
+        .run(collector(&seen), until_seen(&seen, 6))
+        .await
+        .unwrap();
+    assert_eq!(seen.lock().unwrap().len(), 6);
+    assert_eq!(checkpoints.checkpoint("pipelined-stop").await.unwrap(), Some(6));
+}

@@ -18,7 +18,7 @@ use crate::event::StoredEvent;
 use crate::event_store::EventStore;
 use crate::group::ConsumerGroup;
 use crate::subscription::{
-    Consumer, ConsumerOptions, Handler, HandlerError, Sink, Subscription, SubscriptionMetrics,
+    Committed, Consumer, ConsumerOptions, Handler, HandlerError, Sink, Subscription, SubscriptionMetrics,
 };
 
 /// How often [`Projection::wait_for`] looks at the stored checkpoint, besides being woken by
@@ -492,7 +492,7 @@ impl Sink for Committing<'_> {
         after: Option<u64>,
         last: u64,
         owner: Uuid,
-    ) -> Result<bool> {
+    ) -> Result<Committed> {
         let model = &*self.projection.model;
         let mut transaction = Transaction {
             model,
@@ -521,7 +521,7 @@ impl Sink for Committing<'_> {
             }
         }
         if transaction.fenced {
-            return Ok(false);
+            return Ok(Committed::Stored(false));
         }
         if subscription.name() == self.projection.name() {
             self.projection.committed.send_replace(last);
@@ -534,7 +534,7 @@ impl Sink for Committing<'_> {
         if self.until.is_some_and(|(position, _)| last >= position) {
             self.finished.notify_one();
         }
-        Ok(true)
+        Ok(Committed::Stored(true))
     }
 }
 

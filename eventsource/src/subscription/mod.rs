@@ -3,7 +3,8 @@
 //! A [`Subscription`] reads the feed of an [`EventStore`] (whose contract says a reader that
 //! resumes after the last position it saw never misses an event), hands the events it is
 //! interested in to a [`Handler`] in batches, and stores its checkpoint in a
-//! [`SubscriptionStore`] after each batch. It catches up from its checkpoint, then follows the
+//! [`SubscriptionStore`] after each batch, while the handler works on the next one (and the
+//! batch after that is read meanwhile). It catches up from its checkpoint, then follows the
 //! feed live, woken by the event store's [`AppendSignal`](crate::AppendSignal) where it is given
 //! one ([`Consumer::wake_on`], or built by [`Stores::subscription`](crate::backend::Stores::subscription))
 //! and polling at a bounded interval besides (so appends of other processes are seen too).
@@ -12,7 +13,10 @@
 //!
 //! - **At least once.** The checkpoint is stored only after the handler returned `Ok` for the
 //!   batch, so a consumer that crashes part way sees the batch again after restart, never
-//!   loses an event; the checkpoint is never ahead of what was handled.
+//!   loses an event; the checkpoint is never ahead of what was handled. Since a batch's
+//!   checkpoint is stored while the next batch is handled, a crash hands over again at most
+//!   the two batches after the stored checkpoint. (A projection commits each batch's
+//!   checkpoint in the read model's transaction, with the batch: see [`crate::projection`].)
 //! - **One active consumer per name**, across processes: a consumer works only while it holds
 //!   the name's lease in the subscription store, renewed as it goes; a second instance waits as
 //!   a standby and takes over within about one lease (plus a third) when the first dies. A
@@ -353,7 +357,7 @@ impl Subscription {
             handled: Handled(&mut handler),
             target: head.position,
             reached: Arc::new(tokio::sync::Notify::new()),
-            delivered: 0,
+            delivered: Arc::default(),
         };
         let reached = sink.reached.clone();
         let (store, name, target) = (self.store.clone(), self.name.clone(), head.position);
@@ -370,7 +374,7 @@ impl Subscription {
             future::select(Box::pin(reached.notified()), Box::pin(elsewhere)).await;
         };
         self.run_into(&mut sink, done).await?;
-        Ok(sink.delivered)
+        Ok(sink.delivered.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Runs the subscription as one consumer of its feed, each batch committed by `sink`
@@ -519,87 +523,163 @@ impl Subscription {
         let mut guard = DeliveryGuard::default();
         let mut lag = LagGauge::default();
         // A range's last look for a new layout of its group, and the feed's head when its read
-        // started: the range has seen everything up to it once the read ends.
+        // started: the range has seen everything up to it once the read ends. The head is
+        // read only before a read that follows one that found nothing: a range with events
+        // to read does not need it, and the head counts what follows the range's position.
         let mut looked: Option<tokio::time::Instant> = None;
         let mut head: Option<u64> = None;
-        loop {
-            if shutdown.is_terminated() || shutdown.as_mut().now_or_never().is_some() {
-                return Ok(Active::Stopped);
-            }
-            if !held.keep().await? {
-                return Ok(Active::LostLease);
-            }
-            if self.replaced(&mut looked).await? {
-                return Ok(Active::Replaced);
-            }
-            if self.range.is_some() && feed.is_none() {
-                head = Some(self.feed_head(position).await?.position);
-            }
-            let batch = match self.read_batch(&mut feed, position).await {
-                Ok(batch) => batch,
-                Err(e) => {
-                    self.transient(e)?;
-                    if stopped(shutdown, sleep(self.options.poll_interval)).await {
+        let mut wants_head = false;
+        // The store of the last batch's checkpoint, left to run beside the next batch's
+        // hand-over; waited for before anything else (a wait, a stop, a new read).
+        let mut storing: Option<Storing> = None;
+        // The next batch of a read under way, read while the last batch was handed over.
+        let mut ahead: Option<Result<Vec<StoredEvent>>> = None;
+        // Whether the look at the group made during the last batch found a new layout.
+        let mut replaced = false;
+        // A batch's checkpoint left to be stored is stored before an error is returned too (a
+        // batch the delivery guard refuses, a store that fails): the batch before was handled.
+        let outcome: Result<Active> = async {
+            loop {
+                if shutdown.is_terminated() || shutdown.as_mut().now_or_never().is_some() {
+                    settled(storing.take()).await?;
+                    return Ok(Active::Stopped);
+                }
+                if !held.keep().await? {
+                    return Ok(Active::LostLease);
+                }
+                if replaced || self.replaced(&mut looked).await? {
+                    // Its last checkpoint is final before its lease goes to the ranges after it.
+                    if !settled(storing.take()).await? {
+                        return Ok(Active::LostLease);
+                    }
+                    return Ok(Active::Replaced);
+                }
+                let fetched = match ahead.take() {
+                    Some(fetched) => fetched,
+                    None => {
+                        if self.range.is_some() && feed.is_none() {
+                            head = match wants_head {
+                                true => Some(self.feed_head(position).await?.position),
+                                false => None,
+                            };
+                        }
+                        self.read_batch(&mut feed, position).await
+                    }
+                };
+                let batch = match fetched {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        if !settled(storing.take()).await? {
+                            return Ok(Active::LostLease);
+                        }
+                        self.transient(e)?;
+                        if stopped(shutdown, sleep(self.options.poll_interval)).await {
+                            return Ok(Active::Stopped);
+                        }
+                        continue;
+                    }
+                };
+                let last = match (batch.last(), head) {
+                    (Some(event), _) => Some(event.position),
+                    // A range caught up: its checkpoint moves to the feed's head as it was when
+                    // the read started, so that its lag and `wait_for` see it current.
+                    (None, Some(head)) if head > position && feed.is_none() => Some(head),
+                    (None, _) => None,
+                };
+                let Some(last) = last else {
+                    if self.range.is_some() && !wants_head {
+                        // A range's read found nothing: it reads again at once, the head first,
+                        // so that its checkpoint can move there.
+                        wants_head = true;
+                        continue;
+                    }
+                    if !settled(storing.take()).await? {
+                        return Ok(Active::LostLease);
+                    }
+                    // Caught up with what the feed shows; events may still be held back.
+                    if crate::telemetry::ENABLED {
+                        lag.measure(self, position).await;
+                    }
+                    // Caught up: wait for an append, the poll interval, or the lease's renewal
+                    // (due from half the lease on: a sixth leaves it a third).
+                    let wait = self.options.poll_interval.min(self.options.lease / 6);
+                    let woken = async {
+                        match waiter {
+                            Some(waiter) => {
+                                future::select(Box::pin(waiter.raised()), Box::pin(sleep(wait))).await;
+                            }
+                            None => sleep(wait).await,
+                        }
+                    };
+                    if stopped(shutdown, woken).await {
                         return Ok(Active::Stopped);
                     }
                     continue;
-                }
-            };
-            let last = match (batch.last(), head) {
-                (Some(event), _) => Some(event.position),
-                // A range caught up: its checkpoint moves to the feed's head as it was when
-                // the read started, so that its lag and `wait_for` see it current.
-                (None, Some(head)) if head > position && feed.is_none() => Some(head),
-                (None, _) => None,
-            };
-            let Some(last) = last else {
-                // Caught up with what the feed shows; events may still be held back.
-                if crate::telemetry::ENABLED {
-                    lag.measure(self, position).await;
-                }
-                // Caught up: wait for an append, the poll interval, or the lease's renewal.
-                let wait = self.options.poll_interval.min(self.options.lease / 3);
-                let woken = async {
-                    match waiter {
-                        Some(waiter) => {
-                            future::select(Box::pin(waiter.raised()), Box::pin(sleep(wait))).await;
-                        }
-                        None => sleep(wait).await,
+                };
+                let read = batch.len();
+                wants_head = read == 0;
+                let batch: Vec<StoredEvent> = match &self.range {
+                    Some(scope) => batch.into_iter().filter(|e| !scope.handled(e)).collect(),
+                    None => batch,
+                };
+                self.guard(&mut guard, &batch)?;
+                let taken: Vec<StoredEvent> = batch.into_iter().filter(|e| self.takes(e)).collect();
+                let renewing = held.hold();
+                // While this batch is handed over, the last batch's checkpoint is stored and the
+                // next batch of the read under way is read.
+                let reading = async {
+                    // A full batch is followed by more, as a rule: a read that ended with it is
+                    // followed by a new one.
+                    match feed.is_some() || read == self.options.batch_size {
+                        true => Some(self.read_batch(&mut feed, last).await),
+                        false => None,
                     }
                 };
-                if stopped(shutdown, woken).await {
-                    return Ok(Active::Stopped);
-                }
-                continue;
-            };
-            let read = batch.len();
-            let batch: Vec<StoredEvent> = match &self.range {
-                Some(scope) => batch.into_iter().filter(|e| !scope.handled(e)).collect(),
-                None => batch,
-            };
-            self.guard(&mut guard, &batch)?;
-            let taken: Vec<StoredEvent> = batch.into_iter().filter(|e| self.takes(e)).collect();
-            let renewing = held.hold();
-            let committing = sink.commit(self, &taken, read, after, last, owner);
-            let stored = match future::select(Box::pin(committing), Box::pin(renewing)).await {
-                Either::Left((stored, _)) => stored?,
-                Either::Right((lost, committing)) => {
-                    // The lease is gone: finish the batch (it may be handled twice, as
-                    // at-least-once allows); its checkpoint is fenced and not stored.
-                    let _ = committing.await;
-                    lost?;
+                let committing = future::join4(
+                    settled(storing.take()),
+                    sink.commit(self, &taken, read, after, last, owner),
+                    reading,
+                    self.replaced(&mut looked),
+                );
+                let (before, committed, next, layout) =
+                    match future::select(Box::pin(committing), Box::pin(renewing)).await {
+                        Either::Left((committed, _)) => committed,
+                        Either::Right((lost, committing)) => {
+                            // The lease is gone: finish the batch (it may be handled twice, as
+                            // at-least-once allows); its checkpoint is fenced and not stored.
+                            let _ = committing.await;
+                            lost?;
+                            return Ok(Active::LostLease);
+                        }
+                    };
+                ahead = next;
+                replaced = layout?;
+                if !before? {
                     return Ok(Active::LostLease);
                 }
-            };
-            if !stored {
-                return Ok(Active::LostLease);
-            }
-            position = last;
-            after = Some(last);
-            if crate::telemetry::ENABLED && read == self.options.batch_size {
-                lag.measure(self, last).await;
+                match committed? {
+                    Committed::Stored(false) => return Ok(Active::LostLease),
+                    Committed::Stored(true) => {}
+                    // A caught-up range's checkpoint, moved to the head, is stored at once.
+                    Committed::Storing(pending) if read == 0 => {
+                        if !pending.await? {
+                            return Ok(Active::LostLease);
+                        }
+                    }
+                    Committed::Storing(pending) => storing = Some(pending),
+                }
+                position = last;
+                after = Some(last);
+                if crate::telemetry::ENABLED && read == self.options.batch_size {
+                    lag.measure(self, last).await;
+                }
             }
         }
+        .await;
+        if outcome.is_err() {
+            let _ = settled(storing.take()).await;
+        }
+        outcome
     }
 
     /// Whether the consumer group of this range has a layout after the range's own: looked
@@ -816,7 +896,8 @@ pub(crate) trait Sink: Send {
 
     /// Hands over `taken`, the events the subscription takes from a batch of `read` events
     /// of the feed (possibly none), and stores `last`, the batch's last position, as the
-    /// checkpoint if `owner` still holds the lease; whether it stored it. `after` is the
+    /// checkpoint if `owner` still holds the lease: at once, or by the future it returns,
+    /// which the subscription runs beside the next batch's hand-over. `after` is the
     /// checkpoint as this consumer stored it last (`None`: none is stored).
     async fn commit(
         &mut self,
@@ -826,10 +907,33 @@ pub(crate) trait Sink: Send {
         after: Option<u64>,
         last: u64,
         owner: Uuid,
-    ) -> Result<bool>;
+    ) -> Result<Committed>;
 }
 
-/// A plain subscription's sink: the handler, then the checkpoint in the subscription store.
+/// What a [`Sink`]'s commit did with the checkpoint.
+pub(crate) enum Committed {
+    /// Stored it (`true`), or found the lease lost (`false`).
+    Stored(bool),
+    /// Left it to this future, which tells whether it stored it. Until it completes the
+    /// checkpoint stays where it was; dropped, it stores nothing more.
+    Storing(Storing),
+}
+
+/// The store of a checkpoint, left to run beside the next batch.
+pub(crate) type Storing = std::pin::Pin<Box<dyn Future<Output = Result<bool>> + Send>>;
+
+impl Committed {
+    /// Whether the checkpoint is stored, once it is.
+    async fn stored(self) -> Result<bool> {
+        match self {
+            Committed::Stored(stored) => Ok(stored),
+            Committed::Storing(storing) => storing.await,
+        }
+    }
+}
+
+/// A plain subscription's sink: the handler, then the checkpoint in the subscription store,
+/// stored while the handler works on the next batch.
 pub(crate) struct Handled<'h, H>(pub(crate) &'h mut H);
 
 #[async_trait::async_trait]
@@ -846,14 +950,14 @@ impl<H: Handler> Sink for Handled<'_, H> {
         _after: Option<u64>,
         last: u64,
         owner: Uuid,
-    ) -> Result<bool> {
+    ) -> Result<Committed> {
         if !taken.is_empty() {
             subscription.deliver(self.0, taken).await?;
         }
-        subscription
-            .store
-            .save_checkpoint(&subscription.name, owner, last)
-            .await
+        let (store, name) = (subscription.store.clone(), subscription.name.clone());
+        Ok(Committed::Storing(Box::pin(async move {
+            store.save_checkpoint(&name, owner, last).await
+        })))
     }
 }
 
@@ -863,7 +967,8 @@ struct UpTo<'h, H> {
     handled: Handled<'h, H>,
     target: u64,
     reached: Arc<tokio::sync::Notify>,
-    delivered: u64,
+    /// The events handed over in batches whose checkpoint was stored.
+    delivered: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[async_trait::async_trait]
@@ -880,18 +985,23 @@ impl<H: Handler> Sink for UpTo<'_, H> {
         after: Option<u64>,
         last: u64,
         owner: Uuid,
-    ) -> Result<bool> {
-        let stored = self
+    ) -> Result<Committed> {
+        let committed = self
             .handled
             .commit(subscription, taken, read, after, last, owner)
             .await?;
-        if stored {
-            self.delivered += taken.len() as u64;
-            if last >= self.target {
-                self.reached.notify_one();
+        let (reached, delivered) = (self.reached.clone(), self.delivered.clone());
+        let (handed, target) = (taken.len() as u64, self.target);
+        Ok(Committed::Storing(Box::pin(async move {
+            let stored = committed.stored().await?;
+            if stored {
+                delivered.fetch_add(handed, std::sync::atomic::Ordering::Relaxed);
+                if last >= target {
+                    reached.notify_one();
+                }
             }
-        }
-        Ok(stored)
+            Ok(stored)
+        })))
     }
 }
 
@@ -913,6 +1023,15 @@ enum Active {
     LostLease,
     /// A range whose consumer group has a new layout.
     Replaced,
+}
+
+/// Waits for the store of a checkpoint left running, if there is one; whether it stored it
+/// (`true` if there is none).
+async fn settled(storing: Option<Storing>) -> Result<bool> {
+    match storing {
+        Some(storing) => storing.await,
+        None => Ok(true),
+    }
 }
 
 /// Waits for `wait`; whether `shutdown` completed first (or had already).

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use futures_util::future::{FusedFuture, FutureExt};
 use uuid::Uuid;
 
-use super::{stopped, Handled, Handler, Restart, Sink, Subscription};
+use super::{stopped, Committed, Handled, Handler, Restart, Sink, Subscription};
 use crate::deadline::{jittered, sleep};
 use crate::error::Result;
 use crate::event::StoredEvent;
@@ -31,7 +31,8 @@ impl Subscription {
     /// # Cancel safety
     ///
     /// Dropped, the subscription stops where it was: the checkpoint is the last batch stored,
-    /// and a batch in the handler's hands is handed over again by the next consumer (delivery
+    /// and the batches after it (the one in the handler's hands, and the one before it if its
+    /// checkpoint was still being stored) are handed over again by the next consumer (delivery
     /// is at least once). The lease is not let go and runs out after its duration; complete
     /// `shutdown` instead to let it go at once.
     pub async fn run<H: Handler>(
@@ -144,7 +145,7 @@ impl<K: Sink> Sink for SharedSink<'_, K> {
         after: Option<u64>,
         last: u64,
         owner: Uuid,
-    ) -> Result<bool> {
+    ) -> Result<Committed> {
         self.0
             .lock()
             .await

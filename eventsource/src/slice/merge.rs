@@ -48,9 +48,7 @@ pub(crate) fn merged<B: Send + 'static>(
 
 fn merge(range: SliceRange, after: u64, what: String, fetch: Fetch) -> EventStream<'static> {
     // A cursor's events are held until every slice has one to compare: a wide range keeps
-    // fewer of each, so a read holds some thousands of events at most. The first fetch takes
-    // an eighth of that, so that the first events are handed over soon; the slices that run
-    // out are fetched again, as the merge goes on, while the consumer works on what it has.
+    // fewer of each, so a read holds some thousands of events at most.
     let limit = (8192 / range.len() as usize).clamp(8, 256);
     let merge = Merge {
         range,
@@ -62,8 +60,7 @@ fn merge(range: SliceRange, after: u64, what: String, fetch: Fetch) -> EventStre
             })
             .collect(),
         next: BinaryHeap::new(),
-        limit: (limit / 8).max(4),
-        full: limit,
+        limit,
         fetch,
         what,
     };
@@ -101,9 +98,7 @@ struct Merge {
     slices: Vec<Cursor>,
     /// The first buffered event of each slice that has one: its position and slice index.
     next: BinaryHeap<Reverse<(u64, usize)>>,
-    /// How many events of each slice the next fetch asks for: at first a few, then `full`.
     limit: usize,
-    full: usize,
     fetch: Fetch,
     what: String,
 }
@@ -156,7 +151,6 @@ impl Merge {
                 self.next.push(Reverse((first.position, index)));
             }
         }
-        self.limit = self.full;
         Ok(())
     }
 

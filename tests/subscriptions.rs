@@ -1214,19 +1214,42 @@ async fn a_graceful_stop_stores_the_checkpoint_left_to_store() {
     let events = InMemoryEventStore::new();
     append(&events, "Ticker", 6).await;
     let checkpoints = InMemorySubscriptionStore::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(0));
     let held = HeldCheckpoints {
         inner: checkpoints.clone(),
-        permits: Arc::new(tokio::sync::Semaphore::new(usize::MAX >> 4)),
+        permits: permits.clone(),
     };
     let subscription = Subscription::new("pipelined-stop", events, held)
         .unwrap()
         .batch_size(2)
         .unwrap();
     let seen = Seen::default();
+    // Asked to stop while the second batch is handled and the first one's checkpoint waits;
+    // then the checkpoints may be stored.
+    let (stop, stopping) = tokio::sync::oneshot::channel::<()>();
+    let stopper = tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            until_seen(&seen, 4).await;
+            let _ = stop.send(());
+            permits.add_permits(16);
+        }
+    });
     subscription
-        .run(collector(&seen), until_seen(&seen, 6))
+        .run(collector(&seen), async move {
+            let _ = stopping.await;
+        })
         .await
         .unwrap();
-    assert_eq!(seen.lock().unwrap().len(), 6);
-    assert_eq!(checkpoints.checkpoint("pipelined-stop").await.unwrap(), Some(6));
+    stopper.await.unwrap();
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        4,
+        "the third batch was not handed over"
+    );
+    assert_eq!(
+        checkpoints.checkpoint("pipelined-stop").await.unwrap(),
+        Some(4),
+        "the second batch's checkpoint, left to store, was stored at the stop"
+    );
 }

@@ -51,15 +51,14 @@ impl<'a> Held<'a> {
         Ok(held)
     }
 
-    /// Renews the lease if half of it has passed; whether this consumer still holds it. A
+    /// Renews the lease if a third of it has passed; whether this consumer still holds it. A
     /// lease that may have run out meanwhile counts as lost, even if nobody took it: another
-    /// consumer may have taken it, moved the checkpoint and let it go again. Until half of it
-    /// has passed, [`hold`](Self::hold), run beside each batch, renews it from its third on.
+    /// consumer may have taken it, moved the checkpoint and let it go again.
     pub(super) async fn keep(&self) -> Result<bool> {
         match self.since_renewed() {
             None => Ok(false),
             Some(since) if since >= self.lease => Ok(false),
-            Some(since) if since < self.lease / 2 => Ok(true),
+            Some(since) if since < self.lease / 3 => Ok(true),
             Some(_) => self.renew().await,
         }
     }

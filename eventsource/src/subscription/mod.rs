@@ -444,6 +444,8 @@ impl Subscription {
                 Err(e) if e.is_transient() => {
                     tracing::warn!(subscription = %self.name, error = %e, "store failed; starting again from the checkpoint");
                     if stopped(&mut shutdown, sleep(self.options.poll_interval)).await {
+                        // Stopping: the lease goes at once, as after a stop without an error.
+                        let _ = self.store.release(&self.name, owner).await;
                         return Ok(());
                     }
                 }
@@ -600,9 +602,8 @@ impl Subscription {
                     if crate::telemetry::ENABLED {
                         lag.measure(self, position).await;
                     }
-                    // Caught up: wait for an append, the poll interval, or the lease's renewal
-                    // (due from half the lease on: a sixth leaves it a third).
-                    let wait = self.options.poll_interval.min(self.options.lease / 6);
+                    // Caught up: wait for an append, the poll interval, or the lease's renewal.
+                    let wait = self.options.poll_interval.min(self.options.lease / 3);
                     let woken = async {
                         match waiter {
                             Some(waiter) => {
@@ -653,21 +654,29 @@ impl Subscription {
                         }
                     };
                 ahead = next;
-                replaced = layout?;
-                if !before? {
-                    return Ok(Active::LostLease);
-                }
+                // This batch's checkpoint is kept to be stored before anything else can
+                // return: the batch was handled.
                 match committed? {
                     Committed::Stored(false) => return Ok(Active::LostLease),
                     Committed::Stored(true) => {}
-                    // A caught-up range's checkpoint, moved to the head, is stored at once.
+                    // A caught-up range's checkpoint, moved to the head, and the last one a sink
+                    // asks for are stored at once (the last batch's is stored by now).
                     Committed::Storing(pending) if read == 0 => {
+                        if !pending.await? {
+                            return Ok(Active::LostLease);
+                        }
+                    }
+                    Committed::StoringLast(pending) => {
                         if !pending.await? {
                             return Ok(Active::LostLease);
                         }
                     }
                     Committed::Storing(pending) => storing = Some(pending),
                 }
+                if !before? {
+                    return Ok(Active::LostLease);
+                }
+                replaced = layout?;
                 position = last;
                 after = Some(last);
                 if crate::telemetry::ENABLED && read == self.options.batch_size {
@@ -917,6 +926,9 @@ pub(crate) enum Committed {
     /// Left it to this future, which tells whether it stored it. Until it completes the
     /// checkpoint stays where it was; dropped, it stores nothing more.
     Storing(Storing),
+    /// Left it to this future, to be awaited as soon as the last batch's checkpoint is
+    /// stored, before another batch is handed over: the batch ends what the sink was run for.
+    StoringLast(Storing),
 }
 
 /// The store of a checkpoint, left to run beside the next batch.
@@ -927,7 +939,7 @@ impl Committed {
     async fn stored(self) -> Result<bool> {
         match self {
             Committed::Stored(stored) => Ok(stored),
-            Committed::Storing(storing) => storing.await,
+            Committed::Storing(storing) | Committed::StoringLast(storing) => storing.await,
         }
     }
 }
@@ -992,7 +1004,7 @@ impl<H: Handler> Sink for UpTo<'_, H> {
             .await?;
         let (reached, delivered) = (self.reached.clone(), self.delivered.clone());
         let (handed, target) = (taken.len() as u64, self.target);
-        Ok(Committed::Storing(Box::pin(async move {
+        let storing = async move {
             let stored = committed.stored().await?;
             if stored {
                 delivered.fetch_add(handed, std::sync::atomic::Ordering::Relaxed);
@@ -1001,7 +1013,13 @@ impl<H: Handler> Sink for UpTo<'_, H> {
                 }
             }
             Ok(stored)
-        })))
+        };
+        Ok(match last >= target {
+            // The catch-up ends with this batch: its checkpoint is stored before another
+            // batch is handed over.
+            true => Committed::StoringLast(Box::pin(storing)),
+            false => Committed::Storing(Box::pin(storing)),
+        })
     }
 }
 

@@ -5,10 +5,10 @@
 //! store is the outbox: every saved event is in the feed, and a [`NatsRelay`] is a
 //! [subscription](crate::subscription) that publishes each event to a JetStream stream and
 //! moves its checkpoint once the broker acknowledged the batch. After a crash of the relay, or
-//! a broker that went away, the batches after the last checkpoint (at most two) are published again; JetStream drops the copies because
-//! each message carries the event's id as its de-duplication id (`Nats-Msg-Id`), so a
-//! consumer on the other side sees each event once, as long as the copies arrive within the
-//! stream's duplicate window.
+//! a broker that went away, the batches after the last checkpoint (at most two) are published
+//! again; JetStream drops the copies because each message carries the event's id as its
+//! de-duplication id (`Nats-Msg-Id`), so a consumer on the other side sees each event once,
+//! as long as the copies arrive within the stream's duplicate window.
 //!
 //! # Subjects and order
 //!

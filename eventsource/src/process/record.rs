@@ -17,8 +17,8 @@ use crate::event_store::{Appended, EventStore};
 const RECORDED: &str = "ProcessRecorded";
 
 /// How many of its last causes an instance remembers: an event handed over again (one of the
-/// batches after the checkpoint, after a crash) is among them as long as the instance decided on fewer causes since (its
-/// events, and the replies to its commands) than this.
+/// batches after the checkpoint, after a crash) is among them as long as the instance decided
+/// on fewer causes since (its events, and the replies to its commands) than this.
 const CAUSES_KEPT: usize = 1_024;
 
 /// The aggregate type of the records of process manager `name`: `process.NAME`.

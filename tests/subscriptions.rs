@@ -1158,8 +1158,14 @@ impl SubscriptionStore for HeldCheckpoints {
     }
 }
 
-#[tokio::test]
-async fn a_batch_is_handled_while_the_checkpoint_before_it_is_stored() {
+/// Six events in memory, a subscription store, and the same store holding each checkpoint
+/// until a permit is added.
+async fn six_events_and_held_checkpoints() -> (
+    InMemoryEventStore,
+    InMemorySubscriptionStore,
+    Arc<tokio::sync::Semaphore>,
+    HeldCheckpoints,
+) {
     let events = InMemoryEventStore::new();
     append(&events, "Ticker", 6).await;
     let checkpoints = InMemorySubscriptionStore::new();
@@ -1168,12 +1174,23 @@ async fn a_batch_is_handled_while_the_checkpoint_before_it_is_stored() {
         inner: checkpoints.clone(),
         permits: permits.clone(),
     };
-    let subscription = Subscription::new("pipelined", events.clone(), held)
+    (events, checkpoints, permits, held)
+}
+
+/// Subscription `name` in batches of two, with a lease of 200 ms.
+fn in_pairs(name: &str, events: InMemoryEventStore, store: impl SubscriptionStore + 'static) -> Subscription {
+    Subscription::new(name, events, store)
         .unwrap()
         .batch_size(2)
         .unwrap()
         .lease(Duration::from_millis(200))
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_batch_is_handled_while_the_checkpoint_before_it_is_stored() {
+    let (events, checkpoints, _permits, held) = six_events_and_held_checkpoints().await;
+    let subscription = in_pairs("pipelined", events.clone(), held);
     let seen = Seen::default();
     let running = tokio::spawn({
         let seen = seen.clone();
@@ -1192,12 +1209,7 @@ async fn a_batch_is_handled_while_the_checkpoint_before_it_is_stored() {
     running.abort();
     let _ = running.await;
     let again = Seen::default();
-    let next = Subscription::new("pipelined", events.clone(), checkpoints.clone())
-        .unwrap()
-        .batch_size(2)
-        .unwrap()
-        .lease(Duration::from_millis(200))
-        .unwrap();
+    let next = in_pairs("pipelined", events.clone(), checkpoints.clone());
     // The aborted consumer's lease runs out first.
     let handled = tokio::time::timeout(Duration::from_secs(30), next.catch_up(collector(&again)))
         .await
@@ -1211,18 +1223,8 @@ async fn a_batch_is_handled_while_the_checkpoint_before_it_is_stored() {
 
 #[tokio::test]
 async fn a_graceful_stop_stores_the_checkpoint_left_to_store() {
-    let events = InMemoryEventStore::new();
-    append(&events, "Ticker", 6).await;
-    let checkpoints = InMemorySubscriptionStore::new();
-    let permits = Arc::new(tokio::sync::Semaphore::new(0));
-    let held = HeldCheckpoints {
-        inner: checkpoints.clone(),
-        permits: permits.clone(),
-    };
-    let subscription = Subscription::new("pipelined-stop", events, held)
-        .unwrap()
-        .batch_size(2)
-        .unwrap();
+    let (events, checkpoints, permits, held) = six_events_and_held_checkpoints().await;
+    let subscription = in_pairs("pipelined-stop", events, held);
     let seen = Seen::default();
     // Asked to stop while the second batch is handled and the first one's checkpoint waits;
     // then the checkpoints may be stored.

@@ -659,13 +659,7 @@ impl Subscription {
                 match committed? {
                     Committed::Stored(false) => return Ok(Active::LostLease),
                     Committed::Stored(true) => {}
-                    // A caught-up range's checkpoint, moved to the head, and the last one a sink
-                    // asks for are stored at once (the last batch's is stored by now).
-                    Committed::Storing(pending) if read == 0 => {
-                        if !pending.await? {
-                            return Ok(Active::LostLease);
-                        }
-                    }
+                    // Stored at once: the last batch's checkpoint is stored by now.
                     Committed::StoringLast(pending) => {
                         if !pending.await? {
                             return Ok(Active::LostLease);
@@ -958,7 +952,7 @@ impl<H: Handler> Sink for Handled<'_, H> {
         &mut self,
         subscription: &Subscription,
         taken: &[StoredEvent],
-        _read: usize,
+        read: usize,
         _after: Option<u64>,
         last: u64,
         owner: Uuid,
@@ -967,9 +961,13 @@ impl<H: Handler> Sink for Handled<'_, H> {
             subscription.deliver(self.0, taken).await?;
         }
         let (store, name) = (subscription.store.clone(), subscription.name.clone());
-        Ok(Committed::Storing(Box::pin(async move {
-            store.save_checkpoint(&name, owner, last).await
-        })))
+        let storing = Box::pin(async move { store.save_checkpoint(&name, owner, last).await });
+        Ok(match read {
+            // A caught-up range's checkpoint, moved to the feed's head: there is no next batch
+            // to store it beside.
+            0 => Committed::StoringLast(storing),
+            _ => Committed::Storing(storing),
+        })
     }
 }
 

@@ -615,3 +615,81 @@ async fn grouped_appends_decide_each_append_alone_and_survive_cancelled_callers(
     let versions: Vec<u64> = stored.iter().map(|e| e.aggregate_version).collect();
     assert_eq!(versions, (1..=wins).collect::<Vec<_>>());
 }
+
+// ---------------------------------------------------------------------------------------
+// Planning
+
+/// The statements that write events are planned once per connection, not at each call: a
+/// statement the server plans again each time (with the values of its arrays) spends longer
+/// planning than running. Every kind of save runs a dozen times on a pool of one connection,
+/// whose prepared statements the server then lists with how each was planned.
+#[tokio::test]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
+async fn writes_are_planned_once_per_connection() {
+    use common::{Account, AccountCommands};
+    use eventsourcing_kit::backend::Stores;
+    use eventsourcing_kit::multi_stream::MultiStreamSave;
+    use eventsourcing_kit::SnapshotPolicy;
+
+    let Some(db) = db_with(
+        "writes_are_planned_once_per_connection",
+        pool_options().max_connections(1),
+    )
+    .await
+    else {
+        return;
+    };
+    let stores = Stores::from_postgres(db.events.clone(), db.snapshots.clone());
+    let plain = stores.repository::<Account>();
+    let snapshotting = stores.repository_with_snapshots::<Account>(SnapshotPolicy::every(1).unwrap());
+    let multi = stores.multi_stream().unwrap();
+    let (mut a, mut b) = (
+        common::opened(Uuid::new_v4(), 0),
+        common::opened(Uuid::new_v4(), 0),
+    );
+    plain.save(&mut a).await.unwrap();
+    plain.save(&mut b).await.unwrap();
+    let mut snapshotted = common::opened(Uuid::new_v4(), 0);
+    snapshotting.save(&mut snapshotted).await.unwrap();
+    let requested = Uuid::new_v4();
+    let mut requested_root = common::opened(requested, 0);
+    plain.save(&mut requested_root).await.unwrap();
+    for _ in 0..12 {
+        a.deposit(100).unwrap();
+        plain.save(&mut a).await.unwrap();
+        snapshotted.deposit(100).unwrap();
+        snapshotting.save(&mut snapshotted).await.unwrap();
+        a.deposit(100).unwrap();
+        b.deposit(100).unwrap();
+        MultiStreamSave::new()
+            .write(&mut a)
+            .write(&mut b)
+            .save(&multi)
+            .await
+            .unwrap();
+        plain
+            .command(requested)
+            .request_id(Uuid::new_v4())
+            .run(|account| account.deposit(100))
+            .await
+            .unwrap();
+    }
+    let plans: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let writes: Vec<&(String, i64, i64)> = plans
+        .iter()
+        .filter(|(statement, generic, custom)| statement.contains("INSERT INTO") && generic + custom >= 12)
+        .collect();
+    assert!(writes.len() >= 3, "the saves ran their statements: {plans:#?}");
+    let replanned: Vec<&&(String, i64, i64)> = writes.iter().filter(|(_, _, custom)| *custom > 5).collect();
+    assert!(
+        replanned.is_empty(),
+        "statements planned at each call: {replanned:#?}"
+    );
+}

@@ -153,6 +153,12 @@ const PLACEHOLDER: &str = "eventsource.check";
 /// append statements bind them, `$15`-`$16` the stream of each; `$17`-`$20`: each checked
 /// stream and its placeholder's event id. One row per stream, in
 /// order: its version as the statement found it, and the position of its last event stored.
+///
+/// Each array is read through a sub-select, `unnest((SELECT $1::uuid[]))`, so that the
+/// planner cannot count its elements: it then costs the statement the same whatever the save
+/// holds, and after a few calls the server keeps one plan for the connection. Counting them,
+/// it would plan the statement again at each call (it never finds a plan for any number of
+/// rows cheaper than one for two), which took longer than running it.
 fn append_streams_sql(events: &str) -> String {
     format!(
         "WITH expected AS (
@@ -160,7 +166,7 @@ fn append_streams_sql(events: &str) -> String {
                 coalesce((SELECT max(e.aggregate_version) FROM {events} e
                           WHERE e.aggregate_id = x.aggregate_id
                             AND e.aggregate_type = x.aggregate_type), 0) AS actual
-            FROM unnest($1::uuid[], $2::text[], $3::bigint[])
+            FROM unnest((SELECT $1::uuid[]), (SELECT $2::text[]), (SELECT $3::bigint[]))
                 WITH ORDINALITY AS x(aggregate_id, aggregate_type, version, n)
         ), inserted AS (
             INSERT INTO {events} (position, event_id, event_type, event_version, aggregate_id,
@@ -174,17 +180,20 @@ fn append_streams_sql(events: &str) -> String {
                 SELECT e.n, e.event_id, e.event_type, e.event_version, e.aggregate_id,
                     e.aggregate_type, e.aggregate_version, e.occurred_at, e.occurred_at_ns,
                     e.correlation_id, e.causation_id, e.metadata, e.payload, e.request_id
-                FROM unnest($4::uuid[], $5::text[], $6::bigint[], $15::uuid[], $16::text[],
-                            $7::bigint[], $8::timestamptz[], $9::integer[], $10::uuid[],
-                            $11::uuid[], $12::text[], $13::text[], $14::text[])
+                FROM unnest((SELECT $4::uuid[]), (SELECT $5::text[]), (SELECT $6::bigint[]),
+                            (SELECT $15::uuid[]), (SELECT $16::text[]), (SELECT $7::bigint[]),
+                            (SELECT $8::timestamptz[]), (SELECT $9::integer[]),
+                            (SELECT $10::uuid[]), (SELECT $11::uuid[]), (SELECT $12::text[]),
+                            (SELECT $13::text[]), (SELECT $14::text[]))
                     WITH ORDINALITY AS e(event_id, event_type, event_version, aggregate_id,
                         aggregate_type, aggregate_version, occurred_at, occurred_at_ns,
                         correlation_id, causation_id, metadata, payload, request_id, n)
                 UNION ALL
-                SELECT cardinality($4::uuid[]) + c.n, c.placeholder, '{PLACEHOLDER}', 1,
+                SELECT (SELECT cardinality($4::uuid[])) + c.n, c.placeholder, '{PLACEHOLDER}', 1,
                     c.aggregate_id, c.aggregate_type, c.version + 1, now(), 0, NULL, NULL,
                     NULL, '{{}}', NULL
-                FROM unnest($17::uuid[], $18::text[], $19::bigint[], $20::uuid[])
+                FROM unnest((SELECT $17::uuid[]), (SELECT $18::text[]), (SELECT $19::bigint[]),
+                            (SELECT $20::uuid[]))
                     WITH ORDINALITY AS c(aggregate_id, aggregate_type, version, placeholder, n)
             ) r
             WHERE NOT EXISTS (SELECT 1 FROM expected WHERE version <> actual)

@@ -21,9 +21,14 @@
 //! (after the PostgreSQL cells, for as many seconds per client count), and each PostgreSQL row
 //! shows pgbench's commits per second at its number of writers and the row's share of it.
 //!
+//! `--cells` runs some of the cells: `own:N` for N writers on their own accounts, `hot` and
+//! `hot-queued` for the hot accounts without and with the command queue (all five by
+//! default: `own:1,own:16,own:64,hot,hot-queued`).
+//!
 //! ```text
 //! cargo run --release --all-features --example throughput_benchmark -- \
-//!     [--seconds 5] [--postgres URL] [--sqlite-only | --postgres-only] [--pgbench]
+//!     [--seconds 5] [--postgres URL] [--sqlite-only | --postgres-only] [--pgbench] \
+//!     [--cells own:64,hot-queued]
 //! ```
 
 #[path = "domain/account.rs"]
@@ -55,6 +60,7 @@ struct Options {
     sqlite: bool,
     postgres_enabled: bool,
     pgbench: bool,
+    cells: Vec<Workload>,
 }
 
 fn options() -> Fallible<Options> {
@@ -65,6 +71,7 @@ fn options() -> Fallible<Options> {
         sqlite: true,
         postgres_enabled: true,
         pgbench: false,
+        cells: Workload::all().to_vec(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -74,6 +81,12 @@ fn options() -> Fallible<Options> {
             "--sqlite-only" => options.postgres_enabled = false,
             "--postgres-only" => options.sqlite = false,
             "--pgbench" => options.pgbench = true,
+            "--cells" => {
+                options.cells = value(&flag, args.next())?
+                    .split(',')
+                    .map(Workload::named)
+                    .collect::<Fallible<_>>()?
+            }
             other => return Err(format!("unknown flag {other}").into()),
         }
     }
@@ -108,6 +121,18 @@ impl Workload {
             Workload::HotAccounts { queued: false },
             Workload::HotAccounts { queued: true },
         ]
+    }
+
+    /// The cell `own:N`, `hot` or `hot-queued`.
+    fn named(name: &str) -> Fallible<Workload> {
+        Ok(match name {
+            "hot" => Workload::HotAccounts { queued: false },
+            "hot-queued" => Workload::HotAccounts { queued: true },
+            _ => match name.strip_prefix("own:").map(str::parse) {
+                Some(Ok(writers)) if writers > 0 => Workload::OwnAccounts { writers },
+                _ => return Err(format!("unknown cell {name}: own:N, hot or hot-queued").into()),
+            },
+        })
     }
 
     fn writers(self) -> usize {
@@ -294,9 +319,9 @@ async fn deposit_commands(repo: Repository<Account>, id: Uuid, deadline: Instant
 }
 
 /// Every cell on the SQLite backend, each in a new file in `dir`.
-async fn sqlite_rows(dir: &std::path::Path, window: Duration) -> Fallible<Vec<Row>> {
+async fn sqlite_rows(dir: &std::path::Path, cells: &[Workload], window: Duration) -> Fallible<Vec<Row>> {
     let mut rows = Vec::new();
-    for (n, workload) in Workload::all().into_iter().enumerate() {
+    for (n, &workload) in cells.iter().enumerate() {
         let url = format!("sqlite:{}", dir.join(format!("cell-{n}.db")).display());
         let stores = eventsourcing_kit::backend::open(&url).await?;
         rows.push(measure("sqlite", &stores, workload, window).await?);
@@ -305,12 +330,12 @@ async fn sqlite_rows(dir: &std::path::Path, window: Duration) -> Fallible<Vec<Ro
 }
 
 /// Every cell on the PostgreSQL backend, in a schema of its own, dropped afterwards.
-async fn postgres_rows(url: &str, window: Duration) -> Fallible<Vec<Row>> {
+async fn postgres_rows(url: &str, cells: &[Workload], window: Duration) -> Fallible<Vec<Row>> {
     let schema = format!("bench_{}", Uuid::new_v4().simple());
     let separator = if url.contains('?') { '&' } else { '?' };
     let url = format!("{url}{separator}schema={schema}&max_connections={POSTGRES_CONNECTIONS}");
     let stores = eventsourcing_kit::backend::open(&url).await?;
-    let rows = postgres_cells(&stores, window).await;
+    let rows = postgres_cells(&stores, cells, window).await;
     let pool = stores.postgres().ok_or("not a PostgreSQL store")?.pool();
     sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
         .execute(pool)
@@ -318,10 +343,10 @@ async fn postgres_rows(url: &str, window: Duration) -> Fallible<Vec<Row>> {
     rows
 }
 
-async fn postgres_cells(stores: &Stores, window: Duration) -> Fallible<Vec<Row>> {
+async fn postgres_cells(stores: &Stores, cells: &[Workload], window: Duration) -> Fallible<Vec<Row>> {
     stores.migrate().await?;
     let mut rows = Vec::new();
-    for workload in Workload::all() {
+    for &workload in cells {
         rows.push(measure("postgres", stores, workload, window).await?);
     }
     Ok(rows)
@@ -442,11 +467,11 @@ async fn main() -> Fallible {
     let mut rows = Vec::new();
     if options.sqlite {
         let dir = tempfile::tempdir()?;
-        rows.extend(sqlite_rows(dir.path(), window).await?);
+        rows.extend(sqlite_rows(dir.path(), &options.cells, window).await?);
     }
     let mut ceiling = BTreeMap::new();
     if options.postgres_enabled {
-        rows.extend(postgres_rows(&options.postgres, window).await?);
+        rows.extend(postgres_rows(&options.postgres, &options.cells, window).await?);
         if options.pgbench {
             ceiling = pgbench(&options.postgres, options.seconds).await?;
         }

@@ -6,11 +6,15 @@ each is compared with, on the same machine and server:
 
 - replay:   a load without a snapshot of an N-event stream, against psql's `\\copy` of the
             same rows (the five columns a replay reads) to /dev/null: ours / \\copy, in time;
+- save:     a one-event save (on a stream of 1,000 events, the load benchmark's), against
+            pgbench's one-row INSERT at one client: the time of a commit on this server;
 - snapshot: a one-event save with its sync snapshot, against a one-event save alone
             (both from the same run of the load benchmark): in time;
 - writers:  64 writers saving one event each on their own accounts (the throughput
             benchmark), against pgbench's one-row INSERT at 64 clients
             (benches/pgbench_insert.sh --shape bare): ours / pgbench, in saves per second;
+- hot:      64 callers running commands on 4 accounts, with the command queue against retry
+            alone (the throughput benchmark's two hot-account cells), in commands per second;
 - peer:     with --peer DIR (the cqrs-es/postgres-es benchmark, as ../shared/reference/cqrs-es
             holds it): postgres-es's full replay of N events and one-event save at 1,000
             events, over ours: how many times faster ours is.
@@ -22,7 +26,7 @@ ratio, their median and their range, and the medians of the two sides' absolute 
 illustration.
 
     benches/sitting.py [--rounds 3] [--contention none,cpu,disk] [--size 100000]
-        [--seconds 5] [--cells replay,snapshot,writers,peer] [--peer DIR] [--url URL]
+        [--seconds 5] [--cells replay,save,snapshot,writers,hot,peer] [--peer DIR] [--url URL]
 
 URL is a libpq URL (default $EVENTSOURCE_TEST_POSTGRES_URL, else
 postgres://postgres@127.0.0.1:5432/test); the script works in schemas of its own
@@ -44,7 +48,6 @@ import time
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAVE_SIZE = 1000
-FEATURES = "eventsourcing-kit/sqlite,eventsourcing-kit/postgres"
 
 
 def options():
@@ -53,7 +56,7 @@ def options():
     parser.add_argument("--contention", default="none,cpu,disk")
     parser.add_argument("--size", type=int, default=100_000)
     parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--cells", default="replay,snapshot,writers,peer")
+    parser.add_argument("--cells", default="replay,save,snapshot,writers,hot,peer")
     parser.add_argument("--peer", default=os.path.join(REPOSITORY, "..", "shared", "reference", "cqrs-es"))
     parser.add_argument(
         "--url",
@@ -66,8 +69,8 @@ def options():
         if mode not in HOGS:
             parser.error(f"unknown contention {mode}: none, cpu or disk")
     for cell in args.cells:
-        if cell not in ("replay", "snapshot", "writers", "peer"):
-            parser.error(f"unknown cell {cell}: replay, snapshot, writers or peer")
+        if cell not in ("replay", "save", "snapshot", "writers", "hot", "peer"):
+            parser.error(f"unknown cell {cell}: replay, save, snapshot, writers, hot or peer")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     if "peer" in args.cells and not os.path.isfile(os.path.join(args.peer, "Cargo.toml")):
@@ -92,7 +95,7 @@ def build():
     """Builds our benchmarks; the directory of their binaries."""
     print("building the benchmarks (release)...", file=sys.stderr)
     run(
-        ["cargo", "build", "--release", "--features", FEATURES,
+        ["cargo", "build", "--release", "--all-features",
          "--example", "load_benchmark", "--example", "throughput_benchmark"],
         cwd=REPOSITORY,
     )
@@ -172,7 +175,7 @@ def median_ms(cell):
 def ours_load(binaries, url, size):
     """Our full replay at `size`, our save and save with a sync snapshot at SAVE_SIZE (ms)."""
     out = run([os.path.join(binaries, "load_benchmark"), "--stores", "postgres",
-               "--sizes", f"{SAVE_SIZE},{size}", "--runs", "7", "--postgres", url])
+               "--sizes", f"{SAVE_SIZE},{size}", "--runs", "21", "--postgres", url])
     rows = {int(r[1]): r for r in table_cells(out, "postgres")}
     return {
         "replay": median_ms(rows[size][2]),
@@ -197,16 +200,18 @@ def copy_ms(base_url, schema, size):
     return statistics.median(times)
 
 
-def ours_writers(binaries, base_url, seconds):
+def ours_writers(binaries, base_url, seconds, cells):
+    """Saves (or commands) per second of each of the throughput benchmark's `cells`."""
     out = run([os.path.join(binaries, "throughput_benchmark"), "--postgres-only",
-               "--seconds", str(seconds), "--cells", "own:64", "--postgres", base_url])
-    return float(table_cells(out, "postgres")[0][4])
+               "--seconds", str(seconds), "--cells", ",".join(cells), "--postgres", base_url])
+    return [float(row[4]) for row in table_cells(out, "postgres")]
 
 
-def pgbench(base_url, seconds):
+def pgbench(base_url, seconds, clients):
+    """pgbench's commits per second of a bare one-row INSERT at `clients` clients."""
     out = run(["bash", os.path.join(REPOSITORY, "benches", "pgbench_insert.sh"), "--url", base_url,
-               "--seconds", str(seconds), "--clients", "64", "--shape", "bare"])
-    return float(table_cells(out, "64")[0][1])
+               "--seconds", str(seconds), "--clients", str(clients), "--shape", "bare"])
+    return float(table_cells(out, str(clients))[0][1])
 
 
 def peer_cells(binary, base_url, schema, size):
@@ -242,7 +247,7 @@ def one_round(args, binaries, peer, schema, flip):
             b = second()
         return a, b
 
-    if {"replay", "snapshot", "peer"} & set(args.cells):
+    if {"replay", "snapshot", "save", "peer"} & set(args.cells):
         # \copy reads the newest stream of N events the load benchmark made: in the first
         # round, which does not flip, the one it has just made.
         load, copy = pair(lambda: ours_load(binaries, url, args.size),
@@ -250,13 +255,19 @@ def one_round(args, binaries, peer, schema, flip):
         figures.update({f"ours {k}": v for k, v in load.items()})
         if copy is not None:
             figures["copy"] = copy
+    if "save" in args.cells:
+        # After the load benchmark in one round, before it in the next.
+        figures["commit"] = 1000 / pgbench(args.url, args.seconds, 1)
     if "peer" in args.cells:
         figures.update({f"peer {k}": v for k, v in
                         peer_cells(peer, args.url, f"cqrsbench_{os.getpid()}", args.size).items()})
     if "writers" in args.cells:
-        ours, limit = pair(lambda: ours_writers(binaries, args.url, args.seconds),
-                           lambda: pgbench(args.url, args.seconds))
+        ours, limit = pair(lambda: ours_writers(binaries, args.url, args.seconds, ["own:64"])[0],
+                           lambda: pgbench(args.url, args.seconds, 64))
         figures["ours writers"], figures["pgbench"] = ours, limit
+    if "hot" in args.cells:
+        plain, queued = ours_writers(binaries, args.url, args.seconds, ["hot", "hot-queued"])
+        figures["ours hot"], figures["ours hot queued"] = plain, queued
     return figures
 
 
@@ -264,10 +275,14 @@ def one_round(args, binaries, peer, schema, flip):
 RATIOS = [
     ("replay", "full replay of N events / psql \\copy of its rows (time; below 1: ours is faster)",
      "ours replay", "copy", lambda ours, other: ours / other),
+    ("save", "one-event save / pgbench one-row INSERT at 1 client (time; the commit's floor)",
+     "ours save", "commit", lambda ours, other: ours / other),
     ("snapshot", "save with its sync snapshot / save alone (time)",
      "ours save+snapshot", "ours save", lambda ours, other: ours / other),
     ("writers", "64 writers, saves/s / pgbench one-row INSERT at 64 clients, commits/s",
      "ours writers", "pgbench", lambda ours, other: ours / other),
+    ("hot", "64 callers on 4 accounts, commands/s with the command queue / with retry alone",
+     "ours hot queued", "ours hot", lambda ours, other: ours / other),
     ("peer", "postgres-es full replay of N events / ours (how many times faster ours is)",
      "ours replay", "peer replay", lambda ours, other: other / ours),
     ("peer", f"postgres-es one-event save at {SAVE_SIZE} events / ours (how many times faster ours is)",

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """One sitting of the PostgreSQL performance claims, as ratios to what they are compared with.
 
-Each round measures our cells and, right before or after (the order flips every round), what
-each is compared with, on the same machine and server:
+Each round measures our cells and what each is compared with, one after the other on the same
+machine and server, in reverse order every other round so that no side always runs first:
 
 - replay:   a load without a snapshot of an N-event stream, against psql's `\\copy` of the
             same rows (the five columns a replay reads) to /dev/null: ours / \\copy, in time;
-- save:     a one-event save (on a stream of 1,000 events, the load benchmark's), against
-            pgbench's one-row INSERT at one client: the time of a commit on this server;
+- save:     a one-event save (on a stream of 1,000 events, the load benchmark's median),
+            against pgbench's one-row INSERT at one client (the mean time of a commit over
+            its run): what a commit costs on this server;
 - snapshot: a one-event save with its sync snapshot, against a one-event save alone
             (both from the same run of the load benchmark): in time;
 - writers:  64 writers saving one event each on their own accounts (the throughput
@@ -21,7 +22,7 @@ each is compared with, on the same machine and server:
 
 `--contention` repeats every round under a load of the script's own making, each in turn:
 `none`; `cpu`, one busy process per core; `disk`, a process writing and fsyncing 8 MiB at a
-time to a file beside the repository. The table gives, per cell and contention, each round's
+time to a temporary file. The table gives, per cell and contention, each round's
 ratio, their median and their range, and the medians of the two sides' absolute figures as an
 illustration.
 
@@ -37,9 +38,11 @@ prints a markdown table.
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -73,6 +76,10 @@ def options():
             parser.error(f"unknown cell {cell}: replay, save, snapshot, writers, hot or peer")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.size <= 50:
+        parser.error("--size must be above 50: the load benchmark snapshots the stream at N-50")
+    if args.seconds < 1:
+        parser.error("--seconds must be at least 1")
     if "peer" in args.cells and not os.path.isfile(os.path.join(args.peer, "Cargo.toml")):
         print(f"no peer benchmark in {args.peer}: the peer cells are left out", file=sys.stderr)
         args.cells.remove("peer")
@@ -119,17 +126,28 @@ def build_peer(peer):
 # Contention of the script's own making
 
 
+# Each hog stops by itself once the sitting is gone, however it ended.
+CPU_BUSY = """
+import os, sys
+parent = int(sys.argv[1])
+while os.getppid() == parent:
+    for _ in range(100_000):
+        pass
+"""
+
+
 def cpu_hog(_directory):
-    busy = [sys.executable, "-c", "while True: pass"]
+    busy = [sys.executable, "-c", CPU_BUSY, str(os.getpid())]
     return [subprocess.Popen(busy) for _ in range(os.cpu_count() or 2)]
 
 
 DISK_WRITER = """
 import os, sys
 path = os.path.join(sys.argv[1], "hog")
+parent = int(sys.argv[2])
 chunk = os.urandom(8 << 20)
 with open(path, "wb") as f:
-    while True:
+    while os.getppid() == parent:
         for _ in range(32):
             f.write(chunk)
             f.flush()
@@ -140,7 +158,7 @@ with open(path, "wb") as f:
 
 
 def disk_hog(directory):
-    return [subprocess.Popen([sys.executable, "-c", DISK_WRITER, directory])]
+    return [subprocess.Popen([sys.executable, "-c", DISK_WRITER, directory, str(os.getpid())])]
 
 
 HOGS = {"none": lambda _directory: [], "cpu": cpu_hog, "disk": disk_hog}
@@ -192,7 +210,7 @@ def copy_ms(base_url, schema, size):
                   "ORDER BY position DESC LIMIT 1"]).strip()
     copy = (f"\\copy (SELECT aggregate_version, event_id, event_type, event_version, payload "
             f"FROM {table} WHERE aggregate_id = '{stream}' AND aggregate_type = 'Account' "
-            f"ORDER BY aggregate_version) TO '/dev/null'")
+            f"AND aggregate_version <= {size} ORDER BY aggregate_version) TO '/dev/null'")
     times = []
     for _ in range(3):
         out = run(["psql", base_url, "-c", "\\timing on", "-c", copy])
@@ -204,7 +222,11 @@ def ours_writers(binaries, base_url, seconds, cells):
     """Saves (or commands) per second of each of the throughput benchmark's `cells`."""
     out = run([os.path.join(binaries, "throughput_benchmark"), "--postgres-only",
                "--seconds", str(seconds), "--cells", ",".join(cells), "--postgres", base_url])
-    return [float(row[4]) for row in table_cells(out, "postgres")]
+    rows = table_cells(out, "postgres")
+    failed = [row for row in rows if row[8] != "0"]
+    if failed:
+        sys.exit(f"saves failed in the throughput benchmark, so its rate means nothing: {failed}")
+    return [float(row[4]) for row in rows]
 
 
 def pgbench(base_url, seconds, clients):
@@ -233,41 +255,39 @@ def peer_cells(binary, base_url, schema, size):
 
 
 def one_round(args, binaries, peer, schema, flip):
-    """Every cell once, each side beside its comparison; figures by name."""
+    """Every cell once, each of our measurements beside what it is compared with; figures by
+    name. The measurements of one group run one after the other, in reverse order every other
+    round, so that no side always runs first."""
     url = with_query(args.url, f"schema={schema}")
+    cells = set(args.cells)
+
+    def in_turn(steps):
+        steps = [step for step in steps if step is not None]
+        for step in reversed(steps) if flip else steps:
+            figures.update(step())
+
     figures = {}
-
-    def pair(first, second):
-        # The order flips every round, so that neither side always runs first.
-        if flip:
-            b = second()
-            a = first()
-        else:
-            a = first()
-            b = second()
-        return a, b
-
-    if {"replay", "snapshot", "save", "peer"} & set(args.cells):
+    if {"replay", "save", "snapshot", "peer"} & cells:
         # \copy reads the newest stream of N events the load benchmark made: in the first
         # round, which does not flip, the one it has just made.
-        load, copy = pair(lambda: ours_load(binaries, url, args.size),
-                          lambda: copy_ms(args.url, schema, args.size) if "replay" in args.cells else None)
-        figures.update({f"ours {k}": v for k, v in load.items()})
-        if copy is not None:
-            figures["copy"] = copy
-    if "save" in args.cells:
-        # After the load benchmark in one round, before it in the next.
-        figures["commit"] = 1000 / pgbench(args.url, args.seconds, 1)
-    if "peer" in args.cells:
-        figures.update({f"peer {k}": v for k, v in
-                        peer_cells(peer, args.url, f"cqrsbench_{os.getpid()}", args.size).items()})
-    if "writers" in args.cells:
-        ours, limit = pair(lambda: ours_writers(binaries, args.url, args.seconds, ["own:64"])[0],
-                           lambda: pgbench(args.url, args.seconds, 64))
-        figures["ours writers"], figures["pgbench"] = ours, limit
-    if "hot" in args.cells:
-        plain, queued = ours_writers(binaries, args.url, args.seconds, ["hot", "hot-queued"])
-        figures["ours hot"], figures["ours hot queued"] = plain, queued
+        in_turn([
+            lambda: {f"ours {k}": v for k, v in ours_load(binaries, url, args.size).items()},
+            (lambda: {"copy": copy_ms(args.url, schema, args.size)}) if "replay" in cells else None,
+            (lambda: {"commit": 1000 / pgbench(args.url, args.seconds, 1)}) if "save" in cells else None,
+            (lambda: {f"peer {k}": v for k, v in
+                      peer_cells(peer, args.url, f"cqrsbench_{os.getpid()}", args.size).items()})
+            if "peer" in cells else None,
+        ])
+    if "writers" in cells:
+        in_turn([
+            lambda: {"ours writers": ours_writers(binaries, args.url, args.seconds, ["own:64"])[0]},
+            lambda: {"pgbench": pgbench(args.url, args.seconds, 64)},
+        ])
+    if "hot" in cells:
+        in_turn([
+            lambda: {"ours hot": ours_writers(binaries, args.url, args.seconds, ["hot"])[0]},
+            lambda: {"ours hot queued": ours_writers(binaries, args.url, args.seconds, ["hot-queued"])[0]},
+        ])
     return figures
 
 
@@ -302,7 +322,9 @@ def main():
     binaries = build()
     peer = build_peer(args.peer) if "peer" in args.cells else None
     schema = f"sitting_{os.getpid()}"
-    hog_directory = tempfile.mkdtemp(prefix="sitting-hog-", dir=REPOSITORY)
+    hog_directory = tempfile.mkdtemp(prefix="sitting-hog-")
+    # A SIGTERM unwinds as Ctrl-C does: the hogs stop, the schemas and the file go.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped"))
     rounds = {mode: [] for mode in args.contention}
     started = time.time()
     try:
@@ -336,7 +358,7 @@ def report(args, rounds, elapsed):
             continue
         for mode, figures in rounds.items():
             pairs = [(f[ours_key], f[other_key]) for f in figures]
-            ratios = [ratio(ours, other) for ours, other in pairs]
+            ratios = [ratio(ours, other) if ours and other else math.nan for ours, other in pairs]
             print(f"| {what} | {mode} | {', '.join(f'{r:.2f}' for r in ratios)} | "
                   f"{statistics.median(ratios):.2f}x | {min(ratios):.2f}-{max(ratios):.2f} | "
                   f"{statistics.median(o for o, _ in pairs):.4g} | {statistics.median(t for _, t in pairs):.4g} |")

@@ -156,9 +156,10 @@ const PLACEHOLDER: &str = "eventsource.check";
 ///
 /// Each array is read through a sub-select, `unnest((SELECT $1::uuid[]))`, so that the
 /// planner cannot count its elements: it then costs the statement the same whatever the save
-/// holds, and after a few calls the server keeps one plan for the connection. Counting them,
-/// it would plan the statement again at each call (it never finds a plan for any number of
-/// rows cheaper than one for two), which took longer than running it.
+/// holds, and after five calls the server keeps one generic plan for the connection. Counting
+/// them, it would cost each call's own plan for the save's two or three rows, find the generic
+/// plan (costed for the default number of rows) dearer than that, and plan the statement again
+/// at every call, which took longer than running it.
 fn append_streams_sql(events: &str) -> String {
     format!(
         "WITH expected AS (

@@ -238,6 +238,10 @@ def pgbench(base_url, seconds, clients):
     return float(table_cells(out, str(clients))[0][1])
 
 
+def per_commit_ms(commits_per_second):
+    return 1000 / commits_per_second if commits_per_second else math.nan
+
+
 def peer_cells(binary, base_url, schema, size):
     """postgres-es's full replay at `size` and save at SAVE_SIZE (ms)."""
     with tempfile.TemporaryDirectory() as out:
@@ -262,20 +266,20 @@ def one_round(args, binaries, peer, schema, flip):
     round, so that no side always runs first."""
     url = with_query(args.url, f"schema={schema}")
     cells = set(args.cells)
+    figures = {}
 
     def in_turn(steps):
         steps = [step for step in steps if step is not None]
         for step in reversed(steps) if flip else steps:
             figures.update(step())
 
-    figures = {}
     if {"replay", "save", "snapshot", "peer"} & cells:
         # \copy reads the newest stream of N events the load benchmark made: in the first
         # round, which does not flip, the one it has just made.
         in_turn([
             lambda: {f"ours {k}": v for k, v in ours_load(binaries, url, args.size).items()},
             (lambda: {"copy": copy_ms(args.url, schema, args.size)}) if "replay" in cells else None,
-            (lambda: {"commit": 1000 / pgbench(args.url, args.seconds, 1)}) if "save" in cells else None,
+            (lambda: {"commit": per_commit_ms(pgbench(args.url, args.seconds, 1))}) if "save" in cells else None,
             (lambda: {f"peer {k}": v for k, v in
                       peer_cells(peer, args.url, f"cqrsbench_{os.getpid()}", args.size).items()})
             if "peer" in cells else None,
@@ -293,7 +297,7 @@ def one_round(args, binaries, peer, schema, flip):
     return figures
 
 
-# (name, ours, theirs, how the ratio reads, ratio from the two figures)
+# (the cell, how the ratio reads, our figure, the figure compared with, the ratio of the two)
 RATIOS = [
     ("replay", "full replay of N events / psql \\copy of its rows (time; below 1: ours is faster)",
      "ours replay", "copy", lambda ours, other: ours / other),

@@ -1,5 +1,6 @@
 //! PostgreSQL appends: reads as appended, paged reads, appends racing on real connections and
-//! from several processes, and group commit of one-event appends.
+//! from several processes, and group commit of one-event appends and of saves over several
+//! streams.
 //!
 //! The tests need `EVENTSOURCE_TEST_POSTGRES_URL` (such as
 //! `postgres://postgres@127.0.0.1:5432/test`). Without it each one says it is skipped and
@@ -17,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::DateTime;
 use eventsourcing_kit::backend::postgres::{pool_options, PostgresEventStore};
-use eventsourcing_kit::{Error, EventStore, Snapshot, SnapshotStore, StoredEvent, Uuid};
+use eventsourcing_kit::{Error, EventEnvelope, EventStore, Snapshot, SnapshotStore, StoredEvent, Uuid};
 use futures_util::{StreamExt, TryStreamExt};
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
@@ -614,6 +615,288 @@ async fn grouped_appends_decide_each_append_alone_and_survive_cancelled_callers(
     assert_eq!(stored.len() as u64, wins, "one stored event per winning append");
     let versions: Vec<u64> = stored.iter().map(|e| e.aggregate_version).collect();
     assert_eq!(versions, (1..=wins).collect::<Vec<_>>());
+}
+
+/// The events of a save over two streams, one for each at its version after `at`.
+fn pair_of(ty: &str, (a, b): (Uuid, Uuid), (at_a, at_b): (u64, u64)) -> [Vec<EventEnvelope>; 2] {
+    [batch(a, ty, at_a, 1), batch(b, ty, at_b, 1)]
+}
+
+/// Saves `events` (as [`pair_of`] gives them) over their two streams.
+async fn save_two(
+    store: &PostgresEventStore,
+    ty: &str,
+    events: &[Vec<EventEnvelope>; 2],
+) -> Result<Vec<eventsourcing_kit::Appended>, Error> {
+    use eventsourcing_kit::multi_stream::{MultiStreamAppend, StreamBatches};
+    use eventsourcing_kit::Batch;
+
+    let batches = events.each_ref().map(|events| {
+        Batch::checked(
+            events[0].aggregate_id,
+            ty,
+            events[0].aggregate_version - 1,
+            events,
+        )
+        .unwrap()
+    });
+    store
+        .append_streams(StreamBatches::checked(&batches, &[]).unwrap())
+        .await
+}
+
+/// Saves over two streams share group statements with each other and with one-event appends,
+/// and each stays all or nothing: whether its streams moved before the group (left out), a
+/// writer outside the group took one of its versions first (the group fails, each member goes
+/// alone), or its caller went away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
+async fn grouped_saves_over_several_streams_are_all_or_nothing() {
+    let Some(db) = db_with(
+        "grouped_saves_over_several_streams_are_all_or_nothing",
+        pool_options().max_connections(8),
+    )
+    .await
+    else {
+        return;
+    };
+    let ty = unique_type("GroupedStreams");
+    let events = db.events.clone();
+    let deadline = Duration::from_secs(60);
+    // 24 writers on pairs of streams of their own, 10 saves each: over both streams, or, for
+    // every fourth writer, of two events in the first. Every third writer's even saves are
+    // cancelled part way, then made again.
+    let mut writers = Vec::new();
+    for w in 0..24u64 {
+        let (events, ty) = (events.clone(), ty.clone());
+        writers.push(tokio::spawn(async move {
+            let pair = (Uuid::new_v4(), Uuid::new_v4());
+            for version in 0..10 {
+                let save = pair_of(&ty, pair, (version, version));
+                let two = batch(pair.0, &ty, 2 * version, 2);
+                let save = || async {
+                    match w % 4 {
+                        3 => events
+                            .append(pair.0, &ty, 2 * version, &two)
+                            .await
+                            .map(|a| vec![a]),
+                        _ => save_two(&events, &ty, &save).await,
+                    }
+                };
+                if w % 3 == 0 && version % 2 == 0 {
+                    let _ = tokio::time::timeout(Duration::from_micros(50), save()).await;
+                }
+                // Made again after a cancellation, a save is acknowledged if it was stored.
+                let saved = save().await.unwrap();
+                let expected = match w % 4 {
+                    3 => vec![2 * version + 2],
+                    _ => vec![version + 1; 2],
+                };
+                assert_eq!(saved.iter().map(|a| a.version).collect::<Vec<_>>(), expected);
+            }
+            (pair, w % 4 == 3)
+        }));
+    }
+    // Meanwhile, on one contested pair: saves over both streams, one-event appends to the
+    // first, and two-event appends to the second.
+    let contested = (Uuid::new_v4(), Uuid::new_v4());
+    let mut racers = Vec::new();
+    for r in 0..9 {
+        let (events, ty) = (events.clone(), ty.clone());
+        racers.push(tokio::spawn(async move {
+            let (mut stored, mut refused) = (Vec::new(), Vec::new());
+            for _ in 0..30 {
+                let at_a = events.stream_version(contested.0, &ty).await.unwrap();
+                let at_b = events.stream_version(contested.1, &ty).await.unwrap();
+                let (outcome, ids) = match r % 3 {
+                    0 => {
+                        let save = pair_of(&ty, contested, (at_a, at_b));
+                        let ids = [save[0][0].event_id, save[1][0].event_id];
+                        (save_two(&events, &ty, &save).await, ids)
+                    }
+                    1 => {
+                        let one = batch(contested.0, &ty, at_a, 1);
+                        let appended = events.append(contested.0, &ty, at_a, &one).await;
+                        (appended.map(|a| vec![a]), [one[0].event_id; 2])
+                    }
+                    _ => {
+                        let two = batch(contested.1, &ty, at_b, 2);
+                        let appended = events.append(contested.1, &ty, at_b, &two).await;
+                        (appended.map(|a| vec![a]), [two[0].event_id, two[1].event_id])
+                    }
+                };
+                match outcome {
+                    Ok(_) => stored.extend(ids),
+                    Err(Error::Conflict { .. } | Error::Conflicts { .. }) => refused.extend(ids),
+                    Err(e) => panic!("a racing save failed: {e}"),
+                }
+            }
+            (stored, refused)
+        }));
+    }
+    // The writers of each transaction, and the transactions of the batches' writers.
+    let (mut transactions, mut batches) = (BTreeMap::<u64, HashSet<usize>>::new(), Vec::new());
+    for (w, writer) in writers.into_iter().enumerate() {
+        let ((a, b), batched) = tokio::time::timeout(deadline, writer)
+            .await
+            .expect("no save hangs")
+            .unwrap();
+        for (id, count) in [
+            (a, if batched { 20 } else { 10 }),
+            (b, if batched { 0 } else { 10 }),
+        ] {
+            let stream = read_stream(&db.events, id, &ty, 0).await;
+            let versions: Vec<u64> = stream.iter().map(|e| e.aggregate_version).collect();
+            assert_eq!(
+                versions,
+                (1..=count).collect::<Vec<_>>(),
+                "each version stored once"
+            );
+            for event in &stream {
+                transactions.entry(event.position >> 20).or_default().insert(w);
+                if batched {
+                    batches.push(event.position >> 20);
+                }
+            }
+        }
+    }
+    // 240 saves committed in fewer transactions: they went in groups, batches too.
+    assert!(
+        transactions.len() < 240,
+        "saves shared commits: {} transactions",
+        transactions.len()
+    );
+    assert!(
+        batches.iter().any(|tx| transactions[tx].len() > 1),
+        "a batch shared its commit"
+    );
+    let (mut stored, mut refused) = (HashSet::new(), HashSet::new());
+    for racer in racers {
+        let (s, r) = tokio::time::timeout(deadline, racer)
+            .await
+            .expect("no race hangs")
+            .unwrap();
+        stored.extend(s);
+        refused.extend(r);
+    }
+    let mut found = HashSet::new();
+    for id in [contested.0, contested.1] {
+        let stream = read_stream(&db.events, id, &ty, 0).await;
+        let versions: Vec<u64> = stream.iter().map(|e| e.aggregate_version).collect();
+        assert_eq!(
+            versions,
+            (1..=stream.len() as u64).collect::<Vec<_>>(),
+            "no gap, no version twice"
+        );
+        found.extend(stream.iter().map(|e| e.event_id));
+    }
+    assert_eq!(
+        found, stored,
+        "every save that succeeded is stored whole, and nothing else"
+    );
+    assert!(refused.is_disjoint(&found), "nothing of a refused save is stored");
+}
+
+/// Waits until a statement containing `statement` waits for the transaction of the server
+/// process `holder`; panics after 30 s.
+async fn wait_until_blocked(pool: &sqlx::PgPool, holder: i32, statement: &str) {
+    for _ in 0..3000 {
+        let blocked: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE $1 = ANY(pg_blocking_pids(pid)) AND position($2 in query) > 0",
+        )
+        .bind(holder)
+        .bind(statement)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if blocked > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no statement with {statement:?} came to wait for server process {holder}");
+}
+
+/// A group that holds a save over several streams, and meets a version taken by a writer
+/// outside it, stores nothing: each member goes again alone, and only the save on the taken
+/// stream is refused. Transactions held open make the order certain: the group forms behind a
+/// lone append that waits, and its statement then waits for the outside writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
+async fn a_group_that_meets_a_writer_outside_it_stores_each_member_alone() {
+    let Some(db) = db_with(
+        "a_group_that_meets_a_writer_outside_it_stores_each_member_alone",
+        pool_options().max_connections(8),
+    )
+    .await
+    else {
+        return;
+    };
+    let ty = unique_type("Outside");
+    let store = db.events.clone();
+    let [held, taken, free, left, right, lone] = [(); 6].map(|_| Uuid::new_v4());
+    // Two transactions outside the store's groups, each holding version 1 of a stream.
+    let mut holders = Vec::new();
+    for id in [held, taken] {
+        let mut tx = store.begin().await.unwrap();
+        store
+            .append_in_transaction(&mut tx, id, &ty, 0, &batch(id, &ty, 0, 1))
+            .await
+            .unwrap();
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        holders.push((tx, pid));
+    }
+    let (taken_tx, taken_pid) = holders.pop().unwrap();
+    let (held_tx, held_pid) = holders.pop().unwrap();
+    // A lone append waits for the first transaction; meanwhile three members queue.
+    let spawn_append = |id: Uuid| {
+        let (store, ty) = (store.clone(), ty.clone());
+        tokio::spawn(async move { store.append(id, &ty, 0, &batch(id, &ty, 0, 1)).await })
+    };
+    let leader = spawn_append(held);
+    wait_until_blocked(&db.pool, held_pid, "INSERT INTO").await;
+    let spawn_save = |pair: (Uuid, Uuid)| {
+        let (store, ty) = (store.clone(), ty.clone());
+        tokio::spawn(async move { save_two(&store, &ty, &pair_of(&ty, pair, (0, 0))).await })
+    };
+    let on_taken = spawn_save((taken, free));
+    let elsewhere = spawn_save((left, right));
+    let one = spawn_append(lone);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    held_tx.commit().await.unwrap();
+    assert!(matches!(
+        leader.await.unwrap(),
+        Err(Error::Conflict { actual: 1, .. })
+    ));
+    // The group's statement found every stream at 0, and now waits for the second one.
+    wait_until_blocked(&db.pool, taken_pid, "WITH r AS MATERIALIZED").await;
+    taken_tx.commit().await.unwrap();
+    match on_taken.await.unwrap() {
+        Err(Error::Conflicts { streams }) => {
+            let named: Vec<(Uuid, u64)> = streams.iter().map(|s| (s.aggregate_id, s.actual)).collect();
+            assert_eq!(named, [(taken, 1)], "the conflict names the taken stream alone");
+        }
+        other => panic!("the save on the taken stream was not refused: {other:?}"),
+    }
+    assert_eq!(elsewhere.await.unwrap().unwrap().len(), 2);
+    assert_eq!(one.await.unwrap().unwrap().version, 1);
+    for (id, count) in [(free, 0), (left, 1), (right, 1), (lone, 1), (taken, 1), (held, 1)] {
+        assert_eq!(
+            read_stream(&db.events, id, &ty, 0).await.len(),
+            count,
+            "events of {id}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ use sqlx::error::ErrorKind;
 use sqlx::postgres::PgDatabaseError;
 use uuid::Uuid;
 
-use super::group::{Group, Outcome, Row as OneRow, Turn};
+use super::group::{Group, Member, Outcome, Row as OneRow, Turn, MAX_GROUPED_SAVE};
 use super::read::version_of;
 use super::sql::{EVENT_ID_KEY, MAX_BATCH, REQUEST_KEY};
 use super::{query_error, split_timestamp, to_bigint, PostgresEventStore, BACKEND};
@@ -56,10 +56,17 @@ fn one_row(batch: &Batch<'_>) -> Result<OneRow> {
             batch.events.len()
         )));
     };
-    let expected = to_bigint(batch.expected_version, "expected version")?;
+    group_row(event, batch.expected_version)
+}
+
+/// One event of a batch whose stream must be at `expected`, checked and encoded for a group.
+pub(super) fn group_row(event: &EventEnvelope, expected: u64) -> Result<OneRow> {
     Ok(OneRow::of(
         event,
-        expected,
+        (
+            to_bigint(expected, "expected version")?,
+            to_bigint(event.aggregate_version, "aggregate version")?,
+        ),
         metadata_text(event)?,
         split_timestamp(event.occurred_at),
     ))
@@ -200,14 +207,17 @@ impl PostgresEventStore {
     /// [`super::group`]); alone when the group's statement failed or no runtime runs one.
     pub(super) async fn append_one(&self, batch: Batch<'_>) -> Result<Appended> {
         let row = one_row(&batch)?;
-        let outcome = match Group::append(self, row).await {
+        let outcome = match Group::join(self, row).await {
             // While it runs, the appends that arrive queue for the next group: bounded, so that a
             // hanging statement does not hold them.
             Turn::Alone(_leading, row) => return self.append_alone_bounded(&row, batch).await,
             Turn::Grouped(outcome) => outcome,
         };
         match outcome {
-            Outcome::Stored(position) => self.stored(&batch, position),
+            Outcome::Stored(positions) => match positions.last() {
+                Some(&position) => self.stored(&batch, position),
+                None => self.not_stored(batch).await,
+            },
             Outcome::LeftOut => self.not_stored(batch).await,
             // Rare: the group's statement failed; the row went with it, so it is made again.
             Outcome::Failed => {
@@ -225,21 +235,71 @@ impl PostgresEventStore {
         })
     }
 
-    /// [`append_alone`](Self::append_alone) within the store's append timeout; past it, a
-    /// transient error that leaves the outcome unknown (the statement may still commit).
-    async fn append_alone_bounded(&self, row: &OneRow, batch: Batch<'_>) -> Result<Appended> {
-        match tokio::time::timeout(self.append_timeout, self.append_alone(row, batch)).await {
+    /// `append` within the store's append timeout; past it, a transient error that leaves
+    /// the outcome of `what` unknown (the statement may still commit).
+    pub(super) async fn bounded<T>(
+        &self,
+        what: impl FnOnce() -> String,
+        append: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.append_timeout, append).await {
             Ok(appended) => appended,
             Err(elapsed) => Err(Error::store(
                 BACKEND,
                 format!(
-                    "the append of event {} to {} {} did not finish within {:?}: it may or may \
-                     not be stored, and making it again is safe",
-                    row.event_id, row.aggregate_type, row.aggregate_id, self.append_timeout
+                    "{} did not finish within {:?}: it may or may not be stored, and making it \
+                     again is safe",
+                    what(),
+                    self.append_timeout
                 ),
                 elapsed,
             )),
         }
+    }
+
+    /// [`append_alone`](Self::append_alone), [bounded](Self::bounded).
+    async fn append_alone_bounded(&self, row: &OneRow, batch: Batch<'_>) -> Result<Appended> {
+        let what = || {
+            format!(
+                "the append of event {} to {} {}",
+                row.event_id, row.aggregate_type, row.aggregate_id
+            )
+        };
+        self.bounded(what, self.append_alone(row, batch)).await
+    }
+
+    /// Appends a batch of several events, at most [`MAX_GROUPED_SAVE`], with the appends that
+    /// arrive meanwhile (group commit, see [`super::group`]); alone when the group's
+    /// statement left it out or failed.
+    pub(super) async fn append_batch(&self, batch: Batch<'_>) -> Result<Appended> {
+        debug_assert!(batch.events.len() <= MAX_GROUPED_SAVE);
+        let rows = batch
+            .events
+            .iter()
+            .map(|event| group_row(event, batch.expected_version))
+            .collect::<Result<Vec<_>>>()?;
+        let alone = || self.append_in(&self.sql.append, batch, With::Nothing);
+        let appended = match Group::join(self, Member::Save(rows)).await {
+            Turn::Alone(_leading, _) => {
+                let what = || {
+                    format!(
+                        "the append of {} events to {} {}",
+                        batch.events.len(),
+                        batch.aggregate_type,
+                        batch.aggregate_id
+                    )
+                };
+                self.bounded(what, alone()).await?
+            }
+            Turn::Grouped(Outcome::Stored(positions)) => match positions.last() {
+                Some(&position) => return self.stored(&batch, position),
+                None => alone().await?,
+            },
+            // Left out (its stream not at its version) or failed: alone, which finds the
+            // conflict, or the batch stored by a group statement given up on.
+            Turn::Grouped(Outcome::LeftOut | Outcome::Failed) => alone().await?,
+        };
+        Ok(appended.0)
     }
 
     /// The refusal of an append that was not stored: its stream is not at its expected

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::append::With;
 use super::read::{version_of, Loader, Reader};
-use super::{joint, query_error, PostgresEventStore, PostgresSnapshotStore};
+use super::{group, joint, query_error, PostgresEventStore, PostgresSnapshotStore};
 use crate::abilities::{AppendSignal, RequestIndex, SliceFeed, StreamListing};
 use crate::error::{Error, Result};
 use crate::event::EventEnvelope;
@@ -53,6 +53,9 @@ impl EventStore for PostgresEventStore {
         let batch = Batch::checked(aggregate_id, aggregate_type, expected_version, events)?;
         if events.len() == 1 {
             return self.append_one(batch).await;
+        }
+        if events.len() <= group::MAX_GROUPED_SAVE {
+            return self.append_batch(batch).await;
         }
         self.append_in(&self.sql.append, batch, With::Nothing)
             .await

@@ -1,14 +1,25 @@
-//! Group commit: one-event appends that arrive while a group is being written wait, and go
-//! together in the next statement: one transaction, one disk flush for all of them.
+//! Group commit: one-event appends, small batches and small saves over several streams that
+//! arrive while a group is being written wait, and go together in the next statement: one
+//! transaction, one disk flush for all of them.
 //!
-//! Each append is still decided on its own. Its row goes in only if its stream is at its
-//! expected version when the statement starts, and the stream's unique key leaves out a row
-//! whose version a concurrent writer (or another row of the group) took first. A row left out
-//! is the append's conflict, found again on its own by the caller. A statement that fails, or
-//! takes longer than the store's append timeout, fails no append: each then appends alone, as
-//! without the group, and the appends queued meanwhile go on in the next group.
+//! Each member is still decided on its own. In a group of one-event appends, a row goes in
+//! only if its stream is at its expected version when the statement starts, and the stream's
+//! unique key leaves out a row whose version a concurrent writer (or another row of the
+//! group) took first. A row left out is the append's conflict, found again on its own by the
+//! caller.
+//!
+//! A batch of several events, and a save over several streams, is all or nothing, which a row
+//! left out would break. A group that holds one is therefore written by another statement:
+//! each member's rows go in only if every stream of that member is at its expected version,
+//! and no member shares a stream with another (a member that would waits for the next group),
+//! so that only a concurrent writer outside the group can take one of its versions first. That
+//! fails the whole statement, and with it the group: nothing of it is stored.
+//!
+//! A statement that fails, or takes longer than the store's append timeout, fails no member:
+//! each then goes alone, as without the group, and the members queued meanwhile go on in the
+//! next group.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -18,8 +29,12 @@ use uuid::Uuid;
 use super::PostgresEventStore;
 use crate::event::EventEnvelope;
 
-/// Appends in one group statement at most; more wait for the next.
+/// Rows in one group statement at most; more wait for the next.
 const MAX_GROUP: usize = 256;
+
+/// The most events a batch, or a save over several streams, may hold to go with a group; a
+/// larger one goes alone.
+pub(super) const MAX_GROUPED_SAVE: usize = 32;
 
 /// The appends waiting for the next group, and whether a writer is at work.
 #[derive(Default)]
@@ -35,12 +50,12 @@ struct Queue {
 
 /// How an append goes.
 #[allow(clippy::large_enum_variant)] // returned once and taken apart at once, never stored
-pub(super) enum Turn {
-    /// Nobody is writing: the append goes alone, now, with its row given back, and the guard
-    /// hands the appends that queue meanwhile to a writer when it is dropped (also when the
-    /// append is cancelled).
-    Alone(Leading, Row),
-    /// A group is being written: the append waits for the next one.
+pub(super) enum Turn<T> {
+    /// Nobody is writing: the member goes alone, now, given back, and the guard hands the
+    /// members that queue meanwhile to a writer when it is dropped (also when the member is
+    /// cancelled).
+    Alone(Leading, T),
+    /// A group is being written: the member waits for the next one.
     Grouped(Outcome),
 }
 
@@ -70,19 +85,44 @@ impl Drop for Leading {
     }
 }
 
-/// What became of an append sent with a group.
+/// What became of a member sent with a group.
 pub(super) enum Outcome {
-    /// Stored at this feed position.
-    Stored(i64),
-    /// Left out: its stream was not at its expected version, or a concurrent writer came first.
+    /// Stored, its rows at these feed positions, in order.
+    Stored(Vec<i64>),
+    /// Left out: a stream of it was not at its expected version, or a concurrent writer came
+    /// first.
     LeftOut,
     /// The group's statement failed (or the writer went away): nothing is known of the
-    /// append, which the caller makes again on its own.
+    /// member, which the caller makes again on its own.
     Failed,
 }
 
+/// What a group is made of: one-event appends, batches, and saves over several streams.
+pub(super) enum Member {
+    /// A one-event append.
+    One(Row),
+    /// A batch of several events, or a save over several streams without checks: its rows,
+    /// batch after batch, all or nothing.
+    Save(Vec<Row>),
+}
+
+impl From<Row> for Member {
+    fn from(row: Row) -> Self {
+        Member::One(row)
+    }
+}
+
+impl Member {
+    fn rows(&self) -> &[Row] {
+        match self {
+            Member::One(row) => std::slice::from_ref(row),
+            Member::Save(rows) => rows,
+        }
+    }
+}
+
 struct Waiting {
-    row: Row,
+    member: Member,
     reply: oneshot::Sender<Outcome>,
 }
 
@@ -93,7 +133,10 @@ pub(super) struct Row {
     pub(super) event_version: i64,
     pub(super) aggregate_id: Uuid,
     pub(super) aggregate_type: Arc<str>,
+    /// The version its stream must be at when the statement starts.
     pub(super) expected: i64,
+    /// The version it takes in its stream.
+    pub(super) aggregate_version: i64,
     pub(super) occurred_at: DateTime<Utc>,
     pub(super) occurred_at_ns: i32,
     pub(super) correlation_id: Option<Uuid>,
@@ -106,11 +149,12 @@ pub(super) struct Row {
 impl Row {
     pub(super) fn of(
         event: &EventEnvelope,
-        expected: i64,
+        (expected, aggregate_version): (i64, i64),
         metadata: Option<String>,
         at: (DateTime<Utc>, i32),
     ) -> Self {
         Row {
+            aggregate_version,
             event_id: event.event_id,
             event_type: event.event_type.clone(),
             event_version: event.event_version.into(),
@@ -129,10 +173,10 @@ impl Row {
 }
 
 impl Group {
-    /// The append's turn. With nobody writing, it goes alone at once (a lone writer pays no
+    /// The member's turn. With nobody writing, it goes alone at once (a lone writer pays no
     /// hand-off). Otherwise it queues for the next group, which a writer task writes, so that
-    /// a caller that goes away (a cancelled request) leaves the others' appends to finish.
-    pub(super) async fn append(store: &PostgresEventStore, row: Row) -> Turn {
+    /// a caller that goes away (a cancelled request) leaves the others' members to finish.
+    pub(super) async fn join<T: Into<Member>>(store: &PostgresEventStore, member: T) -> Turn<T> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Turn::Grouped(Outcome::Failed);
         }
@@ -141,9 +185,12 @@ impl Group {
             let mut queue = store.group.queue.lock().unwrap_or_else(|p| p.into_inner());
             if !queue.writing {
                 queue.writing = true;
-                return Turn::Alone(Leading(store.clone()), row);
+                return Turn::Alone(Leading(store.clone()), member);
             }
-            queue.waiting.push(Waiting { row, reply });
+            queue.waiting.push(Waiting {
+                member: member.into(),
+                reply,
+            });
         }
         Turn::Grouped(outcome.await.unwrap_or(Outcome::Failed))
     }
@@ -161,8 +208,7 @@ async fn write(store: PostgresEventStore) {
                 writer.1.set(true);
                 return;
             }
-            let take = queue.waiting.len().min(MAX_GROUP);
-            queue.waiting.drain(..take).collect()
+            next_group(&mut queue.waiting)
         };
         // A statement that hangs is given up on, so that the appends queued behind it go on:
         // its own appends are then made again, each on its own.
@@ -179,16 +225,58 @@ async fn write(store: PostgresEventStore) {
         }
         for waiting in group {
             let outcome = match &stored {
-                Ok(positions) => match positions.get(&waiting.row.event_id) {
-                    Some(&position) => Outcome::Stored(position),
-                    None => Outcome::LeftOut,
-                },
+                Ok(positions) => waiting
+                    .member
+                    .rows()
+                    .iter()
+                    .map(|row| positions.get(&row.event_id).copied())
+                    .collect::<Option<Vec<i64>>>()
+                    .map_or(Outcome::LeftOut, Outcome::Stored),
                 Err(_) => Outcome::Failed,
             };
             // A caller that went away has nobody to tell.
             let _ = waiting.reply.send(outcome);
         }
     }
+}
+
+/// The members of the next group, taken from the front of the queue in order: at most
+/// [`MAX_GROUP`] rows, and, once the group holds a batch or a save over several streams, no two
+/// members on one stream. A member that does not fit stays queued, in its place, for the group after.
+fn next_group(waiting: &mut Vec<Waiting>) -> Vec<Waiting> {
+    let saves = waiting.iter().any(|w| matches!(w.member, Member::Save(_)));
+    if !saves {
+        let take = waiting.len().min(MAX_GROUP);
+        return waiting.drain(..take).collect();
+    }
+    let (mut group, mut rest) = (Vec::new(), Vec::new());
+    let mut streams: HashSet<(Uuid, Arc<str>)> = HashSet::new();
+    // Whether the group holds a batch or a save over several streams, and whether two of its
+    // one-event appends share a stream: either forbids the other.
+    let (mut holds_save, mut shared) = (false, false);
+    let mut rows = 0;
+    for member in waiting.drain(..) {
+        let its = member.member.rows();
+        let taken = |row: &Row| streams.contains(&(row.aggregate_id, row.aggregate_type.clone()));
+        let fits = rows + its.len() <= MAX_GROUP
+            && match &member.member {
+                Member::One(row) => !(holds_save && taken(row)),
+                Member::Save(rows) => !shared && !rows.iter().any(taken),
+            };
+        if !fits {
+            rest.push(member);
+            continue;
+        }
+        rows += its.len();
+        let one = matches!(member.member, Member::One(_));
+        for row in its {
+            shared |= !streams.insert((row.aggregate_id, row.aggregate_type.clone())) && one;
+        }
+        holds_save |= !one;
+        group.push(member);
+    }
+    *waiting = rest;
+    group
 }
 
 /// The writer task's hold on the queue. Dropped with appends still queued (the task was
@@ -212,7 +300,8 @@ impl Drop for Writer {
 
 /// The group's statement: the positions of the rows it stored, by event id.
 async fn insert(store: &PostgresEventStore, group: &[Waiting]) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
-    let rows = || group.iter().map(|w| &w.row);
+    let rows = || group.iter().flat_map(|w| w.member.rows());
+    let saves = group.iter().any(|w| matches!(w.member, Member::Save(_)));
     let event_id: Vec<Uuid> = rows().map(|r| r.event_id).collect();
     let event_type: Vec<&str> = rows().map(|r| &*r.event_type).collect();
     let event_version: Vec<i64> = rows().map(|r| r.event_version).collect();
@@ -226,7 +315,11 @@ async fn insert(store: &PostgresEventStore, group: &[Waiting]) -> Result<HashMap
     let metadata: Vec<Option<&str>> = rows().map(|r| r.metadata.as_deref()).collect();
     let payload: Vec<&str> = rows().map(|r| &*r.payload).collect();
     let request_id: Vec<Option<&str>> = rows().map(|r| r.request_id.as_deref()).collect();
-    let stored: Vec<(Uuid, i64)> = sqlx::query_as(&store.sql.group)
+    let sql = match saves {
+        true => &store.sql.group_streams,
+        false => &store.sql.group,
+    };
+    let query = sqlx::query_as(sql)
         .bind(event_id)
         .bind(event_type)
         .bind(event_version)
@@ -239,8 +332,19 @@ async fn insert(store: &PostgresEventStore, group: &[Waiting]) -> Result<HashMap
         .bind(causation_id)
         .bind(metadata)
         .bind(payload)
-        .bind(request_id)
-        .fetch_all(&store.pool)
-        .await?;
+        .bind(request_id);
+    let stored: Vec<(Uuid, i64)> = match saves {
+        // Each row's member, and the version the row takes.
+        true => {
+            let member: Vec<i32> = group
+                .iter()
+                .enumerate()
+                .flat_map(|(i, w)| std::iter::repeat_n(i as i32, w.member.rows().len()))
+                .collect();
+            let version: Vec<i64> = rows().map(|r| r.aggregate_version).collect();
+            query.bind(member).bind(version).fetch_all(&store.pool).await?
+        }
+        false => query.fetch_all(&store.pool).await?,
+    };
     Ok(stored.into_iter().collect())
 }

@@ -75,7 +75,8 @@
 //!
 //! **Pools.** Every call takes one connection from the pool for one statement and gives it
 //! back: an append is one statement (and one more to read the version after a lost race;
-//! concurrent appends of one event share one statement, a group commit), a
+//! concurrent appends of up to 32 events, and saves over several streams without checks,
+//! share one statement, a group commit), a
 //! snapshot read is one, and [`read_stream`](crate::EventStore::read_stream) and the feed are
 //! read in pages of [`DEFAULT_PAGE_SIZE`] events, one statement each, so no connection is held
 //! between statements. A load's replay
@@ -222,8 +223,8 @@ const BACKEND: &str = "postgres";
 /// [`PostgresEventStore::with_page_size`].
 pub const DEFAULT_PAGE_SIZE: usize = 1000;
 
-/// How long the statement of a one-event append (alone or in a group) may take, unless set
-/// with [`PostgresEventStore::with_append_timeout`].
+/// How long the statement of an append that can go in a group (alone or in a group) may take,
+/// unless set with [`PostgresEventStore::with_append_timeout`].
 pub const DEFAULT_APPEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An event store in a PostgreSQL database. Cheap to clone: clones share the pool.
@@ -236,9 +237,10 @@ pub struct PostgresEventStore {
     sql: Arc<sql::Sql>,
     page_size: i64,
     notifier: Arc<notify::Notifier>,
-    /// One-event appends waiting to be written together.
+    /// Appends waiting to be written together.
     group: Arc<group::Group>,
-    /// How long a one-event append's statement may take before its outcome is given up on.
+    /// How long the statement of an append that can go in a group may take before its outcome
+    /// is given up on.
     append_timeout: Duration,
     /// The number of slices the store has, once read.
     slice_count: Arc<tokio::sync::OnceCell<SliceCount>>,
@@ -433,10 +435,13 @@ impl PostgresEventStore {
             .copied()
     }
 
-    /// Bounds the statement of a one-event append (default [`DEFAULT_APPEND_TIMEOUT`]).
+    /// Bounds the statement of an append that can go in a group (default
+    /// [`DEFAULT_APPEND_TIMEOUT`]).
     ///
-    /// One-event appends that arrive while another is being written wait and go together in
-    /// the next statement (group commit). A statement that hangs (its server process paused,
+    /// Appends of up to 32 events, and saves over several streams of up to 32 events without
+    /// checks ([`MultiStreamAppend`](crate::multi_stream::MultiStreamAppend)), that arrive
+    /// while another is being written wait and go together in the next statement (group
+    /// commit), each still all or nothing. A statement that hangs (its server process paused,
     /// a peer that vanished without closing the connection) would hold every later append of
     /// the process behind it; past this bound it is given up on instead, so it costs its own
     /// appends alone a bounded delay. Each of them is then made again on its own, on another

@@ -10,12 +10,17 @@
 //! in, the placeholder gone), and a save whose placeholder meets a version already
 //! committed fails: either way the check held when the save committed. No reader ever sees
 //! a placeholder.
+//!
+//! A save without checks of at most [`MAX_GROUPED_SAVE`] events goes with the group commit
+//! of one-event appends (see [`super::group`]) when other appends are being written: all or
+//! nothing still, in a statement shared with them.
 
 use async_trait::async_trait;
 use sqlx::error::ErrorKind;
 use uuid::Uuid;
 
-use super::append::Columns;
+use super::append::{group_row, Columns};
+use super::group::{Group, Member, Outcome, Turn, MAX_GROUPED_SAVE};
 use super::sql::{EVENT_ID_KEY, MAX_BATCH};
 use super::{query_error, to_bigint, PostgresEventStore};
 use crate::error::{Error, Result};
@@ -86,6 +91,56 @@ impl MultiStreamAppend for PostgresEventStore {
                 "a PostgreSQL save over several streams stores at most {MAX_BATCH} events and checks, not {rows}"
             )));
         }
+        if save.checks().is_empty() && save.event_count() <= MAX_GROUPED_SAVE {
+            let rows = save
+                .writes()
+                .iter()
+                .flat_map(|batch| batch.events.iter().map(|e| group_row(e, batch.expected_version)))
+                .collect::<Result<Vec<_>>>()?;
+            match Group::join(self, Member::Save(rows)).await {
+                // While it runs, the appends that arrive queue for the next group: bounded, so
+                // that a hanging statement does not hold them.
+                Turn::Alone(_leading, _) => {
+                    let what = || "a save over several streams".to_owned();
+                    return self.bounded(what, self.append_streams_alone(save)).await;
+                }
+                Turn::Grouped(Outcome::Stored(positions)) => return self.saved(&save, &positions),
+                // Left out (a stream not at its version) or failed: alone, which finds the
+                // conflict, or the save stored by a group statement given up on.
+                Turn::Grouped(Outcome::LeftOut | Outcome::Failed) => {}
+            }
+        }
+        self.append_streams_alone(save).await
+    }
+}
+
+impl PostgresEventStore {
+    /// What a save stored by a group tells its caller, from its rows' positions.
+    fn saved(&self, save: &StreamBatches<'_>, positions: &[i64]) -> Result<Vec<Appended>> {
+        let mut rest = positions;
+        let mut appended = Vec::with_capacity(save.writes().len());
+        for batch in save.writes() {
+            let (its, after) = rest.split_at(batch.events.len().min(rest.len()));
+            let last = its.last().ok_or_else(|| {
+                Error::corrupt(
+                    self.sql.table.clone(),
+                    format!(
+                        "a group stored no event of {} {}",
+                        batch.aggregate_type, batch.aggregate_id
+                    ),
+                )
+            })?;
+            appended.push(Appended {
+                version: batch.version_after(),
+                position: super::read::version_of(*last, &self.sql.table)?,
+            });
+            rest = after;
+        }
+        Ok(appended)
+    }
+
+    /// The save in a statement of its own (and a transaction, with checks).
+    async fn append_streams_alone(&self, save: StreamBatches<'_>) -> Result<Vec<Appended>> {
         let a = Arrays::of(&save)?;
         let c = &a.columns;
         let what = "cannot save over several streams";

@@ -43,6 +43,8 @@ pub(super) struct Sql {
     pub(super) append: String,
     pub(super) append_one: String,
     pub(super) group: String,
+    /// The group statement of a group that holds a save over several streams.
+    pub(super) group_streams: String,
     pub(super) stream_version: String,
     pub(super) position_of: String,
     pub(super) read_stream: String,
@@ -250,6 +252,7 @@ impl Sql {
             append_streams: append_streams_sql(events),
             delete_placeholders: delete_placeholders_sql(events),
             group: group_sql(events),
+            group_streams: group_streams_sql(events),
             // One event (the most common batch) without arrays: it goes in only if the stream
             // is at the expected version ($3) when the statement starts, and a concurrent
             // writer that commits version $3 + 1 first leaves it out (no row: a conflict,
@@ -384,5 +387,44 @@ pub(super) fn group_sql(events: &str) -> String {
          ORDER BY e.aggregate_id, e.aggregate_type, e.n
          ON CONFLICT (aggregate_id, aggregate_type, aggregate_version) DO NOTHING
          RETURNING t.event_id, t.position"
+    )
+}
+
+/// The group statement on `events` for a group that holds a save over several streams (see
+/// [`super::group`]): `$1`-`$13` as [`group_sql`] binds them, `$14` the member of each row and
+/// `$15` the version it takes. A member's rows go in only if every stream of the member is at
+/// its expected version when the statement starts. There is no `ON CONFLICT`: the members
+/// share no stream, so a version taken first is a concurrent writer's, and the error it
+/// raises fails the group rather than leave part of a save in.
+///
+/// The arrays are read through sub-selects, as in [`append_streams_sql`], so that the server
+/// keeps one plan whatever the group's size.
+pub(super) fn group_streams_sql(events: &str) -> String {
+    format!(
+        "WITH r AS MATERIALIZED (
+            SELECT e.*, coalesce((SELECT max(v.aggregate_version) FROM {events} v
+                                  WHERE v.aggregate_id = e.aggregate_id
+                                    AND v.aggregate_type = e.aggregate_type), 0) AS actual
+            FROM unnest((SELECT $1::uuid[]), (SELECT $2::text[]), (SELECT $3::bigint[]),
+                        (SELECT $4::uuid[]), (SELECT $5::text[]), (SELECT $6::bigint[]),
+                        (SELECT $7::timestamptz[]), (SELECT $8::integer[]), (SELECT $9::uuid[]),
+                        (SELECT $10::uuid[]), (SELECT $11::text[]), (SELECT $12::text[]),
+                        (SELECT $13::text[]), (SELECT $14::integer[]), (SELECT $15::bigint[]))
+                WITH ORDINALITY AS e(event_id, event_type, event_version, aggregate_id,
+                    aggregate_type, expected, occurred_at, occurred_at_ns, correlation_id,
+                    causation_id, metadata, payload, request_id, member, aggregate_version, n)
+        )
+        INSERT INTO {events} AS t (position, event_id, event_type, event_version, aggregate_id,
+            aggregate_type, aggregate_version, occurred_at, occurred_at_ns, correlation_id,
+            causation_id, metadata, payload, request_id)
+        SELECT (pg_current_xact_id()::text::bigint << {POSITION_SHIFT}) + r.n, r.event_id,
+            r.event_type, r.event_version, r.aggregate_id, r.aggregate_type, r.aggregate_version,
+            r.occurred_at, r.occurred_at_ns, r.correlation_id, r.causation_id, r.metadata::json,
+            r.payload::json, r.request_id
+        FROM r
+        WHERE NOT EXISTS (SELECT 1 FROM r o WHERE o.member = r.member AND o.actual <> o.expected)
+        -- In the order of the streams, as the other appends take their keys.
+        ORDER BY r.aggregate_id, r.aggregate_type, r.aggregate_version
+        RETURNING t.event_id, t.position"
     )
 }

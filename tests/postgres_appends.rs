@@ -664,7 +664,13 @@ async fn grouped_saves_over_several_streams_are_all_or_nothing() {
         return;
     };
     let ty = unique_type("GroupedStreams");
-    let events = db.events.clone();
+    // A bound well past what a busy shared server may take: the test is of outcomes, not of
+    // the timeout.
+    let events = db
+        .events
+        .clone()
+        .with_append_timeout(Duration::from_secs(60))
+        .unwrap();
     let deadline = Duration::from_secs(60);
     // 24 writers on pairs of streams of their own, 10 saves each: over both streams, or, for
     // every fourth writer, of two events in the first. Every third writer's even saves are
@@ -674,6 +680,8 @@ async fn grouped_saves_over_several_streams_are_all_or_nothing() {
         let (events, ty) = (events.clone(), ty.clone());
         writers.push(tokio::spawn(async move {
             let pair = (Uuid::new_v4(), Uuid::new_v4());
+            // The position each save returned for each stream it wrote.
+            let mut returned = Vec::new();
             for version in 0..10 {
                 let save = pair_of(&ty, pair, (version, version));
                 let two = batch(pair.0, &ty, 2 * version, 2);
@@ -696,8 +704,9 @@ async fn grouped_saves_over_several_streams_are_all_or_nothing() {
                     _ => vec![version + 1; 2],
                 };
                 assert_eq!(saved.iter().map(|a| a.version).collect::<Vec<_>>(), expected);
+                returned.extend(saved.iter().map(|a| a.position));
             }
-            (pair, w % 4 == 3)
+            (pair, w % 4 == 3, returned)
         }));
     }
     // Meanwhile, on one contested pair: saves over both streams, one-event appends to the
@@ -740,26 +749,41 @@ async fn grouped_saves_over_several_streams_are_all_or_nothing() {
     // The writers of each transaction, and the transactions of the batches' writers.
     let (mut transactions, mut batches) = (BTreeMap::<u64, HashSet<usize>>::new(), Vec::new());
     for (w, writer) in writers.into_iter().enumerate() {
-        let ((a, b), batched) = tokio::time::timeout(deadline, writer)
+        let ((a, b), batched, returned) = tokio::time::timeout(deadline, writer)
             .await
             .expect("no save hangs")
             .unwrap();
-        for (id, count) in [
-            (a, if batched { 20 } else { 10 }),
-            (b, if batched { 0 } else { 10 }),
-        ] {
-            let stream = read_stream(&db.events, id, &ty, 0).await;
-            let versions: Vec<u64> = stream.iter().map(|e| e.aggregate_version).collect();
-            assert_eq!(
-                versions,
-                (1..=count).collect::<Vec<_>>(),
-                "each version stored once"
-            );
-            for event in &stream {
-                transactions.entry(event.position >> 20).or_default().insert(w);
-                if batched {
-                    batches.push(event.position >> 20);
-                }
+        let (first, second) = (
+            read_stream(&db.events, a, &ty, 0).await,
+            read_stream(&db.events, b, &ty, 0).await,
+        );
+        let count = |n: u64| (1..=n).collect::<Vec<u64>>();
+        let versions = |s: &[StoredEvent]| s.iter().map(|e| e.aggregate_version).collect::<Vec<u64>>();
+        let (on_first, on_second) = if batched { (20, 0) } else { (10, 10) };
+        assert_eq!(versions(&first), count(on_first), "each version stored once");
+        assert_eq!(versions(&second), count(on_second), "each version stored once");
+        // Each save's events are consecutive in the feed, in the order of its batches, and at
+        // the positions it returned.
+        let (saves, positions): (Vec<[&StoredEvent; 2]>, Vec<u64>) = match batched {
+            true => (
+                first.chunks(2).map(|c| [&c[0], &c[1]]).collect(),
+                first.chunks(2).map(|c| c[1].position).collect(),
+            ),
+            false => (
+                first.iter().zip(&second).map(|(x, y)| [x, y]).collect(),
+                first
+                    .iter()
+                    .zip(&second)
+                    .flat_map(|(x, y)| [x.position, y.position])
+                    .collect(),
+            ),
+        };
+        assert_eq!(returned, positions, "the positions the saves returned");
+        for [x, y] in saves {
+            assert_eq!(y.position, x.position + 1, "one save's events are consecutive");
+            transactions.entry(x.position >> 20).or_default().insert(w);
+            if batched {
+                batches.push(x.position >> 20);
             }
         }
     }
@@ -840,7 +864,14 @@ async fn a_group_that_meets_a_writer_outside_it_stores_each_member_alone() {
         return;
     };
     let ty = unique_type("Outside");
-    let store = db.events.clone();
+    // Tables of its own: the transactions it holds open hold the feed back for their table,
+    // which other tests read.
+    let scratch = db.scratch().await;
+    let store = scratch
+        .events
+        .clone()
+        .with_append_timeout(Duration::from_secs(60))
+        .unwrap();
     let [held, taken, free, left, right, lone] = [(); 6].map(|_| Uuid::new_v4());
     // Two transactions outside the store's groups, each holding version 1 of a stream.
     let mut holders = Vec::new();
@@ -872,7 +903,8 @@ async fn a_group_that_meets_a_writer_outside_it_stores_each_member_alone() {
     let on_taken = spawn_save((taken, free));
     let elsewhere = spawn_save((left, right));
     let one = spawn_append(lone);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Time for the three to queue behind the waiting append (they do no I/O before).
+    tokio::time::sleep(Duration::from_secs(1)).await;
     held_tx.commit().await.unwrap();
     assert!(matches!(
         leader.await.unwrap(),
@@ -892,7 +924,7 @@ async fn a_group_that_meets_a_writer_outside_it_stores_each_member_alone() {
     assert_eq!(one.await.unwrap().unwrap().version, 1);
     for (id, count) in [(free, 0), (left, 1), (right, 1), (lone, 1), (taken, 1), (held, 1)] {
         assert_eq!(
-            read_stream(&db.events, id, &ty, 0).await.len(),
+            read_stream(&store, id, &ty, 0).await.len(),
             count,
             "events of {id}"
         );

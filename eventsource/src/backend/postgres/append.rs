@@ -278,25 +278,25 @@ impl PostgresEventStore {
             .iter()
             .map(|event| group_row(event, batch.expected_version))
             .collect::<Result<Vec<_>>>()?;
-        let alone = || self.append_in(&self.sql.append, batch, With::Nothing);
+        let what = || {
+            format!(
+                "the append of {} events to {} {}",
+                batch.events.len(),
+                batch.aggregate_type,
+                batch.aggregate_id
+            )
+        };
+        let alone = || self.bounded(what, self.append_in(&self.sql.append, batch, With::Nothing));
         let appended = match Group::join(self, Member::Save(rows)).await {
-            Turn::Alone(_leading, _) => {
-                let what = || {
-                    format!(
-                        "the append of {} events to {} {}",
-                        batch.events.len(),
-                        batch.aggregate_type,
-                        batch.aggregate_id
-                    )
-                };
-                self.bounded(what, alone()).await?
-            }
             Turn::Grouped(Outcome::Stored(positions)) => match positions.last() {
                 Some(&position) => return self.stored(&batch, position),
                 None => alone().await?,
             },
-            // Left out (its stream not at its version) or failed: alone, which finds the
-            // conflict, or the batch stored by a group statement given up on.
+            // Alone while the appends that arrive queue for the next group, or again after the
+            // group left it out (its stream not at its version: alone finds the conflict) or
+            // failed (alone finds the batch stored, if a statement given up on stored it);
+            // bounded either way, so that a hanging statement holds nobody for long.
+            Turn::Alone(_leading, _) => alone().await?,
             Turn::Grouped(Outcome::LeftOut | Outcome::Failed) => alone().await?,
         };
         Ok(appended.0)

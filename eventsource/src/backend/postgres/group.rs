@@ -2,30 +2,32 @@
 //! arrive while a group is being written wait, and go together in the next statement: one
 //! transaction, one disk flush for all of them.
 //!
+//! A group holds one-event appends, or batches and saves over several streams, never both.
 //! Each member is still decided on its own. In a group of one-event appends, a row goes in
 //! only if its stream is at its expected version when the statement starts, and the stream's
-//! unique key leaves out a row whose version a concurrent writer (or another row of the
-//! group) took first. A row left out is the append's conflict, found again on its own by the
-//! caller.
+//! unique key leaves out a row whose version a concurrent writer (or another row of the group)
+//! took first. A row left out is the append's conflict, found again on its own by the caller.
 //!
 //! A batch of several events, and a save over several streams, is all or nothing, which a row
-//! left out would break. A group that holds one is therefore written by another statement:
-//! each member's rows go in only if every stream of that member is at its expected version,
-//! and no member shares a stream with another (a member that would waits for the next group),
-//! so that only a concurrent writer outside the group can take one of its versions first. That
-//! fails the whole statement, and with it the group: nothing of it is stored.
+//! left out would break. Their groups are therefore written by another statement: each
+//! member's rows go in only if every stream of that member is at its expected version, and
+//! no member shares a stream with another (a member that would waits for a group after), so
+//! that only a writer outside the group can take one of its versions first. That fails the
+//! whole statement, and with it the group: nothing of it is stored, and each member goes
+//! alone.
 //!
 //! A statement that fails, or takes longer than the store's append timeout, fails no member:
-//! each then goes alone, as without the group, and the members queued meanwhile go on in the
-//! next group.
+//! each then goes alone, as without the group, within that timeout, and the members queued
+//! meanwhile go on in the next group.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use super::sql::POSITION_SHIFT;
 use super::PostgresEventStore;
 use crate::event::EventEnvelope;
 
@@ -223,16 +225,26 @@ async fn write(store: PostgresEventStore) {
         if stored.as_ref().is_ok_and(|s| !s.is_empty()) {
             store.notifier.appended(&store.pool);
         }
+        // The position of each row stored, by the row's place in the group: a position is the
+        // transaction's base plus that place (from 1), so each row is told its own, whatever
+        // another row of the group holds.
+        let rows = group.iter().map(|w| w.member.rows().len()).sum();
+        let mut at: Vec<Option<i64>> = vec![None; rows];
+        for position in stored.iter().flatten() {
+            let place = (position & ((1 << POSITION_SHIFT) - 1)) as usize;
+            if let Some(slot) = place.checked_sub(1).and_then(|i| at.get_mut(i)) {
+                *slot = Some(*position);
+            }
+        }
+        let mut places = at.into_iter();
         for waiting in group {
-            let outcome = match &stored {
-                Ok(positions) => waiting
-                    .member
-                    .rows()
-                    .iter()
-                    .map(|row| positions.get(&row.event_id).copied())
-                    .collect::<Option<Vec<i64>>>()
-                    .map_or(Outcome::LeftOut, Outcome::Stored),
-                Err(_) => Outcome::Failed,
+            // Every place of the member taken, whatever they hold, before the next member's.
+            let its: Vec<Option<i64>> = places.by_ref().take(waiting.member.rows().len()).collect();
+            let its: Option<Vec<i64>> = its.into_iter().collect();
+            let outcome = match (&stored, its) {
+                (Ok(_), Some(positions)) => Outcome::Stored(positions),
+                (Ok(_), None) => Outcome::LeftOut,
+                (Err(_), _) => Outcome::Failed,
             };
             // A caller that went away has nobody to tell.
             let _ = waiting.reply.send(outcome);
@@ -240,39 +252,40 @@ async fn write(store: PostgresEventStore) {
     }
 }
 
-/// The members of the next group, taken from the front of the queue in order: at most
-/// [`MAX_GROUP`] rows, and, once the group holds a batch or a save over several streams, no two
-/// members on one stream. A member that does not fit stays queued, in its place, for the group after.
+/// The members of the next group, taken from the front of the queue in order, at most
+/// [`MAX_GROUP`] rows of them: one-event appends, if the first member is one, or else batches
+/// and saves over several streams, no two of them on one stream. A member that does not fit
+/// stays queued, in its place, for a group after.
 fn next_group(waiting: &mut Vec<Waiting>) -> Vec<Waiting> {
     let saves = waiting.iter().any(|w| matches!(w.member, Member::Save(_)));
     if !saves {
         let take = waiting.len().min(MAX_GROUP);
         return waiting.drain(..take).collect();
     }
+    let of_saves = matches!(waiting[0].member, Member::Save(_));
     let (mut group, mut rest) = (Vec::new(), Vec::new());
     let mut streams: HashSet<(Uuid, Arc<str>)> = HashSet::new();
-    // Whether the group holds a batch or a save over several streams, and whether two of its
-    // one-event appends share a stream: either forbids the other.
-    let (mut holds_save, mut shared) = (false, false);
     let mut rows = 0;
     for member in waiting.drain(..) {
         let its = member.member.rows();
-        let taken = |row: &Row| streams.contains(&(row.aggregate_id, row.aggregate_type.clone()));
         let fits = rows + its.len() <= MAX_GROUP
             && match &member.member {
-                Member::One(row) => !(holds_save && taken(row)),
-                Member::Save(rows) => !shared && !rows.iter().any(taken),
+                Member::One(_) => !of_saves,
+                Member::Save(rows) => {
+                    of_saves
+                        && !rows
+                            .iter()
+                            .any(|r| streams.contains(&(r.aggregate_id, r.aggregate_type.clone())))
+                }
             };
         if !fits {
             rest.push(member);
             continue;
         }
         rows += its.len();
-        let one = matches!(member.member, Member::One(_));
-        for row in its {
-            shared |= !streams.insert((row.aggregate_id, row.aggregate_type.clone())) && one;
+        if of_saves {
+            streams.extend(its.iter().map(|r| (r.aggregate_id, r.aggregate_type.clone())));
         }
-        holds_save |= !one;
         group.push(member);
     }
     *waiting = rest;
@@ -298,8 +311,8 @@ impl Drop for Writer {
     }
 }
 
-/// The group's statement: the positions of the rows it stored, by event id.
-async fn insert(store: &PostgresEventStore, group: &[Waiting]) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
+/// The group's statement: the positions of the rows it stored.
+async fn insert(store: &PostgresEventStore, group: &[Waiting]) -> Result<Vec<i64>, sqlx::Error> {
     let rows = || group.iter().flat_map(|w| w.member.rows());
     let saves = group.iter().any(|w| matches!(w.member, Member::Save(_)));
     let event_id: Vec<Uuid> = rows().map(|r| r.event_id).collect();
@@ -319,7 +332,7 @@ async fn insert(store: &PostgresEventStore, group: &[Waiting]) -> Result<HashMap
         true => &store.sql.group_streams,
         false => &store.sql.group,
     };
-    let query = sqlx::query_as(sql)
+    let query = sqlx::query_scalar(sql)
         .bind(event_id)
         .bind(event_type)
         .bind(event_version)
@@ -333,7 +346,7 @@ async fn insert(store: &PostgresEventStore, group: &[Waiting]) -> Result<HashMap
         .bind(metadata)
         .bind(payload)
         .bind(request_id);
-    let stored: Vec<(Uuid, i64)> = match saves {
+    let stored: Vec<i64> = match saves {
         // Each row's member, and the version the row takes.
         true => {
             let member: Vec<i32> = group
@@ -346,5 +359,5 @@ async fn insert(store: &PostgresEventStore, group: &[Waiting]) -> Result<HashMap
         }
         false => query.fetch_all(&store.pool).await?,
     };
-    Ok(stored.into_iter().collect())
+    Ok(stored)
 }

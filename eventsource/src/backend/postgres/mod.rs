@@ -75,8 +75,8 @@
 //!
 //! **Pools.** Every call takes one connection from the pool for one statement and gives it
 //! back: an append is one statement (and one more to read the version after a lost race;
-//! concurrent appends of up to 32 events, and saves over several streams without checks,
-//! share one statement, a group commit), a
+//! concurrent appends of up to 32 events, and saves over several streams of up to 32 events
+//! without checks, share one statement, a group commit), a
 //! snapshot read is one, and [`read_stream`](crate::EventStore::read_stream) and the feed are
 //! read in pages of [`DEFAULT_PAGE_SIZE`] events, one statement each, so no connection is held
 //! between statements. A load's replay
@@ -441,7 +441,9 @@ impl PostgresEventStore {
     /// Appends of up to 32 events, and saves over several streams of up to 32 events without
     /// checks ([`MultiStreamAppend`](crate::multi_stream::MultiStreamAppend)), that arrive
     /// while another is being written wait and go together in the next statement (group
-    /// commit), each still all or nothing. A statement that hangs (its server process paused,
+    /// commit), each still all or nothing. One-event appends group with one-event appends,
+    /// the others with each other. A group of the others fails whole when a writer outside
+    /// it took one of its versions first; its members then go alone, each within this bound. A statement that hangs (its server process paused,
     /// a peer that vanished without closing the connection) would hold every later append of
     /// the process behind it; past this bound it is given up on instead, so it costs its own
     /// appends alone a bounded delay. Each of them is then made again on its own, on another

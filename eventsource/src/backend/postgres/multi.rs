@@ -97,18 +97,18 @@ impl MultiStreamAppend for PostgresEventStore {
                 .iter()
                 .flat_map(|batch| batch.events.iter().map(|e| group_row(e, batch.expected_version)))
                 .collect::<Result<Vec<_>>>()?;
-            match Group::join(self, Member::Save(rows)).await {
-                // While it runs, the appends that arrive queue for the next group: bounded, so
-                // that a hanging statement does not hold them.
-                Turn::Alone(_leading, _) => {
-                    let what = || "a save over several streams".to_owned();
-                    return self.bounded(what, self.append_streams_alone(save)).await;
+            let what = || "a save over several streams".to_owned();
+            return match Group::join(self, Member::Save(rows)).await {
+                Turn::Grouped(Outcome::Stored(positions)) => self.saved(&save, &positions),
+                // Alone while the appends that arrive queue for the next group, or again after
+                // the group left it out (a stream not at its version: alone finds the conflict)
+                // or failed (alone finds the save stored, if a statement given up on stored
+                // it); bounded either way, so that a hanging statement holds nobody for long.
+                Turn::Alone(_leading, _) => self.bounded(what, self.append_streams_alone(save)).await,
+                Turn::Grouped(Outcome::LeftOut | Outcome::Failed) => {
+                    self.bounded(what, self.append_streams_alone(save)).await
                 }
-                Turn::Grouped(Outcome::Stored(positions)) => return self.saved(&save, &positions),
-                // Left out (a stream not at its version) or failed: alone, which finds the
-                // conflict, or the save stored by a group statement given up on.
-                Turn::Grouped(Outcome::LeftOut | Outcome::Failed) => {}
-            }
+            };
         }
         self.append_streams_alone(save).await
     }

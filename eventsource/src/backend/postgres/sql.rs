@@ -362,7 +362,8 @@ impl Sql {
 }
 
 /// The group statement on `events`: every row whose stream is at its expected version, each
-/// at the version after it, positions in the order of the rows.
+/// at the version after it, positions in the order of the rows (the base plus the row's place
+/// from 1, which tells the writer which rows went in).
 pub(super) fn group_sql(events: &str) -> String {
     format!(
         "INSERT INTO {events} AS t (position, event_id, event_type, event_version, aggregate_id,
@@ -386,11 +387,11 @@ pub(super) fn group_sql(events: &str) -> String {
          -- arrival order (e.n).
          ORDER BY e.aggregate_id, e.aggregate_type, e.n
          ON CONFLICT (aggregate_id, aggregate_type, aggregate_version) DO NOTHING
-         RETURNING t.event_id, t.position"
+         RETURNING t.position"
     )
 }
 
-/// The group statement on `events` for a group that holds a save over several streams (see
+/// The group statement on `events` for a group of batches and saves over several streams (see
 /// [`super::group`]): `$1`-`$13` as [`group_sql`] binds them, `$14` the member of each row and
 /// `$15` the version it takes. A member's rows go in only if every stream of the member is at
 /// its expected version when the statement starts. There is no `ON CONFLICT`: the members
@@ -425,6 +426,6 @@ pub(super) fn group_streams_sql(events: &str) -> String {
         WHERE NOT EXISTS (SELECT 1 FROM r o WHERE o.member = r.member AND o.actual <> o.expected)
         -- In the order of the streams, as the other appends take their keys.
         ORDER BY r.aggregate_id, r.aggregate_type, r.aggregate_version
-        RETURNING t.event_id, t.position"
+        RETURNING t.position"
     )
 }

@@ -11,17 +11,24 @@
 //! - **CPU-bound catch-up**: the whole feed through a handler that does nothing: the single
 //!   consumer (`Subscription::catch_up`) against a group of one worker with one range, and with
 //!   eight.
+//! - **Lag under steady traffic** (with `--rate R`, instead of the two above): R events/s
+//!   appended for `--seconds`
+//!   (batches of ten, one shipment each, every 10 ms) while the group, its workers in this
+//!   process, handles them with the I/O-bound handler from the start. Every 50 ms the lag is
+//!   read: the events appended and not yet handed to a handler. Its median, 99th percentile
+//!   and largest over the run, in events and in the time it takes to append them at R, and
+//!   how long the group took after the last append to hand over the rest.
 //!
 //! ```text
 //! cargo run --release --features eventsourcing-kit/sqlite,eventsourcing-kit/postgres --example group_benchmark -- \
 //!     [--stores memory,sqlite,postgres] [--events 40000] [--pause 5] [--workers 1,2,4,8] \
-//!     [--postgres URL]
+//!     [--rate 12000 --seconds 10] [--postgres URL]
 //! ```
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,18 +79,20 @@ impl Gate {
     }
 }
 
-/// Waits for the gate, then `pause` per batch.
+/// Waits for the gate, then `pause` per batch; counts the events it was handed in `handled`.
 struct Slow {
     gate: Gate,
     pause: Duration,
+    handled: Arc<AtomicU64>,
 }
 
 #[async_trait]
 impl Handler for Slow {
-    async fn handle(&mut self, _events: &[StoredEvent]) -> Result<(), HandlerError> {
+    async fn handle(&mut self, events: &[StoredEvent]) -> Result<(), HandlerError> {
         while !self.gate.open() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        self.handled.fetch_add(events.len() as u64, Ordering::Relaxed);
         tokio::time::sleep(self.pause).await;
         Ok(())
     }
@@ -108,20 +117,98 @@ fn group(stores: &Stores, name: &str, ranges: u32, at_end: bool) -> Fallible<Con
 /// Appends `events` events, ten to each of a tenth as many shipments.
 async fn fill(stores: &Stores, events: usize) -> Fallible {
     for _ in 0..events / 10 {
-        let id = Uuid::new_v4();
-        let batch: Vec<EventEnvelope> = (1..=10)
-            .map(|hop| {
-                EventEnvelope::new(
-                    id,
-                    "Shipment",
-                    u64::from(hop),
-                    &ShipmentEvent::from(Routed { hop }),
-                )
-            })
-            .collect::<Result<_, _>>()?;
-        stores.events.append(id, "Shipment", 0, &batch).await?;
+        shipment(stores).await?;
     }
     Ok(())
+}
+
+/// Appends a new shipment's ten events, in one batch.
+async fn shipment(stores: &Stores) -> Fallible {
+    let id = Uuid::new_v4();
+    let batch: Vec<EventEnvelope> = (1..=10)
+        .map(|hop| {
+            EventEnvelope::new(
+                id,
+                "Shipment",
+                u64::from(hop),
+                &ShipmentEvent::from(Routed { hop }),
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    stores.events.append(id, "Shipment", 0, &batch).await?;
+    Ok(())
+}
+
+/// The lag of a group of `workers` workers under steady traffic (see the module docs): the
+/// median, 99th percentile and largest lag in events, the rate the appends reached, and the
+/// time from the last append until every event was handed over.
+async fn steady(
+    stores: &Stores,
+    workers: u32,
+    pause: Duration,
+    rate: usize,
+    seconds: u64,
+) -> Fallible<([u64; 3], f64, Duration)> {
+    let name = format!("lag-{}", Uuid::new_v4().simple());
+    let group = Arc::new(group(stores, &name, workers, true)?);
+    let handled = Arc::new(AtomicU64::new(0));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = {
+        let (group, handled) = (group.clone(), handled.clone());
+        tokio::spawn(async move {
+            let handlers = move |_range| Slow {
+                gate: Gate::Flag(Arc::new(AtomicBool::new(true))),
+                pause,
+                handled: handled.clone(),
+            };
+            group
+                .run(workers as usize, handlers, async move {
+                    let _ = stopped.await;
+                })
+                .await
+        })
+    };
+    settle(&group, workers).await?;
+    // Shipments a tick, every 10 ms; a tick that falls behind is made up at once.
+    let per_tick = (rate / 100 / 10).max(1);
+    let appended = Arc::new(AtomicU64::new(0));
+    let began = Instant::now();
+    let appending = {
+        let (stores, appended) = (stores.clone(), appended.clone());
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_millis(10));
+            for _ in 0..seconds * 100 {
+                ticks.tick().await;
+                for _ in 0..per_tick {
+                    shipment(&stores).await?;
+                    appended.fetch_add(10, Ordering::Relaxed);
+                }
+            }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        })
+    };
+    let mut lags = Vec::new();
+    while !appending.is_finished() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let handed = handled.load(Ordering::Relaxed);
+        lags.push(appended.load(Ordering::Relaxed).saturating_sub(handed));
+    }
+    appending.await??;
+    let last = Instant::now();
+    let total = appended.load(Ordering::Relaxed);
+    let reached = total as f64 / (last - began).as_secs_f64();
+    while handled.load(Ordering::Relaxed) < total {
+        if last.elapsed() > Duration::from_secs(600) {
+            return Err("the group did not catch up within 600 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let drained = last.elapsed();
+    let _ = stop.send(());
+    running.await??;
+    lags.sort_unstable();
+    let at = |q: f64| lags[((lags.len() - 1) as f64 * q).round() as usize];
+    Ok(([at(0.5), at(0.99), at(1.0)], reached, drained))
 }
 
 /// Waits until the group's workers hold every range and had time to share them (with nothing
@@ -158,6 +245,7 @@ async fn in_process(stores: &Stores, events: usize, workers: u32, pause: Duratio
             let handlers = move |_range| Slow {
                 gate: gate.clone(),
                 pause,
+                handled: Arc::default(),
             };
             group
                 .run(workers as usize, handlers, async move {
@@ -245,6 +333,7 @@ async fn worker(url: &str, name: &str, ranges: u32, pause: Duration, gate: &Path
     let handlers = move |_range| Slow {
         gate: gate.clone(),
         pause,
+        handled: Arc::default(),
     };
     group.run(1, handlers, closed).await?;
     Ok(())
@@ -310,6 +399,9 @@ struct Options {
     pause: Duration,
     postgres: String,
     workers: Vec<u32>,
+    /// The steady traffic of the lag cells, events/s, and for how long; none: no lag cells.
+    rate: Option<usize>,
+    seconds: u64,
 }
 
 fn options() -> Fallible<Options> {
@@ -318,6 +410,8 @@ fn options() -> Fallible<Options> {
         events: 40_000,
         pause: Duration::from_millis(5),
         workers: WORKERS.to_vec(),
+        rate: None,
+        seconds: 10,
         postgres: std::env::var("EVENTSOURCE_BENCH_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test?schema=bench_groups".into()),
     };
@@ -330,6 +424,8 @@ fn options() -> Fallible<Options> {
             "--pause" => options.pause = Duration::from_millis(value()?.parse()?),
             "--postgres" => options.postgres = value()?,
             "--workers" => options.workers = value()?.split(',').map(str::parse).collect::<Result<_, _>>()?,
+            "--rate" => options.rate = Some(value()?.parse()?),
+            "--seconds" => options.seconds = value()?.parse()?,
             other => return Err(format!("unknown option {other}").into()),
         }
     }
@@ -395,6 +491,22 @@ async fn main() -> Fallible {
     for kind in &options.stores {
         let dir = tempfile::tempdir()?;
         let (stores, url) = stores_of(kind, &options, dir.path()).await?;
+        if let Some(rate) = options.rate {
+            for &workers in &options.workers {
+                let ([median, p99, max], reached, drained) =
+                    steady(&stores, workers, pause, rate, options.seconds).await?;
+                let ms = |events: u64| events as f64 * 1000.0 / reached;
+                println!(
+                    "{kind:<9} {workers:<10} lag at {reached:.0} events/s for {} s: median {median} events ({:.0} ms), p99 {p99} ({:.0} ms), largest {max} ({:.0} ms); the rest handed over {:.0} ms after the last append",
+                    options.seconds,
+                    ms(median),
+                    ms(p99),
+                    ms(max),
+                    drained.as_secs_f64() * 1000.0
+                );
+            }
+            continue;
+        }
         let mut places = vec!["process"];
         if url.is_some() {
             places.push("processes");

@@ -11,9 +11,10 @@
 //! committed fails: either way the check held when the save committed. No reader ever sees
 //! a placeholder.
 //!
-//! A save without checks of at most [`MAX_GROUPED_SAVE`] events goes with the group commit
-//! of one-event appends (see [`super::group`]) when other appends are being written: all or
-//! nothing still, in a statement shared with them.
+//! A save without checks of at most [`MAX_GROUPED_SAVE`] events that meets other appends
+//! being written goes in a group statement with other such saves and batches (see
+//! [`super::group`]): all or nothing still, and saved again alone if the group leaves it out
+//! or fails.
 
 use async_trait::async_trait;
 use sqlx::error::ErrorKind;

@@ -12,9 +12,9 @@
 //!   consumer (`Subscription::catch_up`) against a group of one worker with one range, and with
 //!   eight.
 //! - **Lag under steady traffic** (with `--rate R`, instead of the two above): R events/s
-//!   appended for `--seconds`
-//!   (batches of ten, one shipment each, every 10 ms) while the group, its workers in this
-//!   process, handles them with the I/O-bound handler from the start. Every 50 ms the lag is
+//!   appended for `--seconds` (a shipment of ten events in one batch, every 10 ms for each
+//!   1,000 events/s) while the group, its workers in this process, handles them with the
+//!   I/O-bound handler from the start. Every 50 ms the lag is
 //!   read: the events appended and not yet handed to a handler. Its median, 99th percentile
 //!   and largest over the run, in events and in the time it takes to append them at R, and
 //!   how long the group took after the last append to hand over the rest.

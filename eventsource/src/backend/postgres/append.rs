@@ -286,20 +286,20 @@ impl PostgresEventStore {
                 batch.aggregate_id
             )
         };
-        let alone = || self.bounded(what, self.append_in(&self.sql.append, batch, With::Nothing));
-        let appended = match Group::join(self, Member::Save(rows)).await {
-            Turn::Grouped(Outcome::Stored(positions)) => match positions.last() {
-                Some(&position) => return self.stored(&batch, position),
-                None => alone().await?,
-            },
-            // Alone while the appends that arrive queue for the next group, or again after the
-            // group left it out (its stream not at its version: alone finds the conflict) or
-            // failed (alone finds the batch stored, if a statement given up on stored it);
-            // bounded either way, so that a hanging statement holds nobody for long.
-            Turn::Alone(_leading, _) => alone().await?,
-            Turn::Grouped(Outcome::LeftOut | Outcome::Failed) => alone().await?,
-        };
-        Ok(appended.0)
+        match Group::join(self, Member::Save(rows)).await {
+            Turn::Grouped(Outcome::Stored(positions)) if !positions.is_empty() => {
+                self.stored(&batch, positions[positions.len() - 1])
+            }
+            // Alone while the appends that arrive queue for the next group (the turn holds them
+            // until the append ends), or again after the group left it out (its stream not at
+            // its version: alone finds the conflict) or failed (alone finds the batch stored, if
+            // a statement given up on stored it); bounded either way, so that a hanging
+            // statement holds nobody for long.
+            _turn => {
+                let alone = self.append_in(&self.sql.append, batch, With::Nothing);
+                Ok(self.bounded(what, alone).await?.0)
+            }
+        }
     }
 
     /// The refusal of an append that was not stored: its stream is not at its expected

@@ -101,14 +101,12 @@ impl MultiStreamAppend for PostgresEventStore {
             let what = || "a save over several streams".to_owned();
             return match Group::join(self, Member::Save(rows)).await {
                 Turn::Grouped(Outcome::Stored(positions)) => self.saved(&save, &positions),
-                // Alone while the appends that arrive queue for the next group, or again after
-                // the group left it out (a stream not at its version: alone finds the conflict)
-                // or failed (alone finds the save stored, if a statement given up on stored
-                // it); bounded either way, so that a hanging statement holds nobody for long.
-                Turn::Alone(_leading, _) => self.bounded(what, self.append_streams_alone(save)).await,
-                Turn::Grouped(Outcome::LeftOut | Outcome::Failed) => {
-                    self.bounded(what, self.append_streams_alone(save)).await
-                }
+                // Alone while the appends that arrive queue for the next group (the turn holds
+                // them until the save ends), or again after the group left it out (a stream not
+                // at its version: alone finds the conflict) or failed (alone finds the save
+                // stored, if a statement given up on stored it); bounded either way, so that a
+                // hanging statement holds nobody for long.
+                _turn => self.bounded(what, self.append_streams_alone(save)).await,
             };
         }
         self.append_streams_alone(save).await

@@ -525,6 +525,71 @@ async fn a_projection_rescaled_under_traffic_applies_each_event_once(stores: Sto
     assert_eq!(applied.len(), expected.len());
 }
 
+/// An append wakes only the range that holds its stream, and waiting for its position does not
+/// wait for the others: they poll rarely here (every 20 s), and their checkpoints stay where
+/// they were.
+async fn an_append_wakes_only_its_range(stores: Stores) {
+    let name = format!("woken-{}", Uuid::new_v4().simple());
+    let group = Arc::new(
+        subscription(&stores, &name)
+            .poll_interval(Duration::from_secs(60))
+            .unwrap()
+            .lease(Duration::from_secs(60))
+            .unwrap()
+            .group(4)
+            .unwrap(),
+    );
+    let repo = stores.repository::<Parcel>();
+    let scan = |id: Uuid| {
+        let repo = repo.clone();
+        async move {
+            repo.execute(id, |p| {
+                p.record(Scanned { at: 0 });
+                Ok::<_, Error>(())
+            })
+            .await
+            .unwrap()
+            .position
+        }
+    };
+    let first = scan(Uuid::new_v4()).await;
+    let record = Record::default();
+    let worker = Worker::start(&group, 1, &record);
+    // Every range catches up and moves its checkpoint to the head it read.
+    let settled = || async {
+        let status = group.status().await.unwrap();
+        status.is_some_and(|s| s.ranges.len() == 4 && s.ranges.iter().all(|r| r.checkpoint >= Some(first)))
+    };
+    let mut tries = 0;
+    while !settled().await {
+        tries += 1;
+        assert!(tries < 3000, "the ranges catch up within 30 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = group.status().await.unwrap().unwrap();
+    let id = Uuid::new_v4();
+    let position = scan(id).await;
+    assert!(
+        group.wait_for(position, Duration::from_secs(10)).await.unwrap(),
+        "the range of the append hands it over, and the idle ones do not hold the wait back"
+    );
+    assert_eq!(record.seen.lock().unwrap().get(&id), Some(&vec![1]));
+    let slices = stores.slice_parts().await.unwrap().count();
+    let after = group.status().await.unwrap().unwrap();
+    for (was, is) in before.ranges.iter().zip(&after.ranges) {
+        if is.range.contains(slices.slice_of("Parcel", id)) {
+            assert!(is.checkpoint >= Some(position), "{is:?}");
+        } else {
+            assert_eq!(
+                is.checkpoint, was.checkpoint,
+                "a range that holds none of the append stays asleep"
+            );
+        }
+    }
+    worker.stop().await;
+}
+
 /// Runs every check, each on new, empty stores from `stores`.
 async fn every_check<F: std::future::Future<Output = Stores>>(stores: impl Fn() -> F) {
     workers_join_and_leave_under_traffic(stores().await).await;
@@ -533,6 +598,7 @@ async fn every_check<F: std::future::Future<Output = Stores>>(stores: impl Fn() 
     a_projection_rescaled_under_traffic_applies_each_event_once(stores().await).await;
     a_process_manager_runs_partitioned_unchanged(stores().await).await;
     a_cancelled_worker_is_taken_over(stores().await).await;
+    an_append_wakes_only_its_range(stores().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -876,6 +876,78 @@ async fn an_append_on_another_pool_wakes_the_subscription_on_postgres() {
     an_append_wakes_the_subscription(Arc::new(writer), Arc::new(reader), signal, Arc::new(store)).await;
 }
 
+/// Whether `waiter` wakes within half a second.
+async fn wakes(waiter: &mut eventsourcing_kit::AppendWaiter) -> bool {
+    tokio::time::timeout(Duration::from_millis(500), waiter.raised())
+        .await
+        .is_ok()
+}
+
+/// Across processes too, an append wakes only the consumers of its slices: the notification
+/// carries them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
+async fn a_notification_from_another_pool_wakes_only_the_ranges_of_its_slices() {
+    use eventsourcing_kit::slice::{SliceCount, SliceRange};
+
+    let Some(url) =
+        common::postgres_url("a_notification_from_another_pool_wakes_only_the_ranges_of_its_slices")
+    else {
+        return;
+    };
+    // A schema of its own: appends of other tests notify on another channel.
+    let scratch = common::ScratchSchema::new(&url, "notified");
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let url = format!("{url}{separator}schema={}", scratch.name);
+    let writer = eventsourcing_kit::backend::open(&url).await.unwrap();
+    writer.migrate().await.unwrap();
+    let reader = eventsourcing_kit::backend::open(&url).await.unwrap();
+    let signal = reader.append_signal.clone().expect("PostgreSQL has the signal");
+    let slices = SliceCount::DEFAULT;
+    let (low, high) = (
+        SliceRange::new(0, 511).unwrap(),
+        SliceRange::new(512, 1023).unwrap(),
+    );
+    let appended = |slice_range: SliceRange| {
+        let events = writer.events.clone();
+        async move {
+            let id = loop {
+                let id = Uuid::new_v4();
+                if slice_range.contains(slices.slice_of("Account", id)) {
+                    break id;
+                }
+            };
+            events
+                .append(id, "Account", 0, &[common::envelope(id, 1, "Opened", "{}")])
+                .await
+                .unwrap();
+        }
+    };
+    // The listener is up once an append from the other pool wakes a waiter of every slice
+    // (it wakes every waiter when it connects: what was appended meanwhile is unknown).
+    let mut any = signal.waiter();
+    let mut listening = false;
+    for _ in 0..50 {
+        appended(low).await;
+        if wakes(&mut any).await {
+            listening = true;
+            break;
+        }
+    }
+    assert!(listening, "the reader's listener hears the writer's appends");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (mut lows, mut highs) = (signal.waiter_for(slices, low), signal.waiter_for(slices, high));
+    appended(high).await;
+    assert!(wakes(&mut highs).await, "an append to 512-1023 wakes that range");
+    assert!(!wakes(&mut lows).await, "and leaves the range 0-511 asleep");
+    appended(low).await;
+    assert!(wakes(&mut lows).await);
+    assert!(!wakes(&mut highs).await);
+}
+
 #[tokio::test]
 async fn event_type_filters_take_only_the_named_types() {
     let events = InMemoryEventStore::new();

@@ -21,16 +21,56 @@ use crate::event_store::{Appended, EventStream, FeedHead};
 #[cfg(doc)]
 use crate::request::RequestOutcome;
 use crate::request::{Fingerprint, RequestId, RequestRecord};
+use crate::slice::mask::{SliceMask, GRAIN};
 use crate::slice::{SliceCount, SliceParts, SliceRange};
 use crate::snapshot::SnapshotVersion;
 
-/// Tells the consumers of a feed that events were appended. Cheap to clone; clones share it.
+/// Tells the consumers of a feed that events were appended, and which slices they went to, so
+/// that a consumer of a range of slices wakes only for appends to its own. Cheap to clone;
+/// clones share it.
 #[derive(Clone, Debug)]
-pub struct AppendSignal(Arc<tokio::sync::watch::Sender<u64>>);
+pub struct AppendSignal(Arc<tokio::sync::watch::Sender<Raised>>);
+
+/// What an [`AppendSignal`] has been raised for.
+struct Raised {
+    /// The number of raises so far.
+    count: u64,
+    /// The last raise that concerned every slice.
+    all: u64,
+    /// For each slice of the mask's grain (see [`SliceMask`]), the last raise that concerned it.
+    grains: Box<[u64; GRAIN]>,
+}
+
+impl std::fmt::Debug for Raised {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Raised")
+            .field("count", &self.count)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Raised {
+    /// The slices raised for after raise `seen`, and whether every slice was.
+    fn since(&self, seen: u64) -> (SliceMask, bool) {
+        (
+            SliceMask::of_grains(|grain| self.grains[grain] > seen),
+            self.all > seen,
+        )
+    }
+
+    /// Whether a raise after raise `seen` concerned a slice of `mask`.
+    fn concerns(&self, mask: &SliceMask, seen: u64) -> bool {
+        self.all > seen || mask.grains().any(|grain| self.grains[grain] > seen)
+    }
+}
 
 impl Default for AppendSignal {
     fn default() -> Self {
-        AppendSignal(Arc::new(tokio::sync::watch::Sender::new(0)))
+        AppendSignal(Arc::new(tokio::sync::watch::Sender::new(Raised {
+            count: 0,
+            all: 0,
+            grains: Box::new([0; GRAIN]),
+        })))
     }
 }
 
@@ -40,45 +80,112 @@ impl AppendSignal {
         Self::default()
     }
 
-    /// Raises the signal: every waiter wakes.
+    /// Raises the signal for every slice: every waiter wakes. For a store that cannot tell
+    /// which streams an append went to.
     pub fn raise(&self) {
-        self.0.send_modify(|n| *n = n.wrapping_add(1));
+        self.0.send_modify(|raised| {
+            raised.count += 1;
+            raised.all = raised.count;
+        });
     }
 
-    /// Raises this signal at each raise of `other`, for as long as both live: a store made of
-    /// others (a [sharded store](crate::backend::sharded)) wakes its consumers at each of theirs. Needs a
-    /// Tokio runtime, on which it runs a task.
+    /// Raises the signal for the slices of `streams` (aggregate type and id): the waiters of
+    /// every slice, and of ranges holding one of them, wake.
+    pub fn raise_streams<'a>(&self, streams: impl IntoIterator<Item = (&'a str, Uuid)>) {
+        let mut mask = SliceMask::default();
+        for (aggregate_type, aggregate_id) in streams {
+            mask.insert_stream(aggregate_type, aggregate_id);
+        }
+        self.raise_slices(&mask);
+    }
+
+    /// Raises the signal for the slices of `mask` (nothing if it is empty).
+    pub(crate) fn raise_slices(&self, mask: &SliceMask) {
+        if mask.is_empty() {
+            return;
+        }
+        self.0.send_modify(|raised| {
+            raised.count += 1;
+            for grain in mask.grains() {
+                raised.grains[grain] = raised.count;
+            }
+        });
+    }
+
+    /// Raises this signal at each raise of `other`, for the same slices, for as long as both
+    /// live: a store made of others (a [sharded store](crate::backend::sharded)) wakes its
+    /// consumers at each of theirs. Needs a Tokio runtime, on which it runs a task.
     pub fn follow(&self, other: &AppendSignal) {
         let mut raised = other.0.subscribe();
+        let mut seen = raised.borrow_and_update().count;
         let signal = Arc::downgrade(&self.0);
         tokio::spawn(async move {
             while raised.changed().await.is_ok() {
                 let Some(signal) = signal.upgrade() else {
                     return;
                 };
-                signal.send_modify(|n| *n = n.wrapping_add(1));
+                let (mask, all) = {
+                    let raised = raised.borrow_and_update();
+                    let since = raised.since(seen);
+                    seen = raised.count;
+                    since
+                };
+                let signal = AppendSignal(signal);
+                match all {
+                    true => signal.raise(),
+                    false => signal.raise_slices(&mask),
+                }
             }
         });
     }
 
     /// A waiter that wakes at each raise from now on.
     pub fn waiter(&self) -> AppendWaiter {
+        self.waiter_of(None)
+    }
+
+    /// A waiter that wakes at each raise from now on for a slice of `range` (of a store of
+    /// `slices` slices), or for every slice. It may also wake for an append to another slice
+    /// (see [`crate::slice`]'s grain), never misses one to its own.
+    pub fn waiter_for(&self, slices: SliceCount, range: SliceRange) -> AppendWaiter {
+        self.waiter_of(Some(SliceMask::of_range(slices, range)))
+    }
+
+    fn waiter_of(&self, mask: Option<SliceMask>) -> AppendWaiter {
         let mut receiver = self.0.subscribe();
-        receiver.mark_unchanged();
-        AppendWaiter(receiver)
+        let seen = receiver.borrow_and_update().count;
+        AppendWaiter { receiver, seen, mask }
     }
 }
 
 /// Waits for an [`AppendSignal`].
 #[derive(Debug)]
-pub struct AppendWaiter(tokio::sync::watch::Receiver<u64>);
+pub struct AppendWaiter {
+    receiver: tokio::sync::watch::Receiver<Raised>,
+    /// The last raise it has looked at.
+    seen: u64,
+    /// The slices it waits for; `None`: every slice.
+    mask: Option<SliceMask>,
+}
 
 impl AppendWaiter {
-    /// Returns once the signal was raised since the last call (at once if it was meanwhile).
+    /// Returns once the signal was raised for its slices since the last call (at once if it
+    /// was meanwhile).
     pub async fn raised(&mut self) {
-        if self.0.changed().await.is_err() {
-            // The store is gone: nothing will ever be appended through it again.
-            std::future::pending::<()>().await;
+        loop {
+            if self.receiver.changed().await.is_err() {
+                // The store is gone: nothing will ever be appended through it again.
+                std::future::pending::<()>().await;
+            }
+            let raised = self.receiver.borrow_and_update();
+            let concerned = self
+                .mask
+                .as_ref()
+                .is_none_or(|mask| raised.concerns(mask, self.seen));
+            self.seen = raised.count;
+            if concerned {
+                return;
+            }
         }
     }
 }
@@ -200,4 +307,70 @@ pub trait SliceFeed: Send + Sync {
     /// feed gives its head; a range across two [`parts`](Self::parts) is
     /// [`Error::InvalidInput`](crate::Error::InvalidInput).
     async fn feed_head(&self, range: SliceRange, after_position: u64) -> Result<FeedHead>;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A stream of `slice` among `slices`, found by trying ids.
+    fn stream_in(slices: SliceCount, slice: u32) -> Uuid {
+        loop {
+            let id = Uuid::new_v4();
+            if slices.slice_of("Order", id) == slice {
+                return id;
+            }
+        }
+    }
+
+    async fn wakes(waiter: &mut AppendWaiter) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), waiter.raised())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_range_waiter_wakes_for_its_own_slices_only() {
+        let slices = SliceCount::new(8).unwrap();
+        let (low, high) = (SliceRange::new(0, 3).unwrap(), SliceRange::new(4, 7).unwrap());
+        let signal = AppendSignal::new();
+        let (mut any, mut lows, mut highs) = (
+            signal.waiter(),
+            signal.waiter_for(slices, low),
+            signal.waiter_for(slices, high),
+        );
+        signal.raise_streams([("Order", stream_in(slices, 5))]);
+        assert!(wakes(&mut any).await && wakes(&mut highs).await);
+        assert!(
+            !wakes(&mut lows).await,
+            "an append to slice 5 leaves the range 0-3 asleep"
+        );
+        // Raises for other slices between two waits are passed over, not kept.
+        signal.raise_streams([("Order", stream_in(slices, 6))]);
+        signal.raise_streams([("Order", stream_in(slices, 2))]);
+        assert!(wakes(&mut lows).await && wakes(&mut highs).await);
+        assert!(!wakes(&mut lows).await && !wakes(&mut highs).await);
+        signal.raise();
+        assert!(wakes(&mut lows).await && wakes(&mut highs).await && wakes(&mut any).await);
+        signal.raise_streams([]);
+        assert!(!wakes(&mut any).await, "a raise for no stream wakes nobody");
+    }
+
+    #[tokio::test]
+    async fn a_following_signal_raises_for_the_same_slices() {
+        let slices = SliceCount::DEFAULT;
+        let (shard, router) = (AppendSignal::new(), AppendSignal::new());
+        router.follow(&shard);
+        let (mut first, mut last) = (
+            router.waiter_for(slices, SliceRange::new(0, 511).unwrap()),
+            router.waiter_for(slices, SliceRange::new(512, 1023).unwrap()),
+        );
+        shard.raise_streams([("Order", stream_in(slices, 700))]);
+        assert!(wakes(&mut last).await);
+        assert!(!wakes(&mut first).await);
+        shard.raise();
+        assert!(wakes(&mut first).await && wakes(&mut last).await);
+    }
 }

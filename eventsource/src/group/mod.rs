@@ -95,8 +95,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use futures_util::future::{self, FutureExt};
+use futures_util::StreamExt;
 use uuid::Uuid;
 
+use crate::abilities::SliceFeed;
 use crate::deadline::sleep;
 use crate::error::{Error, Result};
 use crate::event_store::EventStore;
@@ -201,7 +203,16 @@ impl<C> ConsumerGroup<C> {
         let template = self.template();
         template.one_feed("wait for a position of the whole feed").await?;
         let slices = template.slices().await?;
-        wait_for(&**template.store(), &slices, template.name(), position, timeout).await
+        let feed = template.options().slice_feed.as_deref();
+        wait_for(
+            &**template.store(),
+            &slices,
+            feed,
+            template.name(),
+            position,
+            timeout,
+        )
+        .await
     }
 }
 
@@ -549,11 +560,12 @@ pub(crate) async fn reached(
         .collect())
 }
 
-/// Waits until every range of the current layout of group `name` has a checkpoint at or
-/// after `position`, at most `timeout`; whether it has.
+/// Waits until every range of the current layout of group `name` has handled the events up to
+/// `position`, at most `timeout`; whether it has (see [`handled_up_to`]).
 pub(crate) async fn wait_for(
     store: &dyn SubscriptionStore,
     slices: &SliceParts,
+    feed: Option<&dyn SliceFeed>,
     name: &str,
     position: u64,
     timeout: Duration,
@@ -561,7 +573,7 @@ pub(crate) async fn wait_for(
     let deadline = Instant::now() + timeout;
     loop {
         let ranges = reached(store, slices, name).await?;
-        if !ranges.is_empty() && ranges.iter().all(|(_, at)| *at >= position) {
+        if !ranges.is_empty() && handled_up_to(feed, &ranges, position).await? {
             return Ok(true);
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -570,4 +582,34 @@ pub(crate) async fn wait_for(
         }
         sleep(left.min(WAIT_POLL)).await;
     }
+}
+
+/// Whether each of `ranges`, with the position it has reached, has handled the events of its
+/// slices up to `position`: its checkpoint is there, or, read by slice from `feed`, the feed
+/// shows every event up to `position` and none of the range's after its checkpoint. A range
+/// that reads by slice wakes only for appends to its own slices, so an idle one's checkpoint
+/// stays behind the feed's head until it next polls.
+async fn handled_up_to(
+    feed: Option<&dyn SliceFeed>,
+    ranges: &[(SliceRange, u64)],
+    position: u64,
+) -> Result<bool> {
+    for (range, reached) in ranges {
+        if *reached >= position {
+            continue;
+        }
+        let Some(feed) = feed else {
+            return Ok(false);
+        };
+        // Events up to `position` may still be held back by a transaction in flight: the
+        // feed's head says when all of them show.
+        if feed.feed_head(*range, *reached).await?.position < position {
+            return Ok(false);
+        }
+        let next = feed.read_slices(*range, *reached).next().await.transpose()?;
+        if next.is_some_and(|event| event.position <= position) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }

@@ -11,6 +11,7 @@
 //! The hash is part of the store contract, so that every backend, and every version of this
 //! library, puts a stream in the same slice: [`stream_hash`] and [`SliceCount::slice_of`].
 
+pub(crate) mod mask;
 pub(crate) mod md5;
 #[cfg(any(test, feature = "sqlite", feature = "postgres"))]
 pub(crate) mod merge;

@@ -209,6 +209,17 @@ impl Subscription {
         }
     }
 
+    /// What wakes it after an append: an append to one of its slices, if it is a range of a
+    /// consumer group that reads the feed by slice; any append otherwise. (A range of a store
+    /// without the feed by slice follows the feed's head at each append instead, which
+    /// [`ConsumerGroup::wait_for`](crate::group::ConsumerGroup::wait_for) counts on there.)
+    fn waiter(&self, signal: &crate::abilities::AppendSignal) -> crate::abilities::AppendWaiter {
+        match &self.range {
+            Some(scope) if scope.feed.is_some() => signal.waiter_for(scope.slices, scope.range),
+            _ => signal.waiter(),
+        }
+    }
+
     /// The slices of the store it reads and their parts: the feed by slice tells them;
     /// without one, the feed is one part of
     /// [`SliceCount::DEFAULT`](crate::slice::SliceCount::DEFAULT) slices.
@@ -397,7 +408,7 @@ impl Subscription {
         owner: Uuid,
     ) -> Result<()> {
         let mut shutdown = Box::pin(shutdown.fuse());
-        let mut waiter = self.options.signal.as_ref().map(|signal| signal.waiter());
+        let mut waiter = self.options.signal.as_ref().map(|signal| self.waiter(signal));
         let held = Held::new(&*self.store, &self.name, owner, self.options.lease);
         loop {
             match held.renew().await {

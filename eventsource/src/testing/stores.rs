@@ -381,17 +381,27 @@ pub(super) fn with_request(
     batch
 }
 
-/// An append raises the append signal: a waiter made before the append wakes within 5 s.
+/// An append raises the append signal: a waiter made before the append wakes within 5 s, and
+/// so does a waiter of the one slice of the stream appended to.
 pub async fn an_append_raises_the_signal(stores: &Stores) {
     let Some(signal) = &stores.append_signal else {
         return;
     };
-    let mut waiter = signal.waiter();
     let (id, ty) = (Uuid::new_v4(), unique_type("Signal"));
+    let slices = match &stores.slice_feed {
+        Some(feed) => feed.slice_count().await.unwrap(),
+        None => crate::slice::SliceCount::DEFAULT,
+    };
+    let slice = slices.slice_of(&ty, id);
+    let mut waiter = signal.waiter();
+    let mut range_waiter = signal.waiter_for(slices, crate::slice::SliceRange::new(slice, slice).unwrap());
     append(&*stores.events, id, &ty, 0, &events(id, &ty, 0, 1)).await;
     tokio::time::timeout(Duration::from_secs(5), waiter.raised())
         .await
         .expect("an append wakes a waiter of the store's signal within 5 s");
+    tokio::time::timeout(Duration::from_secs(5), range_waiter.raised())
+        .await
+        .expect("an append wakes a waiter of its stream's slice within 5 s");
 }
 
 /// A joint load gives the snapshot the snapshot store gives and the events from its version

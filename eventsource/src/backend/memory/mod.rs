@@ -261,7 +261,7 @@ impl InMemoryEventStore {
                         log.requests.insert(id, record);
                     }
                     drop(log);
-                    self.appended.raise();
+                    self.appended.raise_streams([(aggregate_type, aggregate_id)]);
                     return Ok(Appended { version, position });
                 }
                 Some(refusal) => refusal,
@@ -426,7 +426,8 @@ impl MultiStreamAppend for InMemoryEventStore {
                         })
                         .collect();
                     drop(log);
-                    self.appended.raise();
+                    self.appended
+                        .raise_streams(save.writes().iter().map(|b| (b.aggregate_type, b.aggregate_id)));
                     return Ok(appended);
                 }
             }
@@ -561,7 +562,7 @@ impl StreamLifecycle for InMemoryEventStore {
                     let version = log.push(aggregate_id, aggregate_type, expected_version, tombstone);
                     let position = log.events.len() as u64;
                     drop(log);
-                    self.appended.raise();
+                    self.appended.raise_streams([(aggregate_type, aggregate_id)]);
                     return Ok(Appended { version, position });
                 }
                 Some(refusal) => refusal,

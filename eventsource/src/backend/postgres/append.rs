@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::event::EventEnvelope;
 use crate::event_store::{Appended, Batch, EventStore};
 use crate::request::{request_of, Fingerprint, RequestId};
+use crate::slice::mask::SliceMask;
 use crate::snapshot::Snapshot;
 
 /// A batch as the columns of the append statement.
@@ -182,7 +183,8 @@ impl PostgresEventStore {
         };
         match result {
             Ok((_, inserted, Some(last))) if inserted == events.len() as i64 => {
-                self.notifier.appended(&self.pool);
+                let slices = SliceMask::of_stream(batch.aggregate_type, batch.aggregate_id);
+                self.notifier.appended(&self.pool, &slices);
                 Ok((self.stored(&batch, last)?, true))
             }
             Ok((head, 0, _)) if head != expected => {
@@ -334,7 +336,8 @@ impl PostgresEventStore {
             .await;
         match stored {
             Ok(Some(position)) => {
-                self.notifier.appended(&self.pool);
+                let slices = SliceMask::of_stream(&row.aggregate_type, row.aggregate_id);
+                self.notifier.appended(&self.pool, &slices);
                 self.stored(&batch, position)
             }
             // The stream is not at the expected version, or a concurrent writer came first.

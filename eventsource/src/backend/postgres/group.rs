@@ -30,6 +30,7 @@ use uuid::Uuid;
 use super::sql::POSITION_SHIFT;
 use super::PostgresEventStore;
 use crate::event::EventEnvelope;
+use crate::slice::mask::SliceMask;
 
 /// Rows in one group statement at most; more wait for the next.
 const MAX_GROUP: usize = 256;
@@ -223,7 +224,11 @@ async fn write(store: PostgresEventStore) {
                 )))
             });
         if stored.as_ref().is_ok_and(|s| !s.is_empty()) {
-            store.notifier.appended(&store.pool);
+            let mut slices = SliceMask::default();
+            for row in group.iter().flat_map(|waiting| waiting.member.rows()) {
+                slices.insert_stream(&row.aggregate_type, row.aggregate_id);
+            }
+            store.notifier.appended(&store.pool, &slices);
         }
         // The position of each row stored, by the row's place in the group: a position is the
         // transaction's base plus that place (from 1), so each row is told its own, whatever

@@ -27,6 +27,7 @@ use super::{query_error, to_bigint, PostgresEventStore};
 use crate::error::{Error, Result};
 use crate::event_store::Appended;
 use crate::multi_stream::{MultiStreamAppend, StreamBatches};
+use crate::slice::mask::SliceMask;
 
 /// A save's arguments as the statement's arrays.
 struct Arrays<'a> {
@@ -193,7 +194,11 @@ impl PostgresEventStore {
                 .map_err(|e| query_error(what, e))?;
             tx.commit().await.map_err(|e| query_error(what, e))?;
         }
-        self.notifier.appended(&self.pool);
+        let mut slices = SliceMask::default();
+        for batch in save.writes() {
+            slices.insert_stream(batch.aggregate_type, batch.aggregate_id);
+        }
+        self.notifier.appended(&self.pool, &slices);
         save.writes()
             .iter()
             .zip(&found)

@@ -1,20 +1,24 @@
 //! Wake-ups for consumers of the feed: `NOTIFY` after appends, `LISTEN` for them.
 //!
-//! A store raises its local signal after each append it makes, and sends one `NOTIFY` for
-//! every run of appends (never more than one in flight, and at most one every 5 ms, so a burst
-//! of appends costs one), so that the consumers in other processes wake too. A consumer's store listens on a
+//! A store raises its local signal after each append it makes, for the slices of the streams
+//! it went to, and sends one `NOTIFY` for every run of appends (never more than one in flight,
+//! and at most one every 5 ms, so a burst of appends costs one), so that the consumers in other
+//! processes wake too. The notification carries the slices of the run's appends (a
+//! [`SliceMask`] in its text form), so that there too only the consumers of those slices wake;
+//! one without them (an empty payload, as older versions send) wakes every consumer. A consumer's store listens on a
 //! connection of its own, started when the first consumer asks for the signal, and raises the
 //! signal at each notification. Wake-ups are a hint only: consumers also poll, so a lost
 //! notification or a listener that cannot connect delays an event, never loses it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
 
 use crate::abilities::AppendSignal;
+use crate::slice::mask::SliceMask;
 
 /// The least time between two `NOTIFY`s of one store: what a consumer in another process may
 /// wake later than the append, at most (it polls besides).
@@ -27,6 +31,8 @@ pub(super) struct Notifier {
     listening: Arc<AtomicBool>,
     /// An append happened that no `NOTIFY` has told of yet.
     dirty: AtomicBool,
+    /// The slices of the appends no `NOTIFY` has told of yet.
+    pending: Mutex<SliceMask>,
     /// A `NOTIFY` is being sent.
     sending: AtomicBool,
 }
@@ -43,6 +49,7 @@ impl Notifier {
             signal: AppendSignal::new(),
             listening: Arc::new(AtomicBool::new(false)),
             dirty: AtomicBool::new(false),
+            pending: Mutex::default(),
             sending: AtomicBool::new(false),
         }
     }
@@ -52,9 +59,10 @@ impl Notifier {
         &self.channel
     }
 
-    /// Tells the consumers that events were appended.
-    pub(super) fn appended(self: &Arc<Self>, pool: &PgPool) {
-        self.signal.raise();
+    /// Tells the consumers of the slices of `mask` that events were appended there.
+    pub(super) fn appended(self: &Arc<Self>, pool: &PgPool, mask: &SliceMask) {
+        self.signal.raise_slices(mask);
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).union(mask);
         self.dirty.store(true, Ordering::SeqCst);
         if self.sending.swap(true, Ordering::SeqCst) {
             return;
@@ -67,8 +75,10 @@ impl Notifier {
         drop(runtime.spawn(async move {
             loop {
                 while notifier.dirty.swap(false, Ordering::SeqCst) {
-                    let sent = sqlx::query("SELECT pg_notify($1, '')")
+                    let slices = std::mem::take(&mut *notifier.pending.lock().unwrap_or_else(|p| p.into_inner()));
+                    let sent = sqlx::query("SELECT pg_notify($1, $2)")
                         .bind(&notifier.channel)
+                        .bind(slices.to_hex())
                         .execute(&pool)
                         .await;
                     if let Err(e) = sent {
@@ -128,8 +138,11 @@ async fn listen(channel: String, signal: AppendSignal, pool: PgPool) {
             // Appends made while the listener was away are found by the consumers' polls.
             signal.raise();
             loop {
-                listener.recv().await?;
-                signal.raise();
+                let notification = listener.recv().await?;
+                match SliceMask::from_hex(notification.payload()) {
+                    Some(slices) => signal.raise_slices(&slices),
+                    None => signal.raise(),
+                }
             }
         };
         let outcome: sqlx::Result<()> = listened.await;

@@ -15,6 +15,7 @@ use crate::error::Result;
 use crate::event::EventEnvelope;
 use crate::event_store::{Appended, Batch};
 use crate::root::AggregateRoot;
+use crate::slice::mask::SliceMask;
 
 /// The savepoint each append of a [`SqliteTransaction`] runs in.
 const SAVEPOINT: &str = "eventsource_append";
@@ -25,13 +26,14 @@ const SAVEPOINT: &str = "eventsource_append";
 pub struct SqliteTransaction<'t> {
     connection: &'t Connection,
     sql: &'t Sql,
-    appended: bool,
+    /// The slices of the streams it appended to.
+    appended: SliceMask,
 }
 
 impl std::fmt::Debug for SqliteTransaction<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteTransaction")
-            .field("appended", &self.appended)
+            .field("appended", &!self.appended.is_empty())
             .finish_non_exhaustive()
     }
 }
@@ -91,7 +93,7 @@ impl SqliteTransaction<'_> {
                 self.connection
                     .execute_batch(&format!("RELEASE {SAVEPOINT}"))
                     .map_err(fail)?;
-                self.appended = true;
+                self.appended.insert_stream(aggregate_type, aggregate_id);
                 Ok(Appended { version, position })
             }
             Err(e) => {
@@ -153,7 +155,7 @@ impl SqliteEventStore {
                 let mut handle = SqliteTransaction {
                     connection: &tx,
                     sql: &sql,
-                    appended: false,
+                    appended: SliceMask::default(),
                 };
                 // An error drops the transaction, which rolls it back.
                 let value = work(&mut handle)?;
@@ -162,9 +164,7 @@ impl SqliteEventStore {
                 Ok((value, appended))
             })
             .await?;
-        if appended {
-            self.database.appended().raise();
-        }
+        self.database.appended().raise_slices(&appended);
         Ok(value)
     }
 }

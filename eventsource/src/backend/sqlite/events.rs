@@ -116,7 +116,9 @@ impl SqliteEventStore {
             .await;
         match appended {
             Ok((version, position)) => {
-                self.database.appended().raise();
+                self.database
+                    .appended()
+                    .raise_streams([(checked.aggregate_type, checked.aggregate_id)]);
                 Ok(Appended { version, position })
             }
             Err(refusal @ (Error::Conflict { .. } | Error::InvalidInput(_))) => {
@@ -489,7 +491,9 @@ impl MultiStreamAppend for SqliteEventStore {
             .await;
         match outcome {
             Ok(appended) => {
-                self.database.appended().raise();
+                self.database
+                    .appended()
+                    .raise_streams(save.writes().iter().map(|b| (b.aggregate_type, b.aggregate_id)));
                 Ok(appended
                     .into_iter()
                     .map(|(version, position)| Appended { version, position })

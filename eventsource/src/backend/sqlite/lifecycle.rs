@@ -159,7 +159,9 @@ impl StreamLifecycle for SqliteEventStore {
             .await;
         match deleted {
             Ok((version, position)) => {
-                self.database.appended().raise();
+                self.database
+                    .appended()
+                    .raise_streams([(aggregate_type, aggregate_id)]);
                 Ok(Appended { version, position })
             }
             Err(refusal @ (Error::Conflict { .. } | Error::InvalidInput(_))) => {

@@ -1024,3 +1024,87 @@ async fn writes_are_planned_once_per_connection() {
         "statements planned at each call: {replanned:#?}"
     );
 }
+
+/// The plan a connection keeps for the feed's head at every position (its generic plan)
+/// expects to read a few rows, not a third of the table: on a large table it would scan the
+/// whole table at each call, and consumers read the head after each batch that catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(eventsource_postgres_tests),
+    ignore = "set EVENTSOURCE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
+async fn the_plan_kept_for_the_head_expects_a_few_rows() {
+    let Some(db) = db_with(
+        "the_plan_kept_for_the_head_expects_a_few_rows",
+        pool_options().max_connections(1),
+    )
+    .await
+    else {
+        return;
+    };
+    // The pool's one connection keeps the generic plan from the first call.
+    sqlx::query("SET plan_cache_mode = force_generic_plan")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let scratch = db.scratch().await;
+    let events = &scratch.events;
+    // A table of 60,000 one-event streams, filled by the server itself in one transaction.
+    let table = scratch.table("eventsource_events");
+    sqlx::query(&format!(
+        "INSERT INTO {table} (position, event_id, event_type, event_version, aggregate_id,
+             aggregate_type, aggregate_version, occurred_at, payload)
+         SELECT (pg_current_xact_id()::text::bigint << 20) + g, gen_random_uuid(), 'Deposited', 1,
+             gen_random_uuid(), 'Account', 1, now(), '{{}}'
+         FROM generate_series(1, 60000) AS g"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(&format!("ANALYZE {table}"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let head = events.head(0).await.unwrap();
+    assert_eq!(head.events_after, 60_000);
+    let found = events.head(head.position - 1).await.unwrap();
+    assert_eq!((found.position, found.events_after), (head.position, 1));
+    // The statement the store ran, planned again for every position at once: how many rows
+    // its plan expects to read from the table.
+    let statement: String = sqlx::query_scalar(
+        "SELECT statement FROM pg_prepared_statements
+         WHERE statement LIKE '%count(*) FILTER%' AND strpos(statement, $1) > 0",
+    )
+    .bind(&table)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(&format!("PREPARE head_again AS {statement}"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let plan: sqlx::types::JsonValue = sqlx::query_scalar(&format!(
+        "EXPLAIN (FORMAT JSON) EXECUTE head_again({})",
+        head.position - 1
+    ))
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let mut nodes = vec![&plan[0]["Plan"]];
+    let mut expected = None;
+    while let Some(node) = nodes.pop() {
+        if node["Relation Name"] == "eventsource_events" {
+            assert!(
+                node["Node Type"] != "Seq Scan",
+                "the head scans the table: {plan:#}"
+            );
+            expected = node["Plan Rows"].as_f64();
+        }
+        nodes.extend(node["Plans"].as_array().into_iter().flatten());
+    }
+    let expected = expected.unwrap_or_else(|| panic!("the plan reads the table: {plan:#}"));
+    assert!(
+        expected <= 600.0,
+        "the plan expects {expected} rows of 60,000: {plan:#}"
+    );
+}

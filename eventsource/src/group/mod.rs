@@ -467,7 +467,10 @@ pub struct RangeStatus {
     /// Its checkpoint, `None` before its first batch (it then starts where the ranges it
     /// replaces stopped).
     pub checkpoint: Option<u64>,
-    /// How many events of the feed (of every slice) follow its checkpoint.
+    /// How many events of the feed (of every slice) follow its checkpoint. A range follows the
+    /// events of its own slices as they are appended, and moves its checkpoint past those of
+    /// other slices when it polls with nothing to read (every poll interval), so this counts
+    /// some of theirs until then.
     pub lag: u64,
     /// Whether its last lease ran out without being let go: the worker that held it died
     /// (see [`SubscriptionStatus::abandoned`](crate::subscription::SubscriptionStatus::abandoned)).
@@ -571,11 +574,13 @@ pub(crate) async fn wait_for(
     timeout: Duration,
 ) -> Result<bool> {
     let deadline = Instant::now() + timeout;
+    let mut last = Vec::new();
     loop {
         let ranges = reached(store, slices, name).await?;
-        if !ranges.is_empty() && handled_up_to(feed, &ranges, position).await? {
+        if !ranges.is_empty() && handled_up_to(feed, &ranges, &last, position).await? {
             return Ok(true);
         }
+        last = ranges;
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Ok(false);
@@ -585,22 +590,22 @@ pub(crate) async fn wait_for(
 }
 
 /// Whether each of `ranges`, with the position it has reached, has handled the events of its
-/// slices up to `position`: its checkpoint is there, or, read by slice from `feed`, the feed
-/// shows every event up to `position` and none of the range's after its checkpoint. A range
-/// that reads by slice wakes only for appends to its own slices, so an idle one's checkpoint
-/// stays behind the feed's head until it next polls.
+/// slices up to `position`: its checkpoint is there, or it is idle (where it was at the `last`
+/// look) and, read by slice from `feed`, the feed shows every event up to `position` and none
+/// of the range's after its checkpoint. A range that reads by slice wakes only for appends to
+/// its own slices, so an idle one's checkpoint stays behind the feed's head until it next
+/// polls; a range still moving is left to move, without reads of the feed.
 async fn handled_up_to(
     feed: Option<&dyn SliceFeed>,
     ranges: &[(SliceRange, u64)],
+    last: &[(SliceRange, u64)],
     position: u64,
 ) -> Result<bool> {
-    for (range, reached) in ranges {
-        if *reached >= position {
-            continue;
-        }
-        let Some(feed) = feed else {
-            return Ok(false);
-        };
+    let behind: Vec<&(SliceRange, u64)> = ranges.iter().filter(|(_, reached)| *reached < position).collect();
+    let (Some(feed), true) = (feed, behind.iter().all(|range| last.contains(range))) else {
+        return Ok(behind.is_empty());
+    };
+    for (range, reached) in behind {
         // Events up to `position` may still be held back by a transaction in flight: the
         // feed's head says when all of them show.
         if feed.feed_head(*range, *reached).await?.position < position {

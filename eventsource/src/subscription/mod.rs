@@ -542,6 +542,13 @@ impl Subscription {
         let mut looked: Option<tokio::time::Instant> = None;
         let mut head: Option<u64> = None;
         let mut wants_head = false;
+        // The last read reached the end of what the feed showed: the next waits for an append
+        // (whose signal, raised after its commit, is not missed meanwhile) or the poll interval.
+        let mut drained = false;
+        // The last wait ended without an append: only then does a range whose read finds
+        // nothing read the head too. A range woken by appends to its slices follows its own
+        // events; an idle one moves its checkpoint to the head at each poll.
+        let mut idle = true;
         // The store of the last batch's checkpoint, left to run beside the next batch's
         // hand-over; waited for before anything else (a wait, a stop, a new read).
         let mut storing: Option<Storing> = None;
@@ -569,6 +576,7 @@ impl Subscription {
                 }
                 let fetched = match ahead.take() {
                     Some(fetched) => fetched,
+                    None if drained => Ok(Vec::new()),
                     None => {
                         if self.range.is_some() && feed.is_none() {
                             head = match wants_head {
@@ -600,9 +608,9 @@ impl Subscription {
                     (None, _) => None,
                 };
                 let Some(last) = last else {
-                    if self.range.is_some() && !wants_head {
-                        // A range's read found nothing: it reads again at once, the head first,
-                        // so that its checkpoint can move there.
+                    if self.range.is_some() && !wants_head && !drained && idle {
+                        // An idle range's read found nothing: it reads again at once, the head
+                        // first, so that its checkpoint can move there.
                         wants_head = true;
                         continue;
                     }
@@ -615,10 +623,12 @@ impl Subscription {
                     }
                     // Caught up: wait for an append, the poll interval, or the lease's renewal.
                     let wait = self.options.poll_interval.min(self.options.lease / 3);
+                    let mut appended = false;
                     let woken = async {
                         match waiter {
                             Some(waiter) => {
-                                future::select(Box::pin(waiter.raised()), Box::pin(sleep(wait))).await;
+                                let raised = future::select(Box::pin(waiter.raised()), Box::pin(sleep(wait)));
+                                appended = matches!(raised.await, Either::Left(_));
                             }
                             None => sleep(wait).await,
                         }
@@ -626,10 +636,12 @@ impl Subscription {
                     if stopped(shutdown, woken).await {
                         return Ok(Active::Stopped);
                     }
+                    (drained, idle, wants_head) = (false, !appended, false);
                     continue;
                 };
                 let read = batch.len();
                 wants_head = read == 0;
+                drained = read < self.options.batch_size;
                 let batch: Vec<StoredEvent> = match &self.range {
                     Some(scope) => batch.into_iter().filter(|e| !scope.handled(e)).collect(),
                     None => batch,

@@ -6,6 +6,8 @@
 //! stream lifecycle. Checks write under fresh ids and type names of their own, and look at
 //! the feed after their own first event only, so they run in parallel on one database.
 
+use std::time::Duration;
+
 use futures_util::TryStreamExt;
 use uuid::Uuid;
 
@@ -64,7 +66,7 @@ async fn stream(stores: &Stores, id: Uuid, ty: &str, count: u64, batch: u64) -> 
 /// The stream's events that the feed holds after `after`, and the feed by slice too where
 /// the stores have one (the two must agree; a store of several feeds, a sharded one, has the
 /// feed by slice only): their versions and positions.
-async fn in_feed(stores: &Stores, id: Uuid, ty: &str, after: u64) -> Vec<(u64, u64)> {
+async fn in_feed_now(stores: &Stores, id: Uuid, ty: &str, after: u64) -> Vec<(u64, u64)> {
     let own = |events: Vec<StoredEvent>| -> Vec<(u64, u64)> {
         events
             .iter()
@@ -95,6 +97,19 @@ async fn in_feed(stores: &Stores, id: Uuid, ty: &str, after: u64) -> Vec<(u64, u
         }
         (Some(events), None) | (None, Some(events)) => events,
         (None, None) => panic!("stores of several feeds without a feed by slice"),
+    }
+}
+
+/// [`in_feed_now`] once it shows `count` events of the stream, waiting up to 30 s: the feed
+/// holds events back while transactions of other writers that could commit below them run.
+async fn in_feed(stores: &Stores, id: Uuid, ty: &str, after: u64, count: usize) -> Vec<(u64, u64)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = in_feed_now(stores, id, ty, after).await;
+        if found.len() >= count || std::time::Instant::now() > deadline {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -133,7 +148,7 @@ pub async fn a_deleted_stream_reads_as_its_tombstone(stores: &Stores) {
     );
     assert_eq!(stores.events.stream_version(id, &ty).await.unwrap(), 5);
     assert_eq!(
-        in_feed(stores, id, &ty, after).await,
+        in_feed(stores, id, &ty, after, 1).await,
         [(5, appended.position)],
         "the feed holds the tombstone only"
     );
@@ -223,7 +238,7 @@ pub async fn archived_events_read_in_their_stream_and_leave_the_feed(stores: &St
         "an archived event keeps its position"
     );
     assert_eq!(
-        in_feed(stores, id, &ty, after).await,
+        in_feed(stores, id, &ty, after, 2).await,
         [(4, before[3].position), (5, before[4].position)],
         "the feed holds the live events only"
     );
@@ -268,7 +283,7 @@ pub async fn a_restore_puts_archived_events_back_at_their_positions(stores: &Sto
     };
     let (ty, id) = (unique_type("Restored"), Uuid::new_v4());
     let after = stream(stores, id, &ty, 4, 1).await;
-    let whole = in_feed(stores, id, &ty, after).await;
+    let whole = in_feed(stores, id, &ty, after, 4).await;
     assert_eq!(lifecycle.archive_stream(id, &ty, 4).await.unwrap(), 3);
     assert_eq!(lifecycle.restore_stream(id, &ty).await.unwrap(), 3);
     assert_eq!(
@@ -278,7 +293,7 @@ pub async fn a_restore_puts_archived_events_back_at_their_positions(stores: &Sto
     );
     assert_eq!(lifecycle.archived(id, &ty).await.unwrap(), 0);
     assert_eq!(
-        in_feed(stores, id, &ty, after).await,
+        in_feed(stores, id, &ty, after, 4).await,
         whole,
         "back in the feed, where they were"
     );

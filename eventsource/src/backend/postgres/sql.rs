@@ -336,13 +336,18 @@ impl Sql {
                 "DELETE FROM {requests}
                  WHERE refusal IS NOT NULL AND recorded_at < $1 AND ($2::text IS NULL OR request_id = $2)"
             ),
-            // What the feed shows after $1, and what is stored there but held back.
+            // What the feed shows after $1, and what is stored there but held back. The
+            // condition is a range, with an upper end that holds every position: the plan a
+            // connection keeps for every $1 (its generic plan) expects a range to hold a few
+            // rows and reads the index, where `position > $1` alone is expected to hold a
+            // third of the table, which it would scan whole at every call.
             head: format!(
                 "WITH bound AS MATERIALIZED (SELECT {feed_bound}(pg_current_snapshot()) AS position)
                  SELECT max(e.position) FILTER (WHERE e.position < b.position),
                      count(*) FILTER (WHERE e.position < b.position),
                      count(*) FILTER (WHERE e.position >= b.position)
-                 FROM {events} e, bound b WHERE e.position > $1"
+                 FROM {events} e, bound b WHERE e.position > $1 AND e.position <= {}",
+                i64::MAX
             ),
             // The oldest transaction that announced an append and still runs.
             holder: {

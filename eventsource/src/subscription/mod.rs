@@ -549,6 +549,7 @@ impl Subscription {
         // nothing read the head too. A range woken by appends to its slices follows its own
         // events; an idle one moves its checkpoint to the head at each poll.
         let mut idle = true;
+        let by_slice = self.range.as_ref().is_some_and(|scope| scope.feed.is_some());
         // The store of the last batch's checkpoint, left to run beside the next batch's
         // hand-over; waited for before anything else (a wait, a stop, a new read).
         let mut storing: Option<Storing> = None;
@@ -608,9 +609,10 @@ impl Subscription {
                     (None, _) => None,
                 };
                 let Some(last) = last else {
-                    if self.range.is_some() && !wants_head && !drained && idle {
+                    if self.range.is_some() && !wants_head && !drained && (idle || !by_slice) {
                         // An idle range's read found nothing: it reads again at once, the head
-                        // first, so that its checkpoint can move there.
+                        // first, so that its checkpoint can move there. (A range that reads the
+                        // whole feed wakes at every append, and moves at each.)
                         wants_head = true;
                         continue;
                     }

@@ -488,7 +488,7 @@ pub struct RangeStatus {
 /// The status of consumer group `name` from its subscription store, with each range's lag
 /// from the head of the feed it reads (`feed`'s, or without one `events`'), a store of
 /// `slices` slices and parts
-/// ([`SliceFeed::parts`](crate::SliceFeed::parts), or [`Stores::slice_parts`](crate::backend::Stores::slice_parts));
+/// ([`SliceFeed::parts`], or [`Stores::slice_parts`](crate::backend::Stores::slice_parts));
 /// `None` if `name` never ran as a group.
 ///
 /// # Errors

@@ -27,6 +27,7 @@ impl SliceMask {
     }
 
     /// The mask of one stream.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn of_stream(aggregate_type: &str, aggregate_id: Uuid) -> Self {
         let mut mask = Self::default();
         mask.insert_stream(aggregate_type, aggregate_id);
@@ -62,6 +63,7 @@ impl SliceMask {
     }
 
     /// Adds the slices of `other`.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn union(&mut self, other: &SliceMask) {
         for (word, other) in self.0.iter_mut().zip(other.0) {
             *word |= other;
@@ -93,6 +95,7 @@ impl SliceMask {
 
     /// Its text form, 256 hexadecimal digits (four grain slices each, the first digit's
     /// lowest bit the first slice): what a notification between processes carries.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn to_hex(self) -> String {
         let mut text = String::with_capacity(GRAIN / 4);
         for word in self.0 {
@@ -105,6 +108,7 @@ impl SliceMask {
     }
 
     /// The mask of [`to_hex`](Self::to_hex)'s text; `None` for any other text.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn from_hex(text: &str) -> Option<Self> {
         if text.len() != GRAIN / 4 {
             return None;

@@ -92,11 +92,7 @@ impl AppendSignal {
     /// Raises the signal for the slices of `streams` (aggregate type and id): the waiters of
     /// every slice, and of ranges holding one of them, wake.
     pub fn raise_streams<'a>(&self, streams: impl IntoIterator<Item = (&'a str, Uuid)>) {
-        let mut mask = SliceMask::default();
-        for (aggregate_type, aggregate_id) in streams {
-            mask.insert_stream(aggregate_type, aggregate_id);
-        }
-        self.raise_slices(&mask);
+        self.raise_slices(&SliceMask::of_streams(streams));
     }
 
     /// Raises the signal for the slices of `mask` (nothing if it is empty).

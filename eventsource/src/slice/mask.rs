@@ -26,6 +26,15 @@ impl SliceMask {
         self.insert(stream_hash(aggregate_type, aggregate_id) as usize % GRAIN);
     }
 
+    /// The mask of the slices of `streams` (aggregate type and id).
+    pub(crate) fn of_streams<'a>(streams: impl IntoIterator<Item = (&'a str, Uuid)>) -> Self {
+        let mut mask = Self::default();
+        for (aggregate_type, aggregate_id) in streams {
+            mask.insert_stream(aggregate_type, aggregate_id);
+        }
+        mask
+    }
+
     /// The mask of one stream.
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn of_stream(aggregate_type: &str, aggregate_id: Uuid) -> Self {

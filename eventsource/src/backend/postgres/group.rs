@@ -224,11 +224,21 @@ async fn write(store: PostgresEventStore) {
                 )))
             });
         if stored.as_ref().is_ok_and(|s| !s.is_empty()) {
-            let mut slices = SliceMask::default();
-            for row in group.iter().flat_map(|waiting| waiting.member.rows()) {
-                slices.insert_stream(&row.aggregate_type, row.aggregate_id);
-            }
-            store.notifier.appended(&store.pool, &slices);
+            // One hash per member: the rows of a batch share its stream.
+            let streams = group.iter().flat_map(|waiting| {
+                let rows = waiting.member.rows();
+                let mut seen: Vec<(&str, Uuid)> = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let stream = (&*row.aggregate_type, row.aggregate_id);
+                    if !seen.contains(&stream) {
+                        seen.push(stream);
+                    }
+                }
+                seen
+            });
+            store
+                .notifier
+                .appended(&store.pool, &SliceMask::of_streams(streams));
         }
         // The position of each row stored, by the row's place in the group: a position is the
         // transaction's base plus that place (from 1), so each row is told its own, whatever

@@ -194,10 +194,7 @@ impl PostgresEventStore {
                 .map_err(|e| query_error(what, e))?;
             tx.commit().await.map_err(|e| query_error(what, e))?;
         }
-        let mut slices = SliceMask::default();
-        for batch in save.writes() {
-            slices.insert_stream(batch.aggregate_type, batch.aggregate_id);
-        }
+        let slices = SliceMask::of_streams(save.writes().iter().map(|b| (b.aggregate_type, b.aggregate_id)));
         self.notifier.appended(&self.pool, &slices);
         save.writes()
             .iter()
